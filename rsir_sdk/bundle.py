@@ -1,0 +1,218 @@
+"""Read and validate a model bundle: ``model.onnx`` + ``manifest.json`` (+ ``database.npz``).
+
+The bundle is the one contract between training (``export/``) and this runtime; the format
+is described in ``docs/bundle.md``. Everything the SDK needs is read from it, and every
+missing or inconsistent field is reported by name in a :class:`~rsir_sdk.errors.BundleError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .codes import as_packed, validate_bits
+from .errors import BundleError, CodeLengthError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class DatabaseCodes:
+    """Database codes shipped in a bundle (AHCL's learned V), with their ids, labels, paths."""
+
+    codes: np.ndarray  # uint8 (n, bits/8)
+    ids: list[str]
+    labels: list[str]
+    paths: list[str]
+    kind: str = "learned"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated model bundle.
+
+    >>> b = Bundle.load("bundle/")          # doctest: +SKIP
+    >>> b.method, b.bits, b.encoder_id      # doctest: +SKIP
+    ('ahcl', 64, '3f2a9c0e1b7d4a55')
+    """
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+    method: str
+    bits: int
+    code_threshold: float
+    input_height: int
+    input_width: int
+    input_name: str
+    embedding_output: str
+    codes_output: str
+    preprocess: dict[str, Any] = field(repr=False)
+    classes: list[str] = field(repr=False)
+    model_sha256: str = field(repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        """Path of the ONNX encoder."""
+        return self.path / self.manifest["model_file"]
+
+    @property
+    def encoder_id(self) -> str:
+        """Short identity of the encoder (first 16 hex of the model's sha256)."""
+        return self.model_sha256[:16]
+
+    @property
+    def has_database(self) -> bool:
+        """True when the bundle ships database codes (AHCL's learned V)."""
+        return bool(self.manifest.get("database"))
+
+    @property
+    def symmetric(self) -> bool:
+        """True when the database is encoded by the same network as queries (MiLAN)."""
+        return bool(self.manifest.get("symmetric", not self.has_database))
+
+    def identity(self) -> dict[str, Any]:
+        """What a Milvus collection records about the encoder that filled it."""
+        return {"encoder_id": self.encoder_id, "bits": self.bits, "method": self.method}
+
+    def load_database(self) -> DatabaseCodes:
+        """Load the bundle's database codes; :class:`BundleError` when it has none or they are bad."""
+        spec = self.manifest.get("database")
+        if not spec:
+            raise BundleError(
+                f"bundle {self.path} has no database codes (manifest 'database' is empty): "
+                f"encode the archive with the encoder instead (Retriever.add_images / rsir index)"
+            )
+        file = self.path / _require(spec, "file", "database")
+        if not file.is_file():
+            raise BundleError(f"bundle {self.path}: database file {file.name} is missing")
+        try:
+            with np.load(file, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"bundle {self.path}: cannot read {file.name}: {exc}") from None
+        for key in ("codes", "ids"):
+            if key not in data:
+                raise BundleError(f"bundle {self.path}: {file.name} has no '{key}' array")
+        try:
+            codes = as_packed(data["codes"], self.bits)
+        except CodeLengthError as exc:
+            raise BundleError(f"bundle {self.path}: database codes: {exc}") from None
+        n = codes.shape[0]
+        ids = [str(x) for x in data["ids"].tolist()]
+        labels = [str(x) for x in data["labels"].tolist()] if "labels" in data else [""] * n
+        paths = [str(x) for x in data["paths"].tolist()] if "paths" in data else [""] * n
+        for key, arr in (("ids", ids), ("labels", labels), ("paths", paths)):
+            if len(arr) != n:
+                raise BundleError(
+                    f"bundle {self.path}: {file.name} holds {n} codes but {len(arr)} {key}"
+                )
+        if len(set(ids)) != n:
+            raise BundleError(f"bundle {self.path}: {file.name} has duplicate ids")
+        if "count" in spec and int(spec["count"]) != n:
+            raise BundleError(
+                f"bundle {self.path}: manifest database.count is {spec['count']} but "
+                f"{file.name} holds {n} codes"
+            )
+        return DatabaseCodes(codes, ids, labels, paths, str(spec.get("codes", "learned")))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify_hash: bool = True) -> "Bundle":
+        """Read and validate the bundle folder at ``path``."""
+        root = Path(path)
+        if not root.exists():
+            raise BundleError(f"bundle folder {root} does not exist")
+        if not root.is_dir():
+            raise BundleError(f"bundle {root} is not a folder (expected model.onnx + manifest.json)")
+        mpath = root / MANIFEST_FILE
+        if not mpath.is_file():
+            raise BundleError(f"bundle {root} has no {MANIFEST_FILE}")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"bundle {root}: {MANIFEST_FILE} is not valid JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"bundle {root}: {MANIFEST_FILE} must hold a JSON object")
+
+        version = _require(manifest, "format_version")
+        if int(version) > FORMAT_VERSION:
+            raise BundleError(
+                f"bundle {root} has format_version {version}; this rsir-sdk reads up to "
+                f"{FORMAT_VERSION}: upgrade rsir-sdk"
+            )
+        method = str(_require(manifest, "method"))
+        try:
+            bits = validate_bits(int(_require(manifest, "bits")))
+        except (CodeLengthError, ValueError, TypeError) as exc:
+            raise BundleError(f"bundle {root}: field 'bits': {exc}") from None
+        if manifest.get("bit_order", "big") != "big":
+            raise BundleError(f"bundle {root}: field 'bit_order' must be 'big'")
+        model_file = str(manifest.setdefault("model_file", "model.onnx"))
+        model_path = root / model_file
+        if not model_path.is_file():
+            raise BundleError(f"bundle {root}: model file {model_file} is missing")
+        inp = _require(manifest, "input")
+        pre = _require(manifest, "preprocess")
+        height, width = int(_require(inp, "height", "input")), int(_require(inp, "width", "input"))
+        _require(pre, "crop", "preprocess")
+        crop = pre["crop"]
+        crop_hw = (crop, crop) if isinstance(crop, int) else tuple(int(x) for x in crop)
+        if crop_hw != (height, width):
+            raise BundleError(
+                f"bundle {root}: preprocess.crop {list(crop_hw)} differs from the input size "
+                f"[{height}, {width}]"
+            )
+        for key in ("mean", "std"):
+            vals = _require(pre, key, "preprocess")
+            if len(vals) != 3:
+                raise BundleError(f"bundle {root}: preprocess.{key} must have 3 values (RGB)")
+        outputs = manifest.get("outputs", {"embedding": "embedding", "codes": "codes"})
+        declared = manifest.get("model_sha256")
+        actual = _sha256(model_path) if (verify_hash or not declared) else str(declared)
+        if declared and actual != declared:
+            raise BundleError(
+                f"bundle {root}: {model_file} does not match the manifest's model_sha256 "
+                f"(the model was replaced or the manifest belongs to another bundle)"
+            )
+        bundle = cls(
+            path=root,
+            manifest=manifest,
+            method=method,
+            bits=bits,
+            code_threshold=float(manifest.get("code_threshold", 0.0)),
+            input_height=height,
+            input_width=width,
+            input_name=str(inp.get("name", "images")),
+            embedding_output=str(outputs.get("embedding", "embedding")),
+            codes_output=str(outputs.get("codes", "codes")),
+            preprocess=dict(pre),
+            classes=[str(c) for c in manifest.get("classes", [])],
+            model_sha256=actual,
+        )
+        if bundle.has_database:
+            _require(manifest["database"], "file", "database")
+        return bundle
+
+
+def _require(obj: Any, key: str, where: str | None = None) -> Any:
+    if not isinstance(obj, dict) or key not in obj or obj[key] is None:
+        name = f"{where}.{key}" if where else key
+        raise BundleError(f"bundle manifest is missing the field '{name}'")
+    return obj[key]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,148 @@
+"""Binary hash codes as packed ``uint8`` arrays: packing, validation, exact Hamming search.
+
+Codes travel through the SDK as ``numpy.uint8`` arrays of shape ``(n, bits // 8)``, packed
+big-endian (``numpy.packbits`` order: bit ``k`` lives in byte ``k // 8`` at value
+``128 >> (k % 8)``). These are the bytes Milvus stores in a ``BINARY_VECTOR`` field, so the
+numpy functions here are the reference the Milvus store is tested against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CodeLengthError
+
+MIN_BITS = 8
+MAX_BITS = 32768
+
+# popcount of every byte value, used for exact Hamming distances
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def validate_bits(bits: int) -> int:
+    """Return ``bits`` if it is a legal code length (a multiple of 8 in 8..32768), else raise.
+
+    >>> validate_bits(64)
+    64
+    """
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise CodeLengthError(f"bits must be an integer, got {bits!r}")
+    bits = int(bits)
+    if bits < MIN_BITS or bits > MAX_BITS or bits % 8:
+        raise CodeLengthError(
+            f"bits must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, got {bits}"
+        )
+    return bits
+
+
+def pack_codes(bits_array: np.ndarray) -> np.ndarray:
+    """Pack ``(n, bits)`` codes given as ±1, 0/1 or booleans into ``uint8 (n, bits/8)``.
+
+    Positive values (``+1``, ``1``, ``True``) become 1-bits; ``-1``/``0``/``False`` 0-bits.
+
+    >>> pack_codes(np.array([[1, -1, 1, -1, 1, 1, 1, 1]]))
+    array([[175]], dtype=uint8)
+    """
+    arr = np.asarray(bits_array)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise CodeLengthError(f"codes must be 2-D (n, bits), got shape {arr.shape}")
+    validate_bits(arr.shape[1])
+    if arr.dtype != bool:
+        values = np.unique(arr)
+        if not (np.isin(values, (-1, 1)).all() or np.isin(values, (0, 1)).all()):
+            raise ValueError("codes to pack must hold only ±1 or only 0/1 values")
+        arr = arr > 0
+    return np.packbits(arr, axis=1, bitorder="big")
+
+
+def unpack_codes(packed: np.ndarray, bits: int | None = None, signed: bool = False) -> np.ndarray:
+    """Unpack ``uint8 (n, bits/8)`` codes to ``(n, bits)`` of 0/1 (or ±1 when ``signed``).
+
+    >>> unpack_codes(np.array([[175]], dtype=np.uint8), signed=True)
+    array([[ 1, -1,  1, -1,  1,  1,  1,  1]], dtype=int8)
+    """
+    packed = as_packed(packed, bits)
+    out = np.unpackbits(packed, axis=1, bitorder="big").astype(np.int8)
+    return out * 2 - 1 if signed else out
+
+
+def as_packed(codes, bits: int | None = None) -> np.ndarray:
+    """Return ``codes`` as a C-contiguous ``uint8 (n, bits/8)`` array, checking its length.
+
+    Accepts one code (1-D array or ``bytes``), a list of ``bytes`` or a 2-D ``uint8`` array.
+    Raises :class:`CodeLengthError` when the byte length does not match ``bits``.
+    """
+    if isinstance(codes, (bytes, bytearray, memoryview)):
+        arr = np.frombuffer(bytes(codes), dtype=np.uint8)[None, :]
+    elif isinstance(codes, (list, tuple)) and codes and isinstance(codes[0], (bytes, bytearray)):
+        lengths = {len(c) for c in codes}
+        if len(lengths) != 1:
+            raise CodeLengthError(f"codes have different byte lengths: {sorted(lengths)}")
+        arr = np.frombuffer(b"".join(bytes(c) for c in codes), dtype=np.uint8).reshape(
+            len(codes), -1
+        )
+    else:
+        arr = np.asarray(codes)
+        if arr.dtype != np.uint8:
+            raise CodeLengthError(
+                f"packed codes must be uint8 (use pack_codes for ±1/0-1 bits), got {arr.dtype}"
+            )
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2:
+            raise CodeLengthError(f"packed codes must be 2-D (n, bytes), got shape {arr.shape}")
+    if bits is not None:
+        validate_bits(bits)
+        if arr.shape[1] * 8 != bits:
+            raise CodeLengthError(
+                f"codes are {arr.shape[1] * 8} bits ({arr.shape[1]} bytes) but {bits} bits "
+                f"were expected"
+            )
+    else:
+        validate_bits(arr.shape[1] * 8)
+    return np.ascontiguousarray(arr)
+
+
+def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """Exact Hamming distances ``int32 (n_queries, n_database)`` between packed codes.
+
+    >>> a = pack_codes(np.array([[1, 1, 1, 1, 1, 1, 1, 1]]))
+    >>> b = pack_codes(np.array([[1, 1, 1, 1, -1, -1, -1, -1]]))
+    >>> hamming_distances(a, b)
+    array([[4]], dtype=int32)
+    """
+    q = as_packed(queries)
+    db = as_packed(database, q.shape[1] * 8)
+    out = np.empty((q.shape[0], db.shape[0]), dtype=np.int32)
+    # chunk over queries so the (q, n, bytes) xor never grows past ~64 MB
+    step = max(1, (64 << 20) // max(1, db.shape[0] * db.shape[1]))
+    for start in range(0, q.shape[0], step):
+        x = np.bitwise_xor(q[start : start + step, None, :], db[None, :, :])
+        out[start : start + step] = _POPCOUNT[x].sum(axis=2, dtype=np.int32)
+    return out
+
+
+def topk_bruteforce(
+    queries: np.ndarray, database: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Hamming top-``k``: ``(indices, distances)``, each ``(n_queries, min(k, n))``.
+
+    Ties are broken by the lower database index first, so the result is deterministic.
+
+    >>> db = pack_codes(np.array([[1] * 8, [-1] * 8, [1] * 8]))
+    >>> topk_bruteforce(db[:1], db, 2)
+    (array([[0, 2]]), array([[0, 0]], dtype=int32))
+    """
+    dist = hamming_distances(queries, database)
+    k = min(int(k), dist.shape[1])
+    # stable sort on distance keeps database order among equal distances
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(dist, order, axis=1)
+
+
+def within_radius(queries: np.ndarray, database: np.ndarray, radius: int) -> list[np.ndarray]:
+    """Indices of database codes at Hamming distance ``<= radius`` (inclusive) per query."""
+    dist = hamming_distances(queries, database)
+    return [np.flatnonzero(row <= radius) for row in dist]

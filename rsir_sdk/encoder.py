@@ -1,0 +1,205 @@
+"""``Encoder``: a bundle's ONNX model in an onnxruntime session, from images to packed codes.
+
+Provider choice: CUDA when onnxruntime offers it, else CPU; :attr:`Encoder.providers` says
+what actually runs, and a fall-back from a requested GPU provider to the CPU is logged as a
+warning so it is never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .bundle import Bundle
+from .codes import as_packed
+from .errors import BundleError
+from .images import ImageSource, load_image
+from .preprocess import prepare
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("CUDAExecutionProvider",)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Result of :meth:`Encoder.encode` with ``return_embeddings=True``."""
+
+    codes: np.ndarray  # uint8 (n, bits/8)
+    embeddings: np.ndarray  # float32 (n, bits)
+
+
+def default_providers() -> list[str]:
+    """CUDA then CPU when onnxruntime has the CUDA provider, else CPU alone."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    chosen = [p for p in GPU_PROVIDERS if p in available]
+    return chosen + ["CPUExecutionProvider"]
+
+
+class Encoder:
+    """Encode images into packed binary codes with a bundle's ONNX model.
+
+    >>> enc = Encoder("bundle/")                          # doctest: +SKIP
+    >>> enc.encode(["a.jpg", "b.png"]).shape              # doctest: +SKIP
+    (2, 8)
+    >>> enc.providers                                     # doctest: +SKIP
+    ['CPUExecutionProvider']
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | os.PathLike,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ):
+        import onnxruntime as ort
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.batch_size = int(batch_size)
+        requested = list(providers) if providers else default_providers()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.bundle.model_path), sess_options=options, providers=requested
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
+            raise BundleError(
+                f"bundle {self.bundle.path}: onnxruntime cannot load "
+                f"{self.bundle.model_path.name}: {exc}"
+            ) from None
+        self.providers: list[str] = list(self.session.get_providers())
+        lost_gpu = [p for p in requested if p in GPU_PROVIDERS and p not in self.providers]
+        if lost_gpu:
+            log.warning(
+                "%s requested but not usable here; encoding runs on %s",
+                ", ".join(lost_gpu),
+                ", ".join(self.providers),
+            )
+        elif not any(p in GPU_PROVIDERS for p in self.providers):
+            log.info("encoding on the CPU (%s)", ", ".join(self.providers))
+        self._check_graph()
+
+    @property
+    def bits(self) -> int:
+        """Code length in bits."""
+        return self.bundle.bits
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the model input."""
+        return self.bundle.input_height, self.bundle.input_width
+
+    def _check_graph(self) -> None:
+        b = self.bundle
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if b.input_name not in inputs:
+            raise BundleError(
+                f"bundle {b.path}: model has no input '{b.input_name}' (it has {sorted(inputs)})"
+            )
+        for name in (b.codes_output, b.embedding_output):
+            if name not in outputs:
+                raise BundleError(
+                    f"bundle {b.path}: model has no output '{name}' (it has {sorted(outputs)})"
+                )
+        if inputs[b.input_name].type != "tensor(uint8)":
+            raise BundleError(
+                f"bundle {b.path}: model input must be uint8 NHWC, got {inputs[b.input_name].type}"
+            )
+        width = outputs[b.codes_output].shape[-1]
+        if isinstance(width, int) and width * 8 != b.bits:
+            raise BundleError(
+                f"bundle {b.path}: manifest says {b.bits} bits but the model's "
+                f"'{b.codes_output}' output has {width} bytes ({width * 8} bits)"
+            )
+        meta_bits = self.session.get_modelmeta().custom_metadata_map.get("rsir.bits")
+        if meta_bits is not None and int(meta_bits) != b.bits:
+            raise BundleError(
+                f"bundle {b.path}: manifest says {b.bits} bits but the model's metadata says "
+                f"{meta_bits}"
+            )
+
+    def prepare(self, image: ImageSource) -> np.ndarray:
+        """Load one image and resize/crop it to the model input, ``uint8 (h, w, 3)``."""
+        return prepare(load_image(image), self.bundle.preprocess)
+
+    def encode_arrays(
+        self, batch: np.ndarray, return_embeddings: bool = False
+    ) -> np.ndarray | Encoded:
+        """Run the model on already prepared images ``uint8 (n, h, w, 3)``."""
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        h, w = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (h, w, 3):
+            raise ValueError(f"prepared batch must be (n, {h}, {w}, 3) uint8, got {batch.shape}")
+        b = self.bundle
+        names = [b.codes_output, b.embedding_output] if return_embeddings else [b.codes_output]
+        out = self.session.run(names, {b.input_name: batch})
+        codes = as_packed(out[0], b.bits)
+        if return_embeddings:
+            return Encoded(codes, np.asarray(out[1], dtype=np.float32))
+        return codes
+
+    def encode(
+        self,
+        images: ImageSource | Iterable[ImageSource],
+        batch_size: int | None = None,
+        return_embeddings: bool = False,
+    ) -> np.ndarray | Encoded:
+        """Encode images (one source or a list) to packed codes ``uint8 (n, bits/8)``.
+
+        With ``return_embeddings=True`` returns :class:`Encoded` with the continuous
+        embeddings too. An unreadable image raises :class:`~rsir_sdk.ImageLoadError` naming it.
+        """
+        items = _as_list(images)
+        bs = int(batch_size or self.batch_size)
+        codes_parts, emb_parts = [], []
+        for start in range(0, len(items), bs):
+            prepared = np.stack([self.prepare(x) for x in items[start : start + bs]])
+            res = self.encode_arrays(prepared, return_embeddings)
+            if return_embeddings:
+                codes_parts.append(res.codes)
+                emb_parts.append(res.embeddings)
+            else:
+                codes_parts.append(res)
+        nbytes = self.bits // 8
+        codes = np.concatenate(codes_parts) if codes_parts else np.zeros((0, nbytes), np.uint8)
+        if return_embeddings:
+            emb = np.concatenate(emb_parts) if emb_parts else np.zeros((0, self.bits), np.float32)
+            return Encoded(codes, emb)
+        return codes
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder(method={self.bundle.method!r}, bits={self.bits}, "
+            f"encoder_id={self.bundle.encoder_id!r}, providers={self.providers})"
+        )
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (str, bytes, bytearray, os.PathLike, np.ndarray)) or hasattr(
+        images, "read"
+    ):
+        return [images]
+    try:
+        from PIL import Image
+
+        if isinstance(images, Image.Image):
+            return [images]
+    except ImportError:  # pragma: no cover
+        pass
+    return list(images)

@@ -1,0 +1,64 @@
+"""Shared fixtures: the shipped EuroSAT sample, real image files in several formats, bundles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "data" / "eurosat-sample"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The EuroSAT sample shipped with the project (10 classes x 20 real 64x64 JPEGs)."""
+    assert SAMPLE.is_dir(), f"missing {SAMPLE}"
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_images(sample_dir) -> list[tuple[Path, str]]:
+    """(path, label) of every sample image, sorted."""
+    out = []
+    for cls in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
+        out += [(f, cls.name) for f in sorted(cls.glob("*.jpg"))]
+    return out
+
+
+@pytest.fixture(scope="session")
+def format_files(tmp_path_factory, sample_images) -> dict[str, Path]:
+    """Real sample scenes re-saved as PNG, JPEG, TIFF, grayscale, RGBA, palette and 16-bit files."""
+    d = tmp_path_factory.mktemp("formats")
+    rgb = Image.open(sample_images[0][0]).convert("RGB")
+    other = Image.open(sample_images[25][0]).convert("RGB")
+    files = {"jpeg": sample_images[0][0]}
+    rgb.save(d / "scene.png"); files["png"] = d / "scene.png"
+    other.save(d / "scene.tif"); files["tiff"] = d / "scene.tif"
+    rgb.convert("L").save(d / "gray.png"); files["gray"] = d / "gray.png"
+    rgba = other.copy(); rgba.putalpha(128); rgba.save(d / "rgba.png"); files["rgba"] = d / "rgba.png"
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(d / "palette.png"); files["palette"] = d / "palette.png"
+    gray16 = np.asarray(rgb.convert("L"), np.uint16) * 257 + 3
+    Image.fromarray(gray16).save(d / "gray16.png"); files["gray16"] = d / "gray16.png"
+    Image.fromarray(gray16).save(d / "gray16.tif"); files["gray16_tiff"] = d / "gray16.tif"
+    return files
+
+
+@pytest.fixture(scope="session")
+def rp_bundle(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A 64-bit random-projection bundle (32x32 input) built with onnx.helper, and its weights."""
+    from onnx_models import build_random_projection_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "rp64"
+    weight = build_random_projection_bundle(out, bits=64, size=32, seed=0)
+    return out, weight
+
+
+@pytest.fixture
+def db_uri(tmp_path) -> str:
+    """A fresh Milvus Lite database file."""
+    return str(tmp_path / "rsir.db")

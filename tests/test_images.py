@@ -1,0 +1,112 @@
+"""The image loader on real files in many formats, arrays, and real HTTP downloads."""
+
+import http.server
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsir_sdk.errors import ImageLoadError
+from rsir_sdk.images import load_image
+
+
+@pytest.fixture(scope="module")
+def http_base(sample_images):
+    """A real HTTP server on 127.0.0.1 serving one JPEG, a 404 and an oversized body."""
+    jpeg = sample_images[0][0].read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/scene.jpg":
+                body = jpeg
+            elif self.path == "/big.jpg":
+                body = b"\xff" * 300_000
+            elif self.path == "/notimage":
+                body = b"<html>hello</html>"
+            else:
+                self.send_response(404); self.end_headers(); return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_every_format_becomes_rgb_uint8(format_files):
+    for name, path in format_files.items():
+        arr = load_image(path)
+        assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3, name
+        assert arr.shape[:2] == (64, 64), name
+
+
+def test_documented_conversions(format_files):
+    rgb = np.asarray(Image.open(format_files["png"]).convert("RGB"))
+    gray = load_image(format_files["gray"])
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    # 16-bit: value * 255 // 65535; the file holds L * 257 + 3 so this returns L exactly
+    g16 = load_image(format_files["gray16"])
+    expected = np.asarray(Image.open(format_files["png"]).convert("L"))
+    assert (g16[..., 0] == expected).all()
+    assert (load_image(format_files["gray16_tiff"])[..., 0] == expected).all()
+    # RGBA: alpha dropped, colour values kept
+    rgba = np.asarray(Image.open(format_files["rgba"]))
+    assert (load_image(format_files["rgba"]) == rgba[..., :3]).all()
+    assert (load_image(format_files["png"].read_bytes()) == rgb).all()
+    with open(format_files["png"], "rb") as fh:
+        assert (load_image(fh) == rgb).all()
+    assert (load_image(Image.open(format_files["png"])) == rgb).all()
+
+
+def test_arrays():
+    assert load_image(np.full((3, 4), 7, np.uint8)).shape == (3, 4, 3)
+    f = load_image(np.full((2, 2, 3), 0.5, np.float32))
+    assert (f == 128).all()
+    assert (load_image(np.full((2, 2), 65535, np.uint16)) == 255).all()
+    assert load_image(np.zeros((2, 2, 4), np.uint8)).shape == (2, 2, 3)
+    with pytest.raises(ImageLoadError, match=r"\[0, 1\]"):
+        load_image(np.full((2, 2, 3), 2.0))
+    with pytest.raises(ImageLoadError, match="shape"):
+        load_image(np.zeros((2, 2, 5), np.uint8))
+
+
+def test_bad_files_raise_image_load_error_naming_them(tmp_path, sample_images):
+    empty = tmp_path / "empty.jpg"; empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"; text.write_text("not an image")
+    trunc = tmp_path / "trunc.jpg"; trunc.write_bytes(sample_images[0][0].read_bytes()[:300])
+    for path, reason in [(empty, "empty"), (text, "identify"), (trunc, "corrupt"),
+                         (tmp_path / "missing.png", "no such file"), (tmp_path, "not a file")]:
+        with pytest.raises(ImageLoadError, match=reason) as err:
+            load_image(path)
+        assert str(path) in str(err.value) and err.value.source == str(path)
+    with pytest.raises(ImageLoadError, match="ftp"):
+        load_image("ftp://example.org/x.jpg")
+    with pytest.raises(ImageLoadError, match="0 bytes"):
+        load_image(b"")
+
+
+def test_pixel_limit(sample_images):
+    with pytest.raises(ImageLoadError, match="pixel limit"):
+        load_image(sample_images[0][0], max_pixels=100)
+
+
+def test_urls(http_base, sample_images):
+    img = load_image(f"{http_base}/scene.jpg")
+    assert (img == load_image(sample_images[0][0])).all()
+    with pytest.raises(ImageLoadError, match="404"):
+        load_image(f"{http_base}/missing.jpg")
+    with pytest.raises(ImageLoadError, match="limit"):
+        load_image(f"{http_base}/big.jpg", max_url_bytes=100_000)
+    with pytest.raises(ImageLoadError, match="identify"):
+        load_image(f"{http_base}/notimage")
+    with pytest.raises(ImageLoadError, match="download failed"):
+        load_image("http://127.0.0.1:9/unreachable.jpg", url_timeout=2)

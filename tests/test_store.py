@@ -1,0 +1,146 @@
+"""MilvusCodeStore against a real Milvus Lite file, checked against the numpy reference."""
+
+import numpy as np
+import pytest
+
+from rsir_sdk.codes import hamming_distances, topk_bruteforce, within_radius
+from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, StoreError
+from rsir_sdk.store import MilvusCodeStore, build_filter, list_collections
+
+
+def tie_heavy_codes(n: int, bits: int, seed: int) -> np.ndarray:
+    """Codes with many duplicates and heavy distance ties: sparse bits + a small repeated pool."""
+    rng = np.random.default_rng(seed)
+    sparse = rng.random((n, bits)) < 0.06                       # most codes near all-zeros
+    pool = rng.integers(0, 2, (40, bits)).astype(bool)          # 40 patterns repeated many times
+    pick = rng.random(n) < 0.3
+    sparse[pick] = pool[rng.integers(0, 40, pick.sum())]
+    return np.packbits(sparse, axis=1, bitorder="big")
+
+
+@pytest.mark.parametrize("bits", [64, 128])
+def test_topk_and_range_equal_bruteforce(tmp_path, bits):
+    n, nq, k = 20_000, 150, 50
+    db = tie_heavy_codes(n, bits, seed=bits)
+    rng = np.random.default_rng(7)
+    queries = np.concatenate([db[rng.integers(0, n, nq // 2)], tie_heavy_codes(nq - nq // 2, bits, 99)])
+    store = MilvusCodeStore(str(tmp_path / "c.db"), "codes", bits=bits)
+    assert store.upsert([str(i) for i in range(n)], db) == n
+    assert store.count() == n
+
+    ref_idx, ref_dist = topk_bruteforce(queries, db, k)
+    full = hamming_distances(queries, db)
+    results = store.search(queries, k=k)
+    assert len(results) == nq
+    ties_at_cutoff = 0
+    for qi, hits in enumerate(results):
+        got_dist = [h.distance for h in hits]
+        assert got_dist == ref_dist[qi].tolist(), f"query {qi}: distances differ"
+        assert all(isinstance(d, int) for d in got_dist)
+        cutoff = ref_dist[qi, -1]
+        got_ids = [int(h.id) for h in hits]
+        # below the cut-off distance the ids must be exactly the reference's
+        assert {i for i, d in zip(got_ids, got_dist) if d < cutoff} == {
+            int(i) for i, d in zip(ref_idx[qi], ref_dist[qi]) if d < cutoff
+        }
+        # at the cut-off, any item at that distance is a correct answer
+        assert all(full[qi, i] == cutoff for i, d in zip(got_ids, got_dist) if d == cutoff)
+        assert len(set(got_ids)) == k
+        ties_at_cutoff += int((full[qi] == cutoff).sum() > list(ref_dist[qi]).count(cutoff))
+    assert ties_at_cutoff > nq // 4, "the data should produce heavy ties at the cut-off"
+
+    radius = 3 if bits == 64 else 6
+    ref_in = within_radius(queries[:40], db, radius)
+    got = store.range_search(queries[:40], radius)
+    for qi in range(40):
+        assert sorted(int(h.id) for h in got[qi]) == sorted(ref_in[qi].tolist())
+        assert all(h.distance <= radius for h in got[qi])
+    store.close()
+
+
+def test_radius_zero_is_exact_matches_and_inclusive(db_uri):
+    db = np.array([[0], [1], [3], [0], [255]], dtype=np.uint8)
+    with MilvusCodeStore(db_uri, "r", bits=8) as store:
+        store.upsert(list("abcde"), db)
+        assert sorted(h.id for h in store.range_search(db[:1], 0)[0]) == ["a", "d"]
+        assert sorted(h.id for h in store.range_search(db[:1], 1)[0]) == ["a", "b", "d"]
+        assert [h.id for h in store.search(db[:1], k=10, radius=2)[0]] == ["a", "d", "b", "c"]
+
+
+def test_get_delete_count_and_metadata(db_uri):
+    codes = np.arange(24, dtype=np.uint8).reshape(3, 8)
+    with MilvusCodeStore(db_uri, "g", bits=64) as store:
+        store.upsert(["x", "y", "z"], codes, labels=["a", "b", "a"], paths=["p/x", "p/y", "p/z"],
+                     metadata=[{"year": 2020}, None, {"year": 2021, "sensor": "S2"}])
+        items = store.get(["z", "missing", "x"])
+        assert [i.id for i in items] == ["z", "x"]
+        assert (items[0].code == codes[2]).all() and items[0].metadata["sensor"] == "S2"
+        assert items[1].label == "a" and items[1].path == "p/x"
+        assert store.count({"label": "a"}) == 2
+        assert store.delete(["x", "nope"]) == 1
+        assert store.count() == 2
+        assert store.get(["x"]) == []
+        # upsert replaces by id rather than duplicating
+        store.upsert(["y"], codes[:1], labels=["c"])
+        assert store.count() == 2 and store.get(["y"])[0].label == "c"
+
+
+def test_bad_writes_change_nothing(db_uri):
+    with MilvusCodeStore(db_uri, "b", bits=64) as store:
+        store.upsert(["keep"], np.zeros((1, 8), np.uint8))
+        with pytest.raises(CodeLengthError):
+            store.upsert(["a", "b"], np.zeros((2, 16), np.uint8))
+        with pytest.raises(ValueError, match="unique"):
+            store.upsert(["a", "a"], np.zeros((2, 8), np.uint8))
+        with pytest.raises(ValueError, match="2 ids but 3 codes"):
+            store.upsert(["a", "b"], np.zeros((3, 8), np.uint8))
+        with pytest.raises(ValueError, match="JSON"):
+            store.upsert(["a", "b"], np.zeros((2, 8), np.uint8), metadata=[{}, {"x": object()}])
+        with pytest.raises(CodeLengthError):
+            store.search(np.zeros((1, 4), np.uint8), k=3)
+        with pytest.raises(ValueError, match="k must be"):
+            store.search(np.zeros((1, 8), np.uint8), k=20000)
+        assert store.count() == 1
+
+
+def test_reopen_checks_bits_and_encoder(db_uri):
+    enc = {"encoder_id": "aaaa", "bits": 64, "method": "ahcl"}
+    with MilvusCodeStore(db_uri, "e", bits=64, encoder=enc) as store:
+        store.upsert(["1"], np.ones((1, 8), np.uint8), encoder=enc)
+        with pytest.raises(CollectionMismatchError, match="encoder"):
+            store.upsert(["2"], np.ones((1, 8), np.uint8), encoder={**enc, "encoder_id": "bbbb"})
+    with pytest.raises(CollectionMismatchError, match="64-bit"):
+        MilvusCodeStore(db_uri, "e", bits=32)
+    with pytest.raises(CollectionMismatchError, match="encoder"):
+        MilvusCodeStore(db_uri, "e", bits=64, encoder={**enc, "encoder_id": "cccc"})
+    with MilvusCodeStore(db_uri, "e") as again:  # bits and encoder read from the collection
+        assert again.bits == 64 and again.encoder == enc and again.count() == 1
+    assert list_collections(db_uri) == ["e"]
+
+
+def test_create_needs_bits_and_lite_rejects_other_indexes(db_uri, tmp_path):
+    with pytest.raises(CodeLengthError, match="bits="):
+        MilvusCodeStore(db_uri, "new")
+    with pytest.raises(StoreError, match="BIN_FLAT"):
+        MilvusCodeStore(db_uri, "ivf", bits=64, index_type="BIN_IVF_FLAT")
+    with pytest.raises(StoreError, match="does not exist"):
+        MilvusCodeStore(str(tmp_path / "nope" / "x.db"), "c", bits=64)
+
+
+def test_filters(db_uri):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (30, 8), dtype=np.uint8)
+    labels = ["forest" if i % 3 == 0 else "river" for i in range(30)]
+    meta = [{"tile": i % 5, "sensor": "S2" if i < 15 else "L8"} for i in range(30)]
+    with MilvusCodeStore(db_uri, "f", bits=64) as store:
+        store.upsert([f"i{i}" for i in range(30)], codes, labels=labels, metadata=meta)
+        hits = store.search(codes[:2], k=30, filter='label == "forest"')
+        assert all(h.label == "forest" for hs in hits for h in hs) and len(hits[0]) == 10
+        hits = store.search(codes[:1], k=30, filter={"sensor": "S2", "tile": [1, 2]})[0]
+        expected = {f"i{i}" for i in range(15) if i % 5 in (1, 2)}
+        assert {h.id for h in hits} == expected
+
+
+def test_build_filter_quotes_strings():
+    assert build_filter({"label": 'a "b"'}) == 'label == "a \\"b\\""'
+    assert build_filter(None) == ""
