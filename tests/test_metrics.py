@@ -145,7 +145,8 @@ def test_database_order_matters_only_among_ties():
     db = codes_at_distance(1, 1, 2, 2)
     # d: 1 1 2 2, labels 0 1 1 0 -> ranking by (d, index): 0(-) 1(+) 2(+) 3(-)
     #   AP = (1/2 + 2/3) / 2 = 0.583333
-    assert mean_average_precision(query, [1], db, [0, 1, 1, 0]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    ap = mean_average_precision(query, [1], db, [0, 1, 1, 0])
+    assert ap == pytest.approx((1 / 2 + 2 / 3) / 2)
     # swap items 0 and 1 (same distance): ranking 1(+) 0(-) 2(+) 3(-): AP = (1 + 2/3) / 2
     assert mean_average_precision(query, [1], db, [1, 0, 1, 0]) == pytest.approx((1 + 2 / 3) / 2)
 

@@ -1,0 +1,433 @@
+"""Retrieval metrics for packed binary codes: mAP, mAP@k, precision@k, radius search, PR curve.
+
+All metrics rank the database by exact Hamming distance (:func:`rsir_sdk.codes.hamming_distances`)
+and **break ties by database index** (a stable sort, as :func:`rsir_sdk.codes.topk_bruteforce`
+does), so every number is deterministic: short codes tie heavily, and an unstated tie rule can
+move mAP by several points.
+
+Relevance: a database item is relevant to a query when they share a label.
+
+- single-label: ``labels`` is a 1-D sequence of hashable values (ints, strings, ...);
+  relevant means equal labels;
+- multi-label: ``labels`` is a 2-D numeric or boolean 0/1 indicator matrix
+  ``(n, n_classes)``; relevant means at least one label in common. (Anything that numpy turns
+  into a 2-D number array is read this way, so give tuple labels as strings if in doubt.)
+
+Leave-one-out (the MiLAN protocol: the test set is both query set and archive) is
+``exclude_self=True``: each query's own database item is dropped from its ranking. By default
+query ``i`` *is* database item ``i`` (pass the same arrays twice); when the queries are a subset
+of the database, pass ``query_indices`` (the database index of each query).
+
+Averages are over queries (macro); a query with no relevant item contributes 0 to every
+metric rather than being skipped, so every query counts. Work is chunked over queries, so memory
+stays at a few hundred MB whatever the number of queries (2,000 x 100,000 at 64 bits is fine).
+
+>>> from rsir_sdk.codes import pack_codes
+>>> db = pack_codes(np.array([[0] * 8, [1] * 8, [0] * 7 + [1]]))
+>>> mean_average_precision(db[:1], ["a"], db, ["a", "b", "a"])
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from .codes import as_packed, hamming_distances
+
+__all__ = [
+    "PRCurve",
+    "average_precisions",
+    "mean_average_precision",
+    "pr_curve",
+    "precision_at_k",
+    "precision_recall_within_radius",
+]
+
+# about this many (query, database) pairs are ranked at once: ~100 MB of temporaries
+_CHUNK_PAIRS = 1 << 22
+
+
+class PRCurve(NamedTuple):
+    """Mean precision and recall when retrieving everything within Hamming radius ``r``.
+
+    ``radius`` is ``0..bits``; ``precision[r]`` and ``recall[r]`` are averages over queries
+    (see :func:`pr_curve` for the conventions). Unpacks as ``radius, precision, recall``.
+    """
+
+    radius: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+
+# --------------------------------------------------------------------------- public metrics
+
+
+def average_precisions(
+    query_codes: np.ndarray,
+    query_labels: Sequence | np.ndarray,
+    db_codes: np.ndarray,
+    db_labels: Sequence | np.ndarray,
+    topk: int | None = None,
+    exclude_self: bool = False,
+    *,
+    query_indices: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Average precision of every query, ``float64 (n_queries,)``.
+
+    Same arguments and conventions as :func:`mean_average_precision` (which is its mean);
+    useful to look at the worst queries or to average per class.
+
+    >>> from rsir_sdk.codes import pack_codes
+    >>> db = pack_codes(np.array([[0] * 8, [1] * 8]))
+    >>> average_precisions(db, ["a", "b"], db, ["a", "a"])
+    array([1., 0.])
+    """
+    task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices)
+    if topk is not None:
+        topk = _positive_int(topk, "topk")
+    out = np.zeros(task.n_queries, dtype=np.float64)
+    for rows, rel_ranked in task.ranked_relevance(topk):
+        # the full ranking holds every relevant item, so "hits seen" is R there and R_k at k
+        out[rows] = _ap_of_ranked(rel_ranked)
+    return out
+
+
+def mean_average_precision(
+    query_codes: np.ndarray,
+    query_labels: Sequence | np.ndarray,
+    db_codes: np.ndarray,
+    db_labels: Sequence | np.ndarray,
+    topk: int | None = None,
+    exclude_self: bool = False,
+    *,
+    query_indices: Sequence[int] | np.ndarray | None = None,
+) -> float:
+    """Mean average precision of a Hamming ranking, over the whole database or the top ``k``.
+
+    For one query with ranking ``1..n`` and relevance ``rel(i)`` in {0, 1}:
+
+    - ``topk=None`` (whole database, the AHCL protocol):
+      ``AP = sum_i P(i) rel(i) / R``, ``R`` = number of relevant items in the database
+      (after ``exclude_self``), ``P(i)`` = precision of the top ``i``;
+    - ``topk=k`` (mAP@k, the MiLAN protocol): ``AP@k = sum_{i<=k} P(i) rel(i) / R_k``, normalised
+      by ``R_k``, the number of relevant items **retrieved in the top k** (not by ``R`` nor ``k``);
+      when ``k`` exceeds the database, the whole database is ranked.
+
+    A query with ``R = 0`` (or ``R_k = 0``) has AP 0 and still counts in the mean.
+
+    Args:
+        query_codes, db_codes: packed ``uint8 (n, bits/8)`` codes of the same length.
+        query_labels, db_labels: 1-D labels (equal = relevant) or 2-D 0/1 indicator
+            matrices (one shared label = relevant).
+        topk: ``None`` for the whole database, else ``k >= 1``.
+        exclude_self: leave-one-out: drop each query's own item from its ranking. Query ``i``
+            is database item ``i`` (same arrays twice) unless ``query_indices`` says otherwise.
+        query_indices: with ``exclude_self``, the database index of each query.
+
+    >>> from rsir_sdk.codes import pack_codes
+    >>> q = pack_codes(np.array([[0] * 8]))
+    >>> db = pack_codes(np.array([[0] * 8, [1] * 8, [0] * 7 + [1]]))
+    >>> # ranking: item 0 (d=0, "a"), item 2 (d=1, "b"), item 1 (d=8, "a")
+    >>> round(mean_average_precision(q, ["a"], db, ["a", "a", "b"]), 4)  # (1/1 + 2/3) / 2
+    0.8333
+    >>> mean_average_precision(q, ["a"], db, ["a", "a", "b"], topk=2)  # (1/1) / 1
+    1.0
+    """
+    aps = average_precisions(
+        query_codes, query_labels, db_codes, db_labels, topk, exclude_self,
+        query_indices=query_indices,
+    )
+    return float(aps.mean()) if aps.size else 0.0
+
+
+def precision_at_k(
+    query_codes: np.ndarray,
+    query_labels: Sequence | np.ndarray,
+    db_codes: np.ndarray,
+    db_labels: Sequence | np.ndarray,
+    k: int,
+    exclude_self: bool = False,
+    *,
+    query_indices: Sequence[int] | np.ndarray | None = None,
+) -> float:
+    """Mean fraction of relevant items among the top ``k`` of the Hamming ranking.
+
+    When ``k`` exceeds the (leave-one-out) database size ``n``, the denominator is ``n``.
+    Arguments as in :func:`mean_average_precision`.
+
+    >>> from rsir_sdk.codes import pack_codes
+    >>> q = pack_codes(np.array([[0] * 8]))
+    >>> db = pack_codes(np.array([[0] * 8, [1] * 8, [0] * 7 + [1]]))
+    >>> precision_at_k(q, ["a"], db, ["a", "a", "b"], k=2)  # items 0 ("a"), 2 ("b")
+    0.5
+    """
+    k = _positive_int(k, "k")
+    task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices)
+    total = 0.0
+    for _, rel_ranked in task.ranked_relevance(k):
+        total += float(rel_ranked.mean(axis=1).sum()) if rel_ranked.shape[1] else 0.0
+    return total / task.n_queries if task.n_queries else 0.0
+
+
+def precision_recall_within_radius(
+    query_codes: np.ndarray,
+    query_labels: Sequence | np.ndarray,
+    db_codes: np.ndarray,
+    db_labels: Sequence | np.ndarray,
+    radius: int,
+    exclude_self: bool = False,
+    *,
+    query_indices: Sequence[int] | np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Mean ``(precision, recall)`` when retrieving every item at Hamming distance ``<= radius``.
+
+    The radius is **inclusive** (``d <= r``; note that Milvus range search is ``d < radius``).
+    Conventions: a query that retrieves nothing has precision 0 (so a radius that is too small
+    is penalised, not skipped); a query with no relevant item in the database has recall 0.
+    A radius above the bit length means the whole database. Other arguments as in
+    :func:`mean_average_precision`.
+
+    >>> from rsir_sdk.codes import pack_codes
+    >>> q = pack_codes(np.array([[0] * 8]))
+    >>> db = pack_codes(np.array([[0] * 8, [1] * 8, [0] * 7 + [1]]))
+    >>> precision_recall_within_radius(q, ["a"], db, ["a", "a", "b"], radius=1)  # items 0, 2
+    (0.5, 0.5)
+    """
+    radius = int(radius)
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    curve = pr_curve(
+        query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices=query_indices
+    )
+    r = min(radius, len(curve.radius) - 1)
+    return float(curve.precision[r]), float(curve.recall[r])
+
+
+def pr_curve(
+    query_codes: np.ndarray,
+    query_labels: Sequence | np.ndarray,
+    db_codes: np.ndarray,
+    db_labels: Sequence | np.ndarray,
+    exclude_self: bool = False,
+    *,
+    query_indices: Sequence[int] | np.ndarray | None = None,
+) -> PRCurve:
+    """Precision and recall of Hamming-radius retrieval at every radius ``0..bits``.
+
+    Point ``r`` is :func:`precision_recall_within_radius` at radius ``r`` (inclusive, empty
+    retrieval = precision 0, no relevant item = recall 0, averaged over queries). Recall is
+    non-decreasing in ``r``; at ``r = bits`` everything is retrieved.
+
+    >>> from rsir_sdk.codes import pack_codes
+    >>> q = pack_codes(np.array([[0] * 8]))
+    >>> db = pack_codes(np.array([[0] * 8, [1] * 8, [0] * 7 + [1]]))
+    >>> curve = pr_curve(q, ["a"], db, ["a", "a", "b"])
+    >>> curve.precision[[0, 1, 8]], curve.recall[[0, 1, 8]]
+    (array([1.        , 0.5       , 0.66666667]), array([0.5, 0.5, 1. ]))
+    """
+    task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices)
+    nbins = task.bits + 1
+    precision = np.zeros(nbins, dtype=np.float64)
+    recall = np.zeros(nbins, dtype=np.float64)
+    for rows, dist, rel in task.distance_chunks():
+        retrieved = np.cumsum(_row_histogram(dist, None, nbins), axis=1)
+        hits = np.cumsum(_row_histogram(dist, rel, nbins), axis=1)
+        relevant = hits[:, -1:]
+        precision += _safe_ratio(hits, retrieved).sum(axis=0)
+        recall += _safe_ratio(hits, np.broadcast_to(relevant, hits.shape)).sum(axis=0)
+    if task.n_queries:
+        precision /= task.n_queries
+        recall /= task.n_queries
+    return PRCurve(np.arange(nbins), precision, recall)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Task:
+    """Validated inputs of one evaluation, with chunked distance and ranking iterators."""
+
+    def __init__(self, query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices):
+        self.queries = as_packed(query_codes)
+        self.database = as_packed(db_codes, self.queries.shape[1] * 8)
+        self.bits = self.queries.shape[1] * 8
+        self.n_queries = self.queries.shape[0]
+        self.n_db = self.database.shape[0]
+        self._relevance = _Relevance(query_labels, db_labels, self.n_queries, self.n_db)
+        self.self_index = _self_indices(
+            exclude_self, query_indices, self.n_queries, self.n_db, self._relevance
+        )
+        # the sentinel distance sorts a query's own item after every real item
+        self._sentinel = self.bits + 1
+
+    @property
+    def n_ranked(self) -> int:
+        """Length of each query's ranking (the database, less the query itself)."""
+        return self.n_db - (self.self_index is not None)
+
+    def distance_chunks(self) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Yield ``(rows, distances int32 (c, n_db), relevance bool (c, n_db))`` per chunk.
+
+        With ``exclude_self`` the query's own item has distance ``bits + 1`` and relevance
+        False, so it falls outside every radius and at the end of every ranking.
+        """
+        step = max(1, _CHUNK_PAIRS // max(1, self.n_db))
+        for start in range(0, self.n_queries, step):
+            rows = slice(start, min(start + step, self.n_queries))
+            dist = hamming_distances(self.queries[rows], self.database)
+            rel = self._relevance(rows)
+            if self.self_index is not None:
+                local = np.arange(dist.shape[0])
+                dist[local, self.self_index[rows]] = self._sentinel
+                rel[local, self.self_index[rows]] = False
+            yield rows, dist, rel
+
+    def ranked_relevance(self, topk: int | None) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(rows, relevance in rank order bool (c, min(topk, n_ranked)))`` per chunk.
+
+        Ranking: Hamming distance ascending, ties by database index ascending (stable sort).
+        """
+        keep = self.n_ranked if topk is None else min(topk, self.n_ranked)
+        for rows, dist, rel in self.distance_chunks():
+            # distances fit uint16 (bits <= 32768, sentinel included): numpy then radix-sorts
+            order = np.argsort(dist.astype(np.uint16), axis=1, kind="stable")[:, :keep]
+            yield rows, np.take_along_axis(rel, order, axis=1)
+
+
+class _Relevance:
+    """Relevance of database items to queries: equal labels (1-D) or a shared label (2-D 0/1)."""
+
+    def __init__(self, query_labels, db_labels, n_queries: int, n_db: int):
+        if len(query_labels) != n_queries or len(db_labels) != n_db:
+            raise ValueError(
+                f"got {len(query_labels)} query labels for {n_queries} query codes and "
+                f"{len(db_labels)} database labels for {n_db} database codes"
+            )
+        q, d = _as_indicator(query_labels), _as_indicator(db_labels)
+        if (q is None) != (d is None):
+            raise ValueError(
+                "query and database labels must be of one kind: both 1-D (one label per item) "
+                "or both 2-D 0/1 indicator matrices"
+            )
+        self.multi_label = q is not None
+        if self.multi_label:
+            if q.shape[1] != d.shape[1]:
+                raise ValueError(f"label matrices have {q.shape[1]} and {d.shape[1]} columns")
+            self.query, self.db = q, d
+        else:
+            self.query, self.db = _factorize(query_labels, db_labels)
+
+    def __call__(self, rows) -> np.ndarray:
+        """Boolean relevance ``(len(rows), n_db)`` of the queries in ``rows``."""
+        if self.multi_label:
+            return (self.query[rows] @ self.db.T) > 0.5
+        return self.query[rows, None] == self.db[None, :]
+
+    def same(self, query_rows: np.ndarray, db_rows: np.ndarray) -> bool:
+        """Whether the queries carry the same labels as the given database items."""
+        return bool(np.array_equal(self.query[query_rows], self.db[db_rows]))
+
+
+def _factorize(query_labels, db_labels) -> tuple[np.ndarray, np.ndarray]:
+    """Map arbitrary hashable labels to small ints shared by queries and database."""
+    ids: dict = {}
+
+    def encode(labels) -> np.ndarray:
+        items = labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
+        return np.fromiter(
+            (ids.setdefault(x, len(ids)) for x in items), dtype=np.int64, count=len(items)
+        )
+
+    try:
+        return encode(query_labels), encode(db_labels)
+    except TypeError as exc:  # unhashable label, e.g. a list
+        raise TypeError(
+            "1-D labels must be hashable (int, str, ...); pass multi-label data as a 2-D 0/1 "
+            f"indicator matrix ({exc})"
+        ) from None
+
+
+def _as_indicator(labels) -> np.ndarray | None:
+    """A 2-D numeric/boolean label matrix as float32 0/1 (exact for dot products), else None."""
+    try:
+        arr = np.asarray(labels)
+    except ValueError:  # ragged nested sequences: not a matrix
+        return None
+    if arr.ndim != 2 or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
+        return None
+    if not np.isin(arr, (0, 1)).all():
+        raise ValueError("a 2-D label matrix is a multi-label indicator and must hold only 0 and 1")
+    return arr.astype(np.float32)
+
+
+def _self_indices(
+    exclude_self: bool, query_indices, n_queries: int, n_db: int, relevance: _Relevance
+) -> np.ndarray | None:
+    """Database index of each query for leave-one-out, or None when nothing is excluded."""
+    if not exclude_self:
+        if query_indices is not None:
+            raise ValueError("query_indices is only used with exclude_self=True")
+        return None
+    if query_indices is None:
+        if n_queries != n_db:
+            raise ValueError(
+                f"exclude_self without query_indices needs the queries to be the database, but "
+                f"there are {n_queries} queries and {n_db} database items; pass query_indices "
+                "(the database index of each query)"
+            )
+        index = np.arange(n_queries)
+    else:
+        index = np.asarray(query_indices)
+        if index.shape != (n_queries,) or not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(f"query_indices must be {n_queries} integers, got {index.shape}")
+        if n_queries and (index.min() < 0 or index.max() >= n_db):
+            raise ValueError(f"query_indices must lie in 0..{n_db - 1}")
+        index = index.astype(np.int64)
+    if not relevance.same(np.arange(n_queries), index):
+        raise ValueError(
+            "with exclude_self, each query's labels must equal those of its own database item "
+            "(are the queries the database, in the same order?)"
+        )
+    return index
+
+
+def _ap_of_ranked(rel_ranked: np.ndarray) -> np.ndarray:
+    """AP per row of a ranked relevance matrix, normalised by the hits it holds (0 if none).
+
+    Only the relevant positions are visited: the ``j``-th hit (0-based) of a row at rank
+    position ``p`` (0-based) adds precision ``(j + 1) / (p + 1)``.
+    """
+    n_rows = rel_ranked.shape[0]
+    rows, cols = np.nonzero(rel_ranked)  # row-major: positions ascending within each row
+    hits_per_row = np.bincount(rows, minlength=n_rows)
+    first_hit = np.concatenate(([0], np.cumsum(hits_per_row)[:-1]))
+    hit_rank = np.arange(len(rows)) - first_hit[rows]
+    sums = np.bincount(rows, weights=(hit_rank + 1) / (cols + 1), minlength=n_rows)
+    return _safe_ratio(sums, hits_per_row)
+
+
+def _row_histogram(dist: np.ndarray, mask: np.ndarray | None, nbins: int) -> np.ndarray:
+    """Per-row counts of distances ``0..nbins-1`` (larger ones, i.e. the sentinel, dropped)."""
+    width = nbins + 1  # one extra bin for the leave-one-out sentinel
+    flat = dist + width * np.arange(dist.shape[0])[:, None]
+    flat = flat[mask] if mask is not None else flat.ravel()
+    counts = np.bincount(flat, minlength=dist.shape[0] * width)
+    return counts.reshape(dist.shape[0], width)[:, :nbins]
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with 0 where ``den`` is 0."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros(np.broadcast_shapes(num.shape, den.shape), dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
