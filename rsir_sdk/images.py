@@ -14,6 +14,12 @@ and a size limit). Conversion rules, applied in this order:
 - numpy arrays: ``HxW`` (grayscale, replicated to 3 channels), ``HxWx1``, ``HxWx3`` (RGB),
   ``HxWx4`` (RGBA, alpha dropped), dtype ``uint8``, ``uint16`` (scaled as above) or float.
 
+TIFF files (file, bytes and file-object sources) are the one extension: their data is handed to
+:func:`rsir_sdk.rasters.decode_tiff`, which reads multi-band, 16-bit and float rasters by the
+current raster rule (band choice, stretch; see :mod:`rsir_sdk.rasters`). Its default rule gives
+the same pixels as the rules above (with the ``geo`` extra, 16-bit RGB TIFFs, which Pillow alone
+truncates to their high byte, follow the 16-bit rule: at most one grey level apart).
+
 Anything that cannot be read raises :class:`~rsir_sdk.errors.ImageLoadError` naming the source.
 """
 
@@ -121,6 +127,15 @@ def fetch_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
 
 
 def _decode(fh: IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
+    # extension point: TIFF data goes to rsir_sdk.rasters (multi-band/16-bit/float rasters)
+    fh = fh if _seekable(fh) else io.BytesIO(fh.read())
+    start = fh.tell()
+    head = fh.read(4)
+    fh.seek(start)
+    if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        from .rasters import decode_tiff
+
+        return decode_tiff(fh, name, max_pixels)
     try:
         with Image.open(fh) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
@@ -137,6 +152,13 @@ def _decode(fh: IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
         raise ImageLoadError(name, f"too large: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from None
+
+
+def _seekable(fh: Any) -> bool:
+    try:
+        return bool(fh.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def pil_to_rgb(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:

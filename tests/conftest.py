@@ -62,3 +62,20 @@ def rp_bundle(tmp_path_factory) -> tuple[Path, np.ndarray]:
 def db_uri(tmp_path) -> str:
     """A fresh Milvus Lite database file."""
     return str(tmp_path / "rsir.db")
+
+
+@pytest.fixture(scope="session")
+def tiny_ahcl(tmp_path_factory):
+    """A real AHCL bundle trained once per session (small_cnn on the shipped sample, 32 bits).
+
+    Returns ``(bundle_dir, result, manifest)``; needs the train extra (torch).
+    """
+    pytest.importorskip("torch")
+    import torch
+
+    from export.testing import tiny_ahcl_bundle
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("tiny_ahcl") / "bundle"
+    result, manifest = tiny_ahcl_bundle(out, bits=32)
+    return out, result, manifest

@@ -1,0 +1,117 @@
+"""The `rsir` command line: info, collections, search (table, JSON, HTML gallery), forwarding."""
+
+import json
+import re
+import shutil
+import sys
+import types
+
+import numpy as np
+
+from onnx_models import build_random_projection_bundle
+from rsir_sdk.cli import format_hits, main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info(rp_bundle, capsys):
+    code, out, _ = run(capsys, "info", rp_bundle[0])
+    assert code == 0 and "random_projection" in out and "split        none" in out
+    code, out, _ = run(capsys, "info", rp_bundle[0], "--json")
+    info = json.loads(out)
+    assert info["bits"] == 64 and info["encoder_id"] and info["split"] is None
+    code, _, err = run(capsys, "info", "/no/such/bundle")
+    assert code == 1 and "does not exist" in err
+
+
+def test_index_search_collections_gallery(tmp_path, sample_images, rp_bundle, db_uri, capsys):
+    archive = tmp_path / "archive"
+    for p, label in sample_images[::4]:
+        (archive / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, archive / label / p.name)
+    code, _, err = run(capsys, "collections", "--uri", db_uri)
+    assert code == 1 and "no Milvus Lite file" in err
+    code, out, err = run(capsys, "index", rp_bundle[0], archive, "--uri", db_uri, "--collection",
+                         "scenes", "--label-from", "parent", "--relative-paths")
+    assert code == 0 and "indexed         50 images into scenes" in out
+    assert "img/s" in err  # the progress bar shows the rate
+    code, out, _ = run(capsys, "collections", "--uri", db_uri)
+    assert code == 0 and re.search(r"scenes\s+50\s+64\s+\w{16}\s+random_projection\s+stretch=range", out)
+    code, out, _ = run(capsys, "collections", "--uri", db_uri, "--json")
+    assert json.loads(out)[0]["count"] == 50
+
+    query = archive / sample_images[8][1] / sample_images[8][0].name
+    code, out, _ = run(capsys, "search", rp_bundle[0], query, "--uri", db_uri, "--collection",
+                       "scenes", "-k", "5")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["rank", "id", "distance", "label", "path"]
+    first = lines[1].split()
+    assert first[:3] == ["1", f"{sample_images[8][1]}/{sample_images[8][0].name}", "0"]
+    assert len(lines) == 6
+    code, out, _ = run(capsys, "search", rp_bundle[0], query, "--uri", db_uri, "--collection",
+                       "scenes", "-k", "50", "--json", "--filter", 'label == "Forest"')
+    hits = json.loads(out)
+    assert code == 0 and len(hits) == 5 and {h["label"] for h in hits} == {"Forest"}
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+
+    # the gallery: query + hits inlined as thumbnails, distances shown, missing files shown
+    html_out = tmp_path / "pages" / "g.html"
+    code, out, err = run(capsys, "search", rp_bundle[0], query, "--uri", db_uri, "--collection",
+                         "scenes", "-k", "6", "--html", html_out, "--root", archive)
+    page = html_out.read_text()
+    assert code == 0 and "wrote" in err
+    assert page.count("data:image/jpeg;base64,") == 7 and page.count("distance ") == 6
+    assert "<b>query</b>" in page and "image not found" not in page
+    code, _, _ = run(capsys, "search", rp_bundle[0], query, "--uri", db_uri, "--collection", "scenes",
+                     "-k", "3", "--html", html_out)  # no --root: relative paths cannot be found
+    assert page != html_out.read_text() and html_out.read_text().count("image not found") == 3
+    code, _, _ = run(capsys, "search", rp_bundle[0], query, "--uri", db_uri, "--collection", "scenes",
+                     "-k", "3", "--html", html_out, "--root", archive, "--link-images")
+    linked = html_out.read_text()
+    assert "base64" not in linked and 'src="../archive/' in linked
+
+    code, _, err = run(capsys, "search", rp_bundle[0], query, "--uri", db_uri, "--collection", "nope")
+    assert code == 1 and "index into it first" in err
+    code, _, err = run(capsys, "search", rp_bundle[0], tmp_path / "missing.jpg", "--uri", db_uri,
+                       "--collection", "scenes")
+    assert code == 1 and "no such file" in err
+
+
+def test_index_learned_codes(tmp_path, sample_images, db_uri, capsys):
+    bundle = tmp_path / "ahcl"
+    codes = np.random.default_rng(0).integers(0, 256, (20, 4), dtype=np.uint8)
+    build_random_projection_bundle(bundle, bits=32, size=32, database={
+        "codes": codes, "ids": [f"img{i}" for i in range(20)], "labels": ["a", "b"] * 10,
+        "paths": [f"a/{i}.jpg" for i in range(20)], "kind": "learned"})
+    code, out, _ = run(capsys, "index", bundle, "--learned", "--uri", db_uri, "--collection", "l")
+    assert code == 0 and "indexed 20 learned database codes into l" in out
+    code, out, _ = run(capsys, "index", bundle, "--learned", "--uri", db_uri, "--collection", "l", "--json")
+    assert json.loads(out) == {"indexed": 20, "collection": "l", "uri": db_uri, "count": 20}
+
+
+def test_forwarding_to_the_training_side(monkeypatch, capsys):
+    seen = {}
+    fake = types.ModuleType("export.quickstart")
+    fake.main = lambda argv: seen.setdefault("quickstart", argv) and 0
+    monkeypatch.setitem(sys.modules, "export.quickstart", fake)
+    assert main(["quickstart", "--out", "x"]) == 0 and seen["quickstart"] == ["--out", "x"]
+    fake_cli = types.ModuleType("export.cli")
+    fake_cli.main = lambda argv: seen.setdefault("train", argv) and 0
+    monkeypatch.setitem(sys.modules, "export.cli", fake_cli)
+    assert main(["train", "ahcl", "--bits", "16"]) == 0
+    assert seen["train"] == ["train", "ahcl", "--bits", "16"]
+    monkeypatch.setitem(sys.modules, "export.quickstart", None)  # import fails
+    assert main(["quickstart"]) == 2 and "training extra" in capsys.readouterr().err
+
+
+def test_format_hits_table():
+    from rsir_sdk.retriever import Hit
+
+    assert format_hits([]) == "no hits"
+    text = format_hits([Hit("a", 0, "forest", "/x/a.jpg"), Hit("bb", 3, "", "")])
+    assert text.splitlines()[1].split() == ["1", "a", "0", "forest", "/x/a.jpg"]

@@ -1,0 +1,129 @@
+"""`rsir eval`: a bundle's query split searched through Milvus, checked against rsir_sdk.metrics."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.bundle import write_bundle
+from export.data import make_split, read_folder, save_split
+from onnx_models import manifest_for, numpy_reference, random_projection_model
+from rsir_sdk import metrics
+from rsir_sdk.cli import main
+from rsir_sdk.evaluate import EvaluationError, evaluate_bundle, recorded_data_root
+from rsir_sdk.images import load_image
+from rsir_sdk.preprocess import prepare
+
+
+def make_bundle(out: Path, data: Path, *, protocol: str, learned: bool, command: str | None = None,
+                noise: float = 0.1):
+    """A random-projection bundle with split.json; AHCL-like "learned" codes = the encoder's
+    codes of the train split with a fraction of bits flipped (learned V differs from F(x))."""
+    archive = read_folder(data)
+    split = make_split(archive, "60-40" if protocol.startswith("milan") else "80-20", seed=0)
+    model, weight = random_projection_model(32, 32, 32, seed=3)
+    manifest = manifest_for(32, 32, 32, method="ahcl" if learned else "milan",
+                            classes=archive.classes)
+    manifest["symmetric"] = not learned
+    manifest["training"] = {"protocol": protocol, "split_file": "split.json"}
+    if command:
+        manifest["training"]["command"] = command
+    database = None
+    if learned:
+        by_id = {s.id: s for s in archive.samples}
+        train = [by_id[i] for i in split.train_ids]
+        prepared = np.stack([prepare(load_image(archive.abspath(s)), manifest["preprocess"]) for s in train])
+        codes = numpy_reference(prepared, weight)[1]
+        rng = np.random.default_rng(0)
+        bits = np.unpackbits(codes, axis=1) ^ (rng.random((len(train), 32)) < noise)
+        database = {"codes": np.packbits(bits.astype(np.uint8), axis=1), "ids": [s.id for s in train],
+                    "labels": [s.label for s in train], "paths": [s.path for s in train],
+                    "kind": "learned"}
+    write_bundle(out, model, manifest, database)
+    save_split(split, out / "split.json")
+    return split, archive
+
+
+def test_ahcl_bundle_through_milvus_matches_the_reference(tmp_path, sample_dir):
+    bundle = tmp_path / "ahcl"
+    split, archive = make_bundle(bundle, sample_dir, protocol="ahcl-80-20", learned=True)
+    res = evaluate_bundle(bundle, sample_dir, ks=(5, 20))
+    assert res.n_queries == len(split.query_ids) == 40 and res.n_database == 160
+    assert res.database == "learned" and not res.leave_one_out and res.topk == 160
+    assert res.agree and not res.failed
+    assert set(res.metrics) == {"mAP", "mAP@160", "mAP@5", "P@5", "mAP@20", "P@20"}
+    for key, value in res.metrics.items():
+        assert value == pytest.approx(res.reference[key], abs=1e-12), key
+    # independently: encoder codes of the queries vs the learned codes, database in id order
+    from rsir_sdk import Encoder
+
+    db = np.load(bundle / "database.npz")
+    order = np.argsort(db["ids"])
+    by_id = {s.id: s for s in archive.samples}
+    queries = [by_id[i] for i in split.query_ids]
+    q_codes = Encoder(bundle).encode([archive.abspath(s) for s in queries])
+    expect = metrics.mean_average_precision(q_codes, [s.label for s in queries],
+                                            db["codes"][order], db["labels"][order].tolist())
+    assert res.metrics["mAP"] == pytest.approx(expect, abs=1e-12)
+    assert 0.1 < res.metrics["mAP"] < 1.0
+
+
+def test_symmetric_bundle_leave_one_out_and_named_collections(tmp_path, sample_dir, db_uri):
+    bundle = tmp_path / "milan"
+    split, _ = make_bundle(bundle, sample_dir, protocol="milan-60-40", learned=False)
+    res = evaluate_bundle(bundle, sample_dir, uri=db_uri, collection="ev", ks=(20,))
+    assert res.leave_one_out and res.database == "encoded"
+    assert res.n_queries == res.n_database == len(split.query_ids) == 80
+    assert res.topk == 79 and res.agree
+    for key, value in res.metrics.items():
+        assert value == pytest.approx(res.reference[key], abs=1e-12), key
+    again = evaluate_bundle(bundle, sample_dir, uri=db_uri, collection="ev", ks=(20,))
+    assert again.metrics == res.metrics  # the named collection is reused (upsert by id)
+    train = evaluate_bundle(bundle, sample_dir, database="train", ks=(20,))  # queries vs train
+    assert not train.leave_one_out and train.n_database == 120 and train.n_queries == 80
+    from rsir_sdk import MilvusCodeStore
+
+    with MilvusCodeStore(db_uri, "ev", create=False) as s:
+        s.upsert(["intruder"], np.zeros((1, 4), np.uint8))
+    with pytest.raises(EvaluationError, match="holds 81 items"):
+        evaluate_bundle(bundle, sample_dir, uri=db_uri, collection="ev")
+
+
+def test_archive_recorded_in_the_bundle_and_errors(tmp_path, sample_dir):
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    bundle = tmp_path / "b"
+    make_bundle(bundle, data, protocol="ahcl-80-20", learned=True,
+                command=f"python -m export train ahcl --data {data} --bits 32 --out {bundle}")
+    from rsir_sdk import Bundle
+
+    assert recorded_data_root(Bundle.load(bundle)) == str(data)
+    assert evaluate_bundle(bundle, ks=(10,)).agree
+    # an unreadable query is left out and reported
+    split = json.loads((bundle / "split.json").read_text())
+    (data / split["query"][0]).write_bytes(b"")
+    res = evaluate_bundle(bundle, ks=(10,))
+    assert res.n_queries == 39 and [f.id for f in res.failed] == [split["query"][0]]
+    with pytest.raises(EvaluationError, match="not in the archive"):
+        evaluate_bundle(bundle, data / "Forest")
+    with pytest.raises(EvaluationError, match="does not exist"):
+        evaluate_bundle(bundle, tmp_path / "nowhere")
+    (bundle / "split.json").unlink()
+    with pytest.raises(EvaluationError, match="split.json"):
+        evaluate_bundle(bundle)
+
+
+def test_rsir_eval_command(tmp_path, sample_dir, capsys):
+    bundle = tmp_path / "ahcl"
+    make_bundle(bundle, sample_dir, protocol="ahcl-80-20", learned=True)
+    assert main(["eval", str(bundle), "--data", str(sample_dir), "--ks", "10", "--no-progress",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["agree"] and out["metrics"]["mAP"] == pytest.approx(out["reference"]["mAP"])
+    assert main(["eval", str(bundle), "--data", str(sample_dir), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "mAP@100" in text and "matches the exact numpy ranking" in text
+    assert main(["eval", str(bundle), "--no-progress"]) == 1
+    assert "--data" in capsys.readouterr().err

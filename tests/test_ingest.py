@@ -1,0 +1,279 @@
+"""Archive ingestion: listing folders and CSV manifests, bad files reported, retry, idempotency."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsir_sdk import Encoder, MilvusCodeStore
+from rsir_sdk.cli import main
+from rsir_sdk.ingest import (
+    FailureReport, IngestError, open_archive, read_manifest, read_report, scan_folder,
+)
+
+tifffile = pytest.importorskip("tifffile")  # the geo extra; the dev extra installs it
+
+GEOTAGS = [(33550, "d", 3, (10.0, 10.0, 0.0)), (33922, "d", 6, (0, 0, 0, 500000.0, 5000000.0, 0)),
+           (34735, "H", 8, (1, 1, 0, 1, 3072, 0, 1, 32633))]
+
+
+def make_odd_archive(root: Path, sample_images) -> dict[str, list[str]]:
+    """Real scenes, odd but readable rasters, and broken files; returns the ids of each kind."""
+    good, bad = [], []
+    for p, label in sample_images[::10]:  # 20 JPEGs, 2 per class
+        dst = root / label / p.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dst)
+        good.append(f"{label}/{p.name}")
+    rgb = np.asarray(Image.open(sample_images[3][0]).convert("RGB"))
+    odd = root / "odd"
+    odd.mkdir()
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(odd / "gray16.png")
+    rgba = Image.fromarray(rgb).convert("RGBA"); rgba.putalpha(100); rgba.save(odd / "rgba.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(odd / "palette.png")
+    bgrn = np.concatenate([rgb[..., ::-1].astype(np.uint16) * 12,
+                           np.full(rgb.shape[:2] + (1,), 4000, np.uint16)], axis=2)
+    tifffile.imwrite(odd / "s2_bgrn.tif", bgrn, photometric="minisblack", planarconfig="contig",
+                     extratags=GEOTAGS)
+    tifffile.imwrite(odd / "float01.tif", rgb.astype(np.float32) / 255, photometric="rgb")
+    tifffile.imwrite(odd / "bands13.tif", np.dstack([rgb[..., i % 3] for i in range(13)]),
+                     photometric="minisblack", planarconfig="contig")
+    good += [f"odd/{n}" for n in ("bands13.tif", "float01.tif", "gray16.png", "palette.png",
+                                  "rgba.png", "s2_bgrn.tif")]
+    broken = root / "broken"
+    broken.mkdir()
+    jpeg = sample_images[0][0].read_bytes()
+    (broken / "corrupt.jpg").write_bytes(jpeg[:400])
+    (broken / "zero.jpg").write_bytes(b"")
+    (broken / "notimage.jpg").write_text("this is a text file with a .jpg name\n")
+    tifffile.imwrite(broken / "dem.tif", rgb[..., 0].astype(np.float32) * 10 - 50,
+                     photometric="minisblack")
+    Image.new("1", (12000, 10000)).save(broken / "huge.png")
+    (broken / "trunc.tif").write_bytes((odd / "s2_bgrn.tif").read_bytes()[:500])
+    bad += [f"broken/{n}" for n in ("corrupt.jpg", "dem.tif", "huge.png", "notimage.jpg",
+                                    "trunc.tif", "zero.jpg")]
+    (root / "notes.txt").write_text("not an image, ignored by extension")
+    (root / ".hidden.jpg").write_bytes(jpeg)
+    (root / ".cache").mkdir()
+    (root / ".cache" / "x.jpg").write_bytes(jpeg)
+    return {"good": sorted(good), "bad": sorted(bad)}
+
+
+@pytest.fixture
+def odd_archive(tmp_path, sample_images):
+    root = tmp_path / "archive"
+    kinds = make_odd_archive(root, sample_images)
+    return root, kinds
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def stored(db: str, collection: str) -> dict:
+    with MilvusCodeStore(db, collection, create=False) as s:
+        ids = [r["id"] for r in s._client.query(collection, filter="", output_fields=["id"], limit=16384)]
+        assert len(ids) == len(set(ids)) == s.count()
+        return {it.id: it for it in s.get(ids)}
+
+
+def test_listing_folders(odd_archive):
+    root, kinds = odd_archive
+    listing = scan_folder(root, label_from="parent")
+    ids = [it.id for it in listing.items]
+    assert ids == sorted(ids) and set(ids) == set(kinds["good"] + kinds["bad"])
+    assert listing.ignored == ["notes.txt"] and not listing.invalid
+    assert all(".hidden" not in i and ".cache" not in i for i in ids)
+    by_id = {it.id: it for it in listing.items}
+    assert by_id["odd/rgba.png"].label == "odd" and by_id["odd/rgba.png"].file == root / "odd/rgba.png"
+    nested = root / "Forest" / "2020" / "x.jpg"
+    nested.parent.mkdir()
+    shutil.copyfile(root / kinds["good"][0], nested)
+    top = {it.id: it.label for it in scan_folder(root, label_from="top").items}
+    parent = {it.id: it.label for it in scan_folder(root, label_from="parent").items}
+    assert top["Forest/2020/x.jpg"] == "Forest" and parent["Forest/2020/x.jpg"] == "2020"
+    assert {it.label for it in scan_folder(root).items} == {""}
+    assert [it.id for it in scan_folder(root, extensions=["tif"]).items] == [
+        "broken/dem.tif", "broken/trunc.tif", "odd/bands13.tif", "odd/float01.tif", "odd/s2_bgrn.tif"]
+    for bad, msg in [(root / "missing", "does not exist"), (root / "notes.txt", "not a folder")]:
+        with pytest.raises(IngestError, match=msg):
+            open_archive(bad)
+    with pytest.raises(IngestError, match="label_from"):
+        scan_folder(root, label_from="grandparent")
+
+
+def test_listing_csv_manifests(tmp_path, sample_images):
+    rows = [["path", "id", "label", "year", "cloud", "note"]]
+    for i, (p, label) in enumerate(sample_images[:6]):
+        rows.append([f"./{p.parent.name}/{p.name}", f"scene-{i}", label, 2018 + i, f"0.{i}5", "x,y"])
+    rows.append(["", "scene-9", "Forest", "", "", ""])  # empty path
+    rows.append([f"{sample_images[0][0].parent.name}/{sample_images[0][0].name}", "scene-0", "", "", "", ""])
+    rows.append(["Forest/none.jpg", "", "Forest", "", "", ""])  # empty id
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    listing = read_manifest(manifest, root=sample_images[0][0].parents[1])
+    assert [it.id for it in listing.items] == [f"scene-{i}" for i in range(6)]
+    first = listing.items[0]
+    assert first.path == f"{sample_images[0][0].parent.name}/{sample_images[0][0].name}"
+    assert first.file == sample_images[0][0] and first.label == sample_images[0][1]
+    assert first.metadata == {"year": 2018, "cloud": 0.05, "note": "x,y"}
+    reasons = sorted(f.reason for f in listing.invalid)
+    assert len(reasons) == 3
+    assert any("duplicate id (first on line 2)" in r for r in reasons)
+    assert any("empty path" in r for r in reasons) and any("empty id" in r for r in reasons)
+    with pytest.raises(IngestError, match="no 'file' column"):
+        read_manifest(manifest, path_column="file")
+    with pytest.raises(IngestError, match="no 'klass' column"):
+        read_manifest(manifest, label_column="klass")
+    # without an id column the path is the id
+    plain = tmp_path / "plain.csv"
+    plain.write_text("path\nForest/a.jpg\nForest/b.jpg\n")
+    assert [it.id for it in read_manifest(plain).items] == ["Forest/a.jpg", "Forest/b.jpg"]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_odd_archive_every_good_image_indexed_every_bad_one_reported(
+    odd_archive, rp_bundle, db_uri, tmp_path, capsys
+):
+    root, kinds = odd_archive
+    report = tmp_path / "failed.csv"
+    code, out, err = run(capsys, "index", rp_bundle[0], root, "--uri", db_uri, "--collection", "odd",
+                         "--label-from", "parent", "--report", report, "--no-progress", "--json",
+                         "--workers", 2, "--batch-size", 8, "--upsert-batch", 10)
+    assert code == 3, err
+    summary = json.loads(out)
+    assert summary["indexed"] == len(kinds["good"]) and summary["failed"] == len(kinds["bad"])
+    assert summary["skipped"] == 0 and summary["ignored"] == 1
+    assert summary["total"] == len(kinds["good"]) + len(kinds["bad"])
+    rows = {r.id: r for r in read_report(report)}
+    assert sorted(rows) == kinds["bad"]
+    expected = {"broken/corrupt.jpg": "corrupt", "broken/zero.jpg": "empty",
+                "broken/notimage.jpg": "identify", "broken/dem.tif": "stretch",
+                "broken/huge.png": "pixel limit", "broken/trunc.tif": "TIFF"}
+    for i, word in expected.items():
+        assert word in rows[i].reason and rows[i].stage == "read", rows[i]
+        assert rows[i].path == str(root / i)
+    # the codes stored are the encoder's codes of the same files
+    items = stored(db_uri, "odd")
+    assert sorted(items) == kinds["good"]
+    enc = Encoder(rp_bundle[0])
+    want = enc.encode([root / i for i in kinds["good"]])
+    got = np.stack([items[i].code for i in kinds["good"]])
+    assert (got == want).all()
+    geo = items["odd/s2_bgrn.tif"].metadata
+    assert geo["crs"] == "EPSG:32633" and geo["bounds"] == [500000.0, 4999360.0, 500640.0, 5000000.0]
+    assert abs(geo["lonlat"][0] - 15.004) < 0.001
+    with MilvusCodeStore(db_uri, "odd", create=False) as s:  # an area filter on the lon/lat
+        near = s.search(want[:1], k=50, filter='metadata["lonlat"][0] > 15 and metadata["lonlat"][1] < 46')
+    assert [h.id for h in near[0]] == ["odd/s2_bgrn.tif"]
+    assert items["odd/rgba.png"].label == "odd"
+    assert items["odd/rgba.png"].path == str((root / "odd/rgba.png").absolute())
+
+    # retry the report after fixing two files: only the reported ids are looked at
+    shutil.copyfile(root / kinds["good"][0], root / "broken/zero.jpg")
+    (root / "broken/huge.png").unlink()
+    Image.open(root / kinds["good"][1]).save(root / "broken/huge.png")
+    code, out, err = run(capsys, "index", rp_bundle[0], root, "--uri", db_uri, "--collection", "odd",
+                         "--label-from", "parent", "--retry-failed", report, "--report", report,
+                         "--no-progress", "--json")
+    summary = json.loads(out)
+    assert code == 3 and summary["total"] == 6 and summary["indexed"] == 2 and summary["failed"] == 4
+    assert sorted(r.id for r in read_report(report)) == sorted(set(kinds["bad"]) - {"broken/zero.jpg", "broken/huge.png"})
+
+    # a plain re-run skips everything present; with no failure left the report goes away
+    for name in ("corrupt.jpg", "notimage.jpg", "dem.tif", "trunc.tif"):
+        (root / "broken" / name).unlink()
+    code, out, err = run(capsys, "index", rp_bundle[0], root, "--uri", db_uri, "--collection", "odd",
+                         "--label-from", "parent", "--report", report, "--no-progress")
+    assert code == 0, err
+    assert f"skipped  {len(kinds['good']) + 2:>9} already present" in out
+    assert not report.exists()
+    assert len(stored(db_uri, "odd")) == len(kinds["good"]) + 2
+
+
+def test_rerun_is_idempotent_force_reencodes_and_rules_must_match(
+    tmp_path, sample_images, rp_bundle, db_uri, capsys
+):
+    root = tmp_path / "a"
+    for p, label in sample_images[:12]:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, root / label / p.name)
+    args = ["index", rp_bundle[0], root, "--uri", db_uri, "--collection", "c", "--no-progress", "--json"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and json.loads(out)["indexed"] == 12
+    before = stored(db_uri, "c")
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and json.loads(out)["skipped"] == 12 and json.loads(out)["indexed"] == 0
+    code, out, _ = run(capsys, *args, "--force")
+    assert code == 0 and json.loads(out)["indexed"] == 12 and json.loads(out)["count"] == 12
+    after = stored(db_uri, "c")
+    assert all((after[i].code == before[i].code).all() for i in before)
+    # a collection filled by one raster rule refuses another
+    code, out, err = run(capsys, *args, "--stretch", "percentile")
+    assert code == 1 and "raster rule" in err and "stretch=range" in err
+    code, out, err = run(capsys, *args, "--stretch", "sideways")
+    assert code == 2 and "unknown stretch" in err
+    # a new collection records the rule, and later runs reuse it without being told
+    code, out, _ = run(capsys, "index", rp_bundle[0], root, "--uri", db_uri, "--collection", "p",
+                       "--no-progress", "--json", "--stretch", "percentile:1,99", "--bands", "3,2,1")
+    assert code == 0 and json.loads(out)["raster_rule"] == "bands=3,2,1;stretch=percentile:1,99"
+    code, out, _ = run(capsys, "index", rp_bundle[0], root, "--uri", db_uri, "--collection", "p",
+                       "--no-progress", "--json")
+    assert code == 0 and json.loads(out)["raster_rule"] == "bands=3,2,1;stretch=percentile:1,99"
+
+
+def test_csv_manifest_with_metadata_filters(tmp_path, sample_images, rp_bundle, db_uri, capsys):
+    root = sample_images[0][0].parents[1]
+    manifest = tmp_path / "scenes.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "scene_id", "class", "year", "sensor"])
+        for i, (p, label) in enumerate(sample_images[:40]):
+            w.writerow([f"{p.parent.name}/{p.name}", f"S2-{i:04d}", label, 2015 + i % 10, "S2A"])
+        w.writerow(["Forest/missing.jpg", "S2-9999", "Forest", 2020, "S2A"])
+        w.writerow(["Forest/other.jpg", "S2-0003", "Forest", 2020, "S2A"])  # duplicate id
+    code, out, err = run(capsys, "index", rp_bundle[0], manifest, "--root", root, "--uri", db_uri,
+                         "--collection", "m", "--path-column", "file", "--id-column", "scene_id",
+                         "--label-column", "class", "--relative-paths", "--no-progress", "--json",
+                         "--report", tmp_path / "r.csv")
+    summary = json.loads(out)
+    assert code == 3 and summary["indexed"] == 40 and summary["failed"] == 2
+    reasons = {f["id"]: f["reason"] for f in summary["failures"]}
+    assert "no such file" in reasons["S2-9999"] and "duplicate id" in reasons["S2-0003"]
+    with MilvusCodeStore(db_uri, "m", create=False) as s:
+        item = s.get(["S2-0005"])[0]
+        assert item.path == f"{sample_images[5][0].parent.name}/{sample_images[5][0].name}"
+        assert item.label == sample_images[5][1] and item.metadata == {"year": 2020, "sensor": "S2A"}
+        recent = s.search(item.code[None], k=100, filter='metadata["year"] >= 2022')[0]
+    assert len(recent) == 12 and all(h.metadata["year"] >= 2022 for h in recent)
+
+
+def test_usage_errors(rp_bundle, db_uri, capsys, tmp_path):
+    code, _, err = run(capsys, "index", rp_bundle[0], "--uri", db_uri)
+    assert code == 2 and "ARCHIVE" in err
+    code, _, err = run(capsys, "index", rp_bundle[0], tmp_path, "--learned", "--uri", db_uri)
+    assert code == 2 and "not both" in err
+    code, _, err = run(capsys, "index", rp_bundle[0], tmp_path / "nope", "--uri", db_uri)
+    assert code == 1 and "does not exist" in err
+    code, _, err = run(capsys, "index", rp_bundle[0], tmp_path, "--uri", db_uri,
+                       "--retry-failed", tmp_path / "none.csv")
+    assert code == 1 and "failure report" in err
+
+
+def test_failure_report_file(tmp_path):
+    from rsir_sdk.ingest import Failure
+
+    path = tmp_path / "sub" / "rep.csv"
+    with FailureReport(path) as rep:
+        rep.add(Failure("a,b", "/x/a,b.jpg", "read", 'quote " and, comma'))
+    assert read_report(path) == [Failure("a,b", "/x/a,b.jpg", "read", 'quote " and, comma')]
+    with FailureReport(path):
+        pass
+    assert not path.exists()

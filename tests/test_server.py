@@ -1,0 +1,122 @@
+"""`rsir index` / `rsir search` against a real Milvus server (PyPI milvus==2.3.5, embedded standalone).
+
+The server runs on 127.0.0.1 only, from a temporary folder (about 0.5 GB: the package unpacks
+its binaries there), and is stopped after the module. It starts in about 10 s here.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rsir_sdk import Encoder, MilvusCodeStore
+from rsir_sdk.cli import main
+from rsir_sdk.codes import topk_bruteforce
+
+pytestmark = pytest.mark.server
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_uri(tmp_path_factory):
+    from milvus import MilvusServer, MilvusServerConfig
+
+    data_dir = tmp_path_factory.mktemp("milvus-server")
+    config = MilvusServerConfig(data_dir=str(data_dir), proxy_port=free_port())
+    for component in COMPONENTS:
+        config.set(f"{component}.ip", "127.0.0.1")
+    server = MilvusServer(config)
+    t0 = time.perf_counter()
+    server.start()
+    print(f"Milvus server 2.3.5 started in {time.perf_counter() - t0:.1f}s on port {server.listen_port}")
+    try:
+        yield f"http://127.0.0.1:{server.listen_port}"
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_index_and_search_on_a_server(server_uri, rp_bundle, sample_dir, sample_images, capsys):
+    code, out, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
+                         "--collection", "scenes", "--label-from", "parent", "--no-progress", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["indexed"] == 200 and summary["count"] == 200  # Strong: visible at once
+    query, label = sample_images[42]
+    code, out, err = run(capsys, "search", rp_bundle[0], query, "--uri", server_uri,
+                         "--collection", "scenes", "-k", "5", "--json")
+    hits = json.loads(out)
+    assert code == 0 and hits[0]["id"] == f"{label}/{query.name}" and hits[0]["distance"] == 0
+    code, out, _ = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
+                       "--collection", "scenes", "--no-progress", "--json", "--label-from", "parent")
+    assert code == 0 and json.loads(out)["skipped"] == 200
+    code, out, _ = run(capsys, "collections", "--uri", server_uri)
+    assert code == 0 and "scenes" in out and "200" in out
+
+
+def test_bin_ivf_flat_index_on_a_server(server_uri, rp_bundle, sample_dir, sample_images, capsys):
+    paths = [p for p, _ in sample_images]
+    codes = Encoder(rp_bundle[0]).encode(paths)
+    ids = [f"{label}/{p.name}" for p, label in sample_images]
+    with MilvusCodeStore(server_uri, "ivf", bits=64, index_type="BIN_IVF_FLAT",
+                         index_params={"nlist": 8}, search_params={"nprobe": 8}) as s:
+        s.upsert(ids, codes)
+        index = s._client.describe_index("ivf", "code")
+        assert index["index_type"] == "BIN_IVF_FLAT" and index["metric_type"] == "HAMMING"
+        hits = s.search(codes[:20], k=10)
+    _, want = topk_bruteforce(codes[:20], codes, 10)
+    assert [[h.distance for h in row] for row in hits] == want.tolist()  # nprobe = nlist: exact
+    assert all(row[0].distance == 0 for row in hits)
+    # the same through the command line
+    code, out, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
+                         "--collection", "ivf_cli", "--index-type", "BIN_IVF_FLAT",
+                         "--index-params", '{"nlist": 4}', "--no-progress", "--json")
+    assert code == 0 and json.loads(out)["count"] == 200, err
+    code, out, err = run(capsys, "search", rp_bundle[0], paths[7], "--uri", server_uri,
+                         "--collection", "ivf_cli", "-k", "3", "--search-params", '{"nprobe": 4}',
+                         "--json")
+    assert code == 0 and json.loads(out)[0]["distance"] == 0, err
+
+
+def test_sigkill_and_resume_on_a_server(server_uri, rp_bundle, sample_dir, tmp_path):
+    from test_ingest_resume import DRIVER
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    args = ["index", str(rp_bundle[0]), str(sample_dir), "--uri", server_uri, "--collection",
+            "resume", "--batch-size", "8", "--upsert-batch", "16", "--no-progress", "--json",
+            "--report", str(tmp_path / "failed.csv")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for kind, n in [("mid-upsert", 2), ("in-encoder", 5), ("none", 0)]:
+        res = subprocess.run([sys.executable, str(driver), kind, str(n), *args], env=env,
+                             capture_output=True, text=True, timeout=300)
+        if kind == "none":
+            assert res.returncode == 0, res.stderr[-2000:]
+            summary = json.loads(res.stdout)
+            assert summary["skipped"] > 0 and summary["count"] == 200
+        else:
+            assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    with MilvusCodeStore(server_uri, "resume", create=False) as s:
+        rows = s._client.query("resume", filter="", output_fields=["id"], limit=1000)
+        assert len(rows) == len({r["id"] for r in rows}) == s.count() == 200
