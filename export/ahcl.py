@@ -50,6 +50,22 @@ def similarity(labels_a: np.ndarray, labels_b: np.ndarray) -> np.ndarray:
     return np.where(same, 1.0, -r).astype(np.float32)
 
 
+def similarity_t_times(labels_sample: np.ndarray, labels_db: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """``S^T U`` (``n x K``) for ``S = similarity(labels_sample, labels_db)``, without forming ``S``.
+
+    Memory ``O((n + m) K)`` instead of ``O(n m)``, so large databases fit.
+    """
+    classes, inv = np.unique(np.concatenate([labels_sample, labels_db]), return_inverse=True)
+    ls, ld = inv[: len(labels_sample)], inv[len(labels_sample):]
+    U = np.asarray(U, dtype=np.float64)
+    class_sums = np.zeros((len(classes), U.shape[1]))
+    np.add.at(class_sums, ls, U)
+    n_sim = float((np.bincount(ls, minlength=len(classes)) * np.bincount(ld, minlength=len(classes))).sum())
+    n_dis = float(len(labels_sample) * len(labels_db) - n_sim)
+    r = n_sim / n_dis if n_dis > 0 else 0.0
+    return (1.0 + r) * class_sums[ld] - r * U.sum(axis=0, keepdims=True)
+
+
 def ahcl_loss(
     u: torch.Tensor,
     logits: torch.Tensor,
@@ -67,7 +83,8 @@ def ahcl_loss(
     quant = lam * ((V_batch - u) ** 2).sum() / (n * batch)
     ce = gamma * F.cross_entropy(logits, labels)
     loss = pairwise + quant + ce
-    return loss, {"pairwise": float(pairwise), "quantization": float(quant), "classification": float(ce)}
+    return loss, {"pairwise": float(pairwise.detach()), "quantization": float(quant.detach()),
+                  "classification": float(ce.detach())}
 
 
 def code_objective(V: np.ndarray, U: np.ndarray, S: np.ndarray, sample_index: np.ndarray, lam: float) -> float:
@@ -79,7 +96,8 @@ def code_objective(V: np.ndarray, U: np.ndarray, S: np.ndarray, sample_index: np
 
 
 def update_codes(
-    V: np.ndarray, U: np.ndarray, S: np.ndarray, sample_index: np.ndarray, lam: float
+    V: np.ndarray, U: np.ndarray, S: np.ndarray | None, sample_index: np.ndarray, lam: float,
+    *, StU: np.ndarray | None = None,
 ) -> np.ndarray:
     """One sweep of the closed-form bit-by-bit V update; returns the new ``V`` in ``{-1, +1}``.
 
@@ -89,13 +107,16 @@ def update_codes(
     ``-sign(Q[:,k] + 2 V_¬k U_¬k^T U[:,k])``; each column step minimises the objective exactly
     given the others, so :func:`code_objective` never increases. A zero argument keeps the
     previous bit (+1 where the previous value was 0, as at the start), so V stays ±1.
+    ``StU`` (``S^T U``, see :func:`similarity_t_times`) may be given instead of ``S``.
     """
     V = np.array(V, dtype=np.float64, copy=True)
     U = np.asarray(U, dtype=np.float64)
     n, bits = V.shape
     U_bar = np.zeros((n, bits))
     U_bar[sample_index] = U
-    Q = -2.0 * bits * (np.asarray(S, dtype=np.float64).T @ U) - 2.0 * lam * U_bar
+    if StU is None:
+        StU = np.asarray(S, dtype=np.float64).T @ U
+    Q = -2.0 * bits * np.asarray(StU, dtype=np.float64) - 2.0 * lam * U_bar
     for k in range(bits):
         rest = np.arange(bits) != k
         arg = Q[:, k] + 2.0 * V[:, rest] @ (U[:, rest].T @ U[:, k])

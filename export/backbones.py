@@ -253,20 +253,126 @@ def load_efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
     return model
 
 
+# ---------------------------------------------------------------- ResNet-18 (torchvision layout)
+class BasicBlock(nn.Module):
+    """ResNet basic block with torchvision's parameter names."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return F.relu(h + (x if self.downsample is None else self.downsample(x)))
+
+
+class _ResNetStem(nn.Module):
+    def __init__(self, owner: "ResNet18"):
+        super().__init__()
+        self._owner = [owner]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self._owner[0]
+        return F.max_pool2d(F.relu(o.bn1(o.conv1(x))), 3, 2, 1)
+
+
+class ResNet18(Backbone):
+    """ResNet-18 with torchvision's parameter names (8 blocks, 512-d pooled output)."""
+
+    name = "resnet18"
+    out_dim = 512
+    preprocess = {
+        "resize": 256,
+        "crop": [224, 224],
+        "interpolation": "bilinear",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        cin = 64
+        for i, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride),
+                                                     BasicBlock(cout, cout, 1)))
+            cin = cout
+        self._stem = _ResNetStem(self)
+        self._blocks = [b for i in range(1, 5) for b in getattr(self, f"layer{i}")]
+        self.num_blocks = len(self._blocks)
+
+    def stage(self, i: int) -> nn.Module:
+        return self._stem if i == 0 else self._blocks[i - 1]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+    def stem_modules(self) -> list[nn.Module]:
+        """Modules that make up stage 0 (for freezing)."""
+        return [self.conv1, self.bn1]
+
+    def prefix_digest(self, n_stages: int) -> str:
+        h = hashlib.sha256(super().prefix_digest(n_stages).encode())
+        if n_stages > 0:
+            for k in ("conv1", "bn1"):
+                for name, v in sorted(getattr(self, k).state_dict().items()):
+                    h.update(name.encode())
+                    h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def resnet18_weights_path(weights: str | os.PathLike | None = None) -> Path:
+    """A local torchvision ResNet-18 state dict: ``weights``, else the torch hub cache."""
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise BackboneError(f"ResNet-18 weights file {path} does not exist")
+        return path
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    found = sorted(hub.glob("resnet18-*.pth")) if hub.is_dir() else []
+    if not found:
+        raise BackboneError(
+            f"no ResNet-18 weights in the torch hub cache ({hub}/resnet18-*.pth); pass a local "
+            f"torchvision state dict with --weights (nothing is downloaded at run time)"
+        )
+    return found[0]
+
+
+def load_resnet18(pretrained: bool = True, weights: str | os.PathLike | None = None) -> ResNet18:
+    """ResNet-18; with ``pretrained``, a torchvision state dict loaded strictly (``fc`` dropped)."""
+    model = ResNet18()
+    if pretrained:
+        state = torch.load(resnet18_weights_path(weights), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        model.load_state_dict(state, strict=True)
+    return model
+
+
 def stage_modules(backbone: Backbone, i: int) -> list[nn.Module]:
     """The modules holding stage ``i``'s parameters (the stem may live on the backbone itself)."""
-    if i == 0 and isinstance(backbone, EfficientNetLite0):
+    if i == 0 and isinstance(backbone, (EfficientNetLite0, ResNet18)):
         return backbone.stem_modules()
     return [backbone.stage(i)]
 
 
-BACKBONES = ("efficientnet_lite0", "small_cnn")
+BACKBONES = ("efficientnet_lite0", "small_cnn", "resnet18")
 
 
-def build_backbone(name: str, pretrained: bool = True) -> Backbone:
-    """Build a backbone by name: ``efficientnet_lite0`` (ImageNet weights) or ``small_cnn``."""
+def build_backbone(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None) -> Backbone:
+    """Build a backbone by name: ``efficientnet_lite0``, ``resnet18`` (local weights) or ``small_cnn``."""
     if name == "efficientnet_lite0":
         return load_efficientnet_lite0(pretrained)
+    if name == "resnet18":
+        return load_resnet18(pretrained, weights)
     if name == "small_cnn":
         return SmallCNN()
     raise BackboneError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

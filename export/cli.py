@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--split-file", help="split JSON: read if it exists, else drawn and written")
     a.add_argument("--protocol", default="80-20", choices=sorted(PROTOCOLS))
     a.add_argument("--backbone", default="efficientnet_lite0",
-                   choices=["efficientnet_lite0", "small_cnn"])
+                   choices=["efficientnet_lite0", "resnet18", "small_cnn"])
+    a.add_argument("--weights", help="local weights file (resnet18: a torchvision state dict; "
+                                     "default: the torch hub cache); nothing is downloaded")
     a.add_argument("--no-pretrained", action="store_true", help="random init (tests only)")
     a.add_argument("--outer", type=int, default=30, help="outer iterations (V updates)")
     a.add_argument("--inner", type=int, default=2, help="network epochs per outer iteration")
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database items sampled per outer iteration (0 = all)")
     a.add_argument("--freeze-blocks", default=AUTO,
                    help="freeze stem + first N blocks and cache their output; 'auto' = 11 "
-                        "for efficientnet_lite0 on CPU, 0 (full fine-tune) otherwise")
+                        "for efficientnet_lite0 (6 for resnet18) on CPU, 0 (full fine-tune) "
+                        "otherwise")
     a.add_argument("--resize", type=int, help="shorter side before the crop (default per backbone)")
     a.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
     a.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
@@ -88,7 +91,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         steps = tuple(max(1, round(s * outer / 30)) for s in (10, 20)) if outer != 30 else (10, 20)
     device = args.device or default_device()
     if args.freeze_blocks == AUTO:
-        freeze = 11 if (args.backbone == "efficientnet_lite0" and device == "cpu") else 0
+        cpu_default = {"efficientnet_lite0": 11, "resnet18": 6}
+        freeze = cpu_default.get(args.backbone, 0) if device == "cpu" else 0
     else:
         freeze = int(args.freeze_blocks)
     pre: dict[str, Any] = {}
@@ -99,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     # the backbone name is checked here so a typo fails before any data is read
     build_backbone(args.backbone, pretrained=False)
     return AHCLConfig(
-        bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained, lr=args.lr,
+        bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
+        weights=args.weights, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
         outer=outer, inner=args.inner, lr_steps=tuple(steps), lam=args.lam, gamma=args.gamma,
         num_samples=args.num_samples or None, freeze_blocks=freeze, preprocess=pre or None,

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .ahcl import AHCLNet, ahcl_loss, similarity, update_codes
+from .ahcl import AHCLNet, ahcl_loss, similarity, similarity_t_times, update_codes
 from .backbones import Backbone, build_backbone, default_device
 from .data import Archive, Split
 from .features import Normalize, frozen_features, load_prepared
@@ -40,6 +40,7 @@ class AHCLConfig:
     bits: int = 64
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
+    weights: str | None = None
     lr: float = 1e-3
     momentum: float = 0.0
     weight_decay: float = 5e-4
@@ -155,7 +156,7 @@ def train_ahcl(
     device = config.device or default_device()
     t0 = time.perf_counter()
 
-    backbone = build_backbone(config.backbone, config.pretrained)
+    backbone = build_backbone(config.backbone, config.pretrained, config.weights)
     preprocess = config.resolved_preprocess(backbone)
     normalize = Normalize(preprocess["mean"], preprocess["std"])
     classes = archive.classes
@@ -254,9 +255,10 @@ def train_ahcl(
                 U[pos] = u.detach().cpu().numpy()
                 for k, v in terms.items():
                     sums[k] += v
-                sums["loss"] += float(loss)
+                sums["loss"] += float(loss.detach())
                 steps += 1
-        V = update_codes(V, U, similarity(y_db[sample], y_db), sample, config.lam)
+        V = update_codes(V, U, None, sample, config.lam,
+                         StU=similarity_t_times(y_db[sample], y_db, U))
         record: dict[str, Any] = {
             "outer": outer + 1,
             "lr": lr,
@@ -269,7 +271,6 @@ def train_ahcl(
         history.append(record)
         log.info("outer %d/%d: %s", outer + 1, config.outer,
                  ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "outer"))
-        emit({"event": "outer", **record})
         if ckpt_path is not None:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
@@ -283,6 +284,7 @@ def train_ahcl(
                 str(ckpt_path) + ".tmp",
             )
             os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+        emit({"event": "outer", **record})
     train_seconds = prep_seconds + elapsed_before + time.perf_counter() - t_train
 
     # final evaluation: queries by sign(u); database = learned V (and, for reference, sign(u))

@@ -1,0 +1,88 @@
+"""AHCL training: an interrupted run resumed from its checkpoint ends where an uninterrupted one does;
+the CLI reports bad archives as errors, not tracebacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export.cli import main  # noqa: E402
+from export.data import make_split, read_folder  # noqa: E402
+from export.testing import SAMPLE_ARCHIVE, tiny_config  # noqa: E402
+from export.train import TrainingError, train_ahcl  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path):
+    arch = read_folder(SAMPLE_ARCHIVE)
+    split = make_split(arch, "80-20", 0)
+    cfg = tiny_config(bits=16, outer=3, inner=1, lr_steps=(2,))
+    full = train_ahcl(arch, split, cfg, work_dir=tmp_path / "a")
+
+    def stop_after_two(event):
+        if event.get("event") == "outer" and event["outer"] == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_ahcl(arch, split, cfg, work_dir=tmp_path / "b", progress=stop_after_two)
+    events = []
+    resumed = train_ahcl(arch, split, cfg, work_dir=tmp_path / "b", resume=True, progress=events.append)
+    assert events[0] == {"event": "resumed", "outer_done": 2}
+    assert np.array_equal(full.V, resumed.V)
+    assert [h["outer"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.metrics["map_query_vs_learned_db"] == pytest.approx(
+        full.metrics["map_query_vs_learned_db"], abs=1e-9)
+    with pytest.raises(TrainingError, match="another configuration"):
+        train_ahcl(arch, split, tiny_config(bits=16, outer=4, inner=1), work_dir=tmp_path / "b",
+                   resume=True)
+
+
+def _bad_archive(tmp_path, kind):
+    from PIL import Image
+
+    root = tmp_path / kind
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    if kind == "corrupt":
+        (root / "a" / "bad.jpg").write_bytes(b"garbage")
+    elif kind == "empty":
+        (root / "c").mkdir()
+    elif kind == "single":
+        (root / "c").mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "c" / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("corrupt", "cannot be decoded: a/bad.jpg"),
+    ("empty", "holds no images"),
+    ("single", "fewer than 2 images"),
+])
+def test_cli_reports_bad_archives(tmp_path, capsys, kind, message):
+    root = _bad_archive(tmp_path, kind)
+    rc = main(["train", "ahcl", "--data", str(root), "--bits", "8", "--out", str(tmp_path / "o"),
+               "--backbone", "small_cnn", "--no-pretrained", "--outer", "1", "--inner", "1", "-q"])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_skip_corrupt_trains_and_reports(tmp_path, capsys):
+    root = _bad_archive(tmp_path, "corrupt")
+    rc = main(["train", "ahcl", "--data", str(root), "--bits", "8", "--out", str(tmp_path / "o"),
+               "--backbone", "small_cnn", "--no-pretrained", "--outer", "1", "--inner", "1",
+               "--skip-corrupt", "--crop", "16", "--resize", "0", "--num-samples", "0", "-q"])
+    assert rc == 0
+    import json
+
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["training"]["skipped"][0][0] == "a/bad.jpg"
+    assert manifest["database"]["count"] == 4

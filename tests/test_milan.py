@@ -1,0 +1,236 @@
+"""Tests of export/milan.py: losses by hand, the triplet sampler, miners, a tiny training run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export.milan import (  # noqa: E402
+    MilanHead,
+    MilanParams,
+    TripletSampler,
+    balance_loss,
+    milan_codes,
+    milan_loss,
+    mine_triplets,
+    push_loss,
+    train_milan_head,
+    triplet_loss,
+)
+from rsir_sdk.metrics import mean_average_precision  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The models here are tiny: threads only add contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- losses by hand
+
+
+def test_triplet_loss_by_hand():
+    anchor = torch.tensor([[0.6, 0.8], [0.3, 0.4]])
+    positive = torch.tensor([[0.8, 0.6], [0.5, 0.0]])
+    negative = torch.tensor([[0.0, 0.5], [0.8, 0.6]])
+    # rows are L2-normalised first: (0.3, 0.4) -> (0.6, 0.8); (0.5, 0) -> (1, 0); (0, 0.5) -> (0, 1)
+    # triplet 1: |a-p|^2 = 0.2^2 + 0.2^2 = 0.08; |a-n|^2 = 0.6^2 + 0.2^2 = 0.40
+    #            max(0, 0.08 - 0.40 + 0.2) = max(0, -0.12) = 0
+    # triplet 2: |a-p|^2 = 0.4^2 + 0.8^2 = 0.80; |a-n|^2 = 0.2^2 + 0.2^2 = 0.08
+    #            max(0, 0.80 - 0.08 + 0.2) = 0.92
+    # mean = (0 + 0.92) / 2 = 0.46
+    assert float(triplet_loss(anchor, positive, negative, margin=0.2)) == pytest.approx(0.46)
+    # margin 0.5: triplet 1 gives 0.08 - 0.40 + 0.5 = 0.18, triplet 2 1.22: mean 0.70
+    assert float(triplet_loss(anchor, positive, negative, margin=0.5)) == pytest.approx(0.70)
+
+
+def test_push_loss_by_hand():
+    b = torch.tensor([[0.5, 1.0], [0.0, 0.75]])
+    # row 1: (0)^2 + (0.5)^2 = 0.25; row 2: (-0.5)^2 + (0.25)^2 = 0.3125
+    # mean over rows 0.28125, divided by K = 2: 0.140625, negated
+    assert float(push_loss(b)) == pytest.approx(-0.140625)
+
+
+def test_balance_loss_by_hand():
+    b = torch.tensor([[0.5, 1.0], [0.0, 0.75]])
+    # row means 0.75 and 0.375 -> minus 0.5: 0.25, -0.125 -> squares 0.0625, 0.015625
+    # mean (0.0625 + 0.015625) / 2 = 0.0390625
+    assert float(balance_loss(b)) == pytest.approx(0.0390625)
+
+
+def test_milan_loss_combines_the_parts_with_their_weights():
+    a, p, n = torch.tensor([[0.5, 1.0]]), torch.tensor([[0.0, 0.75]]), torch.tensor([[1.0, 0.0]])
+    params = MilanParams(push_weight=0.001, balance_weight=1.0)
+    total, parts = milan_loss(a, p, n, params)
+    every = torch.cat([a, p, n])  # push and balance see all three
+    expected = triplet_loss(a, p, n, 0.2) + 0.001 * push_loss(every) + balance_loss(every)
+    assert float(total) == pytest.approx(float(expected))
+    assert set(parts) == {"loss", "triplet", "push", "balance"}
+    assert float(parts["balance"]) == pytest.approx(float(balance_loss(every)))
+
+
+def test_default_hyper_parameters_are_the_authors():
+    p = MilanParams()
+    assert (p.margin, p.push_weight, p.balance_weight) == (0.2, 0.001, 1.0)
+    assert (p.lr, p.betas, p.iterations, p.triplets_per_batch) == (1e-4, (0.5, 0.9), 10_000, 30)
+    assert (p.hidden, p.negative_slope, p.miner) == ((1024, 512), 0.2, "random")
+    assert p.to_dict()["betas"] == [0.5, 0.9]
+
+
+def test_head_architecture():
+    head = MilanHead(2048, 64)
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = [(m.in_features, m.out_features) for m in linears]
+    assert shapes == [(2048, 1024), (1024, 512), (512, 64)]
+    slopes = [m.negative_slope for m in head.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert slopes == [0.2, 0.2]
+    b = head(torch.randn(5, 2048) * 10)
+    assert b.shape == (5, 64) and bool(((b > 0) & (b < 1)).all())
+    with pytest.raises(ValueError, match="multiple of 8"):
+        MilanHead(16, 12)
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+def test_sampler_never_uses_a_negative_of_the_anchor_class():
+    # unbalanced classes, one singleton (can only ever be a negative)
+    labels = np.array(["solo"] + ["a"] * 2 + ["b"] * 3 + ["c"] * 50 + ["d"] * 7)
+    sampler = TripletSampler(labels, seed=1, triplets_per_batch=30)
+    batches = np.concatenate([sampler.sample() for _ in range(2000)])
+    a, p, n = batches.T
+    assert np.all(labels[a] == labels[p])
+    assert np.all(labels[n] != labels[a])
+    assert np.all(a != p)
+    assert "solo" not in set(labels[a]) and "solo" in set(labels[n])
+    assert set(labels[a]) == {"a", "b", "c", "d"}
+
+
+def test_sampler_one_class_pair_per_batch_with_distinct_items():
+    # the authors' draw: 30 anchors + 30 positives = 60 distinct items of one class
+    labels = np.repeat(["x", "y", "z"], 60)
+    sampler = TripletSampler(labels, seed=0)
+    for batch in (sampler.sample() for _ in range(50)):
+        assert batch.shape == (30, 3) and batch.dtype == np.int64
+        assert len(set(batch[:, :2].ravel())) == 60
+        assert len(set(labels[batch[:, 0]])) == 1 and len(set(labels[batch[:, 2]])) == 1
+
+
+def test_sampler_is_seeded_and_iterable():
+    labels = [0, 0, 1, 1, 2, 2, 2]
+    first = TripletSampler(labels, seed=5, triplets_per_batch=4)
+    second = TripletSampler(labels, seed=5, triplets_per_batch=4)
+    it = iter(first)
+    for _ in range(10):
+        np.testing.assert_array_equal(next(it), second.sample())
+
+
+def test_sampler_errors():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        TripletSampler(["a", "a", "a"])
+    with pytest.raises(ValueError, match="at least 2 items"):
+        TripletSampler(["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------- miners
+
+
+def test_batch_hard_miner_by_hand():
+    # 1-D positions on a quarter circle (all non-negative, unit length)
+    angles = torch.tensor([0.0, 0.2, 0.5, 0.6, 1.5])
+    emb = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    a, p, n = mine_triplets(emb, labels, strategy="batch-hard")
+    # anchor 0: farthest positive 2 (angle 0.5), nearest negative 3 (0.6)
+    # anchor 3: its only positive is 4, nearest negative 2
+    assert a.tolist() == [0, 1, 2, 3, 4]
+    assert p.tolist() == [2, 2, 0, 4, 3]
+    assert n.tolist() == [3, 3, 3, 2, 2]
+    assert bool((labels[a] == labels[p]).all() and (labels[a] != labels[n]).all())
+
+
+def test_semi_hard_miner_prefers_a_negative_beyond_the_positive():
+    angles = torch.tensor([0.0, 0.3, 0.1, 0.4, 1.2])
+    emb = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    a, p, n = mine_triplets(emb, labels, margin=0.2, strategy="semi-hard")
+    pairs = {(int(x), int(y)): int(z) for x, y, z in zip(a, p, n)}
+    # anchor 0, positive 1 (angle 0.3): negatives at 0.1 (closer), 0.4, 1.2 -> 3 (0.4) is
+    # the nearest one farther than the positive
+    assert pairs[(0, 1)] == 3
+    # anchor 1, positive 0 (0.3 away): negatives 2 (0.2 away), 3 (0.1), 4 (0.9) -> 4
+    assert pairs[(1, 0)] == 4
+    assert all(labels[x] == labels[y] != labels[z] for (x, y), z in pairs.items())
+
+
+# --------------------------------------------------------------------------- training
+
+
+def clustered_features(n_per_class: int, seed: int, separation: float = 0.5):
+    """5 Gaussian clusters in 64-d; the cluster means are fixed, ``seed`` draws the points."""
+    means = np.random.default_rng(0).normal(0, 1, (5, 64)) * separation
+    labels = np.repeat(np.arange(5), n_per_class)
+    noise = np.random.default_rng(seed).normal(0, 1, (len(labels), 64))
+    return torch.tensor(means[labels] + noise, dtype=torch.float32), labels
+
+
+def leave_one_out_map(head, feats, labels):
+    codes = milan_codes(head, feats)
+    return mean_average_precision(codes, labels, codes, labels, exclude_self=True)
+
+
+FAST = dict(iterations=300, lr=1e-3, hidden=(128, 64))
+
+
+@pytest.mark.parametrize("miner", ["random", "batch-hard", "semi-hard"])
+def test_tiny_head_learns_clusters(miner):
+    train_x, train_y = clustered_features(40, seed=1)
+    test_x, test_y = clustered_features(40, seed=2)  # unseen points of the same clusters
+    untrained = train_milan_head(train_x, train_y, 16, MilanParams(**FAST | {"iterations": 0}))
+    trained = train_milan_head(train_x, train_y, 16, MilanParams(**FAST, miner=miner))
+    before = leave_one_out_map(untrained, test_x, test_y)
+    after = leave_one_out_map(trained, test_x, test_y)
+    # chance is ~0.2 (5 balanced classes); a random head (LSH-like) is near it
+    assert before < 0.45
+    assert after > 0.8
+    assert after > before + 0.35
+
+
+def test_training_is_seeded_and_reports_progress():
+    x, y = clustered_features(10, seed=3)
+    calls = []
+    params = MilanParams(iterations=25, log_every=10, hidden=(32,), seed=4)
+    one = train_milan_head(x, y, 8, params, progress=lambda *a: calls.append(a))
+    two = train_milan_head(x, y, 8, params)
+    other = train_milan_head(x, y, 8, MilanParams(iterations=25, hidden=(32,), seed=5))
+    for (name, w1), w2, w3 in zip(
+        one.state_dict().items(), two.state_dict().values(), other.state_dict().values()
+    ):
+        assert torch.equal(w1, w2), name
+    assert not all(torch.equal(w1, w3) for w1, w3 in zip(one.parameters(), other.parameters()))
+    assert [c[:2] for c in calls] == [(10, 25), (20, 25), (25, 25)]
+    assert set(calls[-1][2]) == {"loss", "triplet", "push", "balance"}
+    assert not one.training
+
+
+def test_codes_threshold_at_one_half():
+    head = MilanHead(4, 8, hidden=())
+    with torch.no_grad():
+        last = head.mlp[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.0, -1.0, 0.0, 2.0, -2.0, 1.0, 1.0, 1.0]))
+    # b = sigmoid(bias): > 0.5 for positive bias; sigmoid(0) = 0.5 exactly -> bit 0
+    # bits 1 0 0 1 0 1 1 1 -> 0b10010111 = 151
+    assert milan_codes(head, torch.zeros(2, 4)).tolist() == [[151], [151]]
+
+
+def test_training_input_errors():
+    with pytest.raises(ValueError, match="one label per row"):
+        train_milan_head(torch.zeros(4, 3), [0, 1, 0], 8, MilanParams(iterations=1))
