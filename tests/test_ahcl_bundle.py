@@ -18,16 +18,17 @@ from rsir_sdk.preprocess import prepare  # noqa: E402
 
 from export.data import read_folder  # noqa: E402
 from export.onnx_export import torch_outputs  # noqa: E402
-from export.testing import SAMPLE_ARCHIVE, tiny_ahcl_bundle  # noqa: E402
+from export.testing import SAMPLE_ARCHIVE  # noqa: E402
 
 pytestmark = pytest.mark.train
 BITS = 32
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    result, manifest = tiny_ahcl_bundle(out, bits=BITS)
+def tiny(tiny_ahcl):
+    """The session's tiny AHCL bundle (conftest.py), trained once for every test file."""
+    out, result, manifest = tiny_ahcl
+    assert result.config.bits == BITS
     return out, result, manifest
 
 
