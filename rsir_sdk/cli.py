@@ -572,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_raster_args(p)
     p.set_defaults(func=cmd_eval)
 
+    from . import quantize  # light: onnx and onnxruntime.quantization load when it runs
+
+    p = sub.add_parser("quantize", help="derive an int8 (or fp16) bundle; needs onnx")
+    quantize.add_arguments(p)
+    p.set_defaults(func=quantize.cmd_quantize)
+
     p = sub.add_parser("train", help="train an encoder (needs the train extra)", add_help=False)
     p.set_defaults(func=None)
     p = sub.add_parser("quickstart", help="train, index and search the shipped sample (train extra)",

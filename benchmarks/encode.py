@@ -1,0 +1,247 @@
+"""Images/s of the ONNX encoder on onnxruntime (fp32, int8) vs the same network in torch eager.
+
+Why: edge devices run the exported graph with onnxruntime alone; this says what that costs and
+gains against running the training framework itself, on the same images, the same machine, the
+same thread counts. Timed: the network on already decoded and cropped ``uint8`` images
+(decoding is timed apart, as ``Encoder.encode`` end to end from JPEG files).
+
+    python benchmarks/encode.py --bundle runs/nwpu12-64 --data /work/shared/data/nwpu12
+    python benchmarks/encode.py --backbone efficientnet_lite0 --bits 64 --data DIR   # no trained bundle
+
+With ``--bundle`` the torch network is rebuilt from the manifest (backbone, bits, classes) and its
+weights loaded from ``<bundle>.work/checkpoint.pt`` when present (then its codes are checked
+against the ONNX model's); the int8 bundle is ``--int8`` or made with ``rsir_sdk.quantize``.
+Needs the train extra (torch). CPU only unless onnxruntime has a GPU provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import load_average, machine, section, table, timeit, versions, write_section
+
+from rsir_sdk import Bundle, Encoder
+from rsir_sdk.images import load_image
+from rsir_sdk.preprocess import prepare
+from rsir_sdk.quantize import _stratified, _folder_images, quantize_bundle
+
+
+def torch_encoder(bundle: Bundle, checkpoint: Path | None):
+    """The bundle's network as a torch module (uint8 NHWC in → (u, codes)), and a weights note."""
+    import torch
+
+    from export.ahcl import AHCLNet
+    from export.backbones import build_backbone
+    from export.features import Normalize
+    from export.onnx_export import ImageHashEncoder
+
+    if bundle.method != "ahcl":
+        raise SystemExit(f"torch side rebuilds AHCL networks only, not {bundle.method!r}")
+    training = bundle.manifest.get("training", {})
+    backbone = training.get("backbone", "efficientnet_lite0")
+    net = AHCLNet(build_backbone(backbone, pretrained=False), bundle.bits, len(bundle.classes))
+    note = "random weights (timing only: speed does not depend on weight values)"
+    if checkpoint and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["net"])
+        note = f"weights from {checkpoint}"
+    pre = bundle.preprocess
+    enc = ImageHashEncoder(net, Normalize(pre["mean"], pre["std"]), bundle.bits,
+                           bundle.code_threshold).eval()
+    return enc, backbone, note
+
+
+def fresh_bundle(backbone: str, bits: int, classes: int, out: Path) -> Bundle:
+    """An AHCL-shaped bundle with an ImageNet backbone and a random hash head (no training)."""
+    import torch
+
+    from export.ahcl import AHCLNet
+    from export.backbones import build_backbone
+    from export.bundle import write_bundle
+    from export.features import Normalize
+    from export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    bb = build_backbone(backbone, pretrained=backbone == "efficientnet_lite0")
+    net = AHCLNet(bb, bits, classes).eval()
+    pre = dict(bb.preprocess, scale=1 / 255.0)
+    h, w = pre["crop"]
+    model = export_onnx(net, Normalize(pre["mean"], pre["std"]), bits, h, w)
+    write_bundle(out, model, {"method": "ahcl", "bits": bits, "preprocess": pre,
+                              "classes": [f"c{i}" for i in range(classes)],
+                              "training": {"backbone": backbone, "note": "untrained hash head"}},
+                 None)
+    torch.save({"net": net.state_dict()}, out.parent / (out.name + ".work.pt"))
+    return Bundle.load(out)
+
+
+def ort_session(model: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def rate_ort(session, images: np.ndarray, batch: int, repeat: int) -> float:
+    name = session.get_inputs()[0].name
+
+    def run():
+        for s in range(0, len(images), batch):
+            session.run(["codes"], {name: images[s : s + batch]})
+
+    t, _ = timeit(run, repeat=repeat)
+    return len(images) / t
+
+
+def rate_torch(module, images: np.ndarray, batch: int, threads: int, repeat: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    tensors = [torch.from_numpy(images[s : s + batch]) for s in range(0, len(images), batch)]
+
+    def run():
+        with torch.inference_mode():
+            for t in tensors:
+                module(t)
+
+    t, _ = timeit(run, repeat=repeat)
+    return len(images) / t
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", help="trained fp32 bundle")
+    src.add_argument("--backbone", choices=["efficientnet_lite0", "small_cnn"],
+                     help="no bundle: ImageNet backbone + random hash head")
+    p.add_argument("--bits", type=int, default=64, help="with --backbone")
+    p.add_argument("--int8", help="int8 bundle of --bundle (default: quantize it here)")
+    p.add_argument("--checkpoint", help="torch weights (default <bundle>.work/checkpoint.pt)")
+    p.add_argument("--data", default=os.environ.get("RSIR_DATA"),
+                   help="folder of real images (timing and int8 calibration); default $RSIR_DATA")
+    p.add_argument("--images", type=int, default=64, help="images per timed pass (batch 32)")
+    p.add_argument("--single", type=int, default=16, help="images per timed pass (batch 1)")
+    p.add_argument("--repeat", type=int, default=3, help="best of this many passes")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    if not args.data:
+        p.error("--data (or RSIR_DATA) is required: real images to encode")
+    import torch
+
+    load0 = load_average()
+    tmp = tempfile.TemporaryDirectory(prefix="rsir-encode-")
+    data = Path(args.data)
+    if args.bundle:
+        fp32 = Bundle.load(args.bundle)
+        ckpt = Path(args.checkpoint) if args.checkpoint else Path(str(fp32.path) + ".work") / "checkpoint.pt"
+    else:
+        fp32 = fresh_bundle(args.backbone, args.bits, 12, Path(tmp.name) / "fp32")
+        ckpt = Path(tmp.name) / "fp32.work.pt"
+    if args.int8:
+        int8 = Bundle.load(args.int8)
+        if (int8.manifest.get("parent") or {}).get("model_sha256") != fp32.model_sha256:
+            raise SystemExit(f"{args.int8} is not derived from {fp32.path}")
+    else:
+        print("quantizing ...", file=sys.stderr, flush=True)
+        quantize_bundle(fp32, data, Path(tmp.name) / "int8", min_agreement=0.0)
+        int8 = Bundle.load(Path(tmp.name) / "int8")
+    module, backbone, weights_note = torch_encoder(fp32, ckpt)
+    # the fp32 graph with its zero Pads folded into the Convs (what the int8 path does first):
+    # separates the gain of that graph fix from the gain of int8
+    import onnx
+
+    from rsir_sdk.quantize import fold_static_pads
+
+    folded_model = onnx.load(str(fp32.model_path))
+    n_folded = fold_static_pads(folded_model, fp32.input_name, fp32.input_height, fp32.input_width)
+    folded_path = Path(tmp.name) / "fp32-folded.onnx"
+    onnx.save_model(folded_model, str(folded_path))
+
+    files = _stratified(_folder_images(data), 0)[: args.images]
+    if len(files) < args.images:
+        raise SystemExit(f"{data} holds {len(files)} images; --images {args.images} needs more")
+    t0 = time.perf_counter()
+    images = np.stack([prepare(load_image(data / f), fp32.preprocess) for f in files])
+    prep_rate = len(files) / (time.perf_counter() - t0)
+
+    # the torch module and the ONNX graph are the same network: same codes on real images
+    same = None
+    if "random weights" not in weights_note:
+        with torch.inference_mode():
+            _, tcodes = module(torch.from_numpy(images[:32]))
+        ocodes = ort_session(fp32.model_path, os.cpu_count()).run(["codes"], {"images": images[:32]})[0]
+        same = float((np.unpackbits(tcodes.numpy()) == np.unpackbits(ocodes)).mean())
+
+    all_threads = os.cpu_count() or 1
+    thread_counts = sorted({1, all_threads})
+    rows = []
+    results = {}
+    for threads in thread_counts:
+        for batch in (1, 32):
+            imgs = images[: args.single] if batch == 1 else images
+            print(f"threads={threads} batch={batch} ...", file=sys.stderr, flush=True)
+            r_t = rate_torch(module, imgs, batch, threads, args.repeat)
+            r_f = rate_ort(ort_session(fp32.model_path, threads), imgs, batch, args.repeat)
+            r_ff = rate_ort(ort_session(folded_path, threads), imgs, batch, args.repeat)
+            r_8 = rate_ort(ort_session(int8.model_path, threads), imgs, batch, args.repeat)
+            results[(threads, batch)] = (r_t, r_f, r_ff, r_8)
+            rows.append([threads, batch, r_t, r_f, r_ff, r_8, f"{r_f / r_t:.2f}x",
+                         f"{r_8 / r_t:.2f}x", f"{r_8 / r_f:.2f}x", f"{r_8 / r_ff:.2f}x"])
+    torch.set_num_threads(all_threads)
+
+    # end to end from JPEG files (decode + resize + crop + network), batch 32, all threads
+    paths = [data / f for f in files]
+    e2e = {}
+    for label, b in (("fp32", fp32), ("int8", int8)):
+        enc = Encoder(b, providers=["CPUExecutionProvider"], threads=all_threads, batch_size=32)
+        t, _ = timeit(lambda: enc.encode(paths), repeat=args.repeat)
+        e2e[label] = len(paths) / t
+
+    buf = io.BytesIO()
+    torch.save(module.net.state_dict(), buf)
+    sizes = [["torch state_dict (fp32)", buf.tell() / 1e6],
+             ["model.onnx fp32", fp32.model_path.stat().st_size / 1e6],
+             ["model.onnx int8 (QDQ)", int8.model_path.stat().st_size / 1e6]]
+    h, w = fp32.input_height, fp32.input_width
+    body = table(HEAD, rows)
+    body += (f"\n\nNetwork: AHCL {fp32.bits}-bit, backbone {backbone}, input {h}x{w} (uint8 NHWC, "
+             f"normalisation and bit packing inside the graph); torch side: the same module in "
+             f"eager mode under `torch.inference_mode()`, {weights_note}. "
+             f"Images/s on {len(files)} real images of `{data.name}` already decoded and cropped "
+             f"(batch 1: {args.single} images), best of {args.repeat} passes. ")
+    if same is not None:
+        body += f"torch and ONNX fp32 codes agree on {same:.2%} of bits. "
+    body += (f"\"Pads folded\": the bundle's fp32 graph with its {n_folded} zero Pad nodes "
+             f"folded into their Convs (`rsir_sdk.quantize.fold_static_pads`, the first step of "
+             f"`rsir quantize`; same outputs), to separate that graph fix from int8 itself. ")
+    body += (f"\n\nEnd to end (`Encoder.encode` on JPEG files: decode + resize + crop + network, "
+             f"batch 32, {all_threads} threads): fp32 {e2e['fp32']:.1f} images/s, int8 "
+             f"{e2e['int8']:.1f} images/s; decode + resize + crop alone: {prep_rate:.0f} images/s "
+             f"on one thread.\n\n" + table(["file", "MB"], sizes) + "\n")
+    print(body)
+    meta = machine({"versions": versions("onnxruntime", "torch", "numpy"),
+                    "bundle": str(args.bundle or f"fresh {args.backbone} (ImageNet weights, random hash head)"),
+                    "int8 bundle": str(args.int8 or "quantized by this run (rsir_sdk.quantize defaults)")})
+    if not args.no_write:
+        write_section("encode", section("encode", "Encoding speed: onnxruntime vs torch eager "
+                                        "(`benchmarks/encode.py`)", body, meta, (load0, load_average())))
+    tmp.cleanup()
+    return 0
+
+
+HEAD = ["threads", "batch", "torch eager fp32 img/s", "ORT fp32 img/s",
+        "ORT fp32, pads folded img/s", "ORT int8 img/s", "ORT fp32 / torch", "ORT int8 / torch",
+        "int8 / fp32", "int8 / fp32 pads folded"]
+
+if __name__ == "__main__":
+    sys.exit(main())
