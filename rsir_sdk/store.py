@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -453,7 +454,10 @@ def _connect(uri: str, token: str | None, kwargs: dict[str, Any]):
     try:
         if token:
             kwargs["token"] = token
-        return MilvusClient(uri=uri, **kwargs)
+        with warnings.catch_warnings():
+            # milvus-lite 2.5.1 imports pkg_resources, which warns on every start
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            return MilvusClient(uri=uri, **kwargs)
     except Exception as exc:
         raise StoreError(f"cannot connect to Milvus at {uri}: {exc}") from exc
 
