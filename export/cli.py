@@ -25,7 +25,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (``train ahcl ...``)."""
+    """The argument parser (``train ahcl ...``, ``train milan ...``)."""
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a hashing model and write a bundle")
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (reported) instead of stopping")
     a.add_argument("-q", "--quiet", action="store_true")
+    from .milan_pipeline import add_milan_parser
+
+    add_milan_parser(methods)
     return p
 
 
@@ -136,6 +139,10 @@ def _printer(quiet: bool):
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.method == "milan":
+        from .milan_pipeline import run_milan
+
+        return run_milan(args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.data:
