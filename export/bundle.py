@@ -6,7 +6,6 @@ hand-made ``onnx.helper`` graph with :func:`write_bundle`, exactly as training d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+
+from rsir_sdk.bundle import file_sha256
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -110,14 +111,6 @@ def _write_database(out: Path, database: dict[str, Any], bits: int) -> dict[str,
     return {"file": DATABASE_FILE, "count": n, "codes": str(database.get("kind", "learned"))}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_bundle(
     out_dir: str | os.PathLike,
     onnx_model: onnx.ModelProto,
@@ -140,7 +133,7 @@ def write_bundle(
     _set_metadata(model, m)
     model_path = out / MODEL_FILE
     onnx.save_model(model, str(model_path))
-    m["model_sha256"] = _sha256(model_path)
+    m["model_sha256"] = file_sha256(model_path)
     if database is not None:
         m["database"] = _write_database(out, database, int(m["bits"]))
     else:

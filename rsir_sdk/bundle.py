@@ -177,7 +177,7 @@ class Bundle:
                 raise BundleError(f"bundle {root}: preprocess.{key} must have 3 values (RGB)")
         outputs = manifest.get("outputs", {"embedding": "embedding", "codes": "codes"})
         declared = manifest.get("model_sha256")
-        actual = _sha256(model_path) if (verify_hash or not declared) else str(declared)
+        actual = file_sha256(model_path) if (verify_hash or not declared) else str(declared)
         if declared and actual != declared:
             raise BundleError(
                 f"bundle {root}: {model_file} does not match the manifest's model_sha256 "
@@ -210,7 +210,8 @@ def _require(obj: Any, key: str, where: str | None = None) -> Any:
     return obj[key]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (the identity of a bundle's model.onnx)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

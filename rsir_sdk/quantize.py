@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .bundle import MANIFEST_FILE, Bundle, _sha256
+from .bundle import MANIFEST_FILE, Bundle, file_sha256
 from .errors import ImageLoadError, RsirError
 from .images import load_image
 from .preprocess import prepare
@@ -758,7 +758,7 @@ def quantize_bundle(
             )
 
         manifest = json.loads(json.dumps(parent.manifest))
-        manifest["model_sha256"] = _sha256(child_path)
+        manifest["model_sha256"] = file_sha256(child_path)
         manifest["precision"] = precision
         calibration_record = {
             "source": str(Path(calibration)),

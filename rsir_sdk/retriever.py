@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -26,19 +25,9 @@ from .store import MAX_TOPK, MilvusCodeStore, StoreHit
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result, sorted by ``distance`` (Hamming, an int), ties by ``id``."""
-
-    id: str
-    distance: int
-    label: str = ""
-    path: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def _hit(h: StoreHit) -> Hit:
-    return Hit(h.id, h.distance, h.label, h.path, h.metadata)
+#: one search result (``id``, ``distance`` as an int, ``label``, ``path``, ``metadata``), sorted by
+#: distance then id; the same class the store returns
+Hit = StoreHit
 
 
 class Retriever:
@@ -147,14 +136,14 @@ class Retriever:
         >>> r.search_codes(edge_bytes, k=10)                          # doctest: +SKIP
         """
         packed = as_packed(codes, self.bundle.bits)
-        return [[_hit(h) for h in hits] for hits in self.store.search(packed, k, filter, radius)]
+        return self.store.search(packed, k, filter, radius)
 
     def range_search(
         self, img: ImageSource, radius: int, filter: str | Mapping[str, Any] | None = None
     ) -> list[Hit]:
         """Every item within Hamming distance ``<= radius`` of one image (up to 16384)."""
         codes = self.encoder.encode([img])
-        return [_hit(h) for h in self.store.range_search(codes, radius, filter, MAX_TOPK)[0]]
+        return self.store.range_search(codes, radius, filter, MAX_TOPK)[0]
 
     # ----------------------------------------------------------------- writes
     def add_images(
