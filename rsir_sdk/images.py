@@ -83,12 +83,7 @@ def load_image(
     if isinstance(src, str) and "://" in src:
         raise ImageLoadError(src, "only http:// and https:// URLs are supported")
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        if not path.is_file():
-            raise ImageLoadError(name, "no such file" if not path.exists() else "not a file")
-        if path.stat().st_size == 0:
-            raise ImageLoadError(name, "the file is empty (0 bytes)")
-        with open(path, "rb") as fh:
+        with open(check_file(src, name), "rb") as fh:
             return _decode(fh, name, max_pixels)
     if isinstance(src, (bytes, bytearray, memoryview)):
         if len(src) == 0:
@@ -97,6 +92,17 @@ def load_image(
     if hasattr(src, "read"):
         return _decode(src, name, max_pixels)
     raise ImageLoadError(name, f"unsupported source type {type(src).__name__}")
+
+
+def check_file(src: str | os.PathLike, name: str | None = None) -> Path:
+    """Return ``src`` as a Path, or raise :class:`ImageLoadError` unless it is a non-empty file."""
+    path = Path(src)
+    name = name or str(src)
+    if not path.is_file():
+        raise ImageLoadError(name, "no such file" if not path.exists() else "not a file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(name, "the file is empty (0 bytes)")
+    return path
 
 
 def fetch_url(url: str, *, timeout: float, max_bytes: int) -> bytes:

@@ -350,12 +350,9 @@ def decode_tiff(fh: IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
 @contextlib.contextmanager
 def _open(src: RasterSource, name: str) -> Iterator[IO[bytes]]:
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        if not path.is_file():
-            raise ImageLoadError(name, "no such file" if not path.exists() else "not a file")
-        if path.stat().st_size == 0:
-            raise ImageLoadError(name, "the file is empty (0 bytes)")
-        with open(path, "rb") as fh:
+        from .images import check_file
+
+        with open(check_file(src, name), "rb") as fh:
             yield fh
     elif isinstance(src, (bytes, bytearray, memoryview)):
         if len(src) == 0:
