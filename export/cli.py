@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.method == "milan":
         from .milan_pipeline import run_milan
 
+        if argv is not None:
+            args._argv = list(argv)  # record the caller's command, not this process's sys.argv
         return run_milan(args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
