@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -46,6 +45,7 @@ from .data import PROTOCOLS, Archive, DataError, Sample, Split, check_images, op
     save_split, split_for
 from .features import Normalize, default_cache_dir, load_prepared
 from .milan import CODE_THRESHOLD, MilanHead, MilanParams, milan_codes, train_milan_head
+from .pipeline import versions
 
 log = logging.getLogger(__name__)
 
@@ -303,20 +303,6 @@ def train_milan(
 # --------------------------------------------------------------------------- bundle
 
 
-def _versions() -> dict[str, str]:
-    import onnx
-
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "onnx": onnx.__version__, "numpy": np.__version__}
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out["rsir-sdk"] = version("rsir-sdk")
-    except (ImportError, PackageNotFoundError):  # a source checkout, not installed
-        pass
-    return out
-
-
 def split_protocol_name(split: Split) -> str:
     """``milan-60-40`` for the MiLAN split, ``ahcl-80-20`` / ``ahcl-50-50`` for AHCL's."""
     return f"{EVAL_FOR_SPLIT.get(split.protocol, 'custom')}-{split.protocol}"
@@ -356,7 +342,7 @@ def build_milan_bundle(
         "hyperparameters": hyper,
         "metrics": dict(result.metrics),
         "history": result.history,
-        "versions": _versions(),
+        "versions": versions(),
         "device": result.device,
         "train_seconds": round(result.train_seconds, 1),
         "feature_seconds": round(result.feature_seconds, 1),

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of the software that trained a bundle (recorded in its manifest)."""
     import onnx
     import torch
 
@@ -73,7 +74,7 @@ def build_ahcl_bundle(
         "hyperparameters": dataclasses.asdict(cfg),
         "metrics": result.metrics,
         "history": result.history,
-        "versions": _versions(),
+        "versions": versions(),
         "device": result.device,
         "train_seconds": round(result.train_seconds, 1),
         "n_train": int(len(result.train_indices)),
