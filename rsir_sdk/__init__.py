@@ -1,50 +1,83 @@
 """rsir-sdk: remote sensing image retrieval with learned binary hash codes.
 
 The runtime half: load a model bundle, encode images with onnxruntime, store and search
-packed binary codes in Milvus. It never imports torch.
+packed binary codes in Milvus, index whole archives. It never imports torch.
 
 >>> from rsir_sdk import Retriever                                    # doctest: +SKIP
 >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")    # doctest: +SKIP
+>>> r.index("archive/", label_from="parent")                          # doctest: +SKIP
 >>> r.search("query.jpg", k=5)                                        # doctest: +SKIP
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
+from .archive import ArchiveListing, Item, open_archive
 from .bundle import Bundle, DatabaseCodes
 from .codes import hamming_distances, pack_codes, topk_bruteforce, unpack_codes
 from .encoder import Encoded, Encoder
 from .errors import (
+    ArchiveError,
     BundleError,
     CodeLengthError,
     CollectionMismatchError,
+    CollectionNotFoundError,
+    EvaluationError,
     ImageLoadError,
+    RasterRuleError,
+    RasterRuleMismatchError,
     RsirError,
+    SplitError,
     StoreError,
 )
-from .images import load_image
+from .failures import Failure, FailureReport
+from .images import load_image, read_image
+from .ingest import IngestInterrupted, IngestProgress, IngestSummary
+from .rasters import RasterRule
 from .retriever import Hit, Retriever
-from .store import MilvusCodeStore, StoreHit, list_collections
+from .store import MilvusCodeStore, StoredItem, StoreHit, list_collections
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("rsir-sdk")
+except PackageNotFoundError:  # a source tree that was not installed
+    __version__ = "0+unknown"
 
 __all__ = [
+    "ArchiveError",
+    "ArchiveListing",
     "Bundle",
-    "DatabaseCodes",
-    "Encoded",
-    "Encoder",
-    "Hit",
-    "MilvusCodeStore",
-    "Retriever",
-    "StoreHit",
-    "hamming_distances",
-    "list_collections",
-    "load_image",
-    "pack_codes",
-    "topk_bruteforce",
-    "unpack_codes",
     "BundleError",
     "CodeLengthError",
     "CollectionMismatchError",
+    "CollectionNotFoundError",
+    "DatabaseCodes",
+    "Encoded",
+    "Encoder",
+    "EvaluationError",
+    "Failure",
+    "FailureReport",
+    "Hit",
     "ImageLoadError",
+    "IngestInterrupted",
+    "IngestProgress",
+    "IngestSummary",
+    "Item",
+    "MilvusCodeStore",
+    "RasterRule",
+    "RasterRuleError",
+    "RasterRuleMismatchError",
+    "Retriever",
     "RsirError",
+    "SplitError",
     "StoreError",
+    "StoreHit",
+    "StoredItem",
     "__version__",
+    "hamming_distances",
+    "list_collections",
+    "load_image",
+    "open_archive",
+    "pack_codes",
+    "read_image",
+    "topk_bruteforce",
+    "unpack_codes",
 ]

@@ -10,17 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .codes import as_packed, validate_bits
 from .errors import BundleError, CodeLengthError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .splits import Split
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+DATABASE_FILE = "database.npz"
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,41 @@ class Bundle:
         return self.model_sha256[:16]
 
     @property
+    def archive_root(self) -> str | None:
+        """The folder of the archive the bundle was trained on, as the manifest records it.
+
+        Reads ``archive.root`` (written by :func:`rsir_sdk.bundle_writer.write_bundle`), then
+        the older ``training.archive_root`` / ``training.data_root`` / ``training.data`` fields
+        and the ``--data`` argument of ``training.command``. ``None`` when nothing is recorded.
+        """
+        archive = self.manifest.get("archive")
+        if isinstance(archive, dict) and isinstance(archive.get("root"), str) and archive["root"]:
+            return archive["root"]
+        training = self.manifest.get("training") or {}
+        for key in ("archive_root", "data_root", "data"):
+            value = training.get(key)
+            if isinstance(value, str) and value:
+                return value
+        command = training.get("command")
+        if isinstance(command, str):
+            try:
+                words = shlex.split(command)
+            except ValueError:
+                words = []
+            for i, w in enumerate(words):
+                if w == "--data" and i + 1 < len(words):
+                    return words[i + 1]
+                if w.startswith("--data="):
+                    return w.split("=", 1)[1]
+        return None
+
+    def split(self) -> "Split":
+        """The train/query split the bundle was trained on (its ``split.json``)."""
+        from .splits import load_split
+
+        return load_split(self.path)
+
+    @property
     def has_database(self) -> bool:
         """True when the bundle ships database codes (AHCL's learned V)."""
         return bool(self.manifest.get("database"))
@@ -79,6 +121,11 @@ class Bundle:
     def symmetric(self) -> bool:
         """True when the database is encoded by the same network as queries (MiLAN)."""
         return bool(self.manifest.get("symmetric", not self.has_database))
+
+    @property
+    def default_collection(self) -> str:
+        """The collection name used when none is given: ``<method>_<bits>_<encoder_id>``."""
+        return re.sub(r"[^A-Za-z0-9_]", "_", f"{self.method}_{self.bits}_{self.encoder_id}")
 
     def identity(self) -> dict[str, Any]:
         """What a Milvus collection records about the encoder that filled it."""

@@ -3,6 +3,9 @@
 Provider choice: CUDA when onnxruntime offers it, else CPU; :attr:`Encoder.providers` says
 what actually runs, and a fall-back from a requested GPU provider to the CPU is logged as a
 warning so it is never silent.
+
+Images are read by :func:`rsir_sdk.images.read_image` with the encoder's raster rule (TIFFs),
+then resized and cropped by :func:`rsir_sdk.preprocess.prepare` as the bundle records.
 """
 
 from __future__ import annotations
@@ -10,15 +13,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence, overload
 
 import numpy as np
 
 from .bundle import Bundle
 from .codes import as_packed
 from .errors import BundleError
-from .images import ImageSource, load_image
+from .images import ImageSource, RuleLike, load_image
 from .preprocess import prepare
+from .rasters import RasterRule, as_rule
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,16 @@ class Encoder:
     (2, 8)
     >>> enc.providers                                     # doctest: +SKIP
     ['CPUExecutionProvider']
+
+    ``raster_rule`` converts TIFF samples (see :mod:`rsir_sdk.rasters`); a collection records
+    the rule it was filled with, and :class:`~rsir_sdk.Retriever` passes it here.
     """
 
     def __init__(
         self,
         bundle: Bundle | str | os.PathLike,
         *,
+        raster_rule: RuleLike = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         batch_size: int = 32,
@@ -63,9 +71,13 @@ class Encoder:
         import onnxruntime as ort
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        self.batch_size = int(batch_size)
+        self.raster_rule: RasterRule = as_rule(raster_rule)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
         requested = list(providers) if providers else default_providers()
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
@@ -132,11 +144,14 @@ class Encoder:
 
     def prepare(self, image: ImageSource) -> np.ndarray:
         """Load one image and resize/crop it to the model input, ``uint8 (h, w, 3)``."""
-        return prepare(load_image(image), self.bundle.preprocess)
+        return prepare(load_image(image, rule=self.raster_rule), self.bundle.preprocess)
 
-    def encode_arrays(
-        self, batch: np.ndarray, return_embeddings: bool = False
-    ) -> np.ndarray | Encoded:
+    @overload
+    def encode_arrays(self, batch: np.ndarray, return_embeddings: Literal[False] = ...) -> np.ndarray: ...
+    @overload
+    def encode_arrays(self, batch: np.ndarray, return_embeddings: Literal[True]) -> Encoded: ...
+
+    def encode_arrays(self, batch: np.ndarray, return_embeddings: bool = False) -> np.ndarray | Encoded:
         """Run the model on already prepared images ``uint8 (n, h, w, 3)``."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
         h, w = self.input_size
@@ -149,6 +164,13 @@ class Encoder:
         if return_embeddings:
             return Encoded(codes, np.asarray(out[1], dtype=np.float32))
         return codes
+
+    @overload
+    def encode(self, images: ImageSource | Iterable[ImageSource], batch_size: int | None = ...,
+               return_embeddings: Literal[False] = ...) -> np.ndarray: ...
+    @overload
+    def encode(self, images: ImageSource | Iterable[ImageSource], batch_size: int | None,
+               return_embeddings: Literal[True]) -> Encoded: ...
 
     def encode(
         self,
@@ -163,15 +185,16 @@ class Encoder:
         """
         items = _as_list(images)
         bs = int(batch_size or self.batch_size)
-        codes_parts, emb_parts = [], []
+        codes_parts: list[np.ndarray] = []
+        emb_parts: list[np.ndarray] = []
         for start in range(0, len(items), bs):
             prepared = np.stack([self.prepare(x) for x in items[start : start + bs]])
-            res = self.encode_arrays(prepared, return_embeddings)
             if return_embeddings:
+                res = self.encode_arrays(prepared, True)
                 codes_parts.append(res.codes)
                 emb_parts.append(res.embeddings)
             else:
-                codes_parts.append(res)
+                codes_parts.append(self.encode_arrays(prepared))
         nbytes = self.bits // 8
         codes = np.concatenate(codes_parts) if codes_parts else np.zeros((0, nbytes), np.uint8)
         if return_embeddings:

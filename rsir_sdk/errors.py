@@ -1,4 +1,10 @@
-"""Exception classes of the SDK: each names what was wrong and what to do about it."""
+"""Exception classes of the SDK: each names what was wrong and what to do about it.
+
+Every error the SDK raises on purpose derives from :class:`RsirError`, so callers (the ``rsir``
+command, the HTTP service) can turn any of them into one line; the service reports the class
+name as the error ``kind`` and :class:`~rsir_sdk.serve.client.RemoteRetriever` raises the same
+class again on the client side.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +25,41 @@ class ImageLoadError(RsirError, ValueError):
         self.reason = reason
         super().__init__(f"cannot load image {source}: {reason}")
 
+    def __reduce__(self):  # keep (source, reason) through pickling (thread/process pools)
+        return (type(self), (self.source, self.reason))
+
 
 class BundleError(RsirError, ValueError):
     """A model bundle is missing a file or field, or its parts disagree."""
+
+
+class SplitError(RsirError, ValueError):
+    """A split file cannot be read, cannot be drawn, or does not match the archive."""
+
+
+class ArchiveError(RsirError, ValueError):
+    """An archive folder or CSV manifest cannot be listed (missing, bad CSV, unknown column)."""
+
+
+class RasterRuleError(RsirError, ValueError):
+    """A raster rule is malformed (unknown stretch, bad band list, bad percentiles)."""
 
 
 class CollectionMismatchError(RsirError, ValueError):
     """A Milvus collection holds codes of another length or from another encoder."""
 
 
+class RasterRuleMismatchError(CollectionMismatchError):
+    """The collection was filled with images converted by another raster rule."""
+
+
 class StoreError(RsirError, RuntimeError):
     """Milvus could not be reached or refused an operation."""
+
+
+class CollectionNotFoundError(StoreError):
+    """The collection to read does not exist; the message names the ones that do."""
+
+
+class EvaluationError(RsirError, ValueError):
+    """A bundle cannot be evaluated: no split file, no archive, ids missing from the archive."""

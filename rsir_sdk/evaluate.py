@@ -31,10 +31,8 @@ the training side can call this too.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shlex
 import shutil
 import tempfile
 import time
@@ -45,23 +43,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics
+from .archive import Item, open_archive
 from .bundle import Bundle
 from .encoder import Encoder
-from .errors import RsirError
-from .ingest import Failure, Item, default_collection, iter_codes, open_archive, wait_for_lite_file
-from .rasters import RasterRule
+from .errors import EvaluationError, SplitError
+from .failures import Failure
+from .images import RuleLike
+from .ingest import iter_codes
+from .splits import SPLIT_FILE
 from .store import MAX_TOPK, MilvusCodeStore
 
 log = logging.getLogger(__name__)
 
-SPLIT_FILE = "split.json"
 DEFAULT_KS = (10, 20, 100)
 #: (queries x k) hits fetched per Milvus search call, to keep each answer small
 HITS_PER_CALL = 200_000
-
-
-class EvaluationError(RsirError, ValueError):
-    """The bundle cannot be evaluated: no split file, no archive, ids missing from the archive."""
 
 
 @dataclass
@@ -96,48 +92,6 @@ class EvalResult:
         return out
 
 
-def load_split(bundle: Bundle) -> dict[str, list[str]]:
-    """The bundle's ``split.json``: ``{"train": [ids], "query": [ids], "protocol": ...}``."""
-    path = bundle.path / SPLIT_FILE
-    if not path.is_file():
-        raise EvaluationError(
-            f"bundle {bundle.path} has no {SPLIT_FILE}: evaluation needs the split the bundle "
-            f"was trained on (training writes it into the bundle)"
-        )
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-        split = {"train": [str(x) for x in obj["train"]], "query": [str(x) for x in obj["query"]]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EvaluationError(f"cannot read {path}: {exc}") from None
-    split["protocol"] = str(obj.get("protocol", ""))
-    return split
-
-
-def recorded_data_root(bundle: Bundle) -> str | None:
-    """The archive the bundle was trained on, as its manifest records it (or ``None``).
-
-    Looks at ``training.archive_root``, ``training.data_root``, ``training.data``, then the
-    ``--data`` argument of ``training.command``.
-    """
-    training = bundle.manifest.get("training") or {}
-    for key in ("archive_root", "data_root", "data"):
-        value = training.get(key)
-        if isinstance(value, str) and value:
-            return value
-    command = training.get("command")
-    if isinstance(command, str):
-        try:
-            words = shlex.split(command)
-        except ValueError:
-            words = []
-        for i, w in enumerate(words):
-            if w == "--data" and i + 1 < len(words):
-                return words[i + 1]
-            if w.startswith("--data="):
-                return w.split("=", 1)[1]
-    return None
-
-
 def evaluate_bundle(
     bundle: Bundle | str | os.PathLike,
     data: str | os.PathLike | None = None,
@@ -147,7 +101,7 @@ def evaluate_bundle(
     token: str | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     database: str = "auto",
-    rule: RasterRule | str | None = None,
+    rule: RuleLike = None,
     encoder: Encoder | None = None,
     workers: int | None = None,
     batch_size: int | None = None,
@@ -158,7 +112,7 @@ def evaluate_bundle(
     Args:
         bundle: the bundle folder (it must hold ``split.json``).
         data: the archive the split belongs to (folder or CSV manifest); default: the one the
-            manifest records (:func:`recorded_data_root`).
+            manifest records (:attr:`rsir_sdk.Bundle.archive_root`).
         uri, collection, token: where to put the database codes; default a temporary Milvus
             Lite file, removed afterwards. A named collection must hold nothing but this
             database (it is filled by upsert, then its size is checked).
@@ -172,15 +126,19 @@ def evaluate_bundle(
     """
     t0 = time.perf_counter()
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    split = load_split(b)
-    protocol = str((b.manifest.get("training") or {}).get("protocol") or split["protocol"])
+    try:
+        sp = b.split()
+    except SplitError as exc:
+        raise EvaluationError(str(exc)) from None
+    split = {"train": sp.train_ids, "query": sp.query_ids}
+    protocol = str((b.manifest.get("training") or {}).get("protocol") or sp.protocol)
     if database == "auto":
         database = "query" if protocol.lower().startswith("milan") else "train"
     if database not in ("train", "query"):
         raise EvaluationError(f"database must be 'auto', 'train' or 'query', got {database!r}")
     leave_one_out = database == "query"
     ks = sorted({int(k) for k in ks if int(k) >= 1})
-    enc = encoder or Encoder(b, batch_size=batch_size or 32)
+    enc = encoder or Encoder(b, raster_rule=rule, batch_size=batch_size or 32)
     failed: list[Failure] = []
 
     def report(stage: str, done: int, total: int) -> None:
@@ -188,7 +146,7 @@ def evaluate_bundle(
             progress(stage, done, total)
 
     use_learned = database == "train" and b.has_database
-    root = data if data is not None else recorded_data_root(b)
+    root = data if data is not None else b.archive_root
     if root is None:
         raise EvaluationError(
             f"bundle {b.path} does not record its archive: give the archive folder (or CSV "
@@ -211,7 +169,7 @@ def evaluate_bundle(
 
     def encode(items: list[Item], stage: str) -> tuple[list[Item], np.ndarray]:
         kept, parts = [], []
-        for batch in iter_codes(enc, items, rule=rule, workers=workers, batch_size=batch_size,
+        for batch in iter_codes(enc, items, workers=workers, batch_size=batch_size,
                                 on_failure=failed.append):
             kept += batch.items
             parts.append(batch.codes)
@@ -250,9 +208,7 @@ def evaluate_bundle(
     if uri is None:
         tmp = tempfile.mkdtemp(prefix="rsir-eval-")
         uri = str(Path(tmp) / "eval.db")
-    elif "://" not in uri:
-        wait_for_lite_file(uri)
-    name = collection or "eval_" + default_collection(b)
+    name = collection or "eval_" + b.default_collection
     try:
         store = MilvusCodeStore(uri, name, bits=b.bits, token=token, encoder=b.identity())
         try:
@@ -272,7 +228,7 @@ def evaluate_bundle(
             shutil.rmtree(tmp, ignore_errors=True)
 
     q_index = np.arange(n_db) if leave_one_out else None  # the queries are the database
-    if leave_one_out:  # drop each query's own item from its ranking
+    if q_index is not None:  # leave-one-out: drop each query's own item from its ranking
         keep = ranked_idx != q_index[:, None]
         n_keep = min(n_db - 1, k_search)
         ranked_idx = np.stack([r[m][:n_keep] for r, m in zip(ranked_idx, keep)])
@@ -284,11 +240,11 @@ def evaluate_bundle(
     rel = labels_db[ranked_idx] == np.array(q_labels, dtype=object)[:, None]
     got: dict[str, float] = {}
     if full:
-        got["mAP"] = float(_ap(rel).mean())
-    got[f"mAP@{ranked_idx.shape[1]}"] = float(_ap(rel).mean())
+        got["mAP"] = float(metrics.average_precision_of_ranking(rel).mean())
+    got[f"mAP@{ranked_idx.shape[1]}"] = float(metrics.average_precision_of_ranking(rel).mean())
     for k in ks:
         if k <= ranked_idx.shape[1]:
-            got[f"mAP@{k}"] = float(_ap(rel[:, :k]).mean())
+            got[f"mAP@{k}"] = float(metrics.average_precision_of_ranking(rel[:, :k]).mean())
             got[f"P@{k}"] = float(rel[:, :k].mean(axis=1).mean())
 
     ref = _reference(q_codes, q_labels, db_codes, db_labels, ks, leave_one_out, q_index,
@@ -318,21 +274,6 @@ def _search_all(store: MilvusCodeStore, q_codes: np.ndarray, k: int, db_ids: lis
             dist[row] = [h.distance for h in hits]
         report("search", min(start + step, len(q_codes)), len(q_codes))
     return idx, dist
-
-
-def _ap(rel: np.ndarray) -> np.ndarray:
-    """Average precision of each ranked relevance row, normalised by the hits in the row.
-
-    Over a whole-database ranking this is AP over all relevant items; over a top-k ranking it
-    is AP@k normalised by the relevant items retrieved, as :func:`rsir_sdk.metrics.mean_average_precision`
-    defines both. A row without a hit scores 0.
-    """
-    rel = rel.astype(bool)
-    hits = np.cumsum(rel, axis=1)
-    ranks = np.arange(1, rel.shape[1] + 1)
-    prec_sum = (np.where(rel, hits / ranks, 0.0)).sum(axis=1)
-    n = rel.sum(axis=1)
-    return np.divide(prec_sum, n, out=np.zeros(len(rel)), where=n > 0)
 
 
 def _reference(q_codes, q_labels, db_codes, db_labels, ks, loo, q_index, full, depth) -> dict[str, float]:

@@ -5,7 +5,7 @@ looking at the images does. :func:`write_gallery` writes one self-contained page
 inlined as base64 JPEG, so the file can be mailed or opened anywhere) or, with
 ``embed=False``, a page that links the image files by relative path (small, but it must stay
 beside the archive). Images are read by the same code as the encoder reads them
-(:func:`rsir_sdk.rasters.read_raster`), so a GeoTIFF shows the pixels the encoder saw.
+(:func:`rsir_sdk.images.read_image`), so a GeoTIFF shows the pixels the encoder saw.
 
 >>> from rsir_sdk.gallery import write_gallery
 >>> write_gallery("out.html", "query.jpg", hits, roots=["archive/"])      # doctest: +SKIP
@@ -24,7 +24,8 @@ from typing import Any, Iterable, Sequence
 from PIL import Image
 
 from .errors import ImageLoadError
-from .rasters import RasterRule, read_raster
+from .images import read_image
+from .rasters import RasterRule
 
 THUMB_SIZE = 192
 
@@ -59,7 +60,7 @@ def resolve_image(path: str, roots: Sequence[str | os.PathLike] = ()) -> Path | 
 def thumbnail_data_uri(src: str | os.PathLike, size: int = THUMB_SIZE,
                        rule: RasterRule | None = None) -> str:
     """A ``data:image/jpeg;base64,...`` thumbnail of an image file (longer side ``size``)."""
-    rgb = read_raster(src, rule).rgb
+    rgb = read_image(src, rule=rule).rgb
     img = Image.fromarray(rgb)
     img.thumbnail((size, size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()

@@ -39,6 +39,7 @@ from .codes import as_packed, hamming_distances
 
 __all__ = [
     "PRCurve",
+    "average_precision_of_ranking",
     "average_precisions",
     "mean_average_precision",
     "pr_curve",
@@ -313,7 +314,9 @@ class _Relevance:
                 "or both 2-D 0/1 indicator matrices"
             )
         self.multi_label = q is not None
-        if self.multi_label:
+        self.query: np.ndarray
+        self.db: np.ndarray
+        if q is not None and d is not None:
             if q.shape[1] != d.shape[1]:
                 raise ValueError(f"label matrices have {q.shape[1]} and {d.shape[1]} columns")
             self.query, self.db = q, d
@@ -392,6 +395,20 @@ def _self_indices(
             "(are the queries the database, in the same order?)"
         )
     return index
+
+
+def average_precision_of_ranking(rel_ranked: np.ndarray) -> np.ndarray:
+    """AP of each row of a ranked relevance matrix ``(n_queries, depth)``, normalised by the hits
+    the row holds (0 for a row without one).
+
+    Over a whole-database ranking this is AP over all relevant items; over a top-``k`` ranking
+    it is AP@k normalised by the relevant items retrieved, the conventions of
+    :func:`mean_average_precision`. Use it for rankings made elsewhere (by Milvus, say).
+
+    >>> average_precision_of_ranking(np.array([[1, 0, 1], [0, 0, 0]], bool)).round(4).tolist()
+    [0.8333, 0.0]
+    """
+    return _ap_of_ranked(np.asarray(rel_ranked, dtype=bool))
 
 
 def _ap_of_ranked(rel_ranked: np.ndarray) -> np.ndarray:

@@ -1,8 +1,12 @@
-"""``Retriever``: a bundle's encoder plus a Milvus code store, searched by image.
+"""``Retriever``: a bundle's encoder plus a Milvus code store: index archives, search by image.
+
+The Retriever owns the runtime's paths. The ``rsir`` command and the HTTP service call it and
+nothing else, so a search from Python, from the command line and over HTTP encodes the query the
+same way and gets the same hits.
 
 >>> from rsir_sdk import Retriever
 >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")   # doctest: +SKIP
->>> r.add_learned_codes()            # AHCL: the bundle's learned database codes, as learned
+>>> r.index("archive/", label_from="parent")                         # doctest: +SKIP
 >>> hits = r.search("query.jpg", k=5)                                  # doctest: +SKIP
 >>> hits[0].id, hits[0].distance, hits[0].label                        # doctest: +SKIP
 ('forest/0042.jpg', 3, 'forest')
@@ -12,30 +16,43 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .archive import IMAGE_EXTENSIONS, ArchiveListing, open_archive
 from .bundle import Bundle
 from .codes import as_packed
 from .encoder import Encoder
-from .images import ImageSource, describe_source
-from .store import MAX_TOPK, MilvusCodeStore, StoreHit
+from .errors import RasterRuleMismatchError
+from .failures import FailureReport
+from .images import DEFAULT_MAX_PIXELS, ImageSource, RuleLike, describe_source
+from .ingest import IngestProgress, IngestSummary, ingest
+from .rasters import RasterRule, as_rule
+from .store import MAX_TOPK, MilvusCodeStore, StoredItem, StoreHit
 
 log = logging.getLogger(__name__)
-
 
 #: one search result (``id``, ``distance`` as an int, ``label``, ``path``, ``metadata``), sorted by
 #: distance then id; the same class the store returns
 Hit = StoreHit
+Filter = str | Mapping[str, Any] | None
 
 
 class Retriever:
     """Search a Milvus collection of binary codes with images, using a model bundle's encoder.
 
     ``uri``/``token`` are passed to pymilvus as they are: a ``.db`` file path is Milvus Lite,
-    ``http://host:19530`` a server. The collection is created on first use with the bundle's
-    bit length and encoder identity, and refuses codes from any other encoder.
+    ``http://host:19530`` a server. ``collection`` defaults to the bundle's
+    ``<method>_<bits>_<encoder_id>``. A collection is created by the first write, with the
+    bundle's bit length, encoder identity and raster rule; reading one that was never written
+    raises :class:`~rsir_sdk.errors.CollectionNotFoundError` naming the collections that exist.
+    A collection refuses codes from any other encoder.
+
+    ``raster_rule`` (see :mod:`rsir_sdk.rasters`) converts TIFF samples. It is recorded with a
+    new collection; an existing collection's recorded rule is used for every search and write,
+    and a different explicit rule raises :class:`~rsir_sdk.errors.RasterRuleMismatchError`.
 
     >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")     # doctest: +SKIP
     >>> r.add_images(["a.jpg", "b.jpg"], ids=["a", "b"], labels=["forest", "river"])
@@ -47,9 +64,10 @@ class Retriever:
         self,
         bundle: Bundle | str | os.PathLike,
         uri: str = "./rsir.db",
-        collection: str = "rsir",
+        collection: str | None = None,
         token: str | None = None,
         *,
+        raster_rule: RuleLike = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         batch_size: int = 32,
@@ -58,50 +76,71 @@ class Retriever:
         search_params: Mapping[str, Any] | None = None,
     ):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        self.encoder = Encoder(
-            self.bundle, providers=providers, threads=threads, batch_size=batch_size
-        )
+        name = collection or self.bundle.default_collection
+        asked = None if raster_rule is None else as_rule(raster_rule)
+        identity = dict(self.bundle.identity())
+        identity["raster_rule"] = (asked or RasterRule()).to_dict()
         self.store = MilvusCodeStore(
             uri,
-            collection,
+            name,
             bits=self.bundle.bits,
             token=token,
-            encoder=self.bundle.identity(),
+            encoder=identity,
             index_type=index_type,
             index_params=index_params,
             search_params=search_params,
         )
-        if self.store.encoder is None:
-            log.warning(
-                "collection %r records no encoder: codes from %s are accepted unchecked",
-                collection,
-                self.bundle.encoder_id,
+        try:
+            self.raster_rule = self._collection_rule(asked)
+            self.encoder = Encoder(
+                self.bundle, raster_rule=self.raster_rule, providers=providers, threads=threads,
+                batch_size=batch_size,
             )
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _collection_rule(self, asked: RasterRule | None) -> RasterRule:
+        recorded = (self.store.encoder or {}).get("raster_rule")
+        if recorded is None:
+            if self.store.exists and self.store.encoder is None:
+                log.warning("collection %r records no encoder: codes from %s are accepted "
+                            "unchecked", self.store.collection, self.bundle.encoder_id)
+            return asked or RasterRule()
+        rule = RasterRule.from_dict(recorded)
+        if asked is not None and asked != rule:
+            raise RasterRuleMismatchError(
+                f"collection {self.store.collection!r} was filled with the raster rule "
+                f"'{rule.describe()}', not '{asked.describe()}': images converted differently "
+                f"give codes that do not compare. Use the same rule (or none: the collection's "
+                f"is used), or another collection"
+            )
+        return rule
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | os.PathLike, uri: str = "./rsir.db", collection: str | None = None, **kw
+        cls, bundle: str | os.PathLike, uri: str = "./rsir.db", collection: str | None = None,
+        **kw: Any,
     ) -> "Retriever":
-        """Open a Retriever; the collection name defaults to ``<method>_<bits>_<encoder_id>``.
+        """Open a Retriever on the bundle's default collection (``<method>_<bits>_<encoder_id>``).
 
         >>> r = Retriever.from_bundle("bundle/", uri="./rsir.db")   # doctest: +SKIP
         """
-        b = Bundle.load(bundle)
-        name = collection or f"{b.method}_{b.bits}_{b.encoder_id}"
-        return cls(b, uri=uri, collection=name, **kw)
+        return cls(bundle, uri=uri, collection=collection, **kw)
+
+    @property
+    def collection(self) -> str:
+        """The collection's name."""
+        return self.store.collection
 
     # ----------------------------------------------------------------- search
     def search(
-        self,
-        img: ImageSource,
-        k: int = 10,
-        filter: str | Mapping[str, Any] | None = None,
-        radius: int | None = None,
+        self, img: ImageSource, k: int = 10, filter: Filter = None, radius: int | None = None
     ) -> list[Hit]:
         """Hamming top-``k`` for one image (path, bytes, file, PIL, array or URL).
 
-        ``filter``: a Milvus expression (``'label == "forest"'``) or a dict
-        (``{"label": "forest", "sensor": "S2"}``; non-column keys are metadata keys).
+        ``filter``: a dict (``{"label": "forest", "sensor": "S2"}``; a list value means "any
+        of"; non-column keys are metadata keys) or a Milvus expression string.
         ``radius``: keep only hits at distance ``<= radius``.
 
         >>> r.search("scene.tif", k=5, filter={"label": "forest"})   # doctest: +SKIP
@@ -112,7 +151,7 @@ class Retriever:
         self,
         imgs: Sequence[ImageSource],
         k: int = 10,
-        filter: str | Mapping[str, Any] | None = None,
+        filter: Filter = None,
         radius: int | None = None,
         batch_size: int | None = None,
     ) -> list[list[Hit]]:
@@ -126,7 +165,7 @@ class Retriever:
         self,
         codes: np.ndarray | bytes,
         k: int = 10,
-        filter: str | Mapping[str, Any] | None = None,
+        filter: Filter = None,
         radius: int | None = None,
     ) -> list[list[Hit]]:
         """Search with packed codes made elsewhere (an edge device running the same encoder).
@@ -138,9 +177,7 @@ class Retriever:
         packed = as_packed(codes, self.bundle.bits)
         return self.store.search(packed, k, filter, radius)
 
-    def range_search(
-        self, img: ImageSource, radius: int, filter: str | Mapping[str, Any] | None = None
-    ) -> list[Hit]:
+    def range_search(self, img: ImageSource, radius: int, filter: Filter = None) -> list[Hit]:
         """Every item within Hamming distance ``<= radius`` of one image (up to 16384)."""
         codes = self.encoder.encode([img])
         return self.store.range_search(codes, radius, filter, MAX_TOPK)[0]
@@ -165,9 +202,7 @@ class Retriever:
         """
         images = list(images)
         if paths is None:
-            paths = [
-                str(x) if isinstance(x, (str, os.PathLike)) else "" for x in images
-            ]
+            paths = [str(x) if isinstance(x, (str, os.PathLike)) else "" for x in images]
         if ids is None:
             if not all(paths):
                 raise ValueError(
@@ -184,7 +219,7 @@ class Retriever:
 
     def add_codes(
         self,
-        codes: np.ndarray,
+        codes: np.ndarray | bytes,
         ids: Sequence[str],
         labels: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
@@ -195,23 +230,104 @@ class Retriever:
         >>> db = r.bundle.load_database()                              # doctest: +SKIP
         >>> r.add_codes(db.codes, db.ids, db.labels, db.paths)         # doctest: +SKIP
         """
+        packed = as_packed(codes, self.bundle.bits)
         return self.store.upsert(
-            ids, codes, labels, paths, metadata, encoder=self.bundle.identity()
+            ids, packed, labels, paths, metadata, encoder=self.bundle.identity()
         )
 
     def add_learned_codes(self) -> int:
-        """Put the bundle's learned database codes (AHCL's V) into the collection as learned."""
+        """Put the bundle's learned database codes (AHCL's V) into the collection as learned.
+
+        Their paths are made absolute under the archive the bundle records, when it records one
+        that exists, so that galleries and the service can show the images.
+        """
         db = self.bundle.load_database()
+        root = self.bundle.archive_root
+        paths = list(db.paths)
+        if root and Path(root).is_dir():
+            paths = [str(Path(root, p)) if p and not os.path.isabs(p) else p for p in paths]
         meta = [{"source": "learned"}] * len(db)
-        return self.add_codes(db.codes, db.ids, db.labels, db.paths, meta)
+        return self.add_codes(db.codes, db.ids, db.labels, paths, meta)
+
+    def index(
+        self,
+        archive: str | os.PathLike | ArchiveListing,
+        *,
+        label_from: str = "none",
+        root: str | os.PathLike | None = None,
+        path_column: str = "path",
+        id_column: str | None = None,
+        label_column: str | None = None,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        skip_existing: bool = True,
+        only_ids: Iterable[str] | None = None,
+        relative_paths: bool = False,
+        workers: int | None = None,
+        batch_size: int | None = None,
+        upsert_batch: int = 512,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        report: str | os.PathLike | FailureReport | None = None,
+        progress: Callable[[IngestProgress], None] | None = None,
+    ) -> IngestSummary:
+        """Encode every image of an archive (a folder or a CSV manifest) into the collection.
+
+        Resumable: ids already present are skipped (``skip_existing=False`` re-encodes them), so
+        re-running after an interruption finishes the rest. Images that cannot be indexed are
+        listed in the returned summary and, when ``report`` names a file, in that CSV report
+        (removed again when nothing failed). ``progress`` is called as work advances. The
+        listing options (``label_from``, ``root``, the ``*_column`` names, ``extensions``) are
+        those of :func:`rsir_sdk.archive.open_archive`; ``only_ids`` restricts the run (e.g. to
+        the ids of an earlier report).
+
+        >>> s = r.index("archive/", label_from="parent", report="failed.csv")  # doctest: +SKIP
+        >>> s.indexed, s.skipped, len(s.failed)                              # doctest: +SKIP
+        (2500, 0, 3)
+        """
+        listing = archive if isinstance(archive, ArchiveListing) else open_archive(
+            archive, label_from=label_from, root=root, path_column=path_column,
+            id_column=id_column, label_column=label_column, extensions=extensions,
+        )
+        own = None if report is None or isinstance(report, FailureReport) else FailureReport(report)
+        try:
+            return ingest(
+                self.encoder, self.store, listing, skip_existing=skip_existing,
+                only_ids=only_ids, relative_paths=relative_paths, workers=workers,
+                batch_size=batch_size, upsert_batch=upsert_batch, max_pixels=max_pixels,
+                report=own or (report if isinstance(report, FailureReport) else None),
+                progress=progress,
+            )
+        finally:
+            if own is not None:
+                own.close()
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete items by id; returns how many existed."""
         return self.store.delete(ids)
 
-    def count(self) -> int:
-        """Number of items in the collection."""
-        return self.store.count()
+    # ----------------------------------------------------------------- reads
+    def get(self, ids: Sequence[str]) -> list[StoredItem]:
+        """Stored items by id (missing ids left out), in the order asked."""
+        return self.store.get(ids)
+
+    def count(self, filter: Filter = None) -> int:
+        """Number of items in the collection (matching ``filter`` when given)."""
+        return self.store.count(filter)
+
+    def info(self) -> dict[str, Any]:
+        """What this Retriever serves: method, bits, encoder id, collection, raster rule,
+        the bundle's archive root, item count."""
+        return {
+            "method": self.bundle.method,
+            "bits": self.bundle.bits,
+            "encoder_id": self.bundle.encoder_id,
+            "collection": self.store.collection,
+            "uri": self.store.uri,
+            "exists": self.store.exists,
+            "raster_rule": self.raster_rule.describe(),
+            "archive_root": self.bundle.archive_root,
+            "count": self.store.count(),
+            "providers": list(self.encoder.providers),
+        }
 
     def close(self) -> None:
         """Release the collection (for Milvus Lite, the database file)."""
@@ -220,7 +336,7 @@ class Retriever:
     def __enter__(self) -> "Retriever":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

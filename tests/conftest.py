@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "examples" / "data" / "eurosat-sample"
+SAMPLE = ROOT / "export" / "rsir_train" / "sample" / "eurosat"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -68,12 +68,12 @@ def db_uri(tmp_path) -> str:
 def tiny_ahcl(tmp_path_factory):
     """A real AHCL bundle trained once per session (small_cnn on the shipped sample, 32 bits).
 
-    Returns ``(bundle_dir, result, manifest)``; needs the train extra (torch).
+    Returns ``(bundle_dir, result, manifest)``; needs the training package (torch).
     """
     pytest.importorskip("torch")
     import torch
 
-    from export.testing import tiny_ahcl_bundle
+    from rsir_train.testing import tiny_ahcl_bundle
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("tiny_ahcl") / "bundle"

@@ -20,20 +20,24 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .codes import as_packed, validate_bits
-from .errors import CodeLengthError, CollectionMismatchError, StoreError
+from ..codes import as_packed, validate_bits
+from ..errors import CodeLengthError, CollectionMismatchError, CollectionNotFoundError, StoreError
+from .lite import wait_for_lite_file
+from .schema import (
+    FIELDS,
+    MAX_ID_LEN,
+    MAX_LABEL_LEN,
+    MAX_PATH_LEN,
+    MAX_TOPK,
+    OUTPUT_FIELDS,
+    SCHEMA_TAG,
+    UPSERT_BATCH,
+    is_lite_uri,
+    redact_uri,
+)
 
 log = logging.getLogger(__name__)
 
-#: Milvus caps topK (and a range search's limit) at this
-MAX_TOPK = 16384
-MAX_ID_LEN = 512
-MAX_LABEL_LEN = 512
-MAX_PATH_LEN = 4096
-SCHEMA_TAG = "rsir"
-FIELDS = ("id", "code", "label", "path", "metadata")
-OUTPUT_FIELDS = ["label", "path", "metadata"]
-UPSERT_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -104,43 +108,79 @@ class MilvusCodeStore:
         search_params: Mapping[str, Any] | None = None,
         create: bool = True,
         client_kwargs: Mapping[str, Any] | None = None,
+        lite_wait: float = 30.0,
     ):
         self.uri = str(uri)
+        #: the uri without credentials, for messages, logs and printed output
+        self.display_uri = redact_uri(self.uri)
         self.collection = collection
-        self.is_lite = _is_lite_uri(self.uri)
+        self.is_lite = is_lite_uri(self.uri)
         self.search_params = dict(search_params or {})
-        self._client = _connect(self.uri, token, dict(client_kwargs or {}))
+        self._index = (index_type, dict(index_params or {}))
+        self._client = _connect(self.uri, token, dict(client_kwargs or {}), lite_wait)
         try:
-            exists = self._client.has_collection(collection)
+            self.exists: bool = bool(self._client.has_collection(collection))
         except Exception as exc:
-            raise StoreError(f"Milvus at {self.uri} did not answer: {exc}") from exc
-        if exists:
+            self.close()
+            raise StoreError(f"Milvus at {self.display_uri} did not answer: {exc}") from None
+        if self.exists:
             self.bits, self.encoder = self._open_existing(bits, encoder)
-        elif not create:
-            raise StoreError(f"collection {collection!r} does not exist at {self.uri}")
-        else:
-            if bits is None:
-                raise CodeLengthError(
-                    f"collection {collection!r} does not exist yet: give bits= to create it"
-                )
-            self.bits = validate_bits(bits)
-            self.encoder = dict(encoder) if encoder else None
-            if self.encoder and int(self.encoder.get("bits", self.bits)) != self.bits:
-                raise CodeLengthError(
-                    f"encoder makes {self.encoder['bits']}-bit codes but bits={self.bits}"
-                )
-            self._create(index_type, index_params)
+            return
+        if not create:
+            names = self._names()
+            self.close()
+            raise CollectionNotFoundError(
+                f"collection {collection!r} does not exist at {self.display_uri}; "
+                + (f"collections there: {', '.join(names)}" if names else "it holds no collections")
+            )
+        if bits is None:
+            self.close()
+            raise CodeLengthError(
+                f"collection {collection!r} does not exist yet: give bits= to create it"
+            )
+        self.bits = validate_bits(bits)
+        self.encoder = dict(encoder) if encoder else None
+        if self.encoder and int(self.encoder.get("bits", self.bits)) != self.bits:
+            self.close()
+            raise CodeLengthError(
+                f"encoder makes {self.encoder['bits']}-bit codes but bits={self.bits}"
+            )
+        if self.is_lite and (index_type or "BIN_FLAT") != "BIN_FLAT":
+            self.close()
+            raise StoreError(
+                f"Milvus Lite supports only the BIN_FLAT index for binary vectors, not "
+                f"{index_type}; use a Milvus server URI for {index_type}"
+            )
+
+    def _names(self) -> list[str]:
+        try:
+            return sorted(self._client.list_collections())
+        except Exception:
+            return []
+
+    def _require_exists(self) -> None:
+        """Raise :class:`CollectionNotFoundError` (naming the collections there) for a read of
+        a collection that was never written."""
+        if not self.exists:
+            names = [n for n in self._names() if n != self.collection]
+            raise CollectionNotFoundError(
+                f"collection {self.collection!r} does not exist at {self.display_uri} (nothing was "
+                f"written to it); "
+                + (f"collections there: {', '.join(names)}" if names else
+                   "it holds no collections: index an archive first")
+            )
+
+    def _ensure_created(self) -> None:
+        """Create the collection on the first write (a read never creates one)."""
+        if not self.exists:
+            self._create(*self._index)
+            self.exists = True
 
     # ----------------------------------------------------------------- set-up
     def _create(self, index_type: str | None, index_params: Mapping[str, Any] | None) -> None:
         from pymilvus import DataType, MilvusClient
 
         index_type = index_type or "BIN_FLAT"
-        if self.is_lite and index_type != "BIN_FLAT":
-            raise StoreError(
-                f"Milvus Lite supports only the BIN_FLAT index for binary vectors, not "
-                f"{index_type}; use a Milvus server URI for {index_type}"
-            )
         description = json.dumps(
             {SCHEMA_TAG: {"format": 1, "bits": self.bits, "encoder": self.encoder}}
         )
@@ -163,7 +203,7 @@ class MilvusCodeStore:
             )
         except Exception as exc:
             raise StoreError(f"cannot create collection {self.collection!r}: {exc}") from exc
-        log.info("created collection %s (%d bits) at %s", self.collection, self.bits, self.uri)
+        log.info("created collection %s (%d bits) at %s", self.collection, self.bits, self.display_uri)
 
     def _open_existing(
         self, bits: int | None, encoder: Mapping[str, Any] | None
@@ -173,7 +213,7 @@ class MilvusCodeStore:
         missing = [f for f in FIELDS if f not in fields]
         if missing:
             raise CollectionMismatchError(
-                f"collection {self.collection!r} at {self.uri} was not created by rsir-sdk "
+                f"collection {self.collection!r} at {self.display_uri} was not created by rsir-sdk "
                 f"(fields {missing} are missing); choose another collection name"
             )
         dim = int(fields["code"].get("params", {}).get("dim"))
@@ -211,6 +251,8 @@ class MilvusCodeStore:
         if encoder is not None and self.encoder is not None:
             check_same_encoder(self.encoder, encoder, self.collection)
         rows = self._rows(ids, codes, labels, paths, metadata)
+        if rows:
+            self._ensure_created()
         for start in range(0, len(rows), batch_size):
             try:
                 self._client.upsert(self.collection, rows[start : start + batch_size])
@@ -259,7 +301,7 @@ class MilvusCodeStore:
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
         ids = [_check_id(i) for i in ids]
-        if not ids:
+        if not ids or not self.exists:
             return 0
         present = self.existing_ids(ids)
         if present:
@@ -270,7 +312,7 @@ class MilvusCodeStore:
     def get(self, ids: Iterable[str]) -> list[StoredItem]:
         """Fetch stored items by id (missing ids are left out), in the order asked."""
         ids = [_check_id(i) for i in ids]
-        if not ids:
+        if not ids or not self.exists:
             return []
         found = {}
         for start in range(0, len(ids), 1000):
@@ -289,6 +331,8 @@ class MilvusCodeStore:
         """The subset of ``ids`` that the collection holds."""
         ids = list(ids)
         out: set[str] = set()
+        if not self.exists:
+            return out
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             res = self._client.query(
@@ -298,7 +342,9 @@ class MilvusCodeStore:
         return out
 
     def count(self, filter: str | Mapping[str, Any] | None = None) -> int:
-        """Number of items (matching ``filter`` when given)."""
+        """Number of items (matching ``filter`` when given); 0 for a collection never written."""
+        if not self.exists:
+            return 0
         res = self._client.query(
             self.collection, filter=build_filter(filter), output_fields=["count(*)"]
         )
@@ -329,6 +375,7 @@ class MilvusCodeStore:
             params["params"].update({"radius": radius + 1, "range_filter": 0})
         if q.shape[0] == 0:
             return []
+        self._require_exists()
         out: list[list[StoreHit]] = []
         for start in range(0, q.shape[0], 1000):
             try:
@@ -384,15 +431,21 @@ class MilvusCodeStore:
         """What the collection is: name, uri, bits, the encoder that filled it, item count."""
         return {
             "collection": self.collection,
-            "uri": self.uri,
+            "uri": self.display_uri,
+            "exists": self.exists,
             "bits": self.bits,
             "encoder": self.encoder,
             "count": self.count(),
         }
 
     def drop(self) -> None:
-        """Drop the whole collection (irreversible)."""
-        self._client.drop_collection(self.collection)
+        """Drop the whole collection (irreversible); a later write creates it afresh."""
+        if self.exists:
+            try:
+                self._client.drop_collection(self.collection)
+            except Exception as exc:
+                raise StoreError(f"cannot drop collection {self.collection!r}: {exc}") from None
+            self.exists = False
 
     def close(self) -> None:
         """Close the connection (for Milvus Lite, releases the database file)."""
@@ -408,12 +461,14 @@ class MilvusCodeStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"MilvusCodeStore(uri={self.uri!r}, collection={self.collection!r}, bits={self.bits})"
+        return f"MilvusCodeStore(uri={self.display_uri!r}, collection={self.collection!r}, bits={self.bits})"
 
 
 def list_collections(uri: str = "./rsir.db", token: str | None = None) -> list[str]:
-    """Names of the collections at ``uri``."""
-    client = _connect(str(uri), token, {})
+    """Names of the collections at ``uri`` (a missing Milvus Lite file holds none)."""
+    if is_lite_uri(str(uri)) and not os.path.exists(str(uri)):
+        return []
+    client = _connect(str(uri), token, {}, 30.0)
     try:
         return sorted(client.list_collections())
     finally:
@@ -438,19 +493,16 @@ def check_same_encoder(
         )
 
 
-def _is_lite_uri(uri: str) -> bool:
-    return "://" not in uri
-
-
-def _connect(uri: str, token: str | None, kwargs: dict[str, Any]):
+def _connect(uri: str, token: str | None, kwargs: dict[str, Any], lite_wait: float):
     from pymilvus import MilvusClient
 
-    if _is_lite_uri(uri):
+    if is_lite_uri(uri):
         parent = os.path.dirname(os.path.abspath(uri))
         if not os.path.isdir(parent):
             raise StoreError(f"cannot create Milvus Lite file {uri}: folder {parent} does not exist")
         if not uri.endswith(".db"):
             raise StoreError(f"a Milvus Lite uri must be a file ending in .db, got {uri!r}")
+        wait_for_lite_file(uri, lite_wait)
     try:
         if token:
             kwargs["token"] = token
@@ -459,7 +511,7 @@ def _connect(uri: str, token: str | None, kwargs: dict[str, Any]):
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
             return MilvusClient(uri=uri, **kwargs)
     except Exception as exc:
-        raise StoreError(f"cannot connect to Milvus at {uri}: {exc}") from exc
+        raise StoreError(f"cannot connect to Milvus at {redact_uri(uri)}: {exc}") from None
 
 
 def _check_id(value: Any) -> str:

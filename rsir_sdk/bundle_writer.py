@@ -1,0 +1,190 @@
+"""Write a model bundle (docs/bundle.md): ``model.onnx`` + ``manifest.json`` (+ database, split).
+
+The writer sits beside the reader (:mod:`rsir_sdk.bundle`) so that the format is defined in one
+place. It is torch-free: training (AHCL, MiLAN, the label-free method), quantization and the
+runtime tests all write bundles through :func:`write_bundle`. It needs the ``onnx`` package
+(imported when called), which the runtime itself does not.
+
+>>> write_bundle("bundle/", onnx_model, {"method": "ahcl", "bits": 64, "preprocess": {...}},
+...              database={"codes": codes, "ids": ids}, split=split, archive_root="/data/x")
+...                                                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from .bundle import DATABASE_FILE, FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, file_sha256
+from .errors import BundleError
+from .splits import SPLIT_FILE, Split, save_split
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+
+class BundleWriteError(BundleError):
+    """The manifest or database given to :func:`write_bundle` is incomplete or inconsistent."""
+
+
+def complete_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``manifest`` with the format's defaults filled in and checked."""
+    m = json.loads(json.dumps(manifest))  # a deep copy that is certainly JSON-serialisable
+    for key in ("method", "bits", "preprocess"):
+        if key not in m:
+            raise BundleWriteError(f"manifest needs the field '{key}'")
+    bits = int(m["bits"])
+    if bits < 8 or bits % 8 or bits > 32768:
+        raise BundleWriteError(f"manifest 'bits' must be a multiple of 8 in 8..32768, got {bits}")
+    pre = m["preprocess"]
+    if "crop" not in pre or "mean" not in pre or "std" not in pre:
+        raise BundleWriteError("manifest 'preprocess' needs 'crop', 'mean' and 'std'")
+    crop = pre["crop"]
+    h, w = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
+    pre.setdefault("resize", None)
+    pre.setdefault("interpolation", "bilinear")
+    pre.setdefault("scale", 1.0 / 255.0)
+    m.setdefault("format_version", FORMAT_VERSION)
+    m.setdefault("code_threshold", 0.0)
+    m.setdefault("bit_order", "big")
+    m["model_file"] = MODEL_FILE
+    m.setdefault(
+        "input",
+        {"name": "images", "layout": "NHWC", "dtype": "uint8", "height": h, "width": w,
+         "channels": "RGB"},
+    )
+    m.setdefault("outputs", {"embedding": "embedding", "codes": "codes"})
+    m.setdefault("classes", [])
+    m.setdefault("database", None)
+    m.setdefault("symmetric", False)
+    m.setdefault("training", {})
+    m.setdefault("parent", None)
+    m.setdefault("archive", None)
+    if m["bit_order"] != "big":
+        raise BundleWriteError("bit_order must be 'big' (numpy.packbits order)")
+    if (int(m["input"]["height"]), int(m["input"]["width"])) != (h, w):
+        raise BundleWriteError(
+            f"input size {m['input']['height']}x{m['input']['width']} differs from "
+            f"preprocess.crop {h}x{w}"
+        )
+    return m
+
+
+def _set_metadata(model: "onnx.ModelProto", m: dict[str, Any]) -> None:
+    props = {
+        "rsir.format_version": str(m["format_version"]),
+        "rsir.method": str(m["method"]),
+        "rsir.bits": str(int(m["bits"])),
+        "rsir.code_threshold": repr(float(m["code_threshold"])),
+        "rsir.bit_order": str(m["bit_order"]),
+        "rsir.input": json.dumps(m["input"]),
+        "rsir.preprocess": json.dumps(m["preprocess"]),
+        "rsir.classes": json.dumps(m["classes"]),
+    }
+    keep = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for p in keep:
+        model.metadata_props.append(p)
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def _write_database(out: Path, database: Mapping[str, Any], bits: int) -> dict[str, Any]:
+    if "codes" not in database:
+        raise BundleWriteError("database needs 'codes' (uint8 (n, bits/8), packed big-endian)")
+    codes = np.ascontiguousarray(database["codes"])
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] * 8 != bits:
+        raise BundleWriteError(
+            f"database codes must be uint8 (n, {bits // 8}) packed, got {codes.dtype} {codes.shape}"
+        )
+    n = codes.shape[0]
+    arrays = {"codes": codes}
+    for key in ("ids", "labels", "paths"):
+        values = database.get(key)
+        if values is None:
+            values = [str(i) for i in range(n)] if key == "ids" else [""] * n
+        arr = np.asarray([str(v) for v in values], dtype=np.str_)
+        if arr.shape != (n,):
+            raise BundleWriteError(f"database '{key}' has {arr.shape[0]} entries for {n} codes")
+        arrays[key] = arr
+    if len(set(arrays["ids"].tolist())) != n:
+        raise BundleWriteError("database 'ids' must be unique")
+    np.savez(out / DATABASE_FILE, codes=arrays["codes"], ids=arrays["ids"],
+             labels=arrays["labels"], paths=arrays["paths"])
+    return {"file": DATABASE_FILE, "count": n, "codes": str(database.get("kind", "learned"))}
+
+
+def archive_record(root: str | os.PathLike, name: str = "", fingerprint: str = "") -> dict[str, Any]:
+    """The manifest's ``archive`` field: where the bundle's images live (absolute path)."""
+    return {"root": str(Path(root).absolute()), "name": name or Path(root).name,
+            "fingerprint": fingerprint}
+
+
+def write_bundle(
+    out_dir: str | os.PathLike,
+    onnx_model: "onnx.ModelProto | str | os.PathLike",
+    manifest: Mapping[str, Any],
+    database: Mapping[str, Any] | None = None,
+    *,
+    split: Split | None = None,
+    archive: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a bundle folder and return the manifest as written.
+
+    Fills the manifest's defaults (format version, bit order, input from ``preprocess.crop``,
+    outputs), copies its facts into the model's ``metadata_props``, saves ``model.onnx`` in one
+    file (no external data, so the sha256 recorded as the encoder's identity covers every
+    weight), writes ``database.npz`` when ``database`` (``codes`` packed ``uint8 (n, bits/8)``
+    and optional ``ids``, ``labels``, ``paths``, ``kind`` = "learned" | "encoded") is given,
+    ``split.json`` when ``split`` is, and records ``archive`` (see :func:`archive_record`).
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise BundleWriteError(
+            "writing a bundle needs the onnx package: pip install onnx"
+        ) from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = complete_manifest(manifest)
+    if archive is not None:
+        m["archive"] = dict(archive)
+    if isinstance(onnx_model, (str, os.PathLike)):
+        model = onnx.load(str(onnx_model))
+    else:
+        model = onnx.ModelProto()
+        model.CopyFrom(onnx_model)
+    _set_metadata(model, m)
+    model_path = out / MODEL_FILE
+    onnx.save_model(model, str(model_path), save_as_external_data=False)
+    m["model_sha256"] = file_sha256(model_path)
+    if database is not None:
+        m["database"] = _write_database(out, database, int(m["bits"]))
+    else:
+        m["database"] = None
+        (out / DATABASE_FILE).unlink(missing_ok=True)
+    if split is not None:
+        save_split(split, out / SPLIT_FILE)
+    (out / MANIFEST_FILE).write_text(json.dumps(m, indent=2), encoding="utf-8")
+    return m
+
+
+def update_manifest(out_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into a written bundle's manifest (e.g. metrics measured after writing).
+
+    Only the manifest changes; the model and its identity do not.
+    """
+    path = Path(out_dir) / MANIFEST_FILE
+    m = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in fields.items():
+        if isinstance(value, Mapping) and isinstance(m.get(key), dict):
+            m[key].update(json.loads(json.dumps(value)))
+        else:
+            m[key] = json.loads(json.dumps(value))
+    path.write_text(json.dumps(m, indent=2), encoding="utf-8")
+    return m

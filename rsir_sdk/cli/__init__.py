@@ -1,0 +1,99 @@
+"""The ``rsir`` command: index archives, search, evaluate, inspect; train and quantize (extra).
+
+    rsir info BUNDLE
+    rsir collections --uri ./rsir.db
+    rsir index BUNDLE ARCHIVE --uri ./rsir.db --collection scenes [--label-from parent]
+    rsir index BUNDLE --learned --uri ./rsir.db --collection scenes
+    rsir search BUNDLE IMAGE --uri ./rsir.db --collection scenes -k 10 [--json] [--html out.html]
+    rsir eval BUNDLE [--data DIR] [--uri URI]
+    rsir drop COLLECTION --uri ./rsir.db --yes
+    rsir train ahcl|milan ... / rsir quantize ... / rsir quickstart   (the training package)
+
+Exit status: 0 done; 1 error (one line on stderr); 2 bad arguments; 3 finished but some
+images failed (``rsir index``: see the report file; ``rsir eval``: left out); 130 interrupted
+(``rsir index`` resumes when run again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from ..errors import RasterRuleError, RsirError
+from . import admin, authoring, evaluate, index, search
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, warn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``rsir <command>: <what is wrong>`` and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        warn(f"{self.prog}: {message}")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rsir`` argument parser (training commands are forwarded before parsing)."""
+    parser = _Parser(
+        prog="rsir", description=(__doc__ or "").split("\n")[0],
+        epilog="exit status: 0 done, 1 error, 2 bad arguments, 3 some images failed, "
+               "130 interrupted (re-run to resume)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    admin.add_parsers(sub)
+    index.add_parser(sub)
+    search.add_parser(sub)
+    evaluate.add_parser(sub)
+    for name, text in (("train", "train an encoder (the training package)"),
+                       ("quantize", "derive an int8/fp16 bundle (the training package)"),
+                       ("quickstart", "train, index and search the shipped sample (the training package)")):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.set_defaults(func=None)
+    _add_optional(sub)
+    return parser
+
+
+def _add_optional(sub: argparse._SubParsersAction) -> None:
+    """Subcommands whose module needs an extra (``rsir serve``): registered when importable."""
+    try:
+        from ..serve import cli as serve_cli
+    except ImportError:
+        return
+    serve_cli.add_parser(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rsir`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # milvus-lite 2.5 imports pkg_resources, whose deprecation warning means nothing to users
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    if argv and argv[0] in authoring.COMMANDS:
+        return authoring.run(argv[0], argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except (UsageError, RasterRuleError) as exc:
+        parser.print_usage(sys.stderr)
+        warn(f"rsir {args.command}: {exc}")
+        return EXIT_USAGE
+    except RsirError as exc:
+        warn(f"rsir {args.command}: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        warn(f"\nrsir {args.command}: interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""What the ``rsir`` subcommands share: argument groups, argument types, exit codes, printing.
+
+The command line is a thin layer: it parses, calls the public API (:class:`rsir_sdk.Retriever`
+and friends) and prints. Every :class:`~rsir_sdk.errors.RsirError` and every bad argument ends
+as one line on stderr and a documented exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..errors import RsirError
+from ..rasters import RasterRule
+from ..store import MAX_TOPK
+
+DEFAULT_URI = "./rsir.db"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(RsirError):
+    """Arguments that do not fit together (exit status 2)."""
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def int_in(low: int, high: int | None = None, what: str = "value"):
+    """An argparse type: an integer in ``low..high``; anything else is a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+K_TYPE = int_in(1, MAX_TOPK, "k")
+RADIUS_TYPE = int_in(0, None, "radius")
+POSITIVE = int_in(1, None, "a positive integer")
+
+
+def json_object(text: str | None, name: str) -> dict[str, Any] | None:
+    """Parse a JSON object given on the command line (``None`` for nothing)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{name} must be a JSON object, e.g. '{{\"nlist\": 1024}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{name} must be a JSON object, got {text!r}")
+    return value
+
+
+def filter_arg(text: str | None) -> str | dict[str, Any] | None:
+    """``--filter``: a JSON object (``{"label": "forest"}``, the safe form) or an expression."""
+    if text is None:
+        return None
+    if text.lstrip().startswith("{"):
+        return json_object(text, "--filter")
+    return text
+
+
+# --------------------------------------------------------------------------- argument groups
+
+
+def add_store_args(p: argparse.ArgumentParser, *, collection: bool = True) -> None:
+    """``--uri``, ``--token`` and (optionally) ``--collection``."""
+    p.add_argument("--uri", default=DEFAULT_URI,
+                   help="Milvus Lite file (./x.db) or server URL (http://host:19530); default %(default)s")
+    p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
+                   help="Milvus token (user:password) for servers; default $MILVUS_TOKEN")
+    if collection:
+        p.add_argument("--collection", default=None,
+                       help="collection name (default: <method>_<bits>_<encoder_id>)")
+
+
+def add_raster_args(p: argparse.ArgumentParser) -> None:
+    """``--bands``, ``--stretch``, ``--nodata``: the raster rule (TIFF/GeoTIFF)."""
+    g = p.add_argument_group("rasters (TIFF/GeoTIFF; see docs/ingest.md)")
+    g.add_argument("--bands", default=None,
+                   help="bands to show as RGB, counted from 1 (e.g. 3,2,1; one band = grey); "
+                        "default 1,2,3 (1 for 1- and 2-band rasters)")
+    g.add_argument("--stretch", default=None,
+                   help="range (default: 16-bit scaled from 0..65535, floats from 0..1), "
+                        "percentile[:LOW,HIGH] (default 2,98 per band) or fixed:LOW,HIGH")
+    g.add_argument("--nodata", type=float, default=None,
+                   help="no-data value (default: the file's GDAL_NODATA tag); such pixels become 0")
+
+
+def raster_rule(args: argparse.Namespace) -> RasterRule | None:
+    """The rule the arguments ask for, or ``None`` when they ask for nothing (a collection's
+    recorded rule is then used)."""
+    parts = []
+    if args.bands:
+        parts.append(f"bands={args.bands}")
+    if args.stretch:
+        parts.append(f"stretch={args.stretch}")
+    if args.nodata is not None:
+        parts.append(f"nodata={args.nodata}")
+    return RasterRule.parse(";".join(parts)) if parts else None
+
+
+# --------------------------------------------------------------------------- output
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON (non-ASCII kept as it is)."""
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def warn(message: str) -> None:
+    """One line on stderr."""
+    print(message, file=sys.stderr)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr fed with ``(done, total, postfix)``; quiet when not a terminal."""
+
+    def __init__(self, desc: str, unit: str = "img"):
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        self._bar = tqdm(total=None, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                         mininterval=0.5 if tty else 30.0, smoothing=0.1)
+
+    def update(self, done: int, total: int | None, **postfix: Any) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        if postfix:
+            self._bar.set_postfix(refresh=False, **postfix)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()

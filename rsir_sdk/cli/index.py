@@ -1,0 +1,163 @@
+"""``rsir index``: put an archive (or a bundle's learned codes) into a collection; resumable."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..archive import IMAGE_EXTENSIONS
+from ..failures import read_report
+from ..ingest import IngestInterrupted, IngestProgress, IngestSummary
+from ..retriever import Retriever
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    POSITIVE,
+    ProgressBar,
+    UsageError,
+    add_raster_args,
+    add_store_args,
+    json_object,
+    print_json,
+    raster_rule,
+    warn,
+)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``rsir index``."""
+    p = sub.add_parser(
+        "index", help="encode an archive (folder or CSV) into a collection; resumable",
+        description="Encode every image of ARCHIVE and upsert its code. Re-running skips the "
+                    "ids already in the collection, so an interrupted run finishes the rest. "
+                    "Images that fail are listed in the report file (exit status 3).",
+    )
+    p.add_argument("bundle")
+    p.add_argument("archive", nargs="?", help="folder of images (walked recursively) or a .csv manifest")
+    p.add_argument("--learned", action="store_true",
+                   help="index the bundle's learned database codes (AHCL) instead of an archive")
+    add_store_args(p)
+    g = p.add_argument_group("archive")
+    g.add_argument("--label-from", choices=["none", "parent", "top"], default="none",
+                   help="folder archives: label = the folder holding the file (parent) or the "
+                        "first folder under the archive (top); default none")
+    g.add_argument("--extensions", default=None,
+                   help="folder archives: comma-separated file extensions to index "
+                        f"(default {','.join(IMAGE_EXTENSIONS)})")
+    g.add_argument("--root", default=None, help="CSV: folder the paths are relative to "
+                                                "(default: the CSV's folder)")
+    g.add_argument("--path-column", default="path", help="CSV: image path column (default path)")
+    g.add_argument("--id-column", default=None, help="CSV: id column (default: 'id' if present, "
+                                                     "else the path)")
+    g.add_argument("--label-column", default=None, help="CSV: label column (default: 'label' if present)")
+    g.add_argument("--relative-paths", action="store_true",
+                   help="store paths relative to the archive root (default: absolute paths)")
+    g = p.add_argument_group("resuming and failures")
+    g.add_argument("--report", default=None,
+                   help="failure report CSV (id,path,stage,reason); default ./<collection>-failed.csv, "
+                        "removed when nothing failed")
+    g.add_argument("--retry-failed", metavar="REPORT", default=None,
+                   help="index only the images listed in this failure report")
+    g.add_argument("--force", action="store_true",
+                   help="re-encode images whose id is already present (files changed)")
+    g = p.add_argument_group("performance")
+    g.add_argument("--workers", type=POSITIVE, default=None, help="decoding threads (default: CPUs, 2..8)")
+    g.add_argument("--threads", type=POSITIVE, default=None, help="onnxruntime threads (default: all cores)")
+    g.add_argument("--batch-size", type=POSITIVE, default=32, help="images per encoder call (default 32)")
+    g.add_argument("--upsert-batch", type=POSITIVE, default=512, help="rows per Milvus write (default 512)")
+    g.add_argument("--max-pixels", type=int, default=100_000_000,
+                   help="refuse images with more pixels (default 100000000; 0 = no limit)")
+    g.add_argument("--index-type", default=None,
+                   help="index of a new collection: BIN_FLAT (default; the only one Milvus Lite has) "
+                        "or BIN_IVF_FLAT on a server")
+    g.add_argument("--index-params", default=None, help='JSON, e.g. \'{"nlist": 1024}\'')
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_raster_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Index an archive or the bundle's learned codes; exit 0, 3 (some failed) or 130."""
+    if args.learned and args.archive:
+        raise UsageError("give either an ARCHIVE to encode or --learned, not both")
+    if not args.learned and not args.archive:
+        raise UsageError("give the ARCHIVE to index (a folder or a .csv manifest), or --learned "
+                         "for the bundle's learned database codes")
+    only = {f.id for f in read_report(args.retry_failed)} if args.retry_failed else None
+    with Retriever(
+        args.bundle, uri=args.uri, collection=args.collection, token=args.token,
+        raster_rule=raster_rule(args), threads=args.threads, batch_size=args.batch_size,
+        index_type=args.index_type, index_params=json_object(args.index_params, "--index-params"),
+    ) as r:
+        if args.learned:
+            n = r.add_learned_codes()
+            total = r.count()
+            if args.json:
+                print_json({"indexed": n, "collection": r.collection, "uri": r.store.display_uri,
+                            "count": total})
+            else:
+                print(f"indexed {n} learned database codes into {r.collection} at "
+                      f"{r.store.display_uri} ({total} items)")
+            return EXIT_OK
+        report_path = args.report or f"{r.collection}-failed.csv"
+        bar = None if args.no_progress else ProgressBar(f"indexing into {r.collection}")
+
+        def progress(state: IngestProgress) -> None:
+            if bar is not None:
+                bar.update(state.done, state.total, indexed=state.indexed,
+                           skipped=state.skipped, failed=state.failed)
+
+        extensions = ([e.strip() for e in args.extensions.split(",") if e.strip()]
+                      if args.extensions else IMAGE_EXTENSIONS)
+        try:
+            summary = r.index(
+                args.archive, label_from=args.label_from, root=args.root,
+                path_column=args.path_column, id_column=args.id_column,
+                label_column=args.label_column, extensions=extensions,
+                skip_existing=not args.force, only_ids=only, relative_paths=args.relative_paths,
+                workers=args.workers, batch_size=args.batch_size, upsert_batch=args.upsert_batch,
+                max_pixels=args.max_pixels or None, report=report_path, progress=progress,
+            )
+        except IngestInterrupted as exc:
+            if bar is not None:
+                bar.close()
+            warn(f"\nrsir index: {exc}")
+            return EXIT_INTERRUPTED
+        finally:
+            if bar is not None:
+                bar.close()
+        count = r.count()
+        rule = r.raster_rule
+    if args.json:
+        out = summary.as_dict()
+        out.update({"count": count, "raster_rule": rule.describe(),
+                    "report": summary.report if summary.failed else None})
+        print_json(out)
+    else:
+        print(summary_text(summary, count, rule.describe() if not rule.is_default else None))
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
+    """The plain-text summary ``rsir index`` prints."""
+    lines = [
+        f"indexed  {summary.indexed:>9} images into {summary.collection} at {summary.uri} "
+        f"({summary.seconds:.1f}s, {summary.images_per_second:.1f} images/s)",
+        f"skipped  {summary.skipped:>9} already present",
+    ]
+    if summary.failed:
+        lines.append(f"failed   {len(summary.failed):>9} not indexed, listed in {summary.report} "
+                     f"(retry: --retry-failed {summary.report})")
+        for reason, n in summary.reasons():
+            lines.append(f"         {n:>9}  {reason[:150]}")
+    else:
+        lines.append(f"failed   {0:>9}")
+    if summary.ignored:
+        shown = ", ".join(summary.ignored_examples[:3]) + (" ..." if summary.ignored > 3 else "")
+        lines.append(f"ignored  {summary.ignored:>9} files that are not images by extension ({shown})")
+    if rule:
+        lines.append(f"raster rule  {rule}")
+    lines.append(f"the collection holds {count} items")
+    return "\n".join(lines)

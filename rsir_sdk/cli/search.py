@@ -1,0 +1,107 @@
+"""``rsir search``: search a collection with one image; a table, JSON, or an HTML gallery."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+from ..errors import RsirError
+from ..retriever import Hit, Retriever
+from .common import (
+    EXIT_OK,
+    K_TYPE,
+    RADIUS_TYPE,
+    add_raster_args,
+    add_store_args,
+    filter_arg,
+    json_object,
+    print_json,
+    raster_rule,
+    warn,
+)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``rsir search``."""
+    p = sub.add_parser("search", help="search a collection with an image")
+    p.add_argument("bundle")
+    p.add_argument("image", help="image path or http(s) URL")
+    p.add_argument("-k", type=K_TYPE, default=10, help="number of hits, 1..16384 (default 10)")
+    p.add_argument("--filter", default=None,
+                   help='JSON object, e.g. \'{"label": "forest"}\' (list = any of), or a Milvus '
+                        'expression, e.g. \'label == "forest"\'')
+    p.add_argument("--radius", type=RADIUS_TYPE, default=None,
+                   help="only hits within this Hamming distance (inclusive)")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    p.add_argument("--html", default=None, metavar="OUT.html",
+                   help="write a gallery page with the query and its hits as thumbnails")
+    p.add_argument("--root", action="append", default=None,
+                   help="folder to find images with relative paths in (repeatable; default: the "
+                        "archive the bundle records)")
+    p.add_argument("--link-images", action="store_true",
+                   help="gallery links the image files (relative paths) instead of inlining thumbnails")
+    p.add_argument("--search-params", default=None, help='JSON, e.g. \'{"nprobe": 16}\'')
+    add_store_args(p)
+    add_raster_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Search and print; the query is encoded exactly as :meth:`Retriever.search` does."""
+    filt = filter_arg(args.filter)
+    with Retriever(
+        args.bundle, uri=args.uri, collection=args.collection, token=args.token,
+        raster_rule=raster_rule(args),
+        search_params=json_object(args.search_params, "--search-params"),
+    ) as r:
+        hits = r.search(args.image, k=args.k, filter=filt, radius=args.radius)
+        if args.html:
+            write_html(args, r, hits)
+    if args.json:
+        print_json([{"rank": i, "id": h.id, "distance": h.distance, "label": h.label,
+                     "path": h.path, "metadata": h.metadata} for i, h in enumerate(hits, 1)])
+        return EXIT_OK
+    print(format_hits(hits))
+    return EXIT_OK
+
+
+def write_html(args: argparse.Namespace, r: Retriever, hits: Sequence[Hit]) -> None:
+    """The ``--html`` gallery; warns when hits' images cannot be found."""
+    from ..gallery import resolve_image, write_gallery
+
+    roots = list(args.root or [])
+    if r.bundle.archive_root:
+        roots.append(r.bundle.archive_root)
+    try:
+        out = write_gallery(
+            args.html, args.image, hits, roots=roots, embed=not args.link_images,
+            rule=r.raster_rule, details={"collection": r.collection, "uri": r.store.display_uri,
+                                         "encoder": r.bundle.encoder_id, "k": args.k},
+        )
+    except OSError as exc:
+        raise RsirError(f"cannot write the gallery {args.html}: {exc.strerror or exc}") from None
+    missing = sum(1 for h in hits
+                  if resolve_image(h.path, roots) is None and resolve_image(h.id, roots) is None)
+    warn(f"wrote {out} ({len(hits)} hits)")
+    if missing:
+        warn(f"{missing} of {len(hits)} hit images were not found: give the archive folder "
+             f"with --root DIR")
+
+
+def format_hits(hits: Sequence[Hit]) -> str:
+    """A plain-text table of hits: rank, id, distance, label, path."""
+    if not hits:
+        return "no hits"
+    wid = min(48, max(2, *(len(h.id) for h in hits)))
+    wlab = min(24, max(5, *(len(h.label) for h in hits)))
+    lines = [f"{'rank':>4}  {'id':{wid}s}  {'distance':>8}  {'label':{wlab}s}  path"]
+    for i, h in enumerate(hits, 1):
+        lines.append(f"{i:>4}  {_printable(h.id):{wid}s}  {h.distance:>8}  "
+                     f"{_printable(h.label)[:wlab]:{wlab}s}  {_printable(h.path)}")
+    return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: control characters shown as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+

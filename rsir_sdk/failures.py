@@ -1,0 +1,87 @@
+"""Failures of an ingestion run and the report file that lists them.
+
+Every image that cannot be indexed becomes a :class:`Failure` (its id, file, the stage that
+failed and why); :class:`FailureReport` writes them as they happen to a CSV file that survives a
+crash, and :func:`read_report` reads one back so ``--retry-failed`` can index just those images.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ArchiveError
+
+#: the columns of the failure report
+REPORT_COLUMNS = ("id", "path", "stage", "reason")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An image that was not indexed: its id, file, the stage that failed and why."""
+
+    id: str
+    path: str
+    stage: str  # "list" | "read" | "encode" | "write"
+    reason: str
+
+
+class FailureReport:
+    """The failure report file: a CSV with ``id,path,stage,reason``, one row per failed image.
+
+    Rows are flushed as they are written, so a report survives a crash. ``close()`` removes
+    the file when nothing failed (no stale report from an earlier run is left behind).
+
+    >>> with FailureReport("failed.csv") as rep:                # doctest: +SKIP
+    ...     rep.add(Failure("a.jpg", "/data/a.jpg", "read", "the file is empty (0 bytes)"))
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.count = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise ArchiveError(f"cannot write the failure report {self.path}: {exc}") from None
+        self._writer = csv.writer(self._fh)
+        self._writer.writerow(REPORT_COLUMNS)
+        self._fh.flush()
+
+    def add(self, failure: Failure) -> None:
+        """Append one failure (and flush)."""
+        self._writer.writerow([failure.id, failure.path, failure.stage, failure.reason])
+        self._fh.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        """Close the file; delete it when it holds no failure."""
+        if self._fh.closed:
+            return
+        self._fh.close()
+        if self.count == 0:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "FailureReport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_report(path: str | os.PathLike) -> list[Failure]:
+    """Read a failure report written by :class:`FailureReport`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError(f"failure report {path} does not exist (nothing failed last time?)")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "id" not in reader.fieldnames:
+                raise ArchiveError(f"{path} is not a failure report (no 'id' column)")
+            return [Failure(r["id"], r.get("path") or "", r.get("stage") or "",
+                            r.get("reason") or "") for r in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ArchiveError(f"{path} is not a failure report (not UTF-8 CSV: {exc})") from None

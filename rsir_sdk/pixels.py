@@ -1,0 +1,131 @@
+"""Decoded pixels → RGB ``uint8 (H, W, 3)``, and the :class:`Raster` every reader returns.
+
+The leaf of the image modules (no import of :mod:`rsir_sdk.images` or :mod:`rsir_sdk.tiff`):
+conversion rules for PIL images and numpy arrays, applied in this order:
+
+- palette (``P``), ``1``, ``L``, ``LA``, ``CMYK``, ``YCbCr`` … → RGB through Pillow's ``convert``;
+- an alpha channel (``RGBA``/``LA``/``PA``) is dropped, not composited: the colour values are
+  kept as stored (remote sensing alpha is usually a no-data mask, not transparency);
+- 16-bit and 32-bit integer images (``I;16``, ``I``) are scaled linearly from their full type
+  range to 0..255 (``value * 255 // 65535`` for 16-bit);
+- float arrays must hold values in [0, 1] and are scaled by 255 and rounded; other float ranges
+  are refused rather than guessed;
+- numpy arrays: ``HxW`` (grayscale, replicated to 3 channels), ``HxWx1``, ``HxWx3`` (RGB),
+  ``HxWx4`` (RGBA, alpha dropped), dtype ``uint8``, ``uint16`` (scaled as above) or float.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageLoadError
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A decoded image: RGB ``uint8 (H, W, 3)`` and what is known about where it lies."""
+
+    rgb: np.ndarray
+    georef: dict[str, Any] = field(default_factory=dict)
+    bands: int = 3
+    dtype: str = "uint8"
+    reader: str = "pillow"
+
+
+def describe_source(src: Any) -> str:
+    """A short, human-readable name for an image source, used in error messages."""
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, (bytes, bytearray)):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, np.ndarray):
+        return f"<array {src.dtype} {src.shape}>"
+    if isinstance(src, Image.Image):
+        return f"<PIL image {src.mode} {src.size}>"
+    name = getattr(src, "name", None)
+    return str(name) if isinstance(name, str) else f"<{type(src).__name__}>"
+
+
+def check_file(src: str | os.PathLike, name: str | None = None) -> Path:
+    """Return ``src`` as a Path, or raise :class:`ImageLoadError` unless it is a non-empty file."""
+    path = Path(src)
+    name = name or str(src)
+    if not path.is_file():
+        raise ImageLoadError(name, "no such file" if not path.exists() else "not a file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(name, "the file is empty (0 bytes)")
+    return path
+
+
+def pil_to_rgb(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:
+    """Convert a PIL image to RGB ``uint8`` by the rules in this module's docstring."""
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return array_to_rgb(np.asarray(img), name, int_range=_int_mode_range(mode))
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)[..., :3].copy()
+    if mode in ("LA", "La", "PA"):
+        img = img.convert("L") if mode != "PA" else img.convert("RGB")
+    try:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (ValueError, OSError) as exc:
+        raise ImageLoadError(name, f"cannot convert mode {mode} to RGB ({exc})") from None
+
+
+def _int_mode_range(mode: str) -> int | None:
+    if mode.startswith("I;16"):
+        return 65535
+    if mode == "I":
+        return None  # 32-bit: decide from the values (16-bit PNGs often open as "I")
+    return None
+
+
+def array_to_rgb(arr: np.ndarray, name: str = "<array>", int_range: int | None = None) -> np.ndarray:
+    """Convert a numpy image array to RGB ``uint8`` by the rules in this module's docstring."""
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        a = a[..., :3]
+    else:
+        raise ImageLoadError(
+            name, f"array shape {a.shape} is not HxW, HxWx1, HxWx3 or HxWx4 (channels last)"
+        )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageLoadError(name, f"array has no pixels (shape {a.shape})")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == bool:
+        return (a.astype(np.uint8) * 255)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ImageLoadError(name, "float image holds NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageLoadError(
+                name, f"float image values must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]"
+            )
+        return np.rint(a * 255.0).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        if int_range is None:
+            if a.dtype == np.uint16 or a.dtype == np.int16:
+                int_range = 65535
+            elif int(a.max(initial=0)) <= 65535 and int(a.min(initial=0)) >= 0:
+                int_range = 65535  # 16-bit data opened as 32-bit "I"
+            else:
+                int_range = 2**32 - 1
+        if int(a.min(initial=0)) < 0:
+            raise ImageLoadError(name, "integer image holds negative values")
+        scaled = (a.astype(np.uint64) * 255) // int_range
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+    raise ImageLoadError(name, f"unsupported array dtype {a.dtype}")
