@@ -34,14 +34,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from _common import ROOT, load_average, machine, section, table, versions, write_section
 
-from rsir_sdk import Bundle, Encoder  # noqa: E402
+from rsir_sdk import Bundle, Encoder, Retriever, open_archive  # noqa: E402
+from rsir_sdk.images import read_image  # noqa: E402
 from rsir_sdk.ingest import (  # noqa: E402
-    _prepare, default_workers, ingest, iter_codes, open_archive, open_collection,
+    default_workers,
+    iter_codes,
 )
-from rsir_sdk.rasters import RasterRule  # noqa: E402
+from rsir_sdk.preprocess import prepare  # noqa: E402
 
 
 def find_bundle(size: int, tmp: Path, random_projection: bool) -> tuple[Path, str]:
@@ -92,14 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         n = len(items)
         for it in items:  # warm the disk cache for every stage alike
             it.file.read_bytes()
-        rule = RasterRule()
 
         # decode alone (worker pool)
         t = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
-            prepared = list(pool.map(lambda it: _prepare(it, rule, bundle.preprocess, None), items))
+            arrays = np.stack(list(pool.map(
+                lambda it: prepare(read_image(it.file).rgb, bundle.preprocess), items)))
         t_decode = time.perf_counter() - t
-        arrays = np.stack([x[0] for x in prepared if isinstance(x, tuple)])
 
         def encoder_alone() -> float:
             t = time.perf_counter()
@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - t, done
 
         def index(round_: int):
-            store = open_collection(bundle, str(tmp / f"bench{round_}.db"), "bench")
-            with store:  # a fresh Milvus Lite file each round: every image is encoded
-                return ingest(encoder, store, listing, workers=workers, batch_size=args.batch_size)
+            # a fresh Milvus Lite file each round: every image is encoded
+            with Retriever(bundle, str(tmp / f"bench{round_}.db"), "bench",
+                           batch_size=args.batch_size) as r:
+                return r.index(listing, workers=workers, batch_size=args.batch_size)
 
         encoder.encode_arrays(arrays[: args.batch_size])  # warm-up (session init, allocations)
         # the stages take turns, round after round, and each keeps its best time: on a shared

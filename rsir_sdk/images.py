@@ -42,7 +42,7 @@ DEFAULT_URL_TIMEOUT = 20.0
 #: Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``) still applies on top
 DEFAULT_MAX_PIXELS: int | None = 100_000_000
 #: the Pillow formats the SDK decodes (non-TIFF); every other Pillow plugin is refused
-DECODE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "JPEG2000", "MPO")
+DECODE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "JPEG2000")
 
 __all__ = [
     "DECODE_FORMATS",
@@ -152,7 +152,7 @@ def _decode(
     if is_tiff(head):
         return read_tiff(fh, name, as_rule(rule), max_pixels, max_raster_bytes)
     try:
-        with Image.open(fh, formats=DECODE_FORMATS) as img:
+        with Image.open(fh, formats=_available_formats()) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageLoadError(
                     name, f"{img.width}x{img.height} pixels is over the {max_pixels}-pixel limit"
@@ -171,6 +171,12 @@ def _decode(
         raise ImageLoadError(name, "not enough memory to decode the image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from None
+
+
+def _available_formats() -> list[str]:
+    """:data:`DECODE_FORMATS` that this Pillow build has a plugin for."""
+    Image.init()
+    return [f for f in DECODE_FORMATS if f in Image.OPEN]
 
 
 def _seekable(fh: Any) -> bool:

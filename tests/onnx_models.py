@@ -89,7 +89,7 @@ def manifest_for(bits: int, height: int, width: int, method: str = "random_proje
 def build_random_projection_bundle(out: Path, bits: int = 64, size: int = 32, seed: int = 0,
                                    resize: int | None = None, database: dict | None = None):
     """Write a random-projection bundle to ``out``; returns the projection matrix."""
-    from export.bundle import write_bundle
+    from rsir_sdk.bundle_writer import write_bundle
 
     model, weight = random_projection_model(size, size, bits, seed)
     manifest = manifest_for(bits, size, size, resize=resize)

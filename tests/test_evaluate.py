@@ -6,22 +6,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from export.bundle import write_bundle
-from export.data import make_split, read_folder, save_split
 from onnx_models import manifest_for, numpy_reference, random_projection_model
+
 from rsir_sdk import metrics
+from rsir_sdk.archive import open_archive
+from rsir_sdk.bundle_writer import write_bundle
 from rsir_sdk.cli import main
-from rsir_sdk.evaluate import EvaluationError, evaluate_bundle, recorded_data_root
+from rsir_sdk.errors import EvaluationError
+from rsir_sdk.evaluate import evaluate_bundle
 from rsir_sdk.images import load_image
 from rsir_sdk.preprocess import prepare
+from rsir_sdk.splits import make_split
 
 
 def make_bundle(out: Path, data: Path, *, protocol: str, learned: bool, command: str | None = None,
                 noise: float = 0.1):
     """A random-projection bundle with split.json; AHCL-like "learned" codes = the encoder's
     codes of the train split with a fraction of bits flipped (learned V differs from F(x))."""
-    archive = read_folder(data)
+    archive = open_archive(data, label_from="top")
     split = make_split(archive, "60-40" if protocol.startswith("milan") else "80-20", seed=0)
     model, weight = random_projection_model(32, 32, 32, seed=3)
     manifest = manifest_for(32, 32, 32, method="ahcl" if learned else "milan",
@@ -32,17 +34,16 @@ def make_bundle(out: Path, data: Path, *, protocol: str, learned: bool, command:
         manifest["training"]["command"] = command
     database = None
     if learned:
-        by_id = {s.id: s for s in archive.samples}
+        by_id = {s.id: s for s in archive.items}
         train = [by_id[i] for i in split.train_ids]
-        prepared = np.stack([prepare(load_image(archive.abspath(s)), manifest["preprocess"]) for s in train])
+        prepared = np.stack([prepare(load_image(s.file), manifest["preprocess"]) for s in train])
         codes = numpy_reference(prepared, weight)[1]
         rng = np.random.default_rng(0)
         bits = np.unpackbits(codes, axis=1) ^ (rng.random((len(train), 32)) < noise)
         database = {"codes": np.packbits(bits.astype(np.uint8), axis=1), "ids": [s.id for s in train],
                     "labels": [s.label for s in train], "paths": [s.path for s in train],
                     "kind": "learned"}
-    write_bundle(out, model, manifest, database)
-    save_split(split, out / "split.json")
+    write_bundle(out, model, manifest, database, split=split)
     return split, archive
 
 
@@ -61,9 +62,9 @@ def test_ahcl_bundle_through_milvus_matches_the_reference(tmp_path, sample_dir):
 
     db = np.load(bundle / "database.npz")
     order = np.argsort(db["ids"])
-    by_id = {s.id: s for s in archive.samples}
+    by_id = {s.id: s for s in archive.items}
     queries = [by_id[i] for i in split.query_ids]
-    q_codes = Encoder(bundle).encode([archive.abspath(s) for s in queries])
+    q_codes = Encoder(bundle).encode([s.file for s in queries])
     expect = metrics.mean_average_precision(q_codes, [s.label for s in queries],
                                             db["codes"][order], db["labels"][order].tolist())
     assert res.metrics["mAP"] == pytest.approx(expect, abs=1e-12)
@@ -99,7 +100,7 @@ def test_archive_recorded_in_the_bundle_and_errors(tmp_path, sample_dir):
                 command=f"python -m export train ahcl --data {data} --bits 32 --out {bundle}")
     from rsir_sdk import Bundle
 
-    assert recorded_data_root(Bundle.load(bundle)) == str(data)
+    assert Bundle.load(bundle).archive_root == str(data)
     assert evaluate_bundle(bundle, ks=(10,)).agree
     # an unreadable query is left out and reported
     split = json.loads((bundle / "split.json").read_text())

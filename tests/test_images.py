@@ -83,7 +83,7 @@ def test_bad_files_raise_image_load_error_naming_them(tmp_path, sample_images):
     empty = tmp_path / "empty.jpg"; empty.write_bytes(b"")
     text = tmp_path / "notes.jpg"; text.write_text("not an image")
     trunc = tmp_path / "trunc.jpg"; trunc.write_bytes(sample_images[0][0].read_bytes()[:300])
-    for path, reason in [(empty, "empty"), (text, "identify"), (trunc, "corrupt"),
+    for path, reason in [(empty, "empty"), (text, "supported format"), (trunc, "corrupt"),
                          (tmp_path / "missing.png", "no such file"), (tmp_path, "not a file")]:
         with pytest.raises(ImageLoadError, match=reason) as err:
             load_image(path)
@@ -106,7 +106,7 @@ def test_urls(http_base, sample_images):
         load_image(f"{http_base}/missing.jpg")
     with pytest.raises(ImageLoadError, match="limit"):
         load_image(f"{http_base}/big.jpg", max_url_bytes=100_000)
-    with pytest.raises(ImageLoadError, match="identify"):
+    with pytest.raises(ImageLoadError, match="supported format"):
         load_image(f"{http_base}/notimage")
     with pytest.raises(ImageLoadError, match="download failed"):
         load_image("http://127.0.0.1:9/unreachable.jpg", url_timeout=2)

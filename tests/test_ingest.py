@@ -11,9 +11,9 @@ from PIL import Image
 
 from rsir_sdk import Encoder, MilvusCodeStore
 from rsir_sdk.cli import main
-from rsir_sdk.ingest import (
-    FailureReport, IngestError, open_archive, read_manifest, read_report, scan_folder,
-)
+from rsir_sdk.archive import open_archive, read_manifest, scan_folder
+from rsir_sdk.errors import ArchiveError
+from rsir_sdk.failures import FailureReport, read_report
 
 tifffile = pytest.importorskip("tifffile")  # the geo extra; the dev extra installs it
 
@@ -102,9 +102,9 @@ def test_listing_folders(odd_archive):
     assert [it.id for it in scan_folder(root, extensions=["tif"]).items] == [
         "broken/dem.tif", "broken/trunc.tif", "odd/bands13.tif", "odd/float01.tif", "odd/s2_bgrn.tif"]
     for bad, msg in [(root / "missing", "does not exist"), (root / "notes.txt", "not a folder")]:
-        with pytest.raises(IngestError, match=msg):
+        with pytest.raises(ArchiveError, match=msg):
             open_archive(bad)
-    with pytest.raises(IngestError, match="label_from"):
+    with pytest.raises(ArchiveError, match="label_from"):
         scan_folder(root, label_from="grandparent")
 
 
@@ -128,9 +128,9 @@ def test_listing_csv_manifests(tmp_path, sample_images):
     assert len(reasons) == 3
     assert any("duplicate id (first on line 2)" in r for r in reasons)
     assert any("empty path" in r for r in reasons) and any("empty id" in r for r in reasons)
-    with pytest.raises(IngestError, match="no 'file' column"):
+    with pytest.raises(ArchiveError, match="no 'file' column"):
         read_manifest(manifest, path_column="file")
-    with pytest.raises(IngestError, match="no 'klass' column"):
+    with pytest.raises(ArchiveError, match="no 'klass' column"):
         read_manifest(manifest, label_column="klass")
     # without an id column the path is the id
     plain = tmp_path / "plain.csv"
@@ -155,7 +155,7 @@ def test_odd_archive_every_good_image_indexed_every_bad_one_reported(
     rows = {r.id: r for r in read_report(report)}
     assert sorted(rows) == kinds["bad"]
     expected = {"broken/corrupt.jpg": "corrupt", "broken/zero.jpg": "empty",
-                "broken/notimage.jpg": "identify", "broken/dem.tif": "stretch",
+                "broken/notimage.jpg": "supported format", "broken/dem.tif": "stretch",
                 "broken/huge.png": "pixel limit", "broken/trunc.tif": "TIFF"}
     for i, word in expected.items():
         assert word in rows[i].reason and rows[i].stage == "read", rows[i]
@@ -268,7 +268,7 @@ def test_usage_errors(rp_bundle, db_uri, capsys, tmp_path):
 
 
 def test_failure_report_file(tmp_path):
-    from rsir_sdk.ingest import Failure
+    from rsir_sdk.failures import Failure
 
     path = tmp_path / "sub" / "rep.csv"
     with FailureReport(path) as rep:

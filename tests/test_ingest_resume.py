@@ -4,7 +4,7 @@ Each run is a real process running the real command line; a small driver arms a 
 point (collection just opened, part-way through an upsert batch, right after an upsert, inside
 the encoder, inside a decoding thread, at a random moment) and SIGKILLs its own process there.
 The Milvus Lite server of a killed run outlives it for a moment; the next run must wait for it
-(``rsir_sdk.ingest.wait_for_lite_file``), which the test does not do for it.
+(``rsir_sdk.store.lite.wait_for_lite_file``), which the test does not do for it.
 """
 
 import os
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from rsir_sdk import Encoder, MilvusCodeStore
-from rsir_sdk.ingest import read_report
+from rsir_sdk.failures import read_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,14 +75,13 @@ DRIVER = textwrap.dedent(
         return prepare(*a, **kw)
 
     ingest._prepare = patched_prepare
-    if kind == "after-open":
-        check = ingest.check_raster_rule
+    if kind == "after-open":  # the collection is open, nothing is indexed yet
+        from rsir_sdk import retriever
 
-        def patched_check(*a, **kw):
-            check(*a, **kw)
+        def patched_ingest(*a, **kw):
             die()
 
-        ingest.check_raster_rule = patched_check
+        retriever.ingest = patched_ingest
     sys.exit(cli.main(sys.argv[3:]))
     """
 )

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsir_sdk import rasters
+from rsir_sdk import tiff
 from rsir_sdk.errors import ImageLoadError
-from rsir_sdk.images import load_image
-from rsir_sdk.rasters import RasterRule, RasterRuleError, georeference, read_raster, to_lonlat
+from rsir_sdk.georef import georeference, to_lonlat
+from rsir_sdk.images import load_image, read_image
+from rsir_sdk.rasters import RasterRule, RasterRuleError
 
 tifffile = pytest.importorskip("tifffile")  # the geo extra; the dev extra installs it
 
@@ -75,7 +76,7 @@ def test_multiband_16bit_geotiff_is_read_and_georeferenced(tmp_path, sample_imag
     path = tmp_path / "s2.tif"
     tifffile.imwrite(path, bgrn, photometric="minisblack", planarconfig="contig",
                      extratags=geotags())
-    r = read_raster(path, "bands=3,2,1;stretch=fixed:0,3060")
+    r = read_image(path, rule="bands=3,2,1;stretch=fixed:0,3060")
     assert r.reader == "tifffile" and r.bands == 4 and r.dtype == "uint16"
     assert np.abs(r.rgb.astype(int) - scene(sample_images)).max() <= 1  # true colour back
     assert r.georef["crs"] == "EPSG:32633"
@@ -85,55 +86,50 @@ def test_multiband_16bit_geotiff_is_read_and_georeferenced(tmp_path, sample_imag
     w, s, e, n = r.georef["lonlat_bounds"]
     assert w < lon < e and s < lat < n
     # the default rule: bands 1-3 over the 16-bit range (B, G, R as stored: dark, blue-first)
-    default = read_raster(path).rgb
+    default = read_image(path).rgb
     assert default.dtype == np.uint8 and default.shape == (64, 64, 3)
     assert (default == (bgrn[..., :3].astype(np.uint64) * 255 // 65535)).all()
     # band-separate layout gives the same pixels
     planar = tmp_path / "planar.tif"
     tifffile.imwrite(planar, np.moveaxis(bgrn, 2, 0), photometric="minisblack",
                      planarconfig="separate")
-    assert (read_raster(planar, "bands=3,2,1;stretch=fixed:0,3060").rgb == r.rgb).all()
+    assert (read_image(planar, rule="bands=3,2,1;stretch=fixed:0,3060").rgb == r.rgb).all()
 
 
 def test_float_and_many_band_rasters(tmp_path, sample_images):
     base = scene(sample_images).astype(np.float32) / 255.0
     f3 = tmp_path / "float_rgb.tif"
     tifffile.imwrite(f3, base, photometric="rgb")
-    assert np.abs(read_raster(f3).rgb.astype(int) - scene(sample_images)).max() <= 1
+    assert np.abs(read_image(f3).rgb.astype(int) - scene(sample_images)).max() <= 1
     dem = tmp_path / "dem.tif"
     tifffile.imwrite(dem, base[..., 0] * 800 - 50, photometric="minisblack",
                      extratags=geotags(nodata=-9999))
     with pytest.raises(ImageLoadError, match="stretch"):
-        read_raster(dem)
-    stretched = read_raster(dem, "stretch=percentile").rgb
+        read_image(dem)
+    stretched = read_image(dem, rule="stretch=percentile").rgb
     assert stretched.min() == 0 and stretched.max() == 255
     bands13 = tmp_path / "s2_13.tif"
     stack = np.stack([scene(sample_images, i)[..., i % 3] for i in range(13)], axis=2)
     tifffile.imwrite(bands13, stack, photometric="minisblack", planarconfig="contig")
-    out = read_raster(bands13, "bands=4,3,2").rgb
+    out = read_image(bands13, rule="bands=4,3,2").rgb
     assert (out == stack[..., [3, 2, 1]]).all()
 
 
-def test_load_image_uses_the_raster_hook_and_the_current_rule(tmp_path, sample_images):
+def test_load_image_applies_the_rule_it_is_given_and_nothing_else(tmp_path, sample_images):
     img = scene(sample_images)
     bgrn = np.concatenate([img[..., ::-1], np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=2)
     path = tmp_path / "four.tif"
     tifffile.imwrite(path, bgrn, photometric="minisblack", planarconfig="contig")
     assert (load_image(path) == img[..., ::-1]).all()  # default: bands 1, 2, 3 (B, G, R)
-    with rasters.using_rule("bands=3,2,1"):
-        assert (load_image(path) == img).all()
-        assert (load_image(path.read_bytes()) == img).all()
-    assert (load_image(path) == img[..., ::-1]).all()  # back to the default
+    assert (load_image(path, rule="bands=3,2,1") == img).all()
+    assert (load_image(path.read_bytes(), rule=RasterRule(bands=(3, 2, 1))) == img).all()
+    assert (load_image(path) == img[..., ::-1]).all()  # no state left behind
     from concurrent.futures import ThreadPoolExecutor
 
-    rasters.set_default_rule("bands=3,2,1")  # process-wide: other threads too
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            assert (pool.submit(load_image, path).result() == img).all()
-        with rasters.using_rule(None):  # a block can still ask for the default
-            assert (load_image(path) == img[..., ::-1]).all()
-    finally:
-        rasters.set_default_rule(None)
+    with ThreadPoolExecutor(2) as pool:  # a rule travels with the call, into any thread
+        got = pool.submit(load_image, path, rule="bands=3,2,1").result()
+        default = pool.submit(load_image, path).result()
+    assert (got == img).all() and (default == img[..., ::-1]).all()
     # a Pillow-written 8-bit RGB TIFF reads as Pillow reads it
     rgbtif = tmp_path / "rgb.tif"
     Image.fromarray(img).save(rgbtif)
@@ -149,13 +145,13 @@ def test_without_tifffile_pillow_reads_what_it_can_and_says_what_to_install(
     tifffile.imwrite(g16, gray16, photometric="minisblack", extratags=geotags())
     four = tmp_path / "four16.tif"
     tifffile.imwrite(four, np.dstack([gray16] * 4), photometric="minisblack", planarconfig="contig")
-    with_tifffile = read_raster(g16)
-    monkeypatch.setattr(rasters, "tifffile_available", lambda: False)
-    pil = read_raster(g16)
+    with_tifffile = read_image(g16)
+    monkeypatch.setattr(tiff, "tifffile_available", lambda: False)
+    pil = read_image(g16)
     assert pil.reader == "pillow" and (pil.rgb == with_tifffile.rgb).all()
     assert pil.georef == with_tifffile.georef and pil.georef["crs"] == "EPSG:32633"
     with pytest.raises(ImageLoadError, match=r"rsir-sdk\[geo\]"):
-        read_raster(four)
+        read_image(four)
 
 
 def test_corrupt_empty_and_huge_tiffs(tmp_path, sample_images):
@@ -169,7 +165,7 @@ def test_corrupt_empty_and_huge_tiffs(tmp_path, sample_images):
     Image.new("1", (12000, 10000)).save(huge, compression="tiff_deflate")
     for path, reason in [(trunc, "TIFF|corrupt"), (empty, "empty"), (huge, "pixel limit")]:
         with pytest.raises(ImageLoadError, match=reason) as err:
-            read_raster(path)
+            read_image(path)
         assert str(path) in str(err.value)
     with pytest.raises(ImageLoadError, match="pixel limit"):
         load_image(huge)
