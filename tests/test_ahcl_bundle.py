@@ -16,9 +16,9 @@ from rsir_sdk.images import load_image  # noqa: E402
 from rsir_sdk.metrics import mean_average_precision  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
 
-from export.data import read_folder  # noqa: E402
-from export.onnx_export import torch_outputs  # noqa: E402
-from export.testing import SAMPLE_ARCHIVE  # noqa: E402
+from rsir_train.dataset import open_training_archive as read_folder  # noqa: E402
+from rsir_train.onnx_export import torch_outputs  # noqa: E402
+from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 
 pytestmark = pytest.mark.train
 BITS = 32
@@ -35,7 +35,7 @@ def tiny(tiny_ahcl):
 def _query_images(result, n=None):
     arch = read_folder(SAMPLE_ARCHIVE)
     idx = result.query_indices[:n] if n else result.query_indices
-    return np.stack([prepare(load_image(arch.abspath(arch.samples[i])), result.preprocess) for i in idx])
+    return np.stack([prepare(load_image(arch.items[i].file), result.preprocess) for i in idx])
 
 
 def _chance_map(q_labels, db_labels):
@@ -84,7 +84,7 @@ def test_database_holds_learned_v(tiny):
     db = np.load(out / "database.npz", allow_pickle=False)
     assert np.array_equal(db["codes"], pack_codes(np.sign(result.V).astype(np.int8)))
     arch = read_folder(SAMPLE_ARCHIVE)
-    train = [arch.samples[i] for i in result.train_indices]
+    train = [arch.items[i] for i in result.train_indices]
     assert db["ids"].tolist() == [s.id for s in train]
     assert db["labels"].tolist() == [s.label for s in train]
     assert db["paths"].tolist() == [s.path for s in train]
@@ -104,6 +104,9 @@ def test_manifest_and_metadata(tiny):
                 "metrics", "versions", "device", "train_seconds"):
         assert key in tr, key
     assert tr["protocol"] == "ahcl-80-20" and (out / tr["split_file"]).is_file()
+    # the bundle records its archive, so evaluation and galleries find the images without --data
+    assert manifest["archive"]["root"] == str(SAMPLE_ARCHIVE.absolute())
+    assert manifest["archive"]["fingerprint"] == read_folder(SAMPLE_ARCHIVE).fingerprint()
     model = onnx.load(str(out / "model.onnx"))
     props = {p.key: p.value for p in model.metadata_props}
     assert props["rsir.method"] == "ahcl" and props["rsir.bits"] == str(BITS)

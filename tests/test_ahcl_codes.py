@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from export.ahcl import code_objective, similarity, update_codes  # noqa: E402
+from rsir_train.ahcl.model import code_objective, similarity, update_codes  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -62,7 +62,7 @@ def test_each_column_step_is_the_exact_minimiser():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_similarity_product_without_the_matrix(seed):
-    from export.ahcl import similarity_t_times
+    from rsir_train.ahcl.model import similarity_t_times
 
     V, U, S, sample = _problem(seed)
     rng = np.random.default_rng(seed)

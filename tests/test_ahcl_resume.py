@@ -8,10 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.cli import main  # noqa: E402
-from export.data import make_split, read_folder  # noqa: E402
-from export.testing import SAMPLE_ARCHIVE, tiny_config  # noqa: E402
-from export.train import TrainingError, train_ahcl  # noqa: E402
+from rsir_sdk.splits import make_split  # noqa: E402
+from rsir_train.ahcl import train_ahcl  # noqa: E402
+from rsir_train.cli import main  # noqa: E402
+from rsir_train.dataset import open_training_archive as read_folder  # noqa: E402
+from rsir_train.errors import TrainingError  # noqa: E402
+from rsir_train.testing import SAMPLE_ARCHIVE, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -56,6 +58,8 @@ def _bad_archive(tmp_path, kind):
         (root / "a" / "bad.jpg").write_bytes(b"garbage")
     elif kind == "empty":
         (root / "c").mkdir()
+    elif kind == "stray":
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "stray.png")
     elif kind == "single":
         (root / "c").mkdir()
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "c" / "0.png")
@@ -65,6 +69,7 @@ def _bad_archive(tmp_path, kind):
 @pytest.mark.parametrize("kind,message", [
     ("corrupt", "cannot be decoded: a/bad.jpg"),
     ("empty", "holds no images"),
+    ("stray", "not in a class folder"),
     ("single", "fewer than 2 images"),
 ])
 def test_cli_reports_bad_archives(tmp_path, capsys, kind, message):
@@ -72,7 +77,8 @@ def test_cli_reports_bad_archives(tmp_path, capsys, kind, message):
     rc = main(["train", "ahcl", "--data", str(root), "--bits", "8", "--out", str(tmp_path / "o"),
                "--backbone", "small_cnn", "--no-pretrained", "--outer", "1", "--inner", "1", "-q"])
     assert rc == 1
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("rsir train ahcl: ") and err.count("\n") == 1
 
 
 def test_cli_skip_corrupt_trains_and_reports(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Archive readers, splits and bad-input errors of export/data.py (torch-free)."""
+"""The training archive (rsir_train.dataset over rsir_sdk.archive), splits (rsir_sdk.splits) and
+bad-input errors (torch-free)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.data import (
-    ArchiveNotFoundError,
-    CorruptImageError,
-    EmptyClassError,
-    ManifestError,
-    SplitError,
-    check_images,
-    load_split,
-    make_split,
-    open_archive,
-    read_csv,
-    read_folder,
-    save_split,
-    split_for,
-)
+from rsir_sdk.errors import ArchiveError, RsirError
+from rsir_sdk.splits import SplitError, load_split, make_split, save_split, split_for
+from rsir_train.dataset import check_images, open_training_archive, skipped
+from rsir_train.errors import CorruptImageError, DataError, EmptyClassError, MissingLabelError
+from rsir_train.sample import sample_archive
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "eurosat-sample"
+SAMPLE = sample_archive()
+read_folder = open_training_archive
 
 
 def _img(path: Path, value: int = 0) -> None:
@@ -47,7 +39,7 @@ def test_folder_reader_on_sample():
     arch = read_folder(SAMPLE)
     assert len(arch) == 200
     assert len(arch.classes) == 10
-    assert arch.samples[0].path == "AnnualCrop/AnnualCrop_1008.jpg"  # README.md at the top is ignored
+    assert arch.items[0].path == "AnnualCrop/AnnualCrop_1008.jpg"  # README.md at the top is ignored
     assert np.bincount(arch.labels()).tolist() == [20] * 10
 
 
@@ -83,23 +75,39 @@ def test_split_of_another_archive_is_refused(tmp_path):
 
 def test_csv_manifest_with_metadata(tmp_path):
     arch = read_folder(SAMPLE)
-    lines = ["path,label,sensor"] + [f"{s.path},{s.label},S2" for s in arch.samples[:40]]
+    lines = ["path,label,sensor"] + [f"{s.path},{s.label},S2" for s in arch.items[:40]]
     (tmp_path / "m.csv").write_text("\n".join(lines))
-    got = read_csv(tmp_path / "m.csv", root=SAMPLE)
-    assert len(got) == 40 and got.samples[0].metadata == {"sensor": "S2"}
-    assert open_archive(tmp_path / "m.csv", root=SAMPLE).classes == got.classes
+    got = open_training_archive(tmp_path / "m.csv", root=SAMPLE)
+    assert len(got) == 40 and got.items[0].metadata == {"sensor": "S2"}
+    assert got.classes == ["AnnualCrop", "Forest"]
+    # the same ids as the folder listing: a split drawn on one applies to the other
+    assert [it.id for it in got.items] == [it.id for it in arch.items[:40]]
 
 
 def test_csv_without_label_column(tmp_path):
     (tmp_path / "m.csv").write_text("path,sensor\na.jpg,S2\n")
-    with pytest.raises(ManifestError, match="no 'label' column"):
-        read_csv(tmp_path / "m.csv")
+    with pytest.raises(ArchiveError, match="no 'label' column"):
+        open_training_archive(tmp_path / "m.csv")
 
 
-def test_csv_with_missing_file(tmp_path):
+def test_csv_with_missing_file_or_label_or_duplicate(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\nnothere.jpg,x\n")
-    with pytest.raises(ArchiveNotFoundError, match="do not exist"):
-        read_csv(tmp_path / "m.csv")
+    with pytest.raises(DataError, match="do not exist"):
+        open_training_archive(tmp_path / "m.csv")
+    _img(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,label\na.png,\n")
+    with pytest.raises(MissingLabelError, match="empty 'label' cell"):
+        open_training_archive(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path,label\na.png,x\na.png,y\n")
+    with pytest.raises(DataError, match="duplicate id"):
+        open_training_archive(tmp_path / "m.csv")
+
+
+def test_images_outside_class_folders_are_refused(tmp_path):
+    root = _archive(tmp_path, {"a": 2, "b": 2})
+    _img(root / "stray.png")
+    with pytest.raises(MissingLabelError, match="stray.png"):
+        open_training_archive(root)
 
 
 def test_empty_class_folder(tmp_path):
@@ -108,7 +116,7 @@ def test_empty_class_folder(tmp_path):
     with pytest.raises(EmptyClassError, match="empty"):
         read_folder(root)
     arch = read_folder(root, allow_empty_classes=True)
-    assert arch.classes == ["a", "b"] and arch.skipped == [("empty/", "empty class folder")]
+    assert arch.classes == ["a", "b"] and skipped(arch) == [["empty/", "empty class folder"]]
 
 
 def test_single_image_class_cannot_be_split(tmp_path):
@@ -124,10 +132,18 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
     with pytest.raises(CorruptImageError, match="broken.jpg"):
         check_images(arch)
     kept = check_images(arch, skip_corrupt=True)
-    assert len(kept) == 6 and [p for p, _ in kept.skipped] == ["a/broken.jpg"]
+    assert len(kept) == 6 and [p for p, _ in skipped(kept)] == ["a/broken.jpg"]
 
 
 def test_missing_archive(tmp_path):
-    with pytest.raises(ArchiveNotFoundError):
+    with pytest.raises(ArchiveError, match="does not exist"):
         read_folder(tmp_path / "nope")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        read_folder(tmp_path / "flat")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_every_training_error_is_an_rsir_error():
+    for cls in (DataError, EmptyClassError, MissingLabelError, CorruptImageError, SplitError):
+        assert issubclass(cls, RsirError)

@@ -7,16 +7,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.backbones import (  # noqa: E402
+from rsir_train.backbones import (  # noqa: E402
     BackboneError,
     SmallCNN,
     build_backbone,
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0,
 )
-from export.data import read_folder  # noqa: E402
-from export.features import Normalize, cache_key, frozen_features  # noqa: E402
-from export.testing import SAMPLE_ARCHIVE  # noqa: E402
+from rsir_train.dataset import open_training_archive as read_folder  # noqa: E402
+from rsir_train.features import Normalize, cache_key, frozen_features  # noqa: E402
+from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -68,7 +68,7 @@ def test_frozen_feature_cache_hits_and_invalidates(tmp_path):
 
 
 def test_resnet18_loads_a_local_torchvision_state_dict(tmp_path, monkeypatch):
-    from export.backbones import ResNet18, load_resnet18
+    from rsir_train.backbones import ResNet18, load_resnet18
 
     state = ResNet18().state_dict()
     for k in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight",

@@ -1,4 +1,4 @@
-"""Tests of export/milan.py: losses by hand, the triplet sampler, miners, a tiny training run."""
+"""Tests of rsir_train.milan: losses by hand, the triplet sampler, miners, a tiny training run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.milan import (  # noqa: E402
+from rsir_train.milan import (  # noqa: E402
     MilanHead,
     MilanParams,
     TripletSampler,

@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.train
 
-from export.data import load_split, open_archive  # noqa: E402
-from export.onnx_export import ImageHashEncoder  # noqa: E402
-from export.testing import SAMPLE_ARCHIVE  # noqa: E402
+from rsir_sdk.archive import open_archive  # noqa: E402
+from rsir_train.onnx_export import ImageHashEncoder  # noqa: E402
+from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 from rsir_sdk import Bundle, Encoder, Retriever  # noqa: E402
 from rsir_sdk.images import load_image  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
@@ -46,13 +46,16 @@ def test_learned_codes_go_in_as_learned_and_hits_have_labels(tiny_ahcl, tmp_path
         assert all((s.code == c).all() for s, c in zip(stored, db.codes[:20]))
         assert [s.label for s in stored] == db.labels[:20]
         # query split images (never in the database) come back with their own label on top
-        archive = open_archive(SAMPLE_ARCHIVE)
-        split = load_split(path / "split.json", archive)
-        _, q_idx = split.indices(archive)
-        queries = [archive.abspath(archive.samples[i]) for i in q_idx]
-        labels = [archive.samples[i].label for i in q_idx]
+        archive = open_archive(SAMPLE_ARCHIVE, label_from="top")
+        _, q_idx = bundle.split().indices(archive)
+        queries = [archive.items[i].file for i in q_idx]
+        labels = [archive.items[i].label for i in q_idx]
         hits = r.search_batch(queries, k=5)
-    assert not set(db.ids) & {archive.samples[i].id for i in q_idx}
+    assert not set(db.ids) & {archive.items[i].id for i in q_idx}
+    # the bundle records its archive: stored paths point at the images (galleries show them)
+    from pathlib import Path
+
+    assert all(Path(h.path).is_file() for h in hits[0])
     top1 = np.mean([h[0].label == l for h, l in zip(hits, labels)])
     p5 = np.mean([[x.label == l for x in h] for h, l in zip(hits, labels)])
     assert top1 >= 0.4 and p5 >= 0.3, (top1, p5)   # chance is 0.1 (10 balanced classes)

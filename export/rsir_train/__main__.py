@@ -1,4 +1,4 @@
-"""``python -m export train ahcl ...``: see :mod:`export.cli`."""
+"""``python -m rsir_train train ahcl ...``: the same command line as ``rsir train ...``."""
 
 import sys
 

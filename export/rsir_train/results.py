@@ -1,77 +1,137 @@
-"""Turn trained bundles into result rows (docs/results.json) and a markdown table.
+"""Result records of trained bundles (docs/results.json): one writer for every method.
 
-``python -m export.report runs/bundles/ahcl-* --json docs/results.json`` reads each bundle's
-manifest (metrics, train time, the exact command) and writes one row per bundle and metric.
-Torch-free.
+A record is one metric of one bundle: what was trained (method, dataset, split, bits, backbone,
+seed), the number, and how to reproduce it (the exact command, device, train time, date).
+Records are built from a bundle's manifest alone (:func:`records_for_manifest`), so the
+training command (``rsir train ahcl|milan ... --results FILE``) and a later report over bundle
+folders (``python -m rsir_train.results BUNDLE... --json docs/results.json``) write the same
+rows. Torch-free.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-#: manifest metric -> results.json metric name
-METRICS = {"map_query_vs_learned_db": "map", "map_query_vs_encoded_db": "map_encoded_db"}
+__all__ = ["IDENTITY", "METRICS", "append_results", "markdown_table", "records_for_bundle",
+           "records_for_manifest", "main"]
+
+#: ``training.metrics`` key -> (evaluation protocol, metric name) of its record; protocol
+#: ``None`` = the bundle's own (``training.protocol``, e.g. ``ahcl-80-20``)
+METRICS: dict[str, tuple[str | None, str]] = {
+    "map_query_vs_learned_db": (None, "map"),
+    "map_query_vs_encoded_db": (None, "map_encoded_db"),
+    "milan_map@20": ("milan", "mAP@20"),
+    "ahcl_map": ("ahcl", "mAP"),
+}
+#: two records with these fields equal are the same result (a newer one replaces the older)
+IDENTITY = ("method", "protocol", "split", "dataset", "bits", "metric", "iterations", "backbone",
+            "seed")
 
 
-def rows_for_bundle(bundle: str | Path, device: str = "cpu") -> list[dict[str, Any]]:
-    """Result rows of one bundle: the AHCL-protocol mAP and the encoded-database reference.
+def records_for_manifest(manifest: Mapping[str, Any], *, device: str | None = None,
+                         command: str | None = None) -> list[dict[str, Any]]:
+    """The records of one bundle's manifest: one per metric of :data:`METRICS` it holds.
 
-    Derived bundles (``parent`` set, e.g. int8) give no rows: they did not train anything.
+    Derived bundles (``parent`` set, e.g. int8) give none: they trained nothing. ``device``
+    replaces a plain ``cpu`` (e.g. "cpu (2 shared cores)"); ``command`` the recorded command.
     """
-    m = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
-    if m.get("parent"):
-        return []  # a derived bundle (e.g. int8): its training block is its parent's
-    t = m["training"]
+    if manifest.get("parent"):
+        return []
+    t = manifest.get("training") or {}
+    metrics = t.get("metrics") or {}
+    hyper = t.get("hyperparameters") or {}
+    frozen = t.get("frozen")
     base = {
-        "method": m["method"], "protocol": t["protocol"], "dataset": t["dataset"],
-        "bits": m["bits"], "backbone": f"{t['backbone']} ({t.get('frozen', '')})",
-        "device": device if t.get("device") == "cpu" else t.get("device", device),
-        "train_seconds": t["train_seconds"], "command": t.get("command", ""),
+        "method": manifest["method"],
+        "split": t.get("protocol"),
+        "dataset": t.get("dataset"),
+        "bits": manifest["bits"],
+        "backbone": f"{t.get('backbone')} ({frozen})" if frozen else t.get("backbone"),
+        "seed": t.get("seed"),
+        "iterations": hyper.get("iterations"),
+        "device": device if (device and t.get("device") == "cpu") else t.get("device"),
+        "train_seconds": t.get("train_seconds"),
+        "encoder_id": str(manifest.get("model_sha256", ""))[:16],
+        "command": command if command is not None else t.get("command", ""),
         "date": t.get("date", ""),
     }
-    return [{**base, "metric": name, "value": round(float(t["metrics"][key]), 4)}
-            for key, name in METRICS.items() if key in t["metrics"]]
+    out = []
+    for key, (protocol, name) in METRICS.items():
+        if key not in metrics:
+            continue
+        record = {**base, "protocol": protocol or t.get("protocol"), "metric": name,
+                  "value": round(float(metrics[key]), 4)}
+        if f"{key}_torch" in metrics:
+            record["value_torch"] = round(float(metrics[f"{key}_torch"]), 4)
+        if protocol is not None:
+            record["milvus_checked"] = bool(metrics.get(f"milvus_agrees_{protocol}", False))
+        out.append(record)
+    return out
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table: dataset, bits, mAP (learned V), mAP (encoded db), train time."""
-    by_key: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        by_key.setdefault((r["dataset"], r["bits"]), {"train_seconds": r["train_seconds"]})[r["metric"]] = r["value"]
-    lines = ["| dataset | bits | mAP (learned V database) | mAP (database encoded by the network) | train time |",
-             "|---|---|---|---|---|"]
-    for (ds, bits), v in sorted(by_key.items()):
-        lines.append(f"| {ds} | {bits} | {v.get('map', float('nan')):.4f} | "
-                     f"{v.get('map_encoded_db', float('nan')):.4f} | {v['train_seconds'] / 60:.1f} min |")
+def records_for_bundle(bundle: str | os.PathLike, *, device: str | None = None) -> list[dict[str, Any]]:
+    """:func:`records_for_manifest` of the bundle folder's ``manifest.json``."""
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
+    return records_for_manifest(manifest, device=device)
+
+
+def append_results(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Merge records into a JSON list file (created when missing); a record with the same
+    :data:`IDENTITY` replaces the older one. Returns the whole list as written."""
+    path = Path(path)
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    new_keys = {tuple(r.get(k) for k in IDENTITY) for r in records}
+    merged = [r for r in old if tuple(r.get(k) for k in IDENTITY) not in new_keys]
+    merged += [dict(r) for r in records]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    return merged
+
+
+def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table, one row per (method, dataset, split, bits): its metrics side by side."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    names: list[str] = []
+    for r in records:
+        key = (r["method"], r["dataset"], r.get("split") or r["protocol"], r["bits"])
+        rows.setdefault(key, {"train_seconds": r.get("train_seconds")})[r["metric"]] = r["value"]
+        if r["metric"] not in names:
+            names.append(r["metric"])
+    lines = ["| method | dataset | split | bits | " + " | ".join(names) + " | train time |",
+             "|---" * (len(names) + 5) + "|"]
+    for (method, ds, split, bits), v in sorted(rows.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        cells = " | ".join(f"{v[n]:.4f}" if n in v else "–" for n in names)
+        secs = v.get("train_seconds")
+        time_cell = f"{secs / 60:.1f} min" if isinstance(secs, (int, float)) else "–"
+        lines.append(f"| {method} | {ds} | {split} | {bits} | {cells} | {time_cell} |")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Collect rows from bundle folders; write JSON (``--json``) and print a markdown table."""
-    p = argparse.ArgumentParser(prog="python -m export.report", description=__doc__)
-    p.add_argument("bundles", nargs="+")
-    p.add_argument("--json", help="write the rows to this file")
-    p.add_argument("--device", default="cpu (2 shared cores)", help="device description for CPU runs")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rsir_train.results BUNDLE... [--json FILE]``: records of bundle folders."""
+    p = argparse.ArgumentParser(prog="python -m rsir_train.results", description=__doc__)
+    p.add_argument("bundles", nargs="+", help="bundle folders (checkpoint folders are skipped)")
+    p.add_argument("--json", help="merge the records into this JSON list (docs/results.json)")
+    p.add_argument("--device", default="cpu (2 shared cores)", help="description of a CPU device")
     args = p.parse_args(argv)
-    rows = []
+    records = []
     for b in args.bundles:
         if str(b).rstrip("/").endswith(".work"):
             continue  # a run's checkpoint folder, not a bundle
         if (Path(b) / "manifest.json").is_file():
-            rows += rows_for_bundle(b, args.device)
+            records += records_for_bundle(b, device=args.device)
         else:
             print(f"skipping {b}: no manifest.json (still training?)", file=sys.stderr)
-    order = {"map": 0, "map_encoded_db": 1}
-    rows.sort(key=lambda r: (r["dataset"], -r["bits"], order.get(r["metric"], 9)))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-    print(markdown_table(rows))
+        append_results(args.json, records)
+    print(markdown_table(records))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

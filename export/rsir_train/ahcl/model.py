@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone
+from ..backbones import Backbone
 
 
 class AHCLNet(nn.Module):

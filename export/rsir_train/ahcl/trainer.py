@@ -2,7 +2,8 @@
 
 Library code: it logs through :mod:`logging` and reports progress through an optional
 callback (``progress(event: dict)``), never prints. It checkpoints after every outer iteration
-and resumes from the checkpoint when asked; it is seeded end to end.
+(:func:`rsir_train.trainer.save_checkpoint`) and resumes from the checkpoint when asked; it is
+seeded end to end. In-memory metrics are :func:`rsir_sdk.metrics.mean_average_precision`.
 """
 
 from __future__ import annotations
@@ -10,27 +11,36 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .ahcl import AHCLNet, ahcl_loss, similarity, similarity_t_times, update_codes
-from .backbones import Backbone, build_backbone, default_device
-from .data import Archive, Split
-from .features import Normalize, frozen_features, load_prepared
+from rsir_sdk.archive import ArchiveListing
+from rsir_sdk.codes import pack_codes
+from rsir_sdk.metrics import mean_average_precision
+from rsir_sdk.splits import Split
+
+from ..backbones import Backbone, build_backbone, stage_modules
+from ..errors import TrainingError
+from ..features import Normalize, frozen_features, load_prepared
+from ..trainer import (
+    CHECKPOINT_FILE,
+    Progress,
+    default_device,
+    load_checkpoint,
+    no_progress,
+    save_checkpoint,
+    seed_everything,
+)
+from .model import AHCLNet, ahcl_loss, similarity, similarity_t_times, update_codes
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict[str, Any]], None]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or continue (bad configuration, checkpoint of another run)."""
+__all__ = ["AHCLConfig", "AHCLResult", "TrainingError", "train_ahcl"]
 
 
 @dataclass
@@ -57,7 +67,7 @@ class AHCLConfig:
     seed: int = 0
     device: str | None = None
     eval_every: int = 0
-    cache_dir: str | None = None
+    cache_dir: str | bool | None = None  # None: the default folder; False: no cache
 
     def resolved_preprocess(self, backbone: Backbone) -> dict[str, Any]:
         """This run's preprocessing: the backbone's defaults overridden by ``preprocess``."""
@@ -85,25 +95,6 @@ class AHCLResult:
     config: AHCLConfig | None = None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _map(query_codes: np.ndarray, query_labels, db_codes: np.ndarray, db_labels) -> float:
-    from rsir_sdk.metrics import mean_average_precision
-
-    return float(mean_average_precision(query_codes, query_labels, db_codes, db_labels))
-
-
-def _pack(signs: np.ndarray) -> np.ndarray:
-    from rsir_sdk.codes import pack_codes
-
-    return pack_codes(np.asarray(signs) > 0)
-
-
 class _Inputs:
     """What the trainable part of the network eats: cached frozen features or image crops."""
 
@@ -129,16 +120,115 @@ def _encode(net: AHCLNet, inputs: _Inputs, device: str, batch_size: int) -> np.n
 
 
 def _set_train_mode(net: AHCLNet, n_frozen: int) -> None:
-    from .backbones import stage_modules
-
     net.train()
     for i in range(n_frozen):
         for m in stage_modules(net.backbone, i):
             m.eval()  # frozen BatchNorm keeps its ImageNet statistics
 
 
+def _map(query_u: np.ndarray, query_labels: np.ndarray, db_signs: np.ndarray,
+         db_labels: np.ndarray) -> float:
+    """mAP of ``sign(u)`` queries against a database of signs, whole database, Hamming ranking."""
+    return float(mean_average_precision(pack_codes(query_u > 0), query_labels,
+                                        pack_codes(db_signs > 0), db_labels))
+
+
+def _inputs(backbone: Backbone, normalize: Normalize, n_frozen: int, archive: ArchiveListing,
+            train_idx: np.ndarray, query_idx: np.ndarray, preprocess: dict[str, Any],
+            config: AHCLConfig, device: str, emit: Progress) -> tuple[_Inputs, _Inputs]:
+    """Inputs of the trainable part for the database and the queries: cached frozen-stage
+    outputs when stages are frozen, prepared image crops otherwise."""
+    if n_frozen:
+        for i in range(n_frozen):
+            for m in stage_modules(backbone, i):
+                m.requires_grad_(False)
+        feats = frozen_features(
+            backbone, normalize, n_frozen, archive, np.concatenate([train_idx, query_idx]),
+            preprocess, cache_dir=config.cache_dir, device=device,
+            batch_size=config.batch_size, progress=emit,
+        )
+        return (_Inputs(feats[: len(train_idx)], n_frozen, None),
+                _Inputs(feats[len(train_idx):], n_frozen, None))
+    norm_dev = normalize.to(device)
+    return (_Inputs(torch.from_numpy(load_prepared(archive, train_idx, preprocess)), 0, norm_dev),
+            _Inputs(torch.from_numpy(load_prepared(archive, query_idx, preprocess)), 0, norm_dev))
+
+
+@dataclass
+class _State:
+    """What an outer iteration changes, and what a checkpoint saves."""
+
+    net: AHCLNet
+    opt: torch.optim.Optimizer
+    V: np.ndarray
+    rng: np.random.Generator
+    history: list[dict[str, Any]]
+    outer_done: int = 0
+    seconds_before: float = 0.0
+
+    def checkpoint(self, config: AHCLConfig, split: Split, seconds: float) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(config), "train_ids": split.train_ids,
+            "net": self.net.state_dict(), "optimizer": self.opt.state_dict(), "V": self.V,
+            "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "history": self.history, "outer_done": self.outer_done,
+            "train_seconds": self.seconds_before + seconds,
+        }
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        self.net.load_state_dict(ck["net"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.V = ck["V"]
+        self.rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        self.history = ck["history"]
+        self.outer_done = ck["outer_done"]
+        self.seconds_before = ck["train_seconds"]
+
+
+def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: _Inputs,
+                     y_db: np.ndarray, n_frozen: int, device: str) -> dict[str, Any]:
+    """Network epochs on a sample of the database, then the closed-form V update."""
+    lr = config.lr * config.lr_decay ** sum(outer >= s for s in config.lr_steps)
+    for g in st.opt.param_groups:
+        g["lr"] = lr
+    t_it = time.perf_counter()
+    n, bits = st.V.shape
+    m = n if not config.num_samples else min(n, config.num_samples)
+    sample = np.sort(st.rng.permutation(n)[:m])
+    U = np.zeros((m, bits), dtype=np.float32)
+    V_t = torch.from_numpy(st.V).to(device)
+    y_db_t = torch.as_tensor(y_db)
+    sums = {"pairwise": 0.0, "quantization": 0.0, "classification": 0.0, "loss": 0.0}
+    steps = 0
+    for _ in range(config.inner):
+        _set_train_mode(st.net, n_frozen)
+        order = st.rng.permutation(m)
+        for b in range(0, m, config.batch_size):
+            pos = order[b : b + config.batch_size]
+            rows = sample[pos]
+            if len(rows) < 2:
+                continue  # BatchNorm cannot train on one image
+            u, logits = st.net(db_in.batch(rows, device), db_in.start_stage)
+            S = torch.from_numpy(similarity(y_db[rows], y_db)).to(device)
+            loss, terms = ahcl_loss(u, logits, y_db_t[rows].to(device), V_t,
+                                    V_t[torch.as_tensor(rows)], S, config.lam, config.gamma)
+            st.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            st.opt.step()
+            U[pos] = u.detach().cpu().numpy()
+            for k, v in terms.items():
+                sums[k] += v
+            sums["loss"] += float(loss.detach())
+            steps += 1
+    st.V = update_codes(st.V, U, None, sample, config.lam,
+                        StU=similarity_t_times(y_db[sample], y_db, U))
+    return {"outer": outer + 1, "lr": lr, **{k: v / max(steps, 1) for k, v in sums.items()},
+            "seconds": time.perf_counter() - t_it}
+
+
 def train_ahcl(
-    archive: Archive,
+    archive: ArchiveListing,
     split: Split,
     config: AHCLConfig,
     *,
@@ -151,7 +241,7 @@ def train_ahcl(
     ``work_dir`` holds ``checkpoint.pt`` (written after every outer iteration); with ``resume``
     training continues from it. Returns an :class:`AHCLResult`.
     """
-    emit = progress or (lambda event: None)
+    emit = progress or no_progress
     seed_everything(config.seed)
     device = config.device or default_device()
     t0 = time.perf_counter()
@@ -159,149 +249,62 @@ def train_ahcl(
     backbone = build_backbone(config.backbone, config.pretrained, config.weights)
     preprocess = config.resolved_preprocess(backbone)
     normalize = Normalize(preprocess["mean"], preprocess["std"])
-    classes = archive.classes
     labels_all = archive.labels()
     train_idx, query_idx = split.indices(archive)
     if len(train_idx) == 0:
         raise TrainingError("the split's train side is empty")
-    y_db = labels_all[train_idx]
-    y_q = labels_all[query_idx]
-    net = AHCLNet(backbone, config.bits, len(classes)).to(device)
+    y_db, y_q = labels_all[train_idx], labels_all[query_idx]
+    net = AHCLNet(backbone, config.bits, len(archive.classes)).to(device)
     n_frozen = backbone.frozen_stages(config.freeze_blocks)
-
-    # inputs of the trainable part
-    if n_frozen:
-        from .backbones import stage_modules
-
-        for i in range(n_frozen):
-            for m in stage_modules(backbone, i):
-                m.requires_grad_(False)
-        all_idx = np.concatenate([train_idx, query_idx])
-        feats = frozen_features(
-            backbone, normalize, n_frozen, archive, all_idx, preprocess,
-            cache_dir=config.cache_dir, device=device, batch_size=config.batch_size,
-            progress=emit,
-        )
-        db_in = _Inputs(feats[: len(train_idx)], n_frozen, None)
-        q_in = _Inputs(feats[len(train_idx):], n_frozen, None)
-    else:
-        norm_dev = normalize.to(device)
-        db_in = _Inputs(torch.from_numpy(load_prepared(archive, train_idx, preprocess)), 0, norm_dev)
-        q_in = _Inputs(torch.from_numpy(load_prepared(archive, query_idx, preprocess)), 0, norm_dev)
+    db_in, q_in = _inputs(backbone, normalize, n_frozen, archive, train_idx, query_idx,
+                          preprocess, config, device, emit)
     prep_seconds = time.perf_counter() - t0
     log.info("inputs ready in %.1fs (%d frozen stages)", prep_seconds, n_frozen)
 
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
-    n = len(train_idx)
-    bits = config.bits
-    V = np.zeros((n, bits), dtype=np.float32)
-    y_db_t = torch.as_tensor(y_db)
-    rng = np.random.default_rng(config.seed)
-    history: list[dict[str, Any]] = []
-    start_outer = 0
-    elapsed_before = 0.0
-
-    ckpt_path = Path(work_dir) / "checkpoint.pt" if work_dir else None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"] != dataclasses.asdict(config) or ck["train_ids"] != split.train_ids:
-            raise TrainingError(
-                f"checkpoint {ckpt_path} belongs to another configuration or split; "
-                f"remove it or train without --resume"
-            )
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["optimizer"])
-        V = ck["V"]
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        history = ck["history"]
-        start_outer = ck["outer_done"]
-        elapsed_before = ck["train_seconds"]
-        log.info("resumed from %s after outer iteration %d", ckpt_path, start_outer)
-        emit({"event": "resumed", "outer_done": start_outer})
+    st = _State(net, torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                     weight_decay=config.weight_decay),
+                np.zeros((len(train_idx), config.bits), dtype=np.float32),
+                np.random.default_rng(config.seed), [])
+    ckpt_path = Path(work_dir) / CHECKPOINT_FILE if work_dir else None
+    if resume and ckpt_path is not None:
+        ck = load_checkpoint(ckpt_path, config=dataclasses.asdict(config),
+                             train_ids=split.train_ids)
+        if ck is not None:
+            st.restore(ck)
+            emit({"event": "resumed", "outer_done": st.outer_done})
 
     t_train = time.perf_counter()
-    for outer in range(start_outer, config.outer):
-        lr = config.lr * config.lr_decay ** sum(outer >= s for s in config.lr_steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        t_it = time.perf_counter()
-        m = n if not config.num_samples else min(n, config.num_samples)
-        sample = np.sort(rng.permutation(n)[:m])
-        U = np.zeros((m, bits), dtype=np.float32)
-        V_t = torch.from_numpy(V).to(device)
-        sums = {"pairwise": 0.0, "quantization": 0.0, "classification": 0.0, "loss": 0.0}
-        steps = 0
-        for _ in range(config.inner):
-            _set_train_mode(net, n_frozen)
-            order = rng.permutation(m)
-            for b in range(0, m, config.batch_size):
-                pos = order[b : b + config.batch_size]
-                rows = sample[pos]
-                if len(rows) < 2:
-                    continue  # BatchNorm cannot train on one image
-                x = db_in.batch(rows, device)
-                u, logits = net(x, db_in.start_stage)
-                S = torch.from_numpy(similarity(y_db[rows], y_db)).to(device)
-                loss, terms = ahcl_loss(
-                    u, logits, y_db_t[rows].to(device), V_t, V_t[torch.as_tensor(rows)], S,
-                    config.lam, config.gamma,
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                U[pos] = u.detach().cpu().numpy()
-                for k, v in terms.items():
-                    sums[k] += v
-                sums["loss"] += float(loss.detach())
-                steps += 1
-        V = update_codes(V, U, None, sample, config.lam,
-                         StU=similarity_t_times(y_db[sample], y_db, U))
-        record: dict[str, Any] = {
-            "outer": outer + 1,
-            "lr": lr,
-            **{k: v / max(steps, 1) for k, v in sums.items()},
-            "seconds": time.perf_counter() - t_it,
-        }
-        if config.eval_every and ((outer + 1) % config.eval_every == 0 or outer + 1 == config.outer):
-            uq = _encode(net, q_in, device, config.batch_size)
-            record["map_query"] = _map(_pack(uq), y_q, _pack(V), y_db)
-        history.append(record)
+    for outer in range(st.outer_done, config.outer):
+        record = _outer_iteration(st, outer, config, db_in, y_db, n_frozen, device)
+        last = outer + 1 == config.outer
+        if config.eval_every and ((outer + 1) % config.eval_every == 0 or last):
+            record["map_query"] = _map(_encode(net, q_in, device, config.batch_size), y_q,
+                                       st.V, y_db)
+        st.history.append(record)
+        st.outer_done = outer + 1
         log.info("outer %d/%d: %s", outer + 1, config.outer,
                  ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "outer"))
         if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "config": dataclasses.asdict(config), "train_ids": split.train_ids,
-                    "net": net.state_dict(), "optimizer": opt.state_dict(), "V": V,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "history": history, "outer_done": outer + 1,
-                    "train_seconds": elapsed_before + time.perf_counter() - t_train,
-                },
-                str(ckpt_path) + ".tmp",
-            )
-            os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+            save_checkpoint(ckpt_path, st.checkpoint(config, split, time.perf_counter() - t_train))
         emit({"event": "outer", **record})
-    train_seconds = prep_seconds + elapsed_before + time.perf_counter() - t_train
+    train_seconds = prep_seconds + st.seconds_before + time.perf_counter() - t_train
 
     # final evaluation: queries by sign(u); database = learned V (and, for reference, sign(u))
     uq = _encode(net, q_in, device, config.batch_size)
     udb = _encode(net, db_in, device, config.batch_size)
     metrics: dict[str, float] = {}
     if len(query_idx):
-        metrics["map_query_vs_learned_db"] = _map(_pack(uq), y_q, _pack(V), y_db)
-        metrics["map_query_vs_encoded_db"] = _map(_pack(uq), y_q, _pack(udb), y_db)
-        metrics["query_accuracy"] = float(
-            (net.classifier(torch.from_numpy(uq).to(device)).argmax(1).cpu().numpy() == y_q).mean()
-        )
-    metrics["db_code_agreement"] = float(((udb > 0) == (V > 0)).mean())
+        metrics["map_query_vs_learned_db"] = _map(uq, y_q, st.V, y_db)
+        metrics["map_query_vs_encoded_db"] = _map(uq, y_q, udb, y_db)
+        logits = net.classifier(torch.from_numpy(uq).to(device))
+        metrics["query_accuracy"] = float((logits.argmax(1).cpu().numpy() == y_q).mean())
+    metrics["db_code_agreement"] = float(((udb > 0) == (st.V > 0)).mean())
     net.eval()
     emit({"event": "done", "metrics": metrics, "train_seconds": train_seconds})
     return AHCLResult(
-        net=net.cpu(), normalize=normalize.cpu(), preprocess=preprocess, V=V,
-        train_indices=train_idx, query_indices=query_idx, classes=classes, history=history,
-        metrics=metrics, train_seconds=train_seconds, device=device, config=config,
+        net=net.cpu(), normalize=normalize.cpu(), preprocess=preprocess, V=st.V,
+        train_indices=train_idx, query_indices=query_idx, classes=archive.classes,
+        history=st.history, metrics=metrics, train_seconds=train_seconds, device=device,
+        config=config,
     )

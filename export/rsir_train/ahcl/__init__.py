@@ -1,0 +1,11 @@
+"""AHCL (asymmetric hash code learning, Song et al., TGRS 2022) on the shared pipeline.
+
+- :mod:`.model`: the network, the loss and the closed-form update of the database codes V;
+- :mod:`.trainer`: :class:`AHCLConfig`, :func:`train_ahcl` (checkpoints, resume);
+- :mod:`.bundle`: :func:`train_ahcl_bundle` (archive → split → train → bundle with V).
+"""
+
+from .bundle import build_ahcl_bundle, train_ahcl_bundle
+from .trainer import AHCLConfig, AHCLResult, train_ahcl
+
+__all__ = ["AHCLConfig", "AHCLResult", "build_ahcl_bundle", "train_ahcl", "train_ahcl_bundle"]

@@ -1,0 +1,239 @@
+"""What the command line runs once it has parsed: turn arguments into configurations, call the
+library, print progress and results. The parsers are :mod:`rsir_train.cli`; this is the only
+other module of the training side that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Progress
+
+__all__ = ["command_line", "quantize", "quickstart", "train"]
+
+#: ``--freeze-blocks auto``
+AUTO = "auto"
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as the user typed it, for the manifest (``rsir train ahcl ...``)."""
+    return "rsir " + shlex.join(args.argv)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _preprocess(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--resize`` / ``--crop`` as preprocessing overrides (``--resize 0`` = straight resize)."""
+    pre: dict[str, Any] = {}
+    if args.resize is not None:
+        pre["resize"] = args.resize if args.resize > 0 else None
+    if args.crop is not None:
+        pre["crop"] = [args.crop, args.crop]
+    return pre or None
+
+
+def _cache(args: argparse.Namespace) -> str | bool | None:
+    return False if args.no_cache else args.cache_dir
+
+
+def ahcl_config(args: argparse.Namespace) -> Any:
+    """Parsed ``train ahcl`` arguments as an :class:`~rsir_train.ahcl.AHCLConfig`."""
+    from .ahcl import AHCLConfig
+    from .backbones import build_backbone
+    from .trainer import default_device
+
+    outer = max(1, -(-args.epochs // args.inner)) if args.epochs else args.outer
+    steps = args.lr_steps
+    if steps is None:
+        steps = tuple(max(1, round(s * outer / 30)) for s in (10, 20)) if outer != 30 else (10, 20)
+    device = args.device or default_device()
+    if args.freeze_blocks == AUTO:
+        freeze = {"efficientnet_lite0": 11, "resnet18": 6}.get(args.backbone, 0) if device == "cpu" else 0
+    else:
+        freeze = int(args.freeze_blocks)
+    build_backbone(args.backbone, pretrained=False)  # a typo fails before any data is read
+    return AHCLConfig(
+        bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
+        weights=args.weights, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, outer=outer,
+        inner=args.inner, lr_steps=tuple(steps), lam=args.lam, gamma=args.gamma,
+        num_samples=args.num_samples or None, freeze_blocks=freeze, preprocess=_preprocess(args),
+        seed=args.seed, device=device, eval_every=args.eval_every, cache_dir=_cache(args),
+    )
+
+
+def milan_config(args: argparse.Namespace) -> Any:
+    """Parsed ``train milan`` arguments as a :class:`~rsir_train.milan.MilanConfig`."""
+    from .backbones import build_backbone
+    from .milan import MilanConfig, MilanParams
+    from .trainer import default_device
+
+    build_backbone(args.backbone, pretrained=False)  # a typo fails before any data is read
+    device = args.device or default_device()
+    params = MilanParams(
+        margin=args.margin, push_weight=args.push_weight, balance_weight=args.balance_weight,
+        lr=args.lr, iterations=args.iterations, triplets_per_batch=args.triplets,
+        miner=args.miner, seed=args.seed, device=device, log_every=args.log_every,
+    )
+    return MilanConfig(
+        bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
+        weights=args.weights, preprocess=_preprocess(args), params=params, device=device,
+        cache_dir=_cache(args), batch_size=args.batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _printer(quiet: bool) -> "Progress":
+    """Progress lines for both trainers (AHCL outer iterations, MiLAN iterations, caches)."""
+
+    def show(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if quiet:
+            return
+        if kind == "outer":
+            extra = f" mAP(query)={event['map_query']:.4f}" if "map_query" in event else ""
+            print(f"outer {event['outer']}: loss={event['loss']:.4f} (pair {event['pairwise']:.4f}, "
+                  f"quant {event['quantization']:.4f}, ce {event['classification']:.4f}) "
+                  f"lr={event['lr']:.2g} {event['seconds']:.1f}s{extra}", flush=True)
+        elif kind == "iteration":
+            print(f"iteration {event['iteration']}/{event['iterations']}: loss={event['loss']:.4f} "
+                  f"(triplet {event['triplet']:.4f}, push {event['push']:.4f}, balance "
+                  f"{event['balance']:.5f}) {event['seconds']:.0f}s", flush=True)
+        elif kind == "cache_progress" and (event["done"] == event["total"]
+                                           or event["done"] % 512 < 64):
+            print(f"frozen features {event['done']}/{event['total']}", flush=True)
+        elif kind in ("cache_hit", "cache_saved"):
+            print(f"feature {kind.replace('_', ' ')}: {event['path']}", flush=True)
+        elif kind == "resumed":
+            print(f"resumed after outer iteration {event['outer_done']}", flush=True)
+
+    return show
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    for k, v in metrics.items():
+        print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def train(args: argparse.Namespace) -> int:
+    """``rsir train ahcl|milan``: train, write the bundle, then evaluate / index / record."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    extra = {"command": command_line(args)}
+    if args.method == "ahcl":
+        from .ahcl import train_ahcl_bundle
+
+        result, manifest = train_ahcl_bundle(
+            args.data, args.out, ahcl_config(args), split_file=args.split_file,
+            protocol=args.protocol, skip_corrupt=args.skip_corrupt, work_dir=args.work_dir,
+            resume=args.resume, progress=_printer(args.quiet), extra_training=extra,
+        )
+        cache = ""
+    else:
+        from .milan import train_milan_bundle
+
+        result, manifest, data = train_milan_bundle(
+            args.data, args.out, milan_config(args), split_file=args.split_file,
+            protocol=args.protocol, skip_corrupt=args.skip_corrupt,
+            progress=_printer(args.quiet), extra_training=extra,
+        )
+        cache = f", features {result.feature_cache}"
+    if not args.quiet:
+        print(f"bundle written to {args.out} in {time.perf_counter() - t0:.0f}s "
+              f"(encoder {manifest['model_sha256'][:16]}{cache})")
+        _print_metrics(result.metrics)
+    if args.method == "milan":
+        manifest = _after_milan(args, manifest, data)
+    if args.results:
+        from .results import append_results, records_for_manifest
+
+        append_results(args.results, records_for_manifest(manifest))
+    return 0
+
+
+def _after_milan(args: argparse.Namespace, manifest: dict[str, Any], data: Any) -> dict[str, Any]:
+    """``--eval`` (metrics into the manifest) and ``--index`` of a freshly written MiLAN bundle."""
+    if args.eval:
+        from rsir_sdk.bundle_writer import update_manifest
+
+        from .evaluation import evaluate_protocols
+        from .milan.bundle import EVAL_FOR_SPLIT
+
+        auto = EVAL_FOR_SPLIT.get(data.split.protocol, "ahcl")
+        protocols = {"auto": [auto], "both": ["milan", "ahcl"]}.get(args.eval, [args.eval])
+        source = data.source if data.archive.kind == "csv" else data.archive.root
+        metrics = evaluate_protocols(args.out, source, protocols, uri=args.eval_uri,
+                                     batch_size=args.batch_size)
+        training = dict(manifest.get("training") or {})
+        training["metrics"] = {**training.get("metrics", {}), **metrics}
+        manifest = update_manifest(args.out, training=training)
+        if not args.quiet:
+            _print_metrics(metrics)
+    if args.index:
+        from .indexing import index_split_side
+
+        summary = index_split_side(args.out, data.archive, data.split, args.index,
+                                   args.collection, side=args.index_side,
+                                   batch_size=args.batch_size)
+        if not args.quiet:
+            print(f"indexed {summary.indexed} images into {summary.collection} at {args.index}"
+                  + (f" ({summary.skipped} already there)" if summary.skipped else "")
+                  + (f"; {len(summary.failed)} failed" if summary.failed else ""))
+    return manifest
+
+
+def quantize(args: argparse.Namespace) -> int:
+    """``rsir quantize``: derive the bundle, print a summary (or ``--json``)."""
+    from .quantize import quantize_bundle
+
+    res = quantize_bundle(
+        args.bundle, args.calibration, args.out, precision=args.precision, method=args.method,
+        reader=args.reader, count=args.count, check=args.check, seed=args.seed,
+        per_channel=not args.per_tensor, quantize_hash_layer=args.quantize_hash_layer,
+        fold_pads=not args.no_fold_pads, activations=args.activations,
+        keep_float=args.keep_float or (), target_agreement=args.target_agreement,
+        reduce_range=args.reduce_range, batch_size=args.batch_size,
+        min_agreement=args.min_agreement, overwrite=args.overwrite,
+    )
+    if args.json:
+        d = asdict(res)
+        d["path"] = str(res.path)
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{res.precision} bundle written to {res.path} in {res.seconds:.0f}s")
+    print(f"  encoder     {res.encoder_id} (parent {res.parent_encoder_id}); index its codes in a "
+          f"collection of its own")
+    print(f"  model       {res.model_bytes / 1e6:.2f} MB (parent {res.parent_model_bytes / 1e6:.2f} MB)")
+    if res.precision == "int8":
+        print(f"  calibration {res.calibration_images} images, {res.method}")
+    if len(res.attempts) > 1:
+        tried = ", ".join(f"{a['leading_float']} -> {a['bit_agreement']:.4%}" for a in res.attempts)
+        print(f"  retries     leading layers kept in float -> agreement: {tried}")
+    if res.precision == "int8":
+        print(f"  float32     {len(res.float_layers)} weighted layer(s): "
+              f"{', '.join(res.float_layers[:8])}{' ...' if len(res.float_layers) > 8 else ''}")
+    print(f"  agreement   {res.bit_agreement:.4%} of bits, {res.codes_identical:.1%} of codes "
+          f"identical on {res.check_images} {res.check_set} images")
+    return 0
+
+
+def quickstart(args: argparse.Namespace) -> int:
+    """``rsir quickstart``: see :mod:`rsir_train.quickstart`."""
+    from .quickstart import run_quickstart
+
+    return run_quickstart(args)

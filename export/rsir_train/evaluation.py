@@ -1,0 +1,75 @@
+"""Retrieval quality of a trained bundle under the AHCL and MiLAN protocols, through Milvus.
+
+Why a wrapper and not a second evaluator: the numbers are those of
+:func:`rsir_sdk.evaluate.evaluate_bundle` (the exported ONNX encoder, the SDK's decoding, a
+Milvus search, checked against the exact in-memory ranking of :mod:`rsir_sdk.metrics`). This
+module only names the two protocols and the manifest keys their results are recorded under:
+
+- ``milan``: the query side is query set and database at once, leave-one-out, mAP@20
+  normalised by the relevant items retrieved → ``milan_map@20``;
+- ``ahcl``: the query side against the train side (the bundle's learned codes when it has
+  them, else encoded by the network), mAP over the whole database → ``ahcl_map``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from rsir_sdk.bundle import Bundle
+from rsir_sdk.errors import EvaluationError
+from rsir_sdk.evaluate import evaluate_bundle
+
+__all__ = ["PROTOCOLS", "evaluate_protocols", "metric_key"]
+
+#: evaluation protocol -> the split side used as the database
+PROTOCOLS = {"milan": "query", "ahcl": "train"}
+MILAN_TOPK = 20
+
+
+def metric_key(protocol: str, topk: int = MILAN_TOPK) -> str:
+    """The manifest key of a protocol's metric: ``milan_map@20`` or ``ahcl_map``."""
+    return f"{protocol}_map" + (f"@{topk}" if protocol == "milan" else "")
+
+
+def evaluate_protocols(
+    bundle: str | os.PathLike,
+    data: str | os.PathLike,
+    protocols: Sequence[str] = ("milan",),
+    *,
+    uri: str | None = None,
+    token: str | None = None,
+    topk: int = MILAN_TOPK,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``bundle`` on its own split of the archive ``data`` under each protocol.
+
+    ``uri``: the Milvus to search (default a temporary Milvus Lite file); each protocol gets
+    its own collection ``eval_<protocol>_<method>_<bits>_<encoder_id>`` there. Returns
+    ``{"milan_map@20": ..., "milan_map@20_reference": ..., "milvus_agrees_milan": True,
+    "n_queries_milan": ..., "n_database_milan": ..., "eval_seconds_milan": ..., ...}``.
+    """
+    b = Bundle.load(bundle)
+    out: dict[str, Any] = {}
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise EvaluationError(f"unknown protocol {p!r}; choose one of {sorted(PROTOCOLS)}")
+        res = evaluate_bundle(
+            b, data, uri=uri, token=token, ks=(topk,), database=PROTOCOLS[p],
+            batch_size=batch_size,
+            collection=f"eval_{p}_{b.default_collection}" if uri else None,
+        )
+        name = f"mAP@{topk}" if p == "milan" else "mAP"
+        if name not in res.metrics:
+            raise EvaluationError(
+                f"{name} needs the whole database ranked, which Milvus could not return "
+                f"({res.n_database} items)"
+            )
+        key = metric_key(p, topk)
+        out[key] = res.metrics[name]
+        out[f"{key}_reference"] = res.reference[name]
+        out[f"milvus_agrees_{p}"] = res.agree
+        out[f"n_queries_{p}"] = res.n_queries
+        out[f"n_database_{p}"] = res.n_database
+        out[f"eval_seconds_{p}"] = round(res.seconds, 1)
+    return out

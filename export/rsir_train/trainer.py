@@ -1,0 +1,77 @@
+"""What every trainer shares: the device, seeding, progress events and checkpoints.
+
+Why one module: AHCL and MiLAN train differently but must pick a device, seed torch, numpy and
+Python, report progress (``progress(event: dict)``, never print) and, for long runs, write a
+checkpoint that a later run resumes only when it belongs to the same configuration and split.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+#: progress callback of the trainers: ``progress({"event": "outer", ...})``
+Progress = Callable[[dict[str, Any]], None]
+CHECKPOINT_FILE = "checkpoint.pt"
+
+__all__ = ["CHECKPOINT_FILE", "Progress", "default_device", "load_checkpoint", "no_progress",
+           "save_checkpoint", "seed_everything"]
+
+
+def no_progress(event: dict[str, Any]) -> None:
+    """The progress callback used when none is given."""
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible (and ``RSIR_DEVICE`` does not say otherwise), else ``cpu``."""
+    env = os.environ.get("RSIR_DEVICE")
+    if env:
+        return env
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` atomically (a crash leaves the previous checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, **identity: Any) -> dict[str, Any] | None:
+    """Read a checkpoint written by :func:`save_checkpoint`; ``None`` when there is none.
+
+    Every ``identity`` value (e.g. ``config=asdict(config), train_ids=split.train_ids``) must
+    equal the checkpoint's, else :class:`~rsir_train.errors.TrainingError`: resuming another
+    run's state would silently train a different model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    differ = [k for k, v in identity.items() if state.get(k) != v]
+    if differ:
+        raise TrainingError(
+            f"checkpoint {path} belongs to another configuration or split ({', '.join(differ)} "
+            f"differ); remove it or train without --resume"
+        )
+    log.info("resuming from %s", path)
+    return state
