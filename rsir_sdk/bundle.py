@@ -190,42 +190,19 @@ class Bundle:
         if not isinstance(manifest, dict):
             raise BundleError(f"bundle {root}: {MANIFEST_FILE} must hold a JSON object")
 
-        version = _require(manifest, "format_version")
-        if int(version) > FORMAT_VERSION:
-            raise BundleError(
-                f"bundle {root} has format_version {version}; this rsir-sdk reads up to "
-                f"{FORMAT_VERSION}: upgrade rsir-sdk"
-            )
-        method = str(_require(manifest, "method"))
         try:
-            bits = validate_bits(int(_require(manifest, "bits")))
-        except (CodeLengthError, ValueError, TypeError) as exc:
-            raise BundleError(f"bundle {root}: field 'bits': {exc}") from None
-        if manifest.get("bit_order", "big") != "big":
-            raise BundleError(f"bundle {root}: field 'bit_order' must be 'big'")
-        model_file = str(manifest.setdefault("model_file", "model.onnx"))
+            fields = _read_fields(root, manifest)
+        except BundleError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise BundleError(f"bundle {root}: {MANIFEST_FILE} has a field of the wrong type or "
+                              f"value ({type(exc).__name__}: {exc})") from None
+        method, bits, model_file, height, width, inp, pre, outputs, declared = fields
         model_path = root / model_file
         if not model_path.is_file():
             raise BundleError(f"bundle {root}: model file {model_file} is missing")
-        inp = _require(manifest, "input")
-        pre = _require(manifest, "preprocess")
-        height, width = int(_require(inp, "height", "input")), int(_require(inp, "width", "input"))
-        _require(pre, "crop", "preprocess")
-        crop = pre["crop"]
-        crop_hw = (crop, crop) if isinstance(crop, int) else tuple(int(x) for x in crop)
-        if crop_hw != (height, width):
-            raise BundleError(
-                f"bundle {root}: preprocess.crop {list(crop_hw)} differs from the input size "
-                f"[{height}, {width}]"
-            )
-        for key in ("mean", "std"):
-            vals = _require(pre, key, "preprocess")
-            if len(vals) != 3:
-                raise BundleError(f"bundle {root}: preprocess.{key} must have 3 values (RGB)")
-        outputs = manifest.get("outputs", {"embedding": "embedding", "codes": "codes"})
-        declared = manifest.get("model_sha256")
-        actual = file_sha256(model_path) if (verify_hash or not declared) else str(declared)
-        if declared and actual != declared:
+        actual = file_sha256(model_path) if verify_hash else declared
+        if actual != declared:
             raise BundleError(
                 f"bundle {root}: {model_file} does not match the manifest's model_sha256 "
                 f"(the model was replaced or the manifest belongs to another bundle)"
@@ -248,6 +225,73 @@ class Bundle:
         if bundle.has_database:
             _require(manifest["database"], "file", "database")
         return bundle
+
+
+def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
+    """The manifest fields every bundle needs, checked; raises on anything malformed."""
+    version = _require(manifest, "format_version")
+    if isinstance(version, bool) or int(version) != float(version) or int(version) < 1:
+        raise BundleError(f"bundle {root}: format_version must be a positive integer, got {version!r}")
+    if int(version) > FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {root} has format_version {version}; this rsir-sdk reads up to "
+            f"{FORMAT_VERSION}: upgrade rsir-sdk"
+        )
+    method = _require(manifest, "method")
+    if not isinstance(method, str) or not method:
+        raise BundleError(f"bundle {root}: field 'method' must be a non-empty string")
+    raw_bits = _require(manifest, "bits")
+    if isinstance(raw_bits, bool) or not isinstance(raw_bits, int):
+        raise BundleError(f"bundle {root}: field 'bits' must be an integer, got {raw_bits!r}")
+    try:
+        bits = validate_bits(raw_bits)
+    except CodeLengthError as exc:
+        raise BundleError(f"bundle {root}: field 'bits': {exc}") from None
+    if manifest.get("bit_order", "big") != "big":
+        raise BundleError(f"bundle {root}: field 'bit_order' must be 'big'")
+    model_file = manifest.setdefault("model_file", MODEL_FILE)
+    if (not isinstance(model_file, str) or not model_file or Path(model_file).name != model_file
+            or model_file in (".", "..")):
+        raise BundleError(
+            f"bundle {root}: model_file must be a file name inside the bundle folder, got "
+            f"{model_file!r}"
+        )
+    inp = _require(manifest, "input")
+    pre = _require(manifest, "preprocess")
+    if not isinstance(inp, dict) or not isinstance(pre, dict):
+        raise BundleError(f"bundle {root}: fields 'input' and 'preprocess' must be JSON objects")
+    height, width = int(_require(inp, "height", "input")), int(_require(inp, "width", "input"))
+    if height < 1 or width < 1:
+        raise BundleError(f"bundle {root}: input size {height}x{width} is not positive")
+    crop = _require(pre, "crop", "preprocess")
+    crop_hw = (crop, crop) if isinstance(crop, int) else tuple(int(x) for x in crop)
+    if crop_hw != (height, width):
+        raise BundleError(
+            f"bundle {root}: preprocess.crop {list(crop_hw)} differs from the input size "
+            f"[{height}, {width}]"
+        )
+    for key in ("mean", "std"):
+        vals = _require(pre, key, "preprocess")
+        if not isinstance(vals, list) or len(vals) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            raise BundleError(f"bundle {root}: preprocess.{key} must be 3 numbers (RGB)")
+    if any(float(v) == 0 for v in pre["std"]):
+        raise BundleError(f"bundle {root}: preprocess.std must not hold 0")
+    if pre.get("resize") is not None and int(pre["resize"]) < 1:
+        raise BundleError(f"bundle {root}: preprocess.resize must be positive or null")
+    outputs = manifest.get("outputs", {"embedding": "embedding", "codes": "codes"})
+    if not isinstance(outputs, dict):
+        raise BundleError(f"bundle {root}: field 'outputs' must be a JSON object")
+    declared = manifest.get("model_sha256")
+    if not isinstance(declared, str) or len(declared) != 64:
+        raise BundleError(
+            f"bundle {root}: {MANIFEST_FILE} has no valid model_sha256 (the encoder's identity); "
+            f"write bundles with rsir_sdk.bundle_writer.write_bundle"
+        )
+    float(manifest.get("code_threshold", 0.0))
+    if not isinstance(manifest.get("classes", []), list):
+        raise BundleError(f"bundle {root}: field 'classes' must be a list")
+    return method, bits, model_file, height, width, inp, pre, outputs, declared
 
 
 def _require(obj: Any, key: str, where: str | None = None) -> Any:

@@ -10,6 +10,7 @@ then resized and cropped by :func:`rsir_sdk.preprocess.prepare` as the bundle re
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -81,15 +82,31 @@ class Encoder:
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        # the session is made from the very bytes whose sha256 is the encoder's identity: a
+        # model that points to external weight files cannot load them, so nothing outside the
+        # hash can change the codes
+        try:
+            model_bytes = self.bundle.model_path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"bundle {self.bundle.path}: cannot read the model: {exc}") from None
+        if hashlib.sha256(model_bytes).hexdigest() != self.bundle.model_sha256:
+            raise BundleError(
+                f"bundle {self.bundle.path}: {self.bundle.model_path.name} changed since the "
+                f"bundle was loaded (it no longer matches model_sha256)"
+            )
         try:
             self.session = ort.InferenceSession(
-                str(self.bundle.model_path), sess_options=options, providers=requested
+                model_bytes, sess_options=options, providers=requested
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
+            hint = (" (the model refers to external weight files; an rsir bundle keeps every "
+                    "weight inside model.onnx: rewrite it with rsir_sdk.bundle_writer.write_bundle)"
+                    if "external" in str(exc).lower() else "")
             raise BundleError(
                 f"bundle {self.bundle.path}: onnxruntime cannot load "
-                f"{self.bundle.model_path.name}: {exc}"
+                f"{self.bundle.model_path.name}: {str(exc).strip().splitlines()[0][:300]}{hint}"
             ) from None
+        del model_bytes
         self.providers: list[str] = list(self.session.get_providers())
         lost_gpu = [p for p in requested if p in GPU_PROVIDERS and p not in self.providers]
         if lost_gpu:

@@ -63,3 +63,7 @@ class CollectionNotFoundError(StoreError):
 
 class EvaluationError(RsirError, ValueError):
     """A bundle cannot be evaluated: no split file, no archive, ids missing from the archive."""
+
+
+class InvalidInputError(RsirError, ValueError):
+    """A value given to the SDK cannot be used: wrong type, out of range, or not storable."""

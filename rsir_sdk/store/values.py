@@ -1,0 +1,199 @@
+"""What may be stored and asked for: ids, labels, paths, metadata, ``k``, ``radius``, filters.
+
+Why one module: a write must be checked completely before its first row reaches Milvus, so that
+a bad call changes nothing even when it spans many batches, and Milvus' own refusals (an int
+beyond 64 bits in JSON, a string over a VARCHAR limit in bytes, ...) must be caught here first,
+with a message that names the offending item. Every check raises
+:class:`~rsir_sdk.errors.InvalidInputError` (a ``ValueError``).
+
+Strings are Python ``str`` encodable as UTF-8: any Unicode character, including quotes,
+backslashes, newlines, NUL and emoji, but not lone surrogates (which no UTF-8 store can hold).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .schema import MAX_ID_LEN, MAX_LABEL_LEN, MAX_PATH_LEN, MAX_TOPK
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: nesting deeper than this in metadata is refused (Milvus JSON fields are meant to be flat)
+MAX_METADATA_DEPTH = 16
+#: the encoded JSON of one item's metadata may not exceed this (Milvus' JSON field limit is 64 KiB)
+MAX_METADATA_BYTES = 65_536
+
+
+def text(value: Any, what: str, max_bytes: int, *, allow_empty: bool = True) -> str:
+    """``value`` as a storable string, or :class:`InvalidInputError` naming ``what``."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a string, got {type(value).__name__} {value!r:.60}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInputError(
+            f"{what} {value!r:.60} holds a lone surrogate (not valid Unicode text); decode file "
+            f"names with os.fsdecode and re-encode them, or give another value"
+        ) from None
+    if not allow_empty and not value:
+        raise InvalidInputError(f"{what} must not be empty")
+    if size > max_bytes:
+        raise InvalidInputError(f"{what} is {size} bytes in UTF-8, over the {max_bytes}-byte limit: "
+                                f"{value[:60]!r}...")
+    return str(value)
+
+
+def ids(values: Any) -> list[str]:
+    """Check a sequence of unique, non-empty ids (a lone string is refused: pass ``[id]``)."""
+    if isinstance(values, (str, bytes, bytearray)) or not isinstance(values, (Sequence, np.ndarray)):
+        if isinstance(values, (str, bytes, bytearray)):
+            raise InvalidInputError(
+                f"ids must be a list of strings, got one {type(values).__name__} {values!r:.60} "
+                f"(for one item pass [id])"
+            )
+        try:
+            values = list(values)
+        except TypeError:
+            raise InvalidInputError(
+                f"ids must be a list of strings, got {type(values).__name__}") from None
+    out = [text(v, "id", MAX_ID_LEN, allow_empty=False) for v in values]
+    if len(set(out)) != len(out):
+        seen: set[str] = set()
+        dupes = [i for i in out if i in seen or seen.add(i)][:5]  # type: ignore[func-returns-value]
+        raise InvalidInputError(f"ids must be unique within one call; repeated: {dupes}")
+    return out
+
+
+def column(values: Any, n: int, name: str, max_bytes: int) -> list[str]:
+    """A text column of ``n`` values (``None`` = all empty; ``None`` entries = empty)."""
+    if values is None:
+        return [""] * n
+    if isinstance(values, (str, bytes)):
+        raise InvalidInputError(f"{name} must be a list with one value per id, got a single "
+                                f"{type(values).__name__}")
+    values = list(values)
+    if len(values) != n:
+        raise InvalidInputError(f"{n} ids but {len(values)} {name}")
+    singular = name[:-1] if name.endswith("s") else name
+    return ["" if v is None else text(v, singular, max_bytes) for v in values]
+
+
+def labels(values: Any, n: int) -> list[str]:
+    """The label column."""
+    return column(values, n, "labels", MAX_LABEL_LEN)
+
+
+def paths(values: Any, n: int) -> list[str]:
+    """The path column."""
+    return column(values, n, "paths", MAX_PATH_LEN)
+
+
+def metadata(values: Any, ids_: Sequence[str]) -> list[dict[str, Any]]:
+    """One JSON object per id: string keys; values None, bool, int64, finite float, str, lists
+    and objects of those. Checked recursively (Milvus would refuse or alter anything else)."""
+    n = len(ids_)
+    if values is None:
+        return [{} for _ in range(n)]
+    if isinstance(values, Mapping):
+        raise InvalidInputError("metadata must be a list with one dict per id, got one dict")
+    values = list(values)
+    if len(values) != n:
+        raise InvalidInputError(f"{n} ids but {len(values)} metadata entries")
+    out = []
+    for i, meta in zip(ids_, values):
+        meta = {} if meta is None else meta
+        if not isinstance(meta, Mapping):
+            raise InvalidInputError(f"metadata for id {i!r} must be a dict, got {type(meta).__name__}")
+        checked = _json_value(meta, f"metadata of id {i!r}", 0)
+        size = len(_dumps(checked).encode("utf-8"))
+        if size > MAX_METADATA_BYTES:
+            raise InvalidInputError(f"metadata of id {i!r} is {size} bytes as JSON, over the "
+                                    f"{MAX_METADATA_BYTES}-byte limit")
+        out.append(checked)
+    return out
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _json_value(value: Any, where: str, depth: int) -> Any:
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidInputError(f"{where}: nested deeper than {MAX_METADATA_DEPTH} levels")
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    if isinstance(value, (int, np.integer)):
+        v = int(value)
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise InvalidInputError(f"{where}: integer {v} does not fit in 64 bits (store it as a "
+                                    f"string or a float)")
+        return v
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        if not math.isfinite(f):
+            raise InvalidInputError(f"{where}: {f} is not a finite number (JSON has no NaN or "
+                                    f"infinity; use null)")
+        return f
+    if isinstance(value, str):
+        return text(value, f"{where}: value", MAX_METADATA_BYTES)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidInputError(f"{where}: keys must be strings, got {type(k).__name__} {k!r:.40}")
+            text(k, f"{where}: key", 1024, allow_empty=False)
+            out[k] = _json_value(v, where, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, where, depth + 1) for v in value]
+    raise InvalidInputError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def k(value: Any) -> int:
+    """``k`` of a top-k search: an integer in 1..16384 (Milvus' topK cap)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"k must be an integer, got {type(value).__name__} {value!r:.40}")
+    if not 1 <= int(value) <= MAX_TOPK:
+        raise InvalidInputError(f"k must be between 1 and {MAX_TOPK} (Milvus' topK cap), got {value}")
+    return int(value)
+
+
+def radius(value: Any) -> int | None:
+    """A Hamming radius: ``None`` or an integer >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"radius must be an integer, got {type(value).__name__} {value!r:.40}")
+    if int(value) < 0:
+        raise InvalidInputError(f"radius must be >= 0, got {value}")
+    return int(value)
+
+
+def filter_value(key: str, value: Any) -> Any:
+    """A value in a dict filter: a scalar, or a non-empty list of scalars ("any of")."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+        if not items:
+            raise InvalidInputError(f"filter on {key!r}: an empty list matches nothing; give at "
+                                    f"least one value")
+        return [_scalar(key, v) for v in items]
+    return _scalar(key, value)
+
+
+def _scalar(key: str, value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return _json_value(value, f"filter on {key!r}", 0)
+    if isinstance(value, (float, np.floating)):
+        return _json_value(value, f"filter on {key!r}", 0)
+    if isinstance(value, str):
+        return text(value, f"filter on {key!r}: value", MAX_PATH_LEN)
+    raise InvalidInputError(f"filter on {key!r}: values must be strings, numbers or booleans "
+                            f"(or a list of them), got {type(value).__name__}")
