@@ -10,8 +10,8 @@ same thread counts. Timed: the network on already decoded and cropped ``uint8`` 
 
 With ``--bundle`` the torch network is rebuilt from the manifest (backbone, bits, classes) and its
 weights loaded from ``<bundle>.work/checkpoint.pt`` when present (then its codes are checked
-against the ONNX model's); the int8 bundle is ``--int8`` or made with ``rsir_sdk.quantize``.
-Needs the train extra (torch). CPU only unless onnxruntime has a GPU provider.
+against the ONNX model's); the int8 bundle is ``--int8`` or made with ``rsir_train.quantize``.
+Needs the training package (``pip install -e ./export``: torch). CPU only unless onnxruntime has a GPU provider.
 """
 
 from __future__ import annotations
@@ -25,23 +25,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import load_average, machine, section, table, timeit, versions, write_section
 
 from rsir_sdk import Bundle, Encoder
 from rsir_sdk.images import load_image
 from rsir_sdk.preprocess import prepare
-from rsir_sdk.quantize import _stratified, _folder_images, quantize_bundle
+from rsir_train.graph import fold_static_pads
+from rsir_train.quantize import calibration_set, quantize_bundle
 
 
 def torch_encoder(bundle: Bundle, checkpoint: Path | None):
     """The bundle's network as a torch module (uint8 NHWC in → (u, codes)), and a weights note."""
     import torch
 
-    from export.ahcl import AHCLNet
-    from export.backbones import build_backbone
-    from export.features import Normalize
-    from export.onnx_export import ImageHashEncoder
+    from rsir_train.ahcl.model import AHCLNet
+    from rsir_train.backbones import build_backbone
+    from rsir_train.features import Normalize
+    from rsir_train.onnx_export import ImageHashEncoder
 
     if bundle.method != "ahcl":
         raise SystemExit(f"torch side rebuilds AHCL networks only, not {bundle.method!r}")
@@ -63,11 +63,11 @@ def fresh_bundle(backbone: str, bits: int, classes: int, out: Path) -> Bundle:
     """An AHCL-shaped bundle with an ImageNet backbone and a random hash head (no training)."""
     import torch
 
-    from export.ahcl import AHCLNet
-    from export.backbones import build_backbone
-    from export.bundle import write_bundle
-    from export.features import Normalize
-    from export.onnx_export import export_onnx
+    from rsir_sdk.bundle_writer import write_bundle
+    from rsir_train.ahcl.model import AHCLNet
+    from rsir_train.backbones import build_backbone
+    from rsir_train.features import Normalize
+    from rsir_train.onnx_export import export_onnx
 
     torch.manual_seed(0)
     bb = build_backbone(backbone, pretrained=backbone == "efficientnet_lite0")
@@ -160,18 +160,18 @@ def main(argv=None) -> int:
     # separates the gain of that graph fix from the gain of int8
     import onnx
 
-    from rsir_sdk.quantize import fold_static_pads
-
     folded_model = onnx.load(str(fp32.model_path))
     n_folded = fold_static_pads(folded_model, fp32.input_name, fp32.input_height, fp32.input_width)
     folded_path = Path(tmp.name) / "fp32-folded.onnx"
     onnx.save_model(folded_model, str(folded_path))
 
-    files = _stratified(_folder_images(data), 0)[: args.images]
+    # the same stratified draw (seed 0) as rsir quantize's folder reader, through rsir_sdk.archive
+    chosen = calibration_set(data, reader="folder", count=args.images, check=0, seed=0)
+    files = [chosen.root / f for f in chosen.paths]
     if len(files) < args.images:
         raise SystemExit(f"{data} holds {len(files)} images; --images {args.images} needs more")
     t0 = time.perf_counter()
-    images = np.stack([prepare(load_image(data / f), fp32.preprocess) for f in files])
+    images = np.stack([prepare(load_image(f), fp32.preprocess) for f in files])
     prep_rate = len(files) / (time.perf_counter() - t0)
 
     # the torch module and the ONNX graph are the same network: same codes on real images
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(all_threads)
 
     # end to end from JPEG files (decode + resize + crop + network), batch 32, all threads
-    paths = [data / f for f in files]
+    paths = files
     e2e = {}
     for label, b in (("fp32", fp32), ("int8", int8)):
         enc = Encoder(b, providers=["CPUExecutionProvider"], threads=all_threads, batch_size=32)
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     if same is not None:
         body += f"torch and ONNX fp32 codes agree on {same:.2%} of bits. "
     body += (f"\"Pads folded\": the bundle's fp32 graph with its {n_folded} zero Pad nodes "
-             f"folded into their Convs (`rsir_sdk.quantize.fold_static_pads`, the first step of "
+             f"folded into their Convs (`rsir_train.graph.fold_static_pads`, the first step of "
              f"`rsir quantize`; same outputs), to separate that graph fix from int8 itself. ")
     body += (f"\n\nEnd to end (`Encoder.encode` on JPEG files: decode + resize + crop + network, "
              f"batch 32, {all_threads} threads): fp32 {e2e['fp32']:.1f} images/s, int8 "
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     print(body)
     meta = machine({"versions": versions("onnxruntime", "torch", "numpy"),
                     "bundle": str(args.bundle or f"fresh {args.backbone} (ImageNet weights, random hash head)"),
-                    "int8 bundle": str(args.int8 or "quantized by this run (rsir_sdk.quantize defaults)")})
+                    "int8 bundle": str(args.int8 or "quantized by this run (rsir_train.quantize defaults)")})
     if not args.no_write:
         write_section("encode", section("encode", "Encoding speed: onnxruntime vs torch eager "
                                         "(`benchmarks/encode.py`)", body, meta, (load0, load_average())))

@@ -2,7 +2,7 @@
 
 Why: an int8 encoder is only worth shipping if retrieval quality holds (target: at most 1 mAP
 point lost). For each fp32 bundle the int8 bundle is ``<bundle>-int8`` when it exists and derives
-from it, else it is made there with ``rsir_sdk.quantize`` (calibrated on the split's train part,
+from it, else it is made there with ``rsir_train.quantize`` (calibrated on the split's train part,
 checked on its query part). Queries are the bundle's ``split.json`` query images encoded by each
 encoder; the database is the learned codes V (AHCL, asymmetric: the same V for both) or, for
 symmetric bundles, the train images encoded by each encoder. mAP over the whole database,
@@ -11,31 +11,34 @@ Hamming ranking, ties by database index (``rsir_sdk.metrics``).
     python benchmarks/quality.py runs/nwpu12-64 runs/eurosat-64 --data /work/shared/data
     RSIR_DATA=/work/shared/data/nwpu12 python benchmarks/quality.py runs/nwpu12-64
 
-``--data`` is the archive folder itself or a folder holding it under the manifest's dataset name.
+``--data`` is the archive folder itself or a folder holding it under the manifest's dataset name;
+default: the archive the bundle records. The split is read with ``Bundle.split()`` and the
+archive listed with ``rsir_sdk.archive`` (labels from the class folders), as everywhere else.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import load_average, machine, section, table, versions, write_section
 
 from rsir_sdk import Bundle, Encoder
+from rsir_sdk.archive import open_archive
 from rsir_sdk.metrics import mean_average_precision, precision_at_k
-from rsir_sdk.quantize import quantize_bundle
+from rsir_train.quantize import quantize_bundle
 
 
 def archive_root(bundle: Bundle, data: list[Path], first_id: str) -> Path:
-    """The folder that holds the split's images: one of ``data`` or ``data/<dataset>``."""
+    """The folder that holds the split's images: one of ``data`` or ``data/<dataset>``, else the
+    archive the bundle records."""
     dataset = bundle.manifest.get("training", {}).get("dataset", "")
-    for d in data:
+    recorded = [Path(bundle.archive_root)] if bundle.archive_root else []
+    for d in data + recorded:
         for cand in (d, d / dataset):
             if (cand / first_id).is_file():
                 return cand
@@ -57,12 +60,15 @@ def int8_for(fp32: Bundle, root: Path, suffix: str, method: str, log) -> tuple[B
 
 
 def evaluate(fp32: Bundle, int8: Bundle, root: Path, threads: int | None) -> dict:
-    split = json.loads((fp32.path / "split.json").read_text(encoding="utf-8"))
-    q_ids, t_ids = split["query"], split["train"]
-    q_labels = [i.split("/")[0] for i in q_ids]
+    split = fp32.split()
+    listing = open_archive(root, label_from="top")
+    split.indices(listing)  # SplitError when the split's images are not all in this archive
+    by_id = listing.by_id()
+    q_ids, t_ids = split.query_ids, split.train_ids
+    q_labels = [by_id[i].label for i in q_ids]
     encs = {k: Encoder(b, providers=["CPUExecutionProvider"], threads=threads, batch_size=32)
             for k, b in (("fp32", fp32), ("int8", int8))}
-    q_paths = [root / i for i in q_ids]
+    q_paths = [by_id[i].file for i in q_ids]
     q = {}
     secs = {}
     for k, e in encs.items():
@@ -77,15 +83,15 @@ def evaluate(fp32: Bundle, int8: Bundle, root: Path, threads: int | None) -> dic
         db = fp32.load_database()
         db8 = int8.load_database()
         assert np.array_equal(db.codes, db8.codes), "int8 bundle must ship the parent's learned codes"
-        labels = db.labels if all(db.labels) else [i.split("/")[0] for i in db.ids]
+        labels = db.labels if all(db.labels) else [by_id[i].label for i in db.ids]
         out["database"] = f"learned V ({len(db)})"
         out["map_fp32"] = mean_average_precision(q["fp32"], q_labels, db.codes, labels)
         out["map_int8"] = mean_average_precision(q["int8"], q_labels, db.codes, labels)
         out["p10_fp32"] = precision_at_k(q["fp32"], q_labels, db.codes, labels, 10)
         out["p10_int8"] = precision_at_k(q["int8"], q_labels, db.codes, labels, 10)
     else:
-        t_paths = [root / i for i in t_ids]
-        t_labels = [i.split("/")[0] for i in t_ids]
+        t_paths = [by_id[i].file for i in t_ids]
+        t_labels = [by_id[i].label for i in t_ids]
         d32, d8 = encs["fp32"].encode(t_paths), encs["int8"].encode(t_paths)
         out["database"] = f"encoded train ({len(t_ids)})"
         out["map_fp32"] = mean_average_precision(q["fp32"], q_labels, d32, t_labels)
@@ -102,15 +108,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("bundles", nargs="+", help="fp32 bundles (with split.json)")
     p.add_argument("--data", nargs="+", default=[os.environ.get("RSIR_DATA")] if os.environ.get("RSIR_DATA") else None,
-                   help="archive folder(s), or folder(s) holding them by dataset name; default $RSIR_DATA")
+                   help="archive folder(s), or folder(s) holding them by dataset name; default "
+                        "$RSIR_DATA, else the archive each bundle records")
     p.add_argument("--int8-suffix", default="-int8", help="int8 bundle = <bundle><suffix>")
     p.add_argument("--method", default="minmax", help="calibration method when quantizing here")
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: all)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    if not args.data:
-        p.error("--data (or RSIR_DATA) is required")
-    data = [Path(d) for d in args.data]
+    data = [Path(d) for d in args.data or []]
     load0 = load_average()
     rows, details = [], []
 
@@ -121,8 +126,7 @@ def main(argv=None) -> int:
         fp32 = Bundle.load(path)
         if fp32.manifest.get("parent"):
             raise SystemExit(f"{path} is a derived bundle: give its fp32 parent")
-        split = json.loads((fp32.path / "split.json").read_text(encoding="utf-8"))
-        root = archive_root(fp32, data, split["query"][0])
+        root = archive_root(fp32, data, fp32.split().query_ids[0])
         int8, origin = int8_for(fp32, root, args.int8_suffix, args.method, log)
         log(f"evaluating {fp32.path} ...")
         r = evaluate(fp32, int8, root, args.threads)

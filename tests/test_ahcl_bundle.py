@@ -15,7 +15,6 @@ from rsir_sdk.codes import pack_codes, unpack_codes  # noqa: E402
 from rsir_sdk.images import load_image  # noqa: E402
 from rsir_sdk.metrics import mean_average_precision  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
-
 from rsir_train.dataset import open_training_archive as read_folder  # noqa: E402
 from rsir_train.onnx_export import torch_outputs  # noqa: E402
 from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402

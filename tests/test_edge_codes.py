@@ -90,7 +90,8 @@ def test_edge_codes_equal_the_servers(rp_bundle, sample_images):
 
 def test_int8_encoder_runs_on_the_edge(rp_bundle, sample_dir, sample_images, tmp_path):
     pytest.importorskip("onnx")
-    from rsir_sdk.quantize import quantize_bundle
+    pytest.importorskip("rsir_train")
+    from rsir_train.quantize import quantize_bundle
 
     out = tmp_path / "rp64-int8"
     quantize_bundle(rp_bundle[0], sample_dir, out, count=32, check=16,

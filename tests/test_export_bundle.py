@@ -1,4 +1,6 @@
-"""export.bundle.write_bundle on a hand-made onnx.helper graph (torch-free)."""
+"""The one bundle writer (rsir_sdk.bundle_writer.write_bundle, used by AHCL, MiLAN and
+quantization) on a hand-made onnx.helper graph, and the result records of rsir_train.results
+(both torch-free)."""
 
 from __future__ import annotations
 
@@ -12,50 +14,17 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from export.bundle import BundleWriteError, write_bundle  # noqa: E402
+from rsir_sdk.bundle_writer import BundleWriteError, write_bundle  # noqa: E402
 
 BITS = 16
 
 
 def _graph(bits: int = BITS, seed: int = 0) -> onnx.ModelProto:
-    """uint8 NHWC -> mean colour -> linear -> tanh = embedding; packed (embedding > 0) = codes."""
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array(rng.normal(size=(3, bits)).astype(np.float32), "W"),
-        numpy_helper.from_array(np.array([-0.5], np.float32), "b"),
-        numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
-        numpy_helper.from_array(np.array([-1, bits // 8, 8], np.int64), "shape"),
-        numpy_helper.from_array(np.array([128, 64, 32, 16, 8, 4, 2, 1], np.float32), "weights"),
-        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-    ]
-    nodes = [
-        helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0),
-        helper.make_node("Div", ["m", "scale"], ["ms"]),
-        helper.make_node("MatMul", ["ms", "W"], ["z"]),
-        helper.make_node("Add", ["z", "b"], ["zb"]),
-        helper.make_node("Tanh", ["zb"], ["embedding"]),
-        helper.make_node("Greater", ["embedding", "zero"], ["on"]),
-        helper.make_node("Cast", ["on"], ["onf"], to=TensorProto.FLOAT),
-        helper.make_node("Reshape", ["onf", "shape"], ["r"]),
-        helper.make_node("Mul", ["r", "weights"], ["rw"]),
-        helper.make_node("ReduceSum", ["rw", "axis2"], ["s"], keepdims=0),
-        helper.make_node("Cast", ["s"], ["codes"], to=TensorProto.UINT8),
-    ]
-    inits.append(numpy_helper.from_array(np.array([255.0], np.float32), "scale"))
-    graph = helper.make_graph(
-        nodes, "toy",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 8, 8, 3])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", bits]),
-         helper.make_tensor_value_info("codes", TensorProto.UINT8, ["N", bits // 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    """uint8 NHWC 8x8 -> random projection -> tanh = embedding; packed (embedding > 0) = codes."""
+    from onnx_models import random_projection_model
+
+    return random_projection_model(8, 8, bits, seed)[0]
 
 
 def _manifest() -> dict:
@@ -124,24 +93,57 @@ def test_bad_manifest_is_refused(tmp_path):
         write_bundle(tmp_path, _graph(), {**_manifest(), "input": {"height": 9, "width": 8}}, None)
 
 
-def test_bundle_module_is_torch_free():
-    code = "import sys, export.bundle; print('torch' in sys.modules)"
+def test_writer_cli_results_and_quantize_import_neither_torch_nor_onnx():
+    code = ("import sys, json, rsir_sdk.bundle_writer, rsir_train, rsir_train.results, "
+            "rsir_train.quantize, rsir_train.cli; print(json.dumps(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'onnx') or m.startswith('onnxruntime.quantization'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert json.loads(out.stdout) == []
 
 
-def test_report_rows_from_bundles(tmp_path):
-    from export.report import markdown_table, rows_for_bundle
+def test_split_and_archive_are_recorded(tmp_path):
+    from rsir_sdk.bundle import Bundle
+    from rsir_sdk.bundle_writer import archive_record
+    from rsir_sdk.splits import Split
 
-    training = {"protocol": "ahcl-80-20", "dataset": "toy", "backbone": "small_cnn",
-                "frozen": "none", "device": "cpu", "train_seconds": 12.0, "command": "cmd",
-                "date": "2026-01-01",
-                "metrics": {"map_query_vs_learned_db": 0.91234, "map_query_vs_encoded_db": 0.9}}
+    split = Split("80-20", 0, ["a/1.jpg"], ["a/2.jpg"], "f" * 64, "toy")
+    m = write_bundle(tmp_path / "b", _graph(), _manifest(), None, split=split,
+                     archive=archive_record(tmp_path / "data", "toy", "f" * 64))
+    b = Bundle.load(tmp_path / "b")
+    assert b.split().train_ids == ["a/1.jpg"] and b.archive_root == str((tmp_path / "data").absolute())
+    assert m["archive"]["name"] == "toy"
+
+
+def _training(metrics):
+    return {"protocol": "ahcl-80-20", "dataset": "toy", "backbone": "small_cnn",
+            "frozen": "none", "device": "cpu", "train_seconds": 12.0, "command": "cmd",
+            "date": "2026-01-01", "seed": 0, "metrics": metrics}
+
+
+def test_result_records_from_bundles(tmp_path):
+    from rsir_train.results import append_results, markdown_table, records_for_bundle
+
+    training = _training({"map_query_vs_learned_db": 0.91234, "map_query_vs_encoded_db": 0.9})
     write_bundle(tmp_path / "a", _graph(), {**_manifest(), "training": training}, None)
-    rows = rows_for_bundle(tmp_path / "a")
+    rows = records_for_bundle(tmp_path / "a", device="cpu (2 cores)")
     assert [(r["metric"], r["value"]) for r in rows] == [("map", 0.9123), ("map_encoded_db", 0.9)]
     assert rows[0]["bits"] == BITS and rows[0]["command"] == "cmd"
-    assert "| toy | 16 | 0.9123 | 0.9000 |" in markdown_table(rows)
+    assert rows[0]["device"] == "cpu (2 cores)" and rows[0]["protocol"] == "ahcl-80-20"
+    assert "| toy | 16 | 0.9123 | 0.9000 |" in markdown_table(rows).replace("| toy | ahcl-80-20 ", "| toy ")
     write_bundle(tmp_path / "b", _graph(),
                  {**_manifest(), "training": training, "parent": {"model_sha256": "x"}}, None)
-    assert rows_for_bundle(tmp_path / "b") == []
+    assert records_for_bundle(tmp_path / "b") == []
+    # MiLAN metrics (through Milvus) give records of the same shape; one writer merges both
+    milan = {**_training({"milan_map@20": 0.7, "milan_map@20_torch": 0.71,
+                          "milvus_agrees_milan": True}), "protocol": "milan-60-40"}
+    write_bundle(tmp_path / "c", _graph(), {**_manifest(), "method": "milan", "training": milan},
+                 None)
+    (mrow,) = records_for_bundle(tmp_path / "c")
+    assert (mrow["protocol"], mrow["metric"], mrow["value"], mrow["value_torch"],
+            mrow["milvus_checked"], mrow["split"]) == ("milan", "mAP@20", 0.7, 0.71, True,
+                                                       "milan-60-40")
+    assert set(rows[0]) <= set(mrow) | {"value_torch"}
+    path = tmp_path / "results.json"
+    append_results(path, rows + [mrow])
+    assert len(append_results(path, [{**mrow, "value": 0.8}])) == 3  # replaced, not added
+    assert json.loads(path.read_text())[-1]["value"] == 0.8

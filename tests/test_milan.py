@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from rsir_sdk.metrics import mean_average_precision  # noqa: E402
 from rsir_train.milan import (  # noqa: E402
     MilanHead,
     MilanParams,
@@ -19,7 +20,6 @@ from rsir_train.milan import (  # noqa: E402
     train_milan_head,
     triplet_loss,
 )
-from rsir_sdk.metrics import mean_average_precision  # noqa: E402
 
 pytestmark = pytest.mark.train
 

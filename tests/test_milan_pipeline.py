@@ -15,24 +15,19 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from export.data import make_split, read_folder  # noqa: E402
-from export.features import Normalize  # noqa: E402
-from export.milan import MilanParams  # noqa: E402
-from export.milan_pipeline import (  # noqa: E402
-    MilanConfig,
-    evaluate_bundle,
-    index_archive,
-    main,
-    pooled_features,
-    train_milan,
-    train_milan_bundle,
-)
-from export.onnx_export import torch_outputs  # noqa: E402
-from export.testing import SAMPLE_ARCHIVE  # noqa: E402
 from rsir_sdk.codes import unpack_codes  # noqa: E402
 from rsir_sdk.images import load_image  # noqa: E402
 from rsir_sdk.metrics import mean_average_precision  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
+from rsir_sdk.splits import make_split  # noqa: E402
+from rsir_train.cli import main  # noqa: E402
+from rsir_train.dataset import open_training_archive as read_folder  # noqa: E402
+from rsir_train.evaluation import evaluate_protocols  # noqa: E402
+from rsir_train.features import Normalize, pooled_features  # noqa: E402
+from rsir_train.indexing import index_split_side  # noqa: E402
+from rsir_train.milan import MilanConfig, MilanParams, train_milan, train_milan_bundle  # noqa: E402
+from rsir_train.onnx_export import torch_outputs  # noqa: E402
+from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 
 pytestmark = pytest.mark.train
 BITS = 32
@@ -57,10 +52,10 @@ def tiny(tmp_path_factory):
         bits=BITS, backbone="efficientnet_lite0", preprocess=SMALL_PRE, device="cpu",
         params=MilanParams(iterations=300, seed=0), cache_dir=root / "cache",
     )
-    result, manifest, archive, split = train_milan_bundle(
+    result, manifest, data = train_milan_bundle(
         SAMPLE_ARCHIVE, root / "bundle", config, protocol="60-40"
     )
-    return root, result, manifest, archive, split
+    return root, result, manifest, data.archive, data.split
 
 
 def _chance(protocol: str, split, archive, trials: int = 20) -> float:
@@ -80,12 +75,16 @@ def _chance(protocol: str, split, archive, trials: int = 20) -> float:
 
 
 def test_tiny_run_learns_and_onnx_metrics_match_torch(tiny):
+    pytest.importorskip("milvus_lite")
     root, result, _, archive, split = tiny
-    metrics = evaluate_bundle(root / "bundle", archive, split, ["milan", "ahcl"])
+    # the bundle records its archive: rsir_sdk.evaluate finds the images without being told
+    metrics = evaluate_protocols(root / "bundle", None, ["milan", "ahcl"])
     for protocol, key in (("milan", "milan_map@20"), ("ahcl", "ahcl_map")):
         chance = _chance(protocol, split, archive)
         assert metrics[key] > chance + 0.25, (protocol, metrics[key], chance)
-        # the published numbers come from the ONNX encoder; torch on the cached features agrees
+        # the published numbers come from the ONNX encoder through Milvus, equal to the exact
+        # in-memory ranking; torch on the cached features agrees closely
+        assert metrics[f"milvus_agrees_{protocol}"] and metrics[key] == metrics[f"{key}_reference"]
         assert metrics[key] == pytest.approx(result.metrics[f"{key}_torch"], abs=0.02)
     assert metrics["n_queries_milan"] == metrics["n_database_milan"] == 80  # 40% of 20 x 10
     assert metrics["n_queries_ahcl"] == 80 and metrics["n_database_ahcl"] == 120
@@ -109,7 +108,7 @@ def test_bundle_is_symmetric_milan(tiny):
 
 def test_onnx_matches_torch(tiny):
     root, result, _, archive, _ = tiny
-    images = np.stack([prepare(load_image(archive.abspath(archive.samples[i])), result.preprocess)
+    images = np.stack([prepare(load_image(archive.items[i].file), result.preprocess)
                        for i in result.query_indices])
     sess = ort.InferenceSession(str(root / "bundle" / "model.onnx"),
                                 providers=["CPUExecutionProvider"])
@@ -126,32 +125,28 @@ def test_onnx_matches_torch(tiny):
     np.testing.assert_allclose(one, emb[:1], atol=1e-5)
 
 
-def test_serves_through_retriever_and_milvus_metric_equals_memory(tiny, tmp_path):
+def test_serves_through_retriever(tiny, tmp_path):
     pytest.importorskip("milvus_lite")
     from rsir_sdk.retriever import Retriever
 
     root, _, _, archive, split = tiny
     uri = str(tmp_path / "rsir.db")
-    # the database of the MiLAN protocol is the test side: 80 images, encoded via add_images
-    name, n = index_archive(root / "bundle", archive, split, uri, "scenes")
-    assert (name, n) == ("scenes", 80)
+    # the database of the MiLAN protocol is the test side: 80 images, encoded via Retriever.index
+    summary = index_split_side(root / "bundle", archive, split, uri, "scenes")
+    assert (summary.collection, summary.indexed, summary.failed) == ("scenes", 80, [])
+    assert index_split_side(root / "bundle", archive, split, uri, "scenes").skipped == 80
     test_ids = set(split.query_ids)
-    by_id = {s.id: s for s in archive.samples}
+    by_id = archive.by_id()
     with Retriever(root / "bundle", uri=uri, collection="scenes") as r:
         assert r.count() == 80
         queries = [by_id[i] for i in sorted(test_ids)]
-        hits = r.search_batch([archive.abspath(s) for s in queries], k=5)
+        hits = r.search_batch([s.file for s in queries], k=5)
     agree = []
     for q, hs in zip(queries, hits):
         assert hs[0].distance == 0 and {h.id for h in hs} <= test_ids
         assert any(h.id == q.id for h in hs if h.distance == 0)  # finds itself
         agree += [h.label == q.label for h in hs if h.id != q.id]
     assert np.mean(agree) > 0.5, np.mean(agree)  # chance is 0.1
-    # both protocols through Milvus (add_images + search_batch) equal the in-memory metric
-    m = evaluate_bundle(root / "bundle", archive, split, ["milan", "ahcl"],
-                        milvus_uri=str(tmp_path / "eval.db"))
-    assert m["milan_map@20_milvus"] == pytest.approx(m["milan_map@20"], abs=1e-12)
-    assert m["ahcl_map_milvus"] == pytest.approx(m["ahcl_map"], abs=1e-12)
 
 
 def test_second_run_hits_the_feature_cache(tiny):
@@ -166,7 +161,7 @@ def test_second_run_hits_the_feature_cache(tiny):
 
 
 def test_feature_cache_invalidated_by_preprocessing_and_weights(tmp_path):
-    from export.backbones import SmallCNN
+    from rsir_train.backbones import SmallCNN
 
     archive = read_folder(SAMPLE_ARCHIVE)
     torch.manual_seed(0)
@@ -197,10 +192,11 @@ def test_cli_train_eval_index_results(tmp_path, capsys):
     pytest.importorskip("milvus_lite")
     out = tmp_path / "b"
     results = tmp_path / "results.json"
-    argv = ["--data", str(SAMPLE_ARCHIVE), "--bits", "16", "--out", str(out),
+    argv = ["train", "milan", "--data", str(SAMPLE_ARCHIVE), "--bits", "16", "--out", str(out),
             "--backbone", "small_cnn", "--no-pretrained", "--iterations", "20",
             "--protocol", "80-20", "--split-file", str(tmp_path / "split.json"),
             "--cache-dir", str(tmp_path / "cache"), "--eval", "--results", str(results),
+            "--eval-uri", str(tmp_path / "eval.db"),
             "--index", str(tmp_path / "idx.db"), "--collection", "db", "--threads", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -208,30 +204,37 @@ def test_cli_train_eval_index_results(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["protocol"] == "ahcl-80-20"
     assert "ahcl_map" in manifest["training"]["metrics"]
+    assert manifest["training"]["metrics"]["milvus_agrees_ahcl"] is True
+    assert manifest["training"]["command"].startswith("rsir train milan --data ")
     recs = json.loads(results.read_text())
     assert len(recs) == 1 and recs[0]["protocol"] == "ahcl" and recs[0]["metric"] == "mAP"
+    assert recs[0]["milvus_checked"] is True and recs[0]["split"] == "ahcl-80-20"
     assert {"method", "dataset", "bits", "value", "backbone", "device", "train_seconds",
             "command", "date"} <= set(recs[0])
     # the split file is reused, drawn as AHCL's is (80/20, seed 0)
     saved = json.loads((tmp_path / "split.json").read_text())
     assert saved["train"] == make_split(read_folder(SAMPLE_ARCHIVE), "80-20", 0).train_ids
-    # the second run reads its features from the cache
+    # the second run reads its features from the cache; its record replaces the first
     assert main(argv + ["-q"]) == 0
     assert json.loads((out / "manifest.json").read_text())["training"]["feature_cache"] == "hit"
+    assert len(json.loads(results.read_text())) == 1
 
 
-def test_cli_parser_wires_under_train(tmp_path):
-    """The way export.cli adds it: ``train`` -> methods -> ``milan`` with ``func=run_milan``."""
-    import argparse
+def test_cli_parser_and_one_line_errors(tmp_path, capsys):
+    """``train milan`` options parse with the MiLAN defaults; bad bits fail before any work."""
+    from rsir_train.cli import build_parser
 
-    from export.milan_pipeline import add_milan_parser, run_milan
-
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command", required=True)
-    methods = sub.add_parser("train").add_subparsers(dest="method", required=True)
-    add_milan_parser(methods)
-    args = p.parse_args(["train", "milan", "--data", "d", "--out", "o", "--bits", "64",
-                         "--eval", "--iterations", "7", "--miner", "semi-hard"])
-    assert args.func is run_milan and args.method == "milan"
+    args = build_parser().parse_args(["train", "milan", "--data", "d", "--out", "o", "--bits",
+                                      "64", "--eval", "--iterations", "7", "--miner", "semi-hard"])
+    assert args.method == "milan"
     assert (args.bits, args.eval, args.iterations, args.protocol) == (64, "auto", 7, "60-40")
     assert args.margin == 0.2 and args.push_weight == 0.001 and args.balance_weight == 1.0
+    for method in ("milan", "ahcl"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", method, "--data", str(SAMPLE_ARCHIVE), "--out", str(tmp_path / "o"),
+                  "--bits", "12"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1
+        assert err.startswith(f"rsir train {method}: argument --bits: ")
+        assert "multiple of 8" in err and "got 12" in err
+    assert not (tmp_path / "o").exists()

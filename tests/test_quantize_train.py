@@ -1,6 +1,6 @@
 """An int8 bundle from a small trained AHCL network (Conv layers, learned database codes V).
 
-Trains the tiny small_cnn AHCL bundle on the shipped EuroSAT sample (export.testing), quantizes
+Trains the tiny small_cnn AHCL bundle on the shipped EuroSAT sample (rsir_train.testing), quantizes
 it with its own split (train part calibrates, query part checks), and serves it.
 """
 
@@ -11,14 +11,14 @@ pytest.importorskip("torch")
 
 from rsir_sdk import Bundle, Retriever  # noqa: E402
 from rsir_sdk.errors import CollectionMismatchError  # noqa: E402
-from rsir_sdk.quantize import quantize_bundle  # noqa: E402
+from rsir_train.quantize import quantize_bundle  # noqa: E402
 
 pytestmark = pytest.mark.train
 
 
 @pytest.fixture(scope="module")
 def ahcl_pair(tmp_path_factory, sample_dir):
-    from export.testing import tiny_ahcl_bundle
+    from rsir_train.testing import tiny_ahcl_bundle
 
     root = tmp_path_factory.mktemp("ahcl")
     tiny_ahcl_bundle(root / "fp32", data=sample_dir, bits=32, outer=4, inner=1)
@@ -38,6 +38,9 @@ def test_int8_ahcl_bundle_ships_the_parents_learned_codes(ahcl_pair):
     a, b = parent.load_database(), child.load_database()
     assert np.array_equal(a.codes, b.codes) and a.ids == b.ids and a.labels == b.labels
     assert (child.path / "split.json").read_bytes() == (parent.path / "split.json").read_bytes()
+    # written through the one bundle writer: the parent's archive record and split come along
+    assert child.manifest["archive"] == parent.manifest["archive"]
+    assert child.manifest["database"]["source"] == f"parent {parent.encoder_id}"
 
 
 def test_int8_ahcl_serves_from_its_own_collection(ahcl_pair, sample_images, tmp_path):

@@ -7,12 +7,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.train
 
-from rsir_sdk.archive import open_archive  # noqa: E402
-from rsir_train.onnx_export import ImageHashEncoder  # noqa: E402
-from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 from rsir_sdk import Bundle, Encoder, Retriever  # noqa: E402
+from rsir_sdk.archive import open_archive  # noqa: E402
 from rsir_sdk.images import load_image  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
+from rsir_train.onnx_export import ImageHashEncoder  # noqa: E402
+from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 
 
 def torch_reference(result, prepared: np.ndarray):

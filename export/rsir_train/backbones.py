@@ -29,6 +29,14 @@ __all__ = ["BACKBONES", "Backbone", "BackboneError", "EfficientNetLite0", "ResNe
            "load_resnet18", "resnet18_weights_path", "stage_modules"]
 
 
+def input_preprocess(mean: list[float], std: list[float], *, resize: int | None = 256,
+                     crop: int = 224) -> dict[str, Any]:
+    """A backbone's default preprocessing: shorter side to ``resize`` (``None``: straight to the
+    crop), centre ``crop`` x ``crop``, bilinear, then ``(x / 255 - mean) / std``."""
+    return {"resize": resize, "crop": [crop, crop], "interpolation": "bilinear", "mean": mean,
+            "std": std}
+
+
 class Backbone(nn.Module):
     """Base class: stages ``0..num_blocks`` (stem + blocks), then :meth:`head` → ``(N, out_dim)``."""
 
@@ -98,13 +106,7 @@ class SmallCNN(Backbone):
     """Four conv-BN-ReLU-pool blocks (16-32-64-96 channels); random init; for tests only."""
 
     name = "small_cnn"
-    preprocess = {
-        "resize": None,
-        "crop": [64, 64],
-        "interpolation": "bilinear",
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
-    }
+    preprocess = input_preprocess([0.5, 0.5, 0.5], [0.25, 0.25, 0.25], resize=None, crop=64)
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96)):
         super().__init__()
@@ -194,13 +196,7 @@ class EfficientNetLite0(Backbone):
     name = "efficientnet_lite0"
     out_dim = 1280
     # the Lite models were trained on (x - 127) / 128, i.e. mean 127/255, std 128/255
-    preprocess = {
-        "resize": 256,
-        "crop": [224, 224],
-        "interpolation": "bilinear",
-        "mean": [127.0 / 255] * 3,
-        "std": [128.0 / 255] * 3,
-    }
+    preprocess = input_preprocess([127.0 / 255] * 3, [128.0 / 255] * 3)
 
     def __init__(self) -> None:
         super().__init__()
@@ -300,13 +296,7 @@ class ResNet18(Backbone):
 
     name = "resnet18"
     out_dim = 512
-    preprocess = {
-        "resize": 256,
-        "crop": [224, 224],
-        "interpolation": "bilinear",
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    }
+    preprocess = input_preprocess([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # torchvision
 
     def __init__(self) -> None:
         super().__init__()

@@ -48,9 +48,11 @@ class _Parser(argparse.ArgumentParser):
 def bits_type(text: str) -> int:
     """``--bits``: a multiple of 8 in 8..32768 (the code lengths Milvus stores)."""
     try:
-        return validate_bits(int(text))
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    try:
+        return validate_bits(value)
     except CodeLengthError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -34,7 +34,7 @@ def metric_key(protocol: str, topk: int = MILAN_TOPK) -> str:
 
 def evaluate_protocols(
     bundle: str | os.PathLike,
-    data: str | os.PathLike,
+    data: str | os.PathLike | None = None,
     protocols: Sequence[str] = ("milan",),
     *,
     uri: str | None = None,
@@ -44,6 +44,7 @@ def evaluate_protocols(
 ) -> dict[str, Any]:
     """Evaluate ``bundle`` on its own split of the archive ``data`` under each protocol.
 
+    ``data``: the archive folder or CSV manifest; default the one the bundle records.
     ``uri``: the Milvus to search (default a temporary Milvus Lite file); each protocol gets
     its own collection ``eval_<protocol>_<method>_<bits>_<encoder_id>`` there. Returns
     ``{"milan_map@20": ..., "milan_map@20_reference": ..., "milvus_agrees_milan": True,

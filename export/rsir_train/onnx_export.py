@@ -1,5 +1,9 @@
 """Export a trained hashing network to ONE ONNX graph: uint8 NHWC RGB images → embedding, codes.
 
+Both methods export through :func:`export_onnx` (AHCL with threshold 0, MiLAN with 0.5); graph
+rewrites that need the bundle's fixed input size live in :mod:`rsir_train.graph`, shared with
+quantization.
+
 The graph holds the preprocessing that follows the crop (``/255``, mean/std, NHWC → NCHW) and
 the bit packing (big-endian: ``(u > threshold)`` × ``[128, 64, …, 1]`` summed per byte, cast to
 uint8), so an edge device only decodes, resizes and crops. Legacy exporter (``dynamo=False``),
@@ -65,11 +69,13 @@ def export_onnx(
     enc = ImageHashEncoder(net, normalize, bits, threshold).eval().cpu()
     dummy = torch.zeros(2, height, width, 3, dtype=torch.uint8)
     buf = io.BytesIO()
-    # the legacy exporter warns about constant folding and its own deprecation on every call;
-    # neither changes the graph, and parity is checked by the tests
+    # the legacy exporter warns about constant folding and its own deprecation on every call, and
+    # the tracer about "same" padding computed from the input shape (the bundle fixes that
+    # shape); none changes the graph, and parity is checked by the tests
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             enc,
             (dummy,),

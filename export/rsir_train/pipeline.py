@@ -8,8 +8,9 @@ once, through the runtime's own modules (:mod:`rsir_sdk.splits` for the split fi
 ``--data``) and its split (``split.json``) the same way.
 
 A method module (:mod:`rsir_train.ahcl.bundle`, :mod:`rsir_train.milan.bundle`) calls
-:func:`prepare_data`, trains on ``data.archive``/``data.split``, then :func:`write_trained_bundle`
-with its exported model, its :func:`training_record` and, when it has them, database codes.
+:func:`prepare_data`, trains on ``data.archive``/``data.split``, then hands
+:func:`write_trained_bundle` its :class:`BundleContents` (the network, its
+:func:`training_record` and, for asymmetric methods, the learned database codes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -32,8 +33,10 @@ from .dataset import check_images, open_training_archive, skipped
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainingData", "bundle_manifest", "prepare_data", "recorded_archive",
+__all__ = ["BundleContents", "TrainingData", "prepare_data", "recorded_archive", "train_bundle",
            "training_record", "versions", "write_trained_bundle"]
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -125,29 +128,40 @@ def training_record(
     return record
 
 
-def bundle_manifest(
-    *,
-    method: str,
-    bits: int,
-    code_threshold: float,
-    preprocess: Mapping[str, Any],
-    classes: list[str],
-    symmetric: bool,
-    training: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The manifest of a trained (not derived) bundle; :func:`write_trained_bundle` completes it."""
-    return {
-        "method": method,
-        "bits": int(bits),
-        "code_threshold": float(code_threshold),
-        "bit_order": "big",
-        "preprocess": {k: preprocess[k] for k in
-                       ("resize", "crop", "interpolation", "scale", "mean", "std")},
-        "classes": list(classes),
-        "symmetric": symmetric,
-        "training": dict(training),
-        "parent": None,
-    }
+@dataclass
+class BundleContents:
+    """What a method puts into its bundle: the network to export and the manifest's facts.
+
+    ``net`` maps normalised NCHW images to the embedding (or ``(embedding, logits)``);
+    ``database`` holds learned codes (``codes``, ``ids``, ``labels``, ``paths``, ``kind``) for
+    asymmetric methods (AHCL) and is ``None`` for symmetric ones (MiLAN).
+    """
+
+    method: str
+    net: Any
+    normalize: Any
+    bits: int
+    code_threshold: float
+    preprocess: Mapping[str, Any]
+    classes: list[str]
+    training: Mapping[str, Any]
+    doc: str = ""
+    database: Mapping[str, Any] | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest of this trained (not derived) bundle; the writer completes it."""
+        return {
+            "method": self.method,
+            "bits": int(self.bits),
+            "code_threshold": float(self.code_threshold),
+            "bit_order": "big",
+            "preprocess": {k: self.preprocess[k] for k in
+                           ("resize", "crop", "interpolation", "scale", "mean", "std")},
+            "classes": list(self.classes),
+            "symmetric": self.database is None,
+            "training": dict(self.training),
+            "parent": None,
+        }
 
 
 def recorded_archive(data: TrainingData) -> dict[str, Any]:
@@ -159,13 +173,39 @@ def recorded_archive(data: TrainingData) -> dict[str, Any]:
 
 
 def write_trained_bundle(
-    out_dir: str | os.PathLike,
-    model: Any,
-    manifest: Mapping[str, Any],
-    data: TrainingData,
-    database: Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike, contents: BundleContents, data: TrainingData
 ) -> dict[str, Any]:
-    """Write the bundle through :func:`rsir_sdk.bundle_writer.write_bundle`, with its split and
-    archive; returns the manifest as written."""
-    return write_bundle(out_dir, model, manifest, database, split=data.split,
-                        archive=recorded_archive(data))
+    """Export ``contents.net`` to ONNX (preprocessing and bit packing inside) and write the
+    bundle through :func:`rsir_sdk.bundle_writer.write_bundle`, with the split and the archive
+    record; returns the manifest as written."""
+    from rsir_sdk.preprocess import crop_size
+
+    from .onnx_export import export_onnx
+
+    h, w = crop_size(contents.preprocess)
+    model = export_onnx(contents.net, contents.normalize, contents.bits, h, w,
+                        contents.code_threshold, doc=contents.doc)
+    return write_bundle(out_dir, model, contents.manifest(), contents.database,
+                        split=data.split, archive=recorded_archive(data))
+
+
+def train_bundle(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int,
+    train: Callable[[TrainingData], R],
+    contents: Callable[[R, TrainingData], BundleContents],
+    split_file: str | os.PathLike | None = None,
+    protocol: str = "80-20",
+    skip_corrupt: bool = False,
+) -> tuple[R, dict[str, Any], TrainingData]:
+    """The whole job for any method: archive → checked images → split → ``train`` → bundle.
+
+    ``train(data)`` returns the method's result; ``contents(result, data)`` says what goes into
+    the bundle. Returns ``(result, manifest as written, data)``.
+    """
+    prepared = prepare_data(data, split_file=split_file, protocol=protocol, seed=seed,
+                            skip_corrupt=skip_corrupt)
+    result = train(prepared)
+    return result, write_trained_bundle(out_dir, contents(result, prepared), prepared), prepared

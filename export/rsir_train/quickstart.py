@@ -53,9 +53,10 @@ def _reusable(bundle_dir: Path, args: argparse.Namespace, data: Path) -> tuple[B
     t = b.manifest.get("training") or {}
     archive = b.manifest.get("archive") or {}
     asked = {"method": "ahcl", "bits": args.bits, "backbone": args.backbone, "seed": args.seed,
-             "archive": str(data.absolute())}
+             "outer": args.outer, "archive": str(data.absolute())}
     found = {"method": b.method, "bits": b.bits, "backbone": t.get("backbone"),
-             "seed": t.get("seed"), "archive": archive.get("manifest") or archive.get("root")}
+             "seed": t.get("seed"), "outer": (t.get("hyperparameters") or {}).get("outer"),
+             "archive": archive.get("manifest") or archive.get("root")}
     differ = [k for k in asked if asked[k] != found[k]]
     if differ:
         return None, "the bundle there was trained with other settings (" + ", ".join(

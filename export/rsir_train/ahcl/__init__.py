@@ -5,7 +5,7 @@
 - :mod:`.bundle`: :func:`train_ahcl_bundle` (archive → split → train → bundle with V).
 """
 
-from .bundle import build_ahcl_bundle, train_ahcl_bundle
+from .bundle import ahcl_contents, train_ahcl_bundle
 from .trainer import AHCLConfig, AHCLResult, train_ahcl
 
-__all__ = ["AHCLConfig", "AHCLResult", "build_ahcl_bundle", "train_ahcl", "train_ahcl_bundle"]
+__all__ = ["AHCLConfig", "AHCLResult", "ahcl_contents", "train_ahcl", "train_ahcl_bundle"]

@@ -6,7 +6,7 @@
 - :mod:`.bundle`: :func:`train_milan_bundle` (archive → split → features → head → bundle).
 """
 
-from .bundle import build_milan_bundle, split_protocol_name, train_milan_bundle
+from .bundle import milan_contents, split_protocol_name, train_milan_bundle
 from .model import (
     CODE_THRESHOLD,
     MilanHead,
@@ -30,7 +30,7 @@ __all__ = [
     "MilanResult",
     "TripletSampler",
     "balance_loss",
-    "build_milan_bundle",
+    "milan_contents",
     "milan_codes",
     "milan_loss",
     "mine_triplets",

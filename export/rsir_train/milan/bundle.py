@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from rsir_sdk.preprocess import crop_size
 from rsir_sdk.splits import Split
 
-from ..onnx_export import export_onnx
-from ..pipeline import TrainingData, bundle_manifest, prepare_data, training_record, write_trained_bundle
+from ..pipeline import BundleContents, TrainingData, train_bundle, training_record
 from ..trainer import Progress
 from .model import CODE_THRESHOLD
 from .trainer import MilanConfig, MilanResult, train_milan
 
-__all__ = ["EVAL_FOR_SPLIT", "build_milan_bundle", "split_protocol_name", "train_milan_bundle"]
+__all__ = ["EVAL_FOR_SPLIT", "milan_contents", "split_protocol_name", "train_milan_bundle"]
 
 #: split protocol -> the evaluation protocol it was drawn for
 EVAL_FOR_SPLIT = {"60-40": "milan", "80-20": "ahcl", "50-50": "ahcl"}
@@ -34,18 +32,10 @@ def split_protocol_name(split: Split) -> str:
     return f"{EVAL_FOR_SPLIT.get(split.protocol, 'custom')}-{split.protocol}"
 
 
-def build_milan_bundle(
-    result: MilanResult,
-    out_dir: str | os.PathLike,
-    data: TrainingData,
-    *,
-    extra_training: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Export ``result``'s net (codes ``b > 0.5``) and write a symmetric bundle, no database."""
+def milan_contents(result: MilanResult, data: TrainingData,
+                   extra_training: Mapping[str, Any] | None = None) -> BundleContents:
+    """The MiLAN bundle: the encoder (codes ``b > 0.5``), symmetric, no database codes."""
     cfg = result.config
-    h, w = crop_size(result.preprocess)
-    model = export_onnx(result.net, result.normalize, cfg.bits, h, w, CODE_THRESHOLD,
-                        doc=f"rsir-sdk MiLAN {cfg.bits}-bit encoder ({cfg.backbone}, frozen)")
     training = training_record(
         data, protocol=split_protocol_name(data.split), seed=cfg.params.seed,
         backbone=cfg.backbone, pretrained=cfg.pretrained,
@@ -59,10 +49,11 @@ def build_milan_bundle(
                "head_seconds": round(result.head_seconds, 1),
                "feature_cache": result.feature_cache, **(extra_training or {})},
     )
-    manifest = bundle_manifest(method="milan", bits=cfg.bits, code_threshold=CODE_THRESHOLD,
-                               preprocess=result.preprocess, classes=result.classes,
-                               symmetric=True, training=training)
-    return write_trained_bundle(out_dir, model, manifest, data)
+    return BundleContents(
+        method="milan", net=result.net, normalize=result.normalize, bits=cfg.bits,
+        code_threshold=CODE_THRESHOLD, preprocess=result.preprocess, classes=result.classes,
+        training=training, doc=f"rsir-sdk MiLAN {cfg.bits}-bit encoder ({cfg.backbone}, frozen)",
+    )
 
 
 def train_milan_bundle(
@@ -70,19 +61,18 @@ def train_milan_bundle(
     out_dir: str | os.PathLike,
     config: MilanConfig,
     *,
-    split_file: str | os.PathLike | None = None,
-    protocol: str = "60-40",
-    skip_corrupt: bool = False,
     progress: Progress | None = None,
     extra_training: Mapping[str, Any] | None = None,
+    **split: Any,
 ) -> tuple[MilanResult, dict[str, Any], TrainingData]:
     """The whole job: archive → checked images → split → features → head → bundle at ``out_dir``.
 
-    The split is read from ``split_file`` when it exists, else drawn with ``protocol`` and the
-    head's seed (and written there). Returns ``(result, manifest, data)``.
+    ``split``: ``split_file``, ``protocol`` (default ``60-40``, MiLAN's), ``skip_corrupt`` (see
+    :func:`rsir_train.pipeline.prepare_data`); the split is seeded by the head's seed. Returns
+    ``(result, manifest, data)``.
     """
-    prepared = prepare_data(data, split_file=split_file, protocol=protocol,
-                            seed=config.params.seed, skip_corrupt=skip_corrupt)
-    result = train_milan(prepared.archive, prepared.split, config, progress=progress)
-    manifest = build_milan_bundle(result, out_dir, prepared, extra_training=extra_training)
-    return result, manifest, prepared
+    return train_bundle(
+        data, out_dir, seed=config.params.seed, **{"protocol": "60-40", **split},
+        train=lambda d: train_milan(d.archive, d.split, config, progress=progress),
+        contents=lambda r, d: milan_contents(r, d, extra_training),
+    )
