@@ -103,7 +103,6 @@ def _setup_logging(level: str, secrets: Sequence[str | None]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the service until SIGTERM/SIGINT; returns the exit status."""
     secrets = [args.read_token, args.write_token, args.token]
-    _setup_logging(args.log_level, secrets)
     try:
         config = config_from(args)
     except ValueError as exc:
@@ -118,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
               f"token: set RSIR_READ_TOKEN / RSIR_WRITE_TOKEN, or pass --insecure to serve "
               f"anyone who can reach it", file=sys.stderr)
         return EXIT_USAGE
+    _setup_logging(args.log_level, secrets)
     try:
         retriever = open_retriever(args)
     except RsirError as exc:
@@ -126,9 +126,8 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     app = create_app(retriever, config)
-    log.info("rsir serve: %s collection %s at %s on http://%s:%d (auth: %s)",
-             retriever.bundle.method, retriever.store.collection, redact_uri(args.uri),
-             args.host, args.port, app.state.service.auth.describe())
+    log.info("rsir serve: %s collection %s at %s (auth: %s)", retriever.bundle.method,
+             retriever.store.collection, redact_uri(args.uri), app.state.service.auth.describe())
     return serve_app(app, args.host, args.port, grace=config.request_timeout + 5)
 
 
@@ -167,8 +166,16 @@ def serve_app(app: Any, host: str, port: int, grace: float = 35.0) -> int:
                             timeout_graceful_shutdown=grace, server_header=False,
                             lifespan="on")
     server = _graceful_server(config)
+    # uvicorn puts back the handlers it found once it has shut down: make those ignore a late
+    # repeat of the signal, so that the process, already closing, still exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _late_signal)
     server.run()
     return EXIT_OK if server.started else EXIT_ERROR
+
+
+def _late_signal(sig: int, frame: Any) -> None:
+    log.info("signal %d received while exiting: ignored", sig)
 
 
 def _graceful_server(config: Any) -> Any:

@@ -45,10 +45,13 @@ async def hit_image(request: Request, path: str) -> Response:
 async def metrics(request: Request) -> PlainTextResponse:
     service = service_of(request)
     gate = service.gate
-    try:
-        await service.gate.run(service.refresh_count, timeout=5.0)
-    except Exception:  # busy or slow store: serve the last known count
-        pass
+    if gate.running < gate.concurrency and gate.waiting == 0:
+        # only when a worker is free: a scrape must never queue behind searches (the count is
+        # also refreshed after every write this service makes)
+        try:
+            await gate.run(service.refresh_count, timeout=2.0)
+        except Exception:  # busy or slow store: serve the last known count
+            pass
     text = service.metrics.render({
         "rsir_work_running": gate.running,
         "rsir_work_waiting": gate.waiting,
