@@ -83,6 +83,10 @@ def test_auth_limits_and_error_kinds(http, served, main_server):
     chunks = (big[i:i + 8192] for i in range(0, len(big), 8192))   # no Content-Length: counted
     r = http.post("/v1/search", content=chunks, headers=auth(READ))
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLargeError"
+    chunks = (b'{"ids": [' + b'"x",' * 20000 + b'"y"]}' for _ in range(1))  # a JSON route too
+    r = http.post("/v1/items/delete", content=chunks,
+                  headers={**auth(WRITE), "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLargeError"
     for k in (0, 101, -3):
         r = http.post("/v1/search", params={"k": k}, content=q, headers=auth(READ))
         assert r.status_code == 422 and r.json()["error"] == "ValueError", r.text

@@ -19,7 +19,9 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-from .errors import PayloadTooLargeError, ServiceBusyError, ServiceTimeoutError, error_body
+from starlette.exceptions import HTTPException
+
+from .errors import ServiceBusyError, ServiceTimeoutError, error_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -139,7 +141,8 @@ class BodyLimitMiddleware:
             if message.get("type") == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLargeError(_too_large(limit, None), 413, "PayloadTooLargeError")
+                    # an HTTPException: FastAPI passes it through its own body parsing unchanged
+                    raise HTTPException(413, _too_large(limit, None))
             return message
 
         await self.app(scope, limited_receive, send)
