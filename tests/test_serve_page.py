@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 
 def test_page_searches_by_upload(main_server, served, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api   # a dev dependency: missing it is a failure, not a skip
+
     query = served.expected["queries"][1]
     label = query.parent.name
     foreign: list[str] = []

@@ -163,7 +163,7 @@ def serve_app(app: Any, host: str, port: int, grace: float = 35.0) -> int:
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=grace, server_header=False,
+                            timeout_graceful_shutdown=int(grace + 0.999), server_header=False,
                             lifespan="on")
     server = _graceful_server(config)
     # uvicorn puts back the handlers it found once it has shut down: make those ignore a late

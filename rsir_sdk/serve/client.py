@@ -45,14 +45,11 @@ RETRY_STATUS = 503
 
 
 def _stored_item_class() -> Any:
-    try:
-        from .. import StoredItem  # after the layout refactor
+    """``rsir_sdk.StoredItem`` (exported there after the layout refactor), else the store's."""
+    import importlib
 
-        return StoredItem
-    except ImportError:
-        from ..store import StoredItem
-
-        return StoredItem
+    top = importlib.import_module("rsir_sdk")
+    return getattr(top, "StoredItem", None) or importlib.import_module("rsir_sdk.store").StoredItem
 
 
 class RemoteRetriever:
@@ -179,6 +176,12 @@ class RemoteRetriever:
                 f"{self.encoder.bundle.encoder_id} ({self.encoder.bits} bits). Codes of "
                 f"different encoders are not comparable: use the bundle the service runs")
 
+    def _encode(self, images: list[Any]) -> np.ndarray:
+        assert self.encoder is not None
+        codes = self.encoder.encode(images)
+        assert isinstance(codes, np.ndarray)
+        return codes
+
     def _encoder_header(self) -> dict[str, str]:
         return {ENCODER_HEADER: self.encoder.bundle.encoder_id} if self.encoder else {}
 
@@ -206,7 +209,7 @@ class RemoteRetriever:
                radius: int | None = None) -> list[Hit]:
         """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL)."""
         if self.encoder is not None:
-            return self.search_codes(self.encoder.encode([img]), k, filter, radius)[0]
+            return self.search_codes(self._encode([img]), k, filter, radius)[0]
         params = self._options(k, filter, radius)
         if isinstance(img, str) and img.lower().startswith(("http://", "https://")):
             payload = self._request("POST", "/v1/search", json_body={"url": img, **_jsonable(params)})
@@ -222,7 +225,7 @@ class RemoteRetriever:
         """Top-``k`` for each image, in order (uploads split by the service's max batch)."""
         imgs = list(imgs)
         if self.encoder is not None:
-            return self.search_codes(self.encoder.encode(imgs), k, filter, radius)
+            return self.search_codes(self._encode(imgs), k, filter, radius)
         params = self._options(k, filter, radius)
         out: list[list[Hit]] = []
         for part in self._chunks(len(imgs), int(self._limits()["max_batch"])):
@@ -271,7 +274,7 @@ class RemoteRetriever:
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} ids")
         if self.encoder is not None:
-            return self.add_codes(self.encoder.encode(images), ids, labels, paths, metadata)
+            return self.add_codes(self._encode(images), ids, labels, paths, metadata)
         written = 0
         for part in self._chunks(len(images), int(self._limits()["max_batch"])):
             form = {"ids": json.dumps(ids[part])}

@@ -21,7 +21,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -33,6 +33,7 @@ from ..images import fetch_url
 from .config import ServeConfig
 from .errors import InvalidRequestError, one_line
 
+M = TypeVar("M", bound=BaseModel)
 FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_FILTER_VALUES = 1000
 
@@ -64,7 +65,7 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def parse_model(model: type[BaseModel], data: Any) -> BaseModel:
+def parse_model(model: type[M], data: Any) -> M:
     """Validate JSON data against ``model``; a 422 naming the first bad field otherwise."""
     try:
         return model.model_validate(data)

@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from .auth import READ, WRITE
@@ -105,7 +106,7 @@ def errors_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorOut, "description": text.get(s, "error")} for s in statuses}
 
 
-def multi_body(json_model: type, *, binary: Iterable[str] = ("image/*", "application/octet-stream"),
+def multi_body(json_model: type[BaseModel], *, binary: Iterable[str] = ("image/*", "application/octet-stream"),
                form: dict[str, Any] | None = None, binary_doc: str = "one image file") -> dict:
     """``openapi_extra`` for a route taking JSON, multipart and raw-bytes bodies."""
     content: dict[str, Any] = {"application/json": {"schema": json_model.model_json_schema()}}
