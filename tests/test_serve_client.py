@@ -3,7 +3,12 @@ in-process `Retriever`; with a local bundle (the edge path) only packed codes tr
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -11,7 +16,7 @@ import pytest
 from PIL import Image
 
 pytest.register_assert_rewrite("serve_support")
-from serve_support import READ, WRITE  # noqa: E402
+from serve_support import READ, ROOT, WRITE  # noqa: E402
 
 from rsir_sdk.errors import (  # noqa: E402
     CodeLengthError,
@@ -129,3 +134,31 @@ def test_connection_errors_are_retried_then_raised():
     with pytest.raises(ServiceConnectionError, match="after 3 attempts") as err:
         r.count()
     assert isinstance(err.value, ConnectionError) and time.perf_counter() - t0 < 5
+
+
+EDGE = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        # an edge box: no server side, no Milvus client, no training stack
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "pymilvus", "milvus_lite",
+                                      "grpc", "torch", "onnx", "export", "multipart"}:
+                raise ImportError(f"{name} is not installed on this edge box")
+
+    sys.meta_path.insert(0, Block())
+    from rsir_sdk.serve.client import RemoteRetriever
+    with RemoteRetriever(sys.argv[1], token=sys.argv[2], bundle=sys.argv[3]) as r:
+        hits = r.search(sys.argv[4], k=3)
+        print(json.dumps({"ids": [h.id for h in hits], "sent": r.last_request_bytes}))
+""")
+
+
+def test_edge_client_runs_without_the_server_stack(main_server, served):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    q = served.expected["queries"][3]
+    out = subprocess.run([sys.executable, "-c", EDGE, main_server.url, READ, str(served.bundle), str(q)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"ids": [h.id for h in served.expected["search"][3][:3]], "sent": 8}
