@@ -17,7 +17,7 @@ from serve_support import COLLECTION, ServerProcess, copy_db  # noqa: E402
 
 from rsir_sdk import errors as core  # noqa: E402
 from rsir_sdk.serve import cli  # noqa: E402
-from rsir_sdk.serve.auth import READ, WRITE, RedactingFilter, TokenAuth, is_loopback, redact_uri  # noqa: E402
+from rsir_sdk.serve.auth import READ, WRITE, RedactingFilter, TokenAuth, is_loopback, redact_text, redact_uri  # noqa: E402
 from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
 from rsir_sdk.serve.errors import (  # noqa: E402
     AuthenticationError,
@@ -148,6 +148,7 @@ def test_token_rules():
 def test_secrets_are_redacted():
     assert redact_uri("http://root:Milvus@db:19530") == "http://***@db:19530"
     assert redact_uri("./rsir.db") == "./rsir.db"
+    assert redact_text("Milvus at https://u:p@h:443/x did not answer") == "Milvus at https://***@h:443/x did not answer"
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s and Authorization: Bearer abc",
                                ("s3cret-token",), None)
     RedactingFilter(["s3cret-token"]).filter(record)

@@ -110,8 +110,17 @@ def redact_uri(uri: str) -> str:
     >>> redact_uri("http://root:Milvus@db:19530?token=abc")
     'http://***@db:19530?token=***'
     """
-    out = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", uri)
-    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&]*", r"\1***", out)
+    return redact_text(uri)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with credentials inside any URL it holds replaced by ``***``.
+
+    >>> redact_text("cannot connect to Milvus at http://root:Milvus@db:19530: refused")
+    'cannot connect to Milvus at http://***@db:19530: refused'
+    """
+    out = re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
+    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&\s]*", r"\1***", out)
 
 
 class RedactingFilter(logging.Filter):
@@ -126,13 +135,11 @@ class RedactingFilter(logging.Filter):
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         try:
             text = record.getMessage()
         except Exception:  # a malformed record: leave it to the handler
             return True
-        redacted = text
+        redacted = redact_text(text)
         for s in self.secrets:
             redacted = redacted.replace(s, "***")
         redacted = re.sub(r"(?i)(authorization:\s*bearer\s+)\S+", r"\1***", redacted)

@@ -87,11 +87,13 @@ class RemoteRetriever:
             self.encoder = Encoder(bundle, providers=providers, threads=threads)
             self._check_encoder()
         if collection is not None and self.info()["collection"] != collection:
+            from .. import errors as core_errors
             from .errors import NotFoundError
 
-            raise NotFoundError(
-                f"the service at {self.url} serves collection {self.info()['collection']!r}, "
-                f"not {collection!r}", 404, "NotFoundError")
+            message = (f"the service at {self.url} serves collection "
+                       f"{self.info()['collection']!r}, not {collection!r}")
+            missing = getattr(core_errors, "CollectionNotFoundError", None)  # after the refactor
+            raise missing(message) if missing else NotFoundError(message, 404, "NotFoundError")
 
     # ----------------------------------------------------------------- transport
     def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from .auth import READ, WRITE
+from .auth import READ, WRITE, redact_text
 from .errors import ServiceBusyError, classify, error_body, one_line
 from .service import Service
 
@@ -37,7 +37,7 @@ def error_response(exc: BaseException, service: Service | None = None) -> JSONRe
         log.error("internal error: %s", one_line(exc), exc_info=exc)
         message = "internal error: the service logged the details"
     else:
-        message = str(exc)
+        message = redact_text(str(exc))   # a store error may quote the Milvus URI
         level = logging.WARNING if status >= 500 else logging.INFO
         log.log(level, "%s (%d): %s", kind, status, one_line(message, 200))
     headers = {}
