@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 
 def test_page_searches_by_upload(main_server, served, tmp_path):
-    from playwright import sync_api   # a dev dependency: missing it is a failure, not a skip
+    from playwright import sync_api  # a dev dependency: missing it is a failure, not a skip
 
     query = served.expected["queries"][1]
     label = query.parent.name
