@@ -117,13 +117,18 @@ def run(args: argparse.Namespace) -> int:
               f"token: set RSIR_READ_TOKEN / RSIR_WRITE_TOKEN, or pass --insecure to serve "
               f"anyone who can reach it", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        from .app import create_app
+    except ImportError as exc:
+        print(f"rsir serve needs the serve extra (pip install 'rsir-sdk[serve]'): {exc}",
+              file=sys.stderr)
+        return EXIT_ERROR
     _setup_logging(args.log_level, secrets)
     try:
         retriever = open_retriever(args)
     except RsirError as exc:
         print(f"rsir serve: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_ERROR
-    from .app import create_app
 
     app = create_app(retriever, config)
     log.info("rsir serve: %s collection %s at %s (auth: %s)", retriever.bundle.method,
