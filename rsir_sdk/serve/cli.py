@@ -1,0 +1,209 @@
+"""``rsir serve``: run the HTTP service for one collection.
+
+    rsir serve BUNDLE --uri ./rsir.db --collection scenes [--host 127.0.0.1] [--port 8000]
+               [--read-token T | $RSIR_READ_TOKEN] [--write-token T | $RSIR_WRITE_TOKEN]
+               [--archive-root DIR] [--max-upload-bytes N] [--max-k N] [--max-batch N]
+               [--request-timeout S] [--concurrency N] [--max-queue N] [--insecure]
+
+The lead wires this module into the ``rsir`` command (:func:`add_arguments`, :func:`run`);
+``python -m rsir_sdk.serve`` runs it on its own. Exit status: 0 after a clean shutdown
+(SIGTERM or Ctrl-C: in-flight requests finish, then the store closes); 1 when the bundle or
+collection cannot be opened; 2 for arguments that do not fit (a non-loopback host without a
+token and without ``--insecure``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import RsirError
+from .auth import RedactingFilter, is_loopback, redact_uri
+from .config import ServeConfig
+
+log = logging.getLogger("rsir_sdk.serve")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``rsir serve`` arguments."""
+    d = ServeConfig()
+    p.add_argument("bundle", help="model bundle folder (the encoder the collection was filled with)")
+    p.add_argument("--uri", default="./rsir.db",
+                   help="Milvus Lite file (./x.db) or server URL; default %(default)s")
+    p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
+                   help="Milvus token for servers; default $MILVUS_TOKEN (never logged)")
+    p.add_argument("--collection", default=None,
+                   help="collection name (default: <method>_<bits>_<encoder_id>)")
+    p.add_argument("--create", action="store_true",
+                   help="create the collection when it does not exist (default: refuse, so a "
+                        "misspelt name does not serve an empty collection)")
+    g = p.add_argument_group("network and auth")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind; default %(default)s")
+    g.add_argument("--port", type=int, default=8000, help="port; default %(default)s (0: any free)")
+    g.add_argument("--read-token", default=os.environ.get("RSIR_READ_TOKEN"),
+                   help="bearer token for reads; default $RSIR_READ_TOKEN (prefer the "
+                        "environment: arguments show in ps)")
+    g.add_argument("--write-token", default=os.environ.get("RSIR_WRITE_TOKEN"),
+                   help="bearer token for writes (and reads); default $RSIR_WRITE_TOKEN")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow binding a non-loopback address without any token")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes,
+                   help="largest request body (413 above); default %(default)s")
+    g.add_argument("--max-k", type=int, default=d.max_k, help="largest k; default %(default)s")
+    g.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="most images per request; default %(default)s")
+    g.add_argument("--max-codes", type=int, default=d.max_codes,
+                   help="most codes or ids per request; default %(default)s")
+    g.add_argument("--request-timeout", type=float, default=d.request_timeout,
+                   help="seconds of work per request (504 after); default %(default)s")
+    g.add_argument("--concurrency", type=int, default=d.concurrency,
+                   help="retriever calls at once (threads); default %(default)s")
+    g.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="requests that may wait (503 + Retry-After beyond); default %(default)s")
+    g.add_argument("--no-urls", action="store_true",
+                   help="refuse image URLs (the service would download them)")
+    g = p.add_argument_group("other")
+    g.add_argument("--archive-root", default=None,
+                   help="folder hit images are served from (GET /v1/image); default: the one "
+                        "the collection records, if any")
+    g.add_argument("--threads", type=int, default=None, help="onnxruntime threads per encode")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def config_from(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`ServeConfig` the arguments ask for (ValueError when they do not fit)."""
+    return ServeConfig(
+        read_token=args.read_token or None, write_token=args.write_token or None,
+        archive_root=Path(args.archive_root) if args.archive_root else None,
+        max_upload_bytes=args.max_upload_bytes, max_k=args.max_k, max_batch=args.max_batch,
+        max_codes=args.max_codes, request_timeout=args.request_timeout,
+        concurrency=args.concurrency, max_queue=args.max_queue, allow_urls=not args.no_urls,
+    )
+
+
+def _setup_logging(level: str, secrets: Sequence[str | None]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "pymilvus", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit status."""
+    secrets = [args.read_token, args.write_token, args.token]
+    try:
+        config = config_from(args)
+    except ValueError as exc:
+        print(f"rsir serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.read_token and args.read_token == args.write_token:
+        print("rsir serve: the read and write tokens must differ", file=sys.stderr)
+        return EXIT_USAGE
+    if not is_loopback(args.host) and not (config.read_token or config.write_token) \
+            and not args.insecure:
+        print(f"rsir serve: refusing to serve on {args.host} (not a loopback address) without a "
+              f"token: set RSIR_READ_TOKEN / RSIR_WRITE_TOKEN, or pass --insecure to serve "
+              f"anyone who can reach it", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from .app import create_app
+    except ImportError as exc:
+        print(f"rsir serve needs the serve extra (pip install 'rsir-sdk[serve]'): {exc}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    _setup_logging(args.log_level, secrets)
+    try:
+        retriever = open_retriever(args)
+    except RsirError as exc:
+        print(f"rsir serve: {redact(str(exc), secrets)}", file=sys.stderr)
+        return EXIT_ERROR
+
+    app = create_app(retriever, config)
+    log.info("rsir serve: %s collection %s at %s (auth: %s)", retriever.bundle.method,
+             retriever.store.collection, redact_uri(args.uri), app.state.service.auth.describe())
+    return serve_app(app, args.host, args.port, grace=config.request_timeout + 5)
+
+
+def open_retriever(args: argparse.Namespace):
+    """The Retriever for the arguments; refuses a missing collection unless ``--create``."""
+    from ..bundle import Bundle
+    from ..errors import StoreError
+    from ..retriever import Retriever
+    from ..store import list_collections
+
+    bundle = Bundle.load(args.bundle)
+    name = args.collection or f"{bundle.method}_{bundle.bits}_{bundle.encoder_id}"
+    if not args.create:
+        lite_file_missing = "://" not in args.uri and not Path(args.uri).exists()
+        if lite_file_missing or name not in list_collections(args.uri, args.token):
+            raise StoreError(
+                f"collection {name!r} does not exist at {redact_uri(args.uri)}: fill it first "
+                f"(rsir index), or pass --create to serve a new, empty one")
+    return Retriever(bundle, uri=args.uri, collection=name, token=args.token,
+                     threads=args.threads)
+
+
+def redact(text: str, secrets: Sequence[str | None]) -> str:
+    """``text`` with each secret replaced by ``***``."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+def serve_app(app: Any, host: str, port: int, grace: float = 35.0) -> int:
+    """Run ``app`` with uvicorn; SIGTERM/SIGINT shut down gracefully and return 0."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=int(grace + 0.999), server_header=False,
+                            lifespan="on")
+    server = _graceful_server(config)
+    # uvicorn puts back the handlers it found once it has shut down: make those ignore a late
+    # repeat of the signal, so that the process, already closing, still exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _late_signal)
+    server.run()
+    return EXIT_OK if server.started else EXIT_ERROR
+
+
+def _late_signal(sig: int, frame: Any) -> None:
+    log.info("signal %d received while exiting: ignored", sig)
+
+
+def _graceful_server(config: Any) -> Any:
+    """uvicorn's Server, except that a handled SIGTERM/SIGINT ends with exit status 0.
+
+    uvicorn re-raises the signal it shut down for once it has finished (so the process would
+    die by that signal after the clean shutdown); a service manager should see 0 instead.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig in (signal.SIGTERM, signal.SIGINT) and captured and sig in captured:
+                captured.remove(sig)  # graceful shutdown: do not re-raise it afterwards
+
+    return Server(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rsir_sdk.serve ...``."""
+    parser = argparse.ArgumentParser(prog="rsir serve", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,68 @@
+"""``ServeConfig``: every limit and switch of the service in one validated, frozen object.
+
+The command line (:mod:`rsir_sdk.serve.cli`) fills it from arguments and the environment;
+:func:`rsir_sdk.serve.app.create_app` reads it. Defaults are the safe ones: loopback only, limits
+on, URL fetching on (it is part of the documented API; ``allow_urls=False`` turns it off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    from ..store import MAX_TOPK
+except ImportError:  # pragma: no cover - the store's layout changed: Milvus' own cap
+    MAX_TOPK = 16384
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the service allows and how it protects itself.
+
+    >>> ServeConfig(max_k=50).max_k
+    50
+    """
+
+    #: bearer token that opens reads (see :mod:`rsir_sdk.serve.auth`); None = no read token
+    read_token: str | None = field(default=None, repr=False)
+    #: bearer token that opens writes (and reads); None = no write token
+    write_token: str | None = field(default=None, repr=False)
+    #: folder hit images are served from (``GET /v1/image``); None = the endpoint answers 404
+    archive_root: Path | None = None
+    #: largest request body in bytes (413 above)
+    max_upload_bytes: int = 20 * 1024 * 1024
+    #: largest k of one search (422 above)
+    max_k: int = 1000
+    #: most images in one request (batch search, add images; 422 above)
+    max_batch: int = 32
+    #: most codes or ids in one request (code search, add codes, get, delete; 422 above)
+    max_codes: int = 10000
+    #: seconds one request may spend in the retriever (504 after)
+    request_timeout: float = 30.0
+    #: retriever calls that run at once (threads)
+    concurrency: int = 2
+    #: requests that may wait for a thread; one more gets 503 + Retry-After
+    max_queue: int = 64
+    #: seconds the 503 answers ask clients to wait
+    retry_after: float = 1.0
+    #: whether search/add accept image URLs that the service downloads
+    allow_urls: bool = True
+    #: seconds a URL download may take
+    url_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_k <= MAX_TOPK:
+            raise ValueError(f"max_k must be between 1 and {MAX_TOPK}, got {self.max_k}")
+        for name in ("max_upload_bytes", "max_batch", "max_codes", "concurrency"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.request_timeout <= 0 or self.url_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.archive_root is not None:
+            root = Path(self.archive_root)
+            if not root.is_dir():
+                raise ValueError(f"archive root {root} is not a folder")
+            object.__setattr__(self, "archive_root", root.resolve())

@@ -1,0 +1,274 @@
+"""Read what a request carries: images (multipart, raw body, JSON URL/base64), codes, options.
+
+One endpoint accepts several body kinds, chosen by ``Content-Type``:
+
+- ``multipart/form-data``: image files (any file field, in order; ``image`` by convention) and
+  form fields ``k``, ``radius``, ``filter`` (JSON), ``ids``/``labels``/``paths``/``metadata``
+  (JSON arrays);
+- ``application/json``: the JSON models of :mod:`rsir_sdk.serve.schemas` (URLs or base64);
+- anything else (``image/jpeg``, ``application/octet-stream``...): the body is one image, or for
+  code endpoints the concatenated packed codes (``n * bits/8`` bytes).
+
+``k``, ``radius`` and ``filter`` may also come as query parameters (the raw-body forms have no
+other place for them); body values win. Everything is validated here, before any work is
+queued, and a mistake raises an error whose kind the client maps back to a Python class.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from ..errors import CodeLengthError, ImageLoadError
+from ..images import fetch_url
+from .config import ServeConfig
+from .errors import InvalidRequestError, one_line
+
+M = TypeVar("M", bound=BaseModel)
+FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_FILTER_VALUES = 1000
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image of a request: its bytes, or a URL the worker downloads; ``name`` for errors."""
+
+    name: str
+    data: bytes | None = None
+    url: str | None = None
+
+
+@dataclass
+class Body:
+    """A parsed request: its images or codes, search options and item columns."""
+
+    images: list[ImageInput]
+    fields: dict[str, Any]
+
+
+def invalid(message: str) -> InvalidRequestError:
+    """A 422 ``InvalidRequestError`` with a one-line message."""
+    return InvalidRequestError(one_line(message), 422, "InvalidRequestError")
+
+
+def media_type(request: Request) -> str:
+    """The request's content type without parameters, lower case."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    """Validate JSON data against ``model``; a 422 naming the first bad field otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ())) or "body"
+        raise invalid(f"{where}: {err.get('msg', 'invalid')} ({exc.error_count()} error(s))") from None
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON; a 422 when it is not."""
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"the body is not valid JSON: {exc}") from None
+
+
+def _json_field(value: Any, name: str) -> Any:
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise invalid(f"form field {name!r} must be JSON: {exc}") from None
+
+
+async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]) -> Body:
+    """The images and fields of an image request (search, batch search, add images)."""
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        form = await request.form(max_files=cfg.max_batch + 1, max_fields=64,
+                                  max_part_size=cfg.max_upload_bytes)
+        images, fields = [], {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                images.append(ImageInput(f"upload {value.filename or key!r}", data=data))
+            elif key in fields:
+                raise invalid(f"form field {key!r} given twice")
+            else:
+                fields[key] = value
+        for key in ("filter", "ids", "labels", "paths", "metadata"):
+            if key in fields:
+                fields[key] = _json_field(fields[key], key)
+        if "url" in fields:
+            url = str(fields.pop("url"))
+            images.append(ImageInput(url, url=url))
+        _check_fields(fields, model, extra=("k", "radius"))
+    elif kind == "application/json":
+        data = await read_json(request)
+        parsed = parse_model(model, data).model_dump(exclude_none=True)
+        images = []
+        for key in ("url", "urls"):
+            value = parsed.pop(key, None)
+            for u in ([value] if isinstance(value, str) else value or []):
+                images.append(ImageInput(u, url=u))
+        for key in ("image_base64", "images_base64"):
+            value = parsed.pop(key, None)
+            for i, b in enumerate([value] if isinstance(value, str) else value or []):
+                images.append(ImageInput(f"image_base64[{i}]", data=decode_base64(b, key)))
+        fields = parsed
+    else:
+        data = await request.body()
+        images, fields = [ImageInput(f"<request body, {len(data)} bytes>", data=data)], {}
+    if not images:
+        raise invalid("no image in the request: upload a file, send the image as the body, "
+                      "or give a url / image_base64")
+    if len(images) > cfg.max_batch:
+        raise invalid(f"{len(images)} images in one request; this service takes at most "
+                      f"{cfg.max_batch} (--max-batch): split the request")
+    for img in images:
+        if img.url is not None:
+            if not cfg.allow_urls:
+                raise invalid("this service does not download URLs (started with --no-urls): "
+                              "upload the image instead")
+            if not img.url.lower().startswith(("http://", "https://")):
+                raise ImageLoadError(img.url, "only http:// and https:// URLs are supported")
+        elif not img.data:
+            raise ImageLoadError(img.name, "no data (0 bytes)")
+    return Body(images, fields)
+
+
+def _check_fields(fields: Mapping[str, Any], model: type[BaseModel], extra: Sequence[str]) -> None:
+    allowed = set(model.model_fields) | set(extra)
+    unknown = sorted(set(fields) - allowed - {"url"})
+    if unknown:
+        raise invalid(f"unknown form field(s) {unknown}; this endpoint takes {sorted(allowed)}")
+
+
+def load_bytes(img: ImageInput, cfg: ServeConfig) -> bytes:
+    """The image's bytes, downloading a URL under the upload size and URL time limits.
+
+    Runs in a worker thread (a download blocks).
+    """
+    if img.url is None:
+        assert img.data is not None
+        return img.data
+    return fetch_url(img.url, timeout=cfg.url_timeout, max_bytes=cfg.max_upload_bytes)
+
+
+def decode_base64(text: str, name: str) -> bytes:
+    """Standard or URL-safe base64 to bytes; a 422 when it is neither."""
+    try:
+        s = text.strip()
+        if "-" in s or "_" in s:
+            return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid(f"{name} is not valid base64: {exc}") from None
+
+
+def split_codes(raw: bytes, bits: int) -> np.ndarray:
+    """Concatenated packed codes to ``uint8 (n, bits/8)``; :class:`CodeLengthError` if ragged."""
+    nbytes = bits // 8
+    if not raw:
+        raise CodeLengthError(f"no codes in the request: send n * {nbytes} bytes ({bits}-bit codes)")
+    if len(raw) % nbytes:
+        raise CodeLengthError(
+            f"{len(raw)} bytes is not a whole number of {bits}-bit codes ({nbytes} bytes each): "
+            f"codes from another encoder, or a truncated body")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, nbytes).copy()
+
+
+def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes") -> np.ndarray:
+    """A list of base64 codes to ``uint8 (n, bits/8)``; :class:`CodeLengthError` on a bad length."""
+    nbytes = bits // 8
+    out = np.empty((len(items), nbytes), dtype=np.uint8)
+    for i, text in enumerate(items):
+        raw = decode_base64(text, f"{name}[{i}]")
+        if len(raw) != nbytes:
+            raise CodeLengthError(
+                f"{name}[{i}] has {len(raw)} bytes ({len(raw) * 8} bits); this collection holds "
+                f"{bits}-bit codes ({nbytes} bytes)")
+        out[i] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig,
+                   bits: int) -> tuple[int, dict[str, Any] | None, int | None]:
+    """``(k, filter, radius)`` from the body fields, else the query string; validated."""
+    q = request.query_params
+    unknown = sorted(set(q) - {"k", "filter", "radius"})
+    if unknown:
+        raise invalid(f"unknown query parameter(s) {unknown}; this endpoint takes k, filter, radius")
+    k = fields.get("k", q.get("k", 10))
+    radius = fields.get("radius", q.get("radius"))
+    filt = fields.get("filter", q.get("filter"))
+    k = _int(k, "k")
+    if not 1 <= k <= cfg.max_k:
+        raise ValueError(f"k must be between 1 and {cfg.max_k} (this service's --max-k), got {k}")
+    if radius is not None and radius != "":
+        radius = _int(radius, "radius")
+        if not 0 <= radius <= bits:
+            raise ValueError(f"radius must be between 0 and {bits} (the code length), got {radius}")
+    else:
+        radius = None
+    if isinstance(filt, str):
+        filt = _json_field(filt, "filter") if filt.strip() else None
+    return k, check_filter(filt), radius
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise invalid(f"{name} must be an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise invalid(f"{name} must be an integer, got {one_line(value, 40)!r}") from None
+
+
+def check_filter(filt: Any) -> dict[str, Any] | None:
+    """A dict filter with plain keys and scalar (or list of scalar) values; 422 otherwise.
+
+    String expressions are refused: over HTTP only the dict form, which the store encodes, is
+    accepted, so no client text becomes part of a Milvus expression unescaped.
+    """
+    if filt is None or filt == {}:
+        return None
+    if not isinstance(filt, dict):
+        raise invalid('filter must be a JSON object such as {"label": "Forest"} (expression '
+                      'strings are not accepted over HTTP)')
+    for key, value in filt.items():
+        if not FILTER_KEY.match(str(key)):
+            raise invalid(f"filter key {one_line(key, 40)!r} must be letters, digits or _ "
+                          f"(at most 64, not starting with a digit)")
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_FILTER_VALUES:
+            raise invalid(f"filter {key!r}: a list needs 1..{MAX_FILTER_VALUES} values")
+        for v in values:
+            if not isinstance(v, (str, int, float, bool)):
+                raise invalid(f"filter {key!r}: values must be strings, numbers or booleans")
+    return dict(filt)
+
+
+def column(fields: Mapping[str, Any], name: str, n: int, kind: type = str) -> list | None:
+    """An optional per-item column (``labels``, ``paths``, ``metadata``) of length ``n``."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n:
+        raise invalid(f"{name} must be a list of {n} values (one per item)")
+    for v in value:
+        if v is not None and not isinstance(v, kind):
+            raise invalid(f"{name} must hold {kind.__name__} values")
+    return value

@@ -1,0 +1,154 @@
+"""Item endpoints: add images or codes, get and delete by id, count."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from .inputs import check_filter, codes_from_base64, column, invalid, read_images
+from .routing import (
+    ErrorRoute,
+    errors_doc,
+    item_dict,
+    json_answer,
+    multi_body,
+    require_read,
+    require_write,
+    service_of,
+)
+from .schemas import (
+    AddCodesJSON,
+    AddImagesJSON,
+    CountOut,
+    DeletedOut,
+    IdsJSON,
+    ItemOut,
+    ItemsOut,
+    WrittenOut,
+)
+from .service import ENCODER_HEADER
+
+reads = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(require_read)],
+                  tags=["items"])
+writes = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(require_write)],
+                   tags=["items"])
+
+ADD_FORM = {
+    "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+              "description": "image files, in the order of ids (repeat the field)"},
+    "ids": {"type": "string", "description": 'JSON array of ids, e.g. ["a", "b"]'},
+    "labels": {"type": "string", "description": "JSON array"},
+    "paths": {"type": "string", "description": "JSON array (paths under the archive root)"},
+    "metadata": {"type": "string", "description": "JSON array of objects"},
+}
+
+
+def _ids(values: object, limit: int) -> list[str]:
+    if not isinstance(values, list) or not values:
+        raise invalid("ids must be a non-empty JSON array of strings")
+    if len(values) > limit:
+        raise invalid(f"{len(values)} ids in one request; at most {limit}: split the request")
+    if not all(isinstance(v, str) for v in values):
+        raise invalid("ids must be strings")
+    return list(values)
+
+
+@writes.post(
+    "/items", response_model=WrittenOut, summary="Add images (encoded by the service)",
+    responses=errors_doc(401, 403, 409, 413, 422, 503, 504),
+    openapi_extra=multi_body(AddImagesJSON, form=ADD_FORM, binary=()),
+    description="Encode and upsert images with their ids (and optional labels, paths under the "
+                "archive root, metadata). Nothing is written when one image is unreadable.",
+)
+async def add_images(request: Request) -> JSONResponse:
+    service = service_of(request)
+    body = await read_images(request, service.config, AddImagesJSON)
+    n = len(body.images)
+    ids = _ids(body.fields.get("ids"), service.config.max_batch)
+    if len(ids) != n:
+        raise invalid(f"{n} images but {len(ids)} ids")
+    labels = column(body.fields, "labels", n)
+    paths = column(body.fields, "paths", n)
+    metadata = column(body.fields, "metadata", n, dict)
+    written, count = await service.gate.run(service.add_images, body.images, ids, labels, paths,
+                                            metadata)
+    return json_answer({"written": written, "count": count})
+
+
+@writes.post(
+    "/codes", response_model=WrittenOut, summary="Add packed codes (edge devices)",
+    responses=errors_doc(401, 403, 409, 413, 422, 503, 504),
+    description="Upsert codes made elsewhere with the served encoder (base64, bits/8 bytes "
+                "each). `X-Rsir-Encoder-Id` is checked against the collection's encoder.",
+)
+async def add_codes(request: Request, payload: AddCodesJSON) -> JSONResponse:
+    service = service_of(request)
+    service.check_client_encoder(request.headers.get(ENCODER_HEADER))
+    ids = _ids(payload.ids, service.config.max_codes)
+    data = payload.model_dump()
+    n = len(ids)
+    if len(payload.codes) != n:
+        raise invalid(f"{len(payload.codes)} codes but {n} ids")
+    codes = codes_from_base64(payload.codes, service.bits)
+    written, count = await service.gate.run(
+        service.add_codes, codes, ids, column(data, "labels", n), column(data, "paths", n),
+        column(data, "metadata", n, dict))
+    return json_answer({"written": written, "count": count})
+
+
+@writes.post("/items/delete", response_model=DeletedOut, summary="Delete items by id",
+             responses=errors_doc(401, 403, 422, 503, 504))
+async def delete_items(request: Request, payload: IdsJSON) -> JSONResponse:
+    service = service_of(request)
+    ids = _ids(payload.ids, service.config.max_codes)
+    deleted, count = await service.gate.run(service.delete, ids)
+    return json_answer({"deleted": deleted, "count": count})
+
+
+@writes.delete("/items/{item_id:path}", response_model=DeletedOut, summary="Delete one item",
+               responses=errors_doc(401, 403, 503, 504))
+async def delete_item(request: Request, item_id: str) -> JSONResponse:
+    service = service_of(request)
+    deleted, count = await service.gate.run(service.delete, [item_id])
+    return json_answer({"deleted": deleted, "count": count})
+
+
+@reads.post("/items/get", response_model=ItemsOut, summary="Get items by id",
+            responses=errors_doc(401, 422, 503, 504),
+            description="Stored items (code base64, label, path, metadata); missing ids are "
+                        "left out, the rest keep the order asked.")
+async def get_items(request: Request, payload: IdsJSON) -> JSONResponse:
+    service = service_of(request)
+    ids = _ids(payload.ids, service.config.max_codes)
+    items = await service.gate.run(service.get, ids)
+    return json_answer({"items": [item_dict(it) for it in items]})
+
+
+@reads.get("/items/{item_id:path}", response_model=ItemOut, summary="Get one item",
+           responses=errors_doc(401, 404, 503, 504))
+async def get_item(request: Request, item_id: str) -> JSONResponse:
+    from .errors import NotFoundError
+
+    service = service_of(request)
+    items = await service.gate.run(service.get, [item_id])
+    if not items:
+        raise NotFoundError(f"no item with id {item_id[:80]!r}", 404, "NotFoundError")
+    return json_answer(item_dict(items[0]))
+
+
+@reads.get("/count", response_model=CountOut, summary="Count items",
+           responses=errors_doc(401, 422, 503, 504),
+           description='`filter` (optional): a JSON object, e.g. `{"label": "Forest"}`.')
+async def count(request: Request, filter: str | None = None) -> JSONResponse:
+    import json
+
+    service = service_of(request)
+    filt = None
+    if filter:
+        try:
+            filt = check_filter(json.loads(filter))
+        except json.JSONDecodeError as exc:
+            raise invalid(f"filter must be a JSON object: {exc}") from None
+    n = await service.gate.run(service.count, filt)
+    return json_answer({"count": n})
+

@@ -1,0 +1,140 @@
+"""The service's JSON shapes (pydantic models): what the OpenAPI schema documents.
+
+Request bodies that may come in several content types (multipart, raw bytes, JSON) are parsed
+by :mod:`rsir_sdk.serve.inputs`; these models validate their JSON forms and describe every
+answer. Field names follow the Python API (``ids``, ``labels``, ``paths``, ``metadata``,
+``k``, ``filter``, ``radius``), so a call reads the same in both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: a filter value: a scalar (equality) or a list of scalars (``in``)
+Scalar = Union[str, int, float, bool]
+FilterValue = Union[Scalar, list[Scalar]]
+
+
+class Strict(BaseModel):
+    """Refuse unknown fields, so a misspelt ``radious`` is an error rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchOptions(Strict):
+    k: int = Field(10, description="how many hits (1..max_k)")
+    filter: Optional[dict[str, FilterValue]] = Field(
+        None, description='equality per key; a list means "in"; "label", "id", "path" are '
+                          'columns, other keys metadata keys. Example: {"label": ["Forest", "River"]}')
+    radius: Optional[int] = Field(None, description="keep hits at Hamming distance <= radius")
+
+
+class ImageSearchJSON(SearchOptions):
+    url: Optional[str] = Field(None, description="http(s) URL the service downloads")
+    image_base64: Optional[str] = Field(None, description="the image file, base64")
+
+
+class BatchSearchJSON(SearchOptions):
+    urls: Optional[list[str]] = None
+    images_base64: Optional[list[str]] = None
+
+
+class CodesSearchJSON(SearchOptions):
+    code: Optional[str] = Field(None, description="one packed code, base64 (bits/8 bytes)")
+    codes: Optional[list[str]] = Field(None, description="several packed codes, base64 each")
+
+
+class AddImagesJSON(Strict):
+    ids: list[str]
+    urls: Optional[list[str]] = None
+    images_base64: Optional[list[str]] = None
+    labels: Optional[list[str]] = None
+    paths: Optional[list[str]] = None
+    metadata: Optional[list[Optional[dict[str, Any]]]] = None
+
+
+class AddCodesJSON(Strict):
+    ids: list[str]
+    codes: list[str] = Field(description="packed codes, base64 each (bits/8 bytes)")
+    labels: Optional[list[str]] = None
+    paths: Optional[list[str]] = None
+    metadata: Optional[list[Optional[dict[str, Any]]]] = None
+
+
+class IdsJSON(Strict):
+    ids: list[str]
+
+
+class HitOut(BaseModel):
+    id: str
+    distance: int
+    label: str = ""
+    path: str = ""
+    metadata: dict[str, Any] = {}
+
+
+class HitsOut(BaseModel):
+    hits: list[HitOut]
+
+
+class ResultsOut(BaseModel):
+    results: list[list[HitOut]] = Field(description="one list of hits per query, in order")
+
+
+class WrittenOut(BaseModel):
+    written: int
+    count: Optional[int] = Field(None, description="items in the collection afterwards")
+
+
+class DeletedOut(BaseModel):
+    deleted: int = Field(description="how many of the ids existed")
+    count: Optional[int] = None
+
+
+class ItemOut(BaseModel):
+    id: str
+    code: str = Field(description="packed code, base64")
+    label: str = ""
+    path: str = ""
+    metadata: dict[str, Any] = {}
+
+
+class ItemsOut(BaseModel):
+    items: list[ItemOut]
+
+
+class CountOut(BaseModel):
+    count: int
+
+
+class LimitsOut(BaseModel):
+    max_k: int
+    max_batch: int
+    max_codes: int
+    max_upload_bytes: int
+    request_timeout: float
+    urls: bool
+
+
+class InfoOut(BaseModel):
+    collection: str
+    method: str
+    bits: int
+    encoder_id: str
+    encoder: Optional[dict[str, Any]] = Field(None, description="the identity the collection records")
+    classes: list[str] = []
+    archive_root: Optional[str] = None
+    count: int
+    auth: bool
+    limits: LimitsOut
+    version: str
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="the Python exception class, e.g. ImageLoadError")
+    message: str = Field(description="one line: what was wrong and what to do")
+    source: Optional[str] = None
+    reason: Optional[str] = None
+    retry_after: Optional[float] = None

@@ -1,0 +1,174 @@
+"""``Service``: the one object behind the routes: a Retriever, its limits, auth and metrics.
+
+Each public method here is blocking (onnxruntime, pymilvus, URL downloads) and is meant to run
+inside :class:`~rsir_sdk.serve.limits.WorkGate` (``await service.gate.run(service.search_images,
+...)``); the routes stay thin. Only public objects of the runtime are used: the
+:class:`~rsir_sdk.Retriever`'s verbs, its ``bundle``, and its ``store``'s ``get``/``count``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CollectionMismatchError
+from ..retriever import Hit, Retriever
+from .auth import TokenAuth
+from .config import ServeConfig
+from .inputs import ImageInput, load_bytes
+from .limits import WorkGate
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: request header an edge client names its encoder in (``Bundle.encoder_id``)
+ENCODER_HEADER = "x-rsir-encoder-id"
+
+
+class Service:
+    """A Retriever served over HTTP: the state the routes share.
+
+    ``owns_retriever``: close the Retriever when the service shuts down (the command line's
+    case; a caller that passes its own Retriever may keep it).
+    """
+
+    def __init__(self, retriever: Retriever, config: ServeConfig | None = None,
+                 owns_retriever: bool = True):
+        self.retriever = retriever
+        self.config = config or ServeConfig()
+        self.owns_retriever = owns_retriever
+        self.auth = TokenAuth(self.config.read_token, self.config.write_token)
+        self.gate = WorkGate(self.config.concurrency, self.config.max_queue,
+                             self.config.request_timeout, self.config.retry_after)
+        self.metrics = Metrics()
+        self.bundle = retriever.bundle
+        self.bits = int(retriever.bundle.bits)
+        self.collection = str(retriever.store.collection)
+        self.archive_root = self.config.archive_root or _recorded_root(retriever)
+        self.shutting_down = False
+
+    # ------------------------------------------------------------ identity checks
+    def collection_encoder_id(self) -> str:
+        """The encoder id the collection records (else the served bundle's)."""
+        recorded = getattr(self.retriever.store, "encoder", None) or {}
+        return str(recorded.get("encoder_id") or self.bundle.encoder_id)
+
+    def check_client_encoder(self, encoder_id: str | None) -> None:
+        """Refuse codes an edge client says come from another encoder (409)."""
+        if encoder_id and encoder_id.strip() != self.collection_encoder_id():
+            raise CollectionMismatchError(
+                f"collection {self.collection!r} was filled by encoder "
+                f"{self.collection_encoder_id()}; these codes come from encoder "
+                f"{encoder_id.strip()[:40]}. Codes of different encoders are not comparable: "
+                f"use the bundle the service runs (GET /v1/info) or another collection")
+
+    # ------------------------------------------------------------ blocking work
+    def _sources(self, images: Sequence[ImageInput]) -> list[io.BytesIO]:
+        out = []
+        for img in images:
+            buf = io.BytesIO(load_bytes(img, self.config))
+            buf.name = img.name  # ImageLoadError names this, not "<n bytes>"
+            out.append(buf)
+        return out
+
+    def search_images(self, images: Sequence[ImageInput], k: int,
+                      filter: Mapping[str, Any] | None, radius: int | None) -> list[list[Hit]]:
+        """Encode and search each image (downloading URLs first)."""
+        sources = self._sources(images)
+        if len(sources) == 1:
+            return [self.retriever.search(sources[0], k=k, filter=filter, radius=radius)]
+        return self.retriever.search_batch(sources, k=k, filter=filter, radius=radius)
+
+    def search_codes(self, codes: np.ndarray, k: int, filter: Mapping[str, Any] | None,
+                     radius: int | None) -> list[list[Hit]]:
+        """Search packed codes as they are."""
+        return self.retriever.search_codes(codes, k=k, filter=filter, radius=radius)
+
+    def add_images(self, images: Sequence[ImageInput], ids: list[str], labels: list | None,
+                   paths: list | None, metadata: list | None) -> tuple[int, int | None]:
+        """Encode and upsert images; returns ``(written, count afterwards)``."""
+        sources = self._sources(images)
+        if paths is None:
+            paths = [""] * len(sources)
+        n = self.retriever.add_images(sources, ids=ids, labels=labels, metadata=metadata,
+                                      paths=paths)
+        return n, self.refresh_count()
+
+    def add_codes(self, codes: np.ndarray, ids: list[str], labels: list | None,
+                  paths: list | None, metadata: list | None) -> tuple[int, int | None]:
+        """Upsert packed codes; returns ``(written, count afterwards)``."""
+        n = self.retriever.add_codes(codes, ids, labels=labels, paths=paths, metadata=metadata)
+        return n, self.refresh_count()
+
+    def delete(self, ids: Sequence[str]) -> tuple[int, int | None]:
+        """Delete by id; returns ``(how many existed, count afterwards)``."""
+        n = self.retriever.delete(list(ids))
+        return n, self.refresh_count()
+
+    def get(self, ids: Sequence[str]) -> list[Any]:
+        """Stored items by id (missing ids left out), in the order asked."""
+        getter = getattr(self.retriever, "get", None) or self.retriever.store.get
+        return list(getter(list(ids)))
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """Items in the collection (matching ``filter``)."""
+        if filter:
+            return int(self.retriever.store.count(filter))
+        return int(self.retriever.count())
+
+    def refresh_count(self) -> int | None:
+        """Count the items and remember the figure for ``/metrics`` (None if the store fails)."""
+        try:
+            n = self.count()
+        except Exception as exc:  # a metrics refresh must not fail the write it follows
+            log.warning("cannot count items: %s", exc.__class__.__name__)
+            return None
+        self.metrics.set_items(n)
+        return n
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/info`` answers."""
+        c = self.config
+        return {
+            "collection": self.collection,
+            "method": self.bundle.method,
+            "bits": self.bits,
+            "encoder_id": self.bundle.encoder_id,
+            "encoder": getattr(self.retriever.store, "encoder", None),
+            "classes": list(self.bundle.classes),
+            "archive_root": str(self.archive_root) if self.archive_root else None,
+            "count": self.count(),
+            "auth": self.auth.enabled,
+            "limits": {"max_k": c.max_k, "max_batch": c.max_batch, "max_codes": c.max_codes,
+                       "max_upload_bytes": c.max_upload_bytes,
+                       "request_timeout": c.request_timeout, "urls": c.allow_urls},
+            "version": __version__,
+        }
+
+    def close(self, timeout: float) -> None:
+        """Stop taking work, let running calls end (up to ``timeout`` s), close the Retriever."""
+        self.shutting_down = True
+        if not self.gate.close(timeout):
+            log.warning("work still running after %.0f s; closing the store anyway", timeout)
+        if self.owns_retriever:
+            self.retriever.close()
+            log.info("closed collection %s", self.collection)
+
+
+def _recorded_root(retriever: Retriever) -> Path | None:
+    """The archive root the collection records, when the runtime offers one (``info()``)."""
+    info = getattr(retriever, "info", None)
+    if not callable(info):
+        return None
+    try:
+        root = info().get("archive_root")
+    except Exception:  # an older or failing info(): no recorded root
+        return None
+    if root and Path(root).is_dir():
+        return Path(root).resolve()
+    return None

@@ -1,0 +1,164 @@
+"""`RemoteRetriever` against a real `rsir serve`: the same hits and exception classes as the
+in-process `Retriever`; with a local bundle (the edge path) only packed codes travel."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.register_assert_rewrite("serve_support")
+from serve_support import READ, ROOT, WRITE  # noqa: E402
+
+from rsir_sdk.errors import (  # noqa: E402
+    CodeLengthError,
+    CollectionMismatchError,
+    ImageLoadError,
+    RsirError,
+)
+from rsir_sdk.retriever import Hit  # noqa: E402
+from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
+from rsir_sdk.serve.errors import (  # noqa: E402
+    AuthenticationError,
+    ForbiddenError,
+    PayloadTooLargeError,
+    ServiceConnectionError,
+)
+
+pytest_plugins = ["serve_support"]
+
+
+def body_bytes(server_url: str, route: str) -> int:
+    import httpx
+
+    text = httpx.get(server_url + "/metrics", headers={"Authorization": f"Bearer {READ}"}).text
+    for line in text.splitlines():
+        if line.startswith(f'rsir_request_body_bytes_total{{route="{route}"}}'):
+            return int(line.split()[-1])
+    return 0
+
+
+def test_uploads_give_the_in_process_hits(main_server, served, image_host, sample_dir):
+    exp = served.expected
+    with RemoteRetriever(main_server.url, token=READ) as r:
+        assert r.count() == exp["count"]
+        for i, q in enumerate(exp["queries"]):
+            hits = r.search(q, k=10)
+            assert hits == exp["search"][i] and all(isinstance(h, Hit) for h in hits)
+            assert r.search(q.read_bytes(), k=30, filter={"label": "Forest"}) == exp["forest"][i]
+            assert r.search(Image.open(q), k=50, radius=12) == exp["radius"][i]
+            url = f"{image_host}/{q.relative_to(sample_dir).as_posix()}"
+            assert r.search(url, k=10) == exp["search"][i]
+        assert r.last_request_bytes > 0
+        assert r.search_batch(exp["queries"], k=7) == exp["batch"]
+        assert r.search_codes(exp["codes"], k=10) == exp["by_codes"]
+        assert r.search_codes(exp["codes"][0].tobytes(), k=10) == exp["by_codes"][:1]
+        assert r.count(filter={"label": "Forest"}) == 20
+        items = r.get([served.ids[5], "missing"])
+        assert [it.id for it in items] == [served.ids[5]] and items[0].label == served.labels[5]
+        assert np.array_equal(items[0].code, r.get([served.ids[5]])[0].code)
+
+
+def test_edge_client_sends_codes_only_and_matches_the_server_encoding(main_server, served):
+    exp = served.expected
+    bits = 64
+    with RemoteRetriever(main_server.url, token=READ, bundle=served.bundle) as edge, \
+            RemoteRetriever(main_server.url, token=READ) as upload:
+        before = body_bytes(main_server.url, "/v1/search/codes")
+        for i, q in enumerate(exp["queries"]):
+            hits = edge.search(q, k=10)
+            assert edge.last_request_bytes == bits // 8            # one code: 8 bytes on the wire
+            assert hits == upload.search(q, k=10) == exp["search"][i]
+            assert upload.last_request_bytes == q.stat().st_size   # the image file itself
+        assert body_bytes(main_server.url, "/v1/search/codes") - before == len(exp["queries"]) * 8
+        assert edge.search_batch(exp["queries"], k=7) == exp["batch"]
+        assert edge.last_request_bytes == len(exp["queries"]) * bits // 8
+
+
+def test_edge_writes_and_deletes(main_server, served):
+    n0 = served.expected["count"]
+    q = served.expected["queries"][2]
+    with RemoteRetriever(main_server.url, token=WRITE, bundle=served.bundle) as edge:
+        assert edge.add_images([q], ids=["edge/1"], labels=["EdgeLabel"], metadata=[{"dev": "a"}]) == 1
+        assert edge.count() == n0 + 1
+        hits = edge.search(q, k=3, filter={"label": "EdgeLabel"})
+        assert [(h.id, h.distance, h.metadata) for h in hits] == [("edge/1", 0, {"dev": "a"})]
+        assert edge.delete(["edge/1", "nope"]) == 1
+    with RemoteRetriever(main_server.url, token=WRITE) as plain:
+        paths = [str(p) for p in served.paths[:10]]             # 10 images > max batch 8: split
+        assert plain.add_images(paths, ids=[f"up/{i}" for i in range(10)]) == 10
+        assert plain.count() == n0 + 10
+        assert plain.delete([f"up/{i}" for i in range(10)]) == 10
+        assert plain.count() == n0
+
+
+def test_errors_map_back_to_the_python_classes(main_server, served, serve_bundles, tmp_path):
+    q = served.expected["queries"][0]
+    with RemoteRetriever(main_server.url, token=READ) as r:
+        with pytest.raises(ImageLoadError) as err:
+            r.search(b"definitely not an image")
+        assert err.value.reason == "not an image Pillow can identify" and err.value.status == 422
+        with pytest.raises(ImageLoadError, match="no such file"):
+            r.search(tmp_path / "missing.jpg")
+        with pytest.raises(CodeLengthError):
+            r.search_codes(np.zeros((1, 4), np.uint8))
+        with pytest.raises(ValueError, match="k must be between 1 and 100"):
+            r.search(q, k=500)
+        with pytest.raises(ValueError, match="dict filters"):
+            r.search(q, filter='label == "Forest"')
+        with pytest.raises(ForbiddenError) as err:
+            r.add_codes(np.zeros((1, 8), np.uint8), ["x"])
+        assert isinstance(err.value, PermissionError) and isinstance(err.value, RsirError)
+        with pytest.raises(PayloadTooLargeError):
+            r.search(b"\xff\xd8" + bytes(70_000))
+    with pytest.raises(AuthenticationError):
+        RemoteRetriever(main_server.url).count()
+    with pytest.raises(CollectionMismatchError, match="not comparable"):
+        RemoteRetriever(main_server.url, token=READ, bundle=serve_bundles[1])
+
+
+def test_connection_errors_are_retried_then_raised():
+    with socket.socket() as s:                       # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = RemoteRetriever(f"http://127.0.0.1:{port}", retries=2, backoff=0.05, timeout=2)
+    t0 = time.perf_counter()
+    with pytest.raises(ServiceConnectionError, match="after 3 attempts") as err:
+        r.count()
+    assert isinstance(err.value, ConnectionError) and time.perf_counter() - t0 < 5
+
+
+EDGE = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        # an edge box: no server side, no Milvus client, no training stack
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "pymilvus", "milvus_lite",
+                                      "grpc", "torch", "onnx", "export", "multipart"}:
+                raise ImportError(f"{name} is not installed on this edge box")
+
+    sys.meta_path.insert(0, Block())
+    from rsir_sdk.serve.client import RemoteRetriever
+    with RemoteRetriever(sys.argv[1], token=sys.argv[2], bundle=sys.argv[3]) as r:
+        hits = r.search(sys.argv[4], k=3)
+        print(json.dumps({"ids": [h.id for h in hits], "sent": r.last_request_bytes}))
+""")
+
+
+def test_edge_client_runs_without_the_server_stack(main_server, served):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    q = served.expected["queries"][3]
+    out = subprocess.run([sys.executable, "-c", EDGE, main_server.url, READ, str(served.bundle), str(q)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"ids": [h.id for h in served.expected["search"][3][:3]], "sent": 8}

@@ -1,0 +1,209 @@
+"""Limits and safety of `rsir serve`: the bounded queue (503 + Retry-After), the request time
+limit (504), client retries, refusing to bind a public address without a token, auth rules,
+archive-root confinement, redaction, and the error-kind table both ways."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+
+import httpx
+import pytest
+
+pytest.register_assert_rewrite("serve_support")
+from serve_support import COLLECTION, ServerProcess, copy_db  # noqa: E402
+
+from rsir_sdk import errors as core  # noqa: E402
+from rsir_sdk.serve import cli  # noqa: E402
+from rsir_sdk.serve.auth import READ, WRITE, RedactingFilter, TokenAuth, is_loopback, redact_text, redact_uri  # noqa: E402
+from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
+from rsir_sdk.serve.errors import (  # noqa: E402
+    AuthenticationError,
+    ForbiddenError,
+    NotFoundError,
+    ServiceBusyError,
+    ServiceTimeoutError,
+    classify,
+    error_body,
+    exception_for,
+)
+from rsir_sdk.serve.files import resolve_in_root  # noqa: E402
+from rsir_sdk.serve.metrics import Metrics  # noqa: E402
+
+pytest_plugins = ["serve_support"]
+
+
+def gauge(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def tight_server(served, tmp_path_factory):
+    """One worker, one waiting place, 2.5 s per request; no tokens (loopback)."""
+    d = tmp_path_factory.mktemp("tight")
+    server = ServerProcess([served.bundle, "--uri", copy_db(served.db, d), "--collection",
+                            COLLECTION, "--concurrency", 1, "--max-queue", 1,
+                            "--request-timeout", 2.5], d / "serve.log")
+    yield server
+    assert server.stop() == 0, server.log[-3000:]
+
+
+def test_full_queue_answers_503_and_clients_retry(tight_server, image_host, served):
+    url = tight_server.url
+    q = served.expected["queries"][0].read_bytes()
+    results: dict[str, httpx.Response] = {}
+
+    def call(name: str, **kw) -> None:
+        results[name] = httpx.post(url + "/v1/search", timeout=30, **kw)
+
+    slow = threading.Thread(target=call, args=("slow",),
+                            kwargs={"json": {"url": f"{image_host}/slow/1.5/Forest/Forest_1001.jpg"}})
+    slow.start()
+    wait_for(lambda: gauge(url, "rsir_work_running") == 1)
+    queued = threading.Thread(target=call, args=("queued",), kwargs={"content": q})
+    queued.start()
+    wait_for(lambda: gauge(url, "rsir_work_waiting") == 1)
+    busy = httpx.post(url + "/v1/search", content=q, timeout=30)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["error"] == "ServiceBusyError"
+    with pytest.raises(ServiceBusyError) as err:                  # no retries: the class
+        RemoteRetriever(url, retries=0).search(q)
+    assert err.value.retry_after == 1.0
+    t0 = time.perf_counter()
+    hits = RemoteRetriever(url, retries=5, backoff=0.1, max_backoff=1.0).search(q, k=10)
+    assert hits == served.expected["search"][0]                   # served once a place freed
+    assert time.perf_counter() - t0 >= 0.9                        # it waited (Retry-After: 1)
+    slow.join(30)
+    queued.join(30)
+    assert results["slow"].status_code == 200 and results["queued"].status_code == 200
+    assert results["queued"].json()["hits"][0]["id"] == served.ids[0]
+    assert gauge(url, "rsir_work_rejected_total") >= 2
+
+
+def test_request_time_limit_answers_504(tight_server, image_host):
+    url = tight_server.url
+    t0 = time.perf_counter()
+    r = httpx.post(url + "/v1/search", json={"url": f"{image_host}/slow/3.5/River/River_1011.jpg"},
+                   timeout=30)
+    assert r.status_code == 504 and r.json()["error"] == "ServiceTimeoutError"
+    assert 2.4 < time.perf_counter() - t0 < 3.4
+    assert isinstance(exception_for(504, r.json()), ServiceTimeoutError)
+    wait_for(lambda: gauge(url, "rsir_work_running") == 0)        # its slot is kept until it ends
+    assert httpx.get(url + "/readyz").status_code == 200
+
+
+def test_public_address_needs_a_token_unless_insecure(served, capsys, monkeypatch):
+    monkeypatch.delenv("RSIR_READ_TOKEN", raising=False)
+    monkeypatch.delenv("RSIR_WRITE_TOKEN", raising=False)
+    assert cli.main([str(served.bundle), "--host", "0.0.0.0"]) == 2
+    assert "refusing to serve on 0.0.0.0" in capsys.readouterr().err
+    assert cli.main([str(served.bundle), "--read-token", "same-token", "--write-token",
+                     "same-token"]) == 2
+    assert cli.main([str(served.bundle), "--max-k", "0"]) == 2
+
+
+def test_missing_collection_is_refused_without_create(served, tmp_path):
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    args = p.parse_args([str(served.bundle), "--uri", str(tmp_path / "none.db"), "--collection", "x"])
+    with pytest.raises(core.StoreError, match="--create"):
+        cli.open_retriever(args)
+
+
+def test_token_rules():
+    both = TokenAuth("r-token", "w-token")
+    both.check("Bearer r-token", READ)
+    both.check("bearer w-token", READ)
+    both.check("Bearer w-token", WRITE)
+    with pytest.raises(ForbiddenError):
+        both.check("Bearer r-token", WRITE)
+    for header in (None, "", "Bearer", "Basic r-token", "Bearer r-tokenx", "r-token"):
+        with pytest.raises(AuthenticationError):
+            both.check(header, READ)
+    one = TokenAuth(read_token="only")
+    one.check("Bearer only", WRITE)                                   # one token for everything
+    public_reads = TokenAuth(write_token="w")
+    public_reads.check(None, READ)
+    with pytest.raises(AuthenticationError):
+        public_reads.check(None, WRITE)
+    TokenAuth().check(None, WRITE)
+    assert not TokenAuth().enabled and both.enabled
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+
+
+def test_secrets_are_redacted():
+    assert redact_uri("http://root:Milvus@db:19530") == "http://***@db:19530"
+    assert redact_uri("./rsir.db") == "./rsir.db"
+    assert redact_text("Milvus at https://u:p@h:443/x did not answer") == "Milvus at https://***@h:443/x did not answer"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s and Authorization: Bearer abc",
+                               ("s3cret-token",), None)
+    RedactingFilter(["s3cret-token"]).filter(record)
+    assert record.getMessage() == "token *** and Authorization: Bearer ***"
+
+
+def test_archive_root_confines_paths(tmp_path):
+    root = tmp_path / "archive"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.png").write_bytes(b"png")
+    (root / "notes.txt").write_text("text")
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"secret")
+    (root / "a" / "link.png").symlink_to(outside)                  # a link leading out
+    (root / "a" / "inner.png").symlink_to(root / "a" / "x.png")   # a link staying inside
+    root = root.resolve()
+    assert resolve_in_root(root, "a/x.png") == root / "a" / "x.png"
+    assert resolve_in_root(root, str(root / "a" / "x.png")) == root / "a" / "x.png"
+    assert resolve_in_root(root, "a/inner.png") == root / "a" / "x.png"
+    for bad in ("a/link.png", "../secret.png", str(outside), "a/../../secret.png", "notes.txt",
+                "a", "", "a/x.png\x00", "missing.png"):
+        with pytest.raises(NotFoundError):
+            resolve_in_root(root, bad)
+    with pytest.raises(NotFoundError):
+        resolve_in_root(None, "a/x.png")
+
+
+def test_error_kinds_round_trip():
+    cases = [core.ImageLoadError("q.jpg", "corrupt"), core.CodeLengthError("bad"),
+             core.CollectionMismatchError("other"), core.StoreError("down"), ValueError("k"),
+             ServiceBusyError("busy", retry_after=2.0)]
+    for name in ("CollectionNotFoundError", "RasterRuleMismatchError"):
+        if hasattr(core, name):                                       # after the layout refactor
+            cases.append(getattr(core, name)("x"))
+    for exc in cases:
+        kind, status = classify(exc)
+        back = exception_for(status, error_body(kind, str(exc), exc), 2.0)
+        assert type(back) is type(exc) and back.status == status
+        assert str(back) == str(exc)
+    assert classify(core.ImageLoadError("a", "b")) == ("ImageLoadError", 422)
+    assert classify(core.CollectionMismatchError("x")) == ("CollectionMismatchError", 409)
+    assert classify(core.StoreError("x")) == ("StoreError", 503)
+    assert classify(KeyboardInterrupt()) == ("InternalError", 500)
+    assert classify(RuntimeError("boom")) == ("InternalError", 500)
+
+
+def test_metrics_text_format():
+    m = Metrics(buckets=(0.1, 1.0))
+    m.observe("/v1/search", "POST", 200, 0.05, body=10)
+    m.observe("/v1/search", "POST", 503, 2.0)
+    m.error('odd"kind')
+    m.set_items(7)
+    text = m.render({"rsir_work_running": 1})
+    assert 'rsir_request_duration_seconds_bucket{route="/v1/search",le="0.1"} 1' in text
+    assert 'rsir_request_duration_seconds_bucket{route="/v1/search",le="+Inf"} 2' in text
+    assert 'rsir_errors_total{kind="odd\\"kind"} 1' in text
+    assert "rsir_items 7" in text and "rsir_work_running 1" in text
+    assert 'rsir_request_body_bytes_total{route="/v1/search"} 10' in text
