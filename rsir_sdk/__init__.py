@@ -36,6 +36,14 @@ from .rasters import RasterRule
 from .retriever import Hit, Retriever
 from .store import MilvusCodeStore, StoredItem, StoreHit, list_collections
 
+def __getattr__(name: str):  # RemoteRetriever: imported on first use (it needs only httpx)
+    if name == "RemoteRetriever":
+        from .serve.client import RemoteRetriever
+
+        return RemoteRetriever
+    raise AttributeError(f"module 'rsir_sdk' has no attribute {name!r}")
+
+
 try:
     __version__ = version("rsir-sdk")
 except PackageNotFoundError:  # a source tree that was not installed
@@ -65,6 +73,7 @@ __all__ = [
     "RasterRule",
     "RasterRuleError",
     "RasterRuleMismatchError",
+    "RemoteRetriever",
     "Retriever",
     "RsirError",
     "SplitError",

@@ -54,17 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ("quickstart", "train, index and search the shipped sample (the training package)")):
         p = sub.add_parser(name, help=text, add_help=False)
         p.set_defaults(func=None)
-    _add_optional(sub)
+    _add_serve(sub)
     return parser
 
 
-def _add_optional(sub: argparse._SubParsersAction) -> None:
-    """Subcommands whose module needs an extra (``rsir serve``): registered when importable."""
-    try:
-        from ..serve import cli as serve_cli
-    except ImportError:
-        return
-    serve_cli.add_parser(sub)
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    """``rsir serve`` (its module imports FastAPI and uvicorn only when it runs)."""
+    from ..serve import cli as serve_cli
+
+    p = sub.add_parser("serve", help="serve a collection over HTTP (search page, API, edge codes)",
+                       description=(serve_cli.__doc__ or "").split("\n")[0])
+    serve_cli.add_arguments(p)
+    p.set_defaults(func=serve_cli.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
