@@ -236,4 +236,4 @@ def quickstart(args: argparse.Namespace) -> int:
     """``rsir quickstart``: see :mod:`rsir_train.quickstart`."""
     from .quickstart import run_quickstart
 
-    return run_quickstart(args)
+    return run_quickstart(args, command_line(args))

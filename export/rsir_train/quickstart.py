@@ -30,7 +30,6 @@ from rsir_sdk.errors import BundleError, CollectionNotFoundError
 from rsir_sdk.metrics import average_precision_of_ranking, mean_average_precision
 from rsir_sdk.store import MilvusCodeStore
 
-from .commands import command_line
 from .dataset import open_training_archive
 from .sample import sample_archive
 
@@ -64,7 +63,8 @@ def _reusable(bundle_dir: Path, args: argparse.Namespace, data: Path) -> tuple[B
     return b, ""
 
 
-def _train(bundle_dir: Path, out: Path, args: argparse.Namespace, data: Path) -> Bundle:
+def _train(bundle_dir: Path, out: Path, args: argparse.Namespace, data: Path,
+           command: str) -> Bundle:
     from .ahcl import AHCLConfig, train_ahcl_bundle
     from .trainer import default_device
 
@@ -85,7 +85,7 @@ def _train(bundle_dir: Path, out: Path, args: argparse.Namespace, data: Path) ->
                   f"({event['seconds']:.1f}s)", flush=True)
 
     _, manifest = train_ahcl_bundle(data, bundle_dir, config, progress=show,
-                                    extra_training={"command": command_line(args)})
+                                    extra_training={"command": command})
     print(f"      bundle {bundle_dir} (encoder {manifest['model_sha256'][:16]}) "
           f"in {time.perf_counter() - t0:.0f}s")
     return Bundle.load(bundle_dir)
@@ -107,8 +107,9 @@ def _own_collection(db_file: Path, bundle: Bundle) -> None:
         store.close()
 
 
-def run_quickstart(args: argparse.Namespace) -> int:
-    """Run the quickstart (see the module doc); returns the exit status."""
+def run_quickstart(args: argparse.Namespace, command: str = "rsir quickstart") -> int:
+    """Run the quickstart (see the module doc); returns the exit status. ``command`` is
+    recorded in a newly trained bundle's manifest."""
     data = Path(args.data) if args.data else sample_archive()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     else:
         if why:
             print(f"      {why}: training a new bundle")
-        bundle = _train(bundle_dir, out, args, data)
+        bundle = _train(bundle_dir, out, args, data, command)
 
     print(f"[2/4] indexing the learned database codes into Milvus Lite {db_file}")
     _own_collection(db_file, bundle)
