@@ -43,7 +43,7 @@ def float_region(model: Any, embedding: str) -> tuple[list[str], list[str], str 
     producer = {out: n for n in nodes for out in n.output}
     weighted_upstream: dict[str, bool] = {}
 
-    def upstream(node) -> bool:
+    def upstream(node: Any) -> bool:
         if node.name in weighted_upstream:
             return weighted_upstream[node.name]
         weighted_upstream[node.name] = False  # guards against cycles (none in a valid graph)
