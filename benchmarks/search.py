@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import load_average, machine, section, table, versions, write_section
 
 from rsir_sdk import MilvusCodeStore

@@ -46,7 +46,7 @@ from rsir_sdk import Bundle, Retriever  # noqa: E402
 from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
 from rsir_sdk.serve.errors import ServiceBusyError, ServiceConnectionError  # noqa: E402
 
-SAMPLE = ROOT / "examples" / "data" / "eurosat-sample"
+SAMPLE = ROOT / "export" / "rsir_train" / "sample" / "eurosat"
 COLLECTION = "bench"
 OPS = ("search image", "search codes", "add image")
 

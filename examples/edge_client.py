@@ -2,17 +2,17 @@
 
 On the server (once; see docs/serve.md for the whole flow):
 
-    rsir quantize quickstart-out/bundle --calibration examples/data/eurosat-sample --out quickstart-out/bundle-int8
-    rsir index quickstart-out/bundle-int8 examples/data/eurosat-sample --uri ./rsir.db \
+    rsir quantize quickstart-out/bundle --calibration export/rsir_train/sample/eurosat --out quickstart-out/bundle-int8
+    rsir index quickstart-out/bundle-int8 export/rsir_train/sample/eurosat --uri ./rsir.db \
         --collection scenes --label-from parent
     export RSIR_READ_TOKEN=$(python -c "import secrets; print(secrets.token_urlsafe(24))")
     rsir serve quickstart-out/bundle-int8 --uri ./rsir.db --collection scenes \
-        --archive-root examples/data/eurosat-sample
+        --archive-root export/rsir_train/sample/eurosat
 
 On the device (it needs onnxruntime, numpy, Pillow, httpx and the same bundle folder):
 
     python examples/edge_client.py quickstart-out/bundle-int8 \
-        examples/data/eurosat-sample/Forest/Forest_1001.jpg --token "$RSIR_READ_TOKEN"
+        export/rsir_train/sample/eurosat/Forest/Forest_1001.jpg --token "$RSIR_READ_TOKEN"
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from .rasters import RasterRule
 from .retriever import Hit, Retriever
 from .store import MilvusCodeStore, StoredItem, StoreHit, list_collections
 
+
 def __getattr__(name: str):  # RemoteRetriever: imported on first use (it needs only httpx)
     if name == "RemoteRetriever":
         from .serve.client import RemoteRetriever

@@ -106,6 +106,15 @@ class Bundle:
                     return w.split("=", 1)[1]
         return None
 
+    @property
+    def archive_source(self) -> str | None:
+        """What to list to get the bundle's archive back: the CSV manifest it was trained from
+        when the manifest records one, else :attr:`archive_root` (a folder, ``root/<class>/``)."""
+        archive = self.manifest.get("archive")
+        if isinstance(archive, dict) and isinstance(archive.get("manifest"), str) and archive["manifest"]:
+            return archive["manifest"]
+        return self.archive_root
+
     def split(self) -> "Split":
         """The train/query split the bundle was trained on (its ``split.json``)."""
         from .splits import load_split

@@ -112,7 +112,7 @@ def evaluate_bundle(
     Args:
         bundle: the bundle folder (it must hold ``split.json``).
         data: the archive the split belongs to (folder or CSV manifest); default: the one the
-            manifest records (:attr:`rsir_sdk.Bundle.archive_root`).
+            manifest records (:attr:`rsir_sdk.Bundle.archive_source`).
         uri, collection, token: where to put the database codes; default a temporary Milvus
             Lite file, removed afterwards. A named collection must hold nothing but this
             database (it is filled by upsert, then its size is checked).
@@ -146,7 +146,7 @@ def evaluate_bundle(
             progress(stage, done, total)
 
     use_learned = database == "train" and b.has_database
-    root = data if data is not None else b.archive_root
+    root = data if data is not None else b.archive_source
     if root is None:
         raise EvaluationError(
             f"bundle {b.path} does not record its archive: give the archive folder (or CSV "

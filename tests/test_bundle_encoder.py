@@ -5,8 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from onnx_models import build_random_projection_bundle, numpy_reference
+
 from rsir_sdk import Bundle, Encoder
 from rsir_sdk.errors import BundleError, ImageLoadError
 from rsir_sdk.images import load_image

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from rsir_sdk.codes import (
-    as_packed, hamming_distances, pack_codes, topk_bruteforce, unpack_codes, validate_bits,
+    as_packed,
+    hamming_distances,
+    pack_codes,
+    topk_bruteforce,
+    unpack_codes,
+    validate_bits,
     within_radius,
 )
 from rsir_sdk.errors import CodeLengthError

@@ -16,7 +16,7 @@ import pytest
 from rsir_sdk import Encoder, Retriever
 from rsir_sdk.errors import CodeLengthError
 
-BLOCKED = ("torch", "torchvision", "onnx", "export", "pymilvus", "milvus_lite", "httpx", "tqdm",
+BLOCKED = ("torch", "torchvision", "onnx", "export", "rsir_train", "pymilvus", "milvus_lite", "httpx", "tqdm",
            "grpc", "pandas")
 
 EDGE = textwrap.dedent(

@@ -1,7 +1,6 @@
 """The image loader on real files in many formats, arrays, and real HTTP downloads."""
 
 import http.server
-import io
 import threading
 
 import numpy as np

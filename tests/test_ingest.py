@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from rsir_sdk import Encoder, MilvusCodeStore
-from rsir_sdk.cli import main
 from rsir_sdk.archive import open_archive, read_manifest, scan_folder
+from rsir_sdk.cli import main
 from rsir_sdk.errors import ArchiveError
 from rsir_sdk.failures import FailureReport, read_report
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from onnx_models import build_random_projection_bundle
+
 from rsir_sdk import Retriever
 from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, ImageLoadError
 

@@ -1,0 +1,7 @@
+"""`python -m rsir_sdk.cli ...` runs the `rsir` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
