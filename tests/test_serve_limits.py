@@ -16,8 +16,9 @@ pytest.register_assert_rewrite("serve_support")
 from serve_support import COLLECTION, ServerProcess, copy_db  # noqa: E402
 
 from rsir_sdk import errors as core  # noqa: E402
+from rsir_sdk.redact import redact_text, redact_uri  # noqa: E402
 from rsir_sdk.serve import cli  # noqa: E402
-from rsir_sdk.serve.auth import READ, WRITE, RedactingFilter, TokenAuth, is_loopback, redact_text, redact_uri  # noqa: E402
+from rsir_sdk.serve.auth import READ, WRITE, RedactingFilter, TokenAuth, is_loopback  # noqa: E402
 from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
 from rsir_sdk.serve.errors import (  # noqa: E402
     AuthenticationError,

@@ -8,9 +8,9 @@ from typing import Any
 from ..bundle import Bundle
 from ..errors import CollectionNotFoundError, RsirError
 from ..rasters import RasterRule
+from ..redact import redact_uri
 from ..splits import SPLIT_FILE
 from ..store import MilvusCodeStore, is_lite_uri, list_collections
-from ..store.schema import redact_uri
 from .common import DEFAULT_URI, EXIT_ERROR, EXIT_OK, add_store_args, print_json, warn
 
 

@@ -24,6 +24,7 @@ import re
 import socket
 from typing import Iterable
 
+from ..redact import redact_text
 from .errors import AuthenticationError, ForbiddenError
 
 READ = "read"
@@ -102,25 +103,6 @@ def is_loopback(host: str) -> bool:
         return False
     addrs = {str(info[4][0]) for info in infos}
     return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with any ``user:password@`` part and token-like query values replaced by ``***``.
-
-    >>> redact_uri("http://root:Milvus@db:19530?token=abc")
-    'http://***@db:19530?token=***'
-    """
-    return redact_text(uri)
-
-
-def redact_text(text: str) -> str:
-    """``text`` with credentials inside any URL it holds replaced by ``***``.
-
-    >>> redact_text("cannot connect to Milvus at http://root:Milvus@db:19530: refused")
-    'cannot connect to Milvus at http://***@db:19530: refused'
-    """
-    out = re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
-    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&\s]*", r"\1***", out)
 
 
 class RedactingFilter(logging.Filter):

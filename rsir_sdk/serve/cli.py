@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RsirError
-from .auth import RedactingFilter, is_loopback, redact_uri
+from ..redact import redact_uri
+from .auth import RedactingFilter, is_loopback
 from .config import ServeConfig
 
 log = logging.getLogger("rsir_sdk.serve")
@@ -138,21 +139,18 @@ def run(args: argparse.Namespace) -> int:
 
 def open_retriever(args: argparse.Namespace):
     """The Retriever for the arguments; refuses a missing collection unless ``--create``."""
-    from ..bundle import Bundle
-    from ..errors import StoreError
+    from ..errors import CollectionNotFoundError
     from ..retriever import Retriever
-    from ..store import list_collections
 
-    bundle = Bundle.load(args.bundle)
-    name = args.collection or f"{bundle.method}_{bundle.bits}_{bundle.encoder_id}"
-    if not args.create:
-        lite_file_missing = "://" not in args.uri and not Path(args.uri).exists()
-        if lite_file_missing or name not in list_collections(args.uri, args.token):
-            raise StoreError(
-                f"collection {name!r} does not exist at {redact_uri(args.uri)}: fill it first "
-                f"(rsir index), or pass --create to serve a new, empty one")
-    return Retriever(bundle, uri=args.uri, collection=name, token=args.token,
-                     threads=args.threads)
+    retriever = Retriever(args.bundle, uri=args.uri, collection=args.collection,
+                          token=args.token, threads=args.threads)
+    if not args.create and not retriever.store.exists:
+        name = retriever.collection
+        retriever.close()
+        raise CollectionNotFoundError(
+            f"collection {name!r} does not exist at {redact_uri(args.uri)}: fill it first "
+            f"(rsir index), or pass --create to serve a new, empty one")
+    return retriever
 
 
 def redact(text: str, secrets: Sequence[str | None]) -> str:

@@ -45,11 +45,10 @@ RETRY_STATUS = 503
 
 
 def _stored_item_class() -> Any:
-    """``rsir_sdk.StoredItem`` (exported there after the layout refactor), else the store's."""
-    import importlib
+    """``rsir_sdk.StoredItem`` (imported late: the client module must stay light)."""
+    from ..store.collection import StoredItem
 
-    top = importlib.import_module("rsir_sdk")
-    return getattr(top, "StoredItem", None) or importlib.import_module("rsir_sdk.store").StoredItem
+    return StoredItem
 
 
 class RemoteRetriever:
@@ -87,13 +86,10 @@ class RemoteRetriever:
             self.encoder = Encoder(bundle, providers=providers, threads=threads)
             self._check_encoder()
         if collection is not None and self.info()["collection"] != collection:
-            from .. import errors as core_errors
-            from .errors import NotFoundError
+            from ..errors import CollectionNotFoundError
 
-            message = (f"the service at {self.url} serves collection "
-                       f"{self.info()['collection']!r}, not {collection!r}")
-            missing = getattr(core_errors, "CollectionNotFoundError", None)  # after the refactor
-            raise missing(message) if missing else NotFoundError(message, 404, "NotFoundError")
+            raise CollectionNotFoundError(f"the service at {self.url} serves collection "
+                                          f"{self.info()['collection']!r}, not {collection!r}")
 
     # ----------------------------------------------------------------- transport
     def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,

@@ -19,7 +19,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from .auth import READ, WRITE, redact_text
+from ..redact import redact_text
+from .auth import READ, WRITE
 from .errors import ServiceBusyError, classify, error_body, one_line
 from .service import Service
 

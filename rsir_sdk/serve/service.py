@@ -55,7 +55,7 @@ class Service:
     # ------------------------------------------------------------ identity checks
     def collection_encoder_id(self) -> str:
         """The encoder id the collection records (else the served bundle's)."""
-        recorded = getattr(self.retriever.store, "encoder", None) or {}
+        recorded = self.retriever.store.encoder or {}
         return str(recorded.get("encoder_id") or self.bundle.encoder_id)
 
     def check_client_encoder(self, encoder_id: str | None) -> None:
@@ -112,14 +112,11 @@ class Service:
 
     def get(self, ids: Sequence[str]) -> list[Any]:
         """Stored items by id (missing ids left out), in the order asked."""
-        getter = getattr(self.retriever, "get", None) or self.retriever.store.get
-        return list(getter(list(ids)))
+        return list(self.retriever.get(list(ids)))
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
         """Items in the collection (matching ``filter``)."""
-        if filter:
-            return int(self.retriever.store.count(filter))
-        return int(self.retriever.count())
+        return int(self.retriever.count(filter or None))
 
     def refresh_count(self) -> int | None:
         """Count the items and remember the figure for ``/metrics`` (None if the store fails)."""
@@ -139,7 +136,8 @@ class Service:
             "method": self.bundle.method,
             "bits": self.bits,
             "encoder_id": self.bundle.encoder_id,
-            "encoder": getattr(self.retriever.store, "encoder", None),
+            "encoder": self.retriever.store.encoder,
+            "raster_rule": self.retriever.raster_rule.describe(),
             "classes": list(self.bundle.classes),
             "archive_root": str(self.archive_root) if self.archive_root else None,
             "count": self.count(),
@@ -161,14 +159,8 @@ class Service:
 
 
 def _recorded_root(retriever: Retriever) -> Path | None:
-    """The archive root the collection records, when the runtime offers one (``info()``)."""
-    info = getattr(retriever, "info", None)
-    if not callable(info):
-        return None
-    try:
-        root = info().get("archive_root")
-    except Exception:  # an older or failing info(): no recorded root
-        return None
+    """The archive root the bundle records, when it exists here."""
+    root = retriever.bundle.archive_root
     if root and Path(root).is_dir():
         return Path(root).resolve()
     return None

@@ -1,0 +1,34 @@
+"""Credentials never reach output: URIs and messages with their secrets replaced by ``***``.
+
+One implementation for every place that prints, logs or returns a Milvus URI or a message that
+may quote one (the store's messages, ``rsir`` output and ``--json``, the gallery, the service).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["redact_text", "redact_uri"]
+
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+_QUERY_SECRET = re.compile(r"(?i)((?:token|password|secret|key)=)[^&\s]*")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any ``user:password@`` part and token-like query values replaced by ``***``.
+
+    >>> redact_uri("http://root:Milvus@db:19530?token=abc")
+    'http://***@db:19530?token=***'
+    >>> redact_uri("./rsir.db")
+    './rsir.db'
+    """
+    return redact_text(str(uri))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with credentials inside any URL it holds replaced by ``***``.
+
+    >>> redact_text("cannot connect to Milvus at http://root:Milvus@db:19530: refused")
+    'cannot connect to Milvus at http://***@db:19530: refused'
+    """
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
