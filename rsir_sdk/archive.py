@@ -262,7 +262,14 @@ def read_manifest(
 
 
 def check_item(item: Item) -> str | None:
-    """Why an item cannot be stored (a field over the collection's limits), or ``None``."""
+    """Why an item cannot be stored (a name that is not UTF-8, a field over the collection's
+    limits), or ``None``."""
+    for what, text in (("file name", item.path), ("id", item.id), ("label", item.label)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(text) if what == "file name" else text.encode("utf-8", "surrogateescape")
+            return f"{what} is not valid UTF-8: {raw!r:.200} (rename it)"
     if len(item.id.encode("utf-8", "surrogatepass")) > MAX_ID_LEN:
         return f"id is longer than {MAX_ID_LEN} bytes"
     if len(item.label.encode("utf-8", "surrogatepass")) > MAX_LABEL_LEN:

@@ -43,7 +43,8 @@ class FailureReport:
         self.count = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "w", newline="", encoding="utf-8")
+            # a file name that is not UTF-8 is written with its bytes escaped (\\xff)
+            self._fh = open(self.path, "w", newline="", encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             raise ArchiveError(f"cannot write the failure report {self.path}: {exc}") from None
         self._writer = csv.writer(self._fh)

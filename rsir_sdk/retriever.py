@@ -25,12 +25,14 @@ from .archive import IMAGE_EXTENSIONS, ArchiveListing, open_archive
 from .bundle import Bundle
 from .codes import as_packed
 from .encoder import Encoder
-from .errors import RasterRuleMismatchError
+from .errors import InvalidInputError, RasterRuleMismatchError
 from .failures import FailureReport
 from .images import DEFAULT_MAX_PIXELS, ImageSource, RuleLike, describe_source
 from .ingest import IngestProgress, IngestSummary, ingest
 from .rasters import RasterRule, as_rule
 from .store import MAX_TOPK, MilvusCodeStore, StoredItem, StoreHit
+from .store import keys as store_keys
+from .store import values as store_values
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,7 @@ class Retriever:
 
         >>> r.search("scene.tif", k=5, filter={"label": "forest"})   # doctest: +SKIP
         """
+        _check_search(k, filter, radius)
         return self.search_codes(self.encoder.encode([img]), k, filter, radius)[0]
 
     def search_batch(
@@ -159,6 +162,7 @@ class Retriever:
 
         >>> r.search_batch(["a.jpg", "b.jpg"], k=3)                  # doctest: +SKIP
         """
+        _check_search(k, filter, radius)
         return self.search_codes(self.encoder.encode(list(imgs), batch_size), k, filter, radius)
 
     def search_codes(
@@ -179,6 +183,7 @@ class Retriever:
 
     def range_search(self, img: ImageSource, radius: int, filter: Filter = None) -> list[Hit]:
         """Every item within Hamming distance ``<= radius`` of one image (up to 16384)."""
+        _check_search(1, filter, radius)
         codes = self.encoder.encode([img])
         return self.store.range_search(codes, radius, filter, MAX_TOPK)[0]
 
@@ -200,18 +205,24 @@ class Retriever:
         >>> r.add_images(["a.jpg"], ids=["a"], labels=["forest"], metadata=[{"year": 2020}])
         1
         """
+        if isinstance(images, (str, bytes, os.PathLike)):
+            raise InvalidInputError("images must be a list (for one image pass [image])")
         images = list(images)
         if paths is None:
             paths = [str(x) if isinstance(x, (str, os.PathLike)) else "" for x in images]
         if ids is None:
             if not all(paths):
-                raise ValueError(
+                raise InvalidInputError(
                     "ids are required when some images are not file paths "
                     f"(e.g. {describe_source(next(x for x, p in zip(images, paths) if not p))})"
                 )
             ids = list(paths)
+        ids = store_values.ids(ids)
         if len(ids) != len(images):
-            raise ValueError(f"{len(images)} images but {len(ids)} ids")
+            raise InvalidInputError(f"{len(images)} images but {len(ids)} ids")
+        store_values.labels(labels, len(ids))  # bad values fail before any image is decoded
+        store_values.paths(paths, len(ids))
+        store_values.metadata(metadata, ids)
         codes = self.encoder.encode(images, batch_size)
         return self.store.upsert(
             ids, codes, labels, paths, metadata, encoder=self.bundle.identity()
@@ -321,7 +332,7 @@ class Retriever:
             "bits": self.bundle.bits,
             "encoder_id": self.bundle.encoder_id,
             "collection": self.store.collection,
-            "uri": self.store.uri,
+            "uri": self.store.display_uri,
             "exists": self.store.exists,
             "raster_rule": self.raster_rule.describe(),
             "archive_root": self.bundle.archive_root,
@@ -342,5 +353,12 @@ class Retriever:
     def __repr__(self) -> str:
         return (
             f"Retriever(method={self.bundle.method!r}, bits={self.bundle.bits}, "
-            f"collection={self.store.collection!r}, uri={self.store.uri!r})"
+            f"collection={self.store.collection!r}, uri={self.store.display_uri!r})"
         )
+
+
+def _check_search(k: Any, filter: Filter, radius: Any) -> None:
+    """Refuse a bad ``k``, ``radius`` or ``filter`` before any image is decoded."""
+    store_values.k(k)
+    store_values.radius(radius)
+    store_keys.build_filter(filter)

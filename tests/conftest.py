@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +82,39 @@ def tiny_ahcl(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_ahcl") / "bundle"
     result, manifest = tiny_ahcl_bundle(out, bits=32)
     return out, result, manifest
+
+
+SERVER_COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord",
+                     "dataNode")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_uri(tmp_path_factory):
+    """A real Milvus 2.3.5 server (PyPI ``milvus``, embedded standalone) on 127.0.0.1, started
+    once for every test of the session that asks for it (about 10 s) and stopped at the end.
+
+    Its data live in a temporary folder (about 0.5 GB: the package unpacks its binaries there).
+    Tests use their own collection names.
+    """
+    pytest.importorskip("milvus")
+    from milvus import MilvusServer, MilvusServerConfig
+
+    data_dir = tmp_path_factory.mktemp("milvus-server")
+    config = MilvusServerConfig(data_dir=str(data_dir), proxy_port=_free_port())
+    for component in SERVER_COMPONENTS:
+        config.set(f"{component}.ip", "127.0.0.1")
+    server = MilvusServer(config)
+    t0 = time.perf_counter()
+    server.start()
+    print(f"Milvus server 2.3.5 started in {time.perf_counter() - t0:.1f}s on port {server.listen_port}")
+    try:
+        yield f"http://127.0.0.1:{server.listen_port}"
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

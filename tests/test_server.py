@@ -1,17 +1,14 @@
 """`rsir index` / `rsir search` against a real Milvus server (PyPI milvus==2.3.5, embedded standalone).
 
-The server runs on 127.0.0.1 only, from a temporary folder (about 0.5 GB: the package unpacks
-its binaries there), and is stopped after the module. It starts in about 10 s here.
+The server (the session fixture ``server_uri`` of conftest.py) runs on 127.0.0.1 only and is
+shared with the other server tests (tests/test_strings_roundtrip.py, tests/test_bad_input.py).
 """
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,32 +20,6 @@ from rsir_sdk.codes import topk_bruteforce
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server_uri(tmp_path_factory):
-    from milvus import MilvusServer, MilvusServerConfig
-
-    data_dir = tmp_path_factory.mktemp("milvus-server")
-    config = MilvusServerConfig(data_dir=str(data_dir), proxy_port=free_port())
-    for component in COMPONENTS:
-        config.set(f"{component}.ip", "127.0.0.1")
-    server = MilvusServer(config)
-    t0 = time.perf_counter()
-    server.start()
-    print(f"Milvus server 2.3.5 started in {time.perf_counter() - t0:.1f}s on port {server.listen_port}")
-    try:
-        yield f"http://127.0.0.1:{server.listen_port}"
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def run(capsys, *argv):

@@ -9,9 +9,9 @@
     rsir drop COLLECTION --uri ./rsir.db --yes
     rsir train ahcl|milan ... / rsir quantize ... / rsir quickstart   (the training package)
 
-Exit status: 0 done; 1 error (one line on stderr); 2 bad arguments; 3 finished but some
-images failed (``rsir index``: see the report file; ``rsir eval``: left out); 130 interrupted
-(``rsir index`` resumes when run again).
+Exit status: 0 done; 1 error (one line on stderr); 2 bad arguments or input (one line); 3
+finished but some images failed (``rsir index``: see the report file; ``rsir eval``: left
+out); 130 interrupted (``rsir index`` resumes when run again).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from ..errors import RasterRuleError, RsirError
+from ..errors import InvalidInputError, RasterRuleError, RsirError
 from . import admin, authoring, evaluate, index, search
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, warn
 
@@ -31,9 +31,24 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``rsir <command>: <what is wrong>`` and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        warn(f"{self.prog}: {message}")
+        warn(f"{self.prog}: {one_line(message)} (see {self.prog} --help)")
         sys.exit(EXIT_USAGE)
+
+
+def one_line(text: object) -> str:
+    """``text`` on one line (line breaks in a message shown as spaces)."""
+    return " ".join(str(text).split("\n")).strip()
+
+
+def _tolerant_output() -> None:
+    """Print names that are not valid UTF-8 (lone surrogates) with escapes, not a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change (closed, custom)
+                pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # milvus-lite 2.5 imports pkg_resources, whose deprecation warning means nothing to users
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    _tolerant_output()
     if argv and argv[0] in authoring.COMMANDS:
         return authoring.run(argv[0], argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad argument (one line already printed) or --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -84,16 +103,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
-    except (UsageError, RasterRuleError) as exc:
-        parser.print_usage(sys.stderr)
-        warn(f"rsir {args.command}: {exc}")
+    except (UsageError, RasterRuleError, InvalidInputError) as exc:
+        warn(f"rsir {args.command}: {one_line(exc)}")
         return EXIT_USAGE
     except RsirError as exc:
-        warn(f"rsir {args.command}: {exc}")
+        warn(f"rsir {args.command}: {one_line(exc)}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         warn(f"\nrsir {args.command}: interrupted")
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line unless -v asks for the traceback
+        if args.verbose:
+            raise
+        warn(f"rsir {args.command}: unexpected {type(exc).__name__}: {one_line(exc)[:300]} "
+             f"(re-run with -v for the traceback)")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,12 +6,11 @@ import argparse
 from typing import Any
 
 from ..bundle import Bundle
-from ..errors import CollectionNotFoundError, RsirError
 from ..rasters import RasterRule
 from ..redact import redact_uri
 from ..splits import SPLIT_FILE
-from ..store import MilvusCodeStore, is_lite_uri, list_collections
-from .common import DEFAULT_URI, EXIT_ERROR, EXIT_OK, add_store_args, print_json, warn
+from ..store import describe_collections, drop_collection, is_lite_uri
+from .common import EXIT_ERROR, EXIT_OK, add_store_args, print_json, warn
 
 
 def add_parsers(sub: Any) -> None:
@@ -30,8 +29,7 @@ def add_parsers(sub: Any) -> None:
                        description="Drop a collection and every item in it. Irreversible: "
                                    "re-index the archive afterwards.")
     p.add_argument("collection", help="collection name (see rsir collections)")
-    p.add_argument("--uri", default=DEFAULT_URI)
-    p.add_argument("--token", default=None)
+    add_store_args(p, collection=False)
     p.add_argument("--yes", action="store_true", help="required: confirm the drop")
     p.set_defaults(func=run_drop)
 
@@ -76,13 +74,7 @@ def run_collections(args: argparse.Namespace) -> int:
     if is_lite_uri(args.uri) and not _exists(args.uri):
         warn(f"no Milvus Lite file at {args.uri}")
         return EXIT_ERROR
-    rows = []
-    for name in list_collections(args.uri, args.token):
-        try:
-            with MilvusCodeStore(args.uri, name, token=args.token, create=False) as s:
-                rows.append(s.info())
-        except RsirError as exc:
-            rows.append({"collection": name, "error": str(exc)})
+    rows = describe_collections(args.uri, args.token)
     if args.json:
         print_json(rows)
         return EXIT_OK
@@ -108,12 +100,9 @@ def run_drop(args: argparse.Namespace) -> int:
 
     if not args.yes:
         raise UsageError(f"dropping {args.collection!r} deletes every item in it: add --yes")
-    if is_lite_uri(args.uri) and not _exists(args.uri):
-        raise CollectionNotFoundError(f"no Milvus Lite file at {args.uri}")
-    with MilvusCodeStore(args.uri, args.collection, token=args.token, create=False) as s:
-        n = s.count()
-        s.drop()
-    print(f"dropped collection {args.collection} ({n} items) at {redact_uri(args.uri)}")
+    n = drop_collection(args.uri, args.collection, args.token)
+    held = f"{n} items" if n is not None else "item count unknown"
+    print(f"dropped collection {args.collection} ({held}) at {redact_uri(args.uri)}")
     return EXIT_OK
 
 

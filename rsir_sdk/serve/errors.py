@@ -77,6 +77,7 @@ CORE_STATUS: dict[str, int] = {
     "ImageLoadError": 422,
     "CodeLengthError": 422,
     "RasterRuleError": 422,
+    "InvalidInputError": 422,
     "RasterRuleMismatchError": 409,
     "CollectionMismatchError": 409,
     "CollectionNotFoundError": 404,

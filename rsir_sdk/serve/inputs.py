@@ -229,7 +229,7 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
 
 
 def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, float)):  # k=1.9 is refused, not truncated
         raise invalid(f"{name} must be an integer, got {value!r}")
     try:
         return int(value)

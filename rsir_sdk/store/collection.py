@@ -6,38 +6,45 @@ auth; index type and params configurable). The collection records the encoder th
 (``encoder_id``, ``bits``, ``method``) in its description and refuses codes of another length or
 from another encoder, so codes that cannot be compared never share a collection.
 
-Hamming radius searches are **inclusive**: ``radius=r`` returns every item with distance ``<= r``.
+Any Unicode text (but lone surrogates) works as an id, label, path or metadata value, and comes
+back byte for byte: no user string becomes a primary key or enters an expression (see
+:mod:`.keys`). A write is checked completely before its first row is sent, so a bad call
+changes nothing. Hamming radius searches are **inclusive**: ``radius=r`` returns every item with
+distance ``<= r``. Results are sorted by (distance, id), exactly (:mod:`.topk`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..codes import as_packed, validate_bits
-from ..errors import CodeLengthError, CollectionMismatchError, CollectionNotFoundError, StoreError
-from .lite import wait_for_lite_file
+from ..errors import (
+    CodeLengthError,
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    InvalidInputError,
+    StoreError,
+)
+from . import keys, rows, topk, values
+from .connect import Connection
 from .schema import (
-    FIELDS,
-    MAX_ID_LEN,
-    MAX_LABEL_LEN,
-    MAX_PATH_LEN,
     MAX_TOPK,
     OUTPUT_FIELDS,
-    SCHEMA_TAG,
+    PK_CHUNK,
     UPSERT_BATCH,
     is_lite_uri,
-    redact_uri,
+    make_schema,
+    read_description,
 )
 
 log = logging.getLogger(__name__)
 
+Filter = str | Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -62,32 +69,13 @@ class StoredItem:
     metadata: dict[str, Any]
 
 
-def build_filter(filter: str | Mapping[str, Any] | None) -> str:
-    """Turn a filter into a Milvus boolean expression.
-
-    A string is passed through (``'label == "Forest"'``). A mapping means equality on each key
-    (a list or tuple means ``in``); ``id``, ``label`` and ``path`` are columns, any other key is
-    read from the JSON metadata.
-
-    >>> build_filter({"label": ["Forest", "River"], "sensor": "S2"})
-    'label in ["Forest", "River"] and metadata["sensor"] == "S2"'
-    """
-    if filter is None:
-        return ""
-    if isinstance(filter, str):
-        return filter
-    parts = []
-    for key, value in filter.items():
-        col = key if key in ("id", "label", "path") else f"metadata[{json.dumps(str(key))}]"
-        if isinstance(value, (list, tuple, set)):
-            parts.append(f"{col} in {json.dumps(list(value))}")
-        else:
-            parts.append(f"{col} == {json.dumps(value)}")
-    return " and ".join(parts)
-
-
 class MilvusCodeStore:
     """A Milvus collection of packed binary codes with ids, labels, paths and JSON metadata.
+
+    A collection is created by the first write (with ``bits``); a read of a collection that was
+    never written raises :class:`~rsir_sdk.errors.CollectionNotFoundError`. ``create=False``
+    refuses at once when it does not exist. ``timeout`` bounds each Milvus call (seconds;
+    ``None``: no deadline); failing calls are retried a few times, never for minutes.
 
     >>> store = MilvusCodeStore("./codes.db", "scenes", bits=64)         # doctest: +SKIP
     >>> store.upsert(["a", "b"], codes, labels=["forest", "river"])      # doctest: +SKIP
@@ -109,124 +97,95 @@ class MilvusCodeStore:
         create: bool = True,
         client_kwargs: Mapping[str, Any] | None = None,
         lite_wait: float = 30.0,
+        timeout: float | None = None,
+        read_consistency: str | None = None,
     ):
-        self.uri = str(uri)
-        #: the uri without credentials, for messages, logs and printed output
-        self.display_uri = redact_uri(self.uri)
-        self.collection = collection
-        self.is_lite = is_lite_uri(self.uri)
+        self.collection = values.collection_name(collection)
         self.search_params = dict(search_params or {})
         self._index = (index_type, dict(index_params or {}))
-        self._client = _connect(self.uri, token, dict(client_kwargs or {}), lite_wait)
+        self._conn = Connection(uri, token, client_kwargs, lite_wait=lite_wait, timeout=timeout,
+                                read_consistency=read_consistency)
+        self.uri = self._conn.uri
+        #: the uri without credentials, for messages, logs and printed output
+        self.display_uri = self._conn.display_uri
+        self.is_lite = self._conn.is_lite
         try:
-            self.exists: bool = bool(self._client.has_collection(collection))
-        except Exception as exc:
+            self.exists: bool = bool(self._conn.call("has_collection", self.collection,
+                                                     what=f"opening collection {self.collection!r}"))
+            if self.exists:
+                self.bits, self.encoder = self._open_existing(bits, encoder)
+                return
+            self.bits, self.encoder = self._check_new(bits, encoder, create, index_type)
+        except BaseException:
             self.close()
-            raise StoreError(f"Milvus at {self.display_uri} did not answer: {exc}") from None
-        if self.exists:
-            self.bits, self.encoder = self._open_existing(bits, encoder)
-            return
+            raise
+
+    @property
+    def _client(self) -> Any:
+        """The underlying ``pymilvus.MilvusClient`` (diagnostics and tests only: its calls get
+        none of the store's checks)."""
+        return self._conn.client
+
+    # ----------------------------------------------------------------- set-up
+    def _check_new(self, bits, encoder, create, index_type) -> tuple[int, dict[str, Any] | None]:
         if not create:
-            names = self._names()
-            self.close()
             raise CollectionNotFoundError(
-                f"collection {collection!r} does not exist at {self.display_uri}; "
-                + (f"collections there: {', '.join(names)}" if names else "it holds no collections")
+                f"collection {self.collection!r} does not exist at {self.display_uri}; "
+                + self._others("it holds no collections")
             )
         if bits is None:
-            self.close()
             raise CodeLengthError(
-                f"collection {collection!r} does not exist yet: give bits= to create it"
+                f"collection {self.collection!r} does not exist yet: give bits= to create it"
             )
-        self.bits = validate_bits(bits)
-        self.encoder = dict(encoder) if encoder else None
-        if self.encoder and int(self.encoder.get("bits", self.bits)) != self.bits:
-            self.close()
-            raise CodeLengthError(
-                f"encoder makes {self.encoder['bits']}-bit codes but bits={self.bits}"
-            )
+        bits = validate_bits(bits)
+        enc = dict(encoder) if encoder else None
+        if enc and int(enc.get("bits", bits)) != bits:
+            raise CodeLengthError(f"encoder makes {enc['bits']}-bit codes but bits={bits}")
         if self.is_lite and (index_type or "BIN_FLAT") != "BIN_FLAT":
-            self.close()
             raise StoreError(
                 f"Milvus Lite supports only the BIN_FLAT index for binary vectors, not "
                 f"{index_type}; use a Milvus server URI for {index_type}"
             )
+        return bits, enc
 
-    def _names(self) -> list[str]:
-        try:
-            return sorted(self._client.list_collections())
-        except Exception:
-            return []
+    def _others(self, none: str) -> str:
+        names = [n for n in self._conn.names() if n != self.collection]
+        return f"collections there: {', '.join(names)}" if names else none
 
     def _require_exists(self) -> None:
         """Raise :class:`CollectionNotFoundError` (naming the collections there) for a read of
         a collection that was never written."""
         if not self.exists:
-            names = [n for n in self._names() if n != self.collection]
             raise CollectionNotFoundError(
                 f"collection {self.collection!r} does not exist at {self.display_uri} (nothing was "
-                f"written to it); "
-                + (f"collections there: {', '.join(names)}" if names else
-                   "it holds no collections: index an archive first")
+                f"written to it); " + self._others("it holds no collections: index an archive first")
             )
 
     def _ensure_created(self) -> None:
         """Create the collection on the first write (a read never creates one)."""
-        if not self.exists:
-            self._create(*self._index)
-            self.exists = True
-
-    # ----------------------------------------------------------------- set-up
-    def _create(self, index_type: str | None, index_params: Mapping[str, Any] | None) -> None:
-        from pymilvus import DataType, MilvusClient
-
-        index_type = index_type or "BIN_FLAT"
-        description = json.dumps(
-            {SCHEMA_TAG: {"format": 1, "bits": self.bits, "encoder": self.encoder}}
-        )
-        schema = MilvusClient.create_schema(auto_id=False, description=description)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LEN)
-        schema.add_field("code", DataType.BINARY_VECTOR, dim=self.bits)
-        schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_LEN)
-        schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LEN)
-        schema.add_field("metadata", DataType.JSON)
-        index = self._client.prepare_index_params()
-        index.add_index(
-            field_name="code",
-            index_type=index_type,
-            metric_type="HAMMING",
-            params=dict(index_params or {}),
-        )
-        try:
-            self._client.create_collection(
-                self.collection, schema=schema, index_params=index, consistency_level="Strong"
-            )
-        except Exception as exc:
-            raise StoreError(f"cannot create collection {self.collection!r}: {exc}") from exc
+        if self.exists:
+            return
+        index_type, index_params = self._index
+        index = self._conn.client.prepare_index_params()
+        index.add_index(field_name="code", index_type=index_type or "BIN_FLAT",
+                        metric_type="HAMMING", params=dict(index_params or {}))
+        self._conn.call("create_collection", self.collection,
+                        schema=make_schema(self.bits, self.encoder), index_params=index,
+                        consistency_level="Strong", what=f"creating collection {self.collection!r}")
+        self.exists = True
         log.info("created collection %s (%d bits) at %s", self.collection, self.bits, self.display_uri)
 
     def _open_existing(
         self, bits: int | None, encoder: Mapping[str, Any] | None
     ) -> tuple[int, dict[str, Any] | None]:
-        desc = self._client.describe_collection(self.collection)
-        fields = {f["name"]: f for f in desc.get("fields", [])}
-        missing = [f for f in FIELDS if f not in fields]
-        if missing:
-            raise CollectionMismatchError(
-                f"collection {self.collection!r} at {self.display_uri} was not created by rsir-sdk "
-                f"(fields {missing} are missing); choose another collection name"
-            )
-        dim = int(fields["code"].get("params", {}).get("dim"))
+        desc = self._conn.call("describe_collection", self.collection,
+                               what=f"opening collection {self.collection!r}")
+        dim, stored_encoder = read_description(desc, self.collection, self.display_uri)
         if bits is not None and validate_bits(bits) != dim:
             raise CollectionMismatchError(
                 f"collection {self.collection!r} holds {dim}-bit codes, not {bits}-bit: use a "
                 f"bundle with {dim} bits or another collection"
             )
-        try:
-            recorded = json.loads(desc.get("description") or "{}").get(SCHEMA_TAG, {})
-        except json.JSONDecodeError:
-            recorded = {}
-        stored_encoder = recorded.get("encoder")
         if encoder and stored_encoder:
             check_same_encoder(stored_encoder, encoder, self.collection)
         return dim, stored_encoder or (dict(encoder) if encoder else None)
@@ -245,171 +204,142 @@ class MilvusCodeStore:
     ) -> int:
         """Insert or replace items by id; returns how many rows were written.
 
-        Everything is validated before the first row is written, so a bad call changes nothing.
-        ``encoder`` (a bundle identity) is checked against the collection's.
+        Everything is validated before the first row is written, so a bad call changes nothing
+        (:class:`~rsir_sdk.errors.InvalidInputError` or ``CodeLengthError`` naming the item).
+        Requests hold at most ``batch_size`` (and 5000) rows and 32 MiB. ``encoder`` (a bundle
+        identity) is checked against the collection's.
         """
         if encoder is not None and self.encoder is not None:
             check_same_encoder(self.encoder, encoder, self.collection)
-        rows = self._rows(ids, codes, labels, paths, metadata)
-        if rows:
-            self._ensure_created()
-        for start in range(0, len(rows), batch_size):
+        size = values.positive_int(batch_size, "batch_size")
+        built, sizes = rows.build_rows(ids, codes, self.bits, labels, paths, metadata)
+        if not built:
+            return 0
+        self._ensure_created()
+        for start, batch in rows.batches(built, sizes, min(size, rows.MAX_BATCH_ROWS)):
             try:
-                self._client.upsert(self.collection, rows[start : start + batch_size])
-            except Exception as exc:
+                self._conn.call("upsert", self.collection, batch,
+                                what=f"upsert into {self.collection!r}")
+            except StoreError as exc:
                 raise StoreError(
-                    f"upsert into {self.collection!r} failed after {start} of {len(rows)} rows "
-                    f"(re-running the same call is safe: upsert is idempotent): {exc}"
-                ) from exc
-        return len(rows)
-
-    def _rows(self, ids, codes, labels, paths, metadata) -> list[dict[str, Any]]:
-        ids = [_check_id(i) for i in ids]
-        packed = as_packed(codes, self.bits)
-        n = len(ids)
-        if packed.shape[0] != n:
-            raise ValueError(f"{n} ids but {packed.shape[0]} codes")
-        if len(set(ids)) != n:
-            dupes = sorted({i for i in ids if ids.count(i) > 1})[:5] if n < 10000 else []
-            raise ValueError(f"ids must be unique within one call (duplicates: {dupes} ...)")
-        labels = _column(labels, n, "labels", MAX_LABEL_LEN)
-        paths = _column(paths, n, "paths", MAX_PATH_LEN)
-        if metadata is None:
-            metadata = [{}] * n
-        elif len(metadata) != n:
-            raise ValueError(f"{n} ids but {len(metadata)} metadata entries")
-        rows = []
-        for i in range(n):
-            meta = metadata[i] or {}
-            if not isinstance(meta, Mapping):
-                raise ValueError(f"metadata for id {ids[i]!r} must be a dict, got {type(meta)}")
-            try:
-                json.dumps(meta)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"metadata for id {ids[i]!r} is not JSON-serialisable: {exc}")
-            rows.append(
-                {
-                    "id": ids[i],
-                    "code": packed[i].tobytes(),
-                    "label": labels[i],
-                    "path": paths[i],
-                    "metadata": dict(meta),
-                }
-            )
-        return rows
+                    f"{exc} (after {start} of {len(built)} rows were written; re-running the "
+                    f"same call is safe: upsert is idempotent)"
+                ) from None
+        return len(built)
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
-        ids = [_check_id(i) for i in ids]
-        if not ids or not self.exists:
-            return 0
-        present = self.existing_ids(ids)
-        if present:
-            self._client.delete(self.collection, ids=sorted(present))
-        return len(present)
+        present = self._by_pk(ids, ["pk", "id"])
+        pks = [keys.digest(i) for i in present]
+        for start in range(0, len(pks), PK_CHUNK):
+            self._conn.call("delete", self.collection,
+                            filter=keys.in_list("pk", pks[start : start + PK_CHUNK]),
+                            what=f"delete from {self.collection!r}")
+        if pks:
+            self._conn.after_delete()
+        return len(pks)
 
     # ----------------------------------------------------------------- reads
+    def _by_pk(self, ids: Iterable[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """``{id: row}`` of the given ids that the collection holds (by primary-key digest)."""
+        wanted = values.lookup_ids(ids)
+        if not wanted or not self.exists:
+            return {}
+        pks = {keys.digest(i): i for i in wanted}
+        order = list(pks)
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(order), PK_CHUNK):
+            chunk = order[start : start + PK_CHUNK]
+            res = self._conn.call("query", self.collection, filter=keys.in_list("pk", chunk),
+                                  output_fields=fields, read=True,
+                                  what=f"reading ids from {self.collection!r}")
+            for row in res:
+                item_id = pks.get(row.get("pk"))
+                if item_id is None or row.get("id") != item_id:
+                    raise StoreError(
+                        f"collection {self.collection!r} holds a row whose id does not match its "
+                        f"primary key ({row.get('id')!r:.80}); the collection is damaged: rebuild it"
+                    )
+                found[item_id] = row
+        return found
+
     def get(self, ids: Iterable[str]) -> list[StoredItem]:
         """Fetch stored items by id (missing ids are left out), in the order asked."""
-        ids = [_check_id(i) for i in ids]
-        if not ids or not self.exists:
-            return []
-        found = {}
-        for start in range(0, len(ids), 1000):
-            res = self._client.get(self.collection, ids=ids[start : start + 1000])
-            for row in res:
-                found[row["id"]] = StoredItem(
-                    id=row["id"],
-                    code=_code_bytes(row["code"]),
-                    label=row.get("label", ""),
-                    path=row.get("path", ""),
-                    metadata=dict(row.get("metadata") or {}),
-                )
-        return [found[i] for i in ids if i in found]
+        wanted = values.lookup_ids(ids)
+        found = self._by_pk(wanted, ["pk", "id", "code", "label", "path", "metadata"])
+        return [
+            StoredItem(id=i, code=_code_bytes(found[i]["code"]), label=found[i].get("label", ""),
+                       path=found[i].get("path", ""), metadata=dict(found[i].get("metadata") or {}))
+            for i in wanted if i in found
+        ]
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         """The subset of ``ids`` that the collection holds."""
-        ids = list(ids)
-        out: set[str] = set()
-        if not self.exists:
-            return out
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            res = self._client.query(
-                self.collection, filter=f"id in {json.dumps(chunk)}", output_fields=["id"]
-            )
-            out.update(r["id"] for r in res)
-        return out
+        return set(self._by_pk(ids, ["pk", "id"]))
 
-    def count(self, filter: str | Mapping[str, Any] | None = None) -> int:
+    def count(self, filter: Filter = None) -> int:
         """Number of items (matching ``filter`` when given); 0 for a collection never written."""
+        expr = keys.build_filter(filter)
         if not self.exists:
             return 0
-        res = self._client.query(
-            self.collection, filter=build_filter(filter), output_fields=["count(*)"]
-        )
+        res = self._conn.call("query", self.collection, filter=expr, output_fields=["count(*)"],
+                              read=True, what=f"count in {self.collection!r}",
+                              expression=filter if isinstance(filter, str) else None)
         return int(res[0]["count(*)"])
 
     def search(
         self,
         codes: np.ndarray,
         k: int = 10,
-        filter: str | Mapping[str, Any] | None = None,
+        filter: Filter = None,
         radius: int | None = None,
     ) -> list[list[StoreHit]]:
         """Hamming top-``k`` per query: one list of :class:`StoreHit` per query code.
 
-        Hits are sorted by distance, then id. With ``radius``, only items at distance
-        ``<= radius`` (inclusive) come back, at most ``k`` of them.
+        Hits are sorted by distance, then id (exactly: ties at the k-th distance are broken by
+        id, not by insertion order). With ``radius``, only items at distance ``<= radius``
+        (inclusive) come back, at most ``k`` of them. ``k`` and ``radius`` must be ints,
+        ``filter`` a dict or an expression string (:func:`~rsir_sdk.store.keys.build_filter`).
         """
+        k = values.k(k)
+        radius = values.radius(radius)
+        expr = keys.build_filter(filter)
         q = as_packed(codes, self.bits)
-        k = int(k)
-        if not 1 <= k <= MAX_TOPK:
-            raise ValueError(f"k must be between 1 and {MAX_TOPK} (Milvus' topK cap), got {k}")
-        params: dict[str, Any] = {"metric_type": "HAMMING", "params": dict(self.search_params)}
-        if radius is not None:
-            radius = int(radius)
-            if radius < 0:
-                raise ValueError(f"radius must be >= 0, got {radius}")
-            # Milvus returns range_filter <= d < radius: one more makes ours inclusive
-            params["params"].update({"radius": radius + 1, "range_filter": 0})
         if q.shape[0] == 0:
             return []
         self._require_exists()
+        user_expr = filter if isinstance(filter, str) else None
+
+        def search(data: Sequence[bytes], limit: int, expression: str,
+                   window: tuple[int, int] | None, fields: list[str]) -> list[list[dict]]:
+            params: dict[str, Any] = {"metric_type": "HAMMING", "params": dict(self.search_params)}
+            if window is not None:
+                params["params"].update({"radius": window[0], "range_filter": window[1]})
+            return self._conn.call(
+                "search", self.collection, data=list(data), anns_field="code", limit=limit,
+                filter=expression, output_fields=fields, search_params=params, read=True,
+                what=f"search in {self.collection!r}", expression=user_expr,
+            )
+
+        def fetch(pks: Sequence[str]) -> dict[str, dict[str, Any]]:
+            res = self._conn.call("query", self.collection, filter=keys.in_list("pk", list(pks)),
+                                  output_fields=["pk", *OUTPUT_FIELDS], read=True,
+                                  what=f"reading hits from {self.collection!r}")
+            return {r["pk"]: r for r in res}
+
+        step = max(1, min(1000, 2_000_000 // min(MAX_TOPK, 2 * k)))
         out: list[list[StoreHit]] = []
-        for start in range(0, q.shape[0], 1000):
-            try:
-                res = self._client.search(
-                    self.collection,
-                    data=[row.tobytes() for row in q[start : start + 1000]],
-                    anns_field="code",
-                    limit=k,
-                    filter=build_filter(filter),
-                    output_fields=OUTPUT_FIELDS,
-                    search_params=params,
-                )
-            except Exception as exc:
-                raise StoreError(f"search in {self.collection!r} failed: {exc}") from exc
-            for hits in res:
-                items = [
-                    StoreHit(
-                        id=h["id"],
-                        distance=int(round(h["distance"])),
-                        label=h["entity"].get("label", ""),
-                        path=h["entity"].get("path", ""),
-                        metadata=dict(h["entity"].get("metadata") or {}),
-                    )
-                    for h in hits
-                ]
-                items.sort(key=lambda h: (h.distance, h.id))
-                out.append(items)
+        for start in range(0, q.shape[0], step):
+            data = [row.tobytes() for row in q[start : start + step]]
+            for found in topk.exact_topk(search, fetch, data, k, expr, radius, OUTPUT_FIELDS):
+                out.append([_hit(f) for f in found])
         return out
 
     def range_search(
         self,
         codes: np.ndarray,
         radius: int,
-        filter: str | Mapping[str, Any] | None = None,
+        filter: Filter = None,
         limit: int = MAX_TOPK,
     ) -> list[list[StoreHit]]:
         """Every item within Hamming distance ``<= radius`` (inclusive) of each query.
@@ -417,7 +347,7 @@ class MilvusCodeStore:
         Raises :class:`StoreError` when a query has more than ``limit`` such items (Milvus caps
         one search at 16384): lower the radius or add a filter rather than get a silent cut.
         """
-        results = self.search(codes, k=limit, filter=filter, radius=radius)
+        results = self.search(codes, k=limit, filter=filter, radius=values.radius(radius))
         for i, hits in enumerate(results):
             if len(hits) >= limit:
                 raise StoreError(
@@ -441,18 +371,15 @@ class MilvusCodeStore:
     def drop(self) -> None:
         """Drop the whole collection (irreversible); a later write creates it afresh."""
         if self.exists:
-            try:
-                self._client.drop_collection(self.collection)
-            except Exception as exc:
-                raise StoreError(f"cannot drop collection {self.collection!r}: {exc}") from None
+            self._conn.call("drop_collection", self.collection,
+                            what=f"dropping collection {self.collection!r}")
             self.exists = False
 
     def close(self) -> None:
-        """Close the connection (for Milvus Lite, releases the database file)."""
-        try:
-            self._client.close()
-        except Exception:  # closing twice or a server gone away is not an error for callers
-            pass
+        """Close the connection (for Milvus Lite, stops its server and releases the file)."""
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
 
     def __enter__(self) -> "MilvusCodeStore":
         return self
@@ -461,18 +388,71 @@ class MilvusCodeStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"MilvusCodeStore(uri={self.display_uri!r}, collection={self.collection!r}, bits={self.bits})"
+        return (f"MilvusCodeStore(uri={self.display_uri!r}, collection={self.collection!r}, "
+                f"bits={getattr(self, 'bits', None)})")
 
 
 def list_collections(uri: str = "./rsir.db", token: str | None = None) -> list[str]:
     """Names of the collections at ``uri`` (a missing Milvus Lite file holds none)."""
-    if is_lite_uri(str(uri)) and not os.path.exists(str(uri)):
+    if lite_missing(uri):
         return []
-    client = _connect(str(uri), token, {}, 30.0)
+    conn = Connection(str(uri), token, None)
     try:
-        return sorted(client.list_collections())
+        return conn.names(strict=True)
     finally:
-        client.close()
+        conn.close()
+
+
+def describe_collections(uri: str = "./rsir.db", token: str | None = None) -> list[dict[str, Any]]:
+    """:meth:`MilvusCodeStore.info` of each collection at ``uri``; a collection that cannot be
+    opened (another layout, not made by rsir-sdk) gives ``{"collection": name, "error": why}``."""
+    if lite_missing(uri):
+        return []
+    conn = Connection(str(uri), token, None)  # held open: one Milvus Lite server for all
+    try:
+        out = []
+        for name in conn.names(strict=True):
+            try:
+                with MilvusCodeStore(uri, name, token=token, create=False) as store:
+                    out.append(store.info())
+            except (StoreError, CollectionMismatchError, InvalidInputError) as exc:
+                out.append({"collection": name, "error": str(exc)})
+        return out
+    finally:
+        conn.close()
+
+
+def drop_collection(uri: str, collection: str, token: str | None = None) -> int | None:
+    """Drop ``collection`` at ``uri`` whatever its layout (also a format-1 collection, to
+    rebuild it); returns how many items it held (``None`` when that cannot be read).
+
+    Raises :class:`~rsir_sdk.errors.CollectionNotFoundError` naming the collections there.
+    """
+    name = values.collection_name(collection)
+    if lite_missing(uri):
+        raise CollectionNotFoundError(f"no Milvus Lite file at {uri}")
+    conn = Connection(str(uri), token, None)
+    try:
+        if not conn.call("has_collection", name, what=f"opening collection {name!r}"):
+            names = conn.names()
+            raise CollectionNotFoundError(
+                f"collection {name!r} does not exist at {conn.display_uri}; "
+                + (f"collections there: {', '.join(names)}" if names else "it holds no collections")
+            )
+        try:
+            n: int | None = int(conn.call("query", name, filter="", output_fields=["count(*)"],
+                                          read=True, what="count")[0]["count(*)"])
+        except StoreError:
+            n = None
+        conn.call("drop_collection", name, what=f"dropping collection {name!r}")
+        return n
+    finally:
+        conn.close()
+
+
+def lite_missing(uri: str) -> bool:
+    """True for a Milvus Lite path whose file does not exist."""
+    return is_lite_uri(str(uri)) and not os.path.exists(str(uri))
 
 
 def check_same_encoder(
@@ -493,46 +473,10 @@ def check_same_encoder(
         )
 
 
-def _connect(uri: str, token: str | None, kwargs: dict[str, Any], lite_wait: float):
-    from pymilvus import MilvusClient
-
-    if is_lite_uri(uri):
-        parent = os.path.dirname(os.path.abspath(uri))
-        if not os.path.isdir(parent):
-            raise StoreError(f"cannot create Milvus Lite file {uri}: folder {parent} does not exist")
-        if not uri.endswith(".db"):
-            raise StoreError(f"a Milvus Lite uri must be a file ending in .db, got {uri!r}")
-        wait_for_lite_file(uri, lite_wait)
-    try:
-        if token:
-            kwargs["token"] = token
-        with warnings.catch_warnings():
-            # milvus-lite 2.5.1 imports pkg_resources, which warns on every start
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            return MilvusClient(uri=uri, **kwargs)
-    except Exception as exc:
-        raise StoreError(f"cannot connect to Milvus at {redact_uri(uri)}: {exc}") from None
-
-
-def _check_id(value: Any) -> str:
-    s = str(value)
-    if not s:
-        raise ValueError("ids must be non-empty strings")
-    if len(s.encode("utf-8")) > MAX_ID_LEN:
-        raise ValueError(f"id longer than {MAX_ID_LEN} bytes: {s[:60]}...")
-    return s
-
-
-def _column(values, n: int, name: str, max_len: int) -> list[str]:
-    if values is None:
-        return [""] * n
-    values = ["" if v is None else str(v) for v in values]
-    if len(values) != n:
-        raise ValueError(f"{n} ids but {len(values)} {name}")
-    for v in values:
-        if len(v.encode("utf-8")) > max_len:
-            raise ValueError(f"a value in {name} is longer than {max_len} bytes: {v[:60]}...")
-    return values
+def _hit(f: topk.Found) -> StoreHit:
+    e = f.entity or {}
+    return StoreHit(id=f.id, distance=f.distance, label=e.get("label") or "",
+                    path=e.get("path") or "", metadata=dict(e.get("metadata") or {}))
 
 
 def _code_bytes(value: Any) -> np.ndarray:
@@ -540,3 +484,4 @@ def _code_bytes(value: Any) -> np.ndarray:
     if isinstance(value, list):
         value = value[0] if len(value) == 1 and isinstance(value[0], (bytes, bytearray)) else bytes(value)
     return np.frombuffer(bytes(value), dtype=np.uint8).copy()
+

@@ -1,23 +1,201 @@
 """Milvus Lite process handling: one server process per database file.
 
-Milvus Lite (``milvus-lite`` 2.5) runs a server process per ``.db`` file, started by pymilvus.
-When a program that had the file open is killed (``kill -9``), its server notices the released
-lock and exits on its own within a few seconds; opening the file meanwhile would start a second
-server on the same data. :func:`wait_for_lite_file` waits for such an orphan to exit, and
-refuses at once when a *running* program holds the file. Linux only (``/proc``); elsewhere these
-are no-ops.
+Milvus Lite (``milvus-lite`` 2.5.1, pinned) runs a server process per ``.db`` file, started
+through pymilvus. This module makes that process behave:
+
+* **Its own session** (:func:`isolate`): the server is started with ``start_new_session=True``
+  and its output goes to a log file, so Ctrl-C in a terminal (SIGINT to the whole foreground
+  process group) reaches only our process, which then writes what it encoded and exits with one
+  line, and the server's glog/ANTLR lines never reach the user.
+* **Released on close** (:func:`acquire` / :func:`release`): pymilvus 3.0.2's
+  ``MilvusClient.close()`` leaves the server running and the file locked; stores count their
+  users of each file and the last one stops its server.
+* **Damage found on open** (:func:`check_file`): the file is SQLite; a header check and
+  ``PRAGMA quick_check`` (about 1 ms per MB) refuse a damaged file before Milvus Lite would
+  silently serve part of it or hang on writes.
+* **Orphans waited for** (:func:`wait_for_lite_file`): when a program that had the file open is
+  killed (``kill -9``), its server notices the released lock and exits on its own within a few
+  seconds; opening the file meanwhile would start a second server on the same data.
+
+Linux and macOS (``/proc`` parts are no-ops where there is none).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import subprocess
+import tempfile
+import threading
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 from ..errors import StoreError
 
 log = logging.getLogger(__name__)
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_lock = threading.Lock()
+_users: dict[str, int] = {}  # resolved path -> open stores in this process
+
+
+class _IsolatingSubprocess(types.ModuleType):
+    """Stands in for ``subprocess`` inside ``milvus_lite.server``: its ``Popen`` starts the
+    server in a new session with stdin closed and stdout/stderr in a log file."""
+
+    rsir_isolated = True
+
+    def __init__(self) -> None:
+        super().__init__("subprocess")
+
+    def __getattr__(self, name: str) -> Any:  # TimeoutExpired, DEVNULL, ... from the real module
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 (mirrors subprocess)
+        kwargs.setdefault("start_new_session", True)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        path = log_path()
+        with open(path, "ab") as fh:  # Popen duplicates the descriptor; ours closes at once
+            kwargs.setdefault("stdout", fh)
+            kwargs.setdefault("stderr", fh)
+            return subprocess.Popen(*args, **kwargs)
+
+
+def log_path() -> str:
+    """The file Milvus Lite servers started by this process write their output to."""
+    return os.path.join(tempfile.gettempdir(), f"rsir-milvus-lite-{os.getpid()}.log")
+
+
+def isolate() -> None:
+    """Make ``milvus_lite`` start its servers in their own session (idempotent)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # milvus-lite 2.5.1 imports pkg_resources, which warns on every start
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import milvus_lite.server as server
+
+    if not getattr(server.subprocess, "rsir_isolated", False):
+        server.subprocess = _IsolatingSubprocess()
+
+
+def _key(db_file: str | os.PathLike) -> str:
+    return str(Path(db_file).absolute().resolve())
+
+
+def acquire(db_file: str | os.PathLike) -> bool:
+    """Count one more user of ``db_file`` in this process; True when it is the first."""
+    key = _key(db_file)
+    with _lock:
+        _users[key] = _users.get(key, 0) + 1
+        return _users[key] == 1
+
+
+def release(db_file: str | os.PathLike) -> None:
+    """One user less; the last one stops the file's Milvus Lite server (releasing the file)."""
+    key = _key(db_file)
+    with _lock:
+        left = _users.get(key, 0) - 1
+        if left > 0:
+            _users[key] = left
+            return
+        _users.pop(key, None)
+        stop_server(key)
+    if not _users:
+        try:
+            os.unlink(log_path())
+        except OSError:
+            pass
+
+
+def stop_server(db_file: str | os.PathLike) -> None:
+    """Stop the Milvus Lite server this process runs for ``db_file`` (if any)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # pragma: no cover - milvus-lite is a dependency
+        return
+    key = _key(db_file)
+    with server_manager_instance._lock:
+        server = server_manager_instance._servers.pop(key, None)
+    if server is not None:
+        try:
+            server.stop()
+        except Exception:  # a server that is already gone
+            pass
+
+
+def server_alive(db_file: str | os.PathLike) -> bool | None:
+    """Whether this process's Milvus Lite server for ``db_file`` still runs (None: none known)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # pragma: no cover
+        return None
+    server = server_manager_instance._servers.get(_key(db_file))
+    proc = getattr(server, "_p", None)
+    if proc is None:
+        return None
+    return proc.poll() is None
+
+
+def log_tail(lines: int = 3) -> list[str]:
+    """The last non-empty lines Milvus Lite servers of this process wrote."""
+    try:
+        with open(log_path(), "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 8192))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [x.strip() for x in text.splitlines() if x.strip()][-lines:]
+
+
+def check_file(db_file: str | os.PathLike) -> None:
+    """Refuse a Milvus Lite file that is not SQLite or fails ``PRAGMA quick_check``.
+
+    Raises :class:`~rsir_sdk.errors.StoreError` saying the file is damaged; nothing is written.
+    A missing or empty file passes (Milvus Lite creates it).
+    """
+    path = Path(db_file)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise StoreError(f"cannot read Milvus Lite file {path}: {exc.strerror or exc}") from None
+    if header != _SQLITE_HEADER:
+        raise StoreError(
+            f"{path} is not a Milvus Lite database file (it does not start with the SQLite "
+            f"header): give another .db path, or restore the file"
+        )
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = [r[0] for r in con.execute("PRAGMA quick_check(3)").fetchall()]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        rows = [str(exc)]
+    if rows != ["ok"]:
+        first = " ".join(str(rows[0]).split()) if rows else "no answer"
+        raise damaged(path, f"SQLite quick_check: {first[:160]}")
+
+
+def damaged(path: str | os.PathLike, detail: str) -> StoreError:
+    """The error for a damaged Milvus Lite file."""
+    return StoreError(
+        f"Milvus Lite file {path} is damaged ({detail}); nothing was written. Restore it from a "
+        f"backup, or re-index into a new file"
+    )
 
 
 def lite_server_pids(db_file: str | os.PathLike) -> list[int]:

@@ -13,6 +13,7 @@ backslashes, newlines, NUL and emoji, but not lone surrogates (which no UTF-8 st
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,8 +25,11 @@ from .schema import MAX_ID_LEN, MAX_LABEL_LEN, MAX_PATH_LEN, MAX_TOPK
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: nesting deeper than this in metadata is refused (Milvus JSON fields are meant to be flat)
 MAX_METADATA_DEPTH = 16
-#: the encoded JSON of one item's metadata may not exceed this (Milvus' JSON field limit is 64 KiB)
+#: the encoded JSON of one item's metadata may not exceed this (the Milvus server refuses a JSON
+#: field over 65,536 bytes; Milvus Lite has no limit, so the check is ours, for both)
 MAX_METADATA_BYTES = 65_536
+#: a metadata key (or a dict filter key) may not exceed this many UTF-8 bytes
+MAX_KEY_BYTES = 1024
 
 
 def text(value: Any, what: str, max_bytes: int, *, allow_empty: bool = True) -> str:
@@ -36,8 +40,8 @@ def text(value: Any, what: str, max_bytes: int, *, allow_empty: bool = True) -> 
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidInputError(
-            f"{what} {value!r:.60} holds a lone surrogate (not valid Unicode text); decode file "
-            f"names with os.fsdecode and re-encode them, or give another value"
+            f"{what} {value!r:.60} holds a lone surrogate: it is not valid Unicode text and "
+            f"cannot be stored or searched (a file name that is not UTF-8? rename the file)"
         ) from None
     if not allow_empty and not value:
         raise InvalidInputError(f"{what} must not be empty")
@@ -109,7 +113,7 @@ def metadata(values: Any, ids_: Sequence[str]) -> list[dict[str, Any]]:
         if not isinstance(meta, Mapping):
             raise InvalidInputError(f"metadata for id {i!r} must be a dict, got {type(meta).__name__}")
         checked = _json_value(meta, f"metadata of id {i!r}", 0)
-        size = len(_dumps(checked).encode("utf-8"))
+        size = json_size(checked)
         if size > MAX_METADATA_BYTES:
             raise InvalidInputError(f"metadata of id {i!r} is {size} bytes as JSON, over the "
                                     f"{MAX_METADATA_BYTES}-byte limit")
@@ -117,10 +121,17 @@ def metadata(values: Any, ids_: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _dumps(value: Any) -> str:
-    import json
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as the compact JSON pymilvus sends (orjson; the same text as
+    ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``)."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - pymilvus depends on orjson
+        import json
 
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False).encode("utf-8"))
+    return len(orjson.dumps(value))
 
 
 def _json_value(value: Any, where: str, depth: int) -> Any:
@@ -147,9 +158,11 @@ def _json_value(value: Any, where: str, depth: int) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise InvalidInputError(f"{where}: keys must be strings, got {type(k).__name__} {k!r:.40}")
-            text(k, f"{where}: key", 1024, allow_empty=False)
+            text(k, f"{where}: key", MAX_KEY_BYTES)
             out[k] = _json_value(v, where, depth + 1)
         return out
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return [_json_value(v, where, depth + 1) for v in value]
     raise InvalidInputError(f"{where}: {type(value).__name__} is not a JSON value")
@@ -176,7 +189,8 @@ def radius(value: Any) -> int | None:
 
 
 def filter_value(key: str, value: Any) -> Any:
-    """A value in a dict filter: a scalar, or a non-empty list of scalars ("any of")."""
+    """A value in a dict filter: a scalar (str, int, float, bool, None), or a non-empty list of
+    scalars ("any of")."""
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
         if not items:
@@ -187,6 +201,8 @@ def filter_value(key: str, value: Any) -> Any:
 
 
 def _scalar(key: str, value: Any) -> Any:
+    if value is None:  # matches a metadata value that is null (not a missing key)
+        return None
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -194,6 +210,40 @@ def _scalar(key: str, value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return _json_value(value, f"filter on {key!r}", 0)
     if isinstance(value, str):
-        return text(value, f"filter on {key!r}: value", MAX_PATH_LEN)
-    raise InvalidInputError(f"filter on {key!r}: values must be strings, numbers or booleans "
-                            f"(or a list of them), got {type(value).__name__}")
+        return text(value, f"filter on {key!r}: value", MAX_METADATA_BYTES)
+    raise InvalidInputError(f"filter on {key!r}: values must be strings, numbers, booleans or "
+                            f"None (or a non-empty list of them), got {type(value).__name__}")
+
+
+def lookup_ids(values: Any) -> list[str]:
+    """Ids to look up (get, delete, exists): strings, repeats allowed, order kept."""
+    if isinstance(values, (str, bytes, bytearray)):
+        raise InvalidInputError(
+            f"ids must be a list of strings, got one {type(values).__name__} {values!r:.60} "
+            f"(for one item pass [id])"
+        )
+    try:
+        items = list(values)
+    except TypeError:
+        raise InvalidInputError(f"ids must be a list of strings, got {type(values).__name__}") from None
+    return [text(v, "id", 1 << 30) for v in items]
+
+
+def positive_int(value: Any, what: str) -> int:
+    """An integer >= 1 (``bool`` and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{what} must be a positive integer, got {value!r:.40}")
+    return int(value)
+
+
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+def collection_name(value: Any) -> str:
+    """A Milvus collection name: a letter or ``_``, then letters, digits and ``_`` (<= 255)."""
+    if not isinstance(value, str) or not _COLLECTION_NAME.fullmatch(value):
+        raise InvalidInputError(
+            f"collection names hold letters, digits and '_' and start with a letter or '_' (at "
+            f"most 255), got {value!r:.80}"
+        )
+    return value

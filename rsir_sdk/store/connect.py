@@ -1,0 +1,187 @@
+"""One connection to Milvus: opening it (Lite or server), calling it, closing it.
+
+:class:`Connection` is the only place that calls ``MilvusClient`` methods. Each call gets
+bounded retries (:data:`~.rpc.RETRIES`), an optional deadline, and for a server a read
+consistency; every exception becomes one line (:func:`~.rpc.store_error`). For Milvus Lite it
+also checks the file before the first open, notices a server that died on a request, and stops
+the server on close (:mod:`.lite`).
+
+**Read consistency on a server.** A collection's default, Strong, makes every read wait for a
+time tick (about 0.2 s per read measured on the 2.3.5 server, against 4 ms with Session). So the
+first read of a connection, and the first after a delete, is Strong (it sees everything written
+before, by any process; the 2.3.5 server answers a delete with timestamp 0, which Session
+cannot wait for), and later reads are Session: they see this process's own upserts at once
+(pymilvus keeps the last write's timestamp per collection) and other writers' within moments. ``read_consistency``
+forces one level for every read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Any, Mapping
+
+from ..errors import InvalidInputError, StoreError
+from ..redact import redact_text, redact_uri
+from . import lite, rpc
+from .schema import is_lite_uri
+
+_LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")
+_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+
+
+class Connection:
+    """A ``MilvusClient`` for ``uri``, with rsir-sdk's call discipline."""
+
+    def __init__(self, uri: str, token: str | None, client_kwargs: Mapping[str, Any] | None, *,
+                 lite_wait: float = 30.0, timeout: float | None = None,
+                 read_consistency: str | None = None):
+        self.uri = str(uri)
+        self.display_uri = redact_uri(self.uri)
+        self.is_lite = is_lite_uri(self.uri)
+        if read_consistency is not None and read_consistency not in _LEVELS:
+            raise InvalidInputError(f"read_consistency must be one of {', '.join(_LEVELS)}, got "
+                                    f"{read_consistency!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = timeout
+        self.read_consistency = read_consistency
+        self._first_read = True
+        self._lite_file: str | None = None
+        self._broken: str | None = None
+        self.client: Any = None
+        self.client = self._open(token, dict(client_kwargs or {}), lite_wait)
+
+    # ----------------------------------------------------------------- open / close
+    def _open(self, token: str | None, kwargs: dict[str, Any], lite_wait: float) -> Any:
+        if self.is_lite:
+            self._check_lite_path()
+            lite.wait_for_lite_file(self.uri, lite_wait)
+            first = lite.acquire(self.uri)
+            self._lite_file = self.uri
+            try:
+                if first:
+                    lite.check_file(self.uri)
+                lite.isolate()
+            except BaseException:
+                self.close()
+                raise
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as exc:  # pragma: no cover - a dependency
+            self.close()
+            raise StoreError(f"pymilvus is not installed: {exc}") from None
+        rpc.quiet()
+        if token:
+            kwargs["token"] = token
+        if _has_connection_manager():
+            kwargs.setdefault("dedicated", True)  # close() then really closes the channel
+        try:
+            with warnings.catch_warnings():
+                # milvus-lite 2.5.1 imports pkg_resources, which warns on every start
+                warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+                return MilvusClient(uri=self.uri, **kwargs)
+        except BaseException as exc:
+            self.close()
+            if not isinstance(exc, Exception):
+                raise
+            raise StoreError(f"cannot connect to Milvus at {self.display_uri}: "
+                             f"{rpc.message(exc)}") from None
+
+    def _check_lite_path(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.uri))
+        name = os.path.basename(self.uri)
+        if not name.endswith(".db"):
+            raise StoreError(f"a Milvus Lite uri must be a file ending in .db, got {self.uri!r}")
+        if not os.path.isdir(parent):
+            raise StoreError(f"cannot create Milvus Lite file {self.uri}: folder {parent} does "
+                             f"not exist")
+        if not _LITE_NAME.match(name) or len(name) > 36:
+            raise StoreError(f"Milvus Lite file names may hold only letters, digits, '.', '-' and "
+                             f"'_' and at most 36 characters, got {name!r}")
+
+    def close(self) -> None:
+        """Close the client; for Milvus Lite, the last user of a file stops its server."""
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing twice or a server gone away is not an error here
+                pass
+        path, self._lite_file = self._lite_file, None
+        if path is not None:
+            lite.release(path)
+
+    # ----------------------------------------------------------------- calls
+    def call(self, method: str, *args: Any, what: str, read: bool = False,
+             expression: str | None = None, **kwargs: Any) -> Any:
+        """``client.<method>(*args, **kwargs)`` with bounded retries and one-line errors.
+
+        ``read``: a data read (gets the read consistency). ``expression``: the caller's own
+        filter string, so that Milvus refusing it becomes ``InvalidInputError``.
+        """
+        if self._broken:
+            raise StoreError(self._broken)
+        if self.client is None:
+            raise StoreError(f"the connection to {self.display_uri} is closed")
+        kwargs.setdefault("retry_times", rpc.RETRIES)
+        if self.timeout is not None:
+            kwargs.setdefault("timeout", self.timeout)
+        if read and not self.is_lite:
+            kwargs.setdefault("consistency_level", self._read_level())
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except Exception as exc:
+            raise self._error(exc, what, expression) from None
+
+    def _read_level(self) -> str:
+        if self.read_consistency:
+            return self.read_consistency
+        level = "Strong" if self._first_read else "Session"
+        self._first_read = False
+        return level
+
+    def after_delete(self) -> None:
+        """The next read is Strong: the 2.3.5 server answers a delete with timestamp 0, so a
+        Session read would not wait for it."""
+        self._first_read = True
+
+    def _error(self, exc: BaseException, what: str, expression: str | None) -> Exception:
+        err = rpc.store_error(exc, what, expression)
+        if not self.is_lite or isinstance(err, InvalidInputError):
+            return err
+        text = rpc.message(exc)
+        if lite.server_alive(self.uri) is False:
+            tail = lite.log_tail(2)
+            lite.stop_server(self.uri)
+            if rpc.is_damage(text) or any(rpc.is_damage(x) for x in tail):
+                self._broken = str(lite.damaged(self.uri, "its Milvus Lite server stopped"))
+            else:
+                self._broken = (
+                    f"the Milvus Lite server of {self.uri} stopped during {what} (it crashed on "
+                    f"that request{': ' + redact_text(tail[-1])[:160] if tail else ''}); open the "
+                    f"store again to go on"
+                )
+            return StoreError(self._broken)
+        if rpc.is_damage(text) or any(rpc.is_damage(x) for x in lite.log_tail(1)):
+            return lite.damaged(self.uri, text[:120])
+        return err
+
+    def names(self, strict: bool = False) -> list[str]:
+        """The collections at this uri (``[]`` on failure unless ``strict``)."""
+        try:
+            return sorted(self.call("list_collections", what="listing collections"))
+        except StoreError:
+            if strict:
+                raise
+            return []
+
+
+def _has_connection_manager() -> bool:
+    """pymilvus >= 3 shares connections unless asked for a dedicated one."""
+    try:
+        import pymilvus.client.connection_manager  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,193 @@
+"""Ctrl-C in a real terminal during `rsir index`, and Milvus Lite's server process.
+
+A terminal's Ctrl-C sends SIGINT to the whole foreground process group. The test runs
+`rsir index` as the session leader of a pseudo-terminal (as a shell runs a job) and types
+Ctrl-C (``\\x03``) into the terminal once some rows are written: one line, exit status 130, the
+Milvus Lite file intact, and the re-run indexes the rest with every image exactly once. The
+Milvus Lite server must not be in that process group (or it would die mid-request and gRPC
+would print tracebacks), and closing a store must stop it.
+"""
+
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rsir_sdk import MilvusCodeStore
+from rsir_sdk.store import lite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: `rsir index` with decoding slowed down (so Ctrl-C lands mid-run) and a marker file written
+#: after the first successful upsert (so the test knows rows are in)
+DRIVER = textwrap.dedent(
+    r"""
+    import os, sys, time
+    marker = sys.argv[1]
+    from rsir_sdk import cli, ingest, store
+
+    upsert = store.MilvusCodeStore.upsert
+
+    def patched_upsert(self, *a, **kw):
+        out = upsert(self, *a, **kw)
+        if not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write(str(os.getpid()))
+        return out
+
+    store.MilvusCodeStore.upsert = patched_upsert
+    prepare = ingest._prepare
+
+    def slow_prepare(*a, **kw):
+        time.sleep(0.03)
+        return prepare(*a, **kw)
+
+    ingest._prepare = slow_prepare
+    sys.exit(cli.main(sys.argv[2:]))
+    """
+)
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("GRPC_VERBOSITY", None)  # the SDK must silence gRPC by itself
+    return env
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    if int(fh.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _read_all(fd: int, until: float) -> bytes:
+    data = b""
+    while time.monotonic() < until:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if fd in ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the terminal closed: the child exited
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_ctrl_c_in_a_terminal_during_index(tmp_path, sample_images, rp_bundle):
+    archive = tmp_path / "archive"
+    for p, label in sample_images:
+        (archive / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, archive / label / p.name)
+    db = tmp_path / "rsir.db"
+    marker = tmp_path / "first-upsert"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    args = ["index", str(rp_bundle[0]), str(archive), "--uri", str(db), "--collection", "scenes",
+            "--label-from", "parent", "--batch-size", "8", "--upsert-batch", "16", "--workers", "1",
+            "--no-progress", "--report", str(tmp_path / "failed.csv")]
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: session leader with the pty as its controlling terminal
+        try:
+            os.chdir(tmp_path)
+            os.execve(sys.executable, [sys.executable, str(driver), str(marker), *args], _env())
+        finally:
+            os._exit(127)
+    output = b""
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        output += _read_all(fd, time.monotonic() + 0.1)
+    assert marker.exists(), output.decode(errors="replace")
+    servers = [c for c in _children(pid) if b"milvus_lite" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(servers) == 1
+    assert os.getpgid(servers[0]) != os.getpgid(pid)  # Ctrl-C does not reach the Lite server
+    os.write(fd, b"\x03")  # Ctrl-C typed into the terminal: SIGINT to the foreground group
+    output += _read_all(fd, time.monotonic() + 60)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = output.decode(errors="replace").replace("\r", "")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, text
+    lines = [x for x in text.splitlines() if x.strip() and x.strip() != "^C"]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("rsir index: interrupted after indexing ") and "re-run" in lines[0]
+    indexed = int(lines[0].split("after indexing ")[1].split()[0])
+    assert 0 < indexed < len(sample_images)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{servers[0]}") and time.monotonic() < deadline:
+        time.sleep(0.1)  # closing the store stopped its server
+    assert not os.path.exists(f"/proc/{servers[0]}")
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    con.close()
+    rerun = subprocess.run([sys.executable, "-m", "rsir_sdk.cli", *args, "--json"], env=_env(),
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["skipped"] >= indexed and summary["skipped"] + summary["indexed"] == len(sample_images)
+    assert summary["count"] == len(sample_images)
+    with MilvusCodeStore(str(db), "scenes", create=False) as s:
+        rows = s._client.query("scenes", filter="", output_fields=["id"], limit=16384)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == len(sample_images)  # every image once
+
+
+def test_lite_server_has_its_own_session_and_close_stops_it(tmp_path):
+    db = tmp_path / "own.db"
+    with MilvusCodeStore(str(db), "c", bits=64) as store:
+        store.upsert(["a"], np.zeros((1, 8), np.uint8))
+        servers = lite.lite_server_pids(db)
+        assert len(servers) == 1
+        assert os.getpgid(servers[0]) != os.getpgid(0) and os.getsid(servers[0]) == servers[0]
+        with MilvusCodeStore(str(db), "c") as again:  # a second user of the same file
+            assert again.count() == 1
+        assert lite.lite_server_pids(db) == servers  # still served for the first store
+    assert lite.lite_server_pids(db) == []  # the last close stopped the server: the file is free
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from rsir_sdk import MilvusCodeStore; "
+         "s = MilvusCodeStore(sys.argv[1], 'c'); print(s.count()); s.close()", str(db)],
+        env=_env(), capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip() == "1" and probe.stderr == "", probe.stderr
+
+
+def test_sigint_to_the_process_alone_still_exits_130(tmp_path, sample_images, rp_bundle):
+    """``kill -INT <pid>`` (not the group): the same one line and exit status."""
+    archive = tmp_path / "a"
+    for p, label in sample_images[:60]:
+        (archive / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, archive / label / p.name)
+    marker = tmp_path / "m"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(marker), "index", str(rp_bundle[0]), str(archive),
+         "--uri", str(tmp_path / "x.db"), "--collection", "c", "--batch-size", "4",
+         "--upsert-batch", "4", "--workers", "1", "--no-progress"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [x for x in err.splitlines() if x.strip()] == [err.strip()]
+    assert "interrupted after indexing" in err and "Traceback" not in err
