@@ -43,7 +43,7 @@ from .failures import Failure, FailureReport
 from .images import DEFAULT_MAX_PIXELS, read_image
 from .preprocess import prepare
 from .rasters import RasterRule
-from .store import MilvusCodeStore
+from .store import MilvusCodeStore, rows
 
 log = logging.getLogger(__name__)
 
@@ -334,15 +334,25 @@ def ingest(
     try:
         for batch in stream:
             its = batch.items
-            pending.append((
-                [it.id for it in its],
-                batch.codes,
-                [it.label for it in its],
-                [it.path if relative_paths else str(it.file.absolute()) for it in its],
-                [{**geo, **it.metadata} if geo else dict(it.metadata)
-                 for it, geo in zip(its, batch.georefs)],
-            ))
-            state.encoded += len(its)
+            paths = [it.path if relative_paths else str(it.file.absolute()) for it in its]
+            metas = [{**geo, **it.metadata} if geo else dict(it.metadata)
+                     for it, geo in zip(its, batch.georefs)]
+            keep = []
+            for i, it in enumerate(its):  # a value the store refuses fails that image alone
+                why = rows.problem(it.id, it.label, paths[i], metas[i])
+                if why is None:
+                    keep.append(i)
+                else:
+                    fail(Failure(it.id, str(it.file), "write", why))
+            if keep:
+                pending.append((
+                    [its[i].id for i in keep],
+                    batch.codes[keep],
+                    [its[i].label for i in keep],
+                    [paths[i] for i in keep],
+                    [metas[i] for i in keep],
+                ))
+            state.encoded += len(keep)
             tick()
             if n_pending() >= upsert_batch or time.monotonic() - last_flush >= flush_seconds:
                 flush()

@@ -384,3 +384,40 @@ def test_no_dependency_log_lines(capfd, tmp_path):
     logging.getLogger("rsir_sdk").info("nothing")
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_index_reports_an_item_the_store_refuses_and_goes_on(tmp_path, rp_bundle, sample_images):
+    """A value the store refuses (here NaN metadata from a listing) fails that image alone."""
+    from rsir_sdk.archive import ArchiveListing, Item
+
+    root = sample_images[0][0].parent
+    items = [Item(p.name, p.name, str(root), "x", {"cloud": v})
+             for (p, _), v in zip(sample_images[:3], (0.1, float("nan"), 2**70 - 1))]
+    listing = ArchiveListing(root, items, "csv")
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "i.db"), collection="i") as r:
+        summary = r.index(listing)
+        assert summary.indexed == 1 and [f.id for f in summary.failed] == [i.id for i in items[1:]]
+        assert {f.stage for f in summary.failed} == {"write"}
+        assert "finite" in summary.failed[0].reason and "64 bits" in summary.failed[1].reason
+        again = r.index(listing)
+        assert again.skipped == 1 and again.indexed == 0 and len(again.failed) == 2
+        assert r.count() == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_indexed(tmp_path, rp_bundle, sample_images,
+                                                               capsys):
+    archive = tmp_path / "arch"
+    archive.mkdir()
+    shutil.copyfile(sample_images[0][0], archive / "good.jpg")
+    with open(os.fsencode(archive) + b"/bad\xff\xfe.jpg", "wb") as fh:
+        fh.write(sample_images[1][0].read_bytes())
+    report = tmp_path / "failed.csv"
+    db = tmp_path / "u.db"
+    for argv in (["--json"], []):
+        code, out, err = run(capsys, "index", rp_bundle[0], archive, "--uri", db, "--collection",
+                             "u", "--no-progress", "--report", report, *argv)
+        assert code == 3 and "Traceback" not in err, err
+        assert "file name is not valid UTF-8" in out
+    assert "not valid UTF-8" in report.read_text(encoding="utf-8")
+    with MilvusCodeStore(str(db), "u") as s:
+        assert s.count() == 1 and [i.id for i in s.get(["good.jpg"])] == ["good.jpg"]

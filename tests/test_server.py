@@ -9,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rsir_sdk import Encoder, MilvusCodeStore
@@ -91,3 +93,29 @@ def test_sigkill_and_resume_on_a_server(server_uri, rp_bundle, sample_dir, tmp_p
     with MilvusCodeStore(server_uri, "resume", create=False) as s:
         rows = s._client.query("resume", filter="", output_fields=["id"], limit=1000)
         assert len(rows) == len({r["id"] for r in rows}) == s.count() == 200
+
+
+def test_exact_ties_and_read_your_writes_on_a_server(server_uri):
+    """Ties by id (the server returns a tie group in a different order each call), and a write
+    is visible to the next read at once although reads after the first use Session consistency."""
+    ties = [f"t{i:02d}" for i in range(30)]
+    order = [ties[i] for i in np.random.default_rng(3).permutation(30)]
+    q = np.full((1, 8), 255, np.uint8)
+    with MilvusCodeStore(server_uri, "ties_ryw", bits=64) as store:
+        for part in (order[:10], order[10:20], order[20:]):
+            store.upsert(part, np.full((len(part), 8), 255, np.uint8))
+        for k in (5, 29, 30):
+            assert [h.id for h in store.search(q, k=k)[0]] == ties[:k]
+        t0 = time.perf_counter()
+        for i in range(8):
+            name = f"new{i}"
+            store.upsert([name], q, labels=[f"L{i}"])
+            assert [x.id for x in store.get([name])] == [name]
+            assert store.count({"label": f"L{i}"}) == 1
+            assert [h.id for h in store.search(q, k=31)[0]] == sorted(ties + [name])
+            with MilvusCodeStore(server_uri, "ties_ryw") as other:  # another connection
+                assert other.existing_ids([name]) == {name}
+            assert store.delete([name]) == 1
+            assert store.get([name]) == [] and store.count({"label": f"L{i}"}) == 0
+        print(f"8 rounds of write/read/delete/read: {time.perf_counter() - t0:.1f}s")
+        store.drop()

@@ -7,7 +7,7 @@ import pytest
 
 from rsir_sdk.codes import hamming_distances, topk_bruteforce, within_radius
 from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, StoreError
-from rsir_sdk.store import MilvusCodeStore, build_filter, list_collections
+from rsir_sdk.store import MAX_TOPK, MilvusCodeStore, build_filter, list_collections
 
 
 def tie_heavy_codes(n: int, bits: int, seed: int) -> np.ndarray:
@@ -152,3 +152,67 @@ def test_build_filter_puts_only_digests_in_expressions():
     assert build_filter({"year": 2020}) == build_filter({"year": 2020.0})  # same canonical value
     assert build_filter(None) == "" and build_filter({}) == ""
     assert build_filter(' label == "forest" ') == 'label == "forest"'  # expressions pass through
+
+
+def test_ties_at_the_kth_distance_are_broken_by_id_not_insertion_order(db_uri):
+    """30 equal codes written in a shuffled order over three calls (issue 11: k=5 gave t25..t29)."""
+    ties = [f"t{i:02d}" for i in range(30)]
+    order = [ties[i] for i in np.random.default_rng(3).permutation(30)]
+    near = [f"d{d}_{j}" for d in (1, 2, 3) for j in range(3)]
+    near_codes = np.zeros((9, 8), np.uint8)
+    for i, name in enumerate(near):  # distance d from the tie code: d low bits cleared
+        near_codes[i] = 255
+        near_codes[i, 7] = (0xFF << int(name[1])) & 0xFF
+    with MilvusCodeStore(db_uri, "ties", bits=64) as store:
+        for part in (order[:10], order[10:20], order[20:]):
+            store.upsert(part, np.full((len(part), 8), 255, np.uint8))
+        store.upsert(near, near_codes)
+        q = np.full((1, 8), 255, np.uint8)
+        assert [h.id for h in store.search(q, k=5)[0]] == ties[:5]
+        assert [h.id for h in store.search(q, k=31)[0]] == ties + ["d1_0"]
+        got = store.search(q, k=33)[0]
+        assert [(h.distance, h.id) for h in got] == [(0, t) for t in ties] + [(1, f"d1_{j}") for j in range(3)]
+        assert [h.id for h in store.search(q, k=2, radius=2, filter={"id": ["d2_1", "d1_2", "d2_0"]})[0]] \
+            == ["d1_2", "d2_0"]
+        assert [h.id for h in store.search(q, k=3, filter='id in ["t07", "t03", "t20", "d1_0"]')[0]] \
+            == ["t03", "t07", "t20"]
+
+
+def test_exact_top_k_past_milvus_topk_cap(db_uri):
+    """17,000 identical codes: the tie group is read in pk-prefix buckets past 16,384."""
+    from rsir_sdk.store import topk
+
+    n = 17_000
+    ids = [f"b{i:05d}" for i in np.random.default_rng(1).permutation(n)]
+    with MilvusCodeStore(db_uri, "cap", bits=64) as store:
+        store.upsert(ids, np.zeros((n, 8), np.uint8))
+        calls = []
+        original = topk._all_at
+
+        def counting(*a, **kw):
+            calls.append(1)
+            return original(*a, **kw)
+
+        topk._all_at = counting
+        try:
+            hits = store.search(np.zeros((1, 8), np.uint8), k=5)[0]
+            top = store.search(np.zeros((1, 8), np.uint8), k=MAX_TOPK)[0]
+        finally:
+            topk._all_at = original
+        assert [h.id for h in hits] == [f"b{i:05d}" for i in range(5)]
+        assert [h.id for h in top] == [f"b{i:05d}" for i in range(MAX_TOPK)]
+        assert len(calls) == 2 * 17  # 1 capped range search + 16 buckets, twice
+        assert top[-1].label == "" and top[-1].metadata == {}
+
+
+def test_writes_are_cut_by_bytes_as_well_as_rows(db_uri):
+    from rsir_sdk.store import rows
+
+    sizes = [10, 10, 25, 10, 40, 1]
+    got = [(start, len(b)) for start, b in rows.batches(list(range(6)), sizes, max_rows=3, max_bytes=30)]
+    assert got == [(0, 2), (2, 1), (3, 1), (4, 1), (5, 1)]
+    n = 700  # 700 rows of ~60 kB metadata: about 42 MB, over one 32 MiB request
+    meta = [{"blob": "x" * 60_000, "i": i} for i in range(n)]
+    with MilvusCodeStore(db_uri, "big", bits=64) as store:
+        assert store.upsert([f"r{i}" for i in range(n)], np.zeros((n, 8), np.uint8), metadata=meta) == n
+        assert store.count() == n and store.get(["r699"])[0].metadata["i"] == 699

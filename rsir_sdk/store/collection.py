@@ -322,10 +322,14 @@ class MilvusCodeStore:
             )
 
         def fetch(pks: Sequence[str]) -> dict[str, dict[str, Any]]:
-            res = self._conn.call("query", self.collection, filter=keys.in_list("pk", list(pks)),
-                                  output_fields=["pk", *OUTPUT_FIELDS], read=True,
-                                  what=f"reading hits from {self.collection!r}")
-            return {r["pk"]: r for r in res}
+            found: dict[str, dict[str, Any]] = {}
+            for at in range(0, len(pks), PK_CHUNK):
+                res = self._conn.call(
+                    "query", self.collection, filter=keys.in_list("pk", list(pks[at : at + PK_CHUNK])),
+                    output_fields=["pk", *OUTPUT_FIELDS], read=True,
+                    what=f"reading hits from {self.collection!r}")
+                found.update((r["pk"], r) for r in res)
+            return found
 
         step = max(1, min(1000, 2_000_000 // min(MAX_TOPK, 2 * k)))
         out: list[list[StoreHit]] = []

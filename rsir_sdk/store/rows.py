@@ -98,6 +98,22 @@ def batches(
         start = end
 
 
+def problem(item_id: Any, label: Any, path: Any, metadata: Any) -> str | None:
+    """Why one item cannot be stored (its id, label, path or metadata), or ``None``: the
+    per-item form of :func:`build_rows`' checks, for pipelines that report bad items and go on."""
+    try:
+        ids = values.ids([item_id])
+        values.labels([label], 1)
+        values.paths([path], 1)
+        meta = values.metadata([metadata], ids)
+        size = values.json_size(keys.meta_digests(meta[0]))
+    except InvalidInputError as exc:
+        return str(exc)
+    if size > values.MAX_METADATA_BYTES:
+        return f"metadata has {len(meta[0])} keys, too many to index (about 900 at most)"
+    return None
+
+
 def _utf8(text: str) -> int:
     return len(text.encode("utf-8"))
 
