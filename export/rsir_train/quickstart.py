@@ -71,7 +71,7 @@ def _train(bundle_dir: Path, out: Path, args: argparse.Namespace, data: Path,
     device = default_device()
     config = AHCLConfig(
         bits=args.bits, backbone=args.backbone, pretrained=args.backbone != "small_cnn",
-        outer=args.outer, inner=2, lr=1e-3, momentum=0.9, batch_size=32,
+        schedule="step", outer=args.outer, inner=2, lr=1e-3, momentum=0.9, batch_size=32,
         lr_steps=(max(1, args.outer * 3 // 4),), num_samples=None,
         freeze_blocks=11 if (args.backbone == "efficientnet_lite0" and device == "cpu") else 0,
         seed=args.seed, device=device, cache_dir=str(out / "cache"),

@@ -22,7 +22,7 @@ def tiny_config(bits: int = 32, seed: int = 0, **overrides: Any) -> AHCLConfig:
     with momentum 0.9, 10 outer x 2 inner epochs, batch 32, 64x64 input.
     """
     cfg: dict[str, Any] = dict(
-        bits=bits, backbone="small_cnn", pretrained=False, lr=0.01, momentum=0.9,
+        bits=bits, backbone="small_cnn", pretrained=False, schedule="step", lr=0.01, momentum=0.9,
         batch_size=32, outer=10, inner=2, lr_steps=(7,), seed=seed, device="cpu",
         num_samples=None, freeze_blocks=0, cache_dir=False,
     )

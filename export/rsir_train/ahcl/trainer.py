@@ -8,7 +8,7 @@ seeded end to end. In-memory metrics are :func:`rsir_sdk.metrics.mean_average_pr
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import os
 import time
@@ -36,45 +36,12 @@ from ..trainer import (
     save_checkpoint,
     seed_everything,
 )
-from .model import AHCLNet, ahcl_loss, similarity, similarity_t_times, update_codes
+from .config import AHCLConfig, epoch_lr, identity
+from .model import AHCLNet, ahcl_loss, similarity_t_times, update_codes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AHCLConfig", "AHCLResult", "TrainingError", "train_ahcl"]
-
-
-@dataclass
-class AHCLConfig:
-    """Hyper-parameters; the defaults are those of the AHCL authors' code."""
-
-    bits: int = 64
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    weights: str | None = None
-    lr: float = 1e-3
-    momentum: float = 0.0
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    outer: int = 30
-    inner: int = 2
-    lr_steps: tuple[int, ...] = (10, 20)
-    lr_decay: float = 0.1
-    lam: float = 200.0
-    gamma: float = 20.0
-    num_samples: int | None = 2000
-    freeze_blocks: int = 0
-    preprocess: dict[str, Any] | None = None
-    seed: int = 0
-    device: str | None = None
-    eval_every: int = 0
-    cache_dir: str | bool | None = None  # None: the default folder; False: no cache
-
-    def resolved_preprocess(self, backbone: Backbone) -> dict[str, Any]:
-        """This run's preprocessing: the backbone's defaults overridden by ``preprocess``."""
-        pre = dict(backbone.preprocess)
-        pre.update(self.preprocess or {})
-        pre["scale"] = 1.0 / 255.0
-        return pre
+__all__ = ["AHCLConfig", "AHCLResult", "TrainingError", "device_name", "train_ahcl"]
 
 
 @dataclass
@@ -96,26 +63,62 @@ class AHCLResult:
 
 
 class _Inputs:
-    """What the trainable part of the network eats: cached frozen features or image crops."""
+    """What the trainable part of the network eats: cached frozen features or image crops.
 
-    def __init__(self, tensor: torch.Tensor, start_stage: int, normalize: Normalize | None):
-        self.tensor = tensor
+    The tensor is moved to the training device once (a GPU holds a few thousand crops or
+    cached feature maps easily), in channels-last layout when ``channels_last`` (faster
+    convolutions on CPU and GPU alike).
+    """
+
+    def __init__(self, tensor: torch.Tensor, start_stage: int, normalize: Normalize | None,
+                 device: str = "cpu", channels_last: bool = False):
+        self.tensor = tensor.to(device)
+        if channels_last and self.tensor.ndim == 4 and normalize is None:
+            self.tensor = self.tensor.contiguous(memory_format=torch.channels_last)
         self.start_stage = start_stage
         self.normalize = normalize
+        self.channels_last = channels_last
 
     def batch(self, rows: np.ndarray, device: str) -> torch.Tensor:
-        x = self.tensor[torch.as_tensor(rows)].to(device)
-        return self.normalize(x) if self.normalize is not None else x
+        x = self.tensor[torch.as_tensor(rows, device=self.tensor.device)].to(device)
+        if self.normalize is not None:
+            x = self.normalize(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _autocast(device: str, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``enabled``, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def _use_amp(config: AHCLConfig, device: str) -> bool:
+    if config.amp not in ("auto", "off", "bf16"):
+        raise ValueError(f"amp must be 'auto', 'off' or 'bf16', got {config.amp!r}")
+    return config.amp == "bf16" or (config.amp == "auto" and device.startswith("cuda"))
+
+
+def device_name(device: str) -> str:
+    """``cpu (N cores)`` or ``cuda (<GPU name>)``, for the manifest."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({os.cpu_count()} cores)" if device == "cpu" else device
 
 
 @torch.no_grad()
-def _encode(net: AHCLNet, inputs: _Inputs, device: str, batch_size: int) -> np.ndarray:
+def _encode(net: AHCLNet, inputs: _Inputs, device: str, batch_size: int,
+            amp: bool = False) -> np.ndarray:
     net.eval()
     out = []
     n = inputs.tensor.shape[0]
     for s in range(0, n, batch_size):
-        u, _ = net(inputs.batch(np.arange(s, min(n, s + batch_size)), device), inputs.start_stage)
-        out.append(u.cpu().numpy())
+        with _autocast(device, amp):
+            u, _ = net(inputs.batch(np.arange(s, min(n, s + batch_size)), device),
+                       inputs.start_stage)
+        out.append(u.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, net.bits), np.float32)
 
 
@@ -137,21 +140,28 @@ def _inputs(backbone: Backbone, normalize: Normalize, n_frozen: int, archive: Ar
             train_idx: np.ndarray, query_idx: np.ndarray, preprocess: dict[str, Any],
             config: AHCLConfig, device: str, emit: Progress) -> tuple[_Inputs, _Inputs]:
     """Inputs of the trainable part for the database and the queries: cached frozen-stage
-    outputs when stages are frozen, prepared image crops otherwise."""
+    outputs when stages are frozen, prepared image crops otherwise.
+
+    The frozen stages' output is cached for the whole archive (in archive order), so every
+    split, code length and seed of one archive read the same file.
+    """
+    cl = device != "cpu" or n_frozen > 0
     if n_frozen:
         for i in range(n_frozen):
             for m in stage_modules(backbone, i):
                 m.requires_grad_(False)
         feats = frozen_features(
-            backbone, normalize, n_frozen, archive, np.concatenate([train_idx, query_idx]),
+            backbone, normalize, n_frozen, archive, np.arange(len(archive.items)),
             preprocess, cache_dir=config.cache_dir, device=device,
             batch_size=config.batch_size, progress=emit,
         )
-        return (_Inputs(feats[: len(train_idx)], n_frozen, None),
-                _Inputs(feats[len(train_idx):], n_frozen, None))
+        return (_Inputs(feats[torch.as_tensor(train_idx)], n_frozen, None, device, cl),
+                _Inputs(feats[torch.as_tensor(query_idx)], n_frozen, None, device, cl))
     norm_dev = normalize.to(device)
-    return (_Inputs(torch.from_numpy(load_prepared(archive, train_idx, preprocess)), 0, norm_dev),
-            _Inputs(torch.from_numpy(load_prepared(archive, query_idx, preprocess)), 0, norm_dev))
+    return (_Inputs(torch.from_numpy(load_prepared(archive, train_idx, preprocess)), 0, norm_dev,
+                    device, cl),
+            _Inputs(torch.from_numpy(load_prepared(archive, query_idx, preprocess)), 0, norm_dev,
+                    device, cl))
 
 
 @dataclass
@@ -165,43 +175,61 @@ class _State:
     history: list[dict[str, Any]]
     outer_done: int = 0
     seconds_before: float = 0.0
+    devices: list[str] = field(default_factory=list)  # where the outer iterations ran
 
     def checkpoint(self, config: AHCLConfig, split: Split, seconds: float) -> dict[str, Any]:
+        done = self.outer_done >= (config.outer or 0)
         return {
-            "config": dataclasses.asdict(config), "train_ids": split.train_ids,
-            "net": self.net.state_dict(), "optimizer": self.opt.state_dict(), "V": self.V,
+            "config": identity(config), "train_ids": split.train_ids,
+            "net": self.net.state_dict(),
+            # a finished run is never trained further: its optimizer state is not kept
+            "optimizer": None if done else self.opt.state_dict(), "V": self.V,
             "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "history": self.history, "outer_done": self.outer_done,
-            "train_seconds": self.seconds_before + seconds,
+            "train_seconds": self.seconds_before + seconds, "devices": self.devices,
         }
 
     def restore(self, ck: dict[str, Any]) -> None:
         self.net.load_state_dict(ck["net"])
-        self.opt.load_state_dict(ck["optimizer"])
+        if ck.get("optimizer") is not None:
+            self.opt.load_state_dict(ck["optimizer"])
         self.V = ck["V"]
         self.rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         self.history = ck["history"]
         self.outer_done = ck["outer_done"]
         self.seconds_before = ck["train_seconds"]
+        self.devices = list(ck.get("devices") or [])
+
+
+def _similarity(y_rows: torch.Tensor, y_db: torch.Tensor) -> torch.Tensor:
+    """:func:`rsir_train.ahcl.model.similarity` on the training device (1 / ``-r``)."""
+    same = y_rows[:, None] == y_db[None, :]
+    n_sim = same.sum()
+    n_dis = same.numel() - n_sim
+    r = torch.where(n_dis > 0, n_sim / n_dis.clamp(min=1), torch.zeros((), device=same.device))
+    return torch.where(same, torch.ones((), device=same.device), -r).to(torch.float32)
 
 
 def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: _Inputs,
-                     y_db: np.ndarray, n_frozen: int, device: str) -> dict[str, Any]:
+                     y_db: np.ndarray, n_frozen: int, device: str, amp: bool) -> dict[str, Any]:
     """Network epochs on a sample of the database, then the closed-form V update."""
-    lr = config.lr * config.lr_decay ** sum(outer >= s for s in config.lr_steps)
-    for g in st.opt.param_groups:
-        g["lr"] = lr
+    assert config.inner is not None and config.outer is not None
     t_it = time.perf_counter()
     n, bits = st.V.shape
     m = n if not config.num_samples else min(n, config.num_samples)
     sample = np.sort(st.rng.permutation(n)[:m])
     U = np.zeros((m, bits), dtype=np.float32)
     V_t = torch.from_numpy(st.V).to(device)
-    y_db_t = torch.as_tensor(y_db)
+    y_db_t = torch.as_tensor(y_db, device=device)
     sums = {"pairwise": 0.0, "quantization": 0.0, "classification": 0.0, "loss": 0.0}
     steps = 0
-    for _ in range(config.inner):
+    lrs = []
+    for inner in range(config.inner):
+        lr = epoch_lr(config, outer * config.inner + inner, config.outer * config.inner)
+        lrs.append(lr)
+        for g in st.opt.param_groups:
+            g["lr"] = lr
         _set_train_mode(st.net, n_frozen)
         order = st.rng.permutation(m)
         for b in range(0, m, config.batch_size):
@@ -209,10 +237,12 @@ def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: _Inputs,
             rows = sample[pos]
             if len(rows) < 2:
                 continue  # BatchNorm cannot train on one image
-            u, logits = st.net(db_in.batch(rows, device), db_in.start_stage)
-            S = torch.from_numpy(similarity(y_db[rows], y_db)).to(device)
-            loss, terms = ahcl_loss(u, logits, y_db_t[rows].to(device), V_t,
-                                    V_t[torch.as_tensor(rows)], S, config.lam, config.gamma)
+            rows_t = torch.as_tensor(rows, device=device)
+            with _autocast(device, amp):
+                u, logits = st.net(db_in.batch(rows, device), db_in.start_stage)
+            u, logits = u.float(), logits.float()
+            loss, terms = ahcl_loss(u, logits, y_db_t[rows_t], V_t, V_t[rows_t],
+                                    _similarity(y_db_t[rows_t], y_db_t), config.lam, config.gamma)
             st.opt.zero_grad(set_to_none=True)
             loss.backward()
             st.opt.step()
@@ -221,10 +251,12 @@ def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: _Inputs,
                 sums[k] += v
             sums["loss"] += float(loss.detach())
             steps += 1
+    t_v = time.perf_counter()
     st.V = update_codes(st.V, U, None, sample, config.lam,
                         StU=similarity_t_times(y_db[sample], y_db, U))
-    return {"outer": outer + 1, "lr": lr, **{k: v / max(steps, 1) for k, v in sums.items()},
-            "seconds": time.perf_counter() - t_it}
+    now = time.perf_counter()
+    return {"outer": outer + 1, "lr": lrs[0], **{k: v / max(steps, 1) for k, v in sums.items()},
+            "seconds": now - t_it, "v_update_seconds": now - t_v}
 
 
 def train_ahcl(
@@ -238,8 +270,11 @@ def train_ahcl(
 ) -> AHCLResult:
     """Train AHCL on ``split``'s train side (= the database); evaluate on its query side.
 
+    ``config``'s schedule fields left ``None`` are resolved from the train side's size and the
+    path (:meth:`AHCLConfig.resolved`); the result carries the resolved configuration.
     ``work_dir`` holds ``checkpoint.pt`` (written after every outer iteration); with ``resume``
-    training continues from it. Returns an :class:`AHCLResult`.
+    training continues from it, on any device (a finished checkpoint only evaluates and
+    exports). Returns an :class:`AHCLResult`.
     """
     emit = progress or no_progress
     seed_everything(config.seed)
@@ -254,32 +289,39 @@ def train_ahcl(
     if len(train_idx) == 0:
         raise TrainingError("the split's train side is empty")
     y_db, y_q = labels_all[train_idx], labels_all[query_idx]
-    net = AHCLNet(backbone, config.bits, len(archive.classes)).to(device)
     n_frozen = backbone.frozen_stages(config.freeze_blocks)
+    config = config.resolved(len(train_idx), cached=n_frozen > 0)
+    assert config.outer is not None
+    amp = _use_amp(config, device)
+    net = AHCLNet(backbone, config.bits, len(archive.classes)).to(device)
     db_in, q_in = _inputs(backbone, normalize, n_frozen, archive, train_idx, query_idx,
                           preprocess, config, device, emit)
+    if db_in.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     prep_seconds = time.perf_counter() - t0
     log.info("inputs ready in %.1fs (%d frozen stages)", prep_seconds, n_frozen)
 
     params = [p for p in net.parameters() if p.requires_grad]
-    st = _State(net, torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+    st = _State(net, torch.optim.SGD(params, lr=config.lr or 0.0, momentum=config.momentum or 0.0,
                                      weight_decay=config.weight_decay),
                 np.zeros((len(train_idx), config.bits), dtype=np.float32),
                 np.random.default_rng(config.seed), [])
     ckpt_path = Path(work_dir) / CHECKPOINT_FILE if work_dir else None
     if resume and ckpt_path is not None:
-        ck = load_checkpoint(ckpt_path, config=dataclasses.asdict(config),
-                             train_ids=split.train_ids)
+        ck = load_checkpoint(ckpt_path, config=identity(config), train_ids=split.train_ids)
         if ck is not None:
             st.restore(ck)
             emit({"event": "resumed", "outer_done": st.outer_done})
 
     t_train = time.perf_counter()
+    here = device_name(device)
     for outer in range(st.outer_done, config.outer):
-        record = _outer_iteration(st, outer, config, db_in, y_db, n_frozen, device)
+        if here not in st.devices:
+            st.devices.append(here)
+        record = _outer_iteration(st, outer, config, db_in, y_db, n_frozen, device, amp)
         last = outer + 1 == config.outer
         if config.eval_every and ((outer + 1) % config.eval_every == 0 or last):
-            record["map_query"] = _map(_encode(net, q_in, device, config.batch_size), y_q,
+            record["map_query"] = _map(_encode(net, q_in, device, config.batch_size, amp), y_q,
                                        st.V, y_db)
         st.history.append(record)
         st.outer_done = outer + 1
@@ -290,7 +332,9 @@ def train_ahcl(
         emit({"event": "outer", **record})
     train_seconds = prep_seconds + st.seconds_before + time.perf_counter() - t_train
 
-    # final evaluation: queries by sign(u); database = learned V (and, for reference, sign(u))
+    # final evaluation (float32, as the exported graph): queries by sign(u); database = learned
+    # V (and, for reference, sign(u))
+    net = net.to(memory_format=torch.contiguous_format)
     uq = _encode(net, q_in, device, config.batch_size)
     udb = _encode(net, db_in, device, config.batch_size)
     metrics: dict[str, float] = {}
@@ -305,6 +349,6 @@ def train_ahcl(
     return AHCLResult(
         net=net.cpu(), normalize=normalize.cpu(), preprocess=preprocess, V=st.V,
         train_indices=train_idx, query_indices=query_idx, classes=archive.classes,
-        history=st.history, metrics=metrics, train_seconds=train_seconds, device=device,
-        config=config,
+        history=st.history, metrics=metrics, train_seconds=train_seconds,
+        device=", ".join(st.devices) or here, config=config,
     )

@@ -1,0 +1,145 @@
+"""AHCL's hyper-parameters and its schedules: the authors', and defaults that converge in bounded time.
+
+Why a module of its own: the schedule is the one part of AHCL that depends on where and on what
+it runs. The authors' code trains 30 outer iterations of 2 network epochs at lr 1e-3 without
+momentum (lr / 10 at outer iterations 10 and 20); on a CPU with the first blocks frozen and
+cached that is hours per code length, and on a few hundred images it is a few dozen SGD steps,
+far from converged. ``schedule="auto"`` (the default) picks instead
+
+- SGD with momentum 0.9 and a cosine lr decay over the run, one network epoch per V update
+  (the V update is a closed-form sweep that costs well under a second for 2,000 images);
+- a number of epochs from the archive size and the path: enough SGD steps to converge
+  (:data:`AUTO_STEPS`), at least :data:`AUTO_MIN_EPOCHS` and at most
+  :data:`AUTO_MAX_EPOCHS` epochs, so a small archive gets many cheap epochs and a large one a
+  few long ones.
+
+``schedule="authors"`` restores the published schedule, one flag away (``--schedule authors``);
+``"cosine"`` and ``"step"`` are the two lr shapes with every value given explicitly. Fields left
+``None`` are filled by :meth:`AHCLConfig.resolved` once the train side's size and the device are
+known; the resolved values are what the manifest records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..backbones import Backbone
+
+__all__ = ["AHCLConfig", "AUTHORS", "AUTO_LR", "AUTO_MAX_EPOCHS", "AUTO_MIN_EPOCHS",
+           "AUTO_STEPS", "SCHEDULES", "epoch_lr", "identity"]
+
+SCHEDULES = ("auto", "authors", "cosine", "step")
+#: the AHCL authors' schedule (their code, ADSH-derived)
+AUTHORS: dict[str, Any] = {"lr": 1e-3, "momentum": 0.0, "outer": 30, "inner": 2,
+                           "lr_steps": (10, 20)}
+#: ``schedule="auto"``: SGD lr (momentum 0.9, cosine decay), chosen on a validation split
+#: drawn from the train side (``python -m rsir_train.sweep``, docs/training.md)
+AUTO_LR = 3e-3
+AUTO_MOMENTUM = 0.9
+#: ``schedule="auto"``: SGD steps a run aims at, by path (frozen-and-cached blocks or full
+#: fine-tune), and the bounds on the number of epochs
+AUTO_STEPS = {"cached": 600, "full": 900}
+AUTO_MIN_EPOCHS = 10
+AUTO_MAX_EPOCHS = 100
+#: fields that do not change the trained model (a checkpoint may be resumed with others)
+RUN_ONLY = ("device", "eval_every", "cache_dir", "amp")
+
+
+@dataclass
+class AHCLConfig:
+    """Hyper-parameters of an AHCL run.
+
+    ``schedule`` ``"auto"`` (default; see the module doc), ``"authors"``, ``"cosine"`` or
+    ``"step"``; ``lr``, ``momentum``, ``outer``, ``inner`` and ``lr_steps`` left ``None`` are
+    the schedule's. The loss weights, weight decay, batch and sampling are the authors'.
+    ``amp``: ``"auto"`` trains in bfloat16 autocast on CUDA and in float32 elsewhere, ``"off"``
+    always float32, ``"bf16"`` always autocast; metrics and the exported graph are float32.
+    """
+
+    bits: int = 64
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None
+    schedule: str = "auto"
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    outer: int | None = None
+    inner: int | None = None
+    lr_steps: tuple[int, ...] | None = None
+    lr_decay: float = 0.1
+    lam: float = 200.0
+    gamma: float = 20.0
+    num_samples: int | None = 2000
+    freeze_blocks: int = 0
+    preprocess: dict[str, Any] | None = None
+    seed: int = 0
+    device: str | None = None
+    eval_every: int = 0
+    cache_dir: str | bool | None = None  # None: the default folder; False: no cache
+    amp: str = "auto"
+
+    def resolved_preprocess(self, backbone: Backbone) -> dict[str, Any]:
+        """This run's preprocessing: the backbone's defaults overridden by ``preprocess``."""
+        pre = dict(backbone.preprocess)
+        pre.update(self.preprocess or {})
+        pre["scale"] = 1.0 / 255.0
+        return pre
+
+    def resolved(self, n_train: int, cached: bool) -> "AHCLConfig":
+        """This configuration with every schedule field filled in, for ``n_train`` training
+        images on the cached (``cached=True``: frozen blocks cached) or the full path."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        fill: dict[str, Any] = {}
+        if self.schedule == "authors":
+            base = dict(AUTHORS)
+        else:
+            base = {"lr": AUTO_LR, "momentum": AUTO_MOMENTUM, "inner": 1, "lr_steps": ()}
+            m = n_train if not self.num_samples else min(n_train, self.num_samples)
+            steps_per_epoch = max(1, math.ceil(m / self.batch_size))
+            inner = self.inner or 1
+            epochs = math.ceil(AUTO_STEPS["cached" if cached else "full"] / steps_per_epoch)
+            epochs = min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, epochs))
+            base["outer"] = max(1, math.ceil(epochs / inner))
+        for key in ("lr", "momentum", "outer", "inner"):
+            if getattr(self, key) is None:
+                fill[key] = base[key]
+        outer = self.outer if self.outer is not None else fill["outer"]
+        if self.lr_steps is None:
+            if self.schedule in ("authors", "step"):
+                # the authors' drops (10, 20 of 30) moved proportionally to the run's length
+                fill["lr_steps"] = tuple(sorted({max(1, round(s * outer / 30)) for s in (10, 20)}))
+            else:
+                fill["lr_steps"] = ()
+        return dataclasses.replace(self, **fill)
+
+    @property
+    def lr_shape(self) -> str:
+        """``"cosine"`` (auto, cosine) or ``"step"`` (authors, step)."""
+        return "step" if self.schedule in ("authors", "step") else "cosine"
+
+
+def epoch_lr(config: AHCLConfig, epoch: int, epochs: int) -> float:
+    """The lr of network epoch ``epoch`` (0-based) of ``epochs`` for a resolved ``config``.
+
+    Cosine: ``lr * (1 + cos(pi * epoch / epochs)) / 2``; step: ``lr * lr_decay ** (number of
+    lr_steps at or before the epoch's outer iteration)``.
+    """
+    assert config.lr is not None and config.inner is not None
+    if config.lr_shape == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+    outer = epoch // config.inner
+    return config.lr * config.lr_decay ** sum(outer >= s for s in (config.lr_steps or ()))
+
+
+def identity(config: AHCLConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: every field that changes the model."""
+    d = dataclasses.asdict(config)
+    for key in RUN_ONLY:
+        d.pop(key, None)
+    return d
