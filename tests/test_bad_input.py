@@ -421,3 +421,24 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_indexed(tmp_path, rp_bundl
     assert "not valid UTF-8" in report.read_text(encoding="utf-8")
     with MilvusCodeStore(str(db), "u") as s:
         assert s.count() == 1 and [i.id for i in s.get(["good.jpg"])] == ["good.jpg"]
+
+
+def test_milvus_messages_become_one_clean_line():
+    """Messages as Milvus Lite 2.5.1 and the 2.3.5 server send them (research of issue 11)."""
+    from pymilvus.exceptions import MilvusException
+
+    from rsir_sdk.store import rpc
+
+    lite_assert = MilvusException(2000, 'Assert "fields_.find(field_id) != fields_.end()" at '
+                                  "/workspace/milvus-lite/src/Schema.h:178\n: segcore error")
+    err = rpc.store_error(lite_assert, "count in 'c'")
+    assert isinstance(err, StoreError) and "\n" not in str(err) and "/workspace" not in str(err)
+    retried = MilvusException(1, "[query] Retry run out of 3 retry times, message=Invalid expr: "
+                                 "label ==: invalid parameter")
+    err = rpc.store_error(retried, "count", expression="label ==")
+    assert isinstance(err, InvalidInputError) and str(err).startswith("invalid filter expression")
+    assert "Retry run out" not in str(err)
+    damaged = MilvusException(2000, 'Assert "suc" => failed to parse insert data from records')
+    assert rpc.is_damage(rpc.message(damaged))
+    creds = MilvusException(2, "Fail connecting to server on http://root:pw@db:19530")
+    assert "pw" not in str(rpc.store_error(creds, "search"))
