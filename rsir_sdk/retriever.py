@@ -279,6 +279,8 @@ class Retriever:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         report: str | os.PathLike | FailureReport | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
+        engine: str = "local",
+        address: str | None = None,
     ) -> IngestSummary:
         """Encode every image of an archive (a folder or a CSV manifest) into the collection.
 
@@ -290,6 +292,10 @@ class Retriever:
         those of :func:`rsir_sdk.archive.open_archive`; ``only_ids`` restricts the run (e.g. to
         the ids of an earlier report).
 
+        ``engine="ray"`` decodes and encodes on Ray (:mod:`rsir_sdk.ray_ingest`; the
+        ``distributed`` extra): ``address`` names a cluster (``None``: a local Ray with
+        ``workers`` CPUs); listing, resuming, writes and the report stay here, alike.
+
         >>> s = r.index("archive/", label_from="parent", report="failed.csv")  # doctest: +SKIP
         >>> s.indexed, s.skipped, len(s.failed)                              # doctest: +SKIP
         (2500, 0, 3)
@@ -298,14 +304,26 @@ class Retriever:
             archive, label_from=label_from, root=root, path_column=path_column,
             id_column=id_column, label_column=label_column, extensions=extensions,
         )
+        if engine not in ("local", "ray"):
+            raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}")
         own = None if report is None or isinstance(report, FailureReport) else FailureReport(report)
+        rep = own or (report if isinstance(report, FailureReport) else None)
         try:
+            if engine == "ray":
+                from .ray_ingest import ingest_on_ray
+
+                return ingest_on_ray(
+                    self, listing, address=address, workers=workers or 2,
+                    skip_existing=skip_existing, only_ids=only_ids,
+                    relative_paths=relative_paths, batch_size=batch_size or 64,
+                    upsert_batch=upsert_batch, max_pixels=max_pixels, report=rep,
+                    progress=progress,
+                )
             return ingest(
                 self.encoder, self.store, listing, skip_existing=skip_existing,
                 only_ids=only_ids, relative_paths=relative_paths, workers=workers,
                 batch_size=batch_size, upsert_batch=upsert_batch, max_pixels=max_pixels,
-                report=own or (report if isinstance(report, FailureReport) else None),
-                progress=progress,
+                report=rep, progress=progress,
             )
         finally:
             if own is not None:

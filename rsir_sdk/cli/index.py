@@ -66,6 +66,12 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--threads", type=POSITIVE, default=None, help="onnxruntime threads (default: all cores)")
     g.add_argument("--batch-size", type=POSITIVE, default=32, help="images per encoder call (default 32)")
     g.add_argument("--upsert-batch", type=POSITIVE, default=512, help="rows per Milvus write (default 512)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where images are decoded and encoded: this process (default) or Ray "
+                        "actors (the distributed extra; listing, resuming and writes stay here)")
+    g.add_argument("--address", default=None,
+                   help="--engine ray: the Ray cluster (e.g. auto, ray://head:10001); default: "
+                        "a local Ray with --workers CPUs")
     g.add_argument("--max-pixels", type=int, default=100_000_000,
                    help="refuse images with more pixels (default 100000000; 0 = no limit)")
     g.add_argument("--index-type", default=None,
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 skip_existing=not args.force, only_ids=only, relative_paths=args.relative_paths,
                 workers=args.workers, batch_size=args.batch_size, upsert_batch=args.upsert_batch,
                 max_pixels=args.max_pixels or None, report=report_path, progress=progress,
+                engine=args.engine, address=args.address,
             )
         except IngestInterrupted as exc:
             if bar is not None:
