@@ -32,7 +32,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterable, Iterator, Mapping
+from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -224,6 +224,134 @@ class IngestSummary:
         }
 
 
+class IngestRun:
+    """The bookkeeping every ingestion engine shares: which images to do, what became of each,
+    and the writes.
+
+    It lists what is left to do (:meth:`unseen`: ids the collection holds are skipped), takes
+    encoded images (:meth:`add`: each checked alone, a value the store refuses fails that image
+    with stage ``write``), writes them in batches (:meth:`flush`: rows only after their image
+    was encoded, upserts by id, so a crash at any moment loses nothing a re-run does not
+    redo), and keeps the :class:`IngestSummary`, the :class:`IngestProgress` and the report.
+    :func:`ingest` drives it with a local thread pool, :mod:`rsir_sdk.ray_ingest` with Ray.
+    """
+
+    def __init__(self, store: MilvusCodeStore, identity: Mapping[str, Any],
+                 archive: ArchiveListing, *, only_ids: Iterable[str] | None = None,
+                 skip_existing: bool = True, relative_paths: bool = False,
+                 upsert_batch: int = 512, flush_seconds: float = 10.0,
+                 report: FailureReport | None = None,
+                 progress: Callable[[IngestProgress], None] | None = None):
+        self.t0 = time.perf_counter()
+        self.store, self.identity = store, dict(identity)
+        self.skip_existing, self.relative_paths = skip_existing, relative_paths
+        self.upsert_batch, self.flush_seconds = upsert_batch, flush_seconds
+        self.report, self.progress = report, progress
+        items, invalid = archive.items, archive.invalid
+        if only_ids is not None:
+            wanted = set(only_ids)
+            items = [it for it in items if it.id in wanted]
+            invalid = [f for f in invalid if f.id in wanted]
+        self.items = items
+        self.summary = IngestSummary(
+            total=len(items) + len(invalid), ignored=len(archive.ignored),
+            ignored_examples=archive.ignored[:5], report=str(report.path) if report else None,
+            collection=store.collection, uri=store.display_uri)
+        self.state = IngestProgress(total=self.summary.total)
+        # encoded rows waiting for the next write, one tuple per batch (a single append each,
+        # so Ctrl-C never leaves a half-added batch)
+        self.pending: list[tuple[list[str], np.ndarray, list[str], list[str], list[dict]]] = []
+        self.last_flush = time.monotonic()
+        for f in invalid:
+            self.fail(f)
+        self.tick()
+
+    def fail(self, f: Failure) -> None:
+        """Record an image that was not indexed (and write it to the report)."""
+        self.summary.failed.append(f)
+        self.state.failed += 1
+        if self.report is not None:
+            self.report.add(f)
+        log.info("not indexed: %s: %s: %s", f.path, f.stage, f.reason)
+
+    def tick(self) -> None:
+        """Tell the progress callback where things stand."""
+        if self.progress is not None:
+            self.progress(self.state)
+
+    def unseen(self) -> Iterator[Item]:
+        """The items to do: all of them, less the ids the collection holds (when resuming)."""
+        for start in range(0, len(self.items), EXISTS_CHUNK):
+            chunk = self.items[start : start + EXISTS_CHUNK]
+            present = (self.store.existing_ids([it.id for it in chunk])
+                       if self.skip_existing else set())
+            if present:
+                self.state.skipped += len(present)
+                self.summary.skipped += len(present)
+                self.tick()
+            yield from (it for it in chunk if it.id not in present)
+
+    def add(self, items: Sequence[Item], codes: np.ndarray, georefs: Sequence[Mapping[str, Any]]
+            ) -> None:
+        """Queue encoded images for writing (and write when a batch is full or old enough)."""
+        paths = [it.path if self.relative_paths else str(it.file.absolute()) for it in items]
+        metas = [{**geo, **it.metadata} if geo else dict(it.metadata)
+                 for it, geo in zip(items, georefs)]
+        keep = []
+        for i, it in enumerate(items):  # a value the store refuses fails that image alone
+            why = rows.problem(it.id, it.label, paths[i], metas[i])
+            if why is None:
+                keep.append(i)
+            else:
+                self.fail(Failure(it.id, str(it.file), "write", why))
+        if keep:
+            self.pending.append((
+                [items[i].id for i in keep], np.asarray(codes)[keep],
+                [items[i].label for i in keep], [paths[i] for i in keep],
+                [metas[i] for i in keep],
+            ))
+        self.state.encoded += len(keep)
+        self.tick()
+        waiting = sum(len(p[0]) for p in self.pending)
+        if waiting >= self.upsert_batch or time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued row; a Milvus failure says how much was indexed before it."""
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        pending = self.pending
+        ids = [i for p in pending for i in p[0]]
+        try:
+            self.store.upsert(ids, np.concatenate([p[1] for p in pending]),
+                              [x for p in pending for x in p[2]],
+                              [x for p in pending for x in p[3]],
+                              [x for p in pending for x in p[4]], encoder=self.identity,
+                              batch_size=self.upsert_batch)
+        except StoreError as exc:
+            raise StoreError(
+                f"{exc} ({self.summary.indexed} images were indexed before this; re-run the "
+                f"same command to resume)"
+            ) from exc
+        pending.clear()
+        self.summary.indexed += len(ids)
+        self.state.indexed = self.summary.indexed
+        self.tick()
+
+    def finish(self) -> IngestSummary:
+        """Write what is queued and return the summary."""
+        self.flush()
+        self.summary.seconds = time.perf_counter() - self.t0
+        return self.summary
+
+    def interrupted(self) -> IngestInterrupted:
+        """Ctrl-C: write what was encoded (the re-run starts after it), return the exception."""
+        self.flush()
+        self.summary.seconds = time.perf_counter() - self.t0
+        return IngestInterrupted(self.summary)
+
+
 def ingest(
     encoder: Encoder,
     store: MilvusCodeStore,
@@ -259,110 +387,18 @@ def ingest(
     fails (re-run to resume) and :class:`IngestInterrupted` on Ctrl-C after writing what was
     encoded.
     """
-    t0 = time.perf_counter()
-    identity = encoder.bundle.identity()
-    items = archive.items
-    invalid = archive.invalid
-    if only_ids is not None:
-        wanted = set(only_ids)
-        items = [it for it in items if it.id in wanted]
-        invalid = [f for f in invalid if f.id in wanted]
-    summary = IngestSummary(total=len(items) + len(invalid), ignored=len(archive.ignored),
-                            ignored_examples=archive.ignored[:5],
-                            report=str(report.path) if report else None,
-                            collection=store.collection, uri=store.display_uri)
-    state = IngestProgress(total=summary.total)
-
-    def fail(f: Failure) -> None:
-        summary.failed.append(f)
-        state.failed += 1
-        if report is not None:
-            report.add(f)
-        log.info("not indexed: %s: %s: %s", f.path, f.stage, f.reason)
-
-    def tick() -> None:
-        if progress is not None:
-            progress(state)
-
-    for f in invalid:
-        fail(f)
-    tick()
-
-    def unseen() -> Iterator[Item]:
-        for start in range(0, len(items), EXISTS_CHUNK):
-            chunk = items[start : start + EXISTS_CHUNK]
-            present = store.existing_ids([it.id for it in chunk]) if skip_existing else set()
-            if present:
-                state.skipped += len(present)
-                summary.skipped += len(present)
-                tick()
-            for it in chunk:
-                if it.id not in present:
-                    yield it
-
-    # encoded rows waiting for the next upsert, one tuple per batch (a single append each, so
-    # Ctrl-C never leaves a half-added batch)
-    pending: list[tuple[list[str], np.ndarray, list[str], list[str], list[dict]]] = []
-    last_flush = time.monotonic()
-
-    def flush() -> None:
-        nonlocal last_flush
-        last_flush = time.monotonic()
-        if not pending:
-            return
-        ids = [i for p in pending for i in p[0]]
-        try:
-            store.upsert(ids, np.concatenate([p[1] for p in pending]),
-                         [x for p in pending for x in p[2]], [x for p in pending for x in p[3]],
-                         [x for p in pending for x in p[4]], encoder=identity,
-                         batch_size=upsert_batch)
-        except StoreError as exc:
-            raise StoreError(
-                f"{exc} ({summary.indexed} images were indexed before this; re-run the same "
-                f"command to resume)"
-            ) from exc
-        pending.clear()
-        summary.indexed += len(ids)
-        state.indexed = summary.indexed
-        tick()
-
-    def n_pending() -> int:
-        return sum(len(p[0]) for p in pending)
-
-    stream = iter_codes(encoder, unseen(), workers=workers, batch_size=batch_size,
-                        max_pixels=max_pixels, on_failure=fail)
+    run = IngestRun(store, encoder.bundle.identity(), archive, only_ids=only_ids,
+                    skip_existing=skip_existing, relative_paths=relative_paths,
+                    upsert_batch=upsert_batch, flush_seconds=flush_seconds, report=report,
+                    progress=progress)
+    stream = iter_codes(encoder, run.unseen(), workers=workers, batch_size=batch_size,
+                        max_pixels=max_pixels, on_failure=run.fail)
     try:
         for batch in stream:
-            its = batch.items
-            paths = [it.path if relative_paths else str(it.file.absolute()) for it in its]
-            metas = [{**geo, **it.metadata} if geo else dict(it.metadata)
-                     for it, geo in zip(its, batch.georefs)]
-            keep = []
-            for i, it in enumerate(its):  # a value the store refuses fails that image alone
-                why = rows.problem(it.id, it.label, paths[i], metas[i])
-                if why is None:
-                    keep.append(i)
-                else:
-                    fail(Failure(it.id, str(it.file), "write", why))
-            if keep:
-                pending.append((
-                    [its[i].id for i in keep],
-                    batch.codes[keep],
-                    [its[i].label for i in keep],
-                    [paths[i] for i in keep],
-                    [metas[i] for i in keep],
-                ))
-            state.encoded += len(keep)
-            tick()
-            if n_pending() >= upsert_batch or time.monotonic() - last_flush >= flush_seconds:
-                flush()
-        flush()
+            run.add(batch.items, batch.codes, batch.georefs)
+        return run.finish()
     except KeyboardInterrupt:
         stream.close()
-        flush()  # what was encoded is kept: the re-run starts after it
-        summary.seconds = time.perf_counter() - t0
-        raise IngestInterrupted(summary) from None
+        raise run.interrupted() from None
     finally:
         stream.close()
-    summary.seconds = time.perf_counter() - t0
-    return summary

@@ -28,20 +28,20 @@ system), as for any Ray job.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
-import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from .archive import ArchiveListing, Item
-from .errors import RsirError, StoreError
+from .archive import ArchiveListing
+from .errors import RsirError
 from .failures import Failure, FailureReport
 from .images import DEFAULT_MAX_PIXELS
-from .ingest import EXISTS_CHUNK, IngestInterrupted, IngestProgress, IngestSummary
+from .ingest import IngestProgress, IngestRun, IngestSummary
 
 if TYPE_CHECKING:  # pragma: no cover
     from .retriever import Retriever
@@ -104,8 +104,6 @@ class EncodeActor:
 
 
 def _dumps(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, ensure_ascii=False)
 
 
@@ -134,39 +132,12 @@ def ingest_on_ray(
     those of :func:`rsir_sdk.ingest.ingest`; so is the returned summary.
     """
     ray = _import_ray()
-    t0 = time.perf_counter()
-    store = retriever.store
-    identity = retriever.bundle.identity()
-    items = list(archive.items)
-    invalid = list(archive.invalid)
-    if only_ids is not None:
-        wanted = set(only_ids)
-        items = [it for it in items if it.id in wanted]
-        invalid = [f for f in invalid if f.id in wanted]
-    summary = IngestSummary(total=len(items) + len(invalid), ignored=len(archive.ignored),
-                            ignored_examples=archive.ignored[:5],
-                            report=str(report.path) if report else None,
-                            collection=store.collection, uri=store.display_uri)
-    state = IngestProgress(total=summary.total)
-
-    def tick() -> None:
-        if progress is not None:
-            progress(state)
-
-    def fail(f: Failure) -> None:
-        summary.failed.append(f)
-        state.failed += 1
-        if report is not None:
-            report.add(f)
-
-    for f in invalid:
-        fail(f)
-    todo = list(_unseen(store, items, skip_existing, summary, state))
-    tick()
+    run = IngestRun(retriever.store, retriever.bundle.identity(), archive, only_ids=only_ids,
+                    skip_existing=skip_existing, relative_paths=relative_paths,
+                    upsert_batch=upsert_batch, report=report, progress=progress)
+    todo = list(run.unseen())  # listing and resuming stay on the driver
     if not todo:
-        summary.seconds = time.perf_counter() - t0
-        return summary
-
+        return run.finish()
     started_here = _init_ray(ray, address, workers)
     try:
         rows = [{"index": i, "file": str(it.file)} for i, it in enumerate(todo)]
@@ -180,65 +151,27 @@ def ingest_on_ray(
                                    "rule": retriever.raster_rule.to_dict(),
                                    "max_pixels": max_pixels, "threads": threads_per_worker},
         )
-        pending: list[tuple[Item, np.ndarray, dict[str, Any]]] = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            its = [p[0] for p in pending]
-            try:
-                store.upsert(
-                    [it.id for it in its], np.stack([p[1] for p in pending]),
-                    [it.label for it in its],
-                    [it.path if relative_paths else str(it.file.absolute()) for it in its],
-                    [{**p[2], **it.metadata} if p[2] else dict(it.metadata) for it, p in
-                     zip(its, pending)],
-                    encoder=identity, batch_size=upsert_batch,
-                )
-            except StoreError as exc:
-                raise StoreError(f"{exc} ({summary.indexed} images were indexed before this; "
-                                 f"re-run the same command to resume)") from None
-            summary.indexed += len(its)
-            state.indexed = summary.indexed
-            pending.clear()
-            tick()
-
         try:
             for batch in ds.iter_batches(batch_size=upsert_batch, batch_format="numpy"):
+                items, codes, georefs = [], [], []
                 for i, code, error, georef in zip(batch["index"], batch["code"], batch["error"],
                                                   batch["georef"]):
                     item = todo[int(i)]
                     if error:
                         stage, _, reason = str(error).partition("\t")
-                        fail(Failure(item.id, str(item.file), stage, reason))
+                        run.fail(Failure(item.id, str(item.file), stage, reason))
                         continue
-                    import json
-
-                    pending.append((item, np.asarray(code, np.uint8), json.loads(str(georef))))
-                    state.encoded += 1
-                if len(pending) >= upsert_batch:
-                    flush()
-                tick()
-            flush()
+                    items.append(item)
+                    codes.append(np.asarray(code, np.uint8))
+                    georefs.append(json.loads(str(georef)))
+                if items:
+                    run.add(items, np.stack(codes), georefs)
+            return run.finish()
         except KeyboardInterrupt:
-            flush()  # what was encoded is kept: the re-run starts after it
-            summary.seconds = time.perf_counter() - t0
-            raise IngestInterrupted(summary) from None
+            raise run.interrupted() from None
     finally:
         if started_here:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - t0
-    return summary
-
-
-def _unseen(store: Any, items: list[Item], skip_existing: bool, summary: IngestSummary,
-            state: IngestProgress) -> Iterator[Item]:
-    for start in range(0, len(items), EXISTS_CHUNK):
-        chunk = items[start : start + EXISTS_CHUNK]
-        present = store.existing_ids([it.id for it in chunk]) if skip_existing else set()
-        summary.skipped += len(present)
-        state.skipped += len(present)
-        yield from (it for it in chunk if it.id not in present)
 
 
 def _import_ray() -> Any:
