@@ -234,3 +234,31 @@ def test_codes_threshold_at_one_half():
 def test_training_input_errors():
     with pytest.raises(ValueError, match="one label per row"):
         train_milan_head(torch.zeros(4, 3), [0, 1, 0], 8, MilanParams(iterations=1))
+
+
+def test_validation_split_selects_the_best_head_and_stops_early():
+    from rsir_train.milan.trainer import validation_indices
+
+    y = np.repeat(np.arange(5), 30)
+    fit, val = validation_indices(y, 0.2, seed=0)
+    assert len(val) == 30 and not set(fit) & set(val) and len(fit) + len(val) == 150
+    assert all((y[val] == c).sum() == 6 for c in range(5))  # per class
+    assert np.array_equal(val, validation_indices(y, 0.2, seed=0)[1])
+    x, labels = clustered_features(30, seed=1)
+    report = {}
+    params = MilanParams(**FAST | {"iterations": 2000}, val_every=50, patience=3)
+    head = train_milan_head(x[fit], labels[fit], 16, params, validation=(x[val], labels[val]),
+                            report=report)
+    assert report["stopped_at"] < 2000  # stopped early: 3 validations without improvement
+    assert report["best_iteration"] == max(report["val_curve"], key=lambda c: c[1])[0]
+    assert report["best_val_map"] == max(v for _, v in report["val_curve"])
+    # the head returned is the best one: its validation mAP is the best recorded
+    got = mean_average_precision(milan_codes(head, x[val]), labels[val],
+                                 milan_codes(head, x[fit]), labels[fit])
+    assert got == pytest.approx(report["best_val_map"], abs=1e-4)
+
+
+def test_authors_preset_has_no_validation():
+    p = MilanParams.authors()
+    assert (p.val_fraction, p.patience, p.iterations) == (0.0, 0, 10_000)
+    assert MilanParams().val_fraction == 0.2

@@ -165,6 +165,19 @@ def _add_milan(methods: Any) -> None:
     m.add_argument("--miner", default="random", choices=MINERS,
                    help="random = the authors' sampler; the miners are options")
     m.add_argument("--log-every", type=int, default=100)
+    m.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each class of the train side held out to choose the head "
+                        "(best validation mAP; never the queries); 0 = the authors' run: "
+                        "--iterations, last head (default 0.2)")
+    m.add_argument("--val-every", type=int, default=250, help="iterations between validations")
+    m.add_argument("--patience", type=int, default=8,
+                   help="stop after this many validations without improvement (0 = never)")
+    m.add_argument("--refit", action="store_true",
+                   help="after model selection, train a fresh head on the whole train side for "
+                        "the chosen number of iterations")
+    m.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty")
+    m.add_argument("--authors", action="store_true",
+                   help="the published recipe: no validation split, --iterations, last head")
     _add_symmetric_eval(m)
 
 

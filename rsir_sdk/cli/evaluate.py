@@ -43,6 +43,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="also draw the precision-recall curve and the per-class AP to this file "
+                        "(needs matplotlib: pip install 'rsir-sdk[plot]')")
     add_raster_args(p)
     p.set_defaults(func=run)
 
@@ -86,4 +89,12 @@ def run(args: argparse.Namespace) -> int:
         print(describe(result))
         for f in result.failed[:10]:
             warn(f"  left out {f.path}: {f.reason}")
+    if args.plot:
+        from ..plots import evaluation_curves, plot_curves
+
+        curves = evaluation_curves(args.bundle, args.data, database=args.database,
+                                   rule=raster_rule(args), batch_size=args.batch_size,
+                                   workers=args.workers)
+        path = plot_curves([curves], args.plot, title=f"{curves.label} ({result.protocol})")
+        warn(f"wrote {path}")
     return EXIT_PARTIAL if result.failed else EXIT_OK

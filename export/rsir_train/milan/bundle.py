@@ -47,7 +47,8 @@ def milan_contents(result: MilanResult, data: TrainingData,
         extra={"feature_dim": int(result.net.head.in_dim),
                "feature_seconds": round(result.feature_seconds, 1),
                "head_seconds": round(result.head_seconds, 1),
-               "feature_cache": result.feature_cache, **(extra_training or {})},
+               "feature_cache": result.feature_cache, "selection": result.selection,
+               **(extra_training or {})},
     )
     return BundleContents(
         method="milan", net=result.net, normalize=result.normalize, bits=cfg.bits,

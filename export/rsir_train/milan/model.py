@@ -83,6 +83,22 @@ class MilanParams:
     seed: int = 0
     device: str | None = None  # None: train where the features are
     log_every: int = 100  # progress callback period, in iterations
+    # ---- model selection on a validation split drawn from the train side (not the authors'):
+    # every ``val_every`` iterations the head codes the held-out part (``val_fraction`` of
+    # each class) and the rest; the head with the best mAP of the one against the other is
+    # kept, and training stops after ``patience`` evaluations without improvement (0 = never).
+    # ``refit``: then train a fresh head on the whole train side for the chosen number of
+    # iterations. ``val_fraction=0`` is the authors' run (fixed iterations, last head).
+    val_fraction: float = 0.2
+    val_every: int = 250
+    patience: int = 8
+    refit: bool = False
+    weight_decay: float = 0.0  # Adam L2 penalty on the head's weights
+
+    @classmethod
+    def authors(cls, **overrides: object) -> "MilanParams":
+        """The published recipe: 10,000 iterations, no validation split, last head."""
+        return cls(**{"val_fraction": 0.0, "patience": 0, **overrides})  # type: ignore[arg-type]
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict, for the bundle manifest's ``training.hyperparameters``."""

@@ -35,7 +35,7 @@ from .triplets import TripletSampler, mine_triplets
 log = logging.getLogger(__name__)
 
 __all__ = ["MILAN_PREPROCESS", "MilanConfig", "MilanResult", "train_milan",
-           "train_milan_head"]
+           "train_milan_head", "validation_indices"]
 
 #: called as ``progress(iteration, iterations, losses)`` by :func:`train_milan_head`
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -45,12 +45,36 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 MILAN_PREPROCESS: dict[str, Any] = {"resize": None}
 
 
+def validation_indices(labels: Sequence, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(fit, val)`` of a per-class split of ``labels``: ``round(fraction * n)``
+    items of each class (at least 1 when ``fraction > 0``, never all) go to ``val``; seeded."""
+    y = np.asarray(labels, dtype=object)
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in sorted({str(v) for v in y}):
+        members = np.flatnonzero(y.astype(str) == c)
+        perm = rng.permutation(members)
+        k = min(len(members) - 1, max(1 if fraction > 0 else 0, int(round(fraction * len(members)))))
+        val += list(perm[:k])
+        fit += list(perm[k:])
+    return np.sort(np.array(fit, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def _val_map(head: MilanHead, fit_x: torch.Tensor, fit_y: np.ndarray, val_x: torch.Tensor,
+             val_y: np.ndarray) -> float:
+    """mAP of the validation codes against the fit part's codes (whole fit part ranked)."""
+    return float(mean_average_precision(milan_codes(head, val_x), val_y,
+                                        milan_codes(head, fit_x), fit_y))
+
+
 def train_milan_head(
     features: torch.Tensor,
     labels: Sequence,
     bits: int,
     params: MilanParams | None = None,
     progress: ProgressFn | None = None,
+    validation: tuple[torch.Tensor, Sequence] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> MilanHead:
     """Train a :class:`MilanHead` on precomputed (frozen-backbone) features.
 
@@ -62,6 +86,12 @@ def train_milan_head(
         progress: called as ``progress(iteration, iterations, losses)`` every
             ``params.log_every`` iterations and at the last, with ``losses`` the float values
             of ``loss``, ``triplet``, ``push``, ``balance`` on that batch.
+        validation: ``(features, labels)`` of held-out images: every ``params.val_every``
+            iterations their codes are ranked against those of ``features`` (mAP), the best
+            head is kept and training stops after ``params.patience`` evaluations without
+            improvement (0: runs all iterations, still keeping the best head).
+        report: filled with ``best_iteration``, ``best_val_map``, ``stopped_at`` and the
+            validation curve ``val_curve`` (``[[iteration, mAP], ...]``) when ``validation``.
 
     Returns the head in eval mode on the training device. Deterministic for a given seed on a
     given device: the weights are initialised from ``params.seed`` (on CPU, so CPU and CUDA
@@ -84,8 +114,17 @@ def train_milan_head(
         torch.manual_seed(params.seed)
         head = MilanHead(x.shape[1], bits, params.hidden, params.negative_slope)
     head = head.to(device).train()
-    optimizer = torch.optim.Adam(head.parameters(), lr=params.lr, betas=params.betas)
+    optimizer = torch.optim.Adam(head.parameters(), lr=params.lr, betas=params.betas,
+                                 weight_decay=params.weight_decay)
+    if validation is not None:
+        val_x = torch.as_tensor(validation[0]).to(device=device, dtype=torch.float32)
+        val_y = np.asarray(validation[1], dtype=object)
+        fit_y = np.asarray(labels, dtype=object)
+        best_map, best_step, bad = -1.0, 0, 0
+        best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        curve: list[list[float]] = []
 
+    step = 0
     for step in range(1, params.iterations + 1):
         if params.miner == "random":
             triplets = torch.as_tensor(sampler.sample(), device=device)
@@ -103,6 +142,21 @@ def train_milan_head(
         optimizer.step()
         if progress is not None and (step % params.log_every == 0 or step == params.iterations):
             progress(step, params.iterations, {k: float(v) for k, v in parts.items()})
+        if validation is not None and (step % params.val_every == 0 or step == params.iterations):
+            value = _val_map(head, x, fit_y, val_x, val_y)
+            curve.append([step, round(value, 4)])
+            if value > best_map:
+                best_map, best_step, bad = value, step, 0
+                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            else:
+                bad += 1
+                if params.patience and bad >= params.patience:
+                    break
+    if validation is not None:
+        head.load_state_dict(best_state)
+        if report is not None:
+            report.update(best_iteration=best_step, best_val_map=round(best_map, 4),
+                          stopped_at=step, val_curve=curve)
     return head.eval()
 
 
@@ -150,6 +204,8 @@ class MilanResult:
     feature_cache: str  # "hit" | "computed" | "off"
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: model selection on the validation split (empty for the authors' run)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     @property
     def train_seconds(self) -> float:
@@ -213,8 +269,23 @@ def train_milan(
         emit({"event": "iteration", "iterations": total, **record})
 
     t1 = time.perf_counter()
-    head = train_milan_head(feats[torch.as_tensor(train_idx)], labels[train_idx], config.bits,
-                            params, progress=on_step)
+    selection: dict[str, Any] = {}
+    if params.val_fraction > 0:
+        fit, val = validation_indices(labels[train_idx], params.val_fraction, params.seed)
+        fit_idx, val_idx = train_idx[fit], train_idx[val]
+        head = train_milan_head(feats[torch.as_tensor(fit_idx)], labels[fit_idx], config.bits,
+                                params, progress=on_step,
+                                validation=(feats[torch.as_tensor(val_idx)], labels[val_idx]),
+                                report=selection)
+        selection.update(n_fit=int(len(fit_idx)), n_val=int(len(val_idx)))
+        if params.refit:
+            head = train_milan_head(feats[torch.as_tensor(train_idx)], labels[train_idx],
+                                    config.bits, replace(params, iterations=max(
+                                        1, int(selection["best_iteration"]))))
+            selection["refit_iterations"] = int(selection["best_iteration"])
+    else:
+        head = train_milan_head(feats[torch.as_tensor(train_idx)], labels[train_idx], config.bits,
+                                params, progress=on_step)
     head_seconds = time.perf_counter() - t1
     head = head.cpu().eval()
     metrics = _torch_metrics(milan_codes(head, feats), labels, train_idx, query_idx)
@@ -225,4 +296,5 @@ def train_milan(
         preprocess=preprocess, train_indices=train_idx, query_indices=query_idx,
         classes=archive.classes, config=config, device=device, feature_seconds=feature_seconds,
         head_seconds=head_seconds, feature_cache=status, history=history, metrics=metrics,
+        selection=selection,
     )
