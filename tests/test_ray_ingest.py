@@ -3,11 +3,9 @@ to a real Milvus server; the same rows as the single-process run; killed part-wa
 every image exactly once."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image, ImageOps
@@ -17,6 +15,21 @@ from rsir_sdk.cli import main
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.server
+
+KILL_AFTER_WRITES = """
+import os, signal, sys
+from rsir_sdk import cli, store
+n, calls = int(sys.argv[1]), []
+upsert = store.MilvusCodeStore.upsert
+def killing_upsert(self, *a, **kw):
+    out = upsert(self, *a, **kw)
+    calls.append(1)
+    if len(calls) == n:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    return out
+store.MilvusCodeStore.upsert = killing_upsert
+sys.exit(cli.main(sys.argv[2:]))
+"""
 
 VARIANTS = {"orig": lambda im: im, "mirror": ImageOps.mirror, "flip": ImageOps.flip,
             "rot90": lambda im: im.rotate(90), "rot270": lambda im: im.rotate(270)}
@@ -68,25 +81,16 @@ def test_ray_engine_equals_single_process_and_resumes_after_a_kill(
     assert rows(server_uri, "on_ray", ids) == expected  # same ids, codes and labels
     assert err.strip() == ""  # nothing of Ray's start-up or logs reaches the user
 
-    # a run killed part-way (SIGKILL to its whole process group: driver and Ray) ...
-    cmd = [sys.executable, "-m", "rsir_sdk.cli",
+    # a run killed part-way: its driver SIGKILLs its whole process group (itself and Ray)
+    # right after its third write of 50 rows
+    cmd = [sys.executable, "-c", KILL_AFTER_WRITES, "3",
            *index_args(bundle, archive_1000, server_uri, "killed", "--engine", "ray",
                        "--workers", 2, "--upsert-batch", 50, "--report", tmp_path / "k.csv")]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    written = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            with MilvusCodeStore(server_uri, "killed", create=False) as s:
-                written = s.count()
-        except Exception:  # not created yet
-            continue
-        if written >= 100:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc = subprocess.run(cmd, start_new_session=True, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with MilvusCodeStore(server_uri, "killed", create=False) as s:
+        written = s.count()
     assert 0 < written < 1000, f"the kill landed at {written} rows"
     # ... and run again: every image exactly once, the same rows as the single-process run
     code = main(index_args(bundle, archive_1000, server_uri, "killed", "--engine", "ray",
