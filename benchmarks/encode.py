@@ -70,7 +70,7 @@ def fresh_bundle(backbone: str, bits: int, classes: int, out: Path) -> Bundle:
     from rsir_train.onnx_export import export_onnx
 
     torch.manual_seed(0)
-    bb = build_backbone(backbone, pretrained=backbone == "efficientnet_lite0")
+    bb = build_backbone(backbone, pretrained=backbone.startswith("efficientnet_lite"))
     net = AHCLNet(bb, bits, classes).eval()
     pre = dict(bb.preprocess, scale=1 / 255.0)
     h, w = pre["crop"]
@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", help="trained fp32 bundle")
-    src.add_argument("--backbone", choices=["efficientnet_lite0", "small_cnn"],
+    src.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite1",
+                                            "efficientnet_lite2", "small_cnn"],
                      help="no bundle: ImageNet backbone + random hash head")
     p.add_argument("--bits", type=int, default=64, help="with --backbone")
     p.add_argument("--int8", help="int8 bundle of --bundle (default: quantize it here)")

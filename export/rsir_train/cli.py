@@ -141,6 +141,11 @@ def _add_ahcl(methods: Any) -> None:
                         "15 for lite1/lite2, 6 for resnet18), 0 (full fine-tune) otherwise")
     a.add_argument("--eval-every", type=int, default=0,
                    help="log mAP on the query split every N outer iterations (0 = only at the end)")
+    a.add_argument("--eval", nargs="?", const="auto", choices=EVAL_CHOICES,
+                   help="after training, evaluate the bundle through Milvus (rsir_sdk.evaluate): "
+                        "auto/ahcl = queries (exported encoder) against the learned V; the "
+                        "metric goes into the manifest (ahcl_map) and --results")
+    a.add_argument("--eval-uri", help="Milvus to evaluate in (default: a temporary Milvus Lite file)")
     a.add_argument("--work-dir", help="checkpoint folder (default <out>.work)")
     a.add_argument("--resume", action="store_true", help="continue from the checkpoint")
 

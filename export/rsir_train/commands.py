@@ -158,10 +158,11 @@ def train(args: argparse.Namespace) -> int:
     if args.method == "ahcl":
         from .ahcl import train_ahcl_bundle
 
-        result, manifest = train_ahcl_bundle(
+        result, manifest, data = train_ahcl_bundle(
             args.data, args.out, ahcl_config(args), split_file=args.split_file,
             protocol=args.protocol, skip_corrupt=args.skip_corrupt, work_dir=args.work_dir,
             resume=args.resume, progress=_printer(args.quiet), extra_training=extra,
+            with_data=True,
         )
         cache = ""
     elif args.method == "itq":
@@ -186,8 +187,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"bundle written to {args.out} in {time.perf_counter() - t0:.0f}s "
               f"(encoder {manifest['model_sha256'][:16]}{cache})")
         _print_metrics(result.metrics)
-    if args.method in ("milan", "itq"):
-        manifest = _after_symmetric(args, manifest, data)
+    manifest = _after_training(args, manifest, data)
     if args.results:
         from .results import append_results, records_for_manifest
 
@@ -195,9 +195,9 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _after_symmetric(args: argparse.Namespace, manifest: dict[str, Any], data: Any) -> dict[str, Any]:
-    """``--eval`` (metrics into the manifest) and ``--index`` of a freshly written symmetric
-    (MiLAN, ITQ) bundle."""
+def _after_training(args: argparse.Namespace, manifest: dict[str, Any], data: Any) -> dict[str, Any]:
+    """``--eval`` (metrics into the manifest) and ``--index`` (MiLAN, ITQ) of a freshly written
+    bundle."""
     if args.eval and not data.split.query_ids:
         print(f"rsir train {args.method}: --eval needs a labelled archive with a query split; "
               f"skipped", file=sys.stderr)
@@ -217,7 +217,7 @@ def _after_symmetric(args: argparse.Namespace, manifest: dict[str, Any], data: A
         manifest = update_manifest(args.out, training=training)
         if not args.quiet:
             _print_metrics(metrics)
-    if args.index:
+    if getattr(args, "index", None):
         from .indexing import index_split_side
 
         summary = index_split_side(args.out, data.archive, data.split, args.index,

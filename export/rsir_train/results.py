@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["IDENTITY", "METRICS", "append_results", "markdown_table", "records_for_bundle",
-           "records_for_manifest", "main"]
+           "records_for_manifest", "main", "recipe_of", "schedule_of"]
 
 #: ``training.metrics`` key -> (evaluation protocol, metric name) of its record; protocol
 #: ``None`` = the bundle's own (``training.protocol``, e.g. ``ahcl-80-20``)
@@ -30,7 +30,42 @@ METRICS: dict[str, tuple[str | None, str]] = {
 }
 #: two records with these fields equal are the same result (a newer one replaces the older)
 IDENTITY = ("method", "protocol", "split", "dataset", "bits", "metric", "iterations", "backbone",
-            "seed")
+            "seed", "recipe")
+
+
+def recipe_of(manifest: Mapping[str, Any]) -> str | None:
+    """The recipe's name (part of a record's identity): AHCL's schedule (``auto``,
+    ``authors``, ...), MiLAN's ``validation`` or ``authors``, ``itq``."""
+    t = manifest.get("training") or {}
+    h = t.get("hyperparameters") or {}
+    if manifest.get("method") == "ahcl":
+        return h.get("schedule")
+    if manifest.get("method") == "milan":
+        return "validation" if t.get("selection") else "authors"
+    return manifest.get("method")
+
+
+def schedule_of(manifest: Mapping[str, Any]) -> str | None:
+    """How a bundle was trained, in a few words (the ``schedule`` of its records)."""
+    t = manifest.get("training") or {}
+    h = t.get("hyperparameters") or {}
+    method = manifest.get("method")
+    if method == "ahcl" and h.get("schedule"):
+        shape = "cosine" if h["schedule"] in ("auto", "cosine") else f"step at {h.get('lr_steps')}"
+        epochs = (h.get("outer") or 0) * (h.get("inner") or 0)
+        return (f"{h['schedule']}: {epochs} epochs ({h.get('outer')} x {h.get('inner')}), SGD lr "
+                f"{h.get('lr')} momentum {h.get('momentum')}, {shape}")
+    if method == "milan":
+        sel = t.get("selection") or {}
+        if sel:
+            refit = f", refit {sel['refit_iterations']}" if "refit_iterations" in sel else ""
+            return (f"validation-selected head: best at iteration {sel.get('best_iteration')} "
+                    f"(stopped at {sel.get('stopped_at')} of {h.get('iterations')}; "
+                    f"{sel.get('n_fit')} fit / {sel.get('n_val')} val){refit}")
+        return f"authors: {h.get('iterations')} iterations, last head"
+    if method == "itq":
+        return f"ITQ {h.get('iterations')} rotation iterations, no labels"
+    return None
 
 
 def records_for_manifest(manifest: Mapping[str, Any], *, device: str | None = None,
@@ -57,6 +92,8 @@ def records_for_manifest(manifest: Mapping[str, Any], *, device: str | None = No
         "device": device if (device and t.get("device") == "cpu") else t.get("device"),
         "train_seconds": t.get("train_seconds"),
         "encoder_id": str(manifest.get("model_sha256", ""))[:16],
+        "recipe": recipe_of(manifest),
+        "schedule": schedule_of(manifest),
         "command": command if command is not None else t.get("command", ""),
         "date": t.get("date", ""),
     }

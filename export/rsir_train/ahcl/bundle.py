@@ -63,19 +63,21 @@ def train_ahcl_bundle(
     resume: bool = False,
     progress: Progress | None = None,
     extra_training: Mapping[str, Any] | None = None,
+    with_data: bool = False,
     **split: Any,
-) -> tuple[AHCLResult, dict[str, Any]]:
+) -> Any:
     """The whole job: archive → checked images → split → AHCL training → bundle at ``out_dir``.
 
     ``split``: ``split_file``, ``protocol`` (default ``80-20``), ``skip_corrupt`` (see
     :func:`rsir_train.pipeline.prepare_data`). Checkpoints go to ``work_dir`` (default
-    ``<out_dir>.work``). Returns the training result and the manifest as written.
+    ``<out_dir>.work``). Returns the training result and the manifest as written (and the
+    :class:`~rsir_train.pipeline.TrainingData` with ``with_data``).
     """
     work = Path(work_dir) if work_dir else Path(str(out_dir).rstrip("/\\") + ".work")
-    result, manifest, _ = train_bundle(
+    result, manifest, data_ = train_bundle(
         data, out_dir, seed=config.seed, **{"protocol": "80-20", **split},
         train=lambda d: train_ahcl(d.archive, d.split, config, work_dir=work, resume=resume,
                                    progress=progress),
         contents=lambda r, d: ahcl_contents(r, d, extra_training),
     )
-    return result, manifest
+    return (result, manifest, data_) if with_data else (result, manifest)
