@@ -169,3 +169,32 @@ def plot_curves(curves: Sequence[Curves], out: str | os.PathLike, *, title: str 
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rsir_sdk.plots OUT.png BUNDLE... [--data DIR] [--title T]``: several
+    bundles' curves side by side in one picture (each labelled ``<method> <bits> bits``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m rsir_sdk.plots", description=main.__doc__)
+    p.add_argument("out")
+    p.add_argument("bundles", nargs="+")
+    p.add_argument("--data", help="the archive (default: the one each bundle records)")
+    p.add_argument("--database", choices=["auto", "train", "query"], default="auto")
+    p.add_argument("--title")
+    p.add_argument("--label", action="append", help="one per bundle, in order")
+    args = p.parse_args(argv)
+    labels = args.label or [None] * len(args.bundles)
+    if len(labels) != len(args.bundles):
+        p.error("give one --label per bundle, or none")
+    curves = [evaluation_curves(b, args.data, database=args.database, label=lab)
+              for b, lab in zip(args.bundles, labels)]
+    print(plot_curves(curves, args.out, title=args.title))
+    for cv in curves:
+        print(f"{cv.label}: mAP {cv.mean_ap:.4f} ({cv.n_queries} queries, {cv.n_database} "
+              f"{cv.database} database codes)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
