@@ -62,7 +62,8 @@ def index_args(bundle, archive, uri, collection, *extra):
 
 
 def test_ray_engine_equals_single_process_and_resumes_after_a_kill(
-        server_uri, rp_bundle, archive_1000, tmp_path, capsys):
+        server_uri, rp_bundle, archive_1000, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default report files (<collection>-failed.csv) land here
     bundle = rp_bundle[0]
     assert main(index_args(bundle, archive_1000, server_uri, "single")) == 3  # 2 bad files
     single = json.loads(capsys.readouterr().out)
