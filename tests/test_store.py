@@ -216,3 +216,51 @@ def test_writes_are_cut_by_bytes_as_well_as_rows(db_uri):
     with MilvusCodeStore(db_uri, "big", bits=64) as store:
         assert store.upsert([f"r{i}" for i in range(n)], np.zeros((n, 8), np.uint8), metadata=meta) == n
         assert store.count() == n and store.get(["r699"])[0].metadata["i"] == 699
+
+
+def weird_rows(n: int, seed: int = 5):
+    """Rows with awkward text: quotes, newlines, NUL (inside and trailing), emoji, long paths."""
+    rng = np.random.default_rng(seed)
+    odd = ["O'Brien \"x\"", "tab\there", "line\nbreak", "nul\x00inside", "trailing\x00", "é🌍",
+           "back\\slash", " "]
+    ids = [f"{odd[i % len(odd)]}/{i}" for i in range(n)]
+    labels = [odd[(i * 3) % len(odd)] for i in range(n)]
+    paths = [f"/data/{odd[(i * 5) % len(odd)]}/{'p' * (i % 300)}.tif" for i in range(n)]
+    meta = [{"year": 2015 + i % 8, "k": odd[i % len(odd)], "f": i / 7, "nested": {"a": [i, None]}}
+            for i in range(n)]
+    codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    return ids, codes, labels, paths, meta
+
+
+def stored_rows(store, ids):
+    got = list(store.iter_ids())
+    assert len(got) == len(set(got)) == store.count()  # every row once
+    return {it.id: (it.code.tobytes(), it.label, it.path, it.metadata) for it in store.get(ids)}
+
+
+def test_insert_equals_upsert_and_ids_only_search_equals_search(db_uri):
+    ids, codes, labels, paths, meta = weird_rows(3000)
+    with MilvusCodeStore(db_uri, "up", bits=64) as a, MilvusCodeStore(db_uri, "ins", bits=64) as b:
+        assert a.upsert(ids, codes, labels, paths, meta, batch_size=700) == 3000
+        assert b.insert(ids[:1000], codes[:1000], labels[:1000], paths[:1000], meta[:1000]) == 1000
+        assert b.insert(ids[1000:], codes[1000:], labels[1000:], paths[1000:], meta[1000:],
+                        batch_size=512) == 2000
+        want = stored_rows(a, ids)
+        assert stored_rows(b, ids) == want and len(want) == 3000
+        assert want[ids[4]][0] == codes[4].tobytes() and want[ids[4]][3] == meta[4]
+        q = np.concatenate([codes[:20], codes[:20] ^ 1])
+        full, lean = b.search(q, k=25), b.search_ids(q, k=25)
+        assert [[h.id for h in row] for row in full] == [row.ids for row in lean]
+        assert [[h.distance for h in row] for row in full] == [row.distances.tolist() for row in lean]
+        assert lean[0].distances.dtype == np.int32
+        only = b.search(q[:3], k=5, fields=["label"])
+        assert [h.label for h in only[0]] == [h.label for h in full[0][:5]]
+        assert only[0][0].path == "" and only[0][0].metadata == {}
+        with pytest.raises(ValueError, match="fields"):
+            b.search(q[:1], k=5, fields=["code"])
+        # Milvus Lite: nothing to prepare, one index
+        assert b.prepare_for_search() == {}
+        assert b.index_info()["index_type"] == "BIN_FLAT"
+        # a bulk load on Lite writes with inserts, and skips ids present
+        out = b.bulk_insert(ids, codes, labels, paths, meta, staging_dir=db_uri + ".staging")
+        assert out["skipped"] == 3000 and out["written"] == 0 and b.count() == 3000

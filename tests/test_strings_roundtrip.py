@@ -62,8 +62,7 @@ def same(a, b) -> bool:
 def clear(store) -> None:
     """Start each example empty (a failed example may have left rows behind)."""
     if store.exists:
-        rows = store._client.query(store.collection, filter="", output_fields=["id"], limit=16384)
-        store.delete([r["id"] for r in rows])
+        store.delete(list(store.iter_ids()))
 
 
 def check_roundtrip(store, batch):

@@ -3,9 +3,12 @@
 :class:`MilvusCodeStore` keeps packed binary codes in a ``BINARY_VECTOR`` collection (HAMMING)
 with ids, labels, paths and JSON metadata. By job: :mod:`.schema` (fields, limits, layout
 version), :mod:`.values` (what may be stored or asked), :mod:`.keys` (digests: the only way user
-text reaches an expression), :mod:`.rows` (a write's rows and batches), :mod:`.topk` (exact
-top-k, ties by id), :mod:`.connect` and :mod:`.rpc` (calls, retries, one-line errors),
-:mod:`.lite` (Milvus Lite's server process and file), :mod:`.collection` (the store).
+text reaches an expression), :mod:`.rows` (a write's columns and batches), :mod:`.topk` (exact
+top-k, ties by id), :mod:`.search` (the calls and a lean hit conversion), :mod:`.connect` and
+:mod:`.rpc` (calls, retries, one-line errors), :mod:`.lite` (Milvus Lite's server process and
+file), :mod:`.server` (a server collection made ready to search: sealed, indexed, calibrated),
+:mod:`.bulk` (bulk import with a journal), :mod:`.collection` (the store), :mod:`.admin`
+(collections at a uri).
 """
 
 import os as _os
@@ -14,25 +17,27 @@ import os as _os
 # (pymilvus imports it); a value the user set wins
 _os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from .collection import (  # noqa: E402
-    MilvusCodeStore,
-    StoredItem,
-    StoreHit,
-    check_same_encoder,
-    describe_collections,
-    drop_collection,
-    list_collections,
-)
+from .admin import describe_collections, drop_collection, list_collections  # noqa: E402
+from .collection import IdHits, MilvusCodeStore, PrepareProgress, StoredItem, StoreHit  # noqa: E402
 from .keys import build_filter  # noqa: E402
 from .lite import wait_for_lite_file  # noqa: E402
-from .schema import MAX_ID_LEN, MAX_LABEL_LEN, MAX_PATH_LEN, MAX_TOPK, is_lite_uri  # noqa: E402
+from .schema import (  # noqa: E402
+    MAX_ID_LEN,
+    MAX_LABEL_LEN,
+    MAX_PATH_LEN,
+    MAX_TOPK,
+    check_same_encoder,
+    is_lite_uri,
+)
 
 __all__ = [
     "MAX_ID_LEN",
     "MAX_LABEL_LEN",
     "MAX_PATH_LEN",
     "MAX_TOPK",
+    "IdHits",
     "MilvusCodeStore",
+    "PrepareProgress",
     "StoreHit",
     "StoredItem",
     "build_filter",

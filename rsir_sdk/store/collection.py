@@ -2,15 +2,19 @@
 
 One ``uri`` picks the deployment, as in pymilvus: ``./file.db`` is Milvus Lite (embedded, one
 process per file, index BIN_FLAT only), ``http://host:19530`` a Milvus server (``token`` for
-auth; index type and params configurable). The collection records the encoder that filled it
-(``encoder_id``, ``bits``, ``method``) in its description and refuses codes of another length or
-from another encoder, so codes that cannot be compared never share a collection.
+auth; the index chosen from the collection's size, or given). The collection records the encoder
+that filled it (``encoder_id``, ``bits``, ``method``) in its description and refuses codes of
+another length or from another encoder, so codes that cannot be compared never share a
+collection.
 
 Any Unicode text (but lone surrogates) works as an id, label, path or metadata value, and comes
 back byte for byte: no user string becomes a primary key or enters an expression (see
 :mod:`.keys`). A write is checked completely before its first row is sent, so a bad call
 changes nothing. Hamming radius searches are **inclusive**: ``radius=r`` returns every item with
 distance ``<= r``. Results are sorted by (distance, id), exactly (:mod:`.topk`).
+
+On a server, call :meth:`MilvusCodeStore.prepare_for_search` after a large write (``rsir index``
+and the Retriever do): the first search is then as fast as the hundredth (:mod:`.server`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -30,26 +34,33 @@ from ..errors import (
     InvalidInputError,
     StoreError,
 )
-from . import keys, rows, topk, values
+from . import keys, rows, server, values
+from . import search as searching
 from .connect import Connection
 from .schema import (
+    AUTO_INDEX,
     MAX_TOPK,
-    OUTPUT_FIELDS,
     PK_CHUNK,
+    SERVER_INDEXES,
     UPSERT_BATCH,
-    is_lite_uri,
+    check_same_encoder,
+    index_policy,
     make_schema,
     read_description,
 )
+from .search import IdHits
+from .server import PrepareProgress
 
 log = logging.getLogger(__name__)
 
 Filter = str | Mapping[str, Any] | None
+__all__ = ["IdHits", "MilvusCodeStore", "PrepareProgress", "StoreHit", "StoredItem"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreHit:
-    """One search result: the item's id and its Hamming distance (an int), plus stored fields."""
+    """One search result: the item's id and its Hamming distance (an int), plus stored fields
+    (empty when the search did not ask for them)."""
 
     id: str
     distance: int
@@ -77,6 +88,11 @@ class MilvusCodeStore:
     refuses at once when it does not exist. ``timeout`` bounds each Milvus call (seconds;
     ``None``: no deadline); failing calls are retried a few times, never for minutes.
 
+    ``index_type`` (a new server collection): ``None`` or ``"auto"`` chooses from the size at
+    :meth:`prepare_for_search` (BIN_FLAT, or BIN_IVF_FLAT with a calibrated ``nprobe``);
+    ``"BIN_FLAT"``, ``"BIN_IVF_FLAT"`` (``index_params={"nlist": ...}``) or ``"HNSW"`` fix it.
+    ``search_params`` (e.g. ``{"nprobe": 32}``) override what calibration recorded.
+
     >>> store = MilvusCodeStore("./codes.db", "scenes", bits=64)         # doctest: +SKIP
     >>> store.upsert(["a", "b"], codes, labels=["forest", "river"])      # doctest: +SKIP
     >>> store.search(codes[:1], k=2)[0][0].distance                      # doctest: +SKIP
@@ -102,29 +118,25 @@ class MilvusCodeStore:
     ):
         self.collection = values.collection_name(collection)
         self.search_params = dict(search_params or {})
-        self._index = (index_type, dict(index_params or {}))
+        self._recorded: dict[str, Any] = {}
+        self._index = (_index_type(index_type), dict(index_params or {}))
         self._conn = Connection(uri, token, client_kwargs, lite_wait=lite_wait, timeout=timeout,
                                 read_consistency=read_consistency)
         self.uri = self._conn.uri
         #: the uri without credentials, for messages, logs and printed output
         self.display_uri = self._conn.display_uri
         self.is_lite = self._conn.is_lite
+        self.index_policy: str | None = None
         try:
             self.exists: bool = bool(self._conn.call("has_collection", self.collection,
                                                      what=f"opening collection {self.collection!r}"))
             if self.exists:
                 self.bits, self.encoder = self._open_existing(bits, encoder)
                 return
-            self.bits, self.encoder = self._check_new(bits, encoder, create, index_type)
+            self.bits, self.encoder = self._check_new(bits, encoder, create, self._index[0])
         except BaseException:
             self.close()
             raise
-
-    @property
-    def _client(self) -> Any:
-        """The underlying ``pymilvus.MilvusClient`` (diagnostics and tests only: its calls get
-        none of the store's checks)."""
-        return self._conn.client
 
     # ----------------------------------------------------------------- set-up
     def _check_new(self, bits, encoder, create, index_type) -> tuple[int, dict[str, Any] | None]:
@@ -141,7 +153,7 @@ class MilvusCodeStore:
         enc = dict(encoder) if encoder else None
         if enc and int(enc.get("bits", bits)) != bits:
             raise CodeLengthError(f"encoder makes {enc['bits']}-bit codes but bits={bits}")
-        if self.is_lite and (index_type or "BIN_FLAT") != "BIN_FLAT":
+        if self.is_lite and index_type not in (None, AUTO_INDEX, "BIN_FLAT"):
             raise StoreError(
                 f"Milvus Lite supports only the BIN_FLAT index for binary vectors, not "
                 f"{index_type}; use a Milvus server URI for {index_type}"
@@ -166,14 +178,18 @@ class MilvusCodeStore:
         if self.exists:
             return
         index_type, index_params = self._index
+        policy = AUTO_INDEX if index_type in (None, AUTO_INDEX) and not self.is_lite else None
+        concrete = "BIN_FLAT" if index_type in (None, AUTO_INDEX) else index_type
         index = self._conn.client.prepare_index_params()
-        index.add_index(field_name="code", index_type=index_type or "BIN_FLAT",
-                        metric_type="HAMMING", params=dict(index_params or {}))
+        index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
+                        params=dict(index_params or {}) if concrete != "BIN_FLAT" else {})
         self._conn.call("create_collection", self.collection,
-                        schema=make_schema(self.bits, self.encoder), index_params=index,
+                        schema=make_schema(self.bits, self.encoder, policy), index_params=index,
                         consistency_level="Strong", what=f"creating collection {self.collection!r}")
         self.exists = True
-        log.info("created collection %s (%d bits) at %s", self.collection, self.bits, self.display_uri)
+        self.index_policy = policy
+        log.info("created collection %s (%d bits, index %s) at %s", self.collection, self.bits,
+                 policy or concrete, self.display_uri)
 
     def _open_existing(
         self, bits: int | None, encoder: Mapping[str, Any] | None
@@ -188,9 +204,17 @@ class MilvusCodeStore:
             )
         if encoder and stored_encoder:
             check_same_encoder(stored_encoder, encoder, self.collection)
+        self.index_policy = index_policy(desc)
+        if not self.is_lite:
+            self._recorded = server.properties(self._conn, self.collection)
         return dim, stored_encoder or (dict(encoder) if encoder else None)
 
     # ----------------------------------------------------------------- writes
+    def _columns(self, ids, codes, labels, paths, metadata, encoder) -> rows.Columns:
+        if encoder is not None and self.encoder is not None:
+            check_same_encoder(self.encoder, encoder, self.collection)
+        return rows.build_columns(ids, codes, self.bits, labels, paths, metadata)
+
     def upsert(
         self,
         ids: Sequence[str],
@@ -206,26 +230,99 @@ class MilvusCodeStore:
 
         Everything is validated before the first row is written, so a bad call changes nothing
         (:class:`~rsir_sdk.errors.InvalidInputError` or ``CodeLengthError`` naming the item).
-        Requests hold at most ``batch_size`` (and 5000) rows and 32 MiB. ``encoder`` (a bundle
-        identity) is checked against the collection's.
+        Requests hold at most ``batch_size`` (and 50,000) rows and 32 MiB. ``encoder`` (a
+        bundle identity) is checked against the collection's.
         """
-        if encoder is not None and self.encoder is not None:
-            check_same_encoder(self.encoder, encoder, self.collection)
         size = values.positive_int(batch_size, "batch_size")
-        built, sizes = rows.build_rows(ids, codes, self.bits, labels, paths, metadata)
-        if not built:
+        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
+        if not len(cols):
             return 0
         self._ensure_created()
-        for start, batch in rows.batches(built, sizes, min(size, rows.MAX_BATCH_ROWS)):
+        for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
             try:
-                self._conn.call("upsert", self.collection, batch,
-                                what=f"upsert into {self.collection!r}")
+                self._conn.write_columns("upsert", self.collection, cols.lists(start, end),
+                                         what=f"upsert into {self.collection!r}")
             except StoreError as exc:
                 raise StoreError(
-                    f"{exc} (after {start} of {len(built)} rows were written; re-running the "
+                    f"{exc} (after {start} of {len(cols)} rows were written; re-running the "
                     f"same call is safe: upsert is idempotent)"
                 ) from None
-        return len(built)
+        return len(cols)
+
+    def insert(
+        self,
+        ids: Sequence[str],
+        codes: np.ndarray,
+        labels: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        encoder: Mapping[str, Any] | None = None,
+        batch_size: int = UPSERT_BATCH,
+    ) -> int:
+        """Add items whose ids the collection does **not** hold; returns how many were written.
+
+        Faster than :meth:`upsert` (on a server an upsert is a delete plus an insert: about
+        twice the server's work). The caller vouches that the ids are new (e.g. it just asked
+        :meth:`existing_ids`, as ``rsir index`` does): an id that is present would be stored
+        twice. A request is never retried as an insert: one that fails is written again as an
+        upsert, which replaces whatever part of it reached Milvus. Checked like :meth:`upsert`.
+        """
+        size = values.positive_int(batch_size, "batch_size")
+        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
+        if not len(cols):
+            return 0
+        self._ensure_created()
+        for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
+            data = cols.lists(start, end)
+            try:
+                self._conn.write_columns("insert", self.collection, data,
+                                         what=f"insert into {self.collection!r}")
+            except StoreError as exc:
+                log.info("insert into %s failed (%s); writing the batch as an upsert",
+                         self.collection, exc)
+                try:
+                    self._conn.write_columns("upsert", self.collection, data,
+                                             what=f"upsert into {self.collection!r}")
+                except StoreError as again:
+                    raise StoreError(
+                        f"{again} (after {start} of {len(cols)} rows were written; the rows "
+                        f"written are complete: re-running skips them)"
+                    ) from None
+        return len(cols)
+
+    def bulk_insert(
+        self,
+        ids: Sequence[str],
+        codes: np.ndarray,
+        labels: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        staging_dir: str | os.PathLike,
+        encoder: Mapping[str, Any] | None = None,
+        skip_existing: bool = True,
+        chunk_rows: int | None = None,
+        prepare: bool = True,
+        timeout: float | None = 3600.0,
+        progress: Any = None,
+    ) -> dict[str, Any]:
+        """Load many new items through Milvus' bulk import (a server; see :mod:`.bulk`).
+
+        ``staging_dir`` must be readable by the server at the same path. Ids the collection
+        holds are skipped (``skip_existing``), so an interrupted call can simply be repeated:
+        its journal makes every chunk count once. Then :meth:`prepare_for_search` (``prepare``).
+        On Milvus Lite (no bulk import) the new items are inserted. Returns counts and timings.
+        """
+        from . import bulk
+
+        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
+        self._ensure_created()
+        out = bulk.load_columns(self, cols, staging_dir, skip_existing=skip_existing,
+                                chunk_rows=chunk_rows, timeout=timeout, progress=progress)
+        if prepare:
+            out["prepare"] = self.prepare_for_search(timeout=timeout, progress=progress)
+        return out
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
@@ -268,14 +365,21 @@ class MilvusCodeStore:
         wanted = values.lookup_ids(ids)
         found = self._by_pk(wanted, ["pk", "id", "code", "label", "path", "metadata"])
         return [
-            StoredItem(id=i, code=_code_bytes(found[i]["code"]), label=found[i].get("label", ""),
-                       path=found[i].get("path", ""), metadata=dict(found[i].get("metadata") or {}))
+            StoredItem(id=i, code=server._code(found[i]["code"]).copy(),
+                       label=found[i].get("label", ""), path=found[i].get("path", ""),
+                       metadata=dict(found[i].get("metadata") or {}))
             for i in wanted if i in found
         ]
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         """The subset of ``ids`` that the collection holds."""
         return set(self._by_pk(ids, ["pk", "id"]))
+
+    def iter_ids(self) -> Iterator[str]:
+        """Every stored id, once each, in no particular order (read in ranges of the hashed
+        primary keys, so it works alike on Milvus Lite and a server, at any size)."""
+        if self.exists:
+            yield from searching.iter_ids(self._conn, self.collection, self.count())
 
     def count(self, filter: Filter = None) -> int:
         """Number of items (matching ``filter`` when given); 0 for a collection never written."""
@@ -287,20 +391,7 @@ class MilvusCodeStore:
                               expression=filter if isinstance(filter, str) else None)
         return int(res[0]["count(*)"])
 
-    def search(
-        self,
-        codes: np.ndarray,
-        k: int = 10,
-        filter: Filter = None,
-        radius: int | None = None,
-    ) -> list[list[StoreHit]]:
-        """Hamming top-``k`` per query: one list of :class:`StoreHit` per query code.
-
-        Hits are sorted by distance, then id (exactly: ties at the k-th distance are broken by
-        id, not by insertion order). With ``radius``, only items at distance ``<= radius``
-        (inclusive) come back, at most ``k`` of them. ``k`` and ``radius`` must be ints,
-        ``filter`` a dict or an expression string (:func:`~rsir_sdk.store.keys.build_filter`).
-        """
+    def _run(self, codes, k, filter, radius, fields) -> list[list[Any]]:
         k = values.k(k)
         radius = values.radius(radius)
         expr = keys.build_filter(filter)
@@ -308,36 +399,50 @@ class MilvusCodeStore:
         if q.shape[0] == 0:
             return []
         self._require_exists()
-        user_expr = filter if isinstance(filter, str) else None
+        return searching.run(self._conn, self.collection, q, k, expr, radius, fields,
+                             self.effective_search_params,
+                             filter if isinstance(filter, str) else None)
 
-        def search(data: Sequence[bytes], limit: int, expression: str,
-                   window: tuple[int, int] | None, fields: list[str]) -> list[list[dict]]:
-            params: dict[str, Any] = {"metric_type": "HAMMING", "params": dict(self.search_params)}
-            if window is not None:
-                params["params"].update({"radius": window[0], "range_filter": window[1]})
-            return self._conn.call(
-                "search", self.collection, data=list(data), anns_field="code", limit=limit,
-                filter=expression, output_fields=fields, search_params=params, read=True,
-                what=f"search in {self.collection!r}", expression=user_expr,
-            )
+    def search(
+        self,
+        codes: np.ndarray,
+        k: int = 10,
+        filter: Filter = None,
+        radius: int | None = None,
+        *,
+        fields: Sequence[str] | None = None,
+    ) -> list[list[StoreHit]]:
+        """Hamming top-``k`` per query: one list of :class:`StoreHit` per query code.
 
-        def fetch(pks: Sequence[str]) -> dict[str, dict[str, Any]]:
-            found: dict[str, dict[str, Any]] = {}
-            for at in range(0, len(pks), PK_CHUNK):
-                res = self._conn.call(
-                    "query", self.collection, filter=keys.in_list("pk", list(pks[at : at + PK_CHUNK])),
-                    output_fields=["pk", *OUTPUT_FIELDS], read=True,
-                    what=f"reading hits from {self.collection!r}")
-                found.update((r["pk"], r) for r in res)
-            return found
+        Hits are sorted by distance, then id (exactly: ties at the k-th distance are broken by
+        id, not by insertion order). With ``radius``, only items at distance ``<= radius``
+        (inclusive) come back, at most ``k`` of them. ``k`` and ``radius`` must be ints,
+        ``filter`` a dict or an expression string (:func:`~rsir_sdk.store.keys.build_filter`).
+        ``fields``: the stored fields to read (default ``label``, ``path`` and ``metadata``;
+        those left out stay empty, and cost nothing); see also :meth:`search_ids`.
+        """
+        wanted = searching.check_fields(fields)
+        found = self._run(codes, k, filter, radius, wanted)
+        lab, pat, met = "label" in wanted, "path" in wanted, "metadata" in wanted
+        return [[StoreHit(f.id, f.distance, (f.entity.get("label") or "") if lab else "",
+                          (f.entity.get("path") or "") if pat else "",
+                          (f.entity.get("metadata") or {}) if met else {})
+                 for f in row] for row in found]
 
-        step = max(1, min(1000, 2_000_000 // min(MAX_TOPK, 2 * k)))
-        out: list[list[StoreHit]] = []
-        for start in range(0, q.shape[0], step):
-            data = [row.tobytes() for row in q[start : start + step]]
-            for found in topk.exact_topk(search, fetch, data, k, expr, radius, OUTPUT_FIELDS):
-                out.append([_hit(f) for f in found])
-        return out
+    def search_ids(
+        self,
+        codes: np.ndarray,
+        k: int = 10,
+        filter: Filter = None,
+        radius: int | None = None,
+    ) -> list[IdHits]:
+        """The lean search: per query, the ids and an ``int32`` array of their distances, with
+        the same order and tie rule as :meth:`search`, and no stored field read.
+
+        >>> store.search_ids(codes[:2], k=3)[0].ids                      # doctest: +SKIP
+        ['a', 'c', 'b']
+        """
+        return searching.id_hits(self._run(codes, k, filter, radius, ()))
 
     def range_search(
         self,
@@ -360,6 +465,39 @@ class MilvusCodeStore:
                 )
         return results
 
+    # ----------------------------------------------------------------- serving
+    @property
+    def effective_search_params(self) -> dict[str, Any]:
+        """The search parameters searches use: the caller's, else those recorded by
+        :meth:`prepare_for_search` (e.g. the calibrated ``nprobe``)."""
+        return dict(self.search_params or self._recorded.get("search_params") or {})
+
+    def prepare_for_search(self, *, timeout: float | None = 3600.0,
+                           progress: Any = None) -> dict[str, Any]:
+        """Leave a server collection sealed, indexed, served and warm, so that the first search
+        is as fast as the hundredth; with the ``auto`` index policy also choose the index and
+        calibrate ``nprobe`` (:mod:`.server`). Call it after large writes (``rsir index`` does).
+
+        ``progress`` gets :class:`~rsir_sdk.store.server.PrepareProgress` updates; ``timeout``
+        (seconds) raises :class:`~rsir_sdk.errors.StoreError` saying what is still pending.
+        Returns the seconds of each step and what was chosen. A no-op (``{}``) on Milvus Lite,
+        which searches what it holds at once, and on a collection never written.
+        """
+        if self.is_lite or not self.exists:
+            return {}
+        out = server.prepare(self._conn, self.collection, policy=self.index_policy,
+                             explicit_params=bool(self.search_params), timeout=timeout,
+                             progress=progress)
+        self._recorded = server.properties(self._conn, self.collection)
+        return out
+
+    def index_info(self) -> dict[str, Any]:
+        """The code field's index: type, params, policy (``auto`` or fixed), row counts, the
+        search parameters in use and how they were calibrated."""
+        self._require_exists()
+        return server.index_info(self._conn, self.collection, self.index_policy,
+                                 self.effective_search_params, self._recorded)
+
     # ----------------------------------------------------------------- admin
     def info(self) -> dict[str, Any]:
         """What the collection is: name, uri, bits, the encoder that filled it, item count."""
@@ -377,7 +515,9 @@ class MilvusCodeStore:
         if self.exists:
             self._conn.call("drop_collection", self.collection,
                             what=f"dropping collection {self.collection!r}")
+            self._conn.forget_collection(self.collection)
             self.exists = False
+            self._recorded = {}
 
     def close(self) -> None:
         """Close the connection (for Milvus Lite, stops its server and releases the file)."""
@@ -396,96 +536,13 @@ class MilvusCodeStore:
                 f"bits={getattr(self, 'bits', None)})")
 
 
-def list_collections(uri: str = "./rsir.db", token: str | None = None) -> list[str]:
-    """Names of the collections at ``uri`` (a missing Milvus Lite file holds none)."""
-    if lite_missing(uri):
-        return []
-    conn = Connection(str(uri), token, None)
-    try:
-        return conn.names(strict=True)
-    finally:
-        conn.close()
-
-
-def describe_collections(uri: str = "./rsir.db", token: str | None = None) -> list[dict[str, Any]]:
-    """:meth:`MilvusCodeStore.info` of each collection at ``uri``; a collection that cannot be
-    opened (another layout, not made by rsir-sdk) gives ``{"collection": name, "error": why}``."""
-    if lite_missing(uri):
-        return []
-    conn = Connection(str(uri), token, None)  # held open: one Milvus Lite server for all
-    try:
-        out = []
-        for name in conn.names(strict=True):
-            try:
-                with MilvusCodeStore(uri, name, token=token, create=False) as store:
-                    out.append(store.info())
-            except (StoreError, CollectionMismatchError, InvalidInputError) as exc:
-                out.append({"collection": name, "error": str(exc)})
-        return out
-    finally:
-        conn.close()
-
-
-def drop_collection(uri: str, collection: str, token: str | None = None) -> int | None:
-    """Drop ``collection`` at ``uri`` whatever its layout (also a format-1 collection, to
-    rebuild it); returns how many items it held (``None`` when that cannot be read).
-
-    Raises :class:`~rsir_sdk.errors.CollectionNotFoundError` naming the collections there.
-    """
-    name = values.collection_name(collection)
-    if lite_missing(uri):
-        raise CollectionNotFoundError(f"no Milvus Lite file at {uri}")
-    conn = Connection(str(uri), token, None)
-    try:
-        if not conn.call("has_collection", name, what=f"opening collection {name!r}"):
-            names = conn.names()
-            raise CollectionNotFoundError(
-                f"collection {name!r} does not exist at {conn.display_uri}; "
-                + (f"collections there: {', '.join(names)}" if names else "it holds no collections")
-            )
-        try:
-            n: int | None = int(conn.call("query", name, filter="", output_fields=["count(*)"],
-                                          read=True, what="count")[0]["count(*)"])
-        except StoreError:
-            n = None
-        conn.call("drop_collection", name, what=f"dropping collection {name!r}")
-        return n
-    finally:
-        conn.close()
-
-
-def lite_missing(uri: str) -> bool:
-    """True for a Milvus Lite path whose file does not exist."""
-    return is_lite_uri(str(uri)) and not os.path.exists(str(uri))
-
-
-def check_same_encoder(
-    stored: Mapping[str, Any], incoming: Mapping[str, Any], collection: str
-) -> None:
-    """Raise :class:`CollectionMismatchError` unless two encoder identities are the same."""
-    if int(stored.get("bits", 0)) != int(incoming.get("bits", 0)):
-        raise CollectionMismatchError(
-            f"collection {collection!r} was filled with {stored.get('bits')}-bit codes; "
-            f"this encoder makes {incoming.get('bits')}-bit codes"
-        )
-    if stored.get("encoder_id") != incoming.get("encoder_id"):
-        raise CollectionMismatchError(
-            f"collection {collection!r} was filled by encoder {stored.get('encoder_id')} "
-            f"({stored.get('method')}); these codes come from encoder "
-            f"{incoming.get('encoder_id')} ({incoming.get('method')}). Codes of different "
-            f"encoders are not comparable: use another collection or re-index with this encoder"
-        )
-
-
-def _hit(f: topk.Found) -> StoreHit:
-    e = f.entity or {}
-    return StoreHit(id=f.id, distance=f.distance, label=e.get("label") or "",
-                    path=e.get("path") or "", metadata=dict(e.get("metadata") or {}))
-
-
-def _code_bytes(value: Any) -> np.ndarray:
-    # pymilvus returns a binary vector as bytes, or as a list holding one bytes object
-    if isinstance(value, list):
-        value = value[0] if len(value) == 1 and isinstance(value[0], (bytes, bytearray)) else bytes(value)
-    return np.frombuffer(bytes(value), dtype=np.uint8).copy()
-
+def _index_type(value: str | None) -> str | None:
+    if value is None:
+        return None
+    name = str(value).strip()
+    if name.lower() == AUTO_INDEX:
+        return AUTO_INDEX
+    if name.upper() not in SERVER_INDEXES:
+        raise InvalidInputError(f"index_type must be auto or one of {', '.join(SERVER_INDEXES)}, "
+                                f"got {value!r}")
+    return name.upper()

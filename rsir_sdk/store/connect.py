@@ -17,10 +17,11 @@ forces one level for every read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from ..errors import InvalidInputError, StoreError
 from ..redact import redact_text, redact_uri
@@ -48,6 +49,9 @@ class Connection:
         self.timeout = timeout
         self.read_consistency = read_consistency
         self._first_read = True
+        self._token = token
+        self._orm_alias: str | None = None
+        self._orm_collections: dict[str, Any] = {}
         self._lite_file: str | None = None
         self._broken: str | None = None
         self.client: Any = None
@@ -77,6 +81,11 @@ class Connection:
             kwargs["token"] = token
         if _has_connection_manager():
             kwargs.setdefault("dedicated", True)  # close() then really closes the channel
+        # the column writes go through pymilvus' ORM connection, which names the database
+        # "default"; pymilvus keys Session consistency's last-write timestamps by database name,
+        # so the client must name it the same way to see those writes (read-your-writes)
+        kwargs.setdefault("db_name", "default")
+        self._client_kwargs = dict(kwargs)
         try:
             with warnings.catch_warnings():
                 # milvus-lite 2.5.1 imports pkg_resources, which warns on every start
@@ -103,6 +112,7 @@ class Connection:
 
     def close(self) -> None:
         """Close the client; for Milvus Lite, the last user of a file stops its server."""
+        self._close_orm()
         client, self.client = self.client, None
         if client is not None:
             try:
@@ -168,6 +178,96 @@ class Connection:
             return lite.damaged(self.uri, text[:120])
         return err
 
+    # ----------------------------------------------------------------- ORM (column writes)
+    def orm_collection(self, name: str) -> Any:
+        """A ``pymilvus.Collection`` for ``name`` on this connection's ORM alias.
+
+        pymilvus 3.0.2's ``MilvusClient.insert`` takes row dicts only; column lists (a tenth of
+        the client's work) go through the ORM ``Collection``, deprecated for pymilvus 3.1, so it
+        is used here and nowhere else.
+        """
+        col = self._orm_collections.get(name)
+        if col is not None:
+            return col
+        from pymilvus import Collection
+
+        alias = self.orm_alias()
+        with no_deprecation_warnings():
+            try:
+                col = Collection(name, using=alias)
+            except Exception as exc:
+                raise self._error(exc, f"opening collection {name!r} for writing", None) from None
+        self._orm_collections[name] = col
+        return col
+
+    def orm_alias(self) -> str:
+        """The alias of this connection's ORM connection (opened on first use)."""
+        if self._orm_alias is not None:
+            return self._orm_alias
+        from pymilvus import connections
+
+        alias = f"rsir-{os.getpid()}-{id(self)}"
+        kw: dict[str, Any] = {k: v for k, v in self._client_kwargs.items() if k in _ORM_KWARGS}
+        if self._token:
+            kw["token"] = self._token
+        with no_deprecation_warnings():
+            try:
+                connections.connect(alias=alias, uri=self.uri, **kw)
+            except Exception as exc:
+                raise self._error(exc, "opening a write connection", None) from None
+        self._orm_alias = alias
+        return alias
+
+    def orm_call(self, fn: Any, *args: Any, what: str, **kwargs: Any) -> Any:
+        """``fn(*args, using=<ORM alias>, **kwargs)`` (a ``pymilvus.utility`` function) with
+        one-line errors."""
+        if self._broken:
+            raise StoreError(self._broken)
+        alias = self.orm_alias()
+        if self.timeout is not None:
+            kwargs.setdefault("timeout", self.timeout)
+        try:
+            with no_deprecation_warnings():
+                return fn(*args, using=alias, **kwargs)
+        except Exception as exc:
+            raise self._error(exc, what, None) from None
+
+    def write_columns(self, verb: str, name: str, columns: list[list[Any]], *, what: str) -> Any:
+        """``Collection.<verb>(columns)`` (insert or upsert): one request, one-line errors.
+
+        An ``insert`` is never retried by pymilvus (a retried insert that had reached the
+        server would store its rows twice); the caller decides what to do on failure.
+        """
+        if self._broken:
+            raise StoreError(self._broken)
+        col = self.orm_collection(name)
+        kwargs: dict[str, Any] = {"retry_times": 0 if verb == "insert" else rpc.RETRIES}
+        if self.timeout is not None:
+            kwargs["timeout"] = self.timeout
+        try:
+            with no_deprecation_warnings():
+                return getattr(col, verb)(columns, **kwargs)
+        except Exception as exc:
+            raise self._error(exc, what, None) from None
+
+    def forget_collection(self, name: str) -> None:
+        """Drop the cached ORM handle of ``name`` (after a drop or an index change)."""
+        self._orm_collections.pop(name, None)
+
+    def _close_orm(self) -> None:
+        alias, self._orm_alias = self._orm_alias, None
+        self._orm_collections.clear()
+        if alias is None:
+            return
+        try:
+            from pymilvus import connections
+
+            with no_deprecation_warnings():
+                connections.disconnect(alias)
+                connections.remove_connection(alias)
+        except Exception:  # a connection already gone is not an error here
+            pass
+
     def names(self, strict: bool = False) -> list[str]:
         """The collections at this uri (``[]`` on failure unless ``strict``)."""
         try:
@@ -176,6 +276,20 @@ class Connection:
             if strict:
                 raise
             return []
+
+
+#: MilvusClient keyword arguments the ORM connection takes as well (TLS, database)
+_ORM_KWARGS = ("db_name", "secure", "server_pem_path", "server_name", "ca_pem_path",
+               "client_pem_path", "client_key_path", "user", "password")
+
+
+@contextlib.contextmanager
+def no_deprecation_warnings() -> Iterator[None]:
+    """pymilvus 3.0.2 warns (a FutureWarning) on every ORM call that the ORM goes away in 3.1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def _has_connection_manager() -> bool:

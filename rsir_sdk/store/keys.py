@@ -87,6 +87,14 @@ def pk_prefix(prefix: str) -> str:
     return f'pk >= "{prefix}" and pk < "{prefix}g"' if prefix else ""
 
 
+def pk_range(lo: str, hi: str) -> str:
+    """Rows whose primary key is in ``[lo, hi)`` (hex; ``hi == ""``: no upper bound): a
+    uniform random sample of the collection, whatever the insertion order."""
+    if not _PREFIX.fullmatch(lo) or not _PREFIX.fullmatch(hi):
+        raise AssertionError(f"not a hex range: {lo!r}, {hi!r}")
+    return f'pk >= "{lo}" and pk < "{hi}"' if hi else f'pk >= "{lo}"'
+
+
 def build_filter(filter: str | Mapping[str, Any] | None) -> str:
     """Turn a filter into a Milvus boolean expression.
 

@@ -43,8 +43,17 @@ SCHEMA_TAG = "rsir"
 FORMAT = 2
 FIELDS = ("pk", "id", "code", "label", "label_h", "path", "path_h", "metadata", "meta_h")
 OUTPUT_FIELDS = ["id", "label", "path", "metadata"]
-#: rows per upsert request unless the caller asks for fewer (bytes are limited too: rows.py)
-UPSERT_BATCH = 5000
+#: rows per write request unless the caller asks for fewer (bytes are limited too: columns.py)
+UPSERT_BATCH = 10_000
+#: index policy of a new server collection when none is given: chosen from its size by
+#: ``prepare_for_search`` (:mod:`.server`); Milvus Lite is always BIN_FLAT
+AUTO_INDEX = "auto"
+#: index types a server accepts for BINARY_VECTOR/HAMMING (2.3.5; AUTOINDEX is HNSW underneath)
+SERVER_INDEXES = ("BIN_FLAT", "BIN_IVF_FLAT", "HNSW", "AUTOINDEX")
+#: collection properties (``alter_collection_properties``) where the store records what
+#: ``prepare_for_search`` chose: the search parameters and how they were calibrated
+PROP_SEARCH = "rsir.search_params"
+PROP_CALIBRATION = "rsir.calibration"
 #: ids per ``pk in [...]`` expression
 PK_CHUNK = 1000
 
@@ -54,11 +63,13 @@ def is_lite_uri(uri: str) -> bool:
     return "://" not in str(uri)
 
 
-def make_schema(bits: int, encoder: Mapping[str, Any] | None) -> Any:
-    """The pymilvus schema of a new (format 2) collection."""
+def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None = None) -> Any:
+    """The pymilvus schema of a new (format 2) collection; ``index`` records the index policy
+    (``"auto"``) in the description."""
     from pymilvus import DataType, MilvusClient
 
-    description = json.dumps({SCHEMA_TAG: {"format": FORMAT, "bits": bits, "encoder": encoder}})
+    description = json.dumps({SCHEMA_TAG: {"format": FORMAT, "bits": bits, "encoder": encoder,
+                                           **({"index": index} if index else {})}})
     schema = MilvusClient.create_schema(auto_id=False, description=description)
     schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
     schema.add_field("id", DataType.VARCHAR, max_length=MAX_ID_LEN)
@@ -70,6 +81,15 @@ def make_schema(bits: int, encoder: Mapping[str, Any] | None) -> Any:
     schema.add_field("metadata", DataType.JSON)
     schema.add_field("meta_h", DataType.JSON)
     return schema
+
+
+def index_policy(desc: Mapping[str, Any]) -> str | None:
+    """The index policy recorded in a collection's description (``"auto"`` or ``None``)."""
+    try:
+        recorded = json.loads(desc.get("description") or "{}").get(SCHEMA_TAG, {})
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return recorded.get("index") if isinstance(recorded, dict) else None
 
 
 def read_description(desc: Mapping[str, Any], collection: str, where: str) -> tuple[int, dict | None]:
@@ -99,3 +119,21 @@ def read_description(desc: Mapping[str, Any], collection: str, where: str) -> tu
     dim = int(fields["code"].get("params", {}).get("dim"))
     encoder = recorded.get("encoder") if isinstance(recorded, dict) else None
     return dim, encoder if isinstance(encoder, dict) else None
+
+
+def check_same_encoder(
+    stored: Mapping[str, Any], incoming: Mapping[str, Any], collection: str
+) -> None:
+    """Raise :class:`CollectionMismatchError` unless two encoder identities are the same."""
+    if int(stored.get("bits", 0)) != int(incoming.get("bits", 0)):
+        raise CollectionMismatchError(
+            f"collection {collection!r} was filled with {stored.get('bits')}-bit codes; "
+            f"this encoder makes {incoming.get('bits')}-bit codes"
+        )
+    if stored.get("encoder_id") != incoming.get("encoder_id"):
+        raise CollectionMismatchError(
+            f"collection {collection!r} was filled by encoder {stored.get('encoder_id')} "
+            f"({stored.get('method')}); these codes come from encoder "
+            f"{incoming.get('encoder_id')} ({incoming.get('method')}). Codes of different "
+            f"encoders are not comparable: use another collection or re-index with this encoder"
+        )

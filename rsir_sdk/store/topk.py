@@ -28,9 +28,12 @@ from typing import Any, Callable, Sequence
 from . import keys
 from .schema import MAX_TOPK
 
-#: ``search(queries, limit, expr, radius, output_fields)`` -> one list of pymilvus hits per query;
+#: one query's hits as Milvus returned them: primary keys, Hamming distances (ints) and the
+#: entities (dicts holding ``id`` and the output fields), in Milvus' order
+Raw = tuple[list[str], list[int], list[dict[str, Any]]]
+#: ``search(queries, limit, expr, radius, output_fields)`` -> one :data:`Raw` per query;
 #: ``radius`` is ``None`` or Milvus' ``(radius, range_filter)``
-SearchFn = Callable[[Sequence[bytes], int, str, "tuple[int, int] | None", "list[str]"], list[list[dict]]]
+SearchFn = Callable[[Sequence[bytes], int, str, "tuple[int, int] | None", "list[str]"], "list[Raw]"]
 #: ``fetch(pks)`` -> ``{pk: entity}`` with the output fields
 FetchFn = Callable[[Sequence[str]], "dict[str, dict[str, Any]]"]
 
@@ -42,11 +45,6 @@ class Found:
 
     def __init__(self, pk: str, id: str, distance: int, entity: dict[str, Any] | None):
         self.pk, self.id, self.distance, self.entity = pk, id, distance, entity
-
-    @classmethod
-    def of(cls, hit: dict[str, Any]) -> "Found":
-        entity = hit.get("entity") or {}
-        return cls(str(hit["id"]), entity["id"], int(round(hit["distance"])), entity)
 
     def key(self) -> tuple[int, str]:
         return (self.distance, self.id)
@@ -62,19 +60,24 @@ def exact_topk(
     fields: list[str],
     stats: dict[str, int] | None = None,
 ) -> list[list[Found]]:
-    """Top-``k`` per query by (distance, id); ``radius`` (inclusive) keeps ``d <= radius``."""
+    """Top-``k`` per query by (distance, id); ``radius`` (inclusive) keeps ``d <= radius``.
+
+    Only the hits returned become :class:`Found` objects; the rest is sorted as indices.
+    """
     limit = min(MAX_TOPK, 2 * k)
     window = None if radius is None else (radius + 1, 0)  # Milvus: range_filter <= d < radius
     raw = search(queries, limit, expr, window, fields)
     out: list[list[Found]] = []
-    for q, hits_raw in zip(queries, raw):
-        hits = sorted((Found.of(h) for h in hits_raw), key=Found.key)
-        if len(hits) < limit or hits[-1].distance > hits[k - 1].distance:
-            out.append(hits[:k])  # every match came back, or the tie group at dk is whole
+    for q, (pks, dist, ents) in zip(queries, raw):
+        ids = [e["id"] for e in ents]
+        order = sorted(range(len(pks)), key=lambda i: (dist[i], ids[i]))
+        if len(order) < limit or dist[order[-1]] > dist[order[k - 1]]:
+            # every match came back, or the tie group at the k-th distance is whole
+            out.append([Found(pks[i], ids[i], dist[i], ents[i]) for i in order[:k]])
             continue
-        dk = hits[k - 1].distance
-        head = [h for h in hits if h.distance < dk]
-        group = {h.pk: h for h in hits if h.distance == dk}
+        dk = dist[order[k - 1]]
+        head = [Found(pks[i], ids[i], dist[i], ents[i]) for i in order if dist[i] < dk]
+        group = {pks[i]: Found(pks[i], ids[i], dk, ents[i]) for i in order if dist[i] == dk}
         for h in _all_at(search, q, dk, expr, stats):
             group.setdefault(h.pk, h)
         chosen = sorted(group.values(), key=Found.key)[: k - len(head)]
@@ -93,9 +96,10 @@ def _all_at(search: SearchFn, q: bytes, d: int, expr: str, stats: dict[str, int]
     """Every item at exactly Hamming distance ``d`` (ids only), split by pk prefix past the cap."""
     if stats is not None:
         stats["range_searches"] = stats.get("range_searches", 0) + 1
-    res = search([q], MAX_TOPK, keys.combine(expr, keys.pk_prefix(prefix)), (d + 1, d), ["id"])[0]
-    if len(res) < MAX_TOPK:
-        return [Found(str(h["id"]), (h.get("entity") or {})["id"], d, None) for h in res]
+    pks, _, ents = search([q], MAX_TOPK, keys.combine(expr, keys.pk_prefix(prefix)), (d + 1, d),
+                          ["id"])[0]
+    if len(pks) < MAX_TOPK:
+        return [Found(pk, e["id"], d, None) for pk, e in zip(pks, ents)]
     out: list[Found] = []
     for ch in "0123456789abcdef":
         out += _all_at(search, q, d, expr, stats, prefix + ch)
