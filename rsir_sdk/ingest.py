@@ -10,12 +10,21 @@ reported (:class:`~rsir_sdk.failures.Failure`, and a CSV report file through
 
 **Resuming.** An id that the collection holds is *already present* and is skipped. This is
 safe after a ``kill -9`` at any moment because (1) a Milvus row is written whole or not at all,
-(2) rows are written only after their image was decoded and encoded, (3) writes are upserts by
-id, so an id written twice is stored once, and (4) the collection refuses codes from any other
-encoder or raster rule (:class:`~rsir_sdk.Retriever`). A write batch cut off part-way leaves
-some of its ids present and some not; the re-run encodes exactly the missing ones. Images whose
-*files changed* since they were indexed keep their old codes: pass ``skip_existing=False``
-(``rsir index --force``) to re-encode everything.
+(2) rows are written only after their image was decoded and encoded, (3) every id written was
+checked absent by this run just before (the listing's ids are unique), so the writes are plain
+inserts (half the server's work of an upsert), and the next run checks again, per id, and (4)
+the collection refuses codes from any other encoder or raster rule (:class:`~rsir_sdk.Retriever`).
+A write batch cut off part-way leaves some of its ids present and some not; the re-run encodes
+exactly the missing ones. An insert request that fails is written again as an upsert, which
+replaces whatever part of it had arrived. Images whose *files changed* since they were indexed
+keep their old codes: pass ``skip_existing=False`` (``rsir index --force``) to re-encode
+everything (written as upserts). One run writes to a collection at a time.
+
+**Bulk load** (``bulk_dir``; a Milvus server): rows go to numpy chunk files imported by Milvus'
+bulk import instead, with a journal that makes every chunk count once across crashes
+(:mod:`rsir_sdk.store.bulk`). **Ready to search**: at the end a server collection is flushed,
+indexed and served (:meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`) when the run
+wrote at least :data:`PREPARE_MIN_ROWS` rows, or always with ``prepare="always"``.
 
 >>> from rsir_sdk import Retriever
 >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")          # doctest: +SKIP
@@ -38,16 +47,20 @@ import numpy as np
 
 from .archive import ArchiveListing, Item
 from .encoder import Encoder
-from .errors import ImageLoadError, StoreError
+from .errors import ImageLoadError, InvalidInputError, StoreError
 from .failures import Failure, FailureReport
 from .images import DEFAULT_MAX_PIXELS, read_image
 from .preprocess import prepare
 from .rasters import RasterRule
-from .store import MilvusCodeStore, rows
+from .store import MilvusCodeStore, PrepareProgress, rows
+from .store.bulk import BulkLoad
 
 log = logging.getLogger(__name__)
 
 EXISTS_CHUNK = 1000
+#: ``prepare="auto"`` prepares a server collection for search after a run that wrote this many
+#: rows (a few thousand rows in growing segments cost little to search; a million cost 55 s)
+PREPARE_MIN_ROWS = 10_000
 
 
 class IngestInterrupted(KeyboardInterrupt):
@@ -196,6 +209,10 @@ class IngestSummary:
     report: str | None = None
     collection: str = ""
     uri: str = ""
+    #: seconds of each step of prepare_for_search (None: not run)
+    prepare: dict[str, Any] | None = None
+    #: the bulk load's counts and timings (None: written with inserts)
+    bulk: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -220,8 +237,15 @@ class IngestSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "report": self.report, "collection": self.collection, "uri": self.uri,
+            "prepare": _rounded(self.prepare), "bulk": _rounded(self.bulk),
             "failures": [f.__dict__ for f in self.failed],
         }
+
+
+def _rounded(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
 
 
 class IngestRun:
@@ -231,9 +255,11 @@ class IngestRun:
     It lists what is left to do (:meth:`unseen`: ids the collection holds are skipped), takes
     encoded images (:meth:`add`: each checked alone, a value the store refuses fails that image
     with stage ``write``), writes them in batches (:meth:`flush`: rows only after their image
-    was encoded, upserts by id, so a crash at any moment loses nothing a re-run does not
-    redo), and keeps the :class:`IngestSummary`, the :class:`IngestProgress` and the report.
-    :func:`ingest` drives it with a local thread pool, :mod:`rsir_sdk.ray_ingest` with Ray.
+    was encoded; inserts of ids just checked absent, or a bulk load; a crash at any moment
+    loses nothing a re-run does not redo), prepares the collection for search
+    (:meth:`finish`), and keeps the :class:`IngestSummary`, the :class:`IngestProgress` and the
+    report. :func:`ingest` drives it with a local thread pool, :mod:`rsir_sdk.ray_ingest` with
+    Ray.
     """
 
     def __init__(self, store: MilvusCodeStore, identity: Mapping[str, Any],
@@ -241,8 +267,17 @@ class IngestRun:
                  skip_existing: bool = True, relative_paths: bool = False,
                  upsert_batch: int = 512, flush_seconds: float = 10.0,
                  report: FailureReport | None = None,
-                 progress: Callable[[IngestProgress], None] | None = None):
+                 progress: Callable[[IngestProgress], None] | None = None,
+                 bulk_dir: str | os.PathLike | None = None, prepare: str = "auto",
+                 on_prepare: Callable[[PrepareProgress], None] | None = None):
         self.t0 = time.perf_counter()
+        if prepare not in ("auto", "always", "never"):
+            raise InvalidInputError(f"prepare must be auto, always or never, got {prepare!r}")
+        if bulk_dir is not None and not skip_existing:
+            raise InvalidInputError(
+                "a bulk load adds new ids only; it cannot re-encode ids already present "
+                "(--force): index without --bulk, or drop the collection first")
+        self.prepare, self.on_prepare = prepare, on_prepare
         self.store, self.identity = store, dict(identity)
         self.skip_existing, self.relative_paths = skip_existing, relative_paths
         self.upsert_batch, self.flush_seconds = upsert_batch, flush_seconds
@@ -262,6 +297,13 @@ class IngestRun:
         # so Ctrl-C never leaves a half-added batch)
         self.pending: list[tuple[list[str], np.ndarray, list[str], list[str], list[dict]]] = []
         self.last_flush = time.monotonic()
+        self.bulk: BulkLoad | None = None
+        if bulk_dir is not None and not store.is_lite:
+            # an earlier run's chunks are resolved (imported, visible) before any id is checked
+            self.bulk = BulkLoad(store, bulk_dir, progress=on_prepare)
+            self.bulk.resume()
+        elif bulk_dir is not None:
+            log.info("Milvus Lite has no bulk import: writing with inserts")
         for f in invalid:
             self.fail(f)
         self.tick()
@@ -323,12 +365,15 @@ class IngestRun:
             return
         pending = self.pending
         ids = [i for p in pending for i in p[0]]
+        args = (ids, np.concatenate([p[1] for p in pending]), [x for p in pending for x in p[2]],
+                [x for p in pending for x in p[3]], [x for p in pending for x in p[4]])
         try:
-            self.store.upsert(ids, np.concatenate([p[1] for p in pending]),
-                              [x for p in pending for x in p[2]],
-                              [x for p in pending for x in p[3]],
-                              [x for p in pending for x in p[4]], encoder=self.identity,
-                              batch_size=self.upsert_batch)
+            if self.bulk is not None:
+                self.bulk.add_rows(*args, encoder=self.identity)
+            elif self.skip_existing:  # every id here was checked absent: plain inserts
+                self.store.insert(*args, encoder=self.identity, batch_size=self.upsert_batch)
+            else:
+                self.store.upsert(*args, encoder=self.identity, batch_size=self.upsert_batch)
         except StoreError as exc:
             raise StoreError(
                 f"{exc} ({self.summary.indexed} images were indexed before this; re-run the "
@@ -340,14 +385,24 @@ class IngestRun:
         self.tick()
 
     def finish(self) -> IngestSummary:
-        """Write what is queued and return the summary."""
+        """Write what is queued, finish a bulk load, prepare the collection for search, and
+        return the summary."""
         self.flush()
+        if self.bulk is not None:
+            self.summary.bulk = self.bulk.finish()
+        wrote = self.summary.indexed
+        if self.prepare == "always" or (self.prepare == "auto" and (
+                self.bulk is not None or wrote >= PREPARE_MIN_ROWS)):
+            self.summary.prepare = self.store.prepare_for_search(progress=self.on_prepare)
         self.summary.seconds = time.perf_counter() - self.t0
         return self.summary
 
     def interrupted(self) -> IngestInterrupted:
-        """Ctrl-C: write what was encoded (the re-run starts after it), return the exception."""
+        """Ctrl-C: write what was encoded (the re-run starts after it), return the exception.
+        A bulk load's last chunk is submitted without waiting (the re-run resolves it)."""
         self.flush()
+        if self.bulk is not None:
+            self.bulk.stop()
         self.summary.seconds = time.perf_counter() - self.t0
         return IngestInterrupted(self.summary)
 
@@ -367,8 +422,11 @@ def ingest(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     report: FailureReport | None = None,
     progress: Callable[[IngestProgress], None] | None = None,
+    bulk_dir: str | os.PathLike | None = None,
+    prepare: str = "auto",
+    on_prepare: Callable[[PrepareProgress], None] | None = None,
 ) -> IngestSummary:
-    """Encode every image of ``archive`` not yet in ``store`` and upsert its code; resumable.
+    """Encode every image of ``archive`` not yet in ``store`` and write its code; resumable.
 
     Args:
         encoder: the bundle's :class:`~rsir_sdk.Encoder`, with the collection's raster rule.
@@ -382,6 +440,11 @@ def ingest(
             this many seconds, so little work is lost to a crash.
         report: failures are also written here as they happen.
         progress: called with an :class:`IngestProgress` as work advances.
+        bulk_dir: load through Milvus' bulk import, staging files here (a folder the server
+            reads at the same path; see :mod:`rsir_sdk.store.bulk`); Milvus Lite inserts.
+        prepare: ``auto`` (after :data:`PREPARE_MIN_ROWS` rows or a bulk load), ``always`` or
+            ``never``: leave a server collection ready to search (``prepare_for_search``).
+        on_prepare: called with :class:`~rsir_sdk.store.PrepareProgress` while preparing.
 
     Returns an :class:`IngestSummary`. Raises :class:`~rsir_sdk.errors.StoreError` when Milvus
     fails (re-run to resume) and :class:`IngestInterrupted` on Ctrl-C after writing what was
@@ -390,7 +453,7 @@ def ingest(
     run = IngestRun(store, encoder.bundle.identity(), archive, only_ids=only_ids,
                     skip_existing=skip_existing, relative_paths=relative_paths,
                     upsert_batch=upsert_batch, flush_seconds=flush_seconds, report=report,
-                    progress=progress)
+                    progress=progress, bulk_dir=bulk_dir, prepare=prepare, on_prepare=on_prepare)
     stream = iter_codes(encoder, run.unseen(), workers=workers, batch_size=batch_size,
                         max_pixels=max_pixels, on_failure=run.fail)
     try:

@@ -11,9 +11,11 @@ many machines. This is :func:`rsir_sdk.ingest.ingest` with its middle stage on R
 - **writes from the driver** in batches through the collection's store (a Milvus server for a
   cluster; a Milvus Lite file works too on one machine), with the same report file and summary.
 
-The guarantees are those of ``rsir index``: rows are written only after their image was encoded,
-writes are upserts by id, and a re-run skips what is present, so a run killed at any moment and
-re-run indexes every image exactly once.
+The guarantees are those of ``rsir index`` (the same :class:`~rsir_sdk.ingest.IngestRun` does
+the bookkeeping and the writes): rows are written only after their image was encoded, as inserts
+of ids checked absent just before (or through a bulk load with its journal), and a re-run skips
+what is present, so a run killed at any moment and re-run indexes every image exactly once. At
+the end a server collection is prepared for search, as by ``rsir index``.
 
 Needs the ``distributed`` extra (``pip install 'rsir-sdk[distributed]'``: ``ray[data]``). The
 bundle folder and the images must be readable at the same paths on every worker (a shared file
@@ -42,6 +44,7 @@ from .errors import RsirError
 from .failures import Failure, FailureReport
 from .images import DEFAULT_MAX_PIXELS
 from .ingest import IngestProgress, IngestRun, IngestSummary
+from .store import PrepareProgress
 
 if TYPE_CHECKING:  # pragma: no cover
     from .retriever import Retriever
@@ -123,6 +126,9 @@ def ingest_on_ray(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     report: FailureReport | None = None,
     progress: Callable[[IngestProgress], None] | None = None,
+    bulk_dir: str | os.PathLike | None = None,
+    prepare: str = "auto",
+    on_prepare: Callable[[PrepareProgress], None] | None = None,
 ) -> IngestSummary:
     """Index ``archive`` into ``retriever``'s collection with decode + encode on Ray.
 
@@ -134,7 +140,8 @@ def ingest_on_ray(
     ray = _import_ray()
     run = IngestRun(retriever.store, retriever.bundle.identity(), archive, only_ids=only_ids,
                     skip_existing=skip_existing, relative_paths=relative_paths,
-                    upsert_batch=upsert_batch, report=report, progress=progress)
+                    upsert_batch=upsert_batch, report=report, progress=progress,
+                    bulk_dir=bulk_dir, prepare=prepare, on_prepare=on_prepare)
     todo = list(run.unseen())  # listing and resuming stay on the driver
     if not todo:
         return run.finish()

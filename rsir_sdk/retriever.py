@@ -28,9 +28,9 @@ from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
 from .failures import FailureReport
 from .images import DEFAULT_MAX_PIXELS, ImageSource, RuleLike, describe_source
-from .ingest import IngestProgress, IngestSummary, ingest
+from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
 from .rasters import RasterRule, as_rule
-from .store import MAX_TOPK, MilvusCodeStore, StoredItem, StoreHit
+from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress, StoredItem, StoreHit
 from .store import keys as store_keys
 from .store import values as store_values
 
@@ -258,7 +258,15 @@ class Retriever:
         if root and Path(root).is_dir():
             paths = [str(Path(root, p)) if p and not os.path.isabs(p) else p for p in paths]
         meta = [{"source": "learned"}] * len(db)
-        return self.add_codes(db.codes, db.ids, db.labels, paths, meta)
+        n = self.add_codes(db.codes, db.ids, db.labels, paths, meta)
+        if n >= PREPARE_MIN_ROWS:
+            self.store.prepare_for_search()
+        return n
+
+    def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
+        """Leave a server collection ready to search at full speed (see
+        :meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`; ``index`` does it)."""
+        return self.store.prepare_for_search(**kw)
 
     def index(
         self,
@@ -281,6 +289,9 @@ class Retriever:
         progress: Callable[[IngestProgress], None] | None = None,
         engine: str = "local",
         address: str | None = None,
+        bulk_dir: str | os.PathLike | None = None,
+        prepare: str = "auto",
+        on_prepare: Callable[[PrepareProgress], None] | None = None,
     ) -> IngestSummary:
         """Encode every image of an archive (a folder or a CSV manifest) into the collection.
 
@@ -295,6 +306,11 @@ class Retriever:
         ``engine="ray"`` decodes and encodes on Ray (:mod:`rsir_sdk.ray_ingest`; the
         ``distributed`` extra): ``address`` names a cluster (``None``: a local Ray with
         ``workers`` CPUs); listing, resuming, writes and the report stay here, alike.
+
+        ``bulk_dir`` (a server): load through Milvus' bulk import, staging numpy files in this
+        folder, which the server must read at the same path (:mod:`rsir_sdk.store.bulk`).
+        ``prepare``: leave the collection ready to search at the end (``auto``: after a bulk
+        load or 10,000 rows; ``always``; ``never``); ``on_prepare`` sees its progress.
 
         >>> s = r.index("archive/", label_from="parent", report="failed.csv")  # doctest: +SKIP
         >>> s.indexed, s.skipped, len(s.failed)                              # doctest: +SKIP
@@ -317,13 +333,14 @@ class Retriever:
                     skip_existing=skip_existing, only_ids=only_ids,
                     relative_paths=relative_paths, batch_size=batch_size or 64,
                     upsert_batch=upsert_batch, max_pixels=max_pixels, report=rep,
-                    progress=progress,
+                    progress=progress, bulk_dir=bulk_dir, prepare=prepare, on_prepare=on_prepare,
                 )
             return ingest(
                 self.encoder, self.store, listing, skip_existing=skip_existing,
                 only_ids=only_ids, relative_paths=relative_paths, workers=workers,
                 batch_size=batch_size, upsert_batch=upsert_batch, max_pixels=max_pixels,
-                report=rep, progress=progress,
+                report=rep, progress=progress, bulk_dir=bulk_dir, prepare=prepare,
+                on_prepare=on_prepare,
             )
         finally:
             if own is not None:

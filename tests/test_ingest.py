@@ -78,7 +78,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 def stored(db: str, collection: str) -> dict:
     with MilvusCodeStore(db, collection, create=False) as s:
-        ids = [r["id"] for r in s._client.query(collection, filter="", output_fields=["id"], limit=16384)]
+        ids = list(s.iter_ids())  # one per stored row
         assert len(ids) == len(set(ids)) == s.count()
         return {it.id: it for it in s.get(ids)}
 

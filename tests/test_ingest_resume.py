@@ -35,7 +35,7 @@ DRIVER = textwrap.dedent(
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    upsert = store.MilvusCodeStore.upsert
+    upsert = store.MilvusCodeStore.insert  # the write rsir index makes (ids checked absent)
 
     def patched_upsert(self, ids, codes, *rest, **kw):
         calls["upsert"] += 1
@@ -50,7 +50,7 @@ DRIVER = textwrap.dedent(
             threading.Timer(random.uniform(0.0, 0.3), die).start()
         return out
 
-    store.MilvusCodeStore.upsert = patched_upsert
+    store.MilvusCodeStore.insert = patched_upsert
     encode_arrays = encoder.Encoder.encode_arrays
 
     def patched_encode(self, *a, **kw):
@@ -143,8 +143,7 @@ def test_sigkill_at_many_points_then_rerun_indexes_each_image_once(
     assert json.loads(again.stdout)["indexed"] == 0
 
     with MilvusCodeStore(str(db), "scenes", create=False) as s:
-        rows = s._client.query("scenes", filter="", output_fields=["id"], limit=16384)
-        ids = [r["id"] for r in rows]
+        ids = list(s.iter_ids())  # one per stored row
         assert len(ids) == len(set(ids)) == s.count() == len(good)  # each id once
         assert sorted(ids) == good  # exactly the archive's good images
         items = {it.id: it for it in s.get(good)}

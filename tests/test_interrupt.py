@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent(
     marker = sys.argv[1]
     from rsir_sdk import cli, ingest, store
 
-    upsert = store.MilvusCodeStore.upsert
+    upsert = store.MilvusCodeStore.insert  # the write rsir index makes
 
     def patched_upsert(self, *a, **kw):
         out = upsert(self, *a, **kw)
@@ -45,7 +45,7 @@ DRIVER = textwrap.dedent(
                 fh.write(str(os.getpid()))
         return out
 
-    store.MilvusCodeStore.upsert = patched_upsert
+    store.MilvusCodeStore.insert = patched_upsert
     prepare = ingest._prepare
 
     def slow_prepare(*a, **kw):
@@ -146,8 +146,7 @@ def test_ctrl_c_in_a_terminal_during_index(tmp_path, sample_images, rp_bundle):
     assert summary["skipped"] >= indexed and summary["skipped"] + summary["indexed"] == len(sample_images)
     assert summary["count"] == len(sample_images)
     with MilvusCodeStore(str(db), "scenes", create=False) as s:
-        rows = s._client.query("scenes", filter="", output_fields=["id"], limit=16384)
-    ids = [r["id"] for r in rows]
+        ids = list(s.iter_ids())  # one per stored row
     assert len(ids) == len(set(ids)) == len(sample_images)  # every image once
 
 

@@ -20,14 +20,14 @@ KILL_AFTER_WRITES = """
 import os, signal, sys
 from rsir_sdk import cli, store
 n, calls = int(sys.argv[1]), []
-upsert = store.MilvusCodeStore.upsert
-def killing_upsert(self, *a, **kw):
-    out = upsert(self, *a, **kw)
+insert = store.MilvusCodeStore.insert  # the write the ingestion makes
+def killing_insert(self, *a, **kw):
+    out = insert(self, *a, **kw)
     calls.append(1)
     if len(calls) == n:
         os.killpg(os.getpgrp(), signal.SIGKILL)
     return out
-store.MilvusCodeStore.upsert = killing_upsert
+store.MilvusCodeStore.insert = killing_insert
 sys.exit(cli.main(sys.argv[2:]))
 """
 

@@ -32,10 +32,17 @@ def run(capsys, *argv):
 
 def test_index_and_search_on_a_server(server_uri, rp_bundle, sample_dir, sample_images, capsys):
     code, out, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
-                         "--collection", "scenes", "--label-from", "parent", "--no-progress", "--json")
+                         "--collection", "scenes", "--label-from", "parent", "--no-progress", "--json",
+                         "--prepare", "always")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["indexed"] == 200 and summary["count"] == 200  # Strong: visible at once
+    # prepared: every row sealed and served by the query node (none left growing)
+    assert summary["prepare"]["rows"] == 200 and summary["prepare"]["index_type"] == "BIN_FLAT"
+    with MilvusCodeStore(server_uri, "scenes", create=False) as s:
+        info = s.index_info()
+        assert info["served_segments"] == info["sealed_segments"]
+        assert sum(info["sealed_segments"].values()) == 200 and info["policy"] == "auto"
     query, label = sample_images[42]
     code, out, err = run(capsys, "search", rp_bundle[0], query, "--uri", server_uri,
                          "--collection", "scenes", "-k", "5", "--json")
@@ -55,8 +62,9 @@ def test_bin_ivf_flat_index_on_a_server(server_uri, rp_bundle, sample_dir, sampl
     with MilvusCodeStore(server_uri, "ivf", bits=64, index_type="BIN_IVF_FLAT",
                          index_params={"nlist": 8}, search_params={"nprobe": 8}) as s:
         s.upsert(ids, codes)
-        index = s._client.describe_index("ivf", "code")
+        index = s.index_info()
         assert index["index_type"] == "BIN_IVF_FLAT" and index["metric_type"] == "HAMMING"
+        assert index["params"]["nlist"] == "8" and index["policy"] == "fixed"
         hits = s.search(codes[:20], k=10)
     _, want = topk_bruteforce(codes[:20], codes, 10)
     assert [[h.distance for h in row] for row in hits] == want.tolist()  # nprobe = nlist: exact
@@ -91,8 +99,8 @@ def test_sigkill_and_resume_on_a_server(server_uri, rp_bundle, sample_dir, tmp_p
         else:
             assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     with MilvusCodeStore(server_uri, "resume", create=False) as s:
-        rows = s._client.query("resume", filter="", output_fields=["id"], limit=1000)
-        assert len(rows) == len({r["id"] for r in rows}) == s.count() == 200
+        ids = list(s.iter_ids())  # one per stored row
+        assert len(ids) == len(set(ids)) == s.count() == 200
 
 
 def test_exact_ties_and_read_your_writes_on_a_server(server_uri):

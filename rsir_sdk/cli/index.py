@@ -74,10 +74,20 @@ def add_parser(sub: Any) -> None:
                         "a local Ray with --workers CPUs")
     g.add_argument("--max-pixels", type=int, default=100_000_000,
                    help="refuse images with more pixels (default 100000000; 0 = no limit)")
-    g.add_argument("--index-type", default=None,
-                   help="index of a new collection: BIN_FLAT (default; the only one Milvus Lite has) "
-                        "or BIN_IVF_FLAT on a server")
+    g.add_argument("--index-type", default=None, type=str.upper,
+                   choices=["AUTO", "BIN_FLAT", "BIN_IVF_FLAT", "HNSW"],
+                   help="index of a new server collection: auto (default: BIN_FLAT, or "
+                        "BIN_IVF_FLAT with a calibrated nprobe when large and structured), "
+                        "BIN_FLAT (exact), BIN_IVF_FLAT or HNSW; Milvus Lite has BIN_FLAT only")
     g.add_argument("--index-params", default=None, help='JSON, e.g. \'{"nlist": 1024}\'')
+    g = p.add_argument_group("Milvus server")
+    g.add_argument("--bulk", metavar="DIR", default=None,
+                   help="load through Milvus' bulk import, staging numpy files in DIR (a folder "
+                        "the Milvus server reads at the same path: a local server); resumable "
+                        "through a journal in DIR; for large first loads")
+    g.add_argument("--prepare", choices=["auto", "always", "never"], default="auto",
+                   help="leave a server collection flushed, indexed and loaded at the end, so "
+                        "the first search is fast (auto: after a bulk load or 10000 rows)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_raster_args(p)
@@ -97,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         raster_rule=raster_rule(args), threads=args.threads, batch_size=args.batch_size,
         index_type=args.index_type, index_params=json_object(args.index_params, "--index-params"),
     ) as r:
+        on_prepare = None if args.no_progress else _prepare_printer()
+        if args.bulk and args.learned:
+            raise UsageError("--bulk loads archives; --learned codes are written with inserts")
         if args.learned:
             n = r.add_learned_codes()
             total = r.count()
@@ -125,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                 skip_existing=not args.force, only_ids=only, relative_paths=args.relative_paths,
                 workers=args.workers, batch_size=args.batch_size, upsert_batch=args.upsert_batch,
                 max_pixels=args.max_pixels or None, report=report_path, progress=progress,
-                engine=args.engine, address=args.address,
+                engine=args.engine, address=args.address, bulk_dir=args.bulk,
+                prepare=args.prepare, on_prepare=on_prepare,
             )
         except IngestInterrupted as exc:
             if bar is not None:
@@ -166,5 +180,37 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
         lines.append(f"ignored  {summary.ignored:>9} files that are not images by extension ({shown})")
     if rule:
         lines.append(f"raster rule  {rule}")
+    if summary.bulk:
+        b = summary.bulk
+        lines.append(f"bulk load    {b.get('chunks', 0)} import tasks, files written in "
+                     f"{b.get('write_s', 0):.1f}s, imported in {b.get('import_s', 0):.1f}s")
+    if summary.prepare:
+        lines.append("ready to search  " + prepare_text(summary.prepare))
     lines.append(f"the collection holds {count} items")
     return "\n".join(lines)
+
+
+def prepare_text(p: dict[str, Any]) -> str:
+    """One line on what ``prepare_for_search`` did."""
+    text = (f"flush {p.get('flush_s', 0):.1f}s, index {p.get('index_s', 0):.1f}s, sealed "
+            f"segments served {p.get('serving_s', 0):.1f}s; index {p.get('index_type')}")
+    cal = p.get("calibration")
+    if cal and p.get("index_type") == "BIN_IVF_FLAT":
+        text += (f" (nlist {cal['nlist']}, nprobe {cal['nprobe']}: recall@{cal['k']} "
+                 f"{cal['recall']:.3f} against exact search)")
+    elif cal and cal.get("nprobe"):
+        text += f" (BIN_IVF_FLAT needed nprobe {cal['nprobe']} of {cal['nlist']}: kept exact)"
+    return text
+
+
+def _prepare_printer() -> Any:
+    """A progress callback for ``prepare_for_search``: one stderr line per step."""
+    seen: set[str] = set()
+
+    def show(p: Any) -> None:
+        step = p.step.split(":")[0] if p.step.startswith("index-choice") else p.step
+        if step not in seen and p.step != "done":
+            seen.add(step)
+            warn(f"preparing for search: {p.step}")
+
+    return show
