@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -84,55 +82,6 @@ def tiny_ahcl(tmp_path_factory):
     return out, result, manifest
 
 
-SERVER_COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord",
-                     "dataNode")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def milvus_config(data_dir: Path, quick_handoff: bool = False):
-    """A ``MilvusServerConfig`` for the embedded 2.3.5 server on 127.0.0.1 with free ports.
-
-    The embedded etcd binds 127.0.0.1:2379/2380 whatever ``etcd.endpoints`` says, so a second
-    embedded server on the machine (another test run, another developer) fails to start; it is
-    given an etcd config file of its own with free ports instead. ``quick_handoff`` makes the
-    query coordinator hand sealed segments over every second instead of every 5-10 s (tests
-    wait for that hand-over; they assert on states, not times).
-    """
-    import milvus
-    from milvus import MilvusServerConfig
-
-    package = Path(milvus.__file__).parent / "data"
-    client_port, peer_port = _free_port(), _free_port()
-    etcd_yaml = data_dir / "embedEtcd.yaml"
-    etcd_yaml.write_text(
-        "name: default\n"
-        f"listen-peer-urls: http://127.0.0.1:{peer_port}\n"
-        f"initial-advertise-peer-urls: http://127.0.0.1:{peer_port}\n"
-        f"initial-cluster: default=http://127.0.0.1:{peer_port}\n"
-        f"listen-client-urls: http://127.0.0.1:{client_port}\n"
-        f"advertise-client-urls: http://127.0.0.1:{client_port}\n")
-    template = (package / "config.yaml.template").read_text()
-    marker = "  use:\n    embed: true"
-    assert marker in template, "the milvus package's config template changed"
-    mine = data_dir / "config.yaml.template"
-    template = template.replace(marker, f"  config:\n    path: {etcd_yaml}\n{marker}", 1)
-    if quick_handoff:
-        template = template.replace("  checkHandoffInterval: 5000", "  checkHandoffInterval: 1000\n"
-                                    "  updateNextTargetInterval: 1", 1)
-    mine.write_text(template)
-    config = MilvusServerConfig(data_dir=str(data_dir), proxy_port=_free_port(),
-                                template=str(mine), etcd_port=client_port)
-    config.glog_conf_file = str(package / "glog.conf")  # set by the package only without a template
-    for component in SERVER_COMPONENTS:
-        config.set(f"{component}.ip", "127.0.0.1")
-    return config
-
-
 @pytest.fixture(scope="session")
 def server_uri(tmp_path_factory):
     """A real Milvus 2.3.5 server (PyPI ``milvus``, embedded standalone) on 127.0.0.1, started
@@ -140,18 +89,17 @@ def server_uri(tmp_path_factory):
 
     Its data live in a temporary folder (about 0.5 GB: the package unpacks its binaries there);
     every port it opens (gRPC, metrics, etcd) is a free one, so it runs beside other embedded
-    servers. Tests use their own collection names.
+    servers (:mod:`rsir_sdk.store.local_server`). Tests use their own collection names.
     """
     pytest.importorskip("milvus")
-    from milvus import MilvusServer
+    from rsir_sdk.store.local_server import local_server
 
     data_dir = tmp_path_factory.mktemp("milvus-server")
-    server = MilvusServer(milvus_config(data_dir, quick_handoff=True))
-    t0 = time.perf_counter()
-    server.start()
-    print(f"Milvus server 2.3.5 started in {time.perf_counter() - t0:.1f}s on port {server.listen_port}")
     try:
-        yield f"http://127.0.0.1:{server.listen_port}"
+        # the query coordinator hands sealed segments over every second (default 5-10 s):
+        # tests wait for that hand-over and assert on states, not times
+        with local_server(data_dir, quick_handoff=True) as server:
+            print(f"Milvus server 2.3.5 started in {server.started_s:.1f}s at {server.uri}")
+            yield server.uri
     finally:
-        server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

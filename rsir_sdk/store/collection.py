@@ -20,7 +20,6 @@ and the Retriever do): the first search is then as fast as the hundredth (:mod:`
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -34,7 +33,7 @@ from ..errors import (
     InvalidInputError,
     StoreError,
 )
-from . import keys, rows, server, values
+from . import keys, server, values
 from . import search as searching
 from .connect import Connection
 from .schema import (
@@ -42,7 +41,6 @@ from .schema import (
     MAX_TOPK,
     PK_CHUNK,
     SERVER_INDEXES,
-    UPSERT_BATCH,
     check_same_encoder,
     index_policy,
     make_schema,
@@ -50,6 +48,7 @@ from .schema import (
 )
 from .search import IdHits
 from .server import PrepareProgress
+from .writes import WritesMixin
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class StoredItem:
     metadata: dict[str, Any]
 
 
-class MilvusCodeStore:
+class MilvusCodeStore(WritesMixin):
     """A Milvus collection of packed binary codes with ids, labels, paths and JSON metadata.
 
     A collection is created by the first write (with ``bits``); a read of a collection that was
@@ -207,122 +206,8 @@ class MilvusCodeStore:
         self.index_policy = index_policy(desc)
         if not self.is_lite:
             self._recorded = server.properties(self._conn, self.collection)
+            self.index_policy = self._recorded.get("policy", self.index_policy)
         return dim, stored_encoder or (dict(encoder) if encoder else None)
-
-    # ----------------------------------------------------------------- writes
-    def _columns(self, ids, codes, labels, paths, metadata, encoder) -> rows.Columns:
-        if encoder is not None and self.encoder is not None:
-            check_same_encoder(self.encoder, encoder, self.collection)
-        return rows.build_columns(ids, codes, self.bits, labels, paths, metadata)
-
-    def upsert(
-        self,
-        ids: Sequence[str],
-        codes: np.ndarray,
-        labels: Sequence[str] | None = None,
-        paths: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        *,
-        encoder: Mapping[str, Any] | None = None,
-        batch_size: int = UPSERT_BATCH,
-    ) -> int:
-        """Insert or replace items by id; returns how many rows were written.
-
-        Everything is validated before the first row is written, so a bad call changes nothing
-        (:class:`~rsir_sdk.errors.InvalidInputError` or ``CodeLengthError`` naming the item).
-        Requests hold at most ``batch_size`` (and 50,000) rows and 32 MiB. ``encoder`` (a
-        bundle identity) is checked against the collection's.
-        """
-        size = values.positive_int(batch_size, "batch_size")
-        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
-        if not len(cols):
-            return 0
-        self._ensure_created()
-        for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
-            try:
-                self._conn.write_columns("upsert", self.collection, cols.lists(start, end),
-                                         what=f"upsert into {self.collection!r}")
-            except StoreError as exc:
-                raise StoreError(
-                    f"{exc} (after {start} of {len(cols)} rows were written; re-running the "
-                    f"same call is safe: upsert is idempotent)"
-                ) from None
-        return len(cols)
-
-    def insert(
-        self,
-        ids: Sequence[str],
-        codes: np.ndarray,
-        labels: Sequence[str] | None = None,
-        paths: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        *,
-        encoder: Mapping[str, Any] | None = None,
-        batch_size: int = UPSERT_BATCH,
-    ) -> int:
-        """Add items whose ids the collection does **not** hold; returns how many were written.
-
-        Faster than :meth:`upsert` (on a server an upsert is a delete plus an insert: about
-        twice the server's work). The caller vouches that the ids are new (e.g. it just asked
-        :meth:`existing_ids`, as ``rsir index`` does): an id that is present would be stored
-        twice. A request is never retried as an insert: one that fails is written again as an
-        upsert, which replaces whatever part of it reached Milvus. Checked like :meth:`upsert`.
-        """
-        size = values.positive_int(batch_size, "batch_size")
-        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
-        if not len(cols):
-            return 0
-        self._ensure_created()
-        for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
-            data = cols.lists(start, end)
-            try:
-                self._conn.write_columns("insert", self.collection, data,
-                                         what=f"insert into {self.collection!r}")
-            except StoreError as exc:
-                log.info("insert into %s failed (%s); writing the batch as an upsert",
-                         self.collection, exc)
-                try:
-                    self._conn.write_columns("upsert", self.collection, data,
-                                             what=f"upsert into {self.collection!r}")
-                except StoreError as again:
-                    raise StoreError(
-                        f"{again} (after {start} of {len(cols)} rows were written; the rows "
-                        f"written are complete: re-running skips them)"
-                    ) from None
-        return len(cols)
-
-    def bulk_insert(
-        self,
-        ids: Sequence[str],
-        codes: np.ndarray,
-        labels: Sequence[str] | None = None,
-        paths: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        *,
-        staging_dir: str | os.PathLike,
-        encoder: Mapping[str, Any] | None = None,
-        skip_existing: bool = True,
-        chunk_rows: int | None = None,
-        prepare: bool = True,
-        timeout: float | None = 3600.0,
-        progress: Any = None,
-    ) -> dict[str, Any]:
-        """Load many new items through Milvus' bulk import (a server; see :mod:`.bulk`).
-
-        ``staging_dir`` must be readable by the server at the same path. Ids the collection
-        holds are skipped (``skip_existing``), so an interrupted call can simply be repeated:
-        its journal makes every chunk count once. Then :meth:`prepare_for_search` (``prepare``).
-        On Milvus Lite (no bulk import) the new items are inserted. Returns counts and timings.
-        """
-        from . import bulk
-
-        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
-        self._ensure_created()
-        out = bulk.load_columns(self, cols, staging_dir, skip_existing=skip_existing,
-                                chunk_rows=chunk_rows, timeout=timeout, progress=progress)
-        if prepare:
-            out["prepare"] = self.prepare_for_search(timeout=timeout, progress=progress)
-        return out
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
@@ -489,6 +374,25 @@ class MilvusCodeStore:
                              explicit_params=bool(self.search_params), timeout=timeout,
                              progress=progress)
         self._recorded = server.properties(self._conn, self.collection)
+        self.index_policy = self._recorded.get("policy", self.index_policy)
+        return out
+
+    def set_index(self, index_type: str, index_params: Mapping[str, Any] | None = None, *,
+                  calibrate: bool = True, timeout: float | None = 3600.0,
+                  progress: Any = None) -> dict[str, Any]:
+        """Rebuild a server collection's index by hand (``BIN_FLAT``, ``BIN_IVF_FLAT`` with
+        ``{"nlist": n}``, ``HNSW``); the ``auto`` policy no longer applies to it. For
+        BIN_IVF_FLAT, ``calibrate`` records the ``nprobe`` that reaches recall@100 0.99. The
+        collection is released while its index is rebuilt (searches fail meanwhile)."""
+        self._require_exists()
+        kind = _index_type(index_type)
+        if self.is_lite or kind in (None, AUTO_INDEX):
+            raise StoreError("set_index needs a Milvus server and an index type (BIN_FLAT, "
+                             "BIN_IVF_FLAT, HNSW); Milvus Lite has BIN_FLAT only")
+        out = server.change_index(self._conn, self.collection, str(kind), dict(index_params or {}),
+                                  calibrate_nprobe=calibrate, timeout=timeout, progress=progress)
+        self._recorded = server.properties(self._conn, self.collection)
+        self.index_policy = "fixed"
         return out
 
     def index_info(self) -> dict[str, Any]:

@@ -96,16 +96,16 @@ def build_columns(
         raise InvalidInputError(f"{n} ids but {packed.shape[0]} codes")
     labels = values.labels(labels, n)
     paths = values.paths(paths, n)
-    meta = values.metadata(metadata, ids)
+    meta, meta_sizes = values.metadata_sized(metadata, ids)
     meta_h: list[dict[str, str]] = []
     sizes: list[int] = []
     width = ROW_OVERHEAD + packed.shape[1]
     label_h = _digests(labels)
     path_h = _digests(paths)
     for i in range(n):
-        mh = {_meta_key(k): _value_digest(v) for k, v in meta[i].items()}
-        meta_size = values.json_size(meta[i]) if meta[i] else 2
-        mh_size = values.json_size(mh) if mh else 2
+        mh = {_meta_key(k): _value_digest(v) for k, v in meta[i].items()} if meta[i] else {}
+        # compact JSON of {"k<32 hex>":"<32 hex>",...}: 70 bytes an entry, commas, braces
+        mh_size = 2 + 71 * len(mh) - (1 if mh else 0)
         if mh_size > values.MAX_METADATA_BYTES:
             raise InvalidInputError(
                 f"metadata of id {ids[i]!r:.80} has {len(meta[i])} keys; their digests take "
@@ -113,7 +113,7 @@ def build_columns(
                 f"keys at most)"
             )
         meta_h.append(mh)
-        sizes.append(width + _utf8(ids[i]) + _utf8(labels[i]) + _utf8(paths[i]) + meta_size
+        sizes.append(width + _utf8(ids[i]) + _utf8(labels[i]) + _utf8(paths[i]) + meta_sizes[i]
                      + mh_size)
     return Columns([keys.digest(i) for i in ids], ids, packed, labels, label_h, paths, path_h,
                    meta, meta_h, sizes)

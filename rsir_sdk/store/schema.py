@@ -54,6 +54,8 @@ SERVER_INDEXES = ("BIN_FLAT", "BIN_IVF_FLAT", "HNSW", "AUTOINDEX")
 #: ``prepare_for_search`` chose: the search parameters and how they were calibrated
 PROP_SEARCH = "rsir.search_params"
 PROP_CALIBRATION = "rsir.calibration"
+#: set by ``set_index``: the index was chosen by hand, ``auto`` no longer applies
+PROP_POLICY = "rsir.index_policy"
 #: ids per ``pk in [...]`` expression
 PK_CHUNK = 1000
 

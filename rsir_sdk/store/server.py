@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import StoreError
 from . import keys
 from .connect import Connection
-from .schema import AUTO_INDEX, PROP_CALIBRATION, PROP_SEARCH
+from .schema import AUTO_INDEX, PROP_CALIBRATION, PROP_POLICY, PROP_SEARCH
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,8 @@ def properties(conn: Connection, name: str) -> dict[str, Any]:
     desc = conn.call("describe_collection", name, what=f"opening collection {name!r}")
     props = desc.get("properties") or {}
     out: dict[str, Any] = {}
+    if props.get(PROP_POLICY):
+        out["policy"] = str(props[PROP_POLICY])
     for key, prop in (("search_params", PROP_SEARCH), ("calibration", PROP_CALIBRATION)):
         try:
             value = json.loads(props.get(prop) or "null")
@@ -291,12 +293,36 @@ def index_info(conn: Connection, name: str, policy: str | None, search_params: d
 
 
 def record(conn: Connection, name: str, search_params: dict[str, Any] | None,
-           calibration: dict[str, Any] | None) -> None:
-    """Record the search parameters and their calibration with the collection."""
-    conn.call("alter_collection_properties", name,
-              properties={PROP_SEARCH: json.dumps(search_params or {}),
-                          PROP_CALIBRATION: json.dumps(calibration or {})},
+           calibration: dict[str, Any] | None, policy: str | None = None) -> None:
+    """Record the search parameters and their calibration (and an index policy) with the
+    collection."""
+    props = {PROP_SEARCH: json.dumps(search_params or {}),
+             PROP_CALIBRATION: json.dumps(calibration or {})}
+    if policy:
+        props[PROP_POLICY] = policy
+    conn.call("alter_collection_properties", name, properties=props,
               what=f"recording search parameters of {name!r}")
+
+
+def change_index(conn: Connection, name: str, index_type: str, params: dict[str, Any], *,
+                 calibrate_nprobe: bool = True, timeout: float | None = 3600.0,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Replace the index by hand (the ``auto`` policy stops applying); for BIN_IVF_FLAT without
+    an ``nprobe`` in mind, calibrate one. The collection is unavailable while it is rebuilt."""
+    report = progress or (lambda p: None)
+    deadline = _Deadline(name, timeout)
+    t0 = time.perf_counter()
+    conn.call("flush", name, what=f"flushing {name!r}")
+    rows = count_strong(conn, name)
+    set_index(conn, name, index_type, dict(params), rows, deadline, report)
+    out: dict[str, Any] = {"rows": rows, "index_type": index_type, "build_s": time.perf_counter() - t0}
+    cal = None
+    if index_type == "BIN_IVF_FLAT" and calibrate_nprobe:
+        nlist = int(describe_index(conn, name).get("nlist", params.get("nlist", 128)))
+        cal = calibrate(conn, name, rows, nlist, progress=report)
+        out["calibration"] = cal
+    record(conn, name, {"nprobe": cal["nprobe"]} if cal else {}, cal, policy="fixed")
+    return out
 
 
 def prepare(conn: Connection, name: str, *, policy: str | None, explicit_params: bool,

@@ -51,6 +51,15 @@ def text(value: Any, what: str, max_bytes: int, *, allow_empty: bool = True) -> 
     return str(value)
 
 
+def _plain(values: list[Any], max_bytes: int, allow_empty: bool = True) -> bool:
+    """Whether every value is a plain ASCII ``str`` within ``max_bytes`` (and non-empty unless
+    ``allow_empty``): the common case, checked without encoding (ASCII: one byte a character)."""
+    for v in values:
+        if type(v) is not str or not v.isascii() or len(v) > max_bytes or not (allow_empty or v):
+            return False
+    return True
+
+
 def ids(values: Any) -> list[str]:
     """Check a sequence of unique, non-empty ids (a lone string is refused: pass ``[id]``)."""
     if isinstance(values, (str, bytes, bytearray)) or not isinstance(values, (Sequence, np.ndarray)):
@@ -64,7 +73,9 @@ def ids(values: Any) -> list[str]:
         except TypeError:
             raise InvalidInputError(
                 f"ids must be a list of strings, got {type(values).__name__}") from None
-    out = [text(v, "id", MAX_ID_LEN, allow_empty=False) for v in values]
+    items = list(values)
+    out = items if _plain(items, MAX_ID_LEN, False) else [
+        text(v, "id", MAX_ID_LEN, allow_empty=False) for v in items]
     if len(set(out)) != len(out):
         seen: set[str] = set()
         dupes = [i for i in out if i in seen or seen.add(i)][:5]  # type: ignore[func-returns-value]
@@ -82,6 +93,8 @@ def column(values: Any, n: int, name: str, max_bytes: int) -> list[str]:
     values = list(values)
     if len(values) != n:
         raise InvalidInputError(f"{n} ids but {len(values)} {name}")
+    if _plain(values, max_bytes):
+        return values
     singular = name[:-1] if name.endswith("s") else name
     return ["" if v is None else text(v, singular, max_bytes) for v in values]
 
@@ -99,26 +112,58 @@ def paths(values: Any, n: int) -> list[str]:
 def metadata(values: Any, ids_: Sequence[str]) -> list[dict[str, Any]]:
     """One JSON object per id: string keys; values None, bool, int64, finite float, str, lists
     and objects of those. Checked recursively (Milvus would refuse or alter anything else)."""
+    return metadata_sized(values, ids_)[0]
+
+
+def metadata_sized(values: Any, ids_: Sequence[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """:func:`metadata` and the JSON size of each object (bytes)."""
     n = len(ids_)
     if values is None:
-        return [{} for _ in range(n)]
+        return [{} for _ in range(n)], [2] * n
     if isinstance(values, Mapping):
         raise InvalidInputError("metadata must be a list with one dict per id, got one dict")
     values = list(values)
     if len(values) != n:
         raise InvalidInputError(f"{n} ids but {len(values)} metadata entries")
     out = []
+    sizes = []
     for i, meta in zip(ids_, values):
-        meta = {} if meta is None else meta
+        if not meta:
+            if meta is None or isinstance(meta, Mapping):
+                out.append({})
+                sizes.append(2)
+                continue
         if not isinstance(meta, Mapping):
             raise InvalidInputError(f"metadata for id {i!r} must be a dict, got {type(meta).__name__}")
-        checked = _json_value(meta, f"metadata of id {i!r}", 0)
+        checked = dict(meta) if _flat(meta) else _json_value(meta, f"metadata of id {i!r}", 0)
         size = json_size(checked)
         if size > MAX_METADATA_BYTES:
             raise InvalidInputError(f"metadata of id {i!r} is {size} bytes as JSON, over the "
                                     f"{MAX_METADATA_BYTES}-byte limit")
         out.append(checked)
-    return out
+        sizes.append(size)
+    return out, sizes
+
+
+def _flat(meta: Mapping[str, Any]) -> bool:
+    """Whether ``meta`` is a flat object of plain values that :func:`_json_value` would keep as
+    they are (ASCII keys and strings, int64, finite floats, bools, None): checked fast."""
+    for k, v in meta.items():
+        if type(k) is not str or not k.isascii() or len(k) > MAX_KEY_BYTES:
+            return False
+        t = type(v)
+        if t is str:
+            if not v.isascii() or len(v) > MAX_METADATA_BYTES:
+                return False
+        elif t is int:
+            if not INT64_MIN <= v <= INT64_MAX:
+                return False
+        elif t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is not bool and v is not None:
+            return False
+    return True
 
 
 def json_size(value: Any) -> int:

@@ -1,0 +1,109 @@
+"""A Milvus server on this machine, for development, tests and benchmarks (not for production).
+
+The PyPI package ``milvus`` (2.3.5, "milvus-lite" of the 2.3 series: the real standalone server
+with embedded etcd and local storage, no Docker) runs the same server code as a deployment, so
+the server path of rsir-sdk (indexes, bulk import, prepare-for-search) can be tried and tested
+on one machine:
+
+>>> from rsir_sdk.store.local_server import local_server
+>>> with local_server("/tmp/milvus-dev") as server:                   # doctest: +SKIP
+...     store = MilvusCodeStore(server.uri, "scenes", bits=64)
+
+Two things this fixes over the package's defaults: every port is a free one (the embedded etcd
+always binds 127.0.0.1:2379/2380 otherwise, so a second server on the machine fails to start),
+and all components listen on 127.0.0.1 only. ``quick_handoff`` makes the query coordinator hand
+sealed segments over every second instead of every 5-10 s (tests wait for that hand-over).
+Stopping takes about a second; the data folder is removed afterwards unless ``keep=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+from ..errors import StoreError
+
+COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord",
+              "dataNode")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_config(data_dir: str | Path, *, quick_handoff: bool = False,
+                  settings: dict[str, Any] | None = None) -> Any:
+    """A ``milvus.MilvusServerConfig`` for ``data_dir`` on 127.0.0.1 with free ports (etcd
+    included); ``settings``: more ``component.key`` values the package's template names."""
+    try:
+        import milvus
+        from milvus import MilvusServerConfig
+    except ImportError:
+        raise StoreError("a local Milvus server needs the PyPI package milvus (pip install "
+                         "'milvus==2.3.5')") from None
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    package = Path(milvus.__file__).parent / "data"
+    client_port, peer_port = free_port(), free_port()
+    etcd_yaml = data / "embedEtcd.yaml"
+    etcd_yaml.write_text(
+        "name: default\n"
+        f"listen-peer-urls: http://127.0.0.1:{peer_port}\n"
+        f"initial-advertise-peer-urls: http://127.0.0.1:{peer_port}\n"
+        f"initial-cluster: default=http://127.0.0.1:{peer_port}\n"
+        f"listen-client-urls: http://127.0.0.1:{client_port}\n"
+        f"advertise-client-urls: http://127.0.0.1:{client_port}\n")
+    template = (package / "config.yaml.template").read_text()
+    marker = "  use:\n    embed: true"
+    if marker not in template:
+        raise StoreError("the milvus package's config template is not the 2.3.5 one")
+    template = template.replace(marker, f"  config:\n    path: {etcd_yaml}\n{marker}", 1)
+    if quick_handoff:
+        template = template.replace("  checkHandoffInterval: 5000",
+                                    "  checkHandoffInterval: 1000\n  updateNextTargetInterval: 1", 1)
+    mine = data / "config.yaml.template"
+    mine.write_text(template)
+    config = MilvusServerConfig(data_dir=str(data), proxy_port=free_port(), template=str(mine),
+                                etcd_port=client_port)
+    config.glog_conf_file = str(package / "glog.conf")  # the package sets it only without a template
+    for component in COMPONENTS:
+        config.set(f"{component}.ip", "127.0.0.1")
+    for key, value in (settings or {}).items():
+        config.set(key, value)
+    return config
+
+
+class LocalServer(NamedTuple):
+    """A running local server: its uri, process id, data folder and start-up seconds."""
+
+    uri: str
+    pid: int
+    data_dir: Path
+    started_s: float
+
+
+@contextlib.contextmanager
+def local_server(data_dir: str | Path, *, quick_handoff: bool = False, keep: bool = False,
+                 settings: dict[str, Any] | None = None) -> Iterator[LocalServer]:
+    """Start a local Milvus 2.3.5 server with its data in ``data_dir`` and yield a
+    :class:`LocalServer` (``.uri`` is ``http://127.0.0.1:<port>``); stop it after, and remove
+    its data unless ``keep``."""
+    from milvus import MilvusServer
+
+    server = MilvusServer(server_config(data_dir, quick_handoff=quick_handoff, settings=settings))
+    t0 = time.perf_counter()
+    server.start()
+    try:
+        yield LocalServer(f"http://127.0.0.1:{server.listen_port}", int(server.server_proc.pid),
+                          Path(data_dir), time.perf_counter() - t0)
+    finally:
+        server.stop()
+        if not keep:
+            shutil.rmtree(Path(data_dir) / "data", ignore_errors=True)
