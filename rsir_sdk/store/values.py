@@ -125,7 +125,7 @@ def metadata_sized(values: Any, ids_: Sequence[str]) -> tuple[list[dict[str, Any
     values = list(values)
     if len(values) != n:
         raise InvalidInputError(f"{n} ids but {len(values)} metadata entries")
-    out = []
+    out: list[dict[str, Any]] = []
     sizes = []
     for i, meta in zip(ids_, values):
         if not meta:
