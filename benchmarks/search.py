@@ -1,4 +1,4 @@
-"""Exact Hamming top-k over 100k and 1M codes: MilvusCodeStore on Milvus Lite vs FAISS vs numpy.
+"""Hamming top-k over 100k-10M codes: MilvusCodeStore on Milvus Lite and on a Milvus server vs FAISS.
 
 Why: once an archive holds millions of codes, search speed is what users feel. The baseline is
 FAISS ``IndexBinaryFlat`` (exhaustive, exact, SIMD popcount) on the same codes in the same run;
@@ -10,6 +10,15 @@ the k-th distance ties; ids at the tie may legitimately differ, distance lists m
 
     python benchmarks/search.py                                   # 100k and 1M, 64 and 128 bits
     python benchmarks/search.py --sizes 20000 --queries 200 --no-write   # a quick look
+
+``--server`` (its own section) starts a Milvus 2.3.5 server on this machine (PyPI ``milvus``),
+bulk-loads 1M codes of each kind (uniform, class-centred, a trained bundle's codes of a real
+dataset replicated with augmentation-rate bit flips: ``benchmarks/_codes.py``) and measures exact
+``BIN_FLAT`` and ``BIN_IVF_FLAT`` (calibrated ``nprobe`` and a sweep): first and warm search
+times, recall@100 against FAISS' exact lists, CPU-seconds (``benchmarks/_search_server.py``):
+
+    python benchmarks/search.py --server --kinds uniform,clustered,trained \
+        --bundle runs/bundles/ahcl-nwpu12-64 --data ../shared/data/nwpu12
 
 Needs ``faiss-cpu`` (benchmark-only: ``pip install faiss-cpu``).
 """
@@ -134,21 +143,27 @@ def bench_milvus(db, queries, bits, k, uri, diagnose: bool):
 
 
 def _milvus_diagnostics(store, name, db, queries, k) -> dict:
-    """Where Milvus Lite's time goes: raw pymilvus search without output fields, raw insert."""
-    client = store._client  # diagnostics only: bypass the store to split its costs
-    data = [row.tobytes() for row in queries]
-    params = {"metric_type": "HAMMING", "params": {}}
+    """Where Milvus Lite's time goes, through the store's public API and bare pymilvus: the
+    search without stored fields (``search_ids``), and inserts of the same rows."""
     t0 = time.perf_counter()
-    client.search(name, data=data, anns_field="code", limit=k, output_fields=[],
-                  search_params=params)
+    store.search_ids(queries, k)
     raw_search = time.perf_counter() - t0
     t0 = time.perf_counter()
-    client.search(name, data=data, anns_field="code", limit=k,
-                  output_fields=["label", "path", "metadata"], search_params=params)
-    raw_search_fields = time.perf_counter() - t0
-    # raw insert of the same rows into a second collection (no upsert, no row checks)
+    store.search(queries, k, fields=())
+    raw_search_fields = time.perf_counter() - t0  # hits as objects, no stored fields
+    ids = [str(i) for i in range(len(db))]
+    timings = {}
+    for verb in ("insert", "upsert"):
+        copy = MilvusCodeStore(store.uri, f"{name}_{verb}", bits=db.shape[1] * 8)
+        t0 = time.perf_counter()
+        getattr(copy, verb)(ids, db, batch_size=10000)
+        timings[verb] = time.perf_counter() - t0
+        copy.drop()
+        copy.close()
+    # bare pymilvus: an int64 id and the code, row dicts, no checks (the floor for Lite)
     from pymilvus import DataType, MilvusClient
 
+    client = MilvusClient(uri=store.uri)
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("code", DataType.BINARY_VECTOR, dim=db.shape[1] * 8)
@@ -162,27 +177,10 @@ def _milvus_diagnostics(store, name, db, queries, k) -> dict:
         client.insert(raw, rows[s : s + 10000])
     raw_insert = time.perf_counter() - t0
     client.drop_collection(raw)
-    # the store's own Python work before pymilvus: validating and building the row dicts
-    ids = [str(i) for i in range(len(db))]
-    t0 = time.perf_counter()
-    full_rows = store._rows(ids, db, None, None, None)
-    rows_s = time.perf_counter() - t0
-    # pymilvus insert and upsert (what the store calls) of those rows into fresh copies
-    timings = {}
-    for verb in ("insert", "upsert"):
-        fresh = f"{name}_{verb}"
-        copy = MilvusCodeStore(store.uri, fresh, bits=db.shape[1] * 8)
-        call = getattr(client, verb)
-        t0 = time.perf_counter()
-        for s in range(0, len(full_rows), 10000):
-            call(fresh, full_rows[s : s + 10000])
-        timings[verb] = time.perf_counter() - t0
-        copy.drop()
-        copy.close()
-    raw_upsert = timings["upsert"]
+    client.close()
     return {"raw_search_s": raw_search, "raw_search_fields_s": raw_search_fields,
-            "raw_insert_s": raw_insert, "rows_s": rows_s, "raw_upsert_s": raw_upsert,
-            "raw_insert_rows_s": timings["insert"]}
+            "raw_insert_s": raw_insert, "insert_s_store": timings["insert"],
+            "upsert_s_store": timings["upsert"]}
 
 
 def exact(dist: np.ndarray, reference: np.ndarray) -> str:
@@ -203,7 +201,26 @@ def main(argv=None) -> int:
     p.add_argument("--diagnose", default="smallest", choices=["none", "smallest", "all"],
                    help="raw-pymilvus rows that split Milvus' time (default: smallest size only)")
     p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    g = p.add_argument_group("server (--server: its own section of docs/benchmarks.md)")
+    g.add_argument("--server", action="store_true", help="benchmark a Milvus server instead of Lite")
+    g.add_argument("--kinds", default="uniform,clustered,trained", help="codes: uniform, "
+                   "clustered, trained (needs --bundle and --data)")
+    g.add_argument("--server-sizes", default="1000000", help="database sizes (default 1000000)")
+    g.add_argument("--nlists", default="1024,128", help="BIN_IVF_FLAT lists per segment to try")
+    g.add_argument("--nprobes", default="4,16,64", help="nprobe values swept besides the calibrated one")
+    g.add_argument("--repeat", type=int, default=3, help="warm searches (best of)")
+    g.add_argument("--bundle", type=Path, help="a trained bundle (for --kinds trained)")
+    g.add_argument("--data", type=Path, help="the dataset folder its codes are made from")
+    g.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rsir-bench-codes",
+                   help="cache of the trained codes")
+    g.add_argument("--cold", action="store_true", help="also time the first search without "
+                   "prepare_for_search (inserted rows; slow)")
+    g.add_argument("--profile", action="store_true", help="profile the best configuration's search")
+    g.add_argument("--exact-queries", type=int, default=1000,
+                   help="queries of the exact-ties BIN_FLAT row (fewer: huge tie groups are slow)")
     args = p.parse_args(argv)
+    if args.server:
+        return run_server(args)
     sizes = [int(x) for x in args.sizes.split(",")]
     bit_lengths = [int(x) for x in args.bits.split(",")]
     load0 = load_average()
@@ -249,8 +266,8 @@ def main(argv=None) -> int:
             if "raw_search_s" in mv:
                 diag_rows.append([f"{n:,}", bits, mv["search_s"], mv["raw_search_fields_s"],
                                   mv["raw_search_s"], fa["search_s"], mv["first_search_s"],
-                                  n / mv["insert_s"], n / mv["raw_upsert_s"], n / mv["raw_insert_rows_s"], n / mv["rows_s"],
-                                  n / mv["raw_insert_s"]])
+                                  n / mv["insert_s"], n / mv["insert_s_store"],
+                                  n / mv["upsert_s_store"], n / mv["raw_insert_s"]])
             print(table(HEAD, rows[-(2 + len(fas)):]), file=sys.stderr, flush=True)
             del db, queries, fa, fas, npy, mv
             gc.collect()
@@ -272,11 +289,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_server(args) -> int:
+    """``--server``: the server section (benchmarks/_search_server.py)."""
+    import _search_server
+
+    load0 = load_average()
+    body, _ = _search_server.run(args)
+    print(body)
+    meta = machine({"versions": versions("pymilvus", "milvus", "faiss-cpu", "numpy")})
+    if not args.no_write:
+        doc = write_section("search-server", section(
+            "search-server", "Search on a Milvus server: BIN_FLAT and BIN_IVF_FLAT vs FAISS "
+            "(`benchmarks/search.py --server`)", body, meta, (load0, load_average())))
+        print(f"written to {doc}", file=sys.stderr)
+    return 0
+
+
 HEAD = ["n", "bits", "system", "insert s", "insert rows/s", "search s", "queries/s",
         "1 query ms", "time vs FAISS", "exact"]
-DIAG_HEAD = ["n", "bits", "store.search s", "pymilvus search + fields s", "pymilvus search, no fields s",
-             "FAISS s", "first search (load) s", "store.upsert rows/s", "pymilvus upsert rows/s", "pymilvus insert, same rows rows/s",
-             "store row building rows/s", "pymilvus insert (int id, code only) rows/s"]
+DIAG_HEAD = ["n", "bits", "store.search s", "store.search, no fields s", "store.search_ids s",
+             "FAISS s", "first search (load) s", "store.upsert rows/s (first load)",
+             "store.insert rows/s", "store.upsert rows/s", "pymilvus insert (int id, code only) rows/s"]
 
 if __name__ == "__main__":
     sys.exit(main())

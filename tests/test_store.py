@@ -201,7 +201,7 @@ def test_exact_top_k_past_milvus_topk_cap(db_uri):
             topk._all_at = original
         assert [h.id for h in hits] == [f"b{i:05d}" for i in range(5)]
         assert [h.id for h in top] == [f"b{i:05d}" for i in range(MAX_TOPK)]
-        assert len(calls) == 2 * 17  # 1 capped range search + 16 buckets, twice
+        assert len(calls) == 2 * 16  # 1 capped range search, then 16 pk-prefix buckets, twice
         assert top[-1].label == "" and top[-1].metadata == {}
 
 
@@ -253,6 +253,8 @@ def test_insert_equals_upsert_and_ids_only_search_equals_search(db_uri):
         assert [[h.id for h in row] for row in full] == [row.ids for row in lean]
         assert [[h.distance for h in row] for row in full] == [row.distances.tolist() for row in lean]
         assert lean[0].distances.dtype == np.int32
+        loose = b.search_ids(q, k=25, exact_ties=False)  # one request: same distances
+        assert [row.distances.tolist() for row in loose] == [row.distances.tolist() for row in lean]
         only = b.search(q[:3], k=5, fields=["label"])
         assert [h.label for h in only[0]] == [h.label for h in full[0][:5]]
         assert only[0][0].path == "" and only[0][0].metadata == {}

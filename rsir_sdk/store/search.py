@@ -56,8 +56,10 @@ def raw(res: Any) -> list[topk.Raw]:
 
 
 def run(conn: Connection, name: str, q: np.ndarray, k: int, expr: str, radius: int | None,
-        fields: Sequence[str], params: dict[str, Any], user_expr: str | None) -> list[list[topk.Found]]:
-    """Exact top-``k`` (ties by id) per query with ``id`` and ``fields`` read."""
+        fields: Sequence[str], params: dict[str, Any], user_expr: str | None,
+        stats: dict[str, int] | None = None, exact_ties: bool = True) -> list[list[topk.Found]]:
+    """Exact top-``k`` (ties by id) per query with ``id`` and ``fields`` read; ``stats`` counts
+    the requests (searches, tie-group range searches) and hits."""
     out_fields = ["id", *fields]
 
     def search(data: Sequence[bytes], limit: int, expression: str,
@@ -85,7 +87,7 @@ def run(conn: Connection, name: str, q: np.ndarray, k: int, expr: str, radius: i
     out: list[list[topk.Found]] = []
     for start in range(0, q.shape[0], step):
         data = [row.tobytes() for row in q[start : start + step]]
-        out += topk.exact_topk(search, fetch, data, k, expr, radius, out_fields)
+        out += topk.exact_topk(search, fetch, data, k, expr, radius, out_fields, stats, exact_ties)
     return out
 
 

@@ -12,12 +12,14 @@ The algorithm (measured on Milvus Lite 2.5.1 and the 2.3.5 server):
    ``dk``), the whole tie group at ``dk`` is inside: take the first k.
 3. Otherwise keep the hits nearer than ``dk`` and fetch **every** item at exactly ``dk`` with a
    range search (``range_filter=dk <= d < radius=dk+1``, same filter), sort that group by id and
-   fill up to k.
-4. When that range search returns 16384 items (Milvus' cap), split it by primary-key prefix
-   (``pk >= "3" and pk < "3g"``; the keys are hex digests, so these literals are safe) and
-   recurse.
+   fill up to k. The queries that need one are grouped by ``dk``: one range search request per
+   distinct ``dk`` (and per :data:`TIE_BATCH` queries), not one per query.
+4. When a query's range search returns 16384 items (Milvus' cap), split it by primary-key
+   prefix (``pk >= "3" and pk < "3g"``; the keys are hex digests, so these literals are safe)
+   and recurse.
 
-The extra range search happens only when the tie group at ``dk`` runs past ``2k``; it asks for
+The extra range search happens only when the tie group at ``dk`` runs past ``2k`` (at a million
+class-centred codes that is most queries: their tie groups hold hundreds of items); it asks for
 ids only, and the fields of the few tie items chosen are read by primary key afterwards.
 """
 
@@ -50,6 +52,11 @@ class Found:
         return (self.distance, self.id)
 
 
+#: queries per batched tie-group range search (bounds one response: at most this many times
+#: 16,384 hits)
+TIE_BATCH = 100
+
+
 def exact_topk(
     search: SearchFn,
     fetch: FetchFn,
@@ -59,35 +66,61 @@ def exact_topk(
     radius: int | None,
     fields: list[str],
     stats: dict[str, int] | None = None,
+    exact_ties: bool = True,
 ) -> list[list[Found]]:
     """Top-``k`` per query by (distance, id); ``radius`` (inclusive) keeps ``d <= radius``.
 
     Only the hits returned become :class:`Found` objects; the rest is sorted as indices.
+    ``exact_ties=False``: one request of ``limit = k``; the distances are the same, but which
+    items of the tie group at the k-th distance come back is Milvus' choice (as with FAISS).
     """
-    limit = min(MAX_TOPK, 2 * k)
+    limit = min(MAX_TOPK, 2 * k) if exact_ties else k
     window = None if radius is None else (radius + 1, 0)  # Milvus: range_filter <= d < radius
     raw = search(queries, limit, expr, window, fields)
-    out: list[list[Found]] = []
-    for q, (pks, dist, ents) in zip(queries, raw):
+    if stats is not None:
+        stats["searches"] = stats.get("searches", 0) + 1
+        stats["hits"] = stats.get("hits", 0) + sum(len(r[0]) for r in raw)
+    out: list[list[Found]] = [[] for _ in queries]
+    # per query still open: (query index, dk, hits nearer than dk, {pk: hit at dk})
+    ties: dict[int, list[tuple[int, list[Found], dict[str, Found]]]] = {}
+    for qi, (pks, dist, ents) in enumerate(raw):
         ids = [e["id"] for e in ents]
         order = sorted(range(len(pks)), key=lambda i: (dist[i], ids[i]))
-        if len(order) < limit or dist[order[-1]] > dist[order[k - 1]]:
+        if not exact_ties or len(order) < limit or dist[order[-1]] > dist[order[k - 1]]:
             # every match came back, or the tie group at the k-th distance is whole
-            out.append([Found(pks[i], ids[i], dist[i], ents[i]) for i in order[:k]])
+            out[qi] = [Found(pks[i], ids[i], dist[i], ents[i]) for i in order[:k]]
             continue
         dk = dist[order[k - 1]]
         head = [Found(pks[i], ids[i], dist[i], ents[i]) for i in order if dist[i] < dk]
         group = {pks[i]: Found(pks[i], ids[i], dk, ents[i]) for i in order if dist[i] == dk}
-        for h in _all_at(search, q, dk, expr, stats):
-            group.setdefault(h.pk, h)
-        chosen = sorted(group.values(), key=Found.key)[: k - len(head)]
-        unread = [h.pk for h in chosen if h.entity is None]
-        if unread:
-            entities = fetch(unread)
-            for h in chosen:
+        ties.setdefault(dk, []).append((qi, head, group))
+    for dk, open_ in ties.items():
+        for at in range(0, len(open_), TIE_BATCH):
+            part = open_[at : at + TIE_BATCH]
+            if stats is not None:
+                stats["range_searches"] = stats.get("range_searches", 0) + 1
+            res = search([queries[qi] for qi, _, _ in part], MAX_TOPK, expr, (dk + 1, dk), ["id"])
+            for (qi, head, group), (pks, _, ents) in zip(part, res):
+                if len(pks) >= MAX_TOPK:  # past Milvus' cap: read the group in pk-prefix buckets
+                    found = [h for ch in "0123456789abcdef"
+                             for h in _all_at(search, queries[qi], dk, expr, stats, ch)]
+                else:
+                    found = [Found(pk, e["id"], dk, None) for pk, e in zip(pks, ents)]
+                for h in found:
+                    group.setdefault(h.pk, h)
+                out[qi] = head + sorted(group.values(), key=Found.key)[: k - len(head)]
+    unread = [h.pk for row in out for h in row if h.entity is None]
+    if unread and fields == ["id"]:  # ids only: the range search read them
+        for row in out:
+            for h in row:
+                if h.entity is None:
+                    h.entity = {"id": h.id}
+    elif unread:
+        entities = fetch(unread)
+        for row in out:
+            for h in row:
                 if h.entity is None:
                     h.entity = entities.get(h.pk, {"id": h.id})
-        out.append(head + chosen)
     return out
 
 
