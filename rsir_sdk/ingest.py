@@ -61,6 +61,9 @@ EXISTS_CHUNK = 1000
 #: ``prepare="auto"`` prepares a server collection for search after a run that wrote this many
 #: rows (a few thousand rows in growing segments cost little to search; a million cost 55 s)
 PREPARE_MIN_ROWS = 10_000
+#: a bulk load's chunk is imported after this many seconds even when it holds fewer than a
+#: million rows, so that a crash loses at most this much encoding work
+BULK_MAX_AGE = 600.0
 
 
 class IngestInterrupted(KeyboardInterrupt):
@@ -297,10 +300,13 @@ class IngestRun:
         # so Ctrl-C never leaves a half-added batch)
         self.pending: list[tuple[list[str], np.ndarray, list[str], list[str], list[dict]]] = []
         self.last_flush = time.monotonic()
+        #: the last write was cut short: the next one upserts (see :meth:`flush`)
+        self.in_doubt = False
         self.bulk: BulkLoad | None = None
         if bulk_dir is not None and not store.is_lite:
             # an earlier run's chunks are resolved (imported, visible) before any id is checked
-            self.bulk = BulkLoad(store, bulk_dir, progress=on_prepare)
+            # a chunk every million rows or ten minutes: a crash loses at most that much encoding
+            self.bulk = BulkLoad(store, bulk_dir, progress=on_prepare, max_age=BULK_MAX_AGE)
             self.bulk.resume()
         elif bulk_dir is not None:
             log.info("Milvus Lite has no bulk import: writing with inserts")
@@ -367,12 +373,23 @@ class IngestRun:
         ids = [i for p in pending for i in p[0]]
         args = (ids, np.concatenate([p[1] for p in pending]), [x for p in pending for x in p[2]],
                 [x for p in pending for x in p[3]], [x for p in pending for x in p[4]])
+        # a write cut short (Ctrl-C, a Milvus error) may have reached Milvus in part: the rows are
+        # "in doubt" and are never inserted again (that would store ids twice)
+        in_doubt, self.in_doubt = self.in_doubt, True
         try:
+            if self.bulk is not None and in_doubt:
+                # part of them may sit in a submitted chunk: leave them to the re-run, which
+                # resolves every chunk before it checks ids
+                log.info("%d rows of an interrupted bulk write are left to the re-run", len(ids))
+                pending.clear()
+                self.state.encoded -= len(ids)
+                self.in_doubt = False
+                return
             if self.bulk is not None:
                 self.bulk.add_rows(*args, encoder=self.identity)
-            elif self.skip_existing:  # every id here was checked absent: plain inserts
+            elif self.skip_existing and not in_doubt:  # every id was checked absent: inserts
                 self.store.insert(*args, encoder=self.identity, batch_size=self.upsert_batch)
-            else:
+            else:  # upserts replace whatever part of an interrupted write reached Milvus
                 self.store.upsert(*args, encoder=self.identity, batch_size=self.upsert_batch)
         except StoreError as exc:
             raise StoreError(
@@ -380,6 +397,7 @@ class IngestRun:
                 f"same command to resume)"
             ) from exc
         pending.clear()
+        self.in_doubt = False
         self.summary.indexed += len(ids)
         self.state.indexed = self.summary.indexed
         self.tick()

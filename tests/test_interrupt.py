@@ -190,3 +190,41 @@ def test_sigint_to_the_process_alone_still_exits_130(tmp_path, sample_images, rp
     assert proc.returncode == 130, err
     assert [x for x in err.splitlines() if x.strip()] == [err.strip()]
     assert "interrupted after indexing" in err and "Traceback" not in err
+
+
+def test_ctrl_c_just_after_an_insert_reached_milvus_stores_no_id_twice(
+        tmp_path, sample_dir, rp_bundle, monkeypatch):
+    """Ctrl-C can land after Milvus took an insert but before the client heard back. The
+    interrupted run then writes what it holds as upserts (an insert would store those ids a
+    second time), and the re-run adds exactly the rest."""
+    from rsir_sdk import Retriever
+    from rsir_sdk.ingest import IngestInterrupted
+
+    real_insert = MilvusCodeStore.insert
+    calls = []
+
+    def insert_then_ctrl_c(self, *a, **kw):
+        out = real_insert(self, *a, **kw)  # the rows are in the Milvus Lite file
+        calls.append(out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(MilvusCodeStore, "insert", insert_then_ctrl_c)
+    db = str(tmp_path / "rsir.db")
+    r = Retriever(rp_bundle[0], uri=db, collection="scenes")
+    try:
+        try:
+            r.index(sample_dir, label_from="parent", upsert_batch=16, batch_size=8, workers=1)
+            raise AssertionError("the interrupt did not reach index()")
+        except IngestInterrupted as stop:
+            indexed = stop.summary.indexed
+        assert calls == [16, 16]
+        assert indexed == 32 and r.count() == 32  # the second batch once, not twice
+        monkeypatch.setattr(MilvusCodeStore, "insert", real_insert)
+        summary = r.index(sample_dir, label_from="parent", upsert_batch=16)
+        assert summary.skipped == 32 and summary.indexed == 168
+        ids = list(r.store.iter_ids())
+        assert len(ids) == len(set(ids)) == r.count() == 200
+    finally:
+        r.close()

@@ -127,3 +127,24 @@ def test_exact_ties_and_read_your_writes_on_a_server(server_uri):
             assert store.get([name]) == [] and store.count({"label": f"L{i}"}) == 0
         print(f"8 rounds of write/read/delete/read: {time.perf_counter() - t0:.1f}s")
         store.drop()
+
+
+def test_index_through_a_bulk_load_on_a_server(server_uri, rp_bundle, sample_dir, tmp_path, capsys):
+    staging = tmp_path / "staging"
+    args = ["index", rp_bundle[0], sample_dir, "--uri", server_uri, "--collection", "bulk_cli",
+            "--label-from", "parent", "--no-progress", "--json", "--bulk", staging]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["indexed"] == 200 and summary["count"] == 200
+    assert summary["bulk"]["chunks"] == 1 and summary["bulk"]["count"] == 200
+    assert summary["prepare"]["rows"] == 200  # a bulk load is always prepared for search
+    assert not (staging / "bulk_cli").exists()  # files and journal removed
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and json.loads(out)["skipped"] == 200
+    code, out, err = run(capsys, *args, "--force")
+    assert code == 2 and "--force" in err
+    with MilvusCodeStore(server_uri, "bulk_cli", create=False) as s:
+        ids = list(s.iter_ids())
+        assert len(ids) == len(set(ids)) == 200
+        s.drop()

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         on_prepare = None if args.no_progress else _prepare_printer()
         if args.bulk and args.learned:
             raise UsageError("--bulk loads archives; --learned codes are written with inserts")
+        if args.bulk and args.force:
+            raise UsageError("--bulk adds new ids only; it cannot re-encode ids already present "
+                             "(--force): index without --bulk, or drop the collection first")
         if args.learned:
             n = r.add_learned_codes()
             total = r.count()

@@ -109,7 +109,7 @@ class BulkLoad:
 
     def __init__(self, store: "MilvusCodeStore", staging: str | os.PathLike, *,
                  chunk_rows: int = CHUNK_ROWS, timeout: float | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, max_age: float | None = None):
         if store.is_lite:
             raise StoreError("Milvus Lite has no bulk import; write with inserts instead")
         self.store = store
@@ -122,6 +122,10 @@ class BulkLoad:
         self.journal = Journal(self.folder, self.name)
         self.buffer: list[Columns] = []
         self.buffered = 0
+        #: a chunk is also cut when its first row has waited this many seconds (an ingestion
+        #: that encodes slowly then loses at most that much work to a crash)
+        self.max_age = max_age
+        self._since: float | None = None
         self.stats: dict[str, Any] = {"chunks": 0, "imported": 0, "write_s": 0.0, "import_s": 0.0}
 
     # ----------------------------------------------------------------- resume
@@ -178,7 +182,10 @@ class BulkLoad:
             return
         self.buffer.append(columns)
         self.buffered += len(columns)
-        if self.buffered >= self.chunk_rows:
+        if self._since is None:
+            self._since = time.monotonic()
+        old = self.max_age is not None and time.monotonic() - self._since >= self.max_age
+        if self.buffered >= self.chunk_rows or old:
             self.flush()
 
     def flush(self) -> None:
@@ -186,7 +193,7 @@ class BulkLoad:
         if not self.buffer:
             return
         cols = _concat(self.buffer)
-        self.buffer, self.buffered = [], 0
+        self.buffer, self.buffered, self._since = [], 0, None
         for start in range(0, len(cols), self.chunk_rows):
             self._write_chunk(cols.take(range(start, min(len(cols), start + self.chunk_rows))))
 
