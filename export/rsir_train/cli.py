@@ -90,7 +90,7 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
     p.add_argument("--no-pretrained", action="store_true", help="random init (tests only)")
     p.add_argument("--lr", type=float, default=lr,
                    help=f"learning rate (default {lr})" if lr is not None else
-                   "learning rate (default by --schedule: 3e-3 auto, 1e-3 authors)")
+                   "learning rate (default by --schedule: auto 3e-3 x 16/bits up to 3e-3, authors 1e-3)")
     p.add_argument("--batch-size", type=int, default=64, help=batch_help)
     p.add_argument("--resize", type=int, help=resize_help)
     p.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["IDENTITY", "METRICS", "append_results", "markdown_table", "records_for_bundle",
-           "records_for_manifest", "main", "recipe_of", "schedule_of"]
+           "records_for_manifest", "load_averages", "main", "recipe_of", "schedule_of"]
 
 #: ``training.metrics`` key -> (evaluation protocol, metric name) of its record; protocol
 #: ``None`` = the bundle's own (``training.protocol``, e.g. ``ahcl-80-20``)
@@ -117,6 +117,22 @@ def records_for_bundle(bundle: str | os.PathLike, *, device: str | None = None) 
     return records_for_manifest(manifest, device=device)
 
 
+def load_averages(log: str | os.PathLike) -> str | None:
+    """The machine's load while a run ran, from the ``uptime`` lines its log starts and ends
+    with (``(uptime; rsir train ...; uptime) > LOG``): ``"start 1.8 2.5 2.9, end 3.6 3.0 2.9"``
+    (1, 5 and 15 minute load averages); ``None`` when the log has no such line."""
+    path = Path(log)
+    if not path.is_file():
+        return None
+    found = [line.split("load average:")[1].replace(",", " ").split()
+             for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+             if "load average:" in line]
+    if not found:
+        return None
+    text = "start " + " ".join(found[0])
+    return text + (", end " + " ".join(found[-1]) if len(found) > 1 else "")
+
+
 def append_results(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Merge records into a JSON list file (created when missing); a record with the same
     :data:`IDENTITY` replaces the older one. Returns the whole list as written."""
@@ -155,13 +171,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("bundles", nargs="+", help="bundle folders (checkpoint folders are skipped)")
     p.add_argument("--json", help="merge the records into this JSON list (docs/results.json)")
     p.add_argument("--device", default="cpu (2 shared cores)", help="description of a CPU device")
+    p.add_argument("--log-dir", help="folder of the runs' logs (<bundle name>.log, each starting "
+                   "and ending with `uptime`): the load averages go into the records")
     args = p.parse_args(argv)
     records = []
     for b in args.bundles:
         if str(b).rstrip("/").endswith(".work"):
             continue  # a run's checkpoint folder, not a bundle
         if (Path(b) / "manifest.json").is_file():
-            records += records_for_bundle(b, device=args.device)
+            found = records_for_bundle(b, device=args.device)
+            if args.log_dir:
+                load = load_averages(Path(args.log_dir) / f"{Path(b).name}.log")
+                for r in found:
+                    r["load_average"] = load
+            records += found
         else:
             print(f"skipping {b}: no manifest.json (still training?)", file=sys.stderr)
     if args.json:
