@@ -209,6 +209,9 @@ def main(argv=None) -> int:
     g.add_argument("--nlists", default="1024,128", help="BIN_IVF_FLAT lists per segment to try")
     g.add_argument("--nprobes", default="4,16,64", help="nprobe values swept besides the calibrated one")
     g.add_argument("--repeat", type=int, default=3, help="warm searches (best of)")
+    g.add_argument("--section", default="search-server",
+                   help="the docs/benchmarks.md section written (e.g. search-server-10m, so a 10M "
+                        "run keeps the 1M section)")
     g.add_argument("--bundle", type=Path, help="a trained bundle (for --kinds trained)")
     g.add_argument("--data", type=Path, help="the dataset folder its codes are made from")
     g.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rsir-bench-codes",
@@ -298,9 +301,10 @@ def run_server(args) -> int:
     print(body)
     meta = machine({"versions": versions("pymilvus", "milvus", "faiss-cpu", "numpy")})
     if not args.no_write:
-        doc = write_section("search-server", section(
-            "search-server", "Search on a Milvus server: BIN_FLAT and BIN_IVF_FLAT vs FAISS "
-            "(`benchmarks/search.py --server`)", body, meta, (load0, load_average())))
+        sizes = ", ".join(f"{int(x):,}" for x in args.server_sizes.split(","))
+        doc = write_section(args.section, section(
+            args.section, f"Search on a Milvus server, {sizes} codes: BIN_FLAT and BIN_IVF_FLAT "
+            "vs FAISS (`benchmarks/search.py --server`)", body, meta, (load0, load_average())))
         print(f"written to {doc}", file=sys.stderr)
     return 0
 

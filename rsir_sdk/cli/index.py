@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
     """Register ``rsir index``."""
     p = sub.add_parser(
         "index", help="encode an archive (folder or CSV) into a collection; resumable",
-        description="Encode every image of ARCHIVE and upsert its code. Re-running skips the "
+        description="Encode every image of ARCHIVE and write its code. Re-running skips the "
                     "ids already in the collection, so an interrupted run finishes the rest. "
                     "Images that fail are listed in the report file (exit status 3).",
     )
