@@ -1,0 +1,411 @@
+"""What Ray costs and gives for ingestion: `rsir index --engine ray` next to the local engine.
+
+    python benchmarks/ray_ingest.py --bundle BUNDLE                 # 1,000 images, writes its section
+    python benchmarks/ray_ingest.py --bundle BUNDLE --data DIR --images 5000 --no-write
+
+``--bundle`` is a real bundle folder (``manifest.json`` + ``model.onnx``): ``rsir quickstart``
+writes one to ``quickstart-out/bundle`` (``--out`` changes the folder; it needs the training
+package, ``pip install -e ./export``), ``rsir train ahcl --data DIR --bits 16 --out BUNDLE``
+another; the figures in ``docs/benchmarks.md`` were made with a 16-bit AHCL bundle
+(EfficientNet-Lite0, 224x224 input) trained on EuroSAT.
+
+The images: ``--data DIR`` (a folder of class folders; its first ``--images`` files), else
+``--images`` scenes made from the EuroSAT sample the project ships
+(``export/rsir_train/sample/eurosat``, 200 real 64x64 scenes): each re-saved as PNG under a temp
+folder in up to eight orientations (then as copies), every file a unique name and id.
+
+On one local Milvus 2.3.5 server (:func:`rsir_sdk.store.local_server.local_server`), each run into
+a fresh collection through the public API (``Retriever.index``), one after the other:
+
+1. ``engine="local"``: decode threads + one onnxruntime session in this process;
+2. ``engine="ray"``, ``workers=2`` with no Ray running: what ``rsir index --engine ray`` does
+   (starts a local Ray with 2 CPUs, runs, shuts it down), end to end;
+3. ``ray.init(num_cpus=2)`` here, timed (the library's settings: no dashboard, no log
+   forwarding); the idle cluster's memory; a first Ray execution of ``small`` = workers x 64
+   images (one actor call of 64 rows per actor: the first execution pays more);
+4. ``--repeat`` rounds of: local engine, Ray with ``small`` images, Ray with all the images, on
+   the running cluster (best time of each kept: other jobs slow some rounds). The line through
+   the small and the full Ray runs gives the fixed cost of one Ray Data execution (actor pool,
+   one onnxruntime session per actor, planning) and the cost of each further image:
+   t(n) = fixed + n x per-image. A cost per actor call is not separated (on one machine it hides
+   in the per-image cost).
+
+Memory, from /proc (no psutil): the RSS (and PSS, which counts shared pages once) summed over
+Ray's processes (every process started under this one, less the Milvus server's tree) once the
+local cluster is up and idle, and the peak while the runs work (sampled every 0.2 s); and this
+process' RSS before ``import ray`` and after the runs. Every Ray collection must hold exactly
+the ids and codes of the local one (asserted).
+
+Prints a table and (unless ``--no-write``) replaces the ``ray-ingest`` section of
+``docs/benchmarks.md``, with the command, machine, date and load averages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from _common import ROOT, load_average, machine, section, table, versions, write_section
+from PIL import Image, ImageOps
+
+from rsir_sdk import MilvusCodeStore, Retriever, open_archive
+from rsir_sdk.store.local_server import local_server
+
+SAMPLE = ROOT / "export" / "rsir_train" / "sample" / "eurosat"
+VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "orig": lambda im: im, "mirror": ImageOps.mirror, "flip": ImageOps.flip,
+    "rot90": lambda im: im.rotate(90), "rot180": lambda im: im.rotate(180),
+    "rot270": lambda im: im.rotate(270),
+    "transpose": lambda im: im.transpose(Image.Transpose.TRANSPOSE),
+    "transverse": lambda im: im.transpose(Image.Transpose.TRANSVERSE),
+}
+
+
+# ----------------------------------------------------------------------------- images
+def make_images(n: int, out: Path) -> Path:
+    """``n`` PNG scenes from the shipped sample, unique names, ``out/<class>/<stem>_<variant>.png``."""
+    sample = sorted((p, p.parent.name) for p in SAMPLE.glob("*/*.jpg"))
+    if not sample:
+        raise SystemExit(f"no sample images under {SAMPLE}; give --data DIR")
+    made = 0
+    copy = 0
+    while made < n:
+        for name, fn in VARIANTS.items():
+            for path, label in sample:
+                if made == n:
+                    return out
+                suffix = name if copy == 0 else f"{name}_c{copy}"
+                dst = out / label / f"{path.stem}_{suffix}.png"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                fn(Image.open(path).convert("RGB")).save(dst)
+                made += 1
+        copy += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- /proc
+def _proc_table() -> dict[int, int]:
+    """pid -> parent pid of every process readable in /proc."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        out[int(d)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    return out
+
+
+def descendants(root: int, exclude: int | None = None) -> list[int]:
+    """Every process under ``root`` (not ``root`` itself), less ``exclude`` and its tree."""
+    parent = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid == exclude:
+            continue
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def rss_pss_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of ``pid`` in MB from /proc/<pid>/smaps_rollup (0, 0 once it is gone)."""
+    rss = pss = 0.0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return rss, pss
+
+
+def self_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ray_memory(server_pid: int) -> dict[str, Any]:
+    """RSS and PSS sums (MB) and the names of Ray's processes: every process started under this
+    one except the Milvus server and its tree."""
+    pids = descendants(os.getpid(), exclude=server_pid)
+    rss = pss = 0.0
+    names: dict[str, int] = {}
+    for pid in pids:
+        r, p = rss_pss_mb(pid)
+        rss, pss = rss + r, pss + p
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        names[name] = names.get(name, 0) + 1
+    return {"rss": rss, "pss": pss, "procs": len(pids), "names": names}
+
+
+class PeakSampler:
+    """Samples :func:`ray_memory` every ``interval`` s in a thread; keeps the peaks."""
+
+    def __init__(self, server_pid: int, interval: float = 0.2):
+        self.server_pid, self.interval = server_pid, interval
+        self.rss = self.pss = 0.0
+        self.procs = 0
+        self.driver = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = ray_memory(self.server_pid)
+            self.rss, self.pss = max(self.rss, m["rss"]), max(self.pss, m["pss"])
+            self.procs = max(self.procs, m["procs"])
+            self.driver = max(self.driver, self_rss_mb())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ----------------------------------------------------------------------------- runs
+def rows_of(uri: str, collection: str, ids: list[str]) -> dict[str, bytes]:
+    """id -> code bytes of ``ids`` in ``collection`` (every id must be there, nothing else)."""
+    with MilvusCodeStore(uri, collection, create=False) as s:
+        assert s.count() == len(ids), (collection, s.count(), len(ids))
+        return {it.id: it.code.tobytes() for it in s.get(ids)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--bundle", required=True,
+                   help="bundle folder (rsir quickstart writes quickstart-out/bundle)")
+    p.add_argument("--data", help="dataset folder of class folders (default: made from the "
+                                  "shipped EuroSAT sample)")
+    p.add_argument("--images", type=int, default=1000, help="images per full run (default 1000)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors and Ray CPUs (default 2)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="rows per actor call and encoder batch of both engines (default 64)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="runs of workers x batch-size images on the warm cluster; best kept "
+                        "(default 2)")
+    p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = p.parse_args(argv)
+    if args.images <= args.workers * args.batch_size:
+        p.error("--images must be above --workers x --batch-size")
+    load0 = load_average()
+    driver_before = self_rss_mb()
+    tmp = Path(tempfile.mkdtemp(prefix="rsir-bench-ray-"))
+    try:
+        return run(args, tmp, load0, driver_before)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path, load0: str, driver_before: float) -> int:
+    def say(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    if args.data:
+        listing = open_archive(args.data, label_from="parent")
+        listing.items = listing.items[: args.images]
+        origin = f"{Path(args.data).name}, first {len(listing.items)} images"
+    else:
+        t0 = time.perf_counter()
+        folder = make_images(args.images, tmp / "images")
+        listing = open_archive(folder, label_from="parent")
+        turns = min(len(VARIANTS), -(-args.images // 200))
+        origin = (f"the shipped EuroSAT sample (200 scenes, 64x64) re-saved as PNG in {turns} "
+                  f"orientation{'s' if turns > 1 else ''}")
+        say(f"{len(listing.items)} images made in {time.perf_counter() - t0:.1f}s")
+    items = listing.items
+    n = len(items)
+    small = args.workers * args.batch_size  # the small run: one actor call per worker
+    if n <= small:
+        raise SystemExit(f"need more than {small} images, found {n}")
+    for it in items:  # every engine reads from a warm disk cache
+        it.file.read_bytes()
+    ids = sorted(it.id for it in items)
+
+    results: list[list[Any]] = []
+    with local_server(tmp / "milvus") as srv:
+        say(f"Milvus server up in {srv.started_s:.1f}s at {srv.uri}")
+
+        def index(collection: str, subset: list[Any], engine: str) -> tuple[float, Any]:
+            part = copy.copy(listing)
+            part.items = list(subset)
+            with Retriever(args.bundle, srv.uri, collection, batch_size=args.batch_size) as r:
+                t0 = time.perf_counter()
+                summary = r.index(part, engine=engine, workers=args.workers,
+                                  batch_size=args.batch_size)
+                wall = time.perf_counter() - t0
+            assert summary.indexed == len(subset) and not summary.failed, (
+                collection, summary.indexed, summary.reasons(3))
+            say(f"{collection}: {len(subset)} images in {wall:.1f}s "
+                f"({len(subset) / wall:.1f} images/s)")
+            return wall, summary
+
+        def same_rows(collection: str) -> None:
+            got = rows_of(srv.uri, collection, ids)
+            differ = sum(got[i] != expected[i] for i in ids)
+            assert got == expected, f"{collection}: {differ} of {n} codes differ from the local run"
+
+        # 1. local engine (again in each round below; the best time is kept)
+        local_times = [index("bench_local0", items, "local")[0]]
+        expected = rows_of(srv.uri, "bench_local0", ids)
+
+        # 2. engine="ray", Ray not running: started and shut down by the call (rsir index)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as rsir_sdk.ray_ingest does
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        import ray
+        import ray.data
+
+        # Ray Data's notices (e.g. fewer blocks than actors) are not figures
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+        driver_ray_imported = self_rss_mb()
+        with PeakSampler(srv.pid) as cold_peak:
+            t_cold, _ = index("bench_ray_cold", items, "ray")
+        assert not ray.is_initialized()
+        same_rows("bench_ray_cold")
+
+        # 3. a warm local cluster: ray.init timed, idle memory, then the runs on it
+        for name in ("ray", "ray.data", "ray._private", "ray.util"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+        t_init = time.perf_counter() - t0
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.verbose_stats_logs = False
+        say(f"ray.init(num_cpus={args.workers}) in {t_init:.2f}s")
+        time.sleep(5)  # let the prestarted workers come up: the idle cluster's memory
+        idle = ray_memory(srv.pid)
+        driver_after_init = self_rss_mb()
+        say(f"idle Ray: {idle['procs']} processes, RSS {idle['rss']:.0f} MB, "
+            f"PSS {idle['pss']:.0f} MB: {idle['names']}")
+        small_times: list[float] = []
+        warm_times: list[float] = []
+        try:
+            with PeakSampler(srv.pid) as warm_peak:
+                # the first execution on a fresh cluster pays more (workers import Ray Data,
+                # onnxruntime): reported apart, left out of the line below
+                t_first, _ = index("bench_ray_first", items[:small], "ray")
+                for r in range(1, max(1, args.repeat) + 1):
+                    local_times.append(index(f"bench_local{r}", items, "local")[0])
+                    small_times.append(index(f"bench_ray_small{r}", items[:small], "ray")[0])
+                    warm_times.append(index(f"bench_ray_warm{r}", items, "ray")[0])
+                    same_rows(f"bench_ray_warm{r}")
+            assert ray.is_initialized()  # the library left the cluster it did not start alone
+        finally:
+            ray.shutdown()
+        t_local, t_small, t_warm = min(local_times), min(small_times), min(warm_times)
+
+        def spread(times: list[float], count: int) -> str:
+            return f"{count / max(times):.1f}–{count / min(times):.1f}" if len(times) > 1 else "-"
+
+        results.append(["`engine=\"local\"` (threads + one onnxruntime session)", n,
+                        len(local_times), t_local, n / t_local, spread(local_times, n), "1.00x",
+                        "-", "-"])
+        results.append([f"`engine=\"ray\"`, {args.workers} workers, Ray started and stopped by "
+                        f"the call (`rsir index --engine ray`)", n, 1, t_cold, n / t_cold, "-",
+                        f"{t_local / t_cold:.2f}x", cold_peak.rss, cold_peak.pss])
+        results.append([f"`engine=\"ray\"`, {args.workers} workers, on a running local Ray",
+                        n, len(warm_times), t_warm, n / t_warm, spread(warm_times, n),
+                        f"{t_local / t_warm:.2f}x", warm_peak.rss, warm_peak.pss])
+        results.append([f"the same, {small} images (one actor call of {args.batch_size} rows per "
+                        f"worker)", small, len(small_times), t_small, small / t_small,
+                        spread(small_times, small), "-", "-", "-"])
+        results.append([f"the same, {small} images, first execution after `ray.init`", small, 1,
+                        t_first, small / t_first, "-", "-", "-", "-"])
+        per_image = (t_warm - t_small) / (n - small)
+        fixed = t_small - small * per_image
+        driver_end = self_rss_mb()
+
+    body = table(["run", "images", "runs", "best wall s", "images/s", "range images/s",
+                  "speed vs local", "peak Ray RSS MB", "peak Ray PSS MB"], results)
+    names = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in sorted(idle["names"].items()))
+    body += "\n\n" + table(["Ray cost", "value"], [
+        [f"`ray.init(num_cpus={args.workers})` of a local cluster (no dashboard)",
+         f"{t_init:.2f} s"],
+        ["idle local cluster: processes", f"{idle['procs']} ({names})"],
+        ["idle local cluster: RSS sum / PSS sum", f"{idle['rss']:.0f} MB / {idle['pss']:.0f} MB"],
+        ["peak while indexing on it: RSS sum / PSS sum",
+         f"{warm_peak.rss:.0f} MB / {warm_peak.pss:.0f} MB ({warm_peak.procs} processes)"],
+        ["this process (driver): before `import ray` / after it / after the runs",
+         f"{driver_before:.0f} / {driver_ray_imported:.0f} / {driver_end:.0f} MB "
+         f"(after ray.init {driver_after_init:.0f} MB)"],
+        ["fixed cost of one Ray Data execution on a running cluster (actor pool, one "
+         "onnxruntime session per actor, planning)",
+         f"{fixed:.2f} s" if per_image > 0 else "n/a (the runs were too noisy for a line)"],
+        [f"cost per further image on Ray ({args.workers} actors)",
+         f"{per_image * 1000:.1f} ms ({1 / per_image:.1f} images/s); local engine: "
+         f"{t_local / n * 1000:.1f} ms" if per_image > 0 else "n/a"],
+        [f"first execution after `ray.init` ({small} images) minus the best later one",
+         f"{t_first - t_small:.1f} s"],
+        ["starting and stopping Ray inside the call (the cold run minus the best warm one)",
+         f"{t_cold - t_warm:.1f} s"],
+    ])
+    body += (
+        f"\n\n{n:,} images ({origin}), each run into a fresh collection of one local Milvus "
+        f"2.3.5 server through `Retriever.index` (wall time of the call: listing, existence "
+        f"checks, decode, encode, inserts of 512 rows); encoder batch and actor batch "
+        f"{args.batch_size}. The local engine uses decode threads and one onnxruntime session "
+        f"with all {os.cpu_count()} cores' threads, opened with the `Retriever` (outside the "
+        f"timing); Ray runs {args.workers} actors of 1 CPU and 1 onnxruntime thread each, "
+        f"their sessions opened inside each execution, and writes from the driver. Order: "
+        f"local, Ray cold, `ray.init`, the first Ray execution, then {args.repeat} "
+        f"round{'s' if args.repeat > 1 else ''} of local, Ray {small} images, Ray {n:,} images "
+        f"(best time of each kept; other jobs slow some rounds). Every Ray collection holds "
+        f"exactly the ids and codes of the local one (checked). Fixed cost and per-image cost: "
+        f"the line through the {small}-image and {n:,}-image runs on the running cluster "
+        f"(t = fixed + n x per-image). Memory from /proc: Ray's processes are those started "
+        f"under the benchmark, less the Milvus server; RSS counts shared pages (libraries, "
+        f"the object store) once per process, PSS splits them; peaks sampled every 0.2 s.\n"
+    )
+    print(body)
+    meta = machine({
+        "bundle": f"{Path(args.bundle).name}: {bundle_desc(args.bundle)}",
+        "versions": versions("ray", "onnxruntime", "pymilvus", "milvus", "pillow", "numpy"),
+    })
+    if not args.no_write:
+        doc = write_section("ray-ingest", section(
+            "ray-ingest", "Ingestion on Ray vs the local engine (`benchmarks/ray_ingest.py`)",
+            body, meta, (load0, load_average())))
+        print(f"written to {doc}", file=sys.stderr)
+    return 0
+
+
+def bundle_desc(path: str) -> str:
+    from rsir_sdk import Bundle
+
+    b = Bundle.load(path)
+    backbone = (b.manifest.get("training") or {}).get("backbone", "?")
+    return (f"{b.method} {b.bits} bits, {backbone}, {b.input_height}x{b.input_width} input, "
+            f"encoder {b.encoder_id}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
