@@ -80,7 +80,8 @@ def test_default_hyper_parameters_are_the_authors():
     p = MilanParams()
     assert (p.margin, p.push_weight, p.balance_weight) == (0.2, 0.001, 1.0)
     assert (p.lr, p.betas, p.iterations, p.triplets_per_batch) == (1e-4, (0.5, 0.9), 10_000, 30)
-    assert (p.hidden, p.negative_slope, p.miner) == ((1024, 512), 0.2, "random")
+    assert (p.hidden, p.negative_slope, p.miner) == ((1024, 512), 0.2, "batch-hard")
+    assert MilanParams.authors().miner == "random"
     assert p.to_dict()["betas"] == [0.5, 0.9]
 
 

@@ -167,8 +167,10 @@ def _add_milan(methods: Any) -> None:
     m.add_argument("--push-weight", type=float, default=0.001, help="beta")
     m.add_argument("--balance-weight", type=float, default=1.0, help="gamma")
     m.add_argument("--triplets", type=int, default=30, help="triplets per iteration")
-    m.add_argument("--miner", default="random", choices=MINERS,
-                   help="random = the authors' sampler; the miners are options")
+    m.add_argument("--miner", choices=MINERS,
+                   help="batch-hard (default) / semi-hard: triplets mined in batches of 6 "
+                        "classes x 5 images; random = the authors' sampler (the default with "
+                        "--authors)")
     m.add_argument("--log-every", type=int, default=100)
     m.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of each class of the train side held out to choose the head "

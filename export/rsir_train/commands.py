@@ -82,7 +82,8 @@ def milan_config(args: argparse.Namespace) -> Any:
     params = MilanParams(
         margin=args.margin, push_weight=args.push_weight, balance_weight=args.balance_weight,
         lr=args.lr, iterations=args.iterations, triplets_per_batch=args.triplets,
-        miner=args.miner, seed=args.seed, device=device, log_every=args.log_every,
+        miner=args.miner or ("random" if args.authors else "batch-hard"), seed=args.seed,
+        device=device, log_every=args.log_every,
         val_fraction=0.0 if args.authors else args.val_fraction, val_every=args.val_every,
         patience=0 if args.authors else args.patience, refit=args.refit and not args.authors,
         weight_decay=args.weight_decay,
