@@ -162,8 +162,11 @@ def test_ctrl_c_writes_what_was_encoded_and_exits_130(tmp_path, sample_images, r
             "--batch-size", "8", "--upsert-batch", "64", "--report", str(tmp_path / "f.csv"),
             "--no-progress", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # SIGINT back to its default in the child (a suite run as a background job inherits it
+    # ignored, and then no KeyboardInterrupt would ever come)
     res = subprocess.run([sys.executable, str(driver), "sigint", "60", *args], env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert res.returncode == 130, res.stderr[-2000:]
     assert "re-run the same command to resume" in res.stderr
     res = subprocess.run([sys.executable, str(driver), "none", "0", *args], env=env,

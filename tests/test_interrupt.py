@@ -64,6 +64,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default. A suite started as a background job
+    (`cmd &` in a script, nohup) inherits SIGINT *ignored*, and Python then never raises
+    KeyboardInterrupt; these tests model a foreground job, whose Ctrl-C arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -109,6 +116,7 @@ def test_ctrl_c_in_a_terminal_during_index(tmp_path, sample_images, rp_bundle):
     if pid == 0:  # the child: session leader with the pty as its controlling terminal
         try:
             os.chdir(tmp_path)
+            _sigint_default()
             os.execve(sys.executable, [sys.executable, str(driver), str(marker), *args], _env())
         finally:
             os._exit(127)
@@ -181,7 +189,8 @@ def test_sigint_to_the_process_alone_still_exits_130(tmp_path, sample_images, rp
         [sys.executable, str(driver), str(marker), "index", str(rp_bundle[0]), str(archive),
          "--uri", str(tmp_path / "x.db"), "--collection", "c", "--batch-size", "4",
          "--upsert-batch", "4", "--workers", "1", "--no-progress"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        preexec_fn=_sigint_default)
     deadline = time.monotonic() + 120
     while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
