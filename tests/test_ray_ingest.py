@@ -75,6 +75,7 @@ def test_ray_engine_equals_single_process_and_resumes_after_a_kill(
     code = main(index_args(bundle, archive_1000, server_uri, "on_ray", "--engine", "ray",
                            "--workers", 2, "--report", tmp_path / "ray-failed.csv"))
     out, err = capsys.readouterr()
+    assert code == 3 and out.startswith("{"), f"exit {code}: {err[-2000:]}"
     summary = json.loads(out)
     assert code == 3 and summary["indexed"] == 1000 and summary["failed"] == 2, err
     assert {f["id"] for f in summary["failures"]} == {"bad/cut.png", "bad/empty.png"}
