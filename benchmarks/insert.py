@@ -5,7 +5,8 @@ All paths write the same 1M rows (realistic ids, labels, paths and metadata, cla
 64-bit codes) into fresh collections of the store's schema on one local Milvus 2.3.5 server,
 in the same run, then make them searchable (``prepare_for_search``):
 
-- **bare pymilvus**: ``pymilvus.Collection.insert`` of ready-made column lists (digest columns
+- **bare pymilvus**: ``pymilvus.Collection.insert`` of ready-made column lists
+  (``rsir_sdk.store.baseline.insert_columns``) (digest columns
   computed beforehand, no checks): the floor for inserts through the message stream;
 - ``MilvusCodeStore.insert`` (checks every value, column lists, 10,000 rows a request);
 - ``MilvusCodeStore.upsert`` (the same, as upserts: a delete per row on the server);
@@ -32,7 +33,7 @@ from _common import load_average, machine, section, table, versions, write_secti
 from _search_server import Timer, proc_rss_mb
 
 from rsir_sdk import MilvusCodeStore
-from rsir_sdk.store import keys
+from rsir_sdk.store import baseline, keys
 from rsir_sdk.store.local_server import local_server
 
 
@@ -81,15 +82,9 @@ def main(argv=None) -> int:
             disk0 = du_mb(srv.data_dir / "data")
             extra = ""
             if kind == "bare":
-                from pymilvus import Collection, connections
-
                 cols = bare_columns(*rows)
-                connections.connect(alias="bench", uri=srv.uri)
-                col = Collection(name, using="bench")
                 with Timer(srv.pid) as t:
-                    for s in range(0, n, args.batch):
-                        col.insert([c[s : s + args.batch] for c in cols])
-                connections.disconnect("bench")
+                    baseline.insert_columns(srv.uri, name, cols, args.batch)
                 del cols
                 label = f"bare pymilvus `Collection.insert`, columns ready, {args.batch:,} a request"
             elif kind in ("insert", "upsert"):

@@ -39,6 +39,7 @@ from _common import load_average, machine, section, table, versions, write_secti
 
 from rsir_sdk import MilvusCodeStore
 from rsir_sdk.codes import topk_bruteforce
+from rsir_sdk.store import baseline
 
 
 def random_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
@@ -161,23 +162,7 @@ def _milvus_diagnostics(store, name, db, queries, k) -> dict:
         copy.drop()
         copy.close()
     # bare pymilvus: an int64 id and the code, row dicts, no checks (the floor for Lite)
-    from pymilvus import DataType, MilvusClient
-
-    client = MilvusClient(uri=store.uri)
-    schema = MilvusClient.create_schema(auto_id=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("code", DataType.BINARY_VECTOR, dim=db.shape[1] * 8)
-    index = client.prepare_index_params()
-    index.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")
-    raw = name + "_raw"
-    client.create_collection(raw, schema=schema, index_params=index)
-    rows = [{"id": i, "code": db[i].tobytes()} for i in range(len(db))]
-    t0 = time.perf_counter()
-    for s in range(0, len(rows), 10000):
-        client.insert(raw, rows[s : s + 10000])
-    raw_insert = time.perf_counter() - t0
-    client.drop_collection(raw)
-    client.close()
+    raw_insert = baseline.insert_int_id_codes(store.uri, name + "_raw", db)
     return {"raw_search_s": raw_search, "raw_search_fields_s": raw_search_fields,
             "raw_insert_s": raw_insert, "insert_s_store": timings["insert"],
             "upsert_s_store": timings["upsert"]}

@@ -20,6 +20,7 @@ import pytest
 from rsir_sdk import MilvusCodeStore, Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, InvalidInputError, StoreError
+from rsir_sdk.store import baseline
 
 Z = np.zeros((1, 8), np.uint8)
 
@@ -285,32 +286,9 @@ def test_a_damaged_lite_file_is_refused_quickly_and_left_alone(tmp_path, rp_bund
 # ----------------------------------------------------------------------------- old layout
 
 
-def make_format1_collection(uri: str, name: str) -> None:
-    """A collection as rsir-sdk 0.2 made it: the raw id as the primary key."""
-    from pymilvus import DataType, MilvusClient
-
-    from rsir_sdk.store import lite
-
-    lite.isolate()
-    client = MilvusClient(uri=uri)
-    schema = MilvusClient.create_schema(
-        auto_id=False, description=json.dumps({"rsir": {"format": 1, "bits": 64, "encoder": None}}))
-    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
-    schema.add_field("code", DataType.BINARY_VECTOR, dim=64)
-    schema.add_field("label", DataType.VARCHAR, max_length=512)
-    schema.add_field("path", DataType.VARCHAR, max_length=4096)
-    schema.add_field("metadata", DataType.JSON)
-    index = client.prepare_index_params()
-    index.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING", params={})
-    client.create_collection(name, schema=schema, index_params=index)
-    client.upsert(name, [{"id": "a.jpg", "code": bytes(8), "label": "", "path": "", "metadata": {}}])
-    client.close()
-    lite.stop_server(uri)
-
-
 def test_old_layout_is_refused_with_how_to_rebuild(tmp_path, rp_bundle, sample_images, capsys):
     db = str(tmp_path / "old.db")
-    make_format1_collection(db, "scenes")
+    baseline.make_format1_collection(db, "scenes")
     with pytest.raises(CollectionMismatchError, match="older rsir-sdk") as info:
         MilvusCodeStore(db, "scenes")
     assert f"rsir drop scenes --uri {db} --yes" in str(info.value)
@@ -425,20 +403,18 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_indexed(tmp_path, rp_bundl
 
 def test_milvus_messages_become_one_clean_line():
     """Messages as Milvus Lite 2.5.1 and the 2.3.5 server send them (research of issue 11)."""
-    from pymilvus.exceptions import MilvusException
-
     from rsir_sdk.store import rpc
 
-    lite_assert = MilvusException(2000, 'Assert "fields_.find(field_id) != fields_.end()" at '
+    lite_assert = baseline.milvus_error(2000, 'Assert "fields_.find(field_id) != fields_.end()" at '
                                   "/workspace/milvus-lite/src/Schema.h:178\n: segcore error")
     err = rpc.store_error(lite_assert, "count in 'c'")
     assert isinstance(err, StoreError) and "\n" not in str(err) and "/workspace" not in str(err)
-    retried = MilvusException(1, "[query] Retry run out of 3 retry times, message=Invalid expr: "
+    retried = baseline.milvus_error(1, "[query] Retry run out of 3 retry times, message=Invalid expr: "
                                  "label ==: invalid parameter")
     err = rpc.store_error(retried, "count", expression="label ==")
     assert isinstance(err, InvalidInputError) and str(err).startswith("invalid filter expression")
     assert "Retry run out" not in str(err)
-    damaged = MilvusException(2000, 'Assert "suc" => failed to parse insert data from records')
+    damaged = baseline.milvus_error(2000, 'Assert "suc" => failed to parse insert data from records')
     assert rpc.is_damage(rpc.message(damaged))
-    creds = MilvusException(2, "Fail connecting to server on http://root:pw@db:19530")
+    creds = baseline.milvus_error(2, "Fail connecting to server on http://root:pw@db:19530")
     assert "pw" not in str(rpc.store_error(creds, "search"))

@@ -1,0 +1,89 @@
+"""Bare pymilvus operations that the store is measured and tested against (not for applications).
+
+The store is the one place that talks to Milvus, benchmarks and tests included. Some of them
+need Milvus *without* the store: a benchmark's baseline (a bare pymilvus insert, the floor the
+store's writes are compared with), a collection in the layout of an older rsir-sdk (which the
+store must refuse), an error exactly as pymilvus raises it (which the store must turn into one
+clean line). Those live here, beside the store, so that pymilvus is still imported nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import lite
+from .connect import no_deprecation_warnings
+
+
+def insert_columns(uri: str, name: str, columns: Sequence[Sequence[Any]], batch: int) -> None:
+    """``pymilvus.Collection.insert`` of ready-made column lists (in the collection's field
+    order), ``batch`` rows a request, no checks: the floor for column inserts."""
+    from pymilvus import Collection, connections
+
+    alias = f"rsir-baseline-{id(columns)}"
+    with no_deprecation_warnings():
+        connections.connect(alias=alias, uri=uri)
+        try:
+            col = Collection(name, using=alias)
+            n = len(columns[0])
+            for s in range(0, n, batch):
+                col.insert([c[s : s + batch] for c in columns])
+        finally:
+            connections.disconnect(alias)
+
+
+def insert_int_id_codes(uri: str, name: str, codes: np.ndarray, batch: int = 10_000) -> float:
+    """Seconds to insert ``codes`` with int64 ids as row dicts (``MilvusClient.insert``) into a
+    fresh two-field collection ``name`` (dropped afterwards): the floor for any insert."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("code", DataType.BINARY_VECTOR, dim=codes.shape[1] * 8)
+        index = client.prepare_index_params()
+        index.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")
+        client.create_collection(name, schema=schema, index_params=index)
+        rows = [{"id": i, "code": codes[i].tobytes()} for i in range(len(codes))]
+        t0 = time.perf_counter()
+        for s in range(0, len(rows), batch):
+            client.insert(name, rows[s : s + batch])
+        seconds = time.perf_counter() - t0
+        client.drop_collection(name)
+        return seconds
+    finally:
+        client.close()
+
+
+def make_format1_collection(uri: str, name: str) -> None:
+    """A Milvus Lite collection as rsir-sdk 0.2 made it (store format 1: the raw id as the
+    primary key), holding one item ``a.jpg``; the Lite server is stopped afterwards."""
+    from pymilvus import DataType, MilvusClient
+
+    lite.isolate()
+    client = MilvusClient(uri=uri)
+    schema = MilvusClient.create_schema(
+        auto_id=False, description=json.dumps({"rsir": {"format": 1, "bits": 64, "encoder": None}}))
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+    schema.add_field("code", DataType.BINARY_VECTOR, dim=64)
+    schema.add_field("label", DataType.VARCHAR, max_length=512)
+    schema.add_field("path", DataType.VARCHAR, max_length=4096)
+    schema.add_field("metadata", DataType.JSON)
+    index = client.prepare_index_params()
+    index.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING", params={})
+    client.create_collection(name, schema=schema, index_params=index)
+    client.upsert(name, [{"id": "a.jpg", "code": bytes(8), "label": "", "path": "", "metadata": {}}])
+    client.close()
+    lite.stop_server(uri)
+
+
+def milvus_error(code: int, message: str) -> Exception:
+    """A ``pymilvus.exceptions.MilvusException`` as pymilvus raises it."""
+    from pymilvus.exceptions import MilvusException
+
+    return MilvusException(code, message)
