@@ -7,6 +7,7 @@ same thread counts. Timed: the network on already decoded and cropped ``uint8`` 
 
     python benchmarks/encode.py --bundle runs/nwpu12-64 --data /work/shared/data/nwpu12
     python benchmarks/encode.py --backbone efficientnet_lite0 --bits 64 --data DIR   # no trained bundle
+    python benchmarks/encode.py --bundle runs/nwpu12-64-lite1 --data DIR --section encode-lite1
 
 With ``--bundle`` the torch network is rebuilt from the manifest (backbone, bits, classes) and its
 weights loaded from ``<bundle>.work/checkpoint.pt`` when present (then its codes are checked
@@ -134,6 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--single", type=int, default=16, help="images per timed pass (batch 1)")
     p.add_argument("--repeat", type=int, default=3, help="best of this many passes")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--section", default="encode",
+                   help="the docs/benchmarks.md section written (default encode; e.g. encode-lite1 "
+                        "for a second backbone, so the Lite0 section is kept)")
     args = p.parse_args(argv)
     if not args.data:
         p.error("--data (or RSIR_DATA) is required: real images to encode")
@@ -252,8 +256,11 @@ def main(argv=None) -> int:
                     "bundle": str(args.bundle or f"fresh {args.backbone} (ImageNet weights, random hash head)"),
                     "int8 bundle": str(args.int8 or "quantized by this run (rsir_train.quantize defaults)")})
     if not args.no_write:
-        write_section("encode", section("encode", "Encoding speed: onnxruntime vs torch eager "
-                                        "(`benchmarks/encode.py`)", body, meta, (load0, load_average())))
+        title = "Encoding speed: onnxruntime vs torch eager (`benchmarks/encode.py`)"
+        if args.section != "encode":
+            title += f", {backbone} {fp32.bits} bits"
+        write_section(args.section, section(args.section, title, body, meta,
+                                            (load0, load_average())))
     tmp.cleanup()
     return 0
 

@@ -263,3 +263,51 @@ def test_authors_preset_has_no_validation():
     p = MilanParams.authors()
     assert (p.val_fraction, p.patience, p.iterations) == (0.0, 0, 10_000)
     assert MilanParams().val_fraction == 0.2
+
+
+def test_archive_validation_scores_held_out_images_among_themselves():
+    """val_metric="archive" (the default on a 60-40 split) chooses the head by the MiLAN
+    protocol's own figure on held-out images: leave-one-out mAP@20 among them, the fit part not
+    ranked at all."""
+    from rsir_train.milan.trainer import resolve_val_metric, validation_indices
+
+    assert resolve_val_metric("auto", "60-40") == "archive"
+    assert resolve_val_metric("auto", "80-20") == "database"
+    assert resolve_val_metric("database", "60-40") == "database"
+    with pytest.raises(ValueError, match="auto, database or archive"):
+        resolve_val_metric("queries", "60-40")
+    x, labels = clustered_features(30, seed=1)
+    fit, val = validation_indices(labels, 0.2, seed=0)
+    report = {}
+    params = MilanParams(**FAST | {"iterations": 400}, val_every=50, patience=0,
+                         val_metric="archive")
+    head = train_milan_head(x[fit], labels[fit], 16, params, validation=(x[val], labels[val]),
+                            report=report)
+    assert report["val_metric"] == "archive"
+    codes = milan_codes(head, x[val])
+    loo = mean_average_precision(codes, labels[val], codes, labels[val], topk=20,
+                                 exclude_self=True)
+    assert loo == pytest.approx(report["best_val_map"], abs=1e-4)
+    against_fit = mean_average_precision(codes, labels[val], milan_codes(head, x[fit]),
+                                         labels[fit])
+    assert against_fit != pytest.approx(loo, abs=1e-6)  # a different figure, not a rename
+
+
+def test_input_dropout_is_seeded_changes_training_and_is_checked():
+    """Input dropout is a training-time regulariser: deterministic for a seed (its own
+    generator, the global RNG untouched), a different head than without it, and an impossible
+    rate is refused when the parameters are made."""
+    x, labels = clustered_features(20, seed=1)
+    params = MilanParams(**FAST | {"iterations": 60}, input_dropout=0.3)
+    state = torch.random.get_rng_state()
+    a = train_milan_head(x, labels, 16, params)
+    assert torch.equal(state, torch.random.get_rng_state())
+    b = train_milan_head(x, labels, 16, params)
+    plain = train_milan_head(x, labels, 16, MilanParams(**FAST | {"iterations": 60}))
+    wa, wb, wp = (m.mlp[0].weight for m in (a, b, plain))
+    assert torch.equal(wa, wb) and not torch.allclose(wa, wp)
+    # nothing is dropped at inference: codes of the same rows are the same every call
+    assert np.array_equal(milan_codes(a, x), milan_codes(a, x))
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="input_dropout"):
+            MilanParams(input_dropout=bad)

@@ -101,6 +101,8 @@ def test_bundle_is_symmetric_milan(tiny):
     assert not (root / "bundle" / "database.npz").exists()
     assert manifest["training"]["protocol"] == "milan-60-40"
     assert manifest["training"]["feature_cache"] == "computed"
+    # a 60-40 split: the head was chosen by the MiLAN protocol's figure on held-out images
+    assert manifest["training"]["selection"]["val_metric"] == "archive"
     assert (root / "bundle" / "split.json").is_file()
     meta = {p.key: p.value for p in onnx.load(str(root / "bundle" / "model.onnx")).metadata_props}
     assert meta["rsir.method"] == "milan" and float(meta["rsir.code_threshold"]) == 0.5
@@ -237,4 +239,18 @@ def test_cli_parser_and_one_line_errors(tmp_path, capsys):
         assert exit_.value.code == 2 and err.count("\n") == 1
         assert err.startswith(f"rsir train {method}: argument --bits: ")
         assert "multiple of 8" in err and "got 12" in err
+    assert not (tmp_path / "o").exists()
+    # the selection figure and the regulariser reach the head's parameters; an impossible
+    # dropout is one line, before any data is read
+    from rsir_train.commands import milan_config
+
+    args = build_parser().parse_args(["train", "milan", "--data", "d", "--out", "o",
+                                      "--val-metric", "database", "--input-dropout", "0.1"])
+    params = milan_config(args).params
+    assert (params.val_metric, params.input_dropout) == ("database", 0.1)
+    assert build_parser().parse_args(["train", "milan", "--out", "o"]).val_metric == "auto"
+    assert main(["train", "milan", "--data", str(SAMPLE_ARCHIVE), "--out", str(tmp_path / "o"),
+                 "--input-dropout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err == "rsir train milan: input_dropout must be in [0, 1), not 1.0\n"
     assert not (tmp_path / "o").exists()

@@ -176,6 +176,11 @@ def _add_milan(methods: Any) -> None:
                    help="share of each class of the train side held out to choose the head "
                         "(best validation mAP; never the queries); 0 = the authors' run: "
                         "--iterations, last head (default 0.2)")
+    m.add_argument("--val-metric", choices=("auto", "database", "archive"), default="auto",
+                   help="what a validation measures: database = held-out images ranked against "
+                        "the fit part (mAP, the AHCL protocol's question); archive = held-out "
+                        "images ranked among themselves, leave-one-out mAP@20 (the MiLAN "
+                        "protocol's question); auto = archive on a 60-40 split, else database")
     m.add_argument("--val-every", type=int, default=250, help="iterations between validations")
     m.add_argument("--patience", type=int, default=8,
                    help="stop after this many validations without improvement (0 = never)")
@@ -183,6 +188,9 @@ def _add_milan(methods: Any) -> None:
                    help="after model selection, train a fresh head on the whole train side for "
                         "the chosen number of iterations")
     m.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty")
+    m.add_argument("--input-dropout", type=float, default=0.0,
+                   help="dropout on the input features while training (regulariser; nothing "
+                        "is dropped at inference) (default 0)")
     m.add_argument("--authors", action="store_true",
                    help="the published recipe: no validation split, --iterations, last head")
     _add_symmetric_eval(m)

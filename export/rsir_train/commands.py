@@ -84,9 +84,10 @@ def milan_config(args: argparse.Namespace) -> Any:
         lr=args.lr, iterations=args.iterations, triplets_per_batch=args.triplets,
         miner=args.miner or ("random" if args.authors else "batch-hard"), seed=args.seed,
         device=device, log_every=args.log_every,
-        val_fraction=0.0 if args.authors else args.val_fraction, val_every=args.val_every,
+        val_fraction=0.0 if args.authors else args.val_fraction, val_metric=args.val_metric,
+        val_every=args.val_every,
         patience=0 if args.authors else args.patience, refit=args.refit and not args.authors,
-        weight_decay=args.weight_decay,
+        weight_decay=args.weight_decay, input_dropout=args.input_dropout,
     )
     return MilanConfig(
         bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ __all__ = [
     "push_loss",
     "triplet_loss",
 ]
+
+#: what a validation measures (:attr:`MilanParams.val_metric`)
+ValMetric = Literal["auto", "database", "archive"]
 
 #: bit k of a MiLAN code is ``b_k > CODE_THRESHOLD`` (the manifest's ``code_threshold``)
 CODE_THRESHOLD = 0.5
@@ -93,11 +97,26 @@ class MilanParams:
     # kept, and training stops after ``patience`` evaluations without improvement (0 = never).
     # ``refit``: then train a fresh head on the whole train side for the chosen number of
     # iterations. ``val_fraction=0`` is the authors' run (fixed iterations, last head).
+    # ``val_metric``: what the validation measures. ``"database"``: the held-out codes ranked
+    # against the fit part's codes, mAP over all of it (the AHCL protocol's question: queries
+    # against the images the codes were fitted to). ``"archive"``: the held-out codes ranked
+    # among themselves, leave-one-out, mAP@20 (the MiLAN protocol's question: an archive of
+    # images the head never saw). ``"auto"``: ``"archive"`` on a 60-40 split, else ``"database"``.
     val_fraction: float = 0.2
+    val_metric: ValMetric = "auto"
     val_every: int = 250
     patience: int = 8
     refit: bool = False
     weight_decay: float = 0.0  # Adam L2 penalty on the head's weights
+    # dropout on the input features while training (a regulariser for small archives; the
+    # head and the exported graph are unchanged: nothing is dropped at inference)
+    input_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), not {self.input_dropout}")
+        if self.val_metric not in ("auto", "database", "archive"):
+            raise ValueError(f"val_metric must be auto, database or archive, not {self.val_metric!r}")
 
     @classmethod
     def authors(cls, **overrides: object) -> "MilanParams":

@@ -35,7 +35,7 @@ from .triplets import TripletSampler, mine_triplets
 log = logging.getLogger(__name__)
 
 __all__ = ["MILAN_PREPROCESS", "MilanConfig", "MilanResult", "train_milan",
-           "train_milan_head", "validation_indices"]
+           "resolve_val_metric", "train_milan_head", "validation_indices"]
 
 #: called as ``progress(iteration, iterations, losses)`` by :func:`train_milan_head`
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -60,11 +60,26 @@ def validation_indices(labels: Sequence, fraction: float, seed: int) -> tuple[np
     return np.sort(np.array(fit, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
+def resolve_val_metric(metric: str, protocol: str | None) -> str:
+    """``"auto"`` -> ``"archive"`` on a 60-40 split (the MiLAN protocol), else ``"database"``."""
+    if metric == "auto":
+        return "archive" if protocol == "60-40" else "database"
+    if metric not in ("database", "archive"):
+        raise ValueError(f"val_metric must be auto, database or archive, not {metric!r}")
+    return metric
+
+
 def _val_map(head: MilanHead, fit_x: torch.Tensor, fit_y: np.ndarray, val_x: torch.Tensor,
-             val_y: np.ndarray) -> float:
-    """mAP of the validation codes against the fit part's codes (whole fit part ranked)."""
-    return float(mean_average_precision(milan_codes(head, val_x), val_y,
-                                        milan_codes(head, fit_x), fit_y))
+             val_y: np.ndarray, metric: str = "database") -> float:
+    """The validation figure (:attr:`MilanParams.val_metric`): ``database`` = mAP of the
+    validation codes against the fit part's codes (whole fit part ranked); ``archive`` = the
+    validation codes ranked among themselves, leave-one-out, mAP@20 (the MiLAN protocol's
+    metric on images the head never saw)."""
+    val_codes = milan_codes(head, val_x)
+    if metric == "archive":
+        return float(mean_average_precision(val_codes, val_y, val_codes, val_y, topk=MILAN_TOPK,
+                                            exclude_self=True))
+    return float(mean_average_precision(val_codes, val_y, milan_codes(head, fit_x), fit_y))
 
 
 def train_milan_head(
@@ -87,11 +102,14 @@ def train_milan_head(
             ``params.log_every`` iterations and at the last, with ``losses`` the float values
             of ``loss``, ``triplet``, ``push``, ``balance`` on that batch.
         validation: ``(features, labels)`` of held-out images: every ``params.val_every``
-            iterations their codes are ranked against those of ``features`` (mAP), the best
-            head is kept and training stops after ``params.patience`` evaluations without
-            improvement (0: runs all iterations, still keeping the best head).
-        report: filled with ``best_iteration``, ``best_val_map``, ``stopped_at`` and the
-            validation curve ``val_curve`` (``[[iteration, mAP], ...]``) when ``validation``.
+            iterations they are scored by ``params.val_metric`` (``auto`` means ``database``
+            here: their codes ranked against those of ``features``, mAP; :func:`train_milan`
+            resolves it from the split's protocol), the best head is kept and training stops
+            after ``params.patience`` evaluations without improvement (0: runs all
+            iterations, still keeping the best head).
+        report: filled with ``val_metric``, ``best_iteration``, ``best_val_map``,
+            ``stopped_at`` and the validation curve ``val_curve`` (``[[iteration, value],
+            ...]``) when ``validation``.
 
     Returns the head in eval mode on the training device. Deterministic for a given seed on a
     given device: the weights are initialised from ``params.seed`` (on CPU, so CPU and CUDA
@@ -120,21 +138,29 @@ def train_milan_head(
         val_x = torch.as_tensor(validation[0]).to(device=device, dtype=torch.float32)
         val_y = np.asarray(validation[1], dtype=object)
         fit_y = np.asarray(labels, dtype=object)
+        val_metric = resolve_val_metric(params.val_metric, None)
         best_map, best_step, bad = -1.0, 0, 0
         best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         curve: list[list[float]] = []
 
+    def drop(batch: torch.Tensor) -> torch.Tensor:
+        if not params.input_dropout:
+            return batch
+        keep = torch.rand(batch.shape, generator=gen, device=batch.device) >= params.input_dropout
+        return batch * keep / (1.0 - params.input_dropout)
+
+    gen = torch.Generator(device=device).manual_seed(params.seed)
     step = 0
     for step in range(1, params.iterations + 1):
         if params.miner == "random":
             triplets = torch.as_tensor(sampler.sample(), device=device)
-            b = head(x[triplets.T.reshape(-1)]).view(3, len(triplets), -1)
+            b = head(drop(x[triplets.T.reshape(-1)])).view(3, len(triplets), -1)
             loss, parts = milan_loss(b[0], b[1], b[2], params)
         else:
             idx = torch.as_tensor(
                 sampler.pk_batch(params.classes_per_batch, params.items_per_class), device=device
             )
-            b = head(x[idx])
+            b = head(drop(x[idx]))
             a, p, n = mine_triplets(b, class_ids[idx], params.margin, params.miner)
             loss, parts = milan_loss(b[a], b[p], b[n], params, batch=b)
         optimizer.zero_grad(set_to_none=True)
@@ -143,7 +169,7 @@ def train_milan_head(
         if progress is not None and (step % params.log_every == 0 or step == params.iterations):
             progress(step, params.iterations, {k: float(v) for k, v in parts.items()})
         if validation is not None and (step % params.val_every == 0 or step == params.iterations):
-            value = _val_map(head, x, fit_y, val_x, val_y)
+            value = _val_map(head, x, fit_y, val_x, val_y, val_metric)
             curve.append([step, round(value, 4)])
             if value > best_map:
                 best_map, best_step, bad = value, step, 0
@@ -155,7 +181,7 @@ def train_milan_head(
     if validation is not None:
         head.load_state_dict(best_state)
         if report is not None:
-            report.update(best_iteration=best_step, best_val_map=round(best_map, 4),
+            report.update(val_metric=val_metric, best_iteration=best_step, best_val_map=round(best_map, 4),
                           stopped_at=step, val_curve=curve)
     return head.eval()
 
@@ -271,6 +297,7 @@ def train_milan(
     t1 = time.perf_counter()
     selection: dict[str, Any] = {}
     if params.val_fraction > 0:
+        params = replace(params, val_metric=resolve_val_metric(params.val_metric, split.protocol))
         fit, val = validation_indices(labels[train_idx], params.val_fraction, params.seed)
         fit_idx, val_idx = train_idx[fit], train_idx[val]
         head = train_milan_head(feats[torch.as_tensor(fit_idx)], labels[fit_idx], config.bits,

@@ -1,0 +1,127 @@
+"""Which validation figure should choose the MiLAN head on a 60-40 split? Train side only.
+
+Why: ``rsir train milan`` keeps the head with the best validation figure. Under the MiLAN
+protocol the published metric ranks unseen images among themselves (leave-one-out mAP@20),
+while the validation used to rank held-out images against the fit part (mAP over it). This
+compares the two rules without reading the query side and without the bias of scoring a rule
+on the very images it chose on: the train side of the split is cut per class into
+
+- ``check`` (20 %, seed 2): never seen by training or selection; the rules are scored here,
+- ``val`` (20 % of the rest, seed 0, as the trainer draws it): what each rule chooses on,
+- ``fit`` (the rest): what the head is trained on;
+
+and both rules run the shipped trainer (:func:`rsir_train.milan.trainer.train_milan_head`,
+the default parameters, patience included) with ``val_metric="database"`` and ``"archive"``.
+The supervised linear hash (ridge to one-hot labels, random projection, sign) is fitted on
+fit + val, as the head's alternative would be, and scored on ``check`` too.
+
+    python export/scripts/milan_selection.py --data ../shared/data/nwpu12 \\
+        --split-file runs/splits/nwpu12-60-40-seed0.json --bits 16,32,64 \\
+        --cache-dir runs/cache --threads 1 --json runs/milan_selection.jsonl
+
+Prints one JSON line per code length: each rule's chosen iteration, its validation figure
+and its ``check`` figure (leave-one-out mAP@20 among the check images), and the linear hash's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsir_sdk.metrics import mean_average_precision
+from rsir_sdk.splits import split_for
+from rsir_train.backbones import build_backbone
+from rsir_train.baselines import fit_linear_hash
+from rsir_train.dataset import open_training_archive
+from rsir_train.evaluation import MILAN_TOPK
+from rsir_train.features import Normalize, pooled_features
+from rsir_train.milan.model import MilanParams, milan_codes
+from rsir_train.milan.trainer import MilanConfig, train_milan_head, validation_indices
+
+
+def loo_map20(codes: np.ndarray, labels: np.ndarray) -> float:
+    """The MiLAN protocol's metric: codes ranked among themselves, leave-one-out, mAP@20."""
+    return float(mean_average_precision(codes, labels, codes, labels, topk=MILAN_TOPK,
+                                        exclude_self=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="archive folder (one sub-folder per class)")
+    p.add_argument("--split-file", required=True, help="a 60-40 split JSON (read, or drawn)")
+    p.add_argument("--bits", default="16,32,64")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--cache-dir", help="feature cache folder (the trainer's)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rules", default="database,archive",
+                   help="validation figures to compare (MilanParams.val_metric values; "
+                        "NAME+refit: then a fresh head on fit + val for the chosen length)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a MilanParams field to change for every rule (float/int/str), e.g. "
+                        "margin=0.5; repeatable; recorded in the output")
+    p.add_argument("--json", help="append one JSON line per code length to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        default = getattr(MilanParams(), key)  # an unknown field fails here, before any work
+        overrides[key] = type(default)(value) if not isinstance(default, str) else value
+
+    archive = open_training_archive(args.data)
+    split = split_for(archive, args.split_file, "60-40", 0)
+    backbone = build_backbone(args.backbone)
+    pre = MilanConfig(backbone=args.backbone).resolved_preprocess(backbone)
+    feats, _ = pooled_features(backbone, Normalize(pre["mean"], pre["std"]), archive, pre,
+                               cache_dir=args.cache_dir)
+    labels = np.asarray(archive.labels(), dtype=object)
+    train_idx, _ = split.indices(archive)  # the query side is never used
+    rest, check = validation_indices(labels[train_idx], 0.2, seed=2)
+    rest_idx, check_idx = train_idx[rest], train_idx[check]
+    fit, val = validation_indices(labels[rest_idx], 0.2, seed=0)
+    fit_idx, val_idx = rest_idx[fit], rest_idx[val]
+    sizes = {"fit": len(fit_idx), "val": len(val_idx), "check": len(check_idx)}
+
+    def x(idx: np.ndarray) -> torch.Tensor:
+        return feats[torch.as_tensor(idx)]
+
+    for bits in (int(b) for b in args.bits.split(",")):
+        record: dict = {"dataset": archive.name, "bits": bits, "sizes": sizes,
+                        "params": overrides}
+        linear = fit_linear_hash(x(rest_idx).numpy(), labels[rest_idx], bits)
+        record["linear_check"] = round(loo_map20(linear.codes(x(check_idx).numpy()),
+                                                 labels[check_idx]), 4)
+        for rule in args.rules.split(","):
+            refit = rule.endswith("+refit")  # then a fresh head on fit + val, chosen length
+            rule = rule.removesuffix("+refit")
+            t0 = time.perf_counter()
+            report: dict = {}
+            head = train_milan_head(x(fit_idx), labels[fit_idx], bits,
+                                    replace(MilanParams(), **overrides, val_metric=rule),
+                                    validation=(x(val_idx), labels[val_idx]), report=report)
+            if refit:
+                head = train_milan_head(x(rest_idx), labels[rest_idx], bits, replace(
+                    MilanParams(), **overrides, iterations=max(1, report["best_iteration"])))
+                rule += "+refit"
+            record[rule] = {
+                "best_iteration": report["best_iteration"], "stopped_at": report["stopped_at"],
+                "val": report["best_val_map"],
+                "check": round(loo_map20(milan_codes(head, x(check_idx)), labels[check_idx]), 4),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        print(json.dumps(record), flush=True)
+        if args.json:
+            with Path(args.json).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
