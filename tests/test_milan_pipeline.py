@@ -249,6 +249,10 @@ def test_cli_parser_and_one_line_errors(tmp_path, capsys):
     params = milan_config(args).params
     assert (params.val_metric, params.input_dropout) == ("database", 0.1)
     assert build_parser().parse_args(["train", "milan", "--out", "o"]).val_metric == "auto"
+    # the auxiliary classifier: an option, off by default and in the authors' recipe
+    for extra, weight in (([], 0.0), (["--authors"], 0.0), (["--classifier-weight", "1"], 1.0)):
+        args = build_parser().parse_args(["train", "milan", "--data", "d", "--out", "o"] + extra)
+        assert milan_config(args).params.classifier_weight == weight
     assert main(["train", "milan", "--data", str(SAMPLE_ARCHIVE), "--out", str(tmp_path / "o"),
                  "--input-dropout", "1"]) == 1
     err = capsys.readouterr().err

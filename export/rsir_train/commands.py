@@ -88,6 +88,7 @@ def milan_config(args: argparse.Namespace) -> Any:
         val_every=args.val_every,
         patience=0 if args.authors else args.patience, refit=args.refit and not args.authors,
         weight_decay=args.weight_decay, input_dropout=args.input_dropout,
+        classifier_weight=args.classifier_weight,
     )
     return MilanConfig(
         bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from rsir_sdk.archive import ArchiveListing
 from rsir_sdk.metrics import mean_average_precision
@@ -132,7 +134,15 @@ def train_milan_head(
         torch.manual_seed(params.seed)
         head = MilanHead(x.shape[1], bits, params.hidden, params.negative_slope)
     head = head.to(device).train()
-    optimizer = torch.optim.Adam(head.parameters(), lr=params.lr, betas=params.betas,
+    # the auxiliary label classifier on b (params.classifier_weight): trained, never exported
+    classifier = None
+    trainable = list(head.parameters())
+    if params.classifier_weight:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed + 1)
+            classifier = nn.Linear(bits, int(class_ids.max()) + 1).to(device)
+        trainable += list(classifier.parameters())
+    optimizer = torch.optim.Adam(trainable, lr=params.lr, betas=params.betas,
                                  weight_decay=params.weight_decay)
     if validation is not None:
         val_x = torch.as_tensor(validation[0]).to(device=device, dtype=torch.float32)
@@ -154,8 +164,12 @@ def train_milan_head(
     for step in range(1, params.iterations + 1):
         if params.miner == "random":
             triplets = torch.as_tensor(sampler.sample(), device=device)
-            b = head(drop(x[triplets.T.reshape(-1)])).view(3, len(triplets), -1)
+            rows = triplets.T.reshape(-1)
+            b = head(drop(x[rows])).view(3, len(triplets), -1)
             loss, parts = milan_loss(b[0], b[1], b[2], params)
+            if classifier is not None:
+                loss = loss + params.classifier_weight * F.cross_entropy(
+                    classifier(b.reshape(len(rows), -1)), class_ids[rows])
         else:
             idx = torch.as_tensor(
                 sampler.pk_batch(params.classes_per_batch, params.items_per_class), device=device
@@ -163,6 +177,9 @@ def train_milan_head(
             b = head(drop(x[idx]))
             a, p, n = mine_triplets(b, class_ids[idx], params.margin, params.miner)
             loss, parts = milan_loss(b[a], b[p], b[n], params, batch=b)
+            if classifier is not None:
+                loss = loss + params.classifier_weight * F.cross_entropy(classifier(b),
+                                                                         class_ids[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
