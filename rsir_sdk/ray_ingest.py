@@ -213,6 +213,10 @@ def _stderr_to_file() -> Iterator[None]:
     log.debug("Ray start-up messages are in %s", log_file.name)
 
 
+#: tries at starting a local Ray when its start-up times out (a loaded machine)
+START_ATTEMPTS = 2
+
+
 def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
     """Connect to ``address`` or start a local Ray; True when this call started it."""
     if ray.is_initialized():
@@ -221,16 +225,30 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
                               "logging_level": logging.ERROR, "configure_logging": True}
     for name in ("ray", "ray.data", "ray._private", "ray.util"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with _stderr_to_file(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Ray's start-up and connection warnings
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=max(1, workers), **kwargs)
-    except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray's own start-up
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise RayUnavailableError(f"cannot start {where}: {type(exc).__name__}: {exc}") from None
+    # Ray gives a new local node a fixed 30 s to register its raylet; on a small, loaded machine
+    # (2 cores beside a Milvus server) that can run out once and succeed at the next try
+    attempts = 1 if address else START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            with _stderr_to_file(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Ray's start-up and connection warnings
+                if address:
+                    ray.init(address=address, **kwargs)
+                else:
+                    ray.init(num_cpus=max(1, workers), **kwargs)
+            break
+        except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray's own start-up
+            if attempt < attempts and "timed out during startup" in str(exc):
+                log.info("a local Ray did not start within Ray's start-up limit; "
+                            "trying again (%d of %d)", attempt + 1, attempts)
+                with contextlib.suppress(Exception), _stderr_to_file():
+                    ray.shutdown()
+                continue
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            hint = (f" (after {attempts} tries; the machine may be too loaded: --engine local "
+                    "needs no Ray)" if attempts > 1 and "timed out" in str(exc) else "")
+            raise RayUnavailableError(
+                f"cannot start {where}: {type(exc).__name__}: {exc}{hint}") from None
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False

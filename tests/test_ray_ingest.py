@@ -111,3 +111,50 @@ def test_ray_engine_says_what_is_wrong_when_it_cannot_start(rp_bundle, sample_di
     _, err = capsys.readouterr()
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Ray" in err
     assert not list(tmp_path.glob("*.csv"))
+
+
+class _SlowStartRay:
+    """Stands in for the ``ray`` module only where Ray's own start-up times out, a failure a
+    test cannot provoke on demand: ``init`` raises Ray's start-up timeout ``failures`` times."""
+
+    def __init__(self, failures: int):
+        self.failures, self.inits, self.shutdowns, self.started = failures, 0, 0, False
+        self.data = type("data", (), {"DataContext": type("DataContext", (), {
+            "get_current": staticmethod(lambda: type("ctx", (), {})())})})
+
+    def is_initialized(self) -> bool:
+        return self.started
+
+    def init(self, **kwargs) -> None:
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise Exception("The current node timed out during startup. This could happen "
+                            "because some of the raylet failed to startup or the GCS has "
+                            "become overloaded.")
+        self.started = True
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_times_out_once_is_started_again():
+    """Ray gives a local node 30 s to start; on a loaded machine that can run out once (it did
+    in CI). The engine shuts the half-started Ray down and tries again; a second time-out is
+    one line that says what to do."""
+    from rsir_sdk.errors import RsirError
+    from rsir_sdk.ray_ingest import START_ATTEMPTS, _init_ray
+
+    once = _SlowStartRay(failures=1)
+    assert _init_ray(once, None, 2) is True
+    assert (once.inits, once.shutdowns) == (2, 1)
+    always = _SlowStartRay(failures=START_ATTEMPTS)
+    with pytest.raises(RsirError) as err:
+        _init_ray(always, None, 2)
+    message = str(err.value)
+    assert always.inits == START_ATTEMPTS and "\n" not in message
+    assert message.startswith("cannot start a local Ray") and "--engine local" in message
+    # a cluster address is not retried: a wrong address fails at once
+    remote = _SlowStartRay(failures=1)
+    with pytest.raises(RsirError):
+        _init_ray(remote, "ray://10.0.0.1:10001", 2)
+    assert remote.inits == 1
