@@ -240,7 +240,7 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
         except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray's own start-up
             if attempt < attempts and "timed out during startup" in str(exc):
                 log.info("a local Ray did not start within Ray's start-up limit; "
-                            "trying again (%d of %d)", attempt + 1, attempts)
+                         "trying again (%d of %d)", attempt + 1, attempts)
                 with contextlib.suppress(Exception), _stderr_to_file():
                     ray.shutdown()
                 continue

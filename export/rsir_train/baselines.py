@@ -33,9 +33,9 @@ import numpy as np
 from rsir_sdk.codes import pack_codes
 from rsir_sdk.metrics import average_precision_of_ranking, mean_average_precision
 
-__all__ = ["ITQ", "LinearHash", "fit_itq", "fit_linear_hash", "float_map", "protocol_map"]
+from .evaluation import MILAN_TOPK, archive_map
 
-MILAN_TOPK = 20
+__all__ = ["ITQ", "LinearHash", "fit_itq", "fit_linear_hash", "float_map", "protocol_map"]
 
 
 @dataclass
@@ -152,8 +152,7 @@ def protocol_map(q_codes: np.ndarray, q_labels: Sequence, db_codes: np.ndarray |
     """The protocol's metric on packed codes: ``60-40`` = mAP@20 leave-one-out on the query
     side (``db_codes`` ignored), else mAP of the queries over the whole database."""
     if protocol == "60-40":
-        return float(mean_average_precision(q_codes, q_labels, q_codes, q_labels,
-                                            topk=MILAN_TOPK, exclude_self=True))
+        return archive_map(q_codes, q_labels)
     return float(mean_average_precision(q_codes, q_labels, db_codes, db_labels))
 
 

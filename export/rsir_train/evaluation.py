@@ -19,12 +19,20 @@ from typing import Any, Sequence
 from rsir_sdk.bundle import Bundle
 from rsir_sdk.errors import EvaluationError
 from rsir_sdk.evaluate import evaluate_bundle
+from rsir_sdk.metrics import mean_average_precision
 
-__all__ = ["PROTOCOLS", "evaluate_protocols", "metric_key"]
+__all__ = ["MILAN_TOPK", "PROTOCOLS", "archive_map", "evaluate_protocols", "metric_key"]
 
 #: evaluation protocol -> the split side used as the database
 PROTOCOLS = {"milan": "query", "ahcl": "train"}
 MILAN_TOPK = 20
+
+
+def archive_map(codes: Any, labels: Sequence, topk: int = MILAN_TOPK) -> float:
+    """The MiLAN protocol's figure on packed codes: the codes ranked among themselves,
+    leave-one-out, mAP@``topk`` (used for test sides, validation parts and baselines alike)."""
+    return float(mean_average_precision(codes, labels, codes, labels, topk=topk,
+                                        exclude_self=True))
 
 
 def metric_key(protocol: str, topk: int = MILAN_TOPK) -> str:

@@ -35,21 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsir_sdk.metrics import mean_average_precision
 from rsir_sdk.splits import split_for
 from rsir_train.backbones import build_backbone
 from rsir_train.baselines import fit_linear_hash
 from rsir_train.dataset import open_training_archive
-from rsir_train.evaluation import MILAN_TOPK
+from rsir_train.evaluation import archive_map
 from rsir_train.features import Normalize, pooled_features
-from rsir_train.milan.model import MilanParams, milan_codes
+from rsir_train.milan.model import VAL_METRICS, MilanParams, milan_codes
 from rsir_train.milan.trainer import MilanConfig, train_milan_head, validation_indices
-
-
-def loo_map20(codes: np.ndarray, labels: np.ndarray) -> float:
-    """The MiLAN protocol's metric: codes ranked among themselves, leave-one-out, mAP@20."""
-    return float(mean_average_precision(codes, labels, codes, labels, topk=MILAN_TOPK,
-                                        exclude_self=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     for item in args.param:
         key, _, value = item.partition("=")
-        default = getattr(MilanParams(), key)  # an unknown field fails here, before any work
-        overrides[key] = type(default)(value) if not isinstance(default, str) else value
+        if not hasattr(MilanParams(), key):  # fails here, before any work
+            p.error(f"--param {item}: MilanParams has no field {key!r}")
+        default = getattr(MilanParams(), key)
+        try:
+            overrides[key] = type(default)(value) if not isinstance(default, str) else value
+        except ValueError:
+            p.error(f"--param {item}: {value!r} is not a {type(default).__name__}")
+
+    for rule in args.rules.split(","):
+        if rule.removesuffix("+refit") not in VAL_METRICS:
+            p.error(f"--rules: {rule!r} is not one of {', '.join(VAL_METRICS)} (+refit)")
 
     archive = open_training_archive(args.data)
     split = split_for(archive, args.split_file, "60-40", 0)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         record: dict = {"dataset": archive.name, "bits": bits, "sizes": sizes,
                         "params": overrides}
         linear = fit_linear_hash(x(rest_idx).numpy(), labels[rest_idx], bits)
-        record["linear_check"] = round(loo_map20(linear.codes(x(check_idx).numpy()),
+        record["linear_check"] = round(archive_map(linear.codes(x(check_idx).numpy()),
                                                  labels[check_idx]), 4)
         for rule in args.rules.split(","):
             refit = rule.endswith("+refit")  # then a fresh head on fit + val, chosen length
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             record[rule] = {
                 "best_iteration": report["best_iteration"], "stopped_at": report["stopped_at"],
                 "val": report["best_val_map"],
-                "check": round(loo_map20(milan_codes(head, x(check_idx)), labels[check_idx]), 4),
+                "check": round(archive_map(milan_codes(head, x(check_idx)), labels[check_idx]), 4),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         print(json.dumps(record), flush=True)

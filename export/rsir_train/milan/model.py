@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ __all__ = [
 
 #: what a validation measures (:attr:`MilanParams.val_metric`)
 ValMetric = Literal["auto", "database", "archive"]
+VAL_METRICS: tuple[str, ...] = get_args(ValMetric)
 
 #: bit k of a MiLAN code is ``b_k > CODE_THRESHOLD`` (the manifest's ``code_threshold``)
 CODE_THRESHOLD = 0.5
@@ -122,7 +123,7 @@ class MilanParams:
             raise ValueError(f"input_dropout must be in [0, 1), not {self.input_dropout}")
         if self.classifier_weight < 0:
             raise ValueError(f"classifier_weight must be >= 0, not {self.classifier_weight}")
-        if self.val_metric not in ("auto", "database", "archive"):
+        if self.val_metric not in VAL_METRICS:
             raise ValueError(f"val_metric must be auto, database or archive, not {self.val_metric!r}")
 
     @classmethod

@@ -28,10 +28,10 @@ from rsir_sdk.splits import Split
 
 from ..backbones import Backbone, build_backbone
 from ..errors import TrainingError
-from ..evaluation import MILAN_TOPK
+from ..evaluation import archive_map
 from ..features import Normalize, pooled_features
 from ..trainer import Progress, default_device, no_progress
-from .model import MilanHead, MilanNet, MilanParams, milan_codes, milan_loss
+from .model import VAL_METRICS, MilanHead, MilanNet, MilanParams, milan_codes, milan_loss
 from .triplets import TripletSampler, mine_triplets
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def resolve_val_metric(metric: str, protocol: str | None) -> str:
     """``"auto"`` -> ``"archive"`` on a 60-40 split (the MiLAN protocol), else ``"database"``."""
     if metric == "auto":
         return "archive" if protocol == "60-40" else "database"
-    if metric not in ("database", "archive"):
+    if metric not in VAL_METRICS:
         raise ValueError(f"val_metric must be auto, database or archive, not {metric!r}")
     return metric
 
@@ -79,8 +79,7 @@ def _val_map(head: MilanHead, fit_x: torch.Tensor, fit_y: np.ndarray, val_x: tor
     metric on images the head never saw)."""
     val_codes = milan_codes(head, val_x)
     if metric == "archive":
-        return float(mean_average_precision(val_codes, val_y, val_codes, val_y, topk=MILAN_TOPK,
-                                            exclude_self=True))
+        return archive_map(val_codes, val_y)
     return float(mean_average_precision(val_codes, val_y, milan_codes(head, fit_x), fit_y))
 
 
@@ -153,13 +152,15 @@ def train_milan_head(
         best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         curve: list[list[float]] = []
 
+    # input dropout draws from its own generator: the global torch RNG stays untouched
+    gen = torch.Generator(device=device).manual_seed(params.seed)
+
     def drop(batch: torch.Tensor) -> torch.Tensor:
         if not params.input_dropout:
             return batch
         keep = torch.rand(batch.shape, generator=gen, device=batch.device) >= params.input_dropout
         return batch * keep / (1.0 - params.input_dropout)
 
-    gen = torch.Generator(device=device).manual_seed(params.seed)
     step = 0
     for step in range(1, params.iterations + 1):
         if params.miner == "random":
@@ -198,8 +199,8 @@ def train_milan_head(
     if validation is not None:
         head.load_state_dict(best_state)
         if report is not None:
-            report.update(val_metric=val_metric, best_iteration=best_step, best_val_map=round(best_map, 4),
-                          stopped_at=step, val_curve=curve)
+            report.update(val_metric=val_metric, best_iteration=best_step,
+                          best_val_map=round(best_map, 4), stopped_at=step, val_curve=curve)
     return head.eval()
 
 
@@ -262,8 +263,7 @@ def _torch_metrics(codes: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     out: dict[str, float] = {}
     if len(query_idx) > 1:
         cq, yq = codes[query_idx], labels[query_idx]
-        out["milan_map@20_torch"] = mean_average_precision(cq, yq, cq, yq, topk=MILAN_TOPK,
-                                                           exclude_self=True)
+        out["milan_map@20_torch"] = archive_map(cq, yq)
         out["ahcl_map_torch"] = mean_average_precision(cq, yq, codes[train_idx], labels[train_idx])
     return out
 
