@@ -71,6 +71,10 @@ class EvalResult:
     metrics: dict[str, float]
     reference: dict[str, float]
     agree: bool
+    #: ``mAP`` (when the whole database is ranked) and ``mAP@k`` in expectation over every
+    #: order of tied codes (:mod:`rsir_sdk.tie_aware`): Milvus and ``reference`` rank ties by
+    #: id, so theirs depend on the order the archive was listed in; these do not
+    tie_aware: dict[str, float]
     n_queries: int
     n_database: int
     topk: int
@@ -249,9 +253,11 @@ def evaluate_bundle(
 
     ref = _reference(q_codes, q_labels, db_codes, db_labels, ks, leave_one_out, q_index,
                      full, ranked_idx.shape[1])
+    tie_aware = _reference(q_codes, q_labels, db_codes, db_labels, ks, leave_one_out, q_index,
+                           full, ranked_idx.shape[1], ties="expected")
     agree = _same_ranking(q_codes, db_codes, ranked_idx, ranked_dist, leave_one_out, q_index)
     return EvalResult(
-        metrics=got, reference=ref, agree=agree, n_queries=len(q_ids), n_database=n_db,
+        metrics=got, reference=ref, agree=agree, tie_aware=tie_aware, n_queries=len(q_ids), n_database=n_db,
         topk=ranked_idx.shape[1], database=db_kind, protocol=protocol,
         leave_one_out=leave_one_out, bits=b.bits, method=b.method, encoder_id=b.encoder_id,
         uri=uri if tmp is None else "(temporary Milvus Lite file)", collection=name,
@@ -276,8 +282,11 @@ def _search_all(store: MilvusCodeStore, q_codes: np.ndarray, k: int, db_ids: lis
     return idx, dist
 
 
-def _reference(q_codes, q_labels, db_codes, db_labels, ks, loo, q_index, full, depth) -> dict[str, float]:
-    kw = {"exclude_self": loo, "query_indices": q_index} if loo else {}
+def _reference(q_codes, q_labels, db_codes, db_labels, ks, loo, q_index, full, depth,
+               ties: metrics.Ties = "index") -> dict[str, float]:
+    """The in-memory figures; with ``ties="expected"`` only the mAPs (tie-aware)."""
+    kw: dict[str, Any] = {"exclude_self": loo, "query_indices": q_index} if loo else {}
+    kw["ties"] = ties
     out: dict[str, float] = {}
     if full:
         out["mAP"] = metrics.mean_average_precision(q_codes, q_labels, db_codes, db_labels, **kw)
@@ -287,7 +296,11 @@ def _reference(q_codes, q_labels, db_codes, db_labels, ks, loo, q_index, full, d
         if k <= depth:
             out[f"mAP@{k}"] = metrics.mean_average_precision(
                 q_codes, q_labels, db_codes, db_labels, topk=k, **kw)
-            out[f"P@{k}"] = metrics.precision_at_k(q_codes, q_labels, db_codes, db_labels, k, **kw)
+            if ties == "index":
+                kw.pop("ties")
+                out[f"P@{k}"] = metrics.precision_at_k(q_codes, q_labels, db_codes, db_labels,
+                                                       k, **kw)
+                kw["ties"] = ties
     return out
 
 
@@ -318,15 +331,15 @@ def describe(result: EvalResult) -> str:
         f"{result.method} {result.bits} bits, encoder {result.encoder_id}: {result.n_queries} "
         f"queries x {result.n_database} {result.database} database codes"
         f"{' (leave-one-out)' if result.leave_one_out else ''}, protocol {result.protocol or '-'}",
-        f"{'metric':>10}  {'milvus':>8}  {'reference':>9}",
+        f"{'metric':>10}  {'milvus':>8}  {'reference':>9}  {'tie-aware':>9}",
     ]
     for key, value in result.metrics.items():
-        ref = result.reference.get(key)
-        lines.append(f"{key:>10}  {value:8.4f}  {ref:9.4f}" if ref is not None else
-                     f"{key:>10}  {value:8.4f}  {'-':>9}")
+        cells = [f"{v:9.4f}" if v is not None else f"{'-':>9}"
+                 for v in (result.reference.get(key), result.tie_aware.get(key))]
+        lines.append(f"{key:>10}  {value:8.4f}  " + "  ".join(cells))
     lines.append(
         f"Milvus ranking {'matches' if result.agree else 'DIFFERS FROM'} the exact numpy "
-        f"ranking; {result.seconds:.1f}s"
+        f"ranking; {result.seconds:.1f}s (tie-aware: mean over every order of tied codes)"
     )
     if result.failed:
         lines.append(f"{len(result.failed)} image(s) could not be read and were left out")

@@ -2,8 +2,10 @@
 
 All metrics rank the database by exact Hamming distance (:func:`rsir_sdk.codes.hamming_distances`)
 and **break ties by database index** (a stable sort, as :func:`rsir_sdk.codes.topk_bruteforce`
-does), so every number is deterministic: short codes tie heavily, and an unstated tie rule can
-move mAP by several points.
+does, and Milvus, which orders ties by id), so every number is deterministic: short codes tie
+heavily, and an unstated tie rule can move mAP by several points. ``ties="expected"`` gives
+instead the AP expected over every order of the tied items (:mod:`rsir_sdk.tie_aware`), which
+does not depend on the order the archive was listed in.
 
 Relevance: a database item is relevant to a query when they share a label.
 
@@ -31,14 +33,17 @@ stays at a few hundred MB whatever the number of queries (2,000 x 100,000 at 64 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 
 from .codes import as_packed, hamming_distances
+from .tie_aware import expected_average_precisions
 
 __all__ = [
     "PRCurve",
+    "TIES",
+    "Ties",
     "average_precision_of_ranking",
     "average_precisions",
     "mean_average_precision",
@@ -46,6 +51,10 @@ __all__ = [
     "precision_at_k",
     "precision_recall_within_radius",
 ]
+
+#: how tied items are ranked: by database index (Milvus' order) or in expectation over orders
+Ties = Literal["index", "expected"]
+TIES: tuple[str, ...] = get_args(Ties)
 
 # about this many (query, database) pairs are ranked at once: ~100 MB of temporaries
 _CHUNK_PAIRS = 1 << 22
@@ -75,6 +84,7 @@ def average_precisions(
     exclude_self: bool = False,
     *,
     query_indices: Sequence[int] | np.ndarray | None = None,
+    ties: Ties = "index",
 ) -> np.ndarray:
     """Average precision of every query, ``float64 (n_queries,)``.
 
@@ -89,7 +99,15 @@ def average_precisions(
     task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices)
     if topk is not None:
         topk = _positive_int(topk, "topk")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     out = np.zeros(task.n_queries, dtype=np.float64)
+    if ties == "expected":
+        for rows, dist, rel in task.distance_chunks():
+            out[rows] = expected_average_precisions(
+                _row_histogram(dist, None, task.bits + 1), _row_histogram(dist, rel, task.bits + 1),
+                topk)
+        return out
     for rows, rel_ranked in task.ranked_relevance(topk):
         # the full ranking holds every relevant item, so "hits seen" is R there and R_k at k
         out[rows] = _ap_of_ranked(rel_ranked)
@@ -105,6 +123,7 @@ def mean_average_precision(
     exclude_self: bool = False,
     *,
     query_indices: Sequence[int] | np.ndarray | None = None,
+    ties: Ties = "index",
 ) -> float:
     """Mean average precision of a Hamming ranking, over the whole database or the top ``k``.
 
@@ -127,6 +146,10 @@ def mean_average_precision(
         exclude_self: leave-one-out: drop each query's own item from its ranking. Query ``i``
             is database item ``i`` (same arrays twice) unless ``query_indices`` says otherwise.
         query_indices: with ``exclude_self``, the database index of each query.
+        ties: ``"index"`` (default): tied items ranked by database index, the order Milvus
+            returns them in; ``"expected"``: the AP expected over every order of the tied items
+            (:mod:`rsir_sdk.tie_aware`), a figure of the codes alone, not of the order the
+            archive was listed in.
 
     >>> from rsir_sdk.codes import pack_codes
     >>> q = pack_codes(np.array([[0] * 8]))
@@ -139,7 +162,7 @@ def mean_average_precision(
     """
     aps = average_precisions(
         query_codes, query_labels, db_codes, db_labels, topk, exclude_self,
-        query_indices=query_indices,
+        query_indices=query_indices, ties=ties,
     )
     return float(aps.mean()) if aps.size else 0.0
 

@@ -69,6 +69,12 @@ def test_ahcl_bundle_through_milvus_matches_the_reference(tmp_path, sample_dir):
                                             db["codes"][order], db["labels"][order].tolist())
     assert res.metrics["mAP"] == pytest.approx(expect, abs=1e-12)
     assert 0.1 < res.metrics["mAP"] < 1.0
+    # the tie-aware figures: the mAPs in expectation over the order of tied codes
+    assert set(res.tie_aware) == {"mAP", "mAP@160", "mAP@5", "mAP@20"}
+    tie_aware = metrics.mean_average_precision(q_codes, [s.label for s in queries],
+                                               db["codes"][order], db["labels"][order].tolist(),
+                                               topk=5, ties="expected")
+    assert res.tie_aware["mAP@5"] == pytest.approx(tie_aware, abs=1e-12)
 
 
 def test_symmetric_bundle_leave_one_out_and_named_collections(tmp_path, sample_dir, db_uri):
@@ -80,6 +86,8 @@ def test_symmetric_bundle_leave_one_out_and_named_collections(tmp_path, sample_d
     assert res.topk == 79 and res.agree
     for key, value in res.metrics.items():
         assert value == pytest.approx(res.reference[key], abs=1e-12), key
+    # 32-bit random projections of 80 images tie: the tie-aware mAP@20 is its own figure
+    assert 0.0 < res.tie_aware["mAP@20"] < 1.0
     again = evaluate_bundle(bundle, sample_dir, uri=db_uri, collection="ev", ks=(20,))
     assert again.metrics == res.metrics  # the named collection is reused (upsert by id)
     train = evaluate_bundle(bundle, sample_dir, database="train", ks=(20,))  # queries vs train
@@ -126,5 +134,6 @@ def test_rsir_eval_command(tmp_path, sample_dir, capsys):
     assert main(["eval", str(bundle), "--data", str(sample_dir), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "mAP@100" in text and "matches the exact numpy ranking" in text
+    assert "tie-aware" in text
     assert main(["eval", str(bundle), "--no-progress"]) == 1
     assert "--data" in capsys.readouterr().err

@@ -314,3 +314,69 @@ def test_chunking_does_not_change_results(monkeypatch):
     chunked = pr_curve(codes, labels, codes, labels, exclude_self=True)
     np.testing.assert_allclose(chunked.precision, curve.precision)
     np.testing.assert_allclose(chunked.recall, curve.recall)
+
+
+# --------------------------------------------------------------------------- tie-aware AP
+
+
+def test_tie_aware_ap_by_hand():
+    # all three at distance 0, labels A B A: the 3 orders of {A, A, B} give AP 1 (AAB),
+    # (1 + 2/3)/2 (ABA), (1/2 + 2/3)/2 (BAA): the expectation is their mean
+    expected = (1 + (1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 2) / 3
+    db = codes_at_distance(0, 0, 0)
+    for labels in (["A", "B", "A"], ["B", "A", "A"], ["A", "A", "B"]):
+        assert mean_average_precision(ZERO, ["A"], db, labels, ties="expected") == (
+            pytest.approx(expected, abs=1e-12))
+    # top-1 of the same: AP@1 is 1 if an A comes first (probability 2/3), else 0
+    assert mean_average_precision(ZERO, ["A"], db, ["B", "A", "A"], topk=1, ties="expected") == (
+        pytest.approx(2 / 3, abs=1e-12))
+    # no ties: the same figure as the index rule
+    assert mean_average_precision(QUERIES, QUERY_LABELS, DB, DB_LABELS, ties="expected") == (
+        pytest.approx(mean_average_precision(QUERIES, QUERY_LABELS, DB, DB_LABELS), abs=1e-12))
+    with pytest.raises(ValueError, match="ties must be one of index, expected"):
+        mean_average_precision(ZERO, ["A"], db, ["A"] * 3, ties="random")
+
+
+@pytest.mark.parametrize("topk", [None, 1, 2, 4])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_tie_aware_ap_is_the_mean_over_every_database_order(topk, exclude_self):
+    """Exact, against brute force: the mean of the index-order AP over all n! orders of the
+    database equals the tie-aware AP (which no order changes)."""
+    import itertools
+
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        n = int(rng.integers(3, 7))
+        bits = np.zeros((n, 8), dtype=np.uint8)
+        bits[:, :2] = rng.integers(0, 2, (n, 2))  # 4 distinct codes at most: heavy ties
+        db, labels = pack_codes(bits), rng.integers(0, 3, n)
+        q, q_labels = (db, labels) if exclude_self else (db[:2], labels[:2])
+        got = mean_average_precision(q, q_labels, db, labels, topk, exclude_self,
+                                     ties="expected")
+        total, count = 0.0, 0
+        for order in map(list, itertools.permutations(range(n))):
+            if exclude_self:  # the queries are the database, permuted with it
+                total += mean_average_precision(db[order], labels[order], db[order],
+                                                labels[order], topk, True)
+            else:
+                total += mean_average_precision(q, q_labels, db[order], labels[order], topk)
+            count += 1
+        assert got == pytest.approx(total / count, abs=1e-12)
+        perm = rng.permutation(n)
+        if not exclude_self:
+            assert mean_average_precision(q, q_labels, db[perm], labels[perm], topk,
+                                          ties="expected") == pytest.approx(got, abs=1e-12)
+
+
+def test_tie_aware_ap_at_scale_is_order_free_and_differs_from_the_index_rule():
+    rng = np.random.default_rng(4)
+    codes = random_codes(rng, 400, 8)  # 8 bits, 400 items: every distance holds many
+    labels = rng.integers(0, 4, 400)
+    got = average_precisions(codes, labels, codes, labels, 20, True, ties="expected")
+    perm = rng.permutation(400)
+    permuted = average_precisions(codes[perm], labels[perm], codes[perm], labels[perm], 20, True,
+                                  ties="expected")
+    np.testing.assert_allclose(permuted, got[perm], atol=1e-12)
+    index = average_precisions(codes, labels, codes, labels, 20, True)
+    assert not np.allclose(index, got)
+    assert np.all((got >= 0) & (got <= 1))

@@ -86,6 +86,8 @@ def test_tiny_run_learns_and_onnx_metrics_match_torch(tiny):
         # in-memory ranking; torch on the cached features agrees closely
         assert metrics[f"milvus_agrees_{protocol}"] and metrics[key] == metrics[f"{key}_reference"]
         assert metrics[key] == pytest.approx(result.metrics[f"{key}_torch"], abs=0.02)
+        # recorded beside it: the figure in expectation over the order of tied codes
+        assert metrics[f"{key}_tie_aware"] > chance + 0.25
     assert metrics["n_queries_milan"] == metrics["n_database_milan"] == 80  # 40% of 20 x 10
     assert metrics["n_queries_ahcl"] == 80 and metrics["n_database_ahcl"] == 120
 
@@ -253,6 +255,11 @@ def test_cli_parser_and_one_line_errors(tmp_path, capsys):
     for extra, weight in (([], 0.0), (["--authors"], 0.0), (["--classifier-weight", "1"], 1.0)):
         args = build_parser().parse_args(["train", "milan", "--data", "d", "--out", "o"] + extra)
         assert milan_config(args).params.classifier_weight == weight
+    # weight averaging: the trainer's default unless given, off in the authors' recipe
+    for extra, decay in (([], MilanParams().ema_decay), (["--authors"], 0.0),
+                         (["--ema-decay", "0.99"], 0.99), (["--ema-decay", "0"], 0.0)):
+        args = build_parser().parse_args(["train", "milan", "--data", "d", "--out", "o"] + extra)
+        assert milan_config(args).params.ema_decay == decay
     assert main(["train", "milan", "--data", str(SAMPLE_ARCHIVE), "--out", str(tmp_path / "o"),
                  "--input-dropout", "1"]) == 1
     err = capsys.readouterr().err

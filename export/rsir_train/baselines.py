@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rsir_sdk.codes import pack_codes
-from rsir_sdk.metrics import average_precision_of_ranking, mean_average_precision
+from rsir_sdk.metrics import Ties, average_precision_of_ranking, mean_average_precision
 
 from .evaluation import MILAN_TOPK, archive_map
 
@@ -148,12 +148,13 @@ def float_map(q: np.ndarray, q_labels: Sequence, db: np.ndarray, db_labels: Sequ
 
 
 def protocol_map(q_codes: np.ndarray, q_labels: Sequence, db_codes: np.ndarray | None,
-                 db_labels: Sequence | None, protocol: str) -> float:
+                 db_labels: Sequence | None, protocol: str, ties: Ties = "index") -> float:
     """The protocol's metric on packed codes: ``60-40`` = mAP@20 leave-one-out on the query
-    side (``db_codes`` ignored), else mAP of the queries over the whole database."""
+    side (``db_codes`` ignored), else mAP of the queries over the whole database; ``ties`` as
+    in :func:`rsir_sdk.metrics.mean_average_precision`."""
     if protocol == "60-40":
-        return archive_map(q_codes, q_labels)
-    return float(mean_average_precision(q_codes, q_labels, db_codes, db_labels))
+        return archive_map(q_codes, q_labels, ties=ties)
+    return float(mean_average_precision(q_codes, q_labels, db_codes, db_labels, ties=ties))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,16 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     model = fit_linear_hash(x[tr], labels[tr], bits, ridge=args.ridge,
                                             seed=args.seed)
-                value = protocol_map(model.codes(x[q]), labels[q], model.codes(x[tr]),
-                                     labels[tr], split.protocol)
-                rows.append({"bits": bits, "value": value})
+                q_codes, tr_codes = model.codes(x[q]), model.codes(x[tr])
+                value = protocol_map(q_codes, labels[q], tr_codes, labels[tr], split.protocol)
+                tie_aware = protocol_map(q_codes, labels[q], tr_codes, labels[tr],
+                                         split.protocol, ties="expected")
+                rows.append({"bits": bits, "value": value, "tie_aware": round(tie_aware, 4)})
         for r in rows:
             rec = {"method": method, "dataset": archive.name, "protocol": split.protocol,
                    "metric": metric, "backbone": args.backbone, "command":
                    "python -m rsir_train.baselines " + " ".join(sys.argv[1:] if argv is None else argv),
                    **r, "value": round(r["value"], 4)}
+            ties = f" (tie-aware {r['tie_aware']:.4f})" if "tie_aware" in r else ""
             print(f"{archive.name} {split.protocol} {method:>6} {str(r['bits'] or '-'):>3} bits  "
-                  f"{metric}: {r['value']:.4f}", flush=True)
+                  f"{metric}: {r['value']:.4f}{ties}", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(rec) + "\n")

@@ -195,6 +195,10 @@ def _add_milan(methods: Any) -> None:
     m.add_argument("--input-dropout", type=float, default=0.0,
                    help="dropout on the input features while training (regulariser; nothing "
                         "is dropped at inference) (default 0)")
+    m.add_argument("--ema-decay", type=float, default=None,
+                   help="Polyak averaging: validate and keep an exponential moving average of "
+                        "the head's weights with this decay per iteration (0 = off; default: "
+                        "the trainer's, see docs/milan.md; off with --authors)")
     m.add_argument("--authors", action="store_true",
                    help="the published recipe: no validation split, --iterations, last head")
     _add_symmetric_eval(m)

@@ -89,6 +89,8 @@ def milan_config(args: argparse.Namespace) -> Any:
         patience=0 if args.authors else args.patience, refit=args.refit and not args.authors,
         weight_decay=args.weight_decay, input_dropout=args.input_dropout,
         classifier_weight=args.classifier_weight,
+        **({"ema_decay": 0.0 if args.authors else args.ema_decay}
+           if args.authors or args.ema_decay is not None else {}),
     )
     return MilanConfig(
         bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from rsir_sdk.bundle import Bundle
 from rsir_sdk.errors import EvaluationError
 from rsir_sdk.evaluate import evaluate_bundle
-from rsir_sdk.metrics import mean_average_precision
+from rsir_sdk.metrics import Ties, mean_average_precision
 
 __all__ = ["MILAN_TOPK", "PROTOCOLS", "archive_map", "evaluate_protocols", "metric_key"]
 
@@ -28,11 +28,14 @@ PROTOCOLS = {"milan": "query", "ahcl": "train"}
 MILAN_TOPK = 20
 
 
-def archive_map(codes: Any, labels: Sequence, topk: int = MILAN_TOPK) -> float:
+def archive_map(codes: Any, labels: Sequence, topk: int = MILAN_TOPK,
+                ties: Ties = "index") -> float:
     """The MiLAN protocol's figure on packed codes: the codes ranked among themselves,
-    leave-one-out, mAP@``topk`` (used for test sides, validation parts and baselines alike)."""
+    leave-one-out, mAP@``topk`` (used for test sides, validation parts and baselines alike).
+    ``ties``: ``"index"`` (Milvus' order) or ``"expected"`` (over every order of tied items,
+    :mod:`rsir_sdk.tie_aware`)."""
     return float(mean_average_precision(codes, labels, codes, labels, topk=topk,
-                                        exclude_self=True))
+                                        exclude_self=True, ties=ties))
 
 
 def metric_key(protocol: str, topk: int = MILAN_TOPK) -> str:
@@ -56,7 +59,8 @@ def evaluate_protocols(
     ``uri``: the Milvus to search (default a temporary Milvus Lite file); each protocol gets
     its own collection ``eval_<protocol>_<method>_<bits>_<encoder_id>`` there. Returns
     ``{"milan_map@20": ..., "milan_map@20_reference": ..., "milvus_agrees_milan": True,
-    "n_queries_milan": ..., "n_database_milan": ..., "eval_seconds_milan": ..., ...}``.
+    "milan_map@20_tie_aware": ..., "n_queries_milan": ..., "n_database_milan": ...,
+    "eval_seconds_milan": ..., ...}``.
     """
     b = Bundle.load(bundle)
     out: dict[str, Any] = {}
@@ -77,6 +81,7 @@ def evaluate_protocols(
         key = metric_key(p, topk)
         out[key] = res.metrics[name]
         out[f"{key}_reference"] = res.reference[name]
+        out[f"{key}_tie_aware"] = res.tie_aware[name]
         out[f"milvus_agrees_{p}"] = res.agree
         out[f"n_queries_{p}"] = res.n_queries
         out[f"n_database_{p}"] = res.n_database

@@ -6,7 +6,8 @@ while the validation used to rank held-out images against the fit part (mAP over
 compares the two rules without reading the query side and without the bias of scoring a rule
 on the very images it chose on: the train side of the split is cut per class into
 
-- ``check`` (20 %, seed 2): never seen by training or selection; the rules are scored here,
+- ``check`` (``--check-fraction``, default 20 %, ``--check-seed``, default 2): never seen
+  by training or selection; the rules are scored here,
 - ``val`` (20 % of the rest, seed 0, as the trainer draws it): what each rule chooses on,
 - ``fit`` (the rest): what the head is trained on;
 
@@ -20,7 +21,8 @@ fit + val, as the head's alternative would be, and scored on ``check`` too.
         --cache-dir runs/cache --threads 1 --json runs/milan_selection.jsonl
 
 Prints one JSON line per code length: each rule's chosen iteration, its validation figure
-and its ``check`` figure (leave-one-out mAP@20 among the check images), and the linear hash's.
+and its ``check`` figure (leave-one-out mAP@20 among the check images, ties by index and
+``check_tie_aware``, in expectation over the order of tied codes), and the linear hash's.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a MilanParams field to change for every rule (float/int/str), e.g. "
                         "margin=0.5; repeatable; recorded in the output")
+    p.add_argument("--check-fraction", type=float, default=0.2,
+                   help="share of each class of the train side held out as the check part "
+                        "(default 0.2; 0.4 cuts the train side the way the 60-40 protocol cuts "
+                        "the archive)")
+    p.add_argument("--check-seed", type=int, default=2, help="seed of the check cut (default 2)")
     p.add_argument("--json", help="append one JSON line per code length to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -73,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             p.error(f"--param {item}: {value!r} is not a {type(default).__name__}")
 
+    if not 0.0 < args.check_fraction < 1.0:
+        p.error(f"--check-fraction must be in (0, 1), not {args.check_fraction}")
     for rule in args.rules.split(","):
         if rule.removesuffix("+refit") not in VAL_METRICS:
             p.error(f"--rules: {rule!r} is not one of {', '.join(VAL_METRICS)} (+refit)")
@@ -85,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                                cache_dir=args.cache_dir)
     labels = np.asarray(archive.labels(), dtype=object)
     train_idx, _ = split.indices(archive)  # the query side is never used
-    rest, check = validation_indices(labels[train_idx], 0.2, seed=2)
+    rest, check = validation_indices(labels[train_idx], args.check_fraction, seed=args.check_seed)
     rest_idx, check_idx = train_idx[rest], train_idx[check]
     fit, val = validation_indices(labels[rest_idx], 0.2, seed=0)
     fit_idx, val_idx = rest_idx[fit], rest_idx[val]
-    sizes = {"fit": len(fit_idx), "val": len(val_idx), "check": len(check_idx)}
+    sizes = {"fit": len(fit_idx), "val": len(val_idx), "check": len(check_idx),
+             "check_seed": args.check_seed}
 
     def x(idx: np.ndarray) -> torch.Tensor:
         return feats[torch.as_tensor(idx)]
@@ -98,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         record: dict = {"dataset": archive.name, "bits": bits, "sizes": sizes,
                         "params": overrides}
         linear = fit_linear_hash(x(rest_idx).numpy(), labels[rest_idx], bits)
-        record["linear_check"] = round(archive_map(linear.codes(x(check_idx).numpy()),
-                                                 labels[check_idx]), 4)
+        linear_codes = linear.codes(x(check_idx).numpy())
+        record["linear_check"] = round(archive_map(linear_codes, labels[check_idx]), 4)
+        record["linear_check_tie_aware"] = round(
+            archive_map(linear_codes, labels[check_idx], ties="expected"), 4)
         for rule in args.rules.split(","):
             refit = rule.endswith("+refit")  # then a fresh head on fit + val, chosen length
             rule = rule.removesuffix("+refit")
@@ -112,10 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                 head = train_milan_head(x(rest_idx), labels[rest_idx], bits, replace(
                     MilanParams(), **overrides, iterations=max(1, report["best_iteration"])))
                 rule += "+refit"
+            codes = milan_codes(head, x(check_idx))
             record[rule] = {
                 "best_iteration": report["best_iteration"], "stopped_at": report["stopped_at"],
                 "val": report["best_val_map"],
-                "check": round(archive_map(milan_codes(head, x(check_idx)), labels[check_idx]), 4),
+                "check": round(archive_map(codes, labels[check_idx]), 4),
+                "check_tie_aware": round(archive_map(codes, labels[check_idx], ties="expected"), 4),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         print(json.dumps(record), flush=True)

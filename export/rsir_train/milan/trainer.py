@@ -10,6 +10,7 @@ comparison: the published numbers come from the exported encoder through
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -76,11 +77,18 @@ def _val_map(head: MilanHead, fit_x: torch.Tensor, fit_y: np.ndarray, val_x: tor
     """The validation figure (:attr:`MilanParams.val_metric`): ``database`` = mAP of the
     validation codes against the fit part's codes (whole fit part ranked); ``archive`` = the
     validation codes ranked among themselves, leave-one-out, mAP@20 (the MiLAN protocol's
-    metric on images the head never saw)."""
+    metric on images the head never saw).
+
+    Both tie-aware (in expectation over every order of tied codes, :mod:`rsir_sdk.tie_aware`):
+    with ties ranked by index the figure of a head whose codes tie (a class on one code) would
+    depend on the order the validation images are listed in, class by class, and that order
+    penalises tied heads by up to 0.03 mAP@20 on the 60/40 rows (docs/training.md).
+    """
     val_codes = milan_codes(head, val_x)
     if metric == "archive":
-        return archive_map(val_codes, val_y)
-    return float(mean_average_precision(val_codes, val_y, milan_codes(head, fit_x), fit_y))
+        return archive_map(val_codes, val_y, ties="expected")
+    return float(mean_average_precision(val_codes, val_y, milan_codes(head, fit_x), fit_y,
+                                        ties="expected"))
 
 
 def train_milan_head(
@@ -133,6 +141,9 @@ def train_milan_head(
         torch.manual_seed(params.seed)
         head = MilanHead(x.shape[1], bits, params.hidden, params.negative_slope)
     head = head.to(device).train()
+    # the Polyak average (params.ema_decay): what is validated and returned when on
+    averaged = _Average(head, params.ema_decay) if params.ema_decay else None
+    scored = averaged.head if averaged is not None else head
     # the auxiliary label classifier on b (params.classifier_weight): trained, never exported
     classifier = None
     trainable = list(head.parameters())
@@ -184,24 +195,46 @@ def train_milan_head(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update(head, step)
         if progress is not None and (step % params.log_every == 0 or step == params.iterations):
             progress(step, params.iterations, {k: float(v) for k, v in parts.items()})
         if validation is not None and (step % params.val_every == 0 or step == params.iterations):
-            value = _val_map(head, x, fit_y, val_x, val_y, val_metric)
+            value = _val_map(scored, x, fit_y, val_x, val_y, val_metric)
             curve.append([step, round(value, 4)])
             if value > best_map:
                 best_map, best_step, bad = value, step, 0
-                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
             else:
                 bad += 1
                 if params.patience and bad >= params.patience:
                     break
+    if averaged is not None:
+        head.load_state_dict(averaged.head.state_dict())
     if validation is not None:
         head.load_state_dict(best_state)
         if report is not None:
             report.update(val_metric=val_metric, best_iteration=best_step,
                           best_val_map=round(best_map, 4), stopped_at=step, val_curve=curve)
     return head.eval()
+
+
+class _Average:
+    """An exponential moving average of a head's weights (Polyak averaging).
+
+    The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` at iteration ``t`` so that the
+    average is not held near the random initialisation for the first thousand iterations.
+    """
+
+    def __init__(self, head: MilanHead, decay: float):
+        self.decay = float(decay)
+        self.head = copy.deepcopy(head).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, head: MilanHead, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for mine, theirs in zip(self.head.parameters(), head.parameters()):
+            mine.mul_(d).add_(theirs.detach(), alpha=1.0 - d)
 
 
 @dataclass
