@@ -147,3 +147,32 @@ def test_result_records_from_bundles(tmp_path):
     append_results(path, rows + [mrow])
     assert len(append_results(path, [{**mrow, "value": 0.8}])) == 3  # replaced, not added
     assert json.loads(path.read_text())[-1]["value"] == 0.8
+
+
+def _append_many(args):
+    from rsir_train.results import append_results
+
+    path, worker = args
+    for i in range(20):
+        append_results(path, [{"method": "m", "dataset": f"w{worker}", "bits": i, "value": i}])
+
+
+def test_result_records_appended_by_parallel_runs_are_all_kept(tmp_path):
+    """Runs finishing side by side merge into one results file: none of their records is lost
+    and the file is valid JSON throughout; tie-aware figures are records of their own."""
+    import multiprocessing
+
+    from rsir_train.results import records_for_manifest
+
+    path = str(tmp_path / "results.json")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_append_many, [(path, w) for w in range(4)])
+    kept = json.loads((tmp_path / "results.json").read_text())
+    assert sorted((r["dataset"], r["bits"]) for r in kept) == sorted(
+        (f"w{w}", i) for w in range(4) for i in range(20))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    training = {**_training({"milan_map@20": 0.7, "milan_map@20_tie_aware": 0.75,
+                             "milvus_agrees_milan": True}), "protocol": "milan-60-40"}
+    rows = records_for_manifest({**_manifest(), "method": "milan", "training": training})
+    assert [(r["metric"], r["value"]) for r in rows] == [("mAP@20", 0.7),
+                                                         ("mAP@20 tie-aware", 0.75)]

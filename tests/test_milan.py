@@ -316,15 +316,14 @@ def test_input_dropout_is_seeded_changes_training_and_is_checked():
 
 @pytest.mark.parametrize("miner", ["random", "batch-hard"])
 def test_auxiliary_classifier_trains_the_head_and_is_not_exported(miner):
-    """classifier_weight (an option, off by default) adds a label classifier's cross-entropy on
-    b: the head learns differently, yet it is the same module (no classifier in its weights, so
-    the export is the authors' head); the authors' preset keeps it off; a negative weight is
-    refused."""
+    """classifier_weight (1 by default) adds a label classifier's cross-entropy on b: the head
+    learns differently, yet it is the same module (no classifier in its weights, so the export
+    is the authors' head); the authors' preset turns it off; a negative weight is refused."""
     x, labels = clustered_features(20, seed=1)
     base = FAST | {"iterations": 60, "miner": miner}
     with_clf = train_milan_head(x, labels, 16, MilanParams(**base, classifier_weight=1.0))
-    without = train_milan_head(x, labels, 16, MilanParams(**base))
-    assert MilanParams().classifier_weight == 0.0 and MilanParams.authors().classifier_weight == 0.0
+    without = train_milan_head(x, labels, 16, MilanParams(**base, classifier_weight=0.0))
+    assert MilanParams().classifier_weight == 1.0 and MilanParams.authors().classifier_weight == 0.0
     assert set(with_clf.state_dict()) == set(without.state_dict())
     assert not torch.allclose(with_clf.mlp[0].weight, without.mlp[0].weight)
     with pytest.raises(ValueError, match="classifier_weight"):

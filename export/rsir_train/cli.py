@@ -188,10 +188,10 @@ def _add_milan(methods: Any) -> None:
                    help="after model selection, train a fresh head on the whole train side for "
                         "the chosen number of iterations")
     m.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty")
-    m.add_argument("--classifier-weight", type=float, default=0.0,
+    m.add_argument("--classifier-weight", type=float, default=None,
                    help="weight of an auxiliary cross-entropy of a linear label classifier on "
-                        "the head's outputs, trained with the head and not exported (default 0: "
-                        "off; an option, see docs/training.md)")
+                        "the head's outputs, trained with the head and not exported (default "
+                        "1; 0 = off, as with --authors; see docs/training.md)")
     m.add_argument("--input-dropout", type=float, default=0.0,
                    help="dropout on the input features while training (regulariser; nothing "
                         "is dropped at inference) (default 0)")

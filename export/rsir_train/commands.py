@@ -88,9 +88,11 @@ def milan_config(args: argparse.Namespace) -> Any:
         val_every=args.val_every,
         patience=0 if args.authors else args.patience, refit=args.refit and not args.authors,
         weight_decay=args.weight_decay, input_dropout=args.input_dropout,
-        classifier_weight=args.classifier_weight,
-        **({"ema_decay": 0.0 if args.authors else args.ema_decay}
-           if args.authors or args.ema_decay is not None else {}),
+        # None: the trainer's default (MilanParams); --authors turns both off
+        **{name: 0.0 if args.authors else value
+           for name, value in (("classifier_weight", args.classifier_weight),
+                               ("ema_decay", args.ema_decay))
+           if args.authors or value is not None},
     )
     return MilanConfig(
         bits=args.bits, backbone=args.backbone, pretrained=not args.no_pretrained,
