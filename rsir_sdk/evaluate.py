@@ -257,7 +257,8 @@ def evaluate_bundle(
                            full, ranked_idx.shape[1], ties="expected")
     agree = _same_ranking(q_codes, db_codes, ranked_idx, ranked_dist, leave_one_out, q_index)
     return EvalResult(
-        metrics=got, reference=ref, agree=agree, tie_aware=tie_aware, n_queries=len(q_ids), n_database=n_db,
+        metrics=got, reference=ref, agree=agree, tie_aware=tie_aware, n_queries=len(q_ids),
+        n_database=n_db,
         topk=ranked_idx.shape[1], database=db_kind, protocol=protocol,
         leave_one_out=leave_one_out, bits=b.bits, method=b.method, encoder_id=b.encoder_id,
         uri=uri if tmp is None else "(temporary Milvus Lite file)", collection=name,
@@ -285,8 +286,8 @@ def _search_all(store: MilvusCodeStore, q_codes: np.ndarray, k: int, db_ids: lis
 def _reference(q_codes, q_labels, db_codes, db_labels, ks, loo, q_index, full, depth,
                ties: metrics.Ties = "index") -> dict[str, float]:
     """The in-memory figures; with ``ties="expected"`` only the mAPs (tie-aware)."""
-    kw: dict[str, Any] = {"exclude_self": loo, "query_indices": q_index} if loo else {}
-    kw["ties"] = ties
+    loo_kw: dict[str, Any] = {"exclude_self": loo, "query_indices": q_index} if loo else {}
+    kw = {**loo_kw, "ties": ties}
     out: dict[str, float] = {}
     if full:
         out["mAP"] = metrics.mean_average_precision(q_codes, q_labels, db_codes, db_labels, **kw)
@@ -296,11 +297,9 @@ def _reference(q_codes, q_labels, db_codes, db_labels, ks, loo, q_index, full, d
         if k <= depth:
             out[f"mAP@{k}"] = metrics.mean_average_precision(
                 q_codes, q_labels, db_codes, db_labels, topk=k, **kw)
-            if ties == "index":
-                kw.pop("ties")
+            if ties == "index":  # precision@k has no tie-aware form here
                 out[f"P@{k}"] = metrics.precision_at_k(q_codes, q_labels, db_codes, db_labels,
-                                                       k, **kw)
-                kw["ties"] = ties
+                                                       k, **loo_kw)
     return out
 
 

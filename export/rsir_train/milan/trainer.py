@@ -82,7 +82,7 @@ def _val_map(head: MilanHead, fit_x: torch.Tensor, fit_y: np.ndarray, val_x: tor
     Both tie-aware (in expectation over every order of tied codes, :mod:`rsir_sdk.tie_aware`):
     with ties ranked by index the figure of a head whose codes tie (a class on one code) would
     depend on the order the validation images are listed in, class by class, and that order
-    penalises tied heads by up to 0.03 mAP@20 on the 60/40 rows (docs/training.md).
+    penalises tied heads by several points of mAP@20 (docs/training.md, section Ties).
     """
     val_codes = milan_codes(head, val_x)
     if metric == "archive":
