@@ -213,7 +213,10 @@ def test_cli_train_eval_index_results(tmp_path, capsys):
     assert manifest["training"]["metrics"]["milvus_agrees_ahcl"] is True
     assert manifest["training"]["command"].startswith("rsir train milan --data ")
     recs = json.loads(results.read_text())
-    assert len(recs) == 1 and recs[0]["protocol"] == "ahcl" and recs[0]["metric"] == "mAP"
+    # the figure with ties by id (Milvus' order) and the same tie-aware, both recorded
+    assert [(r["protocol"], r["metric"]) for r in recs] == [("ahcl", "mAP"),
+                                                            ("ahcl", "mAP tie-aware")]
+    assert recs[1]["value"] == round(manifest["training"]["metrics"]["ahcl_map_tie_aware"], 4)
     assert recs[0]["milvus_checked"] is True and recs[0]["split"] == "ahcl-80-20"
     assert {"method", "dataset", "bits", "value", "backbone", "device", "train_seconds",
             "command", "date"} <= set(recs[0])
@@ -223,7 +226,7 @@ def test_cli_train_eval_index_results(tmp_path, capsys):
     # the second run reads its features from the cache; its record replaces the first
     assert main(argv + ["-q"]) == 0
     assert json.loads((out / "manifest.json").read_text())["training"]["feature_cache"] == "hit"
-    assert len(json.loads(results.read_text())) == 1
+    assert len(json.loads(results.read_text())) == 2
 
 
 def test_cli_parser_and_one_line_errors(tmp_path, capsys):
