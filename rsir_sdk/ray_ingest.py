@@ -238,7 +238,8 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
                     ray.init(num_cpus=max(1, workers), **kwargs)
             break
         except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray's own start-up
-            if attempt < attempts and "timed out during startup" in str(exc):
+            timed_out = "timed out during startup" in str(exc)
+            if attempt < attempts and timed_out:
                 log.info("a local Ray did not start within Ray's start-up limit; "
                          "trying again (%d of %d)", attempt + 1, attempts)
                 with contextlib.suppress(Exception), _stderr_to_file():
@@ -246,7 +247,7 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
                 continue
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             hint = (f" (after {attempts} tries; the machine may be too loaded: --engine local "
-                    "needs no Ray)" if attempts > 1 and "timed out" in str(exc) else "")
+                    "needs no Ray)" if attempts > 1 and timed_out else "")
             raise RayUnavailableError(
                 f"cannot start {where}: {type(exc).__name__}: {exc}{hint}") from None
     ctx = ray.data.DataContext.get_current()

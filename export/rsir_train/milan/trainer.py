@@ -176,12 +176,10 @@ def train_milan_head(
     for step in range(1, params.iterations + 1):
         if params.miner == "random":
             triplets = torch.as_tensor(sampler.sample(), device=device)
-            rows = triplets.T.reshape(-1)
-            b = head(drop(x[rows])).view(3, len(triplets), -1)
-            loss, parts = milan_loss(b[0], b[1], b[2], params)
-            if classifier is not None:
-                loss = loss + params.classifier_weight * F.cross_entropy(
-                    classifier(b.reshape(len(rows), -1)), class_ids[rows])
+            idx = triplets.T.reshape(-1)
+            b = head(drop(x[idx]))
+            anchor, positive, negative = b.view(3, len(triplets), -1)
+            loss, parts = milan_loss(anchor, positive, negative, params)
         else:
             idx = torch.as_tensor(
                 sampler.pk_batch(params.classes_per_batch, params.items_per_class), device=device
@@ -189,9 +187,8 @@ def train_milan_head(
             b = head(drop(x[idx]))
             a, p, n = mine_triplets(b, class_ids[idx], params.margin, params.miner)
             loss, parts = milan_loss(b[a], b[p], b[n], params, batch=b)
-            if classifier is not None:
-                loss = loss + params.classifier_weight * F.cross_entropy(classifier(b),
-                                                                         class_ids[idx])
+        if classifier is not None:  # b: one row per image of the batch, idx: their rows of x
+            loss = loss + params.classifier_weight * F.cross_entropy(classifier(b), class_ids[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -209,10 +206,10 @@ def train_milan_head(
                 bad += 1
                 if params.patience and bad >= params.patience:
                     break
-    if averaged is not None:
+    if validation is None and averaged is not None:
         head.load_state_dict(averaged.head.state_dict())
     if validation is not None:
-        head.load_state_dict(best_state)
+        head.load_state_dict(best_state)  # of the averaged head when averaging
         if report is not None:
             report.update(val_metric=val_metric, best_iteration=best_step,
                           best_val_map=round(best_map, 4), stopped_at=step, val_curve=curve)
