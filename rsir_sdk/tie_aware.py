@@ -43,31 +43,24 @@ def expected_average_precisions(groups: np.ndarray, relevant: np.ndarray,
     r = np.asarray(relevant, dtype=np.float64)
     n_ranked = int(g[0].sum()) if len(g) else 0
     k = n_ranked if topk is None else min(int(topk), n_ranked)
-    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, n_ranked + 2))))
+    harmonic = np.concatenate(([0.0], np.cumsum(1.0 / np.arange(1, n_ranked + 1))))
     before = np.cumsum(g, axis=1) - g  # s: items ranked before each group
     rel_before = np.cumsum(r, axis=1) - r  # c: relevant items ranked before each group
-    s = before.astype(np.int64)
 
     # groups wholly inside the top k
     inside = before + g <= k
-    a = harmonic[np.minimum(s + g.astype(np.int64), n_ranked + 1)] - harmonic[s]
-    b = g - (s + 1) * a
-    spread = np.divide(r - 1, g - 1, out=np.zeros_like(g), where=g > 1)
-    term = np.divide(r, g, out=np.zeros_like(g), where=g > 0) * ((rel_before + 1) * a + spread * b)
+    term = _group_precision_sum(harmonic, before, g, r, rel_before)
     sums = np.where(inside, term, 0.0).sum(axis=1)
     hits = np.where(inside, r, 0.0).sum(axis=1)
     out = np.divide(sums, hits, out=np.zeros_like(sums), where=hits > 0)
 
     # the group the cut-off falls inside, if any: m of its items kept, j of them relevant
-    cut = (before < k) & (before + g > k)
-    rows, cols = np.nonzero(cut)
+    rows, cols = np.nonzero((before < k) & (before + g > k))
     if len(rows) == 0:
         return out
     gs, rs = g[rows, cols].astype(np.int64), r[rows, cols].astype(np.int64)
-    ss, cs = s[rows, cols], rel_before[rows, cols]
-    m = k - ss
-    am = harmonic[ss + m] - harmonic[ss]
-    bm = m - (ss + 1) * am
+    ss, cs = before[rows, cols], rel_before[rows, cols]
+    m = k - ss.astype(np.int64)
     log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n_ranked + 1)))))
 
     def log_choose(n: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -79,14 +72,28 @@ def expected_average_precisions(groups: np.ndarray, relevant: np.ndarray,
         if not possible.any():
             continue
         jj = np.where(possible, j, 0)
-        p = np.where(possible, np.exp(log_choose(rs, np.minimum(jj, rs))
-                                      + log_choose(gs - rs, np.clip(m - jj, 0, gs - rs))
+        others = np.clip(m - jj, 0, gs - rs)
+        p = np.where(possible, np.exp(log_choose(rs, jj) + log_choose(gs - rs, others)
                                       - log_choose(gs, m)), 0.0)
-        spread_m = np.divide(j - 1, m - 1, out=np.zeros(len(rows)), where=m > 1)
-        added = (j / m) * ((cs + 1) * am + spread_m * bm)
+        # the m kept slots are a uniformly ordered group of m items holding j relevant ones
+        kept_relevant = np.full(len(rows), float(j))
+        added = _group_precision_sum(harmonic, ss, m.astype(np.float64), kept_relevant, cs)
         total_hits = hits[rows] + j
         ap = np.divide(sums[rows] + added, total_hits, out=np.zeros(len(rows)),
                        where=total_hits > 0)
         expected += p * ap
     out[rows] = expected
     return out
+
+
+def _group_precision_sum(harmonic: np.ndarray, before: np.ndarray, size: np.ndarray,
+                         relevant: np.ndarray, rel_before: np.ndarray) -> np.ndarray:
+    """Expected sum of the precisions at the hits of uniformly ordered groups: ``size`` items,
+    ``relevant`` of them relevant, after ``before`` items holding ``rel_before`` relevant ones
+    (the module doc's ``(r / g) [(c + 1) A + (r - 1)/(g - 1) B]``; 0 for an empty group)."""
+    s = before.astype(np.int64)
+    a = harmonic[s + size.astype(np.int64)] - harmonic[s]  # sum_t 1/(s + t)
+    b = size - (s + 1) * a  # sum_t (t - 1)/(s + t)
+    spread = np.divide(relevant - 1, size - 1, out=np.zeros_like(size), where=size > 1)
+    share = np.divide(relevant, size, out=np.zeros_like(size), where=size > 0)
+    return share * ((rel_before + 1) * a + spread * b)
