@@ -69,16 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="append one JSON line per code length to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    defaults = MilanParams()
     overrides = {}
-    for item in args.param:
+    for item in args.param:  # every --param fails here, before any work
         key, _, value = item.partition("=")
-        if not hasattr(MilanParams(), key):  # fails here, before any work
+        if not hasattr(defaults, key):
             p.error(f"--param {item}: MilanParams has no field {key!r}")
-        default = getattr(MilanParams(), key)
+        default = getattr(defaults, key)
         try:
             overrides[key] = type(default)(value) if not isinstance(default, str) else value
         except ValueError:
             p.error(f"--param {item}: {value!r} is not a {type(default).__name__}")
+    try:
+        params = replace(defaults, **overrides)
+    except ValueError as exc:  # a value MilanParams refuses, e.g. ema_decay=1
+        p.error(f"--param: {exc}")
 
     if not 0.0 < args.check_fraction < 1.0:
         p.error(f"--check-fraction must be in (0, 1), not {args.check_fraction}")
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     train_idx, _ = split.indices(archive)  # the query side is never used
     rest, check = validation_indices(labels[train_idx], args.check_fraction, seed=args.check_seed)
     rest_idx, check_idx = train_idx[rest], train_idx[check]
-    fit, val = validation_indices(labels[rest_idx], 0.2, seed=0)
+    # validation cut as the trainer draws it (its fraction and seed)
+    fit, val = validation_indices(labels[rest_idx], params.val_fraction, seed=params.seed)
     fit_idx, val_idx = rest_idx[fit], rest_idx[val]
     sizes = {"fit": len(fit_idx), "val": len(val_idx), "check": len(check_idx),
              "check_seed": args.check_seed}
@@ -118,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             report: dict = {}
             head = train_milan_head(x(fit_idx), labels[fit_idx], bits,
-                                    replace(MilanParams(), **overrides, val_metric=rule),
+                                    replace(params, val_metric=rule),
                                     validation=(x(val_idx), labels[val_idx]), report=report)
             if refit:
                 head = train_milan_head(x(rest_idx), labels[rest_idx], bits, replace(
-                    MilanParams(), **overrides, iterations=max(1, report["best_iteration"])))
+                    params, iterations=max(1, report["best_iteration"])))
                 rule += "+refit"
             codes = milan_codes(head, x(check_idx))
             record[rule] = {
