@@ -225,8 +225,9 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
                               "logging_level": logging.ERROR, "configure_logging": True}
     for name in ("ray", "ray.data", "ray._private", "ray.util"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # Ray gives a new local node a fixed 30 s to register its raylet; on a small, loaded machine
-    # (2 cores beside a Milvus server) that can run out once and succeed at the next try
+    # Ray gives a new local node fixed times to start (30 s for the raylet to register, a wait
+    # for the GCS port file); on a small, loaded machine (2 cores beside a Milvus server) one
+    # can run out once and succeed at the next try
     attempts = 1 if address else START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
@@ -238,7 +239,9 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
                     ray.init(num_cpus=max(1, workers), **kwargs)
             break
         except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray's own start-up
-            timed_out = "timed out during startup" in str(exc)
+            # Ray's start-up time-outs: "... timed out during startup ..." (the raylet) and
+            # "Timed out waiting for file .../gcs_server_port_..." (the GCS), both seen in CI
+            timed_out = "timed out" in str(exc).lower()
             if attempt < attempts and timed_out:
                 log.info("a local Ray did not start within Ray's start-up limit; "
                          "trying again (%d of %d)", attempt + 1, attempts)
