@@ -206,13 +206,13 @@ def run(args: Any) -> tuple[str, list[dict[str, Any]]]:
                                      flat["warm_s"], f"{flat['warm_s'] / fbest:.2f}x", flat["recall"],
                                      flat["server_cpu"], flat["client_cpu"], flat["fields_s"],
                                      flat["tie_searches"]])
-                # the same with ties broken by id exactly (the store's default), on fewer queries
+                # the same with ties broken exactly by the tie rule (the store's default), on fewer queries
                 # when tie groups are huge (duplicated trained codes)
                 nq = min(len(codes.queries), args.exact_queries)
                 ex = search_rows(store, codes.queries[:nq], k, ref[:nq], srv.pid, 1, first=False,
                                  exact_ties=True)
                 rec["BIN_FLAT_exact_ties"] = {**ex, "queries": nq}
-                search_table.append([tag, f"server BIN_FLAT, ties broken by id ({nq:,} queries)",
+                search_table.append([tag, f"server BIN_FLAT, exact ties ({nq:,} queries)",
                                      "-", "-", ex["warm_s"], f"{ex['warm_s'] / fbest * len(codes.queries) / nq:.2f}x",
                                      ex["recall"], ex["server_cpu"], ex["client_cpu"], "-",
                                      ex["tie_searches"]])
@@ -278,7 +278,7 @@ def run(args: Any) -> tuple[str, list[dict[str, Any]]]:
                                  f"`prepare_for_search` ({r['prepare_s']:.0f} s) {r['after_s']:.1f} s")
                 shutil.rmtree(work / "staging", ignore_errors=True)
     body = "Search, 1,000 held-out queries, top-100 (`MilvusCodeStore.search_ids(..., " \
-        "exact_ties=False)` unless the row says ties broken by id; recall@100 is tie-aware " \
+        "exact_ties=False)` unless the row says exact ties; recall@100 is tie-aware " \
         "against FAISS' exact distance lists):\n\n"
     body += table(["n, codes", "system", "index build s", "first search s", "warm search s",
                    "time vs FAISS", "recall@100", "server CPU-s", "client CPU-s",

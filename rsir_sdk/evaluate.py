@@ -14,7 +14,8 @@ onnxruntime on images decoded by the SDK. :func:`evaluate_bundle` measures that 
    the same numbers with :mod:`rsir_sdk.metrics` on the codes in memory (``reference``);
    ``agree`` says whether Milvus ranked every query exactly as the reference did.
 
-Ranking and ties: Milvus results are ordered by (distance, id); the database is ordered by id
+Ranking and ties: the store orders hits by (distance, digest of the id)
+(:mod:`rsir_sdk.store.topk`); the database is put in that order (:func:`~rsir_sdk.store.tie_order`)
 before :mod:`rsir_sdk.metrics` sees it, whose ties go by database index, so both rankings use
 the same tie rule and agree exactly when Milvus returns the whole database.
 
@@ -51,7 +52,7 @@ from .failures import Failure
 from .images import RuleLike
 from .ingest import iter_codes
 from .splits import SPLIT_FILE
-from .store import MAX_TOPK, MilvusCodeStore
+from .store import MAX_TOPK, MilvusCodeStore, tie_order
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ class EvalResult:
     reference: dict[str, float]
     agree: bool
     #: ``mAP`` (when the whole database is ranked) and ``mAP@k`` in expectation over every
-    #: order of tied codes (:mod:`rsir_sdk.tie_aware`): Milvus and ``reference`` rank ties by
-    #: id, so theirs depend on the order the archive was listed in; these do not
+    #: order of tied codes (:mod:`rsir_sdk.tie_aware`): Milvus and ``reference`` rank ties in
+    #: one order (the store's: digests of the ids), and these are their expectation over all
     tie_aware: dict[str, float]
     n_queries: int
     n_database: int
@@ -181,7 +182,7 @@ def evaluate_bundle(
         codes = np.concatenate(parts) if parts else np.zeros((0, b.bits // 8), np.uint8)
         return kept, codes
 
-    # ---- the database, ordered by id (the tie rule shared with rsir_sdk.metrics)
+    # ---- the database, in the store's tie order (shared with rsir_sdk.metrics: ties by index)
     if use_learned:
         db = b.load_database()
         db_ids, db_labels, db_codes, db_kind = list(db.ids), list(db.labels), db.codes, "learned"
@@ -190,7 +191,7 @@ def evaluate_bundle(
     else:
         items, db_codes = encode(items_for(split[database], database), "database")
         db_ids, db_labels, db_kind = [it.id for it in items], [it.label for it in items], "encoded"
-    order = np.argsort(np.array(db_ids, dtype=object), kind="stable")
+    order = tie_order(db_ids)
     db_ids = [db_ids[i] for i in order]
     db_labels = [db_labels[i] for i in order]
     db_codes = db_codes[order]

@@ -2,10 +2,11 @@
 
 All metrics rank the database by exact Hamming distance (:func:`rsir_sdk.codes.hamming_distances`)
 and **break ties by database index** (a stable sort, as :func:`rsir_sdk.codes.topk_bruteforce`
-does, and Milvus, which orders ties by id), so every number is deterministic: short codes tie
-heavily, and an unstated tie rule can move mAP by several points. ``ties="expected"`` gives
-instead the AP expected over every order of the tied items (:mod:`rsir_sdk.tie_aware`), which
-does not depend on the order the archive was listed in.
+does), so every number is deterministic: short codes tie heavily, and an unstated tie rule can
+move mAP by several points. To rank as the store does, put the database in its tie order first
+(:func:`rsir_sdk.store.tie_order`: digests of the ids). ``ties="expected"`` gives instead the AP
+expected over every order of the tied items (:mod:`rsir_sdk.tie_aware`), which does not depend
+on the order the archive was listed in.
 
 Relevance: a database item is relevant to a query when they share a label.
 

@@ -32,6 +32,7 @@ from .encoder import Encoder
 from .errors import EvaluationError, RsirError
 from .images import RuleLike
 from .ingest import iter_codes
+from .store import tie_order
 
 __all__ = ["Curves", "PlotError", "evaluation_curves", "plot_curves"]
 
@@ -96,11 +97,12 @@ def evaluation_curves(
     loo = database == "query"
     if database == "train" and b.has_database:
         db = b.load_database()
-        order = np.argsort(np.array(db.ids, dtype=object), kind="stable")  # rsir eval's tie order
+        order = tie_order(db.ids)  # the store's tie order, as rsir eval
         db_labels = [str(db.labels[i]) for i in order]
         db_codes, kind = db.codes[order], "learned"
     else:
-        db_labels, db_codes = encode(sorted(sp.query_ids if loo else sp.train_ids))
+        ids = list(sp.query_ids if loo else sp.train_ids)
+        db_labels, db_codes = encode([ids[i] for i in tie_order(ids)])
         kind = "encoded"
     if loo:
         q_labels, q_codes = db_labels, db_codes

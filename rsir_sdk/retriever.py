@@ -37,7 +37,7 @@ from .store import values as store_values
 log = logging.getLogger(__name__)
 
 #: one search result (``id``, ``distance`` as an int, ``label``, ``path``, ``metadata``), sorted by
-#: distance then id; the same class the store returns
+#: distance, ties by the digest of the id (:mod:`rsir_sdk.store.topk`); the class the store returns
 Hit = StoreHit
 Filter = str | Mapping[str, Any] | None
 

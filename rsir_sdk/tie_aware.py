@@ -2,9 +2,10 @@
 
 Why: a Hamming ranking ties heavily (a 64-bit code has 65 possible distances, and a head that
 maps a class to one code puts dozens of items at distance 0). The index-order figure of
-:mod:`rsir_sdk.metrics` (and Milvus, which breaks ties by id) then depends on the order in
-which the archive was listed: on an archive listed class by class, a query meets the tied items
-of the classes listed before its own first. The expected AP over every order of the tied items
+:mod:`rsir_sdk.metrics` then depends on the order in which the archive was listed: on an
+archive listed class by class, a query meets the tied items of the classes listed before its
+own first (the store ranks ties by the digest of the id for that reason, an order that is one
+draw of a random one). The expected AP over every order of the tied items
 (McSherry & Najork, *Computing information retrieval performance measures efficiently in the
 presence of tied scores*, ECIR 2008) depends on the codes alone. It is computed exactly here,
 not sampled.

@@ -149,7 +149,7 @@ def test_serves_through_retriever(tiny, tmp_path):
     agree = []
     for q, hs in zip(queries, hits):
         assert hs[0].distance == 0 and {h.id for h in hs} <= test_ids
-        # finds itself, unless more than k images share its code (ties go by id)
+        # finds itself, unless more than k images share its code (ties go by digest of the id)
         assert any(h.id == q.id for h in hs) or all(h.distance == 0 for h in hs)
         agree += [h.label == q.label for h in hs if h.id != q.id]
     assert np.mean(agree) > 0.5, np.mean(agree)  # chance is 0.1
@@ -213,7 +213,7 @@ def test_cli_train_eval_index_results(tmp_path, capsys):
     assert manifest["training"]["metrics"]["milvus_agrees_ahcl"] is True
     assert manifest["training"]["command"].startswith("rsir train milan --data ")
     recs = json.loads(results.read_text())
-    # the figure with ties by id (Milvus' order) and the same tie-aware, both recorded
+    # the figure in the store's tie order and the same tie-aware, both recorded
     assert [(r["protocol"], r["metric"]) for r in recs] == [("ahcl", "mAP"),
                                                             ("ahcl", "mAP tie-aware")]
     assert recs[1]["value"] == round(manifest["training"]["metrics"]["ahcl_map_tie_aware"], 4)

@@ -7,7 +7,8 @@ import pytest
 
 from rsir_sdk.codes import hamming_distances, topk_bruteforce, within_radius
 from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, StoreError
-from rsir_sdk.store import MAX_TOPK, MilvusCodeStore, build_filter, list_collections
+from rsir_sdk.store import MAX_TOPK, MilvusCodeStore, build_filter, list_collections, tie_order
+from rsir_sdk.store.keys import digest
 
 
 def tie_heavy_codes(n: int, bits: int, seed: int) -> np.ndarray:
@@ -45,8 +46,9 @@ def test_topk_and_range_equal_bruteforce(tmp_path, bits):
         assert {i for i, d in zip(got_ids, got_dist) if d < cutoff} == {
             int(i) for i, d in zip(ref_idx[qi], ref_dist[qi]) if d < cutoff
         }
-        # at the cut-off, ties are broken by id (as strings): the exact list is known
-        want = sorted(np.flatnonzero(full[qi] <= cutoff), key=lambda i: (full[qi, i], str(i)))[:k]
+        # ties (at the cut-off too) go by the digest of the id: the exact list is known
+        want = sorted(np.flatnonzero(full[qi] <= cutoff),
+                      key=lambda i: (full[qi, i], digest(str(i))))[:k]
         assert [h.id for h in hits] == [str(i) for i in want], f"query {qi}: tie order"
         assert len(set(got_ids)) == k
         ties_at_cutoff += int((full[qi] == cutoff).sum() > list(ref_dist[qi]).count(cutoff))
@@ -67,7 +69,8 @@ def test_radius_zero_is_exact_matches_and_inclusive(db_uri):
         store.upsert(list("abcde"), db)
         assert sorted(h.id for h in store.range_search(db[:1], 0)[0]) == ["a", "d"]
         assert sorted(h.id for h in store.range_search(db[:1], 1)[0]) == ["a", "b", "d"]
-        assert [h.id for h in store.search(db[:1], k=10, radius=2)[0]] == ["a", "d", "b", "c"]
+        assert [h.id for h in store.search(db[:1], k=10, radius=2)[0]] == [
+            *sorted("ad", key=digest), "b", "c"]  # a and d tie at 0: by digest
 
 
 def test_get_delete_count_and_metadata(db_uri):
@@ -154,9 +157,11 @@ def test_build_filter_puts_only_digests_in_expressions():
     assert build_filter(' label == "forest" ') == 'label == "forest"'  # expressions pass through
 
 
-def test_ties_at_the_kth_distance_are_broken_by_id_not_insertion_order(db_uri):
-    """30 equal codes written in a shuffled order over three calls (issue 11: k=5 gave t25..t29)."""
-    ties = [f"t{i:02d}" for i in range(30)]
+def test_ties_at_the_kth_distance_are_broken_by_digest_not_insertion_order(db_uri):
+    """30 equal codes written in a shuffled order over three calls (issue 11: k=5 gave t25..t29);
+    tied items come back in the order of their primary keys (digests of the ids)."""
+    ties = sorted((f"t{i:02d}" for i in range(30)), key=digest)
+    assert ties != sorted(ties)  # the digest order is not the name order
     order = [ties[i] for i in np.random.default_rng(3).permutation(30)]
     near = [f"d{d}_{j}" for d in (1, 2, 3) for j in range(3)]
     near_codes = np.zeros((9, 8), np.uint8)
@@ -175,7 +180,19 @@ def test_ties_at_the_kth_distance_are_broken_by_id_not_insertion_order(db_uri):
         assert [h.id for h in store.search(q, k=2, radius=2, filter={"id": ["d2_1", "d1_2", "d2_0"]})[0]] \
             == ["d1_2", "d2_0"]
         assert [h.id for h in store.search(q, k=3, filter='id in ["t07", "t03", "t20", "d1_0"]')[0]] \
-            == ["t03", "t07", "t20"]
+            == sorted(["t03", "t07", "t20"], key=digest)
+
+
+def test_tie_order_does_not_follow_the_folder_layout(db_uri):
+    """An archive listed class by class, every code equal: the tie group is not handed to the
+    class whose name sorts first, and tie_order gives the store's order in memory."""
+    ids = [f"{cls}/{cls}_{j:03d}.jpg" for cls in ("Airport", "Beach", "Forest", "River") for j in range(25)]
+    with MilvusCodeStore(db_uri, "layout", bits=64) as store:
+        store.upsert(ids, np.zeros((len(ids), 8), np.uint8))
+        got = [h.id for h in store.search(np.zeros((1, 8), np.uint8), k=len(ids))[0]]
+    assert got == [ids[i] for i in tie_order(ids)]
+    first20 = [i.split("/")[0] for i in got[:20]]
+    assert len(set(first20)) == 4  # all four classes among the first 20, not Airport alone
 
 
 def test_exact_top_k_past_milvus_topk_cap(db_uri):
@@ -199,8 +216,9 @@ def test_exact_top_k_past_milvus_topk_cap(db_uri):
             top = store.search(np.zeros((1, 8), np.uint8), k=MAX_TOPK)[0]
         finally:
             topk._all_at = original
-        assert [h.id for h in hits] == [f"b{i:05d}" for i in range(5)]
-        assert [h.id for h in top] == [f"b{i:05d}" for i in range(MAX_TOPK)]
+        want = sorted(ids, key=digest)  # the tie rule: primary keys (digests) ascending
+        assert [h.id for h in hits] == want[:5]
+        assert [h.id for h in top] == want[:MAX_TOPK]
         assert len(calls) == 2 * 16  # 1 capped range search, then 16 pk-prefix buckets, twice
         assert top[-1].label == "" and top[-1].metadata == {}
 

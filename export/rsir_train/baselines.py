@@ -33,7 +33,7 @@ import numpy as np
 from rsir_sdk.codes import pack_codes
 from rsir_sdk.metrics import Ties, average_precision_of_ranking, mean_average_precision
 
-from .evaluation import MILAN_TOPK, archive_map
+from .evaluation import MILAN_TOPK, archive_map, in_tie_order
 
 __all__ = ["ITQ", "LinearHash", "fit_itq", "fit_linear_hash", "float_map", "protocol_map"]
 
@@ -192,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = feats.numpy()
     labels = np.asarray(archive.labels())
     tr, q = split.indices(archive)
+    # both sides in the store's tie order, so each figure ranks ties as a Milvus search would
+    # (the fits do not depend on the order of their rows: ridge and ITQ see the same sums)
+    ids = [it.id for it in archive.items]
+    tr, q = in_tie_order(tr, ids), in_tie_order(q, ids)
     metric = "mAP@20 (leave-one-out, query side)" if split.protocol == "60-40" else "mAP"
     for method in args.method or ["itq", "linear", "cosine"]:
         rows: list[dict[str, Any]] = []

@@ -16,12 +16,16 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+import numpy as np
+
 from rsir_sdk.bundle import Bundle
 from rsir_sdk.errors import EvaluationError
 from rsir_sdk.evaluate import evaluate_bundle
 from rsir_sdk.metrics import Ties, mean_average_precision
+from rsir_sdk.store import tie_order
 
-__all__ = ["MILAN_TOPK", "PROTOCOLS", "archive_map", "evaluate_protocols", "metric_key"]
+__all__ = ["MILAN_TOPK", "PROTOCOLS", "archive_map", "evaluate_protocols", "in_tie_order",
+           "metric_key"]
 
 #: evaluation protocol -> the split side used as the database
 PROTOCOLS = {"milan": "query", "ahcl": "train"}
@@ -36,6 +40,14 @@ def archive_map(codes: Any, labels: Sequence, topk: int = MILAN_TOPK,
     :mod:`rsir_sdk.tie_aware`)."""
     return float(mean_average_precision(codes, labels, codes, labels, topk=topk,
                                         exclude_self=True, ties=ties))
+
+
+def in_tie_order(indices: Any, ids: Sequence[str]) -> np.ndarray:
+    """``indices`` (into ``ids``, an archive's items) in the store's tie order (digests of the
+    ids): an in-memory figure over codes listed so, ties by index, ranks as a Milvus search does
+    (:func:`rsir_sdk.store.tie_order`), so torch figures and baselines compare like with like."""
+    idx = np.asarray(indices)
+    return idx[tie_order([ids[i] for i in idx])]
 
 
 def metric_key(protocol: str, topk: int = MILAN_TOPK) -> str:

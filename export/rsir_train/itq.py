@@ -146,11 +146,13 @@ def train_itq(archive: Any, train_indices: np.ndarray, config: ITQConfig, *,
     metrics: dict[str, float] = {}
     if query_indices is not None and len(query_indices) and all(it.label for it in archive.items):
         from .baselines import protocol_map
+        from .evaluation import in_tie_order
 
         labels = np.array([it.label for it in archive.items], dtype=object)
+        ids = [it.id for it in archive.items]
+        qi, ti = in_tie_order(query_indices, ids), in_tie_order(train_indices, ids)
         metrics["ahcl_map_torch"] = protocol_map(
-            model.codes(x[query_indices]), labels[query_indices], model.codes(x[train_indices]),
-            labels[train_indices], "80-20")
+            model.codes(x[qi]), labels[qi], model.codes(x[ti]), labels[ti], "80-20")
     log.info("ITQ %d bits fitted in %.1fs (features %.1fs, cache %s)", config.bits, fit_seconds,
              t1 - t0, status)
     return ITQResult(net, normalize.cpu(), pre, np.asarray(train_indices), config, device,

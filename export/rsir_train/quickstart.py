@@ -28,7 +28,7 @@ import numpy as np
 from rsir_sdk import Bundle, Encoder, Retriever
 from rsir_sdk.errors import BundleError, CollectionNotFoundError
 from rsir_sdk.metrics import average_precision_of_ranking, mean_average_precision
-from rsir_sdk.store import MilvusCodeStore
+from rsir_sdk.store import MilvusCodeStore, tie_order
 
 from .dataset import open_training_archive
 from .sample import sample_archive
@@ -141,12 +141,15 @@ def run_quickstart(args: argparse.Namespace, command: str = "rsir quickstart") -
             mark = "ok" if h.label == q_labels[qi] else "--"
             print(f"      {rank:>4} {h.distance:>4}  {h.label:22s} {h.id}  {mark}")
 
-    # mAP over the whole database from Milvus' ranking (ties by id) and in memory (by index)
+    # mAP over the whole database from Milvus' ranking and in memory, ties in the same order
+    # (the store's: digests of the ids; in memory by index once the database is put in it)
     rel = np.array([[h.label == ql for h in hs] for ql, hs in zip(q_labels, hits)], dtype=bool)
     via_milvus = float(average_precision_of_ranking(rel).mean())
     database = bundle.load_database()
+    order = tie_order(database.ids)
     in_memory = mean_average_precision(Encoder(bundle).encode([str(q) for q in queries]),
-                                       q_labels, database.codes, database.labels)
+                                       q_labels, database.codes[order],
+                                       [database.labels[i] for i in order])
     chance = float(np.mean([np.mean(np.array(database.labels) == ql) for ql in q_labels]))
     print(f"\n[4/4] mAP over the whole database ({len(queries)} queries, {n} items): "
           f"{via_milvus:.3f} through Milvus, {in_memory:.3f} in memory; chance level {chance:.3f}")

@@ -4,7 +4,7 @@
 with ids, labels, paths and JSON metadata. By job: :mod:`.schema` (fields, limits, layout
 version), :mod:`.values` (what may be stored or asked), :mod:`.keys` (digests: the only way user
 text reaches an expression), :mod:`.rows` (a write's columns and batches), :mod:`.topk` (exact
-top-k, ties by id), :mod:`.search` (the calls and a lean hit conversion), :mod:`.connect` and
+top-k, ties by the digest of the id), :mod:`.search` (the calls and a lean hit conversion), :mod:`.connect` and
 :mod:`.rpc` (calls, retries, one-line errors), :mod:`.lite` (Milvus Lite's server process and
 file), :mod:`.server` (a server collection made ready to search: sealed, indexed, calibrated),
 :mod:`.bulk` (bulk import with a journal), :mod:`.collection` (the store), :mod:`.admin`
@@ -29,6 +29,7 @@ from .schema import (  # noqa: E402
     check_same_encoder,
     is_lite_uri,
 )
+from .topk import tie_order  # noqa: E402
 
 __all__ = [
     "MAX_ID_LEN",
@@ -46,5 +47,6 @@ __all__ = [
     "drop_collection",
     "is_lite_uri",
     "list_collections",
+    "tie_order",
     "wait_for_lite_file",
 ]

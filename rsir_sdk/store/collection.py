@@ -304,8 +304,11 @@ class MilvusCodeStore(WritesMixin):
     ) -> list[list[StoreHit]]:
         """Hamming top-``k`` per query: one list of :class:`StoreHit` per query code.
 
-        Hits are sorted by distance, then id (exactly: ties at the k-th distance are broken by
-        id, not by insertion order). With ``radius``, only items at distance ``<= radius``
+        Hits are sorted by distance, then by the digest of the id (exactly: ties at the k-th
+        distance are broken that way too, not by insertion order): a deterministic order that
+        owes nothing to how ids are spelled, so an archive listed class by class does not hand
+        tie groups to the classes whose names sort first (:mod:`.topk`; :func:`.tie_order`
+        gives it in memory). With ``radius``, only items at distance ``<= radius``
         (inclusive) come back, at most ``k`` of them. ``k`` and ``radius`` must be ints,
         ``filter`` a dict or an expression string (:func:`~rsir_sdk.store.keys.build_filter`).
         ``fields``: the stored fields to read (default ``label``, ``path`` and ``metadata``;

@@ -58,7 +58,7 @@ def raw(res: Any) -> list[topk.Raw]:
 def run(conn: Connection, name: str, q: np.ndarray, k: int, expr: str, radius: int | None,
         fields: Sequence[str], params: dict[str, Any], user_expr: str | None,
         stats: dict[str, int] | None = None, exact_ties: bool = True) -> list[list[topk.Found]]:
-    """Exact top-``k`` (ties by id) per query with ``id`` and ``fields`` read; ``stats`` counts
+    """Exact top-``k`` (ties by primary key, :mod:`.topk`) per query with ``id`` and ``fields`` read; ``stats`` counts
     the requests (searches, tie-group range searches) and hits."""
     out_fields = ["id", *fields]
 

@@ -29,7 +29,7 @@ from rsir_sdk.splits import Split
 
 from ..backbones import Backbone, build_backbone
 from ..errors import TrainingError
-from ..evaluation import archive_map
+from ..evaluation import archive_map, in_tie_order
 from ..features import Normalize, pooled_features
 from ..trainer import Progress, default_device, no_progress
 from .model import VAL_METRICS, MilanHead, MilanNet, MilanParams, milan_codes, milan_loss
@@ -288,9 +288,11 @@ class MilanResult:
 
 
 def _torch_metrics(codes: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
-                   query_idx: np.ndarray) -> dict[str, float]:
-    """Both protocols' metrics on codes of the cached features (torch, before export)."""
+                   query_idx: np.ndarray, ids: Sequence[str]) -> dict[str, float]:
+    """Both protocols' metrics on codes of the cached features (torch, before export), each
+    side in the store's tie order (as the figures through Milvus)."""
     out: dict[str, float] = {}
+    train_idx, query_idx = in_tie_order(train_idx, ids), in_tie_order(query_idx, ids)
     if len(query_idx) > 1:
         cq, yq = codes[query_idx], labels[query_idx]
         out["milan_map@20_torch"] = archive_map(cq, yq)
@@ -362,7 +364,8 @@ def train_milan(
                                 params, progress=on_step)
     head_seconds = time.perf_counter() - t1
     head = head.cpu().eval()
-    metrics = _torch_metrics(milan_codes(head, feats), labels, train_idx, query_idx)
+    metrics = _torch_metrics(milan_codes(head, feats), labels, train_idx, query_idx,
+                             [it.id for it in archive.items])
     log.info("MiLAN head trained in %.1fs (features %.1fs, cache %s): %s", head_seconds,
              feature_seconds, status, metrics)
     return MilanResult(
