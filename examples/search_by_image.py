@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     except RsirError as exc:  # every SDK error is one readable line
         print(f"error: {exc}")
         return 1
-    # Hits are sorted by Hamming distance, ties by id.
+    # Hits are sorted by Hamming distance; ties by the digest of the id (the primary key).
     for rank, h in enumerate(hits, 1):
         print(f"{rank:2d}  distance {h.distance:3d}  {h.label:22s}  {h.id}")
     return 0
