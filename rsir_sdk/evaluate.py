@@ -74,7 +74,8 @@ class EvalResult:
     agree: bool
     #: ``mAP`` (when the whole database is ranked) and ``mAP@k`` in expectation over every
     #: order of tied codes (:mod:`rsir_sdk.tie_aware`): Milvus and ``reference`` rank ties in
-    #: one order (the store's: digests of the ids), and these are their expectation over all
+    #: one order (the store's: digests of the ids); these are their expectation over all
+    #: orders, a figure of the codes alone
     tie_aware: dict[str, float]
     n_queries: int
     n_database: int
