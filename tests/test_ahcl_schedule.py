@@ -10,7 +10,7 @@ from rsir_train.ahcl.config import AUTO_LR, AHCLConfig
 def test_auto_lr_by_bits(bits, lr):
     resolved = AHCLConfig(bits=bits).resolved(1920, cached=True)
     assert resolved.lr == pytest.approx(lr)
-    assert resolved.outer == 20 and resolved.inner == 1 and resolved.momentum == 0.9
+    assert resolved.outer == 30 and resolved.inner == 1 and resolved.momentum == 0.9
 
 
 def test_authors_and_explicit_lr_kept():
