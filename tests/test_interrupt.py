@@ -237,3 +237,31 @@ def test_ctrl_c_just_after_an_insert_reached_milvus_stores_no_id_twice(
         assert len(ids) == len(set(ids)) == r.count() == 200
     finally:
         r.close()
+
+
+def test_ctrl_c_during_a_milvus_request_is_held_until_it_returns():
+    """SIGINT inside a request is raised when the request returns (a KeyboardInterrupt inside
+    grpc can wedge the channel, and rsir index's write after Ctrl-C then hung); a second one
+    raises at once; the previous handler is back afterwards."""
+    import pytest
+
+    from rsir_sdk.store import rpc
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with rpc.sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run: nothing was raised inside
+            done.append("request finished")
+    assert done == ["request finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with pytest.raises(KeyboardInterrupt):
+        with rpc.sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C: raised here
+            time.sleep(0.05)
+            done.append("not reached")
+    assert done == ["request finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

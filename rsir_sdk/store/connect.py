@@ -141,7 +141,8 @@ class Connection:
         if read and not self.is_lite:
             kwargs.setdefault("consistency_level", self._read_level())
         try:
-            return getattr(self.client, method)(*args, **kwargs)
+            with rpc.sigint_held():
+                return getattr(self.client, method)(*args, **kwargs)
         except Exception as exc:
             raise self._error(exc, what, expression) from None
 
@@ -227,7 +228,7 @@ class Connection:
         if self.timeout is not None:
             kwargs.setdefault("timeout", self.timeout)
         try:
-            with no_deprecation_warnings():
+            with no_deprecation_warnings(), rpc.sigint_held():
                 return fn(*args, using=alias, **kwargs)
         except Exception as exc:
             raise self._error(exc, what, None) from None
@@ -245,7 +246,7 @@ class Connection:
         if self.timeout is not None:
             kwargs["timeout"] = self.timeout
         try:
-            with no_deprecation_warnings():
+            with no_deprecation_warnings(), rpc.sigint_held():
                 return getattr(col, verb)(columns, **kwargs)
         except Exception as exc:
             raise self._error(exc, what, None) from None

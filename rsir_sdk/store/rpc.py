@@ -11,9 +11,13 @@ parse, :class:`~rsir_sdk.errors.StoreError` for everything else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
+import threading
+from typing import Any, Iterator
 
 from ..errors import InvalidInputError, StoreError
 from ..redact import redact_text
@@ -114,3 +118,37 @@ def store_error(exc: BaseException, what: str, expression: str | None = None) ->
     if isinstance(exc, UnicodeError) or "codec can't encode" in text:
         return InvalidInputError(f"{what}: text that is not valid Unicode (a lone surrogate): {text}")
     return StoreError(f"{what} failed: {text}")
+
+
+@contextlib.contextmanager
+def sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the request in flight returns, then raise it.
+
+    Why: a ``KeyboardInterrupt`` raised inside grpc's Python layer in the middle of a request can
+    leave the channel's lock taken, and the next request on that channel then waits forever.
+    ``rsir index`` makes exactly such a request after Ctrl-C (it writes what it has encoded
+    before it exits), and hung there in about one run in eight on a loaded machine
+    (``tests/test_interrupt.py``, SIGINT to the process alone; the stack showed the upsert
+    waiting on the channel and grpc's spin thread waiting for its lock). A second Ctrl-C while
+    one is held raises at once, so a request stuck on an unreachable server can still be left.
+    Only in the main thread and only while Python's own SIGINT handler is installed; elsewhere
+    (worker threads, a service with its own handlers) this does nothing.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
