@@ -23,6 +23,7 @@ from .errors import (
     CollectionNotFoundError,
     EvaluationError,
     ImageLoadError,
+    InvalidInputError,
     RasterRuleError,
     RasterRuleMismatchError,
     RsirError,
@@ -33,8 +34,9 @@ from .failures import Failure, FailureReport
 from .images import load_image, read_image
 from .ingest import IngestInterrupted, IngestProgress, IngestSummary
 from .rasters import RasterRule
-from .retriever import Hit, Retriever
-from .store import MilvusCodeStore, StoredItem, StoreHit, list_collections
+from .hits import Hit, StoredItem
+from .retriever import Retriever
+from .store import MilvusCodeStore, list_collections
 
 
 def __getattr__(name: str):  # RemoteRetriever: imported on first use (it needs only httpx)
@@ -66,6 +68,7 @@ __all__ = [
     "FailureReport",
     "Hit",
     "ImageLoadError",
+    "InvalidInputError",
     "IngestInterrupted",
     "IngestProgress",
     "IngestSummary",
@@ -79,7 +82,6 @@ __all__ = [
     "RsirError",
     "SplitError",
     "StoreError",
-    "StoreHit",
     "StoredItem",
     "__version__",
     "hamming_distances",

@@ -30,15 +30,13 @@ from .failures import FailureReport
 from .images import DEFAULT_MAX_PIXELS, ImageSource, RuleLike, describe_source
 from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
 from .rasters import RasterRule, as_rule
-from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress, StoredItem, StoreHit
+from .hits import Hit, StoredItem
+from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
 from .store import keys as store_keys
 from .store import values as store_values
 
 log = logging.getLogger(__name__)
 
-#: one search result (``id``, ``distance`` as an int, ``label``, ``path``, ``metadata``), sorted by
-#: distance, ties by the digest of the id (:mod:`rsir_sdk.store.topk`); the class the store returns
-Hit = StoreHit
 Filter = str | Mapping[str, Any] | None
 
 

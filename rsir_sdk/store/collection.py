@@ -20,7 +20,6 @@ and the Retriever do): the first search is then as fast as the hundredth (:mod:`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -33,6 +32,7 @@ from ..errors import (
     InvalidInputError,
     StoreError,
 )
+from ..hits import Hit, StoredItem
 from . import keys, server, values
 from . import search as searching
 from .connect import Connection
@@ -53,30 +53,12 @@ from .writes import WritesMixin
 log = logging.getLogger(__name__)
 
 Filter = str | Mapping[str, Any] | None
-__all__ = ["IdHits", "MilvusCodeStore", "PrepareProgress", "StoreHit", "StoredItem"]
+__all__ = ["Hit", "IdHits", "MilvusCodeStore", "PrepareProgress", "StoreHit", "StoredItem"]
 
 
-@dataclass(frozen=True, slots=True)
-class StoreHit:
-    """One search result: the item's id and its Hamming distance (an int), plus stored fields
-    (empty when the search did not ask for them)."""
-
-    id: str
-    distance: int
-    label: str = ""
-    path: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StoredItem:
-    """One stored row as :meth:`MilvusCodeStore.get` returns it."""
-
-    id: str
-    code: np.ndarray  # uint8 (bits/8,)
-    label: str
-    path: str
-    metadata: dict[str, Any]
+#: the store's hit and row classes are the SDK's own (:mod:`rsir_sdk.hits`); ``StoreHit`` is
+#: the old name of :class:`~rsir_sdk.hits.Hit`, kept for code written against 0.2
+StoreHit = Hit
 
 
 class MilvusCodeStore(WritesMixin):
@@ -301,8 +283,8 @@ class MilvusCodeStore(WritesMixin):
         *,
         fields: Sequence[str] | None = None,
         exact_ties: bool = True,
-    ) -> list[list[StoreHit]]:
-        """Hamming top-``k`` per query: one list of :class:`StoreHit` per query code.
+    ) -> list[list[Hit]]:
+        """Hamming top-``k`` per query: one list of :class:`~rsir_sdk.hits.Hit` per query code.
 
         Hits are sorted by distance, then by the digest of the id (exactly: ties at the k-th
         distance are broken that way too, not by insertion order): a deterministic order that
@@ -320,7 +302,7 @@ class MilvusCodeStore(WritesMixin):
         wanted = searching.check_fields(fields)
         found = self._run(codes, k, filter, radius, wanted, exact_ties)
         lab, pat, met = "label" in wanted, "path" in wanted, "metadata" in wanted
-        return [[StoreHit(f.id, f.distance, (f.entity.get("label") or "") if lab else "",
+        return [[Hit(f.id, f.distance, (f.entity.get("label") or "") if lab else "",
                           (f.entity.get("path") or "") if pat else "",
                           (f.entity.get("metadata") or {}) if met else {})
                  for f in row] for row in found]
@@ -349,7 +331,7 @@ class MilvusCodeStore(WritesMixin):
         radius: int,
         filter: Filter = None,
         limit: int = MAX_TOPK,
-    ) -> list[list[StoreHit]]:
+    ) -> list[list[Hit]]:
         """Every item within Hamming distance ``<= radius`` (inclusive) of each query.
 
         Raises :class:`StoreError` when a query has more than ``limit`` such items (Milvus caps

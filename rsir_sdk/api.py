@@ -1,0 +1,117 @@
+"""One retrieval API, two transports: :class:`RetrievalAPI`.
+
+:class:`~rsir_sdk.Retriever` (in process: a bundle's encoder and a Milvus collection) and
+:class:`~rsir_sdk.RemoteRetriever` (the same verbs against ``rsir serve`` over HTTP) both
+satisfy this :class:`typing.Protocol`: the same method names, parameters, return types
+(:class:`~rsir_sdk.hits.Hit`, :class:`~rsir_sdk.hits.StoredItem`,
+:class:`~rsir_sdk.ingest.IngestSummary`) and typed errors (:mod:`rsir_sdk.errors`). Code written
+against it runs unchanged on a laptop's Milvus Lite file and against a central service;
+``tests/test_api_parity.py`` runs one scenario through both and compares the results.
+
+>>> from rsir_sdk import RetrievalAPI, Retriever
+>>> def nearest_label(r: RetrievalAPI, image) -> str:
+...     return r.search(image, k=1)[0].label
+>>> isinstance(Retriever.__new__(Retriever), RetrievalAPI)
+True
+
+Filters (``filter=``): a dict (``{"label": "Forest", "sensor": "S2"}``; a list value means "any
+of"; other keys are metadata keys) or a Milvus expression string over the collection's fields.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .hits import Hit, StoredItem
+
+if TYPE_CHECKING:  # for annotations only: the protocol itself stays light
+    from .archive import ArchiveListing
+    from .failures import FailureReport
+    from .ingest import IngestProgress, IngestSummary
+    from .options import IngestOptions
+
+#: a search or count filter: a dict of field/metadata values, a Milvus expression, or none
+Filter = str | Mapping[str, Any] | None
+
+__all__ = ["Filter", "RetrievalAPI"]
+
+
+@runtime_checkable
+class RetrievalAPI(Protocol):
+    """The verbs every retriever offers, local or remote (see the module docstring)."""
+
+    @property
+    def collection(self) -> str:
+        """The collection's name."""
+        ...
+
+    def search(self, img: Any, k: int = 10, filter: Filter = None,
+               radius: int | None = None) -> list[Hit]:
+        """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL)."""
+        ...
+
+    def search_batch(self, imgs: Sequence[Any], k: int = 10, filter: Filter = None,
+                     radius: int | None = None, batch_size: int | None = None) -> list[list[Hit]]:
+        """Top-``k`` for each image, in order."""
+        ...
+
+    def search_codes(self, codes: np.ndarray | bytes, k: int = 10, filter: Filter = None,
+                     radius: int | None = None) -> list[list[Hit]]:
+        """Top-``k`` for packed codes ``uint8 (n, bits/8)`` made elsewhere (an edge device)."""
+        ...
+
+    def range_search(self, img: Any, radius: int, filter: Filter = None) -> list[Hit]:
+        """Every item within Hamming distance ``<= radius`` of one image."""
+        ...
+
+    def add_images(self, images: Sequence[Any], ids: Sequence[str] | None = None,
+                   labels: Sequence[str] | None = None,
+                   metadata: Sequence[Mapping[str, Any] | None] | None = None,
+                   paths: Sequence[str] | None = None, batch_size: int | None = None) -> int:
+        """Encode images and upsert their codes; how many were written."""
+        ...
+
+    def add_codes(self, codes: np.ndarray | bytes, ids: Sequence[str],
+                  labels: Sequence[str] | None = None, paths: Sequence[str] | None = None,
+                  metadata: Sequence[Mapping[str, Any] | None] | None = None) -> int:
+        """Upsert packed codes as they are; how many were written."""
+        ...
+
+    def add_learned_codes(self) -> int:
+        """Put the bundle's learned database codes (AHCL's V) in as learned."""
+        ...
+
+    def index(self, archive: str | os.PathLike | ArchiveListing,
+              options: IngestOptions | None = None, *,
+              report: str | os.PathLike | FailureReport | None = None,
+              progress: Callable[[IngestProgress], None] | None = None,
+              **overrides: Any) -> IngestSummary:
+        """Encode every image of an archive into the collection (resumable)."""
+        ...
+
+    def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
+        """Leave the collection ready to search at full speed; what was done."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete items by id; how many existed."""
+        ...
+
+    def get(self, ids: Sequence[str]) -> list[StoredItem]:
+        """Stored items by id, in the order asked (missing ids left out)."""
+        ...
+
+    def count(self, filter: Filter = None) -> int:
+        """Number of items (matching ``filter``)."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What is served: method, bits, encoder id, collection, count, ..."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (the collection and any service keep running)."""
+        ...

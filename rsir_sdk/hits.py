@@ -1,0 +1,73 @@
+"""What a search returns and what a read returns, and their one JSON shape.
+
+:class:`Hit` (one search result) and :class:`StoredItem` (one stored row) are plain frozen
+dataclasses shared by every layer: the store makes them, :class:`~rsir_sdk.Retriever` and
+:class:`~rsir_sdk.RemoteRetriever` return them, and the HTTP service, ``rsir search --json`` and
+the gallery write them with :func:`hit_to_json` / :func:`item_to_json`, so the JSON a user sees
+has one shape everywhere and the remote client reads it back with :func:`hit_from_json` /
+:func:`item_from_json` into the very same classes.
+
+>>> h = Hit(id="Forest/1.jpg", distance=3, label="Forest")
+>>> hit_from_json(hit_to_json(h)) == h
+True
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["Hit", "StoredItem", "hit_from_json", "hit_to_json", "item_from_json", "item_to_json"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result: the item's id and its Hamming distance (an int), plus stored fields
+    (empty when the search did not ask for them). Results are sorted by distance, ties by the
+    digest of the id (:func:`rsir_sdk.store.tie_order`)."""
+
+    id: str
+    distance: int
+    label: str = ""
+    path: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """One stored row as ``get`` returns it: id, packed code ``uint8 (bits/8,)``, label, path,
+    metadata."""
+
+    id: str
+    code: np.ndarray
+    label: str
+    path: str
+    metadata: dict[str, Any]
+
+
+def hit_to_json(hit: Hit) -> dict[str, Any]:
+    """A hit as a JSON object: ``{"id", "distance", "label", "path", "metadata"}``."""
+    return {"id": hit.id, "distance": int(hit.distance), "label": hit.label, "path": hit.path,
+            "metadata": hit.metadata}
+
+
+def hit_from_json(obj: Mapping[str, Any]) -> Hit:
+    """The :class:`Hit` that :func:`hit_to_json` wrote."""
+    return Hit(id=str(obj["id"]), distance=int(obj["distance"]), label=obj.get("label") or "",
+               path=obj.get("path") or "", metadata=dict(obj.get("metadata") or {}))
+
+
+def item_to_json(item: StoredItem) -> dict[str, Any]:
+    """A stored item as a JSON object, its code as base64 of the packed bytes."""
+    return {"id": item.id, "code": base64.b64encode(bytes(item.code)).decode("ascii"),
+            "label": item.label, "path": item.path, "metadata": item.metadata}
+
+
+def item_from_json(obj: Mapping[str, Any]) -> StoredItem:
+    """The :class:`StoredItem` that :func:`item_to_json` wrote."""
+    code = np.frombuffer(base64.b64decode(obj["code"]), dtype=np.uint8).copy()
+    return StoredItem(id=str(obj["id"]), code=code, label=obj.get("label") or "",
+                      path=obj.get("path") or "", metadata=dict(obj.get("metadata") or {}))
