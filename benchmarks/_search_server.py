@@ -24,7 +24,8 @@ from _codes import make, recall_at_k
 from _common import table
 
 from rsir_sdk import MilvusCodeStore
-from rsir_sdk.store.local_server import local_server
+from rsir_sdk.store import BulkOptions
+from testing.store_local_server import local_server
 
 
 def proc_cpu(pid: int) -> float:
@@ -151,7 +152,7 @@ def bulk_load(store: MilvusCodeStore, db: np.ndarray, staging: Path) -> dict[str
             [f"class_{i % 45:02d}" for i in rng],
             [f"/data/archive/class_{i % 45:02d}/img_{i:08d}.tif" for i in rng],
             [{"year": 2015 + i % 8} for i in rng],
-            staging_dir=staging, skip_existing=False, prepare=last)
+            staging_dir=staging, options=BulkOptions(skip_existing=False, prepare=last))
         for key, value in out.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value

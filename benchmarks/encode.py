@@ -32,7 +32,7 @@ from rsir_sdk import Bundle, Encoder
 from rsir_sdk.images import load_image
 from rsir_sdk.preprocess import prepare
 from rsir_train.graph import fold_static_pads
-from rsir_train.quantize import calibration_set, quantize_bundle
+from rsir_train.quantize import QuantizeOptions, calibration_set, quantize_bundle
 
 
 def torch_encoder(bundle: Bundle, checkpoint: Path | None):
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{args.int8} is not derived from {fp32.path}")
     else:
         print("quantizing ...", file=sys.stderr, flush=True)
-        quantize_bundle(fp32, data, Path(tmp.name) / "int8", min_agreement=0.0)
+        quantize_bundle(fp32, data, Path(tmp.name) / "int8", QuantizeOptions(min_agreement=0.0))
         int8 = Bundle.load(Path(tmp.name) / "int8")
     module, backbone, weights_note = torch_encoder(fp32, ckpt)
     if "random weights" in weights_note:

@@ -42,6 +42,7 @@ from rsir_sdk.ingest import (  # noqa: E402
     default_workers,
     iter_codes,
 )
+from rsir_sdk.options import IngestOptions  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
 
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             # a fresh Milvus Lite file each round: every image is encoded
             with Retriever(bundle, str(tmp / f"bench{round_}.db"), "bench",
                            batch_size=args.batch_size) as r:
-                return r.index(listing, workers=workers, batch_size=args.batch_size)
+                return r.index(listing, IngestOptions(workers=workers,
+                                                      batch_size=args.batch_size))
 
         encoder.encode_arrays(arrays[: args.batch_size])  # warm-up (session init, allocations)
         # the stages take turns, round after round, and each keeps its best time: on a shared

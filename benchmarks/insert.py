@@ -6,7 +6,7 @@ All paths write the same 1M rows (realistic ids, labels, paths and metadata, cla
 in the same run, then make them searchable (``prepare_for_search``):
 
 - **bare pymilvus**: ``pymilvus.Collection.insert`` of ready-made column lists
-  (``rsir_sdk.store.baseline.insert_columns``) (digest columns
+  (``testing.store_baseline.insert_columns``) (digest columns
   computed beforehand, no checks): the floor for inserts through the message stream;
 - ``MilvusCodeStore.insert`` (checks every value, column lists, 10,000 rows a request);
 - ``MilvusCodeStore.upsert`` (the same, as upserts: a delete per row on the server);
@@ -33,8 +33,9 @@ from _common import load_average, machine, section, table, versions, write_secti
 from _search_server import Timer, proc_rss_mb
 
 from rsir_sdk import MilvusCodeStore
-from rsir_sdk.store import baseline, keys
-from rsir_sdk.store.local_server import local_server
+from rsir_sdk.store import BulkOptions, keys
+from testing import store_baseline as baseline
+from testing.store_local_server import local_server
 
 
 def make_rows(n: int, seed: int = 0):
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
                 label = f"`MilvusCodeStore.{kind}`, {args.batch:,} a request"
             elif kind == "bulk":
                 with Timer(srv.pid) as t:
-                    res = store.bulk_insert(*rows, staging_dir=work / "staging", prepare=False)
+                    res = store.bulk_insert(*rows, staging_dir=work / "staging",
+                                            options=BulkOptions(prepare=False))
                 label = "`MilvusCodeStore.bulk_insert` (numpy files + bulk import)"
                 extra = (f"numpy files {res['write_s']:.1f}s, import {res['import_s']:.1f}s, "
                          f"segments served {res['visible_s']:.1f}s, the rest checks")

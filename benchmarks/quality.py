@@ -30,7 +30,7 @@ from _common import load_average, machine, section, table, versions, write_secti
 from rsir_sdk import Bundle, Encoder
 from rsir_sdk.archive import open_archive
 from rsir_sdk.metrics import mean_average_precision, precision_at_k
-from rsir_train.quantize import quantize_bundle
+from rsir_train.quantize import QuantizeOptions, quantize_bundle
 
 
 def archive_root(bundle: Bundle, data: list[Path], first_id: str) -> Path:
@@ -55,7 +55,7 @@ def int8_for(fp32: Bundle, root: Path, suffix: str, method: str, log) -> tuple[B
             return b, "existing"
         raise SystemExit(f"{path} exists but is not derived from {fp32.path}: move it away")
     log(f"quantizing {fp32.path} -> {path} ...")
-    quantize_bundle(fp32, root, path, method=method, min_agreement=0.0)
+    quantize_bundle(fp32, root, path, QuantizeOptions(method=method, min_agreement=0.0))
     return Bundle.load(path), "made by this run"
 
 

@@ -14,7 +14,7 @@ The images: ``--data DIR`` (a folder of class folders; its first ``--images`` fi
 (``export/rsir_train/sample/eurosat``, 200 real 64x64 scenes): each re-saved as PNG under a temp
 folder in up to eight orientations (then as copies), every file a unique name and id.
 
-On one local Milvus 2.3.5 server (:func:`rsir_sdk.store.local_server.local_server`), each run into
+On one local Milvus 2.3.5 server (:func:`testing.store_local_server.local_server`), each run into
 a fresh collection through the public API (``Retriever.index``), one after the other:
 
 1. ``engine="local"``: decode threads + one onnxruntime session in this process;
@@ -59,7 +59,8 @@ from _common import ROOT, load_average, machine, section, table, versions, write
 from PIL import Image, ImageOps
 
 from rsir_sdk import MilvusCodeStore, Retriever, open_archive
-from rsir_sdk.store.local_server import local_server
+from rsir_sdk.options import IngestOptions
+from testing.store_local_server import local_server
 
 SAMPLE = ROOT / "export" / "rsir_train" / "sample" / "eurosat"
 VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
@@ -258,8 +259,8 @@ def run(args: argparse.Namespace, tmp: Path, load0: str, driver_before: float) -
             part.items = list(subset)
             with Retriever(args.bundle, srv.uri, collection, batch_size=args.batch_size) as r:
                 t0 = time.perf_counter()
-                summary = r.index(part, engine=engine, workers=args.workers,
-                                  batch_size=args.batch_size)
+                summary = r.index(part, IngestOptions(engine=engine, workers=args.workers,
+                                                      batch_size=args.batch_size))
                 wall = time.perf_counter() - t0
             assert summary.indexed == len(subset) and not summary.failed, (
                 collection, summary.indexed, summary.reasons(3))

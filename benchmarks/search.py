@@ -39,7 +39,7 @@ from _common import load_average, machine, section, table, versions, write_secti
 
 from rsir_sdk import MilvusCodeStore
 from rsir_sdk.codes import topk_bruteforce
-from rsir_sdk.store import baseline
+from testing import store_baseline as baseline
 
 
 def random_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:

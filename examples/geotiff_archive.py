@@ -8,11 +8,26 @@ the collection: every later search converts query TIFFs the same way.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from rsir_sdk import Retriever, RsirError
+
+GEO_EXTRA = 'pip install "rsir-sdk[geo]"'
+
+
+def missing_geo_extra() -> list[str]:
+    """The packages of the ``geo`` extra that are not installed (tifffile reads multi-band,
+    16-bit GeoTIFFs; imagecodecs their LZW/Deflate/ZSTD compression)."""
+    missing = []
+    for name in ("tifffile", "imagecodecs"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def make_demo_archive(out: Path, sample: Path, n: int = 20) -> Path:
@@ -41,6 +56,11 @@ def main(argv=None) -> int:
     p.add_argument("--uri", default="./geotiff.db")
     p.add_argument("--collection", default="s2_tiles")
     args = p.parse_args(argv)
+    missing = missing_geo_extra()
+    if missing:
+        print(f"error: GeoTIFF archives need the geo extra ({', '.join(missing)} not installed): "
+              f"{GEO_EXTRA}", file=sys.stderr)
+        return 1
     archive = Path(args.archive) if args.archive else None
     if args.demo:
         sample = Path(args.sample) if args.sample else Path(__file__).resolve().parents[1] / \

@@ -10,6 +10,7 @@ are skipped. Images that cannot be read are listed in the report file, not silen
 import argparse
 
 from rsir_sdk import Retriever, RsirError
+from rsir_sdk.options import IngestOptions
 
 
 def main(argv=None) -> int:
@@ -27,9 +28,10 @@ def main(argv=None) -> int:
 
     try:
         with Retriever(args.bundle, uri=args.uri, collection=args.collection) as r:
-            # label_from="parent": the folder holding each image is its label.
-            summary = r.index(args.archive, label_from="parent", report=args.report,
-                              progress=progress)
+            # label_from="parent": the folder holding each image is its label (the same as
+            # r.index(args.archive, label_from="parent", ...): keywords are the fields)
+            options = IngestOptions(label_from="parent")
+            summary = r.index(args.archive, options, report=args.report, progress=progress)
             total = r.count()
     except RsirError as exc:
         print(f"\nerror: {exc}")

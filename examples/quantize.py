@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from rsir_sdk import Bundle, Encoder, RsirError
-from rsir_train.quantize.derive import quantize_bundle
+from rsir_train.quantize import QuantizeOptions, quantize_bundle
 
 
 def main(argv=None) -> int:
@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     out = args.out or args.bundle.rstrip("/") + "-int8"
     try:
         calibration = args.calibration or Bundle.load(args.bundle).archive_root
-        result = quantize_bundle(args.bundle, calibration, out, count=args.count, check=64,
-                                 overwrite=True)
+        options = QuantizeOptions(count=args.count, check=64, overwrite=True)
+        result = quantize_bundle(args.bundle, calibration, out, options)
         print(f"int8 bundle {out}: bit agreement with fp32 {result.bit_agreement:.2%}")
         # Compare size and codes on a few images the bundle has never calibrated on.
         fp32, int8 = Encoder(args.bundle), Encoder(out)

@@ -9,12 +9,24 @@ runtime needs; `rsir index`, `Retriever` and `rsir serve` read it. The same job 
 """
 
 import argparse
+from typing import Any
 
-from rsir_sdk import RsirError
-from rsir_sdk.evaluate import describe, evaluate_bundle
-from rsir_train.ahcl.bundle import train_ahcl_bundle
-from rsir_train.ahcl.trainer import AHCLConfig
-from rsir_train.sample import sample_archive
+
+def show_progress(event: dict[str, Any]) -> None:
+    """One line per stage of the training (the trainer reports events and never prints), so a
+    run of a minute or more is visibly alive."""
+    kind = event.get("event")
+    if kind == "outer":
+        loss = event.get("loss")
+        shown = f"loss {loss:.4f}" if isinstance(loss, float) else ""
+        print(f"  outer iteration {event.get('outer', '?')}: {shown} "
+              f"({event.get('seconds', 0):.0f} s)", flush=True)
+    elif kind == "cache_progress" and event.get("done") == event.get("total"):
+        print(f"  frozen features computed for {event.get('total')} images", flush=True)
+    elif kind == "resumed":
+        print(f"  resumed after outer iteration {event.get('outer_done')}", flush=True)
+    elif kind == "done":
+        print(f"  training done in {event.get('train_seconds', 0):.0f} s", flush=True)
 
 
 def main(argv=None) -> int:
@@ -26,6 +38,13 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="a small CNN from scratch, a few epochs: seconds, for a first look")
     args = p.parse_args(argv)
+    print("loading torch and the training package...", flush=True)
+    from rsir_sdk import RsirError
+    from rsir_sdk.evaluate import describe, evaluate_bundle
+    from rsir_train.ahcl.bundle import train_ahcl_bundle
+    from rsir_train.ahcl.trainer import AHCLConfig
+    from rsir_train.sample import sample_archive
+
     data = args.data or sample_archive()
     if args.quick:
         # small_cnn, random init, lr 0.01 with momentum: learns the sample in a few epochs
@@ -38,10 +57,14 @@ def main(argv=None) -> int:
         config = AHCLConfig(bits=args.bits, freeze_blocks=11, outer=8, inner=1, lr_steps=(6,))
     try:
         # archive -> split (80/20 per class, written into the bundle) -> training -> bundle
-        result, manifest = train_ahcl_bundle(data, args.out, config)
+        outer = f", {config.outer} outer iterations" if config.outer else ""
+        print(f"training AHCL ({config.backbone}, {config.bits} bits{outer}) on {data}",
+              flush=True)
+        result, manifest = train_ahcl_bundle(data, args.out, config, progress=show_progress)
         print(f"bundle {args.out}: encoder {manifest['model_sha256'][:16]}, "
               f"{len(result.train_indices)} database codes learned")
         # evaluate the way it is deployed: the query split searched through Milvus
+        print("evaluating: the query split searched through Milvus Lite...", flush=True)
         print(describe(evaluate_bundle(args.out)))
     except RsirError as exc:
         print(f"error: {exc}")

@@ -11,6 +11,7 @@ packed binary codes in Milvus, index whole archives. It never imports torch.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .api import RetrievalAPI
 from .archive import ArchiveListing, Item, open_archive
 from .bundle import Bundle, DatabaseCodes
 from .codes import hamming_distances, pack_codes, topk_bruteforce, unpack_codes
@@ -31,10 +32,11 @@ from .errors import (
     StoreError,
 )
 from .failures import Failure, FailureReport
+from .hits import Hit, StoredItem
 from .images import load_image, read_image
 from .ingest import IngestInterrupted, IngestProgress, IngestSummary
+from .options import IngestOptions
 from .rasters import RasterRule
-from .hits import Hit, StoredItem
 from .retriever import Retriever
 from .store import MilvusCodeStore, list_collections
 
@@ -44,6 +46,10 @@ def __getattr__(name: str):  # RemoteRetriever: imported on first use (it needs 
         from .serve.client import RemoteRetriever
 
         return RemoteRetriever
+    if name == "HttpOptions":
+        from .serve.client import HttpOptions
+
+        return HttpOptions
     raise AttributeError(f"module 'rsir_sdk' has no attribute {name!r}")
 
 
@@ -67,9 +73,11 @@ __all__ = [
     "Failure",
     "FailureReport",
     "Hit",
+    "HttpOptions",
     "ImageLoadError",
     "InvalidInputError",
     "IngestInterrupted",
+    "IngestOptions",
     "IngestProgress",
     "IngestSummary",
     "Item",
@@ -78,6 +86,7 @@ __all__ = [
     "RasterRuleError",
     "RasterRuleMismatchError",
     "RemoteRetriever",
+    "RetrievalAPI",
     "Retriever",
     "RsirError",
     "SplitError",

@@ -16,6 +16,14 @@ True
 
 Filters (``filter=``): a dict (``{"label": "Forest", "sensor": "S2"}``; a list value means "any
 of"; other keys are metadata keys) or a Milvus expression string over the collection's fields.
+Both transports check them with the same function (:func:`rsir_sdk.store.keys.build_filter`)
+before any work; ``rsir serve`` honours expression strings unless it runs with
+``--no-expressions`` (then it refuses them with ``InvalidRequestError``, a ``ValueError``).
+
+Where the transports differ, by necessity: ``RemoteRetriever.index`` takes a path on the service
+(inside its archive root, ``rsir serve --allow-index``) and calls ``progress`` once, at the end;
+``prepare_for_search`` over HTTP takes ``timeout`` only; ``info()`` has :data:`INFO_KEYS` on
+both (the local one adds ``uri``, the remote one the service's limits and version).
 """
 
 from __future__ import annotations
@@ -32,11 +40,16 @@ if TYPE_CHECKING:  # for annotations only: the protocol itself stays light
     from .failures import FailureReport
     from .ingest import IngestProgress, IngestSummary
     from .options import IngestOptions
+    from .store import PrepareProgress
 
 #: a search or count filter: a dict of field/metadata values, a Milvus expression, or none
 Filter = str | Mapping[str, Any] | None
 
-__all__ = ["Filter", "RetrievalAPI"]
+__all__ = ["INFO_KEYS", "Filter", "RetrievalAPI"]
+
+#: keys ``info()`` has on both transports
+INFO_KEYS = ("method", "bits", "encoder_id", "collection", "exists", "raster_rule",
+             "archive_root", "count", "providers")
 
 
 @runtime_checkable
@@ -88,6 +101,7 @@ class RetrievalAPI(Protocol):
               options: IngestOptions | None = None, *,
               report: str | os.PathLike | FailureReport | None = None,
               progress: Callable[[IngestProgress], None] | None = None,
+              on_prepare: Callable[[PrepareProgress], None] | None = None,
               **overrides: Any) -> IngestSummary:
         """Encode every image of an archive into the collection (resumable)."""
         ...
@@ -109,7 +123,7 @@ class RetrievalAPI(Protocol):
         ...
 
     def info(self) -> dict[str, Any]:
-        """What is served: method, bits, encoder id, collection, count, ..."""
+        """What is served: at least the keys of :data:`INFO_KEYS`."""
         ...
 
     def close(self) -> None:

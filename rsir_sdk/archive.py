@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import ArchiveError
 from .failures import Failure
-from .store.schema import MAX_ID_LEN, MAX_LABEL_LEN, MAX_PATH_LEN
+from .store import rows
 
 log = logging.getLogger(__name__)
 
@@ -262,21 +262,10 @@ def read_manifest(
 
 
 def check_item(item: Item) -> str | None:
-    """Why an item cannot be stored (a name that is not UTF-8, a field over the collection's
-    limits), or ``None``."""
-    for what, text in (("file name", item.path), ("id", item.id), ("label", item.label)):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raw = os.fsencode(text) if what == "file name" else text.encode("utf-8", "surrogateescape")
-            return f"{what} is not valid UTF-8: {raw!r:.200} (rename it)"
-    if len(item.id.encode("utf-8", "surrogatepass")) > MAX_ID_LEN:
-        return f"id is longer than {MAX_ID_LEN} bytes"
-    if len(item.label.encode("utf-8", "surrogatepass")) > MAX_LABEL_LEN:
-        return f"label is longer than {MAX_LABEL_LEN} bytes"
-    if len(str(item.file.absolute()).encode("utf-8", "surrogatepass")) > MAX_PATH_LEN:
-        return f"path is longer than {MAX_PATH_LEN} bytes"
-    return None
+    """Why an item cannot be stored, or ``None``: the store's one rule
+    (:func:`rsir_sdk.store.rows.problem`), asked with the item's absolute path (the longest
+    form a collection may store), so that an item listed is an item the store takes."""
+    return rows.problem(item.id, item.label, str(item.file.absolute()), item.metadata)
 
 
 _INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")

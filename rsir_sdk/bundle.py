@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -24,10 +25,14 @@ from .errors import BundleError, CodeLengthError
 if TYPE_CHECKING:  # pragma: no cover
     from .splits import Split
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 DATABASE_FILE = "database.npz"
+#: Pillow resampling filters a bundle's ``preprocess.interpolation`` may name
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box")
 
 
 @dataclass(frozen=True)
@@ -148,14 +153,19 @@ class Bundle:
                 f"bundle {self.path} has no database codes (manifest 'database' is empty): "
                 f"encode the archive with the encoder instead (Retriever.add_images / rsir index)"
             )
-        file = self.path / _require(spec, "file", "database")
+        file = self.path / _require(spec, "file", "database", self.path)
         if not file.is_file():
             raise BundleError(f"bundle {self.path}: database file {file.name} is missing")
+        self._check_database_hash(file, spec)
         try:
             with np.load(file, allow_pickle=False) as npz:
                 data = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"bundle {self.path}: cannot read {file.name}: {exc}") from None
+        except Exception as exc:  # BadZipFile, zlib.error, EOFError, OSError, ValueError...
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise BundleError(
+                f"bundle {self.path}: {file} cannot be read ({type(exc).__name__}"
+                f"{': ' + reason if reason else ''}): the file is damaged; write the bundle again"
+            ) from None
         for key in ("codes", "ids"):
             if key not in data:
                 raise BundleError(f"bundle {self.path}: {file.name} has no '{key}' array")
@@ -180,6 +190,28 @@ class Bundle:
                 f"{file.name} holds {n} codes"
             )
         return DatabaseCodes(codes, ids, labels, paths, str(spec.get("codes", "learned")))
+
+    def _check_database_hash(self, file: Path, spec: dict[str, Any]) -> None:
+        """Refuse database codes that differ from those the bundle was written with.
+
+        The learned codes are part of what the encoder id stands for (they are indexed under
+        it), so they are checked against ``database.sha256`` like the model against
+        ``model_sha256``. Bundles written before the hash existed load with a log line.
+        """
+        declared = spec.get("sha256")
+        if declared is None:
+            log.warning("bundle %s: %s records no database.sha256 (written by an older "
+                        "rsir-sdk): %s is loaded without an integrity check", self.path,
+                        MANIFEST_FILE, file.name)
+            return
+        if not isinstance(declared, str) or len(declared) != 64:
+            raise BundleError(f"bundle {self.path}: {MANIFEST_FILE} field 'database.sha256' must "
+                              f"be a 64-digit hex sha256, got {declared!r}")
+        if file_sha256(file) != declared.lower():
+            raise BundleError(
+                f"bundle {self.path}: {file} does not match {MANIFEST_FILE}'s database.sha256 "
+                f"(the learned codes changed after the bundle was written): refusing them; "
+                f"restore the file or write the bundle again")
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify_hash: bool = True) -> "Bundle":
@@ -232,13 +264,13 @@ class Bundle:
             model_sha256=actual,
         )
         if bundle.has_database:
-            _require(manifest["database"], "file", "database")
+            _require(manifest["database"], "file", "database", root)
         return bundle
 
 
 def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     """The manifest fields every bundle needs, checked; raises on anything malformed."""
-    version = _require(manifest, "format_version")
+    version = _require(manifest, "format_version", None, root)
     if isinstance(version, bool) or int(version) != float(version) or int(version) < 1:
         raise BundleError(f"bundle {root}: format_version must be a positive integer, got {version!r}")
     if int(version) > FORMAT_VERSION:
@@ -246,10 +278,10 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
             f"bundle {root} has format_version {version}; this rsir-sdk reads up to "
             f"{FORMAT_VERSION}: upgrade rsir-sdk"
         )
-    method = _require(manifest, "method")
+    method = _require(manifest, "method", None, root)
     if not isinstance(method, str) or not method:
         raise BundleError(f"bundle {root}: field 'method' must be a non-empty string")
-    raw_bits = _require(manifest, "bits")
+    raw_bits = _require(manifest, "bits", None, root)
     if isinstance(raw_bits, bool) or not isinstance(raw_bits, int):
         raise BundleError(f"bundle {root}: field 'bits' must be an integer, got {raw_bits!r}")
     try:
@@ -265,29 +297,15 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
             f"bundle {root}: model_file must be a file name inside the bundle folder, got "
             f"{model_file!r}"
         )
-    inp = _require(manifest, "input")
-    pre = _require(manifest, "preprocess")
+    inp = _require(manifest, "input", None, root)
+    pre = _require(manifest, "preprocess", None, root)
     if not isinstance(inp, dict) or not isinstance(pre, dict):
         raise BundleError(f"bundle {root}: fields 'input' and 'preprocess' must be JSON objects")
-    height, width = int(_require(inp, "height", "input")), int(_require(inp, "width", "input"))
+    height = _int_field(root, _require(inp, "height", "input", root), "input.height")
+    width = _int_field(root, _require(inp, "width", "input", root), "input.width")
     if height < 1 or width < 1:
         raise BundleError(f"bundle {root}: input size {height}x{width} is not positive")
-    crop = _require(pre, "crop", "preprocess")
-    crop_hw = (crop, crop) if isinstance(crop, int) else tuple(int(x) for x in crop)
-    if crop_hw != (height, width):
-        raise BundleError(
-            f"bundle {root}: preprocess.crop {list(crop_hw)} differs from the input size "
-            f"[{height}, {width}]"
-        )
-    for key in ("mean", "std"):
-        vals = _require(pre, key, "preprocess")
-        if not isinstance(vals, list) or len(vals) != 3 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-            raise BundleError(f"bundle {root}: preprocess.{key} must be 3 numbers (RGB)")
-    if any(float(v) == 0 for v in pre["std"]):
-        raise BundleError(f"bundle {root}: preprocess.std must not hold 0")
-    if pre.get("resize") is not None and int(pre["resize"]) < 1:
-        raise BundleError(f"bundle {root}: preprocess.resize must be positive or null")
+    _check_preprocess(root, pre, height, width)
     outputs = manifest.get("outputs", {"embedding": "embedding", "codes": "codes"})
     if not isinstance(outputs, dict):
         raise BundleError(f"bundle {root}: field 'outputs' must be a JSON object")
@@ -303,10 +321,55 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     return method, bits, model_file, height, width, inp, pre, outputs, declared
 
 
-def _require(obj: Any, key: str, where: str | None = None) -> Any:
+def _check_preprocess(root: Path, pre: dict[str, Any], height: int, width: int) -> None:
+    """Every ``preprocess`` field the runtime uses, checked at load: a bad value is a fault of
+    the bundle (one line naming the file and the field), not of each image encoded later."""
+    crop = _require(pre, "crop", "preprocess", root)
+    if isinstance(crop, list) and len(crop) == 2:
+        crop_hw = tuple(_int_field(root, c, "preprocess.crop") for c in crop)
+    else:
+        crop_hw = (_int_field(root, crop, "preprocess.crop"),) * 2
+    if crop_hw != (height, width):
+        raise BundleError(
+            f"bundle {root}: preprocess.crop {list(crop_hw)} differs from the input size "
+            f"[{height}, {width}]"
+        )
+    for key in ("mean", "std"):
+        vals = _require(pre, key, "preprocess", root)
+        if not isinstance(vals, list) or len(vals) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            raise _field_error(root, f"preprocess.{key}", vals, "3 numbers (RGB)")
+    if any(float(v) == 0 for v in pre["std"]):
+        raise _field_error(root, "preprocess.std", pre["std"], "3 numbers, none of them 0")
+    resize = pre.get("resize")
+    if resize is not None and _int_field(root, resize, "preprocess.resize") < 1:
+        raise _field_error(root, "preprocess.resize", resize, "a positive integer or null")
+    interpolation = pre.get("interpolation", "bilinear")
+    if not isinstance(interpolation, str) or interpolation.lower() not in INTERPOLATIONS:
+        raise _field_error(root, "preprocess.interpolation", interpolation,
+                           f"one of {', '.join(INTERPOLATIONS)}")
+    scale = pre.get("scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise _field_error(root, "preprocess.scale", scale, "a number")
+
+
+def _int_field(root: Path, value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise _field_error(root, name, value, "an integer")
+    return int(value)
+
+
+def _field_error(root: Path, name: str, value: Any, expected: str) -> BundleError:
+    shown = json.dumps(value) if len(json.dumps(value)) <= 80 else json.dumps(value)[:77] + "..."
+    return BundleError(f"bundle {root}: {root / MANIFEST_FILE} field '{name}' is {shown}; "
+                       f"it must be {expected}")
+
+
+def _require(obj: Any, key: str, where: str | None = None, root: Path | None = None) -> Any:
     if not isinstance(obj, dict) or key not in obj or obj[key] is None:
         name = f"{where}.{key}" if where else key
-        raise BundleError(f"bundle manifest is missing the field '{name}'")
+        place = f"bundle {root}: {root / MANIFEST_FILE}" if root is not None else "bundle manifest"
+        raise BundleError(f"{place} is missing the field '{name}'")
     return obj[key]
 
 

@@ -24,7 +24,7 @@ from .errors import BundleError
 from .splits import SPLIT_FILE, Split, save_split
 
 if TYPE_CHECKING:  # pragma: no cover
-    import onnx
+    import onnx  # noqa: TID251 - types only
 
 
 class BundleWriteError(BundleError):
@@ -116,7 +116,9 @@ def _write_database(out: Path, database: Mapping[str, Any], bits: int) -> dict[s
         raise BundleWriteError("database 'ids' must be unique")
     np.savez(out / DATABASE_FILE, codes=arrays["codes"], ids=arrays["ids"],
              labels=arrays["labels"], paths=arrays["paths"])
-    return {"file": DATABASE_FILE, "count": n, "codes": str(database.get("kind", "learned"))}
+    # the codes are part of what the encoder id stands for: Bundle.load_database checks them
+    return {"file": DATABASE_FILE, "count": n, "codes": str(database.get("kind", "learned")),
+            "sha256": file_sha256(out / DATABASE_FILE)}
 
 
 def archive_record(root: str | os.PathLike, name: str = "", fingerprint: str = "") -> dict[str, Any]:
@@ -141,10 +143,11 @@ def write_bundle(
     file (no external data, so the sha256 recorded as the encoder's identity covers every
     weight), writes ``database.npz`` when ``database`` (``codes`` packed ``uint8 (n, bits/8)``
     and optional ``ids``, ``labels``, ``paths``, ``kind`` = "learned" | "encoded") is given,
+    with its sha256 in the manifest's ``database.sha256`` (checked when the codes are loaded),
     ``split.json`` when ``split`` is, and records ``archive`` (see :func:`archive_record`).
     """
     try:
-        import onnx
+        import onnx  # noqa: TID251 - writing a bundle is authoring; the runtime's paths never get here
     except ImportError:
         raise BundleWriteError(
             "writing a bundle needs the onnx package: pip install onnx"

@@ -11,6 +11,7 @@ then resized and cropped by :func:`rsir_sdk.preprocess.prepare` as the bundle re
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 from .bundle import Bundle
 from .codes import as_packed
 from .errors import BundleError
-from .images import ImageSource, RuleLike, load_image
+from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, load_image
 from .preprocess import prepare
 from .rasters import RasterRule, as_rule
 
@@ -58,6 +59,10 @@ class Encoder:
 
     ``raster_rule`` converts TIFF samples (see :mod:`rsir_sdk.rasters`); a collection records
     the rule it was filled with, and :class:`~rsir_sdk.Retriever` passes it here.
+
+    Image URLs are downloaded within ``url_timeout`` seconds in all (connect, headers and
+    body); hosts at private, loopback or link-local addresses only with
+    ``allow_private_urls=True`` (see :mod:`rsir_sdk.urlfetch`).
     """
 
     def __init__(
@@ -68,11 +73,18 @@ class Encoder:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         batch_size: int = 32,
+        url_timeout: float = DEFAULT_URL_TIMEOUT,
+        allow_private_urls: bool = False,
     ):
         import onnxruntime as ort
 
+        if isinstance(url_timeout, bool) or not isinstance(url_timeout, (int, float)) \
+                or not url_timeout > 0:
+            raise ValueError(f"url_timeout must be a positive number of seconds, got {url_timeout!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.raster_rule: RasterRule = as_rule(raster_rule)
+        self.url_timeout = float(url_timeout)
+        self.allow_private_urls = bool(allow_private_urls)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
@@ -152,16 +164,45 @@ class Encoder:
                 f"bundle {b.path}: manifest says {b.bits} bits but the model's "
                 f"'{b.codes_output}' output has {width} bytes ({width * 8} bits)"
             )
-        meta_bits = self.session.get_modelmeta().custom_metadata_map.get("rsir.bits")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        meta_bits = meta.get("rsir.bits")
         if meta_bits is not None and int(meta_bits) != b.bits:
             raise BundleError(
                 f"bundle {b.path}: manifest says {b.bits} bits but the model's metadata says "
                 f"{meta_bits}"
             )
+        self._check_preprocess_metadata(meta.get("rsir.preprocess"))
+
+    def _check_preprocess_metadata(self, recorded_json: str | None) -> None:
+        """The manifest's resize/crop/resampling must be those the model recorded when written:
+        the model's bytes are the encoder's identity, the manifest is not, so an edited
+        manifest would otherwise give other codes under the same encoder id."""
+        if recorded_json is None:
+            return
+        try:
+            recorded = json.loads(recorded_json)
+        except ValueError:
+            return   # metadata written by another tool: nothing to compare with
+        if not isinstance(recorded, dict):
+            return
+        for key in ("resize", "crop", "interpolation"):
+            mine, theirs = self.bundle.preprocess.get(key), recorded.get(key)
+            if key == "interpolation":
+                mine, theirs = str(mine or "bilinear").lower(), str(theirs or "bilinear").lower()
+            elif key == "crop":
+                mine, theirs = _as_hw(mine), _as_hw(theirs)
+            if key in recorded and mine != theirs:
+                raise BundleError(
+                    f"bundle {self.bundle.path}: manifest.json field 'preprocess.{key}' is "
+                    f"{json.dumps(self.bundle.preprocess.get(key))} but "
+                    f"{self.bundle.model_path.name} was written with {json.dumps(recorded[key])}: "
+                    f"the manifest was edited; restore it or write the bundle again")
 
     def prepare(self, image: ImageSource) -> np.ndarray:
         """Load one image and resize/crop it to the model input, ``uint8 (h, w, 3)``."""
-        return prepare(load_image(image, rule=self.raster_rule), self.bundle.preprocess)
+        rgb = load_image(image, rule=self.raster_rule, url_timeout=self.url_timeout,
+                         allow_private_urls=self.allow_private_urls)
+        return prepare(rgb, self.bundle.preprocess)
 
     @overload
     def encode_arrays(self, batch: np.ndarray, return_embeddings: Literal[False] = ...) -> np.ndarray: ...
@@ -224,6 +265,12 @@ class Encoder:
             f"Encoder(method={self.bundle.method!r}, bits={self.bits}, "
             f"encoder_id={self.bundle.encoder_id!r}, providers={self.providers})"
         )
+
+
+def _as_hw(crop: object) -> object:
+    if isinstance(crop, int) and not isinstance(crop, bool):
+        return [crop, crop]
+    return list(crop) if isinstance(crop, (list, tuple)) else crop
 
 
 def _as_list(images) -> list:

@@ -2,22 +2,28 @@
 
 Why: training reports mAP computed in memory. What users get is a Milvus search over codes
 stored in a ``BINARY_VECTOR`` collection, queried with codes from the ONNX encoder run by
-onnxruntime on images decoded by the SDK. :func:`evaluate_bundle` measures that path:
+onnxruntime on images decoded by the SDK. :func:`evaluate_bundle` measures that path in two
+steps, so that every figure of one evaluation comes from one set of codes:
 
-1. reads the bundle's ``split.json`` (train = retrieval database, query) and lists the archive
-   the split belongs to (``data``: a folder with one sub-folder per class, or a CSV manifest);
-2. puts the database into a Milvus collection: the bundle's learned codes as they are (AHCL),
-   or, for symmetric bundles (MiLAN), the database images encoded by the encoder;
-3. encodes the query images (same pipeline as ``rsir index``) and searches the collection for
-   the top ``k`` = database size (capped at Milvus' 16384);
-4. computes mAP over the whole database, mAP@k and precision@k **from Milvus' ranking**, and
-   the same numbers with :mod:`rsir_sdk.metrics` on the codes in memory (``reference``);
-   ``agree`` says whether Milvus ranked every query exactly as the reference did.
+1. :func:`evaluation_codes` makes the :class:`EvalCodes` once: it reads the bundle's
+   ``split.json`` (train = retrieval database, query), lists the archive the split belongs to
+   (``data``: a folder with one sub-folder per class, or a CSV manifest), takes the bundle's
+   learned database codes as they are (AHCL) or, for symmetric bundles (MiLAN), encodes the
+   database images, and encodes the query images (same pipeline as ``rsir index``); each image
+   is encoded once;
+2. :func:`evaluate_codes` puts the database into a Milvus collection, searches it with the
+   query codes for the top ``k`` = database size (capped at Milvus' 16384) and computes mAP over
+   the whole database, mAP@k and precision@k **from Milvus' ranking**, and the same numbers
+   with :mod:`rsir_sdk.metrics` on the codes in memory (``reference``); ``agree`` says whether
+   Milvus ranked every query exactly as the reference did.
+
+The plots of ``rsir eval --plot`` (:func:`rsir_sdk.plots.curves_of`) are computed from the same
+:class:`EvalCodes`.
 
 Ranking and ties: the store orders hits by (distance, digest of the id)
-(:mod:`rsir_sdk.store.topk`); the database is put in that order (:func:`~rsir_sdk.store.tie_order`)
-before :mod:`rsir_sdk.metrics` sees it, whose ties go by database index, so both rankings use
-the same tie rule and agree exactly when Milvus returns the whole database.
+(:mod:`rsir_sdk.store.topk`); :mod:`rsir_sdk.metrics` ranks ties the same way when it is given
+the database ids (``db_ids=``, which :meth:`EvalCodes.metric_args` passes), so both rankings use
+one tie rule and agree exactly when Milvus returns the whole database.
 
 Protocols: ``database="train"`` (AHCL: queries against the train split) or ``"query"`` (MiLAN:
 the query split is both queries and archive, leave-one-out); ``"auto"`` picks ``"query"`` when
@@ -44,8 +50,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics
-from .archive import Item, open_archive
+from .archive import ArchiveListing, Item, open_archive
 from .bundle import Bundle
+from .codes import hamming_distances
 from .encoder import Encoder
 from .errors import EvaluationError, SplitError
 from .failures import Failure
@@ -56,9 +63,78 @@ from .store import MAX_TOPK, MilvusCodeStore, tie_order
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_KS", "EvalCodes", "EvalOptions", "EvalResult", "describe", "evaluate_bundle",
+           "evaluate_codes", "evaluation_codes"]
+
 DEFAULT_KS = (10, 20, 100)
 #: (queries x k) hits fetched per Milvus search call, to keep each answer small
 HITS_PER_CALL = 200_000
+DATABASES = ("auto", "train", "query")
+
+#: ``progress(stage, done, total)``; stages ``"database"``, ``"queries"``, ``"search"``
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation's codes are made (one value, passed whole from the CLI or a trainer).
+
+    ``database``: ``"auto"`` (by the bundle's protocol), ``"train"`` (AHCL: the queries against
+    the train split) or ``"query"`` (MiLAN: the query split leave-one-out). ``rule``: the raster
+    rule for TIFF archives. ``workers``, ``batch_size``: decoding threads and encoder batch.
+    """
+
+    database: str = "auto"
+    rule: RuleLike = None
+    workers: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.database not in DATABASES:
+            raise EvaluationError(
+                f"database must be 'auto', 'train' or 'query', got {self.database!r}")
+
+
+@dataclass(frozen=True)
+class EvalCodes:
+    """One evaluation's codes, computed once: what Milvus, the metrics and the plots rank.
+
+    The database is in the order the bundle (learned codes) or the split (encoded) lists it;
+    the metrics rank its ties in the store's order themselves (:meth:`metric_args` passes
+    ``db_ids``). With ``leave_one_out`` the queries *are* the database (same arrays).
+    """
+
+    bundle: Bundle
+    protocol: str
+    leave_one_out: bool
+    database: str  # "learned" | "encoded"
+    db_ids: list[str]
+    db_labels: list
+    db_codes: np.ndarray
+    q_ids: list[str]
+    q_labels: list
+    q_codes: np.ndarray
+    failed: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def n_ranked(self) -> int:
+        """Length of each query's whole ranking (the database, less the query itself in
+        leave-one-out)."""
+        return len(self.db_ids) - (1 if self.leave_one_out else 0)
+
+    @property
+    def query_indices(self) -> np.ndarray | None:
+        """Leave-one-out: the database index of each query (they are the database), else None."""
+        return np.arange(len(self.db_ids)) if self.leave_one_out else None
+
+    def metric_args(self) -> dict[str, Any]:
+        """Keyword arguments of :mod:`rsir_sdk.metrics` for these codes: leave-one-out and the
+        database ids (ties ranked in the store's order)."""
+        out: dict[str, Any] = {"db_ids": self.db_ids}
+        if self.leave_one_out:
+            out.update(exclude_self=True, query_indices=self.query_indices)
+        return out
 
 
 @dataclass
@@ -102,56 +178,99 @@ def evaluate_bundle(
     bundle: Bundle | str | os.PathLike,
     data: str | os.PathLike | None = None,
     *,
+    ks: Sequence[int] = DEFAULT_KS,
+    options: EvalOptions | None = None,
     uri: str | None = None,
     collection: str | None = None,
     token: str | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-    database: str = "auto",
-    rule: RuleLike = None,
     encoder: Encoder | None = None,
-    workers: int | None = None,
-    batch_size: int | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Search the bundle's query split against its database through Milvus; see the module doc.
+
+    :func:`evaluation_codes` then :func:`evaluate_codes` (call them yourself to draw the plots
+    from the same codes, as ``rsir eval --plot`` does).
 
     Args:
         bundle: the bundle folder (it must hold ``split.json``).
         data: the archive the split belongs to (folder or CSV manifest); default: the one the
             manifest records (:attr:`rsir_sdk.Bundle.archive_source`).
+        ks: the ``k`` of mAP@k and P@k.
+        options: which side is the database, raster rule, workers, batch size
+            (:class:`EvalOptions`; default: by the bundle's protocol).
         uri, collection, token: where to put the database codes; default a temporary Milvus
             Lite file, removed afterwards. A named collection must hold nothing but this
             database (it is filled by upsert, then its size is checked).
-        ks: the ``k`` of mAP@k and P@k.
-        database: ``"auto"``, ``"train"`` (AHCL) or ``"query"`` (MiLAN leave-one-out).
-        rule: raster rule for TIFF archives.
+        encoder: an :class:`~rsir_sdk.Encoder` of the bundle to use (default: a new one).
         progress: called as ``progress(stage, done, total)``.
 
     Raises :class:`EvaluationError` when the split, the archive or some images are missing.
     Images that cannot be read are left out and listed in ``EvalResult.failed``.
     """
+    codes = evaluation_codes(bundle, data, options, encoder=encoder, progress=progress)
+    return evaluate_codes(codes, ks=ks, uri=uri, collection=collection, token=token,
+                          progress=progress)
+
+
+# --------------------------------------------------------------------------- the codes, once
+
+
+def evaluation_codes(
+    bundle: Bundle | str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    options: EvalOptions | None = None,
+    *,
+    encoder: Encoder | None = None,
+    progress: Progress | None = None,
+) -> EvalCodes:
+    """The query and database codes of the bundle's split (each image encoded once).
+
+    Arguments as in :func:`evaluate_bundle`. Raises :class:`EvaluationError` when the split or
+    the archive is missing, or when no query or database item is left.
+    """
     t0 = time.perf_counter()
+    opts = options or EvalOptions()
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     try:
         sp = b.split()
     except SplitError as exc:
         raise EvaluationError(str(exc)) from None
-    split = {"train": sp.train_ids, "query": sp.query_ids}
     protocol = str((b.manifest.get("training") or {}).get("protocol") or sp.protocol)
-    if database == "auto":
-        database = "query" if protocol.lower().startswith("milan") else "train"
-    if database not in ("train", "query"):
-        raise EvaluationError(f"database must be 'auto', 'train' or 'query', got {database!r}")
-    leave_one_out = database == "query"
-    ks = sorted({int(k) for k in ks if int(k) >= 1})
-    enc = encoder or Encoder(b, raster_rule=rule, batch_size=batch_size or 32)
+    side = opts.database
+    if side == "auto":
+        side = "query" if protocol.lower().startswith("milan") else "train"
+    enc = encoder or Encoder(b, raster_rule=opts.rule, batch_size=opts.batch_size or 32)
     failed: list[Failure] = []
+    listing = _archive(b, data)
+    by_id = listing.by_id()
 
-    def report(stage: str, done: int, total: int) -> None:
-        if progress is not None:
-            progress(stage, done, total)
+    def encode(ids: list[str], stage: str) -> tuple[list[Item], np.ndarray]:
+        items = _items_for(b, listing.root, by_id, ids, stage)
+        return _encode(enc, items, opts, failed.append, _stage(progress, stage))
 
-    use_learned = database == "train" and b.has_database
+    if side == "train" and b.has_database:
+        db = b.load_database()
+        db_ids, db_labels, db_codes, kind = list(db.ids), list(db.labels), db.codes, "learned"
+        if set(db_ids) != set(sp.train_ids):
+            log.warning("the bundle's database ids differ from the train split of %s", SPLIT_FILE)
+    else:
+        items, db_codes = encode(sp.query_ids if side == "query" else sp.train_ids, "database")
+        db_ids, db_labels, kind = [it.id for it in items], [it.label for it in items], "encoded"
+    if not db_ids:
+        raise EvaluationError("the database is empty (every database image failed to load)")
+    if side == "query":  # leave-one-out: the queries are the database
+        q_ids, q_labels, q_codes = db_ids, db_labels, db_codes
+    else:
+        q_items, q_codes = encode(sp.query_ids, "queries")
+        q_ids, q_labels = [it.id for it in q_items], [it.label for it in q_items]
+    if not q_ids:
+        raise EvaluationError("no query could be encoded (every query image failed to load)")
+    return EvalCodes(b, protocol, side == "query", kind, db_ids, db_labels, db_codes, q_ids,
+                     q_labels, q_codes, failed, time.perf_counter() - t0)
+
+
+def _archive(b: Bundle, data: str | os.PathLike | None) -> ArchiveListing:
+    """The listing of the archive the split belongs to."""
     root = data if data is not None else b.archive_source
     if root is None:
         raise EvaluationError(
@@ -160,65 +279,97 @@ def evaluate_bundle(
         )
     if not Path(root).exists():
         raise EvaluationError(f"archive {root} does not exist (give --data DIR)")
-    listing = open_archive(root, label_from="top")
-    by_id = {it.id: it for it in listing.items}
+    return open_archive(root, label_from="top")
 
-    def items_for(ids: list[str], what: str) -> list[Item]:
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise EvaluationError(
-                f"{len(missing)} {what} id(s) of {b.path / SPLIT_FILE} are not in the archive "
-                f"{listing.root} (e.g. {missing[:3]}): is --data the archive the bundle was "
-                f"trained on?"
-            )
-        return [by_id[i] for i in ids]
 
-    def encode(items: list[Item], stage: str) -> tuple[list[Item], np.ndarray]:
-        kept, parts = [], []
-        for batch in iter_codes(enc, items, workers=workers, batch_size=batch_size,
-                                on_failure=failed.append):
-            kept += batch.items
-            parts.append(batch.codes)
-            report(stage, len(kept), len(items))
-        codes = np.concatenate(parts) if parts else np.zeros((0, b.bits // 8), np.uint8)
-        return kept, codes
+def _items_for(b: Bundle, root: Any, by_id: dict[str, Item], ids: Sequence[str],
+               what: str) -> list[Item]:
+    """The archive items of the split's ``ids``; an id the archive (at ``root``) lacks raises."""
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise EvaluationError(
+            f"{len(missing)} {what} id(s) of {b.path / SPLIT_FILE} are not in the archive "
+            f"{root} (e.g. {missing[:3]}): is --data the archive the bundle was trained on?"
+        )
+    return [by_id[i] for i in ids]
 
-    # ---- the database, in the store's tie order (shared with rsir_sdk.metrics: ties by index)
-    if use_learned:
-        db = b.load_database()
-        db_ids, db_labels, db_codes, db_kind = list(db.ids), list(db.labels), db.codes, "learned"
-        if set(db_ids) != set(split["train"]):
-            log.warning("the bundle's database ids differ from the train split of %s", SPLIT_FILE)
-    else:
-        items, db_codes = encode(items_for(split[database], database), "database")
-        db_ids, db_labels, db_kind = [it.id for it in items], [it.label for it in items], "encoded"
-    order = tie_order(db_ids)
-    db_ids = [db_ids[i] for i in order]
-    db_labels = [db_labels[i] for i in order]
-    db_codes = db_codes[order]
-    n_db = len(db_ids)
-    if n_db == 0:
-        raise EvaluationError("the database is empty (every database image failed to load)")
 
-    # ---- the queries
-    if leave_one_out:
-        q_ids, q_labels, q_codes = db_ids, db_labels, db_codes
-    else:
-        q_items, q_codes = encode(items_for(split["query"], "query"), "queries")
-        q_ids, q_labels = [it.id for it in q_items], [it.label for it in q_items]
-    if not q_ids:
-        raise EvaluationError("no query could be encoded (every query image failed to load)")
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None]:
+    """``progress`` bound to one stage (a no-op without one)."""
+    return (lambda done, total: progress(stage, done, total)) if progress else (lambda d, t: None)
 
-    # ---- through Milvus
+
+def _encode(enc: Encoder, items: list[Item], opts: EvalOptions,
+            on_failure: Callable[[Failure], None],
+            report: Callable[[int, int], None]) -> tuple[list[Item], np.ndarray]:
+    """Codes of the ``items`` that could be read, in order; the others go to ``on_failure``."""
+    kept: list[Item] = []
+    parts = []
+    for batch in iter_codes(enc, items, workers=opts.workers, batch_size=opts.batch_size,
+                            on_failure=on_failure):
+        kept += batch.items
+        parts.append(batch.codes)
+        report(len(kept), len(items))
+    codes = np.concatenate(parts) if parts else np.zeros((0, enc.bits // 8), np.uint8)
+    return kept, codes
+
+
+# --------------------------------------------------------------------------- through Milvus
+
+
+def evaluate_codes(
+    codes: EvalCodes,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    uri: str | None = None,
+    collection: str | None = None,
+    token: str | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Search ``codes``' database through Milvus with its query codes and compute the figures
+    from Milvus' ranking and in memory; arguments as in :func:`evaluate_bundle`."""
+    t0 = time.perf_counter()
+    b = codes.bundle
+    ks = sorted({int(k) for k in ks if int(k) >= 1})
+    name = collection or "eval_" + b.default_collection
+    ranked_idx, ranked_dist = _milvus_ranking(codes, uri, name, token, _stage(progress, "search"))
+    depth = ranked_idx.shape[1]
+    full = depth == codes.n_ranked
+    labels_db = np.array(codes.db_labels, dtype=object)
+    rel = labels_db[ranked_idx] == np.array(codes.q_labels, dtype=object)[:, None]
+    got: dict[str, float] = {}
+    if full:
+        got["mAP"] = float(metrics.average_precision_of_ranking(rel).mean())
+    got[f"mAP@{depth}"] = float(metrics.average_precision_of_ranking(rel).mean())
+    for k in ks:
+        if k <= depth:
+            got[f"mAP@{k}"] = float(metrics.average_precision_of_ranking(rel[:, :k]).mean())
+            got[f"P@{k}"] = float(rel[:, :k].mean(axis=1).mean())
+    return EvalResult(
+        metrics=got, reference=_reference(codes, ks, full, depth),
+        agree=_same_ranking(codes, ranked_idx, ranked_dist),
+        tie_aware=_reference(codes, ks, full, depth, ties="expected"),
+        n_queries=len(codes.q_ids), n_database=len(codes.db_ids), topk=depth,
+        database=codes.database, protocol=codes.protocol, leave_one_out=codes.leave_one_out,
+        bits=b.bits, method=b.method, encoder_id=b.encoder_id,
+        uri=uri if uri is not None else "(temporary Milvus Lite file)", collection=name,
+        seconds=codes.seconds + time.perf_counter() - t0, failed=list(codes.failed),
+    )
+
+
+def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | None,
+                    report: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Every query's ranking by a Milvus search of the database: database indices and
+    distances ``(n_queries, depth)``, each query's own item dropped in leave-one-out."""
+    b, n_db = codes.bundle, len(codes.db_ids)
     tmp = None
     if uri is None:
         tmp = tempfile.mkdtemp(prefix="rsir-eval-")
         uri = str(Path(tmp) / "eval.db")
-    name = collection or "eval_" + b.default_collection
     try:
         store = MilvusCodeStore(uri, name, bits=b.bits, token=token, encoder=b.identity())
         try:
-            store.upsert(db_ids, db_codes, db_labels, encoder=b.identity())
+            store.upsert(codes.db_ids, codes.db_codes, codes.db_labels, encoder=b.identity())
             held = store.count()
             if held != n_db:
                 raise EvaluationError(
@@ -226,50 +377,23 @@ def evaluate_bundle(
                     f"{n_db}: evaluate into a fresh collection (or none: a temporary one)"
                 )
             k_search = min(n_db, MAX_TOPK)  # leave-one-out: the query's own item is among them
-            ranked_idx, ranked_dist = _search_all(store, q_codes, k_search, db_ids, report)
+            idx, dist = _search_all(store, codes.q_codes, k_search, codes.db_ids, report)
         finally:
             store.close()
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    q_index = np.arange(n_db) if leave_one_out else None  # the queries are the database
+    q_index = codes.query_indices
     if q_index is not None:  # leave-one-out: drop each query's own item from its ranking
-        keep = ranked_idx != q_index[:, None]
+        keep = idx != q_index[:, None]
         n_keep = min(n_db - 1, k_search)
-        ranked_idx = np.stack([r[m][:n_keep] for r, m in zip(ranked_idx, keep)])
-        ranked_dist = np.stack([r[m][:n_keep] for r, m in zip(ranked_dist, keep)])
-    n_ranked = n_db - (1 if leave_one_out else 0)
-    full = ranked_idx.shape[1] == n_ranked
-
-    labels_db = np.array(db_labels, dtype=object)
-    rel = labels_db[ranked_idx] == np.array(q_labels, dtype=object)[:, None]
-    got: dict[str, float] = {}
-    if full:
-        got["mAP"] = float(metrics.average_precision_of_ranking(rel).mean())
-    got[f"mAP@{ranked_idx.shape[1]}"] = float(metrics.average_precision_of_ranking(rel).mean())
-    for k in ks:
-        if k <= ranked_idx.shape[1]:
-            got[f"mAP@{k}"] = float(metrics.average_precision_of_ranking(rel[:, :k]).mean())
-            got[f"P@{k}"] = float(rel[:, :k].mean(axis=1).mean())
-
-    ref = _reference(q_codes, q_labels, db_codes, db_labels, ks, leave_one_out, q_index,
-                     full, ranked_idx.shape[1])
-    tie_aware = _reference(q_codes, q_labels, db_codes, db_labels, ks, leave_one_out, q_index,
-                           full, ranked_idx.shape[1], ties="expected")
-    agree = _same_ranking(q_codes, db_codes, ranked_idx, ranked_dist, leave_one_out, q_index)
-    return EvalResult(
-        metrics=got, reference=ref, agree=agree, tie_aware=tie_aware, n_queries=len(q_ids),
-        n_database=n_db,
-        topk=ranked_idx.shape[1], database=db_kind, protocol=protocol,
-        leave_one_out=leave_one_out, bits=b.bits, method=b.method, encoder_id=b.encoder_id,
-        uri=uri if tmp is None else "(temporary Milvus Lite file)", collection=name,
-        seconds=time.perf_counter() - t0, failed=failed,
-    )
+        idx = np.stack([r[m][:n_keep] for r, m in zip(idx, keep)])
+        dist = np.stack([r[m][:n_keep] for r, m in zip(dist, keep)])
+    return idx, dist
 
 
 def _search_all(store: MilvusCodeStore, q_codes: np.ndarray, k: int, db_ids: list[str],
-                report) -> tuple[np.ndarray, np.ndarray]:
+                report: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` database indices and distances of every query, Milvus order (distance, id)."""
     pos = {i: n for n, i in enumerate(db_ids)}
     step = max(1, HITS_PER_CALL // k)
@@ -281,46 +405,46 @@ def _search_all(store: MilvusCodeStore, q_codes: np.ndarray, k: int, db_ids: lis
                 raise EvaluationError(f"Milvus returned {len(hits)} hits for a top-{k} search")
             idx[row] = [pos[h.id] for h in hits]
             dist[row] = [h.distance for h in hits]
-        report("search", min(start + step, len(q_codes)), len(q_codes))
+        report(min(start + step, len(q_codes)), len(q_codes))
     return idx, dist
 
 
-def _reference(q_codes, q_labels, db_codes, db_labels, ks, loo, q_index, full, depth,
+def _reference(codes: EvalCodes, ks: Sequence[int], full: bool, depth: int,
                ties: metrics.Ties = "index") -> dict[str, float]:
     """The in-memory figures; with ``ties="expected"`` only the mAPs (tie-aware)."""
-    loo_kw: dict[str, Any] = {"exclude_self": loo, "query_indices": q_index} if loo else {}
-    kw = {**loo_kw, "ties": ties}
+    args = (codes.q_codes, codes.q_labels, codes.db_codes, codes.db_labels)
+    kw = {**codes.metric_args(), "ties": ties}
     out: dict[str, float] = {}
     if full:
-        out["mAP"] = metrics.mean_average_precision(q_codes, q_labels, db_codes, db_labels, **kw)
-    out[f"mAP@{depth}"] = metrics.mean_average_precision(
-        q_codes, q_labels, db_codes, db_labels, topk=depth, **kw)
+        out["mAP"] = metrics.mean_average_precision(*args, **kw)
+    out[f"mAP@{depth}"] = metrics.mean_average_precision(*args, topk=depth, **kw)
     for k in ks:
         if k <= depth:
-            out[f"mAP@{k}"] = metrics.mean_average_precision(
-                q_codes, q_labels, db_codes, db_labels, topk=k, **kw)
+            out[f"mAP@{k}"] = metrics.mean_average_precision(*args, topk=k, **kw)
             if ties == "index":  # precision@k has no tie-aware form here
-                out[f"P@{k}"] = metrics.precision_at_k(q_codes, q_labels, db_codes, db_labels,
-                                                       k, **loo_kw)
+                out[f"P@{k}"] = metrics.precision_at_k(*args, k, **codes.metric_args())
     return out
 
 
-def _same_ranking(q_codes, db_codes, ranked_idx, ranked_dist, loo, q_index) -> bool:
-    """Whether Milvus' ranking equals the exact numpy ranking (distance, then database index)."""
-    from .codes import hamming_distances
-
+def _same_ranking(codes: EvalCodes, ranked_idx: np.ndarray, ranked_dist: np.ndarray) -> bool:
+    """Whether Milvus' ranking equals the exact numpy ranking (distance, then the store's tie
+    order: digests of the ids)."""
+    q_codes, q_index = codes.q_codes, codes.query_indices
+    order_db = tie_order(codes.db_ids)  # column j of the sorted matrix is item order_db[j]
+    db_sorted = codes.db_codes[order_db]
     depth = ranked_idx.shape[1]
+    own = None if q_index is None else np.argsort(order_db)[q_index]  # own item's column
     for start in range(0, len(q_codes), 256):
-        d = hamming_distances(q_codes[start : start + 256], db_codes)
-        if loo:
-            rows = np.arange(d.shape[0])
-            d[rows, q_index[start : start + 256]] = np.iinfo(np.int32).max
+        d = hamming_distances(q_codes[start : start + 256], db_sorted)
+        if own is not None:
+            where = own[start : start + 256]
+            d[np.arange(d.shape[0]), where] = np.iinfo(np.int32).max
         order = np.argsort(d, axis=1, kind="stable")[:, :depth]
-        exp_dist = np.take_along_axis(d, order, axis=1)
-        if not np.array_equal(exp_dist, ranked_dist[start : start + 256]):
+        if not np.array_equal(np.take_along_axis(d, order, axis=1),
+                              ranked_dist[start : start + 256]):
             return False
-        if depth == d.shape[1] - (1 if loo else 0) and not np.array_equal(
-            order, ranked_idx[start : start + 256]
+        if depth == codes.n_ranked and not np.array_equal(
+            order_db[order], ranked_idx[start : start + 256]
         ):
             return False
     return True

@@ -19,6 +19,7 @@ import html
 import io
 import os
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Iterable, Sequence
 
 from PIL import Image
@@ -26,6 +27,7 @@ from PIL import Image
 from .errors import ImageLoadError
 from .images import read_image
 from .rasters import RasterRule
+from .redact import redact_text
 
 THUMB_SIZE = 192
 
@@ -68,6 +70,18 @@ def thumbnail_data_uri(src: str | os.PathLike, size: int = THUMB_SIZE,
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def file_link(src: Path, out_dir: Path) -> str:
+    """A relative link from ``out_dir`` to the file ``src``: percent-encoded and starting with
+    ``./`` or ``../``, so no file name (``javascript:alert(1).jpg``) can read as a URL scheme.
+
+    >>> file_link(Path("/a/javascript:x.jpg"), Path("/a"))
+    './javascript%3Ax.jpg'
+    """
+    rel = Path(os.path.relpath(src.absolute(), out_dir.absolute())).as_posix()
+    link = quote(rel, safe="/")
+    return link if link.startswith("../") else "./" + link
+
+
 def _field(hit: Any, name: str, default: Any = "") -> Any:
     if isinstance(hit, dict):
         return hit.get(name, default)
@@ -79,8 +93,8 @@ def _img_tag(src: Path | None, label: str, out_dir: Path, embed: bool, size: int
     if src is None:
         return f'<div class="missing">image not found<br>{html.escape(label)}</div>'
     if not embed:
-        rel = os.path.relpath(src.absolute(), out_dir.absolute())
-        return f'<img loading="lazy" src="{html.escape(Path(rel).as_posix())}" alt="{html.escape(label)}">'
+        link = file_link(src, out_dir)
+        return f'<img loading="lazy" src="{html.escape(link)}" alt="{html.escape(label)}">'
     try:
         uri = thumbnail_data_uri(src, size, rule)
     except ImageLoadError as exc:
@@ -112,12 +126,13 @@ def write_gallery(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out_dir = out.parent
-    title = title or f"rsir search: {Path(str(query)).name}"
+    shown = redact_text(str(query))   # an image URL may carry user:password@
+    title = title or f"rsir search: {Path(shown).name}"
     qpath = resolve_image(str(query), roots)
     cards = [
         '<div class="card query">'
-        + _img_tag(qpath, str(query), out_dir, embed, size, rule)
-        + f"<div><b>query</b></div><div>{html.escape(str(query))}</div>"
+        + _img_tag(qpath, shown, out_dir, embed, size, rule)
+        + f"<div><b>query</b></div><div>{html.escape(shown)}</div>"
         + (f"<div>label {html.escape(query_label)}</div>" if query_label else "")
         + "</div>"
     ]

@@ -2,7 +2,8 @@
 
 Accepted sources: a file path (``str``/``os.PathLike``), ``bytes``, a binary file object, a
 ``PIL.Image.Image``, a numpy array, or an ``http(s)://`` URL (fetched with httpx under a size
-limit and a limit on the *whole* download time, not only on each read).
+limit and a limit on the *whole* download time, not only on each read; hosts at private,
+loopback or link-local addresses only when ``allow_private_urls=True``: see :mod:`rsir_sdk.urlfetch`).
 
 Formats: the ones listed in :data:`DECODE_FORMATS` (JPEG, PNG, TIFF, BMP, WebP, GIF,
 JPEG 2000), whatever the file is called; anything else (EPS, PDF, PSD, ...) is refused before a
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from typing import IO, Any, Mapping, Union
 
 import numpy as np
@@ -29,7 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from .errors import ImageLoadError
 from .pixels import Raster, array_to_rgb, check_file, describe_source, pil_to_rgb
 from .rasters import RasterRule, as_rule
+from .redact import redact_uri
 from .tiff import DEFAULT_MAX_RASTER_BYTES, is_tiff, read_tiff
+from .urlfetch import fetch_url, is_private_address
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, IO[bytes], Image.Image, np.ndarray]
 RuleLike = Union[RasterRule, str, Mapping[str, Any], None]
@@ -54,6 +56,7 @@ __all__ = [
     "check_file",
     "describe_source",
     "fetch_url",
+    "is_private_address",
     "load_image",
     "read_image",
 ]
@@ -67,10 +70,14 @@ def read_image(
     max_url_bytes: int = DEFAULT_MAX_URL_BYTES,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_raster_bytes: int | None = DEFAULT_MAX_RASTER_BYTES,
+    allow_private_urls: bool = False,
 ) -> Raster:
     """Read ``src`` as a :class:`~rsir_sdk.pixels.Raster`: RGB pixels plus georeferencing.
 
-    ``rule`` converts TIFF samples (default :data:`~rsir_sdk.rasters.DEFAULT_RULE`).
+    ``rule`` converts TIFF samples (default :data:`~rsir_sdk.rasters.DEFAULT_RULE`). A URL is
+    downloaded by :func:`rsir_sdk.urlfetch.fetch_url`: connect, headers and body all within
+    ``url_timeout`` seconds, and hosts at private, loopback or link-local addresses only with
+    ``allow_private_urls=True``.
 
     >>> read_image(np.zeros((4, 5), dtype=np.uint8)).rgb.shape
     (4, 5, 3)
@@ -81,10 +88,11 @@ def read_image(
     if isinstance(src, Image.Image):
         return Raster(pil_to_rgb(src, name))
     if isinstance(src, str) and src.lower().startswith(("http://", "https://")):
-        data = fetch_url(src, timeout=url_timeout, max_bytes=max_url_bytes)
-        return _decode(io.BytesIO(data), src, rule, max_pixels, max_raster_bytes)
+        data = fetch_url(src, timeout=url_timeout, max_bytes=max_url_bytes,
+                         allow_private_urls=allow_private_urls)
+        return _decode(io.BytesIO(data), redact_uri(src), rule, max_pixels, max_raster_bytes)
     if isinstance(src, str) and "://" in src:
-        raise ImageLoadError(src, "only http:// and https:// URLs are supported")
+        raise ImageLoadError(redact_uri(src), "only http:// and https:// URLs are supported")
     if isinstance(src, (str, os.PathLike)):
         try:
             with open(check_file(src, name), "rb") as fh:
@@ -107,39 +115,6 @@ def load_image(src: ImageSource, *, rule: RuleLike = None, **limits: Any) -> np.
     (4, 5, 3)
     """
     return read_image(src, rule=rule, **limits).rgb
-
-
-def fetch_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
-    """Download ``url`` with httpx within ``timeout`` seconds in all, refusing non-2xx answers
-    and bodies over ``max_bytes``."""
-    import httpx  # imported here: only URL sources need it
-
-    deadline = time.monotonic() + timeout
-    try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as resp:
-            if resp.status_code >= 400:
-                raise ImageLoadError(url, f"HTTP {resp.status_code} {resp.reason_phrase}")
-            declared = resp.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ImageLoadError(
-                    url, f"response is {int(declared)} bytes, over the {max_bytes}-byte limit"
-                )
-            chunks, total = [], 0
-            for chunk in resp.iter_bytes():
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ImageLoadError(url, f"response exceeds the {max_bytes}-byte limit")
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise ImageLoadError(
-                        url, f"download took longer than {timeout:g} s ({total} bytes received)"
-                    )
-    except httpx.HTTPError as exc:
-        raise ImageLoadError(url, f"download failed: {exc.__class__.__name__}: {exc}") from None
-    data = b"".join(chunks)
-    if not data:
-        raise ImageLoadError(url, "the response body is empty")
-    return data
 
 
 def _decode(

@@ -47,9 +47,10 @@ import numpy as np
 
 from .archive import ArchiveListing, Item
 from .encoder import Encoder
-from .errors import ImageLoadError, InvalidInputError, StoreError
+from .errors import ImageLoadError, StoreError
 from .failures import Failure, FailureReport
 from .images import DEFAULT_MAX_PIXELS, read_image
+from .options import IngestOptions
 from .preprocess import prepare
 from .rasters import RasterRule
 from .store import MilvusCodeStore, PrepareProgress, rows
@@ -266,25 +267,19 @@ class IngestRun:
     """
 
     def __init__(self, store: MilvusCodeStore, identity: Mapping[str, Any],
-                 archive: ArchiveListing, *, only_ids: Iterable[str] | None = None,
-                 skip_existing: bool = True, relative_paths: bool = False,
-                 upsert_batch: int = 512, flush_seconds: float = 10.0,
+                 archive: ArchiveListing, options: IngestOptions | None = None, *,
                  report: FailureReport | None = None,
                  progress: Callable[[IngestProgress], None] | None = None,
-                 bulk_dir: str | os.PathLike | None = None, prepare: str = "auto",
                  on_prepare: Callable[[PrepareProgress], None] | None = None):
         self.t0 = time.perf_counter()
-        if prepare not in ("auto", "always", "never"):
-            raise InvalidInputError(f"prepare must be auto, always or never, got {prepare!r}")
-        if bulk_dir is not None and not skip_existing:
-            raise InvalidInputError(
-                "a bulk load adds new ids only; it cannot re-encode ids already present "
-                "(--force): index without --bulk, or drop the collection first")
-        self.prepare, self.on_prepare = prepare, on_prepare
+        opts = options if options is not None else IngestOptions()
+        self.options = opts
+        self.prepare, self.on_prepare = opts.prepare, on_prepare
         self.store, self.identity = store, dict(identity)
-        self.skip_existing, self.relative_paths = skip_existing, relative_paths
-        self.upsert_batch, self.flush_seconds = upsert_batch, flush_seconds
+        self.skip_existing, self.relative_paths = opts.skip_existing, opts.relative_paths
+        self.upsert_batch, self.flush_seconds = opts.upsert_batch, opts.flush_seconds
         self.report, self.progress = report, progress
+        only_ids, bulk_dir = opts.only_ids, opts.bulk_dir
         items, invalid = archive.items, archive.invalid
         if only_ids is not None:
             wanted = set(only_ids)
@@ -429,19 +424,10 @@ def ingest(
     encoder: Encoder,
     store: MilvusCodeStore,
     archive: ArchiveListing,
+    options: IngestOptions | None = None,
     *,
-    skip_existing: bool = True,
-    only_ids: Iterable[str] | None = None,
-    relative_paths: bool = False,
-    workers: int | None = None,
-    batch_size: int | None = None,
-    upsert_batch: int = 512,
-    flush_seconds: float = 10.0,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     report: FailureReport | None = None,
     progress: Callable[[IngestProgress], None] | None = None,
-    bulk_dir: str | os.PathLike | None = None,
-    prepare: str = "auto",
     on_prepare: Callable[[PrepareProgress], None] | None = None,
 ) -> IngestSummary:
     """Encode every image of ``archive`` not yet in ``store`` and write its code; resumable.
@@ -450,30 +436,27 @@ def ingest(
         encoder: the bundle's :class:`~rsir_sdk.Encoder`, with the collection's raster rule.
         store: the collection, already checked against the encoder (the Retriever does that).
         archive: from :func:`rsir_sdk.archive.open_archive`.
-        skip_existing: skip ids the collection holds (resume); ``False`` re-encodes them.
-        only_ids: index only these ids (e.g. those of a failure report: retry).
-        relative_paths: store paths relative to the archive root instead of absolute ones.
-        workers, batch_size: decoding threads and encoder batch size.
-        upsert_batch, flush_seconds: rows per upsert; pending rows are also written after
-            this many seconds, so little work is lost to a crash.
+        options: an :class:`~rsir_sdk.options.IngestOptions` (default: the defaults); this
+            engine reads ``skip_existing``, ``only_ids``, ``relative_paths``, ``workers`` and
+            ``batch_size`` (decoding threads, encoder batch), ``upsert_batch`` and
+            ``flush_seconds`` (rows per write; pending rows are also written after this many
+            seconds, so little work is lost to a crash), ``max_pixels``, ``bulk_dir`` (load
+            through Milvus' bulk import, staging files in a folder the server reads at the same
+            path; Milvus Lite inserts) and ``prepare`` (``auto``: after
+            :data:`PREPARE_MIN_ROWS` rows or a bulk load; ``always``; ``never``).
         report: failures are also written here as they happen.
         progress: called with an :class:`IngestProgress` as work advances.
-        bulk_dir: load through Milvus' bulk import, staging files here (a folder the server
-            reads at the same path; see :mod:`rsir_sdk.store.bulk`); Milvus Lite inserts.
-        prepare: ``auto`` (after :data:`PREPARE_MIN_ROWS` rows or a bulk load), ``always`` or
-            ``never``: leave a server collection ready to search (``prepare_for_search``).
         on_prepare: called with :class:`~rsir_sdk.store.PrepareProgress` while preparing.
 
     Returns an :class:`IngestSummary`. Raises :class:`~rsir_sdk.errors.StoreError` when Milvus
     fails (re-run to resume) and :class:`IngestInterrupted` on Ctrl-C after writing what was
     encoded.
     """
-    run = IngestRun(store, encoder.bundle.identity(), archive, only_ids=only_ids,
-                    skip_existing=skip_existing, relative_paths=relative_paths,
-                    upsert_batch=upsert_batch, flush_seconds=flush_seconds, report=report,
-                    progress=progress, bulk_dir=bulk_dir, prepare=prepare, on_prepare=on_prepare)
-    stream = iter_codes(encoder, run.unseen(), workers=workers, batch_size=batch_size,
-                        max_pixels=max_pixels, on_failure=run.fail)
+    opts = options if options is not None else IngestOptions()
+    run = IngestRun(store, encoder.bundle.identity(), archive, opts, report=report,
+                    progress=progress, on_prepare=on_prepare)
+    stream = iter_codes(encoder, run.unseen(), workers=opts.workers, batch_size=opts.batch_size,
+                        max_pixels=opts.max_pixels, on_failure=run.fail)
     try:
         for batch in stream:
             run.add(batch.items, batch.codes, batch.georefs)

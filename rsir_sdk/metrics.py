@@ -1,12 +1,13 @@
 """Retrieval metrics for packed binary codes: mAP, mAP@k, precision@k, radius search, PR curve.
 
 All metrics rank the database by exact Hamming distance (:func:`rsir_sdk.codes.hamming_distances`)
-and **break ties by database index** (a stable sort, as :func:`rsir_sdk.codes.topk_bruteforce`
-does), so every number is deterministic: short codes tie heavily, and an unstated tie rule can
-move mAP by several points. To rank as the store does, put the database in its tie order first
-(:func:`rsir_sdk.store.tie_order`: digests of the ids). ``ties="expected"`` gives instead the AP
-expected over every order of the tied items (:mod:`rsir_sdk.tie_aware`), which does not depend
-on the order the archive was listed in.
+with a stated tie rule, so every number is deterministic: short codes tie heavily, and an
+unstated tie rule can move mAP by several points. Give the database ids (``db_ids=``) and ties
+are ranked **as the store ranks them** (by the digest of the id, :func:`rsir_sdk.store.tie_order`),
+whatever order the database is listed in: the figure is then the one a Milvus search gives.
+Without ids, ties go by database index (a stable sort, as :func:`rsir_sdk.codes.topk_bruteforce`
+does). ``ties="expected"`` gives instead the AP expected over every order of the tied items
+(:mod:`rsir_sdk.tie_aware`), which depends on neither.
 
 Relevance: a database item is relevant to a query when they share a label.
 
@@ -86,6 +87,7 @@ def average_precisions(
     *,
     query_indices: Sequence[int] | np.ndarray | None = None,
     ties: Ties = "index",
+    db_ids: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Average precision of every query, ``float64 (n_queries,)``.
 
@@ -97,7 +99,8 @@ def average_precisions(
     >>> average_precisions(db, ["a", "b"], db, ["a", "a"])
     array([1., 0.])
     """
-    task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices)
+    task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices,
+                 db_ids)
     if topk is not None:
         topk = _positive_int(topk, "topk")
     if ties not in TIES:
@@ -125,6 +128,7 @@ def mean_average_precision(
     *,
     query_indices: Sequence[int] | np.ndarray | None = None,
     ties: Ties = "index",
+    db_ids: Sequence[str] | None = None,
 ) -> float:
     """Mean average precision of a Hamming ranking, over the whole database or the top ``k``.
 
@@ -147,10 +151,15 @@ def mean_average_precision(
         exclude_self: leave-one-out: drop each query's own item from its ranking. Query ``i``
             is database item ``i`` (same arrays twice) unless ``query_indices`` says otherwise.
         query_indices: with ``exclude_self``, the database index of each query.
-        ties: ``"index"`` (default): tied items ranked by database index, the order Milvus
-            returns them in; ``"expected"``: the AP expected over every order of the tied items
+        ties: ``"index"`` (default): tied items ranked in one fixed order, the store's when
+            ``db_ids`` is given (the order Milvus returns them in), else by database index;
+            ``"expected"``: the AP expected over every order of the tied items
             (:mod:`rsir_sdk.tie_aware`), a figure of the codes alone, not of the order the
             archive was listed in.
+        db_ids: the id of each database item: ties are then ranked by the digest of the id,
+            as the store ranks them (:func:`rsir_sdk.store.tie_order`), so the figure equals a
+            Milvus search's whatever order the database is listed in. Without it, ties go by
+            database index.
 
     >>> from rsir_sdk.codes import pack_codes
     >>> q = pack_codes(np.array([[0] * 8]))
@@ -160,10 +169,16 @@ def mean_average_precision(
     0.8333
     >>> mean_average_precision(q, ["a"], db, ["a", "a", "b"], topk=2)  # (1/1) / 1
     1.0
+    >>> tied = pack_codes(np.zeros((3, 8), int))  # three items at distance 0: ties only
+    >>> ids = ["Forest/1.jpg", "River/1.jpg", "River/2.jpg"]  # store order: River/1, River/2, Forest/1
+    >>> labels = ["Forest", "River", "River"]
+    >>> mean_average_precision(q, ["Forest"], tied, labels), round(
+    ...     mean_average_precision(q, ["Forest"], tied, labels, db_ids=ids), 4)
+    (1.0, 0.3333)
     """
     aps = average_precisions(
         query_codes, query_labels, db_codes, db_labels, topk, exclude_self,
-        query_indices=query_indices, ties=ties,
+        query_indices=query_indices, ties=ties, db_ids=db_ids,
     )
     return float(aps.mean()) if aps.size else 0.0
 
@@ -177,11 +192,12 @@ def precision_at_k(
     exclude_self: bool = False,
     *,
     query_indices: Sequence[int] | np.ndarray | None = None,
+    db_ids: Sequence[str] | None = None,
 ) -> float:
     """Mean fraction of relevant items among the top ``k`` of the Hamming ranking.
 
     When ``k`` exceeds the (leave-one-out) database size ``n``, the denominator is ``n``.
-    Arguments as in :func:`mean_average_precision`.
+    Arguments as in :func:`mean_average_precision` (``db_ids``: ties in the store's order).
 
     >>> from rsir_sdk.codes import pack_codes
     >>> q = pack_codes(np.array([[0] * 8]))
@@ -190,7 +206,8 @@ def precision_at_k(
     0.5
     """
     k = _positive_int(k, "k")
-    task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices)
+    task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices,
+                 db_ids)
     total = 0.0
     for _, rel_ranked in task.ranked_relevance(k):
         total += float(rel_ranked.mean(axis=1).sum()) if rel_ranked.shape[1] else 0.0
@@ -275,7 +292,8 @@ def pr_curve(
 class _Task:
     """Validated inputs of one evaluation, with chunked distance and ranking iterators."""
 
-    def __init__(self, query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices):
+    def __init__(self, query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices,
+                 db_ids=None):
         self.queries = as_packed(query_codes)
         self.database = as_packed(db_codes, self.queries.shape[1] * 8)
         self.bits = self.queries.shape[1] * 8
@@ -287,6 +305,14 @@ class _Task:
         )
         # the sentinel distance sorts a query's own item after every real item
         self._sentinel = self.bits + 1
+        order = _store_order(db_ids, self.n_db)
+        if order is not None:  # the database in the store's tie order: ties by index = by digest
+            self.database = self.database[order]
+            self._relevance.db = self._relevance.db[order]
+            if self.self_index is not None:
+                position = np.empty_like(order)
+                position[order] = np.arange(len(order))
+                self.self_index = position[self.self_index]
 
     @property
     def n_ranked(self) -> int:
@@ -356,6 +382,19 @@ class _Relevance:
     def same(self, query_rows: np.ndarray, db_rows: np.ndarray) -> bool:
         """Whether the queries carry the same labels as the given database items."""
         return bool(np.array_equal(self.query[query_rows], self.db[db_rows]))
+
+
+def _store_order(db_ids, n_db: int) -> np.ndarray | None:
+    """The store's tie order of the database (:func:`rsir_sdk.store.tie_order`), or None."""
+    if db_ids is None:
+        return None
+    if isinstance(db_ids, (str, bytes)) or len(db_ids) != n_db:
+        raise ValueError(f"db_ids must hold one id per database code ({n_db}), got "
+                         f"{len(db_ids) if not isinstance(db_ids, (str, bytes)) else db_ids!r}")
+    from .store.topk import tie_order  # the store's rule, written once there
+
+    items = db_ids.tolist() if isinstance(db_ids, np.ndarray) else list(db_ids)
+    return tie_order([str(i) for i in items])
 
 
 def _factorize(query_labels, db_labels) -> tuple[np.ndarray, np.ndarray]:

@@ -25,10 +25,77 @@ from .archive import IMAGE_EXTENSIONS, LABEL_FROM
 from .errors import InvalidInputError
 from .images import DEFAULT_MAX_PIXELS
 
-__all__ = ["ENGINES", "PREPARE", "IngestOptions"]
+__all__ = ["ENGINES", "PREPARE", "IndexOptions", "IngestOptions", "RayOptions"]
 
 ENGINES = ("local", "ray")
 PREPARE = ("auto", "always", "never")
+
+
+def _positive_int(name: str, value: Any, *, none_ok: bool = False) -> None:
+    """Refuse anything but a positive ``int`` (``True`` is not a count) in one line."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        extra = " or None" if none_ok else ""
+        raise InvalidInputError(f"{name} must be a positive integer{extra}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """The Ray engine's own knobs (``IngestOptions(engine="ray", ray=RayOptions(...))``).
+
+    ``threads_per_worker``: onnxruntime threads (and CPUs reserved) per Ray actor;
+    ``gpus_per_worker``: GPUs per actor (0: CPU actors; a fraction shares a GPU).
+
+    >>> RayOptions(threads_per_worker=2).gpus_per_worker
+    0.0
+    """
+
+    threads_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive_int("ray.threads_per_worker", self.threads_per_worker)
+        g = self.gpus_per_worker
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0:
+            raise InvalidInputError(f"ray.gpus_per_worker must be a number >= 0, got {g!r}")
+        object.__setattr__(self, "gpus_per_worker", float(g))
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How a new server collection is indexed and searched (``Retriever(index_options=...)``).
+
+    ``index_type``: ``AUTO``/``None`` (BIN_FLAT, or BIN_IVF_FLAT with a calibrated nprobe when
+    large and structured), ``BIN_FLAT`` (exact), ``BIN_IVF_FLAT`` or ``HNSW`` (Milvus Lite has
+    BIN_FLAT only); ``index_params`` (e.g. ``{"nlist": 1024}``) and ``search_params`` (e.g.
+    ``{"nprobe": 16}``) go to Milvus as they are. Why a value: these three travel together
+    from the command line to :class:`~rsir_sdk.MilvusCodeStore`.
+
+    >>> IndexOptions(index_type="bin_ivf_flat", index_params={"nlist": 64}).index_type
+    'BIN_IVF_FLAT'
+    """
+
+    index_type: str | None = None
+    index_params: Mapping[str, Any] | None = None
+    search_params: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.index_type is not None:
+            if not isinstance(self.index_type, str):
+                raise InvalidInputError(f"index_type must be a string, got {self.index_type!r}")
+            object.__setattr__(self, "index_type", self.index_type.upper())
+        for name in ("index_params", "search_params"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise InvalidInputError(f"{name} must be a mapping (JSON object), got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, dict(value))
+
+    def store_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`~rsir_sdk.MilvusCodeStore` these options set."""
+        return {"index_type": self.index_type, "index_params": self.index_params,
+                "search_params": self.search_params}
 
 
 @dataclass(frozen=True)
@@ -50,7 +117,12 @@ class IngestOptions:
     ``flush_seconds`` (pending rows are written after this long), ``max_pixels`` (the
     decompression-bomb guard), ``bulk_dir`` (a server: load through Milvus' bulk import staging
     files here), ``prepare`` (``auto``, ``always``, ``never``: leave the collection ready to
-    search at the end).
+    search at the end), ``ray`` (:class:`RayOptions`: the Ray engine's threads and GPUs per
+    actor). ``workers`` and ``batch_size`` default to the engine's own choice (local: the CPUs,
+    2..8 threads, and the encoder's batch; Ray: 2 actors of 64 images).
+
+    Bad values raise :class:`~rsir_sdk.errors.InvalidInputError` (one line) where the value is
+    made, before anything is listed or written.
     """
 
     label_from: str = "none"
@@ -71,6 +143,7 @@ class IngestOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     bulk_dir: str | None = None
     prepare: str = "auto"
+    ray: RayOptions = RayOptions()
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise once, here
@@ -85,6 +158,10 @@ class IngestOptions:
             if isinstance(self.only_ids, str):
                 raise InvalidInputError("only_ids must be a collection of ids, not one string")
             fix(self, "only_ids", frozenset(str(i) for i in self.only_ids))
+        if isinstance(self.ray, Mapping):  # from JSON
+            fix(self, "ray", _ray_from(self.ray))
+        elif not isinstance(self.ray, RayOptions):
+            raise InvalidInputError(f"ray must be a RayOptions value, got {self.ray!r}")
         self._check()
 
     def _check(self) -> None:
@@ -95,19 +172,16 @@ class IngestOptions:
             raise InvalidInputError(f"engine must be 'local' or 'ray', got {self.engine!r}")
         if self.prepare not in PREPARE:
             raise InvalidInputError(f"prepare must be auto, always or never, got {self.prepare!r}")
-        for name in ("workers", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.upsert_batch, bool) or not isinstance(self.upsert_batch, int) \
-                or self.upsert_batch < 1:
-            raise InvalidInputError(f"upsert_batch must be a positive integer, "
-                                    f"got {self.upsert_batch!r}")
-        if self.max_pixels is not None and (not isinstance(self.max_pixels, int)
-                                            or self.max_pixels < 1):
-            raise InvalidInputError(f"max_pixels must be a positive integer or None, "
-                                    f"got {self.max_pixels!r}")
+        for name in ("workers", "batch_size", "max_pixels"):
+            _positive_int(name, getattr(self, name), none_ok=True)
+        _positive_int("upsert_batch", self.upsert_batch)
+        f = self.flush_seconds
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
+            raise InvalidInputError(f"flush_seconds must be a number > 0, got {f!r}")
+        for name in ("skip_existing", "relative_paths"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"{name} must be True or False, "
+                                        f"got {getattr(self, name)!r}")
         if self.bulk_dir is not None and not self.skip_existing:
             raise InvalidInputError(
                 "a bulk load adds new ids only; it cannot re-encode ids already present "
@@ -144,5 +218,17 @@ class IngestOptions:
     def build(cls, options: "IngestOptions | None", overrides: Mapping[str, Any]) -> "IngestOptions":
         """``options`` (or the defaults) with keyword ``overrides`` applied: what
         ``index(archive, options, **overrides)`` runs with."""
+        if options is not None and not isinstance(options, IngestOptions):
+            raise InvalidInputError(f"options must be an IngestOptions value, got "
+                                    f"{type(options).__name__} (keywords go as index(..., "
+                                    f"label_from='parent'))")
         base = options if options is not None else cls()
         return base.replace(**overrides) if overrides else base
+
+
+def _ray_from(obj: Mapping[str, Any]) -> RayOptions:
+    unknown = sorted(set(obj) - {f.name for f in dataclasses.fields(RayOptions)})
+    if unknown:
+        raise InvalidInputError(f"unknown Ray option(s): {', '.join(unknown)} "
+                                f"(see rsir_sdk.options.RayOptions)")
+    return RayOptions(**obj)

@@ -16,7 +16,9 @@ conversion rules for PIL images and numpy arrays, applied in this order:
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,79 @@ def array_to_rgb(arr: np.ndarray, name: str = "<array>", int_range: int | None =
         scaled = (a.astype(np.uint64) * 255) // int_range
         return np.clip(scaled, 0, 255).astype(np.uint8)
     raise ImageLoadError(name, f"unsupported array dtype {a.dtype}")
+
+
+#: the first bytes of a TIFF (classic and BigTIFF, both byte orders)
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def image_size(data: bytes, formats: list[str] | None = None) -> tuple[int, int] | None:
+    """``(width, height)`` from the header of the encoded image ``data``, decoding no pixel.
+
+    ``formats``: the Pillow formats allowed to parse the header (TIFFs are read by tifffile when
+    it is installed). None when the header cannot be read: the full reader then gives its own
+    error for the file.
+    """
+    if data[:4] in TIFF_MAGIC:
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(io.BytesIO(data)) as tf:
+                page = tf.pages[0]
+                return int(page.imagewidth), int(page.imagelength)
+        except Exception:  # not installed, or a TIFF tifffile cannot parse: try Pillow
+            formats = None if formats is None else [*formats, "TIFF"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=formats) as img:
+                return img.size
+    except Image.DecompressionBombError:
+        return (2 * Image.MAX_IMAGE_PIXELS + 1, 1) if Image.MAX_IMAGE_PIXELS else None
+    except Exception:  # not an image Pillow knows: the full reader names the problem
+        return None
+
+
+def decode_reduced(data: bytes, name: str, min_size: tuple[int, int],
+                   formats: list[str] | None = None) -> np.ndarray | None:
+    """Decode a large non-TIFF image already shrunk by an integer factor, or None.
+
+    The factor is the largest that keeps the image at least ``min_size`` ``(width, height)``;
+    below 2 (and for TIFFs, whose raster rules need every sample) this returns None and the
+    caller reads the image as usual, so ordinary images give exactly the usual pixels. JPEGs
+    are decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (Pillow's ``draft``), so the
+    full image never exists in memory; other formats are decoded, then box-averaged
+    (``Image.reduce``) before the RGB conversion of this module's rules.
+    """
+    if data[:4] in TIFF_MAGIC:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=formats) as img:
+                w, h = img.size
+                factor = min(w // max(1, min_size[0]), h // max(1, min_size[1]))
+                if factor < 2:
+                    return None
+                if img.format == "JPEG":
+                    img.draft(img.mode if img.mode in ("L", "RGB") else None,
+                              (w // factor, h // factor))
+                img.load()
+                reduced = _reduce(img, max(1, min(img.size[0] * factor // w,
+                                                  img.size[1] * factor // h)), name)
+                return pil_to_rgb(reduced, name)
+    except ImageLoadError:
+        raise
+    except Exception:  # corrupt data, an unknown mode: the usual reader reports it
+        return None
+
+
+def _reduce(img: Image.Image, factor: int, name: str) -> Image.Image:
+    """``img`` box-averaged by ``factor``, in a mode :func:`pil_to_rgb` reads as usual."""
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("LA", "La"):
+        img = img.convert("L")
+    elif img.mode not in ("L", "RGB", "I", "F"):
+        img = Image.fromarray(pil_to_rgb(img, name))  # palette, alpha, 16-bit: RGB first
+    return img.reduce(factor) if factor > 1 else img

@@ -3,11 +3,12 @@
 Why: one mAP figure hides where a model fails (a class it confuses, short codes that tie). This
 draws, for one or several bundles side by side, the Hamming-radius precision-recall curve
 (:func:`rsir_sdk.metrics.pr_curve`) and the mean AP of each class's queries
-(:func:`rsir_sdk.metrics.average_precisions`), on the same split, database and codes as
-``rsir eval`` (:mod:`rsir_sdk.evaluate`): the query side encoded by the bundle's ONNX encoder,
+(:func:`rsir_sdk.metrics.average_precisions`), from the very codes ``rsir eval`` ranks
+(:class:`rsir_sdk.evaluate.EvalCodes`: the query side encoded by the bundle's ONNX encoder,
 the database its learned codes (AHCL) or encoded too, leave-one-out on the query side for
-MiLAN-protocol bundles. The figures are the exact in-memory ranking's, which ``rsir eval``
-checks Milvus against.
+MiLAN-protocol bundles); ``rsir eval --plot`` encodes each image once for both. The figures
+are the exact in-memory ranking's (ties in the store's order), which ``rsir eval`` checks
+Milvus against.
 
 matplotlib is imported only when drawing (``pip install 'rsir-sdk[plot]'``).
 
@@ -21,20 +22,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from . import metrics
-from .archive import open_archive
 from .bundle import Bundle
-from .encoder import Encoder
-from .errors import EvaluationError, RsirError
-from .images import RuleLike
-from .ingest import iter_codes
-from .store import tie_order
+from .errors import RsirError
+from .evaluate import EvalCodes, EvalOptions, evaluation_codes
 
-__all__ = ["Curves", "PlotError", "evaluation_curves", "plot_curves"]
+__all__ = ["Curves", "PlotError", "curves_of", "evaluation_curves", "plot_curves"]
 
 
 class PlotError(RsirError):
@@ -55,70 +52,39 @@ class Curves:
     leave_one_out: bool
 
 
+def curves_of(codes: EvalCodes, label: str | None = None) -> Curves:
+    """The curves of an evaluation's codes (:func:`rsir_sdk.evaluate.evaluation_codes`), in
+    memory: nothing is encoded again, ties ranked in the store's order (the database ids go to
+    the metrics), so the mAP is ``rsir eval``'s reference mAP over the whole database."""
+    args = (codes.q_codes, codes.q_labels, codes.db_codes, codes.db_labels)
+    kw = codes.metric_args()
+    ap = metrics.average_precisions(*args, **kw)
+    pr = metrics.pr_curve(*args, exclude_self=codes.leave_one_out,
+                          query_indices=codes.query_indices)
+    q_labels = [str(x) for x in codes.q_labels]
+    labels = np.asarray(q_labels, dtype=object)
+    class_ap = {c: float(ap[labels == c].mean()) for c in sorted(set(q_labels))}
+    b = codes.bundle
+    name = label or f"{b.method} {b.bits} bits"
+    return Curves(name, pr, class_ap, float(ap.mean()), len(codes.q_ids), len(codes.db_ids),
+                  codes.database, codes.leave_one_out)
+
+
 def evaluation_curves(
     bundle: Bundle | str | os.PathLike,
     data: str | os.PathLike | None = None,
     *,
-    database: str = "auto",
+    options: EvalOptions | None = None,
     label: str | None = None,
-    rule: RuleLike = None,
-    batch_size: int = 32,
-    workers: int | None = None,
 ) -> Curves:
-    """Encode the bundle's split as ``rsir eval`` does and compute its curves (in memory).
+    """Encode the bundle's split as ``rsir eval`` does (:func:`rsir_sdk.evaluate.evaluation_codes`)
+    and compute its curves in memory (:func:`curves_of`).
 
-    ``data``: the archive (default: the one the bundle records); ``database``: ``"auto"``,
-    ``"train"`` (AHCL protocol) or ``"query"`` (MiLAN protocol, leave-one-out). Images that
-    cannot be read are left out.
+    ``data``: the archive (default: the one the bundle records); ``options``: which side is the
+    database (``"auto"``, ``"train"``: AHCL protocol, ``"query"``: MiLAN protocol,
+    leave-one-out), raster rule, workers, batch size. Images that cannot be read are left out.
     """
-    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    sp = b.split()
-    protocol = str((b.manifest.get("training") or {}).get("protocol") or sp.protocol)
-    if database == "auto":
-        database = "query" if protocol.lower().startswith("milan") else "train"
-    if database not in ("train", "query"):
-        raise EvaluationError(f"database must be 'auto', 'train' or 'query', got {database!r}")
-    root = data if data is not None else b.archive_source
-    if root is None or not Path(root).exists():
-        raise EvaluationError(f"give the archive the bundle's split belongs to (data=, --data): {root}")
-    by_id = open_archive(root, label_from="top").by_id()
-    enc = Encoder(b, raster_rule=rule, batch_size=batch_size)
-
-    def encode(ids: list[str]) -> tuple[list[str], np.ndarray]:
-        items = [by_id[i] for i in ids if i in by_id]
-        kept: list[str] = []
-        parts = []
-        for batch in iter_codes(enc, items, workers=workers, batch_size=batch_size,
-                                on_failure=lambda f: None):
-            kept += [str(it.label) for it in batch.items]
-            parts.append(batch.codes)
-        return kept, (np.concatenate(parts) if parts else np.zeros((0, b.bits // 8), np.uint8))
-
-    loo = database == "query"
-    if database == "train" and b.has_database:
-        db = b.load_database()
-        order = tie_order(db.ids)  # the store's tie order, as rsir eval
-        db_labels = [str(db.labels[i]) for i in order]
-        db_codes, kind = db.codes[order], "learned"
-    else:
-        ids = list(sp.query_ids if loo else sp.train_ids)
-        db_labels, db_codes = encode([ids[i] for i in tie_order(ids)])
-        kind = "encoded"
-    if loo:
-        q_labels, q_codes = db_labels, db_codes
-    else:
-        q_labels, q_codes = encode(sorted(sp.query_ids))
-    if not len(q_codes) or not len(db_codes):
-        raise EvaluationError("no query or database image could be encoded")
-    kw: dict[str, Any] = {"exclude_self": loo}
-    if loo:
-        kw["query_indices"] = np.arange(len(q_codes))
-    ap = metrics.average_precisions(q_codes, q_labels, db_codes, db_labels, **kw)
-    pr = metrics.pr_curve(q_codes, q_labels, db_codes, db_labels, **kw)
-    labels = np.asarray(q_labels, dtype=object)
-    class_ap = {str(c): float(ap[labels == c].mean()) for c in sorted(set(q_labels))}
-    name = label or f"{b.method} {b.bits} bits"
-    return Curves(name, pr, class_ap, float(ap.mean()), len(q_codes), len(db_codes), kind, loo)
+    return curves_of(evaluation_codes(bundle, data, options), label)
 
 
 def plot_curves(curves: Sequence[Curves], out: str | os.PathLike, *, title: str | None = None,
@@ -189,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = args.label or [None] * len(args.bundles)
     if len(labels) != len(args.bundles):
         p.error("give one --label per bundle, or none")
-    curves = [evaluation_curves(b, args.data, database=args.database, label=lab)
+    options = EvalOptions(database=args.database)
+    curves = [evaluation_curves(b, args.data, options=options, label=lab)
               for b, lab in zip(args.bundles, labels)]
     print(plot_curves(curves, args.out, title=args.title))
     for cv in curves:

@@ -21,10 +21,15 @@ Needs the ``distributed`` extra (``pip install 'rsir-sdk[distributed]'``: ``ray[
 bundle folder and the images must be readable at the same paths on every worker (a shared file
 system), as for any Ray job.
 
->>> from rsir_sdk import Retriever
+Usually reached through ``Retriever.index(archive, engine="ray")``; :func:`ingest_on_ray` takes
+what :func:`rsir_sdk.ingest.ingest` takes (it needs no Retriever, so this module does not import
+one: the encoder carries the bundle path, identity and raster rule the actors need):
+
+>>> from rsir_sdk import IngestOptions, Retriever, open_archive
 >>> from rsir_sdk.ray_ingest import ingest_on_ray
 >>> with Retriever("bundle/", uri="http://milvus:19530", collection="scenes") as r:   # doctest: +SKIP
-...     summary = ingest_on_ray(r, r_listing, address="auto", workers=8)
+...     opts = IngestOptions(engine="ray", address="auto", workers=8)
+...     summary = ingest_on_ray(r.encoder, r.store, open_archive("archive/"), opts)
 """
 
 from __future__ import annotations
@@ -35,19 +40,19 @@ import logging
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from .archive import ArchiveListing
 from .errors import RsirError
 from .failures import Failure, FailureReport
-from .images import DEFAULT_MAX_PIXELS
 from .ingest import IngestProgress, IngestRun, IngestSummary
-from .store import PrepareProgress
+from .options import IngestOptions
+from .store import MilvusCodeStore, PrepareProgress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .retriever import Retriever
+    from .encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -111,41 +116,36 @@ def _dumps(obj: Any) -> str:
 
 
 def ingest_on_ray(
-    retriever: "Retriever",
+    encoder: "Encoder",
+    store: MilvusCodeStore,
     archive: ArchiveListing,
+    options: IngestOptions | None = None,
     *,
-    address: str | None = None,
-    workers: int = 2,
-    threads_per_worker: int = 1,
-    gpus_per_worker: float = 0.0,
-    skip_existing: bool = True,
-    only_ids: Iterable[str] | None = None,
-    relative_paths: bool = False,
-    batch_size: int = DEFAULT_BATCH,
-    upsert_batch: int = 512,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     report: FailureReport | None = None,
     progress: Callable[[IngestProgress], None] | None = None,
-    bulk_dir: str | os.PathLike | None = None,
-    prepare: str = "auto",
     on_prepare: Callable[[PrepareProgress], None] | None = None,
 ) -> IngestSummary:
-    """Index ``archive`` into ``retriever``'s collection with decode + encode on Ray.
+    """Index ``archive`` into ``store`` with decode + encode on Ray; what
+    :func:`rsir_sdk.ingest.ingest` does, with the same arguments and summary.
 
-    ``address``: a Ray cluster (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local
-    Ray with ``workers`` CPUs. ``workers`` actors each run one onnxruntime session with
-    ``threads_per_worker`` threads (and ``gpus_per_worker`` GPUs). The other arguments are
-    those of :func:`rsir_sdk.ingest.ingest`; so is the returned summary.
+    ``encoder`` is the driver's :class:`~rsir_sdk.Encoder` (its bundle path, identity and
+    raster rule go to the actors; it encodes nothing here). From ``options``: ``address`` (a
+    Ray cluster, ``"auto"``, ``"ray://head:10001"``; ``None`` starts a local Ray with
+    ``workers`` CPUs), ``workers`` actors (default 2), each running one onnxruntime session
+    with ``ray.threads_per_worker`` threads (and ``ray.gpus_per_worker`` GPUs) on batches of
+    ``batch_size`` images (default 64); the others as for :func:`~rsir_sdk.ingest.ingest`.
     """
     ray = _import_ray()
-    run = IngestRun(retriever.store, retriever.bundle.identity(), archive, only_ids=only_ids,
-                    skip_existing=skip_existing, relative_paths=relative_paths,
-                    upsert_batch=upsert_batch, report=report, progress=progress,
-                    bulk_dir=bulk_dir, prepare=prepare, on_prepare=on_prepare)
+    opts = options if options is not None else IngestOptions(engine="ray")
+    workers = opts.workers or 2
+    batch_size = opts.batch_size or DEFAULT_BATCH
+    threads, gpus = opts.ray.threads_per_worker, opts.ray.gpus_per_worker
+    run = IngestRun(store, encoder.bundle.identity(), archive, opts, report=report,
+                    progress=progress, on_prepare=on_prepare)
     todo = list(run.unseen())  # listing and resuming stay on the driver
     if not todo:
         return run.finish()
-    started_here = _init_ray(ray, address, workers)
+    started_here = _init_ray(ray, opts.address, workers)
     try:
         rows = [{"index": i, "file": str(it.file)} for i, it in enumerate(todo)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size,
@@ -153,13 +153,13 @@ def ingest_on_ray(
         ds = ds.map_batches(
             EncodeActor, batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
-            fn_constructor_kwargs={"bundle": str(retriever.bundle.path),
-                                   "rule": retriever.raster_rule.to_dict(),
-                                   "max_pixels": max_pixels, "threads": threads_per_worker},
+            num_cpus=threads, num_gpus=gpus or None,
+            fn_constructor_kwargs={"bundle": str(encoder.bundle.path),
+                                   "rule": encoder.raster_rule.to_dict(),
+                                   "max_pixels": opts.max_pixels, "threads": threads},
         )
         try:
-            for batch in ds.iter_batches(batch_size=upsert_batch, batch_format="numpy"):
+            for batch in ds.iter_batches(batch_size=opts.upsert_batch, batch_format="numpy"):
                 items, codes, georefs = [], [], []
                 for i, code, error, georef in zip(batch["index"], batch["code"], batch["error"],
                                                   batch["georef"]):

@@ -17,20 +17,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .archive import IMAGE_EXTENSIONS, ArchiveListing, open_archive
+from .archive import ArchiveListing, open_archive
 from .bundle import Bundle
 from .codes import as_packed
 from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
 from .failures import FailureReport
-from .images import DEFAULT_MAX_PIXELS, ImageSource, RuleLike, describe_source
-from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
-from .rasters import RasterRule, as_rule
 from .hits import Hit, StoredItem
+from .images import ImageSource, RuleLike, describe_source
+from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
+from .options import IndexOptions, IngestOptions
+from .rasters import RasterRule, as_rule
 from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
 from .store import keys as store_keys
 from .store import values as store_values
@@ -54,6 +55,11 @@ class Retriever:
     new collection; an existing collection's recorded rule is used for every search and write,
     and a different explicit rule raises :class:`~rsir_sdk.errors.RasterRuleMismatchError`.
 
+    ``providers``, ``threads``, ``batch_size``: the encoder's onnxruntime providers, threads and
+    images per call. ``index_options`` (:class:`~rsir_sdk.options.IndexOptions`): the index type
+    of a new server collection and its index and search parameters. ``url_timeout``: seconds
+    allowed, in all, to fetch an image given as a URL.
+
     >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")     # doctest: +SKIP
     >>> r.add_images(["a.jpg", "b.jpg"], ids=["a", "b"], labels=["forest", "river"])
     >>> r.search("query.jpg", k=2)                                          # doctest: +SKIP
@@ -71,30 +77,29 @@ class Retriever:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         batch_size: int = 32,
-        index_type: str | None = None,
-        index_params: Mapping[str, Any] | None = None,
-        search_params: Mapping[str, Any] | None = None,
+        index_options: IndexOptions | None = None,
+        url_timeout: float | None = None,
     ):
+        if index_options is not None and not isinstance(index_options, IndexOptions):
+            raise InvalidInputError(
+                f"index_options must be an IndexOptions value, got {type(index_options).__name__}"
+                f" (e.g. IndexOptions(index_type='BIN_IVF_FLAT', search_params={{'nprobe': 16}}))")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         name = collection or self.bundle.default_collection
         asked = None if raster_rule is None else as_rule(raster_rule)
         identity = dict(self.bundle.identity())
         identity["raster_rule"] = (asked or RasterRule()).to_dict()
         self.store = MilvusCodeStore(
-            uri,
-            name,
-            bits=self.bundle.bits,
-            token=token,
-            encoder=identity,
-            index_type=index_type,
-            index_params=index_params,
-            search_params=search_params,
+            uri, name, bits=self.bundle.bits, token=token, encoder=identity,
+            **(index_options or IndexOptions()).store_kwargs(),
         )
+        # None: the encoder's own default (rsir_sdk.images.DEFAULT_URL_TIMEOUT)
+        fetch: dict[str, Any] = {} if url_timeout is None else {"url_timeout": url_timeout}
         try:
             self.raster_rule = self._collection_rule(asked)
             self.encoder = Encoder(
                 self.bundle, raster_rule=self.raster_rule, providers=providers, threads=threads,
-                batch_size=batch_size,
+                batch_size=batch_size, **fetch,
             )
         except BaseException:
             self.store.close()
@@ -269,37 +274,28 @@ class Retriever:
     def index(
         self,
         archive: str | os.PathLike | ArchiveListing,
+        options: IngestOptions | None = None,
         *,
-        label_from: str = "none",
-        root: str | os.PathLike | None = None,
-        path_column: str = "path",
-        id_column: str | None = None,
-        label_column: str | None = None,
-        extensions: Sequence[str] = IMAGE_EXTENSIONS,
-        skip_existing: bool = True,
-        only_ids: Iterable[str] | None = None,
-        relative_paths: bool = False,
-        workers: int | None = None,
-        batch_size: int | None = None,
-        upsert_batch: int = 512,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         report: str | os.PathLike | FailureReport | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
-        engine: str = "local",
-        address: str | None = None,
-        bulk_dir: str | os.PathLike | None = None,
-        prepare: str = "auto",
         on_prepare: Callable[[PrepareProgress], None] | None = None,
+        **overrides: Any,
     ) -> IngestSummary:
         """Encode every image of an archive (a folder or a CSV manifest) into the collection.
+
+        ``options``: an :class:`~rsir_sdk.options.IngestOptions` value; keyword ``overrides``
+        are its field names and replace those fields (``r.index("archive/",
+        label_from="parent")`` is ``r.index("archive/", IngestOptions(label_from="parent"))``);
+        an unknown name or a bad value raises :class:`~rsir_sdk.errors.InvalidInputError`
+        before anything is listed or written.
 
         Resumable: ids already present are skipped (``skip_existing=False`` re-encodes them), so
         re-running after an interruption finishes the rest. Images that cannot be indexed are
         listed in the returned summary and, when ``report`` names a file, in that CSV report
         (removed again when nothing failed). ``progress`` is called as work advances. The
         listing options (``label_from``, ``root``, the ``*_column`` names, ``extensions``) are
-        those of :func:`rsir_sdk.archive.open_archive`; ``only_ids`` restricts the run (e.g. to
-        the ids of an earlier report).
+        those of :func:`rsir_sdk.archive.open_archive` (unused when ``archive`` is already a
+        listing); ``only_ids`` restricts the run (e.g. to the ids of an earlier report).
 
         ``engine="ray"`` decodes and encodes on Ray (:mod:`rsir_sdk.ray_ingest`; the
         ``distributed`` extra): ``address`` names a cluster (``None``: a local Ray with
@@ -314,32 +310,19 @@ class Retriever:
         >>> s.indexed, s.skipped, len(s.failed)                              # doctest: +SKIP
         (2500, 0, 3)
         """
+        opts = IngestOptions.build(options, overrides)
         listing = archive if isinstance(archive, ArchiveListing) else open_archive(
-            archive, label_from=label_from, root=root, path_column=path_column,
-            id_column=id_column, label_column=label_column, extensions=extensions,
-        )
-        if engine not in ("local", "ray"):
-            raise InvalidInputError(f"engine must be 'local' or 'ray', got {engine!r}")
+            archive, **opts.listing())
         own = None if report is None or isinstance(report, FailureReport) else FailureReport(report)
         rep = own or (report if isinstance(report, FailureReport) else None)
-        try:
-            if engine == "ray":
-                from .ray_ingest import ingest_on_ray
+        run = ingest
+        if opts.engine == "ray":  # imported here: Ray is an optional extra
+            from .ray_ingest import ingest_on_ray
 
-                return ingest_on_ray(
-                    self, listing, address=address, workers=workers or 2,
-                    skip_existing=skip_existing, only_ids=only_ids,
-                    relative_paths=relative_paths, batch_size=batch_size or 64,
-                    upsert_batch=upsert_batch, max_pixels=max_pixels, report=rep,
-                    progress=progress, bulk_dir=bulk_dir, prepare=prepare, on_prepare=on_prepare,
-                )
-            return ingest(
-                self.encoder, self.store, listing, skip_existing=skip_existing,
-                only_ids=only_ids, relative_paths=relative_paths, workers=workers,
-                batch_size=batch_size, upsert_batch=upsert_batch, max_pixels=max_pixels,
-                report=rep, progress=progress, bulk_dir=bulk_dir, prepare=prepare,
-                on_prepare=on_prepare,
-            )
+            run = ingest_on_ray
+        try:
+            return run(self.encoder, self.store, listing, opts, report=rep, progress=progress,
+                       on_prepare=on_prepare)
         finally:
             if own is not None:
                 own.close()

@@ -13,6 +13,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "export" / "rsir_train" / "sample" / "eurosat"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(ROOT) not in sys.path:  # the checkout's ``testing`` helpers (not in any wheel)
+    sys.path.insert(1, str(ROOT))
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +91,10 @@ def server_uri(tmp_path_factory):
 
     Its data live in a temporary folder (about 0.5 GB: the package unpacks its binaries there);
     every port it opens (gRPC, metrics, etcd) is a free one, so it runs beside other embedded
-    servers (:mod:`rsir_sdk.store.local_server`). Tests use their own collection names.
+    servers (:mod:`testing.store_local_server`). Tests use their own collection names.
     """
     pytest.importorskip("milvus")
-    from rsir_sdk.store.local_server import local_server
+    from testing.store_local_server import local_server
 
     data_dir = tmp_path_factory.mktemp("milvus-server")
     try:

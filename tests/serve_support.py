@@ -203,7 +203,8 @@ def main_server(served, sample_dir, tmp_path_factory):
     db = copy_db(served.db, d)
     server = ServerProcess(
         [served.bundle, "--uri", db, "--collection", COLLECTION, "--archive-root", sample_dir,
-         "--max-upload-bytes", 65536, "--max-k", 100, "--max-batch", 8, "--max-codes", 64],
+         "--max-upload-bytes", 65536, "--max-k", 100, "--max-batch", 8, "--max-codes", 64,
+         "--allow-private-urls"],   # the tests' image host is on loopback
         d / "serve.log", env={"RSIR_READ_TOKEN": READ, "RSIR_WRITE_TOKEN": WRITE})
     yield server
     status = server.stop()
@@ -216,6 +217,7 @@ def auth(token: str) -> dict[str, str]:
 
 
 def hits_json(hits) -> list[dict[str, Any]]:
-    """In-process hits as the service's JSON."""
-    return [{"id": h.id, "distance": h.distance, "label": h.label, "path": h.path,
-             "metadata": h.metadata} for h in hits]
+    """In-process hits as the service's JSON (the one serialisation, :func:`hit_to_json`)."""
+    from rsir_sdk.hits import hit_to_json
+
+    return [hit_to_json(h) for h in hits]

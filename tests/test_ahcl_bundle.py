@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+from rsir_sdk.bundle import file_sha256  # noqa: E402
 from rsir_sdk.codes import pack_codes, unpack_codes  # noqa: E402
 from rsir_sdk.images import load_image  # noqa: E402
 from rsir_sdk.metrics import mean_average_precision  # noqa: E402
@@ -87,7 +88,8 @@ def test_database_holds_learned_v(tiny):
     assert db["ids"].tolist() == [s.id for s in train]
     assert db["labels"].tolist() == [s.label for s in train]
     assert db["paths"].tolist() == [s.path for s in train]
-    assert manifest["database"] == {"file": "database.npz", "count": len(train), "codes": "learned"}
+    assert manifest["database"] == {"file": "database.npz", "count": len(train), "codes": "learned",
+                                    "sha256": file_sha256(out / "database.npz")}
 
 
 def test_manifest_and_metadata(tiny):

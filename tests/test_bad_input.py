@@ -20,7 +20,7 @@ import pytest
 from rsir_sdk import MilvusCodeStore, Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, InvalidInputError, StoreError
-from rsir_sdk.store import baseline
+from testing import store_baseline as baseline
 
 Z = np.zeros((1, 8), np.uint8)
 

@@ -126,3 +126,80 @@ def test_format_hits_table():
     assert format_hits([]) == "no hits"
     text = format_hits([Hit("a", 0, "forest", "/x/a.jpg"), Hit("bb", 3, "", "")])
     assert text.splitlines()[1].split() == ["1", "a", "0", "forest", "/x/a.jpg"]
+
+
+def _rsir_script() -> str:
+    """The installed ``rsir`` console script of this environment."""
+    script = Path(sys.executable).with_name("rsir")
+    assert script.exists(), f"no console script at {script}: pip install -e . -e ./export"
+    return str(script)
+
+
+def test_training_commands_come_from_the_entry_point_group(tmp_path):
+    """`rsir --help` lists the group's commands with their help; `rsir train --help` reaches rsir_train."""
+    import os
+    import subprocess
+    from importlib.metadata import entry_points
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from rsir_sdk.cli import RUNTIME_COMMANDS, authoring, build_parser
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "export" / "pyproject.toml")
+                             .read_text())["project"]["entry-points"][authoring.GROUP]
+    assert set(declared) == {"train", "quantize", "quickstart"}
+    eps = {ep.name: ep.value for ep in entry_points(group=authoring.GROUP)}
+    assert eps == declared, "the installed metadata is stale: pip install -e ./export --no-deps"
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert RUNTIME_COMMANDS == set(sub.choices) - set(eps)  # the runtime list is the parser's own
+    proc = subprocess.run([_rsir_script(), "--help"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})  # one help line each
+    assert proc.returncode == 0, proc.stderr
+    for name, text in (("train", "train a hashing encoder"), ("quantize", "derive an int8/fp16 bundle"),
+                       ("quickstart", "train, index and search the shipped EuroSAT sample")):
+        assert re.search(rf"^\s+{name}\s+{text}", proc.stdout, re.M), proc.stdout
+    assert proc.stdout.count("(rsir-train)") == 3
+    proc = subprocess.run([_rsir_script(), "train", "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "usage: rsir train" in proc.stdout and "{ahcl,milan,itq}" in proc.stdout
+    proc = subprocess.run([_rsir_script(), "quantize", "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "--calibration" in proc.stdout
+    # listing the commands imports their command line module, never torch or onnx
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, contextlib, io\nfrom rsir_sdk.cli import main\n"
+         "with contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
+         "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_an_empty_entry_point_group_names_the_package_to_install(tmp_path):
+    """No distribution declares `rsir.commands`: `rsir --help` lists none, `rsir train` says one line."""
+    import os
+    import site
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    # a site folder holding everything installed here except the training package and its metadata
+    bare = tmp_path / "site"
+    bare.mkdir()
+    for entry in Path(site.getsitepackages()[0]).iterdir():
+        if "rsir_train" not in entry.name and not entry.name.endswith(".pth"):
+            (bare / entry.name).symlink_to(entry)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(bare)])}
+    probe = ("import sys, contextlib, io\nfrom importlib.metadata import entry_points\n"
+             "from rsir_sdk.cli import main\nassert not list(entry_points(group='rsir.commands'))\n"
+             "out = io.StringIO()\nwith contextlib.redirect_stdout(out): main(['--help'])\n"
+             "assert 'quickstart' not in out.getvalue() and 'serve' in out.getvalue(), out.getvalue()\n"
+             "sys.exit(main(sys.argv[1:]))")
+    for argv in (["train", "ahcl", "--data", "x"], ["quickstart"], ["quantize", "--help"]):
+        proc = subprocess.run([sys.executable, "-S", "-c", probe, *argv], env=env, capture_output=True,
+                              text=True, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"rsir {argv[0]} needs the training package: pip install rsir-train" \
+            in lines[0], proc.stderr

@@ -12,8 +12,9 @@ from rsir_sdk import metrics
 from rsir_sdk.archive import open_archive
 from rsir_sdk.bundle_writer import write_bundle
 from rsir_sdk.cli import main
+from rsir_sdk.encoder import Encoder
 from rsir_sdk.errors import EvaluationError
-from rsir_sdk.evaluate import evaluate_bundle
+from rsir_sdk.evaluate import EvalOptions, evaluate_bundle, evaluate_codes, evaluation_codes
 from rsir_sdk.images import load_image
 from rsir_sdk.preprocess import prepare
 from rsir_sdk.splits import make_split
@@ -94,7 +95,8 @@ def test_symmetric_bundle_leave_one_out_and_named_collections(tmp_path, sample_d
     assert 0.0 < res.tie_aware["mAP@20"] < 1.0
     again = evaluate_bundle(bundle, sample_dir, uri=db_uri, collection="ev", ks=(20,))
     assert again.metrics == res.metrics  # the named collection is reused (upsert by id)
-    train = evaluate_bundle(bundle, sample_dir, database="train", ks=(20,))  # queries vs train
+    train = evaluate_bundle(bundle, sample_dir, options=EvalOptions(database="train"),
+                            ks=(20,))  # queries vs train
     assert not train.leave_one_out and train.n_database == 120 and train.n_queries == 80
     from rsir_sdk import MilvusCodeStore
 
@@ -141,3 +143,89 @@ def test_rsir_eval_command(tmp_path, sample_dir, capsys):
     assert "tie-aware" in text
     assert main(["eval", str(bundle), "--no-progress"]) == 1
     assert "--data" in capsys.readouterr().err
+
+
+class CountingEncoder(Encoder):
+    """The real encoder, counting the images it encodes (every path to onnxruntime goes
+    through ``encode_arrays``)."""
+
+    images: list[int] = []
+
+    def encode_arrays(self, batch, return_embeddings=False):
+        CountingEncoder.images.append(len(batch))
+        return super().encode_arrays(batch, return_embeddings)
+
+
+@pytest.mark.parametrize("protocol,args,expected", [
+    ("ahcl-80-20", [], 40),  # learned database: the 40 queries only
+    ("milan-60-40", [], 80),  # leave-one-out: the 80 query-side images are queries and database
+    ("milan-60-40", ["--database", "train"], 120 + 80),  # encoded train side + queries
+])
+def test_rsir_eval_plot_encodes_each_image_once(tmp_path, sample_dir, monkeypatch, capsys,
+                                                 protocol, args, expected):
+    """`rsir eval --plot` computes the codes once: the search, the metrics and the curves all
+    come from them (it used to encode the whole split twice)."""
+    pytest.importorskip("matplotlib")
+    bundle = tmp_path / "b"
+    make_bundle(bundle, sample_dir, protocol=protocol, learned=protocol.startswith("ahcl"))
+    monkeypatch.setattr("rsir_sdk.evaluate.Encoder", CountingEncoder)
+    CountingEncoder.images = []
+    png = tmp_path / "pr.png"
+    assert main(["eval", str(bundle), "--data", str(sample_dir), "--no-progress", "--json",
+                 "--plot", str(png)] + args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sum(CountingEncoder.images) == expected
+    assert out["n_queries"] + (out["n_database"] if out["database"] == "encoded"
+                               and not out["leave_one_out"] else 0) == expected
+    assert out["agree"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_set_of_codes_for_milvus_the_metrics_and_the_curves(tmp_path, sample_dir, db_uri,
+                                                                 monkeypatch):
+    from rsir_sdk.plots import curves_of
+
+    bundle = tmp_path / "ahcl"
+    make_bundle(bundle, sample_dir, protocol="ahcl-80-20", learned=True)
+    monkeypatch.setattr("rsir_sdk.evaluate.Encoder", CountingEncoder)
+    CountingEncoder.images = []
+    codes = evaluation_codes(bundle, sample_dir, EvalOptions(batch_size=16))
+    assert sum(CountingEncoder.images) == 40 and max(CountingEncoder.images) == 16
+    # the database as the bundle lists it: the metrics put it in the store's tie order
+    assert codes.db_ids == [str(i) for i in np.load(bundle / "database.npz")["ids"]]
+    assert codes.database == "learned" and not codes.leave_one_out and codes.query_indices is None
+    res = evaluate_codes(codes, ks=(5,), uri=db_uri, collection="once")
+    again = evaluate_codes(codes, ks=(5,))  # a temporary Lite file this time
+    assert sum(CountingEncoder.images) == 40  # nothing encoded again
+    assert res.agree and again.metrics == res.metrics and res.uri == db_uri
+    assert res.metrics["mAP"] == pytest.approx(res.reference["mAP"], abs=1e-12)
+    curves = curves_of(codes, label="x")
+    assert curves.mean_ap == pytest.approx(res.reference["mAP"], abs=1e-12)
+    assert curves.n_queries == 40 and curves.n_database == 160 and curves.label == "x"
+    with pytest.raises(EvaluationError, match="database must be"):
+        EvalOptions(database="both")
+
+
+def test_evaluation_functions_stay_short_and_narrow():
+    """Issue 23: no function of the evaluation modules over 80 lines, no public one over 10
+    parameters."""
+    import ast
+    import inspect
+
+    import rsir_sdk.cli.evaluate
+    import rsir_sdk.evaluate
+    import rsir_sdk.metrics
+    import rsir_sdk.plots
+    import rsir_sdk.tie_aware
+
+    for mod in (rsir_sdk.evaluate, rsir_sdk.plots, rsir_sdk.metrics, rsir_sdk.tie_aware,
+                rsir_sdk.cli.evaluate):
+        tree = ast.parse(inspect.getsource(mod))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                assert lines <= 80, f"{mod.__name__}.{node.name}: {lines} lines"
+                a = node.args
+                params = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+                n = len(params) - (params[:1] in (["self"], ["cls"]))
+                if not node.name.startswith("_"):
+                    assert n <= 10, f"{mod.__name__}.{node.name}: {n} parameters"

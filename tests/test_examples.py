@@ -28,6 +28,12 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("examples")
     out = run("train_and_export.py", "--quick", "--bits", "32", "--out", work / "bundle", cwd=work)
     assert "database codes learned" in out and "mAP" in out
+    # a minute of training is not silent: a line before the heavy imports, one per outer iteration
+    lines = out.splitlines()
+    assert lines[0].startswith("loading torch") and lines[1].startswith("training AHCL (small_cnn")
+    progress = [line for line in lines if line.startswith("  outer iteration ")]
+    assert len(progress) == 6 and progress[0].startswith("  outer iteration 1: loss ")
+    assert lines.index(progress[-1]) < next(i for i, x in enumerate(lines) if x.startswith("bundle "))
     return work, work / "bundle"
 
 
@@ -53,6 +59,21 @@ def test_populate_search_and_edge_examples(trained, sample_dir):
     edge = run("edge_encode_and_search.py", query, "--bundle", bundle, "--uri", db,
                "--collection", "scenes", cwd=work)
     assert "32-bit code = 4 bytes" in edge and "Forest/Forest_1001.jpg" in edge.splitlines()[1]
+
+
+def test_geotiff_example_names_the_geo_extra_when_it_is_missing(tmp_path):
+    """Without tifffile (hidden from the child: sys.modules entry None), one line naming the
+    extra to install, exit 1, no traceback; before any archive or database is made."""
+    code = ("import runpy, sys; sys.modules['tifffile'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "geotiff_archive.py"),
+                           "--demo", tmp_path / "geo", "--bundle", tmp_path / "b", "--uri",
+                           tmp_path / "geo.db"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        'error: GeoTIFF archives need the geo extra (tifffile not installed): '
+        'pip install "rsir-sdk[geo]"']
+    assert not (tmp_path / "geo").exists() and not (tmp_path / "geo.db").exists()
 
 
 def test_geotiff_example(trained, sample_dir):

@@ -15,6 +15,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from rsir_sdk.bundle import file_sha256  # noqa: E402
 from rsir_sdk.bundle_writer import BundleWriteError, write_bundle  # noqa: E402
 
 BITS = 16
@@ -46,7 +47,8 @@ def test_write_bundle_roundtrip(tmp_path):
     assert json.loads((tmp_path / "b" / "manifest.json").read_text()) == m
     assert m["format_version"] == 1 and m["bit_order"] == "big" and m["code_threshold"] == 0.0
     assert m["input"]["height"] == 8 and m["input"]["layout"] == "NHWC"
-    assert m["database"] == {"file": "database.npz", "count": 5, "codes": "learned"}
+    assert m["database"] == {"file": "database.npz", "count": 5, "codes": "learned",
+                             "sha256": file_sha256(tmp_path / "b" / "database.npz")}
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "b" / "model.onnx")).metadata_props}
     assert props["rsir.bits"] == str(BITS) and props["rsir.method"] == "toy"
     assert json.loads(props["rsir.input"]) == m["input"]

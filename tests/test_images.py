@@ -99,13 +99,31 @@ def test_pixel_limit(sample_images):
 
 
 def test_urls(http_base, sample_images):
-    img = load_image(f"{http_base}/scene.jpg")
+    local = {"allow_private_urls": True}   # the test server is on loopback: opt in
+    img = load_image(f"{http_base}/scene.jpg", **local)
     assert (img == load_image(sample_images[0][0])).all()
     with pytest.raises(ImageLoadError, match="404"):
-        load_image(f"{http_base}/missing.jpg")
+        load_image(f"{http_base}/missing.jpg", **local)
     with pytest.raises(ImageLoadError, match="limit"):
-        load_image(f"{http_base}/big.jpg", max_url_bytes=100_000)
+        load_image(f"{http_base}/big.jpg", max_url_bytes=100_000, **local)
     with pytest.raises(ImageLoadError, match="supported format"):
-        load_image(f"{http_base}/notimage")
+        load_image(f"{http_base}/notimage", **local)
     with pytest.raises(ImageLoadError, match="download failed"):
-        load_image("http://127.0.0.1:9/unreachable.jpg", url_timeout=2)
+        load_image("http://127.0.0.1:9/unreachable.jpg", url_timeout=2, **local)
+
+
+def test_private_addresses_are_opt_in(http_base):
+    """Loopback, private and link-local hosts are refused unless allowed (an SSRF guard);
+    the refusal comes before any connection, and names the URL with its password redacted."""
+    port = http_base.rsplit(":", 1)[1]
+    for url in (f"{http_base}/scene.jpg", f"http://localhost:{port}/scene.jpg",
+                f"http://user:hunter2@127.0.0.1:{port}/scene.jpg", "http://10.1.2.3/x.jpg",
+                "http://169.254.169.254/latest/meta-data", "http://[::1]:9/x.jpg",
+                "http://[::ffff:127.0.0.1]:9/x.jpg", "http://0.0.0.0:9/x.jpg"):
+        with pytest.raises(ImageLoadError, match="private, loopback or link-local") as err:
+            load_image(url, url_timeout=5)
+        assert "hunter2" not in str(err.value)
+        assert "allow_private_urls=True" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ImageLoadError) as err:
+        load_image(f"http://user:hunter2@127.0.0.1:{port}/scene.jpg")
+    assert err.value.source == f"http://***@127.0.0.1:{port}/scene.jpg"

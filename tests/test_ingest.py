@@ -277,3 +277,77 @@ def test_failure_report_file(tmp_path):
     with FailureReport(path):
         pass
     assert not path.exists()
+
+
+def test_ingest_options_refuse_bad_values_in_one_line_and_write_nothing(
+        rp_bundle, sample_dir, db_uri, tmp_path, capsys):
+    """Options are a checked value: a bad one (made directly, through ``index``'s keywords, or
+    through ``rsir index``) is one InvalidInputError line, before anything is listed or written."""
+    from rsir_sdk import Retriever
+    from rsir_sdk.errors import InvalidInputError
+    from rsir_sdk.options import IngestOptions, RayOptions
+
+    bad = [dict(workers=0), dict(batch_size=True), dict(upsert_batch=-1), dict(max_pixels=0),
+           dict(flush_seconds=0), dict(engine="spark"), dict(prepare="sometimes"),
+           dict(label_from="grandparent"), dict(extensions=".jpg"), dict(only_ids="a/b.jpg"),
+           dict(skip_existing="no"), dict(bulk_dir=str(tmp_path), skip_existing=False),
+           dict(ray={"threads_per_worker": 0}), dict(ray={"gpu": 1})]
+    for kw in bad:
+        with pytest.raises(InvalidInputError) as err:
+            IngestOptions(**kw)
+        assert "\n" not in str(err.value) and str(err.value), kw
+    with pytest.raises(InvalidInputError, match="gpus_per_worker"):
+        RayOptions(gpus_per_worker=-1)
+    report = tmp_path / "failed.csv"
+    with Retriever(rp_bundle[0], uri=db_uri, collection="never") as r:
+        for kw in [dict(workers=0), dict(label_frm="parent"), dict(engine="spark")]:
+            with pytest.raises(InvalidInputError) as err:
+                r.index(sample_dir, report=report, **kw)
+            assert "\n" not in str(err.value)
+        with pytest.raises(InvalidInputError, match="label_frm"):  # the unknown name is named
+            r.index(sample_dir, label_frm="parent")
+        with pytest.raises(InvalidInputError, match="IngestOptions"):
+            r.index(sample_dir, {"label_from": "parent"})  # a dict is not the value
+        assert not r.store.exists and r.count() == 0
+    assert not report.exists()
+    code, out, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", db_uri,
+                         "--collection", "never", "--max-pixels", "-5", "--no-progress")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "max_pixels" in err
+    with Retriever(rp_bundle[0], uri=db_uri, collection="never") as r:
+        assert not r.store.exists
+
+
+def test_index_keywords_are_the_options_fields(rp_bundle, sample_images, db_uri, tmp_path):
+    """``index(archive, label_from=...)`` is ``index(archive, IngestOptions(label_from=...))``;
+    a keyword overrides the same field of a value; the value survives JSON unchanged."""
+    from rsir_sdk import Retriever
+    from rsir_sdk.options import IngestOptions
+
+    root = tmp_path / "archive"
+    for p, label in sample_images[::20]:  # 10 scenes, one per class
+        (root / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, root / label / p.name)
+    (root / "skip.png").write_bytes(b"not listed: extensions below are .jpg only")
+    value = IngestOptions(label_from="parent", extensions=(".jpg",), relative_paths=True,
+                          workers=1, upsert_batch=4)
+    assert IngestOptions.from_json(json.loads(json.dumps(value.to_json()))) == value
+    with Retriever(rp_bundle[0], uri=db_uri, collection="by_value") as r:
+        a = r.index(root, value)
+    with Retriever(rp_bundle[0], uri=db_uri, collection="by_keywords") as r:
+        b = r.index(root, label_from="parent", extensions=[".jpg"], relative_paths=True,
+                    workers=1, upsert_batch=4)
+    with Retriever(rp_bundle[0], uri=db_uri, collection="overridden") as r:
+        c = r.index(root, value.replace(label_from="top", relative_paths=False),
+                    label_from="parent", relative_paths=True)
+    with Retriever(rp_bundle[0], uri=db_uri, collection="plain") as r:
+        d = r.index(root, value, label_from="none")
+    assert (a.indexed, a.ignored, b.indexed, b.ignored, c.indexed) == (10, 1, 10, 1, 10)
+    rows = {}
+    for name in ("by_value", "by_keywords", "overridden", "plain"):
+        rows[name] = {i: (it.code.tobytes(), it.label, it.path)
+                      for i, it in stored(db_uri, name).items()}
+    assert rows["by_value"] == rows["by_keywords"] == rows["overridden"]
+    assert {lab for _, lab, _ in rows["by_value"].values()} == {l for _, l in sample_images}
+    assert all(not path.startswith("/") for _, _, path in rows["by_value"].values())
+    assert d.indexed == 10 and {lab for _, lab, _ in rows["plain"].values()} == {""}

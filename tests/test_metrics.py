@@ -380,3 +380,75 @@ def test_tie_aware_ap_at_scale_is_order_free_and_differs_from_the_index_rule():
     index = average_precisions(codes, labels, codes, labels, 20, True)
     assert not np.allclose(index, got)
     assert np.all((got >= 0) & (got <= 1))
+
+
+# --------------------------------------------------------------------------- the store's tie order
+
+
+def _digest(text: str) -> str:
+    """The store's primary key of an id, written out here (BLAKE2b-128 hex of the UTF-8 bytes)."""
+    import hashlib
+
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def test_db_ids_rank_ties_by_the_digest_of_the_id_by_hand():
+    ids = ["Forest/1.jpg", "Forest/2.jpg", "Forest/3.jpg", "River/1.jpg", "River/2.jpg"]
+    # digests ascending: Forest/3, River/1, River/2, Forest/1, Forest/2 (the store's order)
+    assert sorted(ids, key=_digest) == ["Forest/3.jpg", "River/1.jpg", "River/2.jpg",
+                                        "Forest/1.jpg", "Forest/2.jpg"]
+    labels = [i.split("/")[0] for i in ids]
+    db = codes_at_distance(0, 0, 0, 0, 0)  # every item tied with the all-zero query
+    # by index: F F F R R -> AP of a Forest query = 1; in the store's order: F R R F F
+    assert mean_average_precision(ZERO, ["Forest"], db, labels) == 1.0
+    store = (1 / 1 + 2 / 4 + 3 / 5) / 3
+    assert mean_average_precision(ZERO, ["Forest"], db, labels, db_ids=ids) == pytest.approx(store)
+    assert mean_average_precision(ZERO, ["Forest"], db, labels, topk=2,
+                                  db_ids=ids) == pytest.approx(1.0)  # F R: one hit, at rank 1
+    assert precision_at_k(ZERO, ["Forest"], db, labels, 3, db_ids=ids) == pytest.approx(1 / 3)
+    assert precision_at_k(ZERO, ["Forest"], db, labels, 3) == 1.0
+    # the tie-aware figure does not depend on the order at all
+    assert mean_average_precision(ZERO, ["Forest"], db, labels, ties="expected", db_ids=ids) == (
+        pytest.approx(mean_average_precision(ZERO, ["Forest"], db, labels, ties="expected")))
+
+
+@pytest.mark.parametrize("topk", [None, 5, 20])
+def test_db_ids_make_every_figure_independent_of_the_listing_order(topk):
+    """With ids, a database listed in any order gives the figures of the database put in the
+    store's order first (what callers had to do by hand): ties as a Milvus search ranks them."""
+    rng = np.random.default_rng(21)
+    codes = random_codes(rng, 120, 8)  # 8 bits: heavy ties
+    labels = rng.integers(0, 4, 120)
+    ids = [f"c{lab}/img_{i:03d}.jpg" for i, lab in enumerate(labels)]
+    by_digest = np.argsort([_digest(i) for i in ids], kind="stable")
+    q = codes[:30]
+    want = average_precisions(q, labels[:30], codes[by_digest], labels[by_digest], topk)
+    want_p = precision_at_k(q, labels[:30], codes[by_digest], labels[by_digest], 10)
+    for perm in (np.arange(120), rng.permutation(120), rng.permutation(120)):
+        got = average_precisions(q, labels[:30], codes[perm], labels[perm], topk,
+                                 db_ids=[ids[i] for i in perm])
+        np.testing.assert_allclose(got, want, atol=1e-12)
+        assert precision_at_k(q, labels[:30], codes[perm], labels[perm], 10,
+                              db_ids=np.array(ids)[perm]) == pytest.approx(want_p, abs=1e-12)
+    # leave-one-out: the queries are the database; per-query APs stay in the query order
+    loo_want = average_precisions(codes[by_digest], labels[by_digest], codes[by_digest],
+                                  labels[by_digest], topk, True)
+    got = average_precisions(codes, labels, codes, labels, topk, True, db_ids=ids)
+    np.testing.assert_allclose(got[by_digest], loo_want, atol=1e-12)
+    # a query subset of the database, by index (query_indices point into the listing order)
+    sub = np.array([5, 17, 90])
+    got = average_precisions(codes[sub], labels[sub], codes, labels, topk, True,
+                             query_indices=sub, db_ids=ids)
+    np.testing.assert_allclose(got, average_precisions(codes, labels, codes, labels, topk, True,
+                                                       db_ids=ids)[sub], atol=1e-12)
+    # without ids the listing order matters (which is why the ids are taken)
+    shuffled = rng.permutation(120)
+    assert not np.allclose(average_precisions(q, labels[:30], codes[shuffled], labels[shuffled],
+                                              topk), want)
+
+
+def test_db_ids_must_name_each_database_item():
+    with pytest.raises(ValueError, match="one id per database code"):
+        mean_average_precision(QUERIES, QUERY_LABELS, DB, DB_LABELS, db_ids=["a", "b"])
+    with pytest.raises(ValueError, match="one id per database code"):
+        precision_at_k(QUERIES, QUERY_LABELS, DB, DB_LABELS, 2, db_ids="abcde")

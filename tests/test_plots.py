@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.train
 
 from rsir_sdk.cli import main  # noqa: E402
+from rsir_sdk.evaluate import EvalOptions  # noqa: E402
 from rsir_sdk.plots import PlotError, evaluation_curves, plot_curves  # noqa: E402
 from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 
@@ -34,9 +35,30 @@ def test_eval_plot_writes_a_png_with_the_evaluated_map(tiny_ahcl, tmp_path, caps
 def test_several_bundles_side_by_side_and_leave_one_out(tiny_ahcl, tmp_path):
     path, _, _ = tiny_ahcl
     learned = evaluation_curves(path, SAMPLE_ARCHIVE, label="learned V")
-    loo = evaluation_curves(path, SAMPLE_ARCHIVE, database="query", label="query side, LOO")
+    loo = evaluation_curves(path, SAMPLE_ARCHIVE, options=EvalOptions(database="query"),
+                            label="query side, LOO")
     assert loo.leave_one_out and loo.n_queries == loo.n_database == 40
     out = plot_curves([learned, loo], tmp_path / "two.png", title="sample")
     assert out.is_file()
     with pytest.raises(PlotError):
         plot_curves([], tmp_path / "none.png")
+
+
+def test_curves_rank_ties_as_the_store_does(tiny_ahcl):
+    """The curves come from the evaluation's codes with the database ids: the mAP is the one of
+    the database put in the store's tie order by hand, and the per-class APs average to it."""
+    from rsir_sdk import metrics
+    from rsir_sdk.evaluate import evaluation_codes
+    from rsir_sdk.plots import curves_of
+    from rsir_sdk.store import tie_order
+
+    path, _, _ = tiny_ahcl
+    codes = evaluation_codes(path, SAMPLE_ARCHIVE)
+    curves = curves_of(codes)
+    order = tie_order(codes.db_ids)
+    by_hand = metrics.mean_average_precision(codes.q_codes, codes.q_labels, codes.db_codes[order],
+                                             [codes.db_labels[i] for i in order])
+    assert curves.mean_ap == pytest.approx(by_hand, abs=1e-12)
+    per_class = [curves.class_ap[str(c)] * sum(str(q) == str(c) for q in codes.q_labels)
+                 for c in set(codes.q_labels)]
+    assert sum(per_class) / len(codes.q_labels) == pytest.approx(curves.mean_ap, abs=1e-12)

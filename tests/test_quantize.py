@@ -13,7 +13,7 @@ import pytest
 from rsir_sdk import Bundle, Encoder, MilvusCodeStore, Retriever
 from rsir_sdk.errors import CollectionMismatchError
 from rsir_train.cli import main as train_cli
-from rsir_train.quantize import QuantizeError, calibration_set, quantize_bundle
+from rsir_train.quantize import QuantizeError, QuantizeOptions, calibration_set, quantize_bundle
 
 pytest.importorskip("onnx")
 
@@ -27,8 +27,8 @@ def main(argv):
 def int8_bundle(rp_bundle, sample_dir, tmp_path_factory):
     """The random-projection bundle quantized to int8 (its MatMul quantized: it is the only one)."""
     out = tmp_path_factory.mktemp("q") / "rp64-int8"
-    res = quantize_bundle(rp_bundle[0], sample_dir, out, count=64, check=64,
-                          quantize_hash_layer=True, min_agreement=0.5)
+    options = QuantizeOptions(count=64, check=64, quantize_hash_layer=True, min_agreement=0.5)
+    res = quantize_bundle(rp_bundle[0], sample_dir, out, options)
     return out, res
 
 
@@ -145,6 +145,17 @@ def test_refusals_write_nothing(rp_bundle, int8_bundle, sample_dir, tmp_path):
         quantize_bundle(rp_bundle[0], tmp_path / "empty", out)
     with pytest.raises(QuantizeError, match="calibration method"):
         quantize_bundle(rp_bundle[0], sample_dir, out, method="magic")
+    # the options are a value checked where it is made: one line, before anything is read
+    for bad in (dict(precision="int4"), dict(method="magic"), dict(activations="int16"),
+                dict(reader="guess"), dict(count=0), dict(check=-1), dict(batch_size=True),
+                dict(threads=0), dict(min_agreement=-0.1), dict(keep_float="conv1")):
+        with pytest.raises(QuantizeError) as err:
+            QuantizeOptions(**bad)
+        assert "\n" not in str(err.value), bad
+    with pytest.raises(QuantizeError, match="unknown quantize option.*cuont"):
+        quantize_bundle(rp_bundle[0], sample_dir, out, cuont=16)
+    with pytest.raises(QuantizeError, match="QuantizeOptions value"):
+        quantize_bundle(rp_bundle[0], sample_dir, out, {"count": 16})
     with pytest.raises(QuantizeError, match="does not exist"):
         quantize_bundle(rp_bundle[0], tmp_path / "nowhere", out)
 

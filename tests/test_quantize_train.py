@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from rsir_sdk import Bundle, Retriever  # noqa: E402
 from rsir_sdk.errors import CollectionMismatchError  # noqa: E402
-from rsir_train.quantize import quantize_bundle  # noqa: E402
+from rsir_train.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -22,7 +22,8 @@ def ahcl_pair(tmp_path_factory, sample_dir):
 
     root = tmp_path_factory.mktemp("ahcl")
     tiny_ahcl_bundle(root / "fp32", data=sample_dir, bits=32, outer=4, inner=1)
-    res = quantize_bundle(root / "fp32", sample_dir, root / "int8", count=96, check=40)
+    res = quantize_bundle(root / "fp32", sample_dir, root / "int8",
+                          QuantizeOptions(count=96, check=40))
     return root / "fp32", root / "int8", res
 
 

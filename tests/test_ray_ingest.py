@@ -10,8 +10,9 @@ import sys
 import pytest
 from PIL import Image, ImageOps
 
-from rsir_sdk import MilvusCodeStore
+from rsir_sdk import MilvusCodeStore, Retriever
 from rsir_sdk.cli import main
+from rsir_sdk.options import IngestOptions, RayOptions
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.server
@@ -63,25 +64,28 @@ def index_args(bundle, archive, uri, collection, *extra):
 
 def test_ray_engine_equals_single_process_and_resumes_after_a_kill(
         server_uri, rp_bundle, archive_1000, tmp_path, capsys, monkeypatch):
+    """One IngestOptions value through both engines (only ``engine`` differs): the same rows."""
     monkeypatch.chdir(tmp_path)  # default report files (<collection>-failed.csv) land here
     bundle = rp_bundle[0]
-    assert main(index_args(bundle, archive_1000, server_uri, "single")) == 3  # 2 bad files
-    single = json.loads(capsys.readouterr().out)
-    assert single["indexed"] == 1000 and single["failed"] == 2
+    options = IngestOptions(label_from="parent", workers=2, upsert_batch=256)
+    with Retriever(bundle, uri=server_uri, collection="single") as r:
+        single = r.index(archive_1000, options)
+    assert single.indexed == 1000 and len(single.failed) == 2  # 2 bad files
     ids = sorted(p.relative_to(archive_1000).as_posix() for p in archive_1000.rglob("*.png")
                  if p.parent.name != "bad")
     expected = rows(server_uri, "single", ids)
+    capsys.readouterr()
 
-    code = main(index_args(bundle, archive_1000, server_uri, "on_ray", "--engine", "ray",
-                           "--workers", 2, "--report", tmp_path / "ray-failed.csv"))
+    with Retriever(bundle, uri=server_uri, collection="on_ray") as r:
+        summary = r.index(archive_1000, options, report=tmp_path / "ray-failed.csv",
+                          engine="ray", ray=RayOptions(threads_per_worker=1))
     out, err = capsys.readouterr()
-    assert code == 3 and out.startswith("{"), f"exit {code}: {err[-2000:]}"
-    summary = json.loads(out)
-    assert code == 3 and summary["indexed"] == 1000 and summary["failed"] == 2, err
-    assert {f["id"] for f in summary["failures"]} == {"bad/cut.png", "bad/empty.png"}
+    assert summary.indexed == 1000 and len(summary.failed) == 2, summary.reasons()
+    assert {f.id for f in summary.failed} == {"bad/cut.png", "bad/empty.png"}
+    assert {(f.id, f.stage) for f in summary.failed} == {(f.id, f.stage) for f in single.failed}
     assert (tmp_path / "ray-failed.csv").is_file()
     assert rows(server_uri, "on_ray", ids) == expected  # same ids, codes and labels
-    assert err.strip() == ""  # nothing of Ray's start-up or logs reaches the user
+    assert out == "" and err.strip() == ""  # nothing of Ray's start-up or logs reaches the user
 
     # a run killed part-way: its driver SIGKILLs its whole process group (itself and Ray)
     # right after its third write of 50 rows

@@ -72,3 +72,29 @@ def test_other_bundles_are_refused(rp_bundle, tmp_path, db_uri, sample_images):
     with Retriever.from_bundle(other, uri=db_uri) as r2:   # its own collection is fine
         assert r2.store.collection.startswith("random_projection_64_")
         assert r2.count() == 0
+
+
+def test_index_options_reach_the_store_as_one_value(rp_bundle, db_uri, sample_images):
+    """``Retriever(index_options=IndexOptions(...))`` is how a new collection's index and search
+    parameters are given (the constructor stays within 10 parameters); the store honours them."""
+    import inspect
+
+    from rsir_sdk.errors import InvalidInputError, StoreError
+    from rsir_sdk.options import IndexOptions
+
+    assert len(inspect.signature(Retriever).parameters) <= 10
+    opts = IndexOptions(index_type="bin_flat", search_params={"nprobe": 4})
+    assert opts.index_type == "BIN_FLAT"
+    with Retriever(rp_bundle[0], uri=db_uri, collection="c", index_options=opts) as r:
+        assert r.store.search_params == {"nprobe": 4}
+        r.add_images([sample_images[0][0]], ids=["a"])
+        assert r.search(sample_images[0][0], k=1)[0].id == "a"
+    with pytest.raises(StoreError, match="BIN_FLAT"):  # Milvus Lite has BIN_FLAT only
+        Retriever(rp_bundle[0], uri=db_uri, collection="ivf",
+                  index_options=IndexOptions(index_type="BIN_IVF_FLAT"))
+    with pytest.raises(InvalidInputError, match="IndexOptions"):
+        Retriever(rp_bundle[0], uri=db_uri, collection="c", index_options={"index_type": "x"})
+    with pytest.raises(InvalidInputError, match="search_params"):
+        IndexOptions(search_params=[("nprobe", 4)])
+    with pytest.raises(TypeError):  # the old loose keywords are gone: one way to say it
+        Retriever(rp_bundle[0], uri=db_uri, collection="c", search_params={"nprobe": 4})

@@ -103,6 +103,9 @@ def test_auth_limits_and_error_kinds(http, served, main_server):
     r = http.post("/v1/search/codes", content=bytes(8), headers={**auth(READ), "X-Rsir-Encoder-Id": "0" * 16})
     assert r.status_code == 409 and r.json()["error"] == "CollectionMismatchError"
     r = http.post("/v1/search", params={"filter": '"label == 1"'}, content=q, headers=auth(READ))
+    assert r.status_code == 422 and r.json()["error"] == "InvalidInputError"   # the store's class
+    assert r.json()["message"].startswith("invalid filter expression")
+    r = http.post("/v1/search", params={"filter": "5"}, content=q, headers=auth(READ))
     assert r.status_code == 422 and r.json()["error"] == "InvalidRequestError"
     r = http.post("/v1/search", json={"url": "file:///etc/passwd"}, headers=auth(READ))
     assert r.status_code == 422 and r.json()["error"] == "ImageLoadError"
@@ -182,6 +185,8 @@ def test_info_health_metrics_openapi(http, served, main_server):
     assert (info["collection"], info["method"], info["bits"], info["encoder_id"]) == \
         ("scenes", b.method, b.bits, b.encoder_id)
     assert info["auth"] is True and info["limits"]["max_k"] == 100
+    assert info["limits"]["expressions"] is True and info["limits"]["index"] is False
+    assert "uri" not in info and info["exists"] is True    # the store's address stays on the server
     assert info["archive_root"].endswith("eurosat")
     http.post("/v1/search", content=b"junk", headers=auth(READ))
     text = http.get("/metrics", headers=auth(READ)).text
@@ -194,7 +199,7 @@ def test_info_health_metrics_openapi(http, served, main_server):
     spec = http.get("/openapi.json").json()
     for path in ("/v1/search", "/v1/search/batch", "/v1/search/codes", "/v1/items", "/v1/codes",
                  "/v1/items/delete", "/v1/items/get", "/v1/count", "/v1/info", "/v1/image",
-                 "/healthz", "/readyz", "/metrics"):
+                 "/healthz", "/readyz", "/metrics", "/v1/index", "/v1/learned", "/v1/prepare"):
         assert path in spec["paths"], path
     body = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json", "image/*"} <= set(body)

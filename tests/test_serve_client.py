@@ -22,13 +22,15 @@ from rsir_sdk.errors import (  # noqa: E402
     CodeLengthError,
     CollectionMismatchError,
     ImageLoadError,
+    InvalidInputError,
     RsirError,
 )
 from rsir_sdk.retriever import Hit  # noqa: E402
-from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
+from rsir_sdk.serve.client import HttpOptions, RemoteRetriever  # noqa: E402
 from rsir_sdk.serve.errors import (  # noqa: E402
     AuthenticationError,
     ForbiddenError,
+    InvalidRequestError,
     PayloadTooLargeError,
     ServiceConnectionError,
 )
@@ -112,8 +114,13 @@ def test_errors_map_back_to_the_python_classes(main_server, served, serve_bundle
             r.search_codes(np.zeros((1, 4), np.uint8))
         with pytest.raises(ValueError, match="k must be between 1 and 100"):
             r.search(q, k=500)
-        with pytest.raises(ValueError, match="dict filters"):
-            r.search(q, filter='label == "Forest"')
+        assert r.search(q, k=30, filter='label == "Forest"') == served.expected["forest"][0]
+        with pytest.raises(InvalidInputError, match="invalid filter expression"):
+            r.search(q, filter="label ==")                   # refused by the service's store
+        sent = r.bytes_sent
+        with pytest.raises(InvalidInputError, match="k must be between 1 and 16384"):
+            r.search(q, k=0)
+        assert r.bytes_sent == sent                          # refused here, before any upload
         with pytest.raises(ForbiddenError) as err:
             r.add_codes(np.zeros((1, 8), np.uint8), ["x"])
         assert isinstance(err.value, PermissionError) and isinstance(err.value, RsirError)
@@ -125,11 +132,35 @@ def test_errors_map_back_to_the_python_classes(main_server, served, serve_bundle
         RemoteRetriever(main_server.url, token=READ, bundle=serve_bundles[1])
 
 
+def test_a_service_without_expressions_or_index_refuses_them_alike(served, tmp_path):
+    from serve_support import COLLECTION, ServerProcess, copy_db
+
+    server = ServerProcess([served.bundle, "--uri", copy_db(served.db, tmp_path), "--collection",
+                            COLLECTION, "--no-expressions"], tmp_path / "serve.log")
+    try:
+        q = served.expected["queries"][0]
+        with RemoteRetriever(server.url) as r:
+            info = r.info()
+            assert info["limits"]["expressions"] is False and info["limits"]["index"] is False
+            with pytest.raises(InvalidRequestError, match="--no-expressions") as err:
+                r.search(q, k=30, filter='label == "Forest"')
+            assert isinstance(err.value, ValueError)
+            with pytest.raises(InvalidRequestError, match="--no-expressions"):
+                r.count('label == "Forest"')
+            assert r.search(q, k=30, filter={"label": "Forest"}) == served.expected["forest"][0]
+            with pytest.raises(ForbiddenError, match="--allow-index"):
+                r.index("Forest", label_from="parent")
+            assert r.count() == served.expected["count"]
+    finally:
+        assert server.stop() == 0, server.log[-3000:]
+
+
 def test_connection_errors_are_retried_then_raised():
     with socket.socket() as s:                       # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = RemoteRetriever(f"http://127.0.0.1:{port}", retries=2, backoff=0.05, timeout=2)
+    r = RemoteRetriever(f"http://127.0.0.1:{port}",
+                        http=HttpOptions(retries=2, backoff=0.05, timeout=2))
     t0 = time.perf_counter()
     with pytest.raises(ServiceConnectionError, match="after 3 attempts") as err:
         r.count()

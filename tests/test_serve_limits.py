@@ -19,7 +19,7 @@ from rsir_sdk import errors as core  # noqa: E402
 from rsir_sdk.redact import redact_text, redact_uri  # noqa: E402
 from rsir_sdk.serve import cli  # noqa: E402
 from rsir_sdk.serve.auth import READ, WRITE, RedactingFilter, TokenAuth, is_loopback  # noqa: E402
-from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
+from rsir_sdk.serve.client import HttpOptions, RemoteRetriever  # noqa: E402
 from rsir_sdk.serve.errors import (  # noqa: E402
     AuthenticationError,
     ForbiddenError,
@@ -57,7 +57,7 @@ def tight_server(served, tmp_path_factory):
     d = tmp_path_factory.mktemp("tight")
     server = ServerProcess([served.bundle, "--uri", copy_db(served.db, d), "--collection",
                             COLLECTION, "--concurrency", 1, "--max-queue", 1,
-                            "--request-timeout", 2.5], d / "serve.log")
+                            "--request-timeout", 2.5, "--allow-private-urls"], d / "serve.log")
     yield server
     assert server.stop() == 0, server.log[-3000:]
 
@@ -84,7 +84,7 @@ def test_full_queue_answers_503_and_clients_retry(tight_server, image_host, serv
         RemoteRetriever(url, retries=0).search(q)
     assert err.value.retry_after == 1.0
     t0 = time.perf_counter()
-    hits = RemoteRetriever(url, retries=5, backoff=0.1, max_backoff=1.0).search(q, k=10)
+    hits = RemoteRetriever(url, http=HttpOptions(retries=5, backoff=0.1, max_backoff=1.0)).search(q, k=10)
     assert hits == served.expected["search"][0]                   # served once a place freed
     assert time.perf_counter() - t0 >= 0.9                        # it waited (Retry-After: 1)
     slow.join(30)

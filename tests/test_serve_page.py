@@ -72,3 +72,36 @@ def test_page_searches_by_upload(main_server, served, tmp_path):
         shutil.copy2(shot, d / shot.name)
     assert shot.stat().st_size > 10_000
     assert not foreign, f"the page reached outside the service: {foreign}"
+
+
+def test_page_asks_for_the_token_before_showing_any_error(main_server):
+    """Opening the page of a service with tokens shows a neutral prompt, not a red
+    AuthenticationError; a wrong token is then an error, the right one opens the page."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(main_server.url + "/")
+            expect = sync_api.expect
+            expect(page.locator("#auth")).to_be_visible()
+            status = page.locator("#status")
+            expect(status).to_contain_text("Enter the access token")
+            expect(status).not_to_have_class("error")
+            assert "AuthenticationError" not in page.inner_text("body")
+            assert page.evaluate("getComputedStyle(document.getElementById('status')).color") \
+                != "rgb(163, 32, 32)"                                   # not the error red
+            page.fill("#token", "not-the-token")
+            page.click("#token-form button")
+            expect(status).to_have_class("error")                      # the user asked: an error
+            expect(status).to_contain_text("not accepted")
+            page.fill("#token", READ)
+            page.click("#token-form button")
+            expect(page.locator("#about")).to_contain_text("200 items")
+            expect(status).not_to_have_class("error")
+            assert not errors, errors
+        finally:
+            browser.close()

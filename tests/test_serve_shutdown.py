@@ -14,7 +14,7 @@ pytest.register_assert_rewrite("serve_support")
 from serve_support import COLLECTION, ServerProcess, copy_db  # noqa: E402
 
 from rsir_sdk import Retriever  # noqa: E402
-from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
+from rsir_sdk.serve.client import HttpOptions, RemoteRetriever  # noqa: E402
 from rsir_sdk.serve.errors import ServiceBusyError, ServiceConnectionError  # noqa: E402
 
 pytest_plugins = ["serve_support"]
@@ -25,7 +25,7 @@ CLEAN = (ServiceConnectionError, ServiceBusyError)   # refused before any work w
 def test_sigterm_lets_in_flight_requests_finish(served, image_host, tmp_path):
     db = copy_db(served.db, tmp_path)
     server = ServerProcess([served.bundle, "--uri", db, "--collection", COLLECTION,
-                            "--concurrency", 2], tmp_path / "serve.log")
+                            "--concurrency", 2, "--allow-private-urls"], tmp_path / "serve.log")
     base = served.expected["count"]
     rng = np.random.default_rng(0)
     stop_at = time.monotonic() + 30
@@ -35,7 +35,7 @@ def test_sigterm_lets_in_flight_requests_finish(served, image_host, tmp_path):
     unclean: list[BaseException] = []
 
     def worker(n: int) -> None:
-        r = RemoteRetriever(server.url, retries=1, backoff=0.05, timeout=30)
+        r = RemoteRetriever(server.url, http=HttpOptions(retries=1, backoff=0.05, timeout=30))
         i = 0
         while time.monotonic() < stop_at:
             i += 1

@@ -18,7 +18,7 @@ from test_store import stored_rows, weird_rows
 
 from rsir_sdk import MilvusCodeStore
 from rsir_sdk.codes import topk_bruteforce
-from rsir_sdk.store import server
+from rsir_sdk.store import BulkOptions, server
 
 pytestmark = pytest.mark.server
 
@@ -100,7 +100,8 @@ def test_insert_upsert_and_bulk_load_store_the_same_rows(server_uri, tmp_path):
             MilvusCodeStore(server_uri, "same_bulk", bits=64) as c:
         a.upsert(ids, codes, labels, paths, meta)
         b.insert(ids, codes, labels, paths, meta)
-        out = c.bulk_insert(ids, codes, labels, paths, meta, staging_dir=staging, chunk_rows=2000)
+        out = c.bulk_insert(ids, codes, labels, paths, meta, staging_dir=staging,
+                            options=BulkOptions(chunk_rows=2000))
         with_nul = sum(1 for x in ids if "\x00" in x)
         assert out["inserted"] >= with_nul > 0  # the numpy import drops NULs: inserted instead
         assert out["chunks"] == -(-(5000 - out["inserted"]) // 2000) >= 2
@@ -110,7 +111,8 @@ def test_insert_upsert_and_bulk_load_store_the_same_rows(server_uri, tmp_path):
         want = stored_rows(a, ids)
         assert stored_rows(b, ids) == want and stored_rows(c, ids) == want
         # the same call again: every id present, nothing written twice
-        again = c.bulk_insert(ids, codes, labels, paths, meta, staging_dir=staging, prepare=False)
+        again = c.bulk_insert(ids, codes, labels, paths, meta, staging_dir=staging,
+                              options=BulkOptions(prepare=False))
         assert again["skipped"] == 5000 and again["written"] == 0 and c.count() == 5000
         # a Session read right after a column write sees it (read-your-writes)
         b.insert(["fresh"], codes[:1])
@@ -123,6 +125,7 @@ BULK_DRIVER = textwrap.dedent(r"""
     import os, signal, sys
     import numpy as np
     from rsir_sdk import MilvusCodeStore
+    from rsir_sdk.store import BulkOptions
     from rsir_sdk.store.connect import Connection
 
     uri, staging, kind, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -146,7 +149,7 @@ BULK_DRIVER = textwrap.dedent(r"""
     ids = [f"r{i:05d}" for i in range(n)]
     with MilvusCodeStore(uri, "bulk_killed", bits=64) as store:
         out = store.bulk_insert(ids, codes, labels=[f"L{i % 5}" for i in range(n)],
-                                staging_dir=staging, chunk_rows=10_000)
+                                staging_dir=staging, options=BulkOptions(chunk_rows=10_000))
         print(out["count"], out["written"])
 """)
 

@@ -236,7 +236,7 @@ class EfficientNetLite(Backbone):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(cin, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
-        self._stem = _Stem(self)
+        self._stem = _Stem(self)  # type: ignore[arg-type]
         self.num_blocks = len(self._blocks)
 
     def stage(self, i: int) -> nn.Module:

@@ -154,7 +154,7 @@ def protocol_map(q_codes: np.ndarray, q_labels: Sequence, db_codes: np.ndarray |
     in :func:`rsir_sdk.metrics.mean_average_precision`."""
     if protocol == "60-40":
         return archive_map(q_codes, q_labels, ties=ties)
-    return float(mean_average_precision(q_codes, q_labels, db_codes, db_labels, ties=ties))
+    return float(mean_average_precision(q_codes, q_labels, db_codes, db_labels, ties=ties))  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

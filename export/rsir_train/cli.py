@@ -342,5 +342,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+# ----------------------------------------------------- entry points (group ``rsir.commands``)
+# ``rsir`` finds these through export/pyproject.toml; the first docstring line is its help.
+
+
+def train_command(argv: Sequence[str]) -> int:
+    """Train a hashing encoder (AHCL, MiLAN, ITQ) and write a bundle."""
+    return main(["train", *argv])
+
+
+def quantize_command(argv: Sequence[str]) -> int:
+    """Derive an int8/fp16 bundle from an fp32 one."""
+    return main(["quantize", *argv])
+
+
+def quickstart_command(argv: Sequence[str]) -> int:
+    """Train, index and search the shipped EuroSAT sample."""
+    return main(["quickstart", *argv])
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -128,7 +128,9 @@ def _printer(quiet: bool) -> "Progress":
             return
         if kind == "outer":
             extra = f" mAP(query)={event['map_query']:.4f}" if "map_query" in event else ""
-            print(f"outer {event['outer']}: loss={event['loss']:.4f} (pair {event['pairwise']:.4f}, "
+            extra += f" mAP(val)={event['val_map']:.4f}" if "val_map" in event else ""
+            tag = f"[{event['candidate']}] " if "candidate" in event else ""
+            print(f"{tag}outer {event['outer']}: loss={event['loss']:.4f} (pair {event['pairwise']:.4f}, "
                   f"quant {event['quantization']:.4f}, ce {event['classification']:.4f}) "
                   f"lr={event['lr']:.2g} {event['seconds']:.1f}s{extra}", flush=True)
         elif kind == "iteration":
@@ -140,6 +142,8 @@ def _printer(quiet: bool) -> "Progress":
             print(f"frozen features {event['done']}/{event['total']}", flush=True)
         elif kind in ("cache_hit", "cache_saved"):
             print(f"feature {kind.replace('_', ' ')}: {event['path']}", flush=True)
+        elif kind == "selection":
+            print(f"model selection: {event['chosen']} ({event['reason']})", flush=True)
         elif kind == "resumed":
             print(f"resumed after outer iteration {event['outer_done']}", flush=True)
 
@@ -239,17 +243,17 @@ def _after_training(args: argparse.Namespace, manifest: dict[str, Any], data: An
 
 def quantize(args: argparse.Namespace) -> int:
     """``rsir quantize``: derive the bundle, print a summary (or ``--json``)."""
-    from .quantize import quantize_bundle
+    from .quantize import QuantizeOptions, quantize_bundle
 
-    res = quantize_bundle(
-        args.bundle, args.calibration, args.out, precision=args.precision, method=args.method,
-        reader=args.reader, count=args.count, check=args.check, seed=args.seed,
-        per_channel=not args.per_tensor, quantize_hash_layer=args.quantize_hash_layer,
-        fold_pads=not args.no_fold_pads, activations=args.activations,
-        keep_float=args.keep_float or (), target_agreement=args.target_agreement,
-        reduce_range=args.reduce_range, batch_size=args.batch_size,
-        min_agreement=args.min_agreement, overwrite=args.overwrite,
+    options = QuantizeOptions(
+        precision=args.precision, method=args.method, reader=args.reader, count=args.count,
+        check=args.check, seed=args.seed, per_channel=not args.per_tensor,
+        quantize_hash_layer=args.quantize_hash_layer, fold_pads=not args.no_fold_pads,
+        activations=args.activations, keep_float=tuple(args.keep_float or ()),
+        target_agreement=args.target_agreement, reduce_range=args.reduce_range,
+        batch_size=args.batch_size, min_agreement=args.min_agreement, overwrite=args.overwrite,
     )
+    res = quantize_bundle(args.bundle, args.calibration, args.out, options)
     if args.json:
         d = asdict(res)
         d["path"] = str(res.path)

@@ -20,7 +20,7 @@ import numpy as np
 
 from rsir_sdk.bundle import Bundle
 from rsir_sdk.errors import EvaluationError
-from rsir_sdk.evaluate import evaluate_bundle
+from rsir_sdk.evaluate import EvalOptions, evaluate_bundle
 from rsir_sdk.metrics import Ties, mean_average_precision
 from rsir_sdk.store import tie_order
 
@@ -33,19 +33,22 @@ MILAN_TOPK = 20
 
 
 def archive_map(codes: Any, labels: Sequence, topk: int = MILAN_TOPK,
-                ties: Ties = "index") -> float:
+                ties: Ties = "index", ids: Sequence[str] | None = None) -> float:
     """The MiLAN protocol's figure on packed codes: the codes ranked among themselves,
     leave-one-out, mAP@``topk`` (used for test sides, validation parts and baselines alike).
-    ``ties``: ``"index"`` (Milvus' order) or ``"expected"`` (over every order of tied items,
-    :mod:`rsir_sdk.tie_aware`)."""
+    ``ties``: ``"index"`` (one fixed order: the store's when ``ids`` are given, else by index)
+    or ``"expected"`` (over every order of tied items, :mod:`rsir_sdk.tie_aware`). ``ids``:
+    the item ids, so that ties rank as a Milvus search ranks them
+    (:func:`rsir_sdk.metrics.mean_average_precision`'s ``db_ids``)."""
     return float(mean_average_precision(codes, labels, codes, labels, topk=topk,
-                                        exclude_self=True, ties=ties))
+                                        exclude_self=True, ties=ties, db_ids=ids))
 
 
 def in_tie_order(indices: Any, ids: Sequence[str]) -> np.ndarray:
     """``indices`` (into ``ids``, an archive's items) in the store's tie order (digests of the
-    ids): an in-memory figure over codes listed so, ties by index, ranks as a Milvus search does
-    (:func:`rsir_sdk.store.tie_order`), so torch figures and baselines compare like with like."""
+    ids): a ranking made outside :mod:`rsir_sdk.metrics` (the cosine baselines) over items
+    listed so, ties by index, ranks as a Milvus search does (:func:`rsir_sdk.store.tie_order`).
+    The metrics need no such step: give them the ids (``db_ids=``, ``archive_map(ids=)``)."""
     idx = np.asarray(indices)
     return idx[tie_order([ids[i] for i in idx])]
 
@@ -80,8 +83,8 @@ def evaluate_protocols(
         if p not in PROTOCOLS:
             raise EvaluationError(f"unknown protocol {p!r}; choose one of {sorted(PROTOCOLS)}")
         res = evaluate_bundle(
-            b, data, uri=uri, token=token, ks=(topk,), database=PROTOCOLS[p],
-            batch_size=batch_size,
+            b, data, uri=uri, token=token, ks=(topk,),
+            options=EvalOptions(database=PROTOCOLS[p], batch_size=batch_size),
             collection=f"eval_{p}_{b.default_collection}" if uri else None,
         )
         name = f"mAP@{topk}" if p == "milan" else "mAP"

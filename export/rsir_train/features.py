@@ -52,7 +52,7 @@ class Normalize(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std  # type: ignore[operator]
 
 
 def default_cache_dir() -> Path:
@@ -217,5 +217,5 @@ def pooled_features(
         path = folder / f"milan-{backbone.name}-{pooled_cache_key(backbone, preprocess, archive)}.npy"
     n = len(archive.items)
     return _cached(path, n, lambda: _run(
-        backbone, normalize, archive, np.arange(n), preprocess, None, device, batch_size, emit),
+        backbone, normalize, archive, np.arange(n), preprocess, None, device, batch_size, emit),  # type: ignore[arg-type]
         emit)

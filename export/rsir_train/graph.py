@@ -147,7 +147,7 @@ def fold_static_pads(model: Any, input_name: str, height: int, width: int) -> in
         amounts = values.get(pad.input[1])
         if amounts is None or amounts.shape != (8,):
             continue
-        amounts = [int(x) for x in amounts]
+        amounts = [int(x) for x in amounts]  # type: ignore[assignment]
         if amounts[0] or amounts[1] or amounts[4] or amounts[5] or min(amounts) < 0:
             continue  # only spatial, non-negative padding of an NCHW tensor
         old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])

@@ -44,7 +44,7 @@ class PackBits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         on = (x > self.threshold).to(torch.float32).reshape(-1, self.bits // 8, 8)
-        return (on * self.weights).sum(dim=2).to(torch.uint8)
+        return (on * self.weights).sum(dim=2).to(torch.uint8)  # type: ignore[operator]
 
 
 class ImageHashEncoder(nn.Module):
@@ -91,7 +91,7 @@ def export_onnx(
         torch.onnx.export(
             enc,
             (dummy,),
-            buf,
+            buf,  # type: ignore[arg-type]
             input_names=["images"],
             output_names=["embedding", "codes"],
             dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}, "codes": {0: "batch"}},

@@ -8,9 +8,11 @@
 2. puts the bundle's learned database codes into the collection ``eurosat_quickstart`` of the
    Milvus Lite file ``OUT/rsir.db`` (the quickstart's own collection: when it holds another
    encoder's codes, from an earlier ``--retrain``, it is dropped and rebuilt);
-3. searches with the held-out query images through :class:`rsir_sdk.Retriever`, prints hits;
-4. prints mAP from Milvus' ranking next to the in-memory figure (:mod:`rsir_sdk.metrics`), and
-   commands to try next.
+3. encodes the held-out query images once (:func:`rsir_sdk.evaluate.evaluation_codes`, the
+   codes ``rsir eval`` ranks), searches the collection with them through
+   :class:`rsir_sdk.Retriever`, prints hits;
+4. prints mAP from Milvus' ranking next to the in-memory figure of the same codes
+   (:mod:`rsir_sdk.metrics`, ties in the store's order), and commands to try next.
 
 Re-running it in the same folder works and gives the same numbers. It prints (it is a command);
 the library it calls does not.
@@ -25,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from rsir_sdk import Bundle, Encoder, Retriever
+from rsir_sdk import Bundle, Retriever
 from rsir_sdk.errors import BundleError, CollectionNotFoundError
+from rsir_sdk.evaluate import EvalOptions, evaluation_codes
 from rsir_sdk.metrics import average_precision_of_ranking, mean_average_precision
-from rsir_sdk.store import MilvusCodeStore, tie_order
+from rsir_sdk.store import MilvusCodeStore
 
 from .dataset import open_training_archive
 from .sample import sample_archive
@@ -125,32 +128,30 @@ def run_quickstart(args: argparse.Namespace, command: str = "rsir quickstart") -
 
     print(f"[2/4] indexing the learned database codes into Milvus Lite {db_file}")
     _own_collection(db_file, bundle)
-    split = bundle.split()
     by_id = open_training_archive(data).by_id()
-    queries = [by_id[i].file for i in split.query_ids]
-    q_labels = [by_id[i].label for i in split.query_ids]
     with Retriever(bundle, uri=str(db_file), collection=COLLECTION) as r:
         n = r.add_learned_codes()
         print(f"      {n} items in collection {r.collection}")
-        print(f"[3/4] searching with {len(queries)} held-out query images")
-        hits = r.search_batch([str(q) for q in queries], k=n)
+        codes = evaluation_codes(bundle, data, EvalOptions(database="train"))
+        q_labels = codes.q_labels
+        print(f"[3/4] searching with {len(q_labels)} held-out query images")
+        hits = r.search_codes(codes.q_codes, k=n)
+    queries = [by_id[i].file for i in codes.q_ids]
     for qi in (0, len(queries) // 2, len(queries) - 1):
-        print(f"\n      query {split.query_ids[qi]} (label {q_labels[qi]})")
+        print(f"\n      query {codes.q_ids[qi]} (label {q_labels[qi]})")
         print(f"      {'rank':>4} {'dist':>4}  {'label':22s} id")
         for rank, h in enumerate(hits[qi][: args.k], 1):
             mark = "ok" if h.label == q_labels[qi] else "--"
             print(f"      {rank:>4} {h.distance:>4}  {h.label:22s} {h.id}  {mark}")
 
-    # mAP over the whole database from Milvus' ranking and in memory, ties in the same order
-    # (the store's: digests of the ids; in memory by index once the database is put in it)
+    # mAP over the whole database from Milvus' ranking and in memory, of the same codes, ties
+    # in the same order (the store's: the metrics rank them by the digests of the ids)
     rel = np.array([[h.label == ql for h in hs] for ql, hs in zip(q_labels, hits)], dtype=bool)
     via_milvus = float(average_precision_of_ranking(rel).mean())
-    database = bundle.load_database()
-    order = tie_order(database.ids)
-    in_memory = mean_average_precision(Encoder(bundle).encode([str(q) for q in queries]),
-                                       q_labels, database.codes[order],
-                                       [database.labels[i] for i in order])
-    chance = float(np.mean([np.mean(np.array(database.labels) == ql) for ql in q_labels]))
+    in_memory = mean_average_precision(codes.q_codes, q_labels, codes.db_codes, codes.db_labels,
+                                       **codes.metric_args())
+    db_labels = np.array(codes.db_labels)
+    chance = float(np.mean([np.mean(db_labels == ql) for ql in q_labels]))
     print(f"\n[4/4] mAP over the whole database ({len(queries)} queries, {n} items): "
           f"{via_milvus:.3f} through Milvus, {in_memory:.3f} in memory; chance level {chance:.3f}")
     _print_next(bundle_dir, db_file, queries[0])

@@ -81,8 +81,9 @@ def run_sweep(data: str, split_file: str | None, bits: Sequence[int], configs: S
     records = []
     for b in bits:
         for text in configs:
+            # the configuration as given (select "off"): the sweep is itself the selection
             cfg = AHCLConfig(**{**base, "bits": int(b), "eval_every": eval_every,
-                                **parse_config(text)})
+                                "select": "off", **parse_config(text)})
             t0 = time.perf_counter()
             res = train_ahcl(archive, val, cfg)
             rec = {"dataset": archive.name, "bits": int(b), "config": text,

@@ -11,7 +11,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ Progress = Callable[[dict[str, Any]], None]
 CHECKPOINT_FILE = "checkpoint.pt"
 
 __all__ = ["CHECKPOINT_FILE", "Progress", "default_device", "load_checkpoint", "no_progress",
-           "save_checkpoint", "seed_everything"]
+           "save_checkpoint", "seed_everything", "validation_indices"]
 
 
 def no_progress(event: dict[str, Any]) -> None:
@@ -75,3 +75,20 @@ def load_checkpoint(path: str | os.PathLike, **identity: Any) -> dict[str, Any] 
         )
     log.info("resuming from %s", path)
     return state
+
+
+def validation_indices(labels: Sequence, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(fit, val)`` of a per-class split of ``labels`` (a train side's labels):
+    ``round(fraction * n)`` items of each class (at least 1 when ``fraction > 0``, never all)
+    go to ``val``; seeded. Both trainers hold their validation images out so: the positions
+    are into the train side, so a query image can never be drawn."""
+    y = np.asarray(labels, dtype=object)
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in sorted({str(v) for v in y}):
+        members = np.flatnonzero(y.astype(str) == c)
+        perm = rng.permutation(members)
+        k = min(len(members) - 1, max(1 if fraction > 0 else 0, int(round(fraction * len(members)))))
+        val += list(perm[:k])
+        fit += list(perm[k:])
+    return np.sort(np.array(fit, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))

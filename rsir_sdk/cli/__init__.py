@@ -7,7 +7,7 @@
     rsir search BUNDLE IMAGE --uri ./rsir.db --collection scenes -k 10 [--json] [--html out.html]
     rsir eval BUNDLE [--data DIR] [--uri URI]
     rsir drop COLLECTION --uri ./rsir.db --yes
-    rsir train ahcl|milan ... / rsir quantize ... / rsir quickstart   (the training package)
+    rsir train ahcl|milan ... / rsir quantize ... / rsir quickstart   (entry points: rsir-train)
 
 Exit status: 0 done; 1 error (one line on stderr); 2 bad arguments or input (one line); 3
 finished but some images failed (``rsir index``: see the report file; ``rsir eval``: left
@@ -25,6 +25,9 @@ from typing import Callable, Sequence
 from ..errors import InvalidInputError, RasterRuleError, RsirError
 from . import admin, authoring, evaluate, index, search
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, warn
+
+#: the runtime's own commands; a plugin in ``rsir.commands`` cannot replace them
+RUNTIME_COMMANDS = frozenset({"info", "collections", "drop", "index", "search", "eval", "serve"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,13 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_parser(sub)
     search.add_parser(sub)
     evaluate.add_parser(sub)
-    for name, text in (("train", "train an encoder (the training package)"),
-                       ("quantize", "derive an int8/fp16 bundle (the training package)"),
-                       ("quickstart", "train, index and search the shipped sample (the training package)")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.set_defaults(func=None)
     _add_serve(sub)
+    _add_plugins(sub)
     return parser
+
+
+def _add_plugins(sub: argparse._SubParsersAction) -> None:
+    """Commands of other distributions (entry-point group ``rsir.commands``: train, quantize, ...).
+
+    They are listed here for ``rsir --help`` only; :func:`main` forwards them before parsing.
+    """
+    taken = set(sub.choices)
+    for name, ep in authoring.commands().items():
+        if name not in taken:
+            p = sub.add_parser(name, help=authoring.help_text(ep), add_help=False)
+            p.set_defaults(func=None)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # milvus-lite 2.5 imports pkg_resources, whose deprecation warning means nothing to users
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     _tolerant_output()
-    if argv and argv[0] in authoring.COMMANDS:
+    if argv and argv[0] in authoring.names() - RUNTIME_COMMANDS:
         return authoring.run(argv[0], argv[1:])
     parser = build_parser()
     try:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..bundle import Bundle
+from ..errors import BundleError
 from ..rasters import RasterRule
 from ..redact import redact_uri
 from ..splits import SPLIT_FILE
@@ -35,8 +36,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Print what a bundle is."""
+    """Print what a bundle is; exit 1 when its database codes cannot be read (or were changed),
+    after saying so in place of their count."""
     b = Bundle.load(args.bundle)
+    db_error = _database_error(b)
     info = {
         "path": str(b.path), "method": b.method, "bits": b.bits, "encoder_id": b.encoder_id,
         "input": [b.input_height, b.input_width], "preprocess": b.preprocess,
@@ -45,16 +48,21 @@ def run_info(args: argparse.Namespace) -> int:
         "archive": b.archive_root, "collection": b.default_collection,
         "training": b.manifest.get("training", {}), "parent": b.manifest.get("parent"),
     }
+    if db_error:
+        info["database"] = {**info["database"], "error": db_error}
     if args.json:
         print_json(info)
-        return EXIT_OK
+        return EXIT_ERROR if db_error else EXIT_OK
     for key in ("path", "method", "bits", "encoder_id", "input", "symmetric", "collection"):
         print(f"{key:12s} {info[key]}")
     more = " ..." if len(b.classes) > 12 else ""
     print(f"{'classes':12s} {len(b.classes)}: {', '.join(b.classes[:12])}{more}")
     db = info["database"]
-    print(f"{'database':12s} {db['count']} {db.get('codes', 'learned')} codes" if db
-          else f"{'database':12s} none (index an archive: rsir index BUNDLE ARCHIVE)")
+    if db_error:
+        print(f"{'database':12s} unreadable: {db_error}")
+    else:
+        print(f"{'database':12s} {db['count']} {db.get('codes', 'learned')} codes" if db
+              else f"{'database':12s} none (index an archive: rsir index BUNDLE ARCHIVE)")
     print(f"{'split':12s} {info['split'] or 'none'}")
     if info["archive"]:
         print(f"{'archive':12s} {info['archive']}")
@@ -66,7 +74,21 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"{'metric':12s} {k} = {v:.4f}" if isinstance(v, float) else f"{'metric':12s} {k} = {v}")
     if info["parent"]:
         print(f"{'parent':12s} {info['parent']}")
+    if db_error:
+        warn(f"rsir info: {db_error}")
+        return EXIT_ERROR
     return EXIT_OK
+
+
+def _database_error(bundle: Bundle) -> str | None:
+    """Why the bundle's database codes cannot be used (damaged, changed), or None."""
+    if not bundle.has_database:
+        return None
+    try:
+        bundle.load_database()
+    except BundleError as exc:
+        return str(exc)
+    return None
 
 
 def run_collections(args: argparse.Namespace) -> int:

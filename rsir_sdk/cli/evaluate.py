@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from ..evaluate import describe, evaluate_bundle
+from ..evaluate import EvalOptions, describe, evaluate_codes, evaluation_codes
 from .common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -61,7 +61,8 @@ def _ks(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and print; exit 3 when images had to be left out."""
+    """Evaluate and print; exit 3 when images had to be left out. The codes are made once
+    (:func:`~rsir_sdk.evaluate.evaluation_codes`): the search and the plot both use them."""
     ks = _ks(args.ks)
     bars: dict[str, ProgressBar] = {}
 
@@ -74,12 +75,12 @@ def run(args: argparse.Namespace) -> int:
             bars[stage] = ProgressBar(stage, unit="query" if stage == "search" else "img")
         bars[stage].update(done, total)
 
+    options = EvalOptions(database=args.database, rule=raster_rule(args), workers=args.workers,
+                          batch_size=args.batch_size)
     try:
-        result = evaluate_bundle(
-            args.bundle, args.data, uri=args.uri, collection=args.collection, token=args.token,
-            ks=ks, database=args.database, rule=raster_rule(args), workers=args.workers,
-            batch_size=args.batch_size, progress=progress,
-        )
+        codes = evaluation_codes(args.bundle, args.data, options, progress=progress)
+        result = evaluate_codes(codes, ks=ks, uri=args.uri, collection=args.collection,
+                                token=args.token, progress=progress)
     finally:
         for bar in bars.values():
             bar.close()
@@ -90,11 +91,9 @@ def run(args: argparse.Namespace) -> int:
         for f in result.failed[:10]:
             warn(f"  left out {f.path}: {f.reason}")
     if args.plot:
-        from ..plots import evaluation_curves, plot_curves
+        from ..plots import curves_of, plot_curves
 
-        curves = evaluation_curves(args.bundle, args.data, database=args.database,
-                                   rule=raster_rule(args), batch_size=args.batch_size,
-                                   workers=args.workers)
+        curves = curves_of(codes)
         path = plot_curves([curves], args.plot, title=f"{curves.label} ({result.protocol})")
         warn(f"wrote {path}")
     return EXIT_PARTIAL if result.failed else EXIT_OK

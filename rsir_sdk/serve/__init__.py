@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RemoteRetriever", "ServeConfig", "create_app"]
+__all__ = ["HttpOptions", "RemoteRetriever", "ServeConfig", "create_app"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from .client import RemoteRetriever
 
         return RemoteRetriever
+    if name == "HttpOptions":
+        from .client import HttpOptions
+
+        return HttpOptions
     if name == "ServeConfig":
         from .config import ServeConfig
 

@@ -48,7 +48,7 @@ def create_app(retriever: Retriever, config: ServeConfig | None = None, *,
     ``owns_retriever``: close it at shutdown. ``shutdown_timeout``: seconds to wait for running
     work at shutdown before closing the store anyway (default: the request time limit + 5).
     """
-    from . import routes_admin, routes_items, routes_search
+    from . import routes_admin, routes_collection, routes_items, routes_search
 
     service = Service(retriever, config, owns_retriever=owns_retriever)
     grace = shutdown_timeout if shutdown_timeout is not None else service.config.request_timeout + 5
@@ -67,14 +67,14 @@ def create_app(retriever: Retriever, config: ServeConfig | None = None, *,
 
     app = FastAPI(
         title="rsir serve", version=__version__, lifespan=lifespan,
-        docs_url=None, redoc_url=None,
+        docs_url=None, redoc_url=None, redirect_slashes=False,  # no Host-derived redirects
         description="Remote sensing image retrieval over HTTP: search a Milvus collection of "
                     "binary hash codes by image or by packed codes. Errors are JSON "
                     '`{"error": kind, "message": text}`; kinds are the Python exception classes.',
     )
     app.state.service = service
     for router in (routes_search.router, routes_items.reads, routes_items.writes,
-                   routes_admin.reads, routes_admin.public):
+                   routes_collection.writes, routes_admin.reads, routes_admin.public):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=routes_admin.STATIC), name="static")
 

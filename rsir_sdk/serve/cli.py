@@ -71,6 +71,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait (503 + Retry-After beyond); default %(default)s")
     g.add_argument("--no-urls", action="store_true",
                    help="refuse image URLs (the service would download them)")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="largest image in pixels, checked from its header before decoding "
+                        "(422 above); default %(default)s")
+    g.add_argument("--header-timeout", type=float, default=d.header_timeout,
+                   help="seconds a connection may take to send its request headers; "
+                        "default %(default)s")
+    g.add_argument("--max-incomplete-connections", type=int,
+                   default=d.max_incomplete_connections,
+                   help="connections waiting for their request headers at once (the oldest "
+                        "is closed beyond); default %(default)s")
+    g.add_argument("--url-timeout", type=float, default=d.url_timeout,
+                   help="seconds one URL download may take in all; default %(default)s")
+    g.add_argument("--allow-private-urls", action="store_true",
+                   help="also download URLs at private, loopback and link-local addresses "
+                        "(off by default: clients could probe the service's own network)")
+    g.add_argument("--no-expressions", action="store_true",
+                   help="refuse Milvus expression strings as filters (dict filters only)")
+    g.add_argument("--allow-index", action="store_true",
+                   help="let write tokens index archives inside --archive-root (POST /v1/index)")
     g = p.add_argument_group("other")
     g.add_argument("--archive-root", default=None,
                    help="folder hit images are served from (GET /v1/image); default: the one "
@@ -87,6 +106,10 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         max_upload_bytes=args.max_upload_bytes, max_k=args.max_k, max_batch=args.max_batch,
         max_codes=args.max_codes, request_timeout=args.request_timeout,
         concurrency=args.concurrency, max_queue=args.max_queue, allow_urls=not args.no_urls,
+        max_pixels=args.max_pixels, header_timeout=args.header_timeout,
+        max_incomplete_connections=args.max_incomplete_connections,
+        url_timeout=args.url_timeout, allow_private_urls=args.allow_private_urls,
+        allow_expressions=not args.no_expressions, allow_index=args.allow_index,
     )
 
 
@@ -134,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(retriever, config)
     log.info("rsir serve: %s collection %s at %s (auth: %s)", retriever.bundle.method,
              retriever.store.collection, redact_uri(args.uri), app.state.service.auth.describe())
-    return serve_app(app, args.host, args.port, grace=config.request_timeout + 5)
+    return serve_app(app, args.host, args.port, grace=config.request_timeout + 5,
+                     header_timeout=config.header_timeout,
+                     max_incomplete=config.max_incomplete_connections)
 
 
 def open_retriever(args: argparse.Namespace):
@@ -161,13 +186,21 @@ def redact(text: str, secrets: Sequence[str | None]) -> str:
     return text
 
 
-def serve_app(app: Any, host: str, port: int, grace: float = 35.0) -> int:
-    """Run ``app`` with uvicorn; SIGTERM/SIGINT shut down gracefully and return 0."""
+def serve_app(app: Any, host: str, port: int, grace: float = 35.0,
+              header_timeout: float = 10.0, max_incomplete: int = 256) -> int:
+    """Run ``app`` with uvicorn; SIGTERM/SIGINT shut down gracefully and return 0.
+
+    HTTP/1.1 goes through :func:`~rsir_sdk.serve.limits.guarded_h11`: a connection gets
+    ``header_timeout`` seconds to send a request's headers, and at most ``max_incomplete``
+    connections wait for theirs at once (slow-header clients cannot hold sockets forever).
+    """
     import uvicorn
+
+    from .limits import guarded_h11
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=int(grace + 0.999), server_header=False,
-                            lifespan="on")
+                            lifespan="on", http=guarded_h11(header_timeout, max_incomplete))
     server = _graceful_server(config)
     # uvicorn puts back the handlers it found once it has shut down: make those ignore a late
     # repeat of the signal, so that the process, already closing, still exits 0

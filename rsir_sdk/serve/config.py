@@ -15,6 +15,9 @@ try:
 except ImportError:  # pragma: no cover - the store's layout changed: Milvus' own cap
     MAX_TOPK = 16384
 
+#: the service's default pixel limit (40 megapixels, e.g. 6325 x 6325): see ``docs/serve.md``
+DEFAULT_SERVE_MAX_PIXELS = 40_000_000
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -48,18 +51,32 @@ class ServeConfig:
     retry_after: float = 1.0
     #: whether search/add accept image URLs that the service downloads
     allow_urls: bool = True
-    #: seconds a URL download may take
+    #: seconds a URL download may take in all (connect, headers and body)
     url_timeout: float = 20.0
+    #: images with more pixels than this are refused (422) from their header, before decoding;
+    #: lower than the library's 100 MP because one decode here holds memory of a shared process
+    max_pixels: int = DEFAULT_SERVE_MAX_PIXELS
+    #: seconds a connection may take to send a request's headers (closed after)
+    header_timeout: float = 10.0
+    #: connections that may wait for their request headers at once (the oldest closed beyond)
+    max_incomplete_connections: int = 256
+    #: whether URLs at private, loopback or link-local addresses are downloaded (off: no SSRF)
+    allow_private_urls: bool = False
+    #: whether reads accept Milvus expression strings as ``filter`` (dicts are always accepted)
+    allow_expressions: bool = True
+    #: whether ``POST /v1/index`` may index archives inside the archive root (write token)
+    allow_index: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_k <= MAX_TOPK:
             raise ValueError(f"max_k must be between 1 and {MAX_TOPK}, got {self.max_k}")
-        for name in ("max_upload_bytes", "max_batch", "max_codes", "concurrency"):
+        for name in ("max_upload_bytes", "max_batch", "max_codes", "concurrency", "max_pixels",
+                     "max_incomplete_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
-        if self.request_timeout <= 0 or self.url_timeout <= 0:
+        if self.request_timeout <= 0 or self.url_timeout <= 0 or self.header_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if self.archive_root is not None:
             root = Path(self.archive_root)

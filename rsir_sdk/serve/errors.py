@@ -116,6 +116,9 @@ def classify(exc: BaseException) -> tuple[str, int]:
             if cls.__name__ in CORE_STATUS:
                 # the class's own name is the kind, its nearest known ancestor gives the status
                 return type(exc).__name__, CORE_STATUS[cls.__name__]
+    if isinstance(exc, RecursionError) and "JSON" in str(exc):
+        # client JSON nested past the parser's limit, parsed somewhere without loads_json
+        return "InvalidRequestError", 422
     module = type(exc).__module__.split(".")[0]
     if module in ("pymilvus", "grpc", "milvus_lite"):
         return "StoreError", 503

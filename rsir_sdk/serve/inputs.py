@@ -18,24 +18,30 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from ..errors import CodeLengthError, ImageLoadError
-from ..images import fetch_url
+from ..errors import CodeLengthError, ImageLoadError, InvalidInputError
+from ..images import DECODE_FORMATS, fetch_url
+from ..pixels import decode_reduced, image_size
+from ..preprocess import crop_size
 from .config import ServeConfig
 from .errors import InvalidRequestError, one_line
 
 M = TypeVar("M", bound=BaseModel)
 FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_FILTER_VALUES = 1000
+#: about how deep client JSON may nest before the parser gives up (Python's recursion limit)
+MAX_JSON_DEPTH = 990
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,32 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def loads_json(text: str | bytes, what: str) -> Any:
+    """``json.loads`` for client text; a 422 naming ``what`` when it is not JSON.
+
+    Nesting deeper than the parser's recursion limit (``[`` x 100,000, a 3,000-deep filter)
+    is a client mistake too: a 422, never a ``RecursionError`` traceback in the log.
+    """
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise invalid(f"{what} is nested too deeply (JSON arrays/objects more than about "
+                      f"{MAX_JSON_DEPTH} levels deep)") from None
+
+
 def parse_model(model: type[M], data: Any) -> M:
-    """Validate JSON data against ``model``; a 422 naming the first bad field otherwise."""
+    """Validate JSON data against ``model``; a 422 naming the first bad field otherwise.
+
+    ``k`` and ``radius`` must be JSON integers, as the Python API wants ints: ``true``, ``1.0``
+    and ``"5"`` are refused with :class:`~rsir_sdk.errors.InvalidInputError` (422), not
+    converted by pydantic's lax mode.
+    """
+    if isinstance(data, dict):
+        for name in ("k", "radius"):
+            if data.get(name) is not None:
+                _int(data[name], name, strict=True)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -77,20 +107,13 @@ def parse_model(model: type[M], data: Any) -> M:
 
 async def read_json(request: Request) -> Any:
     """The body as JSON; a 422 when it is not."""
-    raw = await request.body()
-    try:
-        return json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid(f"the body is not valid JSON: {exc}") from None
+    return loads_json(await request.body() or b"null", "the body")
 
 
 def _json_field(value: Any, name: str) -> Any:
     if value is None or not isinstance(value, str):
         return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise invalid(f"form field {name!r} must be JSON: {exc}") from None
+    return loads_json(value, f"field {name!r}")
 
 
 async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]) -> Body:
@@ -164,7 +187,50 @@ def load_bytes(img: ImageInput, cfg: ServeConfig) -> bytes:
     if img.url is None:
         assert img.data is not None
         return img.data
-    return fetch_url(img.url, timeout=cfg.url_timeout, max_bytes=cfg.max_upload_bytes)
+    return fetch_url(img.url, timeout=cfg.url_timeout, max_bytes=cfg.max_upload_bytes,
+                     allow_private_urls=cfg.allow_private_urls)
+
+
+def load_source(img: ImageInput, cfg: ServeConfig, preprocess: Mapping[str, Any]) -> Any:
+    """What the Retriever reads for ``img``: its bytes (a named ``BytesIO``), or for a large
+    image, its RGB pixels already reduced; runs in a worker thread.
+
+    The pixel count is read from the header first: over ``cfg.max_pixels`` (``rsir serve
+    --max-pixels``) the image is refused before any pixel is decoded, so a small file that
+    unpacks to gigabytes costs the service nothing. An image at least twice the model's input
+    size (``preprocess``) in both directions is decoded shrunk by an integer factor that keeps
+    it at least that size (:func:`rsir_sdk.pixels.decode_reduced`); smaller images and TIFFs
+    are read exactly as the Python API reads them.
+    """
+    data = load_bytes(img, cfg)
+    formats = _pillow_formats()
+    size = image_size(data, formats)
+    if size is not None and size[0] * size[1] > cfg.max_pixels:
+        raise ImageLoadError(img.name, f"{size[0]}x{size[1]} pixels is over this service's "
+                                       f"{cfg.max_pixels}-pixel limit (rsir serve --max-pixels)")
+    if size is not None:
+        rgb = decode_reduced(data, img.name, reduce_floor(preprocess), formats)
+        if rgb is not None:
+            return rgb
+    buf = io.BytesIO(data)
+    buf.name = img.name  # ImageLoadError names this, not "<n bytes>"
+    return buf
+
+
+def reduce_floor(preprocess: Mapping[str, Any]) -> tuple[int, int]:
+    """``(width, height)`` an image may be reduced to: twice what the model's preprocessing
+    resizes it to, so the final resize still starts from more pixels than it keeps."""
+    h, w = crop_size(preprocess)
+    resize = preprocess.get("resize")
+    if resize is not None:
+        side = 2 * max(int(resize), h, w)
+        return side, side
+    return 2 * w, 2 * h
+
+
+def _pillow_formats() -> list[str]:
+    Image.init()
+    return [f for f in DECODE_FORMATS if f in Image.OPEN]
 
 
 def decode_base64(text: str, name: str) -> bytes:
@@ -205,7 +271,7 @@ def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes") -> n
 
 
 def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig,
-                   bits: int) -> tuple[int, dict[str, Any] | None, int | None]:
+                   bits: int) -> tuple[int, dict[str, Any] | str | None, int | None]:
     """``(k, filter, radius)`` from the body fields, else the query string; validated."""
     q = request.query_params
     unknown = sorted(set(q) - {"k", "filter", "radius"})
@@ -213,7 +279,8 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
         raise invalid(f"unknown query parameter(s) {unknown}; this endpoint takes k, filter, radius")
     k = fields.get("k", q.get("k", 10))
     radius = fields.get("radius", q.get("radius"))
-    filt = fields.get("filter", q.get("filter"))
+    # body fields hold decoded JSON (a string there is an expression); the query holds JSON text
+    filt = fields["filter"] if "filter" in fields else q.get("filter")
     k = _int(k, "k")
     if not 1 <= k <= cfg.max_k:
         raise ValueError(f"k must be between 1 and {cfg.max_k} (this service's --max-k), got {k}")
@@ -223,31 +290,40 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
             raise ValueError(f"radius must be between 0 and {bits} (the code length), got {radius}")
     else:
         radius = None
-    if isinstance(filt, str):
+    if "filter" not in fields and isinstance(filt, str):
         filt = _json_field(filt, "filter") if filt.strip() else None
-    return k, check_filter(filt), radius
+    return k, check_filter(filt, cfg.allow_expressions), radius
 
 
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, (bool, float)):  # k=1.9 is refused, not truncated
-        raise invalid(f"{name} must be an integer, got {value!r}")
-    try:
+def _int(value: Any, name: str, strict: bool = False) -> int:
+    """``value`` as an int: a JSON integer, or (``strict=False``: form fields and the query
+    string, which only hold text) decimal digits; InvalidInputError (422) otherwise, the class
+    :meth:`rsir_sdk.Retriever.search` raises for ``k=True``, ``k=1.0`` or ``k="5"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not strict and isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,12}\s*", value):
         return int(value)
-    except (TypeError, ValueError):
-        raise invalid(f"{name} must be an integer, got {one_line(value, 40)!r}") from None
+    raise InvalidInputError(f"{name} must be an integer, got {type(value).__name__} "
+                            f"{one_line(repr(value), 40)}")
 
 
-def check_filter(filt: Any) -> dict[str, Any] | None:
-    """A dict filter with plain keys and scalar (or list of scalar) values; 422 otherwise.
+def check_filter(filt: Any, expressions: bool = False) -> dict[str, Any] | str | None:
+    """A dict filter with plain keys and scalar (or list of scalar) values, or (when the
+    service allows them: ``expressions``) a Milvus expression string; 422 otherwise.
 
-    String expressions are refused: over HTTP only the dict form, which the store encodes, is
-    accepted, so no client text becomes part of a Milvus expression unescaped.
+    Dict values reach Milvus only as digests; an expression string is the client's own filter,
+    as :meth:`rsir_sdk.Retriever.search` takes it (a filter only reads: it cannot write, and the
+    store turns a bad one into ``InvalidInputError``). ``rsir serve --no-expressions`` refuses
+    them, leaving no client text in any Milvus expression.
     """
-    if filt is None or filt == {}:
+    if filt is None or filt == {} or (isinstance(filt, str) and not filt.strip()):
         return None
+    if isinstance(filt, str) and expressions:
+        return filt.strip()
     if not isinstance(filt, dict):
-        raise invalid('filter must be a JSON object such as {"label": "Forest"} (expression '
-                      'strings are not accepted over HTTP)')
+        raise invalid('filter must be a JSON object such as {"label": "Forest"}' + (
+            ' or a Milvus expression string' if expressions else
+            ' (expression strings are refused by this service: --no-expressions)'))
     for key, value in filt.items():
         if not FILTER_KEY.match(str(key)):
             raise invalid(f"filter key {one_line(key, 40)!r} must be letters, digits or _ "

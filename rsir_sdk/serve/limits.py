@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -48,6 +49,7 @@ class WorkGate:
         self._idle.set()
         self.rejected = 0
         self.timed_out = 0
+        limit_log_repeats()  # refused requests under overload: one log line per kind and 10 s
 
     @property
     def running(self) -> int:
@@ -113,6 +115,7 @@ class WorkGate:
         """Refuse new work, wait for running calls, stop the threads; True if all ended."""
         done = self.drain(timeout)
         self._pool.shutdown(wait=done, cancel_futures=True)
+        LOG_LIMIT.flush()
         return done
 
 
@@ -171,3 +174,126 @@ def _content_length(scope: dict) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class RepeatFilter(logging.Filter):
+    """Let one WARNING-or-worse line of each kind through per ``interval`` seconds.
+
+    Under overload every refused request used to log a WARNING (7,765 lines in 23 s): the log
+    grew as fast as the attack. Here the first line of a kind (same logger, message and first
+    argument, e.g. ``ServiceBusyError``) in each interval is logged; later ones are counted, and
+    the next line that passes, or :meth:`flush` at shutdown, says how many were left out.
+    Lines below WARNING (the access log) are not touched.
+    """
+
+    def __init__(self, interval: float = 10.0):
+        super().__init__()
+        self.interval = float(interval)
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, list] = {}  # key -> [interval start, lines left out, example]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a repeat inside the interval; the first line after one counts the rest."""
+        if record.levelno < logging.WARNING or getattr(record, "rsir_summary", False):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        key = (record.name, str(record.msg), str(args[0]) if args else None)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.interval:
+                entry[1] += 1
+                return False
+            self._seen[key] = [now, 0, record.getMessage()[:120]]
+            if len(self._seen) > 1000:  # kinds are few; keep the table small anyway
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval}
+        if entry is not None and entry[1]:
+            record.msg = f"{record.msg} (%d more like this in the last %.0f s, not logged)"
+            record.args = (*args, entry[1], now - entry[0])
+        return True
+
+    def flush(self) -> None:
+        """Log one summary line for each kind that has lines left out (called at shutdown)."""
+        with self._lock:
+            pending = [(k[0], v[1], v[2]) for k, v in self._seen.items() if v[1]]
+            for v in self._seen.values():
+                v[1] = 0
+        for name, n, example in pending:
+            logging.getLogger(name).warning(
+                "%d more lines like %r were not logged (at most one a kind per %.0f s)", n,
+                example, self.interval, extra={"rsir_summary": True})
+
+
+#: the service's log limiter: on its loggers and uvicorn's (see :func:`limit_log_repeats`)
+LOG_LIMIT = RepeatFilter()
+LIMITED_LOGGERS = ("rsir_sdk.serve", "rsir_sdk.serve.limits", "uvicorn.error")
+
+
+def limit_log_repeats() -> None:
+    """Put :data:`LOG_LIMIT` on the service's loggers (idempotent)."""
+    for name in LIMITED_LOGGERS:
+        logging.getLogger(name).addFilter(LOG_LIMIT)
+
+
+def guarded_h11(header_timeout: float, max_incomplete: int) -> type:
+    """uvicorn's h11 protocol class, plus a deadline on request headers and a cap on the
+    connections still waiting for theirs.
+
+    uvicorn arms no timer before a request's headers are complete, so a client that opens a
+    connection and sends a header byte now and then (slowloris) held a socket forever, and
+    any number of them could be opened. Here every connection waiting for headers (a new one,
+    or a kept-alive one between requests) is closed ``header_timeout`` seconds after it started
+    waiting, and when more than ``max_incomplete`` are waiting the oldest is closed at once.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    waiting: dict[Any, None] = {}  # insertion order: the oldest first
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._headers_done()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a request's headers arrived
+                self._headers_done()
+
+        def on_response_complete(self) -> None:
+            if not self.transport.is_closing():
+                self._await_headers()  # before super(): it may start a pipelined request
+            super().on_response_complete()
+
+        def _await_headers(self) -> None:
+            self._headers_done()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_late, False)
+            waiting[self] = None
+            while len(waiting) > max_incomplete:
+                next(iter(waiting))._headers_late(True)
+
+        def _headers_done(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            waiting.pop(self, None)
+
+        def _headers_late(self, evicted: bool) -> None:
+            self._headers_done()
+            if evicted:
+                log.warning("closed a connection waiting for request headers: more than %d "
+                            "connections were waiting (--max-incomplete-connections)",
+                            max_incomplete)
+            else:
+                log.warning("closed a connection that sent no complete request headers in "
+                            "%g s (--header-timeout)", header_timeout)
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 
-from .inputs import check_filter, codes_from_base64, column, invalid, read_images
+from ..hits import item_to_json
+from .inputs import check_filter, codes_from_base64, column, invalid, loads_json, read_images
 from .routing import (
     ErrorRoute,
     errors_doc,
-    item_dict,
     json_answer,
     multi_body,
     require_read,
@@ -27,6 +28,26 @@ from .schemas import (
     WrittenOut,
 )
 from .service import ENCODER_HEADER
+
+
+class ExactIdConvertor(Convertor[str]):
+    """An item id in a path, taken whole: any characters, ``/`` and line breaks included.
+
+    Starlette's ``path`` convertor is ``.*``: its ``.`` stops at a newline and the route's
+    closing ``$`` matches before a final one, so ``DELETE /v1/items/victim%0A`` acted on
+    ``victim``. ``[\\s\\S]+`` consumes every character, so the id is the one asked for.
+    """
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("item_id", ExactIdConvertor())
 
 reads = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(require_read)],
                   tags=["items"])
@@ -105,7 +126,7 @@ async def delete_items(request: Request, payload: IdsJSON) -> JSONResponse:
     return json_answer({"deleted": deleted, "count": count})
 
 
-@writes.delete("/items/{item_id:path}", response_model=DeletedOut, summary="Delete one item",
+@writes.delete("/items/{item_id:item_id}", response_model=DeletedOut, summary="Delete one item",
                responses=errors_doc(401, 403, 503, 504))
 async def delete_item(request: Request, item_id: str) -> JSONResponse:
     service = service_of(request)
@@ -121,10 +142,10 @@ async def get_items(request: Request, payload: IdsJSON) -> JSONResponse:
     service = service_of(request)
     ids = _ids(payload.ids, service.config.max_codes)
     items = await service.gate.run(service.get, ids)
-    return json_answer({"items": [item_dict(it) for it in items]})
+    return json_answer({"items": [item_to_json(it) for it in items]})
 
 
-@reads.get("/items/{item_id:path}", response_model=ItemOut, summary="Get one item",
+@reads.get("/items/{item_id:item_id}", response_model=ItemOut, summary="Get one item",
            responses=errors_doc(401, 404, 503, 504))
 async def get_item(request: Request, item_id: str) -> JSONResponse:
     from .errors import NotFoundError
@@ -133,22 +154,17 @@ async def get_item(request: Request, item_id: str) -> JSONResponse:
     items = await service.gate.run(service.get, [item_id])
     if not items:
         raise NotFoundError(f"no item with id {item_id[:80]!r}", 404, "NotFoundError")
-    return json_answer(item_dict(items[0]))
+    return json_answer(item_to_json(items[0]))
 
 
 @reads.get("/count", response_model=CountOut, summary="Count items",
            responses=errors_doc(401, 422, 503, 504),
            description='`filter` (optional): a JSON object, e.g. `{"label": "Forest"}`.')
 async def count(request: Request, filter: str | None = None) -> JSONResponse:
-    import json
-
     service = service_of(request)
     filt = None
     if filter:
-        try:
-            filt = check_filter(json.loads(filter))
-        except json.JSONDecodeError as exc:
-            raise invalid(f"filter must be a JSON object: {exc}") from None
+        filt = check_filter(loads_json(filter, "filter"), service.config.allow_expressions)
     n = await service.gate.run(service.count, filt)
     return json_answer({"count": n})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ..hits import hit_to_json
 from .inputs import (
     codes_from_base64,
     invalid,
@@ -15,7 +16,7 @@ from .inputs import (
     search_options,
     split_codes,
 )
-from .routing import ErrorRoute, errors_doc, hit_dict, json_answer, multi_body, require_read, service_of
+from .routing import ErrorRoute, errors_doc, json_answer, multi_body, require_read, service_of
 from .schemas import BatchSearchJSON, CodesSearchJSON, HitsOut, ImageSearchJSON, ResultsOut
 from .service import ENCODER_HEADER
 
@@ -52,7 +53,7 @@ async def search_image(request: Request) -> JSONResponse:
         raise invalid(f"{len(body.images)} images sent to /v1/search: use /v1/search/batch")
     k, filt, radius = search_options(request, body.fields, service.config, service.bits)
     results = await service.gate.run(service.search_images, body.images, k, filt, radius)
-    return json_answer({"hits": [hit_dict(h) for h in results[0]]})
+    return json_answer({"hits": [hit_to_json(h) for h in results[0]]})
 
 
 @router.post(
@@ -67,7 +68,7 @@ async def search_batch(request: Request) -> JSONResponse:
     body = await read_images(request, service.config, BatchSearchJSON)
     k, filt, radius = search_options(request, body.fields, service.config, service.bits)
     results = await service.gate.run(service.search_images, body.images, k, filt, radius)
-    return json_answer({"results": [[hit_dict(h) for h in hits] for hits in results]})
+    return json_answer({"results": [[hit_to_json(h) for h in hits] for hits in results]})
 
 
 @router.post(
@@ -98,4 +99,4 @@ async def search_codes(request: Request) -> JSONResponse:
         raise invalid(f"{len(codes)} codes in one request; at most {service.config.max_codes}")
     k, filt, radius = search_options(request, fields, service.config, service.bits)
     results = await service.gate.run(service.search_codes, codes, k, filt, radius)
-    return json_answer({"results": [[hit_dict(h) for h in hits] for hits in results]})
+    return json_answer({"results": [[hit_to_json(h) for h in hits] for hits in results]})

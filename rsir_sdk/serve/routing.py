@@ -8,7 +8,6 @@ server only.
 
 from __future__ import annotations
 
-import base64
 import logging
 from typing import Any, Callable, Iterable
 
@@ -76,18 +75,6 @@ def require_read(request: Request) -> None:
 def require_write(request: Request) -> None:
     """Dependency: the request may write (401/403 otherwise)."""
     service_of(request).auth.check(request.headers.get("authorization"), WRITE)
-
-
-def hit_dict(h: Any) -> dict[str, Any]:
-    """A Hit as JSON."""
-    return {"id": h.id, "distance": int(h.distance), "label": h.label, "path": h.path,
-            "metadata": h.metadata}
-
-
-def item_dict(it: Any) -> dict[str, Any]:
-    """A StoredItem as JSON (the code base64)."""
-    return {"id": it.id, "code": base64.b64encode(bytes(it.code)).decode("ascii"),
-            "label": it.label, "path": it.path, "metadata": it.metadata}
 
 
 def json_answer(content: Any, status: int = 200) -> JSONResponse:

@@ -25,9 +25,11 @@ class Strict(BaseModel):
 
 class SearchOptions(Strict):
     k: int = Field(10, description="how many hits (1..max_k)")
-    filter: Optional[dict[str, FilterValue]] = Field(
+    filter: Optional[Union[dict[str, FilterValue], str]] = Field(
         None, description='equality per key; a list means "in"; "label", "id", "path" are '
-                          'columns, other keys metadata keys. Example: {"label": ["Forest", "River"]}')
+                          'columns, other keys metadata keys. Example: {"label": ["Forest", "River"]}. '
+                          'Or a Milvus expression string (unless the service runs with '
+                          '--no-expressions), e.g. "label == \\"Forest\\""')
     radius: Optional[int] = Field(None, description="keep hits at Hamming distance <= radius")
 
 
@@ -116,6 +118,8 @@ class LimitsOut(BaseModel):
     max_upload_bytes: int
     request_timeout: float
     urls: bool
+    expressions: bool = Field(True, description="filter may be a Milvus expression string")
+    index: bool = Field(False, description="POST /v1/index is open (write token)")
 
 
 class InfoOut(BaseModel):
@@ -127,9 +131,46 @@ class InfoOut(BaseModel):
     classes: list[str] = []
     archive_root: Optional[str] = None
     count: int
+    exists: bool = True
+    raster_rule: str = ""
+    providers: list[str] = []
     auth: bool
     limits: LimitsOut
     version: str
+
+
+class IndexJSON(Strict):
+    archive: str = Field(description="a folder or CSV manifest inside the archive root "
+                                     "(relative to it, or absolute inside it)")
+    options: Optional[dict[str, Any]] = Field(
+        None, description="rsir_sdk.IngestOptions as JSON (IngestOptions.to_json); engine, "
+                          "address and bulk_dir are the service's to decide")
+
+
+class PrepareJSON(Strict):
+    timeout: Optional[float] = Field(3600.0, gt=0, description="seconds the preparation may take")
+
+
+class FailureOut(BaseModel):
+    id: str
+    path: str
+    stage: str
+    reason: str
+
+
+class SummaryOut(BaseModel):
+    total: int
+    indexed: int
+    skipped: int
+    failed: int = Field(description="how many images were not indexed (listed in failures)")
+    ignored: int = 0
+    ignored_examples: list[str] = []
+    seconds: float
+    images_per_second: float = 0.0
+    collection: str = ""
+    prepare: Optional[dict[str, Any]] = None
+    bulk: Optional[dict[str, Any]] = None
+    failures: list[FailureOut] = []
 
 
 class ErrorOut(BaseModel):

@@ -8,19 +8,22 @@ inside :class:`~rsir_sdk.serve.limits.WorkGate` (``await service.gate.run(servic
 
 from __future__ import annotations
 
-import io
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .. import __version__
-from ..errors import CollectionMismatchError
-from ..retriever import Hit, Retriever
+from ..api import Filter
+from ..errors import CollectionMismatchError, InvalidInputError
+from ..hits import Hit, StoredItem
+from ..retriever import Retriever
 from .auth import TokenAuth
 from .config import ServeConfig
-from .inputs import ImageInput, load_bytes
+from .errors import ForbiddenError, NotFoundError
+from .inputs import ImageInput, load_source
 from .limits import WorkGate
 from .metrics import Metrics
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: request header an edge client names its encoder in (``Bundle.encoder_id``)
 ENCODER_HEADER = "x-rsir-encoder-id"
+#: ingest options a client may not choose over HTTP (how and where the service runs its work)
+SERVICE_DECIDES = ("engine", "address", "bulk_dir", "ray")
 
 
 class Service:
@@ -68,23 +73,19 @@ class Service:
                 f"use the bundle the service runs (GET /v1/info) or another collection")
 
     # ------------------------------------------------------------ blocking work
-    def _sources(self, images: Sequence[ImageInput]) -> list[io.BytesIO]:
-        out = []
-        for img in images:
-            buf = io.BytesIO(load_bytes(img, self.config))
-            buf.name = img.name  # ImageLoadError names this, not "<n bytes>"
-            out.append(buf)
-        return out
+    def _sources(self, images: Sequence[ImageInput]) -> list[Any]:
+        # pixel limit from the header, large images decoded reduced: inputs.load_source
+        return [load_source(img, self.config, self.bundle.preprocess) for img in images]
 
     def search_images(self, images: Sequence[ImageInput], k: int,
-                      filter: Mapping[str, Any] | None, radius: int | None) -> list[list[Hit]]:
+                      filter: Filter, radius: int | None) -> list[list[Hit]]:
         """Encode and search each image (downloading URLs first)."""
         sources = self._sources(images)
         if len(sources) == 1:
             return [self.retriever.search(sources[0], k=k, filter=filter, radius=radius)]
         return self.retriever.search_batch(sources, k=k, filter=filter, radius=radius)
 
-    def search_codes(self, codes: np.ndarray, k: int, filter: Mapping[str, Any] | None,
+    def search_codes(self, codes: np.ndarray, k: int, filter: Filter,
                      radius: int | None) -> list[list[Hit]]:
         """Search packed codes as they are."""
         return self.retriever.search_codes(codes, k=k, filter=filter, radius=radius)
@@ -110,11 +111,11 @@ class Service:
         n = self.retriever.delete(list(ids))
         return n, self.refresh_count()
 
-    def get(self, ids: Sequence[str]) -> list[Any]:
+    def get(self, ids: Sequence[str]) -> list[StoredItem]:
         """Stored items by id (missing ids left out), in the order asked."""
         return list(self.retriever.get(list(ids)))
 
-    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+    def count(self, filter: Filter = None) -> int:
         """Items in the collection (matching ``filter``)."""
         return int(self.retriever.count(filter or None))
 
@@ -129,24 +130,84 @@ class Service:
         return n
 
     def info(self) -> dict[str, Any]:
-        """What ``GET /v1/info`` answers."""
+        """What ``GET /v1/info`` answers: the Retriever's :meth:`~rsir_sdk.Retriever.info`
+        but its ``uri`` (the store's address stays on the server), the served archive root,
+        and the service's own facts (encoder identity, classes, auth, limits, version)."""
         c = self.config
+        local = self.retriever.info()
+        local.pop("uri", None)
         return {
+            **local,
             "collection": self.collection,
-            "method": self.bundle.method,
-            "bits": self.bits,
-            "encoder_id": self.bundle.encoder_id,
             "encoder": self.retriever.store.encoder,
-            "raster_rule": self.retriever.raster_rule.describe(),
             "classes": list(self.bundle.classes),
             "archive_root": str(self.archive_root) if self.archive_root else None,
-            "count": self.count(),
             "auth": self.auth.enabled,
             "limits": {"max_k": c.max_k, "max_batch": c.max_batch, "max_codes": c.max_codes,
-                       "max_upload_bytes": c.max_upload_bytes,
-                       "request_timeout": c.request_timeout, "urls": c.allow_urls},
+                       "max_upload_bytes": c.max_upload_bytes, "max_pixels": c.max_pixels,
+                       "request_timeout": c.request_timeout, "urls": c.allow_urls,
+                       "expressions": c.allow_expressions, "index": c.allow_index},
             "version": __version__,
         }
+
+    # ------------------------------------------------------------ collection work
+    def add_learned_codes(self) -> tuple[int, int | None]:
+        """Put the served bundle's learned database codes in; ``(written, count afterwards)``."""
+        n = self.retriever.add_learned_codes()
+        return n, self.refresh_count()
+
+    def prepare_for_search(self, timeout: float | None) -> dict[str, Any]:
+        """Leave the collection ready to search at full speed; the seconds of each step."""
+        return dict(self.retriever.prepare_for_search(timeout=timeout))
+
+    def index(self, archive: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Index an archive inside the archive root (``POST /v1/index``); the summary as JSON.
+
+        Refused (403) unless the service runs with ``--allow-index`` and an archive root;
+        paths resolving outside the root (``..``, links) are the same 404 as missing ones;
+        ``engine``, ``address`` and ``bulk_dir`` are the service's to decide (422).
+        """
+        from ..options import IngestOptions
+
+        if not self.config.allow_index or self.archive_root is None:
+            raise ForbiddenError("this service does not index archives (start it with "
+                                 "--allow-index and --archive-root)", 403, "ForbiddenError")
+        opts = IngestOptions.from_json(options)
+        default = IngestOptions()
+        decided = [name for name in SERVICE_DECIDES
+                   if getattr(opts, name, None) != getattr(default, name, None)]
+        if decided:
+            raise InvalidInputError(f"{', '.join(decided)}: decided by the service, not by a "
+                                    f"client (index with a local Retriever instead)")
+        if default.max_pixels is not None and (opts.max_pixels is None
+                                               or opts.max_pixels > default.max_pixels):
+            raise InvalidInputError(f"max_pixels: at most {default.max_pixels} on a service "
+                                    f"(the decompression-bomb guard stays on)")
+        root = None if opts.root is None else str(self._inside_root(opts.root, "a folder"))
+        real = self._inside_root(archive, "an archive (folder or CSV manifest)")
+        summary = self.retriever.index(str(real), opts.replace(root=root))
+        self.refresh_count()
+        out = summary.as_dict()
+        out.pop("uri", None)
+        out["ignored_examples"] = list(summary.ignored_examples)
+        return out
+
+    def _inside_root(self, path: str, what: str) -> Path:
+        """``path`` (relative to the archive root, or absolute inside it) resolved; one 404
+        for missing and outside alike."""
+        assert self.archive_root is not None
+        root = Path(self.archive_root)
+        missing = NotFoundError(f"no such archive inside the served archive root: give {what} "
+                                f"relative to it", 404, "NotFoundError")
+        if not isinstance(path, str) or not path or "\x00" in path or len(path) > 4096:
+            raise missing
+        candidate = Path(path) if os.path.isabs(path) else root / path
+        try:
+            real = candidate.resolve(strict=True)
+            real.relative_to(root)
+        except (OSError, RuntimeError, ValueError):
+            raise missing from None
+        return real
 
     def close(self, timeout: float) -> None:
         """Stop taking work, let running calls end (up to ``timeout`` s), close the Retriever."""

@@ -7,8 +7,8 @@ text reaches an expression), :mod:`.rows` (a write's columns and batches), :mod:
 top-k, ties by the digest of the id), :mod:`.search` (the calls and a lean hit conversion), :mod:`.connect` and
 :mod:`.rpc` (calls, retries, one-line errors), :mod:`.lite` (Milvus Lite's server process and
 file), :mod:`.server` (a server collection made ready to search: sealed, indexed, calibrated),
-:mod:`.bulk` (bulk import with a journal), :mod:`.collection` (the store), :mod:`.admin`
-(collections at a uri).
+:mod:`.bulk` (bulk import with a journal), :mod:`.writes` (the one writer: creation, checked
+writes), :mod:`.collection` (the store), :mod:`.admin` (collections at a uri).
 """
 
 import os as _os
@@ -19,6 +19,7 @@ _os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from .admin import describe_collections, drop_collection, list_collections  # noqa: E402
 from .collection import IdHits, MilvusCodeStore, PrepareProgress, StoredItem, StoreHit  # noqa: E402
+from .connect import ConnectOptions  # noqa: E402
 from .keys import build_filter  # noqa: E402
 from .lite import wait_for_lite_file  # noqa: E402
 from .schema import (  # noqa: E402
@@ -30,12 +31,15 @@ from .schema import (  # noqa: E402
     is_lite_uri,
 )
 from .topk import tie_order  # noqa: E402
+from .writes import BulkOptions  # noqa: E402
 
 __all__ = [
     "MAX_ID_LEN",
     "MAX_LABEL_LEN",
     "MAX_PATH_LEN",
     "MAX_TOPK",
+    "BulkOptions",
+    "ConnectOptions",
     "IdHits",
     "MilvusCodeStore",
     "PrepareProgress",

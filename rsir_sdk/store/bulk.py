@@ -132,7 +132,7 @@ class BulkLoad:
     def resume(self) -> int:
         """Resolve what an earlier run left (see the module's docs); returns the rows that
         earlier runs imported. Afterwards every imported row is visible to reads."""
-        self.store._ensure_created()
+        self.store.writer.ensure_created()
         if self.journal.data.get("count_before") is None:
             self.journal.data["count_before"] = server.count_strong(self.conn, self.name)
             self.journal.save()
@@ -296,7 +296,7 @@ class BulkLoad:
                  metadata: Any = None, *, encoder: Any = None) -> int:
         """Check and queue new rows (as :meth:`MilvusCodeStore.insert` would); rows numpy cannot
         carry are inserted at once. Returns how many were taken."""
-        cols = self.store._columns(ids, codes, labels, paths, metadata, encoder)
+        cols = self.store.writer.columns(ids, codes, labels, paths, metadata, encoder)
         via_insert = needs_insert(cols)
         if via_insert:
             self.note_inserted(len(via_insert))

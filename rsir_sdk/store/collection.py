@@ -20,6 +20,7 @@ and the Retriever do): the first search is then as fast as the hundredth (:mod:`
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -35,20 +36,20 @@ from ..errors import (
 from ..hits import Hit, StoredItem
 from . import keys, server, values
 from . import search as searching
-from .connect import Connection
+from .connect import Connection, ConnectOptions
 from .schema import (
     AUTO_INDEX,
     MAX_TOPK,
     PK_CHUNK,
     SERVER_INDEXES,
+    UPSERT_BATCH,
     check_same_encoder,
     index_policy,
-    make_schema,
     read_description,
 )
 from .search import IdHits
 from .server import PrepareProgress
-from .writes import WritesMixin
+from .writes import BulkOptions, Writer
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,16 @@ __all__ = ["Hit", "IdHits", "MilvusCodeStore", "PrepareProgress", "StoreHit", "S
 StoreHit = Hit
 
 
-class MilvusCodeStore(WritesMixin):
+class MilvusCodeStore:
     """A Milvus collection of packed binary codes with ids, labels, paths and JSON metadata.
 
     A collection is created by the first write (with ``bits``); a read of a collection that was
     never written raises :class:`~rsir_sdk.errors.CollectionNotFoundError`. ``create=False``
-    refuses at once when it does not exist. ``timeout`` bounds each Milvus call (seconds;
-    ``None``: no deadline); failing calls are retried a few times, never for minutes.
+    refuses at once when it does not exist. A Milvus Lite file is likewise created by the first
+    write only: opening a path where none exists starts no server and creates nothing (with
+    ``create=False`` it raises ``CollectionNotFoundError`` saying the file does not exist).
+    ``connect`` (:class:`~.connect.ConnectOptions`): ``timeout`` bounds each Milvus call
+    (seconds; ``None``: no deadline); failing calls are retried a few times, never for minutes.
 
     ``index_type`` (a new server collection): ``None`` or ``"auto"`` chooses from the size at
     :meth:`prepare_for_search` (BIN_FLAT, or BIN_IVF_FLAT with a calibrated ``nprobe``);
@@ -92,10 +96,7 @@ class MilvusCodeStore(WritesMixin):
         index_params: Mapping[str, Any] | None = None,
         search_params: Mapping[str, Any] | None = None,
         create: bool = True,
-        client_kwargs: Mapping[str, Any] | None = None,
-        lite_wait: float = 30.0,
-        timeout: float | None = None,
-        read_consistency: str | None = None,
+        connect: ConnectOptions | None = None,
     ):
         self.collection = values.collection_name(collection)
         self.search_params = dict(search_params or {})
@@ -104,16 +105,17 @@ class MilvusCodeStore(WritesMixin):
         self.search_stats: dict[str, int] = {}
         self._recorded: dict[str, Any] = {}
         self._index = (_index_type(index_type), dict(index_params or {}))
-        self._conn = Connection(uri, token, client_kwargs, lite_wait=lite_wait, timeout=timeout,
-                                read_consistency=read_consistency)
+        #: the one writer (:class:`~.writes.Writer`): creates the collection, checks and sends writes
+        self.writer = Writer(self)
+        self._conn = Connection(uri, token, connect)
         self.uri = self._conn.uri
         #: the uri without credentials, for messages, logs and printed output
         self.display_uri = self._conn.display_uri
         self.is_lite = self._conn.is_lite
         self.index_policy: str | None = None
         try:
-            self.exists: bool = bool(self._conn.call("has_collection", self.collection,
-                                                     what=f"opening collection {self.collection!r}"))
+            self.exists: bool = not self._conn.lite_missing and bool(self._conn.call(
+                "has_collection", self.collection, what=f"opening collection {self.collection!r}"))
             if self.exists:
                 self.bits, self.encoder = self._open_existing(bits, encoder)
                 return
@@ -125,10 +127,7 @@ class MilvusCodeStore(WritesMixin):
     # ----------------------------------------------------------------- set-up
     def _check_new(self, bits, encoder, create, index_type) -> tuple[int, dict[str, Any] | None]:
         if not create:
-            raise CollectionNotFoundError(
-                f"collection {self.collection!r} does not exist at {self.display_uri}; "
-                + self._others("it holds no collections")
-            )
+            raise CollectionNotFoundError(self._missing_message("it holds no collections"))
         if bits is None:
             raise CodeLengthError(
                 f"collection {self.collection!r} does not exist yet: give bits= to create it"
@@ -153,27 +152,14 @@ class MilvusCodeStore(WritesMixin):
         a collection that was never written."""
         if not self.exists:
             raise CollectionNotFoundError(
-                f"collection {self.collection!r} does not exist at {self.display_uri} (nothing was "
-                f"written to it); " + self._others("it holds no collections: index an archive first")
-            )
+                self._missing_message("it holds no collections: index an archive first"))
 
-    def _ensure_created(self) -> None:
-        """Create the collection on the first write (a read never creates one)."""
-        if self.exists:
-            return
-        index_type, index_params = self._index
-        policy = AUTO_INDEX if index_type in (None, AUTO_INDEX) and not self.is_lite else None
-        concrete = "BIN_FLAT" if index_type in (None, AUTO_INDEX) else index_type
-        index = self._conn.client.prepare_index_params()
-        index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
-                        params=dict(index_params or {}) if concrete != "BIN_FLAT" else {})
-        self._conn.call("create_collection", self.collection,
-                        schema=make_schema(self.bits, self.encoder, policy), index_params=index,
-                        consistency_level="Strong", what=f"creating collection {self.collection!r}")
-        self.exists = True
-        self.index_policy = policy
-        log.info("created collection %s (%d bits, index %s) at %s", self.collection, self.bits,
-                 policy or concrete, self.display_uri)
+    def _missing_message(self, none: str) -> str:
+        if self._conn.lite_missing:
+            return (f"Milvus Lite file {self.display_uri} does not exist (nothing was written "
+                    f"there; no file was created): check the path, or index an archive first")
+        return (f"collection {self.collection!r} does not exist at {self.display_uri} (nothing "
+                f"was written to it); " + self._others(none))
 
     def _open_existing(
         self, bits: int | None, encoder: Mapping[str, Any] | None
@@ -193,6 +179,77 @@ class MilvusCodeStore(WritesMixin):
             self._recorded = server.properties(self._conn, self.collection)
             self.index_policy = self._recorded.get("policy", self.index_policy)
         return dim, stored_encoder or (dict(encoder) if encoder else None)
+
+    # ----------------------------------------------------------------- writes
+    def upsert(
+        self,
+        ids: Sequence[str],
+        codes: np.ndarray,
+        labels: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        encoder: Mapping[str, Any] | None = None,
+        batch_size: int = UPSERT_BATCH,
+    ) -> int:
+        """Insert or replace items by id; returns how many rows were written.
+
+        Everything is validated before the first row is written, so a bad call changes nothing
+        (:class:`~rsir_sdk.errors.InvalidInputError` or ``CodeLengthError`` naming the item).
+        Requests hold at most ``batch_size`` (and 50,000) rows and 32 MiB. ``encoder`` (a
+        bundle identity) is checked against the collection's.
+        """
+        values.positive_int(batch_size, "batch_size")
+        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder)
+        return self.writer.upsert(cols, batch_size)
+
+    def insert(
+        self,
+        ids: Sequence[str],
+        codes: np.ndarray,
+        labels: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        encoder: Mapping[str, Any] | None = None,
+        batch_size: int = UPSERT_BATCH,
+    ) -> int:
+        """Add items whose ids the collection does **not** hold; returns how many were written.
+
+        Faster than :meth:`upsert` (on a server an upsert is a delete plus an insert: about
+        twice the server's work). The caller vouches that the ids are new (e.g. it just asked
+        :meth:`existing_ids`, as ``rsir index`` does): an id that is present would be stored
+        twice. A request is never retried as an insert: one that fails is written again as an
+        upsert, which replaces whatever part of it reached Milvus. Checked like :meth:`upsert`.
+        """
+        values.positive_int(batch_size, "batch_size")
+        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder)
+        return self.writer.insert(cols, batch_size)
+
+    def bulk_insert(
+        self,
+        ids: Sequence[str],
+        codes: np.ndarray,
+        labels: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        staging_dir: str | os.PathLike,
+        encoder: Mapping[str, Any] | None = None,
+        options: BulkOptions | None = None,
+        progress: Any = None,
+    ) -> dict[str, Any]:
+        """Load many new items through Milvus' bulk import (a server; see :mod:`.bulk`).
+
+        ``staging_dir`` must be readable by the server at the same path. Ids the collection
+        holds are skipped (``options.skip_existing``), so an interrupted call can simply be
+        repeated: its journal makes every chunk count once. Then :meth:`prepare_for_search`
+        (``options.prepare``); :class:`~.writes.BulkOptions` also sets ``chunk_rows`` and
+        ``timeout``. On Milvus Lite (no bulk import) the new items are inserted. Returns counts
+        and timings.
+        """
+        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder)
+        return self.writer.bulk_insert(cols, staging_dir, options or BulkOptions(), progress)
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
@@ -269,10 +326,10 @@ class MilvusCodeStore(WritesMixin):
         if q.shape[0] == 0:
             return []
         self._require_exists()
-        return searching.run(self._conn, self.collection, q, k, expr, radius, fields,
-                             self.effective_search_params,
-                             filter if isinstance(filter, str) else None, self.search_stats,
-                             bool(exact_ties))
+        request = searching.SearchRequest(
+            k, expr, radius, tuple(fields), self.effective_search_params,
+            filter if isinstance(filter, str) else None, bool(exact_ties))
+        return searching.run(self._conn, self.collection, q, request, self.search_stats)
 
     def search(
         self,

@@ -20,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
+import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from ..errors import InvalidInputError, StoreError
@@ -30,37 +33,100 @@ from .schema import is_lite_uri
 
 _LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")
 _LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+#: seconds a Milvus Lite open waits for its freshly spawned server to answer
+LITE_START_WAIT = 20.0
+_MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How a store connects (one value, not four keywords): ``client_kwargs`` (more
+    ``MilvusClient`` arguments: TLS files, user/password, ...), ``lite_wait`` (seconds to wait
+    for the Milvus Lite server of a killed earlier run to let go of the file), ``lite_start``
+    (seconds a Milvus Lite open waits for its freshly spawned server to listen), ``timeout``
+    (seconds per Milvus call; ``None``: no deadline), ``read_consistency`` (one level for every
+    read on a server: Strong, Session, Bounded or Eventually; ``None``: see the module).
+
+    >>> ConnectOptions(timeout=5.0).lite_wait
+    30.0
+    """
+
+    client_kwargs: Mapping[str, Any] | None = None
+    lite_wait: float = 30.0
+    lite_start: float = LITE_START_WAIT
+    timeout: float | None = None
+    read_consistency: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.read_consistency is not None and self.read_consistency not in _LEVELS:
+            raise InvalidInputError(f"read_consistency must be one of {', '.join(_LEVELS)}, got "
+                                    f"{self.read_consistency!r}")
+        for name in ("timeout", "lite_wait", "lite_start"):
+            value = getattr(self, name)
+            if value is None and name == "timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidInputError(f"{name} must be a positive number of seconds, got "
+                                        f"{value!r}")
 
 
 class Connection:
-    """A ``MilvusClient`` for ``uri``, with rsir-sdk's call discipline."""
+    """A ``MilvusClient`` for ``uri``, with rsir-sdk's call discipline.
 
-    def __init__(self, uri: str, token: str | None, client_kwargs: Mapping[str, Any] | None, *,
-                 lite_wait: float = 30.0, timeout: float | None = None,
-                 read_consistency: str | None = None):
+    A Milvus Lite file that does not exist yet is not opened here (that would create it and
+    start a server): the client opens on first use (:attr:`client`), which only a write makes,
+    so a failing read or command leaves no empty ``.db`` behind (:attr:`deferred`).
+    """
+
+    def __init__(self, uri: str, token: str | None, options: ConnectOptions | None = None):
+        opts = options if options is not None else ConnectOptions()
         self.uri = str(uri)
         self.display_uri = redact_uri(self.uri)
         self.is_lite = is_lite_uri(self.uri)
-        if read_consistency is not None and read_consistency not in _LEVELS:
-            raise InvalidInputError(f"read_consistency must be one of {', '.join(_LEVELS)}, got "
-                                    f"{read_consistency!r}")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.timeout = timeout
-        self.read_consistency = read_consistency
+        self.timeout = opts.timeout
+        self.lite_start = float(opts.lite_start)
+        self.read_consistency = opts.read_consistency
         self._first_read = True
         self._token = token
         self._orm_alias: str | None = None
         self._orm_collections: dict[str, Any] = {}
         self._lite_file: str | None = None
         self._broken: str | None = None
-        self.client: Any = None
-        self.client = self._open(token, dict(client_kwargs or {}), lite_wait)
+        self._client: Any = None
+        self._closed = False
+        self._pending: tuple[str | None, dict[str, Any], float] | None = (
+            token, dict(opts.client_kwargs or {}), opts.lite_wait)
+        if self.is_lite:
+            self._check_lite_path()
+            if not os.path.exists(self.uri):
+                return  # opened by the first write (see the class)
+        self._open_now()
+
+    @property
+    def deferred(self) -> bool:
+        """True while a Milvus Lite file that did not exist has not been opened (no write yet)."""
+        return self._pending is not None and not self._closed
+
+    @property
+    def lite_missing(self) -> bool:
+        """True for a Milvus Lite uri whose file does not exist (nothing was ever written)."""
+        return self.is_lite and self.deferred and not os.path.exists(self.uri)
+
+    @property
+    def client(self) -> Any:
+        """The ``MilvusClient`` (opened now when it was deferred; ``None`` once closed)."""
+        if self._client is None and self.deferred:
+            self._open_now()
+        return self._client
+
+    def _open_now(self) -> None:
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        self._client = self._open(*pending)
 
     # ----------------------------------------------------------------- open / close
     def _open(self, token: str | None, kwargs: dict[str, Any], lite_wait: float) -> Any:
         if self.is_lite:
-            self._check_lite_path()
             lite.wait_for_lite_file(self.uri, lite_wait)
             first = lite.acquire(self.uri)
             self._lite_file = self.uri
@@ -87,16 +153,51 @@ class Connection:
         kwargs.setdefault("db_name", "default")
         self._client_kwargs = dict(kwargs)
         try:
-            with warnings.catch_warnings():
-                # milvus-lite 2.5.1 imports pkg_resources, which warns on every start
-                warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-                return MilvusClient(uri=self.uri, **kwargs)
+            return self._new_client(MilvusClient, kwargs)
         except BaseException as exc:
             self.close()
             if not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot connect to Milvus at {self.display_uri}: "
                              f"{rpc.message(exc)}") from None
+
+    def _new_client(self, client_class: Any, kwargs: dict[str, Any]) -> Any:
+        """``MilvusClient(uri, **kwargs)``; for Milvus Lite, retried with backoff while its
+        server process is alive but not yet listening (a loaded machine can stall it for
+        seconds after the spawn), for at most ``lite_start`` seconds."""
+        deadline = time.monotonic() + self.lite_start
+        delay = 0.05
+        while True:
+            try:
+                with warnings.catch_warnings():
+                    # milvus-lite 2.5.1 imports pkg_resources, which warns on every start
+                    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+                    return client_class(uri=self.uri, **kwargs)
+            except Exception as exc:
+                if not self.is_lite:
+                    raise
+                alive = lite.server_alive(self.uri)
+                if alive and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(1.0, delay * 2)
+                    continue
+                raise self._not_started(exc, alive) from None
+
+    def _not_started(self, exc: Exception, alive: bool | None) -> StoreError:
+        """One line for a Milvus Lite server that did not start (or never answered)."""
+        tail = lite.log_tail(1)
+        said = f" (its log: {redact_text(tail[-1])[:160]})" if tail else ""
+        if alive:
+            return StoreError(
+                f"the Milvus Lite server for {self.uri} did not start: its process runs but did "
+                f"not listen within {self.lite_start:g} s{said} (a stalled or very busy "
+                f"machine?); try again")
+        if alive is None and "dir:" in rpc.message(exc):
+            return StoreError(f"cannot open Milvus Lite file {self.uri}: {rpc.message(exc)}")
+        return StoreError(f"the Milvus Lite server for {self.uri} did not start{said}; check that "
+                          f"the file is a Milvus Lite database and its folder is writable")
 
     def _check_lite_path(self) -> None:
         parent = os.path.dirname(os.path.abspath(self.uri))
@@ -109,11 +210,21 @@ class Connection:
         if not _LITE_NAME.match(name) or len(name) > 36:
             raise StoreError(f"Milvus Lite file names may hold only letters, digits, '.', '-' and "
                              f"'_' and at most 36 characters, got {name!r}")
+        # the server listens on <temp>/tmpXXXXXXXX_<name>.sock; a Unix socket path has at most
+        # 107 bytes, and a longer one makes a server that runs but never listens
+        sock = len(os.fsencode(tempfile.gettempdir())) + len(f"/tmpXXXXXXXX_{name}.sock")
+        if sock > _MAX_SOCKET_PATH:
+            raise StoreError(
+                f"cannot start Milvus Lite for {self.uri}: its socket in the temp folder "
+                f"{tempfile.gettempdir()} would have a {sock}-byte path, over the "
+                f"{_MAX_SOCKET_PATH}-byte limit of Unix sockets; set TMPDIR to a shorter folder")
 
     def close(self) -> None:
         """Close the client; for Milvus Lite, the last user of a file stops its server."""
+        self._closed = True
+        self._pending = None
         self._close_orm()
-        client, self.client = self.client, None
+        client, self._client = self._client, None
         if client is not None:
             try:
                 client.close()
@@ -270,7 +381,10 @@ class Connection:
             pass
 
     def names(self, strict: bool = False) -> list[str]:
-        """The collections at this uri (``[]`` on failure unless ``strict``)."""
+        """The collections at this uri (``[]`` on failure unless ``strict``; ``[]`` for a
+        Milvus Lite file that does not exist, without creating it)."""
+        if self.lite_missing:
+            return []
         try:
             return sorted(self.call("list_collections", what="listing collections"))
         except StoreError:

@@ -13,6 +13,11 @@ through pymilvus. This module makes that process behave:
 * **Damage found on open** (:func:`check_file`): the file is SQLite; a header check and
   ``PRAGMA quick_check`` (about 1 ms per MB) refuse a damaged file before Milvus Lite would
   silently serve part of it or hang on writes.
+* **No logs left behind** (:func:`remove_stale_logs`): the empty logs of killed processes are
+  removed whenever a server is started.
+* **A slow start survived** (in :mod:`.connect`): the first connection is retried while the
+  server process is alive, so a server stalled by a busy machine is waited for, and one that
+  did not start is reported in one line.
 * **Orphans waited for** (:func:`wait_for_lite_file`): when a program that had the file open is
   killed (``kill -9``), its server notices the released lock and exits on its own within a few
   seconds; opening the file meanwhile would start a second server on the same data.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import tempfile
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _lock = threading.Lock()
 _users: dict[str, int] = {}  # resolved path -> open stores in this process
+_LOG_NAME = re.compile(r"rsir-milvus-lite-([0-9]+)\.log")
 
 
 class _IsolatingSubprocess(types.ModuleType):
@@ -58,6 +65,7 @@ class _IsolatingSubprocess(types.ModuleType):
     def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 (mirrors subprocess)
         kwargs.setdefault("start_new_session", True)
         kwargs.setdefault("stdin", subprocess.DEVNULL)
+        remove_stale_logs()
         path = log_path()
         with open(path, "ab") as fh:  # Popen duplicates the descriptor; ours closes at once
             kwargs.setdefault("stdout", fh)
@@ -81,6 +89,44 @@ def isolate() -> None:
 
     if not getattr(server.subprocess, "rsir_isolated", False):
         server.subprocess = _IsolatingSubprocess()
+
+
+def remove_stale_logs() -> list[str]:
+    """Remove the empty ``rsir-milvus-lite-<pid>.log`` files of processes that no longer run.
+
+    A process removes its own log when it closes its last store; one that was killed cannot,
+    and its (usually empty: Milvus Lite logs errors only) file would stay in the temp folder for
+    good. Logs with content are kept (they may explain a crash), as are those of live
+    processes. Returns the paths removed.
+    """
+    folder = tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _LOG_NAME.fullmatch(name)
+        if match is None or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.stat(path).st_size == 0:
+                os.unlink(path)
+                removed.append(path)
+        except OSError:  # removed meanwhile by another process, or not ours to remove
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
 
 
 def _key(db_file: str | os.PathLike) -> str:

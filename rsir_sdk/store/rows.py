@@ -12,6 +12,7 @@ rows, a tenth of the client's work (``docs/scale.md``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator, Sequence
@@ -175,8 +176,17 @@ def batches(
 
 
 def problem(item_id: Any, label: Any, path: Any, metadata: Any) -> str | None:
-    """Why one item cannot be stored (its id, label, path or metadata), or ``None``: the
-    per-item form of :func:`build_columns`' checks, for pipelines that report bad items and go on."""
+    """Why one item cannot be stored (its id, label, path or metadata), or ``None``.
+
+    The one "storable item" rule: the per-item form of :func:`build_columns`' checks, for
+    callers that report bad items and go on. The archive lister (:mod:`rsir_sdk.archive`, stage
+    ``list``, with the absolute path) and the ingestion (stage ``write``, with the path it
+    stores) both ask it, so an item listed is an item the store takes. A name that is not
+    UTF-8 (a lone surrogate, as Python decodes such a file name) is named with its bytes.
+    """
+    for what, value in (("file name", path), ("id", item_id), ("label", label)):
+        if isinstance(value, str) and not _is_utf8(value):
+            return f"{what} is not valid UTF-8: {_raw(value)!r:.200} (rename it)"
     try:
         ids = values.ids([item_id])
         values.labels([label], 1)
@@ -188,6 +198,22 @@ def problem(item_id: Any, label: Any, path: Any, metadata: Any) -> str | None:
     if size > values.MAX_METADATA_BYTES:
         return f"metadata has {len(meta[0])} keys, too many to index (about 900 at most)"
     return None
+
+
+def _raw(text: str) -> bytes:
+    """The bytes a name not valid as UTF-8 came from (as the file system gave them)."""
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError:  # a surrogate no file system byte decodes to
+        return text.encode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _utf8(text: str) -> int:

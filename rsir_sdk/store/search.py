@@ -12,7 +12,8 @@ array of distances per query).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -55,11 +56,30 @@ def raw(res: Any) -> list[topk.Raw]:
     return out
 
 
-def run(conn: Connection, name: str, q: np.ndarray, k: int, expr: str, radius: int | None,
-        fields: Sequence[str], params: dict[str, Any], user_expr: str | None,
-        stats: dict[str, int] | None = None, exact_ties: bool = True) -> list[list[topk.Found]]:
-    """Exact top-``k`` (ties by primary key, :mod:`.topk`) per query with ``id`` and ``fields`` read; ``stats`` counts
-    the requests (searches, tie-group range searches) and hits."""
+@dataclass(frozen=True)
+class SearchRequest:
+    """What one search asks (one value, not seven arguments): ``k``, the Milvus expression
+    ``expr`` built from the filter, ``radius`` (inclusive; ``None``: none), the stored
+    ``fields`` to read, Milvus' search ``params`` (e.g. ``{"nprobe": 32}``), the caller's own
+    filter string ``user_expr`` (so that Milvus refusing it becomes ``InvalidInputError``) and
+    ``exact_ties`` (read whole tie groups at the k-th distance)."""
+
+    k: int
+    expr: str = ""
+    radius: int | None = None
+    fields: Sequence[str] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    user_expr: str | None = None
+    exact_ties: bool = True
+
+
+def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
+        stats: dict[str, int] | None = None) -> list[list[topk.Found]]:
+    """Exact top-``k`` (ties by primary key, :mod:`.topk`) per query with ``id`` and the
+    request's fields read; ``stats`` counts the requests (searches, tie-group range searches)
+    and hits."""
+    k, expr, radius, fields = request.k, request.expr, request.radius, request.fields
+    params, user_expr, exact_ties = request.params, request.user_expr, request.exact_ties
     out_fields = ["id", *fields]
 
     def search(data: Sequence[bytes], limit: int, expression: str,

@@ -1,73 +1,100 @@
-"""The writes of :class:`~rsir_sdk.store.MilvusCodeStore`: upsert, insert, bulk load.
+"""The one writer of a :class:`~rsir_sdk.store.MilvusCodeStore`: create, upsert, insert, bulk load.
 
-Every write is checked completely before its first row is sent (:mod:`.rows`) and goes to
-Milvus as column lists (:meth:`~.connect.Connection.write_columns`).
+Why an object of its own (composed by the store, ``store.writer``): every write follows one
+discipline, kept in one place. The collection is created by the first write and by nothing
+else (a read never creates a collection, nor a Milvus Lite file). A write is checked completely
+before its first row is sent (:mod:`.rows`), so a bad call changes nothing, and goes to Milvus
+as column lists (:meth:`~.connect.Connection.write_columns`) in requests of bounded size.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
-
-from ..errors import StoreError
+from ..errors import InvalidInputError, StoreError
 from . import rows, values
-from .connect import Connection
-from .schema import UPSERT_BATCH, check_same_encoder
+from .schema import AUTO_INDEX, check_same_encoder, make_schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .collection import MilvusCodeStore
 
 log = logging.getLogger(__name__)
 
 
-class WritesMixin:
-    """Writes; the store class supplies the connection, the collection and its creation."""
+@dataclass(frozen=True)
+class BulkOptions:
+    """How :meth:`~rsir_sdk.store.MilvusCodeStore.bulk_insert` loads (one value, not four
+    keywords): ``skip_existing`` (ids the collection holds are left out, so a repeated call
+    resumes), ``chunk_rows`` (rows per import task; ``None``: a million), ``prepare`` (then
+    :meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`), ``timeout`` (seconds for the
+    import and the prepare; ``None``: no deadline).
 
-    _conn: Connection
-    collection: str
-    bits: int
-    encoder: dict[str, Any] | None
-    is_lite: bool
+    >>> BulkOptions(chunk_rows=2000, prepare=False).skip_existing
+    True
+    """
 
-    def _ensure_created(self) -> None:  # pragma: no cover - defined by the store
-        raise NotImplementedError
+    skip_existing: bool = True
+    chunk_rows: int | None = None
+    prepare: bool = True
+    timeout: float | None = 3600.0
 
-    def prepare_for_search(self, *, timeout: float | None = 3600.0,
-                           progress: Any = None) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    def __post_init__(self) -> None:
+        if self.chunk_rows is not None:
+            values.positive_int(self.chunk_rows, "chunk_rows")
+        if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(
+                self.timeout, (int, float)) or self.timeout <= 0):
+            raise InvalidInputError(f"timeout must be a positive number of seconds or None, got "
+                                    f"{self.timeout!r}")
 
-    def _columns(self, ids, codes, labels, paths, metadata, encoder) -> rows.Columns:
-        if encoder is not None and self.encoder is not None:
-            check_same_encoder(self.encoder, encoder, self.collection)
-        return rows.build_columns(ids, codes, self.bits, labels, paths, metadata)
 
-    def upsert(
-        self,
-        ids: Sequence[str],
-        codes: np.ndarray,
-        labels: Sequence[str] | None = None,
-        paths: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        *,
-        encoder: Mapping[str, Any] | None = None,
-        batch_size: int = UPSERT_BATCH,
-    ) -> int:
-        """Insert or replace items by id; returns how many rows were written.
+class Writer:
+    """The writes of one store; the store supplies its connection, collection and encoder."""
 
-        Everything is validated before the first row is written, so a bad call changes nothing
-        (:class:`~rsir_sdk.errors.InvalidInputError` or ``CodeLengthError`` naming the item).
-        Requests hold at most ``batch_size`` (and 50,000) rows and 32 MiB. ``encoder`` (a
-        bundle identity) is checked against the collection's.
-        """
+    def __init__(self, store: "MilvusCodeStore"):
+        self.store = store
+
+    def ensure_created(self) -> None:
+        """Create the collection on the first write (a read never creates one); for Milvus
+        Lite, this is also what creates the ``.db`` file (the connection opens here)."""
+        s = self.store
+        if s.exists:
+            return
+        index_type, index_params = s._index
+        policy = AUTO_INDEX if index_type in (None, AUTO_INDEX) and not s.is_lite else None
+        concrete = "BIN_FLAT" if index_type in (None, AUTO_INDEX) else index_type
+        index = s._conn.client.prepare_index_params()
+        index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
+                        params=dict(index_params or {}) if concrete != "BIN_FLAT" else {})
+        s._conn.call("create_collection", s.collection,
+                     schema=make_schema(s.bits, s.encoder, policy), index_params=index,
+                     consistency_level="Strong", what=f"creating collection {s.collection!r}")
+        s.exists = True
+        s.index_policy = policy
+        log.info("created collection %s (%d bits, index %s) at %s", s.collection, s.bits,
+                 policy or concrete, s.display_uri)
+
+    def columns(self, ids: Any, codes: Any, labels: Any = None, paths: Any = None,
+                metadata: Any = None, encoder: Mapping[str, Any] | None = None) -> rows.Columns:
+        """A write's checked columns (and the bundle identity checked against the store's)."""
+        s = self.store
+        if encoder is not None and s.encoder is not None:
+            check_same_encoder(s.encoder, encoder, s.collection)
+        return rows.build_columns(ids, codes, s.bits, labels, paths, metadata)
+
+    def upsert(self, cols: rows.Columns, batch_size: int) -> int:
+        """Insert or replace the rows of ``cols`` by id, in requests of bounded size."""
         size = values.positive_int(batch_size, "batch_size")
-        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
         if not len(cols):
             return 0
-        self._ensure_created()
+        self.ensure_created()
+        name, conn = self.store.collection, self.store._conn
         for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
             try:
-                self._conn.write_columns("upsert", self.collection, cols.lists(start, end),
-                                         what=f"upsert into {self.collection!r}")
+                conn.write_columns("upsert", name, cols.lists(start, end),
+                                   what=f"upsert into {name!r}")
             except StoreError as exc:
                 raise StoreError(
                     f"{exc} (after {start} of {len(cols)} rows were written; re-running the "
@@ -75,41 +102,21 @@ class WritesMixin:
                 ) from None
         return len(cols)
 
-    def insert(
-        self,
-        ids: Sequence[str],
-        codes: np.ndarray,
-        labels: Sequence[str] | None = None,
-        paths: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        *,
-        encoder: Mapping[str, Any] | None = None,
-        batch_size: int = UPSERT_BATCH,
-    ) -> int:
-        """Add items whose ids the collection does **not** hold; returns how many were written.
-
-        Faster than :meth:`upsert` (on a server an upsert is a delete plus an insert: about
-        twice the server's work). The caller vouches that the ids are new (e.g. it just asked
-        :meth:`existing_ids`, as ``rsir index`` does): an id that is present would be stored
-        twice. A request is never retried as an insert: one that fails is written again as an
-        upsert, which replaces whatever part of it reached Milvus. Checked like :meth:`upsert`.
-        """
+    def insert(self, cols: rows.Columns, batch_size: int) -> int:
+        """Add rows whose ids are new; a failed request is written again as an upsert."""
         size = values.positive_int(batch_size, "batch_size")
-        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
         if not len(cols):
             return 0
-        self._ensure_created()
+        self.ensure_created()
+        name, conn = self.store.collection, self.store._conn
         for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
             data = cols.lists(start, end)
             try:
-                self._conn.write_columns("insert", self.collection, data,
-                                         what=f"insert into {self.collection!r}")
+                conn.write_columns("insert", name, data, what=f"insert into {name!r}")
             except StoreError as exc:
-                log.info("insert into %s failed (%s); writing the batch as an upsert",
-                         self.collection, exc)
+                log.info("insert into %s failed (%s); writing the batch as an upsert", name, exc)
                 try:
-                    self._conn.write_columns("upsert", self.collection, data,
-                                             what=f"upsert into {self.collection!r}")
+                    conn.write_columns("upsert", name, data, what=f"upsert into {name!r}")
                 except StoreError as again:
                     raise StoreError(
                         f"{again} (after {start} of {len(cols)} rows were written; the rows "
@@ -117,37 +124,18 @@ class WritesMixin:
                     ) from None
         return len(cols)
 
-    def bulk_insert(
-        self,
-        ids: Sequence[str],
-        codes: np.ndarray,
-        labels: Sequence[str] | None = None,
-        paths: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-        *,
-        staging_dir: str | os.PathLike,
-        encoder: Mapping[str, Any] | None = None,
-        skip_existing: bool = True,
-        chunk_rows: int | None = None,
-        prepare: bool = True,
-        timeout: float | None = 3600.0,
-        progress: Any = None,
-    ) -> dict[str, Any]:
-        """Load many new items through Milvus' bulk import (a server; see :mod:`.bulk`).
-
-        ``staging_dir`` must be readable by the server at the same path. Ids the collection
-        holds are skipped (``skip_existing``), so an interrupted call can simply be repeated:
-        its journal makes every chunk count once. Then :meth:`prepare_for_search` (``prepare``).
-        On Milvus Lite (no bulk import) the new items are inserted. Returns counts and timings.
-        """
+    def bulk_insert(self, cols: rows.Columns, staging_dir: str | os.PathLike,
+                    options: BulkOptions, progress: Any = None) -> dict[str, Any]:
+        """Load new rows through Milvus' bulk import (:mod:`.bulk`), then prepare for search."""
         from . import bulk
 
-        cols = self._columns(ids, codes, labels, paths, metadata, encoder)
-        self._ensure_created()
-        out = bulk.load_columns(self, cols, staging_dir,  # type: ignore[arg-type]
-                                skip_existing=skip_existing, chunk_rows=chunk_rows,
-                                timeout=timeout, progress=progress)
-        if prepare:
-            out["prepare"] = self.prepare_for_search(timeout=timeout, progress=progress)
+        self.ensure_created()
+        out = bulk.load_columns(self.store, cols, staging_dir,
+                                skip_existing=options.skip_existing,
+                                chunk_rows=options.chunk_rows, timeout=options.timeout,
+                                progress=progress)
+        if options.prepare:
+            out["prepare"] = self.store.prepare_for_search(timeout=options.timeout,
+                                                           progress=progress)
         return out
 

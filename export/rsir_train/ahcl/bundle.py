@@ -27,6 +27,17 @@ def _frozen(result: AHCLResult, cfg: AHCLConfig) -> str:
     return f"stem + blocks 0-{cfg.freeze_blocks - 1} frozen, their output cached"
 
 
+def _hyperparameters(result: AHCLResult, cfg: AHCLConfig) -> dict[str, Any]:
+    """The resolved configuration; a selecting run keeps ``schedule: auto`` (its recipe, what
+    the user asked for) and names what the selection trained under ``chosen_schedule``
+    (``auto``, ``authors`` or ``cosine``) and ``candidate``."""
+    hyper = dataclasses.asdict(cfg)
+    if result.selection:
+        hyper.update(schedule="auto", chosen_schedule=cfg.schedule,
+                     candidate=result.selection["chosen"])
+    return hyper
+
+
 def ahcl_contents(result: AHCLResult, data: TrainingData,
                   extra_training: Mapping[str, Any] | None = None) -> BundleContents:
     """The AHCL bundle: the encoder (codes ``u > 0``) and the learned V as database codes."""
@@ -34,9 +45,11 @@ def ahcl_contents(result: AHCLResult, data: TrainingData,
     training = training_record(
         data, protocol=f"ahcl-{data.split.protocol}", seed=cfg.seed, backbone=cfg.backbone,
         pretrained=cfg.pretrained, frozen=_frozen(result, cfg),
-        hyperparameters=dataclasses.asdict(cfg), metrics=result.metrics,
+        hyperparameters=_hyperparameters(result, cfg), metrics=result.metrics,
         history=result.history, device=result.device, train_seconds=result.train_seconds,
-        extra={"freeze_blocks": cfg.freeze_blocks, **(extra_training or {})},
+        extra={"freeze_blocks": cfg.freeze_blocks,
+               **({"selection": result.selection} if result.selection else {}),
+               **(extra_training or {})},
     )
     items = [data.archive.items[int(i)] for i in result.train_indices]
     database = {

@@ -29,7 +29,8 @@ from typing import Any
 from ..backbones import Backbone
 
 __all__ = ["AHCLConfig", "AUTHORS", "AUTO_LR", "AUTO_MAX_EPOCHS", "AUTO_MIN_EPOCHS",
-           "AUTO_LR_BITS", "AUTO_STEPS", "SCENE_PREPROCESS", "SCHEDULES", "epoch_lr", "identity"]
+           "AUTO_LR_BITS", "AUTO_STEPS", "CANDIDATES", "SCENE_PREPROCESS", "SCHEDULES",
+           "SHORT_EPOCHS", "SMALL_ARCHIVE", "candidate_configs", "epoch_lr", "identity"]
 
 SCHEDULES = ("auto", "authors", "cosine", "step")
 #: the AHCL authors' schedule (their code, ADSH-derived)
@@ -58,6 +59,20 @@ AUTO_MAX_EPOCHS = 100
 SCENE_PREPROCESS: dict[str, Any] = {"resize": None}
 #: fields that do not change the trained model (a checkpoint may be resumed with others)
 RUN_ONLY = ("device", "eval_every", "cache_dir", "amp")
+#: model selection (``schedule="auto"``, ``select="auto"``): below this many training images
+#: the run chooses among :data:`CANDIDATES` on the validation split, above it it trains the
+#: auto schedule only (best validated epoch kept), so a full-size run costs what it did
+SMALL_ARCHIVE = 1000
+#: the schedules a small archive chooses among, in order (a tie goes to the earlier):
+#: ``auto`` (above), ``authors`` (:data:`AUTHORS`), ``short`` (cosine, the auto lr, 30 epochs:
+#: the epoch count the auto schedule gives 1,920 images) and, above 16 bits, ``lr16`` (``short``
+#: at the 16-bit lr :data:`AUTO_LR`: the shorter codes' recipe, so a longer code is never held
+#: to an lr that only its own length was tuned with)
+CANDIDATES = ("auto", "authors", "short", "lr16")
+SHORT_EPOCHS = 30
+#: ``select`` values: ``auto`` (model selection with ``schedule="auto"``), ``off`` (the fixed
+#: schedule on the whole train side, last epoch kept: the behaviour before model selection)
+SELECT = ("auto", "off")
 
 
 @dataclass
@@ -94,6 +109,24 @@ class AHCLConfig:
     eval_every: int = 0
     cache_dir: str | bool | None = None  # None: the default folder; False: no cache
     amp: str = "auto"
+    #: model selection (module doc of :mod:`rsir_train.ahcl.selection`): ``select`` "auto" or
+    #: "off"; per class ``val_fraction`` of the train side held out (seeded by ``seed``);
+    #: validation every ``val_every`` outer iterations (0: about 20 per run), stop after
+    #: ``patience`` validations without improvement (0: never); ``candidates`` None: by size
+    select: str = "auto"
+    val_fraction: float = 0.2
+    val_every: int = 0
+    patience: int = 6
+    candidates: tuple[str, ...] | None = None
+
+    @property
+    def selects(self) -> bool:
+        """Whether this run selects its model on a validation split: the ``auto`` schedule
+        with ``select="auto"`` and a validation fraction (an explicit schedule is trained as
+        given, on the whole train side)."""
+        if self.select not in SELECT:
+            raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
+        return self.schedule == "auto" and self.select == "auto" and self.val_fraction > 0
 
     def resolved_preprocess(self, backbone: Backbone) -> dict[str, Any]:
         """This run's preprocessing: the backbone's, with the whole scene resized straight to
@@ -136,6 +169,36 @@ class AHCLConfig:
     def lr_shape(self) -> str:
         """``"cosine"`` (auto, cosine) or ``"step"`` (authors, step)."""
         return "step" if self.schedule in ("authors", "step") else "cosine"
+
+
+def candidate_configs(config: AHCLConfig, n_fit: int, n_train: int,
+                      cached: bool) -> list[tuple[str, AHCLConfig]]:
+    """The ``(name, resolved configuration)`` pairs a selecting run trains on its fit part
+    (``n_fit`` images of ``n_train``): :data:`CANDIDATES` when the train side is smaller than
+    :data:`SMALL_ARCHIVE` and no schedule field was set by hand, else the auto schedule only;
+    ``config.candidates`` overrides the list (``lr16`` is dropped at 16 bits or fewer)."""
+    explicit = any(getattr(config, k) is not None for k in ("lr", "momentum", "outer", "inner",
+                                                           "lr_steps"))
+    names = config.candidates
+    if names is None:
+        names = CANDIDATES if n_train < SMALL_ARCHIVE and not explicit else ("auto",)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown or not names:
+        raise ValueError(f"candidates must be among {', '.join(CANDIDATES)}, got {names!r}")
+    out = []
+    for name in names:
+        if name == "lr16" and config.bits <= AUTO_LR_BITS:
+            continue
+        if name == "auto":
+            cand = config
+        elif name == "authors":
+            cand = dataclasses.replace(config, schedule="authors")
+        else:
+            lr = AUTO_LR if name == "lr16" else AUTO_LR * min(1.0, AUTO_LR_BITS / config.bits)
+            cand = dataclasses.replace(config, schedule="cosine", lr=lr, momentum=AUTO_MOMENTUM,
+                                       outer=SHORT_EPOCHS, inner=1)
+        out.append((name, cand.resolved(n_fit, cached)))
+    return out
 
 
 def epoch_lr(config: AHCLConfig, epoch: int, epochs: int) -> float:

@@ -9,7 +9,9 @@ seeded end to end. In-memory metrics are :func:`rsir_sdk.metrics.mean_average_pr
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from ..trainer import (
     no_progress,
     save_checkpoint,
     seed_everything,
+    validation_indices,
 )
 from .config import AHCLConfig, epoch_lr, identity
 from .model import AHCLNet, ahcl_loss, similarity_t_times, update_codes
@@ -60,6 +63,8 @@ class AHCLResult:
     train_seconds: float = 0.0
     device: str = "cpu"
     config: AHCLConfig | None = None
+    #: model selection on the validation split (empty when the schedule was trained as given)
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 class _Inputs:
@@ -78,6 +83,14 @@ class _Inputs:
         self.start_stage = start_stage
         self.normalize = normalize
         self.channels_last = channels_last
+
+    def sub(self, rows: np.ndarray) -> "_Inputs":
+        """These inputs restricted to ``rows`` (the fit or validation part of a train side)."""
+        part = copy.copy(self)
+        part.tensor = self.tensor[torch.as_tensor(rows, device=self.tensor.device)]
+        if self.channels_last and part.tensor.ndim == 4 and self.normalize is None:
+            part.tensor = part.tensor.contiguous(memory_format=torch.channels_last)
+        return part
 
     def batch(self, rows: np.ndarray, device: str) -> torch.Tensor:
         x = self.tensor[torch.as_tensor(rows, device=self.tensor.device)].to(device)
@@ -166,7 +179,9 @@ def _inputs(backbone: Backbone, normalize: Normalize, n_frozen: int, archive: Ar
 
 @dataclass
 class _State:
-    """What an outer iteration changes, and what a checkpoint saves."""
+    """What an outer iteration changes, and what a checkpoint saves; with a validation part
+    also the best validated network and codes so far (``best_*``), the validation curve and
+    whether patience ran out (``stopped``)."""
 
     net: AHCLNet
     opt: torch.optim.Optimizer
@@ -176,17 +191,30 @@ class _State:
     outer_done: int = 0
     seconds_before: float = 0.0
     devices: list[str] = field(default_factory=list)  # where the outer iterations ran
+    best_map: float = -1.0
+    best_outer: int = 0
+    best_net: dict[str, torch.Tensor] | None = None
+    best_V: np.ndarray | None = None
+    bad: int = 0
+    curve: list[list[float]] = field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
 
-    def checkpoint(self, config: AHCLConfig, split: Split, seconds: float) -> dict[str, Any]:
-        done = self.outer_done >= (config.outer or 0)
+    def done(self, config: AHCLConfig) -> bool:
+        return self.stopped or self.outer_done >= (config.outer or 0)
+
+    def checkpoint(self, config: AHCLConfig, train_ids: list[str], seconds: float) -> dict[str, Any]:
         return {
-            "config": identity(config), "train_ids": split.train_ids,
+            "config": identity(config), "train_ids": train_ids,
             "net": self.net.state_dict(),
             # a finished run is never trained further: its optimizer state is not kept
-            "optimizer": None if done else self.opt.state_dict(), "V": self.V,
+            "optimizer": None if self.done(config) else self.opt.state_dict(), "V": self.V,
             "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "history": self.history, "outer_done": self.outer_done,
             "train_seconds": self.seconds_before + seconds, "devices": self.devices,
+            "best": {"map": self.best_map, "outer": self.best_outer, "net": self.best_net,
+                     "V": self.best_V, "bad": self.bad, "curve": self.curve,
+                     "stopped": self.stopped},
         }
 
     def restore(self, ck: dict[str, Any]) -> None:
@@ -200,6 +228,11 @@ class _State:
         self.outer_done = ck["outer_done"]
         self.seconds_before = ck["train_seconds"]
         self.devices = list(ck.get("devices") or [])
+        best = ck.get("best") or {}
+        self.best_map, self.best_outer = best.get("map", -1.0), best.get("outer", 0)
+        self.best_net, self.best_V = best.get("net"), best.get("V")
+        self.bad, self.curve = best.get("bad", 0), list(best.get("curve") or [])
+        self.stopped = bool(best.get("stopped", False))
 
 
 def _similarity(y_rows: torch.Tensor, y_db: torch.Tensor) -> torch.Tensor:
@@ -259,6 +292,157 @@ def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: _Inputs,
             "seconds": now - t_it, "v_update_seconds": now - t_v}
 
 
+
+
+@dataclass
+class _Context:
+    """What every schedule of one run shares: the network (and its initial weights, so every
+    candidate starts alike), the train side's and the queries' inputs, labels and ids."""
+
+    net: AHCLNet
+    init_state: dict[str, torch.Tensor]
+    normalize: Normalize
+    preprocess: dict[str, Any]
+    n_frozen: int
+    device: str
+    amp: bool
+    db_in: _Inputs
+    q_in: _Inputs
+    train_idx: np.ndarray
+    query_idx: np.ndarray
+    y_db: np.ndarray
+    y_q: np.ndarray
+    train_ids: list[str]
+    prep_seconds: float
+
+
+@dataclass
+class _Part:
+    """What one schedule trains on: a database (the whole train side, or its fit part) and,
+    when selecting, the validation images held out of it, scored against the database's codes
+    listed in the store's tie order (``order``)."""
+
+    db_in: _Inputs
+    y_db: np.ndarray
+    ids: list[str]
+    val_in: _Inputs | None = None
+    y_val: np.ndarray | None = None
+    order: np.ndarray | None = None
+
+
+def _prepare(archive: ArchiveListing, split: Split, config: AHCLConfig,
+             emit: Progress) -> tuple[_Context, AHCLConfig]:
+    """Seed, build the network, read (or cache) the inputs of both split sides; returns the
+    context and ``config`` resolved for the whole train side."""
+    seed_everything(config.seed)
+    device = config.device or default_device()
+    t0 = time.perf_counter()
+    backbone = build_backbone(config.backbone, config.pretrained, config.weights)
+    preprocess = config.resolved_preprocess(backbone)
+    normalize = Normalize(preprocess["mean"], preprocess["std"])
+    labels_all = archive.labels()
+    train_idx, query_idx = split.indices(archive)
+    if len(train_idx) == 0:
+        raise TrainingError("the split's train side is empty")
+    n_frozen = backbone.frozen_stages(config.freeze_blocks)
+    config = config.resolved(len(train_idx), cached=n_frozen > 0)
+    net = AHCLNet(backbone, config.bits, len(archive.classes)).to(device)
+    db_in, q_in = _inputs(backbone, normalize, n_frozen, archive, train_idx, query_idx,
+                          preprocess, config, device, emit)
+    if db_in.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    prep_seconds = time.perf_counter() - t0
+    log.info("inputs ready in %.1fs (%d frozen stages)", prep_seconds, n_frozen)
+    return _Context(
+        net=net, init_state=copy.deepcopy(net.state_dict()), normalize=normalize,
+        preprocess=preprocess, n_frozen=n_frozen, device=device,
+        amp=_use_amp(config, device), db_in=db_in, q_in=q_in, train_idx=train_idx,
+        query_idx=query_idx, y_db=labels_all[train_idx], y_q=labels_all[query_idx],
+        train_ids=[archive.items[int(i)].id for i in train_idx], prep_seconds=prep_seconds,
+    ), config
+
+
+def _validate(st: _State, ctx: _Context, cfg: AHCLConfig, part: _Part, outer: int) -> float:
+    """Score the network on the validation part (mAP of its codes against the database's
+    learned V, whole database, Hamming ranking, ties in the store's order); keep the best."""
+    assert part.val_in is not None and part.y_val is not None and part.order is not None
+    uv = _encode(st.net, part.val_in, ctx.device, cfg.batch_size, ctx.amp)
+    value = _map(uv, part.y_val, st.V[part.order], part.y_db[part.order])
+    st.curve.append([outer, round(value, 4)])
+    if value > st.best_map:
+        st.best_map, st.best_outer, st.bad = value, outer, 0
+        st.best_net = {k: v.detach().clone() for k, v in st.net.state_dict().items()}
+        st.best_V = st.V.copy()
+    else:
+        st.bad += 1
+        st.stopped = bool(cfg.patience) and st.bad >= cfg.patience
+    return value
+
+
+def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | None,
+                 resume: bool, emit: Progress, tag: str | None = None) -> _State:
+    """Train the resolved schedule ``cfg`` on ``part`` from the context's initial weights,
+    checkpointing after every outer iteration (resumed from ``ckpt_path`` with ``resume``);
+    with a validation part, validate every ``val_every`` outer iterations and stop when
+    patience runs out. ``tag`` names the candidate in the history and progress events."""
+    assert cfg.outer is not None
+    seed_everything(cfg.seed)
+    ctx.net.load_state_dict(ctx.init_state)
+    params = [p for p in ctx.net.parameters() if p.requires_grad]
+    st = _State(ctx.net, torch.optim.SGD(params, lr=cfg.lr or 0.0, momentum=cfg.momentum or 0.0,
+                                         weight_decay=cfg.weight_decay),
+                np.zeros((len(part.y_db), cfg.bits), dtype=np.float32),
+                np.random.default_rng(cfg.seed), [])
+    if resume and ckpt_path is not None:
+        ck = load_checkpoint(ckpt_path, config=identity(cfg), train_ids=part.ids)
+        if ck is not None:
+            st.restore(ck)
+            emit({"event": "resumed", "outer_done": st.outer_done,
+                  **({"candidate": tag} if tag else {})})
+    t_train = time.perf_counter()
+    here = device_name(ctx.device)
+    val_every = cfg.val_every or max(1, math.ceil(cfg.outer / 20))
+    for outer in range(st.outer_done, cfg.outer):
+        if st.stopped:
+            break
+        if here not in st.devices:
+            st.devices.append(here)
+        record = _outer_iteration(st, outer, cfg, part.db_in, part.y_db, ctx.n_frozen,
+                                  ctx.device, ctx.amp)
+        last = outer + 1 == cfg.outer
+        if part.val_in is not None and ((outer + 1) % val_every == 0 or last):
+            record["val_map"] = _validate(st, ctx, cfg, part, outer + 1)
+        if cfg.eval_every and ((outer + 1) % cfg.eval_every == 0 or last):
+            record["map_query"] = _map(_encode(st.net, ctx.q_in, ctx.device, cfg.batch_size,
+                                               ctx.amp), ctx.y_q, st.V, part.y_db)
+        st.history.append({**record, **({"candidate": tag} if tag else {})})
+        st.outer_done = outer + 1
+        log.info("%souter %d/%d: %s", f"[{tag}] " if tag else "", outer + 1, cfg.outer,
+                 ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "outer"))
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, st.checkpoint(cfg, part.ids, time.perf_counter() - t_train))
+        emit({"event": "outer", **record, **({"candidate": tag} if tag else {})})
+    st.seconds = st.seconds_before + time.perf_counter() - t_train
+    return st
+
+
+def _final_metrics(ctx: _Context, V: np.ndarray, batch_size: int) -> dict[str, float]:
+    """The query side against the exported model's codes (float32, as the exported graph):
+    queries by sign(u); database = learned V (and, for reference, sign(u))."""
+    net = ctx.net.to(memory_format=torch.contiguous_format)
+    uq = _encode(net, ctx.q_in, ctx.device, batch_size)
+    udb = _encode(net, ctx.db_in, ctx.device, batch_size)
+    metrics: dict[str, float] = {}
+    if len(ctx.query_idx):
+        metrics["map_query_vs_learned_db"] = _map(uq, ctx.y_q, V, ctx.y_db)
+        metrics["map_query_vs_encoded_db"] = _map(uq, ctx.y_q, udb, ctx.y_db)
+        logits = net.classifier(torch.from_numpy(uq).to(ctx.device))
+        metrics["query_accuracy"] = float((logits.argmax(1).cpu().numpy() == ctx.y_q).mean())
+    metrics["db_code_agreement"] = float(((udb > 0) == (V > 0)).mean())
+    net.eval()
+    return metrics
+
+
 def train_ahcl(
     archive: ArchiveListing,
     split: Split,
@@ -270,85 +454,41 @@ def train_ahcl(
 ) -> AHCLResult:
     """Train AHCL on ``split``'s train side (= the database); evaluate on its query side.
 
-    ``config``'s schedule fields left ``None`` are resolved from the train side's size and the
-    path (:meth:`AHCLConfig.resolved`); the result carries the resolved configuration.
-    ``work_dir`` holds ``checkpoint.pt`` (written after every outer iteration); with ``resume``
-    training continues from it, on any device (a finished checkpoint only evaluates and
-    exports). Returns an :class:`AHCLResult`.
+    With the ``auto`` schedule (and ``select="auto"``, the default) the model is chosen on a
+    validation split of the train side (:mod:`rsir_train.ahcl.selection`): the best validated
+    epoch is kept, a small archive also chooses among a few schedules, and the result's
+    ``selection`` says what was chosen and why. An explicit schedule is trained as given on the
+    whole train side, its last epoch kept. Fields left ``None`` are resolved from the train
+    side's size and the path (:meth:`AHCLConfig.resolved`); the result carries the resolved
+    configuration. ``work_dir`` holds the checkpoints (written after every outer iteration);
+    with ``resume`` training continues from them, on any device (a finished checkpoint only
+    evaluates and exports). Returns an :class:`AHCLResult`.
     """
     emit = progress or no_progress
-    seed_everything(config.seed)
-    device = config.device or default_device()
-    t0 = time.perf_counter()
+    ctx, resolved = _prepare(archive, split, config, emit)
+    # a train side with one image a class has nothing to hold out: trained as given
+    selects = config.selects and len(validation_indices(ctx.y_db, config.val_fraction,
+                                                        config.seed)[1]) > 0
+    selection: dict[str, Any] = {}
+    if selects:
+        from .selection import select_model
 
-    backbone = build_backbone(config.backbone, config.pretrained, config.weights)
-    preprocess = config.resolved_preprocess(backbone)
-    normalize = Normalize(preprocess["mean"], preprocess["std"])
-    labels_all = archive.labels()
-    train_idx, query_idx = split.indices(archive)
-    if len(train_idx) == 0:
-        raise TrainingError("the split's train side is empty")
-    y_db, y_q = labels_all[train_idx], labels_all[query_idx]
-    n_frozen = backbone.frozen_stages(config.freeze_blocks)
-    config = config.resolved(len(train_idx), cached=n_frozen > 0)
-    assert config.outer is not None
-    amp = _use_amp(config, device)
-    net = AHCLNet(backbone, config.bits, len(archive.classes)).to(device)
-    db_in, q_in = _inputs(backbone, normalize, n_frozen, archive, train_idx, query_idx,
-                          preprocess, config, device, emit)
-    if db_in.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    prep_seconds = time.perf_counter() - t0
-    log.info("inputs ready in %.1fs (%d frozen stages)", prep_seconds, n_frozen)
-
-    params = [p for p in net.parameters() if p.requires_grad]
-    st = _State(net, torch.optim.SGD(params, lr=config.lr or 0.0, momentum=config.momentum or 0.0,
-                                     weight_decay=config.weight_decay),
-                np.zeros((len(train_idx), config.bits), dtype=np.float32),
-                np.random.default_rng(config.seed), [])
-    ckpt_path = Path(work_dir) / CHECKPOINT_FILE if work_dir else None
-    if resume and ckpt_path is not None:
-        ck = load_checkpoint(ckpt_path, config=identity(config), train_ids=split.train_ids)
-        if ck is not None:
-            st.restore(ck)
-            emit({"event": "resumed", "outer_done": st.outer_done})
-
-    t_train = time.perf_counter()
-    here = device_name(device)
-    for outer in range(st.outer_done, config.outer):
-        if here not in st.devices:
-            st.devices.append(here)
-        record = _outer_iteration(st, outer, config, db_in, y_db, n_frozen, device, amp)
-        last = outer + 1 == config.outer
-        if config.eval_every and ((outer + 1) % config.eval_every == 0 or last):
-            record["map_query"] = _map(_encode(net, q_in, device, config.batch_size, amp), y_q,
-                                       st.V, y_db)
-        st.history.append(record)
-        st.outer_done = outer + 1
-        log.info("outer %d/%d: %s", outer + 1, config.outer,
-                 ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "outer"))
-        if ckpt_path is not None:
-            save_checkpoint(ckpt_path, st.checkpoint(config, split, time.perf_counter() - t_train))
-        emit({"event": "outer", **record})
-    train_seconds = prep_seconds + st.seconds_before + time.perf_counter() - t_train
-
-    # final evaluation (float32, as the exported graph): queries by sign(u); database = learned
-    # V (and, for reference, sign(u))
-    net = net.to(memory_format=torch.contiguous_format)
-    uq = _encode(net, q_in, device, config.batch_size)
-    udb = _encode(net, db_in, device, config.batch_size)
-    metrics: dict[str, float] = {}
-    if len(query_idx):
-        metrics["map_query_vs_learned_db"] = _map(uq, y_q, st.V, y_db)
-        metrics["map_query_vs_encoded_db"] = _map(uq, y_q, udb, y_db)
-        logits = net.classifier(torch.from_numpy(uq).to(device))
-        metrics["query_accuracy"] = float((logits.argmax(1).cpu().numpy() == y_q).mean())
-    metrics["db_code_agreement"] = float(((udb > 0) == (st.V > 0)).mean())
-    net.eval()
+        resolved, V, history, seconds, devices, selection = select_model(
+            ctx, config, work_dir, resume, emit)
+    else:
+        ckpt = Path(work_dir) / CHECKPOINT_FILE if work_dir else None
+        st = run_schedule(ctx, resolved, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), ckpt,
+                          resume, emit)
+        V, history, seconds, devices = st.V, st.history, st.seconds, st.devices
+    train_seconds = ctx.prep_seconds + seconds
+    metrics = _final_metrics(ctx, V, resolved.batch_size)
+    if selection:
+        metrics["val_map"] = float(selection["best_val_map"])
     emit({"event": "done", "metrics": metrics, "train_seconds": train_seconds})
     return AHCLResult(
-        net=net.cpu(), normalize=normalize.cpu(), preprocess=preprocess, V=st.V,
-        train_indices=train_idx, query_indices=query_idx, classes=archive.classes,
-        history=st.history, metrics=metrics, train_seconds=train_seconds,
-        device=", ".join(st.devices) or here, config=config,
+        net=ctx.net.cpu(), normalize=ctx.normalize.cpu(), preprocess=ctx.preprocess, V=V,
+        train_indices=ctx.train_idx, query_indices=ctx.query_idx, classes=archive.classes,
+        history=history, metrics=metrics, train_seconds=train_seconds,
+        device=", ".join(devices) or device_name(ctx.device), config=resolved,
+        selection=selection,
     )

@@ -31,7 +31,7 @@ from ..backbones import Backbone, build_backbone
 from ..errors import TrainingError
 from ..evaluation import archive_map, in_tie_order
 from ..features import Normalize, pooled_features
-from ..trainer import Progress, default_device, no_progress
+from ..trainer import Progress, default_device, no_progress, validation_indices
 from .model import VAL_METRICS, MilanHead, MilanNet, MilanParams, milan_codes, milan_loss
 from .triplets import TripletSampler, mine_triplets
 
@@ -46,21 +46,6 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 #: size (no shorter-side resize + centre crop, which cuts the scene's border). On nwpu12 at 32
 #: bits this gave mAP@20 0.776 against 0.747 for 256 -> centre 224 (docs/milan.md).
 MILAN_PREPROCESS: dict[str, Any] = {"resize": None}
-
-
-def validation_indices(labels: Sequence, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(fit, val)`` of a per-class split of ``labels``: ``round(fraction * n)``
-    items of each class (at least 1 when ``fraction > 0``, never all) go to ``val``; seeded."""
-    y = np.asarray(labels, dtype=object)
-    rng = np.random.default_rng(seed)
-    fit, val = [], []
-    for c in sorted({str(v) for v in y}):
-        members = np.flatnonzero(y.astype(str) == c)
-        perm = rng.permutation(members)
-        k = min(len(members) - 1, max(1 if fraction > 0 else 0, int(round(fraction * len(members)))))
-        val += list(perm[:k])
-        fit += list(perm[k:])
-    return np.sort(np.array(fit, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
 def resolve_val_metric(metric: str, protocol: str | None) -> str:
@@ -134,86 +119,124 @@ def train_milan_head(
         )
     device = torch.device(params.device) if params.device else features.device
     x = features.detach().to(device=device, dtype=torch.float32)
-    sampler = TripletSampler(labels, seed=params.seed, triplets_per_batch=params.triplets_per_batch)
-    class_ids = torch.as_tensor(sampler.class_ids, device=device)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
-        head = MilanHead(x.shape[1], bits, params.hidden, params.negative_slope)
-    head = head.to(device).train()
-    # the Polyak average (params.ema_decay): what is validated and returned when on
-    averaged = _Average(head, params.ema_decay) if params.ema_decay else None
-    scored = averaged.head if averaged is not None else head
-    # the auxiliary label classifier on b (params.classifier_weight): trained, never exported
-    classifier = None
-    trainable = list(head.parameters())
-    if params.classifier_weight:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(params.seed + 1)
-            classifier = nn.Linear(bits, int(class_ids.max()) + 1).to(device)
-        trainable += list(classifier.parameters())
-    optimizer = torch.optim.Adam(trainable, lr=params.lr, betas=params.betas,
-                                 weight_decay=params.weight_decay)
+    run = _HeadRun(x, labels, bits, params, device)
+    watch = None
     if validation is not None:
-        val_x = torch.as_tensor(validation[0]).to(device=device, dtype=torch.float32)
-        val_y = np.asarray(validation[1], dtype=object)
-        fit_y = np.asarray(labels, dtype=object)
-        val_metric = resolve_val_metric(params.val_metric, None)
-        best_map, best_step, bad = -1.0, 0, 0
-        best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        curve: list[list[float]] = []
-
-    # input dropout draws from its own generator: the global torch RNG stays untouched
-    gen = torch.Generator(device=device).manual_seed(params.seed)
-
-    def drop(batch: torch.Tensor) -> torch.Tensor:
-        if not params.input_dropout:
-            return batch
-        keep = torch.rand(batch.shape, generator=gen, device=batch.device) >= params.input_dropout
-        return batch * keep / (1.0 - params.input_dropout)
-
+        watch = _Watch(run.scored, x, np.asarray(labels, dtype=object), validation, params,
+                       device)
     step = 0
     for step in range(1, params.iterations + 1):
+        parts = run.step(step)
+        if progress is not None and (step % params.log_every == 0 or step == params.iterations):
+            progress(step, params.iterations, parts)
+        if watch is not None and (step % params.val_every == 0 or step == params.iterations):
+            if watch.check(step):
+                break
+    head = run.head
+    if watch is None and run.averaged is not None:
+        head.load_state_dict(run.averaged.head.state_dict())
+    if watch is not None:
+        head.load_state_dict(watch.best_state)  # of the averaged head when averaging
+        if report is not None:
+            report.update(watch.report(step))
+    return head.eval()
+
+
+class _HeadRun:
+    """One head's training state: the head, its Polyak average, the auxiliary classifier,
+    the optimizer, the triplet sampler and the input-dropout generator (seeded, the global
+    torch RNG untouched)."""
+
+    def __init__(self, x: torch.Tensor, labels: Sequence, bits: int, params: MilanParams,
+                 device: torch.device):
+        self.x, self.params = x, params
+        self.sampler = TripletSampler(labels, seed=params.seed,
+                                      triplets_per_batch=params.triplets_per_batch)
+        self.class_ids = torch.as_tensor(self.sampler.class_ids, device=device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)
+            head = MilanHead(x.shape[1], bits, params.hidden, params.negative_slope)
+        self.head = head.to(device).train()
+        # the Polyak average (params.ema_decay): what is validated and returned when on
+        self.averaged = _Average(self.head, params.ema_decay) if params.ema_decay else None
+        self.scored = self.averaged.head if self.averaged is not None else self.head
+        # the auxiliary label classifier on b (params.classifier_weight): trained, never exported
+        self.classifier = None
+        trainable = list(self.head.parameters())
+        if params.classifier_weight:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(params.seed + 1)
+                self.classifier = nn.Linear(bits, int(self.class_ids.max()) + 1).to(device)
+            trainable += list(self.classifier.parameters())
+        self.optimizer = torch.optim.Adam(trainable, lr=params.lr, betas=params.betas,
+                                          weight_decay=params.weight_decay)
+        self.gen = torch.Generator(device=device).manual_seed(params.seed)
+
+    def _drop(self, batch: torch.Tensor) -> torch.Tensor:
+        p = self.params.input_dropout
+        if not p:
+            return batch
+        keep = torch.rand(batch.shape, generator=self.gen, device=batch.device) >= p
+        return batch * keep / (1.0 - p)
+
+    def step(self, step: int) -> dict[str, float]:
+        """One iteration (a batch, the loss, an Adam step); returns the loss terms."""
+        params, device = self.params, self.x.device
         if params.miner == "random":
-            triplets = torch.as_tensor(sampler.sample(), device=device)
+            triplets = torch.as_tensor(self.sampler.sample(), device=device)
             idx = triplets.T.reshape(-1)
-            b = head(drop(x[idx]))
+            b = self.head(self._drop(self.x[idx]))
             anchor, positive, negative = b.view(3, len(triplets), -1)
             loss, parts = milan_loss(anchor, positive, negative, params)
         else:
             idx = torch.as_tensor(
-                sampler.pk_batch(params.classes_per_batch, params.items_per_class), device=device
-            )
-            b = head(drop(x[idx]))
-            a, p, n = mine_triplets(b, class_ids[idx], params.margin, params.miner)
+                self.sampler.pk_batch(params.classes_per_batch, params.items_per_class),
+                device=device)
+            b = self.head(self._drop(self.x[idx]))
+            a, p, n = mine_triplets(b, self.class_ids[idx], params.margin, params.miner)
             loss, parts = milan_loss(b[a], b[p], b[n], params, batch=b)
-        if classifier is not None:  # b: one row per image of the batch, idx: their rows of x
-            loss = loss + params.classifier_weight * F.cross_entropy(classifier(b), class_ids[idx])
-        optimizer.zero_grad(set_to_none=True)
+        if self.classifier is not None:  # b: one row per image of the batch, idx: rows of x
+            loss = loss + params.classifier_weight * F.cross_entropy(self.classifier(b),
+                                                                     self.class_ids[idx])
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if averaged is not None:
-            averaged.update(head, step)
-        if progress is not None and (step % params.log_every == 0 or step == params.iterations):
-            progress(step, params.iterations, {k: float(v) for k, v in parts.items()})
-        if validation is not None and (step % params.val_every == 0 or step == params.iterations):
-            value = _val_map(scored, x, fit_y, val_x, val_y, val_metric)
-            curve.append([step, round(value, 4)])
-            if value > best_map:
-                best_map, best_step, bad = value, step, 0
-                best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
-            else:
-                bad += 1
-                if params.patience and bad >= params.patience:
-                    break
-    if validation is None and averaged is not None:
-        head.load_state_dict(averaged.head.state_dict())
-    if validation is not None:
-        head.load_state_dict(best_state)  # of the averaged head when averaging
-        if report is not None:
-            report.update(val_metric=val_metric, best_iteration=best_step,
-                          best_val_map=round(best_map, 4), stopped_at=step, val_curve=curve)
-    return head.eval()
+        self.optimizer.step()
+        if self.averaged is not None:
+            self.averaged.update(self.head, step)
+        return {k: float(v) for k, v in parts.items()}
+
+
+class _Watch:
+    """Validation of a head during training: the figure every ``val_every`` iterations, the
+    best head's weights, patience."""
+
+    def __init__(self, scored: MilanHead, fit_x: torch.Tensor, fit_y: np.ndarray,
+                 validation: tuple[torch.Tensor, Sequence], params: MilanParams,
+                 device: torch.device):
+        self.scored, self.fit_x, self.fit_y, self.params = scored, fit_x, fit_y, params
+        self.val_x = torch.as_tensor(validation[0]).to(device=device, dtype=torch.float32)
+        self.val_y = np.asarray(validation[1], dtype=object)
+        self.metric = resolve_val_metric(params.val_metric, None)
+        self.best_map, self.best_step, self.bad = -1.0, 0, 0
+        self.best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+        self.curve: list[list[float]] = []
+
+    def check(self, step: int) -> bool:
+        """Validate at ``step``; keep the head when best; True when patience ran out."""
+        value = _val_map(self.scored, self.fit_x, self.fit_y, self.val_x, self.val_y,
+                         self.metric)
+        self.curve.append([step, round(value, 4)])
+        if value > self.best_map:
+            self.best_map, self.best_step, self.bad = value, step, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.scored.state_dict().items()}
+            return False
+        self.bad += 1
+        return bool(self.params.patience) and self.bad >= self.params.patience
+
+    def report(self, stopped_at: int) -> dict[str, Any]:
+        return {"val_metric": self.metric, "best_iteration": self.best_step,
+                "best_val_map": round(self.best_map, 4), "stopped_at": stopped_at,
+                "val_curve": self.curve}
 
 
 class _Average:

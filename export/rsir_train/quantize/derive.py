@@ -26,7 +26,8 @@ identity; see ``docs/edge.md``). ``onnx`` and ``onnxruntime.quantization`` are i
 called, so importing this module pulls neither (nor torch).
 
 >>> res = quantize_bundle("runs/bundles/ahcl-nwpu12-64", "data/nwpu12",
-...                       "runs/bundles/ahcl-nwpu12-64-int8")                    # doctest: +SKIP
+...                       "runs/bundles/ahcl-nwpu12-64-int8",
+...                       QuantizeOptions(count=256, method="percentile"))      # doctest: +SKIP
 >>> res.bit_agreement, res.encoder_id                                             # doctest: +SKIP
 (0.994629, 'fcdf053a7725fcc7')
 """
@@ -48,8 +49,8 @@ from rsir_sdk.bundle_writer import update_manifest, write_bundle
 from ..errors import QuantizeError
 from ..graph import WEIGHTED_OPS, float_region, fold_static_pads, name_nodes
 from .calibration import CalibrationReader, CalibrationSet, calibration_set
+from .options import PRECISIONS, QuantizeOptions
 from .quantizers import (
-    ACTIVATION_TYPES,
     CALIBRATION_METHODS,
     agreement,
     convert_fp16,
@@ -58,9 +59,9 @@ from .quantizers import (
     quantize_int8,
 )
 
-__all__ = ["LEADING_SCHEDULE", "PRECISIONS", "QuantizeResult", "quantize_bundle"]
+__all__ = ["LEADING_SCHEDULE", "PRECISIONS", "QuantizeOptions", "QuantizeResult",
+           "quantize_bundle"]
 
-PRECISIONS = ("int8", "fp16")
 #: how many leading weighted layers to keep in float on successive tries (see target_agreement)
 LEADING_SCHEDULE = (3, 6, 12, 24)
 Progress = Callable[[dict[str, Any]], None]
@@ -127,16 +128,8 @@ def _require_onnx() -> Any:
     return onnx
 
 
-def _check_request(parent: Bundle, out: Path, precision: str, method: str, activations: str,
-                   overwrite: bool) -> None:
-    if precision not in PRECISIONS:
-        raise QuantizeError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    if method not in CALIBRATION_METHODS:
-        raise QuantizeError(
-            f"unknown calibration method {method!r}; choose one of {sorted(CALIBRATION_METHODS)}"
-        )
-    if activations not in ACTIVATION_TYPES:
-        raise QuantizeError(f"activations must be one of {ACTIVATION_TYPES}, got {activations!r}")
+def _check_request(parent: Bundle, out: Path, overwrite: bool) -> None:
+    """Refuse a derived parent or an ``out`` that is the parent, a file, or not empty."""
     if parent.manifest.get("parent"):
         raise QuantizeError(
             f"bundle {parent.path} is itself derived (from encoder "
@@ -148,6 +141,43 @@ def _check_request(parent: Bundle, out: Path, precision: str, method: str, activ
         raise QuantizeError(f"--out {out} is a file; give a folder for the new bundle")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise QuantizeError(f"{out} exists and is not empty: choose another --out or overwrite")
+
+
+@dataclass
+class _Graph:
+    """The parent's graph with named nodes, Pads folded and onnxruntime's pre-processing done."""
+
+    model: Any
+    path: Path  # the same graph on disk, what the quantizer reads
+    folded: int
+    pre_processed: bool
+
+
+def _prepared_graph(onnx: Any, parent: Bundle, work: Path, opts: QuantizeOptions) -> _Graph:
+    model = onnx.load(str(parent.model_path))
+    name_nodes(model)
+    folded = fold_static_pads(model, parent.input_name, parent.input_height,
+                              parent.input_width) if opts.fold_pads else 0
+    named = work / "named.onnx"
+    onnx.save_model(model, str(named))
+    pre_processed = opts.precision == "int8" and pre_process(named, work / "pre.onnx")
+    if pre_processed:
+        named = work / "pre.onnx"
+        model = onnx.load(str(named))
+    return _Graph(model, named, folded, bool(pre_processed))
+
+
+@dataclass(frozen=True)
+class _CheckSet:
+    """The images the derived codes are compared on, and which set they are."""
+
+    paths: list[str]
+    name: str  # "held-out" (disjoint from calibration) or "calibration"
+
+    @classmethod
+    def of(cls, calib: CalibrationSet, int8: bool) -> "_CheckSet":
+        paths = (calib.check_paths or calib.paths) if int8 else calib.paths
+        return cls(list(paths), "held-out" if (calib.check_paths or not int8) else "calibration")
 
 
 def _float_plan(model: Any, parent: Bundle, precision: str, quantize_hash_layer: bool,
@@ -173,11 +203,14 @@ def _copy_metadata(src: Any, dst: Any, parent: Bundle, precision: str) -> None:
     dst.doc_string = (src.doc_string + f" [{precision} derived from {parent.encoder_id}]").strip()
 
 
-def _int8(onnx: Any, named: Path, model: Any, parent: Bundle, plan: _FloatPlan,
-          calib: CalibrationSet, work: Path, check: Callable[[Path], tuple[float, float]],
-          opts: dict[str, Any], target_agreement: float, batch_size: int,
+def _int8(onnx: Any, graph: _Graph, parent: Bundle, plan: _FloatPlan, calib: CalibrationSet,
+          work: Path, check: Callable[[Path], tuple[float, float]], options: QuantizeOptions,
           progress: Progress | None) -> _Derived:
     """Quantize, check, and retry with more leading layers in float until the target is met."""
+    named, model = graph.path, graph.model
+    target_agreement, batch_size = options.target_agreement, options.batch_size
+    opts = {"method": options.method, "per_channel": options.per_channel,
+            "activations": options.activations, "reduce_range": options.reduce_range}
     exclude = plan.exclude
     # weighted layers in graph order, the candidates to keep in float when the agreement misses
     # its target: the first, highest-resolution layers are the most sensitive (docs/edge.md)
@@ -225,12 +258,13 @@ def _fp16(onnx: Any, model: Any, parent: Bundle, plan: _FloatPlan, work: Path,
                                                  "and float32 embedding kept)"})
 
 
-def _parent_record(parent: Bundle, precision: str, derived: _Derived, plan: _FloatPlan,
-                   calib: CalibrationSet, calibration: str | os.PathLike, check_set: str,
-                   n_check: int, target_agreement: float, folded: int,
-                   pre_processed: bool) -> dict[str, Any]:
+def _parent_record(parent: Bundle, opts: QuantizeOptions, derived: _Derived, plan: _FloatPlan,
+                   calib: CalibrationSet, calibration: str | os.PathLike, checked: _CheckSet,
+                   graph: _Graph) -> dict[str, Any]:
     """The derived manifest's ``parent`` field (docs/edge.md)."""
-    int8 = precision == "int8"
+    int8 = opts.precision == "int8"
+    target_agreement, folded, pre_processed = opts.target_agreement, graph.folded, \
+        graph.pre_processed
     return {
         "model_sha256": parent.model_sha256,
         "encoder_id": parent.encoder_id,
@@ -259,7 +293,7 @@ def _parent_record(parent: Bundle, precision: str, derived: _Derived, plan: _Flo
             "fp16 needs no calibration: these images only measured agreement",
         },
         "bit_agreement": round(derived.bit_agreement, 6),
-        "agreement": {"images": n_check, "set": check_set,
+        "agreement": {"images": len(checked.paths), "set": checked.name,
                       "codes_identical": round(derived.codes_identical, 6)},
         "note": "training.metrics are the parent's fp32 figures",
     }
@@ -290,114 +324,101 @@ def quantize_bundle(
     bundle: Bundle | str | os.PathLike,
     calibration: str | os.PathLike,
     out: str | os.PathLike,
+    options: QuantizeOptions | None = None,
     *,
-    precision: str = "int8",
-    method: str = "minmax",
-    reader: str = "auto",
-    count: int = 256,
-    check: int = 256,
-    seed: int = 0,
-    per_channel: bool = True,
-    quantize_hash_layer: bool = False,
-    fold_pads: bool = True,
-    keep_float: Sequence[str] = (),
-    target_agreement: float = 0.99,
-    activations: str = "uint8",
-    reduce_range: bool = False,
-    batch_size: int = 16,
-    min_agreement: float = 0.95,
-    overwrite: bool = False,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
     progress: Progress | None = None,
+    **overrides: Any,
 ) -> QuantizeResult:
     """Write a derived bundle at ``out`` with an int8 (or fp16) encoder; return what it measured.
 
     ``calibration``: an archive folder, an image folder or a CSV file (see
-    :func:`~rsir_train.quantize.calibration.calibration_set` for ``reader``, ``count``,
-    ``check`` and ``seed``). ``method``: the calibration method (``minmax``, ``percentile``,
-    ``entropy``, ``distribution``). ``min_agreement``: refuse (raise
-    :class:`~rsir_train.errors.QuantizeError`, write nothing) when fewer bits than this agree
-    with the parent's on the check images. ``target_agreement``: below it, quantize again
-    keeping the first 3, 6, 12, 24 weighted layers in float (calibrated once), keeping the
-    first attempt that reaches it, else the best; 0 disables the retries. ``keep_float``: name
-    fragments of nodes to keep in float in any case. ``fold_pads``: fold zero Pads into their
-    Convs first. ``activations``: ``uint8`` (default, U8S8) or ``int8`` (S8S8).
-    ``reduce_range``: 7-bit weights, for x86-64 CPUs without VNNI. ``providers`` and
-    ``threads`` run the agreement check. The bundle is assembled in a temporary folder and moved
-    to ``out`` only when complete.
+    :func:`~rsir_train.quantize.calibration.calibration_set`). ``options``: a
+    :class:`~rsir_train.quantize.options.QuantizeOptions` (precision, calibration, what stays
+    float, the agreement targets); keyword ``overrides`` are its field names
+    (``quantize_bundle(b, cal, out, count=64)`` is ``quantize_bundle(b, cal, out,
+    QuantizeOptions(count=64))``). Raises :class:`~rsir_train.errors.QuantizeError` and writes
+    nothing when the bits agree with the parent's on less than ``min_agreement``; below
+    ``target_agreement`` it quantizes again keeping the first 3, 6, 12, 24 weighted layers in
+    float, keeping the first attempt that reaches it, else the best. ``progress`` sees
+    calibration and attempt events. The bundle is assembled in a temporary folder and moved to
+    ``out`` only when complete.
     """
+    opts = QuantizeOptions.build(options, overrides)
     onnx = _require_onnx()
     t0 = time.perf_counter()
     parent = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     out = Path(out)
-    _check_request(parent, out, precision, method, activations, overwrite)
-    int8 = precision == "int8"
+    _check_request(parent, out, opts.overwrite)
+    int8 = opts.precision == "int8"
     # fp16 needs no calibration: the images only measure agreement
-    calib = calibration_set(calibration, parent, reader=reader, count=count if int8 else check,
-                            check=check if int8 else 0, seed=seed)
-    check_paths = (calib.check_paths or calib.paths) if int8 else calib.paths
-    check_set = "held-out" if (calib.check_paths or not int8) else "calibration"
-
+    calib = calibration_set(calibration, parent, reader=opts.reader,
+                            count=opts.count if int8 else opts.check,
+                            check=opts.check if int8 else 0, seed=opts.seed)
+    checked = _CheckSet.of(calib, int8)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".rsir-quantize-", dir=out.parent) as tmp:
         work = Path(tmp)
-        model = onnx.load(str(parent.model_path))
-        name_nodes(model)
-        folded = fold_static_pads(model, parent.input_name, parent.input_height,
-                                  parent.input_width) if fold_pads else 0
-        named = work / "named.onnx"
-        onnx.save_model(model, str(named))
-        pre_processed = int8 and pre_process(named, work / "pre.onnx")
-        if pre_processed:
-            named = work / "pre.onnx"
-            model = onnx.load(str(named))
-        plan = _float_plan(model, parent, precision, quantize_hash_layer, keep_float)
-        if progress:
-            progress({"event": "check", "images": len(check_paths)})
-
-        def check_codes(path: Path) -> tuple[float, float]:
-            try:
-                return agreement(parent, path, calib.root, check_paths, batch_size, providers,
-                                 threads)
-            except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
-                raise QuantizeError(
-                    f"the {precision} model does not run on {providers or 'CPU'}: {exc}"
-                ) from exc
-
-        if int8:
-            opts = {"method": method, "per_channel": per_channel, "activations": activations,
-                    "reduce_range": reduce_range}
-            derived = _int8(onnx, named, model, parent, plan, calib, work, check_codes, opts,
-                            target_agreement, batch_size, progress)
-        else:
-            derived = _fp16(onnx, model, parent, plan, work, check_codes)
-        if derived.bit_agreement < min_agreement:
-            raise QuantizeError(
-                f"the {precision} encoder agrees with its parent on only "
-                f"{derived.bit_agreement:.4f} of the bits (< {min_agreement}); nothing written. "
-                f"Keep sensitive layers in float (--keep-float NAME; the first layers usually "
-                f"are), use more calibration images (--count) or another --method"
-            )
-        record = _parent_record(parent, precision, derived, plan, calib, calibration, check_set,
-                                len(check_paths), target_agreement, folded, pre_processed)
+        graph = _prepared_graph(onnx, parent, work, opts)
+        plan = _float_plan(graph.model, parent, opts.precision, opts.quantize_hash_layer,
+                           opts.keep_float)
+        derived = _derive(onnx, graph, parent, plan, calib, checked, work, opts, progress)
+        record = _parent_record(parent, opts, derived, plan, calib, calibration, checked, graph)
         stage = work / "bundle"
-        _write_derived(onnx, stage, parent, derived, precision, record)
+        _write_derived(onnx, stage, parent, derived, opts.precision, record)
         if out.exists():
             shutil.rmtree(out)
         shutil.move(str(stage), str(out))
+    return _result(out, parent, derived, plan, graph, calib, checked, opts,
+                   time.perf_counter() - t0)
 
+
+def _derive(onnx: Any, graph: _Graph, parent: Bundle, plan: _FloatPlan, calib: CalibrationSet,
+            checked: _CheckSet, work: Path, opts: QuantizeOptions,
+            progress: Progress | None) -> _Derived:
+    """The derived model, checked against the parent; refused below ``min_agreement``."""
+    precision = opts.precision
+    if progress:
+        progress({"event": "check", "images": len(checked.paths)})
+
+    def check_codes(path: Path) -> tuple[float, float]:
+        try:
+            return agreement(parent, path, calib.root, checked.paths, opts.batch_size,
+                             opts.providers, opts.threads)
+        except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
+            raise QuantizeError(
+                f"the {precision} model does not run on {opts.providers or 'CPU'}: {exc}"
+            ) from exc
+
+    if precision == "int8":
+        derived = _int8(onnx, graph, parent, plan, calib, work, check_codes, opts, progress)
+    else:
+        derived = _fp16(onnx, graph.model, parent, plan, work, check_codes)
+    if derived.bit_agreement < opts.min_agreement:
+        raise QuantizeError(
+            f"the {precision} encoder agrees with its parent on only "
+            f"{derived.bit_agreement:.4f} of the bits (< {opts.min_agreement}); nothing written. "
+            f"Keep sensitive layers in float (--keep-float NAME; the first layers usually "
+            f"are), use more calibration images (--count) or another --method"
+        )
+    return derived
+
+
+def _result(out: Path, parent: Bundle, derived: _Derived, plan: _FloatPlan, graph: _Graph,
+            calib: CalibrationSet, checked: _CheckSet, opts: QuantizeOptions,
+            seconds: float) -> QuantizeResult:
+    """What :func:`quantize_bundle` returns, read back from the written bundle."""
     written = Bundle.load(out)
-    weighted = {n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS}
+    int8 = opts.precision == "int8"
+    weighted = {n.name for n in graph.model.graph.node if n.op_type in WEIGHTED_OPS}
     return QuantizeResult(
-        path=out, precision=precision, encoder_id=written.encoder_id,
+        path=out, precision=opts.precision, encoder_id=written.encoder_id,
         parent_encoder_id=parent.encoder_id, bit_agreement=derived.bit_agreement,
-        codes_identical=derived.codes_identical, check_images=len(check_paths),
-        check_set=check_set, calibration_images=len(calib.paths) if int8 else 0,
-        method=CALIBRATION_METHODS[method] if int8 else "none",
+        codes_identical=derived.codes_identical, check_images=len(checked.paths),
+        check_set=checked.name, calibration_images=len(calib.paths) if int8 else 0,
+        method=CALIBRATION_METHODS[opts.method] if int8 else "none",
         model_bytes=written.model_path.stat().st_size,
         parent_model_bytes=parent.model_path.stat().st_size,
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
         float_layers=([plan.head] if plan.keep_head and plan.head else []) + derived.leading_kept
         + [n for n in plan.by_request if n in weighted],
         attempts=derived.attempts,

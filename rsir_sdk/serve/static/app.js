@@ -40,7 +40,9 @@ async function api(path, options) {
   return res;
 }
 
-async function loadInfo() {
+// userAsked: false when the page loads. A service with tokens then answers 401 before the
+// user could do anything: that is a prompt for the token (neutral), not an error (red).
+async function loadInfo(userAsked) {
   try {
     const info = await (await api("/v1/info")).json();
     state.info = info;
@@ -52,7 +54,12 @@ async function loadInfo() {
     return true;
   } catch (err) {
     $("about").textContent = err.status === 401 ? "this service needs a token" : "not available";
-    setStatus(err.message, true);
+    if (err.status === 401 && !userAsked) {
+      setStatus(token() ? "The saved token is not accepted: enter the access token to search."
+                        : "Enter the access token to search.", false);
+    } else {
+      setStatus(err.status === 401 ? "This token is not accepted (" + err.message + ")" : err.message, true);
+    }
     return false;
   }
 }
@@ -273,9 +280,9 @@ function setup() {
     ev.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
     $("token").value = "";
-    if (await loadInfo()) { setStatus("token accepted"); if (state.query) runSearch(); }
+    if (await loadInfo(true)) { setStatus("token accepted"); if (state.query) runSearch(); }
   });
-  loadInfo();
+  loadInfo(false);
 }
 
 document.addEventListener("DOMContentLoaded", setup);

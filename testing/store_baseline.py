@@ -4,7 +4,8 @@ The store is the one place that talks to Milvus, benchmarks and tests included. 
 need Milvus *without* the store: a benchmark's baseline (a bare pymilvus insert, the floor the
 store's writes are compared with), a collection in the layout of an older rsir-sdk (which the
 store must refuse), an error exactly as pymilvus raises it (which the store must turn into one
-clean line). Those live here, beside the store, so that pymilvus is still imported nowhere else.
+clean line). Those live here, in the checkout's ``testing`` package (not in the runtime wheel),
+in a file whose name says "store", the one place besides ``rsir_sdk/store`` that imports pymilvus.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import lite
-from .connect import no_deprecation_warnings
+from rsir_sdk.store import lite
+from rsir_sdk.store.connect import no_deprecation_warnings
 
 
 def insert_columns(uri: str, name: str, columns: Sequence[Sequence[Any]], batch: int) -> None:

@@ -5,7 +5,7 @@ with embedded etcd and local storage, no Docker) runs the same server code as a 
 the server path of rsir-sdk (indexes, bulk import, prepare-for-search) can be tried and tested
 on one machine:
 
->>> from rsir_sdk.store.local_server import local_server
+>>> from testing.store_local_server import local_server
 >>> with local_server("/tmp/milvus-dev") as server:                   # doctest: +SKIP
 ...     store = MilvusCodeStore(server.uri, "scenes", bits=64)
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from ..errors import StoreError
+from rsir_sdk.errors import StoreError
 
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord",
               "dataNode")

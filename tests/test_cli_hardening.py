@@ -1,0 +1,86 @@
+"""Hardening of the command line and the gallery: a password inside an image URL never reaches
+output, a gallery's file links cannot carry a URL scheme, and ``rsir index`` on a folder with no
+image says so and fails. Real Lite files, a real loopback HTTP server, real bundles."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import shutil
+import threading
+
+import pytest
+
+from rsir_sdk import Retriever
+from rsir_sdk.cli import main
+from rsir_sdk.gallery import write_gallery
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def sample_host(sample_dir):
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+        *a, directory=str(sample_dir), **kw)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_rsir_search_never_prints_the_password_of_an_image_url(rp_bundle, sample_images, tmp_path,
+                                                              sample_host, capsys):
+    db = str(tmp_path / "r.db")
+    files = [p for p, _ in sample_images[:6]]
+    with Retriever(rp_bundle[0], uri=db, collection="c") as r:
+        r.add_images(files, ids=[p.name for p in files])
+    base = f"http://reader:hunter2@127.0.0.1:{sample_host}"
+    code, out, err = cli(capsys, "-v", "search", rp_bundle[0], f"{base}/no/such.jpg", "--uri", db,
+                         "--collection", "c")
+    assert code == 1 and "HTTP 404" in err and f"http://***@127.0.0.1:{sample_host}" in err
+    assert "hunter2" not in out + err
+    rel = files[0].relative_to(sample_images[0][0].parents[1]).as_posix()
+    page = tmp_path / "g.html"
+    code, out, err = cli(capsys, "-v", "search", rp_bundle[0], f"{base}/{rel}", "--uri", db,
+                         "--collection", "c", "-k", "3", "--html", page)
+    assert code == 0 and out.splitlines()[1].split()[1] == files[0].name, out + err
+    html = page.read_text()
+    assert "hunter2" not in out + err + html and "***@127.0.0.1" in html
+
+
+def test_gallery_file_links_are_relative_and_cannot_carry_a_scheme(tmp_path, sample_images):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    evil = folder / "javascript:alert(1).jpg"
+    shutil.copyfile(sample_images[0][0], evil)
+    shutil.copyfile(sample_images[1][0], folder / "a b#c.jpg")
+    hits = [{"id": "<script>x</script>", "distance": 0, "label": "l", "path": evil.name},
+            {"id": "b", "distance": 1, "label": "l", "path": "a b#c.jpg"}]
+    out = write_gallery(folder / "gallery.html", sample_images[2][0], hits, roots=[folder],
+                        embed=False)
+    page = out.read_text()
+    links = re.findall(r'src="([^"]*)"', page)
+    assert "./javascript%3Aalert%281%29.jpg" in links and "./a%20b%23c.jpg" in links
+    assert all(link.startswith(("./", "../")) for link in links), links
+    assert "javascript:" not in " ".join(links) and "<script>" not in page
+
+
+def test_rsir_index_on_a_folder_without_images_says_so_and_fails(rp_bundle, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    (notes / "a").mkdir(parents=True)
+    (notes / "a" / "readme.txt").write_text("no image here")
+    for folder, seen in ((empty, 0), (notes, 1)):
+        code, out, err = cli(capsys, "index", rp_bundle[0], folder, "--uri", tmp_path / "x.db",
+                             "--collection", "c", "--no-progress")
+        assert code == 2 and "indexed" not in out, out + err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"{folder} holds no image: nothing indexed" in lines[0]
+        assert f"{seen} other files were seen" in lines[0] and ".jpg" in lines[0]

@@ -1,0 +1,214 @@
+"""Milvus Lite opens that survive a slow start, a file created by the first write only, and no
+log files left behind by killed processes (issue 24, items 3, 6 and 8).
+
+Real Milvus Lite servers throughout: a "slow start" is the real server process the store
+spawned, stopped with SIGSTOP right after the spawn and continued with SIGCONT (what a loaded
+CPU does to it); the commands are the real ``rsir`` run in subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsir_sdk import MilvusCodeStore
+from rsir_sdk.errors import CollectionNotFoundError, StoreError
+from rsir_sdk.store import ConnectOptions, lite
+
+ROOT = Path(__file__).resolve().parents[1]
+CODES = np.arange(16, dtype=np.uint8).reshape(2, 8)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _on_spawn(monkeypatch, action) -> list[subprocess.Popen]:
+    """Run ``action(process)`` on every Milvus Lite server process the store spawns, right
+    after the spawn; returns the processes spawned."""
+    spawned: list[subprocess.Popen] = []
+    original = lite._IsolatingSubprocess.Popen
+
+    def popen(*args, **kwargs):
+        proc = original(*args, **kwargs)
+        action(proc)
+        spawned.append(proc)
+        return proc
+
+    monkeypatch.setattr(lite._IsolatingSubprocess, "Popen", staticmethod(popen))
+    return spawned
+
+
+def _stall(seconds: float | None):
+    """SIGSTOP the process, and SIGCONT it ``seconds`` later (``None``: never)."""
+    def action(proc: subprocess.Popen) -> None:
+        _signal(proc.pid, signal.SIGSTOP)
+        if seconds is not None:
+            timer = threading.Timer(seconds, _signal, (proc.pid, signal.SIGCONT))
+            timer.daemon = True
+            timer.start()
+    return action
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and "Traceback" not in text, text
+    assert "illegal connection params" not in text, text
+    return text
+
+
+def test_an_open_waits_for_a_lite_server_stalled_at_start(tmp_path, monkeypatch):
+    db = str(tmp_path / "slow.db")
+    spawned = _on_spawn(monkeypatch, _stall(2.0))
+    t0 = time.monotonic()
+    with MilvusCodeStore(db, "c", bits=64) as store:  # a new file: the first write opens it
+        assert store.upsert(["a", "b"], CODES) == 2
+    assert time.monotonic() - t0 >= 2.0 and len(spawned) == 1
+    for round_ in range(3):  # an existing file: the open itself waits
+        t0 = time.monotonic()
+        with MilvusCodeStore(db, "c", create=False) as store:
+            assert store.count() == 2
+            assert [h.id for h in store.search(CODES[1:], k=1)[0]] == ["b"]
+        assert time.monotonic() - t0 >= 2.0, round_
+    assert len(spawned) == 4 and all(p.poll() is not None for p in spawned)
+    assert lite.lite_server_pids(db) == []
+
+
+def test_a_lite_server_that_never_listens_is_one_line(tmp_path, monkeypatch):
+    db = str(tmp_path / "stuck.db")
+    with MilvusCodeStore(db, "c", bits=64) as store:
+        store.upsert(["a"], CODES[:1])
+    spawned = _on_spawn(monkeypatch, _stall(None))
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as exc:
+        MilvusCodeStore(db, "c", connect=ConnectOptions(lite_start=2.0))
+    text = _one_line(exc)
+    assert "did not start" in text and "did not listen within 2 s" in text
+    assert 2.0 <= time.monotonic() - t0 < 15
+    assert len(spawned) == 1 and spawned[0].poll() is not None  # stopped, not left behind
+    assert lite.lite_server_pids(db) == []
+
+
+def test_a_lite_server_that_dies_at_start_is_one_line(tmp_path, monkeypatch):
+    db = str(tmp_path / "dies.db")
+    with MilvusCodeStore(db, "c", bits=64) as store:
+        store.upsert(["a"], CODES[:1])
+    spawned = _on_spawn(monkeypatch, lambda proc: _signal(proc.pid, signal.SIGKILL))
+    with pytest.raises(StoreError) as exc:
+        MilvusCodeStore(db, "c")
+    assert f"the Milvus Lite server for {db} did not start" in _one_line(exc)
+    assert len(spawned) == 1
+    monkeypatch.undo()
+    with MilvusCodeStore(db, "c") as store:  # nothing was damaged: it opens afterwards
+        assert store.count() == 1
+
+
+def test_lite_files_that_cannot_be_opened_are_one_line(tmp_path, monkeypatch):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError) as exc:
+        MilvusCodeStore(str(garbage), "c", bits=64)
+    assert "not a Milvus Lite database file" in _one_line(exc)
+    with pytest.raises(StoreError) as exc:
+        MilvusCodeStore(str(tmp_path / "no" / "such" / "x.db"), "c", bits=64)
+    assert "does not exist" in _one_line(exc)
+    # a temp folder too deep for the server's Unix socket: the server would run but never
+    # listen; refused at once instead of after the start wait
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as exc:
+        MilvusCodeStore(str(tmp_path / "deep.db"), "c", bits=64)
+    assert "socket" in _one_line(exc) and "TMPDIR" in str(exc.value)
+    assert time.monotonic() - t0 < 2 and not (tmp_path / "deep.db").exists()
+
+
+def test_a_missing_lite_file_is_created_by_the_first_write_only(tmp_path):
+    db = tmp_path / "later.db"
+    with pytest.raises(CollectionNotFoundError, match=r"Milvus Lite file .*later\.db does not exist"):
+        MilvusCodeStore(str(db), "c", create=False)
+    with MilvusCodeStore(str(db), "c", bits=64) as store:
+        assert store.count() == 0 and store.get(["a"]) == [] and not store.info()["exists"]
+        assert store.existing_ids(["a"]) == set() and store.delete(["a"]) == 0
+        with pytest.raises(CollectionNotFoundError, match="does not exist"):
+            store.search(CODES, k=1)
+        assert not db.exists() and lite.lite_server_pids(db) == []  # no file, no server
+        assert store.upsert([], np.zeros((0, 8), np.uint8)) == 0 and not db.exists()
+        store.upsert(["a"], CODES[:1])
+        assert db.exists() and store.count() == 1
+    with MilvusCodeStore(str(db), "c", create=False) as store:
+        assert store.count() == 1
+
+
+def _rsir(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", "import sys; from rsir_sdk.cli import main; sys.exit(main())",
+                           *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_failing_commands_leave_no_lite_file(tmp_path, rp_bundle, sample_images):
+    bundle = rp_bundle[0]
+    image = sample_images[0][0]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not an archive")
+    runs = {
+        "index-missing-folder": ("index", bundle, tmp_path / "nope"),
+        "index-a-file": ("index", bundle, a_file),
+        "search-missing-collection": ("search", bundle, image),
+        "search-missing-image": ("search", bundle, tmp_path / "missing.jpg"),
+        "serve-missing-collection": ("serve", bundle, "--port", "0"),
+    }
+    for name, args in runs.items():
+        db = tmp_path / f"{name[:20]}.db"
+        done = _rsir(*args, "--uri", db, cwd=tmp_path)
+        assert done.returncode != 0, (name, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (name, done.stderr)
+        assert not db.exists(), (name, done.stderr)
+        assert "nothing was written to it" not in done.stderr, (name, done.stderr)
+    assert sorted(p.suffix for p in tmp_path.iterdir() if p.suffix == ".db") == []
+
+
+def test_logs_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    temp = tmp_path / "t"
+    temp.mkdir()
+    db = tmp_path / "k.db"
+    driver = ("import numpy as np, os, sys\n"
+              "from rsir_sdk import MilvusCodeStore\n"
+              "s = MilvusCodeStore(sys.argv[1], 'c', bits=64)\n"
+              "s.upsert(['a'], np.zeros((1, 8), np.uint8))\n"
+              "print(os.getpid(), flush=True)\n"
+              "sys.stdin.read()\n")
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(db)], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        pid = int(proc.stdout.readline())
+        log = temp / f"rsir-milvus-lite-{pid}.log"
+        assert log.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert log.exists() and log.stat().st_size == 0  # a killed process cannot remove it
+    kept = temp / "rsir-milvus-lite-999999999.log"  # a dead process's log with content: kept
+    kept.write_text("F20261204 crash explained here\n")
+    alive = temp / f"rsir-milvus-lite-{os.getppid()}.log"  # a running process's: kept
+    alive.touch()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    lite.wait_for_lite_file(db, 30)  # the killed run's orphaned server exits on its own
+    with MilvusCodeStore(str(db), "c") as store:  # starting a server sweeps the temp folder
+        assert store.count() == 1
+        assert not log.exists() and kept.exists() and alive.exists()
