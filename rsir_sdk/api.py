@@ -11,8 +11,9 @@ against it runs unchanged on a laptop's Milvus Lite file and against a central s
 >>> from rsir_sdk import RetrievalAPI, Retriever
 >>> def nearest_label(r: RetrievalAPI, image) -> str:
 ...     return r.search(image, k=1)[0].label
->>> isinstance(Retriever.__new__(Retriever), RetrievalAPI)
-True
+>>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")       # doctest: +SKIP
+>>> isinstance(r, RetrievalAPI), nearest_label(r, "query.jpg")           # doctest: +SKIP
+(True, 'Forest')
 
 Filters (``filter=``): a dict (``{"label": "Forest", "sensor": "S2"}``; a list value means "any
 of"; other keys are metadata keys) or a Milvus expression string over the collection's fields.

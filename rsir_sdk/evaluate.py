@@ -394,7 +394,7 @@ def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | N
 
 def _search_all(store: MilvusCodeStore, q_codes: np.ndarray, k: int, db_ids: list[str],
                 report: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` database indices and distances of every query, Milvus order (distance, id)."""
+    """Top-``k`` database indices and distances of every query, Milvus order (distance, digest of the id)."""
     pos = {i: n for n, i in enumerate(db_ids)}
     step = max(1, HITS_PER_CALL // k)
     idx = np.zeros((len(q_codes), k), dtype=np.int64)

@@ -19,8 +19,8 @@ import html
 import io
 import os
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any, Iterable, Sequence
+from urllib.parse import quote
 
 from PIL import Image
 

@@ -10,7 +10,8 @@ import re
 
 __all__ = ["redact_text", "redact_uri"]
 
-_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+# greedy up to the last "@" of the authority: a password may hold a raw "@" ("u:p@ss@host")
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
 _QUERY_SECRET = re.compile(r"(?i)((?:token|password|secret|key)=)[^&\s]*")
 
 
@@ -30,5 +31,7 @@ def redact_text(text: str) -> str:
 
     >>> redact_text("cannot connect to Milvus at http://root:Milvus@db:19530: refused")
     'cannot connect to Milvus at http://***@db:19530: refused'
+    >>> redact_text("cannot load image https://u:p@ss@host/x.jpg: HTTP 404")
+    'cannot load image https://***@host/x.jpg: HTTP 404'
     """
     return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1***@", text))

@@ -28,7 +28,7 @@ from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
 from .failures import FailureReport
 from .hits import Hit, StoredItem
-from .images import ImageSource, RuleLike, describe_source
+from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, describe_source
 from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
 from .options import IndexOptions, IngestOptions
 from .rasters import RasterRule, as_rule
@@ -58,7 +58,7 @@ class Retriever:
     ``providers``, ``threads``, ``batch_size``: the encoder's onnxruntime providers, threads and
     images per call. ``index_options`` (:class:`~rsir_sdk.options.IndexOptions`): the index type
     of a new server collection and its index and search parameters. ``url_timeout``: seconds
-    allowed, in all, to fetch an image given as a URL.
+    allowed, in all (DNS, connect, headers, body), to fetch an image given as a URL.
 
     >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")     # doctest: +SKIP
     >>> r.add_images(["a.jpg", "b.jpg"], ids=["a", "b"], labels=["forest", "river"])
@@ -78,7 +78,7 @@ class Retriever:
         threads: int | None = None,
         batch_size: int = 32,
         index_options: IndexOptions | None = None,
-        url_timeout: float | None = None,
+        url_timeout: float = DEFAULT_URL_TIMEOUT,
     ):
         if index_options is not None and not isinstance(index_options, IndexOptions):
             raise InvalidInputError(
@@ -93,13 +93,11 @@ class Retriever:
             uri, name, bits=self.bundle.bits, token=token, encoder=identity,
             **(index_options or IndexOptions()).store_kwargs(),
         )
-        # None: the encoder's own default (rsir_sdk.images.DEFAULT_URL_TIMEOUT)
-        fetch: dict[str, Any] = {} if url_timeout is None else {"url_timeout": url_timeout}
         try:
             self.raster_rule = self._collection_rule(asked)
             self.encoder = Encoder(
                 self.bundle, raster_rule=self.raster_rule, providers=providers, threads=threads,
-                batch_size=batch_size, **fetch,
+                batch_size=batch_size, url_timeout=url_timeout,
             )
         except BaseException:
             self.store.close()

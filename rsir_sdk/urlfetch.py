@@ -140,9 +140,11 @@ def _transport(clock: _Clock, allow_private: bool) -> Any:
     if not hasattr(transport, "_pool"):  # pragma: no cover - httpx changed its internals
         raise ImageLoadError("<url>", "this httpx version is not supported for URL downloads")
     transport._pool.close()
+    # duck-typed httpcore.NetworkBackend: httpcore is imported only when a URL is fetched
+    backend: Any = _GuardedBackend(clock, allow_private)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=_ssl_context(), network_backend=_GuardedBackend(clock, allow_private),
-        max_connections=4, max_keepalive_connections=0)
+        ssl_context=_ssl_context(), network_backend=backend, max_connections=4,
+        max_keepalive_connections=0)
     return transport
 
 

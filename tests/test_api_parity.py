@@ -215,8 +215,12 @@ def test_remote_index_stays_inside_the_archive_root_and_leaves_the_engine_to_the
     link = root / "link"
     if not link.exists():
         link.symlink_to(outside, target_is_directory=True)
+    (root / "escape.csv").write_text(f"path,label\n{outside / 'Forest' / 'x.jpg'},Forest\n"
+                                     f"../outside/Forest/gone.jpg,Forest\n")
     with RemoteRetriever(world["server"].url, token=WRITE) as r:
         n = r.count()
+        with pytest.raises(InvalidInputError, match="2 image.s. of escape.csv lie outside"):
+            r.index("escape.csv", label_column="label")
         assert r.ready() is True and r.collection == COLLECTION
         for where in ("../outside", str(outside), "link", "small/../../outside", "nothing-here"):
             with pytest.raises(NotFoundError, match="no such archive inside"):

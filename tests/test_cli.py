@@ -168,6 +168,9 @@ def test_training_commands_come_from_the_entry_point_group(tmp_path):
     proc = subprocess.run([_rsir_script(), "quantize", "--help"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "--calibration" in proc.stdout
+    # in process too: main returns the command's exit status (2: a bad argument, one line)
+    assert main(["train", "ahcl", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--bits", "12"]) == 2
+    assert not (tmp_path / "o").exists()
     # listing the commands imports their command line module, never torch or onnx
     proc = subprocess.run(
         [sys.executable, "-c", "import sys, contextlib, io\nfrom rsir_sdk.cli import main\n"

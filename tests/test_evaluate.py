@@ -145,15 +145,22 @@ def test_rsir_eval_command(tmp_path, sample_dir, capsys):
     assert "--data" in capsys.readouterr().err
 
 
-class CountingEncoder(Encoder):
-    """The real encoder, counting the images it encodes (every path to onnxruntime goes
-    through ``encode_arrays``)."""
+class CountingEncoder:
+    """Counts the images every real :class:`Encoder` encodes, wherever it was made (every path
+    to onnxruntime goes through ``Encoder.encode_arrays``, wrapped here, not replaced)."""
 
     images: list[int] = []
 
-    def encode_arrays(self, batch, return_embeddings=False):
-        CountingEncoder.images.append(len(batch))
-        return super().encode_arrays(batch, return_embeddings)
+    @classmethod
+    def install(cls, monkeypatch) -> None:
+        real = Encoder.encode_arrays
+        cls.images = []
+
+        def counted(self, batch, return_embeddings=False):
+            cls.images.append(len(batch))
+            return real(self, batch, return_embeddings)
+
+        monkeypatch.setattr(Encoder, "encode_arrays", counted)
 
 
 @pytest.mark.parametrize("protocol,args,expected", [
@@ -168,8 +175,7 @@ def test_rsir_eval_plot_encodes_each_image_once(tmp_path, sample_dir, monkeypatc
     pytest.importorskip("matplotlib")
     bundle = tmp_path / "b"
     make_bundle(bundle, sample_dir, protocol=protocol, learned=protocol.startswith("ahcl"))
-    monkeypatch.setattr("rsir_sdk.evaluate.Encoder", CountingEncoder)
-    CountingEncoder.images = []
+    CountingEncoder.install(monkeypatch)
     png = tmp_path / "pr.png"
     assert main(["eval", str(bundle), "--data", str(sample_dir), "--no-progress", "--json",
                  "--plot", str(png)] + args) == 0
@@ -186,8 +192,7 @@ def test_one_set_of_codes_for_milvus_the_metrics_and_the_curves(tmp_path, sample
 
     bundle = tmp_path / "ahcl"
     make_bundle(bundle, sample_dir, protocol="ahcl-80-20", learned=True)
-    monkeypatch.setattr("rsir_sdk.evaluate.Encoder", CountingEncoder)
-    CountingEncoder.images = []
+    CountingEncoder.install(monkeypatch)
     codes = evaluation_codes(bundle, sample_dir, EvalOptions(batch_size=16))
     assert sum(CountingEncoder.images) == 40 and max(CountingEncoder.images) == 16
     # the database as the bundle lists it: the metrics put it in the store's tie order

@@ -127,3 +127,6 @@ def test_private_addresses_are_opt_in(http_base):
     with pytest.raises(ImageLoadError) as err:
         load_image(f"http://user:hunter2@127.0.0.1:{port}/scene.jpg")
     assert err.value.source == f"http://***@127.0.0.1:{port}/scene.jpg"
+    with pytest.raises(ImageLoadError) as err:   # a raw "@" inside the password
+        load_image("http://user:hun@ter2@10.0.0.1/x.jpg")
+    assert err.value.source == "http://***@10.0.0.1/x.jpg" and "ter2" not in str(err.value)

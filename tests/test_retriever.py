@@ -98,3 +98,8 @@ def test_index_options_reach_the_store_as_one_value(rp_bundle, db_uri, sample_im
         IndexOptions(search_params=[("nprobe", 4)])
     with pytest.raises(TypeError):  # the old loose keywords are gone: one way to say it
         Retriever(rp_bundle[0], uri=db_uri, collection="c", search_params={"nprobe": 4})
+    # url_timeout (the total time to fetch an image URL) reaches the encoder that fetches
+    with Retriever(rp_bundle[0], uri=db_uri, collection="c", url_timeout=0.5) as r:
+        assert r.encoder.url_timeout == 0.5
+    with Retriever(rp_bundle[0], uri=db_uri, collection="c") as r:
+        assert r.encoder.url_timeout == 20.0

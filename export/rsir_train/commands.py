@@ -89,7 +89,7 @@ def milan_config(args: argparse.Namespace) -> Any:
         patience=0 if args.authors else args.patience, refit=args.refit and not args.authors,
         weight_decay=args.weight_decay, input_dropout=args.input_dropout,
         # None: the trainer's default (MilanParams); --authors turns both off
-        **{name: 0.0 if args.authors else value
+        **{name: 0.0 if args.authors else value  # type: ignore[arg-type]
            for name, value in (("classifier_weight", args.classifier_weight),
                                ("ema_decay", args.ema_decay))
            if args.authors or value is not None},

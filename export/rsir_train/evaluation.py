@@ -32,7 +32,7 @@ PROTOCOLS = {"milan": "query", "ahcl": "train"}
 MILAN_TOPK = 20
 
 
-def archive_map(codes: Any, labels: Sequence, topk: int = MILAN_TOPK,
+def archive_map(codes: Any, labels: Sequence | np.ndarray, topk: int = MILAN_TOPK,
                 ties: Ties = "index", ids: Sequence[str] | None = None) -> float:
     """The MiLAN protocol's figure on packed codes: the codes ranked among themselves,
     leave-one-out, mAP@``topk`` (used for test sides, validation parts and baselines alike).

@@ -61,7 +61,7 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "rsir-sdk" / "features"
 
 
-def load_prepared(archive: ArchiveListing, indices: Sequence[int],
+def load_prepared(archive: ArchiveListing, indices: Sequence[int] | np.ndarray,
                   preprocess: dict[str, Any]) -> np.ndarray:
     """Decode and crop the images at ``indices``: ``uint8 (n, h, w, 3)``, runtime preprocessing."""
     from rsir_sdk.errors import ImageLoadError
@@ -82,7 +82,7 @@ def load_prepared(archive: ArchiveListing, indices: Sequence[int],
     return out
 
 
-def _file_list_digest(h: Any, archive: ArchiveListing, indices: Sequence[int]) -> None:
+def _file_list_digest(h: Any, archive: ArchiveListing, indices: Sequence[int] | np.ndarray) -> None:
     h.update(str(archive.root.resolve()).encode())
     for i in indices:
         item = archive.items[int(i)]
@@ -91,7 +91,7 @@ def _file_list_digest(h: Any, archive: ArchiveListing, indices: Sequence[int]) -
 
 
 def cache_key(backbone: Backbone, n_stages: int, preprocess: dict[str, Any],
-              archive: ArchiveListing, indices: Sequence[int]) -> str:
+              archive: ArchiveListing, indices: Sequence[int] | np.ndarray) -> str:
     """Key of a frozen-stage cache: frozen weights + preprocessing + file list (sizes, mtimes)."""
     h = hashlib.sha256()
     h.update(backbone.prefix_digest(n_stages).encode())
@@ -119,7 +119,7 @@ def _cache_folder(cache_dir: str | os.PathLike | bool | None) -> Path | None:
 
 @torch.no_grad()
 def _run(backbone: Backbone, normalize: Normalize, archive: ArchiveListing,
-         indices: Sequence[int], preprocess: dict[str, Any], n_stages: int | None, device: str,
+         indices: Sequence[int] | np.ndarray, preprocess: dict[str, Any], n_stages: int | None, device: str,
          batch_size: int, emit: Progress) -> torch.Tensor:
     """The frozen part's output for ``indices`` (``n_stages=None``: the whole backbone, pooled)."""
     was_training = backbone.training
@@ -166,7 +166,7 @@ def frozen_features(
     normalize: Normalize,
     n_stages: int,
     archive: ArchiveListing,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     preprocess: dict[str, Any],
     *,
     cache_dir: str | os.PathLike | bool | None = None,
@@ -217,5 +217,5 @@ def pooled_features(
         path = folder / f"milan-{backbone.name}-{pooled_cache_key(backbone, preprocess, archive)}.npy"
     n = len(archive.items)
     return _cached(path, n, lambda: _run(
-        backbone, normalize, archive, np.arange(n), preprocess, None, device, batch_size, emit),  # type: ignore[arg-type]
+        backbone, normalize, archive, np.arange(n), preprocess, None, device, batch_size, emit),
         emit)

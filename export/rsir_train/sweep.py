@@ -87,7 +87,7 @@ def run_sweep(data: str, split_file: str | None, bits: Sequence[int], configs: S
             t0 = time.perf_counter()
             res = train_ahcl(archive, val, cfg)
             rec = {"dataset": archive.name, "bits": int(b), "config": text,
-                   "resolved": {k: v for k, v in dataclasses.asdict(res.config).items()
+                   "resolved": {k: v for k, v in dataclasses.asdict(res.config).items()  # type: ignore[arg-type]
                                 if k in ("schedule", "lr", "momentum", "outer", "inner",
                                          "lr_steps", "freeze_blocks", "preprocess", "amp")},
                    "val_map": round(res.metrics.get("map_query_vs_learned_db", float("nan")), 4),

@@ -77,7 +77,7 @@ def load_checkpoint(path: str | os.PathLike, **identity: Any) -> dict[str, Any] 
     return state
 
 
-def validation_indices(labels: Sequence, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_indices(labels: Sequence | np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(fit, val)`` of a per-class split of ``labels`` (a train side's labels):
     ``round(fraction * n)`` items of each class (at least 1 when ``fraction > 0``, never all)
     go to ``val``; seeded. Both trainers hold their validation images out so: the positions

@@ -80,4 +80,7 @@ def run(command: str, argv: Sequence[str]) -> int:
     func = _load(command)
     if func is None:
         return EXIT_USAGE
-    return int(func(list(argv)) or 0)
+    try:
+        return int(func(list(argv)) or 0)
+    except SystemExit as exc:  # --help, or a bad argument (the command printed one line)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)

@@ -4,6 +4,8 @@
                [--read-token T | $RSIR_READ_TOKEN] [--write-token T | $RSIR_WRITE_TOKEN]
                [--archive-root DIR] [--max-upload-bytes N] [--max-k N] [--max-batch N]
                [--request-timeout S] [--concurrency N] [--max-queue N] [--insecure]
+               [--max-pixels N] [--header-timeout S] [--max-incomplete-connections N]
+               [--no-urls] [--no-expressions] [--allow-index]
 
 The lead wires this module into the ``rsir`` command (:func:`add_arguments`, :func:`run`);
 ``python -m rsir_sdk.serve`` runs it on its own. Exit status: 0 after a clean shutdown

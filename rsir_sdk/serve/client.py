@@ -417,7 +417,8 @@ class RemoteRetriever:
         archive root (``POST /v1/index``, write token; the service must run with
         ``--allow-index``). ``archive`` is a path as the service sees it: relative to its archive
         root, or absolute inside it. Options as for :meth:`rsir_sdk.Retriever.index`, except
-        those the service decides (``engine``, ``address``, ``bulk_dir``: refused).
+        those the service decides (``engine``, ``address``, ``bulk_dir``, ``ray``, a higher
+        ``max_pixels``: refused with :class:`~rsir_sdk.errors.InvalidInputError`).
 
         One request runs the whole ingestion (``HttpOptions.index_timeout``): ``progress`` is
         called once, at the end; ``on_prepare`` is not called (the summary's ``prepare`` says

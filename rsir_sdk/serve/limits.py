@@ -8,6 +8,9 @@
   slot stays taken until it really ends, and the concurrency bound stays true.
 - :class:`BodyLimitMiddleware` answers 413 for a body declared (``Content-Length``) or found
   (streamed, counted) to be over the upload limit, before any of it is parsed.
+- :func:`guarded_h11` gives each connection a deadline for its request headers and caps the
+  connections waiting for theirs (slow-header clients cannot hold sockets forever);
+  :class:`RepeatFilter` keeps an overload from writing one WARNING line per refused request.
 """
 
 from __future__ import annotations
@@ -252,7 +255,7 @@ def guarded_h11(header_timeout: float, max_incomplete: int) -> type:
     class GuardedH11Protocol(H11Protocol):
         _header_timer: Any = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._await_headers()
 

@@ -144,7 +144,7 @@ class IndexJSON(Strict):
                                      "(relative to it, or absolute inside it)")
     options: Optional[dict[str, Any]] = Field(
         None, description="rsir_sdk.IngestOptions as JSON (IngestOptions.to_json); engine, "
-                          "address and bulk_dir are the service's to decide")
+                          "address, bulk_dir, ray and a higher max_pixels are the service's to decide")
 
 
 class PrepareJSON(Strict):

@@ -184,13 +184,30 @@ class Service:
             raise InvalidInputError(f"max_pixels: at most {default.max_pixels} on a service "
                                     f"(the decompression-bomb guard stays on)")
         root = None if opts.root is None else str(self._inside_root(opts.root, "a folder"))
-        real = self._inside_root(archive, "an archive (folder or CSV manifest)")
-        summary = self.retriever.index(str(real), opts.replace(root=root))
+        opts = opts.replace(root=root)
+        listing = self._listing(self._inside_root(archive, "an archive (folder or CSV manifest)"),
+                                opts)
+        summary = self.retriever.index(listing, opts)
         self.refresh_count()
         out = summary.as_dict()
         out.pop("uri", None)
         out["ignored_examples"] = list(summary.ignored_examples)
         return out
+
+    def _listing(self, real: Path, opts: Any) -> Any:
+        """The archive's listing, refused (422) when a manifest names images outside the root
+        (missing or present alike: the answer says nothing about files out there)."""
+        from ..archive import open_archive
+
+        listing = open_archive(str(real), **opts.listing())
+        root = str(self.archive_root)
+        outside = [it.path for it in listing.items
+                   if os.path.commonpath([root, os.path.realpath(it.file)]) != root]
+        if outside:
+            raise InvalidInputError(f"{len(outside)} image(s) of {real.name} lie outside the "
+                                    f"served archive root, e.g. {outside[0][:200]!r}: a service "
+                                    f"indexes files inside its root only")
+        return listing
 
     def _inside_root(self, path: str, what: str) -> Path:
         """``path`` (relative to the archive root, or absolute inside it) resolved; one 404

@@ -11,7 +11,7 @@ Any Unicode text (but lone surrogates) works as an id, label, path or metadata v
 back byte for byte: no user string becomes a primary key or enters an expression (see
 :mod:`.keys`). A write is checked completely before its first row is sent, so a bad call
 changes nothing. Hamming radius searches are **inclusive**: ``radius=r`` returns every item with
-distance ``<= r``. Results are sorted by (distance, id), exactly (:mod:`.topk`).
+distance ``<= r``. Results are sorted by (distance, digest of the id), exactly (:mod:`.topk`).
 
 On a server, call :meth:`MilvusCodeStore.prepare_for_search` after a large write (``rsir index``
 and the Retriever do): the first search is then as fast as the hundredth (:mod:`.server`).

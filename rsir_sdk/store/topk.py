@@ -14,11 +14,11 @@ tie group is ranked as a random order would rank it, whose expected AP is the ti
 
 The algorithm (measured on Milvus Lite 2.5.1 and the 2.3.5 server):
 
-1. Search with ``limit = min(16384, 2k)`` and sort the hits by (distance, id).
+1. Search with ``limit = min(16384, 2k)`` and sort the hits by (distance, pk).
 2. If fewer than ``limit`` came back, or the last hit is farther than the k-th (distance
    ``dk``), the whole tie group at ``dk`` is inside: take the first k.
 3. Otherwise keep the hits nearer than ``dk`` and fetch **every** item at exactly ``dk`` with a
-   range search (``range_filter=dk <= d < radius=dk+1``, same filter), sort that group by id and
+   range search (``range_filter=dk <= d < radius=dk+1``, same filter), sort that group by pk and
    fill up to k. The queries that need one are grouped by ``dk``: one range search request per
    distinct ``dk`` (and per :data:`TIE_BATCH` queries), not one per query.
 4. When a query's range search returns 16384 items (Milvus' cap), split it by primary-key

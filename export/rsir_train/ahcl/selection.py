@@ -117,8 +117,8 @@ def select_model(
             st.best_net = st.best_V = None  # only the leader's weights are kept in memory
     assert best is not None and best[2].best_net is not None and best[2].best_V is not None
     name, cfg, st = best
-    ctx.net.load_state_dict(st.best_net)
-    V = complete_codes(ctx, st.best_V, fit, cfg.lam, cfg.batch_size)
+    ctx.net.load_state_dict(st.best_net)  # type: ignore[arg-type]
+    V = complete_codes(ctx, st.best_V, fit, cfg.lam, cfg.batch_size)  # type: ignore[arg-type]
     others = [t for t in tried if t["name"] != name]
     reason = (f"{name}: highest validation mAP ({st.best_map:.4f} at outer iteration {st.best_outer})"
               + ("; " + ", ".join(f"{t['name']} {t['best_val_map']:.4f}" for t in others)

@@ -350,7 +350,7 @@ def _prepare(archive: ArchiveListing, split: Split, config: AHCLConfig,
     db_in, q_in = _inputs(backbone, normalize, n_frozen, archive, train_idx, query_idx,
                           preprocess, config, device, emit)
     if db_in.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     prep_seconds = time.perf_counter() - t0
     log.info("inputs ready in %.1fs (%d frozen stages)", prep_seconds, n_frozen)
     return _Context(
@@ -429,7 +429,7 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
 def _final_metrics(ctx: _Context, V: np.ndarray, batch_size: int) -> dict[str, float]:
     """The query side against the exported model's codes (float32, as the exported graph):
     queries by sign(u); database = learned V (and, for reference, sign(u))."""
-    net = ctx.net.to(memory_format=torch.contiguous_format)
+    net = ctx.net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     uq = _encode(net, ctx.q_in, ctx.device, batch_size)
     udb = _encode(net, ctx.db_in, ctx.device, batch_size)
     metrics: dict[str, float] = {}

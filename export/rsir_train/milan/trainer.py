@@ -369,7 +369,7 @@ def train_milan(
     t1 = time.perf_counter()
     selection: dict[str, Any] = {}
     if params.val_fraction > 0:
-        params = replace(params, val_metric=resolve_val_metric(params.val_metric, split.protocol))
+        params = replace(params, val_metric=resolve_val_metric(params.val_metric, split.protocol))  # type: ignore[arg-type]
         fit, val = validation_indices(labels[train_idx], params.val_fraction, params.seed)
         fit_idx, val_idx = train_idx[fit], train_idx[val]
         head = train_milan_head(feats[torch.as_tensor(fit_idx)], labels[fit_idx], config.bits,

@@ -209,7 +209,7 @@ def _int8(onnx: Any, graph: _Graph, parent: Bundle, plan: _FloatPlan, calib: Cal
     """Quantize, check, and retry with more leading layers in float until the target is met."""
     named, model = graph.path, graph.model
     target_agreement, batch_size = options.target_agreement, options.batch_size
-    opts = {"method": options.method, "per_channel": options.per_channel,
+    opts: dict[str, Any] = {"method": options.method, "per_channel": options.per_channel,
             "activations": options.activations, "reduce_range": options.reduce_range}
     exclude = plan.exclude
     # weighted layers in graph order, the candidates to keep in float when the agreement misses
