@@ -35,7 +35,7 @@ from .failures import Failure, FailureReport
 from .hits import Hit, StoredItem
 from .images import load_image, read_image
 from .ingest import IngestInterrupted, IngestProgress, IngestSummary
-from .options import IngestOptions
+from .options import IndexOptions, IngestOptions, RayOptions
 from .rasters import RasterRule
 from .retriever import Retriever
 from .store import MilvusCodeStore, list_collections
@@ -75,6 +75,7 @@ __all__ = [
     "Hit",
     "HttpOptions",
     "ImageLoadError",
+    "IndexOptions",
     "InvalidInputError",
     "IngestInterrupted",
     "IngestOptions",
@@ -85,6 +86,7 @@ __all__ = [
     "RasterRule",
     "RasterRuleError",
     "RasterRuleMismatchError",
+    "RayOptions",
     "RemoteRetriever",
     "RetrievalAPI",
     "Retriever",

@@ -1,24 +1,49 @@
-"""GeoTIFF georeferencing read from the tags themselves (no GDAL): bounds, CRS, lon/lat.
+"""GeoTIFF georeferencing read from the tags themselves (no GDAL): bounds, CRS, footprint, time.
 
-ModelPixelScale (33550) + ModelTiepoint (33922) or ModelTransformation (34264) give the bounds
-in the raster's CRS; the GeoKeyDirectory (34735) gives the EPSG code (ProjectedCSType 3072, else
-GeographicType 2048) and pixel-is-point. WGS84 lon/lat bounds and centre are added for
-EPSG:4326, UTM (326xx/327xx) and Web Mercator (3857) when the coordinates are in range; a tag
-that cannot be made sense of gives fewer fields, never an error (the image stays readable).
+ModelPixelScale (33550) + ModelTiepoint (33922) or ModelTransformation (34264) give the affine
+map from pixels to the raster's CRS; the GeoKeyDirectory (34735) gives the EPSG code
+(ProjectedCSType 3072, else GeographicType 2048) and pixel-is-point. The WGS84 footprint is the
+lon/lat box of the image outline sampled densely (:data:`OUTLINE_SAMPLES` points per edge, so the
+curved edges of a projected CRS are covered), crossing the antimeridian when the image does and
+spanning every longitude when a pole lies inside the image.
+
+**CRS.** With pyproj (the ``geo`` extra; its wheels carry the PROJ database, no network is
+used) any CRS the EPSG database knows is converted. Without pyproj a hand-written fallback
+converts EPSG:4326, UTM (326xx/327xx) and Web Mercator (3857) only. A CRS neither knows gives
+bounds but no footprint, and one line under ``footprint_error``: a tag that cannot be made sense
+of gives fewer fields, never an error (the image stays readable and is indexed without a place).
+
+**Time.** EXIF DateTimeOriginal (36867), else the TIFF DateTime tag (306), read as UTC (the
+tags carry no zone), gives ``time`` (ISO 8601).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import threading
 from typing import Any, Mapping
 
+import numpy as np
+
+from .errors import InvalidInputError
+from .geo import BBox, enclosing_box, iso, parse_time
+
+TAG_DATETIME = 306
 TAG_PIXEL_SCALE = 33550
 TAG_TIEPOINT = 33922
 TAG_TRANSFORMATION = 34264
 TAG_GEOKEYS = 34735
+TAG_DATETIME_ORIGINAL = 36867  # in the EXIF IFD: readers put it among the tags they pass
 TAG_GDAL_NODATA = 42113
-#: the TIFF tags a reader should hand to :func:`georeference`
-GEO_TAGS = (TAG_PIXEL_SCALE, TAG_TIEPOINT, TAG_TRANSFORMATION, TAG_GEOKEYS, TAG_GDAL_NODATA)
+#: the TIFF tags a reader should hand to :func:`georeference` (plus EXIF DateTimeOriginal)
+GEO_TAGS = (TAG_DATETIME, TAG_PIXEL_SCALE, TAG_TIEPOINT, TAG_TRANSFORMATION, TAG_GEOKEYS, TAG_GDAL_NODATA)
+#: points sampled along each edge of the image outline for its footprint
+OUTLINE_SAMPLES = 33
+_FALLBACK_HINT = "pip install 'rsir-sdk[geo]' (pyproj) for CRSs other than EPSG:4326, UTM and 3857"
+_local = threading.local()  # pyproj transformers are not shared between threads
+
+Affine = tuple[float, float, float, float, float, float]  # x = a i + b j + c, y = d i + e j + f
 
 
 def parse_geokeys(directory: Any) -> dict[int, Any]:
@@ -42,12 +67,18 @@ def parse_geokeys(directory: Any) -> dict[int, Any]:
     return out
 
 
+def pyproj_available() -> bool:
+    """Whether the ``geo`` extra's pyproj can be imported (any EPSG CRS)."""
+    return importlib.util.find_spec("pyproj") is not None
+
+
 def georeference(tags: Mapping[int, Any], width: int, height: int) -> dict[str, Any]:
-    """Bounds, CRS and lon/lat from GeoTIFF tag values; ``{}`` when the raster is not georeferenced.
+    """Bounds, CRS, footprint and time from TIFF tag values; ``{}`` when there are none.
 
     Returns ``crs`` (``"EPSG:<code>"``, when known), ``bounds`` ``[minx, miny, maxx, maxy]`` in
-    the CRS, and for EPSG:4326, UTM and Web Mercator ``lonlat_bounds`` ``[west, south, east,
-    north]`` and ``lonlat`` (the centre, ``[lon, lat]``).
+    the CRS, ``lonlat_bounds`` ``[west, south, east, north]`` (``west > east`` across the
+    antimeridian; rounded outwards to 1e-7 degrees) and ``lonlat`` (the image centre) when the
+    CRS converts, else ``footprint_error`` (one line), and ``time`` from the date tags.
 
     >>> g = georeference({33550: (10.0, 10.0, 0.0), 33922: (0, 0, 0, 500000.0, 5000000.0, 0),
     ...                   34735: (1, 1, 0, 1, 3072, 0, 1, 32633)}, 100, 100)
@@ -64,60 +95,172 @@ def georeference(tags: Mapping[int, Any], width: int, height: int) -> dict[str, 
         if code and code != 32767:  # 32767 = user-defined
             epsg = int(code)
             break
-    pixel_is_point = keys.get(1025) == 2
     try:
-        corners = _corners(tags, width, height, pixel_is_point)
+        affine = _affine(tags, keys.get(1025) == 2)
     except (TypeError, ValueError, OverflowError):  # malformed tag values: no bounds
-        corners = None
+        affine = None
     out: dict[str, Any] = {}
     if epsg is not None:
         out["crs"] = f"EPSG:{epsg}"
-    if corners is None or not all(math.isfinite(v) for c in corners for v in c):
-        return out
-    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-    out["bounds"] = [_round(min(xs)), _round(min(ys)), _round(max(xs)), _round(max(ys))]
-    if epsg is not None:
-        lonlat = [p for p in (to_lonlat(x, y, epsg) for x, y in corners) if p is not None]
-        if len(lonlat) == len(corners):
-            lons, lats = [p[0] for p in lonlat], [p[1] for p in lonlat]
-            out["lonlat_bounds"] = [round(min(lons), 7), round(min(lats), 7),
-                                    round(max(lons), 7), round(max(lats), 7)]
-            cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
-            centre = to_lonlat(cx, cy, epsg)
-            if centre is not None:
-                out["lonlat"] = [round(centre[0], 7), round(centre[1], 7)]
+    if affine is not None and all(math.isfinite(v) for v in affine):
+        xs, ys = _apply(affine, np.array([0.0, width, 0.0, width]), np.array([0.0, 0.0, height, height]))
+        out["bounds"] = [_round(xs.min()), _round(ys.min()), _round(xs.max()), _round(ys.max())]
+        if epsg is not None:
+            try:
+                out.update(footprint(epsg, affine, width, height))
+            except InvalidInputError as exc:
+                out["footprint_error"] = str(exc)
+    time = acquisition_time(tags)
+    if time is not None:
+        out["time"] = time
     return out
 
 
-def _corners(tags, width, height, pixel_is_point) -> list[tuple[float, float]] | None:
+def acquisition_time(tags: Mapping[int, Any]) -> str | None:
+    """EXIF DateTimeOriginal, else TIFF DateTime, as ISO 8601 UTC; None when absent or unparsable."""
+    for code in (TAG_DATETIME_ORIGINAL, TAG_DATETIME):
+        value = tags.get(code)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if isinstance(value, str) and value.strip("\x00 "):
+            try:
+                return iso(parse_time(value.strip("\x00 "), "TIFF date"))
+            except InvalidInputError:
+                continue
+    return None
+
+
+def _affine(tags, pixel_is_point) -> Affine | None:
     shift = -0.5 if pixel_is_point else 0.0  # pixel-is-point: tie points name pixel centres
     if TAG_TRANSFORMATION in tags:
         m = [float(v) for v in tags[TAG_TRANSFORMATION]]
         if len(m) < 8:
             return None
-
-        def at(i: float, j: float) -> tuple[float, float]:
-            i, j = i + shift, j + shift
-            return m[0] * i + m[1] * j + m[3], m[4] * i + m[5] * j + m[7]
-
-    elif TAG_TIEPOINT in tags and TAG_PIXEL_SCALE in tags:
+        return (m[0], m[1], m[3] + (m[0] + m[1]) * shift, m[4], m[5], m[7] + (m[4] + m[5]) * shift)
+    if TAG_TIEPOINT in tags and TAG_PIXEL_SCALE in tags:
         tp = [float(v) for v in tags[TAG_TIEPOINT]]
         sc = [float(v) for v in tags[TAG_PIXEL_SCALE]]
         if len(tp) < 6 or len(sc) < 2:
             return None
         ti, tj, tx, ty = tp[0], tp[1], tp[3], tp[4]
         sx, sy = sc[0], sc[1]
+        return (sx, 0.0, tx + (shift - ti) * sx, 0.0, -sy, ty - (shift - tj) * sy)
+    return None
 
-        def at(i: float, j: float) -> tuple[float, float]:
-            return tx + (i - ti + shift) * sx, ty - (j - tj + shift) * sy
 
+def _apply(a: Affine, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return a[0] * i + a[1] * j + a[2], a[3] * i + a[4] * j + a[5]
+
+
+def footprint(epsg: int, affine: Affine, width: int, height: int) -> dict[str, Any]:
+    """``lonlat_bounds`` and ``lonlat`` of an image whose pixels map to EPSG ``epsg`` by
+    ``affine``; ``{}`` when the outline falls outside the CRS; :class:`InvalidInputError` (one
+    line) for a CRS that cannot be converted."""
+    n = OUTLINE_SAMPLES
+    t = np.linspace(0.0, 1.0, n)
+    i = np.concatenate([t * width, np.full(n, float(width)), t[::-1] * width, np.zeros(n), [width / 2]])
+    j = np.concatenate([np.zeros(n), t * height, np.full(n, float(height)), t[::-1] * height, [height / 2]])
+    xs, ys = _apply(affine, i, j)
+    lons, lats = to_lonlat_many(xs, ys, epsg)
+    if not (np.isfinite(lons).all() and np.isfinite(lats).all()) or np.abs(lats).max() > 90:
+        return {}
+    ring_lon, ring_lat = lons[:-1], lats[:-1]
+    if _geographic(epsg) and np.ptp(ring_lon) >= 360.0:
+        box = BBox(-180.0, float(ring_lat.min()), 180.0, float(ring_lat.max()))
     else:
-        return None
-    return [at(0, 0), at(width, 0), at(0, height), at(width, height)]
+        box = enclosing_box(ring_lon, ring_lat)
+    for pole in (90.0, -90.0):
+        if _pole_inside(epsg, affine, width, height, pole):
+            box = BBox(-180.0, min(box.south, pole), 180.0, max(box.north, pole))
+    q = 1e7
+    bounds = [math.floor(box.west * q) / q, math.floor(box.south * q) / q,
+              math.ceil(box.east * q) / q, math.ceil(box.north * q) / q]
+    bounds = [max(-180.0, min(180.0, bounds[0])), max(-90.0, bounds[1]),
+              max(-180.0, min(180.0, bounds[2])), min(90.0, bounds[3])]
+    lon_c = (float(lons[-1]) + 180.0) % 360.0 - 180.0
+    return {"lonlat_bounds": bounds, "lonlat": [round(lon_c, 7), round(float(lats[-1]), 7)]}
+
+
+def _pole_inside(epsg: int, affine: Affine, width: int, height: int, pole: float) -> bool:
+    """Whether the pole maps inside the image (its footprint then spans every longitude)."""
+    if _geographic(epsg):
+        return False  # the outline itself reaches the pole's latitude
+    try:
+        x, y = _transformer(epsg, inverse=True).transform(0.0, pole)
+    except (InvalidInputError, ImportError):
+        return False
+    except Exception:  # noqa: BLE001 - pyproj raises ProjError and others for a pole outside the CRS
+        return False
+    a, b, c, d, e, f = affine
+    det = a * e - b * d
+    if not (math.isfinite(x) and math.isfinite(y)) or det == 0:
+        return False
+    i = (e * (x - c) - b * (y - f)) / det
+    j = (a * (y - f) - d * (x - c)) / det
+    return 0.0 <= i <= width and 0.0 <= j <= height
+
+
+def _geographic(epsg: int) -> bool:
+    if not pyproj_available():
+        return epsg == 4326
+    try:
+        return bool(_crs(epsg).is_geographic)
+    except InvalidInputError:
+        return False
+
+
+def _crs(epsg: int):
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    cache = _local.__dict__.setdefault("crs", {})
+    if epsg not in cache:
+        try:
+            cache[epsg] = CRS.from_epsg(epsg)
+        except CRSError:
+            raise InvalidInputError(
+                f"unknown CRS EPSG:{epsg}: not in the EPSG database PROJ carries") from None
+    return cache[epsg]
+
+
+def _transformer(epsg: int, inverse: bool = False):
+    """A pyproj transformer EPSG:<epsg> → WGS84 lon/lat (or back), one per thread and CRS."""
+    from pyproj import Transformer
+
+    cache = _local.__dict__.setdefault("transformers", {})
+    key = (epsg, inverse)
+    if key not in cache:
+        src, dst = _crs(epsg), "EPSG:4326"
+        cache[key] = (Transformer.from_crs(dst, src, always_xy=True) if inverse
+                      else Transformer.from_crs(src, dst, always_xy=True))
+    return cache[key]
+
+
+def to_lonlat_many(xs: Any, ys: Any, epsg: int) -> tuple[np.ndarray, np.ndarray]:
+    """WGS84 ``(lons, lats)`` of points in EPSG ``epsg`` (non-finite where outside the CRS).
+
+    By pyproj when installed (any EPSG CRS), else by :func:`to_lonlat` (4326, UTM, 3857);
+    :class:`InvalidInputError` (one line) for a CRS that cannot be converted.
+    """
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    if pyproj_available():
+        lon, lat = _transformer(epsg).transform(x, y, errcheck=False)
+        return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+    if not _fallback_knows(epsg):
+        raise InvalidInputError(f"CRS EPSG:{epsg} cannot be converted without pyproj: {_FALLBACK_HINT}")
+    pts = [to_lonlat(a, b, epsg) or (math.nan, math.nan) for a, b in zip(x.ravel(), y.ravel())]
+    return (np.array([p[0] for p in pts]).reshape(x.shape), np.array([p[1] for p in pts]).reshape(y.shape))
+
+
+def _fallback_knows(epsg: int) -> bool:
+    return epsg in (4326, 3857) or 32601 <= epsg <= 32660 or 32701 <= epsg <= 32760
 
 
 def to_lonlat(x: float, y: float, epsg: int) -> tuple[float, float] | None:
     """WGS84 ``(lon, lat)`` of a point given in EPSG:4326, UTM (326xx/327xx) or 3857; else None.
+
+    The hand-written fallback used when pyproj is not installed (and an independent check of it).
 
     >>> lon, lat = to_lonlat(448250.599, 5411951.599, 32631)   # the Eiffel Tower
     >>> round(lon, 4), round(lat, 4)

@@ -12,6 +12,10 @@ conversion rules for PIL images and numpy arrays, applied in this order:
   are refused rather than guessed;
 - numpy arrays: ``HxW`` (grayscale, replicated to 3 channels), ``HxWx1``, ``HxWx3`` (RGB),
   ``HxWx4`` (RGBA, alpha dropped), dtype ``uint8``, ``uint16`` (scaled as above) or float.
+
+For a reader that shares its memory with others (``rsir serve``): :func:`image_size` reads the
+pixel count from the header without decoding, and :func:`decode_reduced` decodes a large image
+already shrunk (JPEG by the decoder, others by box averaging) before these rules apply.
 """
 
 from __future__ import annotations

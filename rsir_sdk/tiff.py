@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageLoadError
-from .georef import GEO_TAGS, TAG_GDAL_NODATA, georeference
+from .georef import GEO_TAGS, TAG_DATETIME_ORIGINAL, TAG_GDAL_NODATA, georeference
 from .pixels import Raster, pil_to_rgb
 from .rasters import RasterRule
 
@@ -88,6 +88,9 @@ def _read_with_tifffile(fh, name, rule, max_pixels, max_bytes) -> Raster | None:
         bands = int(page.samplesperpixel)
         _check_size(name, width, height, bands, np.dtype(page.dtype).itemsize, max_pixels, max_bytes)
         tags = {code: page.tags[code].value for code in GEO_TAGS if code in page.tags}
+        exif = page.tags[34665].value if 34665 in page.tags else None  # the EXIF IFD, read as a dict
+        if isinstance(exif, dict) and exif.get("DateTimeOriginal"):
+            tags[TAG_DATETIME_ORIGINAL] = exif["DateTimeOriginal"]
         samples = page.asarray()
         axes = page.axes
     samples = _to_yxs(samples, axes, name)
@@ -114,6 +117,9 @@ def _read_with_pillow(fh, name, rule, max_pixels, max_bytes, tiff_reason) -> Ras
             _check_size(name, width, height, bands, 4 if img.mode in ("I", "F") else 1,
                         max_pixels, max_bytes)
             tags = {code: img.tag_v2[code] for code in GEO_TAGS if code in getattr(img, "tag_v2", {})}
+            original = _pillow_exif_time(img)
+            if original:
+                tags[TAG_DATETIME_ORIGINAL] = original
             img.load()
             if img.mode in _RAW_PIL_MODES:
                 samples = np.asarray(img)
@@ -140,6 +146,14 @@ def _read_with_pillow(fh, name, rule, max_pixels, max_bytes, tiff_reason) -> Ras
     except (OSError, ValueError, SyntaxError, KeyError, IndexError) as exc:
         raise failed(f"corrupt or unsupported TIFF ({exc})") from None
     return Raster(rgb, georeference(tags, width, height), bands, dtype, "pillow")
+
+
+def _pillow_exif_time(img: Image.Image) -> Any:
+    """EXIF DateTimeOriginal of a Pillow TIFF, or None (an unreadable EXIF IFD is ignored)."""
+    try:
+        return img.getexif().get_ifd(0x8769).get(TAG_DATETIME_ORIGINAL)
+    except Exception:  # noqa: BLE001 - a broken EXIF IFD must not make the image unreadable
+        return None
 
 
 def _check_size(name, width, height, bands, itemsize, max_pixels, max_bytes) -> None:

@@ -34,7 +34,7 @@ def sample():
 def _selecting(**overrides):
     """The tiny small_cnn run with the auto schedule, choosing among three short schedules."""
     cfg = dict(schedule="auto", lr=None, momentum=None, outer=EPOCHS, inner=None, lr_steps=None,
-               candidates=("auto", "short", "lr16"), val_every=2, patience=2)
+               candidates=("auto", "short", "lr16"), val_every=2, patience=2, select="on")
     cfg.update(overrides)
     return tiny_config(bits=32, **cfg)
 
@@ -70,10 +70,12 @@ def test_candidates_by_archive_size_and_length():
     by_name = dict(candidate_configs(AHCLConfig(bits=64), 230, 288, cached=True))
     assert by_name["lr16"].lr == AUTO_LR and by_name["short"].lr == AUTO_LR / 4
     assert by_name["authors"].momentum == 0.0 and by_name["auto"].outer == 100
-    # a schedule field set by hand: that schedule only (best epoch still validated)
+    # a schedule field set by hand: trained as given, unless select="on" (then that schedule
+    # only, its best epoch validated)
+    assert not AHCLConfig(bits=64, lr=1e-3).selects and AHCLConfig(lr=1e-3, select="on").selects
     assert [n for n, _ in candidate_configs(AHCLConfig(bits=64, lr=1e-3), 230, 288, True)] == \
         ["auto"]
-    assert not AHCLConfig(schedule="authors").selects and AHCLConfig().selects
+    assert not AHCLConfig(schedule="authors", select="on").selects and AHCLConfig().selects
     assert not AHCLConfig(select="off").selects
 
 

@@ -208,3 +208,32 @@ def test_metrics_text_format():
     assert 'rsir_errors_total{kind="odd\\"kind"} 1' in text
     assert "rsir_items 7" in text and "rsir_work_running 1" in text
     assert 'rsir_request_body_bytes_total{route="/v1/search"} 10' in text
+
+
+def test_repeat_filter_logs_one_line_a_kind_per_interval_and_counts_the_rest(caplog):
+    from rsir_sdk.serve.limits import RepeatFilter
+
+    logger = logging.getLogger("rsir_sdk.serve.test-repeat")
+    limiter = RepeatFilter(interval=0.4)
+    logger.addFilter(limiter)
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            for _ in range(50):
+                logger.warning("%s (%d): %s", "ServiceBusyError", 503, "busy")
+            logger.warning("%s (%d): %s", "StoreError", 503, "down")     # another kind passes
+            for _ in range(5):
+                logger.info("%s (%d): %s", "ServiceBusyError", 503, "busy")  # INFO untouched
+            time.sleep(0.45)
+            logger.warning("%s (%d): %s", "ServiceBusyError", 503, "busy")
+            for _ in range(3):
+                logger.warning("%s (%d): %s", "ServiceBusyError", 503, "busy")
+            limiter.flush()
+        text = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert text[0] == "ServiceBusyError (503): busy"
+        assert text[1] == "StoreError (503): down"
+        assert text[2].startswith("ServiceBusyError (503): busy (49 more like this in the last")
+        assert text[3].startswith("3 more lines like 'ServiceBusyError (503): busy' were not logged")
+        assert len(text) == 4
+        assert sum(r.levelno == logging.INFO for r in caplog.records) == 5
+    finally:
+        logger.removeFilter(limiter)

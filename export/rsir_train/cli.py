@@ -148,6 +148,16 @@ def _add_ahcl(methods: Any) -> None:
     a.add_argument("--eval-uri", help="Milvus to evaluate in (default: a temporary Milvus Lite file)")
     a.add_argument("--work-dir", help="checkpoint folder (default <out>.work)")
     a.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    a.add_argument("--select", default="auto", choices=("auto", "on", "off"),
+                   help="auto (default): with --schedule auto and no schedule flag set by hand, "
+                        "choose the model on a validation split of the train side (best epoch, "
+                        "patience; under 1,000 training images also among a few schedules; "
+                        "docs/training.md); on: also with hand-set --lr/--epochs/...; off: "
+                        "train on the whole train side, last epoch kept")
+    a.add_argument("--val-fraction", type=float, default=0.2,
+                   help="per class, the part of the train side held out for validation")
+    a.add_argument("--patience", type=int, default=6,
+                   help="validations without improvement before a schedule stops (0 = never)")
 
 
 def _add_milan(methods: Any) -> None:

@@ -197,10 +197,10 @@ def load_source(img: ImageInput, cfg: ServeConfig, preprocess: Mapping[str, Any]
 
     The pixel count is read from the header first: over ``cfg.max_pixels`` (``rsir serve
     --max-pixels``) the image is refused before any pixel is decoded, so a small file that
-    unpacks to gigabytes costs the service nothing. An image at least twice the model's input
-    size (``preprocess``) in both directions is decoded shrunk by an integer factor that keeps
-    it at least that size (:func:`rsir_sdk.pixels.decode_reduced`); smaller images and TIFFs
-    are read exactly as the Python API reads them.
+    unpacks to gigabytes costs the service nothing. An image at least four times the model's
+    input size (``preprocess``) in both directions is decoded shrunk by the largest integer
+    factor that keeps it at least twice that size (:func:`rsir_sdk.pixels.decode_reduced`);
+    smaller images and TIFFs are read exactly as the Python API reads them.
     """
     data = load_bytes(img, cfg)
     formats = _pillow_formats()

@@ -156,8 +156,8 @@ class MilvusCodeStore:
 
     def _missing_message(self, none: str) -> str:
         if self._conn.lite_missing:
-            return (f"Milvus Lite file {self.display_uri} does not exist (nothing was written "
-                    f"there; no file was created): check the path, or index an archive first")
+            return (f"Milvus Lite file {self.display_uri} does not exist: check the path, or "
+                    f"index an archive first (a read creates no file)")
         return (f"collection {self.collection!r} does not exist at {self.display_uri} (nothing "
                 f"was written to it); " + self._others(none))
 

@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class Connection:
         self._broken: str | None = None
         self._client: Any = None
         self._closed = False
+        self._open_lock = threading.Lock()
         self._pending: tuple[str | None, dict[str, Any], float] | None = (
             token, dict(opts.client_kwargs or {}), opts.lite_wait)
         if self.is_lite:
@@ -116,7 +118,9 @@ class Connection:
     def client(self) -> Any:
         """The ``MilvusClient`` (opened now when it was deferred; ``None`` once closed)."""
         if self._client is None and self.deferred:
-            self._open_now()
+            with self._open_lock:  # two threads' first writes open one client
+                if self._client is None and self.deferred:
+                    self._open_now()
         return self._client
 
     def _open_now(self) -> None:

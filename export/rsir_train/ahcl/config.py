@@ -70,9 +70,13 @@ SMALL_ARCHIVE = 1000
 #: to an lr that only its own length was tuned with)
 CANDIDATES = ("auto", "authors", "short", "lr16")
 SHORT_EPOCHS = 30
-#: ``select`` values: ``auto`` (model selection with ``schedule="auto"``), ``off`` (the fixed
-#: schedule on the whole train side, last epoch kept: the behaviour before model selection)
-SELECT = ("auto", "off")
+#: ``select`` values: ``auto`` (model selection with ``schedule="auto"`` when no schedule
+#: field is set by hand), ``on`` (with ``schedule="auto"`` even then: the hand-set values are
+#: the ``auto`` candidate's), ``off`` (the schedule on the whole train side, last epoch kept:
+#: the behaviour before model selection)
+SELECT = ("auto", "on", "off")
+#: the schedule fields a user may set by hand (then ``select="auto"`` trains them as given)
+SCHEDULE_FIELDS = ("lr", "momentum", "outer", "inner", "lr_steps")
 
 
 @dataclass
@@ -120,13 +124,21 @@ class AHCLConfig:
     candidates: tuple[str, ...] | None = None
 
     @property
+    def hand_set(self) -> bool:
+        """Whether a schedule field (:data:`SCHEDULE_FIELDS`) was given."""
+        return any(getattr(self, k) is not None for k in SCHEDULE_FIELDS)
+
+    @property
     def selects(self) -> bool:
         """Whether this run selects its model on a validation split: the ``auto`` schedule
-        with ``select="auto"`` and a validation fraction (an explicit schedule is trained as
-        given, on the whole train side)."""
+        with a validation fraction and ``select="on"``, or ``select="auto"`` with no schedule
+        field set by hand. An explicit schedule or hand-set values are trained as given, on
+        the whole train side, the last epoch kept."""
         if self.select not in SELECT:
             raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
-        return self.schedule == "auto" and self.select == "auto" and self.val_fraction > 0
+        if self.schedule != "auto" or self.select == "off" or self.val_fraction <= 0:
+            return False
+        return self.select == "on" or not self.hand_set
 
     def resolved_preprocess(self, backbone: Backbone) -> dict[str, Any]:
         """This run's preprocessing: the backbone's, with the whole scene resized straight to
@@ -177,11 +189,9 @@ def candidate_configs(config: AHCLConfig, n_fit: int, n_train: int,
     (``n_fit`` images of ``n_train``): :data:`CANDIDATES` when the train side is smaller than
     :data:`SMALL_ARCHIVE` and no schedule field was set by hand, else the auto schedule only;
     ``config.candidates`` overrides the list (``lr16`` is dropped at 16 bits or fewer)."""
-    explicit = any(getattr(config, k) is not None for k in ("lr", "momentum", "outer", "inner",
-                                                           "lr_steps"))
     names = config.candidates
     if names is None:
-        names = CANDIDATES if n_train < SMALL_ARCHIVE and not explicit else ("auto",)
+        names = CANDIDATES if n_train < SMALL_ARCHIVE and not config.hand_set else ("auto",)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown or not names:
         raise ValueError(f"candidates must be among {', '.join(CANDIDATES)}, got {names!r}")
