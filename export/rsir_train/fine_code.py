@@ -1,0 +1,153 @@
+"""The fine code: a label-free, similarity-preserving binary code of a network's pooled features.
+
+Why (issue 20): trained AHCL and MiLAN codes collapse to about one code per class, so inside a
+class the store returns images in a random order and "find this scene" fails. A second code that
+keeps the geometry of the pooled features, computed by the same forward pass, orders each tie
+group (and serves an appearance mode and duplicate search). It is fitted on the TRAINING side's
+pooled features at ``rsir train`` time, without labels; ``docs/similar.md`` gives the
+measurement that chose its kind and length.
+
+The code is one linear map and a sign, so an ONNX graph needs only two tensors::
+
+    f (pooled, D) ─► f / |f| (when l2_normalize) ─► (f - mean) @ projection.T = u (B) ─► bits = u > 0
+
+packed big-endian (``numpy.packbits`` order, as every code of the project). Kinds:
+
+- ``"itq"``: PCA to B dims, then the ITQ rotation (Gong & Lazebnik 2011; reuses
+  :func:`rsir_train.baselines.fit_itq`), which balances variance over the bits;
+- ``"pca"``: PCA-sign, the top B principal directions (signs fixed deterministically);
+- ``"lsh"``: sign random projections of the centred features (SimHash; keeps cosine, needs no fit
+  beyond the mean).
+
+Every kind is deterministic for a seed and the same features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .baselines import fit_itq
+
+__all__ = ["FINE_KINDS", "FineCode", "FineCodeConfig", "FineCodeHead", "fit_fine_code"]
+
+#: the kinds of fine code :func:`fit_fine_code` fits
+FINE_KINDS = ("itq", "pca", "lsh")
+
+
+@dataclass(frozen=True)
+class FineCodeConfig:
+    """What fine code to fit: ``kind`` (one of :data:`FINE_KINDS`), ``bits`` (a multiple of 8),
+    L2 normalisation of the pooled features first (cosine geometry), ITQ iterations, seed."""
+
+    kind: str = "itq"
+    bits: int = 64
+    l2_normalize: bool = True
+    iterations: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FineCode:
+    """A fitted fine code: ``bits = ((f̂ - mean) @ projection.T) > 0``, packed big-endian.
+
+    ``f̂`` is ``f / |f|`` when ``l2_normalize``, else ``f``; ``mean`` is ``(D,)`` and
+    ``projection`` ``(B, D)``, both float32 (the form a graph's ``Linear`` layer takes).
+    """
+
+    kind: str
+    bits: int
+    mean: np.ndarray
+    projection: np.ndarray
+    l2_normalize: bool
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """The pre-sign projections ``(n, B)`` (float64) of pooled features ``(n, D)``."""
+        x = _normalised(features, self.l2_normalize)
+        return (x - self.mean.astype(np.float64)) @ self.projection.astype(np.float64).T
+
+    def codes(self, features: np.ndarray) -> np.ndarray:
+        """Packed fine codes, ``uint8 (n, B/8)``, bit k set when projection k is > 0."""
+        return np.packbits(self.embed(features) > 0, axis=1, bitorder="big")
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(weight (B, D), bias (B,))`` of the equivalent ``Linear`` layer: ``u = W f̂ + b``."""
+        w = self.projection.astype(np.float32)
+        return w, (-(w.astype(np.float64) @ self.mean.astype(np.float64))).astype(np.float32)
+
+
+def _normalised(features: np.ndarray, l2: bool) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be 2-D (n, D), got shape {x.shape}")
+    if l2:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def _pca_basis(xc: np.ndarray, bits: int) -> np.ndarray:
+    """Top ``bits`` principal directions ``(D, bits)`` of centred ``xc``, each column's sign
+    fixed so that its largest-magnitude entry is positive (eigh's signs are arbitrary)."""
+    cov = xc.T @ xc / max(1, len(xc) - 1)
+    vals, vecs = np.linalg.eigh(cov)
+    basis = vecs[:, np.argsort(vals, kind="stable")[::-1][:bits]]
+    pivot = basis[np.argmax(np.abs(basis), axis=0), np.arange(bits)]
+    return basis * np.where(pivot < 0, -1.0, 1.0)
+
+
+def fit_fine_code(features: np.ndarray, config: FineCodeConfig = FineCodeConfig()) -> FineCode:
+    """Fit a fine code on pooled features ``(n, D)`` of the training side (no labels).
+
+    ``itq`` and ``pca`` need at least ``bits`` images and ``bits`` feature dimensions; ``lsh``
+    only the mean. Deterministic for ``config.seed`` and the same features.
+
+    >>> x = np.random.default_rng(0).standard_normal((100, 32))
+    >>> fit_fine_code(x, FineCodeConfig("pca", 16)).codes(x).shape
+    (100, 2)
+    """
+    if config.kind not in FINE_KINDS:
+        raise ValueError(f"fine code kind must be one of {FINE_KINDS}, got {config.kind!r}")
+    if config.bits <= 0 or config.bits % 8:
+        raise ValueError(f"fine code bits must be a positive multiple of 8, got {config.bits}")
+    x = _normalised(features, config.l2_normalize)
+    if config.kind != "lsh" and config.bits > min(x.shape):
+        raise ValueError(f"a {config.kind} fine code of {config.bits} bits needs at least "
+                         f"{config.bits} images and feature dimensions, got {x.shape}")
+    if config.kind == "itq":
+        itq = fit_itq(x, config.bits, iterations=config.iterations, seed=config.seed,
+                      l2_normalize=False)
+        mean, proj = itq.mean, itq.projection.T
+    else:
+        mean = x.mean(axis=0)
+        if config.kind == "pca":
+            proj = _pca_basis(x - mean, config.bits).T
+        else:
+            rng = np.random.default_rng(config.seed)
+            proj = rng.standard_normal((config.bits, x.shape[1])) / np.sqrt(x.shape[1])
+    return FineCode(config.kind, config.bits, mean.astype(np.float32),
+                    np.ascontiguousarray(proj, dtype=np.float32), config.l2_normalize)
+
+
+class FineCodeHead(nn.Module):
+    """Pooled features ``(N, D)`` → fine projections ``u (N, B)`` (threshold 0), for a graph.
+
+    The bits are ``u > 0``; pack them with the export's ``PackBits(B)`` so the graph's second
+    output holds the same bytes as :meth:`FineCode.codes`.
+    """
+
+    def __init__(self, code: FineCode):
+        super().__init__()
+        self.l2_normalize = code.l2_normalize
+        weight, bias = code.linear()
+        self.proj = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.from_numpy(weight))
+            self.proj.bias.copy_(torch.from_numpy(bias))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.l2_normalize:
+            feats = nn.functional.normalize(feats, dim=1, eps=1e-12)
+        return self.proj(feats)
