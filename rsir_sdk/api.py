@@ -25,6 +25,10 @@ Where the transports differ, by necessity: ``RemoteRetriever.index`` takes a pat
 (inside its archive root, ``rsir serve --allow-index``) and calls ``progress`` once, at the end;
 ``prepare_for_search`` over HTTP takes ``timeout`` only; ``info()`` has :data:`INFO_KEYS` on
 both (the local one adds ``uri``, the remote one the service's limits and version).
+
+Place and period (issue 22, docs/geo.md): ``bbox``, ``near`` and ``time`` on every search verb
+and ``count``, ``footprints``/``times`` on ``add_images``/``add_codes``, and each
+:class:`~rsir_sdk.hits.Hit`'s ``footprint`` and ``time``, alike on both transports.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ if TYPE_CHECKING:  # for annotations only: the protocol itself stays light
 
 #: a search or count filter: a dict of field/metadata values, a Milvus expression, or none
 Filter = str | Mapping[str, Any] | None
+#: a place or period value: ``bbox`` ``(w, s, e, n)`` / ``"w,s,e,n"``, ``near`` ``(lon, lat,
+#: metres)`` / ``"lon,lat,metres"``, ``time`` ``(start, end)`` / ``"start/end"`` (ISO 8601), or none
+Place = Any
 
-__all__ = ["INFO_KEYS", "Filter", "RetrievalAPI"]
+__all__ = ["INFO_KEYS", "Filter", "Place", "RetrievalAPI"]
 
 #: keys ``info()`` has on both transports
 INFO_KEYS = ("method", "bits", "encoder_id", "collection", "exists", "raster_rule",
@@ -63,34 +70,45 @@ class RetrievalAPI(Protocol):
         ...
 
     def search(self, img: Any, k: int = 10, filter: Filter = None,
-               radius: int | None = None) -> list[Hit]:
-        """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL)."""
+               radius: int | None = None, *, bbox: Place = None, near: Place = None,
+               time: Place = None) -> list[Hit]:
+        """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL);
+        ``bbox``/``near``/``time``: only items of that place and period (docs/geo.md)."""
         ...
 
     def search_batch(self, imgs: Sequence[Any], k: int = 10, filter: Filter = None,
-                     radius: int | None = None, batch_size: int | None = None) -> list[list[Hit]]:
+                     radius: int | None = None, batch_size: int | None = None, *,
+                     bbox: Place = None, near: Place = None,
+                     time: Place = None) -> list[list[Hit]]:
         """Top-``k`` for each image, in order."""
         ...
 
     def search_codes(self, codes: np.ndarray | bytes, k: int = 10, filter: Filter = None,
-                     radius: int | None = None) -> list[list[Hit]]:
+                     radius: int | None = None, *, bbox: Place = None, near: Place = None,
+                     time: Place = None) -> list[list[Hit]]:
         """Top-``k`` for packed codes ``uint8 (n, bits/8)`` made elsewhere (an edge device)."""
         ...
 
-    def range_search(self, img: Any, radius: int, filter: Filter = None) -> list[Hit]:
+    def range_search(self, img: Any, radius: int, filter: Filter = None, *,
+                     bbox: Place = None, near: Place = None, time: Place = None) -> list[Hit]:
         """Every item within Hamming distance ``<= radius`` of one image."""
         ...
 
     def add_images(self, images: Sequence[Any], ids: Sequence[str] | None = None,
                    labels: Sequence[str] | None = None,
                    metadata: Sequence[Mapping[str, Any] | None] | None = None,
-                   paths: Sequence[str] | None = None, batch_size: int | None = None) -> int:
-        """Encode images and upsert their codes; how many were written."""
+                   paths: Sequence[str] | None = None, batch_size: int | None = None,
+                   footprints: Sequence[Any] | None = None,
+                   times: Sequence[Any] | None = None) -> int:
+        """Encode images and upsert their codes (with each one's footprint and time when
+        given); how many were written."""
         ...
 
     def add_codes(self, codes: np.ndarray | bytes, ids: Sequence[str],
                   labels: Sequence[str] | None = None, paths: Sequence[str] | None = None,
-                  metadata: Sequence[Mapping[str, Any] | None] | None = None) -> int:
+                  metadata: Sequence[Mapping[str, Any] | None] | None = None,
+                  footprints: Sequence[Any] | None = None,
+                  times: Sequence[Any] | None = None) -> int:
         """Upsert packed codes as they are; how many were written."""
         ...
 
@@ -119,8 +137,9 @@ class RetrievalAPI(Protocol):
         """Stored items by id, in the order asked (missing ids left out)."""
         ...
 
-    def count(self, filter: Filter = None) -> int:
-        """Number of items (matching ``filter``)."""
+    def count(self, filter: Filter = None, *, bbox: Place = None, near: Place = None,
+              time: Place = None) -> int:
+        """Number of items (matching ``filter`` and the place and period)."""
         ...
 
     def info(self) -> dict[str, Any]:

@@ -32,8 +32,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ArchiveError
+from .errors import ArchiveError, InvalidInputError
 from .failures import Failure
+from .geo import iso, place_of_columns
 from .store import rows
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2")
 #: how labels are taken from a folder archive
 LABEL_FROM = ("none", "parent", "top")
+#: manifest columns that give an item's place and time (:func:`rsir_sdk.geo.place_of_columns`)
+PLACE_COLUMNS = ("lon", "lat", "west", "south", "east", "north", "time")
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,12 @@ def read_manifest(
 
     Every other column goes into each item's metadata (integers and decimals become numbers,
     so that Milvus filters such as ``metadata["year"] >= 2020`` work; empty cells are left out).
+    **Place and period** (docs/geo.md): columns ``lon,lat`` (a point) or ``west,south,east,north``
+    (a box; both: the point is its centre) and ``time`` (ISO 8601) give the item's footprint and
+    time, stored as the georeferencing of a GeoTIFF is (``lonlat_bounds``, ``lonlat``, ``time``
+    normalised to ISO 8601 UTC). A row with half a box or point, a bad number or a time that
+    does not parse fails the whole listing (:class:`~rsir_sdk.errors.ArchiveError` naming the
+    line): nothing is indexed from a manifest whose place columns are wrong.
     Paths are relative to ``root`` (default: the manifest's folder) or absolute. Ids default to
     the ``id`` column when there is one, else the path as written. Rows with an empty path, an
     empty or duplicate id are reported as failures (stage ``list``), not dropped silently.
@@ -229,6 +238,7 @@ def read_manifest(
             label_col = label_column if label_column is not None else (
                 "label" if "label" in columns else None)
             meta_cols = [c for c in columns if c not in (path_column, id_col, label_col)]
+            placed = any(c in PLACE_COLUMNS for c in meta_cols)
             for lineno, row in enumerate(reader, start=2):
                 path = (row.get(path_column) or "").strip().replace("\\", "/")
                 while path.startswith("./"):
@@ -236,8 +246,10 @@ def read_manifest(
                 sid = (row.get(id_col) or "").strip() if id_col else path
                 label = (row.get(label_col) or "").strip() if label_col else ""
                 meta = {c: _cell(row.get(c)) for c in meta_cols if (row.get(c) or "").strip()}
-                item = Item(sid, path, str(base), label, meta)
                 where = f"{manifest.name} line {lineno}"
+                if placed:
+                    meta.update(_place(row, where))
+                item = Item(sid, path, str(base), label, meta)
                 if not path:
                     invalid.append(Failure(sid or f"line {lineno}", "", "list", f"{where}: empty path"))
                     continue
@@ -259,6 +271,20 @@ def read_manifest(
     if not items and not invalid:
         raise ArchiveError(f"CSV manifest {manifest} lists no images")
     return ArchiveListing(base, items, "csv", [], invalid, name=manifest.stem)
+
+
+def _place(row: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A manifest row's place and time as georeferencing metadata; :class:`ArchiveError`
+    naming the line when they are half given or do not parse."""
+    try:
+        fp, t = place_of_columns(row, where)
+    except InvalidInputError as exc:
+        raise ArchiveError(str(exc)) from None
+    out: dict[str, Any] = {} if t is None else {"time": iso(t)}
+    if fp is not None:
+        b = fp.box
+        out.update(lonlat_bounds=[b.west, b.south, b.east, b.north], lonlat=list(fp.centre))
+    return out
 
 
 def check_item(item: Item) -> str | None:

@@ -88,9 +88,9 @@ def _parts(value: Any, n: int, name: str, form: str) -> list[Any]:
 def _arc(west: float, east: float) -> tuple[float, float]:
     """A longitude arc from ``west`` eastwards to ``east`` as ``(lo, hi)``: lo in [-180, 180),
     hi in [lo, lo + 360] (hi > 180 when the arc reaches across the antimeridian)."""
-    width = east - west if east >= west else east - west + 360.0
     lo = -180.0 if west == 180.0 else west
-    return lo, lo + width
+    hi = -180.0 if west == 180.0 and east == 180.0 else east
+    return lo, hi if hi >= lo else hi + 360.0
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,8 @@ def parse_time(value: Any, name: str = "time", end: bool = False) -> float:
             return _day(nxt, False) - 1e-6
         m = _EXIF.match(text)
         if m:
-            return _epoch(datetime(*(int(g) for g in m.groups())))
+            y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+            return _epoch(datetime(y, mo, d, h, mi, sec))
         if len(text) == 10:
             return _day(date.fromisoformat(text), end)
         return _epoch(datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00")))
@@ -495,16 +496,15 @@ def to_expr(conditions: Iterable[Alternatives]) -> str:
 
 
 def _literal(v: float) -> str:
+    """A float as a Milvus literal: full precision, never in exponent notation."""
     text = repr(float(v))
-    return f"{v:.20f}".rstrip("0") if "e" in text else text
+    if "e" in text:
+        text = f"{v:.24f}".rstrip("0")
+        text += "0" if text.endswith(".") else ""
+    return text
 
 
-def _literal(v: float) -> str:
-    text = repr(float(v))
-    return f"{v:.20f}".rstrip("0") if "e" in text else text
-
-
-def enclosing_box(lons: Sequence[float], lats: Sequence[float]) -> BBox:
+def enclosing_box(lons: Sequence[float] | np.ndarray, lats: Sequence[float] | np.ndarray) -> BBox:
     """The smallest lon/lat box holding the points: the longitudes' shortest covering arc (the
     complement of the widest gap between them on the circle), so it may cross the antimeridian."""
     lon = (np.asarray(lons, dtype=np.float64) + 180.0) % 360.0 - 180.0

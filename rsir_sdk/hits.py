@@ -27,13 +27,17 @@ __all__ = ["Hit", "StoredItem", "hit_from_json", "hit_to_json", "item_from_json"
 class Hit:
     """One search result: the item's id and its Hamming distance (an int), plus stored fields
     (empty when the search did not ask for them). Results are sorted by distance, ties by the
-    digest of the id (:func:`rsir_sdk.store.tie_order`)."""
+    digest of the id (:func:`rsir_sdk.store.tie_order`). ``footprint`` ``(west, south, east,
+    north)`` (WGS84 degrees; ``west > east`` across the antimeridian) and ``time`` (ISO 8601
+    UTC) are the item's place and period when its collection holds them (docs/geo.md)."""
 
     id: str
     distance: int
     label: str = ""
     path: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    footprint: tuple[float, float, float, float] | None = None
+    time: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,21 @@ class StoredItem:
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
-    """A hit as a JSON object: ``{"id", "distance", "label", "path", "metadata"}``."""
+    """A hit as a JSON object: ``{"id", "distance", "label", "path", "metadata", "footprint",
+    "time"}`` (``footprint`` ``[w, s, e, n]`` or ``null``, ``time`` ISO 8601 or ``null``)."""
     return {"id": hit.id, "distance": int(hit.distance), "label": hit.label, "path": hit.path,
-            "metadata": hit.metadata}
+            "metadata": hit.metadata,
+            "footprint": None if hit.footprint is None else [float(v) for v in hit.footprint],
+            "time": hit.time}
 
 
 def hit_from_json(obj: Mapping[str, Any]) -> Hit:
     """The :class:`Hit` that :func:`hit_to_json` wrote."""
+    fp = obj.get("footprint")
     return Hit(id=str(obj["id"]), distance=int(obj["distance"]), label=obj.get("label") or "",
-               path=obj.get("path") or "", metadata=dict(obj.get("metadata") or {}))
+               path=obj.get("path") or "", metadata=dict(obj.get("metadata") or {}),
+               footprint=None if fp is None else tuple(float(v) for v in fp),  # type: ignore[arg-type]
+               time=None if obj.get("time") is None else str(obj["time"]))
 
 
 def item_to_json(item: StoredItem) -> dict[str, Any]:

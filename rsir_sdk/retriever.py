@@ -27,6 +27,7 @@ from .codes import as_packed
 from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
 from .failures import FailureReport
+from .geo import GeoFilter
 from .hits import Hit, StoredItem
 from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, describe_source
 from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
@@ -34,6 +35,7 @@ from .options import IndexOptions, IngestOptions
 from .rasters import RasterRule, as_rule
 from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
 from .store import keys as store_keys
+from .store import place as store_place
 from .store import values as store_values
 
 log = logging.getLogger(__name__)
@@ -138,18 +140,26 @@ class Retriever:
 
     # ----------------------------------------------------------------- search
     def search(
-        self, img: ImageSource, k: int = 10, filter: Filter = None, radius: int | None = None
+        self, img: ImageSource, k: int = 10, filter: Filter = None, radius: int | None = None,
+        *, bbox: Any = None, near: Any = None, time: Any = None,
     ) -> list[Hit]:
         """Hamming top-``k`` for one image (path, bytes, file, PIL, array or URL).
 
         ``filter``: a dict (``{"label": "forest", "sensor": "S2"}``; a list value means "any
         of"; non-column keys are metadata keys) or a Milvus expression string.
         ``radius``: keep only hits at distance ``<= radius``.
+        Place and period (docs/geo.md; all AND the rest, still the exact top-``k``): ``bbox``
+        ``(west, south, east, north)`` or ``"w,s,e,n"`` (the footprint meets the box, bounds
+        inclusive, ``west > east`` across the antimeridian); ``near`` ``(lon, lat, metres)``
+        (great-circle distance to the footprint); ``time`` ``(start, end)`` or
+        ``"start/end"`` (ISO 8601, either side open). Items without a footprint (time) are
+        left out of place (period) searches.
 
         >>> r.search("scene.tif", k=5, filter={"label": "forest"})   # doctest: +SKIP
+        >>> r.search("scene.tif", bbox=(2.2, 48.8, 2.5, 48.9), time="2021-06/2021-08")  # doctest: +SKIP
         """
-        _check_search(k, filter, radius)
-        return self.search_codes(self.encoder.encode([img]), k, filter, radius)[0]
+        geo = _check_search(k, filter, radius, (bbox, near, time))
+        return self.store.search(self.encoder.encode([img]), k, filter, radius, geo=geo)[0]
 
     def search_batch(
         self,
@@ -158,13 +168,19 @@ class Retriever:
         filter: Filter = None,
         radius: int | None = None,
         batch_size: int | None = None,
+        *,
+        bbox: Any = None,
+        near: Any = None,
+        time: Any = None,
     ) -> list[list[Hit]]:
-        """Top-``k`` for each of several images: one list of hits per image, in order.
+        """Top-``k`` for each of several images: one list of hits per image, in order
+        (``bbox``, ``near``, ``time`` as in :meth:`search`).
 
         >>> r.search_batch(["a.jpg", "b.jpg"], k=3)                  # doctest: +SKIP
         """
-        _check_search(k, filter, radius)
-        return self.search_codes(self.encoder.encode(list(imgs), batch_size), k, filter, radius)
+        geo = _check_search(k, filter, radius, (bbox, near, time))
+        codes = self.encoder.encode(list(imgs), batch_size)
+        return self.store.search(codes, k, filter, radius, geo=geo)
 
     def search_codes(
         self,
@@ -172,21 +188,29 @@ class Retriever:
         k: int = 10,
         filter: Filter = None,
         radius: int | None = None,
+        *,
+        bbox: Any = None,
+        near: Any = None,
+        time: Any = None,
     ) -> list[list[Hit]]:
         """Search with packed codes made elsewhere (an edge device running the same encoder).
 
         ``codes``: ``uint8 (n, bits/8)`` or the raw bytes of one code; one hit list per code.
+        ``bbox``, ``near``, ``time`` as in :meth:`search`.
 
         >>> r.search_codes(edge_bytes, k=10)                          # doctest: +SKIP
         """
+        geo = _check_search(k, filter, radius, (bbox, near, time))
         packed = as_packed(codes, self.bundle.bits)
-        return self.store.search(packed, k, filter, radius)
+        return self.store.search(packed, k, filter, radius, geo=geo)
 
-    def range_search(self, img: ImageSource, radius: int, filter: Filter = None) -> list[Hit]:
-        """Every item within Hamming distance ``<= radius`` of one image (up to 16384)."""
-        _check_search(1, filter, radius)
+    def range_search(self, img: ImageSource, radius: int, filter: Filter = None, *,
+                     bbox: Any = None, near: Any = None, time: Any = None) -> list[Hit]:
+        """Every item within Hamming distance ``<= radius`` of one image (up to 16384);
+        ``bbox``, ``near``, ``time`` as in :meth:`search`."""
+        geo = _check_search(1, filter, radius, (bbox, near, time))
         codes = self.encoder.encode([img])
-        return self.store.range_search(codes, radius, filter, MAX_TOPK)[0]
+        return self.store.range_search(codes, radius, filter, MAX_TOPK, geo=geo)[0]
 
     # ----------------------------------------------------------------- writes
     def add_images(
@@ -197,11 +221,19 @@ class Retriever:
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         paths: Sequence[str] | None = None,
         batch_size: int | None = None,
+        footprints: Sequence[Any] | None = None,
+        times: Sequence[Any] | None = None,
     ) -> int:
         """Encode images and upsert their codes; returns how many were written.
 
         Ids default to the path of each source (only when every source is a path). Every
         image is encoded before anything is written, so one bad image changes nothing.
+        ``footprints`` (per image a ``(west, south, east, north)`` box, a ``(lon, lat)``
+        point, a :class:`~rsir_sdk.geo.Footprint` or ``None``) and ``times`` (ISO 8601, epoch
+        seconds or ``None``) give each image's place and time; where not given, its metadata's
+        georeferencing (``lonlat_bounds``, ``lonlat``, ``time``) does (docs/geo.md). A bad one
+        raises :class:`~rsir_sdk.errors.InvalidInputError` naming the item, before any image
+        is decoded.
 
         >>> r.add_images(["a.jpg"], ids=["a"], labels=["forest"], metadata=[{"year": 2020}])
         1
@@ -224,10 +256,19 @@ class Retriever:
         store_values.labels(labels, len(ids))  # bad values fail before any image is decoded
         store_values.paths(paths, len(ids))
         store_values.metadata(metadata, ids)
+        self._check_place(ids, footprints, times)
         codes = self.encoder.encode(images, batch_size)
-        return self.store.upsert(
-            ids, codes, labels, paths, metadata, encoder=self.bundle.identity()
-        )
+        return self.store.upsert(ids, codes, labels, paths, metadata,
+                                 encoder=self.bundle.identity(), footprints=footprints, times=times)
+
+    def _check_place(self, ids: Sequence[str], footprints: Any, times: Any) -> None:
+        """Refuse bad footprints or times (one line naming the item) before any work."""
+        if footprints is None and times is None:
+            return
+        if not self.store.has_place:
+            raise store_place.refuse_old(self.store.collection, self.store.display_uri,
+                                         "store footprints or times")
+        store_place.columns(list(ids), [None] * len(ids), footprints, times)
 
     def add_codes(
         self,
@@ -236,16 +277,18 @@ class Retriever:
         labels: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        footprints: Sequence[Any] | None = None,
+        times: Sequence[Any] | None = None,
     ) -> int:
-        """Upsert packed codes as they are (learned database codes, or codes made elsewhere).
+        """Upsert packed codes as they are (learned database codes, or codes made elsewhere);
+        ``footprints`` and ``times`` as in :meth:`add_images`.
 
         >>> db = r.bundle.load_database()                              # doctest: +SKIP
         >>> r.add_codes(db.codes, db.ids, db.labels, db.paths)         # doctest: +SKIP
         """
         packed = as_packed(codes, self.bundle.bits)
-        return self.store.upsert(
-            ids, packed, labels, paths, metadata, encoder=self.bundle.identity()
-        )
+        return self.store.upsert(ids, packed, labels, paths, metadata,
+                                 encoder=self.bundle.identity(), footprints=footprints, times=times)
 
     def add_learned_codes(self) -> int:
         """Put the bundle's learned database codes (AHCL's V) into the collection as learned.
@@ -334,14 +377,17 @@ class Retriever:
         """Stored items by id (missing ids left out), in the order asked."""
         return self.store.get(ids)
 
-    def count(self, filter: Filter = None) -> int:
-        """Number of items in the collection (matching ``filter`` when given)."""
-        return self.store.count(filter)
+    def count(self, filter: Filter = None, *, bbox: Any = None, near: Any = None,
+              time: Any = None) -> int:
+        """Number of items in the collection (matching ``filter`` and ``bbox``, ``near``,
+        ``time`` as in :meth:`search`, when given)."""
+        return self.store.count(filter, geo=GeoFilter.of(bbox, near, time))
 
     def info(self) -> dict[str, Any]:
         """What this Retriever serves: method, bits, encoder id, collection, raster rule,
-        the bundle's archive root, item count."""
-        return {
+        the bundle's archive root, item count, and (a collection with place fields)
+        ``without_footprint``: the items no place filter returns."""
+        out = {
             "method": self.bundle.method,
             "bits": self.bundle.bits,
             "encoder_id": self.bundle.encoder_id,
@@ -353,6 +399,10 @@ class Retriever:
             "count": self.store.count(),
             "providers": list(self.encoder.providers),
         }
+        if self.store.has_place:
+            out["without_footprint"] = (self.store.count(store_place.NO_FOOTPRINT_EXPR)
+                                        if self.store.exists else 0)
+        return out
 
     def close(self) -> None:
         """Release the collection (for Milvus Lite, the database file)."""
@@ -371,8 +421,11 @@ class Retriever:
         )
 
 
-def _check_search(k: Any, filter: Filter, radius: Any) -> None:
-    """Refuse a bad ``k``, ``radius`` or ``filter`` before any image is decoded."""
+def _check_search(k: Any, filter: Filter, radius: Any, place: tuple[Any, Any, Any] = (None,) * 3
+                  ) -> GeoFilter:
+    """Refuse a bad ``k``, ``radius``, ``filter``, ``bbox``, ``near`` or ``time`` before any
+    image is decoded; the place and period filter."""
     store_values.k(k)
     store_values.radius(radius)
     store_keys.build_filter(filter)
+    return GeoFilter.of(*place)

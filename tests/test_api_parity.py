@@ -57,7 +57,9 @@ def world(sample_images, tmp_path_factory):
     base.parent.mkdir()
     with Retriever(bundle, uri=str(base), collection=COLLECTION) as r:
         r.add_images(paths[:BASE], ids=[f"s/{i}" for i in range(BASE)], labels=labels[:BASE],
-                     metadata=[{"n": i, "sensor": "S2" if i % 2 else "L8"} for i in range(BASE)])
+                     metadata=[{"n": i, "sensor": "S2" if i % 2 else "L8"} for i in range(BASE)],
+                     footprints=[_place(i) for i in range(BASE)],
+                     times=[_when(i) for i in range(BASE)])
     root = (d / "root").resolve()
     for i in range(150, 156):                      # a small labelled archive, one broken file
         dst = root / "small" / labels[i] / paths[i].name
@@ -71,6 +73,28 @@ def world(sample_images, tmp_path_factory):
     yield {"bundle": bundle, "local_db": copy_db(base, d / "local"), "root": root,
            "paths": paths, "labels": labels, "server": server, "dir": d}
     assert server.stop() == 0, server.log[-3000:]
+
+
+def _place(i: int) -> Any:
+    """Item i's footprint: a box on a grid round Toulouse, a point, one across 180°, or none."""
+    if i % 9 == 4:
+        return None
+    if i % 7 == 3:
+        return (179.95, -17.0 + 0.01 * i, -179.9, -16.9 + 0.01 * i)
+    w, s = 1.40 + 0.05 * (i % 8), 43.50 + 0.04 * (i // 8)
+    return (round(w, 6), round(s, 6)) if i % 5 == 1 else (round(w, 6), round(s, 6),
+                                                          round(w + 0.03, 6), round(s + 0.02, 6))
+
+
+def _when(i: int) -> str | None:
+    return None if i % 6 == 5 else f"20{18 + i % 6}-{1 + i % 12:02d}-{1 + i % 28:02d}T10:30:00Z"
+
+
+#: place and period searches of the scenario (issue 22)
+BOX = (1.5, 43.55, 1.62, 43.7)
+ACROSS = (179.0, -20.0, -179.0, -15.0)
+NEAR = (1.6, 43.6, 9_000.0)
+PERIOD = ("2019-01-01", "2021-06-30")
 
 
 def _error(call: Callable[[], Any]) -> type | None:
@@ -101,6 +125,15 @@ def _searches(r: RetrievalAPI, w: dict[str, Any]) -> dict[str, Any]:
         "range_search filtered": r.range_search(q, radius=30, filter={"sensor": "S2"}),
         "count": r.count(), "count dict": r.count({"label": "Forest"}),
         "count string": r.count('label == "Forest"'),
+        "search bbox": r.search(q, k=10, bbox=BOX),
+        "search bbox across 180 + time": r.search(q, k=10, bbox=ACROSS, time=PERIOD),
+        "search near + time + filter": r.search(q.read_bytes(), k=6, near=NEAR, time=PERIOD,
+                                                filter={"sensor": "S2"}),
+        "search_batch near": r.search_batch(w["paths"][:3], k=4, near=NEAR, batch_size=2),
+        "search_codes bbox radius": r.search_codes(codes, k=5, radius=40, bbox=BOX),
+        "range_search period": r.range_search(q, radius=30, time=("2020-01-01", None)),
+        "count bbox": r.count(bbox=BOX), "count near": r.count(near=NEAR),
+        "count period string": r.count({"label": ["Forest", "River"]}, time="2019/2020"),
     }
 
 
@@ -116,6 +149,12 @@ def _errors(r: RetrievalAPI) -> dict[str, Any]:
         "repeated ids": _error(lambda: r.add_codes(np.zeros((2, 8), np.uint8), ["a", "a"])),
         "no ids for bytes": _error(lambda: r.add_images([b"\xff"])),
         "bad ingest option": _error(lambda: r.index("small", engine="spark")),
+        "bbox south > north": _error(lambda: r.search(q, bbox=(0, 10, 1, 5))),
+        "near negative metres": _error(lambda: r.count(near=(1, 2, -1))),
+        "time not ISO": _error(lambda: r.search_codes(np.zeros((1, 8), np.uint8),
+                                                      time="soon/..")),
+        "footprint latitude": _error(lambda: r.add_codes(np.zeros((1, 8), np.uint8), ["z"],
+                                                         footprints=[(0.0, 91.0)])),
     }
 
 
@@ -125,10 +164,13 @@ def scenario(r: RetrievalAPI, w: dict[str, Any], archive: str, report: Path) -> 
     out: dict[str, Any] = {"collection": r.collection}
     out["add_images"] = r.add_images(
         paths[40:50], ids=[f"a/{i}" for i in range(10)], labels=labels[40:50],
-        metadata=[{"n": 40 + i, "sensor": "S2"} for i in range(10)], batch_size=4)
+        metadata=[{"n": 40 + i, "sensor": "S2"} for i in range(10)], batch_size=4,
+        footprints=[_place(40 + i) for i in range(10)], times=[_when(40 + i) for i in range(10)])
     codes = np.random.default_rng(5).integers(0, 256, (5, 8), dtype=np.uint8)
     out["add_codes"] = r.add_codes(codes, [f"code/{i}" for i in range(5)], ["Forest"] * 5,
-                                   [f"edge/{i}.jpg" for i in range(5)], [{"edge": True}] * 5)
+                                   [f"edge/{i}.jpg" for i in range(5)], [{"edge": True}] * 5,
+                                   footprints=[NEAR[:2], None, BOX, None, ACROSS],
+                                   times=["2020-05-05", None, 1.6e9, None, "2019-12-31T23:00:00-02:00"])
     summary = r.index(archive, label_from="parent", report=report)
     out["index"] = (summary.total, summary.indexed, summary.skipped,
                     [(f.id, f.path, f.stage, f.reason) for f in summary.failed],
@@ -180,6 +222,15 @@ def test_one_scenario_gives_the_same_results_locally_and_over_http(world):
     assert want["count"] == BASE + 10 + 5 + 6 + LEARNED == want["count after delete"] + 2
     assert 0 < want["count dict"] == want["count string"] < want["count"]
     assert want["search string filter"][:5] == want["search bytes dict filter"]
+    # place and period: each search selected a part, and only items in the place and period
+    assert 0 < want["count bbox"] < want["count"] and 0 < want["count near"] < want["count"]
+    assert 0 < want["count period string"] < want["count"]
+    assert want["search bbox"] and all(h.footprint is not None for h in want["search bbox"])
+    assert want["search bbox"] != want["search"][:len(want["search bbox"])]
+    across = want["search bbox across 180 + time"]
+    assert across and all(h.footprint[0] > h.footprint[2] for h in across)   # type: ignore[index]
+    assert all("2019-01-01" <= (h.time or "") <= "2021-07" for h in across)
+    assert all(h.metadata.get("sensor") == "S2" for h in want["search near + time + filter"])
     assert all(h.distance <= 20 for h in want["search radius"])
     assert all(isinstance(h, Hit) for h in got["search"]) and len(got["search"]) == 10
     assert [it.id for it in got["get"]] == ["code/1", "s/7", "learned/3", "s/7"]

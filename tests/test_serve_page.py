@@ -105,3 +105,89 @@ def test_page_asks_for_the_token_before_showing_any_error(main_server):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def _meets(box: tuple[float, ...], fp: list[float]) -> bool:
+    """Brute force: a footprint (no antimeridian here) meets the box, bounds inclusive."""
+    w, s, e, n = box
+    return fp[0] <= e and fp[2] >= w and fp[1] <= n and fp[3] >= s
+
+
+def test_page_draws_footprints_and_filters_by_a_drawn_box_and_a_period(main_server, served,
+                                                                         tmp_path):
+    """Footprints drawn on the plot (one shape per hit); a box dragged on it filters the search
+    to the items meeting the box (the same hits as the API, checked by brute force); clearing
+    it restores the hits; a period is sent as `time`; a click on a footprint picks its card."""
+    from playwright import sync_api
+    from serve_support import footprint
+
+    from rsir_sdk.serve.client import RemoteRetriever
+
+    query = served.expected["queries"][2]
+    index = {item: i for i, item in enumerate(served.ids)}
+    with sync_api.sync_playwright() as p, RemoteRetriever(main_server.url, token=READ) as api:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(main_server.url + "/")
+            expect = sync_api.expect
+            page.fill("#token", READ)
+            page.click("#token-form button")
+            expect(page.locator("#about")).to_contain_text("200 items")
+            page.set_input_files("#file", str(query))
+            cards = page.locator(".hit-card")
+            expect(cards).to_have_count(12)
+            shapes = page.locator("#map .footprint")
+            expect(shapes).to_have_count(12)                         # one drawn shape per hit
+            before = [c.get_attribute("data-id") for c in cards.all()]
+            assert before == [h.id for h in api.search(query, k=12)]
+            # drag a box round hit #1's footprint (12 px beyond it on every side)
+            first = page.locator(f'#map .footprint[data-id="{before[0]}"]').bounding_box()
+            x0, y0 = first["x"] - 12, first["y"] - 12
+            x1, y1 = first["x"] + first["width"] + 12, first["y"] + first["height"] + 12
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+            expect(page.locator("#map .drawing")).to_have_count(1)   # the box follows the mouse
+            page.mouse.move(x1, y1, steps=4)
+            page.mouse.up()
+            expect(page.locator("#status")).to_contain_text("in the drawn box")
+            value = page.locator("#bbox-value")
+            box = tuple(float(v) for v in value.get_attribute("data-bbox").split(","))
+            assert box[0] < box[2] and box[1] < box[3]
+            want = api.search(query, k=12, bbox=box)
+            inside = [item for item in served.ids if _meets(box, footprint(index[item]))]
+            assert api.count(bbox=box) == len(inside)
+            assert [h.id for h in want] == [c.get_attribute("data-id") for c in cards.all()]
+            assert {h.id for h in want} <= set(inside) and len(want) == min(12, len(inside))
+            assert want[0].id == before[0]                           # the best hit is inside
+            assert [h.id for h in want] != before                    # the box changed the hits
+            assert all(_meets(box, list(h.footprint)) for h in want)
+            expect(page.locator("#map .bbox-filter")).to_have_count(1)
+            expect(shapes).to_have_count(len(want))
+            page.screenshot(path=str(tmp_path / "serve-page-box.png"), full_page=True)
+            # a click on a footprint (no drag) picks its card
+            target = shapes.last                                     # drawn last: the best hit
+            target.click()
+            expect(page.locator(f'.hit-card.picked[data-id="{want[0].id}"]')).to_have_count(1)
+            page.click("#bbox-clear")
+            expect(value).to_have_attribute("data-bbox", "")
+            expect(page.locator("#status")).not_to_contain_text("drawn box")
+            expect(cards).to_have_count(12)
+            assert [c.get_attribute("data-id") for c in cards.all()] == before
+            # a period: the sample's items carry no time, so none is in any period
+            page.fill("#time-start", "2020-01-01")
+            page.dispatch_event("#time-start", "change")
+            expect(page.locator("#status")).to_contain_text("time 2020-01-01 to any")
+            expect(cards).to_have_count(0)
+            assert api.count(time="2020-01-01/..") == 0
+            page.fill("#time-start", "")
+            page.dispatch_event("#time-start", "change")
+            expect(cards).to_have_count(12)
+            assert not errors, errors
+        finally:
+            browser.close()
+    for d in artifact_dirs(tmp_path)[1:]:
+        shutil.copy2(tmp_path / "serve-page-box.png", d / "serve-page-box.png")

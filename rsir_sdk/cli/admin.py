@@ -92,7 +92,8 @@ def _database_error(bundle: Bundle) -> str | None:
 
 
 def run_collections(args: argparse.Namespace) -> int:
-    """List the collections at a URI with their size, bits, encoder and raster rule."""
+    """List the collections at a URI with their size, bits, encoder, raster rule and how many
+    items have no footprint."""
     if is_lite_uri(args.uri) and not _exists(args.uri):
         warn(f"no Milvus Lite file at {args.uri}")
         return EXIT_ERROR
@@ -103,7 +104,8 @@ def run_collections(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no collections at {redact_uri(args.uri)}")
         return EXIT_OK
-    print(f"{'collection':36s} {'items':>9}  {'bits':>5}  {'encoder':16s}  {'method':16s}  raster rule")
+    print(f"{'collection':36s} {'items':>9}  {'bits':>5}  {'encoder':16s}  {'method':16s}  "
+          f"{'raster rule':24s}  no place")
     for r in rows:
         if "error" in r:
             print(f"{r['collection']:36s} {'-':>9}  {'-':>5}  ({r['error']})")
@@ -111,8 +113,10 @@ def run_collections(args: argparse.Namespace) -> int:
         enc = r.get("encoder") or {}
         rule = enc.get("raster_rule")
         shown = RasterRule.from_dict(rule).describe() if rule is not None else "-"
+        # items without a footprint (no place filter returns them); "-": made before place fields
         print(f"{r['collection']:36s} {r.get('count', '?'):>9}  {r.get('bits', '?'):>5}  "
-              f"{enc.get('encoder_id', '-'):16s}  {enc.get('method', '-'):16s}  {shown}")
+              f"{enc.get('encoder_id', '-'):16s}  {enc.get('method', '-'):16s}  {shown:24s}  "
+              f"{r.get('without_footprint', '-')}")
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any, Sequence
 
 from ..errors import RsirError
+from ..geo import BBox, Near, Period
 from ..hits import hit_to_json
 from ..options import IndexOptions
 from ..retriever import Hit, Retriever
@@ -34,6 +35,15 @@ def add_parser(sub: Any) -> None:
                         'expression, e.g. \'label == "forest"\'')
     p.add_argument("--radius", type=RADIUS_TYPE, default=None,
                    help="only hits within this Hamming distance (inclusive)")
+    p.add_argument("--bbox", default=None, metavar="W,S,E,N",
+                   help="only items whose footprint meets this lon/lat box (degrees, inclusive; "
+                        "W > E crosses the antimeridian; write --bbox=-10,40,5,50 when it starts "
+                        "with a minus)")
+    p.add_argument("--near", default=None, metavar="LON,LAT,METRES",
+                   help="only items whose footprint lies within METRES (great-circle) of the point")
+    p.add_argument("--time", default=None, metavar="START/END",
+                   help="only items whose time lies in the period (ISO 8601, inclusive; '..' or "
+                        "an empty side is open, e.g. 2021-06/2021-08 or 2020-01-01/..)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("--html", default=None, metavar="OUT.html",
                    help="write a gallery page with the query and its hits as thumbnails")
@@ -51,6 +61,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Search and print; the query is encoded exactly as :meth:`Retriever.search` does."""
     filt = filter_arg(args.filter)
+    place = place_args(args)
     with Retriever(
         args.bundle, uri=args.uri, collection=args.collection, token=args.token,
         raster_rule=raster_rule(args),
@@ -60,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         # the URL is the user's own, fetched for them alone: an address on their network is
         # theirs to ask for (the guard against probing internal addresses is for services)
         r.encoder.allow_private_urls = True
-        hits = r.search(args.image, k=args.k, filter=filt, radius=args.radius)
+        hits = r.search(args.image, k=args.k, filter=filt, radius=args.radius, **place)
         if args.html:
             write_html(args, r, hits)
     if args.json:
@@ -68,6 +79,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(format_hits(hits))
     return EXIT_OK
+
+
+def place_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``--bbox``/``--near``/``--time`` checked before anything is opened (one line, exit 2),
+    as the keywords of :meth:`Retriever.search`."""
+    out = {"bbox": None if args.bbox is None else BBox.parse(args.bbox, "--bbox"),
+           "near": None if args.near is None else Near.parse(args.near, "--near"),
+           "time": None if args.time is None else Period.parse(args.time, "--time")}
+    return out
 
 
 def write_html(args: argparse.Namespace, r: Retriever, hits: Sequence[Hit]) -> None:

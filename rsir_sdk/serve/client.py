@@ -49,6 +49,7 @@ from ..hits import Hit, StoredItem, hit_from_json, item_from_json
 from ..store import keys as store_keys
 from ..store import values as store_values
 from .errors import ServiceConnectionError, ServiceError, ServiceTimeoutError, exception_for
+from .geo_wire import footprints_to_wire, geo_to_wire, times_to_wire
 
 if TYPE_CHECKING:
     from ..archive import ArchiveListing
@@ -250,8 +251,10 @@ class RemoteRetriever:
         return {ENCODER_HEADER: self.encoder.bundle.encoder_id} if self.encoder else {}
 
     @staticmethod
-    def _options(k: Any, filter: Filter, radius: Any) -> dict[str, Any]:
-        """Query parameters of a search, checked as the local store checks them."""
+    def _options(k: Any, filter: Filter, radius: Any, where: Mapping[str, Any] | None = None,
+                 ) -> dict[str, Any]:
+        """Query parameters of a search, checked as the local store checks them; ``where``:
+        place and period as :func:`~rsir_sdk.serve.geo_wire.geo_to_wire` gave them."""
         params: dict[str, Any] = {"k": store_values.k(k)}
         wire = _wire_filter(filter)
         if wire is not None:
@@ -259,6 +262,8 @@ class RemoteRetriever:
         radius = store_values.radius(radius)
         if radius is not None:
             params["radius"] = radius
+        for key, value in (where or {}).items():
+            params[key] = json.dumps(value)
         return params
 
     @staticmethod
@@ -276,14 +281,19 @@ class RemoteRetriever:
         return min(most, store_values.positive_int(batch_size, "batch_size"))
 
     # ----------------------------------------------------------------- search
-    def search(self, img: Any, k: int = 10, filter: Filter = None,
-               radius: int | None = None) -> list[Hit]:
-        """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL)."""
-        params = self._options(k, filter, radius)
+    def search(self, img: Any, k: int = 10, filter: Filter = None, radius: int | None = None, *,
+               bbox: Any = None, near: Any = None, time: Any = None) -> list[Hit]:
+        """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL);
+        ``bbox``, ``near``, ``time``: place and period, as for :meth:`rsir_sdk.Retriever.search`."""
+        where = geo_to_wire(bbox, near, time)
+        params = self._options(k, filter, radius, where)
         if self.encoder is not None:
-            return self.search_codes(self._encode([img]), k, filter, radius)[0]
+            return self.search_codes(self._encode([img]), k, filter, radius, **where)[0]
         if isinstance(img, str) and img.lower().startswith(("http://", "https://")):
-            body = {"url": img, **{key: v for key, v in params.items() if key != "filter"}}
+            body = {"url": img, **{key: v for key, v in params.items() if key == "k"},
+                    **where}
+            if "radius" in params:
+                body["radius"] = params["radius"]
             if "filter" in params:
                 body["filter"] = _wire_filter(filter)
             payload = self._request("POST", "/v1/search", json_body=body)
@@ -294,13 +304,15 @@ class RemoteRetriever:
         return self._hits(payload["hits"])
 
     def search_batch(self, imgs: Sequence[Any], k: int = 10, filter: Filter = None,
-                     radius: int | None = None, batch_size: int | None = None) -> list[list[Hit]]:
+                     radius: int | None = None, batch_size: int | None = None, *,
+                     bbox: Any = None, near: Any = None, time: Any = None) -> list[list[Hit]]:
         """Top-``k`` for each image, in order. ``batch_size``: images per encoder call with a
         local bundle, else images per upload (at most the service's max batch)."""
-        params = self._options(k, filter, radius)
+        where = geo_to_wire(bbox, near, time)
+        params = self._options(k, filter, radius, where)
         imgs = list(imgs)
         if self.encoder is not None:
-            return self.search_codes(self._encode(imgs, batch_size), k, filter, radius)
+            return self.search_codes(self._encode(imgs, batch_size), k, filter, radius, **where)
         out: list[list[Hit]] = []
         for part in self._chunks(len(imgs), self._upload_size(batch_size)):
             files = [("image", _image_file(x)) for x in imgs[part]]
@@ -309,9 +321,10 @@ class RemoteRetriever:
         return out
 
     def search_codes(self, codes: np.ndarray | bytes, k: int = 10, filter: Filter = None,
-                     radius: int | None = None) -> list[list[Hit]]:
+                     radius: int | None = None, *, bbox: Any = None, near: Any = None,
+                     time: Any = None) -> list[list[Hit]]:
         """Search packed codes ``uint8 (n, bits/8)`` (or one code's bytes): raw bytes travel."""
-        params = self._options(k, filter, radius)
+        params = self._options(k, filter, radius, geo_to_wire(bbox, near, time))
         bits = self.encoder.bits if self.encoder is not None else None
         packed = as_packed(codes, bits)
         out: list[list[Hit]] = []
@@ -323,24 +336,33 @@ class RemoteRetriever:
             out += [self._hits(r) for r in payload["results"]]
         return out
 
-    def range_search(self, img: Any, radius: int, filter: Filter = None) -> list[Hit]:
-        """Every item within ``radius`` of one image, up to the service's max k."""
+    def range_search(self, img: Any, radius: int, filter: Filter = None, *, bbox: Any = None,
+                     near: Any = None, time: Any = None) -> list[Hit]:
+        """Every item within ``radius`` of one image (in the place and period), up to the
+        service's max k."""
         if radius is None:
             raise InvalidInputError("range_search needs a radius (an integer >= 0)")
-        self._options(1, filter, radius)
-        return self.search(img, k=int(self._limits()["max_k"]), filter=filter, radius=radius)
+        self._options(1, filter, radius, geo_to_wire(bbox, near, time))
+        return self.search(img, k=int(self._limits()["max_k"]), filter=filter, radius=radius,
+                           bbox=bbox, near=near, time=time)
 
     # ----------------------------------------------------------------- writes
     def add_images(self, images: Sequence[Any], ids: Sequence[str] | None = None,
                    labels: Sequence[str] | None = None,
                    metadata: Sequence[Mapping[str, Any] | None] | None = None,
-                   paths: Sequence[str] | None = None, batch_size: int | None = None) -> int:
+                   paths: Sequence[str] | None = None, batch_size: int | None = None,
+                   footprints: Sequence[Any] | None = None,
+                   times: Sequence[Any] | None = None) -> int:
         """Add images with their ids; returns how many were written.
 
         Ids default to the image paths when every image is a path, and paths to the sources
         that are paths (as with ``Retriever``: the paths as given, not as the service sees them).
         With a local bundle the images are encoded here (``batch_size`` per encoder call) and
-        only codes are sent; otherwise ``batch_size`` images go per upload.
+        only codes are sent; otherwise ``batch_size`` images go per upload. ``footprints``
+        (per item a ``(w, s, e, n)`` box, a ``(lon, lat)`` point, a
+        :class:`~rsir_sdk.geo.Footprint` or None) and ``times`` (per item ISO 8601, epoch
+        seconds or None) are checked here and stored as :meth:`rsir_sdk.Retriever.add_images`
+        stores them.
         """
         if isinstance(images, (str, bytes, os.PathLike)):
             raise InvalidInputError("images must be a list (for one image pass [image])")
@@ -355,12 +377,16 @@ class RemoteRetriever:
         if len(ids) != len(images):
             raise InvalidInputError(f"{len(images)} images but {len(ids)} ids")
         _check_columns(ids, labels, paths, metadata)
+        places = footprints_to_wire(footprints, ids)
+        when = times_to_wire(times, ids)
         if self.encoder is not None:
-            return self.add_codes(self._encode(images, batch_size), ids, labels, paths, metadata)
+            return self.add_codes(self._encode(images, batch_size), ids, labels, paths, metadata,
+                                  footprints=places, times=when)
         written = 0
         for part in self._chunks(len(images), self._upload_size(batch_size)):
             form = {"ids": json.dumps(ids[part])}
-            for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata)):
+            for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata),
+                              ("footprints", places), ("times", when)):
                 if col is not None:
                     form[name] = json.dumps(list(col)[part])
             files = [("image", _image_file(x)) for x in images[part]]
@@ -369,21 +395,27 @@ class RemoteRetriever:
 
     def add_codes(self, codes: np.ndarray | bytes, ids: Sequence[str],
                   labels: Sequence[str] | None = None, paths: Sequence[str] | None = None,
-                  metadata: Sequence[Mapping[str, Any] | None] | None = None) -> int:
-        """Upsert packed codes with their ids; returns how many were written."""
+                  metadata: Sequence[Mapping[str, Any] | None] | None = None,
+                  footprints: Sequence[Any] | None = None,
+                  times: Sequence[Any] | None = None) -> int:
+        """Upsert packed codes with their ids; returns how many were written (``footprints``,
+        ``times``: as for :meth:`add_images`)."""
         bits = self.encoder.bits if self.encoder is not None else None
         packed = as_packed(codes, bits)
         ids = store_values.ids(ids)
         if len(ids) != len(packed):
             raise InvalidInputError(f"{len(ids)} ids but {len(packed)} codes")
         _check_columns(ids, labels, paths, metadata)
+        footprints = footprints_to_wire(footprints, ids)
+        times = times_to_wire(times, ids)
         written = 0
         for part in self._chunks(len(ids), int(self._limits()["max_codes"])):
             body: dict[str, Any] = {
                 "ids": ids[part],
                 "codes": [base64.b64encode(row.tobytes()).decode("ascii") for row in packed[part]],
             }
-            for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata)):
+            for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata),
+                              ("footprints", footprints), ("times", times)):
                 if col is not None:
                     body[name] = list(col)[part]
             written += int(self._request("POST", "/v1/codes", json_body=body,
@@ -457,11 +489,13 @@ class RemoteRetriever:
             out += [item_from_json(it) for it in payload["items"]]
         return out
 
-    def count(self, filter: Filter = None) -> int:
+    def count(self, filter: Filter = None, *, bbox: Any = None, near: Any = None,
+              time: Any = None) -> int:
         """Number of items (matching ``filter``: a dict or, where the service allows it, a
-        Milvus expression string)."""
+        Milvus expression string; and the place and period)."""
         wire = _wire_filter(filter)
         params = {} if wire is None else {"filter": json.dumps(wire, ensure_ascii=False)}
+        params.update({key: json.dumps(v) for key, v in geo_to_wire(bbox, near, time).items()})
         return int(self._request("GET", "/v1/count", params=params)["count"])
 
     def close(self) -> None:

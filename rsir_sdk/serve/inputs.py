@@ -3,14 +3,15 @@
 One endpoint accepts several body kinds, chosen by ``Content-Type``:
 
 - ``multipart/form-data``: image files (any file field, in order; ``image`` by convention) and
-  form fields ``k``, ``radius``, ``filter`` (JSON), ``ids``/``labels``/``paths``/``metadata``
-  (JSON arrays);
+  form fields ``k``, ``radius``, ``filter`` (JSON), ``bbox``/``near``/``time`` (text or JSON
+  arrays, :mod:`rsir_sdk.serve.geo_wire`), ``ids``/``labels``/``paths``/``metadata``/
+  ``footprints``/``times`` (JSON arrays);
 - ``application/json``: the JSON models of :mod:`rsir_sdk.serve.schemas` (URLs or base64);
 - anything else (``image/jpeg``, ``application/octet-stream``...): the body is one image, or for
   code endpoints the concatenated packed codes (``n * bits/8`` bytes).
 
-``k``, ``radius`` and ``filter`` may also come as query parameters (the raw-body forms have no
-other place for them); body values win. Everything is validated here, before any work is
+``k``, ``radius``, ``filter``, ``bbox``, ``near`` and ``time`` may also come as query
+parameters (the raw-body forms have no other place for them); body values win. Everything is validated here, before any work is
 queued, and a mistake raises an error whose kind the client maps back to a Python class.
 """
 
@@ -31,11 +32,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from ..errors import CodeLengthError, ImageLoadError, InvalidInputError
+from ..geo import GeoFilter
 from ..images import DECODE_FORMATS, fetch_url
 from ..pixels import decode_reduced, image_size
 from ..preprocess import crop_size
 from .config import ServeConfig
 from .errors import InvalidRequestError, one_line
+from .geo_wire import GEO_KEYS, geo_from_wire
 
 M = TypeVar("M", bound=BaseModel)
 FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -91,12 +94,15 @@ def parse_model(model: type[M], data: Any) -> M:
 
     ``k`` and ``radius`` must be JSON integers, as the Python API wants ints: ``true``, ``1.0``
     and ``"5"`` are refused with :class:`~rsir_sdk.errors.InvalidInputError` (422), not
-    converted by pydantic's lax mode.
+    converted by pydantic's lax mode; ``bbox``, ``near`` and ``time`` are parsed by
+    :mod:`rsir_sdk.geo` first, so a bad one is its one-line ``InvalidInputError``.
     """
     if isinstance(data, dict):
         for name in ("k", "radius"):
             if data.get(name) is not None:
                 _int(data[name], name, strict=True)
+        if any(data.get(name) is not None for name in GEO_KEYS):
+            geo_from_wire(data)  # geo's one-line InvalidInputError, not pydantic's wording
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -131,7 +137,7 @@ async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]
                 raise invalid(f"form field {key!r} given twice")
             else:
                 fields[key] = value
-        for key in ("filter", "ids", "labels", "paths", "metadata"):
+        for key in ("filter", "ids", "labels", "paths", "metadata", "footprints", "times"):
             if key in fields:
                 fields[key] = _json_field(fields[key], key)
         if "url" in fields:
@@ -274,9 +280,10 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
                    bits: int) -> tuple[int, dict[str, Any] | str | None, int | None]:
     """``(k, filter, radius)`` from the body fields, else the query string; validated."""
     q = request.query_params
-    unknown = sorted(set(q) - {"k", "filter", "radius"})
+    unknown = sorted(set(q) - {"k", "filter", "radius", *GEO_KEYS})
     if unknown:
-        raise invalid(f"unknown query parameter(s) {unknown}; this endpoint takes k, filter, radius")
+        raise invalid(f"unknown query parameter(s) {unknown}; this endpoint takes k, filter, "
+                      f"radius, bbox, near, time")
     k = fields.get("k", q.get("k", 10))
     radius = fields.get("radius", q.get("radius"))
     # body fields hold decoded JSON (a string there is an expression); the query holds JSON text
@@ -293,6 +300,14 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
     if "filter" not in fields and isinstance(filt, str):
         filt = _json_field(filt, "filter") if filt.strip() else None
     return k, check_filter(filt, cfg.allow_expressions), radius
+
+
+def search_where(request: Request, fields: Mapping[str, Any]) -> GeoFilter:
+    """The place and period of a search (``bbox``, ``near``, ``time``) from the body fields,
+    else the query string, parsed by :func:`rsir_sdk.serve.geo_wire.geo_from_wire` (422
+    ``InvalidInputError``, one line, when a value is bad)."""
+    q = request.query_params
+    return geo_from_wire({key: fields[key] if key in fields else q.get(key) for key in GEO_KEYS})
 
 
 def _int(value: Any, name: str, strict: bool = False) -> int:

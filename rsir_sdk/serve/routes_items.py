@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..hits import item_to_json
-from .inputs import check_filter, codes_from_base64, column, invalid, loads_json, read_images
+from .geo_wire import footprints_from_wire, geo_from_wire, times_from_wire
+from .inputs import (
+    check_filter,
+    codes_from_base64,
+    column,
+    invalid,
+    loads_json,
+    parse_model,
+    read_images,
+    read_json,
+)
 from .routing import (
     ErrorRoute,
     errors_doc,
@@ -20,6 +32,7 @@ from .routing import (
 from .schemas import (
     AddCodesJSON,
     AddImagesJSON,
+    CountJSON,
     CountOut,
     DeletedOut,
     IdsJSON,
@@ -27,7 +40,7 @@ from .schemas import (
     ItemsOut,
     WrittenOut,
 )
-from .service import ENCODER_HEADER
+from .service import ENCODER_HEADER, ItemColumns
 
 
 class ExactIdConvertor(Convertor[str]):
@@ -61,7 +74,19 @@ ADD_FORM = {
     "labels": {"type": "string", "description": "JSON array"},
     "paths": {"type": "string", "description": "JSON array (paths under the archive root)"},
     "metadata": {"type": "string", "description": "JSON array of objects"},
+    "footprints": {"type": "string", "description": "JSON array: per item null, [w, s, e, n] "
+                                                    "or [lon, lat]"},
+    "times": {"type": "string", "description": "JSON array: per item null, ISO 8601 or epoch s"},
 }
+
+
+def _columns(fields: Mapping[str, Any], ids: list[str]) -> ItemColumns:
+    """The optional per-item columns of a write, checked before any work is queued."""
+    n = len(ids)
+    return ItemColumns(labels=column(fields, "labels", n), paths=column(fields, "paths", n),
+                       metadata=column(fields, "metadata", n, dict),
+                       footprints=footprints_from_wire(fields.get("footprints"), ids),
+                       times=times_from_wire(fields.get("times"), ids))
 
 
 def _ids(values: object, limit: int) -> list[str]:
@@ -79,7 +104,8 @@ def _ids(values: object, limit: int) -> list[str]:
     responses=errors_doc(401, 403, 409, 413, 422, 503, 504),
     openapi_extra=multi_body(AddImagesJSON, form=ADD_FORM, binary=()),
     description="Encode and upsert images with their ids (and optional labels, paths under the "
-                "archive root, metadata). Nothing is written when one image is unreadable.",
+                "archive root, metadata, footprints, times). Nothing is written when one image "
+                "is unreadable.",
 )
 async def add_images(request: Request) -> JSONResponse:
     service = service_of(request)
@@ -88,11 +114,8 @@ async def add_images(request: Request) -> JSONResponse:
     ids = _ids(body.fields.get("ids"), service.config.max_batch)
     if len(ids) != n:
         raise invalid(f"{n} images but {len(ids)} ids")
-    labels = column(body.fields, "labels", n)
-    paths = column(body.fields, "paths", n)
-    metadata = column(body.fields, "metadata", n, dict)
-    written, count = await service.gate.run(service.add_images, body.images, ids, labels, paths,
-                                            metadata)
+    written, count = await service.gate.run(service.add_images, body.images, ids,
+                                            _columns(body.fields, ids))
     return json_answer({"written": written, "count": count})
 
 
@@ -111,9 +134,7 @@ async def add_codes(request: Request, payload: AddCodesJSON) -> JSONResponse:
     if len(payload.codes) != n:
         raise invalid(f"{len(payload.codes)} codes but {n} ids")
     codes = codes_from_base64(payload.codes, service.bits)
-    written, count = await service.gate.run(
-        service.add_codes, codes, ids, column(data, "labels", n), column(data, "paths", n),
-        column(data, "metadata", n, dict))
+    written, count = await service.gate.run(service.add_codes, codes, ids, _columns(data, ids))
     return json_answer({"written": written, "count": count})
 
 
@@ -158,13 +179,28 @@ async def get_item(request: Request, item_id: str) -> JSONResponse:
 
 
 @reads.get("/count", response_model=CountOut, summary="Count items",
-           responses=errors_doc(401, 422, 503, 504),
-           description='`filter` (optional): a JSON object, e.g. `{"label": "Forest"}`.')
-async def count(request: Request, filter: str | None = None) -> JSONResponse:
+           responses=errors_doc(401, 409, 422, 503, 504),
+           description='`filter` (optional): a JSON object, e.g. `{"label": "Forest"}`. '
+                       '`bbox`, `near`, `time` (optional): place and period as for a search.')
+async def count(request: Request, filter: str | None = None, bbox: str | None = None,
+                near: str | None = None, time: str | None = None) -> JSONResponse:
     service = service_of(request)
     filt = None
     if filter:
         filt = check_filter(loads_json(filter, "filter"), service.config.allow_expressions)
-    n = await service.gate.run(service.count, filt)
+    where = geo_from_wire({"bbox": bbox, "near": near, "time": time})
+    n = await service.gate.run(service.count, filt, where)
+    return json_answer({"count": n})
+
+
+@reads.post("/count", response_model=CountOut, summary="Count items (JSON body)",
+            responses=errors_doc(401, 409, 422, 503, 504),
+            description="`GET /v1/count` with its parameters in a JSON body.")
+async def count_json(request: Request) -> JSONResponse:
+    service = service_of(request)
+    parsed = parse_model(CountJSON, await read_json(request))
+    filt = check_filter(parsed.filter, service.config.allow_expressions)
+    where = geo_from_wire(parsed.model_dump(include={"bbox", "near", "time"}))
+    n = await service.gate.run(service.count, filt, where)
     return json_answer({"count": n})
 

@@ -3,7 +3,8 @@
 Request bodies that may come in several content types (multipart, raw bytes, JSON) are parsed
 by :mod:`rsir_sdk.serve.inputs`; these models validate their JSON forms and describe every
 answer. Field names follow the Python API (``ids``, ``labels``, ``paths``, ``metadata``,
-``k``, ``filter``, ``radius``), so a call reads the same in both.
+``footprints``, ``times``, ``k``, ``filter``, ``radius``, ``bbox``, ``near``, ``time``), so a
+call reads the same in both.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ class SearchOptions(Strict):
                           'Or a Milvus expression string (unless the service runs with '
                           '--no-expressions), e.g. "label == \\"Forest\\""')
     radius: Optional[int] = Field(None, description="keep hits at Hamming distance <= radius")
+    bbox: Optional[Union[str, list[Union[float, str]]]] = Field(
+        None, description='items whose footprint meets this lon/lat box (bounds inclusive; '
+                          'west > east crosses the antimeridian): [west, south, east, north] '
+                          'or "west,south,east,north"')
+    near: Optional[Union[str, list[Union[float, str]]]] = Field(
+        None, description='items whose footprint lies within metres (great-circle) of the '
+                          'point: [lon, lat, metres] or "lon,lat,metres"')
+    time: Optional[Union[str, list[Optional[Union[str, float]]]]] = Field(
+        None, description='items whose time lies in the period (both ends inclusive): '
+                          '"start/end" in ISO 8601 (".." or an empty side is open; a date-only '
+                          'end covers its day) or [start, end] (ISO strings, epoch seconds, null)')
 
 
 class ImageSearchJSON(SearchOptions):
@@ -48,21 +60,30 @@ class CodesSearchJSON(SearchOptions):
     codes: Optional[list[str]] = Field(None, description="several packed codes, base64 each")
 
 
-class AddImagesJSON(Strict):
+#: per item: null, [west, south, east, north], [lon, lat] or {"box", "centre", "time"}
+FootprintValue = Optional[Union[list[float], dict[str, Any]]]
+FOOTPRINTS_DOC = ("per item: null (none: then read from the item's georeferencing metadata), "
+                  "[west, south, east, north], [lon, lat], or "
+                  '{"box": [w, s, e, n], "centre": [lon, lat], "time": ...}')
+TIMES_DOC = "per item: null, an ISO 8601 time (UTC when no offset) or epoch seconds"
+
+
+class ItemColumns(Strict):
     ids: list[str]
+    labels: Optional[list[str]] = None
+    paths: Optional[list[str]] = None
+    metadata: Optional[list[Optional[dict[str, Any]]]] = None
+    footprints: Optional[list[FootprintValue]] = Field(None, description=FOOTPRINTS_DOC)
+    times: Optional[list[Optional[Union[str, float]]]] = Field(None, description=TIMES_DOC)
+
+
+class AddImagesJSON(ItemColumns):
     urls: Optional[list[str]] = None
     images_base64: Optional[list[str]] = None
-    labels: Optional[list[str]] = None
-    paths: Optional[list[str]] = None
-    metadata: Optional[list[Optional[dict[str, Any]]]] = None
 
 
-class AddCodesJSON(Strict):
-    ids: list[str]
+class AddCodesJSON(ItemColumns):
     codes: list[str] = Field(description="packed codes, base64 each (bits/8 bytes)")
-    labels: Optional[list[str]] = None
-    paths: Optional[list[str]] = None
-    metadata: Optional[list[Optional[dict[str, Any]]]] = None
 
 
 class IdsJSON(Strict):
@@ -75,6 +96,9 @@ class HitOut(BaseModel):
     label: str = ""
     path: str = ""
     metadata: dict[str, Any] = {}
+    footprint: Optional[list[float]] = Field(
+        None, description="[west, south, east, north] in degrees (null: none stored)")
+    time: Optional[str] = Field(None, description="ISO 8601 UTC (null: none stored)")
 
 
 class HitsOut(BaseModel):
@@ -107,6 +131,15 @@ class ItemsOut(BaseModel):
     items: list[ItemOut]
 
 
+class CountJSON(Strict):
+    filter: Optional[Union[dict[str, FilterValue], str]] = Field(
+        None, description="as for a search")
+    bbox: Optional[Union[str, list[Union[float, str]]]] = Field(None, description="as for a search")
+    near: Optional[Union[str, list[Union[float, str]]]] = Field(None, description="as for a search")
+    time: Optional[Union[str, list[Optional[Union[str, float]]]]] = Field(
+        None, description="as for a search")
+
+
 class CountOut(BaseModel):
     count: int
 
@@ -131,6 +164,9 @@ class InfoOut(BaseModel):
     classes: list[str] = []
     archive_root: Optional[str] = None
     count: int
+    without_footprint: Optional[int] = Field(
+        None, description="items without a footprint (left out of place-filtered searches); "
+                          "absent for a collection made before place and period were stored")
     exists: bool = True
     raster_rule: str = ""
     providers: list[str] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,16 +19,34 @@ import numpy as np
 from .. import __version__
 from ..api import Filter
 from ..errors import CollectionMismatchError, InvalidInputError
+from ..geo import Footprint, GeoFilter
 from ..hits import Hit, StoredItem
 from ..retriever import Retriever
 from .auth import TokenAuth
 from .config import ServeConfig
 from .errors import ForbiddenError, NotFoundError
+from .geo_wire import geo_kwargs
 from .inputs import ImageInput, load_source
 from .limits import WorkGate
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    """The per-item columns of a write (each ``None`` when not sent), checked by the route."""
+
+    labels: list | None = None
+    paths: list | None = None
+    metadata: list | None = None
+    footprints: list[Footprint | None] | None = None
+    times: list[float | None] | None = None
+
+    def geo(self) -> dict[str, Any]:
+        """``footprints=``/``times=`` keywords for the Retriever (only those sent)."""
+        return {k: v for k, v in (("footprints", self.footprints), ("times", self.times))
+                if v is not None}
 
 #: request header an edge client names its encoder in (``Bundle.encoder_id``)
 ENCODER_HEADER = "x-rsir-encoder-id"
@@ -77,33 +96,35 @@ class Service:
         # pixel limit from the header, large images decoded reduced: inputs.load_source
         return [load_source(img, self.config, self.bundle.preprocess) for img in images]
 
-    def search_images(self, images: Sequence[ImageInput], k: int,
-                      filter: Filter, radius: int | None) -> list[list[Hit]]:
-        """Encode and search each image (downloading URLs first)."""
+    def search_images(self, images: Sequence[ImageInput], k: int, filter: Filter,
+                      radius: int | None, where: GeoFilter | None = None) -> list[list[Hit]]:
+        """Encode and search each image (downloading URLs first); ``where``: place and period."""
         sources = self._sources(images)
+        geo = geo_kwargs(where)
         if len(sources) == 1:
-            return [self.retriever.search(sources[0], k=k, filter=filter, radius=radius)]
-        return self.retriever.search_batch(sources, k=k, filter=filter, radius=radius)
+            return [self.retriever.search(sources[0], k=k, filter=filter, radius=radius, **geo)]
+        return self.retriever.search_batch(sources, k=k, filter=filter, radius=radius, **geo)
 
-    def search_codes(self, codes: np.ndarray, k: int, filter: Filter,
-                     radius: int | None) -> list[list[Hit]]:
-        """Search packed codes as they are."""
-        return self.retriever.search_codes(codes, k=k, filter=filter, radius=radius)
+    def search_codes(self, codes: np.ndarray, k: int, filter: Filter, radius: int | None,
+                     where: GeoFilter | None = None) -> list[list[Hit]]:
+        """Search packed codes as they are; ``where``: place and period."""
+        return self.retriever.search_codes(codes, k=k, filter=filter, radius=radius,
+                                           **geo_kwargs(where))
 
-    def add_images(self, images: Sequence[ImageInput], ids: list[str], labels: list | None,
-                   paths: list | None, metadata: list | None) -> tuple[int, int | None]:
+    def add_images(self, images: Sequence[ImageInput], ids: list[str], columns: ItemColumns,
+                   ) -> tuple[int, int | None]:
         """Encode and upsert images; returns ``(written, count afterwards)``."""
         sources = self._sources(images)
-        if paths is None:
-            paths = [""] * len(sources)
-        n = self.retriever.add_images(sources, ids=ids, labels=labels, metadata=metadata,
-                                      paths=paths)
+        paths = columns.paths if columns.paths is not None else [""] * len(sources)
+        n = self.retriever.add_images(sources, ids=ids, labels=columns.labels,
+                                      metadata=columns.metadata, paths=paths, **columns.geo())
         return n, self.refresh_count()
 
-    def add_codes(self, codes: np.ndarray, ids: list[str], labels: list | None,
-                  paths: list | None, metadata: list | None) -> tuple[int, int | None]:
+    def add_codes(self, codes: np.ndarray, ids: list[str],
+                  columns: ItemColumns) -> tuple[int, int | None]:
         """Upsert packed codes; returns ``(written, count afterwards)``."""
-        n = self.retriever.add_codes(codes, ids, labels=labels, paths=paths, metadata=metadata)
+        n = self.retriever.add_codes(codes, ids, labels=columns.labels, paths=columns.paths,
+                                     metadata=columns.metadata, **columns.geo())
         return n, self.refresh_count()
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int | None]:
@@ -115,9 +136,9 @@ class Service:
         """Stored items by id (missing ids left out), in the order asked."""
         return list(self.retriever.get(list(ids)))
 
-    def count(self, filter: Filter = None) -> int:
-        """Items in the collection (matching ``filter``)."""
-        return int(self.retriever.count(filter or None))
+    def count(self, filter: Filter = None, where: GeoFilter | None = None) -> int:
+        """Items in the collection (matching ``filter`` and the place and period ``where``)."""
+        return int(self.retriever.count(filter or None, **geo_kwargs(where)))
 
     def refresh_count(self) -> int | None:
         """Count the items and remember the figure for ``/metrics`` (None if the store fails)."""

@@ -42,8 +42,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StoreError
+from ..geo import FIELDS as PLACE_FIELDS
 from . import server
 from .rows import Columns
+from .schema import UPSERT_BATCH
 from .server import PrepareProgress, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,6 +60,8 @@ CHUNK_ROWS = 1_000_000
 #: the longest value), so long paths make smaller chunks, not huge files
 CHUNK_BYTES = 1 << 30
 FIELD_FILES = ("pk", "id", "code", "label", "label_h", "path", "path_h", "metadata", "meta_h")
+#: and, for a collection with place fields (format 3), one float64 file per place field
+PLACE_FILES = FIELD_FILES + PLACE_FIELDS
 _DONE = ("Completed",)
 _FAILED = ("Failed", "Failed and cleaned")
 POLL_S = 0.5
@@ -212,7 +216,8 @@ class BulkLoad:
         part.mkdir(parents=True)
         self.progress(PrepareProgress(f"bulk: writing {name}", 0, len(cols)))
         arrays = _arrays(cols)
-        for field in FIELD_FILES:
+        files = PLACE_FILES if cols.place is not None else FIELD_FILES
+        for field in files:
             with open(part / f"{field}.npy", "wb") as fh:
                 np.save(fh, arrays[field])
                 fh.flush()
@@ -222,7 +227,7 @@ class BulkLoad:
         _fsync_dir(self.folder)
         sample = [cols.id[i] for i in sorted({0, len(cols) // 2, len(cols) - 1})]
         entry = {"name": name, "rows": len(cols), "state": "written", "task": None,
-                 "files": [str(final / f"{f}.npy") for f in FIELD_FILES],
+                 "files": [str(final / f"{f}.npy") for f in files],
                  "sha256": _sha256(final / "pk.npy"), "sample": sample, "attempts": 0}
         self.journal.chunks.append(entry)
         self.journal.save()
@@ -300,8 +305,7 @@ class BulkLoad:
         via_insert = needs_insert(cols)
         if via_insert:
             self.note_inserted(len(via_insert))
-            part = cols.take(via_insert)
-            self.store.insert(part.id, part.code, part.label, part.path, part.metadata)
+            self.store.writer.insert(cols.take(via_insert), UPSERT_BATCH)
             keep = set(via_insert)
             cols = cols.take([i for i in range(len(cols)) if i not in keep])
         self.add(cols)
@@ -364,8 +368,7 @@ def load_columns(store: "MilvusCodeStore", cols: Columns, staging: str | os.Path
     if via_insert:
         if load is not None:
             load.note_inserted(len(via_insert))
-        part = cols.take(via_insert)
-        store.insert(part.id, part.code, part.label, part.path, part.metadata)
+        store.writer.insert(cols.take(via_insert), UPSERT_BATCH)
         keep = set(via_insert)
         cols = cols.take([i for i in range(len(cols)) if i not in keep])
     out["inserted"] = len(via_insert)
@@ -384,7 +387,8 @@ def _concat(parts: list[Columns]) -> Columns:
 
     return Columns(chain("pk"), chain("id"), np.concatenate([p.code for p in parts]),
                    chain("label"), chain("label_h"), chain("path"), chain("path_h"),
-                   chain("metadata"), chain("meta_h"), chain("sizes"))
+                   chain("metadata"), chain("meta_h"), chain("sizes"),
+                   None if parts[0].place is None else np.concatenate([p.place for p in parts]))
 
 
 def _arrays(cols: Columns) -> dict[str, np.ndarray]:
@@ -393,11 +397,15 @@ def _arrays(cols: Columns) -> dict[str, np.ndarray]:
     def text(values: list[str]) -> np.ndarray:
         return np.array(values, dtype=str) if values else np.zeros(0, "<U1")
 
-    return {"pk": text(cols.pk), "id": text(cols.id), "code": np.ascontiguousarray(cols.code),
-            "label": text(cols.label), "label_h": text(cols.label_h), "path": text(cols.path),
-            "path_h": text(cols.path_h),
-            "metadata": text([orjson.dumps(m).decode() for m in cols.metadata]),
-            "meta_h": text([orjson.dumps(m).decode() for m in cols.meta_h])}
+    out = {"pk": text(cols.pk), "id": text(cols.id), "code": np.ascontiguousarray(cols.code),
+           "label": text(cols.label), "label_h": text(cols.label_h), "path": text(cols.path),
+           "path_h": text(cols.path_h),
+           "metadata": text([orjson.dumps(m).decode() for m in cols.metadata]),
+           "meta_h": text([orjson.dumps(m).decode() for m in cols.meta_h])}
+    if cols.place is not None:
+        out.update((f, np.ascontiguousarray(cols.place[:, j], dtype=np.float64))
+                   for j, f in enumerate(PLACE_FIELDS))
+    return out
 
 
 def _npy_bytes(cols: Columns) -> int:

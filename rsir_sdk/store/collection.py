@@ -30,21 +30,22 @@ from ..errors import (
     CodeLengthError,
     CollectionMismatchError,
     CollectionNotFoundError,
-    InvalidInputError,
     StoreError,
 )
+from ..geo import GeoFilter
 from ..hits import Hit, StoredItem
-from . import keys, server, values
+from . import keys, place, server, values
 from . import search as searching
 from .connect import Connection, ConnectOptions
 from .schema import (
     AUTO_INDEX,
     MAX_TOPK,
     PK_CHUNK,
-    SERVER_INDEXES,
     UPSERT_BATCH,
     check_same_encoder,
+    has_place,
     index_policy,
+    index_type_of,
     read_description,
 )
 from .search import IdHits
@@ -104,7 +105,7 @@ class MilvusCodeStore:
         #: ``range_searches``: extra requests that read a whole tie group at the k-th distance)
         self.search_stats: dict[str, int] = {}
         self._recorded: dict[str, Any] = {}
-        self._index = (_index_type(index_type), dict(index_params or {}))
+        self._index = (index_type_of(index_type), dict(index_params or {}))
         #: the one writer (:class:`~.writes.Writer`): creates the collection, checks and sends writes
         self.writer = Writer(self)
         self._conn = Connection(uri, token, connect)
@@ -113,6 +114,8 @@ class MilvusCodeStore:
         self.display_uri = self._conn.display_uri
         self.is_lite = self._conn.is_lite
         self.index_policy: str | None = None
+        #: whether the collection holds the place and period fields (a new one will)
+        self.has_place = True
         try:
             self.exists: bool = not self._conn.lite_missing and bool(self._conn.call(
                 "has_collection", self.collection, what=f"opening collection {self.collection!r}"))
@@ -175,6 +178,7 @@ class MilvusCodeStore:
         if encoder and stored_encoder:
             check_same_encoder(stored_encoder, encoder, self.collection)
         self.index_policy = index_policy(desc)
+        self.has_place = has_place(desc)
         if not self.is_lite:
             self._recorded = server.properties(self._conn, self.collection)
             self.index_policy = self._recorded.get("policy", self.index_policy)
@@ -191,16 +195,22 @@ class MilvusCodeStore:
         *,
         encoder: Mapping[str, Any] | None = None,
         batch_size: int = UPSERT_BATCH,
+        footprints: Sequence[Any] | None = None,
+        times: Sequence[Any] | None = None,
     ) -> int:
         """Insert or replace items by id; returns how many rows were written.
 
         Everything is validated before the first row is written, so a bad call changes nothing
         (:class:`~rsir_sdk.errors.InvalidInputError` or ``CodeLengthError`` naming the item).
         Requests hold at most ``batch_size`` (and 50,000) rows and 32 MiB. ``encoder`` (a
-        bundle identity) is checked against the collection's.
+        bundle identity) is checked against the collection's. ``footprints`` (per item a
+        ``(w, s, e, n)`` box, a ``(lon, lat)`` point, a :class:`~rsir_sdk.geo.Footprint` or
+        ``None``) and ``times`` (ISO 8601, epoch seconds or ``None``) fill the place fields;
+        else each item's metadata does (``lonlat_bounds``, ``lonlat``, ``time``; :mod:`.place`).
         """
         values.positive_int(batch_size, "batch_size")
-        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder)
+        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder,
+                                   footprints=footprints, times=times)
         return self.writer.upsert(cols, batch_size)
 
     def insert(
@@ -213,6 +223,8 @@ class MilvusCodeStore:
         *,
         encoder: Mapping[str, Any] | None = None,
         batch_size: int = UPSERT_BATCH,
+        footprints: Sequence[Any] | None = None,
+        times: Sequence[Any] | None = None,
     ) -> int:
         """Add items whose ids the collection does **not** hold; returns how many were written.
 
@@ -220,10 +232,12 @@ class MilvusCodeStore:
         twice the server's work). The caller vouches that the ids are new (e.g. it just asked
         :meth:`existing_ids`, as ``rsir index`` does): an id that is present would be stored
         twice. A request is never retried as an insert: one that fails is written again as an
-        upsert, which replaces whatever part of it reached Milvus. Checked like :meth:`upsert`.
+        upsert, which replaces whatever part of it reached Milvus. Checked (and ``footprints``,
+        ``times`` taken) like :meth:`upsert`.
         """
         values.positive_int(batch_size, "batch_size")
-        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder)
+        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder,
+                                   footprints=footprints, times=times)
         return self.writer.insert(cols, batch_size)
 
     def bulk_insert(
@@ -238,6 +252,7 @@ class MilvusCodeStore:
         encoder: Mapping[str, Any] | None = None,
         options: BulkOptions | None = None,
         progress: Any = None,
+        footprints: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
         """Load many new items through Milvus' bulk import (a server; see :mod:`.bulk`).
 
@@ -245,10 +260,12 @@ class MilvusCodeStore:
         holds are skipped (``options.skip_existing``), so an interrupted call can simply be
         repeated: its journal makes every chunk count once. Then :meth:`prepare_for_search`
         (``options.prepare``); :class:`~.writes.BulkOptions` also sets ``chunk_rows`` and
-        ``timeout``. On Milvus Lite (no bulk import) the new items are inserted. Returns counts
-        and timings.
+        ``timeout``. On Milvus Lite (no bulk import) the new items are inserted. ``footprints``
+        as in :meth:`upsert` (a :class:`~rsir_sdk.geo.Footprint` carries its time). Returns
+        counts and timings.
         """
-        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder)
+        cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder,
+                                   footprints=footprints)
         return self.writer.bulk_insert(cols, staging_dir, options or BulkOptions(), progress)
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -308,27 +325,44 @@ class MilvusCodeStore:
         if self.exists:
             yield from searching.iter_ids(self._conn, self.collection, self.count())
 
-    def count(self, filter: Filter = None) -> int:
-        """Number of items (matching ``filter`` when given); 0 for a collection never written."""
+    def count(self, filter: Filter = None, *, geo: GeoFilter | None = None) -> int:
+        """Number of items (matching ``filter`` and the place/period filter ``geo`` when
+        given); 0 for a collection never written."""
         expr = keys.build_filter(filter)
+        gf = self._geo(geo)
         if not self.exists:
             return 0
+        if gf is not None:
+            expr = keys.combine(expr, gf.expr())
+            if gf.near is not None:  # the engine's box is a prefilter: test each row exactly
+                return place.count_exact(self._conn, self.collection, expr, gf)
         res = self._conn.call("query", self.collection, filter=expr, output_fields=["count(*)"],
                               read=True, what=f"count in {self.collection!r}",
                               expression=filter if isinstance(filter, str) else None)
         return int(res[0]["count(*)"])
 
-    def _run(self, codes, k, filter, radius, fields, exact_ties=True) -> list[list[Any]]:
+    def _geo(self, geo: GeoFilter | None) -> GeoFilter | None:
+        """The active place/period filter, refused on a collection without place fields."""
+        gf = place.as_filter(geo)
+        if gf is not None and self.exists and not self.has_place:
+            raise place.refuse_old(self.collection, self.display_uri,
+                                   "filter by place or period")
+        return gf
+
+    def _run(self, codes, k, filter, radius, fields, exact_ties=True, geo=None) -> list[list[Any]]:
         k = values.k(k)
         radius = values.radius(radius)
         expr = keys.build_filter(filter)
+        gf = self._geo(geo)
         q = as_packed(codes, self.bits)
         if q.shape[0] == 0:
             return []
         self._require_exists()
+        if not self.has_place:
+            fields = [f for f in fields if f != "footprint"]
         request = searching.SearchRequest(
             k, expr, radius, tuple(fields), self.effective_search_params,
-            filter if isinstance(filter, str) else None, bool(exact_ties))
+            filter if isinstance(filter, str) else None, bool(exact_ties), gf)
         return searching.run(self._conn, self.collection, q, request, self.search_stats)
 
     def search(
@@ -340,6 +374,7 @@ class MilvusCodeStore:
         *,
         fields: Sequence[str] | None = None,
         exact_ties: bool = True,
+        geo: GeoFilter | None = None,
     ) -> list[list[Hit]]:
         """Hamming top-``k`` per query: one list of :class:`~rsir_sdk.hits.Hit` per query code.
 
@@ -350,19 +385,18 @@ class MilvusCodeStore:
         gives it in memory). With ``radius``, only items at distance ``<= radius``
         (inclusive) come back, at most ``k`` of them. ``k`` and ``radius`` must be ints,
         ``filter`` a dict or an expression string (:func:`~rsir_sdk.store.keys.build_filter`).
-        ``fields``: the stored fields to read (default ``label``, ``path`` and ``metadata``;
-        those left out stay empty, and cost nothing); see also :meth:`search_ids`.
+        ``fields``: the stored fields to read (default ``label``, ``path``, ``metadata`` and
+        ``footprint``, the place and time; those left out stay empty, and cost nothing); see
+        also :meth:`search_ids`. ``geo`` (:class:`~rsir_sdk.geo.GeoFilter`): only items whose
+        footprint meets the box, lies within the distance, whose time is in the period (AND
+        ``filter`` and ``radius``), still the exact top-``k`` (:mod:`.place`).
         ``exact_ties=False`` skips reading whole tie groups at the k-th distance (one request;
         the same distances, but Milvus picks which tied items fill the last places): much
         faster on codes with many duplicates (trained, class-like codes at scale).
         """
         wanted = searching.check_fields(fields)
-        found = self._run(codes, k, filter, radius, wanted, exact_ties)
-        lab, pat, met = "label" in wanted, "path" in wanted, "metadata" in wanted
-        return [[Hit(f.id, f.distance, (f.entity.get("label") or "") if lab else "",
-                          (f.entity.get("path") or "") if pat else "",
-                          (f.entity.get("metadata") or {}) if met else {})
-                 for f in row] for row in found]
+        return searching.to_hits(self._run(codes, k, filter, radius, wanted, exact_ties, geo),
+                                 wanted)
 
     def search_ids(
         self,
@@ -372,6 +406,7 @@ class MilvusCodeStore:
         radius: int | None = None,
         *,
         exact_ties: bool = True,
+        geo: GeoFilter | None = None,
     ) -> list[IdHits]:
         """The lean search: per query, the ids and an ``int32`` array of their distances, with
         the same order and tie rule as :meth:`search` (``exact_ties`` alike), and no stored
@@ -380,7 +415,7 @@ class MilvusCodeStore:
         >>> store.search_ids(codes[:2], k=3)[0].ids                      # doctest: +SKIP
         ['a', 'c', 'b']
         """
-        return searching.id_hits(self._run(codes, k, filter, radius, (), exact_ties))
+        return searching.id_hits(self._run(codes, k, filter, radius, (), exact_ties, geo))
 
     def range_search(
         self,
@@ -388,13 +423,15 @@ class MilvusCodeStore:
         radius: int,
         filter: Filter = None,
         limit: int = MAX_TOPK,
+        *,
+        geo: GeoFilter | None = None,
     ) -> list[list[Hit]]:
         """Every item within Hamming distance ``<= radius`` (inclusive) of each query.
 
         Raises :class:`StoreError` when a query has more than ``limit`` such items (Milvus caps
         one search at 16384): lower the radius or add a filter rather than get a silent cut.
         """
-        results = self.search(codes, k=limit, filter=filter, radius=values.radius(radius))
+        results = self.search(codes, k=limit, filter=filter, radius=values.radius(radius), geo=geo)
         for i, hits in enumerate(results):
             if len(hits) >= limit:
                 raise StoreError(
@@ -438,7 +475,7 @@ class MilvusCodeStore:
         BIN_IVF_FLAT, ``calibrate`` records the ``nprobe`` that reaches recall@100 0.99. The
         collection is released while its index is rebuilt (searches fail meanwhile)."""
         self._require_exists()
-        kind = _index_type(index_type)
+        kind = index_type_of(index_type)
         if self.is_lite or kind in (None, AUTO_INDEX):
             raise StoreError("set_index needs a Milvus server and an index type (BIN_FLAT, "
                              "BIN_IVF_FLAT, HNSW); Milvus Lite has BIN_FLAT only")
@@ -457,15 +494,13 @@ class MilvusCodeStore:
 
     # ----------------------------------------------------------------- admin
     def info(self) -> dict[str, Any]:
-        """What the collection is: name, uri, bits, the encoder that filled it, item count."""
-        return {
-            "collection": self.collection,
-            "uri": self.display_uri,
-            "exists": self.exists,
-            "bits": self.bits,
-            "encoder": self.encoder,
-            "count": self.count(),
-        }
+        """What the collection is: name, uri, bits, the encoder that filled it, item count and
+        (with place fields) ``without_footprint``, the items no place filter can return."""
+        out = {"collection": self.collection, "uri": self.display_uri, "exists": self.exists,
+               "bits": self.bits, "encoder": self.encoder, "count": self.count()}
+        if self.has_place:
+            out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0
+        return out
 
     def drop(self) -> None:
         """Drop the whole collection (irreversible); a later write creates it afresh."""
@@ -492,14 +527,3 @@ class MilvusCodeStore:
         return (f"MilvusCodeStore(uri={self.display_uri!r}, collection={self.collection!r}, "
                 f"bits={getattr(self, 'bits', None)})")
 
-
-def _index_type(value: str | None) -> str | None:
-    if value is None:
-        return None
-    name = str(value).strip()
-    if name.lower() == AUTO_INDEX:
-        return AUTO_INDEX
-    if name.upper() not in SERVER_INDEXES:
-        raise InvalidInputError(f"index_type must be auto or one of {', '.join(SERVER_INDEXES)}, "
-                                f"got {value!r}")
-    return name.upper()

@@ -22,6 +22,7 @@ import numpy as np
 from ..codes import as_packed
 from ..errors import InvalidInputError
 from . import keys, values
+from .place import columns as place_columns
 
 #: at most this many rows per write request
 MAX_BATCH_ROWS = 50_000
@@ -29,6 +30,8 @@ MAX_BATCH_ROWS = 50_000
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 #: fixed overhead per row: 4 digests of 32 bytes, field tags
 ROW_OVERHEAD = 4 * 32 + 64
+#: the place fields of a row: 7 doubles and their tags
+PLACE_BYTES = 7 * (8 + 8)
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Columns:
     metadata: list[dict[str, Any]]
     meta_h: list[dict[str, str]]
     sizes: list[int]  # estimated request bytes per row
+    #: the place fields (:data:`rsir_sdk.geo.FIELDS`), ``float64 (n, 7)``; ``None`` for a
+    #: collection made before them (format 2)
+    place: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.id)
@@ -59,7 +65,8 @@ class Columns:
         return [self.pk[start:end], self.id[start:end],
                 [raw[i : i + width] for i in range(0, len(raw), width)],
                 self.label[start:end], self.label_h[start:end], self.path[start:end],
-                self.path_h[start:end], self.metadata[start:end], self.meta_h[start:end]]
+                self.path_h[start:end], self.metadata[start:end], self.meta_h[start:end],
+                *([] if self.place is None else self.place[start:end].T.tolist())]
 
     def take(self, index: Sequence[int]) -> "Columns":
         """The rows at ``index`` (in that order)."""
@@ -70,7 +77,8 @@ class Columns:
 
         return Columns(pick(self.pk), pick(self.id), self.code[np.asarray(idx, dtype=np.intp)],
                        pick(self.label), pick(self.label_h), pick(self.path), pick(self.path_h),
-                       pick(self.metadata), pick(self.meta_h), pick(self.sizes))
+                       pick(self.metadata), pick(self.meta_h), pick(self.sizes),
+                       None if self.place is None else self.place[np.asarray(idx, dtype=np.intp)])
 
 
 def build_columns(
@@ -80,8 +88,12 @@ def build_columns(
     labels: Any = None,
     paths: Any = None,
     metadata: Any = None,
+    place: tuple[Any, Any] | None = None,
 ) -> Columns:
     """The :class:`Columns` of a write: every value checked, digests computed.
+
+    ``place``: ``None`` for a collection without place fields (format 2), else the write's
+    ``(footprints, times)`` (each ``None`` or one value per item; :func:`.place.columns`).
 
     Raises :class:`~rsir_sdk.errors.InvalidInputError` (or
     :class:`~rsir_sdk.errors.CodeLengthError` for codes) naming the first bad item; nothing is
@@ -116,8 +128,11 @@ def build_columns(
         meta_h.append(mh)
         sizes.append(width + _utf8(ids[i]) + _utf8(labels[i]) + _utf8(paths[i]) + meta_sizes[i]
                      + mh_size)
+    places = None if place is None else place_columns(ids, meta, *place)
+    if places is not None:
+        sizes = [s + PLACE_BYTES for s in sizes]
     return Columns([keys.digest(i) for i in ids], ids, packed, labels, label_h, paths, path_h,
-                   meta, meta_h, sizes)
+                   meta, meta_h, sizes, places)
 
 
 def _digests(texts: list[str]) -> list[str]:

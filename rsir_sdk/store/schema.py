@@ -1,6 +1,6 @@
 """What an rsir collection is: its fields, their limits, and the identity record it keeps.
 
-Format 2 (this version): the primary key ``pk`` is the BLAKE2b-128 hex digest of the id and the
+Format 3 (this version) is format 2 plus the place and period fields of issue 22; format 2: the primary key ``pk`` is the BLAKE2b-128 hex digest of the id and the
 id is a plain field, with digest columns beside the text fields (:mod:`.keys` says why):
 
 =========  ======================  ===================================================
@@ -15,7 +15,13 @@ path       VARCHAR                 path
 path_h     VARCHAR(32)             digest of path
 metadata   JSON                    the item's metadata object
 meta_h     JSON                    ``{"k<digest of key>": digest of canonical value}``
+lon_min..  DOUBLE (7 fields)       the footprint's lon/lat box, centre and time
 =========  ======================  ===================================================
+
+The place fields (:data:`rsir_sdk.geo.FIELDS`: ``lon_min, lon_max, lat_min, lat_max, lon, lat,
+t``; sentinels when an item has none, :func:`rsir_sdk.geo.scalar_fields`) make a place or period
+filter a range comparison the engine evaluates. A format-2 collection (no place fields) is read,
+written and searched as before; a place or period filter on it is refused (rebuild it).
 
 Format 1 (rsir-sdk 0.2 and before) used the raw id as the primary key; such a collection is
 refused on open with a message saying how to rebuild it. Constants only at import (no
@@ -27,7 +33,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from ..errors import CollectionMismatchError
+from ..errors import CollectionMismatchError, InvalidInputError
+from ..geo import FIELDS as PLACE_FIELDS
 from ..redact import redact_uri as redact_uri
 
 #: Milvus caps topK (and a range search's limit) at this
@@ -40,7 +47,7 @@ MAX_PATH_LEN = 4096
 #: the key under which a collection's description records the encoder that filled it
 SCHEMA_TAG = "rsir"
 #: the layout version recorded in the description
-FORMAT = 2
+FORMAT = 3
 FIELDS = ("pk", "id", "code", "label", "label_h", "path", "path_h", "metadata", "meta_h")
 OUTPUT_FIELDS = ["id", "label", "path", "metadata"]
 #: rows per write request unless the caller asks for fewer (bytes are limited too: columns.py)
@@ -66,7 +73,7 @@ def is_lite_uri(uri: str) -> bool:
 
 
 def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None = None) -> Any:
-    """The pymilvus schema of a new (format 2) collection; ``index`` records the index policy
+    """The pymilvus schema of a new (format 3) collection; ``index`` records the index policy
     (``"auto"``) in the description."""
     from pymilvus import DataType, MilvusClient
 
@@ -82,7 +89,15 @@ def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None 
     schema.add_field("path_h", DataType.VARCHAR, max_length=32)
     schema.add_field("metadata", DataType.JSON)
     schema.add_field("meta_h", DataType.JSON)
+    for name in PLACE_FIELDS:
+        schema.add_field(name, DataType.DOUBLE)
     return schema
+
+
+def has_place(desc: Mapping[str, Any]) -> bool:
+    """Whether a collection holds the place and period fields (format 3 and later)."""
+    names = {f["name"] for f in desc.get("fields", [])}
+    return all(f in names for f in PLACE_FIELDS)
 
 
 def index_policy(desc: Mapping[str, Any]) -> str | None:
@@ -139,3 +154,16 @@ def check_same_encoder(
             f"{incoming.get('encoder_id')} ({incoming.get('method')}). Codes of different "
             f"encoders are not comparable: use another collection or re-index with this encoder"
         )
+
+
+def index_type_of(value: str | None) -> str | None:
+    """An index type as given (``None``, ``auto`` or a server index), checked and upper-cased."""
+    if value is None:
+        return None
+    name = str(value).strip()
+    if name.lower() == AUTO_INDEX:
+        return AUTO_INDEX
+    if name.upper() not in SERVER_INDEXES:
+        raise InvalidInputError(f"index_type must be auto or one of {', '.join(SERVER_INDEXES)}, "
+                                f"got {value!r}")
+    return name.upper()

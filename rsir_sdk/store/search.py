@@ -17,12 +17,15 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import keys, topk
+from ..geo import GeoFilter
+from ..hits import Hit
+from . import keys, place, topk
 from .connect import Connection
 from .schema import MAX_TOPK, PK_CHUNK
 
-#: the stored fields a search can return besides the id and the distance
-FIELDS = ("label", "path", "metadata")
+#: the stored fields a search can return besides the id and the distance (``footprint``: the
+#: place fields, :data:`rsir_sdk.geo.FIELDS`, read into a hit's ``footprint`` and ``time``)
+FIELDS = ("label", "path", "metadata", "footprint")
 
 
 class IdHits(NamedTuple):
@@ -62,7 +65,8 @@ class SearchRequest:
     ``expr`` built from the filter, ``radius`` (inclusive; ``None``: none), the stored
     ``fields`` to read, Milvus' search ``params`` (e.g. ``{"nprobe": 32}``), the caller's own
     filter string ``user_expr`` (so that Milvus refusing it becomes ``InvalidInputError``) and
-    ``exact_ties`` (read whole tie groups at the k-th distance)."""
+    ``exact_ties`` (read whole tie groups at the k-th distance) and ``geo``, an active place
+    and period filter (:mod:`.place`) or ``None``."""
 
     k: int
     expr: str = ""
@@ -71,6 +75,7 @@ class SearchRequest:
     params: Mapping[str, Any] = field(default_factory=dict)
     user_expr: str | None = None
     exact_ties: bool = True
+    geo: GeoFilter | None = None
 
 
 def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
@@ -80,7 +85,12 @@ def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
     and hits."""
     k, expr, radius, fields = request.k, request.expr, request.radius, request.fields
     params, user_expr, exact_ties = request.params, request.user_expr, request.exact_ties
-    out_fields = ["id", *fields]
+    out_fields = ["id", *place.output_fields(fields)]
+    geo = request.geo
+    if geo is not None:
+        expr = keys.combine(expr, geo.expr())
+        if geo.near is not None:  # the exact distance test needs the place fields
+            out_fields += [f for f in place.FIELDS if f not in out_fields]
 
     def search(data: Sequence[bytes], limit: int, expression: str,
                window: tuple[int, int] | None, wanted: list[str]) -> list[topk.Raw]:
@@ -107,8 +117,28 @@ def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
     out: list[list[topk.Found]] = []
     for start in range(0, q.shape[0], step):
         data = [row.tobytes() for row in q[start : start + step]]
-        out += topk.exact_topk(search, fetch, data, k, expr, radius, out_fields, stats, exact_ties)
+        if geo is not None and geo.near is not None:
+            out += place.near_topk(search, fetch, data, k, expr, radius, out_fields, stats,
+                                   exact_ties, place.keeper(geo))
+        else:
+            out += topk.exact_topk(search, fetch, data, k, expr, radius, out_fields, stats,
+                                   exact_ties)
     return out
+
+
+def to_hits(found: list[list[topk.Found]], wanted: Sequence[str]) -> list[list[Hit]]:
+    """The :class:`~rsir_sdk.hits.Hit` objects of the hits found, with the fields asked for."""
+    lab, pat, met = "label" in wanted, "path" in wanted, "metadata" in wanted
+    geo = "footprint" in wanted
+
+    def hit(f: topk.Found) -> Hit:
+        e = f.entity
+        where, when = place.hit_place(e) if geo else (None, None)
+        return Hit(f.id, f.distance, (e.get("label") or "") if lab else "",
+                   (e.get("path") or "") if pat else "", (e.get("metadata") or {}) if met else {},
+                   where, when)
+
+    return [[hit(f) for f in row] for row in found]
 
 
 def id_hits(found: list[list[topk.Found]]) -> list[IdHits]:

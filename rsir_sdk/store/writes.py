@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import InvalidInputError, StoreError
-from . import rows, values
+from . import place, rows, values
 from .schema import AUTO_INDEX, check_same_encoder, make_schema
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,17 +72,27 @@ class Writer:
                      schema=make_schema(s.bits, s.encoder, policy), index_params=index,
                      consistency_level="Strong", what=f"creating collection {s.collection!r}")
         s.exists = True
+        s.has_place = True
         s.index_policy = policy
         log.info("created collection %s (%d bits, index %s) at %s", s.collection, s.bits,
                  policy or concrete, s.display_uri)
 
     def columns(self, ids: Any, codes: Any, labels: Any = None, paths: Any = None,
-                metadata: Any = None, encoder: Mapping[str, Any] | None = None) -> rows.Columns:
-        """A write's checked columns (and the bundle identity checked against the store's)."""
+                metadata: Any = None, encoder: Mapping[str, Any] | None = None, *,
+                footprints: Any = None, times: Any = None) -> rows.Columns:
+        """A write's checked columns (and the bundle identity checked against the store's).
+
+        Every write of a collection with place fields fills them: from ``footprints``/``times``
+        (one value per item, or ``None``), else from each item's metadata (:mod:`.place`).
+        Giving either to a collection made before place fields existed raises
+        :class:`~rsir_sdk.errors.CollectionMismatchError`."""
         s = self.store
         if encoder is not None and s.encoder is not None:
             check_same_encoder(s.encoder, encoder, s.collection)
-        return rows.build_columns(ids, codes, s.bits, labels, paths, metadata)
+        if not s.has_place and (footprints is not None or times is not None):
+            raise place.refuse_old(s.collection, s.display_uri, "store footprints or times")
+        return rows.build_columns(ids, codes, s.bits, labels, paths, metadata,
+                                  (footprints, times) if s.has_place else None)
 
     def upsert(self, cols: rows.Columns, batch_size: int) -> int:
         """Insert or replace the rows of ``cols`` by id, in requests of bounded size."""

@@ -12,6 +12,9 @@ const state = {
   k: 12,               // current k (grows with "More")
   page: 12,            // k step of one page
   objectUrls: [],      // thumbnails to revoke on the next render
+  bbox: null,          // [w, s, e, n] drawn on the map: filters the search (null: none)
+  proj: null,          // the map's current projection: {X, Y, lon, lat} (see drawMap)
+  hits: [],            // the hits drawn
 };
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
@@ -69,21 +72,38 @@ function filterParam() {
   return label ? { label } : null;
 }
 
+// place and period of the search: {bbox: "w,s,e,n", time: "start/end"} (only those set)
+function whereParams() {
+  const out = {};
+  if (state.bbox) out.bbox = state.bbox.join(",");
+  const start = $("time-start").value, end = $("time-end").value;
+  if (start || end) out.time = (start || "..") + "/" + (end || "..");
+  return out;
+}
+
+function whereText(where) {
+  const parts = [];
+  if (where.bbox) parts.push("in the drawn box");
+  if (where.time) parts.push("time " + where.time.split("/").map((t) => (t === ".." ? "any" : t)).join(" to "));
+  return parts.length ? " (" + parts.join(", ") + ")" : "";
+}
+
 async function runSearch() {
   if (!state.query) return;
   const k = state.k;
   const filter = filterParam();
+  const where = whereParams();
   setStatus("searching…");
   $("more").disabled = true;
   const t0 = performance.now();
   try {
     let res;
     if (state.query.kind === "url") {
-      const body = { url: state.query.url, k };
+      const body = { url: state.query.url, k, ...where };
       if (filter) body.filter = filter;
       res = await api("/v1/search", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     } else {
-      const params = new URLSearchParams({ k: String(k) });
+      const params = new URLSearchParams({ k: String(k), ...where });
       if (filter) params.set("filter", JSON.stringify(filter));
       res = await api("/v1/search?" + params, {
         method: "POST",
@@ -94,7 +114,8 @@ async function runSearch() {
     const hits = (await res.json()).hits;
     render(hits);
     const ms = Math.round(performance.now() - t0);
-    setStatus(`${hits.length} hit${hits.length === 1 ? "" : "s"} in ${ms} ms` + (filter ? ` (label ${filter.label})` : ""));
+    setStatus(`${hits.length} hit${hits.length === 1 ? "" : "s"} in ${ms} ms` +
+              (filter ? ` (label ${filter.label})` : "") + whereText(where));
     const maxK = state.info ? state.info.limits.max_k : k;
     $("more").hidden = hits.length < k || k >= maxK;
   } catch (err) {
@@ -169,13 +190,29 @@ async function loadThumb(hit, box) {
 }
 
 // ------------------------------------------------------------------ footprints (SVG, no tiles)
-function footprint(meta) {
+// Equirectangular lon/lat plot zoomed to the hits' footprints (and the drawn box), with a
+// graticule. A footprint whose west > east crosses the antimeridian: longitudes are unwrapped
+// around the best hit so that it is drawn in one piece. Dragging on the plot draws a box that
+// filters the search (sent as `bbox`); a click on a footprint shows its card.
+const MAP_W = 320, MAP_H = 240;
+
+function footprint(hit) {
+  const f = hit.footprint;
+  if (Array.isArray(f) && f.length === 4 && f.every(Number.isFinite)) return { w: f[0], s: f[1], e: f[2], n: f[3] };
+  const meta = hit.metadata;
   if (!meta) return null;
   const b = meta.lonlat_bounds || (meta.crs === "EPSG:4326" ? meta.bounds : null);
   if (Array.isArray(b) && b.length === 4 && b.every(Number.isFinite)) return { w: b[0], s: b[1], e: b[2], n: b[3] };
   const p = meta.lonlat;
   if (Array.isArray(p) && p.length === 2 && p.every(Number.isFinite)) return { w: p[0], s: p[1], e: p[0], n: p[1] };
   return null;
+}
+
+// a box as a continuous lon interval [w, e] (e >= w) shifted by 360s to lie near lon `ref`
+function unwrap(f, ref) {
+  const e = f.e < f.w ? f.e + 360 : f.e;
+  const shift = ref === null ? 0 : Math.round((ref - (f.w + e) / 2) / 360) * 360;
+  return { w: f.w + shift, s: f.s, e: e + shift, n: f.n };
 }
 
 function niceStep(span) {
@@ -185,22 +222,32 @@ function niceStep(span) {
   return 10 * p;
 }
 
+function wrapLon(lon) {
+  return ((lon + 180) % 360 + 360) % 360 - 180;
+}
+
 function drawMap(hits) {
+  state.hits = hits;
   const svg = $("map");
-  const shapes = hits.map((h, i) => ({ hit: h, rank: i + 1, f: footprint(h.metadata) })).filter((x) => x.f);
-  $("map-panel").hidden = shapes.length === 0;
+  const raw = hits.map((h, i) => ({ hit: h, rank: i + 1, f: footprint(h) })).filter((x) => x.f);
+  $("map-panel").hidden = raw.length === 0 && !state.bbox;
   svg.replaceChildren();
-  if (!shapes.length) return;
-  let w = Math.min(...shapes.map((x) => x.f.w)), e = Math.max(...shapes.map((x) => x.f.e));
-  let s = Math.min(...shapes.map((x) => x.f.s)), n = Math.max(...shapes.map((x) => x.f.n));
+  if (!raw.length && !state.bbox) { state.proj = null; return; }
+  const first = raw.length ? raw[0].f : { w: state.bbox[0], s: state.bbox[1], e: state.bbox[2], n: state.bbox[3] };
+  const ref = (first.w + (first.e < first.w ? first.e + 360 : first.e)) / 2;
+  const shapes = raw.map((x) => ({ ...x, f: unwrap(x.f, ref) }));
+  const box = state.bbox ? unwrap({ w: state.bbox[0], s: state.bbox[1], e: state.bbox[2], n: state.bbox[3] }, ref) : null;
+  const all = shapes.map((x) => x.f).concat(box ? [box] : []);
+  let w = Math.min(...all.map((f) => f.w)), e = Math.max(...all.map((f) => f.e));
+  let s = Math.min(...all.map((f) => f.s)), n = Math.max(...all.map((f) => f.n));
   const pad = Math.max(e - w, n - s, 0.01) * 0.1;
-  w -= pad; e += pad; s -= pad; n += pad;
-  const W = 320, H = 240;
-  const kx = Math.cos(((s + n) / 2) * Math.PI / 180);          // equirectangular, true at mid-latitude
-  const scale = Math.min(W / ((e - w) * kx), H / (n - s));
+  w -= pad; e += pad; s = Math.max(-90, s - pad); n = Math.min(90, n + pad);
+  const kx = Math.max(0.05, Math.cos(((s + n) / 2) * Math.PI / 180));   // true at mid-latitude
+  const scale = Math.min(MAP_W / ((e - w) * kx), MAP_H / Math.max(n - s, 1e-6));
   const cx = (w + e) / 2, cy = (s + n) / 2;
-  const X = (lon) => W / 2 + (lon - cx) * kx * scale;
-  const Y = (lat) => H / 2 - (lat - cy) * scale;
+  const X = (lon) => MAP_W / 2 + (lon - cx) * kx * scale;
+  const Y = (lat) => MAP_H / 2 - (lat - cy) * scale;
+  state.proj = { X, Y, lon: (x) => cx + (x - MAP_W / 2) / (kx * scale), lat: (y) => cy - (y - MAP_H / 2) / scale };
   const add = (tag, attrs, parent) => {
     const el = document.createElementNS(SVG, tag);
     for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
@@ -209,27 +256,97 @@ function drawMap(hits) {
   };
   const step = niceStep(Math.max(e - w, n - s));
   const decimals = Math.max(0, -Math.floor(Math.log10(step)));
-  for (let lon = Math.ceil((cx - W / 2 / kx / scale) / step) * step; X(lon) < W; lon += step) {
-    add("line", { x1: X(lon), x2: X(lon), y1: 0, y2: H, class: "grid" });
-    add("text", { x: X(lon) + 2, y: H - 3, class: "grid-label" }).textContent = lon.toFixed(decimals) + "°";
+  const lon0 = state.proj.lon(0), lat0 = state.proj.lat(MAP_H);
+  for (let lon = Math.ceil(lon0 / step) * step; X(lon) < MAP_W; lon += step) {
+    add("line", { x1: X(lon), x2: X(lon), y1: 0, y2: MAP_H, class: "grid" });
+    add("text", { x: X(lon) + 2, y: MAP_H - 3, class: "grid-label" }).textContent = wrapLon(lon).toFixed(decimals) + "°";
   }
-  for (let lat = Math.ceil((cy - H / 2 / scale) / step) * step; Y(lat) > 0; lat += step) {
-    add("line", { x1: 0, x2: W, y1: Y(lat), y2: Y(lat), class: "grid" });
+  for (let lat = Math.ceil(lat0 / step) * step; Y(lat) > 0; lat += step) {
+    add("line", { x1: 0, x2: MAP_W, y1: Y(lat), y2: Y(lat), class: "grid" });
     add("text", { x: 2, y: Y(lat) - 2, class: "grid-label" }).textContent = lat.toFixed(decimals) + "°";
+  }
+  if (box) {
+    add("rect", { x: X(box.w), y: Y(box.n), width: Math.max(1, X(box.e) - X(box.w)),
+                  height: Math.max(1, Y(box.s) - Y(box.n)), class: "bbox-filter" });
   }
   for (const { hit, rank, f } of shapes.reverse()) {   // best hit drawn last, on top
     const width = Math.max(3, X(f.e) - X(f.w)), height = Math.max(3, Y(f.s) - Y(f.n));
     const r = add("rect", { x: X(f.w), y: Y(f.n), width, height, class: "footprint", "data-id": hit.id });
-    add("title", {}, r).textContent = `#${rank} ${hit.label} (distance ${hit.distance})`;
+    add("title", {}, r).textContent = `#${rank} ${hit.label} (distance ${hit.distance})` + (hit.time ? " " + hit.time : "");
     r.addEventListener("mouseenter", () => highlight(hit.id, true));
     r.addEventListener("mouseleave", () => highlight(hit.id, false));
   }
+}
+
+// ------------------------------------------------------------------ drawing a box on the map
+function svgPoint(svg, ev) {
+  const pt = svg.createSVGPoint();
+  pt.x = ev.clientX; pt.y = ev.clientY;
+  const p = pt.matrixTransform(svg.getScreenCTM().inverse());
+  return { x: Math.min(MAP_W, Math.max(0, p.x)), y: Math.min(MAP_H, Math.max(0, p.y)) };
+}
+
+function setupDrawing() {
+  const svg = $("map");
+  let drag = null;
+  svg.addEventListener("mousedown", (ev) => {
+    if (ev.button !== 0 || !state.proj) return;
+    ev.preventDefault();
+    const p = svgPoint(svg, ev);
+    const el = document.createElementNS(SVG, "rect");
+    el.setAttribute("class", "drawing");
+    svg.appendChild(el);
+    drag = { p0: p, p1: p, el, target: ev.target };
+  });
+  window.addEventListener("mousemove", (ev) => {
+    if (!drag) return;
+    drag.p1 = svgPoint(svg, ev);
+    const x = Math.min(drag.p0.x, drag.p1.x), y = Math.min(drag.p0.y, drag.p1.y);
+    for (const [k, v] of Object.entries({ x, y, width: Math.abs(drag.p1.x - drag.p0.x), height: Math.abs(drag.p1.y - drag.p0.y) })) {
+      drag.el.setAttribute(k, v);
+    }
+  });
+  window.addEventListener("mouseup", () => {
+    if (!drag) return;
+    const d = drag;
+    drag = null;
+    d.el.remove();
+    if (Math.abs(d.p1.x - d.p0.x) < 4 && Math.abs(d.p1.y - d.p0.y) < 4) {   // a click, not a drag
+      if (d.target.classList && d.target.classList.contains("footprint")) showCard(d.target.dataset.id);
+      return;
+    }
+    const P = state.proj;
+    const lons = [P.lon(d.p0.x), P.lon(d.p1.x)], lats = [P.lat(d.p0.y), P.lat(d.p1.y)];
+    const west = Math.min(...lons), east = Math.max(...lons);
+    const r6 = (v) => Math.round(v * 1e6) / 1e6;
+    const s = r6(Math.max(-90, Math.min(...lats))), n = r6(Math.min(90, Math.max(...lats)));
+    setBox(east - west >= 360 ? [-180, s, 180, n] : [r6(wrapLon(west)), s, r6(wrapLon(east)), n]);
+  });
+}
+
+// the box filter: set (and search again) or cleared (null)
+function setBox(box) {
+  state.bbox = box;
+  const text = $("bbox-value");
+  text.textContent = box ? box.map((v) => v.toFixed(4)).join(", ") : "none (drag on the map to draw one)";
+  text.dataset.bbox = box ? box.join(",") : "";
+  $("bbox-clear").hidden = !box;
+  if (state.query) newSearch(); else drawMap(state.hits);
 }
 
 function highlight(id, on) {
   for (const el of document.querySelectorAll(".hit-card, #map .footprint")) {
     if (el.dataset.id === id) el.classList.toggle("hl", on);
   }
+}
+
+// a click on a footprint: bring its card into view and mark it for a moment
+function showCard(id) {
+  const el = [...document.querySelectorAll(".hit-card")].find((c) => c.dataset.id === id);
+  if (!el) return;
+  el.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  el.classList.add("picked");
+  setTimeout(() => el.classList.remove("picked"), 1500);
 }
 
 // ------------------------------------------------------------------ query input
@@ -271,6 +388,10 @@ function setup() {
   });
   $("k").addEventListener("change", newSearch);
   $("label").addEventListener("change", newSearch);
+  $("time-start").addEventListener("change", newSearch);
+  $("time-end").addEventListener("change", newSearch);
+  $("bbox-clear").addEventListener("click", () => setBox(null));
+  setupDrawing();
   $("more").addEventListener("click", () => {
     const maxK = state.info ? state.info.limits.max_k : state.k + state.page;
     state.k = Math.min(maxK, state.k + state.page);

@@ -1,0 +1,240 @@
+"""Place and period in the store: the rows' place fields, and searches and counts filtered by them.
+
+Why a module of its own: a collection of format 3 holds the typed scalar fields of
+:data:`rsir_sdk.geo.FIELDS` (a footprint's lon/lat box, its centre, its time), so that a box or a
+period is a range comparison the engine evaluates (:meth:`rsir_sdk.geo.GeoFilter.expr`). Where
+the engine's comparison is only a prefilter (``near``: a lon/lat box enclosing the circle) the
+exact great-circle test runs here, on the rows the engine returns, and the search goes deeper
+until ``k`` items pass or none are left, keeping the store's exact order (distance, then the
+digest of the id; :mod:`.topk`).
+
+Where a row's place comes from, in order: the write's explicit ``footprints``/``times`` (checked:
+one line naming the item), else its metadata as :func:`rsir_sdk.georef.georeference` and the
+manifest lister write it (``lonlat_bounds``, ``lonlat``, ``time``; read leniently: a value that
+does not parse is left as metadata only), else the sentinels of "no place" and "no time".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import CollectionMismatchError, InvalidInputError
+from ..geo import (
+    FIELDS,
+    BBox,
+    Footprint,
+    GeoFilter,
+    footprint_of_row,
+    iso,
+    parse_time,
+    scalar_fields,
+)
+from . import keys, topk
+from .schema import MAX_TOPK
+
+__all__ = ["FIELDS", "as_filter", "columns", "footprint_arg", "hit_place", "near_topk"]
+
+#: the sentinel test of a row without a footprint (``lat_min`` holds -1000)
+NO_FOOTPRINT_EXPR = "lat_min < -90.0"
+
+
+def as_filter(geo: GeoFilter | None) -> GeoFilter | None:
+    """``geo`` when it constrains anything, else ``None``."""
+    if geo is None:
+        return None
+    if not isinstance(geo, GeoFilter):
+        raise InvalidInputError(f"geo must be a GeoFilter, got {type(geo).__name__}")
+    return geo if geo.active else None
+
+
+def refuse_old(collection: str, where: str, what: str) -> CollectionMismatchError:
+    """The one-line refusal of place/period filters or footprints on a format-2 collection."""
+    return CollectionMismatchError(
+        f"collection {collection!r} at {where} was made before place and period fields existed, "
+        f"so it cannot {what}; rebuild it: rsir drop {collection} --uri {where} --yes, then rsir "
+        f"index the archive again")
+
+
+def footprint_arg(value: Any, where: str) -> Footprint | None:
+    """One item's footprint as a caller gives it: ``None``, a :class:`~rsir_sdk.geo.Footprint`,
+    a :class:`~rsir_sdk.geo.BBox`, a ``(west, south, east, north)`` box or a ``(lon, lat)``
+    point; one line naming ``where`` if it is none of these."""
+    if value is None or isinstance(value, Footprint):
+        return value
+    try:
+        if isinstance(value, BBox):
+            return Footprint.of_box(value)
+        if isinstance(value, str) or not hasattr(value, "__len__"):
+            raise InvalidInputError(f"must be (west, south, east, north) or (lon, lat), got {value!r:.80}")
+        if len(value) == 2:
+            return Footprint.of_point(*value)
+        if len(value) == 4:
+            return Footprint.of_box(tuple(value))
+        raise InvalidInputError(f"must be (west, south, east, north) or (lon, lat); got "
+                                f"{len(value)} numbers (half a box?)")
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"footprint of {where}: {exc}") from None
+    except TypeError:
+        raise InvalidInputError(f"footprint of {where}: must be (west, south, east, north) or "
+                                f"(lon, lat), got {value!r:.80}") from None
+
+
+def _of_metadata(meta: Mapping[str, Any] | None) -> tuple[Footprint | None, float | None]:
+    """A row's place from its metadata (georeferencing or a manifest's columns), leniently."""
+    if not meta:
+        return None, None
+    t = meta.get("time")
+    try:
+        time = parse_time(t, "time") if isinstance(t, str) else None
+    except InvalidInputError:
+        time = None
+    try:
+        fp = (Footprint.of_metadata({k: meta[k] for k in ("lonlat_bounds", "lonlat") if k in meta})
+              if meta.get("lonlat_bounds") is not None else None)
+    except (InvalidInputError, TypeError, ValueError):
+        fp = None
+    return fp, time
+
+
+def _sequence(value: Any, n: int, name: str) -> list[Any]:
+    if value is None:
+        return [None] * n
+    if isinstance(value, (str, bytes, Mapping)):
+        raise InvalidInputError(f"{name} must be a list with one value per item, got {value!r:.80}")
+    out = list(value)
+    if len(out) != n:
+        raise InvalidInputError(f"{n} items but {len(out)} {name}")
+    return out
+
+
+def columns(ids: Sequence[str], metadata: Sequence[Mapping[str, Any] | None],
+            footprints: Any = None, times: Any = None) -> np.ndarray:
+    """The place fields of a write's rows, ``float64 (n, 7)`` in :data:`FIELDS` order.
+
+    ``footprints``/``times`` (one value per item, or ``None``) win over the metadata; a bad one
+    raises :class:`~rsir_sdk.errors.InvalidInputError` naming the item, before anything is
+    written.
+    """
+    n = len(ids)
+    fps = _sequence(footprints, n, "footprints")
+    ts = _sequence(times, n, "times")
+    out = np.empty((n, len(FIELDS)), dtype=np.float64)
+    for i in range(n):
+        where = f"id {ids[i]!r:.80}"
+        fp = footprint_arg(fps[i], where)
+        t = None if ts[i] is None else parse_time(ts[i], f"time of {where}")
+        if t is None and fp is not None:
+            t = fp.time
+        if fp is None or t is None:  # what the write does not say, the metadata may
+            mfp, mt = _of_metadata(metadata[i])
+            fp = mfp if fp is None else fp
+            t = (fp.time if fp is not None and fp.time is not None else mt) if t is None else t
+        row = scalar_fields(fp, t)
+        out[i] = [row[f] for f in FIELDS]
+    return out
+
+
+def output_fields(fields: Sequence[str]) -> list[str]:
+    """The Milvus output fields of a search's ``fields`` (``footprint``: the place fields)."""
+    out: list[str] = []
+    for f in fields:
+        out += list(FIELDS) if f == "footprint" else [f]
+    return out
+
+
+def hit_place(entity: Mapping[str, Any]) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """A hit's ``(footprint (w, s, e, n) or None, time ISO 8601 or None)`` from its row."""
+    if "lat_min" not in entity:
+        return None, None
+    fp = footprint_of_row(entity)
+    t = float(entity["t"])
+    when = None if t <= -1e17 else iso(t)
+    if fp is None:
+        return None, when
+    b = fp.box
+    return (b.west, b.south, b.east, b.north), when
+
+
+def keeper(geo: GeoFilter) -> Callable[[Mapping[str, Any]], bool]:
+    """The exact test of a row (holding the place fields) against ``geo``."""
+    def keep(row: Mapping[str, Any]) -> bool:
+        fp = footprint_of_row(row)
+        t = float(row["t"])
+        return geo.keep(fp, None if t <= -1e17 else t)
+
+    return keep
+
+
+def near_topk(search: topk.SearchFn, fetch: topk.FetchFn, queries: Sequence[bytes], k: int,
+              expr: str, radius: int | None, fields: list[str], stats: dict[str, int] | None,
+              exact_ties: bool, keep: Callable[[Mapping[str, Any]], bool]) -> list[list[topk.Found]]:
+    """Exact top-``k`` of the rows that pass ``keep`` among those matching ``expr``.
+
+    Why it is exact: :func:`.topk.exact_topk` gives the first ``depth`` rows in the total order
+    (distance, pk); the rows of that prefix that pass ``keep`` are a prefix of the passing rows
+    in the same order. So when ``k`` pass, they are the answer; when fewer pass and the prefix
+    was the whole match, so are they; else the query is asked again ``4x`` deeper, and past
+    Milvus' cap the rest is read one distance at a time (:func:`_beyond`). ``fields`` must hold
+    the place fields.
+    """
+    out: list[list[topk.Found]] = [[] for _ in queries]
+    todo, depth = list(range(len(queries))), max(k, 16)
+    while todo:
+        depth = min(MAX_TOPK, depth)
+        found = topk.exact_topk(search, fetch, [queries[i] for i in todo], depth, expr, radius,
+                                fields, stats, exact_ties)
+        left = []
+        for qi, row in zip(todo, found):
+            kept = [f for f in row if keep(f.entity)]
+            if len(kept) >= k or len(row) < depth:
+                out[qi] = kept[:k]
+            elif depth >= MAX_TOPK:
+                out[qi] = kept + _beyond(search, fetch, queries[qi], row[-1], k - len(kept),
+                                         (expr, radius, stats), keep)
+            else:
+                left.append(qi)
+        todo, depth = left, depth * 4
+    return out
+
+
+def _beyond(search: topk.SearchFn, fetch: topk.FetchFn, q: bytes, last: topk.Found, want: int,
+            ctx: tuple[str, int | None, dict[str, int] | None],
+            keep: Callable[[Mapping[str, Any]], bool]) -> list[topk.Found]:
+    """The next ``want`` passing rows after ``last`` in (distance, pk) order, read one Hamming
+    distance at a time (every row at a distance, split by pk prefix past Milvus' cap)."""
+    expr, radius, stats = ctx
+    top = len(q) * 8 if radius is None else radius
+    out: list[topk.Found] = []
+    for d in range(last.distance, top + 1):
+        group = sorted((h for h in topk._all_at(search, q, d, expr, stats) if h.key() > last.key()),
+                       key=topk.Found.key)
+        if not group:
+            continue
+        rows = fetch([h.pk for h in group])
+        for h in group:
+            h.entity = rows.get(h.pk, {"id": h.id})
+            if "lat_min" in h.entity and keep(h.entity):
+                out.append(h)
+                if len(out) >= want:
+                    return out
+    return out
+
+
+def iter_rows(conn: Any, name: str, expr: str, fields: list[str], prefix: str = "") -> Iterator[dict]:
+    """Every row matching ``expr`` with ``fields``: one query per range of pk prefixes (hex
+    digests), a full page (Milvus' 16,384-row cap) split further."""
+    res = conn.call("query", name, filter=keys.combine(expr, keys.pk_prefix(prefix)),
+                    output_fields=fields, limit=MAX_TOPK, read=True, what=f"reading rows of {name!r}")
+    if len(res) >= MAX_TOPK:
+        for ch in "0123456789abcdef":
+            yield from iter_rows(conn, name, expr, fields, prefix + ch)
+        return
+    yield from res
+
+
+def count_exact(conn: Any, name: str, expr: str, geo: GeoFilter) -> int:
+    """How many rows match ``expr`` (the user's filter and the prefilter) and pass ``geo``."""
+    keep = keeper(geo)
+    return sum(1 for row in iter_rows(conn, name, expr, list(FIELDS)) if keep(row))

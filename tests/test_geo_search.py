@@ -1,0 +1,514 @@
+"""Searching within a place and a period (issue 22), end to end, against a brute-force check.
+
+An archive of real GeoTIFFs in several CRSs (two UTM zones, EPSG:4326, Lambert-93, the British
+National Grid, an Antarctic polar one, two across the antimeridian; :mod:`geo_archive`), a CSV
+manifest of sample images with points, boxes and times, and a few hundred seeded codes with
+random footprints (boxes, some across 180°, points, none) and times, written both through
+``footprints=``/``times=`` and through georeferencing metadata, are indexed into a real Milvus
+Lite file and a real Milvus 2.3.5 server. For seeded random boxes (some across the
+antimeridian), points with radii and periods, every filtered search with k = everything must
+return exactly the items a plain Python check over all items finds (nothing inside missed,
+nothing outside returned), in the store's exact order (the unfiltered order restricted to them),
+and a small k must give the first k of them; through Python and through ``rsir search --json``.
+Bad input is one line and writes nothing; a collection made before place fields refuses a place
+filter with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from geo_archive import MANIFEST_PLACES, make_geo_archive
+
+from rsir_sdk import Retriever
+from rsir_sdk.cli import main
+from rsir_sdk.errors import CollectionMismatchError, InvalidInputError
+from rsir_sdk.store import MilvusCodeStore
+
+pytest.importorskip("pyproj")
+
+R_EARTH = 6_371_008.8
+N_SYNTH = 240
+T0 = datetime(2015, 1, 1, tzinfo=timezone.utc).timestamp()
+T1 = datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+# --------------------------------------------------------------------------- the world
+def _epoch(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    text = text.strip()
+    if len(text) == 10:
+        text += "T00:00:00"
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _synthetic(rng: np.random.Generator) -> list[dict]:
+    """Seeded items: a box (a third across 180°), a point, or nothing; a time or none."""
+    out = []
+    for i in range(N_SYNTH):
+        kind = i % 4
+        if kind == 0:
+            box = None
+        elif kind == 1:  # a point
+            lon, lat = float(rng.uniform(-180, 180)), float(rng.uniform(-85, 85))
+            box = (lon, lat, lon, lat)
+        else:
+            s = float(rng.uniform(-80, 70))
+            n = s + float(rng.uniform(0.01, 15))
+            w = float(rng.uniform(-180, 180))
+            width = float(rng.uniform(0.01, 20))
+            e = w + width
+            box = (w, s, e - 360.0 if e > 180 else e, n)
+            if i % 12 == 2:  # force some across the antimeridian
+                box = (float(rng.uniform(165, 179.9)), s, float(rng.uniform(-179.9, -165)), n)
+        t = None if i % 5 == 0 else float(np.round(rng.uniform(T0, T1)))
+        out.append({"id": f"syn/{i:03d}", "box": box, "time": t, "margin": 0.0})
+    return out
+
+
+def _fill(r: Retriever, world: dict) -> None:
+    """Index the GeoTIFFs and the manifest, and write the synthetic codes (half with explicit
+    footprints and times, half through georeferencing metadata)."""
+    s1 = r.index(world["archive"])
+    s2 = r.index(world["manifest"])
+    assert s1.ok and s2.ok and s1.indexed == len(world["tiffs"]) and s2.indexed == len(MANIFEST_PLACES)
+    syn = world["synthetic"]
+    explicit = [x for i, x in enumerate(syn) if i % 2 == 0]
+    via_meta = [x for i, x in enumerate(syn) if i % 2 == 1]
+    codes = world["codes"]
+    r.add_codes(codes[0::2], [x["id"] for x in explicit], labels=["explicit"] * len(explicit),
+                footprints=[x["box"] for x in explicit], times=[x["time"] for x in explicit])
+    meta = []
+    for x in via_meta:
+        m = {} if x["box"] is None else {"lonlat_bounds": list(x["box"])}
+        if x["time"] is not None:
+            m["time"] = _iso(x["time"])
+        meta.append(m)
+    r.add_codes(codes[1::2], [x["id"] for x in via_meta], labels=["meta"] * len(via_meta),
+                metadata=meta)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, sample_images, rp_bundle):
+    root = tmp_path_factory.mktemp("geo_search")
+    tiffs, manifest = make_geo_archive(root / "archive", sample_images)
+    truth = []
+    for it in tiffs:
+        lat = 0.0 if it.box is None else max(abs(it.box[1]), abs(it.box[3]))
+        margin = (it.tol_m * 3 + 20) / 111_000 / max(math.cos(math.radians(min(lat, 89))), 0.02)
+        truth.append({"id": it.path.name, "box": it.box, "time": _epoch(it.time), "margin": margin})
+    for (path, _), row in zip(sample_images, MANIFEST_PLACES):
+        lon, lat, w, s, e, n, t = row
+        box = (w, s, e, n) if w != "" else ((lon, lat, lon, lat) if lon != "" else None)
+        truth.append({"id": str(path), "box": box, "time": _epoch(t), "margin": 0.0})
+    rng = np.random.default_rng(22)
+    synthetic = _synthetic(rng)
+    world = {"archive": root / "archive", "manifest": manifest, "tiffs": tiffs,
+             "synthetic": synthetic, "truth": truth + synthetic,
+             "codes": rng.integers(0, 256, (N_SYNTH, 8), dtype=np.uint8),
+             "bundle": rp_bundle[0], "db": str(root / "geo.db")}
+    with Retriever(rp_bundle[0], uri=world["db"], collection="geo") as r:
+        _fill(r, world)
+        assert r.count() == len(world["truth"])
+    return world
+
+
+# --------------------------------------------------------------------------- the brute force
+def _arcs(w: float, e: float) -> list[tuple[float, float]]:
+    return [(w, e)] if w <= e else [(w, 180.0), (-180.0, e)]
+
+
+def _lon_meet(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return any(a0 + sh <= b1 and b0 <= a1 + sh
+               for a0, a1 in _arcs(*a) for b0, b1 in _arcs(*b) for sh in (-360.0, 0.0, 360.0))
+
+
+def _meets(box, q) -> bool:
+    w, s, e, n = box
+    qw, qs, qe, qn = q
+    return s <= qn and qs <= n and _lon_meet((w, e), (qw, qe))
+
+
+def _grown(box, m: float):
+    w, s, e, n = box
+    if m == 0:
+        return box
+    full = (e - w) % 360 + 2 * m >= 360 or (w == -180 and e == 180)
+    return ((-180.0, max(s - m, -90), 180.0, min(n + m, 90)) if full else
+            ((w - m + 540) % 360 - 180, max(s - m, -90), (e + m + 540) % 360 - 180, min(n + m, 90)))
+
+
+def _shrunk(box, m: float):
+    w, s, e, n = box
+    if m == 0:
+        return box
+    if (w, e) == (-180.0, 180.0):
+        return (w, min(s + m, n), e, max(n - m, s))
+    cw, cs = (w + ((e - w) % 360) / 2 + 540) % 360 - 180, (s + n) / 2
+    if (e - w) % 360 <= 2 * m or n - s <= 2 * m:
+        return (cw, cs, cw, cs)
+    return ((w + m + 540) % 360 - 180, s + m, (e - m + 540) % 360 - 180, n - m)
+
+
+def _hav(lon1, lat1, lon2, lat2):
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    return 2 * R_EARTH * np.arcsin(np.minimum(1.0, np.sqrt(h)))
+
+
+def _distance(lon: float, lat: float, box) -> float:
+    """Metres from the point to the box: 0 inside, else the nearest of densely sampled edges
+    (an upper bound, a little above the truth)."""
+    w, s, e, n = box
+    if s <= lat <= n and _lon_meet((w, e), (lon, lon)):
+        return 0.0
+    width = (e - w) % 360 if (w, e) != (-180.0, 180.0) else 360.0
+    t = np.linspace(0.0, 1.0, 721)
+    lons = (w + t * width + 540) % 360 - 180
+    lats = s + t * (n - s)
+    pts_lon = np.concatenate([lons, lons, np.full_like(t, w), np.full_like(t, e)])
+    pts_lat = np.concatenate([np.full_like(t, s), np.full_like(t, n), lats, lats])
+    return float(_hav(lon, lat, pts_lon, pts_lat).min())
+
+
+def _truth(item: dict, bbox=None, near=None, period=None) -> bool | None:
+    """Whether the item passes (None: too close to a boundary to say, given its tolerance)."""
+    if period is not None:
+        t = item["time"]
+        if t is None or not ((period[0] is None or t >= period[0]) and (period[1] is None or t <= period[1])):
+            return False
+    if bbox is None and near is None:
+        return True
+    box = item["box"]
+    if box is None:
+        return False
+    verdicts = set()
+    for b, slack in ((_grown(box, item["margin"]), -1), (_shrunk(box, item["margin"]), 1)):
+        ok = True
+        if bbox is not None:
+            ok = _meets(b, bbox)
+        if ok and near is not None:
+            d = _distance(near[0], near[1], b)
+            tol = 0.01 * near[2] + 5000 + item["margin"] * 111_000
+            if abs(d - near[2]) <= tol:
+                return None
+            ok = d <= near[2]
+        verdicts.add(ok)
+    return verdicts.pop() if len(verdicts) == 1 else None
+
+
+def _check(world: dict, got: list[str], **q) -> tuple[int, int]:
+    """Assert the hit ids are exactly the items passing the brute force; (passing, ambiguous)."""
+    got_set = set(got)
+    assert len(got_set) == len(got), "an item came back twice"
+    inside, unsure = 0, 0
+    for item in world["truth"]:
+        v = _truth(item, **q)
+        if v is None:
+            unsure += 1
+        elif v:
+            inside += 1
+            assert item["id"] in got_set, f"{item['id']} passes {q} but was not returned"
+        else:
+            assert item["id"] not in got_set, f"{item['id']} fails {q} but was returned"
+    return inside, unsure
+
+
+# --------------------------------------------------------------------------- the queries
+def _queries(seed: int, n: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out: list[dict] = [
+        {"bbox": (2.0, 48.0, 3.0, 49.0)},  # Paris: a point and a UTM 31N scene
+        {"bbox": (179.0, -18.0, -179.0, -16.0)},  # across 180: Fiji, 4326 across, a point
+        {"bbox": (-180.0, -90.0, 180.0, -80.0)},  # the south pole
+        {"near": (2.2945, 48.8584, 1000.0)},
+        {"near": (180.0, -17.0, 50_000.0)},
+        {"near": (0.0, -90.0, 100_000.0)},
+        {"period": ("2020-07-14T11:00:00Z", "2020-07-14T11:00:00Z")},
+        {"period": (None, "2019-12-31T23:59:59Z")},
+    ]
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            s = float(rng.uniform(-90, 80))
+            n_ = min(90.0, s + float(rng.uniform(1, 60)))
+            w = float(rng.uniform(-180, 180))
+            e = float(rng.uniform(-180, 180)) if i % 2 else (w + float(rng.uniform(1, 90)) + 540) % 360 - 180
+            out.append({"bbox": (w, s, e, n_)})
+        elif kind == 1:
+            out.append({"near": (float(rng.uniform(-180, 180)), float(rng.uniform(-89, 89)),
+                                 float(rng.choice([5e4, 5e5, 2e6, 5e6])))})
+        else:
+            a, b = sorted(rng.uniform(T0, T1, 2))
+            out.append({"period": (_iso(a) if i % 4 else None, _iso(b))})
+    for i in range(0, len(out) - 1, 4):  # a few combined
+        out.append({**out[i], **out[i + 2]})
+    return out
+
+
+def _kw(q: dict) -> dict:
+    out = {}
+    if "bbox" in q:
+        out["bbox"] = q["bbox"]
+    if "near" in q:
+        out["near"] = q["near"]
+    if "period" in q:
+        a, b = q["period"]
+        out["time"] = f"{a or '..'}/{b or '..'}"
+    return out
+
+
+def _oracle_q(q: dict) -> dict:
+    out = {k: q[k] for k in ("bbox", "near") if k in q}
+    if "period" in q:
+        out["period"] = tuple(_epoch(x) for x in q["period"])
+    return out
+
+
+def _run_queries(r: Retriever, world: dict, queries: list[dict], qcodes: np.ndarray) -> dict:
+    total = len(world["truth"])
+    seen = {"inside": 0, "unsure": 0, "empty": 0, "deeper": 0}
+    full = [[h.id for h in row] for row in r.search_codes(qcodes, k=total)]
+    for qi, q in enumerate(queries):
+        code = qcodes[qi % len(qcodes) : qi % len(qcodes) + 1]
+        order = full[qi % len(qcodes)]
+        hits = r.search_codes(code, k=total, **_kw(q))[0]
+        got = [h.id for h in hits]
+        inside, unsure = _check(world, got, **_oracle_q(q))
+        seen["inside"] += inside
+        seen["unsure"] += unsure
+        seen["empty"] += not got
+        assert got == [i for i in order if i in set(got)], "not in the store's exact order"
+        assert r.count(**_kw(q)) == len(got)
+        small = r.search_codes(code, k=3, **_kw(q))[0]
+        assert [h.id for h in small] == got[:3]
+        seen["deeper"] += "near" in q and len(got) >= 3
+    return seen
+
+
+def test_filtered_searches_equal_the_brute_force_on_milvus_lite(world):
+    rng = np.random.default_rng(5)
+    qcodes = rng.integers(0, 256, (4, 8), dtype=np.uint8)
+    queries = _queries(7, 45)
+    with Retriever(world["bundle"], uri=world["db"], collection="geo") as r:
+        seen = _run_queries(r, world, queries, qcodes)
+        info = r.info()
+    print(seen)
+    # the checks were not vacuous: many items inside, few undecidable, most queries non-empty
+    assert seen["inside"] > 300 and seen["unsure"] < seen["inside"] / 20, seen
+    assert seen["empty"] < len(queries) / 2, seen
+    no_place = sum(1 for x in world["truth"] if x["box"] is None)
+    assert info["without_footprint"] == no_place and info["count"] == len(world["truth"])
+
+
+def test_hits_carry_their_footprint_and_time(world):
+    with Retriever(world["bundle"], uri=world["db"], collection="geo") as r:
+        hits = r.search(world["archive"] / "utm60s_fiji_across_180.tif", k=len(world["truth"]))
+        combined = r.search(world["archive"] / "wgs84.tif", k=500, filter={"label": "explicit"},
+                            radius=40, bbox=(-180, -90, 180, 90), time="2016-01-01/..")
+    by_id = {h.id: h for h in hits}
+    for it in world["tiffs"]:
+        h = by_id[it.path.name]
+        assert h.time == it.time
+        if it.box is None:
+            assert h.footprint is None
+        else:
+            assert h.footprint[0] > h.footprint[2] if it.box[0] > it.box[2] else h.footprint[0] <= h.footprint[2]
+            assert np.allclose(h.footprint[1::2], it.box[1::2], atol=1e-3)
+    syn = {x["id"]: x for x in world["synthetic"]}
+    want = [x["id"] for i, x in enumerate(world["synthetic"]) if i % 2 == 0 and x["box"] is not None
+            and x["time"] is not None and x["time"] >= _epoch("2016-01-01")]
+    assert combined and all(h.distance <= 40 and h.label == "explicit" for h in combined)
+    assert {h.id for h in combined} <= set(want)
+    for h in combined:
+        assert np.allclose(h.footprint, syn[h.id]["box"]) and h.time == _iso(syn[h.id]["time"])
+
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_search_with_place_and_period_equals_python_and_the_brute_force(world, capsys):
+    image = world["archive"] / "lambert93.tif"
+    total = len(world["truth"])
+    cases = [{"bbox": (170.0, -30.0, -170.0, 0.0)}, {"near": (3.0, 46.5, 2_000_000.0)},
+             {"period": ("2019-01-01T00:00:00Z", None), "bbox": (-180.0, 0.0, 180.0, 90.0)}]
+    for q in cases:
+        args = []
+        kw = _kw(q)
+        for name in ("bbox", "near"):
+            if name in kw:
+                args.append(f"--{name}={','.join(repr(float(v)) for v in kw[name])}")
+        if "time" in kw:
+            args.append(f"--time={kw['time']}")
+        code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", world["db"],
+                              "--collection", "geo", "-k", total, "--json", *args)
+        assert code == 0, err
+        got = [h["id"] for h in json.loads(out)]
+        assert all("footprint" in h and "time" in h for h in json.loads(out))
+        with Retriever(world["bundle"], uri=world["db"], collection="geo") as r:
+            assert got == [h.id for h in r.search(image, k=total, **kw)]
+        inside, _ = _check(world, got, **_oracle_q(q))
+        assert inside > 0 and len(got) > 0
+    for bad, why in (("--bbox=1,2,3", "--bbox"), ("--near=0,0,-5", "near metres"),
+                     ("--time=soon", "--time"), ("--bbox=0,10,5,5", "south")):
+        code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", world["db"],
+                              "--collection", "geo", bad)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code == 2 and len(lines) == 1 and why in lines[0] and out == "", (bad, err)
+
+
+def test_bad_footprints_times_and_filters_are_one_line_and_write_nothing(world, tmp_path, capsys):
+    db = str(tmp_path / "bad.db")
+    codes = world["codes"][:3]
+    with Retriever(world["bundle"], uri=db, collection="bad") as r:
+        for fps, times, why in (
+            ([(1.0, 2.0, 3.0), None, None], None, "id 'a'"),           # 3 numbers: half a box
+            ([None, (0.0, 95.0), None], None, "[-90, 90]"),             # latitude past 90
+            ([None, None, (0.0, 10.0, 5.0, 5.0)], None, "south"),       # south > north
+            (None, [None, "soon", None], "not an ISO 8601 time"),
+            ([None, None], None, "3 items but 2 footprints"),
+        ):
+            with pytest.raises(InvalidInputError) as exc:
+                r.add_codes(codes, ["a", "b", "c"], footprints=fps, times=times)
+            assert "\n" not in str(exc.value) and why in str(exc.value), str(exc.value)
+            with pytest.raises(InvalidInputError) as exc:
+                r.add_images([world["archive"] / "wgs84.tif"] * 3, ids=["a", "b", "c"],
+                             footprints=fps, times=times)
+            assert why in str(exc.value)
+        assert not r.store.exists and r.count() == 0  # nothing was written, nothing created
+        r.add_codes(codes, ["a", "b", "c"], footprints=[(1, 2), None, (10, 20, 11, 21)])
+        for kw, why in (({"bbox": "1,2,3"}, "bbox"), ({"near": (0, 0)}, "near"),
+                        ({"time": "2021-13-01/.."}, "time start"), ({"bbox": (0, -91, 1, 1)}, "south")):
+            with pytest.raises(InvalidInputError) as exc:
+                r.search_codes(codes[:1], k=2, **kw)
+            assert "\n" not in str(exc.value) and why in str(exc.value), str(exc.value)
+            with pytest.raises(InvalidInputError):
+                r.count(**kw)
+        assert r.count(bbox=(0, 0, 180, 90)) == 2 and r.count(near=(1, 2, 0)) == 1
+    # a manifest row with half a box: one line naming the row, exit 2 or 1, nothing written
+    manifest = tmp_path / "half.csv"
+    img = world["archive"] / "wgs84.tif"
+    manifest.write_text(f"path,west,south,east,north\n{img},1,2,3,4\n{img},1,2,,4\n")
+    code, out, err = _cli(capsys, "index", world["bundle"], manifest, "--uri", db, "--collection",
+                          "half", "--no-progress")
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code != 0 and len(lines) == 1 and "half.csv line 3" in lines[0] and "east" in lines[0], err
+    with MilvusCodeStore(db, "half", bits=64) as store:
+        assert not store.exists
+
+
+def _old_layout(db: str, name: str) -> None:
+    """A collection as rsir-sdk made it before place fields existed (format 2)."""
+    from pymilvus import DataType, MilvusClient  # noqa: TID251 - a bare old layout on purpose
+
+    from rsir_sdk.store import lite
+
+    lite.isolate()
+    client = MilvusClient(uri=db)
+    try:
+        schema = MilvusClient.create_schema(auto_id=False, description=json.dumps(
+            {"rsir": {"format": 2, "bits": 64, "encoder": None}}))
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
+        schema.add_field("id", DataType.VARCHAR, max_length=4096)
+        schema.add_field("code", DataType.BINARY_VECTOR, dim=64)
+        for f, n in (("label", 512), ("label_h", 32), ("path", 4096), ("path_h", 32)):
+            schema.add_field(f, DataType.VARCHAR, max_length=n)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("meta_h", DataType.JSON)
+        index = client.prepare_index_params()
+        index.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")
+        client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    finally:
+        client.close()
+        lite.stop_server(db)
+
+
+def test_a_collection_made_before_place_fields_refuses_place_filters(world, tmp_path, capsys):
+    db = str(tmp_path / "old.db")
+    _old_layout(db, "old")
+    codes = world["codes"][:4]
+    with MilvusCodeStore(db, "old") as store:
+        assert not store.has_place
+        # plain writes and searches work as before (georeferencing metadata stays metadata)
+        store.upsert(["a", "b", "c", "d"], codes, metadata=[{"lonlat_bounds": [1, 2, 3, 4]}] * 4)
+        hits = store.search(codes[:1], k=4)[0]
+        assert [h.id for h in hits][0] == "a" and hits[0].footprint is None and hits[0].time is None
+        assert "without_footprint" not in store.info()
+        from rsir_sdk.geo import GeoFilter
+
+        for call in (lambda: store.search(codes[:1], k=2, geo=GeoFilter.of(bbox=(0, 0, 5, 5))),
+                     lambda: store.count(geo=GeoFilter.of(time="2020/..")),
+                     lambda: store.upsert(["e"], codes[:1], footprints=[(1, 2)])):
+            with pytest.raises(CollectionMismatchError) as exc:
+                call()
+            text = str(exc.value)
+            assert "\n" not in text and "rsir drop old" in text and "rebuild" in text, text
+        assert store.count() == 4
+    code, out, err = _cli(capsys, "search", world["bundle"], world["archive"] / "wgs84.tif",
+                          "--uri", db, "--collection", "old", "--bbox=0,0,5,5")
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 1 and len(lines) == 1 and "rsir drop old" in lines[0], err
+    code, out, err = _cli(capsys, "search", world["bundle"], world["archive"] / "wgs84.tif",
+                          "--uri", db, "--collection", "old", "--json")
+    assert code == 0 and len(json.loads(out)) == 4
+
+
+def test_filtered_searches_equal_the_brute_force_on_the_server(world, server_uri):
+    rng = np.random.default_rng(6)
+    qcodes = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+    queries = _queries(8, 18)
+    with Retriever(world["bundle"], uri=server_uri, collection="geo_search") as r:
+        r.store.drop()
+        _fill(r, world)
+        r.prepare_for_search()
+        seen = _run_queries(r, world, queries, qcodes)
+        assert r.info()["without_footprint"] == sum(1 for x in world["truth"] if x["box"] is None)
+        # the server agrees with Milvus Lite hit for hit
+        with Retriever(world["bundle"], uri=world["db"], collection="geo") as lite:
+            for q in queries[:8]:
+                a = [(h.id, h.distance) for h in r.search_codes(qcodes[:1], k=50, **_kw(q))[0]]
+                b = [(h.id, h.distance) for h in lite.search_codes(qcodes[:1], k=50, **_kw(q))[0]]
+                assert a == b, q
+        r.store.drop()
+    assert seen["inside"] > 100 and seen["unsure"] < seen["inside"] / 20, seen
+
+
+def test_bulk_loads_fill_the_place_fields_on_the_server(world, server_uri, tmp_path):
+    from rsir_sdk.geo import Footprint
+
+    syn = world["synthetic"]
+    sub = {"truth": world["truth"][: len(world["tiffs"])] + syn}
+    with Retriever(world["bundle"], uri=server_uri, collection="geo_bulk") as r:
+        r.store.drop()
+        s = r.index(world["archive"], bulk_dir=str(tmp_path / "stage"))
+        assert s.ok and s.bulk is not None and s.indexed == len(world["tiffs"])
+        fps = [None if x["box"] is None else Footprint.of_box(x["box"], x["time"]) for x in syn]
+        meta = [{"time": _iso(x["time"])} if x["box"] is None and x["time"] is not None else {}
+                for x in syn]
+        out = r.store.bulk_insert([x["id"] for x in syn], world["codes"], metadata=meta,
+                                  staging_dir=tmp_path / "stage2", footprints=fps)
+        assert out["chunks"] >= 1 and out["count"] == len(sub["truth"])
+        qcodes = world["codes"][:2]
+        for q in _queries(9, 9):
+            got = [h.id for h in r.search_codes(qcodes[:1], k=len(sub["truth"]), **_kw(q))[0]]
+            _check(sub, got, **_oracle_q(q))
+            assert r.count(**_kw(q)) == len(got)
+        hits = {h.id: h for h in r.search_codes(qcodes[1:], k=len(sub["truth"]))[0]}
+        for x in syn:
+            h = hits[x["id"]]
+            assert (h.footprint is None) == (x["box"] is None)
+            assert h.time == (None if x["time"] is None else _iso(x["time"]))
+        r.store.drop()
