@@ -202,12 +202,10 @@ def read_manifest(
 
     Every other column goes into each item's metadata (integers and decimals become numbers,
     so that Milvus filters such as ``metadata["year"] >= 2020`` work; empty cells are left out).
-    **Place and period** (docs/geo.md): columns ``lon,lat`` (a point) or ``west,south,east,north``
-    (a box; both: the point is its centre) and ``time`` (ISO 8601) give the item's footprint and
-    time, stored as the georeferencing of a GeoTIFF is (``lonlat_bounds``, ``lonlat``, ``time``
-    normalised to ISO 8601 UTC). A row with half a box or point, a bad number or a time that
-    does not parse fails the whole listing (:class:`~rsir_sdk.errors.ArchiveError` naming the
-    line): nothing is indexed from a manifest whose place columns are wrong.
+    **Place and period** (docs/geo.md): columns ``lon,lat`` or ``west,south,east,north`` and
+    ``time`` (ISO 8601) give the footprint and time, kept as a GeoTIFF's georeferencing is
+    (``lonlat_bounds``, ``lonlat``, ``time`` in UTC); a row with half a box or point, a bad
+    number or time fails the whole listing (``ArchiveError`` naming the line).
     Paths are relative to ``root`` (default: the manifest's folder) or absolute. Ids default to
     the ``id`` column when there is one, else the path as written. Rows with an empty path, an
     empty or duplicate id are reported as failures (stage ``list``), not dropped silently.

@@ -27,7 +27,7 @@ from geo_archive import MANIFEST_PLACES, make_geo_archive
 from rsir_sdk import Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.errors import CollectionMismatchError, InvalidInputError
-from rsir_sdk.store import MilvusCodeStore
+from rsir_sdk.store import MilvusCodeStore, tie_order
 
 pytest.importorskip("pyproj")
 
@@ -303,7 +303,6 @@ def test_filtered_searches_equal_the_brute_force_on_milvus_lite(world):
     with Retriever(world["bundle"], uri=world["db"], collection="geo") as r:
         seen = _run_queries(r, world, queries, qcodes)
         info = r.info()
-    print(seen)
     # the checks were not vacuous: many items inside, few undecidable, most queries non-empty
     assert seen["inside"] > 300 and seen["unsure"] < seen["inside"] / 20, seen
     assert seen["empty"] < len(queries) / 2, seen
@@ -512,3 +511,28 @@ def test_bulk_loads_fill_the_place_fields_on_the_server(world, server_uri, tmp_p
             assert (h.footprint is None) == (x["box"] is None)
             assert h.time == (None if x["time"] is None else _iso(x["time"]))
         r.store.drop()
+
+
+def test_near_goes_past_milvus_cap_and_stays_exact(tmp_path):
+    """17,000 decoys at distance 0 lie in the engine's prefilter box but outside the circle;
+    the five items within it are the farthest codes: found past the 16,384-hit cap, in order."""
+    from rsir_sdk.geo import GeoFilter
+
+    n = 17_000
+    q = np.zeros((1, 8), np.uint8)
+    codes = np.zeros((n + 5, 8), np.uint8)
+    codes[n:] = 255  # distance 64
+    codes[n + 4, 0] = 0  # distance 56: the nearest of the five
+    ids = [f"decoy/{i}" for i in range(n)] + [f"real/{i}" for i in range(5)]
+    # near (0, 89, 100 km): the engine's box spans about +-64 degrees of longitude at 88.1..89.9
+    fps = [(60.0, 88.2)] * n + [(0.0, 89.0 + 0.1 * i) for i in range(5)]
+    with MilvusCodeStore(str(tmp_path / "cap.db"), "cap", bits=64) as store:
+        store.insert(ids, codes, footprints=fps)
+        near = GeoFilter.of(near=(0.0, 89.0, 100_000.0))
+        assert store.count(geo=GeoFilter.of(bbox=near.near.enclosing_box())) == n + 5
+        hits = store.search(q, k=5, geo=near)[0]
+        assert [h.distance for h in hits] == [56, 64, 64, 64, 64] and hits[0].id == "real/4"
+        tied = [f"real/{i}" for i in range(4)]
+        assert [h.id for h in hits[1:]] == [tied[i] for i in tie_order(tied)]
+        assert store.search_stats["range_searches"] > 16  # it read past the cap, by distance
+        assert store.count(geo=near) == 5

@@ -154,7 +154,7 @@ function card(hit, i) {
   dist.className = "distance";
   dist.textContent = "distance " + hit.distance;
   const meta = document.createElement("dl");
-  const idRow = [["id", hit.id]];
+  const idRow = [["id", hit.id]].concat(hit.time ? [["time", hit.time]] : []);
   const rows = idRow.concat(Object.entries(hit.metadata || {}).slice(0, 6).map(([k, v]) => [k, fmt(v)]));
   for (const [k, v] of rows) {
     const dt = document.createElement("dt"); dt.textContent = k;
