@@ -363,3 +363,54 @@ def test_writes_over_http_store_footprints_and_times_as_locally(world):
     assert info["without_footprint"] == local.info()["without_footprint"] == \
         sum(fp is None for fp in world["fps"]) + 2
     assert info["count"] == n
+
+
+def test_openapi_documents_place_and_period(world):
+    spec = httpx.get(f"{world['server'].url}/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def body(path: str) -> dict[str, Any]:
+        return spec["paths"][path]["post"]["requestBody"]["content"]
+
+    for path in ("/v1/search", "/v1/search/batch", "/v1/search/codes", "/v1/count"):
+        assert {"bbox", "near", "time"} <= set(body(path)["application/json"]["schema"]["properties"])
+    assert {"footprints", "times"} <= set(body("/v1/items")["application/json"]["schema"]["properties"])
+    assert {"footprints", "times"} <= set(schemas["AddCodesJSON"]["properties"])
+    assert {"footprint", "time"} <= set(schemas["HitOut"]["properties"])
+    assert "without_footprint" in schemas["InfoOut"]["properties"]
+    count = [p["name"] for p in spec["paths"]["/v1/count"]["get"]["parameters"]]
+    assert {"filter", "bbox", "near", "time"} <= set(count)
+    form = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert {"bbox", "near", "time"} <= set(form["schema"]["properties"])
+
+
+def test_http_on_a_milvus_server_equals_brute_force(world, rp_bundle, server_uri):
+    """The same collection on a real Milvus 2.3.5 server, served by `rsir serve`: filtered
+    searches through HTTP equal the brute force and the in-process Retriever on the server."""
+    name = "geo_http_server"
+    with Retriever(rp_bundle[0], uri=server_uri, collection=name) as r:
+        r.store.drop()
+    with Retriever(rp_bundle[0], uri=server_uri, collection=name) as r:
+        r.add_images(world["paths"][:N], ids=world["ids"],
+                     footprints=world["fps"], times=world["times"])
+        r.prepare_for_search()
+        server = ServerProcess([rp_bundle[0], "--uri", server_uri, "--collection", name,
+                                "--max-k", 200], world["dir"] / "serve-milvus.log")
+        try:
+            with RemoteRetriever(server.url) as remote:
+                rng = np.random.default_rng(7)
+                queries = [world["paths"][i] for i in (5, 190)]
+                qcodes = r.encoder.encode(queries)
+                for trial in range(10):
+                    where = _random_where(rng)
+                    qi = trial % 2
+                    want = _expected(world, qcodes[qi], 20, where)
+                    here = r.search(queries[qi], k=20, **where)
+                    assert _pairs(here) == want, (trial, where)
+                    assert remote.search(queries[qi], k=20, **where) == here, (trial, where)
+                    raw = httpx.get(f"{server.url}/v1/count", params=_text(where)).json()
+                    assert raw["count"] == len(_expected(world, qcodes[qi], N, where))
+                assert remote.info()["without_footprint"] == sum(fp is None for fp in world["fps"])
+        finally:
+            assert server.stop() == 0, server.log[-3000:]
+            r.store.drop()

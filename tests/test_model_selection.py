@@ -22,7 +22,7 @@ from rsir_train.trainer import validation_indices  # noqa: E402
 
 pytestmark = pytest.mark.train
 
-EPOCHS = 6
+EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,22 @@ def sample():
 
 
 def _selecting(**overrides):
-    """The tiny small_cnn run with the auto schedule, choosing among three short schedules."""
+    """The tiny small_cnn run with the auto schedule, choosing between two short schedules."""
     cfg = dict(schedule="auto", lr=None, momentum=None, outer=EPOCHS, inner=None, lr_steps=None,
-               candidates=("auto", "short", "lr16"), val_every=2, patience=2, select="on")
+               candidates=("auto", "lr16"), val_every=2, patience=2, select="on")
     cfg.update(overrides)
     return tiny_config(bits=32, **cfg)
+
+
+@pytest.fixture(scope="module")
+def selected(sample, tmp_path_factory):
+    """One selecting run written as a bundle: ``(result, manifest, split)``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ahcl_config, "SHORT_EPOCHS", EPOCHS)
+        tmp = tmp_path_factory.mktemp("selected")
+        result, manifest = train_ahcl_bundle(SAMPLE_ARCHIVE, tmp / "a", _selecting(),
+                                             split_file=tmp / "split.json")
+    return result, manifest, tmp
 
 
 @pytest.fixture
@@ -79,18 +90,23 @@ def test_candidates_by_archive_size_and_length():
     assert not AHCLConfig(select="off").selects
 
 
-def test_selection_is_deterministic_and_blind_to_the_queries(sample, tmp_path, short_epochs):
+def test_selection_is_deterministic_and_blind_to_the_queries(sample, selected, tmp_path,
+                                                             short_epochs):
     arch, split = sample
-    result, manifest = train_ahcl_bundle(SAMPLE_ARCHIVE, tmp_path / "a", _selecting(),
-                                         split_file=tmp_path / "split.json")
+    result, manifest, folder = selected
     sel = manifest["training"]["selection"]
-    assert sel["chosen"] in ("auto", "short", "lr16") and sel["chosen"] in sel["reason"]
-    assert [c["name"] for c in sel["candidates"]] == ["auto", "short", "lr16"]
+    assert sel["chosen"] in ("auto", "lr16") and sel["reason"].startswith(sel["chosen"] + ":")
+    assert [c["name"] for c in sel["candidates"]] == ["auto", "lr16"]
     assert sel["n_fit"] + sel["n_val"] == len(split.train_ids) and sel["n_val"] == 30
     best = max(c["best_val_map"] for c in sel["candidates"])
     assert sel["best_val_map"] == best
     assert result.metrics["val_map"] == pytest.approx(best, abs=1e-4)
+    hyper = manifest["training"]["hyperparameters"]
+    assert hyper["schedule"] == "auto" and hyper["candidate"] == sel["chosen"]
     assert result.V.shape == (len(split.train_ids), 32) and set(np.unique(result.V)) <= {-1, 1}
+    # the bundle's database codes are the selected model's learned V, for the whole train side
+    assert json.loads((folder / "a" / "manifest.json").read_text())["database"]["count"] == \
+        len(split.train_ids)
     # the same train side with half the queries: the same choice, curves and codes
     half = Split(split.protocol, split.seed, split.train_ids, split.query_ids[::2],
                  split.archive_fingerprint, split.dataset)
@@ -99,21 +115,18 @@ def test_selection_is_deterministic_and_blind_to_the_queries(sample, tmp_path, s
     assert [c["val_curve"] for c in again.selection["candidates"]] == \
         [c["val_curve"] for c in sel["candidates"]]
     assert np.array_equal(again.V, result.V)
-    # the bundle's database codes are the selected model's learned V
-    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["database"]["count"] == \
-        len(split.train_ids)
 
 
 class _Stop(Exception):
     pass
 
 
-def test_resumed_selection_chooses_the_same_model(sample, tmp_path, short_epochs):
+def test_resumed_selection_chooses_the_same_model(sample, selected, tmp_path, short_epochs):
     arch, split = sample
-    full = train_ahcl(arch, split, _selecting(), work_dir=tmp_path / "full")
+    full = selected[0]
 
     def stop_in_second(event):
-        if event.get("event") == "outer" and event.get("candidate") == "short" \
+        if event.get("event") == "outer" and event.get("candidate") == "lr16" \
                 and event["outer"] == 3:
             raise _Stop
 
@@ -123,7 +136,7 @@ def test_resumed_selection_chooses_the_same_model(sample, tmp_path, short_epochs
     resumed = train_ahcl(arch, split, _selecting(), work_dir=tmp_path / "cut", resume=True,
                          progress=events.append)
     resumes = [e for e in events if e["event"] == "resumed"]
-    assert [(e["candidate"], e["outer_done"]) for e in resumes] == [("auto", EPOCHS), ("short", 3)]
+    assert [(e["candidate"], e["outer_done"]) for e in resumes] == [("auto", EPOCHS), ("lr16", 3)]
     assert resumed.selection["chosen"] == full.selection["chosen"]
     assert resumed.selection["candidates"][0]["val_curve"] == \
         full.selection["candidates"][0]["val_curve"]

@@ -1,6 +1,7 @@
 """The search page in a real headless Chromium (Debian's, driven by playwright; no download):
 token prompt, upload a sample scene, k hit cards with the right first label, footprints on the
-SVG map, "more" paging; a screenshot is saved as a test artifact."""
+SVG map, "more" paging, a box dragged on the map filtering the search (checked against the API
+and a brute force over the known footprints), a period; screenshots are saved as artifacts."""
 
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ with the very functions the local store uses (:mod:`rsir_sdk.store.values`,
 :class:`~rsir_sdk.errors.InvalidInputError` before any request; an error the service finds comes
 back as the class its JSON ``error`` kind names (see :mod:`rsir_sdk.serve.errors`). Filters are
 sent as JSON: a dict, or a Milvus expression string, which the service honours unless it was
-started with ``--no-expressions``.
+started with ``--no-expressions``. Place and period (``bbox``, ``near``, ``time``, and
+``footprints``/``times`` on writes) are parsed here by :mod:`rsir_sdk.geo` and sent as exact
+numbers (:mod:`rsir_sdk.serve.geo_wire`).
 
 **The edge path**: given a local ``bundle`` (the one the service runs, e.g. an int8 one), images
 are encoded on this device with :class:`~rsir_sdk.Encoder` and only the packed codes travel

@@ -195,6 +195,8 @@ async def count(request: Request, filter: str | None = None, bbox: str | None = 
 
 @reads.post("/count", response_model=CountOut, summary="Count items (JSON body)",
             responses=errors_doc(401, 409, 422, 503, 504),
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": CountJSON.model_json_schema()}}}},
             description="`GET /v1/count` with its parameters in a JSON body.")
 async def count_json(request: Request) -> JSONResponse:
     service = service_of(request)
