@@ -536,3 +536,19 @@ def test_near_goes_past_milvus_cap_and_stays_exact(tmp_path):
         assert [h.id for h in hits[1:]] == [tied[i] for i in tie_order(tied)]
         assert store.search_stats["range_searches"] > 16  # it read past the cap, by distance
         assert store.count(geo=near) == 5
+
+
+def test_the_ray_engine_stores_the_same_places(world, tmp_path):
+    pytest.importorskip("ray")
+    from rsir_sdk.options import RayOptions
+
+    db = str(tmp_path / "ray.db")
+    with Retriever(world["bundle"], uri=db, collection="on_ray") as r:
+        s = r.index(world["archive"], workers=1, engine="ray", ray=RayOptions(threads_per_worker=1))
+        assert s.ok and s.indexed == len(world["tiffs"])
+        on_ray = {h.id: (h.footprint, h.time) for h in r.search_codes(world["codes"][:1], k=100)[0]}
+        got = [h.id for h in r.search_codes(world["codes"][:1], k=100, bbox=(170, -20, -170, -10))[0]]
+    with Retriever(world["bundle"], uri=world["db"], collection="geo") as r:
+        local = {h.id: (h.footprint, h.time) for h in r.search_codes(world["codes"][:1], k=500)[0]}
+    assert on_ray == {i: local[i] for i in on_ray} and len(on_ray) == len(world["tiffs"])
+    assert sorted(got) == ["utm60s_fiji_across_180.tif", "wgs84_across_180.tif"]
