@@ -26,6 +26,10 @@ bulk import instead, with a journal that makes every chunk count once across cra
 indexed and served (:meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`) when the run
 wrote at least :data:`PREPARE_MIN_ROWS` rows, or always with ``prepare="always"``.
 
+**Place and period**: an image's georeferencing (a GeoTIFF's ``lonlat_bounds``, ``lonlat`` and
+``time``) and a manifest's place columns reach its metadata, from which every write fills the
+collection's place fields (:mod:`rsir_sdk.store.place`), alike on both engines and a bulk load.
+
 >>> from rsir_sdk import Retriever
 >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")          # doctest: +SKIP
 >>> summary = r.index("archive/", label_from="parent")                      # doctest: +SKIP

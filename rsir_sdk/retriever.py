@@ -158,7 +158,7 @@ class Retriever:
         >>> r.search("scene.tif", k=5, filter={"label": "forest"})   # doctest: +SKIP
         >>> r.search("scene.tif", bbox=(2.2, 48.8, 2.5, 48.9), time="2021-06/2021-08")  # doctest: +SKIP
         """
-        geo = _check_search(k, filter, radius, (bbox, near, time))
+        geo = self._checked(k, filter, radius, (bbox, near, time))
         return self.store.search(self.encoder.encode([img]), k, filter, radius, geo=geo)[0]
 
     def search_batch(
@@ -178,7 +178,7 @@ class Retriever:
 
         >>> r.search_batch(["a.jpg", "b.jpg"], k=3)                  # doctest: +SKIP
         """
-        geo = _check_search(k, filter, radius, (bbox, near, time))
+        geo = self._checked(k, filter, radius, (bbox, near, time))
         codes = self.encoder.encode(list(imgs), batch_size)
         return self.store.search(codes, k, filter, radius, geo=geo)
 
@@ -200,7 +200,7 @@ class Retriever:
 
         >>> r.search_codes(edge_bytes, k=10)                          # doctest: +SKIP
         """
-        geo = _check_search(k, filter, radius, (bbox, near, time))
+        geo = self._checked(k, filter, radius, (bbox, near, time))
         packed = as_packed(codes, self.bundle.bits)
         return self.store.search(packed, k, filter, radius, geo=geo)
 
@@ -208,9 +208,14 @@ class Retriever:
                      bbox: Any = None, near: Any = None, time: Any = None) -> list[Hit]:
         """Every item within Hamming distance ``<= radius`` of one image (up to 16384);
         ``bbox``, ``near``, ``time`` as in :meth:`search`."""
-        geo = _check_search(1, filter, radius, (bbox, near, time))
+        geo = self._checked(1, filter, radius, (bbox, near, time))
         codes = self.encoder.encode([img])
         return self.store.range_search(codes, radius, filter, MAX_TOPK, geo=geo)[0]
+
+    def _checked(self, k: Any, filter: Filter, radius: Any, place: tuple[Any, Any, Any]
+                 ) -> GeoFilter | None:
+        """The search's arguments checked before any image is decoded; its place filter."""
+        return self.store.check_geo(_check_search(k, filter, radius, place))
 
     # ----------------------------------------------------------------- writes
     def add_images(

@@ -361,6 +361,11 @@ def test_cli_search_with_place_and_period_equals_python_and_the_brute_force(worl
             assert got == [h.id for h in r.search(image, k=total, **kw)]
         inside, _ = _check(world, got, **_oracle_q(q))
         assert inside > 0 and len(got) > 0
+    code, out, _ = _cli(capsys, "collections", "--uri", world["db"], "--json")
+    no_place = sum(1 for x in world["truth"] if x["box"] is None)
+    assert code == 0 and json.loads(out)[0]["without_footprint"] == no_place
+    code, out, _ = _cli(capsys, "collections", "--uri", world["db"])
+    assert code == 0 and "no place" in out and out.splitlines()[1].split()[-1] == str(no_place)
     for bad, why in (("--bbox=1,2,3", "--bbox"), ("--near=0,0,-5", "near metres"),
                      ("--time=soon", "--time"), ("--bbox=0,10,5,5", "south")):
         code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", world["db"],
@@ -465,7 +470,7 @@ def test_a_collection_made_before_place_fields_refuses_place_filters(world, tmp_
     assert code == 0 and len(json.loads(out)) == 4
 
 
-def test_filtered_searches_equal_the_brute_force_on_the_server(world, server_uri):
+def test_filtered_searches_equal_the_brute_force_on_the_server(world, server_uri, capsys):
     rng = np.random.default_rng(6)
     qcodes = rng.integers(0, 256, (3, 8), dtype=np.uint8)
     queries = _queries(8, 18)
@@ -481,6 +486,15 @@ def test_filtered_searches_equal_the_brute_force_on_the_server(world, server_uri
                 a = [(h.id, h.distance) for h in r.search_codes(qcodes[:1], k=50, **_kw(q))[0]]
                 b = [(h.id, h.distance) for h in lite.search_codes(qcodes[:1], k=50, **_kw(q))[0]]
                 assert a == b, q
+        image, total = world["archive"] / "osgb.tif", len(world["truth"])
+        code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", server_uri,
+                              "--collection", "geo_search", "-k", total, "--json",
+                              "--near=-0.12,51.5,30000", "--time=2019-01-01/..")
+        assert code == 0, err
+        got = [h["id"] for h in json.loads(out)]
+        assert got and got == [h.id for h in r.search(image, k=total, near=(-0.12, 51.5, 30000),
+                                                      time="2019-01-01/..")]
+        _check(world, got, near=(-0.12, 51.5, 30000), period=(_epoch("2019-01-01"), None))
         r.store.drop()
     assert seen["inside"] > 100 and seen["unsure"] < seen["inside"] / 20, seen
 
@@ -552,3 +566,31 @@ def test_the_ray_engine_stores_the_same_places(world, tmp_path):
         local = {h.id: (h.footprint, h.time) for h in r.search_codes(world["codes"][:1], k=500)[0]}
     assert on_ray == {i: local[i] for i in on_ray} and len(on_ray) == len(world["tiffs"])
     assert sorted(got) == ["utm60s_fiji_across_180.tif", "wgs84_across_180.tif"]
+
+
+def test_the_vectorised_write_path_stores_what_the_per_item_path_stores():
+    """Plain boxes/points/epoch times take a numpy path: the same fields, to the bit, as the
+    per-item path (given the same places as Footprint objects), edges and 180 included."""
+    from rsir_sdk.geo import Footprint
+    from rsir_sdk.store import place
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    lon = lambda: float(rng.choice([-180.0, 180.0, 0.0, rng.uniform(-180, 180)]))  # noqa: E731
+    fps: list = []
+    for i in range(n):
+        s = float(rng.choice([-90.0, rng.uniform(-90, 90)]))
+        fps.append(None if i % 5 == 0 else (lon(), s) if i % 5 == 1 else
+                   (lon(), s, lon(), float(rng.choice([90.0, rng.uniform(s, 90)]))))
+    ts = [None if i % 3 == 0 else float(rng.uniform(-1e9, 2e9)) for i in range(n)]
+    ids = [f"i{i}" for i in range(n)]
+    objects = [None if f is None else Footprint.of_point(*f) if len(f) == 2 else Footprint.of_box(f)
+               for f in fps]
+    fast = place.columns(ids, [None] * n, fps, ts)
+    assert place._vectorised(fps, ts, [None] * n) is not None
+    assert np.array_equal(fast, place.columns(ids, [None] * n, objects, ts))
+    # metadata fills what the arguments leave out, per item
+    meta = [{"time": "2020-01-01T00:00:00Z"}] * n
+    mixed = place.columns(ids, meta, fps, ts)
+    assert np.array_equal(mixed[1::3, :6], fast[1::3, :6])
+    assert (mixed[0::3, 6] == _epoch("2020-01-01T00:00:00Z")).all()

@@ -19,7 +19,8 @@ packed big-endian (``numpy.packbits`` order, as every code of the project). Kind
 - ``"lsh"``: sign random projections of the centred features (SimHash; keeps cosine, needs no fit
   beyond the mean).
 
-Every kind is deterministic for a seed and the same features.
+Every kind is deterministic for a seed and the same features. The default, PCA-sign at 128 bits,
+had the best rank-1 rate per byte on nwpu12 and eurosat (``export/scripts/fine_code_length.py``).
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ FINE_KINDS = ("itq", "pca", "lsh")
 @dataclass(frozen=True)
 class FineCodeConfig:
     """What fine code to fit: ``kind`` (one of :data:`FINE_KINDS`), ``bits`` (a multiple of 8),
-    L2 normalisation of the pooled features first (cosine geometry), ITQ iterations, seed."""
+    L2 normalisation of the pooled features first (cosine geometry), ITQ iterations, seed.
 
-    kind: str = "itq"
-    bits: int = 64
+    The defaults are the measured choice (``docs/similar.md``): PCA-sign, 128 bits."""
+
+    kind: str = "pca"
+    bits: int = 128
     l2_normalize: bool = True
     iterations: int = 50
     seed: int = 0

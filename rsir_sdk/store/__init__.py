@@ -4,7 +4,8 @@
 with ids, labels, paths and JSON metadata. By job: :mod:`.schema` (fields, limits, layout
 version), :mod:`.values` (what may be stored or asked), :mod:`.keys` (digests: the only way user
 text reaches an expression), :mod:`.rows` (a write's columns and batches), :mod:`.topk` (exact
-top-k, ties by the digest of the id), :mod:`.search` (the calls and a lean hit conversion), :mod:`.connect` and
+top-k, ties by the digest of the id), :mod:`.search` (the calls and a lean hit conversion),
+:mod:`.place` (place and period fields, filtered searches and counts), :mod:`.connect` and
 :mod:`.rpc` (calls, retries, one-line errors), :mod:`.lite` (Milvus Lite's server process and
 file), :mod:`.server` (a server collection made ready to search: sealed, indexed, calibrated),
 :mod:`.bulk` (bulk import with a journal), :mod:`.writes` (the one writer: creation, checked

@@ -329,20 +329,23 @@ class MilvusCodeStore:
         """Number of items (matching ``filter`` and the place/period filter ``geo`` when
         given); 0 for a collection never written."""
         expr = keys.build_filter(filter)
-        gf = self._geo(geo)
+        gf = self.check_geo(geo)
         if not self.exists:
             return 0
         if gf is not None:
             expr = keys.combine(expr, gf.expr())
             if gf.near is not None:  # the engine's box is a prefilter: test each row exactly
-                return place.count_exact(self._conn, self.collection, expr, gf)
+                return place.count_exact(self._conn, self.collection, expr, gf,
+                                         filter if isinstance(filter, str) else None)
         res = self._conn.call("query", self.collection, filter=expr, output_fields=["count(*)"],
                               read=True, what=f"count in {self.collection!r}",
                               expression=filter if isinstance(filter, str) else None)
         return int(res[0]["count(*)"])
 
-    def _geo(self, geo: GeoFilter | None) -> GeoFilter | None:
-        """The active place/period filter, refused on a collection without place fields."""
+    def check_geo(self, geo: GeoFilter | None) -> GeoFilter | None:
+        """The active place/period filter (``None`` when it constrains nothing); refused with
+        :class:`~rsir_sdk.errors.CollectionMismatchError` by a collection made before place
+        fields existed."""
         gf = place.as_filter(geo)
         if gf is not None and self.exists and not self.has_place:
             raise place.refuse_old(self.collection, self.display_uri,
@@ -353,7 +356,7 @@ class MilvusCodeStore:
         k = values.k(k)
         radius = values.radius(radius)
         expr = keys.build_filter(filter)
-        gf = self._geo(geo)
+        gf = self.check_geo(geo)
         q = as_packed(codes, self.bits)
         if q.shape[0] == 0:
             return []

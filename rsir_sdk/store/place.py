@@ -23,6 +23,8 @@ import numpy as np
 from ..errors import CollectionMismatchError, InvalidInputError
 from ..geo import (
     FIELDS,
+    NO_PLACE,
+    NO_TIME,
     BBox,
     Footprint,
     GeoFilter,
@@ -120,8 +122,16 @@ def columns(ids: Sequence[str], metadata: Sequence[Mapping[str, Any] | None],
     n = len(ids)
     fps = _sequence(footprints, n, "footprints")
     ts = _sequence(times, n, "times")
-    out = np.empty((n, len(FIELDS)), dtype=np.float64)
+    if footprints is not None or times is not None:
+        fast = _vectorised(fps, ts, metadata)
+        if fast is not None:
+            return fast
+    none = scalar_fields(None, None)
+    out = np.tile(np.array([none[f] for f in FIELDS], dtype=np.float64), (n, 1))
     for i in range(n):
+        meta = metadata[i]
+        if fps[i] is None and ts[i] is None and not (meta and ("lonlat_bounds" in meta or "time" in meta)):
+            continue  # no place, no time: the sentinels (the common case, kept cheap)
         where = f"id {ids[i]!r:.80}"
         fp = footprint_arg(fps[i], where)
         t = None if ts[i] is None else parse_time(ts[i], f"time of {where}")
@@ -136,6 +146,49 @@ def columns(ids: Sequence[str], metadata: Sequence[Mapping[str, Any] | None],
     return out
 
 
+def _vectorised(fps: list[Any], ts: list[Any],
+                metadata: Sequence[Mapping[str, Any] | None]) -> np.ndarray | None:
+    """:func:`columns` at numpy speed for the common explicit form (``None``, ``(w, s, e, n)``
+    or ``(lon, lat)`` of plain numbers; times ``None`` or epoch seconds), the same values as
+    :func:`rsir_sdk.geo.scalar_fields`; ``None`` for anything else, or anything bad, which the
+    per-item path then handles (and names)."""
+    n = len(fps)
+    box = np.zeros((n, 4))
+    point, has, timed = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+    t = np.full(n, NO_TIME)
+    try:
+        for i, (f, x) in enumerate(zip(fps, ts)):
+            if (f is None or x is None) and metadata[i] and (
+                    "lonlat_bounds" in metadata[i] or "time" in metadata[i]):
+                return None  # the metadata may say more: per item
+            if f is not None:
+                if type(f) not in (tuple, list) or len(f) not in (2, 4) or any(
+                        isinstance(v, bool) or not isinstance(v, (int, float)) for v in f):
+                    return None
+                box[i] = (f[0], f[1], f[0], f[1]) if len(f) == 2 else f
+                point[i], has[i] = len(f) == 2, True
+            if x is not None:
+                if isinstance(x, bool) or not isinstance(x, (int, float)):
+                    return None
+                t[i], timed[i] = x, True
+    except (TypeError, ValueError):
+        return None
+    w, s, e, nn = box.T
+    if not (np.isfinite(box).all() and np.isfinite(t[timed]).all() and (np.abs(w) <= 180).all()
+            and (np.abs(e) <= 180).all() and (np.abs(s) <= 90).all() and (np.abs(nn) <= 90).all()
+            and (s <= nn).all()):
+        return None
+    lo = np.where(w == 180.0, -180.0, w)
+    hi = np.where((w == 180.0) & (e == 180.0), -180.0, e)
+    hi = np.where(hi >= lo, hi, hi + 360.0)
+    mid = (lo + hi) / 2
+    lon = np.where(point, w, np.where(mid > 180.0, mid - 360.0, mid))
+    lat = np.where(point, s, (s + nn) / 2)
+    out = np.stack([lo, hi, s, nn, lon, lat, t], axis=1)
+    out[~has, :6] = NO_PLACE
+    return out
+
+
 def output_fields(fields: Sequence[str]) -> list[str]:
     """The Milvus output fields of a search's ``fields`` (``footprint``: the place fields)."""
     out: list[str] = []
@@ -145,16 +198,19 @@ def output_fields(fields: Sequence[str]) -> list[str]:
 
 
 def hit_place(entity: Mapping[str, Any]) -> tuple[tuple[float, float, float, float] | None, str | None]:
-    """A hit's ``(footprint (w, s, e, n) or None, time ISO 8601 or None)`` from its row."""
+    """A hit's ``(footprint (w, s, e, n) or None, time ISO 8601 or None)`` from its row (the
+    values of :func:`rsir_sdk.geo.footprint_of_row`, without building objects: a search turns
+    many hits)."""
     if "lat_min" not in entity:
         return None, None
-    fp = footprint_of_row(entity)
     t = float(entity["t"])
-    when = None if t <= -1e17 else iso(t)
-    if fp is None:
+    when = None if t <= NO_TIME / 10 else iso(t)
+    south = float(entity["lat_min"])
+    if south < -90.0:
         return None, when
-    b = fp.box
-    return (b.west, b.south, b.east, b.north), when
+    hi = float(entity["lon_max"])
+    return (float(entity["lon_min"]), south, hi - 360.0 if hi > 180.0 else hi,
+            float(entity["lat_max"])), when
 
 
 def keeper(geo: GeoFilter) -> Callable[[Mapping[str, Any]], bool]:
@@ -162,7 +218,7 @@ def keeper(geo: GeoFilter) -> Callable[[Mapping[str, Any]], bool]:
     def keep(row: Mapping[str, Any]) -> bool:
         fp = footprint_of_row(row)
         t = float(row["t"])
-        return geo.keep(fp, None if t <= -1e17 else t)
+        return geo.keep(fp, None if t <= NO_TIME / 10 else t)
 
     return keep
 
@@ -180,11 +236,15 @@ def near_topk(search: topk.SearchFn, fetch: topk.FetchFn, queries: Sequence[byte
     the place fields.
     """
     out: list[list[topk.Found]] = [[] for _ in queries]
-    todo, depth = list(range(len(queries))), max(k, 16)
+    # a circle fills about pi/4 of its enclosing box: 2k deep usually finds k at once
+    todo, depth = list(range(len(queries))), max(2 * k, 16)
     while todo:
         depth = min(MAX_TOPK, depth)
-        found = topk.exact_topk(search, fetch, [queries[i] for i in todo], depth, expr, radius,
-                                fields, stats, exact_ties)
+        # at most ~100,000 * 2 rows (with their place fields) per request: under gRPC's 64 MiB
+        per = max(1, 100_000 // depth)
+        found = [r for at in range(0, len(todo), per)
+                 for r in topk.exact_topk(search, fetch, [queries[i] for i in todo[at : at + per]],
+                                          depth, expr, radius, fields, stats, exact_ties)]
         left = []
         for qi, row in zip(todo, found):
             kept = [f for f in row if keep(f.entity)]
@@ -222,19 +282,23 @@ def _beyond(search: topk.SearchFn, fetch: topk.FetchFn, q: bytes, last: topk.Fou
     return out
 
 
-def iter_rows(conn: Any, name: str, expr: str, fields: list[str], prefix: str = "") -> Iterator[dict]:
+def iter_rows(conn: Any, name: str, expr: str, fields: list[str], prefix: str = "",
+              user_expr: str | None = None) -> Iterator[dict]:
     """Every row matching ``expr`` with ``fields``: one query per range of pk prefixes (hex
-    digests), a full page (Milvus' 16,384-row cap) split further."""
+    digests), a full page (Milvus' 16,384-row cap) split further. ``user_expr``: the caller's
+    own expression, so that Milvus refusing it is an ``InvalidInputError``."""
     res = conn.call("query", name, filter=keys.combine(expr, keys.pk_prefix(prefix)),
-                    output_fields=fields, limit=MAX_TOPK, read=True, what=f"reading rows of {name!r}")
+                    output_fields=fields, limit=MAX_TOPK, read=True,
+                    what=f"reading rows of {name!r}", expression=user_expr)
     if len(res) >= MAX_TOPK:
         for ch in "0123456789abcdef":
-            yield from iter_rows(conn, name, expr, fields, prefix + ch)
+            yield from iter_rows(conn, name, expr, fields, prefix + ch, user_expr)
         return
     yield from res
 
 
-def count_exact(conn: Any, name: str, expr: str, geo: GeoFilter) -> int:
+def count_exact(conn: Any, name: str, expr: str, geo: GeoFilter,
+                user_expr: str | None = None) -> int:
     """How many rows match ``expr`` (the user's filter and the prefilter) and pass ``geo``."""
     keep = keeper(geo)
-    return sum(1 for row in iter_rows(conn, name, expr, list(FIELDS)) if keep(row))
+    return sum(1 for row in iter_rows(conn, name, expr, list(FIELDS), "", user_expr) if keep(row))
