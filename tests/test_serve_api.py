@@ -89,7 +89,7 @@ def test_auth_limits_and_error_kinds(http, served, main_server):
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLargeError"
     for k in (0, 101, -3):
         r = http.post("/v1/search", params={"k": k}, content=q, headers=auth(READ))
-        assert r.status_code == 422 and r.json()["error"] == "ValueError", r.text
+        assert r.status_code == 422 and r.json()["error"] == "InvalidInputError", r.text
     r = http.post("/v1/search/batch", headers=auth(READ), files=[("image", ("a.jpg", q))] * 9)
     assert r.status_code == 422 and "max-batch" in r.json()["message"]
     r = http.post("/v1/search", params={"radius": 65}, content=q, headers=auth(READ))

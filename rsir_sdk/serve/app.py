@@ -94,7 +94,10 @@ def create_app(retriever: Retriever, config: ServeConfig | None = None, *,
         kind = kinds.get(exc.status_code, "ServiceError")
         service.metrics.error(kind)
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-        return JSONResponse(error_body(kind, detail), status_code=exc.status_code,
+        # a body FastAPI could not parse (bad or too deeply nested JSON) is a request of the
+        # wrong shape, 422 like every other InvalidRequestError
+        status = 422 if exc.status_code == 400 else exc.status_code
+        return JSONResponse(error_body(kind, detail), status_code=status,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -36,6 +36,7 @@ from ..geo import GeoFilter
 from ..images import DECODE_FORMATS, fetch_url
 from ..pixels import decode_reduced, image_size
 from ..preprocess import crop_size
+from ..redact import redact_uri
 from .config import ServeConfig
 from .errors import InvalidRequestError, one_line
 from .geo_wire import GEO_KEYS, geo_from_wire
@@ -172,7 +173,7 @@ async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]
                 raise invalid("this service does not download URLs (started with --no-urls): "
                               "upload the image instead")
             if not img.url.lower().startswith(("http://", "https://")):
-                raise ImageLoadError(img.url, "only http:// and https:// URLs are supported")
+                raise ImageLoadError(redact_uri(img.url), "only http:// and https:// URLs are supported")
         elif not img.data:
             raise ImageLoadError(img.name, "no data (0 bytes)")
     return Body(images, fields)
@@ -290,11 +291,11 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
     filt = fields["filter"] if "filter" in fields else q.get("filter")
     k = _int(k, "k")
     if not 1 <= k <= cfg.max_k:
-        raise ValueError(f"k must be between 1 and {cfg.max_k} (this service's --max-k), got {k}")
+        raise InvalidInputError(f"k must be between 1 and {cfg.max_k} (this service's --max-k), got {k}")
     if radius is not None and radius != "":
         radius = _int(radius, "radius")
         if not 0 <= radius <= bits:
-            raise ValueError(f"radius must be between 0 and {bits} (the code length), got {radius}")
+            raise InvalidInputError(f"radius must be between 0 and {bits} (the code length), got {radius}")
     else:
         radius = None
     if "filter" not in fields and isinstance(filt, str):
