@@ -198,12 +198,15 @@ def load(store: MilvusCodeStore, db: np.ndarray, p: Places, staging: Path) -> di
 
 
 def measure(store: MilvusCodeStore, queries: np.ndarray, k: int, g: GeoFilter | None,
-            singles: int) -> dict[str, Any]:
-    """All queries in one call (after one warm-up query), and ``singles`` queries one per call."""
+            singles: int, repeat: int) -> dict[str, Any]:
+    """All queries in one call (best of ``repeat``, after one warm-up query), and ``singles``
+    queries one per call."""
     store.search_ids(queries[:1], k, geo=g)
-    t0 = time.perf_counter()
-    res = store.search_ids(queries, k, geo=g)
-    batch = time.perf_counter() - t0
+    batch = float("inf")
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        res = store.search_ids(queries, k, geo=g)
+        batch = min(batch, time.perf_counter() - t0)
     lat = []
     for i in range(min(singles, len(queries))):
         t1 = time.perf_counter()
@@ -264,7 +267,7 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
             counted, count_ms = timed_count(store, g)
             for k in ks:
                 print(f"  {name}, k={k} ...", file=sys.stderr, flush=True)
-                m = measure(store, codes.queries, k, g, args.singles)
+                m = measure(store, codes.queries, k, g, args.singles, args.repeat)
                 checked, bad = check(m.pop("res"), db64, rank, mask, q64, k, args.check)
                 base.setdefault(k, m)
                 b = base[k]
@@ -286,9 +289,9 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     return body(args, out_rows, rows, loaded, (codes.note, crossing)) + reading(records), records
 
 
-HEAD = ["filter", "k", "items held", "share", "store.count agrees", "store.count ms", "batch s", "ms/query (batch)",
-        "batch vs unfiltered", "1 query p50 ms", "1 query total s", "p50 vs unfiltered",
-        "queries checked", "hits = brute force"]
+HEAD = ["filter", "k", "items held", "share", "store.count agrees", "store.count ms", "batch s",
+        "ms/query (batch)", "batch vs unfiltered", "1 query p50 ms", "1 query total s",
+        "p50 vs unfiltered", "queries checked", "hits = brute force"]
 
 
 def body(args: argparse.Namespace, out_rows: list[list[Any]], rows: list[Any],
@@ -300,13 +303,15 @@ def body(args: argparse.Namespace, out_rows: list[list[Any]], rows: list[Any],
             f"the sphere between 80 S and 80 N; {notes[1]:,} boxes cross the antimeridian) and "
             f"a time (uniform over 2015-2024); {nq:,} held-out queries, "
             f"`MilvusCodeStore.search_ids(codes, k, geo=...)` (exact top-k, ties by the digest "
-            f"of the id, the store's default). Batch = all {nq:,} queries in one call (after "
-            f"one warm-up query); 1 query = {min(args.singles, nq):,} calls of one query each "
-            f"(p50 and their sum). Ratios: against the unfiltered search at the same k in the "
-            f"same run. Items held: counted by brute force in numpy; `store.count(geo=...)` "
-            f"must agree. Hits = brute force: for the first {args.check} queries of each row the "
-            f"ids and distances, in order, equal a brute force in numpy over the in-memory codes "
-            f"and footprints (exact top-k under the filter).\n\n")
+            f"of the id, the store's default). Batch = all {nq:,} queries in one call (best of "
+            f"{args.repeat}, after one warm-up query); 1 query = {min(args.singles, nq):,} calls "
+            f"of one query each (p50 and their sum). Ratios: against the unfiltered search at "
+            f"the same k in the same run. Items held: counted by brute force in numpy; `store.count(geo=...)` "
+            f"must agree; store.count ms = the median of 5 counts (for `near` the engine's box "
+            f"count is followed by reading the boxed rows' places for the exact distance). "
+            f"Hits = brute force: for the first {args.check} queries of each row the ids and "
+            f"distances, in order, equal a brute force in numpy over the in-memory codes and "
+            f"footprints (exact top-k under the filter).\n\n")
     text += table(HEAD, out_rows) + "\n\nThe filters (sized on the footprints, then counted):\n\n"
     text += table(["filter", "as given to `GeoFilter`"], [[r[0], describe(r[1])] for r in rows])
     text += ("\n\nLoading (`bulk_insert(..., footprints=...)`, one call, then "
@@ -332,9 +337,9 @@ def reading(records: list[dict[str, Any]]) -> str:
             f"to the p50 (the unfiltered p50: {p50}); "
             f"one `store.count(geo=...)` of the same filters took {min(counts):.1f} to "
             f"{max(counts):.1f} ms (the unfiltered count {base[min(base)]['count_ms']:.1f} ms). "
-            f"With all queries in one call the filter is evaluated for the request, not per "
-            f"query: the filtered batches took {min(ratio):.2f}x to {max(ratio):.2f}x the "
-            f"unfiltered batch.\n")
+            f"With all queries in one call the filter's cost is paid once for the call "
+            f"(it is evaluated per request, not per query): the filtered batches took "
+            f"{min(ratio):.2f}x to {max(ratio):.2f}x the unfiltered batch.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="of those, how many are also timed one per call (default all)")
     ap.add_argument("--check", type=int, default=20,
                     help="queries per row whose hits are checked against the brute force")
+    ap.add_argument("--repeat", type=int, default=3, help="batch searches per row (best of)")
     ap.add_argument("--ks", default="10,100", help="k values, comma-separated")
     ap.add_argument("--kind", default="uniform", choices=["uniform", "clustered"])
     ap.add_argument("--seed", type=int, default=0)

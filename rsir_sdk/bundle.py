@@ -71,6 +71,10 @@ class Bundle:
     preprocess: dict[str, Any] = field(repr=False)
     classes: list[str] = field(repr=False)
     model_sha256: str = field(repr=False)
+    #: the fine code's length in bits (issue 20, docs/bundle.md); None: the bundle has none
+    fine_bits: int | None = None
+    #: the graph output holding the packed fine codes; None when the bundle has none
+    fine_output: str | None = None
 
     @property
     def model_path(self) -> Path:
@@ -239,6 +243,7 @@ class Bundle:
             raise BundleError(f"bundle {root}: {MANIFEST_FILE} has a field of the wrong type or "
                               f"value ({type(exc).__name__}: {exc})") from None
         method, bits, model_file, height, width, inp, pre, outputs, declared = fields
+        fine_bits, fine_output = _fine_fields(root, manifest, outputs)
         model_path = root / model_file
         if not model_path.is_file():
             raise BundleError(f"bundle {root}: model file {model_file} is missing")
@@ -262,6 +267,8 @@ class Bundle:
             preprocess=dict(pre),
             classes=[str(c) for c in manifest.get("classes", [])],
             model_sha256=actual,
+            fine_bits=fine_bits,
+            fine_output=fine_output,
         )
         if bundle.has_database:
             _require(manifest["database"], "file", "database", root)
@@ -319,6 +326,28 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     if not isinstance(manifest.get("classes", []), list):
         raise BundleError(f"bundle {root}: field 'classes' must be a list")
     return method, bits, model_file, height, width, inp, pre, outputs, declared
+
+
+def _fine_fields(root: Path, manifest: dict[str, Any],
+                 outputs: dict[str, Any]) -> tuple[int | None, str | None]:
+    """``(fine_bits, fine_output)`` from the manifest's optional ``fine_code`` record; both
+    None for bundles without one (written before issue 20), which keep working."""
+    fine = manifest.get("fine_code")
+    if fine is None:
+        return None, None
+    if not isinstance(fine, dict) or "bits" not in fine:
+        raise BundleError(f"bundle {root}: field 'fine_code' must be a JSON object with 'bits'")
+    raw = fine["bits"]
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise BundleError(f"bundle {root}: field 'fine_code.bits' must be an integer, got {raw!r}")
+    try:
+        bits = validate_bits(raw)
+    except CodeLengthError as exc:
+        raise BundleError(f"bundle {root}: field 'fine_code.bits': {exc}") from None
+    if fine.get("bit_order", "big") != "big":
+        raise BundleError(f"bundle {root}: field 'fine_code.bit_order' must be 'big'")
+    name = outputs.get("fine_codes") or fine.get("output") or "fine_codes"
+    return bits, str(name)
 
 
 def _check_preprocess(root: Path, pre: dict[str, Any], height: int, width: int) -> None:

@@ -85,6 +85,10 @@ def _set_metadata(model: "onnx.ModelProto", m: dict[str, Any]) -> None:
         "rsir.preprocess": json.dumps(m["preprocess"]),
         "rsir.classes": json.dumps(m["classes"]),
     }
+    fine = m.get("fine_code")
+    if fine:
+        props.update({"rsir.fine_code": json.dumps(fine), "rsir.fine_bits": str(int(fine["bits"])),
+                      "rsir.fine_kind": str(fine["kind"]), "rsir.fine_output": str(fine["output"])})
     keep = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     for p in keep:
@@ -92,6 +96,32 @@ def _set_metadata(model: "onnx.ModelProto", m: dict[str, Any]) -> None:
     for k, v in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
+
+
+def _fine_record(model: "onnx.ModelProto", m: dict[str, Any]) -> None:
+    """Record the fine code (issue 20, docs/bundle.md) in ``m``: from the manifest given, else
+    from the model's ``rsir.fine_code`` metadata (what the export wrote); checked against the
+    graph's outputs. A model without one leaves the manifest without ``fine_code``."""
+    fine = m.get("fine_code")
+    if not fine:
+        props = {p.key: p.value for p in model.metadata_props}
+        if "rsir.fine_code" not in props:
+            m.pop("fine_code", None)
+            return
+        fine = json.loads(props["rsir.fine_code"])
+    if not isinstance(fine, dict) or "bits" not in fine or "kind" not in fine:
+        raise BundleWriteError("manifest 'fine_code' needs 'kind' and 'bits'")
+    bits = int(fine["bits"])
+    if bits < 8 or bits % 8:
+        raise BundleWriteError(f"fine_code 'bits' must be a positive multiple of 8, got {bits}")
+    name = str(fine.get("output") or m["outputs"].get("fine_codes") or "fine_codes")
+    if name not in {o.name for o in model.graph.output}:
+        raise BundleWriteError(f"manifest records a fine code but the model has no output "
+                               f"'{name}'")
+    fine = {"threshold": 0.0, "bit_order": "big", "fitted_on": "", **fine, "bits": bits,
+            "output": name}
+    m["fine_code"] = fine
+    m["outputs"] = {**m["outputs"], "fine_codes": name}
 
 
 def _write_database(out: Path, database: Mapping[str, Any], bits: int) -> dict[str, Any]:
@@ -139,7 +169,7 @@ def write_bundle(
     """Write a bundle folder and return the manifest as written.
 
     Fills the manifest's defaults (format version, bit order, input from ``preprocess.crop``,
-    outputs), copies its facts into the model's ``metadata_props``, saves ``model.onnx`` in one
+    outputs, the fine code recorded by the export: :func:`_fine_record`), copies its facts into the model's ``metadata_props``, saves ``model.onnx`` in one
     file (no external data, so the sha256 recorded as the encoder's identity covers every
     weight), writes ``database.npz`` when ``database`` (``codes`` packed ``uint8 (n, bits/8)``
     and optional ``ids``, ``labels``, ``paths``, ``kind`` = "learned" | "encoded") is given,
@@ -162,6 +192,7 @@ def write_bundle(
     else:
         model = onnx.ModelProto()
         model.CopyFrom(onnx_model)
+    _fine_record(model, m)
     _set_metadata(model, m)
     model_path = out / MODEL_FILE
     onnx.save_model(model, str(model_path), save_as_external_data=False)

@@ -33,10 +33,13 @@ GPU_PROVIDERS = ("CUDAExecutionProvider",)
 
 @dataclass(frozen=True)
 class Encoded:
-    """Result of :meth:`Encoder.encode` with ``return_embeddings=True``."""
+    """Result of :meth:`Encoder.encode` with ``return_embeddings=True`` and of
+    :meth:`Encoder.encode_both` (which fills ``fine`` too, from the same session run)."""
 
     codes: np.ndarray  # uint8 (n, bits/8)
     embeddings: np.ndarray  # float32 (n, bits)
+    #: packed fine codes ``uint8 (n, fine_bits/8)`` (issue 20); None when not asked for
+    fine: np.ndarray | None = None
 
 
 def default_providers() -> list[str]:
@@ -137,6 +140,11 @@ class Encoder:
         return self.bundle.bits
 
     @property
+    def fine_bits(self) -> int | None:
+        """Length of the bundle's fine code in bits (docs/bundle.md), None when it has none."""
+        return self.bundle.fine_bits
+
+    @property
     def input_size(self) -> tuple[int, int]:
         """``(height, width)`` of the model input."""
         return self.bundle.input_height, self.bundle.input_width
@@ -164,6 +172,8 @@ class Encoder:
                 f"bundle {b.path}: manifest says {b.bits} bits but the model's "
                 f"'{b.codes_output}' output has {width} bytes ({width * 8} bits)"
             )
+        if b.fine_output is not None:
+            self._check_fine_output(outputs)
         meta = self.session.get_modelmeta().custom_metadata_map
         meta_bits = meta.get("rsir.bits")
         if meta_bits is not None and int(meta_bits) != b.bits:
@@ -172,6 +182,17 @@ class Encoder:
                 f"{meta_bits}"
             )
         self._check_preprocess_metadata(meta.get("rsir.preprocess"))
+
+    def _check_fine_output(self, outputs: dict) -> None:
+        """The manifest's fine code must be an output of the graph, of its recorded width."""
+        b = self.bundle
+        if b.fine_output not in outputs:
+            raise BundleError(f"bundle {b.path}: manifest records a fine code but the model has "
+                              f"no output '{b.fine_output}' (it has {sorted(outputs)})")
+        width = outputs[b.fine_output].shape[-1]
+        if isinstance(width, int) and b.fine_bits is not None and width * 8 != b.fine_bits:
+            raise BundleError(f"bundle {b.path}: manifest says the fine code has {b.fine_bits} "
+                              f"bits but the model's '{b.fine_output}' output has {width} bytes")
 
     def _check_preprocess_metadata(self, recorded_json: str | None) -> None:
         """The manifest's resize/crop/resampling must be those the model recorded when written:
@@ -223,6 +244,54 @@ class Encoder:
             return Encoded(codes, np.asarray(out[1], dtype=np.float32))
         return codes
 
+    def encode_both_arrays(self, batch: np.ndarray) -> Encoded:
+        """Retrieval codes, embeddings and fine codes of prepared images ``uint8 (n, h, w, 3)``
+        from ONE session run (one forward pass). Raises :class:`BundleError` for a bundle
+        without a fine code (``fine_bits is None``)."""
+        b = self.bundle
+        if b.fine_output is None or b.fine_bits is None:
+            raise BundleError(f"bundle {b.path} has no fine code (written before issue 20): "
+                              f"train it again with rsir train to get one")
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        h, w = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (h, w, 3):
+            raise ValueError(f"prepared batch must be (n, {h}, {w}, 3) uint8, got {batch.shape}")
+        out = self.session.run([b.codes_output, b.embedding_output, b.fine_output],
+                               {b.input_name: batch})
+        return Encoded(as_packed(out[0], b.bits), np.asarray(out[1], dtype=np.float32),
+                       as_packed(out[2], b.fine_bits))
+
+    def encode_both(self, images: ImageSource | Iterable[ImageSource],
+                    batch_size: int | None = None) -> Encoded:
+        """Encode images to :class:`Encoded` with ``codes`` (the retrieval codes, as
+        :meth:`encode` gives), ``embeddings`` and ``fine`` (the fine codes, ``uint8
+        (n, fine_bits/8)``), all from one forward pass per batch.
+
+        Why: the store ranks a tie group of retrieval codes by the fine code (issue 20), so
+        both are needed for every image, and a second pass would double the encoding time.
+        """
+        if self.fine_bits is None:
+            raise BundleError(f"bundle {self.bundle.path} has no fine code (written before "
+                              f"issue 20): train it again with rsir train to get one")
+        items = _as_list(images)
+        bs = int(batch_size or self.batch_size)
+        parts = [self.encode_both_arrays(np.stack([self.prepare(x) for x in items[s:s + bs]]))
+                 for s in range(0, len(items), bs)]
+        if not parts:
+            return Encoded(np.zeros((0, self.bits // 8), np.uint8),
+                           np.zeros((0, self.bits), np.float32),
+                           np.zeros((0, self.fine_bits // 8), np.uint8))
+        return Encoded(np.concatenate([p.codes for p in parts]),
+                       np.concatenate([p.embeddings for p in parts]),
+                       np.concatenate([p.fine for p in parts if p.fine is not None]))
+
+    def encode_fine(self, images: ImageSource | Iterable[ImageSource],
+                    batch_size: int | None = None) -> np.ndarray:
+        """The fine codes alone, ``uint8 (n, fine_bits/8)`` (see :meth:`encode_both`)."""
+        fine = self.encode_both(images, batch_size).fine
+        assert fine is not None
+        return fine
+
     @overload
     def encode(self, images: ImageSource | Iterable[ImageSource], batch_size: int | None = ...,
                return_embeddings: Literal[False] = ...) -> np.ndarray: ...
@@ -261,8 +330,9 @@ class Encoder:
         return codes
 
     def __repr__(self) -> str:
+        fine = f", fine_bits={self.fine_bits}" if self.fine_bits is not None else ""
         return (
-            f"Encoder(method={self.bundle.method!r}, bits={self.bits}, "
+            f"Encoder(method={self.bundle.method!r}, bits={self.bits}{fine}, "
             f"encoder_id={self.bundle.encoder_id!r}, providers={self.providers})"
         )
 

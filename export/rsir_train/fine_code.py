@@ -25,7 +25,10 @@ had the best rank-1 rate per byte on nwpu12 and eurosat (``export/scripts/fine_c
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +36,10 @@ from torch import nn
 
 from .baselines import fit_itq
 
-__all__ = ["FINE_KINDS", "FineCode", "FineCodeConfig", "FineCodeHead", "fit_fine_code"]
+log = logging.getLogger(__name__)
+
+__all__ = ["FINE_KINDS", "FineCode", "FineCodeConfig", "FineCodeHead", "attach_fine_code",
+           "fit_fine_code"]
 
 #: the kinds of fine code :func:`fit_fine_code` fits
 FINE_KINDS = ("itq", "pca", "lsh")
@@ -66,6 +72,8 @@ class FineCode:
     mean: np.ndarray
     projection: np.ndarray
     l2_normalize: bool
+    #: what it was fitted on, in words (recorded in the bundle: ``fine_code.fitted_on``)
+    fitted_on: str = ""
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         """The pre-sign projections ``(n, B)`` (float64) of pooled features ``(n, D)``."""
@@ -154,3 +162,60 @@ class FineCodeHead(nn.Module):
         if self.l2_normalize:
             feats = nn.functional.normalize(feats, dim=1, eps=1e-12)
         return self.proj(feats)
+
+
+def _usable_bits(wanted: int, config: FineCodeConfig, x: np.ndarray) -> int:
+    """``wanted``, or the largest multiple of 8 that a PCA/ITQ fit of features ``x (n, D)``
+    can give meaningful bits for: no more than the directions with non-negligible variance
+    (eigenvalue above 1e-6 of the largest). Why: a direction without variance projects every
+    image to about 0, so its bit is float rounding noise that flips between runtimes (a small
+    network's pooled features have dead channels)."""
+    if config.kind == "lsh":
+        return wanted
+    xn = _normalised(x, config.l2_normalize)
+    xc = xn - xn.mean(axis=0)
+    vals = np.linalg.eigvalsh(xc.T @ xc / max(1, len(xc) - 1))
+    rank = int((vals > 1e-6 * max(float(vals.max()), 1e-30)).sum())
+    cap = (min(rank, len(x)) // 8) * 8
+    if cap < 8:
+        raise ValueError(f"a {config.kind} fine code needs features that vary in at least 8 "
+                         f"directions, got {rank} (features of shape {x.shape})")
+    if cap < wanted:
+        log.info("fine code: %d bits asked, %d fitted (features %s vary in %d directions)",
+                 wanted, cap, x.shape, rank)
+    return min(wanted, cap)
+
+
+def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = None,
+                     config: FineCodeConfig = FineCodeConfig()) -> Any:
+    """The one training step every method shares (issue 20): fit the fine code on the TRAIN
+    side's pooled features, no labels, and return ``contents`` (a
+    :class:`~rsir_train.pipeline.BundleContents`) with ``fine_code`` set, so the exported graph
+    gets the ``fine_codes`` output.
+
+    ``features``: the train side's pooled features when the method already holds them (ITQ,
+    MiLAN: the frozen backbone's cached ones); else they are computed by one pass of
+    ``contents.net`` over the train side's images, with the bundle's preprocessing and the same
+    tap the graph's fine head uses (:func:`rsir_train.onnx_export.pooled_outputs`: for AHCL,
+    the trained network's pooled features). ``bits`` shrinks to what the features allow
+    (:func:`_usable_bits`: no more bits than directions in which they vary).
+    """
+    train_idx, _ = data.indices()
+    if features is None:
+        from .features import load_prepared
+        from .onnx_export import pooled_outputs
+
+        parts = [pooled_outputs(contents.net, contents.normalize,
+                                load_prepared(data.archive, train_idx[s:s + 256],
+                                              contents.preprocess))
+                 for s in range(0, len(train_idx), 256)]
+        features = np.concatenate(parts)
+        source = "pooled features of the exported network"
+    else:
+        source = "pooled features of the frozen backbone"
+    x = np.asarray(features, dtype=np.float32)
+    cfg = dataclasses.replace(config, bits=_usable_bits(config.bits, config, x))
+    code = fit_fine_code(x, cfg)
+    name = getattr(data.archive, "name", "") or "archive"
+    fitted_on = f"train side of {name}: {len(x)} images, {source} (no labels)"
+    return dataclasses.replace(contents, fine_code=dataclasses.replace(code, fitted_on=fitted_on))

@@ -10,11 +10,11 @@ export and :mod:`rsir_train.quantize` use these functions; they need ``onnx`` (a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["WEIGHTED_OPS", "float_region", "fold_static_pads", "name_nodes", "remove_dead_nodes"]
+__all__ = ["WEIGHTED_OPS", "ancestors", "float_region", "fold_static_pads", "name_nodes", "remove_dead_nodes"]
 
 #: the ops that hold weights (what int8 quantization quantizes)
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
@@ -32,12 +32,30 @@ def name_nodes(model: Any) -> None:
             used.add(name)
 
 
-def float_region(model: Any, embedding: str) -> tuple[list[str], list[str], str | None]:
+def ancestors(model: Any, output: str) -> list[str]:
+    """Names of the nodes ``output`` depends on (its producer included), in graph order."""
+    producer = {out: n for n in model.graph.node for out in n.output}
+    seen: set[str] = set()
+    stack = [output]
+    while stack:
+        n = producer.get(stack.pop())
+        if n is None or n.name in seen:
+            continue
+        seen.add(n.name)
+        stack += list(n.input)
+    return [n.name for n in model.graph.node if n.name in seen]
+
+
+def float_region(model: Any, embedding: str, side_outputs: Sequence[str] = ()
+                 ) -> tuple[list[str], list[str], str | None]:
     """Split the graph: ``(preprocessing nodes, packing nodes, hash layer node name)``.
 
     Preprocessing = nodes with no Conv/MatMul/Gemm among themselves and their ancestors (the
-    uint8 → normalised float part). Packing = every node downstream of ``embedding``. The hash
-    layer = the last Conv/MatMul/Gemm upstream of ``embedding``.
+    uint8 → normalised float part). Packing = every node downstream of ``embedding``, plus,
+    for each of ``side_outputs`` (the fine code's ``fine_codes``, issue 20), the nodes only it
+    depends on: its head (L2 normalisation, projection) and packing, which decide the fine
+    bits' signs as the hash layer decides the codes'. The hash layer = the last
+    Conv/MatMul/Gemm upstream of ``embedding``.
     """
     nodes = list(model.graph.node)
     producer = {out: n for n in nodes for out in n.output}
@@ -67,6 +85,10 @@ def float_region(model: Any, embedding: str) -> tuple[list[str], list[str], str 
                 seen.add(n.name)
                 pack.append(n.name)
                 frontier += list(n.output)
+    trunk = set(ancestors(model, embedding))
+    for side in side_outputs:
+        pack += [name for name in ancestors(model, side) if name not in trunk and name not in seen]
+        seen.update(pack)
     # hash layer: walk up from the embedding's producer to the first weighted op
     head, stack, visited = None, [embedding], set()
     while stack and head is None:

@@ -8,6 +8,8 @@ principal directions and rotated to minimise the quantization error. The whole e
 ONNX graph like every bundle's::
 
     uint8 NHWC ─► /255, mean/std ─► backbone ─► pool ─► x / |x| ─► Linear(d, K) = u,  code = u > 0
+                                                     └─► fine code (PCA-sign, fitted on the same
+                                                         train-side features: issue 20)
 
 The bundle is symmetric (``database: null``: the archive is encoded by the same graph), so
 ``rsir index BUNDLE ARCHIVE`` and ``Retriever.search`` work as with MiLAN bundles.
@@ -41,6 +43,7 @@ from .baselines import fit_itq
 from .dataset import check_images
 from .errors import DataError, MissingLabelError
 from .features import Normalize, pooled_features
+from .fine_code import attach_fine_code
 from .pipeline import BundleContents, TrainingData, prepare_data, training_record, write_trained_bundle
 from .trainer import Progress, default_device, no_progress
 
@@ -116,6 +119,8 @@ class ITQResult:
     fit_seconds: float
     feature_cache: str
     metrics: dict[str, float] = field(default_factory=dict)
+    #: the train side's pooled features (what the fine code is fitted on, issue 20)
+    train_features: np.ndarray | None = field(default=None, repr=False)
 
 
 def train_itq(archive: Any, train_indices: np.ndarray, config: ITQConfig, *,
@@ -156,7 +161,7 @@ def train_itq(archive: Any, train_indices: np.ndarray, config: ITQConfig, *,
     log.info("ITQ %d bits fitted in %.1fs (features %.1fs, cache %s)", config.bits, fit_seconds,
              t1 - t0, status)
     return ITQResult(net, normalize.cpu(), pre, np.asarray(train_indices), config, device,
-                     t1 - t0, fit_seconds, status, metrics)
+                     t1 - t0, fit_seconds, status, metrics, x[train_indices])
 
 
 def _unlabelled_data(source: str | os.PathLike, skip_corrupt: bool) -> TrainingData:
@@ -226,6 +231,7 @@ def train_itq_bundle(data: str | os.PathLike, out_dir: str | os.PathLike, config
     train_idx, query_idx = prepared.indices()
     result = train_itq(prepared.archive, train_idx, config, query_indices=query_idx,
                        progress=progress)
-    manifest = write_trained_bundle(out_dir, itq_contents(result, prepared, extra_training),
-                                    prepared)
+    contents = attach_fine_code(itq_contents(result, prepared, extra_training), prepared,
+                                result.train_features)
+    manifest = write_trained_bundle(out_dir, contents, prepared)
     return result, manifest, prepared

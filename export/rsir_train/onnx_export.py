@@ -1,4 +1,5 @@
-"""Export a trained hashing network to ONE ONNX graph: uint8 NHWC RGB images → embedding, codes.
+"""Export a trained hashing network to ONE ONNX graph: uint8 NHWC RGB images → embedding, codes
+(and, when a fitted fine code is given, ``fine_codes``).
 
 Both methods export through :func:`export_onnx` (AHCL with threshold 0, MiLAN with 0.5); graph
 rewrites that need the bundle's fixed input size live in :mod:`rsir_train.graph`, shared with
@@ -14,11 +15,20 @@ The bundle fixes the input's height and width, so the TF "same" padding of Effic
 time) is folded into the convolutions at export (:func:`rsir_train.graph.fold_static_pads`):
 onnxruntime then fuses each Conv with its padding, which made the fp32 encoder about 1.5x
 faster on one CPU thread (docs/benchmarks.md), with the same outputs.
+
+The fine code (issue 20, :mod:`rsir_train.fine_code`): with ``fine=`` the graph branches after
+the backbone's pooling, ``pooled ─► FineCodeHead ─► PackBits(B)`` beside the hash head, so one
+forward pass gives both codes. The pooled features are tapped with a hook on the module where
+they appear (:func:`pooled_tap`: the input of AHCL's ``hash_layer``, the output of MiLAN's and
+ITQ's ``backbone``), so no network class needs to change. The fine code's facts go into the
+model's ``metadata_props`` (``rsir.fine_code``, ``rsir.fine_bits``, ``rsir.fine_kind``,
+``rsir.fine_output``); :func:`rsir_sdk.bundle_writer.write_bundle` copies them to the manifest.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from typing import Any
 
@@ -27,8 +37,11 @@ import torch
 from torch import nn
 
 from .features import Normalize
+from .fine_code import FineCode, FineCodeHead
 
 OPSET = 17
+#: the graph output holding the packed fine codes
+FINE_OUTPUT = "fine_codes"
 
 
 class PackBits(nn.Module):
@@ -47,19 +60,83 @@ class PackBits(nn.Module):
         return (on * self.weights).sum(dim=2).to(torch.uint8)  # type: ignore[operator]
 
 
-class ImageHashEncoder(nn.Module):
-    """uint8 NHWC images → ``(embedding, codes)``; the module that is exported."""
+def pooled_tap(net: nn.Module) -> tuple[nn.Module, bool]:
+    """Where ``net``'s pooled features appear: ``(module, True)`` when they are the module's
+    input (AHCL's ``hash_layer``), ``(module, False)`` when its output (the ``backbone`` of
+    MiLAN and ITQ, whose ``forward`` is stages + pooling)."""
+    if hasattr(net, "hash_layer") and not hasattr(net, "embed_features"):
+        return net.hash_layer, True
+    backbone = getattr(net, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        return backbone, False
+    raise ValueError(f"cannot find the pooled features of {type(net).__name__}: it needs a "
+                     f"'hash_layer' (fed by the pooled features) or a 'backbone' module")
 
-    def __init__(self, net: nn.Module, normalize: Normalize, bits: int, threshold: float = 0.0):
+
+def _run_tapped(net: nn.Module, x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """``net(x)`` and the pooled features it computed on the way (one forward pass)."""
+    module, as_input = pooled_tap(net)
+    seen: list[torch.Tensor] = []
+    if as_input:
+        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        out = net(x)
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        raise ValueError(f"the pooled features of {type(net).__name__} were computed "
+                         f"{len(seen)} times in one forward pass (expected once)")
+    return out, seen[0]
+
+
+class ImageHashEncoder(nn.Module):
+    """uint8 NHWC images → ``(embedding, codes)``, or ``(embedding, codes, fine_codes)`` when a
+    fitted :class:`~rsir_train.fine_code.FineCode` is given; the module that is exported."""
+
+    def __init__(self, net: nn.Module, normalize: Normalize, bits: int, threshold: float = 0.0,
+                 fine: FineCode | None = None):
         super().__init__()
         self.net = net
         self.normalize = normalize
         self.pack = PackBits(bits, threshold)
+        self.fine_head = FineCodeHead(fine) if fine is not None else None
+        self.fine_pack = PackBits(fine.bits, 0.0) if fine is not None else None
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(self.normalize(images))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.normalize(images)
+        if self.fine_head is None or self.fine_pack is None:
+            out = self.net(x)
+            u = out[0] if isinstance(out, (tuple, list)) else out
+            return u, self.pack(u)
+        out, pooled = _run_tapped(self.net, x)
         u = out[0] if isinstance(out, (tuple, list)) else out
-        return u, self.pack(u)
+        return u, self.pack(u), self.fine_pack(self.fine_head(pooled))
+
+
+def pooled_outputs(net: nn.Module, normalize: Normalize, images: Any,
+                   batch_size: int = 64) -> Any:
+    """The pooled features ``float32 (n, D)`` (numpy) that the exported graph's fine head sees,
+    for prepared ``uint8 (n, h, w, 3)`` images: what a fine code is fitted on."""
+    import numpy as np
+
+    net, normalize = net.eval().cpu(), normalize.eval().cpu()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = torch.as_tensor(np.ascontiguousarray(images[start:start + batch_size]))
+            parts.append(_run_tapped(net, normalize(batch))[1].float().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def fine_metadata(fine: FineCode) -> dict[str, str]:
+    """The fine code's facts as ``metadata_props`` entries (the manifest gets the same)."""
+    record = {"kind": fine.kind, "bits": int(fine.bits), "threshold": 0.0, "bit_order": "big",
+              "l2_normalize": bool(fine.l2_normalize), "fitted_on": fine.fitted_on,
+              "output": FINE_OUTPUT}
+    return {"rsir.fine_code": json.dumps(record), "rsir.fine_bits": str(int(fine.bits)),
+            "rsir.fine_kind": fine.kind, "rsir.fine_output": FINE_OUTPUT}
 
 
 def export_onnx(
@@ -71,14 +148,18 @@ def export_onnx(
     threshold: float = 0.0,
     doc: str = "",
     fold_pads: bool = True,
+    fine: FineCode | None = None,
 ) -> onnx.ModelProto:
     """Export ``net`` (returning ``u`` or ``(u, logits)``) with preprocessing and packing inside.
 
-    ``fold_pads`` (default): fold the zero ``Pad`` nodes into their ``Conv`` for the fixed
+    ``fine``: a fitted fine code; the graph then has a third output ``fine_codes`` (uint8
+    ``(n, fine.bits/8)``, big-endian) from the same pooled features, and its facts in
+    ``metadata_props``. ``fold_pads`` (default): fold the zero ``Pad`` nodes into their ``Conv`` for the fixed
     ``height`` x ``width`` input (:func:`rsir_train.graph.fold_static_pads`); ``False`` keeps
     the graph as the exporter wrote it (for comparisons).
     """
-    enc = ImageHashEncoder(net, normalize, bits, threshold).eval().cpu()
+    enc = ImageHashEncoder(net, normalize, bits, threshold, fine).eval().cpu()
+    names = ["embedding", "codes"] + ([FINE_OUTPUT] if fine is not None else [])
     dummy = torch.zeros(2, height, width, 3, dtype=torch.uint8)
     buf = io.BytesIO()
     # the legacy exporter warns about constant folding and its own deprecation on every call, and
@@ -93,8 +174,8 @@ def export_onnx(
             (dummy,),
             buf,  # type: ignore[arg-type]
             input_names=["images"],
-            output_names=["embedding", "codes"],
-            dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}, "codes": {0: "batch"}},
+            output_names=names,
+            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
             opset_version=OPSET,
             dynamo=False,
             do_constant_folding=True,
@@ -106,14 +187,18 @@ def export_onnx(
         fold_static_pads(model, "images", height, width)
     if doc:
         model.doc_string = doc
+    for key, value in (fine_metadata(fine) if fine is not None else {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     return model
 
 
 def torch_outputs(net: nn.Module, normalize: Normalize, bits: int, images: Any,
-                  threshold: float = 0.0) -> tuple[Any, Any]:
-    """The exported module's outputs computed in torch (numpy in, numpy out), for comparisons."""
-    enc = ImageHashEncoder(net, normalize, bits, threshold).eval().cpu()
+                  threshold: float = 0.0, fine: FineCode | None = None) -> tuple[Any, ...]:
+    """The exported module's outputs computed in torch (numpy in, numpy out), for comparisons:
+    ``(embedding, codes)``, plus ``fine_codes`` when ``fine`` is given."""
+    enc = ImageHashEncoder(net, normalize, bits, threshold, fine).eval().cpu()
     with torch.no_grad():
-        u, codes = enc(torch.as_tensor(images))
-    return u.numpy(), codes.numpy()
+        outs = enc(torch.as_tensor(images))
+    return tuple(o.numpy() for o in outs)

@@ -147,6 +147,8 @@ class BundleContents:
     training: Mapping[str, Any]
     doc: str = ""
     database: Mapping[str, Any] | None = None
+    #: the fitted fine code (rsir_train.fine_code.attach_fine_code); None: no fine_codes output
+    fine_code: Any = None
 
     def manifest(self) -> dict[str, Any]:
         """The manifest of this trained (not derived) bundle; the writer completes it."""
@@ -184,7 +186,7 @@ def write_trained_bundle(
 
     h, w = crop_size(contents.preprocess)
     model = export_onnx(contents.net, contents.normalize, contents.bits, h, w,
-                        contents.code_threshold, doc=contents.doc)
+                        contents.code_threshold, doc=contents.doc, fine=contents.fine_code)
     return write_bundle(out_dir, model, contents.manifest(), contents.database,
                         split=data.split, archive=recorded_archive(data))
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from rsir_sdk.codes import pack_codes
 
+from ..fine_code import attach_fine_code
 from ..pipeline import BundleContents, TrainingData, train_bundle, training_record
 from ..trainer import Progress
 from .trainer import AHCLConfig, AHCLResult, train_ahcl
@@ -91,6 +92,6 @@ def train_ahcl_bundle(
         data, out_dir, seed=config.seed, **{"protocol": "80-20", **split},
         train=lambda d: train_ahcl(d.archive, d.split, config, work_dir=work, resume=resume,
                                    progress=progress),
-        contents=lambda r, d: ahcl_contents(r, d, extra_training),
+        contents=lambda r, d: attach_fine_code(ahcl_contents(r, d, extra_training), d),
     )
     return (result, manifest, data_) if with_data else (result, manifest)

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from rsir_sdk.splits import Split
 
+from ..fine_code import attach_fine_code
 from ..pipeline import BundleContents, TrainingData, train_bundle, training_record
 from ..trainer import Progress
 from .model import CODE_THRESHOLD
@@ -75,5 +76,5 @@ def train_milan_bundle(
     return train_bundle(
         data, out_dir, seed=config.params.seed, **{"protocol": "60-40", **split},
         train=lambda d: train_milan(d.archive, d.split, config, progress=progress),
-        contents=lambda r, d: milan_contents(r, d, extra_training),
+        contents=lambda r, d: attach_fine_code(milan_contents(r, d, extra_training), d),
     )

@@ -15,7 +15,9 @@ real images of the archive read through the bundle's own preprocessing
 (:func:`rsir_train.graph.fold_static_pads`), which the input size fixed by the bundle allows.
 Three parts stay in float32 on purpose (:func:`rsir_train.graph.float_region`): the
 preprocessing at the input, the hash layer (the last weighted op before ``embedding``: it
-decides every bit's sign) and the bit packing after ``embedding`` (its sums must stay exact).
+decides every bit's sign) and the bit packing after ``embedding`` (its sums must stay exact);
+and, in a bundle with a fine code (issue 20), its head and packing (the nodes only
+``fine_codes`` depends on), for the same reasons.
 When the int8 bits agree with the parent's on less than ``target_agreement`` (99%) of held-out
 bits, it quantizes again keeping the first 3, 6, 12, 24 weighted layers in float too.
 
@@ -182,7 +184,8 @@ class _CheckSet:
 
 def _float_plan(model: Any, parent: Bundle, precision: str, quantize_hash_layer: bool,
                 keep_float: Sequence[str]) -> _FloatPlan:
-    pre, pack, head = float_region(model, parent.embedding_output)
+    fine = [parent.fine_output] if parent.fine_output else []
+    pre, pack, head = float_region(model, parent.embedding_output, fine)
     keep_head = precision == "int8" and not quantize_hash_layer and head is not None
     fixed = pre + pack + ([head] if keep_head and head else [])
     by_request = [n.name for n in model.graph.node
