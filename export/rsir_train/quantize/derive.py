@@ -296,10 +296,23 @@ def _parent_record(parent: Bundle, opts: QuantizeOptions, derived: _Derived, pla
             "fp16 needs no calibration: these images only measured agreement",
         },
         "bit_agreement": round(derived.bit_agreement, 6),
+        **_fine_agreement(parent, derived, calib, checked, opts),
         "agreement": {"images": len(checked.paths), "set": checked.name,
                       "codes_identical": round(derived.codes_identical, 6)},
         "note": "training.metrics are the parent's fp32 figures",
     }
+
+
+def _fine_agreement(parent: Bundle, derived: _Derived, calib: CalibrationSet,
+                    checked: _CheckSet, opts: QuantizeOptions) -> dict[str, Any]:
+    """``{"fine_bit_agreement": ...}`` on the check images for a parent with a fine code
+    (issue 20; its head stays in float), else nothing. Recorded, not a refusal criterion:
+    the retrieval codes' agreement decides, as before."""
+    if not parent.fine_output:
+        return {}
+    bits, _ = agreement(parent, derived.model_path, calib.root, checked.paths, opts.batch_size,
+                        opts.providers, opts.threads, output=parent.fine_output)
+    return {"fine_bit_agreement": round(bits, 6)}
 
 
 def _write_derived(onnx: Any, stage: Path, parent: Bundle, derived: _Derived, precision: str,

@@ -120,13 +120,11 @@ def convert_fp16(model: Any, exclude: list[str]) -> Any:
 
 def agreement(
     parent: Bundle, child_model: Path, root: Path, paths: Sequence[str], batch_size: int,
-    providers: Sequence[str] | None, threads: int | None,
+    providers: Sequence[str] | None, threads: int | None, output: str | None = None,
 ) -> tuple[float, float]:
     """``(bit agreement, fraction of identical codes)`` of the child's codes with the parent's
-    on the images ``paths`` under ``root``.
-
-    For a bundle with a fine code (issue 20) the bit agreement is the lower of the retrieval
-    codes' and the fine codes', so the retries that keep leading layers in float serve both."""
+    on the images ``paths`` under ``root``; ``output``: another packed output to compare (the
+    fine codes' ``parent.fine_output``, issue 20) instead of the retrieval codes."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -137,18 +135,17 @@ def agreement(
         ort.InferenceSession(str(p), sess_options=opts, providers=provs)
         for p in (parent.model_path, child_model)
     ]
-    names = [parent.codes_output] + ([parent.fine_output] if parent.fine_output else [])
-    agree, total = np.zeros(len(names)), np.zeros(len(names))
-    same = n = 0
+    name = output or parent.codes_output
+    agree = total = same = n = 0
     for batch in prepared_batches(root, paths, parent.preprocess, batch_size):
-        a_all, b_all = (s.run(names, {parent.input_name: batch}) for s in sessions)
-        for j, (a, b) in enumerate(zip(a_all, b_all)):
-            a_bits, b_bits = np.unpackbits(a, axis=1), np.unpackbits(b, axis=1)
-            agree[j] += int((a_bits == b_bits).sum())
-            total[j] += a_bits.size
-        same += int((a_all[0] == b_all[0]).all(axis=1).sum())
+        a, b = (s.run([name], {parent.input_name: batch})[0] for s in sessions)
+        a_bits = np.unpackbits(a, axis=1)
+        b_bits = np.unpackbits(b, axis=1)
+        agree += int((a_bits == b_bits).sum())
+        total += a_bits.size
+        same += int((a == b).all(axis=1).sum())
         n += len(batch)
-    return float((agree / np.maximum(total, 1)).min()), same / max(n, 1)
+    return agree / max(total, 1), same / max(n, 1)
 
 
 def ort_version() -> str:
