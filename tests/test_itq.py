@@ -65,7 +65,10 @@ def test_trains_on_a_folder_without_class_folders_then_index_and_search(
     with Retriever(bundle, uri=db, collection="flat") as r:
         assert r.count() == 40
         hits = r.search(files[3], k=3)
-    assert hits[0].distance == 0 and hits[0].id == files[3].name
+        same_code = {h.id for h in r.range_search(files[3], radius=0)}
+    # the file comes back at distance 0; 16-bit codes of 40 tiny-network images may collide, so
+    # it is one of the distance-0 hits, not necessarily the first (the fine code's job: issue 20)
+    assert hits[0].distance == 0 and files[3].name in same_code and hits[0].id in same_code
     # the exported graph and the fitted model agree (same codes from the same images)
     codes = Encoder(bundle).encode(files[:8])
     assert codes.shape == (8, 2)

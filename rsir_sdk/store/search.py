@@ -112,8 +112,9 @@ def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
             found.update((r["pk"], r) for r in res)
         return found
 
-    # queries per call: 1,000 (one round trip's fixed cost spread), fewer for a large k
-    step = max(1, min(1000, 2_000_000 // min(MAX_TOPK, 2 * k)))
+    # queries per call: 1,000 (one round trip's fixed cost spread), fewer for a large k, so
+    # that one answer (up to 2k hits a query with exact ties) stays well under gRPC's 64 MiB
+    step = max(1, min(1000, 500_000 // min(MAX_TOPK, 2 * k)))
     out: list[list[topk.Found]] = []
     for start in range(0, q.shape[0], step):
         data = [row.tobytes() for row in q[start : start + step]]
