@@ -65,7 +65,9 @@ def pooled_tap(net: nn.Module) -> tuple[nn.Module, bool]:
     input (AHCL's ``hash_layer``), ``(module, False)`` when its output (the ``backbone`` of
     MiLAN and ITQ, whose ``forward`` is stages + pooling)."""
     if hasattr(net, "hash_layer") and not hasattr(net, "embed_features"):
-        return net.hash_layer, True
+        layer = net.hash_layer
+        assert isinstance(layer, nn.Module)
+        return layer, True
     backbone = getattr(net, "backbone", None)
     if isinstance(backbone, nn.Module):
         return backbone, False

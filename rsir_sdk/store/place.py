@@ -158,8 +158,8 @@ def _vectorised(fps: list[Any], ts: list[Any],
     t = np.full(n, NO_TIME)
     try:
         for i, (f, x) in enumerate(zip(fps, ts)):
-            if (f is None or x is None) and metadata[i] and (
-                    "lonlat_bounds" in metadata[i] or "time" in metadata[i]):
+            meta = metadata[i]
+            if (f is None or x is None) and meta and ("lonlat_bounds" in meta or "time" in meta):
                 return None  # the metadata may say more: per item
             if f is not None:
                 if type(f) not in (tuple, list) or len(f) not in (2, 4) or any(
@@ -247,7 +247,7 @@ def near_topk(search: topk.SearchFn, fetch: topk.FetchFn, queries: Sequence[byte
                                           depth, expr, radius, fields, stats, exact_ties)]
         left = []
         for qi, row in zip(todo, found):
-            kept = [f for f in row if keep(f.entity)]
+            kept = [f for f in row if keep(f.entity or {})]
             if len(kept) >= k or len(row) < depth:
                 out[qi] = kept[:k]
             elif depth >= MAX_TOPK:

@@ -133,7 +133,7 @@ def to_hits(found: list[list[topk.Found]], wanted: Sequence[str]) -> list[list[H
     geo = "footprint" in wanted
 
     def hit(f: topk.Found) -> Hit:
-        e = f.entity
+        e = f.entity or {}
         where, when = place.hit_place(e) if geo else (None, None)
         return Hit(f.id, f.distance, (e.get("label") or "") if lab else "",
                    (e.get("path") or "") if pat else "", (e.get("metadata") or {}) if met else {},
