@@ -27,31 +27,31 @@ Connection errors, timeouts and 503 answers are retried ``HttpOptions.retries`` 
 exponential backoff (``backoff * 2**attempt``, at most ``max_backoff`` s; a 503's
 ``Retry-After`` is honoured up to ``max_backoff``). Writes are upserts by id, so retrying them is
 safe.
+
+This module holds the verbs: what each one checks, sends and reads back. The requests, retries
+and error mapping are :mod:`rsir_sdk.serve.transport` (:class:`HttpOptions` lives there and is
+re-exported here); the small wire conversions (filters, upload parts, the index summary) are
+:mod:`rsir_sdk.serve.wire`.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import io
 import json
-import logging
 import os
-import random
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import httpx
 import numpy as np
 
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
 from ..hits import Hit, StoredItem, hit_from_json, item_from_json
-from ..store import keys as store_keys
 from ..store import values as store_values
-from .errors import ServiceConnectionError, ServiceError, ServiceTimeoutError, exception_for
 from .geo_wire import footprints_to_wire, geo_to_wire, times_to_wire
+from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defined here
+from .transport import HttpOptions, HttpTransport
+from .wire import Filter, check_columns, finish_index, image_file, summary_from_json, wire_filter
 
 if TYPE_CHECKING:
     from ..archive import ArchiveListing
@@ -60,39 +60,9 @@ if TYPE_CHECKING:
     from ..options import IngestOptions
     from ..store import PrepareProgress
 
-log = logging.getLogger(__name__)
-
 ENCODER_HEADER = "X-Rsir-Encoder-Id"
-RETRY_STATUS = 503
-Filter = str | Mapping[str, Any] | None
 
 __all__ = ["HttpOptions", "RemoteRetriever"]
-
-
-@dataclass(frozen=True)
-class HttpOptions:
-    """How :class:`RemoteRetriever` talks HTTP, as one value.
-
-    ``timeout``: seconds per request. ``retries``: extra attempts after a connection error,
-    timeout or 503. ``backoff``/``max_backoff``: the first retry's delay and the longest one, in
-    seconds. ``index_timeout``: seconds an ``index``/``prepare_for_search`` request may take.
-    ``client``: an ``httpx.Client`` to use instead of a new one (its own timeout applies).
-    """
-
-    timeout: float = 30.0
-    retries: int = 3
-    backoff: float = 0.2
-    max_backoff: float = 5.0
-    index_timeout: float = 3600.0
-    client: httpx.Client | None = dataclasses.field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        for name in ("timeout", "backoff", "max_backoff", "index_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise InvalidInputError(f"{name} must be a number of seconds >= 0, got {value!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise InvalidInputError(f"retries must be an integer >= 0, got {self.retries!r}")
 
 
 class RemoteRetriever:
@@ -117,12 +87,8 @@ class RemoteRetriever:
             opts = dataclasses.replace(opts, retries=retries)
         self.http = opts
         self.url = url.rstrip("/")
-        self._own_client = self.http.client is None
-        self._http = self.http.client or httpx.Client(timeout=self.http.timeout)
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        #: bytes of request bodies sent, total and by the last request (codes vs uploads)
-        self.bytes_sent = 0
-        self.last_request_bytes = 0
+        self._transport = HttpTransport(self.url, token, opts)
+        self._request = self._transport.request  # every verb's one way to ask the service
         self._info: dict[str, Any] | None = None
         self.encoder = None
         try:
@@ -143,63 +109,23 @@ class RemoteRetriever:
         """Extra attempts after a connection error, timeout or 503."""
         return self.http.retries
 
-    # ----------------------------------------------------------------- transport
-    def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                 content: bytes | None = None, json_body: Any = None, files: Any = None,
-                 data: Any = None, headers: Mapping[str, str] | None = None,
-                 timeout: float | None = None) -> Any:
-        """Send one request with retries; the decoded JSON answer, or the mapped exception."""
-        hdrs = {**self._headers, **(headers or {})}
-        if json_body is not None:
-            content = json.dumps(json_body, ensure_ascii=False).encode()
-            hdrs["Content-Type"] = "application/json"
-        request = self._http.build_request(
-            method, self.url + path, params=params, content=content, files=files, data=data,
-            headers=hdrs, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
-        body = request.read() if files is not None else (content or b"")
-        attempt = 0
-        while True:
-            try:
-                response = self._http.send(request)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                if attempt >= self.http.retries:
-                    raise self._transport_error(exc) from None
-                self._sleep(attempt, None, f"{exc.__class__.__name__}")
-                attempt += 1
-                continue
-            self.last_request_bytes = len(body)
-            self.bytes_sent += len(body)
-            if response.status_code == RETRY_STATUS and attempt < self.http.retries:
-                self._sleep(attempt, _retry_after(response), "503")
-                attempt += 1
-                continue
-            return self._decode(response)
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of request bodies sent so far (codes vs uploads)."""
+        return self._transport.bytes_sent
 
-    def _transport_error(self, exc: Exception) -> Exception:
-        n = self.http.retries + 1
-        if isinstance(exc, httpx.TimeoutException):
-            return ServiceTimeoutError(f"no answer from {self.url} in time after {n} attempts "
-                                       f"({exc.__class__.__name__})", 504, "ServiceTimeoutError")
-        return ServiceConnectionError(f"cannot reach {self.url} after {n} attempts "
-                                      f"({exc.__class__.__name__})", 0, "ServiceConnectionError")
+    @bytes_sent.setter
+    def bytes_sent(self, value: int) -> None:
+        self._transport.bytes_sent = value
 
-    def _sleep(self, attempt: int, retry_after: float | None, why: str) -> None:
-        delay = min(self.http.max_backoff, self.http.backoff * (2 ** attempt))
-        delay *= 0.5 + random.random() / 2  # jitter: clients that failed together spread out
-        if retry_after is not None:
-            delay = min(self.http.max_backoff, max(delay, retry_after))
-        log.info("retrying %s in %.2f s (%s)", self.url, delay, why)
-        time.sleep(delay)
+    @property
+    def last_request_bytes(self) -> int:
+        """Bytes of the last request's body."""
+        return self._transport.last_request_bytes
 
-    @staticmethod
-    def _decode(response: httpx.Response) -> Any:
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if response.status_code >= 400:
-            raise exception_for(response.status_code, payload, _retry_after(response))
-        return payload
+    @last_request_bytes.setter
+    def last_request_bytes(self, value: int) -> None:
+        self._transport.last_request_bytes = value
 
     # ----------------------------------------------------------------- service
     def info(self) -> dict[str, Any]:
@@ -220,11 +146,7 @@ class RemoteRetriever:
     def ready(self) -> bool:
         """Whether the service takes work now (``GET /readyz``: its store answers and it is not
         shutting down); one attempt, no retries; ``False`` when it cannot be reached."""
-        try:
-            response = self._http.get(self.url + "/readyz")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return self._transport.answers_ok("/readyz")
 
     def _limits(self) -> dict[str, Any]:
         if self._info is None:
@@ -258,7 +180,7 @@ class RemoteRetriever:
         """Query parameters of a search, checked as the local store checks them; ``where``:
         place and period as :func:`~rsir_sdk.serve.geo_wire.geo_to_wire` gave them."""
         params: dict[str, Any] = {"k": store_values.k(k)}
-        wire = _wire_filter(filter)
+        wire = wire_filter(filter)
         if wire is not None:
             params["filter"] = json.dumps(wire, ensure_ascii=False)
         radius = store_values.radius(radius)
@@ -297,10 +219,10 @@ class RemoteRetriever:
             if "radius" in params:
                 body["radius"] = params["radius"]
             if "filter" in params:
-                body["filter"] = _wire_filter(filter)
+                body["filter"] = wire_filter(filter)
             payload = self._request("POST", "/v1/search", json_body=body)
         else:
-            name, data, mime = _image_file(img)
+            name, data, mime = image_file(img)
             payload = self._request("POST", "/v1/search", params=params, content=data,
                                     headers={"Content-Type": mime})
         return self._hits(payload["hits"])
@@ -317,7 +239,7 @@ class RemoteRetriever:
             return self.search_codes(self._encode(imgs, batch_size), k, filter, radius, **where)
         out: list[list[Hit]] = []
         for part in self._chunks(len(imgs), self._upload_size(batch_size)):
-            files = [("image", _image_file(x)) for x in imgs[part]]
+            files = [("image", image_file(x)) for x in imgs[part]]
             payload = self._request("POST", "/v1/search/batch", params=params, files=files)
             out += [self._hits(r) for r in payload["results"]]
         return out
@@ -378,7 +300,7 @@ class RemoteRetriever:
         ids = store_values.ids(ids)
         if len(ids) != len(images):
             raise InvalidInputError(f"{len(images)} images but {len(ids)} ids")
-        _check_columns(ids, labels, paths, metadata)
+        check_columns(ids, labels, paths, metadata)
         places = footprints_to_wire(footprints, ids)
         when = times_to_wire(times, ids)
         if self.encoder is not None:
@@ -391,7 +313,7 @@ class RemoteRetriever:
                               ("footprints", places), ("times", when)):
                 if col is not None:
                     form[name] = json.dumps(list(col)[part])
-            files = [("image", _image_file(x)) for x in images[part]]
+            files = [("image", image_file(x)) for x in images[part]]
             written += int(self._request("POST", "/v1/items", files=files, data=form)["written"])
         return written
 
@@ -407,7 +329,7 @@ class RemoteRetriever:
         ids = store_values.ids(ids)
         if len(ids) != len(packed):
             raise InvalidInputError(f"{len(ids)} ids but {len(packed)} codes")
-        _check_columns(ids, labels, paths, metadata)
+        check_columns(ids, labels, paths, metadata)
         footprints = footprints_to_wire(footprints, ids)
         times = times_to_wire(times, ids)
         written = 0
@@ -468,8 +390,8 @@ class RemoteRetriever:
         payload = self._request("POST", "/v1/index", json_body={
             "archive": os.fspath(archive), "options": opts.to_json()},
             timeout=self.http.index_timeout)
-        summary = _summary_from_json(payload, self.url)
-        _finish_index(summary, report, progress)
+        summary = summary_from_json(payload, self.url)
+        finish_index(summary, report, progress)
         return summary
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -495,15 +417,14 @@ class RemoteRetriever:
               time: Any = None) -> int:
         """Number of items (matching ``filter``: a dict or, where the service allows it, a
         Milvus expression string; and the place and period)."""
-        wire = _wire_filter(filter)
+        wire = wire_filter(filter)
         params = {} if wire is None else {"filter": json.dumps(wire, ensure_ascii=False)}
         params.update({key: json.dumps(v) for key, v in geo_to_wire(bbox, near, time).items()})
         return int(self._request("GET", "/v1/count", params=params)["count"])
 
     def close(self) -> None:
         """Close the HTTP connections (the service keeps running)."""
-        if self._own_client:
-            self._http.close()
+        self._transport.close()
 
     def __enter__(self) -> "RemoteRetriever":
         return self
@@ -515,96 +436,3 @@ class RemoteRetriever:
         edge = f", bundle={self.encoder.bundle.encoder_id!r}" if self.encoder else ""
         return f"RemoteRetriever({self.url!r}{edge})"
 
-
-def _wire_filter(filter: Filter) -> dict[str, Any] | str | None:
-    """A filter checked as the local store checks it (:func:`build_filter`), in its JSON form
-    (``None`` when it filters nothing)."""
-    expr = store_keys.build_filter(filter)
-    if not expr:
-        return None
-    if isinstance(filter, str):
-        return expr
-    assert filter is not None
-    return {key: list(v) if isinstance(v, (list, tuple, set, frozenset)) else v
-            for key, v in filter.items()}
-
-
-def _check_columns(ids: list[str], labels: Any, paths: Any, metadata: Any) -> None:
-    """Refuse bad labels, paths or metadata before any image is read or request sent."""
-    store_values.labels(labels, len(ids))
-    store_values.paths(paths, len(ids))
-    store_values.metadata(metadata, ids)
-
-
-def _summary_from_json(obj: Mapping[str, Any], url: str) -> IngestSummary:
-    """The :class:`~rsir_sdk.ingest.IngestSummary` that ``POST /v1/index`` answered."""
-    from ..failures import Failure
-    from ..ingest import IngestSummary
-
-    try:
-        return IngestSummary(
-            total=int(obj["total"]), indexed=int(obj["indexed"]), skipped=int(obj["skipped"]),
-            failed=[Failure(**f) for f in obj.get("failures") or []],
-            ignored=int(obj.get("ignored") or 0),
-            ignored_examples=list(obj.get("ignored_examples") or []),
-            seconds=float(obj.get("seconds") or 0.0), collection=str(obj.get("collection", "")),
-            uri=url, prepare=obj.get("prepare"), bulk=obj.get("bulk"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ServiceError(f"the service's index answer is not a summary ({exc})", 502,
-                           "ServiceError") from None
-
-
-def _finish_index(summary: IngestSummary, report: Any,
-                  progress: Callable[[IngestProgress], None] | None) -> None:
-    """Write the local failure report and the final progress of a remote ingestion."""
-    from ..failures import FailureReport
-    from ..ingest import IngestProgress
-
-    if report is not None:
-        own = not isinstance(report, FailureReport)
-        rep = FailureReport(report) if own else report
-        for failure in summary.failed:
-            rep.add(failure)
-        if own:
-            rep.close()
-            summary.report = str(rep.path) if summary.failed else None
-    if progress is not None:
-        progress(IngestProgress(total=summary.total, indexed=summary.indexed,
-                                encoded=summary.indexed, skipped=summary.skipped,
-                                failed=len(summary.failed)))
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-def _image_file(img: Any) -> tuple[str, bytes, str]:
-    """``(name, bytes, content type)`` of an image source, for an upload.
-
-    Paths and bytes travel as they are (the service decodes them exactly as a local Retriever
-    would); PIL images and arrays are sent as lossless PNG.
-    """
-    if isinstance(img, (str, os.PathLike)):
-        from ..errors import ImageLoadError
-
-        if not os.path.isfile(img):
-            raise ImageLoadError(str(img), "no such file" if not os.path.exists(img) else "not a file")
-        with open(img, "rb") as fh:
-            return os.path.basename(str(img)), fh.read(), "application/octet-stream"
-    if isinstance(img, (bytes, bytearray, memoryview)):
-        return "image", bytes(img), "application/octet-stream"
-    if hasattr(img, "read"):
-        data = img.read()
-        return os.path.basename(str(getattr(img, "name", "image"))), data, \
-            "application/octet-stream"
-    from PIL import Image
-
-    from ..images import load_image
-
-    buf = io.BytesIO()
-    Image.fromarray(load_image(img)).save(buf, format="PNG")  # the pixels a Retriever would use
-    return "image.png", buf.getvalue(), "image/png"

@@ -9,7 +9,8 @@ top-k, ties by the digest of the id), :mod:`.search` (the calls and a lean hit c
 :mod:`.rpc` (calls, retries, one-line errors), :mod:`.lite` (Milvus Lite's server process and
 file), :mod:`.server` (a server collection made ready to search: sealed, indexed, calibrated),
 :mod:`.bulk` (bulk import with a journal), :mod:`.writes` (the one writer: creation, checked
-writes), :mod:`.collection` (the store), :mod:`.admin` (collections at a uri).
+writes), :mod:`.reads` (reads by id: by primary-key digest, checked), :mod:`.collection` (the
+store), :mod:`.admin` (collections at a uri).
 """
 
 import os as _os

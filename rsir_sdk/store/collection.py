@@ -15,6 +15,7 @@ distance ``<= r``. Results are sorted by (distance, digest of the id), exactly (
 
 On a server, call :meth:`MilvusCodeStore.prepare_for_search` after a large write (``rsir index``
 and the Retriever do): the first search is then as fast as the hundredth (:mod:`.server`).
+The class is thin: writes go through :mod:`.writes`, reads by id through :mod:`.reads`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..errors import (
 )
 from ..geo import GeoFilter
 from ..hits import Hit, StoredItem
-from . import keys, place, server, values
+from . import keys, place, reads, server, values
 from . import search as searching
 from .connect import Connection, ConnectOptions
 from .schema import (
@@ -270,7 +271,7 @@ class MilvusCodeStore:
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
-        present = self._by_pk(ids, ["pk", "id"])
+        present = reads.by_pk(self, ids, ["pk", "id"])
         pks = [keys.digest(i) for i in present]
         for start in range(0, len(pks), PK_CHUNK):
             self._conn.call("delete", self.collection,
@@ -281,49 +282,18 @@ class MilvusCodeStore:
         return len(pks)
 
     # ----------------------------------------------------------------- reads
-    def _by_pk(self, ids: Iterable[str], fields: list[str]) -> dict[str, dict[str, Any]]:
-        """``{id: row}`` of the given ids that the collection holds (by primary-key digest)."""
-        wanted = values.lookup_ids(ids)
-        if not wanted or not self.exists:
-            return {}
-        pks = {keys.digest(i): i for i in wanted}
-        order = list(pks)
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(order), PK_CHUNK):
-            chunk = order[start : start + PK_CHUNK]
-            res = self._conn.call("query", self.collection, filter=keys.in_list("pk", chunk),
-                                  output_fields=fields, read=True,
-                                  what=f"reading ids from {self.collection!r}")
-            for row in res:
-                item_id = pks.get(row.get("pk"))
-                if item_id is None or row.get("id") != item_id:
-                    raise StoreError(
-                        f"collection {self.collection!r} holds a row whose id does not match its "
-                        f"primary key ({row.get('id')!r:.80}); the collection is damaged: rebuild it"
-                    )
-                found[item_id] = row
-        return found
-
     def get(self, ids: Iterable[str]) -> list[StoredItem]:
         """Fetch stored items by id (missing ids are left out), in the order asked."""
-        wanted = values.lookup_ids(ids)
-        found = self._by_pk(wanted, ["pk", "id", "code", "label", "path", "metadata"])
-        return [
-            StoredItem(id=i, code=server._code(found[i]["code"]).copy(),
-                       label=found[i].get("label", ""), path=found[i].get("path", ""),
-                       metadata=dict(found[i].get("metadata") or {}))
-            for i in wanted if i in found
-        ]
+        return reads.get(self, ids)
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         """The subset of ``ids`` that the collection holds."""
-        return set(self._by_pk(ids, ["pk", "id"]))
+        return reads.existing_ids(self, ids)
 
     def iter_ids(self) -> Iterator[str]:
         """Every stored id, once each, in no particular order (read in ranges of the hashed
         primary keys, so it works alike on Milvus Lite and a server, at any size)."""
-        if self.exists:
-            yield from searching.iter_ids(self._conn, self.collection, self.count())
+        return reads.iter_ids(self)
 
     def count(self, filter: Filter = None, *, geo: GeoFilter | None = None) -> int:
         """Number of items (matching ``filter`` and the place/period filter ``geo`` when

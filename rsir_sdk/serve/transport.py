@@ -1,0 +1,161 @@
+"""The HTTP transport of :class:`~rsir_sdk.serve.client.RemoteRetriever`: one request, retried.
+
+:class:`HttpOptions` says how the client talks HTTP (timeouts, retries, backoff, an own
+``httpx.Client``); :class:`HttpTransport` sends one request with those options and hands back
+the decoded JSON answer, or raises the exception class the service's JSON ``error`` kind names
+(:func:`rsir_sdk.serve.errors.exception_for`). It knows nothing of retrieval: what to send and
+what the answer means stay in :mod:`rsir_sdk.serve.client`, so that the verbs read as verbs and
+the retry rules live in one place.
+
+Connection errors, timeouts and 503 answers are retried ``HttpOptions.retries`` times with
+exponential backoff (``backoff * 2**attempt``, at most ``max_backoff`` s, with jitter so that
+clients that failed together spread out; a 503's ``Retry-After`` is honoured up to
+``max_backoff``). Writes are upserts by id, so retrying them is safe. The bytes of request
+bodies sent are counted (``bytes_sent``, ``last_request_bytes``): codes vs image uploads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import httpx
+
+from ..errors import InvalidInputError
+from .errors import ServiceConnectionError, ServiceTimeoutError, exception_for
+
+# the name it had before the transport got its own module: logging set up for it still applies
+log = logging.getLogger("rsir_sdk.serve.client")
+
+RETRY_STATUS = 503
+
+__all__ = ["HttpOptions", "HttpTransport", "RETRY_STATUS"]
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """How :class:`RemoteRetriever` talks HTTP, as one value.
+
+    ``timeout``: seconds per request. ``retries``: extra attempts after a connection error,
+    timeout or 503. ``backoff``/``max_backoff``: the first retry's delay and the longest one, in
+    seconds. ``index_timeout``: seconds an ``index``/``prepare_for_search`` request may take.
+    ``client``: an ``httpx.Client`` to use instead of a new one (its own timeout applies).
+    """
+
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 0.2
+    max_backoff: float = 5.0
+    index_timeout: float = 3600.0
+    client: httpx.Client | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "backoff", "max_backoff", "index_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InvalidInputError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise InvalidInputError(f"retries must be an integer >= 0, got {self.retries!r}")
+
+
+class HttpTransport:
+    """Requests to one service: its base ``url`` (no trailing ``/``), its bearer ``token``
+    (sent with every request when given) and the :class:`HttpOptions`.
+
+    The ``httpx.Client`` is ``options.client`` when given (left open by :meth:`close`), else a
+    new one this transport owns and closes.
+    """
+
+    def __init__(self, url: str, token: str | None, options: HttpOptions):
+        self.url = url
+        self.options = options
+        self.own_client = options.client is None
+        self.client = options.client or httpx.Client(timeout=options.timeout)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        #: bytes of request bodies sent, total and by the last request (codes vs uploads)
+        self.bytes_sent = 0
+        self.last_request_bytes = 0
+
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                content: bytes | None = None, json_body: Any = None, files: Any = None,
+                data: Any = None, headers: Mapping[str, str] | None = None,
+                timeout: float | None = None) -> Any:
+        """Send one request with retries; the decoded JSON answer, or the mapped exception."""
+        hdrs = {**self.headers, **(headers or {})}
+        if json_body is not None:
+            content = json.dumps(json_body, ensure_ascii=False).encode()
+            hdrs["Content-Type"] = "application/json"
+        request = self.client.build_request(
+            method, self.url + path, params=params, content=content, files=files, data=data,
+            headers=hdrs, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+        body = request.read() if files is not None else (content or b"")
+        attempt = 0
+        while True:
+            try:
+                response = self.client.send(request)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if attempt >= self.options.retries:
+                    raise self._transport_error(exc) from None
+                self._sleep(attempt, None, f"{exc.__class__.__name__}")
+                attempt += 1
+                continue
+            self.last_request_bytes = len(body)
+            self.bytes_sent += len(body)
+            if response.status_code == RETRY_STATUS and attempt < self.options.retries:
+                self._sleep(attempt, _retry_after(response), "503")
+                attempt += 1
+                continue
+            return self._decode(response)
+
+    def answers_ok(self, path: str) -> bool:
+        """Whether ``GET path`` answers 200: one attempt, no retries, no token; ``False`` when
+        the service cannot be reached."""
+        try:
+            response = self.client.get(self.url + path)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def close(self) -> None:
+        """Close the ``httpx.Client`` if this transport made it."""
+        if self.own_client:
+            self.client.close()
+
+    def _transport_error(self, exc: Exception) -> Exception:
+        n = self.options.retries + 1
+        if isinstance(exc, httpx.TimeoutException):
+            return ServiceTimeoutError(f"no answer from {self.url} in time after {n} attempts "
+                                       f"({exc.__class__.__name__})", 504, "ServiceTimeoutError")
+        return ServiceConnectionError(f"cannot reach {self.url} after {n} attempts "
+                                      f"({exc.__class__.__name__})", 0, "ServiceConnectionError")
+
+    def _sleep(self, attempt: int, retry_after: float | None, why: str) -> None:
+        delay = min(self.options.max_backoff, self.options.backoff * (2 ** attempt))
+        delay *= 0.5 + random.random() / 2  # jitter: clients that failed together spread out
+        if retry_after is not None:
+            delay = min(self.options.max_backoff, max(delay, retry_after))
+        log.info("retrying %s in %.2f s (%s)", self.url, delay, why)
+        time.sleep(delay)
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> Any:
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code >= 400:
+            raise exception_for(response.status_code, payload, _retry_after(response))
+        return payload
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,70 @@
+"""Reads by id of a :class:`~rsir_sdk.store.MilvusCodeStore`: ``get``, ``existing_ids``,
+``iter_ids`` and the primary-key lookup that ``delete`` shares.
+
+Why a module of its own: every read by id follows one rule, kept in one place. A user's id never
+enters an expression; it is looked up by its primary key, the digest of the id (:mod:`.keys`),
+in requests of at most ``PK_CHUNK`` keys, and each row that comes back must carry the id its key
+was made from (else the collection is damaged and the read says so). A collection never written
+holds nothing: these reads return nothing and create nothing. The store's methods of the same
+names delegate here (:mod:`.collection` keeps the class; :mod:`.search` lists ids by key range).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ..errors import StoreError
+from ..hits import StoredItem
+from . import keys, server, values
+from . import search as searching
+from .schema import PK_CHUNK
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .collection import MilvusCodeStore
+
+
+def by_pk(store: "MilvusCodeStore", ids: Iterable[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+    """``{id: row}`` of the given ids that the collection holds (by primary-key digest)."""
+    wanted = values.lookup_ids(ids)
+    if not wanted or not store.exists:
+        return {}
+    pks = {keys.digest(i): i for i in wanted}
+    order = list(pks)
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(order), PK_CHUNK):
+        chunk = order[start : start + PK_CHUNK]
+        res = store._conn.call("query", store.collection, filter=keys.in_list("pk", chunk),
+                               output_fields=fields, read=True,
+                               what=f"reading ids from {store.collection!r}")
+        for row in res:
+            item_id = pks.get(row.get("pk"))
+            if item_id is None or row.get("id") != item_id:
+                raise StoreError(
+                    f"collection {store.collection!r} holds a row whose id does not match its "
+                    f"primary key ({row.get('id')!r:.80}); the collection is damaged: rebuild it"
+                )
+            found[item_id] = row
+    return found
+
+
+def get(store: "MilvusCodeStore", ids: Iterable[str]) -> list[StoredItem]:
+    """Stored items by id (missing ids are left out), in the order asked."""
+    wanted = values.lookup_ids(ids)
+    found = by_pk(store, wanted, ["pk", "id", "code", "label", "path", "metadata"])
+    return [
+        StoredItem(id=i, code=server._code(found[i]["code"]).copy(),
+                   label=found[i].get("label", ""), path=found[i].get("path", ""),
+                   metadata=dict(found[i].get("metadata") or {}))
+        for i in wanted if i in found
+    ]
+
+
+def existing_ids(store: "MilvusCodeStore", ids: Iterable[str]) -> set[str]:
+    """The subset of ``ids`` that the collection holds."""
+    return set(by_pk(store, ids, ["pk", "id"]))
+
+
+def iter_ids(store: "MilvusCodeStore") -> Iterator[str]:
+    """Every stored id, once each (lazily: nothing is asked before the first id is wanted)."""
+    if store.exists:
+        yield from searching.iter_ids(store._conn, store.collection, store.count())
