@@ -60,8 +60,9 @@ SCENE_PREPROCESS: dict[str, Any] = {"resize": None}
 #: fields that do not change the trained model (a checkpoint may be resumed with others)
 RUN_ONLY = ("device", "eval_every", "cache_dir", "amp")
 #: model selection (``schedule="auto"``, ``select="auto"``): below this many training images
-#: the run chooses among :data:`CANDIDATES` on the validation split, above it it trains the
-#: auto schedule only (best validated epoch kept), so a full-size run costs what it did
+#: the run chooses among :data:`CANDIDATES` on the validation split; from this many on it
+#: trains the auto schedule on the whole train side as before (the full-set rows of
+#: docs/results.md); ``select="on"`` validates the auto schedule alone at that size
 SMALL_ARCHIVE = 1000
 #: the schedules a small archive chooses among, in order (a tie goes to the earlier):
 #: ``auto`` (above), ``authors`` (:data:`AUTHORS`), ``short`` (cosine, the auto lr, 30 epochs:

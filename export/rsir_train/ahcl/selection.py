@@ -22,7 +22,8 @@ schedule was chosen on 1,920 training images; on a 336-image archive it runs 100
    in steps (at most 100 epochs of a small fit part; patience usually stops it sooner), so the
    whole choice costs at most a few times one auto run of a few hundred images. The one with
    the best validation figure is chosen (a tie goes to the earlier in that order). Larger
-   archives train the ``auto`` schedule only, so a full-size run costs what it did.
+   archives are selected on only with ``select="on"`` (the ``auto`` schedule alone); under
+   ``select="auto"`` they train as before selection existed (the trainer decides).
 5. **What is exported**: the chosen schedule's best validated network, kept as it is (not
    retrained on the whole train side: a refit doubles the run and its last epoch would be
    exported unvalidated). Its database codes are completed by one closed-form V update
