@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -594,3 +595,105 @@ def test_the_vectorised_write_path_stores_what_the_per_item_path_stores():
     mixed = place.columns(ids, meta, fps, ts)
     assert np.array_equal(mixed[1::3, :6], fast[1::3, :6])
     assert (mixed[0::3, 6] == _epoch("2020-01-01T00:00:00Z")).all()
+
+
+def _popcount(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.unpackbits(np.bitwise_xor(a, b), axis=-1).sum(axis=-1)
+
+
+def _http_matches_local(world: dict, url: str, local: Retriever, queries: list[dict],
+                        qcodes: np.ndarray, lite: Retriever | None = None) -> dict:
+    """For each query: RemoteRetriever and raw HTTP against ``url`` give exactly the local
+    Retriever's hits (every field), which are the brute force's items in the store's order,
+    with the synthetic codes' true Hamming distances; counts agree everywhere."""
+    import httpx
+
+    from rsir_sdk.serve.client import RemoteRetriever
+
+    total = len(world["truth"])
+    syn_index = {x["id"]: i for i, x in enumerate(world["synthetic"])}
+    seen = {"inside": 0, "unsure": 0, "empty": 0, "across": 0}
+    with RemoteRetriever(url) as remote:
+        assert remote.count() == local.count() == total
+        full = [[h.id for h in row] for row in local.search_codes(qcodes, k=total)]
+        assert [[h.id for h in row] for row in remote.search_codes(qcodes, k=total)] == full
+        for qi, q in enumerate(queries):
+            code = qcodes[qi % len(qcodes): qi % len(qcodes) + 1]
+            kw = _kw(q)
+            here = local.search_codes(code, k=total, **kw)[0]
+            there = remote.search_codes(code, k=total, **kw)[0]
+            assert there == here, (qi, q)                       # ids, distances, footprint, time
+            got = [h.id for h in here]
+            inside, unsure = _check(world, got, **_oracle_q(q))
+            seen["inside"] += inside
+            seen["unsure"] += unsure
+            seen["empty"] += not got
+            seen["across"] += "bbox" in q and q["bbox"][0] > q["bbox"][2] and bool(got)
+            assert got == [i for i in full[qi % len(qcodes)] if i in set(got)], (qi, q)
+            for h in here:
+                if h.id in syn_index:
+                    assert h.distance == int(_popcount(world["codes"][syn_index[h.id]], code[0])), h
+            if lite is not None:
+                assert [(h.id, h.distance) for h in lite.search_codes(code, k=total, **kw)[0]] == \
+                    [(h.id, h.distance) for h in here], (qi, q)
+            assert remote.search_codes(code, k=3, **kw)[0] == here[:3], (qi, q)
+            assert remote.count(**kw) == local.count(**kw) == len(got), (qi, q)
+            # raw HTTP, constraints as query-string text: codes as bytes, and GET /v1/count
+            text = {}
+            for name in ("bbox", "near"):
+                if name in kw:
+                    text[name] = ",".join(repr(float(v)) for v in kw[name])
+            if "time" in kw:
+                text["time"] = kw["time"]
+            raw = httpx.post(f"{url}/v1/search/codes", params={"k": total, **text},
+                             content=code.tobytes(),
+                             headers={"Content-Type": "application/octet-stream"}, timeout=60)
+            assert raw.status_code == 200, raw.text
+            assert [(h["id"], h["distance"]) for h in raw.json()["results"][0]] == \
+                [(h.id, h.distance) for h in here], (qi, text)
+            raw = httpx.get(f"{url}/v1/count", params=text, timeout=60)
+            assert raw.status_code == 200 and raw.json()["count"] == len(got), (qi, text, raw.text)
+    return seen
+
+
+def test_http_searches_and_counts_equal_local_and_the_brute_force(world, tmp_path, request):
+    """``rsir serve`` over the geo archive (a copy of the Lite file, then the same items on the
+    Milvus server when one is available): through RemoteRetriever and raw HTTP, seeded random
+    boxes (some across 180°), points with radii and periods give exactly the local hits and
+    the brute force's items."""
+    from serve_support import ServerProcess, copy_db
+
+    rng = np.random.default_rng(15)
+    qcodes = np.concatenate([rng.integers(0, 256, (2, 8), dtype=np.uint8), world["codes"][3:4]])
+    queries = _queries(15, 9)
+    total = len(world["truth"])
+    assert sum("bbox" in q and q["bbox"][0] > q["bbox"][2] for q in queries) >= 2
+    served = copy_db(Path(world["db"]), tmp_path / "served")
+    server = ServerProcess([world["bundle"], "--uri", served, "--collection", "geo",
+                            "--max-k", max(total, 10)], tmp_path / "serve-lite.log")
+    try:
+        with Retriever(world["bundle"], uri=world["db"], collection="geo") as local:
+            seen = _http_matches_local(world, server.url, local, queries, qcodes)
+    finally:
+        assert server.stop() == 0, server.log[-3000:]
+    assert seen["inside"] > 150 and seen["unsure"] < seen["inside"] / 20, seen
+    assert seen["empty"] < len(queries) / 2 and seen["across"] >= 1, seen
+
+    try:
+        server_uri = request.getfixturevalue("server_uri")
+    except pytest.skip.Exception:
+        return  # no Milvus server here: the Lite half above still ran
+    name = "geo_search_http"
+    with Retriever(world["bundle"], uri=server_uri, collection=name) as r:
+        r.store.drop()
+        _fill(r, world)
+        r.prepare_for_search()
+        server = ServerProcess([world["bundle"], "--uri", server_uri, "--collection", name,
+                                "--max-k", max(total, 10)], tmp_path / "serve-milvus.log")
+        try:
+            with Retriever(world["bundle"], uri=world["db"], collection="geo") as lite:
+                seen = _http_matches_local(world, server.url, r, queries[:12], qcodes, lite=lite)
+        finally:
+            assert server.stop() == 0, server.log[-3000:]
+            r.store.drop()
+    assert seen["inside"] > 100 and seen["unsure"] < seen["inside"] / 20, seen
