@@ -214,7 +214,11 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
     else:
         source = "pooled features of the frozen backbone"
     x = np.asarray(features, dtype=np.float32)
-    cfg = dataclasses.replace(config, bits=_usable_bits(config.bits, config, x))
+    try:
+        cfg = dataclasses.replace(config, bits=_usable_bits(config.bits, config, x))
+    except ValueError as exc:  # a tiny archive: the bundle works without one (Encoder.fine_bits None)
+        log.warning("no fine code in this bundle: %s", exc)
+        return contents
     code = fit_fine_code(x, cfg)
     name = getattr(data.archive, "name", "") or "archive"
     fitted_on = f"train side of {name}: {len(x)} images, {source} (no labels)"
