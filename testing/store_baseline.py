@@ -83,6 +83,54 @@ def make_format1_collection(uri: str, name: str) -> None:
     lite.stop_server(uri)
 
 
+def make_format2_collection(uri: str, name: str) -> None:
+    """An empty Milvus Lite collection as rsir-sdk made it before place fields existed (store
+    format 2: digest primary key, no lon/lat/time fields); the Lite server is stopped after."""
+    from pymilvus import DataType, MilvusClient
+
+    lite.isolate()
+    client = MilvusClient(uri=uri)
+    try:
+        schema = MilvusClient.create_schema(auto_id=False, description=json.dumps(
+            {"rsir": {"format": 2, "bits": 64, "encoder": None}}))
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
+        schema.add_field("id", DataType.VARCHAR, max_length=4096)
+        schema.add_field("code", DataType.BINARY_VECTOR, dim=64)
+        for f, n in (("label", 512), ("label_h", 32), ("path", 4096), ("path_h", 32)):
+            schema.add_field(f, DataType.VARCHAR, max_length=n)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("meta_h", DataType.JSON)
+        index = client.prepare_index_params()
+        index.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")
+        client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    finally:
+        client.close()
+        lite.stop_server(uri)
+
+
+def rows_matching(uri: str, fields: Sequence[str], rows: Sequence[dict[str, float]],
+                  expressions: Sequence[str]) -> list[set[int]]:
+    """For each Milvus expression, the positions of ``rows`` (DOUBLE ``fields``) that a bare
+    Milvus Lite collection returns for it: the engine's own reading of the expressions."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri)
+    try:
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("code", DataType.BINARY_VECTOR, dim=8)
+        for name in fields:
+            schema.add_field(name, DataType.DOUBLE)
+        index = client.prepare_index_params()
+        index.add_index("code", index_type="BIN_FLAT", metric_type="HAMMING")
+        client.create_collection("rows", schema=schema, index_params=index)
+        client.insert("rows", [{"id": i, "code": b"\x00", **r} for i, r in enumerate(rows)])
+        return [{g["id"] for g in client.query("rows", filter=e, output_fields=["id"], limit=16384)}
+                for e in expressions]
+    finally:
+        client.close()
+
+
 def milvus_error(code: int, message: str) -> Exception:
     """A ``pymilvus.exceptions.MilvusException`` as pymilvus raises it."""
     from pymilvus.exceptions import MilvusException

@@ -29,6 +29,7 @@ from rsir_sdk import Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.errors import CollectionMismatchError, InvalidInputError
 from rsir_sdk.store import MilvusCodeStore, tie_order
+from testing.store_baseline import make_format2_collection
 
 pytest.importorskip("pyproj")
 
@@ -415,35 +416,9 @@ def test_bad_footprints_times_and_filters_are_one_line_and_write_nothing(world, 
         assert not store.exists
 
 
-def _old_layout(db: str, name: str) -> None:
-    """A collection as rsir-sdk made it before place fields existed (format 2)."""
-    from pymilvus import DataType, MilvusClient  # noqa: TID251 - a bare old layout on purpose
-
-    from rsir_sdk.store import lite
-
-    lite.isolate()
-    client = MilvusClient(uri=db)
-    try:
-        schema = MilvusClient.create_schema(auto_id=False, description=json.dumps(
-            {"rsir": {"format": 2, "bits": 64, "encoder": None}}))
-        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
-        schema.add_field("id", DataType.VARCHAR, max_length=4096)
-        schema.add_field("code", DataType.BINARY_VECTOR, dim=64)
-        for f, n in (("label", 512), ("label_h", 32), ("path", 4096), ("path_h", 32)):
-            schema.add_field(f, DataType.VARCHAR, max_length=n)
-        schema.add_field("metadata", DataType.JSON)
-        schema.add_field("meta_h", DataType.JSON)
-        index = client.prepare_index_params()
-        index.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")
-        client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
-    finally:
-        client.close()
-        lite.stop_server(db)
-
-
 def test_a_collection_made_before_place_fields_refuses_place_filters(world, tmp_path, capsys):
     db = str(tmp_path / "old.db")
-    _old_layout(db, "old")
+    make_format2_collection(db, "old")
     codes = world["codes"][:4]
     with MilvusCodeStore(db, "old") as store:
         assert not store.has_place
