@@ -288,15 +288,7 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     method = _require(manifest, "method", None, root)
     if not isinstance(method, str) or not method:
         raise BundleError(f"bundle {root}: field 'method' must be a non-empty string")
-    raw_bits = _require(manifest, "bits", None, root)
-    if isinstance(raw_bits, bool) or not isinstance(raw_bits, int):
-        raise BundleError(f"bundle {root}: field 'bits' must be an integer, got {raw_bits!r}")
-    try:
-        bits = validate_bits(raw_bits)
-    except CodeLengthError as exc:
-        raise BundleError(f"bundle {root}: field 'bits': {exc}") from None
-    if manifest.get("bit_order", "big") != "big":
-        raise BundleError(f"bundle {root}: field 'bit_order' must be 'big'")
+    bits = _code_length(root, manifest, "", _require(manifest, "bits", None, root))
     model_file = manifest.setdefault("model_file", MODEL_FILE)
     if (not isinstance(model_file, str) or not model_file or Path(model_file).name != model_file
             or model_file in (".", "..")):
@@ -328,6 +320,20 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     return method, bits, model_file, height, width, inp, pre, outputs, declared
 
 
+def _code_length(root: Path, record: dict[str, Any], prefix: str, raw: Any) -> int:
+    """A code's ``bits`` (an int the codes module accepts) and its big-endian ``bit_order``,
+    checked in one place for the retrieval code (``prefix=""``) and the fine code."""
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise BundleError(f"bundle {root}: field '{prefix}bits' must be an integer, got {raw!r}")
+    try:
+        bits = validate_bits(raw)
+    except CodeLengthError as exc:
+        raise BundleError(f"bundle {root}: field '{prefix}bits': {exc}") from None
+    if record.get("bit_order", "big") != "big":
+        raise BundleError(f"bundle {root}: field '{prefix}bit_order' must be 'big'")
+    return bits
+
+
 def _fine_fields(root: Path, manifest: dict[str, Any],
                  outputs: dict[str, Any]) -> tuple[int | None, str | None]:
     """``(fine_bits, fine_output)`` from the manifest's optional ``fine_code`` record; both
@@ -337,15 +343,7 @@ def _fine_fields(root: Path, manifest: dict[str, Any],
         return None, None
     if not isinstance(fine, dict) or "bits" not in fine:
         raise BundleError(f"bundle {root}: field 'fine_code' must be a JSON object with 'bits'")
-    raw = fine["bits"]
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise BundleError(f"bundle {root}: field 'fine_code.bits' must be an integer, got {raw!r}")
-    try:
-        bits = validate_bits(raw)
-    except CodeLengthError as exc:
-        raise BundleError(f"bundle {root}: field 'fine_code.bits': {exc}") from None
-    if fine.get("bit_order", "big") != "big":
-        raise BundleError(f"bundle {root}: field 'fine_code.bit_order' must be 'big'")
+    bits = _code_length(root, fine, "fine_code.", fine["bits"])
     name = outputs.get("fine_codes") or fine.get("output") or "fine_codes"
     return bits, str(name)
 

@@ -25,7 +25,7 @@ from .archive import IMAGE_EXTENSIONS, LABEL_FROM
 from .errors import InvalidInputError
 from .images import DEFAULT_MAX_PIXELS
 
-__all__ = ["ENGINES", "PREPARE", "IndexOptions", "IngestOptions", "RayOptions"]
+__all__ = ["ENGINES", "PREPARE", "IndexOptions", "IngestOptions", "RayOptions", "unknown_fields"]
 
 ENGINES = ("local", "ray")
 PREPARE = ("auto", "always", "never")
@@ -39,6 +39,12 @@ def _positive_int(name: str, value: Any, *, none_ok: bool = False) -> None:
         extra = " or None" if none_ok else ""
         raise InvalidInputError(f"{name} must be a positive integer{extra}, got {value!r}")
 
+
+
+def unknown_fields(value: Any, changes: Mapping[str, Any]) -> list[str]:
+    """The names in ``changes`` that are not fields of the dataclass ``value``, sorted: what an
+    options value's ``replace`` refuses in one line (ingest here, quantize in rsir_train)."""
+    return sorted(set(changes) - {f.name for f in dataclasses.fields(value)})
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -190,7 +196,7 @@ class IngestOptions:
     def replace(self, **changes: Any) -> "IngestOptions":
         """A copy with some fields changed (checked again); unknown names raise
         :class:`~rsir_sdk.errors.InvalidInputError` naming them."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        unknown = unknown_fields(self, changes)
         if unknown:
             raise InvalidInputError(f"unknown ingest option(s): {', '.join(unknown)} "
                                     f"(see rsir_sdk.IngestOptions)")

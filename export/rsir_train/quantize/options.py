@@ -21,6 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from rsir_sdk.options import unknown_fields
+
 from ..errors import QuantizeError
 from .calibration import READERS
 from .quantizers import ACTIVATION_TYPES, CALIBRATION_METHODS
@@ -102,7 +104,7 @@ class QuantizeOptions:
     def replace(self, **changes: Any) -> "QuantizeOptions":
         """A copy with some fields changed (checked again); unknown names raise
         :class:`~rsir_train.errors.QuantizeError` naming them."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        unknown = unknown_fields(self, changes)
         if unknown:
             raise QuantizeError(f"unknown quantize option(s): {', '.join(unknown)} "
                                 f"(see rsir_train.quantize.QuantizeOptions)")
