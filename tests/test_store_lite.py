@@ -212,3 +212,25 @@ def test_logs_of_killed_processes_are_removed(tmp_path, monkeypatch):
     with MilvusCodeStore(str(db), "c") as store:  # starting a server sweeps the temp folder
         assert store.count() == 1
         assert not log.exists() and kept.exists() and alive.exists()
+
+
+def test_a_file_held_by_a_running_program_is_refused_at_once(tmp_path):
+    db = tmp_path / "held.db"
+    driver = ("import numpy as np, sys\n"
+              "from rsir_sdk import MilvusCodeStore\n"
+              "s = MilvusCodeStore(sys.argv[1], 'c', bits=64)\n"
+              "s.upsert(['a'], np.zeros((1, 8), np.uint8))\n"
+              "print('ready', flush=True)\n"
+              "sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(db)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match="open in another running program"):
+            lite.wait_for_lite_file(db, 30)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    lite.wait_for_lite_file(db, 30)  # a client that closed cleanly leaves the file free
+    with MilvusCodeStore(str(db), "c") as store:
+        assert store.count() == 1

@@ -287,26 +287,11 @@ def wait_for_lite_file(db_file: str | os.PathLike, timeout: float = 30.0) -> Non
     pids = lite_server_pids(path)
     if not pids or any(_parent_pid(p) == os.getpid() for p in pids):
         return  # nobody serves it, or this process does (pymilvus reuses its own server)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: Milvus Lite does not run there either
-        return
-    # a server whose client is alive holds the lock file; an orphaned one does not
-    lock = path.parent / f".{path.name}.lock"
-    try:
-        fh = open(lock, "a")
-    except OSError:
-        fh = None
-    if fh is not None:
-        with fh:
-            try:
-                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise StoreError(
-                    f"Milvus Lite file {path} is open in another running program (one process "
-                    f"per file): close it there, or use a Milvus server URI"
-                ) from None
-            fcntl.lockf(fh, fcntl.LOCK_UN)
+    if _held_by_running_client(path, pids):
+        raise StoreError(
+            f"Milvus Lite file {path} is open in another running program (one process "
+            f"per file): close it there, or use a Milvus server URI"
+        )
     deadline = time.monotonic() + timeout
     if pids:
         log.info("waiting for the Milvus Lite server of an earlier run (pid %s) to exit", pids)
@@ -319,3 +304,40 @@ def wait_for_lite_file(db_file: str | os.PathLike, timeout: float = 30.0) -> Non
         time.sleep(0.1)
         pids = lite_server_pids(path)
 
+
+def _orphaned(pids: list[int]) -> bool:
+    """True when every server in ``pids`` lost its client (re-parented to init, or gone)."""
+    parents = [_parent_pid(p) for p in pids]
+    return all(parent is None or parent == 1 or not os.path.exists(f"/proc/{parent}")
+               for parent in parents)
+
+
+def _held_by_running_client(path: Path, pids: list[int]) -> bool:
+    """Whether a live program holds the Lite lock file of ``path``.
+
+    A client holds ``.<name>.lock`` for as long as it runs. An orphaned server probes the same
+    lock to notice that its client is gone and briefly holds it while it exits, so a busy lock
+    is tried again for a few seconds and a server whose client is dead never counts as held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: Milvus Lite does not run there either
+        return False
+    try:
+        fh = open(path.parent / f".{path.name}.lock", "a")
+    except OSError:
+        return False
+    with fh:
+        until = time.monotonic() + 3.0
+        while True:
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                if _orphaned(pids) or not lite_server_pids(path):
+                    return False
+                if time.monotonic() > until:
+                    return True
+                time.sleep(0.1)
+                continue
+            fcntl.lockf(fh, fcntl.LOCK_UN)
+            return False
