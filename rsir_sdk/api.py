@@ -71,27 +71,34 @@ class RetrievalAPI(Protocol):
 
     def search(self, img: Any, k: int = 10, filter: Filter = None,
                radius: int | None = None, *, bbox: Place = None, near: Place = None,
-               time: Place = None) -> list[Hit]:
+               time: Place = None, mode: str = "default") -> list[Hit]:
         """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL);
-        ``bbox``/``near``/``time``: only items of that place and period (docs/geo.md)."""
+        ``bbox``/``near``/``time``: only items of that place and period (docs/geo.md);
+        ``mode``: ``"default"`` (retrieval code, then fine code, then digest) or
+        ``"appearance"`` (fine code alone; :data:`rsir_sdk.hits.SEARCH_MODES`)."""
         ...
 
     def search_batch(self, imgs: Sequence[Any], k: int = 10, filter: Filter = None,
                      radius: int | None = None, batch_size: int | None = None, *,
                      bbox: Place = None, near: Place = None,
-                     time: Place = None) -> list[list[Hit]]:
+                     time: Place = None, mode: str = "default") -> list[list[Hit]]:
         """Top-``k`` for each image, in order."""
         ...
 
     def search_codes(self, codes: np.ndarray | bytes, k: int = 10, filter: Filter = None,
                      radius: int | None = None, *, bbox: Place = None, near: Place = None,
-                     time: Place = None) -> list[list[Hit]]:
-        """Top-``k`` for packed codes ``uint8 (n, bits/8)`` made elsewhere (an edge device)."""
+                     time: Place = None, fine: np.ndarray | bytes | None = None,
+                     mode: str = "default") -> list[list[Hit]]:
+        """Top-``k`` for packed codes ``uint8 (n, bits/8)`` made elsewhere (an edge device);
+        ``fine``: their fine codes ``uint8 (n, fine_bits/8)`` from the same forward pass
+        (ranks each tie group by appearance; required by ``mode="appearance"``)."""
         ...
 
     def range_search(self, img: Any, radius: int, filter: Filter = None, *,
-                     bbox: Place = None, near: Place = None, time: Place = None) -> list[Hit]:
-        """Every item within Hamming distance ``<= radius`` of one image."""
+                     bbox: Place = None, near: Place = None, time: Place = None,
+                     mode: str = "default") -> list[Hit]:
+        """Every item within Hamming distance ``<= radius`` of one image (in the appearance
+        mode, of its fine code)."""
         ...
 
     def add_images(self, images: Sequence[Any], ids: Sequence[str] | None = None,
@@ -108,8 +115,10 @@ class RetrievalAPI(Protocol):
                   labels: Sequence[str] | None = None, paths: Sequence[str] | None = None,
                   metadata: Sequence[Mapping[str, Any] | None] | None = None,
                   footprints: Sequence[Any] | None = None,
-                  times: Sequence[Any] | None = None) -> int:
-        """Upsert packed codes as they are; how many were written."""
+                  times: Sequence[Any] | None = None,
+                  fine: np.ndarray | bytes | None = None) -> int:
+        """Upsert packed codes as they are (with their fine codes when given); how many were
+        written."""
         ...
 
     def add_learned_codes(self) -> int:
@@ -127,6 +136,13 @@ class RetrievalAPI(Protocol):
 
     def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
         """Leave the collection ready to search at full speed; what was done."""
+        ...
+
+    def duplicates(self, radius: int | None = None, filter: Filter = None, *,
+                   bbox: Place = None, near: Place = None,
+                   time: Place = None) -> list[list[str]]:
+        """Groups of near-identical items: ids whose fine codes lie within ``radius`` of each
+        other (linked transitively), largest group first; ``None``: the default radius."""
         ...
 
     def delete(self, ids: Sequence[str]) -> int:

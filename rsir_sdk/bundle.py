@@ -37,13 +37,17 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box")
 
 @dataclass(frozen=True)
 class DatabaseCodes:
-    """Database codes shipped in a bundle (AHCL's learned V), with their ids, labels, paths."""
+    """Database codes shipped in a bundle (AHCL's learned V), with their ids, labels, paths,
+    and (bundles written since issue 20) the fine codes of the same images."""
 
     codes: np.ndarray  # uint8 (n, bits/8)
     ids: list[str]
     labels: list[str]
     paths: list[str]
     kind: str = "learned"
+    #: the database images' fine codes ``uint8 (n, fine_bits/8)``, computed at export time by
+    #: the same network (docs/bundle.md); None for bundles written before them
+    fine: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -193,7 +197,28 @@ class Bundle:
                 f"bundle {self.path}: manifest database.count is {spec['count']} but "
                 f"{file.name} holds {n} codes"
             )
-        return DatabaseCodes(codes, ids, labels, paths, str(spec.get("codes", "learned")))
+        if spec.get("fine_bits") and "fine" not in data:
+            raise BundleError(f"bundle {self.path}: manifest database.fine_bits is "
+                              f"{spec['fine_bits']} but {file.name} has no 'fine' array")
+        return DatabaseCodes(codes, ids, labels, paths, str(spec.get("codes", "learned")),
+                             self._database_fine(data.get("fine"), n, file.name))
+
+    def _database_fine(self, raw: np.ndarray | None, n: int, name: str) -> np.ndarray | None:
+        """The database's ``fine`` array checked against the bundle's fine code (None when the
+        file has none: written before issue 20)."""
+        if raw is None:
+            return None
+        if self.fine_bits is None:
+            raise BundleError(f"bundle {self.path}: {name} holds fine codes but the manifest "
+                              f"records no fine_code: write the bundle again")
+        try:
+            fine = as_packed(raw, self.fine_bits)
+        except CodeLengthError as exc:
+            raise BundleError(f"bundle {self.path}: database fine codes: {exc}") from None
+        if fine.shape[0] != n:
+            raise BundleError(f"bundle {self.path}: {name} holds {n} codes but "
+                              f"{fine.shape[0]} fine codes")
+        return fine
 
     def _check_database_hash(self, file: Path, spec: dict[str, Any]) -> None:
         """Refuse database codes that differ from those the bundle was written with.

@@ -124,7 +124,10 @@ def _fine_record(model: "onnx.ModelProto", m: dict[str, Any]) -> None:
     m["outputs"] = {**m["outputs"], "fine_codes": name}
 
 
-def _write_database(out: Path, database: Mapping[str, Any], bits: int) -> dict[str, Any]:
+def _write_database(out: Path, database: Mapping[str, Any], bits: int,
+                    fine_bits: int | None = None) -> dict[str, Any]:
+    """``database.npz`` (codes, ids, labels, paths and, when given, the database images' fine
+    codes ``fine`` ``uint8 (n, fine_bits/8)``) and the manifest's ``database`` record."""
     if "codes" not in database:
         raise BundleWriteError("database needs 'codes' (uint8 (n, bits/8), packed big-endian)")
     codes = np.ascontiguousarray(database["codes"])
@@ -144,11 +147,29 @@ def _write_database(out: Path, database: Mapping[str, Any], bits: int) -> dict[s
         arrays[key] = arr
     if len(set(arrays["ids"].tolist())) != n:
         raise BundleWriteError("database 'ids' must be unique")
-    np.savez(out / DATABASE_FILE, codes=arrays["codes"], ids=arrays["ids"],
-             labels=arrays["labels"], paths=arrays["paths"])
+    fine = _database_fine(database.get("fine"), n, fine_bits)
+    if fine is not None:
+        arrays["fine"] = fine
+    np.savez(out / DATABASE_FILE, **arrays)
     # the codes are part of what the encoder id stands for: Bundle.load_database checks them
-    return {"file": DATABASE_FILE, "count": n, "codes": str(database.get("kind", "learned")),
-            "sha256": file_sha256(out / DATABASE_FILE)}
+    record = {"file": DATABASE_FILE, "count": n, "codes": str(database.get("kind", "learned")),
+              "sha256": file_sha256(out / DATABASE_FILE)}
+    if fine is not None:
+        record["fine_bits"] = int(fine.shape[1] * 8)
+    return record
+
+
+def _database_fine(fine: Any, n: int, fine_bits: int | None) -> np.ndarray | None:
+    """The database's fine codes checked against the bundle's fine code (issue 20)."""
+    if fine is None:
+        return None
+    if fine_bits is None:
+        raise BundleWriteError("database 'fine' codes given but the model has no fine code")
+    arr = np.ascontiguousarray(fine)
+    if arr.dtype != np.uint8 or arr.shape != (n, fine_bits // 8):
+        raise BundleWriteError(f"database fine codes must be uint8 ({n}, {fine_bits // 8}) "
+                               f"packed, got {arr.dtype} {arr.shape}")
+    return arr
 
 
 def archive_record(root: str | os.PathLike, name: str = "", fingerprint: str = "") -> dict[str, Any]:
@@ -172,7 +193,8 @@ def write_bundle(
     outputs, the fine code recorded by the export: :func:`_fine_record`), copies its facts into the model's ``metadata_props``, saves ``model.onnx`` in one
     file (no external data, so the sha256 recorded as the encoder's identity covers every
     weight), writes ``database.npz`` when ``database`` (``codes`` packed ``uint8 (n, bits/8)``
-    and optional ``ids``, ``labels``, ``paths``, ``kind`` = "learned" | "encoded") is given,
+    and optional ``ids``, ``labels``, ``paths``, ``kind`` = "learned" | "encoded", ``fine``: the
+    database images' fine codes ``uint8 (n, fine_bits/8)``) is given,
     with its sha256 in the manifest's ``database.sha256`` (checked when the codes are loaded),
     ``split.json`` when ``split`` is, and records ``archive`` (see :func:`archive_record`).
     """
@@ -198,7 +220,8 @@ def write_bundle(
     onnx.save_model(model, str(model_path), save_as_external_data=False)
     m["model_sha256"] = file_sha256(model_path)
     if database is not None:
-        m["database"] = _write_database(out, database, int(m["bits"]))
+        fine_bits = int(m["fine_code"]["bits"]) if m.get("fine_code") else None
+        m["database"] = _write_database(out, database, int(m["bits"]), fine_bits)
     else:
         m["database"] = None
         (out / DATABASE_FILE).unlink(missing_ok=True)

@@ -23,7 +23,11 @@ The plots of ``rsir eval --plot`` (:func:`rsir_sdk.plots.curves_of`) are compute
 Ranking and ties: the store orders hits by (distance, digest of the id)
 (:mod:`rsir_sdk.store.topk`); :mod:`rsir_sdk.metrics` ranks ties the same way when it is given
 the database ids (``db_ids=``, which :meth:`EvalCodes.metric_args` passes), so both rankings use
-one tie rule and agree exactly when Milvus returns the whole database.
+one tie rule and agree exactly when Milvus returns the whole database. A bundle with a fine code
+(issue 20) is evaluated with the store's default ranking of such collections: (distance, fine
+code distance, digest), in Milvus (the collection keeps the fine codes, the queries send theirs)
+and in memory (``fine=`` of the metrics) alike. The tie-aware figures stay those of the
+retrieval codes alone (their expectation over every order of tied codes).
 
 Protocols: ``database="train"`` (AHCL: queries against the train split) or ``"query"`` (MiLAN:
 the query split is both queries and archive, leave-one-out); ``"auto"`` picks ``"query"`` when
@@ -116,6 +120,9 @@ class EvalCodes:
     q_codes: np.ndarray
     failed: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    #: the fine codes of the database and the queries (a bundle with a fine code), else None
+    db_fine: np.ndarray | None = None
+    q_fine: np.ndarray | None = None
 
     @property
     def n_ranked(self) -> int:
@@ -130,8 +137,11 @@ class EvalCodes:
 
     def metric_args(self) -> dict[str, Any]:
         """Keyword arguments of :mod:`rsir_sdk.metrics` for these codes: leave-one-out and the
-        database ids (ties ranked in the store's order)."""
+        database ids (ties ranked in the store's order) and, with fine codes, both sides' fine
+        codes (ties ranked by them first, as the store does)."""
         out: dict[str, Any] = {"db_ids": self.db_ids}
+        if self.q_fine is not None and self.db_fine is not None:
+            out["fine"] = (self.q_fine, self.db_fine)
         if self.leave_one_out:
             out.update(exclude_self=True, query_indices=self.query_indices)
         return out
@@ -166,6 +176,8 @@ class EvalResult:
     collection: str
     seconds: float
     failed: list[Failure] = field(default_factory=list)
+    #: the fine code's bits when the ranking used it (distance, fine distance, digest), else None
+    fine_bits: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able form."""
@@ -244,7 +256,7 @@ def evaluation_codes(
     listing = _archive(b, data)
     by_id = listing.by_id()
 
-    def encode(ids: list[str], stage: str) -> tuple[list[Item], np.ndarray]:
+    def encode(ids: list[str], stage: str) -> tuple[list[Item], np.ndarray, np.ndarray | None]:
         items = _items_for(b, listing.root, by_id, ids, stage)
         return _encode(enc, items, opts, failed.append, _stage(progress, stage))
 
@@ -253,20 +265,39 @@ def evaluation_codes(
         db_ids, db_labels, db_codes, kind = list(db.ids), list(db.labels), db.codes, "learned"
         if set(db_ids) != set(sp.train_ids):
             log.warning("the bundle's database ids differ from the train split of %s", SPLIT_FILE)
+        db_fine = db.fine if db.fine is not None or enc.fine_bits is None else _learned_fine(
+            encode, db_ids)
     else:
-        items, db_codes = encode(sp.query_ids if side == "query" else sp.train_ids, "database")
+        items, db_codes, db_fine = encode(
+            sp.query_ids if side == "query" else sp.train_ids, "database")
         db_ids, db_labels, kind = [it.id for it in items], [it.label for it in items], "encoded"
     if not db_ids:
         raise EvaluationError("the database is empty (every database image failed to load)")
     if side == "query":  # leave-one-out: the queries are the database
-        q_ids, q_labels, q_codes = db_ids, db_labels, db_codes
+        q_ids, q_labels, q_codes, q_fine = db_ids, db_labels, db_codes, db_fine
     else:
-        q_items, q_codes = encode(sp.query_ids, "queries")
+        q_items, q_codes, q_fine = encode(sp.query_ids, "queries")
         q_ids, q_labels = [it.id for it in q_items], [it.label for it in q_items]
     if not q_ids:
         raise EvaluationError("no query could be encoded (every query image failed to load)")
+    if db_fine is None or q_fine is None:
+        db_fine = q_fine = None
     return EvalCodes(b, protocol, side == "query", kind, db_ids, db_labels, db_codes, q_ids,
-                     q_labels, q_codes, failed, time.perf_counter() - t0)
+                     q_labels, q_codes, failed, time.perf_counter() - t0, db_fine, q_fine)
+
+
+def _learned_fine(encode: Callable[[list[str], str], tuple[list[Item], np.ndarray,
+                                                           np.ndarray | None]],
+                  db_ids: list[str]) -> np.ndarray | None:
+    """Fine codes of a learned database whose bundle predates them (database.npz without
+    ``fine``): its images encoded from the archive; None (evaluated without fine codes) when
+    some cannot be read."""
+    items, _, fine = encode(db_ids, "database")
+    if len(items) != len(db_ids):
+        log.warning("%d database image(s) could not be read: evaluating without fine codes",
+                    len(db_ids) - len(items))
+        return None
+    return fine
 
 
 def _archive(b: Bundle, data: str | os.PathLike | None) -> ArchiveListing:
@@ -301,17 +332,25 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None]:
 
 def _encode(enc: Encoder, items: list[Item], opts: EvalOptions,
             on_failure: Callable[[Failure], None],
-            report: Callable[[int, int], None]) -> tuple[list[Item], np.ndarray]:
-    """Codes of the ``items`` that could be read, in order; the others go to ``on_failure``."""
+            report: Callable[[int, int], None]) -> tuple[list[Item], np.ndarray, np.ndarray | None]:
+    """Codes (and, for a bundle with a fine code, fine codes: the same forward pass) of the
+    ``items`` that could be read, in order; the others go to ``on_failure``."""
     kept: list[Item] = []
-    parts = []
+    parts, fines = [], []
+    fine = enc.fine_bits is not None
     for batch in iter_codes(enc, items, workers=opts.workers, batch_size=opts.batch_size,
-                            on_failure=on_failure):
+                            on_failure=on_failure, fine=fine):
         kept += batch.items
         parts.append(batch.codes)
+        if batch.fine is not None:
+            fines.append(batch.fine)
         report(len(kept), len(items))
     codes = np.concatenate(parts) if parts else np.zeros((0, enc.bits // 8), np.uint8)
-    return kept, codes
+    if not fine:
+        return kept, codes, None
+    assert enc.fine_bits is not None
+    return kept, codes, (np.concatenate(fines) if fines
+                         else np.zeros((0, enc.fine_bits // 8), np.uint8))
 
 
 # --------------------------------------------------------------------------- through Milvus
@@ -354,6 +393,7 @@ def evaluate_codes(
         bits=b.bits, method=b.method, encoder_id=b.encoder_id,
         uri=uri if uri is not None else "(temporary Milvus Lite file)", collection=name,
         seconds=codes.seconds + time.perf_counter() - t0, failed=list(codes.failed),
+        fine_bits=b.fine_bits if "fine" in codes.metric_args() else None,
     )
 
 
@@ -367,9 +407,12 @@ def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | N
         tmp = tempfile.mkdtemp(prefix="rsir-eval-")
         uri = str(Path(tmp) / "eval.db")
     try:
-        store = MilvusCodeStore(uri, name, bits=b.bits, token=token, encoder=b.identity())
+        fine = codes.db_fine is not None and codes.q_fine is not None
+        store = MilvusCodeStore(uri, name, bits=b.bits, token=token, encoder=b.identity(),
+                                **({"fine_bits": b.fine_bits} if fine else {}))
         try:
-            store.upsert(codes.db_ids, codes.db_codes, codes.db_labels, encoder=b.identity())
+            store.upsert(codes.db_ids, codes.db_codes, codes.db_labels, encoder=b.identity(),
+                         **({"fine": codes.db_fine} if fine else {}))
             held = store.count()
             if held != n_db:
                 raise EvaluationError(
@@ -377,7 +420,7 @@ def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | N
                     f"{n_db}: evaluate into a fresh collection (or none: a temporary one)"
                 )
             k_search = min(n_db, MAX_TOPK)  # leave-one-out: the query's own item is among them
-            idx, dist = _search_all(store, codes.q_codes, k_search, codes.db_ids, report)
+            idx, dist = _search_all(store, codes, k_search, report)
         finally:
             store.close()
     finally:
@@ -392,15 +435,19 @@ def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | N
     return idx, dist
 
 
-def _search_all(store: MilvusCodeStore, q_codes: np.ndarray, k: int, db_ids: list[str],
+def _search_all(store: MilvusCodeStore, codes: EvalCodes, k: int,
                 report: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` database indices and distances of every query, Milvus order (distance, digest of the id)."""
-    pos = {i: n for n, i in enumerate(db_ids)}
+    """Top-``k`` database indices and distances of every query, Milvus order (distance, fine
+    code distance when the collection keeps fine codes, digest of the id)."""
+    q_codes, q_fine = codes.q_codes, codes.q_fine if codes.db_fine is not None else None
+    pos = {i: n for n, i in enumerate(codes.db_ids)}
     step = max(1, HITS_PER_CALL // k)
     idx = np.zeros((len(q_codes), k), dtype=np.int64)
     dist = np.zeros((len(q_codes), k), dtype=np.int32)
     for start in range(0, len(q_codes), step):
-        for row, hits in enumerate(store.search(q_codes[start : start + step], k=k), start):
+        part = slice(start, start + step)
+        both = {} if q_fine is None else {"fine": q_fine[part]}
+        for row, hits in enumerate(store.search(q_codes[part], k=k, **both), start):
             if len(hits) != k:
                 raise EvaluationError(f"Milvus returned {len(hits)} hits for a top-{k} search")
             idx[row] = [pos[h.id] for h in hits]
@@ -414,6 +461,8 @@ def _reference(codes: EvalCodes, ks: Sequence[int], full: bool, depth: int,
     """The in-memory figures; with ``ties="expected"`` only the mAPs (tie-aware)."""
     args = (codes.q_codes, codes.q_labels, codes.db_codes, codes.db_labels)
     kw = {**codes.metric_args(), "ties": ties}
+    if ties == "expected":  # the expectation over every order of ties: of the codes alone
+        kw.pop("fine", None)
     out: dict[str, float] = {}
     if full:
         out["mAP"] = metrics.mean_average_precision(*args, **kw)
@@ -427,11 +476,13 @@ def _reference(codes: EvalCodes, ks: Sequence[int], full: bool, depth: int,
 
 
 def _same_ranking(codes: EvalCodes, ranked_idx: np.ndarray, ranked_dist: np.ndarray) -> bool:
-    """Whether Milvus' ranking equals the exact numpy ranking (distance, then the store's tie
-    order: digests of the ids)."""
+    """Whether Milvus' ranking equals the exact numpy ranking (distance, then the fine code's
+    distance when there are fine codes, then the store's tie order: digests of the ids)."""
     q_codes, q_index = codes.q_codes, codes.query_indices
     order_db = tie_order(codes.db_ids)  # column j of the sorted matrix is item order_db[j]
     db_sorted = codes.db_codes[order_db]
+    fine = codes.metric_args().get("fine")
+    fine_sorted = None if fine is None else fine[1][order_db]
     depth = ranked_idx.shape[1]
     own = None if q_index is None else np.argsort(order_db)[q_index]  # own item's column
     for start in range(0, len(q_codes), 256):
@@ -439,7 +490,11 @@ def _same_ranking(codes: EvalCodes, ranked_idx: np.ndarray, ranked_dist: np.ndar
         if own is not None:
             where = own[start : start + 256]
             d[np.arange(d.shape[0]), where] = np.iinfo(np.int32).max
-        order = np.argsort(d, axis=1, kind="stable")[:, :depth]
+        key = d.astype(np.int64)
+        if fine is not None and fine_sorted is not None:
+            key = key * (fine_sorted.shape[1] * 8 + 1) + hamming_distances(
+                fine[0][start : start + 256], fine_sorted)
+        order = np.argsort(key, axis=1, kind="stable")[:, :depth]
         if not np.array_equal(np.take_along_axis(d, order, axis=1),
                               ranked_dist[start : start + 256]):
             return False
@@ -455,7 +510,8 @@ def describe(result: EvalResult) -> str:
     lines = [
         f"{result.method} {result.bits} bits, encoder {result.encoder_id}: {result.n_queries} "
         f"queries x {result.n_database} {result.database} database codes"
-        f"{' (leave-one-out)' if result.leave_one_out else ''}, protocol {result.protocol or '-'}",
+        f"{' (leave-one-out)' if result.leave_one_out else ''}, protocol {result.protocol or '-'}"
+        + (f"; ties ranked by the {result.fine_bits}-bit fine code" if result.fine_bits else ""),
         f"{'metric':>10}  {'milvus':>8}  {'reference':>9}  {'tie-aware':>9}",
     ]
     for key, value in result.metrics.items():

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["Hit", "StoredItem", "hit_from_json", "hit_to_json", "item_from_json", "item_to_json"]
+__all__ = ["SEARCH_MODES", "Hit", "StoredItem", "hit_from_json", "hit_to_json", "item_from_json", "item_to_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,16 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     footprint: tuple[float, float, float, float] | None = None
     time: str | None = None
+    #: Hamming distance of the fine codes (issue 20) when they took part in the ranking: the
+    #: second key of the default ranking, the only one of the appearance mode (where
+    #: ``distance`` is this same figure); ``None`` when the search did not use fine codes
+    fine_distance: int | None = None
+
+
+#: the search modes: ``"default"`` ranks by retrieval-code distance, then fine-code distance
+#: (when both sides have fine codes), then the digest of the id; ``"appearance"`` ranks by the
+#: fine code alone (near-duplicates, the same place seen again, archives without labels)
+SEARCH_MODES = ("default", "appearance")
 
 
 @dataclass(frozen=True)
@@ -54,11 +64,15 @@ class StoredItem:
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
     """A hit as a JSON object: ``{"id", "distance", "label", "path", "metadata", "footprint",
-    "time"}`` (``footprint`` ``[w, s, e, n]`` or ``null``, ``time`` ISO 8601 or ``null``)."""
-    return {"id": hit.id, "distance": int(hit.distance), "label": hit.label, "path": hit.path,
-            "metadata": hit.metadata,
-            "footprint": None if hit.footprint is None else [float(v) for v in hit.footprint],
-            "time": hit.time}
+    "time"}`` (``footprint`` ``[w, s, e, n]`` or ``null``, ``time`` ISO 8601 or ``null``), and
+    ``"fine_distance"`` when the fine code took part."""
+    out = {"id": hit.id, "distance": int(hit.distance), "label": hit.label, "path": hit.path,
+           "metadata": hit.metadata,
+           "footprint": None if hit.footprint is None else [float(v) for v in hit.footprint],
+           "time": hit.time}
+    if hit.fine_distance is not None:
+        out["fine_distance"] = int(hit.fine_distance)
+    return out
 
 
 def hit_from_json(obj: Mapping[str, Any]) -> Hit:
@@ -67,7 +81,9 @@ def hit_from_json(obj: Mapping[str, Any]) -> Hit:
     return Hit(id=str(obj["id"]), distance=int(obj["distance"]), label=obj.get("label") or "",
                path=obj.get("path") or "", metadata=dict(obj.get("metadata") or {}),
                footprint=None if fp is None else tuple(float(v) for v in fp),  # type: ignore[arg-type]
-               time=None if obj.get("time") is None else str(obj["time"]))
+               time=None if obj.get("time") is None else str(obj["time"]),
+               fine_distance=None if obj.get("fine_distance") is None
+               else int(obj["fine_distance"]))
 
 
 def item_to_json(item: StoredItem) -> dict[str, Any]:

@@ -84,11 +84,14 @@ class IngestInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    """Items that were decoded and encoded, their packed codes and georeferencing."""
+    """Items that were decoded and encoded, their packed codes and georeferencing, and their
+    fine codes when asked for (from the same forward pass)."""
 
     items: list[Item]
     codes: np.ndarray  # uint8 (n, bits/8)
     georefs: list[dict[str, Any]]
+    #: packed fine codes ``uint8 (n, fine_bits/8)`` (issue 20); None when not asked for
+    fine: np.ndarray | None = None
 
 
 def iter_codes(
@@ -100,12 +103,15 @@ def iter_codes(
     batch_size: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     on_failure: Callable[[Failure], None] | None = None,
+    fine: bool = False,
 ) -> Generator[EncodedBatch, None, None]:
     """Decode ``items`` in a thread pool and encode them in batches, in order.
 
     Decoding (Pillow, tifffile, numpy) releases the GIL, and so does onnxruntime, so ``workers``
     threads prepare the next images while the encoder runs. Images that cannot be read or
-    encoded go to ``on_failure`` and are left out of the batches.
+    encoded go to ``on_failure`` and are left out of the batches. ``fine``: each batch carries
+    the fine codes too (:meth:`~rsir_sdk.Encoder.encode_both_arrays`: the same session run, so
+    each image is still encoded once; the bundle must have a fine code).
 
     >>> for batch in iter_codes(enc, open_archive("archive/").items):     # doctest: +SKIP
     ...     print(len(batch.items), batch.codes.shape)
@@ -138,12 +144,12 @@ def iter_codes(
             else:
                 batch.append((item, *result))
             if len(batch) >= bs:
-                out = _encode(encoder, batch, report)
+                out = _encode(encoder, batch, report, fine)
                 batch = []
                 if out is not None:
                     yield out
         if batch:
-            out = _encode(encoder, batch, report)
+            out = _encode(encoder, batch, report, fine)
             if out is not None:
                 yield out
     finally:
@@ -162,24 +168,41 @@ def _prepare(item: Item, rule: RasterRule, preprocess: Mapping[str, Any], max_pi
         return Failure(item.id, str(item.file), "read", f"{type(exc).__name__}: {exc}")
 
 
-def _encode(encoder: Encoder, batch, report) -> EncodedBatch | None:
+def _run(encoder: Encoder, arrays: np.ndarray, fine: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Retrieval codes (and fine codes when ``fine``) of prepared images: one session run."""
+    if not fine:
+        return encoder.encode_arrays(arrays), None
+    both = encoder.encode_both_arrays(arrays)
+    return both.codes, both.fine
+
+
+def _encode(encoder: Encoder, batch, report, fine: bool = False) -> EncodedBatch | None:
     items = [b[0] for b in batch]
     try:
-        codes = encoder.encode_arrays(np.stack([b[1] for b in batch]))
-        return EncodedBatch(items, codes, [b[2] for b in batch])
+        codes, fines = _run(encoder, np.stack([b[1] for b in batch]), fine)
+        return EncodedBatch(items, codes, [b[2] for b in batch], fines)
     except Exception as exc:  # fall back to one image at a time to find the culprit
         log.warning("a batch of %d failed to encode (%s); retrying one by one", len(batch), exc)
     kept: list[tuple[Item, dict[str, Any]]] = []
-    parts: list[np.ndarray] = []
+    parts: list[tuple[np.ndarray, np.ndarray | None]] = []
     for item, arr, geo in batch:
         try:
-            parts.append(encoder.encode_arrays(arr[None]))
+            parts.append(_run(encoder, arr[None], fine))
             kept.append((item, geo))
         except Exception as exc:
             report(Failure(item.id, str(item.file), "encode", f"{type(exc).__name__}: {exc}"))
     if not kept:
         return None
-    return EncodedBatch([k[0] for k in kept], np.concatenate(parts), [k[1] for k in kept])
+    fines = np.concatenate([p[1] for p in parts if p[1] is not None]) if fine else None
+    return EncodedBatch([k[0] for k in kept], np.concatenate([p[0] for p in parts]),
+                        [k[1] for k in kept], fines)
+
+
+def writes_fine(encoder: Encoder, store: MilvusCodeStore) -> bool:
+    """Whether writes to ``store`` carry fine codes: the bundle has a fine code and the
+    collection keeps (or, new, will keep) them. An old collection that keeps none is filled
+    with the retrieval codes alone, as before (rebuild it to rank by appearance)."""
+    return encoder.fine_bits is not None and store.fine_bits is not None
 
 
 def default_workers() -> int:
@@ -296,8 +319,10 @@ class IngestRun:
             collection=store.collection, uri=store.display_uri)
         self.state = IngestProgress(total=self.summary.total)
         # encoded rows waiting for the next write, one tuple per batch (a single append each,
-        # so Ctrl-C never leaves a half-added batch)
-        self.pending: list[tuple[list[str], np.ndarray, list[str], list[str], list[dict]]] = []
+        # so Ctrl-C never leaves a half-added batch): ids, codes, labels, paths, metadata and
+        # the fine codes (None when the collection keeps none)
+        self.pending: list[tuple[list[str], np.ndarray, list[str], list[str], list[dict],
+                                 np.ndarray | None]] = []
         self.last_flush = time.monotonic()
         #: the last write was cut short: the next one upserts (see :meth:`flush`)
         self.in_doubt = False
@@ -338,9 +363,10 @@ class IngestRun:
                 self.tick()
             yield from (it for it in chunk if it.id not in present)
 
-    def add(self, items: Sequence[Item], codes: np.ndarray, georefs: Sequence[Mapping[str, Any]]
-            ) -> None:
-        """Queue encoded images for writing (and write when a batch is full or old enough)."""
+    def add(self, items: Sequence[Item], codes: np.ndarray, georefs: Sequence[Mapping[str, Any]],
+            fine: np.ndarray | None = None) -> None:
+        """Queue encoded images for writing (and write when a batch is full or old enough);
+        ``fine``: their fine codes from the same forward pass, written beside the codes."""
         paths = [it.path if self.relative_paths else str(it.file.absolute()) for it in items]
         metas = [{**geo, **it.metadata} if geo else dict(it.metadata)
                  for it, geo in zip(items, georefs)]
@@ -355,7 +381,7 @@ class IngestRun:
             self.pending.append((
                 [items[i].id for i in keep], np.asarray(codes)[keep],
                 [items[i].label for i in keep], [paths[i] for i in keep],
-                [metas[i] for i in keep],
+                [metas[i] for i in keep], None if fine is None else np.asarray(fine)[keep],
             ))
         self.state.encoded += len(keep)
         self.tick()
@@ -372,6 +398,9 @@ class IngestRun:
         ids = [i for p in pending for i in p[0]]
         args = (ids, np.concatenate([p[1] for p in pending]), [x for p in pending for x in p[2]],
                 [x for p in pending for x in p[3]], [x for p in pending for x in p[4]])
+        fine = (None if any(p[5] is None for p in pending)
+                else np.concatenate([p[5] for p in pending]))
+        both: dict[str, Any] = {} if fine is None else {"fine": fine}
         # a write cut short (Ctrl-C, a Milvus error) may have reached Milvus in part: the rows are
         # "in doubt" and are never inserted again (that would store ids twice)
         in_doubt, self.in_doubt = self.in_doubt, True
@@ -385,11 +414,13 @@ class IngestRun:
                 self.in_doubt = False
                 return
             if self.bulk is not None:
-                self.bulk.add_rows(*args, encoder=self.identity)
+                self.bulk.add_rows(*args, encoder=self.identity, **both)
             elif self.skip_existing and not in_doubt:  # every id was checked absent: inserts
-                self.store.insert(*args, encoder=self.identity, batch_size=self.upsert_batch)
+                self.store.insert(*args, encoder=self.identity, batch_size=self.upsert_batch,
+                                  **both)
             else:  # upserts replace whatever part of an interrupted write reached Milvus
-                self.store.upsert(*args, encoder=self.identity, batch_size=self.upsert_batch)
+                self.store.upsert(*args, encoder=self.identity, batch_size=self.upsert_batch,
+                                  **both)
         except StoreError as exc:
             raise StoreError(
                 f"{exc} ({self.summary.indexed} images were indexed before this; re-run the "
@@ -460,10 +491,11 @@ def ingest(
     run = IngestRun(store, encoder.bundle.identity(), archive, opts, report=report,
                     progress=progress, on_prepare=on_prepare)
     stream = iter_codes(encoder, run.unseen(), workers=opts.workers, batch_size=opts.batch_size,
-                        max_pixels=opts.max_pixels, on_failure=run.fail)
+                        max_pixels=opts.max_pixels, on_failure=run.fail,
+                        fine=writes_fine(encoder, store))
     try:
         for batch in stream:
-            run.add(batch.items, batch.codes, batch.georefs)
+            run.add(batch.items, batch.codes, batch.georefs, batch.fine)
         return run.finish()
     except KeyboardInterrupt:
         stream.close()

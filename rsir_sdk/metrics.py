@@ -88,6 +88,7 @@ def average_precisions(
     query_indices: Sequence[int] | np.ndarray | None = None,
     ties: Ties = "index",
     db_ids: Sequence[str] | None = None,
+    fine: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Average precision of every query, ``float64 (n_queries,)``.
 
@@ -100,11 +101,14 @@ def average_precisions(
     array([1., 0.])
     """
     task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices,
-                 db_ids)
+                 db_ids, fine)
     if topk is not None:
         topk = _positive_int(topk, "topk")
     if ties not in TIES:
         raise ValueError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
+    if ties == "expected" and fine is not None:
+        raise ValueError("ties='expected' averages over every order of tied codes; fine codes "
+                         "fix that order: give one or the other")
     out = np.zeros(task.n_queries, dtype=np.float64)
     if ties == "expected":
         for rows, dist, rel in task.distance_chunks():
@@ -129,6 +133,7 @@ def mean_average_precision(
     query_indices: Sequence[int] | np.ndarray | None = None,
     ties: Ties = "index",
     db_ids: Sequence[str] | None = None,
+    fine: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
     """Mean average precision of a Hamming ranking, over the whole database or the top ``k``.
 
@@ -160,6 +165,11 @@ def mean_average_precision(
             as the store ranks them (:func:`rsir_sdk.store.tie_order`), so the figure equals a
             Milvus search's whatever order the database is listed in. Without it, ties go by
             database index.
+        fine: ``(query fine codes, database fine codes)``, packed ``uint8 (n, fine_bits/8)``
+            (issue 20): items at one Hamming distance are ranked by the distance of their fine
+            codes first, then by the tie rule above: the store's default ranking when the
+            collection keeps fine codes (retrieval distance, fine distance, digest). Not with
+            ``ties="expected"``.
 
     >>> from rsir_sdk.codes import pack_codes
     >>> q = pack_codes(np.array([[0] * 8]))
@@ -178,7 +188,7 @@ def mean_average_precision(
     """
     aps = average_precisions(
         query_codes, query_labels, db_codes, db_labels, topk, exclude_self,
-        query_indices=query_indices, ties=ties, db_ids=db_ids,
+        query_indices=query_indices, ties=ties, db_ids=db_ids, fine=fine,
     )
     return float(aps.mean()) if aps.size else 0.0
 
@@ -193,11 +203,13 @@ def precision_at_k(
     *,
     query_indices: Sequence[int] | np.ndarray | None = None,
     db_ids: Sequence[str] | None = None,
+    fine: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
     """Mean fraction of relevant items among the top ``k`` of the Hamming ranking.
 
     When ``k`` exceeds the (leave-one-out) database size ``n``, the denominator is ``n``.
-    Arguments as in :func:`mean_average_precision` (``db_ids``: ties in the store's order).
+    Arguments as in :func:`mean_average_precision` (``db_ids``: ties in the store's order;
+    ``fine``: ties by the fine codes' distance first).
 
     >>> from rsir_sdk.codes import pack_codes
     >>> q = pack_codes(np.array([[0] * 8]))
@@ -207,7 +219,7 @@ def precision_at_k(
     """
     k = _positive_int(k, "k")
     task = _Task(query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices,
-                 db_ids)
+                 db_ids, fine)
     total = 0.0
     for _, rel_ranked in task.ranked_relevance(k):
         total += float(rel_ranked.mean(axis=1).sum()) if rel_ranked.shape[1] else 0.0
@@ -293,7 +305,7 @@ class _Task:
     """Validated inputs of one evaluation, with chunked distance and ranking iterators."""
 
     def __init__(self, query_codes, query_labels, db_codes, db_labels, exclude_self, query_indices,
-                 db_ids=None):
+                 db_ids=None, fine=None):
         self.queries = as_packed(query_codes)
         self.database = as_packed(db_codes, self.queries.shape[1] * 8)
         self.bits = self.queries.shape[1] * 8
@@ -305,9 +317,12 @@ class _Task:
         )
         # the sentinel distance sorts a query's own item after every real item
         self._sentinel = self.bits + 1
+        self.q_fine, self.db_fine = _fine_pair(fine, self.n_queries, self.n_db)
         order = _store_order(db_ids, self.n_db)
         if order is not None:  # the database in the store's tie order: ties by index = by digest
             self.database = self.database[order]
+            if self.db_fine is not None:
+                self.db_fine = self.db_fine[order]
             self._relevance.db = self._relevance.db[order]
             if self.self_index is not None:
                 position = np.empty_like(order)
@@ -339,12 +354,19 @@ class _Task:
     def ranked_relevance(self, topk: int | None) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(rows, relevance in rank order bool (c, min(topk, n_ranked)))`` per chunk.
 
-        Ranking: Hamming distance ascending, ties by database index ascending (stable sort).
+        Ranking: Hamming distance ascending, then (with fine codes) the fine codes' distance,
+        then database index ascending (stable sort).
         """
         keep = self.n_ranked if topk is None else min(topk, self.n_ranked)
         for rows, dist, rel in self.distance_chunks():
-            # distances fit uint16 (bits <= 32768, sentinel included): numpy then radix-sorts
-            order = np.argsort(dist.astype(np.uint16), axis=1, kind="stable")[:, :keep]
+            if self.q_fine is not None and self.db_fine is not None:
+                fine_d = hamming_distances(self.q_fine[rows], self.db_fine)
+                # one key: (bits + 2) x (fine_bits + 1) < 2**31 for any valid lengths
+                key = dist.astype(np.int64) * (self.db_fine.shape[1] * 8 + 1) + fine_d
+                order = np.argsort(key, axis=1, kind="stable")[:, :keep]
+            else:
+                # distances fit uint16 (bits <= 32768, sentinel included): numpy then radix-sorts
+                order = np.argsort(dist.astype(np.uint16), axis=1, kind="stable")[:, :keep]
             yield rows, np.take_along_axis(rel, order, axis=1)
 
 
@@ -382,6 +404,20 @@ class _Relevance:
     def same(self, query_rows: np.ndarray, db_rows: np.ndarray) -> bool:
         """Whether the queries carry the same labels as the given database items."""
         return bool(np.array_equal(self.query[query_rows], self.db[db_rows]))
+
+
+def _fine_pair(fine, n_queries: int, n_db: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``fine`` = ``(query fine codes, database fine codes)`` checked: one per code, one length."""
+    if fine is None:
+        return None, None
+    if len(fine) != 2:
+        raise ValueError("fine must be a pair (query fine codes, database fine codes)")
+    q = as_packed(fine[0])
+    d = as_packed(fine[1], q.shape[1] * 8)
+    if q.shape[0] != n_queries or d.shape[0] != n_db:
+        raise ValueError(f"got {q.shape[0]} query fine codes for {n_queries} queries and "
+                         f"{d.shape[0]} database fine codes for {n_db} database codes")
+    return q, d
 
 
 def _store_order(db_ids, n_db: int) -> np.ndarray | None:

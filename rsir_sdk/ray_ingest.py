@@ -47,7 +47,7 @@ import numpy as np
 from .archive import ArchiveListing
 from .errors import RsirError
 from .failures import Failure, FailureReport
-from .ingest import IngestProgress, IngestRun, IngestSummary
+from .ingest import IngestProgress, IngestRun, IngestSummary, writes_fine
 from .options import IngestOptions
 from .store import MilvusCodeStore, PrepareProgress
 
@@ -65,13 +65,16 @@ class RayUnavailableError(RsirError, RuntimeError):
 
 
 class EncodeActor:
-    """A Ray Data actor: one Encoder (one onnxruntime session) for the bundle, many batches."""
+    """A Ray Data actor: one Encoder (one onnxruntime session) for the bundle, many batches;
+    with ``fine``, each batch's fine codes too, from the same session run (issue 20)."""
 
-    def __init__(self, bundle: str, rule: dict[str, Any], max_pixels: int | None, threads: int):
+    def __init__(self, bundle: str, rule: dict[str, Any], max_pixels: int | None, threads: int,
+                 fine: bool = False):
         from .encoder import Encoder
 
         self.encoder = Encoder(bundle, raster_rule=rule, threads=threads)
         self.max_pixels = max_pixels
+        self.fine = bool(fine)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .images import read_image
@@ -95,20 +98,51 @@ class EncodeActor:
                 prepared.append(None)
                 errors.append(f"read\t{type(exc).__name__}: {exc}")
                 georefs.append("{}")
-        nbytes = self.encoder.bits // 8
-        codes = np.zeros((len(files), nbytes), np.uint8)
+        codes = np.zeros((len(files), self.encoder.bits // 8), np.uint8)
+        fine = np.zeros((len(files), (self.encoder.fine_bits or 8) // 8), np.uint8)
         ok = {i: p for i, p in enumerate(prepared) if p is not None}
         if ok:
             try:
-                codes[list(ok)] = self.encoder.encode_arrays(np.stack(list(ok.values())))
+                codes[list(ok)], fine[list(ok)] = self._run(np.stack(list(ok.values())))
             except Exception:  # find the culprit one image at a time
                 for i, arr in ok.items():
                     try:
-                        codes[i] = self.encoder.encode_arrays(arr[None])[0]
+                        one, one_fine = self._run(arr[None])
+                        codes[i], fine[i] = one[0], one_fine[0]
                     except Exception as exc:
                         errors[i] = f"encode\t{type(exc).__name__}: {exc}"
-        return {"index": batch["index"], "code": codes, "error": np.array(errors, dtype=object),
-                "georef": np.array(georefs, dtype=object)}
+        out = {"index": batch["index"], "code": codes, "error": np.array(errors, dtype=object),
+               "georef": np.array(georefs, dtype=object)}
+        if self.fine:
+            out["fine"] = fine
+        return out
+
+    def _run(self, arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and fine codes (zeros without ``fine``) of prepared images: one session run."""
+        if not self.fine:
+            codes = self.encoder.encode_arrays(arrays)
+            return codes, np.zeros((len(arrays), 1), np.uint8)
+        both = self.encoder.encode_both_arrays(arrays)
+        assert both.fine is not None
+        return both.codes, both.fine
+
+
+def _take(run: IngestRun, todo: list[Any], batch: dict[str, np.ndarray], fine: bool) -> None:
+    """Hand one batch of actor results to ``run``: failures reported, the rest queued."""
+    items, keep, georefs = [], [], []
+    for row, (i, error, georef) in enumerate(zip(batch["index"], batch["error"], batch["georef"])):
+        item = todo[int(i)]
+        if error:
+            stage, _, reason = str(error).partition("\t")
+            run.fail(Failure(item.id, str(item.file), stage, reason))
+            continue
+        items.append(item)
+        keep.append(row)
+        georefs.append(json.loads(str(georef)))
+    if items:
+        codes = np.stack([np.asarray(batch["code"][r], np.uint8) for r in keep])
+        fines = np.stack([np.asarray(batch["fine"][r], np.uint8) for r in keep]) if fine else None
+        run.add(items, codes, georefs, fines)
 
 
 def _dumps(obj: Any) -> str:
@@ -142,6 +176,7 @@ def ingest_on_ray(
     threads, gpus = opts.ray.threads_per_worker, opts.ray.gpus_per_worker
     run = IngestRun(store, encoder.bundle.identity(), archive, opts, report=report,
                     progress=progress, on_prepare=on_prepare)
+    fine = writes_fine(encoder, store)
     todo = list(run.unseen())  # listing and resuming stay on the driver
     if not todo:
         return run.finish()
@@ -156,23 +191,12 @@ def ingest_on_ray(
             num_cpus=threads, num_gpus=gpus or None,
             fn_constructor_kwargs={"bundle": str(encoder.bundle.path),
                                    "rule": encoder.raster_rule.to_dict(),
-                                   "max_pixels": opts.max_pixels, "threads": threads},
+                                   "max_pixels": opts.max_pixels, "threads": threads,
+                                   "fine": fine},
         )
         try:
             for batch in ds.iter_batches(batch_size=opts.upsert_batch, batch_format="numpy"):
-                items, codes, georefs = [], [], []
-                for i, code, error, georef in zip(batch["index"], batch["code"], batch["error"],
-                                                  batch["georef"]):
-                    item = todo[int(i)]
-                    if error:
-                        stage, _, reason = str(error).partition("\t")
-                        run.fail(Failure(item.id, str(item.file), stage, reason))
-                        continue
-                    items.append(item)
-                    codes.append(np.asarray(code, np.uint8))
-                    georefs.append(json.loads(str(georef)))
-                if items:
-                    run.add(items, np.stack(codes), georefs)
+                _take(run, todo, batch, fine)
             return run.finish()
         except KeyboardInterrupt:
             raise run.interrupted() from None

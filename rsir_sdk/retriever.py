@@ -25,12 +25,12 @@ from .archive import ArchiveListing, open_archive
 from .bundle import Bundle
 from .codes import as_packed
 from .encoder import Encoder
-from .errors import InvalidInputError, RasterRuleMismatchError
+from .errors import BundleError, InvalidInputError, RasterRuleMismatchError
 from .failures import FailureReport
 from .geo import GeoFilter
-from .hits import Hit, StoredItem
+from .hits import SEARCH_MODES, Hit, StoredItem
 from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, describe_source
-from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
+from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest, writes_fine
 from .options import IndexOptions, IngestOptions
 from .rasters import RasterRule, as_rule
 from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
@@ -52,6 +52,13 @@ class Retriever:
     bundle's bit length, encoder identity and raster rule; reading one that was never written
     raises :class:`~rsir_sdk.errors.CollectionNotFoundError` naming the collections that exist.
     A collection refuses codes from any other encoder.
+
+    Fine codes (issue 20, docs/runtime.md): when the bundle has one (``bundle.fine_bits``), a
+    new collection keeps the fine code of every item beside its retrieval code, every write
+    encodes both in one forward pass, and searches rank each group of items at one retrieval
+    distance by the fine code's distance (most similar image first), or, with
+    ``mode="appearance"``, by the fine code alone. A collection filled before it keeps none:
+    it is searched and written as before (rebuild it to rank by appearance).
 
     ``raster_rule`` (see :mod:`rsir_sdk.rasters`) converts TIFF samples. It is recorded with a
     new collection; an existing collection's recorded rule is used for every search and write,
@@ -93,7 +100,7 @@ class Retriever:
         identity["raster_rule"] = (asked or RasterRule()).to_dict()
         self.store = MilvusCodeStore(
             uri, name, bits=self.bundle.bits, token=token, encoder=identity,
-            **(index_options or IndexOptions()).store_kwargs(),
+            fine_bits=self.bundle.fine_bits, **(index_options or IndexOptions()).store_kwargs(),
         )
         try:
             self.raster_rule = self._collection_rule(asked)
@@ -104,6 +111,17 @@ class Retriever:
         except BaseException:
             self.store.close()
             raise
+        if self.bundle.fine_bits is not None and not self.fine_ranking:
+            log.warning("collection %r keeps no fine codes (filled before issue 20): searches "
+                        "rank by the retrieval code alone; to rank by appearance, drop it "
+                        "(rsir drop %s --yes) and index again", self.store.collection,
+                        self.store.collection)
+
+    @property
+    def fine_ranking(self) -> bool:
+        """True when the bundle has a fine code and the collection keeps (or, new, will keep)
+        fine codes: writes carry both codes, and searches rank ties by the fine code."""
+        return writes_fine(self.encoder, self.store)
 
     def _collection_rule(self, asked: RasterRule | None) -> RasterRule:
         recorded = (self.store.encoder or {}).get("raster_rule")
@@ -141,7 +159,7 @@ class Retriever:
     # ----------------------------------------------------------------- search
     def search(
         self, img: ImageSource, k: int = 10, filter: Filter = None, radius: int | None = None,
-        *, bbox: Any = None, near: Any = None, time: Any = None,
+        *, bbox: Any = None, near: Any = None, time: Any = None, mode: str = "default",
     ) -> list[Hit]:
         """Hamming top-``k`` for one image (path, bytes, file, PIL, array or URL).
 
@@ -155,11 +173,20 @@ class Retriever:
         ``"start/end"`` (ISO 8601, either side open). Items without a footprint (time) are
         left out of place (period) searches.
 
+        ``mode`` (:data:`rsir_sdk.hits.SEARCH_MODES`): ``"default"`` ranks by the retrieval
+        code's distance, then (bundle and collection with fine codes) the fine code's
+        distance (``Hit.fine_distance``), then the digest of the id; ``"appearance"`` by the
+        fine code alone (near-duplicates, the same place seen again; ``radius`` then applies
+        to the fine distance, which is also ``Hit.distance``).
+
         >>> r.search("scene.tif", k=5, filter={"label": "forest"})   # doctest: +SKIP
         >>> r.search("scene.tif", bbox=(2.2, 48.8, 2.5, 48.9), time="2021-06/2021-08")  # doctest: +SKIP
+        >>> r.search("scene.tif", k=5, mode="appearance")[0].fine_distance  # doctest: +SKIP
+        0
         """
-        geo = self._checked(k, filter, radius, (bbox, near, time))
-        return self.store.search(self.encoder.encode([img]), k, filter, radius, geo=geo)[0]
+        geo, mode = self._checked(k, filter, radius, (bbox, near, time), mode)
+        codes, fine = self._encode_query([img], None, mode)
+        return self.store.search(codes, k, filter, radius, geo=geo, **self._fine_args(fine, mode))[0]
 
     def search_batch(
         self,
@@ -172,15 +199,16 @@ class Retriever:
         bbox: Any = None,
         near: Any = None,
         time: Any = None,
+        mode: str = "default",
     ) -> list[list[Hit]]:
         """Top-``k`` for each of several images: one list of hits per image, in order
-        (``bbox``, ``near``, ``time`` as in :meth:`search`).
+        (``bbox``, ``near``, ``time``, ``mode`` as in :meth:`search`).
 
         >>> r.search_batch(["a.jpg", "b.jpg"], k=3)                  # doctest: +SKIP
         """
-        geo = self._checked(k, filter, radius, (bbox, near, time))
-        codes = self.encoder.encode(list(imgs), batch_size)
-        return self.store.search(codes, k, filter, radius, geo=geo)
+        geo, mode = self._checked(k, filter, radius, (bbox, near, time), mode)
+        codes, fine = self._encode_query(list(imgs), batch_size, mode)
+        return self.store.search(codes, k, filter, radius, geo=geo, **self._fine_args(fine, mode))
 
     def search_codes(
         self,
@@ -192,30 +220,86 @@ class Retriever:
         bbox: Any = None,
         near: Any = None,
         time: Any = None,
+        fine: np.ndarray | bytes | None = None,
+        mode: str = "default",
     ) -> list[list[Hit]]:
         """Search with packed codes made elsewhere (an edge device running the same encoder).
 
         ``codes``: ``uint8 (n, bits/8)`` or the raw bytes of one code; one hit list per code.
-        ``bbox``, ``near``, ``time`` as in :meth:`search`.
+        ``fine``: their fine codes ``uint8 (n, fine_bits/8)`` (or the bytes of one), from the
+        same forward pass (:meth:`~rsir_sdk.Encoder.encode_both`): with them the hits are
+        those :meth:`search` gives for the image; without them each tie group comes back in
+        digest order. ``mode="appearance"`` needs ``fine``. ``bbox``, ``near``, ``time``,
+        ``mode`` as in :meth:`search`.
 
-        >>> r.search_codes(edge_bytes, k=10)                          # doctest: +SKIP
+        >>> both = encoder.encode_both(["scene.jpg"])                  # doctest: +SKIP
+        >>> r.search_codes(both.codes, k=10, fine=both.fine)           # doctest: +SKIP
         """
-        geo = self._checked(k, filter, radius, (bbox, near, time))
+        geo, mode = self._checked(k, filter, radius, (bbox, near, time), mode)
         packed = as_packed(codes, self.bundle.bits)
-        return self.store.search(packed, k, filter, radius, geo=geo)
+        fine_packed = self._given_fine(fine, packed.shape[0])
+        if mode == "appearance" and fine_packed is None:
+            raise InvalidInputError("mode='appearance' searches by the fine code: give fine= "
+                                    "(the fine codes of the same images, Encoder.encode_both)")
+        return self.store.search(packed, k, filter, radius, geo=geo,
+                                 **self._fine_args(fine_packed, mode))
 
     def range_search(self, img: ImageSource, radius: int, filter: Filter = None, *,
-                     bbox: Any = None, near: Any = None, time: Any = None) -> list[Hit]:
+                     bbox: Any = None, near: Any = None, time: Any = None,
+                     mode: str = "default") -> list[Hit]:
         """Every item within Hamming distance ``<= radius`` of one image (up to 16384);
-        ``bbox``, ``near``, ``time`` as in :meth:`search`."""
-        geo = self._checked(1, filter, radius, (bbox, near, time))
-        codes = self.encoder.encode([img])
-        return self.store.range_search(codes, radius, filter, MAX_TOPK, geo=geo)[0]
+        ``bbox``, ``near``, ``time`` as in :meth:`search`; with ``mode="appearance"`` the
+        distance is the fine code's."""
+        geo, mode = self._checked(1, filter, radius, (bbox, near, time), mode)
+        codes, fine = self._encode_query([img], None, mode)
+        return self.store.range_search(codes, radius, filter, MAX_TOPK, geo=geo,
+                                       **self._fine_args(fine, mode))[0]
 
-    def _checked(self, k: Any, filter: Filter, radius: Any, place: tuple[Any, Any, Any]
-                 ) -> GeoFilter | None:
-        """The search's arguments checked before any image is decoded; its place filter."""
-        return self.store.check_geo(_check_search(k, filter, radius, place))
+    def _checked(self, k: Any, filter: Filter, radius: Any, place: tuple[Any, Any, Any],
+                 mode: Any = "default") -> tuple[GeoFilter | None, str]:
+        """The search's arguments checked before any image is decoded; its place filter and
+        its mode."""
+        geo = self.store.check_geo(_check_search(k, filter, radius, place))
+        return geo, self._check_mode(mode)
+
+    def _check_mode(self, mode: Any) -> str:
+        """``mode`` if it is one of :data:`SEARCH_MODES` that this bundle can serve."""
+        if not isinstance(mode, str) or mode not in SEARCH_MODES:
+            raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        if mode == "appearance" and self.bundle.fine_bits is None:
+            raise InvalidInputError(
+                f"mode='appearance' needs a bundle with a fine code; {self.bundle.path} has none "
+                f"(written before issue 20): train it again with rsir train")
+        return mode
+
+    def _encode_query(self, imgs: list[Any], batch_size: int | None, mode: str
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The queries' retrieval codes and, when the search uses them, their fine codes: one
+        forward pass either way."""
+        if mode == "appearance" or self.fine_ranking:
+            both = self.encoder.encode_both(imgs, batch_size)
+            return both.codes, both.fine
+        return self.encoder.encode(imgs, batch_size), None
+
+    def _fine_args(self, fine: np.ndarray | None, mode: str) -> dict[str, Any]:
+        """The store's ``fine``/``mode`` keywords: fine codes go only to a collection that keeps
+        them (an old one searches as before), and to any in the appearance mode (where a
+        collection without them says how to rebuild it)."""
+        if mode == "appearance":
+            return {"fine": fine, "mode": mode}
+        return {"fine": fine} if fine is not None and self.fine_ranking else {}
+
+    def _given_fine(self, fine: np.ndarray | bytes | None, n: int) -> np.ndarray | None:
+        """Caller-given fine codes packed and checked: the bundle's length, one per code."""
+        if fine is None:
+            return None
+        if self.bundle.fine_bits is None:
+            raise InvalidInputError(f"fine codes given but the bundle {self.bundle.path} has no "
+                                    f"fine code (written before issue 20)")
+        packed = as_packed(fine, self.bundle.fine_bits)
+        if packed.shape[0] != n:
+            raise InvalidInputError(f"{n} codes but {packed.shape[0]} fine codes")
+        return packed
 
     # ----------------------------------------------------------------- writes
     def add_images(
@@ -238,7 +322,8 @@ class Retriever:
         seconds or ``None``) give each image's place and time; where not given, its metadata's
         georeferencing (``lonlat_bounds``, ``lonlat``, ``time``) does (docs/geo.md). A bad one
         raises :class:`~rsir_sdk.errors.InvalidInputError` naming the item, before any image
-        is decoded.
+        is decoded. With a fine code (bundle and collection) each image's fine code is written
+        too, from the same forward pass.
 
         >>> r.add_images(["a.jpg"], ids=["a"], labels=["forest"], metadata=[{"year": 2020}])
         1
@@ -262,9 +347,10 @@ class Retriever:
         store_values.paths(paths, len(ids))
         store_values.metadata(metadata, ids)
         self._check_place(ids, footprints, times)
-        codes = self.encoder.encode(images, batch_size)
+        codes, fine = self._encode_query(images, batch_size, "default")
         return self.store.upsert(ids, codes, labels, paths, metadata,
-                                 encoder=self.bundle.identity(), footprints=footprints, times=times)
+                                 encoder=self.bundle.identity(), footprints=footprints, times=times,
+                                 **({} if fine is None else {"fine": fine}))
 
     def _check_place(self, ids: Sequence[str], footprints: Any, times: Any) -> None:
         """Refuse bad footprints or times (one line naming the item) before any work."""
@@ -284,33 +370,64 @@ class Retriever:
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         footprints: Sequence[Any] | None = None,
         times: Sequence[Any] | None = None,
+        fine: np.ndarray | bytes | None = None,
     ) -> int:
         """Upsert packed codes as they are (learned database codes, or codes made elsewhere);
         ``footprints`` and ``times`` as in :meth:`add_images`.
 
+        ``fine``: the items' fine codes ``uint8 (n, fine_bits/8)`` from the same forward pass
+        (an edge device: :meth:`~rsir_sdk.Encoder.encode_both`). A collection that keeps fine
+        codes refuses codes without them (:class:`~rsir_sdk.errors.InvalidInputError`); one
+        filled before issue 20 keeps none and drops them with one warning.
+
         >>> db = r.bundle.load_database()                              # doctest: +SKIP
-        >>> r.add_codes(db.codes, db.ids, db.labels, db.paths)         # doctest: +SKIP
+        >>> r.add_codes(db.codes, db.ids, db.labels, db.paths, fine=db.fine)   # doctest: +SKIP
         """
         packed = as_packed(codes, self.bundle.bits)
+        fine_packed = self._given_fine(fine, packed.shape[0])
         return self.store.upsert(ids, packed, labels, paths, metadata,
-                                 encoder=self.bundle.identity(), footprints=footprints, times=times)
+                                 encoder=self.bundle.identity(), footprints=footprints, times=times,
+                                 **({} if fine_packed is None else {"fine": fine_packed}))
 
     def add_learned_codes(self) -> int:
         """Put the bundle's learned database codes (AHCL's V) into the collection as learned.
 
         Their paths are made absolute under the archive the bundle records, when it records one
-        that exists, so that galleries and the service can show the images.
+        that exists, so that galleries and the service can show the images. Their fine codes
+        are the bundle's (``database.npz`` ``fine``, computed at export time by the same
+        network). A bundle written before those, with a fine code and a collection that keeps
+        fine codes, has them made here by encoding the database images found under that
+        archive (each image once; the learned codes stay as they are); when the images are not
+        there, :class:`~rsir_sdk.errors.BundleError` says so before anything is written.
         """
         db = self.bundle.load_database()
         root = self.bundle.archive_root
         paths = list(db.paths)
         if root and Path(root).is_dir():
             paths = [str(Path(root, p)) if p and not os.path.isabs(p) else p for p in paths]
+        fine = db.fine if self.fine_ranking else None
+        if self.fine_ranking and fine is None:
+            fine = self._encode_database_fine(paths)
         meta = [{"source": "learned"}] * len(db)
-        n = self.add_codes(db.codes, db.ids, db.labels, paths, meta)
+        n = self.add_codes(db.codes, db.ids, db.labels, paths, meta, fine=fine)
         if n >= PREPARE_MIN_ROWS:
             self.store.prepare_for_search()
         return n
+
+    def _encode_database_fine(self, paths: list[str]) -> np.ndarray:
+        """Fine codes of a pre-issue-20 bundle's database images, encoded from the archive."""
+        missing = [p for p in paths if not p or not os.path.isabs(p) or not Path(p).is_file()]
+        if missing:
+            raise BundleError(
+                f"bundle {self.bundle.path}: its database.npz has no fine codes (written before "
+                f"they were exported) and {len(missing)} of its {len(paths)} database images are "
+                f"not on disk (e.g. {missing[0]!r}) to encode them: write the bundle again with "
+                f"rsir train, or index the archive with rsir index")
+        log.info("bundle %s has no database fine codes: encoding its %d database images",
+                 self.bundle.path, len(paths))
+        fine = self.encoder.encode_both(paths).fine
+        assert fine is not None
+        return fine
 
     def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
         """Leave a server collection ready to search at full speed (see
@@ -373,6 +490,30 @@ class Retriever:
             if own is not None:
                 own.close()
 
+    def duplicates(self, radius: int | None = None, filter: Filter = None, *, bbox: Any = None,
+                   near: Any = None, time: Any = None) -> list[list[str]]:
+        """Groups of near-identical items in the collection: ids whose fine codes lie within
+        ``radius`` bits of each other (inclusive, linked transitively), each group's ids
+        sorted, largest group first; ``None``: :data:`rsir_sdk.store.DEFAULT_DUPLICATE_RADIUS`
+        (for 128-bit fine codes; scaled to the bundle's ``fine_bits``).
+        ``filter``, ``bbox``, ``near``, ``time`` restrict the items as in :meth:`search`.
+
+        Why: an archive gathered from many sources holds the same scene more than once (copies,
+        re-encodes, re-exports); the fine code finds them without labels.
+
+        >>> r.duplicates(radius=4)                                     # doctest: +SKIP
+        [['a.jpg', 'copy/a.jpg'], ['b.tif', 'b_q70.jpg']]
+        """
+        if radius is not None:
+            store_values.radius(radius)
+        store_keys.build_filter(filter)
+        geo = self.store.check_geo(GeoFilter.of(bbox, near, time))
+        if self.bundle.fine_bits is None:
+            raise InvalidInputError(
+                f"duplicates are found by the fine code; the bundle {self.bundle.path} has none "
+                f"(written before issue 20): train it again with rsir train")
+        return self.store.duplicates(radius, filter, geo=geo)
+
     def delete(self, ids: Sequence[str]) -> int:
         """Delete items by id; returns how many existed."""
         return self.store.delete(ids)
@@ -389,12 +530,17 @@ class Retriever:
         return self.store.count(filter, geo=GeoFilter.of(bbox, near, time))
 
     def info(self) -> dict[str, Any]:
-        """What this Retriever serves: method, bits, encoder id, collection, raster rule,
-        the bundle's archive root, item count, and (a collection with place fields)
-        ``without_footprint``: the items no place filter returns."""
+        """What this Retriever serves: method, bits, the fine code's bits (``fine_bits``,
+        None without one) and whether the collection keeps fine codes
+        (``collection_fine_bits``; ``fine_ranking``: ties ranked by appearance), encoder id,
+        collection, raster rule, the bundle's archive root, item count, and (a collection with
+        place fields) ``without_footprint``: the items no place filter returns."""
         out = {
             "method": self.bundle.method,
             "bits": self.bundle.bits,
+            "fine_bits": self.bundle.fine_bits,
+            "collection_fine_bits": self.store.fine_bits,
+            "fine_ranking": self.fine_ranking,
             "encoder_id": self.bundle.encoder_id,
             "collection": self.store.collection,
             "uri": self.store.display_uri,
@@ -434,3 +580,4 @@ def _check_search(k: Any, filter: Filter, radius: Any, place: tuple[Any, Any, An
     store_values.radius(radius)
     store_keys.build_filter(filter)
     return GeoFilter.of(*place)
+

@@ -136,3 +136,17 @@ def milvus_error(code: int, message: str) -> Exception:
     from pymilvus.exceptions import MilvusException
 
     return MilvusException(code, message)
+
+
+def collection_names(store: Any) -> list[str]:
+    """Every collection at a store's uri as Milvus lists it, the fine-code companions included
+    (``Connection.names`` hides them): what a test of listing and dropping compares with."""
+    return sorted(store._conn.call("list_collections", what="listing collections"))
+
+
+def row_count(store: Any, name: str) -> int:
+    """Rows of collection ``name`` at a store's uri (a companion too), read Strong."""
+    kwargs = {} if store.is_lite else {"consistency_level": "Strong"}
+    res = store._conn.call("query", name, filter="", output_fields=["count(*)"],
+                           what=f"count in {name!r}", **kwargs)
+    return int(res[0]["count(*)"])

@@ -88,8 +88,11 @@ def test_database_holds_learned_v(tiny):
     assert db["ids"].tolist() == [s.id for s in train]
     assert db["labels"].tolist() == [s.label for s in train]
     assert db["paths"].tolist() == [s.path for s in train]
+    fine_bits = manifest["fine_code"]["bits"]  # the database images' fine codes (issue 20)
+    assert db["fine"].shape == (len(train), fine_bits // 8) and db["fine"].dtype == np.uint8
     assert manifest["database"] == {"file": "database.npz", "count": len(train), "codes": "learned",
-                                    "sha256": file_sha256(out / "database.npz")}
+                                    "sha256": file_sha256(out / "database.npz"),
+                                    "fine_bits": fine_bits}
 
 
 def test_manifest_and_metadata(tiny):

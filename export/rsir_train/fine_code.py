@@ -199,17 +199,14 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
     tap the graph's fine head uses (:func:`rsir_train.onnx_export.pooled_outputs`: for AHCL,
     the trained network's pooled features). ``bits`` shrinks to what the features allow
     (:func:`_usable_bits`: no more bits than directions in which they vary).
+
+    A bundle with database codes (AHCL's learned V) also gets the fine codes of its database
+    images (``database["fine"]``, from the same pooled features: what the exported graph gives
+    for those images), so that ``add_learned_codes`` writes both codes without encoding.
     """
     train_idx, _ = data.indices()
     if features is None:
-        from .features import load_prepared
-        from .onnx_export import pooled_outputs
-
-        parts = [pooled_outputs(contents.net, contents.normalize,
-                                load_prepared(data.archive, train_idx[s:s + 256],
-                                              contents.preprocess))
-                 for s in range(0, len(train_idx), 256)]
-        features = np.concatenate(parts)
+        features = _pooled(contents, data, train_idx)
         source = "pooled features of the exported network"
     else:
         source = "pooled features of the frozen backbone"
@@ -222,4 +219,36 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
     code = fit_fine_code(x, cfg)
     name = getattr(data.archive, "name", "") or "archive"
     fitted_on = f"train side of {name}: {len(x)} images, {source} (no labels)"
-    return dataclasses.replace(contents, fine_code=dataclasses.replace(code, fitted_on=fitted_on))
+    code = dataclasses.replace(code, fitted_on=fitted_on)
+    database = contents.database
+    if database is not None:
+        database = {**database, "fine": _database_fine(contents, data, train_idx, x, code)}
+    return dataclasses.replace(contents, fine_code=code, database=database)
+
+
+def _pooled(contents: Any, data: Any, indices: np.ndarray) -> np.ndarray:
+    """Pooled features of the archive's ``indices`` by one pass of ``contents.net`` (the tap
+    the graph's fine head uses), in chunks of 256 images."""
+    from .features import load_prepared
+    from .onnx_export import pooled_outputs
+
+    parts = [pooled_outputs(contents.net, contents.normalize,
+                            load_prepared(data.archive, indices[s:s + 256], contents.preprocess))
+             for s in range(0, len(indices), 256)]
+    return np.concatenate(parts)
+
+
+def _database_fine(contents: Any, data: Any, train_idx: np.ndarray, x: np.ndarray,
+                   code: FineCode) -> np.ndarray:
+    """Packed fine codes of the bundle's database images, in the database's order: from the
+    train side's features ``x`` when the database is the train side (AHCL), else from a pass
+    of the network over the database images."""
+    ids = [str(i) for i in contents.database["ids"]]
+    items = data.archive.items
+    row = {items[int(i)].id: r for r, i in enumerate(train_idx)}
+    if all(i in row for i in ids):
+        feats = x[[row[i] for i in ids]]
+    else:
+        where = {it.id: n for n, it in enumerate(items)}
+        feats = _pooled(contents, data, np.asarray([where[i] for i in ids], dtype=np.int64))
+    return code.codes(feats)

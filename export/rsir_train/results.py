@@ -55,10 +55,19 @@ def schedule_of(manifest: Mapping[str, Any]) -> str | None:
     h = t.get("hyperparameters") or {}
     method = manifest.get("method")
     if method == "ahcl" and h.get("schedule"):
-        shape = "cosine" if h["schedule"] in ("auto", "cosine") else f"step at {h.get('lr_steps')}"
+        trained = h.get("chosen_schedule") or h["schedule"]
+        shape = "cosine" if trained in ("auto", "cosine") else f"step at {h.get('lr_steps')}"
         epochs = (h.get("outer") or 0) * (h.get("inner") or 0)
-        return (f"{h['schedule']}: {epochs} epochs ({h.get('outer')} x {h.get('inner')}), SGD lr "
+        text = (f"{h['schedule']}: {epochs} epochs ({h.get('outer')} x {h.get('inner')}), SGD lr "
                 f"{h.get('lr')} momentum {h.get('momentum')}, {shape}")
+        sel = t.get("selection") or {}
+        if not sel:
+            return text
+        refit = sel.get("refit") or {}
+        cut = (f"refit on the whole train side for {refit.get('epochs')} epochs "
+               f"({refit.get('outer')} x {h.get('inner')})" if refit else "best validated epoch")
+        return (f"model selection ({sel.get('folds', 1)} validation folds) chose "
+                f"{sel.get('chosen')}: {text.split(': ', 1)[1]}; {cut}")
     if method == "milan":
         sel = t.get("selection") or {}
         if sel:

@@ -5,6 +5,9 @@
     rsir index BUNDLE ARCHIVE --uri ./rsir.db --collection scenes [--label-from parent]
     rsir index BUNDLE --learned --uri ./rsir.db --collection scenes
     rsir search BUNDLE IMAGE --uri ./rsir.db --collection scenes -k 10 [--json] [--html out.html]
+                [--appearance]
+    rsir duplicates BUNDLE --uri ./rsir.db --collection scenes [--radius R] --format csv|json
+                    [--out FILE]
     rsir eval BUNDLE [--data DIR] [--uri URI]
     rsir drop COLLECTION --uri ./rsir.db --yes
     rsir train ahcl|milan ... / rsir quantize ... / rsir quickstart   (entry points: rsir-train)
@@ -23,11 +26,12 @@ import warnings
 from typing import Callable, Sequence
 
 from ..errors import InvalidInputError, RasterRuleError, RsirError
-from . import admin, authoring, evaluate, index, search
+from . import admin, authoring, duplicates, evaluate, index, search
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, warn
 
 #: the runtime's own commands; a plugin in ``rsir.commands`` cannot replace them
-RUNTIME_COMMANDS = frozenset({"info", "collections", "drop", "index", "search", "eval", "serve"})
+RUNTIME_COMMANDS = frozenset({"info", "collections", "drop", "index", "search", "duplicates",
+                              "eval", "serve"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_parsers(sub)
     index.add_parser(sub)
     search.add_parser(sub)
+    duplicates.add_parser(sub)
     evaluate.add_parser(sub)
     _add_serve(sub)
     _add_plugins(sub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..bundle import Bundle
@@ -16,9 +17,17 @@ from .common import EXIT_ERROR, EXIT_OK, add_store_args, print_json, warn
 
 def add_parsers(sub: Any) -> None:
     """Register ``info``, ``collections`` and ``drop``."""
-    p = sub.add_parser("info", help="what a model bundle is")
+    p = sub.add_parser("info", help="what a model bundle is (and its collection, with --uri)")
     p.add_argument("bundle")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--uri", default=None,
+                   help="also say what this Milvus (Lite file or server URL) holds in the "
+                        "bundle's collection: items, fine codes (and how to rebuild a "
+                        "collection made before them)")
+    p.add_argument("--collection", default=None,
+                   help="with --uri: the collection (default: <method>_<bits>_<encoder_id>)")
+    p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
+                   help="with --uri: Milvus token (user:password); default $MILVUS_TOKEN")
     p.set_defaults(func=run_info)
 
     p = sub.add_parser("collections", help="list collections at a Milvus URI")
@@ -47,7 +56,10 @@ def run_info(args: argparse.Namespace) -> int:
         "split": SPLIT_FILE if (b.path / SPLIT_FILE).is_file() else None,
         "archive": b.archive_root, "collection": b.default_collection,
         "training": b.manifest.get("training", {}), "parent": b.manifest.get("parent"),
+        "fine_bits": b.fine_bits, "fine_code": b.manifest.get("fine_code"),
     }
+    if args.uri:
+        info["store"] = collection_info(b, args.uri, args.collection, args.token)
     if db_error:
         info["database"] = {**info["database"], "error": db_error}
     if args.json:
@@ -55,6 +67,7 @@ def run_info(args: argparse.Namespace) -> int:
         return EXIT_ERROR if db_error else EXIT_OK
     for key in ("path", "method", "bits", "encoder_id", "input", "symmetric", "collection"):
         print(f"{key:12s} {info[key]}")
+    print(f"{'fine_bits':12s} {_fine_text(b)}")
     more = " ..." if len(b.classes) > 12 else ""
     print(f"{'classes':12s} {len(b.classes)}: {', '.join(b.classes[:12])}{more}")
     db = info["database"]
@@ -74,10 +87,66 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"{'metric':12s} {k} = {v:.4f}" if isinstance(v, float) else f"{'metric':12s} {k} = {v}")
     if info["parent"]:
         print(f"{'parent':12s} {info['parent']}")
+    if args.uri:
+        for line in store_lines(b, info["store"], args.uri):
+            print(line)
     if db_error:
         warn(f"rsir info: {db_error}")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _fine_text(b: Bundle) -> str:
+    """The bundle's fine code in words."""
+    if b.fine_bits is None:
+        return ("none (a bundle written before fine codes: ties are ordered by id digest and "
+                "there is no appearance search; train it again for one)")
+    kind = (b.manifest.get("fine_code") or {}).get("kind")
+    return f"{b.fine_bits}" + (f" ({kind})" if kind else "")
+
+
+def collection_info(b: Bundle, uri: str, collection: str | None,
+                    token: str | None) -> dict[str, Any]:
+    """What the store at ``uri`` holds in the bundle's collection (``exists`` False when it
+    does not exist or the Lite file is missing; ``error`` when it cannot be opened)."""
+    from ..errors import CollectionMismatchError, InvalidInputError, StoreError
+    from ..store import MilvusCodeStore
+
+    name = collection or b.default_collection
+    if is_lite_uri(uri) and not _exists(uri):
+        return {"collection": name, "exists": False}
+    try:
+        with MilvusCodeStore(uri, name, token=token, create=False) as store:
+            if not store.exists:
+                return {"collection": name, "exists": False}
+            return store.info()
+    except (StoreError, CollectionMismatchError, InvalidInputError) as exc:
+        return {"collection": name, "exists": False, "error": str(exc)}
+
+
+def store_lines(b: Bundle, found: dict[str, Any], uri: str) -> list[str]:
+    """The ``rsir info --uri`` lines about the collection: items and fine codes, and for a
+    collection without fine codes while the bundle has them, how to rebuild it."""
+    name = found["collection"]
+    where = redact_uri(uri)
+    if found.get("error"):
+        return [f"{'store':12s} {name} at {where}: cannot be opened ({found['error']})"]
+    if not found.get("exists"):
+        return [f"{'store':12s} {name} at {where}: not created yet (rsir index BUNDLE ARCHIVE "
+                f"--uri {where} --collection {name})"]
+    fine = found.get("fine_bits")
+    lines = [f"{'store':12s} {name} at {where}: {found.get('count', '?')} items, "
+             + (f"fine codes {fine} bits" if fine else "no fine codes")]
+    if not fine and b.fine_bits:
+        lines.append(rebuild_hint(name, where))
+    return lines
+
+
+def rebuild_hint(name: str, where: str) -> str:
+    """One line: how to rebuild a collection made before fine codes to rank by appearance."""
+    return (f"{'rebuild':12s} collection {name} was made before fine codes (searches rank as "
+            f"before; no appearance mode or duplicates): rebuild it with rsir drop {name} --uri "
+            f"{where} --yes, then rsir index BUNDLE ARCHIVE --uri {where} --collection {name}")
 
 
 def _database_error(bundle: Bundle) -> str | None:
@@ -104,8 +173,9 @@ def run_collections(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no collections at {redact_uri(args.uri)}")
         return EXIT_OK
-    print(f"{'collection':36s} {'items':>9}  {'bits':>5}  {'encoder':16s}  {'method':16s}  "
-          f"{'raster rule':24s}  no place")
+    print(f"{'collection':36s} {'items':>9}  {'bits':>5}  {'fine':>5}  {'encoder':16s}  "
+          f"{'method':16s}  {'raster rule':24s}  no place")
+    old = []
     for r in rows:
         if "error" in r:
             print(f"{r['collection']:36s} {'-':>9}  {'-':>5}  ({r['error']})")
@@ -114,9 +184,18 @@ def run_collections(args: argparse.Namespace) -> int:
         rule = enc.get("raster_rule")
         shown = RasterRule.from_dict(rule).describe() if rule is not None else "-"
         # items without a footprint (no place filter returns them); "-": made before place fields
+        fine = r.get("fine_bits")
+        if "fine_bits" in r and fine is None:
+            old.append(r["collection"])
         print(f"{r['collection']:36s} {r.get('count', '?'):>9}  {r.get('bits', '?'):>5}  "
+              f"{fine if fine is not None else '-':>5}  "
               f"{enc.get('encoder_id', '-'):16s}  {enc.get('method', '-'):16s}  {shown:24s}  "
               f"{r.get('without_footprint', '-')}")
+    if old:
+        print(f"{len(old)} collection(s) without fine codes ({', '.join(old[:5])}"
+              f"{' ...' if len(old) > 5 else ''}): searches rank as before, without appearance "
+              f"mode or duplicates; to get them, rsir drop NAME --uri {redact_uri(args.uri)} "
+              f"--yes and index again with a bundle that has a fine code")
     return EXIT_OK
 
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from ..errors import RsirError
 from ..geo import BBox, Near, Period
-from ..hits import hit_to_json
+from ..hits import SEARCH_MODES, hit_to_json
 from ..options import IndexOptions
 from ..retriever import Hit, Retriever
 from .common import (
@@ -44,6 +44,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--time", default=None, metavar="START/END",
                    help="only items whose time lies in the period (ISO 8601, inclusive; '..' or "
                         "an empty side is open, e.g. 2021-06/2021-08 or 2020-01-01/..)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mode", choices=SEARCH_MODES, default="default",
+                   help="default: retrieval-code distance, then fine-code distance (collections "
+                        "with fine codes), then the id digest; appearance: the fine code alone "
+                        "(near-duplicates, the same place seen again; --radius then bounds the "
+                        "fine distance)")
+    g.add_argument("--appearance", dest="mode", action="store_const", const="appearance",
+                   help="the same as --mode appearance")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("--html", default=None, metavar="OUT.html",
                    help="write a gallery page with the query and its hits as thumbnails")
@@ -71,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         # the URL is the user's own, fetched for them alone: an address on their network is
         # theirs to ask for (the guard against probing internal addresses is for services)
         r.encoder.allow_private_urls = True
-        hits = r.search(args.image, k=args.k, filter=filt, radius=args.radius, **place)
+        hits = r.search(args.image, k=args.k, filter=filt, radius=args.radius, **place,
+                        mode=args.mode)
         if args.html:
             write_html(args, r, hits)
     if args.json:
@@ -114,15 +123,20 @@ def write_html(args: argparse.Namespace, r: Retriever, hits: Sequence[Hit]) -> N
 
 
 def format_hits(hits: Sequence[Hit]) -> str:
-    """A plain-text table of hits: rank, id, distance, label, path."""
+    """A plain-text table of hits: rank, id, distance, (fine distance, when the fine code took
+    part in the ranking), label, path."""
     if not hits:
         return "no hits"
     wid = min(48, max(2, *(len(h.id) for h in hits)))
     wlab = min(24, max(5, *(len(h.label) for h in hits)))
-    lines = [f"{'rank':>4}  {'id':{wid}s}  {'distance':>8}  {'label':{wlab}s}  path"]
+    fine = any(h.fine_distance is not None for h in hits)
+    head = f"{'rank':>4}  {'id':{wid}s}  {'distance':>8}  "
+    lines = [head + ("    fine  " if fine else "") + f"{'label':{wlab}s}  path"]
     for i, h in enumerate(hits, 1):
+        shown = "-" if h.fine_distance is None else h.fine_distance
         lines.append(f"{i:>4}  {_printable(h.id):{wid}s}  {h.distance:>8}  "
-                     f"{_printable(h.label)[:wlab]:{wlab}s}  {_printable(h.path)}")
+                     + (f"{shown:>6}  " if fine else "")
+                     + f"{_printable(h.label)[:wlab]:{wlab}s}  {_printable(h.path)}")
     return "\n".join(lines)
 
 

@@ -19,9 +19,14 @@ numbers (:mod:`rsir_sdk.serve.geo_wire`).
 
 **The edge path**: given a local ``bundle`` (the one the service runs, e.g. an int8 one), images
 are encoded on this device with :class:`~rsir_sdk.Encoder` and only the packed codes travel
-(``bits/8`` bytes per image instead of the image file); the request names the encoder so that
-a service filled by another encoder refuses the codes (:class:`CollectionMismatchError`).
-Without a bundle, image files are uploaded and the service encodes them.
+(``bits/8`` bytes per image instead of the image file, plus ``fine_bits/8`` for the fine code
+when the bundle has one: 8 + 16 = 24 bytes for a 64-bit code and a 128-bit fine code, both from
+one forward pass); the request names the encoder so that a service filled by another encoder
+refuses the codes (:class:`CollectionMismatchError`). Without a bundle, image files are
+uploaded and the service encodes them.
+
+Search modes (``mode=``, :data:`rsir_sdk.hits.SEARCH_MODES`) travel as the ``mode`` parameter;
+:meth:`RemoteRetriever.duplicates` asks ``POST /v1/duplicates``.
 
 Connection errors, timeouts and 503 answers are retried ``HttpOptions.retries`` times with
 exponential backoff (``backoff * 2**attempt``, at most ``max_backoff`` s; a 503's
@@ -46,7 +51,7 @@ import numpy as np
 
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
-from ..hits import Hit, StoredItem, hit_from_json, item_from_json
+from ..hits import SEARCH_MODES, Hit, StoredItem, hit_from_json, item_from_json
 from ..store import values as store_values
 from .geo_wire import footprints_to_wire, geo_to_wire, times_to_wire
 from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defined here
@@ -63,6 +68,15 @@ if TYPE_CHECKING:
 ENCODER_HEADER = "X-Rsir-Encoder-Id"
 
 __all__ = ["HttpOptions", "RemoteRetriever"]
+
+
+def _mode(mode: Any) -> str:
+    """``mode`` checked as the service checks it: one of :data:`rsir_sdk.hits.SEARCH_MODES`
+    (:class:`~rsir_sdk.errors.InvalidInputError`, one line, otherwise)."""
+    if not isinstance(mode, str) or mode not in SEARCH_MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, "
+                                f"got {mode!r:.40}")
+    return mode
 
 
 class RemoteRetriever:
@@ -165,21 +179,30 @@ class RemoteRetriever:
                 f"{self.encoder.bundle.encoder_id} ({self.encoder.bits} bits). Codes of "
                 f"different encoders are not comparable: use the bundle the service runs")
 
-    def _encode(self, images: list[Any], batch_size: int | None = None) -> np.ndarray:
+    def _encode(self, images: list[Any], batch_size: int | None = None,
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(codes, fine codes)`` of images encoded here: both from one forward pass when the
+        bundle has a fine code (``fine`` None otherwise)."""
         assert self.encoder is not None
+        if self.encoder.fine_bits is not None:
+            both = self.encoder.encode_both(images, batch_size)
+            return both.codes, both.fine
         codes = self.encoder.encode(images, batch_size)
         assert isinstance(codes, np.ndarray)
-        return codes
+        return codes, None
 
     def _encoder_header(self) -> dict[str, str]:
         return {ENCODER_HEADER: self.encoder.bundle.encoder_id} if self.encoder else {}
 
     @staticmethod
     def _options(k: Any, filter: Filter, radius: Any, where: Mapping[str, Any] | None = None,
-                 ) -> dict[str, Any]:
+                 mode: Any = "default") -> dict[str, Any]:
         """Query parameters of a search, checked as the local store checks them; ``where``:
-        place and period as :func:`~rsir_sdk.serve.geo_wire.geo_to_wire` gave them."""
+        place and period as :func:`~rsir_sdk.serve.geo_wire.geo_to_wire` gave them; ``mode``
+        sent when not the default."""
         params: dict[str, Any] = {"k": store_values.k(k)}
+        if _mode(mode) != "default":
+            params["mode"] = mode
         wire = wire_filter(filter)
         if wire is not None:
             params["filter"] = json.dumps(wire, ensure_ascii=False)
@@ -206,15 +229,18 @@ class RemoteRetriever:
 
     # ----------------------------------------------------------------- search
     def search(self, img: Any, k: int = 10, filter: Filter = None, radius: int | None = None, *,
-               bbox: Any = None, near: Any = None, time: Any = None) -> list[Hit]:
+               bbox: Any = None, near: Any = None, time: Any = None,
+               mode: str = "default") -> list[Hit]:
         """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL);
-        ``bbox``, ``near``, ``time``: place and period, as for :meth:`rsir_sdk.Retriever.search`."""
+        ``bbox``, ``near``, ``time``: place and period; ``mode``: ``"default"`` or
+        ``"appearance"``; as for :meth:`rsir_sdk.Retriever.search`."""
         where = geo_to_wire(bbox, near, time)
-        params = self._options(k, filter, radius, where)
+        params = self._options(k, filter, radius, where, mode)
         if self.encoder is not None:
-            return self.search_codes(self._encode([img]), k, filter, radius, **where)[0]
+            codes, fine = self._encode([img])
+            return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)[0]
         if isinstance(img, str) and img.lower().startswith(("http://", "https://")):
-            body = {"url": img, **{key: v for key, v in params.items() if key == "k"},
+            body = {"url": img, **{key: v for key, v in params.items() if key in ("k", "mode")},
                     **where}
             if "radius" in params:
                 body["radius"] = params["radius"]
@@ -229,14 +255,16 @@ class RemoteRetriever:
 
     def search_batch(self, imgs: Sequence[Any], k: int = 10, filter: Filter = None,
                      radius: int | None = None, batch_size: int | None = None, *,
-                     bbox: Any = None, near: Any = None, time: Any = None) -> list[list[Hit]]:
+                     bbox: Any = None, near: Any = None, time: Any = None,
+                     mode: str = "default") -> list[list[Hit]]:
         """Top-``k`` for each image, in order. ``batch_size``: images per encoder call with a
         local bundle, else images per upload (at most the service's max batch)."""
         where = geo_to_wire(bbox, near, time)
-        params = self._options(k, filter, radius, where)
+        params = self._options(k, filter, radius, where, mode)
         imgs = list(imgs)
         if self.encoder is not None:
-            return self.search_codes(self._encode(imgs, batch_size), k, filter, radius, **where)
+            codes, fine = self._encode(imgs, batch_size)
+            return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)
         out: list[list[Hit]] = []
         for part in self._chunks(len(imgs), self._upload_size(batch_size)):
             files = [("image", image_file(x)) for x in imgs[part]]
@@ -246,29 +274,47 @@ class RemoteRetriever:
 
     def search_codes(self, codes: np.ndarray | bytes, k: int = 10, filter: Filter = None,
                      radius: int | None = None, *, bbox: Any = None, near: Any = None,
-                     time: Any = None) -> list[list[Hit]]:
-        """Search packed codes ``uint8 (n, bits/8)`` (or one code's bytes): raw bytes travel."""
-        params = self._options(k, filter, radius, geo_to_wire(bbox, near, time))
+                     time: Any = None, fine: np.ndarray | bytes | None = None,
+                     mode: str = "default") -> list[list[Hit]]:
+        """Search packed codes ``uint8 (n, bits/8)`` (or one code's bytes): raw bytes travel.
+        ``fine``: their fine codes ``uint8 (n, fine_bits/8)``, sent after each code (records of
+        ``bits/8 + fine_bits/8`` bytes, ``fine=1``); required by ``mode="appearance"``."""
+        params = self._options(k, filter, radius, geo_to_wire(bbox, near, time), mode)
         bits = self.encoder.bits if self.encoder is not None else None
         packed = as_packed(codes, bits)
+        fine_rows = self._fine(fine, len(packed))
+        if fine_rows is not None:
+            params["fine"] = "1"
         out: list[list[Hit]] = []
         step = len(packed) if len(packed) <= 1000 else int(self._limits()["max_codes"])
         for part in self._chunks(len(packed), step):
+            body = packed[part] if fine_rows is None else np.hstack([packed[part], fine_rows[part]])
             payload = self._request(
-                "POST", "/v1/search/codes", params=params, content=packed[part].tobytes(),
+                "POST", "/v1/search/codes", params=params, content=body.tobytes(),
                 headers={"Content-Type": "application/octet-stream", **self._encoder_header()})
             out += [self._hits(r) for r in payload["results"]]
         return out
 
+    def _fine(self, fine: np.ndarray | bytes | None, n: int) -> np.ndarray | None:
+        """Fine codes given with ``n`` codes as ``uint8 (n, fine_bits/8)``, checked (None when
+        not given)."""
+        if fine is None:
+            return None
+        width = self.encoder.fine_bits if self.encoder is not None else None
+        rows = as_packed(fine, width)
+        if len(rows) != n:
+            raise InvalidInputError(f"{len(rows)} fine codes for {n} codes: give one per code")
+        return rows
+
     def range_search(self, img: Any, radius: int, filter: Filter = None, *, bbox: Any = None,
-                     near: Any = None, time: Any = None) -> list[Hit]:
-        """Every item within ``radius`` of one image (in the place and period), up to the
-        service's max k."""
+                     near: Any = None, time: Any = None, mode: str = "default") -> list[Hit]:
+        """Every item within ``radius`` of one image (in the place and period; in mode
+        appearance, of its fine code), up to the service's max k."""
         if radius is None:
             raise InvalidInputError("range_search needs a radius (an integer >= 0)")
-        self._options(1, filter, radius, geo_to_wire(bbox, near, time))
+        self._options(1, filter, radius, geo_to_wire(bbox, near, time), mode)
         return self.search(img, k=int(self._limits()["max_k"]), filter=filter, radius=radius,
-                           bbox=bbox, near=near, time=time)
+                           bbox=bbox, near=near, time=time, mode=mode)
 
     # ----------------------------------------------------------------- writes
     def add_images(self, images: Sequence[Any], ids: Sequence[str] | None = None,
@@ -304,8 +350,9 @@ class RemoteRetriever:
         places = footprints_to_wire(footprints, ids)
         when = times_to_wire(times, ids)
         if self.encoder is not None:
-            return self.add_codes(self._encode(images, batch_size), ids, labels, paths, metadata,
-                                  footprints=places, times=when)
+            codes, fine = self._encode(images, batch_size)
+            return self.add_codes(codes, ids, labels, paths, metadata, footprints=places,
+                                  times=when, fine=fine)
         written = 0
         for part in self._chunks(len(images), self._upload_size(batch_size)):
             form = {"ids": json.dumps(ids[part])}
@@ -321,14 +368,17 @@ class RemoteRetriever:
                   labels: Sequence[str] | None = None, paths: Sequence[str] | None = None,
                   metadata: Sequence[Mapping[str, Any] | None] | None = None,
                   footprints: Sequence[Any] | None = None,
-                  times: Sequence[Any] | None = None) -> int:
+                  times: Sequence[Any] | None = None,
+                  fine: np.ndarray | bytes | None = None) -> int:
         """Upsert packed codes with their ids; returns how many were written (``footprints``,
-        ``times``: as for :meth:`add_images`)."""
+        ``times``: as for :meth:`add_images`; ``fine``: their fine codes ``uint8 (n,
+        fine_bits/8)``, required when the service's collection keeps fine codes)."""
         bits = self.encoder.bits if self.encoder is not None else None
         packed = as_packed(codes, bits)
         ids = store_values.ids(ids)
         if len(ids) != len(packed):
             raise InvalidInputError(f"{len(ids)} ids but {len(packed)} codes")
+        fine_rows = self._fine(fine, len(packed))
         check_columns(ids, labels, paths, metadata)
         footprints = footprints_to_wire(footprints, ids)
         times = times_to_wire(times, ids)
@@ -338,6 +388,9 @@ class RemoteRetriever:
                 "ids": ids[part],
                 "codes": [base64.b64encode(row.tobytes()).decode("ascii") for row in packed[part]],
             }
+            if fine_rows is not None:
+                body["fine_codes"] = [base64.b64encode(row.tobytes()).decode("ascii")
+                                      for row in fine_rows[part]]
             for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata),
                               ("footprints", footprints), ("times", times)):
                 if col is not None:
@@ -393,6 +446,23 @@ class RemoteRetriever:
         summary = summary_from_json(payload, self.url)
         finish_index(summary, report, progress)
         return summary
+
+    def duplicates(self, radius: int | None = None, filter: Filter = None, *,
+                   bbox: Any = None, near: Any = None, time: Any = None) -> list[list[str]]:
+        """Groups of near-identical items: ids whose fine codes lie within ``radius`` of each
+        other (linked transitively), ids sorted in each group, largest group first; ``None``:
+        the service's default radius (``POST /v1/duplicates``; one request, under
+        ``HttpOptions.index_timeout``: it reads the whole collection)."""
+        body: dict[str, Any] = {**geo_to_wire(bbox, near, time)}
+        radius = store_values.radius(radius)
+        if radius is not None:
+            body["radius"] = radius
+        wire = wire_filter(filter)
+        if wire is not None:
+            body["filter"] = wire
+        payload = self._request("POST", "/v1/duplicates", json_body=body,
+                                timeout=self.http.index_timeout)
+        return [[str(i) for i in group] for group in payload["groups"]]
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete items by id; returns how many existed."""

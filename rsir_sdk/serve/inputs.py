@@ -10,8 +10,9 @@ One endpoint accepts several body kinds, chosen by ``Content-Type``:
 - anything else (``image/jpeg``, ``application/octet-stream``...): the body is one image, or for
   code endpoints the concatenated packed codes (``n * bits/8`` bytes).
 
-``k``, ``radius``, ``filter``, ``bbox``, ``near`` and ``time`` may also come as query
-parameters (the raw-body forms have no other place for them); body values win. Everything is validated here, before any work is
+``k``, ``radius``, ``filter``, ``bbox``, ``near``, ``time`` and ``mode`` may also come as query
+parameters (the raw-body forms have no other place for them); body values win. Raw code bodies
+with ``fine=1`` hold records of a code followed by its fine code (:func:`split_records`). Everything is validated here, before any work is
 queued, and a mistake raises an error whose kind the client maps back to a Python class.
 """
 
@@ -33,6 +34,7 @@ from starlette.requests import Request
 
 from ..errors import CodeLengthError, ImageLoadError, InvalidInputError
 from ..geo import GeoFilter
+from ..hits import SEARCH_MODES
 from ..images import DECODE_FORMATS, fetch_url
 from ..pixels import decode_reduced, image_size
 from ..preprocess import crop_size
@@ -263,6 +265,25 @@ def split_codes(raw: bytes, bits: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, nbytes).copy()
 
 
+def split_records(raw: bytes, bits: int, fine_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated records of a packed code followed by its fine code (``bits/8 +
+    fine_bits/8`` bytes each: 8 + 16 = 24 for 64-bit codes with 128-bit fine codes) to
+    ``(codes uint8 (n, bits/8), fine uint8 (n, fine_bits/8))``; :class:`CodeLengthError` if
+    ragged."""
+    nbytes, fbytes = bits // 8, fine_bits // 8
+    size = nbytes + fbytes
+    if not raw:
+        raise CodeLengthError(f"no codes in the request: send n * {size} bytes (each a {bits}-bit "
+                              f"code, then its {fine_bits}-bit fine code)")
+    if len(raw) % size:
+        raise CodeLengthError(
+            f"{len(raw)} bytes is not a whole number of records of {size} bytes ({nbytes} bytes "
+            f"of a {bits}-bit code, then {fbytes} of its {fine_bits}-bit fine code): codes from "
+            f"another encoder, or a truncated body")
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, size)
+    return records[:, :nbytes].copy(), records[:, nbytes:].copy()
+
+
 def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes") -> np.ndarray:
     """A list of base64 codes to ``uint8 (n, bits/8)``; :class:`CodeLengthError` on a bad length."""
     nbytes = bits // 8
@@ -278,13 +299,17 @@ def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes") -> n
 
 
 def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig,
-                   bits: int) -> tuple[int, dict[str, Any] | str | None, int | None]:
-    """``(k, filter, radius)`` from the body fields, else the query string; validated."""
+                   bits: int, extra: Sequence[str] = (),
+                   ) -> tuple[int, dict[str, Any] | str | None, int | None]:
+    """``(k, filter, radius)`` from the body fields, else the query string; validated.
+
+    ``bits``: the largest radius (the length of the code the search ranks by: the fine code's
+    in mode appearance). ``extra``: further query parameters the endpoint takes."""
     q = request.query_params
-    unknown = sorted(set(q) - {"k", "filter", "radius", *GEO_KEYS})
+    unknown = sorted(set(q) - {"k", "filter", "radius", "mode", *GEO_KEYS, *extra})
     if unknown:
         raise invalid(f"unknown query parameter(s) {unknown}; this endpoint takes k, filter, "
-                      f"radius, bbox, near, time")
+                      f"radius, bbox, near, time, mode" + "".join(f", {e}" for e in extra))
     k = fields.get("k", q.get("k", 10))
     radius = fields.get("radius", q.get("radius"))
     # body fields hold decoded JSON (a string there is an expression); the query holds JSON text
@@ -301,6 +326,32 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
     if "filter" not in fields and isinstance(filt, str):
         filt = _json_field(filt, "filter") if filt.strip() else None
     return k, check_filter(filt, cfg.allow_expressions), radius
+
+
+def search_mode(request: Request, fields: Mapping[str, Any]) -> str:
+    """The search ``mode`` from the body fields, else the query string: one of
+    :data:`rsir_sdk.hits.SEARCH_MODES` (``"default"`` when not given); InvalidInputError (422,
+    one line) otherwise, the class :meth:`rsir_sdk.Retriever.search` raises."""
+    mode = fields["mode"] if "mode" in fields else request.query_params.get("mode")
+    if mode is None or mode == "":
+        return "default"
+    if not isinstance(mode, str) or mode.strip() not in SEARCH_MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, "
+                                f"got {one_line(repr(mode), 40)}")
+    return mode.strip()
+
+
+def flag(value: Any, name: str) -> bool:
+    """A yes/no query parameter: ``1``/``true``/``yes`` or ``0``/``false``/``no`` (422
+    otherwise); absent is no."""
+    if value is None or value == "":
+        return False
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise invalid(f"{name} must be 1/true or 0/false, got {one_line(repr(value), 40)}")
 
 
 def search_where(request: Request, fields: Mapping[str, Any]) -> GeoFilter:

@@ -123,7 +123,10 @@ async def add_images(request: Request) -> JSONResponse:
     "/codes", response_model=WrittenOut, summary="Add packed codes (edge devices)",
     responses=errors_doc(401, 403, 409, 413, 422, 503, 504),
     description="Upsert codes made elsewhere with the served encoder (base64, bits/8 bytes "
-                "each). `X-Rsir-Encoder-Id` is checked against the collection's encoder.",
+                "each) with their fine codes (`fine_codes`, base64, fine_bits/8 bytes each: 16 "
+                "for 128 bits; required when the collection keeps fine codes, see `fine_bits` "
+                "in GET /v1/info). `X-Rsir-Encoder-Id` is checked against the collection's "
+                "encoder.",
 )
 async def add_codes(request: Request, payload: AddCodesJSON) -> JSONResponse:
     service = service_of(request)
@@ -134,7 +137,13 @@ async def add_codes(request: Request, payload: AddCodesJSON) -> JSONResponse:
     if len(payload.codes) != n:
         raise invalid(f"{len(payload.codes)} codes but {n} ids")
     codes = codes_from_base64(payload.codes, service.bits)
-    written, count = await service.gate.run(service.add_codes, codes, ids, _columns(data, ids))
+    fine = None
+    if payload.fine_codes is not None:
+        if len(payload.fine_codes) != n:
+            raise invalid(f"{len(payload.fine_codes)} fine codes but {n} ids")
+        fine = codes_from_base64(payload.fine_codes, service.fine_width(), "fine_codes")
+    written, count = await service.gate.run(service.add_codes, codes, ids, _columns(data, ids),
+                                            fine)
     return json_answer({"written": written, "count": count})
 
 

@@ -1,25 +1,48 @@
-"""Search endpoints: by image (upload, raw body, URL, base64), batch, and by packed codes."""
+"""Search endpoints: by image (upload, raw body, URL, base64), batch, by packed codes (with
+their fine codes), and the near-duplicate groups of the collection."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ..errors import InvalidInputError
+from ..geo import GeoFilter
 from ..hits import hit_to_json
+from .geo_wire import geo_from_wire
 from .inputs import (
+    _int,
+    check_filter,
     codes_from_base64,
+    flag,
     invalid,
     media_type,
     parse_model,
     read_images,
     read_json,
+    search_mode,
     search_options,
     search_where,
     split_codes,
+    split_records,
 )
 from .routing import ErrorRoute, errors_doc, json_answer, multi_body, require_read, service_of
-from .schemas import BatchSearchJSON, CodesSearchJSON, HitsOut, ImageSearchJSON, ResultsOut
-from .service import ENCODER_HEADER
+from .schemas import (
+    BatchSearchJSON,
+    CodesSearchJSON,
+    DuplicatesJSON,
+    DuplicatesOut,
+    HitsOut,
+    ImageSearchJSON,
+    ResultsOut,
+)
+from .service import ENCODER_HEADER, Service
+
+#: seconds a duplicates request may run in the service (it reads the whole collection)
+DUPLICATES_TIMEOUT = 6 * 3600.0
 
 router = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(require_read)],
                    tags=["search"])
@@ -29,9 +52,11 @@ GEO_FORM = {
     "near": {"type": "string", "description": "lon,lat,metres (or a JSON array)"},
     "time": {"type": "string", "description": "start/end, ISO 8601, '..' open (or a JSON array)"},
 }
+MODE_FORM = {"mode": {"type": "string", "enum": ["default", "appearance"],
+                      "description": "default, or appearance (the fine code alone)"}}
 IMAGE_FORM = {
     "image": {"type": "string", "format": "binary", "description": "the image file"},
-    "k": {"type": "integer"}, "radius": {"type": "integer"},
+    "k": {"type": "integer"}, "radius": {"type": "integer"}, **MODE_FORM,
     "filter": {"type": "string", "description": 'JSON object, e.g. {"label": "Forest"}'},
     "url": {"type": "string", "description": "instead of a file: a URL the service downloads"},
     **GEO_FORM,
@@ -39,7 +64,7 @@ IMAGE_FORM = {
 BATCH_FORM = {
     "image": {"type": "array", "items": {"type": "string", "format": "binary"},
               "description": "image files (repeat the field)"},
-    "k": {"type": "integer"}, "radius": {"type": "integer"},
+    "k": {"type": "integer"}, "radius": {"type": "integer"}, **MODE_FORM,
     "filter": {"type": "string", "description": "JSON object"},
     **GEO_FORM,
 }
@@ -47,6 +72,10 @@ GEO_DOC = (" Place and period: `bbox` (west,south,east,north; footprints meeting
            "`near` (lon,lat,metres; great-circle) and `time` (start/end, ISO 8601) in the query "
            "string, a form field or the JSON body; items without a footprint (time) are left "
            "out of place- (period-) filtered searches.")
+MODE_DOC = (" `mode`: `default` (retrieval-code distance, then fine-code distance when the "
+            "collection keeps fine codes, then the id digest) or `appearance` (the fine code "
+            "alone; `radius` bounds the fine distance; 409 on a collection without fine codes). "
+            "Hits carry `fine_distance` when the fine code took part.")
 
 
 @router.post(
@@ -56,16 +85,20 @@ GEO_DOC = (" Place and period: `bbox` (west,south,east,north; footprints meeting
     description=(
         "Hamming top-k for one image: a multipart upload (field `image`), the image as the raw "
         "body (`Content-Type: image/jpeg` etc.; `k`, `filter`, `radius` in the query string), "
-        "or JSON with `url` (downloaded by the service) or `image_base64`." + GEO_DOC),
+        "or JSON with `url` (downloaded by the service) or `image_base64`." + GEO_DOC
+        + MODE_DOC),
 )
 async def search_image(request: Request) -> JSONResponse:
     service = service_of(request)
     body = await read_images(request, service.config, ImageSearchJSON)
     if len(body.images) != 1:
         raise invalid(f"{len(body.images)} images sent to /v1/search: use /v1/search/batch")
-    k, filt, radius = search_options(request, body.fields, service.config, service.bits)
+    mode = search_mode(request, body.fields)
+    k, filt, radius = search_options(request, body.fields, service.config,
+                                     service.radius_bits(mode))
     where = search_where(request, body.fields)
-    results = await service.gate.run(service.search_images, body.images, k, filt, radius, where)
+    results = await service.gate.run(service.search_images, body.images, k, filt, radius, where,
+                                     mode)
     return json_answer({"hits": [hit_to_json(h) for h in results[0]]})
 
 
@@ -74,14 +107,17 @@ async def search_image(request: Request) -> JSONResponse:
     responses=errors_doc(401, 409, 413, 422, 503, 504),
     openapi_extra=multi_body(BatchSearchJSON, form=BATCH_FORM, binary=()),
     description="One hit list per image, in order (multipart files, or JSON `urls` / "
-                "`images_base64`); at most max_batch images." + GEO_DOC,
+                "`images_base64`); at most max_batch images." + GEO_DOC + MODE_DOC,
 )
 async def search_batch(request: Request) -> JSONResponse:
     service = service_of(request)
     body = await read_images(request, service.config, BatchSearchJSON)
-    k, filt, radius = search_options(request, body.fields, service.config, service.bits)
+    mode = search_mode(request, body.fields)
+    k, filt, radius = search_options(request, body.fields, service.config,
+                                     service.radius_bits(mode))
     where = search_where(request, body.fields)
-    results = await service.gate.run(service.search_images, body.images, k, filt, radius, where)
+    results = await service.gate.run(service.search_images, body.images, k, filt, radius, where,
+                                     mode)
     return json_answer({"results": [[hit_to_json(h) for h in hits] for hits in results]})
 
 
@@ -89,30 +125,92 @@ async def search_batch(request: Request) -> JSONResponse:
     "/search/codes", response_model=ResultsOut, summary="Search by packed codes (edge devices)",
     responses=errors_doc(401, 409, 413, 422, 503, 504),
     openapi_extra=multi_body(CodesSearchJSON, binary=("application/octet-stream",),
-                             binary_doc="n packed codes back to back (n * bits/8 bytes)"),
+                             binary_doc="n packed codes back to back (n * bits/8 bytes); with "
+                                        "`fine=1`, n records of a code then its fine code "
+                                        "(n * (bits/8 + fine_bits/8) bytes)"),
     description=(
         "The edge path: codes made by the same encoder elsewhere. Raw bytes "
-        "(`application/octet-stream`, n * bits/8 bytes; `k`, `filter`, `radius` in the query) "
-        "or JSON `code` / `codes` (base64). Send `X-Rsir-Encoder-Id: <encoder_id>` to have "
-        "codes of another encoder refused (409) instead of searched." + GEO_DOC),
+        "(`application/octet-stream`, n * bits/8 bytes; `k`, `filter`, `radius`, `mode` in the "
+        "query; with `fine=1` in the query each code is followed by its fine code: 8 + 16 = 24 "
+        "bytes for a 64-bit code and a 128-bit fine code) or JSON `code` / `codes` (base64) "
+        "with `fine_code` / `fine_codes` beside them. Send `X-Rsir-Encoder-Id: <encoder_id>` "
+        "to have codes of another encoder refused (409) instead of searched." + GEO_DOC
+        + MODE_DOC),
 )
 async def search_codes(request: Request) -> JSONResponse:
     service = service_of(request)
     service.check_client_encoder(request.headers.get(ENCODER_HEADER))
     if media_type(request) == "application/json":
-        parsed = parse_model(CodesSearchJSON, await read_json(request))
-        items = ([parsed.code] if parsed.code else []) + list(parsed.codes or [])
-        if not items:
-            raise invalid("give `code` or `codes` (base64)")
-        fields = parsed.model_dump(exclude_none=True,
-                                   include={"k", "filter", "radius", "bbox", "near", "time"})
-        codes = codes_from_base64(items, service.bits)
+        fields, codes, fine = _json_codes(service, await read_json(request))
     else:
         fields = {}
-        codes = split_codes(await request.body(), service.bits)
+        if flag(request.query_params.get("fine"), "fine"):
+            codes, fine = split_records(await request.body(), service.bits, service.fine_width())
+        else:
+            codes, fine = split_codes(await request.body(), service.bits), None
     if len(codes) > service.config.max_codes:
         raise invalid(f"{len(codes)} codes in one request; at most {service.config.max_codes}")
-    k, filt, radius = search_options(request, fields, service.config, service.bits)
+    mode = search_mode(request, fields)
+    k, filt, radius = search_options(request, fields, service.config, service.radius_bits(mode),
+                                     extra=("fine",))
     where = search_where(request, fields)
-    results = await service.gate.run(service.search_codes, codes, k, filt, radius, where)
+    results = await service.gate.run(service.search_codes, codes, k, filt, radius, where, fine,
+                                     mode)
     return json_answer({"results": [[hit_to_json(h) for h in hits] for hits in results]})
+
+
+def _json_codes(service: Service, data: Any) -> tuple[dict[str, Any], np.ndarray,
+                                                      np.ndarray | None]:
+    """``(search fields, codes, fine codes or None)`` of a JSON codes search."""
+    parsed = parse_model(CodesSearchJSON, data)
+    items = ([parsed.code] if parsed.code else []) + list(parsed.codes or [])
+    if not items:
+        raise invalid("give `code` or `codes` (base64)")
+    fines = ([parsed.fine_code] if parsed.fine_code else []) + list(parsed.fine_codes or [])
+    if bool(parsed.code) != bool(parsed.fine_code) and fines:
+        raise invalid("give `fine_code` with `code` (and `fine_codes` with `codes`)")
+    if fines and len(fines) != len(items):
+        raise invalid(f"{len(fines)} fine codes for {len(items)} codes: give one per code")
+    fields = parsed.model_dump(exclude_none=True,
+                               include={"k", "filter", "radius", "bbox", "near", "time", "mode"})
+    codes = codes_from_base64(items, service.bits)
+    fine = codes_from_base64(fines, service.fine_width(), "fine_codes") if fines else None
+    return fields, codes, fine
+
+
+@router.post(
+    "/duplicates", response_model=DuplicatesOut, summary="Groups of near-identical items",
+    responses=errors_doc(401, 409, 422, 503, 504),
+    openapi_extra={"requestBody": {"required": False, "content": {
+        "application/json": {"schema": DuplicatesJSON.model_json_schema()}}}},
+    description=(
+        "Groups of >= 2 items whose fine codes lie within `radius` (Hamming, inclusive) of "
+        "each other, linked transitively: the same scene stored twice, re-encoded, lightly "
+        "cropped. Ids sorted in each group, largest group first. JSON body (all optional): "
+        "`radius` (null: the service's default, answered), `filter`, `bbox`, `near`, `time` "
+        "as for a search. Reads the whole (filtered) collection: 409 on a collection without "
+        "fine codes."),
+)
+async def duplicates(request: Request) -> JSONResponse:
+    service = service_of(request)
+    parsed = parse_model(DuplicatesJSON, await read_json(request) or {})
+    radius = parsed.radius
+    if radius is not None:
+        radius = _int(radius, "radius", strict=True)
+        most = service.radius_bits("appearance")
+        if not 0 <= radius <= most:
+            raise InvalidInputError(f"radius must be between 0 and {most} (the fine-code "
+                                    f"length), got {radius}")
+    filt = check_filter(parsed.filter, service.config.allow_expressions)
+    where: GeoFilter = geo_from_wire(parsed.model_dump(include={"bbox", "near", "time"}))
+    groups = await service.gate.run(service.duplicates, radius, filt, where,
+                                     timeout=DUPLICATES_TIMEOUT)
+    used = radius if radius is not None else default_duplicate_radius()
+    return json_answer({"groups": [list(g) for g in groups], "radius": used})
+
+
+def default_duplicate_radius() -> int:
+    """The store's default duplicate radius (:data:`rsir_sdk.store.DEFAULT_DUPLICATE_RADIUS`)."""
+    from .. import store
+
+    return int(store.DEFAULT_DUPLICATE_RADIUS)

@@ -43,6 +43,11 @@ class SearchOptions(Strict):
         None, description='items whose time lies in the period (both ends inclusive): '
                           '"start/end" in ISO 8601 (".." or an empty side is open; a date-only '
                           'end covers its day) or [start, end] (ISO strings, epoch seconds, null)')
+    mode: Optional[str] = Field(
+        None, description='"default": retrieval-code distance, then fine-code distance (when '
+                          'the collection keeps fine codes), then the id digest; "appearance": '
+                          'the fine code alone (near-duplicates, the same place seen again; '
+                          '`radius` then bounds the fine distance). Default "default"')
 
 
 class ImageSearchJSON(SearchOptions):
@@ -58,6 +63,11 @@ class BatchSearchJSON(SearchOptions):
 class CodesSearchJSON(SearchOptions):
     code: Optional[str] = Field(None, description="one packed code, base64 (bits/8 bytes)")
     codes: Optional[list[str]] = Field(None, description="several packed codes, base64 each")
+    fine_code: Optional[str] = Field(
+        None, description="the fine code of `code`, base64 (fine_bits/8 bytes: 16 for 128 bits)")
+    fine_codes: Optional[list[str]] = Field(
+        None, description="the fine codes of `codes`, in order, base64 each (required by "
+                          "mode appearance; in the default mode they order each tie group)")
 
 
 #: per item: null, [west, south, east, north], [lon, lat] or {"box", "centre", "time"}
@@ -84,6 +94,10 @@ class AddImagesJSON(ItemColumns):
 
 class AddCodesJSON(ItemColumns):
     codes: list[str] = Field(description="packed codes, base64 each (bits/8 bytes)")
+    fine_codes: Optional[list[str]] = Field(
+        None, description="their fine codes, in order, base64 each (fine_bits/8 bytes); "
+                          "required when the collection keeps fine codes (GET /v1/info "
+                          "`fine_bits`)")
 
 
 class IdsJSON(Strict):
@@ -99,6 +113,9 @@ class HitOut(BaseModel):
     footprint: Optional[list[float]] = Field(
         None, description="[west, south, east, north] in degrees (null: none stored)")
     time: Optional[str] = Field(None, description="ISO 8601 UTC (null: none stored)")
+    fine_distance: Optional[int] = Field(
+        None, description="Hamming distance of the fine codes, present when they took part in "
+                          "the ranking (in mode appearance it equals `distance`)")
 
 
 class HitsOut(BaseModel):
@@ -144,6 +161,25 @@ class CountOut(BaseModel):
     count: int
 
 
+class DuplicatesJSON(Strict):
+    radius: Optional[int] = Field(
+        None, description="largest fine-code Hamming distance of two near-identical items "
+                          "(inclusive; null: the service's default, answered as `radius`)")
+    filter: Optional[Union[dict[str, FilterValue], str]] = Field(
+        None, description="only items matching it, as for a search")
+    bbox: Optional[Union[str, list[Union[float, str]]]] = Field(None, description="as for a search")
+    near: Optional[Union[str, list[Union[float, str]]]] = Field(None, description="as for a search")
+    time: Optional[Union[str, list[Optional[Union[str, float]]]]] = Field(
+        None, description="as for a search")
+
+
+class DuplicatesOut(BaseModel):
+    groups: list[list[str]] = Field(
+        description="groups of >= 2 ids whose fine codes lie within `radius` of each other "
+                    "(linked transitively); ids sorted in each group, largest group first")
+    radius: int = Field(description="the radius used")
+
+
 class LimitsOut(BaseModel):
     max_k: int
     max_batch: int
@@ -164,6 +200,9 @@ class InfoOut(BaseModel):
     classes: list[str] = []
     archive_root: Optional[str] = None
     count: int
+    fine_bits: Optional[int] = Field(
+        None, description="length of the fine codes the collection keeps (null: none, a "
+                          "collection made before fine codes: rebuild it for mode appearance)")
     without_footprint: Optional[int] = Field(
         None, description="items without a footprint (left out of place-filtered searches); "
                           "absent for a collection made before place and period were stored")

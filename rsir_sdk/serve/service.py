@@ -72,6 +72,9 @@ class Service:
         self.metrics = Metrics()
         self.bundle = retriever.bundle
         self.bits = int(retriever.bundle.bits)
+        #: the served bundle's fine-code length (None: it has none): edge clients send fine
+        #: codes of this length beside their codes (issue 20)
+        self.fine_bits: int | None = getattr(retriever.bundle, "fine_bits", None)
         self.collection = str(retriever.store.collection)
         self.archive_root = self.config.archive_root or _recorded_root(retriever)
         self.shutting_down = False
@@ -91,25 +94,51 @@ class Service:
                 f"{encoder_id.strip()[:40]}. Codes of different encoders are not comparable: "
                 f"use the bundle the service runs (GET /v1/info) or another collection")
 
+    def radius_bits(self, mode: str) -> int:
+        """The largest radius of a search in ``mode``: the length of the code it ranks by."""
+        if mode == "appearance" and self.fine_bits:
+            return int(self.fine_bits)
+        return self.bits
+
+    def fine_width(self) -> int:
+        """The fine-code length to read a request's fine codes with; a one-line
+        InvalidInputError (422) when the served bundle has no fine code."""
+        if self.fine_bits is None:
+            raise InvalidInputError(
+                f"this service's bundle ({self.bundle.method}, encoder {self.bundle.encoder_id}) "
+                f"has no fine code: send the retrieval codes alone")
+        return int(self.fine_bits)
+
     # ------------------------------------------------------------ blocking work
     def _sources(self, images: Sequence[ImageInput]) -> list[Any]:
         # pixel limit from the header, large images decoded reduced: inputs.load_source
         return [load_source(img, self.config, self.bundle.preprocess) for img in images]
 
     def search_images(self, images: Sequence[ImageInput], k: int, filter: Filter,
-                      radius: int | None, where: GeoFilter | None = None) -> list[list[Hit]]:
-        """Encode and search each image (downloading URLs first); ``where``: place and period."""
+                      radius: int | None, where: GeoFilter | None = None,
+                      mode: str = "default") -> list[list[Hit]]:
+        """Encode and search each image (downloading URLs first); ``where``: place and period;
+        ``mode``: :data:`rsir_sdk.hits.SEARCH_MODES`."""
         sources = self._sources(images)
-        geo = geo_kwargs(where)
+        kw = {**geo_kwargs(where), **_mode(mode)}
         if len(sources) == 1:
-            return [self.retriever.search(sources[0], k=k, filter=filter, radius=radius, **geo)]
-        return self.retriever.search_batch(sources, k=k, filter=filter, radius=radius, **geo)
+            return [self.retriever.search(sources[0], k=k, filter=filter, radius=radius, **kw)]
+        return self.retriever.search_batch(sources, k=k, filter=filter, radius=radius, **kw)
 
     def search_codes(self, codes: np.ndarray, k: int, filter: Filter, radius: int | None,
-                     where: GeoFilter | None = None) -> list[list[Hit]]:
-        """Search packed codes as they are; ``where``: place and period."""
-        return self.retriever.search_codes(codes, k=k, filter=filter, radius=radius,
-                                           **geo_kwargs(where))
+                     where: GeoFilter | None = None, fine: np.ndarray | None = None,
+                     mode: str = "default") -> list[list[Hit]]:
+        """Search packed codes as they are (with their fine codes when sent); ``where``:
+        place and period."""
+        kw = {**geo_kwargs(where), **_mode(mode)}
+        if fine is not None:
+            kw["fine"] = fine
+        return self.retriever.search_codes(codes, k=k, filter=filter, radius=radius, **kw)
+
+    def duplicates(self, radius: int | None, filter: Filter,
+                   where: GeoFilter | None = None) -> list[list[str]]:
+        """Groups of near-identical items (fine codes within ``radius``; None: the default)."""
+        return self.retriever.duplicates(radius, filter or None, **geo_kwargs(where))
 
     def add_images(self, images: Sequence[ImageInput], ids: list[str], columns: ItemColumns,
                    ) -> tuple[int, int | None]:
@@ -120,11 +149,15 @@ class Service:
                                       metadata=columns.metadata, paths=paths, **columns.geo())
         return n, self.refresh_count()
 
-    def add_codes(self, codes: np.ndarray, ids: list[str],
-                  columns: ItemColumns) -> tuple[int, int | None]:
-        """Upsert packed codes; returns ``(written, count afterwards)``."""
+    def add_codes(self, codes: np.ndarray, ids: list[str], columns: ItemColumns,
+                  fine: np.ndarray | None = None) -> tuple[int, int | None]:
+        """Upsert packed codes (with their fine codes when sent); returns ``(written, count
+        afterwards)``."""
+        kw = columns.geo()
+        if fine is not None:
+            kw["fine"] = fine
         n = self.retriever.add_codes(codes, ids, labels=columns.labels, paths=columns.paths,
-                                     metadata=columns.metadata, **columns.geo())
+                                     metadata=columns.metadata, **kw)
         return n, self.refresh_count()
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int | None]:
@@ -157,6 +190,7 @@ class Service:
         c = self.config
         local = self.retriever.info()
         local.pop("uri", None)
+        local.setdefault("fine_bits", getattr(self.retriever.store, "fine_bits", None))
         return {
             **local,
             "collection": self.collection,
@@ -255,6 +289,11 @@ class Service:
         if self.owns_retriever:
             self.retriever.close()
             log.info("closed collection %s", self.collection)
+
+
+def _mode(mode: str) -> dict[str, str]:
+    """``mode=`` for the Retriever, left out for the default mode (the call as before)."""
+    return {} if mode == "default" else {"mode": mode}
 
 
 def _recorded_root(retriever: Retriever) -> Path | None:

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError, StoreError
-from . import values
+from . import fine, values
 from .collection import MilvusCodeStore
 from .connect import Connection
 from .schema import is_lite_uri
@@ -44,7 +44,8 @@ def describe_collections(uri: str = "./rsir.db", token: str | None = None) -> li
 
 def drop_collection(uri: str, collection: str, token: str | None = None) -> int | None:
     """Drop ``collection`` at ``uri`` whatever its layout (also a format-1 collection, to
-    rebuild it); returns how many items it held (``None`` when that cannot be read).
+    rebuild it) with its fine-code companions; returns how many items it held (``None`` when
+    that cannot be read).
 
     Raises :class:`~rsir_sdk.errors.CollectionNotFoundError` naming the collections there.
     """
@@ -65,6 +66,7 @@ def drop_collection(uri: str, collection: str, token: str | None = None) -> int 
         except StoreError:
             n = None
         conn.call("drop_collection", name, what=f"dropping collection {name!r}")
+        fine.drop(conn, name)  # its fine-code companions, when it has them
         return n
     finally:
         conn.close()

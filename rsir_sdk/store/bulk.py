@@ -43,8 +43,8 @@ import numpy as np
 
 from ..errors import StoreError
 from ..geo import FIELDS as PLACE_FIELDS
-from . import server
-from .rows import Columns
+from . import fine, server
+from .rows import Columns, spans
 from .schema import UPSERT_BATCH
 from .server import PrepareProgress, Progress
 
@@ -184,6 +184,11 @@ class BulkLoad:
         """Queue new rows (ids the collection does not hold); full chunks are imported."""
         if len(columns) == 0:
             return
+        if columns.fine is not None and self.store.fine_bits is not None:
+            # the companions by upsert first (a resumed load rewrites them harmlessly): an
+            # imported main row always has its mirror row
+            for start, end in spans(columns.sizes):
+                fine.write(self.conn, self.name, columns, start, end)
         self.buffer.append(columns)
         self.buffered += len(columns)
         if self._since is None:
@@ -298,10 +303,11 @@ class BulkLoad:
         return imported
 
     def add_rows(self, ids: Any, codes: Any, labels: Any = None, paths: Any = None,
-                 metadata: Any = None, *, encoder: Any = None) -> int:
-        """Check and queue new rows (as :meth:`MilvusCodeStore.insert` would); rows numpy cannot
-        carry are inserted at once. Returns how many were taken."""
-        cols = self.store.writer.columns(ids, codes, labels, paths, metadata, encoder)
+                 metadata: Any = None, *, encoder: Any = None, fine: Any = None) -> int:
+        """Check and queue new rows (as :meth:`MilvusCodeStore.insert` would, ``fine`` their
+        fine codes); rows numpy cannot carry are inserted at once. Returns how many were
+        taken."""
+        cols = self.store.writer.columns(ids, codes, labels, paths, metadata, encoder, fine=fine)
         via_insert = needs_insert(cols)
         if via_insert:
             self.note_inserted(len(via_insert))
@@ -388,7 +394,8 @@ def _concat(parts: list[Columns]) -> Columns:
     return Columns(chain("pk"), chain("id"), np.concatenate([p.code for p in parts]),
                    chain("label"), chain("label_h"), chain("path"), chain("path_h"),
                    chain("metadata"), chain("meta_h"), chain("sizes"),
-                   None if parts[0].place is None else np.concatenate([p.place for p in parts]))
+                   None if parts[0].place is None else np.concatenate([p.place for p in parts]),
+                   None if parts[0].fine is None else np.concatenate([p.fine for p in parts]))
 
 
 def _arrays(cols: Columns) -> dict[str, np.ndarray]:

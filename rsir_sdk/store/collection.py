@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..codes import as_packed, validate_bits
+from ..codes import validate_bits
 from ..errors import (
     CodeLengthError,
     CollectionMismatchError,
@@ -35,7 +35,8 @@ from ..errors import (
 )
 from ..geo import GeoFilter
 from ..hits import Hit, StoredItem
-from . import keys, place, reads, server, values
+from . import dupes, finerank, keys, place, reads, server, values
+from . import fine as companions
 from . import search as searching
 from .connect import Connection, ConnectOptions
 from .schema import (
@@ -44,6 +45,7 @@ from .schema import (
     PK_CHUNK,
     UPSERT_BATCH,
     check_same_encoder,
+    fine_bits_of,
     has_place,
     index_policy,
     index_type_of,
@@ -75,6 +77,12 @@ class MilvusCodeStore:
     ``connect`` (:class:`~.connect.ConnectOptions`): ``timeout`` bounds each Milvus call
     (seconds; ``None``: no deadline); failing calls are retried a few times, never for minutes.
 
+    ``fine_bits`` (a new collection): keep fine codes of that length beside the retrieval codes
+    (also set by a first write that passes ``fine=``): searches then rank each tie group by the
+    fine code, and ``mode="appearance"`` searches by it alone (:mod:`.finerank`); an existing
+    collection keeps what it was made with (:attr:`fine_bits`).
+
+    ``index_options`` (the fields of :class:`~rsir_sdk.options.IndexOptions`, as keywords):
     ``index_type`` (a new server collection): ``None`` or ``"auto"`` chooses from the size at
     :meth:`prepare_for_search` (BIN_FLAT, or BIN_IVF_FLAT with a calibrated ``nprobe``);
     ``"BIN_FLAT"``, ``"BIN_IVF_FLAT"`` (``index_params={"nlist": ...}``) or ``"HNSW"`` fix it.
@@ -94,14 +102,18 @@ class MilvusCodeStore:
         token: str | None = None,
         *,
         encoder: Mapping[str, Any] | None = None,
-        index_type: str | None = None,
-        index_params: Mapping[str, Any] | None = None,
-        search_params: Mapping[str, Any] | None = None,
         create: bool = True,
         connect: ConnectOptions | None = None,
+        fine_bits: int | None = None,
+        **index_options: Any,
     ):
         self.collection = values.collection_name(collection)
+        index_type, index_params, search_params = values.index_options(index_options)
         self.search_params = dict(search_params or {})
+        #: the length of the fine codes the collection keeps (issue 20; :mod:`.fine`), ``None``
+        #: when it keeps none (made without them, or before they existed)
+        self.fine_bits: int | None = None if fine_bits is None else validate_bits(fine_bits)
+        self._fine_dropped = False
         #: requests and hits of this store's searches so far (``searches``: top-k requests,
         #: ``range_searches``: extra requests that read a whole tie group at the k-th distance)
         self.search_stats: dict[str, int] = {}
@@ -121,7 +133,9 @@ class MilvusCodeStore:
             self.exists: bool = not self._conn.lite_missing and bool(self._conn.call(
                 "has_collection", self.collection, what=f"opening collection {self.collection!r}"))
             if self.exists:
+                asked_fine, self.fine_bits = self.fine_bits, None
                 self.bits, self.encoder = self._open_existing(bits, encoder)
+                companions.check_fine_bits(self, asked_fine)
                 return
             self.bits, self.encoder = self._check_new(bits, encoder, create, self._index[0])
         except BaseException:
@@ -180,6 +194,7 @@ class MilvusCodeStore:
             check_same_encoder(stored_encoder, encoder, self.collection)
         self.index_policy = index_policy(desc)
         self.has_place = has_place(desc)
+        self.fine_bits = fine_bits_of(desc)
         if not self.is_lite:
             self._recorded = server.properties(self._conn, self.collection)
             self.index_policy = self._recorded.get("policy", self.index_policy)
@@ -198,6 +213,7 @@ class MilvusCodeStore:
         batch_size: int = UPSERT_BATCH,
         footprints: Sequence[Any] | None = None,
         times: Sequence[Any] | None = None,
+        fine: np.ndarray | None = None,
     ) -> int:
         """Insert or replace items by id; returns how many rows were written.
 
@@ -208,10 +224,13 @@ class MilvusCodeStore:
         ``(w, s, e, n)`` box, a ``(lon, lat)`` point, a :class:`~rsir_sdk.geo.Footprint` or
         ``None``) and ``times`` (ISO 8601, epoch seconds or ``None``) fill the place fields;
         else each item's metadata does (``lonlat_bounds``, ``lonlat``, ``time``; :mod:`.place`).
+        ``fine``: the items' fine codes ``uint8 (n, fine_bits/8)``: required by a collection
+        that keeps them, dropped with one warning by one that keeps none
+        (:meth:`~.writes.Writer.fine_codes`).
         """
         values.positive_int(batch_size, "batch_size")
         cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder,
-                                   footprints=footprints, times=times)
+                                   footprints=footprints, times=times, fine=fine)
         return self.writer.upsert(cols, batch_size)
 
     def insert(
@@ -226,6 +245,7 @@ class MilvusCodeStore:
         batch_size: int = UPSERT_BATCH,
         footprints: Sequence[Any] | None = None,
         times: Sequence[Any] | None = None,
+        fine: np.ndarray | None = None,
     ) -> int:
         """Add items whose ids the collection does **not** hold; returns how many were written.
 
@@ -234,11 +254,11 @@ class MilvusCodeStore:
         :meth:`existing_ids`, as ``rsir index`` does): an id that is present would be stored
         twice. A request is never retried as an insert: one that fails is written again as an
         upsert, which replaces whatever part of it reached Milvus. Checked (and ``footprints``,
-        ``times`` taken) like :meth:`upsert`.
+        ``times``, ``fine`` taken) like :meth:`upsert`.
         """
         values.positive_int(batch_size, "batch_size")
         cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder,
-                                   footprints=footprints, times=times)
+                                   footprints=footprints, times=times, fine=fine)
         return self.writer.insert(cols, batch_size)
 
     def bulk_insert(
@@ -252,8 +272,8 @@ class MilvusCodeStore:
         staging_dir: str | os.PathLike,
         encoder: Mapping[str, Any] | None = None,
         options: BulkOptions | None = None,
-        progress: Any = None,
         footprints: Sequence[Any] | None = None,
+        fine: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Load many new items through Milvus' bulk import (a server; see :mod:`.bulk`).
 
@@ -262,17 +282,21 @@ class MilvusCodeStore:
         repeated: its journal makes every chunk count once. Then :meth:`prepare_for_search`
         (``options.prepare``); :class:`~.writes.BulkOptions` also sets ``chunk_rows`` and
         ``timeout``. On Milvus Lite (no bulk import) the new items are inserted. ``footprints``
-        as in :meth:`upsert` (a :class:`~rsir_sdk.geo.Footprint` carries its time). Returns
-        counts and timings.
+        as in :meth:`upsert` (a :class:`~rsir_sdk.geo.Footprint` carries its time), ``fine``
+        too (written to the companions by upsert first). Returns counts and timings;
+        ``options.progress`` gets progress updates.
         """
         cols = self.writer.columns(ids, codes, labels, paths, metadata, encoder,
-                                   footprints=footprints)
-        return self.writer.bulk_insert(cols, staging_dir, options or BulkOptions(), progress)
+                                   footprints=footprints, fine=fine)
+        opts = options or BulkOptions()
+        return self.writer.bulk_insert(cols, staging_dir, opts, opts.progress)
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
         present = reads.by_pk(self, ids, ["pk", "id"])
         pks = [keys.digest(i) for i in present]
+        if pks and self.fine_bits is not None:
+            companions.delete(self._conn, self.collection, pks)
         for start in range(0, len(pks), PK_CHUNK):
             self._conn.call("delete", self.collection,
                             filter=keys.in_list("pk", pks[start : start + PK_CHUNK]),
@@ -322,13 +346,14 @@ class MilvusCodeStore:
                                    "filter by place or period")
         return gf
 
-    def _run(self, codes, k, filter, radius, fields, exact_ties=True, geo=None) -> list[list[Any]]:
+    def _run(self, codes, k, filter, radius, fields, exact_ties=True, geo=None,
+             fine=None, mode="default") -> list[list[Any]]:
         k = values.k(k)
         radius = values.radius(radius)
         expr = keys.build_filter(filter)
         gf = self.check_geo(geo)
-        q = as_packed(codes, self.bits)
-        if q.shape[0] == 0:
+        q, fq = finerank.queries(self, codes, fine, mode)
+        if fq is not None and fq.shape[0] == 0 or fq is None and q.shape[0] == 0:
             return []
         self._require_exists()
         if not self.has_place:
@@ -336,6 +361,8 @@ class MilvusCodeStore:
         request = searching.SearchRequest(
             k, expr, radius, tuple(fields), self.effective_search_params,
             filter if isinstance(filter, str) else None, bool(exact_ties), gf)
+        if mode == "appearance" or fq is not None:
+            return finerank.run(self, q, fq, request, mode)
         return searching.run(self._conn, self.collection, q, request, self.search_stats)
 
     def search(
@@ -348,6 +375,8 @@ class MilvusCodeStore:
         fields: Sequence[str] | None = None,
         exact_ties: bool = True,
         geo: GeoFilter | None = None,
+        fine: np.ndarray | None = None,
+        mode: str = "default",
     ) -> list[list[Hit]]:
         """Hamming top-``k`` per query: one list of :class:`~rsir_sdk.hits.Hit` per query code.
 
@@ -366,10 +395,17 @@ class MilvusCodeStore:
         ``exact_ties=False`` skips reading whole tie groups at the k-th distance (one request;
         the same distances, but Milvus picks which tied items fill the last places): much
         faster on codes with many duplicates (trained, class-like codes at scale).
+
+        ``fine`` (the queries' fine codes, ``uint8 (n, fine_bits/8)``) on a collection that keeps
+        fine codes: each distance's items come back most similar first, by (distance, fine
+        distance, digest); ``Hit.fine_distance`` is set. Without it, or on a collection that
+        keeps none, today's order. ``mode="appearance"``: by the fine code alone (``fine``
+        required, ``codes`` may be ``None``; ``distance`` = ``fine_distance``, ``radius``
+        applies to it); refused by a collection without fine codes (:mod:`.finerank`).
         """
         wanted = searching.check_fields(fields)
-        return searching.to_hits(self._run(codes, k, filter, radius, wanted, exact_ties, geo),
-                                 wanted)
+        return searching.to_hits(self._run(codes, k, filter, radius, wanted, exact_ties, geo,
+                                           fine, mode), wanted)
 
     def search_ids(
         self,
@@ -380,15 +416,18 @@ class MilvusCodeStore:
         *,
         exact_ties: bool = True,
         geo: GeoFilter | None = None,
+        fine: np.ndarray | None = None,
+        mode: str = "default",
     ) -> list[IdHits]:
         """The lean search: per query, the ids and an ``int32`` array of their distances, with
-        the same order and tie rule as :meth:`search` (``exact_ties`` alike), and no stored
-        field read.
+        the same order and tie rule as :meth:`search` (``exact_ties``, ``fine`` and ``mode``
+        alike), and no stored field read.
 
         >>> store.search_ids(codes[:2], k=3)[0].ids                      # doctest: +SKIP
         ['a', 'c', 'b']
         """
-        return searching.id_hits(self._run(codes, k, filter, radius, (), exact_ties, geo))
+        return searching.id_hits(self._run(codes, k, filter, radius, (), exact_ties, geo, fine,
+                                           mode))
 
     def range_search(
         self,
@@ -398,13 +437,17 @@ class MilvusCodeStore:
         limit: int = MAX_TOPK,
         *,
         geo: GeoFilter | None = None,
+        fine: np.ndarray | None = None,
+        mode: str = "default",
     ) -> list[list[Hit]]:
-        """Every item within Hamming distance ``<= radius`` (inclusive) of each query.
+        """Every item within Hamming distance ``<= radius`` (inclusive) of each query (in the
+        appearance mode, of its fine code; ``fine`` and ``mode`` as in :meth:`search`).
 
         Raises :class:`StoreError` when a query has more than ``limit`` such items (Milvus caps
         one search at 16384): lower the radius or add a filter rather than get a silent cut.
         """
-        results = self.search(codes, k=limit, filter=filter, radius=values.radius(radius), geo=geo)
+        results = self.search(codes, k=limit, filter=filter, radius=values.radius(radius), geo=geo,
+                              fine=fine, mode=mode)
         for i, hits in enumerate(results):
             if len(hits) >= limit:
                 raise StoreError(
@@ -412,6 +455,15 @@ class MilvusCodeStore:
                     f"lower the radius or add a filter"
                 )
         return results
+
+    def duplicates(self, radius: int | None = None, filter: Filter = None, *,
+                   geo: GeoFilter | None = None, progress: Any = None) -> list[list[str]]:
+        """Groups of near-identical items: ids whose fine codes lie within ``radius``
+        (inclusive; ``None``: :data:`~.dupes.DEFAULT_DUPLICATE_RADIUS` for 128 bits) of each
+        other, linked transitively; each group (two ids or more) sorted, largest group first.
+        ``filter``/``geo`` restrict the items; ``progress(done, total)`` is called as items are
+        searched. Refused by a collection without fine codes (:mod:`.dupes`)."""
+        return dupes.duplicates(self, radius, filter, geo, progress)
 
     # ----------------------------------------------------------------- serving
     @property
@@ -436,6 +488,8 @@ class MilvusCodeStore:
         out = server.prepare(self._conn, self.collection, policy=self.index_policy,
                              explicit_params=bool(self.search_params), timeout=timeout,
                              progress=progress)
+        if self.fine_bits is not None:
+            out["companions"] = companions.prepare(self._conn, self.collection, timeout, progress)
         self._recorded = server.properties(self._conn, self.collection)
         self.index_policy = self._recorded.get("policy", self.index_policy)
         return out
@@ -467,20 +521,24 @@ class MilvusCodeStore:
 
     # ----------------------------------------------------------------- admin
     def info(self) -> dict[str, Any]:
-        """What the collection is: name, uri, bits, the encoder that filled it, item count and
-        (with place fields) ``without_footprint``, the items no place filter can return."""
+        """What the collection is: name, uri, bits, ``fine_bits`` (the fine codes it keeps;
+        ``None``: none, rebuild it to rank by appearance), the encoder that filled it, item count
+        and (with place fields) ``without_footprint``, the items no place filter can return."""
         out = {"collection": self.collection, "uri": self.display_uri, "exists": self.exists,
-               "bits": self.bits, "encoder": self.encoder, "count": self.count()}
+               "bits": self.bits, "fine_bits": self.fine_bits, "encoder": self.encoder,
+               "count": self.count()}
         if self.has_place:
             out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0
         return out
 
     def drop(self) -> None:
-        """Drop the whole collection (irreversible); a later write creates it afresh."""
+        """Drop the whole collection and its fine-code companions (irreversible); a later write
+        creates it afresh (keeping fine codes as the store's ``fine_bits`` or that write says)."""
         if self.exists:
             self._conn.call("drop_collection", self.collection,
                             what=f"dropping collection {self.collection!r}")
             self._conn.forget_collection(self.collection)
+            companions.drop(self._conn, self.collection)
             self.exists = False
             self._recorded = {}
 

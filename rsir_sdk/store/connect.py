@@ -385,12 +385,15 @@ class Connection:
             pass
 
     def names(self, strict: bool = False) -> list[str]:
-        """The collections at this uri (``[]`` on failure unless ``strict``; ``[]`` for a
-        Milvus Lite file that does not exist, without creating it)."""
+        """The collections at this uri, without the fine-code companions of each (``[]`` on
+        failure unless ``strict``; ``[]`` for a Milvus Lite file that does not exist, without
+        creating it)."""
         if self.lite_missing:
             return []
         try:
-            return sorted(self.call("list_collections", what="listing collections"))
+            # the fine-code companions (``<name>__fine``, ``<name>__codes``) are hidden
+            return sorted(n for n in self.call("list_collections", what="listing collections")
+                          if not n.endswith(("__fine", "__codes")))
         except StoreError:
             if strict:
                 raise

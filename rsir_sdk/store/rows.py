@@ -51,6 +51,9 @@ class Columns:
     #: the place fields (:data:`rsir_sdk.geo.FIELDS`), ``float64 (n, 7)``; ``None`` for a
     #: collection made before them (format 2)
     place: np.ndarray | None = None
+    #: the fine codes ``uint8 (n, fine_bits/8)`` (issue 20; :mod:`.fine`), ``None`` when the
+    #: collection keeps none
+    fine: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.id)
@@ -78,7 +81,8 @@ class Columns:
         return Columns(pick(self.pk), pick(self.id), self.code[np.asarray(idx, dtype=np.intp)],
                        pick(self.label), pick(self.label_h), pick(self.path), pick(self.path_h),
                        pick(self.metadata), pick(self.meta_h), pick(self.sizes),
-                       None if self.place is None else self.place[np.asarray(idx, dtype=np.intp)])
+                       None if self.place is None else self.place[np.asarray(idx, dtype=np.intp)],
+                       None if self.fine is None else self.fine[np.asarray(idx, dtype=np.intp)])
 
 
 def build_columns(

@@ -72,13 +72,16 @@ def is_lite_uri(uri: str) -> bool:
     return "://" not in str(uri)
 
 
-def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None = None) -> Any:
+def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None = None,
+                fine_bits: int | None = None) -> Any:
     """The pymilvus schema of a new (format 3) collection; ``index`` records the index policy
-    (``"auto"``) in the description."""
+    (``"auto"``) in the description, ``fine_bits`` the length of the fine codes its companion
+    collections keep (:mod:`.fine`; absent: none)."""
     from pymilvus import DataType, MilvusClient
 
     description = json.dumps({SCHEMA_TAG: {"format": FORMAT, "bits": bits, "encoder": encoder,
-                                           **({"index": index} if index else {})}})
+                                           **({"index": index} if index else {}),
+                                           **({"fine_bits": fine_bits} if fine_bits else {})}})
     schema = MilvusClient.create_schema(auto_id=False, description=description)
     schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
     schema.add_field("id", DataType.VARCHAR, max_length=MAX_ID_LEN)
@@ -98,6 +101,17 @@ def has_place(desc: Mapping[str, Any]) -> bool:
     """Whether a collection holds the place and period fields (format 3 and later)."""
     names = {f["name"] for f in desc.get("fields", [])}
     return all(f in names for f in PLACE_FIELDS)
+
+
+def fine_bits_of(desc: Mapping[str, Any]) -> int | None:
+    """The fine-code length recorded in a collection's description (``None``: it keeps none,
+    e.g. one made before fine codes existed)."""
+    try:
+        recorded = json.loads(desc.get("description") or "{}").get(SCHEMA_TAG, {})
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    value = recorded.get("fine_bits") if isinstance(recorded, dict) else None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def index_policy(desc: Mapping[str, Any]) -> str | None:

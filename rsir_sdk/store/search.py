@@ -78,15 +78,14 @@ class SearchRequest:
     geo: GeoFilter | None = None
 
 
-def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
-        stats: dict[str, int] | None = None) -> list[list[topk.Found]]:
-    """Exact top-``k`` (ties by primary key, :mod:`.topk`) per query with ``id`` and the
-    request's fields read; ``stats`` counts the requests (searches, tie-group range searches)
-    and hits."""
-    k, expr, radius, fields = request.k, request.expr, request.radius, request.fields
-    params, user_expr, exact_ties = request.params, request.user_expr, request.exact_ties
-    out_fields = ["id", *place.output_fields(fields)]
-    geo = request.geo
+def calls(conn: Connection, name: str, request: SearchRequest, anns_field: str = "code",
+          ) -> tuple[topk.SearchFn, topk.FetchFn, str, list[str]]:
+    """The ``search`` and ``fetch`` functions of :mod:`.topk` for collection ``name`` (vector
+    field ``anns_field``), the request's full expression (filter and place) and its output
+    fields: what :func:`run` and the fine-code ranking (:mod:`.finerank`) share."""
+    params, user_expr, geo = request.params, request.user_expr, request.geo
+    out_fields = ["id", *place.output_fields(request.fields)]
+    expr = request.expr
     if geo is not None:
         expr = keys.combine(expr, geo.expr())
         if geo.near is not None:  # the exact distance test needs the place fields
@@ -98,9 +97,9 @@ def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
         if window is not None:
             p["params"].update({"radius": window[0], "range_filter": window[1]})
         return raw(conn.call(
-            "search", name, data=list(data), anns_field="code", limit=limit, filter=expression,
-            output_fields=wanted, search_params=p, read=True, what=f"search in {name!r}",
-            expression=user_expr,
+            "search", name, data=list(data), anns_field=anns_field, limit=limit,
+            filter=expression, output_fields=wanted, search_params=p, read=True,
+            what=f"search in {name!r}", expression=user_expr,
         ))
 
     def fetch(pks: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -112,9 +111,24 @@ def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
             found.update((r["pk"], r) for r in res)
         return found
 
-    # queries per call: 1,000 (one round trip's fixed cost spread), fewer for a large k, so
-    # that one answer (up to 2k hits a query with exact ties) stays well under gRPC's 64 MiB
-    step = max(1, min(1000, 500_000 // min(MAX_TOPK, 2 * k)))
+    return search, fetch, expr, out_fields
+
+
+def query_step(k: int) -> int:
+    """Queries per search call: 1,000 (one round trip's fixed cost spread), fewer for a large
+    ``k``, so that one answer (up to 2k hits a query with exact ties) stays well under gRPC's
+    64 MiB."""
+    return max(1, min(1000, 500_000 // min(MAX_TOPK, 2 * k)))
+
+
+def run(conn: Connection, name: str, q: np.ndarray, request: SearchRequest,
+        stats: dict[str, int] | None = None, anns_field: str = "code") -> list[list[topk.Found]]:
+    """Exact top-``k`` (ties by primary key, :mod:`.topk`) per query with ``id`` and the
+    request's fields read; ``stats`` counts the requests (searches, tie-group range searches)
+    and hits. ``anns_field``: the vector field searched (``fine`` on a mirror collection)."""
+    k, radius, exact_ties, geo = request.k, request.radius, request.exact_ties, request.geo
+    search, fetch, expr, out_fields = calls(conn, name, request, anns_field)
+    step = query_step(k)
     out: list[list[topk.Found]] = []
     for start in range(0, q.shape[0], step):
         data = [row.tobytes() for row in q[start : start + step]]
@@ -137,7 +151,7 @@ def to_hits(found: list[list[topk.Found]], wanted: Sequence[str]) -> list[list[H
         where, when = place.hit_place(e) if geo else (None, None)
         return Hit(f.id, f.distance, (e.get("label") or "") if lab else "",
                    (e.get("path") or "") if pat else "", (e.get("metadata") or {}) if met else {},
-                   where, when)
+                   where, when, f.fine)
 
     return [[hit(f) for f in row] for row in found]
 

@@ -89,9 +89,9 @@ def count_strong(conn: Connection, name: str) -> int:
     return int(res[0]["count(*)"])
 
 
-def describe_index(conn: Connection, name: str) -> dict[str, Any]:
-    """``describe_index`` of the code field (index type, params, row counts)."""
-    return dict(conn.call("describe_index", name, "code", what=f"reading the index of {name!r}"))
+def describe_index(conn: Connection, name: str, field: str = "code") -> dict[str, Any]:
+    """``describe_index`` of the code field (or ``field``: index type, params, row counts)."""
+    return dict(conn.call("describe_index", name, field, what=f"reading the index of {name!r}"))
 
 
 def serving_state(conn: Connection, name: str) -> tuple[dict[int, int], dict[int, int]]:
@@ -105,10 +105,11 @@ def serving_state(conn: Connection, name: str) -> tuple[dict[int, int], dict[int
 
 
 def wait_indexed(conn: Connection, name: str, rows: int, deadline: _Deadline,
-                 progress: Progress) -> None:
-    """Until the index covers every flushed row (at least ``rows``) and nothing is pending."""
+                 progress: Progress, field: str = "code") -> None:
+    """Until the index (of ``field``) covers every flushed row (at least ``rows``) and nothing
+    is pending."""
     while True:
-        d = describe_index(conn, name)
+        d = describe_index(conn, name, field)
         total, done = int(d.get("total_rows", 0)), int(d.get("indexed_rows", 0))
         progress(PrepareProgress("index", min(done, total), max(total, rows)))
         if total >= rows and done >= total and int(d.get("pending_index_rows", 0)) == 0:

@@ -50,12 +50,15 @@ FetchFn = Callable[[Sequence[str]], "dict[str, dict[str, Any]]"]
 
 
 class Found:
-    """One result: primary key, id, Hamming distance and (when read) the stored fields."""
+    """One result: primary key, id, Hamming distance, (when read) the stored fields, and the
+    fine-code distance when the fine code took part in the ranking (:mod:`.finerank`)."""
 
-    __slots__ = ("pk", "id", "distance", "entity")
+    __slots__ = ("pk", "id", "distance", "entity", "fine")
 
-    def __init__(self, pk: str, id: str, distance: int, entity: dict[str, Any] | None):
+    def __init__(self, pk: str, id: str, distance: int, entity: dict[str, Any] | None,
+                 fine: int | None = None):
         self.pk, self.id, self.distance, self.entity = pk, id, distance, entity
+        self.fine = fine
 
     def key(self) -> tuple[int, str]:
         """The tie rule: distance, then primary key (the digest of the id)."""

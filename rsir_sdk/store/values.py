@@ -281,14 +281,37 @@ def positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
-_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+#: the longest collection name: Milvus' 255 less the companions' longest suffix (``__codes``)
+MAX_COLLECTION_NAME = 255 - len("__codes")
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,%d}" % (MAX_COLLECTION_NAME - 1))
 
 
 def collection_name(value: Any) -> str:
-    """A Milvus collection name: a letter or ``_``, then letters, digits and ``_`` (<= 255)."""
+    """A Milvus collection name: a letter or ``_``, then letters, digits and ``_`` (at most
+    :data:`MAX_COLLECTION_NAME`: the fine-code companions add a suffix), not ending in a
+    companion's suffix."""
     if not isinstance(value, str) or not _COLLECTION_NAME.fullmatch(value):
         raise InvalidInputError(
             f"collection names hold letters, digits and '_' and start with a letter or '_' (at "
-            f"most 255), got {value!r:.80}"
+            f"most {MAX_COLLECTION_NAME}), got {value!r:.80}"
         )
+    if value.endswith(("__fine", "__codes")):  # the companions' suffixes (:mod:`.fine`)
+        raise InvalidInputError(
+            f"collection names may not end in '__fine' or '__codes' (the store keeps a "
+            f"collection's fine codes under those names), got {value!r:.80}")
     return value
+
+
+#: the index keywords of :class:`~rsir_sdk.store.MilvusCodeStore` (those of
+#: :class:`~rsir_sdk.options.IndexOptions`)
+INDEX_OPTIONS = ("index_type", "index_params", "search_params")
+
+
+def index_options(options: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """``(index_type, index_params, search_params)`` of a store's index keywords; any other
+    keyword is refused in one line (as a misspelt argument would be)."""
+    bad = [k for k in options if k not in INDEX_OPTIONS]
+    if bad:
+        raise InvalidInputError(f"MilvusCodeStore got unexpected keyword(s) {', '.join(bad)}; "
+                                f"it takes {', '.join(INDEX_OPTIONS)} besides its named ones")
+    return tuple(options.get(k) for k in INDEX_OPTIONS)  # type: ignore[return-value]

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
+
+from ..codes import as_packed
 from ..errors import InvalidInputError, StoreError
-from . import place, rows, values
+from . import fine, place, rows, values
 from .schema import AUTO_INDEX, check_same_encoder, make_schema
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +34,8 @@ class BulkOptions:
     keywords): ``skip_existing`` (ids the collection holds are left out, so a repeated call
     resumes), ``chunk_rows`` (rows per import task; ``None``: a million), ``prepare`` (then
     :meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`), ``timeout`` (seconds for the
-    import and the prepare; ``None``: no deadline).
+    import and the prepare; ``None``: no deadline), ``progress`` (a callable that gets
+    :class:`~rsir_sdk.store.PrepareProgress` updates).
 
     >>> BulkOptions(chunk_rows=2000, prepare=False).skip_existing
     True
@@ -40,6 +45,8 @@ class BulkOptions:
     chunk_rows: int | None = None
     prepare: bool = True
     timeout: float | None = 3600.0
+    #: called with :class:`~rsir_sdk.store.PrepareProgress` updates (``None``: none)
+    progress: Any = None
 
     def __post_init__(self) -> None:
         if self.chunk_rows is not None:
@@ -56,53 +63,104 @@ class Writer:
     def __init__(self, store: "MilvusCodeStore"):
         self.store = store
 
-    def ensure_created(self) -> None:
+    def ensure_created(self, fine_bits: int | None = None) -> None:
         """Create the collection on the first write (a read never creates one); for Milvus
-        Lite, this is also what creates the ``.db`` file (the connection opens here)."""
+        Lite, this is also what creates the ``.db`` file (the connection opens here).
+        ``fine_bits`` (the first write's fine codes, else the store's): the new collection
+        keeps fine codes of that length, in its companions (:mod:`.fine`)."""
         s = self.store
         if s.exists:
             return
+        fine_bits = fine_bits or s.fine_bits
         index_type, index_params = s._index
         policy = AUTO_INDEX if index_type in (None, AUTO_INDEX) and not s.is_lite else None
         concrete = "BIN_FLAT" if index_type in (None, AUTO_INDEX) else index_type
+        if fine_bits is not None:  # companions first: no main row without its mirror row
+            s.fine_bits = fine_bits
+            fine.create(s._conn, s.collection, s.bits, fine_bits)
         index = s._conn.client.prepare_index_params()
         index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
                         params=dict(index_params or {}) if concrete != "BIN_FLAT" else {})
         s._conn.call("create_collection", s.collection,
-                     schema=make_schema(s.bits, s.encoder, policy), index_params=index,
-                     consistency_level="Strong", what=f"creating collection {s.collection!r}")
+                     schema=make_schema(s.bits, s.encoder, policy, s.fine_bits),
+                     index_params=index, consistency_level="Strong",
+                     what=f"creating collection {s.collection!r}")
         s.exists = True
         s.has_place = True
         s.index_policy = policy
-        log.info("created collection %s (%d bits, index %s) at %s", s.collection, s.bits,
-                 policy or concrete, s.display_uri)
+        log.info("created collection %s (%d bits, fine %s, index %s) at %s", s.collection,
+                 s.bits, s.fine_bits, policy or concrete, s.display_uri)
 
     def columns(self, ids: Any, codes: Any, labels: Any = None, paths: Any = None,
                 metadata: Any = None, encoder: Mapping[str, Any] | None = None, *,
-                footprints: Any = None, times: Any = None) -> rows.Columns:
+                footprints: Any = None, times: Any = None, fine: Any = None) -> rows.Columns:
         """A write's checked columns (and the bundle identity checked against the store's).
 
         Every write of a collection with place fields fills them: from ``footprints``/``times``
         (one value per item, or ``None``), else from each item's metadata (:mod:`.place`).
         Giving either to a collection made before place fields existed raises
-        :class:`~rsir_sdk.errors.CollectionMismatchError`."""
+        :class:`~rsir_sdk.errors.CollectionMismatchError`. ``fine``: the items' fine codes
+        (:meth:`fine_codes` says what is required and what is dropped)."""
         s = self.store
         if encoder is not None and s.encoder is not None:
             check_same_encoder(s.encoder, encoder, s.collection)
         if not s.has_place and (footprints is not None or times is not None):
             raise place.refuse_old(s.collection, s.display_uri, "store footprints or times")
-        return rows.build_columns(ids, codes, s.bits, labels, paths, metadata,
+        cols = rows.build_columns(ids, codes, s.bits, labels, paths, metadata,
                                   (footprints, times) if s.has_place else None)
+        cols.fine = self.fine_codes(fine, len(cols))
+        return cols
+
+    def fine_codes(self, codes: Any, n: int) -> np.ndarray | None:
+        """A write's fine codes, checked: packed ``uint8 (n, fine_bits/8)``.
+
+        A collection that keeps fine codes refuses a write without them
+        (:class:`~rsir_sdk.errors.InvalidInputError`); one that keeps none (made before them,
+        or without them) drops them with one warning per store, so old collections keep
+        working; a new collection keeps them at the length of the first write's (or
+        ``fine_bits``). Wrong length: :class:`~rsir_sdk.errors.CodeLengthError`."""
+        s = self.store
+        if n == 0:
+            return None
+        if codes is None:
+            if s.fine_bits is not None:
+                raise InvalidInputError(
+                    f"collection {s.collection!r} keeps {s.fine_bits}-bit fine codes: pass fine= "
+                    f"with one per item (uint8 (n, {s.fine_bits // 8}); Encoder.encode_both)")
+            return None
+        if s.exists and s.fine_bits is None:
+            if not s._fine_dropped:
+                s._fine_dropped = True
+                warnings.warn(
+                    f"collection {s.collection!r} at {s.display_uri} keeps no fine codes (made "
+                    f"without them): they are dropped, and searches rank by the retrieval code "
+                    f"alone; to keep them, rebuild it (rsir drop, then index again)",
+                    UserWarning, stacklevel=4)
+            return None
+        packed = as_packed(codes, s.fine_bits)
+        if packed.shape[0] != n:
+            raise InvalidInputError(f"{n} items but {packed.shape[0]} fine codes")
+        return packed
+
+    def _companions(self, cols: rows.Columns, start: int, end: int) -> None:
+        """The mirror and codebook rows of ``cols[start:end]``, written before the main rows."""
+        s = self.store
+        if cols.fine is not None and s.fine_bits is not None:
+            fine.write(s._conn, s.collection, cols, start, end)
+
+    def _fine_width(self, cols: rows.Columns) -> int | None:
+        return None if cols.fine is None else int(cols.fine.shape[1]) * 8
 
     def upsert(self, cols: rows.Columns, batch_size: int) -> int:
         """Insert or replace the rows of ``cols`` by id, in requests of bounded size."""
         size = values.positive_int(batch_size, "batch_size")
         if not len(cols):
             return 0
-        self.ensure_created()
+        self.ensure_created(self._fine_width(cols))
         name, conn = self.store.collection, self.store._conn
         for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
             try:
+                self._companions(cols, start, end)
                 conn.write_columns("upsert", name, cols.lists(start, end),
                                    what=f"upsert into {name!r}")
             except StoreError as exc:
@@ -117,10 +175,11 @@ class Writer:
         size = values.positive_int(batch_size, "batch_size")
         if not len(cols):
             return 0
-        self.ensure_created()
+        self.ensure_created(self._fine_width(cols))
         name, conn = self.store.collection, self.store._conn
         for start, end in rows.spans(cols.sizes, min(size, rows.MAX_BATCH_ROWS)):
             data = cols.lists(start, end)
+            self._companions(cols, start, end)  # upserts: a retry never duplicates them
             try:
                 conn.write_columns("insert", name, data, what=f"insert into {name!r}")
             except StoreError as exc:
@@ -139,7 +198,7 @@ class Writer:
         """Load new rows through Milvus' bulk import (:mod:`.bulk`), then prepare for search."""
         from . import bulk
 
-        self.ensure_created()
+        self.ensure_created(self._fine_width(cols))
         out = bulk.load_columns(self.store, cols, staging_dir,
                                 skip_existing=options.skip_existing,
                                 chunk_rows=options.chunk_rows, timeout=options.timeout,

@@ -29,8 +29,9 @@ from typing import Any
 from ..backbones import Backbone
 
 __all__ = ["AHCLConfig", "AUTHORS", "AUTO_LR", "AUTO_MAX_EPOCHS", "AUTO_MIN_EPOCHS",
-           "AUTO_LR_BITS", "AUTO_STEPS", "CANDIDATES", "SCENE_PREPROCESS", "SCHEDULES",
-           "SHORT_EPOCHS", "SMALL_ARCHIVE", "candidate_configs", "epoch_lr", "identity"]
+           "AUTO_LR_BITS", "AUTO_STEPS", "CANDIDATES", "DEFAULT_CANDIDATES", "SCENE_PREPROCESS",
+           "SCHEDULES", "SHORT_EPOCHS", "SMALL_ARCHIVE", "SMOOTH_TOP", "VAL_FOLDS",
+           "candidate_configs", "epoch_lr", "identity"]
 
 SCHEDULES = ("auto", "authors", "cosine", "step")
 #: the AHCL authors' schedule (their code, ADSH-derived)
@@ -60,16 +61,29 @@ SCENE_PREPROCESS: dict[str, Any] = {"resize": None}
 #: fields that do not change the trained model (a checkpoint may be resumed with others)
 RUN_ONLY = ("device", "eval_every", "cache_dir", "amp")
 #: model selection (``schedule="auto"``, ``select="auto"``): below this many training images
-#: the run chooses among :data:`CANDIDATES` on the validation split; from this many on it
-#: trains the auto schedule on the whole train side as before (the full-set rows of
-#: docs/results.md); ``select="on"`` validates the auto schedule alone at that size
+#: the run chooses among :data:`DEFAULT_CANDIDATES` on :data:`VAL_FOLDS` validation folds; from
+#: this many on it trains the auto schedule on the whole train side as before (the full-set
+#: rows of docs/results.md); ``select="on"`` validates the auto schedule alone at that size,
+#: on one ``val_fraction`` split
 SMALL_ARCHIVE = 1000
-#: the schedules a small archive chooses among, in order (a tie goes to the earlier):
-#: ``auto`` (above), ``authors`` (:data:`AUTHORS`), ``short`` (cosine, the auto lr, 30 epochs:
-#: the epoch count the auto schedule gives 1,920 images) and, above 16 bits, ``lr16`` (``short``
-#: at the 16-bit lr :data:`AUTO_LR`: the shorter codes' recipe, so a longer code is never held
-#: to an lr that only its own length was tuned with)
+#: the schedules a selecting run may choose among (``candidates=``), in order (a tie goes to
+#: the earlier): ``auto`` (above), ``authors`` (:data:`AUTHORS`), ``short`` (cosine, the auto
+#: lr, 30 epochs) and, above 16 bits, ``lr16`` (``short`` at the 16-bit lr :data:`AUTO_LR`)
 CANDIDATES = ("auto", "authors", "short", "lr16")
+#: what a small archive chooses among by default: ``auto`` and ``authors``. ``short`` and
+#: ``lr16`` were dropped on validation evidence (nwpu12, 30 images a class, docs/results.md):
+#: ``short`` validated below ``auto`` at 16, 32 and 64 bits (0.9035 / 0.8886 / 0.8670 against
+#: 0.9093 / 0.9134 / 0.9375), ``lr16`` below ``auto`` at 32 bits (0.8715 / 0.9134) and
+#: diverged at 64 (0.8397 at epoch 4, 0.41 at 16): the 16-bit lr does not carry to longer
+#: codes, and the two cost the folds below half a selection's time
+DEFAULT_CANDIDATES = ("auto", "authors")
+#: stratified validation folds of a small archive's train side: every training image is
+#: validated once (3 x the validation images of one 20 % split: one 60-image split chose
+#: ``auto`` at 64 bits by 0.028 where the queries preferred ``authors`` by 0.037, issue 21)
+VAL_FOLDS = 3
+#: a candidate's figure: the mean of the best SMOOTH_TOP values of its fold-averaged
+#: validation curve (the best single value of a long, noisy curve is biased upward)
+SMOOTH_TOP = 3
 SHORT_EPOCHS = 30
 #: ``select`` values: ``auto`` (model selection with ``schedule="auto"`` when no schedule
 #: field is set by hand), ``on`` (with ``schedule="auto"`` even then: the hand-set values are
@@ -114,12 +128,14 @@ class AHCLConfig:
     eval_every: int = 0
     cache_dir: str | bool | None = None  # None: the default folder; False: no cache
     amp: str = "auto"
-    #: model selection (module doc of :mod:`rsir_train.ahcl.selection`): ``select`` "auto" or
-    #: "off"; per class ``val_fraction`` of the train side held out (seeded by ``seed``);
+    #: model selection (module doc of :mod:`rsir_train.ahcl.selection`): ``select`` "auto",
+    #: "on" or "off"; on a small archive ``val_folds`` stratified folds of the train side
+    #: (seeded by ``seed``; 1: per class ``val_fraction`` held out once, as on a large one);
     #: validation every ``val_every`` outer iterations (0: about 20 per run), stop after
     #: ``patience`` validations without improvement (0: never); ``candidates`` None: by size
     select: str = "auto"
     val_fraction: float = 0.2
+    val_folds: int = VAL_FOLDS
     val_every: int = 0
     patience: int = 6
     candidates: tuple[str, ...] | None = None
@@ -187,12 +203,14 @@ class AHCLConfig:
 def candidate_configs(config: AHCLConfig, n_fit: int, n_train: int,
                       cached: bool) -> list[tuple[str, AHCLConfig]]:
     """The ``(name, resolved configuration)`` pairs a selecting run trains on its fit part
-    (``n_fit`` images of ``n_train``): :data:`CANDIDATES` when the train side is smaller than
-    :data:`SMALL_ARCHIVE` and no schedule field was set by hand, else the auto schedule only;
-    ``config.candidates`` overrides the list (``lr16`` is dropped at 16 bits or fewer)."""
+    (``n_fit`` images of ``n_train``): :data:`DEFAULT_CANDIDATES` when the train side is
+    smaller than :data:`SMALL_ARCHIVE` and no schedule field was set by hand, else the auto
+    schedule only; ``config.candidates`` overrides the list (any of :data:`CANDIDATES`;
+    ``lr16`` is dropped at 16 bits or fewer)."""
     names = config.candidates
     if names is None:
-        names = CANDIDATES if n_train < SMALL_ARCHIVE and not config.hand_set else ("auto",)
+        small = n_train < SMALL_ARCHIVE and not config.hand_set
+        names = DEFAULT_CANDIDATES if small else ("auto",)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown or not names:
         raise ValueError(f"candidates must be among {', '.join(CANDIDATES)}, got {names!r}")

@@ -1,38 +1,41 @@
-"""Model selection for AHCL on the archive being trained: a validation split of the train side.
+"""Model selection for AHCL on the archive being trained: validation folds of the train side.
 
 Why: no fixed schedule is right for every archive and code length. The 900-step ``auto``
 schedule was chosen on 1,920 training images; on a 336-image archive it runs 100 epochs and its
-64-bit model came out worse than its 16-bit one (issue 21). So a run with ``schedule="auto"``
-(the default) chooses its model on the archive it is given, never on the queries:
+64-bit model came out worse than its 16-bit one (issue 21). A first selection on one 20 %
+validation split (60 images on a 288-image train side) chose ``auto`` at 64 bits by 0.028
+where the queries preferred the authors' schedule by 0.037, and exported a network that had
+seen 228 of the 288 training images. So a run with ``schedule="auto"`` (the default) chooses
+its model on the archive it is given, never on the queries, as follows:
 
-1. **Validation split**: per class ``val_fraction`` (20 %) of the train side, seeded by the
-   run's seed (:func:`rsir_train.trainer.validation_indices`, positions into the train side,
-   so no query image can be drawn). The rest, the *fit* part, is the database whose codes are
-   learned while selecting.
-2. **Figure**: the project's own metric: the validation images coded by the network
-   (``sign(u)``) against the fit part's learned V, mAP over that whole database, Hamming
-   ranking, ties in the store's order (:func:`rsir_train.evaluation.in_tie_order`).
-3. **Best epoch, patience**: validated every ``val_every`` outer iterations (about 20 a
-   run); the best network and V are kept and a schedule stops after ``patience`` validations
-   without improvement.
-4. **Schedules, on a small archive** (train side under
-   :data:`~rsir_train.ahcl.config.SMALL_ARCHIVE` images): ``auto``, ``authors``, ``short``
-   (cosine, 30 epochs) and, above 16 bits, ``lr16`` (the 16-bit lr: the shorter codes'
-   recipe, so a longer code can fall back on what made the shorter one good). Each is bounded
-   in steps (at most 100 epochs of a small fit part; patience usually stops it sooner), so the
-   whole choice costs at most a few times one auto run of a few hundred images. The one with
-   the best validation figure is chosen (a tie goes to the earlier in that order). Larger
-   archives are selected on only with ``select="on"`` (the ``auto`` schedule alone); under
-   ``select="auto"`` they train as before selection existed (the trainer decides).
-5. **What is exported**: the chosen schedule's best validated network, kept as it is (not
-   retrained on the whole train side: a refit doubles the run and its last epoch would be
-   exported unvalidated). Its database codes are completed by one closed-form V update
-   (:func:`rsir_train.ahcl.model.update_codes`) over the whole train side, fit and validation
-   images together, from the network's outputs and the labels, so every database image has
-   a learned code.
+1. **Validation folds**: on a small archive (train side under
+   :data:`~rsir_train.ahcl.config.SMALL_ARCHIVE` images) ``val_folds`` (3) stratified folds:
+   per class the train side's positions, permuted by the run's seed, dealt round-robin into
+   the folds (:func:`validation_folds`), so every training image is validated once and no
+   query image can be drawn (positions into the train side). A large archive (``select="on"``)
+   or ``val_folds=1`` holds out per class ``val_fraction`` once
+   (:func:`rsir_train.trainer.validation_indices`).
+2. **Figure**: the project's own metric: a fold's validation images coded by the network
+   (``sign(u)``) against the fold's fit part's learned V, mAP over that whole database,
+   Hamming ranking, ties in the store's order (:func:`rsir_train.evaluation.in_tie_order`),
+   every ``val_every`` outer iterations (about 20 a run); a fold stops after ``patience``
+   validations without improvement. A candidate's curve is the mean over folds (weighted by
+   their validation images) at the iterations every fold validated; its figure is the mean
+   of the best :data:`~rsir_train.ahcl.config.SMOOTH_TOP` (3) points of that curve, its
+   epoch count the curve's best point.
+3. **Candidates**: :data:`~rsir_train.ahcl.config.DEFAULT_CANDIDATES` (``auto``,
+   ``authors``) on a small archive, ``auto`` alone otherwise; each bounded in steps (at most
+   100 epochs of a fold's fit part, patience usually stops it sooner). The best figure wins;
+   a tie goes to the earlier.
+4. **Refit**: the chosen schedule is trained again from the same initial weights on the
+   **whole train side**, its lr following the validated schedule, and stopped after the
+   chosen number of outer iterations; that network and its learned V (every training image)
+   are exported. Cost: folds x candidates fit runs plus one refit, about 3-4 times one run of
+   the authors' schedule on a few hundred images.
 
-Every candidate checkpoints on its own (``<work_dir>/select-<name>/checkpoint.pt``, its best
-network and V included); a resumed run skips finished candidates and chooses the same model.
+Every fold of every candidate and the refit checkpoint on their own
+(``<work_dir>/select-<name>-f<k>/``, ``<work_dir>/refit-<name>-<outer>/``); a resumed run skips
+finished ones and chooses and refits the same model.
 """
 
 from __future__ import annotations
@@ -40,52 +43,120 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..evaluation import in_tie_order
 from ..trainer import CHECKPOINT_FILE, Progress, validation_indices
-from .config import AHCLConfig, candidate_configs
-from .model import similarity_t_times, update_codes
-from .trainer import _Context, _encode, _Part, _State, run_schedule
+from .config import SMALL_ARCHIVE, SMOOTH_TOP, AHCLConfig, candidate_configs
+from .trainer import _Context, _Part, _State, run_schedule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINAL_RULE", "select_model"]
+__all__ = ["FINAL_RULE", "fold_mean_curve", "select_model", "smoothed", "validation_folds"]
 
 #: what the exported model is, recorded in the manifest's ``training.selection.final``
-FINAL_RULE = ("the chosen schedule's best validated network, not retrained; database codes "
-              "of the whole train side (fit + validation) from one closed-form V update")
+FINAL_RULE = ("the chosen schedule refit on the whole train side from the same initial "
+              "weights, stopped at the chosen outer iteration (lr as in the validated "
+              "schedule); database codes: that run's learned V of every training image")
+
+Fold = tuple[np.ndarray, np.ndarray]
 
 
-def _parts(ctx: _Context, config: AHCLConfig) -> tuple[_Part, np.ndarray, np.ndarray]:
-    """The fit part (database while selecting) and the validation part of the train side."""
-    fit, val = validation_indices(ctx.y_db, config.val_fraction, config.seed)
+def validation_folds(labels: Sequence | np.ndarray, folds: int, fraction: float,
+                     seed: int) -> list[Fold]:
+    """Positions ``(fit, val)`` into a train side for each validation fold: with ``folds``
+    >= 2, per class the members permuted (seeded) and dealt round-robin into the folds, so
+    every image of a class of two or more is validated exactly once and every fold's fit part
+    keeps each class; folds with no validation image are left out. With ``folds`` <= 1 the
+    single per-class ``fraction`` split of :func:`rsir_train.trainer.validation_indices`."""
+    if folds <= 1:
+        return [validation_indices(labels, fraction, seed)]
+    y = np.asarray(labels, dtype=object).astype(str)
+    rng = np.random.default_rng(seed)
+    vals: list[list[int]] = [[] for _ in range(folds)]
+    for c in sorted(set(y.tolist())):
+        members = np.flatnonzero(y == c)
+        if len(members) < 2:
+            continue  # one image: nothing to hold out
+        perm = rng.permutation(members)
+        for j in range(folds):
+            vals[j] += [int(i) for i in perm[j::folds]]
+    out = []
+    for v in vals:
+        if v:
+            val = np.sort(np.array(v, dtype=np.int64))
+            out.append((np.setdiff1d(np.arange(len(y), dtype=np.int64), val), val))
+    return out
+
+
+def _part(ctx: _Context, fit: np.ndarray, val: np.ndarray) -> _Part:
+    """A fold: its fit part (the database while selecting) and its validation images."""
     fit_ids = [ctx.train_ids[int(i)] for i in fit]
     order = in_tie_order(np.arange(len(fit)), fit_ids)
-    return (_Part(ctx.db_in.sub(fit), ctx.y_db[fit], fit_ids, ctx.db_in.sub(val),
-                  ctx.y_db[val], order), fit, val)
+    return _Part(ctx.db_in.sub(fit), ctx.y_db[fit], fit_ids, ctx.db_in.sub(val),
+                 ctx.y_db[val], order)
 
 
-def _summary(name: str, cfg: AHCLConfig, st: _State) -> dict[str, Any]:
-    return {"name": name, "schedule": cfg.schedule, "lr": cfg.lr, "momentum": cfg.momentum,
-            "outer": cfg.outer, "inner": cfg.inner, "lr_steps": list(cfg.lr_steps or ()),
+def fold_mean_curve(curves: Sequence[Sequence[Sequence[float]]],
+                    weights: Sequence[float]) -> list[list[float]]:
+    """The folds' validation curves (``[[outer, mAP], ...]`` each) averaged, weighted, at the
+    outer iterations every fold validated (a fold that stopped early ends the curve)."""
+    common = set.intersection(*({int(o) for o, _ in c} for c in curves)) if curves else set()
+    total = float(sum(weights))
+    out = []
+    for o in sorted(common):
+        value = sum(w * dict((int(a), b) for a, b in c)[o] for c, w in zip(curves, weights))
+        out.append([o, round(value / total, 4)])
+    return out
+
+
+def smoothed(curve: Sequence[Sequence[float]], top: int = SMOOTH_TOP) -> float:
+    """A curve's figure: the mean of its ``top`` best values (-1 for an empty curve)."""
+    values = sorted((float(v) for _, v in curve), reverse=True)[:top]
+    return float(np.mean(values)) if values else -1.0
+
+
+def _fold_summary(k: int, fold: Fold, st: _State) -> dict[str, Any]:
+    return {"fold": k, "n_fit": int(len(fold[0])), "n_val": int(len(fold[1])),
             "best_val_map": round(st.best_map, 4), "best_outer": st.best_outer,
             "stopped_at": st.outer_done, "stopped_early": st.stopped,
             "seconds": round(st.seconds, 1), "val_curve": st.curve}
 
 
-def complete_codes(ctx: _Context, V_fit: np.ndarray, fit: np.ndarray, lam: float,
-                   batch_size: int) -> np.ndarray:
-    """Learned codes of the whole train side for the network in ``ctx``: the fit part's V and
-    the validation images' ``sign(u)`` as the start, then one closed-form V update with every
-    train image sampled (the network's outputs ``U`` and the labels decide each bit)."""
-    U = _encode(ctx.net, ctx.db_in, ctx.device, batch_size)
-    V = np.where(U > 0, 1.0, -1.0).astype(np.float32)
-    V[fit] = V_fit
-    every = np.arange(len(U))
-    return update_codes(V, U, None, every, lam, StU=similarity_t_times(ctx.y_db, ctx.y_db, U))
+def _candidate(ctx: _Context, name: str, cfg: AHCLConfig, folds: list[Fold],
+               work_dir: str | os.PathLike | None, resume: bool,
+               emit: Progress) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Train one candidate on every fold; its summary (figure, mean curve, best outer, the
+    folds'), the history and the devices."""
+    per_fold, history, devices = [], [], []
+    for k, fold in enumerate(folds):
+        ckpt = Path(work_dir) / f"select-{name}-f{k}" / CHECKPOINT_FILE if work_dir else None
+        st = run_schedule(ctx, cfg, _part(ctx, *fold), ckpt, resume, emit, tag=f"{name}/f{k}")
+        st.best_net = st.best_V = None  # the exported network is refit, not a fold's
+        per_fold.append(_fold_summary(k, fold, st))
+        history += st.history
+        devices += [d for d in st.devices if d not in devices]
+    curve = fold_mean_curve([f["val_curve"] for f in per_fold], [f["n_val"] for f in per_fold])
+    best = max(curve, key=lambda p: (p[1], -p[0])) if curve else [cfg.outer, -1.0]
+    summary = {"name": name, "schedule": cfg.schedule, "lr": cfg.lr, "momentum": cfg.momentum,
+               "outer": cfg.outer, "inner": cfg.inner, "lr_steps": list(cfg.lr_steps or ()),
+               "val_map": round(smoothed(curve), 4), "best_val_map": best[1],
+               "best_outer": int(best[0]), "val_curve": curve, "folds": per_fold,
+               "seconds": round(sum(f["seconds"] for f in per_fold), 1)}
+    return summary, history, devices
+
+
+def _reason(chosen: dict[str, Any], tried: list[dict[str, Any]], n_folds: int) -> str:
+    others = [t for t in tried if t["name"] != chosen["name"]]
+    text = (f"{chosen['name']}: highest validation mAP {chosen['val_map']:.4f} (mean of the "
+            f"best {SMOOTH_TOP} points of the {n_folds}-fold mean curve; best "
+            f"{chosen['best_val_map']:.4f} at outer iteration {chosen['best_outer']})")
+    text += ("; " + ", ".join(f"{t['name']} {t['val_map']:.4f}" for t in others)) if others \
+        else "; the only candidate"
+    return text + (f"; refit on the whole train side for {chosen['best_outer']} outer "
+                   f"iterations ({chosen['best_outer'] * chosen['inner']} epochs)")
 
 
 def select_model(
@@ -95,43 +166,47 @@ def select_model(
     resume: bool,
     emit: Progress,
 ) -> tuple[AHCLConfig, np.ndarray, list[dict[str, Any]], float, list[str], dict[str, Any]]:
-    """Train every candidate on the fit part, validate, keep the best; returns the chosen
-    resolved configuration, the learned V of the whole train side, the history of every
-    candidate, the training seconds, the devices and the ``selection`` record."""
-    part, fit, val = _parts(ctx, config)
-    cands = candidate_configs(config, len(fit), len(ctx.y_db), cached=ctx.n_frozen > 0)
+    """Train every candidate on every validation fold, choose on the smoothed fold-mean
+    figure, refit the choice on the whole train side; returns the chosen resolved
+    configuration, the refit's learned V of the whole train side, the history (folds and
+    refit), the training seconds, the devices and the ``selection`` record. ``ctx.net`` holds
+    the refit network afterwards."""
+    n_folds = config.val_folds if len(ctx.y_db) < SMALL_ARCHIVE else 1
+    folds = validation_folds(ctx.y_db, n_folds, config.val_fraction, config.seed)
+    n_fit = min(len(f[0]) for f in folds)
+    cands = candidate_configs(config, n_fit, len(ctx.y_db), cached=ctx.n_frozen > 0)
     tried, history, devices = [], [], []
-    best: tuple[str, AHCLConfig, _State] | None = None
-    seconds = 0.0
+    chosen: tuple[dict[str, Any], AHCLConfig] | None = None
     for name, cfg in cands:
-        ckpt = Path(work_dir) / f"select-{name}" / CHECKPOINT_FILE if work_dir else None
-        st = run_schedule(ctx, cfg, part, ckpt, resume, emit, tag=name)
-        tried.append(_summary(name, cfg, st))
-        history += st.history
-        devices += [d for d in st.devices if d not in devices]
-        seconds += st.seconds
-        if best is None or st.best_map > best[2].best_map:
-            if best is not None:
-                best[2].best_net = best[2].best_V = None
-            best = (name, cfg, st)
-        else:
-            st.best_net = st.best_V = None  # only the leader's weights are kept in memory
-    assert best is not None and best[2].best_net is not None and best[2].best_V is not None
-    name, cfg, st = best
-    ctx.net.load_state_dict(st.best_net)  # type: ignore[arg-type]
-    V = complete_codes(ctx, st.best_V, fit, cfg.lam, cfg.batch_size)  # type: ignore[arg-type]
-    others = [t for t in tried if t["name"] != name]
-    reason = (f"{name}: highest validation mAP ({st.best_map:.4f} at outer iteration {st.best_outer})"
-              + ("; " + ", ".join(f"{t['name']} {t['best_val_map']:.4f}" for t in others)
-                 if others else "; the only candidate (train side of "
-                 f"{len(ctx.y_db)} images, at least the small-archive limit)"))
-    selection = {"chosen": name, "reason": reason, "best_val_map": round(st.best_map, 4),
-                 "best_outer": st.best_outer, "candidates": tried,
-                 "val_fraction": config.val_fraction, "val_seed": config.seed,
-                 "n_fit": int(len(fit)), "n_val": int(len(val)),
-                 "metric": "mAP of the validation images' sign(u) against the fit part's "
-                           "learned V, whole database, Hamming, ties in the store's order",
-                 "patience": config.patience, "final": FINAL_RULE}
-    log.info("model selection: %s (%s)", name, reason)
-    emit({"event": "selection", **{k: selection[k] for k in ("chosen", "reason")}})
-    return cfg, V, history, seconds, devices, selection
+        summary, hist, devs = _candidate(ctx, name, cfg, folds, work_dir, resume, emit)
+        tried.append(summary)
+        history += hist
+        devices += [d for d in devs if d not in devices]
+        if chosen is None or summary["val_map"] > chosen[0]["val_map"]:
+            chosen = (summary, cfg)
+    assert chosen is not None
+    best, cfg = chosen
+    reason = _reason(best, tried, len(folds))
+    log.info("model selection: %s", reason)
+    emit({"event": "selection", "chosen": best["name"], "reason": reason})
+    ckpt = (Path(work_dir) / f"refit-{best['name']}-{best['best_outer']}" / CHECKPOINT_FILE
+            if work_dir else None)
+    st = run_schedule(ctx, cfg, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), ckpt, resume, emit,
+                      tag=f"{best['name']}/refit", stop_at=best["best_outer"])
+    history += st.history
+    devices += [d for d in st.devices if d not in devices]
+    seconds = sum(t["seconds"] for t in tried) + st.seconds
+    selection = {"chosen": best["name"], "reason": reason, "val_map": best["val_map"],
+                 "best_val_map": best["best_val_map"], "best_outer": best["best_outer"],
+                 "candidates": tried, "folds": len(folds), "val_seed": config.seed,
+                 "val_fraction": config.val_fraction if len(folds) == 1 else None,
+                 "n_fit": [int(len(f[0])) for f in folds],
+                 "n_val": [int(len(f[1])) for f in folds],
+                 "metric": "mAP of each fold's validation images' sign(u) against its fit "
+                           "part's learned V, whole database, Hamming, ties in the store's "
+                           f"order; mean over folds; figure: mean of the best {SMOOTH_TOP}",
+                 "patience": config.patience,
+                 "refit": {"outer": st.outer_done, "epochs": st.outer_done * (cfg.inner or 1),
+                           "n_train": int(len(ctx.y_db)), "seconds": round(st.seconds, 1)},
+                 "final": FINAL_RULE}
+    return cfg, st.V, history, seconds, devices, selection

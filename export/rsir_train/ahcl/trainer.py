@@ -380,12 +380,16 @@ def _validate(st: _State, ctx: _Context, cfg: AHCLConfig, part: _Part, outer: in
 
 
 def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | None,
-                 resume: bool, emit: Progress, tag: str | None = None) -> _State:
+                 resume: bool, emit: Progress, tag: str | None = None,
+                 stop_at: int | None = None) -> _State:
     """Train the resolved schedule ``cfg`` on ``part`` from the context's initial weights,
     checkpointing after every outer iteration (resumed from ``ckpt_path`` with ``resume``);
     with a validation part, validate every ``val_every`` outer iterations and stop when
-    patience runs out. ``tag`` names the candidate in the history and progress events."""
+    patience runs out. ``tag`` names the candidate in the history and progress events.
+    ``stop_at``: stop after that many outer iterations, the lr still following the whole
+    schedule of ``cfg.outer`` (a refit to the epoch a selection chose)."""
     assert cfg.outer is not None
+    stop = cfg.outer if stop_at is None else max(1, min(cfg.outer, stop_at))
     seed_everything(cfg.seed)
     ctx.net.load_state_dict(ctx.init_state)
     params = [p for p in ctx.net.parameters() if p.requires_grad]
@@ -402,14 +406,14 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
     t_train = time.perf_counter()
     here = device_name(ctx.device)
     val_every = cfg.val_every or max(1, math.ceil(cfg.outer / 20))
-    for outer in range(st.outer_done, cfg.outer):
+    for outer in range(st.outer_done, stop):
         if st.stopped:
             break
         if here not in st.devices:
             st.devices.append(here)
         record = _outer_iteration(st, outer, cfg, part.db_in, part.y_db, ctx.n_frozen,
                                   ctx.device, ctx.amp)
-        last = outer + 1 == cfg.outer
+        last = outer + 1 == stop
         if part.val_in is not None and ((outer + 1) % val_every == 0 or last):
             record["val_map"] = _validate(st, ctx, cfg, part, outer + 1)
         if cfg.eval_every and ((outer + 1) % cfg.eval_every == 0 or last):
@@ -417,7 +421,7 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
                                                ctx.amp), ctx.y_q, st.V, part.y_db)
         st.history.append({**record, **({"candidate": tag} if tag else {})})
         st.outer_done = outer + 1
-        log.info("%souter %d/%d: %s", f"[{tag}] " if tag else "", outer + 1, cfg.outer,
+        log.info("%souter %d/%d: %s", f"[{tag}] " if tag else "", outer + 1, stop,
                  ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "outer"))
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, st.checkpoint(cfg, part.ids, time.perf_counter() - t_train))
@@ -456,8 +460,9 @@ def train_ahcl(
 
     With the ``auto`` schedule (and ``select="auto"``, the default) the model is chosen on a
     validation split of the train side (:mod:`rsir_train.ahcl.selection`): the best validated
-    epoch is kept, a small archive also chooses among a few schedules, and the result's
-    ``selection`` says what was chosen and why. An explicit schedule is trained as given on the
+    epoch count is chosen, a small archive also chooses between schedules (on a few validation
+    folds), the choice is refit on the whole train side, and the result's ``selection`` says
+    what was chosen and why. An explicit schedule is trained as given on the
     whole train side, its last epoch kept. Fields left ``None`` are resolved from the train
     side's size and the path (:meth:`AHCLConfig.resolved`); the result carries the resolved
     configuration. ``work_dir`` holds the checkpoints (written after every outer iteration);
@@ -486,7 +491,7 @@ def train_ahcl(
     train_seconds = ctx.prep_seconds + seconds
     metrics = _final_metrics(ctx, V, resolved.batch_size)
     if selection:
-        metrics["val_map"] = float(selection["best_val_map"])
+        metrics["val_map"] = float(selection["val_map"])
     emit({"event": "done", "metrics": metrics, "train_seconds": train_seconds})
     return AHCLResult(
         net=ctx.net.cpu(), normalize=ctx.normalize.cpu(), preprocess=ctx.preprocess, V=V,

@@ -327,7 +327,7 @@ def _write_derived(onnx: Any, stage: Path, parent: Bundle, derived: _Derived, pr
     if parent.has_database:
         db = parent.load_database()
         database = {"codes": db.codes, "ids": db.ids, "labels": db.labels, "paths": db.paths,
-                    "kind": db.kind}
+                    "kind": db.kind, "fine": db.fine}
     split = parent.split() if (parent.path / "split.json").is_file() else None
     write_bundle(stage, onnx.load(str(derived.model_path)), manifest, database, split=split,
                  archive=parent.manifest.get("archive"))

@@ -52,6 +52,14 @@ async function loadInfo(userAsked) {
     $("auth").hidden = true;
     $("about").textContent = `${info.collection}: ${info.count.toLocaleString()} items · ` +
       `${info.method}, ${info.bits}-bit codes · encoder ${info.encoder_id}`;
+    // the appearance mode needs fine codes in the collection (fine_bits null: none kept)
+    const fine = info.fine_bits !== null && info.fine_bits !== undefined;
+    $("appearance").disabled = !fine;
+    $("appearance-toggle").classList.toggle("off", !fine);
+    $("appearance-toggle").title = fine
+      ? `rank by appearance alone (the ${info.fine_bits}-bit fine code): near-duplicates, the same place seen again`
+      : "this collection keeps no fine codes (made before them): rebuild it to search by appearance";
+    if (!fine) $("appearance").checked = false;
     const list = $("labels");
     list.replaceChildren(...info.classes.map((c) => { const o = document.createElement("option"); o.value = c; return o; }));
     return true;
@@ -81,6 +89,11 @@ function whereParams() {
   return out;
 }
 
+// the search mode: "appearance" when the toggle is on, else the default (not sent)
+function modeParam() {
+  return $("appearance").checked && !$("appearance").disabled ? "appearance" : null;
+}
+
 function whereText(where) {
   const parts = [];
   if (where.bbox) parts.push("in the drawn box");
@@ -93,6 +106,8 @@ async function runSearch() {
   const k = state.k;
   const filter = filterParam();
   const where = whereParams();
+  const mode = modeParam();
+  if (mode) where.mode = mode;
   setStatus("searching…");
   $("more").disabled = true;
   const t0 = performance.now();
@@ -115,7 +130,8 @@ async function runSearch() {
     render(hits);
     const ms = Math.round(performance.now() - t0);
     setStatus(`${hits.length} hit${hits.length === 1 ? "" : "s"} in ${ms} ms` +
-              (filter ? ` (label ${filter.label})` : "") + whereText(where));
+              (filter ? ` (label ${filter.label})` : "") + whereText(where) +
+              (mode ? " by appearance" : ""));
     const maxK = state.info ? state.info.limits.max_k : k;
     $("more").hidden = hits.length < k || k >= maxK;
   } catch (err) {
@@ -161,7 +177,14 @@ function card(hit, i) {
     const dd = document.createElement("dd"); dd.textContent = v; dd.title = v;
     meta.append(dt, dd);
   }
-  body.append(rank, label, dist, meta);
+  body.append(rank, label, dist);
+  if (hit.fine_distance !== undefined && hit.fine_distance !== null) {
+    const fineDist = document.createElement("p");
+    fineDist.className = "fine-distance";
+    fineDist.textContent = "fine distance " + hit.fine_distance;
+    body.append(fineDist);
+  }
+  body.append(meta);
   el.append(thumb, body);
   el.addEventListener("mouseenter", () => highlight(hit.id, true));
   el.addEventListener("mouseleave", () => highlight(hit.id, false));
@@ -387,6 +410,7 @@ function setup() {
     newSearch();
   });
   $("k").addEventListener("change", newSearch);
+  $("appearance").addEventListener("change", newSearch);
   $("label").addEventListener("change", newSearch);
   $("time-start").addEventListener("change", newSearch);
   $("time-end").addEventListener("change", newSearch);

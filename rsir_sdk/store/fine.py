@@ -1,0 +1,212 @@
+"""The fine code in the store (issue 20): two companion collections beside the main one.
+
+Why companions and not a second vector field: Milvus Lite 2.5.1 holds two ``BINARY_VECTOR``
+fields in one collection, but the PyPI 2.3.5 server refuses a second one ("multiple vector
+fields is not supported"). One layout serves both, and the main collection keeps its format, so
+collections made before fine codes existed stay valid:
+
+* the **mirror** ``<name>__fine``: the main collection's fields (``pk``, ``id``, label, path,
+  metadata, their digests, the place fields) with ``code`` replaced by ``fine``
+  (``BINARY_VECTOR(fine_bits)``, HAMMING, BIN_FLAT: filtered searches must be exact) and
+  ``code_key``, the lowercase hex of the row's retrieval code. The same primary key, so every
+  filter the main collection takes works unchanged on the mirror, and a tie group of the
+  retrieval code is a filter (``code_key in [...]``) under which the fine field is searched.
+* the **codebook** ``<name>__codes``: one row per distinct retrieval code (``pk`` = its hex,
+  ``code``), so the codes at exactly the k-th distance are found without reading the items
+  that share them (:mod:`.finerank`).
+
+Writes go to the mirror and the codebook first, by upsert (a retried or resumed write never
+duplicates a row), then to the main collection: a crash never leaves a main row without its
+mirror row. The main collection records ``fine_bits`` in its description.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..errors import CollectionMismatchError, StoreError
+from ..geo import FIELDS as PLACE_FIELDS
+from . import keys
+from .schema import MAX_ID_LEN, MAX_LABEL_LEN, MAX_PATH_LEN, PK_CHUNK
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connect import Connection
+    from .rows import Columns
+
+log = logging.getLogger(__name__)
+
+#: name suffixes of the companion collections (a user's collection name may not end in them)
+MIRROR_SUFFIX = "__fine"
+CODEBOOK_SUFFIX = "__codes"
+SUFFIXES = (MIRROR_SUFFIX, CODEBOOK_SUFFIX)
+
+
+def mirror(name: str) -> str:
+    """The mirror collection of ``name``: fine codes and the fields filters read."""
+    return name + MIRROR_SUFFIX
+
+
+def codebook(name: str) -> str:
+    """The codebook collection of ``name``: one row per distinct retrieval code."""
+    return name + CODEBOOK_SUFFIX
+
+
+def is_companion(name: str) -> bool:
+    """Whether ``name`` is a companion collection (hidden from listings)."""
+    return name.endswith(SUFFIXES)
+
+
+def companions(name: str) -> tuple[str, str]:
+    """``(mirror, codebook)`` of ``name``."""
+    return mirror(name), codebook(name)
+
+
+def hex_codes(codes: np.ndarray) -> list[str]:
+    """Each packed code as lowercase hex (the codebook's key, the mirror's ``code_key``)."""
+    return [row.tobytes().hex() for row in np.ascontiguousarray(codes)]
+
+
+def code_in(keys_hex: Sequence[str]) -> str:
+    """``code_key in ["<hex>", ...]``: hex strings of the store's own making, checked."""
+    for key in keys_hex:
+        if not key or len(key) % 2 or any(c not in "0123456789abcdef" for c in key):
+            raise AssertionError(f"not a code key: {key!r}")
+    return f"code_key in [{', '.join(f'{chr(34)}{k}{chr(34)}' for k in keys_hex)}]"
+
+
+def mirror_schema(bits: int, fine_bits: int) -> Any:
+    """The pymilvus schema of a mirror: the main fields with ``fine`` for ``code``, then
+    ``code_key`` (column writes send the fields in this order)."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, description="rsir fine-code mirror")
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
+    schema.add_field("id", DataType.VARCHAR, max_length=MAX_ID_LEN)
+    schema.add_field("fine", DataType.BINARY_VECTOR, dim=fine_bits)
+    schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_LEN)
+    schema.add_field("label_h", DataType.VARCHAR, max_length=32)
+    schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LEN)
+    schema.add_field("path_h", DataType.VARCHAR, max_length=32)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field("meta_h", DataType.JSON)
+    for field in PLACE_FIELDS:
+        schema.add_field(field, DataType.DOUBLE)
+    schema.add_field("code_key", DataType.VARCHAR, max_length=bits // 4)
+    return schema
+
+
+def codebook_schema(bits: int) -> Any:
+    """The pymilvus schema of a codebook: ``pk`` (the code's hex) and ``code``."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, description="rsir code book")
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=bits // 4)
+    schema.add_field("code", DataType.BINARY_VECTOR, dim=bits)
+    return schema
+
+
+def create(conn: "Connection", name: str, bits: int, fine_bits: int) -> None:
+    """Create the mirror and the codebook of ``name`` (before the main collection). A
+    companion left by a run that crashed before the main collection existed is an orphan:
+    it is dropped and made afresh."""
+    for comp, schema, field in ((mirror(name), mirror_schema(bits, fine_bits), "fine"),
+                                (codebook(name), codebook_schema(bits), "code")):
+        if conn.call("has_collection", comp, what=f"opening collection {comp!r}"):
+            conn.call("drop_collection", comp, what=f"dropping orphan collection {comp!r}")
+            conn.forget_collection(comp)
+        index = conn.client.prepare_index_params()
+        index.add_index(field_name=field, index_type="BIN_FLAT", metric_type="HAMMING", params={})
+        conn.call("create_collection", comp, schema=schema, index_params=index,
+                  consistency_level="Strong", what=f"creating collection {comp!r}")
+
+
+def mirror_lists(cols: "Columns", start: int, end: int) -> list[list[Any]]:
+    """Rows ``start:end`` of a write as the mirror's column lists (field order of
+    :func:`mirror_schema`)."""
+    assert cols.fine is not None and cols.place is not None
+    main = cols.lists(start, end)
+    fine = cols.fine[start:end]
+    width = fine.shape[1]
+    raw = fine.tobytes()
+    main[2] = [raw[i : i + width] for i in range(0, len(raw), width)]
+    return [*main, hex_codes(cols.code[start:end])]
+
+
+def write(conn: "Connection", name: str, cols: "Columns", start: int, end: int) -> None:
+    """Upsert rows ``start:end`` into the mirror and their distinct codes into the codebook
+    (always upserts: a retried write replaces, never duplicates)."""
+    conn.write_columns("upsert", mirror(name), mirror_lists(cols, start, end),
+                       what=f"upsert into {mirror(name)!r}")
+    distinct = np.unique(cols.code[start:end], axis=0)
+    conn.write_columns("upsert", codebook(name),
+                       [hex_codes(distinct), [row.tobytes() for row in distinct]],
+                       what=f"upsert into {codebook(name)!r}")
+
+
+def delete(conn: "Connection", name: str, pks: Sequence[str]) -> None:
+    """Delete the mirror rows of ``pks`` (the codebook keeps codes: a stale code matches no
+    row and costs nothing)."""
+    comp = mirror(name)
+    for start in range(0, len(pks), PK_CHUNK):
+        conn.call("delete", comp, filter=keys.in_list("pk", list(pks[start : start + PK_CHUNK])),
+                  what=f"delete from {comp!r}")
+
+
+def drop(conn: "Connection", name: str) -> None:
+    """Drop both companions of ``name`` (those that exist)."""
+    for comp in companions(name):
+        if conn.call("has_collection", comp, what=f"opening collection {comp!r}"):
+            conn.call("drop_collection", comp, what=f"dropping collection {comp!r}")
+        conn.forget_collection(comp)
+
+
+def prepare(conn: "Connection", name: str, timeout: float | None, progress: Any) -> dict[str, Any]:
+    """Flush the companions of ``name`` on a server and wait until every row is indexed and
+    served (BIN_FLAT: nothing to choose or calibrate); seconds taken."""
+    import time
+
+    from . import server
+
+    t0 = time.perf_counter()
+    report = progress or (lambda p: None)
+    for comp, field in ((mirror(name), "fine"), (codebook(name), "code")):
+        conn.call("flush", comp, what=f"flushing {comp!r}")
+        rows = server.count_strong(conn, comp)
+        deadline = server._Deadline(comp, timeout)
+        server.wait_indexed(conn, comp, rows, deadline, report, field)
+        server.wait_serving(conn, comp, rows, deadline, report)
+    return {"total_s": time.perf_counter() - t0}
+
+
+def read_fine(conn: "Connection", name: str, pks: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{pk: packed fine code}`` of the given primary keys (those the mirror holds)."""
+    from .server import _code
+
+    comp = mirror(name)
+    out: dict[str, np.ndarray] = {}
+    unique = list(dict.fromkeys(pks))
+    for start in range(0, len(unique), PK_CHUNK):
+        res = conn.call("query", comp, filter=keys.in_list("pk", unique[start : start + PK_CHUNK]),
+                        output_fields=["pk", "fine"], read=True,
+                        what=f"reading fine codes from {comp!r}")
+        out.update((r["pk"], _code(r["fine"])) for r in res)
+    return out
+
+
+def check_fine_bits(store: Any, asked: int | None) -> None:
+    """Refuse opening a collection that keeps fine codes of another length than ``asked``
+    (a collection that keeps none is opened: its writes drop fine codes with a warning)."""
+    if asked is not None and store.fine_bits is not None and asked != store.fine_bits:
+        raise CollectionMismatchError(
+            f"collection {store.collection!r} keeps {store.fine_bits}-bit fine codes, not "
+            f"{asked}-bit: use the bundle that filled it, or another collection")
+
+
+def missing_mirror(name: str, where: str) -> StoreError:
+    """The one line for a main collection that records fine codes but lost its mirror."""
+    return StoreError(f"collection {name!r} at {where} keeps fine codes but its companion "
+                      f"{mirror(name)!r} is missing; rebuild it: rsir drop {name} --uri {where} "
+                      f"--yes, then index the archive again")

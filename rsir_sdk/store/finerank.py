@@ -1,0 +1,261 @@
+"""Ranking by the fine code (issue 20): each tie group most similar first, and the appearance mode.
+
+Trained retrieval codes collapse to about one code per class, so the store's order inside a
+distance (the digest of the id) is a random sample of the class. When the collection keeps fine
+codes (:mod:`.fine`) and the query gives its own, the default ranking is (retrieval distance,
+fine distance, digest): class-level results are exactly today's, and every tie group comes back
+most similar first. ``mode="appearance"`` ranks by (fine distance, digest) alone.
+
+The default ranking, per query (batched over queries, as :mod:`.topk` does):
+
+1. Search the main collection (``limit = min(16384, 2k)``, ids only), sort by (d, pk); ``dk`` is
+   the k-th distance. Items nearer than ``dk`` are all present: their fine codes are read from
+   the mirror by primary key and each distance group ordered by (fine distance, pk) here.
+2. The group at ``dk``: when it came back whole (fewer than the limit, or the last hit farther
+   than ``dk``) it is ordered the same way. Else (a big tie group: collapsed codes) it is **not
+   read whole**: a range search of the codebook at exactly ``dk`` gives the distinct retrieval
+   codes there, and the mirror's fine field is searched (exact top-k, ties by pk) under
+   ``code_key in [...]`` and the same filter, for the places left. Queries that share the
+   codes and the places left share one request.
+3. The fields asked for are read for the final k only.
+
+A ``near`` place filter (an exact great-circle test after the engine's box) reads the group at
+``dk`` whole (:func:`.topk._all_at`) and orders it here. So does a ``dk`` with more than
+:data:`MAX_CODE_KEYS` distinct codes (random-like codes; their groups are small).
+``search_stats`` counts ``searches`` and ``range_searches`` (whole tie-group reads) as before,
+and ``codebook_searches``, ``fine_searches`` (the mirror's top-k under the code filter) and
+``fine_reads`` (fine codes read by primary key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..codes import as_packed, hamming_distances
+from ..errors import CollectionMismatchError, InvalidInputError
+from ..hits import SEARCH_MODES
+from . import fine, keys, place, topk
+from . import search as searching
+from .schema import MAX_TOPK
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .collection import MilvusCodeStore
+
+Found = topk.Found
+#: past this many distinct retrieval codes at ``dk``, the tie group is read whole instead (the
+#: ``code_key in [...]`` expression would grow past what is cheap to parse; such groups are small)
+MAX_CODE_KEYS = 1000
+
+
+def check_mode(mode: Any) -> str:
+    """``mode`` checked against :data:`rsir_sdk.hits.SEARCH_MODES`."""
+    if mode not in SEARCH_MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r:.40}")
+    return str(mode)
+
+
+def refuse_appearance(store: "MilvusCodeStore") -> CollectionMismatchError:
+    """The one line for the appearance mode on a collection that keeps no fine codes."""
+    return CollectionMismatchError(
+        f"collection {store.collection!r} at {store.display_uri} keeps no fine codes (made "
+        f"before them, or without them), so it cannot search by appearance; rebuild it with a "
+        f"bundle that has a fine code: rsir drop {store.collection} --uri {store.display_uri} "
+        f"--yes, then index the archive again")
+
+
+def queries(store: "MilvusCodeStore", codes: Any, fine_codes: Any,
+            mode: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(retrieval queries, fine queries)`` of a search, checked. The fine queries are
+    ``None`` when the ranking does not use them (none given, or the collection keeps none)."""
+    mode = check_mode(mode)
+    if mode == "appearance":
+        store._require_exists()
+        if store.fine_bits is None:
+            raise refuse_appearance(store)
+        if fine_codes is None:
+            raise InvalidInputError("mode='appearance' searches by the fine code: pass fine= "
+                                    "(the queries' fine codes, Encoder.encode_both)")
+        fq = as_packed(fine_codes, store.fine_bits)
+        q = None if codes is None else as_packed(codes, store.bits)
+    else:
+        q = as_packed(codes, store.bits)
+        use = fine_codes is not None and store.fine_bits is not None
+        fq = as_packed(fine_codes, store.fine_bits) if use else None
+    if q is not None and fq is not None and q.shape[0] != fq.shape[0]:
+        raise InvalidInputError(f"{q.shape[0]} codes but {fq.shape[0]} fine codes")
+    return q, fq
+
+
+def run(store: "MilvusCodeStore", q: np.ndarray | None, fq: np.ndarray,
+        request: searching.SearchRequest, mode: str) -> list[list[Found]]:
+    """The search of :meth:`~rsir_sdk.store.MilvusCodeStore.search` with fine codes."""
+    conn, name, stats = store._conn, store.collection, store.search_stats
+    if mode == "appearance":
+        found = searching.run(conn, fine.mirror(name), fq, replace(request, params={}), stats,
+                              anns_field="fine")
+        for row in found:
+            for f in row:
+                f.fine = f.distance
+        return found
+    assert q is not None
+    out: list[list[Found]] = []
+    step = searching.query_step(request.k)
+    for start in range(0, q.shape[0], step):
+        out += _default(store, q[start : start + step], fq[start : start + step], request)
+    _read_fields(store, out, request)
+    return out
+
+
+def _default(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
+             request: searching.SearchRequest) -> list[list[Found]]:
+    """(distance, fine distance, pk) top-k of one batch of queries (fields not read yet)."""
+    conn, name, stats = store._conn, store.collection, store.search_stats
+    lean = replace(request, fields=())
+    search, fetch, expr, out_fields = searching.calls(conn, name, lean)
+    data = [row.tobytes() for row in q]
+    k, geo = request.k, request.geo
+    if geo is not None and geo.near is not None:
+        rows = place.near_topk(search, fetch, data, k, expr, request.radius, out_fields, stats,
+                               True, place.keeper(geo))
+        plans = [_near_plan(search, fetch, data[i], row, k, expr, stats, place.keeper(geo))
+                 for i, row in enumerate(rows)]
+    else:
+        plans = _plans(search, data, k, expr, request.radius, stats)
+    # the fine codes of every item ordered here, in one pass of pk reads
+    pks = [f.pk for cands, _, _ in plans for f in cands]
+    codes = fine.read_fine(conn, name, pks) if pks else {}
+    if pks:
+        stats["fine_reads"] = stats.get("fine_reads", 0) + len(set(pks))
+    out = []
+    for i, (cands, _, _) in enumerate(plans):
+        _set_fine(cands, fq[i], codes)
+        out.append(sorted(cands, key=_fine_key))
+    _fill_ties(store, plans, out, data, fq, expr)
+    for row in out:
+        del row[k:]
+    return out
+
+
+#: one query's plan: (items ordered here, the k-th distance when its tie group is left to the
+#: codebook path else ``None``, how many places that group fills)
+Plan = tuple[list[Found], "int | None", int]
+
+
+def _plans(search: topk.SearchFn, data: list[bytes], k: int, expr: str, radius: int | None,
+           stats: dict[str, int]) -> list[Plan]:
+    """Step 1: the main search and, per query, what is ordered here and what is left."""
+    limit = min(MAX_TOPK, 2 * k)
+    window = None if radius is None else (radius + 1, 0)  # Milvus: range_filter <= d < radius
+    raw = search(data, limit, expr, window, ["id"])
+    stats["searches"] = stats.get("searches", 0) + 1
+    stats["hits"] = stats.get("hits", 0) + sum(len(r[0]) for r in raw)
+    plans: list[Plan] = []
+    for pks, dist, ents in raw:
+        order = sorted(range(len(pks)), key=lambda i: (dist[i], pks[i]))
+        found = [Found(pks[i], ents[i]["id"], dist[i], None) for i in order]
+        if not found:
+            plans.append(([], None, 0))
+            continue
+        dk = found[min(k, len(found)) - 1].distance
+        if len(found) < limit or found[-1].distance > dk:  # the group at dk is whole
+            plans.append(([f for f in found if f.distance <= dk], None, 0))
+        else:
+            head = [f for f in found if f.distance < dk]
+            plans.append((head, dk, k - len(head)))
+    return plans
+
+
+def _near_plan(search: topk.SearchFn, fetch: topk.FetchFn, q: bytes, row: list[Found], k: int,
+               expr: str, stats: dict[str, int], keep: Any) -> Plan:
+    """A ``near`` query: its exact top-k by (d, pk) gives ``dk``; the whole group at ``dk``
+    is read (ids only), its place fields tested, and everything ordered here."""
+    if len(row) < k:
+        return (row, None, 0)
+    dk = row[k - 1].distance
+    group = {f.pk: f for f in row if f.distance == dk}
+    more = [h for h in topk._all_at(search, q, dk, expr, stats) if h.pk not in group]
+    rows = fetch([h.pk for h in more]) if more else {}
+    group.update((h.pk, h) for h in more if h.pk in rows and keep(rows[h.pk]))
+    return ([f for f in row if f.distance < dk] + list(group.values()), None, 0)
+
+
+def _fine_key(f: Found) -> tuple[int, int, str]:
+    return (f.distance, f.fine if f.fine is not None else 1 << 30, f.pk)
+
+
+def _set_fine(cands: list[Found], fq: np.ndarray, codes: dict[str, np.ndarray]) -> None:
+    """Each candidate's fine distance to the query (an item without a mirror row sorts last in
+    its distance group)."""
+    have = [f for f in cands if f.pk in codes]
+    if not have:
+        return
+    d = hamming_distances(fq[None, :], np.stack([codes[f.pk] for f in have]))[0]
+    for f, x in zip(have, d):
+        f.fine = int(x)
+
+
+def _fill_ties(store: "MilvusCodeStore", plans: list[Plan], out: list[list[Found]],
+               data: list[bytes], fq: np.ndarray, expr: str) -> None:
+    """Step 2: the big tie groups at ``dk``, through the codebook and the mirror's fine field
+    (or read whole when the codebook says the group spans too many codes)."""
+    conn, name, stats = store._conn, store.collection, store.search_stats
+    open_ = [i for i, (_, dk, _) in enumerate(plans) if dk is not None]
+    if not open_:
+        return
+    cb_search = searching.calls(conn, fine.codebook(name), searching.SearchRequest(k=1))[0]
+    by_dk: dict[int, list[int]] = {}
+    for i in open_:
+        by_dk.setdefault(int(plans[i][1]), []).append(i)  # type: ignore[arg-type]
+    tasks: dict[tuple[int, tuple[str, ...], int], list[int]] = {}
+    for dk, qis in by_dk.items():
+        for at in range(0, len(qis), topk.TIE_BATCH):
+            part = qis[at : at + topk.TIE_BATCH]
+            stats["codebook_searches"] = stats.get("codebook_searches", 0) + 1
+            res = cb_search([data[i] for i in part], MAX_TOPK, "", (dk + 1, dk), [])
+            for i, (code_keys, _, _) in zip(part, res):
+                if len(code_keys) >= min(MAX_TOPK, MAX_CODE_KEYS + 1) or not code_keys:
+                    out[i] = _whole_group(store, out[i], plans[i][1], data[i], fq[i], expr)
+                else:
+                    tasks.setdefault((dk, tuple(sorted(code_keys)), plans[i][2]), []).append(i)
+    msearch, mfetch, _, _ = searching.calls(conn, fine.mirror(name),
+                                            searching.SearchRequest(k=1), "fine")
+    for (dk, code_keys, want), qis in tasks.items():
+        sub: dict[str, int] = {}
+        tails = topk.exact_topk(msearch, mfetch, [fq[i].tobytes() for i in qis], want,
+                                keys.combine(fine.code_in(code_keys), expr), None, ["id"], sub)
+        stats["fine_searches"] = stats.get("fine_searches", 0) + sub.get("searches", 0)
+        stats["fine_range_searches"] = (stats.get("fine_range_searches", 0)
+                                        + sub.get("range_searches", 0))
+        for i, tail in zip(qis, tails):
+            out[i] = out[i] + [Found(f.pk, f.id, dk, None, f.distance) for f in tail]
+
+
+def _whole_group(store: "MilvusCodeStore", head: list[Found], dk: Any, q: bytes,
+                 fq: np.ndarray, expr: str) -> list[Found]:
+    """The fallback of step 2: read the whole group at ``dk`` (ids only) and order it after
+    the (ordered) ``head``."""
+    search = searching.calls(store._conn, store.collection,
+                             searching.SearchRequest(k=1, params=store.effective_search_params))[0]
+    group = topk._all_at(search, q, dk, expr, store.search_stats)
+    codes = fine.read_fine(store._conn, store.collection, [f.pk for f in group])
+    _set_fine(group, fq, codes)
+    return head + sorted(group, key=_fine_key)
+
+
+def _read_fields(store: "MilvusCodeStore", out: list[list[Found]],
+                 request: searching.SearchRequest) -> None:
+    """Step 3: the stored fields of the final hits (none asked: the id alone)."""
+    unread = [f.pk for row in out for f in row]
+    if not request.fields or not unread:
+        for row in out:
+            for f in row:
+                f.entity = {"id": f.id}
+        return
+    fetch = searching.calls(store._conn, store.collection, request)[1]
+    entities = fetch(list(dict.fromkeys(unread)))
+    for row in out:
+        for f in row:
+            f.entity = entities.get(f.pk, {"id": f.id})

@@ -1,0 +1,359 @@
+"""The store keeps fine codes and ranks by them (issue 20, items 2 and 4, store side).
+
+Real Milvus Lite files in a temporary folder and the real 2.3.5 server of conftest.py; every
+ranking is compared with a numpy brute force of (retrieval distance, fine distance, digest of the
+id), the store's documented order.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from rsir_sdk.codes import hamming_distances
+from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, InvalidInputError
+from rsir_sdk.geo import GeoFilter
+from rsir_sdk.store import (
+    DEFAULT_DUPLICATE_RADIUS,
+    MilvusCodeStore,
+    describe_collections,
+    drop_collection,
+    finerank,
+    list_collections,
+)
+from rsir_sdk.store.keys import digest
+from testing.store_baseline import collection_names, row_count
+
+N_TIED, N_FREE = 300, 60
+
+
+def _data(seed: int = 0) -> dict:
+    """300 items on 3 retrieval codes (collapsed, as trained codes are) and 60 on random ones;
+    random 128-bit fine codes with planted near-duplicates; a point footprint each."""
+    rng = np.random.default_rng(seed)
+    n = N_TIED + N_FREE
+    base = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+    codes = np.concatenate([base[np.arange(N_TIED) % 3],
+                            rng.integers(0, 256, (N_FREE, 8), dtype=np.uint8)])
+    fine = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    flips = np.zeros((n, 16), np.uint8)
+    # near-duplicates: 7 <- 4 (2 bits), 10 <- 7 (3 bits): one group of 3, chained; 20 <- 21 (0)
+    for dst, src, bits in ((7, 4, 2), (10, 7, 3), (20, 21, 0), (331, 30, 1)):
+        fine[dst] = fine[src]
+        for b in range(bits):
+            flips[dst, b] = 1
+    fine ^= flips
+    ids = [f"scene/{i:04d}.jpg" for i in range(n)]
+    labels = [f"L{i % 3}" if i < N_TIED else "free" for i in range(n)]
+    lonlat = rng.uniform(0, 10, (n, 2))
+    return {"codes": codes, "fine": fine, "ids": ids, "labels": labels,
+            "footprints": [tuple(p) for p in lonlat.tolist()], "lonlat": lonlat}
+
+
+def brute(data: dict, qc, qf, k: int, *, mode: str = "default", allowed=None,
+          radius: int | None = None) -> list[str]:
+    """The documented order over the allowed items: (d, fine d, digest) or (fine d, digest)."""
+    d = hamming_distances(np.asarray(qc)[None], data["codes"])[0] if qc is not None else None
+    fd = hamming_distances(np.asarray(qf)[None], data["fine"])[0]
+    ids = data["ids"]
+    idx = [i for i in range(len(ids)) if allowed is None or ids[i] in allowed]
+    if mode == "appearance":
+        idx = [i for i in idx if radius is None or fd[i] <= radius]
+        idx.sort(key=lambda i: (fd[i], digest(ids[i])))
+    else:
+        idx = [i for i in idx if radius is None or d[i] <= radius]
+        idx.sort(key=lambda i: (d[i], fd[i], digest(ids[i])))
+    return [ids[i] for i in idx[:k]]
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory):
+    """A Milvus Lite collection keeping 128-bit fine codes, filled with :func:`_data`."""
+    data = _data()
+    uri = str(tmp_path_factory.mktemp("fine") / "fine.db")
+    store = MilvusCodeStore(uri, "scenes", bits=64, fine_bits=128)
+    store.upsert(data["ids"], data["codes"], data["labels"], footprints=data["footprints"],
+                 fine=data["fine"])
+    yield store, data
+    store.close()
+
+
+def _queries(data: dict, rng_seed: int = 1):
+    """Query codes of tied items, of free items and a random one; fine codes a few bits off."""
+    rng = np.random.default_rng(rng_seed)
+    rows = [0, 1, 2, 3, 305, 340]
+    qc = np.concatenate([data["codes"][rows], rng.integers(0, 256, (1, 8), dtype=np.uint8)])
+    qf = np.concatenate([data["fine"][rows], rng.integers(0, 256, (1, 16), dtype=np.uint8)])
+    qf[:, 0] ^= 0b101  # two bits off each
+    return qc, qf
+
+
+@pytest.mark.parametrize("k", [1, 5, 10, 150, 360])
+def test_ties_are_ordered_by_the_fine_code(lite, k):
+    store, data = lite
+    qc, qf = _queries(data)
+    got = store.search(qc, k=k, fine=qf)
+    lean = store.search_ids(qc, k=k, fine=qf)
+    for i in range(len(qc)):
+        want = brute(data, qc[i], qf[i], k)
+        assert [h.id for h in got[i]] == want
+        assert lean[i].ids == want
+        d = hamming_distances(qc[i][None], data["codes"])[0]
+        fd = hamming_distances(qf[i][None], data["fine"])[0]
+        for h in got[i]:
+            j = data["ids"].index(h.id)
+            assert (h.distance, h.fine_distance) == (d[j], fd[j])
+            assert h.label == data["labels"][j] and h.footprint is not None
+    # the query's own item (two fine bits off) comes first in its tie group of 100
+    assert got[0][0].id == data["ids"][0] and got[0][0].fine_distance == 2
+
+
+def test_without_fine_the_order_is_todays(lite):
+    store, data = lite
+    qc, _ = _queries(data)
+    got = store.search(qc, k=20)
+    for i in range(len(qc)):
+        d = hamming_distances(qc[i][None], data["codes"])[0]
+        want = sorted(range(len(d)), key=lambda j: (d[j], digest(data["ids"][j])))[:20]
+        assert [h.id for h in got[i]] == [data["ids"][j] for j in want]
+        assert all(h.fine_distance is None for h in got[i])
+
+
+def test_a_big_tie_group_is_not_read_whole(lite):
+    """k=5 on groups of 100 (> 2k): the codebook and the fine field under a code filter, no
+    range search of the whole group; queries sharing a code share one fine search."""
+    store, data = lite
+    rows = np.arange(12)  # 4 queries per collapsed code
+    qc, qf = data["codes"][rows], data["fine"][rows] ^ np.uint8(1)
+    store.search_stats.clear()
+    got = store.search(qc, k=5, fine=qf)
+    stats = dict(store.search_stats)
+    assert stats.get("range_searches", 0) == 0 and stats["searches"] == 1
+    assert stats["codebook_searches"] == 1 and stats["fine_searches"] == 3
+    for i in range(len(rows)):
+        assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], 5)
+        if rows[i] not in (4, 7, 10):  # (those three are planted near-duplicates)
+            assert got[i][0].id == data["ids"][rows[i]] and got[i][0].fine_distance == 16
+
+
+def test_many_codes_at_the_kth_distance_fall_back_to_reading_the_group(lite, monkeypatch):
+    store, data = lite
+    qc, qf = _queries(data)
+    monkeypatch.setattr(finerank, "MAX_CODE_KEYS", 0)
+    store.search_stats.clear()
+    got = store.search(qc, k=5, fine=qf)
+    assert store.search_stats.get("range_searches", 0) >= 1
+    for i in range(len(qc)):
+        assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], 5)
+
+
+def test_filters_with_fine_ranking(lite):
+    store, data = lite
+    qc, qf = _queries(data)
+    label1 = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L1"}
+    for filt in ({"label": "L1"}, 'label == "L1"'):
+        got = store.search(qc, k=8, filter=filt, fine=qf)
+        for i in range(len(qc)):
+            assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], 8, allowed=label1)
+    for geo in (GeoFilter.of(bbox=(2, 2, 7, 6)), GeoFilter.of(near=(5.0, 5.0, 300_000.0))):
+        for k in (3, 40):
+            got = store.search(qc, k=k, geo=geo, fine=qf)
+            for i in range(len(qc)):
+                passing = {h.id for h in store.search(qc[i : i + 1], k=400, geo=geo)[0]}
+                assert passing and len(passing) < len(data["ids"])
+                assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], k, allowed=passing)
+
+
+def test_appearance_mode_and_radius(lite):
+    store, data = lite
+    qc, qf = _queries(data)
+    for k in (1, 7, 50):
+        got = store.search(None, k=k, fine=qf, mode="appearance")
+        for i in range(len(qf)):
+            assert [h.id for h in got[i]] == brute(data, None, qf[i], k, mode="appearance")
+            assert all(h.distance == h.fine_distance for h in got[i])
+    # the planted duplicates are each other's nearest by appearance, whatever their codes
+    near = store.search(qc[:1], k=2, fine=data["fine"][[4]], mode="appearance")[0]
+    assert [h.id for h in near] == [data["ids"][4], data["ids"][7]]
+    assert [h.fine_distance for h in near] == [0, 2]
+    # radius: the fine distance in the appearance mode, the retrieval distance by default
+    inside = store.range_search(None, 3, fine=data["fine"][[7]], mode="appearance")[0]
+    assert sorted(h.id for h in inside) == sorted(data["ids"][j] for j in (4, 7, 10))
+    for i in range(len(qc)):
+        got = store.search(qc[i : i + 1], k=500, radius=20, fine=qf[i : i + 1])[0]
+        assert [h.id for h in got] == brute(data, qc[i], qf[i], 500, radius=20)
+        got = store.search(qc[i : i + 1], k=500, radius=60, fine=qf[i : i + 1],
+                           mode="appearance")[0]
+        assert [h.id for h in got] == brute(data, None, qf[i], 500, mode="appearance", radius=60)
+    filtered = store.search(None, k=5, fine=qf, mode="appearance", filter={"label": "free"})
+    free = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "free"}
+    for i in range(len(qf)):
+        assert [h.id for h in filtered[i]] == brute(data, None, qf[i], 5, mode="appearance",
+                                                    allowed=free)
+
+
+def test_bad_search_arguments_are_one_line_errors(lite):
+    store, data = lite
+    qc, qf = _queries(data)
+    with pytest.raises(InvalidInputError, match="mode must be one of"):
+        store.search(qc, k=3, fine=qf, mode="looks")
+    with pytest.raises(InvalidInputError, match="pass fine="):
+        store.search(qc, k=3, mode="appearance")
+    with pytest.raises(CodeLengthError):
+        store.search(qc, k=3, fine=qf[:, :8])
+    with pytest.raises(InvalidInputError, match="7 codes but 2 fine codes"):
+        store.search(qc, k=3, fine=qf[:2])
+
+
+def _groups(data: dict, radius: int, allowed=None) -> list[list[str]]:
+    """Near-duplicate groups by numpy: components of the graph of pairs within ``radius``."""
+    idx = [i for i, x in enumerate(data["ids"]) if allowed is None or x in allowed]
+    d = hamming_distances(data["fine"][idx], data["fine"][idx])
+    parent = list(range(len(idx)))
+
+    def root(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for a, b in zip(*np.nonzero(d <= radius)):
+        parent[root(int(a))] = root(int(b))
+    comps: dict[int, list[str]] = {}
+    for a in range(len(idx)):
+        comps.setdefault(root(a), []).append(data["ids"][idx[a]])
+    return sorted((sorted(g) for g in comps.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+
+
+def test_duplicates_match_a_brute_force(lite):
+    store, data = lite
+    calls = []
+    got = store.duplicates(3, progress=lambda done, total: calls.append((done, total)))
+    assert got == _groups(data, 3)
+    assert [data["ids"][j] for j in (10, 4, 7)] in [sorted(g) for g in got] or \
+        sorted(data["ids"][j] for j in (4, 7, 10)) in got
+    assert calls and calls[-1] == (len(data["ids"]), len(data["ids"]))
+    assert store.duplicates(0) == [sorted([data["ids"][20], data["ids"][21]])]
+    assert store.duplicates() == _groups(data, DEFAULT_DUPLICATE_RADIUS)
+    free = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "free"}
+    assert store.duplicates(3, filter={"label": "free"}) == _groups(data, 3, free) == []
+    box = GeoFilter.of(bbox=(0, 0, 10, 10))
+    assert store.duplicates(3, geo=box) == _groups(data, 3)
+
+
+def test_info_reopen_and_listing(lite):
+    store, data = lite
+    assert store.info()["fine_bits"] == 128 and store.fine_bits == 128
+    uri = store.uri
+    assert list_collections(uri) == ["scenes"]
+    assert [d["collection"] for d in describe_collections(uri)] == ["scenes"]
+    with MilvusCodeStore(uri, "scenes", create=False) as again:
+        assert again.fine_bits == 128
+    with pytest.raises(CollectionMismatchError, match="128-bit fine codes, not 256-bit"):
+        MilvusCodeStore(uri, "scenes", fine_bits=256)
+    for bad in ("x__fine", "x__codes", "a" * 249):
+        with pytest.raises(InvalidInputError):
+            MilvusCodeStore(uri, bad, bits=64)
+
+
+def test_writes_are_checked_and_reach_both_companions(tmp_path):
+    data = _data(3)
+    uri = str(tmp_path / "w.db")
+    with MilvusCodeStore(uri, "w", bits=64) as store:
+        # the first write's fine codes make a collection that keeps them
+        store.upsert(data["ids"][:50], data["codes"][:50], fine=data["fine"][:50])
+        assert store.fine_bits == 128
+        with pytest.raises(InvalidInputError, match="keeps 128-bit fine codes"):
+            store.upsert(data["ids"][50:60], data["codes"][50:60])
+        with pytest.raises(CodeLengthError):
+            store.upsert(data["ids"][50:60], data["codes"][50:60], fine=data["fine"][50:60, :8])
+        with pytest.raises(InvalidInputError, match="10 items but 9 fine codes"):
+            store.insert(data["ids"][50:60], data["codes"][50:60], fine=data["fine"][50:59])
+        assert store.count() == 50 and row_count(store, "w__fine") == 50
+        store.insert(data["ids"][50:80], data["codes"][50:80], fine=data["fine"][50:80])
+        out = store.bulk_insert(data["ids"][70:100], data["codes"][70:100],
+                                staging_dir=tmp_path / "staging", fine=data["fine"][70:100])
+        assert out["skipped"] == 10 and out["written"] == 20
+        store.upsert(data["ids"][:10], data["codes"][:10], fine=data["fine"][:10])  # again
+        assert store.count() == 100 and row_count(store, "w__fine") == 100
+        distinct = len(np.unique(data["codes"][:100], axis=0))
+        assert row_count(store, "w__codes") == distinct
+        # the mirror rows are the ones searched: exact order over what was written
+        sub = {k: v[:100] if hasattr(v, "__len__") else v for k, v in data.items()}
+        got = store.search(data["codes"][:3], k=30, fine=data["fine"][:3])
+        for i in range(3):
+            assert [h.id for h in got[i]] == brute(sub, data["codes"][i], data["fine"][i], 30)
+        assert store.delete(data["ids"][:40] + ["absent"]) == 40
+        assert store.count() == 60 and row_count(store, "w__fine") == 60
+        got = store.search(None, k=5, fine=data["fine"][:1], mode="appearance")[0]
+        assert data["ids"][0] not in [h.id for h in got]
+        assert set(collection_names(store)) == {"w", "w__fine", "w__codes"}
+        store.drop()
+        assert collection_names(store) == []
+    with MilvusCodeStore(uri, "w2", bits=64, fine_bits=128) as store:
+        store.upsert(["a"], data["codes"][:1], fine=data["fine"][:1])
+    assert drop_collection(uri, "w2") == 1
+    assert list_collections(uri) == []
+
+
+def test_an_old_collection_without_fine_codes(tmp_path):
+    """A collection made without fine codes (as every one before issue 20): searched as
+    before, the appearance mode and duplicates refused with how to rebuild, fine codes given
+    to a write dropped with one warning."""
+    data = _data(5)
+    uri = str(tmp_path / "old.db")
+    with MilvusCodeStore(uri, "old", bits=64) as store:
+        store.upsert(data["ids"], data["codes"])
+    with MilvusCodeStore(uri, "old", bits=64, fine_bits=128) as store:
+        assert store.fine_bits is None and store.info()["fine_bits"] is None
+        qc, qf = _queries(data)
+        plain, with_fine = store.search(qc, k=12), store.search(qc, k=12, fine=qf)
+        assert [[(h.id, h.distance) for h in r] for r in plain] == \
+            [[(h.id, h.distance) for h in r] for r in with_fine]
+        assert all(h.fine_distance is None for r in with_fine for h in r)
+        for call in (lambda: store.search(qc, k=3, fine=qf, mode="appearance"),
+                     lambda: store.duplicates(3)):
+            with pytest.raises(CollectionMismatchError, match="keeps no fine codes.*rsir drop old"):
+                call()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            store.upsert(["new1"], data["codes"][:1], fine=data["fine"][:1])
+            store.upsert(["new2"], data["codes"][:1], fine=data["fine"][:1])
+        mine = [w for w in caught if "keeps no fine codes" in str(w.message)]
+        assert len(mine) == 1 and store.count() == len(data["ids"]) + 2
+        assert collection_names(store) == ["old"]
+
+
+@pytest.mark.server
+def test_fine_ranking_on_a_server(server_uri):
+    """The same layout on the 2.3.5 server (one vector field a collection): ties by the fine
+    code through the codebook, the appearance mode, duplicates, deletes and drop."""
+    data = _data(7)
+    with MilvusCodeStore(server_uri, "fine_server", bits=64, fine_bits=128) as store:
+        store.drop()
+        store.upsert(data["ids"], data["codes"], data["labels"], footprints=data["footprints"],
+                     fine=data["fine"])
+        store.prepare_for_search(timeout=300)
+        qc, qf = _queries(data)
+        store.search_stats.clear()
+        for k in (5, 40):
+            got = store.search(qc, k=k, fine=qf)
+            for i in range(len(qc)):
+                assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], k)
+        assert store.search_stats.get("range_searches", 0) == 0
+        assert store.search_stats["codebook_searches"] >= 1
+        got = store.search(qc, k=4, fine=qf, filter={"label": "L2"})
+        l2 = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L2"}
+        for i in range(len(qc)):
+            assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], 4, allowed=l2)
+        got = store.search(None, k=6, fine=qf, mode="appearance")
+        for i in range(len(qf)):
+            assert [h.id for h in got[i]] == brute(data, None, qf[i], 6, mode="appearance")
+        assert store.duplicates(3) == _groups(data, 3)
+        assert store.delete(data["ids"][:30]) == 30
+        assert row_count(store, "fine_server__fine") == len(data["ids"]) - 30
+        assert "fine_server__fine" not in list_collections(server_uri)
+        store.drop()
+        assert not {"fine_server", "fine_server__fine", "fine_server__codes"} & set(
+            collection_names(store))
