@@ -17,7 +17,10 @@ Per bundle: ``--n`` database images, a seeded draw from the bundle's database si
 split's train side; the whole archive when the bundle has no split), put in the collection.
 Each is queried as the same file, JPEG re-encoded at quality 70, a 90% centre crop resized
 back, brightness x 1.1 and rotated 90 degrees (the changes of
-``export/scripts/fine_code_length.py``). Figures:
+``export/scripts/fine_code_length.py``). For a bundle with learned database rows (AHCL) a second
+row, ``<bundle> learned``, holds the same images as ``add_learned_codes`` stores them: their
+learned codes V and the fine codes ``database.npz`` keeps (written with ``Retriever.add_codes(...,
+fine=)``), queried by the encoded images (AHCL's asymmetric protocol). Figures:
 
 - rank-1: the original is the first hit (the first four changes); for the rotation, the
   original is among the first 10 hits;
@@ -50,7 +53,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,14 +65,14 @@ from rsir_sdk import Bundle, Encoder, MilvusCodeStore, Retriever
 from rsir_sdk.archive import open_archive
 from rsir_sdk.codes import hamming_distances
 from rsir_sdk.images import load_image
-from rsir_sdk.store import drop_collection, list_collections, tie_order
+from rsir_sdk.store import DEFAULT_DUPLICATE_RADIUS, drop_collection, list_collections, tie_order
 
 VARIANTS = ("same", "jpeg70", "crop90", "bright110", "rot90")
 HEADS = {"same": "same file", "jpeg70": "JPEG q70", "crop90": "90% crop",
          "bright110": "brightness x1.1", "rot90": "rot 90 in top 10"}
 RANKINGS = ("today", "default", "appearance")
 CHANGED = ("jpeg70", "crop90", "bright110")
-RADII = (4, 8, 12, 16, 20, 24, 28, 32)
+RADII = (4, 8, 10, 12, 14, 16, 20, 24, 28, 32)
 
 
 def _jpeg70(rgb: np.ndarray) -> np.ndarray:
@@ -115,6 +118,26 @@ class Case:
     images: dict[str, list[Any]] = field(default_factory=dict)  # variant -> query sources
     encode_s: float = 0.0
     pooled: np.ndarray | None = None  # pooled features of the database images
+    #: what the collection holds, when not the encoded images: AHCL's learned rows (codes, fine)
+    learned: tuple[np.ndarray, np.ndarray] | None = None
+
+    def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """The retrieval and fine codes the collection holds for ``ids``."""
+        return self.learned if self.learned is not None else (self.db.codes, self.db.fine)
+
+
+def learned_case(case: Case) -> Case | None:
+    """The same draw with AHCL's learned database rows (``database.npz``: the codes V and their
+    fine codes) as the collection, as ``Retriever.add_learned_codes`` stores them; None for a
+    bundle without learned rows or without their fine codes."""
+    if not case.bundle.has_database:
+        return None
+    db = case.bundle.load_database()
+    if db.fine is None:
+        return None
+    pos = {x: i for i, x in enumerate(db.ids)}
+    rows = [pos[i] for i in case.ids]
+    return replace(case, name=case.name + " learned", learned=(db.codes[rows], db.fine[rows]))
 
 
 def archive_root(bundle: Bundle, data: Path | None, first_id: str) -> Path:
@@ -203,8 +226,9 @@ def digest_rank(ids: list[str]) -> np.ndarray:
 def memory_topk(case: Case, variant: str, ranking: str, k: int) -> list[list[str]]:
     """The top-``k`` ids of every query of ``variant`` ranked in numpy as the store ranks."""
     q = case.queries[variant]
-    d_ret = hamming_distances(q.codes, case.db.codes)
-    d_fine = hamming_distances(q.fine, case.db.fine)
+    codes, fine = case.stored()
+    d_ret = hamming_distances(q.codes, codes)
+    d_fine = hamming_distances(q.fine, fine)
     tie = digest_rank(case.ids)
     out = []
     for i in range(len(d_ret)):
@@ -262,15 +286,19 @@ def open_stores(case: Case, uri: str, threads: int | None) -> Stores:
             drop_collection(uri, base + suffix)
     fine = Retriever(case.bundle, uri=uri, collection=base + "_fine",
                      providers=["CPUExecutionProvider"], threads=threads)
-    fine.add_images(case.paths, ids=case.ids, labels=case.labels)
+    codes, fine_codes = case.stored()
+    if case.learned is None:
+        fine.add_images(case.paths, ids=case.ids, labels=case.labels)
+    else:
+        fine.add_codes(codes, case.ids, case.labels, case.paths, fine=fine_codes)
     if fine.store.fine_bits != case.bundle.fine_bits:
         raise SystemExit(f"{fine.collection} keeps fine_bits={fine.store.fine_bits}, the bundle "
                          f"has {case.bundle.fine_bits}: Retriever.add_images did not write fine codes")
     stored = {it.id: it.code for it in fine.get(case.ids)}
-    if not all(np.array_equal(stored[i], c) for i, c in zip(case.ids, case.db.codes)):
-        raise SystemExit(f"{fine.collection}: stored codes differ from Encoder.encode_both's")
+    if not all(np.array_equal(stored[i], c) for i, c in zip(case.ids, codes)):
+        raise SystemExit(f"{fine.collection}: stored codes differ from those written")
     plain = MilvusCodeStore(uri, base + "_today", bits=case.bundle.bits, encoder=fine.store.encoder)
-    plain.upsert(case.ids, case.db.codes, case.labels, case.paths, encoder=case.bundle.identity())
+    plain.upsert(case.ids, codes, case.labels, case.paths, encoder=case.bundle.identity())
     if plain.fine_bits is not None:
         raise SystemExit(f"{plain.collection} keeps fine codes though none were written")
     plain.close()
@@ -309,11 +337,40 @@ def check_images(case: Case, stores: Stores, tops: dict[tuple[str, str], list[li
     return done
 
 
+def duplicates_check(case: Case, stores: Stores, radii: list[int]) -> list[dict[str, Any]]:
+    """``Retriever.duplicates`` on a collection holding every database image AND its JPEG,
+    crop and brightness copies (ids ``<id>#<change>``, written with ``add_codes(..., fine=)``):
+    per radius, the share of copies found in their original's group, and the groups that join
+    distinct database images (false duplicates)."""
+    r = stores.fine
+    ids = list(case.ids)
+    codes, fine = [case.db.codes], [case.db.fine]
+    for v in CHANGED:
+        ids += [f"{i}#{v}" for i in case.ids]
+        codes.append(case.queries[v].codes)
+        fine.append(case.queries[v].fine)
+    r.add_codes(np.concatenate(codes), ids, case.labels * (1 + len(CHANGED)),
+                fine=np.concatenate(fine))
+    out = []
+    for radius in radii:
+        groups = r.duplicates(radius)
+        where = {x: g for g, members in enumerate(groups) for x in members}
+        found = {v: float(np.mean([f"{i}#{v}" in where and where.get(i) == where[f"{i}#{v}"]
+                                   for i in case.ids])) for v in CHANGED}
+        originals = [{x.split("#")[0] for x in g} for g in groups]
+        mixed = [o for o in originals if len(o) > 1]
+        out.append({"radius": radius, "groups": len(groups), "found": found,
+                    "mixed_groups": len(mixed),
+                    "images_in_mixed": int(sum(len(o) for o in mixed)),
+                    "largest": max((len(g) for g in groups), default=0)})
+    return out
+
+
 # --------------------------------------------------------------------------- fine distances
 def fine_distances(case: Case) -> dict[str, Any]:
     """Fine-code Hamming distances: each original to its changed copies, and to the other
     database images (all, and the nearest one), with duplicate rates at candidate radii."""
-    db = case.db.fine
+    db = case.stored()[1]
     n = len(db)
     same_pair = {v: hamming_distances(case.queries[v].fine, db)[np.arange(n), np.arange(n)]
                  for v in (*CHANGED, "rot90")}
@@ -354,8 +411,10 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
     out: dict[str, Any] = {
         "bundle": str(case.bundle.path), "case": case.name, "n": len(case.ids),
         "bits": case.bundle.bits, "fine_bits": case.bundle.fine_bits,
-        "distinct_codes": int(len(np.unique(case.db.codes, axis=0))),
-        "distinct_fine": int(len(np.unique(case.db.fine, axis=0))),
+        "distinct_codes": int(len(np.unique(case.stored()[0], axis=0))),
+        "distinct_fine": int(len(np.unique(case.stored()[1], axis=0))),
+        "learned_fine_equal_encoded": None if case.learned is None else
+        float((case.learned[1] == case.db.fine).all(axis=1).mean()),
         "encode_s": case.encode_s,
         "memory": {r: figures(case, {v: mem[(v, r)] for v in VARIANTS}, near) for r in RANKINGS},
         "fine_distances": fine_distances(case),
@@ -373,6 +432,8 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                                for a, b in zip(mil[(v, r)], mem[(v, r)])) for r in RANKINGS}
         out["queries"] = len(VARIANTS) * len(case.ids)
         out["image_checks"] = check_images(case, stores, mil, args.check_images, k)
+        if case.learned is None and args.dup_radii:
+            out["duplicates"] = duplicates_check(case, stores, args.dup_radii)
         log(f"  {case.name}: Milvus searches {out['search_s']:.1f} s")
     finally:
         stores.fine.close()
@@ -419,6 +480,16 @@ def radius_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def dup_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """The ``Retriever.duplicates`` check, per bundle and radius."""
+    rows = []
+    for res in results:
+        for d in res.get("duplicates", []):
+            rows.append([res["case"], d["radius"], *(f"{d['found'][v]:.3f}" for v in CHANGED),
+                         d["groups"], d["mixed_groups"], d["images_in_mixed"], d["largest"]])
+    return rows
+
+
 def render(results: list[dict[str, Any]], source: str) -> str:
     """The markdown body: the ranking table, the distances and the radius table."""
     heads = ["bundle", "ranking", *(HEADS[v] for v in VARIANTS), "overlap@10 embedding",
@@ -446,6 +517,15 @@ def render(results: list[dict[str, Any]], source: str) -> str:
         table(["bundle", "radius", *(HEADS[v] for v in CHANGED), "images with a distinct one within",
                "distinct pairs within"], radius_rows(results)),
     ]
+    dups = dup_rows(results)
+    if dups:
+        parts += ["", f"`Retriever.duplicates(radius)` on a collection of the database images and "
+                  f"their JPEG, crop and brightness copies (4 x {results[0]['n']} items): the share "
+                  f"of copies in their original's group, the groups, the groups joining distinct "
+                  f"database images and the images in those, the largest group "
+                  f"(default radius: {DEFAULT_DUPLICATE_RADIUS}):", "",
+                  table(["bundle", "radius", *(HEADS[v] for v in CHANGED), "groups",
+                         "groups of distinct images", "images in them", "largest"], dups)]
     return "\n".join(parts)
 
 
@@ -460,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
     ap.add_argument("--check-images", type=int, default=20,
                     help="queries per change also run through search_batch(images)")
-    ap.add_argument("--memory-only", action="store_true", help="rank in numpy only (no Milvus)")
+    ap.add_argument("--dup-radii", type=lambda t: [int(x) for x in t.split(",") if x],
+                    default=[DEFAULT_DUPLICATE_RADIUS, 12, 16],
+                    help="radii for the Retriever.duplicates check (comma-separated; '' = none)")
+    ap.add_argument("--memory-only", action="store_true", help="rank in numpy only (no Milvus; writes no docs section)")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     ap.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     args = ap.parse_args(argv)
@@ -478,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         enc = encode_case(case, args.threads, log)
         case.pooled = pooled_features(case, enc, args.threads)
         results.append(run_case(case, args, log))
+        learned = learned_case(case)
+        if learned is not None:
+            results.append(run_case(learned, args, log))
     source = "memory" if args.memory_only else "milvus"
     body = render(results, source)
     print(body)
@@ -486,12 +572,13 @@ def main(argv: list[str] | None = None) -> int:
 
         args.json.write_text(json.dumps(results, indent=1))
     load1 = load_average()
-    if not args.no_write:
+    if not args.no_write and not args.memory_only:  # the section holds Milvus figures only
         meta = machine({"versions": versions("rsir-sdk", "onnxruntime", "pymilvus", "milvus-lite"),
                         "wall time": f"{time.perf_counter() - t0:.0f} s",
                         "milvus": "none (numpy ranking)" if args.memory_only else
                         ("a new Milvus Lite file" if tmp else args.uri.split("@")[-1])})
-        write_section("similar", section("similar", "The most similar image first (issue 20)",
+        write_section("similar", section("similar", "The most similar image first: rank-1 of changed copies through Milvus "
+                                         "(`benchmarks/similar.py`)",
                                          body, meta, (load0, load1)))
     if tmp is not None:
         tmp.cleanup()

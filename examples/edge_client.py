@@ -41,7 +41,7 @@ def main() -> int:
         # (CollectionMismatchError): codes of two encoders are not comparable.
         with RemoteRetriever(args.url, token=args.token, bundle=args.bundle, retries=3) as r:
             for image in args.images:
-                hits = r.search(image, k=args.k)       # encode here, send bits/8 bytes, search there
+                hits = r.search(image, k=args.k)       # encode here, send bits/8 (+ fine_bits/8) bytes
                 size = Path(image).stat().st_size
                 print(f"{image}: sent {r.last_request_bytes} bytes of code "
                       f"(the file is {size} bytes)")

@@ -136,7 +136,7 @@ def _write_database(out: Path, database: Mapping[str, Any], bits: int,
             f"database codes must be uint8 (n, {bits // 8}) packed, got {codes.dtype} {codes.shape}"
         )
     n = codes.shape[0]
-    arrays = {"codes": codes}
+    arrays: dict[str, Any] = {"codes": codes}
     for key in ("ids", "labels", "paths"):
         values = database.get(key)
         if values is None:

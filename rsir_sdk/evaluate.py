@@ -409,10 +409,10 @@ def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | N
     try:
         fine = codes.db_fine is not None and codes.q_fine is not None
         store = MilvusCodeStore(uri, name, bits=b.bits, token=token, encoder=b.identity(),
-                                **({"fine_bits": b.fine_bits} if fine else {}))
+                                fine_bits=b.fine_bits if fine else None)
         try:
             store.upsert(codes.db_ids, codes.db_codes, codes.db_labels, encoder=b.identity(),
-                         **({"fine": codes.db_fine} if fine else {}))
+                         fine=codes.db_fine if fine else None)
             held = store.count()
             if held != n_db:
                 raise EvaluationError(
@@ -446,8 +446,8 @@ def _search_all(store: MilvusCodeStore, codes: EvalCodes, k: int,
     dist = np.zeros((len(q_codes), k), dtype=np.int32)
     for start in range(0, len(q_codes), step):
         part = slice(start, start + step)
-        both = {} if q_fine is None else {"fine": q_fine[part]}
-        for row, hits in enumerate(store.search(q_codes[part], k=k, **both), start):
+        fine = None if q_fine is None else q_fine[part]
+        for row, hits in enumerate(store.search(q_codes[part], k=k, fine=fine), start):
             if len(hits) != k:
                 raise EvaluationError(f"Milvus returned {len(hits)} hits for a top-{k} search")
             idx[row] = [pos[h.id] for h in hits]

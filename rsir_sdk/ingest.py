@@ -26,6 +26,11 @@ bulk import instead, with a journal that makes every chunk count once across cra
 indexed and served (:meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`) when the run
 wrote at least :data:`PREPARE_MIN_ROWS` rows, or always with ``prepare="always"``.
 
+**Fine codes** (issue 20): when the bundle has a fine code and the collection keeps them
+(:func:`writes_fine`), every batch is encoded with both codes in one session run and every
+write (insert, upsert, bulk load; Ray alike) carries the fine codes beside the codes. An old
+collection that keeps none is filled with the retrieval codes alone, as before.
+
 **Place and period**: an image's georeferencing (a GeoTIFF's ``lonlat_bounds``, ``lonlat`` and
 ``time``) and a manifest's place columns reach its metadata, from which every write fills the
 collection's place fields (:mod:`rsir_sdk.store.place`), alike on both engines and a bulk load.
@@ -400,7 +405,6 @@ class IngestRun:
                 [x for p in pending for x in p[3]], [x for p in pending for x in p[4]])
         fine = (None if any(p[5] is None for p in pending)
                 else np.concatenate([p[5] for p in pending]))
-        both: dict[str, Any] = {} if fine is None else {"fine": fine}
         # a write cut short (Ctrl-C, a Milvus error) may have reached Milvus in part: the rows are
         # "in doubt" and are never inserted again (that would store ids twice)
         in_doubt, self.in_doubt = self.in_doubt, True
@@ -414,13 +418,13 @@ class IngestRun:
                 self.in_doubt = False
                 return
             if self.bulk is not None:
-                self.bulk.add_rows(*args, encoder=self.identity, **both)
+                self.bulk.add_rows(*args, encoder=self.identity, fine=fine)
             elif self.skip_existing and not in_doubt:  # every id was checked absent: inserts
                 self.store.insert(*args, encoder=self.identity, batch_size=self.upsert_batch,
-                                  **both)
+                                  fine=fine)
             else:  # upserts replace whatever part of an interrupted write reached Milvus
                 self.store.upsert(*args, encoder=self.identity, batch_size=self.upsert_batch,
-                                  **both)
+                                  fine=fine)
         except StoreError as exc:
             raise StoreError(
                 f"{exc} ({self.summary.indexed} images were indexed before this; re-run the "

@@ -7,7 +7,9 @@ are ranked **as the store ranks them** (by the digest of the id, :func:`rsir_sdk
 whatever order the database is listed in: the figure is then the one a Milvus search gives.
 Without ids, ties go by database index (a stable sort, as :func:`rsir_sdk.codes.topk_bruteforce`
 does). ``ties="expected"`` gives instead the AP expected over every order of the tied items
-(:mod:`rsir_sdk.tie_aware`), which depends on neither.
+(:mod:`rsir_sdk.tie_aware`), which depends on neither. ``fine=(query fine codes, database fine
+codes)`` (issue 20) ranks the items at one Hamming distance by their fine codes' distance before
+the tie rule, as the store ranks a collection that keeps fine codes.
 
 Relevance: a database item is relevant to a query when they share a label.
 

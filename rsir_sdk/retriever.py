@@ -350,7 +350,7 @@ class Retriever:
         codes, fine = self._encode_query(images, batch_size, "default")
         return self.store.upsert(ids, codes, labels, paths, metadata,
                                  encoder=self.bundle.identity(), footprints=footprints, times=times,
-                                 **({} if fine is None else {"fine": fine}))
+                                 fine=fine)
 
     def _check_place(self, ids: Sequence[str], footprints: Any, times: Any) -> None:
         """Refuse bad footprints or times (one line naming the item) before any work."""
@@ -387,7 +387,7 @@ class Retriever:
         fine_packed = self._given_fine(fine, packed.shape[0])
         return self.store.upsert(ids, packed, labels, paths, metadata,
                                  encoder=self.bundle.identity(), footprints=footprints, times=times,
-                                 **({} if fine_packed is None else {"fine": fine_packed}))
+                                 fine=fine_packed)
 
     def add_learned_codes(self) -> int:
         """Put the bundle's learned database codes (AHCL's V) into the collection as learned.

@@ -7,6 +7,10 @@ every verb of `rsir_sdk.RetrievalAPI` in the same order with the same arguments 
 filters, radius, batch sizes, an archive with one broken image indexed with a failure report, the
 bundle's learned codes), and must give equal hits, items, counts, summaries, reports and error
 classes. The public signatures of both classes must be the Protocol's.
+
+A second scenario does the same with a bundle that has a fine code (issue 20): writes carrying
+fine codes, the default ranking ordered by them, the appearance mode, edge codes with both
+parts, duplicates, and the errors of each.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ COLLECTION = "parity"
 BASE = 40            # sample scenes in the collection both sides start from
 LEARNED = 12         # learned database codes in the bundle
 VERBS = ("search", "search_batch", "search_codes", "range_search", "add_images", "add_codes",
-         "add_learned_codes", "index", "prepare_for_search", "delete", "get", "count", "info",
-         "close")
+         "add_learned_codes", "index", "prepare_for_search", "duplicates", "delete", "get",
+         "count", "info", "close")
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +294,100 @@ def test_remote_index_stays_inside_the_archive_root_and_leaves_the_engine_to_the
     dead = RemoteRetriever(world["server"].url.rsplit(":", 1)[0] + ":9",
                            http=HttpOptions(retries=0, timeout=2))
     assert dead.ready() is False
+
+
+# ------------------------------------------------------------------ fine codes (issue 20)
+FINE_COLLECTION = "parity_fine"
+
+
+@pytest.fixture(scope="module")
+def fine_world(sample_images, tmp_path_factory):
+    """A bundle with a fine code, a Lite file of 40 sample scenes and one exact copy, its two
+    copies, and a server on one of them."""
+    from fine_serve_support import build_fine_bundle
+
+    d = tmp_path_factory.mktemp("parity-fine")
+    bundle = build_fine_bundle(d / "fine-rp64")
+    paths = [p.resolve() for p, _ in sample_images]
+    labels = [label for _, label in sample_images]
+    base = d / "base" / "rsir.db"
+    base.parent.mkdir()
+    with Retriever(bundle, uri=str(base), collection=FINE_COLLECTION) as r:
+        r.add_images(paths[:BASE] + [paths[7]], ids=[f"s/{i}" for i in range(BASE)] + ["copy/7"],
+                     labels=labels[:BASE] + [labels[7]],
+                     metadata=[{"n": i} for i in range(BASE)] + [{"n": 7}])
+    server = ServerProcess([bundle, "--uri", copy_db(base, d / "remote"), "--collection",
+                            FINE_COLLECTION], d / "serve.log", env={"RSIR_WRITE_TOKEN": WRITE})
+    yield {"bundle": bundle, "local_db": copy_db(base, d / "local"), "paths": paths,
+           "labels": labels, "server": server}
+    assert server.stop() == 0, server.log[-3000:]
+
+
+def fine_scenario(r: RetrievalAPI, w: dict[str, Any]) -> dict[str, Any]:
+    """Writes with fine codes, both modes on every search verb, duplicates, errors."""
+    from rsir_sdk.encoder import Encoder
+
+    paths, labels = w["paths"], w["labels"]
+    both = Encoder(w["bundle"]).encode_both(paths[60:64])
+    rng = np.random.default_rng(9)
+    fine = rng.integers(0, 256, (3, 16), dtype=np.uint8)
+    out: dict[str, Any] = {"info fine_bits": r.info().get("fine_bits")}
+    out["add_images"] = r.add_images(paths[40:48], ids=[f"a/{i}" for i in range(8)],
+                                     labels=labels[40:48], batch_size=3)
+    out["add_codes"] = r.add_codes(both.codes[:3], ["code/0", "code/1", "code/2"],
+                                   ["Edge"] * 3, fine=fine)
+    q = paths[3]
+    for mode in ("default", "appearance"):
+        out[f"search {mode}"] = r.search(q, k=12, mode=mode)
+        out[f"search filtered {mode}"] = r.search(q.read_bytes(), k=5, mode=mode,
+                                                  filter={"label": labels[3]})
+        out[f"search_batch {mode}"] = r.search_batch(paths[:4], k=6, batch_size=3, mode=mode)
+        out[f"search_codes {mode}"] = r.search_codes(both.codes, k=8, fine=both.fine, mode=mode)
+        out[f"range_search {mode}"] = r.range_search(q, radius=30, mode=mode)
+    out["search_codes fine bytes"] = r.search_codes(both.codes[0].tobytes(), k=6,
+                                                    fine=both.fine[0].tobytes())
+    out["search_codes no fine"] = r.search_codes(both.codes, k=8)
+    out["search_codes own fine"] = r.search_codes(both.codes[:3], k=3, fine=fine,
+                                                  mode="appearance")
+    out["duplicates"] = r.duplicates()
+    out["duplicates 0 filtered"] = r.duplicates(0, {"label": labels[7]})
+    out["count"] = r.count()
+    out["errors"] = {
+        "bad mode": _error(lambda: r.search(q, mode="similar")),
+        "mode None": _error(lambda: r.search_codes(both.codes, mode=None)),  # type: ignore[arg-type]
+        "appearance without fine": _error(lambda: r.search_codes(both.codes, mode="appearance")),
+        "codes without fine": _error(lambda: r.add_codes(both.codes[:1], ["nofine"])),
+        "fine width": _error(lambda: r.add_codes(both.codes[:1], ["w"], fine=both.codes[:1])),
+        "fine count": _error(lambda: r.search_codes(both.codes[:2], fine=both.fine[:1])),
+        "duplicates radius": _error(lambda: r.duplicates(-1)),
+    }
+    return out
+
+
+def test_fine_codes_give_the_same_results_locally_and_over_http(fine_world):
+    w = fine_world
+    local = Retriever(w["bundle"], uri=str(w["local_db"]), collection=FINE_COLLECTION)
+    remote = RemoteRetriever(w["server"].url, token=WRITE)
+    try:
+        want = fine_scenario(local, w)
+        got = fine_scenario(remote, w)
+    finally:
+        local.close()
+        remote.close()
+    assert set(want) == set(got)
+    for name in want:
+        _same(name, want[name], got[name])
+    # not trivially equal: fine codes took part, the modes differ, the copy is a duplicate
+    assert want["info fine_bits"] == 128 and want["count"] == BASE + 1 + 8 + 3
+    assert all(h.fine_distance is not None for h in want["search default"])
+    assert all(h.fine_distance is None for hits in want["search_codes no fine"] for h in hits)
+    assert all(h.distance == h.fine_distance for h in want["range_search appearance"])
+    assert want["search default"] != want["search appearance"]
+    assert ["copy/7", "s/7"] in want["duplicates"]
+    assert want["duplicates 0 filtered"] == [["copy/7", "s/7"]]
+    assert [hits[0].id for hits in want["search_codes own fine"]] == ["code/0", "code/1",
+                                                                      "code/2"]
+    errors = want["errors"]
+    assert all(v is not None for v in errors.values()), errors
+    assert errors["bad mode"] is InvalidInputError and errors["codes without fine"] is \
+        InvalidInputError

@@ -69,7 +69,8 @@ def world(sample_images, sample_dir, tmp_path_factory):
         exp["info"] = r.info()
     server = ServerProcess(
         [bundle, "--uri", copy_db(db, d / "remote"), "--collection", COLLECTION,
-         "--archive-root", sample_dir, "--max-k", 200],
+         "--archive-root", sample_dir, "--max-k", 200,
+         "--allow-private-urls"],   # the tests' image host is on loopback
         d / "serve.log", env={"RSIR_READ_TOKEN": READ, "RSIR_WRITE_TOKEN": WRITE})
     yield {"bundle": bundle, "db": db, "dir": d, "ids": ids, "labels": labels, "paths": paths,
            "expected": exp, "server": server, "url": server.url}
@@ -106,7 +107,8 @@ def test_the_world_has_big_tie_groups_and_an_exact_copy(world):
 def test_info_and_search_answers_carry_the_fine_code(world, http):
     exp = world["expected"]
     info = http.get("/v1/info", headers=auth(READ)).json()
-    assert info["fine_bits"] == FINE_BITS and info["bits"] == 64
+    assert info["fine_bits"] == info["collection_fine_bits"] == FINE_BITS and info["bits"] == 64
+    assert info["fine_ranking"] is True
     assert info["count"] == exp["count"]
     for i, q in enumerate(exp["queries"]):
         data = q.read_bytes()
@@ -133,11 +135,13 @@ def test_info_and_search_answers_carry_the_fine_code(world, http):
         assert b64.json()["hits"] == hits_json(exp["appearance radius"][i][:12])
 
 
-def test_remote_retriever_appearance_equals_local(world):
+def test_remote_retriever_appearance_equals_local(world, image_host, sample_dir):
     exp = world["expected"]
     with RemoteRetriever(world["url"], token=READ) as r:
         for i, q in enumerate(exp["queries"]):
             assert r.search(q, k=12, mode="appearance") == exp["appearance"][i]
+            url = f"{image_host}/{q.relative_to(sample_dir.resolve()).as_posix()}"
+            assert r.search(url, k=12, mode="appearance") == exp["appearance"][i]  # downloaded
             assert r.search(q, k=12) == exp["default"][i]
             assert r.range_search(q, radius=40, mode="appearance") == exp["appearance radius"][i]
         assert r.search_batch(exp["queries"], k=12, batch_size=2,
@@ -291,7 +295,7 @@ def cli_db(world, tmp_path_factory):
     return copy_db(world["db"], tmp_path_factory.mktemp("fine-cli"))
 
 
-def test_rsir_duplicates_writes_csv_and_json_reports(world, cli_db, tmp_path, capsys):
+def test_rsir_duplicates_writes_csv_and_json_reports(world, cli_db, tmp_path, capsys, rp_bundle):
     exp = world["expected"]
     out_csv = tmp_path / "dups.csv"
     code, out, err = _cli(capsys, "duplicates", world["bundle"], "--uri", cli_db,
@@ -321,6 +325,9 @@ def test_rsir_duplicates_writes_csv_and_json_reports(world, cli_db, tmp_path, ca
     code, _, err = _cli(capsys, "duplicates", world["bundle"], "--uri", cli_db,
                         "--collection", COLLECTION, "--radius", -2)
     assert code == 2 and "radius" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _cli(capsys, "duplicates", rp_bundle[0], "--uri", cli_db,
+                        "--collection", "never_written")        # a bundle without a fine code
+    assert code == 2 and "has none" in err and len(err.strip().splitlines()) == 1
 
 
 def test_rsir_search_appearance_and_the_fine_column(world, cli_db, capsys):
@@ -373,7 +380,7 @@ def test_rsir_info_says_fine_bits_and_how_to_rebuild_an_old_collection(world, cl
     code, out, _ = _cli(capsys, "collections", "--uri", cli_db)
     assert code == 0 and "1 collection(s) without fine codes (old)" in out
     table = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
-    assert table[COLLECTION][3] == str(FINE_BITS) and table["old"][3] == "-"
+    assert table[COLLECTION][-2] == str(FINE_BITS) and table["old"][-2] == "-"
 
 
 # ------------------------------------------------------------------ the page
@@ -407,6 +414,7 @@ def test_page_appearance_toggle_sends_the_mode_and_shows_fine_distances(world, t
             page.fill("#token", READ)
             page.click("#token-form button")
             expect(page.locator("#about")).to_contain_text(f"{exp['count']} items")
+            expect(page.locator("#about")).to_contain_text(f"64-bit codes + {FINE_BITS}-bit fine")
             toggle = page.locator("#appearance")
             expect(toggle).to_be_enabled()
             page.set_input_files("#file", str(q))
@@ -437,3 +445,140 @@ def test_page_appearance_toggle_sends_the_mode_and_shows_fine_distances(world, t
     for d in artifact_dirs(tmp_path)[1:]:
         shutil.copy2(shot, d / shot.name)
 
+
+
+# ------------------------------------------------------------------ an old collection
+
+
+def test_an_old_collection_without_fine_codes_is_served_as_before(world, tmp_path):
+    """A collection this encoder filled before fine codes existed, served with the new bundle:
+    searches rank as before (no `fine_distance`), edge fine codes are dropped, the appearance
+    mode and duplicates say to rebuild it (409, one line), /v1/info and the page say so."""
+    from rsir_sdk import Bundle, Encoder
+    from rsir_sdk.rasters import RasterRule
+    from rsir_sdk.store import MilvusCodeStore
+
+    bundle = Bundle.load(world["bundle"])
+    paths, ids = world["paths"][:40], world["ids"][:40]
+    db = tmp_path / "old.db"
+    identity = {**bundle.identity(), "raster_rule": RasterRule().to_dict()}
+    with MilvusCodeStore(str(db), "old", bits=64, encoder=identity) as store:
+        store.upsert(ids, Encoder(bundle).encode(paths), world["labels"][:40])
+        assert store.fine_bits is None
+    q = paths[7]
+    with Retriever(world["bundle"], uri=str(db), collection="old") as r:
+        want = r.search(q, k=10)
+    assert want[0].distance == 0 and all(h.fine_distance is None for h in want)
+    server = ServerProcess([world["bundle"], "--uri", db, "--collection", "old"],
+                           tmp_path / "serve.log", env={"RSIR_READ_TOKEN": READ})
+    try:
+        with httpx.Client(base_url=server.url, timeout=60, headers=auth(READ)) as http:
+            info = http.get("/v1/info").json()
+            assert info["fine_bits"] == FINE_BITS and info["collection_fine_bits"] is None
+            assert info["fine_ranking"] is False
+            hits = http.post("/v1/search", params={"k": 10}, content=q.read_bytes(),
+                             headers={"Content-Type": "image/jpeg"}).json()["hits"]
+            assert hits == hits_json(want) and all("fine_distance" not in h for h in hits)
+            msg = _one_line_error(http.post("/v1/search", params={"mode": "appearance"},
+                                            content=q.read_bytes(),
+                                            headers={"Content-Type": "image/jpeg"}),
+                                  409, "CollectionMismatchError")
+            assert "rsir drop" in msg or "rebuild" in msg
+            _one_line_error(http.post("/v1/duplicates", json={}), 409, "CollectionMismatchError")
+        with RemoteRetriever(server.url, token=READ, bundle=world["bundle"]) as edge:
+            assert edge.search(q, k=10) == want               # its fine code was dropped
+            assert edge.last_request_bytes == 24
+        _page_says_no_fine_codes(server.url)
+    finally:
+        assert server.stop() == 0, server.log[-3000:]
+
+
+def test_a_bundle_without_a_fine_code_refuses_fine_codes_in_one_line(world, rp_bundle, tmp_path):
+    """A service running a bundle written before fine codes: /v1/info says none, hits have no
+    `fine_distance`, fine codes sent to it and the appearance mode are refused (422, one line)."""
+    paths, ids = world["paths"][:20], world["ids"][:20]
+    db = tmp_path / "rp.db"
+    with Retriever(rp_bundle[0], uri=str(db), collection="rp") as r:
+        r.add_images(paths, ids=ids)
+        codes = r.encoder.encode(paths[:2])
+        want = r.search_codes(codes, k=5)
+    server = ServerProcess([rp_bundle[0], "--uri", db, "--collection", "rp"],
+                           tmp_path / "serve.log", env={"RSIR_READ_TOKEN": READ})
+    try:
+        with httpx.Client(base_url=server.url, timeout=60, headers=auth(READ)) as http:
+            info = http.get("/v1/info").json()
+            assert info["fine_bits"] is None and info["collection_fine_bits"] is None
+            octet = {"Content-Type": "application/octet-stream"}
+            plain = http.post("/v1/search/codes", params={"k": 5}, content=codes.tobytes(),
+                              headers=octet).json()["results"]
+            assert plain == [hits_json(h) for h in want]
+            assert all("fine_distance" not in h for hits in plain for h in hits)
+            records = np.hstack([codes, world["expected"]["fine"][:2]]).tobytes()
+            msg = _one_line_error(http.post("/v1/search/codes", params={"fine": 1},
+                                            content=records, headers=octet),
+                                  422, "InvalidInputError")
+            assert "has no fine code" in msg
+            _one_line_error(http.post("/v1/search", params={"mode": "appearance"},
+                                      content=paths[0].read_bytes(),
+                                      headers={"Content-Type": "image/jpeg"}),
+                            422, "InvalidInputError")
+    finally:
+        assert server.stop() == 0, server.log[-3000:]
+
+def _page_says_no_fine_codes(url: str) -> None:
+    """The page's appearance toggle is off and says why (when Chromium is here)."""
+    if not shutil.which(CHROMIUM):
+        return
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.fill("#token", READ)
+            page.click("#token-form button")
+            expect = sync_api.expect
+            expect(page.locator("#about")).to_contain_text("40 items")
+            expect(page.locator("#appearance")).to_be_disabled()
+            assert "keeps no fine codes" in page.locator("#appearance-toggle").get_attribute(
+                "title")
+            assert "fine codes" not in page.locator("#about").inner_text()
+        finally:
+            browser.close()
+
+# ------------------------------------------------------------------ a Milvus server
+
+
+def test_the_service_on_a_milvus_server_ranks_by_the_fine_code_as_in_process(
+        world, server_uri, tmp_path):
+    """The same service on the Milvus 2.3.5 server (which keeps the fine codes in a companion
+    collection: one vector field per collection there): HTTP answers equal the in-process ones,
+    both modes, edge codes with both parts, duplicates."""
+    paths, ids, labels = world["paths"][:60], world["ids"][:60], world["labels"][:60]
+    paths, ids, labels = paths + [paths[5]], ids + ["copy/5"], labels + [labels[5]]
+    name = "fine_service_srv"
+    queries = [paths[i] for i in (1, 30, 50)]
+    with Retriever(world["bundle"], uri=server_uri, collection=name) as r:
+        r.add_images(paths, ids=ids, labels=labels)
+        r.prepare_for_search()
+        both = r.encoder.encode_both(queries)
+        want = {"default": r.search_batch(queries, k=8),
+                "appearance": r.search_batch(queries, k=8, mode="appearance"),
+                "codes": r.search_codes(both.codes, k=8, fine=both.fine),
+                "duplicates": r.duplicates(0)}
+    assert ["copy/5", ids[5]] in want["duplicates"] or [ids[5], "copy/5"] in want["duplicates"]
+    assert all(h.fine_distance is not None for hits in want["default"] for h in hits)
+    server = ServerProcess([world["bundle"], "--uri", server_uri, "--collection", name],
+                           tmp_path / "serve.log", env={"RSIR_READ_TOKEN": READ})
+    try:
+        with RemoteRetriever(server.url, token=READ) as remote, \
+                RemoteRetriever(server.url, token=READ, bundle=world["bundle"]) as edge:
+            assert remote.info()["fine_bits"] == FINE_BITS
+            assert remote.search_batch(queries, k=8) == want["default"]
+            assert remote.search_batch(queries, k=8, mode="appearance") == want["appearance"]
+            assert edge.search_batch(queries, k=8) == want["codes"] == want["default"]
+            assert edge.last_request_bytes == 24 * len(queries)
+            assert remote.duplicates(0) == want["duplicates"]
+    finally:
+        assert server.stop() == 0, server.log[-3000:]

@@ -326,15 +326,20 @@ def test_an_old_collection_without_fine_codes(tmp_path):
 
 
 @pytest.mark.server
-def test_fine_ranking_on_a_server(server_uri):
-    """The same layout on the 2.3.5 server (one vector field a collection): ties by the fine
-    code through the codebook, the appearance mode, duplicates, deletes and drop."""
+def test_fine_ranking_on_a_server(server_uri, tmp_path):
+    """The same layout on the 2.3.5 server (one vector field a collection): writes by upsert
+    and by bulk import, ties by the fine code through the codebook, the appearance mode,
+    duplicates, deletes and drop."""
     data = _data(7)
     with MilvusCodeStore(server_uri, "fine_server", bits=64, fine_bits=128) as store:
         store.drop()
-        store.upsert(data["ids"], data["codes"], data["labels"], footprints=data["footprints"],
-                     fine=data["fine"])
-        store.prepare_for_search(timeout=300)
+        store.upsert(data["ids"][:200], data["codes"][:200], data["labels"][:200],
+                     footprints=data["footprints"][:200], fine=data["fine"][:200])
+        out = store.bulk_insert(data["ids"][200:], data["codes"][200:], data["labels"][200:],
+                                staging_dir=tmp_path / "staging",
+                                footprints=data["footprints"][200:], fine=data["fine"][200:])
+        assert out["written"] == len(data["ids"]) - 200 and "companions" in out["prepare"]
+        assert store.count() == row_count(store, "fine_server__fine") == len(data["ids"])
         qc, qf = _queries(data)
         store.search_stats.clear()
         for k in (5, 40):

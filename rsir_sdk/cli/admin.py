@@ -173,8 +173,8 @@ def run_collections(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no collections at {redact_uri(args.uri)}")
         return EXIT_OK
-    print(f"{'collection':36s} {'items':>9}  {'bits':>5}  {'fine':>5}  {'encoder':16s}  "
-          f"{'method':16s}  {'raster rule':24s}  no place")
+    print(f"{'collection':36s} {'items':>9}  {'bits':>5}  {'encoder':16s}  {'method':16s}  "
+          f"{'raster rule':24s}  {'fine':>5}  no place")
     old = []
     for r in rows:
         if "error" in r:
@@ -187,10 +187,10 @@ def run_collections(args: argparse.Namespace) -> int:
         fine = r.get("fine_bits")
         if "fine_bits" in r and fine is None:
             old.append(r["collection"])
+        # fine: the fine-code bits it keeps ("-": none, e.g. made before fine codes)
         print(f"{r['collection']:36s} {r.get('count', '?'):>9}  {r.get('bits', '?'):>5}  "
-              f"{fine if fine is not None else '-':>5}  "
               f"{enc.get('encoder_id', '-'):16s}  {enc.get('method', '-'):16s}  {shown:24s}  "
-              f"{r.get('without_footprint', '-')}")
+              f"{fine if fine is not None else '-':>5}  {r.get('without_footprint', '-')}")
     if old:
         print(f"{len(old)} collection(s) without fine codes ({', '.join(old[:5])}"
               f"{' ...' if len(old) > 5 else ''}): searches rank as before, without appearance "

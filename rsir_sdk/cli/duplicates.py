@@ -21,10 +21,12 @@ from ..errors import RsirError
 from ..geo import GeoFilter
 from ..hits import StoredItem
 from ..retriever import Retriever
+from ..store import DEFAULT_DUPLICATE_RADIUS
 from .common import (
     EXIT_OK,
     RADIUS_TYPE,
     ProgressBar,
+    UsageError,
     add_store_args,
     filter_arg,
     warn,
@@ -48,7 +50,8 @@ def add_parser(sub: Any) -> None:
     add_store_args(p)
     p.add_argument("--radius", type=RADIUS_TYPE, default=None,
                    help="largest fine-code Hamming distance of two near-identical images "
-                        "(inclusive; default: rsir_sdk.store.DEFAULT_DUPLICATE_RADIUS)")
+                        f"(inclusive; default {DEFAULT_DUPLICATE_RADIUS} for 128-bit fine "
+                        f"codes, scaled to other lengths)")
     p.add_argument("--filter", default=None,
                    help='only items matching it: a JSON object (\'{"label": "forest"}\') or a '
                         'Milvus expression')
@@ -71,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     place = place_args(args)
     with Retriever(args.bundle, uri=args.uri, collection=args.collection,
                    token=args.token) as r:
-        radius = args.radius if args.radius is not None else default_radius()
-        groups = find_groups(r, radius, filt, place)
+        groups = find_groups(r, args.radius, filt, place)
+        radius = args.radius if args.radius is not None else default_radius(r)
         items = read_items(r, [i for g in groups for i in g])
         collection = r.collection
     rows = report_rows(groups, items)
@@ -92,18 +95,23 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def default_radius() -> int:
-    """The store's default duplicate radius."""
-    from .. import store
+def default_radius(r: Retriever) -> int:
+    """The radius the store used for ``radius=None``: :data:`DEFAULT_DUPLICATE_RADIUS` scaled
+    to the collection's fine-code length."""
+    from ..store.dupes import default_radius as scaled
 
-    return int(store.DEFAULT_DUPLICATE_RADIUS)
+    return scaled(int(r.store.fine_bits or r.bundle.fine_bits or 128))
 
 
-def find_groups(r: Retriever, radius: int, filt: Any, place: dict[str, Any]) -> list[list[str]]:
+def find_groups(r: Retriever, radius: int | None, filt: Any,
+                place: dict[str, Any]) -> list[list[str]]:
     """The groups, with progress on stderr (a bar on a terminal, a line every 30 s otherwise).
 
     Calls the store directly (what :meth:`Retriever.duplicates` does, with its ``progress``
     callback), after the same checks of the filter and the place and period."""
+    if r.bundle.fine_bits is None:
+        raise UsageError(f"duplicates are found by the fine code; the bundle {r.bundle.path} has "
+                         f"none (written before fine codes): train it again with rsir train")
     geo = r.store.check_geo(GeoFilter.of(place["bbox"], place["near"], place["time"]))
     bar = ProgressBar("duplicates", unit="item")
     try:

@@ -56,9 +56,10 @@ def create_app(retriever: Retriever, config: ServeConfig | None = None, *,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.refresh_count()
-        log.info("serving collection %s (%s, %d bits, encoder %s; %s items)", service.collection,
-                 service.bundle.method, service.bits, service.bundle.encoder_id,
-                 service.metrics.items)
+        log.info("serving collection %s (%s, %d bits, fine codes: %s, encoder %s; %s items)",
+                 service.collection, service.bundle.method, service.bits,
+                 getattr(service.retriever.store, "fine_bits", None) or "none",
+                 service.bundle.encoder_id, service.metrics.items)
         try:
             yield
         finally:

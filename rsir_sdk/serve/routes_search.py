@@ -205,12 +205,5 @@ async def duplicates(request: Request) -> JSONResponse:
     where: GeoFilter = geo_from_wire(parsed.model_dump(include={"bbox", "near", "time"}))
     groups = await service.gate.run(service.duplicates, radius, filt, where,
                                      timeout=DUPLICATES_TIMEOUT)
-    used = radius if radius is not None else default_duplicate_radius()
+    used = radius if radius is not None else service.default_duplicate_radius()
     return json_answer({"groups": [list(g) for g in groups], "radius": used})
-
-
-def default_duplicate_radius() -> int:
-    """The store's default duplicate radius (:data:`rsir_sdk.store.DEFAULT_DUPLICATE_RADIUS`)."""
-    from .. import store
-
-    return int(store.DEFAULT_DUPLICATE_RADIUS)

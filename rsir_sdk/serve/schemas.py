@@ -201,8 +201,14 @@ class InfoOut(BaseModel):
     archive_root: Optional[str] = None
     count: int
     fine_bits: Optional[int] = Field(
-        None, description="length of the fine codes the collection keeps (null: none, a "
-                          "collection made before fine codes: rebuild it for mode appearance)")
+        None, description="length of the served bundle's fine code (null: it has none): what "
+                          "edge clients send beside each code, fine_bits/8 bytes")
+    collection_fine_bits: Optional[int] = Field(
+        None, description="length of the fine codes the collection keeps (null: none, e.g. a "
+                          "collection made before fine codes: rebuild it for mode appearance "
+                          "and duplicates)")
+    fine_ranking: Optional[bool] = Field(
+        None, description="whether default-mode ties are ranked by the fine code")
     without_footprint: Optional[int] = Field(
         None, description="items without a footprint (left out of place-filtered searches); "
                           "absent for a collection made before place and period were stored")

@@ -100,6 +100,14 @@ class Service:
             return int(self.fine_bits)
         return self.bits
 
+    def default_duplicate_radius(self) -> int:
+        """The radius ``duplicates(None)`` uses: :data:`rsir_sdk.store.DEFAULT_DUPLICATE_RADIUS`
+        scaled to the collection's fine-code length (the store's rule)."""
+        from ..store.dupes import default_radius
+
+        kept = getattr(self.retriever.store, "fine_bits", None) or self.fine_bits or 128
+        return default_radius(int(kept))
+
     def fine_width(self) -> int:
         """The fine-code length to read a request's fine codes with; a one-line
         InvalidInputError (422) when the served bundle has no fine code."""
@@ -190,7 +198,8 @@ class Service:
         c = self.config
         local = self.retriever.info()
         local.pop("uri", None)
-        local.setdefault("fine_bits", getattr(self.retriever.store, "fine_bits", None))
+        local.setdefault("fine_bits", self.fine_bits)
+        local.setdefault("collection_fine_bits", getattr(self.retriever.store, "fine_bits", None))
         return {
             **local,
             "collection": self.collection,

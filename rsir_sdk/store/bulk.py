@@ -222,6 +222,8 @@ class BulkLoad:
         self.progress(PrepareProgress(f"bulk: writing {name}", 0, len(cols)))
         arrays = _arrays(cols)
         files = PLACE_FILES if cols.place is not None else FIELD_FILES
+        if cols.fine is not None:
+            files = files + ("fine_hex",)
         for field in files:
             with open(part / f"{field}.npy", "wb") as fh:
                 np.save(fh, arrays[field])
@@ -412,6 +414,8 @@ def _arrays(cols: Columns) -> dict[str, np.ndarray]:
     if cols.place is not None:
         out.update((f, np.ascontiguousarray(cols.place[:, j], dtype=np.float64))
                    for j, f in enumerate(PLACE_FIELDS))
+    if cols.fine is not None:
+        out["fine_hex"] = text(cols.fine_hex())
     return out
 
 

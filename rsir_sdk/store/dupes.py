@@ -6,6 +6,8 @@ different scenes lie far apart. Every item's fine code is read from the mirror (
 primary-key ranges), each is range-searched on the mirror's fine field within the radius
 (:data:`QUERY_BATCH` queries a request, under the same filter), and the pairs found are
 linked transitively (union-find): a group is a connected component of two or more items.
+Measured on Milvus Lite, 100,000 items: 288 s with one limit of 16,384 a query, about 50 s with
+:data:`FIRST_LIMIT` (13 s of it reading the codes).
 
 ``DEFAULT_DUPLICATE_RADIUS`` is for 128-bit fine codes (the length bundles ship, see
 docs/similar.md); for another length :func:`default_radius` scales it.
@@ -32,6 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_DUPLICATE_RADIUS = 10
 #: queries per range-search request
 QUERY_BATCH = 100
+#: the first range search's limit per query: Milvus Lite's cost grows with the limit (100
+#: queries on 100k codes: 0.03 s at 100, 0.4 s at 16,384), and near-duplicates are few; a query
+#: that fills it is asked again up to Milvus' cap
+FIRST_LIMIT = 256
 
 
 def default_radius(fine_bits: int) -> int:
@@ -74,7 +80,13 @@ def duplicates(store: "MilvusCodeStore", radius: int | None, filter: Any,
 
     for start in range(0, len(rows), QUERY_BATCH):
         part = rows[start : start + QUERY_BATCH]
-        res = search([_code(row["fine"]).tobytes() for row in part], MAX_TOPK, full, (r + 1, 0), [])
+        data = [_code(row["fine"]).tobytes() for row in part]
+        res = search(data, FIRST_LIMIT, full, (r + 1, 0), [])
+        full_pages = [i for i, (pks, _, _) in enumerate(res) if len(pks) >= FIRST_LIMIT]
+        if full_pages:  # more neighbours than the first limit: those queries again, to the cap
+            again = search([data[i] for i in full_pages], MAX_TOPK, full, (r + 1, 0), [])
+            for i, hits in zip(full_pages, again):
+                res[i] = hits
         for qi, (pks, _, _) in enumerate(res, start):
             if len(pks) >= MAX_TOPK:
                 raise StoreError(

@@ -127,7 +127,7 @@ def mirror_lists(cols: "Columns", start: int, end: int) -> list[list[Any]]:
     """Rows ``start:end`` of a write as the mirror's column lists (field order of
     :func:`mirror_schema`)."""
     assert cols.fine is not None and cols.place is not None
-    main = cols.lists(start, end)
+    main = cols.lists(start, end)[:-1]  # without the main collection's fine_hex
     fine = cols.fine[start:end]
     width = fine.shape[1]
     raw = fine.tobytes()
@@ -179,21 +179,6 @@ def prepare(conn: "Connection", name: str, timeout: float | None, progress: Any)
         server.wait_indexed(conn, comp, rows, deadline, report, field)
         server.wait_serving(conn, comp, rows, deadline, report)
     return {"total_s": time.perf_counter() - t0}
-
-
-def read_fine(conn: "Connection", name: str, pks: Sequence[str]) -> dict[str, np.ndarray]:
-    """``{pk: packed fine code}`` of the given primary keys (those the mirror holds)."""
-    from .server import _code
-
-    comp = mirror(name)
-    out: dict[str, np.ndarray] = {}
-    unique = list(dict.fromkeys(pks))
-    for start in range(0, len(unique), PK_CHUNK):
-        res = conn.call("query", comp, filter=keys.in_list("pk", unique[start : start + PK_CHUNK]),
-                        output_fields=["pk", "fine"], read=True,
-                        what=f"reading fine codes from {comp!r}")
-        out.update((r["pk"], _code(r["fine"])) for r in res)
-    return out
 
 
 def check_fine_bits(store: Any, asked: int | None) -> None:

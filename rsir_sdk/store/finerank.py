@@ -8,23 +8,29 @@ most similar first. ``mode="appearance"`` ranks by (fine distance, digest) alone
 
 The default ranking, per query (batched over queries, as :mod:`.topk` does):
 
-1. Search the main collection (``limit = min(16384, 2k)``, ids only), sort by (d, pk); ``dk`` is
-   the k-th distance. Items nearer than ``dk`` are all present: their fine codes are read from
-   the mirror by primary key and each distance group ordered by (fine distance, pk) here.
+1. Search the main collection (``limit = min(16384, max(2k, 64))``), reading with each hit its
+   fine code (the main collection's ``fine_hex`` field) and the fields asked for; sort by
+   (d, pk); ``dk`` is the k-th distance. Items nearer than ``dk`` are all present: each
+   distance group is ordered by (fine distance, pk) here, at no extra request.
 2. The group at ``dk``: when it came back whole (fewer than the limit, or the last hit farther
    than ``dk``) it is ordered the same way. Else (a big tie group: collapsed codes) it is **not
    read whole**: a range search of the codebook at exactly ``dk`` gives the distinct retrieval
    codes there, and the mirror's fine field is searched (exact top-k, ties by pk) under
    ``code_key in [...]`` and the same filter, for the places left. Queries that share the
    codes and the places left share one request.
-3. The fields asked for are read for the final k only.
+   The mirror holds the main collection's fields, so these hits come with theirs.
 
 A ``near`` place filter (an exact great-circle test after the engine's box) reads the group at
 ``dk`` whole (:func:`.topk._all_at`) and orders it here. So does a ``dk`` with more than
 :data:`MAX_CODE_KEYS` distinct codes (random-like codes; their groups are small).
 ``search_stats`` counts ``searches`` and ``range_searches`` (whole tie-group reads) as before,
-and ``codebook_searches``, ``fine_searches`` (the mirror's top-k under the code filter) and
-``fine_reads`` (fine codes read by primary key).
+and ``codebook_searches`` and ``fine_searches`` (the mirror's top-k under the code filter).
+
+Why ``fine_hex`` in the main collection besides the mirror: reading fine codes from the mirror by
+primary key cost a scan per request (about 30 ms at 100k rows on Milvus Lite), ten times a
+search on random-like codes; as a field of the hits it costs nothing. The mirror is still what
+the big tie groups, the appearance mode and :mod:`.dupes` search (a vector field). Collections
+made before fine codes have neither, and search as before.
 """
 
 from __future__ import annotations
@@ -102,19 +108,17 @@ def run(store: "MilvusCodeStore", q: np.ndarray | None, fq: np.ndarray,
         return found
     assert q is not None
     out: list[list[Found]] = []
-    step = searching.query_step(request.k)
+    step = searching.query_step(max(request.k, MIN_LIMIT // 2))
     for start in range(0, q.shape[0], step):
         out += _default(store, q[start : start + step], fq[start : start + step], request)
-    _read_fields(store, out, request)
     return out
 
 
 def _default(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
              request: searching.SearchRequest) -> list[list[Found]]:
-    """(distance, fine distance, pk) top-k of one batch of queries (fields not read yet)."""
+    """(distance, fine distance, pk) top-k of one batch of queries, with their fields."""
     conn, name, stats = store._conn, store.collection, store.search_stats
-    lean = replace(request, fields=())
-    search, fetch, expr, out_fields = searching.calls(conn, name, lean)
+    search, fetch, expr, out_fields = searching.calls(conn, name, request, extra=(FINE_HEX,))
     data = [row.tobytes() for row in q]
     k, geo = request.k, request.geo
     if geo is not None and geo.near is not None:
@@ -123,39 +127,40 @@ def _default(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
         plans = [_near_plan(search, fetch, data[i], row, k, expr, stats, place.keeper(geo))
                  for i, row in enumerate(rows)]
     else:
-        plans = _plans(search, data, k, expr, request.radius, stats)
-    # the fine codes of every item ordered here, in one pass of pk reads
-    pks = [f.pk for cands, _, _ in plans for f in cands]
-    codes = fine.read_fine(conn, name, pks) if pks else {}
-    if pks:
-        stats["fine_reads"] = stats.get("fine_reads", 0) + len(set(pks))
+        plans = _plans(search, data, k, expr, request.radius, out_fields, stats)
     out = []
     for i, (cands, _, _) in enumerate(plans):
-        _set_fine(cands, fq[i], codes)
+        _set_fine(cands, fq[i])
         out.append(sorted(cands, key=_fine_key))
-    _fill_ties(store, plans, out, data, fq, expr)
+    _fill_ties(store, plans, out, (data, fq), (expr, request.fields, fetch))
     for row in out:
         del row[k:]
     return out
 
 
+#: the main collection's field holding each item's fine code as hex (collections that keep
+#: fine codes): read with the hits of the first search, so ordering a distance group by the
+#: fine code costs no request of its own
+FINE_HEX = "fine_hex"
 #: one query's plan: (items ordered here, the k-th distance when its tie group is left to the
 #: codebook path else ``None``, how many places that group fills)
 Plan = tuple[list[Found], "int | None", int]
 
 
 def _plans(search: topk.SearchFn, data: list[bytes], k: int, expr: str, radius: int | None,
-           stats: dict[str, int]) -> list[Plan]:
-    """Step 1: the main search and, per query, what is ordered here and what is left."""
-    limit = min(MAX_TOPK, 2 * k)
+           out_fields: list[str], stats: dict[str, int]) -> list[Plan]:
+    """Step 1: the main search and, per query, what is ordered here and what is left. The
+    limit is at least :data:`MIN_LIMIT`, so that the small tie groups of random-like codes
+    come back whole."""
+    limit = min(MAX_TOPK, max(2 * k, MIN_LIMIT))
     window = None if radius is None else (radius + 1, 0)  # Milvus: range_filter <= d < radius
-    raw = search(data, limit, expr, window, ["id"])
+    raw = search(data, limit, expr, window, out_fields)
     stats["searches"] = stats.get("searches", 0) + 1
     stats["hits"] = stats.get("hits", 0) + sum(len(r[0]) for r in raw)
     plans: list[Plan] = []
     for pks, dist, ents in raw:
         order = sorted(range(len(pks)), key=lambda i: (dist[i], pks[i]))
-        found = [Found(pks[i], ents[i]["id"], dist[i], None) for i in order]
+        found = [Found(pks[i], ents[i]["id"], dist[i], ents[i]) for i in order]
         if not found:
             plans.append(([], None, 0))
             continue
@@ -168,17 +173,24 @@ def _plans(search: topk.SearchFn, data: list[bytes], k: int, expr: str, radius: 
     return plans
 
 
+#: the first search's least limit (hits with a 32-character fine code each: cheap)
+MIN_LIMIT = 64
+
+
 def _near_plan(search: topk.SearchFn, fetch: topk.FetchFn, q: bytes, row: list[Found], k: int,
                expr: str, stats: dict[str, int], keep: Any) -> Plan:
     """A ``near`` query: its exact top-k by (d, pk) gives ``dk``; the whole group at ``dk``
-    is read (ids only), its place fields tested, and everything ordered here."""
+    is read, its place tested, and everything ordered here."""
     if len(row) < k:
         return (row, None, 0)
     dk = row[k - 1].distance
     group = {f.pk: f for f in row if f.distance == dk}
     more = [h for h in topk._all_at(search, q, dk, expr, stats) if h.pk not in group]
     rows = fetch([h.pk for h in more]) if more else {}
-    group.update((h.pk, h) for h in more if h.pk in rows and keep(rows[h.pk]))
+    for h in more:
+        if h.pk in rows and keep(rows[h.pk]):
+            h.entity = rows[h.pk]
+            group[h.pk] = h
     return ([f for f in row if f.distance < dk] + list(group.values()), None, 0)
 
 
@@ -186,22 +198,24 @@ def _fine_key(f: Found) -> tuple[int, int, str]:
     return (f.distance, f.fine if f.fine is not None else 1 << 30, f.pk)
 
 
-def _set_fine(cands: list[Found], fq: np.ndarray, codes: dict[str, np.ndarray]) -> None:
-    """Each candidate's fine distance to the query (an item without a mirror row sorts last in
-    its distance group)."""
-    have = [f for f in cands if f.pk in codes]
+def _set_fine(cands: list[Found], fq: np.ndarray) -> None:
+    """Each candidate's fine distance to the query, from its ``fine_hex`` (an item without
+    one sorts last in its distance group)."""
+    have = [f for f in cands if f.entity and len(f.entity.get(FINE_HEX) or "") == 2 * fq.size]
     if not have:
         return
-    d = hamming_distances(fq[None, :], np.stack([codes[f.pk] for f in have]))[0]
-    for f, x in zip(have, d):
+    codes = np.frombuffer(bytes.fromhex("".join(f.entity[FINE_HEX] for f in have)),  # type: ignore[index]
+                          np.uint8).reshape(len(have), fq.size)
+    for f, x in zip(have, hamming_distances(fq[None, :], codes)[0]):
         f.fine = int(x)
 
 
 def _fill_ties(store: "MilvusCodeStore", plans: list[Plan], out: list[list[Found]],
-               data: list[bytes], fq: np.ndarray, expr: str) -> None:
+               queries: tuple[list[bytes], np.ndarray], ctx: tuple[str, Any, Any]) -> None:
     """Step 2: the big tie groups at ``dk``, through the codebook and the mirror's fine field
     (or read whole when the codebook says the group spans too many codes)."""
     conn, name, stats = store._conn, store.collection, store.search_stats
+    (data, fq), (expr, fields, fetch) = queries, ctx
     open_ = [i for i, (_, dk, _) in enumerate(plans) if dk is not None]
     if not open_:
         return
@@ -216,46 +230,35 @@ def _fill_ties(store: "MilvusCodeStore", plans: list[Plan], out: list[list[Found
             stats["codebook_searches"] = stats.get("codebook_searches", 0) + 1
             res = cb_search([data[i] for i in part], MAX_TOPK, "", (dk + 1, dk), [])
             for i, (code_keys, _, _) in zip(part, res):
-                if len(code_keys) >= min(MAX_TOPK, MAX_CODE_KEYS + 1) or not code_keys:
-                    out[i] = _whole_group(store, out[i], plans[i][1], data[i], fq[i], expr)
+                if len(code_keys) > MAX_CODE_KEYS or not code_keys:
+                    out[i] = _whole_group(store, out[i], dk, (data[i], fq[i]), (expr, fetch))
                 else:
                     tasks.setdefault((dk, tuple(sorted(code_keys)), plans[i][2]), []).append(i)
-    msearch, mfetch, _, _ = searching.calls(conn, fine.mirror(name),
-                                            searching.SearchRequest(k=1), "fine")
+    # the mirror holds the main collection's fields: its hits come with those asked for
+    msearch, mfetch, _, mirror_fields = searching.calls(
+        conn, fine.mirror(name), searching.SearchRequest(k=1, fields=fields), "fine")
     for (dk, code_keys, want), qis in tasks.items():
         sub: dict[str, int] = {}
         tails = topk.exact_topk(msearch, mfetch, [fq[i].tobytes() for i in qis], want,
-                                keys.combine(fine.code_in(code_keys), expr), None, ["id"], sub)
+                                keys.combine(fine.code_in(code_keys), expr), None,
+                                mirror_fields, sub)
         stats["fine_searches"] = stats.get("fine_searches", 0) + sub.get("searches", 0)
         stats["fine_range_searches"] = (stats.get("fine_range_searches", 0)
                                         + sub.get("range_searches", 0))
         for i, tail in zip(qis, tails):
-            out[i] = out[i] + [Found(f.pk, f.id, dk, None, f.distance) for f in tail]
+            out[i] = out[i] + [Found(f.pk, f.id, dk, f.entity, f.distance) for f in tail]
 
 
-def _whole_group(store: "MilvusCodeStore", head: list[Found], dk: Any, q: bytes,
-                 fq: np.ndarray, expr: str) -> list[Found]:
-    """The fallback of step 2: read the whole group at ``dk`` (ids only) and order it after
-    the (ordered) ``head``."""
+def _whole_group(store: "MilvusCodeStore", head: list[Found], dk: int,
+                 query: tuple[bytes, np.ndarray], ctx: tuple[str, Any]) -> list[Found]:
+    """The fallback of step 2: read the whole group at ``dk`` (ids, then the fields and fine
+    codes by primary key) and order it after the (ordered) ``head``."""
+    (q, fq), (expr, fetch) = query, ctx
     search = searching.calls(store._conn, store.collection,
                              searching.SearchRequest(k=1, params=store.effective_search_params))[0]
     group = topk._all_at(search, q, dk, expr, store.search_stats)
-    codes = fine.read_fine(store._conn, store.collection, [f.pk for f in group])
-    _set_fine(group, fq, codes)
+    rows = fetch([f.pk for f in group])
+    for f in group:
+        f.entity = rows.get(f.pk, {"id": f.id})
+    _set_fine(group, fq)
     return head + sorted(group, key=_fine_key)
-
-
-def _read_fields(store: "MilvusCodeStore", out: list[list[Found]],
-                 request: searching.SearchRequest) -> None:
-    """Step 3: the stored fields of the final hits (none asked: the id alone)."""
-    unread = [f.pk for row in out for f in row]
-    if not request.fields or not unread:
-        for row in out:
-            for f in row:
-                f.entity = {"id": f.id}
-        return
-    fetch = searching.calls(store._conn, store.collection, request)[1]
-    entities = fetch(list(dict.fromkeys(unread)))
-    for row in out:
-        for f in row:
-            f.entity = entities.get(f.pk, {"id": f.id})

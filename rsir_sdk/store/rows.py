@@ -59,8 +59,8 @@ class Columns:
         return len(self.id)
 
     def lists(self, start: int = 0, end: int | None = None) -> list[list[Any]]:
-        """Rows ``start:end`` as column lists in field order (codes as ``bytes``), the form
-        ``Collection.insert``/``upsert`` take."""
+        """Rows ``start:end`` as column lists in field order (codes as ``bytes``; with fine
+        codes, their hex last), the form ``Collection.insert``/``upsert`` take."""
         end = len(self) if end is None else end
         code = self.code[start:end]
         width = code.shape[1]
@@ -69,7 +69,14 @@ class Columns:
                 [raw[i : i + width] for i in range(0, len(raw), width)],
                 self.label[start:end], self.label_h[start:end], self.path[start:end],
                 self.path_h[start:end], self.metadata[start:end], self.meta_h[start:end],
-                *([] if self.place is None else self.place[start:end].T.tolist())]
+                *([] if self.place is None else self.place[start:end].T.tolist()),
+                *([] if self.fine is None else [self.fine_hex(start, end)])]
+
+    def fine_hex(self, start: int = 0, end: int | None = None) -> list[str]:
+        """The fine codes of rows ``start:end`` as lowercase hex (the main collection's
+        ``fine_hex`` field, :mod:`.fine`)."""
+        assert self.fine is not None
+        return [row.tobytes().hex() for row in self.fine[start:end]]
 
     def take(self, index: Sequence[int]) -> "Columns":
         """The rows at ``index`` (in that order)."""

@@ -94,6 +94,8 @@ def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None 
     schema.add_field("meta_h", DataType.JSON)
     for name in PLACE_FIELDS:
         schema.add_field(name, DataType.DOUBLE)
+    if fine_bits:  # the fine code as text, read with every hit at no extra request (.finerank)
+        schema.add_field("fine_hex", DataType.VARCHAR, max_length=fine_bits // 4)
     return schema
 
 

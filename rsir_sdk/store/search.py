@@ -79,12 +79,13 @@ class SearchRequest:
 
 
 def calls(conn: Connection, name: str, request: SearchRequest, anns_field: str = "code",
-          ) -> tuple[topk.SearchFn, topk.FetchFn, str, list[str]]:
+          extra: Sequence[str] = ()) -> tuple[topk.SearchFn, topk.FetchFn, str, list[str]]:
     """The ``search`` and ``fetch`` functions of :mod:`.topk` for collection ``name`` (vector
     field ``anns_field``), the request's full expression (filter and place) and its output
-    fields: what :func:`run` and the fine-code ranking (:mod:`.finerank`) share."""
+    fields (``extra`` ones too): what :func:`run` and the fine-code ranking
+    (:mod:`.finerank`) share."""
     params, user_expr, geo = request.params, request.user_expr, request.geo
-    out_fields = ["id", *place.output_fields(request.fields)]
+    out_fields = ["id", *extra, *place.output_fields(request.fields)]
     expr = request.expr
     if geo is not None:
         expr = keys.combine(expr, geo.expr())

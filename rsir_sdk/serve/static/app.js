@@ -50,14 +50,16 @@ async function loadInfo(userAsked) {
     const info = await (await api("/v1/info")).json();
     state.info = info;
     $("auth").hidden = true;
+    // the appearance mode needs fine codes in the collection (null: none kept)
+    const kept = "collection_fine_bits" in info ? info.collection_fine_bits : info.fine_bits;
+    const fine = kept !== null && kept !== undefined;
+    const fineBits = fine ? ` + ${kept}-bit fine codes` : "";
     $("about").textContent = `${info.collection}: ${info.count.toLocaleString()} items · ` +
-      `${info.method}, ${info.bits}-bit codes · encoder ${info.encoder_id}`;
-    // the appearance mode needs fine codes in the collection (fine_bits null: none kept)
-    const fine = info.fine_bits !== null && info.fine_bits !== undefined;
+      `${info.method}, ${info.bits}-bit codes${fineBits} · encoder ${info.encoder_id}`;
     $("appearance").disabled = !fine;
     $("appearance-toggle").classList.toggle("off", !fine);
     $("appearance-toggle").title = fine
-      ? `rank by appearance alone (the ${info.fine_bits}-bit fine code): near-duplicates, the same place seen again`
+      ? `rank by appearance alone (the ${kept}-bit fine code): near-duplicates, the same place seen again`
       : "this collection keeps no fine codes (made before them): rebuild it to search by appearance";
     if (!fine) $("appearance").checked = false;
     const list = $("labels");
