@@ -22,19 +22,28 @@ def main(argv=None) -> int:
     p.add_argument("-k", type=int, default=5)
     args = p.parse_args(argv)
     try:
-        # --- on the device: image -> packed code (bits/8 bytes) ---
+        # --- on the device: image -> packed code (bits/8 bytes) and, when the bundle has one,
+        # its fine code (fine_bits/8 bytes) from the same forward pass (docs/edge.md) ---
         encoder = Encoder(args.bundle, threads=1)
-        code = encoder.encode([args.image])[0].tobytes()
-        print(f"device: {encoder.bits}-bit code = {len(code)} bytes: {code.hex()}")
+        fine = None
+        if encoder.fine_bits is not None:
+            both = encoder.encode_both([args.image])
+            code, fine = both.codes[0].tobytes(), both.fine[0].tobytes()
+        else:
+            code = encoder.encode([args.image])[0].tobytes()
+        sent = len(code) + (len(fine) if fine else 0)
+        print(f"device: {encoder.bits}-bit code = {len(code)} bytes: {code.hex()}"
+              + (f" + {encoder.fine_bits}-bit fine code = {sent} bytes in all" if fine else ""))
 
-        # --- at the index: the bytes are all it needs ---
+        # --- at the index: the bytes are all it needs (the fine code orders each tie group) ---
         with Retriever(args.bundle, uri=args.uri, collection=args.collection) as r:
-            hits = r.search_codes(code, k=args.k)[0]
+            hits = r.search_codes(code, k=args.k, fine=fine)[0]
     except RsirError as exc:
         print(f"error: {exc}")
         return 1
     for h in hits:
-        print(f"distance {h.distance:3d}  {h.label:22s}  {h.id}")
+        fine_d = "" if h.fine_distance is None else f"  fine {h.fine_distance:3d}"
+        print(f"distance {h.distance:3d}{fine_d}  {h.label:22s}  {h.id}")
     return 0
 
 

@@ -13,13 +13,19 @@ import numpy as np
 import pytest
 
 from rsir_sdk.codes import hamming_distances
-from rsir_sdk.errors import CodeLengthError, CollectionMismatchError, InvalidInputError
+from rsir_sdk.errors import (
+    CodeLengthError,
+    CollectionMismatchError,
+    InvalidInputError,
+    StoreError,
+)
 from rsir_sdk.geo import GeoFilter
 from rsir_sdk.store import (
     DEFAULT_DUPLICATE_RADIUS,
     MilvusCodeStore,
     describe_collections,
     drop_collection,
+    dupes,
     finerank,
     list_collections,
 )
@@ -138,6 +144,25 @@ def test_a_big_tie_group_is_not_read_whole(lite):
             assert got[i][0].id == data["ids"][rows[i]] and got[i][0].fine_distance == 16
 
 
+@pytest.mark.parametrize("bits", [16, 128])
+def test_short_and_long_retrieval_codes(tmp_path, bits):
+    """Codes up to 64 bits are the mirror's key as an integer, longer ones as hex: both paths
+    order the big tie groups exactly."""
+    rng = np.random.default_rng(bits)
+    base = rng.integers(0, 256, (2, bits // 8), dtype=np.uint8)
+    data = {"codes": base[np.arange(300) % 2], "fine": rng.integers(0, 256, (300, 16), np.uint8),
+            "ids": [f"x{i}" for i in range(300)]}
+    with MilvusCodeStore(str(tmp_path / "b.db"), "b", bits=bits, fine_bits=128) as store:
+        store.upsert(data["ids"], data["codes"], fine=data["fine"])
+        qf = data["fine"][:4] ^ np.uint8(16)
+        got = store.search(data["codes"][:4], k=6, fine=qf)
+        assert store.search_stats.get("range_searches", 0) == 0
+        assert store.search_stats["fine_searches"] == 2
+        for i in range(4):
+            assert [h.id for h in got[i]] == brute(data, data["codes"][i], qf[i], 6)
+            assert got[i][0].id == data["ids"][i]
+
+
 def test_many_codes_at_the_kth_distance_fall_back_to_reading_the_group(lite, monkeypatch):
     store, data = lite
     qc, qf = _queries(data)
@@ -240,6 +265,15 @@ def test_duplicates_match_a_brute_force(lite):
     assert store.duplicates(3, filter={"label": "free"}) == _groups(data, 3, free) == []
     box = GeoFilter.of(bbox=(0, 0, 10, 10))
     assert store.duplicates(3, geo=box) == _groups(data, 3)
+
+
+def test_duplicates_past_the_first_limit_and_at_the_cap(lite, monkeypatch):
+    store, data = lite
+    monkeypatch.setattr(dupes, "FIRST_LIMIT", 1)  # every query fills it: asked again
+    assert store.duplicates(3) == _groups(data, 3)
+    monkeypatch.setattr(dupes, "MAX_TOPK", 2)
+    with pytest.raises(StoreError, match="lower the radius"):
+        store.duplicates(3)
 
 
 def test_info_reopen_and_listing(lite):

@@ -295,12 +295,12 @@ class MilvusCodeStore:
         """Delete items by id; returns how many of them existed."""
         present = reads.by_pk(self, ids, ["pk", "id"])
         pks = [keys.digest(i) for i in present]
-        if pks and self.fine_bits is not None:
-            companions.delete(self._conn, self.collection, pks)
         for start in range(0, len(pks), PK_CHUNK):
             self._conn.call("delete", self.collection,
                             filter=keys.in_list("pk", pks[start : start + PK_CHUNK]),
                             what=f"delete from {self.collection!r}")
+        if pks and self.fine_bits is not None:  # after the main rows: none left without its mirror row
+            companions.delete(self._conn, self.collection, pks)
         if pks:
             self._conn.after_delete()
         return len(pks)

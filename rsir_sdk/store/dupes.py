@@ -6,8 +6,8 @@ different scenes lie far apart. Every item's fine code is read from the mirror (
 primary-key ranges), each is range-searched on the mirror's fine field within the radius
 (:data:`QUERY_BATCH` queries a request, under the same filter), and the pairs found are
 linked transitively (union-find): a group is a connected component of two or more items.
-Measured on Milvus Lite, 100,000 items: 288 s with one limit of 16,384 a query, about 50 s with
-:data:`FIRST_LIMIT` (13 s of it reading the codes).
+Measured on Milvus Lite, 100,000 items (shared 2-core box): 288 s with one limit of 16,384 a
+query, 65 s with :data:`FIRST_LIMIT` (13 s of it reading the codes).
 
 ``DEFAULT_DUPLICATE_RADIUS`` is for 128-bit fine codes (the length bundles ship, see
 docs/similar.md); for another length :func:`default_radius` scales it.

@@ -240,7 +240,7 @@ def _fill_ties(store: "MilvusCodeStore", plans: list[Plan], out: list[list[Found
     for (dk, code_keys, want), qis in tasks.items():
         sub: dict[str, int] = {}
         tails = topk.exact_topk(msearch, mfetch, [fq[i].tobytes() for i in qis], want,
-                                keys.combine(fine.code_in(code_keys), expr), None,
+                                keys.combine(fine.code_in(code_keys, store.bits), expr), None,
                                 mirror_fields, sub)
         stats["fine_searches"] = stats.get("fine_searches", 0) + sub.get("searches", 0)
         stats["fine_range_searches"] = (stats.get("fine_range_searches", 0)

@@ -23,6 +23,10 @@ t``; sentinels when an item has none, :func:`rsir_sdk.geo.scalar_fields`) make a
 filter a range comparison the engine evaluates. A format-2 collection (no place fields) is read,
 written and searched as before; a place or period filter on it is refused (rebuild it).
 
+A collection that keeps fine codes (issue 20) adds ``fine_hex`` (VARCHAR, the fine code's hex)
+after the place fields and records ``fine_bits`` in its description; its companion collections
+are :mod:`.fine`'s. One made without them is searched as before.
+
 Format 1 (rsir-sdk 0.2 and before) used the raw id as the primary key; such a collection is
 refused on open with a message saying how to rebuild it. Constants only at import (no
 pymilvus), so that listing an archive can check field lengths without loading Milvus.
