@@ -163,6 +163,24 @@ def test_short_and_long_retrieval_codes(tmp_path, bits):
             assert got[i][0].id == data["ids"][i]
 
 
+def test_random_short_codes_many_codes_at_each_distance(tmp_path):
+    """8-bit retrieval codes: each distance holds many codes and the group at the k-th distance
+    spans several of them; every k and radius gives the brute-force order."""
+    rng = np.random.default_rng(11)
+    n = 500
+    data = {"codes": rng.integers(0, 256, (n, 1), dtype=np.uint8),
+            "fine": rng.integers(0, 256, (n, 16), dtype=np.uint8), "ids": [f"r{i}" for i in range(n)]}
+    with MilvusCodeStore(str(tmp_path / "r.db"), "r", bits=8, fine_bits=128) as store:
+        store.upsert(data["ids"], data["codes"], fine=data["fine"])
+        qc = rng.integers(0, 256, (12, 1), dtype=np.uint8)
+        qf = rng.integers(0, 256, (12, 16), dtype=np.uint8)
+        for k, radius in ((1, None), (7, None), (40, None), (100, 3), (333, None), (500, 5)):
+            got = store.search_ids(qc, k=k, radius=radius, fine=qf)
+            for i in range(len(qc)):
+                assert got[i].ids == brute(data, qc[i], qf[i], k, radius=radius), (k, radius, i)
+        assert store.search_stats["fine_searches"] >= 1  # the codebook path was taken
+
+
 def test_many_codes_at_the_kth_distance_fall_back_to_reading_the_group(lite, monkeypatch):
     store, data = lite
     qc, qf = _queries(data)

@@ -221,7 +221,7 @@ class BulkLoad:
         part.mkdir(parents=True)
         self.progress(PrepareProgress(f"bulk: writing {name}", 0, len(cols)))
         arrays = _arrays(cols)
-        files = PLACE_FILES if cols.place is not None else FIELD_FILES
+        files: tuple[str, ...] = PLACE_FILES if cols.place is not None else FIELD_FILES
         if cols.fine is not None:
             files = files + ("fine_hex",)
         for field in files:

@@ -28,14 +28,12 @@ import numpy as np
 
 from ..codes import validate_bits
 from ..errors import (
-    CodeLengthError,
-    CollectionMismatchError,
     CollectionNotFoundError,
     StoreError,
 )
 from ..geo import GeoFilter
 from ..hits import Hit, StoredItem
-from . import dupes, finerank, keys, place, reads, server, values
+from . import dupes, finerank, keys, opening, place, reads, server, values
 from . import fine as companions
 from . import search as searching
 from .connect import Connection, ConnectOptions
@@ -44,12 +42,7 @@ from .schema import (
     MAX_TOPK,
     PK_CHUNK,
     UPSERT_BATCH,
-    check_same_encoder,
-    fine_bits_of,
-    has_place,
-    index_policy,
     index_type_of,
-    read_description,
 )
 from .search import IdHits
 from .server import PrepareProgress
@@ -144,61 +137,19 @@ class MilvusCodeStore:
 
     # ----------------------------------------------------------------- set-up
     def _check_new(self, bits, encoder, create, index_type) -> tuple[int, dict[str, Any] | None]:
-        if not create:
-            raise CollectionNotFoundError(self._missing_message("it holds no collections"))
-        if bits is None:
-            raise CodeLengthError(
-                f"collection {self.collection!r} does not exist yet: give bits= to create it"
-            )
-        bits = validate_bits(bits)
-        enc = dict(encoder) if encoder else None
-        if enc and int(enc.get("bits", bits)) != bits:
-            raise CodeLengthError(f"encoder makes {enc['bits']}-bit codes but bits={bits}")
-        if self.is_lite and index_type not in (None, AUTO_INDEX, "BIN_FLAT"):
-            raise StoreError(
-                f"Milvus Lite supports only the BIN_FLAT index for binary vectors, not "
-                f"{index_type}; use a Milvus server URI for {index_type}"
-            )
-        return bits, enc
-
-    def _others(self, none: str) -> str:
-        names = [n for n in self._conn.names() if n != self.collection]
-        return f"collections there: {', '.join(names)}" if names else none
+        return opening.check_new(self, bits, encoder, create, index_type)
 
     def _require_exists(self) -> None:
         """Raise :class:`CollectionNotFoundError` (naming the collections there) for a read of
         a collection that was never written."""
         if not self.exists:
             raise CollectionNotFoundError(
-                self._missing_message("it holds no collections: index an archive first"))
-
-    def _missing_message(self, none: str) -> str:
-        if self._conn.lite_missing:
-            return (f"Milvus Lite file {self.display_uri} does not exist: check the path, or "
-                    f"index an archive first (a read creates no file)")
-        return (f"collection {self.collection!r} does not exist at {self.display_uri} (nothing "
-                f"was written to it); " + self._others(none))
+                opening.missing_message(self, "it holds no collections: index an archive first"))
 
     def _open_existing(
         self, bits: int | None, encoder: Mapping[str, Any] | None
     ) -> tuple[int, dict[str, Any] | None]:
-        desc = self._conn.call("describe_collection", self.collection,
-                               what=f"opening collection {self.collection!r}")
-        dim, stored_encoder = read_description(desc, self.collection, self.display_uri)
-        if bits is not None and validate_bits(bits) != dim:
-            raise CollectionMismatchError(
-                f"collection {self.collection!r} holds {dim}-bit codes, not {bits}-bit: use a "
-                f"bundle with {dim} bits or another collection"
-            )
-        if encoder and stored_encoder:
-            check_same_encoder(stored_encoder, encoder, self.collection)
-        self.index_policy = index_policy(desc)
-        self.has_place = has_place(desc)
-        self.fine_bits = fine_bits_of(desc)
-        if not self.is_lite:
-            self._recorded = server.properties(self._conn, self.collection)
-            self.index_policy = self._recorded.get("policy", self.index_policy)
-        return dim, stored_encoder or (dict(encoder) if encoder else None)
+        return opening.open_existing(self, bits, encoder)
 
     # ----------------------------------------------------------------- writes
     def upsert(
@@ -353,7 +304,8 @@ class MilvusCodeStore:
         expr = keys.build_filter(filter)
         gf = self.check_geo(geo)
         q, fq = finerank.queries(self, codes, fine, mode)
-        if fq is not None and fq.shape[0] == 0 or fq is None and q.shape[0] == 0:
+        first = fq if fq is not None else q
+        if first is None or first.shape[0] == 0:
             return []
         self._require_exists()
         if not self.has_place:
@@ -362,7 +314,9 @@ class MilvusCodeStore:
             k, expr, radius, tuple(fields), self.effective_search_params,
             filter if isinstance(filter, str) else None, bool(exact_ties), gf)
         if mode == "appearance" or fq is not None:
+            assert fq is not None  # finerank.queries refuses the appearance mode without them
             return finerank.run(self, q, fq, request, mode)
+        assert q is not None  # the default mode without fine queries always has codes
         return searching.run(self._conn, self.collection, q, request, self.search_stats)
 
     def search(

@@ -57,7 +57,7 @@ def duplicates(store: "MilvusCodeStore", radius: int | None, filter: Any,
             f"collection {store.collection!r} at {store.display_uri} keeps no fine codes (made "
             f"before them, or without them), so it cannot list near-duplicates; rebuild it: rsir "
             f"drop {store.collection} --uri {store.display_uri} --yes, then index it again")
-    r = default_radius(store.fine_bits) if radius is None else values.radius(radius)
+    r = default_radius(store.fine_bits) if radius is None else int(values.radius(radius) or 0)
     user = filter if isinstance(filter, str) else None
     request = searching.SearchRequest(k=1, expr=expr, user_expr=user, geo=gf)
     search, _, full, _ = searching.calls(store._conn, fine.mirror(store.collection), request,

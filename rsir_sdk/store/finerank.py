@@ -84,8 +84,8 @@ def queries(store: "MilvusCodeStore", codes: Any, fine_codes: Any,
         if fine_codes is None:
             raise InvalidInputError("mode='appearance' searches by the fine code: pass fine= "
                                     "(the queries' fine codes, Encoder.encode_both)")
-        fq = as_packed(fine_codes, store.fine_bits)
-        q = None if codes is None else as_packed(codes, store.bits)
+        fq: np.ndarray | None = as_packed(fine_codes, store.fine_bits)
+        q: np.ndarray | None = None if codes is None else as_packed(codes, store.bits)
     else:
         q = as_packed(codes, store.bits)
         use = fine_codes is not None and store.fine_bits is not None
@@ -237,10 +237,10 @@ def _fill_ties(store: "MilvusCodeStore", plans: list[Plan], out: list[list[Found
     # the mirror holds the main collection's fields: its hits come with those asked for
     msearch, mfetch, _, mirror_fields = searching.calls(
         conn, fine.mirror(name), searching.SearchRequest(k=1, fields=fields), "fine")
-    for (dk, code_keys, want), qis in tasks.items():
+    for (dk, keys_at, want), qis in tasks.items():
         sub: dict[str, int] = {}
         tails = topk.exact_topk(msearch, mfetch, [fq[i].tobytes() for i in qis], want,
-                                keys.combine(fine.code_in(code_keys, store.bits), expr), None,
+                                keys.combine(fine.code_in(keys_at, store.bits), expr), None,
                                 mirror_fields, sub)
         stats["fine_searches"] = stats.get("fine_searches", 0) + sub.get("searches", 0)
         stats["fine_range_searches"] = (stats.get("fine_range_searches", 0)

@@ -1,0 +1,83 @@
+"""Opening a collection: checks for a new one, and what an existing one records.
+
+Split from :mod:`.collection` (which keeps the store's verbs) because opening is one job: it
+decides whether the collection exists, refuses a length, encoder or index type that cannot
+work with it, and reads back what it recorded (bits, encoder, index policy, place fields,
+fine codes) before any read or write runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..codes import validate_bits
+from ..errors import CodeLengthError, CollectionMismatchError, CollectionNotFoundError, StoreError
+from . import server
+from .schema import (
+    AUTO_INDEX,
+    check_same_encoder,
+    fine_bits_of,
+    has_place,
+    index_policy,
+    read_description,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .collection import MilvusCodeStore
+
+
+def check_new(store: "MilvusCodeStore", bits: int | None, encoder: Mapping[str, Any] | None,
+              create: bool, index_type: str | None) -> tuple[int, dict[str, Any] | None]:
+    """``(bits, encoder)`` of a collection the first write will create, checked now."""
+    if not create:
+        raise CollectionNotFoundError(missing_message(store, "it holds no collections"))
+    if bits is None:
+        raise CodeLengthError(
+            f"collection {store.collection!r} does not exist yet: give bits= to create it"
+        )
+    bits = validate_bits(bits)
+    enc = dict(encoder) if encoder else None
+    if enc and int(enc.get("bits", bits)) != bits:
+        raise CodeLengthError(f"encoder makes {enc['bits']}-bit codes but bits={bits}")
+    if store.is_lite and index_type not in (None, AUTO_INDEX, "BIN_FLAT"):
+        raise StoreError(
+            f"Milvus Lite supports only the BIN_FLAT index for binary vectors, not "
+            f"{index_type}; use a Milvus server URI for {index_type}"
+        )
+    return bits, enc
+
+
+def missing_message(store: "MilvusCodeStore", none: str) -> str:
+    """Why a collection cannot be read: the Lite file or the collection is missing (naming
+    the collections there, else ``none``)."""
+    conn = store._conn
+    if conn.lite_missing:
+        return (f"Milvus Lite file {store.display_uri} does not exist: check the path, or "
+                f"index an archive first (a read creates no file)")
+    names = [n for n in conn.names() if n != store.collection]
+    others = f"collections there: {', '.join(names)}" if names else none
+    return (f"collection {store.collection!r} does not exist at {store.display_uri} (nothing "
+            f"was written to it); " + others)
+
+
+def open_existing(store: "MilvusCodeStore", bits: int | None,
+                  encoder: Mapping[str, Any] | None) -> tuple[int, dict[str, Any] | None]:
+    """``(bits, encoder)`` an existing collection records; sets the store's index policy,
+    place and fine-code attributes. Refuses another code length or another encoder."""
+    desc = store._conn.call("describe_collection", store.collection,
+                            what=f"opening collection {store.collection!r}")
+    dim, stored_encoder = read_description(desc, store.collection, store.display_uri)
+    if bits is not None and validate_bits(bits) != dim:
+        raise CollectionMismatchError(
+            f"collection {store.collection!r} holds {dim}-bit codes, not {bits}-bit: use a "
+            f"bundle with {dim} bits or another collection"
+        )
+    if encoder and stored_encoder:
+        check_same_encoder(stored_encoder, encoder, store.collection)
+    store.index_policy = index_policy(desc)
+    store.has_place = has_place(desc)
+    store.fine_bits = fine_bits_of(desc)
+    if not store.is_lite:
+        store._recorded = server.properties(store._conn, store.collection)
+        store.index_policy = store._recorded.get("policy", store.index_policy)
+    return dim, stored_encoder or (dict(encoder) if encoder else None)
