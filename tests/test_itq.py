@@ -66,9 +66,13 @@ def test_trains_on_a_folder_without_class_folders_then_index_and_search(
         assert r.count() == 40
         hits = r.search(files[3], k=3)
         same_code = {h.id for h in r.range_search(files[3], radius=0)}
-    # the file comes back at distance 0; 16-bit codes of 40 tiny-network images may collide, so
-    # it is one of the distance-0 hits, not necessarily the first (the fine code's job: issue 20)
+    # the file comes back at distance 0; 16-bit codes of 40 tiny-network images may collide, and
+    # the fine code (issue 20) orders that tie group: the file first, unless another image has
+    # its fine code too (then both are at fine distance 0)
     assert hits[0].distance == 0 and files[3].name in same_code and hits[0].id in same_code
+    assert bundle.fine_bits is not None and hits[0].fine_distance == 0
+    assert hits[0].id == files[3].name or any(
+        h.id == files[3].name and h.fine_distance == 0 for h in hits)
     # the exported graph and the fitted model agree (same codes from the same images)
     codes = Encoder(bundle).encode(files[:8])
     assert codes.shape == (8, 2)

@@ -139,7 +139,7 @@ def _candidate(ctx: _Context, name: str, cfg: AHCLConfig, folds: list[Fold],
         history += st.history
         devices += [d for d in st.devices if d not in devices]
     curve = fold_mean_curve([f["val_curve"] for f in per_fold], [f["n_val"] for f in per_fold])
-    best = max(curve, key=lambda p: (p[1], -p[0])) if curve else [cfg.outer, -1.0]
+    best = max(curve, key=lambda p: (p[1], -p[0])) if curve else [float(cfg.outer or 1), -1.0]
     summary = {"name": name, "schedule": cfg.schedule, "lr": cfg.lr, "momentum": cfg.momentum,
                "outer": cfg.outer, "inner": cfg.inner, "lr_steps": list(cfg.lr_steps or ()),
                "val_map": round(smoothed(curve), 4), "best_val_map": best[1],
