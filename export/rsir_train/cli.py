@@ -150,12 +150,18 @@ def _add_ahcl(methods: Any) -> None:
     a.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     a.add_argument("--select", default="auto", choices=("auto", "on", "off"),
                    help="auto (default): with --schedule auto and no schedule flag set by hand, "
-                        "choose the model on a validation split of the train side (best epoch, "
-                        "patience; under 1,000 training images also among a few schedules; "
-                        "docs/training.md); on: also with hand-set --lr/--epochs/...; off: "
-                        "train on the whole train side, last epoch kept")
+                        "choose the model on validation data from the train side (best epoch, "
+                        "patience; under 1,000 training images: the auto and authors schedules "
+                        "on --val-folds folds, mean of the 3 best validations, then the chosen "
+                        "one refit on the whole train side; docs/training.md); on: also with "
+                        "hand-set --lr/--epochs/...; off: train on the whole train side, last "
+                        "epoch kept")
     a.add_argument("--val-fraction", type=float, default=0.2,
-                   help="per class, the part of the train side held out for validation")
+                   help="per class, the part of the train side held out for validation (one "
+                        "split: archives of 1,000 training images or more, or --val-folds 1)")
+    a.add_argument("--val-folds", type=int, default=3,
+                   help="validation folds of the train side on a small archive (each training "
+                        "image validated once; 1: one --val-fraction split)")
     a.add_argument("--patience", type=int, default=6,
                    help="validations without improvement before a schedule stops (0 = never)")
 

@@ -69,7 +69,7 @@ def ahcl_config(args: argparse.Namespace) -> Any:
         num_samples=args.num_samples or None, freeze_blocks=freeze, preprocess=_preprocess(args),
         seed=args.seed, device=device, eval_every=args.eval_every, cache_dir=_cache(args),
         select=getattr(args, "select", "auto"), val_fraction=getattr(args, "val_fraction", 0.2),
-        patience=getattr(args, "patience", 6),
+        val_folds=getattr(args, "val_folds", 3), patience=getattr(args, "patience", 6),
     )
 
 

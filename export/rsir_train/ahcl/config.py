@@ -153,6 +153,10 @@ class AHCLConfig:
         the whole train side, the last epoch kept."""
         if self.select not in SELECT:
             raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
+        if isinstance(self.val_folds, bool) or not isinstance(self.val_folds, int) \
+                or self.val_folds < 1:
+            raise ValueError(f"val_folds must be a whole number of folds >= 1, got "
+                             f"{self.val_folds!r}")
         if self.schedule != "auto" or self.select == "off" or self.val_fraction <= 0:
             return False
         return self.select == "on" or not self.hand_set
