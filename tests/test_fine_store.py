@@ -128,20 +128,50 @@ def test_without_fine_the_order_is_todays(lite):
 
 
 def test_a_big_tie_group_is_not_read_whole(lite):
-    """k=5 on groups of 100 (> 2k): the codebook and the fine field under a code filter, no
-    range search of the whole group; queries sharing a code share one fine search."""
+    """k=5 on groups of 100 (> 2k): the fine field under a code filter, no range search of the
+    whole group; queries sharing a code share one fine search. Queries whose own code holds
+    them (the same files) take one request per code (no main search, no codebook); queries a
+    bit away from every code take the main search, the codebook and the fine search."""
     store, data = lite
     rows = np.arange(12)  # 4 queries per collapsed code
     qc, qf = data["codes"][rows], data["fine"][rows] ^ np.uint8(1)
+    store.search(qc[:1], k=5, fine=qf[:1])  # the store's shape is counted once (finerank)
     store.search_stats.clear()
     got = store.search(qc, k=5, fine=qf)
+    stats = {name: n for name, n in store.search_stats.items() if n}
+    assert stats == {"own_code_searches": 3}
+    off = qc.copy()
+    off[:, 0] ^= 1  # a bit away from the item's code: no item holds it
+    store.search_stats.clear()
+    got_off = store.search(off, k=5, fine=qf)
     stats = dict(store.search_stats)
     assert stats.get("range_searches", 0) == 0 and stats["searches"] == 1
     assert stats["codebook_searches"] == 1 and stats["fine_searches"] == 3
+    assert stats["own_code_searches"] == 3  # tried, found no item on those codes
     for i in range(len(rows)):
         assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], 5)
+        assert [h.id for h in got_off[i]] == brute(data, off[i], qf[i], 5)
+        assert all(h.distance == 0 for h in got[i]) and all(h.distance == 1 for h in got_off[i])
         if rows[i] not in (4, 7, 10):  # (those three are planted near-duplicates)
             assert got[i][0].id == data["ids"][rows[i]] and got[i][0].fine_distance == 16
+            assert got_off[i][0].id == data["ids"][rows[i]]
+
+
+def test_own_code_group_smaller_than_k_takes_the_main_search(lite):
+    """k=150 on groups of 100: the query's own code cannot fill k, so the general path orders
+    the group at 0 and the next ones exactly; a filter that leaves fewer than k items on the
+    code does the same."""
+    store, data = lite
+    qc, qf = data["codes"][[0, 1]], data["fine"][[0, 1]]
+    label1 = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L1"}
+    # item 0 is L0 (its code holds no L1 item), item 1 is L1: the filter sends only 0 on
+    for k, filt, allowed, main in ((5, None, None, False), (150, None, None, True),
+                                   (5, {"label": "L1"}, label1, True)):
+        store.search_stats.clear()
+        got = store.search(qc, k=k, filter=filt, fine=qf)
+        for i in range(2):
+            assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], k, allowed=allowed)
+        assert (store.search_stats.get("searches", 0) > 0) == main, (k, filt)
 
 
 @pytest.mark.parametrize("bits", [16, 128])
@@ -157,10 +187,16 @@ def test_short_and_long_retrieval_codes(tmp_path, bits):
         qf = data["fine"][:4] ^ np.uint8(16)
         got = store.search(data["codes"][:4], k=6, fine=qf)
         assert store.search_stats.get("range_searches", 0) == 0
-        assert store.search_stats["fine_searches"] == 2
+        assert store.search_stats["own_code_searches"] == 2  # the key of their own codes
+        off = data["codes"][:4].copy()
+        off[:, -1] ^= 1
+        got_off = store.search(off, k=6, fine=qf)
+        assert store.search_stats.get("range_searches", 0) == 0
+        assert store.search_stats["fine_searches"] == 2  # the codebook's keys at d=1
         for i in range(4):
             assert [h.id for h in got[i]] == brute(data, data["codes"][i], qf[i], 6)
-            assert got[i][0].id == data["ids"][i]
+            assert [h.id for h in got_off[i]] == brute(data, off[i], qf[i], 6)
+            assert got[i][0].id == data["ids"][i] == got_off[i][0].id
 
 
 def test_random_short_codes_many_codes_at_each_distance(tmp_path):

@@ -29,7 +29,15 @@ from .inputs import (
     split_codes,
     split_records,
 )
-from .routing import ErrorRoute, errors_doc, json_answer, multi_body, require_read, service_of
+from .routing import (
+    ErrorRoute,
+    errors_doc,
+    json_answer,
+    multi_body,
+    require_read,
+    require_write,
+    service_of,
+)
 from .schemas import (
     BatchSearchJSON,
     CodesSearchJSON,
@@ -180,7 +188,7 @@ def _json_codes(service: Service, data: Any) -> tuple[dict[str, Any], np.ndarray
 
 @router.post(
     "/duplicates", response_model=DuplicatesOut, summary="Groups of near-identical items",
-    responses=errors_doc(401, 409, 422, 503, 504),
+    responses=errors_doc(401, 403, 409, 422, 503, 504), dependencies=[Depends(require_write)],
     openapi_extra={"requestBody": {"required": False, "content": {
         "application/json": {"schema": DuplicatesJSON.model_json_schema()}}}},
     description=(
@@ -188,8 +196,9 @@ def _json_codes(service: Service, data: Any) -> tuple[dict[str, Any], np.ndarray
         "each other, linked transitively: the same scene stored twice, re-encoded, lightly "
         "cropped. Ids sorted in each group, largest group first. JSON body (all optional): "
         "`radius` (null: the service's default, answered), `filter`, `bbox`, `near`, `time` "
-        "as for a search. Reads the whole (filtered) collection: 409 on a collection without "
-        "fine codes."),
+        "as for a search. Reads the whole (filtered) collection, so it takes the write token "
+        "(as indexing does: a read token must not hold a worker for hours); 409 on a "
+        "collection without fine codes."),
 )
 async def duplicates(request: Request) -> JSONResponse:
     service = service_of(request)

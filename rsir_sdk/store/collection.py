@@ -244,14 +244,18 @@ class MilvusCodeStore:
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed."""
-        present = reads.by_pk(self, ids, ["pk", "id"])
+        asked = list(ids)
+        present = reads.by_pk(self, asked, ["pk", "id"])
         pks = [keys.digest(i) for i in present]
+        if self.fine_bits is not None and self.exists:
+            # the mirror first, for every id asked (present in the main collection or not): a
+            # delete retried after one that failed half way removes the mirror rows it left
+            companions.delete(self._conn, self.collection,
+                              sorted({keys.digest(i) for i in values.lookup_ids(asked)}))
         for start in range(0, len(pks), PK_CHUNK):
             self._conn.call("delete", self.collection,
                             filter=keys.in_list("pk", pks[start : start + PK_CHUNK]),
                             what=f"delete from {self.collection!r}")
-        if pks and self.fine_bits is not None:  # after the main rows: none left without its mirror row
-            companions.delete(self._conn, self.collection, pks)
         if pks:
             self._conn.after_delete()
         return len(pks)

@@ -35,6 +35,8 @@ made before fine codes have neither, and search as before.
 
 from __future__ import annotations
 
+import time
+import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +118,80 @@ def run(store: "MilvusCodeStore", q: np.ndarray | None, fq: np.ndarray,
 
 def _default(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
              request: searching.SearchRequest) -> list[list[Found]]:
-    """(distance, fine distance, pk) top-k of one batch of queries, with their fields."""
+    """(distance, fine distance, pk) top-k of one batch of queries, with their fields: the
+    queries whose own code's group fills the k places (:func:`_own_codes`), the rest by the
+    main search (:func:`_ranked`)."""
+    geo = request.geo
+    done: dict[int, list[Found]] = {}
+    if (geo is None or geo.near is None) and _collapsed(store, request.k):
+        done = _own_codes(store, q, fq, request)
+    rest = [i for i in range(q.shape[0]) if i not in done]
+    if rest:
+        done.update(zip(rest, _ranked(store, q[rest], fq[rest], request)))
+    return [done[i] for i in range(q.shape[0])]
+
+
+#: seconds a store's shape (items, distinct codes: :func:`_collapsed`) is trusted before it is
+#: counted again (it only chooses between two exact paths: a stale one costs time, not order)
+SHAPE_TTL_S = 30.0
+#: a batch whose queries hold more distinct codes than this skips :func:`_own_codes` (one
+#: request per distinct code; the main search serves any number of queries in one)
+MAX_OWN_CODES = 64
+_shapes: "weakref.WeakKeyDictionary[MilvusCodeStore, tuple[float, bool]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _collapsed(store: "MilvusCodeStore", k: int) -> bool:
+    """Whether the collection's codes repeat at least ``k`` times on average (items / rows of
+    the codebook, counted at most every :data:`SHAPE_TTL_S`): then a query's own code usually
+    holds its whole top-k, and :func:`_own_codes` answers it in one request."""
+    now = time.monotonic()
+    cached = _shapes.get(store)
+    if cached is None or now - cached[0] > SHAPE_TTL_S:
+        conn, name = store._conn, store.collection
+        counts = [int(conn.call("query", c, filter="", output_fields=["count(*)"], read=True,
+                                what=f"count in {c!r}")[0]["count(*)"])
+                  for c in (name, fine.codebook(name))]
+        cached = (now, counts[0] / max(1, counts[1]))
+        _shapes[store] = cached
+    return cached[1] >= max(2, k)
+
+
+def _own_codes(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
+               request: searching.SearchRequest) -> dict[int, list[Found]]:
+    """The queries answered by their own retrieval code alone: the items at distance 0 are
+    exactly those whose ``code_key`` is the query's, so the mirror's exact fine top-k under
+    ``code_key == key`` (and the filter) is the query's top-k whenever it fills all k places
+    (every other item is farther). Queries that share a code share the request; those whose
+    group is smaller are left to :func:`_ranked`."""
+    conn, name, stats = store._conn, store.collection, store.search_stats
+    k, expr = request.k, searching.calls(conn, name, request)[2]
+    by_code: dict[bytes, list[int]] = {}
+    for i, row in enumerate(q):
+        by_code.setdefault(row.tobytes(), []).append(i)
+    if len(by_code) > MAX_OWN_CODES:
+        return {}
+    msearch, mfetch, _, mirror_fields = searching.calls(
+        conn, fine.mirror(name), searching.SearchRequest(
+            k=1, fields=request.fields, user_expr=request.user_expr), "fine")
+    done: dict[int, list[Found]] = {}
+    for code, qis in by_code.items():
+        sub: dict[str, int] = {}
+        tails = topk.exact_topk(msearch, mfetch, [fq[i].tobytes() for i in qis], k,
+                                keys.combine(fine.code_in([code.hex()], store.bits), expr),
+                                None, mirror_fields, sub)
+        stats["own_code_searches"] = stats.get("own_code_searches", 0) + sub.get("searches", 0)
+        stats["fine_range_searches"] = (stats.get("fine_range_searches", 0)
+                                        + sub.get("range_searches", 0))
+        for i, tail in zip(qis, tails):
+            if len(tail) >= k:
+                done[i] = [Found(f.pk, f.id, 0, f.entity, f.distance) for f in tail]
+    return done
+
+
+def _ranked(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
+            request: searching.SearchRequest) -> list[list[Found]]:
+    """The general path: the main search, then the big tie groups at ``dk``."""
     conn, name, stats = store._conn, store.collection, store.search_stats
     search, fetch, expr, out_fields = searching.calls(conn, name, request, extra=(FINE_HEX,))
     data = [row.tobytes() for row in q]

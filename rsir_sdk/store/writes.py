@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from ..codes import as_packed
-from ..errors import InvalidInputError, StoreError
+from ..errors import CollectionMismatchError, InvalidInputError, StoreError
 from . import fine, place, rows, values
 from .schema import AUTO_INDEX, check_same_encoder, make_schema
 
@@ -69,7 +69,7 @@ class Writer:
         ``fine_bits`` (the first write's fine codes, else the store's): the new collection
         keeps fine codes of that length, in its companions (:mod:`.fine`)."""
         s = self.store
-        if s.exists:
+        if s.exists or self._created_meanwhile(fine_bits or s.fine_bits):
             return
         fine_bits = fine_bits or s.fine_bits
         index_type, index_params = s._index
@@ -90,6 +90,26 @@ class Writer:
         s.index_policy = policy
         log.info("created collection %s (%d bits, fine %s, index %s) at %s", s.collection,
                  s.bits, s.fine_bits, policy or concrete, s.display_uri)
+
+    def _created_meanwhile(self, fine_bits: int | None) -> bool:
+        """Whether another program created the collection since this store was opened (then
+        it is opened as it is, never made again: its companions hold that program's fine
+        codes). A write whose fine codes do not fit what it keeps is refused, nothing written."""
+        from .opening import open_existing
+
+        s = self.store
+        if s._conn.lite_missing or not s._conn.call(
+                "has_collection", s.collection, what=f"opening collection {s.collection!r}"):
+            return False
+        s.bits, s.encoder = open_existing(s, s.bits, s.encoder)
+        s.exists = True
+        if (fine_bits is None) != (s.fine_bits is None) or (
+                fine_bits is not None and fine_bits != s.fine_bits):
+            raise CollectionMismatchError(
+                f"collection {s.collection!r} was created by another program meanwhile, with "
+                f"{s.fine_bits or 'no'}-bit fine codes (this write has {fine_bits or 'none'}); "
+                f"nothing was written: open it again and retry")
+        return True
 
     def columns(self, ids: Any, codes: Any, labels: Any = None, paths: Any = None,
                 metadata: Any = None, encoder: Mapping[str, Any] | None = None, *,

@@ -1,0 +1,58 @@
+"""Fine-code companions stay consistent when writes race or fail half way (issue 20).
+
+Real Milvus Lite files. The inconsistent states are made as a failed call would leave them
+(rows removed from one collection with bare pymilvus), then the store's own verbs must repair
+or refuse, never return a ghost or wipe another writer's fine codes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rsir_sdk.errors import CollectionMismatchError
+from rsir_sdk.store import MilvusCodeStore
+from rsir_sdk.store.keys import digest, in_list
+from testing.store_baseline import row_count
+
+
+def _items(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = [f"img/{i:03d}.tif" for i in range(n)]
+    return ids, rng.integers(0, 256, (n, 8), np.uint8), rng.integers(0, 256, (n, 16), np.uint8)
+
+
+def test_a_delete_retried_after_a_half_failed_one_removes_the_mirror_rows(tmp_path):
+    ids, codes, fine = _items(20)
+    with MilvusCodeStore(str(tmp_path / "d.db"), "c", bits=64, fine_bits=128) as store:
+        store.upsert(ids, codes, fine=fine)
+        # what a delete that failed after the main rows went leaves: mirror rows of x0 only
+        store._conn.call("delete", "c", filter=in_list("pk", [digest(ids[0])]), what="test")
+        assert row_count(store, "c__fine") == 20 and store.count() == 19
+        assert store.delete([ids[0]]) == 0  # not in the main collection any more ...
+        assert row_count(store, "c__fine") == 19  # ... but its mirror row is gone too
+        hits = store.search(None, k=3, fine=fine[:1], mode="appearance")[0]
+        assert ids[0] not in [h.id for h in hits]
+        assert store.delete(ids[1:3]) == 2 and row_count(store, "c__fine") == 17
+
+
+def test_a_store_opened_before_another_created_the_collection_keeps_its_fine_codes(tmp_path):
+    db = str(tmp_path / "race.db")
+    ids, codes, fine = _items(30)
+    early = MilvusCodeStore(db, "c", bits=64, fine_bits=128)  # opened: nothing exists yet
+    late_without_fine = MilvusCodeStore(db, "c", bits=64)
+    try:
+        assert not early.exists
+        with MilvusCodeStore(db, "c", bits=64, fine_bits=128) as other:
+            other.upsert(ids[:20], codes[:20], fine=fine[:20])
+        early.upsert(ids[20:], codes[20:], fine=fine[20:])  # must not make the collection again
+        assert early.count() == 30 and row_count(early, "c__fine") == 30
+        for i in (0, 25):  # the other writer's items and this one's, all by appearance
+            hit = early.search(None, k=1, fine=fine[i : i + 1], mode="appearance")[0][0]
+            assert hit.id == ids[i] and hit.fine_distance == 0
+        with pytest.raises(CollectionMismatchError, match="created by another program"):
+            late_without_fine.upsert(["new"], codes[:1])
+        assert early.count() == 30
+    finally:
+        early.close()
+        late_without_fine.close()
