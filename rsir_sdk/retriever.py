@@ -270,6 +270,11 @@ class Retriever:
             raise InvalidInputError(
                 f"mode='appearance' needs a bundle with a fine code; {self.bundle.path} has none "
                 f"(written before issue 20): train it again with rsir train")
+        if mode == "appearance" and self.store.exists and self.store.fine_bits is None:
+            # refused before any image is decoded (the store would refuse it after encoding)
+            from .store.finerank import refuse_appearance
+
+            raise refuse_appearance(self.store)
         return mode
 
     def _encode_query(self, imgs: list[Any], batch_size: int | None, mode: str
