@@ -294,8 +294,9 @@ class Stores:
 
 
 def open_stores(case: Case, uri: str, threads: int | None) -> Stores:
-    """Fill ``similar_<case>_fine`` with ``add_images`` and ``similar_<case>_today`` with the
-    retrieval codes alone (a store that keeps no fine codes), and open both."""
+    """Fill ``similar_<case>_fine`` with ``add_images`` (learned rows: ``add_codes(...,
+    fine=)``) and ``similar_<case>_today`` with the retrieval codes alone (a store created
+    without fine codes, as before issue 20), and open both."""
     base = "similar_" + "".join(c if c.isalnum() else "_" for c in case.name)
     for suffix in ("_fine", "_today"):
         if base + suffix in list_collections(uri):

@@ -42,7 +42,7 @@ from _common import load_average, machine, section, table, versions, write_secti
 
 from rsir_sdk import MilvusCodeStore
 from rsir_sdk.codes import hamming_distances
-from rsir_sdk.store import BulkOptions
+from rsir_sdk.store import BulkOptions, finerank
 from rsir_sdk.store.topk import tie_order
 
 BITS, FINE_BITS = 64, 128
@@ -107,11 +107,12 @@ def load(store: MilvusCodeStore, data: dict[str, Any], codes: np.ndarray, stagin
 
 # --------------------------------------------------------------- measuring
 CASES = (  # (name, codes, how: "fine" | "today" | "today-loose" | "appearance")
-    ("collapsed", "fine"), ("random", "fine"), ("collapsed", "today"),
+    ("collapsed", "fine"), ("random", "fine"), ("collapsed", "fine-general"), ("collapsed", "today"),
     ("collapsed", "today-loose"), ("random", "today"), ("collapsed", "appearance"),
 )
 DESCRIBE = {
     "fine": "fine ranking (`fine=`)",
+    "fine-general": "fine ranking, general path only (before the own-code path)",
     "today": "today's ranking (no `fine=`, exact ties)",
     "today-loose": "today's ranking, `exact_ties=False`",
     "appearance": "appearance mode",
@@ -122,6 +123,12 @@ def one(store: MilvusCodeStore, code: np.ndarray, fine: np.ndarray, k: int, how:
     """One single-query search of the kind ``how``."""
     if how == "fine":
         return store.search(code, k, fine=fine)[0]
+    if how == "fine-general":  # the own-code path off: main search, codebook, fine search
+        saved, finerank.MAX_OWN_CODES = finerank.MAX_OWN_CODES, 0
+        try:
+            return store.search(code, k, fine=fine)[0]
+        finally:
+            finerank.MAX_OWN_CODES = saved
     if how == "appearance":
         return store.search(None, k, fine=fine, mode="appearance")[0]  # type: ignore[arg-type]
     return store.search(code, k, exact_ties=how == "today")[0]
@@ -141,7 +148,7 @@ def measure(store: MilvusCodeStore, data: dict[str, Any], codes: np.ndarray, ran
         lat.append(1000 * (time.perf_counter() - t0))
     requests = sum(store.search_stats.values()) - sum(before.values()) - (
         store.search_stats.get("hits", 0) - before.get("hits", 0))
-    mode = "today" if how.startswith("today") else how
+    mode = "today" if how.startswith("today") else "fine" if how.startswith("fine") else how
     same, top1, wrong_dist = 0, 0, 0
     for i, row in zip(qidx, hits):
         want, dist = expected(codes, fine, rank, int(i), k, mode)
