@@ -411,6 +411,11 @@ def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | N
         store = MilvusCodeStore(uri, name, bits=b.bits, token=token, encoder=b.identity(),
                                 fine_bits=b.fine_bits if fine else None)
         try:
+            if fine and store.exists and store.fine_bits is None:
+                raise EvaluationError(
+                    f"collection {name!r} at {uri} was made without fine codes, so Milvus would "
+                    f"not rank as this bundle does: evaluate into a fresh collection (or none: "
+                    f"a temporary one)")
             store.upsert(codes.db_ids, codes.db_codes, codes.db_labels, encoder=b.identity(),
                          fine=codes.db_fine if fine else None)
             held = store.count()

@@ -436,6 +436,7 @@ def test_fine_ranking_on_a_server(server_uri, tmp_path):
                 assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], k)
         assert store.search_stats.get("range_searches", 0) == 0
         assert store.search_stats["codebook_searches"] >= 1
+        assert store.search_stats["own_code_searches"] >= 1  # k=5: the tied items' own codes
         got = store.search(qc, k=4, fine=qf, filter={"label": "L2"})
         l2 = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L2"}
         for i in range(len(qc)):
@@ -446,6 +447,10 @@ def test_fine_ranking_on_a_server(server_uri, tmp_path):
         assert store.duplicates(3) == _groups(data, 3)
         assert store.delete(data["ids"][:30]) == 30
         assert row_count(store, "fine_server__fine") == len(data["ids"]) - 30
+        left = set(data["ids"][30:])
+        got = store.search(qc, k=5, fine=qf)  # the own-code path never returns a deleted item
+        for i in range(len(qc)):
+            assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], 5, allowed=left)
         assert "fine_server__fine" not in list_collections(server_uri)
         store.drop()
         assert not {"fine_server", "fine_server__fine", "fine_server__codes"} & set(
