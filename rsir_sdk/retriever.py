@@ -25,12 +25,13 @@ from .archive import ArchiveListing, open_archive
 from .bundle import Bundle
 from .codes import as_packed
 from .encoder import Encoder
-from .errors import BundleError, InvalidInputError, RasterRuleMismatchError
+from .errors import InvalidInputError, RasterRuleMismatchError
 from .failures import FailureReport
+from .fine_codes import FineCodes
 from .geo import GeoFilter
-from .hits import SEARCH_MODES, Hit, StoredItem
+from .hits import Hit, StoredItem
 from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, describe_source
-from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest, writes_fine
+from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
 from .options import IndexOptions, IngestOptions
 from .rasters import RasterRule, as_rule
 from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
@@ -111,6 +112,8 @@ class Retriever:
         except BaseException:
             self.store.close()
             raise
+        #: how fine codes take part in this retriever's searches and writes (:mod:`.fine_codes`)
+        self._fine = FineCodes(self.bundle, self.encoder, self.store)
         if self.bundle.fine_bits is not None and not self.fine_ranking:
             log.warning("collection %r keeps no fine codes (filled before issue 20): searches "
                         "rank by the retrieval code alone; to rank by appearance, drop it "
@@ -121,7 +124,7 @@ class Retriever:
     def fine_ranking(self) -> bool:
         """True when the bundle has a fine code and the collection keeps (or, new, will keep)
         fine codes: writes carry both codes, and searches rank ties by the fine code."""
-        return writes_fine(self.encoder, self.store)
+        return self._fine.ranking
 
     def _collection_rule(self, asked: RasterRule | None) -> RasterRule:
         recorded = (self.store.encoder or {}).get("raster_rule")
@@ -185,8 +188,8 @@ class Retriever:
         0
         """
         geo, mode = self._checked(k, filter, radius, (bbox, near, time), mode)
-        codes, fine = self._encode_query([img], None, mode)
-        return self.store.search(codes, k, filter, radius, geo=geo, **self._fine_args(fine, mode))[0]
+        codes, fine = self._fine.encode_query([img], None, mode)
+        return self.store.search(codes, k, filter, radius, geo=geo, **self._fine.store_args(fine, mode))[0]
 
     def search_batch(
         self,
@@ -207,8 +210,8 @@ class Retriever:
         >>> r.search_batch(["a.jpg", "b.jpg"], k=3)                  # doctest: +SKIP
         """
         geo, mode = self._checked(k, filter, radius, (bbox, near, time), mode)
-        codes, fine = self._encode_query(list(imgs), batch_size, mode)
-        return self.store.search(codes, k, filter, radius, geo=geo, **self._fine_args(fine, mode))
+        codes, fine = self._fine.encode_query(list(imgs), batch_size, mode)
+        return self.store.search(codes, k, filter, radius, geo=geo, **self._fine.store_args(fine, mode))
 
     def search_codes(
         self,
@@ -237,12 +240,12 @@ class Retriever:
         """
         geo, mode = self._checked(k, filter, radius, (bbox, near, time), mode)
         packed = as_packed(codes, self.bundle.bits)
-        fine_packed = self._given_fine(fine, packed.shape[0])
+        fine_packed = self._fine.given(fine, packed.shape[0])
         if mode == "appearance" and fine_packed is None:
             raise InvalidInputError("mode='appearance' searches by the fine code: give fine= "
                                     "(the fine codes of the same images, Encoder.encode_both)")
         return self.store.search(packed, k, filter, radius, geo=geo,
-                                 **self._fine_args(fine_packed, mode))
+                                 **self._fine.store_args(fine_packed, mode))
 
     def range_search(self, img: ImageSource, radius: int, filter: Filter = None, *,
                      bbox: Any = None, near: Any = None, time: Any = None,
@@ -251,60 +254,16 @@ class Retriever:
         ``bbox``, ``near``, ``time`` as in :meth:`search`; with ``mode="appearance"`` the
         distance is the fine code's."""
         geo, mode = self._checked(1, filter, radius, (bbox, near, time), mode)
-        codes, fine = self._encode_query([img], None, mode)
+        codes, fine = self._fine.encode_query([img], None, mode)
         return self.store.range_search(codes, radius, filter, MAX_TOPK, geo=geo,
-                                       **self._fine_args(fine, mode))[0]
+                                       **self._fine.store_args(fine, mode))[0]
 
     def _checked(self, k: Any, filter: Filter, radius: Any, place: tuple[Any, Any, Any],
                  mode: Any = "default") -> tuple[GeoFilter | None, str]:
         """The search's arguments checked before any image is decoded; its place filter and
         its mode."""
         geo = self.store.check_geo(_check_search(k, filter, radius, place))
-        return geo, self._check_mode(mode)
-
-    def _check_mode(self, mode: Any) -> str:
-        """``mode`` if it is one of :data:`SEARCH_MODES` that this bundle can serve."""
-        if not isinstance(mode, str) or mode not in SEARCH_MODES:
-            raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-        if mode == "appearance" and self.bundle.fine_bits is None:
-            raise InvalidInputError(
-                f"mode='appearance' needs a bundle with a fine code; {self.bundle.path} has none "
-                f"(written before issue 20): train it again with rsir train")
-        if mode == "appearance" and self.store.exists and self.store.fine_bits is None:
-            # refused before any image is decoded (the store would refuse it after encoding)
-            from .store.finerank import refuse_appearance
-
-            raise refuse_appearance(self.store)
-        return mode
-
-    def _encode_query(self, imgs: list[Any], batch_size: int | None, mode: str
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The queries' retrieval codes and, when the search uses them, their fine codes: one
-        forward pass either way."""
-        if mode == "appearance" or self.fine_ranking:
-            both = self.encoder.encode_both(imgs, batch_size)
-            return both.codes, both.fine
-        return self.encoder.encode(imgs, batch_size), None
-
-    def _fine_args(self, fine: np.ndarray | None, mode: str) -> dict[str, Any]:
-        """The store's ``fine``/``mode`` keywords: fine codes go only to a collection that keeps
-        them (an old one searches as before), and to any in the appearance mode (where a
-        collection without them says how to rebuild it)."""
-        if mode == "appearance":
-            return {"fine": fine, "mode": mode}
-        return {"fine": fine} if fine is not None and self.fine_ranking else {}
-
-    def _given_fine(self, fine: np.ndarray | bytes | None, n: int) -> np.ndarray | None:
-        """Caller-given fine codes packed and checked: the bundle's length, one per code."""
-        if fine is None:
-            return None
-        if self.bundle.fine_bits is None:
-            raise InvalidInputError(f"fine codes given but the bundle {self.bundle.path} has no "
-                                    f"fine code (written before issue 20)")
-        packed = as_packed(fine, self.bundle.fine_bits)
-        if packed.shape[0] != n:
-            raise InvalidInputError(f"{n} codes but {packed.shape[0]} fine codes")
-        return packed
+        return geo, self._fine.check_mode(mode)
 
     # ----------------------------------------------------------------- writes
     def add_images(
@@ -352,7 +311,7 @@ class Retriever:
         store_values.paths(paths, len(ids))
         store_values.metadata(metadata, ids)
         self._check_place(ids, footprints, times)
-        codes, fine = self._encode_query(images, batch_size, "default")
+        codes, fine = self._fine.encode_query(images, batch_size, "default")
         return self.store.upsert(ids, codes, labels, paths, metadata,
                                  encoder=self.bundle.identity(), footprints=footprints, times=times,
                                  fine=fine)
@@ -389,7 +348,7 @@ class Retriever:
         >>> r.add_codes(db.codes, db.ids, db.labels, db.paths, fine=db.fine)   # doctest: +SKIP
         """
         packed = as_packed(codes, self.bundle.bits)
-        fine_packed = self._given_fine(fine, packed.shape[0])
+        fine_packed = self._fine.given(fine, packed.shape[0])
         return self.store.upsert(ids, packed, labels, paths, metadata,
                                  encoder=self.bundle.identity(), footprints=footprints, times=times,
                                  fine=fine_packed)
@@ -412,27 +371,12 @@ class Retriever:
             paths = [str(Path(root, p)) if p and not os.path.isabs(p) else p for p in paths]
         fine = db.fine if self.fine_ranking else None
         if self.fine_ranking and fine is None:
-            fine = self._encode_database_fine(paths)
+            fine = self._fine.of_database(paths)
         meta = [{"source": "learned"}] * len(db)
         n = self.add_codes(db.codes, db.ids, db.labels, paths, meta, fine=fine)
         if n >= PREPARE_MIN_ROWS:
             self.store.prepare_for_search()
         return n
-
-    def _encode_database_fine(self, paths: list[str]) -> np.ndarray:
-        """Fine codes of a pre-issue-20 bundle's database images, encoded from the archive."""
-        missing = [p for p in paths if not p or not os.path.isabs(p) or not Path(p).is_file()]
-        if missing:
-            raise BundleError(
-                f"bundle {self.bundle.path}: its database.npz has no fine codes (written before "
-                f"they were exported) and {len(missing)} of its {len(paths)} database images are "
-                f"not on disk (e.g. {missing[0]!r}) to encode them: write the bundle again with "
-                f"rsir train, or index the archive with rsir index")
-        log.info("bundle %s has no database fine codes: encoding its %d database images",
-                 self.bundle.path, len(paths))
-        fine = self.encoder.encode_both(paths).fine
-        assert fine is not None
-        return fine
 
     def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
         """Leave a server collection ready to search at full speed (see

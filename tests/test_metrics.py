@@ -300,14 +300,14 @@ def test_matches_pure_python_reference(topk, exclude_self):
 
 
 def test_chunking_does_not_change_results(monkeypatch):
-    import rsir_sdk.metrics as metrics
+    import rsir_sdk.metric_inputs as metric_inputs
 
     rng = np.random.default_rng(5)
     codes = random_codes(rng, 200, 24)
     labels = rng.integers(0, 3, 200)
     whole = average_precisions(codes, labels, codes, labels, exclude_self=True)
     curve = pr_curve(codes, labels, codes, labels, exclude_self=True)
-    monkeypatch.setattr(metrics, "_CHUNK_PAIRS", 7 * 200)  # 7 queries per chunk
+    monkeypatch.setattr(metric_inputs, "_CHUNK_PAIRS", 7 * 200)  # 7 queries per chunk
     np.testing.assert_array_equal(
         average_precisions(codes, labels, codes, labels, exclude_self=True), whole
     )

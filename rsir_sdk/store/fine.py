@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import CollectionMismatchError
-from ..geo import FIELDS as PLACE_FIELDS
 from . import keys
-from .schema import MAX_ID_LEN, MAX_LABEL_LEN, MAX_PATH_LEN, PK_CHUNK
+from .schema import PK_CHUNK, add_item_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connect import Connection
@@ -110,17 +109,7 @@ def mirror_schema(bits: int, fine_bits: int) -> Any:
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, description="rsir fine-code mirror")
-    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
-    schema.add_field("id", DataType.VARCHAR, max_length=MAX_ID_LEN)
-    schema.add_field("fine", DataType.BINARY_VECTOR, dim=fine_bits)
-    schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_LEN)
-    schema.add_field("label_h", DataType.VARCHAR, max_length=32)
-    schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LEN)
-    schema.add_field("path_h", DataType.VARCHAR, max_length=32)
-    schema.add_field("metadata", DataType.JSON)
-    schema.add_field("meta_h", DataType.JSON)
-    for field in PLACE_FIELDS:
-        schema.add_field(field, DataType.DOUBLE)
+    add_item_fields(schema, "fine", fine_bits)
     if bits <= INT_KEY_BITS:
         schema.add_field("code_key", DataType.INT64)
     else:

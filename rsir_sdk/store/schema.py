@@ -87,9 +87,21 @@ def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None 
                                            **({"index": index} if index else {}),
                                            **({"fine_bits": fine_bits} if fine_bits else {})}})
     schema = MilvusClient.create_schema(auto_id=False, description=description)
+    add_item_fields(schema, "code", bits)
+    if fine_bits:  # the fine code as text, read with every hit at no extra request (.finerank)
+        schema.add_field("fine_hex", DataType.VARCHAR, max_length=fine_bits // 4)
+    return schema
+
+
+def add_item_fields(schema: Any, vector: str, dim: int) -> None:
+    """Add an item's fields to a pymilvus ``schema`` in the collection's field order, with the
+    binary vector field ``vector`` of ``dim`` bits third (``code`` in a collection, ``fine`` in
+    its fine-code mirror, :mod:`.fine`): column writes send the fields in this order."""
+    from pymilvus import DataType
+
     schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
     schema.add_field("id", DataType.VARCHAR, max_length=MAX_ID_LEN)
-    schema.add_field("code", DataType.BINARY_VECTOR, dim=bits)
+    schema.add_field(vector, DataType.BINARY_VECTOR, dim=dim)
     schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL_LEN)
     schema.add_field("label_h", DataType.VARCHAR, max_length=32)
     schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LEN)
@@ -98,9 +110,6 @@ def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None 
     schema.add_field("meta_h", DataType.JSON)
     for name in PLACE_FIELDS:
         schema.add_field(name, DataType.DOUBLE)
-    if fine_bits:  # the fine code as text, read with every hit at no extra request (.finerank)
-        schema.add_field("fine_hex", DataType.VARCHAR, max_length=fine_bits // 4)
-    return schema
 
 
 def has_place(desc: Mapping[str, Any]) -> bool:
