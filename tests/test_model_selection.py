@@ -119,6 +119,20 @@ def test_candidates_by_archive_size_and_length():
     assert not AHCLConfig(select="off").selects
 
 
+def test_candidates_flag_reaches_the_configuration(capsys):
+    from rsir_train.cli import build_parser
+    from rsir_train.commands import ahcl_config as config_of
+
+    base = ["train", "ahcl", "--data", str(SAMPLE_ARCHIVE), "--out", "x", "--device", "cpu"]
+    args = build_parser().parse_args(base + ["--candidates", "auto, short"])
+    assert config_of(args).candidates == ("auto", "short")
+    assert config_of(build_parser().parse_args(base)).candidates is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--candidates", "auto,fast"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "auto, authors, short, lr16" in err and "'auto,fast'" in err
+
+
 def test_selection_is_deterministic_and_blind_to_the_queries(sample, selected, tmp_path,
                                                              short_epochs):
     arch, split = sample

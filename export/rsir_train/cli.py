@@ -59,6 +59,17 @@ def bits_type(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _candidates(text: str) -> tuple[str, ...]:
+    from .ahcl.config import CANDIDATES  # imports torch: only when the flag is given
+
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"must be among {', '.join(CANDIDATES)}, comma-separated, got {text!r}")
+    return names
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -162,6 +173,10 @@ def _add_ahcl(methods: Any) -> None:
     a.add_argument("--val-folds", type=int, default=3,
                    help="validation folds of the train side on a small archive (each training "
                         "image validated once; 1: one --val-fraction split)")
+    a.add_argument("--candidates", type=_candidates,
+                   help="schedules a selecting run chooses among, comma-separated: auto, "
+                        "authors, short, lr16 (default: auto,authors under 1,000 training "
+                        "images, auto alone otherwise; docs/training.md)")
     a.add_argument("--patience", type=int, default=6,
                    help="validations without improvement before a schedule stops (0 = never)")
 

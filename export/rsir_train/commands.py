@@ -70,6 +70,7 @@ def ahcl_config(args: argparse.Namespace) -> Any:
         seed=args.seed, device=device, eval_every=args.eval_every, cache_dir=_cache(args),
         select=getattr(args, "select", "auto"), val_fraction=getattr(args, "val_fraction", 0.2),
         val_folds=getattr(args, "val_folds", 3), patience=getattr(args, "patience", 6),
+        candidates=getattr(args, "candidates", None),
     )
 
 
