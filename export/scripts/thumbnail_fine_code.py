@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from similar import CHANGES  # noqa: E402 (the benchmark's image changes, one definition)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fine_code_length import CHANGES  # noqa: E402 (the changes of benchmarks/similar.py)
 
 from rsir_sdk import Encoder  # noqa: E402
 from rsir_sdk.codes import hamming_distances  # noqa: E402
+from rsir_train.fine_code import FineCodeConfig, fit_fine_code  # noqa: E402
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -68,18 +69,6 @@ def thumbnails(images: list[np.ndarray], size: int, turn: bool = False) -> np.nd
             x = canonical(x, mask)
         out.append(x.ravel() / (np.linalg.norm(x) + 1e-3))
     return np.stack(out)
-
-
-class ThumbCode:
-    """PCA-sign bits of thumbnails, fitted on images outside the database draw."""
-
-    def __init__(self, fit: np.ndarray, bits: int) -> None:
-        self.mean = fit.mean(axis=0)
-        _, _, vt = np.linalg.svd(fit - self.mean, full_matrices=False)
-        self.w = vt[:bits].T
-
-    def __call__(self, t: np.ndarray) -> np.ndarray:
-        return np.packbits(((t - self.mean) @ self.w) > 0, axis=1)
 
 
 def rates(q: np.ndarray, db: np.ndarray) -> tuple[float, float]:
@@ -116,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_thumbs = thumbnails(fit, args.size, args.canonical)
     codes: dict[str, dict[str, np.ndarray]] = {f"fine {enc.fine_bits}": fine}
     for bits in (int(b) for b in args.thumb_bits.split(",")):
-        tc = ThumbCode(fit_thumbs, bits)
-        t = {k: tc(v) for k, v in thumbs.items()}
+        tc = fit_fine_code(fit_thumbs, FineCodeConfig("pca", bits, l2_normalize=False))
+        t = {k: tc.codes(v) for k, v in thumbs.items()}
         codes[f"thumb {bits}"] = t
         codes[f"fine {enc.fine_bits} + thumb {bits}"] = {
             k: np.concatenate([fine[k], t[k]], axis=1) for k in queries}
