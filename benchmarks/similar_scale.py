@@ -41,7 +41,7 @@ import numpy as np
 from _common import load_average, machine, section, table, versions, write_section
 
 from rsir_sdk import MilvusCodeStore
-from rsir_sdk.codes import hamming_distances
+from rsir_sdk.codes import fine_ranking_key, hamming_distances
 from rsir_sdk.store import BulkOptions, finerank
 from rsir_sdk.store.topk import tie_order
 
@@ -79,8 +79,8 @@ def expected(codes: np.ndarray, fine: np.ndarray, rank: np.ndarray, qi: int, k: 
     """Brute force of the store's order for item ``qi`` as the query: indices and distances."""
     d = hamming_distances(codes[qi : qi + 1], codes)[0]
     fd = hamming_distances(fine[qi : qi + 1], fine)[0]
-    if mode == "fine":
-        order = np.lexsort((rank, fd, d))[:k]
+    if mode == "fine":  # the store's rule: near-duplicates first (codes.fine_ranking_key)
+        order = np.lexsort((rank, fine_ranking_key(d, fd, fine.shape[1] * 8)))[:k]
     elif mode == "appearance":
         order = np.lexsort((rank, fd))[:k]
         return order.tolist(), fd[order].tolist()

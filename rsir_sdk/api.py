@@ -74,7 +74,8 @@ class RetrievalAPI(Protocol):
                time: Place = None, mode: str = "default") -> list[Hit]:
         """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL);
         ``bbox``/``near``/``time``: only items of that place and period (docs/geo.md);
-        ``mode``: ``"default"`` (retrieval code, then fine code, then digest) or
+        ``mode``: ``"default"`` (near-duplicates by fine code first, then retrieval code, then
+        fine code, then digest) or
         ``"appearance"`` (fine code alone; :data:`rsir_sdk.hits.SEARCH_MODES`)."""
         ...
 

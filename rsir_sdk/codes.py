@@ -128,6 +128,43 @@ def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     return out
 
 
+#: the near-duplicate radius (inclusive, in bits of a 128-bit fine code; scaled to other lengths
+#: by :func:`near_duplicate_radius`): two images whose fine codes lie this close are the same
+#: scene (a re-encode, a crop, a brightened copy). Measured by benchmarks/similar.py
+#: (docs/similar.md, "The duplicates radius"): 12 keeps 0.97-0.98 of JPEG q70 and brightened
+#: copies with their original on nwpu12 and joins one distinct pair in 500 images.
+NEAR_DUPLICATE_RADIUS = 12
+
+
+def near_duplicate_radius(fine_bits: int) -> int:
+    """:data:`NEAR_DUPLICATE_RADIUS` scaled to a fine code of ``fine_bits`` bits.
+
+    >>> near_duplicate_radius(128), near_duplicate_radius(256)
+    (12, 24)
+    """
+    return max(0, round(NEAR_DUPLICATE_RADIUS * fine_bits / 128))
+
+
+def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int) -> np.ndarray:
+    """The sort key (``int64``, same shape) of the store's default ranking with fine codes.
+
+    Near-duplicates come first: items whose fine distance is at most
+    :func:`near_duplicate_radius`, by fine distance. Why: the same scene re-encoded, cropped or
+    stored as AHCL's learned code (which need not equal the network's code for that image) may
+    sit a few retrieval bits away from the query while a whole class ties at a smaller distance;
+    the user expects it first. Every other item follows by (retrieval distance, fine distance).
+    A stable sort on this key over items in the store's tie order (:func:`~rsir_sdk.store.tie_order`)
+    is the store's order.
+
+    >>> fine_ranking_key(np.array([0, 3, 0]), np.array([40, 2, 30]), 128).argsort().tolist()
+    [1, 2, 0]
+    """
+    span = np.int64(fine_bits + 1)
+    fine_dist = np.asarray(fine_dist, dtype=np.int64)
+    key = np.asarray(dist, dtype=np.int64) * span + fine_dist
+    return np.where(fine_dist <= near_duplicate_radius(fine_bits), fine_dist - span, key)
+
+
 def _popcount_bytes(x: np.ndarray) -> np.ndarray:
     """Per-element popcount for numpy < 2.0 (no ``np.bitwise_count``)."""
     return _POPCOUNT[x.view(np.uint8)].reshape(*x.shape, x.itemsize).sum(axis=-1)

@@ -56,7 +56,7 @@ import numpy as np
 from . import metrics
 from .archive import ArchiveListing, Item, open_archive
 from .bundle import Bundle
-from .codes import hamming_distances
+from .codes import fine_ranking_key, hamming_distances
 from .encoder import Encoder
 from .errors import EvaluationError, SplitError
 from .failures import Failure
@@ -481,8 +481,9 @@ def _reference(codes: EvalCodes, ks: Sequence[int], full: bool, depth: int,
 
 
 def _same_ranking(codes: EvalCodes, ranked_idx: np.ndarray, ranked_dist: np.ndarray) -> bool:
-    """Whether Milvus' ranking equals the exact numpy ranking (distance, then the fine code's
-    distance when there are fine codes, then the store's tie order: digests of the ids)."""
+    """Whether Milvus' ranking equals the exact numpy ranking (distance, then the store's tie
+    order: digests of the ids; with fine codes near-duplicates first, then distance, then the
+    fine code's distance: :func:`~rsir_sdk.codes.fine_ranking_key`)."""
     q_codes, q_index = codes.q_codes, codes.query_indices
     order_db = tie_order(codes.db_ids)  # column j of the sorted matrix is item order_db[j]
     db_sorted = codes.db_codes[order_db]
@@ -497,8 +498,9 @@ def _same_ranking(codes: EvalCodes, ranked_idx: np.ndarray, ranked_dist: np.ndar
             d[np.arange(d.shape[0]), where] = np.iinfo(np.int32).max
         key = d.astype(np.int64)
         if fine is not None and fine_sorted is not None:
-            key = key * (fine_sorted.shape[1] * 8 + 1) + hamming_distances(
-                fine[0][start : start + 256], fine_sorted)
+            key = fine_ranking_key(d, hamming_distances(fine[0][start : start + 256], fine_sorted),
+                                   fine_sorted.shape[1] * 8)
+            key[d == np.iinfo(np.int32).max] = np.iinfo(np.int64).max  # the own item last
         order = np.argsort(key, axis=1, kind="stable")[:, :depth]
         if not np.array_equal(np.take_along_axis(d, order, axis=1),
                               ranked_dist[start : start + 256]):

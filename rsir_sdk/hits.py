@@ -45,8 +45,10 @@ class Hit:
 
 
 #: the search modes: ``"default"`` ranks by retrieval-code distance, then fine-code distance
-#: (when both sides have fine codes), then the digest of the id; ``"appearance"`` ranks by the
-#: fine code alone (near-duplicates, the same place seen again, archives without labels)
+#: (when both sides have fine codes; near-duplicates, fine distance within
+#: :func:`rsir_sdk.codes.near_duplicate_radius`, come first whatever their retrieval distance),
+#: then the digest of the id; ``"appearance"`` ranks by the fine code alone (near-duplicates,
+#: the same place seen again, archives without labels)
 SEARCH_MODES = ("default", "appearance")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .codes import as_packed, hamming_distances
+from .codes import as_packed, fine_ranking_key, hamming_distances
 
 # about this many (query, database) pairs are ranked at once: ~100 MB of temporaries
 _CHUNK_PAIRS = 1 << 22
@@ -70,15 +70,16 @@ class _Task:
     def ranked_relevance(self, topk: int | None) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(rows, relevance in rank order bool (c, min(topk, n_ranked)))`` per chunk.
 
-        Ranking: Hamming distance ascending, then (with fine codes) the fine codes' distance,
-        then database index ascending (stable sort).
+        Ranking: Hamming distance ascending, then database index ascending (stable sort); with
+        fine codes the store's rule (:func:`~rsir_sdk.codes.fine_ranking_key`: near-duplicates
+        by fine distance first, then Hamming distance, then fine distance, then index).
         """
         keep = self.n_ranked if topk is None else min(topk, self.n_ranked)
         for rows, dist, rel in self.distance_chunks():
             if self.q_fine is not None and self.db_fine is not None:
                 fine_d = hamming_distances(self.q_fine[rows], self.db_fine)
-                # one key: (bits + 2) x (fine_bits + 1) < 2**31 for any valid lengths
-                key = dist.astype(np.int64) * (self.db_fine.shape[1] * 8 + 1) + fine_d
+                key = fine_ranking_key(dist, fine_d, self.db_fine.shape[1] * 8)
+                key[dist == self._sentinel] = np.iinfo(np.int64).max  # the query's own item last
                 order = np.argsort(key, axis=1, kind="stable")[:, :keep]
             else:
                 # distances fit uint16 (bits <= 32768, sentinel included): numpy then radix-sorts

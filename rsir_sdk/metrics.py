@@ -208,7 +208,7 @@ def precision_at_k(
 
     When ``k`` exceeds the (leave-one-out) database size ``n``, the denominator is ``n``.
     Arguments as in :func:`mean_average_precision` (``db_ids``: ties in the store's order;
-    ``fine``: ties by the fine codes' distance first).
+    ``fine``: the store's rule, :func:`~rsir_sdk.codes.fine_ranking_key`).
 
     >>> from rsir_sdk.codes import pack_codes
     >>> q = pack_codes(np.array([[0] * 8]))

@@ -56,8 +56,9 @@ class Retriever:
 
     Fine codes (issue 20, docs/runtime.md): when the bundle has one (``bundle.fine_bits``), a
     new collection keeps the fine code of every item beside its retrieval code, every write
-    encodes both in one forward pass, and searches rank each group of items at one retrieval
-    distance by the fine code's distance (most similar image first), or, with
+    encodes both in one forward pass, and searches put near-duplicates of the query first (the
+    same scene re-encoded, cropped, or stored under another retrieval code) and rank each group
+    of items at one retrieval distance by the fine code's distance (most similar image first), or, with
     ``mode="appearance"``, by the fine code alone. A collection filled before it keeps none:
     it is searched and written as before (rebuild it to rank by appearance).
 
@@ -178,7 +179,10 @@ class Retriever:
 
         ``mode`` (:data:`rsir_sdk.hits.SEARCH_MODES`): ``"default"`` ranks by the retrieval
         code's distance, then (bundle and collection with fine codes) the fine code's
-        distance (``Hit.fine_distance``), then the digest of the id; ``"appearance"`` by the
+        distance (``Hit.fine_distance``), then the digest of the id; with fine codes the
+        query's near-duplicates (fine distance within
+        :func:`~rsir_sdk.codes.near_duplicate_radius`, 12 of 128 bits) come first, by fine
+        distance, whatever their retrieval distance; ``"appearance"`` by the
         fine code alone (near-duplicates, the same place seen again; ``radius`` then applies
         to the fine distance, which is also ``Hit.distance``).
 

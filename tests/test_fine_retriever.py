@@ -22,7 +22,7 @@ pytest.importorskip("torch")
 
 from rsir_sdk import Bundle, Retriever, metrics  # noqa: E402
 from rsir_sdk.bundle import file_sha256  # noqa: E402
-from rsir_sdk.codes import hamming_distances, pack_codes  # noqa: E402
+from rsir_sdk.codes import hamming_distances, near_duplicate_radius, pack_codes  # noqa: E402
 from rsir_sdk.errors import BundleError, CollectionMismatchError, InvalidInputError  # noqa: E402
 from rsir_sdk.evaluate import evaluate_bundle  # noqa: E402
 from rsir_sdk.rasters import RasterRule  # noqa: E402
@@ -100,9 +100,12 @@ def test_same_file_and_jpeg_copy_come_back_first(filled, chosen, jpegs, tmp_path
     for hits, i in zip(same, ids):
         assert i in {h.id for h in hits if (h.distance, h.fine_distance) == (0, 0)}
     assert np.mean([hits[0].id == i for hits, i in zip(same, ids)]) >= 0.95
-    for hits in same + copies:  # order: retrieval distance, then fine distance
-        keys = [(h.distance, h.fine_distance) for h in hits]
-        assert all(h.fine_distance is not None for h in hits) and keys == sorted(keys)
+    near = near_duplicate_radius(r.bundle.fine_bits)
+    for hits in same + copies:  # near-duplicates by fine distance, then (distance, fine distance)
+        assert all(h.fine_distance is not None for h in hits)
+        keys = [(0, h.fine_distance, 0) if h.fine_distance <= near else
+                (1, h.distance, h.fine_distance) for h in hits]
+        assert keys == sorted(keys)
     rank1_fine = np.mean([hits[0].id == i for hits, i in zip(copies, ids)])
     assert rank1_fine >= 0.8, rank1_fine  # 0.88 measured
     # the same codes in a collection without fine codes: ties come back in digest order
@@ -115,8 +118,10 @@ def test_same_file_and_jpeg_copy_come_back_first(filled, chosen, jpegs, tmp_path
         rank1_plain = np.mean([hits[0].id == i for hits, i in zip(plain, ids)])
         # the tiny bundle's codes collapse: digest order rarely puts the original first
         assert rank1_plain < rank1_fine, (rank1_plain, rank1_fine)
-        # same distances, only the order inside tie groups differs
-        assert [[h.distance for h in a] for a in plain] == [[h.distance for h in b] for b in copies]
+        # a query with no near-duplicate gets the same distances: only the order inside ties
+        # differs (a near-duplicate moves ahead whatever its distance)
+        alike = [(a, b) for a, b in zip(plain, copies) if all(h.fine_distance > near for h in b)]
+        assert alike and all([h.distance for h in a] == [h.distance for h in b] for a, b in alike)
         with pytest.raises(CollectionMismatchError):
             old.search(jpegs[0], mode="appearance")
         # an old collection takes new writes as before (fine codes are not written there)

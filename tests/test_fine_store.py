@@ -33,6 +33,8 @@ from rsir_sdk.store.keys import digest
 from testing.store_baseline import collection_names, row_count
 
 N_TIED, N_FREE = 300, 60
+#: the near-duplicate radius of 128-bit fine codes (docs/similar.md), written out: the reference
+NEAR = 12
 
 
 def _data(seed: int = 0) -> dict:
@@ -60,7 +62,8 @@ def _data(seed: int = 0) -> dict:
 
 def brute(data: dict, qc, qf, k: int, *, mode: str = "default", allowed=None,
           radius: int | None = None) -> list[str]:
-    """The documented order over the allowed items: (d, fine d, digest) or (fine d, digest)."""
+    """The documented order over the allowed items: near-duplicates (fine d <= 12 of 128) by
+    (fine d, digest), then the rest by (d, fine d, digest); or, appearance, (fine d, digest)."""
     d = hamming_distances(np.asarray(qc)[None], data["codes"])[0] if qc is not None else None
     fd = hamming_distances(np.asarray(qf)[None], data["fine"])[0]
     ids = data["ids"]
@@ -70,7 +73,7 @@ def brute(data: dict, qc, qf, k: int, *, mode: str = "default", allowed=None,
         idx.sort(key=lambda i: (fd[i], digest(ids[i])))
     else:
         idx = [i for i in idx if radius is None or d[i] <= radius]
-        idx.sort(key=lambda i: (d[i], fd[i], digest(ids[i])))
+        idx.sort(key=lambda i: (fd[i] > NEAR, d[i] if fd[i] > NEAR else 0, fd[i], digest(ids[i])))
     return [ids[i] for i in idx[:k]]
 
 
@@ -139,7 +142,7 @@ def test_a_big_tie_group_is_not_read_whole(lite):
     store.search_stats.clear()
     got = store.search(qc, k=5, fine=qf)
     stats = {name: n for name, n in store.search_stats.items() if n}
-    assert stats == {"own_code_searches": 3}
+    assert stats == {"own_code_searches": 3, "near_searches": 1}
     off = qc.copy()
     off[:, 0] ^= 1  # a bit away from the item's code: no item holds it
     store.search_stats.clear()
@@ -243,6 +246,42 @@ def test_filters_with_fine_ranking(lite):
                 passing = {h.id for h in store.search(qc[i : i + 1], k=400, geo=geo)[0]}
                 assert passing and len(passing) < len(data["ids"])
                 assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], k, allowed=passing)
+
+
+def test_near_duplicates_come_first_whatever_their_retrieval_code(lite):
+    """Item 331 is item 30's scene (fine code 1 bit off) stored under another retrieval code (as
+    AHCL's learned codes or an int8 encoder can store it): searched with item 30's codes it comes
+    second, right after item 30, ahead of the 99 items tied with 30 at distance 0, with its own
+    retrieval distance; a radius that excludes it, a filter that excludes it, or a place
+    filter that keeps it are obeyed; the appearance mode is unchanged."""
+    store, data = lite
+    qc, qf = data["codes"][[30, 31]], data["fine"][[30, 31]]
+    d331 = int(hamming_distances(qc[:1], data["codes"][331:332])[0, 0])
+    assert d331 > 0  # a random code: by retrieval distance alone it is far behind the tie group
+    for k in (1, 2, 5, 120):
+        got = store.search(qc, k=k, fine=qf)
+        for i in range(2):
+            assert [h.id for h in got[i]] == brute(data, qc[i], qf[i], k)
+        assert got[0][0].id == data["ids"][30] and got[0][0].fine_distance == 0
+        if k > 1:
+            h = got[0][1]
+            assert (h.id, h.distance, h.fine_distance, h.label) == (data["ids"][331], d331, 1, "free")
+            assert h.footprint is not None
+        assert data["ids"][331] not in [h.id for h in got[1]]  # item 31 has no near-duplicate
+    lean = store.search_ids(qc[:1], k=3, fine=qf[:1])[0]
+    assert lean.ids == brute(data, qc[0], qf[0], 3) and lean.distances[1] == d331
+    within = store.search(qc[:1], k=5, fine=qf[:1], radius=d331 - 1)[0]
+    assert data["ids"][331] not in [h.id for h in within]
+    assert [h.id for h in within] == brute(data, qc[0], qf[0], 5, radius=d331 - 1)
+    tied = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L0"}
+    got = store.search(qc[:1], k=5, fine=qf[:1], filter={"label": "L0"})[0]
+    assert [h.id for h in got] == brute(data, qc[0], qf[0], 5, allowed=tied)
+    lon, lat = data["lonlat"][331]
+    geo = GeoFilter.of(near=(float(lon), float(lat), 400_000.0))
+    passing = {h.id for h in store.search(qc[:1], k=400, geo=geo)[0]}
+    got = store.search(qc[:1], k=4, fine=qf[:1], geo=geo)[0]
+    assert data["ids"][331] in passing and [h.id for h in got] == brute(data, qc[0], qf[0], 4,
+                                                                        allowed=passing)
 
 
 def test_appearance_mode_and_radius(lite):
@@ -437,6 +476,9 @@ def test_fine_ranking_on_a_server(server_uri, tmp_path):
         assert store.search_stats.get("range_searches", 0) == 0
         assert store.search_stats["codebook_searches"] >= 1
         assert store.search_stats["own_code_searches"] >= 1  # k=5: the tied items' own codes
+        near = store.search(data["codes"][[30]], k=3, fine=data["fine"][[30]])[0]
+        assert [h.id for h in near] == brute(data, data["codes"][30], data["fine"][30], 3)
+        assert near[1].id == data["ids"][331] and near[1].fine_distance == 1  # near-duplicate
         got = store.search(qc, k=4, fine=qf, filter={"label": "L2"})
         l2 = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L2"}
         for i in range(len(qc)):

@@ -452,3 +452,26 @@ def test_db_ids_must_name_each_database_item():
         mean_average_precision(QUERIES, QUERY_LABELS, DB, DB_LABELS, db_ids=["a", "b"])
     with pytest.raises(ValueError, match="one id per database code"):
         precision_at_k(QUERIES, QUERY_LABELS, DB, DB_LABELS, 2, db_ids="abcde")
+
+
+def test_fine_codes_put_near_duplicates_first_then_break_ties():
+    """With ``fine=`` the ranking is the store's (codes.fine_ranking_key): an item whose fine
+    code lies within the near-duplicate radius (12 of 128 bits) comes first whatever its
+    retrieval distance; the rest by (distance, fine distance). By hand, query all-zero:
+      item:        0    1    2    3
+      d:           0    0    0    5
+      fine d:     40   20   30    3
+      label:       B    A    B    A      ranking 3, 1, 2, 0 -> relevances A: 1, 1, 0, 0."""
+    db = codes_at_distance(0, 0, 0, 5)
+    fine_q = np.zeros((1, 16), np.uint8)
+    fine_db = pack_codes(np.array([[1] * f + [0] * (128 - f) for f in (40, 20, 30, 3)]))
+    labels = ["B", "A", "B", "A"]
+    with_fine = mean_average_precision(ZERO, ["A"], db, labels, fine=(fine_q, fine_db))
+    assert with_fine == pytest.approx(1.0)
+    # without fine codes: ties by index (0, 1, 2), item 3 last -> B A B A
+    assert mean_average_precision(ZERO, ["A"], db, labels) == pytest.approx((1 / 2 + 2 / 4) / 2)
+    # a fine distance past the radius (13) keeps item 3 behind the ties, now ordered by fine
+    # distance (1, 2, 0) -> A B B A
+    far = pack_codes(np.array([[1] * f + [0] * (128 - f) for f in (40, 20, 30, 13)]))
+    assert mean_average_precision(ZERO, ["A"], db, labels, fine=(fine_q, far)) == pytest.approx(
+        (1 / 1 + 2 / 4) / 2)

@@ -212,3 +212,17 @@ def test_resumed_selection_chooses_the_same_model(sample, selected, tmp_path, sh
     assert np.array_equal(resumed.V, full.V)
     assert resumed.metrics["map_query_vs_learned_db"] == pytest.approx(
         full.metrics["map_query_vs_learned_db"], abs=1e-9)
+
+
+def test_candidates_without_selection_are_named_in_one_warning(sample, caplog):
+    """--candidates on a run that does not select (here a hand-set schedule) trains as given
+    and says, in one line, that the candidates were not used and why."""
+    arch, split = sample
+    cfg = tiny_config(bits=16, outer=1, inner=1, lr_steps=(), candidates=("auto", "short"))
+    assert not cfg.selects
+    with caplog.at_level("WARNING", logger="rsir_train.ahcl.trainer"):
+        result = train_ahcl(arch, split, cfg)
+    lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert lines == ["candidates auto,short not used: this run does not select (a schedule or "
+                     "its values were set by hand, or --select off)"]
+    assert not result.selection and len(result.history) == 1

@@ -355,9 +355,11 @@ class MilvusCodeStore:
         faster on codes with many duplicates (trained, class-like codes at scale).
 
         ``fine`` (the queries' fine codes, ``uint8 (n, fine_bits/8)``) on a collection that keeps
-        fine codes: each distance's items come back most similar first, by (distance, fine
-        distance, digest; exact whatever ``exact_ties`` says, and big tie groups are not read
-        whole); ``Hit.fine_distance`` is set. Without it, or on a collection that keeps none,
+        fine codes: the query's near-duplicates first (fine distance within
+        :func:`~rsir_sdk.codes.near_duplicate_radius`, by fine distance, whatever their
+        retrieval distance, within ``radius`` when given), then each distance's items most
+        similar first, by (distance, fine distance, digest; exact whatever ``exact_ties`` says,
+        and big tie groups are not read whole); ``Hit.fine_distance`` is set. Without it, or on a collection that keeps none,
         today's order. ``mode="appearance"``: by the fine code alone (``fine``
         required, ``codes`` may be ``None``; ``distance`` = ``fine_distance``, ``radius``
         applies to it); refused by a collection without fine codes (:mod:`.finerank`).

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ..codes import NEAR_DUPLICATE_RADIUS, near_duplicate_radius
 from ..errors import CollectionMismatchError, StoreError
 from ..geo import GeoFilter
 from . import fine, keys, place, values
@@ -30,9 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .collection import MilvusCodeStore
 
 #: the default radius (inclusive, in bits of a 128-bit fine code) within which two items are
-#: near-duplicates, measured by benchmarks/similar.py (docs/similar.md, "The duplicates
-#: radius"): 12 keeps 0.97-0.98 of JPEG q70 and brightened copies with their original on nwpu12
-DEFAULT_DUPLICATE_RADIUS = 12
+#: near-duplicates: the one the default search ranking puts first too
+#: (:data:`rsir_sdk.codes.NEAR_DUPLICATE_RADIUS`, where its measurement is cited)
+DEFAULT_DUPLICATE_RADIUS = NEAR_DUPLICATE_RADIUS
 #: queries per range-search request
 QUERY_BATCH = 100
 #: the first range search's limit per query: Milvus Lite's cost grows with the limit (100
@@ -43,7 +44,7 @@ FIRST_LIMIT = 256
 
 def default_radius(fine_bits: int) -> int:
     """:data:`DEFAULT_DUPLICATE_RADIUS` scaled to a fine code of ``fine_bits`` bits."""
-    return max(0, round(DEFAULT_DUPLICATE_RADIUS * fine_bits / 128))
+    return near_duplicate_radius(fine_bits)
 
 
 def duplicates(store: "MilvusCodeStore", radius: int | None, filter: Any,

@@ -28,6 +28,17 @@ The default ranking, per query (batched over queries, as :mod:`.topk` does):
    codes and the places left share one request.
    The mirror holds the main collection's fields, so these hits come with theirs.
 
+3. **Near-duplicates first**: the mirror's exact top-k by (fine distance, pk) within the
+   near-duplicate radius (:func:`rsir_sdk.codes.near_duplicate_radius`: 12 bits of 128), one
+   request per batch of queries under the same filter, each hit's retrieval distance computed
+   from its ``code_key``: these lead the list, the ranked items follow (without them). Why: the
+   same scene stored under another retrieval code (AHCL's learned codes V, which need not equal
+   the network's code for that image; an int8 encoder; a re-encoded copy) sits a few bits
+   away while a whole class ties nearer, and no order that keeps the retrieval distance first
+   can bring it back (``benchmarks/similar.py``, learned rows: the same file at rank 1 for 0.944
+   of nwpu12 AHCL 32 queries before this step). The in-memory rule is
+   :func:`rsir_sdk.codes.fine_ranking_key`. ``search_stats["near_searches"]`` counts it.
+
 A ``near`` place filter (an exact great-circle test after the engine's box) reads the group at
 ``dk`` whole (:func:`.topk._all_at`) and orders it here. So does a ``dk`` with more than
 :data:`MAX_CODE_KEYS` distinct codes (random-like codes; their groups are small).
@@ -51,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..codes import as_packed, hamming_distances
+from ..codes import as_packed, hamming_distances, near_duplicate_radius
 from ..errors import CollectionMismatchError, InvalidInputError
 from ..hits import SEARCH_MODES
 from . import fine, keys, place, topk
@@ -121,8 +132,60 @@ def run(store: "MilvusCodeStore", q: np.ndarray | None, fq: np.ndarray,
     out: list[list[Found]] = []
     step = searching.query_step(max(request.k, MIN_LIMIT // 2))
     for start in range(0, q.shape[0], step):
-        out += _default(store, q[start : start + step], fq[start : start + step], request)
+        part = slice(start, start + step)
+        out += _near_first(store, q[part], fq[part], request,
+                           _default(store, q[part], fq[part], request))
     return out
+
+
+def _near_first(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
+                request: searching.SearchRequest, ranked: list[list[Found]]) -> list[list[Found]]:
+    """Step 3: the near-duplicates first. The mirror's exact top-k by (fine distance, pk)
+    within :func:`~rsir_sdk.codes.near_duplicate_radius` (one request for the batch, under the
+    same filter and place), each hit's retrieval distance computed from its ``code_key``; they
+    lead each query's list (those within ``radius``, when one is given), the ranked items follow.
+    Why: an item of the same scene whose retrieval code differs from the query's (AHCL's learned
+    codes, an int8 encoder, a re-encoded copy) can sit behind a whole class at a smaller
+    distance; the rule is :func:`~rsir_sdk.codes.fine_ranking_key`, the in-memory reference."""
+    conn, name, stats, bits = store._conn, store.collection, store.search_stats, store.bits
+    assert store.fine_bits is not None
+    within = near_duplicate_radius(store.fine_bits)
+    msearch, mfetch, expr, fields = searching.calls(
+        conn, fine.mirror(name), replace(request, params={}), "fine", extra=(CODE_KEY,))
+    data, k, geo = [row.tobytes() for row in fq], request.k, request.geo
+    sub: dict[str, int] = {}
+    if geo is not None and geo.near is not None:
+        near = place.near_topk(msearch, mfetch, data, k, expr, within, fields, sub, True,
+                               place.keeper(geo))
+    else:
+        near = topk.exact_topk(msearch, mfetch, data, k, expr, within, fields, sub)
+    stats["near_searches"] = stats.get("near_searches", 0) + sub.get("searches", 0)
+    stats["fine_range_searches"] = stats.get("fine_range_searches", 0) + sub.get("range_searches", 0)
+    out = []
+    for qi, (row, dups) in enumerate(zip(ranked, near)):
+        first = [_with_retrieval_distance(f, q[qi], bits) for f in dups]
+        if request.radius is not None:
+            first = [f for f in first if f.distance <= request.radius]
+        seen = {f.pk for f in first}
+        out.append((first + [f for f in row if f.pk not in seen])[:k] if first else row)
+    return out
+
+
+#: the mirror's field holding each item's retrieval code as a key (:func:`.fine.code_keys`)
+CODE_KEY = "code_key"
+
+
+def _with_retrieval_distance(hit: Found, q: np.ndarray, bits: int) -> Found:
+    """A mirror hit (its distance is the fine code's) as a ranked item: the retrieval distance
+    from its ``code_key``, the fine distance in ``fine``, ``code_key`` dropped from its fields."""
+    entity = dict(hit.entity or {"id": hit.id})
+    key = entity.pop(CODE_KEY, None)
+    if isinstance(key, str):
+        code = np.frombuffer(bytes.fromhex(key), np.uint8)
+    else:
+        code = np.array([int(key or 0)], ">i8").view(np.uint8)[: bits // 8]
+    d = int(hamming_distances(q[None, :], code[None, :])[0, 0])
+    return Found(hit.pk, hit.id, d, entity, hit.distance)
 
 
 def _default(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,

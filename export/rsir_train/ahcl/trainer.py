@@ -484,6 +484,14 @@ def train_ahcl(
         resolved, V, history, seconds, devices, selection = select_model(
             ctx, config, work_dir, resume, emit)
     else:
+        if config.candidates is not None:  # asked for, but nothing is chosen: say so, once
+            why = ("a schedule or its values were set by hand, or --select off"
+                   if not config.selects else
+                   f"its train side has {len(ctx.y_db)} images (selection runs under "
+                   f"{SMALL_ARCHIVE} unless --select on)" if not small else
+                   "no class has an image to hold out for validation")
+            log.warning("candidates %s not used: this run does not select (%s)",
+                        ",".join(config.candidates), why)
         ckpt = Path(work_dir) / CHECKPOINT_FILE if work_dir else None
         st = run_schedule(ctx, resolved, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), ckpt,
                           resume, emit)
