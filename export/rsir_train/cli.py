@@ -59,6 +59,23 @@ def bits_type(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _fine_code(text: str) -> Any:
+    """``--fine-code pca``, ``split``, ``pca:128``, ``split:256`` as a ``FineCodeConfig``."""
+    from .fine_code import FineCodeConfig
+
+    kind, _, bits = text.strip().partition(":")
+    default = {"pca": 128, "split": 256}
+    if kind not in default or (bits and not bits.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be pca or split, optionally :BITS (e.g. split:256), "
+                                         f"got {text!r}")
+    n = int(bits) if bits else default[kind]
+    step = 32 if kind == "split" else 8
+    if n < step or n % step:
+        raise argparse.ArgumentTypeError(f"{kind} fine codes take a positive multiple of {step} "
+                                         f"bits, got {n}")
+    return FineCodeConfig(kind, n)
+
+
 def _candidates(text: str) -> tuple[str, ...]:
     from .ahcl.config import CANDIDATES  # imports torch: only when the flag is given
 
@@ -112,6 +129,10 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
     p.add_argument("--no-cache", action="store_true", help="do not cache features on disk")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (reported) instead of stopping")
+    p.add_argument("--fine-code", type=_fine_code, default=None, metavar="KIND[:BITS]",
+                   help="the bundle's fine code (issue 20, docs/similar.md): pca:128 (default: "
+                        "PCA-sign of the pooled features) or split:256 (the pooled features "
+                        "and two colour thumbnails: meets eurosat's JPEG and crop bars)")
     p.add_argument("--results", help="merge result records of this run into this JSON list "
                                      "(docs/results.json)")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -161,6 +161,12 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _fine(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"fine": FineCodeConfig}`` when ``--fine-code`` was given, else nothing (the default)."""
+    fine = getattr(args, "fine_code", None)
+    return {} if fine is None else {"fine": fine}
+
+
 def train(args: argparse.Namespace) -> int:
     """``rsir train ahcl|milan|itq``: train, write the bundle, then evaluate / index / record."""
     if args.threads:
@@ -176,7 +182,7 @@ def train(args: argparse.Namespace) -> int:
             args.data, args.out, ahcl_config(args), split_file=args.split_file,
             protocol=args.protocol, skip_corrupt=args.skip_corrupt, work_dir=args.work_dir,
             resume=args.resume, progress=_printer(args.quiet), extra_training=extra,
-            with_data=True,
+            with_data=True, **_fine(args),
         )
         cache = ""
     elif args.method == "itq":
@@ -185,7 +191,7 @@ def train(args: argparse.Namespace) -> int:
         result, manifest, data = train_itq_bundle(
             args.data, args.out, itq_config(args), labels=args.labels,
             split_file=args.split_file, protocol=args.protocol, skip_corrupt=args.skip_corrupt,
-            progress=_printer(args.quiet), extra_training=extra,
+            progress=_printer(args.quiet), extra_training=extra, **_fine(args),
         )
         cache = f", features {result.feature_cache}"
     else:
@@ -194,7 +200,7 @@ def train(args: argparse.Namespace) -> int:
         result, manifest, data = train_milan_bundle(
             args.data, args.out, milan_config(args), split_file=args.split_file,
             protocol=args.protocol, skip_corrupt=args.skip_corrupt,
-            progress=_printer(args.quiet), extra_training=extra,
+            progress=_printer(args.quiet), extra_training=extra, **_fine(args),
         )
         cache = f", features {result.feature_cache}"
     if not args.quiet:

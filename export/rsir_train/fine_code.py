@@ -38,16 +38,20 @@ from .baselines import fit_itq
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FINE_KINDS", "FineCode", "FineCodeConfig", "FineCodeHead", "attach_fine_code",
+__all__ = ["BUNDLE_FINE_KINDS", "DEFAULT_FINE_CODE", "FINE_KINDS", "FineCode", "FineCodeConfig", "FineCodeHead", "attach_fine_code",
            "fit_fine_code"]
 
 #: the kinds of fine code :func:`fit_fine_code` fits
 FINE_KINDS = ("itq", "pca", "lsh")
+#: the kinds a bundle's fine code may be (:func:`attach_fine_code`): those, and ``"split"``,
+#: the pooled features and two colour thumbnails (:mod:`rsir_train.fine_split`)
+BUNDLE_FINE_KINDS = FINE_KINDS + ("split",)
 
 
 @dataclass(frozen=True)
 class FineCodeConfig:
-    """What fine code to fit: ``kind`` (one of :data:`FINE_KINDS`), ``bits`` (a multiple of 8),
+    """What fine code to fit: ``kind`` (one of :data:`FINE_KINDS`; :func:`attach_fine_code` also
+    takes ``"split"``, :mod:`rsir_train.fine_split`), ``bits`` (a multiple of 8),
     L2 normalisation of the pooled features first (cosine geometry), ITQ iterations, seed.
 
     The defaults are the measured choice (``docs/similar.md``): PCA-sign, 128 bits."""
@@ -57,6 +61,10 @@ class FineCodeConfig:
     l2_normalize: bool = True
     iterations: int = 50
     seed: int = 0
+
+
+#: the fine code bundles get unless told otherwise (``--fine-code``)
+DEFAULT_FINE_CODE = FineCodeConfig()
 
 
 @dataclass(frozen=True)
@@ -205,50 +213,96 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
     for those images), so that ``add_learned_codes`` writes both codes without encoding.
     """
     train_idx, _ = data.indices()
+    split = config.kind == "split"
+    thumbs: np.ndarray | None = None
     if features is None:
-        features = _pooled(contents, data, train_idx)
+        features, thumbs, size = _pooled(contents, data, train_idx, split)
         source = "pooled features of the exported network"
     else:
         source = "pooled features of the frozen backbone"
+        if split:
+            thumbs, size = _thumbnails(contents, data, train_idx)
     x = np.asarray(features, dtype=np.float32)
     try:
-        cfg = dataclasses.replace(config, bits=_usable_bits(config.bits, config, x))
+        if split:
+            from .fine_split import fit_split
+
+            assert thumbs is not None
+            code: Any = fit_split(x, thumbs, config.bits, size[0], size[1], _usable_bits)
+        else:
+            cfg = dataclasses.replace(config, bits=_usable_bits(config.bits, config, x))
+            code = fit_fine_code(x, cfg)
     except ValueError as exc:  # a tiny archive: the bundle works without one (Encoder.fine_bits None)
         log.warning("no fine code in this bundle: %s", exc)
         return contents
-    code = fit_fine_code(x, cfg)
     name = getattr(data.archive, "name", "") or "archive"
     fitted_on = f"train side of {name}: {len(x)} images, {source} (no labels)"
+    if split:
+        fitted_on += " and 16 x 16 colour thumbnails of the input"
     code = dataclasses.replace(code, fitted_on=fitted_on)
     database = contents.database
     if database is not None:
-        database = {**database, "fine": _database_fine(contents, data, train_idx, x, code)}
+        database = {**database, "fine": _database_fine(contents, data, train_idx, (x, thumbs),
+                                                       code)}
     return dataclasses.replace(contents, fine_code=code, database=database)
 
 
-def _pooled(contents: Any, data: Any, indices: np.ndarray) -> np.ndarray:
+def _pooled(contents: Any, data: Any, indices: np.ndarray, thumbs: bool = False
+            ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     """Pooled features of the archive's ``indices`` by one pass of ``contents.net`` (the tap
-    the graph's fine head uses), in chunks of 256 images."""
+    the graph's fine head uses), in chunks of 256 images; with ``thumbs`` also their 16 x 16
+    thumbnails (:mod:`.fine_split`) from the same decoded images; and the input size."""
     from .features import load_prepared
     from .onnx_export import pooled_outputs
 
-    parts = [pooled_outputs(contents.net, contents.normalize,
-                            load_prepared(data.archive, indices[s:s + 256], contents.preprocess))
-             for s in range(0, len(indices), 256)]
-    return np.concatenate(parts)
+    feats, thumb_parts, size = [], [], (0, 0)
+    for s in range(0, len(indices), 256):
+        images = load_prepared(data.archive, indices[s:s + 256], contents.preprocess)
+        size = (int(images.shape[1]), int(images.shape[2]))
+        feats.append(pooled_outputs(contents.net, contents.normalize, images))
+        if thumbs:
+            thumb_parts.append(_thumbs_of(images))
+    return (np.concatenate(feats), np.concatenate(thumb_parts) if thumbs else None, size)
 
 
-def _database_fine(contents: Any, data: Any, train_idx: np.ndarray, x: np.ndarray,
-                   code: FineCode) -> np.ndarray:
+def _thumbs_of(images: np.ndarray) -> np.ndarray:
+    """16 x 16 thumbnails ``(n, 768)`` of prepared uint8 images, as the graph computes them."""
+    from .fine_split import Thumbnails
+
+    module = Thumbnails(int(images.shape[1]), int(images.shape[2]))
+    with torch.no_grad():
+        return module(torch.as_tensor(np.ascontiguousarray(images))).numpy()
+
+
+def _thumbnails(contents: Any, data: Any, indices: np.ndarray
+                ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Thumbnails of the archive's ``indices`` (a pass that decodes the images only: methods
+    whose pooled features are cached) and the input size."""
+    from .features import load_prepared
+
+    parts, size = [], (0, 0)
+    for s in range(0, len(indices), 256):
+        images = load_prepared(data.archive, indices[s:s + 256], contents.preprocess)
+        size = (int(images.shape[1]), int(images.shape[2]))
+        parts.append(_thumbs_of(images))
+    return np.concatenate(parts), size
+
+
+def _database_fine(contents: Any, data: Any, train_idx: np.ndarray,
+                   train_side: tuple[np.ndarray, np.ndarray | None], code: Any) -> np.ndarray:
     """Packed fine codes of the bundle's database images, in the database's order: from the
-    train side's features ``x`` when the database is the train side (AHCL), else from a pass
-    of the network over the database images."""
+    train side's features (and thumbnails) when the database is the train side (AHCL), else
+    from a pass of the network over the database images."""
+    x, thumbs = train_side
+    split = thumbs is not None
     ids = [str(i) for i in contents.database["ids"]]
     items = data.archive.items
     row = {items[int(i)].id: r for r, i in enumerate(train_idx)}
     if all(i in row for i in ids):
-        feats = x[[row[i] for i in ids]]
+        rows = [row[i] for i in ids]
+        feats, db_thumbs = x[rows], (thumbs[rows] if thumbs is not None else None)
     else:
         where = {it.id: n for n, it in enumerate(items)}
-        feats = _pooled(contents, data, np.asarray([where[i] for i in ids], dtype=np.int64))
-    return code.codes(feats)
+        feats, db_thumbs, _ = _pooled(contents, data, np.asarray([where[i] for i in ids],
+                                                                 dtype=np.int64), split)
+    return code.codes(feats, db_thumbs) if split else code.codes(feats)

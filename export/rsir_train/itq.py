@@ -43,7 +43,7 @@ from .baselines import fit_itq
 from .dataset import check_images
 from .errors import DataError, MissingLabelError
 from .features import Normalize, pooled_features
-from .fine_code import attach_fine_code
+from .fine_code import DEFAULT_FINE_CODE, FineCodeConfig, attach_fine_code
 from .pipeline import BundleContents, TrainingData, prepare_data, training_record, write_trained_bundle
 from .trainer import Progress, default_device, no_progress
 
@@ -221,6 +221,7 @@ def itq_contents(result: ITQResult, data: TrainingData,
 def train_itq_bundle(data: str | os.PathLike, out_dir: str | os.PathLike, config: ITQConfig, *,
                      labels: str = "auto", progress: Progress | None = None,
                      extra_training: Mapping[str, Any] | None = None,
+                     fine: FineCodeConfig = DEFAULT_FINE_CODE,
                      **split: Any) -> tuple[ITQResult, dict[str, Any], TrainingData]:
     """Archive → (split) → cached features → ITQ → bundle at ``out_dir``.
 
@@ -232,6 +233,6 @@ def train_itq_bundle(data: str | os.PathLike, out_dir: str | os.PathLike, config
     result = train_itq(prepared.archive, train_idx, config, query_indices=query_idx,
                        progress=progress)
     contents = attach_fine_code(itq_contents(result, prepared, extra_training), prepared,
-                                result.train_features)
+                                result.train_features, fine)
     manifest = write_trained_bundle(out_dir, contents, prepared)
     return result, manifest, prepared

@@ -38,6 +38,7 @@ from torch import nn
 
 from .features import Normalize
 from .fine_code import FineCode, FineCodeHead
+from .fine_split import SplitFineCode, SplitFineCodeHead
 
 OPSET = 17
 #: the graph output holding the packed fine codes
@@ -98,12 +99,18 @@ class ImageHashEncoder(nn.Module):
     fitted :class:`~rsir_train.fine_code.FineCode` is given; the module that is exported."""
 
     def __init__(self, net: nn.Module, normalize: Normalize, bits: int, threshold: float = 0.0,
-                 fine: FineCode | None = None):
+                 fine: FineCode | SplitFineCode | None = None):
         super().__init__()
         self.net = net
         self.normalize = normalize
         self.pack = PackBits(bits, threshold)
-        self.fine_head = FineCodeHead(fine) if fine is not None else None
+        #: the split fine code (:mod:`.fine_split`) also reads the uint8 input (its thumbnails)
+        self.fine_reads_images = isinstance(fine, SplitFineCode)
+        self.fine_head: nn.Module | None = None
+        if isinstance(fine, SplitFineCode):
+            self.fine_head = SplitFineCodeHead(fine)
+        elif fine is not None:
+            self.fine_head = FineCodeHead(fine)
         self.fine_pack = PackBits(fine.bits, 0.0) if fine is not None else None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -114,7 +121,9 @@ class ImageHashEncoder(nn.Module):
             return u, self.pack(u)
         out, pooled = _run_tapped(self.net, x)
         u = out[0] if isinstance(out, (tuple, list)) else out
-        return u, self.pack(u), self.fine_pack(self.fine_head(pooled))
+        fine_u = (self.fine_head(pooled, images) if self.fine_reads_images
+                  else self.fine_head(pooled))
+        return u, self.pack(u), self.fine_pack(fine_u)
 
 
 def pooled_outputs(net: nn.Module, normalize: Normalize, images: Any,
@@ -132,11 +141,14 @@ def pooled_outputs(net: nn.Module, normalize: Normalize, images: Any,
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def fine_metadata(fine: FineCode) -> dict[str, str]:
+def fine_metadata(fine: FineCode | SplitFineCode) -> dict[str, str]:
     """The fine code's facts as ``metadata_props`` entries (the manifest gets the same)."""
-    record = {"kind": fine.kind, "bits": int(fine.bits), "threshold": 0.0, "bit_order": "big",
-              "l2_normalize": bool(fine.l2_normalize), "fitted_on": fine.fitted_on,
-              "output": FINE_OUTPUT}
+    record: dict[str, Any] = {
+        "kind": fine.kind, "bits": int(fine.bits), "threshold": 0.0, "bit_order": "big",
+        "l2_normalize": bool(fine.l2_normalize), "fitted_on": fine.fitted_on,
+        "output": FINE_OUTPUT}
+    if isinstance(fine, SplitFineCode):
+        record["parts"] = fine.describe()
     return {"rsir.fine_code": json.dumps(record), "rsir.fine_bits": str(int(fine.bits)),
             "rsir.fine_kind": fine.kind, "rsir.fine_output": FINE_OUTPUT}
 
@@ -150,7 +162,7 @@ def export_onnx(
     threshold: float = 0.0,
     doc: str = "",
     fold_pads: bool = True,
-    fine: FineCode | None = None,
+    fine: FineCode | SplitFineCode | None = None,
 ) -> onnx.ModelProto:
     """Export ``net`` (returning ``u`` or ``(u, logits)``) with preprocessing and packing inside.
 
@@ -197,7 +209,8 @@ def export_onnx(
 
 
 def torch_outputs(net: nn.Module, normalize: Normalize, bits: int, images: Any,
-                  threshold: float = 0.0, fine: FineCode | None = None) -> tuple[Any, ...]:
+                  threshold: float = 0.0, fine: FineCode | SplitFineCode | None = None
+                  ) -> tuple[Any, ...]:
     """The exported module's outputs computed in torch (numpy in, numpy out), for comparisons:
     ``(embedding, codes)``, plus ``fine_codes`` when ``fine`` is given."""
     enc = ImageHashEncoder(net, normalize, bits, threshold, fine).eval().cpu()

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from rsir_sdk.codes import pack_codes
 
-from ..fine_code import attach_fine_code
+from ..fine_code import DEFAULT_FINE_CODE, FineCodeConfig, attach_fine_code
 from ..pipeline import BundleContents, TrainingData, train_bundle, training_record
 from ..trainer import Progress
 from .trainer import AHCLConfig, AHCLResult, train_ahcl
@@ -78,6 +78,7 @@ def train_ahcl_bundle(
     progress: Progress | None = None,
     extra_training: Mapping[str, Any] | None = None,
     with_data: bool = False,
+    fine: FineCodeConfig = DEFAULT_FINE_CODE,
     **split: Any,
 ) -> Any:
     """The whole job: archive → checked images → split → AHCL training → bundle at ``out_dir``.
@@ -92,6 +93,7 @@ def train_ahcl_bundle(
         data, out_dir, seed=config.seed, **{"protocol": "80-20", **split},
         train=lambda d: train_ahcl(d.archive, d.split, config, work_dir=work, resume=resume,
                                    progress=progress),
-        contents=lambda r, d: attach_fine_code(ahcl_contents(r, d, extra_training), d),
+        contents=lambda r, d: attach_fine_code(ahcl_contents(r, d, extra_training), d,
+                                               config=fine),
     )
     return (result, manifest, data_) if with_data else (result, manifest)

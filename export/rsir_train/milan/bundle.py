@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from rsir_sdk.splits import Split
 
-from ..fine_code import attach_fine_code
+from ..fine_code import DEFAULT_FINE_CODE, FineCodeConfig, attach_fine_code
 from ..pipeline import BundleContents, TrainingData, train_bundle, training_record
 from ..trainer import Progress
 from .model import CODE_THRESHOLD
@@ -65,6 +65,7 @@ def train_milan_bundle(
     *,
     progress: Progress | None = None,
     extra_training: Mapping[str, Any] | None = None,
+    fine: FineCodeConfig = DEFAULT_FINE_CODE,
     **split: Any,
 ) -> tuple[MilanResult, dict[str, Any], TrainingData]:
     """The whole job: archive → checked images → split → features → head → bundle at ``out_dir``.
@@ -76,5 +77,6 @@ def train_milan_bundle(
     return train_bundle(
         data, out_dir, seed=config.params.seed, **{"protocol": "60-40", **split},
         train=lambda d: train_milan(d.archive, d.split, config, progress=progress),
-        contents=lambda r, d: attach_fine_code(milan_contents(r, d, extra_training), d),
+        contents=lambda r, d: attach_fine_code(milan_contents(r, d, extra_training), d,
+                                               config=fine),
     )

@@ -1,0 +1,179 @@
+"""The split fine code (issue 20): pooled features and two colour thumbnails, one code.
+
+Why: the fine code of :mod:`rsir_train.fine_code` (PCA-sign of the pooled features) misses
+eurosat's changed copies (JPEG q70 0.69, a 90 % crop 0.94 in the appearance mode) because the
+pooled features themselves move under those changes. A small colour thumbnail of the input keeps
+each block's mean through JPEG, and with its mean colour removed it ignores a brightness change;
+averaged over its four 90-degree rotations it is exactly invariant to a rotation of a square
+input. ``export/scripts/fine_descriptors.py`` measured the split ``avg | t8 | t16r`` (64 bits of
+the pooled features + 64 of an 8 x 8 thumbnail + 128 of a rotation-averaged 16 x 16 one, each
+part its own PCA-sign code, one Hamming distance over the 256 bits) meeting every changed-copy bar
+on both archives (docs/similar.md).
+
+How the graph computes it (every step linear until a norm and a sign, so it exports to a few
+small ops beside the backbone)::
+
+    images (uint8, N x H x W x 3) ─► t16 = Ph · image · Pwᵀ per channel (box averages, 3 x 16 x 16)
+    t8   = M8 · t16    (2 x 2 box average, overall mean removed)     ─► x / (|x| + 1) ─► PCA ─► 64
+    t16r = M16r · t16  (overall mean removed, mean of 4 rotations)  ─► x / (|x| + 1) ─► PCA ─► 128
+    pooled features    ─► x / |x| ─► PCA ─► 64
+
+``Ph``/``Pw`` are the weights of an adaptive average pool written as matrices, so any input size
+works (224, 240, 260). The ``+ 1`` keeps a flat scene's thumbnail near 0 instead of amplifying
+noise. The thumbnail is of the graph's input (the prepared, cropped image), so an edge device and
+the server compute the same bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["SPLIT_PARTS", "SplitFineCode", "SplitFineCodeHead", "Thumbnails", "fit_split",
+           "part_bits", "thumbnail_descriptors"]
+
+#: the thumbnail's side (the parts are computed from it)
+THUMB = 16
+#: the parts of a split code and their share of its bits: (name, share); the measured choice
+SPLIT_PARTS = (("pooled", 0.25), ("t8", 0.25), ("t16r", 0.5))
+
+
+def part_bits(bits: int) -> list[tuple[str, int]]:
+    """``[(part, bits)]`` of a ``bits``-bit split code (each a multiple of 8).
+
+    >>> part_bits(256)
+    [('pooled', 64), ('t8', 64), ('t16r', 128)]
+    """
+    if bits < 32 or bits % 32:
+        raise ValueError(f"a split fine code needs a multiple of 32 bits, got {bits}")
+    return [(name, int(bits * share)) for name, share in SPLIT_PARTS]
+
+
+def box_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` weights of an adaptive average pool along one axis (PyTorch's boxes:
+    ``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in / n_out)``)."""
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def _part_map(name: str) -> np.ndarray:
+    """The fixed linear map from a flattened ``3 x 16 x 16`` thumbnail to the part's vector."""
+    n = 3 * THUMB * THUMB
+    eye = np.eye(n).reshape(n, 3, THUMB, THUMB)
+    if name == "t8":
+        t = eye.reshape(n, 3, THUMB // 2, 2, THUMB // 2, 2).mean(axis=(3, 5))
+    elif name == "t16r":
+        t = eye - eye.mean(axis=(1, 2, 3), keepdims=True)
+        t = sum(np.rot90(t, r, axes=(2, 3)) for r in range(4)) / 4
+    else:
+        raise ValueError(f"unknown thumbnail part {name!r}")
+    t = t.reshape(n, -1)
+    if name == "t8":
+        t = t - t.mean(axis=1, keepdims=True)
+    return np.ascontiguousarray(t.T)  # (d_part, 768)
+
+
+def _soft_normalised(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1.0)
+
+
+def thumbnail_descriptors(thumbs: np.ndarray, name: str) -> np.ndarray:
+    """The part ``name``'s descriptors ``(n, d)`` (float64) of flattened 16 x 16 thumbnails."""
+    return _soft_normalised(np.asarray(thumbs, np.float64) @ _part_map(name).T)
+
+
+class Thumbnails(nn.Module):
+    """uint8 NHWC images of a fixed ``height x width`` → flattened ``3 x 16 x 16`` box-average
+    thumbnails (float32, pixel units): two matrix products, so it exports for any size."""
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        self.register_buffer("rows", torch.tensor(box_matrix(height, THUMB), dtype=torch.float32))
+        self.register_buffer("cols", torch.tensor(box_matrix(width, THUMB).T, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).permute(0, 3, 1, 2)  # N, 3, H, W
+        return torch.matmul(torch.matmul(self.rows, x), self.cols).flatten(1)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SplitFineCode:
+    """A fitted split fine code: its parts ``[(name, FineCode)]`` in bit order, and the input
+    size its thumbnails are taken at. Duck-types :class:`~rsir_train.fine_code.FineCode` where
+    the export needs it (``kind``, ``bits``, ``l2_normalize``, ``fitted_on``)."""
+
+    parts: tuple[tuple[str, Any], ...]
+    height: int
+    width: int
+    fitted_on: str = ""
+    kind: str = field(default="split", init=False)
+
+    @property
+    def bits(self) -> int:
+        return sum(int(code.bits) for _, code in self.parts)
+
+    @property
+    def l2_normalize(self) -> bool:
+        return True  # the pooled part; the thumbnail parts are soft-normalised (module doc)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The parts as the manifest records them."""
+        return [{"part": name, "bits": int(code.bits), "kind": code.kind} for name, code in self.parts]
+
+    def codes(self, pooled: np.ndarray, thumbs: np.ndarray) -> np.ndarray:
+        """Packed codes ``uint8 (n, bits/8)`` from pooled features and 16 x 16 thumbnails."""
+        out = [code.codes(pooled if name == "pooled" else thumbnail_descriptors(thumbs, name))
+               for name, code in self.parts]
+        return np.concatenate(out, axis=1)
+
+
+def fit_split(pooled: np.ndarray, thumbs: np.ndarray, bits: int, height: int, width: int,
+              usable: Any) -> SplitFineCode:
+    """Fit each part's PCA-sign code on the train side (no labels). ``usable(bits, config, x)``
+    caps a part's bits at what its descriptors allow (:func:`rsir_train.fine_code._usable_bits`)."""
+    from .fine_code import FineCodeConfig, fit_fine_code
+
+    parts = []
+    for name, want in part_bits(bits):
+        if name == "pooled":
+            x, cfg = np.asarray(pooled, np.float64), FineCodeConfig("pca", want, l2_normalize=True)
+        else:
+            x, cfg = thumbnail_descriptors(thumbs, name), FineCodeConfig("pca", want,
+                                                                         l2_normalize=False)
+        cfg = replace(cfg, bits=usable(want, cfg, x))
+        parts.append((name, fit_fine_code(x, cfg)))
+    return SplitFineCode(tuple(parts), height, width)
+
+
+class SplitFineCodeHead(nn.Module):
+    """``(pooled features, uint8 images)`` → the split code's projections ``u (N, bits)``
+    (threshold 0), for the graph: the bits equal :meth:`SplitFineCode.codes`."""
+
+    def __init__(self, code: SplitFineCode):
+        super().__init__()
+        from .fine_code import FineCodeHead
+
+        self.thumbs = Thumbnails(code.height, code.width)
+        self.names = [name for name, _ in code.parts]
+        self.maps = nn.ParameterList([
+            nn.Parameter(torch.tensor(_part_map(name), dtype=torch.float32), requires_grad=False)
+            for name in self.names if name != "pooled"])
+        self.heads = nn.ModuleList([FineCodeHead(c) for _, c in code.parts])
+
+    def forward(self, pooled: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        t16 = self.thumbs(images)
+        out, maps = [], iter(self.maps)
+        for name, head in zip(self.names, self.heads):
+            if name == "pooled":
+                out.append(head(pooled))
+                continue
+            x = torch.matmul(t16, next(maps).t())
+            out.append(head(x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1.0)))
+        return torch.cat(out, dim=1)

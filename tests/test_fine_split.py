@@ -1,0 +1,134 @@
+"""The split fine code (issue 20): pooled features and two colour thumbnails in one graph.
+
+Real parts: a real ITQ bundle (small_cnn on the shipped EuroSAT sample) trained with
+``fine=FineCodeConfig("split", 128)``, its ONNX graph run by onnxruntime, compared with the numpy
+form of the same fitted code; the thumbnails against PyTorch's adaptive average pool; the
+rotation-averaged part against a rotated input; the ``--fine-code`` option's parsing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+import torch.nn.functional as F  # noqa: E402
+
+from rsir_sdk import Bundle, Encoder  # noqa: E402
+from rsir_sdk.codes import unpack_codes  # noqa: E402
+from rsir_sdk.images import load_image  # noqa: E402
+from rsir_sdk.preprocess import prepare  # noqa: E402
+from rsir_train.dataset import open_training_archive  # noqa: E402
+from rsir_train.fine_code import FineCodeConfig  # noqa: E402
+from rsir_train.fine_split import (  # noqa: E402
+    SplitFineCode,
+    Thumbnails,
+    fit_split,
+    part_bits,
+    thumbnail_descriptors,
+)
+from rsir_train.onnx_export import pooled_outputs  # noqa: E402
+from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
+
+pytestmark = pytest.mark.train
+FINE_BITS = 128
+
+
+@pytest.mark.parametrize("size", [(64, 64), (224, 224), (70, 90)])
+def test_thumbnails_are_pytorchs_adaptive_average_pool(size):
+    """Two matrix products (what the graph runs, for any input size) give the pool's boxes."""
+    images = torch.randint(0, 256, (3, *size, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    want = F.adaptive_avg_pool2d(images.permute(0, 3, 1, 2).float(), 16).flatten(1)
+    got = Thumbnails(*size)(images)
+    assert got.shape == (3, 768) and torch.allclose(got, want, atol=1e-3)
+
+
+def test_rotation_part_is_invariant_and_the_parts_differ():
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 255, (4, 3, 16, 16))
+    turned = np.rot90(t, 1, axes=(2, 3))
+    a, b = (thumbnail_descriptors(x.reshape(4, -1), "t16r") for x in (t, turned))
+    assert np.allclose(a, b, atol=1e-12)
+    t8 = thumbnail_descriptors(t.reshape(4, -1), "t8")
+    assert t8.shape == (4, 192) and not np.allclose(
+        t8, thumbnail_descriptors(turned.reshape(4, -1), "t8"))
+    # mean colour removed: a uniform shift of every pixel leaves both parts unchanged
+    shifted = thumbnail_descriptors(t.reshape(4, -1) + 20.0, "t8")
+    assert np.allclose(shifted, t8, atol=1e-12)
+    assert part_bits(256) == [("pooled", 64), ("t8", 64), ("t16r", 128)]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        part_bits(48)
+
+
+def _prepared(result, indices):
+    arch = open_training_archive(SAMPLE_ARCHIVE)
+    return np.stack([prepare(load_image(arch.items[int(i)].file), result.preprocess)
+                     for i in indices])
+
+
+@pytest.fixture(scope="module")
+def split_bundle(tmp_path_factory):
+    from rsir_train.itq import ITQConfig, train_itq_bundle
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("split") / "bundle"
+    cfg = ITQConfig(bits=32, backbone="small_cnn", pretrained=False, cache_dir=False, device="cpu")
+    result, manifest, _ = train_itq_bundle(SAMPLE_ARCHIVE, out, cfg,
+                                           fine=FineCodeConfig("split", FINE_BITS))
+    return out, result, manifest
+
+
+def test_the_bundle_records_the_split_and_onnx_matches_numpy(split_bundle):
+    out, result, manifest = split_bundle
+    fine = manifest["fine_code"]
+    assert fine["kind"] == "split" and fine["bits"] == FINE_BITS
+    assert [(p["part"], p["bits"]) for p in fine["parts"]] == part_bits(FINE_BITS)
+    assert "thumbnails" in fine["fitted_on"] and Bundle.load(out).fine_bits == FINE_BITS
+    # the same code refitted here from the train side (pooled features + thumbnails)
+    train = _prepared(result, result.train_indices)
+    thumbs = Thumbnails(*train.shape[1:3])(torch.as_tensor(train)).numpy()
+    pooled = pooled_outputs(result.net, result.normalize, train)
+    from rsir_train.fine_code import _usable_bits
+
+    code = fit_split(pooled, thumbs, FINE_BITS, *train.shape[1:3], _usable_bits)
+    assert isinstance(code, SplitFineCode) and code.bits == FINE_BITS
+    images = _prepared(result, np.arange(0, 200, 7))
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_fine = sess.run(["fine_codes"], {"images": images})[0]
+    want = code.codes(pooled_outputs(result.net, result.normalize, images),
+                      Thumbnails(*images.shape[1:3])(torch.as_tensor(images)).numpy())
+    differ = unpack_codes(onnx_fine, FINE_BITS) != unpack_codes(want, FINE_BITS)
+    assert differ.mean() < 0.01, differ.mean()
+    assert np.array_equal(Encoder(out).encode_both_arrays(images).fine, onnx_fine)
+
+
+def test_a_rotated_scene_keeps_its_rotation_part(split_bundle):
+    """The last half of the bits (t16r) is a function of the rotation-averaged thumbnail: a
+    90-degree turn of a square input keeps it (up to float noise on near-zero projections)."""
+    out, result, _ = split_bundle
+    images = _prepared(result, np.arange(0, 200, 11))
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))
+    enc = Encoder(out)
+    a = unpack_codes(enc.encode_both_arrays(images).fine, FINE_BITS)
+    b = unpack_codes(enc.encode_both_arrays(turned).fine, FINE_BITS)
+    half = FINE_BITS // 2
+    assert (a[:, half:] == b[:, half:]).mean() >= 0.98
+    assert (a[:, :half] != b[:, :half]).any()  # the other parts see the turn
+
+
+def test_fine_code_option_parses_and_refuses_in_one_line(capsys):
+    from rsir_train.cli import build_parser
+
+    base = ["train", "itq", "--data", str(SAMPLE_ARCHIVE), "--out", "x"]
+    parse = build_parser().parse_args
+    assert parse(base + ["--fine-code", "split"]).fine_code == FineCodeConfig("split", 256)
+    assert parse(base + ["--fine-code", "pca:64"]).fine_code == FineCodeConfig("pca", 64)
+    assert parse(base).fine_code is None
+    for bad in ("split:48", "itq", "pca:x"):
+        with pytest.raises(SystemExit):
+            parse(base + ["--fine-code", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--fine-code" in err and bad.split(":")[0] in err
