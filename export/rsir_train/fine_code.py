@@ -38,14 +38,11 @@ from .baselines import fit_itq
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUNDLE_FINE_KINDS", "DEFAULT_FINE_CODE", "FINE_KINDS", "FineCode", "FineCodeConfig", "FineCodeHead", "attach_fine_code",
-           "fit_fine_code"]
+__all__ = ["DEFAULT_FINE_CODE", "FINE_KINDS", "FineCode", "FineCodeConfig", "FineCodeHead",
+           "attach_fine_code", "fit_fine_code"]
 
 #: the kinds of fine code :func:`fit_fine_code` fits
 FINE_KINDS = ("itq", "pca", "lsh")
-#: the kinds a bundle's fine code may be (:func:`attach_fine_code`): those, and ``"split"``,
-#: the pooled features and two colour thumbnails (:mod:`rsir_train.fine_split`)
-BUNDLE_FINE_KINDS = FINE_KINDS + ("split",)
 
 
 @dataclass(frozen=True)
@@ -221,7 +218,7 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
     else:
         source = "pooled features of the frozen backbone"
         if split:
-            thumbs, size = _thumbnails(contents, data, train_idx)
+            _, thumbs, size = _pooled(contents, data, train_idx, True, pooled=False)
     x = np.asarray(features, dtype=np.float32)
     try:
         if split:
@@ -247,11 +244,13 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
     return dataclasses.replace(contents, fine_code=code, database=database)
 
 
-def _pooled(contents: Any, data: Any, indices: np.ndarray, thumbs: bool = False
-            ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+def _pooled(contents: Any, data: Any, indices: np.ndarray, thumbs: bool = False, *,
+            pooled: bool = True) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     """Pooled features of the archive's ``indices`` by one pass of ``contents.net`` (the tap
     the graph's fine head uses), in chunks of 256 images; with ``thumbs`` also their 16 x 16
-    thumbnails (:mod:`.fine_split`) from the same decoded images; and the input size."""
+    thumbnails (:mod:`.fine_split`) from the same decoded images; and the input size.
+    ``pooled=False`` decodes for the thumbnails only (methods whose features are cached): the
+    features are then an empty array."""
     from .features import load_prepared
     from .onnx_export import pooled_outputs
 
@@ -259,10 +258,12 @@ def _pooled(contents: Any, data: Any, indices: np.ndarray, thumbs: bool = False
     for s in range(0, len(indices), 256):
         images = load_prepared(data.archive, indices[s:s + 256], contents.preprocess)
         size = (int(images.shape[1]), int(images.shape[2]))
-        feats.append(pooled_outputs(contents.net, contents.normalize, images))
+        if pooled:
+            feats.append(pooled_outputs(contents.net, contents.normalize, images))
         if thumbs:
             thumb_parts.append(_thumbs_of(images))
-    return (np.concatenate(feats), np.concatenate(thumb_parts) if thumbs else None, size)
+    return (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
+            np.concatenate(thumb_parts) if thumbs else None, size)
 
 
 def _thumbs_of(images: np.ndarray) -> np.ndarray:
@@ -272,20 +273,6 @@ def _thumbs_of(images: np.ndarray) -> np.ndarray:
     module = Thumbnails(int(images.shape[1]), int(images.shape[2]))
     with torch.no_grad():
         return module(torch.as_tensor(np.ascontiguousarray(images))).numpy()
-
-
-def _thumbnails(contents: Any, data: Any, indices: np.ndarray
-                ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Thumbnails of the archive's ``indices`` (a pass that decodes the images only: methods
-    whose pooled features are cached) and the input size."""
-    from .features import load_prepared
-
-    parts, size = [], (0, 0)
-    for s in range(0, len(indices), 256):
-        images = load_prepared(data.archive, indices[s:s + 256], contents.preprocess)
-        size = (int(images.shape[1]), int(images.shape[2]))
-        parts.append(_thumbs_of(images))
-    return np.concatenate(parts), size
 
 
 def _database_fine(contents: Any, data: Any, train_idx: np.ndarray,

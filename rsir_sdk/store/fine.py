@@ -87,6 +87,14 @@ def code_keys(codes: np.ndarray, bits: int) -> list[Any]:
     return padded.view(">i8")[:, 0].tolist()
 
 
+def code_of_key(key: Any, bits: int) -> np.ndarray:
+    """The packed retrieval code ``uint8 (bits/8,)`` of one mirror ``code_key`` (the inverse
+    of :func:`code_keys`)."""
+    if bits > INT_KEY_BITS:
+        return np.frombuffer(bytes.fromhex(str(key)), np.uint8)
+    return np.array([int(key)], ">i8").view(np.uint8)[: bits // 8]
+
+
 def code_in(keys_hex: Sequence[str], bits: int) -> str:
     """``code_key in [...]`` of codes given as hex (the codebook's keys), checked: integers,
     or hex strings in double quotes (nothing else reaches the expression)."""

@@ -179,11 +179,7 @@ def _with_retrieval_distance(hit: Found, q: np.ndarray, bits: int) -> Found:
     """A mirror hit (its distance is the fine code's) as a ranked item: the retrieval distance
     from its ``code_key``, the fine distance in ``fine``, ``code_key`` dropped from its fields."""
     entity = dict(hit.entity or {"id": hit.id})
-    key = entity.pop(CODE_KEY, None)
-    if isinstance(key, str):
-        code = np.frombuffer(bytes.fromhex(key), np.uint8)
-    else:
-        code = np.array([int(key or 0)], ">i8").view(np.uint8)[: bits // 8]
+    code = fine.code_of_key(entity.pop(CODE_KEY), bits)
     d = int(hamming_distances(q[None, :], code[None, :])[0, 0])
     return Found(hit.pk, hit.id, d, entity, hit.distance)
 
