@@ -145,24 +145,57 @@ def near_duplicate_radius(fine_bits: int) -> int:
     return max(0, round(NEAR_DUPLICATE_RADIUS * fine_bits / 128))
 
 
+#: Lowe's ratio test on the fine code: the nearest item by fine distance also counts as the same
+#: scene when it is clearly nearer than the runner-up (``d1 < NEAR_RATIO * d2``), however far it
+#: is in bits. Why: a JPEG re-encode or a crop of a small (64 x 64) scene moves its fine code
+#: further than the radius, yet still far less than any other image (docs/similar.md, "The ratio
+#: test"). Set to 0 to turn the test off.
+NEAR_RATIO = 0.8
+
+
+def ratio_leader(fine_dist: np.ndarray, ratio: float | None = None) -> np.ndarray:
+    """Per row of ``fine_dist`` (``(n,)`` or ``(q, n)``), a mask of the item that passes the
+    ratio test: the unique nearest, strictly below ``ratio`` times the second-nearest distance.
+    All False for rows of fewer than two items.
+
+    >>> ratio_leader(np.array([30, 50, 60])).tolist(), ratio_leader(np.array([45, 50, 60])).tolist()
+    ([True, False, False], [False, False, False])
+    """
+    d = np.asarray(fine_dist, dtype=np.int64)
+    rows = d.reshape(-1, d.shape[-1]) if d.ndim else d.reshape(1, 1)
+    mask = np.zeros(rows.shape, dtype=bool)
+    ratio = NEAR_RATIO if ratio is None else ratio
+    if rows.shape[1] >= 2 and ratio > 0:
+        two = np.partition(rows, 1, axis=1)[:, :2]
+        nearest = rows.argmin(axis=1)
+        fires = two[:, 0] < ratio * two[:, 1]
+        mask[np.arange(len(rows))[fires], nearest[fires]] = True
+    return mask.reshape(d.shape)
+
+
 def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int) -> np.ndarray:
     """The sort key (``int64``, same shape) of the store's default ranking with fine codes.
 
-    Near-duplicates come first: items whose fine distance is at most
-    :func:`near_duplicate_radius`, by fine distance. Why: the same scene re-encoded, cropped or
-    stored as AHCL's learned code (which need not equal the network's code for that image) may
-    sit a few retrieval bits away from the query while a whole class ties at a smaller distance;
-    the user expects it first. Every other item follows by (retrieval distance, fine distance).
+    Near-duplicates come first, by fine distance: items whose fine distance is at most
+    :func:`near_duplicate_radius`, and the item that passes :func:`ratio_leader` (the nearest
+    by fine distance when it is clearly nearer than any other; computed over the row, i.e. over
+    the items the search considers). Why: the same scene re-encoded, cropped or stored as AHCL's
+    learned code (which need not equal the network's code for that image) may sit a few
+    retrieval bits away from the query while a whole class ties at a smaller distance; the user
+    expects it first. Every other item follows by (retrieval distance, fine distance).
     A stable sort on this key over items in the store's tie order (:func:`~rsir_sdk.store.tie_order`)
     is the store's order.
 
     >>> fine_ranking_key(np.array([0, 3, 0]), np.array([40, 2, 30]), 128).argsort().tolist()
     [1, 2, 0]
+    >>> fine_ranking_key(np.array([0, 3, 0]), np.array([70, 20, 60]), 128).argsort().tolist()
+    [1, 2, 0]
     """
     span = np.int64(fine_bits + 1)
     fine_dist = np.asarray(fine_dist, dtype=np.int64)
     key = np.asarray(dist, dtype=np.int64) * span + fine_dist
-    return np.where(fine_dist <= near_duplicate_radius(fine_bits), fine_dist - span, key)
+    near = (fine_dist <= near_duplicate_radius(fine_bits)) | ratio_leader(fine_dist)
+    return np.where(near, fine_dist - span, key)
 
 
 def _popcount_bytes(x: np.ndarray) -> np.ndarray:

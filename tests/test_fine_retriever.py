@@ -105,7 +105,9 @@ def test_same_file_and_jpeg_copy_come_back_first(filled, chosen, jpegs, tmp_path
         assert all(h.fine_distance is not None for h in hits)
         keys = [(0, h.fine_distance, 0) if h.fine_distance <= near else
                 (1, h.distance, h.fine_distance) for h in hits]
-        assert keys == sorted(keys)
+        assert keys[1:] == sorted(keys[1:])
+        # the first is in order, or the ratio test's leader: nearer by fine distance than any
+        assert keys[0] <= keys[1] or hits[0].fine_distance < min(h.fine_distance for h in hits[1:])
     rank1_fine = np.mean([hits[0].id == i for hits, i in zip(copies, ids)])
     assert rank1_fine >= 0.8, rank1_fine  # 0.88 measured
     # the same codes in a collection without fine codes: ties come back in digest order
@@ -119,8 +121,10 @@ def test_same_file_and_jpeg_copy_come_back_first(filled, chosen, jpegs, tmp_path
         # the tiny bundle's codes collapse: digest order rarely puts the original first
         assert rank1_plain < rank1_fine, (rank1_plain, rank1_fine)
         # a query with no near-duplicate gets the same distances: only the order inside ties
-        # differs (a near-duplicate moves ahead whatever its distance)
-        alike = [(a, b) for a, b in zip(plain, copies) if all(h.fine_distance > near for h in b)]
+        # differs (a near-duplicate, or the ratio test's leader, moves ahead whatever its
+        # distance, which leaves the distances out of order)
+        alike = [(a, b) for a, b in zip(plain, copies) if all(h.fine_distance > near for h in b)
+                 and [h.distance for h in b] == sorted(h.distance for h in b)]
         assert alike and all([h.distance for h in a] == [h.distance for h in b] for a, b in alike)
         with pytest.raises(CollectionMismatchError):
             old.search(jpegs[0], mode="appearance")

@@ -35,6 +35,8 @@ from testing.store_baseline import collection_names, row_count
 N_TIED, N_FREE = 300, 60
 #: the near-duplicate radius of 128-bit fine codes (docs/similar.md), written out: the reference
 NEAR = 12
+#: the ratio test's factor (rsir_sdk.codes.NEAR_RATIO), written out
+RATIO = 0.8
 
 
 def _data(seed: int = 0) -> dict:
@@ -62,8 +64,9 @@ def _data(seed: int = 0) -> dict:
 
 def brute(data: dict, qc, qf, k: int, *, mode: str = "default", allowed=None,
           radius: int | None = None) -> list[str]:
-    """The documented order over the allowed items: near-duplicates (fine d <= 12 of 128) by
-    (fine d, digest), then the rest by (d, fine d, digest); or, appearance, (fine d, digest)."""
+    """The documented order over the allowed items: near-duplicates (fine d <= 12 of 128, and
+    the nearest by fine d when it is below 0.8 x the runner-up's) by (fine d, digest), then the
+    rest by (d, fine d, digest); or, appearance, (fine d, digest)."""
     d = hamming_distances(np.asarray(qc)[None], data["codes"])[0] if qc is not None else None
     fd = hamming_distances(np.asarray(qf)[None], data["fine"])[0]
     ids = data["ids"]
@@ -72,8 +75,12 @@ def brute(data: dict, qc, qf, k: int, *, mode: str = "default", allowed=None,
         idx = [i for i in idx if radius is None or fd[i] <= radius]
         idx.sort(key=lambda i: (fd[i], digest(ids[i])))
     else:
+        near = {i for i in idx if fd[i] <= NEAR}
+        by_fine = sorted(idx, key=lambda i: fd[i])
+        if len(by_fine) >= 2 and fd[by_fine[0]] < RATIO * fd[by_fine[1]]:  # the ratio test
+            near.add(by_fine[0])
         idx = [i for i in idx if radius is None or d[i] <= radius]
-        idx.sort(key=lambda i: (fd[i] > NEAR, d[i] if fd[i] > NEAR else 0, fd[i], digest(ids[i])))
+        idx.sort(key=lambda i: (i not in near, d[i] if i not in near else 0, fd[i], digest(ids[i])))
     return [ids[i] for i in idx[:k]]
 
 
@@ -282,6 +289,32 @@ def test_near_duplicates_come_first_whatever_their_retrieval_code(lite):
     got = store.search(qc[:1], k=4, fine=qf[:1], geo=geo)[0]
     assert data["ids"][331] in passing and [h.id for h in got] == brute(data, qc[0], qf[0], 4,
                                                                         allowed=passing)
+
+
+def test_a_clearly_nearest_item_leads_by_the_ratio_test(lite):
+    """Item 340 (a free item) is searched for with item 30's retrieval code and a fine code 30 bits off its
+    own (past the 12-bit radius: a re-encoded small scene moves that far). Every other item is
+    at least 46 bits away, so 340 is clearly the nearest (30 < 0.8 x 46) and comes first,
+    ahead of the 99 items tied at retrieval distance 0; at 44 bits off it is not (44 >= 0.8 x
+    46 at least) and stays behind them. A label filter that leaves it out is obeyed."""
+    store, data = lite
+    qc = data["codes"][[30]]
+    for off, leads in ((30, True), (44, False)):
+        qf = data["fine"][[340]].copy()
+        bits = np.unpackbits(qf, axis=1)
+        bits[0, :off] ^= 1
+        qf = np.packbits(bits, axis=1)
+        fd = np.sort(hamming_distances(qf, data["fine"])[0])
+        assert fd[0] == off and fd[1] >= 46  # the drawn codes, checked, not assumed
+        got = store.search(qc, k=5, fine=qf)[0]
+        assert [h.id for h in got] == brute(data, qc[0], qf[0], 5)
+        assert (got[0].id == data["ids"][340]) is leads
+        if leads:
+            assert (got[0].fine_distance, got[0].label) == (off, "free") and got[0].distance > 0
+        tied = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L0"}
+        got = store.search(qc, k=5, fine=qf, filter={"label": "L0"})[0]
+        assert [h.id for h in got] == brute(data, qc[0], qf[0], 5, allowed=tied)
+        assert data["ids"][340] not in [h.id for h in got]
 
 
 def test_appearance_mode_and_radius(lite):

@@ -470,8 +470,12 @@ def test_fine_codes_put_near_duplicates_first_then_break_ties():
     assert with_fine == pytest.approx(1.0)
     # without fine codes: ties by index (0, 1, 2), item 3 last -> B A B A
     assert mean_average_precision(ZERO, ["A"], db, labels) == pytest.approx((1 / 2 + 2 / 4) / 2)
-    # a fine distance past the radius (13) keeps item 3 behind the ties, now ordered by fine
-    # distance (1, 2, 0) -> A B B A
-    far = pack_codes(np.array([[1] * f + [0] * (128 - f) for f in (40, 20, 30, 13)]))
+    # a fine distance past the radius and not clearly nearer than the runner-up (17, not below
+    # 0.8 x 20) keeps item 3 behind the ties, now ordered by fine distance (1, 2, 0) -> A B B A
+    far = pack_codes(np.array([[1] * f + [0] * (128 - f) for f in (40, 20, 30, 17)]))
     assert mean_average_precision(ZERO, ["A"], db, labels, fine=(fine_q, far)) == pytest.approx(
         (1 / 1 + 2 / 4) / 2)
+    # past the radius but clearly nearer (15 < 0.8 x 20: the ratio test) it leads again
+    clear = pack_codes(np.array([[1] * f + [0] * (128 - f) for f in (40, 20, 30, 15)]))
+    assert mean_average_precision(ZERO, ["A"], db, labels, fine=(fine_q, clear)) == pytest.approx(
+        1.0)

@@ -28,10 +28,12 @@ The default ranking, per query (batched over queries, as :mod:`.topk` does):
    codes and the places left share one request.
    The mirror holds the main collection's fields, so these hits come with theirs.
 
-3. **Near-duplicates first**: the mirror's exact top-k by (fine distance, pk) within the
-   near-duplicate radius (:func:`rsir_sdk.codes.near_duplicate_radius`: 12 bits of 128), one
-   request per batch of queries under the same filter, each hit's retrieval distance computed
-   from its ``code_key``: these lead the list, the ranked items follow (without them). Why: the
+3. **Near-duplicates first**: the mirror's exact top-k by (fine distance, pk), one request per
+   batch of queries under the same filter; its hits within the near-duplicate radius
+   (:func:`rsir_sdk.codes.near_duplicate_radius`: 12 bits of 128), or else its nearest when
+   that passes the ratio test (:func:`rsir_sdk.codes.ratio_leader`: clearly nearer than the
+   runner-up), each with its retrieval distance computed from its ``code_key``, lead the list;
+   the ranked items follow (without them). Why: the
    same scene stored under another retrieval code (AHCL's learned codes V, which need not equal
    the network's code for that image; an int8 encoder; a re-encoded copy) sits a few bits
    away while a whole class ties nearer, and no order that keeps the retrieval distance first
@@ -62,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..codes import as_packed, hamming_distances, near_duplicate_radius
+from ..codes import as_packed, hamming_distances, near_duplicate_radius, ratio_leader
 from ..errors import CollectionMismatchError, InvalidInputError
 from ..hits import SEARCH_MODES
 from . import fine, keys, place, topk
@@ -149,26 +151,38 @@ def _near_first(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
     distance; the rule is :func:`~rsir_sdk.codes.fine_ranking_key`, the in-memory reference."""
     conn, name, stats, bits = store._conn, store.collection, store.search_stats, store.bits
     assert store.fine_bits is not None
-    within = near_duplicate_radius(store.fine_bits)
     msearch, mfetch, expr, fields = searching.calls(
         conn, fine.mirror(name), replace(request, params={}), "fine", extra=(CODE_KEY,))
     data, k, geo = [row.tobytes() for row in fq], request.k, request.geo
     sub: dict[str, int] = {}
+    depth = max(k, 2)  # the ratio test reads the runner-up
     if geo is not None and geo.near is not None:
-        near = place.near_topk(msearch, mfetch, data, k, expr, within, fields, sub, True,
-                               place.keeper(geo))
+        nearest = place.near_topk(msearch, mfetch, data, depth, expr, None, fields, sub, True,
+                                  place.keeper(geo))
     else:
-        near = topk.exact_topk(msearch, mfetch, data, k, expr, within, fields, sub)
+        nearest = topk.exact_topk(msearch, mfetch, data, depth, expr, None, fields, sub)
     stats["near_searches"] = stats.get("near_searches", 0) + sub.get("searches", 0)
     stats["fine_range_searches"] = stats.get("fine_range_searches", 0) + sub.get("range_searches", 0)
     out = []
-    for qi, (row, dups) in enumerate(zip(ranked, near)):
-        first = [_with_retrieval_distance(f, q[qi], bits) for f in dups]
+    for qi, (row, hits) in enumerate(zip(ranked, nearest)):
+        first = [_with_retrieval_distance(f, q[qi], bits) for f in _leaders(hits, store.fine_bits)]
         if request.radius is not None:
             first = [f for f in first if f.distance <= request.radius]
         seen = {f.pk for f in first}
         out.append((first + [f for f in row if f.pk not in seen])[:k] if first else row)
     return out
+
+
+def _leaders(nearest: list[Found], fine_bits: int) -> list[Found]:
+    """The near-duplicates among one query's exact fine top-k (by fine distance, pk): those
+    within the radius, and the nearest when it passes the ratio test (as
+    :func:`~rsir_sdk.codes.ratio_leader` and :func:`~rsir_sdk.codes.fine_ranking_key`)."""
+    within = near_duplicate_radius(fine_bits)
+    lead = [f for f in nearest if f.distance <= within]
+    if not lead and len(nearest) >= 2 and ratio_leader(
+            np.array([nearest[0].distance, nearest[1].distance]))[0]:
+        lead = nearest[:1]
+    return lead
 
 
 #: the mirror's field holding each item's retrieval code as a key (:func:`.fine.code_keys`)
