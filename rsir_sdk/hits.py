@@ -46,7 +46,8 @@ class Hit:
 
 #: the search modes: ``"default"`` ranks by retrieval-code distance, then fine-code distance
 #: (when both sides have fine codes; near-duplicates, fine distance within
-#: :func:`rsir_sdk.codes.near_duplicate_radius`, come first whatever their retrieval distance),
+#: :func:`rsir_sdk.codes.near_duplicate_radius` or clearly the nearest by the ratio test of
+#: :func:`rsir_sdk.codes.ratio_leader`, come first whatever their retrieval distance),
 #: then the digest of the id; ``"appearance"`` ranks by the fine code alone (near-duplicates,
 #: the same place seen again, archives without labels)
 SEARCH_MODES = ("default", "appearance")

@@ -181,8 +181,9 @@ class Retriever:
         code's distance, then (bundle and collection with fine codes) the fine code's
         distance (``Hit.fine_distance``), then the digest of the id; with fine codes the
         query's near-duplicates (fine distance within
-        :func:`~rsir_sdk.codes.near_duplicate_radius`, 12 of 128 bits) come first, by fine
-        distance, whatever their retrieval distance; ``"appearance"`` by the
+        :func:`~rsir_sdk.codes.near_duplicate_radius`, 12 of 128 bits, or the nearest item
+        when it is clearly nearer than any other: :func:`~rsir_sdk.codes.ratio_leader`) come
+        first, by fine distance, whatever their retrieval distance; ``"appearance"`` by the
         fine code alone (near-duplicates, the same place seen again; ``radius`` then applies
         to the fine distance, which is also ``Hit.distance``).
 

@@ -33,6 +33,8 @@ from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 
 pytestmark = pytest.mark.train
 BITS = 32
+#: the pooled-feature fine code, asked for by name (bundles get the split code by default)
+PCA = FineCodeConfig("pca", 128)
 #: small_cnn pools to 96 features, some of them dead (ReLU): the fit keeps at most the
 #: directions in which the train side's features vary, a multiple of 8 up to 96 (< 128)
 MAX_FINE_BITS = 96
@@ -45,10 +47,25 @@ def _prepared(result, indices):
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_ahcl):
-    out, result, manifest = tiny_ahcl
+def tiny(tmp_path_factory):
+    """The tiny AHCL bundle with the pooled-feature fine code (``--fine-code pca``)."""
+    from rsir_train.testing import tiny_ahcl_bundle
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("tiny_pca") / "bundle"
+    result, manifest = tiny_ahcl_bundle(out, bits=BITS, fine=PCA)
     assert result.config.bits == BITS
     return out, result, manifest
+
+
+def test_bundles_get_the_split_fine_code_by_default(tiny_ahcl):
+    """The default fine code (docs/similar.md, "The default fine code"): split, 256 bits
+    asked for; the tiny network's 96 pooled features and the 64 x 64 thumbnails may allow
+    fewer bits per part (rsir_train.fine_split)."""
+    fine = tiny_ahcl[2]["fine_code"]
+    assert fine["kind"] == "split" and [p["part"] for p in fine["parts"]] == ["pooled", "t8", "t16r"]
+    assert fine["bits"] == sum(p["bits"] for p in fine["parts"]) and fine["bits"] <= 256
+    assert Bundle.load(tiny_ahcl[0]).fine_bits == fine["bits"]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +217,7 @@ def _milan_bundle(root):
                       preprocess={"resize": None, "crop": [64, 64]}, cache_dir=root / "cache",
                       params=MilanParams(iterations=30, seed=0))
     result, manifest, _ = train_milan_bundle(SAMPLE_ARCHIVE, root / "bundle", cfg,
-                                             protocol="60-40")
+                                             protocol="60-40", fine=PCA)
     return root / "bundle", result, manifest, 0.5
 
 
@@ -209,7 +226,7 @@ def _itq_bundle(root):
 
     cfg = ITQConfig(bits=BITS, backbone="small_cnn", pretrained=False, cache_dir=False,
                     device="cpu")
-    result, manifest, _ = train_itq_bundle(SAMPLE_ARCHIVE, root / "bundle", cfg)
+    result, manifest, _ = train_itq_bundle(SAMPLE_ARCHIVE, root / "bundle", cfg, fine=PCA)
     return root / "bundle", result, manifest, 0.0
 
 

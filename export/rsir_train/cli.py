@@ -130,9 +130,11 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (reported) instead of stopping")
     p.add_argument("--fine-code", type=_fine_code, default=None, metavar="KIND[:BITS]",
-                   help="the bundle's fine code (issue 20, docs/similar.md): pca:128 (default: "
-                        "PCA-sign of the pooled features) or split:256 (the pooled features "
-                        "and two colour thumbnails: meets eurosat's JPEG and crop bars)")
+                   help="the bundle's fine code (issue 20, docs/similar.md): split:256 "
+                        "(default: the pooled features and two colour thumbnails; finds "
+                        "re-encoded, cropped and rotated copies) or pca:128 (PCA-sign of the "
+                        "pooled features alone; 16 bytes an item, order inside a class closer "
+                        "to the features)")
     p.add_argument("--results", help="merge result records of this run into this JSON list "
                                      "(docs/results.json)")
     p.add_argument("-q", "--quiet", action="store_true")

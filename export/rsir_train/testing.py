@@ -34,9 +34,11 @@ def tiny_ahcl_bundle(
     out_dir: str | os.PathLike,
     data: str | os.PathLike | None = None,
     bits: int = 32,
+    fine: Any = None,
     **overrides: Any,
 ) -> tuple[AHCLResult, dict[str, Any]]:
-    """Train AHCL (small_cnn) on ``data`` (default: the shipped sample) and write a bundle.
+    """Train AHCL (small_cnn) on ``data`` (default: the shipped sample) and write a bundle;
+    ``fine``: a :class:`~rsir_train.fine_code.FineCodeConfig` (default: the bundles' default).
 
     Returns ``(result, manifest)``: the :class:`~rsir_train.ahcl.AHCLResult` and the written
     manifest. Typically 10-30 s on 2 CPU cores.
@@ -46,4 +48,5 @@ def tiny_ahcl_bundle(
     return train_ahcl_bundle(
         data or SAMPLE_ARCHIVE, out_dir, tiny_config(bits, **overrides),
         work_dir=Path(out_dir).parent / (Path(out_dir).name + ".work"),
+        **({} if fine is None else {"fine": fine}),
     )

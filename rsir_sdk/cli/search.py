@@ -47,7 +47,8 @@ def add_parser(sub: Any) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--mode", choices=SEARCH_MODES, default="default",
                    help="default: retrieval-code distance, then fine-code distance (collections "
-                        "with fine codes, where near-duplicates of the query come first), then "
+                        "with fine codes, where near-duplicates of the query, and an item clearly "
+                        "nearer than any other, come first), then "
                         "the id digest; appearance: the fine code alone "
                         "(near-duplicates, the same place seen again; --radius then bounds the "
                         "fine distance)")

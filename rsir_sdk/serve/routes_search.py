@@ -82,7 +82,7 @@ GEO_DOC = (" Place and period: `bbox` (west,south,east,north; footprints meeting
            "out of place- (period-) filtered searches.")
 MODE_DOC = (" `mode`: `default` (retrieval-code distance, then fine-code distance when the "
             "collection keeps fine codes, then the id digest; near-duplicates, fine distance "
-            "within 12 of 128 bits, first) or `appearance` (the fine code "
+            "within 12 of 128 bits or clearly the nearest (ratio test), first) or `appearance` (the fine code "
             "alone; `radius` bounds the fine distance; 409 on a collection without fine codes). "
             "Hits carry `fine_distance` when the fine code took part.")
 

@@ -46,7 +46,8 @@ class SearchOptions(Strict):
     mode: Optional[str] = Field(
         None, description='"default": retrieval-code distance, then fine-code distance (when '
                           'the collection keeps fine codes; near-duplicates, fine distance '
-                          'within 12 of 128 bits, first), then the id digest; "appearance": '
+                          'within 12 of 128 bits or clearly the nearest (ratio test), first), '
+                          'then the id digest; "appearance": '
                           'the fine code alone (near-duplicates, the same place seen again; '
                           '`radius` then bounds the fine distance). Default "default"')
 

@@ -356,7 +356,8 @@ class MilvusCodeStore:
 
         ``fine`` (the queries' fine codes, ``uint8 (n, fine_bits/8)``) on a collection that keeps
         fine codes: the query's near-duplicates first (fine distance within
-        :func:`~rsir_sdk.codes.near_duplicate_radius`, by fine distance, whatever their
+        :func:`~rsir_sdk.codes.near_duplicate_radius`, or the nearest when it passes
+        :func:`~rsir_sdk.codes.ratio_leader`; by fine distance, whatever their
         retrieval distance, within ``radius`` when given), then each distance's items most
         similar first, by (distance, fine distance, digest; exact whatever ``exact_ties`` says,
         and big tie groups are not read whole); ``Hit.fine_distance`` is set. Without it, or on a collection that keeps none,
