@@ -1,0 +1,89 @@
+"""The ratio test's factor (issue 20): rank-1 of changed copies in the default ranking, and how
+often the test fires for a query whose scene is not in the collection, for several factors.
+
+Why: the default ranking puts the nearest item by fine code first when it is clearly nearer than
+the runner-up (``d1 < NEAR_RATIO * d2``, :func:`rsir_sdk.codes.ratio_leader`). A larger factor
+brings more re-encoded and cropped copies back first; it also fires more often for a query whose
+scene is not stored, putting a look-alike ahead of the query's retrieval group. This prints
+both for each factor, with the draw of ``benchmarks/similar.py`` (500 database images from the
+bundle's database side, seed 0; its changed copies) and up to 500 held-out query images (seed 1),
+all ranked in numpy by :func:`rsir_sdk.codes.fine_ranking_key` (the store's rule; the benchmark
+checks Milvus against it). Command (from the repo root)::
+
+    python export/scripts/ratio_test_sweep.py --data ../shared/data/eurosat \\
+        runs/bundles/split-eurosat-itq-64 runs/bundles/sim-eurosat-itq-64 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import similar as bench  # noqa: E402
+
+import rsir_sdk.codes as codes  # noqa: E402
+from rsir_sdk import Bundle  # noqa: E402
+
+FACTORS = (0.0, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+def distinct_fires(case: bench.Case, enc: Any, n: int, factors: tuple[float, ...]) -> dict[float, float]:
+    """Per factor, the share of held-out queries (scenes not in the collection) whose nearest
+    database item by fine code passes the ratio test."""
+    ids = list(case.bundle.split().query_ids)
+    pick = np.random.default_rng(1).choice(len(ids), size=min(n, len(ids)), replace=False)
+    root = Path(case.paths[0]).parents[1]
+    fine = enc.encode_both([str(root / ids[i]) for i in sorted(pick)]).fine
+    d = codes.hamming_distances(fine, case.stored()[1])
+    return {f: float(codes.ratio_leader(d, f).any(axis=1).mean()) for f in factors}
+
+
+def sweep(case: bench.Case, factors: tuple[float, ...]) -> dict[float, dict[str, float]]:
+    """Per factor, the benchmark's rank-1 figures of the default ranking (numpy)."""
+    out = {}
+    saved = codes.NEAR_RATIO
+    try:
+        for f in factors:
+            codes.NEAR_RATIO = f
+            tops = {v: bench.memory_topk(case, v, "default", 11) for v in bench.VARIANTS}
+            out[f] = bench.figures(case, tops, {})
+    finally:
+        codes.NEAR_RATIO = saved
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--data", type=Path, required=True, help="the archive folder")
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    results: dict[str, Any] = {}
+    print("| bundle | factor | same | JPEG q70 | crop 90% | brightness | rot 90 (top 10) "
+          "| held-out queries it fires for |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in args.bundles:
+        case = bench.draw_case(Bundle.load(path), args.data, args.n, 0)
+        enc = bench.encode_case(case, 1, lambda m: None)
+        fires = distinct_fires(case, enc, args.n, FACTORS)
+        for c in [case] + [x for x in [bench.learned_case(case)] if x is not None]:
+            rows = sweep(c, FACTORS)
+            name = f"{path.name}{' learned' if c.learned is not None else ''}"
+            results[name] = {"rank1": rows, "fires": fires, "fine_bits": case.bundle.fine_bits}
+            for f in FACTORS:
+                figs = " | ".join(f"{rows[f][v]:.3f}" for v in bench.VARIANTS)
+                print(f"| {name} | {f} | {figs} | {fires[f]:.3f} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
