@@ -528,7 +528,8 @@ def render(results: list[dict[str, Any]], source: str) -> str:
         f"queries whose original is in the nearest group of retrieval codes (rotation: among the "
         f"10 nearest, ties counted in), the most a ranking that keeps the retrieval distance "
         f"first can reach; the default ranking puts near-duplicates (fine distance within the "
-        f"duplicates radius) ahead of it, so it can pass it. `= memory`: queries whose 10 hits from Milvus equal the same ranking "
+        f"duplicates radius, or clearly the nearest by the ratio test) ahead of it, so it can "
+        f"pass it. `= memory`: queries whose 10 hits from Milvus equal the same ranking "
         f"computed in numpy (a check of the store). {info}.",
         "", table(heads, rank_rows(results, source)), "",
         "Fine-code Hamming distance of each original to its changed copy (p50 / p95 / max), and "
