@@ -291,6 +291,13 @@ def test_near_duplicates_come_first_whatever_their_retrieval_code(lite):
                                                                         allowed=passing)
 
 
+def _flipped(fine: np.ndarray, n: int) -> np.ndarray:
+    """``fine`` (one packed code) with its first ``n`` bits flipped."""
+    bits = np.unpackbits(fine, axis=1)
+    bits[0, :n] ^= 1
+    return np.packbits(bits, axis=1)
+
+
 def test_a_clearly_nearest_item_leads_by_the_ratio_test(lite):
     """Item 340 (a free item) is searched for with item 30's retrieval code and a fine code 30 bits off its
     own (past the 12-bit radius: a re-encoded small scene moves that far). Every other item is
@@ -300,10 +307,7 @@ def test_a_clearly_nearest_item_leads_by_the_ratio_test(lite):
     store, data = lite
     qc = data["codes"][[30]]
     for off, leads in ((30, True), (44, False)):
-        qf = data["fine"][[340]].copy()
-        bits = np.unpackbits(qf, axis=1)
-        bits[0, :off] ^= 1
-        qf = np.packbits(bits, axis=1)
+        qf = _flipped(data["fine"][[340]], off)
         fd = np.sort(hamming_distances(qf, data["fine"])[0])
         assert fd[0] == off and fd[1] >= 46  # the drawn codes, checked, not assumed
         got = store.search(qc, k=5, fine=qf)[0]
@@ -512,6 +516,13 @@ def test_fine_ranking_on_a_server(server_uri, tmp_path):
         near = store.search(data["codes"][[30]], k=3, fine=data["fine"][[30]])[0]
         assert [h.id for h in near] == brute(data, data["codes"][30], data["fine"][30], 3)
         assert near[1].id == data["ids"][331] and near[1].fine_distance == 1  # near-duplicate
+        # the ratio test: a free item's fine code 30 bits off, clearly the nearest (checked)
+        item, qf30 = next((i, f) for i in range(N_TIED, N_TIED + N_FREE)
+                          for f in [_flipped(data["fine"][[i]], 30)]
+                          if np.sort(hamming_distances(f, data["fine"])[0])[1] > 38)
+        lead = store.search(data["codes"][[30]], k=3, fine=qf30)[0]
+        assert [h.id for h in lead] == brute(data, data["codes"][30], qf30[0], 3)
+        assert lead[0].id == data["ids"][item] and lead[0].fine_distance == 30
         got = store.search(qc, k=4, fine=qf, filter={"label": "L2"})
         l2 = {x for x, lab in zip(data["ids"], data["labels"]) if lab == "L2"}
         for i in range(len(qc)):
