@@ -64,20 +64,45 @@ def box_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _part_map(name: str) -> np.ndarray:
-    """The fixed linear map from a flattened ``3 x 16 x 16`` thumbnail to the part's vector."""
+    """The fixed linear map from a flattened ``3 x 16 x 16`` thumbnail to the part's vector.
+
+    ``t8``: the 2 x 2 box average (192 values), its overall mean removed. ``t16r``: the
+    thumbnail averaged over its four 90-degree rotations, its overall mean removed, written in
+    coordinates of the rotation orbits (one value per channel and orbit of 4 pixels, 192 in
+    all: the orbit's sum / 2, an orthonormal basis of the rotation-invariant thumbnails), so
+    the graph holds a 192 x 768 matrix, not the 768 x 768 averaging one: norms and inner
+    products, hence the PCA-sign code's distances, are those of the averaged thumbnail."""
     n = 3 * THUMB * THUMB
-    eye = np.eye(n).reshape(n, 3, THUMB, THUMB)
     if name == "t8":
-        t = eye.reshape(n, 3, THUMB // 2, 2, THUMB // 2, 2).mean(axis=(3, 5))
-    elif name == "t16r":
-        t = eye - eye.mean(axis=(1, 2, 3), keepdims=True)
-        t = sum(np.rot90(t, r, axes=(2, 3)) for r in range(4)) / 4
-    else:
-        raise ValueError(f"unknown thumbnail part {name!r}")
-    t = t.reshape(n, -1)
-    if name == "t8":
+        eye = np.eye(n).reshape(n, 3, THUMB // 2, 2, THUMB // 2, 2)
+        t = eye.mean(axis=(3, 5)).reshape(n, -1)
         t = t - t.mean(axis=1, keepdims=True)
-    return np.ascontiguousarray(t.T)  # (d_part, 768)
+        return np.ascontiguousarray(t.T)  # (192, 768)
+    if name != "t16r":
+        raise ValueError(f"unknown thumbnail part {name!r}")
+    orbit = _rotation_orbits(THUMB)  # (16, 16) orbit index of each pixel
+    k = int(orbit.max()) + 1
+    basis = np.zeros((3 * k, n))
+    for c in range(3):
+        rows = c * k + orbit.ravel()
+        basis[rows, c * THUMB * THUMB + np.arange(THUMB * THUMB)] = 0.5
+    return basis - basis.mean(axis=0, keepdims=True)  # (192, 768): mean removed in orbit space
+
+
+def _rotation_orbits(side: int) -> np.ndarray:
+    """Each pixel's orbit index under 90-degree rotations of a ``side x side`` grid (even
+    ``side``: every orbit has 4 pixels)."""
+    orbit = -np.ones((side, side), dtype=np.int64)
+    k = 0
+    for i in range(side):
+        for j in range(side):
+            if orbit[i, j] < 0:
+                a, b = i, j
+                for _ in range(4):
+                    orbit[a, b] = k
+                    a, b = b, side - 1 - a
+                k += 1
+    return orbit
 
 
 def _soft_normalised(x: np.ndarray) -> np.ndarray:
@@ -162,18 +187,29 @@ class SplitFineCodeHead(nn.Module):
 
         self.thumbs = Thumbnails(code.height, code.width)
         self.names = [name for name, _ in code.parts]
-        self.maps = nn.ParameterList([
-            nn.Parameter(torch.tensor(_part_map(name), dtype=torch.float32), requires_grad=False)
-            for name in self.names if name != "pooled"])
+        # the pixels of each channel's rotation orbits, orbit by orbit (the rows of _part_map)
+        orbit = _rotation_orbits(THUMB).ravel()
+        order = [c * THUMB * THUMB + int(p) for c in range(3) for k in range(int(orbit.max()) + 1)
+                 for p in np.flatnonzero(orbit == k)]
+        self.register_buffer("orbit_order", torch.tensor(order, dtype=torch.int64))
         self.heads = nn.ModuleList([FineCodeHead(c) for _, c in code.parts])
+
+    def _part(self, name: str, t16: torch.Tensor) -> torch.Tensor:
+        """The part's vector, ``t16 @ _part_map(name).T`` computed by reshapes, a gather and
+        means, so the graph holds no 768-column matrix (it stays float in int8 bundles)."""
+        if name == "t8":
+            x = t16.reshape(-1, 3, THUMB // 2, 2, THUMB // 2, 2).mean(dim=(3, 5)).reshape(-1, 192)
+        else:  # t16r: each orbit's sum / 2
+            x = t16[:, self.orbit_order].reshape(-1, 192, 4).sum(dim=2) * 0.5
+        return x - x.mean(dim=1, keepdim=True)
 
     def forward(self, pooled: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         t16 = self.thumbs(images)
-        out, maps = [], iter(self.maps)
+        out = []
         for name, head in zip(self.names, self.heads):
             if name == "pooled":
                 out.append(head(pooled))
                 continue
-            x = torch.matmul(t16, next(maps).t())
+            x = self._part(name, t16)
             out.append(head(x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1.0)))
         return torch.cat(out, dim=1)
