@@ -14,9 +14,15 @@ How the graph computes it (every step linear until a norm and a sign, so it expo
 small ops beside the backbone)::
 
     images (uint8, N x H x W x 3) ─► t16 = Ph · image · Pwᵀ per channel (box averages, 3 x 16 x 16)
-    t8   = M8 · t16    (2 x 2 box average, overall mean removed)     ─► x / (|x| + 1) ─► PCA ─► 64
-    t16r = M16r · t16  (overall mean removed, mean of 4 rotations)  ─► x / (|x| + 1) ─► PCA ─► 128
+    t8   = 2 x 2 box average of t16, overall mean removed (192)      ─► x / (|x| + 1) ─► PCA ─► 64
+    t16r = per channel and rotation orbit of 4 pixels, their sum / 2,
+           overall mean removed (192: the rotation-averaged thumbnail
+           in an orthonormal basis)                                  ─► x / (|x| + 1) ─► PCA ─► 128
     pooled features    ─► x / |x| ─► PCA ─► 64
+
+The thumbnail parts are reshapes, a gather and means in the graph (``_part_map`` is their
+matrix form, which the fit uses): no large matrix, so an int8 bundle, which keeps the fine head
+in float, stays small.
 
 ``Ph``/``Pw`` are the weights of an adaptive average pool written as matrices, so any input size
 works (224, 240, 260). The ``+ 1`` keeps a flat scene's thumbnail near 0 instead of amplifying
