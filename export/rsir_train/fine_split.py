@@ -206,7 +206,8 @@ class SplitFineCodeHead(nn.Module):
         if name == "t8":
             x = t16.reshape(-1, 3, THUMB // 2, 2, THUMB // 2, 2).mean(dim=(3, 5)).reshape(-1, 192)
         else:  # t16r: each orbit's sum / 2
-            x = t16[:, self.orbit_order].reshape(-1, 192, 4).sum(dim=2) * 0.5
+            order: torch.Tensor = self.orbit_order  # type: ignore[assignment]  # a buffer
+            x = torch.index_select(t16, 1, order).reshape(-1, 192, 4).sum(dim=2) * 0.5
         return x - x.mean(dim=1, keepdim=True)
 
     def forward(self, pooled: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
