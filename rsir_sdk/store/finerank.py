@@ -142,9 +142,10 @@ def run(store: "MilvusCodeStore", q: np.ndarray | None, fq: np.ndarray,
 
 def _near_first(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
                 request: searching.SearchRequest, ranked: list[list[Found]]) -> list[list[Found]]:
-    """Step 3: the near-duplicates first. The mirror's exact top-k by (fine distance, pk)
-    within :func:`~rsir_sdk.codes.near_duplicate_radius` (one request for the batch, under the
-    same filter and place), each hit's retrieval distance computed from its ``code_key``; they
+    """Step 3: the near-duplicates first. The mirror's exact top-k by (fine distance, pk) (one
+    request for the batch, under the same filter and place); its hits within
+    :func:`~rsir_sdk.codes.near_duplicate_radius`, or its nearest when that passes the ratio
+    test (:func:`_leaders`), each with its retrieval distance computed from its ``code_key``,
     lead each query's list (those within ``radius``, when one is given), the ranked items follow.
     Why: an item of the same scene whose retrieval code differs from the query's (AHCL's learned
     codes, an int8 encoder, a re-encoded copy) can sit behind a whole class at a smaller
