@@ -148,8 +148,8 @@ def near_duplicate_radius(fine_bits: int) -> int:
 #: Lowe's ratio test on the fine code: the nearest item by fine distance also counts as the same
 #: scene when it is clearly nearer than the runner-up (``d1 < NEAR_RATIO * d2``), however far it
 #: is in bits. Why: a JPEG re-encode or a crop of a small (64 x 64) scene moves its fine code
-#: further than the radius, yet still far less than any other image (docs/similar.md, "The ratio
-#: test"). Set to 0 to turn the test off.
+#: further than the radius, yet still far less than any other image (docs/similar.md, "The
+#: default fine code (split) and the ratio test"). Set to 0 to turn the test off.
 NEAR_RATIO = 0.8
 
 

@@ -69,46 +69,48 @@ def box_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def _part_map(name: str) -> np.ndarray:
-    """The fixed linear map from a flattened ``3 x 16 x 16`` thumbnail to the part's vector.
+#: the length of each thumbnail part's vector (t8: 3 x 8 x 8 cells; t16r: 3 x 64 rotation orbits)
+PART_DIM = 3 * THUMB * THUMB // 4
 
-    ``t8``: the 2 x 2 box average (192 values), its overall mean removed. ``t16r``: the
-    thumbnail averaged over its four 90-degree rotations, its overall mean removed, written in
-    coordinates of the rotation orbits (one value per channel and orbit of 4 pixels, 192 in
-    all: the orbit's sum / 2, an orthonormal basis of the rotation-invariant thumbnails), so
-    the graph holds a 192 x 768 matrix, not the 768 x 768 averaging one: norms and inner
-    products, hence the PCA-sign code's distances, are those of the averaged thumbnail."""
+
+def _part_map(name: str) -> np.ndarray:
+    """The fixed linear map ``(PART_DIM, 768)`` from a flattened ``3 x 16 x 16`` thumbnail to
+    the part's vector (the fit's form; the graph computes the same by reshapes and a gather).
+
+    ``t8``: the 2 x 2 box average, its overall mean removed. ``t16r``: the thumbnail averaged
+    over its four 90-degree rotations, its overall mean removed, written in coordinates of the
+    rotation orbits (:func:`_orbit_pixels`: per channel and orbit of 4 pixels, their sum / 2, an
+    orthonormal basis of the rotation-invariant thumbnails): norms and inner products, hence
+    the PCA-sign code's distances, are those of the averaged 768-value thumbnail."""
     n = 3 * THUMB * THUMB
     if name == "t8":
         eye = np.eye(n).reshape(n, 3, THUMB // 2, 2, THUMB // 2, 2)
         t = eye.mean(axis=(3, 5)).reshape(n, -1)
         t = t - t.mean(axis=1, keepdims=True)
-        return np.ascontiguousarray(t.T)  # (192, 768)
+        return np.ascontiguousarray(t.T)
     if name != "t16r":
         raise ValueError(f"unknown thumbnail part {name!r}")
-    orbit = _rotation_orbits(THUMB)  # (16, 16) orbit index of each pixel
-    k = int(orbit.max()) + 1
-    basis = np.zeros((3 * k, n))
-    for c in range(3):
-        rows = c * k + orbit.ravel()
-        basis[rows, c * THUMB * THUMB + np.arange(THUMB * THUMB)] = 0.5
-    return basis - basis.mean(axis=0, keepdims=True)  # (192, 768): mean removed in orbit space
+    basis = np.zeros((PART_DIM, n))
+    basis[np.arange(PART_DIM)[:, None], _orbit_pixels()] = 0.5
+    return basis - basis.mean(axis=0, keepdims=True)  # the mean removed in orbit space
 
 
-def _rotation_orbits(side: int) -> np.ndarray:
-    """Each pixel's orbit index under 90-degree rotations of a ``side x side`` grid (even
-    ``side``: every orbit has 4 pixels)."""
-    orbit = -np.ones((side, side), dtype=np.int64)
-    k = 0
-    for i in range(side):
-        for j in range(side):
-            if orbit[i, j] < 0:
-                a, b = i, j
+def _orbit_pixels() -> np.ndarray:
+    """``(PART_DIM, 4)`` positions in a flattened ``3 x 16 x 16`` thumbnail: each row the four
+    pixels of one channel that a 90-degree rotation maps onto each other, channel by channel."""
+    seen = np.zeros((THUMB, THUMB), dtype=bool)
+    orbits = []
+    for i in range(THUMB):
+        for j in range(THUMB):
+            if not seen[i, j]:
+                orbit, (a, b) = [], (i, j)
                 for _ in range(4):
-                    orbit[a, b] = k
-                    a, b = b, side - 1 - a
-                k += 1
-    return orbit
+                    seen[a, b] = True
+                    orbit.append(a * THUMB + b)
+                    a, b = b, THUMB - 1 - a
+                orbits.append(orbit)
+    one = np.array(orbits, dtype=np.int64)
+    return np.concatenate([c * THUMB * THUMB + one for c in range(3)])
 
 
 def _soft_normalised(x: np.ndarray) -> np.ndarray:
@@ -193,21 +195,19 @@ class SplitFineCodeHead(nn.Module):
 
         self.thumbs = Thumbnails(code.height, code.width)
         self.names = [name for name, _ in code.parts]
-        # the pixels of each channel's rotation orbits, orbit by orbit (the rows of _part_map)
-        orbit = _rotation_orbits(THUMB).ravel()
-        order = [c * THUMB * THUMB + int(p) for c in range(3) for k in range(int(orbit.max()) + 1)
-                 for p in np.flatnonzero(orbit == k)]
-        self.register_buffer("orbit_order", torch.tensor(order, dtype=torch.int64))
+        # the pixels of each rotation orbit, orbit by orbit (the rows of _part_map("t16r"))
+        self.register_buffer("orbit_order", torch.from_numpy(_orbit_pixels().ravel()))
         self.heads = nn.ModuleList([FineCodeHead(c) for _, c in code.parts])
 
     def _part(self, name: str, t16: torch.Tensor) -> torch.Tensor:
         """The part's vector, ``t16 @ _part_map(name).T`` computed by reshapes, a gather and
         means, so the graph holds no 768-column matrix (it stays float in int8 bundles)."""
         if name == "t8":
-            x = t16.reshape(-1, 3, THUMB // 2, 2, THUMB // 2, 2).mean(dim=(3, 5)).reshape(-1, 192)
+            x = t16.reshape(-1, 3, THUMB // 2, 2, THUMB // 2, 2).mean(dim=(3, 5))
+            x = x.reshape(-1, PART_DIM)
         else:  # t16r: each orbit's sum / 2
             order: torch.Tensor = self.orbit_order  # type: ignore[assignment]  # a buffer
-            x = torch.index_select(t16, 1, order).reshape(-1, 192, 4).sum(dim=2) * 0.5
+            x = torch.index_select(t16, 1, order).reshape(-1, PART_DIM, 4).sum(dim=2) * 0.5
         return x - x.mean(dim=1, keepdim=True)
 
     def forward(self, pooled: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

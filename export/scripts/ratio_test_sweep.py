@@ -33,12 +33,13 @@ from rsir_sdk import Bundle  # noqa: E402
 FACTORS = (0.0, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
-def distinct_fires(case: bench.Case, enc: Any, n: int, factors: tuple[float, ...]) -> dict[float, float]:
+def distinct_fires(case: bench.Case, enc: Any, data: Path, n: int,
+                   factors: tuple[float, ...]) -> dict[float, float]:
     """Per factor, the share of held-out queries (scenes not in the collection) whose nearest
     database item by fine code passes the ratio test."""
     ids = list(case.bundle.split().query_ids)
     pick = np.random.default_rng(1).choice(len(ids), size=min(n, len(ids)), replace=False)
-    root = Path(case.paths[0]).parents[1]
+    root = bench.archive_root(case.bundle, data, ids[0])
     fine = enc.encode_both([str(root / ids[i]) for i in sorted(pick)]).fine
     d = codes.hamming_distances(fine, case.stored()[1])
     return {f: float(codes.ratio_leader(d, f).any(axis=1).mean()) for f in factors}
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.bundles:
         case = bench.draw_case(Bundle.load(path), args.data, args.n, 0)
         enc = bench.encode_case(case, 1, lambda m: None)
-        fires = distinct_fires(case, enc, args.n, FACTORS)
+        fires = distinct_fires(case, enc, args.data, args.n, FACTORS)
         for c in [case] + [x for x in [bench.learned_case(case)] if x is not None]:
             rows = sweep(c, FACTORS)
             name = f"{path.name}{' learned' if c.learned is not None else ''}"
