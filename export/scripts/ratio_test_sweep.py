@@ -12,6 +12,12 @@ checks Milvus against it). Command (from the repo root)::
 
     python export/scripts/ratio_test_sweep.py --data ../shared/data/eurosat \\
         runs/bundles/split-eurosat-itq-64 runs/bundles/sim-eurosat-itq-64 [--json out.json]
+
+``--factors 0.8,0.9,0.94`` sweeps other factors; ``--misses jpeg70`` also lists, per bundle,
+the changed copies that the appearance mode brings back first and the default ranking does not:
+the fine distance to the original (d1) and to the runner-up (d2), the original's retrieval
+distance and the smallest retrieval distance in the collection. Why: it says whether a miss is
+the rule's (a factor or another rule would catch it) or the fine code's (d1 close to d2).
 """
 
 from __future__ import annotations
@@ -59,13 +65,36 @@ def sweep(case: bench.Case, factors: tuple[float, ...]) -> dict[float, dict[str,
     return out
 
 
+def misses(case: bench.Case, variant: str) -> list[dict[str, int]]:
+    """The copies of ``variant`` whose original is the nearest by fine code (the appearance
+    mode's rank 1) but not first in the default ranking: their distances."""
+    q, (codes_db, fine_db) = case.queries[variant], case.stored()
+    d_ret = codes.hamming_distances(q.codes, codes_db)
+    d_fine = codes.hamming_distances(q.fine, fine_db)
+    fine_bits = q.fine.shape[1] * 8
+    out = []
+    for i in range(len(d_ret)):
+        by_fine = np.argsort(d_fine[i], kind="stable")
+        default_first = int(np.argmin(codes.fine_ranking_key(d_ret[i], d_fine[i], fine_bits)))
+        if by_fine[0] == i and default_first != i:
+            out.append({"d1": int(d_fine[i, i]), "d2": int(d_fine[i, by_fine[1]]),
+                        "retrieval": int(d_ret[i, i]), "retrieval_min": int(d_ret[i].min())})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, required=True, help="the archive folder")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--factors", default=",".join(str(f) for f in FACTORS),
+                    help="comma-separated ratio-test factors (default %(default)s)")
+    ap.add_argument("--misses", choices=bench.VARIANTS, default=None,
+                    help="also list this variant's copies the default ranking misses and the "
+                         "appearance mode finds, with their distances")
     args = ap.parse_args(argv)
+    factors = tuple(float(f) for f in args.factors.split(","))
     results: dict[str, Any] = {}
     print("| bundle | factor | same | JPEG q70 | crop 90% | brightness | rot 90 (top 10) "
           "| held-out queries it fires for |")
@@ -73,14 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.bundles:
         case = bench.draw_case(Bundle.load(path), args.data, args.n, 0)
         enc = bench.encode_case(case, 1, lambda m: None)
-        fires = distinct_fires(case, enc, args.data, args.n, FACTORS)
+        fires = distinct_fires(case, enc, args.data, args.n, factors)
         for c in [case] + [x for x in [bench.learned_case(case)] if x is not None]:
-            rows = sweep(c, FACTORS)
+            rows = sweep(c, factors)
             name = f"{path.name}{' learned' if c.learned is not None else ''}"
             results[name] = {"rank1": rows, "fires": fires, "fine_bits": case.bundle.fine_bits}
-            for f in FACTORS:
+            for f in factors:
                 figs = " | ".join(f"{rows[f][v]:.3f}" for v in bench.VARIANTS)
                 print(f"| {name} | {f} | {figs} | {fires[f]:.3f} |", flush=True)
+            if args.misses:
+                missed = misses(c, args.misses)
+                results[name]["misses"] = {args.misses: missed}
+                for m in missed:
+                    print(f"  {name} {args.misses} miss: d1 {m['d1']} d2 {m['d2']} "
+                          f"(ratio {m['d1'] / max(m['d2'], 1):.3f}), retrieval distance "
+                          f"{m['retrieval']} (smallest {m['retrieval_min']})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
