@@ -65,9 +65,9 @@ def sweep(case: bench.Case, factors: tuple[float, ...]) -> dict[float, dict[str,
     return out
 
 
-def misses(case: bench.Case, variant: str) -> list[dict[str, int]]:
+def misses(case: bench.Case, variant: str) -> list[dict[str, Any]]:
     """The copies of ``variant`` whose original is the nearest by fine code (the appearance
-    mode's rank 1) but not first in the default ranking: their distances."""
+    mode's rank 1) but not first in the default ranking: their ids, labels and distances."""
     q, (codes_db, fine_db) = case.queries[variant], case.stored()
     d_ret = codes.hamming_distances(q.codes, codes_db)
     d_fine = codes.hamming_distances(q.fine, fine_db)
@@ -77,7 +77,7 @@ def misses(case: bench.Case, variant: str) -> list[dict[str, int]]:
         by_fine = np.argsort(d_fine[i], kind="stable")
         default_first = int(np.argmin(codes.fine_ranking_key(d_ret[i], d_fine[i], fine_bits)))
         if by_fine[0] == i and default_first != i:
-            out.append({"d1": int(d_fine[i, i]), "d2": int(d_fine[i, by_fine[1]]),
+            out.append({"id": case.ids[i], "label": case.labels[i], "d1": int(d_fine[i, i]), "d2": int(d_fine[i, by_fine[1]]),
                         "retrieval": int(d_ret[i, i]), "retrieval_min": int(d_ret[i].min())})
     return out
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--factors", default=",".join(str(f) for f in FACTORS),
                     help="comma-separated ratio-test factors (default %(default)s)")
-    ap.add_argument("--misses", choices=bench.VARIANTS, default=None,
+    ap.add_argument("--misses", choices=list(bench.VARIANTS), default=None,
                     help="also list this variant's copies the default ranking misses and the "
                          "appearance mode finds, with their distances")
     args = ap.parse_args(argv)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 missed = misses(c, args.misses)
                 results[name]["misses"] = {args.misses: missed}
                 for m in missed:
-                    print(f"  {name} {args.misses} miss: d1 {m['d1']} d2 {m['d2']} "
+                    print(f"  {name} {args.misses} miss {m['id']} ({m['label']}): d1 {m['d1']} d2 {m['d2']} "
                           f"(ratio {m['d1'] / max(m['d2'], 1):.3f}), retrieval distance "
                           f"{m['retrieval']} (smallest {m['retrieval_min']})", flush=True)
     if args.json:
