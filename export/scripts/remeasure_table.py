@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     for k in sorted(set(old) & set(new)):
         a, b = old[k], new[k]
         m = "mAP@20" if "mAP@20" in b else "mAP"
-        then = a.get(m, a["mAP (at training, ties by id)"])
+        then = a[m] if m in a else a["mAP (at training, ties by id)"]
         now, now_tie = b[m], b[m + " tie-aware"]
         print(f"| {' | '.join(str(x) for x in k[:4])} | {m} | {then:.4f} | "
               f"{a[m + ' tie-aware']:.4f} | {now:.4f} | {now_tie:.4f} | {now - then:+.4f} | "
