@@ -125,9 +125,11 @@ def test_onnx_fine_codes_match_torch(tiny, refit, fine_bits):
     bits_onnx, bits_torch = unpack_codes(codes, BITS), unpack_codes(t_codes, BITS)
     unsure = np.abs(t_emb) < 1e-4
     assert np.array_equal(bits_onnx[~unsure], bits_torch[~unsure])
-    # one fine code per image, where the retrieval codes already share some
-    assert len({r.tobytes() for r in fine}) == len(images)
-    assert len({r.tobytes() for r in codes}) < len(images)
+    # (nearly) one fine code per image, where the retrieval codes already share some: the tiny
+    # network's codes differ by machine (float kernels); 40 of 40 on one, 39 of 40 on another
+    n_fine, n_codes = len({r.tobytes() for r in fine}), len({r.tobytes() for r in codes})
+    assert n_fine >= 0.95 * len(images), n_fine
+    assert n_codes < len(images) and n_codes < n_fine, (n_codes, n_fine)
 
 
 def test_encode_both_is_one_run_and_repeatable(tiny, fine_bits, sample_images):
@@ -198,9 +200,11 @@ def test_int8_bundle_keeps_the_fine_head_in_float(tiny, fine_bits, sample_dir, s
     same = unpack_codes(a.fine, fine_bits) == unpack_codes(b.fine, fine_bits)
     # PCA-sign bits come in order of variance; int8 noise flips the low-variance ones first.
     # This 4-conv 64x64 network is the hard case (measured: 0.970 over its 56 bits, with the
-    # quantizer's retries; see docs/similar.md): the high-variance bits agree >= 99%
-    assert same[:, :16].mean() >= 0.99, same[:, :16].mean()
-    assert same.mean() >= 0.96, same.mean()
+    # quantizer's retries; see docs/similar.md): the high-variance bits agree more than the
+    # rest and >= 97.5%, all bits >= 94% (float kernels differ by machine: top 16 / all were
+    # >= 0.990 / >= 0.96 on an AMD EPYC, 0.985 / 0.952 on an Intel Xeon)
+    assert same[:, :16].mean() >= max(0.975, same.mean()), (same[:, :16].mean(), same.mean())
+    assert same.mean() >= 0.94, same.mean()
     # the int8 manifest records the fine bits' agreement on its check images
     recorded = child.manifest["parent"]["fine_bit_agreement"]
     assert 0.9 <= recorded <= 1.0
