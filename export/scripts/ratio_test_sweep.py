@@ -66,19 +66,22 @@ def sweep(case: bench.Case, factors: tuple[float, ...]) -> dict[float, dict[str,
 
 
 def misses(case: bench.Case, variant: str) -> list[dict[str, Any]]:
-    """The copies of ``variant`` whose original is the nearest by fine code (the appearance
-    mode's rank 1) but not first in the default ranking: their ids, labels and distances."""
+    """The copies of ``variant`` whose original is the appearance mode's rank 1 but not the
+    default ranking's (both in the store's order, :func:`bench.memory_topk`): their ids, labels
+    and distances."""
+    by_fine = bench.memory_topk(case, variant, "appearance", 2)
+    default = bench.memory_topk(case, variant, "default", 1)
     q, (codes_db, fine_db) = case.queries[variant], case.stored()
-    d_ret = codes.hamming_distances(q.codes, codes_db)
-    d_fine = codes.hamming_distances(q.fine, fine_db)
-    fine_bits = q.fine.shape[1] * 8
+    pos = {x: j for j, x in enumerate(case.ids)}
     out = []
-    for i in range(len(d_ret)):
-        by_fine = np.argsort(d_fine[i], kind="stable")
-        default_first = int(np.argmin(codes.fine_ranking_key(d_ret[i], d_fine[i], fine_bits)))
-        if by_fine[0] == i and default_first != i:
-            out.append({"id": case.ids[i], "label": case.labels[i], "d1": int(d_fine[i, i]), "d2": int(d_fine[i, by_fine[1]]),
-                        "retrieval": int(d_ret[i, i]), "retrieval_min": int(d_ret[i].min())})
+    for i, (near, first) in enumerate(zip(by_fine, default)):
+        if near[0] != case.ids[i] or first[0] == case.ids[i]:
+            continue
+        d_ret = codes.hamming_distances(q.codes[i : i + 1], codes_db)[0]
+        d_fine = codes.hamming_distances(q.fine[i : i + 1], fine_db)[0]
+        out.append({"id": case.ids[i], "label": case.labels[i], "d1": int(d_fine[i]),
+                    "d2": int(d_fine[pos[near[1]]]), "retrieval": int(d_ret[i]),
+                    "retrieval_min": int(d_ret.min())})
     return out
 
 
@@ -114,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 missed = misses(c, args.misses)
                 results[name]["misses"] = {args.misses: missed}
                 for m in missed:
-                    print(f"  {name} {args.misses} miss {m['id']} ({m['label']}): d1 {m['d1']} d2 {m['d2']} "
-                          f"(ratio {m['d1'] / max(m['d2'], 1):.3f}), retrieval distance "
+                    print(f"  {name} {args.misses} miss {m['id']} ({m['label']}): "
+                          f"d1 {m['d1']} d2 {m['d2']} (ratio {m['d1'] / max(m['d2'], 1):.3f}), retrieval distance "
                           f"{m['retrieval']} (smallest {m['retrieval_min']})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
