@@ -62,6 +62,16 @@ def rp_bundle(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: more torch threads only add contention."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def db_uri(tmp_path) -> str:
     """A fresh Milvus Lite database file."""
     return str(tmp_path / "rsir.db")

@@ -21,16 +21,7 @@ from rsir_train.milan import (  # noqa: E402
     triplet_loss,
 )
 
-pytestmark = pytest.mark.train
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The models here are tiny: threads only add contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("one_torch_thread")]
 
 
 # --------------------------------------------------------------------------- losses by hand

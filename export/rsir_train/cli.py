@@ -230,14 +230,23 @@ def _add_milan(methods: Any) -> None:
                    help="share of each class of the train side held out to choose the head "
                         "(best validation mAP; never the queries); 0 = the authors' run: "
                         "--iterations, last head (default 0.2)")
+    m.add_argument("--val-folds", type=int, default=3,
+                   help="on a train side under 1,000 images: choose the head's iteration on "
+                        "this many stratified folds of the train side, then refit on all of it "
+                        "(1 = one --val-fraction split, as on larger archives) (default 3)")
     m.add_argument("--val-metric", choices=("auto", "database", "archive"), default="auto",
                    help="what a validation measures: database = held-out images ranked against "
                         "the fit part (mAP, the AHCL protocol's question); archive = held-out "
                         "images ranked among themselves, leave-one-out mAP@20 (the MiLAN "
                         "protocol's question); auto = archive on a 60-40 split, else database")
-    m.add_argument("--val-every", type=int, default=250, help="iterations between validations")
+    m.add_argument("--val-every", type=int, default=None,
+                   help="iterations between validations (default: 250 on a train side of "
+                        "1,000 images or more; below, about 6.5 passes over the fit part, in "
+                        "multiples of 25, with --patience scaled to span the same iterations)")
     m.add_argument("--patience", type=int, default=8,
-                   help="stop after this many validations without improvement (0 = never)")
+                   help="stop after this many validations without improvement, counted at the "
+                        "250-iteration period (scaled when --val-every is left to its default "
+                        "on a small archive) (0 = never; default 8)")
     m.add_argument("--refit", action="store_true",
                    help="after model selection, train a fresh head on the whole train side for "
                         "the chosen number of iterations")

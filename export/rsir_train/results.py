@@ -70,6 +70,11 @@ def schedule_of(manifest: Mapping[str, Any]) -> str | None:
                 f"{sel.get('chosen')}: {text.split(': ', 1)[1]}; {cut}")
     if method == "milan":
         sel = t.get("selection") or {}
+        if sel.get("folds"):
+            return (f"validation-selected head: {sel['folds']} validation folds, best at "
+                    f"iteration {sel.get('best_iteration')} of the fold-mean curve (stopped at "
+                    f"{sel.get('stopped_at')} of {h.get('iterations')}), refit "
+                    f"{sel.get('refit_iterations')} on all {sel.get('n_train')} training images")
         if sel:
             refit = f", refit {sel['refit_iterations']}" if "refit_iterations" in sel else ""
             return (f"validation-selected head: best at iteration {sel.get('best_iteration')} "

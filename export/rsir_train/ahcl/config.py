@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backbones import Backbone
+from ..folds import SMALL_ARCHIVE, SMOOTH_TOP
 
 __all__ = ["AHCLConfig", "AUTHORS", "AUTO_LR", "AUTO_MAX_EPOCHS", "AUTO_MIN_EPOCHS",
            "AUTO_LR_BITS", "AUTO_STEPS", "CANDIDATES", "DEFAULT_CANDIDATES", "SCENE_PREPROCESS",
@@ -60,12 +61,12 @@ AUTO_MAX_EPOCHS = 100
 SCENE_PREPROCESS: dict[str, Any] = {"resize": None}
 #: fields that do not change the trained model (a checkpoint may be resumed with others)
 RUN_ONLY = ("device", "eval_every", "cache_dir", "amp")
-#: model selection (``schedule="auto"``, ``select="auto"``): below this many training images
-#: the run chooses among :data:`DEFAULT_CANDIDATES` on :data:`VAL_FOLDS` validation folds; from
-#: this many on it trains the auto schedule on the whole train side as before (the full-set
-#: rows of docs/results.md); ``select="on"`` validates the auto schedule alone at that size,
-#: on one ``val_fraction`` split
-SMALL_ARCHIVE = 1000
+#: model selection (``schedule="auto"``, ``select="auto"``): below :data:`SMALL_ARCHIVE`
+#: (1,000, :mod:`rsir_train.folds`) training images the run chooses among
+#: :data:`DEFAULT_CANDIDATES` on :data:`VAL_FOLDS` validation folds; from that many on it trains
+#: the auto schedule on the whole train side as before (the full-set rows of
+#: docs/results.md); ``select="on"`` validates the auto schedule alone at that size, on one
+#: ``val_fraction`` split
 #: the schedules a selecting run may choose among (``candidates=``), in order (a tie goes to
 #: the earlier): ``auto`` (above), ``authors`` (:data:`AUTHORS`), ``short`` (cosine, the auto
 #: lr, 30 epochs) and, above 16 bits, ``lr16`` (``short`` at the 16-bit lr :data:`AUTO_LR`)
@@ -81,9 +82,6 @@ DEFAULT_CANDIDATES = ("auto", "authors")
 #: validated once (3 x the validation images of one 20 % split: one 60-image split chose
 #: ``auto`` at 64 bits by 0.028 where the queries preferred ``authors`` by 0.037, issue 21)
 VAL_FOLDS = 3
-#: a candidate's figure: the mean of the best SMOOTH_TOP values of its fold-averaged
-#: validation curve (the best single value of a long, noisy curve is biased upward)
-SMOOTH_TOP = 3
 SHORT_EPOCHS = 30
 #: ``select`` values: ``auto`` (model selection with ``schedule="auto"`` when no schedule
 #: field is set by hand), ``on`` (with ``schedule="auto"`` even then: the hand-set values are

@@ -43,12 +43,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..evaluation import in_tie_order
-from ..trainer import CHECKPOINT_FILE, Progress, validation_indices
+from ..folds import Fold, fold_mean_curve, smoothed, validation_folds
+from ..trainer import CHECKPOINT_FILE, Progress
 from .config import SMALL_ARCHIVE, SMOOTH_TOP, AHCLConfig, candidate_configs
 from .trainer import _Context, _Part, _State, run_schedule
 
@@ -61,61 +62,12 @@ FINAL_RULE = ("the chosen schedule refit on the whole train side from the same i
               "weights, stopped at the chosen outer iteration (lr as in the validated "
               "schedule); database codes: that run's learned V of every training image")
 
-Fold = tuple[np.ndarray, np.ndarray]
-
-
-def validation_folds(labels: Sequence | np.ndarray, folds: int, fraction: float,
-                     seed: int) -> list[Fold]:
-    """Positions ``(fit, val)`` into a train side for each validation fold: with ``folds``
-    >= 2, per class the members permuted (seeded) and dealt round-robin into the folds, so
-    every image of a class of two or more is validated exactly once and every fold's fit part
-    keeps each class; folds with no validation image are left out. With ``folds`` <= 1 the
-    single per-class ``fraction`` split of :func:`rsir_train.trainer.validation_indices`."""
-    if folds <= 1:
-        return [validation_indices(labels, fraction, seed)]
-    y = np.asarray(labels, dtype=object).astype(str)
-    rng = np.random.default_rng(seed)
-    vals: list[list[int]] = [[] for _ in range(folds)]
-    for c in sorted(set(y.tolist())):
-        members = np.flatnonzero(y == c)
-        if len(members) < 2:
-            continue  # one image: nothing to hold out
-        perm = rng.permutation(members)
-        for j in range(folds):
-            vals[j] += [int(i) for i in perm[j::folds]]
-    out = []
-    for v in vals:
-        if v:
-            val = np.sort(np.array(v, dtype=np.int64))
-            out.append((np.setdiff1d(np.arange(len(y), dtype=np.int64), val), val))
-    return out
-
-
 def _part(ctx: _Context, fit: np.ndarray, val: np.ndarray) -> _Part:
     """A fold: its fit part (the database while selecting) and its validation images."""
     fit_ids = [ctx.train_ids[int(i)] for i in fit]
     order = in_tie_order(np.arange(len(fit)), fit_ids)
     return _Part(ctx.db_in.sub(fit), ctx.y_db[fit], fit_ids, ctx.db_in.sub(val),
                  ctx.y_db[val], order)
-
-
-def fold_mean_curve(curves: Sequence[Sequence[Sequence[float]]],
-                    weights: Sequence[float]) -> list[list[float]]:
-    """The folds' validation curves (``[[outer, mAP], ...]`` each) averaged, weighted, at the
-    outer iterations every fold validated (a fold that stopped early ends the curve)."""
-    common = set.intersection(*({int(o) for o, _ in c} for c in curves)) if curves else set()
-    total = float(sum(weights))
-    out = []
-    for o in sorted(common):
-        value = sum(w * dict((int(a), b) for a, b in c)[o] for c, w in zip(curves, weights))
-        out.append([o, round(value / total, 4)])
-    return out
-
-
-def smoothed(curve: Sequence[Sequence[float]], top: int = SMOOTH_TOP) -> float:
-    """A curve's figure: the mean of its ``top`` best values (-1 for an empty curve)."""
-    values = sorted((float(v) for _, v in curve), reverse=True)[:top]
-    return float(np.mean(values)) if values else -1.0
 
 
 def _fold_summary(k: int, fold: Fold, st: _State) -> dict[str, Any]:

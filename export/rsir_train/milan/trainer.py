@@ -31,6 +31,7 @@ from ..backbones import Backbone, build_backbone
 from ..errors import TrainingError
 from ..evaluation import archive_map, in_tie_order
 from ..features import Normalize, pooled_features
+from ..folds import SMALL_ARCHIVE
 from ..trainer import Progress, default_device, no_progress, validation_indices
 from .model import VAL_METRICS, MilanHead, MilanNet, MilanParams, milan_codes, milan_loss
 from .triplets import TripletSampler, mine_triplets
@@ -111,6 +112,8 @@ def train_milan_head(
     global torch RNG is left untouched.
     """
     params = params or MilanParams()
+    params = params.resolved_validation(len(labels), len(labels))
+    every = int(params.val_every or 0)
     features = torch.as_tensor(features)
     if features.ndim != 2 or len(features) != len(labels):
         raise ValueError(
@@ -129,7 +132,7 @@ def train_milan_head(
         parts = run.step(step)
         if progress is not None and (step % params.log_every == 0 or step == params.iterations):
             progress(step, params.iterations, parts)
-        if watch is not None and (step % params.val_every == 0 or step == params.iterations):
+        if watch is not None and (step % every == 0 or step == params.iterations):
             if watch.check(step):
                 break
     head = run.head
@@ -221,11 +224,16 @@ class _Watch:
         self.best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         self.curve: list[list[float]] = []
 
-    def check(self, step: int) -> bool:
-        """Validate at ``step``; keep the head when best; True when patience ran out."""
+    def score(self, step: int) -> float:
+        """The validation figure of the head at ``step``, added to the curve."""
         value = _val_map(self.scored, self.fit_x, self.fit_y, self.val_x, self.val_y,
                          self.metric)
         self.curve.append([step, round(value, 4)])
+        return value
+
+    def check(self, step: int) -> bool:
+        """Validate at ``step``; keep the head when best; True when patience ran out."""
+        value = self.score(step)
         if value > self.best_map:
             self.best_map, self.best_step, self.bad = value, step, 0
             self.best_state = {k: v.detach().clone() for k, v in self.scored.state_dict().items()}
@@ -323,6 +331,46 @@ def _torch_metrics(codes: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     return out
 
 
+def _choose_head(feats: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, bits: int,
+                 params: MilanParams, protocol: str | None,
+                 on_step: ProgressFn) -> tuple[MilanHead, dict[str, Any]]:
+    """The head of a run and its ``selection`` record: on a small train side chosen on
+    validation folds and refit (:mod:`rsir_train.milan.selection`); otherwise on one
+    ``val_fraction`` split (best head kept, refit with ``params.refit``); with
+    ``val_fraction=0`` the authors' run (``params.iterations``, last head, empty record)."""
+    selection: dict[str, Any] = {}
+    if params.val_fraction <= 0:
+        head = train_milan_head(feats[torch.as_tensor(train_idx)], labels[train_idx], bits,
+                                params, progress=on_step)
+        return head, selection
+    params = replace(params, val_metric=resolve_val_metric(params.val_metric, protocol))  # type: ignore[arg-type]
+    if len(train_idx) < SMALL_ARCHIVE and params.val_folds > 1:
+        from .selection import select_on_folds
+
+        return select_on_folds(feats[torch.as_tensor(train_idx)], labels[train_idx], bits,
+                               params, params.val_folds, progress=on_step)
+    fit, val = validation_indices(labels[train_idx], params.val_fraction, params.seed)
+    fit_idx, val_idx = train_idx[fit], train_idx[val]
+    params = params.resolved_validation(len(train_idx), len(fit))
+    head = train_milan_head(feats[torch.as_tensor(fit_idx)], labels[fit_idx], bits, params,
+                            progress=on_step,
+                            validation=(feats[torch.as_tensor(val_idx)], labels[val_idx]),
+                            report=selection)
+    selection.update(n_fit=int(len(fit_idx)), n_val=int(len(val_idx)),
+                     val_every=int(params.val_every or 0), patience=params.patience)
+    selection["reason"] = (f"best {selection['val_metric']} validation mAP "
+                           f"{selection['best_val_map']:.4f} on {len(val_idx)} held-out images "
+                           f"at iteration {selection['best_iteration']} (stopped at "
+                           f"{selection['stopped_at']})")
+    if params.refit:
+        selection["refit_iterations"] = max(1, int(selection["best_iteration"]))
+        selection["reason"] += (f"; refit {selection['refit_iterations']} iterations on all "
+                                f"{len(train_idx)} training images")
+        head = train_milan_head(feats[torch.as_tensor(train_idx)], labels[train_idx], bits,
+                                replace(params, iterations=selection["refit_iterations"]))
+    return head, selection
+
+
 def train_milan(
     archive: ArchiveListing,
     split: Split,
@@ -367,24 +415,11 @@ def train_milan(
         emit({"event": "iteration", "iterations": total, **record})
 
     t1 = time.perf_counter()
-    selection: dict[str, Any] = {}
-    if params.val_fraction > 0:
-        params = replace(params, val_metric=resolve_val_metric(params.val_metric, split.protocol))  # type: ignore[arg-type]
-        fit, val = validation_indices(labels[train_idx], params.val_fraction, params.seed)
-        fit_idx, val_idx = train_idx[fit], train_idx[val]
-        head = train_milan_head(feats[torch.as_tensor(fit_idx)], labels[fit_idx], config.bits,
-                                params, progress=on_step,
-                                validation=(feats[torch.as_tensor(val_idx)], labels[val_idx]),
-                                report=selection)
-        selection.update(n_fit=int(len(fit_idx)), n_val=int(len(val_idx)))
-        if params.refit:
-            head = train_milan_head(feats[torch.as_tensor(train_idx)], labels[train_idx],
-                                    config.bits, replace(params, iterations=max(
-                                        1, int(selection["best_iteration"]))))
-            selection["refit_iterations"] = int(selection["best_iteration"])
-    else:
-        head = train_milan_head(feats[torch.as_tensor(train_idx)], labels[train_idx], config.bits,
-                                params, progress=on_step)
+    head, selection = _choose_head(feats, labels, train_idx, config.bits, params,
+                                   split.protocol, on_step)
+    if selection:
+        emit({"event": "selection", "chosen": f"head at iteration {selection['best_iteration']}",
+              "reason": selection["reason"]})
     head_seconds = time.perf_counter() - t1
     head = head.cpu().eval()
     metrics = _torch_metrics(milan_codes(head, feats), labels, train_idx, query_idx,
