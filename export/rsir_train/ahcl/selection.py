@@ -11,7 +11,7 @@ its model on the archive it is given, never on the queries, as follows:
 1. **Validation folds**: on a small archive (train side under
    :data:`~rsir_train.ahcl.config.SMALL_ARCHIVE` images) ``val_folds`` (3) stratified folds:
    per class the train side's positions, permuted by the run's seed, dealt round-robin into
-   the folds (:func:`validation_folds`), so every training image is validated once and no
+   the folds (:func:`rsir_train.folds.validation_folds`), so every training image is validated once and no
    query image can be drawn (positions into the train side). A large archive (``select="on"``)
    or ``val_folds=1`` holds out per class ``val_fraction`` once
    (:func:`rsir_train.trainer.validation_indices`).
