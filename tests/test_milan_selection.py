@@ -86,6 +86,8 @@ def test_small_train_sides_use_folds_large_ones_one_split():
     assert record == {}
     with pytest.raises(ValueError, match="val_folds must be >= 1"):
         MilanParams(val_folds=0)
+    with pytest.raises(ValueError, match="val_every must be >= 1"):
+        MilanParams(val_every=0)
 
 
 def test_validation_period_follows_the_fit_part_on_small_archives():

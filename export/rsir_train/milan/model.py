@@ -146,6 +146,9 @@ class MilanParams:
             raise ValueError(f"input_dropout must be in [0, 1), not {self.input_dropout}")
         if self.classifier_weight < 0:
             raise ValueError(f"classifier_weight must be >= 0, not {self.classifier_weight}")
+        if self.val_every is not None and self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1 (leave it unset for the automatic "
+                             f"period), not {self.val_every}")
         if self.val_folds < 1:
             raise ValueError(f"val_folds must be >= 1, not {self.val_folds}")
         if self.val_metric not in VAL_METRICS:
