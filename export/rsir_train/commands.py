@@ -144,6 +144,9 @@ def _printer(quiet: bool) -> "Progress":
         elif kind == "cache_progress" and (event["done"] == event["total"]
                                            or event["done"] % 512 < 64):
             print(f"frozen features {event['done']}/{event['total']}", flush=True)
+        elif kind == "cache_resumed":
+            print(f"frozen features: resuming at {event['done']}/{event['total']} "
+                  f"({event['path']})", flush=True)
         elif kind in ("cache_hit", "cache_saved"):
             print(f"feature {kind.replace('_', ' ')}: {event['path']}", flush=True)
         elif kind == "selection":

@@ -7,7 +7,9 @@ exported inside the ONNX graph.
 
 Frozen parts of a backbone are run once and their output kept on disk, keyed by a hash of the
 frozen weights, the preprocessing and the file list (sizes and mtimes), so any change to one of
-them computes it afresh:
+them computes it afresh. The file is written batch by batch as it is computed, so a run
+interrupted there (Ctrl-C, SIGKILL) continues where it stopped when started again
+(:mod:`rsir_train.feature_cache`):
 
 - :func:`frozen_features` (AHCL on CPU): the stem and the first N blocks, for the images given;
 - :func:`pooled_features` (MiLAN): the whole backbone, pooled, for every image of the archive,
@@ -21,7 +23,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from rsir_sdk.archive import ArchiveListing
 
 from .backbones import Backbone
 from .errors import CorruptImageError
+from .feature_cache import Batches, read_or_fill
 
 log = logging.getLogger(__name__)
 
@@ -117,48 +120,40 @@ def _cache_folder(cache_dir: str | os.PathLike | bool | None) -> Path | None:
     return default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
 
 
-@torch.no_grad()
 def _run(backbone: Backbone, normalize: Normalize, archive: ArchiveListing,
-         indices: Sequence[int] | np.ndarray, preprocess: dict[str, Any], n_stages: int | None, device: str,
-         batch_size: int, emit: Progress) -> torch.Tensor:
-    """The frozen part's output for ``indices`` (``n_stages=None``: the whole backbone, pooled)."""
-    was_training = backbone.training
-    backbone.eval().to(device)
-    normalize = normalize.to(device)
-    chunks = []
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        x = normalize(torch.from_numpy(load_prepared(archive, idx, preprocess)).to(device))
-        out = backbone(x) if n_stages is None else backbone.forward_stages(x, 0, n_stages)
-        chunks.append(out.to(torch.float32).cpu())
-        emit({"event": "cache_progress", "done": start + len(idx), "total": len(indices)})
-    backbone.train(was_training)
-    if not chunks:
-        return torch.zeros(0, backbone.out_dim)
-    return torch.cat(chunks)
+         indices: Sequence[int] | np.ndarray, preprocess: dict[str, Any], n_stages: int | None,
+         device: str, batch_size: int, emit: Progress) -> Batches:
+    """``batches(first)``: the frozen part's output for ``indices[first:]``, batch by batch, as
+    ``(start, float32 rows)`` (``n_stages=None``: the whole backbone, pooled)."""
+
+    @torch.no_grad()
+    def batches(first: int) -> Iterator[tuple[int, np.ndarray]]:
+        was_training = backbone.training
+        backbone.eval().to(device)
+        norm = normalize.to(device)
+        try:
+            for start in range(first, len(indices), batch_size):
+                idx = indices[start : start + batch_size]
+                x = norm(torch.from_numpy(load_prepared(archive, idx, preprocess)).to(device))
+                out = backbone(x) if n_stages is None else backbone.forward_stages(x, 0, n_stages)
+                yield start, out.to(torch.float32).cpu().numpy()
+                emit({"event": "cache_progress", "done": start + len(idx), "total": len(indices)})
+        finally:
+            backbone.train(was_training)
+
+    return batches
 
 
-def _cached(path: Path | None, rows: int, compute: Callable[[], torch.Tensor],
-            emit: Progress) -> tuple[torch.Tensor, str]:
-    """Read ``path`` when it holds ``rows`` rows, else compute (and save when ``path``)."""
-    if path is not None and path.is_file():
-        feats = np.load(path, allow_pickle=False)
-        if feats.shape[0] == rows:
-            log.info("features: cache hit %s", path)
-            emit({"event": "cache_hit", "path": str(path)})
-            return torch.from_numpy(feats.astype(np.float32, copy=False)), "hit"
-        log.warning("features: cache %s has %d rows for %d images; recomputing",
-                    path, feats.shape[0], rows)
-    out = compute()
-    if path is None:
-        return out, "off"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # concurrent runs: no clash
-    np.save(tmp, out.numpy())
-    os.replace(tmp, path)
-    log.info("features: saved cache %s (%.1f MB)", path, out.numel() * 4 / 1e6)
-    emit({"event": "cache_saved", "path": str(path)})
-    return out, "computed"
+def _cached(path: Path | None, rows: int, batches: Batches, emit: Progress,
+            empty_dim: int) -> tuple[torch.Tensor, str]:
+    """Read ``path`` when it holds ``rows`` rows, else compute (saved as it goes when ``path``:
+    :func:`rsir_train.feature_cache.read_or_fill`, which resumes an interrupted computation)."""
+    if path is None or rows == 0:
+        parts = [b for _, b in batches(0)]
+        out = np.concatenate(parts) if parts else np.zeros((0, empty_dim), np.float32)
+        return torch.from_numpy(out), "off"
+    feats, status = read_or_fill(path, rows, batches, emit)
+    return torch.from_numpy(feats), status
 
 
 def frozen_features(
@@ -185,9 +180,9 @@ def frozen_features(
     if folder is not None:
         key = cache_key(backbone, n_stages, preprocess, archive, indices)
         path = folder / f"{backbone.name}-s{n_stages}-{key}.npy"
-    feats, _ = _cached(path, len(indices), lambda: _run(
-        backbone, normalize, archive, indices, preprocess, n_stages, device, batch_size, emit),
-        emit)
+    feats, _ = _cached(path, len(indices), _run(backbone, normalize, archive, indices, preprocess,
+                                                n_stages, device, batch_size, emit),
+                       emit, backbone.out_dim)
     return feats
 
 
@@ -216,6 +211,6 @@ def pooled_features(
     if folder is not None:
         path = folder / f"milan-{backbone.name}-{pooled_cache_key(backbone, preprocess, archive)}.npy"
     n = len(archive.items)
-    return _cached(path, n, lambda: _run(
-        backbone, normalize, archive, np.arange(n), preprocess, None, device, batch_size, emit),
-        emit)
+    return _cached(path, n, _run(backbone, normalize, archive, np.arange(n), preprocess, None,
+                                 device, batch_size, emit),
+                   emit, backbone.out_dim)

@@ -1,0 +1,135 @@
+"""The on-disk feature cache: written as it is computed, so an interrupted run resumes it.
+
+Why: computing the frozen part of a backbone is the longest step of a CPU run on a large
+archive (the pooled features of 100,000 images take hours on two cores). Kept in memory until
+the end, a Ctrl-C or a SIGKILL at 90 % lost all of it, and the whole array existed twice at
+the end (the batches and their concatenation). Here the rows go straight into
+``<name>.partial.npy`` (a memory-mapped ``.npy``), flushed batch by batch, with
+``<name>.partial.json`` saying how many rows are on disk; the next run with the same key
+continues from there, and the finished file is renamed to ``<name>.npy`` in one step. The key
+(weights, preprocessing, file list with sizes and mtimes) is in the name, so a partial file is
+only ever resumed by the same computation.
+
+Two runs filling the same cache at once: the first holds ``<name>.lock`` (``fcntl.flock``)
+and writes the partial file; the other computes in memory and saves under a name of its own
+before the same atomic rename, as before this module existed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, cast
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+#: ``batches(first_row)`` yields ``(start_row, rows)`` for every row from ``first_row`` on
+Batches = Callable[[int], Iterator[tuple[int, np.ndarray]]]
+
+__all__ = ["partial_paths", "read_or_fill"]
+
+
+def partial_paths(path: Path) -> tuple[Path, Path, Path]:
+    """The unfinished array, its progress record and the writer's lock file for ``path``."""
+    stem = path.name[: -len(".npy")] if path.name.endswith(".npy") else path.name
+    return (path.with_name(f"{stem}.partial.npy"), path.with_name(f"{stem}.partial.json"),
+            path.with_name(f"{stem}.lock"))
+
+
+@contextlib.contextmanager
+def _writer_lock(lock_path: Path) -> Iterator[bool]:
+    """``True`` inside the block when this process holds the cache's writer lock, ``False``
+    when another one does (or ``fcntl`` does not exist: then nothing is resumed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield False
+        return
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _resume_point(part: Path, state: Path, rows: int) -> tuple[int, np.memmap | None]:
+    """Rows already on disk and the open partial array, or ``(0, None)`` to start afresh."""
+    if not (part.is_file() and state.is_file()):
+        return 0, None
+    try:
+        done = int(json.loads(state.read_text(encoding="utf-8"))["done"])
+        arr = cast(np.memmap, np.load(part, mmap_mode="r+"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("features: unfinished cache %s unreadable (%s); starting afresh", part, exc)
+        return 0, None
+    if arr.shape[0] != rows or arr.dtype != np.float32 or not 0 <= done <= rows:
+        log.warning("features: unfinished cache %s does not fit (%s rows, %d done, %d wanted); "
+                    "starting afresh", part, arr.shape[0], done, rows)
+        return 0, None
+    return done, arr
+
+
+def _record(state: Path, done: int, rows: int) -> None:
+    tmp = state.with_name(f"{state.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"done": done, "rows": rows}), encoding="utf-8")
+    os.replace(tmp, state)
+
+
+def _fill(path: Path, rows: int, batches: Batches, emit: Progress) -> None:
+    """Compute the rows not yet on disk into the partial array, then rename it to ``path``."""
+    part, state, _ = partial_paths(path)
+    done, arr = _resume_point(part, state, rows)
+    if done:
+        log.info("features: resuming %s at %d/%d rows", part, done, rows)
+        emit({"event": "cache_resumed", "done": done, "total": rows, "path": str(part)})
+    for start, out in batches(done):
+        if arr is None:
+            arr = cast(np.memmap, np.lib.format.open_memmap(
+                part, mode="w+", dtype=np.float32, shape=(rows, *out.shape[1:])))
+        arr[start : start + len(out)] = out
+        arr.flush()  # the rows reach the file before the record says they did
+        _record(state, start + len(out), rows)
+    del arr
+    os.replace(part, path)
+    state.unlink(missing_ok=True)
+
+
+def _save_whole(path: Path, out: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # concurrent runs: no clash
+    np.save(tmp, out)
+    os.replace(tmp, path)
+
+
+def read_or_fill(path: Path, rows: int, batches: Batches, emit: Progress) -> tuple[np.ndarray, str]:
+    """The cached ``float32`` array of ``rows`` (>= 1) rows at ``path``: read when it is
+    complete (``"hit"``), else computed, resuming an unfinished one, and saved
+    (``"computed"``). The zero-byte lock file stays beside the cache (removing it would let a
+    second writer in)."""
+    if path.is_file():
+        feats = np.load(path, allow_pickle=False)
+        if feats.shape[0] == rows:
+            log.info("features: cache hit %s", path)
+            emit({"event": "cache_hit", "path": str(path)})
+            return feats.astype(np.float32, copy=False), "hit"
+        log.warning("features: cache %s has %d rows for %d images; recomputing",
+                    path, feats.shape[0], rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(partial_paths(path)[2]) as owner:
+        if owner:
+            _fill(path, rows, batches, emit)
+        else:
+            _save_whole(path, np.concatenate([b for _, b in batches(0)]))
+    log.info("features: saved cache %s", path)
+    emit({"event": "cache_saved", "path": str(path)})
+    return np.load(path, allow_pickle=False), "computed"
