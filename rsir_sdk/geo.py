@@ -6,7 +6,7 @@ the CLI and the HTTP API share to say *where* and *when* (issue 22; docs/geo.md)
 - :class:`BBox` ``(west, south, east, north)`` in WGS84 degrees; ``west > east`` crosses the
   antimeridian (the GeoJSON / STAC convention). :class:`Near` ``(lon, lat, metres)``: a true
   distance on the sphere. :class:`Period` ``(start, end)``: UTC epoch seconds, both inclusive,
-  either open; parsed from ISO 8601.
+  either open; parsed from ISO 8601 (:mod:`rsir_sdk.times`).
 - :class:`Footprint`: the lon/lat box of an image, its centre, and an optional time.
 - **Semantics**: a footprint *intersecting* the box counts; every bound is inclusive; longitudes
   are compared on the circle (-180 and 180 are one meridian); a footprint is *near* when the
@@ -21,14 +21,14 @@ the CLI and the HTTP API share to say *where* and *when* (issue 22; docs/geo.md)
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import InvalidInputError
+from .times import finite_number as _number
+from .times import iso, parse_time
 
 #: WGS84 mean radius (IUGG R1 = (2a + b) / 3), metres: the sphere distances are measured on
 EARTH_RADIUS_M = 6_371_008.8
@@ -44,18 +44,6 @@ _EPS_DEG = 1e-9  # widening of the near prefilter box against rounding (about 0.
 
 Range = tuple[str, str, float]  # (field, ">=" or "<=", value)
 Alternatives = tuple[tuple[Range, ...], ...]  # any one alternative (all of its ranges) holds
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise InvalidInputError(f"{name} must be finite, got {value!r}")
-    return out
 
 
 def _check_lat(value: Any, name: str) -> float:
@@ -262,63 +250,6 @@ class Period:
         if self.end is not None:
             ranges += (("t", "<=", self.end),)
         return (ranges,)
-
-
-_PARTIAL = re.compile(r"^\s*(\d{4})(?:-(\d{2}))?\s*$")
-_EXIF = re.compile(r"^\s*(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})\s*$")
-
-
-def parse_time(value: Any, name: str = "time", end: bool = False) -> float:
-    """ISO 8601 (``2021-06-01``, ``2021-06-01T10:30:00Z``, ``+02:00`` offsets, ``2021``,
-    ``2021-06``), a TIFF/EXIF ``2021:06:01 10:30:00``, a ``datetime``/``date`` or epoch seconds
-    → UTC epoch seconds. Times without an offset are UTC. With ``end=True`` a date, month or year
-    means its last instant (an inclusive end). One line naming ``name`` when it does not parse."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _number(value, name)
-    if isinstance(value, datetime):
-        return _epoch(value)
-    if isinstance(value, date):
-        return _day(value, end)
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be an ISO 8601 time, got {value!r}")
-    text = value.strip()
-    m = _PARTIAL.match(text)
-    try:
-        if m:
-            year, month = int(m.group(1)), int(m.group(2) or 0)
-            first = date(year, month or 1, 1)
-            if not end:
-                return _day(first, False)
-            nxt = date(year + 1, 1, 1) if month in (0, 12) else date(year, month + 1, 1)
-            return _day(nxt, False) - 1e-6
-        m = _EXIF.match(text)
-        if m:
-            y, mo, d, h, mi, sec = (int(g) for g in m.groups())
-            return _epoch(datetime(y, mo, d, h, mi, sec))
-        if len(text) == 10:
-            return _day(date.fromisoformat(text), end)
-        return _epoch(datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00")))
-    except (ValueError, OverflowError):
-        pass
-    raise InvalidInputError(f"{name} {value!r} is not an ISO 8601 time (e.g. 2021-06-01T10:30:00Z)")
-
-
-def _epoch(dt: datetime) -> float:
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return (dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) / timedelta(seconds=1)
-
-
-def _day(d: date, end: bool) -> float:
-    start = _epoch(datetime(d.year, d.month, d.day))
-    return start + 86400.0 - 1e-6 if end else start
-
-
-def iso(t: float) -> str:
-    """UTC epoch seconds → ISO 8601 ``YYYY-MM-DDTHH:MM:SSZ`` (microseconds when present)."""
-    dt = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=t)
-    text = dt.isoformat(timespec="microseconds" if dt.microsecond else "seconds")
-    return text.replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
