@@ -160,3 +160,16 @@ def test_a_second_writer_computes_in_memory_and_leaves_the_partial_file_alone(tm
         fcntl.flock(handle, fcntl.LOCK_UN)
     assert status == "computed" and torch.equal(second, whole) and torch.equal(first, whole)
     assert np.array_equal(np.load(cache), whole.numpy())
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_clear_error(tmp_path):
+    from rsir_train.errors import TrainingError
+
+    archive = open_training_archive(SAMPLE_ARCHIVE)
+    net, norm, pre = _net()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be", encoding="utf-8")
+    with pytest.raises(TrainingError) as info:
+        pooled_features(net, norm, archive, pre, cache_dir=blocker)
+    message = str(info.value)
+    assert "\n" not in message and str(blocker) in message and "--cache-dir" in message

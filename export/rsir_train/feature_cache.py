@@ -4,7 +4,7 @@ Why: computing the frozen part of a backbone is the longest step of a CPU run on
 archive (the pooled features of 100,000 images take hours on two cores). Kept in memory until
 the end, a Ctrl-C or a SIGKILL at 90 % lost all of it, and the whole array existed twice at
 the end (the batches and their concatenation). Here the rows go straight into
-``<name>.partial.npy`` (a memory-mapped ``.npy``), flushed batch by batch, with
+``<name>.partial.npy`` (a ``.npy`` file written at each batch's offset), with
 ``<name>.partial.json`` saying how many rows are on disk; the next run with the same key
 continues from there, and the finished file is renamed to ``<name>.npy`` in one step. The key
 (weights, preprocessing, file list with sizes and mtimes) is in the name, so a partial file is
@@ -22,9 +22,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, cast
+from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +65,24 @@ def _writer_lock(lock_path: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _resume_point(part: Path, state: Path, rows: int) -> tuple[int, np.memmap | None]:
-    """Rows already on disk and the open partial array, or ``(0, None)`` to start afresh."""
+def _resume_point(part: Path, state: Path, rows: int) -> tuple[int, int | None]:
+    """Rows already on disk and the byte offset of the partial array's data, or ``(0, None)``
+    to start afresh."""
     if not (part.is_file() and state.is_file()):
         return 0, None
     try:
         done = int(json.loads(state.read_text(encoding="utf-8"))["done"])
-        arr = cast(np.memmap, np.load(part, mmap_mode="r+"))
+        arr = np.load(part, mmap_mode="r")  # reads the header; nothing is written through it
+        shape, dtype, offset = arr.shape, arr.dtype, int(arr.offset)
+        del arr
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("features: unfinished cache %s unreadable (%s); starting afresh", part, exc)
         return 0, None
-    if arr.shape[0] != rows or arr.dtype != np.float32 or not 0 <= done <= rows:
+    if shape[0] != rows or dtype != np.float32 or not 0 <= done <= rows:
         log.warning("features: unfinished cache %s does not fit (%s rows, %d done, %d wanted); "
-                    "starting afresh", part, arr.shape[0], done, rows)
+                    "starting afresh", part, shape[0], done, rows)
         return 0, None
-    return done, arr
+    return done, offset
 
 
 def _record(state: Path, done: int, rows: int) -> None:
@@ -86,21 +91,34 @@ def _record(state: Path, done: int, rows: int) -> None:
     os.replace(tmp, state)
 
 
+def _new_partial(part: Path, shape: tuple[int, ...]) -> int:
+    """Write the ``.npy`` header of a ``float32`` array of ``shape``; the data's byte offset."""
+    with open(part, "wb") as f:
+        np.lib.format.write_array_header_2_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False, "shape": shape})
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape)) * 4)
+    return offset
+
+
 def _fill(path: Path, rows: int, batches: Batches, emit: Progress) -> None:
-    """Compute the rows not yet on disk into the partial array, then rename it to ``path``."""
+    """Compute the rows not yet on disk into the partial array, then rename it to ``path``.
+    Plain file writes, not a writable memory map: a full disk is an ``OSError`` here, where a
+    memory map would end the process with SIGBUS."""
     part, state, _ = partial_paths(path)
-    done, arr = _resume_point(part, state, rows)
+    done, offset = _resume_point(part, state, rows)
     if done:
         log.info("features: resuming %s at %d/%d rows", part, done, rows)
         emit({"event": "cache_resumed", "done": done, "total": rows, "path": str(part)})
     for start, out in batches(done):
-        if arr is None:
-            arr = cast(np.memmap, np.lib.format.open_memmap(
-                part, mode="w+", dtype=np.float32, shape=(rows, *out.shape[1:])))
-        arr[start : start + len(out)] = out
-        arr.flush()  # the rows reach the file before the record says they did
-        _record(state, start + len(out), rows)
-    del arr
+        block = np.ascontiguousarray(out, dtype=np.float32)
+        if offset is None:
+            offset = _new_partial(part, (rows, *block.shape[1:]))
+        with open(part, "r+b") as f:
+            f.seek(offset + start * block[0].nbytes)
+            f.write(block.tobytes())
+        _record(state, start + len(block), rows)  # after the rows reached the file
     os.replace(part, path)
     state.unlink(missing_ok=True)
 
@@ -124,12 +142,18 @@ def read_or_fill(path: Path, rows: int, batches: Batches, emit: Progress) -> tup
             return feats.astype(np.float32, copy=False), "hit"
         log.warning("features: cache %s has %d rows for %d images; recomputing",
                     path, feats.shape[0], rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _writer_lock(partial_paths(path)[2]) as owner:
-        if owner:
-            _fill(path, rows, batches, emit)
-        else:
-            _save_whole(path, np.concatenate([b for _, b in batches(0)]))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(partial_paths(path)[2]) as owner:
+            if owner:
+                _fill(path, rows, batches, emit)
+            else:
+                _save_whole(path, np.concatenate([b for _, b in batches(0)]))
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot write the feature cache {path}: {exc.strerror or exc}; free space there or "
+            f"choose another folder (--cache-dir, $RSIR_CACHE); rows already written are kept "
+            f"and the next run continues from them") from None
     log.info("features: saved cache %s", path)
     emit({"event": "cache_saved", "path": str(path)})
     return np.load(path, allow_pickle=False), "computed"
