@@ -147,19 +147,58 @@ def test_a_second_writer_computes_in_memory_and_leaves_the_partial_file_alone(tm
     archive = open_training_archive(SAMPLE_ARCHIVE)
     net, norm, pre = _net()
     whole, _ = pooled_features(net, norm, archive, pre, cache_dir=False)
-    events: list[dict] = []
-    first, _ = pooled_features(net, norm, archive, pre, cache_dir=tmp_path,
-                               progress=events.append)
+    first, _ = pooled_features(net, norm, archive, pre, cache_dir=tmp_path)
     cache = _only_cache(tmp_path)
     cache.unlink()
-    _, _, lock = partial_paths(cache)
+    part, state, lock = partial_paths(cache)
+    part.write_bytes(b"the other writer's unfinished rows")
+    state.write_text('{"done": 3, "rows": 200}', encoding="utf-8")
     with open(lock, "a") as handle:  # another run is filling this cache
         fcntl.flock(handle, fcntl.LOCK_EX)
         second, status = pooled_features(net, norm, archive, pre, cache_dir=tmp_path)
-        assert not list(tmp_path.glob("*.partial.*"))
         fcntl.flock(handle, fcntl.LOCK_UN)
+    assert part.read_bytes() == b"the other writer's unfinished rows"
+    assert state.read_text(encoding="utf-8") == '{"done": 3, "rows": 200}'
     assert status == "computed" and torch.equal(second, whole) and torch.equal(first, whole)
     assert np.array_equal(np.load(cache), whole.numpy())
+
+
+def _blocks(width: int, rows: int = 10, per: int = 2, stop_after: int | None = None):
+    """``batches(first)`` of rows ``i * 10 + column`` of ``width`` columns, optionally raising
+    KeyboardInterrupt once ``stop_after`` rows were handed over."""
+    def batches(first):
+        for start in range(first, rows, per):
+            if stop_after is not None and start >= stop_after:
+                raise KeyboardInterrupt
+            yield start, (np.arange(start, min(start + per, rows))[:, None] * 10
+                          + np.arange(width)[None, :]).astype(np.float32)
+    return batches
+
+
+def test_an_unfinished_file_of_another_row_shape_is_started_afresh(tmp_path, caplog):
+    from rsir_train.feature_cache import read_or_fill
+
+    path = tmp_path / "feats.npy"
+    with pytest.raises(KeyboardInterrupt):
+        read_or_fill(path, 10, _blocks(4, stop_after=4), lambda e: None)
+    assert json.loads(partial_paths(path)[1].read_text())["done"] == 4
+    feats, status = read_or_fill(path, 10, _blocks(8), lambda e: None)
+    assert status == "computed" and feats.shape == (10, 8)
+    assert np.array_equal(feats, np.concatenate([b for _, b in _blocks(8)(0)]))
+    assert "does not fit" in caplog.text and not list(tmp_path.glob("*.partial.*"))
+
+
+def test_a_stale_progress_record_never_vouches_for_a_new_file(tmp_path):
+    from rsir_train.feature_cache import read_or_fill
+
+    path = tmp_path / "feats.npy"
+    part, state, _ = partial_paths(path)
+    state.write_text('{"done": 10, "rows": 10}', encoding="utf-8")  # left by an earlier crash
+    with pytest.raises(KeyboardInterrupt):  # dies before its first batch is on disk
+        read_or_fill(path, 10, _blocks(4, stop_after=0), lambda e: None)
+    assert not state.exists()
+    feats, _ = read_or_fill(path, 10, _blocks(4), lambda e: None)
+    assert np.array_equal(feats, np.concatenate([b for _, b in _blocks(4)(0)]))
 
 
 def test_a_cache_folder_that_cannot_be_written_is_one_clear_error(tmp_path):

@@ -18,6 +18,7 @@ before the same atomic rename, as before this module existed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -56,7 +57,10 @@ def _writer_lock(lock_path: Path) -> Iterator[bool]:
     with open(lock_path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                log.warning("features: cannot lock %s (%s); this run computes the cache "
+                            "without resuming", lock_path, exc.strerror or exc)
             yield False
             return
         try:
@@ -65,9 +69,16 @@ def _writer_lock(lock_path: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _resume_point(part: Path, state: Path, rows: int) -> tuple[int, int | None]:
-    """Rows already on disk and the byte offset of the partial array's data, or ``(0, None)``
-    to start afresh."""
+#: where a partial array's data starts (bytes) and the shape of one row
+Layout = tuple[int, tuple[int, ...]]
+
+
+class _OtherRowShape(Exception):
+    """The unfinished file holds rows of another shape than the computation gives now."""
+
+
+def _resume_point(part: Path, state: Path, rows: int) -> tuple[int, Layout | None]:
+    """Rows already on disk and the partial array's layout, or ``(0, None)`` to start afresh."""
     if not (part.is_file() and state.is_file()):
         return 0, None
     try:
@@ -82,7 +93,7 @@ def _resume_point(part: Path, state: Path, rows: int) -> tuple[int, int | None]:
         log.warning("features: unfinished cache %s does not fit (%s rows, %d done, %d wanted); "
                     "starting afresh", part, shape[0], done, rows)
         return 0, None
-    return done, offset
+    return done, (offset, tuple(shape[1:]))
 
 
 def _record(state: Path, done: int, rows: int) -> None:
@@ -107,20 +118,35 @@ def _fill(path: Path, rows: int, batches: Batches, emit: Progress) -> None:
     Plain file writes, not a writable memory map: a full disk is an ``OSError`` here, where a
     memory map would end the process with SIGBUS."""
     part, state, _ = partial_paths(path)
-    done, offset = _resume_point(part, state, rows)
-    if done:
+    done, layout = _resume_point(part, state, rows)
+    if layout is None:
+        state.unlink(missing_ok=True)  # a record of an earlier file never vouches for a new one
+    elif done:
         log.info("features: resuming %s at %d/%d rows", part, done, rows)
         emit({"event": "cache_resumed", "done": done, "total": rows, "path": str(part)})
     for start, out in batches(done):
         block = np.ascontiguousarray(out, dtype=np.float32)
-        if offset is None:
-            offset = _new_partial(part, (rows, *block.shape[1:]))
+        if layout is None:
+            layout = (_new_partial(part, (rows, *block.shape[1:])), tuple(block.shape[1:]))
+        elif layout[1] != tuple(block.shape[1:]):
+            raise _OtherRowShape(f"rows of {layout[1]} on disk, {tuple(block.shape[1:])} now")
         with open(part, "r+b") as f:
-            f.seek(offset + start * block[0].nbytes)
+            f.seek(layout[0] + start * block[0].nbytes)
             f.write(block.tobytes())
         _record(state, start + len(block), rows)  # after the rows reached the file
+    state.unlink(missing_ok=True)  # before the rename: a crash between them recomputes
     os.replace(part, path)
-    state.unlink(missing_ok=True)
+
+
+def _fill_or_restart(path: Path, rows: int, batches: Batches, emit: Progress) -> None:
+    try:
+        _fill(path, rows, batches, emit)
+    except _OtherRowShape as exc:
+        part, state, _ = partial_paths(path)
+        log.warning("features: unfinished cache %s does not fit (%s); starting afresh", part, exc)
+        state.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        _fill(path, rows, batches, emit)
 
 
 def _save_whole(path: Path, out: np.ndarray) -> None:
@@ -129,31 +155,46 @@ def _save_whole(path: Path, out: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _complete(path: Path, rows: int, emit: Progress) -> np.ndarray | None:
+    """The finished cache at ``path`` when it holds ``rows`` rows, else ``None``."""
+    if not path.is_file():
+        return None
+    feats = np.load(path, allow_pickle=False)
+    if feats.shape[0] != rows:
+        log.warning("features: cache %s has %d rows for %d images; recomputing",
+                    path, feats.shape[0], rows)
+        return None
+    log.info("features: cache hit %s", path)
+    emit({"event": "cache_hit", "path": str(path)})
+    return feats.astype(np.float32, copy=False)
+
+
 def read_or_fill(path: Path, rows: int, batches: Batches, emit: Progress) -> tuple[np.ndarray, str]:
     """The cached ``float32`` array of ``rows`` (>= 1) rows at ``path``: read when it is
     complete (``"hit"``), else computed, resuming an unfinished one, and saved
     (``"computed"``). The zero-byte lock file stays beside the cache (removing it would let a
     second writer in)."""
-    if path.is_file():
-        feats = np.load(path, allow_pickle=False)
-        if feats.shape[0] == rows:
-            log.info("features: cache hit %s", path)
-            emit({"event": "cache_hit", "path": str(path)})
-            return feats.astype(np.float32, copy=False), "hit"
-        log.warning("features: cache %s has %d rows for %d images; recomputing",
-                    path, feats.shape[0], rows)
+    cached = _complete(path, rows, emit)
+    if cached is not None:
+        return cached, "hit"
+    part = partial_paths(path)[0]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _writer_lock(partial_paths(path)[2]) as owner:
+            cached = _complete(path, rows, emit) if owner else None
+            if cached is not None:  # finished by the writer that held the lock until just now
+                return cached, "hit"
             if owner:
-                _fill(path, rows, batches, emit)
+                _fill_or_restart(path, rows, batches, emit)
             else:
                 _save_whole(path, np.concatenate([b for _, b in batches(0)]))
+        feats = np.load(path, allow_pickle=False)
     except OSError as exc:
+        kept = ("; the rows already written are kept and the next run continues from them"
+                if part.is_file() else "")
         raise TrainingError(
             f"cannot write the feature cache {path}: {exc.strerror or exc}; free space there or "
-            f"choose another folder (--cache-dir, $RSIR_CACHE); rows already written are kept "
-            f"and the next run continues from them") from None
+            f"choose another folder (--cache-dir, $RSIR_CACHE){kept}") from None
     log.info("features: saved cache %s", path)
     emit({"event": "cache_saved", "path": str(path)})
-    return np.load(path, allow_pickle=False), "computed"
+    return feats, "computed"
