@@ -8,7 +8,9 @@ the end (the batches and their concatenation). Here the rows go straight into
 ``<name>.partial.json`` saying how many rows are on disk; the next run with the same key
 continues from there, and the finished file is renamed to ``<name>.npy`` in one step. The key
 (weights, preprocessing, file list with sizes and mtimes) is in the name, so a partial file is
-only ever resumed by the same computation.
+only ever resumed by the same computation. Safe against the process dying (Ctrl-C, SIGKILL,
+an out-of-memory kill); the writes are not fsynced, so after an operating-system crash or a
+power cut the record may claim rows the disk never got: delete ``*.partial.*`` then.
 
 Two runs filling the same cache at once: the first holds ``<name>.lock`` (``fcntl.flock``)
 and writes the partial file; the other computes in memory and saves under a name of its own
