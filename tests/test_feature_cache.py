@@ -34,6 +34,11 @@ def _net() -> tuple[SmallCNN, Normalize, dict]:
     return net, Normalize(pre["mean"], pre["std"]), pre
 
 
+def _interrupt(event: dict) -> None:
+    """A progress callback that stops the run at its first event, as Ctrl-C would."""
+    raise KeyboardInterrupt
+
+
 def _only_cache(folder: Path) -> Path:
     files = [p for p in folder.glob("*.npy") if ".partial" not in p.name]
     assert len(files) == 1, files
@@ -129,7 +134,7 @@ def test_an_unreadable_progress_record_starts_afresh(tmp_path, one_torch_thread,
     whole = frozen_features(net, norm, 3, archive, idx, pre, cache_dir=False, batch_size=8)
     with pytest.raises(KeyboardInterrupt):
         frozen_features(net, norm, 3, archive, idx, pre, cache_dir=tmp_path, batch_size=8,
-                        progress=lambda e: (_ for _ in ()).throw(KeyboardInterrupt))
+                        progress=_interrupt)
     state = next(tmp_path.glob("*.partial.json"))
     state.write_text("{not json", encoding="utf-8")
     events: list[dict] = []

@@ -151,10 +151,14 @@ def _fill_or_restart(path: Path, rows: int, batches: Batches, emit: Progress) ->
         _fill(path, rows, batches, emit)
 
 
-def _save_whole(path: Path, out: np.ndarray) -> None:
+def _save_whole(path: Path, batches: Batches) -> np.ndarray:
+    """Every row computed in memory and saved under a name of this process's own, then renamed
+    to ``path`` (another process holds the partial file)."""
+    out = np.concatenate([b for _, b in batches(0)])
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # concurrent runs: no clash
     np.save(tmp, out)
     os.replace(tmp, path)
+    return out
 
 
 def _complete(path: Path, rows: int, emit: Progress) -> np.ndarray | None:
@@ -179,18 +183,18 @@ def read_or_fill(path: Path, rows: int, batches: Batches, emit: Progress) -> tup
     cached = _complete(path, rows, emit)
     if cached is not None:
         return cached, "hit"
-    part = partial_paths(path)[0]
+    part, _, lock = partial_paths(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _writer_lock(partial_paths(path)[2]) as owner:
+        with _writer_lock(lock) as owner:
             cached = _complete(path, rows, emit) if owner else None
             if cached is not None:  # finished by the writer that held the lock until just now
                 return cached, "hit"
             if owner:
                 _fill_or_restart(path, rows, batches, emit)
+                feats = np.load(path, allow_pickle=False)  # the rows were never all in memory
             else:
-                _save_whole(path, np.concatenate([b for _, b in batches(0)]))
-        feats = np.load(path, allow_pickle=False)
+                feats = _save_whole(path, batches)
     except OSError as exc:
         kept = ("; the rows already written are kept and the next run continues from them"
                 if part.is_file() else "")
