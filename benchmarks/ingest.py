@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from _common import ROOT, load_average, machine, section, table, versions, write
 from rsir_sdk import Bundle, Encoder, Retriever, open_archive  # noqa: E402
 from rsir_sdk.images import read_image  # noqa: E402
 from rsir_sdk.ingest import (  # noqa: E402
+    IngestSummary,
     default_workers,
     iter_codes,
 )
@@ -47,6 +49,7 @@ from rsir_sdk.preprocess import prepare  # noqa: E402
 
 
 def find_bundle(size: int, tmp: Path, random_projection: bool) -> tuple[Path, str]:
+    """The newest bundle under ``runs/``, else a random-projection one built in ``tmp``; and a note."""
     runs = [] if random_projection else sorted(
         ROOT.glob("runs/**/manifest.json"), key=lambda p: p.stat().st_mtime)
     for manifest in reversed(runs):
@@ -60,7 +63,8 @@ def find_bundle(size: int, tmp: Path, random_projection: bool) -> tuple[Path, st
     return out, f"random-projection bundle built here ({size}x{size} input, 64 bits)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; the dataset folder is required (argument or ``$RSIR_DATA``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("data", nargs="?", default=os.environ.get("RSIR_DATA"),
                    help="dataset folder (default $RSIR_DATA)")
@@ -74,9 +78,120 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds; best time kept (default 3)")
     p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = p.parse_args(argv)
-    load0 = load_average()
     if not args.data:
         p.error("give the dataset folder or set RSIR_DATA")
+    return args
+
+
+@dataclass
+class StageTimes:
+    """What the stages did: image counts, the decode time and every round's time per stage."""
+
+    images: int  # items listed (after --limit)
+    encoded: int  # arrays given to the encoder alone
+    piped: int  # codes out of the last pipeline round
+    decode_seconds: float
+    rounds: dict[str, list[float]]  # "enc", "pipe", "index": seconds per round
+    summary: IngestSummary  # the last rsir index round
+
+
+def decode_alone(items: list, bundle: Bundle, workers: int) -> tuple[np.ndarray, float]:
+    """Every image decoded and resized/cropped in a pool of ``workers`` threads, and the time it took."""
+    t = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        arrays = np.stack(list(pool.map(
+            lambda it: prepare(read_image(it.file).rgb, bundle.preprocess), items)))
+    return arrays, time.perf_counter() - t
+
+
+def encoder_alone(encoder: Encoder, arrays: np.ndarray, batch_size: int) -> float:
+    """Seconds for ``Encoder.encode_arrays`` over the decoded images, batch after batch."""
+    t = time.perf_counter()
+    for start in range(0, len(arrays), batch_size):
+        encoder.encode_arrays(arrays[start : start + batch_size])
+    return time.perf_counter() - t
+
+
+def pipeline(encoder: Encoder, items: list, workers: int, batch_size: int) -> tuple[float, int]:
+    """Seconds for ``iter_codes`` (decode pool + encoder) over the items, and the codes it gave."""
+    t = time.perf_counter()
+    done = sum(len(b.items) for b in iter_codes(encoder, items, workers=workers,
+                                                 batch_size=batch_size))
+    return time.perf_counter() - t, done
+
+
+def index(bundle: Bundle, listing, db: Path, workers: int, batch_size: int) -> IngestSummary:
+    """``rsir index``'s work into the Milvus Lite file ``db`` (fresh: every image is encoded)."""
+    with Retriever(bundle, str(db), "bench", batch_size=batch_size) as r:
+        return r.index(listing, IngestOptions(workers=workers, batch_size=batch_size))
+
+
+def measure_stages(bundle: Bundle, listing, workers: int, args: argparse.Namespace,
+                   tmp: Path) -> StageTimes:
+    """Decode once, then encoder, pipeline and index take turns for ``args.repeat`` rounds."""
+    encoder = Encoder(bundle, batch_size=args.batch_size)
+    items = listing.items
+    for it in items:  # warm the disk cache for every stage alike
+        it.file.read_bytes()
+    arrays, t_decode = decode_alone(items, bundle, workers)
+    encoder.encode_arrays(arrays[: args.batch_size])  # warm-up (session init, allocations)
+    # the stages take turns, round after round, and each keeps its best time: on a shared
+    # machine, other jobs slow some rounds, and interleaving exposes every stage alike
+    times: dict[str, list[float]] = {"enc": [], "pipe": [], "index": []}
+    for r in range(args.repeat):
+        times["enc"].append(encoder_alone(encoder, arrays, args.batch_size))
+        t_pipe, done = pipeline(encoder, items, workers, args.batch_size)
+        times["pipe"].append(t_pipe)
+        # a fresh Milvus Lite file each round: every image is encoded
+        summary = index(bundle, listing, tmp / f"bench{r}.db", workers, args.batch_size)
+        times["index"].append(summary.seconds)
+        print(f"round {r + 1}/{args.repeat}: encoder {len(arrays) / times['enc'][-1]:.1f}, "
+              f"pipeline {done / t_pipe:.1f}, rsir index {summary.images_per_second:.1f} "
+              f"images/s", file=sys.stderr, flush=True)
+    return StageTimes(len(items), len(arrays), done, t_decode, times, summary)
+
+
+def report(st: StageTimes, args: argparse.Namespace, workers: int) -> str:
+    """The stage table and the paragraph under it (best times, efficiency, the setup)."""
+    t_encode, t_pipe, t_index = (min(st.rounds[k]) for k in ("enc", "pipe", "index"))
+    summary, n = st.summary, st.images
+    enc_rate = st.encoded / t_encode
+    dec_rate = n / st.decode_seconds
+    index_rate = summary.indexed / t_index
+    shared = 1.0 / (1.0 / enc_rate + 1.0 / dec_rate)
+
+    def spread(key: str, count: int) -> str:
+        rates = sorted(count / t for t in st.rounds[key])
+        return f"{rates[0]:.1f}–{rates[-1]:.1f}"
+
+    stages = [
+        ("encoder alone", st.encoded, t_encode, spread("enc", st.encoded)),
+        ("decode alone (thread pool)", n, st.decode_seconds, "-"),
+        ("pipeline, no Milvus (iter_codes)", st.piped, t_pipe, spread("pipe", st.piped)),
+        ("rsir index into Milvus Lite (ingest)", summary.indexed, t_index,
+         spread("index", summary.indexed)),
+    ]
+    rows = [[name, count, sec, count / sec, rng, f"{count / sec / enc_rate:.0%}"]
+            for name, count, sec, rng in stages]
+    body = table(["stage", "images", "best s", "images/s", "range over rounds",
+                  "vs encoder alone"], rows)
+    body += (
+        f"\n\nBest of {args.repeat} interleaved rounds per stage. "
+        f"Pipeline efficiency (rsir index ÷ encoder alone): "
+        f"**{index_rate / enc_rate:.0%}**. Decoding and encoding share the same "
+        f"{os.cpu_count()} cores: without any overlap they would give {shared:.1f} images/s "
+        f"(1 / (1/encode + 1/decode)); rsir index reaches {index_rate / shared:.0%} of that. "
+        f"Dataset {Path(args.data).name} ({n} images, disk cache warm), {workers} decoding "
+        f"threads, encoder batch {args.batch_size}, upserts of 512 rows."
+    )
+    if summary.failed:
+        body += f" {len(summary.failed)} images failed: {summary.reasons(3)}."
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    load0 = load_average()
     workers = args.workers or default_workers()
 
     with tempfile.TemporaryDirectory(prefix="rsir-bench-") as tmp:
@@ -86,87 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             bundle_path, origin = find_bundle(args.size, tmp, args.random_projection)
         bundle = Bundle.load(bundle_path)
-        encoder = Encoder(bundle, batch_size=args.batch_size)
         listing = open_archive(args.data, label_from="top")
         if args.limit:
             listing.items = listing.items[: args.limit]
-        items = listing.items
-        n = len(items)
-        for it in items:  # warm the disk cache for every stage alike
-            it.file.read_bytes()
-
-        # decode alone (worker pool)
-        t = time.perf_counter()
-        with ThreadPoolExecutor(workers) as pool:
-            arrays = np.stack(list(pool.map(
-                lambda it: prepare(read_image(it.file).rgb, bundle.preprocess), items)))
-        t_decode = time.perf_counter() - t
-
-        def encoder_alone() -> float:
-            t = time.perf_counter()
-            for start in range(0, len(arrays), args.batch_size):
-                encoder.encode_arrays(arrays[start : start + args.batch_size])
-            return time.perf_counter() - t
-
-        def pipeline() -> tuple[float, int]:
-            t = time.perf_counter()
-            done = sum(len(b.items) for b in iter_codes(encoder, items, workers=workers,
-                                                         batch_size=args.batch_size))
-            return time.perf_counter() - t, done
-
-        def index(round_: int):
-            # a fresh Milvus Lite file each round: every image is encoded
-            with Retriever(bundle, str(tmp / f"bench{round_}.db"), "bench",
-                           batch_size=args.batch_size) as r:
-                return r.index(listing, IngestOptions(workers=workers,
-                                                      batch_size=args.batch_size))
-
-        encoder.encode_arrays(arrays[: args.batch_size])  # warm-up (session init, allocations)
-        # the stages take turns, round after round, and each keeps its best time: on a shared
-        # machine, other jobs slow some rounds, and interleaving exposes every stage alike
-        times: dict[str, list[float]] = {"enc": [], "pipe": [], "index": []}
-        for r in range(args.repeat):
-            times["enc"].append(encoder_alone())
-            t_pipe, done = pipeline()
-            times["pipe"].append(t_pipe)
-            summary = index(r)
-            times["index"].append(summary.seconds)
-            print(f"round {r + 1}/{args.repeat}: encoder {len(arrays) / times['enc'][-1]:.1f}, "
-                  f"pipeline {done / t_pipe:.1f}, rsir index {summary.images_per_second:.1f} "
-                  f"images/s", file=sys.stderr, flush=True)
-        t_encode, t_pipe, t_index = (min(times[k]) for k in ("enc", "pipe", "index"))
-
-        enc_rate = len(arrays) / t_encode
-        dec_rate = n / t_decode
-        index_rate = summary.indexed / t_index
-        shared = 1.0 / (1.0 / enc_rate + 1.0 / dec_rate)
-
-        def spread(key: str, count: int) -> str:
-            rates = sorted(count / t for t in times[key])
-            return f"{rates[0]:.1f}–{rates[-1]:.1f}"
-
-        stages = [
-            ("encoder alone", len(arrays), t_encode, spread("enc", len(arrays))),
-            ("decode alone (thread pool)", n, t_decode, "-"),
-            ("pipeline, no Milvus (iter_codes)", done, t_pipe, spread("pipe", done)),
-            ("rsir index into Milvus Lite (ingest)", summary.indexed, t_index,
-             spread("index", summary.indexed)),
-        ]
-        rows = [[name, count, sec, count / sec, rng, f"{count / sec / enc_rate:.0%}"]
-                for name, count, sec, rng in stages]
-        body = table(["stage", "images", "best s", "images/s", "range over rounds",
-                      "vs encoder alone"], rows)
-        body += (
-            f"\n\nBest of {args.repeat} interleaved rounds per stage. "
-            f"Pipeline efficiency (rsir index ÷ encoder alone): "
-            f"**{index_rate / enc_rate:.0%}**. Decoding and encoding share the same "
-            f"{os.cpu_count()} cores: without any overlap they would give {shared:.1f} images/s "
-            f"(1 / (1/encode + 1/decode)); rsir index reaches {index_rate / shared:.0%} of that. "
-            f"Dataset {Path(args.data).name} ({n} images, disk cache warm), {workers} decoding "
-            f"threads, encoder batch {args.batch_size}, upserts of 512 rows."
-        )
-        if summary.failed:
-            body += f" {len(summary.failed)} images failed: {summary.reasons(3)}."
+        body = report(measure_stages(bundle, listing, workers, args, tmp), args, workers)
         meta = machine({
             "bundle": f"{bundle.method} {bundle.bits} bits, {bundle.input_height}x"
                       f"{bundle.input_width} input, encoder {bundle.encoder_id} ({origin})",
@@ -178,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
                            "(`benchmarks/ingest.py`)", body, meta, (load0, load_average()))
             print(f"\nwrote {write_section('ingest', text)}", file=sys.stderr)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -52,10 +52,12 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import ROOT, load_average, machine, section, table, versions, write_section
+from _common import ROOT, load_average, machine, section, versions, write_section
+from _ray_ingest_report import Figures, costs_table, method_text, runs_table
 from PIL import Image, ImageOps
 
 from rsir_sdk import MilvusCodeStore, Retriever, open_archive
@@ -192,6 +194,11 @@ class PeakSampler:
 
 
 # ----------------------------------------------------------------------------- runs
+def say(msg: str) -> None:
+    """A timestamped progress line on stderr (stdout carries only the report)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def rows_of(uri: str, collection: str, ids: list[str]) -> dict[str, bytes]:
     """id -> code bytes of ``ids`` in ``collection`` (every id must be there, nothing else)."""
     with MilvusCodeStore(uri, collection, create=False) as s:
@@ -199,6 +206,164 @@ def rows_of(uri: str, collection: str, ids: list[str]) -> dict[str, bytes]:
         return {it.id: it.code.tobytes() for it in s.get(ids)}
 
 
+def prepare_listing(args: argparse.Namespace, tmp: Path) -> tuple[Any, str]:
+    """The listing every run indexes (``--data``'s first images, or scenes made from the shipped
+    sample under ``tmp``) and a phrase saying where its images come from. Each file is read once
+    here so that every engine reads from a warm disk cache."""
+    if args.data:
+        listing = open_archive(args.data, label_from="parent")
+        listing.items = listing.items[: args.images]
+        origin = f"{Path(args.data).name}, first {len(listing.items)} images"
+    else:
+        t0 = time.perf_counter()
+        folder = make_images(args.images, tmp / "images")
+        listing = open_archive(folder, label_from="parent")
+        turns = min(len(VARIANTS), -(-args.images // 200))
+        origin = (f"the shipped EuroSAT sample (200 scenes, 64x64) re-saved as PNG in {turns} "
+                  f"orientation{'s' if turns > 1 else ''}")
+        say(f"{len(listing.items)} images made in {time.perf_counter() - t0:.1f}s")
+    n = len(listing.items)
+    small = args.workers * args.batch_size  # the small run: one actor call per worker
+    if n <= small:
+        raise SystemExit(f"need more than {small} images, found {n}")
+    for it in listing.items:  # every engine reads from a warm disk cache
+        it.file.read_bytes()
+    return listing, origin
+
+
+@dataclass
+class Bench:
+    """What each timed run needs: the options, the listing, the server and, once the first local
+    run is done, its rows (which every Ray collection must equal)."""
+
+    args: argparse.Namespace
+    listing: Any
+    uri: str
+    ids: list[str]
+    expected: dict[str, bytes] = field(default_factory=dict)
+
+    def index(self, collection: str, subset: list[Any], engine: str) -> float:
+        """Wall seconds of ``Retriever.index`` of ``subset`` into a fresh ``collection`` with
+        ``engine`` (every image must be indexed, none may fail)."""
+        args = self.args
+        part = copy.copy(self.listing)
+        part.items = list(subset)
+        with Retriever(args.bundle, self.uri, collection, batch_size=args.batch_size) as r:
+            t0 = time.perf_counter()
+            summary = r.index(part, IngestOptions(engine=engine, workers=args.workers,
+                                                  batch_size=args.batch_size))
+            wall = time.perf_counter() - t0
+        assert summary.indexed == len(subset) and not summary.failed, (
+            collection, summary.indexed, summary.reasons(3))
+        say(f"{collection}: {len(subset)} images in {wall:.1f}s "
+            f"({len(subset) / wall:.1f} images/s)")
+        return wall
+
+    def same_rows(self, collection: str) -> None:
+        """Assert that ``collection`` holds exactly the ids and codes of the local run."""
+        got = rows_of(self.uri, collection, self.ids)
+        differ = sum(got[i] != self.expected[i] for i in self.ids)
+        assert got == self.expected, (
+            f"{collection}: {differ} of {len(self.ids)} codes differ from the local run")
+
+
+def measure_cold_ray(bench: Bench, server_pid: int) -> tuple[float, PeakSampler, float]:
+    """``engine="ray"`` with no Ray running (what ``rsir index --engine ray`` does: Ray started
+    and shut down by the call): (wall s, its memory peaks, this process' RSS after ``import ray``)."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as rsir_sdk.ray_ingest does
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+    import ray.data  # before the RSS reading: the runs import it
+
+    # Ray Data's notices (e.g. fewer blocks than actors) are not figures
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+    driver_ray_imported = self_rss_mb()
+    with PeakSampler(server_pid) as cold_peak:
+        cold_s = bench.index("bench_ray_cold", bench.listing.items, "ray")
+    assert not ray.is_initialized()
+    bench.same_rows("bench_ray_cold")
+    return cold_s, cold_peak, driver_ray_imported
+
+
+def start_local_ray(workers: int, server_pid: int) -> tuple[float, dict[str, Any], float]:
+    """``ray.init(num_cpus=workers)`` here with the library's settings (no dashboard, no log
+    forwarding): (its wall s, the idle cluster's memory, this process' RSS after it)."""
+    import ray
+    import ray.data
+
+    for name in ("ray", "ray.data", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    init_s = time.perf_counter() - t0
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_stats_logs = False
+    say(f"ray.init(num_cpus={workers}) in {init_s:.2f}s")
+    time.sleep(5)  # let the prestarted workers come up: the idle cluster's memory
+    idle = ray_memory(server_pid)
+    driver_after_init = self_rss_mb()
+    say(f"idle Ray: {idle['procs']} processes, RSS {idle['rss']:.0f} MB, "
+        f"PSS {idle['pss']:.0f} MB: {idle['names']}")
+    return init_s, idle, driver_after_init
+
+
+def measure_warm_rounds(bench: Bench, server_pid: int, small: int, local_times: list[float]
+                        ) -> tuple[float, list[float], list[float], PeakSampler]:
+    """On the running cluster: the first Ray execution of ``small`` images, then ``--repeat``
+    rounds of local, Ray ``small`` and Ray full runs (each round's local time is appended to
+    ``local_times``); shuts Ray down. (first s, small run times, full run times, memory peaks)."""
+    import ray
+
+    items = bench.listing.items
+    small_times: list[float] = []
+    warm_times: list[float] = []
+    try:
+        with PeakSampler(server_pid) as warm_peak:
+            # the first execution on a fresh cluster pays more (workers import Ray Data,
+            # onnxruntime): reported apart, left out of the line below
+            first_s = bench.index("bench_ray_first", items[:small], "ray")
+            for r in range(1, max(1, bench.args.repeat) + 1):
+                local_times.append(bench.index(f"bench_local{r}", items, "local"))
+                small_times.append(bench.index(f"bench_ray_small{r}", items[:small], "ray"))
+                warm_times.append(bench.index(f"bench_ray_warm{r}", items, "ray"))
+                bench.same_rows(f"bench_ray_warm{r}")
+        assert ray.is_initialized()  # the library left the cluster it did not start alone
+    finally:
+        ray.shutdown()
+    return first_s, small_times, warm_times, warm_peak
+
+
+def measure(args: argparse.Namespace, listing: Any, tmp: Path) -> Figures:
+    """Every run, in order, on one local Milvus server under ``tmp``: local; Ray cold; ``ray.init``
+    and the idle cluster; the first Ray execution and the rounds on it."""
+    items = listing.items
+    ids = sorted(it.id for it in items)
+    small = args.workers * args.batch_size
+    with local_server(tmp / "milvus") as srv:
+        say(f"Milvus server up in {srv.started_s:.1f}s at {srv.uri}")
+        bench = Bench(args, listing, srv.uri, ids)
+        # 1. local engine (again in each round below; the best time is kept)
+        local_times = [bench.index("bench_local0", items, "local")]
+        bench.expected = rows_of(srv.uri, "bench_local0", ids)
+        # 2. engine="ray", Ray not running: started and shut down by the call (rsir index)
+        cold_s, cold_peak, driver_ray_imported = measure_cold_ray(bench, srv.pid)
+        # 3. a warm local cluster: ray.init timed, idle memory, then the runs on it
+        init_s, idle, driver_after_init = start_local_ray(args.workers, srv.pid)
+        first_s, small_times, warm_times, warm_peak = measure_warm_rounds(
+            bench, srv.pid, small, local_times)
+        driver_end = self_rss_mb()
+    return Figures(
+        n=len(items), small=small, local_times=local_times, cold_s=cold_s,
+        cold_peak_rss=cold_peak.rss, cold_peak_pss=cold_peak.pss, init_s=init_s, idle=idle,
+        first_s=first_s, small_times=small_times, warm_times=warm_times,
+        warm_peak_rss=warm_peak.rss, warm_peak_pss=warm_peak.pss, warm_peak_procs=warm_peak.procs,
+        driver_ray_imported=driver_ray_imported, driver_after_init=driver_after_init,
+        driver_end=driver_end)
+
+
+# ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--bundle", required=True,
@@ -226,166 +391,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, tmp: Path, load0: str, driver_before: float) -> int:
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    if args.data:
-        listing = open_archive(args.data, label_from="parent")
-        listing.items = listing.items[: args.images]
-        origin = f"{Path(args.data).name}, first {len(listing.items)} images"
-    else:
-        t0 = time.perf_counter()
-        folder = make_images(args.images, tmp / "images")
-        listing = open_archive(folder, label_from="parent")
-        turns = min(len(VARIANTS), -(-args.images // 200))
-        origin = (f"the shipped EuroSAT sample (200 scenes, 64x64) re-saved as PNG in {turns} "
-                  f"orientation{'s' if turns > 1 else ''}")
-        say(f"{len(listing.items)} images made in {time.perf_counter() - t0:.1f}s")
-    items = listing.items
-    n = len(items)
-    small = args.workers * args.batch_size  # the small run: one actor call per worker
-    if n <= small:
-        raise SystemExit(f"need more than {small} images, found {n}")
-    for it in items:  # every engine reads from a warm disk cache
-        it.file.read_bytes()
-    ids = sorted(it.id for it in items)
-
-    results: list[list[Any]] = []
-    with local_server(tmp / "milvus") as srv:
-        say(f"Milvus server up in {srv.started_s:.1f}s at {srv.uri}")
-
-        def index(collection: str, subset: list[Any], engine: str) -> tuple[float, Any]:
-            part = copy.copy(listing)
-            part.items = list(subset)
-            with Retriever(args.bundle, srv.uri, collection, batch_size=args.batch_size) as r:
-                t0 = time.perf_counter()
-                summary = r.index(part, IngestOptions(engine=engine, workers=args.workers,
-                                                      batch_size=args.batch_size))
-                wall = time.perf_counter() - t0
-            assert summary.indexed == len(subset) and not summary.failed, (
-                collection, summary.indexed, summary.reasons(3))
-            say(f"{collection}: {len(subset)} images in {wall:.1f}s "
-                f"({len(subset) / wall:.1f} images/s)")
-            return wall, summary
-
-        def same_rows(collection: str) -> None:
-            got = rows_of(srv.uri, collection, ids)
-            differ = sum(got[i] != expected[i] for i in ids)
-            assert got == expected, f"{collection}: {differ} of {n} codes differ from the local run"
-
-        # 1. local engine (again in each round below; the best time is kept)
-        local_times = [index("bench_local0", items, "local")[0]]
-        expected = rows_of(srv.uri, "bench_local0", ids)
-
-        # 2. engine="ray", Ray not running: started and shut down by the call (rsir index)
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as rsir_sdk.ray_ingest does
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        import ray
-        import ray.data
-
-        # Ray Data's notices (e.g. fewer blocks than actors) are not figures
-        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
-        driver_ray_imported = self_rss_mb()
-        with PeakSampler(srv.pid) as cold_peak:
-            t_cold, _ = index("bench_ray_cold", items, "ray")
-        assert not ray.is_initialized()
-        same_rows("bench_ray_cold")
-
-        # 3. a warm local cluster: ray.init timed, idle memory, then the runs on it
-        for name in ("ray", "ray.data", "ray._private", "ray.util"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        t0 = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR)
-        t_init = time.perf_counter() - t0
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.verbose_stats_logs = False
-        say(f"ray.init(num_cpus={args.workers}) in {t_init:.2f}s")
-        time.sleep(5)  # let the prestarted workers come up: the idle cluster's memory
-        idle = ray_memory(srv.pid)
-        driver_after_init = self_rss_mb()
-        say(f"idle Ray: {idle['procs']} processes, RSS {idle['rss']:.0f} MB, "
-            f"PSS {idle['pss']:.0f} MB: {idle['names']}")
-        small_times: list[float] = []
-        warm_times: list[float] = []
-        try:
-            with PeakSampler(srv.pid) as warm_peak:
-                # the first execution on a fresh cluster pays more (workers import Ray Data,
-                # onnxruntime): reported apart, left out of the line below
-                t_first, _ = index("bench_ray_first", items[:small], "ray")
-                for r in range(1, max(1, args.repeat) + 1):
-                    local_times.append(index(f"bench_local{r}", items, "local")[0])
-                    small_times.append(index(f"bench_ray_small{r}", items[:small], "ray")[0])
-                    warm_times.append(index(f"bench_ray_warm{r}", items, "ray")[0])
-                    same_rows(f"bench_ray_warm{r}")
-            assert ray.is_initialized()  # the library left the cluster it did not start alone
-        finally:
-            ray.shutdown()
-        t_local, t_small, t_warm = min(local_times), min(small_times), min(warm_times)
-
-        def spread(times: list[float], count: int) -> str:
-            return f"{count / max(times):.1f}–{count / min(times):.1f}" if len(times) > 1 else "-"
-
-        results.append(["`engine=\"local\"` (threads + one onnxruntime session)", n,
-                        len(local_times), t_local, n / t_local, spread(local_times, n), "1.00x",
-                        "-", "-"])
-        results.append([f"`engine=\"ray\"`, {args.workers} workers, Ray started and stopped by "
-                        f"the call (`rsir index --engine ray`)", n, 1, t_cold, n / t_cold, "-",
-                        f"{t_local / t_cold:.2f}x", cold_peak.rss, cold_peak.pss])
-        results.append([f"`engine=\"ray\"`, {args.workers} workers, on a running local Ray",
-                        n, len(warm_times), t_warm, n / t_warm, spread(warm_times, n),
-                        f"{t_local / t_warm:.2f}x", warm_peak.rss, warm_peak.pss])
-        results.append([f"the same, {small} images (one actor call of {args.batch_size} rows per "
-                        f"worker)", small, len(small_times), t_small, small / t_small,
-                        spread(small_times, small), "-", "-", "-"])
-        results.append([f"the same, {small} images, first execution after `ray.init`", small, 1,
-                        t_first, small / t_first, "-", "-", "-", "-"])
-        per_image = (t_warm - t_small) / (n - small)
-        fixed = t_small - small * per_image
-        driver_end = self_rss_mb()
-
-    body = table(["run", "images", "runs", "best wall s", "images/s", "range images/s",
-                  "speed vs local", "peak Ray RSS MB", "peak Ray PSS MB"], results)
-    names = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in sorted(idle["names"].items()))
-    body += "\n\n" + table(["Ray cost", "value"], [
-        [f"`ray.init(num_cpus={args.workers})` of a local cluster (no dashboard)",
-         f"{t_init:.2f} s"],
-        ["idle local cluster: processes", f"{idle['procs']} ({names})"],
-        ["idle local cluster: RSS sum / PSS sum", f"{idle['rss']:.0f} MB / {idle['pss']:.0f} MB"],
-        ["peak while indexing on it: RSS sum / PSS sum",
-         f"{warm_peak.rss:.0f} MB / {warm_peak.pss:.0f} MB ({warm_peak.procs} processes)"],
-        ["this process (driver): before `import ray` / after it / after the runs",
-         f"{driver_before:.0f} / {driver_ray_imported:.0f} / {driver_end:.0f} MB "
-         f"(after ray.init {driver_after_init:.0f} MB)"],
-        ["fixed cost of one Ray Data execution on a running cluster (actor pool, one "
-         "onnxruntime session per actor, planning)",
-         f"{fixed:.2f} s" if per_image > 0 else "n/a (the runs were too noisy for a line)"],
-        [f"cost per further image on Ray ({args.workers} actors)",
-         f"{per_image * 1000:.1f} ms ({1 / per_image:.1f} images/s); local engine: "
-         f"{t_local / n * 1000:.1f} ms" if per_image > 0 else "n/a"],
-        [f"first execution after `ray.init` ({small} images) minus the best later one",
-         f"{t_first - t_small:.1f} s"],
-        ["starting and stopping Ray inside the call (the cold run minus the best warm one)",
-         f"{t_cold - t_warm:.1f} s"],
-    ])
-    body += (
-        f"\n\n{n:,} images ({origin}), each run into a fresh collection of one local Milvus "
-        f"2.3.5 server through `Retriever.index` (wall time of the call: listing, existence "
-        f"checks, decode, encode, inserts of 512 rows); encoder batch and actor batch "
-        f"{args.batch_size}. The local engine uses decode threads and one onnxruntime session "
-        f"with all {os.cpu_count()} cores' threads, opened with the `Retriever` (outside the "
-        f"timing); Ray runs {args.workers} actors of 1 CPU and 1 onnxruntime thread each, "
-        f"their sessions opened inside each execution, and writes from the driver. Order: "
-        f"local, Ray cold, `ray.init`, the first Ray execution, then {args.repeat} "
-        f"round{'s' if args.repeat > 1 else ''} of local, Ray {small} images, Ray {n:,} images "
-        f"(best time of each kept; other jobs slow some rounds). Every Ray collection holds "
-        f"exactly the ids and codes of the local one (checked). Fixed cost and per-image cost: "
-        f"the line through the {small}-image and {n:,}-image runs on the running cluster "
-        f"(t = fixed + n x per-image). Memory from /proc: Ray's processes are those started "
-        f"under the benchmark, less the Milvus server; RSS counts shared pages (libraries, "
-        f"the object store) once per process, PSS splits them; peaks sampled every 0.2 s.\n"
-    )
+    """Measure, print the report and (unless ``--no-write``) replace its docs section."""
+    listing, origin = prepare_listing(args, tmp)
+    fig = measure(args, listing, tmp)
+    body = runs_table(args, fig)
+    body += "\n\n" + costs_table(args, fig, driver_before)
+    body += "\n\n" + method_text(args, fig, origin)
     print(body)
     meta = machine({
         "bundle": f"{Path(args.bundle).name}: {bundle_desc(args.bundle)}",

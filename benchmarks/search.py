@@ -174,7 +174,8 @@ def exact(dist: np.ndarray, reference: np.ndarray) -> str:
     return "yes" if bad == 0 else f"NO ({bad} queries differ)"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line: the Lite section's sizes and options, and the ``--server`` group."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="100000,1000000", help="database sizes, comma-separated")
     p.add_argument("--bits", default="64,128", help="code lengths, comma-separated")
@@ -206,7 +207,56 @@ def main(argv=None) -> int:
     g.add_argument("--profile", action="store_true", help="profile the best configuration's search")
     g.add_argument("--exact-queries", type=int, default=1000,
                    help="queries of the exact-ties BIN_FLAT row (fewer: huge tie groups are slow)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def bench_size(args: argparse.Namespace, n: int, bits: int, uri: str, diagnose: bool,
+               rows: list[list], diag_rows: list[list]) -> None:
+    """One database size and code length: FAISS (1 and all threads), numpy, Milvus Lite on the
+    same seeded codes; appends their table rows to ``rows`` (and ``diag_rows``) and logs the
+    last rows (``rows`` grows in place, so the log shows what it always showed)."""
+    rng = np.random.default_rng([args.seed, bits, n])
+    db = random_codes(n, bits, rng)
+    queries = random_codes(args.queries, bits, rng)
+    print(f"n={n:,} bits={bits}: faiss ...", file=sys.stderr, flush=True)
+    fas = {t: bench_faiss(db, queries, bits, args.k, t) for t in sorted({1, os.cpu_count() or 1})}
+    assert all(np.array_equal(f["dist"], fas[1]["dist"]) for f in fas.values())
+    # the baseline is FAISS at its best thread count (OpenMP suffers most from a busy machine)
+    fa = min(fas.values(), key=lambda f: f["search_s"])
+    ref = fa["dist"]
+    npy = None
+    if not args.skip_numpy:
+        print("  numpy ...", file=sys.stderr, flush=True)
+        npy = bench_numpy(db, queries, args.k)
+        # the fast numpy path must equal the SDK's reference, tie order included
+        ridx, rdist = topk_bruteforce(queries[:5], db, args.k)
+        assert np.array_equal(ridx, npy["idx"][:5]) and np.array_equal(rdist, npy["dist"][:5])
+    print("  milvus lite ...", file=sys.stderr, flush=True)
+    mv = bench_milvus(db, queries, bits, args.k, uri, diagnose)
+    nq = len(queries)
+    for t, f in fas.items():
+        rows.append([f"{n:,}", bits, f"FAISS IndexBinaryFlat, {t} thread{'s' if t > 1 else ''}",
+                     f["add_s"], n / f["add_s"], f["search_s"], nq / f["search_s"],
+                     f["single_ms"], f"{f['search_s'] / fa['search_s']:.1f}x",
+                     "reference" if f is fa else exact(f["dist"], ref)])
+    rows.append([f"{n:,}", bits, "MilvusCodeStore (Lite, BIN_FLAT)", mv["insert_s"],
+                 n / mv["insert_s"], mv["search_s"], nq / mv["search_s"], mv["single_ms"],
+                 f"{mv['search_s'] / fa['search_s']:.1f}x", exact(mv["dist"], ref)])
+    if npy:
+        rows.append([f"{n:,}", bits, "numpy popcount + threshold", None, None,
+                     npy["search_s"], nq / npy["search_s"], npy["single_ms"],
+                     f"{npy['search_s'] / fa['search_s']:.1f}x", exact(npy["dist"], ref)])
+    if "raw_search_s" in mv:
+        diag_rows.append([f"{n:,}", bits, mv["search_s"], mv["raw_search_fields_s"],
+                          mv["raw_search_s"], fa["search_s"], mv["first_search_s"],
+                          n / mv["insert_s"], n / mv["insert_s_store"],
+                          n / mv["upsert_s_store"], n / mv["raw_insert_s"]])
+    print(table(HEAD, rows[-(2 + len(fas)):]), file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    """The Lite section (every size and length through :func:`bench_size`), or ``--server``'s."""
+    args = parse_args(argv)
     if args.server:
         return run_server(args)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -219,45 +269,8 @@ def main(argv=None) -> int:
     uri = str(work / "bench.db")
     for bits in bit_lengths:
         for n in sizes:
-            rng = np.random.default_rng([args.seed, bits, n])
-            db = random_codes(n, bits, rng)
-            queries = random_codes(args.queries, bits, rng)
-            print(f"n={n:,} bits={bits}: faiss ...", file=sys.stderr, flush=True)
-            fas = {t: bench_faiss(db, queries, bits, args.k, t) for t in sorted({1, os.cpu_count() or 1})}
-            assert all(np.array_equal(f["dist"], fas[1]["dist"]) for f in fas.values())
-            # the baseline is FAISS at its best thread count (OpenMP suffers most from a busy machine)
-            fa = min(fas.values(), key=lambda f: f["search_s"])
-            ref = fa["dist"]
-            npy = None
-            if not args.skip_numpy:
-                print("  numpy ...", file=sys.stderr, flush=True)
-                npy = bench_numpy(db, queries, args.k)
-                # the fast numpy path must equal the SDK's reference, tie order included
-                ridx, rdist = topk_bruteforce(queries[:5], db, args.k)
-                assert np.array_equal(ridx, npy["idx"][:5]) and np.array_equal(rdist, npy["dist"][:5])
-            print("  milvus lite ...", file=sys.stderr, flush=True)
             diagnose = args.diagnose == "all" or (args.diagnose == "smallest" and n == min(sizes))
-            mv = bench_milvus(db, queries, bits, args.k, uri, diagnose)
-            nq = len(queries)
-            for t, f in fas.items():
-                rows.append([f"{n:,}", bits, f"FAISS IndexBinaryFlat, {t} thread{'s' if t > 1 else ''}",
-                             f["add_s"], n / f["add_s"], f["search_s"], nq / f["search_s"],
-                             f["single_ms"], f"{f['search_s'] / fa['search_s']:.1f}x",
-                             "reference" if f is fa else exact(f["dist"], ref)])
-            rows.append([f"{n:,}", bits, "MilvusCodeStore (Lite, BIN_FLAT)", mv["insert_s"],
-                         n / mv["insert_s"], mv["search_s"], nq / mv["search_s"], mv["single_ms"],
-                         f"{mv['search_s'] / fa['search_s']:.1f}x", exact(mv["dist"], ref)])
-            if npy:
-                rows.append([f"{n:,}", bits, "numpy popcount + threshold", None, None,
-                             npy["search_s"], nq / npy["search_s"], npy["single_ms"],
-                             f"{npy['search_s'] / fa['search_s']:.1f}x", exact(npy["dist"], ref)])
-            if "raw_search_s" in mv:
-                diag_rows.append([f"{n:,}", bits, mv["search_s"], mv["raw_search_fields_s"],
-                                  mv["raw_search_s"], fa["search_s"], mv["first_search_s"],
-                                  n / mv["insert_s"], n / mv["insert_s_store"],
-                                  n / mv["upsert_s_store"], n / mv["raw_insert_s"]])
-            print(table(HEAD, rows[-(2 + len(fas)):]), file=sys.stderr, flush=True)
-            del db, queries, fa, fas, npy, mv
+            bench_size(args, n, bits, uri, diagnose, rows, diag_rows)
             gc.collect()
     tmp.cleanup()
     body = table(HEAD, rows)

@@ -98,7 +98,7 @@ def build_collection(bundle: Path, db: Path, background: int) -> tuple[int, list
 
 def soak(name: str, clients: int, duration: float, mix: tuple[float, float, float],
          make: Callable[[], Any], files: list[bytes], codes: np.ndarray,
-         on_start: Callable[[], None] | None = None) -> Soak:
+         on_start: Callable[[Soak], None] | None = None) -> Soak:
     """``clients`` threads run the mix for ``duration`` s against adapters from ``make()``."""
     result = Soak(name)
     deadline = time.monotonic() + duration
@@ -232,7 +232,8 @@ def rows_for(s: Soak) -> list[list[Any]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: clients, duration, mix, collection size, bundle, SIGTERM test."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=60.0, help="seconds per system (default 60)")
@@ -244,115 +245,182 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigterm-after", type=float, default=None,
                    help="send SIGTERM to the service this many seconds into its soak")
     p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
-    args = p.parse_args(argv)
-    mix = tuple(float(x) for x in args.mix.split(","))
-    load0 = load_average()
-    tmp = Path(tempfile.mkdtemp(prefix="rsir-bench-serve-"))
-    try:
-        if args.bundle:
-            bundle, bundle_note = Path(args.bundle), str(args.bundle)
-        else:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from onnx_models import build_random_projection_bundle
+    return p.parse_args(argv)
 
-            bundle = tmp / "rp64"
-            build_random_projection_bundle(bundle, bits=64, size=64, seed=0)
-            bundle_note = "random-projection bundle built here (64x64 input, 64 bits)"
-        bits = Bundle.load(bundle).bits
-        base_db = tmp / "base.db"
-        base, files, codes = build_collection(bundle, base_db, args.background)
-        print(f"collection: {base} items; {args.clients} clients, {args.duration:g} s each", file=sys.stderr)
 
-        (tmp / "inproc").mkdir()
-        db_in = tmp / "inproc" / "rsir.db"
-        shutil.copy2(base_db, db_in)
-        with Retriever(bundle, uri=str(db_in), collection=COLLECTION) as r:
-            local = soak("in-process Retriever", args.clients, args.duration, mix,
-                         lambda: InProcess(r), files, codes)
-            local_count = r.count()
-        local_exact = local_count == base + len(local.acked)
+@dataclass
+class ServiceSoak:
+    """The HTTP soak and what the service left behind: exit status, counts, the log."""
 
-        (tmp / "http").mkdir()
-        db_http = tmp / "http" / "rsir.db"
-        shutil.copy2(base_db, db_http)
-        server = Server(bundle, db_http, tmp / "http" / "serve.log", args.concurrency)
+    soak: Soak
+    http_count: int | None  # count over HTTP after the soak (None with --sigterm-after)
+    status: int  # the service's exit status
+    reopened: int  # count after reopening its Lite file
+    present: set[str]  # attempted adds found in the reopened file
+    log_text: str
 
-        def start_timer(result: Soak) -> None:
-            if args.sigterm_after is None:
-                return
 
-            def fire() -> None:
-                with result.lock:
-                    result.term_at = time.perf_counter()
-                server.proc.send_signal(signal.SIGTERM)
-            threading.Timer(args.sigterm_after, fire).start()
+@dataclass
+class ServeRun:
+    """Both systems' soaks on copies of the same collection, and that collection's setup."""
 
-        remote = soak("rsir serve (HTTP)", args.clients, args.duration, mix,
-                      lambda: RemoteRetriever(server.url, retries=0, timeout=120), files, codes,
-                      on_start=start_timer)
-        http_count = None
-        if args.sigterm_after is None:
-            with RemoteRetriever(server.url) as c:
-                http_count = c.count()
-        status = server.stop(send=args.sigterm_after is None)
-        with Retriever(bundle, uri=str(db_http), collection=COLLECTION) as r:
-            reopened = r.count()
-            present = {it.id for it in r.store.get(sorted(remote.attempted))} if remote.attempted else set()
-        log_text = (tmp / "http" / "serve.log").read_text(errors="replace")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    bundle_note: str
+    bits: int
+    base: int  # items in the collection before the soaks
+    local: Soak
+    local_count: int  # the in-process collection's count afterwards
+    service: ServiceSoak
 
+
+def prepare_bundle(bundle_arg: str | None, tmp: Path) -> tuple[Path, str]:
+    """``--bundle``, else a 64-bit random-projection bundle built in ``tmp``; and a note for the docs."""
+    if bundle_arg:
+        return Path(bundle_arg), str(bundle_arg)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from onnx_models import build_random_projection_bundle
+
+    bundle = tmp / "rp64"
+    build_random_projection_bundle(bundle, bits=64, size=64, seed=0)
+    return bundle, "random-projection bundle built here (64x64 input, 64 bits)"
+
+
+def sigterm_timer(server: Server, after: float | None) -> Callable[[Soak], None]:
+    """The soak's ``on_start``: SIGTERM to the service ``after`` s in (the time noted); none if None."""
+
+    def start_timer(result: Soak) -> None:
+        if after is None:
+            return
+
+        def fire() -> None:
+            with result.lock:
+                result.term_at = time.perf_counter()
+            server.proc.send_signal(signal.SIGTERM)
+        threading.Timer(after, fire).start()
+
+    return start_timer
+
+
+def soak_service(bundle: Path, base_db: Path, tmp: Path, args: argparse.Namespace,
+                 mix: tuple[float, ...], files: list[bytes], codes: np.ndarray) -> ServiceSoak:
+    """The HTTP clients against ``rsir serve`` on a copy of ``base_db``; then stop and reopen it."""
+    (tmp / "http").mkdir()
+    db_http = tmp / "http" / "rsir.db"
+    shutil.copy2(base_db, db_http)
+    server = Server(bundle, db_http, tmp / "http" / "serve.log", args.concurrency)
+    remote = soak("rsir serve (HTTP)", args.clients, args.duration, mix,
+                  lambda: RemoteRetriever(server.url, retries=0, timeout=120), files, codes,
+                  on_start=sigterm_timer(server, args.sigterm_after))
+    http_count = None
+    if args.sigterm_after is None:
+        with RemoteRetriever(server.url) as c:
+            http_count = c.count()
+    status = server.stop(send=args.sigterm_after is None)
+    with Retriever(bundle, uri=str(db_http), collection=COLLECTION) as r:
+        reopened = r.count()
+        present = {it.id for it in r.store.get(sorted(remote.attempted))} if remote.attempted else set()
+    log_text = (tmp / "http" / "serve.log").read_text(errors="replace")
+    return ServiceSoak(remote, http_count, status, reopened, present, log_text)
+
+
+def run_both(args: argparse.Namespace, mix: tuple[float, ...], tmp: Path) -> ServeRun:
+    """Build the collection in ``tmp``, then soak the in-process Retriever and the service."""
+    bundle, bundle_note = prepare_bundle(args.bundle, tmp)
+    bits = Bundle.load(bundle).bits
+    base_db = tmp / "base.db"
+    base, files, codes = build_collection(bundle, base_db, args.background)
+    print(f"collection: {base} items; {args.clients} clients, {args.duration:g} s each", file=sys.stderr)
+
+    (tmp / "inproc").mkdir()
+    db_in = tmp / "inproc" / "rsir.db"
+    shutil.copy2(base_db, db_in)
+    with Retriever(bundle, uri=str(db_in), collection=COLLECTION) as r:
+        local = soak("in-process Retriever", args.clients, args.duration, mix,
+                     lambda: InProcess(r), files, codes)
+        local_count = r.count()
+    service = soak_service(bundle, base_db, tmp, args, mix, files, codes)
+    return ServeRun(bundle_note, bits, base, local, local_count, service)
+
+
+def unclean_errors(remote: Soak) -> list[str]:
+    """The service's failures other than clean refusals (connection refused, busy)."""
+    return [e for e in remote.errors if "ServiceConnectionError" not in e
+            and "ServiceBusyError" not in e]
+
+
+def checks_for(run: ServeRun, sigterm_after: float | None) -> list[str]:
+    """One line per check: errors and exact counts, or the SIGTERM shutdown's outcome."""
+    local, svc, base = run.local, run.service, run.base
+    remote = svc.soak
+    local_exact = run.local_count == base + len(local.acked)
+    checks = [
+        f"in-process: {len(local.errors)} errors; count {run.local_count} = {base} + {len(local.acked)} "
+        f"adds: {'exact' if local_exact else 'NOT EXACT'}",
+    ]
+    if sigterm_after is None:
+        exact = svc.http_count == svc.reopened == base + len(remote.acked)
+        checks.append(
+            f"rsir serve: {len(remote.errors)} errors; count over HTTP {svc.http_count}, after reopening "
+            f"the Lite file {svc.reopened}, expected {base} + {len(remote.acked)} adds: "
+            f"{'exact' if exact else 'NOT EXACT'}; exit status {svc.status} after SIGTERM")
+    else:
+        checks.append(
+            f"SIGTERM after {sigterm_after:g} s: exit status {svc.status}; {remote.ops} requests "
+            f"completed ({remote.straddled} of them in flight at the signal), {remote.refused} "
+            f"refused cleanly after it, {len(unclean_errors(remote))} failed "
+            f"otherwise; acknowledged adds {len(remote.acked)}, present after reopening "
+            f"{len(svc.present)} (all acknowledged present: {remote.acked <= svc.present}); count "
+            f"{svc.reopened} = {base} + {len(svc.present)}: {svc.reopened == base + len(svc.present)}")
+    if "Traceback" in svc.log_text:
+        checks.append("the service log holds a traceback")
+    return checks
+
+
+def report(run: ServeRun, sigterm_after: float | None) -> str:
+    """The latency table, the request-size table, the checks and the first errors."""
+    local, remote = run.local, run.service.soak
     head = ["system", "operation", "requests", "errors", "per second", "p50 ms", "p99 ms"]
     body_lines = [table(head, rows_for(local) + rows_for(remote))]
     img_bytes = statistics.mean(remote.body_bytes["search image"] or [float("nan")])
     code_bytes = statistics.mean(remote.body_bytes["search codes"] or [float("nan")])
     body_lines += ["", table(["query sent as", "request body bytes per query"],
                              [["image file upload (sample JPEGs, mean)", img_bytes],
-                              [f"packed code ({bits} bits)", code_bytes],
+                              [f"packed code ({run.bits} bits)", code_bytes],
                               ["ratio", img_bytes / code_bytes if code_bytes else float("nan")]])]
-    checks = [
-        f"in-process: {len(local.errors)} errors; count {local_count} = {base} + {len(local.acked)} "
-        f"adds: {'exact' if local_exact else 'NOT EXACT'}",
-    ]
-    if args.sigterm_after is None:
-        exact = http_count == reopened == base + len(remote.acked)
-        checks.append(
-            f"rsir serve: {len(remote.errors)} errors; count over HTTP {http_count}, after reopening "
-            f"the Lite file {reopened}, expected {base} + {len(remote.acked)} adds: "
-            f"{'exact' if exact else 'NOT EXACT'}; exit status {status} after SIGTERM")
-    else:
-        unclean = [e for e in remote.errors if "ServiceConnectionError" not in e
-                   and "ServiceBusyError" not in e]
-        checks.append(
-            f"SIGTERM after {args.sigterm_after:g} s: exit status {status}; {remote.ops} requests "
-            f"completed ({remote.straddled} of them in flight at the signal), {remote.refused} "
-            f"refused cleanly after it, {len(unclean)} failed "
-            f"otherwise; acknowledged adds {len(remote.acked)}, present after reopening "
-            f"{len(present)} (all acknowledged present: {remote.acked <= present}); count "
-            f"{reopened} = {base} + {len(present)}: {reopened == base + len(present)}")
-    if "Traceback" in log_text:
-        checks.append("the service log holds a traceback")
-    body_lines += [""] + [f"- {c}" for c in checks]
+    body_lines += [""] + [f"- {c}" for c in checks_for(run, sigterm_after)]
     for e in (local.errors + remote.errors)[:10]:
         body_lines.append(f"  - {e}")
-    body = "\n".join(body_lines)
+    return "\n".join(body_lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mix = tuple(float(x) for x in args.mix.split(","))
+    load0 = load_average()
+    tmp = Path(tempfile.mkdtemp(prefix="rsir-bench-serve-"))
+    try:
+        run = run_both(args, mix, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    body = report(run, args.sigterm_after)
     print(body)
     meta = machine({
         "versions": versions("fastapi", "starlette", "uvicorn", "httpx", "onnxruntime", "pymilvus",
                              "milvus-lite"),
-        "bundle": bundle_note,
+        "bundle": run.bundle_note,
         "setup": f"{args.clients} client threads (one process) and the service on the same "
                  f"machine, loopback; {args.duration:g} s per system; mix {args.mix} "
-                 f"(image searches, code searches, adds); collection {base} items; service "
+                 f"(image searches, code searches, adds); collection {run.base} items; service "
                  f"--concurrency {args.concurrency}",
     })
     if not args.no_write and args.sigterm_after is None:
         text = section("serve", "Service (rsir serve): HTTP vs in-process Retriever "
                        "(`benchmarks/serve.py`)", body, meta, (load0, load_average()))
         print(f"\nwrote {write_section('serve', text)}", file=sys.stderr)
-    failed = local.errors or (remote.errors if args.sigterm_after is None else unclean) or status != 0
+    remote = run.service.soak
+    failed = (run.local.errors or (remote.errors if args.sigterm_after is None else unclean_errors(remote))
+              or run.service.status != 0)
     return 1 if failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

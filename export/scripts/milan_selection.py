@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,7 +48,9 @@ from rsir_train.milan.model import VAL_METRICS, MilanParams, milan_codes
 from rsir_train.milan.trainer import MilanConfig, train_milan_head, validation_indices
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, MilanParams, dict]:
+    """The command line, checked before any work: the arguments, the MilanParams every rule
+    starts from (the defaults with ``--param``'s changes) and those changes (recorded)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="archive folder (one sub-folder per class)")
     p.add_argument("--split-file", required=True, help="a 60-40 split JSON (read, or drawn)")
@@ -68,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-seed", type=int, default=2, help="seed of the check cut (default 2)")
     p.add_argument("--json", help="append one JSON line per code length to this file")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     defaults = MilanParams()
     overrides = {}
     for item in args.param:  # every --param fails here, before any work
@@ -90,7 +92,41 @@ def main(argv: list[str] | None = None) -> int:
     for rule in args.rules.split(","):
         if rule.removesuffix("+refit") not in VAL_METRICS:
             p.error(f"--rules: {rule!r} is not one of {', '.join(VAL_METRICS)} (+refit)")
+    return args, params, overrides
 
+
+def rule_figures(x: Callable[[np.ndarray], torch.Tensor], labels: np.ndarray,
+                 parts: dict[str, np.ndarray], bits: int, params: MilanParams,
+                 rule: str) -> tuple[str, dict]:
+    """Train the head choosing on ``val`` by ``rule`` (``NAME+refit``: then a fresh head on
+    fit + val for the chosen length) and score it on ``check``: the record's key and entry."""
+    fit_idx, val_idx, rest_idx, check_idx = (parts[k] for k in ("fit", "val", "rest", "check"))
+    refit = rule.endswith("+refit")  # then a fresh head on fit + val, chosen length
+    rule = rule.removesuffix("+refit")
+    t0 = time.perf_counter()
+    report: dict = {}
+    head = train_milan_head(x(fit_idx), labels[fit_idx], bits,
+                            replace(params, val_metric=rule),
+                            validation=(x(val_idx), labels[val_idx]), report=report)
+    if refit:
+        head = train_milan_head(x(rest_idx), labels[rest_idx], bits, replace(
+            params, iterations=max(1, report["best_iteration"])))
+        rule += "+refit"
+    codes = milan_codes(head, x(check_idx))
+    return rule, {
+        "best_iteration": report["best_iteration"], "stopped_at": report["stopped_at"],
+        "val": report["best_val_map"],
+        "check": round(archive_map(codes, labels[check_idx]), 4),
+        "check_tie_aware": round(archive_map(codes, labels[check_idx], ties="expected"), 4),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Cut the train side into fit / val / check, then per code length print (and append to
+    ``--json``) the linear hash's check figures and each rule's (:func:`rule_figures`)."""
+    args, params, overrides = parse_args(argv)
+    torch.set_num_threads(args.threads)
     archive = open_training_archive(args.data)
     split = split_for(archive, args.split_file, "60-40", 0)
     backbone = build_backbone(args.backbone)
@@ -104,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     # validation cut as the trainer draws it (its fraction and seed)
     fit, val = validation_indices(labels[rest_idx], params.val_fraction, seed=params.seed)
     fit_idx, val_idx = rest_idx[fit], rest_idx[val]
+    parts = {"fit": fit_idx, "val": val_idx, "rest": rest_idx, "check": check_idx}
     sizes = {"fit": len(fit_idx), "val": len(val_idx), "check": len(check_idx),
              "check_seed": args.check_seed}
 
@@ -119,25 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         record["linear_check_tie_aware"] = round(
             archive_map(linear_codes, labels[check_idx], ties="expected"), 4)
         for rule in args.rules.split(","):
-            refit = rule.endswith("+refit")  # then a fresh head on fit + val, chosen length
-            rule = rule.removesuffix("+refit")
-            t0 = time.perf_counter()
-            report: dict = {}
-            head = train_milan_head(x(fit_idx), labels[fit_idx], bits,
-                                    replace(params, val_metric=rule),
-                                    validation=(x(val_idx), labels[val_idx]), report=report)
-            if refit:
-                head = train_milan_head(x(rest_idx), labels[rest_idx], bits, replace(
-                    params, iterations=max(1, report["best_iteration"])))
-                rule += "+refit"
-            codes = milan_codes(head, x(check_idx))
-            record[rule] = {
-                "best_iteration": report["best_iteration"], "stopped_at": report["stopped_at"],
-                "val": report["best_val_map"],
-                "check": round(archive_map(codes, labels[check_idx]), 4),
-                "check_tie_aware": round(archive_map(codes, labels[check_idx], ties="expected"), 4),
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
+            key, entry = rule_figures(x, labels, parts, bits, params, rule)
+            record[key] = entry
         print(json.dumps(record), flush=True)
         if args.json:
             with Path(args.json).open("a", encoding="utf-8") as f:
