@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import platform
@@ -48,7 +47,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from rsir_sdk.codes import hamming_distances
 from rsir_sdk.images import load_image
@@ -60,37 +58,16 @@ from rsir_train.fine_code import FINE_KINDS, FineCodeConfig, fit_fine_code
 from rsir_train.itq import ITQConfig
 from rsir_train.pipeline import prepare_data
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from _similar_queries import CHANGES as SIMILAR_CHANGES  # noqa: E402
+
 VARIANTS = ("same", "jpeg70", "crop90", "bright110", "rot90")
 VARIANT_FORMAT = "fine-variants-v1"
 
 
-def _jpeg70(rgb: np.ndarray) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=70)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def _crop90(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    ch, cw = round(h * 0.9), round(w * 0.9)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = Image.fromarray(rgb[top:top + ch, left:left + cw])
-    return np.asarray(crop.resize((w, h), Image.BILINEAR), dtype=np.uint8)
-
-
-def _bright110(rgb: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(rgb.astype(np.float32) * 1.1), 0, 255).astype(np.uint8)
-
-
-def _rot90(rgb: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.rot90(rgb))
-
-
-#: the changed queries (the same file is the archive's own features)
-CHANGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "jpeg70": _jpeg70, "crop90": _crop90, "bright110": _bright110, "rot90": _rot90}
+#: the changed queries (the same file is the archive's own features): the benchmark's own
+#: (benchmarks/_similar_queries.py), so that both measure the same changes
+CHANGES: dict[str, Callable[[np.ndarray], np.ndarray]] = SIMILAR_CHANGES
 
 
 @torch.no_grad()
