@@ -422,5 +422,6 @@ def main(argv: list[str] | None = None) -> int:
               or run.service.status != 0)
     return 1 if failed else 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,7 @@ from .images import RuleLike
 from .ingest import iter_codes
 from .splits import SPLIT_FILE
 
+# the logger these functions had in rsir_sdk.evaluate: a user's logging settings keep applying
 log = logging.getLogger("rsir_sdk.evaluate")
 
 __all__ = ["DATABASES", "EvalCodes", "EvalOptions", "Progress", "evaluation_codes"]
