@@ -21,8 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .api import Filter
 from .archive import ArchiveListing, open_archive
 from .bundle import Bundle
+from .call_checks import check_search, images_with_ids
 from .codes import as_packed
 from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
@@ -30,7 +32,7 @@ from .failures import FailureReport
 from .fine_codes import FineCodes
 from .geo import GeoFilter
 from .hits import Hit, StoredItem
-from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, describe_source
+from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike
 from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
 from .options import IndexOptions, IngestOptions
 from .rasters import RasterRule, as_rule
@@ -40,8 +42,6 @@ from .store import place as store_place
 from .store import values as store_values
 
 log = logging.getLogger(__name__)
-
-Filter = str | Mapping[str, Any] | None
 
 
 class Retriever:
@@ -267,7 +267,7 @@ class Retriever:
                  mode: Any = "default") -> tuple[GeoFilter | None, str]:
         """The search's arguments checked before any image is decoded; its place filter and
         its mode."""
-        geo = self.store.check_geo(_check_search(k, filter, radius, place))
+        geo = self.store.check_geo(check_search(k, filter, radius, place))
         return geo, self._fine.check_mode(mode)
 
     # ----------------------------------------------------------------- writes
@@ -297,21 +297,7 @@ class Retriever:
         >>> r.add_images(["a.jpg"], ids=["a"], labels=["forest"], metadata=[{"year": 2020}])
         1
         """
-        if isinstance(images, (str, bytes, os.PathLike)):
-            raise InvalidInputError("images must be a list (for one image pass [image])")
-        images = list(images)
-        if paths is None:
-            paths = [str(x) if isinstance(x, (str, os.PathLike)) else "" for x in images]
-        if ids is None:
-            if not all(paths):
-                raise InvalidInputError(
-                    "ids are required when some images are not file paths "
-                    f"(e.g. {describe_source(next(x for x, p in zip(images, paths) if not p))})"
-                )
-            ids = list(paths)
-        ids = store_values.ids(ids)
-        if len(ids) != len(images):
-            raise InvalidInputError(f"{len(images)} images but {len(ids)} ids")
+        images, ids, paths = images_with_ids(images, ids, paths)
         store_values.labels(labels, len(ids))  # bad values fail before any image is decoded
         store_values.paths(paths, len(ids))
         store_values.metadata(metadata, ids)
@@ -524,14 +510,4 @@ class Retriever:
             f"Retriever(method={self.bundle.method!r}, bits={self.bundle.bits}, "
             f"collection={self.store.collection!r}, uri={self.store.display_uri!r})"
         )
-
-
-def _check_search(k: Any, filter: Filter, radius: Any, place: tuple[Any, Any, Any] = (None,) * 3
-                  ) -> GeoFilter:
-    """Refuse a bad ``k``, ``radius``, ``filter``, ``bbox``, ``near`` or ``time`` before any
-    image is decoded; the place and period filter."""
-    store_values.k(k)
-    store_values.radius(radius)
-    store_keys.build_filter(filter)
-    return GeoFilter.of(*place)
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..call_checks import images_with_ids
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
 from ..hits import SEARCH_MODES, Hit, StoredItem, hit_from_json, item_from_json
@@ -334,18 +335,7 @@ class RemoteRetriever:
         seconds or None) are checked here and stored as :meth:`rsir_sdk.Retriever.add_images`
         stores them.
         """
-        if isinstance(images, (str, bytes, os.PathLike)):
-            raise InvalidInputError("images must be a list (for one image pass [image])")
-        images = list(images)
-        if paths is None:  # as a Retriever stores them: the sources that are paths
-            paths = [str(x) if isinstance(x, (str, os.PathLike)) else "" for x in images]
-        if ids is None:
-            if not all(paths):
-                raise InvalidInputError("ids are required when some images are not file paths")
-            ids = list(paths)
-        ids = store_values.ids(ids)
-        if len(ids) != len(images):
-            raise InvalidInputError(f"{len(images)} images but {len(ids)} ids")
+        images, ids, paths = images_with_ids(images, ids, paths)
         check_columns(ids, labels, paths, metadata)
         places = footprints_to_wire(footprints, ids)
         when = times_to_wire(times, ids)

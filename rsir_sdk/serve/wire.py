@@ -20,14 +20,13 @@ import io
 import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ..api import Filter as Filter  # re-exported: it was defined here
 from ..store import keys as store_keys
 from ..store import values as store_values
 from .errors import ServiceError
 
 if TYPE_CHECKING:
     from ..ingest import IngestProgress, IngestSummary
-
-Filter = str | Mapping[str, Any] | None
 
 __all__ = ["Filter", "check_columns", "finish_index", "image_file", "summary_from_json",
            "wire_filter"]

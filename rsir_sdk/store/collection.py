@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..api import Filter
 from ..codes import validate_bits
 from ..errors import (
     CollectionNotFoundError,
@@ -49,8 +50,6 @@ from .server import PrepareProgress
 from .writes import BulkOptions, Writer
 
 log = logging.getLogger(__name__)
-
-Filter = str | Mapping[str, Any] | None
 __all__ = ["Hit", "IdHits", "MilvusCodeStore", "PrepareProgress", "StoreHit", "StoredItem"]
 
 

@@ -1,0 +1,57 @@
+"""Arguments of the public calls, checked the same way by ``Retriever`` and ``RemoteRetriever``.
+
+Why one module: a search or a write must refuse the same bad argument with the same one line,
+whether it runs here or over HTTP, and before any image is decoded or any request is sent.
+The value checks themselves are :mod:`rsir_sdk.store.values` and
+:func:`rsir_sdk.store.keys.build_filter`; this module holds what both classes do with them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from .api import Filter
+from .errors import InvalidInputError
+from .geo import GeoFilter
+from .pixels import describe_source
+from .store import keys as store_keys
+from .store import values as store_values
+
+__all__ = ["check_search", "images_with_ids"]
+
+
+def check_search(k: Any, filter: Filter, radius: Any,
+                 place: tuple[Any, Any, Any] = (None,) * 3) -> GeoFilter:
+    """Refuse a bad ``k``, ``radius``, ``filter``, ``bbox``, ``near`` or ``time`` (``place``:
+    the last three) before any image is decoded; returns the place and period filter."""
+    store_values.k(k)
+    store_values.radius(radius)
+    store_keys.build_filter(filter)
+    return GeoFilter.of(*place)
+
+
+def images_with_ids(images: Sequence[Any], ids: Sequence[str] | None,
+                    paths: Sequence[str] | None) -> tuple[list[Any], list[str], Sequence[str]]:
+    """``(images, ids, paths)`` of an ``add_images`` call, checked, with the defaults filled in.
+
+    ``paths`` default to the sources that are paths (``""`` for the others) and ``ids`` to the
+    paths, which needs every source to be a path. Refuses a single path or bytes passed where a
+    list belongs, a missing id, a bad id and a count that does not match, each with one
+    :class:`~rsir_sdk.errors.InvalidInputError` line.
+    """
+    if isinstance(images, (str, bytes, os.PathLike)):
+        raise InvalidInputError("images must be a list (for one image pass [image])")
+    images = list(images)
+    if paths is None:
+        paths = [str(x) if isinstance(x, (str, os.PathLike)) else "" for x in images]
+    if ids is None:
+        if not all(paths):
+            example = next(x for x, p in zip(images, paths) if not p)
+            raise InvalidInputError("ids are required when some images are not file paths "
+                                    f"(e.g. {describe_source(example)})")
+        ids = list(paths)
+    checked = store_values.ids(ids)
+    if len(checked) != len(images):
+        raise InvalidInputError(f"{len(images)} images but {len(checked)} ids")
+    return images, checked, paths

@@ -1,0 +1,71 @@
+"""`rsir_sdk.call_checks`: an `add_images` call's ids and paths, and a search's arguments, checked
+the same way by `Retriever` (a real Milvus Lite file) and `RemoteRetriever` (refusing before it
+sends anything, so no service is needed: the port is closed and nothing may reach it)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from rsir_sdk import Retriever
+from rsir_sdk.call_checks import check_search, images_with_ids
+from rsir_sdk.errors import InvalidInputError
+from rsir_sdk.serve.client import RemoteRetriever
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ids_and_paths_default_to_the_sources_that_are_paths(tmp_path):
+    a, b = tmp_path / "a.jpg", tmp_path / "é b.jpg"
+    images, ids, paths = images_with_ids((a, str(b)), None, None)
+    assert images == [a, str(b)] and ids == [str(a), str(b)] and paths == [str(a), str(b)]
+    images, ids, paths = images_with_ids([b"\xff", a], ["x", "y"], None)
+    assert ids == ["x", "y"] and paths == ["", str(a)]
+    assert images_with_ids([a], ["x"], ["given"])[2] == ["given"]
+
+
+@pytest.mark.parametrize("images, ids, message", [
+    ("one.jpg", None, "images must be a list (for one image pass [image])"),
+    (b"\xff\xd8", None, "images must be a list"),
+    ([Path("a.jpg"), b"\xff\xd8\xff"], None,
+     "ids are required when some images are not file paths (e.g. <3 bytes>)"),
+    ([Path("a.jpg"), Path("b.jpg")], ["x"], "2 images but 1 ids"),
+    ([Path("a.jpg"), Path("b.jpg")], ["x", "x"], "repeated"),
+    ([Path("a.jpg")], "x", "ids must be a list of strings"),
+])
+def test_bad_calls_get_one_line(images, ids, message):
+    with pytest.raises(InvalidInputError) as err:
+        images_with_ids(images, ids, None)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_search_arguments_are_checked_before_any_image():
+    assert not check_search(5, {"label": "Forest"}, 3).active
+    assert check_search(5, None, None, ((0, 0, 1, 1), None, None)).active
+    for k, flt, radius, msg in ((0, None, None, "k"), (5, {"label": []}, None, "label"),
+                                (5, None, -1, "radius"), (5, 5, None, "filter")):
+        with pytest.raises(InvalidInputError, match=msg):
+            check_search(k, flt, radius)
+
+
+def test_both_classes_refuse_the_same_write_with_the_same_line(rp_bundle, tmp_path):
+    bundle, _ = rp_bundle
+    remote = RemoteRetriever(f"http://127.0.0.1:{_closed_port()}", retries=0, timeout=2)
+    with Retriever(bundle, uri=str(tmp_path / "rsir.db"), collection="checks") as local:
+        for images, ids in (([b"\xff\xd8\xff", tmp_path / "a.jpg"], None),
+                            ([tmp_path / "a.jpg"], ["a", "b"]), ("a.jpg", None)):
+            lines = []
+            for r in (local, remote):
+                with pytest.raises(InvalidInputError) as err:
+                    r.add_images(images, ids=ids)
+                lines.append(str(err.value))
+            assert lines[0] == lines[1], lines
+        assert not local.store.exists          # nothing was written, nothing created
+    assert remote.bytes_sent == 0              # and nothing was sent
+    remote.close()
