@@ -129,6 +129,12 @@ def test_edge_client_example_against_rsir_serve(trained, sample_dir):
         out = run("edge_client.py", bundle, sample_dir / "River" / "River_10.jpg",
                   "--url", f"http://127.0.0.1:{port}", "--token", env["RSIR_READ_TOKEN"], cwd=work)
         assert "River" in out
+        # only the codes travel: bits/8 bytes of retrieval code plus fine_bits/8 of fine code
+        from rsir_sdk import Bundle
+
+        b = Bundle.load(bundle)
+        sent = int(re.search(r"sent (\d+) bytes of code", out).group(1))
+        assert b.fine_bits and sent == b.bits // 8 + b.fine_bits // 8, out
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -98,9 +98,10 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: str,
-                          lr: float | None,
+                          lr: float | None | bool,
                           protocol_help: str, resize_help: str, batch_help: str) -> None:
-    """Options every method has: archive, split, bundle, backbone, input, device, caches."""
+    """Options every method has: archive, split, bundle, backbone, input, device, caches;
+    ``--lr`` for the methods that learn by gradient (``lr=False``: none, ITQ)."""
     p.add_argument("--data", default=os.environ.get("RSIR_DATA"),
                    help="archive: folder with one sub-folder per class, or a CSV manifest "
                         "(path,label,...); default $RSIR_DATA")
@@ -116,9 +117,11 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
                                      "dict of the same layout, default the PyPI package's); "
                                      "nothing is downloaded")
     p.add_argument("--no-pretrained", action="store_true", help="random init (tests only)")
-    p.add_argument("--lr", type=float, default=lr,
-                   help=f"learning rate (default {lr})" if lr is not None else
-                   "learning rate (default by --schedule: auto 3e-3 x 16/bits up to 3e-3, authors 1e-3)")
+    if lr is not False:
+        p.add_argument("--lr", type=float, default=lr,
+                       help=f"learning rate (default {lr})" if lr is not None else
+                       "learning rate (default by --schedule: auto 3e-3 x 16/bits up to 3e-3, "
+                       "authors 1e-3)")
     p.add_argument("--batch-size", type=int, default=64, help=batch_help)
     p.add_argument("--resize", type=int, help=resize_help)
     p.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
@@ -292,7 +295,7 @@ def _add_itq(methods: Any) -> None:
                     "figures compare with the supervised methods.",
     )
     _common_train_options(
-        t, bits=64, protocol="80-20", lr=None, protocol_help="split drawn when no split file "
+        t, bits=64, protocol="80-20", lr=False, protocol_help="split drawn when no split file "
         "exists and the archive has class folders (default 80-20)",
         resize_help="resize the shorter side to this, then centre-crop (default 0: resize the "
                     "whole image straight to the crop size)",

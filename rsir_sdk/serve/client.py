@@ -20,8 +20,8 @@ numbers (:mod:`rsir_sdk.serve.geo_wire`).
 **The edge path**: given a local ``bundle`` (the one the service runs, e.g. an int8 one), images
 are encoded on this device with :class:`~rsir_sdk.Encoder` and only the packed codes travel
 (``bits/8`` bytes per image instead of the image file, plus ``fine_bits/8`` for the fine code
-when the bundle has one: 8 + 16 = 24 bytes for a 64-bit code and a 128-bit fine code, both from
-one forward pass); the request names the encoder so that a service filled by another encoder
+when the bundle has one: 8 + 32 = 40 bytes for a 64-bit code and the default 256-bit fine code,
+both from one forward pass); the request names the encoder so that a service filled by another encoder
 refuses the codes (:class:`CollectionMismatchError`). Without a bundle, image files are
 uploaded and the service encodes them.
 

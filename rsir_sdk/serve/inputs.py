@@ -267,7 +267,7 @@ def split_codes(raw: bytes, bits: int) -> np.ndarray:
 
 def split_records(raw: bytes, bits: int, fine_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated records of a packed code followed by its fine code (``bits/8 +
-    fine_bits/8`` bytes each: 8 + 16 = 24 for 64-bit codes with 128-bit fine codes) to
+    fine_bits/8`` bytes each: 8 + 32 = 40 for 64-bit codes with the default 256-bit fine codes) to
     ``(codes uint8 (n, bits/8), fine uint8 (n, fine_bits/8))``; :class:`CodeLengthError` if
     ragged."""
     nbytes, fbytes = bits // 8, fine_bits // 8
