@@ -148,8 +148,8 @@ def _add_ahcl(methods: Any) -> None:
     _common_train_options(
         a, bits=64, protocol="80-20", lr=None, protocol_help="split drawn when no split file "
         "exists (default 80-20, the AHCL protocol)",
-        resize_help="shorter side before the crop (default per backbone; 0 = resize straight "
-                    "to the crop)", batch_help="training batch")
+        resize_help="resize the shorter side to this, then centre-crop (default 0: resize the "
+                    "whole scene straight to the crop size)", batch_help="training batch")
     a.add_argument("--schedule", default="auto", choices=("auto", "authors", "cosine", "step"),
                    help="auto (default): SGD momentum 0.9, cosine lr decay, epochs from the "
                         "archive size and the path (docs/training.md); authors: the AHCL "
