@@ -92,3 +92,22 @@ def test_cli_skip_corrupt_trains_and_reports(tmp_path, capsys):
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["training"]["skipped"][0][0] == "a/bad.jpg"
     assert manifest["database"]["count"] == 4
+
+
+def test_cli_prints_each_progress_line_once(tmp_path):
+    """Without -q the printer shows each outer iteration; the log records of the same events
+    (marked rsir_train.progress_log.SHOWN) are dropped from the CLI's log, other records stay."""
+    import subprocess
+    import sys
+
+    root = _bad_archive(tmp_path, "corrupt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rsir_train", "train", "ahcl", "--data", str(root), "--bits", "8",
+         "--out", str(tmp_path / "o"), "--backbone", "small_cnn", "--no-pretrained", "--outer", "2",
+         "--inner", "1", "--skip-corrupt", "--crop", "16", "--resize", "0", "--num-samples", "0",
+         "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("outer 1") == 1 and out.count("outer 2") == 1, out
+    assert "outer 1: loss=" in proc.stdout
+    assert "inputs ready in" in proc.stderr      # a record the printer does not show is kept

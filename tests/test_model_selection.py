@@ -158,8 +158,15 @@ def test_selection_is_deterministic_and_blind_to_the_queries(sample, selected, t
     # the same train side with half the queries: the same choice, curves and codes
     half = Split(split.protocol, split.seed, split.train_ids, split.query_ids[::2],
                  split.archive_fingerprint, split.dataset)
-    again = train_ahcl(arch, half, _selecting(), work_dir=tmp_path / "b")
+    events: list[dict] = []
+    again = train_ahcl(arch, half, _selecting(), work_dir=tmp_path / "b", progress=events.append)
     assert again.selection["chosen"] == sel["chosen"]
+    # the user is told the plan, then each of the 2 x 2 fold runs as it ends (the refit is the 5th)
+    said = [e for e in events if e["event"].startswith("selection_")]
+    assert [e["event"] for e in said] == ["selection_plan"] + ["selection_progress"] * 4
+    assert said[0]["runs"] == 5 and "auto, short on 2 validation folds of the train side" in said[0]["text"]
+    assert [e["run"] for e in said[1:]] == [1, 2, 3, 4]
+    assert "(short, fold 2/2)" in said[-1]["text"] and "best validation mAP" in said[-1]["text"]
     assert [c["val_curve"] for c in again.selection["candidates"]] == \
         [c["val_curve"] for c in sel["candidates"]]
     assert np.array_equal(again.V, result.V)

@@ -27,6 +27,8 @@ from rsir_sdk.codes import validate_bits
 from rsir_sdk.errors import CodeLengthError, RsirError
 from rsir_sdk.splits import PROTOCOLS
 
+from .progress_log import drop_shown
+
 __all__ = ["build_parser", "main"]
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -392,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", True) else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # the printer shows these: one line, not two
+        handler.addFilter(drop_shown)
     from . import commands
 
     run = {"train": commands.train, "quantize": commands.quantize,

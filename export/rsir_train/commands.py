@@ -151,6 +151,8 @@ def _printer(quiet: bool) -> "Progress":
             print(f"feature {kind.replace('_', ' ')}: {event['path']}", flush=True)
         elif kind == "selection":
             print(f"model selection: {event['chosen']} ({event['reason']})", flush=True)
+        elif kind in ("selection_plan", "selection_progress"):
+            print(f"model selection: {event['text']}", flush=True)
         elif kind == "resumed":
             print(f"resumed after outer iteration {event['outer_done']}", flush=True)
 

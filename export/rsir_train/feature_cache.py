@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import TrainingError
+from .progress_log import SHOWN
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _complete(path: Path, rows: int, emit: Progress) -> np.ndarray | None:
         log.warning("features: cache %s has %d rows for %d images; recomputing",
                     path, feats.shape[0], rows)
         return None
-    log.info("features: cache hit %s", path)
+    log.info("features: cache hit %s", path, extra=SHOWN)
     emit({"event": "cache_hit", "path": str(path)})
     return feats.astype(np.float32, copy=False)
 
@@ -201,6 +202,6 @@ def read_or_fill(path: Path, rows: int, batches: Batches, emit: Progress) -> tup
         raise TrainingError(
             f"cannot write the feature cache {path}: {exc.strerror or exc}; free space there or "
             f"choose another folder (--cache-dir, $RSIR_CACHE){kept}") from None
-    log.info("features: saved cache %s", path)
+    log.info("features: saved cache %s", path, extra=SHOWN)
     emit({"event": "cache_saved", "path": str(path)})
     return feats, "computed"

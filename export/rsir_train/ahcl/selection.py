@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ import numpy as np
 
 from ..evaluation import in_tie_order
 from ..folds import Fold, fold_mean_curve, smoothed, validation_folds
+from ..progress_log import SHOWN
 from ..trainer import CHECKPOINT_FILE, Progress
 from .config import SMALL_ARCHIVE, SMOOTH_TOP, AHCLConfig, candidate_configs
 from .trainer import _Context, _Part, _State, run_schedule
@@ -61,6 +64,44 @@ __all__ = ["FINAL_RULE", "fold_mean_curve", "select_model", "smoothed", "validat
 FINAL_RULE = ("the chosen schedule refit on the whole train side from the same initial "
               "weights, stopped at the chosen outer iteration (lr as in the validated "
               "schedule); database codes: that run's learned V of every training image")
+
+
+@dataclass
+class _Runs:
+    """Progress of a selection over its training runs (folds x candidates, then the refit):
+    a selecting run takes an hour on a few hundred images on a CPU, so the user is told the
+    plan at the start and each run as it ends (events ``selection_plan`` and
+    ``selection_progress``, the same lines in the log)."""
+
+    emit: Progress
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def plan(self, names: list[str], folds: list[Fold], n_train: int) -> None:
+        fit, val = [len(f[0]) for f in folds], [len(f[1]) for f in folds]
+        where = (f"{len(folds)} validation folds of the train side ({_span(fit)} fit / "
+                 f"{_span(val)} validation images each)" if len(folds) > 1 else
+                 f"one validation split of the train side ({fit[0]} fit / {val[0]} validation "
+                 f"images)")
+        text = (f"{', '.join(names)} on {where}, then the choice refit on all {n_train} "
+                f"training images: {self.total} training runs")
+        log.info("model selection: %s", text, extra=SHOWN)
+        self.emit({"event": "selection_plan", "text": text, "runs": self.total})
+
+    def fold_done(self, name: str, k: int, n_folds: int, st: _State) -> None:
+        self.done += 1
+        text = (f"run {self.done}/{self.total} done ({name}, fold {k + 1}/{n_folds}): best "
+                f"validation mAP {st.best_map:.4f} at outer iteration {st.best_outer} (stopped "
+                f"at {st.outer_done}); {time.perf_counter() - self.started:.0f} s so far")
+        log.info("model selection: %s", text, extra=SHOWN)
+        self.emit({"event": "selection_progress", "text": text, "run": self.done,
+                   "runs": self.total})
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
 
 def _part(ctx: _Context, fit: np.ndarray, val: np.ndarray) -> _Part:
     """A fold: its fit part (the database while selecting) and its validation images."""
@@ -79,14 +120,16 @@ def _fold_summary(k: int, fold: Fold, st: _State) -> dict[str, Any]:
 
 def _candidate(ctx: _Context, name: str, cfg: AHCLConfig, folds: list[Fold],
                work_dir: str | os.PathLike | None, resume: bool,
-               emit: Progress) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+               runs: _Runs) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """Train one candidate on every fold; its summary (figure, mean curve, best outer, the
     folds'), the history and the devices."""
     per_fold, history, devices = [], [], []
     for k, fold in enumerate(folds):
         ckpt = Path(work_dir) / f"select-{name}-f{k}" / CHECKPOINT_FILE if work_dir else None
-        st = run_schedule(ctx, cfg, _part(ctx, *fold), ckpt, resume, emit, tag=f"{name}/f{k}")
+        st = run_schedule(ctx, cfg, _part(ctx, *fold), ckpt, resume, runs.emit,
+                          tag=f"{name}/f{k}")
         st.best_net = st.best_V = None  # the exported network is refit, not a fold's
+        runs.fold_done(name, k, len(folds), st)
         per_fold.append(_fold_summary(k, fold, st))
         history += st.history
         devices += [d for d in st.devices if d not in devices]
@@ -128,9 +171,11 @@ def select_model(
     n_fit = min(len(f[0]) for f in folds)
     cands = candidate_configs(config, n_fit, len(ctx.y_db), cached=ctx.n_frozen > 0)
     tried, history, devices = [], [], []
+    runs = _Runs(emit, len(cands) * len(folds) + 1)
+    runs.plan([name for name, _ in cands], folds, len(ctx.y_db))
     chosen: tuple[dict[str, Any], AHCLConfig] | None = None
     for name, cfg in cands:
-        summary, hist, devs = _candidate(ctx, name, cfg, folds, work_dir, resume, emit)
+        summary, hist, devs = _candidate(ctx, name, cfg, folds, work_dir, resume, runs)
         tried.append(summary)
         history += hist
         devices += [d for d in devs if d not in devices]
@@ -139,7 +184,7 @@ def select_model(
     assert chosen is not None
     best, cfg = chosen
     reason = _reason(best, tried, len(folds))
-    log.info("model selection: %s", reason)
+    log.info("model selection: %s", reason, extra=SHOWN)
     emit({"event": "selection", "chosen": best["name"], "reason": reason})
     ckpt = (Path(work_dir) / f"refit-{best['name']}-{best['best_outer']}" / CHECKPOINT_FILE
             if work_dir else None)

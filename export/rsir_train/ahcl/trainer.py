@@ -29,6 +29,7 @@ from rsir_sdk.splits import Split
 from ..backbones import Backbone, build_backbone, stage_modules
 from ..errors import TrainingError
 from ..features import Normalize, frozen_features, load_prepared
+from ..progress_log import SHOWN
 from ..trainer import (
     CHECKPOINT_FILE,
     Progress,
@@ -422,7 +423,8 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
         st.history.append({**record, **({"candidate": tag} if tag else {})})
         st.outer_done = outer + 1
         log.info("%souter %d/%d: %s", f"[{tag}] " if tag else "", outer + 1, stop,
-                 ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "outer"))
+                 ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "outer"),
+                 extra=SHOWN)
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, st.checkpoint(cfg, part.ids, time.perf_counter() - t_train))
         emit({"event": "outer", **record, **({"candidate": tag} if tag else {})})
