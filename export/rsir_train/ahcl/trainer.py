@@ -8,7 +8,6 @@ seeded end to end. In-memory metrics are :func:`rsir_sdk.metrics.mean_average_pr
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -26,9 +25,9 @@ from rsir_sdk.codes import pack_codes
 from rsir_sdk.metrics import mean_average_precision
 from rsir_sdk.splits import Split
 
-from ..backbones import Backbone, build_backbone, stage_modules
+from ..backbones import build_backbone, stage_modules
 from ..errors import TrainingError
-from ..features import Normalize, frozen_features, load_prepared
+from ..features import Normalize
 from ..progress_log import SHOWN
 from ..trainer import (
     CHECKPOINT_FILE,
@@ -41,6 +40,7 @@ from ..trainer import (
     validation_indices,
 )
 from .config import SMALL_ARCHIVE, AHCLConfig, epoch_lr, identity
+from .inputs import Inputs, autocast, build_inputs, device_name, encode, use_amp
 from .model import AHCLNet, ahcl_loss, similarity_t_times, update_codes
 
 log = logging.getLogger(__name__)
@@ -68,74 +68,6 @@ class AHCLResult:
     selection: dict[str, Any] = field(default_factory=dict)
 
 
-class _Inputs:
-    """What the trainable part of the network eats: cached frozen features or image crops.
-
-    The tensor is moved to the training device once (a GPU holds a few thousand crops or
-    cached feature maps easily), in channels-last layout when ``channels_last`` (faster
-    convolutions on CPU and GPU alike).
-    """
-
-    def __init__(self, tensor: torch.Tensor, start_stage: int, normalize: Normalize | None,
-                 device: str = "cpu", channels_last: bool = False):
-        self.tensor = tensor.to(device)
-        if channels_last and self.tensor.ndim == 4 and normalize is None:
-            self.tensor = self.tensor.contiguous(memory_format=torch.channels_last)
-        self.start_stage = start_stage
-        self.normalize = normalize
-        self.channels_last = channels_last
-
-    def sub(self, rows: np.ndarray) -> "_Inputs":
-        """These inputs restricted to ``rows`` (the fit or validation part of a train side)."""
-        part = copy.copy(self)
-        part.tensor = self.tensor[torch.as_tensor(rows, device=self.tensor.device)]
-        if self.channels_last and part.tensor.ndim == 4 and self.normalize is None:
-            part.tensor = part.tensor.contiguous(memory_format=torch.channels_last)
-        return part
-
-    def batch(self, rows: np.ndarray, device: str) -> torch.Tensor:
-        x = self.tensor[torch.as_tensor(rows, device=self.tensor.device)].to(device)
-        if self.normalize is not None:
-            x = self.normalize(x)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-
-def _autocast(device: str, enabled: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on ``device`` when ``enabled``, else nothing."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
-def _use_amp(config: AHCLConfig, device: str) -> bool:
-    if config.amp not in ("auto", "off", "bf16"):
-        raise ValueError(f"amp must be 'auto', 'off' or 'bf16', got {config.amp!r}")
-    return config.amp == "bf16" or (config.amp == "auto" and device.startswith("cuda"))
-
-
-def device_name(device: str) -> str:
-    """``cpu (N cores)`` or ``cuda (<GPU name>)``, for the manifest."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"cpu ({os.cpu_count()} cores)" if device == "cpu" else device
-
-
-@torch.no_grad()
-def _encode(net: AHCLNet, inputs: _Inputs, device: str, batch_size: int,
-            amp: bool = False) -> np.ndarray:
-    net.eval()
-    out = []
-    n = inputs.tensor.shape[0]
-    for s in range(0, n, batch_size):
-        with _autocast(device, amp):
-            u, _ = net(inputs.batch(np.arange(s, min(n, s + batch_size)), device),
-                       inputs.start_stage)
-        out.append(u.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, net.bits), np.float32)
-
-
 def _set_train_mode(net: AHCLNet, n_frozen: int) -> None:
     net.train()
     for i in range(n_frozen):
@@ -148,34 +80,6 @@ def _map(query_u: np.ndarray, query_labels: np.ndarray, db_signs: np.ndarray,
     """mAP of ``sign(u)`` queries against a database of signs, whole database, Hamming ranking."""
     return float(mean_average_precision(pack_codes(query_u > 0), query_labels,
                                         pack_codes(db_signs > 0), db_labels))
-
-
-def _inputs(backbone: Backbone, normalize: Normalize, n_frozen: int, archive: ArchiveListing,
-            train_idx: np.ndarray, query_idx: np.ndarray, preprocess: dict[str, Any],
-            config: AHCLConfig, device: str, emit: Progress) -> tuple[_Inputs, _Inputs]:
-    """Inputs of the trainable part for the database and the queries: cached frozen-stage
-    outputs when stages are frozen, prepared image crops otherwise.
-
-    The frozen stages' output is cached for the whole archive (in archive order), so every
-    split, code length and seed of one archive read the same file.
-    """
-    cl = device != "cpu" or n_frozen > 0
-    if n_frozen:
-        for i in range(n_frozen):
-            for m in stage_modules(backbone, i):
-                m.requires_grad_(False)
-        feats = frozen_features(
-            backbone, normalize, n_frozen, archive, np.arange(len(archive.items)),
-            preprocess, cache_dir=config.cache_dir, device=device,
-            batch_size=config.batch_size, progress=emit,
-        )
-        return (_Inputs(feats[torch.as_tensor(train_idx)], n_frozen, None, device, cl),
-                _Inputs(feats[torch.as_tensor(query_idx)], n_frozen, None, device, cl))
-    norm_dev = normalize.to(device)
-    return (_Inputs(torch.from_numpy(load_prepared(archive, train_idx, preprocess)), 0, norm_dev,
-                    device, cl),
-            _Inputs(torch.from_numpy(load_prepared(archive, query_idx, preprocess)), 0, norm_dev,
-                    device, cl))
 
 
 @dataclass
@@ -245,7 +149,7 @@ def _similarity(y_rows: torch.Tensor, y_db: torch.Tensor) -> torch.Tensor:
     return torch.where(same, torch.ones((), device=same.device), -r).to(torch.float32)
 
 
-def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: _Inputs,
+def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: Inputs,
                      y_db: np.ndarray, n_frozen: int, device: str, amp: bool) -> dict[str, Any]:
     """Network epochs on a sample of the database, then the closed-form V update."""
     assert config.inner is not None and config.outer is not None
@@ -272,7 +176,7 @@ def _outer_iteration(st: _State, outer: int, config: AHCLConfig, db_in: _Inputs,
             if len(rows) < 2:
                 continue  # BatchNorm cannot train on one image
             rows_t = torch.as_tensor(rows, device=device)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 u, logits = st.net(db_in.batch(rows, device), db_in.start_stage)
             u, logits = u.float(), logits.float()
             loss, terms = ahcl_loss(u, logits, y_db_t[rows_t], V_t, V_t[rows_t],
@@ -307,8 +211,8 @@ class _Context:
     n_frozen: int
     device: str
     amp: bool
-    db_in: _Inputs
-    q_in: _Inputs
+    db_in: Inputs
+    q_in: Inputs
     train_idx: np.ndarray
     query_idx: np.ndarray
     y_db: np.ndarray
@@ -323,10 +227,10 @@ class _Part:
     when selecting, the validation images held out of it, scored against the database's codes
     listed in the store's tie order (``order``)."""
 
-    db_in: _Inputs
+    db_in: Inputs
     y_db: np.ndarray
     ids: list[str]
-    val_in: _Inputs | None = None
+    val_in: Inputs | None = None
     y_val: np.ndarray | None = None
     order: np.ndarray | None = None
 
@@ -348,7 +252,7 @@ def _prepare(archive: ArchiveListing, split: Split, config: AHCLConfig,
     n_frozen = backbone.frozen_stages(config.freeze_blocks)
     config = config.resolved(len(train_idx), cached=n_frozen > 0)
     net = AHCLNet(backbone, config.bits, len(archive.classes)).to(device)
-    db_in, q_in = _inputs(backbone, normalize, n_frozen, archive, train_idx, query_idx,
+    db_in, q_in = build_inputs(backbone, normalize, n_frozen, archive, train_idx, query_idx,
                           preprocess, config, device, emit)
     if db_in.channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -357,7 +261,7 @@ def _prepare(archive: ArchiveListing, split: Split, config: AHCLConfig,
     return _Context(
         net=net, init_state=copy.deepcopy(net.state_dict()), normalize=normalize,
         preprocess=preprocess, n_frozen=n_frozen, device=device,
-        amp=_use_amp(config, device), db_in=db_in, q_in=q_in, train_idx=train_idx,
+        amp=use_amp(config, device), db_in=db_in, q_in=q_in, train_idx=train_idx,
         query_idx=query_idx, y_db=labels_all[train_idx], y_q=labels_all[query_idx],
         train_ids=[archive.items[int(i)].id for i in train_idx], prep_seconds=prep_seconds,
     ), config
@@ -367,7 +271,7 @@ def _validate(st: _State, ctx: _Context, cfg: AHCLConfig, part: _Part, outer: in
     """Score the network on the validation part (mAP of its codes against the database's
     learned V, whole database, Hamming ranking, ties in the store's order); keep the best."""
     assert part.val_in is not None and part.y_val is not None and part.order is not None
-    uv = _encode(st.net, part.val_in, ctx.device, cfg.batch_size, ctx.amp)
+    uv = encode(st.net, part.val_in, ctx.device, cfg.batch_size, ctx.amp)
     value = _map(uv, part.y_val, st.V[part.order], part.y_db[part.order])
     st.curve.append([outer, round(value, 4)])
     if value > st.best_map:
@@ -418,7 +322,7 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
         if part.val_in is not None and ((outer + 1) % val_every == 0 or last):
             record["val_map"] = _validate(st, ctx, cfg, part, outer + 1)
         if cfg.eval_every and ((outer + 1) % cfg.eval_every == 0 or last):
-            record["map_query"] = _map(_encode(st.net, ctx.q_in, ctx.device, cfg.batch_size,
+            record["map_query"] = _map(encode(st.net, ctx.q_in, ctx.device, cfg.batch_size,
                                                ctx.amp), ctx.y_q, st.V, part.y_db)
         st.history.append({**record, **({"candidate": tag} if tag else {})})
         st.outer_done = outer + 1
@@ -436,8 +340,8 @@ def _final_metrics(ctx: _Context, V: np.ndarray, batch_size: int) -> dict[str, f
     """The query side against the exported model's codes (float32, as the exported graph):
     queries by sign(u); database = learned V (and, for reference, sign(u))."""
     net = ctx.net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    uq = _encode(net, ctx.q_in, ctx.device, batch_size)
-    udb = _encode(net, ctx.db_in, ctx.device, batch_size)
+    uq = encode(net, ctx.q_in, ctx.device, batch_size)
+    udb = encode(net, ctx.db_in, ctx.device, batch_size)
     metrics: dict[str, float] = {}
     if len(ctx.query_idx):
         metrics["map_query_vs_learned_db"] = _map(uq, ctx.y_q, V, ctx.y_db)
