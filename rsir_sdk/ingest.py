@@ -49,7 +49,7 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -59,6 +59,7 @@ from .encoder import Encoder
 from .errors import ImageLoadError, StoreError
 from .failures import Failure, FailureReport
 from .images import DEFAULT_MAX_PIXELS, read_image
+from .ingest_report import IngestInterrupted, IngestProgress, IngestSummary
 from .options import IngestOptions
 from .preprocess import prepare
 from .rasters import RasterRule
@@ -74,17 +75,6 @@ PREPARE_MIN_ROWS = 10_000
 #: a bulk load's chunk is imported after this many seconds even when it holds fewer than a
 #: million rows, so that a crash loses at most this much encoding work
 BULK_MAX_AGE = 600.0
-
-
-class IngestInterrupted(KeyboardInterrupt):
-    """Ingestion stopped by Ctrl-C; what was encoded was written first. Re-run to resume."""
-
-    def __init__(self, summary: "IngestSummary"):
-        self.summary = summary
-        super().__init__(
-            f"interrupted after indexing {summary.indexed} images; re-run the same command to "
-            f"resume (already indexed ids are skipped)"
-        )
 
 
 @dataclass(frozen=True)
@@ -213,75 +203,6 @@ def writes_fine(encoder: Encoder, store: MilvusCodeStore) -> bool:
 def default_workers() -> int:
     """Decoding threads: the number of CPUs, at least 2 and at most 8."""
     return max(2, min(8, os.cpu_count() or 2))
-
-
-@dataclass
-class IngestProgress:
-    """Where an ingestion stands: images handled so far out of ``total`` and how."""
-
-    total: int
-    indexed: int = 0  # written to Milvus
-    encoded: int = 0  # encoded, written or waiting for the next upsert
-    skipped: int = 0  # already present
-    failed: int = 0
-
-    @property
-    def done(self) -> int:
-        """Images handled (encoded, skipped or failed)."""
-        return self.encoded + self.skipped + self.failed
-
-
-@dataclass
-class IngestSummary:
-    """What an ingestion did. ``failed`` lists every image not indexed, with its reason."""
-
-    total: int = 0
-    indexed: int = 0
-    skipped: int = 0
-    failed: list[Failure] = field(default_factory=list)
-    ignored: int = 0
-    ignored_examples: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    report: str | None = None
-    collection: str = ""
-    uri: str = ""
-    #: seconds of each step of prepare_for_search (None: not run)
-    prepare: dict[str, Any] | None = None
-    #: the bulk load's counts and timings (None: written with inserts)
-    bulk: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every listed image is in the collection."""
-        return not self.failed
-
-    @property
-    def images_per_second(self) -> float:
-        """Images indexed per second of wall time."""
-        return self.indexed / self.seconds if self.seconds > 0 else 0.0
-
-    def reasons(self, top: int = 5) -> list[tuple[str, int]]:
-        """The most common failure reasons with their counts."""
-        counts = collections.Counter(f"{f.stage}: {f.reason}" for f in self.failed)
-        return counts.most_common(top)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-able form."""
-        return {
-            "total": self.total, "indexed": self.indexed, "skipped": self.skipped,
-            "failed": len(self.failed), "ignored": self.ignored,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.images_per_second, 2),
-            "report": self.report, "collection": self.collection, "uri": self.uri,
-            "prepare": _rounded(self.prepare), "bulk": _rounded(self.bulk),
-            "failures": [f.__dict__ for f in self.failed],
-        }
-
-
-def _rounded(d: dict[str, Any] | None) -> dict[str, Any] | None:
-    if d is None:
-        return None
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
 
 
 class IngestRun:
