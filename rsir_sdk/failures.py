@@ -72,6 +72,17 @@ class FailureReport:
         self.close()
 
 
+def as_reported(text: str) -> str:
+    """``text`` as a report writes it: the undecodable bytes of a file name that is not UTF-8
+    (surrogate escapes) as ``\\udcff``, any other text unchanged. Ids read back from a report
+    match the archive's ids in this form (``rsir index --retry-failed``).
+
+    >>> as_reported("a.jpg"), as_reported(b"bad\\xff.jpg".decode("utf-8", "surrogateescape"))
+    ('a.jpg', 'bad\\\\udcff.jpg')
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def read_report(path: str | os.PathLike) -> list[Failure]:
     """Read a failure report written by :class:`FailureReport`."""
     path = Path(path)

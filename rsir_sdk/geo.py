@@ -73,6 +73,12 @@ def _parts(value: Any, n: int, name: str, form: str) -> list[Any]:
     return parts
 
 
+def _named(message: str, default: str, name: str) -> str:
+    """A check's message with the argument's ``name`` (e.g. ``--bbox``) for its default name,
+    unless it names it already."""
+    return message if message.startswith(name) else message.replace(default, name, 1)
+
+
 def _arc(west: float, east: float) -> tuple[float, float]:
     """A longitude arc from ``west`` eastwards to ``east`` as ``(lo, hi)``: lo in [-180, 180),
     hi in [lo, lo + 360] (hi > 180 when the arc reaches across the antimeridian)."""
@@ -113,7 +119,7 @@ class BBox:
             return cls(*(_number(v, f"{name} {k}") for k, v in zip(("west", "south", "east", "north"),
                                                                   (w, s, e, n))))
         except InvalidInputError as exc:
-            raise InvalidInputError(str(exc).replace("bbox", name, 1)) from None
+            raise InvalidInputError(_named(str(exc), "bbox", name)) from None
 
     @property
     def crosses_antimeridian(self) -> bool:
@@ -180,8 +186,11 @@ class Near:
         if isinstance(value, Near):
             return value
         lon, lat, metres = _parts(value, 3, name, "lon,lat,metres")
-        return cls(_number(lon, f"{name} lon"), _number(lat, f"{name} lat"),
-                   _number(metres, f"{name} metres"))
+        try:
+            return cls(_number(lon, f"{name} lon"), _number(lat, f"{name} lat"),
+                       _number(metres, f"{name} metres"))
+        except InvalidInputError as exc:
+            raise InvalidInputError(_named(str(exc), "near", name)) from None
 
     def enclosing_box(self) -> BBox:
         """A lon/lat box holding every point within ``metres``: the poles and the antimeridian

@@ -26,6 +26,7 @@ from typing import IO, Any, Mapping, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .decoding import bomb_reason, quiet_decoding
 from .errors import ImageLoadError
 from .pixels import Raster, array_to_rgb, check_file, describe_source, pil_to_rgb
 from .rasters import RasterRule, as_rule
@@ -120,6 +121,13 @@ def load_image(src: ImageSource, *, rule: RuleLike = None, **limits: Any) -> np.
 def _decode(
     fh: IO[bytes], name: str, rule: RuleLike, max_pixels: int | None, max_raster_bytes: int | None
 ) -> Raster:
+    with quiet_decoding():  # the decoders' own warnings and logs: rsir says it in one line
+        return _decode_quietly(fh, name, rule, max_pixels, max_raster_bytes)
+
+
+def _decode_quietly(
+    fh: IO[bytes], name: str, rule: RuleLike, max_pixels: int | None, max_raster_bytes: int | None
+) -> Raster:
     fh = fh if _seekable(fh) else io.BytesIO(fh.read())
     start = fh.tell()
     head = fh.read(4)
@@ -141,7 +149,7 @@ def _decode(
             name, f"not an image in a supported format ({', '.join(DECODE_FORMATS)}, TIFF)"
         ) from None
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(name, f"too large: {exc}") from None
+        raise ImageLoadError(name, bomb_reason(exc, max_pixels)) from None
     except MemoryError:
         raise ImageLoadError(name, "not enough memory to decode the image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -57,7 +57,7 @@ import numpy as np
 from .archive import ArchiveListing, Item
 from .encoder import Encoder
 from .errors import ImageLoadError, StoreError
-from .failures import Failure, FailureReport
+from .failures import Failure, FailureReport, as_reported
 from .images import DEFAULT_MAX_PIXELS, read_image
 from .ingest_report import IngestInterrupted, IngestProgress, IngestSummary
 from .options import IngestOptions
@@ -235,9 +235,9 @@ class IngestRun:
         only_ids, bulk_dir = opts.only_ids, opts.bulk_dir
         items, invalid = archive.items, archive.invalid
         if only_ids is not None:
-            wanted = set(only_ids)
-            items = [it for it in items if it.id in wanted]
-            invalid = [f for f in invalid if f.id in wanted]
+            wanted = set(only_ids)  # ids as given, or as a failure report wrote them
+            items = [it for it in items if it.id in wanted or as_reported(it.id) in wanted]
+            invalid = [f for f in invalid if f.id in wanted or as_reported(f.id) in wanted]
         self.items = items
         self.summary = IngestSummary(
             total=len(items) + len(invalid), ignored=len(archive.ignored),
@@ -347,9 +347,11 @@ class IngestRun:
                 self.store.upsert(*args, encoder=self.identity, batch_size=self.upsert_batch,
                                   fine=fine)
         except StoreError as exc:
+            done = self.summary.indexed
             raise StoreError(
-                f"{exc} ({self.summary.indexed} images were indexed before this; re-run the "
-                f"same command to resume)"
+                f"{exc} ({done} images were indexed before this; re-run the same command to "
+                f"resume)" if done else f"{exc} (nothing was indexed; run the command again "
+                f"once that is fixed)"
             ) from exc
         pending.clear()
         self.in_doubt = False

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .decoding import quiet_decoding
 from .errors import ImageLoadError
 
 
@@ -148,6 +149,11 @@ def image_size(data: bytes, formats: list[str] | None = None) -> tuple[int, int]
     it is installed). None when the header cannot be read: the full reader then gives its own
     error for the file.
     """
+    with quiet_decoding():
+        return _header_size(data, formats)
+
+
+def _header_size(data: bytes, formats: list[str] | None) -> tuple[int, int] | None:
     if data[:4] in TIFF_MAGIC:
         try:
             import tifffile
@@ -180,7 +186,7 @@ def decode_reduced(data: bytes, name: str, min_size: tuple[int, int],
     if data[:4] in TIFF_MAGIC:
         return None
     try:
-        with warnings.catch_warnings():
+        with quiet_decoding(), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=formats) as img:
                 w, h = img.size

@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .decoding import bomb_reason
 from .errors import ImageLoadError
 from .georef import GEO_TAGS, TAG_DATETIME_ORIGINAL, TAG_GDAL_NODATA, georeference
 from .pixels import Raster, pil_to_rgb
@@ -140,7 +141,7 @@ def _read_with_pillow(fh, name, rule, max_pixels, max_bytes, tiff_reason) -> Ras
     except UnidentifiedImageError:
         raise failed("not a TIFF Pillow can read") from None
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(name, f"too large: {exc}") from None
+        raise ImageLoadError(name, bomb_reason(exc, max_pixels)) from None
     except MemoryError:
         raise ImageLoadError(name, "not enough memory to decode this raster") from None
     except (OSError, ValueError, SyntaxError, KeyError, IndexError) as exc:

@@ -282,6 +282,20 @@ def test_a_damaged_lite_file_is_refused_quickly_and_left_alone(tmp_path, rp_bund
     code, _, err = run(capsys, "collections", "--uri", not_sqlite)
     assert code == 1 and "not a Milvus Lite database file" in one_line(err)
 
+    # another program's SQLite database is refused, not filled with Milvus Lite's tables
+    theirs = tmp_path / "theirs.db"
+    con = sqlite3.connect(theirs)
+    con.execute("CREATE TABLE visits (who TEXT)")
+    con.execute("INSERT INTO visits VALUES ('me')")
+    con.commit()
+    con.close()
+    before = digest(theirs)
+    for argv in (["index", rp_bundle[0], sample_images[0][0].parent, "--uri", theirs,
+                  "--collection", "items", "--no-progress"], ["collections", "--uri", theirs]):
+        code, out, err = run(capsys, *argv)
+        assert code == 1 and "SQLite database of another program" in one_line(err), err
+    assert digest(theirs) == before
+
 
 # ----------------------------------------------------------------------------- old layout
 

@@ -206,3 +206,18 @@ def test_an_empty_entry_point_group_names_the_package_to_install(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and f"rsir {argv[0]} needs the training package: pip install rsir-train" \
             in lines[0], proc.stderr
+
+
+def test_index_summary_counts_every_failure_it_does_not_name():
+    """Five reasons are named; the failures of the others are counted, not dropped."""
+    from rsir_sdk.cli.index import summary_text
+    from rsir_sdk.failures import Failure
+    from rsir_sdk.ingest import IngestSummary
+
+    failed = [Failure(f"f{i}", f"f{i}.jpg", "read", f"reason {i}") for i in range(7)]
+    text = summary_text(IngestSummary(total=9, indexed=2, failed=failed, report="r.csv",
+                                      collection="c", uri="x.db"), 2, None)
+    counts = [int(line.split()[0]) for line in text.splitlines()
+              if line.startswith("         ")]
+    assert len(counts) == 6 and sum(counts) == 7, text
+    assert "2  for other reasons (all in r.csv)" in text

@@ -351,3 +351,26 @@ def test_index_keywords_are_the_options_fields(rp_bundle, sample_images, db_uri,
     assert {lab for _, lab, _ in rows["by_value"].values()} == {l for _, l in sample_images}
     assert all(not path.startswith("/") for _, _, path in rows["by_value"].values())
     assert d.indexed == 10 and {lab for _, lab, _ in rows["plain"].values()} == {""}
+
+
+def test_retry_keeps_a_file_name_that_is_not_utf8(tmp_path, sample_images, rp_bundle, db_uri,
+                                                  capsys):
+    """A name that is not UTF-8 fails at listing and is written to the report with its bytes
+    escaped; --retry-failed matches it in that form, so the rewritten report still lists it."""
+    root = tmp_path / "arch"
+    (root / "x").mkdir(parents=True)
+    shutil.copyfile(sample_images[0][0], root / "x" / "good.jpg")
+    with open(bytes(root / "x") + b"/bad\xff\xfe.jpg", "wb") as fh:
+        fh.write(sample_images[1][0].read_bytes())
+    (root / "x" / "zero.jpg").write_bytes(b"")
+    report = tmp_path / "failed.csv"
+    args = ("index", rp_bundle[0], root, "--uri", db_uri, "--collection", "names",
+            "--no-progress", "--json", "--report", report)
+    code, out, err = run(capsys, *args)
+    first = read_report(report)
+    assert code == 3 and json.loads(out)["failed"] == 2, out + err
+    assert sorted(f.stage for f in first) == ["list", "read"]
+    code, out, err = run(capsys, *args, "--retry-failed", report)
+    assert code == 3 and json.loads(out)["total"] == 2 and json.loads(out)["failed"] == 2, out
+    assert sorted((f.id, f.stage) for f in read_report(report)) == \
+        sorted((f.id, f.stage) for f in first)

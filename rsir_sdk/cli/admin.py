@@ -164,7 +164,7 @@ def run_collections(args: argparse.Namespace) -> int:
     """List the collections at a URI with their size, bits, encoder, raster rule and how many
     items have no footprint."""
     if is_lite_uri(args.uri) and not _exists(args.uri):
-        warn(f"no Milvus Lite file at {args.uri}")
+        warn(f"rsir collections: no Milvus Lite file at {args.uri}")
         return EXIT_ERROR
     rows = describe_collections(args.uri, args.token)
     if args.json:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..archive import IMAGE_EXTENSIONS
+from ..decoding import allow_pixels
 from ..failures import read_report
 from ..ingest import IngestInterrupted, IngestProgress, IngestSummary
 from ..options import IndexOptions, IngestOptions
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--bulk adds new ids only; it cannot re-encode ids already present "
                          "(--force): index without --bulk, or drop the collection first")
     options = ingest_options(args)  # a bad value stops here, before the collection is opened
+    allow_pixels(options.max_pixels)  # --max-pixels above Pillow's own guard (or 0) is honoured
     index_options = IndexOptions(index_type=args.index_type,
                                  index_params=json_object(args.index_params, "--index-params"))
     with Retriever(
@@ -186,8 +188,12 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
     if summary.failed:
         lines.append(f"failed   {len(summary.failed):>9} not indexed, listed in {summary.report} "
                      f"(retry: --retry-failed {summary.report})")
-        for reason, n in summary.reasons():
+        top = summary.reasons()
+        for reason, n in top:
             lines.append(f"         {n:>9}  {reason[:150]}")
+        rest = len(summary.failed) - sum(n for _, n in top)
+        if rest:
+            lines.append(f"         {rest:>9}  for other reasons (all in {summary.report})")
     else:
         lines.append(f"failed   {0:>9}")
     if summary.ignored:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..decoding import allow_pixels
 from ..errors import RsirError
 from ..redact import redact_uri
 from .auth import RedactingFilter, is_loopback
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rsir serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    allow_pixels(config.max_pixels)  # a --max-pixels above Pillow's own guard is honoured
     if args.read_token and args.read_token == args.write_token:
         print("rsir serve: the read and write tokens must differ", file=sys.stderr)
         return EXIT_USAGE

@@ -44,6 +44,8 @@ from ..errors import StoreError
 log = logging.getLogger(__name__)
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+#: a table every Milvus Lite (2.5) file holds from its first start
+LITE_TABLE = "collection_meta"
 _lock = threading.Lock()
 _users: dict[str, int] = {}  # resolved path -> open stores in this process
 _LOG_NAME = re.compile(r"rsir-milvus-lite-([0-9]+)\.log")
@@ -223,10 +225,14 @@ def check_file(db_file: str | os.PathLike) -> None:
             f"{path} is not a Milvus Lite database file (it does not start with the SQLite "
             f"header): give another .db path, or restore the file"
         )
+    tables: list[str] = []
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
             rows = [r[0] for r in con.execute("PRAGMA quick_check(3)").fetchall()]
+            if rows == ["ok"]:
+                tables = [r[0] for r in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()]
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
@@ -234,6 +240,11 @@ def check_file(db_file: str | os.PathLike) -> None:
     if rows != ["ok"]:
         first = " ".join(str(rows[0]).split()) if rows else "no answer"
         raise damaged(path, f"SQLite quick_check: {first[:160]}")
+    if tables and LITE_TABLE not in tables:  # another program's database: leave it alone
+        shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+        raise StoreError(
+            f"{path} is an SQLite database of another program, not a Milvus Lite file (its "
+            f"tables: {shown}); nothing was written: give another .db path")
 
 
 def damaged(path: str | os.PathLike, detail: str) -> StoreError:
