@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from onnx_models import build_random_projection_bundle
 
 from rsir_sdk.cli import main
@@ -84,6 +85,14 @@ def test_index_search_collections_gallery(tmp_path, sample_images, rp_bundle, db
     code, _, err = run(capsys, "search", rp_bundle[0], tmp_path / "missing.jpg", "--uri", db_uri,
                        "--collection", "scenes")
     assert code == 1 and "no such file" in err
+
+    # rsir info says when the collection was filled by another encoder (searches refuse it)
+    code, out, _ = run(capsys, "info", rp_bundle[0], "--uri", db_uri, "--collection", "scenes")
+    assert code == 0 and "50 items" in out and "mismatch" not in out
+    other = tmp_path / "other"
+    build_random_projection_bundle(other, bits=64, size=32, seed=5)
+    code, out, _ = run(capsys, "info", other, "--uri", db_uri, "--collection", "scenes")
+    assert code == 0 and "mismatch     scenes was filled by another encoder" in out, out
 
 
 def test_index_learned_codes(tmp_path, sample_images, db_uri, capsys):
@@ -221,3 +230,11 @@ def test_index_summary_counts_every_failure_it_does_not_name():
               if line.startswith("         ")]
     assert len(counts) == 6 and sum(counts) == 7, text
     assert "2  for other reasons (all in r.csv)" in text
+
+
+@pytest.mark.parametrize("command", ["search", "index", "info", "duplicates", "eval"])
+def test_an_empty_collection_name_is_refused_not_taken_for_the_default(command, capsys):
+    args = {"search": ["b", "q.jpg"], "index": ["b", "archive"]}.get(command, ["b"])
+    assert main([command, *args, "--collection", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--collection: must not be empty" in err

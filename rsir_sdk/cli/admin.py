@@ -12,7 +12,7 @@ from ..rasters import RasterRule
 from ..redact import redact_uri
 from ..splits import SPLIT_FILE
 from ..store import describe_collections, drop_collection, is_lite_uri
-from .common import EXIT_ERROR, EXIT_OK, add_store_args, print_json, warn
+from .common import EXIT_ERROR, EXIT_OK, add_store_args, collection_name, print_json, warn
 
 
 def add_parsers(sub: Any) -> None:
@@ -24,7 +24,7 @@ def add_parsers(sub: Any) -> None:
                    help="also say what this Milvus (Lite file or server URL) holds in the "
                         "bundle's collection: items, fine codes (and how to rebuild a "
                         "collection made before them)")
-    p.add_argument("--collection", default=None,
+    p.add_argument("--collection", default=None, type=collection_name,
                    help="with --uri: the collection (default: <method>_<bits>_<encoder_id>)")
     p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
                    help="with --uri: Milvus token (user:password); default $MILVUS_TOKEN")
@@ -137,7 +137,13 @@ def store_lines(b: Bundle, found: dict[str, Any], uri: str) -> list[str]:
     fine = found.get("fine_bits")
     lines = [f"{'store':12s} {name} at {where}: {found.get('count', '?')} items, "
              + (f"fine codes {fine} bits" if fine else "no fine codes")]
-    if not fine and b.fine_bits:
+    filled_by = found.get("encoder") or {}
+    other = filled_by.get("encoder_id")
+    if other and other != b.encoder_id:
+        lines.append(f"{'mismatch':12s} {name} was filled by another encoder ({other}, "
+                     f"{filled_by.get('method', '?')} {filled_by.get('bits', '?')} bits), not "
+                     f"this bundle's ({b.encoder_id}): searches and writes with it are refused")
+    elif not fine and b.fine_bits:
         lines.append(rebuild_hint(name, where))
     return lines
 

@@ -55,6 +55,14 @@ RADIUS_TYPE = int_in(0, None, "radius")
 POSITIVE = int_in(1, None, "a positive integer")
 
 
+def collection_name(text: str) -> str:
+    """``--collection``: a name, never empty (an empty one would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "must not be empty (leave --collection out for the bundle's default name)")
+    return text
+
+
 def json_object(text: str | None, name: str) -> dict[str, Any] | None:
     """Parse a JSON object given on the command line (``None`` for nothing)."""
     if not text:
@@ -88,7 +96,7 @@ def add_store_args(p: argparse.ArgumentParser, *, collection: bool = True) -> No
     p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
                    help="Milvus token (user:password) for servers; default $MILVUS_TOKEN")
     if collection:
-        p.add_argument("--collection", default=None,
+        p.add_argument("--collection", default=None, type=collection_name,
                        help="collection name (default: <method>_<bits>_<encoder_id>)")
 
 

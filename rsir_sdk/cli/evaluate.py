@@ -14,6 +14,7 @@ from .common import (
     ProgressBar,
     UsageError,
     add_raster_args,
+    collection_name,
     print_json,
     raster_rule,
     warn,
@@ -34,7 +35,7 @@ def add_parser(sub: Any) -> None:
                    help="the archive the split belongs to (default: recorded in the bundle, or $RSIR_DATA)")
     p.add_argument("--uri", default=None, help="Milvus URI (default: a temporary Milvus Lite file)")
     p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"))
-    p.add_argument("--collection", default=None, help="collection (default eval_<method>_<bits>_<id>)")
+    p.add_argument("--collection", default=None, type=collection_name, help="collection (default eval_<method>_<bits>_<id>)")
     p.add_argument("--ks", default="10,20,100", help="k of mAP@k and P@k (default 10,20,100)")
     p.add_argument("--database", choices=["auto", "train", "query"], default="auto",
                    help="train split as database (AHCL) or query split leave-one-out (MiLAN); "

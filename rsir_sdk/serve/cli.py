@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cli.common import collection_name
 from ..decoding import allow_pixels
 from ..errors import RsirError
 from ..redact import redact_uri
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Milvus Lite file (./x.db) or server URL; default %(default)s")
     p.add_argument("--token", default=os.environ.get("MILVUS_TOKEN"),
                    help="Milvus token for servers; default $MILVUS_TOKEN (never logged)")
-    p.add_argument("--collection", default=None,
+    p.add_argument("--collection", default=None, type=collection_name,
                    help="collection name (default: <method>_<bits>_<encoder_id>)")
     p.add_argument("--create", action="store_true",
                    help="create the collection when it does not exist (default: refuse, so a "
