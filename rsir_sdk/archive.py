@@ -248,20 +248,9 @@ def read_manifest(
                 if placed:
                     meta.update(_place(row, where))
                 item = Item(sid, path, str(base), label, meta)
-                if not path:
-                    invalid.append(Failure(sid or f"line {lineno}", "", "list", f"{where}: empty path"))
-                    continue
-                if not sid:
-                    invalid.append(Failure(f"line {lineno}", str(item.file), "list", f"{where}: empty id"))
-                    continue
-                if sid in seen:
-                    invalid.append(Failure(sid, str(item.file), "list",
-                                           f"{where}: duplicate id (first on line {seen[sid]})"))
-                    continue
-                seen[sid] = lineno
-                problem = check_item(item)
-                if problem:
-                    invalid.append(Failure(sid, str(item.file), "list", f"{where}: {problem}"))
+                failure = _row_failure(item, lineno, where, seen)
+                if failure is not None:
+                    invalid.append(failure)
                     continue
                 items.append(item)
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -269,6 +258,26 @@ def read_manifest(
     if not items and not invalid:
         raise ArchiveError(f"CSV manifest {manifest} lists no images")
     return ArchiveListing(base, items, "csv", [], invalid, name=manifest.stem)
+
+
+def _row_failure(item: Item, lineno: int, where: str, seen: dict[str, int]) -> Failure | None:
+    """Why a manifest row cannot be listed (stage ``list``), or None: an empty path, a URL
+    (a manifest lists files), an empty or repeated id, or what the store refuses. A row with
+    a new id is recorded in ``seen`` (id → line), whether the store takes it or not."""
+    sid, path = item.id, item.path
+    if not path:
+        return Failure(sid or f"line {lineno}", "", "list", f"{where}: empty path")
+    if _URL.match(path):  # else read as a relative path and reported missing
+        return Failure(sid or f"line {lineno}", path, "list", f"{where}: a URL; a manifest lists "
+                       f"files: download the images first (search takes URLs)")
+    if not sid:
+        return Failure(f"line {lineno}", str(item.file), "list", f"{where}: empty id")
+    if sid in seen:
+        return Failure(sid, str(item.file), "list",
+                       f"{where}: duplicate id (first on line {seen[sid]})")
+    seen[sid] = lineno
+    problem = check_item(item)
+    return Failure(sid, str(item.file), "list", f"{where}: {problem}") if problem else None
 
 
 def _place(row: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -292,6 +301,7 @@ def check_item(item: Item) -> str | None:
     return rows.problem(item.id, item.label, str(item.file.absolute()), item.metadata)
 
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:/")  # a scheme of 2+ letters: C:/ is a path
 _INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
 _DECIMAL = re.compile(r"^-?[0-9]+\.[0-9]+([eE][-+]?[0-9]+)?$")
 

@@ -115,17 +115,21 @@ def test_listing_csv_manifests(tmp_path, sample_images):
     rows.append(["", "scene-9", "Forest", "", "", ""])  # empty path
     rows.append([f"{sample_images[0][0].parent.name}/{sample_images[0][0].name}", "scene-0", "", "", "", ""])
     rows.append(["Forest/none.jpg", "", "Forest", "", "", ""])  # empty id
+    rows.append(["https://example.org/q.jpg", "scene-7", "Forest", "", "", ""])  # a URL
+    rows.append(["C:/data/w.jpg", "scene-8", "Forest", "", "", ""])  # a Windows path, not a URL
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as fh:
         csv.writer(fh).writerows(rows)
     listing = read_manifest(manifest, root=sample_images[0][0].parents[1])
-    assert [it.id for it in listing.items] == [f"scene-{i}" for i in range(6)]
+    assert [it.id for it in listing.items][:6] == [f"scene-{i}" for i in range(6)]
     first = listing.items[0]
     assert first.path == f"{sample_images[0][0].parent.name}/{sample_images[0][0].name}"
     assert first.file == sample_images[0][0] and first.label == sample_images[0][1]
     assert first.metadata == {"year": 2018, "cloud": 0.05, "note": "x,y"}
     reasons = sorted(f.reason for f in listing.invalid)
-    assert len(reasons) == 3
+    assert len(reasons) == 4
+    assert [f.path for f in listing.invalid if "a URL" in f.reason] == ["https://example.org/q.jpg"]
+    assert "C:/data/w.jpg" in [it.path for it in listing.items] + [f.path for f in listing.invalid]
     assert any("duplicate id (first on line 2)" in r for r in reasons)
     assert any("empty path" in r for r in reasons) and any("empty id" in r for r in reasons)
     with pytest.raises(ArchiveError, match="no 'file' column"):

@@ -160,3 +160,15 @@ def test_serve_keeps_answering_while_urls_drip_and_sigterm_exits_in_time(drip, s
     finally:
         proc.stop(signal.SIGKILL)
     assert "Traceback" not in proc.log
+
+
+def test_rsir_search_takes_its_url_deadline(drip, rp_bundle, tmp_path, capsys):
+    from rsir_sdk.cli import main
+
+    server = drip(where="body", interval=0.3)
+    t0 = time.monotonic()
+    code = main(["search", str(rp_bundle[0]), server.url, "--uri", str(tmp_path / "x.db"),
+                 "--url-timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "within 1 s" in err, err
+    assert time.monotonic() - t0 < 2.5

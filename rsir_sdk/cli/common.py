@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -53,6 +54,20 @@ def int_in(low: int, high: int | None = None, what: str = "value"):
 K_TYPE = int_in(1, MAX_TOPK, "k")
 RADIUS_TYPE = int_in(0, None, "radius")
 POSITIVE = int_in(1, None, "a positive integer")
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+SECONDS_TYPE = seconds
 
 
 def collection_name(text: str) -> str:

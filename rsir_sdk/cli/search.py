@@ -8,12 +8,14 @@ from typing import Any, Sequence
 from ..errors import RsirError
 from ..geo import BBox, Near, Period
 from ..hits import SEARCH_MODES, hit_to_json
+from ..images import DEFAULT_URL_TIMEOUT
 from ..options import IndexOptions
 from ..retriever import Hit, Retriever
 from .common import (
     EXIT_OK,
     K_TYPE,
     RADIUS_TYPE,
+    SECONDS_TYPE,
     add_raster_args,
     add_store_args,
     filter_arg,
@@ -63,6 +65,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--link-images", action="store_true",
                    help="gallery links the image files (relative paths) instead of inlining thumbnails")
     p.add_argument("--search-params", default=None, help='JSON, e.g. \'{"nprobe": 16}\'')
+    p.add_argument("--url-timeout", type=SECONDS_TYPE, default=DEFAULT_URL_TIMEOUT,
+                   metavar="SECONDS", help="an image URL's whole download: connect, headers and "
+                                           "body (default %(default)s)")
     add_store_args(p)
     add_raster_args(p)
     p.set_defaults(func=run)
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raster_rule=raster_rule(args),
         index_options=IndexOptions(
             search_params=json_object(args.search_params, "--search-params")),
+        url_timeout=args.url_timeout,
     ) as r:
         # the URL is the user's own, fetched for them alone: an address on their network is
         # theirs to ask for (the guard against probing internal addresses is for services)
