@@ -267,15 +267,15 @@ def _row_failure(item: Item, lineno: int, where: str, seen: dict[str, int]) -> F
     sid, path = item.id, item.path
     if not path:
         return Failure(sid or f"line {lineno}", "", "list", f"{where}: empty path")
-    if _URL.match(path):  # else read as a relative path and reported missing
-        return Failure(sid or f"line {lineno}", path, "list", f"{where}: a URL; a manifest lists "
-                       f"files: download the images first (search takes URLs)")
     if not sid:
         return Failure(f"line {lineno}", str(item.file), "list", f"{where}: empty id")
     if sid in seen:
         return Failure(sid, str(item.file), "list",
                        f"{where}: duplicate id (first on line {seen[sid]})")
     seen[sid] = lineno
+    if _URL.match(path):  # else read as a relative path and reported missing
+        return Failure(sid, path, "list", f"{where}: a URL; a manifest lists files: download "
+                       f"the images first (search takes URLs)")
     problem = check_item(item)
     return Failure(sid, str(item.file), "list", f"{where}: {problem}") if problem else None
 

@@ -7,8 +7,11 @@ user should see one line per bad image, in rsir's words. So every decode runs in
 :func:`quiet_decoding`, which drops, in this thread only, the records of the ``tifffile`` logger
 and the warnings raised from Pillow's and tifffile's modules. Warnings raised anywhere else, and
 the same libraries' output outside a decode (another thread, the user's own code), pass as
-before. Warnings the user turned into errors (``-W error``) still raise, and the decode reports
-them as a bad image.
+before: a dropped warning is also taken out of its module's once-per-location registry, so the
+same warning raised later by the user's own call is still shown. The hook is put back at each
+decode when something replaced it since (``warnings.catch_warnings`` restores what it saved, and
+``logging.captureWarnings`` installs its own). Warnings the user turned into errors
+(``-W error``) still raise, and the decode reports them as a bad image.
 
 Pillow also refuses any image over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (its decompression-bomb
 guard, 178,956,970 pixels by default), whatever rsir's own ``max_pixels`` says. A library leaves
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import warnings
 from typing import Any, Iterator
@@ -42,6 +46,7 @@ def _decoding() -> bool:
 @contextlib.contextmanager
 def quiet_decoding() -> Iterator[None]:
     """Drop the decoders' warnings and ``tifffile`` log records in this thread meanwhile."""
+    _install()
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
         yield
@@ -60,12 +65,38 @@ _show_next = warnings.showwarning
 def _showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                  line: Any = None) -> None:
     if _decoding() and any(d in str(filename) for d in _DECODER_DIRS):
+        _forget(message, category, filename, lineno)
         return
-    _show_next(message, category, filename, lineno, file, line)
+    if getattr(_state, "showing", False):  # a hook that wraps this one called back: print it
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        (file if file is not None else sys.stderr).write(text)
+        return
+    _state.showing = True
+    try:
+        _show_next(message, category, filename, lineno, file, line)
+    finally:
+        _state.showing = False
+
+
+def _forget(message: Any, category: Any, filename: str, lineno: int) -> None:
+    """Take a dropped warning out of its module's ``__warningregistry__``, where Python's
+    default once-per-location rule recorded it as shown."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == filename:
+            registry = getattr(module, "__warningregistry__", None)
+            if isinstance(registry, dict):
+                registry.pop((str(message), category, lineno), None)
+
+
+def _install() -> None:
+    """Put the hook in front of whatever ``warnings.showwarning`` is now (once per change)."""
+    global _show_next
+    if warnings.showwarning is not _showwarning:
+        _show_next, warnings.showwarning = warnings.showwarning, _showwarning
 
 
 logging.getLogger("tifffile").addFilter(_DropWhileDecoding())
-warnings.showwarning = _showwarning
+_install()
 
 
 def pillow_pixel_limit() -> int | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,10 +163,8 @@ def _header_size(data: bytes, formats: list[str] | None) -> tuple[int, int] | No
         except Exception:  # not installed, or a TIFF tifffile cannot parse: try Pillow
             formats = None if formats is None else [*formats, "TIFF"]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=formats) as img:
-                return img.size
+        with Image.open(io.BytesIO(data), formats=formats) as img:  # warnings: quiet_decoding
+            return img.size
     except Exception:  # not an image Pillow knows, or over Pillow's own bomb guard: the
         return None     # full reader names the problem without decoding
 
@@ -186,20 +183,19 @@ def decode_reduced(data: bytes, name: str, min_size: tuple[int, int],
     if data[:4] in TIFF_MAGIC:
         return None
     try:
-        with quiet_decoding(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=formats) as img:
-                w, h = img.size
-                factor = min(w // max(1, min_size[0]), h // max(1, min_size[1]))
-                if factor < 2:
-                    return None
-                if img.format == "JPEG":
-                    img.draft(img.mode if img.mode in ("L", "RGB") else None,
-                              (w // factor, h // factor))
-                img.load()
-                reduced = _reduce(img, max(1, min(img.size[0] * factor // w,
-                                                  img.size[1] * factor // h)), name)
-                return pil_to_rgb(reduced, name)
+        # quiet_decoding: the decoder's warnings (Pillow's bomb warning included) stay out
+        with quiet_decoding(), Image.open(io.BytesIO(data), formats=formats) as img:
+            w, h = img.size
+            factor = min(w // max(1, min_size[0]), h // max(1, min_size[1]))
+            if factor < 2:
+                return None
+            if img.format == "JPEG":
+                img.draft(img.mode if img.mode in ("L", "RGB") else None,
+                          (w // factor, h // factor))
+            img.load()
+            reduced = _reduce(img, max(1, min(img.size[0] * factor // w,
+                                              img.size[1] * factor // h)), name)
+            return pil_to_rgb(reduced, name)
     except ImageLoadError:
         raise
     except Exception:  # corrupt data, an unknown mode: the usual reader reports it

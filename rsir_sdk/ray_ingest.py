@@ -60,6 +60,13 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH = 64
 
 
+def _pillow_guard() -> dict[str, Any]:
+    """This process's Pillow decompression-bomb guard, for the actors to decode alike."""
+    from PIL import Image
+
+    return {"MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS}
+
+
 class RayUnavailableError(RsirError, RuntimeError):
     """Ray is not installed, or the cluster cannot be reached."""
 
@@ -69,9 +76,13 @@ class EncodeActor:
     with ``fine``, each batch's fine codes too, from the same session run (issue 20)."""
 
     def __init__(self, bundle: str, rule: dict[str, Any], max_pixels: int | None, threads: int,
-                 fine: bool = False):
+                 fine: bool = False, pillow: dict[str, Any] | None = None):
         from .encoder import Encoder
 
+        if pillow is not None:  # the driver's Pillow guard (rsir index --max-pixels raised it)
+            from PIL import Image
+
+            Image.MAX_IMAGE_PIXELS = pillow["MAX_IMAGE_PIXELS"]
         self.encoder = Encoder(bundle, raster_rule=rule, threads=threads)
         self.max_pixels = max_pixels
         self.fine = bool(fine)
@@ -192,7 +203,7 @@ def ingest_on_ray(
             fn_constructor_kwargs={"bundle": str(encoder.bundle.path),
                                    "rule": encoder.raster_rule.to_dict(),
                                    "max_pixels": opts.max_pixels, "threads": threads,
-                                   "fine": fine},
+                                   "fine": fine, "pillow": _pillow_guard()},
         )
         try:
             for batch in ds.iter_batches(batch_size=opts.upsert_batch, batch_format="numpy"):

@@ -111,3 +111,23 @@ def test_cli_prints_each_progress_line_once(tmp_path):
     assert out.count("outer 1") == 1 and out.count("outer 2") == 1, out
     assert "outer 1: loss=" in proc.stdout
     assert "inputs ready in" in proc.stderr      # a record the printer does not show is kept
+
+
+def test_cli_leaves_a_host_programs_log_handlers_alone(tmp_path, capsys):
+    """Run in a program that set up its logging: its handler gets no filter from `rsir train`."""
+    import logging
+
+    from rsir_train.progress_log import drop_shown
+
+    root = _bad_archive(tmp_path, "corrupt")
+    host = logging.StreamHandler()
+    logging.getLogger().addHandler(host)
+    try:
+        rc = main(["train", "ahcl", "--data", str(root), "--bits", "8", "--out",
+                   str(tmp_path / "o"), "--backbone", "small_cnn", "--no-pretrained", "--outer", "1",
+                   "--inner", "1", "--skip-corrupt", "--crop", "16", "--resize", "0",
+                   "--num-samples", "0"])
+        assert rc == 0 and drop_shown not in host.filters
+        assert all(drop_shown not in h.filters for h in logging.getLogger().handlers)
+    finally:
+        logging.getLogger().removeHandler(host)

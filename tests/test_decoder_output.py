@@ -92,3 +92,19 @@ def test_max_pixels_is_honoured_above_pillows_guard(rp_bundle, sample_images, tm
         assert Image.MAX_IMAGE_PIXELS == 1000
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def test_ray_actors_decode_under_the_drivers_pillow_guard(rp_bundle):
+    """`rsir index --engine ray` raises Pillow's guard in the driver; the actors (other
+    processes) are built with the driver's value (rsir_sdk.ray_ingest._pillow_guard)."""
+    from rsir_sdk.ray_ingest import EncodeActor, _pillow_guard
+
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 150_000_001
+        guard = _pillow_guard()
+        Image.MAX_IMAGE_PIXELS = saved                   # as in a fresh worker process
+        EncodeActor(str(rp_bundle[0]), {}, None, 1, pillow=guard)
+        assert Image.MAX_IMAGE_PIXELS == 150_000_001
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved

@@ -392,10 +392,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train" and not args.data:
         print(f"{name}: --data (or $RSIR_DATA) is required", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", True) else logging.INFO,
+    quiet = getattr(args, "quiet", True)
+    before = list(logging.getLogger().handlers)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for handler in logging.getLogger().handlers:  # the printer shows these: one line, not two
+    # the printer shows these records' events: one line, not two; only on the handler made
+    # here (a host program's own logging keeps them), and only while this command runs
+    ours = [h for h in logging.getLogger().handlers if h not in before] if not quiet else []
+    for handler in ours:
         handler.addFilter(drop_shown)
+    try:
+        return _run(args, name)
+    finally:
+        for handler in ours:
+            handler.removeFilter(drop_shown)
+
+
+def _run(args: argparse.Namespace, name: str) -> int:
+    """Run the parsed command; one line and an exit status for the errors users cause."""
     from . import commands
 
     run = {"train": commands.train, "quantize": commands.quantize,

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..call_checks import images_with_ids
+from ..call_checks import check_search, images_with_ids
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
 from ..hits import SEARCH_MODES, Hit, StoredItem, hit_from_json, item_from_json
@@ -235,6 +235,7 @@ class RemoteRetriever:
         """Hamming top-``k`` for one image (path, bytes, file object, PIL image, array or URL);
         ``bbox``, ``near``, ``time``: place and period; ``mode``: ``"default"`` or
         ``"appearance"``; as for :meth:`rsir_sdk.Retriever.search`."""
+        check_search(k, filter, radius, (bbox, near, time))  # the local order of checks
         where = geo_to_wire(bbox, near, time)
         params = self._options(k, filter, radius, where, mode)
         if self.encoder is not None:
@@ -260,6 +261,7 @@ class RemoteRetriever:
                      mode: str = "default") -> list[list[Hit]]:
         """Top-``k`` for each image, in order. ``batch_size``: images per encoder call with a
         local bundle, else images per upload (at most the service's max batch)."""
+        check_search(k, filter, radius, (bbox, near, time))
         where = geo_to_wire(bbox, near, time)
         params = self._options(k, filter, radius, where, mode)
         imgs = list(imgs)
@@ -280,6 +282,7 @@ class RemoteRetriever:
         """Search packed codes ``uint8 (n, bits/8)`` (or one code's bytes): raw bytes travel.
         ``fine``: their fine codes ``uint8 (n, fine_bits/8)``, sent after each code (records of
         ``bits/8 + fine_bits/8`` bytes, ``fine=1``); required by ``mode="appearance"``."""
+        check_search(k, filter, radius, (bbox, near, time))
         params = self._options(k, filter, radius, geo_to_wire(bbox, near, time), mode)
         bits = self.encoder.bits if self.encoder is not None else None
         packed = as_packed(codes, bits)
@@ -313,6 +316,7 @@ class RemoteRetriever:
         appearance, of its fine code), up to the service's max k."""
         if radius is None:
             raise InvalidInputError("range_search needs a radius (an integer >= 0)")
+        check_search(1, filter, radius, (bbox, near, time))
         self._options(1, filter, radius, geo_to_wire(bbox, near, time), mode)
         return self.search(img, k=int(self._limits()["max_k"]), filter=filter, radius=radius,
                            bbox=bbox, near=near, time=time, mode=mode)
