@@ -94,13 +94,10 @@ def report_rules(case: bench.Case, held: Dists) -> None:
     names = list(bench.VARIANTS)
     print("\n| rule | " + " | ".join(names) + " | fires, held-out |")
     print("|---|" + "---|" * (len(names) + 1))
+    dists = {v: (codes.hamming_distances(case.queries[v].codes, case.db.codes),
+                 part_distances(case.queries[v].fine, case.db.fine)) for v in names}
     for name, rule in RULES.items():
-        cells = []
-        for v in names:
-            q = case.queries[v]
-            d_ret = codes.hamming_distances(q.codes, case.db.codes)
-            cells.append(rank1(d_ret, part_distances(q.fine, case.db.fine), bits, rule, tie,
-                               10 if v == "rot90" else 1))
+        cells = [rank1(*dists[v], bits, rule, tie, 10 if v == "rot90" else 1) for v in names]
         fires = float(rule(held).any(axis=1).mean())
         print(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {fires:.3f} |")
 
