@@ -1,0 +1,146 @@
+"""Which refit should a selecting AHCL run export? Compared on its validation folds only.
+
+Why: a selecting run (:mod:`rsir_train.ahcl.selection`) chooses a schedule and an outer
+iteration T on validation folds, then refits on the whole train side and stops at T with the
+lr still where the long schedule had it at T (``cut``, today's rule). On eurosat at 60 images a
+class that refit's query mAP swung between 0.89 and 0.95 from one evaluation to the next at 64
+bits and ended low, so two settled endpoints were tried against it:
+
+- ``--rule anneal``: the chosen schedule compressed to T outer iterations (a cosine reaches 0
+  at T; step drops move proportionally): the same epochs, the lr annealed by the end;
+- ``--rule tail``: the long schedule to T as today, then ``--tail-share`` x T (at least 5)
+  more outer iterations whose lr falls from its value at T to 0 (the second half of a cosine).
+
+This script judges them on the run's own validation folds, never on its queries. For a finished
+selecting bundle it rebuilds the folds (same seed, same fit and validation images; checked
+against the manifest), trains the rule on each fold (patience off) and prints, per fold and as
+the validation-weighted mean, the ``cut`` figure (the fold's validation mAP at T in the
+selection's own run, read from the manifest; ``tail`` re-trains it and prints ``cut_rerun``,
+which must equal it) beside the rule's (``anneal``). The cut figure is the one the selection
+maximised over T, so it is biased upward; ``cut_near`` is the cut curve's mean over T - 10 ..
+T + 10 (the points a noisy stop could have landed on). Result (docs/results.md, "60 images a
+class: eurosat draw 0"): neither rule beats today's on validation, so today's stands.
+
+    python export/scripts/refit_rule.py --bundle runs/bundles/small-eurosat-60-s0-sel-64 \\
+        --data runs/data/eurosat-60-s0 --split-file runs/splits/eurosat-60-s0-80-20-seed0.json \\
+        --cache-dir runs/cache --work-dir runs/an/eurosat-60-s0-64 --threads 1 \\
+        --json runs/refit_rule.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsir_sdk.splits import split_for
+from rsir_train.ahcl.config import AHCLConfig, candidate_configs, epoch_lr
+from rsir_train.ahcl.selection import _part
+from rsir_train.ahcl.trainer import _Context, _outer_iteration, _Part, _prepare, _validate, run_schedule
+from rsir_train.dataset import open_training_archive
+from rsir_train.folds import validation_folds
+from rsir_train.trainer import CHECKPOINT_FILE
+
+
+def annealed(cfg: AHCLConfig, outer: int) -> AHCLConfig:
+    """``cfg``'s schedule compressed to ``outer`` outer iterations: a cosine ends its decay
+    there; a step schedule's drops move proportionally (as :meth:`AHCLConfig.resolved` does)."""
+    steps = tuple(sorted({max(1, round(s * outer / cfg.outer)) for s in (cfg.lr_steps or ())}))
+    return dataclasses.replace(cfg, outer=outer, lr_steps=steps, patience=0, val_every=5)
+
+
+def tail_config(cfg: AHCLConfig, outer: int, tail: int) -> AHCLConfig:
+    """A cosine whose second half runs ``tail`` outer iterations from ``cfg``'s lr at outer
+    iteration ``outer`` down to 0 (outer iterations ``tail .. 2 tail - 1`` of it)."""
+    assert cfg.inner is not None and cfg.outer is not None
+    lr_t = epoch_lr(cfg, outer * cfg.inner, cfg.outer * cfg.inner)
+    return dataclasses.replace(cfg, schedule="cosine", lr=2 * lr_t, outer=2 * tail, lr_steps=())
+
+
+def with_tail(ctx: _Context, cfg: AHCLConfig, part: _Part, T: int, tail: int,
+              ckpt: Path) -> tuple[float, float]:
+    """The selection's own run to T (its lr as in the long schedule), then ``tail`` outer
+    iterations annealing the lr to 0: the cut figure (validation at T) and the tail's."""
+    st = run_schedule(ctx, dataclasses.replace(cfg, patience=0), part, ckpt, True,
+                      lambda e: None, stop_at=T)
+    cut = [v for o, v in st.curve if o == T][-1]
+    tcfg = tail_config(cfg, T, tail)
+    for i in range(tail):
+        _outer_iteration(st, tail + i, tcfg, part.db_in, part.y_db, ctx.n_frozen, ctx.device,
+                         ctx.amp)
+    return cut, _validate(st, ctx, cfg, part, T + tail)
+
+
+def near(curve: list[list[float]], at: int, span: int = 10) -> float:
+    """Mean of a curve's values at outer iterations within ``span`` of ``at``."""
+    vals = [v for o, v in curve if abs(o - at) <= span]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", required=True, help="a finished selecting AHCL bundle")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split-file", required=True)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--work-dir", required=True, help="checkpoints of the compressed runs")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="append the result as one JSON line")
+    p.add_argument("--rule", choices=("anneal", "tail"), default="anneal",
+                   help="anneal: the schedule compressed to T; tail: the long schedule to T, "
+                        "then --tail-share x T outer iterations annealing its lr to 0")
+    p.add_argument("--tail-share", type=float, default=0.2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t = json.loads((Path(args.bundle) / "manifest.json").read_text())["training"]
+    sel, hp = t["selection"], t["hyperparameters"]
+    chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
+    T = int(sel["best_outer"])
+    config = AHCLConfig(bits=hp["bits"], backbone=hp["backbone"], freeze_blocks=hp["freeze_blocks"],
+                        seed=hp["seed"], device="cpu", cache_dir=args.cache_dir)
+    archive = open_training_archive(args.data)
+    split = split_for(archive, args.split_file, t.get("protocol") or "80-20", 0)
+    ctx, _ = _prepare(archive, split, config, lambda e: None)
+    folds = validation_folds(ctx.y_db, config.val_folds, config.val_fraction, config.seed)
+    assert [len(f[0]) for f in folds] == sel["n_fit"], "folds differ from the bundle's"
+    n_fit = min(len(f[0]) for f in folds)
+    cfg = dict(candidate_configs(config, n_fit, len(ctx.y_db), cached=ctx.n_frozen > 0))[chosen["name"]]
+    comp = annealed(cfg, T)
+    rows = []
+    for k, fold in enumerate(folds):
+        t0 = time.perf_counter()
+        ckpt = Path(args.work_dir) / f"anneal-{chosen['name']}-{T}-f{k}" / CHECKPOINT_FILE
+        curve = chosen["folds"][k]["val_curve"]
+        row = {"fold": k, "n_val": len(fold[1]), "cut": dict((o, v) for o, v in curve).get(T),
+               "cut_near": round(near(curve, T), 4)}
+        if args.rule == "anneal":
+            st = run_schedule(ctx, comp, _part(ctx, *fold), ckpt, True, lambda e: None)
+            row.update(anneal=st.curve[-1][1], anneal_curve=st.curve)
+        else:
+            tail = max(5, round(args.tail_share * T))
+            ckpt = Path(args.work_dir) / f"cut-{chosen['name']}-{T}-f{k}" / CHECKPOINT_FILE
+            cut, value = with_tail(ctx, cfg, _part(ctx, *fold), T, tail, ckpt)
+            row.update(cut_rerun=round(cut, 4), anneal=round(value, 4), tail=tail)
+        rows.append({**row, "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps({k2: v for k2, v in rows[-1].items() if k2 != "anneal_curve"}), flush=True)
+    w = np.array([r["n_val"] for r in rows], float)
+    mean = {key: round(float(np.average([r[key] for r in rows], weights=w)), 4)
+            for key in ("cut", "cut_near", "anneal", "cut_rerun") if key in rows[0]}
+    out = {"bundle": args.bundle, "rule": args.rule, "bits": hp["bits"], "chosen": chosen["name"], "T": T,
+           "schedule": {"outer": comp.outer, "lr": comp.lr, "lr_steps": list(comp.lr_steps or ())},
+           **mean, "folds": rows}
+    print(json.dumps({k2: v for k2, v in out.items() if k2 != "folds"}), flush=True)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
