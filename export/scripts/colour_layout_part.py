@@ -20,7 +20,9 @@ A combination must be chosen on one draw and confirmed on another (``--draw-seed
 ``0``, the benchmark's own): the benchmark's draw is the acceptance, not a tuning set.
 
     python export/scripts/colour_layout_part.py runs/bundles/split-eurosat-itq-64 \\
-        --data ../shared/data/eurosat --draw-seed 1
+        --data ../shared/data/eurosat --draw-seed 1 [--part-bits 128]
+
+Findings: docs/similar.md, "A colour-layout part".
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ COMBOS: dict[str, Callable[[fpr.Dists], np.ndarray]] = {
     "pooled + 2 cl + t16r": lambda d: d["pooled"] + 2 * d["cl"] + d["t16r"],
     "pooled + 3 cl + t16r": lambda d: d["pooled"] + 3 * d["cl"] + d["t16r"],
     "t8 + 2 cl + t16r (no pooled)": lambda d: d["t8"] + 2 * d["cl"] + d["t16r"],
+    "t8 + 3 cl + t16r (no pooled)": lambda d: d["t8"] + 3 * d["cl"] + d["t16r"],
+    "2 cl + t16r": lambda d: 2 * d["cl"] + d["t16r"],
+    "3 cl + t16r": lambda d: 3 * d["cl"] + d["t16r"],
     "cl alone": lambda d: d["cl"],
 }
 
