@@ -132,3 +132,22 @@ def test_fine_code_option_parses_and_refuses_in_one_line(capsys):
             parse(base + ["--fine-code", bad])
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "--fine-code" in err and bad.split(":")[0] in err
+
+
+def test_a_small_train_side_caps_each_part_and_names_it(caplog):
+    """A train side of 12 images varies in at most 11 directions: each part is fitted with 8
+    bits and the log line names the part and says why (the tiny-archive case of issue 21)."""
+    from rsir_train.fine_code import _usable_bits
+
+    rng = np.random.default_rng(0)
+    pooled, thumbs = rng.normal(size=(12, 40)), rng.uniform(0, 255, size=(12, 768))
+    with caplog.at_level("INFO", logger="rsir_train.fine_code"):
+        code = fit_split(pooled, thumbs, FINE_BITS, 64, 64, _usable_bits)
+    assert [int(c.bits) for _, c in code.parts] == [8, 8, 8]
+    lines = [r.getMessage() for r in caplog.records]
+    for name, bits in part_bits(FINE_BITS):
+        assert any(f"fine code part '{name}': {bits} bits asked, 8 fitted (its 12 training "
+                   f"images" in line for line in lines), lines
+    with pytest.raises(ValueError, match="fine code part 'pooled' needs features that vary "
+                                         r"in at least 8 directions, got 5 \(6 training images"):
+        fit_split(pooled[:6], thumbs[:6], FINE_BITS, 64, 64, _usable_bits)

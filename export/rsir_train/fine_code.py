@@ -177,12 +177,14 @@ class FineCodeHead(nn.Module):
         return self.proj(feats)
 
 
-def _usable_bits(wanted: int, config: FineCodeConfig, x: np.ndarray) -> int:
+def _usable_bits(wanted: int, config: FineCodeConfig, x: np.ndarray,
+                 what: str = "fine code") -> int:
     """``wanted``, or the largest multiple of 8 that a PCA/ITQ fit of features ``x (n, D)``
     can give meaningful bits for: no more than the directions with non-negligible variance
     (eigenvalue above 1e-6 of the largest). Why: a direction without variance projects every
     image to about 0, so its bit is float rounding noise that flips between runtimes (a small
-    network's pooled features have dead channels)."""
+    network's pooled features have dead channels, and a train side of n images varies in at
+    most n - 1). ``what`` names the code or part in the log line."""
     if config.kind == "lsh":
         return wanted
     xn = _normalised(x, config.l2_normalize)
@@ -191,11 +193,12 @@ def _usable_bits(wanted: int, config: FineCodeConfig, x: np.ndarray) -> int:
     rank = int((vals > 1e-6 * max(float(vals.max()), 1e-30)).sum())
     cap = (min(rank, len(x)) // 8) * 8
     if cap < 8:
-        raise ValueError(f"a {config.kind} fine code needs features that vary in at least 8 "
-                         f"directions, got {rank} (features of shape {x.shape})")
+        raise ValueError(f"a {config.kind} {what} needs features that vary in at least 8 "
+                         f"directions, got {rank} ({len(x)} training images, {x.shape[1]} "
+                         f"values each)")
     if cap < wanted:
-        log.info("fine code: %d bits asked, %d fitted (features %s vary in %d directions)",
-                 wanted, cap, x.shape, rank)
+        log.info("%s: %d bits asked, %d fitted (its %d training images, %d values each, vary "
+                 "in %d directions)", what, wanted, cap, len(x), x.shape[1], rank)
     return min(wanted, cap)
 
 

@@ -169,8 +169,8 @@ class SplitFineCode:
 
 def fit_split(pooled: np.ndarray, thumbs: np.ndarray, bits: int, height: int, width: int,
               usable: Any) -> SplitFineCode:
-    """Fit each part's PCA-sign code on the train side (no labels). ``usable(bits, config, x)``
-    caps a part's bits at what its descriptors allow (:func:`rsir_train.fine_code._usable_bits`)."""
+    """Fit each part's PCA-sign code on the train side (no labels). ``usable(bits, config, x,
+    what)`` caps a part's bits at what its descriptors allow (:func:`rsir_train.fine_code._usable_bits`)."""
     from .fine_code import FineCodeConfig, fit_fine_code
 
     parts = []
@@ -180,7 +180,7 @@ def fit_split(pooled: np.ndarray, thumbs: np.ndarray, bits: int, height: int, wi
         else:
             x, cfg = thumbnail_descriptors(thumbs, name), FineCodeConfig("pca", want,
                                                                          l2_normalize=False)
-        cfg = replace(cfg, bits=usable(want, cfg, x))
+        cfg = replace(cfg, bits=usable(want, cfg, x, f"fine code part {name!r}"))
         parts.append((name, fit_fine_code(x, cfg)))
     return SplitFineCode(tuple(parts), height, width)
 
