@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {v}: float L1 {rank1_float(q_f[v], db_f):.3f}")
     db_cl = code(db_f)
 
+    def most(combo: Callable[[fpr.Dists], np.ndarray]) -> int:
+        """The combination's largest possible distance: the ranking key's span and the
+        near-duplicate radius are those of a stored code of that many bits."""
+        widest = {"pooled": 64, "t8": 64, "t16r": 128, "all": 256, "cl": args.part_bits}
+        return int(combo({k: np.array(v) for k, v in widest.items()}))
+
     def dists(fine: np.ndarray, cl: np.ndarray) -> fpr.Dists:
         return {**fpr.part_distances(fine, case.db.fine), "cl": codes.hamming_distances(cl, db_cl)}
 
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         for v, (d_ret, d) in per_v.items():
             top, d2 = (10 if v == "rot90" else 1), {**d, "all": combo(d)}
             app = float(np.mean([i in np.lexsort((tie, d2["all"][i]))[:top] for i in range(len(tie))]))
-            dflt = fpr.rank1(d_ret, d2, 256, lambda dd: codes.ratio_leader(dd["all"], 0.8), tie, top)
+            dflt = fpr.rank1(d_ret, d2, most(combo), lambda dd: codes.ratio_leader(dd["all"], 0.8),
+                             tie, top)
             cells.append(f"{dflt:.3f} / {app:.3f}")
         fires = float(codes.ratio_leader(combo(held), 0.8).any(axis=1).mean())
         print(f"| {name} | " + " | ".join(cells) + f" | {fires:.3f} |")
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for v, (d_ret, d) in per_v.items():
             top, d2 = (10 if v == "rot90" else 1), {**d, "all": order(d)}
             rule = lambda dd, d=d: codes.ratio_leader(decide(d), 0.8)  # noqa: E731
-            cells.append(f"{fpr.rank1(d_ret, d2, 256, rule, tie, top):.3f} / –")
+            cells.append(f"{fpr.rank1(d_ret, d2, most(order), rule, tie, top):.3f} / –")
         fires = float(codes.ratio_leader(decide(held), 0.8).any(axis=1).mean())
         print(f"| {name} | " + " | ".join(cells) + f" | {fires:.3f} |")
     return 0

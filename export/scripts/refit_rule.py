@@ -12,9 +12,11 @@ bits and ended low, so two settled endpoints were tried against it:
   more outer iterations whose lr falls from its value at T to 0 (the second half of a cosine).
 
 This script judges them on the run's own validation folds, never on its queries. For a finished
-selecting bundle it rebuilds the folds (same seed, same fit and validation images; checked
-against the manifest), trains the rule on each fold (patience off) and prints, per fold and as
-the validation-weighted mean, the ``cut`` figure (the fold's validation mAP at T in the
+selecting bundle it rebuilds the folds (same seed, same fit and validation images; their sizes
+and the candidate's schedule checked against the manifest, and ``tail``'s ``cut_rerun``
+re-trains the fold to T, which reproduces the recorded figure only on the same images),
+trains the rule on each fold (patience off) and prints, per fold and as the
+validation-weighted mean, the ``cut`` figure (the fold's validation mAP at T in the
 selection's own run, read from the manifest; ``tail`` re-trains it and prints ``cut_rerun``,
 which must equal it) beside the rule's (``anneal``). The cut figure is the one the selection
 maximised over T, so it is biased upward; ``cut_near`` is the cut curve's mean over T - 10 ..
@@ -102,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     sel, hp = t["selection"], t["hyperparameters"]
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     T = int(sel["best_outer"])
-    config = AHCLConfig(bits=hp["bits"], backbone=hp["backbone"], freeze_blocks=hp["freeze_blocks"],
-                        seed=hp["seed"], device="cpu", cache_dir=args.cache_dir)
+    # the run's configuration as the user gave it: every recorded field, the schedule fields
+    # back to None (the manifest records them resolved for the refit's train side)
+    fields = {f.name for f in dataclasses.fields(AHCLConfig)}
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items() if k in fields}
+    config = dataclasses.replace(AHCLConfig(**given), schedule="auto", lr=None, momentum=None,
+                                 outer=None, inner=None, lr_steps=None, device="cpu",
+                                 cache_dir=args.cache_dir, eval_every=0)
     archive = open_training_archive(args.data)
     split = split_for(archive, args.split_file, t.get("protocol") or "80-20", 0)
     ctx, _ = _prepare(archive, split, config, lambda e: None)
@@ -111,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     assert [len(f[0]) for f in folds] == sel["n_fit"], "folds differ from the bundle's"
     n_fit = min(len(f[0]) for f in folds)
     cfg = dict(candidate_configs(config, n_fit, len(ctx.y_db), cached=ctx.n_frozen > 0))[chosen["name"]]
+    recorded = (chosen["lr"], chosen["outer"], chosen["inner"], list(chosen["lr_steps"]))
+    assert (cfg.lr, cfg.outer, cfg.inner, list(cfg.lr_steps or ())) == recorded, \
+        f"the candidate's schedule differs from the bundle's: {cfg} against {recorded}"
     comp = annealed(cfg, T)
     rows = []
     for k, fold in enumerate(folds):
