@@ -37,6 +37,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,42 +86,61 @@ def near(curve: list[list[float]], at: int, span: int = 10) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_args(p: argparse.ArgumentParser) -> None:
+    """The arguments every refit script takes (this one and ``refit_spread.py``)."""
     p.add_argument("--bundle", required=True, help="a finished selecting AHCL bundle")
     p.add_argument("--data", required=True)
     p.add_argument("--split-file", required=True)
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--work-dir", required=True, help="checkpoints of the compressed runs")
+    p.add_argument("--work-dir", required=True, help="checkpoints of the runs (resumable)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", help="append the result as one JSON line")
+    p.add_argument("--json", help="append the results as JSON lines")
+
+
+def selecting_run(args: argparse.Namespace) -> tuple[dict, AHCLConfig, Any, Any]:
+    """A finished selecting bundle's training record, its configuration as the user gave it
+    (every recorded field; the schedule fields back to None, since the manifest records them
+    resolved for the refit's train side), its archive and its split."""
+    t = json.loads((Path(args.bundle) / "manifest.json").read_text())["training"]
+    fields = {f.name for f in dataclasses.fields(AHCLConfig)}
+    given = {k: (tuple(v) if isinstance(v, list) else v)
+             for k, v in t["hyperparameters"].items() if k in fields}
+    config = dataclasses.replace(AHCLConfig(**given), schedule="auto", lr=None, momentum=None,
+                                 outer=None, inner=None, lr_steps=None, device="cpu",
+                                 cache_dir=args.cache_dir, eval_every=0)
+    archive = open_training_archive(args.data)
+    split = split_for(archive, args.split_file, t.get("protocol") or "80-20", 0)
+    return t, config, archive, split
+
+
+def chosen_config(config: AHCLConfig, t: dict, n_train: int, cached: bool) -> AHCLConfig:
+    """The chosen candidate's resolved configuration, checked against the manifest's record."""
+    sel = t["selection"]
+    chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
+    cfg = dict(candidate_configs(config, min(sel["n_fit"]), n_train, cached=cached))[chosen["name"]]
+    recorded = (chosen["lr"], chosen["outer"], chosen["inner"], list(chosen["lr_steps"]))
+    assert (cfg.lr, cfg.outer, cfg.inner, list(cfg.lr_steps or ())) == recorded, \
+        f"the candidate's schedule differs from the bundle's: {cfg} against {recorded}"
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common_args(p)
     p.add_argument("--rule", choices=("anneal", "tail"), default="anneal",
                    help="anneal: the schedule compressed to T; tail: the long schedule to T, "
                         "then --tail-share x T outer iterations annealing its lr to 0")
     p.add_argument("--tail-share", type=float, default=0.2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    t = json.loads((Path(args.bundle) / "manifest.json").read_text())["training"]
-    sel, hp = t["selection"], t["hyperparameters"]
+    t, config, archive, split = selecting_run(args)
+    sel = t["selection"]
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     T = int(sel["best_outer"])
-    # the run's configuration as the user gave it: every recorded field, the schedule fields
-    # back to None (the manifest records them resolved for the refit's train side)
-    fields = {f.name for f in dataclasses.fields(AHCLConfig)}
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items() if k in fields}
-    config = dataclasses.replace(AHCLConfig(**given), schedule="auto", lr=None, momentum=None,
-                                 outer=None, inner=None, lr_steps=None, device="cpu",
-                                 cache_dir=args.cache_dir, eval_every=0)
-    archive = open_training_archive(args.data)
-    split = split_for(archive, args.split_file, t.get("protocol") or "80-20", 0)
     ctx, _ = _prepare(archive, split, config, lambda e: None)
     folds = validation_folds(ctx.y_db, config.val_folds, config.val_fraction, config.seed)
     assert [len(f[0]) for f in folds] == sel["n_fit"], "folds differ from the bundle's"
-    n_fit = min(len(f[0]) for f in folds)
-    cfg = dict(candidate_configs(config, n_fit, len(ctx.y_db), cached=ctx.n_frozen > 0))[chosen["name"]]
-    recorded = (chosen["lr"], chosen["outer"], chosen["inner"], list(chosen["lr_steps"]))
-    assert (cfg.lr, cfg.outer, cfg.inner, list(cfg.lr_steps or ())) == recorded, \
-        f"the candidate's schedule differs from the bundle's: {cfg} against {recorded}"
+    cfg = chosen_config(config, t, len(ctx.y_db), cached=ctx.n_frozen > 0)
     comp = annealed(cfg, T)
     rows = []
     for k, fold in enumerate(folds):
@@ -142,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     w = np.array([r["n_val"] for r in rows], float)
     mean = {key: round(float(np.average([r[key] for r in rows], weights=w)), 4)
             for key in ("cut", "cut_near", "anneal", "cut_rerun") if key in rows[0]}
-    out = {"bundle": args.bundle, "rule": args.rule, "bits": hp["bits"], "chosen": chosen["name"], "T": T,
+    out = {"bundle": args.bundle, "rule": args.rule, "bits": config.bits, "chosen": chosen["name"], "T": T,
            "schedule": {"outer": comp.outer, "lr": comp.lr, "lr_steps": list(comp.lr_steps or ())},
            **mean, "folds": rows}
     print(json.dumps({k2: v for k2, v in out.items() if k2 != "folds"}), flush=True)

@@ -27,44 +27,28 @@ import time
 from pathlib import Path
 
 import torch
+from refit_rule import chosen_config, common_args, selecting_run  # this folder
 
-from rsir_sdk.splits import split_for
-from rsir_train.ahcl.config import AHCLConfig, candidate_configs
 from rsir_train.ahcl.trainer import _final_metrics, _Part, _prepare, run_schedule
-from rsir_train.dataset import open_training_archive
 from rsir_train.trainer import CHECKPOINT_FILE
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", required=True, help="a finished selecting AHCL bundle")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split-file", required=True)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--work-dir", required=True, help="checkpoints of the refits (resumable)")
+    common_args(p)
     p.add_argument("--seeds", default="1,2,0")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", help="append one JSON line per seed")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    t = json.loads((Path(args.bundle) / "manifest.json").read_text())["training"]
-    sel, hp = t["selection"], t["hyperparameters"]
+    t, base, archive, split = selecting_run(args)
+    sel = t["selection"]
     T = int(sel["best_outer"])
-    fields = {f.name for f in dataclasses.fields(AHCLConfig)}
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items() if k in fields}
-    base = dataclasses.replace(AHCLConfig(**given), schedule="auto", lr=None, momentum=None,
-                               outer=None, inner=None, lr_steps=None, device="cpu",
-                               cache_dir=args.cache_dir, eval_every=0)
-    archive = open_training_archive(args.data)
-    split = split_for(archive, args.split_file, t.get("protocol") or "80-20", 0)
     print(f"{args.bundle}: chosen {sel['chosen']}, refit to outer {T}; recorded training-time "
           f"query mAP {t['metrics']['map_query_vs_learned_db']:.4f}", flush=True)
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.perf_counter()
         config = dataclasses.replace(base, seed=seed)
         ctx, _ = _prepare(archive, split, config, lambda e: None)
-        cfg = dict(candidate_configs(config, min(sel["n_fit"]), len(ctx.y_db),
-                                     cached=ctx.n_frozen > 0))[sel["chosen"]]
+        cfg = chosen_config(config, t, len(ctx.y_db), cached=ctx.n_frozen > 0)
         ckpt = Path(args.work_dir) / f"refit-seed{seed}" / CHECKPOINT_FILE
         st = run_schedule(ctx, cfg, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), ckpt, True,
                           lambda e: None, stop_at=T)
