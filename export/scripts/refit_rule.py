@@ -97,6 +97,13 @@ def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="append the results as JSON lines")
 
 
+def append_json(path: str | None, row: dict) -> None:
+    """Append ``row`` as one JSON line to ``path`` (``--json``), when given."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def selecting_run(args: argparse.Namespace) -> tuple[dict, AHCLConfig, Any, Any]:
     """A finished selecting bundle's training record, its configuration as the user gave it
     (every recorded field; the schedule fields back to None, since the manifest records them
@@ -166,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
            "schedule": {"outer": comp.outer, "lr": comp.lr, "lr_steps": list(comp.lr_steps or ())},
            **mean, "folds": rows}
     print(json.dumps({k2: v for k2, v in out.items() if k2 != "folds"}), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(out) + "\n")
+    append_json(args.json, out)
     return 0
 
 

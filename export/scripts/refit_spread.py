@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from refit_rule import chosen_config, common_args, selecting_run  # this folder
+from refit_rule import append_json, chosen_config, common_args, selecting_run  # this folder
 
 from rsir_train.ahcl.trainer import _final_metrics, _Part, _prepare, run_schedule
 from rsir_train.trainer import CHECKPOINT_FILE
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                "query_accuracy": round(m["query_accuracy"], 4),
                "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        append_json(args.json, row)
     return 0
 
 
