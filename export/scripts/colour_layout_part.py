@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draw-seed", type=int, default=1, help="the database draw (benchmark: 0)")
     ap.add_argument("--grid", type=int, default=8)
     ap.add_argument("--part-bits", type=int, default=64)
+    ap.add_argument("--levels", type=int, default=2,
+                    help="quantise each PCA direction into this many levels, thermometer-coded "
+                         "(levels - 1 bits each, thresholds at the fit set's quantiles; Hamming "
+                         "distance = level difference, an L1 proxy); 2 = PCA sign")
     args = ap.parse_args(argv)
     bundle = Bundle.load(args.bundle)
     case = bench.draw_case(bundle, args.data, 500, args.draw_seed)
@@ -102,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     in_db = set(case.ids)
     fit = np.array([layout(load(root / i), args.grid) for i in train if i not in in_db][:2000])
     mu = fit.mean(0)
-    proj = np.linalg.svd(fit - mu, full_matrices=False)[2][:args.part_bits].T
-    code = lambda x: np.packbits(((x - mu) @ proj) > 0, axis=1)  # noqa: E731
+    per = args.levels - 1
+    proj = np.linalg.svd(fit - mu, full_matrices=False)[2][:args.part_bits // per].T
+    if per == 1:
+        code = lambda x: np.packbits(((x - mu) @ proj) > 0, axis=1)  # noqa: E731
+    else:
+        cuts = np.quantile((fit - mu) @ proj, np.arange(1, args.levels) / args.levels, axis=0)
+        code = lambda x: np.packbits(  # noqa: E731
+            (((x - mu) @ proj)[:, None, :] > cuts[None]).reshape(len(x), -1), axis=1)
     orig = [load(p) for p in case.paths]
     db_f = np.array([layout(x, args.grid) for x in orig])
     q_f = {v: db_f if v == "same" else np.array([layout(CHANGES[v](x), args.grid) for x in orig])

@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="anneal: the schedule compressed to T; tail: the long schedule to T, "
                         "then --tail-share x T outer iterations annealing its lr to 0")
     p.add_argument("--tail-share", type=float, default=0.2)
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="train each fold with this seed (the folds stay the bundle's); with "
+                        "--rule tail, cut_rerun is then a fresh run's figure at T, unbiased by "
+                        "the selection, and the pairs over seeds give each rule's spread")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t, config, archive, split = selecting_run(args)
@@ -148,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     folds = validation_folds(ctx.y_db, config.val_folds, config.val_fraction, config.seed)
     assert [len(f[0]) for f in folds] == sel["n_fit"], "folds differ from the bundle's"
     cfg = chosen_config(config, t, len(ctx.y_db), cached=ctx.n_frozen > 0)
+    seed_tag = ""
+    if args.train_seed is not None and args.train_seed != cfg.seed:
+        cfg, seed_tag = dataclasses.replace(cfg, seed=args.train_seed), f"-seed{args.train_seed}"
     comp = annealed(cfg, T)
     rows = []
     for k, fold in enumerate(folds):
         t0 = time.perf_counter()
-        ckpt = Path(args.work_dir) / f"anneal-{chosen['name']}-{T}-f{k}" / CHECKPOINT_FILE
+        ckpt = Path(args.work_dir) / f"anneal-{chosen['name']}-{T}-f{k}{seed_tag}" / CHECKPOINT_FILE
         curve = chosen["folds"][k]["val_curve"]
         row = {"fold": k, "n_val": len(fold[1]), "cut": dict((o, v) for o, v in curve).get(T),
                "cut_near": round(near(curve, T), 4)}
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update(anneal=st.curve[-1][1], anneal_curve=st.curve)
         else:
             tail = max(5, round(args.tail_share * T))
-            ckpt = Path(args.work_dir) / f"cut-{chosen['name']}-{T}-f{k}" / CHECKPOINT_FILE
+            ckpt = Path(args.work_dir) / f"cut-{chosen['name']}-{T}-f{k}{seed_tag}" / CHECKPOINT_FILE
             cut, value = with_tail(ctx, cfg, _part(ctx, *fold), T, tail, ckpt)
             row.update(cut_rerun=round(cut, 4), anneal=round(value, 4), tail=tail)
         rows.append({**row, "seconds": round(time.perf_counter() - t0, 1)})
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     w = np.array([r["n_val"] for r in rows], float)
     mean = {key: round(float(np.average([r[key] for r in rows], weights=w)), 4)
             for key in ("cut", "cut_near", "anneal", "cut_rerun") if key in rows[0]}
-    out = {"bundle": args.bundle, "rule": args.rule, "bits": config.bits, "chosen": chosen["name"], "T": T,
+    out = {"bundle": args.bundle, "rule": args.rule, "bits": config.bits, "train_seed": cfg.seed, "chosen": chosen["name"], "T": T,
            "schedule": {"outer": comp.outer, "lr": comp.lr, "lr_steps": list(comp.lr_steps or ())},
            **mean, "folds": rows}
     print(json.dumps({k2: v for k2, v in out.items() if k2 != "folds"}), flush=True)
