@@ -6,7 +6,6 @@ manifest says what was chosen and why."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,19 +16,8 @@ from rsir_sdk.splits import Split, make_split  # noqa: E402
 from rsir_train.ahcl import config as ahcl_config  # noqa: E402
 from rsir_train.ahcl import train_ahcl  # noqa: E402
 from rsir_train.ahcl.bundle import train_ahcl_bundle  # noqa: E402
-from rsir_train.ahcl.config import (  # noqa: E402
-    AUTO_LR,
-    AHCLConfig,
-    candidate_configs,
-    epoch_lr,
-    identity,
-)
-from rsir_train.ahcl.selection import (  # noqa: E402
-    fold_mean_curve,
-    settle_iterations,
-    smoothed,
-    validation_folds,
-)
+from rsir_train.ahcl.config import AUTO_LR, AHCLConfig, candidate_configs, epoch_lr  # noqa: E402
+from rsir_train.ahcl.selection import fold_mean_curve, smoothed, validation_folds  # noqa: E402
 from rsir_train.ahcl.trainer import _Part, _prepare, run_schedule  # noqa: E402
 from rsir_train.dataset import open_training_archive  # noqa: E402
 from rsir_train.results import schedule_of  # noqa: E402
@@ -190,42 +178,18 @@ def test_refit_trains_the_choice_on_the_whole_train_side(sample, selected, short
     sel = result.selection
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     outer = chosen["best_outer"]
-    settle = settle_iterations(result.config, outer)
-    assert settle == 5  # max(5, round(0.2 x outer)) on these 4-epoch schedules
-    assert sel["refit"] == {**sel["refit"], "outer": outer + settle, "settle_outer": settle,
-                            "n_train": len(split.train_ids)}
-    assert f"then {settle} more annealing the lr to 0" in sel["reason"]
+    assert sel["refit"] == {**sel["refit"], "outer": outer, "n_train": len(split.train_ids)}
     refit = [h for h in result.history if h.get("candidate") == f"{sel['chosen']}/refit"]
-    assert [h["outer"] for h in refit] == list(range(1, outer + settle + 1))
-    # the lr follows the validated schedule (its full length) to the chosen iteration, then
-    # falls from its value there towards 0
+    assert [h["outer"] for h in refit] == list(range(1, outer + 1))
+    # the lr follows the validated schedule (its full length), cut at the chosen iteration
     cfg = result.config
-    lrs = [h["lr"] for h in refit]
-    assert lrs[:outer] == pytest.approx(
+    assert [h["lr"] for h in refit] == pytest.approx(
         [epoch_lr(cfg, i * cfg.inner, cfg.outer * cfg.inner) for i in range(outer)])
-    at_chosen = epoch_lr(cfg, outer * cfg.inner, cfg.outer * cfg.inner)
-    assert lrs[outer] == pytest.approx(at_chosen)
-    assert all(a >= b for a, b in zip(lrs[outer:], lrs[outer + 1:]))
-    assert lrs[-1] <= 0.1 * at_chosen
-    # the same schedule trained on every train image with that end: the exported codes
+    # the same schedule trained on every train image, stopped there: the exported codes
     ctx, _ = _prepare(arch, split, _selecting(), no_progress)
-    st = run_schedule(ctx, replace(cfg, settle_from=outer, settle_over=settle),
-                      _Part(ctx.db_in, ctx.y_db, ctx.train_ids), None, False, no_progress)
-    assert st.outer_done == outer + settle
+    st = run_schedule(ctx, cfg, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), None, False,
+                      no_progress, stop_at=outer)
     assert st.V.shape[0] == len(split.train_ids) and np.array_equal(st.V, result.V)
-
-
-def test_checkpoints_written_before_the_settling_end_still_resume():
-    """The settle fields are left out of a checkpoint's identity while unset, and the share
-    only changes the refit (whose identity carries what it derives), so the fold runs of a
-    selection begun before the settling end existed resume instead of being refused."""
-    plain = identity(AHCLConfig(bits=32))
-    assert not {"settle_from", "settle_over", "refit_settle"} & set(plain)
-    assert identity(AHCLConfig(bits=32, refit_settle=0.0)) == plain
-    settled = identity(AHCLConfig(bits=32, settle_from=45, settle_over=9))
-    assert settled != plain and settled["settle_from"] == 45 and settled["settle_over"] == 9
-    with pytest.raises(ValueError, match="refit_settle must be a share"):
-        AHCLConfig(refit_settle=1.5).selects
 
 
 class _Stop(Exception):

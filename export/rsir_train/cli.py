@@ -207,9 +207,6 @@ def _add_ahcl(methods: Any) -> None:
                         "images, auto alone otherwise; docs/training.md)")
     a.add_argument("--patience", type=int, default=6,
                    help="validations without improvement before a schedule stops (0 = never)")
-    a.add_argument("--refit-settle", type=float, default=0.2,
-                   help="after the refit reaches the chosen outer iteration T, max(5, share x T) "
-                        "more whose lr falls to 0 (0 = stop at T; docs/training.md)")
 
 
 def _add_milan(methods: Any) -> None:

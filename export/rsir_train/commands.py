@@ -47,7 +47,6 @@ def _cache(args: argparse.Namespace) -> str | bool | None:
 def ahcl_config(args: argparse.Namespace) -> Any:
     """Parsed ``train ahcl`` arguments as an :class:`~rsir_train.ahcl.AHCLConfig`."""
     from .ahcl import AHCLConfig
-    from .ahcl.config import REFIT_SETTLE
     from .backbones import build_backbone, cpu_freeze_blocks
     from .trainer import default_device
 
@@ -72,7 +71,6 @@ def ahcl_config(args: argparse.Namespace) -> Any:
         select=getattr(args, "select", "auto"), val_fraction=getattr(args, "val_fraction", 0.2),
         val_folds=getattr(args, "val_folds", 3), patience=getattr(args, "patience", 6),
         candidates=getattr(args, "candidates", None),
-        refit_settle=getattr(args, "refit_settle", REFIT_SETTLE),
     )
 
 

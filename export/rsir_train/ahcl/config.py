@@ -31,8 +31,8 @@ from ..folds import SMALL_ARCHIVE, SMOOTH_TOP
 
 __all__ = ["AHCLConfig", "AUTHORS", "AUTO_LR", "AUTO_MAX_EPOCHS", "AUTO_MIN_EPOCHS",
            "AUTO_LR_BITS", "AUTO_STEPS", "CANDIDATES", "DEFAULT_CANDIDATES", "SCENE_PREPROCESS",
-           "REFIT_SETTLE", "SCHEDULES", "SETTLE_FIELDS", "SHORT_EPOCHS", "SMALL_ARCHIVE",
-           "SMOOTH_TOP", "VAL_FOLDS", "candidate_configs", "epoch_lr", "identity"]
+           "SCHEDULES", "SHORT_EPOCHS", "SMALL_ARCHIVE", "SMOOTH_TOP", "VAL_FOLDS",
+           "candidate_configs", "epoch_lr", "identity"]
 
 SCHEDULES = ("auto", "authors", "cosine", "step")
 #: the AHCL authors' schedule (their code, ADSH-derived)
@@ -59,23 +59,8 @@ AUTO_MAX_EPOCHS = 100
 #: each scene. On the nwpu12 validation split (16 bits, 12 epochs, lr 3e-3) it gave mAP 0.960
 #: against 0.941 with the crop (docs/results.md); MiLAN and ITQ do the same.
 SCENE_PREPROCESS: dict[str, Any] = {"resize": None}
-#: fields that do not change the trained model (a checkpoint may be resumed with others);
-#: ``refit_settle`` changes only a selecting run's refit, whose checkpoint carries the settle
-#: fields it derives (:data:`SETTLE_FIELDS`)
-RUN_ONLY = ("device", "eval_every", "cache_dir", "amp", "refit_settle")
-#: a schedule's settling end (a selecting run's refit, :mod:`rsir_train.ahcl.selection`): from
-#: outer iteration ``settle_from`` on, ``settle_over`` outer iterations whose lr falls from the
-#: schedule's value there to 0 (:func:`epoch_lr`). Left out of a checkpoint's identity while
-#: unset, so checkpoints written before they existed still resume.
-SETTLE_FIELDS = ("settle_from", "settle_over")
-#: the refit's settling share (``refit_settle``): a selecting run's refit trains to the chosen
-#: outer iteration T as the validated schedule had it, then ``max(5, round(0.2 T))`` more outer
-#: iterations annealing the lr to 0. Why: stopped at T the cosine lr is still about half its
-#: peak, and the refit's query mAP swung by 0.09 between training seeds on eurosat at 60 a
-#: class (64 bits); on the validation folds, fresh runs (training seeds 1 and 2, the folds
-#: fixed) gave 0.9449 with the settling end against 0.9411 stopped at T (docs/results.md,
-#: "The refit's end over seeds"). 0 stops at T.
-REFIT_SETTLE = 0.2
+#: fields that do not change the trained model (a checkpoint may be resumed with others)
+RUN_ONLY = ("device", "eval_every", "cache_dir", "amp")
 #: model selection (``schedule="auto"``, ``select="auto"``): below :data:`SMALL_ARCHIVE`
 #: (1,000, :mod:`rsir_train.folds`) training images the run chooses among
 #: :data:`DEFAULT_CANDIDATES` on :data:`VAL_FOLDS` validation folds; from that many on it trains
@@ -152,9 +137,6 @@ class AHCLConfig:
     val_every: int = 0
     patience: int = 6
     candidates: tuple[str, ...] | None = None
-    refit_settle: float = REFIT_SETTLE
-    settle_from: int | None = None
-    settle_over: int = 0
 
     @property
     def hand_set(self) -> bool:
@@ -173,10 +155,6 @@ class AHCLConfig:
                 or self.val_folds < 1:
             raise ValueError(f"val_folds must be a whole number of folds >= 1, got "
                              f"{self.val_folds!r}")
-        if isinstance(self.refit_settle, bool) or not isinstance(self.refit_settle, (int, float)) \
-                or not 0 <= self.refit_settle <= 1:
-            raise ValueError(f"refit_settle must be a share of the chosen outer iterations "
-                             f"between 0 and 1, got {self.refit_settle!r}")
         if self.schedule != "auto" or self.select == "off" or self.val_fraction <= 0:
             return False
         return self.select == "on" or not self.hand_set
@@ -258,21 +236,9 @@ def epoch_lr(config: AHCLConfig, epoch: int, epochs: int) -> float:
     """The lr of network epoch ``epoch`` (0-based) of ``epochs`` for a resolved ``config``.
 
     Cosine: ``lr * (1 + cos(pi * epoch / epochs)) / 2``; step: ``lr * lr_decay ** (number of
-    lr_steps at or before the epoch's outer iteration)``. With a settling end
-    (:data:`SETTLE_FIELDS`), from outer iteration ``settle_from`` on: that lr times
-    ``1 - sin(pi / 2 * i / n)``, ``i`` epochs into the ``n`` of ``settle_over`` outer iterations
-    (the second half of a cosine, from the schedule's lr there down to about 0).
-
-    >>> cfg = AHCLConfig(lr=1.0, inner=1, outer=100, settle_from=50, settle_over=10)
-    >>> round(epoch_lr(cfg, 50, 100), 3), round(epoch_lr(cfg, 55, 100), 3), round(epoch_lr(cfg, 59, 100), 3)
-    (0.5, 0.146, 0.006)
+    lr_steps at or before the epoch's outer iteration)``.
     """
     assert config.lr is not None and config.inner is not None
-    if config.settle_from is not None and epoch >= config.settle_from * config.inner:
-        start = config.settle_from * config.inner
-        at = epoch_lr(dataclasses.replace(config, settle_from=None), start, epochs)
-        return at * (1.0 - math.sin(0.5 * math.pi * (epoch - start)
-                                    / max(1, config.settle_over * config.inner)))
     if config.lr_shape == "cosine":
         return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
     outer = epoch // config.inner
@@ -284,7 +250,4 @@ def identity(config: AHCLConfig) -> dict[str, Any]:
     d = dataclasses.asdict(config)
     for key in RUN_ONLY:
         d.pop(key, None)
-    if d.get("settle_from") is None:
-        for key in SETTLE_FIELDS:
-            d.pop(key, None)
     return d

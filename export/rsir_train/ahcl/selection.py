@@ -28,15 +28,13 @@ its model on the archive it is given, never on the queries, as follows:
    100 epochs of a fold's fit part, patience usually stops it sooner). The best figure wins;
    a tie goes to the earlier.
 4. **Refit**: the chosen schedule is trained again from the same initial weights on the
-   **whole train side**, its lr following the validated schedule up to the chosen number of
-   outer iterations T, then a settling end of ``max(5, round(refit_settle x T))`` outer
-   iterations whose lr falls from its value at T to 0 (:func:`settle_iterations`; why:
-   :data:`~rsir_train.ahcl.config.REFIT_SETTLE`); that network and its learned V (every
-   training image) are exported. Cost: folds x candidates fit runs plus one refit, about 3-4 times one run of
+   **whole train side**, its lr following the validated schedule, and stopped after the
+   chosen number of outer iterations; that network and its learned V (every training image)
+   are exported. Cost: folds x candidates fit runs plus one refit, about 3-4 times one run of
    the authors' schedule on a few hundred images.
 
 Every fold of every candidate and the refit checkpoint on their own
-(``<work_dir>/select-<name>-f<k>/``, ``<work_dir>/refit-<name>-<outer>-settle<n>/``); a resumed run skips
+(``<work_dir>/select-<name>-f<k>/``, ``<work_dir>/refit-<name>-<outer>/``); a resumed run skips
 finished ones and chooses and refits the same model.
 """
 
@@ -45,7 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,22 +62,8 @@ __all__ = ["FINAL_RULE", "fold_mean_curve", "select_model", "smoothed", "validat
 
 #: what the exported model is, recorded in the manifest's ``training.selection.final``
 FINAL_RULE = ("the chosen schedule refit on the whole train side from the same initial "
-              "weights to the chosen outer iteration (lr as in the validated schedule), then "
-              "its settling end (refit_settle: the lr annealed from there to 0; none when 0); "
-              "database codes: that run's learned V of every training image")
-
-
-def settle_iterations(config: AHCLConfig, chosen_outer: int) -> int:
-    """Outer iterations of the refit's settling end after the chosen ``chosen_outer``:
-    ``max(5, round(refit_settle x chosen_outer))``, 0 when ``refit_settle`` is 0
-    (:data:`~rsir_train.ahcl.config.REFIT_SETTLE` says why).
-
-    >>> settle_iterations(AHCLConfig(), 45), settle_iterations(AHCLConfig(), 10)
-    (9, 5)
-    >>> settle_iterations(AHCLConfig(refit_settle=0), 45)
-    0
-    """
-    return max(5, round(config.refit_settle * chosen_outer)) if config.refit_settle > 0 else 0
+              "weights, stopped at the chosen outer iteration (lr as in the validated "
+              "schedule); database codes: that run's learned V of every training image")
 
 
 @dataclass
@@ -159,17 +143,15 @@ def _candidate(ctx: _Context, name: str, cfg: AHCLConfig, folds: list[Fold],
     return summary, history, devices
 
 
-def _reason(chosen: dict[str, Any], tried: list[dict[str, Any]], n_folds: int,
-            settle: int) -> str:
+def _reason(chosen: dict[str, Any], tried: list[dict[str, Any]], n_folds: int) -> str:
     others = [t for t in tried if t["name"] != chosen["name"]]
     text = (f"{chosen['name']}: highest validation mAP {chosen['val_map']:.4f} (mean of the "
             f"best {SMOOTH_TOP} points of the {n_folds}-fold mean curve; best "
             f"{chosen['best_val_map']:.4f} at outer iteration {chosen['best_outer']})")
     text += ("; " + ", ".join(f"{t['name']} {t['val_map']:.4f}" for t in others)) if others \
         else "; the only candidate"
-    text += (f"; refit on the whole train side for {chosen['best_outer']} outer "
-             f"iterations ({chosen['best_outer'] * chosen['inner']} epochs)")
-    return text + (f", then {settle} more annealing the lr to 0" if settle else "")
+    return text + (f"; refit on the whole train side for {chosen['best_outer']} outer "
+                   f"iterations ({chosen['best_outer'] * chosen['inner']} epochs)")
 
 
 def select_model(
@@ -201,15 +183,13 @@ def select_model(
             chosen = (summary, cfg)
     assert chosen is not None
     best, cfg = chosen
-    settle = settle_iterations(config, best["best_outer"])
-    reason = _reason(best, tried, len(folds), settle)
+    reason = _reason(best, tried, len(folds))
     log.info("model selection: %s", reason, extra=SHOWN)
     emit({"event": "selection", "chosen": best["name"], "reason": reason})
-    refit_cfg = replace(cfg, settle_from=best["best_outer"], settle_over=settle) if settle else cfg
-    name = f"refit-{best['name']}-{best['best_outer']}" + (f"-settle{settle}" if settle else "")
-    ckpt = Path(work_dir) / name / CHECKPOINT_FILE if work_dir else None
-    st = run_schedule(ctx, refit_cfg, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), ckpt, resume,
-                      emit, tag=f"{best['name']}/refit", stop_at=best["best_outer"] + settle)
+    ckpt = (Path(work_dir) / f"refit-{best['name']}-{best['best_outer']}" / CHECKPOINT_FILE
+            if work_dir else None)
+    st = run_schedule(ctx, cfg, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), ckpt, resume, emit,
+                      tag=f"{best['name']}/refit", stop_at=best["best_outer"])
     history += st.history
     devices += [d for d in st.devices if d not in devices]
     seconds = sum(t["seconds"] for t in tried) + st.seconds
@@ -224,7 +204,6 @@ def select_model(
                            f"order; mean over folds; figure: mean of the best {SMOOTH_TOP}",
                  "patience": config.patience,
                  "refit": {"outer": st.outer_done, "epochs": st.outer_done * (cfg.inner or 1),
-                           "settle_outer": settle,
                            "n_train": int(len(ctx.y_db)), "seconds": round(st.seconds, 1)},
                  "final": FINAL_RULE}
     return cfg, st.V, history, seconds, devices, selection

@@ -292,11 +292,9 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
     with a validation part, validate every ``val_every`` outer iterations and stop when
     patience runs out. ``tag`` names the candidate in the history and progress events.
     ``stop_at``: stop after that many outer iterations, the lr still following the whole
-    schedule of ``cfg.outer`` (a refit to the epoch a selection chose). A ``cfg`` with a
-    settling end (``settle_from``, :func:`~.config.epoch_lr`) ends with it instead."""
+    schedule of ``cfg.outer`` (a refit to the epoch a selection chose)."""
     assert cfg.outer is not None
-    last = cfg.outer if cfg.settle_from is None else cfg.settle_from + cfg.settle_over
-    stop = last if stop_at is None else max(1, min(last, stop_at))
+    stop = cfg.outer if stop_at is None else max(1, min(cfg.outer, stop_at))
     seed_everything(cfg.seed)
     ctx.net.load_state_dict(ctx.init_state)
     params = [p for p in ctx.net.parameters() if p.requires_grad]
