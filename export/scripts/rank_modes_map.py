@@ -23,6 +23,7 @@ import numpy as np
 
 import rsir_sdk.codes as codes
 from rsir_sdk import Bundle
+from rsir_sdk.archive import open_archive
 from rsir_sdk.encoder import Encoder
 from rsir_sdk.metrics import average_precision_of_ranking
 
@@ -34,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     bundle = Bundle.load(args.bundle)
     split, enc = bundle.split(), Encoder(bundle)
+    items = open_archive(args.data, label_from="top").by_id()  # the split's ids, as training read them
 
     def side(ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        e = enc.encode_both([str(args.data / i) for i in ids])
-        return e.codes, e.fine, np.array([i.split("/")[0] for i in ids])
+        e = enc.encode_both([str(items[i].file) for i in ids])
+        return e.codes, e.fine, np.array([items[i].label for i in ids])
 
     qc, qf, ql = side(list(split.query_ids))
     dc, df, dl = side(list(split.train_ids))

@@ -123,10 +123,15 @@ def selecting_run(args: argparse.Namespace) -> tuple[dict, AHCLConfig, Any, Any]
     return t, config, archive, split
 
 
+def chosen_candidate(t: dict) -> dict:
+    """The manifest's record of the candidate the selection chose (schedule, curves, folds)."""
+    sel = t["selection"]
+    return next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
+
+
 def chosen_config(config: AHCLConfig, t: dict, n_train: int, cached: bool) -> AHCLConfig:
     """The chosen candidate's resolved configuration, checked against the manifest's record."""
-    sel = t["selection"]
-    chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
+    sel, chosen = t["selection"], chosen_candidate(t)
     cfg = dict(candidate_configs(config, min(sel["n_fit"]), n_train, cached=cached))[chosen["name"]]
     recorded = (chosen["lr"], chosen["outer"], chosen["inner"], list(chosen["lr_steps"]))
     assert (cfg.lr, cfg.outer, cfg.inner, list(cfg.lr_steps or ())) == recorded, \
@@ -148,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t, config, archive, split = selecting_run(args)
-    sel = t["selection"]
-    chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
+    sel, chosen = t["selection"], chosen_candidate(t)
     T = int(sel["best_outer"])
     ctx, _ = _prepare(archive, split, config, lambda e: None)
     folds = validation_folds(ctx.y_db, config.val_folds, config.val_fraction, config.seed)
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     w = np.array([r["n_val"] for r in rows], float)
     mean = {key: round(float(np.average([r[key] for r in rows], weights=w)), 4)
             for key in ("cut", "cut_near", "anneal", "cut_rerun") if key in rows[0]}
-    out = {"bundle": args.bundle, "rule": args.rule, "bits": config.bits, "train_seed": cfg.seed, "chosen": chosen["name"], "T": T,
+    out = {"bundle": args.bundle, "rule": args.rule, "bits": config.bits, "train_seed": cfg.seed,
+           "chosen": chosen["name"], "T": T,
            "schedule": {"outer": comp.outer, "lr": comp.lr, "lr_steps": list(comp.lr_steps or ())},
            **mean, "folds": rows}
     print(json.dumps({k2: v for k2, v in out.items() if k2 != "folds"}), flush=True)
