@@ -203,12 +203,17 @@ def memory_topk(case: Case, variant: str, ranking: str, k: int) -> list[list[str
     d_ret = hamming_distances(q.codes, codes)
     d_fine = hamming_distances(q.fine, fine)
     tie = digest_rank(case.ids)
+    in_tie = np.argsort(tie)  # the items in the store's tie order
+    test = case.bundle.scene_test
+    d_test = test.distances(q.fine, fine) if test is not None else None
     out = []
     for i in range(len(d_ret)):
         if ranking == "today":
             order = np.lexsort((tie, d_ret[i]))
         elif ranking == "default":  # the store's rule: near-duplicates first (codes.py)
-            order = np.lexsort((tie, fine_ranking_key(d_ret[i], d_fine[i], q.fine.shape[1] * 8)))
+            key = fine_ranking_key(d_ret[i][in_tie], d_fine[i][in_tie], q.fine.shape[1] * 8,
+                                   None if d_test is None else d_test[i][in_tie])
+            order = in_tie[np.argsort(key, kind="stable")]
         else:
             order = np.lexsort((tie, d_fine[i]))
         out.append([case.ids[j] for j in order[:k]])

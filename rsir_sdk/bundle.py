@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .codes import as_packed, validate_bits
+from .codes import SceneTest, as_packed, validate_bits
 from .errors import BundleError, CodeLengthError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,6 +79,9 @@ class Bundle:
     fine_bits: int | None = None
     #: the graph output holding the packed fine codes; None when the bundle has none
     fine_output: str | None = None
+    #: the parts of the fine code its same-scene test reads (``fine_code.parts[].test_weight``,
+    #: ``--fine-code layout``); None: the test reads the whole fine code
+    scene_test: SceneTest | None = field(default=None, repr=False)
 
     @property
     def model_path(self) -> Path:
@@ -269,6 +272,7 @@ class Bundle:
                               f"value ({type(exc).__name__}: {exc})") from None
         method, bits, model_file, height, width, inp, pre, outputs, declared = fields
         fine_bits, fine_output = _fine_fields(root, manifest, outputs)
+        scene_test = _scene_test(root, manifest, fine_bits)
         model_path = root / model_file
         if not model_path.is_file():
             raise BundleError(f"bundle {root}: model file {model_file} is missing")
@@ -294,6 +298,7 @@ class Bundle:
             model_sha256=actual,
             fine_bits=fine_bits,
             fine_output=fine_output,
+            scene_test=scene_test,
         )
         if bundle.has_database:
             _require(manifest["database"], "file", "database", root)
@@ -371,6 +376,23 @@ def _fine_fields(root: Path, manifest: dict[str, Any],
     bits = _code_length(root, fine, "fine_code.", fine["bits"])
     name = outputs.get("fine_codes") or fine.get("output") or "fine_codes"
     return bits, str(name)
+
+
+def _scene_test(root: Path, manifest: dict[str, Any], fine_bits: int | None) -> SceneTest | None:
+    """The fine code's same-scene test from its parts' ``test_weight`` (None: the whole code),
+    checked: the parts must cover the fine code's bits exactly."""
+    if fine_bits is None:
+        return None
+    parts = manifest["fine_code"].get("parts")
+    try:
+        test = SceneTest.from_parts(parts)
+        covered = sum(int(p["bits"]) for p in parts) if test is not None else fine_bits
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BundleError(f"bundle {root}: field 'fine_code.parts' is malformed ({exc})") from None
+    if covered != fine_bits:
+        raise BundleError(f"bundle {root}: field 'fine_code.parts' covers {covered} bits, "
+                          f"not the fine code's {fine_bits}")
+    return test
 
 
 def _check_preprocess(root: Path, pre: dict[str, Any], height: int, width: int) -> None:

@@ -8,6 +8,8 @@ numpy functions here are the reference the Milvus store is tested against.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .errors import CodeLengthError
@@ -173,7 +175,94 @@ def ratio_leader(fine_dist: np.ndarray, ratio: float | None = None) -> np.ndarra
     return mask.reshape(d.shape)
 
 
-def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int) -> np.ndarray:
+#: how many of a query's nearest items by fine distance a :class:`SceneTest` reads: the store
+#: fetches them with their fine codes in the request that finds the near-duplicates
+SCENE_TEST_CANDIDATES = 10
+
+
+class SceneTest:
+    """Which parts of a fine code the same-scene test reads, and with what weight.
+
+    Why: a fine code can hold parts of two roles (``--fine-code layout``, docs/similar.md): the
+    pooled features order a class by content, while thumbnails and a colour layout tell whether
+    an item is *the same scene* re-encoded. The ratio test (:func:`ratio_leader`) then runs on
+    the weighted sum of part distances (:meth:`distances`) among the query's
+    :data:`SCENE_TEST_CANDIDATES` nearest items by the whole fine code, instead of on the whole
+    code: on eurosat's JPEG q70 copies 0.950-0.960 against 0.922. ``parts``: ``(first byte,
+    end byte, weight)`` of each weighted part (weights are small non-negative integers).
+
+    >>> t = SceneTest.from_parts([{"bits": 8, "test_weight": 0}, {"bits": 8, "test_weight": 3}])
+    >>> t.parts, t.distances(np.array([[0, 0]], np.uint8), np.array([[255, 1]], np.uint8)).tolist()
+    (((1, 2, 3),), [[3]])
+    """
+
+    def __init__(self, parts: tuple[tuple[int, int, int], ...]):
+        self.parts = tuple((int(a), int(b), int(w)) for a, b, w in parts if int(w))
+        if not self.parts:
+            raise ValueError("a scene test needs a part of positive weight")
+
+    @classmethod
+    def from_parts(cls, parts: Any) -> "SceneTest | None":
+        """The test of a manifest's ``fine_code.parts`` (``bits`` and ``test_weight`` each, in
+        bit order); ``None`` when no part has a ``test_weight`` (the whole code is tested)."""
+        if not isinstance(parts, list) or not any(
+                isinstance(p, dict) and "test_weight" in p for p in parts):
+            return None
+        out, at = [], 0
+        for p in parts:
+            bits, weight = int(p["bits"]), int(p.get("test_weight", 0))
+            if bits % 8 or weight < 0:
+                raise ValueError(f"a fine code part must be whole bytes with a weight >= 0, "
+                                 f"got {p!r}")
+            out.append((at // 8, (at + bits) // 8, weight))
+            at += bits
+        return cls(tuple(out))
+
+    def to_json(self) -> list[list[int]]:
+        """``[[first byte, end byte, weight], ...]``: what a collection records."""
+        return [list(p) for p in self.parts]
+
+    @classmethod
+    def from_json(cls, value: Any) -> "SceneTest":
+        return cls(tuple(tuple(int(x) for x in p) for p in value))  # type: ignore[misc]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SceneTest) and self.parts == other.parts
+
+    def __repr__(self) -> str:
+        return f"SceneTest({self.parts!r})"
+
+    def distances(self, queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+        """``int32 (n_queries, n_database)``: the weighted sum of the parts' Hamming distances."""
+        q, db = np.asarray(queries, np.uint8), np.asarray(database, np.uint8)
+        out = np.zeros((q.shape[0], db.shape[0]), np.int32)
+        for a, b, w in self.parts:
+            out += w * hamming_distances(np.ascontiguousarray(q[:, a:b]),
+                                         np.ascontiguousarray(db[:, a:b]))
+        return out
+
+
+def scene_leader(test_dist: np.ndarray, fine_dist: np.ndarray,
+                 candidates: int = SCENE_TEST_CANDIDATES) -> np.ndarray:
+    """:func:`ratio_leader` on ``test_dist`` (a :class:`SceneTest`'s distances) read only over
+    each row's ``candidates`` nearest items by ``fine_dist`` (ties in the row's order, which is
+    the store's tie order where the store's rule is reproduced): what the store's one request
+    for the nearest items by fine code can see.
+
+    >>> scene_leader(np.array([9, 2, 1]), np.array([1, 2, 3]), 2).tolist()
+    [False, True, False]
+    """
+    t = np.asarray(test_dist, dtype=np.int64)
+    f = np.asarray(fine_dist, dtype=np.int64).reshape(-1, t.shape[-1])
+    rows = t.reshape(-1, t.shape[-1])
+    far = np.full(rows.shape, np.iinfo(np.int64).max // 4)
+    first = np.argsort(f, axis=1, kind="stable")[:, :candidates]
+    np.put_along_axis(far, first, np.take_along_axis(rows, first, axis=1), axis=1)
+    return ratio_leader(far).reshape(t.shape)
+
+
+def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
+                     test_dist: np.ndarray | None = None) -> np.ndarray:
     """The sort key (``int64``, same shape) of the store's default ranking with fine codes.
 
     Near-duplicates come first, by fine distance: items whose fine distance is at most
@@ -184,7 +273,8 @@ def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int) ->
     retrieval bits away from the query while a whole class ties at a smaller distance; the user
     expects it first. Every other item follows by (retrieval distance, fine distance).
     A stable sort on this key over items in the store's tie order (:func:`~rsir_sdk.store.tie_order`)
-    is the store's order.
+    is the store's order. ``test_dist`` (a :class:`SceneTest`'s distances, same shape): the
+    ratio test reads it instead (:func:`scene_leader`).
 
     >>> fine_ranking_key(np.array([0, 3, 0]), np.array([40, 2, 30]), 128).argsort().tolist()
     [1, 2, 0]
@@ -194,7 +284,9 @@ def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int) ->
     span = np.int64(fine_bits + 1)
     fine_dist = np.asarray(fine_dist, dtype=np.int64)
     key = np.asarray(dist, dtype=np.int64) * span + fine_dist
-    near = (fine_dist <= near_duplicate_radius(fine_bits)) | ratio_leader(fine_dist)
+    leader = (ratio_leader(fine_dist) if test_dist is None
+              else scene_leader(test_dist, fine_dist))
+    near = (fine_dist <= near_duplicate_radius(fine_bits)) | leader
     return np.where(near, fine_dist - span, key)
 
 

@@ -103,7 +103,9 @@ class EvalCodes:
         codes (ties ranked by them first, as the store does)."""
         out: dict[str, Any] = {"db_ids": self.db_ids}
         if self.q_fine is not None and self.db_fine is not None:
-            out["fine"] = (self.q_fine, self.db_fine)
+            test = self.bundle.scene_test
+            out["fine"] = ((self.q_fine, self.db_fine) if test is None
+                           else (self.q_fine, self.db_fine, test))
         if self.leave_one_out:
             out.update(exclude_self=True, query_indices=self.query_indices)
         return out

@@ -34,6 +34,8 @@ class _Task:
         # the sentinel distance sorts a query's own item after every real item
         self._sentinel = self.bits + 1
         self.q_fine, self.db_fine = _fine_pair(fine, self.n_queries, self.n_db)
+        #: the bundle's same-scene test (``fine``'s optional third item), else None
+        self.scene_test = fine[2] if fine is not None and len(fine) == 3 else None
         order = _store_order(db_ids, self.n_db)
         if order is not None:  # the database in the store's tie order: ties by index = by digest
             self.database = self.database[order]
@@ -78,7 +80,9 @@ class _Task:
         for rows, dist, rel in self.distance_chunks():
             if self.q_fine is not None and self.db_fine is not None:
                 fine_d = hamming_distances(self.q_fine[rows], self.db_fine)
-                key = fine_ranking_key(dist, fine_d, self.db_fine.shape[1] * 8)
+                test_d = (None if self.scene_test is None
+                          else self.scene_test.distances(self.q_fine[rows], self.db_fine))
+                key = fine_ranking_key(dist, fine_d, self.db_fine.shape[1] * 8, test_d)
                 key[dist == self._sentinel] = np.iinfo(np.int64).max  # the query's own item last
                 order = np.argsort(key, axis=1, kind="stable")[:, :keep]
             else:
@@ -124,11 +128,13 @@ class _Relevance:
 
 
 def _fine_pair(fine, n_queries: int, n_db: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``fine`` = ``(query fine codes, database fine codes)`` checked: one per code, one length."""
+    """``fine`` = ``(query fine codes, database fine codes[, scene test])`` checked: one per
+    code, one length (the optional :class:`~rsir_sdk.codes.SceneTest`: the bundle's)."""
     if fine is None:
         return None, None
-    if len(fine) != 2:
-        raise ValueError("fine must be a pair (query fine codes, database fine codes)")
+    if len(fine) not in (2, 3):
+        raise ValueError("fine must be a pair (query fine codes, database fine codes), or "
+                         "those and the bundle's SceneTest")
     q = as_packed(fine[0])
     d = as_packed(fine[1], q.shape[1] * 8)
     if q.shape[0] != n_queries or d.shape[0] != n_db:

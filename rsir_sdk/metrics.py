@@ -37,7 +37,7 @@ stays at a few hundred MB whatever the number of queries (2,000 x 100,000 at 64 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def average_precisions(
     query_indices: Sequence[int] | np.ndarray | None = None,
     ties: Ties = "index",
     db_ids: Sequence[str] | None = None,
-    fine: tuple[np.ndarray, np.ndarray] | None = None,
+    fine: tuple[Any, ...] | None = None,
 ) -> np.ndarray:
     """Average precision of every query, ``float64 (n_queries,)``.
 
@@ -132,7 +132,7 @@ def mean_average_precision(
     query_indices: Sequence[int] | np.ndarray | None = None,
     ties: Ties = "index",
     db_ids: Sequence[str] | None = None,
-    fine: tuple[np.ndarray, np.ndarray] | None = None,
+    fine: tuple[Any, ...] | None = None,
 ) -> float:
     """Mean average precision of a Hamming ranking, over the whole database or the top ``k``.
 
@@ -167,7 +167,9 @@ def mean_average_precision(
         fine: ``(query fine codes, database fine codes)``, packed ``uint8 (n, fine_bits/8)``
             (issue 20): items at one Hamming distance are ranked by the distance of their fine
             codes first, then by the tie rule above: the store's default ranking when the
-            collection keeps fine codes (retrieval distance, fine distance, digest). Not with
+            collection keeps fine codes (retrieval distance, fine distance, digest). A third
+            item, the bundle's :class:`~rsir_sdk.codes.SceneTest` (``Bundle.scene_test``),
+            makes the same-scene test read its parts, as the collection does. Not with
             ``ties="expected"``.
 
     >>> from rsir_sdk.codes import pack_codes
@@ -202,7 +204,7 @@ def precision_at_k(
     *,
     query_indices: Sequence[int] | np.ndarray | None = None,
     db_ids: Sequence[str] | None = None,
-    fine: tuple[np.ndarray, np.ndarray] | None = None,
+    fine: tuple[Any, ...] | None = None,
 ) -> float:
     """Mean fraction of relevant items among the top ``k`` of the Hamming ranking.
 

@@ -102,7 +102,8 @@ class Retriever:
         identity["raster_rule"] = (asked or RasterRule()).to_dict()
         self.store = MilvusCodeStore(
             uri, name, bits=self.bundle.bits, token=token, encoder=identity,
-            fine_bits=self.bundle.fine_bits, **(index_options or IndexOptions()).store_kwargs(),
+            fine_bits=self.bundle.fine_bits, scene_test=self.bundle.scene_test,
+            **(index_options or IndexOptions()).store_kwargs(),
         )
         try:
             self.raster_rule = self._collection_rule(asked)

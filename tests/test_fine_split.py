@@ -8,6 +8,8 @@ rotation-averaged part against a rotated input; the ``--fine-code`` option's par
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -17,14 +19,17 @@ ort = pytest.importorskip("onnxruntime")
 import torch.nn.functional as F  # noqa: E402
 
 from rsir_sdk import Bundle, Encoder  # noqa: E402
-from rsir_sdk.codes import unpack_codes  # noqa: E402
+from rsir_sdk.codes import SceneTest, unpack_codes  # noqa: E402
+from rsir_sdk.errors import BundleError  # noqa: E402
 from rsir_sdk.images import load_image  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
 from rsir_train.dataset import open_training_archive  # noqa: E402
 from rsir_train.fine_code import FineCodeConfig  # noqa: E402
 from rsir_train.fine_split import (  # noqa: E402
+    TEST_WEIGHTS,
     SplitFineCode,
     Thumbnails,
+    colour_layout,
     fit_split,
     part_bits,
     thumbnail_descriptors,
@@ -126,8 +131,9 @@ def test_fine_code_option_parses_and_refuses_in_one_line(capsys):
     parse = build_parser().parse_args
     assert parse(base + ["--fine-code", "split"]).fine_code == FineCodeConfig("split", 256)
     assert parse(base + ["--fine-code", "pca:64"]).fine_code == FineCodeConfig("pca", 64)
+    assert parse(base + ["--fine-code", "layout"]).fine_code == FineCodeConfig("layout", 320)
     assert parse(base).fine_code is None
-    for bad in ("split:48", "itq", "pca:x"):
+    for bad in ("split:48", "itq", "pca:x", "layout:64"):
         with pytest.raises(SystemExit):
             parse(base + ["--fine-code", bad])
         err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -151,3 +157,72 @@ def test_a_small_train_side_caps_each_part_and_names_it(caplog):
     with pytest.raises(ValueError, match="fine code part 'pooled' needs features that vary "
                                          r"in at least 8 directions, got 5 \(6 training images"):
         fit_split(pooled[:6], thumbs[:6], FINE_BITS, 64, 64, _usable_bits)
+
+
+def test_the_colour_layout_survives_brightness_and_keeps_the_cells():
+    """``cl`` is the 8 x 8 cells' colours over 1 + the mean luminance: a brightness change
+    (every pixel x 1.1) leaves it within 1 %; a changed cell changes it; the layout kind's
+    parts and the same-scene weights are as measured (docs/similar.md)."""
+    rng = np.random.default_rng(0)
+    t = rng.uniform(40, 200, (4, 768))
+    a, b = colour_layout(t), colour_layout(t * 1.1)
+    assert a.shape == (4, 192) and np.abs(b / a - 1).max() < 0.01
+    other = t.reshape(4, 3, 16, 16).copy()
+    other[:, 0, :2, :2] += 50  # one cell's red
+    moved = np.abs(colour_layout(other.reshape(4, -1)) - a)
+    assert moved[:, 0].min() > 0.1 and np.median(moved) < 0.02
+    assert part_bits(320, "layout") == [("pooled", 64), ("t8", 64), ("cl", 64), ("t16r", 128)]
+    assert TEST_WEIGHTS["layout"] == {"pooled": 0, "t8": 1, "cl": 3, "t16r": 1}
+    with pytest.raises(ValueError, match="multiple of 40"):
+        part_bits(256, "layout")
+
+
+def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
+    """``--fine-code layout``: four parts in one graph, each part's test weight in the
+    manifest, and onnxruntime's codes equal to the numpy form of the fitted code."""
+    from rsir_train.fine_code import _usable_bits
+    from rsir_train.itq import ITQConfig, train_itq_bundle
+
+    torch.set_num_threads(2)
+    bits, out = 160, tmp_path / "layout"
+    cfg = ITQConfig(bits=32, backbone="small_cnn", pretrained=False, cache_dir=False, device="cpu")
+    result, manifest, _ = train_itq_bundle(SAMPLE_ARCHIVE, out, cfg,
+                                           fine=FineCodeConfig("layout", bits))
+    fine = manifest["fine_code"]
+    assert fine["kind"] == "layout" and Bundle.load(out).fine_bits == bits
+    assert [(p["part"], p["bits"], p["test_weight"]) for p in fine["parts"]] == [
+        ("pooled", 32, 0), ("t8", 32, 1), ("cl", 32, 3), ("t16r", 64, 1)]
+    train = _prepared(result, result.train_indices)
+    code = fit_split(pooled_outputs(result.net, result.normalize, train),
+                     Thumbnails(*train.shape[1:3])(torch.as_tensor(train)).numpy(), bits,
+                     *train.shape[1:3], _usable_bits, "layout")
+    images = _prepared(result, np.arange(0, 200, 7))
+    onnx_fine = Encoder(out).encode_both_arrays(images).fine
+    want = code.codes(pooled_outputs(result.net, result.normalize, images),
+                      Thumbnails(*images.shape[1:3])(torch.as_tensor(images)).numpy())
+    differ = unpack_codes(onnx_fine, bits) != unpack_codes(want, bits)
+    assert differ.mean() < 0.01, differ.mean()
+    cl = slice(64, 96)  # the colour-layout part's bits
+    assert (unpack_codes(onnx_fine, bits)[:, cl] == unpack_codes(want, bits)[:, cl]).mean() > 0.99
+    # the runtime reads the test (bytes, weight) from the manifest, and refuses a bad one
+    assert Bundle.load(out).scene_test == SceneTest(((4, 8, 1), (8, 12, 3), (12, 20, 1)))
+    # a Retriever's new collection records it; the same file comes back first
+    from rsir_sdk import Retriever
+
+    files = [open_training_archive(SAMPLE_ARCHIVE).items[i].file for i in range(0, 200, 9)]
+    with Retriever(out, uri=str(tmp_path / "layout.db"), collection="layout") as r:
+        r.add_images(files)
+        assert r.store.scene_test == Bundle.load(out).scene_test
+        assert r.store.info()["scene_test"] == [[4, 8, 1], [8, 12, 3], [12, 20, 1]]
+        for f, hits in zip(files, r.search_batch(files, k=3)):
+            assert hits[0].fine_distance == 0 and hits[0].distance == 0, (f, hits[0])
+    manifest_file = out / "manifest.json"
+    original = manifest_file.read_text()
+    for bad, says in (({"bits": 40}, "covers 168 bits"), ({"test_weight": "x"}, "malformed")):
+        m = json.loads(original)
+        m["fine_code"]["parts"][1].update(bad)
+        manifest_file.write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=says) as err:
+            Bundle.load(out, verify_hash=False)
+        assert "\n" not in str(err.value) and "fine_code.parts" in str(err.value)
+        manifest_file.write_text(original)

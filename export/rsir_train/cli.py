@@ -62,16 +62,17 @@ def bits_type(text: str) -> int:
 
 
 def _fine_code(text: str) -> Any:
-    """``--fine-code pca``, ``split``, ``pca:128``, ``split:256`` as a ``FineCodeConfig``."""
+    """``--fine-code pca``, ``split``, ``layout``, optionally ``:BITS`` (``split:256``), as a
+    ``FineCodeConfig``."""
     from .fine_code import FineCodeConfig
 
     kind, _, bits = text.strip().partition(":")
-    default = {"pca": 128, "split": 256}
+    default = {"pca": 128, "split": 256, "layout": 320}
     if kind not in default or (bits and not bits.isdigit()):
-        raise argparse.ArgumentTypeError(f"must be pca or split, optionally :BITS (e.g. split:256), "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be pca, split or layout, optionally :BITS (e.g. "
+                                         f"split:256), got {text!r}")
     n = int(bits) if bits else default[kind]
-    step = 32 if kind == "split" else 8
+    step = {"split": 32, "layout": 40}.get(kind, 8)
     if n < step or n % step:
         raise argparse.ArgumentTypeError(f"{kind} fine codes take a positive multiple of {step} "
                                          f"bits, got {n}")
@@ -137,9 +138,10 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
     p.add_argument("--fine-code", type=_fine_code, default=None, metavar="KIND[:BITS]",
                    help="the bundle's fine code (issue 20, docs/similar.md): split:256 "
                         "(default: the pooled features and two colour thumbnails; finds "
-                        "re-encoded, cropped and rotated copies) or pca:128 (PCA-sign of the "
-                        "pooled features alone; 16 bytes an item, order inside a class closer "
-                        "to the features)")
+                        "re-encoded, cropped and rotated copies), layout:320 (the split code "
+                        "plus a colour-layout part that the same-scene test reads: for small, "
+                        "flat scenes under JPEG) or pca:128 (PCA-sign of the pooled features "
+                        "alone; 16 bytes an item, order inside a class closer to the features)")
     p.add_argument("--results", help="merge result records of this run into this JSON list "
                                      "(docs/results.json)")
     p.add_argument("-q", "--quiet", action="store_true")

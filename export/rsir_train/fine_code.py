@@ -221,7 +221,9 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
     for those images), so that ``add_learned_codes`` writes both codes without encoding.
     """
     train_idx, _ = data.indices()
-    split = config.kind == "split"
+    from .fine_split import KIND_PARTS
+
+    split = config.kind in KIND_PARTS
     thumbs: np.ndarray | None = None
     if features is None:
         features, thumbs, size = _pooled(contents, data, train_idx, split)
@@ -236,7 +238,8 @@ def attach_fine_code(contents: Any, data: Any, features: np.ndarray | None = Non
             from .fine_split import fit_split
 
             assert thumbs is not None
-            code: Any = fit_split(x, thumbs, config.bits, size[0], size[1], _usable_bits)
+            code: Any = fit_split(x, thumbs, config.bits, size[0], size[1], _usable_bits,
+                                  config.kind)
         else:
             cfg = dataclasses.replace(config, bits=_usable_bits(config.bits, config, x))
             code = fit_fine_code(x, cfg)

@@ -8,7 +8,8 @@ scene is not stored, putting a look-alike ahead of the query's retrieval group. 
 both for each factor, with the draw of ``benchmarks/similar.py`` (500 database images from the
 bundle's database side, seed 0; its changed copies) and up to 500 held-out query images (seed 1),
 all ranked in numpy by :func:`rsir_sdk.codes.fine_ranking_key` (the store's rule; the benchmark
-checks Milvus against it). Command (from the repo root)::
+checks Milvus against it; a bundle with a same-scene test, ``--fine-code layout``, is tested on
+its weighted parts, :func:`rsir_sdk.codes.scene_leader`). Command (from the repo root)::
 
     python export/scripts/ratio_test_sweep.py --data ../shared/data/eurosat \\
         runs/bundles/split-eurosat-itq-64 runs/bundles/sim-eurosat-itq-64 [--json out.json]
@@ -32,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import similar as bench  # noqa: E402
+from _similar_queries import digest_rank  # noqa: E402
 
 import rsir_sdk.codes as codes  # noqa: E402
 from rsir_sdk import Bundle  # noqa: E402
@@ -48,7 +50,20 @@ def distinct_fires(case: bench.Case, enc: Any, data: Path, n: int,
     root = bench.archive_root(case.bundle, data, ids[0])
     fine = enc.encode_both([str(root / ids[i]) for i in sorted(pick)]).fine
     d = codes.hamming_distances(fine, case.stored()[1])
-    return {f: float(codes.ratio_leader(d, f).any(axis=1).mean()) for f in factors}
+    test = case.bundle.scene_test
+    if test is None:
+        return {f: float(codes.ratio_leader(d, f).any(axis=1).mean()) for f in factors}
+    # the bundle's same-scene test, over the 10 nearest in the store's tie order
+    in_tie = np.argsort(digest_rank(case.ids))
+    t = test.distances(fine, case.stored()[1])[:, in_tie]
+    out, saved = {}, codes.NEAR_RATIO
+    try:
+        for f in factors:
+            codes.NEAR_RATIO = f
+            out[f] = float(codes.scene_leader(t, d[:, in_tie]).any(axis=1).mean())
+    finally:
+        codes.NEAR_RATIO = saved
+    return out
 
 
 def sweep(case: bench.Case, factors: tuple[float, ...]) -> dict[float, dict[str, float]]:

@@ -188,7 +188,8 @@ class BulkLoad:
             # the companions by upsert first (a resumed load rewrites them harmlessly): an
             # imported main row always has its mirror row
             for start, end in spans(columns.sizes):
-                fine.write(self.conn, self.name, columns, start, end)
+                fine.write(self.conn, self.name, columns, start, end,
+                           self.store.scene_test is not None)
         self.buffer.append(columns)
         self.buffered += len(columns)
         if self._since is None:

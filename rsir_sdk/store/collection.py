@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..api import Filter
-from ..codes import validate_bits
+from ..codes import SceneTest, validate_bits
 from ..errors import (
     CollectionNotFoundError,
     StoreError,
@@ -72,7 +72,9 @@ class MilvusCodeStore:
     ``fine_bits`` (a new collection): keep fine codes of that length beside the retrieval codes
     (also set by a first write that passes ``fine=``): searches then rank each tie group by the
     fine code, and ``mode="appearance"`` searches by it alone (:mod:`.finerank`); an existing
-    collection keeps what it was made with (:attr:`fine_bits`).
+    collection keeps what it was made with (:attr:`fine_bits`). ``scene_test`` (a new
+    collection with fine codes; the bundle's :attr:`~rsir_sdk.Bundle.scene_test`): the parts of
+    the fine code the same-scene test reads (:class:`~rsir_sdk.codes.SceneTest`).
 
     ``index_options`` (the fields of :class:`~rsir_sdk.options.IndexOptions`, as keywords):
     ``index_type`` (a new server collection): ``None`` or ``"auto"`` chooses from the size at
@@ -97,6 +99,7 @@ class MilvusCodeStore:
         create: bool = True,
         connect: ConnectOptions | None = None,
         fine_bits: int | None = None,
+        scene_test: SceneTest | None = None,
         **index_options: Any,
     ):
         self.collection = values.collection_name(collection)
@@ -105,6 +108,9 @@ class MilvusCodeStore:
         #: the length of the fine codes the collection keeps (issue 20; :mod:`.fine`), ``None``
         #: when it keeps none (made without them, or before they existed)
         self.fine_bits: int | None = None if fine_bits is None else validate_bits(fine_bits)
+        #: the parts of the fine code its same-scene test reads (a new collection records it;
+        #: an existing one keeps what it was made with); None: the whole fine code
+        self.scene_test: SceneTest | None = scene_test
         self._fine_dropped = False
         #: requests and hits of this store's searches so far (``searches``: top-k requests,
         #: ``range_searches``: extra requests that read a whole tie group at the k-th distance)
@@ -483,11 +489,15 @@ class MilvusCodeStore:
     # ----------------------------------------------------------------- admin
     def info(self) -> dict[str, Any]:
         """What the collection is: name, uri, bits, ``fine_bits`` (the fine codes it keeps;
-        ``None``: none, rebuild it to rank by appearance), the encoder that filled it, item count
-        and (with place fields) ``without_footprint``, the items no place filter can return."""
+        ``None``: none, rebuild it to rank by appearance), ``scene_test`` (with a
+        ``--fine-code layout`` bundle: ``[[first byte, end byte, weight], ...]`` of the parts
+        the same-scene test reads), the encoder that filled it, item count and (with place
+        fields) ``without_footprint``, the items no place filter can return."""
         out = {"collection": self.collection, "uri": self.display_uri, "exists": self.exists,
                "bits": self.bits, "fine_bits": self.fine_bits, "encoder": self.encoder,
                "count": self.count()}
+        if self.scene_test is not None:
+            out["scene_test"] = self.scene_test.to_json()
         if self.has_place:
             out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0
         return out

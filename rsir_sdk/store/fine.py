@@ -9,7 +9,10 @@ collections made before fine codes existed stay valid:
 * the **mirror** ``<name>__fine``: the main collection's fields (``pk``, ``id``, label, path,
   metadata, their digests, the place fields) with ``code`` replaced by ``fine``
   (``BINARY_VECTOR(fine_bits)``, HAMMING, BIN_FLAT: filtered searches must be exact) and
-  ``code_key``, the row's retrieval code as a key (:func:`code_keys`). The same primary key, so every
+  ``code_key``, the row's retrieval code as a key (:func:`code_keys`); a collection with a
+  same-scene test (``--fine-code layout``: :class:`~rsir_sdk.codes.SceneTest`) also keeps
+  ``fine_hex`` there, before ``code_key``, so the near-duplicate search reads its candidates'
+  parts with its hits (Milvus Lite 2.5.1 fails a search that outputs a vector field). The same primary key, so every
   filter the main collection takes works unchanged on the mirror, and a tie group of the
   retrieval code is a filter (``code_key in [...]``) under which the fine field is searched.
 * the **codebook** ``<name>__codes``: one row per distinct retrieval code (``pk`` = its hex,
@@ -108,7 +111,7 @@ def code_in(keys_hex: Sequence[str], bits: int) -> str:
     return f"code_key in [{', '.join(f'{chr(34)}{k}{chr(34)}' for k in keys_hex)}]"
 
 
-def mirror_schema(bits: int, fine_bits: int) -> Any:
+def mirror_schema(bits: int, fine_bits: int, with_hex: bool = False) -> Any:
     """The pymilvus schema of a mirror: the main fields with ``fine`` for ``code``, then
     ``code_key`` (column writes send the fields in this order). Not a partition key: on the
     2.3.5 server a mirror with ``code_key`` as partition key searched slower and returned wrong
@@ -118,6 +121,8 @@ def mirror_schema(bits: int, fine_bits: int) -> Any:
 
     schema = MilvusClient.create_schema(auto_id=False, description="rsir fine-code mirror")
     add_item_fields(schema, "fine", fine_bits)
+    if with_hex:
+        schema.add_field("fine_hex", DataType.VARCHAR, max_length=fine_bits // 4)
     if bits <= INT_KEY_BITS:
         schema.add_field("code_key", DataType.INT64)
     else:
@@ -135,11 +140,13 @@ def codebook_schema(bits: int) -> Any:
     return schema
 
 
-def create(conn: "Connection", name: str, bits: int, fine_bits: int) -> None:
-    """Create the mirror and the codebook of ``name`` (before the main collection). A
+def create(conn: "Connection", name: str, bits: int, fine_bits: int,
+           with_hex: bool = False) -> None:
+    """Create the mirror (``with_hex``: with ``fine_hex``) and the codebook of ``name`` (before
+    the main collection). A
     companion left by a run that crashed before the main collection existed is an orphan:
     it is dropped and made afresh."""
-    for comp, schema, field in ((mirror(name), mirror_schema(bits, fine_bits), "fine"),
+    for comp, schema, field in ((mirror(name), mirror_schema(bits, fine_bits, with_hex), "fine"),
                                 (codebook(name), codebook_schema(bits), "code")):
         if conn.call("has_collection", comp, what=f"opening collection {comp!r}"):
             conn.call("drop_collection", comp, what=f"dropping orphan collection {comp!r}")
@@ -150,11 +157,13 @@ def create(conn: "Connection", name: str, bits: int, fine_bits: int) -> None:
                   consistency_level="Strong", what=f"creating collection {comp!r}")
 
 
-def mirror_lists(cols: "Columns", start: int, end: int) -> list[list[Any]]:
+def mirror_lists(cols: "Columns", start: int, end: int, with_hex: bool = False) -> list[list[Any]]:
     """Rows ``start:end`` of a write as the mirror's column lists (field order of
     :func:`mirror_schema`)."""
     assert cols.fine is not None and cols.place is not None
-    main = cols.lists(start, end)[:-1]  # without the main collection's fine_hex
+    main = cols.lists(start, end)
+    if not with_hex:
+        main = main[:-1]  # without the main collection's fine_hex
     fine = cols.fine[start:end]
     width = fine.shape[1]
     raw = fine.tobytes()
@@ -162,10 +171,12 @@ def mirror_lists(cols: "Columns", start: int, end: int) -> list[list[Any]]:
     return [*main, code_keys(cols.code[start:end], cols.code.shape[1] * 8)]
 
 
-def write(conn: "Connection", name: str, cols: "Columns", start: int, end: int) -> None:
-    """Upsert rows ``start:end`` into the mirror and their distinct codes into the codebook
-    (always upserts: a retried write replaces, never duplicates)."""
-    conn.write_columns("upsert", mirror(name), mirror_lists(cols, start, end),
+def write(conn: "Connection", name: str, cols: "Columns", start: int, end: int,
+          with_hex: bool = False) -> None:
+    """Upsert rows ``start:end`` into the mirror (``with_hex``: a mirror with ``fine_hex``) and
+    their distinct codes into the codebook (always upserts: a retried write replaces, never
+    duplicates)."""
+    conn.write_columns("upsert", mirror(name), mirror_lists(cols, start, end, with_hex),
                        what=f"upsert into {mirror(name)!r}")
     distinct = np.unique(cols.code[start:end], axis=0)
     conn.write_columns("upsert", codebook(name),

@@ -64,7 +64,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..codes import as_packed, hamming_distances, near_duplicate_radius, ratio_leader
+from ..codes import (
+    SCENE_TEST_CANDIDATES,
+    SceneTest,
+    as_packed,
+    hamming_distances,
+    near_duplicate_radius,
+    ratio_leader,
+)
 from ..errors import CollectionMismatchError, InvalidInputError
 from ..hits import SEARCH_MODES
 from . import fine, keys, place, topk
@@ -152,11 +159,14 @@ def _near_first(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
     distance; the rule is :func:`~rsir_sdk.codes.fine_ranking_key`, the in-memory reference."""
     conn, name, stats, bits = store._conn, store.collection, store.search_stats, store.bits
     assert store.fine_bits is not None
+    test = store.scene_test
     msearch, mfetch, expr, fields = searching.calls(
-        conn, fine.mirror(name), replace(request, params={}), "fine", extra=(CODE_KEY,))
+        conn, fine.mirror(name), replace(request, params={}), "fine",
+        extra=(CODE_KEY, FINE_HEX) if test is not None else (CODE_KEY,))
     data, k, geo = [row.tobytes() for row in fq], request.k, request.geo
     sub: dict[str, int] = {}
-    depth = max(k, 2)  # the ratio test reads the runner-up
+    # the ratio test reads the runner-up; a scene test reads its candidates' parts
+    depth = max(k, 2 if test is None else SCENE_TEST_CANDIDATES)
     if geo is not None and geo.near is not None:
         nearest = place.near_topk(msearch, mfetch, data, depth, expr, None, fields, sub, True,
                                   place.keeper(geo))
@@ -166,7 +176,8 @@ def _near_first(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
     stats["fine_range_searches"] = stats.get("fine_range_searches", 0) + sub.get("range_searches", 0)
     out = []
     for qi, (row, hits) in enumerate(zip(ranked, nearest)):
-        first = [_with_retrieval_distance(f, q[qi], bits) for f in _leaders(hits, store.fine_bits)]
+        lead = _leaders(hits, store.fine_bits, None if test is None else (test, fq[qi]))
+        first = [_with_retrieval_distance(f, q[qi], bits) for f in lead]
         if request.radius is not None:
             first = [f for f in first if f.distance <= request.radius]
         seen = {f.pk for f in first}
@@ -174,16 +185,29 @@ def _near_first(store: "MilvusCodeStore", q: np.ndarray, fq: np.ndarray,
     return out
 
 
-def _leaders(nearest: list[Found], fine_bits: int) -> list[Found]:
+def _leaders(nearest: list[Found], fine_bits: int,
+             scene: tuple[SceneTest, np.ndarray] | None = None) -> list[Found]:
     """The near-duplicates among one query's exact fine top-k (by fine distance, pk): those
     within the radius, and the nearest when it passes the ratio test (as
-    :func:`~rsir_sdk.codes.ratio_leader` and :func:`~rsir_sdk.codes.fine_ranking_key`)."""
+    :func:`~rsir_sdk.codes.ratio_leader` and :func:`~rsir_sdk.codes.fine_ranking_key`).
+    ``scene`` (the collection's :class:`~rsir_sdk.codes.SceneTest` and the query's fine code):
+    the test reads the weighted parts of the first :data:`~rsir_sdk.codes.SCENE_TEST_CANDIDATES`
+    hits instead (their ``fine_hex``; :func:`~rsir_sdk.codes.scene_leader`)."""
     within = near_duplicate_radius(fine_bits)
     lead = [f for f in nearest if f.distance <= within]
-    if not lead and len(nearest) >= 2 and ratio_leader(
-            np.array([nearest[0].distance, nearest[1].distance]))[0]:
-        lead = nearest[:1]
-    return lead
+    if lead or len(nearest) < 2:
+        return lead
+    if scene is None:
+        return nearest[:1] if ratio_leader(
+            np.array([nearest[0].distance, nearest[1].distance]))[0] else []
+    test, fq = scene
+    cands = nearest[:SCENE_TEST_CANDIDATES]
+    hexes = [(f.entity or {}).get(FINE_HEX) or "" for f in cands]
+    if any(len(h) != 2 * fq.size for h in hexes):
+        return []  # a row written without its fine code: no same-scene claim
+    db = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8).reshape(len(cands), fq.size)
+    passed = ratio_leader(test.distances(fq[None, :], db)[0])
+    return [f for f, p in zip(cands, passed) if p]
 
 
 #: the mirror's field holding each item's retrieval code as a key (:func:`.fine.code_keys`)
@@ -194,6 +218,7 @@ def _with_retrieval_distance(hit: Found, q: np.ndarray, bits: int) -> Found:
     """A mirror hit (its distance is the fine code's) as a ranked item: the retrieval distance
     from its ``code_key``, the fine distance in ``fine``, ``code_key`` dropped from its fields."""
     entity = dict(hit.entity or {"id": hit.id})
+    entity.pop(FINE_HEX, None)  # read for the scene test; the main path's hits drop it too
     code = fine.code_of_key(entity.pop(CODE_KEY), bits)
     d = int(hamming_distances(q[None, :], code[None, :])[0, 0])
     return Found(hit.pk, hit.id, d, entity, hit.distance)

@@ -20,6 +20,7 @@ from .schema import (
     has_place,
     index_policy,
     read_description,
+    scene_test_of,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,6 +78,7 @@ def open_existing(store: "MilvusCodeStore", bits: int | None,
     store.index_policy = index_policy(desc)
     store.has_place = has_place(desc)
     store.fine_bits = fine_bits_of(desc)
+    store.scene_test = scene_test_of(desc) if store.fine_bits else None
     if not store.is_lite:
         store._recorded = server.properties(store._conn, store.collection)
         store.index_policy = store._recorded.get("policy", store.index_policy)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from ..codes import SceneTest
 from ..errors import CollectionMismatchError, InvalidInputError
 from ..geo import FIELDS as PLACE_FIELDS
 from ..redact import redact_uri as redact_uri
@@ -77,15 +78,18 @@ def is_lite_uri(uri: str) -> bool:
 
 
 def make_schema(bits: int, encoder: Mapping[str, Any] | None, index: str | None = None,
-                fine_bits: int | None = None) -> Any:
+                fine_bits: int | None = None, scene_test: Any = None) -> Any:
     """The pymilvus schema of a new (format 3) collection; ``index`` records the index policy
     (``"auto"``) in the description, ``fine_bits`` the length of the fine codes its companion
-    collections keep (:mod:`.fine`; absent: none)."""
+    collections keep (:mod:`.fine`; absent: none), ``scene_test`` the parts of them its
+    same-scene test reads (a :class:`~rsir_sdk.codes.SceneTest`; absent: the whole code)."""
     from pymilvus import DataType, MilvusClient
 
-    description = json.dumps({SCHEMA_TAG: {"format": FORMAT, "bits": bits, "encoder": encoder,
-                                           **({"index": index} if index else {}),
-                                           **({"fine_bits": fine_bits} if fine_bits else {})}})
+    description = json.dumps({SCHEMA_TAG: {
+        "format": FORMAT, "bits": bits, "encoder": encoder,
+        **({"index": index} if index else {}),
+        **({"fine_bits": fine_bits} if fine_bits else {}),
+        **({"scene_test": scene_test.to_json()} if fine_bits and scene_test else {})}})
     schema = MilvusClient.create_schema(auto_id=False, description=description)
     add_item_fields(schema, "code", bits)
     if fine_bits:  # the fine code as text, read with every hit at no extra request (.finerank)
@@ -127,6 +131,17 @@ def fine_bits_of(desc: Mapping[str, Any]) -> int | None:
         return None
     value = recorded.get("fine_bits") if isinstance(recorded, dict) else None
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def scene_test_of(desc: Mapping[str, Any]) -> SceneTest | None:
+    """The same-scene test recorded in a collection's description (``None``: the whole fine
+    code is tested, as in every collection made before ``--fine-code layout``)."""
+    try:
+        recorded = json.loads(desc.get("description") or "{}").get(SCHEMA_TAG, {})
+        value = recorded.get("scene_test") if isinstance(recorded, dict) else None
+        return SceneTest.from_json(value) if value else None
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
 
 
 def index_policy(desc: Mapping[str, Any]) -> str | None:

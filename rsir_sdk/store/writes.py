@@ -77,12 +77,12 @@ class Writer:
         concrete = "BIN_FLAT" if index_type in (None, AUTO_INDEX) else index_type
         if fine_bits is not None:  # companions first: no main row without its mirror row
             s.fine_bits = fine_bits
-            fine.create(s._conn, s.collection, s.bits, fine_bits)
+            fine.create(s._conn, s.collection, s.bits, fine_bits, s.scene_test is not None)
         index = s._conn.client.prepare_index_params()
         index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
                         params=dict(index_params or {}) if concrete != "BIN_FLAT" else {})
         s._conn.call("create_collection", s.collection,
-                     schema=make_schema(s.bits, s.encoder, policy, s.fine_bits),
+                     schema=make_schema(s.bits, s.encoder, policy, s.fine_bits, s.scene_test),
                      index_params=index, consistency_level="Strong",
                      what=f"creating collection {s.collection!r}")
         s.exists = True
@@ -166,7 +166,7 @@ class Writer:
         """The mirror and codebook rows of ``cols[start:end]``, written before the main rows."""
         s = self.store
         if cols.fine is not None and s.fine_bits is not None:
-            fine.write(s._conn, s.collection, cols, start, end)
+            fine.write(s._conn, s.collection, cols, start, end, s.scene_test is not None)
 
     def _fine_width(self, cols: rows.Columns) -> int | None:
         return None if cols.fine is None else int(cols.fine.shape[1]) * 8
