@@ -204,7 +204,8 @@ def _milvus_ranking(codes: EvalCodes, uri: str | None, name: str, token: str | N
     try:
         fine = codes.db_fine is not None and codes.q_fine is not None
         store = MilvusCodeStore(uri, name, bits=b.bits, token=token, encoder=b.identity(),
-                                fine_bits=b.fine_bits if fine else None)
+                                fine_bits=b.fine_bits if fine else None,
+                                scene_test=b.scene_test if fine else None)
         try:
             if fine and store.exists and store.fine_bits is None:
                 raise EvaluationError(

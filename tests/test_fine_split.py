@@ -216,6 +216,11 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
         assert r.store.info()["scene_test"] == [[4, 8, 1], [8, 12, 3], [12, 20, 1]]
         for f, hits in zip(files, r.search_batch(files, k=3)):
             assert hits[0].fine_distance == 0 and hits[0].distance == 0, (f, hits[0])
+    # rsir eval ranks through Milvus with the test too: Milvus equals its numpy reference
+    from rsir_sdk.evaluate import evaluate_bundle
+
+    result = evaluate_bundle(out, SAMPLE_ARCHIVE)
+    assert result.agree and result.fine_bits == bits
     manifest_file = out / "manifest.json"
     original = manifest_file.read_text()
     for bad, says in (({"bits": 40}, "covers 168 bits"), ({"test_weight": "x"}, "malformed")):

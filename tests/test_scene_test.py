@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rsir_sdk.codes import SceneTest, fine_ranking_key, hamming_distances, scene_leader
+from rsir_sdk.errors import CollectionMismatchError
 from rsir_sdk.store import MilvusCodeStore
 from rsir_sdk.store.keys import digest
 from testing.store_baseline import row_count
@@ -91,6 +92,17 @@ def _check_store(store: MilvusCodeStore, data: dict, test: bool) -> None:
     got = store.search(qc[None], k=5, fine=qf[None])[0]
     assert [h.id for h in got] == brute(data, qc, qf, 5, test)
     assert (got[0].id == data["ids"][item]) is test
+    # an item within the radius (12 bits moved, all in the weighted part: test distance 36)
+    # leads, and the scene leader (test distance 9) still joins it
+    near = _copy_of(qf, 0, 12, seed=2)[0]
+    planted = dict(data, fine=data["fine"].copy())
+    planted["fine"][7] = near
+    store.upsert([data["ids"][7]], data["codes"][[7]], [data["labels"][7]], fine=near[None])
+    hits = store.search(qc[None], k=5, fine=qf[None])[0]
+    assert [h.id for h in hits] == brute(planted, qc, qf, 5, test)
+    assert hits[0].id == data["ids"][7] and (hits[1].id == data["ids"][item]) is test
+    store.upsert([data["ids"][7]], data["codes"][[7]], [data["labels"][7]],
+                 fine=data["fine"][[7]])
     if test:  # the leader comes with its retrieval distance and no fine_hex in its metadata
         assert got[0].distance > 0 and got[0].fine_distance == 43 and got[0].metadata == {}
     rng = np.random.default_rng(3)
@@ -115,6 +127,12 @@ def test_a_collection_records_its_scene_test_and_ranks_by_it(tmp_path):
         store.upsert(data["ids"], data["codes"], data["labels"], fine=data["fine"])
         assert store.scene_test is None and "scene_test" not in store.info()
         _check_store(store, data, test=False)
+    # a bundle whose code is tested on parts may not use it: it would rank otherwise
+    for name, says in (("whole", "without a same-scene test"), ("layout", "another same-scene")):
+        other = None if name == "whole" else SceneTest(((8, 16, 1),))
+        with pytest.raises(CollectionMismatchError, match=says) as err:
+            MilvusCodeStore(uri, name, bits=64, fine_bits=128, scene_test=other or TEST)
+        assert "\n" not in str(err.value)
 
 
 @pytest.mark.server

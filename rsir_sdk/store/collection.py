@@ -132,8 +132,10 @@ class MilvusCodeStore:
                 "has_collection", self.collection, what=f"opening collection {self.collection!r}"))
             if self.exists:
                 asked_fine, self.fine_bits = self.fine_bits, None
+                asked_test = self.scene_test
                 self.bits, self.encoder = self._open_existing(bits, encoder)
                 companions.check_fine_bits(self, asked_fine)
+                companions.check_scene_test(self, asked_test)
                 return
             self.bits, self.encoder = self._check_new(bits, encoder, create, self._index[0])
         except BaseException:
@@ -496,7 +498,7 @@ class MilvusCodeStore:
         out = {"collection": self.collection, "uri": self.display_uri, "exists": self.exists,
                "bits": self.bits, "fine_bits": self.fine_bits, "encoder": self.encoder,
                "count": self.count()}
-        if self.scene_test is not None:
+        if self.scene_test is not None and self.fine_bits is not None:
             out["scene_test"] = self.scene_test.to_json()
         if self.has_place:
             out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0

@@ -219,6 +219,20 @@ def prepare(conn: "Connection", name: str, timeout: float | None, progress: Any)
     return {"total_s": time.perf_counter() - t0}
 
 
+def check_scene_test(store: Any, asked: Any) -> None:
+    """Refuse opening a collection whose fine codes are tested otherwise than ``asked`` (a
+    bundle's :class:`~rsir_sdk.codes.SceneTest`): it would put other items first than the
+    bundle's own evaluation does. ``asked`` None (a store opened without a bundle) takes the
+    collection's."""
+    if asked is None or store.fine_bits is None or asked == store.scene_test:
+        return
+    made = ("without a same-scene test (it tests the whole fine code)" if store.scene_test is None
+            else f"with another same-scene test ({store.scene_test.to_json()})")
+    raise CollectionMismatchError(
+        f"collection {store.collection!r} was made {made}, but this bundle's fine code is tested "
+        f"on its parts {asked.to_json()}: index into another collection, or rebuild this one")
+
+
 def check_fine_bits(store: Any, asked: int | None) -> None:
     """Refuse opening a collection that keeps fine codes of another length than ``asked``
     (a collection that keeps none is opened: its writes drop fine codes with a warning)."""

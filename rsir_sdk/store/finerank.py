@@ -195,19 +195,21 @@ def _leaders(nearest: list[Found], fine_bits: int,
     hits instead (their ``fine_hex``; :func:`~rsir_sdk.codes.scene_leader`)."""
     within = near_duplicate_radius(fine_bits)
     lead = [f for f in nearest if f.distance <= within]
-    if lead or len(nearest) < 2:
+    if len(nearest) < 2:
         return lead
-    if scene is None:
-        return nearest[:1] if ratio_leader(
-            np.array([nearest[0].distance, nearest[1].distance]))[0] else []
+    if scene is None:  # the leader is the nearest: within the radius whenever any item is
+        return lead or (nearest[:1] if ratio_leader(
+            np.array([nearest[0].distance, nearest[1].distance]))[0] else [])
+    # the scene leader need not be the nearest: it joins those within the radius, in order
     test, fq = scene
     cands = nearest[:SCENE_TEST_CANDIDATES]
     hexes = [(f.entity or {}).get(FINE_HEX) or "" for f in cands]
     if any(len(h) != 2 * fq.size for h in hexes):
-        return []  # a row written without its fine code: no same-scene claim
+        return lead  # a row written without its fine code: no same-scene claim
     db = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8).reshape(len(cands), fq.size)
     passed = ratio_leader(test.distances(fq[None, :], db)[0])
-    return [f for f, p in zip(cands, passed) if p]
+    leader = {f.pk for f, p in zip(cands, passed) if p}
+    return [f for f in nearest if f.distance <= within or f.pk in leader]
 
 
 #: the mirror's field holding each item's retrieval code as a key (:func:`.fine.code_keys`)
