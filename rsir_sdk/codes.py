@@ -181,84 +181,104 @@ SCENE_TEST_CANDIDATES = 10
 
 
 class SceneTest:
-    """Which parts of a fine code the same-scene test reads, and with what weight.
+    """Which parts of a fine code the same-scene tests read, and with what weights.
 
     Why: a fine code can hold parts of two roles (``--fine-code layout``, docs/similar.md): the
     pooled features order a class by content, while thumbnails and a colour layout tell whether
-    an item is *the same scene* re-encoded. The ratio test (:func:`ratio_leader`) then runs on
-    the weighted sum of part distances (:meth:`distances`) among the query's
-    :data:`SCENE_TEST_CANDIDATES` nearest items by the whole fine code, instead of on the whole
-    code: on eurosat's JPEG q70 copies 0.950-0.960 against 0.922. ``parts``: ``(first byte,
-    end byte, weight)`` of each weighted part (weights are small non-negative integers).
+    an item is *the same scene* re-encoded or turned. Each test is a ratio test
+    (:func:`ratio_leader`) on a weighted sum of part distances (:meth:`distances`) among the
+    query's :data:`SCENE_TEST_CANDIDATES` nearest items by the whole fine code; an item that
+    passes any of them is a near-duplicate. ``layout`` has two: ``t8 + 3 cl + t16r`` (JPEG
+    copies of small flat scenes: 0.952 against 0.922 on eurosat) and ``t16r`` alone (the only
+    rotation-invariant part: a turned copy). ``tests``: per test, ``(first byte, end byte,
+    weight)`` of each part it reads (weights are small non-negative integers).
 
-    >>> t = SceneTest.from_parts([{"bits": 8, "test_weight": 0}, {"bits": 8, "test_weight": 3}])
-    >>> t.parts, t.distances(np.array([[0, 0]], np.uint8), np.array([[255, 1]], np.uint8)).tolist()
-    (((1, 2, 3),), [[3]])
+    >>> t = SceneTest.from_parts([{"bits": 8, "test_weight": [0, 1]}, {"bits": 8, "test_weight": 3}])
+    >>> t.tests, t.distances(np.array([[0, 0]], np.uint8), np.array([[255, 1]], np.uint8)).tolist()
+    ((((1, 2, 3),), ((0, 1, 1),)), [[[3]], [[8]]])
     """
 
-    def __init__(self, parts: tuple[tuple[int, int, int], ...]):
-        self.parts = tuple((int(a), int(b), int(w)) for a, b, w in parts if int(w))
-        if not self.parts:
-            raise ValueError("a scene test needs a part of positive weight")
+    def __init__(self, tests: Any):
+        self.tests = tuple(tuple((int(a), int(b), int(w)) for a, b, w in parts if int(w))
+                           for parts in tests)
+        if not self.tests or not all(self.tests):
+            raise ValueError("each scene test needs a part of positive weight")
 
     @classmethod
     def from_parts(cls, parts: Any) -> "SceneTest | None":
-        """The test of a manifest's ``fine_code.parts`` (``bits`` and ``test_weight`` each, in
-        bit order); ``None`` when no part has a ``test_weight`` (the whole code is tested)."""
+        """The tests of a manifest's ``fine_code.parts`` (``bits`` and ``test_weight`` each, in
+        bit order; ``test_weight`` a weight, or a list of one weight per test); ``None`` when
+        no part has a ``test_weight`` (the whole code is tested)."""
         if not isinstance(parts, list) or not any(
                 isinstance(p, dict) and "test_weight" in p for p in parts):
             return None
-        out, at = [], 0
-        for p in parts:
-            bits, weight = int(p["bits"]), int(p.get("test_weight", 0))
-            if bits % 8 or weight < 0:
-                raise ValueError(f"a fine code part must be whole bytes with a weight >= 0, "
+        weights = [p.get("test_weight", 0) for p in parts]
+        weights = [w if isinstance(w, list) else [w] for w in weights]
+        n_tests = max(len(w) for w in weights)
+        tests: list[list[tuple[int, int, int]]] = [[] for _ in range(n_tests)]
+        at = 0
+        for p, ws in zip(parts, weights):
+            bits = int(p["bits"])
+            ws = [int(w) for w in ws] + [0] * (n_tests - len(ws))
+            if bits % 8 or min(ws) < 0:
+                raise ValueError(f"a fine code part must be whole bytes with weights >= 0, "
                                  f"got {p!r}")
-            out.append((at // 8, (at + bits) // 8, weight))
+            for test, w in zip(tests, ws):
+                test.append((at // 8, (at + bits) // 8, w))
             at += bits
-        return cls(tuple(out))
+        return cls(tests)
 
-    def to_json(self) -> list[list[int]]:
-        """``[[first byte, end byte, weight], ...]``: what a collection records."""
-        return [list(p) for p in self.parts]
+    def to_json(self) -> list[list[list[int]]]:
+        """Per test ``[[first byte, end byte, weight], ...]``: what a collection records."""
+        return [[list(p) for p in parts] for parts in self.tests]
 
     @classmethod
     def from_json(cls, value: Any) -> "SceneTest":
-        return cls(tuple(tuple(int(x) for x in p) for p in value))  # type: ignore[misc]
+        return cls(tuple(tuple(tuple(int(x) for x in p) for p in parts) for parts in value))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SceneTest) and self.parts == other.parts
+        return isinstance(other, SceneTest) and self.tests == other.tests
 
     def __repr__(self) -> str:
-        return f"SceneTest({self.parts!r})"
+        return f"SceneTest({self.tests!r})"
 
     def distances(self, queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-        """``int32 (n_queries, n_database)``: the weighted sum of the parts' Hamming distances."""
+        """``int32 (n_tests, n_queries, n_database)``: per test, the weighted sum of its parts'
+        Hamming distances."""
         q, db = np.asarray(queries, np.uint8), np.asarray(database, np.uint8)
-        out = np.zeros((q.shape[0], db.shape[0]), np.int32)
-        for a, b, w in self.parts:
-            out += w * hamming_distances(np.ascontiguousarray(q[:, a:b]),
-                                         np.ascontiguousarray(db[:, a:b]))
+        out = np.zeros((len(self.tests), q.shape[0], db.shape[0]), np.int32)
+        for t, parts in enumerate(self.tests):
+            for a, b, w in parts:
+                out[t] += w * hamming_distances(np.ascontiguousarray(q[:, a:b]),
+                                                np.ascontiguousarray(db[:, a:b]))
         return out
 
 
 def scene_leader(test_dist: np.ndarray, fine_dist: np.ndarray,
                  candidates: int = SCENE_TEST_CANDIDATES) -> np.ndarray:
-    """:func:`ratio_leader` on ``test_dist`` (a :class:`SceneTest`'s distances) read only over
-    each row's ``candidates`` nearest items by ``fine_dist`` (ties in the row's order, which is
-    the store's tie order where the store's rule is reproduced): what the store's one request
-    for the nearest items by fine code can see.
+    """The items that pass any test of a :class:`SceneTest`: :func:`ratio_leader` on each
+    test's distances (``test_dist``: ``(n_tests, *fine_dist.shape)``, or one test's, shaped as
+    ``fine_dist``) read only over each row's ``candidates`` nearest items by ``fine_dist`` (ties
+    in the row's order, which is the store's tie order where the store's rule is reproduced):
+    what the store's one request for the nearest items by fine code can see.
 
     >>> scene_leader(np.array([9, 2, 1]), np.array([1, 2, 3]), 2).tolist()
     [False, True, False]
+    >>> scene_leader(np.array([[9, 2, 1], [1, 9, 9]]), np.array([1, 2, 3]), 2).tolist()
+    [True, True, False]
     """
+    f = np.asarray(fine_dist, dtype=np.int64)
     t = np.asarray(test_dist, dtype=np.int64)
-    f = np.asarray(fine_dist, dtype=np.int64).reshape(-1, t.shape[-1])
-    rows = t.reshape(-1, t.shape[-1])
-    far = np.full(rows.shape, np.iinfo(np.int64).max // 4)
-    first = np.argsort(f, axis=1, kind="stable")[:, :candidates]
-    np.put_along_axis(far, first, np.take_along_axis(rows, first, axis=1), axis=1)
-    return ratio_leader(far).reshape(t.shape)
+    tests = t if t.ndim == f.ndim + 1 else t[None]
+    rows_f = f.reshape(-1, f.shape[-1])
+    first = np.argsort(rows_f, axis=1, kind="stable")[:, :candidates]
+    mask = np.zeros(rows_f.shape, dtype=bool)
+    for one in tests:
+        rows = one.reshape(-1, f.shape[-1])
+        far = np.full(rows.shape, np.iinfo(np.int64).max // 4)
+        np.put_along_axis(far, first, np.take_along_axis(rows, first, axis=1), axis=1)
+        mask |= ratio_leader(far)
+    return mask.reshape(f.shape)
 
 
 def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
@@ -273,8 +293,8 @@ def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
     retrieval bits away from the query while a whole class ties at a smaller distance; the user
     expects it first. Every other item follows by (retrieval distance, fine distance).
     A stable sort on this key over items in the store's tie order (:func:`~rsir_sdk.store.tie_order`)
-    is the store's order. ``test_dist`` (a :class:`SceneTest`'s distances, same shape): the
-    ratio test reads it instead (:func:`scene_leader`).
+    is the store's order. ``test_dist`` (a :class:`SceneTest`'s distances: ``(n_tests,
+    *dist.shape)``, or one test's): the ratio test reads its tests instead (:func:`scene_leader`).
 
     >>> fine_ranking_key(np.array([0, 3, 0]), np.array([40, 2, 30]), 128).argsort().tolist()
     [1, 2, 0]

@@ -172,7 +172,8 @@ def test_the_colour_layout_survives_brightness_and_keeps_the_cells():
     moved = np.abs(colour_layout(other.reshape(4, -1)) - a)
     assert moved[:, 0].min() > 0.1 and np.median(moved) < 0.02
     assert part_bits(320, "layout") == [("pooled", 64), ("t8", 64), ("cl", 64), ("t16r", 128)]
-    assert TEST_WEIGHTS["layout"] == {"pooled": 0, "t8": 1, "cl": 3, "t16r": 1}
+    assert TEST_WEIGHTS["layout"] == {"pooled": [0, 0], "t8": [1, 0], "cl": [3, 0],
+                                      "t16r": [1, 1]}
     with pytest.raises(ValueError, match="multiple of 40"):
         part_bits(256, "layout")
 
@@ -191,7 +192,7 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
     fine = manifest["fine_code"]
     assert fine["kind"] == "layout" and Bundle.load(out).fine_bits == bits
     assert [(p["part"], p["bits"], p["test_weight"]) for p in fine["parts"]] == [
-        ("pooled", 32, 0), ("t8", 32, 1), ("cl", 32, 3), ("t16r", 64, 1)]
+        ("pooled", 32, [0, 0]), ("t8", 32, [1, 0]), ("cl", 32, [3, 0]), ("t16r", 64, [1, 1])]
     train = _prepared(result, result.train_indices)
     code = fit_split(pooled_outputs(result.net, result.normalize, train),
                      Thumbnails(*train.shape[1:3])(torch.as_tensor(train)).numpy(), bits,
@@ -205,7 +206,8 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
     cl = slice(64, 96)  # the colour-layout part's bits
     assert (unpack_codes(onnx_fine, bits)[:, cl] == unpack_codes(want, bits)[:, cl]).mean() > 0.99
     # the runtime reads the test (bytes, weight) from the manifest, and refuses a bad one
-    assert Bundle.load(out).scene_test == SceneTest(((4, 8, 1), (8, 12, 3), (12, 20, 1)))
+    assert Bundle.load(out).scene_test == SceneTest([((4, 8, 1), (8, 12, 3), (12, 20, 1)),
+                                                     ((12, 20, 1),)])
     # a Retriever's new collection records it; the same file comes back first
     from rsir_sdk import Retriever
 
@@ -213,7 +215,8 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
     with Retriever(out, uri=str(tmp_path / "layout.db"), collection="layout") as r:
         r.add_images(files)
         assert r.store.scene_test == Bundle.load(out).scene_test
-        assert r.store.info()["scene_test"] == [[4, 8, 1], [8, 12, 3], [12, 20, 1]]
+        assert r.store.info()["scene_test"] == [[[4, 8, 1], [8, 12, 3], [12, 20, 1]],
+                                                [[12, 20, 1]]]
         for f, hits in zip(files, r.search_batch(files, k=3)):
             assert hits[0].fine_distance == 0 and hits[0].distance == 0, (f, hits[0])
     # rsir eval ranks through Milvus with the test too: Milvus equals its numpy reference
@@ -223,7 +226,8 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
     assert result.agree and result.fine_bits == bits
     manifest_file = out / "manifest.json"
     original = manifest_file.read_text()
-    for bad, says in (({"bits": 40}, "covers 168 bits"), ({"test_weight": "x"}, "malformed")):
+    for bad, says in (({"bits": 40}, "covers 168 bits"), ({"test_weight": ["x"]}, "malformed"),
+                      ({"test_weight": [1, -1]}, "malformed")):
         m = json.loads(original)
         m["fine_code"]["parts"][1].update(bad)
         manifest_file.write_text(json.dumps(m))

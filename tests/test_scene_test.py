@@ -17,8 +17,10 @@ from rsir_sdk.store import MilvusCodeStore
 from rsir_sdk.store.keys import digest
 from testing.store_baseline import row_count
 
-#: the test: bytes 0-7 (a "pooled" part) weight 0, bytes 8-15 weight 3
-TEST = SceneTest(((0, 8, 0), (8, 16, 3)))
+#: two tests: bytes 8-15 weighted 3 (bytes 0-7, a "pooled" part, unread), and bytes 0-7 alone
+TEST = SceneTest([((0, 8, 0), (8, 16, 3)), ((0, 8, 1),)])
+#: each test as (first byte, end byte, weight) of the parts it reads, written out: the reference
+TESTS = [[(8, 16, 3)], [(0, 8, 1)]]
 N = 240
 
 
@@ -41,10 +43,10 @@ def _copy_of(fine: np.ndarray, first_part_bits: int, second_part_bits: int, seed
 
 
 def brute(data: dict, qc: np.ndarray, qf: np.ndarray, k: int, test: bool) -> list[str]:
-    """Near-duplicates (fine d <= 12) and the scene leader first, then (d, fine d, digest). The
-    leader: among the 10 nearest by (fine d, digest), the unique least 3 x (second part's
-    distance) when below 0.8 x the next (``test``); else the nearest by fine d when below 0.8 x
-    the runner-up's."""
+    """Near-duplicates (fine d <= 12) and the scene leaders first, then (d, fine d, digest). A
+    leader (``test``): per test of :data:`TESTS`, among the 10 nearest by (fine d, digest), the
+    unique least weighted part distance when below 0.8 x the next; else the nearest by fine d
+    when below 0.8 x the runner-up's."""
     ids = data["ids"]
     d = hamming_distances(qc[None], data["codes"])[0]
     fd = hamming_distances(qf[None], data["fine"])[0]
@@ -52,10 +54,12 @@ def brute(data: dict, qc: np.ndarray, qf: np.ndarray, k: int, test: bool) -> lis
     near = {i for i in range(N) if fd[i] <= 12}
     if test:
         cands = by_fine[:10]
-        td = {i: 3 * int(hamming_distances(qf[None, 8:], data["fine"][[i], 8:])[0, 0]) for i in cands}
-        best = sorted(cands, key=lambda i: td[i])
-        if td[best[0]] < 0.8 * td[best[1]]:
-            near.add(best[0])
+        for parts in TESTS:
+            td = {i: sum(w * int(hamming_distances(qf[None, a:b], data["fine"][[i], a:b])[0, 0])
+                         for a, b, w in parts) for i in cands}
+            best = sorted(cands, key=lambda i: td[i])
+            if td[best[0]] < 0.8 * td[best[1]]:
+                near.add(best[0])
     elif fd[by_fine[0]] < 0.8 * fd[by_fine[1]]:
         near.add(by_fine[0])
     order = sorted(range(N), key=lambda i: (i not in near, 0 if i in near else d[i], fd[i],
@@ -76,15 +80,23 @@ def test_the_scene_leader_and_the_whole_code_test_differ_on_the_planted_copy():
     fd = hamming_distances(qf[None], data["fine"])[0]
     second = np.sort(fd)[1]
     assert fd[item] == fd.min() and fd[item] >= 0.8 * second  # the whole-code test stays silent
-    td = TEST.distances(qf[None], data["fine"])[0]
-    assert td[item] == 9 and np.sort(td)[1] > 9 / 0.8  # the parts' test fires
+    td = TEST.distances(qf[None], data["fine"])[:, 0]
+    assert td[0, item] == 9 and np.sort(td[0])[1] > 9 / 0.8  # the first test fires
     in_tie = np.argsort([digest(i) for i in data["ids"]], kind="stable")
-    lead = scene_leader(td[in_tie], fd[in_tie])
+    lead = scene_leader(td[:, in_tie], fd[in_tie])
     assert in_tie[lead].tolist() == [item]
-    key = fine_ranking_key(np.zeros(N), fd[in_tie], 128, td[in_tie])
+    key = fine_ranking_key(np.zeros(N), fd[in_tie], 128, td[:, in_tie])
     assert in_tie[np.argsort(key, kind="stable")[0]] == item
     # outside the 10 nearest by fine code the test cannot see it
-    assert not scene_leader(td[in_tie], fd[in_tie], candidates=0).any()
+    assert not scene_leader(td[:, in_tie], fd[in_tie], candidates=0).any()
+    # the second test alone: item 50's first part 2 bits off, its second 40 (a turned copy)
+    turned = _copy_of(data["fine"][50], 2, 40, seed=4)[0]
+    fd = hamming_distances(turned[None], data["fine"])[0]
+    assert fd[50] >= 0.8 * np.sort(fd)[1]  # the whole code does not say it
+    td = TEST.distances(turned[None], data["fine"])[:, 0]
+    assert in_tie[scene_leader(td[1, in_tie], fd[in_tie])].tolist() == [50]
+    assert not scene_leader(td[0, in_tie], fd[in_tie]).any()
+    assert in_tie[scene_leader(td[:, in_tie], fd[in_tie])].tolist() == [50]
 
 
 def _check_store(store: MilvusCodeStore, data: dict, test: bool) -> None:
@@ -105,6 +117,9 @@ def _check_store(store: MilvusCodeStore, data: dict, test: bool) -> None:
                  fine=data["fine"][[7]])
     if test:  # the leader comes with its retrieval distance and no fine_hex in its metadata
         assert got[0].distance > 0 and got[0].fine_distance == 43 and got[0].metadata == {}
+    turned = _copy_of(data["fine"][50], 2, 40, seed=4)[0]  # the second test's case
+    got = store.search(qc[None], k=5, fine=turned[None])[0]
+    assert [h.id for h in got] == brute(data, qc, turned, 5, test)
     rng = np.random.default_rng(3)
     for row in rng.choice(N, 6, replace=False):  # changed copies of other items, any k
         q = _copy_of(data["fine"][row], int(rng.integers(0, 40)), int(rng.integers(0, 12)), 5)[0]
@@ -121,7 +136,7 @@ def test_a_collection_records_its_scene_test_and_ranks_by_it(tmp_path):
         _check_store(store, data, test=True)
     with MilvusCodeStore(uri, "layout") as store:  # reopened: the test is the recorded one
         assert store.scene_test == TEST and row_count(store, "layout__fine") == N
-        assert store.info()["scene_test"] == [[8, 16, 3]]  # the weight-0 part is not read
+        assert store.info()["scene_test"] == [[[8, 16, 3]], [[0, 8, 1]]]  # weight 0: unread
         _check_store(store, data, test=True)
     with MilvusCodeStore(uri, "whole", bits=64, fine_bits=128) as store:  # as before: no test
         store.upsert(data["ids"], data["codes"], data["labels"], fine=data["fine"])
@@ -129,7 +144,7 @@ def test_a_collection_records_its_scene_test_and_ranks_by_it(tmp_path):
         _check_store(store, data, test=False)
     # a bundle whose code is tested on parts may not use it: it would rank otherwise
     for name, says in (("whole", "without a same-scene test"), ("layout", "another same-scene")):
-        other = None if name == "whole" else SceneTest(((8, 16, 1),))
+        other = None if name == "whole" else SceneTest([((8, 16, 1),)])
         with pytest.raises(CollectionMismatchError, match=says) as err:
             MilvusCodeStore(uri, name, bits=64, fine_bits=128, scene_test=other or TEST)
         assert "\n" not in str(err.value)

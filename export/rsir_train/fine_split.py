@@ -59,13 +59,14 @@ LAYOUT_PARTS = (("pooled", 0.2), ("t8", 0.2), ("cl", 0.2), ("t16r", 0.4))
 #: the part layouts by fine-code kind, and the bits each kind's length must be a multiple of
 KIND_PARTS = {"split": SPLIT_PARTS, "layout": LAYOUT_PARTS}
 KIND_STEP = {"split": 32, "layout": 40}
-#: the weight of each part in a kind's **same-scene test** (the ratio test that puts a
-#: re-encoded copy first, :func:`rsir_sdk.codes.ratio_leader`): ``layout`` keeps the pooled part
-#: for the order inside a class but decides "the same scene" on ``t8 + 3 cl + t16r``, the
-#: combination that brought eurosat's JPEG q70 copies back first 0.960 / 0.950 on two draws
-#: where the whole code gives 0.922 (``export/scripts/colour_layout_part.py``). A kind absent
-#: here tests on the whole code.
-TEST_WEIGHTS = {"layout": {"pooled": 0, "t8": 1, "cl": 3, "t16r": 1}}
+#: the weights of each part in a kind's **same-scene tests** (ratio tests that put a re-encoded
+#: or turned copy first, :class:`rsir_sdk.codes.SceneTest`), one weight per test: ``layout``
+#: keeps the pooled part for the order inside a class but decides "the same scene" on ``t8 + 3
+#: cl + t16r`` (eurosat's JPEG q70 copies back first 0.952 where the whole code gives 0.922,
+#: ``export/scripts/colour_layout_part.py``) or on ``t16r`` alone, the rotation-invariant part
+#: (without it a 90-degree turn falls to 0.888-0.964 in the top 10, with it 1.000, firing for
+#: no more held-out queries; docs/similar.md). A kind absent here tests on the whole code.
+TEST_WEIGHTS = {"layout": {"pooled": [0, 0], "t8": [1, 0], "cl": [3, 0], "t16r": [1, 1]}}
 #: the luminance weights of the colour layout's divisor (ITU-R BT.601)
 LUMA = (0.299, 0.587, 0.114)
 

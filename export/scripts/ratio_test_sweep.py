@@ -55,7 +55,7 @@ def distinct_fires(case: bench.Case, enc: Any, data: Path, n: int,
         return {f: float(codes.ratio_leader(d, f).any(axis=1).mean()) for f in factors}
     # the bundle's same-scene test, over the 10 nearest in the store's tie order
     in_tie = np.argsort(digest_rank(case.ids))
-    t = test.distances(fine, case.stored()[1])[:, in_tie]
+    t = test.distances(fine, case.stored()[1])[..., in_tie]
     out, saved = {}, codes.NEAR_RATIO
     try:
         for f in factors:

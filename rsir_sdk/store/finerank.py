@@ -191,8 +191,9 @@ def _leaders(nearest: list[Found], fine_bits: int,
     within the radius, and the nearest when it passes the ratio test (as
     :func:`~rsir_sdk.codes.ratio_leader` and :func:`~rsir_sdk.codes.fine_ranking_key`).
     ``scene`` (the collection's :class:`~rsir_sdk.codes.SceneTest` and the query's fine code):
-    the test reads the weighted parts of the first :data:`~rsir_sdk.codes.SCENE_TEST_CANDIDATES`
-    hits instead (their ``fine_hex``; :func:`~rsir_sdk.codes.scene_leader`)."""
+    its tests read the weighted parts of the first :data:`~rsir_sdk.codes.SCENE_TEST_CANDIDATES`
+    hits instead (their ``fine_hex``; :func:`~rsir_sdk.codes.scene_leader`), and the item that
+    passes any of them joins those within the radius."""
     within = near_duplicate_radius(fine_bits)
     lead = [f for f in nearest if f.distance <= within]
     if len(nearest) < 2:
@@ -207,7 +208,9 @@ def _leaders(nearest: list[Found], fine_bits: int,
     if any(len(h) != 2 * fq.size for h in hexes):
         return lead  # a row written without its fine code: no same-scene claim
     db = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8).reshape(len(cands), fq.size)
-    passed = ratio_leader(test.distances(fq[None, :], db)[0])
+    passed = np.zeros(len(cands), dtype=bool)
+    for one in test.distances(fq[None, :], db)[:, 0]:  # any test passed
+        passed |= ratio_leader(one)
     leader = {f.pk for f, p in zip(cands, passed) if p}
     return [f for f in nearest if f.distance <= within or f.pk in leader]
 
