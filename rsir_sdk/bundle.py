@@ -385,7 +385,7 @@ def _scene_test(root: Path, manifest: dict[str, Any], fine_bits: int | None) -> 
         return None
     parts = manifest["fine_code"].get("parts")
     try:
-        test = SceneTest.from_parts(parts)
+        test = SceneTest.from_parts(parts, manifest["fine_code"].get("test_ratios"))
         covered = sum(int(p["bits"]) for p in parts) if test is not None else fine_bits
     except (TypeError, ValueError, KeyError) as exc:
         raise BundleError(f"bundle {root}: field 'fine_code.parts' is malformed ({exc})") from None

@@ -191,24 +191,30 @@ class SceneTest:
     passes any of them is a near-duplicate. ``layout`` has two: ``t8 + 3 cl + t16r`` (JPEG
     copies of small flat scenes: 0.952 against 0.922 on eurosat) and ``t16r`` alone (the only
     rotation-invariant part: a turned copy). ``tests``: per test, ``(first byte, end byte,
-    weight)`` of each part it reads (weights are small non-negative integers).
+    weight)`` of each part it reads (weights are small non-negative integers); ``ratios``: per
+    test its factor (default :data:`NEAR_RATIO`; ``layout``'s rotation test takes 0.6).
 
     >>> t = SceneTest.from_parts([{"bits": 8, "test_weight": [0, 1]}, {"bits": 8, "test_weight": 3}])
     >>> t.tests, t.distances(np.array([[0, 0]], np.uint8), np.array([[255, 1]], np.uint8)).tolist()
     ((((1, 2, 3),), ((0, 1, 1),)), [[[3]], [[8]]])
     """
 
-    def __init__(self, tests: Any):
+    def __init__(self, tests: Any, ratios: Any = None):
         self.tests = tuple(tuple((int(a), int(b), int(w)) for a, b, w in parts if int(w))
                            for parts in tests)
         if not self.tests or not all(self.tests):
             raise ValueError("each scene test needs a part of positive weight")
+        self.ratios = tuple(float(r) for r in ratios) if ratios is not None else None
+        if self.ratios is not None and (len(self.ratios) != len(self.tests)
+                                        or not all(0 < r < 1 for r in self.ratios)):
+            raise ValueError(f"one ratio in (0, 1) per scene test, got {ratios!r}")
 
     @classmethod
-    def from_parts(cls, parts: Any) -> "SceneTest | None":
+    def from_parts(cls, parts: Any, ratios: Any = None) -> "SceneTest | None":
         """The tests of a manifest's ``fine_code.parts`` (``bits`` and ``test_weight`` each, in
-        bit order; ``test_weight`` a weight, or a list of one weight per test); ``None`` when
-        no part has a ``test_weight`` (the whole code is tested)."""
+        bit order; ``test_weight`` a weight, or a list of one weight per test) and its
+        ``fine_code.test_ratios``; ``None`` when no part has a ``test_weight`` (the whole code
+        is tested)."""
         if not isinstance(parts, list) or not any(
                 isinstance(p, dict) and "test_weight" in p for p in parts):
             return None
@@ -226,21 +232,30 @@ class SceneTest:
             for test, w in zip(tests, ws):
                 test.append((at // 8, (at + bits) // 8, w))
             at += bits
-        return cls(tests)
+        return cls(tests, ratios)
 
-    def to_json(self) -> list[list[list[int]]]:
-        """Per test ``[[first byte, end byte, weight], ...]``: what a collection records."""
-        return [[list(p) for p in parts] for parts in self.tests]
+    def to_json(self) -> dict[str, Any]:
+        """``{"tests": per test [[first byte, end byte, weight], ...], "ratios": [...] or
+        null}``: what a collection records."""
+        return {"tests": [[list(p) for p in parts] for parts in self.tests],
+                "ratios": None if self.ratios is None else list(self.ratios)}
 
     @classmethod
     def from_json(cls, value: Any) -> "SceneTest":
-        return cls(tuple(tuple(tuple(int(x) for x in p) for p in parts) for parts in value))
+        return cls(tuple(tuple(tuple(int(x) for x in p) for p in parts)
+                         for parts in value["tests"]), value.get("ratios"))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SceneTest) and self.tests == other.tests
+        return (isinstance(other, SceneTest) and self.tests == other.tests
+                and self.ratios == other.ratios)
 
     def __repr__(self) -> str:
-        return f"SceneTest({self.tests!r})"
+        return f"SceneTest({self.tests!r}, ratios={self.ratios!r})"
+
+    def leader(self, test_dist: np.ndarray, fine_dist: np.ndarray,
+               candidates: int = SCENE_TEST_CANDIDATES) -> np.ndarray:
+        """:func:`scene_leader` with this test's ratios."""
+        return scene_leader(test_dist, fine_dist, candidates, self.ratios)
 
     def distances(self, queries: np.ndarray, database: np.ndarray) -> np.ndarray:
         """``int32 (n_tests, n_queries, n_database)``: per test, the weighted sum of its parts'
@@ -255,12 +270,14 @@ class SceneTest:
 
 
 def scene_leader(test_dist: np.ndarray, fine_dist: np.ndarray,
-                 candidates: int = SCENE_TEST_CANDIDATES) -> np.ndarray:
+                 candidates: int = SCENE_TEST_CANDIDATES,
+                 ratios: tuple[float, ...] | None = None) -> np.ndarray:
     """The items that pass any test of a :class:`SceneTest`: :func:`ratio_leader` on each
     test's distances (``test_dist``: ``(n_tests, *fine_dist.shape)``, or one test's, shaped as
     ``fine_dist``) read only over each row's ``candidates`` nearest items by ``fine_dist`` (ties
     in the row's order, which is the store's tie order where the store's rule is reproduced):
-    what the store's one request for the nearest items by fine code can see.
+    what the store's one request for the nearest items by fine code can see. ``ratios``: per
+    test its factor (default :data:`NEAR_RATIO` for each).
 
     >>> scene_leader(np.array([9, 2, 1]), np.array([1, 2, 3]), 2).tolist()
     [False, True, False]
@@ -273,16 +290,17 @@ def scene_leader(test_dist: np.ndarray, fine_dist: np.ndarray,
     rows_f = f.reshape(-1, f.shape[-1])
     first = np.argsort(rows_f, axis=1, kind="stable")[:, :candidates]
     mask = np.zeros(rows_f.shape, dtype=bool)
-    for one in tests:
+    for i, one in enumerate(tests):
         rows = one.reshape(-1, f.shape[-1])
         far = np.full(rows.shape, np.iinfo(np.int64).max // 4)
         np.put_along_axis(far, first, np.take_along_axis(rows, first, axis=1), axis=1)
-        mask |= ratio_leader(far)
+        mask |= ratio_leader(far, None if ratios is None else ratios[i])
     return mask.reshape(f.shape)
 
 
 def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
-                     test_dist: np.ndarray | None = None) -> np.ndarray:
+                     test_dist: np.ndarray | None = None,
+                     test_ratios: tuple[float, ...] | None = None) -> np.ndarray:
     """The sort key (``int64``, same shape) of the store's default ranking with fine codes.
 
     Near-duplicates come first, by fine distance: items whose fine distance is at most
@@ -294,7 +312,8 @@ def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
     expects it first. Every other item follows by (retrieval distance, fine distance).
     A stable sort on this key over items in the store's tie order (:func:`~rsir_sdk.store.tie_order`)
     is the store's order. ``test_dist`` (a :class:`SceneTest`'s distances: ``(n_tests,
-    *dist.shape)``, or one test's): the ratio test reads its tests instead (:func:`scene_leader`).
+    *dist.shape)``, or one test's) and ``test_ratios`` (:attr:`SceneTest.ratios`): the ratio
+    test reads its tests instead (:func:`scene_leader`).
 
     >>> fine_ranking_key(np.array([0, 3, 0]), np.array([40, 2, 30]), 128).argsort().tolist()
     [1, 2, 0]
@@ -305,7 +324,7 @@ def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
     fine_dist = np.asarray(fine_dist, dtype=np.int64)
     key = np.asarray(dist, dtype=np.int64) * span + fine_dist
     leader = (ratio_leader(fine_dist) if test_dist is None
-              else scene_leader(test_dist, fine_dist))
+              else scene_leader(test_dist, fine_dist, ratios=test_ratios))
     near = (fine_dist <= near_duplicate_radius(fine_bits)) | leader
     return np.where(near, fine_dist - span, key)
 

@@ -82,7 +82,8 @@ class _Task:
                 fine_d = hamming_distances(self.q_fine[rows], self.db_fine)
                 test_d = (None if self.scene_test is None
                           else self.scene_test.distances(self.q_fine[rows], self.db_fine))
-                key = fine_ranking_key(dist, fine_d, self.db_fine.shape[1] * 8, test_d)
+                key = fine_ranking_key(dist, fine_d, self.db_fine.shape[1] * 8, test_d,
+                                       None if self.scene_test is None else self.scene_test.ratios)
                 key[dist == self._sentinel] = np.iinfo(np.int64).max  # the query's own item last
                 order = np.argsort(key, axis=1, kind="stable")[:, :keep]
             else:

@@ -206,8 +206,9 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
     cl = slice(64, 96)  # the colour-layout part's bits
     assert (unpack_codes(onnx_fine, bits)[:, cl] == unpack_codes(want, bits)[:, cl]).mean() > 0.99
     # the runtime reads the test (bytes, weight) from the manifest, and refuses a bad one
+    assert fine["test_ratios"] == [0.8, 0.6]
     assert Bundle.load(out).scene_test == SceneTest([((4, 8, 1), (8, 12, 3), (12, 20, 1)),
-                                                     ((12, 20, 1),)])
+                                                     ((12, 20, 1),)], [0.8, 0.6])
     # a Retriever's new collection records it; the same file comes back first
     from rsir_sdk import Retriever
 
@@ -215,8 +216,8 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
     with Retriever(out, uri=str(tmp_path / "layout.db"), collection="layout") as r:
         r.add_images(files)
         assert r.store.scene_test == Bundle.load(out).scene_test
-        assert r.store.info()["scene_test"] == [[[4, 8, 1], [8, 12, 3], [12, 20, 1]],
-                                                [[12, 20, 1]]]
+        assert r.store.info()["scene_test"] == {
+            "tests": [[[4, 8, 1], [8, 12, 3], [12, 20, 1]], [[12, 20, 1]]], "ratios": [0.8, 0.6]}
         for f, hits in zip(files, r.search_batch(files, k=3)):
             assert hits[0].fine_distance == 0 and hits[0].distance == 0, (f, hits[0])
     # rsir eval ranks through Milvus with the test too: Milvus equals its numpy reference

@@ -18,9 +18,10 @@ from rsir_sdk.store.keys import digest
 from testing.store_baseline import row_count
 
 #: two tests: bytes 8-15 weighted 3 (bytes 0-7, a "pooled" part, unread), and bytes 0-7 alone
-TEST = SceneTest([((0, 8, 0), (8, 16, 3)), ((0, 8, 1),)])
-#: each test as (first byte, end byte, weight) of the parts it reads, written out: the reference
-TESTS = [[(8, 16, 3)], [(0, 8, 1)]]
+TEST = SceneTest([((0, 8, 0), (8, 16, 3)), ((0, 8, 1),)], [0.8, 0.6])
+#: each test as ((first byte, end byte, weight) of the parts it reads, its factor), written
+#: out: the reference
+TESTS = [([(8, 16, 3)], 0.8), ([(0, 8, 1)], 0.6)]
 N = 240
 
 
@@ -54,11 +55,11 @@ def brute(data: dict, qc: np.ndarray, qf: np.ndarray, k: int, test: bool) -> lis
     near = {i for i in range(N) if fd[i] <= 12}
     if test:
         cands = by_fine[:10]
-        for parts in TESTS:
+        for parts, ratio in TESTS:
             td = {i: sum(w * int(hamming_distances(qf[None, a:b], data["fine"][[i], a:b])[0, 0])
                          for a, b, w in parts) for i in cands}
             best = sorted(cands, key=lambda i: td[i])
-            if td[best[0]] < 0.8 * td[best[1]]:
+            if td[best[0]] < ratio * td[best[1]]:
                 near.add(best[0])
     elif fd[by_fine[0]] < 0.8 * fd[by_fine[1]]:
         near.add(by_fine[0])
@@ -83,9 +84,10 @@ def test_the_scene_leader_and_the_whole_code_test_differ_on_the_planted_copy():
     td = TEST.distances(qf[None], data["fine"])[:, 0]
     assert td[0, item] == 9 and np.sort(td[0])[1] > 9 / 0.8  # the first test fires
     in_tie = np.argsort([digest(i) for i in data["ids"]], kind="stable")
-    lead = scene_leader(td[:, in_tie], fd[in_tie])
+    lead = TEST.leader(td[:, in_tie], fd[in_tie])
     assert in_tie[lead].tolist() == [item]
-    key = fine_ranking_key(np.zeros(N), fd[in_tie], 128, td[:, in_tie])
+    assert not scene_leader(td[:, in_tie], fd[in_tie], ratios=(0.05, 0.05)).any()  # stricter
+    key = fine_ranking_key(np.zeros(N), fd[in_tie], 128, td[:, in_tie], TEST.ratios)
     assert in_tie[np.argsort(key, kind="stable")[0]] == item
     # outside the 10 nearest by fine code the test cannot see it
     assert not scene_leader(td[:, in_tie], fd[in_tie], candidates=0).any()
@@ -96,7 +98,7 @@ def test_the_scene_leader_and_the_whole_code_test_differ_on_the_planted_copy():
     td = TEST.distances(turned[None], data["fine"])[:, 0]
     assert in_tie[scene_leader(td[1, in_tie], fd[in_tie])].tolist() == [50]
     assert not scene_leader(td[0, in_tie], fd[in_tie]).any()
-    assert in_tie[scene_leader(td[:, in_tie], fd[in_tie])].tolist() == [50]
+    assert in_tie[TEST.leader(td[:, in_tie], fd[in_tie])].tolist() == [50]
 
 
 def _check_store(store: MilvusCodeStore, data: dict, test: bool) -> None:
@@ -136,7 +138,8 @@ def test_a_collection_records_its_scene_test_and_ranks_by_it(tmp_path):
         _check_store(store, data, test=True)
     with MilvusCodeStore(uri, "layout") as store:  # reopened: the test is the recorded one
         assert store.scene_test == TEST and row_count(store, "layout__fine") == N
-        assert store.info()["scene_test"] == [[[8, 16, 3]], [[0, 8, 1]]]  # weight 0: unread
+        assert store.info()["scene_test"] == {"tests": [[[8, 16, 3]], [[0, 8, 1]]],
+                                              "ratios": [0.8, 0.6]}  # weight 0: unread
         _check_store(store, data, test=True)
     with MilvusCodeStore(uri, "whole", bits=64, fine_bits=128) as store:  # as before: no test
         store.upsert(data["ids"], data["codes"], data["labels"], fine=data["fine"])
@@ -144,7 +147,7 @@ def test_a_collection_records_its_scene_test_and_ranks_by_it(tmp_path):
         _check_store(store, data, test=False)
     # a bundle whose code is tested on parts may not use it: it would rank otherwise
     for name, says in (("whole", "without a same-scene test"), ("layout", "another same-scene")):
-        other = None if name == "whole" else SceneTest([((8, 16, 1),)])
+        other = None if name == "whole" else SceneTest(TEST.tests, [0.8, 0.7])
         with pytest.raises(CollectionMismatchError, match=says) as err:
             MilvusCodeStore(uri, name, bits=64, fine_bits=128, scene_test=other or TEST)
         assert "\n" not in str(err.value)

@@ -38,7 +38,7 @@ from torch import nn
 
 from .features import Normalize
 from .fine_code import FineCode, FineCodeHead
-from .fine_split import SplitFineCode, SplitFineCodeHead
+from .fine_split import TEST_RATIOS, SplitFineCode, SplitFineCodeHead
 
 OPSET = 17
 #: the graph output holding the packed fine codes
@@ -149,6 +149,8 @@ def fine_metadata(fine: FineCode | SplitFineCode) -> dict[str, str]:
         "output": FINE_OUTPUT}
     if isinstance(fine, SplitFineCode):
         record["parts"] = fine.describe()
+        if fine.kind in TEST_RATIOS:
+            record["test_ratios"] = TEST_RATIOS[fine.kind]
     return {"rsir.fine_code": json.dumps(record), "rsir.fine_bits": str(int(fine.bits)),
             "rsir.fine_kind": fine.kind, "rsir.fine_output": FINE_OUTPUT}
 

@@ -60,7 +60,7 @@ def distinct_fires(case: bench.Case, enc: Any, data: Path, n: int,
     try:
         for f in factors:
             codes.NEAR_RATIO = f
-            out[f] = float(codes.scene_leader(t, d[:, in_tie]).any(axis=1).mean())
+            out[f] = float(test.leader(t, d[:, in_tie]).any(axis=1).mean())
     finally:
         codes.NEAR_RATIO = saved
     return out
