@@ -383,12 +383,20 @@ def _scene_test(root: Path, manifest: dict[str, Any], fine_bits: int | None) -> 
     checked: the parts must cover the fine code's bits exactly."""
     if fine_bits is None:
         return None
-    parts = manifest["fine_code"].get("parts")
+    parts, ratios = manifest["fine_code"].get("parts"), manifest["fine_code"].get("test_ratios")
     try:
-        test = SceneTest.from_parts(parts, manifest["fine_code"].get("test_ratios"))
+        test = SceneTest.from_parts(parts)
         covered = sum(int(p["bits"]) for p in parts) if test is not None else fine_bits
     except (TypeError, ValueError, KeyError) as exc:
         raise BundleError(f"bundle {root}: field 'fine_code.parts' is malformed ({exc})") from None
+    if ratios is not None:
+        try:
+            if test is None:
+                raise ValueError("no part has a test_weight")
+            test = SceneTest(test.tests, list(ratios))
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"bundle {root}: field 'fine_code.test_ratios' is malformed "
+                              f"({exc})") from None
     if covered != fine_bits:
         raise BundleError(f"bundle {root}: field 'fine_code.parts' covers {covered} bits, "
                           f"not the fine code's {fine_bits}")

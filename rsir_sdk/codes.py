@@ -225,10 +225,10 @@ class SceneTest:
         at = 0
         for p, ws in zip(parts, weights):
             bits = int(p["bits"])
-            ws = [int(w) for w in ws] + [0] * (n_tests - len(ws))
-            if bits % 8 or min(ws) < 0:
-                raise ValueError(f"a fine code part must be whole bytes with weights >= 0, "
-                                 f"got {p!r}")
+            if bits % 8 or not all(type(w) is int and w >= 0 for w in ws):
+                raise ValueError(f"a fine code part must be whole bytes with integer weights "
+                                 f">= 0, got {p!r}")
+            ws = list(ws) + [0] * (n_tests - len(ws))
             for test, w in zip(tests, ws):
                 test.append((at // 8, (at + bits) // 8, w))
             at += bits
@@ -242,8 +242,15 @@ class SceneTest:
 
     @classmethod
     def from_json(cls, value: Any) -> "SceneTest":
-        return cls(tuple(tuple(tuple(int(x) for x in p) for p in parts)
-                         for parts in value["tests"]), value.get("ratios"))
+        """What :meth:`to_json` wrote; also the forms collections recorded before ratios
+        (a list of tests) and before several tests (one test's list of parts)."""
+        if isinstance(value, dict):
+            tests, ratios = value["tests"], value.get("ratios")
+        else:
+            one = bool(value) and all(isinstance(x, (int, float)) for x in value[0])
+            tests, ratios = ([value] if one else value), None
+        return cls(tuple(tuple(tuple(int(x) for x in p) for p in parts) for parts in tests),
+                   ratios)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, SceneTest) and self.tests == other.tests

@@ -227,12 +227,18 @@ def test_a_layout_bundle_records_its_test_and_onnx_matches_numpy(tmp_path):
     assert result.agree and result.fine_bits == bits
     manifest_file = out / "manifest.json"
     original = manifest_file.read_text()
-    for bad, says in (({"bits": 40}, "covers 168 bits"), ({"test_weight": ["x"]}, "malformed"),
-                      ({"test_weight": [1, -1]}, "malformed")):
+    for bad, says in (({"bits": 40}, "parts' covers 168 bits"),
+                      ({"test_weight": ["x"]}, "parts' is malformed"),
+                      ({"test_weight": [1, -1]}, "parts' is malformed"),
+                      ({"test_weight": [1.5, 0]}, "parts' is malformed"),
+                      ({"test_ratios": [0.8]}, "test_ratios' is malformed"),
+                      ({"test_ratios": [0.8, 1.2]}, "test_ratios' is malformed"),
+                      ({"test_ratios": 0.6}, "test_ratios' is malformed")):
         m = json.loads(original)
-        m["fine_code"]["parts"][1].update(bad)
+        where = m["fine_code"] if "test_ratios" in bad else m["fine_code"]["parts"][1]
+        where.update(bad)
         manifest_file.write_text(json.dumps(m))
         with pytest.raises(BundleError, match=says) as err:
             Bundle.load(out, verify_hash=False)
-        assert "\n" not in str(err.value) and "fine_code.parts" in str(err.value)
+        assert "\n" not in str(err.value) and "'fine_code." + says in str(err.value)
         manifest_file.write_text(original)

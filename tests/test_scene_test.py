@@ -75,6 +75,18 @@ def _case(data: dict) -> tuple[np.ndarray, np.ndarray, int]:
     return data["codes"][101], qf, 100
 
 
+def test_recorded_forms_read_back():
+    """A collection records ``to_json``; those made before ratios (a list of tests) or before
+    several tests (one test's parts) read back as the same tests with the default factor."""
+    assert SceneTest.from_json(TEST.to_json()) == TEST
+    old = SceneTest(TEST.tests)
+    assert SceneTest.from_json([[[8, 16, 3]], [[0, 8, 1]]]) == old
+    assert SceneTest.from_json([[8, 16, 3]]) == SceneTest([((8, 16, 3),)])
+    for weight in (1.5, True, "1"):
+        with pytest.raises(ValueError, match="integer weights"):
+            SceneTest.from_parts([{"bits": 8, "test_weight": weight}])
+
+
 def test_the_scene_leader_and_the_whole_code_test_differ_on_the_planted_copy():
     data = _data()
     qc, qf, item = _case(data)
