@@ -211,9 +211,9 @@ def memory_topk(case: Case, variant: str, ranking: str, k: int) -> list[list[str
         if ranking == "today":
             order = np.lexsort((tie, d_ret[i]))
         elif ranking == "default":  # the store's rule: near-duplicates first (codes.py)
+            leader = None if test is None else test.leader(d_test[:, i, in_tie], d_fine[i][in_tie])
             key = fine_ranking_key(d_ret[i][in_tie], d_fine[i][in_tie], q.fine.shape[1] * 8,
-                                   None if d_test is None else d_test[:, i, in_tie],
-                                   None if test is None else test.ratios)
+                                   leader)
             order = in_tie[np.argsort(key, kind="stable")]
         else:
             order = np.lexsort((tie, d_fine[i]))

@@ -264,6 +264,12 @@ class SceneTest:
         """:func:`scene_leader` with this test's ratios."""
         return scene_leader(test_dist, fine_dist, candidates, self.ratios)
 
+    def leaders(self, queries: np.ndarray, database: np.ndarray,
+                fine_dist: np.ndarray) -> np.ndarray:
+        """The items that pass a test, ``bool`` shaped as ``fine_dist`` (the queries' whole
+        fine-code distances to ``database``): :meth:`distances`, then :meth:`leader`."""
+        return self.leader(self.distances(queries, database), fine_dist)
+
     def distances(self, queries: np.ndarray, database: np.ndarray) -> np.ndarray:
         """``int32 (n_tests, n_queries, n_database)``: per test, the weighted sum of its parts'
         Hamming distances."""
@@ -306,8 +312,7 @@ def scene_leader(test_dist: np.ndarray, fine_dist: np.ndarray,
 
 
 def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
-                     test_dist: np.ndarray | None = None,
-                     test_ratios: tuple[float, ...] | None = None) -> np.ndarray:
+                     leader: np.ndarray | None = None) -> np.ndarray:
     """The sort key (``int64``, same shape) of the store's default ranking with fine codes.
 
     Near-duplicates come first, by fine distance: items whose fine distance is at most
@@ -318,9 +323,8 @@ def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
     retrieval bits away from the query while a whole class ties at a smaller distance; the user
     expects it first. Every other item follows by (retrieval distance, fine distance).
     A stable sort on this key over items in the store's tie order (:func:`~rsir_sdk.store.tie_order`)
-    is the store's order. ``test_dist`` (a :class:`SceneTest`'s distances: ``(n_tests,
-    *dist.shape)``, or one test's) and ``test_ratios`` (:attr:`SceneTest.ratios`): the ratio
-    test reads its tests instead (:func:`scene_leader`).
+    is the store's order. ``leader`` (a bundle's :class:`SceneTest`: its
+    :meth:`~SceneTest.leaders`, same shape) takes the place of the whole code's ratio test.
 
     >>> fine_ranking_key(np.array([0, 3, 0]), np.array([40, 2, 30]), 128).argsort().tolist()
     [1, 2, 0]
@@ -330,8 +334,8 @@ def fine_ranking_key(dist: np.ndarray, fine_dist: np.ndarray, fine_bits: int,
     span = np.int64(fine_bits + 1)
     fine_dist = np.asarray(fine_dist, dtype=np.int64)
     key = np.asarray(dist, dtype=np.int64) * span + fine_dist
-    leader = (ratio_leader(fine_dist) if test_dist is None
-              else scene_leader(test_dist, fine_dist, ratios=test_ratios))
+    if leader is None:
+        leader = ratio_leader(fine_dist)
     near = (fine_dist <= near_duplicate_radius(fine_bits)) | leader
     return np.where(near, fine_dist - span, key)
 

@@ -295,10 +295,9 @@ def _same_ranking(codes: EvalCodes, ranked_idx: np.ndarray, ranked_dist: np.ndar
         key = d.astype(np.int64)
         if fine is not None and fine_sorted is not None:
             q_fine = fine[0][start : start + 256]
-            test_d = None if len(fine) < 3 else fine[2].distances(q_fine, fine_sorted)
-            key = fine_ranking_key(d, hamming_distances(q_fine, fine_sorted),
-                                   fine_sorted.shape[1] * 8, test_d,
-                                   None if len(fine) < 3 else fine[2].ratios)
+            fine_d = hamming_distances(q_fine, fine_sorted)
+            leader = None if len(fine) < 3 else fine[2].leaders(q_fine, fine_sorted, fine_d)
+            key = fine_ranking_key(d, fine_d, fine_sorted.shape[1] * 8, leader)
             key[d == np.iinfo(np.int32).max] = np.iinfo(np.int64).max  # the own item last
         order = np.argsort(key, axis=1, kind="stable")[:, :depth]
         if not np.array_equal(np.take_along_axis(d, order, axis=1),

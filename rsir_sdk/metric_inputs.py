@@ -80,10 +80,9 @@ class _Task:
         for rows, dist, rel in self.distance_chunks():
             if self.q_fine is not None and self.db_fine is not None:
                 fine_d = hamming_distances(self.q_fine[rows], self.db_fine)
-                test_d = (None if self.scene_test is None
-                          else self.scene_test.distances(self.q_fine[rows], self.db_fine))
-                key = fine_ranking_key(dist, fine_d, self.db_fine.shape[1] * 8, test_d,
-                                       None if self.scene_test is None else self.scene_test.ratios)
+                leader = (None if self.scene_test is None
+                          else self.scene_test.leaders(self.q_fine[rows], self.db_fine, fine_d))
+                key = fine_ranking_key(dist, fine_d, self.db_fine.shape[1] * 8, leader)
                 key[dist == self._sentinel] = np.iinfo(np.int64).max  # the query's own item last
                 order = np.argsort(key, axis=1, kind="stable")[:, :keep]
             else:

@@ -99,7 +99,7 @@ def test_the_scene_leader_and_the_whole_code_test_differ_on_the_planted_copy():
     lead = TEST.leader(td[:, in_tie], fd[in_tie])
     assert in_tie[lead].tolist() == [item]
     assert not scene_leader(td[:, in_tie], fd[in_tie], ratios=(0.05, 0.05)).any()  # stricter
-    key = fine_ranking_key(np.zeros(N), fd[in_tie], 128, td[:, in_tie], TEST.ratios)
+    key = fine_ranking_key(np.zeros(N), fd[in_tie], 128, TEST.leader(td[:, in_tie], fd[in_tie]))
     assert in_tie[np.argsort(key, kind="stable")[0]] == item
     # outside the 10 nearest by fine code the test cannot see it
     assert not scene_leader(td[:, in_tie], fd[in_tie], candidates=0).any()

@@ -227,10 +227,11 @@ def check_scene_test(store: Any, asked: Any) -> None:
     if asked is None or store.fine_bits is None or asked == store.scene_test:
         return
     made = ("without a same-scene test (it tests the whole fine code)" if store.scene_test is None
-            else f"with another same-scene test ({store.scene_test.to_json()})")
+            else "with another same-scene test")
     raise CollectionMismatchError(
-        f"collection {store.collection!r} was made {made}, but this bundle's fine code is tested "
-        f"on its parts {asked.to_json()}: index into another collection, or rebuild this one")
+        f"collection {store.collection!r} was made {made}, so it would rank otherwise than this "
+        f"bundle (a --fine-code layout bundle): index into another collection, or rebuild this "
+        f"one (rsir drop {store.collection} --uri {store.display_uri} --yes, then index again)")
 
 
 def check_fine_bits(store: Any, asked: int | None) -> None:

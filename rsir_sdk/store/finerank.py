@@ -208,9 +208,8 @@ def _leaders(nearest: list[Found], fine_bits: int,
     if any(len(h) != 2 * fq.size for h in hexes):
         return lead  # a row written without its fine code: no same-scene claim
     db = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8).reshape(len(cands), fq.size)
-    passed = np.zeros(len(cands), dtype=bool)
-    for i, one in enumerate(test.distances(fq[None, :], db)[:, 0]):  # any test passed
-        passed |= ratio_leader(one, None if test.ratios is None else test.ratios[i])
+    # the candidates are the 10 nearest already, in the store's order: the rule reads them all
+    passed = test.leaders(fq[None, :], db, np.array([[f.distance for f in cands]]))[0]
     leader = {f.pk for f, p in zip(cands, passed) if p}
     return [f for f in nearest if f.distance <= within or f.pk in leader]
 
