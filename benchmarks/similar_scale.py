@@ -9,8 +9,10 @@ distance is a tie group of thousands of items), not on what the images show. So:
   class, and ``--variant-share`` of the items one of two variants of its centre with 1-2 bits
   flipped (a few dozen distinct codes in all, as trained AHCL codes at 64 bits give);
 * **random**: uniform random 64-bit codes (the baseline of the acceptance: at most 2x its p50);
-* both with the same random 256-bit fine codes (the default split code's length; codes of
-  distinct images are about this far apart), the same ids, loaded in the same run through the public store API
+* both with the same random fine codes (``--fine-code``: ``split``, 256 bits, or ``layout``,
+  320 bits with its same-scene tests, :data:`LAYOUT_PARTS`: the store's near step then reads
+  the query's 10 nearest items by fine code with their codes; codes of distinct images are
+  about this far apart), the same ids, loaded in the same run through the public store API
   (``insert(..., fine=)`` on Lite, ``bulk_insert(..., fine=)`` and ``prepare_for_search`` on
   the server).
 
@@ -22,7 +24,7 @@ counts the item itself at rank 1. Today's ranking (no ``fine``; with and without
 is measured beside it on the collapsed codes, and the appearance mode too.
 
 Usage: ``python benchmarks/similar_scale.py [--lite-n 100000] [--server-n 1000000]
-[--skip-server] [--queries 100] [--no-write]``; writes the ``similar_scale`` section of
+[--fine-code layout] [--skip-server] [--queries 100] [--no-write]``; writes the ``similar_scale`` section of
 docs/benchmarks.md.
 """
 
@@ -41,16 +43,31 @@ import numpy as np
 from _common import load_average, machine, section, table, versions, write_section
 
 from rsir_sdk import MilvusCodeStore
-from rsir_sdk.codes import fine_ranking_key, hamming_distances
+from rsir_sdk.codes import SceneTest, fine_ranking_key, hamming_distances
 from rsir_sdk.store import BulkOptions, finerank
 from rsir_sdk.store.topk import tie_order
 
-BITS, FINE_BITS = 64, 256  # 256: the default (split) fine code's length
+BITS = 64
+#: fine-code length by kind (``rsir train --fine-code``: docs/similar.md)
+FINE_BITS = {"split": 256, "layout": 320}
+#: the parts of a ``layout`` fine code and their same-scene test weights and factors, as a
+#: bundle's manifest records them (export/rsir_train/fine_split.py: LAYOUT_PARTS, TEST_WEIGHTS)
+LAYOUT_PARTS = [{"name": "pooled", "bits": 64, "test_weight": [0, 0]},
+                {"name": "t8", "bits": 64, "test_weight": [1, 0]},
+                {"name": "cl", "bits": 64, "test_weight": [3, 0]},
+                {"name": "t16r", "bits": 128, "test_weight": [1, 1]}]
+LAYOUT_RATIOS = [0.8, 0.6]
+
+
+def scene_test(kind: str) -> SceneTest | None:
+    """The same-scene test a bundle of this fine-code kind gives its collection."""
+    return SceneTest.from_parts(LAYOUT_PARTS, LAYOUT_RATIOS) if kind == "layout" else None
 LOAD_BATCH = 20_000
 
 
 # --------------------------------------------------------------- the data
-def make_data(n: int, classes: int, variant_share: float, seed: int) -> dict[str, Any]:
+def make_data(n: int, classes: int, variant_share: float, seed: int, fine_bits: int
+              ) -> dict[str, Any]:
     """Ids, collapsed codes, random codes and fine codes of ``n`` items (one seed)."""
     rng = np.random.default_rng(seed)
     centres = rng.integers(0, 256, (classes, BITS // 8), dtype=np.uint8)
@@ -68,19 +85,26 @@ def make_data(n: int, classes: int, variant_share: float, seed: int) -> dict[str
         "ids": [f"img/{i:07d}.jpg" for i in range(n)],
         "collapsed": collapsed,
         "random": rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8),
-        "fine": rng.integers(0, 256, (n, FINE_BITS // 8), dtype=np.uint8),
+        "fine": rng.integers(0, 256, (n, fine_bits // 8), dtype=np.uint8),
         "labels": [f"class{c:02d}" for c in cls],
         "distinct": int(np.unique(collapsed, axis=0).shape[0]),
     }
 
 
 def expected(codes: np.ndarray, fine: np.ndarray, rank: np.ndarray, qi: int, k: int,
-             mode: str) -> tuple[list[int], list[int]]:
+             mode: str, test: SceneTest | None = None) -> tuple[list[int], list[int]]:
     """Brute force of the store's order for item ``qi`` as the query: indices and distances."""
     d = hamming_distances(codes[qi : qi + 1], codes)[0]
     fd = hamming_distances(fine[qi : qi + 1], fine)[0]
     if mode == "fine":  # the store's rule: near-duplicates first (codes.fine_ranking_key)
-        order = np.lexsort((rank, fine_ranking_key(d, fd, fine.shape[1] * 8)))[:k]
+        leader = None
+        if test is not None:  # the tests read the 10 nearest by fine code in the tie order
+            in_tie_order = np.argsort(rank)
+            leader = np.empty(len(fd), bool)
+            leader[in_tie_order] = test.leaders(fine[qi : qi + 1], fine[in_tie_order],
+                                                fd[None, in_tie_order])[0]
+        key = fine_ranking_key(d, fd, fine.shape[1] * 8, leader)
+        order = np.lexsort((rank, key))[:k]
     elif mode == "appearance":
         order = np.lexsort((rank, fd))[:k]
         return order.tolist(), fd[order].tolist()
@@ -151,7 +175,7 @@ def measure(store: MilvusCodeStore, data: dict[str, Any], codes: np.ndarray, ran
     mode = "today" if how.startswith("today") else "fine" if how.startswith("fine") else how
     same, top1, wrong_dist = 0, 0, 0
     for i, row in zip(qidx, hits):
-        want, dist = expected(codes, fine, rank, int(i), k, mode)
+        want, dist = expected(codes, fine, rank, int(i), k, mode, store.scene_test)
         got = [h.id for h in row]
         top1 += bool(got) and got[0] == data["ids"][i]
         same += got == [data["ids"][j] for j in want]
@@ -172,7 +196,9 @@ def run_engine(engine: str, uri: str, data: dict[str, Any], k: int, nq: int, see
     stores: dict[str, MilvusCodeStore] = {}
     rows: list[list[Any]] = []
     for name in ("collapsed", "random"):
-        store = MilvusCodeStore(uri, f"sim_scale_{name}", bits=BITS, fine_bits=FINE_BITS,
+        store = MilvusCodeStore(uri, f"sim_scale_{name}", bits=BITS,
+                                fine_bits=data["fine"].shape[1] * 8,
+                                scene_test=scene_test(data["fine_code"]),
                                 encoder={"encoder_id": f"bench-{name}", "bits": BITS})
         if store.exists:
             store.drop()
@@ -230,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classes", type=int, default=20)
     ap.add_argument("--variant-share", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fine-code", choices=sorted(FINE_BITS), default="split",
+                    help="the fine codes' kind: its length and same-scene tests")
     ap.add_argument("--workdir", help="Lite file, server data and staging (default: a temp folder)")
     ap.add_argument("--section", default="similar_scale")
     ap.add_argument("--no-write", action="store_true")
@@ -239,15 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows: list[list[Any]] = []
     notes = []
+    fine_bits = FINE_BITS[args.fine_code]
     if not args.skip_lite:
-        data = make_data(args.lite_n, args.classes, args.variant_share, args.seed)
+        data = make_data(args.lite_n, args.classes, args.variant_share, args.seed, fine_bits)
+        data["fine_code"] = args.fine_code
         notes.append(f"Lite: {data['distinct']} distinct collapsed codes")
         rows += run_engine("Milvus Lite", str(work / "scale.db"), data, args.k, args.queries,
                            args.seed, None)
     if not args.skip_server:
         from testing.store_local_server import local_server
 
-        data = make_data(args.server_n, args.classes, args.variant_share, args.seed)
+        data = make_data(args.server_n, args.classes, args.variant_share, args.seed, fine_bits)
+        data["fine_code"] = args.fine_code
         notes.append(f"server: {data['distinct']} distinct collapsed codes")
         with local_server(work / "milvus") as srv:
             rows += run_engine("2.3.5 server", srv.uri, data, args.k, args.queries, args.seed,
@@ -255,13 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     note = (f"{args.classes} classes, {args.variant_share:.0%} of items on one of 2 variants "
-            f"(1-2 bits) of their class code ({'; '.join(notes)}), random {FINE_BITS}-bit fine codes")
+            f"(1-2 bits) of their class code ({'; '.join(notes)}), random {fine_bits}-bit fine codes"
+            + (" of the layout kind (its same-scene tests on)" if args.fine_code == "layout"
+               else ""))
     out = body(args, note, rows)
     print(out)
     if not args.no_write:
         meta = machine({"engines": versions("milvus-lite", "milvus", "pymilvus")})
-        write_section(args.section, section(args.section, "Fine-code search at scale "
-                                            "(collapsed against random codes)", out, meta,
+        title = "Fine-code search at scale (collapsed against random codes)" + (
+            ", layout fine code" if args.fine_code == "layout" else "")
+        write_section(args.section, section(args.section, title, out, meta,
                                             (load0, load_average())))
     return 0
 
