@@ -33,7 +33,7 @@ from rsir_train.testing import SAMPLE_ARCHIVE  # noqa: E402
 
 pytestmark = pytest.mark.train
 BITS = 32
-#: the pooled-feature fine code, asked for by name (bundles get the split code by default)
+#: the pooled-feature fine code, asked for by name (bundles get the layout code by default)
 PCA = FineCodeConfig("pca", 128)
 #: small_cnn pools to 96 features, some of them dead (ReLU): the fit keeps at most the
 #: directions in which the train side's features vary, a multiple of 8 up to 96 (< 128)
@@ -58,14 +58,18 @@ def tiny(tmp_path_factory):
     return out, result, manifest
 
 
-def test_bundles_get_the_split_fine_code_by_default(tiny_ahcl):
-    """The default fine code (docs/similar.md, "The default fine code"): split, 256 bits
-    asked for; the tiny network's 96 pooled features and the 64 x 64 thumbnails may allow
-    fewer bits per part (rsir_train.fine_split)."""
+def test_bundles_get_the_layout_fine_code_by_default(tiny_ahcl):
+    """The default fine code (docs/similar.md, "The layout fine code and the same-scene
+    test"): layout, 320 bits asked for, with its two same-scene tests; the tiny network's 96
+    pooled features and the 64 x 64 thumbnails may allow fewer bits per part
+    (rsir_train.fine_split)."""
     fine = tiny_ahcl[2]["fine_code"]
-    assert fine["kind"] == "split" and [p["part"] for p in fine["parts"]] == ["pooled", "t8", "t16r"]
-    assert fine["bits"] == sum(p["bits"] for p in fine["parts"]) and fine["bits"] <= 256
-    assert Bundle.load(tiny_ahcl[0]).fine_bits == fine["bits"]
+    assert fine["kind"] == "layout"
+    assert [p["part"] for p in fine["parts"]] == ["pooled", "t8", "cl", "t16r"]
+    assert fine["bits"] == sum(p["bits"] for p in fine["parts"]) and fine["bits"] <= 320
+    bundle = Bundle.load(tiny_ahcl[0])
+    assert bundle.fine_bits == fine["bits"]
+    assert bundle.scene_test is not None and len(bundle.scene_test.tests) == 2
 
 
 @pytest.fixture(scope="module")

@@ -136,12 +136,13 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (reported) instead of stopping")
     p.add_argument("--fine-code", type=_fine_code, default=None, metavar="KIND[:BITS]",
-                   help="the bundle's fine code (issue 20, docs/similar.md): split:256 "
-                        "(default: the pooled features and two colour thumbnails; finds "
-                        "re-encoded, cropped and rotated copies), layout:320 (the split code "
-                        "plus a colour-layout part that the same-scene test reads: for small, "
-                        "flat scenes under JPEG) or pca:128 (PCA-sign of the pooled features "
-                        "alone; 16 bytes an item, order inside a class closer to the features)")
+                   help="the bundle's fine code (issue 20, docs/similar.md): layout:320 "
+                        "(default: the pooled features, two colour thumbnails and a colour "
+                        "layout, with same-scene tests; finds re-encoded, cropped and rotated "
+                        "copies, small flat scenes under JPEG too), split:256 (the same without "
+                        "the colour layout and its tests: 8 bytes less an item) or pca:128 "
+                        "(PCA-sign of the pooled features alone; 16 bytes an item, order inside "
+                        "a class closer to the features)")
     p.add_argument("--results", help="merge result records of this run into this JSON list "
                                      "(docs/results.json)")
     p.add_argument("-q", "--quiet", action="store_true")
