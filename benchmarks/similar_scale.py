@@ -48,6 +48,7 @@ from rsir_sdk.store import BulkOptions, finerank
 from rsir_sdk.store.topk import tie_order
 
 BITS = 64
+LOAD_BATCH = 20_000
 #: fine-code length by kind (``rsir train --fine-code``: docs/similar.md)
 FINE_BITS = {"split": 256, "layout": 320}
 #: the parts of a ``layout`` fine code and their same-scene test weights and factors, as a
@@ -62,13 +63,13 @@ LAYOUT_RATIOS = [0.8, 0.6]
 def scene_test(kind: str) -> SceneTest | None:
     """The same-scene test a bundle of this fine-code kind gives its collection."""
     return SceneTest.from_parts(LAYOUT_PARTS, LAYOUT_RATIOS) if kind == "layout" else None
-LOAD_BATCH = 20_000
 
 
 # --------------------------------------------------------------- the data
-def make_data(n: int, classes: int, variant_share: float, seed: int, fine_bits: int
+def make_data(n: int, classes: int, variant_share: float, seed: int, fine_code: str
               ) -> dict[str, Any]:
-    """Ids, collapsed codes, random codes and fine codes of ``n`` items (one seed)."""
+    """Ids, collapsed codes, random codes and fine codes (of the kind ``fine_code``) of ``n``
+    items (one seed)."""
     rng = np.random.default_rng(seed)
     centres = rng.integers(0, 256, (classes, BITS // 8), dtype=np.uint8)
     # two variants per class, 1 or 2 bits away from its centre
@@ -85,7 +86,8 @@ def make_data(n: int, classes: int, variant_share: float, seed: int, fine_bits: 
         "ids": [f"img/{i:07d}.jpg" for i in range(n)],
         "collapsed": collapsed,
         "random": rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8),
-        "fine": rng.integers(0, 256, (n, fine_bits // 8), dtype=np.uint8),
+        "fine": rng.integers(0, 256, (n, FINE_BITS[fine_code] // 8), dtype=np.uint8),
+        "fine_code": fine_code,
         "labels": [f"class{c:02d}" for c in cls],
         "distinct": int(np.unique(collapsed, axis=0).shape[0]),
     }
@@ -267,18 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows: list[list[Any]] = []
     notes = []
-    fine_bits = FINE_BITS[args.fine_code]
     if not args.skip_lite:
-        data = make_data(args.lite_n, args.classes, args.variant_share, args.seed, fine_bits)
-        data["fine_code"] = args.fine_code
+        data = make_data(args.lite_n, args.classes, args.variant_share, args.seed,
+                         args.fine_code)
         notes.append(f"Lite: {data['distinct']} distinct collapsed codes")
         rows += run_engine("Milvus Lite", str(work / "scale.db"), data, args.k, args.queries,
                            args.seed, None)
     if not args.skip_server:
         from testing.store_local_server import local_server
 
-        data = make_data(args.server_n, args.classes, args.variant_share, args.seed, fine_bits)
-        data["fine_code"] = args.fine_code
+        data = make_data(args.server_n, args.classes, args.variant_share, args.seed,
+                         args.fine_code)
         notes.append(f"server: {data['distinct']} distinct collapsed codes")
         with local_server(work / "milvus") as srv:
             rows += run_engine("2.3.5 server", srv.uri, data, args.k, args.queries, args.seed,
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     note = (f"{args.classes} classes, {args.variant_share:.0%} of items on one of 2 variants "
-            f"(1-2 bits) of their class code ({'; '.join(notes)}), random {fine_bits}-bit fine codes"
+            f"(1-2 bits) of their class code ({'; '.join(notes)}), random {FINE_BITS[args.fine_code]}-bit fine codes"
             + (" of the layout kind (its same-scene tests on)" if args.fine_code == "layout"
                else ""))
     out = body(args, note, rows)

@@ -3,15 +3,15 @@
 Why: ``--fine-code layout`` (docs/similar.md, "The layout fine code and the same-scene test")
 changes how ties of the retrieval distance are ranked (by a 320-bit code whose first 64 bits are
 the pooled features, where the split code gave them 64 of 256) and adds two same-scene tests.
-Before it becomes the default, issue 20 asks every AHCL and MiLAN row re-measured through Milvus
-with it: no row lower than today's by more than 0.002. This prints, for every record the
+Issue 20 asks every AHCL and MiLAN row re-measured through Milvus with the default ranking: no
+row lower than today's by more than 0.002. This prints, for every record the
 layout trainings wrote (``rsir train ... --fine-code layout --eval --results FILE``), the 11-30
 figure (digest ties), the figure recorded with the fine ranking (split or PCA code), the layout
 figure and its tie-aware value on the same model, and the differences. ``--write`` also adds
 the layout records to docs/results.json, tagged with :data:`LAYOUT_RANKING` (replacing earlier
 layout records of the same row). Commands (from the repo root)::
 
-    bash runs/lane_layout.sh eurosat; bash runs/lane_layout.sh nwpu12   # docs/results.md
+    bash export/scripts/layout_remeasure.sh eurosat   # and nwpu12 (docs/results.md)
     python export/scripts/layout_remeasure.py runs/layout_results_*.json [--write]
 """
 
