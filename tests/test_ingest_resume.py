@@ -163,8 +163,10 @@ def test_ctrl_c_writes_what_was_encoded_and_exits_130(tmp_path, sample_images, r
             "--no-progress", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # SIGINT back to its default in the child (a suite run as a background job inherits it
-    # ignored, and then no KeyboardInterrupt would ever come)
-    res = subprocess.run([sys.executable, str(driver), "sigint", "60", *args], env=env,
+    # ignored, and then no KeyboardInterrupt would ever come). The fault handler prints every
+    # thread's stack if the child dies by a signal instead (seen once: SIGABRT, empty stderr).
+    res = subprocess.run([sys.executable, str(driver), "sigint", "60", *args],
+                         env={**env, "PYTHONFAULTHANDLER": "1"},
                          capture_output=True, text=True, timeout=300,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert res.returncode == 130, res.stderr[-2000:]
