@@ -10,8 +10,8 @@ distance is a tie group of thousands of items), not on what the images show. So:
   flipped (a few dozen distinct codes in all, as trained AHCL codes at 64 bits give);
 * **random**: uniform random 64-bit codes (the baseline of the acceptance: at most 2x its p50);
 * both with the same random fine codes (``--fine-code``: ``split``, 256 bits, or ``layout``,
-  320 bits with its same-scene tests, :data:`LAYOUT_PARTS`: the store's near step then reads
-  the query's 10 nearest items by fine code with their codes; codes of distinct images are
+  320 bits with its same-scene tests, from :mod:`rsir_train.fine_parts`: the store's near step
+  then reads the query's 10 nearest items by fine code with their codes; codes of distinct images are
   about this far apart), the same ids, loaded in the same run through the public store API
   (``insert(..., fine=)`` on Lite, ``bulk_insert(..., fine=)`` and ``prepare_for_search`` on
   the server).
@@ -46,23 +46,17 @@ from rsir_sdk import MilvusCodeStore
 from rsir_sdk.codes import SceneTest, fine_ranking_key, hamming_distances
 from rsir_sdk.store import BulkOptions, finerank
 from rsir_sdk.store.topk import tie_order
+from rsir_train.fine_parts import TEST_RATIOS, manifest_parts
 
 BITS = 64
 LOAD_BATCH = 20_000
 #: fine-code length by kind (``rsir train --fine-code``: docs/similar.md)
 FINE_BITS = {"split": 256, "layout": 320}
-#: the parts of a ``layout`` fine code and their same-scene test weights and factors, as a
-#: bundle's manifest records them (export/rsir_train/fine_split.py: LAYOUT_PARTS, TEST_WEIGHTS)
-LAYOUT_PARTS = [{"name": "pooled", "bits": 64, "test_weight": [0, 0]},
-                {"name": "t8", "bits": 64, "test_weight": [1, 0]},
-                {"name": "cl", "bits": 64, "test_weight": [3, 0]},
-                {"name": "t16r", "bits": 128, "test_weight": [1, 1]}]
-LAYOUT_RATIOS = [0.8, 0.6]
-
-
 def scene_test(kind: str) -> SceneTest | None:
     """The same-scene test a bundle of this fine-code kind gives its collection."""
-    return SceneTest.from_parts(LAYOUT_PARTS, LAYOUT_RATIOS) if kind == "layout" else None
+    if kind != "layout":
+        return None
+    return SceneTest.from_parts(manifest_parts(FINE_BITS[kind], kind), TEST_RATIOS[kind])
 
 
 # --------------------------------------------------------------- the data
