@@ -25,7 +25,7 @@ BITS = (16, 32, 64)
 
 
 def manifest(runs: Path, name: str) -> dict[str, Any] | None:
-    """A finished bundle's manifest (``None`` while its run has not written one)."""
+    """A bundle's manifest (``None`` while its run has not written one)."""
     path = runs / "bundles" / name / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -53,7 +53,8 @@ def ahcl_rows(runs: Path, tag: str, lin: dict[tuple[str, int], float]) -> list[s
             "|---|---|---|---|---|---|---|"]
     got: dict[int, float] = {}
     for bits in BITS:
-        sel, auth = (manifest(runs, f"small-{tag}-{k}-{bits}") for k in ("sel", "authors"))
+        sel, auth = (m if m and "ahcl_map" in m["training"]["metrics"] else None  # evaluated
+                     for m in (manifest(runs, f"small-{tag}-{k}-{bits}") for k in ("sel", "authors")))
         lin_map = lin.get(("80-20", bits))
         cells, ok = [], None
         for m in (sel, auth):
@@ -89,7 +90,9 @@ def milan_rows(runs: Path, tag: str, lin: dict[tuple[str, int], float]) -> list[
     got: dict[int, float] = {}
     for bits in (16, 64):
         runs_ = [manifest(runs, f"small-{tag}-milan6040-{k}-{bits}") for k in ("defaults", "authors")]
-        mets = [m["training"]["metrics"] if m else None for m in runs_]
+        # a manifest is written before its --eval adds the Milvus figure: unfinished until then
+        mets = [m["training"]["metrics"] if m and "milan_map@20" in m["training"]["metrics"]
+                else None for m in runs_]
         lin_map = lin.get(("60-40", bits))
         ok = None
         if mets[0] and mets[1] and lin_map is not None:
@@ -103,7 +106,8 @@ def milan_rows(runs: Path, tag: str, lin: dict[tuple[str, int], float]) -> list[
         if mets[1]:
             authors = f"{mets[1]['milan_map@20']:.4f}"
         lin_cell = f"{lin_map:.4f}" if lin_map is not None else "-"
-        secs = " / ".join(f"{m['training']['train_seconds']:.0f} s" if m else "-" for m in runs_)
+        secs = " / ".join(f"{m['training']['train_seconds']:.0f} s" if m and met else "-"
+                          for m, met in zip(runs_, mets))
         rows.append(f"| {bits} | {defaults} | {authors} | {lin_cell} | {check(ok)} | {head} "
                     f"| {secs} |")
     ok64 = got[64] >= got[16] - TOLERANCE if 16 in got and 64 in got else None
