@@ -11,10 +11,10 @@ distance is a tie group of thousands of items), not on what the images show. So:
 * **random**: uniform random 64-bit codes (the baseline of the acceptance: at most 2x its p50);
 * both with the same random fine codes (``--fine-code``: ``split``, 256 bits, or ``layout``,
   320 bits with its same-scene tests, from :mod:`rsir_train.fine_parts`: the store's near step
-  then reads the query's 10 nearest items by fine code with their codes; codes of distinct images are
-  about this far apart), the same ids, loaded in the same run through the public store API
-  (``insert(..., fine=)`` on Lite, ``bulk_insert(..., fine=)`` and ``prepare_for_search`` on
-  the server).
+  then reads the query's 10 nearest items by fine code with their codes; codes of distinct
+  images are about this far apart), the same ids, loaded in the same run through the public
+  store API (``insert(..., fine=)`` on Lite, ``bulk_insert(..., fine=)`` and
+  ``prepare_for_search`` on the server).
 
 Each query is an item's own retrieval code and fine code ("the same file"), searched one at a
 time with ``search(codes, k, fine=...)`` (all fields read, as ``Retriever.search`` does). The
@@ -52,9 +52,12 @@ BITS = 64
 LOAD_BATCH = 20_000
 #: fine-code length by kind (``rsir train --fine-code``: docs/similar.md)
 FINE_BITS = {"split": 256, "layout": 320}
+
+
 def scene_test(kind: str) -> SceneTest | None:
-    """The same-scene test a bundle of this fine-code kind gives its collection."""
-    if kind != "layout":
+    """The same-scene test a bundle of this fine-code kind gives its collection (``None`` for
+    a kind without one: the whole code is tested)."""
+    if kind not in TEST_RATIOS:
         return None
     return SceneTest.from_parts(manifest_parts(FINE_BITS[kind], kind), TEST_RATIOS[kind])
 
@@ -281,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     note = (f"{args.classes} classes, {args.variant_share:.0%} of items on one of 2 variants "
-            f"(1-2 bits) of their class code ({'; '.join(notes)}), random {FINE_BITS[args.fine_code]}-bit fine codes"
+            f"(1-2 bits) of their class code ({'; '.join(notes)}), "
+            f"random {FINE_BITS[args.fine_code]}-bit fine codes"
             + (" of the layout kind (its same-scene tests on)" if args.fine_code == "layout"
                else ""))
     out = body(args, note, rows)

@@ -24,10 +24,12 @@ TOLERANCE = 0.005
 BITS = (16, 32, 64)
 
 
-def manifest(runs: Path, name: str) -> dict[str, Any] | None:
-    """A bundle's manifest (``None`` while its run has not written one)."""
+def manifest(runs: Path, name: str, metric: str) -> dict[str, Any] | None:
+    """A finished bundle's manifest: ``None`` until its ``--eval`` has added ``metric`` (the
+    Milvus figure; the manifest itself is written before it)."""
     path = runs / "bundles" / name / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    m = json.loads(path.read_text()) if path.is_file() else None
+    return m if m and metric in m["training"]["metrics"] else None
 
 
 def linear(runs: Path, tag: str) -> dict[tuple[str, int], float]:
@@ -53,8 +55,8 @@ def ahcl_rows(runs: Path, tag: str, lin: dict[tuple[str, int], float]) -> list[s
             "|---|---|---|---|---|---|---|"]
     got: dict[int, float] = {}
     for bits in BITS:
-        sel, auth = (m if m and "ahcl_map" in m["training"]["metrics"] else None  # evaluated
-                     for m in (manifest(runs, f"small-{tag}-{k}-{bits}") for k in ("sel", "authors")))
+        sel, auth = (manifest(runs, f"small-{tag}-{k}-{bits}", "ahcl_map")
+                     for k in ("sel", "authors"))
         lin_map = lin.get(("80-20", bits))
         cells, ok = [], None
         for m in (sel, auth):
@@ -89,10 +91,9 @@ def milan_rows(runs: Path, tag: str, lin: dict[tuple[str, int], float]) -> list[
             "iteration / stopped | time (defaults / authors) |", "|---|---|---|---|---|---|---|"]
     got: dict[int, float] = {}
     for bits in (16, 64):
-        runs_ = [manifest(runs, f"small-{tag}-milan6040-{k}-{bits}") for k in ("defaults", "authors")]
-        # a manifest is written before its --eval adds the Milvus figure: unfinished until then
-        mets = [m["training"]["metrics"] if m and "milan_map@20" in m["training"]["metrics"]
-                else None for m in runs_]
+        runs_ = [manifest(runs, f"small-{tag}-milan6040-{k}-{bits}", "milan_map@20")
+                 for k in ("defaults", "authors")]
+        mets = [m["training"]["metrics"] if m else None for m in runs_]
         lin_map = lin.get(("60-40", bits))
         ok = None
         if mets[0] and mets[1] and lin_map is not None:
@@ -106,8 +107,7 @@ def milan_rows(runs: Path, tag: str, lin: dict[tuple[str, int], float]) -> list[
         if mets[1]:
             authors = f"{mets[1]['milan_map@20']:.4f}"
         lin_cell = f"{lin_map:.4f}" if lin_map is not None else "-"
-        secs = " / ".join(f"{m['training']['train_seconds']:.0f} s" if m and met else "-"
-                          for m, met in zip(runs_, mets))
+        secs = " / ".join(f"{m['training']['train_seconds']:.0f} s" if m else "-" for m in runs_)
         rows.append(f"| {bits} | {defaults} | {authors} | {lin_cell} | {check(ok)} | {head} "
                     f"| {secs} |")
     ok64 = got[64] >= got[16] - TOLERANCE if 16 in got and 64 in got else None
