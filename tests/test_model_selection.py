@@ -179,6 +179,10 @@ def test_refit_trains_the_choice_on_the_whole_train_side(sample, selected, short
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     outer = chosen["best_outer"]
     assert sel["refit"] == {**sel["refit"], "outer": outer, "n_train": len(split.train_ids)}
+    # lambda scaled to the folds' per-image weight (2 folds: n_fit = n_train / 2), recorded
+    lam = _selecting().lam * len(split.train_ids) / np.mean(sel["n_fit"])
+    assert result.config.lam == pytest.approx(lam, abs=1e-3) == sel["refit"]["lam"]
+    assert f"lambda {result.config.lam:g}" in sel["reason"] and "n_train / n_fit" in sel["final"]
     refit = [h for h in result.history if h.get("candidate") == f"{sel['chosen']}/refit"]
     assert [h["outer"] for h in refit] == list(range(1, outer + 1))
     # the lr follows the validated schedule (its full length), cut at the chosen iteration
