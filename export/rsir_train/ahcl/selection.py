@@ -36,13 +36,13 @@ its model on the archive it is given, never on the queries, as follows:
    is a 1.5 x weaker per-image quantization weight than the one validated. Unscaled, the
    refit's query curve swung by 0.03 between validations where every fold's was flat, and it
    exported a 64-bit model below all three fold networks on the queries (issue 21, eurosat
-   60 a class: 0.9284 against 0.9419 / 0.9503 / 0.9690; scaled: 0.9524; docs/training.md). Cost: folds x candidates
-   fit runs plus one refit, about 3-4 times one run of
-   the authors' schedule on a few hundred images.
+   60 a class: 0.9284 against 0.9419 / 0.9503 / 0.9690; scaled: 0.9524; docs/training.md).
+   Cost: folds x candidates fit runs plus one refit, about 3-4 times one run of the
+   authors' schedule on a few hundred images.
 
 Every fold of every candidate and the refit checkpoint on their own
-(``<work_dir>/select-<name>-f<k>/``, ``<work_dir>/refit-<name>-<outer>-lam<lambda>/``); a resumed run skips
-finished ones and chooses and refits the same model.
+(``<work_dir>/select-<name>-f<k>/``, ``<work_dir>/refit-<name>-<outer>-lam<lambda>/``); a
+resumed run skips finished ones and chooses and refits the same model.
 """
 
 from __future__ import annotations
@@ -185,9 +185,9 @@ def select_model(
 ) -> tuple[AHCLConfig, np.ndarray, list[dict[str, Any]], float, list[str], dict[str, Any]]:
     """Train every candidate on every validation fold, choose on the smoothed fold-mean
     figure, refit the choice on the whole train side; returns the refit's configuration
-    (the chosen schedule, lambda scaled by :func:`refit_config`), the refit's learned V of the whole train side, the history (folds and
-    refit), the training seconds, the devices and the ``selection`` record. ``ctx.net`` holds
-    the refit network afterwards."""
+    (the chosen schedule, lambda scaled by :func:`refit_config`), the refit's learned V of
+    the whole train side, the history (folds and refit), the training seconds, the devices
+    and the ``selection`` record. ``ctx.net`` holds the refit network afterwards."""
     n_folds = config.val_folds if len(ctx.y_db) < SMALL_ARCHIVE else 1
     folds = validation_folds(ctx.y_db, n_folds, config.val_fraction, config.seed)
     n_fit = min(len(f[0]) for f in folds)
