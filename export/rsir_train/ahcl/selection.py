@@ -190,8 +190,8 @@ def select_model(
     and the ``selection`` record. ``ctx.net`` holds the refit network afterwards."""
     n_folds = config.val_folds if len(ctx.y_db) < SMALL_ARCHIVE else 1
     folds = validation_folds(ctx.y_db, n_folds, config.val_fraction, config.seed)
-    n_fit = min(len(f[0]) for f in folds)
-    cands = candidate_configs(config, n_fit, len(ctx.y_db), cached=ctx.n_frozen > 0)
+    n_fit = [int(len(f[0])) for f in folds]
+    cands = candidate_configs(config, min(n_fit), len(ctx.y_db), cached=ctx.n_frozen > 0)
     tried, history, devices = [], [], []
     runs = _Runs(emit, len(cands) * len(folds) + 1)
     runs.plan([name for name, _ in cands], folds, len(ctx.y_db))
@@ -205,7 +205,7 @@ def select_model(
             chosen = (summary, cfg)
     assert chosen is not None
     best, cfg = chosen
-    cfg = refit_config(cfg, len(ctx.y_db), float(np.mean([len(f[0]) for f in folds])))
+    cfg = refit_config(cfg, len(ctx.y_db), float(np.mean(n_fit)))
     reason = _reason(best, tried, len(folds), cfg.lam)
     log.info("model selection: %s", reason, extra=SHOWN)
     emit({"event": "selection", "chosen": best["name"], "reason": reason})
@@ -220,7 +220,7 @@ def select_model(
                  "best_val_map": best["best_val_map"], "best_outer": best["best_outer"],
                  "candidates": tried, "folds": len(folds), "val_seed": config.seed,
                  "val_fraction": config.val_fraction if len(folds) == 1 else None,
-                 "n_fit": [int(len(f[0])) for f in folds],
+                 "n_fit": n_fit,
                  "n_val": [int(len(f[1])) for f in folds],
                  "metric": "mAP of each fold's validation images' sign(u) against its fit "
                            "part's learned V, whole database, Hamming, ties in the store's "
