@@ -182,6 +182,7 @@ def test_refit_trains_the_choice_on_the_whole_train_side(sample, selected, short
     # lambda scaled to the folds' per-image weight (2 folds: n_fit = n_train / 2), recorded
     lam = _selecting().lam * len(split.train_ids) / np.mean(sel["n_fit"])
     assert result.config.lam == pytest.approx(lam, abs=1e-3) == sel["refit"]["lam"]
+    assert sel["refit"]["fold_lam"] == _selecting().lam  # the folds' (the user's), for reruns
     assert f"lambda {result.config.lam:g}" in sel["reason"] and "n_train / n_fit" in sel["final"]
     refit = [h for h in result.history if h.get("candidate") == f"{sel['chosen']}/refit"]
     assert [h["outer"] for h in refit] == list(range(1, outer + 1))

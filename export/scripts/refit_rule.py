@@ -115,12 +115,28 @@ def selecting_run(args: argparse.Namespace) -> tuple[dict, AHCLConfig, Any, Any]
     fields = {f.name for f in dataclasses.fields(AHCLConfig)}
     given = {k: (tuple(v) if isinstance(v, list) else v)
              for k, v in t["hyperparameters"].items() if k in fields}
+    given["lam"] = given_lambda(t)
     config = dataclasses.replace(AHCLConfig(**given), schedule="auto", lr=None, momentum=None,
                                  outer=None, inner=None, lr_steps=None, device="cpu",
                                  cache_dir=args.cache_dir, eval_every=0)
     archive = open_training_archive(args.data)
     split = split_for(archive, args.split_file, t.get("protocol") or "80-20", 0)
     return t, config, archive, split
+
+
+def given_lambda(t: dict) -> float:
+    """The lambda the folds trained with (the user's). Since 2026-12-06 the manifest's
+    ``hyperparameters.lam`` is the refit's, scaled by ``n_train / mean(n_fit)``
+    (:func:`rsir_train.ahcl.selection.refit_config`); ``selection.refit.fold_lam`` records the
+    folds' (bundles of the first day of that rule lack it: undo the scale); older bundles
+    trained the refit with the user's lambda, which the manifest records."""
+    sel = t.get("selection") or {}
+    refit = sel.get("refit") or {}
+    if "fold_lam" in refit:
+        return float(refit["fold_lam"])
+    if "lam" in refit:
+        return round(float(refit["lam"]) * float(np.mean(sel["n_fit"])) / refit["n_train"], 4)
+    return float(t["hyperparameters"]["lam"])
 
 
 def chosen_candidate(t: dict) -> dict:

@@ -205,6 +205,7 @@ def select_model(
             chosen = (summary, cfg)
     assert chosen is not None
     best, cfg = chosen
+    fold_lam = cfg.lam  # what the user gave and the folds trained; the refit's is scaled
     cfg = refit_config(cfg, len(ctx.y_db), float(np.mean(n_fit)))
     reason = _reason(best, tried, len(folds), cfg.lam)
     log.info("model selection: %s", reason, extra=SHOWN)
@@ -227,7 +228,7 @@ def select_model(
                            f"order; mean over folds; figure: mean of the best {SMOOTH_TOP}",
                  "patience": config.patience,
                  "refit": {"outer": st.outer_done, "epochs": st.outer_done * (cfg.inner or 1),
-                           "n_train": int(len(ctx.y_db)), "lam": cfg.lam,
+                           "n_train": int(len(ctx.y_db)), "lam": cfg.lam, "fold_lam": fold_lam,
                            "seconds": round(st.seconds, 1)},
                  "final": FINAL_RULE}
     return cfg, st.V, history, seconds, devices, selection
