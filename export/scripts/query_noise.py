@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rsir_sdk import Bundle
+from rsir_sdk.errors import RsirError
 from rsir_sdk.eval_codes import evaluation_codes
 from rsir_sdk.metrics import average_precisions
 
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     runs = {}
     for path in args.bundles:
-        ids, aps = per_query_ap(path, args.data)
+        try:
+            ids, aps = per_query_ap(path, args.data)
+        except RsirError as exc:  # a missing bundle or split, unreadable images: one line
+            raise SystemExit(f"{path}: {exc}") from None
         runs[path.name] = dict(zip(ids, aps))
         print(f"{path.name}: mAP {aps.mean():.4f} over {len(aps)} queries")
     print("| A | B | mean AP(B) − AP(A) | 95 % interval (paired bootstrap) | queries that differ |")

@@ -25,21 +25,23 @@ import torch
 
 from rsir_sdk import Bundle
 from rsir_sdk.codes import hamming_distances
+from rsir_sdk.errors import RsirError
 from rsir_sdk.eval_codes import EvalOptions, evaluation_codes
 from rsir_sdk.metrics import mean_average_precision
 from rsir_train.backbones import build_backbone
 from rsir_train.dataset import open_training_archive
 from rsir_train.evaluation import MILAN_TOPK
 from rsir_train.features import Normalize, pooled_features
-from rsir_train.milan.trainer import MILAN_PREPROCESS
+from rsir_train.milan.trainer import MilanConfig
 
 
-def pooled_cosine(data: Path, ids: list[str], cache_dir: str | None) -> np.ndarray:
-    """Cosine similarity of the frozen pooled features (``efficientnet_lite0``) of ``ids``."""
+def pooled_cosine(backbone_name: str, data: Path, ids: list[str],
+                  cache_dir: str | None) -> np.ndarray:
+    """Cosine similarity of the frozen pooled features of ``ids``, preprocessed as a default
+    MiLAN run does (so the training's feature cache is hit)."""
     archive = open_training_archive(data)
-    backbone = build_backbone("efficientnet_lite0")
-    pre = {**backbone.preprocess, **MILAN_PREPROCESS, "scale": 1.0 / 255.0}
-    pre = {k: pre[k] for k in ("resize", "crop", "interpolation", "scale", "mean", "std")}
+    backbone = build_backbone(backbone_name)
+    pre = MilanConfig().resolved_preprocess(backbone)
     with torch.no_grad():
         feats, _ = pooled_features(backbone, Normalize(pre["mean"], pre["std"]), archive, pre,
                                    cache_dir=cache_dir)
@@ -66,22 +68,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="the archive of its split")
     ap.add_argument("--cache-dir", help="where the pooled features are cached")
     args = ap.parse_args(argv)
-    codes = evaluation_codes(Bundle.load(args.bundle), args.data, EvalOptions(database="query"))
+    try:
+        bundle = Bundle.load(args.bundle)
+        codes = evaluation_codes(bundle, args.data, EvalOptions(database="query"))
+    except RsirError as exc:  # a missing bundle or split, unreadable images: one line
+        raise SystemExit(f"{args.bundle}: {exc}") from None
     labels = np.asarray(codes.q_labels)
-    args_ = (codes.q_codes, labels, codes.db_codes, labels, MILAN_TOPK)
-    kw = codes.metric_args()
-    cosine = pooled_cosine(args.data, codes.q_ids, args.cache_dir)
+    ranked = (codes.q_codes, labels, codes.db_codes, labels, MILAN_TOPK)
+    with_fine = codes.metric_args()  # leave-one-out, the store's digest order, the fine codes
+    no_fine = {k: v for k, v in with_fine.items() if k != "fine"}
+    cosine = pooled_cosine(bundle.manifest["training"]["backbone"], args.data, codes.q_ids,
+                           args.cache_dir)
     cosine_rank = np.argsort(np.argsort(-cosine, axis=1, kind="stable"), axis=1)
     dist = hamming_distances(codes.q_codes, codes.db_codes).astype(np.int64)
     n = len(labels)
     rows = {
-        "ties by digest (the 11-30 rule)": mean_average_precision(
-            *args_, **{k: v for k, v in kw.items() if k != "fine"}),
-        "ties by the fine code (the store today)": mean_average_precision(*args_, **kw),
+        "ties by digest (the 11-30 rule)": mean_average_precision(*ranked, **no_fine),
+        "ties by the fine code (the store today)": mean_average_precision(*ranked, **with_fine),
         "ties by float cosine of the pooled features": leave_one_out_ap(dist * n + cosine_rank,
                                                                         labels),
-        "expected over every order of ties": mean_average_precision(
-            *args_, exclude_self=True, query_indices=kw["query_indices"], ties="expected"),
+        "expected over every order of ties": mean_average_precision(*ranked, **no_fine,
+                                                                    ties="expected"),
         "float cosine alone (no codes)": leave_one_out_ap(cosine_rank.astype(np.int64), labels),
     }
     print(f"{args.bundle.name}: {n} images, {len(np.unique(codes.q_codes, axis=0))} distinct codes")
