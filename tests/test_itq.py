@@ -89,3 +89,22 @@ def test_labelled_archive_draws_the_split_but_trains_without_labels(tmp_path, sa
     assert 0.0 < result.metrics["ahcl_map_torch"] <= 1.0
     assert manifest["training"]["labels_used"] is False
     assert len(result.train_indices) == 160  # fitted on the train side only
+
+
+def test_baselines_command_writes_one_record_per_method_and_length(tmp_path, sample_dir, capsys):
+    """``python -m rsir_train.baselines`` (the linear-hash and cosine rows of results.md): one
+    JSON line per method and length, on the 80/20 split, with the figure it printed."""
+    from rsir_train.baselines import main as baselines_main
+
+    out = tmp_path / "baselines.jsonl"
+    rc = baselines_main(["--data", str(sample_dir), "--bits", "16,32", "--method", "linear",
+                         "--method", "cosine", "--backbone", "small_cnn", "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["method"], r["bits"]) for r in records] == [
+        ("linear", 16), ("linear", 32), ("cosine", None)]
+    assert all(r["protocol"] == "80-20" and r["metric"] == "mAP" for r in records)
+    assert all(0.0 < r["value"] <= 1.0 for r in records)
+    assert "tie_aware" in records[0] and "tie_aware" not in records[2]
+    printed = capsys.readouterr().out
+    assert all(f"{r['value']:.4f}" in printed for r in records)

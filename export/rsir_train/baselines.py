@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .backbones import build_backbone
     from .dataset import open_training_archive
     from .features import Normalize, pooled_features
-    from .milan.trainer import MILAN_PREPROCESS
+    from .milan.trainer import MilanConfig
 
     p = argparse.ArgumentParser(prog="python -m rsir_train.baselines",
                                 description=(__doc__ or "").split("\n")[0])
@@ -184,8 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     archive = open_training_archive(args.data)
     split = split_for(archive, args.split_file, args.protocol, args.seed)
     bb = build_backbone(args.backbone)
-    pre = {**bb.preprocess, **MILAN_PREPROCESS, "scale": 1.0 / 255.0}
-    pre = {k: pre[k] for k in ("resize", "crop", "interpolation", "scale", "mean", "std")}
+    pre = MilanConfig().resolved_preprocess(bb)  # the features MiLAN's head trains on
     with torch.no_grad():
         feats, _ = pooled_features(bb, Normalize(pre["mean"], pre["std"]), archive, pre,
                                    cache_dir=args.cache_dir)
