@@ -98,7 +98,8 @@ def test_baselines_command_writes_one_record_per_method_and_length(tmp_path, sam
 
     out = tmp_path / "baselines.jsonl"
     rc = baselines_main(["--data", str(sample_dir), "--bits", "16,32", "--method", "linear",
-                         "--method", "cosine", "--backbone", "small_cnn", "--json", str(out)])
+                         "--method", "cosine", "--backbone", "small_cnn", "--json", str(out),
+                         "--cache-dir", str(tmp_path / "features")])
     assert rc == 0, capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["method"], r["bits"]) for r in records] == [
