@@ -28,26 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from refit_rule import selecting_run  # this folder
 
-from rsir_train.ahcl.config import AHCLConfig
 from rsir_train.ahcl.trainer import _map, _prepare, encode
-from rsir_train.pipeline import prepare_data
 from rsir_train.trainer import CHECKPOINT_FILE
 
 
-def fold_rows(bundle: Path, work_dir: Path, data: Path, split_file: Path,
-              cache_dir: str | None) -> list[dict[str, Any]]:
+def fold_rows(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
     """One row a fold of the chosen candidate: its best outer, validation mAP and query mAP
-    against the whole train side encoded by its network."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    training = manifest["training"]
+    against the whole train side encoded by its network. The configuration, archive and split
+    are the bundle's (:func:`refit_rule.selecting_run`: every recorded field)."""
+    training, config, archive, split = selecting_run(args)
     chosen = training["selection"]["chosen"]
-    training_data = prepare_data(data, split_file=split_file, protocol=training["protocol"],
-                                 seed=training["seed"])
-    config = AHCLConfig(bits=manifest["bits"], backbone=training["backbone"],
-                        cache_dir=cache_dir)
-    ctx, config = _prepare(training_data.archive, training_data.split, config,
-                           lambda *args, **kwargs: None)
+    ctx, config = _prepare(archive, split, config, lambda *a, **k: None)
     rows = []
     for fold in range(int(training["selection"]["folds"])):
         path = work_dir / f"select-{chosen}-f{fold}" / CHECKPOINT_FILE
@@ -65,20 +58,21 @@ def fold_rows(bundle: Path, work_dir: Path, data: Path, split_file: Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bundle", type=Path, help="a finished selecting AHCL bundle")
-    parser.add_argument("--data", type=Path, required=True, help="the archive it trained on")
-    parser.add_argument("--split-file", type=Path, required=True, help="its split file")
+    parser.add_argument("bundle", help="a finished selecting AHCL bundle")
+    parser.add_argument("--data", required=True, help="the archive it trained on")
+    parser.add_argument("--split-file", required=True, help="its split file")
     parser.add_argument("--work-dir", type=Path, help="its work dir (default: <bundle>.work)")
     parser.add_argument("--cache-dir", default="runs/cache", help="the feature cache")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    work_dir = args.work_dir or args.bundle.with_name(args.bundle.name + ".work")
-    rows = fold_rows(args.bundle, work_dir, args.data, args.split_file, args.cache_dir)
+    bundle = Path(args.bundle)
+    work_dir = args.work_dir or bundle.with_name(bundle.name + ".work")
+    rows = fold_rows(args, work_dir)
     for row in rows:
         print(f"{row['candidate']} fold {row['fold']}: best outer {row['best_outer']}, "
               f"validation {row['val_map']:.4f}, queries against the whole train side "
               f"{row['map_query']:.4f}")
-    metrics = json.loads((args.bundle / "manifest.json").read_text())["training"]["metrics"]
+    metrics = json.loads((bundle / "manifest.json").read_text())["training"]["metrics"]
     print(f"fold networks' mean {np.mean([r['map_query'] for r in rows]):.4f}; the exported "
           f"refit {metrics['map_query_vs_learned_db']:.4f} (its learned database codes)")
 
