@@ -22,7 +22,6 @@ else), as a selecting ``rsir train ahcl --out <bundle>`` leaves them.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ from rsir_train.ahcl.trainer import _map, _prepare, encode
 from rsir_train.trainer import CHECKPOINT_FILE
 
 
-def fold_rows(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
-    """One row a fold of the chosen candidate: its best outer, validation mAP and query mAP
+def fold_rows(args: argparse.Namespace,
+              work_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The bundle's training record and one row a fold of the chosen candidate: its best outer, validation mAP and query mAP
     against the whole train side encoded by its network. The configuration, archive and split
     are the bundle's (:func:`refit_rule.selecting_run`: every recorded field)."""
     training, config, archive, split = selecting_run(args)
@@ -53,7 +53,7 @@ def fold_rows(args: argparse.Namespace, work_dir: Path) -> list[dict[str, Any]]:
         rows.append({"fold": fold, "candidate": chosen, "best_outer": best["outer"],
                      "val_map": best["map"],
                      "map_query": _map(queries, ctx.y_q, database, ctx.y_db)})
-    return rows
+    return training, rows
 
 
 def main() -> None:
@@ -67,12 +67,12 @@ def main() -> None:
     torch.set_num_threads(1)
     bundle = Path(args.bundle)
     work_dir = args.work_dir or bundle.with_name(bundle.name + ".work")
-    rows = fold_rows(args, work_dir)
+    training, rows = fold_rows(args, work_dir)
     for row in rows:
         print(f"{row['candidate']} fold {row['fold']}: best outer {row['best_outer']}, "
               f"validation {row['val_map']:.4f}, queries against the whole train side "
               f"{row['map_query']:.4f}")
-    metrics = json.loads((bundle / "manifest.json").read_text())["training"]["metrics"]
+    metrics = training["metrics"]
     print(f"fold networks' mean {np.mean([r['map_query'] for r in rows]):.4f}; the exported "
           f"refit {metrics['map_query_vs_learned_db']:.4f} (its learned database codes)")
 
