@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -233,8 +234,6 @@ def _import_ray() -> Any:
 @contextlib.contextmanager
 def _stderr_to_file() -> Iterator[None]:
     """Send what Ray's C++ start-up writes to file descriptor 2 into a log file instead."""
-    import tempfile
-
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.NamedTemporaryFile("w+b", prefix="rsir-ray-init-", suffix=".log",
@@ -249,7 +248,28 @@ def _stderr_to_file() -> Iterator[None]:
 
 
 #: tries at starting a local Ray when its start-up times out (a loaded machine)
-START_ATTEMPTS = 2
+START_ATTEMPTS = 3
+#: seconds a retry gives the new GCS to publish its port (Ray's default: 30)
+RETRY_GCS_WAIT_S = 90
+
+
+#: where a local Ray's latest session keeps its processes' logs
+RAY_LOGS = os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs")
+
+
+@contextlib.contextmanager
+def _gcs_wait(attempt: int) -> Iterator[None]:
+    """A retry waits ``RETRY_GCS_WAIT_S`` for the GCS's port (Ray's 30 s ran out on a loaded
+    2-core CI machine twice in a row); a value the user set is left alone."""
+    name = "RAY_gcs_server_port_wait_time_s"
+    if attempt == 1 or name in os.environ:
+        yield
+        return
+    os.environ[name] = str(RETRY_GCS_WAIT_S)
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
@@ -266,7 +286,7 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
     attempts = 1 if address else START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
-            with _stderr_to_file(), warnings.catch_warnings():
+            with _stderr_to_file(), warnings.catch_warnings(), _gcs_wait(attempt):
                 warnings.simplefilter("ignore")  # Ray's start-up and connection warnings
                 if address:
                     ray.init(address=address, **kwargs)
@@ -285,7 +305,7 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
                 continue
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             hint = (f" (after {attempts} tries; the machine may be too loaded: --engine local "
-                    "needs no Ray)" if attempts > 1 and timed_out else "")
+                    f"needs no Ray; Ray's logs: {RAY_LOGS})" if attempts > 1 and timed_out else "")
             raise RayUnavailableError(
                 f"cannot start {where}: {type(exc).__name__}: {exc}{hint}") from None
     ctx = ray.data.DataContext.get_current()

@@ -3,6 +3,7 @@ to a real Milvus server; the same rows as the single-process run; killed part-wa
 every image exactly once."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -128,6 +129,7 @@ class _SlowStartRay:
 
     def __init__(self, failures: int, message: str = MESSAGES[0]):
         self.failures, self.inits, self.shutdowns, self.started = failures, 0, 0, False
+        self.gcs_waits: list[str | None] = []  # RAY_gcs_server_port_wait_time_s at each init
         self.message = message
         self.data = type("data", (), {"DataContext": type("DataContext", (), {
             "get_current": staticmethod(lambda: type("ctx", (), {})())})})
@@ -137,6 +139,7 @@ class _SlowStartRay:
 
     def init(self, **kwargs) -> None:
         self.inits += 1
+        self.gcs_waits.append(os.environ.get("RAY_gcs_server_port_wait_time_s"))
         if self.inits <= self.failures:
             raise RuntimeError(self.message)
         self.started = True
@@ -146,22 +149,31 @@ class _SlowStartRay:
 
 
 @pytest.mark.parametrize("message", _SlowStartRay.MESSAGES)
-def test_a_local_ray_that_times_out_once_is_started_again(message):
+def test_a_local_ray_that_times_out_once_is_started_again(message, monkeypatch):
     """Ray gives a local node fixed times to start (the raylet, the GCS port file); on a loaded
     machine one can run out once (both did in CI). The engine shuts the half-started Ray down
-    and tries again; a second time-out is one line that says what to do."""
+    and tries again, giving the GCS longer to publish its port; the last time-out is one line
+    that says what to do."""
     from rsir_sdk.errors import RsirError
-    from rsir_sdk.ray_ingest import START_ATTEMPTS, _init_ray
+    from rsir_sdk.ray_ingest import RAY_LOGS, RETRY_GCS_WAIT_S, START_ATTEMPTS, _init_ray
 
+    monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
     once = _SlowStartRay(failures=1, message=message)
     assert _init_ray(once, None, 2) is True
     assert (once.inits, once.shutdowns) == (2, 1)
+    assert once.gcs_waits == [None, str(RETRY_GCS_WAIT_S)]  # Ray's 30 s first, then longer
+    assert "RAY_gcs_server_port_wait_time_s" not in os.environ  # put back as it was
     always = _SlowStartRay(failures=START_ATTEMPTS, message=message)
     with pytest.raises(RsirError) as err:
         _init_ray(always, None, 2)
     message = str(err.value)
     assert always.inits == START_ATTEMPTS and "\n" not in message
     assert message.startswith("cannot start a local Ray") and "--engine local" in message
+    assert RAY_LOGS in message
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "7")  # the user's own wait is kept
+    mine = _SlowStartRay(failures=1, message=message)
+    _init_ray(mine, None, 2)
+    assert mine.gcs_waits == ["7", "7"] and os.environ["RAY_gcs_server_port_wait_time_s"] == "7"
     # a cluster address is not retried: a wrong address fails at once
     remote = _SlowStartRay(failures=1, message=message)
     with pytest.raises(RsirError):

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import InvalidInputError, StoreError
 from ..redact import redact_text, redact_uri
-from . import lite, rpc
+from . import lite, lite_clock, rpc
 from .schema import is_lite_uri
 
 _LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")
@@ -92,6 +92,7 @@ class Connection:
         self._orm_alias: str | None = None
         self._orm_collections: dict[str, Any] = {}
         self._lite_file: str | None = None
+        self._clock_key = lite.server_key(self.uri) if self.is_lite else ""
         self._broken: str | None = None
         self._client: Any = None
         self._closed = False
@@ -255,11 +256,25 @@ class Connection:
             kwargs.setdefault("timeout", self.timeout)
         if read and not self.is_lite:
             kwargs.setdefault("consistency_level", self._read_level())
+        self._wait_for_lite_clock()
         try:
             with rpc.sigint_held():
-                return getattr(self.client, method)(*args, **kwargs)
+                result = getattr(self.client, method)(*args, **kwargs)
         except Exception as exc:
+            self._after_lite_write(method, 0)
             raise self._error(exc, what, expression) from None
+        self._after_lite_write(method, len(kwargs.get("data") or ()))
+        return result
+
+    def _wait_for_lite_clock(self) -> None:
+        """On Milvus Lite, wait until the last write is in its server's clock's past
+        (:mod:`.lite_clock`): a read sooner would not see it, a delete would not remove it."""
+        if self.is_lite:
+            lite_clock.wait(self._clock_key)
+
+    def _after_lite_write(self, method: str, rows: int) -> None:
+        if self.is_lite and method in ("insert", "upsert", "delete"):
+            lite_clock.after_write(self._clock_key, rows)
 
     def _read_level(self) -> str:
         if self.read_consistency:
@@ -342,6 +357,7 @@ class Connection:
         alias = self.orm_alias()
         if self.timeout is not None:
             kwargs.setdefault("timeout", self.timeout)
+        self._wait_for_lite_clock()
         try:
             with no_deprecation_warnings(), rpc.sigint_held():
                 return fn(*args, using=alias, **kwargs)
@@ -360,11 +376,16 @@ class Connection:
         kwargs: dict[str, Any] = {"retry_times": 0 if verb == "insert" else rpc.RETRIES}
         if self.timeout is not None:
             kwargs["timeout"] = self.timeout
+        self._wait_for_lite_clock()
+        rows = len(columns[0]) if columns else 0
         try:
             with no_deprecation_warnings(), rpc.sigint_held():
-                return getattr(col, verb)(columns, **kwargs)
-        except Exception as exc:
+                result = getattr(col, verb)(columns, **kwargs)
+        except Exception as exc:  # a failed request may have been written in part
+            self._after_lite_write(verb, rows)
             raise self._error(exc, what, None) from None
+        self._after_lite_write(verb, rows)
+        return result
 
     def forget_collection(self, name: str) -> None:
         """Drop the cached ORM handle of ``name`` (after a drop or an index change)."""

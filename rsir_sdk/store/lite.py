@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from . import lite_clock
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +132,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _key(db_file: str | os.PathLike) -> str:
+def server_key(db_file: str | os.PathLike) -> str:
+    """The resolved path of ``db_file``: the key of its server (one per file and process)."""
     return str(Path(db_file).absolute().resolve())
 
 
 def acquire(db_file: str | os.PathLike) -> bool:
     """Count one more user of ``db_file`` in this process; True when it is the first."""
-    key = _key(db_file)
+    key = server_key(db_file)
     with _lock:
         _users[key] = _users.get(key, 0) + 1
         return _users[key] == 1
@@ -145,7 +147,7 @@ def acquire(db_file: str | os.PathLike) -> bool:
 
 def release(db_file: str | os.PathLike) -> None:
     """One user less; the last one stops the file's Milvus Lite server (releasing the file)."""
-    key = _key(db_file)
+    key = server_key(db_file)
     with _lock:
         left = _users.get(key, 0) - 1
         if left > 0:
@@ -166,7 +168,8 @@ def stop_server(db_file: str | os.PathLike) -> None:
         from milvus_lite.server_manager import server_manager_instance
     except ImportError:  # pragma: no cover - milvus-lite is a dependency
         return
-    key = _key(db_file)
+    key = server_key(db_file)
+    lite_clock.forget(key)
     with server_manager_instance._lock:
         server = server_manager_instance._servers.pop(key, None)
     if server is not None:
@@ -182,7 +185,7 @@ def server_alive(db_file: str | os.PathLike) -> bool | None:
         from milvus_lite.server_manager import server_manager_instance
     except ImportError:  # pragma: no cover
         return None
-    server = server_manager_instance._servers.get(_key(db_file))
+    server = server_manager_instance._servers.get(server_key(db_file))
     proc = getattr(server, "_p", None)
     if proc is None:
         return None
