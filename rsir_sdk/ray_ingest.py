@@ -34,14 +34,10 @@ one: the encoder carries the bundle path, identity and raster rule the actors ne
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
-import tempfile
-import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -50,6 +46,7 @@ from .errors import RsirError
 from .failures import Failure, FailureReport
 from .ingest import IngestProgress, IngestRun, IngestSummary, writes_fine
 from .options import IngestOptions
+from .ray_head import RayUnavailableError, connect
 from .store import MilvusCodeStore, PrepareProgress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,10 +63,6 @@ def _pillow_guard() -> dict[str, Any]:
     from PIL import Image
 
     return {"MAX_IMAGE_PIXELS": Image.MAX_IMAGE_PIXELS}
-
-
-class RayUnavailableError(RsirError, RuntimeError):
-    """Ray is not installed, or the cluster cannot be reached."""
 
 
 class EncodeActor:
@@ -192,7 +185,7 @@ def ingest_on_ray(
     todo = list(run.unseen())  # listing and resuming stay on the driver
     if not todo:
         return run.finish()
-    started_here = _init_ray(ray, opts.address, workers)
+    connection = connect(ray, opts.address, workers)
     try:
         rows = [{"index": i, "file": str(it.file)} for i, it in enumerate(todo)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size,
@@ -213,8 +206,8 @@ def ingest_on_ray(
         except KeyboardInterrupt:
             raise run.interrupted() from None
     finally:
-        if started_here:
-            ray.shutdown()
+        if connection is not None:  # this call connected (and started a local Ray): undo it
+            connection.close()
 
 
 def _import_ray() -> Any:
@@ -229,86 +222,3 @@ def _import_ray() -> Any:
             "ingestion on Ray needs the distributed extra: pip install 'rsir-sdk[distributed]'"
         ) from None
     return ray
-
-
-@contextlib.contextmanager
-def _stderr_to_file() -> Iterator[None]:
-    """Send what Ray's C++ start-up writes to file descriptor 2 into a log file instead."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.NamedTemporaryFile("w+b", prefix="rsir-ray-init-", suffix=".log",
-                                     delete=False) as log_file:
-        os.dup2(log_file.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    log.debug("Ray start-up messages are in %s", log_file.name)
-
-
-#: tries at starting a local Ray when its start-up times out (a loaded machine)
-START_ATTEMPTS = 3
-#: seconds a retry gives the new GCS to publish its port (Ray's default: 30)
-RETRY_GCS_WAIT_S = 90
-
-
-#: where a local Ray's latest session keeps its processes' logs
-RAY_LOGS = os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs")
-
-
-@contextlib.contextmanager
-def _gcs_wait(attempt: int) -> Iterator[None]:
-    """A retry waits ``RETRY_GCS_WAIT_S`` for the GCS's port (Ray's 30 s ran out on a loaded
-    2-core CI machine twice in a row); a value the user set is left alone."""
-    name = "RAY_gcs_server_port_wait_time_s"
-    if attempt == 1 or name in os.environ:
-        yield
-        return
-    os.environ[name] = str(RETRY_GCS_WAIT_S)
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
-def _init_ray(ray: Any, address: str | None, workers: int) -> bool:
-    """Connect to ``address`` or start a local Ray; True when this call started it."""
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                              "logging_level": logging.ERROR, "configure_logging": True}
-    for name in ("ray", "ray.data", "ray._private", "ray.util"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # Ray gives a new local node fixed times to start (30 s for the raylet to register, a wait
-    # for the GCS port file); on a small, loaded machine (2 cores beside a Milvus server) one
-    # can run out once and succeed at the next try
-    attempts = 1 if address else START_ATTEMPTS
-    for attempt in range(1, attempts + 1):
-        try:
-            with _stderr_to_file(), warnings.catch_warnings(), _gcs_wait(attempt):
-                warnings.simplefilter("ignore")  # Ray's start-up and connection warnings
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:
-                    ray.init(num_cpus=max(1, workers), **kwargs)
-            break
-        except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray's own start-up
-            # Ray's start-up time-outs: "... timed out during startup ..." (the raylet) and
-            # "Timed out waiting for file .../gcs_server_port_..." (the GCS), both seen in CI
-            timed_out = "timed out" in str(exc).lower()
-            if attempt < attempts and timed_out:
-                log.info("a local Ray did not start within Ray's start-up limit; "
-                         "trying again (%d of %d)", attempt + 1, attempts)
-                with contextlib.suppress(Exception), _stderr_to_file():
-                    ray.shutdown()
-                continue
-            where = f"the Ray cluster at {address}" if address else "a local Ray"
-            hint = (f" (after {attempts} tries; the machine may be too loaded: --engine local "
-                    f"needs no Ray; Ray's logs: {RAY_LOGS})" if attempts > 1 and timed_out else "")
-            raise RayUnavailableError(
-                f"cannot start {where}: {type(exc).__name__}: {exc}{hint}") from None
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.verbose_stats_logs = False
-    return True

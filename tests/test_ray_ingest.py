@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from PIL import Image, ImageOps
@@ -118,64 +119,106 @@ def test_ray_engine_says_what_is_wrong_when_it_cannot_start(rp_bundle, sample_di
     assert not list(tmp_path.glob("*.csv"))
 
 
-class _SlowStartRay:
-    """Stands in for the ``ray`` module only where Ray's own start-up times out, a failure a
-    test cannot provoke on demand: ``init`` raises Ray's start-up timeout ``failures`` times."""
+class _SlowHead:
+    """Stands in for :class:`~rsir_sdk.ray_head.LocalHead` (and the ``ray`` module it would be
+    connected with) only where Ray's own start-up times out, a failure a test cannot provoke on
+    demand: each call is one try at starting a helper; the first ``failures`` raise Ray's
+    start-up timeout. The helper's real start, connection and failure are tested above/below."""
 
     #: the two start-up time-outs Ray raised in CI on this 2-core machine
     MESSAGES = ("The current node timed out during startup. This could happen because some of "
                 "the raylet failed to startup or the GCS has become overloaded.",
                 "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_0123")
+    address, auth = "127.0.0.1:1", {}
 
     def __init__(self, failures: int, message: str = MESSAGES[0]):
-        self.failures, self.inits, self.shutdowns, self.started = failures, 0, 0, False
-        self.gcs_waits: list[str | None] = []  # RAY_gcs_server_port_wait_time_s at each init
+        self.failures, self.tries, self.closed, self.started = failures, 0, 0, False
         self.message = message
+        self.gcs_waits: list[str | None] = []  # RAY_gcs_server_port_wait_time_s at each try
+        self.timeouts: list[float] = []
         self.data = type("data", (), {"DataContext": type("DataContext", (), {
             "get_current": staticmethod(lambda: type("ctx", (), {})())})})
 
+    def __call__(self, cpus: int, timeout: float) -> "_SlowHead":
+        self.tries += 1
+        self.gcs_waits.append(os.environ.get("RAY_gcs_server_port_wait_time_s"))
+        self.timeouts.append(timeout)
+        if self.tries <= self.failures:
+            raise RuntimeError(self.message)
+        return self
+
+    def close(self) -> None:
+        self.closed += 1
+
+    # the ``ray`` module's part
     def is_initialized(self) -> bool:
         return self.started
 
     def init(self, **kwargs) -> None:
-        self.inits += 1
-        self.gcs_waits.append(os.environ.get("RAY_gcs_server_port_wait_time_s"))
-        if self.inits <= self.failures:
-            raise RuntimeError(self.message)
         self.started = True
 
     def shutdown(self) -> None:
-        self.shutdowns += 1
+        self.started = False
 
 
-@pytest.mark.parametrize("message", _SlowStartRay.MESSAGES)
-def test_a_local_ray_that_times_out_once_is_started_again(message, monkeypatch):
+@pytest.mark.parametrize("message", _SlowHead.MESSAGES)
+def test_a_local_ray_that_times_out_is_started_again(message, monkeypatch):
     """Ray gives a local node fixed times to start (the raylet, the GCS port file); on a loaded
-    machine one can run out once (both did in CI). The engine shuts the half-started Ray down
-    and tries again, giving the GCS longer to publish its port; the last time-out is one line
-    that says what to do."""
+    machine one can run out (both did in CI). The engine tries again, giving the GCS longer
+    to publish its port; the last time-out is one line that says what to do."""
     from rsir_sdk.errors import RsirError
-    from rsir_sdk.ray_ingest import RAY_LOGS, RETRY_GCS_WAIT_S, START_ATTEMPTS, _init_ray
+    from rsir_sdk.ray_head import RAY_LOGS, RETRY_GCS_WAIT_S, START_ATTEMPTS, connect
 
     monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
-    once = _SlowStartRay(failures=1, message=message)
-    assert _init_ray(once, None, 2) is True
-    assert (once.inits, once.shutdowns) == (2, 1)
+    once = _SlowHead(failures=1, message=message)
+    connection = connect(once, None, 2, start_head=once)
+    assert connection is not None and once.tries == 2 and once.started
     assert once.gcs_waits == [None, str(RETRY_GCS_WAIT_S)]  # Ray's 30 s first, then longer
+    assert once.timeouts[1] > RETRY_GCS_WAIT_S  # the helper is waited for beyond the GCS
     assert "RAY_gcs_server_port_wait_time_s" not in os.environ  # put back as it was
-    always = _SlowStartRay(failures=START_ATTEMPTS, message=message)
+    connection.close()
+    assert once.closed == 1 and not once.started
+    always = _SlowHead(failures=START_ATTEMPTS, message=message)
     with pytest.raises(RsirError) as err:
-        _init_ray(always, None, 2)
-    message = str(err.value)
-    assert always.inits == START_ATTEMPTS and "\n" not in message
-    assert message.startswith("cannot start a local Ray") and "--engine local" in message
-    assert RAY_LOGS in message
+        connect(always, None, 2, start_head=always)
+    text = str(err.value)
+    assert always.tries == START_ATTEMPTS and "\n" not in text
+    assert text.startswith("cannot start a local Ray") and "--engine local" in text
+    assert RAY_LOGS in text
     monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "7")  # the user's own wait is kept
-    mine = _SlowStartRay(failures=1, message=message)
-    _init_ray(mine, None, 2)
+    mine = _SlowHead(failures=1, message=message)
+    connect(mine, None, 2, start_head=mine)
     assert mine.gcs_waits == ["7", "7"] and os.environ["RAY_gcs_server_port_wait_time_s"] == "7"
-    # a cluster address is not retried: a wrong address fails at once
-    remote = _SlowStartRay(failures=1, message=message)
+    # a cluster address is not retried, and starts no helper
+    remote = _SlowHead(failures=0)
+    remote.init = lambda **kw: (_ for _ in ()).throw(ConnectionError("refused"))
     with pytest.raises(RsirError):
-        _init_ray(remote, "ray://10.0.0.1:10001", 2)
-    assert remote.inits == 1
+        connect(remote, "ray://10.0.0.1:10001", 2, start_head=remote)
+    assert remote.tries == 0
+
+
+def test_a_real_local_ray_that_cannot_start_is_one_line_and_leaves_nothing(monkeypatch):
+    """A GCS given no time to publish its port (a real helper, a real Ray): every try fails,
+    the error is one line, and no helper, Ray process or helper log is left behind."""
+    import glob
+    import tempfile
+
+    from rsir_sdk.errors import RsirError
+    from rsir_sdk.ray_head import START_ATTEMPTS, connect
+    from rsir_sdk.ray_ingest import _import_ray
+
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "0")
+    logs_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "rsir-ray-*")))
+    ray = _import_ray()
+    with pytest.raises(RsirError) as err:
+        connect(ray, None, 2)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("cannot start a local Ray")
+    assert f"after {START_ATTEMPTS} tries" in text and "gcs_server_port" in text
+    assert not ray.is_initialized()
+    deadline = time.monotonic() + 15  # Ray's processes exit within moments of the helper
+    while (left := subprocess.run(["pgrep", "-f", "rsir_sdk.ray_head|gcs_server"],
+                                  capture_output=True, text=True).stdout.split()):
+        assert time.monotonic() < deadline, left
+        time.sleep(0.2)
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "rsir-ray-*"))) <= logs_before

@@ -1,0 +1,285 @@
+"""A local Ray started from a clean helper process, so that no Ray process is forked from ours.
+
+Why: Ray starts its GCS, raylet and dashboard with ``subprocess.Popen(preexec_fn=...)``, which
+makes Python ``fork()`` the calling process and run every registered at-fork handler in the
+child before ``exec``. In a process with live gRPC channels (every Milvus connection is one),
+such a child can hang or abort before it becomes the Ray process: measured here, a store
+queried from two threads while ``ray.init`` ran 8 times gave one start that timed out and one
+dashboard that died with SIGABRT; in CI all three tries of one start timed out waiting for a GCS
+that never wrote a line. A fresh interpreter that imports nothing but Ray forks safely.
+
+:class:`LocalHead` runs ``python -m rsir_sdk.ray_head N`` (this module), which starts a local
+Ray with N CPUs, prints the GCS address on one line and waits for its standard input to close;
+the caller connects to that address as a driver. Closing the head (or the caller dying, which
+closes the pipe) shuts that Ray down; Ray's own processes die with the helper (Ray's
+fate-sharing), so a SIGKILL to the caller's process group leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Iterator
+
+from .errors import RsirError
+
+log = logging.getLogger(__name__)
+
+#: tries at starting a local Ray when its start-up times out (a loaded machine)
+START_ATTEMPTS = 3
+#: seconds a retry gives the new GCS to publish its port (Ray's default: 30)
+RETRY_GCS_WAIT_S = 90
+#: where a local Ray's latest session keeps its processes' logs
+RAY_LOGS = os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs")
+#: seconds a helper gets, beyond the GCS's wait, to print its Ray's address
+HEAD_START_SLACK_S = 60
+
+#: the line the helper prints once its Ray runs (followed by the GCS address)
+READY = "rsir-ray-head-address "
+#: the line the helper prints when its Ray did not start (followed by the error, one line)
+FAILED = "rsir-ray-head-error "
+
+
+class LocalHead:
+    """A helper process running a local Ray with ``cpus`` CPUs (see the module)."""
+
+    def __init__(self, cpus: int, timeout: float):
+        """Start the helper and wait up to ``timeout`` seconds for its Ray's address; raises
+        ``RuntimeError`` with the helper's one-line reason when its Ray does not start."""
+        self.auth = _auth_settings()
+        # the helper's stderr holds Ray's start-up notices only (its failure comes as a line
+        # on stdout; Ray's processes log under RAY_LOGS): discarded, so nothing is left behind
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "rsir_sdk.ray_head", str(int(cpus))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, **self.auth})
+        try:
+            self.address = self._wait_for_address(timeout)
+        except BaseException:
+            self.close(timeout=5)  # a helper stuck in Ray's start-up is killed
+            raise
+
+    def _wait_for_address(self, timeout: float) -> str:
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"Timed out waiting for a local Ray to start ({timeout:g} s)")
+            ready, _, _ = select.select([self._proc.stdout], [], [], left)
+            if not ready:
+                continue
+            line = self._proc.stdout.readline().decode("utf-8", "replace")
+            if not line:  # the helper exited
+                raise RuntimeError(f"the Ray helper process exited with code "
+                                   f"{self._proc.wait()} before its Ray ran")
+            if line.startswith(READY):
+                return line[len(READY):].strip()
+            if line.startswith(FAILED):
+                raise RuntimeError(line[len(FAILED):].strip())
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Shut the helper's Ray down (killed after ``timeout`` seconds)."""
+        proc = self._proc
+        if proc.stdin is not None and not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+class RayUnavailableError(RsirError, RuntimeError):
+    """Ray is not installed, or the cluster cannot be reached or started."""
+
+
+class RayConnection:
+    """This process's driver connection, and the local Ray it started (``head``) if any."""
+
+    def __init__(self, ray: Any, head: LocalHead | None, environment: contextlib.ExitStack):
+        self._ray, self.head, self._environment = ray, head, environment
+
+    def close(self) -> None:
+        """Disconnect the driver, shut the local Ray down, put the environment back."""
+        with contextlib.suppress(Exception), _stderr_quiet():
+            self._ray.shutdown()
+        if self.head is not None:
+            self.head.close()
+        self._environment.close()
+
+
+def connect(ray: Any, address: str | None, workers: int,
+            start_head: Callable[[int, float], LocalHead] = LocalHead) -> RayConnection | None:
+    """Connect this process to ``address``, or to a local Ray of ``workers`` CPUs started by
+    a :class:`LocalHead` (up to ``START_ATTEMPTS`` tries when its start-up times out); ``None``
+    when Ray was already initialized here (the caller's own connection is used and kept)."""
+    if ray.is_initialized():
+        return None
+    for name in ("ray", "ray.data", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    head = None if address else _start_head(start_head, max(1, workers))
+    environment = contextlib.ExitStack()
+    try:
+        # the driver presents the helper's token for as long as it is connected
+        environment.enter_context(_environment(head.auth if head is not None else {}))
+        with _stderr_quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's connection warnings
+            ray.init(address=address or (head.address if head is not None else None),
+                     include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True)
+    except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray
+        RayConnection(ray, head, environment).close()
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise RayUnavailableError(f"cannot connect to {where}: {type(exc).__name__}: "
+                                  f"{_one_line(exc)}") from None
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_stats_logs = False
+    return RayConnection(ray, head, environment)
+
+
+def _start_head(start_head: Callable[[int, float], LocalHead], cpus: int) -> LocalHead:
+    """A local Ray in a helper; Ray's fixed start-up limits (30 s for the raylet to register,
+    the GCS's wait for its port file) can run out on a small loaded machine, so a time-out is
+    tried again, giving the GCS longer."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with _gcs_wait(attempt) as gcs_wait_s:
+            try:
+                return start_head(cpus, gcs_wait_s + HEAD_START_SLACK_S)
+            except RuntimeError as exc:
+                timed_out = "timed out" in str(exc).lower()
+                if attempt < START_ATTEMPTS and timed_out:
+                    log.info("a local Ray did not start in time; trying again (%d of %d)",
+                             attempt + 1, START_ATTEMPTS)
+                    continue
+                hint = (f" (after {attempt} tries; the machine may be too loaded: --engine "
+                        f"local needs no Ray; Ray's logs: {RAY_LOGS})" if timed_out else "")
+                raise RayUnavailableError(
+                    f"cannot start a local Ray: {_one_line(exc)}{hint}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _gcs_wait(attempt: int) -> Iterator[int]:
+    """Yields the seconds the GCS waits for its port: Ray's 30 s on a first try,
+    ``RETRY_GCS_WAIT_S`` on a retry (set in the environment the helper inherits); a value the
+    user set is left alone."""
+    name = "RAY_gcs_server_port_wait_time_s"
+    if name in os.environ:
+        yield int(os.environ[name]) if os.environ[name].isdigit() else 30
+        return
+    if attempt == 1:
+        yield 30
+        return
+    os.environ[name] = str(RETRY_GCS_WAIT_S)
+    try:
+        yield RETRY_GCS_WAIT_S
+    finally:
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _stderr_quiet() -> Iterator[None]:
+    """Discard what Ray's C++ core writes to file descriptor 2 meanwhile (its start-up notices;
+    what goes wrong reaches the caller as the exception)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _auth_settings() -> dict[str, str]:
+    """Ray (2.60) guards a new local cluster with a token; the helper's cluster gets a fresh
+    one that this process's driver presents (a token or mode the user set is kept)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return {}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in this process's environment (and Ray's cached view of its auth
+    settings refreshed), put back as they were afterwards."""
+    if not values:
+        yield
+        return
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    _refresh_ray_auth()
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _refresh_ray_auth()
+
+
+def _refresh_ray_auth() -> None:
+    """Ray caches its configuration and token when first imported; Ray's own token set-up
+    refreshes both this way after changing the environment (Ray 2.60; a no-op elsewhere)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):  # another Ray version: nothing cached this way
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """The helper: start a local Ray, print its address, run until stdin closes."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    cpus = int(argv[0])
+    import ray
+
+    for name in ("ray", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            context = ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                               logging_level=logging.ERROR, configure_logging=True)
+    except Exception as exc:  # Ray's own start-up errors, passed on as one line
+        text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        print(FAILED + text, flush=True)
+        return 1
+    print(READY + context.address_info["gcs_address"], flush=True)  # type: ignore[attr-defined]
+    try:
+        sys.stdin.buffer.read()  # until the caller closes the pipe or dies
+    except KeyboardInterrupt:  # Ctrl-C to the caller's process group
+        pass
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
