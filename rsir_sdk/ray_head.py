@@ -89,11 +89,9 @@ class LocalHead:
     def close(self, timeout: float = 30.0) -> None:
         """Shut the helper's Ray down (killed after ``timeout`` seconds)."""
         proc = self._proc
-        if proc.stdin is not None and not proc.stdin.closed:
-            try:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -129,8 +127,7 @@ def connect(ray: Any, address: str | None, workers: int,
     when Ray was already initialized here (the caller's own connection is used and kept)."""
     if ray.is_initialized():
         return None
-    for name in ("ray", "ray.data", "ray._private", "ray.util"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_ray_loggers()
     head = None if address else _start_head(start_head, max(1, workers))
     environment = contextlib.ExitStack()
     try:
@@ -138,7 +135,7 @@ def connect(ray: Any, address: str | None, workers: int,
         environment.enter_context(_environment(head.auth if head is not None else {}))
         with _stderr_quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Ray's connection warnings
-            ray.init(address=address or (head.address if head is not None else None),
+            ray.init(address=head.address if head is not None else address,
                      include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR, configure_logging=True)
     except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray
@@ -166,8 +163,9 @@ def _start_head(start_head: Callable[[int, float], LocalHead], cpus: int) -> Loc
                     log.info("a local Ray did not start in time; trying again (%d of %d)",
                              attempt + 1, START_ATTEMPTS)
                     continue
-                hint = (f" (after {attempt} tries; the machine may be too loaded: --engine "
-                        f"local needs no Ray; Ray's logs: {RAY_LOGS})" if timed_out else "")
+                loaded = (f"after {attempt} tries; the machine may be too loaded: "
+                          if timed_out else "")
+                hint = f" ({loaded}--engine local needs no Ray; Ray's logs: {RAY_LOGS})"
                 raise RayUnavailableError(
                     f"cannot start a local Ray: {_one_line(exc)}{hint}") from None
     raise AssertionError("unreachable")  # pragma: no cover
@@ -206,6 +204,11 @@ def _stderr_quiet() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _quiet_ray_loggers() -> None:
+    for name in ("ray", "ray.data", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -260,16 +263,14 @@ def main(argv: list[str]) -> int:
     cpus = int(argv[0])
     import ray
 
-    for name in ("ray", "ray._private", "ray.util"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_ray_loggers()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             context = ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                                logging_level=logging.ERROR, configure_logging=True)
     except Exception as exc:  # Ray's own start-up errors, passed on as one line
-        text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        print(FAILED + text, flush=True)
+        print(f"{FAILED}{type(exc).__name__}: {_one_line(exc)}", flush=True)
         return 1
     print(READY + context.address_info["gcs_address"], flush=True)  # type: ignore[attr-defined]
     try:

@@ -259,12 +259,11 @@ class Connection:
         self._wait_for_lite_clock()
         try:
             with rpc.sigint_held():
-                result = getattr(self.client, method)(*args, **kwargs)
+                return getattr(self.client, method)(*args, **kwargs)
         except Exception as exc:
-            self._after_lite_write(method, 0)
             raise self._error(exc, what, expression) from None
-        self._after_lite_write(method, len(kwargs.get("data") or ()))
-        return result
+        finally:  # a failed write may have reached the server in part
+            self._after_lite_write(method, len(kwargs.get("data") or ()))
 
     def _wait_for_lite_clock(self) -> None:
         """On Milvus Lite, wait until the last write is in its server's clock's past
@@ -377,15 +376,13 @@ class Connection:
         if self.timeout is not None:
             kwargs["timeout"] = self.timeout
         self._wait_for_lite_clock()
-        rows = len(columns[0]) if columns else 0
         try:
             with no_deprecation_warnings(), rpc.sigint_held():
-                result = getattr(col, verb)(columns, **kwargs)
-        except Exception as exc:  # a failed request may have been written in part
-            self._after_lite_write(verb, rows)
+                return getattr(col, verb)(columns, **kwargs)
+        except Exception as exc:
             raise self._error(exc, what, None) from None
-        self._after_lite_write(verb, rows)
-        return result
+        finally:  # a failed request may have been written in part
+            self._after_lite_write(verb, len(columns[0]) if columns else 0)
 
     def forget_collection(self, name: str) -> None:
         """Drop the cached ORM handle of ``name`` (after a drop or an index change)."""
