@@ -125,7 +125,8 @@ def draw_case(bundle: Bundle, data: Path | None, n: int, seed: int) -> Case:
     pick = sorted(rng.choice(len(side), size=min(n, len(side)), replace=False).tolist())
     ids = [side[i] for i in pick]
     dataset = (bundle.manifest.get("training") or {}).get("dataset") or root.name
-    name = f"{dataset}-{bundle.method}-{bundle.bits}"
+    precision = bundle.manifest.get("precision")  # derived bundles: int8 / fp16
+    name = f"{dataset}-{bundle.method}-{bundle.bits}" + (f"-{precision}" if precision else "")
     return Case(bundle, name, ids, [by_id[i].label for i in ids], [str(by_id[i].file) for i in ids])
 
 

@@ -169,7 +169,7 @@ def duplicates_check(case: Case, stores: Stores, radii: list[int]) -> list[dict[
     r.add_codes(np.concatenate(codes), ids, case.labels * (1 + len(CHANGED)),
                 fine=np.concatenate(fine))
     out = []
-    for radius in radii:
+    for radius in dict.fromkeys(radii):  # once each (the default radius may be in the list)
         groups = r.duplicates(radius)
         where = {x: g for g, members in enumerate(groups) for x in members}
         found = {v: float(np.mean([f"{i}#{v}" in where and where.get(i) == where[f"{i}#{v}"]

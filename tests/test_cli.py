@@ -189,6 +189,19 @@ def test_training_commands_come_from_the_entry_point_group(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
+def test_a_leading_verbose_flag_reaches_the_training_commands(tmp_path, capsys):
+    """`rsir -v train ...` works as `rsir -v index ...` does (it was refused as an unrecognized
+    argument): the flag is passed on, and the command's own parser answers."""
+    assert main(["-v", "train", "ahcl", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--bits", "12"]) == 2
+    err = capsys.readouterr().err
+    assert "rsir train ahcl: argument --bits: bits must be a multiple of 8" in err, err
+    assert "unrecognized" not in err and not (tmp_path / "o").exists()
+    for command in ("quickstart", "quantize", "train"):
+        assert main(["--verbose", command, "--help"]) == 0
+        assert "usage: rsir " + command in capsys.readouterr().out
+
+
 def test_an_empty_entry_point_group_names_the_package_to_install(tmp_path):
     """No distribution declares `rsir.commands`: `rsir --help` lists none, `rsir train` says one line."""
     import os

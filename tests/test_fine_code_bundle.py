@@ -179,12 +179,23 @@ def test_manifest_naming_a_missing_fine_output_is_refused(rp_bundle, tmp_path):
 
 
 def test_int8_bundle_keeps_the_fine_head_in_float(tiny, fine_bits, sample_dir, sample_images,
-                                                  tmp_path):
-    from rsir_train.quantize import QuantizeOptions, quantize_bundle
+                                                  tmp_path, capsys):
+    """Made as a user makes it: ``rsir -v quantize ... --json`` (the global -v reaches the
+    training package's command; progress goes to stderr, the JSON alone to stdout)."""
+    import json
+
+    from rsir_sdk.cli import main as rsir
 
     out, _, _ = tiny
-    quantize_bundle(out, sample_dir, tmp_path / "int8", QuantizeOptions(count=96, check=40))
+    code = rsir(["-v", "quantize", str(out), "--calibration", str(sample_dir),
+                 "--out", str(tmp_path / "int8"), "--count", "96", "--check", "40", "--json"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    result = json.loads(printed.out)
+    assert "calibration batch 1/" in printed.err and "of bits agree with the parent" in printed.err
+    assert len(result["excluded_nodes"]) == len(set(result["excluded_nodes"]))
     child = Bundle.load(tmp_path / "int8")
+    assert result["fine_bit_agreement"] == child.manifest["parent"]["fine_bit_agreement"]
     assert child.fine_bits == fine_bits and child.manifest["fine_code"]["kind"] == "pca"
     assert child.manifest["precision"] == "int8"
     # the fine projection (the last Gemm/MatMul before fine_codes) was not quantized

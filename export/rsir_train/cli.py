@@ -145,7 +145,9 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
                         "a class closer to the features)")
     p.add_argument("--results", help="merge result records of this run into this JSON list "
                                      "(docs/results.json)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log progress (the default; kept for `rsir -v train ...`)")
 
 
 def _add_ahcl(methods: Any) -> None:
@@ -350,6 +352,7 @@ def _add_quantize(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
 
 
 def _add_quickstart(sub: Any) -> None:
@@ -366,6 +369,7 @@ def _add_quickstart(sub: Any) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="train a new bundle even when OUT/bundle exists (its collection is rebuilt)")
     p.add_argument("-k", type=int, default=5, help="hits shown per query")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train" and not args.data:
         print(f"{name}: --data (or $RSIR_DATA) is required", file=sys.stderr)
         return EXIT_USAGE
-    quiet = getattr(args, "quiet", True)
+    # training logs its progress unless -q; quantize and quickstart only with -v
+    quiet = args.quiet if hasattr(args, "quiet") else not args.verbose
     before = list(logging.getLogger().handlers)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -159,6 +159,26 @@ def _printer(quiet: bool) -> "Progress":
     return show
 
 
+def _quantize_printer() -> "Progress":
+    """``rsir quantize``'s progress on stderr (stdout keeps the summary or the JSON): a minute
+    or more on a CPU, calibration batches and each try at the agreement target."""
+
+    def show(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "check":
+            text = f"quantize: the result is checked against the parent on {event['images']} images"
+        elif kind == "calibrate" and (event["batch"] == event["batches"] or event["batch"] % 4 == 1):
+            text = f"quantize: calibration batch {event['batch']}/{event['batches']}"
+        elif kind == "attempt":
+            text = (f"quantize: {event['leading_float']} leading layer(s) kept in float: "
+                    f"{event['bit_agreement']:.4%} of bits agree with the parent")
+        else:
+            return
+        print(text, file=sys.stderr, flush=True)
+
+    return show
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
     for k, v in metrics.items():
         print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
@@ -268,7 +288,8 @@ def quantize(args: argparse.Namespace) -> int:
         target_agreement=args.target_agreement, reduce_range=args.reduce_range,
         batch_size=args.batch_size, min_agreement=args.min_agreement, overwrite=args.overwrite,
     )
-    res = quantize_bundle(args.bundle, args.calibration, args.out, options)
+    res = quantize_bundle(args.bundle, args.calibration, args.out, options,
+                          progress=_quantize_printer())
     if args.json:
         d = asdict(res)
         d["path"] = str(res.path)
@@ -288,6 +309,8 @@ def quantize(args: argparse.Namespace) -> int:
               f"{', '.join(res.float_layers[:8])}{' ...' if len(res.float_layers) > 8 else ''}")
     print(f"  agreement   {res.bit_agreement:.4%} of bits, {res.codes_identical:.1%} of codes "
           f"identical on {res.check_images} {res.check_set} images")
+    if res.fine_bit_agreement is not None:
+        print(f"  fine code   {res.fine_bit_agreement:.4%} of bits agree (its head stays float32)")
     return 0
 
 

@@ -99,14 +99,29 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve_cli.run)
 
 
+def _forwarded_command(argv: list[str]) -> tuple[str, list[str]] | None:
+    """The training command of ``argv`` and its arguments, or None for a runtime command.
+
+    ``rsir -v train ...`` works as ``rsir -v index ...`` does: a leading ``-v``/``--verbose``
+    is passed on to the command as ``--verbose`` (every ``rsir.commands`` command takes it).
+    """
+    at = 0
+    while at < len(argv) and argv[at] in ("-v", "--verbose"):
+        at += 1
+    if at < len(argv) and argv[at] in authoring.names() - RUNTIME_COMMANDS:
+        return argv[at], argv[at + 1 :] + (["--verbose"] if at else [])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rsir`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # milvus-lite 2.5 imports pkg_resources, whose deprecation warning means nothing to users
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     _tolerant_output()
-    if argv and argv[0] in authoring.names() - RUNTIME_COMMANDS:
-        return authoring.run(argv[0], argv[1:])
+    forwarded = _forwarded_command(argv)
+    if forwarded is not None:
+        return authoring.run(forwarded[0], forwarded[1])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -4,7 +4,8 @@ Training and quantization live in their own distribution (``rsir-train``, packag
 ``rsir_train``; the ``export/`` folder of the repository), so that the runtime pulls neither
 torch nor onnx. That distribution declares its commands in the entry-point group
 ``rsir.commands`` (name = the command, value = a function taking the arguments after the
-command and returning the exit status); ``rsir`` lists and runs whatever the group holds, so a
+command and returning the exit status; ``rsir -v <command>`` passes ``--verbose`` last, so a
+command takes that option); ``rsir`` lists and runs whatever the group holds, so a
 command is added by installing a package, not by editing this one. When the training package
 is not installed, ``rsir train`` (and the other names in :data:`TRAINING_COMMANDS`) says in one
 line what to install.

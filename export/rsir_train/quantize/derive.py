@@ -89,6 +89,8 @@ class QuantizeResult:
     float_layers: list[str] = field(default_factory=list)  # weighted layers kept in float32
     attempts: list[dict[str, Any]] = field(default_factory=list)
     excluded_nodes: list[str] = field(default_factory=list, repr=False)
+    #: fraction of fine-code bits equal to the parent's on the check images (None: no fine code)
+    fine_bit_agreement: float | None = None
 
 
 @dataclass
@@ -115,8 +117,9 @@ class _FloatPlan:
 
     @property
     def exclude(self) -> list[str]:
-        return self.pre + self.pack + ([self.head] if self.keep_head and self.head else []) \
-            + self.by_request
+        """Every node kept float32, once each (the parts' lists can share a node)."""
+        head = [self.head] if self.keep_head and self.head else []
+        return list(dict.fromkeys(self.pre + self.pack + head + self.by_request))
 
 
 def _require_onnx() -> Any:
@@ -439,4 +442,5 @@ def _result(out: Path, parent: Bundle, derived: _Derived, plan: _FloatPlan, grap
         + [n for n in plan.by_request if n in weighted],
         attempts=derived.attempts,
         excluded_nodes=plan.exclude + derived.leading_kept,
+        fine_bit_agreement=written.manifest["parent"].get("fine_bit_agreement"),
     )
