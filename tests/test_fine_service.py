@@ -330,6 +330,11 @@ def test_rsir_duplicates_writes_csv_and_json_reports(world, cli_db, tmp_path, ca
     code, _, err = _cli(capsys, "duplicates", rp_bundle[0], "--uri", cli_db,
                         "--collection", "never_written")        # a bundle without a fine code
     assert code == 2 and "has none" in err and len(err.strip().splitlines()) == 1
+    # a collection that does not exist: its one line, no empty progress bar before it
+    code, _, err = _cli(capsys, "duplicates", world["bundle"], "--uri", cli_db,
+                        "--collection", "never_written")
+    assert code == 1 and err.strip().splitlines() == [err.strip()], err
+    assert "collection 'never_written' does not exist" in err and "item" not in err
 
 
 def test_rsir_search_appearance_and_the_fine_column(world, cli_db, capsys):

@@ -138,7 +138,7 @@ def test_refusals_write_nothing(rp_bundle, int8_bundle, sample_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rsir-quantize-")]
     with pytest.raises(QuantizeError, match="itself derived"):
         quantize_bundle(int8_bundle[0], sample_dir, out)
-    with pytest.raises(QuantizeError, match="not empty"):
+    with pytest.raises(QuantizeError, match="not empty: choose another --out, or replace it with --overwrite"):
         quantize_bundle(rp_bundle[0], sample_dir, int8_bundle[0])
     with pytest.raises(QuantizeError, match="no calibration images"):
         (tmp_path / "empty").mkdir()

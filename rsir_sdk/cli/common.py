@@ -155,16 +155,22 @@ def warn(message: str) -> None:
 
 
 class ProgressBar:
-    """A tqdm bar on stderr fed with ``(done, total, postfix)``; quiet when not a terminal."""
+    """A tqdm bar on stderr fed with ``(done, total, postfix)``; quiet when not a terminal.
+
+    The bar appears with the first update: work that fails before it starts (a missing
+    collection, a server that does not answer) prints its one error line and no empty bar."""
 
     def __init__(self, desc: str, unit: str = "img"):
-        from tqdm import tqdm
-
-        tty = sys.stderr.isatty()
-        self._bar = tqdm(total=None, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
-                         mininterval=0.5 if tty else 30.0, smoothing=0.1)
+        self._desc, self._unit = desc, unit
+        self._bar: Any = None
 
     def update(self, done: int, total: int | None, **postfix: Any) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            tty = sys.stderr.isatty()
+            self._bar = tqdm(total=total, desc=self._desc, unit=self._unit, dynamic_ncols=True,
+                             file=sys.stderr, mininterval=0.5 if tty else 30.0, smoothing=0.1)
         if self._bar.total != total:
             self._bar.total = total
         if postfix:
@@ -172,4 +178,5 @@ class ProgressBar:
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()

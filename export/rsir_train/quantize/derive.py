@@ -145,7 +145,8 @@ def _check_request(parent: Bundle, out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise QuantizeError(f"--out {out} is a file; give a folder for the new bundle")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise QuantizeError(f"{out} exists and is not empty: choose another --out or overwrite")
+        raise QuantizeError(f"{out} exists and is not empty: choose another --out, or replace "
+                            f"it with --overwrite (overwrite=True from Python)")
 
 
 @dataclass
