@@ -59,7 +59,8 @@ def dup_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for res in results:
         for d in res.get("duplicates", []):
-            rows.append([res["case"], d["radius"], *(f"{d['found'][v]:.3f}" for v in CHANGED),
+            radius = f"{d['radius']} (default)" if d.get("default") else d["radius"]
+            rows.append([res["case"], radius, *(f"{d['found'][v]:.3f}" for v in CHANGED),
                          d["groups"], d["mixed_groups"], d["images_in_mixed"], d["largest"]])
     return rows
 
@@ -103,7 +104,8 @@ def render(results: list[dict[str, Any]], source: str) -> str:
                   f"their JPEG, crop and brightness copies (4 x {results[0]['n']} items): the share "
                   f"of copies in their original's group, the groups, the groups joining distinct "
                   f"database images and the images in those, the largest group "
-                  f"(default radius: {DEFAULT_DUPLICATE_RADIUS}):", "",
+                  f"(`(default)`: `radius=None`, {DEFAULT_DUPLICATE_RADIUS} bits per 128 of "
+                  f"fine code):", "",
                   table(["bundle", "radius", *(HEADS[v] for v in CHANGED), "groups",
                          "groups of distinct images", "images in them", "largest"], dups)]
     return "\n".join(parts)

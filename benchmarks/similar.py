@@ -81,7 +81,8 @@ from _similar_queries import archive_root as archive_root  # re-exported: ratio_
 from _similar_report import render
 
 from rsir_sdk import Bundle, MilvusCodeStore, Retriever
-from rsir_sdk.store import DEFAULT_DUPLICATE_RADIUS, drop_collection, list_collections
+from rsir_sdk.store import drop_collection, list_collections
+from rsir_sdk.store.dupes import default_radius
 
 
 # --------------------------------------------------------------------------- Milvus
@@ -169,14 +170,16 @@ def duplicates_check(case: Case, stores: Stores, radii: list[int]) -> list[dict[
     r.add_codes(np.concatenate(codes), ids, case.labels * (1 + len(CHANGED)),
                 fine=np.concatenate(fine))
     out = []
-    for radius in dict.fromkeys(radii):  # once each (the default radius may be in the list)
+    # None first: the store's own default, NEAR_DUPLICATE_RADIUS scaled to the fine length
+    for radius in dict.fromkeys([None, *radii]):
         groups = r.duplicates(radius)
         where = {x: g for g, members in enumerate(groups) for x in members}
         found = {v: float(np.mean([f"{i}#{v}" in where and where.get(i) == where[f"{i}#{v}"]
                                    for i in case.ids])) for v in CHANGED}
         originals = [{x.split("#")[0] for x in g} for g in groups]
         mixed = [o for o in originals if len(o) > 1]
-        out.append({"radius": radius, "groups": len(groups), "found": found,
+        used = default_radius(int(r.store.fine_bits or 0)) if radius is None else radius
+        out.append({"radius": used, "default": radius is None, "groups": len(groups), "found": found,
                     "mixed_groups": len(mixed),
                     "images_in_mixed": int(sum(len(o) for o in mixed)),
                     "largest": max((len(g) for g in groups), default=0)})
@@ -216,7 +219,7 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                                for a, b in zip(mil[(v, r)], mem[(v, r)])) for r in RANKINGS}
         out["queries"] = len(VARIANTS) * len(case.ids)
         out["image_checks"] = check_images(case, stores, mil, args.check_images, k)
-        if case.learned is None and args.dup_radii:
+        if case.learned is None:
             out["duplicates"] = duplicates_check(case, stores, args.dup_radii)
         log(f"  {case.name}: Milvus searches {out['search_s']:.1f} s")
     finally:
@@ -238,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-images", type=int, default=20,
                     help="queries per change also run through search_batch(images)")
     ap.add_argument("--dup-radii", type=lambda t: [int(x) for x in t.split(",") if x],
-                    default=[DEFAULT_DUPLICATE_RADIUS, 12, 16],
-                    help="radii for the Retriever.duplicates check (comma-separated; '' = none)")
+                    default=[12, 16],
+                    help="radii for the Retriever.duplicates check besides the default one "
+                         "(comma-separated; '' = the default alone)")
     ap.add_argument("--memory-only", action="store_true", help="rank in numpy only (no Milvus; writes no docs section)")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     ap.add_argument("--section", default="similar",

@@ -172,6 +172,39 @@ def test_the_service_errors_table_names_real_classes():
 # --------------------------------------------------------------------------- (d) version
 
 
+def _heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path`` (lower case, punctuation dropped,
+    spaces to hyphens, ``-1``, ``-2`` ... for repeats), code blocks left out."""
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = None if in_code else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            seen[slug] = seen.get(slug, 0) + 1
+    return {s if i == 0 else f"{s}-{i}" for s, n in seen.items() for i in range(n)}
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    """A link to another page or to a heading (``ingest.md#rasters-...``) leads somewhere: a
+    renamed heading or file fails here with the link that broke."""
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):  # https:, mailto:
+                continue
+            file, _, anchor = target.partition("#")
+            path = doc.parent / file if file else doc
+            if not path.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and path.suffix == ".md" and anchor not in _heading_anchors(path):
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
 def test_the_versions_agree():
     from packaging.specifiers import SpecifierSet
 
