@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import builtins
 import csv
+import functools
 import importlib
 import re
 import shutil
@@ -172,9 +173,11 @@ def test_the_service_errors_table_names_real_classes():
 # --------------------------------------------------------------------------- (d) version
 
 
-def _heading_anchors(path: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _heading_anchors(path: Path) -> frozenset[str]:
     """The anchors GitHub gives the headings of ``path`` (lower case, punctuation dropped,
-    spaces to hyphens, ``-1``, ``-2`` ... for repeats), code blocks left out."""
+    spaces to hyphens, ``-1``, ``-2`` ... for repeats), code blocks left out; each page is
+    read once however many links point into it."""
     seen: dict[str, int] = {}
     in_code = False
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -184,7 +187,7 @@ def _heading_anchors(path: Path) -> set[str]:
         if heading:
             slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
             seen[slug] = seen.get(slug, 0) + 1
-    return {s if i == 0 else f"{s}-{i}" for s, n in seen.items() for i in range(n)}
+    return frozenset(s if i == 0 else f"{s}-{i}" for s, n in seen.items() for i in range(n))
 
 
 def test_every_relative_link_of_the_docs_resolves():
