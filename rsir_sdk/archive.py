@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -138,6 +138,41 @@ def open_archive(
     return scan_folder(p, label_from=label_from, extensions=extensions)
 
 
+def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of ``root`` in sorted order, hidden folders skipped, following links to
+    folders outside the archive (an archive assembled from links to other disks is listed
+    whole; ``os.walk`` alone lists none of them, without a word). A folder is never listed
+    twice: a link into the archive (its folder is listed under its own name), to a folder
+    already listed, or to a folder that holds the archive (a loop) is skipped with a warning
+    that names it."""
+    real_root = os.path.realpath(root)
+    seen = {real_root}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            path = os.path.join(dirpath, name)
+            real = os.path.realpath(path)
+            why = _skipped_folder(path, real, real_root, seen)
+            if why:
+                log.warning("skipped the folder %s: it leads to %s, %s", path, real, why)
+                continue
+            seen.add(real)
+            keep.append(name)
+        dirnames[:] = keep
+        yield dirpath, dirnames, filenames
+
+
+def _skipped_folder(path: str, real: str, real_root: str, seen: set[str]) -> str | None:
+    """Why the folder at ``path`` (real path ``real``) is not walked, or None."""
+    if real == real_root or real_root.startswith(real.rstrip(os.sep) + os.sep):
+        return "a folder that holds the archive (a loop)"
+    if real in seen:
+        return "a folder already listed"
+    if os.path.islink(path) and real.startswith(real_root + os.sep):
+        return "a folder inside the archive (listed under its own name)"
+    return None
+
+
 def scan_folder(
     root: str | os.PathLike,
     *,
@@ -162,8 +197,7 @@ def scan_folder(
     items: list[Item] = []
     ignored: list[str] = []
     invalid: list[Failure] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, filenames in _walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         for name in sorted(filenames):
@@ -187,6 +221,10 @@ def scan_folder(
                 items.append(item)
     if ignored:
         log.info("%d files under %s are not images by extension and were ignored", len(ignored), root)
+    unlabelled = [it.id for it in items if label_from != "none" and not it.label]
+    if unlabelled:  # label_from reads a folder these files do not have
+        log.warning("%d images lie directly in %s, with no folder to take a label from: their "
+                    "label is empty (e.g. %s)", len(unlabelled), root, unlabelled[0])
     return ArchiveListing(root, items, "folder", ignored, invalid, name=root.resolve().name)
 
 

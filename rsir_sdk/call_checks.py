@@ -18,7 +18,7 @@ from .pixels import describe_source
 from .store import keys as store_keys
 from .store import values as store_values
 
-__all__ = ["check_search", "images_with_ids"]
+__all__ = ["check_radius_length", "check_search", "image_list", "images_with_ids"]
 
 
 def check_search(k: Any, filter: Filter, radius: Any,
@@ -31,6 +31,24 @@ def check_search(k: Any, filter: Filter, radius: Any,
     return GeoFilter.of(*place)
 
 
+def image_list(images: Any, one: str) -> list[Any]:
+    """``images`` as a list; one path or bytes given where a list belongs is refused with one
+    line naming the call for a single image (``one``), where ``list()`` would have split a
+    path into its characters and failed on an image called after its first letter."""
+    if isinstance(images, (str, bytes, bytearray, os.PathLike)):
+        raise InvalidInputError(f"images must be a list (for one image {one})")
+    return list(images)
+
+
+def check_radius_length(radius: int | None, longest: int, what: str = "code") -> None:
+    """Refuse a ``radius`` beyond the code it bounds (``longest`` bits: the retrieval code,
+    or the fine code in mode appearance and for duplicates), here and in the service alike:
+    a radius of 65 on 64-bit codes is a mistake (every item matches), not a request."""
+    if radius is not None and not 0 <= radius <= longest:
+        raise InvalidInputError(f"radius must be between 0 and {longest} (the {what} length), "
+                                f"got {radius}")
+
+
 def images_with_ids(images: Sequence[Any], ids: Sequence[str] | None,
                     paths: Sequence[str] | None) -> tuple[list[Any], list[str], Sequence[str]]:
     """``(images, ids, paths)`` of an ``add_images`` call, checked, with the defaults filled in.
@@ -40,9 +58,7 @@ def images_with_ids(images: Sequence[Any], ids: Sequence[str] | None,
     list belongs, a missing id, a bad id and a count that does not match, each with one
     :class:`~rsir_sdk.errors.InvalidInputError` line.
     """
-    if isinstance(images, (str, bytes, os.PathLike)):
-        raise InvalidInputError("images must be a list (for one image pass [image])")
-    images = list(images)
+    images = image_list(images, "pass [image]")
     if paths is None:
         paths = [str(x) if isinstance(x, (str, os.PathLike)) else "" for x in images]
     if ids is None:

@@ -206,6 +206,12 @@ class RasterRule:
 DEFAULT_RULE = RasterRule()
 
 
+#: what to do about a raster the default stretch cannot read: a rule holds for a whole
+#: collection (codes of images converted differently do not compare), so it needs a new one
+_STRETCH_HINT = ("choose a stretch for the archive (--stretch percentile, or fixed:LOW,HIGH), "
+                 "indexed into a new collection: one keeps the rule it was filled with")
+
+
 def _range_stretch(a: np.ndarray, nodata: float | None, name: str) -> np.ndarray:
     mask = _invalid(a, nodata)
     if a.dtype == np.uint8:
@@ -216,16 +222,15 @@ def _range_stretch(a: np.ndarray, nodata: float | None, name: str) -> np.ndarray
             lo, hi = float(valid.min()), float(valid.max())
             if lo < 0.0 or hi > 1.0:
                 raise ImageLoadError(
-                    name, f"float raster values lie in [{lo:.4g}, {hi:.4g}], not [0, 1]: choose a "
-                          f"stretch (--stretch percentile, or fixed:LOW,HIGH)"
+                    name, f"float raster values lie in [{lo:.4g}, {hi:.4g}], not [0, 1]: "
+                          f"{_STRETCH_HINT}"
                 )
         out = np.rint(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0).clip(0, 1) * 255.0).astype(np.uint8)
     elif np.issubdtype(a.dtype, np.integer):
         valid = a[~mask] if mask is not None else a
         if valid.size and int(valid.min()) < 0:
             raise ImageLoadError(
-                name, "integer raster holds negative values: choose a stretch (--stretch "
-                      "percentile, or fixed:LOW,HIGH)"
+                name, f"integer raster holds negative values: {_STRETCH_HINT}"
             )
         if a.dtype.itemsize <= 2 or (valid.size == 0 or int(valid.max()) <= 65535):
             top = 65535

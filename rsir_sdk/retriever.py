@@ -24,7 +24,7 @@ import numpy as np
 from .api import Filter
 from .archive import ArchiveListing, open_archive
 from .bundle import Bundle
-from .call_checks import check_search, images_with_ids
+from .call_checks import check_radius_length, check_search, image_list, images_with_ids
 from .codes import as_packed
 from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
@@ -215,8 +215,9 @@ class Retriever:
 
         >>> r.search_batch(["a.jpg", "b.jpg"], k=3)                  # doctest: +SKIP
         """
+        imgs = image_list(imgs, "use search(image)")
         geo, mode = self._checked(k, filter, radius, (bbox, near, time), mode)
-        codes, fine = self._fine.encode_query(list(imgs), batch_size, mode)
+        codes, fine = self._fine.encode_query(imgs, batch_size, mode)
         return self.store.search(codes, k, filter, radius, geo=geo, **self._fine.store_args(fine, mode))
 
     def search_codes(
@@ -269,7 +270,12 @@ class Retriever:
         """The search's arguments checked before any image is decoded; its place filter and
         its mode."""
         geo = self.store.check_geo(check_search(k, filter, radius, place))
-        return geo, self._fine.check_mode(mode)
+        mode = self._fine.check_mode(mode)
+        if mode == "appearance" and self.bundle.fine_bits:
+            check_radius_length(radius, self.bundle.fine_bits, "fine-code")
+        else:
+            check_radius_length(radius, self.bundle.bits)
+        return geo, mode
 
     # ----------------------------------------------------------------- writes
     def add_images(
@@ -453,6 +459,7 @@ class Retriever:
             raise InvalidInputError(
                 f"duplicates are found by the fine code; the bundle {self.bundle.path} has none "
                 f"(written before issue 20): train it again with rsir train")
+        check_radius_length(radius, self.bundle.fine_bits, "fine-code")
         return self.store.duplicates(radius, filter, geo=geo)
 
     def delete(self, ids: Sequence[str]) -> int:

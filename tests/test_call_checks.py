@@ -69,3 +69,25 @@ def test_both_classes_refuse_the_same_write_with_the_same_line(rp_bundle, tmp_pa
         assert not local.store.exists          # nothing was written, nothing created
     assert remote.bytes_sent == 0              # and nothing was sent
     remote.close()
+
+
+def test_one_image_where_a_list_belongs_is_refused_by_both_classes(rp_bundle, tmp_path):
+    # list("a.jpg") would search for images called "a", ".", "j", ...
+    remote = RemoteRetriever(f"http://127.0.0.1:{_closed_port()}", retries=0, timeout=2)
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "rsir.db"), collection="checks") as local:
+        for images in ("a.jpg", tmp_path / "a.jpg", b"\xff\xd8\xff"):
+            lines = []
+            for r in (local, remote):
+                with pytest.raises(InvalidInputError) as err:
+                    r.search_batch(images, k=3)
+                lines.append(str(err.value))
+            assert lines[0] == lines[1] == "images must be a list (for one image use search(image))"
+    assert remote.bytes_sent == 0
+    remote.close()
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1/", "http://", " "])
+def test_a_service_url_without_http_is_refused_at_once(url):
+    # it was retried as a network fault ("cannot reach ... after 4 attempts")
+    with pytest.raises(InvalidInputError, match="url must start with http:// or https://"):
+        RemoteRetriever(url, retries=3)

@@ -8,10 +8,11 @@ import http.server
 import re
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
-from rsir_sdk import Retriever
+from rsir_sdk import Bundle, Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.gallery import write_gallery
 
@@ -83,4 +84,52 @@ def test_rsir_index_on_a_folder_without_images_says_so_and_fails(rp_bundle, tmp_
         assert code == 2 and "indexed" not in out, out + err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and f"{folder} holds no image: nothing indexed" in lines[0]
-        assert f"{seen} other files were seen" in lines[0] and ".jpg" in lines[0]
+        said = "1 other file was seen" if seen == 1 else f"{seen} other files were seen"
+        assert said in lines[0] and ".jpg" in lines[0]
+
+
+def test_a_gallery_says_when_hits_were_found_only_in_the_bundles_training_archive(
+        tiny_ahcl, tmp_path, capsys, monkeypatch):
+    # another archive with the training archive's relative names but other images, indexed
+    # with relative paths: its hits resolve under the bundle's archive, which shows other
+    # scenes; the gallery is still written and says so, and --root mends it
+    bundle = tiny_ahcl[0]
+    train_root = Path(Bundle.load(bundle).archive_root)
+    names = sorted(p.relative_to(train_root) for p in train_root.rglob("*.jpg"))[:4]
+    other = tmp_path / "other"
+    for name, donor in zip(names, reversed(names)):  # same names, swapped pictures
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(train_root / donor, other / name)
+    db = tmp_path / "o.db"
+    code, _, err = cli(capsys, "index", bundle, other, "--uri", db, "--collection", "o",
+                       "--relative-paths", "--no-progress")
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    query = other / names[0]
+    for roots, warned in (((), True), (("--root", other), False)):
+        code, _, err = cli(capsys, "search", bundle, query, "--uri", db, "--collection", "o",
+                           "-k", "3", "--html", tmp_path / "g.html", "--link-images", *roots)
+        assert code == 0, err
+        assert ("3 of 3 hit images were found only under the bundle's training archive"
+                in err) is warned, err
+        assert "were not found" not in err
+
+
+def test_rsir_serve_on_a_port_in_use_is_one_line_and_opens_nothing(rp_bundle, tmp_path, capsys):
+    # uvicorn logged its start-up lines with the bind error among them and exited 3 ("some
+    # images failed"); now one line, exit 1, before the collection is opened
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = cli(capsys, "serve", rp_bundle[0], "--uri", tmp_path / "s.db",
+                             "--collection", "c", "--create", "--port", port)
+    assert code == 1 and not out, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rsir serve: cannot listen on 127.0.0.1:{port}")
+    assert "already in use" in lines[0] and "--port" in lines[0]
+    assert not (tmp_path / "s.db").exists()

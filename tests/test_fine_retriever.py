@@ -177,6 +177,22 @@ def test_bad_mode_is_one_clear_line(filled, chosen):
         filled.search_batch([chosen[0][0]], mode=None)
 
 
+def test_a_radius_longer_than_its_code_is_one_clear_line(filled, chosen):
+    # as the service refuses it (tests/test_serve_api.py): every item would match
+    bits, fine = filled.bundle.bits, filled.bundle.fine_bits
+    img = chosen[0][0]
+    for call, longest, what in (
+            (lambda r: filled.search(img, radius=r), bits, "code"),
+            (lambda r: filled.search(img, radius=r, mode="appearance"), fine, "fine-code"),
+            (lambda r: filled.range_search(img, r), bits, "code"),
+            (lambda r: filled.duplicates(radius=r), fine, "fine-code")):
+        with pytest.raises(InvalidInputError) as err:
+            call(longest + 1)
+        assert str(err.value) == (f"radius must be between 0 and {longest} (the {what} "
+                                  f"length), got {longest + 1}")
+        call(longest)  # the whole code is a radius
+
+
 def test_writes_carry_fine_codes_and_duplicates_are_found(tiny, chosen, tmp_path):
     uri = str(tmp_path / "dup.db")
     paths = [p for p, _, _ in chosen[:12]]

@@ -22,7 +22,7 @@ pytest.register_assert_rewrite("serve_support")
 from fine_serve_support import FINE_BITS, build_fine_bundle  # noqa: E402
 from serve_support import READ, WRITE, ServerProcess, artifact_dirs, auth, copy_db, hits_json  # noqa: E402
 
-from rsir_sdk import Retriever  # noqa: E402
+from rsir_sdk import Bundle, Retriever  # noqa: E402
 from rsir_sdk.cli import main  # noqa: E402
 from rsir_sdk.errors import CodeLengthError, InvalidInputError  # noqa: E402
 from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
@@ -327,6 +327,11 @@ def test_rsir_duplicates_writes_csv_and_json_reports(world, cli_db, tmp_path, ca
     code, _, err = _cli(capsys, "duplicates", world["bundle"], "--uri", cli_db,
                         "--collection", COLLECTION, "--radius", -2)
     assert code == 2 and "radius" in err and len(err.strip().splitlines()) == 1
+    longest = Bundle.load(world["bundle"]).fine_bits  # beyond it every item is one group
+    code, _, err = _cli(capsys, "duplicates", world["bundle"], "--uri", cli_db,
+                        "--collection", COLLECTION, "--radius", longest + 1)
+    assert code == 2 and err.strip() == (f"rsir duplicates: radius must be between 0 and "
+                                          f"{longest} (the fine-code length), got {longest + 1}")
     code, _, err = _cli(capsys, "duplicates", rp_bundle[0], "--uri", cli_db,
                         "--collection", "never_written")        # a bundle without a fine code
     assert code == 2 and "has none" in err and len(err.strip().splitlines()) == 1

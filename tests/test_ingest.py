@@ -259,6 +259,49 @@ def test_csv_manifest_with_metadata_filters(tmp_path, sample_images, rp_bundle, 
     assert len(recent) == 12 and all(h.metadata["year"] >= 2022 for h in recent)
 
 
+def test_folder_links_are_followed_once_and_loops_skipped_with_a_warning(
+        tmp_path, sample_images, caplog):
+    # an archive assembled from links to folders on other disks is listed whole; a link to a
+    # folder already listed, inside the archive or holding it (a loop) is skipped, said so
+    jpeg = Path(sample_images[0][0]).read_bytes()
+    elsewhere, root = tmp_path / "disk2" / "scenes", tmp_path / "archive"
+    for folder, name in ((elsewhere, "far.jpg"), (root / "a", "near.jpg"),
+                         (root / "b" / "sub", "b.jpg")):
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(jpeg)
+    (root / "a" / "linked").symlink_to(elsewhere)
+    (root / "b" / "again").symlink_to(elsewhere)
+    (root / "a" / "up").symlink_to(root)
+    (root / "a" / "deep").symlink_to(root / "b" / "sub")
+    (root / "a" / "peer").symlink_to(root / "b")
+    with caplog.at_level("WARNING", logger="rsir_sdk.archive"):
+        listing = scan_folder(root, label_from="parent")
+    assert sorted(it.id for it in listing.items) == ["a/linked/far.jpg", "a/near.jpg",
+                                                     "b/sub/b.jpg"]
+    assert {it.id: it.label for it in listing.items}["a/linked/far.jpg"] == "linked"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for link, why in (("a/up", "holds the archive"), ("a/deep", "inside the archive"),
+                      ("a/peer", "already listed"), ("b/again", "already listed")):
+        assert f"{link}: it leads to" in warned and why in warned
+    assert "directly in" not in warned
+    (root / "loose.jpg").write_bytes(jpeg)  # no folder to take a label from: said so
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rsir_sdk.archive"):
+        assert {it.id: it.label for it in scan_folder(root, label_from="top").items}["loose.jpg"] == ""
+    assert "1 images lie directly in" in caplog.text and "loose.jpg" in caplog.text
+
+
+def test_the_archive_may_follow_the_options(rp_bundle, sample_images, db_uri, capsys, tmp_path):
+    root = tmp_path / "arch"
+    root.mkdir()
+    shutil.copyfile(sample_images[0][0], root / "one.jpg")
+    code, out, err = run(capsys, "index", rp_bundle[0], "--uri", db_uri, "--collection", "late",
+                         "--no-progress", root)
+    assert code == 0 and "indexed" in out and "1 images" in out, err
+    code, _, err = run(capsys, "index", rp_bundle[0], "--uri", db_uri, "--uir", "x", root)
+    assert code == 2 and "unrecognized arguments: --uir x" in err
+
+
 def test_usage_errors(rp_bundle, db_uri, capsys, tmp_path):
     code, _, err = run(capsys, "index", rp_bundle[0], "--uri", db_uri)
     assert code == 2 and "ARCHIVE" in err
@@ -317,7 +360,7 @@ def test_ingest_options_refuse_bad_values_in_one_line_and_write_nothing(
     code, out, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", db_uri,
                          "--collection", "never", "--max-pixels", "-5", "--no-progress")
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert "max_pixels" in err
+    assert "--max-pixels" in err and "at least 0" in err
     with Retriever(rp_bundle[0], uri=db_uri, collection="never") as r:
         assert not r.store.exists
 

@@ -113,6 +113,20 @@ def _forwarded_command(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed, where a command's optional positional (``rsir index BUNDLE ARCHIVE``)
+    may also follow its options: argparse fills an optional positional from the first run of
+    positionals only (``BUNDLE`` alone leaves ``ARCHIVE`` empty) and calls a later one
+    unrecognized. A command names that positional with ``set_defaults(late_positional=...)``."""
+    args, extra = parser.parse_known_args(argv)
+    late = getattr(args, "late_positional", None)
+    if late and getattr(args, late, None) is None and extra and not extra[0].startswith("-"):
+        setattr(args, late, extra.pop(0))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rsir`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return authoring.run(forwarded[0], forwarded[1])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # a bad argument (one line already printed) or --help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(

@@ -85,7 +85,8 @@ def json_object(text: str | None, name: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        example = '{"label": "Forest"}' if name == "--filter" else '{"nlist": 1024}'
+        example = {"--filter": '{"label": "Forest"}',
+                   "--search-params": '{"nprobe": 16}'}.get(name, '{"nlist": 1024}')
         raise UsageError(f"{name} must be a JSON object, e.g. '{example}': {exc}") from None
     if not isinstance(value, dict):
         raise UsageError(f"{name} must be a JSON object, got {text!r}")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..call_checks import check_radius_length
 from ..errors import RsirError
 from ..geo import GeoFilter
 from ..hits import StoredItem
@@ -112,6 +113,7 @@ def find_groups(r: Retriever, radius: int | None, filt: Any,
     if r.bundle.fine_bits is None:
         raise UsageError(f"duplicates are found by the fine code; the bundle {r.bundle.path} has "
                          f"none (written before fine codes): train it again with rsir train")
+    check_radius_length(radius, r.bundle.fine_bits, "fine-code")
     geo = r.store.check_geo(GeoFilter.of(place["bbox"], place["near"], place["time"]))
     bar = ProgressBar("duplicates", unit="item")
     try:

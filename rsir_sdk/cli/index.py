@@ -20,6 +20,7 @@ from .common import (
     UsageError,
     add_raster_args,
     add_store_args,
+    int_in,
     json_object,
     print_json,
     raster_rule,
@@ -74,7 +75,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--address", default=None,
                    help="--engine ray: the Ray cluster (e.g. auto, ray://head:10001); default: "
                         "a local Ray with --workers CPUs")
-    g.add_argument("--max-pixels", type=int, default=100_000_000,
+    g.add_argument("--max-pixels", type=int_in(0, None, "the pixel limit (0: none)"), default=100_000_000,
                    help="refuse images with more pixels (default 100000000; 0 = no limit)")
     g.add_argument("--index-type", default=None, type=str.upper,
                    choices=["AUTO", "BIN_FLAT", "BIN_IVF_FLAT", "HNSW"],
@@ -93,7 +94,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_raster_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, late_positional="archive")  # ARCHIVE may follow the options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         if summary.total == 0:   # "indexed 0 images" would read as success
             raise UsageError(
                 f"{args.archive} holds no image: nothing indexed (images are the files ending "
-                f"in {', '.join(options.extensions)}; {summary.ignored} other files were seen)")
+                f"in {', '.join(options.extensions)}; {summary.ignored} other file{'' if summary.ignored == 1 else 's'} "
+                f"{'was' if summary.ignored == 1 else 'were'} seen)")
         count = r.count()
         rule = r.raster_rule
     if args.json:
@@ -183,7 +185,9 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
     lines = [
         f"indexed  {summary.indexed:>9} images into {summary.collection} at {summary.uri} "
         f"({summary.seconds:.1f}s, {summary.images_per_second:.1f} images/s)",
-        f"skipped  {summary.skipped:>9} already present",
+        f"skipped  {summary.skipped:>9} already present"
+        + (" (kept as stored: --force re-encodes them and rewrites labels and paths)"
+           if summary.skipped else ""),
     ]
     if summary.failed:
         lines.append(f"failed   {len(summary.failed):>9} not indexed, listed in {summary.report} "

@@ -122,12 +122,20 @@ def write_html(args: argparse.Namespace, r: Retriever, hits: Sequence[Hit]) -> N
         )
     except OSError as exc:
         raise RsirError(f"cannot write the gallery {args.html}: {exc.strerror or exc}") from None
-    missing = sum(1 for h in hits
-                  if resolve_image(h.path, roots) is None and resolve_image(h.id, roots) is None)
+    mine = list(args.root or [])
+    found = [resolve_image(h.path, mine) or resolve_image(h.id, mine) for h in hits]
+    missing = sum(1 for h, f in zip(hits, found)
+                  if f is None and resolve_image(h.path, roots) is None
+                  and resolve_image(h.id, roots) is None)
+    borrowed = sum(1 for f in found if f is None) - missing
     warn(f"wrote {out} ({len(hits)} hits)")
     if missing:
         warn(f"{missing} of {len(hits)} hit images were not found: give the archive folder "
              f"with --root DIR")
+    if borrowed:  # same relative names in the training archive need not be the same images
+        warn(f"{borrowed} of {len(hits)} hit images were found only under the bundle's "
+             f"training archive ({r.bundle.archive_root}): if this collection holds another "
+             f"archive, give its folder with --root DIR")
 
 
 def format_hits(hits: Sequence[Hit]) -> str:

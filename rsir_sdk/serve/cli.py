@@ -17,9 +17,11 @@ token and without ``--insecure``).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -146,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
               f"token: set RSIR_READ_TOKEN / RSIR_WRITE_TOKEN, or pass --insecure to serve "
               f"anyone who can reach it", file=sys.stderr)
         return EXIT_USAGE
+    busy = address_problem(args.host, args.port)
+    if busy:  # before the collection is opened; uvicorn would log it among its start lines
+        print(f"rsir serve: {busy}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         from .app import create_app
     except ImportError as exc:
@@ -181,6 +187,23 @@ def open_retriever(args: argparse.Namespace):
             f"collection {name!r} does not exist at {redact_uri(args.uri)}: fill it first "
             f"(rsir index), or pass --create to serve a new, empty one")
     return retriever
+
+
+def address_problem(host: str, port: int) -> str | None:
+    """Why the service cannot listen on ``host:port`` (in use, not this machine's, a bad
+    name), or None: checked by binding it once as uvicorn will (``SO_REUSEADDR``), so the
+    user reads one line instead of uvicorn's start-up log with the error in the middle."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(where)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = " (another server? choose another --port)" if \
+            exc.errno == errno.EADDRINUSE else ""
+        return f"cannot listen on {host}:{port}: {reason}{hint}"
+    return None
 
 
 def redact(text: str, secrets: Sequence[str | None]) -> str:

@@ -49,10 +49,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..call_checks import check_search, images_with_ids
+from ..call_checks import check_search, image_list, images_with_ids
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
 from ..hits import SEARCH_MODES, Hit, StoredItem, hit_from_json, item_from_json
+from ..redact import redact_uri
 from ..store import values as store_values
 from .geo_wire import footprints_to_wire, geo_to_wire, times_to_wire
 from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defined here
@@ -80,6 +81,19 @@ def _mode(mode: Any) -> str:
     return mode
 
 
+def service_url(url: Any) -> str:
+    """The service's base URL without a trailing slash; one that is not ``http(s)://host...``
+    is refused at once (``"127.0.0.1:8000"`` was retried as if the network had failed)."""
+    if not isinstance(url, str):
+        raise InvalidInputError(f"url must be a string like http://127.0.0.1:8000, got "
+                                f"{type(url).__name__}")
+    scheme, _, rest = url.strip().partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise InvalidInputError(f"url must start with http:// or https:// and name a host, "
+                                f"e.g. http://127.0.0.1:8000, got {redact_uri(url)!r}")
+    return url.strip().rstrip("/")
+
+
 class RemoteRetriever:
     """Search, add, index, get, delete and count through a running ``rsir serve``.
 
@@ -101,7 +115,7 @@ class RemoteRetriever:
         if retries is not None:
             opts = dataclasses.replace(opts, retries=retries)
         self.http = opts
-        self.url = url.rstrip("/")
+        self.url = service_url(url)
         self._transport = HttpTransport(self.url, token, opts)
         self._request = self._transport.request  # every verb's one way to ask the service
         self._info: dict[str, Any] | None = None
@@ -261,10 +275,10 @@ class RemoteRetriever:
                      mode: str = "default") -> list[list[Hit]]:
         """Top-``k`` for each image, in order. ``batch_size``: images per encoder call with a
         local bundle, else images per upload (at most the service's max batch)."""
+        imgs = image_list(imgs, "use search(image)")
         check_search(k, filter, radius, (bbox, near, time))
         where = geo_to_wire(bbox, near, time)
         params = self._options(k, filter, radius, where, mode)
-        imgs = list(imgs)
         if self.encoder is not None:
             codes, fine = self._encode(imgs, batch_size)
             return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)

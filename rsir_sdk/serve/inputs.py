@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from ..call_checks import check_radius_length
 from ..errors import CodeLengthError, ImageLoadError, InvalidInputError
 from ..geo import GeoFilter
 from ..hits import SEARCH_MODES
@@ -319,8 +320,7 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
         raise InvalidInputError(f"k must be between 1 and {cfg.max_k} (this service's --max-k), got {k}")
     if radius is not None and radius != "":
         radius = _int(radius, "radius")
-        if not 0 <= radius <= bits:
-            raise InvalidInputError(f"radius must be between 0 and {bits} (the code length), got {radius}")
+        check_radius_length(radius, bits)
     else:
         radius = None
     if "filter" not in fields and isinstance(filt, str):

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ..errors import InvalidInputError
+from ..call_checks import check_radius_length
 from ..geo import GeoFilter
 from ..hits import hit_to_json
 from .geo_wire import geo_from_wire
@@ -207,10 +207,7 @@ async def duplicates(request: Request) -> JSONResponse:
     radius = parsed.radius
     if radius is not None:
         radius = _int(radius, "radius", strict=True)
-        most = service.radius_bits("appearance")
-        if not 0 <= radius <= most:
-            raise InvalidInputError(f"radius must be between 0 and {most} (the fine-code "
-                                    f"length), got {radius}")
+        check_radius_length(radius, service.radius_bits("appearance"), "fine-code")
     filt = check_filter(parsed.filter, service.config.allow_expressions)
     where: GeoFilter = geo_from_wire(parsed.model_dump(include={"bbox", "near", "time"}))
     groups = await service.gate.run(service.duplicates, radius, filt, where,
