@@ -220,7 +220,9 @@ def scan_folder(
             else:
                 items.append(item)
     if ignored:
-        log.info("%d files under %s are not images by extension and were ignored", len(ignored), root)
+        log.info("%d file%s under %s %s by extension and %s ignored", len(ignored),
+                 *(("", root, "is not an image", "was") if len(ignored) == 1
+                   else ("s", root, "are not images", "were")))
     unlabelled = [it.id for it in items if label_from != "none" and not it.label]
     if unlabelled:  # label_from reads a folder these files do not have
         log.warning("%d images lie directly in %s, with no folder to take a label from: their "

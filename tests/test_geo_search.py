@@ -368,6 +368,11 @@ def test_cli_search_with_place_and_period_equals_python_and_the_brute_force(worl
     assert code == 0 and json.loads(out)[0]["without_footprint"] == no_place
     code, out, _ = _cli(capsys, "collections", "--uri", world["db"])
     assert code == 0 and "no place" in out and out.splitlines()[1].split()[-1] == str(no_place)
+    # a place search that finds nothing says how many items no place filter can return
+    code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", world["db"],
+                          "--collection", "geo", "--bbox=-40.0,-50.0,-39.99,-49.99")
+    assert code == 0 and out.strip() == "no hits" and no_place > 0
+    assert f"{no_place} of {total} items have no footprint" in err, err
     for bad, why in (("--bbox=1,2,3", "--bbox"), ("--near=0,0,-5", "near metres"),
                      ("--time=soon", "--time"), ("--bbox=0,10,5,5", "south")):
         code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", world["db"],

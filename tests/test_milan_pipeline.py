@@ -245,8 +245,9 @@ def test_cli_train_eval_index_results(tmp_path, capsys):
     # the split file is reused, drawn as AHCL's is (80/20, seed 0)
     saved = json.loads((tmp_path / "split.json").read_text())
     assert saved["train"] == make_split(read_folder(SAMPLE_ARCHIVE), "80-20", 0).train_ids
-    # the second run reads its features from the cache; its record replaces the first
-    assert main(argv + ["-q"]) == 0
+    # the second run (into the same --out: --overwrite) reads its features from the cache;
+    # its record replaces the first
+    assert main(argv + ["-q", "--overwrite"]) == 0  # replacing the bundle is asked for
     assert json.loads((out / "manifest.json").read_text())["training"]["feature_cache"] == "hit"
     assert len(json.loads(results.read_text())) == 2
 

@@ -6,6 +6,7 @@ Conv network case (a trained AHCL bundle with learned database codes) is in
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -158,6 +159,19 @@ def test_refusals_write_nothing(rp_bundle, int8_bundle, sample_dir, tmp_path):
         quantize_bundle(rp_bundle[0], sample_dir, out, {"count": 16})
     with pytest.raises(QuantizeError, match="does not exist"):
         quantize_bundle(rp_bundle[0], tmp_path / "nowhere", out)
+    # unreadable calibration images: all named at once, before any work, not blamed on
+    # onnxruntime (the first one stopped the run half way, the next run the next one)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sample_dir, mixed)
+    broken = sorted(mixed.rglob("*.jpg"))[:3]
+    for p in broken:
+        p.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(QuantizeError) as err:
+        quantize_bundle(rp_bundle[0], mixed, out, count=400, check=0)
+    text = str(err.value)
+    assert text.startswith(f"3 calibration image(s) in {mixed} cannot be read: ")
+    assert all(str(p.relative_to(mixed)) in text for p in broken) and "onnxruntime" not in text
+    assert not out.exists()
 
 
 def test_command_line(rp_bundle, sample_dir, tmp_path, capsys):
@@ -172,6 +186,12 @@ def test_command_line(rp_bundle, sample_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "does not exist" in err and err.startswith("rsir quantize: ")
     assert err.count("\n") == 1
+    # a summary resting on few check images says so (it read as a pass)
+    rc = main([str(rp_bundle[0]), "--calibration", str(sample_dir), "--out", str(tmp_path / "few"),
+               "--count", "20", "--check", "8"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "agreement" in captured.out
+    assert "rsir quantize: note: the agreement rests on 8 images" in captured.err
 
 
 def test_fold_static_pads_keeps_outputs():

@@ -90,6 +90,18 @@ def _candidates(text: str) -> tuple[str, ...]:
     return names
 
 
+def positive(text: str) -> int:
+    """A count that must be at least 1 (batch size, epochs, threads, iterations): 0 was
+    a division by zero deep in training, or silently the default."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -125,11 +137,11 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
                        help=f"learning rate (default {lr})" if lr is not None else
                        "learning rate (default by --schedule: auto 3e-3 x 16/bits up to 3e-3, "
                        "authors 1e-3)")
-    p.add_argument("--batch-size", type=int, default=64, help=batch_help)
+    p.add_argument("--batch-size", type=positive, default=64, help=batch_help)
     p.add_argument("--resize", type=int, help=resize_help)
     p.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's)")
     p.add_argument("--cache-dir",
                    help="feature cache folder (default $RSIR_CACHE or ~/.cache/rsir-sdk/features)")
     p.add_argument("--no-cache", action="store_true", help="do not cache features on disk")
@@ -145,6 +157,9 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
                         "a class closer to the features)")
     p.add_argument("--results", help="merge result records of this run into this JSON list "
                                      "(docs/results.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what a non-empty --out holds (an earlier bundle: collections "
+                        "filled with it need its encoder)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log progress (the default; kept for `rsir -v train ...`)")
@@ -163,10 +178,10 @@ def _add_ahcl(methods: Any) -> None:
                         "authors' 30 x 2 epochs at lr 1e-3 without momentum, lr / 10 at outer "
                         "iterations 10 and 20; cosine / step: those lr shapes, values from the "
                         "flags below")
-    a.add_argument("--outer", type=int, help="outer iterations (V updates); default by --schedule")
-    a.add_argument("--inner", type=int,
+    a.add_argument("--outer", type=positive, help="outer iterations (V updates); default by --schedule")
+    a.add_argument("--inner", type=positive,
                    help="network epochs per outer iteration (default 1; authors: 2)")
-    a.add_argument("--epochs", type=int,
+    a.add_argument("--epochs", type=positive,
                    help="total network epochs; sets --outer to ceil(epochs / inner)")
     a.add_argument("--momentum", type=float, help="SGD momentum (default 0.9; authors: 0)")
     a.add_argument("--weight-decay", type=float, default=5e-4)
@@ -226,11 +241,11 @@ def _add_milan(methods: Any) -> None:
         resize_help="resize the shorter side to this, then centre-crop (default 0: resize the "
                     "whole image straight to the crop size)",
         batch_help="feature extraction / encoding batch")
-    m.add_argument("--iterations", type=int, default=10_000)
+    m.add_argument("--iterations", type=positive, default=10_000)
     m.add_argument("--margin", type=float, default=0.2, help="triplet margin alpha")
     m.add_argument("--push-weight", type=float, default=0.001, help="beta")
     m.add_argument("--balance-weight", type=float, default=1.0, help="gamma")
-    m.add_argument("--triplets", type=int, default=30, help="triplets per iteration")
+    m.add_argument("--triplets", type=positive, default=30, help="triplets per iteration")
     m.add_argument("--miner", choices=MINERS,
                    help="batch-hard (default) / semi-hard: triplets mined in batches of 6 "
                         "classes x 5 images; random = the authors' sampler (the default with "
@@ -329,7 +344,7 @@ def _add_quantize(sub: Any) -> None:
                    help="calibration method (default minmax)")
     p.add_argument("--reader", choices=READERS, default="auto",
                    help="how calibration images are chosen (default auto)")
-    p.add_argument("--count", type=int, default=256, help="calibration images (default 256)")
+    p.add_argument("--count", type=positive, default=256, help="calibration images (default 256)")
     p.add_argument("--check", type=int, default=256,
                    help="held-out images to measure bit agreement (default 256)")
     p.add_argument("--seed", type=int, default=0)
@@ -349,7 +364,7 @@ def _add_quantize(sub: Any) -> None:
                    help="keep Pad nodes as exported (default: fold zero Pads into their Convs)")
     p.add_argument("--min-agreement", type=float, default=0.95,
                    help="refuse when fewer bits agree with the parent (default 0.95)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
@@ -364,7 +379,7 @@ def _add_quickstart(sub: Any) -> None:
     p.add_argument("--out", default="quickstart-out", help="folder for the bundle and the database")
     p.add_argument("--bits", type=bits_type, default=32)
     p.add_argument("--backbone", default="efficientnet_lite0", choices=("efficientnet_lite0", "small_cnn"))
-    p.add_argument("--outer", type=int, default=10, help="outer iterations (the paper uses 30)")
+    p.add_argument("--outer", type=positive, default=10, help="outer iterations (the paper uses 30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true",
                    help="train a new bundle even when OUT/bundle exists (its collection is rebuilt)")
@@ -393,9 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``[command, *args]`` (``train ahcl ...``, ``quantize ...``, ``quickstart ...``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     args.argv = argv  # recorded in the manifest as the command that made the bundle
     name = " ".join(["rsir", args.command] + ([args.method] if args.command == "train" else []))
+    if extra:  # named by the command, as its other argument errors are (not "rsir: ...")
+        print(f"{name}: unrecognized arguments: {' '.join(extra)} (see {name} --help)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "train" and not args.data:
         print(f"{name}: --data (or $RSIR_DATA) is required", file=sys.stderr)
         return EXIT_USAGE
@@ -430,8 +449,18 @@ def _run(args: argparse.Namespace, name: str) -> int:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"\n{name}: interrupted", file=sys.stderr)
+        print(f"\n{name}: interrupted{_after_interrupt(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command kept: AHCL checkpoints after every outer iteration."""
+    if args.command != "train":
+        return ""
+    if args.method == "ahcl":
+        return (f"; checkpoints are in {args.work_dir or f'{args.out}.work'}: the same command "
+                f"with --resume continues")
+    return "; no checkpoint is kept (features cached on disk are): run it again to start over"
 
 
 # ----------------------------------------------------- entry points (group ``rsir.commands``)

@@ -195,6 +195,10 @@ def _fine(args: argparse.Namespace) -> dict[str, Any]:
 
 def train(args: argparse.Namespace) -> int:
     """``rsir train ahcl|milan|itq``: train, write the bundle, then evaluate / index / record."""
+    from .train_checks import check_device, check_train_outputs
+
+    check_train_outputs(args)
+    check_device(args.device)
     if args.threads:
         import torch
 
@@ -311,7 +315,27 @@ def quantize(args: argparse.Namespace) -> int:
           f"identical on {res.check_images} {res.check_set} images")
     if res.fine_bit_agreement is not None:
         print(f"  fine code   {res.fine_bit_agreement:.4%} of bits agree (its head stays float32)")
+    _quantize_cautions(args, res)
     return 0
+
+
+def _quantize_cautions(args: argparse.Namespace, res: Any) -> None:
+    """Say, on stderr, when the agreement missed its target or was measured in-sample or on
+    few images: the bundle is written either way, and the summary alone read as a pass."""
+    notes = []
+    target = args.target_agreement
+    if res.precision == "int8" and target and res.bit_agreement < target:
+        notes.append(f"the agreement {res.bit_agreement:.4%} is below --target-agreement "
+                     f"{target:.2%} after every try (the best was kept): check the search "
+                     f"quality, or try --keep-float or --precision fp16")
+    if res.check_set == "calibration":
+        notes.append("the agreement was measured on the calibration images themselves (no "
+                     "held-out image left): give more images for a fair check")
+    elif res.check_images < 32:
+        notes.append(f"the agreement rests on {res.check_images} images: give more for a "
+                     f"reliable figure")
+    for note in notes:
+        print(f"rsir quantize: note: {note}", file=sys.stderr)
 
 
 def quickstart(args: argparse.Namespace) -> int:

@@ -56,6 +56,16 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _what_differs(key: str, saved: Any, asked: Any) -> str:
+    """``key`` and, for two dicts (a configuration), the fields that differ with both
+    values, so the user sees which flag does not match the checkpoint."""
+    if not (isinstance(saved, dict) and isinstance(asked, dict)):
+        return key
+    fields = sorted(f for f in set(saved) | set(asked) if saved.get(f) != asked.get(f))
+    shown = ", ".join(f"{f} {saved.get(f)!r} there, {asked.get(f)!r} here" for f in fields[:4])
+    return f"{key}: {shown}{' ...' if len(fields) > 4 else ''}"
+
+
 def load_checkpoint(path: str | os.PathLike, **identity: Any) -> dict[str, Any] | None:
     """Read a checkpoint written by :func:`save_checkpoint`; ``None`` when there is none.
 
@@ -67,7 +77,8 @@ def load_checkpoint(path: str | os.PathLike, **identity: Any) -> dict[str, Any] 
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
-    differ = [k for k, v in identity.items() if state.get(k) != v]
+    differ = [_what_differs(k, state.get(k), v) for k, v in identity.items()
+              if state.get(k) != v]
     if differ:
         raise TrainingError(
             f"checkpoint {path} belongs to another configuration or split ({', '.join(differ)} "

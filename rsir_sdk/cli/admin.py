@@ -83,10 +83,16 @@ def run_info(args: argparse.Namespace) -> int:
     for key in ("dataset", "protocol", "backbone", "seed", "device", "train_seconds"):
         if key in training:
             print(f"{key:12s} {training[key]}")
+    selection = training.get("selection") or {}
+    if selection.get("reason"):
+        print(f"{'selection':12s} {selection['reason']}")
+    if info["parent"] and training.get("metrics"):
+        print(f"{'metrics':12s} the parent's, measured before it was derived (this bundle's "
+              f"agreement with it: parent, below)")
     for k, v in (training.get("metrics") or {}).items():
         print(f"{'metric':12s} {k} = {v:.4f}" if isinstance(v, float) else f"{'metric':12s} {k} = {v}")
     if info["parent"]:
-        print(f"{'parent':12s} {info['parent']}")
+        print(f"{'parent':12s} {_parent_text(info['parent'])}")
     if args.uri:
         for line in store_lines(b, info["store"], args.uri):
             print(line)
@@ -94,6 +100,21 @@ def run_info(args: argparse.Namespace) -> int:
         warn(f"rsir info: {db_error}")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _parent_text(parent: dict[str, Any]) -> str:
+    """A derived bundle's parent in one line: which encoder, how it was derived, how well its
+    bits agree (the manifest's record, with every calibration path, is for ``--json``)."""
+    calib = parent.get("calibration") or {}
+    parts = [f"encoder {parent.get('encoder_id')} ({parent.get('bundle')})",
+             str(parent.get("method", "")).strip()]
+    if isinstance(parent.get("bit_agreement"), float):
+        parts.append(f"bits agree {parent['bit_agreement']:.4%}")
+    if isinstance(parent.get("fine_bit_agreement"), float):
+        parts.append(f"fine bits {parent['fine_bit_agreement']:.4%}")
+    if calib.get("images") or calib.get("count"):
+        parts.append(f"calibration {calib.get('images') or calib.get('count')} images")
+    return "; ".join(p for p in parts if p)
 
 
 def _fine_text(b: Bundle) -> str:

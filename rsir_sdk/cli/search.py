@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
                         mode=args.mode)
         if args.html:
             write_html(args, r, hits)
+        if not hits and (place["bbox"] is not None or place["near"] is not None):
+            explain_no_place(r)
     if args.json:
         print_json([{"rank": i, **hit_to_json(h)} for i, h in enumerate(hits, 1)])
         return EXIT_OK
@@ -136,6 +138,17 @@ def write_html(args: argparse.Namespace, r: Retriever, hits: Sequence[Hit]) -> N
         warn(f"{borrowed} of {len(hits)} hit images were found only under the bundle's "
              f"training archive ({r.bundle.archive_root}): if this collection holds another "
              f"archive, give its folder with --root DIR")
+
+
+def explain_no_place(r: Retriever) -> None:
+    """After a place search found nothing: how many items have no footprint (a place filter
+    never returns them), since "no hits" alone reads as "nothing is there"."""
+    info = r.info()
+    unplaced = info.get("without_footprint")
+    if unplaced:
+        warn(f"{unplaced} of {info['count']} items have no footprint, and a place filter never "
+             f"returns them (no georeferencing, or one that could not be read: their metadata's "
+             f"footprint_error says why)")
 
 
 def format_hits(hits: Sequence[Hit]) -> str:

@@ -268,7 +268,7 @@ def split_codes(raw: bytes, bits: int) -> np.ndarray:
 
 def split_records(raw: bytes, bits: int, fine_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated records of a packed code followed by its fine code (``bits/8 +
-    fine_bits/8`` bytes each: 8 + 32 = 40 for 64-bit codes with the default 256-bit fine codes) to
+    fine_bits/8`` bytes each: 8 + 40 = 48 for 64-bit codes with the default 320-bit fine codes) to
     ``(codes uint8 (n, bits/8), fine uint8 (n, fine_bits/8))``; :class:`CodeLengthError` if
     ragged."""
     nbytes, fbytes = bits // 8, fine_bits // 8
@@ -285,8 +285,10 @@ def split_records(raw: bytes, bits: int, fine_bits: int) -> tuple[np.ndarray, np
     return records[:, :nbytes].copy(), records[:, nbytes:].copy()
 
 
-def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes") -> np.ndarray:
-    """A list of base64 codes to ``uint8 (n, bits/8)``; :class:`CodeLengthError` on a bad length."""
+def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes",
+                      kind: str = "codes") -> np.ndarray:
+    """A list of base64 codes to ``uint8 (n, bits/8)``; :class:`CodeLengthError` on a bad
+    length, naming the field (``name``) and what it holds (``kind``: codes, fine codes)."""
     nbytes = bits // 8
     out = np.empty((len(items), nbytes), dtype=np.uint8)
     for i, text in enumerate(items):
@@ -294,7 +296,7 @@ def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes") -> n
         if len(raw) != nbytes:
             raise CodeLengthError(
                 f"{name}[{i}] has {len(raw)} bytes ({len(raw) * 8} bits); this collection holds "
-                f"{bits}-bit codes ({nbytes} bytes)")
+                f"{bits}-bit {kind} ({nbytes} bytes)")
         out[i] = np.frombuffer(raw, dtype=np.uint8)
     return out
 

@@ -183,7 +183,8 @@ def _json_codes(service: Service, data: Any) -> tuple[dict[str, Any], np.ndarray
     fields = parsed.model_dump(exclude_none=True,
                                include={"k", "filter", "radius", "bbox", "near", "time", "mode"})
     codes = codes_from_base64(items, service.bits)
-    fine = codes_from_base64(fines, service.fine_width(), "fine_codes") if fines else None
+    field = "fine_code" if parsed.fine_code and not parsed.fine_codes else "fine_codes"
+    fine = codes_from_base64(fines, service.fine_width(), field, "fine codes") if fines else None
     return fields, codes, fine
 
 

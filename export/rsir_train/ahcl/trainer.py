@@ -308,6 +308,9 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
             st.restore(ck)
             emit({"event": "resumed", "outer_done": st.outer_done,
                   **({"candidate": tag} if tag else {})})
+        else:  # --resume with nothing to resume: said, so a fresh run is not a surprise
+            log.info("no checkpoint at %s: %s starts from the beginning", ckpt_path,
+                     tag or "training")
     t_train = time.perf_counter()
     here = device_name(ctx.device)
     val_every = cfg.val_every or max(1, math.ceil(cfg.outer / 20))
@@ -376,6 +379,11 @@ def train_ahcl(
     evaluates and exports). Returns an :class:`AHCLResult`.
     """
     emit = progress or no_progress
+    if len(archive.classes) < 2:  # before features are computed: nothing to learn from
+        raise ValueError(
+            f"AHCL learns its codes from classes, and the archive holds one "
+            f"({', '.join(map(repr, archive.classes)) or 'none'}): give two or more class "
+            f"folders, or train a label-free ITQ bundle (rsir train itq)")
     ctx, resolved = _prepare(archive, split, config, emit)
     # select="auto" selects on small archives only: a full-size train side trains the auto
     # schedule as measured in docs/results.md (select="on" selects at any size); a train side
@@ -398,6 +406,9 @@ def train_ahcl(
                    "no class has an image to hold out for validation")
             log.warning("candidates %s not used: this run does not select (%s)",
                         ",".join(config.candidates), why)
+        elif config.schedule == "auto" and config.select == "auto" and config.hand_set:
+            log.info("no model selection: a schedule value was set by hand (--lr, --epochs, "
+                     "...), so it is trained as given; --select on validates it")
         ckpt = Path(work_dir) / CHECKPOINT_FILE if work_dir else None
         st = run_schedule(ctx, resolved, _Part(ctx.db_in, ctx.y_db, ctx.train_ids), ckpt,
                           resume, emit)

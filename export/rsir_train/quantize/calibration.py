@@ -155,6 +155,22 @@ def calibration_set(
     return CalibrationSet(listing.root, reader, paths, check_paths, seed, note)
 
 
+def check_readable(calib: CalibrationSet) -> None:
+    """Every calibration and check image decodes, or one QuantizeError naming them all (up
+    to five, and how many): found mid-calibration, the first one stopped the run, blamed on
+    onnxruntime, and the next run stopped at the next one."""
+    bad = []
+    for p in [*calib.paths, *calib.check_paths]:
+        try:
+            load_image(calib.root / p)
+        except ImageLoadError as exc:
+            bad.append(f"{p} ({exc.reason})")
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise QuantizeError(f"{len(bad)} calibration image(s) in {calib.root} cannot be read: "
+                            f"{shown}. Remove them, or give another --calibration folder")
+
+
 def prepared_batches(
     root: Path, paths: Sequence[str], preprocess: dict[str, Any], batch_size: int
 ) -> Iterator[np.ndarray]:

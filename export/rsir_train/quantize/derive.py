@@ -50,7 +50,7 @@ from rsir_sdk.bundle_writer import update_manifest, write_bundle
 
 from ..errors import QuantizeError
 from ..graph import WEIGHTED_OPS, float_region, fold_static_pads, name_nodes
-from .calibration import CalibrationReader, CalibrationSet, calibration_set
+from .calibration import CalibrationReader, CalibrationSet, calibration_set, check_readable
 from .options import PRECISIONS, QuantizeOptions
 from .quantizers import (
     CALIBRATION_METHODS,
@@ -232,6 +232,8 @@ def _int8(onnx: Any, graph: _Graph, parent: Bundle, plan: _FloatPlan, calib: Cal
         try:
             info = quantize_int8(named, path, reader, exclude=exclude + leading[:k],
                                  cache=work / "calibration.json", **opts)
+        except QuantizeError:
+            raise  # ours (an image), not onnxruntime's
         except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
             raise QuantizeError(f"onnxruntime could not quantize {parent.model_path}: {exc}") from exc
         child = onnx.load(str(path))
@@ -374,6 +376,7 @@ def quantize_bundle(
     calib = calibration_set(calibration, parent, reader=opts.reader,
                             count=opts.count if int8 else opts.check,
                             check=opts.check if int8 else 0, seed=opts.seed)
+    check_readable(calib)  # all unreadable images named at once, before any work
     checked = _CheckSet.of(calib, int8)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".rsir-quantize-", dir=out.parent) as tmp:
@@ -404,6 +407,8 @@ def _derive(onnx: Any, graph: _Graph, parent: Bundle, plan: _FloatPlan, calib: C
         try:
             return agreement(parent, path, calib.root, checked.paths, opts.batch_size,
                              opts.providers, opts.threads)
+        except QuantizeError:
+            raise  # ours (an image), not onnxruntime's
         except Exception as exc:  # onnxruntime raises plain Exceptions of many kinds
             raise QuantizeError(
                 f"the {precision} model does not run on {opts.providers or 'CPU'}: {exc}"
