@@ -18,7 +18,7 @@ from .pixels import describe_source
 from .store import keys as store_keys
 from .store import values as store_values
 
-__all__ = ["check_radius_length", "check_search", "image_list", "images_with_ids"]
+__all__ = ["check_radius_length", "check_search", "image_list", "images_with_ids", "radius_bound"]
 
 
 def check_search(k: Any, filter: Filter, radius: Any,
@@ -38,6 +38,15 @@ def image_list(images: Any, one: str) -> list[Any]:
     if isinstance(images, (str, bytes, bytearray, os.PathLike)):
         raise InvalidInputError(f"images must be a list (for one image {one})")
     return list(images)
+
+
+def radius_bound(mode: str, bits: int, fine_bits: int | None) -> tuple[int, str]:
+    """The code a radius bounds in ``mode``, as ``(its length, its name)``: the fine code in
+    mode appearance (when the bundle has one), else the retrieval code; the one rule of
+    ``Retriever`` and the service, for :func:`check_radius_length`."""
+    if mode == "appearance" and fine_bits:
+        return int(fine_bits), "fine-code"
+    return int(bits), "code"
 
 
 def check_radius_length(radius: int | None, longest: int, what: str = "code") -> None:

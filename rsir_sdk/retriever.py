@@ -24,7 +24,13 @@ import numpy as np
 from .api import Filter
 from .archive import ArchiveListing, open_archive
 from .bundle import Bundle
-from .call_checks import check_radius_length, check_search, image_list, images_with_ids
+from .call_checks import (
+    check_radius_length,
+    check_search,
+    image_list,
+    images_with_ids,
+    radius_bound,
+)
 from .codes import as_packed
 from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
@@ -271,10 +277,7 @@ class Retriever:
         its mode."""
         geo = self.store.check_geo(check_search(k, filter, radius, place))
         mode = self._fine.check_mode(mode)
-        if mode == "appearance" and self.bundle.fine_bits:
-            check_radius_length(radius, self.bundle.fine_bits, "fine-code")
-        else:
-            check_radius_length(radius, self.bundle.bits)
+        check_radius_length(radius, *radius_bound(mode, self.bundle.bits, self.bundle.fine_bits))
         return geo, mode
 
     # ----------------------------------------------------------------- writes

@@ -149,10 +149,11 @@ def run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         if summary.total == 0:   # "indexed 0 images" would read as success
+            seen = ("1 other file was" if summary.ignored == 1
+                    else f"{summary.ignored} other files were")
             raise UsageError(
                 f"{args.archive} holds no image: nothing indexed (images are the files ending "
-                f"in {', '.join(options.extensions)}; {summary.ignored} other file{'' if summary.ignored == 1 else 's'} "
-                f"{'was' if summary.ignored == 1 else 'were'} seen)")
+                f"in {', '.join(options.extensions)}; {seen} seen)")
         count = r.count()
         rule = r.raster_rule
     if args.json:

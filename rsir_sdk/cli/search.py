@@ -124,12 +124,13 @@ def write_html(args: argparse.Namespace, r: Retriever, hits: Sequence[Hit]) -> N
         )
     except OSError as exc:
         raise RsirError(f"cannot write the gallery {args.html}: {exc.strerror or exc}") from None
-    mine = list(args.root or [])
-    found = [resolve_image(h.path, mine) or resolve_image(h.id, mine) for h in hits]
-    missing = sum(1 for h, f in zip(hits, found)
-                  if f is None and resolve_image(h.path, roots) is None
-                  and resolve_image(h.id, roots) is None)
-    borrowed = sum(1 for f in found if f is None) - missing
+    def image_of(hit: Hit, where: list) -> Any:
+        return resolve_image(hit.path, where) or resolve_image(hit.id, where)
+
+    # hits the user's own --root (or the stored path) does not find: in the training archive, or not at all
+    elsewhere = [h for h in hits if image_of(h, list(args.root or [])) is None]
+    missing = sum(1 for h in elsewhere if image_of(h, roots) is None)
+    borrowed = len(elsewhere) - missing
     warn(f"wrote {out} ({len(hits)} hits)")
     if missing:
         warn(f"{missing} of {len(hits)} hit images were not found: give the archive folder "

@@ -302,12 +302,12 @@ def codes_from_base64(items: Sequence[str], bits: int, name: str = "codes",
 
 
 def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig,
-                   bits: int, extra: Sequence[str] = (),
+                   bound: tuple[int, str], extra: Sequence[str] = (),
                    ) -> tuple[int, dict[str, Any] | str | None, int | None]:
     """``(k, filter, radius)`` from the body fields, else the query string; validated.
 
-    ``bits``: the largest radius (the length of the code the search ranks by: the fine code's
-    in mode appearance). ``extra``: further query parameters the endpoint takes."""
+    ``bound``: the largest radius and the code it bounds (``Service.radius_bound``: the fine
+    code in mode appearance). ``extra``: further query parameters the endpoint takes."""
     q = request.query_params
     unknown = sorted(set(q) - {"k", "filter", "radius", "mode", *GEO_KEYS, *extra})
     if unknown:
@@ -322,7 +322,7 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
         raise InvalidInputError(f"k must be between 1 and {cfg.max_k} (this service's --max-k), got {k}")
     if radius is not None and radius != "":
         radius = _int(radius, "radius")
-        check_radius_length(radius, bits)
+        check_radius_length(radius, *bound)
     else:
         radius = None
     if "filter" not in fields and isinstance(filt, str):

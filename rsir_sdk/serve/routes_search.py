@@ -104,7 +104,7 @@ async def search_image(request: Request) -> JSONResponse:
         raise invalid(f"{len(body.images)} images sent to /v1/search: use /v1/search/batch")
     mode = search_mode(request, body.fields)
     k, filt, radius = search_options(request, body.fields, service.config,
-                                     service.radius_bits(mode))
+                                     service.radius_bound(mode))
     where = search_where(request, body.fields)
     results = await service.gate.run(service.search_images, body.images, k, filt, radius, where,
                                      mode)
@@ -123,7 +123,7 @@ async def search_batch(request: Request) -> JSONResponse:
     body = await read_images(request, service.config, BatchSearchJSON)
     mode = search_mode(request, body.fields)
     k, filt, radius = search_options(request, body.fields, service.config,
-                                     service.radius_bits(mode))
+                                     service.radius_bound(mode))
     where = search_where(request, body.fields)
     results = await service.gate.run(service.search_images, body.images, k, filt, radius, where,
                                      mode)
@@ -160,7 +160,7 @@ async def search_codes(request: Request) -> JSONResponse:
     if len(codes) > service.config.max_codes:
         raise invalid(f"{len(codes)} codes in one request; at most {service.config.max_codes}")
     mode = search_mode(request, fields)
-    k, filt, radius = search_options(request, fields, service.config, service.radius_bits(mode),
+    k, filt, radius = search_options(request, fields, service.config, service.radius_bound(mode),
                                      extra=("fine",))
     where = search_where(request, fields)
     results = await service.gate.run(service.search_codes, codes, k, filt, radius, where, fine,
@@ -208,7 +208,7 @@ async def duplicates(request: Request) -> JSONResponse:
     radius = parsed.radius
     if radius is not None:
         radius = _int(radius, "radius", strict=True)
-        check_radius_length(radius, service.radius_bits("appearance"), "fine-code")
+        check_radius_length(radius, *service.radius_bound("appearance"))
     filt = check_filter(parsed.filter, service.config.allow_expressions)
     where: GeoFilter = geo_from_wire(parsed.model_dump(include={"bbox", "near", "time"}))
     groups = await service.gate.run(service.duplicates, radius, filt, where,

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..api import Filter
+from ..call_checks import radius_bound
 from ..errors import CollectionMismatchError, InvalidInputError
 from ..geo import Footprint, GeoFilter
 from ..hits import Hit, StoredItem
@@ -94,11 +95,11 @@ class Service:
                 f"{encoder_id.strip()[:40]}. Codes of different encoders are not comparable: "
                 f"use the bundle the service runs (GET /v1/info) or another collection")
 
-    def radius_bits(self, mode: str) -> int:
-        """The largest radius of a search in ``mode``: the length of the code it ranks by."""
-        if mode == "appearance" and self.fine_bits:
-            return int(self.fine_bits)
-        return self.bits
+    def radius_bound(self, mode: str) -> tuple[int, str]:
+        """The largest radius of a search in ``mode`` and the code it bounds (the length of
+        the code it ranks by), as ``Retriever`` reads it
+        (:func:`rsir_sdk.call_checks.radius_bound`)."""
+        return radius_bound(mode, self.bits, self.fine_bits)
 
     def default_duplicate_radius(self) -> int:
         """The radius ``duplicates(None)`` uses: :data:`rsir_sdk.store.DEFAULT_DUPLICATE_RADIUS`
