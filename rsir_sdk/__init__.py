@@ -9,98 +9,103 @@ packed binary codes in Milvus, index whole archives. It never imports torch.
 >>> r.search("query.jpg", k=5)                                        # doctest: +SKIP
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from .api import RetrievalAPI
-from .archive import ArchiveListing, Item, open_archive
-from .bundle import Bundle, DatabaseCodes
-from .codes import hamming_distances, pack_codes, topk_bruteforce, unpack_codes
-from .encoder import Encoded, Encoder
-from .errors import (
-    ArchiveError,
-    BundleError,
-    CodeLengthError,
-    CollectionMismatchError,
-    CollectionNotFoundError,
-    EvaluationError,
-    ImageLoadError,
-    InvalidInputError,
-    RasterRuleError,
-    RasterRuleMismatchError,
-    RsirError,
-    SplitError,
-    StoreError,
-)
-from .failures import Failure, FailureReport
-from .hits import Hit, StoredItem
-from .images import load_image, read_image
-from .ingest import IngestInterrupted, IngestProgress, IngestSummary
-from .options import IndexOptions, IngestOptions, RayOptions
-from .rasters import RasterRule
-from .retriever import Retriever
-from .store import MilvusCodeStore, list_collections
+import importlib
+from typing import TYPE_CHECKING, Any
 
-
-def __getattr__(name: str):  # RemoteRetriever: imported on first use (it needs only httpx)
-    if name == "RemoteRetriever":
-        from .serve.client import RemoteRetriever
-
-        return RemoteRetriever
-    if name == "HttpOptions":
-        from .serve.client import HttpOptions
-
-        return HttpOptions
-    raise AttributeError(f"module 'rsir_sdk' has no attribute {name!r}")
-
-
-try:
-    __version__ = version("rsir-sdk")
-except PackageNotFoundError:  # a source tree that was not installed
-    __version__ = "0+unknown"
+# Public names and the module each lives in. They load on first use (PEP 562), so
+# ``import rsir_sdk`` and the ``rsir`` command start without numpy, pymilvus or onnxruntime
+# and a Ctrl-C while a command starts is one line, not an import traceback.
+_EXPORTS: dict[str, str] = {
+    "RetrievalAPI": "api",
+    "ArchiveListing": "archive", "Item": "archive", "open_archive": "archive",
+    "Bundle": "bundle", "DatabaseCodes": "bundle",
+    "hamming_distances": "codes", "pack_codes": "codes", "topk_bruteforce": "codes",
+    "unpack_codes": "codes",
+    "Encoded": "encoder", "Encoder": "encoder",
+    "ArchiveError": "errors", "BundleError": "errors", "CodeLengthError": "errors",
+    "CollectionMismatchError": "errors", "CollectionNotFoundError": "errors",
+    "EvaluationError": "errors", "ImageLoadError": "errors", "InvalidInputError": "errors",
+    "RasterRuleError": "errors", "RasterRuleMismatchError": "errors", "RsirError": "errors",
+    "SplitError": "errors", "StoreError": "errors",
+    "Failure": "failures", "FailureReport": "failures",
+    "Hit": "hits", "StoredItem": "hits",
+    "load_image": "images", "read_image": "images",
+    "IngestInterrupted": "ingest", "IngestProgress": "ingest", "IngestSummary": "ingest",
+    "IndexOptions": "options", "IngestOptions": "options", "RayOptions": "options",
+    "RasterRule": "rasters",
+    "Retriever": "retriever",
+    "MilvusCodeStore": "store", "list_collections": "store",
+    "RemoteRetriever": "serve.client", "HttpOptions": "serve.client",  # needs only httpx
+}
 
 __all__ = [
-    "ArchiveError",
-    "ArchiveListing",
-    "Bundle",
-    "BundleError",
-    "CodeLengthError",
-    "CollectionMismatchError",
-    "CollectionNotFoundError",
-    "DatabaseCodes",
-    "Encoded",
-    "Encoder",
-    "EvaluationError",
-    "Failure",
-    "FailureReport",
-    "Hit",
-    "HttpOptions",
-    "ImageLoadError",
-    "IndexOptions",
-    "InvalidInputError",
-    "IngestInterrupted",
-    "IngestOptions",
-    "IngestProgress",
-    "IngestSummary",
-    "Item",
-    "MilvusCodeStore",
-    "RasterRule",
-    "RasterRuleError",
-    "RasterRuleMismatchError",
-    "RayOptions",
-    "RemoteRetriever",
-    "RetrievalAPI",
-    "Retriever",
-    "RsirError",
-    "SplitError",
-    "StoreError",
-    "StoredItem",
+    "ArchiveError", "ArchiveListing", "Bundle", "BundleError", "CodeLengthError",
+    "CollectionMismatchError", "CollectionNotFoundError", "DatabaseCodes", "Encoded", "Encoder",
+    "EvaluationError", "Failure", "FailureReport", "Hit", "HttpOptions", "ImageLoadError",
+    "IndexOptions", "IngestInterrupted", "IngestOptions", "IngestProgress", "IngestSummary",
+    "InvalidInputError", "Item", "MilvusCodeStore", "RasterRule", "RasterRuleError",
+    "RasterRuleMismatchError", "RayOptions", "RemoteRetriever", "RetrievalAPI", "Retriever",
+    "RsirError", "SplitError", "StoreError", "StoredItem", "hamming_distances", "list_collections",
+    "load_image", "open_archive", "pack_codes", "read_image", "topk_bruteforce", "unpack_codes",
     "__version__",
-    "hamming_distances",
-    "list_collections",
-    "load_image",
-    "open_archive",
-    "pack_codes",
-    "read_image",
-    "topk_bruteforce",
-    "unpack_codes",
-]
+]  # the names of _EXPORTS, and the version
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from .api import RetrievalAPI
+    from .archive import ArchiveListing, Item, open_archive
+    from .bundle import Bundle, DatabaseCodes
+    from .codes import hamming_distances, pack_codes, topk_bruteforce, unpack_codes
+    from .encoder import Encoded, Encoder
+    from .errors import (
+        ArchiveError,
+        BundleError,
+        CodeLengthError,
+        CollectionMismatchError,
+        CollectionNotFoundError,
+        EvaluationError,
+        ImageLoadError,
+        InvalidInputError,
+        RasterRuleError,
+        RasterRuleMismatchError,
+        RsirError,
+        SplitError,
+        StoreError,
+    )
+    from .failures import Failure, FailureReport
+    from .hits import Hit, StoredItem
+    from .images import load_image, read_image
+    from .ingest import IngestInterrupted, IngestProgress, IngestSummary
+    from .options import IndexOptions, IngestOptions, RayOptions
+    from .rasters import RasterRule
+    from .retriever import Retriever
+    from .serve.client import HttpOptions, RemoteRetriever
+    from .store import MilvusCodeStore, list_collections
+
+    __version__: str
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first use and keep the name here."""
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'rsir_sdk' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rsir-sdk")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "0+unknown"

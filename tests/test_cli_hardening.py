@@ -133,3 +133,48 @@ def test_rsir_serve_on_a_port_in_use_is_one_line_and_opens_nothing(rp_bundle, tm
     assert len(lines) == 1 and lines[0].startswith(f"rsir serve: cannot listen on 127.0.0.1:{port}")
     assert "already in use" in lines[0] and "--port" in lines[0]
     assert not (tmp_path / "s.db").exists()
+
+
+def test_the_rsir_script_starts_light_and_a_ctrl_c_while_it_loads_is_one_line():
+    """The console script is ``rsir_sdk.launch:main``; loading it pulls in no numpy, so the
+    half second in which the command's modules load is covered by its KeyboardInterrupt
+    handler. A Ctrl-C there is made deterministic here: the import of ``rsir_sdk.cli`` raises
+    it (as the signal would), and the script must say one line and exit 130."""
+    import subprocess
+    import sys
+
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["rsir"] == "rsir_sdk.launch:main"
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, rsir_sdk.launch, rsir_sdk; "
+         "print(sorted(m for m in ('numpy', 'PIL', 'pymilvus', 'onnxruntime') if m in sys.modules))"],
+        capture_output=True, text=True, check=True)
+    assert light.stdout.strip() == "[]", light.stdout
+    interrupted = subprocess.run(
+        [sys.executable, "-c",
+         "import sys\n"
+         "class Interrupt:\n"
+         "    def find_spec(self, name, path=None, target=None):\n"
+         "        if name == 'rsir_sdk.cli':\n"
+         "            raise KeyboardInterrupt\n"
+         "sys.meta_path.insert(0, Interrupt())\n"
+         "from rsir_sdk.launch import main\n"
+         "sys.exit(main())\n"],
+        capture_output=True, text=True)
+    assert interrupted.returncode == 130
+    assert interrupted.stderr.strip() == "rsir: interrupted"
+    assert interrupted.stdout == ""
+
+
+def test_the_package_names_load_on_first_use_and_all_resolve():
+    import rsir_sdk
+
+    assert set(rsir_sdk.__all__) == set(rsir_sdk._EXPORTS) | {"__version__"}
+    for name in rsir_sdk.__all__:
+        assert getattr(rsir_sdk, name) is not None, name
+    assert rsir_sdk.Retriever.__module__ == "rsir_sdk.retriever"
+    assert "RemoteRetriever" in dir(rsir_sdk)
+    with pytest.raises(AttributeError, match="no attribute 'Retreiver'"):
+        rsir_sdk.Retreiver  # noqa: B018 - a misspelt name must still fail

@@ -1,0 +1,23 @@
+"""The ``rsir`` console script: load the command's modules, then run it.
+
+Loading the command line pulls in numpy, Pillow and the store's client (about half a second).
+A Ctrl-C in that time would otherwise print an import traceback; here it is one line and
+exit status 130, as a Ctrl-C during the command itself.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_INTERRUPTED = 130
+
+
+def main() -> int:
+    """Entry point of the ``rsir`` console script; returns the exit status."""
+    try:
+        from .cli import main as run_command
+
+        return run_command()
+    except KeyboardInterrupt:
+        sys.stderr.write("\nrsir: interrupted\n")
+        return EXIT_INTERRUPTED
