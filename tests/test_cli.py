@@ -104,7 +104,11 @@ def test_index_learned_codes(tmp_path, sample_images, db_uri, capsys):
     code, out, _ = run(capsys, "index", bundle, "--learned", "--uri", db_uri, "--collection", "l")
     assert code == 0 and "indexed 20 learned database codes into l" in out
     code, out, _ = run(capsys, "index", bundle, "--learned", "--uri", db_uri, "--collection", "l", "--json")
-    assert json.loads(out) == {"indexed": 20, "collection": "l", "uri": db_uri, "count": 20}
+    assert json.loads(out) == {"indexed": 20, "new": 0, "collection": "l", "uri": db_uri,
+                               "count": 20}
+    code, out, _ = run(capsys, "index", bundle, "--learned", "--uri", db_uri, "--collection", "l")
+    assert code == 0 and "wrote 20 learned database codes into l" in out
+    assert "0 new, 20 already there and rewritten (20 items)" in out, out
 
 
 def test_training_commands_say_what_to_install_when_the_training_package_is_absent(tmp_path):

@@ -120,15 +120,7 @@ def run(args: argparse.Namespace) -> int:
     ) as r:
         on_prepare = None if args.no_progress else _prepare_printer()
         if args.learned:
-            n = r.add_learned_codes()
-            total = r.count()
-            if args.json:
-                print_json({"indexed": n, "collection": r.collection, "uri": r.store.display_uri,
-                            "count": total})
-            else:
-                print(f"indexed {n} learned database codes into {r.collection} at "
-                      f"{r.store.display_uri} ({total} items)")
-            return EXIT_OK
+            return _index_learned(r, args.json)
         report_path = args.report or f"{r.collection}-failed.csv"
         bar = None if args.no_progress else ProgressBar(f"indexing into {r.collection}")
 
@@ -240,3 +232,22 @@ def _prepare_printer() -> Any:
             warn(f"preparing for search: {p.step}")
 
     return show
+
+
+def _index_learned(r: Retriever, as_json: bool) -> int:
+    """Write the bundle's learned codes (an upsert by id) and say how many were new: a second
+    run rewrites the same rows, and the count must not read as if it had added them again."""
+    before = r.count()
+    n = r.add_learned_codes()
+    total = r.count()
+    new = max(0, total - before)
+    if as_json:
+        print_json({"indexed": n, "new": new, "collection": r.collection,
+                    "uri": r.store.display_uri, "count": total})
+    elif new == n:
+        print(f"indexed {n} learned database codes into {r.collection} at "
+              f"{r.store.display_uri} ({total} items)")
+    else:
+        print(f"wrote {n} learned database codes into {r.collection} at {r.store.display_uri}: "
+              f"{new} new, {n - new} already there and rewritten ({total} items)")
+    return EXIT_OK
