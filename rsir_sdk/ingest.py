@@ -356,6 +356,10 @@ class IngestRun:
         pending.clear()
         self.in_doubt = False
         self.summary.indexed += len(ids)
+        for meta in args[4]:
+            if "footprint_error" in meta:
+                why = str(meta["footprint_error"])
+                self.summary.footprint_errors[why] = self.summary.footprint_errors.get(why, 0) + 1
         self.state.indexed = self.summary.indexed
         self.tick()
 

@@ -62,6 +62,14 @@ class IngestSummary:
     prepare: dict[str, Any] | None = None
     #: the bulk load's counts and timings (None: written with inserts)
     bulk: dict[str, Any] | None = None
+    #: images indexed with georeferencing that gave no footprint, by reason (``footprint_error``:
+    #: an unknown CRS, or one that needs pyproj): a place filter never returns them
+    footprint_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unplaced(self) -> int:
+        """How many indexed images have georeferencing but no footprint."""
+        return sum(self.footprint_errors.values())
 
     @property
     def ok(self) -> bool:
@@ -87,6 +95,7 @@ class IngestSummary:
             "images_per_second": round(self.images_per_second, 2),
             "report": self.report, "collection": self.collection, "uri": self.uri,
             "prepare": _rounded(self.prepare), "bulk": _rounded(self.bulk),
+            "footprint_errors": dict(self.footprint_errors),
             "failures": [f.__dict__ for f in self.failed],
         }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -381,6 +382,29 @@ def test_cli_search_with_place_and_period_equals_python_and_the_brute_force(worl
         assert code == 2 and len(lines) == 1 and why in lines[0] and out == "", (bad, err)
 
 
+def test_rsir_index_counts_images_whose_georeferencing_gave_no_footprint(world, tmp_path, capsys):
+    """An unknown CRS (or one that needs pyproj) leaves an image without a footprint: a place
+    search never returns it, so the index summary says how many, and why, at once."""
+    from rsir_sdk import read_image
+
+    expected: dict[str, int] = {}
+    for it in world["tiffs"]:
+        why = read_image(it.path).georef.get("footprint_error")
+        if why:
+            expected[why] = expected.get(why, 0) + 1
+    assert expected and sum(expected.values()) < len(world["tiffs"])
+    db = str(tmp_path / "count.db")
+    code, out, err = _cli(capsys, "index", world["bundle"], world["archive"], "--uri", db,
+                          "--collection", "c", "--no-progress")
+    assert code == 0, err
+    n = sum(expected.values())
+    assert re.search(rf"no place\s+{n} indexed with georeferencing that gave no footprint", out), out
+    assert all(why[:150] in out for why in expected), out
+    code, out, err = _cli(capsys, "index", world["bundle"], world["archive"], "--uri",
+                          str(tmp_path / "count2.db"), "--collection", "c", "--json")
+    assert code == 0 and json.loads(out)["footprint_errors"] == expected
+
+
 def test_bad_footprints_times_and_filters_are_one_line_and_write_nothing(world, tmp_path, capsys):
     db = str(tmp_path / "bad.db")
     codes = world["codes"][:3]
@@ -541,6 +565,8 @@ def test_the_ray_engine_stores_the_same_places(world, tmp_path):
     with Retriever(world["bundle"], uri=db, collection="on_ray") as r:
         s = r.index(world["archive"], workers=1, engine="ray", ray=RayOptions(threads_per_worker=1))
         assert s.ok and s.indexed == len(world["tiffs"])
+        assert s.unplaced == sum("footprint_error" in h.metadata for h in
+                                 r.search_codes(world["codes"][:1], k=100)[0]) > 0
         on_ray = {h.id: (h.footprint, h.time) for h in r.search_codes(world["codes"][:1], k=100)[0]}
         got = [h.id for h in r.search_codes(world["codes"][:1], k=100, bbox=(170, -20, -170, -10))[0]]
     with Retriever(world["bundle"], uri=world["db"], collection="geo") as r:

@@ -196,6 +196,12 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
     if summary.ignored:
         shown = ", ".join(summary.ignored_examples[:3]) + (" ..." if summary.ignored > 3 else "")
         lines.append(f"ignored  {summary.ignored:>9} files that are not images by extension ({shown})")
+    if summary.unplaced:
+        lines.append(f"no place {summary.unplaced:>9} indexed with georeferencing that gave no "
+                     f"footprint: place searches never return them")
+        reasons = sorted(summary.footprint_errors.items(), key=lambda kv: -kv[1])
+        for reason, n in reasons[:3]:
+            lines.append(f"         {n:>9}  {reason[:150]}")
     if rule:
         lines.append(f"raster rule  {rule}")
     if summary.bulk:

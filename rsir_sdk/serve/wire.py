@@ -64,7 +64,9 @@ def summary_from_json(obj: Mapping[str, Any], url: str) -> IngestSummary:
             ignored=int(obj.get("ignored") or 0),
             ignored_examples=list(obj.get("ignored_examples") or []),
             seconds=float(obj.get("seconds") or 0.0), collection=str(obj.get("collection", "")),
-            uri=url, prepare=obj.get("prepare"), bulk=obj.get("bulk"))
+            uri=url, prepare=obj.get("prepare"), bulk=obj.get("bulk"),
+            footprint_errors={str(k): int(v)
+                              for k, v in (obj.get("footprint_errors") or {}).items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise ServiceError(f"the service's index answer is not a summary ({exc})", 502,
                            "ServiceError") from None
