@@ -179,8 +179,10 @@ def test_command_line(rp_bundle, sample_dir, tmp_path, capsys):
     rc = main([str(rp_bundle[0]), "--calibration", str(sample_dir), "--out", str(out),
                "--count", "20", "--check", "20", "--method", "percentile", "--json"])
     assert rc == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # stdout stays the JSON; the notes go to stderr
     assert printed["method"] == "Percentile" and printed["encoder_id"] == Bundle.load(out).encoder_id
+    assert "rsir quantize: note: the agreement rests on 20 images" in captured.err
     rc = main([str(rp_bundle[0]), "--calibration", str(tmp_path / "nowhere"), "--out",
                str(tmp_path / "x")])
     err = capsys.readouterr().err

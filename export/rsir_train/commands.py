@@ -298,6 +298,7 @@ def quantize(args: argparse.Namespace) -> int:
         d = asdict(res)
         d["path"] = str(res.path)
         print(json.dumps(d, indent=2))
+        _quantize_cautions(args, res)  # stderr: stdout stays the JSON
         return 0
     print(f"{res.precision} bundle written to {res.path} in {res.seconds:.0f}s")
     print(f"  encoder     {res.encoder_id} (parent {res.parent_encoder_id}); index its codes in a "
