@@ -3,6 +3,8 @@ the CLI reports bad archives as errors, not tracebacks."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -111,6 +113,10 @@ def test_cli_prints_each_progress_line_once(tmp_path):
     assert out.count("outer 1") == 1 and out.count("outer 2") == 1, out
     assert "outer 1: loss=" in proc.stdout
     assert "inputs ready in" in proc.stderr      # a record the printer does not show is kept
+    # the finished run says where its checkpoints stay and how big they are
+    work = tmp_path / "o.work"
+    assert work.is_dir() and f"checkpoints kept in {work}, " in proc.stdout, proc.stdout[-500:]
+    assert re.search(r"checkpoints kept in .*, [0-9.]+ MB, safe to delete", proc.stdout)
 
 
 def test_cli_leaves_a_host_programs_log_handlers_alone(tmp_path, capsys):

@@ -11,6 +11,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -214,7 +215,7 @@ def train(args: argparse.Namespace) -> int:
             resume=args.resume, progress=_printer(args.quiet), extra_training=extra,
             with_data=True, **_fine(args),
         )
-        cache = ""
+        cache = _checkpoints_text(args)
     elif args.method == "itq":
         from .itq import train_itq_bundle
 
@@ -243,6 +244,16 @@ def train(args: argparse.Namespace) -> int:
 
         append_results(args.results, records_for_manifest(manifest))
     return 0
+
+
+def _checkpoints_text(args: argparse.Namespace) -> str:
+    """Where an AHCL run's checkpoints stay, and their size: a finished run keeps them (a
+    selecting run's are a few hundred MB) and nothing reads them unless asked (``--resume``)."""
+    work = Path(args.work_dir) if args.work_dir else Path(str(args.out).rstrip("/\\") + ".work")
+    if not work.is_dir():
+        return ""
+    size = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+    return f"; checkpoints kept in {work}, {size / 1e6:.1f} MB, safe to delete"
 
 
 def _after_training(args: argparse.Namespace, manifest: dict[str, Any], data: Any) -> dict[str, Any]:
