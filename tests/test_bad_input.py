@@ -378,6 +378,37 @@ def test_no_dependency_log_lines(capfd, tmp_path):
     assert out == "" and err == ""
 
 
+def test_a_request_that_kills_the_milvus_lite_server_costs_only_itself(tmp_path, monkeypatch):
+    """``label like 5`` makes Milvus Lite 2.5.1's server process die. It is refused before it is
+    sent; and when a request does kill the server (the check taken away here to reach the
+    crash on purpose), that request fails in one line and the next one starts a new server:
+    the store keeps working, its rows intact (a service had answered 503 until restarted)."""
+    from rsir_sdk.store import keys, lite
+
+    db = str(tmp_path / "crash.db")
+    with MilvusCodeStore(db, "q", bits=64) as s:
+        s.upsert(["a", "b"], Z[:1].repeat(2, axis=0), ["forest", "fort"])
+        for expr in ("label like 5", "id LIKE 5.5", 'metadata["x"] like true', "label like"):
+            with pytest.raises(InvalidInputError, match="like takes a quoted pattern"):
+                s.count(expr)
+        assert s.count('label like "fo%"') == 2 and s.count('label == "I like 5"') == 0
+        assert lite.server_alive(db) is True
+        monkeypatch.setattr(keys, "check_like_patterns", lambda expression: None)
+        with pytest.raises(InvalidInputError, match="invalid filter expression 'label like 5'.*"
+                                                    "stopped on it and starts again"):
+            s.count("label like 5")
+        assert lite.server_alive(db) is not True  # it did die
+        assert s.count() == 2                      # and the next request works
+        s.upsert(["c"], Z[:1])
+        assert s.count() == 3 and {h.id for h in s.search(Z[:1], k=5)[0]} == {"a", "b", "c"}
+    with MilvusCodeStore(db, "q") as s:
+        assert s.count() == 3
+    with MilvusCodeStore(db, "q") as s:  # a filter that parses but cannot be evaluated
+        with pytest.raises(InvalidInputError, match="invalid filter expression"):
+            s.count("label in [1, 2]")
+        assert s.count() == 3
+
+
 def test_index_reports_an_item_the_store_refuses_and_goes_on(tmp_path, rp_bundle, sample_images):
     """A value the store refuses (here NaN metadata from a listing) fails that image alone."""
     from rsir_sdk.archive import ArchiveListing, Item

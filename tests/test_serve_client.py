@@ -102,6 +102,33 @@ def test_edge_writes_and_deletes(main_server, served):
         assert plain.count() == n0
 
 
+def test_filters_the_local_retriever_takes_the_service_takes(main_server, served):
+    """A metadata key is any text in process (a CSV column "cloud-cover" becomes one) and a
+    value may be None; the service refused both ("letters, digits or _", "values must be
+    strings, numbers or booleans"), breaking the one API. Same filters, same answers now."""
+    import httpx
+
+    n0 = served.expected["count"]
+    q = served.expected["queries"][1]
+    meta = [{"cloud-cover": 5, "sensor": None}, {"cloud-cover": 7, "sensor": "S2"}]
+    with RemoteRetriever(main_server.url, token=WRITE, bundle=served.bundle) as edge:
+        assert edge.add_images([q, q], ids=["f/1", "f/2"], metadata=meta) == 2
+        try:
+            for flt, expected in (({"cloud-cover": 5}, ["f/1"]), ({"sensor": None}, ["f/1"]),
+                                  ({"cloud-cover": [5, 7]}, ["f/1", "f/2"]),
+                                  ({"sensor": [None, "S2"]}, ["f/1", "f/2"])):
+                assert sorted(h.id for h in edge.search(q, k=5, filter=flt)) == expected, flt
+                assert edge.count(filter=flt) == len(expected), flt
+            r = httpx.get(main_server.url + "/v1/count", headers={"Authorization": f"Bearer {READ}"},
+                          params={"filter": json.dumps({"sensor": None, "cloud-cover": 5})})
+            assert r.status_code == 200 and r.json()["count"] == 1, r.text
+            with pytest.raises(InvalidInputError, match="filter"):
+                edge.count(filter={"sensor": {"nested": 1}})
+        finally:
+            assert edge.delete(["f/1", "f/2"]) == 2
+        assert edge.count() == n0
+
+
 def test_errors_map_back_to_the_python_classes(main_server, served, serve_bundles, tmp_path):
     q = served.expected["queries"][0]
     with RemoteRetriever(main_server.url, token=READ) as r:

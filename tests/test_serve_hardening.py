@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import socket
 import threading
@@ -121,6 +122,22 @@ def test_deeply_nested_json_is_4xx_without_traceback(hard_server):
         assert http.get("/readyz").status_code == 200
     log = hard_server.log
     assert "Traceback" not in log and "RecursionError" not in log
+
+
+def test_filters_that_killed_or_stumped_milvus_lite_are_422_and_the_service_goes_on(hard_server):
+    """``label like 5`` made the Milvus Lite server die, and every later request answered 503
+    until the service was restarted; thousands of ``or`` terms answered 503 (retried by
+    clients) though the request, not the store, was at fault. Both are 422 now, and the
+    service keeps answering."""
+    with _client(hard_server) as http:
+        before = http.get("/v1/count").json()["count"]
+        long_or = "label != \"\"" + ' or label == "a"' * 2000
+        for expression in ("label like 5", 'metadata["sensor"] like 5', "label in [1, 2]", long_or):
+            r = http.get("/v1/count", params={"filter": json.dumps(expression)})
+            assert r.status_code == 422, (expression[:40], r.text[:300])
+            assert r.json()["error"] == "InvalidInputError", r.text[:300]
+        assert http.get("/v1/count").json()["count"] == before
+        assert http.get("/readyz").status_code == 200
 
 
 @pytest.mark.parametrize("name", ["k", "radius"])

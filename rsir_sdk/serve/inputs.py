@@ -40,12 +40,12 @@ from ..images import DECODE_FORMATS, fetch_url
 from ..pixels import decode_reduced, image_size
 from ..preprocess import crop_size
 from ..redact import redact_uri
+from ..store.keys import build_filter
 from .config import ServeConfig
 from .errors import InvalidRequestError, one_line
 from .geo_wire import GEO_KEYS, geo_from_wire
 
 M = TypeVar("M", bound=BaseModel)
-FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_FILTER_VALUES = 1000
 #: about how deep client JSON may nest before the parser gives up (Python's recursion limit)
 MAX_JSON_DEPTH = 990
@@ -394,15 +394,15 @@ def check_filter(filt: Any, expressions: bool = False) -> dict[str, Any] | str |
             ' or a Milvus expression string' if expressions else
             ' (expression strings are refused by this service: --no-expressions)'))
     for key, value in filt.items():
-        if not FILTER_KEY.match(str(key)):
-            raise invalid(f"filter key {one_line(key, 40)!r} must be letters, digits or _ "
-                          f"(at most 64, not starting with a digit)")
         values = value if isinstance(value, list) else [value]
         if isinstance(value, list) and not 1 <= len(value) <= MAX_FILTER_VALUES:
             raise invalid(f"filter {key!r}: a list needs 1..{MAX_FILTER_VALUES} values")
         for v in values:
-            if not isinstance(v, (str, int, float, bool)):
-                raise invalid(f"filter {key!r}: values must be strings, numbers or booleans")
+            if v is not None and not isinstance(v, (str, int, float, bool)):
+                raise invalid(f"filter {key!r}: values must be strings, numbers, booleans or "
+                              f"null")
+    build_filter(filt)  # keys and values as the local store checks them (a metadata key is
+    # any text, "cloud-cover" too: it reaches Milvus only as a digest); InvalidInputError: 422
     return dict(filt)
 
 

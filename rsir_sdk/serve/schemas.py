@@ -13,8 +13,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: a filter value: a scalar (equality) or a list of scalars (``in``)
-Scalar = Union[str, int, float, bool]
+#: a filter value: a scalar (equality; null: the key holds null) or a list of them (``in``)
+Scalar = Union[str, int, float, bool, None]
 FilterValue = Union[Scalar, list[Scalar]]
 
 

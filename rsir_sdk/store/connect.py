@@ -18,6 +18,7 @@ forces one level for every read.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -31,6 +32,8 @@ from ..errors import InvalidInputError, StoreError
 from ..redact import redact_text, redact_uri
 from . import lite, lite_clock, rpc
 from .schema import is_lite_uri
+
+log = logging.getLogger(__name__)
 
 _LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")
 _LEVELS = ("Strong", "Session", "Bounded", "Eventually")
@@ -99,6 +102,7 @@ class Connection:
         self._open_lock = threading.Lock()
         self._pending: tuple[str | None, dict[str, Any], float] | None = (
             token, dict(opts.client_kwargs or {}), opts.lite_wait)
+        self._reopen_with = self._pending  # a Milvus Lite server that crashed is started again
         if self.is_lite:
             self._check_lite_path()
             if not os.path.exists(self.uri):
@@ -297,16 +301,39 @@ class Connection:
             lite.stop_server(self.uri)
             if rpc.is_damage(text) or any(rpc.is_damage(x) for x in tail):
                 self._broken = str(lite.damaged(self.uri, "its Milvus Lite server stopped"))
-            else:
-                self._broken = (
-                    f"the Milvus Lite server of {self.uri} stopped during {what} (it crashed on "
-                    f"that request{': ' + redact_text(tail[-1])[:160] if tail else ''}); open the "
-                    f"store again to go on"
-                )
-            return StoreError(self._broken)
+                return StoreError(self._broken)
+            return self._restarted_after_crash(what, expression,
+                                               redact_text(tail[-1])[:160] if tail else "")
         if rpc.is_damage(text) or any(rpc.is_damage(x) for x in lite.log_tail(1)):
             return lite.damaged(self.uri, text[:120])
         return err
+
+    def _restarted_after_crash(self, what: str, expression: str | None, said: str) -> Exception:
+        """The error for a request on which this file's Milvus Lite server died; the next call
+        starts a new server (the file is intact: a damaged one is refused before this).
+
+        Why: a service or a long script would otherwise answer every later request with "the
+        server stopped" until restarted by hand; one bad request must cost only itself.
+        """
+        self._close_orm()
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # its server is gone: nothing to close there
+                pass
+        path, self._lite_file = self._lite_file, None
+        if path is not None:
+            lite.release(path)
+        self._pending = self._reopen_with
+        log.info("the Milvus Lite server of %s stopped during %s; it starts again with the "
+                 "next request", self.uri, what)
+        if expression and rpc.is_expression_error(said):
+            return InvalidInputError(f"invalid filter expression {expression!r:.200}: {said} "
+                                     f"(Milvus Lite's server stopped on it and starts again)")
+        return StoreError(f"the Milvus Lite server of {self.uri} stopped during {what} (it "
+                          f"crashed on that request{': ' + said if said else ''}); it starts "
+                          f"again with the next request")
 
     # ----------------------------------------------------------------- ORM (column writes)
     def orm_collection(self, name: str) -> Any:

@@ -116,6 +116,7 @@ def build_filter(filter: str | Mapping[str, Any] | None) -> str:
         return ""
     if isinstance(filter, str):
         values.text(filter, "filter expression", 1 << 20)
+        check_like_patterns(filter)
         return filter.strip()
     if not isinstance(filter, Mapping):
         raise InvalidInputError(
@@ -148,3 +149,24 @@ def combine(*exprs: str) -> str:
     if len(parts) <= 1:
         return parts[0] if parts else ""
     return " and ".join(f"({e})" for e in parts)
+
+
+_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'")
+_LIKE_WITHOUT_PATTERN = re.compile(r"\blike\b(?!\s*\"\")", re.IGNORECASE)
+
+
+def check_like_patterns(expression: str) -> None:
+    """Refuse a ``like`` whose pattern is not a quoted string (``label like 5``).
+
+    Why here: Milvus Lite 2.5.1's server process dies on it ("mismatched input '5' expecting
+    StringLiteral") instead of answering an error, taking every other request with it.
+
+    >>> check_like_patterns('label like "fo%" and path like "%.tif"')
+    >>> check_like_patterns('label like 5')
+    Traceback (most recent call last):
+    rsir_sdk.errors.InvalidInputError: invalid filter expression 'label like 5': like takes a quoted pattern, e.g. label like "fo%"
+    """
+    quoted_out = _STRING_LITERAL.sub('""', expression)
+    if _LIKE_WITHOUT_PATTERN.search(quoted_out):
+        raise InvalidInputError(f"invalid filter expression {expression!r:.200}: like takes a "
+                                f'quoted pattern, e.g. label like "fo%"')

@@ -34,6 +34,9 @@ _EXPRESSION_ERRORS = (
     "failed to create query plan", "token recognition", "mismatched input", "extraneous input",
     "no viable alternative", "invalid syntax", "cannot be casted", "field not exist",
     "not exist", "invalid identifier", "cannot find field", "unexpected error in rpc handling",
+    # the filter parsed but could not be evaluated (``label in [1, 2]``: a type mismatch) or
+    # could not be planned (thousands of ``or`` terms): the expression, not the store
+    "phyfilterbitsnode", "unsupported expr proto node",
 )
 #: message fragments that mean a Milvus Lite file is damaged
 DAMAGE_MARKERS = ("failed to parse insert data from records", "database disk image is malformed",
