@@ -9,6 +9,7 @@ The value checks themselves are :mod:`rsir_sdk.store.values` and
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Sequence
 
 from .api import Filter
@@ -18,7 +19,10 @@ from .pixels import describe_source
 from .store import keys as store_keys
 from .store import values as store_values
 
-__all__ = ["check_radius_length", "check_search", "image_list", "images_with_ids", "radius_bound"]
+__all__ = ["check_bearer_token", "check_radius_length", "check_search", "image_list",
+           "images_with_ids", "radius_bound"]
+
+_TOKEN_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 
 
 def check_search(k: Any, filter: Filter, radius: Any,
@@ -80,3 +84,21 @@ def images_with_ids(images: Sequence[Any], ids: Sequence[str] | None,
     if len(checked) != len(images):
         raise InvalidInputError(f"{len(images)} images but {len(checked)} ids")
     return images, checked, paths
+
+
+def check_bearer_token(token: str | None, what: str) -> None:
+    """Refuse a bearer token an HTTP header cannot carry (a newline read from a file with it,
+    a space, non-ASCII), naming ``what`` and never the token.
+
+    Why: the client's request then failed as "cannot reach" after four retries, and a service
+    started with one answered 401 to every client.
+    """
+    if token is None or token == "":
+        return
+    if not isinstance(token, str):
+        raise InvalidInputError(f"{what} must be a string, got {type(token).__name__}")
+    if not _TOKEN_CHARACTERS.fullmatch(token):
+        holds = ("a space or line break (read from a file with its newline?)"
+                 if any(c.isspace() for c in token) else "a character outside printable ASCII")
+        raise InvalidInputError(f"{what} holds {holds}, which an HTTP Authorization header "
+                                f"cannot carry")

@@ -20,6 +20,7 @@ from rsir_sdk.redact import redact_text, redact_uri  # noqa: E402
 from rsir_sdk.serve import cli  # noqa: E402
 from rsir_sdk.serve.auth import READ, WRITE, RedactingFilter, TokenAuth, is_loopback  # noqa: E402
 from rsir_sdk.serve.client import HttpOptions, RemoteRetriever  # noqa: E402
+from rsir_sdk.serve.config import ServeConfig  # noqa: E402
 from rsir_sdk.serve.errors import (  # noqa: E402
     AuthenticationError,
     ForbiddenError,
@@ -237,3 +238,47 @@ def test_repeat_filter_logs_one_line_a_kind_per_interval_and_counts_the_rest(cap
         assert sum(r.levelno == logging.INFO for r in caplog.records) == 5
     finally:
         logger.removeFilter(limiter)
+
+
+def test_a_code_search_answers_at_most_max_hits_and_the_client_splits_to_fit(served, tmp_path):
+    """4,000 codes at k=1000 (the defaults allowed 10,000 x 1,000) made one 232 MB answer and
+    took the service from 0.7 to 4 GB: codes x k is capped (422 above), and RemoteRetriever
+    splits its requests to fit, with the same hits."""
+    import numpy as np
+
+    server = ServerProcess([served.bundle, "--uri", copy_db(served.db, tmp_path), "--collection",
+                            COLLECTION, "--max-hits", 25], tmp_path / "serve.log")
+    try:
+        codes = np.asarray(served.expected["codes"])
+        six = np.concatenate([codes] * (6 // len(codes) + 1))[:6]
+        expected = [served.expected["by_codes"][i % len(codes)] for i in range(6)]
+        r = httpx.post(server.url + "/v1/search/codes", params={"k": 5}, content=six[:5].tobytes(),
+                       headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 5        # 25 hits: allowed
+        r = httpx.post(server.url + "/v1/search/codes", params={"k": 5}, content=six.tobytes(),
+                       headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 422, r.text
+        assert "6 codes x k=5 would answer 30 hits; at most 25" in r.json()["message"]
+        with RemoteRetriever(server.url) as remote:
+            assert remote.info()["limits"]["max_hits"] == 25
+            got = remote.search_codes(six, k=10)                            # 3 requests of 2
+        assert got == expected
+    finally:
+        assert server.stop() == 0, server.log[-3000:]
+
+
+def test_a_token_a_header_cannot_carry_is_refused_at_once_on_both_sides(served, capsys):
+    """A token read from a file with its newline: the client failed as "cannot reach ... after
+    4 attempts", and a service started with one answered 401 to every client. Both refuse it
+    at once, in one line that does not show the token."""
+    for token in ("s3cret-token\n", "s3cret token", "s3cret-tökén"):
+        with pytest.raises(core.InvalidInputError, match="the token holds") as exc:
+            RemoteRetriever("http://127.0.0.1:9", token=token)
+        assert "s3cret" not in str(exc.value) and "\n" not in str(exc.value)
+        with pytest.raises(ValueError, match="the write token"):
+            ServeConfig(write_token=token)
+    assert cli.main([str(served.bundle), "--read-token", "s3cret-token\n", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "the read token (--read-token, $RSIR_READ_TOKEN) holds a space or line break" in err
+    assert "s3cret" not in err and err.count("\n") == 1
+    RemoteRetriever("http://127.0.0.1:9", token="ok-Token_1.+/=").close()  # RFC 6750 characters

@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         warn(f"rsir {args.command}: unexpected {type(exc).__name__}: {one_line(exc)[:300]} "
-             f"(re-run with -v for the traceback)")
+             f"(re-run as rsir -v {args.command} ... for the traceback)")
         return EXIT_ERROR
 
 

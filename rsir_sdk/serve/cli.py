@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cli.common import collection_name
+from ..cli.common import collection_name, int_in
 from ..decoding import allow_pixels
 from ..errors import RsirError
 from ..redact import redact_uri
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "misspelt name does not serve an empty collection)")
     g = p.add_argument_group("network and auth")
     g.add_argument("--host", default="127.0.0.1", help="address to bind; default %(default)s")
-    g.add_argument("--port", type=int, default=8000, help="port; default %(default)s (0: any free)")
+    g.add_argument("--port", type=int_in(0, 65535, "port"), default=8000, help="port; default %(default)s (0: any free)")
     g.add_argument("--read-token", default=os.environ.get("RSIR_READ_TOKEN"),
                    help="bearer token for reads; default $RSIR_READ_TOKEN (prefer the "
                         "environment: arguments show in ps)")
@@ -69,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="most images per request; default %(default)s")
     g.add_argument("--max-codes", type=int, default=d.max_codes,
                    help="most codes or ids per request; default %(default)s")
+    g.add_argument("--max-hits", type=int, default=d.max_hits,
+                   help="most hits one request may answer (codes x k); default %(default)s")
     g.add_argument("--request-timeout", type=float, default=d.request_timeout,
                    help="seconds of work per request (504 after); default %(default)s")
     g.add_argument("--concurrency", type=int, default=d.concurrency,
@@ -110,7 +112,7 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         read_token=args.read_token or None, write_token=args.write_token or None,
         archive_root=Path(args.archive_root) if args.archive_root else None,
         max_upload_bytes=args.max_upload_bytes, max_k=args.max_k, max_batch=args.max_batch,
-        max_codes=args.max_codes, request_timeout=args.request_timeout,
+        max_codes=args.max_codes, max_hits=args.max_hits, request_timeout=args.request_timeout,
         concurrency=args.concurrency, max_queue=args.max_queue, allow_urls=not args.no_urls,
         max_pixels=args.max_pixels, header_timeout=args.header_timeout,
         max_incomplete_connections=args.max_incomplete_connections,

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..call_checks import check_search, image_list, images_with_ids
+from ..call_checks import check_bearer_token, check_search, image_list, images_with_ids
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
 from ..hits import SEARCH_MODES, Hit, StoredItem, hit_from_json, item_from_json
@@ -116,6 +116,7 @@ class RemoteRetriever:
             opts = dataclasses.replace(opts, retries=retries)
         self.http = opts
         self.url = service_url(url)
+        check_bearer_token(token, "the token")
         self._transport = HttpTransport(self.url, token, opts)
         self._request = self._transport.request  # every verb's one way to ask the service
         self._info: dict[str, Any] | None = None
@@ -304,7 +305,7 @@ class RemoteRetriever:
         if fine_rows is not None:
             params["fine"] = "1"
         out: list[list[Hit]] = []
-        step = len(packed) if len(packed) <= 1000 else int(self._limits()["max_codes"])
+        step = 1 if len(packed) <= 1 else self._codes_per_request(k)
         for part in self._chunks(len(packed), step):
             body = packed[part] if fine_rows is None else np.hstack([packed[part], fine_rows[part]])
             payload = self._request(
@@ -312,6 +313,14 @@ class RemoteRetriever:
                 headers={"Content-Type": "application/octet-stream", **self._encoder_header()})
             out += [self._hits(r) for r in payload["results"]]
         return out
+
+    def _codes_per_request(self, k: int) -> int:
+        """How many codes one search request may carry: the service's ``max_codes``, and no
+        more than its ``max_hits`` (codes x k) allow (a service older than that limit: none)."""
+        limits = self._limits()
+        hits = int(limits.get("max_hits") or 0)
+        step = int(limits["max_codes"])
+        return max(1, min(step, hits // k)) if hits else step
 
     def _fine(self, fine: np.ndarray | bytes | None, n: int) -> np.ndarray | None:
         """Fine codes given with ``n`` codes as ``uint8 (n, fine_bits/8)``, checked (None when

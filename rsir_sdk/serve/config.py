@@ -41,6 +41,9 @@ class ServeConfig:
     max_batch: int = 32
     #: most codes or ids in one request (code search, add codes, get, delete; 422 above)
     max_codes: int = 10000
+    #: most hits one request may answer (codes x k; 422 above): 100,000 hits are ~30 MB of
+    #: JSON built in the service's memory, and the defaults above would otherwise allow 10M
+    max_hits: int = 100_000
     #: seconds one request may spend in the retriever (504 after)
     request_timeout: float = 30.0
     #: retriever calls that run at once (threads)
@@ -70,10 +73,15 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.max_k <= MAX_TOPK:
             raise ValueError(f"max_k must be between 1 and {MAX_TOPK}, got {self.max_k}")
-        for name in ("max_upload_bytes", "max_batch", "max_codes", "concurrency", "max_pixels",
+        for name in ("max_upload_bytes", "max_batch", "max_codes", "max_hits", "concurrency",
+                     "max_pixels",
                      "max_incomplete_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        from ..call_checks import check_bearer_token
+
+        check_bearer_token(self.read_token, "the read token (--read-token, $RSIR_READ_TOKEN)")
+        check_bearer_token(self.write_token, "the write token (--write-token, $RSIR_WRITE_TOKEN)")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
         if self.request_timeout <= 0 or self.url_timeout <= 0 or self.header_timeout <= 0:

@@ -162,6 +162,9 @@ async def search_codes(request: Request) -> JSONResponse:
     mode = search_mode(request, fields)
     k, filt, radius = search_options(request, fields, service.config, service.radius_bound(mode),
                                      extra=("fine",))
+    if len(codes) * k > service.config.max_hits:
+        raise invalid(f"{len(codes)} codes x k={k} would answer {len(codes) * k} hits; at most "
+                      f"{service.config.max_hits} in one request: send fewer codes per request")
     where = search_where(request, fields)
     results = await service.gate.run(service.search_codes, codes, k, filt, radius, where, fine,
                                      mode)

@@ -209,6 +209,7 @@ class Service:
             "archive_root": str(self.archive_root) if self.archive_root else None,
             "auth": self.auth.enabled,
             "limits": {"max_k": c.max_k, "max_batch": c.max_batch, "max_codes": c.max_codes,
+                       "max_hits": c.max_hits,
                        "max_upload_bytes": c.max_upload_bytes, "max_pixels": c.max_pixels,
                        "request_timeout": c.request_timeout, "urls": c.allow_urls,
                        "expressions": c.allow_expressions, "index": c.allow_index},

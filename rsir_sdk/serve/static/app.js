@@ -15,6 +15,7 @@ const state = {
   bbox: null,          // [w, s, e, n] drawn on the map: filters the search (null: none)
   proj: null,          // the map's current projection: {X, Y, lon, lat} (see drawMap)
   hits: [],            // the hits drawn
+  searchSeq: 0,        // bumped by each search: an answer to an older one is dropped
 };
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
@@ -26,9 +27,18 @@ function setStatus(text, isError) {
   el.classList.toggle("error", !!isError);
 }
 
+// fetch() rejects with a bare TypeError ("Failed to fetch") when no answer came at all: the
+// service is stopped or the network is down. Say that, not the browser's words.
+const UNREACHABLE = "The service cannot be reached (is rsir serve running?)";
+
 async function api(path, options) {
   const opts = options || {};
-  const res = await fetch(path, { ...opts, headers: { ...authHeaders(), ...(opts.headers || {}) } });
+  let res;
+  try {
+    res = await fetch(path, { ...opts, headers: { ...authHeaders(), ...(opts.headers || {}) } });
+  } catch (e) {
+    throw new Error(UNREACHABLE);
+  }
   if (res.status === 401) {
     $("auth").hidden = false;
     $("token").focus();
@@ -103,8 +113,13 @@ function whereText(where) {
   return parts.length ? " (" + parts.join(", ") + ")" : "";
 }
 
-async function runSearch() {
+// paging: true for "More results" (the same query, a larger k). A failed page keeps the hits
+// shown, which are still this query's; any other failed search clears them, so that no hit is
+// ever shown under a query (or filter) it does not belong to.
+async function runSearch(paging) {
   if (!state.query) return;
+  const seq = ++state.searchSeq;
+  const current = () => seq === state.searchSeq;
   const k = state.k;
   const filter = filterParam();
   const where = whereParams();
@@ -129,6 +144,7 @@ async function runSearch() {
       });
     }
     const hits = (await res.json()).hits;
+    if (!current()) return;   // a newer search started meanwhile: the grid is its own
     render(hits);
     const ms = Math.round(performance.now() - t0);
     setStatus(`${hits.length} hit${hits.length === 1 ? "" : "s"} in ${ms} ms` +
@@ -137,9 +153,14 @@ async function runSearch() {
     const maxK = state.info ? state.info.limits.max_k : k;
     $("more").hidden = hits.length < k || k >= maxK;
   } catch (err) {
+    if (!current()) return;
+    if (!paging) {
+      render([]);
+      $("more").hidden = true;
+    }
     setStatus(err.message, true);
   } finally {
-    $("more").disabled = false;
+    if (current()) $("more").disabled = false;
   }
 }
 
@@ -172,8 +193,11 @@ function card(hit, i) {
   dist.className = "distance";
   dist.textContent = "distance " + hit.distance;
   const meta = document.createElement("dl");
-  const idRow = [["id", hit.id]].concat(hit.time ? [["time", hit.time]] : []);
-  const rows = idRow.concat(Object.entries(hit.metadata || {}).slice(0, 6).map(([k, v]) => [k, fmt(v)]));
+  const rows = [["id", hit.id]].concat(hit.time ? [["time", hit.time]] : []);
+  // the metadata may repeat a field shown above (a manifest's `time` column is kept there too)
+  const shown = new Set(rows.map(([k]) => k));
+  const extra = Object.entries(hit.metadata || {}).filter(([k]) => !shown.has(k));
+  rows.push(...extra.slice(0, 6).map(([k, v]) => [k, fmt(v)]));
   for (const [k, v] of rows) {
     const dt = document.createElement("dt"); dt.textContent = k;
     const dd = document.createElement("dd"); dd.textContent = v; dd.title = v;
@@ -421,7 +445,7 @@ function setup() {
   $("more").addEventListener("click", () => {
     const maxK = state.info ? state.info.limits.max_k : state.k + state.page;
     state.k = Math.min(maxK, state.k + state.page);
-    runSearch();
+    runSearch(true);
   });
   $("token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
