@@ -8,6 +8,7 @@ import argparse
 import logging
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -123,6 +124,21 @@ def test_missing_collection_is_refused_without_create(served, tmp_path):
     args = p.parse_args([str(served.bundle), "--uri", str(tmp_path / "none.db"), "--collection", "x"])
     with pytest.raises(core.StoreError, match="--create"):
         cli.open_retriever(args)
+    # a misspelt name: the collections that are there are named
+    db = str(copy_db(served.db, tmp_path))
+    args = p.parse_args([str(served.bundle), "--uri", db, "--collection", "scenez"])
+    with pytest.raises(core.CollectionNotFoundError, match=f"collections there: {COLLECTION}"):
+        cli.open_retriever(args)
+    # --create makes the collection now: searches answer no hits (they answered 404 until the
+    # first write), and the collection keeps fine codes as a first write would have made it
+    args = p.parse_args([str(served.bundle), "--uri", db, "--collection", "fresh", "--create"])
+    r = cli.open_retriever(args)
+    try:
+        assert r.store.exists and r.count() == 0
+        assert r.search(served.expected["queries"][0], k=5) == []
+        assert r.store.fine_bits == r.encoder.fine_bits
+    finally:
+        r.close()
 
 
 def test_token_rules():
@@ -282,3 +298,21 @@ def test_a_token_a_header_cannot_carry_is_refused_at_once_on_both_sides(served, 
     assert "the read token (--read-token, $RSIR_READ_TOKEN) holds a space or line break" in err
     assert "s3cret" not in err and err.count("\n") == 1
     RemoteRetriever("http://127.0.0.1:9", token="ok-Token_1.+/=").close()  # RFC 6750 characters
+
+
+def test_the_service_says_when_its_archive_root_cannot_serve_the_hits_images(served, tmp_path):
+    """Without --archive-root the root is the bundle's training archive; a collection indexed
+    from elsewhere then showed "no image" on every card of the page, without a word."""
+    import os
+
+    from rsir_sdk import Retriever
+
+    with Retriever(served.bundle, uri=str(copy_db(served.db, tmp_path)),
+                   collection=COLLECTION) as r:
+        where = cli.images_outside_root(r, tmp_path, sample=10)
+        assert where is not None and where.startswith("10 of 10 sampled items' images cannot be "
+                                                      f"served from the archive root {tmp_path}")
+        assert "--archive-root" in where
+        common = Path(os.path.commonpath([str(p) for p in served.paths]))
+        assert cli.images_outside_root(r, common.resolve(), sample=10) is None
+        assert "no archive root" in cli.images_outside_root(r, None, sample=3)

@@ -170,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(retriever, config)
     log.info("rsir serve: %s collection %s at %s (auth: %s)", retriever.bundle.method,
              retriever.store.collection, redact_uri(args.uri), app.state.service.auth.describe())
+    unserved = images_outside_root(retriever, app.state.service.archive_root)
+    if unserved:
+        log.warning("rsir serve: %s", unserved)
     return serve_app(app, args.host, args.port, grace=config.request_timeout + 5,
                      header_timeout=config.header_timeout,
                      max_incomplete=config.max_incomplete_connections)
@@ -179,16 +182,56 @@ def open_retriever(args: argparse.Namespace):
     """The Retriever for the arguments; refuses a missing collection unless ``--create``."""
     from ..errors import CollectionNotFoundError
     from ..retriever import Retriever
+    from ..store import list_collections
 
     retriever = Retriever(args.bundle, uri=args.uri, collection=args.collection,
                           token=args.token, threads=args.threads)
-    if not args.create and not retriever.store.exists:
-        name = retriever.collection
-        retriever.close()
-        raise CollectionNotFoundError(
-            f"collection {name!r} does not exist at {redact_uri(args.uri)}: fill it first "
-            f"(rsir index), or pass --create to serve a new, empty one")
-    return retriever
+    if retriever.store.exists:
+        return retriever
+    if args.create:  # made now, so that searches answer "no hits" rather than 404 until a write
+        try:
+            retriever.store.create()
+        except BaseException:
+            retriever.close()
+            raise
+        return retriever
+    name = retriever.collection
+    retriever.close()
+    others = [n for n in list_collections(args.uri, args.token) if n != name]
+    there = f" (collections there: {', '.join(others)})" if others else ""
+    raise CollectionNotFoundError(
+        f"collection {name!r} does not exist at {redact_uri(args.uri)}{there}: fill it first "
+        f"(rsir index), or pass --create to serve a new, empty one")
+
+
+def images_outside_root(retriever: Any, root: Path | None, sample: int = 20) -> str | None:
+    """Why the page would show "no image" for the collection's hits, or None: read from the
+    paths of a few stored items. Without ``--archive-root`` the root is the bundle's training
+    archive, which an archive indexed elsewhere is not under (the page then showed "no image"
+    on every card with no hint)."""
+    import numpy as np
+
+    from .files import resolve_in_root
+
+    if not retriever.store.exists:
+        return None
+    probe = np.zeros((1, retriever.encoder.bits // 8), np.uint8)
+    paths = [h.path for h in retriever.search_codes(probe, k=sample)[0] if h.path]
+    if not paths:
+        return None
+    missing = 0
+    for path in paths:
+        try:
+            resolve_in_root(root, path)
+        except Exception:  # outside the root, or not there: the page cannot show it
+            missing += 1
+    if not missing:
+        return None
+    where = (f"the archive root {root}" if root is not None else "no archive root (the bundle "
+             "records no training archive that is here)")
+    return (f"{missing} of {len(paths)} sampled items' images cannot be served from {where}: "
+            f"the page and GET /v1/image show no image for them; pass --archive-root with the "
+            f"folder the collection was indexed from (e.g. {paths[0]!r:.120})")
 
 
 def address_problem(host: str, port: int) -> str | None:

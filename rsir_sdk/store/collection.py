@@ -504,6 +504,12 @@ class MilvusCodeStore:
             out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0
         return out
 
+    def create(self) -> None:
+        """Create the collection now, empty, as the first write would (with the store's code
+        and fine-code lengths); nothing when it exists. A read never creates one: this is for a
+        caller that must answer reads of a new collection (``rsir serve --create``)."""
+        self.writer.ensure_created()
+
     def drop(self) -> None:
         """Drop the whole collection and its fine-code companions (irreversible); a later write
         creates it afresh (keeping fine codes as the store's ``fine_bits`` or that write says)."""
