@@ -89,3 +89,41 @@ def test_sigterm_lets_in_flight_requests_finish(served, image_host, tmp_path):
         hits = r.search(served.expected["queries"][0], k=10)
         originals = [h for h in hits if h.id not in attempted]   # random codes may rank in
         assert originals == served.expected["search"][0][: len(originals)] and originals
+
+
+def test_a_second_ctrl_c_forces_the_exit_without_a_traceback(served, image_host, tmp_path):
+    """serve.md: "a second Ctrl-C forces the exit". It waited for a URL download in flight (up
+    to --url-timeout), logged uvicorn's CancelledError tracebacks and answered a plain-text
+    500. Now: out at once, exit status 130, the request answered in JSON or cut, no traceback."""
+    import httpx
+
+    server = ServerProcess([served.bundle, "--uri", copy_db(served.db, tmp_path), "--collection",
+                            COLLECTION, "--allow-private-urls", "--url-timeout", 40,
+                            "--request-timeout", 60], tmp_path / "serve.log")
+    answers: list[object] = []
+
+    def slow() -> None:
+        try:
+            answers.append(httpx.post(server.url + "/v1/search", timeout=60, json={
+                "url": f"{image_host}/slow/30/Forest/Forest_1001.jpg"}))
+        except httpx.HTTPError as exc:  # the connection cut by the exit: also clean
+            answers.append(exc)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(1.5)                              # the download is in flight
+    server.proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    status = server.proc.wait(30)
+    took = time.monotonic() - t0
+    t.join(30)
+    server.stop()
+    log = server.log
+    assert status == 130 and took < 10, (status, took, log[-2000:])
+    assert "forced exit: 1 call(s) in flight abandoned" in log, log[-2000:]
+    assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+    answer = answers[0]
+    if isinstance(answer, httpx.Response):
+        assert answer.status_code == 503 and answer.json()["error"] == "ServiceBusyError", answer.text

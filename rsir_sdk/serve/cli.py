@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..cli.common import collection_name, int_in
 from ..decoding import allow_pixels
@@ -35,7 +35,7 @@ from .config import ServeConfig
 
 log = logging.getLogger("rsir_sdk.serve")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -274,24 +274,40 @@ def serve_app(app: Any, host: str, port: int, grace: float = 35.0,
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=int(grace + 0.999), server_header=False,
                             lifespan="on", http=guarded_h11(header_timeout, max_incomplete))
-    server = _graceful_server(config)
+    server = _graceful_server(config, on_force=app.state.service.gate.abandon)
     # uvicorn puts back the handlers it found once it has shut down: make those ignore a late
     # repeat of the signal, so that the process, already closing, still exits 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _late_signal)
     server.run()
+    if server.force_exit:
+        _forced_exit(app.state.service)
     return EXIT_OK if server.started else EXIT_ERROR
+
+
+def _forced_exit(service: Any) -> None:
+    """After a second Ctrl-C: uvicorn skipped the app's shutdown, and Python would wait at exit
+    for the worker threads (a URL download: up to --url-timeout). Close the store without
+    waiting for them and leave now, exit status 130."""
+    log.warning("forced exit: %d call(s) in flight abandoned", service.gate.running)
+    service.close(0)  # done already by the app's shutdown, unless that failed
+    logging.shutdown()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _late_signal(sig: int, frame: Any) -> None:
     log.info("signal %d received while exiting: ignored", sig)
 
 
-def _graceful_server(config: Any) -> Any:
-    """uvicorn's Server, except that a handled SIGTERM/SIGINT ends with exit status 0.
+def _graceful_server(config: Any, on_force: Callable[[], None]) -> Any:
+    """uvicorn's Server, except that a handled SIGTERM/SIGINT ends with exit status 0, and a
+    second Ctrl-C (uvicorn's forced exit) still shuts the app down, without waiting.
 
     uvicorn re-raises the signal it shut down for once it has finished (so the process would
-    die by that signal after the clean shutdown); a service manager should see 0 instead.
+    die by that signal after the clean shutdown); a service manager should see 0 instead. On
+    a forced exit uvicorn skips the app's shutdown, whose task is then cancelled (a traceback
+    in the log, the store left open): here the app is told to stop waiting (``on_force``) and
+    shut down all the same.
     """
     import uvicorn
 
@@ -301,6 +317,13 @@ def _graceful_server(config: Any) -> Any:
             captured = getattr(self, "_captured_signals", None)
             if sig in (signal.SIGTERM, signal.SIGINT) and captured and sig in captured:
                 captured.remove(sig)  # graceful shutdown: do not re-raise it afterwards
+            if self.force_exit:
+                on_force()
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            if self.force_exit:
+                await self.lifespan.shutdown()
 
     return Server(config)
 

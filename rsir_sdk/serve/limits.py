@@ -50,6 +50,7 @@ class WorkGate:
         self._running = 0
         self._idle = threading.Event()
         self._idle.set()
+        self._abandoned = threading.Event()
         self.rejected = 0
         self.timed_out = 0
         limit_log_repeats()  # refused requests under overload: one log line per kind and 10 s
@@ -104,6 +105,10 @@ class WorkGate:
         limit = self.timeout if timeout is None else timeout
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), limit)
+        except asyncio.CancelledError:  # a forced exit (second Ctrl-C) cancels the requests:
+            # answer them in JSON, as every error, not with uvicorn's traceback and plain 500
+            raise ServiceBusyError("the service is shutting down (forced)",
+                                   retry_after=self.retry_after) from None
         except asyncio.TimeoutError:
             self.timed_out += 1
             raise ServiceTimeoutError(
@@ -111,8 +116,17 @@ class WorkGate:
                 "ServiceTimeoutError") from None
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every admitted call has ended (True) or ``timeout`` passes (False)."""
-        return self._idle.wait(timeout)
+        """Wait until every admitted call has ended (True), or ``timeout`` passes or the work
+        is abandoned (False)."""
+        deadline = time.monotonic() + timeout
+        while not self._idle.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self._abandoned.is_set() or time.monotonic() >= deadline:
+                return False
+        return True
+
+    def abandon(self) -> None:
+        """Stop waiting for the calls in flight (a forced exit): :meth:`drain` returns now."""
+        self._abandoned.set()
 
     def close(self, timeout: float = 30.0) -> bool:
         """Refuse new work, wait for running calls, stop the threads; True if all ended."""

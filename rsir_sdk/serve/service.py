@@ -79,6 +79,7 @@ class Service:
         self.collection = str(retriever.store.collection)
         self.archive_root = self.config.archive_root or _recorded_root(retriever)
         self.shutting_down = False
+        self.closed = False
 
     # ------------------------------------------------------------ identity checks
     def collection_encoder_id(self) -> str:
@@ -293,10 +294,15 @@ class Service:
         return real
 
     def close(self, timeout: float) -> None:
-        """Stop taking work, let running calls end (up to ``timeout`` s), close the Retriever."""
+        """Stop taking work, let running calls end (up to ``timeout`` s), close the Retriever;
+        once (a forced exit calls it again)."""
+        if self.closed:
+            return
+        self.closed = True
         self.shutting_down = True
         if not self.gate.close(timeout):
-            log.warning("work still running after %.0f s; closing the store anyway", timeout)
+            log.warning("%d call(s) still running (waited at most %.0f s); closing the store "
+                        "anyway", self.gate.running, timeout)
         if self.owns_retriever:
             self.retriever.close()
             log.info("closed collection %s", self.collection)
