@@ -287,7 +287,22 @@ class IngestRun:
                 self.state.skipped += len(present)
                 self.summary.skipped += len(present)
                 self.tick()
-            yield from (it for it in chunk if it.id not in present)
+            todo = [it for it in chunk if it.id not in present]
+            self._note_stored_elsewhere(todo)
+            yield from todo
+
+    def _note_stored_elsewhere(self, items: Sequence[Item]) -> None:
+        """Count images about to be written that the collection already holds under another
+        id (the same file: a folder indexed again from its parent or a sub-folder). They are
+        indexed as asked; the summary says so, since each would come back twice in searches."""
+        if self.relative_paths or not items or not self.store.exists:
+            return  # relative paths say nothing about the file
+        paths = {str(it.file.absolute()): it.id for it in items}
+        for path, stored_id in self.store.ids_by_path(paths).items():
+            if stored_id != paths[path]:
+                self.summary.stored_elsewhere += 1
+                if len(self.summary.stored_elsewhere_examples) < 3:
+                    self.summary.stored_elsewhere_examples.append((paths[path], stored_id))
 
     def add(self, items: Sequence[Item], codes: np.ndarray, georefs: Sequence[Mapping[str, Any]],
             fine: np.ndarray | None = None) -> None:

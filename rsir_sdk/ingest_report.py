@@ -65,6 +65,10 @@ class IngestSummary:
     #: images indexed with georeferencing that gave no footprint, by reason (``footprint_error``:
     #: an unknown CRS, or one that needs pyproj): a place filter never returns them
     footprint_errors: dict[str, int] = field(default_factory=dict)
+    #: images indexed that the collection already held under another id (the same file), and
+    #: a few ``(new id, stored id)`` pairs: indexed from another folder; each is stored twice
+    stored_elsewhere: int = 0
+    stored_elsewhere_examples: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def unplaced(self) -> int:
@@ -96,6 +100,8 @@ class IngestSummary:
             "report": self.report, "collection": self.collection, "uri": self.uri,
             "prepare": _rounded(self.prepare), "bulk": _rounded(self.bulk),
             "footprint_errors": dict(self.footprint_errors),
+            "stored_elsewhere": self.stored_elsewhere,
+            "stored_elsewhere_examples": [list(p) for p in self.stored_elsewhere_examples],
             "failures": [f.__dict__ for f in self.failed],
         }
 

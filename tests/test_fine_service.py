@@ -200,8 +200,14 @@ def test_codes_route_takes_both_parts_raw_and_json(world, http):
     # the appearance mode without fine codes cannot rank: refused, not answered by something else
     bad = http.post("/v1/search/codes", params={"mode": "appearance"}, content=codes.tobytes(),
                     headers=octet)
-    assert bad.status_code in (409, 422), bad.text
-    assert "\n" not in bad.json()["message"]
+    msg = _one_line_error(bad, 422, "InvalidInputError")      # the class Retriever raises
+    assert "`fine_code` / `fine_codes` in JSON, or `?fine=1`" in msg and "fine=" not in \
+        msg.replace("?fine=1", "")   # HTTP words, not the Python keyword
+    # a collection that keeps fine codes: codes added without theirs are refused in HTTP words
+    write = {**auth(WRITE), "Content-Type": "application/json"}
+    msg = _one_line_error(http.post("/v1/codes", headers=write, json={
+        "ids": ["edge/nofine"], "codes": b64[:1]}), 422, "InvalidInputError")
+    assert "send `fine_codes` (base64, one per id) beside `codes`" in msg
 
 
 def test_a_bad_mode_is_refused_in_one_line_before_any_work(world, http):

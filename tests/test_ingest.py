@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsir_sdk import Encoder, MilvusCodeStore
+from rsir_sdk import Encoder, MilvusCodeStore, Retriever
 from rsir_sdk.archive import open_archive, read_manifest, scan_folder
 from rsir_sdk.cli import main
 from rsir_sdk.errors import ArchiveError
@@ -300,6 +300,37 @@ def test_the_archive_may_follow_the_options(rp_bundle, sample_images, db_uri, ca
     assert code == 0 and "indexed" in out and "1 images" in out, err
     code, _, err = run(capsys, "index", rp_bundle[0], "--uri", db_uri, "--uir", "x", root)
     assert code == 2 and "unrecognized arguments: --uir x" in err
+
+
+def test_images_already_stored_under_other_ids_are_counted(rp_bundle, sample_images, db_uri,
+                                                          capsys, tmp_path):
+    """Ids are paths relative to the archive given: a sub-folder of an archive already indexed
+    stores its images a second time under shorter ids (each then comes back twice in searches).
+    They are indexed as asked, and the summary says how many and gives an example."""
+    root = tmp_path / "arch"
+    for path, label in sample_images[:6] + sample_images[-4:]:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, root / label / path.name)
+    first_label = sample_images[0][1]
+    code, out, err = run(capsys, "index", rp_bundle[0], root, "--uri", db_uri, "--collection",
+                         "twice", "--label-from", "parent", "--no-progress")
+    assert code == 0 and "twice " not in out.replace("into twice", ""), out
+    code, out, err = run(capsys, "index", rp_bundle[0], root / first_label, "--uri", db_uri,
+                         "--collection", "twice", "--no-progress", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["indexed"] == 6 and summary["stored_elsewhere"] == 6, summary
+    new, old = summary["stored_elsewhere_examples"][0]
+    assert old == f"{first_label}/{new}"
+    code, out, err = run(capsys, "index", rp_bundle[0], root / first_label, "--uri", db_uri,
+                         "--collection", "twice", "--no-progress")   # now present by id: skipped
+    assert code == 0 and "skipped          6" in out and "under other ids" not in out, out
+    with Retriever(rp_bundle[0], uri=db_uri, collection="twice") as r:   # the Python call
+        s = r.index(root / sample_images[-1][1])
+        assert s.indexed == 4 and s.stored_elsewhere == 4
+        assert r.count() == 10 + 6 + 4
+    code, out, err = run(capsys, "index", rp_bundle[0], root / first_label, "--uri", db_uri,
+                         "--collection", "fresh", "--no-progress")
+    assert code == 0 and "under other ids" not in out, out      # another collection: no word
 
 
 def test_usage_errors(rp_bundle, db_uri, capsys, tmp_path):

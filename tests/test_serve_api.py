@@ -118,6 +118,31 @@ def test_auth_limits_and_error_kinds(http, served, main_server):
     assert "Traceback" not in main_server.log
 
 
+def test_requests_that_say_two_things_are_refused_not_guessed(http, served, main_server):
+    """k in the query and in the body (the body won without a word), code with codes, url with
+    image_base64 (it read as "2 images sent"): each is one 422 naming what to fix. The
+    encoder id header is hexadecimal: its case does not matter."""
+    q = served.expected["queries"][0].read_bytes()
+    code = base64.b64encode(bytes(8)).decode()
+    r = http.post("/v1/search", params={"k": 3}, files={"image": ("q.jpg", q)},
+                  data={"k": "5"}, headers=auth(READ))
+    assert r.status_code == 422 and "k given both in the query string and in the body" in \
+        r.json()["message"], r.text
+    r = http.post("/v1/search/codes", json={"code": code, "codes": [code]}, headers=auth(READ))
+    assert r.status_code == 422 and "not both" in r.json()["message"]
+    r = http.post("/v1/search/codes", json={"codes": []}, headers=auth(READ))
+    assert r.status_code == 422 and "non-empty list" in r.json()["message"]
+    r = http.post("/v1/search", json={"url": "http://127.0.0.1:9/x.jpg",
+                                      "image_base64": base64.b64encode(q).decode()},
+                  headers=auth(READ))
+    assert r.status_code == 422 and r.json()["message"] == "give `url` or `image_base64`, not both"
+    encoder = http.get("/v1/info", headers=auth(READ)).json()["encoder_id"]
+    r = http.post("/v1/search/codes", content=bytes(8),
+                  headers={**auth(READ), "X-Rsir-Encoder-Id": encoder.upper()})
+    assert r.status_code == 200, r.text
+    assert "Traceback" not in main_server.log
+
+
 def test_hit_images_come_from_the_archive_root_only(http, served, sample_dir, tmp_path):
     rel = served.paths[3].relative_to(sample_dir).as_posix()
     for path in (str(served.paths[3]), rel):

@@ -196,6 +196,11 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
     if summary.ignored:
         shown = ", ".join(summary.ignored_examples[:3]) + (" ..." if summary.ignored > 3 else "")
         lines.append(f"ignored  {summary.ignored:>9} files that are not images by extension ({shown})")
+    if summary.stored_elsewhere:
+        new, old = summary.stored_elsewhere_examples[0]
+        lines.append(f"twice    {summary.stored_elsewhere:>9} indexed again: already stored under "
+                     f"other ids (e.g. {new!r} is also {old!r}), so searches return them twice; "
+                     f"ids are paths under the archive given: index the same folder each time")
     if summary.unplaced:
         lines.append(f"no place {summary.unplaced:>9} indexed with georeferencing that gave no "
                      f"footprint: place searches never return them")

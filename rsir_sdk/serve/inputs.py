@@ -151,6 +151,8 @@ async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]
     elif kind == "application/json":
         data = await read_json(request)
         parsed = parse_model(model, data).model_dump(exclude_none=True)
+        if "url" in parsed and "image_base64" in parsed:  # it read as "2 images sent"
+            raise invalid("give `url` or `image_base64`, not both")
         images = []
         for key in ("url", "urls"):
             value = parsed.pop(key, None)
@@ -313,6 +315,10 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
     if unknown:
         raise invalid(f"unknown query parameter(s) {unknown}; this endpoint takes k, filter, "
                       f"radius, bbox, near, time, mode" + "".join(f", {e}" for e in extra))
+    both = sorted(name for name in ("k", "radius", "filter", "mode") if name in fields and name in q)
+    if both:  # which one was meant? the body's silently won
+        raise invalid(f"{', '.join(both)} given both in the query string and in the body: give "
+                      f"each once")
     k = fields.get("k", q.get("k", 10))
     radius = fields.get("radius", q.get("radius"))
     # body fields hold decoded JSON (a string there is an expression); the query holds JSON text

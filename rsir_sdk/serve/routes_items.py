@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
+from ..errors import InvalidInputError
 from ..hits import item_to_json
 from .geo_wire import footprints_from_wire, geo_from_wire, times_from_wire
 from .inputs import (
@@ -138,6 +139,10 @@ async def add_codes(request: Request, payload: AddCodesJSON) -> JSONResponse:
         raise invalid(f"{len(payload.codes)} codes but {n} ids")
     codes = codes_from_base64(payload.codes, service.bits)
     fine = None
+    kept = getattr(service.retriever.store, "fine_bits", None)
+    if payload.fine_codes is None and kept:
+        raise InvalidInputError(f"collection {service.collection!r} keeps {kept}-bit fine codes: "
+                                f"send `fine_codes` (base64, one per id) beside `codes`")
     if payload.fine_codes is not None:
         if len(payload.fine_codes) != n:
             raise invalid(f"{len(payload.fine_codes)} fine codes but {n} ids")

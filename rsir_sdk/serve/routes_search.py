@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..call_checks import check_radius_length
+from ..errors import InvalidInputError
 from ..geo import GeoFilter
 from ..hits import hit_to_json
 from .geo_wire import geo_from_wire
@@ -162,6 +163,10 @@ async def search_codes(request: Request) -> JSONResponse:
     mode = search_mode(request, fields)
     k, filt, radius = search_options(request, fields, service.config, service.radius_bound(mode),
                                      extra=("fine",))
+    if mode == "appearance" and fine is None:
+        raise InvalidInputError("mode=appearance searches by the fine code: send each code's "
+                                "fine code (`fine_code` / `fine_codes` in JSON, or `?fine=1` "
+                                "with records of code and fine code)")
     if len(codes) * k > service.config.max_hits:
         raise invalid(f"{len(codes)} codes x k={k} would answer {len(codes) * k} hits; at most "
                       f"{service.config.max_hits} in one request: send fewer codes per request")
@@ -175,9 +180,11 @@ def _json_codes(service: Service, data: Any) -> tuple[dict[str, Any], np.ndarray
                                                       np.ndarray | None]:
     """``(search fields, codes, fine codes or None)`` of a JSON codes search."""
     parsed = parse_model(CodesSearchJSON, data)
+    if parsed.code is not None and parsed.codes is not None:
+        raise invalid("give `code` (one) or `codes` (a list), not both")
     items = ([parsed.code] if parsed.code else []) + list(parsed.codes or [])
     if not items:
-        raise invalid("give `code` or `codes` (base64)")
+        raise invalid("give `code` (base64) or `codes` (a non-empty list of base64 codes)")
     fines = ([parsed.fine_code] if parsed.fine_code else []) + list(parsed.fine_codes or [])
     if bool(parsed.code) != bool(parsed.fine_code) and fines:
         raise invalid("give `fine_code` with `code` (and `fine_codes` with `codes`)")

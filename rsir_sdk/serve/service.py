@@ -89,7 +89,7 @@ class Service:
 
     def check_client_encoder(self, encoder_id: str | None) -> None:
         """Refuse codes an edge client says come from another encoder (409)."""
-        if encoder_id and encoder_id.strip() != self.collection_encoder_id():
+        if encoder_id and encoder_id.strip().lower() != self.collection_encoder_id().lower():
             raise CollectionMismatchError(
                 f"collection {self.collection!r} was filled by encoder "
                 f"{self.collection_encoder_id()}; these codes come from encoder "

@@ -66,7 +66,10 @@ def summary_from_json(obj: Mapping[str, Any], url: str) -> IngestSummary:
             seconds=float(obj.get("seconds") or 0.0), collection=str(obj.get("collection", "")),
             uri=url, prepare=obj.get("prepare"), bulk=obj.get("bulk"),
             footprint_errors={str(k): int(v)
-                              for k, v in (obj.get("footprint_errors") or {}).items()})
+                              for k, v in (obj.get("footprint_errors") or {}).items()},
+            stored_elsewhere=int(obj.get("stored_elsewhere") or 0),
+            stored_elsewhere_examples=[(str(a), str(b)) for a, b in
+                                       obj.get("stored_elsewhere_examples") or []])
     except (KeyError, TypeError, ValueError) as exc:
         raise ServiceError(f"the service's index answer is not a summary ({exc})", 502,
                            "ServiceError") from None

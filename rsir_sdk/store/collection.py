@@ -276,6 +276,11 @@ class MilvusCodeStore:
         """The subset of ``ids`` that the collection holds."""
         return reads.existing_ids(self, ids)
 
+    def ids_by_path(self, paths: Iterable[str]) -> dict[str, str]:
+        """``{path: id}`` of stored items whose path is one of ``paths``: the same image
+        stored under another id (an archive indexed from another folder)."""
+        return reads.ids_by_path(self, paths)
+
     def iter_ids(self) -> Iterator[str]:
         """Every stored id, once each, in no particular order (read in ranges of the hashed
         primary keys, so it works alike on Milvus Lite and a server, at any size)."""

@@ -59,6 +59,24 @@ def get(store: "MilvusCodeStore", ids: Iterable[str]) -> list[StoredItem]:
     ]
 
 
+def ids_by_path(store: "MilvusCodeStore", paths: Iterable[str]) -> dict[str, str]:
+    """``{path: id}`` of stored items whose path is one of ``paths`` (by the path's digest;
+    one id per path when several items share it)."""
+    wanted = sorted({p for p in paths if isinstance(p, str) and p})
+    if not wanted or not store.exists:
+        return {}
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), PK_CHUNK):
+        chunk = wanted[start : start + PK_CHUNK]
+        res = store._conn.call("query", store.collection, filter=keys.build_filter({"path": chunk}),
+                               output_fields=["id", "path"], read=True,
+                               what=f"reading paths from {store.collection!r}")
+        for row in res:
+            if row.get("path") in chunk:
+                found.setdefault(row["path"], row["id"])
+    return found
+
+
 def existing_ids(store: "MilvusCodeStore", ids: Iterable[str]) -> set[str]:
     """The subset of ``ids`` that the collection holds."""
     return set(by_pk(store, ids, ["pk", "id"]))
