@@ -11,6 +11,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ArchiveError
 
@@ -31,8 +32,10 @@ class Failure:
 class FailureReport:
     """The failure report file: a CSV with ``id,path,stage,reason``, one row per failed image.
 
-    Rows are flushed as they are written, so a report survives a crash. ``close()`` removes
-    the file when nothing failed (no stale report from an earlier run is left behind).
+    Rows are flushed as they are written, so a report survives a crash. The file is written
+    from the first failure on: until then an earlier run's report stays as it was, and
+    ``close()`` removes it when nothing failed (no stale report is left behind) unless told to
+    keep it (a run that listed nothing, or was cut short, says nothing about those images).
 
     >>> with FailureReport("failed.csv") as rep:                # doctest: +SKIP
     ...     rep.add(Failure("a.jpg", "/data/a.jpg", "read", "the file is empty (0 bytes)"))
@@ -41,28 +44,41 @@ class FailureReport:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.count = 0
+        self._fh: Any = None
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # a file name that is not UTF-8 is written with its bytes escaped (\\xff)
-            self._fh = open(self.path, "w", newline="", encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             raise ArchiveError(f"cannot write the failure report {self.path}: {exc}") from None
-        self._writer = csv.writer(self._fh)
-        self._writer.writerow(REPORT_COLUMNS)
-        self._fh.flush()
+        target = self.path if self.path.exists() else self.path.parent
+        if self.path.is_dir() or not os.access(target, os.W_OK):
+            raise ArchiveError(f"cannot write the failure report {self.path}: "
+                               f"{'a folder' if self.path.is_dir() else 'permission denied'}")
 
     def add(self, failure: Failure) -> None:
-        """Append one failure (and flush)."""
+        """Append one failure (and flush); the first one starts the file."""
+        if self._fh is None:
+            try:
+                # a file name that is not UTF-8 is written with its bytes escaped (\\xff)
+                self._fh = open(self.path, "w", newline="", encoding="utf-8",
+                                errors="backslashreplace")
+            except OSError as exc:
+                raise ArchiveError(f"cannot write the failure report {self.path}: {exc}") from None
+            self._writer = csv.writer(self._fh)
+            self._writer.writerow(REPORT_COLUMNS)
         self._writer.writerow([failure.id, failure.path, failure.stage, failure.reason])
         self._fh.flush()
         self.count += 1
 
-    def close(self) -> None:
-        """Close the file; delete it when it holds no failure."""
-        if self._fh.closed:
+    def close(self, keep_earlier: bool = False) -> None:
+        """Close the file; when nothing failed, delete an earlier run's report, unless
+        ``keep_earlier``."""
+        if self._closed:
             return
-        self._fh.close()
-        if self.count == 0:
+        self._closed = True
+        if self._fh is not None:
+            self._fh.close()
+        elif not keep_earlier:
             self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> "FailureReport":

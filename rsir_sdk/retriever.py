@@ -433,12 +433,14 @@ class Retriever:
             from .ray_ingest import ingest_on_ray
 
             run = ingest_on_ray
+        summary = None
         try:
-            return run(self.encoder, self.store, listing, opts, report=rep, progress=progress,
-                       on_prepare=on_prepare)
+            summary = run(self.encoder, self.store, listing, opts, report=rep, progress=progress,
+                          on_prepare=on_prepare)
+            return summary
         finally:
-            if own is not None:
-                own.close()
+            if own is not None:  # a run cut short, or that had nothing to do, keeps the old one
+                own.close(keep_earlier=summary is None or summary.total == 0)
 
     def duplicates(self, radius: int | None = None, filter: Filter = None, *, bbox: Any = None,
                    near: Any = None, time: Any = None) -> list[list[str]]:

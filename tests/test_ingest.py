@@ -357,6 +357,38 @@ def test_failure_report_file(tmp_path):
     assert not path.exists()
 
 
+def test_a_run_with_nothing_to_do_keeps_the_earlier_failure_report(rp_bundle, sample_images,
+                                                                   db_uri, tmp_path, capsys):
+    """A report lists the images an earlier run could not index. A run that lists nothing (an
+    empty folder: a typo, an unmounted disk) or a --retry-failed whose images are gone
+    deleted it; both keep it now, and the retry says there is nothing to retry, exit 0."""
+    root = tmp_path / "arch" / "ok"
+    root.mkdir(parents=True)
+    for path, _ in sample_images[:3]:
+        shutil.copyfile(path, root / path.name)
+    bad = tmp_path / "arch" / "bad"
+    bad.mkdir()
+    (bad / "zero.jpg").write_bytes(b"")
+    report = tmp_path / "failed.csv"
+    args = ["--uri", db_uri, "--collection", "keep", "--no-progress", "--report", report]
+    code, out, _ = run(capsys, "index", rp_bundle[0], tmp_path / "arch", *args)
+    assert code == 3 and [f.id for f in read_report(report)] == ["bad/zero.jpg"]
+    before = report.read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "index", rp_bundle[0], empty, *args)
+    assert code == 2 and "holds no image" in err and report.read_bytes() == before
+    (bad / "zero.jpg").unlink()                                  # the user removed the file
+    code, out, err = run(capsys, "index", rp_bundle[0], tmp_path / "arch", *args,
+                         "--retry-failed", report)
+    assert code == 0 and "nothing to retry (the report is kept)" in err, (out, err)
+    assert report.read_bytes() == before
+    (bad / "zero.jpg").write_bytes(Path(sample_images[5][0]).read_bytes())   # now readable
+    code, out, err = run(capsys, "index", rp_bundle[0], tmp_path / "arch", *args,
+                         "--retry-failed", report)
+    assert code == 0 and "indexed          1" in out and not report.exists(), (out, err)
+
+
 def test_ingest_options_refuse_bad_values_in_one_line_and_write_nothing(
         rp_bundle, sample_dir, db_uri, tmp_path, capsys):
     """Options are a checked value: a bad one (made directly, through ``index``'s keywords, or

@@ -140,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        if summary.total == 0 and args.retry_failed:
+            warn(f"rsir index: none of the images listed in {args.retry_failed} is in "
+                 f"{args.archive}: nothing to retry (the report is kept)")
+            return EXIT_OK
         if summary.total == 0:   # "indexed 0 images" would read as success
             seen = ("1 other file was" if summary.ignored == 1
                     else f"{summary.ignored} other files were")

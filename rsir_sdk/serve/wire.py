@@ -87,7 +87,7 @@ def finish_index(summary: IngestSummary, report: Any,
         for failure in summary.failed:
             rep.add(failure)
         if own:
-            rep.close()
+            rep.close(keep_earlier=summary.total == 0)
             summary.report = str(rep.path) if summary.failed else None
     if progress is not None:
         progress(IngestProgress(total=summary.total, indexed=summary.indexed,
