@@ -102,6 +102,11 @@ def georeference(tags: Mapping[int, Any], width: int, height: int) -> dict[str, 
     out: dict[str, Any] = {}
     if epsg is not None:
         out["crs"] = f"EPSG:{epsg}"
+    if affine is not None and not all(math.isfinite(v) for v in affine):
+        out["footprint_error"] = "the georeferencing tags hold values that are not finite numbers"
+    elif affine is not None and epsg is None:
+        out["footprint_error"] = ("a CRS without an EPSG code (user-defined): no footprint can be "
+                                  "made (bounds are kept in the file's own coordinates)")
     if affine is not None and all(math.isfinite(v) for v in affine):
         xs, ys = _apply(affine, np.array([0.0, width, 0.0, width]), np.array([0.0, 0.0, height, height]))
         out["bounds"] = [_round(xs.min()), _round(ys.min()), _round(xs.max()), _round(ys.max())]
@@ -154,16 +159,21 @@ def _apply(a: Affine, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def footprint(epsg: int, affine: Affine, width: int, height: int) -> dict[str, Any]:
     """``lonlat_bounds`` and ``lonlat`` of an image whose pixels map to EPSG ``epsg`` by
-    ``affine``; ``{}`` when the outline falls outside the CRS; :class:`InvalidInputError` (one
-    line) for a CRS that cannot be converted."""
+    ``affine``; :class:`InvalidInputError` (one line) for a CRS that cannot be converted or an
+    outline that falls outside it (metres tagged as degrees: latitudes past 90)."""
     n = OUTLINE_SAMPLES
     t = np.linspace(0.0, 1.0, n)
     i = np.concatenate([t * width, np.full(n, float(width)), t[::-1] * width, np.zeros(n), [width / 2]])
     j = np.concatenate([np.zeros(n), t * height, np.full(n, float(height)), t[::-1] * height, [height / 2]])
     xs, ys = _apply(affine, i, j)
     lons, lats = to_lonlat_many(xs, ys, epsg)
-    if not (np.isfinite(lons).all() and np.isfinite(lats).all()) or np.abs(lats).max() > 90:
-        return {}
+    if not (np.isfinite(lons).all() and np.isfinite(lats).all()):
+        raise InvalidInputError(f"the image's outline has no longitude/latitude in EPSG:{epsg} "
+                                f"(it lies outside the CRS's area)")
+    if np.abs(lats).max() > 90:
+        raise InvalidInputError(f"the image's outline reaches latitude {np.abs(lats).max():.4g} in "
+                                f"EPSG:{epsg}, past 90: are its coordinates in another CRS "
+                                f"(metres tagged as degrees)?")
     ring_lon, ring_lat = lons[:-1], lats[:-1]
     if _geographic(epsg) and np.ptp(ring_lon) >= 360.0:
         box = BBox(-180.0, float(ring_lat.min()), 180.0, float(ring_lat.max()))

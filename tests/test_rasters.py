@@ -183,10 +183,21 @@ def test_georeference_variants():
     g = georeference({34264: m, 34735: (1, 1, 0, 1, 2048, 0, 1, 4326)}, 1000, 500)
     assert g["crs"] == "EPSG:4326" and g["lonlat_bounds"] == [10.0, 49.5, 11.0, 50.0]
     assert g["lonlat"] == [10.5, 49.75]
-    # user-defined CRS: bounds, but no EPSG code nor lon/lat
+    # user-defined CRS: bounds, but no EPSG code nor lon/lat, and one line saying why
     g = georeference({33550: (1.0, 1.0, 0.0), 33922: (0, 0, 0, 0.0, 0.0, 0),
                       34735: (1, 1, 0, 1, 3072, 0, 1, 32767)}, 4, 4)
-    assert g == {"bounds": [0.0, -4.0, 4.0, 0.0]}
+    assert g["bounds"] == [0.0, -4.0, 4.0, 0.0] and "lonlat_bounds" not in g
+    assert g["footprint_error"].startswith("a CRS without an EPSG code")
+    # UTM metres tagged as EPSG:4326, and a NaN tie point: no footprint, and said so (the image
+    # was indexed without a place and without a word: a place search then never found it)
+    wgs84 = (1, 1, 0, 2, 1024, 0, 1, 2, 2048, 0, 1, 4326)
+    g = georeference({33550: (10.0, 10.0, 0.0), 33922: (0, 0, 0, 448000.0, 5412000.0, 0),
+                      34735: wgs84}, 64, 64)
+    assert "lonlat_bounds" not in g and "past 90" in g["footprint_error"]
+    assert "metres tagged as degrees" in g["footprint_error"]
+    g = georeference({33550: (1.0, 1.0, 0.0), 33922: (0, 0, 0, float("nan"), 5.0, 0),
+                      34735: wgs84}, 4, 4)
+    assert "bounds" not in g and "not finite" in g["footprint_error"]
 
 
 def test_to_lonlat_projections():
