@@ -232,12 +232,16 @@ class Period:
     @classmethod
     def parse(cls, value: Any, name: str = "time") -> Period:
         """From a ``Period``, a pair ``(start, end)`` or ``"start/end"`` (ISO 8601 interval;
-        ``..`` or an empty side is open). A date-only end covers its whole day (month, year)."""
+        ``..`` or an empty side is open). A date-only end covers its whole day (week, month,
+        year), and a single date, week, month or year without ``/`` is all of it (``2021-06``)."""
         if isinstance(value, Period):
             return value
         if isinstance(value, str):
-            if "/" not in value:
-                raise InvalidInputError(f"{name} must be 'start/end' (ISO 8601, '..' for open), got {value!r}")
+            if "/" not in value:  # one date, week, month or year: all of it
+                if value.strip() in ("", ".."):
+                    raise InvalidInputError(f"{name} must be 'start/end' (ISO 8601, '..' for "
+                                            f"open) or one date, got {value!r}")
+                return cls(parse_time(value, name), parse_time(value, name, end=True))
             pair: Sequence[Any] = value.split("/", 1)
         elif isinstance(value, (list, tuple)) and len(value) == 2:
             pair = value

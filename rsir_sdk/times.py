@@ -34,14 +34,16 @@ def finite_number(value: Any, name: str) -> float:
 
 
 _PARTIAL = re.compile(r"^\s*(\d{4})(?:-(\d{2}))?\s*$")
+_WEEK = re.compile(r"^\d{4}-?W\d{2}$", re.IGNORECASE)  # an ISO week without its day
 _EXIF = re.compile(r"^\s*(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})\s*$")
 
 
 def parse_time(value: Any, name: str = "time", end: bool = False) -> float:
     """ISO 8601 (``2021-06-01``, ``2021-06-01T10:30:00Z``, ``+02:00`` offsets, ``2021``,
-    ``2021-06``), a TIFF/EXIF ``2021:06:01 10:30:00``, a ``datetime``/``date`` or epoch seconds
-    → UTC epoch seconds. Times without an offset are UTC. With ``end=True`` a date, month or year
-    means its last instant (an inclusive end). One line naming ``name`` when it does not parse."""
+    ``2021-06``, the basic ``20210601`` and week ``2021-W22`` forms), a TIFF/EXIF ``2021:06:01
+    10:30:00``, a ``datetime``/``date`` or epoch seconds → UTC epoch seconds. Times without an
+    offset are UTC. With ``end=True`` a date, week, month or year means its last instant (an
+    inclusive end). One line naming ``name`` when it does not parse."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return finite_number(value, name)
     if isinstance(value, datetime):
@@ -64,8 +66,11 @@ def parse_time(value: Any, name: str = "time", end: bool = False) -> float:
         if m:
             y, mo, d, h, mi, sec = (int(g) for g in m.groups())
             return _epoch(datetime(y, mo, d, h, mi, sec))
-        if len(text) == 10:
-            return _day(date.fromisoformat(text), end)
+        if "T" not in text.upper() and ":" not in text:  # a date: 2021-06-01, 20210601, 2021-W22
+            day = date.fromisoformat(text)
+            if end and _WEEK.match(text):  # the whole week, Monday to Sunday
+                return _day(day + timedelta(days=6), True)
+            return _day(day, end)
         return _epoch(datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00")))
     except (ValueError, OverflowError):
         pass

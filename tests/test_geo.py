@@ -412,7 +412,7 @@ def test_expressions_select_the_same_rows_in_milvus_lite(population, db_uri):
     (lambda: Period.parse("2021-13-01/2022-01-01"), "time start '2021-13-01' is not an ISO 8601 time"),
     (lambda: Period.parse(("2021-01-01", "next week")), "time end 'next week' is not an ISO 8601 time"),
     (lambda: Period.parse("2022-01-01/2021-01-01"), "time start (2022-01-01T00:00:00Z) is after"),
-    (lambda: Period.parse("2021-01-01"), "time must be 'start/end'"),
+    (lambda: Period.parse(".."), "time must be 'start/end'"),
     (lambda: geo.place_of_columns({"west": "1", "south": "2", "east": "3"}, "m.csv row 4"),
      "m.csv row 4: half a box: north missing"),
     (lambda: geo.place_of_columns({"lon": "1", "lat": ""}, "m.csv row 5"), "m.csv row 5: half a point: lat missing"),
@@ -441,3 +441,13 @@ def test_time_parsing_forms():
     assert period.contains(p("2030-01-01")) and not period.contains(p("2021-05-31T23:59:59Z"))
     assert not period.contains(None)
     assert geo.iso(p("1999-12-31T23:59:59Z")) == "1999-12-31T23:59:59Z"
+    # the basic and week forms are dates too: as an end they cover the whole day (week); they
+    # read as midnight, so "20210501/20210601" missed everything on 1 June after 00:00
+    assert p("20210601") == p("2021-06-01") and p("20210601", end=True) == p("2021-06-02") - 1e-6
+    assert p("2021-W22") == p("2021-05-31") and p("2021-W22", end=True) == p("2021-06-07") - 1e-6
+    assert p("2021-W22-3", end=True) == p("2021-06-03") - 1e-6
+    # one date, week, month or year alone is all of it
+    assert Period.parse("2021-06") == Period(p("2021-06-01"), p("2021-07-01") - 1e-6)
+    assert Period.parse("2021-W22") == Period(p("2021-05-31"), p("2021-06-07") - 1e-6)
+    instant = Period.parse("2021-06-01T10:30:00Z")
+    assert instant.start == instant.end == p("2021-06-01T10:30:00Z")

@@ -274,7 +274,7 @@ BAD = [
     ("near", "1,2,-5", "near metres must be >= 0"),
     ("near", "1,2", "near must be lon,lat,metres (3 numbers)"),
     ("time", "yesterday/..", "time start 'yesterday' is not an ISO 8601 time"),
-    ("time", "2021-01-01", "time must be 'start/end'"),
+    ("time", "..", "time must be 'start/end'"),
     ("time", "2022-01-01/2021-01-01", "is after time end"),
 ]
 
