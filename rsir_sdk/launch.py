@@ -7,6 +7,7 @@ exit status 130, as a Ctrl-C during the command itself.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 EXIT_INTERRUPTED = 130
@@ -17,7 +18,10 @@ def main() -> int:
     try:
         from .cli import main as run_command
 
-        return run_command()
+        status = run_command()
     except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
         sys.stderr.write("\nrsir: interrupted\n")
-        return EXIT_INTERRUPTED
+    if status == EXIT_INTERRUPTED:  # said so already: a second Ctrl-C while Python exits must
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # not print a clean-up traceback
+    return status

@@ -178,3 +178,34 @@ def test_the_package_names_load_on_first_use_and_all_resolve():
     assert "RemoteRetriever" in dir(rsir_sdk)
     with pytest.raises(AttributeError, match="no attribute 'Retreiver'"):
         rsir_sdk.Retreiver  # noqa: B018 - a misspelt name must still fail
+
+
+def test_an_interruption_is_reported_with_more_interrupts_ignored_then_handlers_restored(
+        monkeypatch, tmp_path, capsys):
+    """While ``rsir`` reports an interruption, a second Ctrl-C (or SIGTERM) is ignored: a
+    progress bar's clean-up printed a KeyboardInterrupt traceback, and the exit status was
+    once -2. SIGTERM runs the command's interrupt path. Both handlers come back afterwards."""
+    import signal
+
+    from rsir_sdk.cli import admin, common
+
+    seen: dict[str, object] = {}
+
+    def interrupted(*args, **kwargs):
+        seen["term"] = signal.getsignal(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    def record(text: str) -> None:
+        seen["int while reporting"] = signal.getsignal(signal.SIGINT)
+        seen["text"] = text
+
+    monkeypatch.setattr(admin, "describe_collections", interrupted)
+    monkeypatch.setattr("rsir_sdk.cli.warn", record)
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    db = tmp_path / "x.db"
+    db.write_bytes(b"")
+    assert main(["collections", "--uri", str(db)]) == 130
+    assert seen["term"] is common._raise_interrupt          # SIGTERM: the interrupt path
+    assert seen["int while reporting"] == signal.SIG_IGN   # a second Ctrl-C: ignored
+    assert "interrupted" in str(seen["text"])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

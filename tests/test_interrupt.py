@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rsir_sdk import MilvusCodeStore
 from rsir_sdk.store import lite
@@ -176,8 +177,10 @@ def test_lite_server_has_its_own_session_and_close_stops_it(tmp_path):
     assert probe.returncode == 0 and probe.stdout.strip() == "1" and probe.stderr == "", probe.stderr
 
 
-def test_sigint_to_the_process_alone_still_exits_130(tmp_path, sample_images, rp_bundle):
-    """``kill -INT <pid>`` (not the group): the same one line and exit status."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_to_the_process_alone_still_exits_130(tmp_path, sample_images, rp_bundle, sig):
+    """``kill -INT <pid>`` (not the group): the same one line and exit status. SIGTERM (what
+    ``docker stop`` and systemd send) too: it ended the run without a word."""
     archive = tmp_path / "a"
     for p, label in sample_images[:60]:
         (archive / label).mkdir(parents=True, exist_ok=True)
@@ -194,7 +197,7 @@ def test_sigint_to_the_process_alone_still_exits_130(tmp_path, sample_images, rp
     deadline = time.monotonic() + 120
     while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert [x for x in err.splitlines() if x.strip()] == [err.strip()]

@@ -27,7 +27,15 @@ from typing import Callable, Sequence
 
 from ..errors import InvalidInputError, RasterRuleError, RsirError
 from . import admin, authoring, duplicates, evaluate, index, search
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, warn
+from .common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    UsageError,
+    ignore_more_interrupts,
+    stop_signals,
+    warn,
+)
 
 #: the runtime's own commands; a plugin in ``rsir.commands`` cannot replace them
 RUNTIME_COMMANDS = frozenset({"info", "collections", "drop", "index", "search", "duplicates",
@@ -146,6 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     func: Callable[[argparse.Namespace], int] = args.func
+    with stop_signals():
+        return _run(func, args)
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one command: its errors as one line and an exit status."""
     try:
         return int(func(args) or 0)
     except (UsageError, RasterRuleError, InvalidInputError) as exc:
@@ -155,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(f"rsir {args.command}: {one_line(exc)}")
         return EXIT_ERROR
     except KeyboardInterrupt:
+        ignore_more_interrupts()
         warn(f"\nrsir {args.command}: interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line unless -v asks for the traceback

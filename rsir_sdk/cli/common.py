@@ -8,11 +8,14 @@ as one line on stderr and a documented exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 from ..errors import RsirError
 from ..rasters import RasterRule
@@ -181,3 +184,34 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While a command runs: SIGTERM (``docker stop``, systemd) ends it as Ctrl-C does (what
+    was done is kept and said, exit status 130; it ended the run without a word), unless the
+    host program handles SIGTERM itself. The handlers found are put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if saved[signal.SIGTERM] == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def ignore_more_interrupts() -> None:
+    """Once an interruption is being reported: a second Ctrl-C (or SIGTERM) must not cut the
+    report short with a traceback (a progress bar's clean-up printed one). The handlers come
+    back when the command returns (:func:`stop_signals`)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)

@@ -20,6 +20,7 @@ from .common import (
     UsageError,
     add_raster_args,
     add_store_args,
+    ignore_more_interrupts,
     int_in,
     json_object,
     print_json,
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             summary = r.index(args.archive, options, report=report_path, progress=progress,
                               on_prepare=on_prepare)
         except IngestInterrupted as exc:
+            ignore_more_interrupts()
             if bar is not None:
                 bar.close()
             warn(f"\nrsir index: {exc}")
