@@ -278,3 +278,30 @@ def _held_then_raised(rpc, pytest):
             done.append("not reached")
     assert done == ["request finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_new_lite_file_opens_leaves_the_connection_usable(tmp_path, monkeypatch):
+    """The first write to a new Milvus Lite file starts its server (a second or two). A Ctrl-C
+    then closed the connection half-open, and the write rsir index makes of what it encoded
+    failed with "the connection ... is closed" (exit 1, nothing written). The open finishes,
+    the interrupt is raised after it, and the next write goes through."""
+    from rsir_sdk.store import connect
+
+    opened = connect.Connection._new_client
+
+    def interrupted_while_starting(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C while the server starts
+        time.sleep(0.05)
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(connect.Connection, "_new_client", interrupted_while_starting)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with MilvusCodeStore(str(tmp_path / "new.db"), "c", bits=64) as s:
+            with pytest.raises(KeyboardInterrupt):
+                s.upsert(["a"], np.zeros((1, 8), np.uint8))
+            monkeypatch.setattr(connect.Connection, "_new_client", opened)
+            s.upsert(["b"], np.zeros((1, 8), np.uint8))   # the write made after Ctrl-C
+            assert s.count() >= 1 and "b" in s.existing_ids(["a", "b"])
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -117,6 +117,8 @@ def test_ray_engine_says_what_is_wrong_when_it_cannot_start(rp_bundle, sample_di
     _, err = capsys.readouterr()
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Ray" in err
     assert not list(tmp_path.glob("*.csv"))
+    if "RAY_AUTH_MODE" not in os.environ:  # a cluster's token is the usual missing piece
+        assert "needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN" in err
 
 
 class _SlowHead:
@@ -222,3 +224,35 @@ def test_a_real_local_ray_that_cannot_start_is_one_line_and_leaves_nothing(monke
         assert time.monotonic() < deadline, left
         time.sleep(0.2)
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "rsir-ray-*"))) <= logs_before
+
+
+CTRL_C_AFTER_WRITES = KILL_AFTER_WRITES.replace("signal.SIGKILL", "signal.SIGINT")
+
+
+def test_ctrl_c_to_the_group_on_ray_is_one_line_130_and_the_rerun_finishes(
+        rp_bundle, sample_dir, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group. It reached the local Ray too: its
+    GCS died and took rsir down (exit 1, no word), its actors' deaths were printed on stdout,
+    and a Ctrl-C while the new Lite file opened lost the encoded rows ("the connection is
+    closed"). Now: one line, exit 130, nothing on stdout; the re-run indexes the rest once."""
+    db = str(tmp_path / "c.db")
+    args = ["index", str(rp_bundle[0]), str(sample_dir), "--uri", db, "--collection", "c",
+            "--label-from", "parent", "--no-progress", "--engine", "ray", "--workers", "2",
+            "--batch-size", "8", "--upsert-batch", "8"]
+
+    def sigint_default() -> None:
+        os.setsid()                                  # a terminal's foreground group of its own
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_WRITES, "2", *args],
+                          capture_output=True, text=True, timeout=600, preexec_fn=sigint_default)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stdout == "", proc.stdout[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "interrupted after indexing" in lines[0], proc.stderr[-2000:]
+    with MilvusCodeStore(db, "c", create=False) as s:
+        done = s.count()
+    assert done >= 16
+    assert main(args) == 0
+    with MilvusCodeStore(db, "c", create=False) as s:
+        assert s.count() == 200 and len(set(s.iter_ids())) == 200

@@ -123,7 +123,10 @@ class Connection:
     def client(self) -> Any:
         """The ``MilvusClient`` (opened now when it was deferred; ``None`` once closed)."""
         if self._client is None and self.deferred:
-            with self._open_lock:  # two threads' first writes open one client
+            # two threads' first writes open one client; a Ctrl-C while the Milvus Lite server
+            # starts is held until it has (it closed the connection half-open, and the write
+            # Ctrl-C makes of what was encoded then failed: "the connection is closed")
+            with self._open_lock, rpc.sigint_held():
                 if self._client is None and self.deferred:
                     self._open_now()
         return self._client
