@@ -38,8 +38,12 @@ def main(argv=None) -> int:
         return 1
     print(f"\nindexed {summary.indexed}, skipped {summary.skipped}, failed {len(summary.failed)}; "
           f"the collection holds {total} items")
-    for reason, n in summary.reasons():
+    top = summary.reasons()
+    for reason, n in top:
         print(f"  {n} x {reason}")
+    rest = len(summary.failed) - sum(n for _, n in top)
+    if rest:
+        print(f"  {rest} for other reasons (all in {args.report})")
     return 3 if summary.failed else 0
 
 

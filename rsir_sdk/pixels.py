@@ -63,6 +63,8 @@ def check_file(src: str | os.PathLike, name: str | None = None) -> Path:
     path = Path(src)
     name = name or str(src)
     if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            raise ImageLoadError(name, f"a broken link (to {os.readlink(path)})")
         raise ImageLoadError(name, "no such file" if not path.exists() else "not a file")
     if path.stat().st_size == 0:
         raise ImageLoadError(name, "the file is empty (0 bytes)")

@@ -342,7 +342,20 @@ def test_usage_errors(rp_bundle, db_uri, capsys, tmp_path):
     assert code == 1 and "does not exist" in err
     code, _, err = run(capsys, "index", rp_bundle[0], tmp_path, "--uri", db_uri,
                        "--retry-failed", tmp_path / "none.csv")
-    assert code == 1 and "failure report" in err
+    assert code == 2 and "--retry-failed" in err and "no such report file" in err
+    code, _, err = run(capsys, "index", rp_bundle[0], tmp_path, "--uri", "127.0.0.1:19530")
+    assert code == 1 and "(a Milvus server? give http://127.0.0.1:19530)" in err
+
+
+def test_a_broken_link_is_reported_as_one(tmp_path, rp_bundle, sample_images):
+    root = tmp_path / "arch"
+    root.mkdir()
+    shutil.copyfile(sample_images[0][0], root / "ok.jpg")
+    (root / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "l.db"), collection="l") as r:
+        s = r.index(root)
+    assert s.indexed == 1 and [f.id for f in s.failed] == ["gone.jpg"]
+    assert s.failed[0].reason == f"a broken link (to {tmp_path / 'moved-away.jpg'})"
 
 
 def test_failure_report_file(tmp_path):

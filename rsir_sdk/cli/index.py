@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..archive import IMAGE_EXTENSIONS
@@ -166,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
 
 def ingest_options(args: argparse.Namespace) -> IngestOptions:
     """The :class:`~rsir_sdk.options.IngestOptions` of ``rsir index``'s arguments."""
+    if args.retry_failed and not os.path.isfile(args.retry_failed):
+        raise UsageError(f"--retry-failed {args.retry_failed}: no such report file (nothing "
+                         f"failed last time?)")
     only = frozenset(f.id for f in read_report(args.retry_failed)) if args.retry_failed else None
     extensions = (tuple(e.strip() for e in args.extensions.split(",") if e.strip())
                   if args.extensions else IMAGE_EXTENSIONS)
@@ -193,7 +197,7 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
                      f"(retry: --retry-failed {summary.report})")
         top = summary.reasons()
         for reason, n in top:
-            lines.append(f"         {n:>9}  {reason[:150]}")
+            lines.append(f"         {n:>9}  {shorten(reason)}")
         rest = len(summary.failed) - sum(n for _, n in top)
         if rest:
             lines.append(f"         {rest:>9}  for other reasons (all in {summary.report})")
@@ -201,7 +205,8 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
         lines.append(f"failed   {0:>9}")
     if summary.ignored:
         shown = ", ".join(summary.ignored_examples[:3]) + (" ..." if summary.ignored > 3 else "")
-        lines.append(f"ignored  {summary.ignored:>9} files that are not images by extension ({shown})")
+        files = "file that is not an image" if summary.ignored == 1 else "files that are not images"
+        lines.append(f"ignored  {summary.ignored:>9} {files} by extension ({shown})")
     if summary.stored_elsewhere:
         new, old = summary.stored_elsewhere_examples[0]
         lines.append(f"twice    {summary.stored_elsewhere:>9} indexed again: already stored under "
@@ -212,7 +217,7 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
                      f"footprint: place searches never return them")
         reasons = sorted(summary.footprint_errors.items(), key=lambda kv: -kv[1])
         for reason, n in reasons[:3]:
-            lines.append(f"         {n:>9}  {reason[:150]}")
+            lines.append(f"         {n:>9}  {shorten(reason)}")
     if rule:
         lines.append(f"raster rule  {rule}")
     if summary.bulk:
@@ -268,3 +273,12 @@ def _index_learned(r: Retriever, as_json: bool) -> int:
         print(f"wrote {n} learned database codes into {r.collection} at {r.store.display_uri}: "
               f"{new} new, {n - new} already there and rewritten ({total} items)")
     return EXIT_OK
+
+
+def shorten(text: str, width: int = 150) -> str:
+    """``text`` cut at a word boundary to at most ``width`` characters, with "..." when cut
+    (a reason cut mid-word read as a different word: "indexed into a n")."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3].rsplit(" ", 1)[0]
+    return (cut if len(cut) > width // 2 else text[: width - 3]) + "..."

@@ -215,7 +215,9 @@ class Connection:
         parent = os.path.dirname(os.path.abspath(self.uri))
         name = os.path.basename(self.uri)
         if not name.endswith(".db"):
-            raise StoreError(f"a Milvus Lite uri must be a file ending in .db, got {self.uri!r}")
+            server = re.fullmatch(r"[\w.-]+:\d{1,5}", self.uri)  # host:port without a scheme
+            raise StoreError(f"a Milvus Lite uri must be a file ending in .db, got {self.uri!r}"
+                             + (f" (a Milvus server? give http://{self.uri})" if server else ""))
         if not os.path.isdir(parent):
             raise StoreError(f"cannot create Milvus Lite file {self.uri}: folder {parent} does "
                              f"not exist")
