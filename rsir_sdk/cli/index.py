@@ -240,6 +240,9 @@ def prepare_text(p: dict[str, Any]) -> str:
                  f"{cal['recall']:.3f} against exact search)")
     elif cal and cal.get("nprobe"):
         text += f" (BIN_IVF_FLAT needed nprobe {cal['nprobe']} of {cal['nlist']}: kept exact)"
+    companions = p.get("companions")
+    if companions:
+        text += f"; fine-code companions ready {companions.get('total_s', 0):.1f}s later"
     return text
 
 

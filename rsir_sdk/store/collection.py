@@ -459,6 +459,8 @@ class MilvusCodeStore:
         """
         if self.is_lite or not self.exists:
             return {}
+        if self.fine_bits is not None:
+            companions.flush(self._conn, self.collection)
         out = server.prepare(self._conn, self.collection, policy=self.index_policy,
                              explicit_params=bool(self.search_params), timeout=timeout,
                              progress=progress)

@@ -201,17 +201,30 @@ def drop(conn: "Connection", name: str) -> None:
         conn.forget_collection(comp)
 
 
+def flush(conn: "Connection", name: str) -> None:
+    """Flush the companions of ``name`` on a server: called before the main collection is
+    prepared, so that their segments are sealed and handed off while it is (flushing and
+    waiting for each in turn afterwards took ~50 s on the 2.3.5 server, however few the rows)."""
+    for comp in (mirror(name), codebook(name)):
+        conn.call("flush", comp, what=f"flushing {comp!r}")
+
+
 def prepare(conn: "Connection", name: str, timeout: float | None, progress: Any) -> dict[str, Any]:
-    """Flush the companions of ``name`` on a server and wait until every row is indexed and
-    served (BIN_FLAT: nothing to choose or calibrate); seconds taken."""
+    """Wait until every row of the companions of ``name`` (flushed by :func:`flush`) is indexed
+    and served (BIN_FLAT: nothing to choose or calibrate); seconds taken. Their progress is
+    one step, "fine codes", so that the wait is not shown under the main collection's."""
     import time
 
     from . import server
 
     t0 = time.perf_counter()
-    report = progress or (lambda p: None)
+    outer = progress or (lambda p: None)
+
+    def report(p: Any) -> None:
+        outer(server.PrepareProgress("fine codes", p.done, p.total))
+
+    report(server.PrepareProgress("fine codes"))
     for comp, field in ((mirror(name), "fine"), (codebook(name), "code")):
-        conn.call("flush", comp, what=f"flushing {comp!r}")
         rows = server.count_strong(conn, comp)
         deadline = server._Deadline(comp, timeout)
         server.wait_indexed(conn, comp, rows, deadline, report, field)
