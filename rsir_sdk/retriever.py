@@ -487,7 +487,8 @@ class Retriever:
         None without one) and whether the collection keeps fine codes
         (``collection_fine_bits``; ``fine_ranking``: ties ranked by appearance), encoder id,
         collection, raster rule, the bundle's archive root, item count, and (a collection with
-        place fields) ``without_footprint``: the items no place filter returns."""
+        place fields) ``without_footprint`` and ``without_time``: the items no place or period
+        filter returns."""
         out = {
             "method": self.bundle.method,
             "bits": self.bundle.bits,
@@ -506,6 +507,8 @@ class Retriever:
         if self.store.has_place:
             out["without_footprint"] = (self.store.count(store_place.NO_FOOTPRINT_EXPR)
                                         if self.store.exists else 0)
+            out["without_time"] = (self.store.count(store_place.NO_TIME_EXPR)
+                                   if self.store.exists else 0)
         return out
 
     def close(self) -> None:

@@ -374,6 +374,12 @@ def test_cli_search_with_place_and_period_equals_python_and_the_brute_force(worl
                           "--collection", "geo", "--bbox=-40.0,-50.0,-39.99,-49.99")
     assert code == 0 and out.strip() == "no hits" and no_place > 0
     assert f"{no_place} of {total} items have no footprint" in err, err
+    # and a period search: how many items have no time (no period filter returns them)
+    untimed = sum(1 for x in world["truth"] if x["time"] is None)
+    code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", world["db"],
+                          "--collection", "geo", "--time=1800/1801")
+    assert code == 0 and out.strip() == "no hits" and untimed > 0
+    assert f"{untimed} of {total} items have no time" in err and "footprint" not in err, err
     for bad, why in (("--bbox=1,2,3", "--bbox"), ("--near=0,0,-5", "near metres"),
                      ("--time=soon", "--time"), ("--bbox=0,10,5,5", "south")):
         code, out, err = _cli(capsys, "search", world["bundle"], image, "--uri", world["db"],

@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
                         mode=args.mode)
         if args.html:
             write_html(args, r, hits)
-        if not hits and (place["bbox"] is not None or place["near"] is not None):
-            explain_no_place(r)
+        if not hits and any(v is not None for v in place.values()):
+            explain_no_place(r, place)
     if args.json:
         print_json([{"rank": i, **hit_to_json(h)} for i, h in enumerate(hits, 1)])
         return EXIT_OK
@@ -141,15 +141,20 @@ def write_html(args: argparse.Namespace, r: Retriever, hits: Sequence[Hit]) -> N
              f"archive, give its folder with --root DIR")
 
 
-def explain_no_place(r: Retriever) -> None:
-    """After a place search found nothing: how many items have no footprint (a place filter
-    never returns them), since "no hits" alone reads as "nothing is there"."""
+def explain_no_place(r: Retriever, place: dict[str, Any]) -> None:
+    """After a place or period search found nothing: how many items have no footprint (a
+    place filter never returns them) or no time (nor a period filter), since "no hits" alone
+    reads as "nothing is there"."""
     info = r.info()
     unplaced = info.get("without_footprint")
-    if unplaced:
+    if unplaced and (place.get("bbox") is not None or place.get("near") is not None):
         warn(f"{unplaced} of {info['count']} items have no footprint, and a place filter never "
              f"returns them (no georeferencing, or one that could not be read: their metadata's "
              f"footprint_error says why)")
+    untimed = info.get("without_time")
+    if untimed and place.get("time") is not None:
+        warn(f"{untimed} of {info['count']} items have no time, and a period filter never "
+             f"returns them (no date tag in the file, and none given when indexed)")
 
 
 def format_hits(hits: Sequence[Hit]) -> str:

@@ -214,6 +214,9 @@ class InfoOut(BaseModel):
     without_footprint: Optional[int] = Field(
         None, description="items without a footprint (left out of place-filtered searches); "
                           "absent for a collection made before place and period were stored")
+    without_time: Optional[int] = Field(
+        None, description="items without a time (left out of period-filtered searches); "
+                          "absent for a collection made before place and period were stored")
     exists: bool = True
     raster_rule: str = ""
     providers: list[str] = []

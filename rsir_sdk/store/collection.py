@@ -501,7 +501,8 @@ class MilvusCodeStore:
         ``None``: none, rebuild it to rank by appearance), ``scene_test`` (with a
         ``--fine-code layout`` bundle: ``[[first byte, end byte, weight], ...]`` of the parts
         the same-scene test reads), the encoder that filled it, item count and (with place
-        fields) ``without_footprint``, the items no place filter can return."""
+        fields) ``without_footprint`` and ``without_time``, the items no place or period filter
+        can return."""
         out = {"collection": self.collection, "uri": self.display_uri, "exists": self.exists,
                "bits": self.bits, "fine_bits": self.fine_bits, "encoder": self.encoder,
                "count": self.count()}
@@ -509,6 +510,7 @@ class MilvusCodeStore:
             out["scene_test"] = self.scene_test.to_json()
         if self.has_place:
             out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0
+            out["without_time"] = self.count(place.NO_TIME_EXPR) if self.exists else 0
         return out
 
     def create(self) -> None:

@@ -40,6 +40,8 @@ __all__ = ["FIELDS", "as_filter", "columns", "footprint_arg", "hit_place", "near
 
 #: the sentinel test of a row without a footprint (``lat_min`` holds -1000)
 NO_FOOTPRINT_EXPR = "lat_min < -90.0"
+#: the sentinel test of a row without a time (``t`` holds NO_TIME)
+NO_TIME_EXPR = f"t < {NO_TIME / 10:.1e}"
 
 
 def as_filter(geo: GeoFilter | None) -> GeoFilter | None:
