@@ -129,6 +129,15 @@ def test_filters_the_local_retriever_takes_the_service_takes(main_server, served
         assert edge.count() == n0
 
 
+def test_a_code_of_the_wrong_length_reads_as_in_process(main_server, served):
+    """Without a local bundle the client checked codes against no length: b'' said "bits must
+    be a multiple of 8 ... got 0" where Retriever says how many bits were expected."""
+    with RemoteRetriever(main_server.url, token=READ) as r:
+        for bad in (b"", bytes(7)):
+            with pytest.raises(CodeLengthError, match="64 bits were expected"):
+                r.search_codes(bad)
+
+
 def test_errors_map_back_to_the_python_classes(main_server, served, serve_bundles, tmp_path):
     q = served.expected["queries"][0]
     with RemoteRetriever(main_server.url, token=READ) as r:

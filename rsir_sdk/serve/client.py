@@ -299,7 +299,7 @@ class RemoteRetriever:
         ``bits/8 + fine_bits/8`` bytes, ``fine=1``); required by ``mode="appearance"``."""
         check_search(k, filter, radius, (bbox, near, time))
         params = self._options(k, filter, radius, geo_to_wire(bbox, near, time), mode)
-        bits = self.encoder.bits if self.encoder is not None else None
+        bits = self._bits()
         packed = as_packed(codes, bits)
         fine_rows = self._fine(fine, len(packed))
         if fine_rows is not None:
@@ -313,6 +313,16 @@ class RemoteRetriever:
                 headers={"Content-Type": "application/octet-stream", **self._encoder_header()})
             out += [self._hits(r) for r in payload["results"]]
         return out
+
+    def _bits(self) -> int:
+        """The code length codes are checked against before they are sent: the local bundle's,
+        else the service's (so a wrong length reads as it does in process)."""
+        if self.encoder is not None:
+            return int(self.encoder.bits)
+        if self._info is None:
+            self.info()
+        assert self._info is not None
+        return int(self._info["bits"])
 
     def _codes_per_request(self, k: int) -> int:
         """How many codes one search request may carry: the service's ``max_codes``, and no
@@ -390,7 +400,7 @@ class RemoteRetriever:
         """Upsert packed codes with their ids; returns how many were written (``footprints``,
         ``times``: as for :meth:`add_images`; ``fine``: their fine codes ``uint8 (n,
         fine_bits/8)``, required when the service's collection keeps fine codes)."""
-        bits = self.encoder.bits if self.encoder is not None else None
+        bits = self._bits()
         packed = as_packed(codes, bits)
         ids = store_values.ids(ids)
         if len(ids) != len(packed):
