@@ -7,8 +7,10 @@ of a card shown once; screenshots are saved as artifacts."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -209,6 +211,23 @@ def _sign_in(page, url: str, expect) -> None:
     expect(page.locator("#about")).to_contain_text("200 items")
 
 
+@contextlib.contextmanager
+def _browser_page() -> Iterator[tuple[Any, list[str], Any]]:
+    """``(page, errors, expect)``: a page in a fresh headless Chromium, the page's script
+    errors collected; the browser is closed after."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield page, errors, sync_api.expect
+        finally:
+            browser.close()
+
+
 def _private_server(served, sample_dir, d: Path, extra: dict | None = None) -> ServerProcess:
     """A service of its own (no tokens) on a copy of the sample's collection, for a test that
     stops it or adds to it; ``extra``: ``{id: (image, label, metadata)}`` added first."""
@@ -229,97 +248,77 @@ def test_page_clears_the_hits_when_a_new_search_fails(main_server, served, sampl
     """A search that fails (a file that is not an image, a URL the image host does not have)
     shows its error and no hits: never the previous query's hits under the new query. An
     answer to an older search that arrives after a newer one started is dropped."""
-    from playwright import sync_api
-
     queries = served.expected["queries"]
     notes = tmp_path / "notes.txt"
     notes.write_text("these are notes, not an image\n")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            expect = sync_api.expect
-            _sign_in(page, main_server.url, expect)
-            status, cards = page.locator("#status"), page.locator(".hit-card")
-            shapes = page.locator("#map .footprint")
+    with _browser_page() as (page, errors, expect):
+        _sign_in(page, main_server.url, expect)
+        status, cards = page.locator("#status"), page.locator(".hit-card")
+        shapes = page.locator("#map .footprint")
 
-            def search_ok(query: Path) -> None:
-                page.set_input_files("#file", str(query))
-                expect(status).to_contain_text("12 hits")
-                expect(cards).to_have_count(12)
-                expect(shapes).to_have_count(12)
+        def search_ok(query: Path) -> None:
+            page.set_input_files("#file", str(query))
+            expect(status).to_contain_text("12 hits")
+            expect(cards).to_have_count(12)
+            expect(shapes).to_have_count(12)
 
-            def failed() -> None:   # the error, and nothing left of the query before
-                expect(status).to_have_class("error")
-                expect(cards).to_have_count(0)
-                expect(shapes).to_have_count(0)
-                expect(page.locator("#more")).to_be_hidden()
-
-            search_ok(queries[0])
-            page.set_input_files("#file", str(notes))
-            expect(page.locator("#query-name")).to_have_text("notes.txt")
-            failed()
-            page.screenshot(path=str(tmp_path / "serve-page-failed.png"), full_page=True)
-            search_ok(queries[1])
-            page.fill("#url", image_host + "/no-such-scene.jpg")
-            page.click("#url-form button")
-            failed()
-            # an older search answered after a newer one failed: its hits are not shown
-            search_ok(queries[2])
-            slow = image_host + "/slow/1.5/" + queries[3].relative_to(sample_dir.resolve()).as_posix()
-            with page.expect_response(lambda r: r.url.endswith("/v1/search")) as answer:
-                page.fill("#url", slow)
-                page.click("#url-form button")
-                page.set_input_files("#file", str(notes))    # meanwhile: a newer query, refused
-                failed()
-            assert answer.value.ok                           # the older search did find hits
-            answer.value.finished()
-            page.wait_for_timeout(300)                       # time enough to have drawn them
-            expect(cards).to_have_count(0)
+        def failed() -> None:   # the error, and nothing left of the query before
             expect(status).to_have_class("error")
-            assert not errors, errors
-        finally:
-            browser.close()
+            expect(cards).to_have_count(0)
+            expect(shapes).to_have_count(0)
+            expect(page.locator("#more")).to_be_hidden()
+
+        search_ok(queries[0])
+        page.set_input_files("#file", str(notes))
+        expect(page.locator("#query-name")).to_have_text("notes.txt")
+        failed()
+        page.screenshot(path=str(tmp_path / "serve-page-failed.png"), full_page=True)
+        search_ok(queries[1])
+        page.fill("#url", image_host + "/no-such-scene.jpg")
+        page.click("#url-form button")
+        failed()
+        # an older search answered after a newer one failed: its hits are not shown
+        search_ok(queries[2])
+        slow = image_host + "/slow/1.5/" + queries[3].relative_to(sample_dir.resolve()).as_posix()
+        with page.expect_response(lambda r: r.url.endswith("/v1/search")) as answer:
+            page.fill("#url", slow)
+            page.click("#url-form button")
+            page.set_input_files("#file", str(notes))    # meanwhile: a newer query, refused
+            failed()
+        assert answer.value.ok                           # the older search did find hits
+        answer.value.finished()
+        page.wait_for_timeout(300)                       # time enough to have drawn them
+        expect(cards).to_have_count(0)
+        expect(status).to_have_class("error")
+        assert not errors, errors
 
 
 def test_page_says_when_the_service_cannot_be_reached(served, sample_dir, tmp_path):
     """With the service stopped the page says so in words, not the browser's "Failed to
     fetch"; a failed "More results" keeps the hits shown (still the query's), a failed new
     query clears them."""
-    from playwright import sync_api
-
     queries = served.expected["queries"]
     server = _private_server(served, sample_dir, tmp_path / "own")
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1200, "height": 900})
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                expect = sync_api.expect
-                page.goto(server.url + "/")
-                expect(page.locator("#about")).to_contain_text("200 items")
-                status, cards = page.locator("#status"), page.locator(".hit-card")
-                page.set_input_files("#file", str(queries[0]))
-                expect(cards).to_have_count(12)
-                shown = [c.get_attribute("data-id") for c in cards.all()]
-                assert server.stop() == 0
-                page.click("#more")                         # the same query, one page more
-                expect(status).to_have_class("error")
-                expect(status).to_have_text("The service cannot be reached (is rsir serve running?)")
-                assert [c.get_attribute("data-id") for c in cards.all()] == shown
-                page.set_input_files("#file", str(queries[1]))   # a new query
-                expect(page.locator("#query-name")).to_have_text(queries[1].name)
-                expect(cards).to_have_count(0)
-                expect(status).to_have_class("error")
-                expect(status).to_contain_text("cannot be reached")
-                assert "Failed to fetch" not in page.inner_text("body")
-                assert not errors, errors
-            finally:
-                browser.close()
+        with _browser_page() as (page, errors, expect):
+            page.goto(server.url + "/")
+            expect(page.locator("#about")).to_contain_text("200 items")
+            status, cards = page.locator("#status"), page.locator(".hit-card")
+            page.set_input_files("#file", str(queries[0]))
+            expect(cards).to_have_count(12)
+            shown = [c.get_attribute("data-id") for c in cards.all()]
+            assert server.stop() == 0
+            page.click("#more")                         # the same query, one page more
+            expect(status).to_have_class("error")
+            expect(status).to_have_text("The service cannot be reached (is rsir serve running?)")
+            assert [c.get_attribute("data-id") for c in cards.all()] == shown
+            page.set_input_files("#file", str(queries[1]))   # a new query
+            expect(page.locator("#query-name")).to_have_text(queries[1].name)
+            expect(cards).to_have_count(0)
+            expect(status).to_have_class("error")
+            expect(status).to_contain_text("cannot be reached")
+            assert "Failed to fetch" not in page.inner_text("body")
+            assert not errors, errors
     finally:
         server.stop()
 
@@ -327,34 +326,24 @@ def test_page_says_when_the_service_cannot_be_reached(served, sample_dir, tmp_pa
 def test_page_shows_each_field_of_a_card_once(served, sample_dir, tmp_path):
     """An item whose metadata holds `time` (as a manifest's time column gives) has one `time`
     row on its card, the hit's, and its other metadata keys after it."""
-    from playwright import sync_api
-
     query = served.expected["queries"][0]
     when = "2021-06-01T10:30:00Z"
     meta = {"time": when, "lonlat_bounds": footprint(500), "lonlat": footprint(500)[:2]}
     server = _private_server(served, sample_dir, tmp_path / "own",
                              extra={"timed/scene": (query, "Timed", meta)})
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1200, "height": 900})
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                expect = sync_api.expect
-                page.goto(server.url + "/")
-                expect(page.locator("#about")).to_contain_text("201 items")
-                page.set_input_files("#file", str(query))
-                card = page.locator('.hit-card[data-id="timed/scene"]')
-                expect(card).to_have_count(1)
-                keys = card.locator("dt").all_inner_texts()
-                assert keys[:2] == ["id", "time"] and sorted(keys[2:]) == ["lonlat", "lonlat_bounds"]
-                assert card.locator("dd").nth(1).inner_text() == when
-                twin = served.expected["search"][0][0].id                # the same scene, no time
-                untimed = page.locator(f'.hit-card[data-id="{twin}"] dt').all_inner_texts()
-                assert "time" not in untimed and "n" in untimed, untimed
-                assert not errors, errors
-            finally:
-                browser.close()
+        with _browser_page() as (page, errors, expect):
+            page.goto(server.url + "/")
+            expect(page.locator("#about")).to_contain_text("201 items")
+            page.set_input_files("#file", str(query))
+            card = page.locator('.hit-card[data-id="timed/scene"]')
+            expect(card).to_have_count(1)
+            keys = card.locator("dt").all_inner_texts()
+            assert keys[:2] == ["id", "time"] and sorted(keys[2:]) == ["lonlat", "lonlat_bounds"]
+            assert card.locator("dd").nth(1).inner_text() == when
+            twin = served.expected["search"][0][0].id                # the same scene, no time
+            untimed = page.locator(f'.hit-card[data-id="{twin}"] dt').all_inner_texts()
+            assert "time" not in untimed and "n" in untimed, untimed
+            assert not errors, errors
     finally:
         server.stop()
