@@ -69,6 +69,8 @@ from .store.bulk import BulkLoad
 log = logging.getLogger(__name__)
 
 EXISTS_CHUNK = 1000
+#: images of a run checked for copies under other ids before the check stops (unless found)
+ELSEWHERE_CHECKED = 10_000
 #: ``prepare="auto"`` prepares a server collection for search after a run that wrote this many
 #: rows (a few thousand rows in growing segments cost little to search; a million cost 55 s)
 PREPARE_MIN_ROWS = 10_000
@@ -252,6 +254,7 @@ class IngestRun:
         self.last_flush = time.monotonic()
         #: the last write was cut short: the next one upserts (see :meth:`flush`)
         self.in_doubt = False
+        self._elsewhere_checked = 0  # images checked for copies under other ids
         self.bulk: BulkLoad | None = None
         if bulk_dir is not None and not store.is_lite:
             # an earlier run's chunks are resolved (imported, visible) before any id is checked
@@ -294,9 +297,14 @@ class IngestRun:
     def _note_stored_elsewhere(self, items: Sequence[Item]) -> None:
         """Count images about to be written that the collection already holds under another
         id (the same file: a folder indexed again from its parent or a sub-folder). They are
-        indexed as asked; the summary says so, since each would come back twice in searches."""
+        indexed as asked; the summary says so, since each would come back twice in searches.
+        One query per chunk, on the first :data:`ELSEWHERE_CHECKED` images of a run and, once
+        one is found, on all: a clean run of millions pays a few queries, not thousands."""
         if self.relative_paths or not items or not self.store.exists:
             return  # relative paths say nothing about the file
+        if self._elsewhere_checked >= ELSEWHERE_CHECKED and not self.summary.stored_elsewhere:
+            return
+        self._elsewhere_checked += len(items)
         paths = {str(it.file.absolute()): it.id for it in items}
         for path, stored_id in self.store.ids_by_path(paths).items():
             if stored_id != paths[path]:
