@@ -99,7 +99,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names (not the helpers this module imports to load them)."""
+    return sorted(__all__)
 
 
 def _version() -> str:

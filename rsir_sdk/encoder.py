@@ -15,13 +15,13 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence, overload
+from typing import Any, Iterable, Literal, Sequence, overload
 
 import numpy as np
 
 from .bundle import Bundle
 from .codes import as_packed
-from .errors import BundleError
+from .errors import BundleError, InvalidInputError
 from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, load_image
 from .preprocess import prepare
 from .rasters import RasterRule, as_rule
@@ -83,14 +83,17 @@ class Encoder:
 
         if isinstance(url_timeout, bool) or not isinstance(url_timeout, (int, float)) \
                 or not url_timeout > 0:
-            raise ValueError(f"url_timeout must be a positive number of seconds, got {url_timeout!r}")
+            raise InvalidInputError(f"url_timeout must be a positive number of seconds, got "
+                                    f"{url_timeout!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.raster_rule: RasterRule = as_rule(raster_rule)
         self.url_timeout = float(url_timeout)
         self.allow_private_urls = bool(allow_private_urls)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = _batch_size(batch_size, 32)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 0):
+            raise InvalidInputError(f"threads must be an integer >= 0 (0: onnxruntime's "
+                                    f"choice), got {threads!r}")
         requested = list(providers) if providers else default_providers()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
@@ -274,7 +277,7 @@ class Encoder:
             raise BundleError(f"bundle {self.bundle.path} has no fine code (written before "
                               f"issue 20): train it again with rsir train to get one")
         items = _as_list(images)
-        bs = int(batch_size or self.batch_size)
+        bs = _batch_size(batch_size, self.batch_size)
         parts = [self.encode_both_arrays(np.stack([self.prepare(x) for x in items[s:s + bs]]))
                  for s in range(0, len(items), bs)]
         if not parts:
@@ -311,7 +314,7 @@ class Encoder:
         embeddings too. An unreadable image raises :class:`~rsir_sdk.ImageLoadError` naming it.
         """
         items = _as_list(images)
-        bs = int(batch_size or self.batch_size)
+        bs = _batch_size(batch_size, self.batch_size)
         codes_parts: list[np.ndarray] = []
         emb_parts: list[np.ndarray] = []
         for start in range(0, len(items), bs):
@@ -360,3 +363,13 @@ def _as_list(images) -> list:
     except ImportError:  # pragma: no cover
         pass
     return list(images)
+
+
+def _batch_size(value: Any, default: int) -> int:
+    """``value`` as a batch size (``None``: ``default``); InvalidInputError for anything but an
+    integer >= 1 (``-1`` encoded nothing and returned no codes without a word)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer or None, got {value!r:.40}")
+    return int(value)

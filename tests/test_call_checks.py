@@ -91,3 +91,32 @@ def test_a_service_url_without_http_is_refused_at_once(url):
     # it was retried as a network fault ("cannot reach ... after 4 attempts")
     with pytest.raises(InvalidInputError, match="url must start with http:// or https://"):
         RemoteRetriever(url, retries=3)
+
+
+def test_delete_takes_a_list_and_batch_sizes_are_checked_everywhere(rp_bundle, sample_images,
+                                                                     tmp_path):
+    """delete("abc") deleted the items a, b and c (get("abc") and RemoteRetriever refused it);
+    batch_size=-1 encoded nothing and returned no codes (encode, encode_both, search_batch)
+    or failed later in other words (add_images): each is one InvalidInputError now."""
+    import numpy as np
+
+    from rsir_sdk import Encoder
+
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "d.db"), collection="d") as r:
+        r.add_codes(np.zeros((4, 8), np.uint8), ["a", "b", "c", "abc"])
+        for bad in ("abc", None, 5):
+            with pytest.raises(InvalidInputError, match="ids must be a list of strings"):
+                r.delete(bad)  # type: ignore[arg-type]
+        assert r.count() == 4 and r.delete(["abc"]) == 1 and r.count() == 3
+        images = [str(p) for p, _ in sample_images[:3]]
+        for bad in (-1, 0, 1.5, "2", True):
+            with pytest.raises(InvalidInputError, match="batch_size must be a positive integer"):
+                r.search_batch(images, k=2, batch_size=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInputError, match="batch_size"):
+                r.add_images(images, batch_size=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInputError, match="batch_size"):
+                r.encoder.encode(images, batch_size=bad)  # type: ignore[arg-type]
+        assert len(r.search_batch(images, k=2, batch_size=2)) == 3
+    for kwargs in ({"batch_size": 0}, {"url_timeout": -1}, {"threads": -1}):
+        with pytest.raises(InvalidInputError):
+            Encoder(rp_bundle[0], **kwargs)

@@ -209,3 +209,19 @@ def test_an_interruption_is_reported_with_more_interrupts_ignored_then_handlers_
     assert seen["int while reporting"] == signal.SIG_IGN   # a second Ctrl-C: ignored
     assert "interrupted" in str(seen["text"])
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_output_cut_by_its_reader_is_no_error(rp_bundle):
+    """``rsir info BUNDLE | head -1``: the reader goes away (here at once: ``| true``).
+    Python's BrokenPipeError was reported as "unexpected BrokenPipeError" (exit 1), or by
+    Python's flush at exit (exit 120). Now nothing is printed, exit 141."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -c 'from rsir_sdk.launch import main; raise SystemExit(main())' "
+        f"info {rp_bundle[0]} | true; echo ${{PIPESTATUS[1]}} ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.stdout.split() == ["0", "141"], (proc.stdout, proc.stderr)
+    assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

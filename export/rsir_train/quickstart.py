@@ -135,7 +135,9 @@ def run_quickstart(args: argparse.Namespace, command: str = "rsir quickstart") -
         codes = evaluation_codes(bundle, data, EvalOptions(database="train"))
         q_labels = codes.q_labels
         print(f"[3/4] searching with {len(q_labels)} held-out query images")
-        hits = r.search_codes(codes.q_codes, k=n)
+        # with the queries' fine codes, as rsir search sends them: ties ranked by appearance
+        fine = codes.q_fine if r.fine_ranking else None
+        hits = r.search_codes(codes.q_codes, k=n, fine=fine)
     queries = [by_id[i].file for i in codes.q_ids]
     for qi in (0, len(queries) // 2, len(queries) - 1):
         print(f"\n      query {codes.q_ids[qi]} (label {q_labels[qi]})")

@@ -14,13 +14,15 @@
 
 Exit status: 0 done; 1 error (one line on stderr); 2 bad arguments or input (one line); 3
 finished but some images failed (``rsir index``: see the report file; ``rsir eval``: left
-out); 130 interrupted (``rsir index`` resumes when run again).
+out); 130 interrupted (``rsir index`` resumes when run again); 141 the output's reader went away
+(``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import Callable, Sequence
@@ -64,6 +66,20 @@ def _tolerant_output() -> None:
                 reconfigure(errors="backslashreplace")
             except (ValueError, OSError):  # a stream that cannot change (closed, custom)
                 pass
+
+
+#: the exit status of a command whose output's reader went away (128 + SIGPIPE, as a shell
+#: reports a tool killed by it)
+EXIT_BROKEN_PIPE = 141
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout to redirect
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one command: its errors as one line and an exit status."""
     try:
-        return int(func(args) or 0)
+        status = int(func(args) or 0)
+        sys.stdout.flush()  # a reader gone away fails here, not in Python's flush at exit
+        return status
     except (UsageError, RasterRuleError, InvalidInputError) as exc:
         warn(f"rsir {args.command}: {one_line(exc)}")
         return EXIT_USAGE
@@ -172,6 +190,9 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
         ignore_more_interrupts()
         warn(f"\nrsir {args.command}: interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (rsir info ... | head): as other tools do
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: one line unless -v asks for the traceback
         if args.verbose:
             raise

@@ -250,8 +250,9 @@ class MilvusCodeStore:
         return self.writer.bulk_insert(cols, staging_dir, opts, opts.progress)
 
     def delete(self, ids: Iterable[str]) -> int:
-        """Delete items by id; returns how many of them existed."""
-        asked = list(ids)
+        """Delete items by id; returns how many of them existed. ``ids`` is a list: one string
+        is refused (``delete("abc")`` deleted ``a``, ``b`` and ``c``)."""
+        asked = values.lookup_ids(ids)
         present = reads.by_pk(self, asked, ["pk", "id"])
         pks = [keys.digest(i) for i in present]
         if self.fine_bits is not None and self.exists:
