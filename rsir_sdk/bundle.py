@@ -248,6 +248,8 @@ class Bundle:
     @classmethod
     def load(cls, path: str | os.PathLike, verify_hash: bool = True) -> "Bundle":
         """Read and validate the bundle folder at ``path``."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise BundleError(f"a bundle is a folder path, got {type(path).__name__} {path!r:.40}")
         root = Path(path)
         if not root.exists():
             raise BundleError(f"bundle folder {root} does not exist")

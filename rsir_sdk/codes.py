@@ -70,11 +70,12 @@ def unpack_codes(packed: np.ndarray, bits: int | None = None, signed: bool = Fal
     return out * 2 - 1 if signed else out
 
 
-def as_packed(codes, bits: int | None = None) -> np.ndarray:
+def as_packed(codes, bits: int | None = None, what: str = "codes") -> np.ndarray:
     """Return ``codes`` as a C-contiguous ``uint8 (n, bits/8)`` array, checking its length.
 
     Accepts one code (1-D array or ``bytes``), a list of ``bytes`` or a 2-D ``uint8`` array.
-    Raises :class:`CodeLengthError` when the byte length does not match ``bits``.
+    Raises :class:`CodeLengthError` when the byte length does not match ``bits``, naming the
+    codes as ``what`` ("fine codes" for those).
     """
     if isinstance(codes, (bytes, bytearray, memoryview)):
         arr = np.frombuffer(bytes(codes), dtype=np.uint8)[None, :]
@@ -99,7 +100,7 @@ def as_packed(codes, bits: int | None = None) -> np.ndarray:
         validate_bits(bits)
         if arr.shape[1] * 8 != bits:
             raise CodeLengthError(
-                f"codes are {arr.shape[1] * 8} bits ({arr.shape[1]} bytes) but {bits} bits "
+                f"{what} are {arr.shape[1] * 8} bits ({arr.shape[1]} bytes) but {bits} bits "
                 f"were expected"
             )
     else:

@@ -10,10 +10,13 @@ then resized and cropped by :func:`rsir_sdk.preprocess.prepare` as the bundle re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence, overload
 
@@ -94,7 +97,7 @@ class Encoder:
                                     or threads < 0):
             raise InvalidInputError(f"threads must be an integer >= 0 (0: onnxruntime's "
                                     f"choice), got {threads!r}")
-        requested = list(providers) if providers else default_providers()
+        requested = _known_providers(providers) if providers else default_providers()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
         if threads:
@@ -113,9 +116,13 @@ class Encoder:
                 f"bundle was loaded (it no longer matches model_sha256)"
             )
         try:
-            self.session = ort.InferenceSession(
-                model_bytes, sess_options=options, providers=requested
-            )
+            # onnxruntime prints "EP Error" banners and warns when a provider fails to start:
+            # the warning below says which provider runs instead, in one line
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.session = ort.InferenceSession(
+                    model_bytes, sess_options=options, providers=requested
+                )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
             hint = (" (the model refers to external weight files; an rsir bundle keeps every "
                     "weight inside model.onnx: rewrite it with rsir_sdk.bundle_writer.write_bundle)"
@@ -362,7 +369,27 @@ def _as_list(images) -> list:
             return [images]
     except ImportError:  # pragma: no cover
         pass
-    return list(images)
+    try:
+        return list(images)
+    except TypeError:  # None, a number: not images
+        raise InvalidInputError(f"images must be an image or a list of images (paths, URLs, "
+                                f"bytes, arrays, PIL images), got {type(images).__name__}") from None
+
+
+def _known_providers(names: Sequence[str]) -> list[str]:
+    """The requested onnxruntime providers this installation has, in order; the others are
+    named in one warning (onnxruntime printed a banner and a warning for each), and with none
+    left the default choice runs."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    known = [n for n in names if n in available]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        log.warning("onnxruntime here has no %s (it has %s); %s", ", ".join(map(str, unknown)),
+                    ", ".join(sorted(available)),
+                    "using " + ", ".join(known) if known else "using the default choice")
+    return known or default_providers()
 
 
 def _batch_size(value: Any, default: int) -> int:

@@ -78,7 +78,7 @@ class FineCodes:
         if self.bundle.fine_bits is None:
             raise InvalidInputError(f"fine codes given but the bundle {self.bundle.path} has no "
                                     f"fine code (written before issue 20)")
-        packed = as_packed(fine, self.bundle.fine_bits)
+        packed = as_packed(fine, self.bundle.fine_bits, "fine codes")
         if packed.shape[0] != n:
             raise InvalidInputError(f"{n} codes but {packed.shape[0]} fine codes")
         return packed

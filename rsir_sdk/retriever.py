@@ -266,6 +266,8 @@ class Retriever:
         """Every item within Hamming distance ``<= radius`` of one image (up to 16384);
         ``bbox``, ``near``, ``time`` as in :meth:`search`; with ``mode="appearance"`` the
         distance is the fine code's."""
+        if radius is None:  # None means "no radius" to search(): here it would return everything
+            raise InvalidInputError("range_search needs a radius (an integer >= 0)")
         geo, mode = self._checked(1, filter, radius, (bbox, near, time), mode)
         codes, fine = self._fine.encode_query([img], None, mode)
         return self.store.range_search(codes, radius, filter, MAX_TOPK, geo=geo,

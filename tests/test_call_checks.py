@@ -120,3 +120,39 @@ def test_delete_takes_a_list_and_batch_sizes_are_checked_everywhere(rp_bundle, s
     for kwargs in ({"batch_size": 0}, {"url_timeout": -1}, {"threads": -1}):
         with pytest.raises(InvalidInputError):
             Encoder(rp_bundle[0], **kwargs)
+
+
+def test_misused_calls_are_one_line_of_the_documented_classes(rp_bundle, tmp_path, capfd,
+                                                             caplog):
+    """A probe following the docs met raw TypeErrors (Retriever(None), encode(None)), a
+    range_search(q, None) that returned every item, onnxruntime's own banner for an unknown
+    provider, and a fine code of the wrong length reported as "codes"."""
+    import logging
+
+    import numpy as np
+
+    from rsir_sdk import BundleError, CodeLengthError, Encoder
+
+    for bad in (None, 5):
+        with pytest.raises(BundleError, match="a bundle is a folder path"):
+            Retriever(bad, uri=str(tmp_path / "x.db"))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="rsir_sdk"):
+        enc = Encoder(rp_bundle[0], providers=["FooProvider", "CPUExecutionProvider"])
+    assert enc.providers == ["CPUExecutionProvider"]
+    assert "onnxruntime here has no FooProvider" in caplog.text
+    out, err = capfd.readouterr()
+    assert "EP Error" not in out + err and "UserWarning" not in out + err
+    with pytest.raises(InvalidInputError, match="images must be an image or a list"):
+        enc.encode(None)  # type: ignore[arg-type]
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "r.db"), collection="r") as r:
+        r.add_codes(np.zeros((2, 8), np.uint8), ["a", "b"])
+        with pytest.raises(InvalidInputError, match="range_search needs a radius"):
+            r.range_search(np.zeros((8, 8, 3), np.uint8), None)  # type: ignore[arg-type]
+    r2 = Retriever(rp_bundle[0], uri=str(tmp_path / "r.db"), collection="r")
+    r2.close()
+    with pytest.raises(Exception, match="open a new Retriever or store"):
+        r2.count()
+    from rsir_sdk.codes import as_packed
+
+    with pytest.raises(CodeLengthError, match="^fine codes are 64 bits"):
+        as_packed(np.zeros((1, 8), np.uint8), 128, "fine codes")

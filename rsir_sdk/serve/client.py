@@ -338,7 +338,7 @@ class RemoteRetriever:
         if fine is None:
             return None
         width = self.encoder.fine_bits if self.encoder is not None else None
-        rows = as_packed(fine, width)
+        rows = as_packed(fine, width, "fine codes")
         if len(rows) != n:
             raise InvalidInputError(f"{len(rows)} fine codes for {n} codes: give one per code")
         return rows

@@ -259,7 +259,8 @@ class Connection:
         if self._broken:
             raise StoreError(self._broken)
         if self.client is None:
-            raise StoreError(f"the connection to {self.display_uri} is closed")
+            raise StoreError(f"the connection to {self.display_uri} is closed (close() was "
+                             f"called, or a with-block ended: open a new Retriever or store)")
         kwargs.setdefault("retry_times", rpc.RETRIES)
         if self.timeout is not None:
             kwargs.setdefault("timeout", self.timeout)

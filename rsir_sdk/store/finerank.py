@@ -115,7 +115,7 @@ def queries(store: "MilvusCodeStore", codes: Any, fine_codes: Any,
         if fine_codes is None:
             raise InvalidInputError("mode='appearance' searches by the fine code: pass fine= "
                                     "(the queries' fine codes, Encoder.encode_both)")
-        fq: np.ndarray | None = as_packed(fine_codes, store.fine_bits)
+        fq: np.ndarray | None = as_packed(fine_codes, store.fine_bits, "fine codes")
         q: np.ndarray | None = None if codes is None else as_packed(codes, store.bits)
     else:
         q = as_packed(codes, store.bits)
