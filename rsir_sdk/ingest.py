@@ -274,6 +274,7 @@ class IngestRun:
         if self.report is not None:
             self.report.add(f)
         log.info("not indexed: %s: %s: %s", f.path, f.stage, f.reason)
+        self.tick()  # the last progress line must count it (a run ending in failures did not)
 
     def tick(self) -> None:
         """Tell the progress callback where things stand."""

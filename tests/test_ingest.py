@@ -497,3 +497,20 @@ def test_retry_keeps_a_file_name_that_is_not_utf8(tmp_path, sample_images, rp_bu
     assert code == 3 and json.loads(out)["total"] == 2 and json.loads(out)["failed"] == 2, out
     assert sorted((f.id, f.stage) for f in read_report(report)) == \
         sorted((f.id, f.stage) for f in first)
+
+
+def test_the_last_progress_update_counts_every_failure(tmp_path, rp_bundle, sample_images):
+    """A re-run whose last images failed left the progress at "0 failed" while the summary said
+    2 (examples/populate_milvus.py prints the progress line)."""
+    root = tmp_path / "arch"
+    root.mkdir()
+    for path, _ in sample_images[:3]:
+        shutil.copyfile(path, root / path.name)
+    (root / "zz-empty.jpg").write_bytes(b"")
+    (root / "zz-text.jpg").write_text("not an image")
+    seen = []
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "p.db"), collection="p") as r:
+        r.index(root)
+        s = r.index(root, progress=lambda st: seen.append((st.skipped, st.failed)))
+    assert s.skipped == 3 and len(s.failed) == 2
+    assert seen[-1] == (3, 2), seen

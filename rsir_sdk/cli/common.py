@@ -121,7 +121,10 @@ def add_store_args(p: argparse.ArgumentParser, *, collection: bool = True) -> No
 
 def add_raster_args(p: argparse.ArgumentParser) -> None:
     """``--bands``, ``--stretch``, ``--nodata``: the raster rule (TIFF/GeoTIFF)."""
-    g = p.add_argument_group("rasters (TIFF/GeoTIFF; see docs/ingest.md)")
+    g = p.add_argument_group(
+        "rasters (TIFF/GeoTIFF; see docs/ingest.md)",
+        "without these, a collection's recorded rule applies (its first index set it); the "
+        "defaults below are those of a new collection")
     g.add_argument("--bands", default=None,
                    help="bands to show as RGB, counted from 1 (e.g. 3,2,1; one band = grey); "
                         "default 1,2,3 (1 for 1- and 2-band rasters)")
