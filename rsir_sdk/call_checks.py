@@ -19,8 +19,8 @@ from .pixels import describe_source
 from .store import keys as store_keys
 from .store import values as store_values
 
-__all__ = ["check_bearer_token", "check_radius_length", "check_search", "image_list",
-           "images_with_ids", "radius_bound"]
+__all__ = ["check_bearer_token", "check_radius_length", "check_range_radius", "check_search",
+           "image_list", "images_with_ids", "radius_bound"]
 
 _TOKEN_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 
@@ -102,3 +102,10 @@ def check_bearer_token(token: str | None, what: str) -> None:
                  if any(c.isspace() for c in token) else "a character outside printable ASCII")
         raise InvalidInputError(f"{what} holds {holds}, which an HTTP Authorization header "
                                 f"cannot carry")
+
+
+def check_range_radius(radius: Any) -> None:
+    """``range_search`` takes a radius: ``None``, "no radius" to ``search``, would return
+    every item (up to the cap)."""
+    if radius is None:
+        raise InvalidInputError("range_search needs a radius (an integer >= 0)")

@@ -276,6 +276,10 @@ class IngestRun:
         log.info("not indexed: %s: %s: %s", f.path, f.stage, f.reason)
         self.tick()  # the last progress line must count it (a run ending in failures did not)
 
+    def stored_path(self, item: Item) -> str:
+        """The path an item is stored with: relative to its archive, or absolute."""
+        return item.path if self.relative_paths else str(item.file.absolute())
+
     def tick(self) -> None:
         """Tell the progress callback where things stand."""
         if self.progress is not None:
@@ -306,7 +310,7 @@ class IngestRun:
         if self._elsewhere_checked >= ELSEWHERE_CHECKED and not self.summary.stored_elsewhere:
             return
         self._elsewhere_checked += len(items)
-        paths = {str(it.file.absolute()): it.id for it in items}
+        paths = {self.stored_path(it): it.id for it in items}
         for path, stored_id in self.store.ids_by_path(paths).items():
             if stored_id != paths[path]:
                 self.summary.stored_elsewhere += 1
@@ -317,7 +321,7 @@ class IngestRun:
             fine: np.ndarray | None = None) -> None:
         """Queue encoded images for writing (and write when a batch is full or old enough);
         ``fine``: their fine codes from the same forward pass, written beside the codes."""
-        paths = [it.path if self.relative_paths else str(it.file.absolute()) for it in items]
+        paths = [self.stored_path(it) for it in items]
         metas = [{**geo, **it.metadata} if geo else dict(it.metadata)
                  for it, geo in zip(items, georefs)]
         keep = []

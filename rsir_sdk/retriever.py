@@ -26,6 +26,7 @@ from .archive import ArchiveListing, open_archive
 from .bundle import Bundle
 from .call_checks import (
     check_radius_length,
+    check_range_radius,
     check_search,
     image_list,
     images_with_ids,
@@ -266,8 +267,7 @@ class Retriever:
         """Every item within Hamming distance ``<= radius`` of one image (up to 16384);
         ``bbox``, ``near``, ``time`` as in :meth:`search`; with ``mode="appearance"`` the
         distance is the fine code's."""
-        if radius is None:  # None means "no radius" to search(): here it would return everything
-            raise InvalidInputError("range_search needs a radius (an integer >= 0)")
+        check_range_radius(radius)
         geo, mode = self._checked(1, filter, radius, (bbox, near, time), mode)
         codes, fine = self._fine.encode_query([img], None, mode)
         return self.store.range_search(codes, radius, filter, MAX_TOPK, geo=geo,

@@ -49,7 +49,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..call_checks import check_bearer_token, check_search, image_list, images_with_ids
+from ..call_checks import (
+    check_bearer_token,
+    check_range_radius,
+    check_search,
+    image_list,
+    images_with_ids,
+)
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
 from ..hits import SEARCH_MODES, Hit, StoredItem, hit_from_json, item_from_json
@@ -347,8 +353,7 @@ class RemoteRetriever:
                      near: Any = None, time: Any = None, mode: str = "default") -> list[Hit]:
         """Every item within ``radius`` of one image (in the place and period; in mode
         appearance, of its fine code), up to the service's max k."""
-        if radius is None:
-            raise InvalidInputError("range_search needs a radius (an integer >= 0)")
+        check_range_radius(radius)
         check_search(1, filter, radius, (bbox, near, time))
         self._options(1, filter, radius, geo_to_wire(bbox, near, time), mode)
         return self.search(img, k=int(self._limits()["max_k"]), filter=filter, radius=radius,
