@@ -58,13 +58,22 @@ from ..call_checks import (
 )
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
-from ..hits import SEARCH_MODES, Hit, StoredItem, hit_from_json, item_from_json
-from ..redact import redact_uri
+from ..hits import Hit, StoredItem, hit_from_json, item_from_json
 from ..store import values as store_values
 from .geo_wire import footprints_to_wire, geo_to_wire, times_to_wire
 from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defined here
 from .transport import HttpOptions, HttpTransport
-from .wire import Filter, check_columns, finish_index, image_file, summary_from_json, wire_filter
+from .wire import (
+    Filter,
+    check_columns,
+    chunks,
+    finish_index,
+    image_file,
+    search_params,
+    service_url,
+    summary_from_json,
+    wire_filter,
+)
 
 if TYPE_CHECKING:
     from ..archive import ArchiveListing
@@ -76,28 +85,6 @@ if TYPE_CHECKING:
 ENCODER_HEADER = "X-Rsir-Encoder-Id"
 
 __all__ = ["HttpOptions", "RemoteRetriever"]
-
-
-def _mode(mode: Any) -> str:
-    """``mode`` checked as the service checks it: one of :data:`rsir_sdk.hits.SEARCH_MODES`
-    (:class:`~rsir_sdk.errors.InvalidInputError`, one line, otherwise)."""
-    if not isinstance(mode, str) or mode not in SEARCH_MODES:
-        raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, "
-                                f"got {mode!r:.40}")
-    return mode
-
-
-def service_url(url: Any) -> str:
-    """The service's base URL without a trailing slash; one that is not ``http(s)://host...``
-    is refused at once (``"127.0.0.1:8000"`` was retried as if the network had failed)."""
-    if not isinstance(url, str):
-        raise InvalidInputError(f"url must be a string like http://127.0.0.1:8000, got "
-                                f"{type(url).__name__}")
-    scheme, _, rest = url.strip().partition("://")
-    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
-        raise InvalidInputError(f"url must start with http:// or https:// and name a host, "
-                                f"e.g. http://127.0.0.1:8000, got {redact_uri(url)!r}")
-    return url.strip().rstrip("/")
 
 
 class RemoteRetriever:
@@ -217,31 +204,8 @@ class RemoteRetriever:
         return {ENCODER_HEADER: self.encoder.bundle.encoder_id} if self.encoder else {}
 
     @staticmethod
-    def _options(k: Any, filter: Filter, radius: Any, where: Mapping[str, Any] | None = None,
-                 mode: Any = "default") -> dict[str, Any]:
-        """Query parameters of a search, checked as the local store checks them; ``where``:
-        place and period as :func:`~rsir_sdk.serve.geo_wire.geo_to_wire` gave them; ``mode``
-        sent when not the default."""
-        params: dict[str, Any] = {"k": store_values.k(k)}
-        if _mode(mode) != "default":
-            params["mode"] = mode
-        wire = wire_filter(filter)
-        if wire is not None:
-            params["filter"] = json.dumps(wire, ensure_ascii=False)
-        radius = store_values.radius(radius)
-        if radius is not None:
-            params["radius"] = radius
-        for key, value in (where or {}).items():
-            params[key] = json.dumps(value)
-        return params
-
-    @staticmethod
     def _hits(rows: Sequence[Mapping[str, Any]]) -> list[Hit]:
         return [hit_from_json(h) for h in rows]
-
-    @staticmethod
-    def _chunks(n: int, size: int) -> list[slice]:
-        return [slice(i, min(n, i + size)) for i in range(0, n, max(1, size))]
 
     def _upload_size(self, batch_size: int | None) -> int:
         most = int(self._limits()["max_batch"])
@@ -258,7 +222,7 @@ class RemoteRetriever:
         ``"appearance"``; as for :meth:`rsir_sdk.Retriever.search`."""
         check_search(k, filter, radius, (bbox, near, time))  # the local order of checks
         where = geo_to_wire(bbox, near, time)
-        params = self._options(k, filter, radius, where, mode)
+        params = search_params(k, filter, radius, where, mode)
         if self.encoder is not None:
             codes, fine = self._encode([img])
             return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)[0]
@@ -285,12 +249,12 @@ class RemoteRetriever:
         imgs = image_list(imgs, "use search(image)")
         check_search(k, filter, radius, (bbox, near, time))
         where = geo_to_wire(bbox, near, time)
-        params = self._options(k, filter, radius, where, mode)
+        params = search_params(k, filter, radius, where, mode)
         if self.encoder is not None:
             codes, fine = self._encode(imgs, batch_size)
             return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)
         out: list[list[Hit]] = []
-        for part in self._chunks(len(imgs), self._upload_size(batch_size)):
+        for part in chunks(len(imgs), self._upload_size(batch_size)):
             files = [("image", image_file(x)) for x in imgs[part]]
             payload = self._request("POST", "/v1/search/batch", params=params, files=files)
             out += [self._hits(r) for r in payload["results"]]
@@ -304,7 +268,7 @@ class RemoteRetriever:
         ``fine``: their fine codes ``uint8 (n, fine_bits/8)``, sent after each code (records of
         ``bits/8 + fine_bits/8`` bytes, ``fine=1``); required by ``mode="appearance"``."""
         check_search(k, filter, radius, (bbox, near, time))
-        params = self._options(k, filter, radius, geo_to_wire(bbox, near, time), mode)
+        params = search_params(k, filter, radius, geo_to_wire(bbox, near, time), mode)
         bits = self._bits()
         packed = as_packed(codes, bits)
         fine_rows = self._fine(fine, len(packed))
@@ -312,7 +276,7 @@ class RemoteRetriever:
             params["fine"] = "1"
         out: list[list[Hit]] = []
         step = 1 if len(packed) <= 1 else self._codes_per_request(k)
-        for part in self._chunks(len(packed), step):
+        for part in chunks(len(packed), step):
             body = packed[part] if fine_rows is None else np.hstack([packed[part], fine_rows[part]])
             payload = self._request(
                 "POST", "/v1/search/codes", params=params, content=body.tobytes(),
@@ -355,7 +319,7 @@ class RemoteRetriever:
         appearance, of its fine code), up to the service's max k."""
         check_range_radius(radius)
         check_search(1, filter, radius, (bbox, near, time))
-        self._options(1, filter, radius, geo_to_wire(bbox, near, time), mode)
+        search_params(1, filter, radius, geo_to_wire(bbox, near, time), mode)
         return self.search(img, k=int(self._limits()["max_k"]), filter=filter, radius=radius,
                            bbox=bbox, near=near, time=time, mode=mode)
 
@@ -386,7 +350,7 @@ class RemoteRetriever:
             return self.add_codes(codes, ids, labels, paths, metadata, footprints=places,
                                   times=when, fine=fine)
         written = 0
-        for part in self._chunks(len(images), self._upload_size(batch_size)):
+        for part in chunks(len(images), self._upload_size(batch_size)):
             form = {"ids": json.dumps(ids[part])}
             for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata),
                               ("footprints", places), ("times", when)):
@@ -415,7 +379,7 @@ class RemoteRetriever:
         footprints = footprints_to_wire(footprints, ids)
         times = times_to_wire(times, ids)
         written = 0
-        for part in self._chunks(len(ids), int(self._limits()["max_codes"])):
+        for part in chunks(len(ids), int(self._limits()["max_codes"])):
             body: dict[str, Any] = {
                 "ids": ids[part],
                 "codes": [base64.b64encode(row.tobytes()).decode("ascii") for row in packed[part]],
@@ -503,14 +467,14 @@ class RemoteRetriever:
             return 0
         return sum(int(self._request("POST", "/v1/items/delete",
                                      json_body={"ids": ids[part]})["deleted"])
-                   for part in self._chunks(len(ids), int(self._limits()["max_codes"])))
+                   for part in chunks(len(ids), int(self._limits()["max_codes"])))
 
     # ----------------------------------------------------------------- reads
     def get(self, ids: Sequence[str]) -> list[StoredItem]:
         """Stored items by id, in the order asked; missing ids left out."""
         ids = store_values.lookup_ids(ids)
         out: list[StoredItem] = []
-        for part in self._chunks(len(ids), int(self._limits()["max_codes"]) if ids else 1):
+        for part in chunks(len(ids), int(self._limits()["max_codes"]) if ids else 1):
             payload = self._request("POST", "/v1/items/get", json_body={"ids": ids[part]})
             out += [item_from_json(it) for it in payload["items"]]
         return out

@@ -8,7 +8,10 @@ Small conversions between the client's arguments and the JSON/multipart shapes o
 - :func:`image_file`: an image source as an upload part (files and bytes as they are, pixels
   as lossless PNG);
 - :func:`summary_from_json`, :func:`finish_index`: the answer of ``POST /v1/index`` as an
-  :class:`~rsir_sdk.ingest.IngestSummary`, and the local failure report and progress it implies.
+  :class:`~rsir_sdk.ingest.IngestSummary`, and the local failure report and progress it implies;
+- :func:`service_url`, :func:`search_mode`, :func:`search_params`, :func:`chunks`: the base URL,
+  a search's mode and query parameters checked as the local store checks them, and requests
+  cut to the service's limits.
 
 Place and period travel by :mod:`rsir_sdk.serve.geo_wire`; the requests themselves by
 :mod:`rsir_sdk.serve.transport`.
@@ -17,10 +20,14 @@ Place and period travel by :mod:`rsir_sdk.serve.geo_wire`; the requests themselv
 from __future__ import annotations
 
 import io
+import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..api import Filter as Filter  # re-exported: it was defined here
+from ..errors import InvalidInputError
+from ..hits import SEARCH_MODES
+from ..redact import redact_uri
 from ..store import keys as store_keys
 from ..store import values as store_values
 from .errors import ServiceError
@@ -121,3 +128,49 @@ def image_file(img: Any) -> tuple[str, bytes, str]:
     buf = io.BytesIO()
     Image.fromarray(load_image(img)).save(buf, format="PNG")  # the pixels a Retriever would use
     return "image.png", buf.getvalue(), "image/png"
+
+
+def search_mode(mode: Any) -> str:
+    """``mode`` checked as the service checks it: one of :data:`rsir_sdk.hits.SEARCH_MODES`
+    (:class:`~rsir_sdk.errors.InvalidInputError`, one line, otherwise)."""
+    if not isinstance(mode, str) or mode not in SEARCH_MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, "
+                                f"got {mode!r:.40}")
+    return mode
+
+
+def service_url(url: Any) -> str:
+    """The service's base URL without a trailing slash; one that is not ``http(s)://host...``
+    is refused at once (``"127.0.0.1:8000"`` was retried as if the network had failed)."""
+    if not isinstance(url, str):
+        raise InvalidInputError(f"url must be a string like http://127.0.0.1:8000, got "
+                                f"{type(url).__name__}")
+    scheme, _, rest = url.strip().partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise InvalidInputError(f"url must start with http:// or https:// and name a host, "
+                                f"e.g. http://127.0.0.1:8000, got {redact_uri(url)!r}")
+    return url.strip().rstrip("/")
+
+
+def search_params(k: Any, filter: Filter, radius: Any, where: Mapping[str, Any] | None = None,
+             mode: Any = "default") -> dict[str, Any]:
+    """The query parameters of a search, checked as the local store checks them; ``where``:
+    place and period as :func:`~rsir_sdk.serve.geo_wire.geo_to_wire` gave them; ``mode``
+    sent when not the default."""
+    params: dict[str, Any] = {"k": store_values.k(k)}
+    if search_mode(mode) != "default":
+        params["mode"] = mode
+    wire = wire_filter(filter)
+    if wire is not None:
+        params["filter"] = json.dumps(wire, ensure_ascii=False)
+    radius = store_values.radius(radius)
+    if radius is not None:
+        params["radius"] = radius
+    for key, value in (where or {}).items():
+        params[key] = json.dumps(value)
+    return params
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """``n`` items cut into requests of at most ``size`` (the service's limits)."""
+    return [slice(i, min(n, i + size)) for i in range(0, n, max(1, size))]

@@ -15,7 +15,8 @@ distance ``<= r``. Results are sorted by (distance, digest of the id), exactly (
 
 On a server, call :meth:`MilvusCodeStore.prepare_for_search` after a large write (``rsir index``
 and the Retriever do): the first search is then as fast as the hundredth (:mod:`.server`).
-The class is thin: writes go through :mod:`.writes`, reads by id through :mod:`.reads`.
+The class is thin: writes go through :mod:`.writes`, reads by id through :mod:`.reads`; the
+serving and admin verbs (prepare, index, create, drop) are its base :mod:`.serving`.
 """
 
 from __future__ import annotations
@@ -29,17 +30,15 @@ import numpy as np
 from ..api import Filter
 from ..codes import SceneTest, validate_bits
 from ..errors import (
-    CollectionNotFoundError,
     StoreError,
 )
 from ..geo import GeoFilter
 from ..hits import Hit, StoredItem
-from . import dupes, finerank, keys, opening, place, reads, server, values
+from . import dupes, finerank, keys, opening, place, reads, values
 from . import fine as companions
 from . import search as searching
 from .connect import Connection, ConnectOptions
 from .schema import (
-    AUTO_INDEX,
     MAX_TOPK,
     PK_CHUNK,
     UPSERT_BATCH,
@@ -47,6 +46,7 @@ from .schema import (
 )
 from .search import IdHits
 from .server import PrepareProgress
+from .serving import StoreServing
 from .writes import BulkOptions, Writer
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ __all__ = ["Hit", "IdHits", "MilvusCodeStore", "PrepareProgress", "StoreHit", "S
 StoreHit = Hit
 
 
-class MilvusCodeStore:
+class MilvusCodeStore(StoreServing):
     """A Milvus collection of packed binary codes with ids, labels, paths and JSON metadata.
 
     A collection is created by the first write (with ``bits``); a read of a collection that was
@@ -145,13 +145,6 @@ class MilvusCodeStore:
     # ----------------------------------------------------------------- set-up
     def _check_new(self, bits, encoder, create, index_type) -> tuple[int, dict[str, Any] | None]:
         return opening.check_new(self, bits, encoder, create, index_type)
-
-    def _require_exists(self) -> None:
-        """Raise :class:`CollectionNotFoundError` (naming the collections there) for a read of
-        a collection that was never written."""
-        if not self.exists:
-            raise CollectionNotFoundError(
-                opening.missing_message(self, "it holds no collections: index an archive first"))
 
     def _open_existing(
         self, bits: int | None, encoder: Mapping[str, Any] | None
@@ -440,62 +433,6 @@ class MilvusCodeStore:
         searched. Refused by a collection without fine codes (:mod:`.dupes`)."""
         return dupes.duplicates(self, radius, filter, geo, progress)
 
-    # ----------------------------------------------------------------- serving
-    @property
-    def effective_search_params(self) -> dict[str, Any]:
-        """The search parameters searches use: the caller's, else those recorded by
-        :meth:`prepare_for_search` (e.g. the calibrated ``nprobe``)."""
-        return dict(self.search_params or self._recorded.get("search_params") or {})
-
-    def prepare_for_search(self, *, timeout: float | None = 3600.0,
-                           progress: Any = None) -> dict[str, Any]:
-        """Leave a server collection sealed, indexed, served and warm, so that the first search
-        is as fast as the hundredth; with the ``auto`` index policy also choose the index and
-        calibrate ``nprobe`` (:mod:`.server`). Call it after large writes (``rsir index`` does).
-
-        ``progress`` gets :class:`~rsir_sdk.store.server.PrepareProgress` updates; ``timeout``
-        (seconds) raises :class:`~rsir_sdk.errors.StoreError` saying what is still pending.
-        Returns the seconds of each step and what was chosen. A no-op (``{}``) on Milvus Lite,
-        which searches what it holds at once, and on a collection never written.
-        """
-        if self.is_lite or not self.exists:
-            return {}
-        if self.fine_bits is not None:
-            companions.flush(self._conn, self.collection)
-        out = server.prepare(self._conn, self.collection, policy=self.index_policy,
-                             explicit_params=bool(self.search_params), timeout=timeout,
-                             progress=progress)
-        if self.fine_bits is not None:
-            out["companions"] = companions.prepare(self._conn, self.collection, timeout, progress)
-        self._recorded = server.properties(self._conn, self.collection)
-        self.index_policy = self._recorded.get("policy", self.index_policy)
-        return out
-
-    def set_index(self, index_type: str, index_params: Mapping[str, Any] | None = None, *,
-                  calibrate: bool = True, timeout: float | None = 3600.0,
-                  progress: Any = None) -> dict[str, Any]:
-        """Rebuild a server collection's index by hand (``BIN_FLAT``, ``BIN_IVF_FLAT`` with
-        ``{"nlist": n}``, ``HNSW``); the ``auto`` policy no longer applies to it. For
-        BIN_IVF_FLAT, ``calibrate`` records the ``nprobe`` that reaches recall@100 0.99. The
-        collection is released while its index is rebuilt (searches fail meanwhile)."""
-        self._require_exists()
-        kind = index_type_of(index_type)
-        if self.is_lite or kind in (None, AUTO_INDEX):
-            raise StoreError("set_index needs a Milvus server and an index type (BIN_FLAT, "
-                             "BIN_IVF_FLAT, HNSW); Milvus Lite has BIN_FLAT only")
-        out = server.change_index(self._conn, self.collection, str(kind), dict(index_params or {}),
-                                  calibrate_nprobe=calibrate, timeout=timeout, progress=progress)
-        self._recorded = server.properties(self._conn, self.collection)
-        self.index_policy = "fixed"
-        return out
-
-    def index_info(self) -> dict[str, Any]:
-        """The code field's index: type, params, policy (``auto`` or fixed), row counts, the
-        search parameters in use and how they were calibrated."""
-        self._require_exists()
-        return server.index_info(self._conn, self.collection, self.index_policy,
-                                 self.effective_search_params, self._recorded)
-
     # ----------------------------------------------------------------- admin
     def info(self) -> dict[str, Any]:
         """What the collection is: name, uri, bits, ``fine_bits`` (the fine codes it keeps;
@@ -513,23 +450,6 @@ class MilvusCodeStore:
             out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0
             out["without_time"] = self.count(place.NO_TIME_EXPR) if self.exists else 0
         return out
-
-    def create(self) -> None:
-        """Create the collection now, empty, as the first write would (with the store's code
-        and fine-code lengths); nothing when it exists. A read never creates one: this is for a
-        caller that must answer reads of a new collection (``rsir serve --create``)."""
-        self.writer.ensure_created()
-
-    def drop(self) -> None:
-        """Drop the whole collection and its fine-code companions (irreversible); a later write
-        creates it afresh (keeping fine codes as the store's ``fine_bits`` or that write says)."""
-        if self.exists:
-            self._conn.call("drop_collection", self.collection,
-                            what=f"dropping collection {self.collection!r}")
-            self._conn.forget_collection(self.collection)
-            companions.drop(self._conn, self.collection)
-            self.exists = False
-            self._recorded = {}
 
     def close(self) -> None:
         """Close the connection (for Milvus Lite, stops its server and releases the file)."""
