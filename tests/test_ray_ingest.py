@@ -229,17 +229,14 @@ def test_a_real_local_ray_that_cannot_start_is_one_line_and_leaves_nothing(monke
 CTRL_C_AFTER_WRITES = KILL_AFTER_WRITES.replace("signal.SIGKILL", "signal.SIGINT")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, open: in about half of the runs of this test a Ctrl-C to the driver on "
-    "--engine ray still ends rsir with exit 1 and no word (measured 2026-12-07; the cause is "
-    "below Python: no handler, atexit or faulthandler output runs). The re-run is exact either "
-    "way. Passing runs check the message, exit status and the re-run."))
 def test_ctrl_c_to_the_group_on_ray_is_one_line_130_and_the_rerun_finishes(
         rp_bundle, sample_dir, tmp_path):
     """A terminal's Ctrl-C reaches the whole process group. It reached the local Ray too: its
     GCS died and took rsir down (exit 1, no word), its actors' deaths were printed on stdout,
     and a Ctrl-C while the new Lite file opened lost the encoded rows ("the connection is
-    closed"). Now: one line, exit 130, nothing on stdout; the re-run indexes the rest once."""
+    closed"); and a Ray Data thread that dropped its references after ray.shutdown() made
+    Ray's core end the process (exit 1, no word; 4 of 10 runs). Now: one line, exit 130,
+    nothing on stdout; the re-run indexes the rest once."""
     db = str(tmp_path / "c.db")
     args = ["index", str(rp_bundle[0]), str(sample_dir), "--uri", db, "--collection", "c",
             "--label-from", "parent", "--no-progress", "--engine", "ray", "--workers", "2",
@@ -249,15 +246,18 @@ def test_ctrl_c_to_the_group_on_ray_is_one_line_130_and_the_rerun_finishes(
         os.setsid()                                  # a terminal's foreground group of its own
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_WRITES, "2", *args],
-                          capture_output=True, text=True, timeout=600, preexec_fn=sigint_default)
-    assert proc.returncode == 130, proc.stderr[-2000:]
-    assert proc.stdout == "", proc.stdout[-2000:]
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "interrupted after indexing" in lines[0], proc.stderr[-2000:]
-    with MilvusCodeStore(db, "c", create=False) as s:
-        done = s.count()
-    assert done >= 16
+    done = 0
+    for writes in (2, 3, 1):  # three interrupted runs (the race hit about 4 runs in 10)
+        proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_WRITES, str(writes), *args],
+                              capture_output=True, text=True, timeout=600,
+                              preexec_fn=sigint_default)
+        assert proc.returncode == 130, proc.stderr[-2000:]
+        assert proc.stdout == "", proc.stdout[-2000:]
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and "interrupted after indexing" in lines[0], proc.stderr[-2000:]
+        with MilvusCodeStore(db, "c", create=False) as s:
+            assert s.count() >= done + 8 * writes  # each run wrote what it had encoded
+            done = s.count()
     assert main(args) == 0
     with MilvusCodeStore(db, "c", create=False) as s:
         assert s.count() == 200 and len(set(s.iter_ids())) == 200
