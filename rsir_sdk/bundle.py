@@ -153,8 +153,12 @@ class Bundle:
         return re.sub(r"[^A-Za-z0-9_]", "_", f"{self.method}_{self.bits}_{self.encoder_id}")
 
     def identity(self) -> dict[str, Any]:
-        """What a Milvus collection records about the encoder that filled it."""
-        return {"encoder_id": self.encoder_id, "bits": self.bits, "method": self.method}
+        """What a Milvus collection records about the encoder that filled it: the model's
+        identity, and how the manifest prepares images for it (``preprocess``: the model's
+        bytes do not cover the manifest, so a collection refuses codes of the same model fed
+        differently resized or cropped images; collections made before it record none)."""
+        return {"encoder_id": self.encoder_id, "bits": self.bits, "method": self.method,
+                "preprocess": preparation(self.preprocess)}
 
     def load_database(self) -> DatabaseCodes:
         """Load the bundle's database codes; :class:`BundleError` when it has none or they are bad."""
@@ -332,6 +336,7 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     pre = _require(manifest, "preprocess", None, root)
     if not isinstance(inp, dict) or not isinstance(pre, dict):
         raise BundleError(f"bundle {root}: fields 'input' and 'preprocess' must be JSON objects")
+    _check_input(root, inp)
     height = _int_field(root, _require(inp, "height", "input", root), "input.height")
     width = _int_field(root, _require(inp, "width", "input", root), "input.width")
     if height < 1 or width < 1:
@@ -350,6 +355,25 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     if not isinstance(manifest.get("classes", []), list):
         raise BundleError(f"bundle {root}: field 'classes' must be a list")
     return method, bits, model_file, height, width, inp, pre, outputs, declared
+
+
+def preparation(pre: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``preprocess`` that decide the pixels a model sees (resize, crop,
+    resampling), in one normal form: what a collection records and compares."""
+    crop, resize = pre.get("crop"), pre.get("resize")
+    return {"resize": None if resize is None else int(resize),
+            "crop": [int(c) for c in crop] if isinstance(crop, list) else [int(crop or 0)] * 2,
+            "interpolation": str(pre.get("interpolation") or "bilinear").lower()}
+
+
+def _check_input(root: Path, inp: dict[str, Any]) -> None:
+    """``input.layout``/``dtype``/``channels``, when given, must be what the runtime feeds:
+    uint8 NHWC RGB pixels (a model that wants BGR or NCHW does it inside its graph)."""
+    for key, only in (("layout", "NHWC"), ("dtype", "uint8"), ("channels", "RGB")):
+        if key in inp and inp[key] != only:
+            raise _field_error(root, f"input.{key}", inp[key],
+                               f'"{only}": the runtime feeds the model uint8 NHWC RGB pixels '
+                               f"(convert inside the graph)")
 
 
 def _code_length(root: Path, record: dict[str, Any], prefix: str, raw: Any) -> int:

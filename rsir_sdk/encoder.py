@@ -176,6 +176,17 @@ class Encoder:
             raise BundleError(
                 f"bundle {b.path}: model input must be uint8 NHWC, got {inputs[b.input_name].type}"
             )
+        self._fixed_batch = self._check_input_shape(inputs[b.input_name].shape)
+        for name in [n for n in (b.codes_output, b.fine_output) if n is not None]:
+            if name in outputs and outputs[name].type != "tensor(uint8)":
+                raise BundleError(
+                    f"bundle {b.path}: the model's '{name}' output must be packed bits, uint8 "
+                    f"(numpy.packbits of the 0/1 bits, big-endian), got {outputs[name].type}")
+        if b.fine_output is None and ("fine_codes" in outputs or "rsir.fine_code" in
+                                      self.session.get_modelmeta().custom_metadata_map):
+            log.warning("bundle %s: the model has a fine code but manifest.json records none "
+                        "(no 'fine_code'): searches will not rank by appearance; restore the "
+                        "manifest's fine_code record", b.path)
         width = outputs[b.codes_output].shape[-1]
         if isinstance(width, int) and width * 8 != b.bits:
             raise BundleError(
@@ -192,6 +203,39 @@ class Encoder:
                 f"{meta_bits}"
             )
         self._check_preprocess_metadata(meta.get("rsir.preprocess"))
+
+    def _check_input_shape(self, shape: Sequence[Any]) -> int | None:
+        """The graph's input must be ``(batch, height, width, 3)`` of the manifest's size;
+        returns its batch size when the graph fixes it to 1 (encoded one image per run), else
+        None. Checked at load: onnxruntime's own message came with every image encoded."""
+        b = self.bundle
+        want = f"(batch, {b.input_height}, {b.input_width}, 3)"
+        if len(shape) != 4:
+            raise BundleError(f"bundle {b.path}: the model's input must be 4-D {want} uint8 "
+                              f"NHWC, got shape {list(shape)}")
+        batch, height, width, channels = shape
+        if isinstance(channels, int) and channels != 3:
+            hint = " (NCHW: the runtime feeds NHWC; transpose inside the graph)" \
+                if shape[1] == 3 else ""
+            raise BundleError(f"bundle {b.path}: the model's input must be {want} NHWC, got "
+                              f"shape {list(shape)}{hint}")
+        for axis, got, need in (("height", height, b.input_height), ("width", width, b.input_width)):
+            if isinstance(got, int) and got != need:
+                raise BundleError(f"bundle {b.path}: the model's input {axis} is {got} but the "
+                                  f"manifest's input.{axis} is {need}")
+        if isinstance(batch, int) and batch > 1:
+            raise BundleError(f"bundle {b.path}: the model's batch size is fixed to {batch}; "
+                              f"export it with a dynamic batch axis (dynamic_axes)")
+        return 1 if batch == 1 else None
+
+    def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        """One session run on ``batch``; a graph whose batch size is fixed to 1 runs once per
+        image and its outputs are stacked."""
+        feed = self.bundle.input_name
+        if self._fixed_batch is None or len(batch) == 1:
+            return list(self.session.run(names, {feed: batch}))
+        parts = [self.session.run(names, {feed: batch[i:i + 1]}) for i in range(len(batch))]
+        return [np.concatenate([part[j] for part in parts]) for j in range(len(names))]
 
     def _check_fine_output(self, outputs: dict) -> None:
         """The manifest's fine code must be an output of the graph, of its recorded width."""
@@ -248,7 +292,7 @@ class Encoder:
             raise ValueError(f"prepared batch must be (n, {h}, {w}, 3) uint8, got {batch.shape}")
         b = self.bundle
         names = [b.codes_output, b.embedding_output] if return_embeddings else [b.codes_output]
-        out = self.session.run(names, {b.input_name: batch})
+        out = self._run(names, batch)
         codes = as_packed(out[0], b.bits)
         if return_embeddings:
             return Encoded(codes, np.asarray(out[1], dtype=np.float32))
@@ -266,8 +310,7 @@ class Encoder:
         h, w = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (h, w, 3):
             raise ValueError(f"prepared batch must be (n, {h}, {w}, 3) uint8, got {batch.shape}")
-        out = self.session.run([b.codes_output, b.embedding_output, b.fine_output],
-                               {b.input_name: batch})
+        out = self._run([b.codes_output, b.embedding_output, b.fine_output], batch)
         return Encoded(as_packed(out[0], b.bits), np.asarray(out[1], dtype=np.float32),
                        as_packed(out[2], b.fine_bits))
 

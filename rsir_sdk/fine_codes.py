@@ -71,6 +71,22 @@ class FineCodes:
             return {"fine": fine, "mode": mode}
         return {"fine": fine} if fine is not None and self.ranking else {}
 
+    @property
+    def bundle_lacks_them(self) -> bool:
+        """True when the collection keeps fine codes and the bundle has none: the same model
+        (the encoder ids matched) with its manifest's ``fine_code`` record removed."""
+        return (self.store.exists and self.store.fine_bits is not None
+                and self.bundle.fine_bits is None)
+
+    def check_writes(self) -> None:
+        """Refuse, before any image is decoded, image writes that could not carry the fine
+        codes the collection requires."""
+        if self.bundle_lacks_them:
+            raise InvalidInputError(
+                f"collection {self.store.collection!r} keeps {self.store.fine_bits}-bit fine "
+                f"codes but the bundle {self.bundle.path} records no fine code (its manifest.json "
+                f"has no 'fine_code'): restore the manifest of the bundle that filled it")
+
     def given(self, fine: np.ndarray | bytes | None, n: int) -> np.ndarray | None:
         """Caller-given fine codes packed and checked: the bundle's length, one per code."""
         if fine is None:

@@ -71,6 +71,7 @@ class RetrieverWrites:
         1
         """
         images, ids, paths = images_with_ids(images, ids, paths)
+        self._fine.check_writes()
         store_values.labels(labels, len(ids))  # bad values fail before any image is decoded
         store_values.paths(paths, len(ids))
         store_values.metadata(metadata, ids)
@@ -187,6 +188,7 @@ class RetrieverWrites:
         (2500, 0, 3)
         """
         opts = IngestOptions.build(options, overrides)
+        self._fine.check_writes()
         listing = archive if isinstance(archive, ArchiveListing) else open_archive(
             archive, **opts.listing())
         own = None if report is None or isinstance(report, FailureReport) else FailureReport(report)

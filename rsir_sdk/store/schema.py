@@ -198,6 +198,15 @@ def check_same_encoder(
             f"{incoming.get('encoder_id')} ({incoming.get('method')}). Codes of different "
             f"encoders are not comparable: use another collection or re-index with this encoder"
         )
+    mine, theirs = stored.get("preprocess"), incoming.get("preprocess")
+    if mine is not None and theirs is not None and mine != theirs:
+        raise CollectionMismatchError(
+            f"collection {collection!r} was filled by encoder {stored.get('encoder_id')} with "
+            f"images prepared as {json.dumps(mine)}; this bundle's manifest prepares them as "
+            f"{json.dumps(theirs)} (the same model, its manifest's preprocess edited): codes of "
+            f"differently prepared images are not comparable; restore the manifest, or use "
+            f"another collection"
+        )
 
 
 def index_type_of(value: str | None) -> str | None:
