@@ -203,16 +203,23 @@ def load_bytes(img: ImageInput, cfg: ServeConfig) -> bytes:
                      allow_private_urls=cfg.allow_private_urls)
 
 
+#: images over this many pixels are decoded reduced (memory shared by every client); at or
+#: below it they are decoded as the Python API decodes them
+REDUCE_ABOVE_PIXELS = 16_000_000
+
+
 def load_source(img: ImageInput, cfg: ServeConfig, preprocess: Mapping[str, Any]) -> Any:
     """What the Retriever reads for ``img``: its bytes (a named ``BytesIO``), or for a large
     image, its RGB pixels already reduced; runs in a worker thread.
 
     The pixel count is read from the header first: over ``cfg.max_pixels`` (``rsir serve
     --max-pixels``) the image is refused before any pixel is decoded, so a small file that
-    unpacks to gigabytes costs the service nothing. An image at least four times the model's
-    input size (``preprocess``) in both directions is decoded shrunk by the largest integer
-    factor that keeps it at least twice that size (:func:`rsir_sdk.pixels.decode_reduced`);
-    smaller images and TIFFs are read exactly as the Python API reads them.
+    unpacks to gigabytes costs the service nothing. An image over :data:`REDUCE_ABOVE_PIXELS`
+    is decoded shrunk by the largest integer factor that keeps it at least twice the model's
+    input size (``preprocess``; :func:`rsir_sdk.pixels.decode_reduced`); smaller images and
+    TIFFs are read exactly as the Python API reads them, so their hits are exactly
+    ``Retriever.search``'s (a 256-pixel scene for a 64-pixel model was reduced too, and its
+    code differed from the in-process one by a few bits).
     """
     data = load_bytes(img, cfg)
     formats = _pillow_formats()
@@ -220,7 +227,7 @@ def load_source(img: ImageInput, cfg: ServeConfig, preprocess: Mapping[str, Any]
     if size is not None and size[0] * size[1] > cfg.max_pixels:
         raise ImageLoadError(img.name, f"{size[0]}x{size[1]} pixels is over this service's "
                                        f"{cfg.max_pixels}-pixel limit (rsir serve --max-pixels)")
-    if size is not None:
+    if size is not None and size[0] * size[1] > REDUCE_ABOVE_PIXELS:
         rgb = decode_reduced(data, img.name, reduce_floor(preprocess), formats)
         if rgb is not None:
             return rgb
