@@ -76,12 +76,12 @@ DRIVER = textwrap.dedent(
 
     ingest._prepare = patched_prepare
     if kind == "after-open":  # the collection is open, nothing is indexed yet
-        from rsir_sdk import retriever
+        from rsir_sdk import retriever_writes
 
         def patched_ingest(*a, **kw):
             die()
 
-        retriever.ingest = patched_ingest
+        retriever_writes.ingest = patched_ingest
     sys.exit(cli.main(sys.argv[3:]))
     """
 )
