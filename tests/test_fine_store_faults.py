@@ -56,3 +56,24 @@ def test_a_store_opened_before_another_created_the_collection_keeps_its_fine_cod
     finally:
         early.close()
         late_without_fine.close()
+
+
+def test_mirror_rows_of_items_never_stored_are_removed_when_the_file_is_opened(tmp_path):
+    """A run killed (or stopped by a full disk) between a write's mirror rows and its main
+    rows left fine codes of items never stored: appearance searches returned those ids with
+    labels and paths while get() and count() did not know them, until the index was re-run."""
+    db = str(tmp_path / "ghost.db")
+    ids, codes, fine = _items(12)
+    with MilvusCodeStore(db, "c", bits=64, fine_bits=128) as store:
+        store.upsert(ids, codes, labels=["x"] * 12, fine=fine)
+        # the state such a run leaves: the last two items' mirror rows, no main rows
+        store._conn.call("delete", "c", filter=in_list("pk", [digest(i) for i in ids[10:]]),
+                         what="test")
+        assert row_count(store, "c__fine") == 12 and store.count() == 10
+    with MilvusCodeStore(db, "c") as store:  # the next program to open the file
+        assert row_count(store, "c__fine") == 10 and store.count() == 10
+        hits = store.search(None, k=20, fine=fine[10:11], mode="appearance")[0]
+        assert ids[10] not in [h.id for h in hits] and len(hits) == 10
+        assert store.get(ids[10:]) == []
+        hit = store.search(None, k=1, fine=fine[3:4], mode="appearance")[0][0]
+        assert hit.id == ids[3] and hit.fine_distance == 0       # the stored ones unchanged

@@ -234,3 +234,109 @@ def test_a_file_held_by_a_running_program_is_refused_at_once(tmp_path):
     lite.wait_for_lite_file(db, 30)  # a client that closed cleanly leaves the file free
     with MilvusCodeStore(str(db), "c") as store:
         assert store.count() == 1
+
+
+RACE_WRITER = """
+import sys, time
+import numpy as np
+from rsir_sdk import MilvusCodeStore
+from rsir_sdk.errors import StoreError
+db, start, ids = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
+time.sleep(max(0.0, start - time.time()))          # all writers open the new file at once
+try:
+    with MilvusCodeStore(db, "c", bits=64, fine_bits=64) as s:
+        codes = np.zeros((len(ids), 8), np.uint8)
+        s.upsert(ids, codes, fine=codes)
+        time.sleep(1.0)                            # hold the file while the others try
+    print("wrote", len(ids))
+except StoreError as exc:
+    print("refused", exc)
+"""
+
+
+def test_programs_opening_one_new_lite_file_at_once_never_share_it(tmp_path):
+    """Two ``rsir index`` runs into one new file: Milvus Lite's own lock file is removed by a
+    server object whose start failed, a third opener then started a second server on the
+    same data, and both runs reported success with every item stored twice (or its fine code
+    missing). Now one program holds the file; the others are refused in one line."""
+    for attempt in range(3):
+        db = tmp_path / f"race{attempt}.db"
+        start = time.time() + 4.0
+        procs = [subprocess.Popen([sys.executable, "-c", RACE_WRITER, str(db), str(start),
+                                   ",".join(f"{w}-{i}" for i in range(50))],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for w in range(3)]
+        outs = [p.communicate(timeout=180) for p in procs]
+        said = [out.strip() for out, _ in outs]
+        assert all(not err.strip() for _, err in outs), outs
+        wrote = [s for s in said if s.startswith("wrote")]
+        refused = [s for s in said if s.startswith("refused")]
+        assert len(wrote) + len(refused) == 3 and wrote, said
+        for line in refused:
+            assert "open in another running program" in line, line
+        with MilvusCodeStore(str(db), "c") as s:
+            ids = list(s.iter_ids())
+            assert s.count() == len(ids) == len(set(ids)) == 50 * len(wrote), said
+            hits = s.search(None, k=1000, fine=np.zeros((1, 8), np.uint8), mode="appearance")
+            assert sorted(h.id for h in hits[0]) == sorted(ids)   # every fine code there
+
+
+def test_threads_writing_first_to_a_new_lite_file_all_succeed(tmp_path):
+    """A store on a missing file opens it at the first write: threads that wrote first at
+    once read "the connection is closed" (7 of 8) while one of them opened it."""
+    store = MilvusCodeStore(str(tmp_path / "threads.db"), "c", bits=64)
+    errors: list[BaseException] = []
+    gate = threading.Barrier(8)
+
+    def write(t: int) -> None:
+        gate.wait()
+        try:
+            store.upsert([f"t{t}-{i}" for i in range(5)], np.full((5, 8), t, np.uint8))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    with store:
+        assert not errors, errors
+        assert store.count() == 40
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (root only: mount), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_named_and_the_rerun_is_exact(small_disk, rp_bundle, sample_dir, capfd):
+    """Milvus Lite answers a full disk with "Unexpected error in RPC handling"; the user read
+    that, with an internal table name, and nothing about the disk."""
+    from rsir_sdk.cli import main
+
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * max(0, free - 60_000))
+    db = small_disk / "full.db"
+    args = ["index", str(rp_bundle[0]), str(sample_dir), "--uri", str(db), "--collection", "c",
+            "--label-from", "parent", "--no-progress", "--upsert-batch", "8"]
+    code = main(args)
+    err = capfd.readouterr().err
+    assert code == 1, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "is full" in lines[0] and "MB free" in lines[0], err
+    assert "__" not in lines[0]                                   # no internal table name
+    filler.unlink()
+    assert main(args) == 0
+    with MilvusCodeStore(str(db), "c") as s:
+        ids = list(s.iter_ids())
+        assert s.count() == len(set(ids)) == 200

@@ -136,6 +136,8 @@ class MilvusCodeStore(StoreServing):
                 self.bits, self.encoder = self._open_existing(bits, encoder)
                 companions.check_fine_bits(self, asked_fine)
                 companions.check_scene_test(self, asked_test)
+                if self.is_lite and self.fine_bits is not None and self._conn.first_on_file:
+                    companions.drop_orphan_rows(self._conn, self.collection)
                 return
             self.bits, self.encoder = self._check_new(bits, encoder, create, self._index[0])
         except BaseException:

@@ -95,6 +95,7 @@ class Connection:
         self._orm_alias: str | None = None
         self._orm_collections: dict[str, Any] = {}
         self._lite_file: str | None = None
+        self.first_on_file = False
         self._clock_key = lite.server_key(self.uri) if self.is_lite else ""
         self._broken: str | None = None
         self._client: Any = None
@@ -132,17 +133,27 @@ class Connection:
         return self._client
 
     def _open_now(self) -> None:
-        pending, self._pending = self._pending, None
+        # the pending arguments are cleared only once the client exists: other threads that
+        # ask for the client meanwhile wait on the open lock (they read "the connection is
+        # closed" when it was cleared first: 7 of 8 threads' first writes failed)
+        pending = self._pending
         assert pending is not None
         self._client = self._open(*pending)
+        self._pending = None
 
     # ----------------------------------------------------------------- open / close
     def _open(self, token: str | None, kwargs: dict[str, Any], lite_wait: float) -> Any:
         if self.is_lite:
-            lite.wait_for_lite_file(self.uri, lite_wait)
+            # the file's lock first: only its holder may wait for an earlier run's server or
+            # touch Milvus Lite's own lock file (another opener probing that lock made a
+            # starting server fail: "did not start")
             first = lite.acquire(self.uri)
+            #: whether this connection is the first of this process on its Lite file (it
+            #: holds the file's lock: nothing else writes to it meanwhile)
+            self.first_on_file = first
             self._lite_file = self.uri
             try:
+                lite.wait_for_lite_file(self.uri, lite_wait)
                 if first:
                     lite.check_file(self.uri)
                 lite.isolate()
@@ -312,6 +323,9 @@ class Connection:
                                                redact_text(tail[-1])[:160] if tail else "")
         if rpc.is_damage(text) or any(rpc.is_damage(x) for x in lite.log_tail(1)):
             return lite.damaged(self.uri, text[:120])
+        full = lite.disk_full(self.uri)
+        if full:  # Milvus Lite says "Unexpected error in RPC handling" when its disk fills
+            return StoreError(f"{err} ({full})")
         return err
 
     def _restarted_after_crash(self, what: str, expression: str | None, said: str) -> Exception:

@@ -177,11 +177,11 @@ def write(conn: "Connection", name: str, cols: "Columns", start: int, end: int,
     their distinct codes into the codebook (always upserts: a retried write replaces, never
     duplicates)."""
     conn.write_columns("upsert", mirror(name), mirror_lists(cols, start, end, with_hex),
-                       what=f"upsert into {mirror(name)!r}")
+                       what=f"writing the fine codes of {name!r}")
     distinct = np.unique(cols.code[start:end], axis=0)
     conn.write_columns("upsert", codebook(name),
                        [hex_codes(distinct), [row.tobytes() for row in distinct]],
-                       what=f"upsert into {codebook(name)!r}")
+                       what=f"writing the code keys of {name!r}")
 
 
 def delete(conn: "Connection", name: str, pks: Sequence[str]) -> None:
@@ -191,6 +191,41 @@ def delete(conn: "Connection", name: str, pks: Sequence[str]) -> None:
     for start in range(0, len(pks), PK_CHUNK):
         conn.call("delete", comp, filter=keys.in_list("pk", list(pks[start : start + PK_CHUNK])),
                   what=f"delete from {comp!r}")
+
+
+def drop_orphan_rows(conn: "Connection", name: str) -> int:
+    """Delete mirror rows whose item the main collection does not hold; how many.
+
+    Why: a write sends the mirror rows first (no main row without its mirror row), so a run
+    killed, or stopped by a full disk, between the two leaves mirror rows of items never
+    stored, and appearance searches returned those ids, with labels and paths, though
+    ``get`` and ``count`` did not know them. Called when a Milvus Lite file is opened by its
+    first user in a process (one process per file: no other write is in flight); cheap when
+    the two counts agree, which is always but after such a crash.
+    """
+    comp = mirror(name)
+
+    def count(coll: str) -> int:
+        return int(conn.call("query", coll, filter="", output_fields=["count(*)"], read=True,
+                             what=f"count in {coll!r}")[0]["count(*)"])
+
+    if count(comp) <= count(name):
+        return 0
+    from .search import iter_ids
+
+    mirrored = list(iter_ids(conn, comp, count(comp)))
+    stored: set[str] = set()
+    for start in range(0, len(mirrored), PK_CHUNK):
+        part = [keys.digest(i) for i in mirrored[start : start + PK_CHUNK]]
+        stored.update(row["id"] for row in conn.call(
+            "query", name, filter=keys.in_list("pk", part), output_fields=["id"],
+            read=True, what=f"reading ids of {name!r}"))
+    orphans = [keys.digest(i) for i in mirrored if i not in stored]
+    delete(conn, name, orphans)
+    if orphans:
+        log.info("removed %d fine-code rows of %r whose items were never stored (a run stopped "
+                 "between its two writes)", len(orphans), name)
+    return len(orphans)
 
 
 def drop(conn: "Connection", name: str) -> None:

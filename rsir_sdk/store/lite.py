@@ -10,6 +10,9 @@ through pymilvus. This module makes that process behave:
 * **Released on close** (:func:`acquire` / :func:`release`): pymilvus 3.0.2's
   ``MilvusClient.close()`` leaves the server running and the file locked; stores count their
   users of each file and the last one stops its server.
+* **One process per file, surely** (:func:`_hold`): the first user takes an exclusive lock
+  on a sidecar ``.<name>.rsir-lock`` that is never removed, so two programs opening one new
+  file at once cannot both start a server on it.
 * **Damage found on open** (:func:`check_file`): the file is SQLite; a header check and
   ``PRAGMA quick_check`` (about 1 ms per MB) refuse a damaged file before Milvus Lite would
   silently serve part of it or hang on writes.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import tempfile
@@ -49,6 +53,7 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 LITE_TABLE = "collection_meta"
 _lock = threading.Lock()
 _users: dict[str, int] = {}  # resolved path -> open stores in this process
+_held: dict[str, Any] = {}  # resolved path -> its lock file, open while this process serves it
 _LOG_NAME = re.compile(r"rsir-milvus-lite-([0-9]+)\.log")
 
 
@@ -138,11 +143,54 @@ def server_key(db_file: str | os.PathLike) -> str:
 
 
 def acquire(db_file: str | os.PathLike) -> bool:
-    """Count one more user of ``db_file`` in this process; True when it is the first."""
+    """Count one more user of ``db_file`` in this process; True when it is the first, which
+    takes the file's lock (:func:`_hold`: refused when another program holds it)."""
     key = server_key(db_file)
     with _lock:
+        if not _users.get(key):
+            _hold(key, str(db_file))
         _users[key] = _users.get(key, 0) + 1
         return _users[key] == 1
+
+
+def _hold(key: str, shown: str) -> None:
+    """Take this process's exclusive lock on the Lite file ``key``: ``flock`` on a sidecar
+    ``.<name>.rsir-lock`` beside it, held until the last user closes it, never removed.
+
+    Why: Milvus Lite's own lock file (``.<name>.lock``) is removed by any ``Server`` object
+    that is dropped, also one whose start failed because another process held the file; a
+    third opener then locked a new lock file and started a second server on the same data (two
+    ``rsir index`` runs into one new file: every item stored twice, or fine codes missing). A
+    lock file that is never removed cannot be replaced under its holder. A process that dies
+    releases it at once; the orphaned server it leaves is waited for by
+    :func:`wait_for_lite_file`.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: Milvus Lite does not run there either
+        return
+    path = Path(key)
+    try:
+        fh = open(path.parent / f".{path.name}.rsir-lock", "a")
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open Milvus Lite file {shown}: its folder {path.parent} is not writable "
+            f"({exc.strerror or exc}); Milvus Lite writes beside the file even to search it: "
+            f"copy the file to a writable folder") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise StoreError(f"Milvus Lite file {shown} is open in another running program (one "
+                         f"process per file): close it there, or use a Milvus server URI"
+                         ) from None
+    _held[key] = fh
+
+
+def _unhold(key: str) -> None:
+    fh = _held.pop(key, None)
+    if fh is not None:
+        fh.close()  # closing the descriptor releases the flock
 
 
 def release(db_file: str | os.PathLike) -> None:
@@ -154,7 +202,10 @@ def release(db_file: str | os.PathLike) -> None:
             _users[key] = left
             return
         _users.pop(key, None)
-        stop_server(key)
+        try:
+            stop_server(key)
+        finally:
+            _unhold(key)
     if not _users:
         try:
             os.unlink(log_path())
@@ -248,6 +299,25 @@ def check_file(db_file: str | os.PathLike) -> None:
         raise StoreError(
             f"{path} is an SQLite database of another program, not a Milvus Lite file (its "
             f"tables: {shown}); nothing was written: give another .db path")
+
+
+#: free bytes below which a failed Milvus Lite call is put down to a full disk
+DISK_FULL_BYTES = 16 * 2**20
+
+
+def disk_full(db_file: str | os.PathLike) -> str:
+    """Why a failed call on ``db_file`` failed when the disk holding it is (nearly) full, in
+    words for the user; ``""`` otherwise. Milvus Lite itself answers "Unexpected error in RPC
+    handling" and names nothing."""
+    folder = os.path.dirname(os.path.abspath(db_file))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if free >= DISK_FULL_BYTES:
+        return ""
+    return (f"the disk holding {folder} is full ({free / 2**20:.1f} MB free): free space, then "
+            f"run the command again")
 
 
 def damaged(path: str | os.PathLike, detail: str) -> StoreError:

@@ -94,12 +94,17 @@ class Writer:
     def _created_meanwhile(self, fine_bits: int | None) -> bool:
         """Whether another program created the collection since this store was opened (then
         it is opened as it is, never made again: its companions hold that program's fine
-        codes). A write whose fine codes do not fit what it keeps is refused, nothing written."""
+        codes). A write whose fine codes do not fit what it keeps is refused, nothing written.
+
+        Asked of the opened connection, also when the Milvus Lite file was missing when this
+        store was made: another program may have created it since (two ``rsir index`` runs
+        into one new file, one after the other), and its companions were then taken for a
+        crashed run's orphans and dropped with that program's fine codes."""
         from .opening import open_existing
 
         s = self.store
-        if s._conn.lite_missing or not s._conn.call(
-                "has_collection", s.collection, what=f"opening collection {s.collection!r}"):
+        if not s._conn.call("has_collection", s.collection,
+                            what=f"opening collection {s.collection!r}"):
             return False
         s.bits, s.encoder = open_existing(s, s.bits, s.encoder)
         s.exists = True
