@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.server
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -225,3 +227,29 @@ def test_output_cut_by_its_reader_is_no_error(rp_bundle):
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])})
     assert proc.stdout.split() == ["0", "141"], (proc.stdout, proc.stderr)
     assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_names_with_control_characters_reach_the_terminal_escaped(rp_bundle, sample_images,
+                                                                  tmp_path, capfd):
+    """A file system allows any character but / in a name: an escape sequence in a folder's
+    name coloured (or could clear) the terminal from a warning, a line break split it; in the
+    hit table, a name holding a backslash read like one holding a line break."""
+    arc = tmp_path / "arc"
+    (arc / "a").mkdir(parents=True)
+    for name in ("new\nline.jpg", "new\\nline.jpg"):
+        shutil.copy(sample_images[0][0], arc / "a" / name)
+    (arc / "loop\x1b[31m\nname").symlink_to(arc, target_is_directory=True)   # a link loop
+    db = tmp_path / "c.db"
+    run = subprocess.run([sys.executable, "-m", "rsir_sdk.cli", "index", str(rp_bundle[0]),
+                          str(arc), "--uri", str(db), "--collection", "c", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    err = run.stderr
+    assert "\x1b" not in err and "loop\\x1b[31m\\nname" in err, err
+    warning = [x for x in err.splitlines() if "loop" in x]
+    assert len(warning) == 1 and "it leads" in warning[0], err
+    assert main(["search", str(rp_bundle[0]), str(sample_images[0][0]), "--uri", str(db),
+                 "--collection", "c", "-k", "2"]) == 0
+    out = capfd.readouterr().out
+    assert "a/new\\nline.jpg" in out and "a/new\\\\nline.jpg" in out, out
+    assert "\x1b" not in out and "\nline.jpg" not in out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -156,9 +157,28 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
+def terminal_text(text: str) -> str:
+    """``text`` safe to print on one line: control and invisible characters (an escape
+    sequence or a line break in a file name, a tab, a zero-width space) shown as escapes.
+    Why: a file named ``evil\\x1b[2J.jpg`` cleared the screen from a warning, and a link
+    loop's name split its warning over two lines."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+class TerminalFormatter(logging.Formatter):
+    """The CLI's log lines, each message through :func:`terminal_text` (names in messages
+    come from archives: any characters a file system allows); a traceback (``-v``) stays as
+    it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return terminal_text(super().formatMessage(record))
+
+
 def warn(message: str) -> None:
-    """One line on stderr."""
-    print(message, file=sys.stderr)
+    """One line on stderr (control characters escaped: :func:`terminal_text`; leading line
+    breaks, which end a progress bar's line, kept)."""
+    body = message.lstrip("\n")
+    print(message[: len(message) - len(body)] + terminal_text(body), file=sys.stderr)
 
 
 class ProgressBar:

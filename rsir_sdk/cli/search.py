@@ -176,6 +176,9 @@ def format_hits(hits: Sequence[Hit]) -> str:
 
 
 def _printable(text: str) -> str:
-    """``text`` on one line: control characters shown as escapes."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """``text`` on one line: control characters shown as escapes, and backslashes doubled so
+    that an escape is never mistaken for a name's own characters (``new\\nline.jpg`` is a
+    name holding a backslash; ``new\nline.jpg`` one holding a line break)."""
+    return "".join(c if c.isprintable() and c != "\\" else
+                   ("\\\\" if c == "\\" else repr(c)[1:-1]) for c in text)
 
