@@ -7,6 +7,7 @@ missing or inconsistent field is reported by name in a :class:`~rsir_sdk.errors.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -357,6 +358,10 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     return method, bits, model_file, height, width, inp, pre, outputs, declared
 
 
+#: the ``preprocess`` fields the runtime reads
+PREPROCESS_FIELDS = ("resize", "crop", "interpolation", "scale", "mean", "std")
+
+
 def preparation(pre: dict[str, Any]) -> dict[str, Any]:
     """The fields of ``preprocess`` that decide the pixels a model sees (resize, crop,
     resampling), in one normal form: what a collection records and compares."""
@@ -432,6 +437,11 @@ def _scene_test(root: Path, manifest: dict[str, Any], fine_bits: int | None) -> 
 def _check_preprocess(root: Path, pre: dict[str, Any], height: int, width: int) -> None:
     """Every ``preprocess`` field the runtime uses, checked at load: a bad value is a fault of
     the bundle (one line naming the file and the field), not of each image encoded later."""
+    unknown = sorted(set(pre) - set(PREPROCESS_FIELDS))
+    for key in unknown:  # a misspelt field is a default silently applied: other pixels
+        near = difflib.get_close_matches(key, PREPROCESS_FIELDS, n=1)
+        log.warning("bundle %s: manifest.json field 'preprocess.%s' is not one the runtime "
+                    "reads%s", root, key, f" (did you mean '{near[0]}'?)" if near else "")
     crop = _require(pre, "crop", "preprocess", root)
     if isinstance(crop, list) and len(crop) == 2:
         crop_hw = tuple(_int_field(root, c, "preprocess.crop") for c in crop)

@@ -205,8 +205,12 @@ def write_bundle(
             "writing a bundle needs the onnx package: pip install onnx"
         ) from None
     out = Path(out_dir)
+    try:
+        m = complete_manifest(manifest)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BundleWriteError(f"the manifest cannot be completed: {type(exc).__name__}: "
+                               f"{exc}") from None
     out.mkdir(parents=True, exist_ok=True)
-    m = complete_manifest(manifest)
     if archive is not None:
         m["archive"] = dict(archive)
     if isinstance(onnx_model, (str, os.PathLike)):
@@ -228,7 +232,25 @@ def write_bundle(
     if split is not None:
         save_split(split, out / SPLIT_FILE)
     (out / MANIFEST_FILE).write_text(json.dumps(m, indent=2), encoding="utf-8")
+    _check_written(out)
     return m
+
+
+def _check_written(out: Path) -> None:
+    """Load what was written as the runtime will (manifest and graph): a bundle the runtime
+    refuses is not left looking like a bundle (its manifest is removed) and the reason is
+    raised here, at export, not at the user's first search. Why: ``bits`` that do not match
+    the graph, an ``outputs.codes`` the graph lacks or an input size it was not built for were
+    written without a word."""
+    from .encoder import Encoder
+    from .errors import BundleError
+
+    try:
+        Encoder(out, threads=1)
+    except BundleError as exc:
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        raise BundleWriteError(f"the bundle written to {out} does not load, so its manifest was "
+                               f"removed: {exc}") from None
 
 
 def update_manifest(out_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:

@@ -176,3 +176,33 @@ def test_prepare_reads_the_manifest_preprocess(rp, tmp_path, sample_images):
     a = prepare(img, {"resize": 40, "crop": [SIZE, SIZE]})
     b = prepare(img, {"resize": 48, "crop": [SIZE, SIZE]})
     assert a.shape == b.shape == (SIZE, SIZE, 3) and not np.array_equal(a, b)
+
+
+def test_a_misspelt_preprocess_field_is_said_at_load(rp, tmp_path, caplog):
+    manifest = manifest_for(BITS, SIZE, SIZE)
+    manifest["preprocess"]["resise"] = 40   # resize stays null: straight to 32 x 32
+    bundle = hand_made(tmp_path / "b", rp[0], manifest)
+    with caplog.at_level(logging.WARNING):
+        Bundle.load(bundle)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and "'preprocess.resise'" in said[0] and "'resize'" in said[0]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m.update(bits=64), "manifest says 64 bits"),
+    (lambda m: m["outputs"].update(codes="nope"), "no output 'nope'"),
+    (lambda m: m["input"].update(height=40, width=40) or m["preprocess"].update(crop=[40, 40]),
+     "input height is 32 but the manifest's input.height is 40"),
+])
+def test_write_bundle_refuses_to_leave_a_bundle_the_runtime_refuses(rp, tmp_path, change,
+                                                                    words):
+    from rsir_sdk.bundle_writer import BundleWriteError, write_bundle
+
+    manifest = manifest_for(BITS, SIZE, SIZE)
+    change(manifest)
+    with pytest.raises(BundleWriteError) as err:
+        write_bundle(tmp_path / "b", rp[0], manifest)
+    assert "does not load" in str(err.value) and words in str(err.value), err.value
+    assert not (tmp_path / "b" / "manifest.json").exists()
+    with pytest.raises(BundleWriteError, match="cannot be completed"):
+        write_bundle(tmp_path / "c", rp[0], dict(manifest_for(BITS, SIZE, SIZE), bits="32x"))
