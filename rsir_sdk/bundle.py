@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -315,7 +316,7 @@ class Bundle:
 def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     """The manifest fields every bundle needs, checked; raises on anything malformed."""
     version = _require(manifest, "format_version", None, root)
-    if isinstance(version, bool) or int(version) != float(version) or int(version) < 1:
+    if isinstance(version, (bool, str)) or int(version) != float(version) or int(version) < 1:
         raise BundleError(f"bundle {root}: format_version must be a positive integer, got {version!r}")
     if int(version) > FORMAT_VERSION:
         raise BundleError(
@@ -347,12 +348,17 @@ def _read_fields(root: Path, manifest: dict[str, Any]) -> tuple:
     if not isinstance(outputs, dict):
         raise BundleError(f"bundle {root}: field 'outputs' must be a JSON object")
     declared = manifest.get("model_sha256")
+    if isinstance(declared, str):
+        declared = declared.lower()  # hex digits in either case name the same hash
     if not isinstance(declared, str) or len(declared) != 64:
         raise BundleError(
             f"bundle {root}: {MANIFEST_FILE} has no valid model_sha256 (the encoder's identity); "
             f"write bundles with rsir_sdk.bundle_writer.write_bundle"
         )
-    float(manifest.get("code_threshold", 0.0))
+    threshold = manifest.get("code_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not math.isfinite(threshold):
+        raise _field_error(root, "code_threshold", threshold, "a finite number")
     if not isinstance(manifest.get("classes", []), list):
         raise BundleError(f"bundle {root}: field 'classes' must be a list")
     return method, bits, model_file, height, width, inp, pre, outputs, declared

@@ -46,7 +46,8 @@ class FineCodes:
         if mode == "appearance" and self.bundle.fine_bits is None:
             raise InvalidInputError(
                 f"mode='appearance' needs a bundle with a fine code; {self.bundle.path} has none "
-                f"(written before issue 20): train it again with rsir train")
+                f"(written before issue 20, or by hand without one): train it again with rsir "
+                f"train, or add a fine-code output (docs/bundle.md)")
         if mode == "appearance" and self.store.exists and self.store.fine_bits is None:
             # refused before any image is decoded (the store would refuse it after encoding)
             from .store.finerank import refuse_appearance

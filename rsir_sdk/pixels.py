@@ -20,6 +20,7 @@ already shrunk (JPEG by the decoder, others by box averaging) before these rules
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from dataclasses import dataclass, field
@@ -64,11 +65,22 @@ def check_file(src: str | os.PathLike, name: str | None = None) -> Path:
     name = name or str(src)
     if not path.is_file():
         if path.is_symlink() and not path.exists():
-            raise ImageLoadError(name, f"a broken link (to {os.readlink(path)})")
+            raise ImageLoadError(name, _dangling(path))
         raise ImageLoadError(name, "no such file" if not path.exists() else "not a file")
     if path.stat().st_size == 0:
         raise ImageLoadError(name, "the file is empty (0 bytes)")
     return path
+
+
+def _dangling(path: Path) -> str:
+    """Why a symbolic link leads to no file: a loop (to itself, or links that lead back), or a
+    target that is missing."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"a symbolic link loop (to {os.readlink(path)})"
+    return f"a broken link (to {os.readlink(path)})"
 
 
 def pil_to_rgb(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:

@@ -106,6 +106,12 @@ class Retriever(RetrieverWrites):
         asked = None if raster_rule is None else as_rule(raster_rule)
         identity = dict(self.bundle.identity())
         identity["raster_rule"] = (asked or RasterRule()).to_dict()
+        # the model first: a bundle whose model cannot run is named as such, not as an encoder
+        # that does not match the collection (its rule is the collection's, set below)
+        self.encoder = Encoder(
+            self.bundle, raster_rule=asked or RasterRule(), providers=providers, threads=threads,
+            batch_size=batch_size, url_timeout=url_timeout,
+        )
         self.store = MilvusCodeStore(
             uri, name, bits=self.bundle.bits, token=token, encoder=identity,
             fine_bits=self.bundle.fine_bits, scene_test=self.bundle.scene_test,
@@ -113,10 +119,7 @@ class Retriever(RetrieverWrites):
         )
         try:
             self.raster_rule = self._collection_rule(asked)
-            self.encoder = Encoder(
-                self.bundle, raster_rule=self.raster_rule, providers=providers, threads=threads,
-                batch_size=batch_size, url_timeout=url_timeout,
-            )
+            self.encoder.raster_rule = self.raster_rule
         except BaseException:
             self.store.close()
             raise
@@ -296,7 +299,8 @@ class Retriever(RetrieverWrites):
         if self.bundle.fine_bits is None:
             raise InvalidInputError(
                 f"duplicates are found by the fine code; the bundle {self.bundle.path} has none "
-                f"(written before issue 20): train it again with rsir train")
+                f"(written before issue 20, or by hand without one): train it again with rsir "
+                f"train, or add a fine-code output (docs/bundle.md)")
         check_radius_length(radius, self.bundle.fine_bits, "fine-code")
         return self.store.duplicates(radius, filter, geo=geo)
 

@@ -206,3 +206,40 @@ def test_write_bundle_refuses_to_leave_a_bundle_the_runtime_refuses(rp, tmp_path
     assert not (tmp_path / "b" / "manifest.json").exists()
     with pytest.raises(BundleWriteError, match="cannot be completed"):
         write_bundle(tmp_path / "c", rp[0], dict(manifest_for(BITS, SIZE, SIZE), bits="32x"))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("code_threshold", float("nan"), "'code_threshold' is NaN; it must be a finite number"),
+    ("format_version", "1", "format_version must be a positive integer"),
+])
+def test_manifest_values_json_allows_but_the_runtime_cannot_use_are_refused(rp, tmp_path, field,
+                                                                          value, words):
+    bundle = hand_made(tmp_path / "b", rp[0], dict(manifest_for(BITS, SIZE, SIZE), **{field: value}))
+    with pytest.raises(BundleError) as err:
+        Bundle.load(bundle)
+    assert words in str(err.value)
+
+
+def test_an_upper_case_model_hash_names_the_same_model(rp, tmp_path):
+    bundle = hand_made(tmp_path / "b", rp[0], manifest_for(BITS, SIZE, SIZE))
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["model_sha256"] = m["model_sha256"].upper()
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    assert Bundle.load(bundle).encoder_id == m["model_sha256"][:16].lower()
+
+
+def test_a_model_that_cannot_run_is_named_before_the_collection_is_compared(rp, tmp_path,
+                                                                           sample_images):
+    """A damaged model with its hash recomputed was reported as an encoder that does not
+    match the collection, whose advice (re-index) only led to the real error."""
+    bundle = hand_made(tmp_path / "b", rp[0], manifest_for(BITS, SIZE, SIZE))
+    db = str(tmp_path / "c.db")
+    with Retriever(bundle, uri=db, collection="c") as r:
+        r.add_images([str(sample_images[0][0])])
+    (bundle / "model.onnx").write_bytes(b"not a model at all")
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["model_sha256"] = hashlib.sha256(b"not a model at all").hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError) as err:
+        Retriever(bundle, uri=db, collection="c")
+    assert "onnxruntime cannot load model.onnx" in str(err.value)

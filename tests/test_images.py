@@ -130,3 +130,15 @@ def test_private_addresses_are_opt_in(http_base):
     with pytest.raises(ImageLoadError) as err:   # a raw "@" inside the password
         load_image("http://user:hun@ter2@10.0.0.1/x.jpg")
     assert err.value.source == "http://***@10.0.0.1/x.jpg" and "ter2" not in str(err.value)
+
+
+def test_a_link_to_itself_is_named_a_loop_not_a_broken_link(tmp_path):
+    from rsir_sdk.errors import ImageLoadError
+    from rsir_sdk.images import load_image
+
+    (tmp_path / "self.jpg").symlink_to("self.jpg")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "moved.jpg")
+    with pytest.raises(ImageLoadError, match="a symbolic link loop"):
+        load_image(tmp_path / "self.jpg")
+    with pytest.raises(ImageLoadError, match="a broken link"):
+        load_image(tmp_path / "gone.jpg")
