@@ -30,6 +30,15 @@ def test_info(rp_bundle, capsys):
     assert code == 1 and "does not exist" in err
 
 
+def test_info_fails_when_the_store_it_was_asked_about_cannot_be_opened(rp_bundle, tmp_path,
+                                                                      capsys):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"these bytes are not a Milvus Lite database" * 20)
+    for extra in ([], ["--json"]):
+        code, out, _ = run(capsys, "info", rp_bundle[0], "--uri", bad, *extra)
+        assert code == 1 and "not a Milvus Lite database file" in out, out
+
+
 def test_index_search_collections_gallery(tmp_path, sample_images, rp_bundle, db_uri, capsys):
     archive = tmp_path / "archive"
     for p, label in sample_images[::4]:

@@ -62,9 +62,12 @@ def run_info(args: argparse.Namespace) -> int:
         info["store"] = collection_info(b, args.uri, args.collection, args.token)
     if db_error:
         info["database"] = {**info["database"], "error": db_error}
+    # a store asked for (--uri) that cannot be opened fails the command, as an unreadable
+    # database does: a script checking rsir info's status read 0 for a file it cannot use
+    store_error = (info.get("store") or {}).get("error")
     if args.json:
         print_json(info)
-        return EXIT_ERROR if db_error else EXIT_OK
+        return EXIT_ERROR if db_error or store_error else EXIT_OK
     for key in ("path", "method", "bits", "encoder_id", "input", "symmetric", "collection"):
         print(f"{key:12s} {info[key]}")
     print(f"{'fine_bits':12s} {_fine_text(b)}")
@@ -99,7 +102,7 @@ def run_info(args: argparse.Namespace) -> int:
     if db_error:
         warn(f"rsir info: {db_error}")
         return EXIT_ERROR
-    return EXIT_OK
+    return EXIT_ERROR if store_error else EXIT_OK
 
 
 def _parent_text(parent: dict[str, Any]) -> str:
