@@ -340,3 +340,11 @@ def test_a_full_disk_is_named_and_the_rerun_is_exact(small_disk, rp_bundle, samp
     with MilvusCodeStore(str(db), "c") as s:
         ids = list(s.iter_ids())
         assert s.count() == len(set(ids)) == 200
+
+
+def test_a_lite_path_under_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with MilvusCodeStore("~/home.db", "c", bits=64) as store:
+        store.upsert(["a"], np.zeros((1, 8), np.uint8))
+        assert store.uri == str(tmp_path / "home.db")
+    assert (tmp_path / "home.db").is_file()

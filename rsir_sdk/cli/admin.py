@@ -244,4 +244,4 @@ def run_drop(args: argparse.Namespace) -> int:
 def _exists(path: str) -> bool:
     from pathlib import Path
 
-    return Path(path).exists()
+    return Path(path).expanduser().exists()

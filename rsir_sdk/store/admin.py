@@ -74,4 +74,4 @@ def drop_collection(uri: str, collection: str, token: str | None = None) -> int 
 
 def lite_missing(uri: str) -> bool:
     """True for a Milvus Lite path whose file does not exist."""
-    return is_lite_uri(str(uri)) and not os.path.exists(str(uri))
+    return is_lite_uri(str(uri)) and not os.path.exists(os.path.expanduser(str(uri)))

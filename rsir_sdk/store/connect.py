@@ -85,6 +85,8 @@ class Connection:
     def __init__(self, uri: str, token: str | None, options: ConnectOptions | None = None):
         opts = options if options is not None else ConnectOptions()
         self.uri = str(uri)
+        if self.uri.startswith("~") and is_lite_uri(self.uri):  # as a shell would (a quoted
+            self.uri = os.path.expanduser(self.uri)               # --uri "~/x.db" made ./~)
         self.display_uri = redact_uri(self.uri)
         self.is_lite = is_lite_uri(self.uri)
         self.timeout = opts.timeout
