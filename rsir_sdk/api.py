@@ -166,3 +166,10 @@ class RetrievalAPI(Protocol):
     def close(self) -> None:
         """Release connections (the collection and any service keep running)."""
         ...
+
+    def __enter__(self) -> Any:
+        """``with`` a retriever: closed at the end of the block."""
+        ...
+
+    def __exit__(self, *exc: Any) -> None:
+        ...

@@ -351,6 +351,9 @@ class Encoder:
     @overload
     def encode(self, images: ImageSource | Iterable[ImageSource], batch_size: int | None,
                return_embeddings: Literal[True]) -> Encoded: ...
+    @overload
+    def encode(self, images: ImageSource | Iterable[ImageSource], *,
+               return_embeddings: Literal[True]) -> Encoded: ...
 
     def encode(
         self,

@@ -56,13 +56,27 @@ SEARCH_MODES = ("default", "appearance")
 @dataclass(frozen=True)
 class StoredItem:
     """One stored row as ``get`` returns it: id, packed code ``uint8 (bits/8,)``, label, path,
-    metadata."""
+    metadata, and its place and period as a :class:`Hit` has them (``footprint`` ``(west,
+    south, east, north)`` or ``None``, ``time`` ISO 8601 or ``None``). Items compare equal when
+    every field, the code's bytes included, is equal."""
 
     id: str
     code: np.ndarray
     label: str
     path: str
     metadata: dict[str, Any]
+    footprint: tuple[float, float, float, float] | None = None
+    time: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        # the dataclass' own == compared the code arrays with ==, and raised on their truth
+        if not isinstance(other, StoredItem):
+            return NotImplemented
+        return ((self.id, self.label, self.path, self.metadata, self.footprint, self.time)
+                == (other.id, other.label, other.path, other.metadata, other.footprint,
+                    other.time) and np.array_equal(self.code, other.code))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable metadata: not a set member
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
@@ -90,13 +104,19 @@ def hit_from_json(obj: Mapping[str, Any]) -> Hit:
 
 
 def item_to_json(item: StoredItem) -> dict[str, Any]:
-    """A stored item as a JSON object, its code as base64 of the packed bytes."""
+    """A stored item as a JSON object, its code as base64 of the packed bytes (``footprint``
+    ``[w, s, e, n]`` or ``null``, ``time`` ISO 8601 or ``null``, as :func:`hit_to_json`)."""
     return {"id": item.id, "code": base64.b64encode(bytes(item.code)).decode("ascii"),
-            "label": item.label, "path": item.path, "metadata": item.metadata}
+            "label": item.label, "path": item.path, "metadata": item.metadata,
+            "footprint": None if item.footprint is None else [float(v) for v in item.footprint],
+            "time": item.time}
 
 
 def item_from_json(obj: Mapping[str, Any]) -> StoredItem:
     """The :class:`StoredItem` that :func:`item_to_json` wrote."""
     code = np.frombuffer(base64.b64decode(obj["code"]), dtype=np.uint8).copy()
+    fp = obj.get("footprint")
     return StoredItem(id=str(obj["id"]), code=code, label=obj.get("label") or "",
-                      path=obj.get("path") or "", metadata=dict(obj.get("metadata") or {}))
+                      path=obj.get("path") or "", metadata=dict(obj.get("metadata") or {}),
+                      footprint=None if fp is None else tuple(float(v) for v in fp),  # type: ignore[arg-type]
+                      time=None if obj.get("time") is None else str(obj["time"]))

@@ -27,6 +27,11 @@ class IngestInterrupted(KeyboardInterrupt):
             f"resume (already indexed ids are skipped)"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its summary (the default passed the message as the summary), so it
+        # crosses a process boundary (multiprocessing, concurrent.futures) intact
+        return (type(self), (self.summary,))
+
 
 @dataclass
 class IngestProgress:

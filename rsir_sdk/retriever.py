@@ -75,7 +75,14 @@ class Retriever(RetrieverWrites):
     ``providers``, ``threads``, ``batch_size``: the encoder's onnxruntime providers, threads and
     images per call. ``index_options`` (:class:`~rsir_sdk.options.IndexOptions`): the index type
     of a new server collection and its index and search parameters. ``url_timeout``: seconds
-    allowed, in all (DNS, connect, headers, body), to fetch an image given as a URL.
+    allowed, in all (DNS, connect, headers, body), to fetch an image given as a URL;
+    ``allow_private_urls``: also fetch from private, loopback and link-local addresses (an
+    intranet image server; off by default, as a service must keep it: :mod:`rsir_sdk.urlfetch`).
+
+    A Retriever holds a database connection and a model session: it cannot be pickled (open
+    one in each process). onnxruntime is not fork-safe: a child forked after the parent
+    encoded can hang or crash as it exits; with multiprocessing, use the "spawn" start method
+    and open a Retriever in each worker.
 
     >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")     # doctest: +SKIP
     >>> r.add_images(["a.jpg", "b.jpg"], ids=["a", "b"], labels=["forest", "river"])
@@ -96,6 +103,7 @@ class Retriever(RetrieverWrites):
         batch_size: int = 32,
         index_options: IndexOptions | None = None,
         url_timeout: float = DEFAULT_URL_TIMEOUT,
+        allow_private_urls: bool = False,
     ):
         if index_options is not None and not isinstance(index_options, IndexOptions):
             raise InvalidInputError(
@@ -110,7 +118,7 @@ class Retriever(RetrieverWrites):
         # that does not match the collection (its rule is the collection's, set below)
         self.encoder = Encoder(
             self.bundle, raster_rule=asked or RasterRule(), providers=providers, threads=threads,
-            batch_size=batch_size, url_timeout=url_timeout,
+            batch_size=batch_size, url_timeout=url_timeout, allow_private_urls=allow_private_urls,
         )
         self.store = MilvusCodeStore(
             uri, name, bits=self.bundle.bits, token=token, encoder=identity,
@@ -347,6 +355,11 @@ class Retriever(RetrieverWrites):
     def close(self) -> None:
         """Release the collection (for Milvus Lite, the database file)."""
         self.store.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Retriever holds a database connection and a model session and "
+                        "cannot be pickled: open one in each process (Retriever(bundle, uri, "
+                        "collection))")
 
     def __enter__(self) -> "Retriever":
         return self

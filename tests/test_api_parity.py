@@ -391,3 +391,27 @@ def test_fine_codes_give_the_same_results_locally_and_over_http(fine_world):
     assert all(v is not None for v in errors.values()), errors
     assert errors["bad mode"] is InvalidInputError and errors["codes without fine"] is \
         InvalidInputError
+
+
+def test_closed_and_pickled_retrievers_say_what_to_do(rp_bundle, tmp_path):
+    """A closed RemoteRetriever raised httpx's RuntimeError (no rsir error, no remedy); a
+    pickled Retriever failed on an RLock; an interruption did not survive unpickling."""
+    import pickle
+
+    from rsir_sdk.errors import StoreError
+    from rsir_sdk.ingest import IngestSummary
+    from rsir_sdk.ingest_report import IngestInterrupted
+    from rsir_sdk.serve.client import RemoteRetriever
+
+    remote = RemoteRetriever("http://127.0.0.1:9")    # nothing listens: no request is made
+    remote.close()
+    with pytest.raises(StoreError, match="is closed"):
+        remote.info()
+    assert remote.ready() is False
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "p.db"), collection="p") as local:
+        for obj in (local, RemoteRetriever("http://127.0.0.1:9")):
+            with pytest.raises(TypeError, match="cannot be pickled: open one in each process"):
+                pickle.dumps(obj)
+    summary = IngestSummary(collection="c", uri="u", total=3, indexed=2)
+    back = pickle.loads(pickle.dumps(IngestInterrupted(summary)))
+    assert back.summary.indexed == 2 and "after indexing 2 images" in str(back)

@@ -336,6 +336,20 @@ def test_hits_carry_their_footprint_and_time(world):
         assert np.allclose(h.footprint, syn[h.id]["box"]) and h.time == _iso(syn[h.id]["time"])
 
 
+def test_get_returns_the_place_and_period_a_hit_has(world):
+    """An item's place and period could be read from a search hit, not from get()."""
+    with Retriever(world["bundle"], uri=world["db"], collection="geo") as r:
+        hits = r.search(world["archive"] / "wgs84.tif", k=50)
+        items = r.get([h.id for h in hits])
+    assert [i.id for i in items] == [h.id for h in hits]
+    assert any(h.footprint is not None for h in hits) and any(h.time for h in hits)
+    for h, it in zip(hits, items):
+        assert (it.footprint, it.time) == (h.footprint, h.time)
+        assert it == items[items.index(it)]            # == compares the code's bytes, no error
+    first, second = items[0], items[1]
+    assert first != second and first in items and second not in items[:1]
+
+
 def _cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()

@@ -142,3 +142,18 @@ def test_a_link_to_itself_is_named_a_loop_not_a_broken_link(tmp_path):
         load_image(tmp_path / "self.jpg")
     with pytest.raises(ImageLoadError, match="a broken link"):
         load_image(tmp_path / "gone.jpg")
+
+
+def test_a_retriever_fetches_intranet_urls_when_it_is_allowed_to(http_base, rp_bundle, tmp_path):
+    """The refusal named allow_private_urls=True, which only Encoder took: a Retriever could
+    not search an intranet image server at all."""
+    from rsir_sdk import Retriever
+
+    url = f"{http_base}/scene.jpg"
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "u.db"), collection="u",
+                   allow_private_urls=True) as r:
+        r.add_images([url], ids=["scene"])
+        assert r.search(url, k=1)[0].id == "scene"
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "u.db"), collection="u") as r:
+        with pytest.raises(ImageLoadError, match="allow_private_urls=True"):
+            r.search(url, k=1)

@@ -348,3 +348,41 @@ def test_a_lite_path_under_the_home_folder_is_expanded(tmp_path, monkeypatch):
         store.upsert(["a"], np.zeros((1, 8), np.uint8))
         assert store.uri == str(tmp_path / "home.db")
     assert (tmp_path / "home.db").is_file()
+
+
+def test_a_closed_store_refuses_writes_and_starts_no_server(tmp_path):
+    """Reads after close() were refused, writes were not: pymilvus' write connection started
+    a new Lite server (never stopped) and the rows were stored."""
+    db = tmp_path / "closed.db"
+    store = MilvusCodeStore(str(db), "c", bits=64)
+    store.upsert(["a"], np.zeros((1, 8), np.uint8))
+    store.close()
+    for write in (lambda: store.upsert(["z"], np.ones((1, 8), np.uint8)),
+                  lambda: store.insert(["y"], np.ones((1, 8), np.uint8))):
+        with pytest.raises(StoreError, match="is closed"):
+            write()
+    assert lite.lite_server_pids(db) == []
+    with MilvusCodeStore(str(db), "c") as again:
+        assert sorted(again.iter_ids()) == ["a"]
+
+
+def test_a_store_dropped_without_close_frees_its_file(tmp_path):
+    """A notebook cell that makes a store again dropped the old one without close(): its
+    Lite server and the file's lock stayed until the kernel restarted."""
+    import gc
+
+    db = tmp_path / "dropped.db"
+    store = MilvusCodeStore(str(db), "c", bits=64)
+    store.upsert(["a"], np.zeros((1, 8), np.uint8))
+    assert lite.lite_server_pids(db)
+    del store
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while lite.lite_server_pids(db):
+        assert time.monotonic() < deadline, "the dropped store's server still runs"
+        time.sleep(0.1)
+    code = ("import sys\nfrom rsir_sdk import MilvusCodeStore\n"
+            "with MilvusCodeStore(sys.argv[1], 'c') as s: print(s.count())")
+    probe = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True,
+                           text=True, timeout=120)
+    assert probe.stdout.strip() == "1", probe.stderr[-500:]

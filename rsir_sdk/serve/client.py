@@ -492,6 +492,10 @@ class RemoteRetriever:
         """Close the HTTP connections (the service keeps running)."""
         self._transport.close()
 
+    def __reduce__(self) -> Any:
+        raise TypeError("a RemoteRetriever holds open HTTP connections and cannot be pickled: "
+                        "open one in each process (RemoteRetriever(url, token))")
+
     def __enter__(self) -> "RemoteRetriever":
         return self
 

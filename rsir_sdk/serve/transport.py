@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import httpx
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, StoreError
 from .errors import ServiceConnectionError, ServiceTimeoutError, exception_for
 
 # the name it had before the transport got its own module: logging set up for it still applies
@@ -80,12 +80,16 @@ class HttpTransport:
         #: bytes of request bodies sent, total and by the last request (codes vs uploads)
         self.bytes_sent = 0
         self.last_request_bytes = 0
+        self.closed = False
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                 content: bytes | None = None, json_body: Any = None, files: Any = None,
                 data: Any = None, headers: Mapping[str, str] | None = None,
                 timeout: float | None = None) -> Any:
         """Send one request with retries; the decoded JSON answer, or the mapped exception."""
+        if self.closed:  # httpx's own RuntimeError is no rsir error and names no remedy
+            raise StoreError(f"this RemoteRetriever of {self.url} is closed (close() was "
+                             f"called, or a with-block ended): open a new one")
         hdrs = {**self.headers, **(headers or {})}
         if json_body is not None:
             content = json.dumps(json_body, ensure_ascii=False).encode()
@@ -114,7 +118,9 @@ class HttpTransport:
 
     def answers_ok(self, path: str) -> bool:
         """Whether ``GET path`` answers 200: one attempt, no retries, no token; ``False`` when
-        the service cannot be reached."""
+        the service cannot be reached (or this transport is closed)."""
+        if self.closed:
+            return False
         try:
             response = self.client.get(self.url + path)
         except httpx.HTTPError:
@@ -122,7 +128,8 @@ class HttpTransport:
         return response.status_code == 200
 
     def close(self) -> None:
-        """Close the ``httpx.Client`` if this transport made it."""
+        """Close the ``httpx.Client`` if this transport made it; later requests are refused."""
+        self.closed = True
         if self.own_client:
             self.client.close()
 

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -97,6 +98,7 @@ class Connection:
         self._orm_alias: str | None = None
         self._orm_collections: dict[str, Any] = {}
         self._lite_file: str | None = None
+        self._release_on_drop: weakref.finalize | None = None
         self.first_on_file = False
         self._clock_key = lite.server_key(self.uri) if self.is_lite else ""
         self._broken: str | None = None
@@ -154,6 +156,9 @@ class Connection:
             #: holds the file's lock: nothing else writes to it meanwhile)
             self.first_on_file = first
             self._lite_file = self.uri
+            # a store dropped without close() (a notebook cell run again) releases its file
+            # when collected: its server stops and another program may open the file
+            self._release_on_drop = weakref.finalize(self, lite.release, self.uri)
             try:
                 lite.wait_for_lite_file(self.uri, lite_wait)
                 if first:
@@ -257,9 +262,22 @@ class Connection:
                 client.close()
             except Exception:  # closing twice or a server gone away is not an error here
                 pass
+        self._release_file()
+
+    def _release_file(self) -> None:
+        """This connection's use of its Milvus Lite file ends (the last one stops the server
+        and frees the file)."""
         path, self._lite_file = self._lite_file, None
+        drop, self._release_on_drop = self._release_on_drop, None
+        if drop is not None:
+            drop.detach()
         if path is not None:
             lite.release(path)
+
+    def closed_message(self) -> str:
+        """What a call on a closed connection says."""
+        return (f"the connection to {self.display_uri} is closed (close() was called, or a "
+                f"with-block ended: open a new Retriever or store)")
 
     # ----------------------------------------------------------------- calls
     def call(self, method: str, *args: Any, what: str, read: bool = False,
@@ -272,8 +290,7 @@ class Connection:
         if self._broken:
             raise StoreError(self._broken)
         if self.client is None:
-            raise StoreError(f"the connection to {self.display_uri} is closed (close() was "
-                             f"called, or a with-block ended: open a new Retriever or store)")
+            raise StoreError(self.closed_message())
         kwargs.setdefault("retry_times", rpc.RETRIES)
         if self.timeout is not None:
             kwargs.setdefault("timeout", self.timeout)
@@ -344,9 +361,7 @@ class Connection:
                 client.close()
             except Exception:  # its server is gone: nothing to close there
                 pass
-        path, self._lite_file = self._lite_file, None
-        if path is not None:
-            lite.release(path)
+        self._release_file()
         self._pending = self._reopen_with
         log.info("the Milvus Lite server of %s stopped during %s; it starts again with the "
                  "next request", self.uri, what)
@@ -383,6 +398,8 @@ class Connection:
         """The alias of this connection's ORM connection (opened on first use)."""
         if self._orm_alias is not None:
             return self._orm_alias
+        if self.client is None:  # closed: pymilvus would start a new Lite server, never stopped
+            raise StoreError(self.closed_message())
         from pymilvus import connections
 
         alias = f"rsir-{os.getpid()}-{id(self)}"

@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import StoreError
+from ..geo import FIELDS
 from ..hits import StoredItem
-from . import keys, server, values
+from . import keys, place, server, values
 from . import search as searching
 from .schema import PK_CHUNK
 
@@ -50,11 +51,12 @@ def by_pk(store: "MilvusCodeStore", ids: Iterable[str], fields: list[str]) -> di
 def get(store: "MilvusCodeStore", ids: Iterable[str]) -> list[StoredItem]:
     """Stored items by id (missing ids are left out), in the order asked."""
     wanted = values.lookup_ids(ids)
-    found = by_pk(store, wanted, ["pk", "id", "code", "label", "path", "metadata"])
+    fields = ["pk", "id", "code", "label", "path", "metadata"]
+    found = by_pk(store, wanted, fields + (list(FIELDS) if store.has_place else []))
     return [
-        StoredItem(id=i, code=server._code(found[i]["code"]).copy(),
-                   label=found[i].get("label", ""), path=found[i].get("path", ""),
-                   metadata=dict(found[i].get("metadata") or {}))
+        StoredItem(found[i]["id"], server._code(found[i]["code"]).copy(),
+                   found[i].get("label", ""), found[i].get("path", ""),
+                   dict(found[i].get("metadata") or {}), *place.hit_place(found[i]))
         for i in wanted if i in found
     ]
 
