@@ -75,9 +75,10 @@ class Retriever(RetrieverWrites):
     ``providers``, ``threads``, ``batch_size``: the encoder's onnxruntime providers, threads and
     images per call. ``index_options`` (:class:`~rsir_sdk.options.IndexOptions`): the index type
     of a new server collection and its index and search parameters. ``url_timeout``: seconds
-    allowed, in all (DNS, connect, headers, body), to fetch an image given as a URL;
-    ``allow_private_urls``: also fetch from private, loopback and link-local addresses (an
-    intranet image server; off by default, as a service must keep it: :mod:`rsir_sdk.urlfetch`).
+    allowed, in all (DNS, connect, headers, body), to fetch an image given as a URL. URLs of
+    private, loopback and link-local addresses (an intranet image server) are fetched once
+    ``r.encoder.allow_private_urls = True`` (off by default, as a service must keep it:
+    :mod:`rsir_sdk.urlfetch`).
 
     A Retriever holds a database connection and a model session: it cannot be pickled (open
     one in each process). onnxruntime is not fork-safe: a child forked after the parent
@@ -103,7 +104,6 @@ class Retriever(RetrieverWrites):
         batch_size: int = 32,
         index_options: IndexOptions | None = None,
         url_timeout: float = DEFAULT_URL_TIMEOUT,
-        allow_private_urls: bool = False,
     ):
         if index_options is not None and not isinstance(index_options, IndexOptions):
             raise InvalidInputError(
@@ -118,7 +118,7 @@ class Retriever(RetrieverWrites):
         # that does not match the collection (its rule is the collection's, set below)
         self.encoder = Encoder(
             self.bundle, raster_rule=asked or RasterRule(), providers=providers, threads=threads,
-            batch_size=batch_size, url_timeout=url_timeout, allow_private_urls=allow_private_urls,
+            batch_size=batch_size, url_timeout=url_timeout,
         )
         self.store = MilvusCodeStore(
             uri, name, bits=self.bundle.bits, token=token, encoder=identity,

@@ -191,8 +191,8 @@ class _GuardedBackend:
                     shown = host if host == ip else f"{host} ({ip})"
                     raise _Refused(
                         f"{shown} is a private, loopback or link-local address; such URLs are "
-                        f"fetched only when allowed (allow_private_urls=True, rsir serve "
-                        f"--allow-private-urls)")
+                        f"fetched only when allowed (allow_private_urls=True; a Retriever's "
+                        f"r.encoder.allow_private_urls = True; rsir serve --allow-private-urls)")
         error: Exception | None = None
         for ip in addresses:
             try:

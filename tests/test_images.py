@@ -145,15 +145,15 @@ def test_a_link_to_itself_is_named_a_loop_not_a_broken_link(tmp_path):
 
 
 def test_a_retriever_fetches_intranet_urls_when_it_is_allowed_to(http_base, rp_bundle, tmp_path):
-    """The refusal named allow_private_urls=True, which only Encoder took: a Retriever could
-    not search an intranet image server at all."""
+    """The refusal named allow_private_urls=True, which only Encoder takes: a Retriever's
+    user could not tell how to search an intranet image server."""
     from rsir_sdk import Retriever
 
     url = f"{http_base}/scene.jpg"
-    with Retriever(rp_bundle[0], uri=str(tmp_path / "u.db"), collection="u",
-                   allow_private_urls=True) as r:
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "u.db"), collection="u") as r:
+        r.encoder.allow_private_urls = True                  # the way the refusal names
         r.add_images([url], ids=["scene"])
         assert r.search(url, k=1)[0].id == "scene"
     with Retriever(rp_bundle[0], uri=str(tmp_path / "u.db"), collection="u") as r:
-        with pytest.raises(ImageLoadError, match="allow_private_urls=True"):
+        with pytest.raises(ImageLoadError, match="r.encoder.allow_private_urls = True"):
             r.search(url, k=1)
