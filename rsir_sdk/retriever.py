@@ -88,7 +88,7 @@ class Retriever(RetrieverWrites):
     >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")     # doctest: +SKIP
     >>> r.add_images(["a.jpg", "b.jpg"], ids=["a", "b"], labels=["forest", "river"])
     >>> r.search("query.jpg", k=2)                                          # doctest: +SKIP
-    [Hit(id='a', distance=4, label='forest', path='a.jpg', metadata={}), ...]
+    [Hit(id='a', distance=4, label='forest', path='a.jpg', metadata={}, footprint=None, time=None, fine_distance=12), ...]
     """
 
     def __init__(
@@ -177,7 +177,14 @@ class Retriever(RetrieverWrites):
         self, img: ImageSource, k: int = 10, filter: Filter = None, radius: int | None = None,
         *, bbox: Any = None, near: Any = None, time: Any = None, mode: str = "default",
     ) -> list[Hit]:
-        """Hamming top-``k`` for one image (path, bytes, file, PIL, array or URL).
+        """Hamming top-``k`` for one image (path, bytes, file, PIL, array or URL): a list of
+        at most ``k`` :class:`~rsir_sdk.hits.Hit`, nearest first.
+
+        ``k``: an int in 1..16384. Raises :class:`~rsir_sdk.errors.InvalidInputError` for a bad
+        argument (before the image is read), :class:`~rsir_sdk.errors.ImageLoadError` for an
+        image that cannot be read, :class:`~rsir_sdk.errors.CollectionNotFoundError` for a
+        collection never written, :class:`~rsir_sdk.errors.StoreError` when Milvus fails or
+        the Retriever is closed; all are :class:`~rsir_sdk.errors.RsirError`.
 
         ``filter``: a dict (``{"label": "forest", "sensor": "S2"}``; a list value means "any
         of"; non-column keys are metadata keys) or a Milvus expression string.
