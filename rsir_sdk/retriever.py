@@ -4,8 +4,8 @@ The Retriever owns the runtime's paths. The ``rsir`` command and the HTTP servic
 nothing else, so a search from Python, from the command line and over HTTP encodes the query the
 same way and gets the same hits.
 
-Its writes (``add_images``, ``add_codes``, ``add_learned_codes``, ``index``, ``delete``) are
-its base class :class:`~rsir_sdk.retriever_writes.RetrieverWrites`.
+The work behind its writes (``add_images``, ``add_learned_codes``, ``index``) is
+:mod:`rsir_sdk.retriever_writes`; its fine-code side :mod:`rsir_sdk.fine_codes`.
 
 >>> from rsir_sdk import Retriever
 >>> r = Retriever("bundle/", uri="./rsir.db", collection="scenes")   # doctest: +SKIP
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from . import retriever_writes
 from .api import Filter
+from .archive import ArchiveListing
 from .bundle import Bundle
 from .call_checks import (
     check_radius_length,
@@ -35,14 +37,15 @@ from .call_checks import (
 from .codes import as_packed
 from .encoder import Encoder
 from .errors import InvalidInputError, RasterRuleMismatchError
+from .failures import FailureReport
 from .fine_codes import FineCodes
 from .geo import GeoFilter
 from .hits import Hit, StoredItem
 from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike
-from .options import IndexOptions
+from .ingest import IngestProgress, IngestSummary
+from .options import IndexOptions, IngestOptions
 from .rasters import RasterRule, as_rule
-from .retriever_writes import RetrieverWrites
-from .store import MAX_TOPK, MilvusCodeStore
+from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
 from .store import keys as store_keys
 from .store import place as store_place
 from .store import values as store_values
@@ -50,7 +53,7 @@ from .store import values as store_values
 log = logging.getLogger(__name__)
 
 
-class Retriever(RetrieverWrites):
+class Retriever:
     """Search a Milvus collection of binary codes with images, using a model bundle's encoder.
 
     ``uri``/``token`` are passed to pymilvus as they are: a ``.db`` file path is Milvus Lite,
@@ -138,6 +141,12 @@ class Retriever(RetrieverWrites):
                         "rank by the retrieval code alone; to rank by appearance, drop it "
                         "(rsir drop %s --yes) and index again", self.store.collection,
                         self.store.collection)
+
+    @property
+    def fine_ranking(self) -> bool:
+        """True when the bundle has a fine code and the collection keeps (or, new, will keep)
+        fine codes: writes carry both codes, and searches rank ties by the fine code."""
+        return self._fine.ranking
 
     def _collection_rule(self, asked: RasterRule | None) -> RasterRule:
         recorded = (self.store.encoder or {}).get("raster_rule")
@@ -292,6 +301,128 @@ class Retriever(RetrieverWrites):
         mode = self._fine.check_mode(mode)
         check_radius_length(radius, *radius_bound(mode, self.bundle.bits, self.bundle.fine_bits))
         return geo, mode
+
+    # ----------------------------------------------------------------- writes
+    def add_images(
+        self,
+        images: Sequence[ImageSource],
+        ids: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        paths: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        footprints: Sequence[Any] | None = None,
+        times: Sequence[Any] | None = None,
+    ) -> int:
+        """Encode images and upsert their codes; returns how many were written.
+
+        Ids default to the path of each source (only when every source is a path). Every
+        image is encoded before anything is written, so one bad image changes nothing.
+        ``footprints`` (per image a ``(west, south, east, north)`` box, a ``(lon, lat)``
+        point, a :class:`~rsir_sdk.geo.Footprint` or ``None``) and ``times`` (ISO 8601, epoch
+        seconds or ``None``) give each image's place and time; where not given, its metadata's
+        georeferencing (``lonlat_bounds``, ``lonlat``, ``time``) does (docs/geo.md). A bad one
+        raises :class:`~rsir_sdk.errors.InvalidInputError` naming the item, before any image
+        is decoded. With a fine code (bundle and collection) each image's fine code is written
+        too, from the same forward pass.
+
+        >>> r.add_images(["a.jpg"], ids=["a"], labels=["forest"], metadata=[{"year": 2020}])
+        1
+        """
+        return retriever_writes.add_images(self, images, ids, labels, metadata, paths,
+                                           batch_size, (footprints, times))
+
+    def add_codes(
+        self,
+        codes: np.ndarray | bytes,
+        ids: Sequence[str],
+        labels: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        footprints: Sequence[Any] | None = None,
+        times: Sequence[Any] | None = None,
+        fine: np.ndarray | bytes | None = None,
+    ) -> int:
+        """Upsert packed codes as they are (learned database codes, or codes made elsewhere);
+        ``footprints`` and ``times`` as in :meth:`add_images`.
+
+        ``fine``: the items' fine codes ``uint8 (n, fine_bits/8)`` from the same forward pass
+        (an edge device: :meth:`~rsir_sdk.Encoder.encode_both`). A collection that keeps fine
+        codes refuses codes without them (:class:`~rsir_sdk.errors.InvalidInputError`); one
+        filled before issue 20 keeps none and drops them with one warning.
+
+        >>> db = r.bundle.load_database()                              # doctest: +SKIP
+        >>> r.add_codes(db.codes, db.ids, db.labels, db.paths, fine=db.fine)   # doctest: +SKIP
+        """
+        packed = as_packed(codes, self.bundle.bits)
+        fine_packed = self._fine.given(fine, packed.shape[0])
+        return self.store.upsert(ids, packed, labels, paths, metadata,
+                                 encoder=self.bundle.identity(), footprints=footprints, times=times,
+                                 fine=fine_packed)
+
+    def add_learned_codes(self) -> int:
+        """Put the bundle's learned database codes (AHCL's V) into the collection as learned.
+
+        Their paths are made absolute under the archive the bundle records, when it records one
+        that exists, so that galleries and the service can show the images. Their fine codes
+        are the bundle's (``database.npz`` ``fine``, computed at export time by the same
+        network). A bundle written before those, with a fine code and a collection that keeps
+        fine codes, has them made here by encoding the database images found under that
+        archive (each image once; the learned codes stay as they are); when the images are not
+        there, :class:`~rsir_sdk.errors.BundleError` says so before anything is written.
+        """
+        return retriever_writes.add_learned_codes(self)
+
+    def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
+        """Leave a server collection ready to search at full speed (see
+        :meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`; ``index`` does it)."""
+        return self.store.prepare_for_search(**kw)
+
+    def index(
+        self,
+        archive: str | os.PathLike | ArchiveListing,
+        options: IngestOptions | None = None,
+        *,
+        report: str | os.PathLike | FailureReport | None = None,
+        progress: Callable[[IngestProgress], None] | None = None,
+        on_prepare: Callable[[PrepareProgress], None] | None = None,
+        **overrides: Any,
+    ) -> IngestSummary:
+        """Encode every image of an archive (a folder or a CSV manifest) into the collection.
+
+        ``options``: an :class:`~rsir_sdk.options.IngestOptions` value; keyword ``overrides``
+        are its field names and replace those fields (``r.index("archive/",
+        label_from="parent")`` is ``r.index("archive/", IngestOptions(label_from="parent"))``);
+        an unknown name or a bad value raises :class:`~rsir_sdk.errors.InvalidInputError`
+        before anything is listed or written.
+
+        Resumable: ids already present are skipped (``skip_existing=False`` re-encodes them), so
+        re-running after an interruption finishes the rest. Images that cannot be indexed are
+        listed in the returned summary and, when ``report`` names a file, in that CSV report
+        (removed again when nothing failed). ``progress`` is called as work advances. The
+        listing options (``label_from``, ``root``, the ``*_column`` names, ``extensions``) are
+        those of :func:`rsir_sdk.archive.open_archive` (unused when ``archive`` is already a
+        listing); ``only_ids`` restricts the run (e.g. to the ids of an earlier report).
+
+        ``engine="ray"`` decodes and encodes on Ray (:mod:`rsir_sdk.ray_ingest`; the
+        ``distributed`` extra): ``address`` names a cluster (``None``: a local Ray with
+        ``workers`` CPUs); listing, resuming, writes and the report stay here, alike.
+
+        ``bulk_dir`` (a server): load through Milvus' bulk import, staging numpy files in this
+        folder, which the server must read at the same path (:mod:`rsir_sdk.store.bulk`).
+        ``prepare``: leave the collection ready to search at the end (``auto``: after a bulk
+        load or 10,000 rows; ``always``; ``never``); ``on_prepare`` sees its progress.
+
+        >>> s = r.index("archive/", label_from="parent", report="failed.csv")  # doctest: +SKIP
+        >>> s.indexed, s.skipped, len(s.failed)                              # doctest: +SKIP
+        (2500, 0, 3)
+        """
+        return retriever_writes.index(self, archive, IngestOptions.build(options, overrides),
+                                      report, progress, on_prepare)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete items by id; returns how many existed."""
+        return self.store.delete(ids)
 
     def duplicates(self, radius: int | None = None, filter: Filter = None, *, bbox: Any = None,
                    near: Any = None, time: Any = None) -> list[list[str]]:

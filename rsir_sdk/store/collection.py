@@ -15,8 +15,8 @@ distance ``<= r``. Results are sorted by (distance, digest of the id), exactly (
 
 On a server, call :meth:`MilvusCodeStore.prepare_for_search` after a large write (``rsir index``
 and the Retriever do): the first search is then as fast as the hundredth (:mod:`.server`).
-The class is thin: writes go through :mod:`.writes`, reads by id through :mod:`.reads`; the
-serving and admin verbs (prepare, index, create, drop) are its base :mod:`.serving`.
+The class is thin: writes go through :mod:`.writes`, reads by id through :mod:`.reads`, the
+serving and admin work (prepare, index, drop) through :mod:`.serving`.
 """
 
 from __future__ import annotations
@@ -34,19 +34,17 @@ from ..errors import (
 )
 from ..geo import GeoFilter
 from ..hits import Hit, StoredItem
-from . import dupes, finerank, keys, opening, place, reads, values
+from . import dupes, finerank, keys, opening, place, reads, serving, values
 from . import fine as companions
 from . import search as searching
 from .connect import Connection, ConnectOptions
 from .schema import (
     MAX_TOPK,
-    PK_CHUNK,
     UPSERT_BATCH,
     index_type_of,
 )
 from .search import IdHits
 from .server import PrepareProgress
-from .serving import StoreServing
 from .writes import BulkOptions, Writer
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ __all__ = ["Hit", "IdHits", "MilvusCodeStore", "PrepareProgress", "StoreHit", "S
 StoreHit = Hit
 
 
-class MilvusCodeStore(StoreServing):
+class MilvusCodeStore:
     """A Milvus collection of packed binary codes with ids, labels, paths and JSON metadata.
 
     A collection is created by the first write (with ``bits``); a read of a collection that was
@@ -247,21 +245,7 @@ class MilvusCodeStore(StoreServing):
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many of them existed. ``ids`` is a list: one string
         is refused (``delete("abc")`` deleted ``a``, ``b`` and ``c``)."""
-        asked = values.lookup_ids(ids)
-        present = reads.by_pk(self, asked, ["pk", "id"])
-        pks = [keys.digest(i) for i in present]
-        if self.fine_bits is not None and self.exists:
-            # the mirror first, for every id asked (present in the main collection or not): a
-            # delete retried after one that failed half way removes the mirror rows it left
-            companions.delete(self._conn, self.collection,
-                              sorted({keys.digest(i) for i in values.lookup_ids(asked)}))
-        for start in range(0, len(pks), PK_CHUNK):
-            self._conn.call("delete", self.collection,
-                            filter=keys.in_list("pk", pks[start : start + PK_CHUNK]),
-                            what=f"delete from {self.collection!r}")
-        if pks:
-            self._conn.after_delete()
-        return len(pks)
+        return self.writer.delete(ids)
 
     # ----------------------------------------------------------------- reads
     def get(self, ids: Iterable[str]) -> list[StoredItem]:
@@ -285,19 +269,7 @@ class MilvusCodeStore(StoreServing):
     def count(self, filter: Filter = None, *, geo: GeoFilter | None = None) -> int:
         """Number of items (matching ``filter`` and the place/period filter ``geo`` when
         given); 0 for a collection never written."""
-        expr = keys.build_filter(filter)
-        gf = self.check_geo(geo)
-        if not self.exists:
-            return 0
-        if gf is not None:
-            expr = keys.combine(expr, gf.expr())
-            if gf.near is not None:  # the engine's box is a prefilter: test each row exactly
-                return place.count_exact(self._conn, self.collection, expr, gf,
-                                         filter if isinstance(filter, str) else None)
-        res = self._conn.call("query", self.collection, filter=expr, output_fields=["count(*)"],
-                              read=True, what=f"count in {self.collection!r}",
-                              expression=filter if isinstance(filter, str) else None)
-        return int(res[0]["count(*)"])
+        return reads.count(self, filter, geo)
 
     def check_geo(self, geo: GeoFilter | None) -> GeoFilter | None:
         """The active place/period filter (``None`` when it constrains nothing); refused with
@@ -435,6 +407,43 @@ class MilvusCodeStore(StoreServing):
         searched. Refused by a collection without fine codes (:mod:`.dupes`)."""
         return dupes.duplicates(self, radius, filter, geo, progress)
 
+    def _require_exists(self) -> None:
+        serving.require_exists(self)
+
+    # ----------------------------------------------------------------- serving
+    @property
+    def effective_search_params(self) -> dict[str, Any]:
+        """The search parameters searches use: the caller's, else those recorded by
+        :meth:`prepare_for_search` (e.g. the calibrated ``nprobe``)."""
+        return dict(self.search_params or self._recorded.get("search_params") or {})
+
+    def prepare_for_search(self, *, timeout: float | None = 3600.0,
+                           progress: Any = None) -> dict[str, Any]:
+        """Leave a server collection sealed, indexed, served and warm, so that the first search
+        is as fast as the hundredth; with the ``auto`` index policy also choose the index and
+        calibrate ``nprobe`` (:mod:`.server`). Call it after large writes (``rsir index`` does).
+
+        ``progress`` gets :class:`~rsir_sdk.store.server.PrepareProgress` updates; ``timeout``
+        (seconds) raises :class:`~rsir_sdk.errors.StoreError` saying what is still pending.
+        Returns the seconds of each step and what was chosen. A no-op (``{}``) on Milvus Lite,
+        which searches what it holds at once, and on a collection never written.
+        """
+        return serving.prepare(self, timeout, progress)
+
+    def set_index(self, index_type: str, index_params: Mapping[str, Any] | None = None, *,
+                  calibrate: bool = True, timeout: float | None = 3600.0,
+                  progress: Any = None) -> dict[str, Any]:
+        """Rebuild a server collection's index by hand (``BIN_FLAT``, ``BIN_IVF_FLAT`` with
+        ``{"nlist": n}``, ``HNSW``); the ``auto`` policy no longer applies to it. For
+        BIN_IVF_FLAT, ``calibrate`` records the ``nprobe`` that reaches recall@100 0.99. The
+        collection is released while its index is rebuilt (searches fail meanwhile)."""
+        return serving.set_index(self, index_type, index_params, calibrate, timeout, progress)
+
+    def index_info(self) -> dict[str, Any]:
+        """The code field's index: type, params, policy (``auto`` or fixed), row counts, the
+        search parameters in use and how they were calibrated."""
+        return serving.index_info(self)
+
     # ----------------------------------------------------------------- admin
     def info(self) -> dict[str, Any]:
         """What the collection is: name, uri, bits, ``fine_bits`` (the fine codes it keeps;
@@ -452,6 +461,17 @@ class MilvusCodeStore(StoreServing):
             out["without_footprint"] = self.count(place.NO_FOOTPRINT_EXPR) if self.exists else 0
             out["without_time"] = self.count(place.NO_TIME_EXPR) if self.exists else 0
         return out
+
+    def create(self) -> None:
+        """Create the collection now, empty, as the first write would (with the store's code
+        and fine-code lengths); nothing when it exists. A read never creates one: this is for a
+        caller that must answer reads of a new collection (``rsir serve --create``)."""
+        self.writer.ensure_created()
+
+    def drop(self) -> None:
+        """Drop the whole collection and its fine-code companions (irreversible); a later write
+        creates it afresh (keeping fine codes as the store's ``fine_bits`` or that write says)."""
+        serving.drop(self)
 
     def close(self) -> None:
         """Close the connection (for Milvus Lite, stops its server and releases the file)."""

@@ -25,7 +25,6 @@ from .schema import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collection import MilvusCodeStore
-    from .serving import StoreServing
 
 
 def check_new(store: "MilvusCodeStore", bits: int | None, encoder: Mapping[str, Any] | None,
@@ -49,7 +48,7 @@ def check_new(store: "MilvusCodeStore", bits: int | None, encoder: Mapping[str, 
     return bits, enc
 
 
-def missing_message(store: "StoreServing", none: str) -> str:
+def missing_message(store: "MilvusCodeStore", none: str) -> str:
     """Why a collection cannot be read: the Lite file or the collection is missing (naming
     the collections there, else ``none``)."""
     conn = store._conn

@@ -88,3 +88,21 @@ def iter_ids(store: "MilvusCodeStore") -> Iterator[str]:
     """Every stored id, once each (lazily: nothing is asked before the first id is wanted)."""
     if store.exists:
         yield from searching.iter_ids(store._conn, store.collection, store.count())
+
+
+def count(store: "MilvusCodeStore", filter: Any, geo: Any) -> int:
+    """:meth:`~.collection.MilvusCodeStore.count`: one count query, or for ``near`` an exact
+    count of the rows the engine's box prefilter keeps (:func:`.place.count_exact`)."""
+    expr = keys.build_filter(filter)
+    geo = store.check_geo(geo)
+    if not store.exists:
+        return 0
+    expression = filter if isinstance(filter, str) else None
+    if geo is not None:
+        expr = keys.combine(expr, geo.expr())
+        if geo.near is not None:
+            return place.count_exact(store._conn, store.collection, expr, geo, expression)
+    res = store._conn.call("query", store.collection, filter=expr, output_fields=["count(*)"],
+                           read=True, what=f"count in {store.collection!r}",
+                           expression=expression)
+    return int(res[0]["count(*)"])

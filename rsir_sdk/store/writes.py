@@ -19,8 +19,8 @@ import numpy as np
 
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, InvalidInputError, StoreError
-from . import fine, place, rows, values
-from .schema import AUTO_INDEX, check_same_encoder, make_schema
+from . import fine, keys, place, reads, rows, values
+from .schema import AUTO_INDEX, PK_CHUNK, check_same_encoder, make_schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collection import MilvusCodeStore
@@ -233,3 +233,20 @@ class Writer:
                                                            progress=progress)
         return out
 
+
+    def delete(self, ids: Any) -> int:
+        """:meth:`~.collection.MilvusCodeStore.delete`: the fine-code mirror rows first, for
+        every id asked (present in the main collection or not), so a delete retried after one
+        that failed half way removes the mirror rows it left; then the main rows."""
+        s = self.store
+        asked = values.lookup_ids(ids)
+        pks = [keys.digest(i) for i in reads.by_pk(s, asked, ["pk", "id"])]
+        if s.fine_bits is not None and s.exists:
+            fine.delete(s._conn, s.collection, sorted({keys.digest(i) for i in asked}))
+        for start in range(0, len(pks), PK_CHUNK):
+            s._conn.call("delete", s.collection,
+                         filter=keys.in_list("pk", pks[start : start + PK_CHUNK]),
+                         what=f"delete from {s.collection!r}")
+        if pks:
+            s._conn.after_delete()
+        return len(pks)
