@@ -150,3 +150,26 @@ def test_index_through_a_bulk_load_on_a_server(server_uri, rp_bundle, sample_dir
         ids = list(s.iter_ids())
         assert len(ids) == len(set(ids)) == 200
         s.drop()
+
+
+def test_a_collection_left_not_loaded_is_loaded_when_opened(server_uri):
+    """A run killed between creating a collection and loading it (a fraction of a second)
+    left it not loaded: every later command failed "collection not loaded" and could not
+    resume until the collection was dropped."""
+    from rsir_sdk.store import fine
+
+    rng = np.random.default_rng(5)
+    codes, fine_codes = rng.integers(0, 256, (6, 8), np.uint8), rng.integers(0, 256, (6, 16), np.uint8)
+    ids = [f"n{i}" for i in range(6)]
+    with MilvusCodeStore(server_uri, "notload", bits=64, fine_bits=128) as store:
+        store.upsert(ids, codes, fine=fine_codes)
+        for name in ("notload",) + fine.companions("notload"):   # as the killed run left them
+            store._conn.call("release_collection", name, what="test")
+    with MilvusCodeStore(server_uri, "notload") as store:
+        try:
+            assert store.count() == 6 and store.existing_ids(ids) == set(ids)
+            assert store.search(codes[2:3], k=1, fine=fine_codes[2:3])[0][0].id == "n2"
+            hit = store.search(None, k=1, fine=fine_codes[4:5], mode="appearance")[0][0]
+            assert hit.id == "n4" and hit.fine_distance == 0
+        finally:
+            store.drop()

@@ -8,11 +8,12 @@ fine codes) before any read or write runs.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..codes import validate_bits
 from ..errors import CodeLengthError, CollectionMismatchError, CollectionNotFoundError, StoreError
-from . import server
+from . import fine, server
 from .schema import (
     AUTO_INDEX,
     check_same_encoder,
@@ -25,6 +26,9 @@ from .schema import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collection import MilvusCodeStore
+    from .connect import Connection
+
+log = logging.getLogger(__name__)
 
 
 def check_new(store: "MilvusCodeStore", bits: int | None, encoder: Mapping[str, Any] | None,
@@ -82,4 +86,18 @@ def open_existing(store: "MilvusCodeStore", bits: int | None,
     if not store.is_lite:
         store._recorded = server.properties(store._conn, store.collection)
         store.index_policy = store._recorded.get("policy", store.index_policy)
+        for name in (store.collection,) + (fine.companions(store.collection)
+                                           if store.fine_bits else ()):
+            load_if_released(store._conn, name)
     return dim, stored_encoder or (dict(encoder) if encoder else None)
+
+
+def load_if_released(conn: "Connection", name: str) -> None:
+    """Load a server collection that is not loaded: a run killed between creating a collection
+    and loading it left it so, and every later read failed "collection not loaded" (rsir
+    index could not resume, rsir serve could not start) until it was dropped."""
+    state = conn.call("get_load_state", name, what=f"opening collection {name!r}")
+    if getattr(state.get("state"), "name", str(state.get("state"))) == "NotLoad":
+        log.info("loading collection %s: it was left not loaded (a run stopped while making "
+                 "it)", name)
+        conn.call("load_collection", name, what=f"loading {name!r}")
