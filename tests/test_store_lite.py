@@ -386,3 +386,18 @@ def test_a_store_dropped_without_close_frees_its_file(tmp_path):
     probe = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True,
                            text=True, timeout=120)
     assert probe.stdout.strip() == "1", probe.stderr[-500:]
+
+
+def test_a_collection_dropped_under_an_open_store_is_not_found(tmp_path):
+    """A service's store whose collection another program dropped answered 503 (retry) with
+    Milvus' text; it is a CollectionNotFoundError (404) now."""
+    from rsir_sdk.errors import CollectionNotFoundError
+
+    db = str(tmp_path / "dropped.db")
+    with MilvusCodeStore(db, "c", bits=64) as store:
+        store.upsert(["a"], np.zeros((1, 8), np.uint8))
+        with MilvusCodeStore(db, "c") as other:
+            other.drop()
+        with pytest.raises(CollectionNotFoundError, match="does not exist") as err:
+            store.search(np.zeros((1, 8), np.uint8), k=1)
+        assert "\n" not in str(err.value)

@@ -19,7 +19,7 @@ import signal
 import threading
 from typing import Any, Iterator
 
-from ..errors import InvalidInputError, StoreError
+from ..errors import CollectionNotFoundError, InvalidInputError, StoreError
 from ..redact import redact_text
 
 #: retries of a failing call (pymilvus' default of 75 turns one bad request into minutes)
@@ -120,6 +120,9 @@ def store_error(exc: BaseException, what: str, expression: str | None = None) ->
         return InvalidInputError(f"invalid filter expression {expression!r:.200}: {text}")
     if isinstance(exc, UnicodeError) or "codec can't encode" in text:
         return InvalidInputError(f"{what}: text that is not valid Unicode (a lone surrogate): {text}")
+    if "collection not found" in text.lower():  # dropped meanwhile: a 404, not a 503 to retry
+        return CollectionNotFoundError(f"{what} failed: the collection does not exist (dropped "
+                                       f"since it was opened?): {text}")
     return StoreError(f"{what} failed: {text}")
 
 
