@@ -65,6 +65,7 @@ from .preprocess import prepare
 from .rasters import RasterRule
 from .store import MilvusCodeStore, PrepareProgress, rows
 from .store.bulk import BulkLoad
+from .store.lease import WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -256,13 +257,24 @@ class IngestRun:
         self.in_doubt = False
         self._elsewhere_checked = 0  # images checked for copies under other ids
         self.bulk: BulkLoad | None = None
-        if bulk_dir is not None and not store.is_lite:
-            # an earlier run's chunks are resolved (imported, visible) before any id is checked
-            # a chunk every million rows or ten minutes: a crash loses at most that much encoding
-            self.bulk = BulkLoad(store, bulk_dir, progress=on_prepare, max_age=BULK_MAX_AGE)
-            self.bulk.resume()
-        elif bulk_dir is not None:
-            log.info("Milvus Lite has no bulk import: writing with inserts")
+        #: a server collection's writer lease, held from before the first id is checked
+        #: (:mod:`rsir_sdk.store.lease`; a Lite file admits one process anyway)
+        self.lease: WriterLease | None = None
+        if not store.is_lite and items:
+            store.writer.ensure_created()  # the lease lives in the collection's properties
+            self.lease = WriterLease(store).take()
+        try:
+            if bulk_dir is not None and not store.is_lite:
+                # an earlier run's chunks are resolved (imported, visible) before any id is
+                # checked; a chunk every million rows or ten minutes: a crash loses at most
+                # that much encoding
+                self.bulk = BulkLoad(store, bulk_dir, progress=on_prepare, max_age=BULK_MAX_AGE)
+                self.bulk.resume()
+            elif bulk_dir is not None:
+                log.info("Milvus Lite has no bulk import: writing with inserts")
+        except BaseException:
+            self.close()
+            raise
         for f in invalid:
             self.fail(f)
         self.tick()
@@ -348,6 +360,8 @@ class IngestRun:
         self.last_flush = time.monotonic()
         if not self.pending:
             return
+        if self.lease is not None:
+            self.lease.check()
         pending = self.pending
         ids = [i for p in pending for i in p[0]]
         args = (ids, np.concatenate([p[1] for p in pending]), [x for p in pending for x in p[2]],
@@ -403,6 +417,13 @@ class IngestRun:
             self.summary.prepare = self.store.prepare_for_search(progress=self.on_prepare)
         self.summary.seconds = time.perf_counter() - self.t0
         return self.summary
+
+    def close(self) -> None:
+        """Release the server collection's writer lease (every engine calls it at the end,
+        whatever the outcome)."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.release()
 
     def interrupted(self) -> IngestInterrupted:
         """Ctrl-C: write what was encoded (the re-run starts after it), return the exception.
@@ -461,3 +482,4 @@ def ingest(
         raise run.interrupted() from None
     finally:
         stream.close()
+        run.close()

@@ -184,11 +184,20 @@ def ingest_on_ray(
     """
     ray = _import_ray()
     opts = options if options is not None else IngestOptions(engine="ray")
+    run = IngestRun(store, encoder.bundle.identity(), archive, opts, report=report,
+                    progress=progress, on_prepare=on_prepare)
+    try:
+        return _run_on_ray(ray, run, encoder, store, opts)
+    finally:
+        run.close()
+
+
+def _run_on_ray(ray: Any, run: IngestRun, encoder: "Encoder", store: MilvusCodeStore,
+                opts: IngestOptions) -> IngestSummary:
+    """The Ray part of :func:`ingest_on_ray`: connect, map the actors, take their batches."""
     workers = opts.workers or 2
     batch_size = opts.batch_size or DEFAULT_BATCH
     threads, gpus = opts.ray.threads_per_worker, opts.ray.gpus_per_worker
-    run = IngestRun(store, encoder.bundle.identity(), archive, opts, report=report,
-                    progress=progress, on_prepare=on_prepare)
     fine = writes_fine(encoder, store)
     todo = list(run.unseen())  # listing and resuming stay on the driver
     if not todo:

@@ -173,3 +173,65 @@ def test_a_collection_left_not_loaded_is_loaded_when_opened(server_uri):
             assert hit.id == "n4" and hit.fine_distance == 0
         finally:
             store.drop()
+
+
+def _lease_of(server_uri: str, name: str) -> str:
+    from rsir_sdk.store.lease import LEASE_KEY
+
+    with MilvusCodeStore(server_uri, name, create=False) as s:
+        props = s._conn.call("describe_collection", name, what="test").get("properties") or {}
+        return props.get(LEASE_KEY) or ""
+
+
+def test_one_rsir_index_writes_to_a_server_collection_at_a_time(server_uri, rp_bundle,
+                                                                sample_dir, capsys):
+    """Two rsir index runs over one archive at once both found the ids absent and stored every
+    row twice (counts doubled, get lost items, each plain re-run added more)."""
+    from rsir_sdk.store.lease import LEASE_KEY, LEASE_S, WriterLease
+
+    args = ["index", rp_bundle[0], sample_dir, "--uri", server_uri, "--collection", "leased",
+            "--label-from", "parent", "--no-progress"]
+    first = sample_dir / "Forest"
+    code, _, err = run(capsys, *[first if a == sample_dir else a for a in args])
+    assert code == 0, err
+    assert _lease_of(server_uri, "leased") == ""                   # released at the end
+    with MilvusCodeStore(server_uri, "leased") as store:
+        try:
+            lease = WriterLease(store).take()                     # another writer, alive
+            code, _, err = run(capsys, *args)
+            lines = [x for x in err.splitlines() if x.strip()]
+            assert code == 1 and len(lines) == 1, err
+            assert "is being written by another rsir index" in lines[0]
+            lease.release()
+            # a lease whose writer died (no beat for longer than LEASE_S) is taken over
+            old = json.dumps({"owner": "gone", "host": "h", "pid": 1,
+                              "beat": time.time() - LEASE_S - 5})
+            store._conn.call("alter_collection_properties", "leased",
+                             properties={LEASE_KEY: old}, what="test")
+            code, _, err = run(capsys, *args)
+            assert code == 0, err
+            ids = list(store.iter_ids())   # the first run's 20 ids are relative to Forest/
+            assert store.count() == len(ids) == len(set(ids)) == 220
+        finally:
+            store.drop()
+
+
+def test_two_rsir_index_runs_at_once_into_a_new_server_collection(server_uri, rp_bundle,
+                                                                  sample_dir):
+    args = [sys.executable, "-m", "rsir_sdk.cli", "index", str(rp_bundle[0]), str(sample_dir),
+            "--uri", server_uri, "--collection", "twoatonce", "--label-from", "parent",
+            "--no-progress"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert 0 in codes and set(codes) <= {0, 1}, outs
+    for (_, err), code in zip(outs, codes):
+        if code == 1:
+            assert "is being written by another rsir index" in err, err
+    with MilvusCodeStore(server_uri, "twoatonce") as store:
+        try:
+            ids = list(store.iter_ids())
+            assert store.count() == len(ids) == len(set(ids)) == 200, outs
+        finally:
+            store.drop()

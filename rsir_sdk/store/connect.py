@@ -332,6 +332,12 @@ class Connection:
         if not self.is_lite or isinstance(err, InvalidInputError):
             return err
         text = rpc.message(exc)
+        if lite.server_alive(self.uri) is True and _unreachable(text):
+            # the call failed because the server went away: a loaded machine reaps it a moment
+            # later (it was then taken for alive, and the store never started a new one)
+            deadline = time.monotonic() + 3.0
+            while lite.server_alive(self.uri) is True and time.monotonic() < deadline:
+                time.sleep(0.05)
         if lite.server_alive(self.uri) is False:
             tail = lite.log_tail(2)
             lite.stop_server(self.uri)
@@ -487,6 +493,12 @@ class Connection:
 #: MilvusClient keyword arguments the ORM connection takes as well (TLS, database)
 _ORM_KWARGS = ("db_name", "secure", "server_pem_path", "server_name", "ca_pem_path",
                "client_pem_path", "client_key_path", "user", "password")
+
+
+def _unreachable(text: str) -> bool:
+    """Whether a call failed because its server could not be reached."""
+    lowered = text.lower()
+    return "server unavailable" in lowered or "fail connecting" in lowered
 
 
 @contextlib.contextmanager
