@@ -260,10 +260,13 @@ class IngestRun:
         #: a server collection's writer lease, held from before the first id is checked
         #: (:mod:`rsir_sdk.store.lease`; a Lite file admits one process anyway)
         self.lease: WriterLease | None = None
+        for f in invalid:
+            self.fail(f)
+        self.tick()
         if not store.is_lite and items:
             store.writer.ensure_created()  # the lease lives in the collection's properties
             self.lease = WriterLease(store).take()
-        try:
+        try:  # from here on a failure releases the lease (no engine's finally covers __init__)
             if bulk_dir is not None and not store.is_lite:
                 # an earlier run's chunks are resolved (imported, visible) before any id is
                 # checked; a chunk every million rows or ten minutes: a crash loses at most
@@ -275,9 +278,6 @@ class IngestRun:
         except BaseException:
             self.close()
             raise
-        for f in invalid:
-            self.fail(f)
-        self.tick()
 
     def fail(self, f: Failure) -> None:
         """Record an image that was not indexed (and write it to the report)."""

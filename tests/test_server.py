@@ -235,3 +235,33 @@ def test_two_rsir_index_runs_at_once_into_a_new_server_collection(server_uri, rp
             assert store.count() == len(ids) == len(set(ids)) == 200, outs
         finally:
             store.drop()
+
+
+def test_a_run_that_fails_while_starting_leaves_no_writer_lease(server_uri, rp_bundle,
+                                                               sample_dir, tmp_path):
+    """A failure after the lease was taken in IngestRun's set-up (a progress callback that
+    raises, a report that cannot be written; a staging path that is a file) left its beat
+    running: every later run of that process was refused."""
+    from rsir_sdk import Bundle
+    from rsir_sdk.archive import open_archive
+    from rsir_sdk.ingest import IngestRun
+    from rsir_sdk.options import IngestOptions
+
+    blocker = tmp_path / "staging"
+    blocker.write_text("a file where the staging folder should be")
+    with MilvusCodeStore(server_uri, "leakcheck", bits=64) as store:
+        store.create()
+        try:
+            def progress(_state):
+                raise KeyboardInterrupt
+
+            listing = open_archive(sample_dir, label_from="parent")
+            identity = Bundle.load(rp_bundle[0]).identity()
+            with pytest.raises(KeyboardInterrupt):
+                IngestRun(store, identity, listing, IngestOptions(), progress=progress)
+            assert _lease_of(server_uri, "leakcheck") == ""
+            with pytest.raises(Exception):  # noqa: B017 - any failure of the set-up
+                IngestRun(store, identity, listing, IngestOptions(bulk_dir=str(blocker)))
+            assert _lease_of(server_uri, "leakcheck") == ""
+        finally:
+            store.drop()

@@ -401,3 +401,38 @@ def test_a_collection_dropped_under_an_open_store_is_not_found(tmp_path):
         with pytest.raises(CollectionNotFoundError, match="does not exist") as err:
             store.search(np.zeros((1, 8), np.uint8), k=1)
         assert "\n" not in str(err.value)
+
+
+DROPPED_DURING_A_RELEASE = """
+import gc, sys
+import numpy as np
+from rsir_sdk import MilvusCodeStore
+import rsir_sdk.store.lite as lite
+d = sys.argv[1]
+gc.disable()                                   # so that the dropped store waits for our pass
+a = MilvusCodeStore(f"{d}/a.db", "x", bits=64)
+a.upsert(["1"], np.zeros((1, 8), np.uint8))
+b = MilvusCodeStore(f"{d}/b.db", "x", bits=64)
+b.upsert(["1"], np.zeros((1, 8), np.uint8))
+del a                                          # a notebook cell run again
+stop = lite.stop_server
+def stop_server(key):
+    gc.collect()                               # a collection pass that starts in here
+    stop(key)
+lite.stop_server = stop_server
+b.close()
+print("closed", flush=True)
+"""
+
+
+def test_a_store_collected_while_another_is_released_does_not_hang(tmp_path):
+    """The finalizer of a store dropped without close() ran inside a garbage-collection pass,
+    which can start while this module's lock is held (here: in stop_server): its release then
+    waited on that lock forever (review of 2026-12-07)."""
+    run = subprocess.run([sys.executable, "-c", DROPPED_DURING_A_RELEASE, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "closed", run.stderr[-1000:]
+    deadline = time.monotonic() + 15
+    while lite.lite_server_pids(tmp_path / "a.db"):   # and the dropped store's server is gone
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

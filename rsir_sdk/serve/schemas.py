@@ -144,6 +144,9 @@ class ItemOut(BaseModel):
     label: str = ""
     path: str = ""
     metadata: dict[str, Any] = {}
+    footprint: Optional[list[float]] = Field(
+        None, description="[west, south, east, north] in degrees (null: none stored)")
+    time: Optional[str] = Field(None, description="ISO 8601 UTC (null: none stored)")
 
 
 class ItemsOut(BaseModel):

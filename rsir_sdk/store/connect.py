@@ -158,7 +158,7 @@ class Connection:
             self._lite_file = self.uri
             # a store dropped without close() (a notebook cell run again) releases its file
             # when collected: its server stops and another program may open the file
-            self._release_on_drop = weakref.finalize(self, lite.release, self.uri)
+            self._release_on_drop = weakref.finalize(self, lite.release_later, self.uri)
             try:
                 lite.wait_for_lite_file(self.uri, lite_wait)
                 if first:

@@ -27,6 +27,7 @@ mirror row. The main collection records ``fine_bits`` in its description.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -193,6 +194,10 @@ def delete(conn: "Connection", name: str, pks: Sequence[str]) -> None:
                   what=f"delete from {comp!r}")
 
 
+#: seconds between finding mirror rows without main rows and checking them again
+ORPHAN_RECHECK_S = 1.0
+
+
 def drop_orphan_rows(conn: "Connection", name: str) -> int:
     """Delete mirror rows whose item the main collection does not hold; how many.
 
@@ -213,14 +218,20 @@ def drop_orphan_rows(conn: "Connection", name: str) -> int:
         return 0
     from .search import iter_ids
 
-    mirrored = list(iter_ids(conn, comp, count(comp)))
-    stored: set[str] = set()
-    for start in range(0, len(mirrored), PK_CHUNK):
-        part = [keys.digest(i) for i in mirrored[start : start + PK_CHUNK]]
-        stored.update(row["id"] for row in conn.call(
-            "query", name, filter=keys.in_list("pk", part), output_fields=["id"],
-            read=True, what=f"reading ids of {name!r}"))
-    orphans = [keys.digest(i) for i in mirrored if i not in stored]
+    def missing(ids: list[str]) -> list[str]:
+        stored: set[str] = set()
+        for start in range(0, len(ids), PK_CHUNK):
+            part = [keys.digest(i) for i in ids[start : start + PK_CHUNK]]
+            stored.update(row["id"] for row in conn.call(
+                "query", name, filter=keys.in_list("pk", part), output_fields=["id"],
+                read=True, what=f"reading ids of {name!r}"))
+        return [i for i in ids if i not in stored]
+
+    candidates = missing(list(iter_ids(conn, comp, count(comp))))
+    if candidates:  # a write of another store of this process may be between its two parts:
+        time.sleep(ORPHAN_RECHECK_S)  # what it writes next is not an orphan
+        candidates = missing(candidates)
+    orphans = [keys.digest(i) for i in candidates]
     delete(conn, name, orphans)
     if orphans:
         log.info("removed %d fine-code rows of %r whose items were never stored (a run stopped "

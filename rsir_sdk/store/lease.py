@@ -8,8 +8,9 @@ stored every row twice: counts doubled, ``get`` lost items, and each plain re-ru
 
 The lease is the property ``rsir.writer`` of the collection: ``{"owner", "host", "pid",
 "beat"}`` (``beat``: epoch seconds). A writer takes it when no live lease is there (one whose
-beat is older than :data:`LEASE_S`, or whose process on this machine is gone, belongs to a run
-that died, and is taken over), waits
+beat is older than :data:`LEASE_S` and does not move for a beat more of this machine's time,
+or whose process on this machine and in this pid namespace is gone, belongs to a run that
+died, and is taken over), waits
 :data:`SETTLE_S` and reads it back: of two runs that wrote it at nearly the same moment the
 later write stands and the other refuses. The holder renews the beat every :data:`BEAT_S`
 from a daemon thread; if it finds another owner there (it stalled past the lease and was taken
@@ -46,10 +47,35 @@ BEAT_S = 15.0
 SETTLE_S = 1.0
 
 
+def _machine() -> str:
+    """This process's machine and process namespace: the host name, the kernel's boot id and
+    the pid namespace (two containers, or cloned machines, can share a host name; a pid means
+    something only in its own namespace)."""
+    parts = [socket.gethostname()]
+    for path, read in (("/proc/sys/kernel/random/boot_id", True), ("/proc/self/ns/pid", False)):
+        try:
+            if read:
+                with open(path, encoding="ascii") as fh:
+                    parts.append(fh.read().strip())
+            else:
+                parts.append(os.readlink(path))
+        except OSError:
+            parts.append("?")
+    return " ".join(parts)
+
+
+def _beat_of(held: dict[str, Any]) -> float:
+    try:
+        return float(held.get("beat", 0))
+    except (TypeError, ValueError):  # a property edited by hand: as good as no beat
+        return 0.0
+
+
 def _died_here(held: dict[str, Any]) -> bool:
-    """Whether the lease's writer ran on this machine and its process is gone: a run killed
-    here (kill -9, a crash) is re-run at once, not after :data:`LEASE_S` seconds."""
-    if held.get("host") != socket.gethostname():
+    """Whether the lease's writer ran on this machine, in this pid namespace, and its process
+    is gone: a run killed here (kill -9, a crash) is re-run at once, not after
+    :data:`LEASE_S` seconds."""
+    if held.get("machine") != _machine() or "?" in str(held.get("machine")):
         return False
     try:
         os.kill(int(held.get("pid", 0)), 0)
@@ -69,26 +95,36 @@ class WriterLease:
         self.owner = uuid.uuid4().hex
         self.lost = False
         self._stop = threading.Event()
+        self._writing = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def take(self) -> "WriterLease":
         """Hold the lease, or raise :class:`StoreError` naming the writer that holds it."""
         held = self._read()
-        if held and held.get("owner") != self.owner:
-            age = time.time() - float(held.get("beat", 0))
-            if age < LEASE_S and not _died_here(held):
+        if held and held.get("owner") != self.owner and not _died_here(held):
+            age = time.time() - _beat_of(held)
+            if age < LEASE_S:
                 raise self._busy(held, age)
-            log.info("collection %s: taking over the writer lease of %s pid %s, silent for "
-                     "%.0f s (a run that died)", self.store.collection, held.get("host"),
-                     held.get("pid"), age)
-        self._write()
-        time.sleep(SETTLE_S)
-        held = self._read()
-        if not held or held.get("owner") != self.owner:
-            raise self._busy(held or {}, 0.0)
-        self._thread = threading.Thread(target=self._beat, name="rsir-writer-lease",
-                                        daemon=True)
-        self._thread.start()
+            # silent by this machine's clock: watch it for a beat of our own time before
+            # taking it over (another machine's clock may run behind)
+            time.sleep(BEAT_S + 2.0)
+            again = self._read()
+            if again and again.get("owner") != self.owner and _beat_of(again) != _beat_of(held):
+                raise self._busy(again, 0.0)
+            log.info("collection %s: taking over the writer lease of %s pid %s (a run that "
+                     "died)", self.store.collection, held.get("host"), held.get("pid"))
+        try:
+            self._write()
+            time.sleep(SETTLE_S)
+            held = self._read()
+            if not held or held.get("owner") != self.owner:
+                raise self._busy(held or {}, 0.0)
+            self._thread = threading.Thread(target=self._beat, name="rsir-writer-lease",
+                                            daemon=True)
+            self._thread.start()
+        except BaseException:  # Ctrl-C while taking it: leave no lease behind
+            self.release()
+            raise
         return self
 
     def check(self) -> None:
@@ -102,12 +138,11 @@ class WriterLease:
     def release(self) -> None:
         """Stop beating and empty the lease (if it is still this run's)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
         try:
-            held = self._read()
-            if held and held.get("owner") == self.owner:
-                self._conn_call({LEASE_KEY: ""}, "releasing the writer lease")
+            with self._writing:  # a beat in flight finishes first; none starts after
+                held = self._read()
+                if held and held.get("owner") == self.owner:
+                    self._conn_call({LEASE_KEY: ""}, "releasing the writer lease")
         except StoreError as exc:  # the run's own outcome matters more; the lease expires
             log.info("could not release the writer lease of %s: %s", self.store.collection, exc)
 
@@ -115,11 +150,14 @@ class WriterLease:
     def _beat(self) -> None:
         while not self._stop.wait(BEAT_S):
             try:
-                held = self._read()
-                if held and held.get("owner") != self.owner:
-                    self.lost = True
-                    return
-                self._write()
+                with self._writing:
+                    if self._stop.is_set():
+                        return
+                    held = self._read()
+                    if held and held.get("owner") != self.owner:
+                        self.lost = True
+                        return
+                    self._write()
             except StoreError as exc:  # a server hiccup: the next beat tries again
                 log.info("writer lease beat of %s failed: %s", self.store.collection, exc)
 
@@ -135,7 +173,7 @@ class WriterLease:
 
     def _write(self) -> None:
         record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                  "beat": time.time()}
+                  "machine": _machine(), "beat": time.time()}
         self._conn_call({LEASE_KEY: json.dumps(record)}, "taking the writer lease")
 
     def _conn_call(self, props: dict[str, str], what: str) -> None:

@@ -153,6 +153,18 @@ def acquire(db_file: str | os.PathLike) -> bool:
         return _users[key] == 1
 
 
+def release_later(db_file: str | os.PathLike) -> None:
+    """:func:`release` from a thread of its own: what a store dropped without ``close()`` runs
+    when it is collected. A collection pass can start inside any allocation, also one made
+    while this thread holds the module's lock (in :func:`acquire` or :func:`release`); calling
+    :func:`release` there would wait on that lock forever."""
+    try:
+        threading.Thread(target=release, args=(db_file,), name="rsir-lite-release",
+                         daemon=True).start()
+    except RuntimeError:  # the interpreter is shutting down: its exit stops the servers
+        pass
+
+
 def _hold(key: str, shown: str) -> None:
     """Take this process's exclusive lock on the Lite file ``key``: ``flock`` on a sidecar
     ``.<name>.rsir-lock`` beside it, held until the last user closes it, never removed.
@@ -170,8 +182,14 @@ def _hold(key: str, shown: str) -> None:
     except ImportError:  # not POSIX: Milvus Lite does not run there either
         return
     path = Path(key)
+    sidecar = path.parent / f".{path.name}.rsir-lock"
     try:
-        fh = open(path.parent / f".{path.name}.rsir-lock", "a")
+        try:
+            fh = open(sidecar, "a")
+        except PermissionError:
+            if not sidecar.exists():
+                raise
+            fh = open(sidecar)  # another user's lock file: flock works on a read-only one
     except OSError as exc:
         raise StoreError(
             f"cannot open Milvus Lite file {shown}: its folder {path.parent} is not writable "
