@@ -159,6 +159,9 @@ class Connection:
             # a store dropped without close() (a notebook cell run again) releases its file
             # when collected: its server stops and another program may open the file
             self._release_on_drop = weakref.finalize(self, lite.release_later, self.uri)
+            # not at exit: a thread started while the interpreter ends can abort it; the
+            # process's end frees the file (its lock descriptor closes, its server stops)
+            self._release_on_drop.atexit = False
             try:
                 lite.wait_for_lite_file(self.uri, lite_wait)
                 if first:
