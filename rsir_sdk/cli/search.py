@@ -22,6 +22,7 @@ from .common import (
     json_object,
     print_json,
     raster_rule,
+    terminal_text,
     warn,
 )
 
@@ -176,9 +177,8 @@ def format_hits(hits: Sequence[Hit]) -> str:
 
 
 def _printable(text: str) -> str:
-    """``text`` on one line: control characters shown as escapes, and backslashes doubled so
-    that an escape is never mistaken for a name's own characters (``new\\nline.jpg`` is a
-    name holding a backslash; ``new\nline.jpg`` one holding a line break)."""
-    return "".join(c if c.isprintable() and c != "\\" else
-                   ("\\\\" if c == "\\" else repr(c)[1:-1]) for c in text)
+    """``text`` on one line as :func:`~rsir_sdk.cli.common.terminal_text` shows it, with
+    backslashes doubled first so that an escape is never mistaken for a name's own characters
+    (``new\\\\nline.jpg`` holds a backslash; ``new\\nline.jpg`` a line break)."""
+    return terminal_text(text.replace("\\", "\\\\"))
 

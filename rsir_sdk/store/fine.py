@@ -214,7 +214,8 @@ def drop_orphan_rows(conn: "Connection", name: str) -> int:
         return int(conn.call("query", coll, filter="", output_fields=["count(*)"], read=True,
                              what=f"count in {coll!r}")[0]["count(*)"])
 
-    if count(comp) <= count(name):
+    mirrored = count(comp)
+    if mirrored <= count(name):
         return 0
     from .search import iter_ids
 
@@ -227,7 +228,7 @@ def drop_orphan_rows(conn: "Connection", name: str) -> int:
                 read=True, what=f"reading ids of {name!r}"))
         return [i for i in ids if i not in stored]
 
-    candidates = missing(list(iter_ids(conn, comp, count(comp))))
+    candidates = missing(list(iter_ids(conn, comp, mirrored)))
     if candidates:  # a write of another store of this process may be between its two parts:
         time.sleep(ORPHAN_RECHECK_S)  # what it writes next is not an orphan
         candidates = missing(candidates)
