@@ -93,11 +93,22 @@ def open_existing(store: "MilvusCodeStore", bits: int | None,
 
 
 def load_if_released(conn: "Connection", name: str) -> None:
-    """Load a server collection that is not loaded: a run killed between creating a collection
-    and loading it left it so, and every later read failed "collection not loaded" (rsir
-    index could not resume, rsir serve could not start) until it was dropped."""
+    """Load a server collection that is not loaded, or wait for one being loaded.
+
+    A run killed between creating a collection and loading it left it not loaded, and every
+    later read failed "collection not loaded" (rsir index could not resume, rsir serve could not
+    start) until it was dropped. After a server restart every collection is being loaded again
+    for a while (seconds to minutes, with its size): a read then failed the same way, so the
+    open waits for that load (a load request on a loading collection returns when it is done).
+    """
     state = conn.call("get_load_state", name, what=f"opening collection {name!r}")
-    if getattr(state.get("state"), "name", str(state.get("state"))) == "NotLoad":
+    state_name = getattr(state.get("state"), "name", str(state.get("state")))
+    if state_name == "NotLoad":
         log.info("loading collection %s: it was left not loaded (a run stopped while making "
                  "it)", name)
-        conn.call("load_collection", name, what=f"loading {name!r}")
+    elif state_name == "Loading":
+        log.info("waiting for collection %s to finish loading (the server is starting or was "
+                 "restarted)", name)
+    else:
+        return
+    conn.call("load_collection", name, what=f"loading {name!r}")
