@@ -25,7 +25,8 @@ import numpy as np
 from .bundle import Bundle
 from .codes import as_packed
 from .errors import BundleError, InvalidInputError
-from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, load_image
+from .images import DEFAULT_URL_TIMEOUT, ImageSource, RuleLike, read_image
+from .pixels import Raster
 from .preprocess import prepare
 from .rasters import RasterRule, as_rule
 
@@ -273,11 +274,44 @@ class Encoder:
                     f"{self.bundle.model_path.name} was written with {json.dumps(recorded[key])}: "
                     f"the manifest was edited; restore it or write the bundle again")
 
+    def read(self, image: ImageSource) -> Raster:
+        """Read one image as :meth:`prepare` does (this encoder's raster rule and URL limits):
+        its RGB pixels and georeferencing (a GeoTIFF's footprint and time; ``{}`` for none)."""
+        return read_image(image, rule=self.raster_rule, url_timeout=self.url_timeout,
+                          allow_private_urls=self.allow_private_urls)
+
     def prepare(self, image: ImageSource) -> np.ndarray:
         """Load one image and resize/crop it to the model input, ``uint8 (h, w, 3)``."""
-        rgb = load_image(image, rule=self.raster_rule, url_timeout=self.url_timeout,
-                         allow_private_urls=self.allow_private_urls)
-        return prepare(rgb, self.bundle.preprocess)
+        return prepare(self.read(image).rgb, self.bundle.preprocess)
+
+    def encode_for_writes(self, images: ImageSource | Iterable[ImageSource],
+                          batch_size: int | None = None, fine: bool = False,
+                          ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]]]:
+        """``(codes, fine codes or None, georeferencing per image)``, every image read once.
+
+        Why: a write keeps a GeoTIFF's footprint and time as ``rsir index`` does (``add_images``
+        of the same file stored it without a place, so place searches never found it). ``fine``:
+        both codes from one forward pass (:meth:`encode_both`)."""
+        items = _as_list(images)
+        bs = _batch_size(batch_size, self.batch_size)
+        codes: list[np.ndarray] = []
+        fines: list[np.ndarray] = []
+        georefs: list[dict[str, Any]] = []
+        for start in range(0, len(items), bs):
+            rasters = [self.read(x) for x in items[start:start + bs]]
+            georefs += [dict(r.georef) for r in rasters]
+            batch = np.stack([prepare(r.rgb, self.bundle.preprocess) for r in rasters])
+            if fine:
+                both = self.encode_both_arrays(batch)
+                codes.append(both.codes)
+                fines.append(both.fine)  # type: ignore[arg-type]  # set by encode_both_arrays
+            else:
+                codes.append(self.encode_arrays(batch))
+        out = np.concatenate(codes) if codes else np.zeros((0, self.bits // 8), np.uint8)
+        if not fine:
+            return out, None, georefs
+        width = (self.fine_bits or 0) // 8
+        return out, np.concatenate(fines) if fines else np.zeros((0, width), np.uint8), georefs
 
     @overload
     def encode_arrays(self, batch: np.ndarray, return_embeddings: Literal[False] = ...) -> np.ndarray: ...

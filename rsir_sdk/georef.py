@@ -331,3 +331,13 @@ def _utm_inverse(easting: float, northing: float, zone: int, north: bool) -> tup
 
 def _round(v: float) -> float:
     return round(float(v), 6)
+
+
+def with_georefs(metadata: Any, georefs: list[dict[str, Any]]) -> Any:
+    """A write's metadata with each image's georeferencing (as :func:`georeference` gives it)
+    beneath the caller's own keys, as ``rsir index`` stores it: the store fills an item's place
+    and time from it. ``metadata`` is returned unchanged when no image had any."""
+    if not any(georefs):
+        return metadata
+    given = list(metadata) if metadata is not None else [None] * len(georefs)
+    return [{**geo, **(meta or {})} if geo else meta for meta, geo in zip(given, georefs)]

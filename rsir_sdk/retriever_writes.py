@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from .archive import ArchiveListing, open_archive
 from .call_checks import images_with_ids
 from .failures import FailureReport
+from .georef import with_georefs
 from .images import ImageSource
 from .ingest import PREPARE_MIN_ROWS, IngestProgress, IngestSummary, ingest
 from .options import IngestOptions
@@ -38,7 +39,8 @@ def add_images(r: "Retriever", images: Sequence[ImageSource], ids: Sequence[str]
     store_values.paths(paths, len(ids))
     store_values.metadata(metadata, ids)
     check_place(r.store, ids, footprints, times)
-    codes, fine = r._fine.encode_query(images, batch_size, "default")
+    codes, fine, georefs = r.encoder.encode_for_writes(images, batch_size, r._fine.ranking)
+    metadata = with_georefs(metadata, georefs)  # a GeoTIFF's place, as rsir index keeps it
     return r.store.upsert(ids, codes, labels, paths, metadata, encoder=r.bundle.identity(),
                           footprints=footprints, times=times, fine=fine)
 

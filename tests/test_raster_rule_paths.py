@@ -78,3 +78,63 @@ def test_reading_a_collection_that_was_never_written_names_the_others(rp_bundle,
         from rsir_sdk import list_collections
 
         assert list_collections(db) == ["real"]  # the typo left nothing behind
+
+
+def write_bgrn_geotiffs(root, sample_images, n=12):
+    """16-bit B, G, R, NIR GeoTIFFs (EPSG:4326, one degree apart) with a gain per scene:
+    their codes differ under the default rule, and each has a known footprint."""
+    out = []
+    for i, (p, label) in enumerate(sample_images[::200 // n][:n]):
+        rgb = np.asarray(Image.open(p).convert("RGB")).astype(np.uint16)
+        gain = 8 + (i % 5) * 3
+        bgrn = np.dstack([rgb[..., 2] * gain, rgb[..., 1] * gain, rgb[..., 0] * gain,
+                          np.full(rgb.shape[:2], 3000, np.uint16)])
+        west, north, scale = 10.0 + i, 50.0, 0.01
+        tags = [(33550, "d", 3, (scale, scale, 0.0)),
+                (33922, "d", 6, (0, 0, 0, west, north, 0)),
+                (34735, "H", 12, (1, 1, 0, 2, 1024, 0, 1, 2, 2048, 0, 1, 4326))]
+        path = root / label / f"{p.stem}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, bgrn, photometric="minisblack", planarconfig="contig",
+                         extratags=tags)
+        out.append(path)
+    return out
+
+
+def test_writes_and_edge_codes_keep_the_rule_and_a_geotiffs_place(tmp_path, sample_images,
+                                                                 rp_bundle):
+    """add_images of a GeoTIFF keeps its footprint as rsir index does (locally, uploaded, and
+    encoded on an edge device); an edge RemoteRetriever(bundle=) converts TIFFs with the
+    collection's recorded rule, so its codes equal the collection's."""
+    from serve_support import WRITE, ServerProcess
+
+    from rsir_sdk.serve.client import RemoteRetriever
+
+    bundle, db = rp_bundle[0], str(tmp_path / "rsir.db")
+    files = write_bgrn_geotiffs(tmp_path / "archive", sample_images)
+    rule = "bands=3,2,1;stretch=percentile:2,98"
+    with Retriever(bundle, uri=db, collection="s2", raster_rule=rule) as r:
+        r.index(tmp_path / "archive", label_from="parent")
+        r.add_images([files[3]], ids=["added"])
+        indexed = r.store.ids_by_path([str(files[3])])[str(files[3])]
+        got = {it.id: it for it in r.get([indexed, "added"])}
+        local_hits = r.search(files[5], k=5)
+    assert got["added"].footprint is not None
+    assert got["added"].footprint == got[indexed].footprint
+    assert got["added"].footprint[0] == pytest.approx(13.0)
+    server = ServerProcess([bundle, "--uri", db, "--collection", "s2"], tmp_path / "serve.log",
+                           env={"RSIR_WRITE_TOKEN": WRITE})
+    try:
+        with RemoteRetriever(server.url, token=WRITE, bundle=bundle) as edge:
+            assert edge.encoder.raster_rule.describe() == rule
+            edge_hits = edge.search(files[5], k=5)
+            edge.add_images([files[4]], ids=["edge"])
+            with RemoteRetriever(server.url, token=WRITE) as upload:
+                upload.add_images([files[6]], ids=["uploaded"])
+            places = {it.id: it.footprint for it in edge.get(["edge", "uploaded"])}
+    finally:
+        server.stop()
+    assert [(h.id, h.distance) for h in edge_hits] == [(h.id, h.distance) for h in local_hits]
+    assert edge_hits[0].distance == 0
+    assert places["edge"] is not None and places["edge"][0] == pytest.approx(14.0)
+    assert places["uploaded"] is not None and places["uploaded"][0] == pytest.approx(16.0)

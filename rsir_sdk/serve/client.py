@@ -20,7 +20,7 @@ numbers (:mod:`rsir_sdk.serve.geo_wire`).
 **The edge path**: given a local ``bundle`` (the one the service runs, e.g. an int8 one), images
 are encoded on this device with :class:`~rsir_sdk.Encoder` and only the packed codes travel
 (``bits/8`` bytes per image instead of the image file, plus ``fine_bits/8`` for the fine code
-when the bundle has one: 8 + 32 = 40 bytes for a 64-bit code and the default 256-bit fine code,
+when the bundle has one: 8 + 40 = 48 bytes for a 64-bit code and the default 320-bit fine code,
 both from one forward pass); the request names the encoder so that a service filled by another encoder
 refuses the codes (:class:`CollectionMismatchError`). Without a bundle, image files are
 uploaded and the service encodes them.
@@ -41,7 +41,6 @@ re-exported here); the small wire conversions (filters, upload parts, the index 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -57,7 +56,12 @@ from ..call_checks import (
     images_with_ids,
 )
 from ..codes import as_packed
-from ..errors import CollectionMismatchError, CollectionNotFoundError, InvalidInputError
+from ..errors import (
+    CollectionNotFoundError,
+    InvalidInputError,
+    StoreError,
+)
+from ..georef import with_georefs
 from ..hits import Hit, StoredItem, hit_from_json, item_from_json
 from ..store import values as store_values
 from .geo_wire import footprints_to_wire, geo_to_wire, times_to_wire
@@ -65,8 +69,11 @@ from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defin
 from .transport import HttpOptions, HttpTransport
 from .wire import (
     Filter,
+    adopt_served_encoding,
+    base64_rows,
     check_columns,
     chunks,
+    columns_part,
     finish_index,
     image_file,
     search_params,
@@ -179,14 +186,7 @@ class RemoteRetriever:
 
     def _check_encoder(self) -> None:
         assert self.encoder is not None
-        info = self.info()
-        served = (info.get("encoder") or {}).get("encoder_id") or info["encoder_id"]
-        if int(info["bits"]) != self.encoder.bits or served != self.encoder.bundle.encoder_id:
-            raise CollectionMismatchError(
-                f"the service's collection {info['collection']!r} holds {info['bits']}-bit codes "
-                f"of encoder {served}; the local bundle is encoder "
-                f"{self.encoder.bundle.encoder_id} ({self.encoder.bits} bits). Codes of "
-                f"different encoders are not comparable: use the bundle the service runs")
+        adopt_served_encoding(self.info(), self.encoder)
 
     def _encode(self, images: list[Any], batch_size: int | None = None,
                 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -281,6 +281,9 @@ class RemoteRetriever:
             payload = self._request(
                 "POST", "/v1/search/codes", params=params, content=body.tobytes(),
                 headers={"Content-Type": "application/octet-stream", **self._encoder_header()})
+            if len(payload["results"]) != len(body):
+                raise StoreError(f"the service at {self.url} answered {len(payload['results'])} "
+                                 f"result lists for {len(body)} codes")
             out += [self._hits(r) for r in payload["results"]]
         return out
 
@@ -307,7 +310,10 @@ class RemoteRetriever:
         not given)."""
         if fine is None:
             return None
-        width = self.encoder.fine_bits if self.encoder is not None else None
+        if self.encoder is not None:
+            width = self.encoder.fine_bits
+        else:  # the service's: a wrong width would be read as other records, not refused
+            width = (self._info if self._info is not None else self.info()).get("fine_bits")
         rows = as_packed(fine, width, "fine codes")
         if len(rows) != n:
             raise InvalidInputError(f"{len(rows)} fine codes for {n} codes: give one per code")
@@ -320,8 +326,14 @@ class RemoteRetriever:
         check_range_radius(radius)
         check_search(1, filter, radius, (bbox, near, time))
         search_params(1, filter, radius, geo_to_wire(bbox, near, time), mode)
-        return self.search(img, k=int(self._limits()["max_k"]), filter=filter, radius=radius,
-                           bbox=bbox, near=near, time=time, mode=mode)
+        most = int(self._limits()["max_k"])
+        hits = self.search(img, k=most, filter=filter, radius=radius, bbox=bbox, near=near,
+                           time=time, mode=mode)
+        if len(hits) >= most:  # as the store refuses at its limit: no silent cut
+            raise StoreError(f"the image has {most} or more items within radius {radius}, the "
+                             f"most the service at {self.url} returns (its --max-k); lower the "
+                             f"radius or add a filter")
+        return hits
 
     # ----------------------------------------------------------------- writes
     def add_images(self, images: Sequence[Any], ids: Sequence[str] | None = None,
@@ -346,16 +358,16 @@ class RemoteRetriever:
         places = footprints_to_wire(footprints, ids)
         when = times_to_wire(times, ids)
         if self.encoder is not None:
-            codes, fine = self._encode(images, batch_size)
+            codes, fine, georefs = self.encoder.encode_for_writes(
+                images, batch_size, self.encoder.fine_bits is not None)
+            metadata = with_georefs(metadata, georefs)  # a GeoTIFF's place, as rsir index keeps
             return self.add_codes(codes, ids, labels, paths, metadata, footprints=places,
                                   times=when, fine=fine)
+        columns = {"ids": ids, "labels": labels, "paths": paths, "metadata": metadata,
+                   "footprints": places, "times": when}
         written = 0
         for part in chunks(len(images), self._upload_size(batch_size)):
-            form = {"ids": json.dumps(ids[part])}
-            for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata),
-                              ("footprints", places), ("times", when)):
-                if col is not None:
-                    form[name] = json.dumps(list(col)[part])
+            form = {name: json.dumps(v) for name, v in columns_part(columns, part).items()}
             files = [("image", image_file(x)) for x in images[part]]
             written += int(self._request("POST", "/v1/items", files=files, data=form)["written"])
         return written
@@ -378,19 +390,14 @@ class RemoteRetriever:
         check_columns(ids, labels, paths, metadata)
         footprints = footprints_to_wire(footprints, ids)
         times = times_to_wire(times, ids)
+        columns = {"labels": labels, "paths": paths, "metadata": metadata,
+                   "footprints": footprints, "times": times}
         written = 0
         for part in chunks(len(ids), int(self._limits()["max_codes"])):
-            body: dict[str, Any] = {
-                "ids": ids[part],
-                "codes": [base64.b64encode(row.tobytes()).decode("ascii") for row in packed[part]],
-            }
+            body = {"ids": ids[part], "codes": base64_rows(packed[part]),
+                    **columns_part(columns, part)}
             if fine_rows is not None:
-                body["fine_codes"] = [base64.b64encode(row.tobytes()).decode("ascii")
-                                      for row in fine_rows[part]]
-            for name, col in (("labels", labels), ("paths", paths), ("metadata", metadata),
-                              ("footprints", footprints), ("times", times)):
-                if col is not None:
-                    body[name] = list(col)[part]
+                body["fine_codes"] = base64_rows(fine_rows[part])
             written += int(self._request("POST", "/v1/codes", json_body=body,
                                          headers=self._encoder_header())["written"])
         return written

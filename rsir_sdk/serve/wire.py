@@ -11,7 +11,9 @@ Small conversions between the client's arguments and the JSON/multipart shapes o
   :class:`~rsir_sdk.ingest.IngestSummary`, and the local failure report and progress it implies;
 - :func:`service_url`, :func:`search_mode`, :func:`search_params`, :func:`chunks`: the base URL,
   a search's mode and query parameters checked as the local store checks them, and requests
-  cut to the service's limits.
+  cut to the service's limits;
+- :func:`adopt_served_encoding`: an edge bundle checked against the service's collection and
+  given its raster rule; :func:`base64_rows`, :func:`columns_part`: write bodies.
 
 Place and period travel by :mod:`rsir_sdk.serve.geo_wire`; the requests themselves by
 :mod:`rsir_sdk.serve.transport`.
@@ -19,20 +21,25 @@ Place and period travel by :mod:`rsir_sdk.serve.geo_wire`; the requests themselv
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..api import Filter as Filter  # re-exported: it was defined here
-from ..errors import InvalidInputError
+from ..errors import CollectionMismatchError, InvalidInputError
 from ..hits import SEARCH_MODES
+from ..rasters import as_rule
 from ..redact import redact_uri
 from ..store import keys as store_keys
 from ..store import values as store_values
 from .errors import ServiceError
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from ..encoder import Encoder
     from ..ingest import IngestProgress, IngestSummary
 
 __all__ = ["Filter", "check_columns", "finish_index", "image_file", "summary_from_json",
@@ -174,3 +181,29 @@ def search_params(k: Any, filter: Filter, radius: Any, where: Mapping[str, Any] 
 def chunks(n: int, size: int) -> list[slice]:
     """``n`` items cut into requests of at most ``size`` (the service's limits)."""
     return [slice(i, min(n, i + size)) for i in range(0, n, max(1, size))]
+
+
+def adopt_served_encoding(info: Mapping[str, Any], encoder: "Encoder") -> None:
+    """Refuse an edge bundle whose codes would not compare with the served collection's
+    (another encoder or length), and convert TIFFs with the collection's recorded raster rule:
+    a GeoTIFF encoded with the default rule here gave other codes than the collection's."""
+    served = (info.get("encoder") or {}).get("encoder_id") or info["encoder_id"]
+    if int(info["bits"]) != encoder.bits or served != encoder.bundle.encoder_id:
+        raise CollectionMismatchError(
+            f"the service's collection {info['collection']!r} holds {info['bits']}-bit codes "
+            f"of encoder {served}; the local bundle is encoder {encoder.bundle.encoder_id} "
+            f"({encoder.bits} bits). Codes of different encoders are not comparable: use the "
+            f"bundle the service runs")
+    rule = (info.get("encoder") or {}).get("raster_rule") or info.get("raster_rule")
+    if rule:
+        encoder.raster_rule = as_rule(rule)
+
+
+def base64_rows(rows: "np.ndarray") -> list[str]:
+    """Packed codes, one base64 text per row (the JSON form of ``POST /v1/codes``)."""
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+
+
+def columns_part(columns: Mapping[str, Any], part: slice) -> dict[str, list[Any]]:
+    """The item columns given (``None`` left out) cut to one request's ``part``."""
+    return {name: list(col)[part] for name, col in columns.items() if col is not None}
