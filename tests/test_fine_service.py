@@ -24,7 +24,7 @@ from serve_support import READ, WRITE, ServerProcess, artifact_dirs, auth, copy_
 
 from rsir_sdk import Bundle, Retriever  # noqa: E402
 from rsir_sdk.cli import main  # noqa: E402
-from rsir_sdk.errors import CodeLengthError, InvalidInputError  # noqa: E402
+from rsir_sdk.errors import CodeLengthError, InvalidInputError, StoreError  # noqa: E402
 from rsir_sdk.serve.client import RemoteRetriever  # noqa: E402
 
 pytest_plugins = ["serve_support"]
@@ -154,6 +154,22 @@ def test_remote_retriever_appearance_equals_local(world, image_host, sample_dir)
     assert exp["codes default"] == exp["default"] and exp["codes appearance"] == exp["appearance"]
     assert all(h.fine_distance is None for hits in exp["codes only"] for h in hits)
     assert exp["codes only"] != exp["codes default"]      # the fine code changed the order
+
+
+def test_remote_retriever_refuses_what_it_would_silently_misread(world):
+    """Without a local bundle the fine codes' width is the service's (a narrower one was read
+    as fewer, wrong records: 4 queries, 2 result lists); a range search the service's max k would
+    cut is refused, as the store refuses at its own limit."""
+    exp = world["expected"]
+    with RemoteRetriever(world["url"], token=READ) as r:
+        codes = np.repeat(exp["codes"][:1], 4, axis=0)
+        narrow = np.repeat(exp["fine"][:1, :4], 4, axis=0)   # 4 x (8 + 4) bytes: 2 records of 24
+        with pytest.raises(CodeLengthError, match=f"{FINE_BITS}"):
+            r.search_codes(codes, k=3, fine=narrow)
+        assert exp["count"] >= 200                          # the service's --max-k
+        with pytest.raises(StoreError, match="200 or more items within radius 64.*max-k"):
+            r.range_search(exp["queries"][0], radius=64)
+        assert len(r.range_search(exp["queries"][0], radius=40, mode="appearance")) < 200
 
 
 def test_edge_client_sends_both_codes_24_bytes_an_image(world):

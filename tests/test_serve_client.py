@@ -33,6 +33,7 @@ from rsir_sdk.serve.errors import (  # noqa: E402
     InvalidRequestError,
     PayloadTooLargeError,
     ServiceConnectionError,
+    ServiceTimeoutError,
 )
 
 pytest_plugins = ["serve_support"]
@@ -201,6 +202,81 @@ def test_connection_errors_are_retried_then_raised():
     with pytest.raises(ServiceConnectionError, match="after 3 attempts") as err:
         r.count()
     assert isinstance(err.value, ConnectionError) and time.perf_counter() - t0 < 5
+
+
+def test_a_service_that_drips_its_answer_is_cut_off_at_the_timeout():
+    """``timeout`` bounds the whole answer: a server sending one byte every 0.3 s (each wait
+    well under httpx's read timeout) is cut off after ~timeout, not after the ~40 s its answer
+    takes; bad timeouts are one line before any request."""
+    import threading
+
+    body = b'{"count": ' + b"1" * 120 + b"}"
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+
+    def drip() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body))
+                for byte in body:
+                    if stop.is_set():
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(0.3)
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        r = RemoteRetriever(f"http://127.0.0.1:{srv.getsockname()[1]}", timeout=1.5, retries=0)
+        t0 = time.perf_counter()
+        with pytest.raises(ServiceTimeoutError, match="no answer .* in time"):
+            r.count()
+        assert time.perf_counter() - t0 < 15     # the whole answer would take ~40 s
+        r.close()
+    finally:
+        stop.set()
+        srv.close()
+    for bad in (0, -1, float("inf"), float("nan"), "5"):
+        with pytest.raises(InvalidInputError, match="timeout must be a finite number"):
+            RemoteRetriever("http://127.0.0.1:9", timeout=bad)
+
+
+def test_a_url_that_is_not_an_rsir_service_is_said_to_be_so(tmp_path):
+    """A plain web server at the URL (or the base URL with /v1 appended): one line naming the
+    URL and asking whether it is rsir serve's base URL, not a bare "HTTP 404" or a crash on a
+    page that is not JSON."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "count").write_text("<html>a web page</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with RemoteRetriever(url, retries=0) as r:
+            with pytest.raises(RsirError, match=r"HTTP 404 from .*/v1/info is not an rsir "
+                                                r"service's answer: is .* the base URL"):
+                r.info()
+            with pytest.raises(RsirError, match=r"/v1/count is not an rsir service's \(no JSON"):
+                r.count()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 EDGE = textwrap.dedent("""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from PIL import Image
 
 pytest.register_assert_rewrite("serve_support")
 from serve_support import (  # noqa: E402
@@ -270,8 +271,14 @@ def test_page_clears_the_hits_when_a_new_search_fails(main_server, served, sampl
 
         search_ok(queries[0])
         page.set_input_files("#file", str(notes))
-        expect(page.locator("#query-name")).to_have_text("notes.txt")
+        expect(page.locator("#query-name")).to_contain_text("notes.txt")
         failed()
+        # a TIFF: searched, and "no preview" rather than a broken image
+        tif = tmp_path / "scene.tif"
+        Image.open(queries[4]).save(tif)
+        search_ok(tif)
+        expect(page.locator("#query-name")).to_have_text("scene.tif (no preview)")
+        expect(page.locator("#query-img")).to_be_hidden()
         page.screenshot(path=str(tmp_path / "serve-page-failed.png"), full_page=True)
         search_ok(queries[1])
         page.fill("#url", image_host + "/no-such-scene.jpg")

@@ -366,7 +366,7 @@ def flag(value: Any, name: str) -> bool:
         return True
     if text in ("0", "false", "no"):
         return False
-    raise invalid(f"{name} must be 1/true or 0/false, got {one_line(repr(value), 40)}")
+    raise invalid(f"{name} must be 1/true/yes or 0/false/no, got {one_line(repr(value), 40)}")
 
 
 def search_where(request: Request, fields: Mapping[str, Any]) -> GeoFilter:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 import httpx
 
 from ..errors import InvalidInputError, StoreError
-from .errors import ServiceConnectionError, ServiceTimeoutError, exception_for
+from .errors import ServiceConnectionError, ServiceError, ServiceTimeoutError, exception_for
 
 # the name it had before the transport got its own module: logging set up for it still applies
 log = logging.getLogger("rsir_sdk.serve.client")
@@ -41,7 +42,8 @@ __all__ = ["HttpOptions", "HttpTransport", "RETRY_STATUS"]
 class HttpOptions:
     """How :class:`RemoteRetriever` talks HTTP, as one value.
 
-    ``timeout``: seconds per request. ``retries``: extra attempts after a connection error,
+    ``timeout``: seconds per request, the whole answer included (a service that sends a byte
+    now and then is cut off too; each retry has its own). ``retries``: extra attempts after a connection error,
     timeout or 503. ``backoff``/``max_backoff``: the first retry's delay and the longest one, in
     seconds. ``index_timeout``: seconds an ``index``/``prepare_for_search`` request may take.
     ``client``: an ``httpx.Client`` to use instead of a new one (its own timeout applies).
@@ -57,8 +59,12 @@ class HttpOptions:
     def __post_init__(self) -> None:
         for name in ("timeout", "backoff", "max_backoff", "index_timeout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise InvalidInputError(f"{name} must be a number of seconds >= 0, got {value!r}")
+            positive = name in ("timeout", "index_timeout")
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+                bound = "> 0" if positive else ">= 0"
+                raise InvalidInputError(f"{name} must be a finite number of seconds {bound}, "
+                                        f"got {value!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise InvalidInputError(f"retries must be an integer >= 0, got {self.retries!r}")
 
@@ -98,10 +104,12 @@ class HttpTransport:
             method, self.url + path, params=params, content=content, files=files, data=data,
             headers=hdrs, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
         body = request.read() if files is not None else (content or b"")
+        limit = timeout if timeout is not None else (
+            self.options.timeout if self.own_client else None)
         attempt = 0
         while True:
             try:
-                response = self.client.send(request)
+                response = self._send(request, limit)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if attempt >= self.options.retries:
                     raise self._transport_error(exc) from None
@@ -115,6 +123,25 @@ class HttpTransport:
                 attempt += 1
                 continue
             return self._decode(response)
+
+    def _send(self, request: httpx.Request, limit: float | None) -> httpx.Response:
+        """Send and read the whole answer within ``limit`` seconds (httpx's timeouts bound each
+        wait for a byte, not the answer: a service that sent a byte every half second held a
+        2-second call for 74 s); past it, a ``ReadTimeout`` (retried as a timeout)."""
+        deadline = None if limit is None else time.monotonic() + limit
+        response = self.client.send(request, stream=True)
+        parts = []
+        try:
+            for part in response.iter_bytes():  # decoded (gzip) as they come
+                parts.append(part)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no whole answer in {limit} s", request=request)
+        finally:
+            response.close()
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length")]
+        return httpx.Response(response.status_code, headers=headers, content=b"".join(parts),
+                              request=request)
 
     def answers_ok(self, path: str) -> bool:
         """Whether ``GET path`` answers 200: one attempt, no retries, no token; ``False`` when
@@ -149,14 +176,25 @@ class HttpTransport:
         log.info("retrying %s in %.2f s (%s)", self.url, delay, why)
         time.sleep(delay)
 
-    @staticmethod
-    def _decode(response: httpx.Response) -> Any:
+    def _decode(self, response: httpx.Response) -> Any:
+        """The answer's JSON, or the exception its ``error`` names. An answer that is not an rsir
+        service's (a web server or proxy at that URL: HTML, no ``error`` field) is said to be so,
+        naming the URL, not passed on as a bare "HTTP 404" or a ``None`` payload."""
         try:
             payload = response.json()
         except ValueError:
             payload = None
-        if response.status_code >= 400:
-            raise exception_for(response.status_code, payload, _retry_after(response))
+        status = response.status_code
+        rsir_error = isinstance(payload, dict) and "error" in payload
+        if status >= 400 and not rsir_error and status not in (RETRY_STATUS, 504):
+            payload = {"message": f"HTTP {status} from {response.request.url} is not an rsir "
+                                  f"service's answer: is {self.url} the base URL of rsir serve?"}
+        elif status < 400 and not isinstance(payload, dict):
+            raise ServiceError(f"the answer from {response.request.url} is not an rsir "
+                               f"service's (no JSON object): is {self.url} the base URL of rsir "
+                               f"serve?", status, "ServiceError")
+        if status >= 400:
+            raise exception_for(status, payload, _retry_after(response))
         return payload
 
 

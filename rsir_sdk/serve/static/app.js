@@ -404,8 +404,16 @@ function setFileQuery(file) {
   state.query = { kind: "file", blob: file, name: file.name };
   const img = $("query-img");
   if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.hidden = false;
+  // a browser shows no TIFF (nor a file that is not an image): say so instead of a broken image
+  img.onerror = () => {
+    img.hidden = true;
+    $("query-name").textContent = file.name + " (no preview)";
+    $("query-name").title = "the browser cannot show this file; the service reads it";
+  };
   img.src = URL.createObjectURL(file);
   $("query-name").textContent = file.name;
+  $("query-name").title = "";
   $("query-preview").hidden = false;
   newSearch();
 }
