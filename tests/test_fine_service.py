@@ -170,6 +170,14 @@ def test_remote_retriever_refuses_what_it_would_silently_misread(world):
         with pytest.raises(StoreError, match="200 or more items within radius 64.*max-k"):
             r.range_search(exp["queries"][0], radius=64)
         assert len(r.range_search(exp["queries"][0], radius=40, mode="appearance")) < 200
+        # what to pass is said as in process (fine=), not in the wire's terms
+        with pytest.raises(InvalidInputError, match=r"searches by the fine code: give fine="):
+            r.search_codes(codes, k=3, mode="appearance")
+    with RemoteRetriever(world["url"], token=WRITE) as w:
+        with pytest.raises(InvalidInputError, match=rf"keeps {FINE_BITS}-bit fine codes: pass "
+                                                    r"fine= with one per item"):
+            w.add_codes(codes[:1], ["never-written"])
+        assert w.get(["never-written"]) == []
 
 
 def test_edge_client_sends_both_codes_24_bytes_an_image(world):

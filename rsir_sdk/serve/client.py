@@ -72,6 +72,7 @@ from .wire import (
     adopt_served_encoding,
     base64_rows,
     check_columns,
+    check_fine_given,
     chunks,
     columns_part,
     finish_index,
@@ -272,6 +273,7 @@ class RemoteRetriever:
         bits = self._bits()
         packed = as_packed(codes, bits)
         fine_rows = self._fine(fine, len(packed))
+        check_fine_given(fine_rows, mode, self._info or self.info())
         if fine_rows is not None:
             params["fine"] = "1"
         out: list[list[Hit]] = []
@@ -387,6 +389,7 @@ class RemoteRetriever:
         if len(ids) != len(packed):
             raise InvalidInputError(f"{len(ids)} ids but {len(packed)} codes")
         fine_rows = self._fine(fine, len(packed))
+        check_fine_given(fine_rows, None, self._info or self.info())
         check_columns(ids, labels, paths, metadata)
         footprints = footprints_to_wire(footprints, ids)
         times = times_to_wire(times, ids)

@@ -207,3 +207,19 @@ def base64_rows(rows: "np.ndarray") -> list[str]:
 def columns_part(columns: Mapping[str, Any], part: slice) -> dict[str, list[Any]]:
     """The item columns given (``None`` left out) cut to one request's ``part``."""
     return {name: list(col)[part] for name, col in columns.items() if col is not None}
+
+
+def check_fine_given(fine_rows: Any, mode: str | None, info: Mapping[str, Any]) -> None:
+    """Say what a Python caller must pass, as the local Retriever does, before the request: an
+    appearance search (``mode``) or a write (``mode=None``) to a collection that keeps fine codes
+    without ``fine=`` (the service's answer names the wire's fields instead)."""
+    if fine_rows is not None:
+        return
+    if mode == "appearance":
+        raise InvalidInputError("mode='appearance' searches by the fine code: give fine= "
+                                "(the fine codes of the same images, Encoder.encode_both)")
+    kept = info.get("collection_fine_bits")
+    if mode is None and kept:
+        raise InvalidInputError(
+            f"collection {info.get('collection')!r} keeps {kept}-bit fine codes: pass fine= "
+            f"with one per item (uint8 (n, {int(kept) // 8}); Encoder.encode_both)")
