@@ -263,7 +263,10 @@ class IngestRun:
         for f in invalid:
             self.fail(f)
         self.tick()
+        #: this run made the (server) collection: one it leaves empty is dropped at the end
+        self.created_here = False
         if not store.is_lite and items:
+            self.created_here = not store.exists
             store.writer.ensure_created()  # the lease lives in the collection's properties
             self.lease = WriterLease(store).take()
         try:  # from here on a failure releases the lease (no engine's finally covers __init__)
@@ -415,6 +418,8 @@ class IngestRun:
         if self.prepare == "always" or (self.prepare == "auto" and (
                 self.bulk is not None or wrote >= PREPARE_MIN_ROWS)):
             self.summary.prepare = self.store.prepare_for_search(progress=self.on_prepare)
+        elif wrote:
+            self.store.flush()  # durable: unflushed rows were lost by a server restart
         self.summary.seconds = time.perf_counter() - self.t0
         return self.summary
 
@@ -422,8 +427,19 @@ class IngestRun:
         """Release the server collection's writer lease (every engine calls it at the end,
         whatever the outcome)."""
         lease, self.lease = self.lease, None
+        if self.created_here and not self.summary.indexed:
+            self._drop_if_empty()  # made for the lease, nothing written: leave nothing behind
         if lease is not None:
             lease.release()
+
+    def _drop_if_empty(self) -> None:
+        try:
+            if self.store.count() == 0:
+                self.store.drop()
+                log.info("dropped collection %s: this run created it and wrote nothing",
+                         self.store.collection)
+        except StoreError as exc:  # the run's own outcome is the one to report
+            log.info("could not drop the empty collection %s: %s", self.store.collection, exc)
 
     def interrupted(self) -> IngestInterrupted:
         """Ctrl-C: write what was encoded (the re-run starts after it), return the exception.

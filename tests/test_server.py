@@ -265,3 +265,70 @@ def test_a_run_that_fails_while_starting_leaves_no_writer_lease(server_uri, rp_b
             assert _lease_of(server_uri, "leakcheck") == ""
         finally:
             store.drop()
+
+
+def test_a_restarted_server_is_read_while_it_loads_again(tmp_path, rp_bundle, sample_dir,
+                                                         sample_images, capsys):
+    """A small run (under 10,000 rows: not prepared) ends flushed, its rows in sealed
+    segments, so that they survive a server restart (unflushed rows were lost by one); after
+    the restart the collections are loaded again for a while ("Loading"): a store opened then
+    waits for that load instead of failing "collection not loaded"."""
+    from testing.store_local_server import local_server
+
+    data = tmp_path / "milvus"
+    with local_server(data, keep=True) as server:
+        code, _, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server.uri,
+                           "--collection", "kept", "--label-from", "parent", "--no-progress")
+        assert code == 0, err
+        with MilvusCodeStore(server.uri, "kept", create=False) as s:
+            assert sum(s.index_info()["sealed_segments"].values()) == len(sample_images)
+        os.kill(server.pid, signal.SIGKILL)
+        time.sleep(1)
+    query, label = sample_images[7]
+    with local_server(data, quick_handoff=True) as server:
+        with MilvusCodeStore(server.uri, "kept", create=False) as s:
+            assert s.count() == len(sample_images)
+        code, out, err = run(capsys, "search", rp_bundle[0], query, "--uri", server.uri,
+                             "--collection", "kept", "-k", "3", "--json")
+        assert code == 0, err
+        assert json.loads(out)[0]["id"] == f"{label}/{query.name}"
+
+
+def test_an_index_type_without_parameters_gets_defaults_and_a_refused_one_leaves_nothing(
+        server_uri, rp_bundle, sample_dir, capsys):
+    """``--index-type BIN_IVF_FLAT``/``HNSW`` without ``--index-params`` failed ("nlist out of
+    range") and left a collection that could not be loaded: every later run failed until
+    ``rsir drop``. Now they get default build parameters; parameters the server refuses fail in
+    one line and leave no collection behind."""
+    for kind, key, value in (("BIN_IVF_FLAT", "nlist", 128), ("HNSW", "M", 16)):
+        name = f"defaults_{kind.lower()}"
+        code, _, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
+                           "--collection", name, "--no-progress", "--index-type", kind)
+        assert code == 0, err
+        with MilvusCodeStore(server_uri, name, create=False) as s:
+            info = s.index_info()
+            assert info["index_type"] == kind and int(info["params"][key]) == value, info
+            s.drop()
+    code, _, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
+                       "--collection", "refused_ivf", "--no-progress", "--index-type",
+                       "BIN_IVF_FLAT", "--index-params", '{"nlist": 0}')
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "nlist" in err, err
+    code, out, _ = run(capsys, "collections", "--uri", server_uri)
+    assert code == 0 and "refused_ivf" not in out
+
+
+def test_a_run_that_writes_nothing_leaves_no_collection_on_a_server(server_uri, rp_bundle,
+                                                                    tmp_path, capsys):
+    """A server run creates its collection before encoding (the writer lease lives in it); a
+    run that then wrote nothing (every image failed, or it stopped first) used to leave an
+    empty collection behind; it is dropped, as nothing is created on a Lite file."""
+    archive = tmp_path / "broken"
+    archive.mkdir()
+    (archive / "a.jpg").write_bytes(b"not a jpeg")
+    (archive / "b.png").write_bytes(b"")
+    code, out, err = run(capsys, "index", rp_bundle[0], archive, "--uri", server_uri,
+                         "--collection", "left_empty", "--no-progress", "--report",
+                         tmp_path / "failed.csv")
+    assert code == 3, err
+    code, out, _ = run(capsys, "collections", "--uri", server_uri)
+    assert code == 0 and "left_empty" not in out

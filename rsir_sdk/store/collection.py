@@ -110,6 +110,9 @@ class MilvusCodeStore:
         #: an existing one keeps what it was made with); None: the whole fine code
         self.scene_test: SceneTest | None = scene_test
         self._fine_dropped = False
+        #: items held without their fine-code row (server rows lost before a flush), counted
+        #: by the first ``existing_ids``: those ids are not "present" (a re-run writes them again)
+        self._fine_gap: int | None = None
         #: requests and hits of this store's searches so far (``searches``: top-k requests,
         #: ``range_searches``: extra requests that read a whole tie group at the k-th distance)
         self.search_stats: dict[str, int] = {}
@@ -429,6 +432,12 @@ class MilvusCodeStore:
         which searches what it holds at once, and on a collection never written.
         """
         return serving.prepare(self, timeout, progress)
+
+    def flush(self) -> None:
+        """Make a server collection's written rows durable (main and companions): rows Milvus
+        keeps only in growing segments were lost when a server restarted. ``rsir index`` and
+        :meth:`prepare_for_search` flush; a no-op on Milvus Lite and a collection never written."""
+        serving.flush(self)
 
     def set_index(self, index_type: str, index_params: Mapping[str, Any] | None = None, *,
                   calibrate: bool = True, timeout: float | None = 3600.0,

@@ -11,17 +11,21 @@ names delegate here (:mod:`.collection` keeps the class; :mod:`.search` lists id
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import StoreError
 from ..geo import FIELDS
 from ..hits import StoredItem
+from . import fine as companions
 from . import keys, place, server, values
 from . import search as searching
 from .schema import PK_CHUNK
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collection import MilvusCodeStore
+
+log = logging.getLogger(__name__)
 
 
 def by_pk(store: "MilvusCodeStore", ids: Iterable[str], fields: list[str]) -> dict[str, dict[str, Any]]:
@@ -80,8 +84,38 @@ def ids_by_path(store: "MilvusCodeStore", paths: Iterable[str]) -> dict[str, str
 
 
 def existing_ids(store: "MilvusCodeStore", ids: Iterable[str]) -> set[str]:
-    """The subset of ``ids`` that the collection holds."""
-    return set(by_pk(store, ids, ["pk", "id"]))
+    """The subset of ``ids`` that the collection holds: with its fine-code row too, where the
+    collection keeps them and some rows lack theirs (:func:`fine_gap`)."""
+    found = set(by_pk(store, ids, ["pk", "id"]))
+    if not found or store.fine_bits is None or not fine_gap(store):
+        return found
+    comp = companions.mirror(store.collection)
+    kept: set[str] = set()
+    order = [keys.digest(i) for i in found]
+    for start in range(0, len(order), PK_CHUNK):
+        res = store._conn.call("query", comp, filter=keys.in_list("pk", order[start:start + PK_CHUNK]),
+                               output_fields=["id"], read=True, what=f"reading ids from {comp!r}")
+        kept.update(row["id"] for row in res)
+    return found & kept
+
+
+def fine_gap(store: "MilvusCodeStore") -> int:
+    """How many more items the collection holds than fine-code rows (counted once per store).
+
+    Why: a server restart lost rows not yet flushed, the main collection's and its
+    companion's separately; items left without a fine-code row vanish from tie-ranked and
+    appearance searches, and a plain re-run skipped them as present. Counting the gap makes
+    :func:`existing_ids` leave them out, so ``rsir index`` run again writes them again."""
+    if store._fine_gap is None:
+        comp = companions.mirror(store.collection)
+        mirrored = int(store._conn.call("query", comp, filter="", output_fields=["count(*)"],
+                                        read=True, what=f"count in {comp!r}")[0]["count(*)"])
+        store._fine_gap = max(0, count(store, None, None) - mirrored)
+        if store._fine_gap:
+            log.warning("collection %s holds %d items without their fine-code row (rows lost "
+                        "before a flush, e.g. by a server restart): an index run writes them "
+                        "again", store.collection, store._fine_gap)
+    return store._fine_gap
 
 
 def iter_ids(store: "MilvusCodeStore") -> Iterator[str]:

@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -135,6 +135,21 @@ def wait_serving(conn: Connection, name: str, rows: int, deadline: _Deadline,
             ok = 0
         deadline.check(f"{len(loaded)} of {len(flushed)} sealed segments served")
         time.sleep(POLL_S)
+
+
+#: build parameters an index type is given when the caller names none (Milvus refuses
+#: BIN_IVF_FLAT without ``nlist`` and HNSW without ``M``/``efConstruction``, and a collection
+#: created with the refused index was left unloadable)
+INDEX_DEFAULTS: dict[str, dict[str, Any]] = {"BIN_IVF_FLAT": {"nlist": 128},
+                                             "HNSW": {"M": 16, "efConstruction": 200}}
+
+
+def build_params(index_type: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The index's build parameters: the caller's over :data:`INDEX_DEFAULTS` (none for
+    BIN_FLAT)."""
+    if index_type == "BIN_FLAT":
+        return {}
+    return {**INDEX_DEFAULTS.get(index_type, {}), **dict(params or {})}
 
 
 def choose_nlist(segment_rows: list[int]) -> int:
@@ -315,7 +330,8 @@ def change_index(conn: Connection, name: str, index_type: str, params: dict[str,
     t0 = time.perf_counter()
     conn.call("flush", name, what=f"flushing {name!r}")
     rows = count_strong(conn, name)
-    set_index(conn, name, index_type, dict(params), rows, deadline, report)
+    params = build_params(index_type, params)
+    set_index(conn, name, index_type, params, rows, deadline, report)
     out: dict[str, Any] = {"rows": rows, "index_type": index_type, "build_s": time.perf_counter() - t0}
     cal = None
     if index_type == "BIN_IVF_FLAT" and calibrate_nprobe:

@@ -46,6 +46,15 @@ def prepare(store: "MilvusCodeStore", timeout: float | None, progress: Any) -> d
     return out
 
 
+def flush(store: "MilvusCodeStore") -> None:
+    """:meth:`~.collection.MilvusCodeStore.flush`."""
+    if store.is_lite or not store.exists:
+        return
+    if store.fine_bits is not None:
+        companions.flush(store._conn, store.collection)
+    store._conn.call("flush", store.collection, what=f"flushing {store.collection!r}")
+
+
 def set_index(store: "MilvusCodeStore", index_type: str, index_params: Mapping[str, Any] | None,
               calibrate: bool, timeout: float | None, progress: Any) -> dict[str, Any]:
     """:meth:`~.collection.MilvusCodeStore.set_index`."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..codes import as_packed
 from ..errors import CollectionMismatchError, InvalidInputError, StoreError
-from . import fine, keys, place, reads, rows, values
+from . import fine, keys, place, reads, rows, server, values
 from .schema import AUTO_INDEX, PK_CHUNK, check_same_encoder, make_schema
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,21 +75,36 @@ class Writer:
         index_type, index_params = s._index
         policy = AUTO_INDEX if index_type in (None, AUTO_INDEX) and not s.is_lite else None
         concrete = "BIN_FLAT" if index_type in (None, AUTO_INDEX) else index_type
-        if fine_bits is not None:  # companions first: no main row without its mirror row
-            s.fine_bits = fine_bits
-            fine.create(s._conn, s.collection, s.bits, fine_bits, s.scene_test is not None)
-        index = s._conn.client.prepare_index_params()
-        index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
-                        params=dict(index_params or {}) if concrete != "BIN_FLAT" else {})
-        s._conn.call("create_collection", s.collection,
-                     schema=make_schema(s.bits, s.encoder, policy, s.fine_bits, s.scene_test),
-                     index_params=index, consistency_level="Strong",
-                     what=f"creating collection {s.collection!r}")
+        try:
+            if fine_bits is not None:  # companions first: no main row without its mirror row
+                s.fine_bits = fine_bits
+                fine.create(s._conn, s.collection, s.bits, fine_bits, s.scene_test is not None)
+            index = s._conn.client.prepare_index_params()
+            index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
+                            params=server.build_params(concrete, index_params))
+            s._conn.call("create_collection", s.collection,
+                         schema=make_schema(s.bits, s.encoder, policy, s.fine_bits, s.scene_test),
+                         index_params=index, consistency_level="Strong",
+                         what=f"creating collection {s.collection!r}")
+        except Exception:  # e.g. index parameters the server refuses: nothing half-made stays
+            self._drop_half_made()
+            raise
         s.exists = True
         s.has_place = True
         s.index_policy = policy
         log.info("created collection %s (%d bits, fine %s, index %s) at %s", s.collection,
                  s.bits, s.fine_bits, policy or concrete, s.display_uri)
+
+    def _drop_half_made(self) -> None:
+        """Drop what a failed creation left (the collection without its index, which could
+        not be loaded, and its companions): every later run failed until ``rsir drop``."""
+        s = self.store
+        try:
+            if s._conn.call("has_collection", s.collection, what="cleaning up"):
+                s._conn.call("drop_collection", s.collection, what="cleaning up")
+            fine.drop(s._conn, s.collection)
+        except Exception:  # the creation's own error is the one to report
+            log.debug("could not drop the half-made collection %s", s.collection, exc_info=True)
 
     def _created_meanwhile(self, fine_bits: int | None) -> bool:
         """Whether another program created the collection since this store was opened (then
