@@ -49,6 +49,7 @@ from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
 from .store import keys as store_keys
 from .store import place as store_place
 from .store import values as store_values
+from .store.schema import rebuild_steps
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,10 @@ class Retriever:
         #: how fine codes take part in this retriever's searches and writes (:mod:`.fine_codes`)
         self._fine = FineCodes(self.bundle, self.encoder, self.store)
         if self.bundle.fine_bits is not None and not self.fine_ranking:
-            log.warning("collection %r keeps no fine codes (filled before issue 20): searches "
-                        "rank by the retrieval code alone; to rank by appearance, drop it "
-                        "(rsir drop %s --yes) and index again", self.store.collection,
-                        self.store.collection)
+            log.warning("collection %r keeps no fine codes (filled before them): searches "
+                        "rank by the retrieval code alone; to rank by appearance, %s",
+                        self.store.collection,
+                        rebuild_steps(self.store.collection, self.store.display_uri))
 
     @property
     def fine_ranking(self) -> bool:

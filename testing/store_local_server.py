@@ -9,9 +9,10 @@ on one machine:
 >>> with local_server("/tmp/milvus-dev") as server:                   # doctest: +SKIP
 ...     store = MilvusCodeStore(server.uri, "scenes", bits=64)
 
-Two things this fixes over the package's defaults: every port is a free one (the embedded etcd
-always binds 127.0.0.1:2379/2380 otherwise, so a second server on the machine fails to start),
-and all components listen on 127.0.0.1 only. ``quick_handoff`` makes the query coordinator hand
+What this changes from the package's defaults: etcd and the proxy get free ports (the embedded
+etcd always binds 127.0.0.1:2379/2380 otherwise, so a second server on the machine fails to
+start) and the components advertise 127.0.0.1. The other components keep the package's fixed
+ports and listen on every interface: a trusted machine only. ``quick_handoff`` makes the query coordinator hand
 sealed segments over every second instead of every 5-10 s (tests wait for that hand-over).
 Stopping takes about a second; the data folder is removed afterwards unless ``keep=True``.
 """
@@ -40,8 +41,8 @@ def free_port() -> int:
 
 def server_config(data_dir: str | Path, *, quick_handoff: bool = False,
                   settings: dict[str, Any] | None = None) -> Any:
-    """A ``milvus.MilvusServerConfig`` for ``data_dir`` on 127.0.0.1 with free ports (etcd
-    included); ``settings``: more ``component.key`` values the package's template names."""
+    """A ``milvus.MilvusServerConfig`` for ``data_dir``: etcd and the proxy on free ports, the
+    components advertising 127.0.0.1; ``settings``: more ``component.key`` values the package's template names."""
     try:
         import milvus
         from milvus import MilvusServerConfig

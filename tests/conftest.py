@@ -100,8 +100,8 @@ def server_uri(tmp_path_factory):
     once for every test of the session that asks for it (about 10 s) and stopped at the end.
 
     Its data live in a temporary folder (about 0.5 GB: the package unpacks its binaries there);
-    every port it opens (gRPC, metrics, etcd) is a free one, so it runs beside other embedded
-    servers (:mod:`testing.store_local_server`). Tests use their own collection names.
+    its proxy and etcd ports are free ones (:mod:`testing.store_local_server`). Tests use their
+    own collection names.
     """
     pytest.importorskip("milvus")
     from testing.store_local_server import local_server

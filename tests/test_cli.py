@@ -264,3 +264,72 @@ def test_an_empty_collection_name_is_refused_not_taken_for_the_default(command, 
     assert main([command, *args, "--collection", ""]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--collection: must not be empty" in err
+
+
+def test_ray_actor_threads_and_gpus_reach_the_ray_options(tmp_path, capsys):
+    """``--threads`` sized only the driver's encoder and the CLI could not give Ray actors a
+    GPU (Ray hides GPUs from actors that ask for none): both now reach ``RayOptions``; a GPU
+    count for the local engine is one usage line, not silently ignored."""
+    from rsir_sdk.cli import _parse, build_parser
+    from rsir_sdk.cli.index import ingest_options
+    from rsir_sdk.options import RayOptions
+
+    parser = build_parser()
+    args = _parse(parser, ["index", "b", "a", "--engine", "ray", "--threads", "3",
+                           "--gpus-per-worker", "0.5"])
+    assert ingest_options(args).ray == RayOptions(threads_per_worker=3, gpus_per_worker=0.5)
+    assert ingest_options(_parse(parser, ["index", "b", "a", "--engine", "ray"])).ray == RayOptions()
+    code = main(["index", str(tmp_path / "b"), str(tmp_path), "--gpus-per-worker", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--gpus-per-worker is for --engine ray" in err[0]
+
+
+def test_an_ahcl_training_batch_of_one_is_a_usage_error(tmp_path, capsys):
+    """A batch of one image cannot be normalised: every batch was skipped and an untrained
+    bundle written with exit 0 (chance mAP). Now a usage line before anything runs."""
+    code = main(["train", "ahcl", "--data", str(tmp_path), "--out", str(tmp_path / "b"),
+                 "--batch-size", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--batch-size: must be at least 2" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_ahcl_says_when_it_replaces_or_cannot_find_checkpoints(tmp_path, caplog):
+    """Re-running a killed AHCL run without --resume started over and overwrote its
+    checkpoints without a word; --resume with no checkpoint (a mistyped --out) trained from
+    scratch with one INFO line. Both are one warning now."""
+    import argparse
+
+    from rsir_train.train_checks import check_train_outputs
+
+    data = tmp_path / "archive"
+    data.mkdir()
+    args = argparse.Namespace(method="ahcl", data=str(data), out=str(tmp_path / "b"),
+                              work_dir=None, resume=False, overwrite=False)
+    with caplog.at_level("WARNING", logger="rsir_train.train_checks"):
+        check_train_outputs(args)
+    assert not caplog.records
+    (tmp_path / "b.work" / "select-auto-f0").mkdir(parents=True)
+    (tmp_path / "b.work" / "select-auto-f0" / "checkpoint.pt").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="rsir_train.train_checks"):
+        check_train_outputs(args)
+    assert "holds checkpoints of an earlier run" in caplog.text and "--resume" in caplog.text
+    caplog.clear()
+    args.out, args.resume = str(tmp_path / "typo"), True
+    with caplog.at_level("WARNING", logger="rsir_train.train_checks"):
+        check_train_outputs(args)
+    assert "--resume: no checkpoint in" in caplog.text
+
+
+def test_info_says_not_created_yet_for_a_missing_collection_of_an_existing_file(
+        rp_bundle, sample_images, tmp_path, capsys):
+    """Only a missing Lite file read "not created yet"; a file holding other collections
+    printed "cannot be opened (collection ... does not exist ...)" and exited 1."""
+    from rsir_sdk import Retriever
+
+    db = str(tmp_path / "rsir.db")
+    with Retriever(rp_bundle[0], uri=db, collection="real") as r:
+        r.add_images([sample_images[0][0]], ids=["a"])
+    code, out, _ = run(capsys, "info", rp_bundle[0], "--uri", db, "--collection", "later")
+    assert code == 0 and "later at" in out and "not created yet" in out, out
+    assert "cannot be opened" not in out

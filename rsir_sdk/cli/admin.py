@@ -12,6 +12,7 @@ from ..rasters import RasterRule
 from ..redact import redact_uri
 from ..splits import SPLIT_FILE
 from ..store import describe_collections, drop_collection, is_lite_uri
+from ..store.schema import rebuild_steps
 from .common import EXIT_ERROR, EXIT_OK, add_store_args, collection_name, print_json, warn
 
 
@@ -133,7 +134,12 @@ def collection_info(b: Bundle, uri: str, collection: str | None,
                     token: str | None) -> dict[str, Any]:
     """What the store at ``uri`` holds in the bundle's collection (``exists`` False when it
     does not exist or the Lite file is missing; ``error`` when it cannot be opened)."""
-    from ..errors import CollectionMismatchError, InvalidInputError, StoreError
+    from ..errors import (
+        CollectionMismatchError,
+        CollectionNotFoundError,
+        InvalidInputError,
+        StoreError,
+    )
     from ..store import MilvusCodeStore
 
     name = collection or b.default_collection
@@ -144,6 +150,8 @@ def collection_info(b: Bundle, uri: str, collection: str | None,
             if not store.exists:
                 return {"collection": name, "exists": False}
             return store.info()
+    except CollectionNotFoundError:  # the file or server is there, the collection not yet
+        return {"collection": name, "exists": False}
     except (StoreError, CollectionMismatchError, InvalidInputError) as exc:
         return {"collection": name, "exists": False, "error": str(exc)}
 
@@ -175,8 +183,8 @@ def store_lines(b: Bundle, found: dict[str, Any], uri: str) -> list[str]:
 def rebuild_hint(name: str, where: str) -> str:
     """One line: how to rebuild a collection made before fine codes to rank by appearance."""
     return (f"{'rebuild':12s} collection {name} was made before fine codes (searches rank as "
-            f"before; no appearance mode or duplicates): rebuild it with rsir drop {name} --uri "
-            f"{where} --yes, then rsir index BUNDLE ARCHIVE --uri {where} --collection {name}")
+            f"before; no appearance mode or duplicates): to rebuild it, "
+            + rebuild_steps(name, where))
 
 
 def _database_error(bundle: Bundle) -> str | None:
@@ -224,8 +232,9 @@ def run_collections(args: argparse.Namespace) -> int:
     if old:
         print(f"{len(old)} collection(s) without fine codes ({', '.join(old[:5])}"
               f"{' ...' if len(old) > 5 else ''}): searches rank as before, without appearance "
-              f"mode or duplicates; to get them, rsir drop NAME --uri {redact_uri(args.uri)} "
-              f"--yes and index again with a bundle that has a fine code")
+              f"mode or duplicates; to get them, "
+              + rebuild_steps("NAME", redact_uri(args.uri)) + " (with a bundle that has a fine "
+              "code)")
     return EXIT_OK
 
 

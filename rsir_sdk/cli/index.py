@@ -10,7 +10,7 @@ from ..archive import IMAGE_EXTENSIONS
 from ..decoding import allow_pixels
 from ..failures import read_report
 from ..ingest import IngestInterrupted, IngestProgress, IngestSummary
-from ..options import IndexOptions, IngestOptions
+from ..options import IndexOptions, IngestOptions, RayOptions
 from ..retriever import Retriever
 from .common import (
     EXIT_INTERRUPTED,
@@ -77,6 +77,9 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--address", default=None,
                    help="--engine ray: the Ray cluster (e.g. auto, ray://head:10001); default: "
                         "a local Ray with --workers CPUs")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="--engine ray: GPUs per actor (default 0: CPU actors; 0.5 shares a GPU "
+                        "between two); each actor runs --threads onnxruntime threads (default 1)")
     g.add_argument("--max-pixels", type=int_in(0, None, "the pixel limit (0: none)"), default=100_000_000,
                    help="refuse images with more pixels (default 100000000; 0 = no limit)")
     g.add_argument("--index-type", default=None, type=str.upper,
@@ -91,8 +94,9 @@ def add_parser(sub: Any) -> None:
                         "the Milvus server reads at the same path: a local server); resumable "
                         "through a journal in DIR; for large first loads")
     g.add_argument("--prepare", choices=["auto", "always", "never"], default="auto",
-                   help="leave a server collection flushed, indexed and loaded at the end, so "
-                        "the first search is fast (auto: after a bulk load or 10000 rows)")
+                   help="leave a server collection indexed and loaded at the end, so the "
+                        "first search is fast (auto: after a bulk load or 10000 rows); every "
+                        "run that wrote rows ends flushed (durable) whatever this says")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_raster_args(p)
@@ -170,6 +174,9 @@ def ingest_options(args: argparse.Namespace) -> IngestOptions:
     if args.retry_failed and not os.path.isfile(args.retry_failed):
         raise UsageError(f"--retry-failed {args.retry_failed}: no such report file (nothing "
                          f"failed last time?)")
+    if args.gpus_per_worker and args.engine != "ray":
+        raise UsageError("--gpus-per-worker is for --engine ray (the local engine uses the "
+                         "GPU onnxruntime finds)")
     only = frozenset(f.id for f in read_report(args.retry_failed)) if args.retry_failed else None
     extensions = (tuple(e.strip() for e in args.extensions.split(",") if e.strip())
                   if args.extensions else IMAGE_EXTENSIONS)
@@ -180,6 +187,8 @@ def ingest_options(args: argparse.Namespace) -> IngestOptions:
         engine=args.engine, address=args.address, workers=args.workers,
         batch_size=args.batch_size, upsert_batch=args.upsert_batch,
         max_pixels=args.max_pixels or None, bulk_dir=args.bulk, prepare=args.prepare,
+        ray=RayOptions(threads_per_worker=args.threads or 1,
+                       gpus_per_worker=args.gpus_per_worker),
     )
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import CollectionMismatchError
 from . import keys
-from .schema import PK_CHUNK, add_item_fields
+from .schema import PK_CHUNK, add_item_fields, rebuild_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connect import Connection
@@ -290,8 +290,8 @@ def check_scene_test(store: Any, asked: Any) -> None:
             else "with another same-scene test")
     raise CollectionMismatchError(
         f"collection {store.collection!r} was made {made}, so it would rank otherwise than this "
-        f"bundle (a --fine-code layout bundle): index into another collection, or rebuild this "
-        f"one (rsir drop {store.collection} --uri {store.display_uri} --yes, then index again)")
+        f"bundle (a --fine-code layout bundle): " + rebuild_steps(store.collection,
+                                                                  store.display_uri))
 
 
 def check_fine_bits(store: Any, asked: int | None) -> None:

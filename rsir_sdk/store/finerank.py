@@ -76,7 +76,7 @@ from ..errors import CollectionMismatchError, InvalidInputError
 from ..hits import SEARCH_MODES
 from . import fine, keys, place, topk
 from . import search as searching
-from .schema import MAX_TOPK
+from .schema import MAX_TOPK, rebuild_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collection import MilvusCodeStore
@@ -98,9 +98,8 @@ def refuse_appearance(store: "MilvusCodeStore") -> CollectionMismatchError:
     """The one line for the appearance mode on a collection that keeps no fine codes."""
     return CollectionMismatchError(
         f"collection {store.collection!r} at {store.display_uri} keeps no fine codes (made "
-        f"before them, or without them), so it cannot search by appearance; rebuild it with a "
-        f"bundle that has a fine code: rsir drop {store.collection} --uri {store.display_uri} "
-        f"--yes, then index the archive again")
+        f"before them, or without them), so it cannot search by appearance; to rebuild it with "
+        f"a bundle that has a fine code, " + rebuild_steps(store.collection, store.display_uri))
 
 
 def queries(store: "MilvusCodeStore", codes: Any, fine_codes: Any,

@@ -34,7 +34,7 @@ from ..geo import (
     scalar_fields,
 )
 from . import keys, topk
-from .schema import MAX_TOPK
+from .schema import MAX_TOPK, rebuild_steps
 
 __all__ = ["FIELDS", "as_filter", "columns", "footprint_arg", "hit_place", "near_topk"]
 
@@ -57,8 +57,7 @@ def refuse_old(collection: str, where: str, what: str) -> CollectionMismatchErro
     """The one-line refusal of place/period filters or footprints on a format-2 collection."""
     return CollectionMismatchError(
         f"collection {collection!r} at {where} was made before place and period fields existed, "
-        f"so it cannot {what}; rebuild it: rsir drop {collection} --uri {where} --yes, then rsir "
-        f"index the archive again")
+        f"so it cannot {what}; to rebuild it, " + rebuild_steps(collection, where))
 
 
 def footprint_arg(value: Any, where: str) -> Footprint | None:

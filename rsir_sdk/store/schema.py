@@ -168,8 +168,8 @@ def read_description(desc: Mapping[str, Any], collection: str, where: str) -> tu
     if primary == "id" and "code" in fields and "pk" not in fields:
         raise CollectionMismatchError(
             f"collection {collection!r} at {where} was made by an older rsir-sdk (format 1: raw "
-            f"ids as primary keys, which cannot hold every file name); rebuild it: rsir drop "
-            f"{collection} --uri {where} --yes, then index the archive again"
+            f"ids as primary keys, which cannot hold every file name); to rebuild it, "
+            + rebuild_steps(collection, where)
         )
     missing = [f for f in FIELDS if f not in fields]
     if missing or primary != "pk":
@@ -180,6 +180,16 @@ def read_description(desc: Mapping[str, Any], collection: str, where: str) -> tu
     dim = int(fields["code"].get("params", {}).get("dim"))
     encoder = recorded.get("encoder") if isinstance(recorded, dict) else None
     return dim, encoder if isinstance(encoder, dict) else None
+
+
+def rebuild_steps(name: str, where: str) -> str:
+    """How to rebuild a collection, in one clause: under a new name first (searches go on
+    meanwhile) with the options of its first run (a rebuild by ``rsir index BUNDLE ARCHIVE``
+    alone lost its labels and metadata), then drop the old one."""
+    return (f"index the archive again into a new collection with the options of the first run "
+            f"(rsir index BUNDLE ARCHIVE --uri {where} --collection {name}_v2 and the same "
+            f"--label-from, CSV columns and raster rule; metadata written from Python is not in "
+            f"the archive), switch to it, then rsir drop {name} --uri {where} --yes")
 
 
 def check_same_encoder(
