@@ -147,8 +147,27 @@ def split_for(
     if split_file is not None and Path(split_file).is_file():
         split = load_split(split_file, archive)
         log.info("using split %s (%s, seed %d)", split_file, split.protocol, split.seed)
+        _warn_uncovered(archive, split, split_file)
         return split
     split = make_split(archive, protocol, seed)
     if split_file is not None:
         save_split(split, split_file)
     return split
+
+
+def _warn_uncovered(archive: ArchiveListing, split: Split, split_file: str | os.PathLike) -> None:
+    """Say when the archive holds images the split file does not list (images or whole
+    classes added since it was drawn): they are neither trained on nor queried, and training
+    went on with the old split and no word."""
+    listed = set(split.train_ids) | set(split.query_ids)
+    new = [it for it in archive.items if it.id not in listed]
+    if not new:
+        return
+    covered = {it.label for it in archive.items if it.id in listed}
+    unseen = sorted({it.label for it in new} - covered)
+    classes = (f"; whole classes not in it: {', '.join(unseen[:5])}"
+               f"{' ...' if len(unseen) > 5 else ''}" if unseen else "")
+    log.warning("split file %s lists %d of the archive's %d images: %d images (added since it "
+                "was drawn?) are left out of training and queries%s; delete it or give another "
+                "--split-file to draw a split of the whole archive", split_file, len(listed),
+                len(archive.items), len(new), classes)

@@ -73,6 +73,26 @@ def test_split_of_another_archive_is_refused(tmp_path):
         split.indices(arch)
 
 
+def test_a_split_file_that_misses_images_added_since_is_said_to(tmp_path, caplog):
+    """Images (and a whole class) added to the archive after its split file was drawn were
+    left out of training and queries without a word; now one warning counts and names them."""
+    root = _archive(tmp_path, {"a": 5, "b": 5})
+    path = tmp_path / "split.json"
+    split = split_for(read_folder(root), path, "80-20", seed=0)
+    with caplog.at_level("WARNING", logger="rsir_sdk.splits"):
+        split_for(read_folder(root), path, "80-20", seed=0)
+    assert not caplog.records
+    _img(root / "a" / "a_new.png", 200)
+    for i in range(4):
+        _img(root / "island" / f"island_{i}.png", 100 + i)
+    with caplog.at_level("WARNING", logger="rsir_sdk.splits"):
+        again = split_for(read_folder(root), path, "80-20", seed=0)
+    assert again.train_ids == split.train_ids          # the file still rules ...
+    text = caplog.text                                 # ... and the gap is said
+    assert "lists 10 of the archive's 15 images: 5 images" in text
+    assert "whole classes not in it: island" in text and "delete it" in text
+
+
 def test_csv_manifest_with_metadata(tmp_path):
     arch = read_folder(SAMPLE)
     lines = ["path,label,sensor"] + [f"{s.path},{s.label},S2" for s in arch.items[:40]]
@@ -133,6 +153,20 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
         check_images(arch)
     kept = check_images(arch, skip_corrupt=True)
     assert len(kept) == 6 and [p for p, _ in skipped(kept)] == ["a/broken.jpg"]
+
+
+def test_a_class_whose_every_image_is_unreadable_is_refused_not_dropped(tmp_path):
+    """--skip-corrupt skipped the class's images one warning each and trained without the
+    class; it is refused as an empty class folder is."""
+    root = _archive(tmp_path, {"a": 4, "d": 3})
+    (root / "b").mkdir()
+    (root / "b" / "bad.jpg").write_bytes(b"")
+    (root / "a" / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(EmptyClassError, match=r"class b has no readable image"):
+        check_images(read_folder(root), skip_corrupt=True)
+    (root / "b" / "bad.jpg").unlink()
+    _img(root / "b" / "ok.png")
+    assert "a/bad.jpg" in str(skipped(check_images(read_folder(root), skip_corrupt=True)))
 
 
 def test_missing_archive(tmp_path):

@@ -358,3 +358,29 @@ def test_weight_averaging_returns_the_moving_average_and_validates_it():
     for bad in (1.0, -0.5):
         with pytest.raises(ValueError, match="ema_decay"):
             MilanParams(ema_decay=bad)
+
+
+def test_an_archive_milan_cannot_make_triplets_of_is_refused_up_front(tmp_path):
+    """One class, or classes of one training image, failed after the features were computed
+    ("min() arg is an empty sequence", a label index); now one line naming the classes."""
+    from PIL import Image
+
+    from rsir_sdk.archive import open_archive
+    from rsir_sdk.splits import Split
+    from rsir_train.errors import TrainingError
+    from rsir_train.milan.trainer import check_triplet_classes
+
+    for label, n in (("beach", 1), ("lake", 4)):
+        (tmp_path / label).mkdir()
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / label / f"{i}.png")
+    archive = open_archive(tmp_path, label_from="top")
+    split = Split("all", 0, [it.id for it in archive.items], [], archive.fingerprint(), "t")
+    with pytest.raises(TrainingError, match=r"needs 2 classes with 2 or more training images "
+                                            r"each \(or --miner random\); it holds beach \(1\), "
+                                            r"lake \(4\)"):
+        check_triplet_classes(archive, split, "batch-hard")
+    check_triplet_classes(archive, split, "random")         # two classes: random triplets do
+    one = Split("all", 0, [it.id for it in archive.items if it.label == "lake"], [], "", "t")
+    with pytest.raises(TrainingError, match=r"needs 2 classes; it holds lake \(4\)"):
+        check_triplet_classes(archive, one, "random")

@@ -102,6 +102,16 @@ def positive(text: str) -> int:
     return value
 
 
+def training_batch(text: str) -> int:
+    """AHCL's training batch: at least 2 (a batch of one image cannot be normalised, so every
+    batch was skipped and the bundle written untrained, at chance mAP, with exit 0)."""
+    value = positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (a training batch of one image "
+                                         f"trains nothing), got {value}")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -114,7 +124,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: str,
                           lr: float | None | bool,
-                          protocol_help: str, resize_help: str, batch_help: str) -> None:
+                          protocol_help: str, resize_help: str, batch_help: str,
+                          batch_type: Any = positive) -> None:
     """Options every method has: archive, split, bundle, backbone, input, device, caches;
     ``--lr`` for the methods that learn by gradient (``lr=False``: none, ITQ)."""
     p.add_argument("--data", default=os.environ.get("RSIR_DATA"),
@@ -137,7 +148,7 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
                        help=f"learning rate (default {lr})" if lr is not None else
                        "learning rate (default by --schedule: auto 3e-3 x 16/bits up to 3e-3, "
                        "authors 1e-3)")
-    p.add_argument("--batch-size", type=positive, default=64, help=batch_help)
+    p.add_argument("--batch-size", type=batch_type, default=64, help=batch_help)
     p.add_argument("--resize", type=int, help=resize_help)
     p.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
@@ -171,7 +182,8 @@ def _add_ahcl(methods: Any) -> None:
         a, bits=64, protocol="80-20", lr=None, protocol_help="split drawn when no split file "
         "exists (default 80-20, the AHCL protocol)",
         resize_help="resize the shorter side to this, then centre-crop (default 0: resize the "
-                    "whole scene straight to the crop size)", batch_help="training batch")
+                    "whole scene straight to the crop size)", batch_help="training batch "
+                    "(at least 2)", batch_type=training_batch)
     a.add_argument("--schedule", default="auto", choices=("auto", "authors", "cosine", "step"),
                    help="auto (default): SGD momentum 0.9, cosine lr decay, epochs from the "
                         "archive size and the path (docs/training.md); authors: the AHCL "

@@ -10,11 +10,14 @@ trained on left its checkpoint folder among the images. Each is now one
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import TrainingError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["check_train_outputs", "check_device"]
 
@@ -39,6 +42,24 @@ def check_train_outputs(args: argparse.Namespace) -> None:
         if problem:
             raise TrainingError(f"{flag} {folder} cannot be written: {problem}")
     _check_not_replacing(args)
+    _say_checkpoints(args)
+
+
+def _say_checkpoints(args: argparse.Namespace) -> None:
+    """AHCL without ``--resume`` starts over and replaces an earlier run's checkpoints (a
+    killed run re-run without it lost its progress without a word); with ``--resume`` and
+    none there, it starts from the beginning. Either is said in one warning."""
+    if getattr(args, "method", None) != "ahcl":
+        return
+    work = Path(args.work_dir or f"{args.out}.work")
+    found = work.is_dir() and any(work.rglob("checkpoint.pt"))
+    resume = getattr(args, "resume", False)
+    if found and not resume:
+        log.warning("%s holds checkpoints of an earlier run: this run starts over and replaces "
+                    "them (stop it now and add --resume to continue that run)", work)
+    elif resume and not found:
+        log.warning("--resume: no checkpoint in %s, so training starts from the beginning "
+                    "(check --out / --work-dir)", work)
 
 
 def _check_not_replacing(args: argparse.Namespace) -> None:

@@ -371,6 +371,26 @@ def _choose_head(feats: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray,
     return head, selection
 
 
+def check_triplet_classes(archive: ArchiveListing, split: Split, miner: str) -> None:
+    """Refuse, before any feature is computed, a training side MiLAN cannot make triplets of
+    (a tiny or one-class archive failed late, with "min() arg is an empty sequence" or a label
+    index): two classes, each of two images or more unless ``--miner random``."""
+    by_id = archive.by_id()
+    sizes: dict[str, int] = {}
+    for item_id in split.train_ids:
+        label = by_id[item_id].label if item_id in by_id else None
+        if label is not None:
+            sizes[label] = sizes.get(label, 0) + 1
+    usable = [c for c, n in sizes.items() if n >= 2] if miner != "random" else list(sizes)
+    if len(usable) >= 2:
+        return
+    shown = ", ".join(f"{c} ({n})" for c, n in sorted(sizes.items())[:6]) or "none"
+    need = ("2 classes" if miner == "random"
+            else "2 classes with 2 or more training images each (or --miner random)")
+    raise TrainingError(f"MiLAN learns from triplets of images of two classes: its training side "
+                        f"needs {need}; it holds {shown}")
+
+
 def train_milan(
     archive: ArchiveListing,
     split: Split,
@@ -385,6 +405,7 @@ def train_milan(
     ``metrics`` are computed in torch on the cached features (``*_torch``); the published
     numbers come from the exported encoder (:func:`rsir_sdk.evaluate.evaluate_bundle`).
     """
+    check_triplet_classes(archive, split, config.params.miner)
     emit = progress or no_progress
     device = config.device or default_device()
     params = config.params if config.params.device else replace(config.params, device=device)
