@@ -132,6 +132,9 @@ def evaluation_codes(
         sp = b.split()
     except SplitError as exc:
         raise EvaluationError(str(exc)) from None
+    if not sp.query_ids:  # said before encoding, not as "every query failed to load"
+        raise EvaluationError(f"bundle {b.path} has no query side to evaluate (trained "
+                              f"without labels: its split lists no queries)")
     protocol = str((b.manifest.get("training") or {}).get("protocol") or sp.protocol)
     side = opts.database
     if side == "auto":

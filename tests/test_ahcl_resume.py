@@ -111,7 +111,7 @@ def test_cli_prints_each_progress_line_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert out.count("outer 1") == 1 and out.count("outer 2") == 1, out
-    assert "outer 1: loss=" in proc.stdout
+    assert "outer 1/2: loss=" in proc.stdout   # and how many there are
     assert "inputs ready in" in proc.stderr      # a record the printer does not show is kept
     # the finished run says where its checkpoints stay and how big they are
     work = tmp_path / "o.work"

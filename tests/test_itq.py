@@ -76,6 +76,28 @@ def test_trains_on_a_folder_without_class_folders_then_index_and_search(
     # the exported graph and the fitted model agree (same codes from the same images)
     codes = Encoder(bundle).encode(files[:8])
     assert codes.shape == (8, 2)
+    # nothing to evaluate is said as such, not as "every query image failed to load"
+    capsys.readouterr()
+    assert rsir_main(["eval", str(out), "--data", str(flat)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no query side to evaluate" in err[0], err
+
+
+def test_class_folders_with_a_stray_file_train_unlabelled_with_a_warning(tmp_path, sample_images,
+                                                                         caplog):
+    """One stray file beside the class folders made ITQ (--labels auto) train the whole bundle
+    without labels, said only at INFO; now a warning naming why and --labels folders."""
+    from rsir_train.itq import itq_data
+
+    root = tmp_path / "archive"
+    for p, label in sample_images[::20]:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / label / p.name)
+    shutil.copy(sample_images[0][0], root / "stray.jpg")
+    with caplog.at_level("WARNING", logger="rsir_train.itq"):
+        data = itq_data(root)
+    assert not data.split.query_ids
+    assert "training ITQ without labels" in caplog.text and "--labels folders" in caplog.text
 
 
 def test_labelled_archive_draws_the_split_but_trains_without_labels(tmp_path, sample_dir):

@@ -135,7 +135,8 @@ def _printer(quiet: bool) -> "Progress":
             extra = f" mAP(query)={event['map_query']:.4f}" if "map_query" in event else ""
             extra += f" mAP(val)={event['val_map']:.4f}" if "val_map" in event else ""
             tag = f"[{event['candidate']}] " if "candidate" in event else ""
-            print(f"{tag}outer {event['outer']}: loss={event['loss']:.4f} (pair {event['pairwise']:.4f}, "
+            of = f"/{event['of']}" if "of" in event else ""
+            print(f"{tag}outer {event['outer']}{of}: loss={event['loss']:.4f} (pair {event['pairwise']:.4f}, "
                   f"quant {event['quantization']:.4f}, ce {event['classification']:.4f}) "
                   f"lr={event['lr']:.2g} {event['seconds']:.1f}s{extra}", flush=True)
         elif kind == "iteration":

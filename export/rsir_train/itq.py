@@ -190,7 +190,13 @@ def itq_data(source: str | os.PathLike, *, labels: str = "auto", split_file: Any
     except (MissingLabelError, DataError) as exc:
         if labels == "folders":
             raise
-        log.info("no class folders (%s): training on every image, without labels", exc)
+        root = Path(source)
+        folders = root.is_dir() and any(d.is_dir() and not d.name.startswith(".")
+                                        for d in root.iterdir())
+        # an archive with class folders and one stray file trained unlabelled without a word
+        (log.warning if folders or not root.is_dir() else log.info)(
+            "training ITQ without labels (no classes, no queries to evaluate): %s; --labels "
+            "folders refuses instead", exc)
         return _unlabelled_data(source, skip_corrupt)
 
 

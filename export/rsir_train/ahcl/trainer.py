@@ -334,7 +334,7 @@ def run_schedule(ctx: _Context, cfg: AHCLConfig, part: _Part, ckpt_path: Path | 
                  extra=SHOWN)
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, st.checkpoint(cfg, part.ids, time.perf_counter() - t_train))
-        emit({"event": "outer", **record, **({"candidate": tag} if tag else {})})
+        emit({"event": "outer", **record, "of": stop, **({"candidate": tag} if tag else {})})
     st.seconds = st.seconds_before + time.perf_counter() - t_train
     return st
 
