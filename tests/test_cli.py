@@ -333,3 +333,20 @@ def test_info_says_not_created_yet_for_a_missing_collection_of_an_existing_file(
     code, out, _ = run(capsys, "info", rp_bundle[0], "--uri", db, "--collection", "later")
     assert code == 0 and "later at" in out and "not created yet" in out, out
     assert "cannot be opened" not in out
+
+
+@pytest.mark.parametrize("method,flag,value,says", [
+    ("ahcl", "--lr", "-1", "must be > 0"), ("ahcl", "--patience", "-1", "must be >= 0"),
+    ("ahcl", "--val-fraction", "1.5", "must be < 1"), ("ahcl", "--val-fraction", "0", "> 0"),
+    ("ahcl", "--num-samples", "-5", "must be >= 0"), ("ahcl", "--lambda", "-3", ">= 0"),
+    ("ahcl", "--resize", "-1", ">= 0"), ("ahcl", "--val-folds", "0", "at least 1"),
+    ("milan", "--ema-decay", "1", "must be < 1"), ("milan", "--margin", "nan", "finite"),
+])
+def test_training_options_out_of_range_are_one_usage_line(method, flag, value, says, tmp_path,
+                                                          capsys):
+    """Out-of-range training options failed deep in torch or numpy (exit 1), or were taken
+    as given (--patience -1 acted as 1, --lambda -3 trained); now exit 2, one line."""
+    code = main(["train", method, "--data", str(tmp_path), "--out", str(tmp_path / "b"),
+                 flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and flag in err[0] and says in err[0], err

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any, NoReturn, Sequence
@@ -102,6 +103,35 @@ def positive(text: str) -> int:
     return value
 
 
+def bounded(convert: Any, low: float | None = None, high: float | None = None, *,
+            above: bool = False, below: bool = False) -> Any:
+    """An argparse type: ``convert(text)`` within ``[low, high]`` (``above``/``below``: the
+    bound itself excluded). A negative ``--lr`` or ``--num-samples`` failed deep in torch or
+    numpy, and ``--patience -1`` or ``--lambda -3`` were taken as given."""
+    kind = "an integer" if convert is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if low is not None and (value < low or (above and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low:g}, got {text}")
+        if high is not None and (value > high or (below and value == high)):
+            raise argparse.ArgumentTypeError(f"must be {'<' if below else '<='} {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+NON_NEGATIVE_INT = bounded(int, 0)
+NON_NEGATIVE = bounded(float, 0)
+POSITIVE_NUMBER = bounded(float, 0, above=True)
+BELOW_ONE = bounded(float, 0, 1, below=True)
+
+
 def training_batch(text: str) -> int:
     """AHCL's training batch: at least 2 (a batch of one image cannot be normalised, so every
     batch was skipped and the bundle written untrained, at chance mAP, with exit 0)."""
@@ -144,13 +174,13 @@ def _common_train_options(p: argparse.ArgumentParser, *, bits: int, protocol: st
                                      "nothing is downloaded")
     p.add_argument("--no-pretrained", action="store_true", help="random init (tests only)")
     if lr is not False:
-        p.add_argument("--lr", type=float, default=lr,
+        p.add_argument("--lr", type=POSITIVE_NUMBER, default=lr,
                        help=f"learning rate (default {lr})" if lr is not None else
                        "learning rate (default by --schedule: auto 3e-3 x 16/bits up to 3e-3, "
                        "authors 1e-3)")
     p.add_argument("--batch-size", type=batch_type, default=64, help=batch_help)
-    p.add_argument("--resize", type=int, help=resize_help)
-    p.add_argument("--crop", type=int, help="square centre crop size (default per backbone)")
+    p.add_argument("--resize", type=NON_NEGATIVE_INT, help=resize_help)
+    p.add_argument("--crop", type=positive, help="square centre crop size (default per backbone)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's)")
     p.add_argument("--cache-dir",
@@ -195,22 +225,22 @@ def _add_ahcl(methods: Any) -> None:
                    help="network epochs per outer iteration (default 1; authors: 2)")
     a.add_argument("--epochs", type=positive,
                    help="total network epochs; sets --outer to ceil(epochs / inner)")
-    a.add_argument("--momentum", type=float, help="SGD momentum (default 0.9; authors: 0)")
-    a.add_argument("--weight-decay", type=float, default=5e-4)
+    a.add_argument("--momentum", type=BELOW_ONE, help="SGD momentum (default 0.9; authors: 0)")
+    a.add_argument("--weight-decay", type=NON_NEGATIVE, default=5e-4)
     a.add_argument("--lr-steps", type=_int_list,
                    help="step schedule: outer iterations where lr is divided by 10 (default "
                         "10,20 for 30 outer iterations, scaled proportionally otherwise)")
     a.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"),
                    help="bfloat16 autocast while training: auto = on CUDA only (default)")
-    a.add_argument("--lambda", dest="lam", type=float, default=200.0, help="quantization weight")
-    a.add_argument("--gamma", type=float, default=20.0, help="classification weight")
-    a.add_argument("--num-samples", type=int, default=2000,
+    a.add_argument("--lambda", dest="lam", type=NON_NEGATIVE, default=200.0, help="quantization weight")
+    a.add_argument("--gamma", type=NON_NEGATIVE, default=20.0, help="classification weight")
+    a.add_argument("--num-samples", type=NON_NEGATIVE_INT, default=2000,
                    help="database items sampled per outer iteration (0 = all)")
     a.add_argument("--freeze-blocks", default="auto",
                    help="freeze stem + first N blocks and cache their output; 'auto' = the "
                         "blocks before the last two stages on CPU (11 for efficientnet_lite0, "
                         "15 for lite1/lite2, 6 for resnet18), 0 (full fine-tune) otherwise")
-    a.add_argument("--eval-every", type=int, default=0,
+    a.add_argument("--eval-every", type=NON_NEGATIVE_INT, default=0,
                    help="log mAP on the query split every N outer iterations (0 = only at the end)")
     a.add_argument("--eval", nargs="?", const="auto", choices=EVAL_CHOICES,
                    help="after training, evaluate the bundle through Milvus (rsir_sdk.evaluate): "
@@ -227,17 +257,17 @@ def _add_ahcl(methods: Any) -> None:
                         "one refit on the whole train side; docs/training.md); on: also with "
                         "hand-set --lr/--epochs/...; off: train on the whole train side, last "
                         "epoch kept")
-    a.add_argument("--val-fraction", type=float, default=0.2,
+    a.add_argument("--val-fraction", type=bounded(float, 0, 1, above=True, below=True), default=0.2,
                    help="per class, the part of the train side held out for validation (one "
                         "split: archives of 1,000 training images or more, or --val-folds 1)")
-    a.add_argument("--val-folds", type=int, default=3,
+    a.add_argument("--val-folds", type=positive, default=3,
                    help="validation folds of the train side on a small archive (each training "
                         "image validated once; 1: one --val-fraction split)")
     a.add_argument("--candidates", type=_candidates,
                    help="schedules a selecting run chooses among, comma-separated: auto, "
                         "authors, short, lr16 (default: auto,authors under 1,000 training "
                         "images, auto alone otherwise; docs/training.md)")
-    a.add_argument("--patience", type=int, default=6,
+    a.add_argument("--patience", type=NON_NEGATIVE_INT, default=6,
                    help="validations without improvement before a schedule stops (0 = never)")
 
 
@@ -254,20 +284,20 @@ def _add_milan(methods: Any) -> None:
                     "whole image straight to the crop size)",
         batch_help="feature extraction / encoding batch")
     m.add_argument("--iterations", type=positive, default=10_000)
-    m.add_argument("--margin", type=float, default=0.2, help="triplet margin alpha")
-    m.add_argument("--push-weight", type=float, default=0.001, help="beta")
-    m.add_argument("--balance-weight", type=float, default=1.0, help="gamma")
+    m.add_argument("--margin", type=NON_NEGATIVE, default=0.2, help="triplet margin alpha")
+    m.add_argument("--push-weight", type=NON_NEGATIVE, default=0.001, help="beta")
+    m.add_argument("--balance-weight", type=NON_NEGATIVE, default=1.0, help="gamma")
     m.add_argument("--triplets", type=positive, default=30, help="triplets per iteration")
     m.add_argument("--miner", choices=MINERS,
                    help="batch-hard (default) / semi-hard: triplets mined in batches of 6 "
                         "classes x 5 images; random = the authors' sampler (the default with "
                         "--authors)")
-    m.add_argument("--log-every", type=int, default=100)
-    m.add_argument("--val-fraction", type=float, default=0.2,
+    m.add_argument("--log-every", type=positive, default=100)
+    m.add_argument("--val-fraction", type=BELOW_ONE, default=0.2,
                    help="share of each class of the train side held out to choose the head "
                         "(best validation mAP; never the queries); 0 = the authors' run: "
                         "--iterations, last head (default 0.2)")
-    m.add_argument("--val-folds", type=int, default=3,
+    m.add_argument("--val-folds", type=positive, default=3,
                    help="on a train side under 1,000 images: choose the head's iteration on "
                         "this many stratified folds of the train side, then refit on all of it "
                         "(1 = one --val-fraction split, as on larger archives) (default 3)")
@@ -276,26 +306,26 @@ def _add_milan(methods: Any) -> None:
                         "the fit part (mAP, the AHCL protocol's question); archive = held-out "
                         "images ranked among themselves, leave-one-out mAP@20 (the MiLAN "
                         "protocol's question); auto = archive on a 60-40 split, else database")
-    m.add_argument("--val-every", type=int, default=None,
+    m.add_argument("--val-every", type=positive, default=None,
                    help="iterations between validations (default: 250 on a train side of "
                         "1,000 images or more; below, about 6.5 passes over the fit part, in "
                         "multiples of 25, with --patience scaled to span the same iterations)")
-    m.add_argument("--patience", type=int, default=8,
+    m.add_argument("--patience", type=NON_NEGATIVE_INT, default=8,
                    help="stop after this many validations without improvement, counted at the "
                         "250-iteration period (scaled when --val-every is left to its default "
                         "on a small archive) (0 = never; default 8)")
     m.add_argument("--refit", action="store_true",
                    help="after model selection, train a fresh head on the whole train side for "
                         "the chosen number of iterations")
-    m.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty")
-    m.add_argument("--classifier-weight", type=float, default=None,
+    m.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0, help="Adam L2 penalty")
+    m.add_argument("--classifier-weight", type=NON_NEGATIVE, default=None,
                    help="weight of an auxiliary cross-entropy of a linear label classifier on "
                         "the head's outputs, trained with the head and not exported (default "
                         "1; 0 = off, as with --authors; see docs/training.md)")
-    m.add_argument("--input-dropout", type=float, default=0.0,
+    m.add_argument("--input-dropout", type=BELOW_ONE, default=0.0,
                    help="dropout on the input features while training (regulariser; nothing "
                         "is dropped at inference) (default 0)")
-    m.add_argument("--ema-decay", type=float, default=None,
+    m.add_argument("--ema-decay", type=BELOW_ONE, default=None,
                    help="Polyak averaging: validate and keep an exponential moving average of "
                         "the head's weights with this decay per iteration (0 = off; default: "
                         "the trainer's, see docs/milan.md; off with --authors)")
