@@ -19,7 +19,9 @@ matplotlib is imported only when drawing (``pip install 'rsir-sdk[plot]'``).
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +32,8 @@ from . import metrics
 from .bundle import Bundle
 from .errors import RsirError
 from .evaluate import EvalCodes, EvalOptions, evaluation_codes
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Curves", "PlotError", "curves_of", "evaluation_curves", "plot_curves"]
 
@@ -131,11 +135,17 @@ def plot_curves(curves: Sequence[Curves], out: str | os.PathLike, *, title: str 
     db = ("leave-one-out on the query side" if first.leave_one_out else
           f"{first.n_queries} queries vs {first.n_database} {first.database} database codes")
     fig.suptitle(f"{title + ': ' if title else ''}{db}", fontsize=10)
-    fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    with warnings.catch_warnings(record=True) as caught:  # matplotlib's own, as one line
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        fig.savefig(out, dpi=dpi)
     plt.close(fig)
+    if any("Glyph" in str(w.message) for w in caught):
+        log.warning("the plot's font has no glyphs for some class names (drawn as boxes in "
+                    "%s): matplotlib's DejaVu Sans lacks e.g. CJK; the figures are unaffected",
+                    out)
     return out
 
 

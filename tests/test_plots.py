@@ -67,3 +67,20 @@ def test_curves_rank_ties_as_the_store_does(tiny_ahcl):
     per_class = [curves.class_ap[str(c)] * sum(str(q) == str(c) for q in codes.q_labels)
                  for c in set(codes.q_labels)]
     assert sum(per_class) / len(codes.q_labels) == pytest.approx(curves.mean_ap, abs=1e-12)
+
+
+def test_class_names_the_font_cannot_draw_are_one_warning_not_matplotlibs(tiny_ahcl, tmp_path,
+                                                                          caplog, recwarn):
+    """A class named 港口 made matplotlib print one UserWarning (with its source line) per
+    missing glyph; now one warning line of the SDK's log, and the plot is written."""
+    import dataclasses
+
+    path, _, _ = tiny_ahcl
+    curves = evaluation_curves(path, SAMPLE_ARCHIVE)
+    renamed = dataclasses.replace(
+        curves, class_ap={f"港口 {c}": v for c, v in curves.class_ap.items()})
+    with caplog.at_level("WARNING", logger="rsir_sdk.plots"):
+        out = plot_curves([renamed], tmp_path / "cjk.png")
+    assert out.is_file()
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    assert "no glyphs for some class names" in caplog.text
