@@ -332,3 +332,32 @@ def test_a_run_that_writes_nothing_leaves_no_collection_on_a_server(server_uri, 
     assert code == 3, err
     code, out, _ = run(capsys, "collections", "--uri", server_uri)
     assert code == 0 and "left_empty" not in out
+
+
+def test_the_service_flushes_what_it_wrote_when_it_stops(server_uri, rp_bundle, tmp_path,
+                                                         sample_images):
+    """Items written over HTTP to a Milvus server sat in growing segments, which a server
+    restart could lose; ``rsir serve`` stopping (SIGTERM) flushes them first."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from serve_support import WRITE, ServerProcess
+
+    from rsir_sdk import Retriever
+    from rsir_sdk.serve.client import RemoteRetriever
+
+    name = "served_writes"
+    paths = [p for p, _ in sample_images[:12]]
+    with Retriever(rp_bundle[0], uri=server_uri, collection=name) as r:
+        r.add_images(paths[:2], ids=["seed0", "seed1"])
+        r.store.flush()
+    server = ServerProcess([rp_bundle[0], "--uri", server_uri, "--collection", name],
+                           tmp_path / "serve.log", env={"RSIR_WRITE_TOKEN": WRITE})
+    try:
+        with RemoteRetriever(server.url, token=WRITE) as w:
+            assert w.add_images(paths[2:], ids=[f"http{i}" for i in range(10)]) == 10
+        with MilvusCodeStore(server_uri, name, create=False) as s:
+            assert sum(s.index_info()["sealed_segments"].values()) == 2   # not flushed yet
+    finally:
+        assert server.stop() == 0, server.log[-3000:]
+    with MilvusCodeStore(server_uri, name, create=False) as s:
+        assert s.count() == 12 and sum(s.index_info()["sealed_segments"].values()) == 12
+        s.drop()

@@ -80,6 +80,8 @@ class Service:
         self.archive_root = self.config.archive_root or _recorded_root(retriever)
         self.shutting_down = False
         self.closed = False
+        #: items were written or deleted since the store was last flushed (see :meth:`close`)
+        self.unflushed = False
 
     # ------------------------------------------------------------ identity checks
     def collection_encoder_id(self) -> str:
@@ -157,6 +159,7 @@ class Service:
         paths = columns.paths if columns.paths is not None else [""] * len(sources)
         n = self.retriever.add_images(sources, ids=ids, labels=columns.labels,
                                       metadata=columns.metadata, paths=paths, **columns.geo())
+        self.unflushed = True
         return n, self.refresh_count()
 
     def add_codes(self, codes: np.ndarray, ids: list[str], columns: ItemColumns,
@@ -168,11 +171,13 @@ class Service:
             kw["fine"] = fine
         n = self.retriever.add_codes(codes, ids, labels=columns.labels, paths=columns.paths,
                                      metadata=columns.metadata, **kw)
+        self.unflushed = True
         return n, self.refresh_count()
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int | None]:
         """Delete by id; returns ``(how many existed, count afterwards)``."""
         n = self.retriever.delete(list(ids))
+        self.unflushed = True
         return n, self.refresh_count()
 
     def get(self, ids: Sequence[str]) -> list[StoredItem]:
@@ -303,6 +308,12 @@ class Service:
         if not self.gate.close(timeout):
             log.warning("%d call(s) still running (waited at most %.0f s); closing the store "
                         "anyway", self.gate.running, timeout)
+        if self.unflushed:  # a Milvus server lost unflushed rows when it restarted
+            try:
+                self.retriever.store.flush()
+            except Exception as exc:  # the store may be gone: stopping must not fail on it
+                log.warning("could not flush collection %s before stopping: %s",
+                            self.collection, exc)
         if self.owns_retriever:
             self.retriever.close()
             log.info("closed collection %s", self.collection)
