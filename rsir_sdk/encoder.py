@@ -298,9 +298,12 @@ class Encoder:
         fines: list[np.ndarray] = []
         georefs: list[dict[str, Any]] = []
         for start in range(0, len(items), bs):
-            rasters = [self.read(x) for x in items[start:start + bs]]
-            georefs += [dict(r.georef) for r in rasters]
-            batch = np.stack([prepare(r.rgb, self.bundle.preprocess) for r in rasters])
+            prepared = []
+            for source in items[start:start + bs]:  # one full-size raster alive at a time
+                raster = self.read(source)
+                georefs.append(dict(raster.georef))
+                prepared.append(prepare(raster.rgb, self.bundle.preprocess))
+            batch = np.stack(prepared)
             if fine:
                 both = self.encode_both_arrays(batch)
                 codes.append(both.codes)

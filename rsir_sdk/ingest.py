@@ -64,6 +64,7 @@ from .options import IngestOptions
 from .preprocess import prepare
 from .rasters import RasterRule
 from .store import MilvusCodeStore, PrepareProgress, rows
+from .store import reads as store_reads
 from .store.bulk import BulkLoad
 from .store.lease import WriterLease
 
@@ -266,8 +267,8 @@ class IngestRun:
         #: this run made the (server) collection: one it leaves empty is dropped at the end
         self.created_here = False
         if not store.is_lite and items:
-            self.created_here = not store.exists
-            store.writer.ensure_created()  # the lease lives in the collection's properties
+            # the lease lives in the collection's properties
+            self.created_here = store.writer.ensure_created()
             self.lease = WriterLease(store).take()
         try:  # from here on a failure releases the lease (no engine's finally covers __init__)
             if bulk_dir is not None and not store.is_lite:
@@ -383,9 +384,11 @@ class IngestRun:
                 self.state.encoded -= len(ids)
                 self.in_doubt = False
                 return
-            if self.bulk is not None:
+            if self.bulk is not None and not self.store.repairing:
                 self.bulk.add_rows(*args, encoder=self.identity, fine=fine)
-            elif self.skip_existing and not in_doubt:  # every id was checked absent: inserts
+            elif self.skip_existing and not in_doubt and not self.store.repairing:
+                # every id was checked absent: inserts (while repairing items that lost their
+                # fine-code row, "absent" ids may hold a main row: upserts, below)
                 self.store.insert(*args, encoder=self.identity, batch_size=self.upsert_batch,
                                   fine=fine)
             else:  # upserts replace whatever part of an interrupted write reached Milvus
@@ -419,9 +422,20 @@ class IngestRun:
                 self.bulk is not None or wrote >= PREPARE_MIN_ROWS)):
             self.summary.prepare = self.store.prepare_for_search(progress=self.on_prepare)
         elif wrote:
-            self.store.flush()  # durable: unflushed rows were lost by a server restart
+            self._flush_store()
+        self.store._fine_gap = None  # repaired or not, the next run counts again
         self.summary.seconds = time.perf_counter() - self.t0
         return self.summary
+
+    def _flush_store(self) -> None:
+        """Make the written rows durable (a server restart lost unflushed rows); a failure
+        says what was indexed, as a failed write does."""
+        try:
+            self.store.flush()
+        except StoreError as exc:
+            raise StoreError(f"{exc} ({self.summary.indexed} images were written but may not "
+                             f"be durable: re-run the same command, or flush later with "
+                             f"prepare_for_search)") from exc
 
     def close(self) -> None:
         """Release the server collection's writer lease (every engine calls it at the end,
@@ -434,7 +448,8 @@ class IngestRun:
 
     def _drop_if_empty(self) -> None:
         try:
-            if self.store.count() == 0:
+            # fine-code rows: another writer's first half of a write (they go first)
+            if self.store.count() == 0 and store_reads.fine_rows(self.store) == 0:
                 self.store.drop()
                 log.info("dropped collection %s: this run created it and wrote nothing",
                          self.store.collection)
@@ -447,6 +462,11 @@ class IngestRun:
         self.flush()
         if self.bulk is not None:
             self.bulk.stop()
+        elif self.summary.indexed:
+            try:  # best effort: what was written stays durable (Ctrl-C again stops this)
+                self.store.flush()
+            except StoreError as exc:
+                log.info("could not flush %s after the interrupt: %s", self.store.collection, exc)
         self.summary.seconds = time.perf_counter() - self.t0
         return IngestInterrupted(self.summary)
 

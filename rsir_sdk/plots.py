@@ -142,6 +142,9 @@ def plot_curves(curves: Sequence[Curves], out: str | os.PathLike, *, title: str 
         fig.tight_layout()
         fig.savefig(out, dpi=dpi)
     plt.close(fig)
+    for w in caught:  # the others as they were
+        if "Glyph" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if any("Glyph" in str(w.message) for w in caught):
         log.warning("the plot's font has no glyphs for some class names (drawn as boxes in "
                     "%s): matplotlib's DejaVu Sans lacks e.g. CJK; the figures are unaffected",

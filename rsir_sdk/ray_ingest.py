@@ -202,7 +202,9 @@ def _run_on_ray(ray: Any, run: IngestRun, encoder: "Encoder", store: MilvusCodeS
     todo = list(run.unseen())  # listing and resuming stay on the driver
     if not todo:
         return run.finish()
-    connection = connect(ray, opts.address, workers)
+    # a local Ray gets CPUs for every actor's threads (with --workers CPUs, --threads 2 placed
+    # half the actors, and more threads than workers none at all)
+    connection = connect(ray, opts.address, workers * threads)
     threads_before = set(threading.enumerate())
     try:
         rows = [{"index": i, "file": str(it.file)} for i, it in enumerate(todo)]

@@ -80,30 +80,38 @@ def test_mirror_rows_of_items_never_stored_are_removed_when_the_file_is_opened(t
 
 
 @pytest.mark.parametrize("where", ["lite", pytest.param("server", marks=pytest.mark.server)])
-def test_items_that_lost_their_fine_code_row_are_not_present_so_a_rerun_writes_them(
-        where, tmp_path, request, caplog):
+def test_items_that_lost_their_fine_code_row_are_written_again_by_a_rerun(
+        where, tmp_path, request, caplog, sample_dir):
     """A server restart lost rows not yet flushed, of one collection and not the other: items
     without a fine-code row vanished from tie-ranked and appearance searches, and ``rsir
-    index`` run again skipped them as present. Now they are not present (one warning), and
-    writing them again repairs the collection; ``flush`` leaves rows durable."""
+    index`` run again skipped them as present. Now they are not present (one warning) and
+    the re-run writes them again with upserts (an insert stored their main rows twice)."""
+    import sys
+
+    sys.path.insert(0, str(request.config.rootpath / "tests"))
+    from fine_serve_support import build_fine_bundle
+
+    from rsir_sdk import Retriever
+
+    bundle = build_fine_bundle(tmp_path / "fine-rp64")
     uri = str(tmp_path / "g.db") if where == "lite" else request.getfixturevalue("server_uri")
     name = f"gap_{where}"
-    ids, codes, fine = _items(40, seed=3)
-    with MilvusCodeStore(uri, name, bits=64, fine_bits=128) as store:
-        store.upsert(ids, codes, fine=fine)
-        store.flush()
+    with Retriever(bundle, uri=uri, collection=name) as r:
+        r.store.drop()
+        first = r.index(sample_dir, label_from="parent")
+        ids = sorted(r.store.iter_ids())
         lost = [digest(i) for i in ids[5:12]]
-        store._conn.call("delete", f"{name}__fine", filter=in_list("pk", lost), what="test")
-    with MilvusCodeStore(uri, name, bits=64, fine_bits=128) as store:
+        r.store._conn.call("delete", f"{name}__fine", filter=in_list("pk", lost), what="test")
+    with Retriever(bundle, uri=uri, collection=name) as r:
         with caplog.at_level("WARNING", logger="rsir_sdk.store"):
-            present = store.existing_ids(ids)
-        assert present == set(ids) - set(ids[5:12])
+            again = r.index(sample_dir, label_from="parent")
         assert "7 items without their fine-code row" in caplog.text
-        todo = [i for i, x in enumerate(ids) if x not in present]
-        store.upsert([ids[i] for i in todo], codes[todo], fine=fine[todo])
-        assert row_count(store, f"{name}__fine") == 40 and store.count() == 40
-        hit = store.search(None, k=1, fine=fine[6:7], mode="appearance")[0][0]
+        assert again.indexed == 7 and again.skipped == first.indexed - 7
+        assert r.count() == first.indexed == row_count(r.store, f"{name}__fine")
+        hit = r.search(sample_dir / ids[6], k=1, mode="appearance")[0]
         assert hit.id == ids[6] and hit.fine_distance == 0
-    with MilvusCodeStore(uri, name, bits=64, fine_bits=128) as store:
-        assert store.existing_ids(ids) == set(ids)
-        store.drop()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="rsir_sdk.store"):
+            assert r.index(sample_dir, label_from="parent").indexed == 0   # nothing left to do
+        assert "without their fine-code row" not in caplog.text
+        r.store.drop()

@@ -382,5 +382,10 @@ def test_an_archive_milan_cannot_make_triplets_of_is_refused_up_front(tmp_path):
         check_triplet_classes(archive, split, "batch-hard")
     check_triplet_classes(archive, split, "random")         # two classes: random triplets do
     one = Split("all", 0, [it.id for it in archive.items if it.label == "lake"], [], "", "t")
-    with pytest.raises(TrainingError, match=r"needs 2 classes; it holds lake \(4\)"):
+    with pytest.raises(TrainingError, match=r"needs 2 classes, one of 2 or more training "
+                                            r"images; it holds lake \(4\)"):
         check_triplet_classes(archive, one, "random")
+    singles = Split("all", 0, [it.id for it in archive.items if it.label == "beach"]
+                    + [it.id for it in archive.items if it.label == "lake"][:1], [], "", "t")
+    with pytest.raises(TrainingError, match=r"it holds beach \(1\), lake \(1\)"):
+        check_triplet_classes(archive, singles, "random")

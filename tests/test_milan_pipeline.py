@@ -290,11 +290,12 @@ def test_cli_parser_and_one_line_errors(tmp_path, capsys):
                          (["--ema-decay", "0.99"], 0.99), (["--ema-decay", "0"], 0.0)):
         args = build_parser().parse_args(["train", "milan", "--data", "d", "--out", "o"] + extra)
         assert milan_config(args).params.ema_decay == decay
-    assert main(["train", "milan", "--data", str(SAMPLE_ARCHIVE), "--out", str(tmp_path / "o"),
-                 "--input-dropout", "1"]) == 1
-    err = capsys.readouterr().err
-    assert err == "rsir train milan: input_dropout must be in [0, 1), not 1.0\n"
-    assert main(["train", "milan", "--data", str(SAMPLE_ARCHIVE), "--out", str(tmp_path / "o"),
-                 "--val-folds", "0"]) == 1
-    assert capsys.readouterr().err == "rsir train milan: val_folds must be >= 1, not 0\n"
+    # out-of-range values are usage errors (exit 2), one line naming the flag
+    for flag, value, says in (("--input-dropout", "1", "must be < 1, got 1"),
+                              ("--val-folds", "0", "must be at least 1, got 0")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "milan", "--data", str(SAMPLE_ARCHIVE), "--out",
+                  str(tmp_path / "o"), flag, value])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and f"{flag}: {says}" in err, err
     assert not (tmp_path / "o").exists()

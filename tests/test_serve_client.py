@@ -252,6 +252,48 @@ def test_a_service_that_drips_its_answer_is_cut_off_at_the_timeout():
             RemoteRetriever("http://127.0.0.1:9", timeout=bad)
 
 
+def test_a_slow_upload_is_not_cut_off_by_the_answer_deadline():
+    """The whole-answer deadline starts when the answer's headers arrive: an upload that takes
+    longer than ``timeout`` (a big batch on a slow link) but is answered at once succeeds, as
+    it did before the deadline existed (a first version counted the upload and failed it)."""
+    import threading
+
+    from rsir_sdk.serve.transport import HttpOptions as Options
+    from rsir_sdk.serve.transport import HttpTransport
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    size = 32 * 1024 * 1024
+
+    def slow_reader() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += conn.recv(65536)
+            body = len(got.split(b"\r\n\r\n", 1)[1])
+            while body < size:
+                body += len(conn.recv(65536))
+                time.sleep(0.006)                   # about 3 s for the whole upload
+            answer = b'{"ok": true}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    thread = threading.Thread(target=slow_reader, daemon=True)
+    thread.start()
+    transport = HttpTransport(f"http://127.0.0.1:{srv.getsockname()[1]}", None,
+                              Options(timeout=1.5, retries=0))
+    try:
+        t0 = time.perf_counter()
+        assert transport.request("POST", "/v1/codes", content=b"x" * size) == {"ok": True}
+        assert time.perf_counter() - t0 > 1.5       # the upload did take longer than timeout
+    finally:
+        transport.close()
+        srv.close()
+
+
 def test_a_url_that_is_not_an_rsir_service_is_said_to_be_so(tmp_path):
     """A plain web server at the URL (or the base URL with /v1 appended): one line naming the
     URL and asking whether it is rsir serve's base URL, not a bare "HTTP 404" or a crash on a

@@ -137,7 +137,7 @@ def check_images(
         log.warning("skipping unreadable image %s: %s", it.path, why)
     bad_ids = {it.id for it, _ in bad}
     kept = {it.label for it in archive.items if it.id not in bad_ids}
-    gone = sorted({it.label for it, _ in bad} - kept)
+    gone = sorted({it.label for it, _ in bad} - kept - {""})  # "": an unlabelled archive
     if gone:  # refused like an empty class folder, not dropped without a word
         raise EmptyClassError(f"class {', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''} "
                               f"has no readable image (every one was skipped): remove the class "

@@ -41,7 +41,7 @@ from rsir_sdk.splits import Split
 from .backbones import Backbone, build_backbone
 from .baselines import fit_itq
 from .dataset import check_images
-from .errors import DataError, MissingLabelError
+from .errors import DataError, EmptyClassError, MissingLabelError
 from .features import Normalize, pooled_features
 from .fine_code import DEFAULT_FINE_CODE, FineCodeConfig, attach_fine_code
 from .pipeline import BundleContents, TrainingData, prepare_data, training_record, write_trained_bundle
@@ -188,8 +188,8 @@ def itq_data(source: str | os.PathLike, *, labels: str = "auto", split_file: Any
         return prepare_data(source, split_file=split_file, protocol=protocol, seed=seed,
                             skip_corrupt=skip_corrupt)
     except (MissingLabelError, DataError) as exc:
-        if labels == "folders":
-            raise
+        if labels == "folders" or isinstance(exc, EmptyClassError):
+            raise  # a labelled archive with a class of no (readable) image: said, not dropped
         root = Path(source)
         folders = root.is_dir() and any(d.is_dir() and not d.name.startswith(".")
                                         for d in root.iterdir())

@@ -51,12 +51,12 @@ def _say_checkpoints(args: argparse.Namespace) -> None:
     none there, it starts from the beginning. Either is said in one warning."""
     if getattr(args, "method", None) != "ahcl":
         return
-    work = Path(args.work_dir or f"{args.out}.work")
+    work = Path(args.work_dir) if args.work_dir else Path(str(args.out).rstrip("/\\") + ".work")
     found = work.is_dir() and any(work.rglob("checkpoint.pt"))
     resume = getattr(args, "resume", False)
     if found and not resume:
         log.warning("%s holds checkpoints of an earlier run: this run starts over and replaces "
-                    "them (stop it now and add --resume to continue that run)", work)
+                    "them (to continue that run instead, stop this one and add --resume)", work)
     elif resume and not found:
         log.warning("--resume: no checkpoint in %s, so training starts from the beginning "
                     "(check --out / --work-dir)", work)

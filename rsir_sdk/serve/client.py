@@ -324,7 +324,8 @@ class RemoteRetriever:
     def range_search(self, img: Any, radius: int, filter: Filter = None, *, bbox: Any = None,
                      near: Any = None, time: Any = None, mode: str = "default") -> list[Hit]:
         """Every item within ``radius`` of one image (in the place and period; in mode
-        appearance, of its fine code), up to the service's max k."""
+        appearance, of its fine code); :class:`~rsir_sdk.errors.StoreError` when there are
+        the service's max k or more (rather than a silent cut)."""
         check_range_radius(radius)
         check_search(1, filter, radius, (bbox, near, time))
         search_params(1, filter, radius, geo_to_wire(bbox, near, time), mode)

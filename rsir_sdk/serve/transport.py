@@ -125,23 +125,29 @@ class HttpTransport:
             return self._decode(response)
 
     def _send(self, request: httpx.Request, limit: float | None) -> httpx.Response:
-        """Send and read the whole answer within ``limit`` seconds (httpx's timeouts bound each
-        wait for a byte, not the answer: a service that sent a byte every half second held a
-        2-second call for 74 s); past it, a ``ReadTimeout`` (retried as a timeout)."""
-        deadline = None if limit is None else time.monotonic() + limit
+        """Send, then read the answer's body within ``limit`` seconds of its headers (httpx's
+        timeouts bound each wait for a byte, not the body: a service that sent a byte every
+        half second held a 2-second call for 74 s); past it, a ``ReadTimeout`` (retried as a
+        timeout). The upload and the service's work are bounded by httpx's own timeouts, as
+        before; a body that is complete is never thrown away for arriving late."""
         response = self.client.send(request, stream=True)
-        parts = []
+        deadline = None if limit is None else time.monotonic() + limit
+        length = response.headers.get("content-length")
+        expected = int(length) if length and length.isdigit() else None
+        parts: list[bytes] = []
+        got = 0
         try:
-            for part in response.iter_bytes():  # decoded (gzip) as they come
+            for part in response.iter_raw():
                 parts.append(part)
+                got += len(part)
+                if expected is not None and got >= expected:
+                    break
                 if deadline is not None and time.monotonic() > deadline:
                     raise httpx.ReadTimeout(f"no whole answer in {limit} s", request=request)
         finally:
             response.close()
-        headers = [(k, v) for k, v in response.headers.multi_items()
-                   if k.lower() not in ("content-encoding", "content-length")]
-        return httpx.Response(response.status_code, headers=headers, content=b"".join(parts),
-                              request=request)
+        return httpx.Response(response.status_code, headers=response.headers,
+                              content=b"".join(parts), request=request)
 
     def answers_ok(self, path: str) -> bool:
         """Whether ``GET path`` answers 200: one attempt, no retries, no token; ``False`` when
@@ -186,11 +192,18 @@ class HttpTransport:
             payload = None
         status = response.status_code
         rsir_error = isinstance(payload, dict) and "error" in payload
-        if status >= 400 and not rsir_error and status not in (RETRY_STATUS, 504):
-            payload = {"message": f"HTTP {status} from {response.request.url} is not an rsir "
-                                  f"service's answer: is {self.url} the base URL of rsir serve?"}
+        url = response.request.url
+        if status in (404, 405) and not rsir_error:
+            payload = {"message": f"HTTP {status} from {url} is not an rsir service's answer: "
+                                  f"is {self.url} the base URL of rsir serve?"}
+        elif status >= 400 and not rsir_error and status not in (RETRY_STATUS, 504):
+            payload = {"message": f"HTTP {status} from {url}, not from rsir serve itself (a "
+                                  f"proxy or web server in front of it?)"}
+        elif 300 <= status < 400:
+            raise ServiceError(f"{url} redirects to {response.headers.get('location', '?')}: "
+                               f"give RemoteRetriever that URL", status, "ServiceError")
         elif status < 400 and not isinstance(payload, dict):
-            raise ServiceError(f"the answer from {response.request.url} is not an rsir "
+            raise ServiceError(f"the answer from {url} is not an rsir "
                                f"service's (no JSON object): is {self.url} the base URL of rsir "
                                f"serve?", status, "ServiceError")
         if status >= 400:

@@ -373,6 +373,9 @@ def load_columns(store: "MilvusCodeStore", cols: Columns, staging: str | os.Path
             present |= store.existing_ids(cols.id[at : at + 10_000])
         cols = cols.take([i for i, x in enumerate(cols.id) if x not in present])
         out["skipped"] = len(present)
+    if store.repairing:  # some ids "absent" hold a main row (no fine-code row): upsert them
+        out["upserted"] = store.writer.upsert(cols, UPSERT_BATCH) if len(cols) else 0
+        return out
     via_insert = list(range(len(cols))) if load is None else needs_insert(cols)
     if via_insert:
         if load is not None:

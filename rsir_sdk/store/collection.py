@@ -433,6 +433,12 @@ class MilvusCodeStore:
         """
         return serving.prepare(self, timeout, progress)
 
+    @property
+    def repairing(self) -> bool:
+        """Some items were found without their fine-code row (:func:`.reads.fine_gap`): writes
+        of ids checked absent must upsert, not insert (those items' main rows are there)."""
+        return bool(self._fine_gap)
+
     def flush(self) -> None:
         """Make a server collection's written rows durable (main and companions): rows Milvus
         keeps only in growing segments were lost when a server restarted. ``rsir index`` and

@@ -107,10 +107,7 @@ def fine_gap(store: "MilvusCodeStore") -> int:
     appearance searches, and a plain re-run skipped them as present. Counting the gap makes
     :func:`existing_ids` leave them out, so ``rsir index`` run again writes them again."""
     if store._fine_gap is None:
-        comp = companions.mirror(store.collection)
-        mirrored = int(store._conn.call("query", comp, filter="", output_fields=["count(*)"],
-                                        read=True, what=f"count in {comp!r}")[0]["count(*)"])
-        store._fine_gap = max(0, count(store, None, None) - mirrored)
+        store._fine_gap = max(0, count(store, None, None) - fine_rows(store))
         if store._fine_gap:
             log.warning("collection %s holds %d items without their fine-code row (rows lost "
                         "before a flush, e.g. by a server restart): an index run writes them "
@@ -140,3 +137,13 @@ def count(store: "MilvusCodeStore", filter: Any, geo: Any) -> int:
                            read=True, what=f"count in {store.collection!r}",
                            expression=expression)
     return int(res[0]["count(*)"])
+
+
+def fine_rows(store: "MilvusCodeStore") -> int:
+    """Rows of the collection's fine-code companion (0 when it keeps none or was never
+    written)."""
+    if store.fine_bits is None or not store.exists:
+        return 0
+    comp = companions.mirror(store.collection)
+    return int(store._conn.call("query", comp, filter="", output_fields=["count(*)"],
+                                read=True, what=f"count in {comp!r}")[0]["count(*)"])

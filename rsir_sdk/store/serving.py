@@ -86,3 +86,4 @@ def drop(store: "MilvusCodeStore") -> None:
         companions.drop(store._conn, store.collection)
         store.exists = False
         store._recorded = {}
+        store._fine_gap = None

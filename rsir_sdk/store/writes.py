@@ -63,15 +63,17 @@ class Writer:
     def __init__(self, store: "MilvusCodeStore"):
         self.store = store
 
-    def ensure_created(self, fine_bits: int | None = None) -> None:
+    def ensure_created(self, fine_bits: int | None = None) -> bool:
         """Create the collection on the first write (a read never creates one); for Milvus
         Lite, this is also what creates the ``.db`` file (the connection opens here).
         ``fine_bits`` (the first write's fine codes, else the store's): the new collection
-        keeps fine codes of that length, in its companions (:mod:`.fine`)."""
+        keeps fine codes of that length, in its companions (:mod:`.fine`). True when this call
+        created it (False: it existed, or another program created it meanwhile)."""
         s = self.store
         if s.exists or self._created_meanwhile(fine_bits or s.fine_bits):
-            return
+            return False
         fine_bits = fine_bits or s.fine_bits
+        made_companions = False
         index_type, index_params = s._index
         policy = AUTO_INDEX if index_type in (None, AUTO_INDEX) and not s.is_lite else None
         concrete = "BIN_FLAT" if index_type in (None, AUTO_INDEX) else index_type
@@ -79,6 +81,7 @@ class Writer:
             if fine_bits is not None:  # companions first: no main row without its mirror row
                 s.fine_bits = fine_bits
                 fine.create(s._conn, s.collection, s.bits, fine_bits, s.scene_test is not None)
+                made_companions = True
             index = s._conn.client.prepare_index_params()
             index.add_index(field_name="code", index_type=concrete, metric_type="HAMMING",
                             params=server.build_params(concrete, index_params))
@@ -87,22 +90,28 @@ class Writer:
                          index_params=index, consistency_level="Strong",
                          what=f"creating collection {s.collection!r}")
         except Exception:  # e.g. index parameters the server refuses: nothing half-made stays
-            self._drop_half_made()
+            self._drop_half_made(made_companions)
             raise
         s.exists = True
         s.has_place = True
         s.index_policy = policy
         log.info("created collection %s (%d bits, fine %s, index %s) at %s", s.collection,
                  s.bits, s.fine_bits, policy or concrete, s.display_uri)
+        return True
 
-    def _drop_half_made(self) -> None:
-        """Drop what a failed creation left (the collection without its index, which could
-        not be loaded, and its companions): every later run failed until ``rsir drop``."""
+    def _drop_half_made(self, made_companions: bool) -> None:
+        """Drop what a failed creation left: the collection without its index (it could not be
+        loaded: every later run failed until ``rsir drop``), and the companions this call made
+        when no main collection stands beside them. A collection with its index is complete
+        (another program may have made it meanwhile) and is left alone."""
         s = self.store
         try:
-            if s._conn.call("has_collection", s.collection, what="cleaning up"):
+            main = s._conn.call("has_collection", s.collection, what="cleaning up")
+            if main and not s._conn.call("list_indexes", s.collection, what="cleaning up"):
                 s._conn.call("drop_collection", s.collection, what="cleaning up")
-            fine.drop(s._conn, s.collection)
+                main = False
+            if made_companions and not main:
+                fine.drop(s._conn, s.collection)
         except Exception:  # the creation's own error is the one to report
             log.debug("could not drop the half-made collection %s", s.collection, exc_info=True)
 

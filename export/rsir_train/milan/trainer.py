@@ -381,11 +381,11 @@ def check_triplet_classes(archive: ArchiveListing, split: Split, miner: str) -> 
         label = by_id[item_id].label if item_id in by_id else None
         if label is not None:
             sizes[label] = sizes.get(label, 0) + 1
-    usable = [c for c, n in sizes.items() if n >= 2] if miner != "random" else list(sizes)
-    if len(usable) >= 2:
+    pairs = [c for c, n in sizes.items() if n >= 2]  # an anchor needs a positive
+    if (len(pairs) >= 2) or (miner == "random" and len(sizes) >= 2 and pairs):
         return
     shown = ", ".join(f"{c} ({n})" for c, n in sorted(sizes.items())[:6]) or "none"
-    need = ("2 classes" if miner == "random"
+    need = ("2 classes, one of 2 or more training images" if miner == "random"
             else "2 classes with 2 or more training images each (or --miner random)")
     raise TrainingError(f"MiLAN learns from triplets of images of two classes: its training side "
                         f"needs {need}; it holds {shown}")
