@@ -42,8 +42,9 @@ __all__ = ["HttpOptions", "HttpTransport", "RETRY_STATUS"]
 class HttpOptions:
     """How :class:`RemoteRetriever` talks HTTP, as one value.
 
-    ``timeout``: seconds per request, the whole answer included (a service that sends a byte
-    now and then is cut off too; each retry has its own). ``retries``: extra attempts after a connection error,
+    ``timeout``: seconds each wait for a byte may take, and the reading of an answer's whole
+    body after its headers (a service that sends a byte now and then is cut off too; an upload
+    is not counted; each retry has its own). ``retries``: extra attempts after a connection error,
     timeout or 503. ``backoff``/``max_backoff``: the first retry's delay and the longest one, in
     seconds. ``index_timeout``: seconds an ``index``/``prepare_for_search`` request may take.
     ``client``: an ``httpx.Client`` to use instead of a new one (its own timeout applies).
