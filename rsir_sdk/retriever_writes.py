@@ -7,6 +7,7 @@ stays one class with thin write methods (no mixin), and :mod:`rsir_sdk.retriever
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -24,6 +25,8 @@ from .store import values as store_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from .retriever import Retriever
+
+log = logging.getLogger("rsir_sdk.retriever")
 
 
 def add_images(r: "Retriever", images: Sequence[ImageSource], ids: Sequence[str] | None,
@@ -81,6 +84,7 @@ def index(r: "Retriever", archive: str | os.PathLike | ArchiveListing, opts: Ing
     r._fine.check_writes()
     listing = archive if isinstance(archive, ArchiveListing) else open_archive(
         archive, **opts.listing())
+    _say_unknown_labels(r, listing, opts.label_from)
     own = None if report is None or isinstance(report, FailureReport) else FailureReport(report)
     rep = own or (report if isinstance(report, FailureReport) else None)
     run = ingest
@@ -96,3 +100,19 @@ def index(r: "Retriever", archive: str | os.PathLike | ArchiveListing, opts: Ing
     finally:
         if own is not None:
             own.close(keep_earlier=summary is None or summary.total == 0)
+
+
+def _say_unknown_labels(r: "Retriever", listing: ArchiveListing, label_from: str) -> None:
+    """One warning when items get labels the bundle's classes do not hold: with ``--label-from
+    parent`` a nested folder (``lake/2019 survey/x.jpg``) labelled the item ``2019 survey``
+    without a word, and a label filter or ``rsir eval`` then missed it."""
+    classes = set(r.bundle.classes)
+    if not classes or label_from == "none":
+        return
+    unknown = sorted({it.label for it in listing.items if it.label} - classes)
+    if not unknown:
+        return
+    hint = ("; --label-from top labels by the archive's top folder, as training does"
+            if label_from == "parent" else "")
+    log.warning("%d label(s) the bundle's %d classes do not hold, e.g. %s%s", len(unknown),
+                len(classes), ", ".join(repr(u) for u in unknown[:3]), hint)

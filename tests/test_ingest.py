@@ -514,3 +514,27 @@ def test_the_last_progress_update_counts_every_failure(tmp_path, rp_bundle, samp
         s = r.index(root, progress=lambda st: seen.append((st.skipped, st.failed)))
     assert s.skipped == 3 and len(s.failed) == 2
     assert seen[-1] == (3, 2), seen
+
+
+def test_labels_the_bundle_does_not_know_are_said_with_the_hint(tiny_ahcl, sample_images,
+                                                                tmp_path, caplog):
+    """``--label-from parent`` on a nested class folder (``Forest/2019 survey/x.jpg``) labelled
+    the item ``2019 survey`` without a word; a label filter and rsir eval then missed it."""
+    import shutil
+
+    from rsir_sdk import Retriever
+
+    archive = tmp_path / "archive"
+    for i, (p, label) in enumerate(sample_images[::40]):
+        folder = archive / label / ("2019 survey" if i == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    with Retriever(tiny_ahcl[0], uri=str(tmp_path / "r.db"), collection="c") as r:
+        with caplog.at_level("WARNING", logger="rsir_sdk.retriever"):
+            r.index(archive, label_from="parent")
+        assert "1 label(s) the bundle's 10 classes do not hold, e.g. '2019 survey'" in caplog.text
+        assert "--label-from top" in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="rsir_sdk.retriever"):
+            r.index(archive, label_from="top", skip_existing=False)
+        assert "do not hold" not in caplog.text
