@@ -136,6 +136,8 @@ def _printer(quiet: bool) -> "Progress":
             extra += f" mAP(val)={event['val_map']:.4f}" if "val_map" in event else ""
             tag = f"[{event['candidate']}] " if "candidate" in event else ""
             of = f"/{event['of']}" if "of" in event else ""
+            if "of" in event and event["of"] > event["outer"]:  # at this iteration's pace
+                extra += f" (~{(event['of'] - event['outer']) * event['seconds']:.0f}s left)"
             print(f"{tag}outer {event['outer']}{of}: loss={event['loss']:.4f} (pair {event['pairwise']:.4f}, "
                   f"quant {event['quantization']:.4f}, ce {event['classification']:.4f}) "
                   f"lr={event['lr']:.2g} {event['seconds']:.1f}s{extra}", flush=True)
