@@ -4,9 +4,9 @@ On the server (once; see docs/serve.md for the whole flow):
 
     rsir quantize quickstart-out/bundle --calibration export/rsir_train/sample/eurosat --out quickstart-out/bundle-int8
     rsir index quickstart-out/bundle-int8 export/rsir_train/sample/eurosat --uri ./rsir.db \
-        --collection scenes --label-from parent
+        --collection scenes_int8 --label-from parent
     export RSIR_READ_TOKEN=$(python -c "import secrets; print(secrets.token_urlsafe(24))")
-    rsir serve quickstart-out/bundle-int8 --uri ./rsir.db --collection scenes \
+    rsir serve quickstart-out/bundle-int8 --uri ./rsir.db --collection scenes_int8 \
         --archive-root export/rsir_train/sample/eurosat
 
 On the device (it needs onnxruntime, numpy, Pillow, httpx and the same bundle folder):

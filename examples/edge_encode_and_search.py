@@ -16,9 +16,12 @@ from rsir_sdk import Encoder, Retriever, RsirError
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("image")
-    p.add_argument("--bundle", default="quickstart-out/bundle", help="the (int8 or fp32) bundle")
+    p.add_argument("--bundle", default="quickstart-out/bundle",
+                   help="the bundle that filled --collection (an int8 bundle needs a collection "
+                        "of its own: its codes differ from the fp32 parent's)")
     p.add_argument("--uri", default="quickstart-out/rsir.db")
-    p.add_argument("--collection", default="eurosat_quickstart")
+    p.add_argument("--collection", default="eurosat_quickstart",
+                   help="filled by --bundle (default: the quickstart's, fp32)")
     p.add_argument("-k", type=int, default=5)
     args = p.parse_args(argv)
     try:

@@ -72,6 +72,8 @@ def add_learned_codes(r: "Retriever") -> int:
     n = r.add_codes(db.codes, db.ids, db.labels, paths, meta, fine=fine)
     if n >= PREPARE_MIN_ROWS:
         r.store.prepare_for_search()
+    elif n:
+        r.store.flush()  # durable on a server, as rsir index leaves its rows
     return n
 
 

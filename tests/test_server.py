@@ -361,3 +361,17 @@ def test_the_service_flushes_what_it_wrote_when_it_stops(server_uri, rp_bundle, 
     with MilvusCodeStore(server_uri, name, create=False) as s:
         assert s.count() == 12 and sum(s.index_info()["sealed_segments"].values()) == 12
         s.drop()
+
+
+def test_learned_codes_written_to_a_server_end_flushed(server_uri, tiny_ahcl):
+    """AHCL's learned database codes (160 rows here, under the 10,000 that prepare) were left
+    in growing segments, which a server restart could lose; they end flushed now, as an
+    ``rsir index`` run does."""
+    from rsir_sdk import Retriever
+
+    with Retriever(tiny_ahcl[0], uri=server_uri, collection="learned_flushed") as r:
+        r.store.drop()
+        n = r.add_learned_codes()
+        info = r.store.index_info()
+        assert n == r.count() and sum(info["sealed_segments"].values()) == n, info
+        r.store.drop()

@@ -100,8 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let write tokens index archives inside --archive-root (POST /v1/index)")
     g = p.add_argument_group("other")
     g.add_argument("--archive-root", default=None,
-                   help="folder hit images are served from (GET /v1/image); default: the one "
-                        "the collection records, if any")
+                   help="folder hit images are served from (GET /v1/image); default: the "
+                        "archive the bundle was trained on, when it exists here")
     g.add_argument("--threads", type=int, default=None, help="onnxruntime threads per encode")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -409,7 +409,8 @@ class RemoteRetriever:
     def add_learned_codes(self) -> int:
         """Have the service put its bundle's learned database codes (AHCL's V) in as learned
         (``POST /v1/learned``, write token); how many were written."""
-        return int(self._request("POST", "/v1/learned", json_body={})["written"])
+        return int(self._request("POST", "/v1/learned", json_body={},
+                                 timeout=self.http.index_timeout)["written"])
 
     def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
         """Have the service leave its collection ready to search at full speed

@@ -141,8 +141,8 @@ async def search_batch(request: Request) -> JSONResponse:
     description=(
         "The edge path: codes made by the same encoder elsewhere. Raw bytes "
         "(`application/octet-stream`, n * bits/8 bytes; `k`, `filter`, `radius`, `mode` in the "
-        "query; with `fine=1` in the query each code is followed by its fine code: 8 + 32 = 40 "
-        "bytes for a 64-bit code and the default 256-bit fine code) or JSON `code` / `codes` (base64) "
+        "query; with `fine=1` in the query each code is followed by its fine code: 8 + 40 = 48 "
+        "bytes for a 64-bit code and the default 320-bit fine code) or JSON `code` / `codes` (base64) "
         "with `fine_code` / `fine_codes` beside them. Send `X-Rsir-Encoder-Id: <encoder_id>` "
         "to have codes of another encoder refused (409) instead of searched." + GEO_DOC
         + MODE_DOC),

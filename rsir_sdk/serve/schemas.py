@@ -189,7 +189,9 @@ class LimitsOut(BaseModel):
     max_k: int
     max_batch: int
     max_codes: int
+    max_hits: int | None = Field(None, description="codes x k one search request may ask")
     max_upload_bytes: int
+    max_pixels: int | None = Field(None, description="pixels an uploaded image may have")
     request_timeout: float
     urls: bool
     expressions: bool = Field(True, description="filter may be a Milvus expression string")

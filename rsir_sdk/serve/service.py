@@ -226,6 +226,7 @@ class Service:
     def add_learned_codes(self) -> tuple[int, int | None]:
         """Put the served bundle's learned database codes in; ``(written, count afterwards)``."""
         n = self.retriever.add_learned_codes()
+        self.unflushed = True
         return n, self.refresh_count()
 
     def prepare_for_search(self, timeout: float | None) -> dict[str, Any]:
