@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -209,23 +209,13 @@ def drop_orphan_rows(conn: "Connection", name: str) -> int:
     the two counts agree, which is always but after such a crash.
     """
     comp = mirror(name)
-
-    def count(coll: str) -> int:
-        return int(conn.call("query", coll, filter="", output_fields=["count(*)"], read=True,
-                             what=f"count in {coll!r}")[0]["count(*)"])
-
-    mirrored = count(comp)
-    if mirrored <= count(name):
+    mirrored = count_rows(conn, comp)
+    if mirrored <= count_rows(conn, name):
         return 0
     from .search import iter_ids
 
     def missing(ids: list[str]) -> list[str]:
-        stored: set[str] = set()
-        for start in range(0, len(ids), PK_CHUNK):
-            part = [keys.digest(i) for i in ids[start : start + PK_CHUNK]]
-            stored.update(row["id"] for row in conn.call(
-                "query", name, filter=keys.in_list("pk", part), output_fields=["id"],
-                read=True, what=f"reading ids of {name!r}"))
+        stored = ids_held(conn, name, ids)
         return [i for i in ids if i not in stored]
 
     candidates = missing(list(iter_ids(conn, comp, mirrored)))
@@ -238,6 +228,24 @@ def drop_orphan_rows(conn: "Connection", name: str) -> int:
         log.info("removed %d fine-code rows of %r whose items were never stored (a run stopped "
                  "between its two writes)", len(orphans), name)
     return len(orphans)
+
+
+def count_rows(conn: "Connection", coll: str) -> int:
+    """Rows of collection ``coll`` (a main collection or a companion), one count query."""
+    return int(conn.call("query", coll, filter="", output_fields=["count(*)"], read=True,
+                         what=f"count in {coll!r}")[0]["count(*)"])
+
+
+def ids_held(conn: "Connection", coll: str, ids: Iterable[str]) -> set[str]:
+    """The ``ids`` that collection ``coll`` holds a row of, looked up by primary key in
+    requests of :data:`PK_CHUNK` keys."""
+    order = [keys.digest(i) for i in ids]
+    held: set[str] = set()
+    for start in range(0, len(order), PK_CHUNK):
+        held.update(row["id"] for row in conn.call(
+            "query", coll, filter=keys.in_list("pk", order[start : start + PK_CHUNK]),
+            output_fields=["id"], read=True, what=f"reading ids of {coll!r}"))
+    return held
 
 
 def drop(conn: "Connection", name: str) -> None:

@@ -89,14 +89,7 @@ def existing_ids(store: "MilvusCodeStore", ids: Iterable[str]) -> set[str]:
     found = set(by_pk(store, ids, ["pk", "id"]))
     if not found or store.fine_bits is None or not fine_gap(store):
         return found
-    comp = companions.mirror(store.collection)
-    kept: set[str] = set()
-    order = [keys.digest(i) for i in found]
-    for start in range(0, len(order), PK_CHUNK):
-        res = store._conn.call("query", comp, filter=keys.in_list("pk", order[start:start + PK_CHUNK]),
-                               output_fields=["id"], read=True, what=f"reading ids from {comp!r}")
-        kept.update(row["id"] for row in res)
-    return found & kept
+    return found & companions.ids_held(store._conn, companions.mirror(store.collection), found)
 
 
 def fine_gap(store: "MilvusCodeStore") -> int:
@@ -144,6 +137,4 @@ def fine_rows(store: "MilvusCodeStore") -> int:
     written)."""
     if store.fine_bits is None or not store.exists:
         return 0
-    comp = companions.mirror(store.collection)
-    return int(store._conn.call("query", comp, filter="", output_fields=["count(*)"],
-                                read=True, what=f"count in {comp!r}")[0]["count(*)"])
+    return companions.count_rows(store._conn, companions.mirror(store.collection))
