@@ -9,10 +9,12 @@ on one machine:
 >>> with local_server("/tmp/milvus-dev") as server:                   # doctest: +SKIP
 ...     store = MilvusCodeStore(server.uri, "scenes", bits=64)
 
-What this changes from the package's defaults: etcd and the proxy get free ports (the embedded
-etcd always binds 127.0.0.1:2379/2380 otherwise, so a second server on the machine fails to
-start) and the components advertise 127.0.0.1. The other components keep the package's fixed
-ports and listen on every interface: a trusted machine only. ``quick_handoff`` makes the query coordinator hand
+What this changes from the package's defaults: etcd, the proxy, every other component and the
+health/metrics endpoint get free ports chosen by the kernel, and the components advertise
+127.0.0.1. The package would start etcd on 127.0.0.1:2379/2380 always, and the components on
+ports scanned upwards from fixed ones (53100, 19531, 21123, ...): two servers starting at the
+same moment took the same ports and one of them died. The components still listen on every
+interface: a trusted machine only. ``quick_handoff`` makes the query coordinator hand
 sealed segments over every second instead of every 5-10 s (tests wait for that hand-over).
 Stopping takes about a second; the data folder is removed afterwards unless ``keep=True``.
 """
@@ -41,8 +43,8 @@ def free_port() -> int:
 
 def server_config(data_dir: str | Path, *, quick_handoff: bool = False,
                   settings: dict[str, Any] | None = None) -> Any:
-    """A ``milvus.MilvusServerConfig`` for ``data_dir``: etcd and the proxy on free ports, the
-    components advertising 127.0.0.1; ``settings``: more ``component.key`` values the package's template names."""
+    """A ``milvus.MilvusServerConfig`` for ``data_dir``: etcd and every component on free ports,
+    advertising 127.0.0.1; ``settings``: more ``component.key`` values the package's template names."""
     try:
         import milvus
         from milvus import MilvusServerConfig
@@ -71,8 +73,10 @@ def server_config(data_dir: str | Path, *, quick_handoff: bool = False,
                                     "  checkHandoffInterval: 1000\n  updateNextTargetInterval: 1", 1)
     mine = data / "config.yaml.template"
     mine.write_text(template)
-    config = MilvusServerConfig(data_dir=str(data), proxy_port=free_port(), template=str(mine),
-                                etcd_port=client_port)
+    config = MilvusServerConfig(data_dir=str(data), template=str(mine), etcd_port=client_port)
+    for key in config.configurable_items:
+        if key.endswith("_port") and key != "etcd_port":
+            config.update(**{key: free_port()})
     config.glog_conf_file = str(package / "glog.conf")  # the package sets it only without a template
     for component in COMPONENTS:
         config.set(f"{component}.ip", "127.0.0.1")
@@ -99,6 +103,7 @@ def local_server(data_dir: str | Path, *, quick_handoff: bool = False, keep: boo
     from milvus import MilvusServer
 
     server = MilvusServer(server_config(data_dir, quick_handoff=quick_handoff, settings=settings))
+    server.webservice_port = free_port()  # the package scans upwards from 9091 otherwise
     t0 = time.perf_counter()
     server.start()
     try:

@@ -100,7 +100,7 @@ def server_uri(tmp_path_factory):
     once for every test of the session that asks for it (about 10 s) and stopped at the end.
 
     Its data live in a temporary folder (about 0.5 GB: the package unpacks its binaries there);
-    its proxy and etcd ports are free ones (:mod:`testing.store_local_server`). Tests use their
+    every port of it a free one (:mod:`testing.store_local_server`). Tests use their
     own collection names.
     """
     pytest.importorskip("milvus")

@@ -375,3 +375,28 @@ def test_learned_codes_written_to_a_server_end_flushed(server_uri, tiny_ahcl):
         info = r.store.index_info()
         assert n == r.count() and sum(info["sealed_segments"].values()) == n, info
         r.store.drop()
+
+
+TWO_AT_ONCE = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from rsir_sdk import MilvusCodeStore
+from testing.store_local_server import local_server
+with local_server(sys.argv[1]) as server:
+    with MilvusCodeStore(server.uri, "c", bits=64) as store:
+        store.count()
+    print(server.uri)
+"""
+
+
+def test_two_local_servers_started_at_the_same_moment_both_run(tmp_path):
+    """The package scans component ports upwards from fixed ones and frees them before its
+    server binds them, so two servers starting together took the same ports and one died
+    ("cannot connect"): a test run beside CI took CI's server down that way. Every port is a
+    free one now."""
+    runs = [subprocess.Popen([sys.executable, "-c", TWO_AT_ONCE, str(tmp_path / name), str(ROOT)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("a", "b")]
+    answers = [r.communicate(timeout=240) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], [err[-400:] for _, err in answers]
+    assert len({out.strip() for out, _ in answers}) == 2
