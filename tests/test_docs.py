@@ -165,6 +165,10 @@ def test_the_service_errors_table_names_real_classes():
             module, _, name = dotted.rpartition(".")
             assert isinstance(getattr(importlib.import_module(module), name, None), type), \
                 f"docs/serve.md errors table: {dotted} does not import"
+    statuses = {**serve_errors.CORE_STATUS, **serve_errors.BUILTIN_STATUS, "MethodNotAllowed": 405}
+    for name, status in statuses.items():     # every kind the service answers, with its status
+        assert any(f"`{name}`" in row[0] and str(status) in row[1] for row in rows), \
+            f"docs/serve.md errors table: no row gives {name} its HTTP {status}"
     undocumented = sorted(n for n in _classes_of(serve_errors.__name__) if f"`{n}`" not in text
                           and f".{n}`" not in text)
     assert not undocumented, f"rsir_sdk.serve.errors classes docs/serve.md never names: {undocumented}"

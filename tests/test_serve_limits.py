@@ -316,3 +316,26 @@ def test_the_service_says_when_its_archive_root_cannot_serve_the_hits_images(ser
         common = Path(os.path.commonpath([str(p) for p in served.paths]))
         assert cli.images_outside_root(r, common.resolve(), sample=10) is None
         assert "no archive root" in cli.images_outside_root(r, None, sample=3)
+
+
+def test_archive_indexing_is_held_to_the_services_pixel_limit(served, tmp_path):
+    """`--max-pixels` is the one image-size limit of a service: uploads were held to it, but
+    `POST /v1/index` decoded archive images up to the library's 100 MP."""
+    import shutil
+
+    root = tmp_path / "root"
+    for path in served.paths[:3]:                      # 64 x 64 = 4,096 pixels each
+        (root / "Forest").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, root / "Forest" / path.name)
+    server = ServerProcess([served.bundle, "--uri", tmp_path / "new.db", "--collection", "small",
+                            "--archive-root", root, "--allow-index", "--max-pixels", 4000, "--create"],
+                           tmp_path / "serve.log")
+    try:
+        with RemoteRetriever(server.url) as r:
+            with pytest.raises(core.InvalidInputError, match="at most 4000 on this service"):
+                r.index("Forest", label_from="parent", max_pixels=5000)
+            summary = r.index("Forest", label_from="parent")
+            assert summary.indexed == 0 and len(summary.failed) == 3
+            assert summary.failed[0].reason == "64x64 pixels is over the 4000-pixel limit"
+    finally:
+        assert server.stop() == 0, server.log[-3000:]

@@ -252,10 +252,7 @@ class Service:
         if decided:
             raise InvalidInputError(f"{', '.join(decided)}: decided by the service, not by a "
                                     f"client (index with a local Retriever instead)")
-        if default.max_pixels is not None and (opts.max_pixels is None
-                                               or opts.max_pixels > default.max_pixels):
-            raise InvalidInputError(f"max_pixels: at most {default.max_pixels} on a service "
-                                    f"(the decompression-bomb guard stays on)")
+        opts = self._pixel_limited(opts, default.max_pixels)
         root = None if opts.root is None else str(self._inside_root(opts.root, "a folder"))
         opts = opts.replace(root=root)
         listing = self._listing(self._inside_root(archive, "an archive (folder or CSV manifest)"),
@@ -266,6 +263,18 @@ class Service:
         out.pop("uri", None)
         out["ignored_examples"] = list(summary.ignored_examples)
         return out
+
+    def _pixel_limited(self, opts: Any, library_default: int | None) -> Any:
+        """``opts`` held to the service's ``--max-pixels``, the one image-size limit of this
+        process (uploads and archives alike): the library's default (what a client sends when
+        it says nothing) becomes that limit; a higher or no limit is refused."""
+        limit = self.config.max_pixels
+        if opts.max_pixels == library_default:
+            return opts.replace(max_pixels=limit)
+        if opts.max_pixels is None or opts.max_pixels > limit:
+            raise InvalidInputError(f"max_pixels: at most {limit} on this service (rsir serve "
+                                    f"--max-pixels; the decompression-bomb guard stays on)")
+        return opts
 
     def _listing(self, real: Path, opts: Any) -> Any:
         """The archive's listing, refused (422) when a manifest names images outside the root
