@@ -2,7 +2,7 @@
 
 Split from :mod:`rsir_sdk.retriever` because it is one job: deciding, from the bundle and the
 collection, whether a search sends fine codes and in which mode, encoding a query's two codes in
-one forward pass, checking fine codes a caller gives, and making the fine codes of a learned
+one forward pass, checking fine codes a caller gives, finding duplicates by them, and making the fine codes of a learned
 database that an older bundle does not carry. The Retriever keeps one :class:`FineCodes`.
 """
 
@@ -16,12 +16,16 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
+from .call_checks import check_radius_length
 from .codes import as_packed
 from .encoder import Encoder
 from .errors import BundleError, InvalidInputError
+from .geo import GeoFilter
 from .hits import SEARCH_MODES
 from .ingest import writes_fine
 from .store import MilvusCodeStore
+from .store import keys as store_keys
+from .store import values as store_values
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +118,18 @@ class FineCodes:
         fine = self.encoder.encode_both(paths).fine
         assert fine is not None
         return fine
+
+    def duplicates(self, radius: int | None, filter: Any, geo: GeoFilter) -> list[list[str]]:
+        """:meth:`rsir_sdk.Retriever.duplicates`: every argument checked, then the store's
+        groups; a bundle without a fine code cannot find any and says so."""
+        if radius is not None:
+            store_values.radius(radius)
+        store_keys.build_filter(filter)
+        checked = self.store.check_geo(geo)
+        if self.bundle.fine_bits is None:
+            raise InvalidInputError(
+                f"duplicates are found by the fine code; the bundle {self.bundle.path} has none "
+                f"(written before issue 20, or by hand without one): train it again with rsir "
+                f"train, or add a fine-code output (docs/bundle.md)")
+        check_radius_length(radius, self.bundle.fine_bits, "fine-code")
+        return self.store.duplicates(radius, filter, geo=checked)

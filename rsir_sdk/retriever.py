@@ -46,9 +46,7 @@ from .ingest import IngestProgress, IngestSummary
 from .options import IndexOptions, IngestOptions
 from .rasters import RasterRule, as_rule
 from .store import MAX_TOPK, MilvusCodeStore, PrepareProgress
-from .store import keys as store_keys
 from .store import place as store_place
-from .store import values as store_values
 from .store.schema import rebuild_steps
 
 log = logging.getLogger(__name__)
@@ -439,17 +437,7 @@ class Retriever:
         >>> r.duplicates(radius=4)                                     # doctest: +SKIP
         [['a.jpg', 'copy/a.jpg'], ['b.tif', 'b_q70.jpg']]
         """
-        if radius is not None:
-            store_values.radius(radius)
-        store_keys.build_filter(filter)
-        geo = self.store.check_geo(GeoFilter.of(bbox, near, time))
-        if self.bundle.fine_bits is None:
-            raise InvalidInputError(
-                f"duplicates are found by the fine code; the bundle {self.bundle.path} has none "
-                f"(written before issue 20, or by hand without one): train it again with rsir "
-                f"train, or add a fine-code output (docs/bundle.md)")
-        check_radius_length(radius, self.bundle.fine_bits, "fine-code")
-        return self.store.duplicates(radius, filter, geo=geo)
+        return self._fine.duplicates(radius, filter, GeoFilter.of(bbox, near, time))
 
     # ----------------------------------------------------------------- reads
     def get(self, ids: Sequence[str]) -> list[StoredItem]:

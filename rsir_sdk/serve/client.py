@@ -53,7 +53,6 @@ from ..call_checks import (
     check_range_radius,
     check_search,
     image_list,
-    images_with_ids,
 )
 from ..codes import as_packed
 from ..errors import (
@@ -61,20 +60,17 @@ from ..errors import (
     InvalidInputError,
     StoreError,
 )
-from ..georef import with_georefs
 from ..hits import Hit, StoredItem, hit_from_json, item_from_json
 from ..store import values as store_values
-from .geo_wire import footprints_to_wire, geo_to_wire, times_to_wire
+from . import client_writes
+from .geo_wire import geo_to_wire
 from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defined here
 from .transport import HttpOptions, HttpTransport
 from .wire import (
     Filter,
     adopt_served_encoding,
-    base64_rows,
-    check_columns,
     check_fine_given,
     chunks,
-    columns_part,
     finish_index,
     image_file,
     search_params,
@@ -356,24 +352,8 @@ class RemoteRetriever:
         seconds or None) are checked here and stored as :meth:`rsir_sdk.Retriever.add_images`
         stores them.
         """
-        images, ids, paths = images_with_ids(images, ids, paths)
-        check_columns(ids, labels, paths, metadata)
-        places = footprints_to_wire(footprints, ids)
-        when = times_to_wire(times, ids)
-        if self.encoder is not None:
-            codes, fine, georefs = self.encoder.encode_for_writes(
-                images, batch_size, self.encoder.fine_bits is not None)
-            metadata = with_georefs(metadata, georefs)  # a GeoTIFF's place, as rsir index keeps
-            return self.add_codes(codes, ids, labels, paths, metadata, footprints=places,
-                                  times=when, fine=fine)
-        columns = {"ids": ids, "labels": labels, "paths": paths, "metadata": metadata,
-                   "footprints": places, "times": when}
-        written = 0
-        for part in chunks(len(images), self._upload_size(batch_size)):
-            form = {name: json.dumps(v) for name, v in columns_part(columns, part).items()}
-            files = [("image", image_file(x)) for x in images[part]]
-            written += int(self._request("POST", "/v1/items", files=files, data=form)["written"])
-        return written
+        return client_writes.add_images(self, images, ids, (labels, paths, metadata),
+                                        (footprints, times), batch_size)
 
     def add_codes(self, codes: np.ndarray | bytes, ids: Sequence[str],
                   labels: Sequence[str] | None = None, paths: Sequence[str] | None = None,
@@ -384,27 +364,8 @@ class RemoteRetriever:
         """Upsert packed codes with their ids; returns how many were written (``footprints``,
         ``times``: as for :meth:`add_images`; ``fine``: their fine codes ``uint8 (n,
         fine_bits/8)``, required when the service's collection keeps fine codes)."""
-        bits = self._bits()
-        packed = as_packed(codes, bits)
-        ids = store_values.ids(ids)
-        if len(ids) != len(packed):
-            raise InvalidInputError(f"{len(ids)} ids but {len(packed)} codes")
-        fine_rows = self._fine(fine, len(packed))
-        check_fine_given(fine_rows, None, self._info or self.info())
-        check_columns(ids, labels, paths, metadata)
-        footprints = footprints_to_wire(footprints, ids)
-        times = times_to_wire(times, ids)
-        columns = {"labels": labels, "paths": paths, "metadata": metadata,
-                   "footprints": footprints, "times": times}
-        written = 0
-        for part in chunks(len(ids), int(self._limits()["max_codes"])):
-            body = {"ids": ids[part], "codes": base64_rows(packed[part]),
-                    **columns_part(columns, part)}
-            if fine_rows is not None:
-                body["fine_codes"] = base64_rows(fine_rows[part])
-            written += int(self._request("POST", "/v1/codes", json_body=body,
-                                         headers=self._encoder_header())["written"])
-        return written
+        return client_writes.add_codes(self, codes, ids, (labels, paths, metadata),
+                                       (footprints, times), fine)
 
     def add_learned_codes(self) -> int:
         """Have the service put its bundle's learned database codes (AHCL's V) in as learned
@@ -435,7 +396,8 @@ class RemoteRetriever:
         ``--allow-index``). ``archive`` is a path as the service sees it: relative to its archive
         root, or absolute inside it. Options as for :meth:`rsir_sdk.Retriever.index`, except
         those the service decides (``engine``, ``address``, ``bulk_dir``, ``ray``, a higher
-        ``max_pixels``: refused with :class:`~rsir_sdk.errors.InvalidInputError`).
+        ``max_pixels`` above the service's ``--max-pixels``: refused with
+        :class:`~rsir_sdk.errors.InvalidInputError`).
 
         One request runs the whole ingestion (``HttpOptions.index_timeout``): ``progress`` is
         called once, at the end; ``on_prepare`` is not called (the summary's ``prepare`` says

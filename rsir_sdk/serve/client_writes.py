@@ -1,0 +1,82 @@
+"""The work behind :class:`~rsir_sdk.serve.client.RemoteRetriever`'s image and code writes.
+
+Functions of the RemoteRetriever, as :mod:`rsir_sdk.retriever_writes` holds the local
+Retriever's: the class stays one class with thin write methods (no mixin), and
+:mod:`rsir_sdk.serve.client` stays short. Every value is checked here, before any request;
+writes are upserts by id on the service, so the transport may retry them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from ..call_checks import images_with_ids
+from ..codes import as_packed
+from ..errors import InvalidInputError
+from ..georef import with_georefs
+from ..store import values as store_values
+from .geo_wire import footprints_to_wire, times_to_wire
+from .wire import base64_rows, check_columns, check_fine_given, chunks, columns_part, image_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import RemoteRetriever
+
+#: (labels, paths, metadata) of the items written, each None or one value per item
+Columns = tuple[Sequence[str] | None, Sequence[str] | None,
+                Sequence[Mapping[str, Any] | None] | None]
+#: (footprints, times) of the items written, each None or one value per item
+Place = tuple[Sequence[Any] | None, Sequence[Any] | None]
+
+
+def add_images(r: "RemoteRetriever", images: Sequence[Any], ids: Sequence[str] | None,
+               columns: Columns, place: Place, batch_size: int | None) -> int:
+    """:meth:`RemoteRetriever.add_images`: with a local bundle, both codes of every image (and
+    a GeoTIFF's place, as ``rsir index`` keeps it) made here and sent as codes; else the image
+    files uploaded ``batch_size`` at a time."""
+    labels, paths, metadata = columns
+    images, ids, paths = images_with_ids(images, ids, paths)
+    check_columns(ids, labels, paths, metadata)
+    places = footprints_to_wire(place[0], ids)
+    when = times_to_wire(place[1], ids)
+    if r.encoder is not None:
+        codes, fine, georefs = r.encoder.encode_for_writes(
+            images, batch_size, r.encoder.fine_bits is not None)
+        metadata = with_georefs(metadata, georefs)
+        return r.add_codes(codes, ids, labels, paths, metadata, footprints=places,
+                           times=when, fine=fine)
+    wire = {"ids": ids, "labels": labels, "paths": paths, "metadata": metadata,
+            "footprints": places, "times": when}
+    written = 0
+    for part in chunks(len(images), r._upload_size(batch_size)):
+        form = {name: json.dumps(v) for name, v in columns_part(wire, part).items()}
+        files = [("image", image_file(x)) for x in images[part]]
+        written += int(r._request("POST", "/v1/items", files=files, data=form)["written"])
+    return written
+
+
+def add_codes(r: "RemoteRetriever", codes: np.ndarray | bytes, ids: Sequence[str],
+              columns: Columns, place: Place, fine: np.ndarray | bytes | None) -> int:
+    """:meth:`RemoteRetriever.add_codes`: the codes checked against the bundle's (or the
+    service's) length, fine codes against its width, then sent ``max_codes`` per request with
+    the encoder's id, so that a service filled by another encoder refuses them."""
+    labels, paths, metadata = columns
+    packed = as_packed(codes, r._bits())
+    ids = store_values.ids(ids)
+    if len(ids) != len(packed):
+        raise InvalidInputError(f"{len(ids)} ids but {len(packed)} codes")
+    fine_rows = r._fine(fine, len(packed))
+    check_fine_given(fine_rows, None, r._info or r.info())
+    check_columns(ids, labels, paths, metadata)
+    wire = {"labels": labels, "paths": paths, "metadata": metadata,
+            "footprints": footprints_to_wire(place[0], ids), "times": times_to_wire(place[1], ids)}
+    written = 0
+    for part in chunks(len(ids), int(r._limits()["max_codes"])):
+        body = {"ids": ids[part], "codes": base64_rows(packed[part]), **columns_part(wire, part)}
+        if fine_rows is not None:
+            body["fine_codes"] = base64_rows(fine_rows[part])
+        written += int(r._request("POST", "/v1/codes", json_body=body,
+                                  headers=r._encoder_header())["written"])
+    return written
