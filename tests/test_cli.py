@@ -150,6 +150,29 @@ def test_format_hits_table():
     assert text.splitlines()[1].split() == ["1", "a", "0", "forest", "/x/a.jpg"]
 
 
+def test_format_hits_lines_up_names_in_any_script():
+    """Columns are counted in terminal cells: CJK names (two cells a character) and decomposed
+    accents (a combining mark takes none) pushed the distance and label columns of their
+    rows out of line."""
+    import unicodedata
+
+    from rsir_sdk.retriever import Hit
+
+    def cells(text):  # terminal cells, as a terminal draws them
+        return sum(0 if unicodedata.combining(c) else
+                   2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    hits = [Hit("港口/图像一.jpg", 0, "港口", "/a"), Hit("plain.jpg", 5, "harbour", "/b"),
+            Hit(unicodedata.normalize("NFD", "été/é.jpg"), 7, "été", "/c"),
+            Hit("x", 9, "非常长的类别名称非常长的类别名称", "/d")]
+    rows = format_hits(hits).splitlines()
+    path_at = {cells(row[: row.rindex("  /")]) for row in rows[1:]}
+    distance_ends = {cells(row[: row.index(f" {hit.distance}  ") + len(str(hit.distance)) + 1])
+                     for row, hit in zip(rows[1:], hits)}
+    assert path_at == {cells(rows[0][: rows[0].index("  path")])}, rows
+    assert distance_ends == {cells(rows[0][: rows[0].index("distance") + 8])}, rows
+
+
 def _rsir_script() -> str:
     """The installed ``rsir`` console script of this environment."""
     script = Path(sys.executable).with_name("rsir")

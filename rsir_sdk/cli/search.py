@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import unicodedata
 from typing import Any, Sequence
 
 from ..errors import RsirError
@@ -160,20 +161,46 @@ def explain_no_place(r: Retriever, place: dict[str, Any]) -> None:
 
 def format_hits(hits: Sequence[Hit]) -> str:
     """A plain-text table of hits: rank, id, distance, (fine distance, when the fine code took
-    part in the ranking), label, path."""
+    part in the ranking), label, path. Columns are measured in terminal cells (a CJK character
+    takes two, a combining accent none), so names in any script line up."""
     if not hits:
         return "no hits"
-    wid = min(48, max(2, *(len(h.id) for h in hits)))
-    wlab = min(24, max(5, *(len(h.label) for h in hits)))
+    ids = [_printable(h.id) for h in hits]
+    labels = [_printable(h.label) for h in hits]
+    wid = min(48, max(2, *map(cells, ids)))
+    wlab = min(24, max(5, *map(cells, labels)))
     fine = any(h.fine_distance is not None for h in hits)
     head = f"{'rank':>4}  {'id':{wid}s}  {'distance':>8}  "
     lines = [head + ("    fine  " if fine else "") + f"{'label':{wlab}s}  path"]
     for i, h in enumerate(hits, 1):
         shown = "-" if h.fine_distance is None else h.fine_distance
-        lines.append(f"{i:>4}  {_printable(h.id):{wid}s}  {h.distance:>8}  "
+        lines.append(f"{i:>4}  {pad(ids[i - 1], wid)}  {h.distance:>8}  "
                      + (f"{shown:>6}  " if fine else "")
-                     + f"{_printable(h.label)[:wlab]:{wlab}s}  {_printable(h.path)}")
+                     + f"{pad(cut(labels[i - 1], wlab), wlab)}  {_printable(h.path)}")
     return "\n".join(lines)
+
+
+def cells(text: str) -> int:
+    """Terminal cells ``text`` takes: East Asian wide and full-width characters two, combining
+    marks none, others one."""
+    return sum(0 if unicodedata.combining(ch) else
+               2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` cells (a longer text is left as it is)."""
+    return text + " " * max(0, width - cells(text))
+
+
+def cut(text: str, width: int) -> str:
+    """The longest start of ``text`` that fits in ``width`` cells."""
+    out, used = [], 0
+    for ch in text:
+        used += cells(ch)
+        if used > width:
+            break
+        out.append(ch)
+    return "".join(out)
 
 
 def _printable(text: str) -> str:
