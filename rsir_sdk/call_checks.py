@@ -12,6 +12,9 @@ import os
 import re
 from typing import Any, Sequence
 
+import numpy as np
+from PIL import Image
+
 from .api import Filter
 from .errors import InvalidInputError
 from .geo import GeoFilter
@@ -38,10 +41,18 @@ def check_search(k: Any, filter: Filter, radius: Any,
 def image_list(images: Any, one: str) -> list[Any]:
     """``images`` as a list; one path or bytes given where a list belongs is refused with one
     line naming the call for a single image (``one``), where ``list()`` would have split a
-    path into its characters and failed on an image called after its first letter."""
-    if isinstance(images, (str, bytes, bytearray, os.PathLike)):
+    path into its characters and failed on an image called after its first letter (an
+    ``HxWx3`` array into its rows, a file into its lines). A 4-D array is a batch of images."""
+    single = (isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike))
+              or hasattr(images, "read") or isinstance(images, Image.Image)
+              or (isinstance(images, np.ndarray) and images.ndim <= 3))
+    if single:  # list() split an HxWx3 array into H "images", a file into its lines
         raise InvalidInputError(f"images must be a list (for one image {one})")
-    return list(images)
+    try:
+        return list(images)
+    except TypeError:
+        raise InvalidInputError(f"images must be a list, not {type(images).__name__} (for one "
+                                f"image {one})") from None
 
 
 def radius_bound(mode: str, bits: int, fine_bits: int | None) -> tuple[int, str]:

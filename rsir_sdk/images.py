@@ -31,7 +31,7 @@ from .errors import ImageLoadError
 from .pixels import Raster, array_to_rgb, check_file, describe_source, pil_to_rgb
 from .rasters import RasterRule, as_rule
 from .redact import redact_uri
-from .tiff import DEFAULT_MAX_RASTER_BYTES, is_tiff, read_tiff
+from .tiff import DEFAULT_MAX_RASTER_BYTES, is_tiff, pil_rule_rgb, read_tiff
 from .urlfetch import fetch_url, is_private_address
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, IO[bytes], Image.Image, np.ndarray]
@@ -75,7 +75,8 @@ def read_image(
 ) -> Raster:
     """Read ``src`` as a :class:`~rsir_sdk.pixels.Raster`: RGB pixels plus georeferencing.
 
-    ``rule`` converts TIFF samples (default :data:`~rsir_sdk.rasters.DEFAULT_RULE`). A URL is
+    ``rule`` converts TIFF samples (default :data:`~rsir_sdk.rasters.DEFAULT_RULE`), and, when
+    it is not the default, the samples of a numpy array or 16-bit/float PIL image too. A URL is
     downloaded by :func:`rsir_sdk.urlfetch.fetch_url`: connect, headers and body all within
     ``url_timeout`` seconds, and hosts at private, loopback or link-local addresses only with
     ``allow_private_urls=True``.
@@ -84,10 +85,8 @@ def read_image(
     (4, 5, 3)
     """
     name = describe_source(src)
-    if isinstance(src, np.ndarray):
-        return Raster(array_to_rgb(src, name))
-    if isinstance(src, Image.Image):
-        return Raster(pil_to_rgb(src, name))
+    if isinstance(src, (np.ndarray, Image.Image)):
+        return _decoded(src, as_rule(rule), name)
     if isinstance(src, str) and src.lower().startswith(("http://", "https://")):
         data = fetch_url(src, timeout=url_timeout, max_bytes=max_url_bytes,
                          allow_private_urls=allow_private_urls)
@@ -104,9 +103,37 @@ def read_image(
         if len(src) == 0:
             raise ImageLoadError(name, "no data (0 bytes)")
         return _decode(io.BytesIO(bytes(src)), name, rule, max_pixels, max_raster_bytes)
+    if isinstance(src, io.TextIOBase):
+        raise ImageLoadError(name, "a file opened in text mode: open it with open(path, 'rb')")
     if hasattr(src, "read"):
         return _decode(src, name, rule, max_pixels, max_raster_bytes)
     raise ImageLoadError(name, f"unsupported source type {type(src).__name__}")
+
+
+def _binary(data: Any, name: str) -> bytes:
+    """``data`` read from a file object, refused when it is text (a file opened with ``"r"``)."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise ImageLoadError(name, "the file object gives text, not bytes: open it with "
+                                   "open(path, 'rb')")
+    return bytes(data)
+
+
+def _decoded(src: np.ndarray | Image.Image, rule: RasterRule, name: str) -> Raster:
+    """Pixels already decoded. Under the default rule, by :mod:`rsir_sdk.pixels`' rules; under
+    another (a collection of multispectral rasters), as raster samples, channels last, the way
+    a TIFF's are read: the same scene given as ``tifffile.imread(path)`` or as the path gets
+    the same code (the rule was ignored for arrays: bands 1-3 of a B,G,R,NIR scene, unstretched)."""
+    if rule.is_default:
+        return Raster(array_to_rgb(src, name) if isinstance(src, np.ndarray) else pil_to_rgb(src, name))
+    if isinstance(src, Image.Image):
+        return Raster(pil_rule_rgb(src, rule, None, name))
+    samples = np.asarray(src)
+    if samples.ndim == 3 and samples.shape[0] <= 16 < samples.shape[2]:
+        raise ImageLoadError(name, f"array shape {samples.shape} looks channels-first: give "
+                                   f"(H, W, bands), e.g. np.moveaxis(arr, 0, -1)")
+    bands = samples.shape[2] if samples.ndim == 3 else 1
+    return Raster(rule.apply(samples, None, name), bands=bands, dtype=str(samples.dtype),
+                  reader="array")
 
 
 def load_image(src: ImageSource, *, rule: RuleLike = None, **limits: Any) -> np.ndarray:
@@ -128,9 +155,10 @@ def _decode(
 def _decode_quietly(
     fh: IO[bytes], name: str, rule: RuleLike, max_pixels: int | None, max_raster_bytes: int | None
 ) -> Raster:
-    fh = fh if _seekable(fh) else io.BytesIO(fh.read())
+    if not _seekable(fh):
+        fh = io.BytesIO(_binary(fh.read(), name))
     start = fh.tell()
-    head = fh.read(4)
+    head = _binary(fh.read(4), name)
     fh.seek(start)
     if is_tiff(head):
         return read_tiff(fh, name, as_rule(rule), max_pixels, max_raster_bytes)

@@ -11,7 +11,14 @@ conversion rules for PIL images and numpy arrays, applied in this order:
 - float arrays must hold values in [0, 1] and are scaled by 255 and rounded; other float ranges
   are refused rather than guessed;
 - numpy arrays: ``HxW`` (grayscale, replicated to 3 channels), ``HxWx1``, ``HxWx3`` (RGB),
-  ``HxWx4`` (RGBA, alpha dropped), dtype ``uint8``, ``uint16`` (scaled as above) or float.
+  ``HxWx4`` (RGBA, alpha dropped), dtype ``uint8``, ``uint16`` (scaled as above), float or
+  bool; other integer types (``int64`` from integer arithmetic, ``int16``, ``uint32``) are
+  refused, since their range is a guess (0..255 values read as 16-bit data were black);
+- a 32-bit ``I`` PIL image holding 8-bit values (max 1..255) is refused for the same reason.
+
+These rules are for images whose raster rule is the default. Under another rule (a collection
+of multispectral rasters), :func:`rsir_sdk.images.read_image` reads arrays and 16-bit/float PIL
+images as raster samples, channels last, as it reads a TIFF's.
 
 For a reader that shares its memory with others (``rsir serve``): :func:`image_size` reads the
 pixel count from the header without decoding, and :func:`decode_reduced` decodes a large image
@@ -89,7 +96,8 @@ def pil_to_rgb(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8).copy()
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return array_to_rgb(np.asarray(img), name, int_range=_int_mode_range(mode))
+        samples = np.asarray(img)
+        return array_to_rgb(samples, name, int_range=_int_mode_range(mode, samples, name))
     if mode in ("RGBA", "RGBa", "RGBX"):
         return np.asarray(img.convert("RGB"), dtype=np.uint8)[..., :3].copy()
     if mode in ("LA", "La", "PA"):
@@ -100,12 +108,20 @@ def pil_to_rgb(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:
         raise ImageLoadError(name, f"cannot convert mode {mode} to RGB ({exc})") from None
 
 
-def _int_mode_range(mode: str) -> int | None:
+def _int_mode_range(mode: str, samples: np.ndarray, name: str) -> int | None:
+    """The full range a PIL integer mode's values are scaled from: 16-bit for ``I;16``; for
+    32-bit ``I``, 16-bit when the values fit (16-bit PNGs often open as ``I``), else 32-bit.
+    An ``I`` image holding 8-bit values (0 < max <= 255) would be black either way: refused."""
     if mode.startswith("I;16"):
         return 65535
-    if mode == "I":
-        return None  # 32-bit: decide from the values (16-bit PNGs often open as "I")
-    return None
+    if mode != "I":
+        return None
+    lo, hi = int(samples.min(initial=0)), int(samples.max(initial=0))
+    if lo >= 0 and 0 < hi <= 255:
+        raise ImageLoadError(name, f"32-bit integer image (mode I) with values up to {hi}: read "
+                                   f"as 16-bit data it is black; for 8-bit values convert it "
+                                   f"first (img.convert('L'), or a uint8 array)")
+    return 65535 if lo >= 0 and hi <= 65535 else 2**32 - 1
 
 
 def array_to_rgb(arr: np.ndarray, name: str = "<array>", int_range: int | None = None) -> np.ndarray:
@@ -138,12 +154,11 @@ def array_to_rgb(arr: np.ndarray, name: str = "<array>", int_range: int | None =
         return np.rint(a * 255.0).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer):
         if int_range is None:
-            if a.dtype == np.uint16 or a.dtype == np.int16:
-                int_range = 65535
-            elif int(a.max(initial=0)) <= 65535 and int(a.min(initial=0)) >= 0:
-                int_range = 65535  # 16-bit data opened as 32-bit "I"
-            else:
-                int_range = 2**32 - 1
+            if a.dtype != np.uint16:  # int64 of 0..255 values read as 16-bit was black
+                raise ImageLoadError(
+                    name, f"{a.dtype} array: give uint8 (0-255), uint16 (0-65535) or float in "
+                          f"[0, 1] (8-bit values: arr.astype(np.uint8))")
+            int_range = 65535
         if int(a.min(initial=0)) < 0:
             raise ImageLoadError(name, "integer image holds negative values")
         scaled = (a.astype(np.uint64) * 255) // int_range

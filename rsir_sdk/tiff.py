@@ -100,6 +100,22 @@ def _read_with_tifffile(fh, name, rule, max_pixels, max_bytes) -> Raster | None:
     return Raster(rgb, georeference(tags, width, height), samples.shape[2], str(samples.dtype), "tifffile")
 
 
+def pil_rule_rgb(img: Image.Image, rule: RasterRule, nodata: float | None, name: str) -> np.ndarray:
+    """A decoded PIL image's pixels by ``rule``: modes whose values are samples (gray, RGB,
+    16-bit, 32-bit, float) through :meth:`RasterRule.apply` as a TIFF's samples, alpha dropped
+    unless the rule names bands; palette and other modes through :func:`pil_to_rgb`."""
+    if img.mode not in _RAW_PIL_MODES:
+        return pil_to_rgb(img, name)
+    samples = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        samples = samples.astype(np.uint16)
+    elif img.mode == "I" and int(samples.max(initial=0)) <= 65535 and int(samples.min(initial=0)) >= 0:
+        samples = samples.astype(np.uint16)  # 16-bit data Pillow widened to 32-bit
+    elif img.mode in ("RGBA", "RGBX", "LA") and rule.bands is None:
+        samples = samples[..., :-1]  # alpha dropped, as rsir_sdk.images does
+    return rule.apply(samples, nodata, name)
+
+
 def _read_with_pillow(fh, name, rule, max_pixels, max_bytes, tiff_reason) -> Raster:
     def failed(reason: str) -> ImageLoadError:
         if tiff_reason:
@@ -122,17 +138,7 @@ def _read_with_pillow(fh, name, rule, max_pixels, max_bytes, tiff_reason) -> Ras
             if original:
                 tags[TAG_DATETIME_ORIGINAL] = original
             img.load()
-            if img.mode in _RAW_PIL_MODES:
-                samples = np.asarray(img)
-                if img.mode.startswith("I;16"):
-                    samples = samples.astype(np.uint16)
-                elif img.mode == "I" and int(samples.max(initial=0)) <= 65535 and int(samples.min(initial=0)) >= 0:
-                    samples = samples.astype(np.uint16)  # 16-bit data Pillow widened to 32-bit
-                elif img.mode in ("RGBA", "RGBX", "LA") and rule.bands is None:
-                    samples = samples[..., :-1]  # alpha dropped, as rsir_sdk.images does
-                rgb = rule.apply(samples, _nodata(tags.get(TAG_GDAL_NODATA)), name)
-            else:
-                rgb = pil_to_rgb(img, name)
+            rgb = pil_rule_rgb(img, rule, _nodata(tags.get(TAG_GDAL_NODATA)), name)
             dtype = str(np.asarray(img).dtype) if img.mode in _RAW_PIL_MODES else "uint8"
     except ImageLoadError as exc:
         if tiff_reason and "raster rule" not in exc.reason and "stretch" not in exc.reason:

@@ -156,3 +156,25 @@ def test_misused_calls_are_one_line_of_the_documented_classes(rp_bundle, tmp_pat
 
     with pytest.raises(CodeLengthError, match="^fine codes are 64 bits"):
         as_packed(np.zeros((1, 8), np.uint8), 128, "fine codes")
+
+
+def test_one_image_where_a_list_belongs_is_refused_not_split():
+    """An HxWx3 array given to add_images / search_batch was split into H row "images" (64
+    items written for one picture); a PIL image raised a bare TypeError; a file object was
+    split into its lines."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from rsir_sdk.call_checks import image_list
+
+    one = np.zeros((64, 64, 3), np.uint8)
+    for single in (one, one[..., 0], Image.fromarray(one), io.BytesIO(b"x"), memoryview(b"x"),
+                   "a.jpg", b"\xff\xd8"):
+        with pytest.raises(InvalidInputError, match=r"images must be a list \(for one image pass"):
+            image_list(single, "pass [image]")
+    with pytest.raises(InvalidInputError, match="not int"):
+        image_list(7, "pass [image]")
+    assert len(image_list(np.zeros((5, 8, 8, 3), np.uint8), "pass [image]")) == 5  # a batch
+    assert len(image_list([one, one], "pass [image]")) == 2

@@ -78,6 +78,37 @@ def test_arrays():
         load_image(np.zeros((2, 2, 5), np.uint8))
 
 
+def test_integer_arrays_of_a_guessed_range_are_refused_not_read_black():
+    """An int64 array of 0..255 values (integer arithmetic on an image) was read as 16-bit
+    data: every pixel 0, and a search returned the black image's neighbours."""
+    eight_bit = np.random.default_rng(0).integers(1, 256, (8, 8, 3))
+    for dtype in (np.int64, np.int32, np.int16, np.int8, np.uint32, np.uint64):
+        with pytest.raises(ImageLoadError, match=f"{np.dtype(dtype)} array: give uint8"):
+            load_image(eight_bit.astype(dtype))
+    assert (load_image(eight_bit.astype(np.uint8)) == eight_bit).all()
+    with pytest.raises(ImageLoadError, match="mode I.*values up to 255.*convert"):
+        load_image(Image.fromarray(np.full((4, 4), 255, np.int32), mode="I"))
+    sixteen = Image.fromarray(np.full((4, 4), 65535, np.int32), mode="I")  # a 16-bit PNG, widened
+    assert (load_image(sixteen) == 255).all()
+    assert (load_image(Image.fromarray(np.zeros((4, 4), np.int32), mode="I")) == 0).all()
+
+
+def test_a_file_opened_in_text_mode_is_named_not_a_type_error(sample_images, tmp_path):
+    path = sample_images[0][0]
+    with open(path, encoding="latin-1") as fh:
+        with pytest.raises(ImageLoadError, match="text mode.*'rb'"):
+            load_image(fh)
+
+    class TextReader:  # a file-like object that is not an io.TextIOBase
+        name = "reader"
+
+        def read(self, n=-1):
+            return "abcd"
+
+    with pytest.raises(ImageLoadError, match="gives text, not bytes"):
+        load_image(TextReader())
+
+
 def test_bad_files_raise_image_load_error_naming_them(tmp_path, sample_images):
     empty = tmp_path / "empty.jpg"; empty.write_bytes(b"")
     text = tmp_path / "notes.jpg"; text.write_text("not an image")

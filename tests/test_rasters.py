@@ -208,3 +208,26 @@ def test_to_lonlat_projections():
     lon, lat = to_lonlat(20037508.342789244, 0.0, 3857)
     assert abs(lon - 180.0) < 1e-9 and abs(lat) < 1e-9
     assert to_lonlat(1.0, 2.0, 4326) == (1.0, 2.0) and to_lonlat(0, 0, 2154) is None
+
+
+def test_a_collections_rule_reads_arrays_and_pil_images_as_it_reads_the_file(tmp_path,
+                                                                            sample_images):
+    """Under a rule other than the default, an array (``tifffile.imread``) or a 16-bit PIL image
+    is read as the raster's samples, as the file is: the rule was ignored for them (bands 1-3
+    of a B,G,R,NIR scene, the 16-bit range: nearly black, 20 of 32 bits off)."""
+    rgb = scene(sample_images).astype(np.uint16) * 12
+    bgrn = np.concatenate([rgb[..., ::-1], np.full(rgb.shape[:2] + (1,), 4000, np.uint16)], 2)
+    path = tmp_path / "bgrn.tif"
+    tifffile.imwrite(path, bgrn, photometric="minisblack", planarconfig="contig")
+    rule = RasterRule.parse("bands=3,2,1;stretch=percentile")
+    from_file = load_image(path, rule=rule)
+    assert (load_image(tifffile.imread(path), rule=rule) == from_file).all()
+    assert from_file.mean() > 60                       # stretched, not the dark 16-bit range
+    gray = rgb[..., 0]
+    tifffile.imwrite(tmp_path / "gray.tif", gray)
+    one = RasterRule.parse("stretch=percentile")
+    assert (load_image(Image.fromarray(gray), rule=one)
+            == load_image(tmp_path / "gray.tif", rule=one)).all()
+    with pytest.raises(ImageLoadError, match="channels-first"):
+        load_image(np.moveaxis(bgrn, -1, 0), rule=rule)
+    assert (load_image(scene(sample_images)) == scene(sample_images)).all()  # default: as before
