@@ -356,6 +356,11 @@ def test_info_says_not_created_yet_for_a_missing_collection_of_an_existing_file(
     code, out, _ = run(capsys, "info", rp_bundle[0], "--uri", db, "--collection", "later")
     assert code == 0 and "later at" in out and "not created yet" in out, out
     assert "cannot be opened" not in out
+    # the collection line names the one asked about (it printed the bundle's default)
+    assert re.search(r"^collection\s+later \(the bundle's default: \w+\)$", out, re.M), out
+    code, out, _ = run(capsys, "info", rp_bundle[0], "--uri", db, "--collection", "later",
+                       "--json")
+    assert json.loads(out)["collection"] == "later"
 
 
 @pytest.mark.parametrize("method,flag,value,says", [

@@ -55,7 +55,8 @@ def run_info(args: argparse.Namespace) -> int:
         "input": [b.input_height, b.input_width], "preprocess": b.preprocess,
         "classes": b.classes, "database": b.manifest.get("database"), "symmetric": b.symmetric,
         "split": SPLIT_FILE if (b.path / SPLIT_FILE).is_file() else None,
-        "archive": b.archive_root, "collection": b.default_collection,
+        "archive": b.archive_root, "collection": args.collection or b.default_collection,
+        "default_collection": b.default_collection,
         "training": b.manifest.get("training", {}), "parent": b.manifest.get("parent"),
         "fine_bits": b.fine_bits, "fine_code": b.manifest.get("fine_code"),
     }
@@ -69,8 +70,11 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
         return EXIT_ERROR if db_error or store_error else EXIT_OK
-    for key in ("path", "method", "bits", "encoder_id", "input", "symmetric", "collection"):
+    for key in ("path", "method", "bits", "encoder_id", "input", "symmetric"):
         print(f"{key:12s} {info[key]}")
+    default = "" if info["collection"] == b.default_collection else \
+        f" (the bundle's default: {b.default_collection})"
+    print(f"{'collection':12s} {info['collection']}{default}")
     print(f"{'fine_bits':12s} {_fine_text(b)}")
     more = " ..." if len(b.classes) > 12 else ""
     print(f"{'classes':12s} {len(b.classes)}: {', '.join(b.classes[:12])}{more}")
