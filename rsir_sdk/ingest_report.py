@@ -74,6 +74,11 @@ class IngestSummary:
     #: a few ``(new id, stored id)`` pairs: indexed from another folder; each is stored twice
     stored_elsewhere: int = 0
     stored_elsewhere_examples: list[tuple[str, str]] = field(default_factory=list)
+    #: items the collection holds that this listing does not (files removed or renamed since
+    #: they were indexed, or items written another way): searches still return them
+    not_listed: int = 0
+    #: items deleted because the listing does not hold them (``IngestOptions.prune``)
+    pruned: int = 0
 
     @property
     def unplaced(self) -> int:
@@ -107,6 +112,7 @@ class IngestSummary:
             "footprint_errors": dict(self.footprint_errors),
             "stored_elsewhere": self.stored_elsewhere,
             "stored_elsewhere_examples": [list(p) for p in self.stored_elsewhere_examples],
+            "not_listed": self.not_listed, "pruned": self.pruned,
             "failures": [f.__dict__ for f in self.failed],
         }
 

@@ -115,7 +115,10 @@ class IngestOptions:
 
     Which images: ``skip_existing`` (skip ids the collection holds: resume; ``False`` re-encodes
     them as upserts), ``only_ids`` (index only these, e.g. the ids of a failure report),
-    ``relative_paths`` (store paths relative to the archive root instead of absolute ones).
+    ``relative_paths`` (store paths relative to the archive root instead of absolute ones),
+    ``prune`` (after the run, delete every item whose id the listing does not hold: files
+    removed or renamed since they were indexed; without it such items stay, counted in the
+    summary's ``not_listed``).
 
     How: ``engine`` (``local`` threads, or ``ray``: the ``distributed`` extra) with ``address``
     (a Ray cluster; ``None`` starts a local Ray), ``workers`` (decoding threads or Ray actors),
@@ -140,6 +143,7 @@ class IngestOptions:
     skip_existing: bool = True
     only_ids: frozenset[str] | None = None
     relative_paths: bool = False
+    prune: bool = False
     engine: str = "local"
     address: str | None = None
     workers: int | None = None
@@ -184,7 +188,7 @@ class IngestOptions:
         f = self.flush_seconds
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
             raise InvalidInputError(f"flush_seconds must be a number > 0, got {f!r}")
-        for name in ("skip_existing", "relative_paths"):
+        for name in ("skip_existing", "relative_paths", "prune"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"{name} must be True or False, "
                                         f"got {getattr(self, name)!r}")
@@ -192,6 +196,9 @@ class IngestOptions:
             raise InvalidInputError(
                 "a bulk load adds new ids only; it cannot re-encode ids already present "
                 "(--force): index without --bulk, or drop the collection first")
+        if self.prune and self.only_ids is not None:
+            raise InvalidInputError("prune deletes what a whole archive does not list; a run of "
+                                    "some ids only (--retry-failed) cannot say that")
 
     def replace(self, **changes: Any) -> "IngestOptions":
         """A copy with some fields changed (checked again); unknown names raise

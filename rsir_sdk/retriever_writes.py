@@ -98,10 +98,41 @@ def index(r: "Retriever", archive: str | os.PathLike | ArchiveListing, opts: Ing
     try:
         summary = run(r.encoder, r.store, listing, opts, report=rep, progress=progress,
                       on_prepare=on_prepare)
+        _account_unlisted(r.store, listing, opts, summary)
         return summary
     finally:
         if own is not None:
             own.close(keep_earlier=summary is None or summary.total == 0)
+
+
+def _account_unlisted(store: MilvusCodeStore, listing: ArchiveListing, opts: IngestOptions,
+                      summary: IngestSummary) -> None:
+    """Items the collection holds that the listing does not: deleted (``opts.prune``), or
+    counted in ``summary.not_listed``. Why: a file removed or renamed since it was indexed kept
+    coming back in searches (a renamed one twice, and as a duplicate of itself) without a
+    word. The count costs one count and one lookup of the failed ids; pruning reads every id."""
+    if opts.only_ids is not None or summary.total == 0:
+        return  # a run of some ids says nothing about the rest
+    if opts.prune:
+        listed = {item.id for item in listing.items}
+        gone = [i for i in store.iter_ids() if i not in listed]
+        for start in range(0, len(gone), 1000):
+            summary.pruned += store.delete(gone[start:start + 1000])
+        if gone:
+            store.flush()
+        return
+    storable = [f.id for f in summary.failed if f.id and _is_text(f.id)]  # else never stored
+    failed_held = len(store.existing_ids(storable)) if storable else 0
+    summary.not_listed = max(0, store.count() - summary.indexed - summary.skipped - failed_held)
+
+
+def _is_text(s: str) -> bool:
+    """Whether ``s`` is valid Unicode text (a name that is not UTF-8 holds lone surrogates)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _say_unknown_labels(r: "Retriever", listing: ArchiveListing, label_from: str) -> None:

@@ -378,3 +378,36 @@ def test_training_options_out_of_range_are_one_usage_line(method, flag, value, s
                  flag, value])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and flag in err[0] and says in err[0], err
+
+
+def test_files_removed_or_renamed_since_indexing_are_counted_and_pruned(tmp_path, sample_images,
+                                                                        rp_bundle, capsys):
+    """A file deleted or renamed after it was indexed stayed in the collection without a word:
+    searches returned it (a renamed one twice, and as a duplicate of itself). A run now counts
+    such items, and --prune deletes them."""
+    archive = tmp_path / "archive"
+    for p, label in sample_images[:12]:
+        (archive / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, archive / label / p.name)
+    db = str(tmp_path / "rsir.db")
+    base = ["index", rp_bundle[0], archive, "--uri", db, "--collection", "c", "--no-progress"]
+    assert run(capsys, *base)[0] == 0
+    files = sorted(archive.rglob("*.jpg"))
+    files[0].unlink()
+    files[1].rename(files[1].with_name("renamed.jpg"))
+    code, out, _ = run(capsys, *base)
+    assert code == 0 and re.search(r"^not listed\s+2 items the collection holds", out, re.M), out
+    assert "--prune deletes them" in out and "holds 13 items" in out
+    code, out, _ = run(capsys, *base, "--json")
+    assert json.loads(out)["not_listed"] == 2
+    code, _, err = run(capsys, *base, "--prune", "--retry-failed", tmp_path / "r.csv")
+    assert code == 2 and "--prune" in err
+    code, out, _ = run(capsys, *base, "--prune")
+    assert code == 0 and re.search(r"^pruned\s+2 items", out, re.M) and "holds 11 items" in out
+    assert "not listed" not in out
+    from rsir_sdk import Retriever
+
+    with Retriever(rp_bundle[0], uri=db, collection="c") as r:
+        held = set(r.store.iter_ids())
+    assert held == {str(f.relative_to(archive)) for f in archive.rglob("*.jpg")}
+    assert run(capsys, *base)[1].count("not listed") == 0

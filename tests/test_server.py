@@ -400,3 +400,26 @@ def test_two_local_servers_started_at_the_same_moment_both_run(tmp_path):
     answers = [r.communicate(timeout=240) for r in runs]
     assert [r.returncode for r in runs] == [0, 0], [err[-400:] for _, err in answers]
     assert len({out.strip() for out, _ in answers}) == 2
+
+
+def test_files_removed_since_indexing_are_counted_and_pruned_on_a_server(server_uri, rp_bundle,
+                                                                         sample_images, tmp_path,
+                                                                         capsys):
+    """The count of items this archive no longer lists, and --prune, on a server (its count
+    and the id scan read rows just written and deleted)."""
+    import shutil
+
+    archive = tmp_path / "archive"
+    for p, label in sample_images[:8]:
+        (archive / label).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, archive / label / p.name)
+    base = ["index", rp_bundle[0], archive, "--uri", server_uri, "--collection", "pruned",
+            "--no-progress", "--json"]
+    assert run(capsys, *base)[0] == 0
+    sorted(archive.rglob("*.jpg"))[0].unlink()
+    code, out, err = run(capsys, *base)
+    assert code == 0 and json.loads(out)["not_listed"] == 1, out + err
+    code, out, err = run(capsys, *base, "--prune")
+    assert code == 0 and json.loads(out)["pruned"] == 1 and json.loads(out)["count"] == 7, out
+    with MilvusCodeStore(server_uri, "pruned", create=False) as s:
+        assert len(list(s.iter_ids())) == 7

@@ -66,6 +66,10 @@ def add_parser(sub: Any) -> None:
                    help="index only the images listed in this failure report")
     g.add_argument("--force", action="store_true",
                    help="re-encode images whose id is already present (files changed)")
+    g.add_argument("--prune", action="store_true",
+                   help="after the run, delete every item whose id this archive does not list "
+                        "(files removed or renamed since they were indexed; items written "
+                        "another way too); without it they stay, counted in the summary")
     g = p.add_argument_group("performance")
     g.add_argument("--workers", type=POSITIVE, default=None, help="decoding threads (default: CPUs, 2..8)")
     g.add_argument("--threads", type=POSITIVE, default=None, help="onnxruntime threads (default: all cores)")
@@ -171,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
 
 def ingest_options(args: argparse.Namespace) -> IngestOptions:
     """The :class:`~rsir_sdk.options.IngestOptions` of ``rsir index``'s arguments."""
+    if args.prune and args.retry_failed:
+        raise UsageError("--prune deletes what a whole archive does not list; a --retry-failed "
+                         "run of some images cannot say that: prune on a full run")
     if args.retry_failed and not os.path.isfile(args.retry_failed):
         raise UsageError(f"--retry-failed {args.retry_failed}: no such report file (nothing "
                          f"failed last time?)")
@@ -184,6 +191,7 @@ def ingest_options(args: argparse.Namespace) -> IngestOptions:
         label_from=args.label_from, root=args.root, path_column=args.path_column,
         id_column=args.id_column, label_column=args.label_column, extensions=extensions,
         skip_existing=not args.force, only_ids=only, relative_paths=args.relative_paths,
+        prune=args.prune,
         engine=args.engine, address=args.address, workers=args.workers,
         batch_size=args.batch_size, upsert_batch=args.upsert_batch,
         max_pixels=args.max_pixels or None, bulk_dir=args.bulk, prepare=args.prepare,
@@ -227,6 +235,12 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
         reasons = sorted(summary.footprint_errors.items(), key=lambda kv: -kv[1])
         for reason, n in reasons[:3]:
             lines.append(f"         {n:>9}  {shorten(reason)}")
+    if summary.not_listed:
+        lines.append(f"not listed {summary.not_listed:>7} items the collection holds that this "
+                     f"archive does not list (files removed or renamed since they were indexed, "
+                     f"or written another way): searches still return them; --prune deletes them")
+    if summary.pruned:
+        lines.append(f"pruned   {summary.pruned:>9} items this archive no longer lists, deleted")
     if rule:
         lines.append(f"raster rule  {rule}")
     if summary.bulk:

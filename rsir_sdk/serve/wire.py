@@ -83,7 +83,8 @@ def summary_from_json(obj: Mapping[str, Any], url: str) -> IngestSummary:
                               for k, v in (obj.get("footprint_errors") or {}).items()},
             stored_elsewhere=int(obj.get("stored_elsewhere") or 0),
             stored_elsewhere_examples=[(str(a), str(b)) for a, b in
-                                       obj.get("stored_elsewhere_examples") or []])
+                                       obj.get("stored_elsewhere_examples") or []],
+            not_listed=int(obj.get("not_listed") or 0), pruned=int(obj.get("pruned") or 0))
     except (KeyError, TypeError, ValueError) as exc:
         raise ServiceError(f"the service's index answer is not a summary ({exc})", 502,
                            "ServiceError") from None
