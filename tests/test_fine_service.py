@@ -362,6 +362,12 @@ def test_rsir_duplicates_writes_csv_and_json_reports(world, cli_db, tmp_path, ca
                         "--collection", COLLECTION, "--radius", longest + 1)
     assert code == 2 and err.strip() == (f"rsir duplicates: radius must be between 0 and "
                                           f"{longest} (the fine-code length), got {longest + 1}")
+    assert "look at them before deleting" not in err                 # small groups: no word
+    code, out, err = _cli(capsys, "duplicates", world["bundle"], "--uri", cli_db,
+                          "--collection", COLLECTION, "--radius", longest // 2, "--format", "json")
+    largest = max(g["size"] for g in json.loads(out)["groups"])
+    assert code == 0 and largest > 5 and (f"hold more than 5 items (the largest {largest}): "
+                                          f"look-alike scenes") in err, err
     code, _, err = _cli(capsys, "duplicates", rp_bundle[0], "--uri", cli_db,
                         "--collection", "never_written")        # a bundle without a fine code
     assert code == 2 and "has none" in err and len(err.strip().splitlines()) == 1

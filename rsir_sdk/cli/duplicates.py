@@ -45,8 +45,10 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "duplicates", help="list groups of near-identical images in a collection (CSV/JSON)",
         description="Groups of images whose fine codes lie within --radius of each other "
-                    "(linked transitively): the same scene stored twice, re-encoded, lightly "
-                    "cropped or brightened. Writes a report: group number, id, path, label.")
+                    "(linked transitively): the same scene stored twice, re-encoded, resized or "
+                    "brightened (crops of more than a few pixels are not found at any radius "
+                    "without joining distinct scenes: docs/similar.md). Writes a report: group "
+                    "number, id, path, label; look at a group before deleting from it.")
     p.add_argument("bundle", help="the bundle the collection was filled with")
     add_store_args(p)
     p.add_argument("--radius", type=RADIUS_TYPE, default=None,
@@ -93,7 +95,24 @@ def run(args: argparse.Namespace) -> int:
     where = f"; wrote {args.out}" if args.out else ""
     warn(f"{len(groups)} group(s) of near-identical images ({len(rows)} items) within fine "
          f"distance {radius} in collection {collection}{where}")
+    say_large_groups(groups, radius)
     return EXIT_OK
+
+
+#: a group larger than this is more likely a chain of look-alike scenes than copies of one
+LARGE_GROUP = 5
+
+
+def say_large_groups(groups: Sequence[Sequence[str]], radius: int) -> None:
+    """One warning when groups are large: scenes of little texture (sea, lake, sand, snow) lie
+    close in the fine code and chain into one group (19 distinct EuroSAT sea scenes at the
+    default radius), which a reader deleting "the copies" would lose."""
+    large = [g for g in groups if len(g) > LARGE_GROUP]
+    if large:
+        warn(f"{len(large)} group(s) hold more than {LARGE_GROUP} items (the largest "
+             f"{max(map(len, large))}): look-alike scenes of little texture (water, sand, snow) "
+             f"chain into one group; look at them before deleting, or lower --radius (now "
+             f"{radius})")
 
 
 def default_radius(r: Retriever) -> int:
