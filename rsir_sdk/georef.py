@@ -14,7 +14,11 @@ bounds but no footprint, and one line under ``footprint_error``: a tag that cann
 of gives fewer fields, never an error (the image stays readable and is indexed without a place).
 
 **Time.** EXIF DateTimeOriginal (36867), else the TIFF DateTime tag (306), read as UTC (the
-tags carry no zone), gives ``time`` (ISO 8601).
+tags carry no zone), gives ``time`` (ISO 8601); a date tag that does not parse gives
+``time_error`` (one line) instead.
+
+**Photos** (JPEG, PNG, WebP: :func:`photo_georef`): the EXIF GPS position is a point footprint,
+and the EXIF times as above.
 """
 
 from __future__ import annotations
@@ -115,24 +119,83 @@ def georeference(tags: Mapping[int, Any], width: int, height: int) -> dict[str, 
                 out.update(footprint(epsg, affine, width, height))
             except InvalidInputError as exc:
                 out["footprint_error"] = str(exc)
-    time = acquisition_time(tags)
+    time, error = time_of(tags)
     if time is not None:
         out["time"] = time
+    elif error is not None:
+        out["time_error"] = error
     return out
 
 
 def acquisition_time(tags: Mapping[int, Any]) -> str | None:
     """EXIF DateTimeOriginal, else TIFF DateTime, as ISO 8601 UTC; None when absent or unparsable."""
+    return time_of(tags)[0]
+
+
+def time_of(tags: Mapping[int, Any]) -> tuple[str | None, str | None]:
+    """``(time, error)``: EXIF DateTimeOriginal, else TIFF DateTime, as ISO 8601 UTC; when a
+    date tag is there but none parses, ``error`` says so in one line (it was dropped without a
+    trace, and the image silently left every period search)."""
+    bad = None
     for code in (TAG_DATETIME_ORIGINAL, TAG_DATETIME):
         value = tags.get(code)
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
         if isinstance(value, str) and value.strip("\x00 "):
             try:
-                return iso(parse_time(value.strip("\x00 "), "TIFF date"))
+                return iso(parse_time(value.strip("\x00 "), "TIFF date")), None
             except InvalidInputError:
-                continue
-    return None
+                bad = bad or value.strip("\x00 ")
+    if bad is None:
+        return None, None
+    return None, f"the date tag {bad[:40]!r} is not a date and time (YYYY:MM:DD HH:MM:SS)"
+
+
+#: EXIF GPS IFD tags: latitude reference and value, longitude reference and value
+GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 1, 2, 3, 4
+
+
+def photo_georef(tags: Mapping[int, Any], gps: Mapping[int, Any]) -> dict[str, Any]:
+    """A photo's place and time from its EXIF (a JPEG, PNG or WebP from a drone or a phone):
+    the GPS position as a point footprint (``lonlat_bounds`` a zero-size box, ``lonlat``),
+    ``time`` as :func:`time_of` reads it, ``footprint_error``/``time_error`` when a tag is
+    there but unusable; ``{}`` without any. Why: such photos were left out of every place and
+    period search, while the same tags in a TIFF were read.
+
+    >>> photo_georef({}, {1: "N", 2: (43, 36, 0.0), 3: "E", 4: (1, 26, 24.0)})["lonlat"]
+    [1.44, 43.6]
+    """
+    out: dict[str, Any] = {}
+    if GPS_LAT in gps or GPS_LON in gps:
+        try:
+            lat = _dms(gps[GPS_LAT], gps.get(GPS_LAT_REF), "S")
+            lon = _dms(gps[GPS_LON], gps.get(GPS_LON_REF), "W")
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError):
+            out["footprint_error"] = "the EXIF GPS tags hold no readable position"
+        else:
+            if not (abs(lat) <= 90 and abs(lon) <= 180):
+                out["footprint_error"] = f"the EXIF GPS position {lat}, {lon} is off the globe"
+            elif lat == 0 and lon == 0:
+                out["footprint_error"] = "the EXIF GPS position is 0, 0 (a camera without a fix)"
+            else:
+                out.update(crs="EPSG:4326", lonlat=[lon, lat], lonlat_bounds=[lon, lat, lon, lat])
+    time, error = time_of(tags)
+    if time is not None:
+        out["time"] = time
+    elif error is not None:
+        out["time_error"] = error
+    return out
+
+
+def _dms(value: Any, ref: Any, negative: str) -> float:
+    """Degrees from EXIF (degrees, minutes, seconds) rationals and a hemisphere letter."""
+    d, m, sec = (float(v) for v in value)
+    if not all(math.isfinite(v) for v in (d, m, sec)):
+        raise ValueError("not finite")
+    if isinstance(ref, bytes):
+        ref = ref.decode("ascii", "replace")
+    sign = -1.0 if str(ref or "").strip("\x00 ").upper() == negative else 1.0
+    return round(sign * (d + m / 60.0 + sec / 3600.0), 7)
 
 
 def _affine(tags, pixel_is_point) -> Affine | None:

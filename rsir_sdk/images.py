@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .decoding import bomb_reason, quiet_decoding
 from .errors import ImageLoadError
+from .georef import TAG_DATETIME, TAG_DATETIME_ORIGINAL, photo_georef
 from .pixels import Raster, array_to_rgb, check_file, describe_source, pil_to_rgb
 from .rasters import RasterRule, as_rule
 from .redact import redact_uri
@@ -110,6 +111,21 @@ def read_image(
     raise ImageLoadError(name, f"unsupported source type {type(src).__name__}")
 
 
+def _exif_georef(img: Image.Image) -> dict[str, Any]:
+    """A photo's EXIF GPS position and time (:func:`rsir_sdk.georef.photo_georef`); ``{}``
+    without EXIF, and when the EXIF cannot be parsed (the pixels are still good)."""
+    try:
+        exif = img.getexif()
+        if not exif:
+            return {}
+        tags = {TAG_DATETIME: exif.get(TAG_DATETIME),
+                TAG_DATETIME_ORIGINAL: exif.get_ifd(0x8769).get(TAG_DATETIME_ORIGINAL)}
+        gps = dict(exif.get_ifd(0x8825))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
+        return {}
+    return photo_georef({k: v for k, v in tags.items() if v is not None}, gps)
+
+
 def _binary(data: Any, name: str) -> bytes:
     """``data`` read from a file object, refused when it is text (a file opened with ``"r"``)."""
     if not isinstance(data, (bytes, bytearray)):
@@ -169,7 +185,7 @@ def _decode_quietly(
                     name, f"{img.width}x{img.height} pixels is over the {max_pixels}-pixel limit"
                 )
             img.load()
-            return Raster(pil_to_rgb(img, name))
+            return Raster(pil_to_rgb(img, name), _exif_georef(img))
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

@@ -405,9 +405,11 @@ class IngestRun:
         self.in_doubt = False
         self.summary.indexed += len(ids)
         for meta in args[4]:
-            if "footprint_error" in meta:
-                why = str(meta["footprint_error"])
-                self.summary.footprint_errors[why] = self.summary.footprint_errors.get(why, 0) + 1
+            for key, counts in (("footprint_error", self.summary.footprint_errors),
+                                ("time_error", self.summary.time_errors)):
+                if key in meta:
+                    why = str(meta[key])
+                    counts[why] = counts.get(why, 0) + 1
         self.state.indexed = self.summary.indexed
         self.tick()
 

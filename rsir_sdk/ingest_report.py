@@ -70,6 +70,9 @@ class IngestSummary:
     #: images indexed with georeferencing that gave no footprint, by reason (``footprint_error``:
     #: an unknown CRS, or one that needs pyproj): a place filter never returns them
     footprint_errors: dict[str, int] = field(default_factory=dict)
+    #: images indexed with a date tag that is not a date, by reason (``time_error``): a period
+    #: filter never returns them
+    time_errors: dict[str, int] = field(default_factory=dict)
     #: images indexed that the collection already held under another id (the same file), and
     #: a few ``(new id, stored id)`` pairs: indexed from another folder; each is stored twice
     stored_elsewhere: int = 0
@@ -110,6 +113,7 @@ class IngestSummary:
             "report": self.report, "collection": self.collection, "uri": self.uri,
             "prepare": _rounded(self.prepare), "bulk": _rounded(self.bulk),
             "footprint_errors": dict(self.footprint_errors),
+            "time_errors": dict(self.time_errors),
             "stored_elsewhere": self.stored_elsewhere,
             "stored_elsewhere_examples": [list(p) for p in self.stored_elsewhere_examples],
             "not_listed": self.not_listed, "pruned": self.pruned,

@@ -87,7 +87,8 @@ def test_times_from_datetime_and_exif_tags_by_both_readers(archive, monkeypatch)
     # DateTimeOriginal (acquisition) wins over DateTime; an unparsable date is no time
     assert georeference({306: "2001:01:01 00:00:00", 36867: "2002:02:02 02:02:02"}, 1, 1) == \
         {"time": "2002-02-02T02:02:02Z"}
-    assert georeference({306: "yesterday"}, 1, 1) == {}
+    assert georeference({306: "yesterday"}, 1, 1) == {
+        "time_error": "the date tag 'yesterday' is not a date and time (YYYY:MM:DD HH:MM:SS)"}
 
 
 def test_unknown_crs_is_one_line_and_the_image_still_reads(archive):

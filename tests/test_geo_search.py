@@ -425,6 +425,58 @@ def test_rsir_index_counts_images_whose_georeferencing_gave_no_footprint(world, 
     assert code == 0 and json.loads(out)["footprint_errors"] == expected
 
 
+def _photo(path, sample, gps=None, when=None, broken_time=None):
+    """A JPEG of ``sample`` with EXIF as a drone or phone writes it."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    if when or broken_time:
+        exif[306] = broken_time or when
+        if when:
+            exif.get_ifd(0x8769)[36867] = when
+    if gps:
+        ifd = exif.get_ifd(0x8825)
+        (ifd[1], ifd[2]), (ifd[3], ifd[4]) = gps
+    Image.open(sample).convert("RGB").save(path, exif=exif)
+
+
+def test_photos_exif_position_and_time_and_dates_that_are_not_dates(world, tmp_path, capsys):
+    """A drone JPEG's EXIF GPS position and time were ignored (the same tags in a TIFF were
+    read), so it left every place and period search; a TIFF date tag that does not parse was
+    dropped without a trace. Now a point footprint and a time, and `no time` in the summary."""
+    import shutil
+
+    from rsir_sdk import Retriever
+
+    sample = world["tiffs"][0].path.parent
+    src = [p for p in sorted(sample.rglob("*.tif"))][:2]
+    root = tmp_path / "photos"
+    root.mkdir()
+    _photo(root / "drone.jpg", src[0], (("N", (43.0, 36.0, 0.0)), ("W", (1.0, 26.0, 24.0))),
+           "2021:06:01 10:30:00")
+    _photo(root / "nofix.jpg", src[0], (("N", (0.0, 0.0, 0.0)), ("E", (0.0, 0.0, 0.0))))
+    _photo(root / "baddate.jpg", src[1], broken_time="2021:13:45 99:00:00")
+    shutil.copy(src[1], root / "plain.tif")
+    db = str(tmp_path / "photos.db")
+    code, out, err = _cli(capsys, "index", world["bundle"], root, "--uri", db, "--collection",
+                          "p", "--no-progress")
+    assert code == 0, err
+    assert re.search(r"no time\s+1 indexed with a date tag that is not a date", out), out
+    assert "'2021:13:45 99:00:00' is not a date" in out
+    assert re.search(r"no place\s+1 .*\n.*0, 0 \(a camera without a fix\)", out), out
+    with Retriever(world["bundle"], uri=db, collection="p") as r:
+        got = {i.id: i for i in r.get(["drone.jpg", "baddate.jpg"])}
+        assert got["drone.jpg"].footprint[:2] == pytest.approx((-1.44, 43.6))
+        assert got["drone.jpg"].time == "2021-06-01T10:30:00Z"
+        assert r.count(near=(-1.44, 43.6, 100)) == 1
+        assert r.count(time="2021-06") == 1
+        assert "time_error" in got["baddate.jpg"].metadata
+    code, out, err = _cli(capsys, "index", world["bundle"], root, "--uri",
+                          str(tmp_path / "json.db"), "--collection", "p", "--json")
+    assert json.loads(out)["time_errors"] == {
+        "the date tag '2021:13:45 99:00:00' is not a date and time (YYYY:MM:DD HH:MM:SS)": 1}
+
+
 def test_bad_footprints_times_and_filters_are_one_line_and_write_nothing(world, tmp_path, capsys):
     db = str(tmp_path / "bad.db")
     codes = world["codes"][:3]

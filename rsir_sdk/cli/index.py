@@ -235,6 +235,12 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
         reasons = sorted(summary.footprint_errors.items(), key=lambda kv: -kv[1])
         for reason, n in reasons[:3]:
             lines.append(f"         {n:>9}  {shorten(reason)}")
+    untimed = sum(summary.time_errors.values())
+    if untimed:
+        lines.append(f"no time  {untimed:>9} indexed with a date tag that is not a date: period "
+                     f"searches never return them")
+        for reason, n in sorted(summary.time_errors.items(), key=lambda kv: -kv[1])[:3]:
+            lines.append(f"         {n:>9}  {shorten(reason)}")
     if summary.not_listed:
         lines.append(f"not listed {summary.not_listed:>7} items the collection holds that this "
                      f"archive does not list (files removed or renamed since they were indexed, "

@@ -81,6 +81,7 @@ def summary_from_json(obj: Mapping[str, Any], url: str) -> IngestSummary:
             uri=url, prepare=obj.get("prepare"), bulk=obj.get("bulk"),
             footprint_errors={str(k): int(v)
                               for k, v in (obj.get("footprint_errors") or {}).items()},
+            time_errors={str(k): int(v) for k, v in (obj.get("time_errors") or {}).items()},
             stored_elsewhere=int(obj.get("stored_elsewhere") or 0),
             stored_elsewhere_examples=[(str(a), str(b)) for a, b in
                                        obj.get("stored_elsewhere_examples") or []],
