@@ -375,7 +375,8 @@ class Connection:
         log.info("the Milvus Lite server of %s stopped during %s; it starts again with the "
                  "next request", self.uri, what)
         if expression and rpc.is_expression_error(said):
-            return InvalidInputError(f"invalid filter expression {expression!r:.200}: {said} "
+            return InvalidInputError(f"invalid filter expression {expression!r:.200}: "
+                                     f"{rpc.readable_expression_error(said)} "
                                      f"(Milvus Lite's server stopped on it and starts again)")
         return StoreError(f"the Milvus Lite server of {self.uri} stopped during {what} (it "
                           f"crashed on that request{': ' + said if said else ''}); it starts "

@@ -101,6 +101,16 @@ def is_expression_error(text: str) -> bool:
     return any(marker in low for marker in _EXPRESSION_ERRORS)
 
 
+def readable_expression_error(text: str) -> str:
+    """Milvus' reason for refusing an expression, or, when it names only its own executor
+    ("Operator::GetOutput failed for [Operator:PhyFilterBitsNode, plan node id: 41] :", for
+    ``label in [1, 2]``), what usually causes that."""
+    if "operator::" in text.lower() or "plan node id" in text.lower():
+        return ("Milvus could not evaluate it; compare each field with values of its type "
+                "(id, label and path are strings: label in [\"a\", \"b\"])")
+    return text
+
+
 def is_damage(text: str) -> bool:
     """Whether a message means a Milvus Lite file is damaged."""
     low = text.lower()
@@ -117,7 +127,8 @@ def store_error(exc: BaseException, what: str, expression: str | None = None) ->
         return exc
     text = message(exc)
     if expression and is_expression_error(text):
-        return InvalidInputError(f"invalid filter expression {expression!r:.200}: {text}")
+        return InvalidInputError(f"invalid filter expression {expression!r:.200}: "
+                                 f"{readable_expression_error(text)}")
     if isinstance(exc, UnicodeError) or "codec can't encode" in text:
         return InvalidInputError(f"{what}: text that is not valid Unicode (a lone surrogate): {text}")
     if "collection not found" in text.lower():  # dropped meanwhile: a 404, not a 503 to retry
