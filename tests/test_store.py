@@ -73,6 +73,18 @@ def test_radius_zero_is_exact_matches_and_inclusive(db_uri):
             *sorted("ad", key=digest), "b", "c"]  # a and d tie at 0: by digest
 
 
+def test_numpy_float32_metadata_is_stored_as_written(db_uri):
+    """np.float32(0.1) was stored widened (0.10000000149011612): a filter {"f": 0.1} found
+    nothing. A float32 is stored by its shortest decimal form."""
+    codes = np.zeros((2, 8), np.uint8)
+    with MilvusCodeStore(db_uri, "f32", bits=64) as store:
+        store.upsert(["a", "b"], codes, metadata=[{"f": np.float32(0.1)},
+                                                  {"f": np.array([0.2, 0.7], np.float32)}])
+        assert store.get(["a"])[0].metadata == {"f": 0.1}
+        assert store.get(["b"])[0].metadata == {"f": [0.2, 0.7]}
+        assert store.count({"f": 0.1}) == 1 and store.count({"f": np.float32(0.1)}) == 1
+
+
 def test_get_delete_count_and_metadata(db_uri):
     codes = np.arange(24, dtype=np.uint8).reshape(3, 8)
     with MilvusCodeStore(db_uri, "g", bits=64) as store:

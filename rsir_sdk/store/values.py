@@ -191,7 +191,9 @@ def _json_value(value: Any, where: str, depth: int) -> Any:
                                     f"string or a float)")
         return v
     if isinstance(value, (float, np.floating)):
-        f = float(value)
+        # a float32/float16 by its shortest decimal form: np.float32(0.1) is stored as 0.1 (not
+        # 0.10000000149011612, which a filter {"f": 0.1} never found)
+        f = float(str(value)) if isinstance(value, np.floating) and value.itemsize < 8 else float(value)
         if not math.isfinite(f):
             raise InvalidInputError(f"{where}: {f} is not a finite number (JSON has no NaN or "
                                     f"infinity; use null)")
@@ -206,8 +208,8 @@ def _json_value(value: Any, where: str, depth: int) -> Any:
             text(k, f"{where}: key", MAX_KEY_BYTES)
             out[k] = _json_value(v, where, depth + 1)
         return out
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
+    if isinstance(value, np.ndarray):  # float32 elements kept as numpy scalars: see above
+        value = list(value) if value.dtype.kind == "f" and value.itemsize < 8 else value.tolist()
     if isinstance(value, (list, tuple)):
         return [_json_value(v, where, depth + 1) for v in value]
     raise InvalidInputError(f"{where}: {type(value).__name__} is not a JSON value")
