@@ -295,7 +295,7 @@ def test_a_restarted_server_is_read_while_it_loads_again(tmp_path, rp_bundle, sa
 
 
 def test_an_index_type_without_parameters_gets_defaults_and_a_refused_one_leaves_nothing(
-        server_uri, rp_bundle, sample_dir, capsys):
+        server_uri, rp_bundle, sample_dir, capsys, caplog):
     """``--index-type BIN_IVF_FLAT``/``HNSW`` without ``--index-params`` failed ("nlist out of
     range") and left a collection that could not be loaded: every later run failed until
     ``rsir drop``. Now they get default build parameters; parameters the server refuses fail in
@@ -308,6 +308,13 @@ def test_an_index_type_without_parameters_gets_defaults_and_a_refused_one_leaves
         with MilvusCodeStore(server_uri, name, create=False) as s:
             info = s.index_info()
             assert info["index_type"] == kind and int(info["params"][key]) == value, info
+        # asked for another index later: it keeps its own, and says so (taken without a word)
+        caplog.clear()
+        code, _, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
+                           "--collection", name, "--no-progress", "--index-type", "BIN_FLAT")
+        assert code == 0 and f"exists with a {kind} index and keeps it" in caplog.text, err
+        with MilvusCodeStore(server_uri, name, create=False) as s:
+            assert s.index_info()["index_type"] == kind
             s.drop()
     code, _, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server_uri,
                        "--collection", "refused_ivf", "--no-progress", "--index-type",

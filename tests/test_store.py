@@ -141,6 +141,10 @@ def test_create_needs_bits_and_lite_rejects_other_indexes(db_uri, tmp_path):
         MilvusCodeStore(db_uri, "new")
     with pytest.raises(StoreError, match="BIN_FLAT"):
         MilvusCodeStore(db_uri, "ivf", bits=64, index_type="BIN_IVF_FLAT")
+    with MilvusCodeStore(db_uri, "made", bits=64) as store:   # an existing one: refused alike
+        store.upsert(["a"], np.zeros((1, 8), np.uint8))
+    with pytest.raises(StoreError, match="only the BIN_FLAT index"):
+        MilvusCodeStore(db_uri, "made", index_type="BIN_IVF_FLAT")
     with pytest.raises(StoreError, match="does not exist"):
         MilvusCodeStore(str(tmp_path / "nope" / "x.db"), "c", bits=64)
 

@@ -135,6 +135,7 @@ class MilvusCodeStore:
                 asked_fine, self.fine_bits = self.fine_bits, None
                 asked_test = self.scene_test
                 self.bits, self.encoder = self._open_existing(bits, encoder)
+                opening.check_kept_index(self, self._index[0])
                 companions.check_fine_bits(self, asked_fine)
                 companions.check_scene_test(self, asked_test)
                 if self.is_lite and self.fine_bits is not None and self._conn.first_on_file:

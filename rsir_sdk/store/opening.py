@@ -44,12 +44,33 @@ def check_new(store: "MilvusCodeStore", bits: int | None, encoder: Mapping[str, 
     enc = dict(encoder) if encoder else None
     if enc and int(enc.get("bits", bits)) != bits:
         raise CodeLengthError(f"encoder makes {enc['bits']}-bit codes but bits={bits}")
+    _check_lite_index(store, index_type)
+    return bits, enc
+
+
+def _check_lite_index(store: "MilvusCodeStore", index_type: str | None) -> None:
     if store.is_lite and index_type not in (None, AUTO_INDEX, "BIN_FLAT"):
         raise StoreError(
             f"Milvus Lite supports only the BIN_FLAT index for binary vectors, not "
             f"{index_type}; use a Milvus server URI for {index_type}"
         )
-    return bits, enc
+
+
+def check_kept_index(store: "MilvusCodeStore", index_type: str | None) -> None:
+    """An index type asked of a collection that exists: refused on Lite as for a new one; on a
+    server one warning when the collection's index is another (it keeps it: the type applies
+    when a collection is made), instead of taking the option without a word."""
+    _check_lite_index(store, index_type)
+    if store.is_lite or index_type in (None, AUTO_INDEX):
+        return
+    try:
+        held = server.describe_index(store._conn, store.collection).get("index_type")
+    except StoreError:  # no index yet (a collection half made): nothing is kept
+        return
+    if held and held != index_type:
+        log.warning("collection %s exists with a %s index and keeps it: index_type %s applies "
+                    "to a new collection only (store.set_index(%r, params) rebuilds it)",
+                    store.collection, held, index_type, index_type)
 
 
 def missing_message(store: "MilvusCodeStore", none: str) -> str:
