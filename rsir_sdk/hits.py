@@ -43,6 +43,10 @@ class Hit:
     #: ``distance`` is this same figure); ``None`` when the search did not use fine codes
     fine_distance: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """This hit as a JSON object (:func:`hit_to_json`): ``json.dumps(hit.to_json())``."""
+        return hit_to_json(self)
+
 
 #: the search modes: ``"default"`` ranks by retrieval-code distance, then fine-code distance
 #: (when both sides have fine codes; near-duplicates, fine distance within
@@ -77,6 +81,11 @@ class StoredItem:
                     other.time) and np.array_equal(self.code, other.code))
 
     __hash__ = None  # type: ignore[assignment]  # mutable metadata: not a set member
+
+    def to_json(self) -> dict[str, Any]:
+        """This item as a JSON object, its code as base64 (:func:`item_to_json`); the
+        dataclass' ``asdict`` keeps the code as a numpy array, which ``json`` cannot write."""
+        return item_to_json(self)
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:

@@ -300,3 +300,19 @@ def test_insert_equals_upsert_and_ids_only_search_equals_search(db_uri):
         # a bulk load on Lite writes with inserts, and skips ids present
         out = b.bulk_insert(ids, codes, labels, paths, meta, staging_dir=db_uri + ".staging")
         assert out["skipped"] == 3000 and out["written"] == 0 and b.count() == 3000
+
+
+def test_hits_and_items_write_themselves_as_json(db_uri):
+    """A Hit or StoredItem to JSON: ``asdict`` kept the code as an ndarray (json refused it)."""
+    import json
+
+    from rsir_sdk.hits import hit_from_json, item_from_json
+
+    codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
+    with MilvusCodeStore(db_uri, "js", bits=64) as store:
+        store.upsert(["a", "b"], codes, labels=["x", "y"], metadata=[{"n": 1}, None],
+                     footprints=[(1.0, 2.0, 3.0, 4.0), None], times=["2021-06-01", None])
+        item = store.get(["a"])[0]
+        hit = store.search(codes[1], k=2)[0][0]
+    assert item_from_json(json.loads(json.dumps(item.to_json()))) == item
+    assert hit_from_json(json.loads(json.dumps(hit.to_json()))) == hit
