@@ -119,12 +119,7 @@ def georeference(tags: Mapping[int, Any], width: int, height: int) -> dict[str, 
                 out.update(footprint(epsg, affine, width, height))
             except InvalidInputError as exc:
                 out["footprint_error"] = str(exc)
-    time, error = time_of(tags)
-    if time is not None:
-        out["time"] = time
-    elif error is not None:
-        out["time_error"] = error
-    return out
+    return _with_time(out, tags)
 
 
 def acquisition_time(tags: Mapping[int, Any]) -> str | None:
@@ -179,6 +174,11 @@ def photo_georef(tags: Mapping[int, Any], gps: Mapping[int, Any]) -> dict[str, A
                 out["footprint_error"] = "the EXIF GPS position is 0, 0 (a camera without a fix)"
             else:
                 out.update(crs="EPSG:4326", lonlat=[lon, lat], lonlat_bounds=[lon, lat, lon, lat])
+    return _with_time(out, tags)
+
+
+def _with_time(out: dict[str, Any], tags: Mapping[int, Any]) -> dict[str, Any]:
+    """``out`` with the date tags' ``time``, or their ``time_error`` (:func:`time_of`)."""
     time, error = time_of(tags)
     if time is not None:
         out["time"] = time

@@ -22,6 +22,7 @@ from .options import IngestOptions
 from .store import MilvusCodeStore, PrepareProgress
 from .store import place as store_place
 from .store import values as store_values
+from .store.rows import is_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from .retriever import Retriever
@@ -121,18 +122,9 @@ def _account_unlisted(store: MilvusCodeStore, listing: ArchiveListing, opts: Ing
         if gone:
             store.flush()
         return
-    storable = [f.id for f in summary.failed if f.id and _is_text(f.id)]  # else never stored
+    storable = [f.id for f in summary.failed if f.id and is_utf8(f.id)]  # else never stored
     failed_held = len(store.existing_ids(storable)) if storable else 0
     summary.not_listed = max(0, store.count() - summary.indexed - summary.skipped - failed_held)
-
-
-def _is_text(s: str) -> bool:
-    """Whether ``s`` is valid Unicode text (a name that is not UTF-8 holds lone surrogates)."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _say_unknown_labels(r: "Retriever", listing: ArchiveListing, label_from: str) -> None:

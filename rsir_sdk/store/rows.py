@@ -211,7 +211,7 @@ def problem(item_id: Any, label: Any, path: Any, metadata: Any) -> str | None:
     UTF-8 (a lone surrogate, as Python decodes such a file name) is named with its bytes.
     """
     for what, value in (("file name", path), ("id", item_id), ("label", label)):
-        if isinstance(value, str) and not _is_utf8(value):
+        if isinstance(value, str) and not is_utf8(value):
             return f"{what} is not valid UTF-8: {_raw(value)!r:.200} (rename it)"
     try:
         ids = values.ids([item_id])
@@ -234,7 +234,8 @@ def _raw(text: str) -> bytes:
         return text.encode("utf-8", "backslashreplace")
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode text (a name that is not UTF-8 holds lone surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
