@@ -108,6 +108,51 @@ def test_request_time_limit_answers_504(tight_server, image_host):
     assert httpx.get(url + "/readyz").status_code == 200
 
 
+def _hold_the_worker(url: str, image_host: str, seconds: float) -> threading.Thread:
+    """A search whose image download holds the tight server's one worker for ``seconds``."""
+    slow = threading.Thread(target=lambda: httpx.post(
+        url + "/v1/search", json={"url": f"{image_host}/slow/{seconds}/Forest/Forest_1001.jpg"},
+        timeout=30))
+    slow.start()
+    wait_for(lambda: gauge(url, "rsir_work_running") == 1)
+    return slow
+
+
+def test_a_request_timed_out_while_waiting_for_a_worker_is_never_run(tight_server, image_host):
+    """A 504 was sent while the request still waited in the queue, and the write ran later
+    anyway (an item added after its client was told it timed out); now a request that had
+    not started when its time ran out is dropped, and its answer says which case it was."""
+    import base64
+
+    url = tight_server.url
+    slow = _hold_the_worker(url, image_host, 4.0)
+    late = httpx.post(url + "/v1/codes", timeout=30, json={
+        "ids": ["late-write"], "codes": [base64.b64encode(bytes(8)).decode()]})
+    assert late.status_code == 504 and "was not run" in late.json()["message"], late.text
+    slow.join(30)
+    wait_for(lambda: gauge(url, "rsir_work_running") == 0)
+    assert RemoteRetriever(url).get(["late-write"]) == []
+    timed = httpx.post(url + "/v1/search", timeout=30, json={
+        "url": f"{image_host}/slow/3.5/Forest/Forest_1001.jpg"})       # started, then too long
+    assert timed.status_code == 504 and "runs on to its end" in timed.json()["message"]
+    wait_for(lambda: gauge(url, "rsir_work_running") == 0)
+
+
+def test_a_delete_that_may_have_reached_the_service_is_not_sent_again(tight_server, image_host):
+    """A delete retried after a client timeout answered 0 (the first attempt had deleted
+    every item): now it is not sent again, and the error says it may have been applied."""
+    url = tight_server.url
+    r = RemoteRetriever(url, http=HttpOptions(timeout=1.0, retries=3, backoff=0.1))
+    r.info()                                       # the limits, read before the worker is held
+    slow = _hold_the_worker(url, image_host, 3.0)
+    t0 = time.perf_counter()
+    with pytest.raises(ServiceTimeoutError, match="may have been applied: not sent again"):
+        r.delete(["no-such-item"])
+    assert time.perf_counter() - t0 < 2.0                          # one attempt, no retries
+    slow.join(30)
+    wait_for(lambda: gauge(url, "rsir_work_running") == 0)
+
+
 def test_public_address_needs_a_token_unless_insecure(served, capsys, monkeypatch):
     monkeypatch.delenv("RSIR_READ_TOKEN", raising=False)
     monkeypatch.delenv("RSIR_WRITE_TOKEN", raising=False)

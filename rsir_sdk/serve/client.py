@@ -435,12 +435,15 @@ class RemoteRetriever:
         return [[str(i) for i in group] for group in payload["groups"]]
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete items by id; returns how many existed."""
+        """Delete items by id; returns how many existed. A delete that may have reached the
+        service without an answer is not sent again (its count would miss what the first
+        attempt deleted): :class:`~rsir_sdk.serve.errors.ServiceTimeoutError` says so, and
+        deleting again is safe."""
         ids = store_values.lookup_ids(ids)
         if not ids:
             return 0
-        return sum(int(self._request("POST", "/v1/items/delete",
-                                     json_body={"ids": ids[part]})["deleted"])
+        return sum(int(self._request("POST", "/v1/items/delete", json_body={"ids": ids[part]},
+                                     resend=False)["deleted"])
                    for part in chunks(len(ids), int(self._limits()["max_codes"])))
 
     # ----------------------------------------------------------------- reads

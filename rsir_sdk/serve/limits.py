@@ -107,12 +107,21 @@ class WorkGate:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), limit)
         except asyncio.CancelledError:  # a forced exit (second Ctrl-C) cancels the requests:
             # answer them in JSON, as every error, not with uvicorn's traceback and plain 500
+            fut.cancel()  # one not started yet never runs
             raise ServiceBusyError("the service is shutting down (forced)",
                                    retry_after=self.retry_after) from None
         except asyncio.TimeoutError:
             self.timed_out += 1
+            if fut.cancel():  # still waiting for a worker: dropped, it never runs
+                raise ServiceTimeoutError(
+                    f"the request waited longer than the service's {limit:g} s limit for a "
+                    f"worker and was not run", 504, "ServiceTimeoutError") from None
+            # a call running in a thread cannot be stopped: it goes on to its end (a 504'd
+            # write was applied later without a word); the answer says so
             raise ServiceTimeoutError(
-                f"the request took longer than the service's {limit:g} s limit", 504,
+                f"the request took longer than the service's {limit:g} s limit; it runs on to "
+                f"its end in the service (a write or delete may still be applied: writes are "
+                f"upserts and deletes by id, so sending it again is safe)", 504,
                 "ServiceTimeoutError") from None
 
     def drain(self, timeout: float) -> bool:

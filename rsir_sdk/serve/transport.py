@@ -92,8 +92,13 @@ class HttpTransport:
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                 content: bytes | None = None, json_body: Any = None, files: Any = None,
                 data: Any = None, headers: Mapping[str, str] | None = None,
-                timeout: float | None = None) -> Any:
-        """Send one request with retries; the decoded JSON answer, or the mapped exception."""
+                timeout: float | None = None, resend: bool = True) -> Any:
+        """Send one request with retries; the decoded JSON answer, or the mapped exception.
+
+        ``resend=False``: a request that may have reached the service (a timeout or a broken
+        connection after it was sent) is not sent again, only one that never left (connection
+        refused, connect timeout) or was refused unstarted (503): for answers a second run
+        would change, as a delete's count (the first attempt's deletes made it 0)."""
         if self.closed:  # httpx's own RuntimeError is no rsir error and names no remedy
             raise StoreError(f"this RemoteRetriever of {self.url} is closed (close() was "
                              f"called, or a with-block ended): open a new one")
@@ -112,6 +117,8 @@ class HttpTransport:
             try:
                 response = self._send(request, limit)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if not resend and not isinstance(exc, NOT_SENT):
+                    raise self._maybe_applied(exc) from None
                 if attempt >= self.options.retries:
                     raise self._transport_error(exc) from None
                 self._sleep(attempt, None, f"{exc.__class__.__name__}")
@@ -167,11 +174,20 @@ class HttpTransport:
         if self.own_client:
             self.client.close()
 
+    def _maybe_applied(self, exc: Exception) -> Exception:
+        """The error of a request not sent again that may have reached the service."""
+        return ServiceTimeoutError(
+            f"no answer from {self.url} ({exc.__class__.__name__}) to a request that may have "
+            f"been applied: not sent again, since its answer would not count what the first "
+            f"did (sending it again yourself is safe)", 504, "ServiceTimeoutError")
+
     def _transport_error(self, exc: Exception) -> Exception:
         n = self.options.retries + 1
         if isinstance(exc, httpx.TimeoutException):
             return ServiceTimeoutError(f"no answer from {self.url} in time after {n} attempts "
-                                       f"({exc.__class__.__name__})", 504, "ServiceTimeoutError")
+                                       f"({exc.__class__.__name__}); a write may have been "
+                                       f"applied meanwhile (writes are upserts: sending it again "
+                                       f"is safe)", 504, "ServiceTimeoutError")
         return ServiceConnectionError(f"cannot reach {self.url} after {n} attempts "
                                       f"({exc.__class__.__name__})", 0, "ServiceConnectionError")
 
@@ -210,6 +226,10 @@ class HttpTransport:
         if status >= 400:
             raise exception_for(status, payload, _retry_after(response))
         return payload
+
+
+#: transport errors of a request that never reached the service: always safe to send again
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
