@@ -347,3 +347,27 @@ def test_edge_client_runs_without_the_server_stack(main_server, served):
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"ids": [h.id for h in served.expected["search"][3][:3]], "sent": 8}
+
+
+def test_an_upload_larger_than_one_request_says_what_earlier_requests_wrote(served, tmp_path):
+    """Six images through a service taking four per request, the fifth unreadable: the first
+    request's four were written, then the error came, without a word of them (Retriever,
+    which checks every image first, writes none); the error now counts them."""
+    from serve_support import COLLECTION, ServerProcess, copy_db
+
+    server = ServerProcess([served.bundle, "--uri", copy_db(served.db, tmp_path), "--collection",
+                            COLLECTION, "--max-batch", 4], tmp_path / "serve.log")
+    try:
+        bad = tmp_path / "bad.jpg"
+        bad.write_bytes(b"not an image")
+        images = [*served.paths[:4], bad, served.paths[4]]
+        ids = [f"up/{i}" for i in range(6)]
+        with RemoteRetriever(server.url) as r:
+            with pytest.raises(ImageLoadError, match=r"\(4 of the 6 images were written by "
+                                                     r"earlier requests; writing them again is "
+                                                     r"safe\)") as err:
+                r.add_images(images, ids=ids)
+            assert err.value.written == 4 and "bad.jpg" in err.value.source
+            assert [it.id for it in r.get(ids)] == ids[:4]
+    finally:
+        assert server.stop() == 0, server.log[-3000:]

@@ -350,7 +350,9 @@ class RemoteRetriever:
         (per item a ``(w, s, e, n)`` box, a ``(lon, lat)`` point, a
         :class:`~rsir_sdk.geo.Footprint` or None) and ``times`` (per item ISO 8601, epoch
         seconds or None) are checked here and stored as :meth:`rsir_sdk.Retriever.add_images`
-        stores them.
+        stores them. Uploads go the service's ``max_batch`` images a request, each request
+        written whole or not at all: an error in a later request leaves the earlier ones
+        written, and says how many (``.written`` on the error, and in its message).
         """
         return client_writes.add_images(self, images, ids, (labels, paths, metadata),
                                         (footprints, times), batch_size)

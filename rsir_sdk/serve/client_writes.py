@@ -8,14 +8,15 @@ writes are upserts by id on the service, so the transport may retry them.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..call_checks import images_with_ids
 from ..codes import as_packed
-from ..errors import InvalidInputError
+from ..errors import ImageLoadError, InvalidInputError, RsirError
 from ..georef import with_georefs
 from ..store import values as store_values
 from .geo_wire import footprints_to_wire, times_to_wire
@@ -53,8 +54,27 @@ def add_images(r: "RemoteRetriever", images: Sequence[Any], ids: Sequence[str] |
     for part in chunks(len(images), r._upload_size(batch_size)):
         form = {name: json.dumps(v) for name, v in columns_part(wire, part).items()}
         files = [("image", image_file(x)) for x in images[part]]
-        written += int(r._request("POST", "/v1/items", files=files, data=form)["written"])
+        with _saying_written(written, len(images), "images"):
+            written += int(r._request("POST", "/v1/items", files=files, data=form)["written"])
     return written
+
+
+@contextlib.contextmanager
+def _saying_written(written: int, total: int, what: str) -> Iterator[None]:
+    """An error of a later request says how many items earlier requests wrote (``.written``,
+    and in its message): a batch larger than one request is written request by request, and
+    ``Retriever.add_images``, which writes nothing when one image fails, read the same."""
+    try:
+        yield
+    except RsirError as exc:
+        if written:
+            exc.written = written  # type: ignore[attr-defined]
+            note = (f" ({written} of the {total} {what} were written by earlier requests; "
+                    f"writing them again is safe)")
+            exc.args = (f"{exc.args[0]}{note}",) + exc.args[1:] if exc.args else (note,)
+            if isinstance(exc, ImageLoadError):
+                exc.reason += note
+        raise
 
 
 def add_codes(r: "RemoteRetriever", codes: np.ndarray | bytes, ids: Sequence[str],
@@ -77,6 +97,7 @@ def add_codes(r: "RemoteRetriever", codes: np.ndarray | bytes, ids: Sequence[str
         body = {"ids": ids[part], "codes": base64_rows(packed[part]), **columns_part(wire, part)}
         if fine_rows is not None:
             body["fine_codes"] = base64_rows(fine_rows[part])
-        written += int(r._request("POST", "/v1/codes", json_body=body,
-                                  headers=r._encoder_header())["written"])
+        with _saying_written(written, len(ids), "codes"):
+            written += int(r._request("POST", "/v1/codes", json_body=body,
+                                      headers=r._encoder_header())["written"])
     return written
