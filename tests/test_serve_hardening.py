@@ -28,6 +28,7 @@ pytest_plugins = ["serve_support"]
 
 HEADER_TIMEOUT = 2.0
 MAX_INCOMPLETE = 6
+BODY_TIMEOUT = 2.0
 #: documented in docs/serve.md: what two concurrent requests may add to the service's RSS
 BOMB_BOUND = 100 * 2**20       # two pixel bombs (refused from the header)
 AT_LIMIT_BOUND = 450 * 2**20   # two 40 MP PNGs at once (decoded, then reduced)
@@ -40,6 +41,7 @@ def hard_server(served, tmp_path_factory):
     server = ServerProcess(
         [served.bundle, "--uri", copy_db(served.db, d), "--collection", COLLECTION,
          "--header-timeout", HEADER_TIMEOUT, "--max-incomplete-connections", MAX_INCOMPLETE,
+         "--body-timeout", BODY_TIMEOUT,
          "--concurrency", 2, "--max-queue", 0],
         d / "serve.log", env={"RSIR_WRITE_TOKEN": WRITE})
     yield server
@@ -219,6 +221,33 @@ def test_connections_that_never_finish_headers_are_closed_and_capped(hard_server
         for s in socks:
             s.close()
     assert "--header-timeout" in hard_server.log and "--max-incomplete-connections" in hard_server.log
+
+
+def _slow_body(server: ServerProcess, path: str = "/v1/search") -> socket.socket:
+    """A request whose headers are complete and whose body stops after 10 of 1,000 bytes."""
+    host, port = server.url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+              f"Content-Length: 1000\r\n\r\n".encode() + b"\x89PNG\r\n\x1a\n..")
+    return s
+
+
+def test_a_body_that_stops_arriving_is_answered_408_at_the_body_timeout(hard_server):
+    """Headers were timed, bodies were not: 50 connections dripping a byte a second were all
+    still open after 65 s, and 20 held 15 MB each (+291 MB) as long as they liked."""
+    t0 = time.monotonic()
+    with _slow_body(hard_server) as s:
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            part = s.recv(4096)
+            if not part:
+                break
+            answer += part
+    took = time.monotonic() - t0
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(body)["error"] == "ServiceTimeoutError"
+    assert b"--body-timeout" in body and BODY_TIMEOUT - 0.5 < took < BODY_TIMEOUT + 3
 
 
 # ------------------------------------------------------------------ item 4: pixel bombs

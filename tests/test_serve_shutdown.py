@@ -127,3 +127,39 @@ def test_a_second_ctrl_c_forces_the_exit_without_a_traceback(served, image_host,
     answer = answers[0]
     if isinstance(answer, httpx.Response):
         assert answer.status_code == 503 and answer.json()["error"] == "ServiceBusyError", answer.text
+
+
+def test_sigterm_while_a_body_is_still_arriving_answers_json_without_a_traceback(served,
+                                                                                  tmp_path):
+    """A request still reading its body when the graceful shutdown timed out was cancelled by
+    uvicorn: a plain-text 500 to the client and "Exception in ASGI application" with a
+    CancelledError traceback in the log. Now a JSON 503, a clean log, exit 0."""
+    import json
+    import socket
+
+    server = ServerProcess([served.bundle, "--uri", copy_db(served.db, tmp_path), "--collection",
+                            COLLECTION, "--request-timeout", 1, "--body-timeout", 60],
+                           tmp_path / "serve.log")
+    host, port = server.url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+              b"Content-Length: 1000\r\n\r\n\x89PNG")
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    answer = b""
+    with s:
+        while True:
+            try:
+                part = s.recv(4096)
+            except OSError:
+                break
+            if not part:
+                break
+            answer += part
+    status = server.proc.wait(30)
+    server.stop()
+    log = server.log
+    assert status == 0, log[-2000:]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["error"] == "ServiceBusyError", answer
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log[-3000:]

@@ -91,7 +91,7 @@ def create_app(retriever: Retriever, config: ServeConfig | None = None, *,
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         kinds = {404: "NotFoundError", 405: "MethodNotAllowed", 400: "InvalidRequestError",
-                 413: "PayloadTooLargeError"}
+                 408: "ServiceTimeoutError", 413: "PayloadTooLargeError"}
         kind = kinds.get(exc.status_code, "ServiceError")
         service.metrics.error(kind)
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
@@ -106,7 +106,8 @@ def create_app(retriever: Retriever, config: ServeConfig | None = None, *,
         return error_response(exc, service)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=service.config.max_upload_bytes,
-                       on_reject=lambda: service.metrics.error("PayloadTooLargeError"))
+                       on_reject=lambda: service.metrics.error("PayloadTooLargeError"),
+                       body_timeout=service.config.body_timeout)
     app.add_middleware(ObserveMiddleware, service=service)
     return app
 

@@ -85,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--header-timeout", type=float, default=d.header_timeout,
                    help="seconds a connection may take to send its request headers; "
                         "default %(default)s")
+    g.add_argument("--body-timeout", type=float, default=d.body_timeout,
+                   help="seconds a request's body may take to arrive after its headers (408 "
+                        "after; a slow upload of --max-upload-bytes needs that long); default "
+                        "%(default)s")
     g.add_argument("--max-incomplete-connections", type=int,
                    default=d.max_incomplete_connections,
                    help="connections waiting for their request headers at once (the oldest "
@@ -115,6 +119,7 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         max_codes=args.max_codes, max_hits=args.max_hits, request_timeout=args.request_timeout,
         concurrency=args.concurrency, max_queue=args.max_queue, allow_urls=not args.no_urls,
         max_pixels=args.max_pixels, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         max_incomplete_connections=args.max_incomplete_connections,
         url_timeout=args.url_timeout, allow_private_urls=args.allow_private_urls,
         allow_expressions=not args.no_expressions, allow_index=args.allow_index,

@@ -61,6 +61,8 @@ class ServeConfig:
     max_pixels: int = DEFAULT_SERVE_MAX_PIXELS
     #: seconds a connection may take to send a request's headers (closed after)
     header_timeout: float = 10.0
+    #: seconds a request's body may take to arrive after its headers (408 after)
+    body_timeout: float = 120.0
     #: connections that may wait for their request headers at once (the oldest closed beyond)
     max_incomplete_connections: int = 256
     #: whether URLs at private, loopback or link-local addresses are downloaded (off: no SSRF)
@@ -84,7 +86,7 @@ class ServeConfig:
         check_bearer_token(self.write_token, "the write token (--write-token, $RSIR_WRITE_TOKEN)")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
-        if self.request_timeout <= 0 or self.url_timeout <= 0 or self.header_timeout <= 0:
+        if min(self.request_timeout, self.url_timeout, self.header_timeout, self.body_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if self.archive_root is not None:
             root = Path(self.archive_root)

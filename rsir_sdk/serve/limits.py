@@ -148,10 +148,13 @@ class WorkGate:
 class BodyLimitMiddleware:
     """ASGI middleware: 413 for request bodies over ``max_bytes`` (declared or streamed)."""
 
-    def __init__(self, app: Any, max_bytes: int, on_reject: Callable[[], None] | None = None):
+    def __init__(self, app: Any, max_bytes: int, on_reject: Callable[[], None] | None = None,
+                 body_timeout: float | None = None):
         self.app = app
         self.max_bytes = int(max_bytes)
         self.on_reject = on_reject
+        #: seconds a request's whole body may take to arrive (408 after); None: no limit
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -163,27 +166,66 @@ class BodyLimitMiddleware:
             return
         seen = 0
         limit = self.max_bytes
+        deadline = (None if self.body_timeout is None
+                    else asyncio.get_running_loop().time() + self.body_timeout)
+        started = body_done = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done or started:  # later waits are for a disconnect: no deadline
+                return dict(await receive())
+            message = await self._receive_by(receive, deadline)
             if message.get("type") == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     # an HTTPException: FastAPI passes it through its own body parsing unchanged
                     raise HTTPException(413, _too_large(limit, None))
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def watched_send(message: dict) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except asyncio.CancelledError:
+            # the server cancels what is still running when its graceful shutdown times out (a
+            # body still arriving): answer in JSON, as every error, not with a plain-text 500
+            # and a traceback in the log
+            if not started:
+                await _send_json(send, 503, error_body(
+                    "ServiceBusyError", "the service is shutting down"), [(b"retry-after", b"1")])
+
+    async def _receive_by(self, receive: Callable, deadline: float | None) -> dict:
+        """The next ASGI message, or 408 once the body has taken ``body_timeout`` seconds: a
+        client that sent its headers and then dripped its body (or stopped) held a connection
+        and its bytes for as long as it liked."""
+        if deadline is None:
+            return dict(await receive())
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            return dict(await asyncio.wait_for(receive(), max(left, 0.001)))
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within the service's "
+                                     f"{self.body_timeout:g} s (rsir serve --body-timeout)") from None
 
     async def _reject(self, scope: dict, receive: Callable, send: Callable, size: int) -> None:
         if self.on_reject:
             self.on_reject()
-        body = json.dumps(error_body("PayloadTooLargeError", _too_large(self.max_bytes, size)))
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body.encode()})
+        await _send_json(send, 413, error_body("PayloadTooLargeError",
+                                               _too_large(self.max_bytes, size)))
+
+
+async def _send_json(send: Callable, status: int, body: Any,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """One JSON answer through ASGI ``send`` (the connection closed after it)."""
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(data)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
 
 
 def _too_large(limit: int, size: int | None) -> str:
