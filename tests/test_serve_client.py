@@ -371,3 +371,25 @@ def test_an_upload_larger_than_one_request_says_what_earlier_requests_wrote(serv
             assert [it.id for it in r.get(ids)] == ids[:4]
     finally:
         assert server.stop() == 0, server.log[-3000:]
+
+
+def test_uploads_are_split_under_the_services_body_limit(served, tmp_path):
+    """search_batch cut uploads by the service's max batch only: three images over the body
+    limit together went in one request and got 413, though the limit is in /v1/info."""
+    from serve_support import COLLECTION, ServerProcess, copy_db
+
+    rng = np.random.default_rng(0)
+    noise = []
+    for i in range(3):                                   # about 67 KB each as PNG
+        path = tmp_path / f"noise{i}.png"
+        Image.fromarray(rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)).save(path)
+        noise.append(path)
+    server = ServerProcess([served.bundle, "--uri", copy_db(served.db, tmp_path), "--collection",
+                            COLLECTION, "--max-upload-bytes", 160_000], tmp_path / "serve.log")
+    try:
+        with RemoteRetriever(server.url) as r:
+            alone = [r.search(p, k=3) for p in noise]
+            assert r.search_batch(noise, k=3) == alone
+            assert r.add_images(noise, ids=["n0", "n1", "n2"]) == 3
+    finally:
+        assert server.stop() == 0, server.log[-3000:]

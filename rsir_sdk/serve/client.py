@@ -76,6 +76,7 @@ from .wire import (
     search_params,
     service_url,
     summary_from_json,
+    upload_parts,
     wire_filter,
 )
 
@@ -210,6 +211,12 @@ class RemoteRetriever:
             return most
         return min(most, store_values.positive_int(batch_size, "batch_size"))
 
+    def _uploads(self, images: Sequence[Any], batch_size: int | None) -> Any:
+        """The requests ``images`` are uploaded in: ``batch_size`` (at most the service's
+        ``max_batch``) a request, and under its body limit (:func:`~.wire.upload_parts`)."""
+        return upload_parts(images, self._upload_size(batch_size),
+                            self._limits().get("max_upload_bytes"))
+
     # ----------------------------------------------------------------- search
     def search(self, img: Any, k: int = 10, filter: Filter = None, radius: int | None = None, *,
                bbox: Any = None, near: Any = None, time: Any = None,
@@ -251,8 +258,7 @@ class RemoteRetriever:
             codes, fine = self._encode(imgs, batch_size)
             return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)
         out: list[list[Hit]] = []
-        for part in chunks(len(imgs), self._upload_size(batch_size)):
-            files = [("image", image_file(x)) for x in imgs[part]]
+        for _, files in self._uploads(imgs, batch_size):
             payload = self._request("POST", "/v1/search/batch", params=params, files=files)
             out += [self._hits(r) for r in payload["results"]]
         return out

@@ -20,7 +20,7 @@ from ..errors import ImageLoadError, InvalidInputError, RsirError
 from ..georef import with_georefs
 from ..store import values as store_values
 from .geo_wire import footprints_to_wire, times_to_wire
-from .wire import base64_rows, check_columns, check_fine_given, chunks, columns_part, image_file
+from .wire import base64_rows, check_columns, check_fine_given, chunks, columns_part
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import RemoteRetriever
@@ -51,9 +51,8 @@ def add_images(r: "RemoteRetriever", images: Sequence[Any], ids: Sequence[str] |
     wire = {"ids": ids, "labels": labels, "paths": paths, "metadata": metadata,
             "footprints": places, "times": when}
     written = 0
-    for part in chunks(len(images), r._upload_size(batch_size)):
+    for part, files in r._uploads(images, batch_size):
         form = {name: json.dumps(v) for name, v in columns_part(wire, part).items()}
-        files = [("image", image_file(x)) for x in images[part]]
         with _saying_written(written, len(images), "images"):
             written += int(r._request("POST", "/v1/items", files=files, data=form)["written"])
     return written
