@@ -31,7 +31,12 @@ def service_of(request: Request) -> Service:
 
 
 def error_response(exc: BaseException, service: Service | None = None) -> JSONResponse:
-    """The JSON error answer for ``exc`` (and count it in the metrics)."""
+    """The JSON error answer for ``exc`` (and count it in the metrics). A store error while
+    the service stops (a forced exit closed the store under a request) is the shutdown's
+    ``ServiceBusyError``, not Milvus' "Cannot invoke RPC: Channel closed!"."""
+    if (service is not None and getattr(service, "shutting_down", False)
+            and classify(exc)[0] == "StoreError"):
+        exc = ServiceBusyError("the service is shutting down", retry_after=1.0)
     kind, status = classify(exc)
     if status >= 500 and kind == "InternalError":
         log.error("internal error: %s", one_line(exc), exc_info=exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -315,9 +316,11 @@ class Service:
             return
         self.closed = True
         self.shutting_down = True
+        t0 = time.monotonic()
         if not self.gate.close(timeout):
-            log.warning("%d call(s) still running (waited at most %.0f s); closing the store "
-                        "anyway", self.gate.running, timeout)
+            log.warning("%d call(s) still running after %.0f s (at most %.0f s are waited, "
+                        "none after a forced exit); closing the store anyway",
+                        self.gate.running, time.monotonic() - t0, timeout)
         if self.unflushed:  # a Milvus server lost unflushed rows when it restarted
             try:
                 self.retriever.store.flush()
