@@ -121,6 +121,10 @@ def test_deeply_nested_json_is_4xx_without_traceback(hard_server):
         r = http.post("/v1/search/batch", files=[("image", ("a.jpg", b"x"))],
                       data={"filter": deep_filter})
         assert r.status_code == 422 and "nested too deeply" in r.json()["message"]
+        for path in ("/v1/items/get", "/v1/search"):   # malformed JSON reads alike everywhere
+            r = http.post(path, content=b'{"ids": ["a",', headers=jt)
+            assert r.status_code == 422, r.text
+            assert r.json()["message"].startswith("the body is not valid JSON: Expecting value")
         assert http.get("/readyz").status_code == 200
     log = hard_server.log
     assert "Traceback" not in log and "RecursionError" not in log

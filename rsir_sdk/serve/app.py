@@ -85,6 +85,11 @@ def create_app(retriever: Retriever, config: ServeConfig | None = None, *,
         first = errs[0] if errs else {}
         where = ".".join(str(x) for x in first.get("loc", ())) or "request"
         message = f"{where}: {first.get('msg', 'invalid')} ({len(errs)} error(s))"
+        if first.get("type") == "json_invalid":  # as the routes that parse their own body say
+            loc = first.get("loc", ())
+            at = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+            reason = (first.get("ctx") or {}).get("error", "not JSON")
+            message = f"the body is not valid JSON: {reason}{at}"
         service.metrics.error("InvalidRequestError")
         return JSONResponse(error_body("InvalidRequestError", message), status_code=422)
 
