@@ -42,10 +42,11 @@ def image_list(images: Any, one: str) -> list[Any]:
     """``images`` as a list; one path or bytes given where a list belongs is refused with one
     line naming the call for a single image (``one``), where ``list()`` would have split a
     path into its characters and failed on an image called after its first letter (an
-    ``HxWx3`` array into its rows, a file into its lines). A 4-D array is a batch of images."""
+    ``HxWx3`` array into its rows, a file into its lines). A 4-D array, a ``(N, H, W)`` stack
+    and an array of paths are lists of images."""
     single = (isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike))
               or hasattr(images, "read") or isinstance(images, Image.Image)
-              or (isinstance(images, np.ndarray) and images.ndim <= 3))
+              or _one_image_array(images))
     if single:  # list() split an HxWx3 array into H "images", a file into its lines
         raise InvalidInputError(f"images must be a list (for one image {one})")
     try:
@@ -53,6 +54,15 @@ def image_list(images: Any, one: str) -> list[Any]:
     except TypeError:
         raise InvalidInputError(f"images must be a list, not {type(images).__name__} (for one "
                                 f"image {one})") from None
+
+
+def _one_image_array(images: Any) -> bool:
+    """Whether ``images`` is a numpy array holding one image (``HxW``, or ``HxWx1/3/4``
+    numbers), not several: an array of paths (``df["path"].values``), a stack ``(N, H, W)``
+    of grayscale images and a batch ``(N, H, W, C)`` are lists of images."""
+    if not isinstance(images, np.ndarray) or images.dtype.kind in "USO":
+        return False
+    return images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))
 
 
 def radius_bound(mode: str, bits: int, fine_bits: int | None) -> tuple[int, str]:

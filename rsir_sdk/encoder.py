@@ -441,7 +441,7 @@ def _as_list(images) -> list:
         return list(images)
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return list(images)
-    if isinstance(images, (str, bytes, bytearray, os.PathLike, np.ndarray)) or hasattr(
+    if isinstance(images, (str, bytes, bytearray, os.PathLike, np.ndarray, Raster)) or hasattr(
         images, "read"
     ):
         return [images]

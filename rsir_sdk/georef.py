@@ -136,7 +136,7 @@ def time_of(tags: Mapping[int, Any]) -> tuple[str | None, str | None]:
         value = tags.get(code)
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
-        if isinstance(value, str) and value.strip("\x00 "):
+        if isinstance(value, str) and value.strip("\x00 :0"):  # all zeros: EXIF's "unknown"
             try:
                 return iso(parse_time(value.strip("\x00 "), "TIFF date")), None
             except InvalidInputError:

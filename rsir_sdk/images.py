@@ -35,7 +35,7 @@ from .redact import redact_uri
 from .tiff import DEFAULT_MAX_RASTER_BYTES, is_tiff, pil_rule_rgb, read_tiff
 from .urlfetch import fetch_url, is_private_address
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, IO[bytes], Image.Image, np.ndarray]
+ImageSource = Union[str, os.PathLike, bytes, bytearray, IO[bytes], Image.Image, np.ndarray, Raster]
 RuleLike = Union[RasterRule, str, Mapping[str, Any], None]
 
 #: largest URL download accepted by default (bytes)
@@ -77,7 +77,8 @@ def read_image(
     """Read ``src`` as a :class:`~rsir_sdk.pixels.Raster`: RGB pixels plus georeferencing.
 
     ``rule`` converts TIFF samples (default :data:`~rsir_sdk.rasters.DEFAULT_RULE`), and, when
-    it is not the default, the samples of a numpy array or 16-bit/float PIL image too. A URL is
+    it is not the default, decoded pixels that only a raster holds (:func:`_decoded`); a
+    :class:`~rsir_sdk.pixels.Raster` is returned as it is (already read). A URL is
     downloaded by :func:`rsir_sdk.urlfetch.fetch_url`: connect, headers and body all within
     ``url_timeout`` seconds, and hosts at private, loopback or link-local addresses only with
     ``allow_private_urls=True``.
@@ -85,6 +86,8 @@ def read_image(
     >>> read_image(np.zeros((4, 5), dtype=np.uint8)).rgb.shape
     (4, 5, 3)
     """
+    if isinstance(src, Raster):  # read already (rsir serve's reduced large uploads)
+        return src
     name = describe_source(src)
     if isinstance(src, (np.ndarray, Image.Image)):
         return _decoded(src, as_rule(rule), name)
@@ -111,9 +114,10 @@ def read_image(
     raise ImageLoadError(name, f"unsupported source type {type(src).__name__}")
 
 
-def _exif_georef(img: Image.Image) -> dict[str, Any]:
-    """A photo's EXIF GPS position and time (:func:`rsir_sdk.georef.photo_georef`); ``{}``
-    without EXIF, and when the EXIF cannot be parsed (the pixels are still good)."""
+def exif_georef(img: Image.Image) -> dict[str, Any]:
+    """A photo's EXIF GPS position and time (:func:`rsir_sdk.georef.photo_georef`), read from
+    an opened image (its header: no pixel is decoded); ``{}`` without EXIF, and when the EXIF
+    cannot be parsed (the pixels are still good)."""
     try:
         exif = img.getexif()
         if not exif:
@@ -134,12 +138,19 @@ def _binary(data: Any, name: str) -> bytes:
     return bytes(data)
 
 
+#: PIL modes whose values are raster samples (a TIFF's), read by a non-default rule
+_SAMPLE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def _decoded(src: np.ndarray | Image.Image, rule: RasterRule, name: str) -> Raster:
-    """Pixels already decoded. Under the default rule, by :mod:`rsir_sdk.pixels`' rules; under
-    another (a collection of multispectral rasters), as raster samples, channels last, the way
-    a TIFF's are read: the same scene given as ``tifffile.imread(path)`` or as the path gets
-    the same code (the rule was ignored for arrays: bands 1-3 of a B,G,R,NIR scene, unstretched)."""
-    if rule.is_default:
+    """Pixels already decoded. Under the default rule, by :mod:`rsir_sdk.pixels`' rules. Under
+    another (a collection of multispectral rasters), what only a raster holds (an array that is
+    not 8-bit, or of more than 4 bands, or of 4 when the rule names bands; a 16-bit, 32-bit or
+    float PIL image) is read as raster samples, channels last, as a TIFF's are: the same scene
+    as ``tifffile.imread(path)`` or as the path gets the same code (the rule was ignored for
+    arrays: bands 1-3 of a B,G,R,NIR scene, unstretched). 8-bit RGB or gray pixels (a decoded
+    JPEG or PNG, ``np.asarray(Image.open(jpg))``) stay as a JPEG file is read: by no rule."""
+    if rule.is_default or not _raster_samples(src, rule):
         return Raster(array_to_rgb(src, name) if isinstance(src, np.ndarray) else pil_to_rgb(src, name))
     if isinstance(src, Image.Image):
         return Raster(pil_rule_rgb(src, rule, None, name))
@@ -150,6 +161,15 @@ def _decoded(src: np.ndarray | Image.Image, rule: RasterRule, name: str) -> Rast
     bands = samples.shape[2] if samples.ndim == 3 else 1
     return Raster(rule.apply(samples, None, name), bands=bands, dtype=str(samples.dtype),
                   reader="array")
+
+
+def _raster_samples(src: np.ndarray | Image.Image, rule: RasterRule) -> bool:
+    """Whether decoded pixels can only be a raster's samples (see :func:`_decoded`)."""
+    if isinstance(src, Image.Image):
+        return src.mode in _SAMPLE_MODES
+    bands = src.shape[2] if src.ndim == 3 else 1
+    return (src.dtype not in (np.uint8, np.bool_) or bands > 4
+            or (bands == 4 and rule.bands is not None))
 
 
 def load_image(src: ImageSource, *, rule: RuleLike = None, **limits: Any) -> np.ndarray:
@@ -185,7 +205,7 @@ def _decode_quietly(
                     name, f"{img.width}x{img.height} pixels is over the {max_pixels}-pixel limit"
                 )
             img.load()
-            return Raster(pil_to_rgb(img, name), _exif_georef(img))
+            return Raster(pil_to_rgb(img, name), exif_georef(img))
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

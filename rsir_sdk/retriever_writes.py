@@ -122,8 +122,11 @@ def _account_unlisted(store: MilvusCodeStore, listing: ArchiveListing, opts: Ing
         if gone:
             store.flush()
         return
-    storable = [f.id for f in summary.failed if f.id and is_utf8(f.id)]  # else never stored
-    failed_held = len(store.existing_ids(storable)) if storable else 0
+    # items that failed to read may be held from before (--force); a listing failure (a
+    # repeated id, whose first item was indexed; a name that is not text) is no such item
+    held_before = sorted({f.id for f in summary.failed
+                          if f.stage != "list" and f.id and is_utf8(f.id)})
+    failed_held = len(store.existing_ids(held_before)) if held_before else 0
     summary.not_listed = max(0, store.count() - summary.indexed - summary.skipped - failed_held)
 
 

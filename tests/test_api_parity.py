@@ -281,7 +281,7 @@ def test_remote_index_stays_inside_the_archive_root_and_leaves_the_engine_to_the
             with pytest.raises(NotFoundError, match="no such archive inside"):
                 r.index(where, label_from="parent")
         for option in ({"engine": "ray"}, {"address": "ray://10.0.0.1:10001"},
-                       {"bulk_dir": "/tmp/stage"}):
+                       {"bulk_dir": "/tmp/stage"}, {"prune": True}):
             with pytest.raises(InvalidInputError, match="decided by the service"):
                 r.index("small", **option)
         with pytest.raises(InvalidInputError, match="decompression-bomb guard"):

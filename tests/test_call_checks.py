@@ -177,4 +177,8 @@ def test_one_image_where_a_list_belongs_is_refused_not_split():
     with pytest.raises(InvalidInputError, match="not int"):
         image_list(7, "pass [image]")
     assert len(image_list(np.zeros((5, 8, 8, 3), np.uint8), "pass [image]")) == 5  # a batch
+    assert len(image_list(np.zeros((5, 8, 8), np.uint8), "pass [image]")) == 5  # gray stack
+    paths = np.array(["a.jpg", "b.jpg"])                    # df["path"].values
+    assert image_list(paths, "pass [image]") == ["a.jpg", "b.jpg"]
+    assert image_list(paths.astype(object), "pass [image]") == ["a.jpg", "b.jpg"]
     assert len(image_list([one, one], "pass [image]")) == 2

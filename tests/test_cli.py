@@ -411,3 +411,19 @@ def test_files_removed_or_renamed_since_indexing_are_counted_and_pruned(tmp_path
         held = set(r.store.iter_ids())
     assert held == {str(f.relative_to(archive)) for f in archive.rglob("*.jpg")}
     assert run(capsys, *base)[1].count("not listed") == 0
+
+
+def test_not_listed_counts_a_repeated_manifest_id_once(tmp_path, sample_images, rp_bundle,
+                                                       capsys):
+    """A manifest naming an id twice indexes its first row and fails the second ("list"
+    stage): the id was subtracted twice, and an item no longer listed went uncounted."""
+    db = str(tmp_path / "rsir.db")
+    rows = [(str(p), f"id{i}") for i, (p, _) in enumerate(sample_images[:3])]
+    (tmp_path / "m1.csv").write_text("path,id\n" + "".join(f"{p},{i}\n" for p, i in rows))
+    (tmp_path / "m2.csv").write_text("path,id\n" + "".join(f"{p},{i}\n" for p, i in
+                                                           (rows[0], rows[0])))
+    base = ["index", rp_bundle[0], "--uri", db, "--collection", "m", "--no-progress", "--json"]
+    assert run(capsys, base[0], base[1], tmp_path / "m1.csv", *base[2:])[0] == 0
+    code, out, err = run(capsys, base[0], base[1], tmp_path / "m2.csv", *base[2:], "--force")
+    summary = json.loads(out)
+    assert summary["failed"] == 1 and summary["not_listed"] == 2, out + err

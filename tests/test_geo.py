@@ -89,6 +89,9 @@ def test_times_from_datetime_and_exif_tags_by_both_readers(archive, monkeypatch)
         {"time": "2002-02-02T02:02:02Z"}
     assert georeference({306: "yesterday"}, 1, 1) == {
         "time_error": "the date tag 'yesterday' is not a date and time (YYYY:MM:DD HH:MM:SS)"}
+    # EXIF's own "unknown date" (zeros, or blanks) is no date, not a bad one
+    assert georeference({306: "0000:00:00 00:00:00"}, 1, 1) == {}
+    assert georeference({36867: "    :  :     :  :  "}, 1, 1) == {}
 
 
 def test_unknown_crs_is_one_line_and_the_image_still_reads(archive):

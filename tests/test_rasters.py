@@ -231,3 +231,7 @@ def test_a_collections_rule_reads_arrays_and_pil_images_as_it_reads_the_file(tmp
     with pytest.raises(ImageLoadError, match="channels-first"):
         load_image(np.moveaxis(bgrn, -1, 0), rule=rule)
     assert (load_image(scene(sample_images)) == scene(sample_images)).all()  # default: as before
+    # 8-bit RGB pixels (a decoded JPEG) are read by no rule, as the JPEG file is
+    jpg = sample_images[0][0]
+    for pixels in (scene(sample_images), Image.open(jpg)):
+        assert (load_image(pixels, rule=rule) == load_image(jpg, rule=rule)).all()

@@ -369,6 +369,11 @@ def test_an_upload_larger_than_one_request_says_what_earlier_requests_wrote(serv
                 r.add_images(images, ids=ids)
             assert err.value.written == 4 and "bad.jpg" in err.value.source
             assert [it.id for it in r.get(ids)] == ids[:4]
+            # an image this side cannot read, in a later request: counted alike
+            odd = np.zeros((8, 8, 3), np.int64)
+            with pytest.raises(ImageLoadError, match=r"\(4 of the 5 images were written") as err:
+                r.add_images([*served.paths[5:9], odd], ids=[f"late/{i}" for i in range(5)])
+            assert err.value.written == 4
     finally:
         assert server.stop() == 0, server.log[-3000:]
 

@@ -247,9 +247,16 @@ def test_a_body_that_stops_arriving_is_answered_408_at_the_body_timeout(hard_ser
             if not part:
                 break
             answer += part
+        closed_at = None
+        try:                                              # and the connection is closed
+            s.settimeout(3)
+            closed_at = time.monotonic() if s.recv(64) == b"" else None
+        except OSError:
+            closed_at = time.monotonic()
     took = time.monotonic() - t0
+    assert closed_at is not None and closed_at - t0 < BODY_TIMEOUT + 3
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), answer
     assert json.loads(body)["error"] == "ServiceTimeoutError"
     assert b"--body-timeout" in body and BODY_TIMEOUT - 0.5 < took < BODY_TIMEOUT + 3
 
@@ -326,6 +333,7 @@ def test_large_images_are_decoded_reduced_close_to_the_full_decode(served):
     from PIL import Image
 
     from rsir_sdk.images import load_image
+    from rsir_sdk.pixels import Raster
     from rsir_sdk.preprocess import prepare
     from rsir_sdk.serve.config import ServeConfig as Cfg
     from rsir_sdk.serve.inputs import ImageInput, load_source, reduce_floor
@@ -333,11 +341,18 @@ def test_large_images_are_decoded_reduced_close_to_the_full_decode(served):
     pre = {"resize": None, "crop": [32, 32]}
     small = load_image(served.expected["queries"][0])
     big = np.asarray(Image.fromarray(small).resize((5000, 4000), Image.Resampling.BILINEAR))
+    exif = Image.Exif()                     # a drone photo's position: kept though reduced
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (43.0, 36.0, 0.0), "E", (1.0, 26.0, 24.0)
     for fmt in ("JPEG", "PNG"):
         buf = io.BytesIO()
-        Image.fromarray(big).save(buf, fmt, quality=95)
-        src = load_source(ImageInput("big", data=buf.getvalue()), Cfg(), pre)
-        assert isinstance(src, np.ndarray) and src.shape[2] == 3
+        Image.fromarray(big).save(buf, fmt, quality=95, exif=exif)
+        read = load_source(ImageInput("big", data=buf.getvalue()), Cfg(), pre)
+        assert isinstance(read, Raster)
+        if fmt == "JPEG":
+            assert read.georef["lonlat"] == [1.44, 43.6], read.georef
+        src = read.rgb
+        assert src.shape[2] == 3
         assert src.shape[1] >= reduce_floor(pre)[0] and src.shape[0] >= reduce_floor(pre)[1]
         assert src.shape[1] < 5000 / 2                               # really reduced
         full = prepare(load_image(buf.getvalue()), pre).astype(int)

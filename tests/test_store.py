@@ -83,6 +83,11 @@ def test_numpy_float32_metadata_is_stored_as_written(db_uri):
         assert store.get(["a"])[0].metadata == {"f": 0.1}
         assert store.get(["b"])[0].metadata == {"f": [0.2, 0.7]}
         assert store.count({"f": 0.1}) == 1 and store.count({"f": np.float32(0.1)}) == 1
+        # a row written before (the widened value) is still found by the float32 filter
+        store.upsert(["old"], codes[:1], metadata=[{"f": 0.10000000149011612}])
+        assert store.count({"f": np.float32(0.1)}) == 2 and store.count({"f": 0.1}) == 1
+        store.upsert(["c"], codes[:1], metadata=[{"f": np.array(np.float32(0.5))}])  # 0-d
+        assert store.get(["c"])[0].metadata == {"f": 0.5}
 
 
 def test_get_delete_count_and_metadata(db_uri):

@@ -403,7 +403,7 @@ class RemoteRetriever:
         archive root (``POST /v1/index``, write token; the service must run with
         ``--allow-index``). ``archive`` is a path as the service sees it: relative to its archive
         root, or absolute inside it. Options as for :meth:`rsir_sdk.Retriever.index`, except
-        those the service decides (``engine``, ``address``, ``bulk_dir``, ``ray``, a higher
+        those the service decides (``engine``, ``address``, ``bulk_dir``, ``ray``, ``prune``, a
         ``max_pixels`` above the service's ``--max-pixels``: refused with
         :class:`~rsir_sdk.errors.InvalidInputError`).
 

@@ -51,11 +51,15 @@ def add_images(r: "RemoteRetriever", images: Sequence[Any], ids: Sequence[str] |
     wire = {"ids": ids, "labels": labels, "paths": paths, "metadata": metadata,
             "footprints": places, "times": when}
     written = 0
-    for part, files in r._uploads(images, batch_size):
-        form = {name: json.dumps(v) for name, v in columns_part(wire, part).items()}
-        with _saying_written(written, len(images), "images"):
+    requests = r._uploads(images, batch_size)
+    while True:
+        with _saying_written(written, len(images), "images"):  # reading the next ones too
+            upload = next(requests, None)
+            if upload is None:
+                return written
+            part, files = upload
+            form = {name: json.dumps(v) for name, v in columns_part(wire, part).items()}
             written += int(r._request("POST", "/v1/items", files=files, data=form)["written"])
-    return written
 
 
 @contextlib.contextmanager

@@ -33,11 +33,12 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from ..call_checks import check_radius_length
+from ..decoding import quiet_decoding
 from ..errors import CodeLengthError, ImageLoadError, InvalidInputError
 from ..geo import GeoFilter
 from ..hits import SEARCH_MODES
-from ..images import DECODE_FORMATS, fetch_url
-from ..pixels import decode_reduced, image_size
+from ..images import DECODE_FORMATS, exif_georef, fetch_url
+from ..pixels import Raster, decode_reduced, image_size
 from ..preprocess import crop_size
 from ..redact import redact_uri
 from ..store.keys import build_filter
@@ -229,11 +230,21 @@ def load_source(img: ImageInput, cfg: ServeConfig, preprocess: Mapping[str, Any]
                                        f"{cfg.max_pixels}-pixel limit (rsir serve --max-pixels)")
     if size is not None and size[0] * size[1] > REDUCE_ABOVE_PIXELS:
         rgb = decode_reduced(data, img.name, reduce_floor(preprocess), formats)
-        if rgb is not None:
-            return rgb
+        if rgb is not None:  # read: the Retriever takes it as it is, with the photo's place
+            return Raster(rgb, _photo_place(data, formats))
     buf = io.BytesIO(data)
     buf.name = img.name  # ImageLoadError names this, not "<n bytes>"
     return buf
+
+
+def _photo_place(data: bytes, formats: list[str] | None) -> dict[str, Any]:
+    """The EXIF place and time of an encoded photo, from its header (a 20 MP drone JPEG, read
+    reduced, kept no footprint, where a small one and ``rsir index`` kept it)."""
+    try:
+        with quiet_decoding(), Image.open(io.BytesIO(data), formats=formats) as img:
+            return exif_georef(img)
+    except Exception:  # noqa: BLE001 - the pixels were read; a header it cannot parse has no place
+        return {}
 
 
 def reduce_floor(preprocess: Mapping[str, Any]) -> tuple[int, int]:

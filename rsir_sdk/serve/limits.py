@@ -180,7 +180,8 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     # an HTTPException: FastAPI passes it through its own body parsing unchanged
-                    raise HTTPException(413, _too_large(limit, None))
+                    raise HTTPException(413, _too_large(limit, None),
+                                        headers={"Connection": "close"})
             return message
 
         async def watched_send(message: dict) -> None:
@@ -209,7 +210,8 @@ class BodyLimitMiddleware:
             return dict(await asyncio.wait_for(receive(), max(left, 0.001)))
         except asyncio.TimeoutError:
             raise HTTPException(408, f"the request body did not arrive within the service's "
-                                     f"{self.body_timeout:g} s (rsir serve --body-timeout)") from None
+                                     f"{self.body_timeout:g} s (rsir serve --body-timeout)",
+                                headers={"Connection": "close"}) from None
 
     async def _reject(self, scope: dict, receive: Callable, send: Callable, size: int) -> None:
         if self.on_reject:

@@ -29,7 +29,7 @@ writes = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(r
                 "archive root into the collection (resumable: ids present are skipped). Open "
                 "only when the service runs with `--allow-index` (403 otherwise); paths outside "
                 "the root answer 404 like missing ones. `options`: `rsir_sdk.IngestOptions` as "
-                "JSON; `engine`, `address`, `bulk_dir`, `ray` and a higher `max_pixels` are "
+                "JSON; `engine`, `address`, `bulk_dir`, `ray`, `prune` and a higher `max_pixels` are "
                 "refused (the service decides).",
 )
 async def index(request: Request, payload: IndexJSON) -> JSONResponse:

@@ -53,7 +53,7 @@ class ItemColumns:
 #: request header an edge client names its encoder in (``Bundle.encoder_id``)
 ENCODER_HEADER = "x-rsir-encoder-id"
 #: ingest options a client may not choose over HTTP (how and where the service runs its work)
-SERVICE_DECIDES = ("engine", "address", "bulk_dir", "ray")
+SERVICE_DECIDES = ("engine", "address", "bulk_dir", "ray", "prune")
 
 
 class Service:
@@ -239,7 +239,7 @@ class Service:
 
         Refused (403) unless the service runs with ``--allow-index`` and an archive root;
         paths resolving outside the root (``..``, links) are the same 404 as missing ones;
-        ``engine``, ``address`` and ``bulk_dir`` are the service's to decide (422).
+        ``engine``, ``address``, ``bulk_dir``, ``ray`` and ``prune`` are the service's to decide (422).
         """
         from ..options import IngestOptions
 

@@ -96,9 +96,10 @@ class HttpTransport:
         """Send one request with retries; the decoded JSON answer, or the mapped exception.
 
         ``resend=False``: a request that may have reached the service (a timeout or a broken
-        connection after it was sent) is not sent again, only one that never left (connection
-        refused, connect timeout) or was refused unstarted (503): for answers a second run
-        would change, as a delete's count (the first attempt's deletes made it 0)."""
+        connection after it was sent, a 503 of the store) is not sent again, only one that never
+        left whole (connection refused, connect timeout, a failed upload) or was refused
+        unstarted (a 503 ``ServiceBusyError``): for answers a second run would change, as a
+        delete's count (the first attempt's deletes made it 0)."""
         if self.closed:  # httpx's own RuntimeError is no rsir error and names no remedy
             raise StoreError(f"this RemoteRetriever of {self.url} is closed (close() was "
                              f"called, or a with-block ended): open a new one")
@@ -126,7 +127,8 @@ class HttpTransport:
                 continue
             self.last_request_bytes = len(body)
             self.bytes_sent += len(body)
-            if response.status_code == RETRY_STATUS and attempt < self.options.retries:
+            if (response.status_code == RETRY_STATUS and attempt < self.options.retries
+                    and (resend or _refused_unstarted(response))):
                 self._sleep(attempt, _retry_after(response), "503")
                 attempt += 1
                 continue
@@ -228,8 +230,18 @@ class HttpTransport:
         return payload
 
 
-#: transport errors of a request that never reached the service: always safe to send again
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: transport errors of a request that never reached the service whole: safe to send again
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
+            httpx.WriteTimeout, httpx.UnsupportedProtocol)
+
+
+def _refused_unstarted(response: httpx.Response) -> bool:
+    """Whether a 503 is the queue's or the shutdown's refusal (``ServiceBusyError``: the work
+    never started), not a store error that may have come after the work was done."""
+    try:
+        return bool(response.json().get("error") == "ServiceBusyError")
+    except ValueError:
+        return False
 
 
 def _retry_after(response: httpx.Response) -> float | None:

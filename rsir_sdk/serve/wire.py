@@ -191,9 +191,12 @@ def upload_parts(images: Sequence[Any], most: int, max_bytes: int | None
     start, size = 0, 0
     files: list[tuple[str, tuple[str, bytes, str]]] = []
     for i, img in enumerate(images):
+        if len(files) >= most:  # a full request goes before the next image is read
+            yield slice(start, i), files
+            start, files, size = i, [], 0
         file = image_file(img)
         n = len(file[1]) + 512
-        if files and (len(files) >= most or (budget is not None and size + n > budget)):
+        if files and budget is not None and size + n > budget:
             yield slice(start, i), files
             start, files, size = i, [], 0
         files.append(("image", file))

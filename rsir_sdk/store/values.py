@@ -208,6 +208,8 @@ def _json_value(value: Any, where: str, depth: int) -> Any:
             text(k, f"{where}: key", MAX_KEY_BYTES)
             out[k] = _json_value(v, where, depth + 1)
         return out
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # a numpy scalar in an array
+        return _json_value(value[()], where, depth)
     if isinstance(value, np.ndarray):  # float32 elements kept as numpy scalars: see above
         value = list(value) if value.dtype.kind == "f" and value.itemsize < 8 else value.tolist()
     if isinstance(value, (list, tuple)):
@@ -243,8 +245,19 @@ def filter_value(key: str, value: Any) -> Any:
         if not items:
             raise InvalidInputError(f"filter on {key!r}: an empty list matches nothing; give at "
                                     f"least one value")
-        return [_scalar(key, v) for v in items]
-    return _scalar(key, value)
+        return [w for v in items for w in _forms(key, v)]
+    forms = _forms(key, value)
+    return forms[0] if len(forms) == 1 else forms
+
+
+def _forms(key: str, value: Any) -> list[Any]:
+    """A filter value, and for a float32/float16 also its widened form: rows written before
+    such values were stored by their shortest decimal form hold the widened one
+    (``np.float32(0.1)`` as 0.10000000149011612), and a filter with that value found them."""
+    out = [_scalar(key, value)]
+    if isinstance(value, np.floating) and value.itemsize < 8 and float(value) != out[0]:
+        out.append(float(value))
+    return out
 
 
 def _scalar(key: str, value: Any) -> Any:
