@@ -10,10 +10,11 @@ on one machine:
 ...     store = MilvusCodeStore(server.uri, "scenes", bits=64)
 
 What this changes from the package's defaults: etcd, the proxy, every other component and the
-health/metrics endpoint get free ports chosen by the kernel, and the components advertise
-127.0.0.1. The package would start etcd on 127.0.0.1:2379/2380 always, and the components on
-ports scanned upwards from fixed ones (53100, 19531, 21123, ...): two servers starting at the
-same moment took the same ports and one of them died. The components still listen on every
+health/metrics endpoint get free ports chosen at random below the ephemeral range (where no
+client socket can take them first), one server choosing and binding at a time (a lock file),
+and the components advertise 127.0.0.1. The package would start etcd on 127.0.0.1:2379/2380
+always, and the components on ports scanned upwards from fixed ones (53100, 19531, 21123,
+...): two servers starting at the same moment took the same ports and one of them died. The components still listen on every
 interface: a trusted machine only. ``quick_handoff`` makes the query coordinator hand
 sealed segments over every second instead of every 5-10 s (tests wait for that hand-over).
 Stopping takes about a second; the data folder is removed afterwards unless ``keep=True``.
@@ -22,8 +23,11 @@ Stopping takes about a second; the data folder is removed afterwards unless ``ke
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import random
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -34,11 +38,38 @@ COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dat
               "dataNode")
 
 
+#: the ports servers are given: below Linux's ephemeral range (32768-60999), which every
+#: outgoing connection draws from: a kernel-chosen free port was taken by a client socket of
+#: the other server before its own component bound it ("bind: address already in use")
+PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port, outside the ephemeral range, that no socket holds on any interface now."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise StoreError(f"no free port between {PORTS.start} and {PORTS.stop}")
+
+
+@contextlib.contextmanager
+def starting_alone() -> Iterator[None]:
+    """Held while a server chooses its ports and binds them: a second server starting at the
+    same moment (another test run, a benchmark) waits, so no two choose the same free port
+    before either binds it."""
+    lock = Path(tempfile.gettempdir()) / "rsir-local-server-start.lock"
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def server_config(data_dir: str | Path, *, quick_handoff: bool = False,
@@ -102,10 +133,12 @@ def local_server(data_dir: str | Path, *, quick_handoff: bool = False, keep: boo
     its data unless ``keep``."""
     from milvus import MilvusServer
 
-    server = MilvusServer(server_config(data_dir, quick_handoff=quick_handoff, settings=settings))
-    server.webservice_port = free_port()  # the package scans upwards from 9091 otherwise
     t0 = time.perf_counter()
-    server.start()
+    with starting_alone():
+        server = MilvusServer(server_config(data_dir, quick_handoff=quick_handoff,
+                                            settings=settings))
+        server.webservice_port = free_port()  # the package scans upwards from 9091 otherwise
+        server.start()                         # returns once the server answers: ports bound
     try:
         yield LocalServer(f"http://127.0.0.1:{server.listen_port}", int(server.server_proc.pid),
                           Path(data_dir), time.perf_counter() - t0)

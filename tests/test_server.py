@@ -399,8 +399,10 @@ with local_server(sys.argv[1]) as server:
 def test_two_local_servers_started_at_the_same_moment_both_run(tmp_path):
     """The package scans component ports upwards from fixed ones and frees them before its
     server binds them, so two servers starting together took the same ports and one died
-    ("cannot connect"): a test run beside CI took CI's server down that way. Every port is a
-    free one now."""
+    ("cannot connect"): a test run beside CI took CI's server down that way. Then kernel-chosen
+    free ports: one was taken by the other server's client socket before it was bound (CI,
+    "bind: address already in use"). Now random free ports below the ephemeral range, chosen
+    and bound by one server at a time."""
     runs = [subprocess.Popen([sys.executable, "-c", TWO_AT_ONCE, str(tmp_path / name), str(ROOT)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for name in ("a", "b")]

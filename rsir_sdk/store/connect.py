@@ -18,6 +18,7 @@ forces one level for every read.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -34,6 +35,8 @@ from ..redact import redact_text, redact_uri
 from . import lite, lite_clock, rpc
 from .schema import is_lite_uri
 
+#: numbers of this process' ORM connection aliases (:meth:`Connection.orm_alias`)
+_ORM_ALIASES = itertools.count(1)
 log = logging.getLogger(__name__)
 
 _LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")
@@ -412,7 +415,10 @@ class Connection:
             raise StoreError(self.closed_message())
         from pymilvus import connections
 
-        alias = f"rsir-{os.getpid()}-{id(self)}"
+        # a number never used before in this process: ``id(self)`` came back for a new
+        # connection once an old one was freed, and pymilvus refused the alias it still knew
+        # ("already creating connections, but the configure is not the same")
+        alias = f"rsir-{os.getpid()}-{next(_ORM_ALIASES)}"
         kw: dict[str, Any] = {k: v for k, v in self._client_kwargs.items() if k in _ORM_KWARGS}
         if self._token:
             kw["token"] = self._token
