@@ -422,7 +422,8 @@ def test_not_listed_counts_a_repeated_manifest_id_once(tmp_path, sample_images, 
     (tmp_path / "m1.csv").write_text("path,id\n" + "".join(f"{p},{i}\n" for p, i in rows))
     (tmp_path / "m2.csv").write_text("path,id\n" + "".join(f"{p},{i}\n" for p, i in
                                                            (rows[0], rows[0])))
-    base = ["index", rp_bundle[0], "--uri", db, "--collection", "m", "--no-progress", "--json"]
+    base = ["index", rp_bundle[0], "--uri", db, "--collection", "m", "--no-progress", "--json",
+            "--report", str(tmp_path / "failed.csv")]
     assert run(capsys, base[0], base[1], tmp_path / "m1.csv", *base[2:])[0] == 0
     code, out, err = run(capsys, base[0], base[1], tmp_path / "m2.csv", *base[2:], "--force")
     summary = json.loads(out)
