@@ -12,7 +12,7 @@ warm for every stage):
 - ``encoder alone``: images decoded and resized beforehand, only ``Encoder.encode_arrays``
   is timed (batches of ``--batch-size``): the ceiling for the pipeline;
 - ``decode alone``: decoding + resize/crop in the worker pool, no encoder;
-- ``pipeline, no Milvus``: :func:`rsir_sdk.ingest.iter_codes` (decode pool + encoder);
+- ``pipeline, no Milvus``: :func:`rsir_sdk.encode_pipeline.iter_codes` (decode pool + encoder);
 - ``rsir index``: :func:`rsir_sdk.ingest.ingest` into a fresh Milvus Lite file (listing,
   existence checks, decode, encode, upsert), the command's real work.
 
@@ -38,12 +38,9 @@ import numpy as np
 from _common import ROOT, load_average, machine, section, table, versions, write_section
 
 from rsir_sdk import Bundle, Encoder, Retriever, open_archive  # noqa: E402
+from rsir_sdk.encode_pipeline import default_workers, iter_codes  # noqa: E402
 from rsir_sdk.images import read_image  # noqa: E402
-from rsir_sdk.ingest import (  # noqa: E402
-    IngestSummary,
-    default_workers,
-    iter_codes,
-)
+from rsir_sdk.ingest import IngestSummary  # noqa: E402
 from rsir_sdk.options import IngestOptions  # noqa: E402
 from rsir_sdk.preprocess import prepare  # noqa: E402
 

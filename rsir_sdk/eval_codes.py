@@ -22,11 +22,11 @@ import numpy as np
 
 from .archive import ArchiveListing, Item, open_archive
 from .bundle import Bundle
+from .encode_pipeline import iter_codes
 from .encoder import Encoder
 from .errors import EvaluationError, SplitError
 from .failures import Failure
 from .images import RuleLike
-from .ingest import iter_codes
 from .splits import SPLIT_FILE
 
 # the logger these functions had in rsir_sdk.evaluate: a user's logging settings keep applying

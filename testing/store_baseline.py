@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rsir_sdk.store import lite
-from rsir_sdk.store.connect import no_deprecation_warnings
+from rsir_sdk.store.orm import no_deprecation_warnings
 
 
 def insert_columns(uri: str, name: str, columns: Sequence[Sequence[Any]], batch: int) -> None:

@@ -27,7 +27,7 @@ DRIVER = textwrap.dedent(
     r"""
     import os, random, signal, sys, threading, time
     kind, n = sys.argv[1], int(sys.argv[2])
-    from rsir_sdk import cli, encoder, ingest, store
+    from rsir_sdk import cli, encode_pipeline, encoder, store
 
     calls = {"upsert": 0, "encode": 0, "decode": 0}
     lock = threading.Lock()
@@ -60,7 +60,7 @@ DRIVER = textwrap.dedent(
         return encode_arrays(self, *a, **kw)
 
     encoder.Encoder.encode_arrays = patched_encode
-    prepare = ingest._prepare
+    prepare = encode_pipeline._prepare
 
     def patched_prepare(*a, **kw):
         with lock:
@@ -74,7 +74,7 @@ DRIVER = textwrap.dedent(
             time.sleep(0.005)
         return prepare(*a, **kw)
 
-    ingest._prepare = patched_prepare
+    encode_pipeline._prepare = patched_prepare
     if kind == "after-open":  # the collection is open, nothing is indexed yet
         from rsir_sdk import retriever_writes
 

@@ -35,7 +35,7 @@ DRIVER = textwrap.dedent(
     r"""
     import os, sys, time
     marker = sys.argv[1]
-    from rsir_sdk import cli, ingest, store
+    from rsir_sdk import cli, encode_pipeline, store
 
     upsert = store.MilvusCodeStore.insert  # the write rsir index makes
 
@@ -47,13 +47,13 @@ DRIVER = textwrap.dedent(
         return out
 
     store.MilvusCodeStore.insert = patched_upsert
-    prepare = ingest._prepare
+    prepare = encode_pipeline._prepare
 
     def slow_prepare(*a, **kw):
         time.sleep(0.03)
         return prepare(*a, **kw)
 
-    ingest._prepare = slow_prepare
+    encode_pipeline._prepare = slow_prepare
     sys.exit(cli.main(sys.argv[2:]))
     """
 )
