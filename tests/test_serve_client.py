@@ -62,6 +62,12 @@ def test_uploads_give_the_in_process_hits(main_server, served, image_host, sampl
             assert r.search(url, k=10) == exp["search"][i]
         assert r.last_request_bytes > 0
         assert r.search_batch(exp["queries"], k=7) == exp["batch"]
+        # URLs in a batch (no local bundle): read as local file names before ("no such file");
+        # mixed with files and in runs longer than the service's max batch, order kept
+        urls = [f"{image_host}/{q.relative_to(sample_dir).as_posix()}" for q in exp["queries"]]
+        mixed = [u if i % 3 else q for i, (u, q) in enumerate(zip(urls, exp["queries"]))]
+        assert r.search_batch(mixed, k=7) == exp["batch"]
+        assert r.search_batch(urls * 3, k=7) == exp["batch"] * 3
         assert r.search_codes(exp["codes"], k=10) == exp["by_codes"]
         assert r.search_codes(exp["codes"][0].tobytes(), k=10) == exp["by_codes"][:1]
         assert r.count(filter={"label": "Forest"}) == 20
@@ -86,7 +92,7 @@ def test_edge_client_sends_codes_only_and_matches_the_server_encoding(main_serve
         assert edge.last_request_bytes == len(exp["queries"]) * bits // 8
 
 
-def test_edge_writes_and_deletes(main_server, served):
+def test_edge_writes_and_deletes(main_server, served, image_host, sample_dir):
     n0 = served.expected["count"]
     q = served.expected["queries"][2]
     with RemoteRetriever(main_server.url, token=WRITE, bundle=served.bundle) as edge:
@@ -100,6 +106,18 @@ def test_edge_writes_and_deletes(main_server, served):
         assert plain.add_images(paths, ids=[f"up/{i}" for i in range(10)]) == 10
         assert plain.count() == n0 + 10
         assert plain.delete([f"up/{i}" for i in range(10)]) == 10
+        assert plain.count() == n0
+        # URLs the service downloads, between files (read as file names before)
+        urls = [f"{image_host}/{p.relative_to(sample_dir).as_posix()}" for p in served.paths[:3]]
+        sources = [urls[0], paths[1], urls[1], urls[2]]
+        ids = [f"url/{i}" for i in range(4)]
+        assert plain.add_images(sources, ids=ids, labels=["A", "B", "C", "D"]) == 4
+        got = {it.id: it for it in plain.get(ids)}
+        assert [got[i].label for i in ids] == ["A", "B", "C", "D"]
+        stored = {it.id: it.code for it in plain.get([served.ids[i] for i in range(3)])}
+        assert np.array_equal(got["url/0"].code, stored[served.ids[0]])
+        assert np.array_equal(got["url/3"].code, stored[served.ids[2]])
+        assert plain.delete(ids) == 4
         assert plain.count() == n0
 
 

@@ -73,6 +73,8 @@ from .wire import (
     chunks,
     finish_index,
     image_file,
+    is_url,
+    json_search_body,
     search_params,
     service_url,
     summary_from_json,
@@ -230,14 +232,9 @@ class RemoteRetriever:
         if self.encoder is not None:
             codes, fine = self._encode([img])
             return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)[0]
-        if isinstance(img, str) and img.lower().startswith(("http://", "https://")):
-            body = {"url": img, **{key: v for key, v in params.items() if key in ("k", "mode")},
-                    **where}
-            if "radius" in params:
-                body["radius"] = params["radius"]
-            if "filter" in params:
-                body["filter"] = wire_filter(filter)
-            payload = self._request("POST", "/v1/search", json_body=body)
+        if is_url(img):
+            payload = self._request("POST", "/v1/search",
+                                    json_body={"url": img, **json_search_body(params, filter, where)})
         else:
             name, data, mime = image_file(img)
             payload = self._request("POST", "/v1/search", params=params, content=data,
@@ -258,8 +255,13 @@ class RemoteRetriever:
             codes, fine = self._encode(imgs, batch_size)
             return self.search_codes(codes, k, filter, radius, **where, fine=fine, mode=mode)
         out: list[list[Hit]] = []
-        for _, files in self._uploads(imgs, batch_size):
-            payload = self._request("POST", "/v1/search/batch", params=params, files=files)
+        for upload in self._uploads(imgs, batch_size):
+            if upload.urls:
+                body = {"urls": upload.urls, **json_search_body(params, filter, where)}
+                payload = self._request("POST", "/v1/search/batch", json_body=body)
+            else:
+                payload = self._request("POST", "/v1/search/batch", params=params,
+                                        files=upload.files)
             out += [self._hits(r) for r in payload["results"]]
         return out
 

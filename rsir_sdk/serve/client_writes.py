@@ -57,9 +57,13 @@ def add_images(r: "RemoteRetriever", images: Sequence[Any], ids: Sequence[str] |
             upload = next(requests, None)
             if upload is None:
                 return written
-            part, files = upload
-            form = {name: json.dumps(v) for name, v in columns_part(wire, part).items()}
-            written += int(r._request("POST", "/v1/items", files=files, data=form)["written"])
+            cols = columns_part(wire, upload.part)
+            if upload.urls:  # the service downloads them
+                answer = r._request("POST", "/v1/items", json_body={"urls": upload.urls, **cols})
+            else:
+                form = {name: json.dumps(v) for name, v in cols.items()}
+                answer = r._request("POST", "/v1/items", files=upload.files, data=form)
+            written += int(answer["written"])
 
 
 @contextlib.contextmanager

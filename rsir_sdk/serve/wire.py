@@ -25,7 +25,7 @@ import base64
 import io
 import json
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from ..api import Filter as Filter  # re-exported: it was defined here
 from ..errors import CollectionMismatchError, InvalidInputError
@@ -180,29 +180,58 @@ def search_params(k: Any, filter: Filter, radius: Any, where: Mapping[str, Any] 
     return params
 
 
-def upload_parts(images: Sequence[Any], most: int, max_bytes: int | None
-                 ) -> Iterator[tuple[slice, list[tuple[str, tuple[str, bytes, str]]]]]:
+class Upload(NamedTuple):
+    """One request's images: ``files`` (multipart parts) or ``urls`` (sent as JSON ``urls``,
+    which the service downloads), never both; ``part``: their places in the caller's list."""
+
+    part: slice
+    files: list[tuple[str, tuple[str, bytes, str]]]
+    urls: list[str]
+
+
+def is_url(img: Any) -> bool:
+    """Whether an image source is an ``http(s)://`` URL (the service downloads it)."""
+    return isinstance(img, str) and img.lower().startswith(("http://", "https://"))
+
+
+def upload_parts(images: Sequence[Any], most: int, max_bytes: int | None) -> Iterator[Upload]:
     """Uploads of at most ``most`` images whose files stay under the service's ``max_bytes``
     body limit (less a tenth and 64 KiB for the form fields and the multipart framing), each
     image read once and only its request held in memory; an image larger than that goes alone
     (the service answers 413 naming its size). Three 11 MB images went in one request and got
-    413, though the limit was known from ``/v1/info``."""
+    413, though the limit was known from ``/v1/info``. URLs go in requests of their own, in
+    order (they were read as local file names: "no such file")."""
     budget = None if not max_bytes else max(1, int(max_bytes * 0.9) - 65536)
     start, size = 0, 0
     files: list[tuple[str, tuple[str, bytes, str]]] = []
+    urls: list[str] = []
     for i, img in enumerate(images):
-        if len(files) >= most:  # a full request goes before the next image is read
-            yield slice(start, i), files
-            start, files, size = i, [], 0
+        held = len(files) + len(urls)
+        if held >= most or (held and is_url(img) != bool(urls)):  # full, or the kind changes
+            yield Upload(slice(start, i), files, urls)
+            start, files, urls, size = i, [], [], 0
+        if is_url(img):
+            urls.append(img)
+            continue
         file = image_file(img)
         n = len(file[1]) + 512
         if files and budget is not None and size + n > budget:
-            yield slice(start, i), files
+            yield Upload(slice(start, i), files, urls)
             start, files, size = i, [], 0
         files.append(("image", file))
         size += n
-    if files:
-        yield slice(start, len(images)), files
+    if files or urls:
+        yield Upload(slice(start, len(images)), files, urls)
+
+
+def json_search_body(params: Mapping[str, Any], filter: Filter,
+                     where: Mapping[str, Any]) -> dict[str, Any]:
+    """A search's options (:func:`search_params`) as a JSON body's fields, for requests whose
+    images are URLs: the filter as its JSON value, not a string."""
+    body = {key: v for key, v in params.items() if key in ("k", "mode", "radius")}
+    if "filter" in params:
+        body["filter"] = wire_filter(filter)
+    return {**body, **where}
 
 
 def chunks(n: int, size: int) -> list[slice]:
