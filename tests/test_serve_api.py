@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 pytest.register_assert_rewrite("serve_support")
-from serve_support import READ, WRITE, auth, hits_json  # noqa: E402
+from serve_support import COLLECTION, READ, WRITE, auth, hits_json  # noqa: E402
 
 pytest_plugins = ["serve_support"]
 
@@ -140,6 +140,45 @@ def test_requests_that_say_two_things_are_refused_not_guessed(http, served, main
     r = http.post("/v1/search/codes", content=bytes(8),
                   headers={**auth(READ), "X-Rsir-Encoder-Id": encoder.upper()})
     assert r.status_code == 200, r.text
+    assert "Traceback" not in main_server.log
+
+
+def test_bad_options_read_as_in_process_on_every_route(http, served, main_server):
+    """A parameter given twice in the query string: the last one won (?k=5&k=7 gave 7 hits).
+    A filter of the wrong shape in a JSON body: a validator dump ("filter.dict[str,
+    nullable[union[...]]].label.str: ... (6 error(s))"), another wording than the query
+    string's and the Python API's. k null: "Input should be a valid integer". A blank k= in a
+    form failed. radius -1: the service's words differed from the Retriever's."""
+    from rsir_sdk import Retriever
+    from rsir_sdk.errors import InvalidInputError
+
+    q = served.expected["queries"][0]
+    raw = {**auth(READ), "Content-Type": "application/octet-stream"}
+    r = http.post("/v1/search?k=5&k=7", content=q.read_bytes(), headers=raw)
+    assert r.status_code == 422 and r.json()["message"] == \
+        "query parameter 'k' given twice: give each once", r.text
+    r = http.get("/v1/count?bbox=0,45,15,55&bbox=-10,40,20,56", headers=auth(READ))
+    assert r.status_code == 422 and "'bbox' given twice" in r.json()["message"], r.text
+    b64 = base64.b64encode(q.read_bytes()).decode()
+    with Retriever(served.bundle, uri=str(served.db), collection=COLLECTION) as local:
+        for flt in ({"label": {"a": 1}}, {"label": []}, {"label": [{"a": 1}]}):
+            with pytest.raises(InvalidInputError) as err:
+                local.search(q, k=3, filter=flt)
+            for route, body in (("/v1/search", {"image_base64": b64}), ("/v1/count", {})):
+                r = http.post(route, json={**body, "filter": flt}, headers=auth(READ))
+                assert r.status_code == 422, r.text
+                assert r.json()["error"] == "InvalidInputError", (flt, route, r.text)
+                assert r.json()["message"] == str(err.value), (flt, route, r.text)
+        with pytest.raises(InvalidInputError) as err:
+            local.search(q, k=3, radius=-1)
+        r = http.post("/v1/search?radius=-1", content=q.read_bytes(), headers=raw)
+        assert r.status_code == 422 and r.json()["message"] == str(err.value), r.text
+    for body in ({"filter": [1, 2]}, {"k": None}):
+        r = http.post("/v1/search", json={"image_base64": b64, **body}, headers=auth(READ))
+        assert r.status_code == 422 and "error(s)" not in r.json()["message"], (body, r.text)
+    assert r.json()["message"] == "k must be an integer, got NoneType None", r.text
+    r = http.post("/v1/search?k=", content=q.read_bytes(), headers=raw)
+    assert r.status_code == 200 and len(r.json()["hits"]) == 10, r.text
     assert "Traceback" not in main_server.log
 
 

@@ -41,6 +41,7 @@ from ..images import DECODE_FORMATS, exif_georef, fetch_url
 from ..pixels import Raster, decode_reduced, image_size
 from ..preprocess import crop_size
 from ..redact import redact_uri
+from ..store import values as store_values
 from ..store.keys import build_filter
 from .config import ServeConfig
 from .errors import InvalidRequestError, one_line
@@ -103,9 +104,14 @@ def parse_model(model: type[M], data: Any) -> M:
     :mod:`rsir_sdk.geo` first, so a bad one is its one-line ``InvalidInputError``.
     """
     if isinstance(data, dict):
-        for name in ("k", "radius"):
-            if data.get(name) is not None:
-                _int(data[name], name, strict=True)
+        if "k" in data:  # null too: "Input should be a valid integer" named no field's rule
+            _int(data["k"], "k", strict=True)
+        if data.get("radius") is not None:
+            _int(data["radius"], "radius", strict=True)
+        if data.get("filter") is not None and not isinstance(data["filter"], str):
+            # the library's one line, as the query string's filter reads (pydantic's union
+            # errors read "filter.dict[str,nullable[union[...]]].label.str: ... (6 error(s))")
+            check_filter(data["filter"], expressions=True)
         if any(data.get(name) is not None for name in GEO_KEYS):
             geo_from_wire(data)  # geo's one-line InvalidInputError, not pydantic's wording
     try:
@@ -338,6 +344,8 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
         raise invalid(f"{', '.join(both)} given both in the query string and in the body: give "
                       f"each once")
     k = fields.get("k", q.get("k", 10))
+    if k == "":  # a form's blank box (query or form field; a JSON "" was refused), as
+        k = 10   # radius, mode and near read
     radius = fields.get("radius", q.get("radius"))
     # body fields hold decoded JSON (a string there is an expression); the query holds JSON text
     filt = fields["filter"] if "filter" in fields else q.get("filter")
@@ -345,7 +353,7 @@ def search_options(request: Request, fields: Mapping[str, Any], cfg: ServeConfig
     if not 1 <= k <= cfg.max_k:
         raise InvalidInputError(f"k must be between 1 and {cfg.max_k} (this service's --max-k), got {k}")
     if radius is not None and radius != "":
-        radius = _int(radius, "radius")
+        radius = store_values.radius(_int(radius, "radius"))  # the local checks, in order
         check_radius_length(radius, *bound)
     else:
         radius = None
@@ -417,16 +425,11 @@ def check_filter(filt: Any, expressions: bool = False) -> dict[str, Any] | str |
         raise invalid('filter must be a JSON object such as {"label": "Forest"}' + (
             ' or a Milvus expression string' if expressions else
             ' (expression strings are refused by this service: --no-expressions)'))
+    build_filter(filt)  # keys and values as the local store checks them, in its words (a
+    # metadata key is any text, "cloud-cover" too: it reaches Milvus only as a digest); 422
     for key, value in filt.items():
-        values = value if isinstance(value, list) else [value]
-        if isinstance(value, list) and not 1 <= len(value) <= MAX_FILTER_VALUES:
+        if isinstance(value, list) and len(value) > MAX_FILTER_VALUES:
             raise invalid(f"filter {key!r}: a list needs 1..{MAX_FILTER_VALUES} values")
-        for v in values:
-            if v is not None and not isinstance(v, (str, int, float, bool)):
-                raise invalid(f"filter {key!r}: values must be strings, numbers, booleans or "
-                              f"null")
-    build_filter(filt)  # keys and values as the local store checks them (a metadata key is
-    # any text, "cloud-cover" too: it reaches Milvus only as a digest); InvalidInputError: 422
     return dict(filt)
 
 

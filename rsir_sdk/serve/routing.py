@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from ..redact import redact_text
 from .auth import READ, WRITE
-from .errors import ServiceBusyError, classify, error_body, one_line
+from .errors import InvalidRequestError, ServiceBusyError, classify, error_body, one_line
 from .service import Service
 
 log = logging.getLogger("rsir_sdk.serve")
@@ -73,13 +73,27 @@ class ErrorRoute(APIRoute):
 
 
 def require_read(request: Request) -> None:
-    """Dependency: the request may read (401 otherwise)."""
+    """Dependency: the request may read (401 otherwise), and names each query parameter once."""
     service_of(request).auth.check(request.headers.get("authorization"), READ)
+    _each_query_parameter_once(request)
 
 
 def require_write(request: Request) -> None:
-    """Dependency: the request may write (401/403 otherwise)."""
+    """Dependency: the request may write (401/403 otherwise), and names each query parameter
+    once."""
     service_of(request).auth.check(request.headers.get("authorization"), WRITE)
+    _each_query_parameter_once(request)
+
+
+def _each_query_parameter_once(request: Request) -> None:
+    """A parameter given twice (``?k=5&k=7``) is refused (422): the last one silently won,
+    while the same key in the query and the body was already refused."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise InvalidRequestError(one_line(f"query parameter {key!r} given twice: give "
+                                               f"each once"), 422, "InvalidRequestError")
+        seen.add(key)
 
 
 def json_answer(content: Any, status: int = 200) -> JSONResponse:

@@ -92,13 +92,32 @@ function filterParam() {
   return label ? { label } : null;
 }
 
-// place and period of the search: {bbox: "w,s,e,n", time: "start/end"} (only those set)
+// place, period and largest distance of the search: {bbox: "w,s,e,n", near:
+// "lon,lat,metres", time: "start/end", radius: n} (only those set); throws on a `near` or a
+// `max distance` that cannot be read, so that the search is not sent without it
 function whereParams() {
   const out = {};
   if (state.bbox) out.bbox = state.bbox.join(",");
+  const near = $("near").value.trim();
+  if (near) out.near = nearParam(near);
   const start = $("time-start").value, end = $("time-end").value;
   if (start || end) out.time = (start || "..") + "/" + (end || "..");
+  const radius = $("radius").value.trim();
+  if (radius !== "" || $("radius").validity.badInput) {
+    if (!/^[0-9]+$/.test(radius)) throw new Error("max distance: give a whole number of bits (0 or more), or leave it empty");
+    out.radius = Number(radius);
+  }
   return out;
+}
+
+// "lon, lat, km" (commas or spaces) as the API's "lon,lat,metres"
+function nearParam(text) {
+  const parts = text.split(/[\s,]+/).filter((x) => x !== "");
+  const nums = parts.map(Number);
+  if (parts.length !== 3 || nums.some((x) => !Number.isFinite(x))) {
+    throw new Error("near: give longitude, latitude and kilometres, e.g. 1.44, 43.6, 5");
+  }
+  return `${nums[0]},${nums[1]},${nums[2] * 1000}`;
 }
 
 // the search mode: "appearance" when the toggle is on, else the default (not sent)
@@ -109,6 +128,11 @@ function modeParam() {
 function whereText(where) {
   const parts = [];
   if (where.bbox) parts.push("in the drawn box");
+  if (where.near) {
+    const [lon, lat, metres] = where.near.split(",").map(Number);
+    parts.push(`within ${metres / 1000} km of ${lon}, ${lat}`);
+  }
+  if (where.radius !== undefined) parts.push("distance at most " + where.radius);
   if (where.time) parts.push("time " + where.time.split("/").map((t) => (t === ".." ? "any" : t)).join(" to "));
   return parts.length ? " (" + parts.join(", ") + ")" : "";
 }
@@ -122,7 +146,14 @@ async function runSearch(paging) {
   const current = () => seq === state.searchSeq;
   const k = state.k;
   const filter = filterParam();
-  const where = whereParams();
+  let where;
+  try {
+    where = whereParams();
+  } catch (err) {   // a box the user must correct: no search, and no hits of another query
+    if (!paging) { render([]); $("more").hidden = true; }
+    setStatus(err.message, true);
+    return;
+  }
   const mode = modeParam();
   if (mode) where.mode = mode;
   setStatus("searching…");
@@ -448,6 +479,8 @@ function setup() {
   $("label").addEventListener("change", newSearch);
   $("time-start").addEventListener("change", newSearch);
   $("time-end").addEventListener("change", newSearch);
+  $("near").addEventListener("change", newSearch);
+  $("radius").addEventListener("change", newSearch);
   $("bbox-clear").addEventListener("click", () => setBox(null));
   setupDrawing();
   $("more").addEventListener("click", () => {
