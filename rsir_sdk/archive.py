@@ -338,7 +338,7 @@ def check_item(item: Item) -> str | None:
     """Why an item cannot be stored, or ``None``: the store's one rule
     (:func:`rsir_sdk.store.rows.problem`), asked with the item's absolute path (the longest
     form a collection may store), so that an item listed is an item the store takes."""
-    return rows.problem(item.id, item.label, str(item.file.absolute()), item.metadata)
+    return rows.problem(item.id, item.label, os.path.abspath(item.file), item.metadata)
 
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:/")  # a scheme of 2+ letters: C:/ is a path

@@ -19,12 +19,17 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from . import staging
 from .bundle import DATABASE_FILE, FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, file_sha256
 from .errors import BundleError
 from .splits import SPLIT_FILE, Split, save_split
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx  # noqa: TID251 - types only
+
+
+#: the files a bundle folder holds; others there (a user's notes) are kept when it is rewritten
+BUNDLE_FILES = (MODEL_FILE, MANIFEST_FILE, DATABASE_FILE, SPLIT_FILE)
 
 
 class BundleWriteError(BundleError):
@@ -174,7 +179,7 @@ def _database_fine(fine: Any, n: int, fine_bits: int | None) -> np.ndarray | Non
 
 def archive_record(root: str | os.PathLike, name: str = "", fingerprint: str = "") -> dict[str, Any]:
     """The manifest's ``archive`` field: where the bundle's images live (absolute path)."""
-    return {"root": str(Path(root).absolute()), "name": name or Path(root).name,
+    return {"root": os.path.abspath(root), "name": name or Path(os.path.abspath(root)).name,
             "fingerprint": fingerprint}
 
 
@@ -204,13 +209,34 @@ def write_bundle(
         raise BundleWriteError(
             "writing a bundle needs the onnx package: pip install onnx"
         ) from None
-    out = Path(out_dir)
+    m = _completed(manifest)
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise BundleWriteError(f"{out} exists and is not a folder: give a folder for the bundle")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.recover(out)
+    stage = staging.new_stage(out)
     try:
-        m = complete_manifest(manifest)
+        m = _write_files(stage, onnx, onnx_model, m, database, split, archive)
+        _check_written(stage, out)
+        staging.put_in_place(stage, out, BUNDLE_FILES)
+    finally:
+        staging.discard(stage)
+    return m
+
+
+def _completed(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return complete_manifest(manifest)
     except (TypeError, ValueError, KeyError) as exc:
         raise BundleWriteError(f"the manifest cannot be completed: {type(exc).__name__}: "
                                f"{exc}") from None
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_files(out: Path, onnx: Any, onnx_model: Any, m: dict[str, Any],
+                 database: Mapping[str, Any] | None, split: Split | None,
+                 archive: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The bundle's files in the (new, empty) folder ``out``; the manifest as written."""
     if archive is not None:
         m["archive"] = dict(archive)
     if isinstance(onnx_model, (str, os.PathLike)):
@@ -228,35 +254,35 @@ def write_bundle(
         m["database"] = _write_database(out, database, int(m["bits"]), fine_bits)
     else:
         m["database"] = None
-        (out / DATABASE_FILE).unlink(missing_ok=True)
     if split is not None:
         save_split(split, out / SPLIT_FILE)
     (out / MANIFEST_FILE).write_text(json.dumps(m, indent=2), encoding="utf-8")
-    _check_written(out)
     return m
 
 
-def _check_written(out: Path) -> None:
+def _check_written(stage: Path, out: Path) -> None:
     """Load what was written as the runtime will (manifest and graph): a bundle the runtime
-    refuses is not left looking like a bundle (its manifest is removed) and the reason is
-    raised here, at export, not at the user's first search. Why: ``bits`` that do not match
-    the graph, an ``outputs.codes`` the graph lacks or an input size it was not built for were
+    refuses is not put in place (a bundle already at ``out`` is kept) and the reason is raised
+    here, at export, not at the user's first search. Why: ``bits`` that do not match the
+    graph, an ``outputs.codes`` the graph lacks or an input size it was not built for were
     written without a word."""
     from .encoder import Encoder
     from .errors import BundleError
 
     try:
-        Encoder(out, threads=1)
+        Encoder(stage, threads=1)
     except BundleError as exc:
-        (out / MANIFEST_FILE).unlink(missing_ok=True)
-        raise BundleWriteError(f"the bundle written to {out} does not load, so its manifest was "
-                               f"removed: {exc}") from None
+        reason = str(exc).replace(str(stage), str(out))
+        raise BundleWriteError(f"the bundle written for {out} does not load, so it was not put "
+                               f"there: {reason}") from None
 
 
 def update_manifest(out_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into a written bundle's manifest (e.g. metrics measured after writing).
 
-    Only the manifest changes; the model and its identity do not.
+    Only the manifest changes; the model and its identity do not. The new manifest replaces
+    the old in one step (written beside it, then renamed), so an interrupted update leaves the
+    old one.
     """
     path = Path(out_dir) / MANIFEST_FILE
     m = json.loads(path.read_text(encoding="utf-8"))
@@ -265,5 +291,5 @@ def update_manifest(out_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]
             m[key].update(json.loads(json.dumps(value)))
         else:
             m[key] = json.loads(json.dumps(value))
-    path.write_text(json.dumps(m, indent=2), encoding="utf-8")
+    staging.replace_text(path, json.dumps(m, indent=2))
     return m

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from . import staging
 from .errors import ImageLoadError
 from .images import read_image
 from .rasters import RasterRule
@@ -160,5 +161,5 @@ def write_gallery(
         f"<h1>{html.escape(title)}</h1><p class='meta'>{info}</p>"
         f"<div class='grid'>{''.join(cards)}</div></body></html>\n"
     )
-    out.write_text(page, encoding="utf-8")
+    staging.replace_text(out, page)
     return out

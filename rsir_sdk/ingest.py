@@ -45,6 +45,7 @@ collection's place fields (:mod:`rsir_sdk.store.place`), alike on both engines a
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -167,7 +168,8 @@ class IngestRun:
 
     def stored_path(self, item: Item) -> str:
         """The path an item is stored with: relative to its archive, or absolute."""
-        return item.path if self.relative_paths else str(item.file.absolute())
+        # normalised: "../arch/x.jpg" was kept as "/cwd/../arch/x.jpg" in every hit and report
+        return item.path if self.relative_paths else os.path.abspath(item.file)
 
     def tick(self) -> None:
         """Tell the progress callback where things stand."""

@@ -22,6 +22,9 @@ def main() -> int:
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
         sys.stderr.write("\nrsir: interrupted\n")
-    if status == EXIT_INTERRUPTED:  # said so already: a second Ctrl-C while Python exits must
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # not print a clean-up traceback
+    # The command has ended and its status is said: a Ctrl-C while Python exits (closing Milvus
+    # Lite, joining threads) must neither print a clean-up traceback nor end the process by
+    # the signal itself (Python's exit restores the default handler: status -2, no word, after
+    # a run that had finished). SIGTERM and SIGKILL still end a stuck exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status

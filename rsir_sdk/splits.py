@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import staging
 from .archive import ArchiveListing
 from .errors import SplitError
 
@@ -107,7 +108,7 @@ def save_split(split: Split, path: str | os.PathLike) -> Path:
     """Write ``split`` as JSON to ``path`` (folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(split.to_json(), indent=1), encoding="utf-8")
+    staging.replace_text(path, json.dumps(split.to_json(), indent=1))
     return path
 
 

@@ -170,6 +170,44 @@ def test_the_rsir_script_starts_light_and_a_ctrl_c_while_it_loads_is_one_line():
     assert interrupted.stdout == ""
 
 
+def test_a_ctrl_c_while_python_exits_after_a_finished_command_changes_nothing():
+    """A Ctrl-C to the process group after a run had finished (Milvus Lite closing, threads
+    joining while Python exits) ended ``rsir index``/``rsir duplicates`` by the signal itself:
+    status -2, no word, though the work was complete. The exit is made to take a Ctrl-C here:
+    the status stays the command's, and nothing is printed."""
+    exiting = (
+        "import atexit, os, signal, sys, time\n"
+        "from rsir_sdk.launch import main\n"
+        "def ctrl_c_while_exiting():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.3)\n"
+        "if sys.argv[1] == 'ctrl-c':\n"
+        "    atexit.register(ctrl_c_while_exiting)\n"
+        "sys.argv = ['rsir', 'collections', '--uri', 'missing.db']\n"
+        "sys.exit(main())\n")
+    runs = [subprocess.run([sys.executable, "-c", exiting, how], capture_output=True, text=True,
+                           timeout=120) for how in ("plain", "ctrl-c")]
+    plain, interrupted = runs
+    assert plain.returncode == 1 and "no Milvus Lite file at missing.db" in plain.stderr
+    assert interrupted.returncode == plain.returncode, interrupted.stderr   # not -2
+    assert interrupted.stderr == plain.stderr                               # no traceback
+
+
+def test_progress_in_a_log_is_lines_not_redraws(capsys):
+    """stderr not a terminal (a log file): tqdm's "\\r" redraws ran into one long line."""
+    from rsir_sdk.cli.common import ProgressBar
+
+    bar = ProgressBar("duplicates", unit="item")
+    for done in range(0, 401, 50):
+        bar.update(done, 400)
+    bar.close()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and err.endswith("\n") and all(line.strip() for line in lines), err
+    assert lines[0].startswith("duplicates:") and "0/400" in lines[0], err
+    assert "400/400" in lines[-1] and "100%" in lines[-1], err
+
+
 def test_the_package_names_load_on_first_use_and_all_resolve():
     import rsir_sdk
 

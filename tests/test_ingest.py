@@ -499,6 +499,21 @@ def test_retry_keeps_a_file_name_that_is_not_utf8(tmp_path, sample_images, rp_bu
         sorted((f.id, f.stage) for f in first)
 
 
+def test_stored_paths_are_normalised(tmp_path, rp_bundle, sample_images, monkeypatch):
+    """``rsir index ../arch`` stored "/cwd/../arch/x.jpg" in every hit and duplicate group
+    (failures keep the path as given: the user's own, relative to where they ran it)."""
+    root = tmp_path / "arch"
+    root.mkdir()
+    shutil.copyfile(sample_images[0][0], root / "ok.jpg")
+    (root / "bad.jpg").write_text("not an image")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    with Retriever(rp_bundle[0], uri=str(tmp_path / "n.db"), collection="n") as r:
+        s = r.index("../arch")
+        assert s.indexed == 1 and [f.path for f in s.failed] == ["../arch/bad.jpg"]
+        assert [it.path for it in r.get(["ok.jpg"])] == [str(root / "ok.jpg")]
+
+
 def test_the_last_progress_update_counts_every_failure(tmp_path, rp_bundle, sample_images):
     """A re-run whose last images failed left the progress at "0 failed" while the summary said
     2 (examples/populate_milvus.py prints the progress line)."""

@@ -182,7 +182,9 @@ def warn(message: str) -> None:
 
 
 class ProgressBar:
-    """A tqdm bar on stderr fed with ``(done, total, postfix)``; quiet when not a terminal.
+    """A tqdm bar on stderr fed with ``(done, total, postfix)``; when stderr is not a terminal
+    (a log file, ``docker logs``), a line of its own every 30 s and at the end (tqdm's ``\r``
+    redraws garbled the log into one long line).
 
     The bar appears with the first update: work that fails before it starts (a missing
     collection, a server that does not answer) prints its one error line and no empty bar."""
@@ -196,8 +198,9 @@ class ProgressBar:
             from tqdm import tqdm
 
             tty = sys.stderr.isatty()
-            self._bar = tqdm(total=total, desc=self._desc, unit=self._unit, dynamic_ncols=True,
-                             file=sys.stderr, mininterval=0.5 if tty else 30.0, smoothing=0.1)
+            self._bar = tqdm(total=total, desc=self._desc, unit=self._unit, dynamic_ncols=tty,
+                             file=sys.stderr if tty else LogLines(sys.stderr),
+                             mininterval=0.5 if tty else 30.0, smoothing=0.1)
         if self._bar.total != total:
             self._bar.total = total
         if postfix:
@@ -207,6 +210,23 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class LogLines:
+    """A stream for tqdm writing to a log: each redraw (``\r`` + the bar) becomes a line."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        for part in text.split("\r"):
+            part = part.strip("\n")
+            if part.strip():
+                self._stream.write(part + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import staging
 from ..call_checks import check_radius_length
 from ..errors import RsirError
 from ..geo import GeoFilter
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     text = (to_json(rows, collection, radius) if args.format == "json" else to_csv(rows))
     if args.out:
         try:
-            Path(args.out).write_text(text, encoding="utf-8", newline="")
+            staging.replace_text(Path(args.out), text)  # the old report or the new one
         except OSError as exc:
             raise RsirError(f"cannot write the report {args.out}: "
                             f"{exc.strerror or exc}") from None

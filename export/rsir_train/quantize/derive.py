@@ -38,15 +38,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rsir_sdk import staging
 from rsir_sdk.bundle import Bundle
-from rsir_sdk.bundle_writer import update_manifest, write_bundle
+from rsir_sdk.bundle_writer import BUNDLE_FILES, update_manifest, write_bundle
 
 from ..errors import QuantizeError
 from ..graph import WEIGHTED_OPS, float_region, fold_static_pads, name_nodes
@@ -388,9 +388,8 @@ def quantize_bundle(
         record = _parent_record(parent, opts, derived, plan, calib, calibration, checked, graph)
         stage = work / "bundle"
         _write_derived(onnx, stage, parent, derived, opts.precision, record)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.move(str(stage), str(out))
+        # swapped in whole: a kill leaves the old bundle or the new one (rsir_sdk.staging)
+        staging.put_in_place(stage, out.absolute(), BUNDLE_FILES)
     return _result(out, parent, derived, plan, graph, calib, checked, opts,
                    time.perf_counter() - t0)
 
