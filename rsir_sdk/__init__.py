@@ -38,6 +38,12 @@ _EXPORTS: dict[str, str] = {
     "Retriever": "retriever",
     "MilvusCodeStore": "store", "list_collections": "store",
     "RemoteRetriever": "serve.client", "HttpOptions": "serve.client",  # needs only httpx
+    # what RemoteRetriever raises beyond the core errors (all RsirError; no FastAPI needed)
+    "ServiceError": "serve.errors", "AuthenticationError": "serve.errors",
+    "ForbiddenError": "serve.errors", "ServiceBusyError": "serve.errors",
+    "ServiceTimeoutError": "serve.errors", "ServiceConnectionError": "serve.errors",
+    "PayloadTooLargeError": "serve.errors", "InvalidRequestError": "serve.errors",
+    "NotFoundError": "serve.errors",
 }
 
 __all__ = [
@@ -49,7 +55,9 @@ __all__ = [
     "RasterRuleMismatchError", "RayOptions", "RemoteRetriever", "RetrievalAPI", "Retriever",
     "RsirError", "SplitError", "StoreError", "StoredItem", "hamming_distances", "list_collections",
     "load_image", "open_archive", "pack_codes", "read_image", "topk_bruteforce", "unpack_codes",
-    "__version__",
+    "ServiceError", "AuthenticationError", "ForbiddenError", "ServiceBusyError",
+    "ServiceTimeoutError", "ServiceConnectionError", "PayloadTooLargeError", "InvalidRequestError",
+    "NotFoundError", "__version__",
 ]  # the names of _EXPORTS, and the version
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
@@ -81,6 +89,17 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from .rasters import RasterRule
     from .retriever import Retriever
     from .serve.client import HttpOptions, RemoteRetriever
+    from .serve.errors import (
+        AuthenticationError,
+        ForbiddenError,
+        InvalidRequestError,
+        NotFoundError,
+        PayloadTooLargeError,
+        ServiceBusyError,
+        ServiceConnectionError,
+        ServiceError,
+        ServiceTimeoutError,
+    )
     from .store import MilvusCodeStore, list_collections
 
     __version__: str

@@ -135,8 +135,10 @@ class RetrievalAPI(Protocol):
         """Encode every image of an archive into the collection (resumable)."""
         ...
 
-    def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
-        """Leave the collection ready to search at full speed; what was done."""
+    def prepare_for_search(self, *, timeout: float | None = 3600.0,
+                           progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+        """Leave the collection ready to search at full speed; what was done (``progress``:
+        in process only)."""
         ...
 
     def duplicates(self, radius: int | None = None, filter: Filter = None, *,

@@ -26,8 +26,9 @@ __all__ = ["SEARCH_MODES", "Hit", "StoredItem", "hit_from_json", "hit_to_json", 
 @dataclass(frozen=True, slots=True)
 class Hit:
     """One search result: the item's id and its Hamming distance (an int), plus stored fields
-    (empty when the search did not ask for them). Results are sorted by distance, ties by the
-    digest of the id (:func:`rsir_sdk.store.tie_order`). ``footprint`` ``(west, south, east,
+    (empty when the search did not ask for them). Results are sorted by distance (the query's
+    near-duplicates first, ties by the fine code where the collection keeps fine codes), then
+    by the digest of the id (:func:`rsir_sdk.store.tie_order`). Hashable (``set(hits)``). ``footprint`` ``(west, south, east,
     north)`` (WGS84 degrees; ``west > east`` across the antimeridian) and ``time`` (ISO 8601
     UTC) are the item's place and period when its collection holds them (docs/geo.md)."""
 
@@ -46,6 +47,12 @@ class Hit:
     def to_json(self) -> dict[str, Any]:
         """This hit as a JSON object (:func:`hit_to_json`): ``json.dumps(hit.to_json())``."""
         return hit_to_json(self)
+
+    def __hash__(self) -> int:
+        """Hits go in sets and dict keys (``set(hits)`` raised "unhashable type: 'dict'"): the
+        hash leaves ``metadata`` out, which equal hits share anyway."""
+        return hash((self.id, self.distance, self.label, self.path, self.footprint, self.time,
+                     self.fine_distance))
 
 
 #: the search modes: ``"default"`` ranks by retrieval-code distance, then fine-code distance

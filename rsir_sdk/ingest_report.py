@@ -103,6 +103,11 @@ class IngestSummary:
         counts = collections.Counter(f"{f.stage}: {f.reason}" for f in self.failed)
         return counts.most_common(top)
 
+    def to_json(self) -> dict[str, Any]:
+        """This summary as a JSON object (``json.dumps(summary.to_json())``), named as
+        ``Hit.to_json`` and ``IngestOptions.to_json`` are; the same as :meth:`as_dict`."""
+        return self.as_dict()
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able form."""
         return {

@@ -17,9 +17,12 @@ rsir_sdk.errors.InvalidInputError: prepare must be auto, always or never, got 's
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+import numpy as np
 
 from .archive import IMAGE_EXTENSIONS, LABEL_FROM
 from .errors import InvalidInputError
@@ -31,14 +34,21 @@ ENGINES = ("local", "ray")
 PREPARE = ("auto", "always", "never")
 
 
-def _positive_int(name: str, value: Any, *, none_ok: bool = False) -> None:
-    """Refuse anything but a positive ``int`` (``True`` is not a count) in one line."""
+def _positive_int(name: str, value: Any, *, none_ok: bool = False) -> int | None:
+    """``value`` as a positive ``int`` (a numpy integer too); anything else (``True`` is not a
+    count) refused in one line."""
     if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < 1:
         extra = " or None" if none_ok else ""
         raise InvalidInputError(f"{name} must be a positive integer{extra}, got {value!r}")
+    return int(value)
 
+
+
+def _iterable(value: Any) -> bool:
+    return hasattr(value, "__iter__")
 
 
 def unknown_fields(value: Any, changes: Mapping[str, Any]) -> list[str]:
@@ -157,16 +167,21 @@ class IngestOptions:
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise once, here
-        if self.root is not None:
-            fix(self, "root", os.fspath(self.root))
-        if self.bulk_dir is not None:
-            fix(self, "bulk_dir", os.fspath(self.bulk_dir))
-        if isinstance(self.extensions, str):
-            raise InvalidInputError("extensions must be a list of suffixes, e.g. ['.jpg', '.tif']")
+        for name in ("root", "bulk_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, (str, os.PathLike)):
+                    raise InvalidInputError(f"{name} must be a folder path, got "
+                                            f"{type(value).__name__} {value!r:.40}")
+                fix(self, name, os.fspath(value))
+        if isinstance(self.extensions, str) or not _iterable(self.extensions):
+            raise InvalidInputError(f"extensions must be a list of suffixes, e.g. ['.jpg', "
+                                    f"'.tif'], got {self.extensions!r:.40}")
         fix(self, "extensions", tuple(self.extensions))
         if self.only_ids is not None:
-            if isinstance(self.only_ids, str):
-                raise InvalidInputError("only_ids must be a collection of ids, not one string")
+            if isinstance(self.only_ids, str) or not _iterable(self.only_ids):
+                raise InvalidInputError(f"only_ids must be a collection of ids, got "
+                                        f"{self.only_ids!r:.40}")
             fix(self, "only_ids", frozenset(str(i) for i in self.only_ids))
         if isinstance(self.ray, Mapping):  # from JSON
             fix(self, "ray", _ray_from(self.ray))
@@ -183,8 +198,8 @@ class IngestOptions:
         if self.prepare not in PREPARE:
             raise InvalidInputError(f"prepare must be auto, always or never, got {self.prepare!r}")
         for name in ("workers", "batch_size", "max_pixels"):
-            _positive_int(name, getattr(self, name), none_ok=True)
-        _positive_int("upsert_batch", self.upsert_batch)
+            object.__setattr__(self, name, _positive_int(name, getattr(self, name), none_ok=True))
+        object.__setattr__(self, "upsert_batch", _positive_int("upsert_batch", self.upsert_batch))
         f = self.flush_seconds
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0:
             raise InvalidInputError(f"flush_seconds must be a number > 0, got {f!r}")

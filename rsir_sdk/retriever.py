@@ -372,10 +372,12 @@ class Retriever:
         """
         return retriever_writes.add_learned_codes(self)
 
-    def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
+    def prepare_for_search(self, *, timeout: float | None = 3600.0,
+                           progress: Callable[[PrepareProgress], None] | None = None
+                           ) -> dict[str, Any]:
         """Leave a server collection ready to search at full speed (see
         :meth:`~rsir_sdk.store.MilvusCodeStore.prepare_for_search`; ``index`` does it)."""
-        return self.store.prepare_for_search(**kw)
+        return self.store.prepare_for_search(timeout=timeout, progress=progress)
 
     def index(
         self,

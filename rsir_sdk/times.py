@@ -11,6 +11,7 @@ month or year is its last microsecond.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -44,7 +45,7 @@ def parse_time(value: Any, name: str = "time", end: bool = False) -> float:
     10:30:00``, a ``datetime``/``date`` or epoch seconds → UTC epoch seconds. Times without an
     offset are UTC. With ``end=True`` a date, week, month or year means its last instant (an
     inclusive end). One line naming ``name`` when it does not parse."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers too
         return finite_number(value, name)
     if isinstance(value, datetime):
         return _epoch(value)

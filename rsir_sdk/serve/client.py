@@ -61,6 +61,7 @@ from ..errors import (
     StoreError,
 )
 from ..hits import Hit, StoredItem, hit_from_json, item_from_json
+from ..redact import redact_uri
 from ..store import values as store_values
 from . import client_writes
 from .geo_wire import geo_to_wire
@@ -109,15 +110,20 @@ class RemoteRetriever:
                  collection: str | None = None, http: HttpOptions | None = None,
                  timeout: float | None = None, retries: int | None = None,
                  providers: Sequence[str] | None = None, threads: int | None = None):
+        if http is not None and not isinstance(http, HttpOptions):
+            raise InvalidInputError(f"http must be an HttpOptions value, e.g. "
+                                    f"HttpOptions(timeout=30), got {type(http).__name__}")
         opts = http or HttpOptions()
         if timeout is not None:
             opts = dataclasses.replace(opts, timeout=timeout)
         if retries is not None:
             opts = dataclasses.replace(opts, retries=retries)
         self.http = opts
-        self.url = service_url(url)
+        address = service_url(url)
+        #: the service's base URL as shown (in messages and ``repr``): credentials in it masked
+        self.url = redact_uri(address)
         check_bearer_token(token, "the token")
-        self._transport = HttpTransport(self.url, token, opts)
+        self._transport = HttpTransport(address, token, opts)
         self._request = self._transport.request  # every verb's one way to ask the service
         self._info: dict[str, Any] | None = None
         self.encoder = None
@@ -383,15 +389,14 @@ class RemoteRetriever:
         return int(self._request("POST", "/v1/learned", json_body={},
                                  timeout=self.http.index_timeout)["written"])
 
-    def prepare_for_search(self, **kw: Any) -> dict[str, Any]:
+    def prepare_for_search(self, *, timeout: float | None = 3600.0,
+                           progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
         """Have the service leave its collection ready to search at full speed
         (``POST /v1/prepare``, write token); what was done. Only ``timeout`` (seconds) travels:
-        a ``progress`` callback cannot."""
-        unknown = sorted(set(kw) - {"timeout"})
-        if unknown:
-            raise InvalidInputError(f"prepare_for_search over HTTP takes timeout only, not "
-                                    f"{', '.join(unknown)}")
-        timeout = kw.get("timeout", 3600.0)
+        a ``progress`` callback cannot (refused)."""
+        if progress is not None:
+            raise InvalidInputError("prepare_for_search over HTTP takes timeout only: a "
+                                    "progress callback cannot travel")
         return dict(self._request("POST", "/v1/prepare", json_body={"timeout": timeout},
                                   timeout=self.http.index_timeout))
 

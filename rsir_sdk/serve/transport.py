@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import httpx
 
 from ..errors import InvalidInputError, StoreError
+from ..redact import redact_uri
 from .errors import ServiceConnectionError, ServiceError, ServiceTimeoutError, exception_for
 
 # the name it had before the transport got its own module: logging set up for it still applies
@@ -80,6 +81,7 @@ class HttpTransport:
 
     def __init__(self, url: str, token: str | None, options: HttpOptions):
         self.url = url
+        self.shown_url = redact_uri(url)  # in messages and logs: credentials masked
         self.options = options
         self.own_client = options.client is None
         self.client = options.client or httpx.Client(timeout=options.timeout)
@@ -101,7 +103,7 @@ class HttpTransport:
         unstarted (a 503 ``ServiceBusyError``): for answers a second run would change, as a
         delete's count (the first attempt's deletes made it 0)."""
         if self.closed:  # httpx's own RuntimeError is no rsir error and names no remedy
-            raise StoreError(f"this RemoteRetriever of {self.url} is closed (close() was "
+            raise StoreError(f"this RemoteRetriever of {self.shown_url} is closed (close() was "
                              f"called, or a with-block ended): open a new one")
         hdrs = {**self.headers, **(headers or {})}
         if json_body is not None:
@@ -179,18 +181,18 @@ class HttpTransport:
     def _maybe_applied(self, exc: Exception) -> Exception:
         """The error of a request not sent again that may have reached the service."""
         return ServiceTimeoutError(
-            f"no answer from {self.url} ({exc.__class__.__name__}) to a request that may have "
+            f"no answer from {self.shown_url} ({exc.__class__.__name__}) to a request that may have "
             f"been applied: not sent again, since its answer would not count what the first "
             f"did (sending it again yourself is safe)", 504, "ServiceTimeoutError")
 
     def _transport_error(self, exc: Exception) -> Exception:
         n = self.options.retries + 1
         if isinstance(exc, httpx.TimeoutException):
-            return ServiceTimeoutError(f"no answer from {self.url} in time after {n} attempts "
+            return ServiceTimeoutError(f"no answer from {self.shown_url} in time after {n} attempts "
                                        f"({exc.__class__.__name__}); a write may have been "
                                        f"applied meanwhile (writes are upserts: sending it again "
                                        f"is safe)", 504, "ServiceTimeoutError")
-        return ServiceConnectionError(f"cannot reach {self.url} after {n} attempts "
+        return ServiceConnectionError(f"cannot reach {self.shown_url} after {n} attempts "
                                       f"({exc.__class__.__name__})", 0, "ServiceConnectionError")
 
     def _sleep(self, attempt: int, retry_after: float | None, why: str) -> None:
@@ -198,7 +200,7 @@ class HttpTransport:
         delay *= 0.5 + random.random() / 2  # jitter: clients that failed together spread out
         if retry_after is not None:
             delay = min(self.options.max_backoff, max(delay, retry_after))
-        log.info("retrying %s in %.2f s (%s)", self.url, delay, why)
+        log.info("retrying %s in %.2f s (%s)", self.shown_url, delay, why)
         time.sleep(delay)
 
     def _decode(self, response: httpx.Response) -> Any:
@@ -214,7 +216,7 @@ class HttpTransport:
         url = response.request.url
         if status in (404, 405) and not rsir_error:
             payload = {"message": f"HTTP {status} from {url} is not an rsir service's answer: "
-                                  f"is {self.url} the base URL of rsir serve?"}
+                                  f"is {self.shown_url} the base URL of rsir serve?"}
         elif status >= 400 and not rsir_error and status not in (RETRY_STATUS, 504):
             payload = {"message": f"HTTP {status} from {url}, not from rsir serve itself (a "
                                   f"proxy or web server in front of it?)"}
@@ -223,7 +225,7 @@ class HttpTransport:
                                f"give RemoteRetriever that URL", status, "ServiceError")
         elif status < 400 and not isinstance(payload, dict):
             raise ServiceError(f"the answer from {url} is not an rsir "
-                               f"service's (no JSON object): is {self.url} the base URL of rsir "
+                               f"service's (no JSON object): is {self.shown_url} the base URL of rsir "
                                f"serve?", status, "ServiceError")
         if status >= 400:
             raise exception_for(status, payload, _retry_after(response))

@@ -495,6 +495,10 @@ class MilvusCodeStore:
         if conn is not None:
             conn.close()
 
+    def __reduce__(self) -> Any:
+        raise TypeError("a MilvusCodeStore holds a database connection and cannot be pickled: "
+                        "open one in each process (MilvusCodeStore(uri, collection))")
+
     def __enter__(self) -> "MilvusCodeStore":
         return self
 
