@@ -259,6 +259,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.server:
         return run_server(args)
+    try:
+        import faiss  # noqa: F401 - the baseline of every row
+    except ImportError:
+        print("benchmarks/search.py measures FAISS beside Milvus: pip install -e '.[bench]' "
+              "(faiss-cpu)", file=sys.stderr)
+        return 2
     sizes = [int(x) for x in args.sizes.split(",")]
     bit_lengths = [int(x) for x in args.bits.split(",")]
     load0 = load_average()

@@ -3,8 +3,9 @@
 On the server (once; see docs/serve.md for the whole flow):
 
     rsir quantize quickstart-out/bundle --calibration export/rsir_train/sample/eurosat --out quickstart-out/bundle-int8
-    rsir index quickstart-out/bundle-int8 export/rsir_train/sample/eurosat --uri ./rsir.db \
-        --collection scenes_int8 --label-from parent
+    rsir index quickstart-out/bundle-int8 --learned --uri ./rsir.db --collection scenes_int8
+    # (an AHCL bundle's learned database codes V, as docs/edge.md decides; a MiLAN or ITQ
+    #  bundle has none: rsir index BUNDLE ARCHIVE ... --label-from parent encodes the archive)
     export RSIR_READ_TOKEN=$(python -c "import secrets; print(secrets.token_urlsafe(24))")
     rsir serve quickstart-out/bundle-int8 --uri ./rsir.db --collection scenes_int8 \
         --archive-root export/rsir_train/sample/eurosat

@@ -8,6 +8,7 @@ are skipped. Images that cannot be read are listed in the report file, not silen
 """
 
 import argparse
+import sys
 
 from rsir_sdk import Retriever, RsirError
 from rsir_sdk.options import IngestOptions
@@ -22,9 +23,17 @@ def main(argv=None) -> int:
     p.add_argument("--report", default="failed.csv")
     args = p.parse_args(argv)
 
+    tty = sys.stdout.isatty()
+    shown = [0]  # images done at the last line printed (a log gets one each 1,000 and the end)
+
     def progress(state):  # called as work advances; the library itself never prints
-        print(f"\r{state.done}/{state.total} handled, {state.indexed} indexed, "
-              f"{state.skipped} already there, {state.failed} failed", end="", flush=True)
+        line = (f"{state.done}/{state.total} handled, {state.indexed} indexed, "
+                f"{state.skipped} already there, {state.failed} failed")
+        if tty:  # one line, redrawn
+            print("\r" + line, end="", flush=True)
+        elif state.done >= shown[0] + 1000 or state.done == state.total:
+            shown[0] = state.done
+            print(line, flush=True)
 
     try:
         with Retriever(args.bundle, uri=args.uri, collection=args.collection) as r:

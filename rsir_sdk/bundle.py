@@ -25,6 +25,7 @@ from .manifest_fields import FORMAT_VERSION as FORMAT_VERSION
 from .manifest_fields import INTERPOLATIONS as INTERPOLATIONS
 from .manifest_fields import MANIFEST_FILE as MANIFEST_FILE
 from .manifest_fields import MODEL_FILE as MODEL_FILE
+from .manifest_fields import PREPROCESS_FIELDS as PREPROCESS_FIELDS
 from .manifest_fields import fine_fields, preparation, read_fields, read_scene_test, require
 
 if TYPE_CHECKING:  # pragma: no cover

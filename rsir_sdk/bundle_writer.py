@@ -210,16 +210,21 @@ def write_bundle(
             "writing a bundle needs the onnx package: pip install onnx"
         ) from None
     m = _completed(manifest)
-    out = Path(os.path.abspath(out_dir))
+    out = Path(os.path.realpath(os.path.abspath(out_dir)))  # a link: the folder it names
     if out.exists() and not out.is_dir():
         raise BundleWriteError(f"{out} exists and is not a folder: give a folder for the bundle")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.recover(out)
-    stage = staging.new_stage(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = staging.stage_for(out)
+    except OSError as exc:
+        raise BundleWriteError(f"cannot write a bundle at {out}: {exc.strerror or exc}") from None
     try:
         m = _write_files(stage, onnx, onnx_model, m, database, split, archive)
         _check_written(stage, out)
-        staging.put_in_place(stage, out, BUNDLE_FILES)
+        staging.install(stage, out, BUNDLE_FILES, MANIFEST_FILE)
+    except OSError as exc:
+        raise BundleWriteError(f"cannot write the bundle {out}: {exc.strerror or exc} "
+                               f"({getattr(exc, 'filename', None) or out})") from None
     finally:
         staging.discard(stage)
     return m

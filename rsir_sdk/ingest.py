@@ -52,6 +52,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .archive import ArchiveListing, Item
+from .encode_pipeline import EncodedBatch as EncodedBatch  # re-exported: defined here before
+from .encode_pipeline import default_workers as default_workers
 from .encode_pipeline import iter_codes
 from .encoder import Encoder
 from .errors import StoreError

@@ -25,9 +25,11 @@ import logging
 import os
 import secrets
 import select
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any, Callable, Iterator
@@ -131,12 +133,17 @@ def connect(ray: Any, address: str | None, workers: int,
     if ray.is_initialized():
         return None
     _quiet_ray_loggers()
+    if not address and os.environ.get("RAY_ADDRESS", "").strip() not in ("", "local"):
+        # Ray's own way to name a cluster: used as if given (it reached the helper, whose
+        # new local Ray then refused "num_cpus ... must not be provided")
+        address = os.environ["RAY_ADDRESS"].strip()
+        log.info("using the Ray cluster at %s (RAY_ADDRESS)", address)
     head = None if address else _start_head(start_head, max(1, workers))
     environment = contextlib.ExitStack()
     try:
         # the driver presents the helper's token for as long as it is connected
         environment.enter_context(_environment(head.auth if head is not None else {}))
-        with _stderr_quiet(), warnings.catch_warnings():
+        with _stderr_quiet(), warnings.catch_warnings(), _signal_handlers_kept():
             warnings.simplefilter("ignore")  # Ray's connection warnings
             ray.init(address=head.address if head is not None else address,
                      include_dashboard=False, log_to_driver=False,
@@ -144,15 +151,37 @@ def connect(ray: Any, address: str | None, workers: int,
     except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray
         RayConnection(ray, head, environment).close()
         where = f"the Ray cluster at {address}" if address else "a local Ray"
+        if address and os.environ.get("RAY_ADDRESS", "").strip() == address:
+            where += " (RAY_ADDRESS)"
         hint = ("; a cluster that guards its GCS with a token needs RAY_AUTH_MODE=token and its "
                 "RAY_AUTH_TOKEN in this environment" if address and "RAY_AUTH_MODE" not in
                 os.environ else "")
         raise RayUnavailableError(f"cannot connect to {where}: {type(exc).__name__}: "
                                   f"{_one_line(exc)}{hint}") from None
-    ctx = ray.data.DataContext.get_current()
+    with warnings.catch_warnings():  # Ray Data's deprecation notices of its own settings
+        warnings.simplefilter("ignore")
+        ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
     return RayConnection(ray, head, environment)
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Put back this process's SIGTERM and SIGINT handlers after ``ray.init``, which installs
+    its own: a SIGTERM (``docker stop``, ``timeout``) then printed Ray's "*** SIGTERM received"
+    stack and ended the run with status 15 or -6, instead of the Ctrl-C path (what was
+    encoded written, status 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _start_head(start_head: Callable[[int, float], LocalHead], cpus: int) -> LocalHead:
@@ -273,7 +302,10 @@ def main(argv: list[str]) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            context = ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+            # "local": always a new Ray of its own, never a `ray start` cluster of this
+            # machine nor RAY_ADDRESS's, which refuse num_cpus
+            context = ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                               log_to_driver=False,
                                logging_level=logging.ERROR, configure_logging=True)
     except Exception as exc:  # Ray's own start-up errors, passed on as one line
         print(f"{FAILED}{type(exc).__name__}: {_one_line(exc)}", flush=True)

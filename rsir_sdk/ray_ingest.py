@@ -41,6 +41,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
@@ -48,7 +49,7 @@ import numpy as np
 from .archive import ArchiveListing
 from .errors import RsirError
 from .failures import Failure, FailureReport
-from .ingest import IngestProgress, IngestRun, IngestSummary, writes_fine
+from .ingest import IngestInterrupted, IngestProgress, IngestRun, IngestSummary, writes_fine
 from .options import IngestOptions
 from .ray_head import RayUnavailableError, connect
 from .store import MilvusCodeStore, PrepareProgress
@@ -188,6 +189,10 @@ def ingest_on_ray(
                     progress=progress, on_prepare=on_prepare)
     try:
         return _run_on_ray(ray, run, encoder, store, opts)
+    except IngestInterrupted:
+        raise
+    except KeyboardInterrupt:  # while Ray started or planned: said as any interruption is
+        raise run.interrupted() from None  # (a bare "interrupted", no count, no resume hint)
     finally:
         run.close()
 
@@ -207,6 +212,9 @@ def _run_on_ray(ray: Any, run: IngestRun, encoder: "Encoder", store: MilvusCodeS
     connection = connect(ray, opts.address, workers * threads)
     threads_before = set(threading.enumerate())
     try:
+        # a local Ray: no address given (nor RAY_ADDRESS); its GPUs are what this machine has
+        _check_gpus(ray, gpus, local=not opts.address and os.environ.get(
+            "RAY_ADDRESS", "").strip() in ("", "local"))
         rows = [{"index": i, "file": str(it.file)} for i, it in enumerate(todo)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size,
                                                                        workers * 8)))
@@ -219,10 +227,16 @@ def _run_on_ray(ray: Any, run: IngestRun, encoder: "Encoder", store: MilvusCodeS
                                    "max_pixels": opts.max_pixels, "threads": threads,
                                    "fine": fine, "pillow": _pillow_guard()},
         )
-        batches = iter(ds.iter_batches(batch_size=opts.upsert_batch, batch_format="numpy"))
+        # the actors' batches as they come: the run writes every upsert_batch rows or
+        # flush_seconds, as the local engine does (blocks of upsert_batch rows reached the
+        # driver only when whole: a Ctrl-C after a minute of encoding had written nothing)
+        batches = iter(ds.iter_batches(batch_size=min(batch_size, opts.upsert_batch),
+                                       batch_format="numpy"))
         try:
-            for batch in batches:
-                _take(run, todo, batch, fine)
+            with warnings.catch_warnings():  # Ray Data's notices (a pool larger than its
+                warnings.filterwarnings("ignore", module=r"ray(\.|$)")  # input) are not ours
+                for batch in batches:
+                    _take(run, todo, batch, fine)
             return run.finish()
         except KeyboardInterrupt:
             raise run.interrupted() from None
@@ -231,6 +245,23 @@ def _run_on_ray(ray: Any, run: IngestRun, encoder: "Encoder", store: MilvusCodeS
     finally:
         if connection is not None:  # this call connected (and started a local Ray): undo it
             connection.close()
+
+
+def _check_gpus(ray: Any, gpus: float, local: bool) -> None:
+    """Refuse GPUs per actor that a local Ray does not have: the actors waited for them
+    forever, the progress at 0 and no word. A cluster's nodes may come with the demand (an
+    autoscaler adds GPU nodes for it): there, one warning."""
+    if not gpus:
+        return
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if have < gpus and not local:
+        log.warning("gpus_per_worker %g, but the Ray cluster has %g GPU(s) now: the actors "
+                    "wait until it has (an autoscaler adds them; a fixed cluster never does)",
+                    gpus, have)
+    elif have < gpus:
+        raise RayUnavailableError(f"gpus_per_worker (--gpus-per-worker) {gpus:g}, but the local Ray has "
+                                  f"{have:g} GPU(s): its actors would wait for them forever; "
+                                  f"give 0 (onnxruntime on the CPUs)")
 
 
 def _stop_batches(batches: Iterator[Any], threads_before: set[threading.Thread]) -> None:

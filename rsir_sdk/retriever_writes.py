@@ -140,7 +140,13 @@ def _say_unknown_labels(r: "Retriever", listing: ArchiveListing, label_from: str
     unknown = sorted({it.label for it in listing.items if it.label} - classes)
     if not unknown:
         return
-    hint = ("; --label-from top labels by the archive's top folder, as training does"
-            if label_from == "parent" else "")
+    # the hint only where it changes something: an item under a nested folder (for a flat
+    # folder per class, top and parent are the same folder, and the classes simply differ)
+    unknown_set = set(unknown)
+    nested = label_from == "parent" and any(
+        it.label in unknown_set and it.path.replace("\\", "/").count("/") > 1
+        for it in listing.items)
+    hint = "; --label-from top labels by the archive's top folder, as training does" \
+        if nested else " (an archive of other classes than the bundle was trained on?)"
     log.warning("%d label(s) the bundle's %d classes do not hold, e.g. %s%s", len(unknown),
                 len(classes), ", ".join(repr(u) for u in unknown[:3]), hint)

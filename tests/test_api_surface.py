@@ -40,6 +40,28 @@ def test_a_service_url_with_credentials_is_shown_masked():
     assert "s3cret" not in str(err.value)
 
 
+def test_credentials_stay_masked_in_answers_from_a_web_server(tmp_path):
+    """A 404 from something that is not rsir serve named the request URL with its password."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with RemoteRetriever(f"http://admin:s3cret@127.0.0.1:{server.server_port}",
+                             retries=0) as r:
+            with pytest.raises(RsirError) as err:
+                r.count()
+        assert "not an rsir service's answer" in str(err.value), err.value
+        assert "s3cret" not in str(err.value) and "***@127.0.0.1" in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_http_options_of_the_wrong_type_are_one_line():
     with pytest.raises(InvalidInputError, match="http must be an HttpOptions value"):
         RemoteRetriever("http://127.0.0.1:9", http={"timeout": 3})

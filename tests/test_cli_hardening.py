@@ -197,6 +197,10 @@ def test_progress_in_a_log_is_lines_not_redraws(capsys):
     """stderr not a terminal (a log file): tqdm's "\\r" redraws ran into one long line."""
     from rsir_sdk.cli.common import ProgressBar
 
+    empty = ProgressBar("indexing", unit="img")
+    empty.update(0, 0)                     # an empty archive: no "0img" bar before its error
+    empty.close()
+    assert capsys.readouterr().err == ""
     bar = ProgressBar("duplicates", unit="item")
     for done in range(0, 401, 50):
         bar.update(done, 400)

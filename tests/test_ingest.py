@@ -553,3 +553,15 @@ def test_labels_the_bundle_does_not_know_are_said_with_the_hint(tiny_ahcl, sampl
         with caplog.at_level("WARNING", logger="rsir_sdk.retriever"):
             r.index(archive, label_from="top", skip_existing=False)
         assert "do not hold" not in caplog.text
+    # a flat archive of other classes: top and parent are the same folder, so the hint to
+    # switch would change nothing (it was given anyway)
+    other = tmp_path / "other"
+    for p, label in sample_images[::50]:
+        (other / f"x-{label}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, other / f"x-{label}" / p.name)
+    caplog.clear()
+    with Retriever(tiny_ahcl[0], uri=str(tmp_path / "r.db"), collection="o") as r:
+        with caplog.at_level("WARNING", logger="rsir_sdk.retriever"):
+            r.index(other, label_from="parent")
+    assert "the bundle's 10 classes do not hold" in caplog.text
+    assert "--label-from top" not in caplog.text and "other classes" in caplog.text

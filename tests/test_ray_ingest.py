@@ -15,6 +15,8 @@ from PIL import Image, ImageOps
 from rsir_sdk import MilvusCodeStore, Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.options import IngestOptions, RayOptions
+from rsir_sdk.ray_head import RayUnavailableError, connect
+from rsir_sdk.ray_ingest import _import_ray
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.server
@@ -78,9 +80,33 @@ def test_ray_engine_equals_single_process_and_resumes_after_a_kill(
     expected = rows(server_uri, "single", ids)
     capsys.readouterr()
 
-    with Retriever(bundle, uri=server_uri, collection="on_ray") as r:
-        summary = r.index(archive_1000, options, report=tmp_path / "ray-failed.csv",
-                          engine="ray", ray=RayOptions(threads_per_worker=1))
+    writes = []
+    insert = MilvusCodeStore.insert
+
+    def counted(self, *a, **kw):
+        writes.append(1)
+        return insert(self, *a, **kw)
+
+    monkeypatch.setattr(MilvusCodeStore, "insert", counted)
+    ray = _import_ray()
+    connection = connect(ray, None, 2)   # one local Ray for both runs below
+    try:
+        with Retriever(bundle, uri=server_uri, collection="on_ray") as r:
+            # GPUs the cluster lacks: the actors waited for them forever, at 0 and no word
+            with pytest.raises(RayUnavailableError, match="the local Ray has .* GPU"):
+                r.index(archive_1000, options, engine="ray",
+                        ray=RayOptions(threads_per_worker=1, gpus_per_worker=1000))
+            assert r.count() == 0 and writes == []
+            # rows written every flush_seconds as they come, as on the local engine (blocks of
+            # upsert_batch rows reached the driver only whole: 4 writes of 256 here, and a
+            # Ctrl-C after a minute of encoding had written nothing)
+            summary = r.index(archive_1000, options.replace(flush_seconds=0.01),
+                              report=tmp_path / "ray-failed.csv", engine="ray",
+                              ray=RayOptions(threads_per_worker=1))
+    finally:
+        connection.close()
+    monkeypatch.setattr(MilvusCodeStore, "insert", insert)
+    assert len(writes) >= 10, f"{len(writes)} writes of 1000 rows"
     out, err = capsys.readouterr()
     assert summary.indexed == 1000 and len(summary.failed) == 2, summary.reasons()
     assert {f.id for f in summary.failed} == {"bad/cut.png", "bad/empty.png"}
@@ -119,6 +145,14 @@ def test_ray_engine_says_what_is_wrong_when_it_cannot_start(rp_bundle, sample_di
     assert not list(tmp_path.glob("*.csv"))
     if "RAY_AUTH_MODE" not in os.environ:  # a cluster's token is the usual missing piece
         assert "needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN" in err
+    # RAY_ADDRESS names the cluster when --address does not (it reached the local Ray's
+    # helper, which refused: "num_cpus and num_gpus must not be provided")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:9")
+    code = main(index_args(rp_bundle[0], sample_dir, str(tmp_path / "x.db"), "x", "--engine",
+                           "ray"))
+    _, err = capsys.readouterr()
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "the Ray cluster at ray://127.0.0.1:9 (RAY_ADDRESS)" in err, err
 
 
 class _SlowHead:
@@ -227,6 +261,7 @@ def test_a_real_local_ray_that_cannot_start_is_one_line_and_leaves_nothing(monke
 
 
 CTRL_C_AFTER_WRITES = KILL_AFTER_WRITES.replace("signal.SIGKILL", "signal.SIGINT")
+TERM_AFTER_WRITES = KILL_AFTER_WRITES.replace("signal.SIGKILL", "signal.SIGTERM")
 
 
 def test_ctrl_c_to_the_group_on_ray_is_one_line_130_and_the_rerun_finishes(
@@ -247,8 +282,12 @@ def test_ctrl_c_to_the_group_on_ray_is_one_line_130_and_the_rerun_finishes(
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     done = 0
-    for writes in (2, 3, 1):  # three interrupted runs (the race hit about 4 runs in 10)
-        proc = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_WRITES, str(writes), *args],
+    # three interrupted runs (the race hit about 4 runs in 10); the last by SIGTERM (docker
+    # stop, timeout), which Ray's driver took over: its "*** SIGTERM received" stack and
+    # status 15 or -6, no word of what was written
+    for writes, script in ((2, CTRL_C_AFTER_WRITES), (3, CTRL_C_AFTER_WRITES),
+                           (1, TERM_AFTER_WRITES)):
+        proc = subprocess.run([sys.executable, "-c", script, str(writes), *args],
                               capture_output=True, text=True, timeout=600,
                               preexec_fn=sigint_default)
         assert proc.returncode == 130, proc.stderr[-2000:]

@@ -198,38 +198,44 @@ def test_page_draws_footprints_and_filters_by_a_drawn_box_and_a_period(main_serv
             page.fill("#time-start", "")
             page.dispatch_event("#time-start", "change")
             expect(cards).to_have_count(12)
-            # near a point (lon, lat, km: the API's metres) and a largest distance, as the API
-            # answers them (the page had neither: the one API lacked them there)
-            w, s, e, n = footprint(index[before[3]])
-            lon, lat = round((w + e) / 2, 4), round((s + n) / 2, 4)
-            page.fill("#near", f"{lon}, {lat}, 1")
-            page.dispatch_event("#near", "change")
-            expect(page.locator("#status")).to_contain_text(f"within 1 km of {lon}, {lat}")
-            want = api.search(query, k=12, near=(lon, lat, 1000))
-            assert 0 < len(want) < 12 and before[3] in [h.id for h in want]
-            expect(cards).to_have_count(len(want))
-            assert [c.get_attribute("data-id") for c in cards.all()] == [h.id for h in want]
-            page.fill("#near", "somewhere")
-            page.dispatch_event("#near", "change")
-            expect(page.locator("#status")).to_contain_text("near: give longitude, latitude")
-            expect(cards).to_have_count(0)                           # nothing of the last query
-            page.fill("#near", "")
-            radius = api.search(query, k=12)[5].distance
-            page.fill("#radius", str(radius))
-            page.dispatch_event("#radius", "change")
-            expect(page.locator("#status")).to_contain_text(f"distance at most {radius}")
-            want = api.search(query, k=12, radius=radius)
-            assert 5 < len(want) and all(h.distance <= radius for h in want)
-            expect(cards).to_have_count(len(want))
-            assert [c.get_attribute("data-id") for c in cards.all()] == [h.id for h in want]
-            page.fill("#radius", "")
-            page.dispatch_event("#radius", "change")
-            expect(cards).to_have_count(12)
+            _near_and_largest_distance(page, expect, api, query, before, index)
             assert not errors, errors
         finally:
             browser.close()
     for d in artifact_dirs(tmp_path)[1:]:
         shutil.copy2(tmp_path / "serve-page-box.png", d / "serve-page-box.png")
+
+
+def _near_and_largest_distance(page, expect, api, query, before: list[str],
+                               index: dict[str, int]) -> None:
+    """Near a point (lon, lat, km: the API's metres) and a largest distance on the page, as
+    the API answers them (the page had neither: the one API lacked them there)."""
+    cards = page.locator(".hit-card")
+    w, s, e, n = footprint(index[before[3]])
+    lon, lat = round((w + e) / 2, 4), round((s + n) / 2, 4)
+    page.fill("#near", f"{lon}, {lat}, 1")
+    page.dispatch_event("#near", "change")
+    expect(page.locator("#status")).to_contain_text(f"within 1 km of {lon}, {lat}")
+    want = api.search(query, k=12, near=(lon, lat, 1000))
+    assert 0 < len(want) < 12 and before[3] in [h.id for h in want]
+    expect(cards).to_have_count(len(want))
+    assert [c.get_attribute("data-id") for c in cards.all()] == [h.id for h in want]
+    page.fill("#near", "somewhere")
+    page.dispatch_event("#near", "change")
+    expect(page.locator("#status")).to_contain_text("near: give longitude, latitude")
+    expect(cards).to_have_count(0)                           # nothing of the last query
+    page.fill("#near", "")
+    radius = api.search(query, k=12)[5].distance
+    page.fill("#radius", str(radius))
+    page.dispatch_event("#radius", "change")
+    expect(page.locator("#status")).to_contain_text(f"distance at most {radius}")
+    want = api.search(query, k=12, radius=radius)
+    assert 5 < len(want) and all(h.distance <= radius for h in want)
+    expect(cards).to_have_count(len(want))
+    assert [c.get_attribute("data-id") for c in cards.all()] == [h.id for h in want]
+    page.fill("#radius", "")
+    page.dispatch_event("#radius", "change")
+    expect(cards).to_have_count(12)
 
 
 def _sign_in(page, url: str, expect) -> None:

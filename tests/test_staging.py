@@ -73,6 +73,58 @@ def test_a_bundle_the_runtime_refuses_leaves_the_one_there(tmp_path):
     assert _hidden(tmp_path) == []
 
 
+def test_a_swap_killed_between_its_two_renames_is_undone_by_the_next_write(tmp_path):
+    """Without renameat2 (macOS, Windows, some file systems) the swap is two renames; a kill
+    between them leaves no bundle, and the old one under a hidden name: put back."""
+    out = tmp_path / "b"
+    old = _bundle(out, 1, "old")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from onnx_models import manifest_for, random_projection_model
+        from rsir_sdk import bundle_writer, staging
+
+        staging._exchange = lambda a, b: False
+        rename, calls = os.rename, []
+        def killing_rename(a, b):
+            calls.append(1)
+            rename(a, b)
+            if len(calls) == 1:   # the old folder moved aside, the new one not yet in place
+                os.kill(os.getpid(), signal.SIGKILL)
+        staging.os.rename = killing_rename
+        bundle_writer.write_bundle({str(out)!r}, random_projection_model(32, 32, 32, seed=2)[0],
+                                   manifest_for(32, 32, 32))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists() and any(n.startswith(".b.old-") for n in _hidden(tmp_path))
+    staging.recover(out)
+    assert Bundle.load(out).model_sha256 == old["model_sha256"]
+    new = _bundle(out, 3, "after")
+    assert Bundle.load(out).model_sha256 == new["model_sha256"] and _hidden(tmp_path) == []
+
+
+def test_a_folder_that_cannot_be_renamed_is_written_file_by_file(tmp_path, monkeypatch):
+    """The working directory (and a mount point, a parent not writable): the swap is not
+    possible there (a mount point answered EBUSY), so its files are replaced, manifest last;
+    a linked bundle folder is written where the link points, the link kept."""
+    out = tmp_path / "b"
+    _bundle(out, 1, "old")
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.chdir(out)
+    second = _bundle(Path("."), 2, "in place")
+    assert Bundle.load(out).model_sha256 == second["model_sha256"]
+    assert (out / "notes.txt").read_text() == "mine" and Path.cwd() == out
+    assert _hidden(out) == [] and _hidden(tmp_path) == []
+    monkeypatch.chdir(tmp_path)
+    link = tmp_path / "current"
+    link.symlink_to(out)
+    third = _bundle(link, 3, "through the link")
+    assert link.is_symlink() and Bundle.load(out).model_sha256 == third["model_sha256"]
+    assert _hidden(tmp_path) == []
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_a_writer_killed_mid_bundle_leaves_the_old_bundle_working(tmp_path, exchange):
     """SIGKILL after model.onnx of the new bundle was written and before its manifest: the
@@ -115,7 +167,7 @@ def test_an_old_bundle_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
     old = _bundle(out, 1, "old")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    os.rename(out, tmp_path / f".b.old-{dead}")
+    os.rename(out, tmp_path / f".b.old-{staging._host()}-{dead}-0a1b2c3d")
     staging.recover(out)
     assert Bundle.load(out).model_sha256 == old["model_sha256"]
     assert _hidden(tmp_path) == []

@@ -327,11 +327,12 @@ def _add_quickstart(sub: Any) -> None:
                                    "(or reuse the one an earlier run wrote), index its learned "
                                    "codes into a Milvus Lite file, search, print hits and mAP.")
     p.add_argument("--data", help="labelled archive (default: the shipped sample)")
-    p.add_argument("--out", default="quickstart-out", help="folder for the bundle and the database")
-    p.add_argument("--bits", type=bits_type, default=32)
+    p.add_argument("--out", default="quickstart-out",
+                   help="folder for the bundle and the database (default: quickstart-out)")
+    p.add_argument("--bits", type=bits_type, default=32, help="code length (default: 32)")
     p.add_argument("--backbone", default="efficientnet_lite0", choices=("efficientnet_lite0", "small_cnn"))
     p.add_argument("--outer", type=positive, default=10, help="outer iterations (the paper uses 30)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     p.add_argument("--retrain", action="store_true",
                    help="train a new bundle even when OUT/bundle exists (its collection is rebuilt)")
     p.add_argument("-k", type=int, default=5, help="hits shown per query")

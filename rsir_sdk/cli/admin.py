@@ -20,7 +20,7 @@ def add_parsers(sub: Any) -> None:
     """Register ``info``, ``collections`` and ``drop``."""
     p = sub.add_parser("info", help="what a model bundle is (and its collection, with --uri)")
     p.add_argument("bundle")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print what is said as JSON")
     p.add_argument("--uri", default=None,
                    help="also say what this Milvus (Lite file or server URL) holds in the "
                         "bundle's collection: items, fine codes (and how to rebuild a "
@@ -33,7 +33,7 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("collections", help="list collections at a Milvus URI")
     add_store_args(p, collection=False)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the collections as JSON")
     p.set_defaults(func=run_collections)
 
     p = sub.add_parser("drop", help="delete a whole collection (to rebuild it)",

@@ -194,6 +194,8 @@ class ProgressBar:
         self._bar: Any = None
 
     def update(self, done: int, total: int | None, **postfix: Any) -> None:
+        if self._bar is None and total == 0:  # nothing to do (an empty archive): no "0img" bar
+            return
         if self._bar is None:
             from tqdm import tqdm
 

@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=POSITIVE, default=None)
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--plot", metavar="OUT.png",
                    help="also draw the precision-recall curve and the per-class AP to this file "
                         "(needs matplotlib: pip install 'rsir-sdk[plot]')")

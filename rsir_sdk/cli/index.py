@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 from typing import Any
 
 from ..archive import IMAGE_EXTENSIONS
@@ -72,7 +74,8 @@ def add_parser(sub: Any) -> None:
                         "another way too); without it they stay, counted in the summary")
     g = p.add_argument_group("performance")
     g.add_argument("--workers", type=POSITIVE, default=None, help="decoding threads (default: CPUs, 2..8)")
-    g.add_argument("--threads", type=POSITIVE, default=None, help="onnxruntime threads (default: all cores)")
+    g.add_argument("--threads", type=POSITIVE, default=None, help="onnxruntime threads (default: all cores; with --engine ray, threads per "
+                        "actor, default 1)")
     g.add_argument("--batch-size", type=POSITIVE, default=32, help="images per encoder call (default 32)")
     g.add_argument("--upsert-batch", type=POSITIVE, default=512, help="rows per Milvus write (default 512)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -139,9 +142,13 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(state.done, state.total, indexed=state.indexed,
                            skipped=state.skipped, failed=state.failed)
 
+        # with --json, stdout holds the JSON alone: anything a dependency prints there while
+        # the run goes (Ray's "(raylet) A worker died ..." notices) goes to stderr instead
+        quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
         try:
-            summary = r.index(args.archive, options, report=report_path, progress=progress,
-                              on_prepare=on_prepare)
+            with quiet_stdout:
+                summary = r.index(args.archive, options, report=report_path, progress=progress,
+                                  on_prepare=on_prepare)
         except IngestInterrupted as exc:
             ignore_more_interrupts()
             if bar is not None:

@@ -213,7 +213,7 @@ class HttpTransport:
             payload = None
         status = response.status_code
         rsir_error = isinstance(payload, dict) and "error" in payload
-        url = response.request.url
+        url = redact_uri(str(response.request.url))  # user:password of the URL masked
         if status in (404, 405) and not rsir_error:
             payload = {"message": f"HTTP {status} from {url} is not an rsir service's answer: "
                                   f"is {self.shown_url} the base URL of rsir serve?"}
@@ -221,7 +221,8 @@ class HttpTransport:
             payload = {"message": f"HTTP {status} from {url}, not from rsir serve itself (a "
                                   f"proxy or web server in front of it?)"}
         elif 300 <= status < 400:
-            raise ServiceError(f"{url} redirects to {response.headers.get('location', '?')}: "
+            raise ServiceError(f"{url} redirects to "
+                               f"{redact_uri(response.headers.get('location', '?'))}: "
                                f"give RemoteRetriever that URL", status, "ServiceError")
         elif status < 400 and not isinstance(payload, dict):
             raise ServiceError(f"the answer from {url} is not an rsir "

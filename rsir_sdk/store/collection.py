@@ -11,7 +11,8 @@ Any Unicode text (but lone surrogates) works as an id, label, path or metadata v
 back byte for byte: no user string becomes a primary key or enters an expression (see
 :mod:`.keys`). A write is checked completely before its first row is sent, so a bad call
 changes nothing. Hamming radius searches are **inclusive**: ``radius=r`` returns every item with
-distance ``<= r``. Results are sorted by (distance, digest of the id), exactly (:mod:`.topk`).
+distance ``<= r``. Results are sorted by (distance, digest of the id), exactly (:mod:`.topk`),
+near-duplicates and the fine code first where the collection keeps fine codes (:mod:`.finerank`).
 
 On a server, call :meth:`MilvusCodeStore.prepare_for_search` after a large write (``rsir index``
 and the Retriever do): the first search is then as fast as the hundredth (:mod:`.server`).
@@ -29,20 +30,14 @@ import numpy as np
 
 from ..api import Filter
 from ..codes import SceneTest, validate_bits
-from ..errors import (
-    StoreError,
-)
+from ..errors import StoreError
 from ..geo import GeoFilter
 from ..hits import Hit, StoredItem
 from . import dupes, finerank, keys, opening, place, reads, serving, values
 from . import fine as companions
 from . import search as searching
 from .connect import Connection, ConnectOptions
-from .schema import (
-    MAX_TOPK,
-    UPSERT_BATCH,
-    index_type_of,
-)
+from .schema import MAX_TOPK, UPSERT_BATCH, index_type_of
 from .search import IdHits
 from .server import PrepareProgress
 from .writes import BulkOptions, Writer

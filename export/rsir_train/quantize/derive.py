@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rsir_sdk import staging
-from rsir_sdk.bundle import Bundle
+from rsir_sdk.bundle import MANIFEST_FILE, Bundle
 from rsir_sdk.bundle_writer import BUNDLE_FILES, update_manifest, write_bundle
 
 from ..errors import QuantizeError
@@ -389,7 +389,9 @@ def quantize_bundle(
         stage = work / "bundle"
         _write_derived(onnx, stage, parent, derived, opts.precision, record)
         # swapped in whole: a kill leaves the old bundle or the new one (rsir_sdk.staging)
-        staging.put_in_place(stage, out.absolute(), BUNDLE_FILES)
+        target = Path(os.path.realpath(out.absolute()))
+        staging.recover(target)
+        staging.install(stage, target, BUNDLE_FILES, MANIFEST_FILE)
     return _result(out, parent, derived, plan, graph, calib, checked, opts,
                    time.perf_counter() - t0)
 
