@@ -215,18 +215,17 @@ def write_bundle(
         raise BundleWriteError(f"{out} exists and is not a folder: give a folder for the bundle")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage = staging.stage_for(out)
-    except OSError as exc:
-        raise BundleWriteError(f"cannot write a bundle at {out}: {exc.strerror or exc}") from None
-    try:
-        m = _write_files(stage, onnx, onnx_model, m, database, split, archive)
-        _check_written(stage, out)
-        staging.install(stage, out, BUNDLE_FILES, MANIFEST_FILE)
+        with staging.writing(out):  # one writer of this bundle at a time
+            stage = staging.stage_for(out)
+            try:
+                m = _write_files(stage, onnx, onnx_model, m, database, split, archive)
+                _check_written(stage, out)
+                staging.install(stage, out, BUNDLE_FILES, MANIFEST_FILE)
+            finally:
+                staging.discard(stage)
     except OSError as exc:
         raise BundleWriteError(f"cannot write the bundle {out}: {exc.strerror or exc} "
                                f"({getattr(exc, 'filename', None) or out})") from None
-    finally:
-        staging.discard(stage)
     return m
 
 

@@ -19,6 +19,7 @@ writer's stage, and a stage is judged abandoned only when its process on this ho
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -28,7 +29,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 _WRITING = "writing"
 _OLD = "old"
@@ -68,10 +69,11 @@ def stage_for(out: Path) -> Path:
     when ``out`` can be swapped, else inside it (a mount point, the working directory, a
     parent folder not writable: :func:`install` then replaces the files one by one). What
     killed writers left there is cleaned up first."""
+    if out.exists():
+        recover(out / _INNER)
     if not out.exists() or can_swap(out):
         recover(out)
         return new_stage(out)
-    recover(out / _INNER)
     return new_stage(out / _INNER)
 
 
@@ -84,6 +86,8 @@ def install(stage: Path, out: Path, own_files: Iterable[str], last: str) -> None
         replace_files(stage, out, names, last)
         return
     try:
+        if out.exists() and not can_swap(out):
+            raise OSError(errno.EBUSY, "cannot be renamed", str(out))
         put_in_place(stage, out, names)
     except OSError as exc:
         if not cannot_rename(exc):
@@ -103,7 +107,45 @@ def discard(stage: Path) -> None:
     if stage.is_symlink():
         stage.unlink()
     else:
-        shutil.rmtree(stage, ignore_errors=True)
+        _rmtree(stage)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a folder, read-only ones too (an old bundle folder of mode 0555 stayed whole
+    beside the new one after each write)."""
+    def writable_then_again(fn, name, _exc) -> None:  # noqa: ANN001 (shutil's callback)
+        try:
+            os.chmod(os.path.dirname(name), stat.S_IRWXU)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, stat.S_IRWXU)
+            fn(name)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=writable_then_again)
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """One writer of the folder ``out`` at a time: an exclusive lock on the folder that holds
+    it (no lock file left behind; writers of other folders there wait their turn, seconds).
+    Two writers in place at once left one writer's model under the other's manifest. Where
+    locks are not available (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(out.parent, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def put_in_place(stage: Path, out: Path, own_files: Iterable[str]) -> None:
@@ -122,8 +164,9 @@ def put_in_place(stage: Path, out: Path, own_files: Iterable[str]) -> None:
         raise NotADirectoryError(f"{out} exists and is not a folder")
     own = set(own_files)
     for entry in out.iterdir():
-        if entry.name in own or (stage / entry.name).exists():
-            continue
+        if entry.name in own or (stage / entry.name).exists() or \
+                entry.name.startswith(f".{_INNER}.") or stage.is_relative_to(entry):
+            continue  # a stage or lock of a writer in place is not the user's
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, stage / entry.name, symlinks=True, copy_function=_link_or_copy)
         else:
@@ -176,7 +219,7 @@ def recover(out: Path) -> None:
         if kind == _OLD and not out.exists() and path.is_dir() and not path.is_symlink():
             os.rename(path, out)
         elif path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+            _rmtree(path)
         else:
             path.unlink(missing_ok=True)
 
@@ -195,7 +238,15 @@ def replace_text(path: Path, text: str) -> None:
     recover(path)
     tmp = _hidden(path, _WRITING)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh = open(tmp, "w", encoding="utf-8", newline="")
+    except OSError as exc:  # a folder you may not write in, a file you may: as before, in
+        if exc.errno not in _CANNOT_RENAME or not os.access(path, os.W_OK):  # place
+            raise
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+        return
+    try:
+        with fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -125,6 +125,20 @@ def test_a_folder_that_cannot_be_renamed_is_written_file_by_file(tmp_path, monke
     assert _hidden(tmp_path) == []
 
 
+def test_what_a_killed_writer_in_place_left_is_not_carried_into_the_next_bundle(tmp_path):
+    """A stage left inside the folder by a writer killed while writing in place was linked
+    into the next bundle as if it were the user's file."""
+    out = tmp_path / "b"
+    _bundle(out, 1, "old")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    left = out / f".stage.writing-{staging._host()}-{dead}-0a1b2c3d"
+    left.mkdir()
+    (left / "model.onnx").write_bytes(b"half")
+    _bundle(out, 2, "new")
+    assert _hidden(out) == [] and _hidden(tmp_path) == []
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_a_writer_killed_mid_bundle_leaves_the_old_bundle_working(tmp_path, exchange):
     """SIGKILL after model.onnx of the new bundle was written and before its manifest: the

@@ -378,8 +378,10 @@ def quantize_bundle(
                             check=opts.check if int8 else 0, seed=opts.seed)
     check_readable(calib)  # all unreadable images named at once, before any work
     checked = _CheckSet.of(calib, int8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".rsir-quantize-", dir=out.parent) as tmp:
+    target = Path(os.path.realpath(out.absolute()))  # a link: the folder it names
+    target.parent.mkdir(parents=True, exist_ok=True)
+    near = target.parent if os.access(target.parent, os.W_OK) else None  # never inside out
+    with tempfile.TemporaryDirectory(prefix=".rsir-quantize-", dir=near) as tmp:
         work = Path(tmp)
         graph = _prepared_graph(onnx, parent, work, opts)
         plan = _float_plan(graph.model, parent, opts.precision, opts.quantize_hash_layer,
@@ -389,9 +391,9 @@ def quantize_bundle(
         stage = work / "bundle"
         _write_derived(onnx, stage, parent, derived, opts.precision, record)
         # swapped in whole: a kill leaves the old bundle or the new one (rsir_sdk.staging)
-        target = Path(os.path.realpath(out.absolute()))
-        staging.recover(target)
-        staging.install(stage, target, BUNDLE_FILES, MANIFEST_FILE)
+        with staging.writing(target):
+            staging.recover(target)
+            staging.install(stage, target, BUNDLE_FILES, MANIFEST_FILE)
     return _result(out, parent, derived, plan, graph, calib, checked, opts,
                    time.perf_counter() - t0)
 
