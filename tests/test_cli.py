@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from onnx_models import build_random_projection_bundle
 
+from rsir_sdk import Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.cli.search import format_hits
 
@@ -69,6 +70,23 @@ def test_index_search_collections_gallery(tmp_path, sample_images, rp_bundle, db
     assert code == 0 and len(hits) == 5 and {h["label"] for h in hits} == {"Forest"}
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+
+    # several images: one batch, a hit list each in the order given, as search_batch gives
+    # them (the CLI took one image: no batch where Retriever, RemoteRetriever and HTTP have one)
+    other = archive / sample_images[40][1] / sample_images[40][0].name
+    code, out, _ = run(capsys, "search", rp_bundle[0], query, other, query, "--uri", db_uri,
+                       "--collection", "scenes", "-k", "4", "--json")
+    batch = json.loads(out)
+    with Retriever(rp_bundle[0], uri=db_uri, collection="scenes") as r:
+        want = r.search_batch([query, other, query], k=4)
+    assert code == 0 and [b["query"] for b in batch] == [str(query), str(other), str(query)]
+    assert [[h["id"] for h in b["hits"]] for b in batch] == [[h.id for h in w] for w in want]
+    code, out, _ = run(capsys, "search", rp_bundle[0], query, other, "--uri", db_uri,
+                       "--collection", "scenes", "-k", "2")
+    assert code == 0 and out.count("query ") == 2 and out.count("rank") == 2
+    code, _, err = run(capsys, "search", rp_bundle[0], query, other, "--uri", db_uri,
+                       "--collection", "scenes", "--html", tmp_path / "x.html")
+    assert code == 2 and "give one image" in err and not (tmp_path / "x.html").exists()
 
     # the gallery: query + hits inlined as thumbnails, distances shown, missing files shown
     html_out = tmp_path / "pages" / "g.html"

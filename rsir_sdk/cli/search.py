@@ -17,6 +17,7 @@ from .common import (
     K_TYPE,
     RADIUS_TYPE,
     SECONDS_TYPE,
+    UsageError,
     add_raster_args,
     add_store_args,
     filter_arg,
@@ -32,7 +33,9 @@ def add_parser(sub: Any) -> None:
     """Register ``rsir search``."""
     p = sub.add_parser("search", help="search a collection with an image")
     p.add_argument("bundle")
-    p.add_argument("image", help="image path or http(s) URL")
+    p.add_argument("image", nargs="+",
+                   help="image path or http(s) URL; several: one hit list each, searched as "
+                        "one batch (Retriever.search_batch)")
     p.add_argument("-k", type=K_TYPE, default=10, help="number of hits, 1..16384 (default 10)")
     p.add_argument("--filter", default=None,
                    help='JSON object, e.g. \'{"label": "forest"}\' (list = any of), or a Milvus '
@@ -77,6 +80,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Search and print; the query is encoded exactly as :meth:`Retriever.search` does."""
+    if args.html and len(args.image) > 1:
+        raise UsageError("--html draws one query's gallery: give one image")
     filt = filter_arg(args.filter)
     place = place_args(args)
     with Retriever(
@@ -89,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         # the URL is the user's own, fetched for them alone: an address on their network is
         # theirs to ask for (the guard against probing internal addresses is for services)
         r.encoder.allow_private_urls = True
+        if len(args.image) > 1:
+            return _run_batch(args, r, filt, place)
+        args.image = args.image[0]
         hits = r.search(args.image, k=args.k, filter=filt, radius=args.radius, **place,
                         mode=args.mode)
         if args.html:
@@ -99,6 +107,22 @@ def run(args: argparse.Namespace) -> int:
         print_json([{"rank": i, **hit_to_json(h)} for i, h in enumerate(hits, 1)])
         return EXIT_OK
     print(format_hits(hits))
+    return EXIT_OK
+
+
+def _run_batch(args: argparse.Namespace, r: Retriever, filt: Any,
+               place: dict[str, Any]) -> int:
+    """Several images: one batch (``search_batch``), a hit list each, in the order given;
+    with ``--json`` a list of ``{"query", "hits"}``."""
+    lists = r.search_batch(args.image, k=args.k, filter=filt, radius=args.radius, **place,
+                           mode=args.mode)
+    if args.json:
+        print_json([{"query": str(img), "hits": [{"rank": i, **hit_to_json(h)}
+                                                 for i, h in enumerate(hits, 1)]}
+                    for img, hits in zip(args.image, lists)])
+        return EXIT_OK
+    print("\n\n".join(f"query {_printable(str(img))}\n{format_hits(hits)}"
+                      for img, hits in zip(args.image, lists)))
     return EXIT_OK
 
 
