@@ -96,8 +96,28 @@ def test_int8_bundle_serves_and_fp32_collection_refuses_it(
 
 
 def test_fp16_variant(rp_bundle, sample_dir, tmp_path, sample_images):
+    """... and what a killed quantize left beside its --out (its work folder, holding the old
+    bundle after a swap) is removed by the next run (a temporary folder of its own name stayed
+    for good: about a model's size per kill)."""
+    import subprocess
+    import sys
+
+    from rsir_sdk import staging
+
     out = tmp_path / "rp64-fp16"
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from rsir_train.quantize import derive\n"
+        "def kill(*a, **kw): os.kill(os.getpid(), signal.SIGKILL)\n"
+        "derive._write_derived = kill\n"
+        "derive.quantize_bundle(sys.argv[1], sys.argv[2], sys.argv[3], precision='fp16', "
+        "check=40)\n"), str(rp_bundle[0]), str(sample_dir), str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(left) == 1 and left[0].startswith(f".rp64-fp16.writing-{staging._host()}-"), left
     res = quantize_bundle(rp_bundle[0], sample_dir, out, precision="fp16", check=40)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     child = Bundle.load(out)
     assert child.manifest["precision"] == "fp16" and res.bit_agreement >= 0.95
     assert child.encoder_id != Bundle.load(rp_bundle[0]).encoder_id

@@ -380,9 +380,12 @@ def quantize_bundle(
     checked = _CheckSet.of(calib, int8)
     target = Path(os.path.realpath(out.absolute()))  # a link: the folder it names
     target.parent.mkdir(parents=True, exist_ok=True)
-    near = target.parent if os.access(target.parent, os.W_OK) else None  # never inside out
-    with tempfile.TemporaryDirectory(prefix=".rsir-quantize-", dir=near) as tmp:
-        work = Path(tmp)
+    # the work folder beside the target, named as rsir_sdk.staging names stages, so the next
+    # run removes what a killed one left (a temporary folder of its own name stayed for good)
+    staging.recover(target)
+    work = (staging.new_stage(target) if os.access(target.parent, os.W_OK)
+            else Path(tempfile.mkdtemp(prefix="rsir-quantize-")))  # never inside out
+    try:
         graph = _prepared_graph(onnx, parent, work, opts)
         plan = _float_plan(graph.model, parent, opts.precision, opts.quantize_hash_layer,
                            opts.keep_float)
@@ -392,8 +395,9 @@ def quantize_bundle(
         _write_derived(onnx, stage, parent, derived, opts.precision, record)
         # swapped in whole: a kill leaves the old bundle or the new one (rsir_sdk.staging)
         with staging.writing(target):
-            staging.recover(target)
             staging.install(stage, target, BUNDLE_FILES, MANIFEST_FILE)
+    finally:
+        staging.discard(work)
     return _result(out, parent, derived, plan, graph, calib, checked, opts,
                    time.perf_counter() - t0)
 
