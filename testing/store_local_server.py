@@ -44,18 +44,47 @@ COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dat
 PORTS = range(20000, 32000)
 
 
+#: ports handed out in the last hour, by any process (read and written under
+#: :func:`starting_alone`): a port chosen twice, for two components of one server or for two
+#: servers before the first bound it, failed the package's check ("set data_coord_port=26996,
+#: but bind failed": one CI run in a few)
+GIVEN = Path(tempfile.gettempdir()) / "rsir-local-server-ports"
+GIVEN_FOR_S = 3600.0
+
+
 def free_port() -> int:
-    """A TCP port, outside the ephemeral range, that no socket holds on any interface now."""
+    """A TCP port, outside the ephemeral range, that no socket holds on any interface now and
+    that was not handed out in the last hour (:data:`GIVEN`)."""
     rng = random.SystemRandom()
+    given = _recently_given()
     for _ in range(200):
         port = rng.choice(PORTS)
+        if port in given:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("0.0.0.0", port))
             except OSError:
                 continue
-            return port
+        with open(GIVEN, "a") as fh:
+            fh.write(f"{port} {time.time():.0f}\n")
+        return port
     raise StoreError(f"no free port between {PORTS.start} and {PORTS.stop}")
+
+
+def _recently_given() -> set[int]:
+    try:
+        lines = GIVEN.read_text().split("\n")
+    except OSError:
+        return set()
+    now, out = time.time(), set()
+    for line in lines:
+        port, _, when = line.partition(" ")
+        if port.isdigit() and when.isdigit() and now - int(when) < GIVEN_FOR_S:
+            out.add(int(port))
+    if len(lines) > 5000:  # keep the file short
+        GIVEN.write_text("".join(f"{p} {now:.0f}\n" for p in sorted(out)))
+    return out
 
 
 @contextlib.contextmanager
