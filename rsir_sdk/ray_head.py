@@ -133,10 +133,8 @@ def connect(ray: Any, address: str | None, workers: int,
     if ray.is_initialized():
         return None
     _quiet_ray_loggers()
-    if not address and os.environ.get("RAY_ADDRESS", "").strip() not in ("", "local"):
-        # Ray's own way to name a cluster: used as if given (it reached the helper, whose
-        # new local Ray then refused "num_cpus ... must not be provided")
-        address = os.environ["RAY_ADDRESS"].strip()
+    if not address and cluster_address(None):
+        address = cluster_address(None)
         log.info("using the Ray cluster at %s (RAY_ADDRESS)", address)
     head = None if address else _start_head(start_head, max(1, workers))
     environment = contextlib.ExitStack()
@@ -182,6 +180,16 @@ def _signal_handlers_kept() -> Iterator[None]:
         for sig, handler in saved.items():
             if handler is not None:
                 signal.signal(sig, handler)
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a run connects to: ``address``, else ``RAY_ADDRESS`` (Ray's own way to name
+    one: it reached the local helper, whose new Ray then refused "num_cpus ... must not be
+    provided"); ``None`` (and ``RAY_ADDRESS=local``) is a local Ray started for the run."""
+    if address:
+        return address
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    return env if env not in ("", "local") else None
 
 
 def _start_head(start_head: Callable[[int, float], LocalHead], cpus: int) -> LocalHead:

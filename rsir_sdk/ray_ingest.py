@@ -51,7 +51,7 @@ from .errors import RsirError
 from .failures import Failure, FailureReport
 from .ingest import IngestInterrupted, IngestProgress, IngestRun, IngestSummary, writes_fine
 from .options import IngestOptions
-from .ray_head import RayUnavailableError, connect
+from .ray_head import RayUnavailableError, cluster_address, connect
 from .store import MilvusCodeStore, PrepareProgress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,9 +212,8 @@ def _run_on_ray(ray: Any, run: IngestRun, encoder: "Encoder", store: MilvusCodeS
     connection = connect(ray, opts.address, workers * threads)
     threads_before = set(threading.enumerate())
     try:
-        # a local Ray: no address given (nor RAY_ADDRESS); its GPUs are what this machine has
-        _check_gpus(ray, gpus, local=not opts.address and os.environ.get(
-            "RAY_ADDRESS", "").strip() in ("", "local"))
+        # a local Ray's GPUs are what this machine has
+        _check_gpus(ray, gpus, local=cluster_address(opts.address) is None)
         rows = [{"index": i, "file": str(it.file)} for i, it in enumerate(todo)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size,
                                                                        workers * 8)))

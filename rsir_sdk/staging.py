@@ -129,15 +129,24 @@ def _rmtree(path: Path) -> None:
 def writing(out: Path) -> Iterator[None]:
     """One writer of the folder ``out`` at a time: an exclusive lock on the folder that holds
     it (no lock file left behind; writers of other folders there wait their turn, seconds).
-    Two writers in place at once left one writer's model under the other's manifest. Where
-    locks are not available (Windows), no lock."""
+    Two writers in place at once left one writer's model under the other's manifest."""
+    with locked(out.parent):
+        yield
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``fcntl.flock``) on ``path`` for the ``with`` block: a
+    folder as it is, a file created if missing. Where ``fcntl`` does not exist (Windows) or
+    ``path`` cannot be opened, the block runs unlocked."""
     try:
         import fcntl
     except ImportError:
         yield
         return
     try:
-        fd = os.open(out.parent, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY) if os.path.isdir(path) else \
+            os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError:
         yield
         return

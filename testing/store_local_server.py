@@ -23,7 +23,6 @@ Stopping takes about a second; the data folder is removed afterwards unless ``ke
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import random
 import shutil
 import socket
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+from rsir_sdk import staging
 from rsir_sdk.errors import StoreError
 
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord",
@@ -92,13 +92,8 @@ def starting_alone() -> Iterator[None]:
     """Held while a server chooses its ports and binds them: a second server starting at the
     same moment (another test run, a benchmark) waits, so no two choose the same free port
     before either binds it."""
-    lock = Path(tempfile.gettempdir()) / "rsir-local-server-start.lock"
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with staging.locked(Path(tempfile.gettempdir()) / "rsir-local-server-start.lock"):
+        yield
 
 
 def server_config(data_dir: str | Path, *, quick_handoff: bool = False,

@@ -11,12 +11,13 @@ rows. Torch-free.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from rsir_sdk import staging
 
 __all__ = ["IDENTITY", "METRICS", "append_results", "markdown_table", "records_for_bundle",
            "records_for_manifest", "load_averages", "main", "recipe_of", "schedule_of"]
@@ -159,32 +160,13 @@ def append_results(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]
     # several runs may finish at once (a sweep, two trainings side by side): the merge holds
     # an exclusive lock on a side file, and the new list replaces the old one atomically, so
     # no record is lost and a reader never sees half a file
-    with _locked(path.with_name(path.name + ".lock")):
+    with staging.locked(path.with_name(path.name + ".lock")):
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
         new_keys = {tuple(r.get(k) for k in IDENTITY) for r in records}
         merged = [r for r in old if tuple(r.get(k) for k in IDENTITY) not in new_keys]
         merged += [dict(r) for r in records]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        staging.replace_text(path, json.dumps(merged, indent=1) + "\n")
     return merged
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (``fcntl.flock``) on ``lock_path`` for the ``with`` block;
-    where ``fcntl`` does not exist (Windows) the block runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
