@@ -425,11 +425,11 @@ def check_filter(filt: Any, expressions: bool = False) -> dict[str, Any] | str |
         raise invalid('filter must be a JSON object such as {"label": "Forest"}' + (
             ' or a Milvus expression string' if expressions else
             ' (expression strings are refused by this service: --no-expressions)'))
-    build_filter(filt)  # keys and values as the local store checks them, in its words (a
-    # metadata key is any text, "cloud-cover" too: it reaches Milvus only as a digest); 422
-    for key, value in filt.items():
+    for key, value in filt.items():  # the cheap bound first: a million values are not digested
         if isinstance(value, list) and len(value) > MAX_FILTER_VALUES:
             raise invalid(f"filter {key!r}: a list needs 1..{MAX_FILTER_VALUES} values")
+    build_filter(filt)  # keys and values as the local store checks them, in its words (a
+    # metadata key is any text, "cloud-cover" too: it reaches Milvus only as a digest); 422
     return dict(filt)
 
 
