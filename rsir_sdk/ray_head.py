@@ -26,6 +26,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import threading
 import time
 import warnings
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from .errors import RsirError
 
@@ -46,6 +48,9 @@ RETRY_GCS_WAIT_S = 90
 RAY_LOGS = os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs")
 #: seconds a helper gets, beyond the GCS's wait, to print its Ray's address
 HEAD_START_SLACK_S = 60
+
+#: seconds the quick look at a cluster's address waits for a TCP answer before Ray is asked
+PROBE_TIMEOUT_S = 5.0
 
 #: the line the helper prints once its Ray runs (followed by the GCS address)
 READY = "rsir-ray-head-address "
@@ -136,6 +141,8 @@ def connect(ray: Any, address: str | None, workers: int,
     if not address and cluster_address(None):
         address = cluster_address(None)
         log.info("using the Ray cluster at %s (RAY_ADDRESS)", address)
+    if address:
+        _check_something_listens(address)
     head = None if address else _start_head(start_head, max(1, workers))
     environment = contextlib.ExitStack()
     try:
@@ -148,9 +155,7 @@ def connect(ray: Any, address: str | None, workers: int,
                      logging_level=logging.ERROR, configure_logging=True)
     except Exception as exc:  # ConnectionError, RuntimeError, ... from Ray
         RayConnection(ray, head, environment).close()
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        if address and os.environ.get("RAY_ADDRESS", "").strip() == address:
-            where += " (RAY_ADDRESS)"
+        where = _cluster_named(address) if address else "a local Ray"
         hint = ("; a cluster that guards its GCS with a token needs RAY_AUTH_MODE=token and its "
                 "RAY_AUTH_TOKEN in this environment" if address and "RAY_AUTH_MODE" not in
                 os.environ else "")
@@ -162,6 +167,40 @@ def connect(ray: Any, address: str | None, workers: int,
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
     return RayConnection(ray, head, environment)
+
+
+def _cluster_named(address: str) -> str:
+    """The cluster at ``address`` in a message, saying when the address came from RAY_ADDRESS."""
+    from_env = os.environ.get("RAY_ADDRESS", "").strip() == address
+    return f"the Ray cluster at {address}" + (" (RAY_ADDRESS)" if from_env else "")
+
+
+def _check_something_listens(address: str) -> None:
+    """Refuse at once an ``address`` where nothing listens or whose host has no address:
+    Ray's client tried three times for 30 s in all before saying so (a mistyped port).
+    An answer that does not come within ``PROBE_TIMEOUT_S`` (a slow network) is left to Ray."""
+    if address == "auto":
+        return
+    try:
+        parts = urlsplit(address if "://" in address else f"//{address}")
+        host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" else 6379)
+    except ValueError:
+        raise RayUnavailableError(f"cannot read the Ray address {address!r}: expected "
+                                  "ray://HOST:PORT or HOST:PORT") from None
+    if not host:
+        return
+    where = _cluster_named(address)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except socket.gaierror as exc:
+        raise RayUnavailableError(f"cannot connect to {where}: cannot resolve {host!r} "
+                                  f"({exc.strerror})") from None
+    except ConnectionRefusedError:
+        raise RayUnavailableError(f"cannot connect to {where}: nothing listens at "
+                                  f"{host}:{port} (connection refused); is the cluster up, "
+                                  "and is this its address?") from None
+    except OSError:  # a time-out or an unreachable network: Ray tries, and says what it found
+        return
 
 
 @contextlib.contextmanager

@@ -276,7 +276,10 @@ def test_a_restarted_server_is_read_while_it_loads_again(tmp_path, rp_bundle, sa
     from testing.store_local_server import local_server
 
     data = tmp_path / "milvus"
-    with local_server(data, keep=True) as server:
+    # the killed server's sessions stay in etcd until their lease runs out: 30 s by default,
+    # which the restarted one waited out (about 55 s in all); 3 s here (its own sessions'
+    # lease, the second server keeps the default)
+    with local_server(data, keep=True, settings={"common.session.ttl": 3}) as server:
         code, _, err = run(capsys, "index", rp_bundle[0], sample_dir, "--uri", server.uri,
                            "--collection", "kept", "--label-from", "parent", "--no-progress")
         assert code == 0, err
