@@ -139,8 +139,8 @@ def connect(ray: Any, address: str | None, workers: int,
         return None
     _quiet_ray_loggers()
     if not address and cluster_address(None):
-        address = cluster_address(None)
-        log.info("using the Ray cluster at %s (RAY_ADDRESS)", address)
+        log.info("using the Ray cluster at %s (RAY_ADDRESS)", cluster_address(None))
+    address = cluster_address(address)
     if address:
         _check_something_listens(address)
     head = None if address else _start_head(start_head, max(1, workers))
@@ -187,8 +187,8 @@ def _check_something_listens(address: str) -> None:
     except ValueError:
         raise RayUnavailableError(f"cannot read the Ray address {address!r}: expected "
                                   "ray://HOST:PORT or HOST:PORT") from None
-    if not host:
-        return
+    if not host or parts.scheme not in ("", "ray"):  # another scheme: a client of its own
+        return                                         # (anyscale://...), left to Ray
     where = _cluster_named(address)
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
@@ -224,11 +224,10 @@ def _signal_handlers_kept() -> Iterator[None]:
 def cluster_address(address: str | None) -> str | None:
     """The cluster a run connects to: ``address``, else ``RAY_ADDRESS`` (Ray's own way to name
     one: it reached the local helper, whose new Ray then refused "num_cpus ... must not be
-    provided"); ``None`` (and ``RAY_ADDRESS=local``) is a local Ray started for the run."""
-    if address:
-        return address
-    env = os.environ.get("RAY_ADDRESS", "").strip()
-    return env if env not in ("", "local") else None
+    provided"); ``None`` (and ``local``, given or in ``RAY_ADDRESS``) is a local Ray started
+    for the run, in the helper (``ray.init(address="local")`` here forked this process)."""
+    chosen = (address or os.environ.get("RAY_ADDRESS", "")).strip()
+    return chosen if chosen not in ("", "local") else None
 
 
 def _start_head(start_head: Callable[[int, float], LocalHead], cpus: int) -> LocalHead:

@@ -180,6 +180,21 @@ def test_ray_engine_says_what_is_wrong_when_it_cannot_start(rp_bundle, sample_di
         assert "needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN" in err, err
 
 
+def test_addresses_ray_reads_its_own_way_are_left_to_ray(monkeypatch):
+    """``local`` is the local helper (``ray.init(address="local")`` in this process forked it),
+    a scheme of another client (``anyscale://``) is not probed as a Ray port, an address that
+    cannot be read is one line."""
+    from rsir_sdk.ray_head import _check_something_listens, cluster_address
+    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:9")
+    assert cluster_address("local") is None and cluster_address(None) == "ray://127.0.0.1:9"
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert cluster_address(None) is None and cluster_address("auto") == "auto"
+    _check_something_listens("anyscale://my-cluster")  # nothing raised: Ray's to judge
+    _check_something_listens("auto")
+    with pytest.raises(RayUnavailableError, match="cannot read the Ray address"):
+        _check_something_listens("ray://head:port")
+
+
 class _SlowHead:
     """Stands in for :class:`~rsir_sdk.ray_head.LocalHead` (and the ``ray`` module it would be
     connected with) only where Ray's own start-up times out, a failure a test cannot provoke on

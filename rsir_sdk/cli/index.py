@@ -83,7 +83,8 @@ def add_parser(sub: Any) -> None:
                         "actors (the distributed extra; listing, resuming and writes stay here)")
     g.add_argument("--address", default=None,
                    help="--engine ray: the Ray cluster (e.g. auto, ray://head:10001); default: "
-                        "a local Ray with --workers x --threads CPUs")
+                        "RAY_ADDRESS if set, else (or 'local') a local Ray with --workers x "
+                        "--threads CPUs")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="--engine ray: GPUs per actor (default 0: CPU actors; 0.5 shares a GPU "
                         "between two); each actor runs --threads onnxruntime threads (default 1)")
