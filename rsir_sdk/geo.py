@@ -154,8 +154,8 @@ class BBox:
         lat = (("lat_max", ">=", self.south), ("lat_min", "<=", self.north))
         alts = [(("lon_min", "<=", hi), ("lon_max", ">=", lo)),  # the arcs as stored
                 (("lon_max", ">=", lo + 360.0),)]  # the row's arc reaches round to the box
-        if hi > 180.0:
-            alts.append((("lon_min", "<=", hi - 360.0),))  # the box reaches round to the row
+        if hi >= 180.0:  # the box reaches (round) to the row; at 180 exactly, rows from -180
+            alts.append((("lon_min", "<=", hi - 360.0),))  # (one meridian) touch it
         return tuple(lat + a for a in alts)
 
 

@@ -29,6 +29,7 @@ from geo_archive import MANIFEST_PLACES, make_geo_archive
 from rsir_sdk import Retriever
 from rsir_sdk.cli import main
 from rsir_sdk.errors import CollectionMismatchError, InvalidInputError
+from rsir_sdk.geo import GeoFilter
 from rsir_sdk.store import MilvusCodeStore, tie_order
 from testing.store_baseline import make_format2_collection
 
@@ -528,8 +529,6 @@ def test_a_collection_made_before_place_fields_refuses_place_filters(world, tmp_
         hits = store.search(codes[:1], k=4)[0]
         assert [h.id for h in hits][0] == "a" and hits[0].footprint is None and hits[0].time is None
         assert "without_footprint" not in store.info()
-        from rsir_sdk.geo import GeoFilter
-
         for call in (lambda: store.search(codes[:1], k=2, geo=GeoFilter.of(bbox=(0, 0, 5, 5))),
                      lambda: store.count(geo=GeoFilter.of(time="2020/..")),
                      lambda: store.upsert(["e"], codes[:1], footprints=[(1, 2)])):
@@ -775,3 +774,25 @@ def test_http_searches_and_counts_equal_local_and_the_brute_force(world, tmp_pat
             assert server.stop() == 0, server.log[-3000:]
             r.store.drop()
     assert seen["inside"] > 100 and seen["unsure"] < seen["inside"] / 20, seen
+
+
+def test_a_place_or_time_in_metadata_is_read_in_every_documented_form_or_said(tmp_path, caplog):
+    """``lonlat`` alone (without ``lonlat_bounds``) and an epoch-seconds ``time`` were dropped
+    without a word; a value that does not parse stays metadata, and the write now says so."""
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (5, 8), dtype=np.uint8)
+    meta = [{"lonlat": [151.0, -34.0]}, {"time": 1594000000}, {"lonlat": (151.0, -134.0)},
+            {"time": "soon", "lonlat": [2, 48]}, {"note": "no place"}]
+    with MilvusCodeStore(str(tmp_path / "m.db"), "m", bits=64) as store:
+        with caplog.at_level("WARNING", logger="rsir_sdk"):
+            store.upsert([f"i{k}" for k in range(5)], codes, metadata=meta)
+        got = {it.id: it for it in store.get([f"i{k}" for k in range(5)])}
+        assert got["i0"].footprint == pytest.approx((151.0, -34.0, 151.0, -34.0))
+        assert got["i1"].time == "2020-07-06T01:46:40Z" and got["i1"].footprint is None
+        assert got["i2"].footprint is None and got["i2"].metadata["lonlat"] == [151.0, -134.0]
+        assert got["i3"].footprint == pytest.approx((2, 48, 2, 48)) and got["i3"].time is None
+        assert got["i4"].footprint is None and got["i4"].time is None
+        assert store.count(geo=GeoFilter.of(near=(151.0, -34.0, 1.0))) == 1
+    warned = [r.getMessage() for r in caplog.records if "does not parse" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("2 of 5 items"), warned
+    assert "id 'i2'" in warned[0] and "and 1 more" in warned[0] and "\n" not in warned[0]

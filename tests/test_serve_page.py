@@ -369,15 +369,22 @@ def test_page_shows_each_field_of_a_card_once(served, sample_dir, tmp_path):
     query = served.expected["queries"][0]
     when = "2021-06-01T10:30:00Z"
     meta = {"time": when, "lonlat_bounds": footprint(500), "lonlat": footprint(500)[:2]}
+    # metadata off the globe (metres tagged as degrees, a latitude of -134): no footprint in
+    # the store, and none on the map (the map drew it, zoomed out to 5e6 degrees)
+    off = {"lonlat": [151.0, -134.0], "crs": "EPSG:4326", "bounds": [0.0, 5.0e6, 1.0, 5.0e6]}
     server = _private_server(served, sample_dir, tmp_path / "own",
-                             extra={"timed/scene": (query, "Timed", meta)})
+                             extra={"timed/scene": (query, "Timed", meta),
+                                    "off/globe": (query, "Off", off)})
     try:
         with _browser_page() as (page, errors, expect):
             page.goto(server.url + "/")
-            expect(page.locator("#about")).to_contain_text("201 items")
+            expect(page.locator("#about")).to_contain_text("202 items")
             page.set_input_files("#file", str(query))
             card = page.locator('.hit-card[data-id="timed/scene"]')
             expect(card).to_have_count(1)
+            expect(page.locator('.hit-card[data-id="off/globe"]')).to_have_count(1)
+            expect(page.locator('#map .footprint[data-id="timed/scene"]')).to_have_count(1)
+            assert page.locator('#map .footprint[data-id="off/globe"]').count() == 0
             keys = card.locator("dt").all_inner_texts()
             assert keys[:2] == ["id", "time"] and sorted(keys[2:]) == ["lonlat", "lonlat_bounds"]
             assert card.locator("dd").nth(1).inner_text() == when

@@ -11,11 +11,13 @@ digest of the id; :mod:`.topk`).
 Where a row's place comes from, in order: the write's explicit ``footprints``/``times`` (checked:
 one line naming the item), else its metadata as :func:`rsir_sdk.georef.georeference` and the
 manifest lister write it (``lonlat_bounds``, ``lonlat``, ``time``; read leniently: a value that
-does not parse is left as metadata only), else the sentinels of "no place" and "no time".
+does not parse is left as metadata only, and one warning per write says so), else the sentinels
+of "no place" and "no time".
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +39,8 @@ from . import keys, topk
 from .schema import MAX_TOPK, rebuild_steps
 
 __all__ = ["FIELDS", "as_filter", "columns", "footprint_arg", "hit_place", "near_topk"]
+
+log = logging.getLogger(__name__)
 
 #: the sentinel test of a row without a footprint (``lat_min`` holds -1000)
 NO_FOOTPRINT_EXPR = "lat_min < -90.0"
@@ -84,21 +88,34 @@ def footprint_arg(value: Any, where: str) -> Footprint | None:
                                 f"(lon, lat), got {value!r:.80}") from None
 
 
-def _of_metadata(meta: Mapping[str, Any] | None) -> tuple[Footprint | None, float | None]:
-    """A row's place from its metadata (georeferencing or a manifest's columns), leniently."""
+#: metadata keys a row's place and time are read from (:func:`_of_metadata`)
+PLACE_KEYS = ("lonlat_bounds", "lonlat", "time")
+
+
+def _of_metadata(meta: Mapping[str, Any] | None
+                 ) -> tuple[Footprint | None, float | None, str | None]:
+    """A row's place from its metadata (georeferencing, a manifest's columns, the caller's own
+    keys), leniently: ``(footprint, time, problem)``, ``problem`` saying what did not parse.
+    ``lonlat`` alone is a point (it was ignored without ``lonlat_bounds``), and ``time`` may be
+    epoch seconds as in ``times=`` (it had to be text)."""
     if not meta:
-        return None, None
-    t = meta.get("time")
+        return None, None, None
+    problems = []
+    time = None
+    if meta.get("time") is not None:
+        try:
+            time = parse_time(meta["time"], "time")
+        except InvalidInputError as exc:
+            problems.append(str(exc))
+    fp = None
     try:
-        time = parse_time(t, "time") if isinstance(t, str) else None
-    except InvalidInputError:
-        time = None
-    try:
-        fp = (Footprint.of_metadata({k: meta[k] for k in ("lonlat_bounds", "lonlat") if k in meta})
-              if meta.get("lonlat_bounds") is not None else None)
-    except (InvalidInputError, TypeError, ValueError):
-        fp = None
-    return fp, time
+        if meta.get("lonlat_bounds") is not None:
+            fp = Footprint.of_metadata({k: meta[k] for k in ("lonlat_bounds", "lonlat") if k in meta})
+        elif meta.get("lonlat") is not None:
+            fp = footprint_arg(tuple(meta["lonlat"]), "lonlat")
+    except (InvalidInputError, TypeError, ValueError) as exc:
+        problems.append(f"{'lonlat_bounds' if 'lonlat_bounds' in meta else 'lonlat'}: {exc}")
+    return fp, time, "; ".join(problems) or None
 
 
 def _sequence(value: Any, n: int, name: str) -> list[Any]:
@@ -128,10 +145,11 @@ def columns(ids: Sequence[str], metadata: Sequence[Mapping[str, Any] | None],
         if fast is not None:
             return fast
     none = scalar_fields(None, None)
+    unread: list[str] = []
     out = np.tile(np.array([none[f] for f in FIELDS], dtype=np.float64), (n, 1))
     for i in range(n):
         meta = metadata[i]
-        if fps[i] is None and ts[i] is None and not (meta and ("lonlat_bounds" in meta or "time" in meta)):
+        if fps[i] is None and ts[i] is None and not (meta and any(k in meta for k in PLACE_KEYS)):
             continue  # no place, no time: the sentinels (the common case, kept cheap)
         where = f"id {ids[i]!r:.80}"
         fp = footprint_arg(fps[i], where)
@@ -139,11 +157,17 @@ def columns(ids: Sequence[str], metadata: Sequence[Mapping[str, Any] | None],
         if t is None and fp is not None:
             t = fp.time
         if fp is None or t is None:  # what the write does not say, the metadata may
-            mfp, mt = _of_metadata(metadata[i])
+            mfp, mt, problem = _of_metadata(metadata[i])
             fp = mfp if fp is None else fp
             t = (fp.time if fp is not None and fp.time is not None else mt) if t is None else t
+            if problem:
+                unread.append(f"{where}: {problem}")
         row = scalar_fields(fp, t)
         out[i] = [row[f] for f in FIELDS]
+    if unread:  # kept as metadata, as documented; but said: the items miss every place search
+        log.warning("%d of %d items written without the place or time in their metadata, which "
+                    "does not parse (%s%s)", len(unread), n, unread[0],
+                    f"; and {len(unread) - 1} more" if len(unread) > 1 else "")
     return out
 
 
@@ -160,7 +184,7 @@ def _vectorised(fps: list[Any], ts: list[Any],
     try:
         for i, (f, x) in enumerate(zip(fps, ts)):
             meta = metadata[i]
-            if (f is None or x is None) and meta and ("lonlat_bounds" in meta or "time" in meta):
+            if (f is None or x is None) and meta and any(k in meta for k in PLACE_KEYS):
                 return None  # the metadata may say more: per item
             if f is not None:
                 if type(f) not in (tuple, list) or len(f) not in (2, 4) or any(

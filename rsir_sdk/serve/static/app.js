@@ -276,15 +276,24 @@ async function loadThumb(hit, box) {
 // filters the search (sent as `bbox`); a click on a footprint shows its card.
 const MAP_W = 320, MAP_H = 240;
 
+// a [w, s, e, n] on the globe: lon in [-180, 180], lat in [-90, 90], s <= n
+function onGlobe(b) {
+  return Array.isArray(b) && b.length === 4 && b.every(Number.isFinite) && Math.abs(b[0]) <= 180 &&
+    Math.abs(b[2]) <= 180 && b[1] >= -90 && b[3] <= 90 && b[1] <= b[3];
+}
+
+// the hit's footprint; else (a collection made before place fields) its metadata's, when that
+// is on the globe and the georeferencing gave no footprint_error (metres tagged as degrees
+// zoomed the map out to 5e6 degrees, every real footprint a dot)
 function footprint(hit) {
   const f = hit.footprint;
-  if (Array.isArray(f) && f.length === 4 && f.every(Number.isFinite)) return { w: f[0], s: f[1], e: f[2], n: f[3] };
+  if (onGlobe(f)) return { w: f[0], s: f[1], e: f[2], n: f[3] };
   const meta = hit.metadata;
-  if (!meta) return null;
+  if (!meta || meta.footprint_error) return null;
   const b = meta.lonlat_bounds || (meta.crs === "EPSG:4326" ? meta.bounds : null);
-  if (Array.isArray(b) && b.length === 4 && b.every(Number.isFinite)) return { w: b[0], s: b[1], e: b[2], n: b[3] };
+  if (onGlobe(b)) return { w: b[0], s: b[1], e: b[2], n: b[3] };
   const p = meta.lonlat;
-  if (Array.isArray(p) && p.length === 2 && p.every(Number.isFinite)) return { w: p[0], s: p[1], e: p[0], n: p[1] };
+  if (Array.isArray(p) && p.length === 2 && onGlobe([p[0], p[1], p[0], p[1]])) return { w: p[0], s: p[1], e: p[0], n: p[1] };
   return null;
 }
 
