@@ -796,3 +796,14 @@ def test_a_place_or_time_in_metadata_is_read_in_every_documented_form_or_said(tm
     warned = [r.getMessage() for r in caplog.records if "does not parse" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("2 of 5 items"), warned
     assert "id 'i2'" in warned[0] and "and 1 more" in warned[0] and "\n" not in warned[0]
+
+
+def test_the_summary_says_how_many_reasons_it_leaves_out():
+    """Four reasons for "no place" printed three lines and no word of the fourth."""
+    from rsir_sdk.cli.index import _top_reasons
+
+    lines = _top_reasons({"a CRS without an EPSG code": 1, "metres as degrees": 3,
+                          "not finite": 2, "outside the CRS": 1})
+    assert len(lines) == 4 and "metres as degrees" in lines[0] and "not finite" in lines[1]
+    assert lines[3].split()[:3] == ["1", "1", "other"] and "--json" in lines[3]
+    assert len(_top_reasons({"x": 1, "y": 1, "z": 1})) == 3

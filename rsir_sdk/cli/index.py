@@ -240,15 +240,12 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
     if summary.unplaced:
         lines.append(f"no place {summary.unplaced:>9} indexed with georeferencing that gave no "
                      f"footprint: place searches never return them")
-        reasons = sorted(summary.footprint_errors.items(), key=lambda kv: -kv[1])
-        for reason, n in reasons[:3]:
-            lines.append(f"         {n:>9}  {shorten(reason)}")
+        lines += _top_reasons(summary.footprint_errors)
     untimed = sum(summary.time_errors.values())
     if untimed:
         lines.append(f"no time  {untimed:>9} indexed with a date tag that is not a date: period "
                      f"searches never return them")
-        for reason, n in sorted(summary.time_errors.items(), key=lambda kv: -kv[1])[:3]:
-            lines.append(f"         {n:>9}  {shorten(reason)}")
+        lines += _top_reasons(summary.time_errors)
     if summary.not_listed:
         lines.append(f"not listed {summary.not_listed:>7} items the collection holds that this "
                      f"archive does not list (files removed or renamed since they were indexed, "
@@ -266,6 +263,17 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
     lines.append(f"the collection holds {count} items")
     return "\n".join(lines)
 
+
+
+def _top_reasons(reasons: dict[str, int], shown: int = 3) -> list[str]:
+    """The commonest ``shown`` reasons as summary lines, and a line for the rest (they were
+    cut without a word: 4 reasons printed as 3; ``--json`` lists them all)."""
+    ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+    lines = [f"         {n:>9}  {shorten(reason)}" for reason, n in ranked[:shown]]
+    if len(ranked) > shown:
+        rest = sum(n for _, n in ranked[shown:])
+        lines.append(f"         {rest:>9}  {len(ranked) - shown} other reason(s): --json lists them")
+    return lines
 
 def prepare_text(p: dict[str, Any]) -> str:
     """One line on what ``prepare_for_search`` did."""
