@@ -484,6 +484,12 @@ def place_of_columns(row: Mapping[str, Any], where: str) -> tuple[Footprint | No
             raise InvalidInputError(f"half a point: {'lon' if not given('lon') else 'lat'} missing")
         if n_box == 4:
             fp = Footprint.of_box([row[k] for k in box_keys], t)
+            if fp.box.crosses_antimeridian and fp.box.width > 180.0:
+                raise InvalidInputError(
+                    f"bbox west ({fp.box.west:g}) is east of bbox east ({fp.box.east:g}), which "
+                    f"reads as a box across 180 of {fp.box.width:.4g} degrees: west and east "
+                    "swapped? (a box across 180 has west > east and spans less than half the "
+                    "globe)")
             if n_pt == 2:
                 fp = Footprint(fp.box, (_number(row["lon"], "lon"), _number(row["lat"], "lat")), t)
             return fp, t
