@@ -51,6 +51,9 @@ def main() -> int:
     except RsirError as exc:                          # the same exception classes as in-process
         print(f"error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:                         # Ctrl-C while waiting for the service
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -138,3 +138,38 @@ def test_edge_client_example_against_rsir_serve(trained, sample_dir):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_edge_client_interrupted_while_waiting_is_one_line(trained, sample_dir):
+    """A Ctrl-C while the service did not answer printed a 59-line traceback through httpcore."""
+    import signal
+    import threading
+
+    work, bundle = trained
+    connected = threading.Event()
+    with socket.socket() as silent:                   # takes the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        held = []
+
+        def accept():
+            conn, _ = silent.accept()
+            held.append(conn)
+            connected.set()
+
+        threading.Thread(target=accept, daemon=True).start()
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "edge_client.py"), str(bundle),
+             str(sample_dir / "River" / "River_10.jpg"), "--url",
+             f"http://127.0.0.1:{silent.getsockname()[1]}", "--token", "t"],
+            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert connected.wait(120), "the example never connected"
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            for conn in held:
+                conn.close()
+    assert proc.returncode == 130 and err.strip() == "interrupted", err

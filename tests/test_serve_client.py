@@ -222,6 +222,21 @@ def test_connection_errors_are_retried_then_raised():
     assert isinstance(err.value, ConnectionError) and time.perf_counter() - t0 < 5
 
 
+def test_a_read_that_gets_no_answer_says_nothing_of_writes():
+    """A count, search or info request that timed out was told "a write may have been applied
+    meanwhile"; a write still is."""
+    with socket.socket() as silent:                  # takes connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        r = RemoteRetriever(url, http=HttpOptions(retries=1, backoff=0.05, timeout=0.3))
+        with pytest.raises(ServiceTimeoutError, match="after 2 attempts") as err:
+            r.count()
+        assert "write" not in str(err.value), err.value
+        with pytest.raises(ServiceTimeoutError, match="a write may have been applied"):
+            r._transport.request("POST", "/v1/codes", json_body={"ids": ["a"], "codes": ["AAAA"]})
+
+
 def test_a_service_that_drips_its_answer_is_cut_off_at_the_timeout():
     """``timeout`` bounds the whole answer: a server sending one byte every 0.3 s (each wait
     well under httpx's read timeout) is cut off after ~timeout, not after the ~40 s its answer

@@ -93,8 +93,10 @@ class WorkGate:
                     self._running -= 1
         return run
 
-    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """Run ``fn(*args)`` in a worker thread; 503 when full, 504 past the time limit."""
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None,
+                  writes: bool = False) -> T:
+        """Run ``fn(*args)`` in a worker thread; 503 when full, 504 past the time limit (whose
+        answer says a write may still be applied when ``writes``)."""
         self._admit()
         try:
             fut = self._pool.submit(self._wrap(fn, args))
@@ -118,11 +120,12 @@ class WorkGate:
                     f"worker and was not run", 504, "ServiceTimeoutError") from None
             # a call running in a thread cannot be stopped: it goes on to its end (a 504'd
             # write was applied later without a word); the answer says so
+            after = (" (a write or delete may still be applied: writes are upserts and deletes "
+                     "by id, so sending it again is safe)" if writes else
+                     "; a smaller request (fewer queries or a smaller k) answers sooner")
             raise ServiceTimeoutError(
                 f"the request took longer than the service's {limit:g} s limit; it runs on to "
-                f"its end in the service (a write or delete may still be applied: writes are "
-                f"upserts and deletes by id, so sending it again is safe)", 504,
-                "ServiceTimeoutError") from None
+                f"its end in the service{after}", 504, "ServiceTimeoutError") from None
 
     def drain(self, timeout: float) -> bool:
         """Wait until every admitted call has ended (True), or ``timeout`` passes or the work

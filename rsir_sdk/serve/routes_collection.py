@@ -35,7 +35,7 @@ writes = APIRouter(prefix="/v1", route_class=ErrorRoute, dependencies=[Depends(r
 async def index(request: Request, payload: IndexJSON) -> JSONResponse:
     service = service_of(request)
     summary = await service.gate.run(service.index, payload.archive, payload.options,
-                                     timeout=LONG_TIMEOUT)
+                                     timeout=LONG_TIMEOUT, writes=True)
     return json_answer(summary)
 
 
@@ -48,7 +48,8 @@ async def index(request: Request, payload: IndexJSON) -> JSONResponse:
 )
 async def learned(request: Request) -> JSONResponse:
     service = service_of(request)
-    written, count = await service.gate.run(service.add_learned_codes, timeout=LONG_TIMEOUT)
+    written, count = await service.gate.run(service.add_learned_codes, timeout=LONG_TIMEOUT,
+                                            writes=True)
     return json_answer({"written": written, "count": count})
 
 

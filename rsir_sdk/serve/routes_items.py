@@ -116,7 +116,7 @@ async def add_images(request: Request) -> JSONResponse:
     if len(ids) != n:
         raise invalid(f"{n} images but {len(ids)} ids")
     written, count = await service.gate.run(service.add_images, body.images, ids,
-                                            _columns(body.fields, ids))
+                                            _columns(body.fields, ids), writes=True)
     return json_answer({"written": written, "count": count})
 
 
@@ -148,7 +148,7 @@ async def add_codes(request: Request, payload: AddCodesJSON) -> JSONResponse:
             raise invalid(f"{len(payload.fine_codes)} fine codes but {n} ids")
         fine = codes_from_base64(payload.fine_codes, service.fine_width(), "fine_codes")
     written, count = await service.gate.run(service.add_codes, codes, ids, _columns(data, ids),
-                                            fine)
+                                            fine, writes=True)
     return json_answer({"written": written, "count": count})
 
 
@@ -157,7 +157,7 @@ async def add_codes(request: Request, payload: AddCodesJSON) -> JSONResponse:
 async def delete_items(request: Request, payload: IdsJSON) -> JSONResponse:
     service = service_of(request)
     ids = _ids(payload.ids, service.config.max_codes)
-    deleted, count = await service.gate.run(service.delete, ids)
+    deleted, count = await service.gate.run(service.delete, ids, writes=True)
     return json_answer({"deleted": deleted, "count": count})
 
 
@@ -165,7 +165,7 @@ async def delete_items(request: Request, payload: IdsJSON) -> JSONResponse:
                responses=errors_doc(401, 403, 503, 504))
 async def delete_item(request: Request, item_id: str) -> JSONResponse:
     service = service_of(request)
-    deleted, count = await service.gate.run(service.delete, [item_id])
+    deleted, count = await service.gate.run(service.delete, [item_id], writes=True)
     return json_answer({"deleted": deleted, "count": count})
 
 

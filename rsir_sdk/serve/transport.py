@@ -123,7 +123,7 @@ class HttpTransport:
                 if not resend and not isinstance(exc, NOT_SENT):
                     raise self._maybe_applied(exc) from None
                 if attempt >= self.options.retries:
-                    raise self._transport_error(exc) from None
+                    raise self._transport_error(exc, _reads_only(method, path)) from None
                 self._sleep(attempt, None, f"{exc.__class__.__name__}")
                 attempt += 1
                 continue
@@ -185,13 +185,14 @@ class HttpTransport:
             f"been applied: not sent again, since its answer would not count what the first "
             f"did (sending it again yourself is safe)", 504, "ServiceTimeoutError")
 
-    def _transport_error(self, exc: Exception) -> Exception:
+    def _transport_error(self, exc: Exception, reads_only: bool) -> Exception:
         n = self.options.retries + 1
         if isinstance(exc, httpx.TimeoutException):
+            after = ("" if reads_only else "; a write may have been applied meanwhile (writes "
+                     "are upserts: sending it again is safe)")
             return ServiceTimeoutError(f"no answer from {self.shown_url} in time after {n} attempts "
-                                       f"({exc.__class__.__name__}); a write may have been "
-                                       f"applied meanwhile (writes are upserts: sending it again "
-                                       f"is safe)", 504, "ServiceTimeoutError")
+                                       f"({exc.__class__.__name__}){after}", 504,
+                                       "ServiceTimeoutError")
         return ServiceConnectionError(f"cannot reach {self.shown_url} after {n} attempts "
                                       f"({exc.__class__.__name__})", 0, "ServiceConnectionError")
 
@@ -253,3 +254,10 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+def _reads_only(method: str, path: str) -> bool:
+    """Whether a request only reads: a GET, or a search, count or duplicates sent by POST (a
+    timed-out one was said to have maybe applied a write)."""
+    return method == "GET" or (method == "POST" and path.startswith(
+        ("/v1/search", "/v1/count", "/v1/duplicates")))
