@@ -431,3 +431,19 @@ def test_uploads_are_split_under_the_services_body_limit(served, tmp_path):
             assert r.add_images(noise, ids=["n0", "n1", "n2"]) == 3
     finally:
         assert server.stop() == 0, server.log[-3000:]
+
+
+def test_code_searches_are_cut_into_requests_that_end_well_inside_the_time_limit():
+    """Requests of the service's max_codes (10,000 codes: ~50 s at 585k items) were all 504s at
+    its 30 s limit; the client now sizes each request by the pace of the one before."""
+    from rsir_sdk.serve.wire import PacedParts
+
+    sizes, seen = [], []
+    for part in PacedParts(200, most=100, budget_s=0.1, first=4):
+        sizes.append(part.stop - part.start)
+        seen += range(part.start, part.stop)
+        time.sleep(0.01 * sizes[-1])                  # 10 ms an item: 10 items fit in 0.1 s
+    assert seen == list(range(200)) and sizes[0] == 4
+    assert all(5 <= s <= 11 for s in sizes[1:-1]), sizes      # timing noise either way
+    quick = [p.stop - p.start for p in PacedParts(50, most=20, budget_s=10.0, first=4)]
+    assert quick[0] == 4 and quick[1:] == [20, 20, 6]         # fast: up to the service's bound

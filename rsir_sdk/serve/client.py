@@ -69,6 +69,7 @@ from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defin
 from .transport import HttpOptions, HttpTransport
 from .wire import (
     Filter,
+    PacedParts,
     adopt_served_encoding,
     check_fine_given,
     chunks,
@@ -287,8 +288,11 @@ class RemoteRetriever:
         if fine_rows is not None:
             params["fine"] = "1"
         out: list[list[Hit]] = []
-        step = 1 if len(packed) <= 1 else self._codes_per_request(k)
-        for part in chunks(len(packed), step):
+        # requests sized to end in a quarter of the service's time limit, at the pace measured
+        parts = chunks(len(packed), 1) if len(packed) <= 1 else PacedParts(
+            len(packed), self._codes_per_request(k),
+            float(self._limits().get("request_timeout") or 30.0) / 4)
+        for part in parts:
             body = packed[part] if fine_rows is None else np.hstack([packed[part], fine_rows[part]])
             payload = self._request(
                 "POST", "/v1/search/codes", params=params, content=body.tobytes(),
