@@ -92,6 +92,22 @@ def test_edge_client_sends_codes_only_and_matches_the_server_encoding(main_serve
         assert edge.last_request_bytes == len(exp["queries"]) * bits // 8
 
 
+def test_codes_sent_without_a_bundle_can_name_their_encoder(main_server, served):
+    """A device that encodes on its own had no way to say which model made its codes: another
+    model's codes were searched (and stored) without a word. ``encoder_id=`` sends it."""
+    from rsir_sdk import Bundle
+
+    own = Bundle.load(served.bundle).encoder_id
+    code = np.zeros((2, 8), np.uint8)
+    with RemoteRetriever(main_server.url, token=READ, encoder_id=own) as right:
+        assert len(right.search_codes(code, k=3)) == 2
+    with RemoteRetriever(main_server.url, token=READ, encoder_id="0123456789abcdef") as other:
+        with pytest.raises(CollectionMismatchError):
+            other.search_codes(code, k=3)
+    with pytest.raises(InvalidInputError, match="encoder_id must be"):
+        RemoteRetriever(main_server.url, token=READ, encoder_id="bad\nid")
+
+
 def test_edge_writes_and_deletes(main_server, served, image_host, sample_dir):
     n0 = served.expected["count"]
     q = served.expected["queries"][2]

@@ -105,12 +105,16 @@ class RemoteRetriever:
     ``collection``: if given, the service must serve that collection
     (:class:`~rsir_sdk.errors.CollectionNotFoundError` otherwise). ``http``: the
     :class:`HttpOptions`; ``timeout`` and ``retries`` are shortcuts for its two common fields.
+    ``encoder_id``: without a bundle, the encoder that made the codes this client sends (a
+    device encoding on its own), sent with them so the service refuses another model's codes
+    (a bundle's own id is sent without it).
     """
 
     def __init__(self, url: str, token: str | None = None, bundle: Any = None, *,
                  collection: str | None = None, http: HttpOptions | None = None,
                  timeout: float | None = None, retries: int | None = None,
-                 providers: Sequence[str] | None = None, threads: int | None = None):
+                 providers: Sequence[str] | None = None, threads: int | None = None,
+                 encoder_id: str | None = None):
         if http is not None and not isinstance(http, HttpOptions):
             raise InvalidInputError(f"http must be an HttpOptions value, e.g. "
                                     f"HttpOptions(timeout=30), got {type(http).__name__}")
@@ -128,6 +132,11 @@ class RemoteRetriever:
         self._request = self._transport.request  # every verb's one way to ask the service
         self._info: dict[str, Any] | None = None
         self.encoder = None
+        if encoder_id is not None and not (isinstance(encoder_id, str) and encoder_id.strip()
+                                           and encoder_id.isascii() and encoder_id.isprintable()):
+            raise InvalidInputError(f"encoder_id must be an encoder's id (as rsir info shows "
+                                    f"it), got {encoder_id!r:.80}")
+        self._encoder_id = encoder_id
         try:
             if bundle is not None:
                 from ..encoder import Encoder
@@ -208,7 +217,8 @@ class RemoteRetriever:
         return codes, None
 
     def _encoder_header(self) -> dict[str, str]:
-        return {ENCODER_HEADER: self.encoder.bundle.encoder_id} if self.encoder else {}
+        given = self.encoder.bundle.encoder_id if self.encoder else self._encoder_id
+        return {ENCODER_HEADER: given} if given else {}
 
     @staticmethod
     def _hits(rows: Sequence[Mapping[str, Any]]) -> list[Hit]:
