@@ -63,15 +63,13 @@ from ..errors import (
 from ..hits import Hit, StoredItem, hit_from_json, item_from_json
 from ..redact import redact_uri
 from ..store import values as store_values
-from . import client_writes
+from . import client_search, client_writes
 from .geo_wire import geo_to_wire
 from .transport import RETRY_STATUS as RETRY_STATUS  # re-exported: it was defined here
 from .transport import HttpOptions, HttpTransport
 from .wire import (
     Filter,
-    PacedParts,
     adopt_served_encoding,
-    check_fine_given,
     chunks,
     finish_index,
     image_file,
@@ -291,27 +289,7 @@ class RemoteRetriever:
         ``bits/8 + fine_bits/8`` bytes, ``fine=1``); required by ``mode="appearance"``."""
         check_search(k, filter, radius, (bbox, near, time))
         params = search_params(k, filter, radius, geo_to_wire(bbox, near, time), mode)
-        bits = self._bits()
-        packed = as_packed(codes, bits)
-        fine_rows = self._fine(fine, len(packed))
-        check_fine_given(fine_rows, mode, self._info or self.info())
-        if fine_rows is not None:
-            params["fine"] = "1"
-        out: list[list[Hit]] = []
-        # requests sized to end in a quarter of the service's time limit, at the pace measured
-        parts = chunks(len(packed), 1) if len(packed) <= 1 else PacedParts(
-            len(packed), self._codes_per_request(k),
-            float(self._limits().get("request_timeout") or 30.0) / 4)
-        for part in parts:
-            body = packed[part] if fine_rows is None else np.hstack([packed[part], fine_rows[part]])
-            payload = self._request(
-                "POST", "/v1/search/codes", params=params, content=body.tobytes(),
-                headers={"Content-Type": "application/octet-stream", **self._encoder_header()})
-            if len(payload["results"]) != len(body):
-                raise StoreError(f"the service at {self.url} answered {len(payload['results'])} "
-                                 f"result lists for {len(body)} codes")
-            out += [self._hits(r) for r in payload["results"]]
-        return out
+        return client_search.search_codes(self, codes, k, params, fine, mode)
 
     def _bits(self) -> int:
         """The code length codes are checked against before they are sent: the local bundle's,
@@ -322,14 +300,6 @@ class RemoteRetriever:
             self.info()
         assert self._info is not None
         return int(self._info["bits"])
-
-    def _codes_per_request(self, k: int) -> int:
-        """How many codes one search request may carry: the service's ``max_codes``, and no
-        more than its ``max_hits`` (codes x k) allow (a service older than that limit: none)."""
-        limits = self._limits()
-        hits = int(limits.get("max_hits") or 0)
-        step = int(limits["max_codes"])
-        return max(1, min(step, hits // k)) if hits else step
 
     def _fine(self, fine: np.ndarray | bytes | None, n: int) -> np.ndarray | None:
         """Fine codes given with ``n`` codes as ``uint8 (n, fine_bits/8)``, checked (None when
