@@ -163,3 +163,34 @@ def test_sigterm_while_a_body_is_still_arriving_answers_json_without_a_traceback
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["error"] == "ServiceBusyError", answer
     assert "Traceback" not in log and "Exception in ASGI" not in log, log[-3000:]
+
+
+def test_a_search_past_its_time_limit_holds_the_exit_no_longer_than_the_grace(served, image_host,
+                                                                              tmp_path):
+    """The grace (--request-timeout + 5 s) counted twice: the HTTP server waited for the 504,
+    then the app waited the whole grace again for the search's thread (50 s for 35 s)."""
+    db = copy_db(served.db, tmp_path)
+    server = ServerProcess([served.bundle, "--uri", db, "--collection", COLLECTION,
+                            "--allow-private-urls", "--request-timeout", 6, "--url-timeout", 60],
+                           tmp_path / "serve.log")
+    answers: list[object] = []
+
+    def slow_search() -> None:  # a download that outlasts every limit but --url-timeout
+        r = RemoteRetriever(server.url, http=HttpOptions(retries=0, timeout=60))
+        try:
+            answers.append(r.search(f"{image_host}/slow/40/Forest/Forest_1001.jpg", k=3))
+        except Exception as exc:  # the 504 (or the connection closed by the stop)
+            answers.append(exc)
+
+    t = threading.Thread(target=slow_search)
+    t.start()
+    time.sleep(1.0)
+    t_term = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    status = server.proc.wait(60)
+    took = time.monotonic() - t_term
+    t.join(60)
+    server.stop()
+    assert status == 0, server.log[-3000:]
+    assert took <= 6 + 5 + 2.5, f"exited {took:.1f} s after SIGTERM (grace 11 s)"
+    assert answers and isinstance(answers[0], Exception), answers

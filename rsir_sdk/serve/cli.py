@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -279,7 +280,8 @@ def serve_app(app: Any, host: str, port: int, grace: float = 35.0,
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=int(grace + 0.999), server_header=False,
                             lifespan="on", http=guarded_h11(header_timeout, max_incomplete))
-    server = _graceful_server(config, on_force=app.state.service.gate.abandon)
+    server = _graceful_server(config, on_force=app.state.service.gate.abandon,
+                              on_stop=lambda: _note_stop(app.state.service))
     # uvicorn puts back the handlers it found once it has shut down: make those ignore a late
     # repeat of the signal, so that the process, already closing, still exits 0
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,7 +289,20 @@ def serve_app(app: Any, host: str, port: int, grace: float = 35.0,
     server.run()
     if server.force_exit:
         _forced_exit(app.state.service)
+    if server.started and app.state.service.gate.running:
+        _leave_running_calls(app.state.service)
     return EXIT_OK if server.started else EXIT_ERROR
+
+
+def _leave_running_calls(service: Any) -> None:
+    """After a graceful shutdown whose grace ended with calls still running (a URL download:
+    up to --url-timeout): the store is closed; leave now, exit status 0. Python would join the
+    worker threads at exit (39.8 s after SIGTERM for an 11 s grace)."""
+    log.warning("exiting with %d call(s) still running past the grace", service.gate.running)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)
 
 
 def _forced_exit(service: Any) -> None:
@@ -304,7 +319,14 @@ def _late_signal(sig: int, frame: Any) -> None:
     log.info("signal %d received while exiting: ignored", sig)
 
 
-def _graceful_server(config: Any, on_force: Callable[[], None]) -> Any:
+def _note_stop(service: Any) -> None:
+    """The moment the first stop signal came: the shutdown's grace counts from it."""
+    if service.stop_asked_at is None:
+        service.stop_asked_at = time.monotonic()
+
+
+def _graceful_server(config: Any, on_force: Callable[[], None],
+                     on_stop: Callable[[], None]) -> Any:
     """uvicorn's Server, except that a handled SIGTERM/SIGINT ends with exit status 0, and a
     second Ctrl-C (uvicorn's forced exit) still shuts the app down, without waiting.
 
@@ -312,12 +334,14 @@ def _graceful_server(config: Any, on_force: Callable[[], None]) -> Any:
     die by that signal after the clean shutdown); a service manager should see 0 instead. On
     a forced exit uvicorn skips the app's shutdown, whose task is then cancelled (a traceback
     in the log, the store left open): here the app is told to stop waiting (``on_force``) and
-    shut down all the same.
+    shut down all the same. ``on_stop`` is told when a stop signal comes (the app's grace
+    counts from the first).
     """
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            on_stop()
             super().handle_exit(sig, frame)
             captured = getattr(self, "_captured_signals", None)
             if sig in (signal.SIGTERM, signal.SIGINT) and captured and sig in captured:

@@ -81,6 +81,8 @@ class Service:
         self.archive_root = self.config.archive_root or _recorded_root(retriever)
         self.shutting_down = False
         self.closed = False
+        #: when the server was told to stop (``time.monotonic()``; None: not yet, or not known)
+        self.stop_asked_at: float | None = None
         #: items were written or deleted since the store was last flushed (see :meth:`close`)
         self.unflushed = False
 
@@ -310,13 +312,17 @@ class Service:
         return real
 
     def close(self, timeout: float) -> None:
-        """Stop taking work, let running calls end (up to ``timeout`` s), close the Retriever;
-        once (a forced exit calls it again)."""
+        """Stop taking work, let running calls end (up to ``timeout`` s from the stop signal,
+        when :attr:`stop_asked_at` says when it came: a search past its time limit held the
+        exit for the HTTP server's wait and this one, 50 s for a 35 s grace), close the
+        Retriever; once (a forced exit calls it again)."""
         if self.closed:
             return
         self.closed = True
         self.shutting_down = True
         t0 = time.monotonic()
+        if self.stop_asked_at is not None:  # the grace counts from the signal: the HTTP server
+            timeout = max(0.0, timeout - (t0 - self.stop_asked_at))  # had waited out its part
         if not self.gate.close(timeout):
             log.warning("%d call(s) still running after %.0f s (at most %.0f s are waited, "
                         "none after a forced exit); closing the store anyway",
