@@ -465,6 +465,11 @@ def enclosing_box(lons: Sequence[float] | np.ndarray, lats: Sequence[float] | np
     return BBox(west, south, east, north)
 
 
+#: a manifest box across 180 wider than this reads as west and east swapped (13.4 and 13.3
+#: made a box of 359.9 degrees); a wide polar swath across 180 (200 degrees) is kept
+SWAPPED_WIDTH_DEG = 300.0
+
+
 def place_of_columns(row: Mapping[str, Any], where: str) -> tuple[Footprint | None, float | None]:
     """A manifest row's ``(footprint, time)`` from its ``lon,lat`` or ``west,south,east,north``
     columns and its ``time`` column (each None when not given); one line naming ``where`` for a
@@ -484,12 +489,12 @@ def place_of_columns(row: Mapping[str, Any], where: str) -> tuple[Footprint | No
             raise InvalidInputError(f"half a point: {'lon' if not given('lon') else 'lat'} missing")
         if n_box == 4:
             fp = Footprint.of_box([row[k] for k in box_keys], t)
-            if fp.box.crosses_antimeridian and fp.box.width > 180.0:
+            if fp.box.crosses_antimeridian and fp.box.width > SWAPPED_WIDTH_DEG:
                 raise InvalidInputError(
                     f"bbox west ({fp.box.west:g}) is east of bbox east ({fp.box.east:g}), which "
                     f"reads as a box across 180 of {fp.box.width:.4g} degrees: west and east "
-                    "swapped? (a box across 180 has west > east and spans less than half the "
-                    "globe)")
+                    f"swapped? (a box across 180 has west > east; one wider than "
+                    f"{SWAPPED_WIDTH_DEG:g} degrees is refused as a likely swap)")
             if n_pt == 2:
                 fp = Footprint(fp.box, (_number(row["lon"], "lon"), _number(row["lat"], "lat")), t)
             return fp, t

@@ -442,7 +442,7 @@ def test_expressions_select_the_same_rows_in_milvus_lite(population, db_uri):
     (lambda: geo.place_of_columns({"west": "0", "south": "5", "east": "1", "north": "4"}, "m.csv row 7"),
      "m.csv row 7: bbox south (5) is north of bbox north (4)"),
     # west and east swapped: read as a box across 180 of 359.9 degrees (it was indexed so, and
-    # found over Siberia, not in Berlin); a box across 180 narrower than half the globe is kept
+    # found over Siberia, not in Berlin); a box across 180 up to 300 degrees wide is kept
     (lambda: geo.place_of_columns({"west": "13.4", "south": "52.5", "east": "13.3",
                                    "north": "52.6"}, "m.csv row 8"),
      "m.csv row 8: bbox west (13.4) is east of bbox east (13.3), which reads as a box across 180 "
@@ -480,7 +480,9 @@ def test_time_parsing_forms():
     assert instant.start == instant.end == p("2021-06-01T10:30:00Z")
 
 
-def test_a_manifest_box_across_180_narrower_than_half_the_globe_is_kept():
-    fp, _ = geo.place_of_columns({"west": "177", "south": "-19", "east": "-178", "north": "-16"},
-                                 "m.csv row 2")
-    assert fp is not None and fp.box.crosses_antimeridian and fp.box.width == pytest.approx(5.0)
+def test_a_manifest_box_across_180_is_kept_unless_it_reads_as_a_swap():
+    for w, e, width in (("177", "-178", 5.0), ("100", "-60", 200.0)):  # Fiji; a polar swath
+        fp, _ = geo.place_of_columns({"west": w, "south": "-19", "east": e, "north": "-16"},
+                                     "m.csv row 2")
+        assert fp is not None and fp.box.crosses_antimeridian
+        assert fp.box.width == pytest.approx(width)

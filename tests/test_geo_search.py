@@ -793,9 +793,19 @@ def test_a_place_or_time_in_metadata_is_read_in_every_documented_form_or_said(tm
         assert got["i3"].footprint == pytest.approx((2, 48, 2, 48)) and got["i3"].time is None
         assert got["i4"].footprint is None and got["i4"].time is None
         assert store.count(geo=GeoFilter.of(near=(151.0, -34.0, 1.0))) == 1
-    warned = [r.getMessage() for r in caplog.records if "does not parse" in r.getMessage()]
-    assert len(warned) == 1 and warned[0].startswith("2 of 5 items"), warned
-    assert "id 'i2'" in warned[0] and "and 1 more" in warned[0] and "\n" not in warned[0]
+        warned = [r.getMessage() for r in caplog.records if "does not parse" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].startswith("2 of 5 items"), warned
+        assert "id 'i2'" in warned[0] and "and 1 more" in warned[0] and "\n" not in warned[0]
+        # text is not split into a point ("12" was the point (1, 2)); metadata the write's
+        # own footprint and time make unused is not judged
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="rsir_sdk"):
+            store.upsert(["s", "e"], codes[:2], metadata=[{"lonlat": "12"}, {"lonlat": "x"}],
+                         footprints=[None, (3.0, 4.0)], times=[None, 5.0])
+        assert store.get(["s"])[0].footprint is None
+        assert store.get(["e"])[0].footprint == pytest.approx((3.0, 4.0, 3.0, 4.0))
+        again = [r.getMessage() for r in caplog.records if "does not parse" in r.getMessage()]
+        assert len(again) == 1 and again[0].startswith("1 of 2 items") and "id 's'" in again[0]
 
 
 def test_the_summary_says_how_many_reasons_it_leaves_out():

@@ -106,6 +106,9 @@ def test_codes_sent_without_a_bundle_can_name_their_encoder(main_server, served)
             other.search_codes(code, k=3)
     with pytest.raises(InvalidInputError, match="encoder_id must be"):
         RemoteRetriever(main_server.url, token=READ, encoder_id="bad\nid")
+    with pytest.raises(InvalidInputError, match="is not the bundle's"):
+        RemoteRetriever(main_server.url, token=READ, bundle=served.bundle,
+                        encoder_id="0123456789abcdef")
 
 
 def test_edge_writes_and_deletes(main_server, served, image_host, sample_dir):

@@ -140,6 +140,9 @@ class RemoteRetriever:
                 from ..encoder import Encoder
 
                 self.encoder = Encoder(bundle, providers=providers, threads=threads)
+                if encoder_id not in (None, self.encoder.bundle.encoder_id):
+                    raise InvalidInputError(f"encoder_id {encoder_id!r} is not the bundle's "
+                                            f"({self.encoder.bundle.encoder_id!r})")
                 self._check_encoder()
             if collection is not None and self.collection != collection:
                 raise CollectionNotFoundError(f"the service at {self.url} serves collection "

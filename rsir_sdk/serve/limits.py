@@ -122,7 +122,7 @@ class WorkGate:
             # write was applied later without a word); the answer says so
             after = (" (a write or delete may still be applied: writes are upserts and deletes "
                      "by id, so sending it again is safe)" if writes else
-                     "; a smaller request (fewer queries or a smaller k) answers sooner")
+                     "; a smaller request answers sooner")
             raise ServiceTimeoutError(
                 f"the request took longer than the service's {limit:g} s limit; it runs on to "
                 f"its end in the service{after}", 504, "ServiceTimeoutError") from None

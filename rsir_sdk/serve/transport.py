@@ -260,4 +260,4 @@ def _reads_only(method: str, path: str) -> bool:
     """Whether a request only reads: a GET, or a search, count or duplicates sent by POST (a
     timed-out one was said to have maybe applied a write)."""
     return method == "GET" or (method == "POST" and path.startswith(
-        ("/v1/search", "/v1/count", "/v1/duplicates")))
+        ("/v1/search", "/v1/count", "/v1/duplicates", "/v1/items/get")))

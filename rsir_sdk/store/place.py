@@ -92,27 +92,28 @@ def footprint_arg(value: Any, where: str) -> Footprint | None:
 PLACE_KEYS = ("lonlat_bounds", "lonlat", "time")
 
 
-def _of_metadata(meta: Mapping[str, Any] | None
+def _of_metadata(meta: Mapping[str, Any] | None, want_place: bool = True, want_time: bool = True
                  ) -> tuple[Footprint | None, float | None, str | None]:
-    """A row's place from its metadata (georeferencing, a manifest's columns, the caller's own
-    keys), leniently: ``(footprint, time, problem)``, ``problem`` saying what did not parse.
-    ``lonlat`` alone is a point (it was ignored without ``lonlat_bounds``), and ``time`` may be
-    epoch seconds as in ``times=`` (it had to be text)."""
+    """A row's place and time (those wanted: the write's own win) from its metadata
+    (georeferencing, a manifest's columns, the caller's own keys), leniently: ``(footprint,
+    time, problem)``, ``problem`` saying what did not parse. ``lonlat`` alone is a point (it
+    was ignored without ``lonlat_bounds``), and ``time`` may be epoch seconds as in ``times=``
+    (it had to be text)."""
     if not meta:
         return None, None, None
     problems = []
     time = None
-    if meta.get("time") is not None:
+    if want_time and meta.get("time") is not None:
         try:
             time = parse_time(meta["time"], "time")
         except InvalidInputError as exc:
             problems.append(str(exc))
     fp = None
     try:
-        if meta.get("lonlat_bounds") is not None:
+        if want_place and meta.get("lonlat_bounds") is not None:
             fp = Footprint.of_metadata({k: meta[k] for k in ("lonlat_bounds", "lonlat") if k in meta})
-        elif meta.get("lonlat") is not None:
-            fp = footprint_arg(tuple(meta["lonlat"]), "lonlat")
+        elif want_place and meta.get("lonlat") is not None:  # a list or tuple (text refused)
+            fp = footprint_arg(meta["lonlat"], "lonlat")
     except (InvalidInputError, TypeError, ValueError) as exc:
         problems.append(f"{'lonlat_bounds' if 'lonlat_bounds' in meta else 'lonlat'}: {exc}")
     return fp, time, "; ".join(problems) or None
@@ -157,7 +158,8 @@ def columns(ids: Sequence[str], metadata: Sequence[Mapping[str, Any] | None],
         if t is None and fp is not None:
             t = fp.time
         if fp is None or t is None:  # what the write does not say, the metadata may
-            mfp, mt, problem = _of_metadata(metadata[i])
+            mfp, mt, problem = _of_metadata(metadata[i], want_place=fp is None,
+                                            want_time=t is None)
             fp = mfp if fp is None else fp
             t = (fp.time if fp is not None and fp.time is not None else mt) if t is None else t
             if problem:
