@@ -162,7 +162,10 @@ def test_edge_client_interrupted_while_waiting_is_one_line(trained, sample_dir):
             [sys.executable, str(EXAMPLES / "edge_client.py"), str(bundle),
              str(sample_dir / "River" / "River_10.jpg"), "--url",
              f"http://127.0.0.1:{silent.getsockname()[1]}", "--token", "t"],
-            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # a terminal's Ctrl-C: SIGINT as Python takes it (a background job of a script,
+            # as CI runs, starts with SIGINT ignored, and Python keeps it so)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert connected.wait(120), "the example never connected"
             time.sleep(0.3)
