@@ -36,15 +36,19 @@ def finite_number(value: Any, name: str) -> float:
 
 _PARTIAL = re.compile(r"^\s*(\d{4})(?:-(\d{2}))?\s*$")
 _WEEK = re.compile(r"^\d{4}-?W\d{2}$", re.IGNORECASE)  # an ISO week without its day
-_EXIF = re.compile(r"^\s*(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})\s*$")
+_EXIF = re.compile(r"^\s*(\d{4}):(\d{2}):(\d{2})(?:[ T](\d{2}):(\d{2}):(\d{2}))?\s*$")
+#: a time of day, then a space where an offset's sign should be: ``+02:00`` in a URL's query
+#: string that was not escaped as ``%2B`` arrives as `` 02:00`` (a ``+`` is a space there)
+_LOST_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?) (\d{2}(?::?\d{2})?)$")
 
 
 def parse_time(value: Any, name: str = "time", end: bool = False) -> float:
     """ISO 8601 (``2021-06-01``, ``2021-06-01T10:30:00Z``, ``+02:00`` offsets, ``2021``,
     ``2021-06``, the basic ``20210601`` and week ``2021-W22`` forms), a TIFF/EXIF ``2021:06:01
-    10:30:00``, a ``datetime``/``date`` or epoch seconds → UTC epoch seconds. Times without an
+    10:30:00`` (or its date alone), a ``datetime``/``date`` or epoch seconds → UTC epoch seconds. Times without an
     offset are UTC. With ``end=True`` a date, week, month or year means its last instant (an
-    inclusive end). One line naming ``name`` when it does not parse."""
+    inclusive end). An offset whose ``+`` became a space (``10:30:00 02:00``: a URL's query
+    string not escaped) is read as ``+02:00``. One line naming ``name`` when it does not parse."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers too
         return finite_number(value, name)
     if isinstance(value, datetime):
@@ -64,15 +68,19 @@ def parse_time(value: Any, name: str = "time", end: bool = False) -> float:
             nxt = date(year + 1, 1, 1) if month in (0, 12) else date(year, month + 1, 1)
             return _day(nxt, False) - 1e-6
         m = _EXIF.match(text)
-        if m:
-            y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        if m:  # a TIFF/EXIF DateTime, or its date alone (some writers leave the time out)
+            y, mo, d = (int(g) for g in m.groups()[:3])
+            if m.group(4) is None:
+                return _day(date(y, mo, d), end)
+            h, mi, sec = (int(g) for g in m.groups()[3:])
             return _epoch(datetime(y, mo, d, h, mi, sec))
         if "T" not in text.upper() and ":" not in text:  # a date: 2021-06-01, 20210601, 2021-W22
             day = date.fromisoformat(text)
             if end and _WEEK.match(text):  # the whole week, Monday to Sunday
                 return _day(day + timedelta(days=6), True)
             return _day(day, end)
-        return _epoch(datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00")))
+        text = _LOST_PLUS.sub(r"\1+\2", text.replace("z", "Z").replace("Z", "+00:00"))
+        return _epoch(datetime.fromisoformat(text))
     except (ValueError, OverflowError):
         pass
     raise InvalidInputError(f"{name} {value!r} is not an ISO 8601 time (e.g. 2021-06-01T10:30:00Z)")

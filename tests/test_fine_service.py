@@ -418,6 +418,8 @@ def test_rsir_info_says_fine_bits_and_how_to_rebuild_an_old_collection(world, cl
     code, out, err = _cli(capsys, "info", world["bundle"], "--uri", cli_db, "--collection", "old")
     assert code == 0, err
     assert "2 items, no fine codes" in out
+    # what rsir collections and --json say about places and times, in words too
+    assert "place, time  2 items without a place, 2 without a time" in out
     rebuild = [line for line in out.splitlines() if line.startswith("rebuild")]
     assert len(rebuild) == 1 and f"rsir drop old --uri {cli_db} --yes" in rebuild[0]
     assert "rsir index BUNDLE ARCHIVE" in rebuild[0]

@@ -461,6 +461,9 @@ def test_time_parsing_forms():
     p = geo.parse_time
     assert p("2021-06-01T10:30:00Z") == p("2021-06-01T12:30:00+02:00") == 1622543400.0
     assert p("2021-06-01 10:30:00") == p("2021:06:01 10:30:00") == 1622543400.0  # no zone: UTC
+    # a URL's query string makes "+02:00" " 02:00"; a TIFF DateTime may hold its date alone
+    assert p("2021-06-01T12:30:00 02:00") == p("2021-06-01 12:30 0200") == 1622543400.0
+    assert p("2021:06:01") == p("2021-06-01") and p("2021:06:01", end=True) == p("2021-06-01", end=True)
     assert p("2021") == p("2021-01") == p("2021-01-01") == 1609459200.0
     assert p("2021-02", end=True) == p("2021-03-01") - 1e-6
     assert p("2021-12-31", end=True) == p("2022") - 1e-6

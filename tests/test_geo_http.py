@@ -225,6 +225,18 @@ def test_filtered_searches_equal_brute_force_locally_and_over_http(world):
     assert nonempty >= 20 and partial >= 20, (nonempty, partial)   # the trials select something
 
 
+def test_a_time_offset_typed_into_a_url_unescaped_means_the_same_period(world):
+    """``time=...T02:00:00+02:00/..`` typed into a URL: the query string turns ``+`` into a
+    space. It was refused ("not an ISO 8601 time") unless written ``%2B``; it is the same
+    period as the UTC one."""
+    url = world["server"].url
+    utc = httpx.get(f"{url}/v1/count", params={"time": "2020-06-01T00:00:00Z/.."}).json()["count"]
+    typed = httpx.get(f"{url}/v1/count?time=2020-06-01T02:00:00+02:00/..")
+    assert typed.status_code == 200, typed.text
+    assert typed.json()["count"] == utc
+    assert 0 < utc < N                                     # the period selects some, not all
+
+
 def test_batch_codes_and_range_search_with_place_and_period(world):
     local, remote = world["local"], world["remote"]
     queries = [world["paths"][i] for i in (10, 40, 170)]

@@ -242,42 +242,56 @@ def test_ctrl_c_just_after_an_insert_reached_milvus_stores_no_id_twice(
         r.close()
 
 
-def test_ctrl_c_during_a_milvus_request_is_held_until_it_returns():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_during_a_milvus_request_is_held_until_it_returns(sig):
     """SIGINT inside a request is raised when the request returns (a KeyboardInterrupt inside
     grpc can wedge the channel, and rsir index's write after Ctrl-C then hung); a second one
-    raises at once; the previous handler is back afterwards."""
-    import pytest
-
+    raises at once; the previous handler is back afterwards. SIGTERM likewise while it
+    interrupts as Ctrl-C does (an rsir command): it hung the same write, or ended the process
+    by grpc's abort (status -6)."""
     from rsir_sdk.store import rpc
 
     # Python's own handler, as in a CLI process (an earlier test in this process may have left
     # another one installed; it is put back at the end)
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = signal.signal(sig, signal.default_int_handler)
     try:
-        _held_then_raised(rpc, pytest)
+        _held_then_raised(rpc, sig)
     finally:
-        signal.signal(signal.SIGINT, before)
+        signal.signal(sig, before)
 
 
-def _held_then_raised(rpc, pytest):
+def _held_then_raised(rpc, sig):
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with rpc.sigint_held():
-            os.kill(os.getpid(), signal.SIGINT)
+        with rpc.interrupts_held():
+            os.kill(os.getpid(), sig)
             time.sleep(0.05)  # the handler has run: nothing was raised inside
             done.append("request finished")
     assert done == ["request finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(sig) is signal.default_int_handler
 
     with pytest.raises(KeyboardInterrupt):
-        with rpc.sigint_held():
-            os.kill(os.getpid(), signal.SIGINT)
+        with rpc.interrupts_held():
+            os.kill(os.getpid(), sig)
             time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C: raised here
+            os.kill(os.getpid(), sig)  # the second signal: raised here
             time.sleep(0.05)
             done.append("not reached")
     assert done == ["request finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(sig) is signal.default_int_handler
+
+
+def test_sigterm_with_its_default_action_is_not_held():
+    """Outside an rsir command SIGTERM keeps its default action (the host program decides):
+    the store does not turn it into an interrupt."""
+    from rsir_sdk.store import rpc
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with rpc.interrupts_held():
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_ctrl_c_while_a_new_lite_file_opens_leaves_the_connection_usable(tmp_path, monkeypatch):

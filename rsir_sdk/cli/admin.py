@@ -173,6 +173,10 @@ def store_lines(b: Bundle, found: dict[str, Any], uri: str) -> list[str]:
     fine = found.get("fine_bits")
     lines = [f"{'store':12s} {name} at {where}: {found.get('count', '?')} items, "
              + (f"fine codes {fine} bits" if fine else "no fine codes")]
+    if "without_footprint" in found:  # absent: made before place fields
+        lines.append(f"{'place, time':12s} {found['without_footprint']} items without a place, "
+                     f"{found.get('without_time', '?')} without a time (no place or period "
+                     f"filter returns them)")
     filled_by = found.get("encoder") or {}
     other = filled_by.get("encoder_id")
     if other and other != b.encoder_id:

@@ -241,16 +241,14 @@ def stop_signals() -> Iterator[None]:
         return
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     if saved[signal.SIGTERM] == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Python's own Ctrl-C handler: it raises KeyboardInterrupt, and the store holds it back
+        # while a request is in flight as it does Ctrl-C (store.rpc.interrupts_held)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def ignore_more_interrupts() -> None:

@@ -132,7 +132,7 @@ class Connection(OrmWrites):
             # two threads' first writes open one client; a Ctrl-C while the Milvus Lite server
             # starts is held until it has (it closed the connection half-open, and the write
             # Ctrl-C makes of what was encoded then failed: "the connection is closed")
-            with self._open_lock, rpc.sigint_held():
+            with self._open_lock, rpc.interrupts_held():
                 if self._client is None and self.deferred:
                     self._open_now()
         return self._client
@@ -302,7 +302,7 @@ class Connection(OrmWrites):
             kwargs.setdefault("consistency_level", self._read_level())
         self._wait_for_lite_clock()
         try:
-            with rpc.sigint_held():
+            with rpc.interrupts_held():
                 return getattr(self.client, method)(*args, **kwargs)
         except Exception as exc:
             raise self._error(exc, what, expression) from None

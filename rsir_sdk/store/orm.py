@@ -106,7 +106,7 @@ class OrmWrites:
             kwargs.setdefault("timeout", self.timeout)
         self._wait_for_lite_clock()
         try:
-            with no_deprecation_warnings(), rpc.sigint_held():
+            with no_deprecation_warnings(), rpc.interrupts_held():
                 return fn(*args, using=alias, **kwargs)
         except Exception as exc:
             raise self._error(exc, what, None) from None
@@ -125,7 +125,7 @@ class OrmWrites:
             kwargs["timeout"] = self.timeout
         self._wait_for_lite_clock()
         try:
-            with no_deprecation_warnings(), rpc.sigint_held():
+            with no_deprecation_warnings(), rpc.interrupts_held():
                 return getattr(col, verb)(columns, **kwargs)
         except Exception as exc:
             raise self._error(exc, what, None) from None

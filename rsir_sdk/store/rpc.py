@@ -138,21 +138,27 @@ def store_error(exc: BaseException, what: str, expression: str | None = None) ->
 
 
 @contextlib.contextmanager
-def sigint_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back until the request in flight returns, then raise it.
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT), and SIGTERM where it interrupts as Ctrl-C does, back until the
+    request in flight returns, then raise ``KeyboardInterrupt``.
 
     Why: a ``KeyboardInterrupt`` raised inside grpc's Python layer in the middle of a request can
-    leave the channel's lock taken, and the next request on that channel then waits forever.
-    ``rsir index`` makes exactly such a request after Ctrl-C (it writes what it has encoded
-    before it exits), and hung there in about one run in eight on a loaded machine
-    (``tests/test_interrupt.py``, SIGINT to the process alone; the stack showed the upsert
-    waiting on the channel and grpc's spin thread waiting for its lock). A second Ctrl-C while
-    one is held raises at once, so a request stuck on an unreachable server can still be left.
-    Only in the main thread and only while Python's own SIGINT handler is installed; elsewhere
-    (worker threads, a service with its own handlers) this does nothing.
+    leave the channel's lock taken, and the next request on that channel then waits forever (or
+    grpc aborts the process: exit status -6, no word). ``rsir index`` makes exactly such a request
+    after an interrupt (it writes what it has encoded before it exits), and hung there in about
+    one run in eight on a loaded machine (``tests/test_interrupt.py``, a signal to the process
+    alone; the stack showed the upsert waiting on the channel). A second signal while one is held
+    raises at once, so a request stuck on an unreachable server can still be left. Only in the
+    main thread, and only for a signal whose handler is Python's own ``KeyboardInterrupt`` one
+    (SIGINT by default; SIGTERM while an ``rsir`` command runs); elsewhere (worker threads, a
+    service with its own handlers) this does nothing.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held_signals = [sig for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is signal.default_int_handler]
+    if not held_signals:
         yield
         return
     held: list[int] = []
@@ -162,10 +168,11 @@ def sigint_held() -> Iterator[None]:
             raise KeyboardInterrupt
         held.append(signum)
 
-    previous = signal.signal(signal.SIGINT, hold)
+    previous = {sig: signal.signal(sig, hold) for sig in held_signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if held:
             raise KeyboardInterrupt
