@@ -208,7 +208,14 @@ def test_training_is_seeded_and_reports_progress():
         assert torch.equal(w1, w2), name
     assert not all(torch.equal(w1, w3) for w1, w3 in zip(one.parameters(), other.parameters()))
     assert [c[:2] for c in calls] == [(10, 25), (20, 25), (25, 25)]
-    assert set(calls[-1][2]) == {"loss", "triplet", "push", "balance"}
+    # the loss shown is the objective optimised: the classifier's term (on by default) too
+    last = calls[-1][2]
+    assert set(last) == {"loss", "triplet", "push", "balance", "ce"}
+    assert last["loss"] == pytest.approx(
+        last["triplet"] + params.push_weight * last["push"]
+        + params.balance_weight * last["balance"] + params.classifier_weight * last["ce"],
+        rel=1e-4, abs=1e-6)
+    assert last["ce"] > 0
     assert not one.training
 
 

@@ -97,6 +97,31 @@ def test_fold_mean_curve_and_smoothed_figure():
     assert smoothed([[1, 0.4]]) == 0.4 and smoothed([]) == -1.0
 
 
+def test_the_reason_says_when_an_early_stopped_fold_cut_the_curve_at_the_choice():
+    """The fold-mean curve holds only iterations every fold validated: a fold stopped by
+    patience at 80 while two ran to 100 ends it at 80, and a choice at 80 is where it was cut,
+    not a peak. The reason says so (a probe read "best at outer iteration 80" as a peak)."""
+    from rsir_train.ahcl.selection import _curve_cut, _reason
+
+    def fold(k, stopped_at, early):
+        curve = [[o, 0.9 + o / 1000] for o in range(5, stopped_at + 1, 5)]
+        return {"fold": k, "stopped_at": stopped_at, "stopped_early": early, "val_curve": curve}
+
+    folds = [fold(0, 100, False), fold(1, 100, False), fold(2, 80, True)]
+    curve = fold_mean_curve([f["val_curve"] for f in folds], [1, 1, 1])
+    cut = _curve_cut(curve, folds)
+    assert curve[-1][0] == 80 and cut == {"at": 80, "fold": 3, "others_ran_to": 100}
+    chosen = {"name": "auto", "val_map": 0.97, "best_val_map": 0.98, "best_outer": 80,
+              "inner": 1, "curve_cut": cut}
+    text = _reason(chosen, [chosen, {"name": "authors", "val_map": 0.95}], 3, 300)
+    assert "fold 3 stopped early there (patience) while another ran to 100" in text
+    assert "authors 0.9500" in text and text.endswith("lambda 300)")
+    # a choice before the cut, or folds that all ran to the end: nothing to say
+    assert "stopped early" not in _reason({**chosen, "best_outer": 50}, [chosen], 3, 300)
+    full = [fold(0, 100, False), fold(1, 100, True)]
+    assert _curve_cut(fold_mean_curve([f["val_curve"] for f in full], [1, 1]), full) is None
+
+
 def test_candidates_by_archive_size_and_length():
     small = [n for n, _ in candidate_configs(AHCLConfig(bits=64), 230, 288, cached=True)]
     assert small == ["auto", "authors"]

@@ -80,6 +80,7 @@ def test_auth_limits_and_error_kinds(http, served, main_server):
     big = b"\xff\xd8" + bytes(70_000)
     r = http.post("/v1/search", content=big, headers=auth(READ))
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLargeError"
+    assert r.text.startswith('{"error":"PayloadTooLargeError",')   # the form of every answer
     chunks = (big[i:i + 8192] for i in range(0, len(big), 8192))   # no Content-Length: counted
     r = http.post("/v1/search", content=chunks, headers=auth(READ))
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLargeError"

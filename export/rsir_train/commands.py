@@ -124,6 +124,19 @@ def itq_config(args: argparse.Namespace) -> Any:
 # --------------------------------------------------------------------------- printing
 
 
+def _iteration_line(event: dict[str, Any]) -> str:
+    """A MiLAN progress line: the objective and its terms, then the validation so far. The
+    iteration count is a cap where validation stops the run (patience) sooner."""
+    ce = f", ce {event['ce']:.4f}" if "ce" in event else ""
+    line = (f"iteration {event['iteration']} (of at most {event['iterations']}): "
+            f"loss={event['loss']:.4f} (triplet {event['triplet']:.4f}, push "
+            f"{event['push']:.4f}, balance {event['balance']:.5f}{ce}) {event['seconds']:.0f}s")
+    if "val_map" in event:
+        line += (f" mAP(val)={event['val_map']:.4f} (best {event['best_val_map']:.4f} at "
+                 f"{event['best_iteration']})")
+    return line
+
+
 def _printer(quiet: bool) -> "Progress":
     """Progress lines for both trainers (AHCL outer iterations, MiLAN iterations, caches)."""
 
@@ -142,9 +155,7 @@ def _printer(quiet: bool) -> "Progress":
                   f"quant {event['quantization']:.4f}, ce {event['classification']:.4f}) "
                   f"lr={event['lr']:.2g} {event['seconds']:.1f}s{extra}", flush=True)
         elif kind == "iteration":
-            print(f"iteration {event['iteration']}/{event['iterations']}: loss={event['loss']:.4f} "
-                  f"(triplet {event['triplet']:.4f}, push {event['push']:.4f}, balance "
-                  f"{event['balance']:.5f}) {event['seconds']:.0f}s", flush=True)
+            print(_iteration_line(event), flush=True)
         elif kind == "cache_progress" and (event["done"] == event["total"]
                                            or event["done"] % 512 < 64):
             print(f"frozen features {event['done']}/{event['total']}", flush=True)

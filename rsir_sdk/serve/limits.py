@@ -226,7 +226,8 @@ class BodyLimitMiddleware:
 async def _send_json(send: Callable, status: int, body: Any,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """One JSON answer through ASGI ``send`` (the connection closed after it)."""
-    data = json.dumps(body).encode()
+    # the form of the app's own JSON answers (Starlette's JSONResponse): compact, UTF-8
+    data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
                             (b"content-length", str(len(data)).encode()), *(headers or [])]})

@@ -160,7 +160,25 @@ def _candidate(ctx: _Context, name: str, cfg: AHCLConfig, folds: list[Fold],
                "val_map": round(smoothed(curve), 4), "best_val_map": best[1],
                "best_outer": int(best[0]), "val_curve": curve, "folds": per_fold,
                "seconds": round(sum(f["seconds"] for f in per_fold), 1)}
+    cut = _curve_cut(curve, per_fold)
+    if cut:
+        summary["curve_cut"] = cut
     return summary, history, devices
+
+
+def _curve_cut(curve: list[list[float]], per_fold: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Where the fold-mean curve ends because a fold stopped early (patience) while another
+    ran on, or None. The curve holds only the iterations every fold validated, so its best
+    point cannot lie beyond that: the reason says so when the choice sits at the end."""
+    if not curve:
+        return None
+    end, ran_to = int(curve[-1][0]), max(int(f["stopped_at"]) for f in per_fold)
+    if end >= ran_to:
+        return None
+    first = min((f for f in per_fold if f["stopped_early"]), key=lambda f: f["stopped_at"],
+                default=None)
+    return None if first is None else {"at": end, "fold": int(first["fold"]) + 1,
+                                       "others_ran_to": ran_to}
 
 
 def _reason(chosen: dict[str, Any], tried: list[dict[str, Any]], n_folds: int,
@@ -169,6 +187,11 @@ def _reason(chosen: dict[str, Any], tried: list[dict[str, Any]], n_folds: int,
     text = (f"{chosen['name']}: highest validation mAP {chosen['val_map']:.4f} (mean of the "
             f"best {SMOOTH_TOP} points of the {n_folds}-fold mean curve; best "
             f"{chosen['best_val_map']:.4f} at outer iteration {chosen['best_outer']})")
+    cut = chosen.get("curve_cut")
+    if cut and chosen["best_outer"] >= cut["at"]:
+        text += (f", where the curve ends: fold {cut['fold']} stopped early there (patience) "
+                 f"while another ran to {cut['others_ran_to']}, so a later point was not "
+                 f"compared")
     text += ("; " + ", ".join(f"{t['name']} {t['val_map']:.4f}" for t in others)) if others \
         else "; the only candidate"
     return text + (f"; refit on the whole train side for {chosen['best_outer']} outer "

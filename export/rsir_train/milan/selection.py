@@ -65,8 +65,13 @@ def fold_curve(features: torch.Tensor, labels: Sequence | np.ndarray, bits: int,
         parts = [run.step(step) for run, _ in members]
         last = step == params.iterations
         if progress is not None and (step % params.log_every == 0 or last):
-            progress(step, params.iterations,
-                     {k: float(np.mean([p[k] for p in parts])) for k in parts[0]})
+            # the folds' mean losses, and the fold-mean validation so far (what patience
+            # watches: without it the lines showed a flat loss and nothing being validated)
+            shown = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+            if curve:
+                shown.update(val_map=curve[-1][1], best_val_map=round(best, 4),
+                             best_iteration=best_step)
+            progress(step, params.iterations, shown)
         if step % every and not last:
             continue
         mean = float(np.dot(weights, [w.score(step) for _, w in members]) / weights.sum())

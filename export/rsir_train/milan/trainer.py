@@ -131,7 +131,7 @@ def train_milan_head(
     for step in range(1, params.iterations + 1):
         parts = run.step(step)
         if progress is not None and (step % params.log_every == 0 or step == params.iterations):
-            progress(step, params.iterations, parts)
+            progress(step, params.iterations, {**parts, **(watch.shown() if watch else {})})
         if watch is not None and (step % every == 0 or step == params.iterations):
             if watch.check(step):
                 break
@@ -199,8 +199,10 @@ class _HeadRun:
             a, p, n = mine_triplets(b, self.class_ids[idx], params.margin, params.miner)
             loss, parts = milan_loss(b[a], b[p], b[n], params, batch=b)
         if self.classifier is not None:  # b: one row per image of the batch, idx: rows of x
-            loss = loss + params.classifier_weight * F.cross_entropy(self.classifier(b),
-                                                                     self.class_ids[idx])
+            ce = F.cross_entropy(self.classifier(b), self.class_ids[idx])
+            loss = loss + params.classifier_weight * ce
+            # the objective shown is the one optimised (it left the classifier's term out)
+            parts = {**parts, "loss": loss.detach(), "ce": ce.detach()}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -240,6 +242,14 @@ class _Watch:
             return False
         self.bad += 1
         return bool(self.params.patience) and self.bad >= self.params.patience
+
+    def shown(self) -> dict[str, float]:
+        """The validation so far, for the progress lines: the last figure, the best and its
+        iteration (nothing before the first validation)."""
+        if not self.curve:
+            return {}
+        return {"val_map": self.curve[-1][1], "best_val_map": round(self.best_map, 4),
+                "best_iteration": self.best_step}
 
     def report(self, stopped_at: int) -> dict[str, Any]:
         return {"val_metric": self.metric, "best_iteration": self.best_step,
