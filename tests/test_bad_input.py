@@ -397,12 +397,28 @@ def test_a_request_that_kills_the_milvus_lite_server_costs_only_itself(tmp_path,
                 s.count(expr)
         assert s.count('label like "fo%"') == 2 and s.count('label == "I like 5"') == 0
         assert lite.server_alive(db) is True
+        # an integer division by zero kills it too (a service's read client took it down for
+        # everyone): refused before it is sent, whatever form the zero takes
+        for expr in ("id == 1/0", "t % 0 == 0", "t % -0 == 0", "id == 1/(1-1)", "id == 1/0x0",
+                     'metadata["a"] == 5 % (3-3)', "id == 1/00"):
+            with pytest.raises(InvalidInputError, match="take a nonzero number on their right"):
+                s.count(expr)
+            with pytest.raises(InvalidInputError, match="nonzero number"):
+                s.search(Z[:1], k=1, filter=expr)
+        assert s.count("t % 86400 == 1") == 0 and s.count('label like "%/%" or t % 7 == 1') == 0
+        assert lite.server_alive(db) is True
         monkeypatch.setattr(keys, "check_like_patterns", lambda expression: None)
         with pytest.raises(InvalidInputError, match="invalid filter expression 'label like 5'.*"
                                                     "stopped on it and starts again"):
             s.count("label like 5")
         assert lite.server_alive(db) is not True  # it did die
         assert s.count() == 2                      # and the next request works
+        monkeypatch.setattr(keys, "check_divisors", lambda expression: None)
+        with pytest.raises(StoreError) as died:    # the division by zero, let through on purpose
+            s.count("t % 0 == 0")
+        said = str(died.value)                    # one line, no log prefix of the server's
+        assert "crashed on that request" in said and "schema_util" not in said, said
+        assert s.count() == 2
         s.upsert(["c"], Z[:1])
         assert s.count() == 3 and {h.id for h in s.search(Z[:1], k=5)[0]} == {"a", "b", "c"}
     with MilvusCodeStore(db, "q") as s:

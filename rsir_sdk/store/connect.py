@@ -348,8 +348,8 @@ class Connection(OrmWrites):
             if rpc.is_damage(text) or any(rpc.is_damage(x) for x in tail):
                 self._broken = str(lite.damaged(self.uri, "its Milvus Lite server stopped"))
                 return StoreError(self._broken)
-            return self._restarted_after_crash(what, expression,
-                                               redact_text(tail[-1])[:160] if tail else "")
+            said = lite.crash_words(tail[-1]) if tail else ""
+            return self._restarted_after_crash(what, expression, redact_text(said)[:160])
         if rpc.is_damage(text) or any(rpc.is_damage(x) for x in lite.log_tail(1)):
             return lite.damaged(self.uri, text[:120])
         full = lite.disk_full(self.uri)

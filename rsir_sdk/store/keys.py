@@ -117,6 +117,7 @@ def build_filter(filter: str | Mapping[str, Any] | None) -> str:
     if isinstance(filter, str):
         values.text(filter, "filter expression", 1 << 20)
         check_like_patterns(filter)
+        check_divisors(filter)
         return filter.strip()
     if not isinstance(filter, Mapping):
         raise InvalidInputError(
@@ -170,3 +171,50 @@ def check_like_patterns(expression: str) -> None:
     if _LIKE_WITHOUT_PATTERN.search(quoted_out):
         raise InvalidInputError(f"invalid filter expression {expression!r:.200}: like takes a "
                                 f'quoted pattern, e.g. label like "fo%"')
+
+
+#: ``/`` or ``%`` and what follows it: an optional ``(``, a signed number literal, an optional
+#: ``)`` and the next character (a ``*`` there may be ``**``: the divisor is then not that number)
+_DIVISION = re.compile(
+    r"[/%]\s*(?P<open>\(\s*)?(?P<number>[+-]?\s*(?:0[xX][0-9a-fA-F]+|0[bB][01]+|0[oO]?[0-7]+"
+    r"|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))?(?P<rest>\s*\)?\s*\*?)")
+
+
+def check_divisors(expression: str) -> None:
+    """Refuse a ``/`` or ``%`` whose right side is not a nonzero number (``t % 0 == 0``,
+    ``id == 1/(1-1)``).
+
+    Why here: Milvus Lite 2.5.1's server process dies on an integer division by zero while it
+    plans the expression, taking every other request with it (a service's other users got 503s
+    until it started again). Field arithmetic takes a number on the right anyway
+    (``t % 86400 == 0``; ``t % t`` is refused by Milvus), so only constant expressions are
+    lost: write their value.
+
+    >>> check_divisors('t % 86400 == 0 and path like "%/a%"')
+    >>> check_divisors('t % (2 - 2) == 0')
+    Traceback (most recent call last):
+    rsir_sdk.errors.InvalidInputError: invalid filter expression 't % (2 - 2) == 0': / and % take a nonzero number on their right (t % 86400), not an expression (Milvus Lite's server dies on a division by zero): write the value
+    """
+    quoted_out = _STRING_LITERAL.sub('""', expression)
+    for m in _DIVISION.finditer(quoted_out):
+        number, rest = m.group("number"), m.group("rest")
+        closed = ")" in rest
+        if number and not rest.endswith("*") and closed == bool(m.group("open")) \
+                and _nonzero(number):
+            continue
+        raise InvalidInputError(
+            f"invalid filter expression {expression!r:.200}: / and % take a nonzero number on "
+            f"their right (t % 86400), not an expression (Milvus Lite's server dies on a "
+            f"division by zero): write the value")
+
+
+def _nonzero(literal: str) -> bool:
+    """Whether a number literal of a Milvus expression (decimal, hex, octal, binary, float;
+    signed) is not zero."""
+    text = literal.replace(" ", "").lstrip("+-")
+    if re.fullmatch(r"0[oO]?[0-7]+", text):
+        return int(text.lstrip("0oO") or "0", 8) != 0
+    try:
+        return int(text, 0) != 0
+    except ValueError:
+        return float(text) != 0.0

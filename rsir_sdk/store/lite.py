@@ -274,6 +274,18 @@ def log_tail(lines: int = 3) -> list[str]:
     return [x.strip() for x in text.splitlines() if x.strip()][-lines:]
 
 
+#: a glog line's prefix (``E20261207 23:19:02.431584 12425 schema_util.cpp:615] ``) and the
+#: server's tags after it (``[SERVER][ParseExpr][grpcpp_sync_ser][]``)
+_LOG_PREFIX = re.compile(r"^[IWEF]\d{8} [\d:.]+\s+\d+\s+\S+:\d+\]\s*(?:\[[^\]]*\])*\s*")
+
+
+def crash_words(line: str) -> str:
+    """What a Milvus Lite server's last log line says, without its log prefix and tags; ``""``
+    when nothing is left worth showing (``false``: the line of a division by zero)."""
+    text = _LOG_PREFIX.sub("", line.strip()).strip()
+    return text if len(text) > 8 else ""
+
+
 def check_file(db_file: str | os.PathLike) -> None:
     """Refuse a Milvus Lite file that is not SQLite or fails ``PRAGMA quick_check``.
 
