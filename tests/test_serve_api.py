@@ -129,6 +129,15 @@ def test_requests_that_say_two_things_are_refused_not_guessed(http, served, main
                   data={"k": "5"}, headers=auth(READ))
     assert r.status_code == 422 and "k given both in the query string and in the body" in \
         r.json()["message"], r.text
+    # a JSON body without k and ?k=: one k, the query's (k's default was read as the body's)
+    image = base64.b64encode(q).decode()
+    def hits(r):
+        assert r.status_code == 200, r.text
+        return r.json()["hits"] if "hits" in r.json() else r.json()["results"][0]
+
+    for path, body in (("/v1/search", {"image_base64": image}), ("/v1/search/codes", {"code": code})):
+        assert len(hits(http.post(path, params={"k": 2}, json=body, headers=auth(READ)))) == 2
+        assert len(hits(http.post(path, json=body, headers=auth(READ)))) == 10  # no k at all
     r = http.post("/v1/search/codes", json={"code": code, "codes": [code]}, headers=auth(READ))
     assert r.status_code == 422 and "not both" in r.json()["message"]
     r = http.post("/v1/search/codes", json={"codes": []}, headers=auth(READ))

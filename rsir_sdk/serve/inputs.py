@@ -157,7 +157,8 @@ async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]
         _check_fields(fields, model, extra=("k", "radius"))
     elif kind == "application/json":
         data = await read_json(request)
-        parsed = parse_model(model, data).model_dump(exclude_none=True)
+        # only what the body holds: a default (k's 10) read as "k given in the body" beside ?k=5
+        parsed = parse_model(model, data).model_dump(exclude_none=True, exclude_unset=True)
         if "url" in parsed and "image_base64" in parsed:  # it read as "2 images sent"
             raise invalid("give `url` or `image_base64`, not both")
         images = []

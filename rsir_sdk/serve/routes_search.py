@@ -190,7 +190,7 @@ def _json_codes(service: Service, data: Any) -> tuple[dict[str, Any], np.ndarray
         raise invalid("give `fine_code` with `code` (and `fine_codes` with `codes`)")
     if fines and len(fines) != len(items):
         raise invalid(f"{len(fines)} fine codes for {len(items)} codes: give one per code")
-    fields = parsed.model_dump(exclude_none=True,
+    fields = parsed.model_dump(exclude_none=True, exclude_unset=True,  # what the body holds
                                include={"k", "filter", "radius", "bbox", "near", "time", "mode"})
     codes = codes_from_base64(items, service.bits)
     field = "fine_code" if parsed.fine_code and not parsed.fine_codes else "fine_codes"
