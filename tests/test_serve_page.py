@@ -7,6 +7,7 @@ of a card shown once; screenshots are saved as artifacts."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import shutil
 from pathlib import Path
@@ -262,9 +263,11 @@ def _browser_page() -> Iterator[tuple[Any, list[str], Any]]:
             browser.close()
 
 
-def _private_server(served, sample_dir, d: Path, extra: dict | None = None) -> ServerProcess:
+def _private_server(served, sample_dir, d: Path, extra: dict | None = None,
+                    options: tuple[str, ...] = ()) -> ServerProcess:
     """A service of its own (no tokens) on a copy of the sample's collection, for a test that
-    stops it or adds to it; ``extra``: ``{id: (image, label, metadata)}`` added first."""
+    stops it or adds to it; ``extra``: ``{id: (image, label, metadata)}`` added first;
+    ``options``: more ``rsir serve`` arguments."""
     from rsir_sdk import Retriever
 
     db = copy_db(served.db, d)
@@ -274,7 +277,7 @@ def _private_server(served, sample_dir, d: Path, extra: dict | None = None) -> S
             r.add_images([extra[i][0] for i in ids], ids=ids, labels=[extra[i][1] for i in ids],
                          metadata=[extra[i][2] for i in ids])
     return ServerProcess([served.bundle, "--uri", db, "--collection", COLLECTION,
-                          "--archive-root", sample_dir], d / "serve.log")
+                          "--archive-root", sample_dir, *options], d / "serve.log")
 
 
 def test_page_clears_the_hits_when_a_new_search_fails(main_server, served, sample_dir,
@@ -391,6 +394,64 @@ def test_page_shows_each_field_of_a_card_once(served, sample_dir, tmp_path):
             twin = served.expected["search"][0][0].id                # the same scene, no time
             untimed = page.locator(f'.hit-card[data-id="{twin}"] dt').all_inner_texts()
             assert "time" not in untimed and "n" in untimed, untimed
+            assert not errors, errors
+    finally:
+        server.stop()
+
+
+def test_page_follows_the_service_limits_and_refuses_what_it_cannot_read(served, sample_dir,
+                                                                         tmp_path):
+    """Under --max-k 10 the page offers no k above 10 (its default 12 failed every first
+    search) and under --no-urls no URL box; a half-typed date, a negative or hexadecimal
+    `near` distance are errors, not searches without them; a .json file goes as an image (it
+    was read as a JSON request); a file dropped beside the drop zone is the query (the
+    browser opened it and left the page)."""
+    queries = served.expected["queries"]
+    server = _private_server(served, sample_dir, tmp_path / "own",
+                             options=("--max-k", "10", "--no-urls"))
+    try:
+        with _browser_page() as (page, errors, expect):
+            page.goto(server.url + "/")
+            expect(page.locator("#about")).to_contain_text("200 items")
+            sizes = [int(x) for x in page.locator("#k option").all_inner_texts()]
+            assert sizes == [8, 10] and page.input_value("#k") == "10", sizes
+            assert page.locator("#url").is_hidden()
+            status, cards = page.locator("#status"), page.locator(".hit-card")
+            page.set_input_files("#file", str(queries[0]))
+            expect(status).to_contain_text("10 hits")
+            expect(cards).to_have_count(10)
+            page.focus("#time-start")
+            page.keyboard.type("06")                      # month typed, day and year not
+            assert page.evaluate("document.getElementById('time-start').validity.badInput")
+            page.dispatch_event("#time-start", "change")
+            expect(status).to_have_text("from: the date is incomplete; finish it or clear it")
+            expect(cards).to_have_count(0)
+            page.evaluate("document.getElementById('time-start').value = ''")
+            for typed, said in (("1.5, 43.6, -3", "kilometres, 0 or more"),
+                                ("1.5, 43.6, 0x10", "give longitude, latitude and kilometres"),
+                                ("1.5,,43.6,,20", "give longitude, latitude and kilometres")):
+                page.fill("#near", typed)
+                page.dispatch_event("#near", "change")
+                expect(status).to_contain_text(said)
+            page.fill("#near", "")
+            page.dispatch_event("#near", "change")
+            expect(status).to_contain_text("10 hits")
+            notes = tmp_path / "area.json"
+            notes.write_text('{"type": "FeatureCollection", "features": []}')
+            page.set_input_files("#file", str(notes))
+            expect(status).to_contain_text("ImageLoadError")   # an image that is not one
+            data = base64.b64encode(queries[1].read_bytes()).decode()
+            page.evaluate("""(b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+                document.getElementById("status").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+            }""", data)
+            expect(page.locator("#query-name")).to_have_text("dropped.jpg")
+            expect(status).to_contain_text("10 hits")
+            want = [h.id for h in served.expected["search"][1][:10]]
+            assert [c.get_attribute("data-id") for c in cards.all()] == want
             assert not errors, errors
     finally:
         server.stop()

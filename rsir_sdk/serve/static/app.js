@@ -72,6 +72,7 @@ async function loadInfo(userAsked) {
       ? `rank by appearance alone (the ${kept}-bit fine code): near-duplicates, the same place seen again`
       : "this collection keeps no fine codes (made before them): rebuild it to search by appearance";
     if (!fine) $("appearance").checked = false;
+    applyLimits(info.limits || {});
     const list = $("labels");
     list.replaceChildren(...info.classes.map((c) => { const o = document.createElement("option"); o.value = c; return o; }));
     return true;
@@ -84,6 +85,28 @@ async function loadInfo(userAsked) {
       setStatus(err.status === 401 ? "This token is not accepted (" + err.message + ")" : err.message, true);
     }
     return false;
+  }
+}
+
+// the page offers what this service accepts: no k above its --max-k (the default 12 failed
+// every first search under --max-k 10), no URL box under --no-urls
+function applyLimits(limits) {
+  const maxK = limits.max_k;
+  if (Number.isInteger(maxK)) {
+    const select = $("k");
+    const wanted = [8, 12, 24, 48].filter((n) => n < maxK).concat([Math.min(maxK, 48)]);
+    const sizes = [...new Set(wanted)].sort((a, b) => a - b);
+    const chosen = Math.min(parseInt(select.value, 10) || 12, maxK);
+    select.replaceChildren(...sizes.map((n) => {
+      const o = document.createElement("option");
+      o.textContent = String(n);
+      o.selected = n === (sizes.includes(chosen) ? chosen : sizes[sizes.length - 1]);
+      return o;
+    }));
+  }
+  if (limits.urls === false) {
+    $("url").hidden = true;
+    $("url-form").querySelector("button[type=submit]").hidden = true;
   }
 }
 
@@ -100,6 +123,10 @@ function whereParams() {
   if (state.bbox) out.bbox = state.bbox.join(",");
   const near = $("near").value.trim();
   if (near) out.near = nearParam(near);
+  for (const [id, name] of [["time-start", "from"], ["time-end", "to"]]) {
+    // a half-typed date reads as "" (no period): the search would ignore what was typed
+    if ($(id).validity.badInput) throw new Error(name + ": the date is incomplete; finish it or clear it");
+  }
   const start = $("time-start").value, end = $("time-end").value;
   if (start || end) out.time = (start || "..") + "/" + (end || "..");
   const radius = $("radius").value.trim();
@@ -112,11 +139,14 @@ function whereParams() {
 
 // "lon, lat, km" (commas or spaces) as the API's "lon,lat,metres"
 function nearParam(text) {
-  const parts = text.split(/[\s,]+/).filter((x) => x !== "");
+  const parts = text.split(/\s*,\s*|\s+/);
   const nums = parts.map(Number);
-  if (parts.length !== 3 || nums.some((x) => !Number.isFinite(x))) {
+  // decimal numbers only (Number() also reads "0x10" as 16), three of them, no empty one
+  if (parts.length !== 3 || parts.some((x) => !/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(x)) ||
+      nums.some((x) => !Number.isFinite(x))) {
     throw new Error("near: give longitude, latitude and kilometres, e.g. 1.44, 43.6, 5");
   }
+  if (nums[2] < 0) throw new Error("near: the distance is in kilometres, 0 or more");
   return `${nums[0]},${nums[1]},${nums[2] * 1000}`;
 }
 
@@ -170,7 +200,10 @@ async function runSearch(paging) {
       if (filter) params.set("filter", JSON.stringify(filter));
       res = await api("/v1/search?" + params, {
         method: "POST",
-        headers: { "Content-Type": state.query.blob.type || "application/octet-stream" },
+        // an image body whatever the file's type: a .json file sent as application/json was
+        // read as a JSON request ("Extra inputs are not permitted")
+        headers: { "Content-Type": (state.query.blob.type || "").startsWith("image/")
+          ? state.query.blob.type : "application/octet-stream" },
         body: state.query.blob,
       });
     }
@@ -474,7 +507,17 @@ function setup() {
     drop.classList.remove("over");
     setFileQuery(ev.dataTransfer.files[0]);
   });
-  drop.addEventListener("keydown", (ev) => { if (ev.key === "Enter") $("file").click(); });
+  drop.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $("file").click(); }
+  });
+  // a file dropped beside the zone: the browser would open it and leave the page (and the
+  // results); it is taken as the query, as on the zone
+  document.addEventListener("dragover", (ev) => ev.preventDefault());
+  document.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    if (drop.contains(ev.target)) return;   // the zone's own handler took it
+    if (ev.dataTransfer && ev.dataTransfer.files.length) setFileQuery(ev.dataTransfer.files[0]);
+  });
   $("url-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const url = $("url").value.trim();
