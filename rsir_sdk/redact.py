@@ -12,7 +12,9 @@ __all__ = ["redact_text", "redact_uri"]
 
 # greedy up to the last "@" of the authority: a password may hold a raw "@" ("u:p@ss@host")
 _USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
-_QUERY_SECRET = re.compile(r"(?i)((?:token|password|secret|key)=)[^&\s]*")
+# a query value up to "&", a space or the end, less one punctuation mark before a space or the
+# end: "...?token=abc: cannot resolve" keeps its ": " (the message read "token=*** cannot ...")
+_QUERY_SECRET = re.compile(r"(?i)((?:token|password|secret|key)=)[^&\s]*?(?=[:;,.)]?(?:[&\s]|$))")
 
 
 def redact_uri(uri: str) -> str:
@@ -33,5 +35,7 @@ def redact_text(text: str) -> str:
     'cannot connect to Milvus at http://***@db:19530: refused'
     >>> redact_text("cannot load image https://u:p@ss@host/x.jpg: HTTP 404")
     'cannot load image https://***@host/x.jpg: HTTP 404'
+    >>> redact_text("cannot load image https://host/x.jpg?token=a:b&n=1: cannot resolve")
+    'cannot load image https://host/x.jpg?token=***&n=1: cannot resolve'
     """
     return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1***@", text))

@@ -215,6 +215,10 @@ def test_secrets_are_redacted():
     assert redact_uri("http://root:Milvus@db:19530") == "http://***@db:19530"
     assert redact_uri("./rsir.db") == "./rsir.db"
     assert redact_text("Milvus at https://u:p@h:443/x did not answer") == "Milvus at https://***@h:443/x did not answer"
+    # a query secret: hidden whole, and the message's ": " after it kept (it was eaten)
+    assert redact_text("cannot load image http://h.invalid/x.jpg?token=abc: cannot resolve") == \
+        "cannot load image http://h.invalid/x.jpg?token=***: cannot resolve"
+    assert redact_text("x?token=a:b&key=c.d (y)") == "x?token=***&key=*** (y)"
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token %s and Authorization: Bearer abc",
                                ("s3cret-token",), None)
     RedactingFilter(["s3cret-token"]).filter(record)

@@ -439,7 +439,11 @@ def test_page_follows_the_service_limits_and_refuses_what_it_cannot_read(served,
             notes = tmp_path / "area.json"
             notes.write_text('{"type": "FeatureCollection", "features": []}')
             page.set_input_files("#file", str(notes))
-            expect(status).to_contain_text("ImageLoadError")   # an image that is not one
+            # an image that is not one, named by its file (the service says "<request body,
+            # N bytes>"), in the service's words without its error class
+            expect(status).to_contain_text("cannot load image \u201carea.json\u201d: not an image")
+            assert not page.inner_text("#status").startswith("ImageLoadError")
+            assert page.get_attribute("#status", "title") == "ImageLoadError"
             data = base64.b64encode(queries[1].read_bytes()).decode()
             page.evaluate("""(b64) => {
                 const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));

@@ -24,6 +24,7 @@ function authHeaders() { const t = token(); return t ? { Authorization: "Bearer 
 function setStatus(text, isError) {
   const el = $("status");
   el.textContent = text;
+  el.title = "";
   el.classList.toggle("error", !!isError);
 }
 
@@ -44,10 +45,12 @@ async function api(path, options) {
     $("token").focus();
   }
   if (!res.ok) {
-    let message = "HTTP " + res.status;
-    try { const body = await res.json(); message = body.error + ": " + body.message; } catch (e) { /* not JSON */ }
+    // the service's one line for a person; its error class (for a developer) kept aside
+    let message = "HTTP " + res.status, kind = null;
+    try { const body = await res.json(); message = body.message || body.error; kind = body.error; } catch (e) { /* not JSON */ }
     const err = new Error(message);
     err.status = res.status;
+    err.kind = kind;
     throw err;
   }
   return res;
@@ -222,7 +225,11 @@ async function runSearch(paging) {
       render([]);
       $("more").hidden = true;
     }
-    setStatus(err.message, true);
+    // the service names an uploaded body by its size: name the user's file instead
+    const text = state.query.kind === "file"
+      ? err.message.replace(/<request body, \d+ bytes>/, "\u201c" + state.query.name + "\u201d") : err.message;
+    setStatus(text, true);
+    $("status").title = err.kind || "";
   } finally {
     if (current()) $("more").disabled = false;
   }
