@@ -88,9 +88,12 @@ def test_auth_limits_and_error_kinds(http, served, main_server):
     r = http.post("/v1/items/delete", content=chunks,
                   headers={**auth(WRITE), "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLargeError"
-    for k in (0, 101, -3):
+    for k in (0, 101, -3, 10**13):
         r = http.post("/v1/search", params={"k": k}, content=q, headers=auth(READ))
         assert r.status_code == 422 and r.json()["error"] == "InvalidInputError", r.text
+        assert "k must be between 1 and 100" in r.json()["message"], r.text   # a whole number
+    r = http.post("/v1/search", params={"radius": 10**15}, content=q, headers=auth(READ))
+    assert r.status_code == 422 and "not an integer" not in r.text and "radius" in r.text, r.text
     r = http.post("/v1/search/batch", headers=auth(READ), files=[("image", ("a.jpg", q))] * 9)
     assert r.status_code == 422 and "max-batch" in r.json()["message"]
     r = http.post("/v1/search", params={"radius": 65}, content=q, headers=auth(READ))

@@ -403,8 +403,8 @@ def _int(value: Any, name: str, strict: bool = False) -> int:
     :meth:`rsir_sdk.Retriever.search` raises for ``k=True``, ``k=1.0`` or ``k="5"``."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if not strict and isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,12}\s*", value):
-        return int(value)
+    if not strict and isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,40}\s*", value):
+        return int(value)  # a long one is still a whole number: its range check says what is wrong
     raise InvalidInputError(f"{name} must be an integer, got {type(value).__name__} "
                             f"{one_line(repr(value), 40)}")
 
