@@ -82,7 +82,8 @@ def load_checkpoint(path: str | os.PathLike, **identity: Any) -> dict[str, Any] 
     if differ:
         raise TrainingError(
             f"checkpoint {path} belongs to another configuration or split ({', '.join(differ)} "
-            f"differ); remove it or train without --resume"
+            f"differ): run the command that made it with --resume, or train again without "
+            f"--resume (with --overwrite when --out holds a bundle), which starts over"
         )
     log.info("resuming from %s", path)
     return state
