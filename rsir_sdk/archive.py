@@ -219,10 +219,11 @@ def scan_folder(
                 invalid.append(Failure(item.id, str(item.file), "list", problem))
             else:
                 items.append(item)
-    if ignored:
-        log.info("%d file%s under %s %s by extension and %s ignored", len(ignored),
+    if ignored:  # named (a few), so that a misnamed image is seen: .jpeg2, .JPG.bak
+        shown = ", ".join(ignored[:3]) + (f" and {len(ignored) - 3} more" if len(ignored) > 3 else "")
+        log.info("%d file%s under %s %s by extension and %s ignored: %s", len(ignored),
                  *(("", root, "is not an image", "was") if len(ignored) == 1
-                   else ("s", root, "are not images", "were")))
+                   else ("s", root, "are not images", "were")), shown)
     unlabelled = [it.id for it in items if label_from != "none" and not it.label]
     if unlabelled:  # label_from reads a folder these files do not have
         log.warning("%d images lie directly in %s, with no folder to take a label from: their "

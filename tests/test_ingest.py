@@ -83,12 +83,15 @@ def stored(db: str, collection: str) -> dict:
         return {it.id: it for it in s.get(ids)}
 
 
-def test_listing_folders(odd_archive):
+def test_listing_folders(odd_archive, caplog):
     root, kinds = odd_archive
-    listing = scan_folder(root, label_from="parent")
+    with caplog.at_level("INFO", logger="rsir_sdk.archive"):
+        listing = scan_folder(root, label_from="parent")
     ids = [it.id for it in listing.items]
     assert ids == sorted(ids) and set(ids) == set(kinds["good"] + kinds["bad"])
     assert listing.ignored == ["notes.txt"] and not listing.invalid
+    # the ignored file is named (a training run said "1 file ... ignored" and not which)
+    assert "is not an image by extension and was ignored: notes.txt" in caplog.text
     assert all(".hidden" not in i and ".cache" not in i for i in ids)
     by_id = {it.id: it for it in listing.items}
     assert by_id["odd/rgba.png"].label == "odd" and by_id["odd/rgba.png"].file == root / "odd/rgba.png"
