@@ -141,6 +141,14 @@ def test_requests_that_say_two_things_are_refused_not_guessed(http, served, main
     for path, body in (("/v1/search", {"image_base64": image}), ("/v1/search/codes", {"code": code})):
         assert len(hits(http.post(path, params={"k": 2}, json=body, headers=auth(READ)))) == 2
         assert len(hits(http.post(path, json=body, headers=auth(READ)))) == 10  # no k at all
+    # a blank filter form field is no filter, as a blank query value; an expression typed
+    # as it is says how to write it (it said only "Expecting value: line 1 column 1")
+    r = http.post("/v1/search", files={"image": ("q.jpg", q)}, data={"filter": "", "k": "3"},
+                  headers=auth(READ))
+    assert r.status_code == 200 and len(r.json()["hits"]) == 3, r.text
+    r = http.post("/v1/search", files={"image": ("q.jpg", q)}, data={"filter": 'label == "x"'},
+                  headers=auth(READ))
+    assert r.status_code == 422 and "an expression as a JSON string" in r.json()["message"]
     r = http.post("/v1/search/codes", json={"code": code, "codes": [code]}, headers=auth(READ))
     assert r.status_code == 422 and "not both" in r.json()["message"]
     r = http.post("/v1/search/codes", json={"codes": []}, headers=auth(READ))

@@ -128,9 +128,20 @@ async def read_json(request: Request) -> Any:
 
 
 def _json_field(value: Any, name: str) -> Any:
+    """A form field or query value that holds JSON; a blank ``filter`` is no filter (as a
+    blank query value and every other blank form field are)."""
     if value is None or not isinstance(value, str):
         return value
-    return loads_json(value, f"field {name!r}")
+    if name == "filter" and not value.strip():
+        return None
+    try:
+        return loads_json(value, f"field {name!r}")
+    except InvalidRequestError:
+        if name != "filter":
+            raise
+    # an expression typed as it is ('label == "River"'): say how it is written
+    raise invalid("field 'filter' is not valid JSON: give a dict ({\"label\": \"River\"}) or "
+                  "an expression as a JSON string (\"label == \\\"River\\\"\")")
 
 
 async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]) -> Body:
