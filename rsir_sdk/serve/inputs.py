@@ -136,8 +136,8 @@ def _json_field(value: Any, name: str) -> Any:
         return None
     try:
         return loads_json(value, f"field {name!r}")
-    except InvalidRequestError:
-        if name != "filter":
+    except InvalidRequestError as exc:
+        if name != "filter" or "is not valid JSON" not in str(exc):  # too deep: said as it is
             raise
     # an expression typed as it is ('label == "River"'): say how it is written
     raise invalid("field 'filter' is not valid JSON: give a dict ({\"label\": \"River\"}) or "

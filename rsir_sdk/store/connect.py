@@ -103,6 +103,9 @@ class Connection(OrmWrites):
         self.first_on_file = False
         self._clock_key = lite.server_key(self.uri) if self.is_lite else ""
         self._broken: str | None = None
+        # the log's size when this store last heard from its server's crash (or opened): later
+        # crash messages read only what was written since
+        self._log_mark = lite.log_size() if self.is_lite else 0
         self._client: Any = None
         self._closed = False
         self._open_lock = threading.Lock()
@@ -343,7 +346,8 @@ class Connection(OrmWrites):
             while lite.server_alive(self.uri) is True and time.monotonic() < deadline:
                 time.sleep(0.05)
         if lite.server_alive(self.uri) is False:
-            tail = lite.log_tail(2)
+            tail = lite.log_tail(2, since=self._log_mark)
+            self._log_mark = lite.log_size()
             lite.stop_server(self.uri)
             if rpc.is_damage(text) or any(rpc.is_damage(x) for x in tail):
                 self._broken = str(lite.damaged(self.uri, "its Milvus Lite server stopped"))

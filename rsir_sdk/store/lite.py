@@ -261,17 +261,27 @@ def server_alive(db_file: str | os.PathLike) -> bool | None:
     return proc.poll() is None
 
 
-def log_tail(lines: int = 3) -> list[str]:
-    """The last non-empty lines Milvus Lite servers of this process wrote."""
+def log_tail(lines: int = 3, since: int = 0) -> list[str]:
+    """The last non-empty lines Milvus Lite servers of this process wrote (after byte
+    ``since`` of the log: :func:`log_size` taken earlier, so that an earlier crash's last
+    words are not read as a later one's)."""
     try:
         with open(log_path(), "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - 8192))
+            fh.seek(max(0, since, size - 8192))
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return []
     return [x.strip() for x in text.splitlines() if x.strip()][-lines:]
+
+
+def log_size() -> int:
+    """How many bytes the Milvus Lite servers of this process have written to their log."""
+    try:
+        return os.path.getsize(log_path())
+    except OSError:
+        return 0
 
 
 #: a glog line's prefix (``E20261207 23:19:02.431584 12425 schema_util.cpp:615] ``) and the
