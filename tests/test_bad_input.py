@@ -408,11 +408,12 @@ def test_a_request_that_kills_the_milvus_lite_server_costs_only_itself(tmp_path,
         assert s.count("t % 86400 == 1") == 0 and s.count('label like "%/%" or t % 7 == 1') == 0
         assert lite.server_alive(db) is True
         monkeypatch.setattr(keys, "check_like_patterns", lambda expression: None)
-        with pytest.raises(InvalidInputError, match="invalid filter expression 'label like 5'.*"
-                                                    "stopped on it and starts again"):
-            s.count("label like 5")
-        assert lite.server_alive(db) is not True  # it did die
-        assert s.count() == 2                      # and the next request works
+        for _ in range(2):  # the second crash read the first one's log, removed since: a 503
+            with pytest.raises(InvalidInputError, match="invalid filter expression 'label like "
+                                                        "5'.*stopped on it and starts again"):
+                s.count("label like 5")
+            assert lite.server_alive(db) is not True  # it did die
+            assert s.count() == 2                      # and the next request works
         monkeypatch.setattr(keys, "check_divisors", lambda expression: None)
         with pytest.raises(StoreError) as died:    # the division by zero, let through on purpose
             s.count("t % 0 == 0")

@@ -281,6 +281,31 @@ def _held_then_raised(rpc, sig):
     assert signal.getsignal(sig) is signal.default_int_handler
 
 
+def test_a_sigterm_is_held_for_a_few_seconds_at_most(monkeypatch):
+    """A process manager sends one SIGTERM (then SIGKILL, without a word): a request stuck on a
+    Milvus that does not answer is interrupted after ``SIGTERM_HOLD`` seconds, not held until
+    the SIGKILL."""
+    from rsir_sdk.store import rpc
+
+    monkeypatch.setattr(rpc, "SIGTERM_HOLD", 0.3)
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            with rpc.interrupts_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)                      # the stuck request
+        assert 0.25 < time.monotonic() - t0 < 3
+        with pytest.raises(KeyboardInterrupt):     # a request that returns in time: at its end
+            with rpc.interrupts_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+        time.sleep(0.5)                            # and no late signal from the hold's timer
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_sigterm_with_its_default_action_is_not_held():
     """Outside an rsir command SIGTERM keeps its default action (the host program decides):
     the store does not turn it into an interrupt."""

@@ -148,7 +148,7 @@ def test_requests_that_say_two_things_are_refused_not_guessed(http, served, main
     assert r.status_code == 200 and len(r.json()["hits"]) == 3, r.text
     r = http.post("/v1/search", files={"image": ("q.jpg", q)}, data={"filter": 'label == "x"'},
                   headers=auth(READ))
-    assert r.status_code == 422 and "an expression as a JSON string" in r.json()["message"]
+    assert r.status_code == 422 and "one as a JSON string" in r.json()["message"]
     r = http.post("/v1/search/codes", json={"code": code, "codes": [code]}, headers=auth(READ))
     assert r.status_code == 422 and "not both" in r.json()["message"]
     r = http.post("/v1/search/codes", json={"codes": []}, headers=auth(READ))

@@ -140,8 +140,8 @@ def _json_field(value: Any, name: str) -> Any:
         if name != "filter" or "is not valid JSON" not in str(exc):  # too deep: said as it is
             raise
     # an expression typed as it is ('label == "River"'): say how it is written
-    raise invalid("field 'filter' is not valid JSON: give a dict ({\"label\": \"River\"}) or "
-                  "an expression as a JSON string (\"label == \\\"River\\\"\")")
+    raise invalid("filter is not valid JSON: give a dict ({\"label\": \"River\"}) or, where the "
+                  "service takes expressions, one as a JSON string (\"label == \\\"River\\\"\")")
 
 
 async def read_images(request: Request, cfg: ServeConfig, model: type[BaseModel]) -> Body:

@@ -152,6 +152,7 @@ class Connection(OrmWrites):
     # ----------------------------------------------------------------- open / close
     def _open(self, token: str | None, kwargs: dict[str, Any], lite_wait: float) -> Any:
         if self.is_lite:
+            self._log_mark = lite.log_size()  # a crash of this server reads what it wrote
             # the file's lock first: only its holder may wait for an earlier run's server or
             # touch Milvus Lite's own lock file (another opener probing that lock made a
             # starting server fail: "did not start")

@@ -174,10 +174,11 @@ def check_like_patterns(expression: str) -> None:
 
 
 #: ``/`` or ``%`` and what follows it: an optional ``(``, a signed number literal, an optional
-#: ``)`` and the next character (a ``*`` there may be ``**``: the divisor is then not that number)
+#: ``)`` and up to two ``*`` (a ``**`` there raises the divisor to a power)
 _DIVISION = re.compile(
     r"[/%]\s*(?P<open>\(\s*)?(?P<number>[+-]?\s*(?:0[xX][0-9a-fA-F]+|0[bB][01]+|0[oO]?[0-7]+"
-    r"|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))?(?P<rest>\s*\)?\s*\*?)")
+    r"|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))?(?P<close>\s*\))?"
+    r"\s*(?P<stars>\*{0,2})")
 
 
 def check_divisors(expression: str) -> None:
@@ -197,10 +198,12 @@ def check_divisors(expression: str) -> None:
     """
     quoted_out = _STRING_LITERAL.sub('""', expression)
     for m in _DIVISION.finditer(quoted_out):
-        number, rest = m.group("number"), m.group("rest")
-        closed = ")" in rest
-        if number and not rest.endswith("*") and closed == bool(m.group("open")) \
-                and _nonzero(number):
+        number, opened, closed = m.group("number"), bool(m.group("open")), bool(m.group("close"))
+        # "(2 - 2)": the bracket holds more than the number; "2**x" or "(2)**x": a power of
+        # it; a ")" that closes an outer bracket ("(t % 5) == 0", "(t % 5)**2") is fine
+        longer = opened and not closed
+        power = m.group("stars") == "**" and (opened or not closed)
+        if number and not longer and not power and _nonzero(number):
             continue
         raise InvalidInputError(
             f"invalid filter expression {expression!r:.200}: / and % take a nonzero number on "

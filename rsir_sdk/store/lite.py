@@ -269,7 +269,8 @@ def log_tail(lines: int = 3, since: int = 0) -> list[str]:
         with open(log_path(), "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, since, size - 8192))
+            # a log shorter than the mark was removed and begun again (its last user closed)
+            fh.seek(max(0, since if since <= size else 0, size - 8192))
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return []

@@ -11,6 +11,7 @@ parse, :class:`~rsir_sdk.errors.StoreError` for everything else.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
@@ -137,6 +138,10 @@ def store_error(exc: BaseException, what: str, expression: str | None = None) ->
     return StoreError(f"{what} failed: {text}")
 
 
+#: seconds a SIGTERM waits for the Milvus request in flight before it interrupts it
+SIGTERM_HOLD = 5.0
+
+
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT), and SIGTERM where it interrupts as Ctrl-C does, back until the
@@ -148,7 +153,9 @@ def interrupts_held() -> Iterator[None]:
     after an interrupt (it writes what it has encoded before it exits), and hung there in about
     one run in eight on a loaded machine (``tests/test_interrupt.py``, a signal to the process
     alone; the stack showed the upsert waiting on the channel). A second signal while one is held
-    raises at once, so a request stuck on an unreachable server can still be left. Only in the
+    raises at once, so a request stuck on an unreachable server can still be left; a SIGTERM is
+    held for :data:`SIGTERM_HOLD` seconds at most (a process manager sends one, then SIGKILL:
+    ``docker stop`` after 10 s). Only in the
     main thread, and only for a signal whose handler is Python's own ``KeyboardInterrupt`` one
     (SIGINT by default; SIGTERM while an ``rsir`` command runs); elsewhere (worker threads, a
     service with its own handlers) this does nothing.
@@ -162,17 +169,33 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
+    timers: list[threading.Timer] = []
 
     def hold(signum: int, frame: Any) -> None:
         if held:
             raise KeyboardInterrupt
         held.append(signum)
+        if signum == signal.SIGTERM:  # delivered to this handler again: raised then
+            timers.append(threading.Timer(SIGTERM_HOLD, _signal_main_thread, (signum,)))
+            timers[0].daemon = True
+            timers[0].start()
 
     previous = {sig: signal.signal(sig, hold) for sig in held_signals}
     try:
         yield
     finally:
+        for timer in timers:
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if held:
             raise KeyboardInterrupt
+
+
+def _signal_main_thread(signum: int) -> None:
+    """Deliver ``signum`` to the main thread again (a real signal, so that a wait there is
+    interrupted at once; ``interrupt_main`` only runs the handler when the wait returns)."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    else:  # Windows
+        _thread.interrupt_main(signal.Signals(signum))

@@ -63,25 +63,26 @@ def fold_curve(features: torch.Tensor, labels: Sequence | np.ndarray, bits: int,
     best, best_step, bad, step = -1.0, 0, 0, 0
     for step in range(1, params.iterations + 1):
         parts = [run.step(step) for run, _ in members]
-        last = step == params.iterations
-        if progress is not None and (step % params.log_every == 0 or last):
-            # the folds' mean losses, and the fold-mean validation so far (what patience
-            # watches: without it the lines showed a flat loss and nothing being validated)
+        last, stop = step == params.iterations, False
+        if not step % every or last:
+            mean = float(np.dot(weights, [w.score(step) for _, w in members]) / weights.sum())
+            curve.append([step, round(mean, 4)])
+            if mean > best:
+                best, best_step, bad = mean, step, 0
+            else:
+                bad += 1
+                stop = bool(params.patience) and bad >= params.patience
+        if progress is not None and (step % params.log_every == 0 or last or stop):
+            # the folds' mean losses, and the fold-mean validation so far, this step's
+            # included (what patience watches: the lines showed a flat loss and nothing
+            # being validated)
             shown = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
             if curve:
                 shown.update(val_map=curve[-1][1], best_val_map=round(best, 4),
                              best_iteration=best_step)
             progress(step, params.iterations, shown)
-        if step % every and not last:
-            continue
-        mean = float(np.dot(weights, [w.score(step) for _, w in members]) / weights.sum())
-        curve.append([step, round(mean, 4)])
-        if mean > best:
-            best, best_step, bad = mean, step, 0
-        else:
-            bad += 1
-            if params.patience and bad >= params.patience:
-                break
+        if stop:
+            break
     return {"val_metric": members[0][1].metric, "folds": len(folds),
             "val_every": every, "patience": params.patience,
             "best_iteration": best_step, "best_val_map": round(best, 4), "stopped_at": step,

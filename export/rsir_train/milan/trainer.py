@@ -130,11 +130,14 @@ def train_milan_head(
     step = 0
     for step in range(1, params.iterations + 1):
         parts = run.step(step)
-        if progress is not None and (step % params.log_every == 0 or step == params.iterations):
+        stop = (watch is not None and (step % every == 0 or step == params.iterations)
+                and watch.check(step))
+        if progress is not None and (step % params.log_every == 0 or step == params.iterations
+                                     or stop):
+            # this step's validation included (the line before showed the one before it)
             progress(step, params.iterations, {**parts, **(watch.shown() if watch else {})})
-        if watch is not None and (step % every == 0 or step == params.iterations):
-            if watch.check(step):
-                break
+        if stop:
+            break
     head = run.head
     if watch is None and run.averaged is not None:
         head.load_state_dict(run.averaged.head.state_dict())

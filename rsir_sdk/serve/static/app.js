@@ -47,7 +47,7 @@ async function api(path, options) {
   if (!res.ok) {
     // the service's one line for a person; its error class (for a developer) kept aside
     let message = "HTTP " + res.status, kind = null;
-    try { const body = await res.json(); message = body.message || body.error; kind = body.error; } catch (e) { /* not JSON */ }
+    try { const body = await res.json(); message = body.message || body.error || message; kind = body.error || null; } catch (e) { /* not JSON */ }
     const err = new Error(message);
     err.status = res.status;
     err.kind = kind;
@@ -519,11 +519,14 @@ function setup() {
   });
   // a file dropped beside the zone: the browser would open it and leave the page (and the
   // results); it is taken as the query, as on the zone
-  document.addEventListener("dragover", (ev) => ev.preventDefault());
+  // (files only: text or a link dragged into a box is inserted as usual)
+  const carriesFiles = (ev) => !!ev.dataTransfer && Array.from(ev.dataTransfer.types).includes("Files");
+  document.addEventListener("dragover", (ev) => { if (carriesFiles(ev)) ev.preventDefault(); });
   document.addEventListener("drop", (ev) => {
+    if (!carriesFiles(ev)) return;
     ev.preventDefault();
     if (drop.contains(ev.target)) return;   // the zone's own handler took it
-    if (ev.dataTransfer && ev.dataTransfer.files.length) setFileQuery(ev.dataTransfer.files[0]);
+    if (ev.dataTransfer.files.length) setFileQuery(ev.dataTransfer.files[0]);
   });
   $("url-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
