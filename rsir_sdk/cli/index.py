@@ -264,7 +264,6 @@ def summary_text(summary: IngestSummary, count: int, rule: str | None) -> str:
     return "\n".join(lines)
 
 
-
 def _top_reasons(reasons: dict[str, int], shown: int = 3) -> list[str]:
     """The commonest ``shown`` reasons as summary lines, and a line for the rest (they were
     cut without a word: 4 reasons printed as 3; ``--json`` lists them all)."""
@@ -274,6 +273,7 @@ def _top_reasons(reasons: dict[str, int], shown: int = 3) -> list[str]:
         rest = sum(n for _, n in ranked[shown:])
         lines.append(f"         {rest:>9}  {len(ranked) - shown} other reason(s): --json lists them")
     return lines
+
 
 def prepare_text(p: dict[str, Any]) -> str:
     """One line on what ``prepare_for_search`` did."""

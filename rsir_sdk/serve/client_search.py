@@ -31,9 +31,9 @@ def search_codes(r: "RemoteRetriever", codes: np.ndarray | bytes, k: int,
     if fine_rows is not None:
         params = {**params, "fine": "1"}
     out: list[list[Hit]] = []
+    limits = r._limits()
     parts = chunks(len(packed), 1) if len(packed) <= 1 else PacedParts(
-        len(packed), codes_per_request(r._limits(), k),
-        float(r._limits().get("request_timeout") or 30.0) / 4)
+        len(packed), codes_per_request(limits, k), float(limits.get("request_timeout") or 30.0) / 4)
     for part in parts:
         body = packed[part] if fine_rows is None else np.hstack([packed[part], fine_rows[part]])
         payload = r._request(

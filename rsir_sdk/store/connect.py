@@ -103,9 +103,9 @@ class Connection(OrmWrites):
         self.first_on_file = False
         self._clock_key = lite.server_key(self.uri) if self.is_lite else ""
         self._broken: str | None = None
-        # the log's size when this store last heard from its server's crash (or opened): later
-        # crash messages read only what was written since
-        self._log_mark = lite.log_size() if self.is_lite else 0
+        # the log's size when this store's server started or last crashed (set by _open): a
+        # crash message reads only what was written since
+        self._log_mark = 0
         self._client: Any = None
         self._closed = False
         self._open_lock = threading.Lock()

@@ -176,9 +176,10 @@ def interrupts_held() -> Iterator[None]:
             raise KeyboardInterrupt
         held.append(signum)
         if signum == signal.SIGTERM:  # delivered to this handler again: raised then
-            timers.append(threading.Timer(SIGTERM_HOLD, _signal_main_thread, (signum,)))
-            timers[0].daemon = True
-            timers[0].start()
+            timer = threading.Timer(SIGTERM_HOLD, _signal_main_thread, (signum,))
+            timer.daemon = True
+            timer.start()
+            timers.append(timer)
 
     previous = {sig: signal.signal(sig, hold) for sig in held_signals}
     try:

@@ -30,7 +30,7 @@ import torch
 
 from ..folds import validation_folds
 from .model import MilanHead, MilanParams
-from .trainer import ProgressFn, _HeadRun, _Watch, train_milan_head
+from .trainer import ProgressFn, _HeadRun, _Watch, train_milan_head, validation_so_far
 
 __all__ = ["FINAL_RULE", "fold_curve", "select_on_folds"]
 
@@ -77,10 +77,8 @@ def fold_curve(features: torch.Tensor, labels: Sequence | np.ndarray, bits: int,
             # included (what patience watches: the lines showed a flat loss and nothing
             # being validated)
             shown = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-            if curve:
-                shown.update(val_map=curve[-1][1], best_val_map=round(best, 4),
-                             best_iteration=best_step)
-            progress(step, params.iterations, shown)
+            progress(step, params.iterations,
+                     {**shown, **validation_so_far(curve, best, best_step)})
         if stop:
             break
     return {"val_metric": members[0][1].metric, "folds": len(folds),

@@ -39,7 +39,7 @@ from .triplets import TripletSampler, mine_triplets
 log = logging.getLogger(__name__)
 
 __all__ = ["MILAN_PREPROCESS", "MilanConfig", "MilanResult", "train_milan",
-           "resolve_val_metric", "train_milan_head", "validation_indices"]
+           "resolve_val_metric", "train_milan_head", "validation_indices", "validation_so_far"]
 
 #: called as ``progress(iteration, iterations, losses)`` by :func:`train_milan_head`
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -247,17 +247,21 @@ class _Watch:
         return bool(self.params.patience) and self.bad >= self.params.patience
 
     def shown(self) -> dict[str, float]:
-        """The validation so far, for the progress lines: the last figure, the best and its
-        iteration (nothing before the first validation)."""
-        if not self.curve:
-            return {}
-        return {"val_map": self.curve[-1][1], "best_val_map": round(self.best_map, 4),
-                "best_iteration": self.best_step}
+        """The validation so far, for the progress lines (:func:`validation_so_far`)."""
+        return validation_so_far(self.curve, self.best_map, self.best_step)
 
     def report(self, stopped_at: int) -> dict[str, Any]:
         return {"val_metric": self.metric, "best_iteration": self.best_step,
                 "best_val_map": round(self.best_map, 4), "stopped_at": stopped_at,
                 "val_curve": self.curve}
+
+
+def validation_so_far(curve: list[list[float]], best: float, best_step: int) -> dict[str, float]:
+    """What a progress line shows of the validation: the last figure of ``curve``, the best
+    and its iteration (nothing before the first validation)."""
+    if not curve:
+        return {}
+    return {"val_map": curve[-1][1], "best_val_map": round(best, 4), "best_iteration": best_step}
 
 
 class _Average:

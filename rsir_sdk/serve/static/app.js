@@ -509,24 +509,19 @@ function setup() {
   $("file").addEventListener("change", (ev) => setFileQuery(ev.target.files[0]));
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (ev) => {
-    ev.preventDefault();
-    drop.classList.remove("over");
-    setFileQuery(ev.dataTransfer.files[0]);
-  });
   drop.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $("file").click(); }
   });
-  // a file dropped beside the zone: the browser would open it and leave the page (and the
-  // results); it is taken as the query, as on the zone
-  // (files only: text or a link dragged into a box is inserted as usual)
+  // a file dropped on the zone or anywhere beside it is the query (beside it, the browser
+  // would open the file and leave the page); files only: text or a link dragged into a box
+  // is inserted as usual
   const carriesFiles = (ev) => !!ev.dataTransfer && Array.from(ev.dataTransfer.types).includes("Files");
   document.addEventListener("dragover", (ev) => { if (carriesFiles(ev)) ev.preventDefault(); });
   document.addEventListener("drop", (ev) => {
     if (!carriesFiles(ev)) return;
     ev.preventDefault();
-    if (drop.contains(ev.target)) return;   // the zone's own handler took it
-    if (ev.dataTransfer.files.length) setFileQuery(ev.dataTransfer.files[0]);
+    drop.classList.remove("over");
+    setFileQuery(ev.dataTransfer.files[0]);
   });
   $("url-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
